@@ -1,0 +1,61 @@
+# xsell: `make help` lists the targets. Every target bootstraps the virtualenv it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN := gen
+PROTO_SRC := $(shell find protos -name '*.proto')
+GEN_STAMP := $(GEN)/.stamp
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# The repository root and the generated stubs are importable from the venv, no install step.
+	$(PY) -c "import sysconfig, pathlib; p = pathlib.Path(sysconfig.get_paths()['purelib']) / 'xsell-dev.pth'; p.write_text('$(CURDIR)\n$(CURDIR)/$(GEN)\n')"
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtualenv and install the dependencies
+
+$(GEN_STAMP): $(STAMP) $(PROTO_SRC) scripts/gen_protos.py
+	$(PY) scripts/gen_protos.py
+	touch $(GEN_STAMP)
+
+.PHONY: protos
+protos: $(GEN_STAMP) ## Regenerate the Python stubs from protos/ into gen/
+
+.PHONY: run
+run: $(GEN_STAMP) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops)
+	$(PY) -m devstack
+
+.PHONY: lint
+lint: $(GEN_STAMP) ## buf lint, ruff and mypy
+	cd protos && ../$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: $(STAMP) ## Format the Python code
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: test
+test: lint ## Lint, then unit, integration and e2e tests
+	$(PY) -m pytest
+
+.PHONY: test-fast
+test-fast: $(GEN_STAMP) ## Unit tests only
+	$(PY) -m pytest tests/unit
+
+.PHONY: clean
+clean: ## Remove generated stubs and local data (keeps the venv)
+	rm -rf $(GEN) var
