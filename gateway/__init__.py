@@ -1,0 +1,1 @@
+"""The gateway: the one public edge of xsell."""

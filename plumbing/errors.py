@@ -1,0 +1,65 @@
+"""Domain error types, one per failure kind, and their single mapping to gRPC status codes."""
+
+import grpc
+
+
+class DomainError(Exception):
+    """A failure the caller can act on; the message says what to change."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidArgument(DomainError):
+    """The request itself is wrong; `field` names the offending field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(DomainError):
+    """The thing the request names does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(DomainError):
+    """The thing the request would create already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(DomainError):
+    """The current state forbids the request; the message says which state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(DomainError):
+    """A concurrent change or a reused request id with another payload; retry or use a new id."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Unauthenticated(DomainError):
+    """No valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials without the scope the method needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(DomainError):
+    """A dependency is down; the caller may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE

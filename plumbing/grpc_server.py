@@ -1,0 +1,158 @@
+"""The grpc.aio server every service runs: health, reflection, tracing, logging context and error mapping."""
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.errors import DomainError
+
+log = structlog.get_logger("plumbing.grpc")
+
+Register = Callable[[grpc.aio.Server], None]
+
+
+def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
+    """The google.rpc.Status trailer, with a BadRequest field violation when a field is named."""
+    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    if error.field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(error, DomainError):
+        log.info("rpc_rejected", method=method, code=error.code.name, field=error.field)
+        await context.abort(error.code, str(error), trailing_metadata=_status_details(error))
+    span_context = trace.get_current_span().get_span_context()
+    trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else "none"
+    log.error("rpc_failed", method=method, exc_info=error)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method}; quote trace id {trace_id} when reporting it",
+        trailing_metadata=(("grpc-status-details-bin", status_pb2.Status(code=code_pb2.INTERNAL).SerializeToString()),),
+    )
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Binds the method to the log context and turns domain errors into status codes, in one place."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary:
+            inner_unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                with structlog.contextvars.bound_contextvars(rpc=method):
+                    try:
+                        return await inner_unary(request, context)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
+                        await _abort_for(error, context, method)
+                    finally:
+                        log.debug("rpc_handled", ms=round((time.perf_counter() - started) * 1000, 2))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                with structlog.contextvars.bound_contextvars(rpc=method):
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
+                        await _abort_for(error, context, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class GrpcServer:
+    """A grpc.aio server with the standard health service and reflection for the services it hosts."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tracer_provider: TracerProvider | None,
+        *,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracer_provider is not None:
+            interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
+        interceptors.extend(extra_interceptors)
+        interceptors.append(ErrorMappingInterceptor())
+        self.server = grpc.aio.server(interceptors=interceptors, options=list(options))
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._address = f"{host}:{port}"
+        self._host = host
+        self._service_names: list[str] = []
+        self.port = 0
+
+    def add(self, service_name: str, register: Register) -> None:
+        """Hosts a service, e.g. add("xsell.segments.v1.SegmentsService", lambda s: add_..._to_server(servicer, s))."""
+        register(self.server)
+        self._service_names.append(service_name)
+
+    async def start(self) -> int:
+        """Binds, starts, and reports NOT_SERVING until mark_serving(); returns the bound port."""
+        reflection.enable_server_reflection(
+            [*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"], self.server
+        )
+        self.port = self.server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC server to {self._address}")
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        return self.port
+
+    async def mark_serving(self) -> None:
+        for name in ["", *self._service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Health goes NOT_SERVING first so balancers stop routing, then in-flight calls get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)

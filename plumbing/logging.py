@@ -1,0 +1,93 @@
+"""structlog JSON logs with trace ids and campaign.id, and personal data redacted before anything is written."""
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry import trace
+
+REDACTED = "[redacted]"
+
+# Order matters: e-mail first (its digits must not be half-matched), then PAN, phone, account.
+_PII_PATTERNS = [
+    re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    # PAN: five letters, four digits, one letter.
+    re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
+    # Indian mobile numbers, with or without +91 / 0 and separators.
+    re.compile(r"(?<![\w])(?:\+?91[\s-]?|0)?[6-9]\d{4}[\s-]?\d{5}(?![\w])"),
+    # Bank account and card numbers: 9 to 19 digits, optionally grouped.
+    re.compile(r"(?<![\w-])\d(?:[\s-]?\d){8,18}(?![\w-])"),
+]
+
+
+def redact_text(text: str) -> str:
+    """The text with e-mail addresses, phone, PAN and account numbers replaced."""
+    for pattern in _PII_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {key: _redact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_redact(item) for item in value]
+    return value
+
+
+def redact_pii(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A structlog processor that redacts every string value, the event name included."""
+    return {key: _redact(value) for key, value in event_dict.items()}
+
+
+def add_trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """Adds the current span's trace_id and span_id so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
+def setup_logging(service: str, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configures structlog (and stdlib logging through it) to write one JSON object per line."""
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        # Redaction runs before ids are added: trace ids are hex and must not be mistaken for numbers.
+        redact_pii,
+        add_trace_ids,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    # Library logs (grpc, nats, alembic, sqlalchemy) go through the same JSON pipeline.
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric_level, logging.INFO))
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name)

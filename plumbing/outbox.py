@@ -1,0 +1,214 @@
+"""Transactional outbox (events committed with their state change, relayed to JetStream) and inbox."""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from google.protobuf.message import Message
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
+from plumbing.db import Database
+from plumbing.ids import new_id
+from plumbing.telemetry import CAMPAIGN_ID
+
+log = structlog.get_logger("plumbing.outbox")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The outbox table in a service's own schema."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("event_id", String(64), nullable=False, unique=True),
+        Column("subject", String(200), nullable=False),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", JSON, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+    )
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    """The inbox table: which message ids each durable consumer has applied."""
+    return Table(
+        "inbox",
+        metadata,
+        Column("consumer", String(100), primary_key=True),
+        Column("message_id", String(200), primary_key=True),
+        Column("applied_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+class Outbox:
+    """Writes events into the outbox inside the caller's transaction."""
+
+    def __init__(self, table: Table, on_commit: Callable[[], None] | None = None) -> None:
+        self.table = table
+        self._on_commit = on_commit
+
+    async def add(
+        self, session: AsyncSession, subject: str, message: Message, *, campaign_id: str | None = None
+    ) -> str:
+        """Queues `message` for `subject`; it is published only if the transaction commits.
+
+        The message's `event_id` field is filled in when empty and becomes the Nats-Msg-Id. The
+        current trace context is stored with the event so the relay's PRODUCER span continues it.
+        """
+        event_id = getattr(message, "event_id", "") or new_id("evt_")
+        if hasattr(message, "event_id"):
+            message.event_id = event_id  # type: ignore[attr-defined]
+        headers: dict[str, str] = {MSG_ID_HEADER: event_id}
+        propagate.inject(headers)
+        if campaign_id:
+            headers[CAMPAIGN_ID_HEADER] = campaign_id
+        await session.execute(
+            insert(self.table).values(
+                event_id=event_id,
+                subject=subject,
+                payload=message.SerializeToString(),
+                headers=headers,
+                created_at=utcnow(),
+            )
+        )
+        if self._on_commit is not None:
+            event.listen(session.sync_session, "after_commit", self._wake, once=True)
+        return event_id
+
+    def _wake(self, _session: object) -> None:
+        if self._on_commit is not None:
+            self._on_commit()
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to JetStream in order and marks them published.
+
+    A relay that dies after publishing but before marking republishes with the same
+    Nats-Msg-Id, and the stream's duplicate window drops the copy.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: Table,
+        bus: Bus,
+        tracer: trace.Tracer,
+        *,
+        batch_size: int = 200,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.table = table
+        self.bus = bus
+        self.tracer = tracer
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self) -> None:
+        """Wakes the relay after a commit that added events (safe from any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                published = await self.publish_pending()
+            except Exception as error:  # noqa: BLE001 - NATS or the database is down: retry after a pause
+                log.warning("outbox_relay_failed", error=repr(error))
+                published = 0
+            if published >= self.batch_size:
+                continue
+            self._wake.clear()
+            # Woken by a commit, or polls anyway: another replica's commits do not wake us.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def stop(self) -> None:
+        """Stops after the current batch, then publishes what committed meanwhile."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publishes one batch of unpublished events, oldest first; returns how many."""
+        async with self.db.transaction() as session:
+            query = (
+                select(self.table)
+                .where(self.table.c.published_at.is_(None))
+                .order_by(self.table.c.seq)
+                .limit(self.batch_size)
+                # Several replicas may relay: each row is taken by one of them at a time.
+                .with_for_update(skip_locked=True)
+            )
+            rows = (await session.execute(query)).mappings().all()
+            for row in rows:
+                await self._publish(row["subject"], row["payload"], dict(row["headers"]))
+            if rows:
+                await self._mark_published(session, [row["seq"] for row in rows])
+        return len(rows)
+
+    async def _mark_published(self, session: AsyncSession, seqs: list[int]) -> None:
+        await session.execute(update(self.table).where(self.table.c.seq.in_(seqs)).values(published_at=utcnow()))
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        parent = propagate.extract(headers)
+        attributes: dict[str, str] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": subject,
+            "messaging.message.id": headers[MSG_ID_HEADER],
+        }
+        if CAMPAIGN_ID_HEADER in headers:
+            attributes[CAMPAIGN_ID] = headers[CAMPAIGN_ID_HEADER]
+        with self.tracer.start_as_current_span(
+            f"send {subject}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            propagate.inject(headers)
+            ack = await self.bus.js.publish(subject, payload, headers=headers)
+            if ack.duplicate:
+                log.info("outbox_duplicate_dropped", event_id=headers[MSG_ID_HEADER])
+
+
+class Inbox:
+    """Records the messages a durable consumer has applied, in the same transaction as the change."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    async def claim(self, session: AsyncSession, consumer: str, message_id: str) -> bool:
+        """True the first time; False when this consumer already applied the message (a redelivery)."""
+        values = {"consumer": consumer, "message_id": message_id, "applied_at": utcnow()}
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        builder = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = builder(self.table).values(**values).on_conflict_do_nothing()
+        result = await session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]

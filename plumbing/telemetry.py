@@ -1,0 +1,176 @@
+"""OpenTelemetry set-up, the local span store, and the spans that follow one campaign ID across processes."""
+
+import contextvars
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import Link, SpanKind, TraceFlags
+from opentelemetry.trace.span import NonRecordingSpan, SpanContext
+
+CAMPAIGN_ID = "campaign.id"
+"""The span attribute (and log key) that carries an outreach's campaign ID."""
+
+_forced_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("xsell_forced_ids", default=None)
+
+
+def outreach_ids(campaign_id: str) -> tuple[int, int]:
+    """The trace id and root span id of a campaign ID's trace, derived from the ID itself.
+
+    Every process can continue an outreach's trace from the campaign ID alone, days later,
+    without looking up stored context; `xsell trace` finds it the same way.
+    """
+    digest = hashlib.sha256(f"xsell-outreach:{campaign_id}".encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    return trace_id, span_id
+
+
+def outreach_trace_id(campaign_id: str) -> str:
+    return format(outreach_ids(campaign_id)[0], "032x")
+
+
+class _OutreachIdGenerator(IdGenerator):
+    """Random ids, except for the one outreach root span, whose ids come from its campaign ID."""
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        forced = _forced_ids.get()
+        if forced is not None:
+            return forced[1]
+        return self._random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        forced = _forced_ids.get()
+        if forced is not None:
+            return forced[0]
+        return self._random.generate_trace_id()
+
+
+def outreach_context(campaign_id: str) -> otel_context.Context:
+    """A context whose parent is the outreach's root span, for continuing its trace."""
+    trace_id, span_id = outreach_ids(campaign_id)
+    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+@contextmanager
+def outreach_span(
+    tracer: trace.Tracer,
+    name: str,
+    campaign_id: str,
+    *,
+    root: bool = False,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[trace.Span]:
+    """A span in the campaign ID's trace, linked to whatever trace the caller is in.
+
+    `root=True` creates the outreach's root span itself (once, where the outreach is created);
+    otherwise the span continues that trace as a child of the root.
+    """
+    current = trace.get_current_span().get_span_context()
+    links = [Link(current)] if current.is_valid else []
+    attrs = {CAMPAIGN_ID: campaign_id, **(attributes or {})}
+    if root:
+        token = _forced_ids.set(outreach_ids(campaign_id))
+        try:
+            span = tracer.start_span(name, context=otel_context.Context(), kind=kind, attributes=attrs, links=links)
+        finally:
+            _forced_ids.reset(token)
+    else:
+        span = tracer.start_span(name, context=outreach_context(campaign_id), kind=kind, attributes=attrs, links=links)
+    with (
+        trace.use_span(span, end_on_exit=True),
+        structlog.contextvars.bound_contextvars(**{CAMPAIGN_ID: campaign_id}),
+    ):
+        yield span
+
+
+class JsonlSpanExporter(SpanExporter):
+    """The local span store: one JSON line per span in var/traces/<service>.jsonl, readable with no installs."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = [json.dumps(_span_record(span), separators=(",", ":")) for span in spans]
+        with self._lock, self.path.open("a", encoding="utf-8") as file:
+            file.write("\n".join(lines) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _span_record(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "links": [
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+            }
+            for link in span.links
+        ],
+    }
+
+
+def setup_tracing(service: str, var_dir: Path) -> TracerProvider:
+    """A tracer provider exporting over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else to the local span store."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.namespace": "xsell"}),
+        id_generator=_OutreachIdGenerator(),
+    )
+    exporter: SpanExporter
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = JsonlSpanExporter(var_dir / "traces" / f"{service}.jsonl")
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def read_spans(var_dir: Path) -> list[dict[str, Any]]:
+    """Every span in the local span store, across all processes."""
+    spans: list[dict[str, Any]] = []
+    for path in sorted((var_dir / "traces").glob("*.jsonl")):
+        with path.open(encoding="utf-8") as file:
+            spans.extend(json.loads(line) for line in file if line.strip())
+    return spans
+
+
+def spans_for_campaign_id(var_dir: Path, campaign_id: str) -> list[dict[str, Any]]:
+    """The spans of a campaign ID's trace, oldest first."""
+    trace_id = outreach_trace_id(campaign_id)
+    spans = [span for span in read_spans(var_dir) if span["trace_id"] == trace_id]
+    return sorted(spans, key=lambda span: span["start_ns"])

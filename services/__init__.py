@@ -1,0 +1,1 @@
+"""The four xsell services: segments, campaigns, channels and attribution."""

