@@ -1,0 +1,85 @@
+"""request_id idempotency for mutating RPCs: the same id and payload get the first response back."""
+
+import hashlib
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.errors import Aborted, InvalidArgument
+from plumbing.outbox import utcnow
+
+R = TypeVar("R", bound=Message)
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    """Responses of mutating RPCs by (method, request_id), written in the same transaction as the change."""
+    return Table(
+        "idempotency",
+        metadata,
+        Column("method", String(100), primary_key=True),
+        Column("request_id", String(200), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("response", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+def _fingerprint(request: Message) -> str:
+    without_id = type(request)()
+    without_id.CopyFrom(request)
+    if hasattr(without_id, "request_id"):
+        without_id.ClearField("request_id")  # type: ignore[arg-type]
+    return hashlib.sha256(without_id.SerializeToString(deterministic=True)).hexdigest()
+
+
+class Idempotency:
+    """Looks up and records RPC responses by request_id inside the caller's transaction.
+
+    Usage in a servicer, within one transaction:
+        if (previous := await idem.previous(session, "CreateLead", request, CreateLeadResponse)):
+            return previous
+        ... do the work ...
+        await idem.remember(session, "CreateLead", request, response)
+    A concurrent duplicate fails on the primary key at commit and is retried by the caller.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    async def previous(self, session: AsyncSession, method: str, request: Message, response_type: type[R]) -> R | None:
+        request_id = getattr(request, "request_id", "")
+        if not request_id:
+            raise InvalidArgument(
+                "request_id is required: any unique string per intended change, e.g. a UUID", field="request_id"
+            )
+        if len(request_id) > 200:
+            raise InvalidArgument("request_id must be at most 200 characters", field="request_id")
+        row = (
+            await session.execute(
+                select(self.table.c.request_hash, self.table.c.response).where(
+                    self.table.c.method == method, self.table.c.request_id == request_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.request_hash != _fingerprint(request):
+            raise Aborted(
+                f"request_id {request_id!r} was already used for a different {method} request; "
+                "use a new request_id for a different change",
+                field="request_id",
+            )
+        return response_type.FromString(row.response)
+
+    async def remember(self, session: AsyncSession, method: str, request: Message, response: Message) -> None:
+        await session.execute(
+            insert(self.table).values(
+                method=method,
+                request_id=request.request_id,  # type: ignore[attr-defined]
+                request_hash=_fingerprint(request),
+                response=response.SerializeToString(),
+                created_at=utcnow(),
+            )
+        )
