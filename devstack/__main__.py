@@ -1,0 +1,65 @@
+"""`make run`: the whole stack on this machine, on SQLite, until Ctrl-C."""
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from devstack.smtp_sink import start_sink
+from devstack.stack import Ports, Stack, dev_api_key
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("--var-dir", type=Path, default=Path("var"), help="where data, logs and traces live")
+    parser.add_argument("--no-smtp-sink", action="store_true", help="use a real SMTP server on the smtp port")
+    args = parser.parse_args()
+    var_dir: Path = args.var_dir
+    ports = Ports.defaults()
+    sink = None
+    if not args.no_smtp_sink:
+        sink, _ = start_sink(var_dir / "mail", ports.smtp)
+    stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir))
+    print("starting NATS (JetStream), segments, campaigns, channels, attribution and gateway...", flush=True)
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as error:
+        print(f"the stack did not start: {error}", file=sys.stderr)
+        if sink:
+            sink.stop()
+        return 1
+    print(
+        f"""
+xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_dir}/traces/)
+
+  gateway gRPC   {stack.gateway_target}      (API key: {var_dir}/dev-api-key, send it as x-api-key)
+  gateway HTTP   {stack.gateway_http}   (tracking links, /healthz)
+  segments       127.0.0.1:{ports.segments}
+  campaigns      127.0.0.1:{ports.campaigns}
+  channels       127.0.0.1:{ports.channels}
+  attribution    127.0.0.1:{ports.attribution}
+  NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/)
+  SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/)
+
+Ctrl-C stops everything.""",
+        flush=True,
+    )
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    while not stopped.wait(1.0):
+        exited = {name: code for name, code in stack.exit_codes().items() if code is not None}
+        if exited:
+            print(f"stopping: a process exited unexpectedly: {exited}; see {var_dir}/logs/", file=sys.stderr)
+            break
+    print("stopping...", flush=True)
+    stack.stop()
+    if sink:
+        sink.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

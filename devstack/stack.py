@@ -1,0 +1,171 @@
+"""Starts and stops the whole local stack: NATS, a dev SMTP sink, the four services and the gateway."""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.nats_server import NatsServer, free_port
+
+SERVICES = ("segments", "campaigns", "channels", "attribution")
+DEFAULT_PORTS = {
+    "nats": 4222,
+    "smtp": 1025,
+    "gateway": 50051,
+    "gateway_http": 8080,
+    "segments": 50061,
+    "campaigns": 50062,
+    "channels": 50063,
+    "attribution": 50064,
+}
+
+
+@dataclass
+class Ports:
+    """Where each part listens; `Ports.free()` picks unused ones for tests."""
+
+    nats: int
+    smtp: int
+    gateway: int
+    gateway_http: int
+    segments: int
+    campaigns: int
+    channels: int
+    attribution: int
+
+    @classmethod
+    def defaults(cls) -> "Ports":
+        return cls(**DEFAULT_PORTS)
+
+    @classmethod
+    def free(cls, smtp: int | None = None) -> "Ports":
+        chosen = {name: free_port() for name in DEFAULT_PORTS}
+        if smtp is not None:
+            chosen["smtp"] = smtp
+        return cls(**chosen)
+
+
+def dev_api_key(var_dir: Path) -> str:
+    """The local admin key, made once per var/ and kept there (never used outside a dev machine)."""
+    path = var_dir / "dev-api-key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = f"xsk_dev_{secrets.token_urlsafe(24)}"
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+@dataclass
+class Stack:
+    """The processes of one local stack, started in dependency order and stopped in reverse."""
+
+    var_dir: Path
+    ports: Ports
+    api_key: str
+    tracking_secret: str = "dev-tracking-secret-change-me"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def gateway_http(self) -> str:
+        return f"http://127.0.0.1:{self.ports.gateway_http}"
+
+    def _env(self) -> dict[str, str]:
+        p = self.ports
+        var = str(self.var_dir.resolve())
+        nats_url = f"nats://127.0.0.1:{p.nats}"
+        env = dict(os.environ)
+        env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
+        for name in (*SERVICES, "gateway"):
+            prefix = f"XSELL_{name.upper()}_"
+            env[prefix + "VAR_DIR"] = var
+            env[prefix + "NATS_URL"] = nats_url
+            env[prefix + "GRPC_PORT"] = str(getattr(p, name))
+        env.update(
+            {
+                "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
+                "XSELL_CHANNELS_SMTP_PORT": str(p.smtp),
+                "XSELL_CHANNELS_TRACKING_BASE_URL": self.gateway_http,
+                "XSELL_CHANNELS_TRACKING_SECRET": self.tracking_secret,
+                "XSELL_GATEWAY_HTTP_PORT": str(p.gateway_http),
+                "XSELL_GATEWAY_TRACKING_SECRET": self.tracking_secret,
+                "XSELL_GATEWAY_BOOTSTRAP_API_KEY": self.api_key,
+                **{f"XSELL_GATEWAY_{name.upper()}_TARGET": f"127.0.0.1:{getattr(p, name)}" for name in SERVICES},
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> "Stack":
+        logs = self.var_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.nats = NatsServer(self.var_dir / "nats", port=self.ports.nats).start(logs / "nats.log")
+        env = self._env()
+        modules = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
+        try:
+            for name, module in modules.items():
+                log_file = (logs / f"{name}.log").open("ab")
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT
+                )
+            for name in modules:
+                self.wait_serving(name, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_serving(self, name: str, timeout: float) -> None:
+        """Blocks until the process's gRPC health check says SERVING."""
+        port = getattr(self.ports, name)
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                process = self.processes[name]
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {process.returncode}; see {self.var_dir / 'logs' / (name + '.log')}"
+                    )
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"{name} is not SERVING on port {port} after {timeout}s")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to every process (gateway first), wait for their graceful shutdown, then NATS."""
+        for name in reversed(list(self.processes)):
+            process = self.processes[name]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        if self.nats is not None:
+            self.nats.stop()
+            self.nats = None
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {name: process.poll() for name, process in self.processes.items()}
