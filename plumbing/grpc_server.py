@@ -1,5 +1,6 @@
 """The grpc.aio server every service runs: health, reflection, tracing, logging context and error mapping."""
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -86,6 +87,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
+            if not inspect.isasyncgenfunction(inner_stream):
+                # Handlers that stream with context.write() (the health Watch) are left as they are.
+                return handler
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with structlog.contextvars.bound_contextvars(rpc=method):

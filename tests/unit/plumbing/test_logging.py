@@ -1,0 +1,64 @@
+"""No personal data reaches a log line, wherever it is planted."""
+
+import io
+import json
+
+import pytest
+import structlog
+
+from plumbing.logging import REDACTED, redact_text, setup_logging
+
+PLANTED = {
+    "email": "priya.sharma@example.co.in",
+    "phone": "+91 98765 43210",
+    "phone_bare": "9876543210",
+    "pan": "ABCPS1234K",
+    "account": "001234567890",
+    "card": "4111 1111 1111 1111",
+}
+
+
+@pytest.fixture
+def log_stream() -> io.StringIO:
+    stream = io.StringIO()
+    setup_logging("test", "debug", stream=stream)
+    yield stream
+    structlog.contextvars.clear_contextvars()
+
+
+def test_planted_pii_is_redacted_everywhere_in_a_log_line(log_stream: io.StringIO) -> None:
+    log = structlog.get_logger("t")
+    log.info(
+        f"sent to {PLANTED['email']}",
+        recipient=PLANTED["email"],
+        nested={"phone": PLANTED["phone"], "list": [PLANTED["pan"], PLANTED["account"]]},
+        note=f"card {PLANTED['card']} phone {PLANTED['phone_bare']}",
+        campaign_id="CSELL-NOV-T06-0884",
+        loan_number="LA-2025-0001",
+        amount_paise=174000000,
+    )
+    line = log_stream.getvalue()
+    for value in PLANTED.values():
+        assert value not in line
+    record = json.loads(line)
+    assert record["recipient"] == REDACTED
+    # Identifiers that are not personal data survive.
+    assert record["campaign_id"] == "CSELL-NOV-T06-0884"
+    assert record["loan_number"] == "LA-2025-0001"
+    assert record["amount_paise"] == 174000000
+
+
+def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
+    import logging
+
+    logging.getLogger("some.library").warning("could not deliver to %s", PLANTED["email"])
+    assert PLANTED["email"] not in log_stream.getvalue()
+    assert REDACTED in log_stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["CSELL-NOV-T06-0884", "LA-2025-0001", "2026-11-26T03:32:35+00:00", "evt_01JDAZ3XQ4", "seg_01JDAZ3XQ4K5"],
+)
+def test_identifiers_and_timestamps_are_not_mistaken_for_pii(text: str) -> None:
+    assert redact_text(text) == text

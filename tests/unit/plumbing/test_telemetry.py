@@ -1,0 +1,70 @@
+"""A campaign ID's trace can be continued anywhere from the ID alone."""
+
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from plumbing.telemetry import (
+    CAMPAIGN_ID,
+    JsonlSpanExporter,
+    _OutreachIdGenerator,
+    outreach_ids,
+    outreach_span,
+    spans_for_campaign_id,
+)
+
+
+def _provider(exporter: object) -> TracerProvider:
+    provider = TracerProvider(id_generator=_OutreachIdGenerator())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[arg-type]
+    return provider
+
+
+def test_outreach_ids_are_stable_and_distinct() -> None:
+    assert outreach_ids("CSELL-NOV-T06-0884") == outreach_ids("CSELL-NOV-T06-0884")
+    assert outreach_ids("CSELL-NOV-T06-0884") != outreach_ids("CSELL-NOV-T06-0885")
+
+
+def test_root_and_later_spans_share_the_campaign_ids_trace() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("t")
+    trace_id, root_span_id = outreach_ids("CSELL-NOV-T06-0884")
+    with tracer.start_as_current_span("launch request"):
+        with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True):
+            pass
+    with outreach_span(tracer, "attribution.disbursement", "CSELL-NOV-T06-0884"):
+        pass
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    root, later, launch = spans["outreach.create"], spans["attribution.disbursement"], spans["launch request"]
+    assert root.context.trace_id == trace_id and root.context.span_id == root_span_id
+    assert root.parent is None
+    # The root links back to the request that caused it, which stays in its own trace.
+    assert [link.context.span_id for link in root.links] == [launch.context.span_id]
+    assert launch.context.trace_id != trace_id
+    assert later.context.trace_id == trace_id and later.parent.span_id == root_span_id
+    assert later.attributes[CAMPAIGN_ID] == "CSELL-NOV-T06-0884"
+
+
+def test_other_spans_keep_random_ids() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("t")
+    with tracer.start_as_current_span("a"):
+        pass
+    with tracer.start_as_current_span("b"):
+        pass
+    a, b = exporter.get_finished_spans()
+    assert a.context.trace_id != b.context.trace_id
+
+
+def test_local_span_store_finds_a_campaign_ids_spans(tmp_path: Path) -> None:
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True):
+        with tracer.start_as_current_span("child"):
+            pass
+    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0885", root=True):
+        pass
+    names = [span["name"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T06-0884")]
+    assert sorted(names) == ["child", "outreach.create"]
