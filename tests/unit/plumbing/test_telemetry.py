@@ -31,9 +31,11 @@ def test_root_and_later_spans_share_the_campaign_ids_trace() -> None:
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("t")
     trace_id, root_span_id = outreach_ids("CSELL-NOV-T06-0884")
-    with tracer.start_as_current_span("launch request"):
-        with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True):
-            pass
+    with (
+        tracer.start_as_current_span("launch request"),
+        outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True),
+    ):
+        pass
     with outreach_span(tracer, "attribution.disbursement", "CSELL-NOV-T06-0884"):
         pass
     spans = {span.name: span for span in exporter.get_finished_spans()}
@@ -61,9 +63,11 @@ def test_other_spans_keep_random_ids() -> None:
 def test_local_span_store_finds_a_campaign_ids_spans(tmp_path: Path) -> None:
     exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
     tracer = _provider(exporter).get_tracer("t")
-    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True):
-        with tracer.start_as_current_span("child"):
-            pass
+    with (
+        outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True),
+        tracer.start_as_current_span("child"),
+    ):
+        pass
     with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0885", root=True):
         pass
     names = [span["name"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T06-0884")]
