@@ -36,6 +36,10 @@ protos: $(GEN_STAMP) ## Regenerate the Python stubs from protos/ into gen/
 run: $(GEN_STAMP) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops)
 	$(PY) -m devstack
 
+.PHONY: trace
+trace: $(GEN_STAMP) ## Print a campaign ID's trace from the local span store: make trace ID=CSELL-NOV-T06-0884
+	$(PY) -m devstack.trace $(ID)
+
 .PHONY: lint
 lint: $(GEN_STAMP) ## buf lint, ruff and mypy
 	cd protos && ../$(VENV)/bin/buf lint

@@ -1,0 +1,70 @@
+"""`python -m devstack.trace CSELL-NOV-T06-0884`: a campaign ID's trace from the local span store, as a tree."""
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
+
+
+def _ms(nanoseconds: int) -> str:
+    milliseconds = nanoseconds / 1e6
+    if milliseconds >= 60_000:
+        return f"{milliseconds / 60_000:.1f}min"
+    if milliseconds >= 1000:
+        return f"{milliseconds / 1000:.2f}s"
+    return f"{milliseconds:.1f}ms"
+
+
+def render(spans: list[dict[str, Any]]) -> list[str]:
+    """One line per span: offset from the trace start, duration, service, name; children indented."""
+    if not spans:
+        return []
+    by_id = {span["span_id"]: span for span in spans}
+    children: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        parent = span["parent_span_id"] if span["parent_span_id"] in by_id else None
+        children[parent].append(span)
+    start = min(span["start_ns"] for span in spans)
+    lines: list[str] = []
+
+    def walk(span: dict[str, Any], depth: int, previous_end: int | None) -> int:
+        gap = ""
+        if previous_end is not None and span["start_ns"] - previous_end > 1_000_000_000:
+            gap = f"  (gap {_ms(span['start_ns'] - previous_end)})"
+        status = "" if span["status"] != "ERROR" else "  ERROR"
+        lines.append(
+            f"+{_ms(span['start_ns'] - start):>9} {_ms(span['end_ns'] - span['start_ns']):>9}  "
+            f"{'  ' * depth}[{span['service']}] {span['name']}{status}{gap}"
+        )
+        end = span["end_ns"]
+        last_child_end: int | None = None
+        for child in sorted(children[span["span_id"]], key=lambda item: item["start_ns"]):
+            last_child_end = walk(child, depth + 1, last_child_end)
+        return max(end, last_child_end or end)
+
+    previous: int | None = None
+    for root in sorted(children[None], key=lambda item: item["start_ns"]):
+        previous = walk(root, 0, previous)
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.trace", description=__doc__)
+    parser.add_argument("campaign_id", help="e.g. CSELL-NOV-T06-0884")
+    parser.add_argument("--var-dir", type=Path, default=Path("var"))
+    args = parser.parse_args()
+    spans = spans_for_campaign_id(args.var_dir, args.campaign_id)
+    if not spans:
+        print(f"no spans for {args.campaign_id} in {args.var_dir}/traces/", file=sys.stderr)
+        return 1
+    services = sorted({span["service"] for span in spans})
+    print(f"trace {outreach_trace_id(args.campaign_id)}  {len(spans)} spans  services: {', '.join(services)}")
+    print("\n".join(render(spans)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
