@@ -1,0 +1,85 @@
+"""`python -m gateway` serves; `python -m gateway keys create|list|revoke` manages API keys."""
+
+import argparse
+import asyncio
+import sys
+from datetime import UTC, datetime
+
+from gateway import scopes
+from gateway.app import MIGRATIONS, build
+from gateway.keys import ApiKey, format_key, generate_key, hash_secret
+from gateway.settings import GatewaySettings
+from gateway.store import KeyStore
+from plumbing.db import Database
+from plumbing.errors import NotFound
+from plumbing.runtime import run_service
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="The xsell gateway.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve gRPC and HTTP until SIGTERM (the default)")
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="issue a key; its secret is printed once and never stored")
+    create.add_argument("--client", required=True, help='the client the key is for, e.g. "crm-prod"')
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=sorted(scopes.GRANTABLE_SCOPES),
+        help="a scope the key grants; repeat for several",
+    )
+    keys.add_parser("list", help="list keys (ids, clients, scopes; never secrets)")
+    revoke = keys.add_parser("revoke", help="revoke a key; calls with it fail within seconds")
+    revoke.add_argument("key_id", help="the key's id, the part after xsk_")
+    return parser
+
+
+async def _keys(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    db = Database(settings.resolved_database_url("gateway"))
+    try:
+        await db.migrate(MIGRATIONS)
+        store = KeyStore(db)
+        if args.keys_command == "create":
+            presented = generate_key()
+            await store.add(
+                ApiKey(
+                    presented.key_id,
+                    args.client,
+                    hash_secret(presented.secret),
+                    frozenset(args.scope),
+                    datetime.now(UTC),
+                )
+            )
+            print(format_key(presented.key_id, presented.secret))
+            print(f"key {presented.key_id} for {args.client}; store it now, it is not shown again", file=sys.stderr)
+        elif args.keys_command == "list":
+            for key in await store.list():
+                state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+                print(
+                    f"{key.key_id}\t{key.client_name}\t{','.join(sorted(key.scopes))}\t"
+                    f"{key.created_at.isoformat()}\t{state}"
+                )
+        else:
+            try:
+                key = await store.revoke(args.key_id, datetime.now(UTC))
+            except NotFound as error:
+                print(str(error), file=sys.stderr)
+                return 1
+            print(f"revoked {key.key_id} ({key.client_name})")
+        return 0
+    finally:
+        await db.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = GatewaySettings()  # type: ignore[call-arg]  # mypy reads the base fields positional defaults as required
+    if args.command == "keys":
+        return asyncio.run(_keys(args, settings))
+    run_service("gateway", settings, build)  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The gateway's composition root: key store, auth, forwarding to the four services, GatewayService, HTTP edge."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+from opentelemetry.sdk.trace import TracerProvider
+
+from gateway import scopes
+from gateway.api import GatewayApi
+from gateway.auth import Authenticator, AuthInterceptor
+from gateway.forwarding import Forwarder
+from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
+from gateway.settings import GatewaySettings
+from gateway.store import KeyStore
+from gateway.tracking import TrackingEdge
+from plumbing.db import Database
+from plumbing.grpc_client import client_channel
+from plumbing.grpc_server import GrpcServer
+from plumbing.runtime import BackgroundTask, ServiceProcess
+
+# The generated modules fill the default descriptor pool: forwarding reads request types and
+# reflection reads the services from it.
+from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
+from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
+from xsell.channels.v1 import service_pb2_grpc as channels_grpc
+from xsell.gateway.v1 import service_pb2_grpc as gateway_grpc
+from xsell.segments.v1 import service_pb2 as _segments_pb2  # noqa: F401
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+BOOTSTRAP_CLIENT = "bootstrap"
+
+
+@dataclass
+class GatewayProcess(ServiceProcess):
+    """A ServiceProcess whose start also waits for the HTTP edge to listen, so both ports are known."""
+
+    http: TrackingEdge | None = None
+
+    async def start(self) -> int:
+        port = await super().start()
+        if self.http is not None:
+            await self.http.wait_ready()
+        return port
+
+
+def bootstrap_key(text: str, now: datetime) -> ApiKey:
+    """The admin key `make run` and the e2e tests use, from XSELL_GATEWAY_BOOTSTRAP_API_KEY."""
+    try:
+        presented = parse_key(text)
+    except MalformedKey as error:
+        raise ValueError(f"XSELL_GATEWAY_BOOTSTRAP_API_KEY is malformed: {error}") from error
+    if len(presented.secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"XSELL_GATEWAY_BOOTSTRAP_API_KEY needs a secret of at least {MIN_SECRET_LENGTH} characters")
+    return ApiKey(presented.key_id, BOOTSTRAP_CLIENT, hash_secret(presented.secret), frozenset({scopes.ADMIN}), now)
+
+
+async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceProcess:
+    tracer = provider.get_tracer("xsell.gateway")
+    db = Database(settings.resolved_database_url("gateway"))
+    await db.migrate(MIGRATIONS)
+    keys = KeyStore(db)
+    if settings.bootstrap_api_key is not None:
+        await keys.put(bootstrap_key(settings.bootstrap_api_key.get_secret_value(), datetime.now(UTC)))
+
+    targets = {
+        scopes.SEGMENTS_SERVICE: settings.segments_target,
+        scopes.CAMPAIGNS_SERVICE: settings.campaigns_target,
+        scopes.CHANNELS_SERVICE: settings.channels_target,
+        scopes.ATTRIBUTION_SERVICE: settings.attribution_target,
+    }
+    channels = {service: client_channel(target, provider) for service, target in targets.items()}
+
+    server = GrpcServer(
+        settings.grpc_host,
+        settings.grpc_port,
+        provider,
+        extra_interceptors=[AuthInterceptor(Authenticator(keys, settings.key_cache_seconds))],
+        options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
+    )
+    forwarder = Forwarder(tracer, settings.downstream_timeout_seconds)
+    for service in scopes.FORWARDED_SERVICES:
+        handler = forwarder.handler(service, scopes.exposed_methods(service), channels[service])
+        server.add(service, _generic(handler))
+
+    api = GatewayApi(
+        campaigns_grpc.CampaignsServiceStub(channels[scopes.CAMPAIGNS_SERVICE]),
+        channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+        attribution_grpc.AttributionServiceStub(channels[scopes.ATTRIBUTION_SERVICE]),
+        tracer,
+        settings.downstream_timeout_seconds,
+    )
+    server.add(scopes.GATEWAY_SERVICE, lambda s: gateway_grpc.add_GatewayServiceServicer_to_server(api, s))
+
+    async def serving() -> bool:
+        # The overall ("") status always exists, so Check never needs a call context.
+        response = await server.health.Check(health_pb2.HealthCheckRequest(service=""), None)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    http = TrackingEdge(
+        settings.http_host,
+        settings.http_port,
+        settings.tracking_secret.get_secret_value(),
+        channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+        tracer,
+        serving,
+        settings.tracking_record_timeout_seconds,
+    )
+
+    async def close_channels() -> None:
+        for channel in channels.values():
+            await channel.close()
+
+    return GatewayProcess(
+        "gateway",
+        server,
+        tasks=[BackgroundTask("http-edge", http.run, http.stop)],
+        closers=[db.dispose, close_channels],
+        http=http,
+    )
+
+
+def _generic(handler: grpc.GenericRpcHandler):  # type: ignore[no-untyped-def]
+    return lambda s: s.add_generic_rpc_handlers((handler,))

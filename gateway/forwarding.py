@@ -1,0 +1,107 @@
+"""Passes calls through to the services' own APIs: raw bytes in and out, deadline, trace context and errors kept."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import trace
+
+from gateway.auth import current_caller
+from plumbing.telemetry import outreach_span
+
+log = structlog.get_logger(__name__)
+
+STATUS_DETAILS = "grpc-status-details-bin"
+CLIENT_METADATA = "x-xsell-client"
+"""Tells the service which gateway client a call came from, for its own audit logs."""
+
+
+def request_type(method: str) -> type[Message]:
+    """The request message class of a full method name, from the default descriptor pool (the *_pb2 modules)."""
+    service, _, name = method.lstrip("/").partition("/")
+    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    return message_factory.GetMessageClass(descriptor.input_type)
+
+
+def campaign_id_of(message_type: type[Message], request: bytes) -> str:
+    """The request's `campaign_id`, or "" when it has none or does not parse (the service rejects those)."""
+    if "campaign_id" not in message_type.DESCRIPTOR.fields_by_name:
+        return ""
+    message = message_type()
+    try:
+        message.ParseFromString(request)
+    except DecodeError:
+        return ""
+    value = getattr(message, "campaign_id", "")
+    return value if isinstance(value, str) else ""
+
+
+def downstream_timeout(context: grpc.aio.ServicerContext, cap: float) -> float:
+    """The caller's remaining deadline, capped so no forwarded call outlives `cap` seconds."""
+    remaining = context.time_remaining()
+    return cap if remaining is None else min(remaining, cap)
+
+
+async def abort_with_downstream_error(
+    context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, service: str
+) -> None:
+    """Re-raises a service's error to the caller with its code, message and google.rpc.Status details."""
+    trailers = tuple((name, value) for name, value in (error.trailing_metadata() or ()) if name == STATUS_DETAILS)
+    message = error.details() or ""
+    if error.code() == grpc.StatusCode.UNAVAILABLE and not trailers:
+        # Raised by the channel, not by the service: its text names internal addresses, which stay inside.
+        log.warning("downstream_unavailable", service=service, detail=message)
+        message = f"{service} is unavailable right now; retry with backoff"
+    await context.abort(error.code(), message, trailing_metadata=trailers)
+
+
+class Forwarder:
+    """Builds the generic handlers that serve a service's methods by forwarding the raw request bytes."""
+
+    def __init__(self, tracer: trace.Tracer, timeout_cap: float) -> None:
+        self._tracer = tracer
+        self._timeout_cap = timeout_cap
+
+    def handler(self, service: str, methods: list[str], channel: grpc.aio.Channel) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            service,
+            {
+                method.rpartition("/")[2]: grpc.unary_unary_rpc_method_handler(self._forward(service, method, channel))
+                for method in methods
+            },
+        )
+
+    def _forward(
+        self, service: str, method: str, channel: grpc.aio.Channel
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        # No serializers: the caller's bytes go downstream untouched, and the service's bytes come back.
+        call = channel.unary_unary(method)
+        message_type = request_type(method)
+        span_name = f"gateway {method.rpartition('/')[2]}"
+        tracer = self._tracer
+        timeout_cap = self._timeout_cap
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            timeout = downstream_timeout(context, timeout_cap)
+            if timeout <= 0:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before forwarding")
+            caller = current_caller.get()
+            metadata = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            campaign_id = campaign_id_of(message_type, request)
+            if not campaign_id:
+                return await send(request, context, timeout, metadata)
+            # The gateway's span joins the outreach's trace, and the client interceptor carries it downstream.
+            with outreach_span(tracer, span_name, campaign_id):
+                return await send(request, context, timeout, metadata)
+
+        async def send(request: bytes, context: grpc.aio.ServicerContext, timeout: float, metadata: Any) -> bytes:
+            try:
+                response: bytes = await call(request, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                await abort_with_downstream_error(context, error, service)
+            return response
+
+        return forward

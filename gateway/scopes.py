@@ -1,0 +1,86 @@
+"""Which scope each exposed RPC needs: the one table the gateway authorises by."""
+
+INGEST = "ingest"
+PROFILES_READ = "profiles.read"
+SEGMENTS_MANAGE = "segments.manage"
+CAMPAIGNS_MANAGE = "campaigns.manage"
+CRM_LEADS = "crm.leads"
+LOS_EVENTS = "los.events"
+REPORTS_READ = "reports.read"
+ADMIN = "admin"
+"""Grants every scope."""
+
+AUTHENTICATED = "authenticated"
+"""Not a grantable scope: the method needs any valid key."""
+
+GRANTABLE_SCOPES = frozenset(
+    {INGEST, PROFILES_READ, SEGMENTS_MANAGE, CAMPAIGNS_MANAGE, CRM_LEADS, LOS_EVENTS, REPORTS_READ, ADMIN}
+)
+
+SEGMENTS_SERVICE = "xsell.segments.v1.SegmentsService"
+CAMPAIGNS_SERVICE = "xsell.campaigns.v1.CampaignsService"
+CHANNELS_SERVICE = "xsell.channels.v1.ChannelsService"
+ATTRIBUTION_SERVICE = "xsell.attribution.v1.AttributionService"
+GATEWAY_SERVICE = "xsell.gateway.v1.GatewayService"
+
+FORWARDED_SERVICES = (SEGMENTS_SERVICE, CAMPAIGNS_SERVICE, CHANNELS_SERVICE, ATTRIBUTION_SERVICE)
+"""Services whose own API the gateway serves by passing calls through."""
+
+# Health and reflection answer without a key: probes and tooling must work before anyone has one.
+PUBLIC_SERVICES = frozenset(
+    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+def _method(service: str, name: str) -> str:
+    return f"/{service}/{name}"
+
+
+METHOD_SCOPES: dict[str, str] = {
+    _method(SEGMENTS_SERVICE, "UpsertProfiles"): INGEST,
+    _method(SEGMENTS_SERVICE, "IngestEvents"): INGEST,
+    # Personal data: a profile, who is in a segment, whether one person is.
+    _method(SEGMENTS_SERVICE, "GetProfile"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "ListSegmentMembers"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "CheckMembership"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "CreateSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "GetSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "ListSegments"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "PublishSegment"): SEGMENTS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "CreateCampaign"): CAMPAIGNS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "GetCampaign"): CAMPAIGNS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "ListCampaigns"): CAMPAIGNS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "LaunchCampaign"): CAMPAIGNS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "ListOutreaches"): CAMPAIGNS_MANAGE,
+    _method(CAMPAIGNS_SERVICE, "GetOutreach"): CRM_LEADS,
+    _method(ATTRIBUTION_SERVICE, "CreateLead"): CRM_LEADS,
+    _method(GATEWAY_SERVICE, "LookupCampaignRecord"): CRM_LEADS,
+    _method(ATTRIBUTION_SERVICE, "RecordApplication"): LOS_EVENTS,
+    _method(ATTRIBUTION_SERVICE, "RecordSanction"): LOS_EVENTS,
+    _method(ATTRIBUTION_SERVICE, "RecordDisbursement"): LOS_EVENTS,
+    _method(ATTRIBUTION_SERVICE, "GetCampaignAttribution"): REPORTS_READ,
+    _method(CHANNELS_SERVICE, "GetMessage"): REPORTS_READ,
+    _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
+}
+
+# Reachable only inside the cluster: the tracking edge and provider webhooks record engagement themselves.
+INTERNAL_METHODS = frozenset({_method(CHANNELS_SERVICE, "RecordEngagement")})
+
+
+def required_scope(method: str) -> str | None:
+    """The scope a full method name (/pkg.Service/Method) needs; None when the gateway does not expose it."""
+    return METHOD_SCOPES.get(method)
+
+
+def is_public(method: str) -> bool:
+    return method.lstrip("/").partition("/")[0] in PUBLIC_SERVICES
+
+
+def authorizes(granted: frozenset[str], required: str) -> bool:
+    """Whether a key with `granted` scopes may call a method needing `required`."""
+    return required == AUTHENTICATED or ADMIN in granted or required in granted
+
+
+def exposed_methods(service: str) -> list[str]:
+    """The full method names of `service` the gateway serves, in table order."""
+    return [method for method in METHOD_SCOPES if method.startswith(f"/{service}/")]

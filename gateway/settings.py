@@ -1,0 +1,40 @@
+"""The gateway's settings, read from XSELL_GATEWAY_* environment variables."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from plumbing.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """The public edge: gRPC for CRM, LOS and operators; HTTP for tracking links."""
+
+    model_config = SettingsConfigDict(env_prefix="XSELL_GATEWAY_", extra="ignore")
+
+    grpc_port: int = Field(default=50051, description="Public gRPC port; 0 picks a free one (tests).")
+    http_host: str = Field(default="127.0.0.1", description="Interface the HTTP tracking edge binds to.")
+    http_port: int = Field(
+        default=8080, description="HTTP tracking edge port (/c, /o, /u, /healthz); 0 picks a free one."
+    )
+    segments_target: str = Field(default="127.0.0.1:50061", description="gRPC address of the segments service.")
+    campaigns_target: str = Field(default="127.0.0.1:50062", description="gRPC address of the campaigns service.")
+    channels_target: str = Field(default="127.0.0.1:50063", description="gRPC address of the channels service.")
+    attribution_target: str = Field(default="127.0.0.1:50064", description="gRPC address of the attribution service.")
+    tracking_secret: SecretStr = Field(
+        default=SecretStr("dev-tracking-secret-change-me"),
+        description="HMAC secret of tracking and unsubscribe links; the channels service signs with the same one.",
+    )
+    bootstrap_api_key: SecretStr | None = Field(
+        default=None,
+        description="An xsk_<key id>_<secret> key upserted at start as client 'bootstrap' with scope admin.",
+    )
+    downstream_timeout_seconds: float = Field(
+        default=10.0, description="Longest a forwarded call may take; a shorter caller deadline is passed on as is."
+    )
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest gRPC request accepted, in bytes.")
+    key_cache_seconds: float = Field(
+        default=5.0, description="How long an API key look-up is cached; a revocation takes effect within this time."
+    )
+    tracking_record_timeout_seconds: float = Field(
+        default=2.0, description="Longest a tracking request waits for channels to record it before answering anyway."
+    )
