@@ -1,0 +1,300 @@
+"""The AttributionService gRPC servicer: leads and LOS events in, attributed revenue, cost and ROMI out."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from opentelemetry import trace
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.db import Database
+from plumbing.errors import Aborted, AlreadyExists, InvalidArgument
+from plumbing.idempotency import Idempotency
+from plumbing.outbox import Outbox
+from plumbing.telemetry import outreach_span
+from services import streams
+from services.attribution import rules, store
+from services.attribution.convert import (
+    channel_value,
+    money,
+    origin_name,
+    origin_value,
+    stage_value,
+    time_or,
+    timestamp,
+)
+from services.attribution.ledger import Ledger
+from services.attribution.revenue import RevenueModels, romi
+from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+
+class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
+    """Validates each request, applies it in one transaction with its request_id, and answers from the ledger."""
+
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        idempotency: Idempotency,
+        ledger: Ledger,
+        revenue_models: RevenueModels,
+        tracer: trace.Tracer,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.idempotency = idempotency
+        self.ledger = ledger
+        self.revenue_models = revenue_models
+        self.currency = ledger.currency
+        self.tracer = tracer
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; a unique-key race with a concurrent request becomes ABORTED, which callers retry."""
+        try:
+            async with self.db.transaction() as session:
+                yield session
+        except IntegrityError as error:
+            log.info("rpc_conflict", error=type(error.orig).__name__)
+            raise Aborted("a concurrent request changed the same record; retry with the same request_id") from error
+
+    async def CreateLead(
+        self, request: service_pb2.CreateLeadRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.CreateLeadResponse:
+        rules.require_campaign_id(request.campaign_id)
+        if len(request.crm_lead_id) > rules.MAX_ID_LENGTH:
+            raise InvalidArgument(f"crm_lead_id must be at most {rules.MAX_ID_LENGTH} characters", field="crm_lead_id")
+        try:
+            origin = origin_name(request.origin)
+        except ValueError as error:
+            raise InvalidArgument(
+                f"origin {request.origin} is not a LeadOrigin; use CRM, REPLY or SUPPORT_AGENT", field="origin"
+            ) from error
+        with outreach_span(self.tracer, "attribution.create_lead", request.campaign_id):
+            async with self._transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "CreateLead", request, service_pb2.CreateLeadResponse
+                )
+                if previous is not None:
+                    return previous
+                if await store.get_outreach(session, request.campaign_id) is None:
+                    raise rules.unknown_outreach(request.campaign_id)
+                lead, created = await self.ledger.record_lead(
+                    session,
+                    campaign_id=request.campaign_id,
+                    crm_lead_id=request.crm_lead_id,
+                    origin=origin,
+                    at=datetime.now(UTC),
+                    # The CRM's lead id names one lead: a resend of it is the same lead, not more RM time.
+                    dedup_key=f"crm:{request.crm_lead_id}" if request.crm_lead_id else None,
+                )
+                if not created and lead.campaign_id != request.campaign_id:
+                    raise AlreadyExists(
+                        f"crm_lead_id {request.crm_lead_id!r} is already a lead of campaign_id {lead.campaign_id!r}",
+                        field="crm_lead_id",
+                    )
+                response = service_pb2.CreateLeadResponse(lead=_lead(lead))
+                await self.idempotency.remember(session, "CreateLead", request, response)
+            log.info("lead_created" if created else "lead_already_known", origin=origin)
+            return response
+
+    async def RecordApplication(
+        self, request: service_pb2.RecordApplicationRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordApplicationResponse:
+        rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
+        rules.require_campaign_id(request.campaign_id)
+        if len(request.product_code) > rules.MAX_ID_LENGTH:
+            raise InvalidArgument(
+                f"product_code must be at most {rules.MAX_ID_LENGTH} characters", field="product_code"
+            )
+        applied_at = time_or(request.apply_time, request.HasField("apply_time"), datetime.now(UTC))
+        with outreach_span(self.tracer, "attribution.record_application", request.campaign_id):
+            async with self._transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "RecordApplication", request, service_pb2.RecordApplicationResponse
+                )
+                if previous is not None:
+                    return previous
+                outreach = await store.get_outreach(session, request.campaign_id)
+                if outreach is None:
+                    raise rules.unknown_outreach(request.campaign_id)
+                loan = await store.get_loan(session, request.loan_number)
+                rules.check_application(
+                    request.loan_number, loan.campaign_id if loan is not None else None, request.campaign_id
+                )
+                if loan is None:
+                    loan = store.Loan(
+                        loan_number=request.loan_number,
+                        campaign_id=request.campaign_id,
+                        product_code=request.product_code or outreach.product_code,
+                        stage=rules.APPLIED,
+                        currency_code=self.currency,
+                        sanctioned_paise=None,
+                        disbursed_paise=0,
+                        applied_at=applied_at,
+                        sanctioned_at=None,
+                    )
+                    await store.add_loan(session, loan)
+                    await store.reach_step(session, request.campaign_id, rules.APPLIED, applied_at)
+                response = service_pb2.RecordApplicationResponse(loan=_loan(loan))
+                await self.idempotency.remember(session, "RecordApplication", request, response)
+            log.info("application_recorded")
+            return response
+
+    async def RecordSanction(
+        self, request: service_pb2.RecordSanctionRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordSanctionResponse:
+        rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
+        rules.require_campaign_id(request.campaign_id)
+        rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
+        sanctioned_at = time_or(request.sanction_time, request.HasField("sanction_time"), datetime.now(UTC))
+        with outreach_span(self.tracer, "attribution.record_sanction", request.campaign_id):
+            async with self._transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "RecordSanction", request, service_pb2.RecordSanctionResponse
+                )
+                if previous is not None:
+                    return previous
+                loan = await store.get_loan(session, request.loan_number)
+                rules.check_sanction(request.loan_number, loan.stage if loan is not None else None)
+                assert loan is not None
+                rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                await store.sanction_loan(session, request.loan_number, request.amount.minor_units, sanctioned_at)
+                await store.reach_step(session, request.campaign_id, rules.SANCTIONED, sanctioned_at)
+                sanctioned = await store.get_loan(session, request.loan_number)
+                assert sanctioned is not None
+                response = service_pb2.RecordSanctionResponse(loan=_loan(sanctioned))
+                await self.idempotency.remember(session, "RecordSanction", request, response)
+            log.info("sanction_recorded", amount_paise=request.amount.minor_units)
+            return response
+
+    async def RecordDisbursement(
+        self, request: service_pb2.RecordDisbursementRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordDisbursementResponse:
+        rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
+        rules.require_id(request.disbursement_id, "disbursement_id", "DISB-2025-0001-1")
+        rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
+        rules.require_campaign_id(request.campaign_id)
+        disbursed_at = time_or(request.disburse_time, request.HasField("disburse_time"), datetime.now(UTC))
+        amount = request.amount.minor_units
+        with outreach_span(self.tracer, "attribution.record_disbursement", request.campaign_id):
+            async with self._transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "RecordDisbursement", request, service_pb2.RecordDisbursementResponse
+                )
+                if previous is not None:
+                    return previous
+                outreach = await store.get_outreach(session, request.campaign_id)
+                if outreach is None:
+                    raise rules.unknown_outreach(request.campaign_id)
+                loan = await store.get_loan(session, request.loan_number)
+                rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
+                assert loan is not None
+                rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                rules.check_not_before_outreach(
+                    request.campaign_id, outreach.created_at, disbursed_at, field="disburse_time"
+                )
+                if await store.disbursement_exists(session, request.disbursement_id):
+                    raise AlreadyExists(
+                        f"disbursement_id {request.disbursement_id!r} is already recorded; "
+                        "a retry of the same request must reuse its request_id",
+                        field="disbursement_id",
+                    )
+                model_name, model = self.revenue_models.for_products(loan.product_code, outreach.product_code)
+                revenue = model.price(amount)
+                await store.add_disbursement(
+                    session,
+                    disbursement_id=request.disbursement_id,
+                    loan_number=request.loan_number,
+                    campaign_id=request.campaign_id,
+                    amount_paise=amount,
+                    currency=self.currency,
+                    disbursed_at=disbursed_at,
+                    lifetime_revenue_paise=revenue.lifetime_paise,
+                    year1_revenue_paise=revenue.year1_paise,
+                    revenue_model=model_name,
+                    recorded_at=datetime.now(UTC),
+                )
+                await store.reach_step(session, request.campaign_id, rules.DISBURSED, disbursed_at)
+                await self.outbox.add(
+                    session,
+                    streams.CONVERSION_RECORDED,
+                    events_pb2.ConversionRecorded(
+                        campaign_id=request.campaign_id,
+                        loan_number=request.loan_number,
+                        amount=money(amount, self.currency),
+                        lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+                        year1_revenue=money(revenue.year1_paise, self.currency),
+                        disburse_time=timestamp(disbursed_at),
+                    ),
+                    campaign_id=request.campaign_id,
+                )
+                attribution = await store.attribution(session, request.campaign_id)
+                assert attribution is not None
+                response = service_pb2.RecordDisbursementResponse(attribution=self._attribution(attribution))
+                await self.idempotency.remember(session, "RecordDisbursement", request, response)
+            log.info(
+                "disbursement_attributed",
+                amount_paise=amount,
+                lifetime_revenue_paise=revenue.lifetime_paise,
+                revenue_model=model_name,
+            )
+            return response
+
+    async def GetCampaignAttribution(
+        self, request: service_pb2.GetCampaignAttributionRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetCampaignAttributionResponse:
+        rules.require_campaign_id(request.campaign_id)
+        with outreach_span(self.tracer, "attribution.get_campaign_attribution", request.campaign_id):
+            async with self.db.transaction() as session:
+                attribution = await store.attribution(session, request.campaign_id)
+            if attribution is None:
+                raise rules.unknown_outreach(request.campaign_id)
+            return service_pb2.GetCampaignAttributionResponse(attribution=self._attribution(attribution))
+
+    def _attribution(self, a: store.Attribution) -> resources_pb2.CampaignAttribution:
+        outreach = a.outreach
+        return resources_pb2.CampaignAttribution(
+            campaign_id=outreach.campaign_id,
+            campaign_key=outreach.campaign_key,
+            trigger_code=outreach.trigger_code,
+            channel=channel_value(outreach.channel),
+            product_code=outreach.product_code,
+            disbursed_amount=money(a.disbursed_paise, self.currency),
+            lifetime_revenue=money(a.lifetime_revenue_paise, self.currency),
+            year1_revenue=money(a.year1_revenue_paise, self.currency),
+            cost=money(a.cost_paise, self.currency),
+            romi=romi(a.lifetime_revenue_paise, a.cost_paise),
+            funnel=resources_pb2.Funnel(**a.funnel),
+            loans=[_loan(loan) for loan in a.loans],
+            leads=[_lead(lead) for lead in a.leads],
+        )
+
+
+def _loan(loan: store.Loan) -> resources_pb2.Loan:
+    message = resources_pb2.Loan(
+        loan_number=loan.loan_number,
+        campaign_id=loan.campaign_id,
+        product_code=loan.product_code,
+        stage=stage_value(loan.stage),
+        disbursed_amount=money(loan.disbursed_paise, loan.currency_code),
+        apply_time=timestamp(loan.applied_at),
+    )
+    if loan.sanctioned_paise is not None:
+        message.sanctioned_amount.CopyFrom(money(loan.sanctioned_paise, loan.currency_code))
+    return message
+
+
+def _lead(lead: store.Lead) -> resources_pb2.Lead:
+    return resources_pb2.Lead(
+        lead_id=lead.lead_id,
+        campaign_id=lead.campaign_id,
+        crm_lead_id=lead.crm_lead_id,
+        origin=origin_value(lead.origin),
+        create_time=timestamp(lead.created_at),
+    )

@@ -1,0 +1,61 @@
+"""The attribution service's composition root: settings, database, bus, servicer and consumers wired once."""
+
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.bus import Bus, Consumer
+from plumbing.db import Database
+from plumbing.grpc_server import GrpcServer
+from plumbing.idempotency import Idempotency
+from plumbing.outbox import Inbox, Outbox, OutboxRelay
+from plumbing.runtime import BackgroundTask, ServiceProcess
+from services import streams
+from services.attribution import store
+from services.attribution.api import AttributionApi
+from services.attribution.consumers import Handlers
+from services.attribution.ledger import Ledger
+from services.attribution.settings import AttributionSettings
+from xsell.attribution.v1 import service_pb2_grpc
+from xsell.campaigns.v1.events_pb2 import OutreachCreated
+from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(settings: AttributionSettings, provider: TracerProvider) -> ServiceProcess:
+    tracer = provider.get_tracer("xsell.attribution")
+    db = Database(settings.resolved_database_url("attribution"))
+    await db.migrate(MIGRATIONS)
+    bus = await Bus.connect(settings.nats_url, name="attribution")
+    await bus.ensure_streams(streams.ALL_STREAMS)
+    relay = OutboxRelay(db, store.outbox, bus, tracer)
+    outbox = Outbox(store.outbox, on_commit=relay.notify)
+    ledger = Ledger(settings.cost(), settings.currency)
+
+    servicer = AttributionApi(db, outbox, Idempotency(store.idempotency), ledger, settings.revenue(), tracer)
+    server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
+    server.add(
+        "xsell.attribution.v1.AttributionService",
+        lambda s: service_pb2_grpc.add_AttributionServiceServicer_to_server(servicer, s),
+    )
+
+    handlers = Handlers(db, Inbox(store.inbox), ledger, tracer)
+    consumers: list[Consumer[Any]] = [
+        Consumer(bus, streams.ATTRIBUTION_OUTREACH, OutreachCreated, handlers.on_outreach_created, tracer),
+        Consumer(bus, streams.ATTRIBUTION_DELIVERY, DeliveryUpdated, handlers.on_delivery_updated, tracer),
+        Consumer(bus, streams.ATTRIBUTION_ENGAGEMENT, EngagementRecorded, handlers.on_engagement_recorded, tracer),
+    ]
+    for consumer in consumers:
+        await consumer.declare()
+
+    return ServiceProcess(
+        "attribution",
+        server,
+        tasks=[
+            BackgroundTask("outbox-relay", relay.run, relay.stop),
+            *(BackgroundTask(f"consumer-{c.spec.durable}", c.run, c.stop) for c in consumers),
+        ],
+        closers=[db.dispose, bus.drain],
+    )

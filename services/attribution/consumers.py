@@ -1,0 +1,122 @@
+"""NATS handlers: outreaches into the ledger, delivery and engagement into the funnel, replies into leads."""
+
+from datetime import UTC, datetime
+
+import structlog
+from opentelemetry import trace
+
+from plumbing.bus import Delivery, PermanentError
+from plumbing.db import Database
+from plumbing.outbox import Inbox
+from plumbing.telemetry import outreach_span
+from services import streams
+from services.attribution import store
+from services.attribution.convert import category_name, channel_name, time_or
+from services.attribution.ledger import Ledger
+from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
+from xsell.campaigns.v1.events_pb2 import OutreachCreated
+from xsell.channels.v1 import resources_pb2 as channels_pb2
+from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
+
+log = structlog.get_logger(__name__)
+
+DELIVERY_STEPS = {channels_pb2.DELIVERY_STATE_SENT: SENT, channels_pb2.DELIVERY_STATE_DELIVERED: DELIVERED}
+ENGAGEMENT_STEPS = {
+    channels_pb2.ENGAGEMENT_KIND_OPENED: OPENED,
+    channels_pb2.ENGAGEMENT_KIND_CLICKED: CLICKED,
+    channels_pb2.ENGAGEMENT_KIND_REPLIED: RESPONDED,
+}
+
+
+class OutreachNotYetKnown(Exception):
+    """A delivery or engagement event arrived before its outreach.
+
+    Not a PermanentError on purpose: OutreachCreated and the channels' events travel on different
+    streams and durables, so the outreach may simply not have been applied yet. Raising an ordinary
+    exception makes the consumer nak with backoff; the retry finds the outreach, and only an event
+    whose outreach never arrives within max_deliver attempts ends up dead-lettered.
+    """
+
+
+class Handlers:
+    """One handler per consumed event; each applies its change and its inbox claim in one transaction."""
+
+    def __init__(self, db: Database, inbox: Inbox, ledger: Ledger, tracer: trace.Tracer) -> None:
+        self.db = db
+        self.inbox = inbox
+        self.ledger = ledger
+        self.tracer = tracer
+
+    async def on_outreach_created(self, event: OutreachCreated, delivery: Delivery) -> None:
+        outreach = event.outreach
+        if not outreach.campaign_id:
+            raise PermanentError("OutreachCreated without outreach.campaign_id cannot be attributed")
+        with outreach_span(self.tracer, "attribution.record_outreach", outreach.campaign_id):
+            record = store.Outreach(
+                campaign_id=outreach.campaign_id,
+                campaign_key=outreach.campaign_key,
+                profile_id=outreach.profile_id,
+                channel=channel_name(outreach.channel),
+                trigger_code=outreach.trigger_code,
+                product_code=outreach.offer.product_code,
+                labels=list(outreach.labels),
+                category=category_name(outreach.category),
+                created_at=time_or(outreach.create_time, outreach.HasField("create_time"), datetime.now(UTC)),
+            )
+            async with self.db.transaction() as session:
+                if not await self.inbox.claim(session, streams.ATTRIBUTION_OUTREACH.durable, delivery.message_id):
+                    log.info("redelivery_skipped")
+                    return
+                # The campaign ID is the outreach's identity: a republished event under another
+                # message id is recognised here, so the send cost is booked once.
+                recorded = await self.ledger.record_outreach(session, record)
+            log.info("outreach_recorded" if recorded else "outreach_already_recorded", channel=record.channel)
+
+    async def on_delivery_updated(self, event: DeliveryUpdated, delivery: Delivery) -> None:
+        step = DELIVERY_STEPS.get(event.state)
+        await self._reach_step(
+            "attribution.record_delivery", streams.ATTRIBUTION_DELIVERY.durable, event, delivery, step
+        )
+
+    async def on_engagement_recorded(self, event: EngagementRecorded, delivery: Delivery) -> None:
+        step = ENGAGEMENT_STEPS.get(event.kind)
+        await self._reach_step(
+            "attribution.record_engagement", streams.ATTRIBUTION_ENGAGEMENT.durable, event, delivery, step
+        )
+
+    async def _reach_step(
+        self,
+        span_name: str,
+        durable: str,
+        event: DeliveryUpdated | EngagementRecorded,
+        delivery: Delivery,
+        step: str | None,
+    ) -> None:
+        if not event.campaign_id:
+            raise PermanentError(f"{type(event).__name__} without campaign_id cannot be attributed")
+        with outreach_span(self.tracer, span_name, event.campaign_id):
+            at = time_or(event.occur_time, event.HasField("occur_time"), datetime.now(UTC))
+            async with self.db.transaction() as session:
+                if not await self.inbox.claim(session, durable, delivery.message_id):
+                    log.info("redelivery_skipped")
+                    return
+                if step is None:
+                    # Failures, bounces, unsubscribes... are not funnel steps; claimed so they are not re-read.
+                    return
+                if await store.get_outreach(session, event.campaign_id) is None:
+                    raise OutreachNotYetKnown(f"outreach {event.campaign_id} is not in the ledger yet")
+                if step == RESPONDED:
+                    # A reply such as "YES" is a lead for the RM; one per outreach however often they reply.
+                    lead, created = await self.ledger.record_lead(
+                        session,
+                        campaign_id=event.campaign_id,
+                        crm_lead_id="",
+                        origin="reply",
+                        at=at,
+                        dedup_key=f"reply:{event.campaign_id}",
+                    )
+                    if created:
+                        log.info("lead_created", origin="reply", lead_id=lead.lead_id)
+                else:
+                    await store.reach_step(session, event.campaign_id, step, at)
+            log.info("funnel_step_reached", step=step)

@@ -1,0 +1,60 @@
+"""Settings of the attribution service, read from XSELL_ATTRIBUTION_* environment variables."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from plumbing.settings import ServiceSettings
+from services.attribution.revenue import DEFAULT_PRODUCT, CostModel, NimFlatModel, RevenueModels
+
+
+class NimFlatSettings(BaseModel):
+    """A lending product priced at a flat NIM on the disbursed amount over an expected tenor."""
+
+    kind: Literal["nim_flat"] = Field("nim_flat", description="The revenue-model kind.")
+    nim_bps: int = Field(260, ge=0, description="Net interest margin in basis points per year, e.g. 260 = 2.60 %.")
+    tenor_years: int = Field(10, gt=0, description="Expected life of the loan in years.")
+
+
+class AttributionSettings(ServiceSettings):
+    """Read from the environment under XSELL_ATTRIBUTION_, e.g. XSELL_ATTRIBUTION_RM_MINUTES_PER_LEAD=20."""
+
+    model_config = SettingsConfigDict(env_prefix="XSELL_ATTRIBUTION_", extra="ignore")
+
+    grpc_port: int = Field(50064, description="gRPC port of the attribution service; 0 picks a free one (tests).")
+    revenue_models: dict[str, NimFlatSettings] = Field(
+        default_factory=lambda: {DEFAULT_PRODUCT: NimFlatSettings(kind="nim_flat", nim_bps=260, tenor_years=10)},
+        description=(
+            'Revenue model per product code, with a "default" entry for every other product; JSON in the '
+            'environment, e.g. {"default": {"kind": "nim_flat", "nim_bps": 260, "tenor_years": 10}}.'
+        ),
+    )
+    send_cost_paise: dict[str, int] = Field(
+        default_factory=lambda: {"email": 50, "sms": 25, "whatsapp": 80, "push": 2, "webhook": 0},
+        description="Cost of sending one outreach per channel name, in paise; JSON in the environment.",
+    )
+    rm_minutes_per_lead: int = Field(15, ge=0, description="Relationship-manager minutes one lead takes.")
+    rm_cost_paise_per_minute: int = Field(650, ge=0, description="Cost of one RM minute, in paise.")
+    currency: str = Field("INR", description="The ledger's currency; amounts in any other currency are rejected.")
+
+    @field_validator("revenue_models")
+    @classmethod
+    def _has_default(cls, value: dict[str, NimFlatSettings]) -> dict[str, NimFlatSettings]:
+        if DEFAULT_PRODUCT not in value:
+            raise ValueError(f'revenue_models needs a "{DEFAULT_PRODUCT}" entry for products without their own')
+        return value
+
+    @field_validator("send_cost_paise")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        negative = sorted(channel for channel, cost in value.items() if cost < 0)
+        if negative:
+            raise ValueError(f"send costs must be zero or positive; negative for {', '.join(negative)}")
+        return value
+
+    def revenue(self) -> RevenueModels:
+        return RevenueModels({code: NimFlatModel(m.nim_bps, m.tenor_years) for code, m in self.revenue_models.items()})
+
+    def cost(self) -> CostModel:
+        return CostModel(dict(self.send_cost_paise), self.rm_minutes_per_lead, self.rm_cost_paise_per_minute)

@@ -1,0 +1,101 @@
+"""What leads, applications, sanctions and disbursements need, and the errors that say what to change."""
+
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from plumbing.errors import DomainError
+from services.attribution import rules
+
+
+def _code(error: pytest.ExceptionInfo[DomainError]) -> grpc.StatusCode:
+    return error.value.code
+
+
+@pytest.mark.parametrize(("minor_units", "currency"), [(0, "INR"), (-100, "INR")])
+def test_amount_must_be_positive_and_says_so_with_an_example(minor_units: int, currency: str) -> None:
+    with pytest.raises(DomainError) as error:
+        rules.check_amount(minor_units, currency, "INR")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "amount.minor_units"
+    assert "amount.minor_units" in error.value.message
+    assert "174000000" in error.value.message
+
+
+def test_amount_must_be_in_the_ledger_currency() -> None:
+    with pytest.raises(DomainError) as error:
+        rules.check_amount(100, "USD", "INR")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "amount.currency_code"
+    assert "'INR'" in error.value.message
+    rules.check_amount(174_000_000, "INR", "INR")
+
+
+def test_unknown_outreach_names_the_id_and_an_example() -> None:
+    error = rules.unknown_outreach("CSELL-XXX")
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert error.message == (
+        "campaign_id 'CSELL-XXX' is not a known outreach; use the ID printed on the outreach, e.g. CSELL-NOV-T06-0884"
+    )
+
+
+def test_missing_campaign_id_is_invalid() -> None:
+    with pytest.raises(DomainError) as error:
+        rules.require_campaign_id("")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "campaign_id"
+
+
+def test_a_loan_number_keeps_its_campaign_id() -> None:
+    rules.check_application("LA-2025-0001", None, "CSELL-NOV-T06-0884")
+    rules.check_application("LA-2025-0001", "CSELL-NOV-T06-0884", "CSELL-NOV-T06-0884")
+    with pytest.raises(DomainError) as error:
+        rules.check_application("LA-2025-0001", "CSELL-NOV-T06-0884", "CSELL-NOV-T01-0001")
+    assert _code(error) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_sanction_needs_an_application() -> None:
+    with pytest.raises(DomainError) as error:
+        rules.check_sanction("LA-2025-0001", None)
+    assert _code(error) == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.message == "loan LA-2025-0001 has no application; record the application first"
+    rules.check_sanction("LA-2025-0001", rules.APPLIED)
+    with pytest.raises(DomainError):
+        rules.check_sanction("LA-2025-0001", rules.DISBURSED)
+
+
+@pytest.mark.parametrize("stage", [None, rules.APPLIED])
+def test_disbursement_needs_a_sanction_and_names_the_stage(stage: str | None) -> None:
+    with pytest.raises(DomainError) as error:
+        rules.check_disbursement("LA-2025-0001", stage)
+    assert _code(error) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "LA-2025-0001" in error.value.message
+    assert (stage or "no application") in error.value.message
+
+
+def test_disbursement_of_a_sanctioned_or_partly_disbursed_loan_is_allowed() -> None:
+    rules.check_disbursement("LA-2025-0001", rules.SANCTIONED)
+    rules.check_disbursement("LA-2025-0001", rules.DISBURSED)
+
+
+def test_mismatched_campaign_id_names_both() -> None:
+    with pytest.raises(DomainError) as error:
+        rules.check_same_campaign("LA-2025-0001", "CSELL-NOV-T06-0884", "CSELL-NOV-T01-0001")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "CSELL-NOV-T06-0884" in error.value.message
+    assert "CSELL-NOV-T01-0001" in error.value.message
+
+
+def test_money_cannot_come_before_the_outreach() -> None:
+    created = datetime(2025, 11, 13, 9, 15, tzinfo=UTC)
+    rules.check_not_before_outreach("C", created, created, field="disburse_time")
+    with pytest.raises(DomainError) as error:
+        rules.check_not_before_outreach("C", created, created - timedelta(seconds=1), field="disburse_time")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "disburse_time"
+
+
+def test_funnel_ranks_follow_the_funnel() -> None:
+    assert [rules.funnel_rank(step) for step in rules.FUNNEL_STEPS] == list(range(1, 9))
+    assert rules.funnel_rank(rules.CLICKED) > rules.funnel_rank(rules.OPENED)
