@@ -1,0 +1,1 @@
+"""Channels: delivers each outreach exactly once and records the engagement it produces."""

@@ -1,0 +1,95 @@
+"""gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
+
+from datetime import UTC
+
+import grpc
+import structlog
+from opentelemetry import trace
+
+from plumbing.db import Database
+from plumbing.errors import InvalidArgument, NotFound
+from plumbing.idempotency import Idempotency
+from plumbing.outbox import Outbox, utcnow
+from plumbing.telemetry import outreach_span
+from services import streams
+from services.channels import convert, store
+from services.channels.delivery import Engagement, TimelineStep, engagement_step, link_host
+from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+_KINDS = ", ".join(kind.value for kind in Engagement)
+
+
+def _campaign_id(value: str) -> str:
+    campaign_id = value.strip()
+    if not campaign_id:
+        raise InvalidArgument(
+            "campaign_id is required: the outreach's campaign ID, e.g. CSELL-NOV-T06-0884", field="campaign_id"
+        )
+    return campaign_id
+
+
+def _no_message(campaign_id: str) -> NotFound:
+    return NotFound(f"campaign ID {campaign_id} has no message; check the ID on the link", field="campaign_id")
+
+
+class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
+    """Delivery records and engagement recording."""
+
+    def __init__(self, db: Database, outbox: Outbox, idempotency: Idempotency, tracer: trace.Tracer) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.idempotency = idempotency
+        self.tracer = tracer
+
+    async def GetMessage(
+        self, request: service_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetMessageResponse:
+        campaign_id = _campaign_id(request.campaign_id)
+        async with self.db.transaction() as session:
+            record = await store.load_message(session, campaign_id)
+        if record is None:
+            raise _no_message(campaign_id)
+        return service_pb2.GetMessageResponse(message=convert.message_proto(record))
+
+    async def RecordEngagement(
+        self, request: service_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordEngagementResponse:
+        campaign_id = _campaign_id(request.campaign_id)
+        kind = convert.engagement_from_proto(request.kind)
+        if kind is None:
+            raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
+        at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
+        with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
+            async with self.db.transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "RecordEngagement", request, service_pb2.RecordEngagementResponse
+                )
+                if previous is not None:
+                    return previous
+                record = await store.load_message(session, campaign_id)
+                if record is None:
+                    raise _no_message(campaign_id)
+                # The timeline keeps only the clicked link's host: paths and queries can carry personal data.
+                detail = link_host(request.url) if kind is Engagement.CLICKED else ""
+                await store.add_timeline(session, campaign_id, [TimelineStep(engagement_step(kind), at, detail)])
+                await self.outbox.add(
+                    session,
+                    streams.ENGAGEMENT_RECORDED,
+                    events_pb2.EngagementRecorded(
+                        campaign_id=campaign_id,
+                        channel=convert.channel_value(record.channel),  # type: ignore[arg-type]
+                        kind=convert.engagement_kind(kind),  # type: ignore[arg-type]
+                        url=request.url,
+                        reply_text=request.reply_text,
+                        occur_time=convert.timestamp(at),
+                    ),
+                    campaign_id=campaign_id,
+                )
+                updated = await store.load_message(session, campaign_id)
+                assert updated is not None
+                response = service_pb2.RecordEngagementResponse(message=convert.message_proto(updated))
+                await self.idempotency.remember(session, "RecordEngagement", request, response)
+            log.info("engagement_recorded", kind=kind.value)
+            return response

@@ -1,0 +1,83 @@
+"""Mapping between the channels domain records and the xsell.channels.v1 / xsell.campaigns.v1 messages."""
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.channels.delivery import DeliveryState, Engagement, MessageRecord, OutgoingEmail
+from xsell.campaigns.v1 import events_pb2 as campaign_events
+from xsell.channels.v1 import events_pb2, resources_pb2
+from xsell.type.v1 import channel_pb2
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def channel_name(channel: int) -> str:
+    try:
+        return channel_pb2.Channel.Name(channel)  # type: ignore[arg-type]
+    except ValueError:
+        return f"CHANNEL_{channel}"
+
+
+def channel_value(name: str) -> int:
+    try:
+        return channel_pb2.Channel.Value(name)
+    except ValueError:
+        return channel_pb2.CHANNEL_UNSPECIFIED
+
+
+def delivery_state(state: DeliveryState) -> int:
+    return resources_pb2.DeliveryState.Value(f"DELIVERY_STATE_{state.value}")
+
+
+def engagement_kind(kind: Engagement) -> int:
+    return resources_pb2.EngagementKind.Value(f"ENGAGEMENT_KIND_{kind.value}")
+
+
+def engagement_from_proto(kind: int) -> Engagement | None:
+    """The domain engagement of an EngagementKind, or None when it is unset or unknown."""
+    try:
+        name = resources_pb2.EngagementKind.Name(kind)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    value = name.removeprefix("ENGAGEMENT_KIND_")
+    return Engagement(value) if value in Engagement.__members__ else None
+
+
+def outgoing_email(event: campaign_events.DispatchRequested) -> OutgoingEmail | None:
+    if not event.HasField("email"):
+        return None
+    email = event.email
+    return OutgoingEmail(email.to_address, email.from_name, email.subject, email.html_body, email.text_body)
+
+
+def message_proto(record: MessageRecord) -> resources_pb2.Message:
+    message = resources_pb2.Message(
+        campaign_id=record.campaign_id,
+        channel=channel_value(record.channel),  # type: ignore[arg-type]
+        state=delivery_state(record.state),  # type: ignore[arg-type]
+        provider_message_id=record.provider_message_id,
+    )
+    for step in record.timeline:
+        entry = message.timeline.add(occur_time=timestamp(step.at), detail=step.detail)
+        if (state := step.delivery_state) is not None:
+            entry.delivery_state = delivery_state(state)  # type: ignore[assignment]
+        elif (kind := step.engagement) is not None:
+            entry.engagement_kind = engagement_kind(kind)  # type: ignore[assignment]
+    return message
+
+
+def delivery_updated(
+    campaign_id: str, channel: str, state: DeliveryState, at: datetime, reason: str = ""
+) -> events_pb2.DeliveryUpdated:
+    return events_pb2.DeliveryUpdated(
+        campaign_id=campaign_id,
+        channel=channel_value(channel),  # type: ignore[arg-type]
+        state=delivery_state(state),  # type: ignore[arg-type]
+        reason=reason,
+        occur_time=timestamp(at),
+    )

@@ -1,0 +1,183 @@
+"""The rules of delivering one outreach: what a dispatch does in each state, and what a provider's answer means."""
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum, StrEnum
+from urllib.parse import urlsplit
+
+
+class DeliveryState(StrEnum):
+    """Where a message is on its way to the person (mirrors xsell.channels.v1.DeliveryState)."""
+
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+    AMBIGUOUS = "AMBIGUOUS"
+
+
+class Engagement(StrEnum):
+    """Something the person did with a message (mirrors xsell.channels.v1.EngagementKind)."""
+
+    OPENED = "OPENED"
+    CLICKED = "CLICKED"
+    REPLIED = "REPLIED"
+    UNSUBSCRIBED = "UNSUBSCRIBED"
+    BOUNCED = "BOUNCED"
+    COMPLAINED = "COMPLAINED"
+
+
+class DispatchAction(Enum):
+    """What handling a DispatchRequested does, given the message's current state."""
+
+    SEND = "send"
+    SKIP = "skip"
+    MARK_AMBIGUOUS = "mark_ambiguous"
+
+
+# The provider has decided (or may have decided) about these; a redelivered request changes nothing.
+_DECIDED = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.AMBIGUOUS})
+
+AMBIGUOUS_AFTER_CRASH = (
+    "a previous attempt stopped after handing the message to the provider and before recording the answer; "
+    "it is reconciled, never resent"
+)
+
+
+def dispatch_action(state: DeliveryState | None) -> DispatchAction:
+    """The campaign ID is the idempotency key: a message is handed to the provider at most once.
+
+    SENDING means an earlier attempt wrote its intent and then died before recording the outcome:
+    the provider may or may not have the message. Sending again could reach the person twice, so
+    the message becomes AMBIGUOUS and waits for reconciliation (SMTP has no idempotency key to ask
+    the relay with; reconciling against bounces and provider logs is a later step).
+    """
+    if state is None or state is DeliveryState.QUEUED:
+        return DispatchAction.SEND
+    if state is DeliveryState.SENDING:
+        return DispatchAction.MARK_AMBIGUOUS
+    if state in _DECIDED:
+        return DispatchAction.SKIP
+    raise ValueError(f"unknown delivery state {state!r}")
+
+
+class MalformedDispatch(Exception):
+    """The dispatch request cannot be delivered as it is; retrying cannot help."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    """A rendered e-mail, as campaigns handed it over."""
+
+    to_address: str
+    from_name: str
+    subject: str
+    html_body: str
+    text_body: str
+
+
+def validate_email(channel: str, email: OutgoingEmail | None) -> OutgoingEmail:
+    """The e-mail to send, or MalformedDispatch saying what the request lacks."""
+    if channel != "CHANNEL_EMAIL":
+        raise MalformedDispatch(f"channel {channel} has no provider adapter yet; only CHANNEL_EMAIL is delivered")
+    if email is None:
+        raise MalformedDispatch("channel is CHANNEL_EMAIL but the request carries no email message")
+    address = email.to_address.strip()
+    if not address:
+        raise MalformedDispatch("email.to_address is empty")
+    if "@" not in address or any(char.isspace() for char in address) or not address.isascii():
+        raise MalformedDispatch("email.to_address is not a plain ASCII address of the form local@domain")
+    if not email.html_body.strip() and not email.text_body.strip():
+        raise MalformedDispatch("email has neither html_body nor text_body")
+    return OutgoingEmail(address, email.from_name, email.subject, email.html_body, email.text_body)
+
+
+class SendFailure(Exception):
+    """The provider did not take the message; `reason` carries no personal data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProviderUnavailable(SendFailure):
+    """The provider certainly did not accept the message (refused, timed out before DATA, 4xx): retry later."""
+
+
+class ProviderRejected(SendFailure):
+    """The provider refused the message for good (5xx on the sender, recipient or content)."""
+
+
+class ProviderOutcomeUnknown(SendFailure):
+    """The message may have been accepted (the connection was lost during DATA): never resend blindly."""
+
+
+def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
+    """An SMTP error reply to a command of the mail transaction: 4xx is temporary, 5xx permanent (RFC 5321 4.2.1)."""
+    reason = f"SMTP {code} on {command}: {redact(text)}".strip()
+    if 500 <= code < 600:
+        return ProviderRejected(reason)
+    return ProviderUnavailable(reason)
+
+
+_EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
+
+
+def redact(text: str, limit: int = 300) -> str:
+    """Provider text without addresses (relays echo the recipient back), shortened for storage."""
+    return _EMAIL_ADDRESS.sub("[address]", " ".join(text.split()))[:limit]
+
+
+def link_host(url: str) -> str:
+    """The host of a clicked link: what the timeline may keep of it (paths and queries can carry personal data)."""
+    try:
+        return urlsplit(url.strip()).hostname or ""
+    except ValueError:
+        return ""
+
+
+def state_step(state: DeliveryState) -> str:
+    return f"delivery:{state.value}"
+
+
+def engagement_step(kind: Engagement) -> str:
+    return f"engagement:{kind.value}"
+
+
+@dataclass(frozen=True)
+class TimelineStep:
+    """One thing that happened to a message: a delivery state or an engagement."""
+
+    step: str
+    at: datetime
+    detail: str = ""
+
+    @property
+    def delivery_state(self) -> DeliveryState | None:
+        kind, _, value = self.step.partition(":")
+        return DeliveryState(value) if kind == "delivery" else None
+
+    @property
+    def engagement(self) -> Engagement | None:
+        kind, _, value = self.step.partition(":")
+        return Engagement(value) if kind == "engagement" else None
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """The delivery record of one outreach with its timeline, oldest first."""
+
+    campaign_id: str
+    channel: str
+    profile_id: str
+    state: DeliveryState
+    provider_message_id: str
+    attempts: int
+    reason: str
+    timeline: list[TimelineStep] = field(default_factory=list)

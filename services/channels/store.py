@@ -1,0 +1,152 @@
+"""Tables and queries of the channels database: messages keyed by campaign ID, their timelines, outbox, idempotency."""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.idempotency import idempotency_table
+from plumbing.outbox import outbox_table
+from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
+
+metadata = MetaData()
+outbox = outbox_table(metadata)
+idempotency = idempotency_table(metadata)
+
+# One row per outreach: the campaign ID is the primary key, so a message exists at most once.
+messages = Table(
+    "messages",
+    metadata,
+    Column("campaign_id", String(100), primary_key=True),
+    Column("channel", String(40), nullable=False),
+    Column("profile_id", String(100), nullable=False),
+    Column("state", String(20), nullable=False, index=True),
+    Column("provider_message_id", String(300), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("reason", String(1000), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+)
+
+# What happened to each message; never personal data (no address, for clicks only the link's host).
+message_timeline = Table(
+    "message_timeline",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("campaign_id", String(100), ForeignKey("messages.campaign_id"), nullable=False, index=True),
+    Column("step", String(60), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("detail", String(500), nullable=False),
+)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+async def insert_queued_if_absent(
+    session: AsyncSession, *, campaign_id: str, channel: str, profile_id: str, now: datetime
+) -> bool:
+    """Creates the message in QUEUED with its first timeline step; False when it already exists."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    builder = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        builder(messages)
+        .values(
+            campaign_id=campaign_id,
+            channel=channel,
+            profile_id=profile_id,
+            state=DeliveryState.QUEUED.value,
+            attempts=0,
+            reason="",
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
+    )
+    created = bool((await session.execute(statement)).rowcount)  # type: ignore[attr-defined]
+    if created:
+        await add_timeline(session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now)])
+    return created
+
+
+async def lock_state(session: AsyncSession, campaign_id: str) -> tuple[DeliveryState, int] | None:
+    """The message's state and attempts, row-locked until the transaction ends (SQLite: the whole database is)."""
+    row = (
+        await session.execute(
+            select(messages.c.state, messages.c.attempts).where(messages.c.campaign_id == campaign_id).with_for_update()
+        )
+    ).first()
+    return None if row is None else (DeliveryState(row.state), int(row.attempts))
+
+
+async def set_state(
+    session: AsyncSession,
+    campaign_id: str,
+    state: DeliveryState,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    provider_message_id: str | None = None,
+    count_attempt: bool = False,
+) -> None:
+    values: dict[str, object] = {"state": state.value, "updated_at": now}
+    if reason is not None:
+        values["reason"] = reason[:1000]
+    if provider_message_id is not None:
+        values["provider_message_id"] = provider_message_id
+    if state is DeliveryState.SENT:
+        values["sent_at"] = now
+    if count_attempt:
+        values["attempts"] = messages.c.attempts + 1
+    await session.execute(update(messages).where(messages.c.campaign_id == campaign_id).values(**values))
+
+
+async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[TimelineStep]) -> None:
+    await session.execute(
+        insert(message_timeline),
+        [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:500]} for s in steps],
+    )
+
+
+async def load_message(session: AsyncSession, campaign_id: str) -> MessageRecord | None:
+    """The message with its timeline, oldest first (ties in time keep the order they were written in)."""
+    row = (await session.execute(select(messages).where(messages.c.campaign_id == campaign_id))).mappings().first()
+    if row is None:
+        return None
+    steps = (
+        await session.execute(
+            select(message_timeline.c.step, message_timeline.c.at, message_timeline.c.detail)
+            .where(message_timeline.c.campaign_id == campaign_id)
+            .order_by(message_timeline.c.at, message_timeline.c.seq)
+        )
+    ).all()
+    return MessageRecord(
+        campaign_id=row["campaign_id"],
+        channel=row["channel"],
+        profile_id=row["profile_id"],
+        state=DeliveryState(row["state"]),
+        provider_message_id=row["provider_message_id"] or "",
+        attempts=row["attempts"],
+        reason=row["reason"],
+        timeline=[TimelineStep(s.step, _utc(s.at) or s.at, s.detail) for s in steps],
+    )

@@ -1,0 +1,176 @@
+"""Link rewriting, open pixel and MIME headers of an outgoing e-mail, without I/O."""
+
+import email
+import email.policy
+import re
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from plumbing.signing import BadSignature, verify
+from services.channels.composition import (
+    TrackingLinks,
+    add_open_pixel,
+    compose,
+    rewrite_html,
+    rewrite_text,
+)
+from services.channels.delivery import OutgoingEmail
+
+SECRET = "unit-secret"
+CAMPAIGN_ID = "CSELL-NOV-T06-0884"
+BASE = "https://t.example.in"
+LINKS = TrackingLinks(BASE, SECRET, CAMPAIGN_ID)
+NOW = datetime(2025, 11, 3, 9, 30, tzinfo=UTC)
+
+HTML = """<html><body>
+<p>Pre-approved: <a href="https://bank.example.in/offer?x=1&amp;y=2">see your offer</a></p>
+<p><a class="cta" href='http://apply.example.in/loan'>apply</a> or <a href=https://bare.example.in/p>bare</a></p>
+<p><a href="mailto:help@bank.example.in">write to us</a> <a href="#top">top</a>
+<a data-href="https://not-a-link.example.in" href="https://third.example.in/">third</a></p>
+<p><a href="xsell:unsubscribe">Unsubscribe</a></p>
+</body></html>"""
+
+TEXT = "See your offer: https://bank.example.in/offer?x=1&y=2.\nApply (https://apply.example.in/loan)\nStop: xsell:unsubscribe\n"
+
+
+def _token(url: str, kind: str) -> dict[str, object]:
+    prefix = f"{BASE}/{kind}/"
+    assert url.startswith(prefix), url
+    token = url.removeprefix(prefix).removesuffix(".gif")
+    return verify(token, SECRET)
+
+
+def _hrefs(html: str) -> list[str]:
+    return re.findall(r"""(?<![\w-])href\s*=\s*["']?([^"'\s>]+)""", html)
+
+
+def test_every_web_link_in_html_is_wrapped_and_its_token_carries_campaign_id_and_original_url() -> None:
+    rewritten = rewrite_html(HTML, LINKS)
+    hrefs = _hrefs(rewritten)
+    clicks = [verify(h.removeprefix(f"{BASE}/c/"), SECRET) for h in hrefs if h.startswith(f"{BASE}/c/")]
+    assert clicks == [
+        {"c": CAMPAIGN_ID, "u": "https://bank.example.in/offer?x=1&y=2"},
+        {"c": CAMPAIGN_ID, "u": "http://apply.example.in/loan"},
+        {"c": CAMPAIGN_ID, "u": "https://bare.example.in/p"},
+        {"c": CAMPAIGN_ID, "u": "https://third.example.in/"},
+    ]
+    assert "bank.example.in/offer" not in rewritten
+    assert "apply.example.in" not in rewritten
+
+
+def test_non_web_links_and_other_attributes_are_left_alone() -> None:
+    rewritten = rewrite_html(HTML, LINKS)
+    assert 'href="mailto:help@bank.example.in"' in rewritten
+    assert 'href="#top"' in rewritten
+    assert 'data-href="https://not-a-link.example.in"' in rewritten
+
+
+def test_unsubscribe_pseudo_link_becomes_signed_unsubscribe_link() -> None:
+    rewritten = rewrite_html(HTML, LINKS)
+    unsubscribes = [h for h in _hrefs(rewritten) if h.startswith(f"{BASE}/u/")]
+    assert len(unsubscribes) == 1
+    assert _token(unsubscribes[0], "u") == {"c": CAMPAIGN_ID}
+    assert "xsell:unsubscribe" not in rewritten
+
+
+def test_tampered_token_does_not_verify() -> None:
+    href = next(h for h in _hrefs(rewrite_html(HTML, LINKS)) if h.startswith(f"{BASE}/c/"))
+    body, _, mac = href.removeprefix(f"{BASE}/c/").partition(".")
+    with pytest.raises(BadSignature):
+        verify(f"{body}x.{mac}", SECRET)
+    with pytest.raises(BadSignature):
+        verify(f"{body}.{mac}", "another-secret")
+
+
+def test_text_urls_are_wrapped_without_their_trailing_punctuation() -> None:
+    rewritten = rewrite_text(TEXT, LINKS)
+    urls = re.findall(r"https://t\.example\.in/[cu]/[A-Za-z0-9_.-]+", rewritten)
+    payloads = [_token(url.rstrip("."), url.split("/")[3]) for url in urls]
+    assert payloads == [
+        {"c": CAMPAIGN_ID, "u": "https://bank.example.in/offer?x=1&y=2"},
+        {"c": CAMPAIGN_ID, "u": "https://apply.example.in/loan"},
+        {"c": CAMPAIGN_ID},
+    ]
+    # The sentence's full stop and the closing parenthesis stay in the text, outside the links.
+    assert re.search(r"/c/[A-Za-z0-9_.-]+\.\n", rewritten)
+    assert re.search(r"/c/[A-Za-z0-9_.-]+\)\n", rewritten)
+    assert "bank.example.in" not in rewritten
+
+
+def test_open_pixel_goes_before_body_end_and_carries_campaign_id() -> None:
+    html = add_open_pixel("<html><body><p>hi</p></body></html>", LINKS)
+    match = re.search(r'<img src="([^"]+)" width="1" height="1" alt="">', html)
+    assert match is not None
+    assert html.index(match.group(0)) < html.index("</body>")
+    assert match.group(1).endswith(".gif")
+    assert _token(match.group(1), "o") == {"c": CAMPAIGN_ID}
+    assert add_open_pixel("<p>fragment</p>", LINKS).startswith("<p>fragment</p><img ")
+
+
+def _compose(**overrides: str) -> EmailMessage:
+    fields = {
+        "to_address": "priya@example.in",
+        "from_name": "Acme Bank",
+        "subject": "Your pre-approved loan",
+        "html_body": HTML,
+        "text_body": TEXT,
+    } | overrides
+    message = compose(
+        OutgoingEmail(**fields),
+        campaign_id=CAMPAIGN_ID,
+        from_address="offers@bank.example.in",
+        message_id_domain="mail.bank.example.in",
+        links=LINKS,
+        now=NOW,
+    )
+    # What the relay receives, parsed back.
+    parsed = email.message_from_bytes(message.as_bytes(policy=email.policy.SMTP), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def test_headers_identify_the_outreach_and_offer_one_click_unsubscribe() -> None:
+    message = _compose()
+    assert message["Message-ID"] == f"<{CAMPAIGN_ID}@mail.bank.example.in>"
+    assert message["X-Xsell-Campaign-Id"] == CAMPAIGN_ID
+    assert message["To"] == "priya@example.in"
+    assert message["From"] == "Acme Bank <offers@bank.example.in>"
+    assert message["Subject"] == "Your pre-approved loan"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = message["List-Unsubscribe"]
+    assert unsubscribe.startswith("<") and unsubscribe.endswith(">")
+    assert _token(unsubscribe[1:-1], "u") == {"c": CAMPAIGN_ID}
+    assert message["Date"] == "Mon, 03 Nov 2025 09:30:00 +0000"
+
+
+def test_body_is_multipart_alternative_with_tracked_text_and_html() -> None:
+    message = _compose()
+    assert message.get_content_type() == "multipart/alternative"
+    text_part = message.get_body(("plain",))
+    html_part = message.get_body(("html",))
+    assert text_part is not None and html_part is not None
+    text, html = text_part.get_content(), html_part.get_content()
+    assert "https://t.example.in/c/" in text and "bank.example.in/offer" not in text
+    assert "https://t.example.in/c/" in html and "bank.example.in/offer" not in html
+    assert re.search(r'<img src="https://t\.example\.in/o/[^"]+\.gif" width="1" height="1" alt="">', html)
+
+
+def test_missing_text_or_html_body_is_derived_from_the_other() -> None:
+    text_only = _compose(html_body="")
+    html_part = text_only.get_body(("html",))
+    assert html_part is not None
+    hrefs = _hrefs(html_part.get_content())
+    assert [h.split("/")[3] for h in hrefs] == ["c", "c", "u"]
+    assert verify(hrefs[0].removeprefix(f"{BASE}/c/"), SECRET)["u"] == "https://bank.example.in/offer?x=1&y=2"
+    assert "/o/" in html_part.get_content()
+    html_only = _compose(text_body="")
+    text_part = html_only.get_body(("plain",))
+    assert text_part is not None
+    assert "see your offer" in text_part.get_content()
+
+
+def test_header_with_line_break_is_refused() -> None:
+    with pytest.raises(ValueError):
+        _compose(subject="hello\r\nBcc: everyone@example.in")

@@ -1,0 +1,79 @@
+"""The delivery rules: what a dispatch does in each state, request validation, provider answers, redaction."""
+
+import pytest
+
+from services.channels.delivery import (
+    DeliveryState,
+    DispatchAction,
+    MalformedDispatch,
+    OutgoingEmail,
+    ProviderRejected,
+    ProviderUnavailable,
+    dispatch_action,
+    failure_for_reply,
+    link_host,
+    redact,
+    validate_email,
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        (None, DispatchAction.SEND),
+        (DeliveryState.QUEUED, DispatchAction.SEND),
+        (DeliveryState.SENDING, DispatchAction.MARK_AMBIGUOUS),
+        (DeliveryState.SENT, DispatchAction.SKIP),
+        (DeliveryState.DELIVERED, DispatchAction.SKIP),
+        (DeliveryState.FAILED, DispatchAction.SKIP),
+        (DeliveryState.AMBIGUOUS, DispatchAction.SKIP),
+    ],
+)
+def test_a_message_is_handed_to_the_provider_only_from_queued(
+    state: DeliveryState | None, action: DispatchAction
+) -> None:
+    assert dispatch_action(state) is action
+
+
+def _email(**overrides: str) -> OutgoingEmail:
+    fields = {"to_address": "a@b.in", "from_name": "", "subject": "s", "html_body": "<p>x</p>", "text_body": ""}
+    return OutgoingEmail(**(fields | overrides))
+
+
+def test_valid_email_is_returned_trimmed() -> None:
+    assert validate_email("CHANNEL_EMAIL", _email(to_address=" a@b.in ")).to_address == "a@b.in"
+
+
+@pytest.mark.parametrize(
+    ("channel", "email", "says"),
+    [
+        ("CHANNEL_EMAIL", None, "no email message"),
+        ("CHANNEL_EMAIL", _email(to_address=" "), "to_address is empty"),
+        ("CHANNEL_EMAIL", _email(to_address="not-an-address"), "local@domain"),
+        ("CHANNEL_EMAIL", _email(html_body="", text_body=" "), "neither html_body nor text_body"),
+        ("CHANNEL_SMS", _email(), "only CHANNEL_EMAIL"),
+    ],
+)
+def test_malformed_requests_say_what_is_missing(channel: str, email: OutgoingEmail | None, says: str) -> None:
+    with pytest.raises(MalformedDispatch) as raised:
+        validate_email(channel, email)
+    assert says in raised.value.reason
+
+
+def test_smtp_4xx_is_retried_and_5xx_is_final() -> None:
+    assert isinstance(failure_for_reply(451, "RCPT", "try later"), ProviderUnavailable)
+    rejected = failure_for_reply(550, "RCPT", "5.1.1 <priya@example.in>: user unknown")
+    assert isinstance(rejected, ProviderRejected)
+    assert "priya" not in rejected.reason
+    assert rejected.reason.startswith("SMTP 550 on RCPT")
+
+
+def test_redact_removes_addresses_and_bounds_length() -> None:
+    assert redact("rejected   <x.y+z@mail.example.in>\nnow") == "rejected <[address]> now"
+    assert len(redact("a" * 1000)) == 300
+
+
+def test_link_host_keeps_only_the_host() -> None:
+    assert link_host("https://Bank.example.in/offer?pan=ABCDE1234F") == "bank.example.in"
+    assert link_host("") == ""
+    assert link_host("http://[bad") == ""
