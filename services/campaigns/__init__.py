@@ -1,0 +1,1 @@
+"""Campaigns: campaign definitions, their launches, and the outreaches (campaign IDs) they create."""

@@ -1,0 +1,66 @@
+"""The composition root of the campaigns service: settings, database, bus, segments client, servicer, loops."""
+
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.bus import Bus
+from plumbing.db import Database
+from plumbing.grpc_client import client_channel
+from plumbing.grpc_server import GrpcServer
+from plumbing.idempotency import Idempotency
+from plumbing.outbox import OutboxRelay
+from plumbing.runtime import BackgroundTask, ServiceProcess
+from services import streams
+from services.campaigns import store
+from services.campaigns.api import CampaignsApi
+from services.campaigns.outbox_batch import BatchOutbox
+from services.campaigns.release import ReleaseRunner
+from services.campaigns.segments_client import SegmentsClient
+from services.campaigns.settings import CampaignsSettings
+from xsell.campaigns.v1 import service_pb2_grpc
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "xsell.campaigns.v1.CampaignsService"
+
+
+async def build(settings: CampaignsSettings, provider: TracerProvider) -> ServiceProcess:
+    tracer = provider.get_tracer("xsell.campaigns")
+    db = Database(settings.resolved_database_url("campaigns"))
+    await db.migrate(MIGRATIONS)
+    bus = await Bus.connect(settings.nats_url, name="campaigns")
+    await bus.ensure_streams(streams.ALL_STREAMS)
+    relay = OutboxRelay(db, store.outbox, bus, tracer)
+    segments_channel = client_channel(settings.segments_target, provider)
+    segments = SegmentsClient(segments_channel)
+    runner = ReleaseRunner(
+        db,
+        segments,
+        BatchOutbox(store.outbox, on_commit=relay.notify),
+        tracer,
+        page_size=settings.release_page_size,
+        poll_interval=settings.release_poll_seconds,
+    )
+    servicer = CampaignsApi(
+        db,
+        Idempotency(store.idempotency),
+        segments,
+        default_time_zone=settings.default_time_zone,
+        on_launch=runner.notify,
+    )
+    server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
+    server.add(SERVICE_NAME, lambda s: service_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, s))
+
+    async def close_segments_channel() -> None:
+        await segments_channel.close()
+
+    return ServiceProcess(
+        "campaigns",
+        server,
+        tasks=[
+            BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("release-runner", runner.run, runner.stop),
+        ],
+        # Closed in reverse: the segments channel first, then NATS drains, then the database.
+        closers=[db.dispose, bus.drain, close_segments_channel],
+    )

@@ -1,0 +1,143 @@
+"""Campaign definitions: what makes one valid, and what launching one does to its lifecycle."""
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from plumbing.errors import FailedPrecondition, InvalidArgument
+from services.campaigns.campaign_ids import month_code, normalise_programme, normalise_trigger_code
+from services.campaigns.rendering import CompiledEmail, EmailTemplates, Offer, compile_email
+
+AVAILABLE_CHANNELS = ("EMAIL",)
+MAX_DISPLAY_NAME = 200
+
+
+class CampaignState(StrEnum):
+    """The lifecycle of a campaign definition, stored by name."""
+
+    DRAFT = "DRAFT"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What the marketer asks for; `channel` is the channel's name without prefix, e.g. "EMAIL"."""
+
+    display_name: str
+    labels: tuple[str, ...]
+    category: int
+    programme: str
+    trigger_code: str
+    segment_id: str
+    channel: str
+    offer: Offer
+    email: EmailTemplates | None
+    send_time: datetime | None
+    time_zone: str
+
+
+def validate_time_zone(time_zone: str, default_time_zone: str) -> str:
+    name = time_zone or default_time_zone
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise InvalidArgument(
+            f"time_zone {name!r} is not an IANA time zone; use a name such as 'Asia/Kolkata' or 'Asia/Dubai'",
+            field="campaign.schedule.time_zone",
+        ) from error
+    return name
+
+
+def validate_spec(spec: CampaignSpec, default_time_zone: str) -> tuple[CampaignSpec, CompiledEmail]:
+    """The spec with its defaults filled in, and its compiled content; InvalidArgument on the first problem."""
+    display_name = spec.display_name.strip()
+    if not display_name:
+        raise InvalidArgument(
+            "display_name is required, e.g. 'Lumpsum for SIP investors'", field="campaign.display_name"
+        )
+    if len(display_name) > MAX_DISPLAY_NAME:
+        raise InvalidArgument(
+            f"display_name must be at most {MAX_DISPLAY_NAME} characters", field="campaign.display_name"
+        )
+    if any(not label.strip() for label in spec.labels):
+        raise InvalidArgument("labels must not be empty strings", field="campaign.labels")
+    programme = normalise_programme(spec.programme)
+    trigger_code = normalise_trigger_code(spec.trigger_code)
+    if not spec.segment_id:
+        raise InvalidArgument(
+            "segment_id is required: the published segment whose members the campaign reaches",
+            field="campaign.segment_id",
+        )
+    if spec.channel not in AVAILABLE_CHANNELS:
+        raise InvalidArgument(
+            f"channel CHANNEL_{spec.channel} is not available; only CHANNEL_EMAIL (e-mail) is available yet",
+            field="campaign.channel",
+        )
+    if not spec.offer.product_code:
+        raise InvalidArgument(
+            "offer.product_code is required, e.g. 'LUMPSUM' or 'MSME_WC_TOPUP'", field="campaign.offer.product_code"
+        )
+    if spec.offer.amount is not None and (
+        len(spec.offer.amount.currency_code) != 3 or not spec.offer.amount.currency_code.isupper()
+    ):
+        raise InvalidArgument(
+            "offer.amount.currency_code must be an ISO 4217 code such as 'INR'",
+            field="campaign.offer.amount.currency_code",
+        )
+    if spec.email is None:
+        raise InvalidArgument(
+            "content.email is required for an e-mail campaign: subject, html and text templates",
+            field="campaign.content.email",
+        )
+    compiled = compile_email(spec.email, offer_has_amount=spec.offer.amount is not None)
+    time_zone = validate_time_zone(spec.time_zone, default_time_zone)
+    normalised = replace(
+        spec,
+        display_name=display_name,
+        programme=programme,
+        trigger_code=trigger_code,
+        time_zone=time_zone,
+    )
+    return normalised, compiled
+
+
+def require_published(segment_id: str, segment_state: str) -> None:
+    """Campaigns target published segments only: their members are precomputed and kept current."""
+    if segment_state != "PUBLISHED":
+        raise FailedPrecondition(
+            f"segment {segment_id} is {segment_state}; publish it before targeting it",
+            field="campaign.segment_id",
+        )
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What launching a draft does: its next state, when its run is due, and the month of its campaign IDs."""
+
+    state: CampaignState
+    due_at: datetime
+    month: str
+
+
+def plan_launch(
+    campaign_key: str, state: CampaignState, send_time: datetime | None, time_zone: str, now: datetime
+) -> LaunchPlan:
+    """Only drafts launch; a future send time makes the campaign SCHEDULED until its run is due.
+
+    The month of the campaign IDs is that of the launch, read in the campaign's time zone; for a
+    campaign scheduled into a later month it is the month of the send time, when its outreaches
+    are actually created.
+    """
+    if state != CampaignState.DRAFT:
+        raise FailedPrecondition(
+            f"campaign {campaign_key} is {state.value}; only DRAFT campaigns can be launched",
+            field="campaign_key",
+        )
+    if send_time is not None and send_time > now:
+        return LaunchPlan(CampaignState.SCHEDULED, send_time, month_code(send_time, time_zone))
+    return LaunchPlan(CampaignState.RUNNING, now, month_code(now, time_zone))

@@ -1,0 +1,240 @@
+"""The release runner: materialises launched campaigns' audiences into outreaches, one page per transaction."""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from plumbing.db import Database
+from plumbing.outbox import utcnow
+from plumbing.telemetry import outreach_span
+from services import streams
+from services.campaigns import store
+from services.campaigns.campaign_ids import format_campaign_id
+from services.campaigns.campaigns import CampaignState
+from services.campaigns.messages import channel_value, email_templates_of, offer_of, outreach_proto, timestamp
+from services.campaigns.outbox_batch import BatchOutbox
+from services.campaigns.rendering import CompiledEmail, Offer, RenderFailed, build_context, compile_email, render_email
+from services.campaigns.segments_client import AudienceMember, SegmentsClient
+from xsell.campaigns.v1 import events_pb2
+
+log = structlog.get_logger(__name__)
+
+
+class _PageTakenElsewhere(Exception):
+    """Another process released this page first; this transaction is rolled back."""
+
+
+@dataclass(frozen=True)
+class PageResult:
+    created: int
+    skipped_no_email: int
+    skipped_render: int
+
+
+def has_email(member: AudienceMember) -> bool:
+    email = member.attributes.get("email")
+    return isinstance(email, str) and bool(email.strip())
+
+
+class ReleaseRunner:
+    """A loop woken by launches that also polls for due scheduled runs.
+
+    Runs are resumable: each page commits its outreaches, their events and the advanced segments
+    cursor in one transaction, so after a crash or restart the run continues from the stored
+    cursor and no person gets a second outreach (the unique (campaign, profile) key backs this up).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        segments: SegmentsClient,
+        outbox: BatchOutbox,
+        tracer: trace.Tracer,
+        *,
+        page_size: int,
+        poll_interval: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.segments = segments
+        self.outbox = outbox
+        self.tracer = tracer
+        self.page_size = page_size
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def notify(self) -> None:
+        """Called after a launch commits, so an immediate campaign starts without waiting for the poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                await self.release_due()
+            except Exception as error:  # noqa: BLE001 - the database is unreachable: poll again after a pause
+                log.warning("release_poll_failed", error=repr(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+
+    async def stop(self) -> None:
+        """Stops after the page in flight; the run resumes from its cursor at the next start."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def release_due(self) -> None:
+        async with self.db.transaction() as session:
+            runs = await store.due_runs(session, self.clock())
+        for run in runs:
+            if self._stopping.is_set():
+                return
+            try:
+                await self.release(run.run_id, run.campaign_key)
+            except Exception as error:  # noqa: BLE001 - one run's failure (segments down...) must not stall the others
+                log.warning("campaign_release_failed", campaign_key=run.campaign_key, error=repr(error))
+
+    async def release(self, run_id: str, campaign_key: str) -> None:
+        """Releases pages of one run until its audience is exhausted or the runner stops."""
+        with structlog.contextvars.bound_contextvars(campaign_key=campaign_key, run_id=run_id):
+            async with self.db.transaction() as session:
+                campaign = await store.get_campaign(session, campaign_key)
+                run = await store.get_run_for_campaign(session, campaign_key)
+                if campaign is None or run is None or run.completed_at is not None:
+                    return
+                if campaign.state == CampaignState.SCHEDULED:
+                    await store.set_state(session, campaign_key, CampaignState.SCHEDULED, CampaignState.RUNNING)
+                    log.info("campaign_release_started", scheduled=True)
+            offer = offer_of(campaign)
+            # Validated when the campaign was created; compiled once per run.
+            compiled = compile_email(email_templates_of(campaign), offer_has_amount=offer.amount is not None)
+            attribute_names = compiled.attribute_names()
+            cursor, pages = run.cursor, run.pages_released
+            while not self._stopping.is_set():
+                with self.tracer.start_as_current_span(
+                    "campaign.release_page", attributes={"campaign.key": campaign_key, "campaign.run_id": run_id}
+                ):
+                    members, next_cursor = await self.segments.list_members(
+                        campaign.segment_id, attribute_names, self.page_size, cursor
+                    )
+                    try:
+                        result = await self._release_page(
+                            campaign, run, compiled, offer, members, pages=pages, next_cursor=next_cursor
+                        )
+                    except _PageTakenElsewhere:
+                        log.info("campaign_page_taken_elsewhere", page=pages)
+                        return
+                log.info(
+                    "campaign_page_released",
+                    page=pages,
+                    created=result.created,
+                    skipped_no_email=result.skipped_no_email,
+                    skipped_render=result.skipped_render,
+                )
+                pages, cursor = pages + 1, next_cursor
+                if not next_cursor:
+                    log.info("campaign_completed", pages=pages)
+                    return
+
+    async def _release_page(
+        self,
+        campaign: Any,
+        run: Any,
+        compiled: CompiledEmail,
+        offer: Offer,
+        members: list[AudienceMember],
+        *,
+        pages: int,
+        next_cursor: str,
+    ) -> PageResult:
+        reachable = [member for member in members if has_email(member)]
+        skipped_render = 0
+        now = self.clock()
+        outreach_rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        async with self.db.transaction() as session:
+            if reachable:
+                # A sequence number whose render fails below stays unused: IDs are unique, not gapless.
+                block = await store.allocate_sequences(
+                    session, campaign.programme, run.month, campaign.trigger_code, len(reachable)
+                )
+                for member, sequence in zip(reachable, block.numbers(), strict=True):
+                    campaign_id = format_campaign_id(campaign.programme, run.month, campaign.trigger_code, sequence)
+                    # The outreach's trace starts here; the outbox rows carry its context onwards.
+                    with outreach_span(
+                        self.tracer,
+                        "outreach.create",
+                        campaign_id,
+                        root=True,
+                        attributes={"campaign.key": campaign.campaign_key},
+                    ) as span:
+                        try:
+                            email = render_email(compiled, build_context(member.attributes, campaign_id, offer))
+                        except RenderFailed as failure:
+                            skipped_render += 1
+                            span.set_status(Status(StatusCode.ERROR, "render failed"))
+                            log.warning("outreach_render_skipped", profile_id=member.profile_id, reason=failure.reason)
+                            continue
+                        row = {
+                            "campaign_id": campaign_id,
+                            "campaign_key": campaign.campaign_key,
+                            "run_id": run.run_id,
+                            "profile_id": member.profile_id,
+                            "channel": campaign.channel,
+                            "trigger_code": campaign.trigger_code,
+                            "offer_product_code": offer.product_code,
+                            "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
+                            "offer_currency": offer.amount.currency_code if offer.amount else None,
+                            "labels": list(campaign.labels),
+                            "category": campaign.category,
+                            "created_at": now,
+                        }
+                        outreach_rows.append(row)
+                        events.append(
+                            self.outbox.event(
+                                streams.OUTREACH_CREATED,
+                                events_pb2.OutreachCreated(outreach=outreach_proto(row)),
+                                campaign_id=campaign_id,
+                            )
+                        )
+                        dispatch = events_pb2.DispatchRequested(
+                            campaign_id=campaign_id,
+                            profile_id=member.profile_id,
+                            channel=channel_value(campaign.channel),  # type: ignore[arg-type]
+                            email=events_pb2.EmailMessage(
+                                to_address=str(member.attributes["email"]).strip(),
+                                from_name=email.from_name,
+                                subject=email.subject,
+                                html_body=email.html_body,
+                                text_body=email.text_body,
+                            ),
+                            request_time=timestamp(now),
+                        )
+                        events.append(self.outbox.event(streams.DISPATCH_REQUESTED, dispatch, campaign_id=campaign_id))
+            await store.insert_outreaches(session, outreach_rows)
+            await self.outbox.add_all(session, events)
+            result = PageResult(len(outreach_rows), len(members) - len(reachable), skipped_render)
+            advanced = await store.advance_run(
+                session,
+                run.run_id,
+                expected_pages=pages,
+                cursor=next_cursor,
+                created=result.created,
+                skipped_no_email=result.skipped_no_email,
+                skipped_render=result.skipped_render,
+                completed_at=None if next_cursor else now,
+            )
+            if not advanced:
+                raise _PageTakenElsewhere
+            await store.add_outreaches_to_campaign(
+                session, campaign.campaign_key, result.created, completed=not next_cursor
+            )
+        return result

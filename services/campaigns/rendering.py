@@ -1,0 +1,248 @@
+"""Campaign content: INR formatting, sandboxed template compilation and per-person rendering."""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from plumbing.errors import InvalidArgument
+
+UNSUBSCRIBE_URL = "xsell:unsubscribe"
+"""What {{ unsubscribe_url }} renders as.
+
+The contract with channels: campaigns never knows the public URL or the signing secret, so it
+renders this pseudo-URL; at dispatch, channels replaces every occurrence of `xsell:unsubscribe`
+with a signed unsubscribe link for the outreach's campaign ID, just as it rewrites every
+http(s) link into a click-tracking link. Nothing else in a rendered body uses the `xsell:` scheme.
+"""
+
+CONTENT_FIELD = "campaign.content.email"
+_UNSUBSCRIBE_PLACEHOLDER = re.compile(r"\{\{-?\s*unsubscribe_url\s*-?\}\}")
+
+# Names the service puts in every context; member attributes of the same name are shadowed.
+RESERVED_NAMES = frozenset(
+    {"first_name", "campaign_id", "offer", "offer_amount", "offer_amount_full", "unsubscribe_url"}
+)
+# Attributes asked of segments for every person, whatever the templates say.
+ALWAYS_FETCHED_ATTRIBUTES = ("email", "first_name")
+
+_PAISE_PER_RUPEE = 100
+_PAISE_PER_LAKH = 100_000 * _PAISE_PER_RUPEE
+_PAISE_PER_CRORE = 10_000_000 * _PAISE_PER_RUPEE
+_TWO_PLACES = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Money:
+    """An amount in integer minor units (paise for INR) and its ISO 4217 currency."""
+
+    minor_units: int
+    currency_code: str
+
+
+def _group_indian(whole: int) -> str:
+    """12345678 -> "1,23,45,678": the last three digits, then groups of two (lakh and crore)."""
+    digits = str(whole)
+    if len(digits) <= 3:
+        return digits
+    head, tail = digits[:-3], digits[-3:]
+    groups: list[str] = []
+    while len(head) > 2:
+        groups.insert(0, head[-2:])
+        head = head[:-2]
+    if head:
+        groups.insert(0, head)
+    return ",".join([*groups, tail])
+
+
+def _short_decimal(value: Decimal) -> str:
+    """Two decimals at most, without trailing zeros: 17.40 -> "17.4", 1.00 -> "1"."""
+    text = f"{value.quantize(_TWO_PLACES, rounding=ROUND_HALF_UP):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_inr(paise: int, style: Literal["compact", "grouped"] = "compact") -> str:
+    """Rupees the Indian way.
+
+    - "grouped": ₹17,40,000 (lakh/crore digit grouping), with paise only when there are some: ₹1,234.50;
+    - "compact": ₹17.4 lakh, ₹1.24 crore (two decimals at most); amounts under a lakh are grouped
+      whole rupees, e.g. ₹45,000.
+    """
+    sign = "-" if paise < 0 else ""
+    paise = abs(paise)
+    if style == "grouped":
+        rupees, rest = divmod(paise, _PAISE_PER_RUPEE)
+        fraction = f".{rest:02d}" if rest else ""
+        return f"{sign}₹{_group_indian(rupees)}{fraction}"
+    if style != "compact":
+        raise ValueError(f"unknown INR style {style!r}; use 'compact' or 'grouped'")
+    lakhs = (Decimal(paise) / _PAISE_PER_LAKH).quantize(_TWO_PLACES, rounding=ROUND_HALF_UP)
+    if paise >= _PAISE_PER_CRORE or lakhs >= 100:
+        return f"{sign}₹{_short_decimal(Decimal(paise) / _PAISE_PER_CRORE)} crore"
+    if paise >= _PAISE_PER_LAKH:
+        return f"{sign}₹{_short_decimal(lakhs)} lakh"
+    rupees = int((Decimal(paise) / _PAISE_PER_RUPEE).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return f"{sign}₹{_group_indian(rupees)}"
+
+
+def format_money(money: Money, style: Literal["compact", "grouped"] = "grouped") -> str:
+    """INR the Indian way; other currencies as "USD 1,234.50"."""
+    if money.currency_code == "INR":
+        return format_inr(money.minor_units, style)
+    return f"{money.currency_code} {Decimal(money.minor_units) / _PAISE_PER_RUPEE:,.2f}"
+
+
+@dataclass(frozen=True)
+class EmailTemplates:
+    """The e-mail content of a campaign as the marketer wrote it."""
+
+    subject_template: str
+    html_template: str
+    text_template: str
+    from_name: str
+
+
+@dataclass(frozen=True)
+class CompiledEmail:
+    """Templates compiled once per campaign run, and the member attributes they reference."""
+
+    subject: jinja2.Template
+    html: jinja2.Template
+    text: jinja2.Template | None
+    from_name: str
+    referenced_names: frozenset[str]
+
+    def attribute_names(self) -> list[str]:
+        """The member attributes to fetch from segments: those the templates use, plus email and first_name."""
+        wanted = {name for name in self.referenced_names if name not in RESERVED_NAMES}
+        return sorted(wanted | set(ALWAYS_FETCHED_ATTRIBUTES))
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One person's e-mail."""
+
+    from_name: str
+    subject: str
+    html_body: str
+    text_body: str
+
+
+class RenderFailed(Exception):
+    """One person's content could not be rendered; `reason` names the problem, never the person's data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _environment(*, html: bool) -> SandboxedEnvironment:
+    # Sandboxed: templates are written by marketers and must not reach Python internals.
+    # StrictUndefined: a missing attribute fails that person's render instead of sending "Dear ,".
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=html, keep_trailing_newline=True)
+
+
+def _compile(environment: SandboxedEnvironment, source: str, field: str) -> tuple[jinja2.Template, set[str]]:
+    try:
+        parsed = environment.parse(source)
+        template = environment.from_string(parsed)
+    except jinja2.TemplateSyntaxError as error:
+        raise InvalidArgument(
+            f"{field} has a template syntax error on line {error.lineno}: {error.message}; "
+            "fix the Jinja syntax ({{ variable }}, {% if %}...{% endif %})",
+            field=field,
+        ) from error
+    referenced = meta.find_undeclared_variables(parsed) - set(environment.globals)
+    return template, referenced
+
+
+def compile_email(templates: EmailTemplates, *, offer_has_amount: bool) -> CompiledEmail:
+    """Validates and compiles the e-mail templates; InvalidArgument names the field and what to change."""
+    if not templates.subject_template.strip():
+        raise InvalidArgument("subject_template is required", field=f"{CONTENT_FIELD}.subject_template")
+    if not templates.html_template.strip():
+        raise InvalidArgument("html_template is required", field=f"{CONTENT_FIELD}.html_template")
+    text_env, html_env = _environment(html=False), _environment(html=True)
+    subject, subject_names = _compile(text_env, templates.subject_template, f"{CONTENT_FIELD}.subject_template")
+    html, html_names = _compile(html_env, templates.html_template, f"{CONTENT_FIELD}.html_template")
+    text: jinja2.Template | None = None
+    text_names: set[str] = set()
+    if templates.text_template.strip():
+        text, text_names = _compile(text_env, templates.text_template, f"{CONTENT_FIELD}.text_template")
+    if not _UNSUBSCRIBE_PLACEHOLDER.search(templates.html_template):
+        raise InvalidArgument(
+            "html_template must contain {{ unsubscribe_url }}: every marketing e-mail needs an unsubscribe "
+            "link, and channels turns this placeholder into the person's signed unsubscribe link",
+            field=f"{CONTENT_FIELD}.html_template",
+        )
+    referenced = frozenset(subject_names | html_names | text_names)
+    if not offer_has_amount and referenced & {"offer_amount", "offer_amount_full"}:
+        raise InvalidArgument(
+            "the templates use offer_amount but the offer has no amount; set campaign.offer.amount "
+            "or remove offer_amount from the templates",
+            field="campaign.offer.amount",
+        )
+    return CompiledEmail(subject, html, text, templates.from_name, referenced)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a campaign offers."""
+
+    product_code: str
+    amount: Money | None = None
+
+
+def _template_value(value: object) -> object:
+    if isinstance(value, Money):
+        return format_money(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    return value
+
+
+def build_context(attributes: Mapping[str, object], campaign_id: str, offer: Offer) -> dict[str, Any]:
+    """The template context of one outreach.
+
+    Member attributes by name (string sets as sorted lists, money as formatted rupees, whole
+    numbers as ints), then the names the service provides, which shadow attributes of the same
+    name. first_name is "" when unknown so templates can write {{ first_name or "Investor" }}.
+    """
+    context: dict[str, Any] = {name: _template_value(value) for name, value in attributes.items()}
+    first_name = attributes.get("first_name")
+    offer_context: dict[str, Any] = {"product_code": offer.product_code}
+    context.update(
+        first_name=first_name if isinstance(first_name, str) else "",
+        campaign_id=campaign_id,
+        unsubscribe_url=UNSUBSCRIBE_URL,
+        offer=offer_context,
+    )
+    if offer.amount is not None:
+        context["offer_amount"] = format_money(offer.amount, "compact")
+        context["offer_amount_full"] = format_money(offer.amount, "grouped")
+        offer_context["amount"] = context["offer_amount"]
+    return context
+
+
+def render_email(compiled: CompiledEmail, context: Mapping[str, Any]) -> RenderedEmail:
+    """One person's e-mail; RenderFailed when the template needs something the person lacks."""
+    try:
+        # A subject is a single header line: collapse any newline a template might produce.
+        subject = " ".join(compiled.subject.render(context).split())
+        html = compiled.html.render(context)
+        text = compiled.text.render(context) if compiled.text is not None else ""
+    except jinja2.UndefinedError as error:
+        # The message names the missing variable ("'city' is undefined"), never a value.
+        raise RenderFailed(f"undefined: {error.message}") from error
+    # A template is marketer code: one person's failure, whatever it is, must not stop the run.
+    except Exception as error:
+        # Only the type: other messages may quote the person's values.
+        raise RenderFailed(type(error).__name__) from error
+    return RenderedEmail(from_name=compiled.from_name, subject=subject, html_body=html, text_body=text)

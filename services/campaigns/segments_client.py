@@ -1,0 +1,107 @@
+"""The segments service as campaigns sees it: a segment's state and version, and its members page by page."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+
+import grpc
+
+from plumbing.errors import FailedPrecondition, NotFound, Unavailable
+from services.campaigns.rendering import Money
+from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+_CALL_TIMEOUT_SECONDS = 30.0
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """A segment's id, lifecycle state by name (e.g. "PUBLISHED") and version."""
+
+    segment_id: str
+    state: str
+    version: int
+
+
+@dataclass(frozen=True)
+class AudienceMember:
+    """One member with the attributes asked for, as plain Python values."""
+
+    profile_id: str
+    attributes: dict[str, object]
+
+
+def attribute_value(value: resources_pb2.Value) -> object:
+    """str, float, bool, frozenset[str], aware datetime or Money; None when unset."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "string_set_value":
+        return frozenset(value.string_set_value.values)
+    if kind == "timestamp_value":
+        return value.timestamp_value.ToDatetime(tzinfo=UTC)
+    if kind == "money_value":
+        return Money(value.money_value.minor_units, value.money_value.currency_code)
+    return None
+
+
+def _unavailable(error: grpc.aio.AioRpcError, what: str) -> Unavailable:
+    return Unavailable(f"the segments service could not {what} ({error.code().name}); retry shortly")
+
+
+class SegmentsClient:
+    """Calls SegmentsService over a traced channel created by the composition root."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = service_pb2_grpc.SegmentsServiceStub(channel)
+
+    async def get_segment(self, segment_id: str) -> SegmentRef:
+        try:
+            response = await self._stub.GetSegment(
+                service_pb2.GetSegmentRequest(segment_id=segment_id), timeout=_CALL_TIMEOUT_SECONDS
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"campaign.segment_id {segment_id!r} does not exist; pick one from ListSegments",
+                    field="campaign.segment_id",
+                ) from error
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise NotFound(
+                    f"campaign.segment_id {segment_id!r} does not exist ({error.details()}); "
+                    "pick one from ListSegments",
+                    field="campaign.segment_id",
+                ) from error
+            raise _unavailable(error, "look up the segment") from error
+        segment = response.segment
+        state = resources_pb2.SegmentState.Name(segment.state).removeprefix("SEGMENT_STATE_")
+        return SegmentRef(segment.segment_id or segment_id, state, segment.version)
+
+    async def list_members(
+        self, segment_id: str, attribute_names: Sequence[str], page_size: int, page_token: str
+    ) -> tuple[list[AudienceMember], str]:
+        """One page of members ordered by profile id, and the token of the next page ("" at the end)."""
+        request = service_pb2.ListSegmentMembersRequest(
+            segment_id=segment_id, attribute_names=list(attribute_names), page_size=page_size, page_token=page_token
+        )
+        try:
+            response = await self._stub.ListSegmentMembers(request, timeout=_CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _RETRYABLE:
+                raise _unavailable(error, "list the segment's members") from error
+            # NOT_FOUND, FAILED_PRECONDITION (archived)...: the run cannot progress until someone acts.
+            raise FailedPrecondition(
+                f"segments refused to list members of {segment_id} ({error.code().name}: {error.details()})"
+            ) from error
+        members = [
+            AudienceMember(
+                profile_id=member.profile_id,
+                attributes={name: attribute_value(value) for name, value in member.attributes.items()},
+            )
+            for member in response.members
+        ]
+        return members, response.next_page_token

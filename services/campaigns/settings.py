@@ -1,0 +1,22 @@
+"""Settings of the campaigns service, read from XSELL_CAMPAIGNS_* environment variables."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from plumbing.settings import ServiceSettings
+
+
+class CampaignsSettings(ServiceSettings):
+    """e.g. XSELL_CAMPAIGNS_SEGMENTS_TARGET=segments:50061."""
+
+    model_config = SettingsConfigDict(env_prefix="XSELL_CAMPAIGNS_", extra="ignore")
+
+    grpc_port: int = Field(50062, description="gRPC port of CampaignsService; 0 picks a free one (tests).")
+    segments_target: str = Field("127.0.0.1:50061", description="host:port of SegmentsService.")
+    default_time_zone: str = Field("Asia/Kolkata", description="IANA time zone of campaigns whose schedule names none.")
+    release_page_size: int = Field(
+        500, ge=1, le=5000, description="Segment members released per transaction by the release runner."
+    )
+    release_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the release runner looks for scheduled runs that fell due."
+    )

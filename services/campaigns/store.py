@@ -1,0 +1,292 @@
+"""The campaigns database: definitions, runs, the campaign-ID counters, outreaches, outbox and idempotency."""
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
+
+from plumbing.idempotency import idempotency_table
+from plumbing.outbox import outbox_table
+from services.campaigns.campaign_ids import SequenceBlock
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out; SQLite keeps no zone, so values read back naive are UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("datetimes stored by campaigns must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+outbox = outbox_table(metadata)
+idempotency = idempotency_table(metadata)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    # ULIDs: ordering by key is ordering by creation, which ListCampaigns relies on.
+    Column("campaign_key", String(40), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("category", Integer, nullable=False),
+    Column("programme", String(10), nullable=False),
+    Column("trigger_code", String(3), nullable=False),
+    Column("segment_id", String(100), nullable=False),
+    Column("segment_version", BigInteger, nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("offer_product_code", String(100), nullable=False),
+    Column("offer_amount_minor", BigInteger, nullable=True),
+    Column("offer_currency", String(3), nullable=True),
+    Column("subject_template", Text, nullable=False),
+    Column("html_template", Text, nullable=False),
+    Column("text_template", Text, nullable=False),
+    Column("from_name", String(200), nullable=False),
+    Column("send_time", UtcDateTime, nullable=True),
+    Column("time_zone", String(64), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("outreach_count", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("launched_at", UtcDateTime, nullable=True),
+)
+
+campaign_runs = Table(
+    "campaign_runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    # One run per campaign in this version (no recurring schedules yet).
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False, unique=True),
+    Column("month", String(3), nullable=False),
+    # The segments page token to continue from; "" before the first page.
+    Column("cursor", Text, nullable=False),
+    # Compare-and-set version: a page commits only if no one else released a page meanwhile.
+    Column("pages_released", Integer, nullable=False),
+    Column("outreach_count", BigInteger, nullable=False),
+    Column("skipped_no_email", BigInteger, nullable=False),
+    Column("skipped_render", BigInteger, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("completed_at", UtcDateTime, nullable=True),
+    Index("ix_campaign_runs_open", "completed_at", "due_at"),
+)
+
+# The sequence of campaign IDs per (programme, month, trigger code). It never resets: NOV of next
+# year continues where NOV of this year stopped, so a campaign ID is unique across years without
+# carrying the year. Sequences are allocated in blocks, one UPDATE ... RETURNING per released page.
+campaign_id_counters = Table(
+    "campaign_id_counters",
+    metadata,
+    Column("programme", String(10), primary_key=True),
+    Column("month", String(3), primary_key=True),
+    Column("trigger_code", String(3), primary_key=True),
+    Column("last_sequence", BigInteger, nullable=False),
+)
+
+outreaches = Table(
+    "outreaches",
+    metadata,
+    Column("campaign_id", String(40), primary_key=True),
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False),
+    Column("run_id", String(40), nullable=False),
+    Column("profile_id", String(200), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("trigger_code", String(3), nullable=False),
+    Column("offer_product_code", String(100), nullable=False),
+    Column("offer_amount_minor", BigInteger, nullable=True),
+    Column("offer_currency", String(3), nullable=True),
+    Column("labels", JSON, nullable=False),
+    Column("category", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # A person gets one outreach per campaign, whatever happens to the run.
+    UniqueConstraint("campaign_key", "profile_id", name="uq_outreaches_campaign_profile"),
+    Index("ix_outreaches_campaign_key_campaign_id", "campaign_key", "campaign_id"),
+)
+
+
+async def insert_campaign(session: AsyncSession, values: Mapping[str, Any]) -> None:
+    await session.execute(insert(campaigns).values(**values))
+
+
+async def get_campaign(session: AsyncSession, campaign_key: str) -> Row[Any] | None:
+    return (await session.execute(select(campaigns).where(campaigns.c.campaign_key == campaign_key))).first()
+
+
+async def list_campaigns(session: AsyncSession, before_key: str | None, limit: int) -> Sequence[Row[Any]]:
+    """Newest first: campaign keys are ULIDs, so descending key order is descending creation order."""
+    query = select(campaigns).order_by(campaigns.c.campaign_key.desc()).limit(limit)
+    if before_key is not None:
+        query = query.where(campaigns.c.campaign_key < before_key)
+    return (await session.execute(query)).all()
+
+
+async def mark_launched(
+    session: AsyncSession, campaign_key: str, from_state: str, to_state: str, launched_at: datetime
+) -> bool:
+    """Moves the campaign out of `from_state`; False when a concurrent call moved it first."""
+    result = await session.execute(
+        update(campaigns)
+        .where(campaigns.c.campaign_key == campaign_key, campaigns.c.state == from_state)
+        .values(state=to_state, launched_at=launched_at)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_state(session: AsyncSession, campaign_key: str, from_state: str, to_state: str) -> bool:
+    result = await session.execute(
+        update(campaigns)
+        .where(campaigns.c.campaign_key == campaign_key, campaigns.c.state == from_state)
+        .values(state=to_state)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def insert_run(session: AsyncSession, values: Mapping[str, Any]) -> None:
+    await session.execute(
+        insert(campaign_runs).values(
+            cursor="", pages_released=0, outreach_count=0, skipped_no_email=0, skipped_render=0, **values
+        )
+    )
+
+
+async def get_run_for_campaign(session: AsyncSession, campaign_key: str) -> Row[Any] | None:
+    return (await session.execute(select(campaign_runs).where(campaign_runs.c.campaign_key == campaign_key))).first()
+
+
+async def due_runs(session: AsyncSession, now: datetime, limit: int = 100) -> Sequence[Row[Any]]:
+    """Unfinished runs whose time has come, oldest first: new launches, due schedules, and runs a restart cut short."""
+    query = (
+        select(campaign_runs)
+        .where(campaign_runs.c.completed_at.is_(None), campaign_runs.c.due_at <= now)
+        .order_by(campaign_runs.c.due_at, campaign_runs.c.run_id)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def ensure_counter(session: AsyncSession, programme: str, month: str, trigger_code: str) -> None:
+    """Creates the counter row at 0 if it does not exist yet, so allocation is a plain UPDATE."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    builder = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        builder(campaign_id_counters)
+        .values(programme=programme, month=month, trigger_code=trigger_code, last_sequence=0)
+        .on_conflict_do_nothing()
+    )
+    await session.execute(statement)
+
+
+async def allocate_sequences(
+    session: AsyncSession, programme: str, month: str, trigger_code: str, count: int
+) -> SequenceBlock:
+    """Reserves `count` consecutive sequence numbers in one statement (SQLite >= 3.35 and PostgreSQL).
+
+    The row lock taken by the UPDATE serialises concurrent allocations until the transaction ends,
+    so two pages never get overlapping blocks; a rolled-back page gives its block back.
+    """
+    if count < 1:
+        raise ValueError("allocate at least one sequence number")
+    counter = campaign_id_counters.c
+    statement = (
+        update(campaign_id_counters)
+        .where(and_(counter.programme == programme, counter.month == month, counter.trigger_code == trigger_code))
+        .values(last_sequence=counter.last_sequence + count)
+        .returning(counter.last_sequence)
+    )
+    last = (await session.execute(statement)).scalar_one()
+    return SequenceBlock.ending_at(int(last), count)
+
+
+async def insert_outreaches(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One executemany INSERT for the whole page."""
+    if rows:
+        await session.execute(insert(outreaches), list(rows))
+
+
+async def advance_run(
+    session: AsyncSession,
+    run_id: str,
+    *,
+    expected_pages: int,
+    cursor: str,
+    created: int,
+    skipped_no_email: int,
+    skipped_render: int,
+    completed_at: datetime | None,
+) -> bool:
+    """Records one released page; False when another process released this page first."""
+    run = campaign_runs.c
+    result = await session.execute(
+        update(campaign_runs)
+        .where(run.run_id == run_id, run.pages_released == expected_pages, run.completed_at.is_(None))
+        .values(
+            cursor=cursor,
+            pages_released=run.pages_released + 1,
+            outreach_count=run.outreach_count + created,
+            skipped_no_email=run.skipped_no_email + skipped_no_email,
+            skipped_render=run.skipped_render + skipped_render,
+            completed_at=completed_at,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def add_outreaches_to_campaign(
+    session: AsyncSession, campaign_key: str, created: int, *, completed: bool
+) -> None:
+    values: dict[str, Any] = {"outreach_count": campaigns.c.outreach_count + created}
+    if completed:
+        values["state"] = "COMPLETED"
+    await session.execute(update(campaigns).where(campaigns.c.campaign_key == campaign_key).values(**values))
+
+
+async def get_outreach(session: AsyncSession, campaign_id: str) -> Row[Any] | None:
+    return (await session.execute(select(outreaches).where(outreaches.c.campaign_id == campaign_id))).first()
+
+
+async def list_outreaches(
+    session: AsyncSession, campaign_key: str, after_campaign_id: str | None, limit: int
+) -> Sequence[Row[Any]]:
+    query = (
+        select(outreaches)
+        .where(outreaches.c.campaign_key == campaign_key)
+        .order_by(outreaches.c.campaign_id)
+        .limit(limit)
+    )
+    if after_campaign_id is not None:
+        query = query.where(outreaches.c.campaign_id > after_campaign_id)
+    return (await session.execute(query)).all()
