@@ -1,0 +1,328 @@
+"""The attribution service end to end on its real parts: NATS, SQLite and PostgreSQL, the gRPC server."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.bus import Bus
+from plumbing.ids import new_id
+from plumbing.runtime import ServiceProcess
+from services import streams
+from services.attribution.app import build
+from services.attribution.settings import AttributionSettings
+from tests.waiting import eventually
+from xsell.attribution.v1 import events_pb2 as attribution_events
+from xsell.attribution.v1 import resources_pb2 as attribution_pb2
+from xsell.attribution.v1 import service_pb2, service_pb2_grpc
+from xsell.campaigns.v1 import events_pb2 as campaign_events
+from xsell.campaigns.v1 import resources_pb2 as campaigns_pb2
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channels_pb2
+from xsell.type.v1 import channel_pb2, money_pb2
+
+OUTREACH_CREATED_AT = datetime(2025, 11, 13, 3, 45, tzinfo=UTC)  # 09:15 in Kolkata
+
+
+@dataclass
+class Service:
+    process: ServiceProcess
+    stub: service_pb2_grpc.AttributionServiceStub
+    bus: Bus
+
+
+@pytest.fixture
+async def service(database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path) -> AsyncIterator[Service]:
+    await nats_bus.ensure_streams(streams.ALL_STREAMS)
+    settings = AttributionSettings(  # type: ignore[call-arg]
+        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
+    )
+    process = await build(settings, TracerProvider())
+    await process.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
+    try:
+        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), nats_bus)
+    finally:
+        await channel.close()
+        await process.stop(1)
+
+
+def _ts(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _inr(minor_units: int) -> money_pb2.Money:
+    return money_pb2.Money(minor_units=minor_units, currency_code="INR")
+
+
+def _new_campaign_id() -> str:
+    return f"CSELL-NOV-T06-{new_id()}"
+
+
+async def _publish_outreach(bus: Bus, campaign_id: str, *, message_id: str | None = None) -> None:
+    event = campaign_events.OutreachCreated(
+        event_id=new_id("evt_"),
+        outreach=campaigns_pb2.Outreach(
+            campaign_id=campaign_id,
+            campaign_key="cmp_msme_gst",
+            profile_id="prf_kaveri",
+            channel=channel_pb2.CHANNEL_EMAIL,
+            trigger_code="T06",
+            offer=campaigns_pb2.Offer(product_code="MSME_WC_TOPUP", amount=_inr(174_000_000)),
+            labels=["Cross-Sell – MSME"],
+            category=campaigns_pb2.CAMPAIGN_CATEGORY_UPSELL_INCREASE_VALUE,
+            create_time=_ts(OUTREACH_CREATED_AT),
+        ),
+    )
+    await bus.js.publish(
+        streams.OUTREACH_CREATED,
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": message_id or event.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+
+async def _publish_engagement(bus: Bus, campaign_id: str, kind: int) -> None:
+    event = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel_pb2.CHANNEL_EMAIL,
+        kind=kind,  # type: ignore[arg-type]
+        occur_time=_ts(datetime(2025, 11, 14, 5, 0, tzinfo=UTC)),
+    )
+    await bus.js.publish(
+        streams.ENGAGEMENT_RECORDED,
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+
+async def _attribution(
+    stub: service_pb2_grpc.AttributionServiceStub, campaign_id: str
+) -> attribution_pb2.CampaignAttribution:
+    response = await stub.GetCampaignAttribution(service_pb2.GetCampaignAttributionRequest(campaign_id=campaign_id))
+    return response.attribution
+
+
+async def _known(
+    stub: service_pb2_grpc.AttributionServiceStub, campaign_id: str
+) -> attribution_pb2.CampaignAttribution | None:
+    try:
+        return await _attribution(stub, campaign_id)
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+
+
+async def _wait_known(
+    stub: service_pb2_grpc.AttributionServiceStub, campaign_id: str
+) -> attribution_pb2.CampaignAttribution:
+    """Waits until the outreach's OutreachCreated has been applied."""
+    found = await eventually(lambda: _known(stub, campaign_id))
+    assert found is not None
+    return found
+
+
+async def _rejected(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value
+
+
+async def test_outreach_to_disbursement_is_priced_to_the_rupee_and_published(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    campaign_id = _new_campaign_id()
+    conversions: list[attribution_events.ConversionRecorded] = []
+
+    async def collect(msg: object) -> None:
+        conversions.append(attribution_events.ConversionRecorded.FromString(msg.data))  # type: ignore[attr-defined]
+
+    subscription = await bus.nc.subscribe(streams.CONVERSION_RECORDED, cb=collect)
+
+    await _publish_outreach(bus, campaign_id)
+    recorded = await _wait_known(stub, campaign_id)
+    assert recorded.trigger_code == "T06"
+    assert recorded.channel == channel_pb2.CHANNEL_EMAIL
+    assert recorded.cost.minor_units == 50  # the e-mail send cost, booked with the outreach
+
+    lead = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=campaign_id, crm_lead_id="CRM-77")
+    )
+    assert lead.lead.origin == attribution_pb2.LEAD_ORIGIN_CRM
+    await stub.RecordApplication(
+        service_pb2.RecordApplicationRequest(
+            request_id=new_id(),
+            loan_number="LA-2025-0001",
+            campaign_id=campaign_id,
+            apply_time=_ts(datetime(2025, 11, 15, 6, 0, tzinfo=UTC)),
+        )
+    )
+
+    def disburse(
+        amount: money_pb2.Money, *, campaign: str = campaign_id, request_id: str = "", disbursement_id: str = "DISB-1"
+    ) -> Awaitable[service_pb2.RecordDisbursementResponse]:
+        return stub.RecordDisbursement(  # type: ignore[no-any-return]
+            service_pb2.RecordDisbursementRequest(
+                request_id=request_id or new_id(),
+                disbursement_id=disbursement_id,
+                loan_number="LA-2025-0001",
+                campaign_id=campaign,
+                amount=amount,
+                disburse_time=_ts(datetime(2025, 11, 22, 6, 0, tzinfo=UTC)),
+            )
+        )
+
+    before_sanction = await _attribution(stub, campaign_id)
+    error = await _rejected(disburse(_inr(174_000_000)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "applied" in (error.details() or "")
+    assert await _attribution(stub, campaign_id) == before_sanction
+
+    sanction = await stub.RecordSanction(
+        service_pb2.RecordSanctionRequest(
+            request_id=new_id(),
+            loan_number="LA-2025-0001",
+            campaign_id=campaign_id,
+            amount=_inr(174_000_000),
+            sanction_time=_ts(datetime(2025, 11, 18, 6, 0, tzinfo=UTC)),
+        )
+    )
+    assert sanction.loan.stage == attribution_pb2.LOAN_STAGE_SANCTIONED
+    assert sanction.loan.product_code == "MSME_WC_TOPUP"
+
+    before = await _attribution(stub, campaign_id)
+    error = await _rejected(disburse(_inr(-174_000_000)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount.minor_units" in (error.details() or "")
+    error = await _rejected(disburse(_inr(174_000_000), campaign="CSELL-NOV-T06-NOPE"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "CSELL-NOV-T06-NOPE" in (error.details() or "")
+    assert await _attribution(stub, campaign_id) == before
+
+    request_id = new_id()
+    disbursed = await disburse(_inr(174_000_000), request_id=request_id)
+    attribution = disbursed.attribution
+    assert attribution.disbursed_amount == _inr(174_000_000)
+    assert attribution.lifetime_revenue == _inr(45_240_000)  # ₹4,52,400
+    assert attribution.year1_revenue == _inr(4_524_000)  # ₹45,240
+    assert attribution.cost == _inr(9_800)  # ₹0.50 send + 15 min × ₹6.50 RM time
+    assert attribution.romi == pytest.approx(4616.33, abs=0.01)
+    assert await _attribution(stub, campaign_id) == attribution
+    assert [loan.stage for loan in attribution.loans] == [attribution_pb2.LOAN_STAGE_DISBURSED]
+    assert [lead.crm_lead_id for lead in attribution.leads] == ["CRM-77"]
+    funnel = attribution.funnel
+    assert (funnel.responded, funnel.applied, funnel.sanctioned, funnel.disbursed) == (1, 1, 1, 1)
+
+    # A retried request gets the first answer and changes nothing; a reused disbursement id is refused.
+    assert await disburse(_inr(174_000_000), request_id=request_id) == disbursed
+    error = await _rejected(disburse(_inr(174_000_000)))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await _attribution(stub, campaign_id) == attribution
+
+    async def conversion_published() -> list[attribution_events.ConversionRecorded]:
+        return [c for c in conversions if c.campaign_id == campaign_id]
+
+    published = await eventually(conversion_published)
+    await subscription.unsubscribe()
+    assert len(published) == 1
+    assert published[0].loan_number == "LA-2025-0001"
+    assert published[0].amount == _inr(174_000_000)
+    assert published[0].lifetime_revenue == _inr(45_240_000)
+    assert published[0].year1_revenue == _inr(4_524_000)
+
+
+async def test_click_marks_the_funnel_and_a_reply_is_a_lead_even_before_the_outreach_arrives(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    early = _new_campaign_id()
+    # The engagement overtakes its outreach: the consumer naks it and applies it on redelivery.
+    await _publish_engagement(bus, early, channels_pb2.ENGAGEMENT_KIND_REPLIED)
+    await _publish_outreach(bus, early)
+
+    async def responded() -> attribution_pb2.CampaignAttribution | None:
+        found = await _known(stub, early)
+        return found if found is not None and found.funnel.responded else None
+
+    replied = await eventually(responded)
+    assert replied is not None
+    assert [lead.origin for lead in replied.leads] == [attribution_pb2.LEAD_ORIGIN_REPLY]
+    assert replied.cost == _inr(50 + 15 * 650)
+
+    clicked_id = _new_campaign_id()
+    await _publish_outreach(bus, clicked_id)
+    await _wait_known(stub, clicked_id)
+    await _publish_engagement(bus, clicked_id, channels_pb2.ENGAGEMENT_KIND_CLICKED)
+
+    async def clicked() -> attribution_pb2.CampaignAttribution | None:
+        found = await _attribution(stub, clicked_id)
+        return found if found.funnel.clicked else None
+
+    found = await eventually(clicked)
+    assert found is not None
+    funnel = found.funnel
+    assert (funnel.sent, funnel.delivered, funnel.opened, funnel.clicked) == (1, 1, 1, 1)
+    assert (funnel.responded, funnel.applied, funnel.disbursed) == (0, 0, 0)
+
+
+async def test_republished_outreach_books_its_send_cost_once(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    campaign_id = _new_campaign_id()
+    await _publish_outreach(bus, campaign_id, message_id=new_id("msg_"))
+    await _wait_known(stub, campaign_id)
+    # The same outreach again under another message id, so the stream does not drop it; then a
+    # marker outreach: the durable applies in order, so once the marker is known the copy was handled.
+    await _publish_outreach(bus, campaign_id, message_id=new_id("msg_"))
+    marker = _new_campaign_id()
+    await _publish_outreach(bus, marker)
+    await _wait_known(stub, marker)
+    assert (await _attribution(stub, campaign_id)).cost == _inr(50)
+
+
+async def test_lead_and_application_need_a_known_outreach_and_a_loan_keeps_its_campaign(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    error = await _rejected(
+        stub.CreateLead(service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id="CSELL-NOV-T06-0884"))
+    )
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert (error.details() or "").startswith("campaign_id: campaign_id 'CSELL-NOV-T06-0884' is not a known outreach")
+
+    first, second = _new_campaign_id(), _new_campaign_id()
+    await asyncio.gather(_publish_outreach(bus, first), _publish_outreach(bus, second))
+    await _wait_known(stub, first)
+    await _wait_known(stub, second)
+    await stub.RecordApplication(
+        service_pb2.RecordApplicationRequest(request_id=new_id(), loan_number="LA-2025-0002", campaign_id=first)
+    )
+    error = await _rejected(
+        stub.RecordApplication(
+            service_pb2.RecordApplicationRequest(request_id=new_id(), loan_number="LA-2025-0002", campaign_id=second)
+        )
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    error = await _rejected(
+        stub.RecordSanction(
+            service_pb2.RecordSanctionRequest(
+                request_id=new_id(), loan_number="LA-2025-0002", campaign_id=second, amount=_inr(100_000_00)
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert first in (error.details() or "") and second in (error.details() or "")
+    error = await _rejected(
+        stub.RecordSanction(
+            service_pb2.RecordSanctionRequest(
+                request_id=new_id(), loan_number="LA-2025-9999", campaign_id=first, amount=_inr(100_000_00)
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "record the application first" in (error.details() or "")
+    assert (await _attribution(stub, second)).funnel.applied == 0
+    assert (await _attribution(stub, first)).funnel.sanctioned == 0
