@@ -9,11 +9,14 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from plumbing.runtime import ServiceProcess
+from plumbing.telemetry import outreach_trace_id
 from services import streams
 from services.attribution.app import build
 from services.attribution.settings import AttributionSettings
@@ -35,6 +38,19 @@ class Service:
     process: ServiceProcess
     stub: service_pb2_grpc.AttributionServiceStub
     bus: Bus
+    spans: InMemorySpanExporter
+
+    def outreach_spans(self, name: str, campaign_id: str) -> list[ReadableSpan]:
+        """Finished spans called `name` that sit in the campaign ID's trace."""
+        trace_id = int(outreach_trace_id(campaign_id), 16)
+        return [
+            span
+            for span in self.spans.get_finished_spans()
+            if span.name == name
+            and span.context is not None
+            and span.context.trace_id == trace_id
+            and (span.attributes or {}).get("campaign.id") == campaign_id
+        ]
 
 
 @pytest.fixture
@@ -43,11 +59,14 @@ async def service(database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Pat
     settings = AttributionSettings(  # type: ignore[call-arg]
         grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
     )
-    process = await build(settings, TracerProvider())
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    process = await build(settings, provider)
     await process.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
     try:
-        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), nats_bus)
+        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), nats_bus, spans)
     finally:
         await channel.close()
         await process.stop(1)
@@ -99,6 +118,21 @@ async def _publish_engagement(bus: Bus, campaign_id: str, kind: int) -> None:
     )
     await bus.js.publish(
         streams.ENGAGEMENT_RECORDED,
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+
+async def _publish_delivery(bus: Bus, campaign_id: str, state: int) -> None:
+    event = channel_events.DeliveryUpdated(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel_pb2.CHANNEL_EMAIL,
+        state=state,  # type: ignore[arg-type]
+        occur_time=_ts(datetime(2025, 11, 13, 3, 46, tzinfo=UTC)),
+    )
+    await bus.js.publish(
+        streams.DELIVERY_UPDATED,
         event.SerializeToString(),
         headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": campaign_id},
     )
@@ -230,6 +264,16 @@ async def test_outreach_to_disbursement_is_priced_to_the_rupee_and_published(ser
     async def conversion_published() -> list[attribution_events.ConversionRecorded]:
         return [c for c in conversions if c.campaign_id == campaign_id]
 
+    # Every step joined the outreach's trace, however many days after the outreach it came.
+    for name in (
+        "attribution.record_outreach",
+        "attribution.create_lead",
+        "attribution.record_application",
+        "attribution.record_sanction",
+        "attribution.record_disbursement",
+    ):
+        assert service.outreach_spans(name, campaign_id), name
+
     published = await eventually(conversion_published)
     await subscription.unsubscribe()
     assert len(published) == 1
@@ -269,6 +313,34 @@ async def test_click_marks_the_funnel_and_a_reply_is_a_lead_even_before_the_outr
     funnel = found.funnel
     assert (funnel.sent, funnel.delivered, funnel.opened, funnel.clicked) == (1, 1, 1, 1)
     assert (funnel.responded, funnel.applied, funnel.disbursed) == (0, 0, 0)
+    assert service.outreach_spans("attribution.record_engagement", clicked_id)
+
+
+async def test_delivery_updates_mark_sent_and_delivered(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    campaign_id = _new_campaign_id()
+    await _publish_outreach(bus, campaign_id)
+    await _wait_known(stub, campaign_id)
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_FAILED)
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_SENT)
+
+    async def sent() -> attribution_pb2.Funnel | None:
+        funnel = (await _attribution(stub, campaign_id)).funnel
+        return funnel if funnel.sent else None
+
+    funnel = await eventually(sent)
+    assert funnel is not None
+    assert (funnel.sent, funnel.delivered, funnel.opened) == (1, 0, 0)
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_DELIVERED)
+
+    async def delivered() -> attribution_pb2.Funnel | None:
+        funnel = (await _attribution(stub, campaign_id)).funnel
+        return funnel if funnel.delivered else None
+
+    funnel = await eventually(delivered)
+    assert funnel is not None
+    assert (funnel.sent, funnel.delivered, funnel.opened) == (1, 1, 0)
+    assert service.outreach_spans("attribution.record_delivery", campaign_id)
 
 
 async def test_republished_outreach_books_its_send_cost_once(service: Service) -> None:
