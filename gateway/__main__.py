@@ -21,13 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="serve gRPC and HTTP until SIGTERM (the default)")
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="issue a key; its secret is printed once and never stored")
-    create.add_argument("--client", required=True, help='the client the key is for, e.g. "crm-prod"')
+    create.add_argument("--name", "--client", dest="client", required=True, help='the client, e.g. "crm-prod"')
     create.add_argument(
+        "--scopes",
         "--scope",
+        dest="scopes",
         action="append",
         required=True,
-        choices=sorted(scopes.GRANTABLE_SCOPES),
-        help="a scope the key grants; repeat for several",
+        help=f"scopes the key grants, comma-separated or repeated; one of {', '.join(sorted(scopes.GRANTABLE_SCOPES))}",
     )
     keys.add_parser("list", help="list keys (ids, clients, scopes; never secrets)")
     revoke = keys.add_parser("revoke", help="revoke a key; calls with it fail within seconds")
@@ -41,13 +42,21 @@ async def _keys(args: argparse.Namespace, settings: GatewaySettings) -> int:
         await db.migrate(MIGRATIONS)
         store = KeyStore(db)
         if args.keys_command == "create":
+            granted = frozenset(scope.strip() for value in args.scopes for scope in value.split(",") if scope.strip())
+            unknown = sorted(granted - scopes.GRANTABLE_SCOPES)
+            if unknown or not granted:
+                print(
+                    f"unknown scopes {unknown}; choose from {', '.join(sorted(scopes.GRANTABLE_SCOPES))}",
+                    file=sys.stderr,
+                )
+                return 2
             presented = generate_key()
             await store.add(
                 ApiKey(
                     presented.key_id,
                     args.client,
                     hash_secret(presented.secret),
-                    frozenset(args.scope),
+                    granted,
                     datetime.now(UTC),
                 )
             )
