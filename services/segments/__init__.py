@@ -1,0 +1,1 @@
+"""The audience engine: profiles, events, segment rules compiled to SQL, and always-current memberships."""

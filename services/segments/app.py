@@ -1,0 +1,46 @@
+"""The composition root of the segments service: database, bus, outbox relay and the gRPC servicer."""
+
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.bus import Bus
+from plumbing.db import Database
+from plumbing.grpc_server import GrpcServer
+from plumbing.outbox import Outbox, OutboxRelay
+from plumbing.runtime import BackgroundTask, ServiceProcess
+from services import streams
+from services.segments import store
+from services.segments.api import SegmentsApi
+from services.segments.outbox_batch import OutboxBatch
+from services.segments.settings import SegmentsSettings
+from xsell.segments.v1 import service_pb2_grpc
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(settings: SegmentsSettings, provider: TracerProvider) -> ServiceProcess:
+    tracer = provider.get_tracer("xsell.segments")
+    db = Database(settings.resolved_database_url("segments"))
+    await db.migrate(MIGRATIONS)
+    bus = await Bus.connect(settings.nats_url, name="segments")
+    await bus.ensure_streams(streams.ALL_STREAMS)
+    relay = OutboxRelay(db, store.outbox, bus, tracer)
+    servicer = SegmentsApi(
+        db,
+        Outbox(store.outbox, on_commit=relay.notify),
+        OutboxBatch(store.outbox, on_commit=relay.notify),
+        settings,
+        tracer,
+    )
+    server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
+    server.add(
+        "xsell.segments.v1.SegmentsService",
+        lambda s: service_pb2_grpc.add_SegmentsServiceServicer_to_server(servicer, s),
+    )
+    return ServiceProcess(
+        "segments",
+        server,
+        tasks=[BackgroundTask("outbox-relay", relay.run, relay.stop)],
+        closers=[db.dispose, bus.drain],
+    )

@@ -1,0 +1,246 @@
+"""Compiles a segment rule into one SQL SELECT of profile ids that runs alike on SQLite and PostgreSQL."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, Select, and_, func, literal, not_, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from services.segments import store
+from services.segments.rules import (
+    NEGATIONS,
+    AllOf,
+    AnyOf,
+    AttributeCondition,
+    CountComparison,
+    EventCondition,
+    Not,
+    Op,
+    PropertyFilter,
+    RangeWindow,
+    Rule,
+    SegmentReference,
+    window_start,
+)
+from services.segments.values import Kind, Value
+
+
+class _position(FunctionElement[int]):
+    """1-based position of a substring, 0 when absent: case-sensitive on both databases, unlike LIKE on SQLite."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_position)
+def _position_default(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    haystack, needle = list(element.clauses)
+    return f"instr({compiler.process(haystack, **kw)}, {compiler.process(needle, **kw)})"
+
+
+@compiles(_position, "postgresql")
+def _position_postgresql(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    haystack, needle = list(element.clauses)
+    return f"strpos({compiler.process(haystack, **kw)}, {compiler.process(needle, **kw)})"
+
+
+def _contains_text(haystack: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
+    return _position(haystack, literal(needle)) > 0
+
+
+def compile_rule(rule: Rule, now: datetime) -> Select[tuple[str]]:
+    """SELECT profile_id FROM profiles WHERE <rule>; "last" windows are measured back from `now`."""
+    return select(store.profiles.c.profile_id).where(condition(rule, store.profiles.c.profile_id, now))
+
+
+def condition(rule: Rule, subject: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
+    """The rule as a boolean over the profile id column `subject` of the enclosing query.
+
+    Every piece is EXISTS, NOT EXISTS or a comparison of a count, so it is never NULL and NOT is safe.
+    """
+    if isinstance(rule, AllOf):
+        return and_(*(condition(child, subject, now) for child in rule.rules))
+    if isinstance(rule, AnyOf):
+        return or_(*(condition(child, subject, now) for child in rule.rules))
+    if isinstance(rule, Not):
+        return not_(condition(rule.rule, subject, now))
+    if isinstance(rule, SegmentReference):
+        m = store.memberships.alias()
+        return select(m.c.profile_id).where(m.c.segment_id == rule.segment_id, m.c.profile_id == subject).exists()
+    if isinstance(rule, AttributeCondition):
+        return _attribute(rule.attribute, rule.op, rule.values, subject)
+    return _event(rule, subject, now)
+
+
+# --- attributes -------------------------------------------------------------------------------
+
+
+def _attribute(name: str, op: Op, values: tuple[Value, ...], subject: ColumnElement[str]) -> ColumnElement[bool]:
+    if op in NEGATIONS:
+        return not_(_attribute(name, NEGATIONS[op], values, subject))
+
+    def exists_row(predicate: Any = None) -> ColumnElement[bool]:
+        a = store.profile_attributes.alias()
+        where = [a.c.profile_id == subject, a.c.name == name]
+        if predicate is not None:
+            where.append(predicate(a))
+        return select(a.c.id).where(*where).exists()
+
+    if op is Op.EXISTS:
+        return exists_row()
+    if op is Op.EQUALS and values[0].kind is Kind.STRING_SET:
+        return _set_equals(name, values[0], subject)
+    if op in (Op.EQUALS, Op.IN):
+        return exists_row(lambda a: or_(*(_row_equals(a, v) for v in values)))
+    if op is Op.CONTAINS:
+        needle = values[0].text or ""
+        return exists_row(
+            lambda a: or_(
+                and_(a.c.value_type == Kind.STRING.value, _contains_text(a.c.text_value, needle)),
+                and_(a.c.value_type == Kind.STRING_SET.value, a.c.text_value == needle),
+            )
+        )
+    if op is Op.CONTAINS_ANY:
+        members = [v.text for v in values]
+        return exists_row(lambda a: and_(a.c.value_type == Kind.STRING_SET.value, a.c.text_value.in_(members)))
+    if op is Op.CONTAINS_ALL:
+        return and_(
+            *(
+                exists_row(lambda a, m=v.text: and_(a.c.value_type == Kind.STRING_SET.value, a.c.text_value == m))
+                for v in values
+            )
+        )
+    if op is Op.BETWEEN:
+        lower, upper = values
+        return exists_row(
+            lambda a: and_(
+                a.c.value_type == store.value_type_of(lower),
+                a.c.num_value >= lower.number,
+                a.c.num_value <= upper.number,
+            )
+        )
+    operand = values[0]
+    return exists_row(
+        lambda a: and_(a.c.value_type == store.value_type_of(operand), _compare(a.c.num_value, op, operand.number))
+    )
+
+
+def _row_equals(a: Any, value: Value) -> ColumnElement[bool]:
+    if value.kind in (Kind.STRING, Kind.BOOL):
+        return and_(a.c.value_type == value.kind.value, a.c.text_value == value.text)
+    return and_(a.c.value_type == store.value_type_of(value), a.c.num_value == value.number)
+
+
+def _set_equals(name: str, value: Value, subject: ColumnElement[str]) -> ColumnElement[bool]:
+    """The stored set has every member of the operand and nothing else (one row per member)."""
+    members = sorted(value.members)
+    outside = store.profile_attributes.alias()
+    inside = store.profile_attributes.alias()
+    has_other = (
+        select(outside.c.id)
+        .where(
+            outside.c.profile_id == subject,
+            outside.c.name == name,
+            outside.c.value_type == Kind.STRING_SET.value,
+            or_(outside.c.text_value.is_(None), outside.c.text_value.not_in(members)),
+        )
+        .exists()
+    )
+    found = (
+        select(func.count())
+        .select_from(inside)
+        .where(
+            inside.c.profile_id == subject,
+            inside.c.name == name,
+            inside.c.value_type == Kind.STRING_SET.value,
+            inside.c.text_value.in_(members),
+        )
+        .scalar_subquery()
+    )
+    return and_(not_(has_other), found == len(members))
+
+
+def _compare(column: ColumnElement[Any], op: Op, number: float | None) -> ColumnElement[bool]:
+    if op is Op.GREATER_THAN:
+        return column > number
+    if op is Op.GREATER_OR_EQUAL:
+        return column >= number
+    if op is Op.LESS_THAN:
+        return column < number
+    return column <= number
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
+    e = store.events.alias()
+    where: list[ColumnElement[bool]] = [e.c.profile_id == subject, e.c.name == rule.event_name]
+    start = window_start(rule.window, now)
+    if start is not None:
+        where.append(e.c.occurred_at >= start)
+    if isinstance(rule.window, RangeWindow):
+        where.append(e.c.occurred_at < rule.window.end)
+    where.extend(_property(e.c.properties, f) for f in rule.filters)
+    if rule.count is None:
+        performed: ColumnElement[bool] = select(e.c.event_id).where(*where).exists()
+    else:
+        counted = select(func.count()).select_from(e).where(*where).scalar_subquery()
+        performed = _count(counted, rule.count)
+    return performed if rule.performed else not_(performed)
+
+
+def _count(counted: Any, count: CountComparison) -> ColumnElement[bool]:
+    if count.op is Op.EQUALS:
+        return counted == count.value
+    if count.op is Op.GREATER_OR_EQUAL:
+        return counted >= count.value
+    if count.op is Op.LESS_OR_EQUAL:
+        return counted <= count.value
+    return and_(counted >= count.value, counted <= count.upper)
+
+
+def _property(properties: Any, rule: PropertyFilter) -> ColumnElement[bool]:
+    return _property_matches(properties, rule.property, rule.op, rule.values)
+
+
+def _property_matches(properties: Any, name: str, op: Op, values: tuple[Value, ...]) -> ColumnElement[bool]:
+    """Like attribute conditions, but on one event's JSON properties; never NULL, so NOT is safe."""
+    if op in NEGATIONS:
+        return not_(_property_matches(properties, name, NEGATIONS[op], values))
+    if op is Op.EXISTS:
+        return properties[(name, "kind")].as_string().is_not(None)
+    if op in (Op.EQUALS, Op.IN):
+        return or_(*(_property_equals(properties, name, v) for v in values))
+    if op is Op.CONTAINS:
+        text = properties[(name, Kind.STRING.value)].as_string()
+        return and_(text.is_not(None), _contains_text(text, values[0].text or ""))
+    if op is Op.BETWEEN:
+        lower, upper = values
+        number = _typed_number(properties, name, lower)
+        return and_(_kind_is(properties, name, lower), number >= lower.number, number <= upper.number)
+    operand = values[0]
+    number = _typed_number(properties, name, operand)
+    return and_(_kind_is(properties, name, operand), _compare(number, op, operand.number))
+
+
+def _kind_is(properties: Any, name: str, value: Value) -> ColumnElement[bool]:
+    kind = properties[(name, "kind")].as_string()
+    same_kind = and_(kind.is_not(None), kind == value.kind.value)
+    if value.kind is Kind.MONEY:
+        currency = properties[(name, "currency")].as_string()
+        return and_(same_kind, currency.is_not(None), currency == value.currency)
+    return same_kind
+
+
+def _typed_number(properties: Any, name: str, value: Value) -> Any:
+    return properties[(name, value.kind.value)].as_float()
+
+
+def _property_equals(properties: Any, name: str, value: Value) -> ColumnElement[bool]:
+    if value.kind in (Kind.STRING, Kind.BOOL):
+        text = properties[(name, value.kind.value)].as_string()
+        return and_(_kind_is(properties, name, value), text == value.text)
+    return and_(_kind_is(properties, name, value), _typed_number(properties, name, value) == value.number)

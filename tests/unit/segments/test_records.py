@@ -1,0 +1,81 @@
+"""Per-record validation of profile and event batches."""
+
+from datetime import UTC, datetime, timedelta
+
+from services.segments.records import validate_events, validate_profiles
+from services.segments.values import Value
+from tests.unit.segments.builders import n, s, ss
+from xsell.segments.v1 import resources_pb2 as r
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _event(event_id: str, occur: datetime | None, name: str = "sip_registered", profile_id: str = "p1") -> r.Event:
+    e = r.Event(event_id=event_id, profile_id=profile_id, name=name)
+    if occur is not None:
+        e.occur_time.FromDatetime(occur)
+    return e
+
+
+def test_bad_profiles_are_reported_one_by_one_and_good_ones_kept() -> None:
+    batch = [
+        r.Profile(profile_id="p1", attributes={"investment_type": s("SIP")}),
+        r.Profile(profile_id="", attributes={"investment_type": s("SIP")}),
+        r.Profile(profile_id="p3", attributes={"total_aum": r.Value()}),
+        r.Profile(profile_id="p4", attributes={"Total-AUM": n(1)}),
+        r.Profile(profile_id="x" * 129),
+        r.Profile(profile_id="p6", attributes={"number_of_schemes": n(float("inf"))}),
+        r.Profile(profile_id="p1", attributes={"fund_categories": ss("Equity"), "investment_type": s("Both")}),
+    ]
+    updates, problems = validate_profiles(batch)
+    assert [(p.index, p.record_id, p.field) for p in problems] == [
+        (1, "", "profiles[1].profile_id"),
+        (2, "p3", "profiles[2].attributes.total_aum"),
+        (3, "p4", "profiles[3].attributes.Total-AUM"),
+        (4, "x" * 128, "profiles[4].profile_id"),
+        (5, "p6", "profiles[5].attributes.number_of_schemes"),
+    ]
+    assert "value is empty" in problems[1].reason
+    assert "lower_snake_case" in problems[2].reason
+    assert "at most 128" in problems[3].reason
+    # The two records of p1 merge, the later one winning for the attribute both name.
+    assert [(u.profile_id, u.attributes) for u in updates] == [
+        ("p1", {"investment_type": Value.string("Both"), "fund_categories": Value.string_set({"Equity"})})
+    ]
+
+
+def test_bad_events_are_reported_with_the_field_and_a_valid_alternative() -> None:
+    batch = [
+        _event("e1", NOW - timedelta(days=1)),
+        _event("e2", None),
+        _event("e3", NOW + timedelta(minutes=10)),
+        _event("e4", NOW - timedelta(days=800)),
+        _event("e5", NOW, name="SIP registered"),
+        _event("", NOW),
+        _event("e7", NOW, profile_id=""),
+        _event("e1", NOW - timedelta(days=2)),
+        _event("e9", NOW + timedelta(minutes=4)),
+    ]
+    accepted, problems = validate_events(batch, NOW, retention=timedelta(days=730), future_skew=timedelta(minutes=5))
+    assert [(p.index, p.field) for p in problems] == [
+        (1, "events[1].occur_time"),
+        (2, "events[2].occur_time"),
+        (3, "events[3].occur_time"),
+        (4, "events[4].name"),
+        (5, "events[5].event_id"),
+        (6, "events[6].profile_id"),
+    ]
+    assert "in the future" in problems[1].reason
+    assert "730-day retention" in problems[2].reason
+    # A repeated id in the same batch is accepted once, as the first occurrence.
+    assert [(e.event_id, e.occurred_at) for e in accepted] == [
+        ("e1", NOW - timedelta(days=1)),
+        ("e9", NOW + timedelta(minutes=4)),
+    ]
+
+
+def test_event_properties_are_validated() -> None:
+    e = _event("e1", NOW)
+    e.properties["amount"].CopyFrom(r.Value())
+    _, problems = validate_events([e], NOW, retention=timedelta(days=730), future_skew=timedelta(minutes=5))
+    assert [(p.field, p.record_id) for p in problems] == [("events[0].properties.amount", "e1")]
