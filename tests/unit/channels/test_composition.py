@@ -32,7 +32,11 @@ HTML = """<html><body>
 <p><a href="xsell:unsubscribe">Unsubscribe</a></p>
 </body></html>"""
 
-TEXT = "See your offer: https://bank.example.in/offer?x=1&y=2.\nApply (https://apply.example.in/loan)\nStop: xsell:unsubscribe\n"
+TEXT = (
+    "See your offer: https://bank.example.in/offer?x=1&y=2.\n"
+    "Apply (https://apply.example.in/loan)\n"
+    "Stop: xsell:unsubscribe\n"
+)
 
 
 def _token(url: str, kind: str) -> dict[str, object]:

@@ -1,0 +1,175 @@
+"""Real parts for the channels tests: an aiosmtpd relay, the channels process on port 0, and NATS listeners."""
+
+import asyncio
+import email
+import email.policy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiosmtpd.controller import Controller
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from devstack.nats_server import free_port
+from plumbing.bus import Bus
+from plumbing.db import Database
+from plumbing.runtime import ServiceProcess
+from services import streams
+from services.channels.app import build
+from services.channels.settings import ChannelsSettings
+from xsell.channels.v1 import service_pb2_grpc
+
+TRACKING_BASE = "https://t.example.in"
+TRACKING_SECRET = "integration-secret"
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it accepts and refuses chosen recipients with 550."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.refuse = refuse
+        self.messages: list[EmailMessage] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+        if address in self.refuse:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append(parsed)
+        return "250 2.0.0 Ok: queued"
+
+    def for_campaign(self, campaign_id: str) -> list[EmailMessage]:
+        return [m for m in self.messages if m["X-Xsell-Campaign-Id"] == campaign_id]
+
+
+class _AnyPortController(Controller):
+    """aiosmtpd's Controller, able to listen on port 0 (it probes its own port before reporting ready)."""
+
+    def _trigger_server(self) -> None:
+        if self.port == 0:
+            assert self.server is not None
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+@dataclass
+class SmtpRelay:
+    mailbox: Mailbox
+    port: int
+    controller: _AnyPortController | None = None
+
+    async def start(self) -> None:
+        self.controller = _AnyPortController(self.mailbox, hostname="127.0.0.1", port=self.port)
+        # Controller.start blocks until its own thread serves; keep the test's event loop free meanwhile.
+        await asyncio.to_thread(self.controller.start)
+        self.port = self.controller.port
+
+    async def stop(self) -> None:
+        if self.controller is not None:
+            await asyncio.to_thread(self.controller.stop)
+            self.controller = None
+
+
+@pytest.fixture
+async def smtp_relay() -> AsyncIterator[SmtpRelay]:
+    relay = SmtpRelay(Mailbox(refuse=frozenset({"nobody@bank.example.in"})), port=0)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+@pytest.fixture
+def unstarted_smtp_relay() -> SmtpRelay:
+    """A relay whose port is reserved for the service but nothing listens on it yet."""
+    return SmtpRelay(Mailbox(), port=free_port())
+
+
+@dataclass
+class Channels:
+    process: ServiceProcess
+    stub: service_pb2_grpc.ChannelsServiceStub
+    db: Database
+    spans: InMemorySpanExporter
+
+
+StartChannels = Callable[[int], Awaitable[Channels]]
+
+
+@pytest.fixture
+async def start_channels(
+    database_url: str, nats_url: str, tmp_path: Path, nats_bus: Bus
+) -> AsyncIterator[StartChannels]:
+    await nats_bus.ensure_streams(streams.ALL_STREAMS)
+    started: list[tuple[Channels, grpc.aio.Channel]] = []
+
+    async def start(smtp_port: int) -> Channels:
+        settings = ChannelsSettings(
+            grpc_port=0,
+            database_url=database_url,
+            nats_url=nats_url,
+            var_dir=tmp_path,
+            smtp_port=smtp_port,
+            smtp_timeout_seconds=5.0,
+            tracking_base_url=TRACKING_BASE,
+            tracking_secret=TRACKING_SECRET,  # type: ignore[arg-type]
+            message_id_domain="mail.test.in",
+        )
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+        process = await build(settings, provider)
+        port = await process.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channels = Channels(process, service_pb2_grpc.ChannelsServiceStub(channel), Database(database_url), spans)
+        started.append((channels, channel))
+        return channels
+
+    yield start
+    for channels, channel in started:
+        await channel.close()
+        await channels.process.stop(1)
+        await channels.db.dispose()
+
+
+@dataclass
+class Heard:
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+@dataclass
+class Listener:
+    """Everything published on some subjects while a test runs."""
+
+    heard: list[Heard] = field(default_factory=list)
+
+    def on(self, subject: str, campaign_id: str) -> list[Heard]:
+        return [h for h in self.heard if h.subject == subject and h.headers.get("Xsell-Campaign-Id") == campaign_id]
+
+
+@pytest.fixture
+async def listener(nats_bus: Bus) -> AsyncIterator[Listener]:
+    heard = Listener()
+
+    async def collect(msg: Any) -> None:
+        heard.heard.append(Heard(msg.subject, dict(msg.headers or {}), msg.data))
+
+    subscriptions = [
+        await nats_bus.nc.subscribe(subject, cb=collect)
+        for subject in ("xsell.channels.>", f"{streams.DEAD_LETTER_PREFIX}.{streams.CHANNELS_DISPATCH.durable}")
+    ]
+    await nats_bus.nc.flush()
+    yield heard
+    for subscription in subscriptions:
+        await subscription.unsubscribe()

@@ -1,0 +1,198 @@
+"""Dispatch against real NATS, SQLite / PostgreSQL and an aiosmtpd relay: exactly one e-mail per campaign ID."""
+
+import re
+from datetime import UTC, datetime
+
+import grpc
+from sqlalchemy import insert
+
+from plumbing.bus import Bus
+from plumbing.signing import verify
+from plumbing.telemetry import outreach_trace_id
+from services import streams
+from services.channels import store
+from services.channels.delivery import DeliveryState
+from tests.integration.channels.conftest import (
+    TRACKING_BASE,
+    TRACKING_SECRET,
+    Listener,
+    SmtpRelay,
+    StartChannels,
+)
+from tests.integration.channels.support import (
+    dispatch,
+    get_message,
+    handled,
+    new_campaign_id,
+    publish,
+    published_state,
+    states,
+    updates,
+)
+from tests.waiting import eventually
+from xsell.channels.v1 import resources_pb2
+from xsell.type.v1 import channel_pb2
+
+
+async def test_dispatch_sends_one_tracked_email_and_a_redelivery_sends_nothing(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    event = dispatch(campaign_id)
+    await publish(nats_bus, event)
+
+    sent = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    assert sent.channel == channel_pb2.CHANNEL_EMAIL
+    mails = smtp_relay.mailbox.for_campaign(campaign_id)
+    assert len(mails) == 1
+    mail = mails[0]
+    assert mail["Message-ID"] == f"<{campaign_id}@mail.test.in>"
+    assert mail["To"] == "priya@example.in"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert verify(mail["List-Unsubscribe"].strip("<>").removeprefix(f"{TRACKING_BASE}/u/"), TRACKING_SECRET) == {
+        "c": campaign_id
+    }
+    html_part, text_part = mail.get_body(("html",)), mail.get_body(("plain",))
+    assert html_part is not None and text_part is not None
+    html = html_part.get_content()
+    hrefs = re.findall(r'href="([^"]+)"', html)
+    assert len(hrefs) == 3 and all(h.startswith(f"{TRACKING_BASE}/") for h in hrefs)
+    tokens = [verify(h.split("/")[-1], TRACKING_SECRET) for h in hrefs]
+    assert tokens == [
+        {"c": campaign_id, "u": "https://bank.example.in/apply?o=T06"},
+        {"c": campaign_id, "u": "https://bank.example.in/rates"},
+        {"c": campaign_id},
+    ]
+    pixel = re.search(rf'<img src="{re.escape(TRACKING_BASE)}/o/([^"]+)\.gif" width="1" height="1" alt="">', html)
+    assert pixel is not None and verify(pixel.group(1), TRACKING_SECRET) == {"c": campaign_id}
+    assert "bank.example.in" not in text_part.get_content()
+
+    message = await get_message(channels, campaign_id)
+    assert message.state == resources_pb2.DELIVERY_STATE_SENT
+    assert message.provider_message_id == f"<{campaign_id}@mail.test.in>"
+    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_SENT"]
+
+    # The same outreach requested again under a new message id: the campaign ID keeps it to one e-mail.
+    seq = await publish(nats_bus, dispatch(campaign_id))
+    await handled(nats_bus, seq)
+    assert len(smtp_relay.mailbox.for_campaign(campaign_id)) == 1
+    assert states(await get_message(channels, campaign_id))[-1] == "DELIVERY_STATE_SENT"
+    assert len(states(await get_message(channels, campaign_id))) == 3
+
+    # The dispatch span continues the outreach's trace; the SMTP span names the relay, never the person.
+    spans = channels.spans.get_finished_spans()
+    dispatch_spans = [s for s in spans if s.name == "channels.dispatch" and s.attributes["campaign.id"] == campaign_id]
+    assert len(dispatch_spans) == 2
+    assert {format(s.context.trace_id, "032x") for s in dispatch_spans} == {outreach_trace_id(campaign_id)}
+    smtp_spans = [s for s in spans if s.name == "smtp.send" and s.attributes["campaign.id"] == campaign_id]
+    assert len(smtp_spans) == 1
+    assert smtp_spans[0].kind.name == "CLIENT"
+    assert smtp_spans[0].attributes["server.port"] == smtp_relay.port
+    assert smtp_spans[0].parent is not None and smtp_spans[0].parent.span_id in {
+        s.context.span_id for s in dispatch_spans
+    }
+    assert not any("priya" in str(value) for s in spans for value in (s.attributes or {}).values())
+
+
+async def test_message_left_in_sending_becomes_ambiguous_and_is_not_sent(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    now = datetime.now(UTC)
+    # A previous process wrote its intent, handed the message over (or not) and died before recording it.
+    async with channels.db.transaction() as session:
+        await session.execute(
+            insert(store.messages).values(
+                campaign_id=campaign_id,
+                channel="CHANNEL_EMAIL",
+                profile_id="prof_1",
+                state=DeliveryState.SENDING.value,
+                attempts=0,
+                reason="",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    seq = await publish(nats_bus, dispatch(campaign_id))
+
+    ambiguous = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
+    assert "never resent" in ambiguous.reason
+    await handled(nats_bus, seq)
+    assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+    message = await get_message(channels, campaign_id)
+    assert message.state == resources_pb2.DELIVERY_STATE_AMBIGUOUS
+    assert states(message) == ["DELIVERY_STATE_AMBIGUOUS"]
+
+
+async def test_smtp_down_is_retried_and_sends_once_when_it_comes_back(
+    start_channels: StartChannels, unstarted_smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    relay = unstarted_smtp_relay
+    channels = await start_channels(relay.port)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+
+    async def deferred() -> resources_pb2.Message | None:
+        try:
+            message = await get_message(channels, campaign_id)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None  # not consumed yet
+            raise
+        return message if states(message)[-1:] == ["DELIVERY_STATE_QUEUED"] and len(message.timeline) > 1 else None
+
+    message = await eventually(deferred)
+    assert message.state == resources_pb2.DELIVERY_STATE_QUEUED
+    assert "connection" in message.timeline[-1].detail
+    assert relay.mailbox.messages == []
+
+    await relay.start()
+    try:
+        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+        assert len(relay.mailbox.for_campaign(campaign_id)) == 1
+        message = await get_message(channels, campaign_id)
+        assert message.state == resources_pb2.DELIVERY_STATE_SENT
+        assert states(message)[-2:] == ["DELIVERY_STATE_SENDING", "DELIVERY_STATE_SENT"]
+        assert [u.state for u in updates(listener, campaign_id)] == [resources_pb2.DELIVERY_STATE_SENT]
+    finally:
+        await relay.stop()
+
+
+async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_address(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    seq = await publish(nats_bus, dispatch(campaign_id, to_address="nobody@bank.example.in"))
+
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason.startswith("SMTP 550 on RCPT")
+    assert "nobody" not in failed.reason
+    await handled(nats_bus, seq)
+    message = await get_message(channels, campaign_id)
+    assert message.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
+    assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+
+
+async def test_dispatch_without_email_fails_and_is_dead_lettered(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id, email=None))
+
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert "no email message" in failed.reason
+    dead_letter_subject = f"{streams.DEAD_LETTER_PREFIX}.{streams.CHANNELS_DISPATCH.durable}"
+    dead = await eventually(lambda: _async(listener.on(dead_letter_subject, campaign_id)))
+    assert "no email message" in dead[0].headers["Xsell-Dlq-Reason"]
+    message = await get_message(channels, campaign_id)
+    assert message.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+
+
+async def _async(value: object) -> object:
+    return value

@@ -1,0 +1,124 @@
+"""RecordEngagement and GetMessage over real gRPC, NATS and SQLite / PostgreSQL; the migration matches the tables."""
+
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from plumbing.bus import Bus
+from plumbing.db import Database
+from plumbing.ids import new_id
+from services import streams
+from services.channels import store
+from services.channels.app import MIGRATIONS
+from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
+from tests.integration.channels.support import dispatch, new_campaign_id, publish, published_state
+from tests.waiting import eventually
+from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
+
+
+async def _sent_message(start_channels: StartChannels, relay: SmtpRelay, bus: Bus, listener: Listener):  # type: ignore[no-untyped-def]
+    channels = await start_channels(relay.port)
+    campaign_id = new_campaign_id()
+    await publish(bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    return channels, campaign_id
+
+
+async def test_click_is_recorded_once_published_and_shown_on_the_timeline(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels, campaign_id = await _sent_message(start_channels, smtp_relay, nats_bus, listener)
+    clicked_at = Timestamp()
+    clicked_at.FromDatetime(datetime.now(UTC))
+    request = service_pb2.RecordEngagementRequest(
+        request_id=new_id("eng_"),
+        campaign_id=campaign_id,
+        kind=resources_pb2.ENGAGEMENT_KIND_CLICKED,
+        url="https://bank.example.in/apply?o=T06&pan=ABCDE1234F",
+        occur_time=clicked_at,
+    )
+    response = await channels.stub.RecordEngagement(request)
+
+    last = response.message.timeline[-1]
+    assert last.engagement_kind == resources_pb2.ENGAGEMENT_KIND_CLICKED
+    assert last.detail == "bank.example.in"
+    assert response.message.state == resources_pb2.DELIVERY_STATE_SENT
+
+    async def recorded() -> list[events_pb2.EngagementRecorded]:
+        heard = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
+        return [events_pb2.EngagementRecorded.FromString(h.data) for h in heard]
+
+    events = await eventually(recorded)
+    assert events[0].kind == resources_pb2.ENGAGEMENT_KIND_CLICKED
+    assert events[0].url == request.url
+    assert events[0].channel == response.message.channel
+    assert events[0].occur_time == clicked_at
+
+    # The gateway retrying the same request_id gets the same answer and records nothing more.
+    again = await channels.stub.RecordEngagement(request)
+    assert again == response
+    got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
+    kinds = [e.engagement_kind for e in got.timeline if e.WhichOneof("step") == "engagement_kind"]
+    assert kinds == [resources_pb2.ENGAGEMENT_KIND_CLICKED]
+    assert got.timeline[-1].detail == "bank.example.in"
+    assert all("pan=" not in e.detail for e in got.timeline)
+    times = [e.occur_time.ToDatetime() for e in got.timeline]
+    assert times == sorted(times)
+
+
+async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels, campaign_id = await _sent_message(start_channels, smtp_relay, nats_bus, listener)
+    unknown = "CSELL-NOV-T06-9999"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=unknown))
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    assert f"campaign ID {unknown} has no message" in (raised.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(
+                request_id=new_id("eng_"), campaign_id=unknown, kind=resources_pb2.ENGAGEMENT_KIND_OPENED
+            )
+        )
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "check the ID on the link" in (raised.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(request_id=new_id("eng_"), campaign_id=campaign_id)
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "kind" in (raised.value.details() or "")
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(campaign_id=campaign_id, kind=resources_pb2.ENGAGEMENT_KIND_OPENED)
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in (raised.value.details() or "")
+
+    # Nothing of the rejected requests was written.
+    got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
+    assert not any(e.WhichOneof("step") == "engagement_kind" for e in got.timeline)
+    assert listener.on(streams.ENGAGEMENT_RECORDED, campaign_id) == []
+
+
+async def test_migration_creates_exactly_the_tables_of_the_store(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await db.migrate(MIGRATIONS)
+        async with db.engine.connect() as connection:
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), store.metadata)
+            )
+    finally:
+        await db.dispose()
+    assert [
+        d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
+    ] == []
