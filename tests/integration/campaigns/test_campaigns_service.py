@@ -2,7 +2,8 @@
 
 The segments service had not landed when this was written (`git log -- services/segments` was
 empty), so a minimal SegmentsService servicer below serves a fixed published segment, a draft
-segment and their members over real gRPC; campaigns reaches it only through its gRPC client.
+segment and their members over real gRPC; it also lets a test refuse a page (UNAVAILABLE) and
+records every request. test_with_real_segments.py runs the same flow against the real service.
 """
 
 import random
