@@ -33,6 +33,8 @@ from xsell.campaigns.v1.events_pb2 import DispatchRequested
 
 log = structlog.get_logger(__name__)
 
+MAX_ID_LENGTH = 100  # the width of messages.campaign_id and messages.profile_id
+
 
 class EmailSender(Protocol):
     async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> str: ...
@@ -78,6 +80,8 @@ class DispatchHandler:
         campaign_id = event.campaign_id.strip()
         if not campaign_id:
             raise PermanentError("DispatchRequested has no campaign_id; it cannot be delivered or keyed")
+        if len(campaign_id) > MAX_ID_LENGTH or len(event.profile_id) > MAX_ID_LENGTH:
+            raise PermanentError(f"campaign_id and profile_id must be at most {MAX_ID_LENGTH} characters")
         if campaign_id in self._in_flight:
             raise CampaignInFlight(f"campaign ID {campaign_id} is being sent by this replica")
         self._in_flight.add(campaign_id)
@@ -143,12 +147,18 @@ class DispatchHandler:
         try:
             reply = await self._send(campaign_id, message, recipient=recipient)
         except ProviderUnavailable as failure:
+            deferred_at = utcnow()
             async with self.db.transaction() as session:
                 await store.set_state(
-                    session, campaign_id, DeliveryState.QUEUED, now=utcnow(), reason=failure.reason, count_attempt=True
+                    session,
+                    campaign_id,
+                    DeliveryState.QUEUED,
+                    now=deferred_at,
+                    reason=failure.reason,
+                    count_attempt=True,
                 )
                 await store.add_timeline(
-                    session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), utcnow(), failure.reason)]
+                    session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), deferred_at, failure.reason)]
                 )
             log.warning("dispatch_deferred", reason=failure.reason, attempt=attempts + 1)
             # Raising naks the event: JetStream redelivers it with backoff, and the row is QUEUED again.
