@@ -176,6 +176,8 @@ async def upsert_profiles(session: AsyncSession, updates: Sequence[ProfileUpdate
     """Creates missing profiles and replaces the named attributes of each; other attributes are kept."""
     if not updates:
         return
+    # One lock order for every batch, so two batches naming the same people cannot deadlock.
+    updates = sorted(updates, key=lambda u: u.profile_id)
     statement = _insert(session, profiles)
     await session.execute(
         statement.on_conflict_do_update(
@@ -210,6 +212,7 @@ async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent]
     """Stores events; an id that is already stored is skipped, so a retried feed changes nothing."""
     if not incoming:
         return
+    incoming = sorted(incoming, key=lambda e: e.event_id)
     rows = [
         {
             "event_id": e.event_id,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
@@ -54,10 +55,13 @@ async def _members(stub: SegmentsServiceStub, segment_id: str, *names: str) -> d
     return {m.profile_id: m for m in response.members}
 
 
-async def test_sip_only_investors_are_exactly_the_expected_members(segments: SegmentsServiceStub) -> None:
+async def test_sip_only_investors_are_exactly_the_expected_members(
+    segments: SegmentsServiceStub, spans: InMemorySpanExporter
+) -> None:
+    first_sip = _event("sip", "sip_registered", _ago(10))
     await _ingest(
         segments,
-        _event("sip", "sip_registered", _ago(10)),
+        first_sip,
         _event("both", "sip_registered", _ago(20)),
         _event("both", "lumpsum_invested", _ago(100)),
         _event("old_lumpsum", "sip_registered", _ago(300)),
@@ -65,7 +69,15 @@ async def test_sip_only_investors_are_exactly_the_expected_members(segments: Seg
         _event("lumpsum", "lumpsum_invested", _ago(3)),
         _event("stale_sip", "sip_registered", _ago(500)),
     )
-    draft = await _create(segments, sip_only(), "SIP-only investors")
+    repeated = _event("sip", "lumpsum_invested", _ago(1))
+    repeated.event_id = first_sip.event_id
+    # A repeated event id is accepted and changes nothing: "sip" stays a SIP-only investor.
+    assert (await _ingest(segments, repeated)).accepted_count == 1
+    request = api.CreateSegmentRequest(
+        request_id=new_id("req_"), segment=r.Segment(display_name="SIP-only investors", rule=sip_only())
+    )
+    draft = (await segments.CreateSegment(request)).segment
+    assert (await segments.CreateSegment(request)).segment == draft
     assert draft.state == r.SEGMENT_STATE_DRAFT
     assert draft.version == 1
     published = await _publish(segments, draft.segment_id)
@@ -75,6 +87,14 @@ async def test_sip_only_investors_are_exactly_the_expected_members(segments: Seg
     assert set(await _members(segments, draft.segment_id)) == {"sip", "old_lumpsum"}
     # Publishing again changes nothing and returns the same segment.
     assert await _publish(segments, draft.segment_id) == published
+    publish_spans = [
+        span for span in spans.get_finished_spans() if span.name == "/xsell.segments.v1.SegmentsService/PublishSegment"
+    ]
+    assert publish_spans and all(
+        (span.attributes or {}).get("segment.id") == draft.segment_id for span in publish_spans
+    )
+    ingest = next(span for span in spans.get_finished_spans() if span.name.endswith("/IngestEvents"))
+    assert (ingest.attributes or {}).get("segments.batch.size") == 7
 
 
 async def test_batch_with_bad_records_keeps_the_good_ones(segments: SegmentsServiceStub) -> None:
@@ -315,10 +335,10 @@ async def test_listing_members_and_segments_pages_through_everything(segments: S
 async def test_state_and_lookup_errors(segments: SegmentsServiceStub) -> None:
     draft = await _create(segments, sip_only())
 
-    async def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    async def code_of(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call
-        return raised.value.code(), raised.value.details()
+        return raised.value.code(), raised.value.details() or ""
 
     code, details = await code_of(
         segments.ListSegmentMembers(api.ListSegmentMembersRequest(segment_id=draft.segment_id))
