@@ -15,7 +15,7 @@ from plumbing.errors import NotFound
 from plumbing.runtime import run_service
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="The xsell gateway.")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="serve gRPC and HTTP until SIGTERM (the default)")
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _keys(args: argparse.Namespace, settings: GatewaySettings) -> int:
+async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> int:
     db = Database(settings.resolved_database_url("gateway"))
     try:
         await db.migrate(MIGRATIONS)
@@ -82,10 +82,10 @@ async def _keys(args: argparse.Namespace, settings: GatewaySettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     settings = GatewaySettings()  # type: ignore[call-arg]  # mypy reads the base fields positional defaults as required
     if args.command == "keys":
-        return asyncio.run(_keys(args, settings))
+        return asyncio.run(keys_command(args, settings))
     run_service("gateway", settings, build)  # type: ignore[arg-type]
     return 0
 

@@ -7,10 +7,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.engine import Connection
 
-from gateway import scopes
+from gateway import scopes, store
+from gateway.__main__ import keys_command, parser
 from gateway.app import MIGRATIONS
 from gateway.keys import ApiKey, hash_secret
+from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from plumbing.db import Database
 from plumbing.errors import NotFound
@@ -58,27 +63,52 @@ def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_the_keys_commands_issue_list_and_revoke(tmp_path: Path) -> None:
+async def test_python_m_gateway_keys_create_issues_a_working_key(tmp_path: Path) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
     created = run_cli(database_url, "create", "--name", "crm-prod", "--scopes", "crm.leads,los.events")
     assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    prefix, key_id, secret = key.split("_", 2)
+    prefix, key_id, secret = created.stdout.strip().split("_", 2)
     assert prefix == "xsk"
-
     db = Database(database_url)
     stored = await KeyStore(db).get(key_id)
     await db.dispose()
     assert stored is not None
-    assert stored.scopes == frozenset({"crm.leads", "los.events"})
+    assert (stored.client_name, stored.scopes) == ("crm-prod", frozenset({"crm.leads", "los.events"}))
     assert stored.key_hash == hash_secret(secret)
 
-    listed = run_cli(database_url, "list")
-    assert key_id in listed.stdout and "crm-prod" in listed.stdout and "active" in listed.stdout
-    assert secret not in listed.stdout
 
-    assert run_cli(database_url, "revoke", key_id).returncode == 0
-    assert "revoked" in run_cli(database_url, "list").stdout
-    assert run_cli(database_url, "revoke", "01unknown").returncode == 1
-    refused = run_cli(database_url, "create", "--name", "x", "--scopes", "everything")
-    assert refused.returncode == 2 and "unknown scopes" in refused.stderr
+async def test_the_keys_commands_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = GatewaySettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+
+    async def keys(*args: str) -> tuple[int, str, str]:
+        code = await keys_command(parser().parse_args(["keys", *args]), settings)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = await keys("create", "--client", "los-prod", "--scope", "los.events", "--scope", "reports.read")
+    assert code == 0
+    _, key_id, secret = out.strip().split("_", 2)
+
+    code, out, _ = await keys("list")
+    assert code == 0
+    assert key_id in out and "los-prod" in out and "los.events,reports.read" in out and "active" in out
+    assert secret not in out
+
+    assert (await keys("revoke", key_id))[0] == 0
+    assert "revoked" in (await keys("list"))[1]
+    code, _, err = await keys("revoke", "01unknown")
+    assert code == 1 and "01unknown" in err
+    code, _, err = await keys("create", "--name", "x", "--scopes", "everything")
+    assert code == 2 and "unknown scopes" in err
+
+
+async def test_the_migration_creates_exactly_the_store_tables(database_url: str) -> None:
+    db = Database(database_url)
+    await db.migrate(MIGRATIONS)
+
+    def differences(connection: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(connection), store.metadata))
+
+    async with db.engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+    await db.dispose()
