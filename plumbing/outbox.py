@@ -2,8 +2,9 @@
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from google.protobuf.message import Message
@@ -67,19 +68,18 @@ def inbox_table(metadata: MetaData) -> Table:
 
 
 class Outbox:
-    """Writes events into the outbox inside the caller's transaction."""
+    """Writes events into the outbox inside the caller's transaction, one at a time or a page at once."""
 
     def __init__(self, table: Table, on_commit: Callable[[], None] | None = None) -> None:
         self.table = table
         self._on_commit = on_commit
 
-    async def add(
-        self, session: AsyncSession, subject: str, message: Message, *, campaign_id: str | None = None
-    ) -> str:
-        """Queues `message` for `subject`; it is published only if the transaction commits.
+    def event(self, subject: str, message: Message, *, campaign_id: str | None = None) -> dict[str, Any]:
+        """An outbox row for `message`, to be written with add_rows().
 
         The message's `event_id` field is filled in when empty and becomes the Nats-Msg-Id. The
-        current trace context is stored with the event so the relay's PRODUCER span continues it.
+        current trace context is captured, so call this inside the span the event belongs to (an
+        outreach's span): the relay's PRODUCER span and every consumer continue that trace.
         """
         event_id = getattr(message, "event_id", "") or new_id("evt_")
         if hasattr(message, "event_id"):
@@ -88,18 +88,29 @@ class Outbox:
         propagate.inject(headers)
         if campaign_id:
             headers[CAMPAIGN_ID_HEADER] = campaign_id
-        await session.execute(
-            insert(self.table).values(
-                event_id=event_id,
-                subject=subject,
-                payload=message.SerializeToString(),
-                headers=headers,
-                created_at=utcnow(),
-            )
-        )
+        return {
+            "event_id": event_id,
+            "subject": subject,
+            "payload": message.SerializeToString(),
+            "headers": headers,
+            "created_at": utcnow(),
+        }
+
+    async def add(
+        self, session: AsyncSession, subject: str, message: Message, *, campaign_id: str | None = None
+    ) -> str:
+        """Queues one event; it is published only if the transaction commits. Returns its event id."""
+        row = self.event(subject, message, campaign_id=campaign_id)
+        await self.add_rows(session, [row])
+        return str(row["event_id"])
+
+    async def add_rows(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+        """Queues many events built with event() in one INSERT; published only if the transaction commits."""
+        if not rows:
+            return
+        await session.execute(insert(self.table), list(rows))
         if self._on_commit is not None:
             event.listen(session.sync_session, "after_commit", self._wake, once=True)
-        return event_id
 
     def _wake(self, _session: object) -> None:
         if self._on_commit is not None:

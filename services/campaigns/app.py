@@ -9,12 +9,11 @@ from plumbing.db import Database
 from plumbing.grpc_client import client_channel
 from plumbing.grpc_server import GrpcServer
 from plumbing.idempotency import Idempotency
-from plumbing.outbox import OutboxRelay
+from plumbing.outbox import Outbox, OutboxRelay
 from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.campaigns import store
 from services.campaigns.api import CampaignsApi
-from services.campaigns.outbox_batch import BatchOutbox
 from services.campaigns.release import ReleaseRunner
 from services.campaigns.segments_client import SegmentsClient
 from services.campaigns.settings import CampaignsSettings
@@ -36,7 +35,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     runner = ReleaseRunner(
         db,
         segments,
-        BatchOutbox(store.outbox, on_commit=relay.notify),
+        Outbox(store.outbox, on_commit=relay.notify),
         tracer,
         page_size=settings.release_page_size,
         poll_interval=settings.release_poll_seconds,

@@ -12,14 +12,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from plumbing.db import Database
-from plumbing.outbox import utcnow
+from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
 from services.campaigns.campaign_ids import format_campaign_id
 from services.campaigns.campaigns import CampaignState
 from services.campaigns.messages import channel_value, email_templates_of, offer_of, outreach_proto, timestamp
-from services.campaigns.outbox_batch import BatchOutbox
 from services.campaigns.rendering import CompiledEmail, Offer, RenderFailed, build_context, compile_email, render_email
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
 from xsell.campaigns.v1 import events_pb2
@@ -55,7 +54,7 @@ class ReleaseRunner:
         self,
         db: Database,
         segments: SegmentsClient,
-        outbox: BatchOutbox,
+        outbox: Outbox,
         tracer: trace.Tracer,
         *,
         page_size: int,
@@ -220,7 +219,7 @@ class ReleaseRunner:
                         )
                         events.append(self.outbox.event(streams.DISPATCH_REQUESTED, dispatch, campaign_id=campaign_id))
             await store.insert_outreaches(session, outreach_rows)
-            await self.outbox.add_all(session, events)
+            await self.outbox.add_rows(session, events)
             result = PageResult(len(outreach_rows), len(members) - len(reachable), skipped_render)
             advanced = await store.advance_run(
                 session,

@@ -19,7 +19,6 @@ from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.segments import maintenance, records, store
-from services.segments.outbox_batch import OutboxBatch
 from services.segments.rules import RuleError, parse_rule, references
 from services.segments.settings import SegmentsSettings
 from services.segments.values import name_problem, to_proto
@@ -105,13 +104,11 @@ class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
         self,
         db: Database,
         outbox: Outbox,
-        outbox_batch: OutboxBatch,
         settings: SegmentsSettings,
         tracer: trace.Tracer,
     ) -> None:
         self.db = db
         self.outbox = outbox
-        self.outbox_batch = outbox_batch
         self.idempotency = Idempotency(store.idempotency)
         self.retention = timedelta(days=settings.event_retention_days)
         self.future_skew = timedelta(seconds=settings.future_skew_seconds)
@@ -188,7 +185,9 @@ class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
                 )
                 for c in changes
             ]
-            await self.outbox_batch.add_all(session, streams.MEMBERSHIP_CHANGED, messages)
+            await self.outbox.add_rows(
+                session, [self.outbox.event(streams.MEMBERSHIP_CHANGED, message) for message in messages]
+            )
             entered = sum(1 for c in changes if c.entered)
             span.set_attribute("segments.memberships.entered", entered)
             span.set_attribute("segments.memberships.exited", len(changes) - entered)

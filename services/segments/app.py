@@ -12,7 +12,6 @@ from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.segments import store
 from services.segments.api import SegmentsApi
-from services.segments.outbox_batch import OutboxBatch
 from services.segments.settings import SegmentsSettings
 from xsell.segments.v1 import service_pb2_grpc
 
@@ -29,7 +28,6 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     servicer = SegmentsApi(
         db,
         Outbox(store.outbox, on_commit=relay.notify),
-        OutboxBatch(store.outbox, on_commit=relay.notify),
         settings,
         tracer,
     )
