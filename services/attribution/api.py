@@ -231,6 +231,8 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                         lifetime_revenue=money(revenue.lifetime_paise, self.currency),
                         year1_revenue=money(revenue.year1_paise, self.currency),
                         disburse_time=timestamp(disbursed_at),
+                        profile_id=outreach.profile_id,
+                        product_code=loan.product_code or outreach.product_code,
                     ),
                     campaign_id=request.campaign_id,
                 )

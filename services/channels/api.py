@@ -84,6 +84,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         url=request.url,
                         reply_text=request.reply_text,
                         occur_time=convert.timestamp(at),
+                        profile_id=record.profile_id,
                     ),
                     campaign_id=campaign_id,
                 )

@@ -19,6 +19,7 @@ from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.segments import maintenance, records, store
+from services.segments.activity import Activity
 from services.segments.rules import RuleError, parse_rule, references
 from services.segments.settings import SegmentsSettings
 from services.segments.values import name_problem, to_proto
@@ -113,6 +114,7 @@ class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
         self.retention = timedelta(days=settings.event_retention_days)
         self.future_skew = timedelta(seconds=settings.future_skew_seconds)
         self.tracer = tracer
+        self.activity = Activity(outbox, tracer)
 
     # --- ingestion ----------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
             if previous is not None:
                 return previous
             await store.upsert_profiles(session, updates, now)
-            await self._refresh(session, [u.profile_id for u in updates], now)
+            await self.activity.refresh(session, [u.profile_id for u in updates], now)
             response = service_pb2.UpsertProfilesResponse(
                 accepted_count=len(request.profiles) - len(problems), errors=_record_errors(problems)
             )
@@ -151,46 +153,19 @@ class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
         span = trace.get_current_span()
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
-        touched = [e.profile_id for e in incoming]
         async with self.db.transaction() as session:
             previous = await self.idempotency.previous(
                 session, "IngestEvents", request, service_pb2.IngestEventsResponse
             )
             if previous is not None:
                 return previous
-            # Events may arrive before the CRM feed has sent the person: the event creates an empty
-            # profile, and the feed's attributes fill it in later.
-            await store.ensure_profiles(session, touched, now)
-            await store.insert_events(session, incoming, now)
-            await self._refresh(session, touched, now)
+            await self.activity.record_events(session, incoming, now)
             response = service_pb2.IngestEventsResponse(
                 accepted_count=len(request.events) - len(problems), errors=_record_errors(problems)
             )
             await self.idempotency.remember(session, "IngestEvents", request, response)
         log.info("events_ingested", accepted=response.accepted_count, rejected=len(problems))
         return response
-
-    async def _refresh(self, session: AsyncSession, profile_ids: Sequence[str], now: datetime) -> None:
-        with self.tracer.start_as_current_span("refresh memberships") as span:
-            span.set_attribute("segments.profiles.touched", len(set(profile_ids)))
-            changes = await maintenance.refresh(session, profile_ids, now)
-            change_time = _timestamp(now)
-            messages = [
-                events_pb2.MembershipChanged(
-                    segment_id=c.segment_id,
-                    segment_version=c.segment_version,
-                    profile_id=c.profile_id,
-                    change=events_pb2.MEMBERSHIP_CHANGE_ENTERED if c.entered else events_pb2.MEMBERSHIP_CHANGE_EXITED,
-                    change_time=change_time,
-                )
-                for c in changes
-            ]
-            await self.outbox.add_rows(
-                session, [self.outbox.event(streams.MEMBERSHIP_CHANGED, message) for message in messages]
-            )
-            entered = sum(1 for c in changes if c.entered)
-            span.set_attribute("segments.memberships.entered", entered)
-            span.set_attribute("segments.memberships.exited", len(changes) - entered)
 
     async def GetProfile(
         self, request: service_pb2.GetProfileRequest, context: grpc.aio.ServicerContext

@@ -1,10 +1,10 @@
-"""The composition root of the segments service: database, bus, outbox relay and the gRPC servicer."""
+"""The composition root of the segments service: database, bus, outbox relay, consumers and the gRPC servicer."""
 
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus
+from plumbing.bus import Bus, Consumer
 from plumbing.db import Database
 from plumbing.grpc_server import GrpcServer
 from plumbing.outbox import Outbox, OutboxRelay
@@ -12,7 +12,10 @@ from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.segments import store
 from services.segments.api import SegmentsApi
+from services.segments.consumers import ProfileActivityConsumers
 from services.segments.settings import SegmentsSettings
+from xsell.attribution.v1.events_pb2 import ConversionRecorded
+from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import service_pb2_grpc
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -25,12 +28,13 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     bus = await Bus.connect(settings.nats_url, name="segments")
     await bus.ensure_streams(streams.ALL_STREAMS)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
-    servicer = SegmentsApi(
-        db,
-        Outbox(store.outbox, on_commit=relay.notify),
-        settings,
-        tracer,
-    )
+    outbox = Outbox(store.outbox, on_commit=relay.notify)
+    servicer = SegmentsApi(db, outbox, settings, tracer)
+    handlers = ProfileActivityConsumers(db, servicer.activity, tracer)
+    engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
+    conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)
+    await engagement.declare()
+    await conversion.declare()
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
         "xsell.segments.v1.SegmentsService",
@@ -39,6 +43,10 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     return ServiceProcess(
         "segments",
         server,
-        tasks=[BackgroundTask("outbox-relay", relay.run, relay.stop)],
+        tasks=[
+            BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("engagement-consumer", engagement.run, engagement.stop),
+            BackgroundTask("conversion-consumer", conversion.run, conversion.stop),
+        ],
         closers=[db.dispose, bus.drain],
     )

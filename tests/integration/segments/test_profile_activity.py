@@ -1,0 +1,113 @@
+"""Engagement and conversions published by other services become events on the person's profile."""
+
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from plumbing.bus import Bus
+from plumbing.ids import new_id
+from plumbing.telemetry import outreach_ids
+from services import streams
+from tests.waiting import eventually
+from xsell.attribution.v1 import events_pb2 as attribution_events
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channel_resources
+from xsell.segments.v1 import resources_pb2 as r
+from xsell.segments.v1 import service_pb2 as api
+from xsell.segments.v1.service_pb2_grpc import SegmentsServiceStub
+from xsell.type.v1 import channel_pb2, money_pb2
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
+    return stamp
+
+
+def _performed(name: str) -> r.Rule:
+    return r.Rule(
+        event=r.EventCondition(
+            event_name=name,
+            performance=r.PERFORMANCE_PERFORMED,
+            window=r.TimeWindow(last=Duration(seconds=30 * 24 * 3600)),
+        )
+    )
+
+
+async def _segment(stub: SegmentsServiceStub, rule: r.Rule) -> str:
+    created = await stub.CreateSegment(
+        api.CreateSegmentRequest(request_id=new_id(), segment=r.Segment(display_name="activity", rule=rule))
+    )
+    await stub.PublishSegment(api.PublishSegmentRequest(request_id=new_id(), segment_id=created.segment.segment_id))
+    return created.segment.segment_id
+
+
+async def test_click_and_conversion_land_on_the_profile_once_and_in_the_outreach_trace(
+    segments: SegmentsServiceStub, nats_bus: Bus, spans: InMemorySpanExporter
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    clicked_once = _performed("email_clicked")
+    clicked_once.event.count.CopyFrom(r.CountComparison(operator=r.OPERATOR_EQUALS, value=1))
+    clicked = await _segment(segments, clicked_once)
+    opened = await _segment(segments, _performed("email_opened"))
+    converted = await _segment(segments, _performed("converted"))
+
+    click = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel_pb2.CHANNEL_EMAIL,
+        kind=channel_resources.ENGAGEMENT_KIND_CLICKED,
+        url="https://invest.example.com/",
+        occur_time=_now(),
+        profile_id=profile_id,
+    )
+    headers = {"Nats-Msg-Id": click.event_id, "Xsell-Campaign-Id": campaign_id}
+    await nats_bus.js.publish(streams.ENGAGEMENT_RECORDED, click.SerializeToString(), headers=headers)
+    # The same event again under another message id: the stored event id makes it change nothing.
+    await nats_bus.js.publish(
+        streams.ENGAGEMENT_RECORDED, click.SerializeToString(), headers={**headers, "Nats-Msg-Id": new_id()}
+    )
+    # A later, different engagement: once it is applied, the duplicate before it was handled too.
+    opened_event = channel_events.EngagementRecorded()
+    opened_event.CopyFrom(click)
+    opened_event.event_id = new_id("evt_")
+    opened_event.kind = channel_resources.ENGAGEMENT_KIND_OPENED
+    await nats_bus.js.publish(
+        streams.ENGAGEMENT_RECORDED,
+        opened_event.SerializeToString(),
+        headers={**headers, "Nats-Msg-Id": opened_event.event_id},
+    )
+    conversion = attribution_events.ConversionRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        loan_number="LA-2025-0001",
+        amount=money_pb2.Money(minor_units=174000000, currency_code="INR"),
+        disburse_time=_now(),
+        profile_id=profile_id,
+        product_code="MSME_WC_TOPUP",
+    )
+    await nats_bus.js.publish(
+        streams.CONVERSION_RECORDED,
+        conversion.SerializeToString(),
+        headers={"Nats-Msg-Id": conversion.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+    async def member_of(*segment_ids: str) -> bool:
+        checks = [
+            await segments.CheckMembership(api.CheckMembershipRequest(segment_id=s, profile_id=profile_id))
+            for s in segment_ids
+        ]
+        return all(check.is_member for check in checks)
+
+    await eventually(lambda: member_of(opened, converted))
+    # Clicked exactly once, though the click was delivered twice.
+    assert await member_of(clicked)
+    trace_id, _ = outreach_ids(campaign_id)
+    recorded = [s for s in spans.get_finished_spans() if s.name.startswith("segments.record")]
+    assert {s.name for s in recorded} >= {"segments.record email_clicked", "segments.record converted"}
+    assert all(s.context.trace_id == trace_id for s in recorded)
+    profile = (await segments.GetProfile(api.GetProfileRequest(profile_id=profile_id))).profile
+    assert profile.profile_id == profile_id
