@@ -84,8 +84,16 @@ def outreach_span(
     otherwise the span continues that trace as a child of the root.
     """
     current = trace.get_current_span().get_span_context()
-    links = [Link(current)] if current.is_valid else []
     attrs = {CAMPAIGN_ID: campaign_id, **(attributes or {})}
+    if not root and current.is_valid and current.trace_id == outreach_ids(campaign_id)[0]:
+        # Already inside the outreach's trace (a server span continuing it): nest under it.
+        with (
+            tracer.start_as_current_span(name, kind=kind, attributes=attrs) as span,
+            structlog.contextvars.bound_contextvars(**{CAMPAIGN_ID: campaign_id}),
+        ):
+            yield span
+        return
+    links = [Link(current)] if current.is_valid else []
     if root:
         token = _forced_ids.set(outreach_ids(campaign_id))
         try:

@@ -72,3 +72,18 @@ def test_local_span_store_finds_a_campaign_ids_spans(tmp_path: Path) -> None:
         pass
     names = [span["name"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T06-0884")]
     assert sorted(names) == ["child", "outreach.create"]
+
+
+def test_a_span_already_in_the_outreach_trace_nests_under_the_current_span() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("t")
+    with (
+        outreach_span(tracer, "gateway RecordDisbursement", "CSELL-NOV-T06-0884"),
+        tracer.start_as_current_span("server span") as server,
+        outreach_span(tracer, "attribution.record_disbursement", "CSELL-NOV-T06-0884"),
+    ):
+        pass
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    inner = spans["attribution.record_disbursement"]
+    assert inner.parent.span_id == server.get_span_context().span_id
+    assert inner.links == ()
