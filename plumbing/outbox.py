@@ -25,12 +25,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
-from plumbing.db import Database
+from plumbing.db import Database, upsert_insert
 from plumbing.ids import new_id
 from plumbing.telemetry import CAMPAIGN_ID
 
@@ -218,8 +216,6 @@ class Inbox:
     async def claim(self, session: AsyncSession, consumer: str, message_id: str) -> bool:
         """True the first time; False when this consumer already applied the message (a redelivery)."""
         values = {"consumer": consumer, "message_id": message_id, "applied_at": utcnow()}
-        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-        builder = pg_insert if dialect == "postgresql" else sqlite_insert
-        statement = builder(self.table).values(**values).on_conflict_do_nothing()
+        statement = upsert_insert(session, self.table).values(**values).on_conflict_do_nothing()
         result = await session.execute(statement)
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,15 +1,13 @@
 """The attribution ledger: tables of this service's own database and the queries over them."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
-    Dialect,
     ForeignKey,
     Integer,
     MetaData,
@@ -22,35 +20,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeDecorator
 
+from plumbing.db import UtcDateTime, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.rules import FUNNEL_STEPS, funnel_rank
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out, also on SQLite, whose DATETIME keeps no offset."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: the ledger stores timezone-aware UTC only")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 Money = BigInteger
 """Amounts are integer paise; a bigint holds ₹9.2 × 10^16 crore."""
@@ -194,11 +170,6 @@ class Attribution:
     leads: list[Lead]
 
 
-def _upsert_builder(session: AsyncSession) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return pg_insert if dialect == "postgresql" else sqlite_insert
-
-
 async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | None:
     row = (await session.execute(select(outreaches).where(outreaches.c.campaign_id == campaign_id))).mappings().first()
     return Outreach(**row) if row is not None else None
@@ -207,7 +178,7 @@ async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | No
 async def add_outreach(session: AsyncSession, outreach: Outreach) -> bool:
     """Records the outreach; False when its campaign ID is already in the ledger (a republished event)."""
     statement = (
-        _upsert_builder(session)(outreaches)
+        upsert_insert(session, outreaches)
         .values(**outreach.__dict__)
         .on_conflict_do_nothing(index_elements=[outreaches.c.campaign_id])
     )
@@ -227,9 +198,9 @@ async def add_cost(
 
 async def reach_step(session: AsyncSession, campaign_id: str, step: str, at: datetime) -> None:
     """Marks the funnel step reached; out-of-order events keep the earliest time."""
-    builder = _upsert_builder(session)
-    statement = builder(funnel_steps).values(campaign_id=campaign_id, step=step, first_at=at)
-    earliest = func.least if builder is pg_insert else func.min
+    statement = upsert_insert(session, funnel_steps).values(campaign_id=campaign_id, step=step, first_at=at)
+    # Two-argument MIN() is SQLite's scalar minimum; PostgreSQL spells it LEAST().
+    earliest = func.least if session.bind is not None and session.bind.dialect.name == "postgresql" else func.min
     statement = statement.on_conflict_do_update(
         index_elements=[funnel_steps.c.campaign_id, funnel_steps.c.step],
         set_={"first_at": earliest(funnel_steps.c.first_at, statement.excluded.first_at)},
@@ -240,7 +211,7 @@ async def reach_step(session: AsyncSession, campaign_id: str, step: str, at: dat
 async def add_lead(session: AsyncSession, lead: Lead, dedup_key: str | None) -> bool:
     """Records the lead; False when a lead with the same dedup key exists."""
     statement = (
-        _upsert_builder(session)(leads)
+        upsert_insert(session, leads)
         .values(**lead.__dict__, dedup_key=dedup_key)
         .on_conflict_do_nothing(index_elements=[leads.c.dedup_key])
     )

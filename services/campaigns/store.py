@@ -1,14 +1,13 @@
 """The campaigns database: definitions, runs, the campaign-ID counters, outreaches, outbox and idempotency."""
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -23,35 +22,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import TypeDecorator
 
+from plumbing.db import UtcDateTime, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import outbox_table
 from services.campaigns.campaign_ids import SequenceBlock
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out; SQLite keeps no zone, so values read back naive are UTC."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("datetimes stored by campaigns must be timezone-aware")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
 
 metadata = MetaData()
 outbox = outbox_table(metadata)
@@ -200,10 +176,8 @@ async def due_runs(session: AsyncSession, now: datetime, limit: int = 100) -> Se
 
 async def ensure_counter(session: AsyncSession, programme: str, month: str, trigger_code: str) -> None:
     """Creates the counter row at 0 if it does not exist yet, so allocation is a plain UPDATE."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    builder = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = (
-        builder(campaign_id_counters)
+        upsert_insert(session, campaign_id_counters)
         .values(programme=programme, month=month, trigger_code=trigger_code, last_sequence=0)
         .on_conflict_do_nothing()
     )

@@ -16,10 +16,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import outbox_table
 from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
@@ -67,10 +66,8 @@ async def insert_queued_if_absent(
     session: AsyncSession, *, campaign_id: str, channel: str, profile_id: str, now: datetime
 ) -> bool:
     """Creates the message in QUEUED with its first timeline step; False when it already exists."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    builder = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = (
-        builder(messages)
+        upsert_insert(session, messages)
         .values(
             campaign_id=campaign_id,
             channel=channel,

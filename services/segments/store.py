@@ -28,11 +28,10 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.segments.records import IncomingEvent, ProfileUpdate
@@ -116,11 +115,6 @@ def utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
-
-
 # --- values <-> rows --------------------------------------------------------------------------
 
 
@@ -178,7 +172,7 @@ async def upsert_profiles(session: AsyncSession, updates: Sequence[ProfileUpdate
         return
     # One lock order for every batch, so two batches naming the same people cannot deadlock.
     updates = sorted(updates, key=lambda u: u.profile_id)
-    statement = _insert(session, profiles)
+    statement = upsert_insert(session, profiles)
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=[profiles.c.profile_id], set_={"updated_at": statement.excluded.updated_at}
@@ -205,7 +199,9 @@ async def ensure_profiles(session: AsyncSession, profile_ids: Iterable[str], now
     """Creates empty profiles for ids not seen yet (events may arrive before the CRM feed)."""
     rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in sorted(set(profile_ids))]
     if rows:
-        await session.execute(_insert(session, profiles).on_conflict_do_nothing(index_elements=["profile_id"]), rows)
+        await session.execute(
+            upsert_insert(session, profiles).on_conflict_do_nothing(index_elements=["profile_id"]), rows
+        )
 
 
 async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
@@ -224,7 +220,7 @@ async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent]
         }
         for e in incoming
     ]
-    await session.execute(_insert(session, events).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+    await session.execute(upsert_insert(session, events).on_conflict_do_nothing(index_elements=["event_id"]), rows)
 
 
 async def get_profile(session: AsyncSession, profile_id: str) -> tuple[datetime, dict[str, Value]] | None:
