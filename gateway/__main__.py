@@ -83,10 +83,10 @@ async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> i
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = GatewaySettings()  # type: ignore[call-arg]  # mypy reads the base fields positional defaults as required
+    settings = GatewaySettings()
     if args.command == "keys":
         return asyncio.run(keys_command(args, settings))
-    run_service("gateway", settings, build)  # type: ignore[arg-type]
+    run_service("gateway", settings, build)
     return 0
 
 

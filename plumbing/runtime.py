@@ -4,6 +4,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from opentelemetry import trace
@@ -71,10 +72,10 @@ class ServiceProcess:
         log.info("service_stopped")
 
 
-Build = Callable[[ServiceSettings, TracerProvider], Awaitable[ServiceProcess]]
+S = TypeVar("S", bound=ServiceSettings)
 
 
-def run_service(name: str, settings: ServiceSettings, build: Build) -> None:
+def run_service(name: str, settings: S, build: Callable[[S, TracerProvider], Awaitable[ServiceProcess]]) -> None:
     """The body of every service's __main__: logging, tracing, build, serve until SIGTERM or SIGINT."""
     setup_logging(name, settings.log_level)
     provider = setup_tracing(name, settings.var_dir)

@@ -11,14 +11,14 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
-    grpc_host: str = Field("127.0.0.1", description="Interface the gRPC server binds to.")
-    grpc_port: int = Field(0, description="gRPC port; 0 picks a free one (tests).")
-    var_dir: Path = Field(Path("var"), description="Local data: SQLite files, NATS store, span store.")
-    database_url: str = Field("", description="SQLAlchemy async URL; empty means a SQLite file under var_dir.")
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server with JetStream.")
-    log_level: str = Field("info", description="Minimum log level: debug, info, warning, error.")
+    grpc_host: str = Field(default="127.0.0.1", description="Interface the gRPC server binds to.")
+    grpc_port: int = Field(default=0, description="gRPC port; 0 picks a free one (tests).")
+    var_dir: Path = Field(default=Path("var"), description="Local data: SQLite files, NATS store, span store.")
+    database_url: str = Field(default="", description="SQLAlchemy async URL; empty means a SQLite file under var_dir.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream.")
+    log_level: str = Field(default="info", description="Minimum log level: debug, info, warning, error.")
     shutdown_grace_seconds: float = Field(
-        10.0, description="How long in-flight calls may take to finish after SIGTERM."
+        default=10.0, description="How long in-flight calls may take to finish after SIGTERM."
     )
 
     def resolved_database_url(self, service: str) -> str:

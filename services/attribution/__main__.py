@@ -1,22 +1,8 @@
-"""python -m services.attribution: read settings, build, serve until SIGTERM."""
+"""python -m services.attribution: serve the attribution service until SIGTERM."""
 
-from opentelemetry.sdk.trace import TracerProvider
-
-from plumbing.runtime import ServiceProcess, run_service
-from plumbing.settings import ServiceSettings
+from plumbing.runtime import run_service
 from services.attribution.app import build
 from services.attribution.settings import AttributionSettings
 
-
-def main() -> None:
-    # Every field has a default; mypy without the pydantic plugin cannot see the positional ones.
-    settings = AttributionSettings()  # type: ignore[call-arg]
-
-    async def build_attribution(_: ServiceSettings, provider: TracerProvider) -> ServiceProcess:
-        return await build(settings, provider)
-
-    run_service("attribution", settings, build_attribution)
-
-
 if __name__ == "__main__":
-    main()
+    run_service("attribution", AttributionSettings(), build)
