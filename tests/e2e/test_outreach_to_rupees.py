@@ -255,3 +255,7 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
 
     found = await eventually(services_in_trace, timeout=30)
     assert found >= {"gateway", "segments", "campaigns", "channels", "attribution"}
+
+    # The person's e-mail address went through every service, yet no log line or span holds it.
+    for path in [*(running_stack.var_dir / "logs").glob("*.log"), *(running_stack.var_dir / "traces").glob("*.jsonl")]:
+        assert "asha.investor@example.com" not in path.read_text(), path.name
