@@ -2,7 +2,7 @@
 
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +111,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or scopes.is_public(method):
             return handler
         required = scopes.required_scope(method)
-        if required is None or not handler.unary_unary:
+        if required is None or not (handler.unary_unary or handler.unary_stream):
             return grpc.unary_unary_rpc_method_handler(_not_exposed(method))
-        inner = handler.unary_unary
         authenticator = self._authenticator
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def admit(context: grpc.aio.ServicerContext) -> Caller:
             try:
                 caller = await authenticator.authenticate(presented_key(context.invocation_metadata()))
             except AuthenticationFailed as error:
@@ -127,6 +126,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"this API key lacks the scope {required!r} that {method} needs; it has {sorted(caller.scopes)}",
                 )
+            return caller
+
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                caller = await admit(context)
+                token = current_caller.set(caller)
+                try:
+                    with structlog.contextvars.bound_contextvars(client=caller.client_name, key_id=caller.key_id):
+                        async for response in inner_stream(request, context):
+                            yield response
+                finally:
+                    current_caller.reset(token)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner = handler.unary_unary
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            caller = await admit(context)
             token = current_caller.set(caller)
             try:
                 with structlog.contextvars.bound_contextvars(client=caller.client_name, key_id=caller.key_id):

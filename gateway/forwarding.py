@@ -1,6 +1,6 @@
 """Passes calls through to the services' own APIs: raw bytes in and out, deadline, trace context and errors kept."""
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -19,11 +19,18 @@ CLIENT_METADATA = "x-xsell-client"
 """Tells the service which gateway client a call came from, for its own audit logs."""
 
 
+def _method_descriptor(method: str) -> Any:
+    service, _, name = method.lstrip("/").partition("/")
+    return descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+
+
 def request_type(method: str) -> type[Message]:
     """The request message class of a full method name, from the default descriptor pool (the *_pb2 modules)."""
-    service, _, name = method.lstrip("/").partition("/")
-    descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
-    return message_factory.GetMessageClass(descriptor.input_type)
+    return message_factory.GetMessageClass(_method_descriptor(method).input_type)
+
+
+def is_server_streaming(method: str) -> bool:
+    return bool(_method_descriptor(method).server_streaming)
 
 
 def campaign_id_of(message_type: type[Message], request: bytes) -> str:
@@ -66,13 +73,38 @@ class Forwarder:
         self._timeout_cap = timeout_cap
 
     def handler(self, service: str, methods: list[str], channel: grpc.aio.Channel) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            service,
-            {
-                method.rpartition("/")[2]: grpc.unary_unary_rpc_method_handler(self._forward(service, method, channel))
-                for method in methods
-            },
-        )
+        handlers = {}
+        for method in methods:
+            if is_server_streaming(method):
+                handlers[method.rpartition("/")[2]] = grpc.unary_stream_rpc_method_handler(
+                    self._forward_stream(service, method, channel)
+                )
+            else:
+                handlers[method.rpartition("/")[2]] = grpc.unary_unary_rpc_method_handler(
+                    self._forward(service, method, channel)
+                )
+        return grpc.method_handlers_generic_handler(service, handlers)
+
+    def _forward_stream(
+        self, service: str, method: str, channel: grpc.aio.Channel
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+        """Streams pass through message by message, under the caller's own deadline only: an audience of
+        millions takes longer than any cap, and the caller resumes after the last id it got if cut off."""
+        call = channel.unary_stream(method)
+
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            caller = current_caller.get()
+            metadata = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            stream = call(request, timeout=context.time_remaining(), metadata=metadata)
+            try:
+                async for response in stream:
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                await abort_with_downstream_error(context, error, service)
+            finally:
+                stream.cancel()
+
+        return forward
 
     def _forward(
         self, service: str, method: str, channel: grpc.aio.Channel

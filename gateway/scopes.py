@@ -7,6 +7,10 @@ CAMPAIGNS_MANAGE = "campaigns.manage"
 CRM_LEADS = "crm.leads"
 LOS_EVENTS = "los.events"
 REPORTS_READ = "reports.read"
+APPROVE = "approve"
+"""Maker-checker: approving or rejecting what someone else submitted."""
+SUPPRESSIONS_MANAGE = "suppressions.manage"
+"""Compliance and CRM: adding and lifting opt-outs, complaints and other suppressions."""
 ADMIN = "admin"
 """Grants every scope."""
 
@@ -14,7 +18,18 @@ AUTHENTICATED = "authenticated"
 """Not a grantable scope: the method needs any valid key."""
 
 GRANTABLE_SCOPES = frozenset(
-    {INGEST, PROFILES_READ, SEGMENTS_MANAGE, CAMPAIGNS_MANAGE, CRM_LEADS, LOS_EVENTS, REPORTS_READ, ADMIN}
+    {
+        INGEST,
+        PROFILES_READ,
+        SEGMENTS_MANAGE,
+        CAMPAIGNS_MANAGE,
+        CRM_LEADS,
+        LOS_EVENTS,
+        REPORTS_READ,
+        APPROVE,
+        SUPPRESSIONS_MANAGE,
+        ADMIN,
+    }
 )
 
 SEGMENTS_SERVICE = "xsell.segments.v1.SegmentsService"
@@ -47,6 +62,22 @@ METHOD_SCOPES: dict[str, str] = {
     _method(SEGMENTS_SERVICE, "GetSegment"): SEGMENTS_MANAGE,
     _method(SEGMENTS_SERVICE, "ListSegments"): SEGMENTS_MANAGE,
     _method(SEGMENTS_SERVICE, "PublishSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "UpdateSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "SubmitSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "ArchiveSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "ListSegmentAudit"): SEGMENTS_MANAGE,
+    # Counts and opaque profile ids only; attributes need profiles.read.
+    _method(SEGMENTS_SERVICE, "PreviewSegment"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "DefineAttributes"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "ListAttributes"): SEGMENTS_MANAGE,
+    _method(SEGMENTS_SERVICE, "ApproveSegment"): APPROVE,
+    _method(SEGMENTS_SERVICE, "RejectSegment"): APPROVE,
+    _method(SEGMENTS_SERVICE, "ExplainMembership"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "StreamSegmentMembers"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "ListSuppressions"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "CheckSuppression"): PROFILES_READ,
+    _method(SEGMENTS_SERVICE, "AddSuppressions"): SUPPRESSIONS_MANAGE,
+    _method(SEGMENTS_SERVICE, "RemoveSuppression"): SUPPRESSIONS_MANAGE,
     _method(CAMPAIGNS_SERVICE, "CreateCampaign"): CAMPAIGNS_MANAGE,
     _method(CAMPAIGNS_SERVICE, "GetCampaign"): CAMPAIGNS_MANAGE,
     _method(CAMPAIGNS_SERVICE, "ListCampaigns"): CAMPAIGNS_MANAGE,
