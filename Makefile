@@ -60,6 +60,10 @@ test: lint ## Lint, then unit, integration and e2e tests
 test-fast: $(GEN_STAMP) ## Unit tests only
 	$(PY) -m pytest tests/unit
 
+.PHONY: bench
+bench: $(GEN_STAMP) ## Run the benchmarks; figures print and land in bench/results/<name>.json
+	$(PY) -m bench
+
 .PHONY: clean
 clean: ## Remove generated stubs and local data (keeps the venv)
 	rm -rf $(GEN) var

@@ -10,13 +10,12 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from gateway.auth import current_caller
+from plumbing.grpc_server import CLIENT_METADATA
 from plumbing.telemetry import outreach_span
 
 log = structlog.get_logger(__name__)
 
 STATUS_DETAILS = "grpc-status-details-bin"
-CLIENT_METADATA = "x-xsell-client"
-"""Tells the service which gateway client a call came from, for its own audit logs."""
 
 
 def _method_descriptor(method: str) -> Any:

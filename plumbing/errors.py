@@ -63,3 +63,9 @@ class Unavailable(DomainError):
     """A dependency is down; the caller may retry."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(DomainError):
+    """The method is in the contract but this version does not serve it yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED

@@ -22,6 +22,17 @@ log = structlog.get_logger("plumbing.grpc")
 
 Register = Callable[[grpc.aio.Server], None]
 
+CLIENT_METADATA = "x-xsell-client"
+"""Set by the gateway to the authenticated client's name; services record it as the actor in audit logs."""
+
+
+def caller_of(context: grpc.aio.ServicerContext, default: str = "internal") -> str:
+    """Who made the call: the gateway's client name, or `default` for calls from inside the cluster."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA and isinstance(value, str) and value:
+            return value
+    return default
+
 
 def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
     """The google.rpc.Status trailer, with a BadRequest field violation when a field is named."""

@@ -20,6 +20,10 @@ from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.segments import maintenance, records, store
 from services.segments.activity import Activity
+from services.segments.api_audience import AudienceApi
+from services.segments.api_catalog import CatalogApi
+from services.segments.api_governance import GovernanceApi
+from services.segments.api_suppressions import SuppressionsApi
 from services.segments.rules import RuleError, parse_rule, references
 from services.segments.settings import SegmentsSettings
 from services.segments.values import name_problem, to_proto
@@ -98,7 +102,7 @@ def segment_proto(row: store.SegmentRow) -> resources_pb2.Segment:
     return segment
 
 
-class SegmentsApi(service_pb2_grpc.SegmentsServiceServicer):
+class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, service_pb2_grpc.SegmentsServiceServicer):
     """Every RPC runs in one transaction: the change, its membership updates and their events commit together."""
 
     def __init__(
