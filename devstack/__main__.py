@@ -41,6 +41,7 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   attribution    127.0.0.1:{ports.attribution}
   NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/)
   SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/)
+  metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}
 
 Ctrl-C stops everything.""",
         flush=True,

@@ -25,6 +25,8 @@ DEFAULT_PORTS = {
     "channels": 50063,
     "attribution": 50064,
 }
+# Prometheus /metrics of each process.
+DEFAULT_METRICS_PORTS = {"segments": 9461, "campaigns": 9462, "channels": 9463, "attribution": 9464, "gateway": 9465}
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Ports:
     campaigns: int
     channels: int
     attribution: int
+    metrics: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
 
     @classmethod
     def defaults(cls) -> "Ports":
@@ -49,7 +52,7 @@ class Ports:
         chosen = {name: free_port() for name in DEFAULT_PORTS}
         if smtp is not None:
             chosen["smtp"] = smtp
-        return cls(**chosen)
+        return cls(**chosen, metrics={name: free_port() for name in DEFAULT_METRICS_PORTS})
 
 
 def dev_api_key(var_dir: Path) -> str:
@@ -95,6 +98,7 @@ class Stack:
             env[prefix + "VAR_DIR"] = var
             env[prefix + "NATS_URL"] = nats_url
             env[prefix + "GRPC_PORT"] = str(getattr(p, name))
+            env[prefix + "METRICS_PORT"] = str(p.metrics[name])
         env.update(
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",

@@ -1,6 +1,7 @@
 """NATS JetStream: connection, idempotent stream and consumer declaration, and traced durable pull consumers."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -16,6 +17,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
 
 log = structlog.get_logger("plumbing.bus")
@@ -157,6 +159,17 @@ class Consumer(Generic[M]):
         self.concurrency = concurrency
         self._stopping = asyncio.Event()
         self._subscription: JetStreamContext.PullSubscription | None = None
+        instruments = meter()
+        self._handled = instruments.create_counter(
+            "xsell.messages.handled", description="Messages handled, by durable and outcome (ack, nak, dead_letter)."
+        )
+        self._handling = instruments.create_histogram(
+            "xsell.message.handling.duration", unit="ms", description="Time to handle one message, by durable."
+        )
+        self._pending = instruments.create_gauge(
+            "xsell.consumer.pending", description="Messages in the stream not yet delivered to the durable (lag)."
+        )
+        self._lag_checked_at = 0.0
 
     async def declare(self) -> None:
         """Creates or binds the durable consumer (idempotent)."""
@@ -180,6 +193,7 @@ class Consumer(Generic[M]):
         assert self._subscription is not None
         semaphore = asyncio.Semaphore(self.concurrency)
         while not self._stopping.is_set():
+            await self._observe_lag()
             try:
                 batch = await self._subscription.fetch(self.spec.batch_size, timeout=1.0)
             except NatsTimeoutError:
@@ -207,7 +221,27 @@ class Consumer(Generic[M]):
     async def stop(self) -> None:
         self._stopping.set()
 
+    async def _observe_lag(self) -> None:
+        """Reads the durable's backlog from the server every few seconds, for the consumer lag gauge."""
+        now = time.monotonic()
+        if self._subscription is None or now - self._lag_checked_at < 5.0:
+            return
+        self._lag_checked_at = now
+        try:
+            info = await self._subscription.consumer_info()
+        except Exception as error:  # noqa: BLE001 - a missed reading only delays the gauge
+            log.debug("consumer_info_failed", durable=self.spec.durable, error=str(error))
+            return
+        self._pending.set(info.num_pending or 0, {"durable": self.spec.durable})
+
     async def _handle(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        outcome = await self._handle_one(msg)
+        attributes = {"durable": self.spec.durable}
+        self._handled.add(1, {**attributes, "outcome": outcome})
+        self._handling.record((time.perf_counter() - started) * 1000, attributes)
+
+    async def _handle_one(self, msg: Msg) -> str:
         headers = dict(msg.headers or {})
         num_delivered = msg.metadata.num_delivered or 1
         delivery = Delivery(
@@ -240,25 +274,26 @@ class Consumer(Generic[M]):
             except DecodeError as error:
                 await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
                 span.set_status(Status(StatusCode.ERROR, "poison message"))
-                return
+                return "dead_letter"
             try:
                 await self.handler(payload, delivery)
             except PermanentError as error:
                 await self._dead_letter(msg, headers, str(error))
                 span.set_status(Status(StatusCode.ERROR, "permanent failure"))
-                return
+                return "dead_letter"
             except Exception as error:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 if num_delivered >= self.spec.max_deliver:
                     log.error("message_retries_exhausted", attempts=num_delivered, exc_info=error)
                     await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}")
-                    return
+                    return "dead_letter"
                 delay = self.spec.backoff_seconds[min(num_delivered, len(self.spec.backoff_seconds)) - 1]
                 log.warning("message_nak", attempt=num_delivered, retry_in_s=delay, error=repr(error))
                 await msg.nak(delay=delay)
-                return
+                return "nak"
             await msg.ack()
+            return "ack"
 
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
         """Copies the message to the dead-letter subject with the reason, then terminates it."""

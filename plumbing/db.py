@@ -8,6 +8,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import DateTime, Table, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -35,6 +36,8 @@ class Database:
             # emits BEGIN IMMEDIATE itself so writers queue on the lock instead of failing late.
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
+        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

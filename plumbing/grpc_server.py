@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.errors import DomainError
+from plumbing.metrics import meter
 
 log = structlog.get_logger("plumbing.grpc")
 
@@ -64,8 +65,23 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
     )
 
 
+def _status_of(error: BaseException | None) -> str:
+    if error is None:
+        return "OK"
+    if isinstance(error, DomainError):
+        return error.code.name
+    if isinstance(error, grpc.aio.AbortError):
+        return "ABORTED_BY_HANDLER"
+    return "INTERNAL"
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Binds the method to the log context and turns domain errors into status codes, in one place."""
+    """Binds the method to the log context, times each call, and turns domain errors into status codes."""
+
+    def __init__(self) -> None:
+        self._duration = meter().create_histogram(
+            "xsell.rpc.server.duration", unit="ms", description="Time to handle one gRPC call, by method and outcome."
+        )
 
     async def intercept_service(
         self,
@@ -79,17 +95,24 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
+            duration = self._duration
+
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
+                failure: BaseException | None = None
                 with structlog.contextvars.bound_contextvars(rpc=method):
                     try:
                         return await inner_unary(request, context)
-                    except grpc.aio.AbortError:
+                    except grpc.aio.AbortError as error:
+                        failure = error
                         raise
                     except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
+                        failure = error
                         await _abort_for(error, context, method)
                     finally:
-                        log.debug("rpc_handled", ms=round((time.perf_counter() - started) * 1000, 2))
+                        elapsed = (time.perf_counter() - started) * 1000
+                        duration.record(elapsed, {"rpc.method": method, "rpc.outcome": _status_of(failure)})
+                        log.debug("rpc_handled", ms=round(elapsed, 2))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     event,
+    func,
     insert,
     select,
     update,
@@ -30,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database, upsert_insert
 from plumbing.ids import new_id
+from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
 
 log = structlog.get_logger("plumbing.outbox")
@@ -141,6 +144,17 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        instruments = meter()
+        self._published = instruments.create_counter(
+            "xsell.outbox.published", description="Events relayed from the outbox to JetStream."
+        )
+        self._backlog = instruments.create_gauge(
+            "xsell.outbox.backlog", description="Committed events not yet relayed to JetStream."
+        )
+        self._oldest_age = instruments.create_gauge(
+            "xsell.outbox.oldest_age", unit="s", description="Age of the oldest event not yet relayed."
+        )
+        self._backlog_checked_at = 0.0
 
     def notify(self) -> None:
         """Wakes the relay after a commit that added events (safe from any thread)."""
@@ -152,6 +166,7 @@ class OutboxRelay:
         while not self._stopping.is_set():
             try:
                 published = await self.publish_pending()
+                await self._observe_backlog()
             except Exception as error:  # noqa: BLE001 - NATS or the database is down: retry after a pause
                 log.warning("outbox_relay_failed", error=repr(error))
                 published = 0
@@ -183,7 +198,26 @@ class OutboxRelay:
                 await self._publish(row["subject"], row["payload"], dict(row["headers"]))
             if rows:
                 await self._mark_published(session, [row["seq"] for row in rows])
+        if rows:
+            self._published.add(len(rows))
         return len(rows)
+
+    async def _observe_backlog(self) -> None:
+        """Counts what is waiting every few seconds, for the backlog and oldest-age gauges."""
+        now = time.monotonic()
+        if now - self._backlog_checked_at < 5.0:
+            return
+        self._backlog_checked_at = now
+        async with self.db.sessions() as session:
+            count, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(self.table.c.created_at)).where(self.table.c.published_at.is_(None))
+                )
+            ).one()
+        self._backlog.set(count)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        self._oldest_age.set((utcnow() - oldest).total_seconds() if oldest is not None else 0.0)
 
     async def _mark_published(self, session: AsyncSession, seqs: list[int]) -> None:
         await session.execute(update(self.table).where(self.table.c.seq.in_(seqs)).values(published_at=utcnow()))

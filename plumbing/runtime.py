@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.grpc_server import GrpcServer
 from plumbing.logging import setup_logging
+from plumbing.metrics import setup_metrics
 from plumbing.settings import ServiceSettings
 from plumbing.telemetry import setup_tracing
 
@@ -80,6 +81,10 @@ def run_service(name: str, settings: S, build: Callable[[S, TracerProvider], Awa
     setup_logging(name, settings.log_level)
     provider = setup_tracing(name, settings.var_dir)
     trace.set_tracer_provider(provider)
+    metrics_server = setup_metrics(name, settings.grpc_host, settings.metrics_port)
+    metrics.set_meter_provider(metrics_server.provider)
+    if metrics_server.port:
+        log.info("metrics_serving", port=metrics_server.port)
 
     async def main() -> None:
         process = await build(settings, provider)
@@ -94,4 +99,5 @@ def run_service(name: str, settings: S, build: Callable[[S, TracerProvider], Awa
     try:
         asyncio.run(main())
     finally:
+        metrics_server.shutdown()
         provider.shutdown()

@@ -16,6 +16,9 @@ class ServiceSettings(BaseSettings):
     var_dir: Path = Field(default=Path("var"), description="Local data: SQLite files, NATS store, span store.")
     database_url: str = Field(default="", description="SQLAlchemy async URL; empty means a SQLite file under var_dir.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream.")
+    metrics_port: int | None = Field(
+        default=None, description="Port of the Prometheus /metrics endpoint; unset disables it, 0 picks a free one."
+    )
     log_level: str = Field(default="info", description="Minimum log level: debug, info, warning, error.")
     shutdown_grace_seconds: float = Field(
         default=10.0, description="How long in-flight calls may take to finish after SIGTERM."

@@ -256,6 +256,21 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
     found = await eventually(services_in_trace, timeout=30)
     assert found >= {"gateway", "segments", "campaigns", "channels", "attribution"}
 
+    # Every process exposes the numbers an operator watches.
+    async with aiohttp.ClientSession() as http:
+        scraped = {}
+        for name, port in stack.ports.metrics.items():
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                scraped[name] = await response.text()
+    for name in ("segments", "campaigns", "channels", "attribution", "gateway"):
+        assert "xsell_rpc_server_duration" in scraped[name], name
+    for name in ("segments", "campaigns", "channels", "attribution"):
+        assert "xsell_outbox_published" in scraped[name] or "xsell_outbox_backlog" in scraped[name], name
+    handled = re.findall(r"xsell_messages_handled_total\{([^}]*)\}", scraped["channels"])
+    assert any('durable="channels-dispatch"' in labels and 'outcome="ack"' in labels for labels in handled)
+    assert 'durable="attribution-outreach"' in scraped["attribution"]
+
     # The person's e-mail address went through every service, yet no log line or span holds it.
     for path in [*(running_stack.var_dir / "logs").glob("*.log"), *(running_stack.var_dir / "traces").glob("*.jsonl")]:
         assert "asha.investor@example.com" not in path.read_text(), path.name
