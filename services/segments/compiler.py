@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Select, and_, func, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Double, Integer, Select, and_, func, literal, not_, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -22,6 +22,7 @@ from services.segments.rules import (
     RangeWindow,
     Rule,
     SegmentReference,
+    SinceWindow,
     window_start,
 )
 from services.segments.values import Kind, Value
@@ -44,6 +45,35 @@ def _position_default(element: _position, compiler: SQLCompiler, **kw: Any) -> s
 def _position_postgresql(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
     haystack, needle = list(element.clauses)
     return f"strpos({compiler.process(haystack, **kw)}, {compiler.process(needle, **kw)})"
+
+
+class _epoch_seconds(FunctionElement[float]):
+    """Seconds since 1970 of a stored event time as a double: the number a timestamp attribute holds.
+
+    Both sides of a "since" comparison are then the same double the reference evaluator compares
+    (the nearest to the exact microsecond value), so the databases agree with it to the microsecond.
+    """
+
+    type = Double()
+    inherit_cache = True
+
+
+@compiles(_epoch_seconds)
+def _epoch_seconds_default(element: _epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps DateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC); strftime('%s') floors to whole
+    # seconds, so the microseconds are added back as an exact integer before one division.
+    (moment,) = list(element.clauses)
+    text = compiler.process(moment, **kw)
+    return (
+        f"((CAST(strftime('%s', {text}) AS INTEGER) * 1000000 + CAST(substr({text}, 21, 6) AS INTEGER))"
+        " / 1000000.0)"
+    )
+
+
+@compiles(_epoch_seconds, "postgresql")
+def _epoch_seconds_postgresql(element: _epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (moment,) = list(element.clauses)
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(moment, **kw)}) AS DOUBLE PRECISION)"
 
 
 def _contains_text(haystack: ColumnElement[Any], needle: str) -> ColumnElement[bool]:
@@ -183,6 +213,8 @@ def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> 
         where.append(e.c.occurred_at >= start)
     if isinstance(rule.window, RangeWindow):
         where.append(e.c.occurred_at < rule.window.end)
+    if isinstance(rule.window, SinceWindow):
+        where.append(_since(rule.window, subject, e.c.occurred_at))
     where.extend(_property(e.c.properties, f) for f in rule.filters)
     if rule.count is None:
         performed: ColumnElement[bool] = select(e.c.event_id).where(*where).exists()
@@ -190,6 +222,21 @@ def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> 
         counted = select(func.count()).select_from(e).where(*where).scalar_subquery()
         performed = _count(counted, rule.count)
     return performed if rule.performed else not_(performed)
+
+
+def _since(window: SinceWindow, subject: ColumnElement[str], occurred_at: Any) -> ColumnElement[bool]:
+    """The event is at or after the person's timestamp attribute; false for everyone without one."""
+    a = store.profile_attributes.alias()
+    return (
+        select(a.c.id)
+        .where(
+            a.c.profile_id == subject,
+            a.c.name == window.attribute,
+            a.c.value_type == Kind.TIMESTAMP.value,
+            a.c.num_value <= _epoch_seconds(occurred_at),
+        )
+        .exists()
+    )
 
 
 def _count(counted: Any, count: CountComparison) -> ColumnElement[bool]:

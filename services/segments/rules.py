@@ -74,7 +74,18 @@ class RangeWindow:
     end: datetime
 
 
-Window = LastWindow | RangeWindow
+@dataclass(frozen=True)
+class SinceWindow:
+    """From the instant held in the profile's timestamp attribute (inclusive) up to now.
+
+    A person without that attribute, or with a value that is not a timestamp, has no window:
+    no event of theirs counts, so they have performed the event zero times.
+    """
+
+    attribute: str
+
+
+Window = LastWindow | RangeWindow | SinceWindow
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,13 @@ def _event(condition: resources_pb2.EventCondition, path: str) -> EventCondition
 def _window(window: resources_pb2.TimeWindow, path: str) -> Window:
     kind = window.WhichOneof("kind")
     if kind is None:
-        raise RuleError(path, "window has no kind; set last or between, or leave window unset for all history")
+        raise RuleError(
+            path, "window has no kind; set last or between or since_attribute, or leave window unset for all history"
+        )
+    if kind == "since_attribute":
+        if problem := name_problem(window.since_attribute, "since_attribute"):
+            raise RuleError(f"{path}.since_attribute", f"{problem}; it names a timestamp attribute, e.g. last_sip_date")
+        return SinceWindow(window.since_attribute)
     if kind == "last":
         seconds = window.last.seconds + window.last.nanos / 1e9
         if seconds <= 0:
@@ -305,7 +322,10 @@ def references(rule: Rule) -> Iterator[SegmentReference]:
 
 
 def window_start(window: Window | None, now: datetime) -> datetime | None:
-    """The inclusive lower bound of the window; "last" windows have no upper bound besides the future skew."""
+    """The inclusive lower bound of the window; "last" windows have no upper bound besides the future skew.
+
+    None for no window and for "since" windows, whose bound differs per person (see since_bound).
+    """
     if isinstance(window, LastWindow):
         return now - timedelta(seconds=window.seconds)
     if isinstance(window, RangeWindow):
@@ -351,14 +371,31 @@ def matches(rule: Rule, world: World, profile_id: str, now: datetime) -> bool:
     if isinstance(rule, AttributeCondition):
         actual = world.attributes.get(profile_id, {}).get(rule.attribute)
         return value_matches(rule.op, rule.values, actual, sets_match=True)
-    count = sum(1 for event in world.events.get(profile_id, ()) if event_counts(rule, event, now))
+    attributes = world.attributes.get(profile_id, {})
+    count = sum(1 for event in world.events.get(profile_id, ()) if event_counts(rule, event, now, attributes))
     satisfied = count_satisfies(rule.count, count)
     return satisfied if rule.performed else not satisfied
 
 
-def event_counts(condition: EventCondition, event: EventRecord, now: datetime) -> bool:
+def since_bound(window: SinceWindow, attributes: Mapping[str, Value]) -> float | None:
+    """The epoch seconds a "since" window starts at for one person, or None when they have no window."""
+    value = attributes.get(window.attribute)
+    if value is None or value.kind is not Kind.TIMESTAMP:
+        return None
+    return value.number
+
+
+def event_counts(
+    condition: EventCondition, event: EventRecord, now: datetime, attributes: Mapping[str, Value] | None = None
+) -> bool:
+    """Whether one event of the person whose `attributes` these are counts towards the condition."""
     if event.name != condition.event_name:
         return False
+    if isinstance(condition.window, SinceWindow):
+        since = since_bound(condition.window, attributes or {})
+        # Compared as epoch seconds (a double), exactly as the compiled SQL compares them.
+        if since is None or event.occurred_at.timestamp() < since:
+            return False
     start = window_start(condition.window, now)
     if start is not None and event.occurred_at < start:
         return False
