@@ -1,0 +1,12 @@
+"""The measured figures: each module's run(context) prints its figure and writes bench/results/<name>.json."""
+
+from bench.results import Context
+
+
+async def run(figure: str, context: Context) -> None:
+    if figure == "recompute":
+        from bench.figures import recompute
+
+        await recompute.run(context)
+    else:
+        print(f"{figure}: not implemented yet", flush=True)

