@@ -4,7 +4,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -13,13 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import Aborted, InvalidArgument, NotFound
+from plumbing.errors import Aborted, InvalidArgument, NotFound, Unimplemented
+from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
-from services.campaigns import store
+from services.campaigns import lifecycle, store
 from services.campaigns.campaigns import CampaignState, plan_launch, require_published, validate_spec
-from services.campaigns.messages import campaign_proto, campaign_values, outreach_proto, spec_from_proto
+from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto, spec_from_proto
 from services.campaigns.segments_client import SegmentsClient
 from xsell.campaigns.v1 import service_pb2, service_pb2_grpc
 
@@ -29,6 +30,7 @@ R = TypeVar("R", bound=Message)
 
 DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE = 50, 500
 DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE = 100, 1000
+DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE = 100, 1000
 
 
 def _page_size(requested: int, default: int, maximum: int) -> int:
@@ -64,12 +66,62 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
         *,
         default_time_zone: str,
         on_launch: Callable[[], None],
+        require_approval: bool = True,
     ) -> None:
         self.db = db
         self.idempotency = idempotency
         self.segments = segments
         self.default_time_zone = default_time_zone
         self.on_launch = on_launch
+        self.require_approval = require_approval
+
+    async def _campaign_row(self, session: AsyncSession, campaign_key: str) -> Any:
+        row = await store.get_campaign(session, campaign_key)
+        if row is None:
+            raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
+        return row
+
+    async def _record(
+        self, session: AsyncSession, campaign_key: str, *, action: str, actor: str, note: str = "", snapshot: bool
+    ) -> Any:
+        """Writes the audit entry (and for a new version its snapshot) of the change just made; returns the row."""
+        row = await self._campaign_row(session, campaign_key)
+        now = utcnow()
+        await store.add_audit(
+            session, campaign_key, version=row.version, action=action, actor=actor, state=row.state, note=note, at=now
+        )
+        if snapshot:
+            definition = campaign_proto(row).SerializeToString(deterministic=True)
+            await store.insert_version(session, campaign_key, row.version, definition, row.author, now)
+        log.info("campaign_" + action, campaign_key=campaign_key, version=row.version, state=row.state)
+        return row
+
+    async def _transition(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        campaign_key: str,
+        actor: str,
+        decide: Callable[[Any], lifecycle.Transition],
+        extra: Callable[[Any, lifecycle.Transition], dict[str, Any]] | None = None,
+    ) -> R:
+        """One lifecycle step: decide from the current row, compare-and-set, audit, answer; idempotent by request_id."""
+
+        async def work(session: AsyncSession) -> R:
+            row = await self._campaign_row(session, campaign_key)
+            step = decide(row)
+            values: dict[str, Any] = {"state": step.to_state.value}
+            if extra is not None:
+                values.update(extra(row, step))
+            if not await store.transition(session, campaign_key, row.state, row.version, values):
+                raise Aborted(f"campaign {campaign_key} changed meanwhile; reload it and retry", field="campaign_key")
+            changed = await self._record(
+                session, campaign_key, action=step.action, actor=actor, note=step.note, snapshot=False
+            )
+            return response_type(campaign=campaign_proto(changed))
+
+        return await self._idempotent(method, request, response_type, work)
 
     async def _idempotent(
         self, method: str, request: Message, response_type: type[R], work: Callable[[AsyncSession], Awaitable[R]]
@@ -102,6 +154,8 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
         segment = await self.segments.get_segment(spec.segment_id)
         require_published(spec.segment_id, segment.state)
 
+        actor = caller_of(context)
+
         async def create(session: AsyncSession) -> service_pb2.CreateCampaignResponse:
             campaign_key = new_id("cmp_")
             await store.insert_campaign(
@@ -114,10 +168,11 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
                     "outreach_count": 0,
                     "created_at": utcnow(),
                     "launched_at": None,
+                    "version": 1,
+                    "author": actor,
                 },
             )
-            row = await store.get_campaign(session, campaign_key)
-            log.info("campaign_created", campaign_key=campaign_key, segment_version=segment.version)
+            row = await self._record(session, campaign_key, action="created", actor=actor, snapshot=True)
             return service_pb2.CreateCampaignResponse(campaign=campaign_proto(row))
 
         return await self._idempotent(method, request, service_pb2.CreateCampaignResponse, create)
@@ -146,12 +201,15 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
     async def LaunchCampaign(
         self, request: service_pb2.LaunchCampaignRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.LaunchCampaignResponse:
+        actor = caller_of(context)
+
         async def launch(session: AsyncSession) -> service_pb2.LaunchCampaignResponse:
-            row = await store.get_campaign(session, request.campaign_key)
-            if row is None:
-                raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
+            row = await self._campaign_row(session, request.campaign_key)
+            lifecycle.check_launchable(
+                row.campaign_key, CampaignState(row.state), require_approval=self.require_approval
+            )
             now = utcnow()
-            plan = plan_launch(row.campaign_key, CampaignState(row.state), row.send_time, row.time_zone, now)
+            plan = plan_launch(row.send_time, row.time_zone, now)
             if not await store.mark_launched(session, row.campaign_key, row.state, plan.state.value, now):
                 raise Aborted(f"campaign {row.campaign_key} changed while launching; retry", field="campaign_key")
             await store.ensure_counter(session, row.programme, plan.month, row.trigger_code)
@@ -165,8 +223,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
                     "created_at": now,
                 },
             )
-            launched = await store.get_campaign(session, row.campaign_key)
-            log.info("campaign_launched", campaign_key=row.campaign_key, state=plan.state.value, month=plan.month)
+            launched = await self._record(session, row.campaign_key, action="launched", actor=actor, snapshot=False)
             return service_pb2.LaunchCampaignResponse(campaign=campaign_proto(launched))
 
         response = await self._idempotent("LaunchCampaign", request, service_pb2.LaunchCampaignResponse, launch)
@@ -207,3 +264,184 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
                 {"campaign_key": request.campaign_key, "after": rows[size - 1].campaign_id}
             )
         return response
+
+    async def UpdateCampaign(
+        self, request: service_pb2.UpdateCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.UpdateCampaignResponse:
+        method = "UpdateCampaign"
+        async with self.db.transaction() as session:
+            previous = await self.idempotency.previous(session, method, request, service_pb2.UpdateCampaignResponse)
+        if previous is not None:
+            return previous
+        spec, _ = validate_spec(spec_from_proto(request.campaign), self.default_time_zone)
+        segment = await self.segments.get_segment(spec.segment_id)
+        require_published(spec.segment_id, segment.state)
+        actor = caller_of(context)
+
+        async def work(session: AsyncSession) -> service_pb2.UpdateCampaignResponse:
+            row = await self._campaign_row(session, request.campaign_key)
+            if request.expected_version and request.expected_version != row.version:
+                raise Aborted(
+                    f"campaign {row.campaign_key} is at version {row.version}, not {request.expected_version}; "
+                    "someone changed it meanwhile: reload it and apply your change again",
+                    field="expected_version",
+                )
+            step = lifecycle.update(row.campaign_key, CampaignState(row.state))
+            values = {
+                **campaign_values(spec),
+                "segment_version": segment.version,
+                "state": step.to_state.value,
+                "version": row.version + 1,
+                "author": actor,
+                "approver": None,
+            }
+            if not await store.transition(session, row.campaign_key, row.state, row.version, values):
+                raise Aborted(
+                    f"campaign {row.campaign_key} changed meanwhile; reload it and retry", field="campaign_key"
+                )
+            changed = await self._record(session, row.campaign_key, action=step.action, actor=actor, snapshot=True)
+            return service_pb2.UpdateCampaignResponse(campaign=campaign_proto(changed))
+
+        return await self._idempotent(method, request, service_pb2.UpdateCampaignResponse, work)
+
+    async def SubmitCampaign(
+        self, request: service_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.SubmitCampaignResponse:
+        return await self._transition(
+            "SubmitCampaign",
+            request,
+            service_pb2.SubmitCampaignResponse,
+            request.campaign_key,
+            caller_of(context),
+            lambda row: lifecycle.submit(row.campaign_key, CampaignState(row.state), row.version, request.version),
+        )
+
+    async def ApproveCampaign(
+        self, request: service_pb2.ApproveCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ApproveCampaignResponse:
+        actor = caller_of(context)
+        return await self._transition(
+            "ApproveCampaign",
+            request,
+            service_pb2.ApproveCampaignResponse,
+            request.campaign_key,
+            actor,
+            lambda row: lifecycle.approve(
+                row.campaign_key,
+                CampaignState(row.state),
+                row.version,
+                request.version,
+                row.author,
+                actor,
+                request.note,
+            ),
+            lambda row, step: {"approver": actor},
+        )
+
+    async def RejectCampaign(
+        self, request: service_pb2.RejectCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RejectCampaignResponse:
+        return await self._transition(
+            "RejectCampaign",
+            request,
+            service_pb2.RejectCampaignResponse,
+            request.campaign_key,
+            caller_of(context),
+            lambda row: lifecycle.reject(
+                row.campaign_key, CampaignState(row.state), row.version, request.version, request.reason
+            ),
+        )
+
+    async def PauseCampaign(
+        self, request: service_pb2.PauseCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.PauseCampaignResponse:
+        return await self._transition(
+            "PauseCampaign",
+            request,
+            service_pb2.PauseCampaignResponse,
+            request.campaign_key,
+            caller_of(context),
+            lambda row: lifecycle.pause(row.campaign_key, CampaignState(row.state), request.reason),
+            lambda row, step: {"paused_from": row.state, "pause_reason": step.note or "paused by an operator"},
+        )
+
+    async def ResumeCampaign(
+        self, request: service_pb2.ResumeCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ResumeCampaignResponse:
+        response = await self._transition(
+            "ResumeCampaign",
+            request,
+            service_pb2.ResumeCampaignResponse,
+            request.campaign_key,
+            caller_of(context),
+            lambda row: lifecycle.resume(row.campaign_key, CampaignState(row.state), row.paused_from),
+            lambda row, step: {"paused_from": None, "pause_reason": None},
+        )
+        self.on_launch()
+        return response
+
+    async def CancelCampaign(
+        self, request: service_pb2.CancelCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.CancelCampaignResponse:
+        actor = caller_of(context)
+
+        async def work(session: AsyncSession) -> service_pb2.CancelCampaignResponse:
+            row = await self._campaign_row(session, request.campaign_key)
+            step = lifecycle.cancel(row.campaign_key, CampaignState(row.state), request.reason)
+            if not await store.transition(session, row.campaign_key, row.state, row.version, {"state": step.to_state}):
+                raise Aborted(f"campaign {row.campaign_key} changed meanwhile; retry", field="campaign_key")
+            await store.cancel_open_runs(session, row.campaign_key, utcnow())
+            changed = await self._record(
+                session, row.campaign_key, action=step.action, actor=actor, note=step.note, snapshot=False
+            )
+            return service_pb2.CancelCampaignResponse(campaign=campaign_proto(changed))
+
+        return await self._idempotent("CancelCampaign", request, service_pb2.CancelCampaignResponse, work)
+
+    async def ListCampaignAudit(
+        self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListCampaignAuditResponse:
+        size = _page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        after = 0
+        if request.page_token:
+            token = _decode_token(request.page_token, {"campaign_key", "after"})
+            if token["campaign_key"] != request.campaign_key:
+                raise InvalidArgument(
+                    "page_token belongs to another campaign; pass the same campaign_key as the first page",
+                    field="page_token",
+                )
+            after = int(token["after"])
+        async with self.db.transaction() as session:
+            await self._campaign_row(session, request.campaign_key)
+            rows = await store.list_audit(session, request.campaign_key, after, size + 1)
+        response = service_pb2.ListCampaignAuditResponse(entries=[audit_proto(row) for row in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = _encode_token(
+                {"campaign_key": request.campaign_key, "after": str(rows[size - 1].seq)}
+            )
+        return response
+
+    async def ListCampaignRuns(
+        self, request: service_pb2.ListCampaignRunsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListCampaignRunsResponse:
+        raise Unimplemented("ListCampaignRuns is not served yet")
+
+    async def PreviewCampaign(
+        self, request: service_pb2.PreviewCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.PreviewCampaignResponse:
+        raise Unimplemented("PreviewCampaign is not served yet")
+
+    async def TestSendCampaign(
+        self, request: service_pb2.TestSendCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.TestSendCampaignResponse:
+        raise Unimplemented("TestSendCampaign is not served yet")
+
+    async def GetCampaignReport(
+        self, request: service_pb2.GetCampaignReportRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetCampaignReportResponse:
+        raise Unimplemented("GetCampaignReport is not served yet")
+
+    async def GetLabelReport(
+        self, request: service_pb2.GetLabelReportRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetLabelReportResponse:
+        raise Unimplemented("GetLabelReport is not served yet")

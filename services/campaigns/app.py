@@ -46,6 +46,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         segments,
         default_time_zone=settings.default_time_zone,
         on_launch=runner.notify,
+        require_approval=settings.require_approval,
     )
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(SERVICE_NAME, lambda s: service_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, s))

@@ -17,6 +17,8 @@ class CampaignState(StrEnum):
     """The lifecycle of a campaign definition, stored by name."""
 
     DRAFT = "DRAFT"
+    SUBMITTED = "SUBMITTED"
+    APPROVED = "APPROVED"
     SCHEDULED = "SCHEDULED"
     RUNNING = "RUNNING"
     PAUSED = "PAUSED"
@@ -124,20 +126,13 @@ class LaunchPlan:
     month: str
 
 
-def plan_launch(
-    campaign_key: str, state: CampaignState, send_time: datetime | None, time_zone: str, now: datetime
-) -> LaunchPlan:
-    """Only drafts launch; a future send time makes the campaign SCHEDULED until its run is due.
+def plan_launch(send_time: datetime | None, time_zone: str, now: datetime) -> LaunchPlan:
+    """A future send time makes the campaign SCHEDULED until its run is due (lifecycle decides who may launch).
 
     The month of the campaign IDs is that of the launch, read in the campaign's time zone; for a
     campaign scheduled into a later month it is the month of the send time, when its outreaches
     are actually created.
     """
-    if state != CampaignState.DRAFT:
-        raise FailedPrecondition(
-            f"campaign {campaign_key} is {state.value}; only DRAFT campaigns can be launched",
-            field="campaign_key",
-        )
     if send_time is not None and send_time > now:
         return LaunchPlan(CampaignState.SCHEDULED, send_time, month_code(send_time, time_zone))
     return LaunchPlan(CampaignState.RUNNING, now, month_code(now, time_zone))

@@ -38,7 +38,7 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
     if campaign.offer.HasField("amount"):
         amount = Money(campaign.offer.amount.minor_units, campaign.offer.amount.currency_code)
     email = None
-    if campaign.content.WhichOneof("kind") == "email":
+    if campaign.content.HasField("email"):
         content = campaign.content.email
         email = EmailTemplates(
             content.subject_template, content.html_template, content.text_template, content.from_name
@@ -124,6 +124,10 @@ def campaign_proto(row: Any) -> resources_pb2.Campaign:
         state=state_value(row.state),  # type: ignore[arg-type]
         outreach_count=row.outreach_count,
         create_time=timestamp(row.created_at),
+        version=row.version,
+        author=row.author,
+        approver=row.approver or "",
+        pause_reason=row.pause_reason or "",
     )
     if row.send_time is not None:
         campaign.schedule.send_time.CopyFrom(timestamp(row.send_time))
@@ -147,4 +151,16 @@ def outreach_proto(row: Any) -> resources_pb2.Outreach:
         labels=list(values["labels"]),
         category=values["category"],
         create_time=timestamp(values["created_at"]),
+    )
+
+
+def audit_proto(row: Any) -> resources_pb2.CampaignAuditEntry:
+    return resources_pb2.CampaignAuditEntry(
+        campaign_key=row.campaign_key,
+        version=row.version,
+        action=row.action,
+        actor=row.actor,
+        time=timestamp(row.created_at),
+        state=state_value(row.state),  # type: ignore[arg-type]
+        note=row.note,
     )

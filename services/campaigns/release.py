@@ -25,9 +25,16 @@ from xsell.campaigns.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 
+SYSTEM_ACTOR = "system"
+"""The actor of automatic transitions in the audit log (a scheduled start, completion, an automatic pause)."""
+
 
 class _PageTakenElsewhere(Exception):
     """Another process released this page first; this transaction is rolled back."""
+
+
+class _Stopped(Exception):
+    """The campaign was paused or cancelled; the page is rolled back and the run waits (or ends)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,19 @@ class ReleaseRunner:
                     return
                 if campaign.state == CampaignState.SCHEDULED:
                     await store.set_state(session, campaign_key, CampaignState.SCHEDULED, CampaignState.RUNNING)
+                    await store.add_audit(
+                        session,
+                        campaign_key,
+                        version=campaign.version,
+                        action="started",
+                        actor=SYSTEM_ACTOR,
+                        state=CampaignState.RUNNING,
+                        note="the scheduled send time came",
+                        at=self.clock(),
+                    )
                     log.info("campaign_release_started", scheduled=True)
+                elif campaign.state != CampaignState.RUNNING:
+                    return
             offer = offer_of(campaign)
             # Validated when the campaign was created; compiled once per run.
             compiled = compile_email(email_templates_of(campaign), offer_has_amount=offer.amount is not None)
@@ -130,6 +149,9 @@ class ReleaseRunner:
                         )
                     except _PageTakenElsewhere:
                         log.info("campaign_page_taken_elsewhere", page=pages)
+                        return
+                    except _Stopped as stopped:
+                        log.info("campaign_release_stopped", page=pages, state=str(stopped))
                         return
                 log.info(
                     "campaign_page_released",
@@ -160,6 +182,10 @@ class ReleaseRunner:
         outreach_rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         async with self.db.transaction() as session:
+            # Checked in the page's own transaction: a pause or cancel that committed first stops this page.
+            state = await store.campaign_state(session, campaign.campaign_key)
+            if state != CampaignState.RUNNING:
+                raise _Stopped(state)
             if reachable:
                 # A sequence number whose render fails below stays unused: IDs are unique, not gapless.
                 block = await store.allocate_sequences(
@@ -233,7 +259,17 @@ class ReleaseRunner:
             )
             if not advanced:
                 raise _PageTakenElsewhere
-            await store.add_outreaches_to_campaign(
+            if await store.add_outreaches_to_campaign(
                 session, campaign.campaign_key, result.created, completed=not next_cursor
-            )
+            ):
+                await store.add_audit(
+                    session,
+                    campaign.campaign_key,
+                    version=campaign.version,
+                    action="completed",
+                    actor=SYSTEM_ACTOR,
+                    state=CampaignState.COMPLETED,
+                    note="",
+                    at=now,
+                )
         return result

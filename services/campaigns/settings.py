@@ -17,6 +17,10 @@ class CampaignsSettings(ServiceSettings):
     release_page_size: int = Field(
         500, ge=1, le=5000, description="Segment members released per transaction by the release runner."
     )
+    require_approval: bool = Field(
+        True,
+        description="Maker-checker: LaunchCampaign needs a campaign APPROVED by someone other than its author.",
+    )
     release_poll_seconds: float = Field(
         1.0, gt=0, description="How often the release runner looks for scheduled runs that fell due."
     )

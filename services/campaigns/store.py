@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Row,
     String,
@@ -59,6 +60,39 @@ campaigns = Table(
     Column("outreach_count", BigInteger, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("launched_at", UtcDateTime, nullable=True),
+    # Governance (0002): the definition's version, its maker and checker, and where a pause came from.
+    Column("version", BigInteger, nullable=False, server_default="1"),
+    Column("author", String(200), nullable=False, server_default="internal"),
+    Column("approver", String(200), nullable=True),
+    Column("paused_from", String(20), nullable=True),
+    Column("pause_reason", Text, nullable=True),
+)
+
+# Every transition of every campaign, oldest first by seq: who did what to which version, and when.
+campaign_audit = Table(
+    "campaign_audit",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_campaign_audit_campaign_seq", "campaign_key", "seq"),
+)
+
+# Each version's definition as the serialised xsell.campaigns.v1.Campaign, so an approval can be traced
+# to exactly what was approved.
+campaign_versions = Table(
+    "campaign_versions",
+    metadata,
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), primary_key=True),
+    Column("version", BigInteger, primary_key=True),
+    Column("definition", LargeBinary, nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
 )
 
 campaign_runs = Table(
@@ -167,7 +201,13 @@ async def due_runs(session: AsyncSession, now: datetime, limit: int = 100) -> Se
     """Unfinished runs whose time has come, oldest first: new launches, due schedules, and runs a restart cut short."""
     query = (
         select(campaign_runs)
-        .where(campaign_runs.c.completed_at.is_(None), campaign_runs.c.due_at <= now)
+        .join(campaigns, campaigns.c.campaign_key == campaign_runs.c.campaign_key)
+        .where(
+            campaign_runs.c.completed_at.is_(None),
+            campaign_runs.c.due_at <= now,
+            # Paused campaigns wait for ResumeCampaign; cancelled ones have their runs closed.
+            campaigns.c.state.in_(("SCHEDULED", "RUNNING")),
+        )
         .order_by(campaign_runs.c.due_at, campaign_runs.c.run_id)
         .limit(limit)
     )
@@ -241,11 +281,27 @@ async def advance_run(
 
 async def add_outreaches_to_campaign(
     session: AsyncSession, campaign_key: str, created: int, *, completed: bool
-) -> None:
-    values: dict[str, Any] = {"outreach_count": campaigns.c.outreach_count + created}
-    if completed:
-        values["state"] = "COMPLETED"
-    await session.execute(update(campaigns).where(campaigns.c.campaign_key == campaign_key).values(**values))
+) -> bool:
+    """Adds the page's outreaches; on the last page a RUNNING campaign becomes COMPLETED (True when it did)."""
+    await session.execute(
+        update(campaigns)
+        .where(campaigns.c.campaign_key == campaign_key)
+        .values(outreach_count=campaigns.c.outreach_count + created)
+    )
+    if not completed:
+        return False
+    result = await session.execute(
+        update(campaigns)
+        .where(campaigns.c.campaign_key == campaign_key, campaigns.c.state == "RUNNING")
+        .values(state="COMPLETED")
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def campaign_state(session: AsyncSession, campaign_key: str) -> str | None:
+    return (
+        await session.execute(select(campaigns.c.state).where(campaigns.c.campaign_key == campaign_key))
+    ).scalar_one_or_none()
 
 
 async def get_outreach(session: AsyncSession, campaign_id: str) -> Row[Any] | None:
@@ -264,3 +320,72 @@ async def list_outreaches(
     if after_campaign_id is not None:
         query = query.where(outreaches.c.campaign_id > after_campaign_id)
     return (await session.execute(query)).all()
+
+
+async def add_audit(
+    session: AsyncSession,
+    campaign_key: str,
+    *,
+    version: int,
+    action: str,
+    actor: str,
+    state: str,
+    note: str,
+    at: datetime,
+) -> None:
+    await session.execute(
+        insert(campaign_audit).values(
+            campaign_key=campaign_key,
+            version=version,
+            action=action,
+            actor=actor,
+            state=state,
+            note=note,
+            created_at=at,
+        )
+    )
+
+
+async def list_audit(session: AsyncSession, campaign_key: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
+    query = (
+        select(campaign_audit)
+        .where(campaign_audit.c.campaign_key == campaign_key, campaign_audit.c.seq > after_seq)
+        .order_by(campaign_audit.c.seq)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def insert_version(
+    session: AsyncSession, campaign_key: str, version: int, definition: bytes, author: str, at: datetime
+) -> None:
+    await session.execute(
+        insert(campaign_versions).values(
+            campaign_key=campaign_key, version=version, definition=definition, author=author, created_at=at
+        )
+    )
+
+
+async def transition(
+    session: AsyncSession, campaign_key: str, from_state: str, from_version: int, values: Mapping[str, Any]
+) -> bool:
+    """Compare-and-set on (state, version): False when a concurrent request changed the campaign first."""
+    result = await session.execute(
+        update(campaigns)
+        .where(
+            campaigns.c.campaign_key == campaign_key,
+            campaigns.c.state == from_state,
+            campaigns.c.version == from_version,
+        )
+        .values(**values)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def cancel_open_runs(session: AsyncSession, campaign_key: str, at: datetime) -> None:
+    """A cancelled campaign's unfinished runs end now; the runner never picks them up again."""
+    await session.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.campaign_key == campaign_key, campaign_runs.c.completed_at.is_(None))
+        .values(completed_at=at)
+    )

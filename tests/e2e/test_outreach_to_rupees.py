@@ -1,6 +1,8 @@
 """One outreach carried from a profile to attributed rupees, driven only through the gateway."""
 
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from urllib.parse import urlparse
@@ -64,6 +66,19 @@ def _sip_only_rule() -> seg.Rule:
             ]
         )
     )
+
+
+def _approver_auth(running_stack: RunningStack) -> tuple[tuple[str, str]]:
+    """A second key with only the approve scope, made with the gateway's CLI as an operator would."""
+    created = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "create", "--name", "campaign-approver", "--scopes", "approve"],
+        env=running_stack.stack._env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return (("x-api-key", created.stdout.strip()),)
 
 
 def _links(message: Message) -> list[str]:
@@ -159,6 +174,15 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
                 metadata=AUTH,
             )
         ).campaign
+        # Maker-checker: the author submits, someone else approves.
+        await campaigns_api.SubmitCampaign(
+            campaigns.SubmitCampaignRequest(request_id="e2e-submit-1", campaign_key=campaign.campaign_key),
+            metadata=AUTH,
+        )
+        await campaigns_api.ApproveCampaign(
+            campaigns.ApproveCampaignRequest(request_id="e2e-approve-1", campaign_key=campaign.campaign_key),
+            metadata=_approver_auth(running_stack),
+        )
         await campaigns_api.LaunchCampaign(
             campaigns.LaunchCampaignRequest(request_id="e2e-launch-1", campaign_key=campaign.campaign_key),
             metadata=AUTH,

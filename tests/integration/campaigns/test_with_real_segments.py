@@ -145,6 +145,13 @@ async def test_campaign_on_a_real_published_segment_reaches_every_member_with_an
         )
     ).campaign
     assert campaign.segment_version >= 1
+    await stack.campaigns.SubmitCampaign(
+        service_pb2.SubmitCampaignRequest(request_id="s-1", campaign_key=campaign.campaign_key)
+    )
+    await stack.campaigns.ApproveCampaign(
+        service_pb2.ApproveCampaignRequest(request_id="a-1", campaign_key=campaign.campaign_key),
+        metadata=(("x-xsell-client", "checker"),),
+    )
     await stack.campaigns.LaunchCampaign(
         service_pb2.LaunchCampaignRequest(request_id="l-1", campaign_key=campaign.campaign_key)
     )

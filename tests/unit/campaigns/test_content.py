@@ -179,17 +179,10 @@ def test_draft_segments_cannot_be_targeted() -> None:
 
 def test_launch_runs_now_or_schedules_for_a_future_send_time() -> None:
     now = datetime(2026, 10, 31, 20, 0, tzinfo=UTC)
-    immediate = plan_launch("cmp_1", CampaignState.DRAFT, None, "Asia/Kolkata", now)
+    immediate = plan_launch(None, "Asia/Kolkata", now)
     assert (immediate.state, immediate.due_at, immediate.month) == (CampaignState.RUNNING, now, "NOV")
     later = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
-    scheduled = plan_launch("cmp_1", CampaignState.DRAFT, later, "Asia/Kolkata", now)
+    scheduled = plan_launch(later, "Asia/Kolkata", now)
     assert (scheduled.state, scheduled.due_at, scheduled.month) == (CampaignState.SCHEDULED, later, "DEC")
-    past = plan_launch("cmp_1", CampaignState.DRAFT, datetime(2026, 1, 1, tzinfo=UTC), "Asia/Kolkata", now)
+    past = plan_launch(datetime(2026, 1, 1, tzinfo=UTC), "Asia/Kolkata", now)
     assert past.state == CampaignState.RUNNING
-
-
-@pytest.mark.parametrize("state", [s for s in CampaignState if s != CampaignState.DRAFT])
-def test_only_drafts_launch(state: CampaignState) -> None:
-    with pytest.raises(FailedPrecondition) as error:
-        plan_launch("cmp_1", state, None, "Asia/Kolkata", datetime(2026, 1, 1, tzinfo=UTC))
-    assert state.value in error.value.message
