@@ -1,0 +1,372 @@
+"""Renders the kustomize overlays and checks the rendered documents against xsell's deployment rules."""
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+KUBECTL = Path(sys.executable).parent / "kubectl"
+OVERLAYS = ("dev", "prod")
+
+SERVICES = ("segments", "campaigns", "channels", "attribution")
+PROCESSES = (*SERVICES, "gateway")
+GRPC_PORTS = {"gateway": 50051, "segments": 50061, "campaigns": 50062, "channels": 50063, "attribution": 50064}
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+
+Doc = dict[str, Any]
+
+
+def render(k8s_dir: Path, overlay: str) -> list[Doc]:
+    """`kubectl kustomize` of one overlay, parsed into documents."""
+    result = subprocess.run(
+        [str(KUBECTL), "kustomize", str(k8s_dir / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {overlay} failed: {result.stderr}")
+    return [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
+
+
+def name(doc: Doc) -> str:
+    return str(doc["metadata"]["name"])
+
+
+def of_kind(docs: list[Doc], *kinds: str) -> list[Doc]:
+    return [doc for doc in docs if doc["kind"] in kinds]
+
+
+def find(docs: list[Doc], kind: str, wanted: str) -> Doc:
+    matches = [doc for doc in docs if doc["kind"] == kind and name(doc) == wanted]
+    assert len(matches) == 1, f"expected one {kind} {wanted}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: Doc) -> Doc:
+    return workload["spec"]["template"]["spec"]
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"].get("labels", {})
+
+
+def containers(workload: Doc) -> Iterator[Doc]:
+    spec = pod_spec(workload)
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def component(workload: Doc) -> str | None:
+    return pod_labels(workload).get("app.kubernetes.io/component")
+
+
+def selector_matches(selector: Doc | None, labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics: matchLabels and matchExpressions, all ANDed; {} matches everything."""
+    selector = selector or {}
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _policy_types(policy: Doc) -> list[str]:
+    spec = policy["spec"]
+    return spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else ["Ingress"])
+
+
+def _peer_sources(docs: list[Doc], peer: Doc) -> set[str]:
+    """Who one `from`/`to` peer stands for: workload names in this namespace, or ip:/ns: for anything wider."""
+    if "ipBlock" in peer:
+        return {f"ip:{peer['ipBlock']['cidr']}"}
+    if "namespaceSelector" in peer:
+        return {f"ns:{yaml.safe_dump(peer['namespaceSelector'], default_flow_style=True).strip()}"}
+    return {name(w) for w in of_kind(docs, *WORKLOAD_KINDS) if selector_matches(peer.get("podSelector"), pod_labels(w))}
+
+
+def admitted_sources(docs: list[Doc], workload: Doc) -> set[str]:
+    """Everything the NetworkPolicies let connect to the workload's pods ("*" = anyone), ports aside."""
+    labels = pod_labels(workload)
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if "Ingress" in _policy_types(p) and selector_matches(p["spec"].get("podSelector"), labels)
+    ]
+    if not policies:
+        return {"*"}
+    sources: set[str] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            peers = rule.get("from") or []
+            if not peers:
+                sources.add("*")
+            for peer in peers:
+                sources |= _peer_sources(docs, peer)
+    return sources
+
+
+def egress_destinations(docs: list[Doc], workload: Doc) -> set[str]:
+    """Everywhere the NetworkPolicies let the workload's pods connect to ("*" = anywhere), ports aside."""
+    labels = pod_labels(workload)
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if "Egress" in _policy_types(p) and selector_matches(p["spec"].get("podSelector"), labels)
+    ]
+    if not policies:
+        return {"*"}
+    destinations: set[str] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("egress") or []:
+            peers = rule.get("to") or []
+            if not peers:
+                destinations.add("*")
+            for peer in peers:
+                destinations |= _peer_sources(docs, peer)
+    return destinations
+
+
+def workload_violations(docs: list[Doc]) -> list[str]:
+    """Non-root, read-only root filesystem, no privilege escalation, no capabilities, requests and limits."""
+    problems: list[str] = []
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        where = f"{workload['kind']} {name(workload)}"
+        spec = pod_spec(workload)
+        pod_context = spec.get("securityContext") or {}
+        if pod_context.get("runAsNonRoot") is not True:
+            problems.append(f"{where}: pod securityContext.runAsNonRoot is not true")
+        if not isinstance(pod_context.get("runAsUser"), int) or pod_context["runAsUser"] <= 0:
+            problems.append(f"{where}: pod securityContext.runAsUser is not a fixed non-zero uid")
+        if (pod_context.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: seccompProfile is not RuntimeDefault")
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: mounts a service-account token it does not need")
+        for container in containers(workload):
+            at = f"{where} container {container['name']}"
+            context = container.get("securityContext") or {}
+            if context.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{at}: readOnlyRootFilesystem is not true")
+            if context.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{at}: allowPrivilegeEscalation is not false")
+            if "ALL" not in ((context.get("capabilities") or {}).get("drop") or []):
+                problems.append(f"{at}: capabilities do not drop ALL")
+            if context.get("runAsUser") == 0 or context.get("runAsNonRoot") is False or context.get("privileged"):
+                problems.append(f"{at}: runs as root or privileged")
+            resources = container.get("resources") or {}
+            for bound in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in (resources.get(bound) or {}):
+                        problems.append(f"{at}: no {resource} {bound}")
+    return problems
+
+
+def _config_env(docs: list[Doc], container: Doc) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            env.update(find(docs, "ConfigMap", source["configMapRef"]["name"]).get("data") or {})
+    for variable in container.get("env") or []:
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+    return env
+
+
+def service_violations(docs: list[Doc]) -> list[str]:
+    """The five xsell processes: gRPC probes, migrations first, secrets for credentials, spans to the collector,
+    an HPA and a PDB each."""
+    problems: list[str] = []
+    for process in PROCESSES:
+        deployments = [d for d in of_kind(docs, "Deployment") if name(d) == process]
+        if len(deployments) != 1:
+            problems.append(f"{process}: expected one Deployment, found {len(deployments)}")
+            continue
+        deployment = deployments[0]
+        main = next((c for c in pod_spec(deployment)["containers"] if c["name"] == process), None)
+        if main is None:
+            problems.append(f"{process}: no container named {process}")
+            continue
+        port = GRPC_PORTS[process]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if ((main.get(probe) or {}).get("grpc") or {}).get("port") != port:
+                problems.append(f"{process}: {probe} is not a gRPC health check on port {port}")
+        env = _config_env(docs, main)
+        prefix = f"XSELL_{process.upper()}_"
+        if env.get(prefix + "GRPC_HOST") != "0.0.0.0" or env.get(prefix + "GRPC_PORT") != str(port):
+            problems.append(f"{process}: gRPC does not listen on 0.0.0.0:{port}")
+        if not env.get(prefix + "VAR_DIR"):
+            problems.append(f"{process}: no writable {prefix}VAR_DIR")
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        if not re.fullmatch(r"http://otel-collector(\.[a-z0-9.-]+)?:4317", endpoint):
+            problems.append(f"{process}: OTEL_EXPORTER_OTLP_ENDPOINT is not the collector ({endpoint!r})")
+        url = next((v for v in main.get("env") or [] if v["name"] == prefix + "DATABASE_URL"), None)
+        if url is None or "secretKeyRef" not in (url.get("valueFrom") or {}):
+            problems.append(f"{process}: {prefix}DATABASE_URL does not come from a Secret")
+        migrate = [c for c in pod_spec(deployment).get("initContainers") or [] if c.get("name") == "migrate"]
+        if not migrate or migrate[0].get("command") != ["python", "-m", "services.migrate", process]:
+            problems.append(f"{process}: no init container running python -m services.migrate {process}")
+        labels = pod_labels(deployment)
+        hpas = [
+            h
+            for h in of_kind(docs, "HorizontalPodAutoscaler")
+            if h["apiVersion"] == "autoscaling/v2" and h["spec"]["scaleTargetRef"]["name"] == process
+        ]
+        if len(hpas) != 1:
+            problems.append(f"{process}: expected one autoscaling/v2 HorizontalPodAutoscaler")
+        if not any(selector_matches(p["spec"]["selector"], labels) for p in of_kind(docs, "PodDisruptionBudget")):
+            problems.append(f"{process}: no PodDisruptionBudget")
+    return problems
+
+
+def network_violations(docs: list[Doc]) -> list[str]:
+    """Default deny; each database only from its own service; NATS only from the services; the services only from
+    the gateway (segments also from campaigns); only channels may leave the cluster."""
+    problems: list[str] = []
+    default_deny = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if p["spec"].get("podSelector") in ({}, None)
+        and set(_policy_types(p)) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    if not default_deny:
+        problems.append("no default-deny NetworkPolicy (all pods, Ingress and Egress, no rules)")
+    expected = {
+        "segments": {"gateway", "campaigns"},
+        "campaigns": {"gateway"},
+        "channels": {"gateway"},
+        "attribution": {"gateway"},
+    }
+    for process in PROCESSES:
+        expected[f"{process}-db"] = {process}
+    databases = [w for w in of_kind(docs, *WORKLOAD_KINDS) if component(w) == "database"]
+    if sorted(name(w) for w in databases) != sorted(f"{p}-db" for p in PROCESSES):
+        problems.append(f"expected one database per process, found {sorted(name(w) for w in databases)}")
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        workload_name = name(workload)
+        sources = admitted_sources(docs, workload)
+        if workload_name in expected and sources != expected[workload_name]:
+            problems.append(
+                f"{workload_name} admits {sorted(sources)}, expected only {sorted(expected[workload_name])}"
+            )
+        if workload_name == "nats" and not set(SERVICES) <= sources <= {*SERVICES, "nats"}:
+            problems.append(f"nats admits {sorted(sources)}, expected the four services (and its members)")
+        if workload_name == "otel-collector" and not sources <= set(PROCESSES):
+            problems.append(f"otel-collector admits {sorted(sources)}, expected xsell processes only")
+        if workload_name != "gateway" and any(s == "*" or s.startswith("ip:") for s in sources):
+            problems.append(f"{workload_name} admits traffic from outside the namespace: {sorted(sources)}")
+        leaves = sorted(d for d in egress_destinations(docs, workload) if d == "*" or d.startswith("ip:"))
+        if leaves and workload_name != "channels":
+            problems.append(f"{workload_name} may connect outside the cluster: {leaves}")
+    return problems
+
+
+def exposure_violations(docs: list[Doc]) -> list[str]:
+    """Only the gateway is reachable from outside: no other LoadBalancer/NodePort Service, external IP or Ingress."""
+    problems: list[str] = []
+    gateway_labels = pod_labels(find(docs, "Deployment", "gateway"))
+    for service in of_kind(docs, "Service"):
+        spec = service["spec"]
+        external = spec.get("type") in ("LoadBalancer", "NodePort") or spec.get("externalIPs")
+        if external and not (
+            name(service) == "gateway" and selector_matches({"matchLabels": spec["selector"]}, gateway_labels)
+        ):
+            problems.append(f"Service {name(service)} is reachable from outside the cluster ({spec.get('type')})")
+    for ingress in of_kind(docs, "Ingress"):
+        backends = [ingress["spec"].get("defaultBackend")] + [
+            path["backend"]
+            for rule in ingress["spec"].get("rules", [])
+            for path in rule.get("http", {}).get("paths", [])
+        ]
+        for backend in filter(None, backends):
+            target = (backend.get("service") or {}).get("name")
+            if target != "gateway":
+                problems.append(f"Ingress {name(ingress)} exposes {target or backend}")
+    return problems
+
+
+def nats_violations(docs: list[Doc]) -> list[str]:
+    """A 3-member JetStream cluster on PVCs with routes to every member and an fsync on every write."""
+    problems: list[str] = []
+    nats = find(docs, "StatefulSet", "nats")
+    if nats["spec"].get("replicas") != 3:
+        problems.append(f"nats has {nats['spec'].get('replicas')} replicas, expected 3")
+    if not nats["spec"].get("volumeClaimTemplates"):
+        problems.append("nats stores JetStream without a PersistentVolumeClaim")
+    headless = [
+        s
+        for s in of_kind(docs, "Service")
+        if s["spec"].get("clusterIP") == "None" and name(s) == nats["spec"]["serviceName"]
+    ]
+    if not headless:
+        problems.append("nats has no headless Service for its members")
+    configs = [v["configMap"]["name"] for v in pod_spec(nats).get("volumes", []) if "configMap" in v]
+    conf = "".join(find(docs, "ConfigMap", c).get("data", {}).get("nats.conf", "") for c in configs)
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    jetstream = re.search(r"^\s*jetstream\s*\{([^}]*)\}", code, re.MULTILINE)
+    if jetstream is None or not re.search(r"^\s*sync_interval\s*:\s*always\s*$", jetstream.group(1), re.MULTILINE):
+        problems.append("nats.conf: jetstream { sync_interval: always } is missing; acknowledged writes could be lost")
+    if jetstream is None or "store_dir" not in jetstream.group(1):
+        problems.append("nats.conf: jetstream has no store_dir (file storage)")
+    routes = re.findall(r"nats://nats-(\d+)\.", code)
+    if sorted(set(routes)) != ["0", "1", "2"]:
+        problems.append(f"nats.conf: cluster routes name members {sorted(set(routes))}, expected 0, 1 and 2")
+    return problems
+
+
+def prod_violations(docs: list[Doc]) -> list[str]:
+    """prod only: spread across zones and nodes, Secrets from outside the repository, a pinned image, a way in."""
+    problems: list[str] = []
+    for deployment in of_kind(docs, "Deployment"):
+        keys = {c["topologyKey"] for c in pod_spec(deployment).get("topologySpreadConstraints", [])}
+        if not {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys:
+            problems.append(f"Deployment {name(deployment)} is not spread across zones and nodes")
+    for secret in of_kind(docs, "Secret"):
+        problems.append(f"Secret {name(secret)} is rendered from the repository; prod references existing ones")
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        for container in containers(workload):
+            image = container["image"]
+            if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+                problems.append(f"{name(workload)} runs an unpinned image {image}")
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        if hpa["spec"].get("minReplicas", 1) < 2:
+            problems.append(f"HorizontalPodAutoscaler {name(hpa)} allows a single replica")
+    exposed_ports = {
+        path["backend"]["service"]["port"].get("name")
+        for ingress in of_kind(docs, "Ingress")
+        for rule in ingress["spec"].get("rules", [])
+        for path in rule.get("http", {}).get("paths", [])
+    }
+    if not {"grpc", "http"} <= exposed_ports:
+        problems.append(
+            f"prod exposes the gateway's ports {sorted(p for p in exposed_ports if p)}, expected grpc and http"
+        )
+    return problems
+
+
+def violations(docs: list[Doc], overlay: str) -> list[str]:
+    found = (
+        workload_violations(docs)
+        + service_violations(docs)
+        + network_violations(docs)
+        + exposure_violations(docs)
+        + nats_violations(docs)
+    )
+    if overlay == "prod":
+        found += prod_violations(docs)
+    return found

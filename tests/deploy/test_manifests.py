@@ -1,0 +1,198 @@
+"""Every overlay renders with the real kubectl, validates offline against the Kubernetes schemas, and keeps the
+isolation rules; mutated copies show that each rule check catches what it guards."""
+
+import shutil
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import latest_version
+
+from tests.deploy.manifests import (
+    K8S,
+    OVERLAYS,
+    Doc,
+    admitted_sources,
+    find,
+    nats_violations,
+    of_kind,
+    render,
+    violations,
+)
+
+# The oldest minor still common on managed clusters, and the newest the package ships schemas for.
+KUBERNETES_VERSIONS = ("1.32", latest_version())
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
+    return request.param, render(K8S, request.param)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_document_validates_offline_against_the_kubernetes_schemas(
+    overlay: tuple[str, list[Doc]], version: str
+) -> None:
+    _, docs = overlay
+    # No custom resources: every kind has a schema, so nothing is skipped (an unknown kind fails here).
+    failures = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as error:
+            failures.append(f"{doc['kind']} {doc['metadata']['name']}: {error.message}")
+    assert failures == []
+
+
+def test_the_deployment_rules_hold(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    assert violations(docs, name) == []
+
+
+def test_each_database_admits_only_its_own_service(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    for process in ("segments", "campaigns", "channels", "attribution", "gateway"):
+        assert admitted_sources(docs, find(docs, "StatefulSet", f"{process}-db")) == {process}
+    assert admitted_sources(docs, find(docs, "Deployment", "segments")) == {"gateway", "campaigns"}
+
+
+def test_only_the_gateway_is_reachable_from_outside(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    exposed = {
+        doc["metadata"]["name"]
+        for doc in of_kind(docs, "Deployment", "StatefulSet")
+        if "*" in admitted_sources(docs, doc) or any(":" in s for s in admitted_sources(docs, doc))
+    }
+    assert exposed == {"gateway"}
+    ingresses = of_kind(docs, "Ingress")
+    assert (len(ingresses) > 0) == (name == "prod")
+
+
+def test_nats_is_three_members_that_fsync_every_write(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    assert find(docs, "StatefulSet", "nats")["spec"]["replicas"] == 3
+    assert nats_violations(docs) == []
+
+
+def test_dev_generates_every_secret_its_pods_need() -> None:
+    docs = render(K8S, "dev")
+    secrets = {doc["metadata"]["name"] for doc in of_kind(docs, "Secret")}
+    missing = set()
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        spec = workload["spec"]["template"]["spec"]
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            for variable in container.get("env") or []:
+                ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and not ref.get("optional") and ref["name"] not in secrets:
+                    missing.add(ref["name"])
+    assert missing == set()
+
+
+def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    """A copy of deploy/k8s with one text replaced exactly once in one file."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    path = copy / file
+    text = path.read_text()
+    assert text.count(old) == 1, f"the mutation must hit exactly one place in {file}"
+    path.write_text(text.replace(old, new))
+    return copy
+
+
+MUTATIONS = {
+    "writable root filesystem": (
+        "base/segments.yaml",
+        '            readOnlyRootFilesystem: true\n            capabilities:\n              drop: ["ALL"]\n'
+        "          volumeMounts:\n            - name: var",
+        '            readOnlyRootFilesystem: false\n            capabilities:\n              drop: ["ALL"]\n'
+        "          volumeMounts:\n            - name: var",
+        "Deployment segments container segments: readOnlyRootFilesystem is not true",
+    ),
+    "root user": (
+        "base/databases/channels-db.yaml",
+        "runAsUser: 999",
+        "runAsUser: 0",
+        "StatefulSet channels-db: pod securityContext.runAsUser is not a fixed non-zero uid",
+    ),
+    "no memory limit": (
+        "base/attribution.yaml",
+        '              cpu: "1"\n              memory: 512Mi\n',
+        '              cpu: "1"\n',
+        "Deployment attribution container attribution: no memory limits",
+    ),
+    "tcp readiness probe": (
+        "base/campaigns.yaml",
+        "          readinessProbe:\n            grpc:\n              port: 50062",
+        "          readinessProbe:\n            tcpSocket:\n              port: 50062",
+        "campaigns: readinessProbe is not a gRPC health check on port 50062",
+    ),
+    "another service reaches a database": (
+        "base/network-policies.yaml",
+        '      app.kubernetes.io/name: segments-db\n  policyTypes: ["Ingress", "Egress"]\n  ingress:\n    - from:\n',
+        '      app.kubernetes.io/name: segments-db\n  policyTypes: ["Ingress", "Egress"]\n  ingress:\n    - from:\n'
+        "        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: attribution\n",
+        "segments-db admits ['attribution', 'segments'], expected only ['segments']",
+    ),
+    "a service open to the cluster": (
+        "base/network-policies.yaml",
+        "  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n"
+        "              app.kubernetes.io/name: gateway\n      ports:\n        - protocol: TCP\n          port: 50064\n",
+        "  ingress:\n    - ports:\n        - protocol: TCP\n          port: 50064\n",
+        "attribution admits ['*'], expected only ['gateway']",
+    ),
+    "no default deny": (
+        "base/network-policies.yaml",
+        "  name: default-deny\nspec:\n  podSelector: {}\n",
+        "  name: default-deny\nspec:\n  podSelector:\n    matchLabels:\n      nothing: here\n",
+        "no default-deny NetworkPolicy (all pods, Ingress and Egress, no rules)",
+    ),
+    "internal service exposed": (
+        "base/attribution.yaml",
+        "spec:\n  type: ClusterIP\n",
+        "spec:\n  type: LoadBalancer\n",
+        "Service attribution is reachable from outside the cluster (LoadBalancer)",
+    ),
+    "periodic fsync": (
+        "base/nats.conf",
+        "  sync_interval: always\n",
+        "  sync_interval: 2m\n",
+        "nats.conf: jetstream { sync_interval: always } is missing; acknowledged writes could be lost",
+    ),
+    "single nats member": (
+        "base/nats.yaml",
+        "  replicas: 3\n",
+        "  replicas: 1\n",
+        "nats has 1 replicas, expected 3",
+    ),
+    "spans kept local": (
+        "base/channels.yaml",
+        "  OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n",
+        "",
+        "channels: OTEL_EXPORTER_OTLP_ENDPOINT is not the collector ('')",
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_a_broken_manifest_is_caught(mutation: str, tmp_path: Path) -> None:
+    file, old, new, expected = MUTATIONS[mutation]
+    found = violations(render(mutated(tmp_path, file, old, new), "dev"), "dev")
+    assert expected in found
+
+
+def test_a_prod_secret_in_the_repository_and_an_unspread_deployment_are_caught(tmp_path: Path) -> None:
+    copy = mutated(tmp_path, "overlays/prod/kustomization.yaml", "components:\n  - ../../components/zone-spread\n", "")
+    (copy / "overlays/prod/kustomization.yaml").write_text(
+        (copy / "overlays/prod/kustomization.yaml").read_text()
+        + "secretGenerator:\n  - name: xsell-tracking\n    literals: [secret=in-git]\n"
+    )
+    found = violations(render(copy, "prod"), "prod")
+    assert any(f.startswith("Secret xsell-tracking-") for f in found)
+    assert "Deployment gateway is not spread across zones and nodes" in found
+
+
+def test_a_schema_error_is_caught(tmp_path: Path) -> None:
+    copy = mutated(tmp_path, "base/segments.yaml", "            periodSeconds: 5\n", "            periodSecs: 5\n")
+    segments = find(render(copy, "dev"), "Deployment", "segments")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(segments, KUBERNETES_VERSIONS[0], strict=True)
