@@ -10,6 +10,10 @@ DISPATCH_REQUESTED = "xsell.campaigns.dispatch_requested"
 DELIVERY_UPDATED = "xsell.channels.delivery_updated"
 ENGAGEMENT_RECORDED = "xsell.channels.engagement_recorded"
 CONVERSION_RECORDED = "xsell.attribution.conversion_recorded"
+BULK_INGEST_COMPLETED = "xsell.segments.bulk_ingest_completed"
+# Bulk feeds publish IngestEventsRequest batches here (request_id + events); segments answers each
+# with BulkIngestCompleted.
+INGEST_EVENTS = "xsell.ingest.events"
 
 DEAD_LETTER_PREFIX = "xsell.dlq"
 
@@ -18,10 +22,19 @@ SEGMENTS_STREAM = StreamSpec("XSELL_SEGMENTS", ("xsell.segments.>",))
 CAMPAIGNS_STREAM = StreamSpec("XSELL_CAMPAIGNS", ("xsell.campaigns.>",))
 CHANNELS_STREAM = StreamSpec("XSELL_CHANNELS", ("xsell.channels.>",))
 ATTRIBUTION_STREAM = StreamSpec("XSELL_ATTRIBUTION", ("xsell.attribution.>",))
+# Inbound bulk feeds: published by the institution's systems, not by an xsell service.
+INGEST_STREAM = StreamSpec("XSELL_INGEST", ("xsell.ingest.>",))
 # Dead letters are kept a month so an operator can inspect and replay them.
 DEAD_LETTER_STREAM = StreamSpec("XSELL_DLQ", (f"{DEAD_LETTER_PREFIX}.>",), max_age_seconds=30 * 24 * 3600.0)
 
-ALL_STREAMS = (SEGMENTS_STREAM, CAMPAIGNS_STREAM, CHANNELS_STREAM, ATTRIBUTION_STREAM, DEAD_LETTER_STREAM)
+ALL_STREAMS = (
+    SEGMENTS_STREAM,
+    CAMPAIGNS_STREAM,
+    CHANNELS_STREAM,
+    ATTRIBUTION_STREAM,
+    INGEST_STREAM,
+    DEAD_LETTER_STREAM,
+)
 
 
 def _consumer(stream: StreamSpec, durable: str, subject: str, **overrides: object) -> ConsumerSpec:
@@ -43,3 +56,13 @@ ATTRIBUTION_ENGAGEMENT = _consumer(CHANNELS_STREAM, "attribution-engagement", EN
 # so audiences can use them: "did not click in 30 days", "not converted yet".
 SEGMENTS_ENGAGEMENT = _consumer(CHANNELS_STREAM, "segments-engagement", ENGAGEMENT_RECORDED)
 SEGMENTS_CONVERSION = _consumer(ATTRIBUTION_STREAM, "segments-conversion", CONVERSION_RECORDED)
+# Bulk event feeds. A message is a whole batch (up to 5000 events, ~1 MB), so few are fetched and
+# in flight at once: memory stays bounded and, with one handler per process, batches apply in order.
+SEGMENTS_BULK_INGEST = _consumer(
+    INGEST_STREAM,
+    "segments-bulk-ingest",
+    INGEST_EVENTS,
+    batch_size=4,
+    max_ack_pending=8,
+    ack_wait_seconds=120.0,
+)

@@ -1,34 +1,106 @@
 """Recording what people did and re-evaluating their memberships, shared by the API and the consumers."""
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from services import streams
 from services.segments import maintenance, store
-from services.segments.records import IncomingEvent
-from xsell.segments.v1 import events_pb2
+from services.segments.catalog import Catalog
+from services.segments.records import IncomingEvent, RecordProblem, record_errors
+from xsell.segments.v1 import events_pb2, service_pb2
+
+CATALOG_CACHE_SECONDS = 5.0
+
+
+class CatalogCache:
+    """The attribute catalog in memory, so a batch costs no catalog query.
+
+    This process reloads it after its own DefineAttributes commits (invalidate); another replica's
+    declarations are seen at most `ttl_seconds` later.
+    """
+
+    def __init__(self, ttl_seconds: float = CATALOG_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._catalog: Catalog | None = None
+        self._loaded_at = 0.0
+        self._generation = 0
+
+    async def get(self, session: AsyncSession) -> Catalog:
+        if self._catalog is not None and self.clock() - self._loaded_at < self.ttl_seconds:
+            return self._catalog
+        generation, started = self._generation, self.clock()
+        catalog = await store.load_catalog(session)
+        # A load that began before an invalidation may predate the commit; use it once, do not keep it.
+        if generation == self._generation:
+            self._catalog, self._loaded_at = catalog, started
+        return catalog
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._catalog = None
 
 
 class Activity:
     """Every change to people's data goes through here; memberships and their events follow in one transaction."""
 
-    def __init__(self, outbox: Outbox, tracer: trace.Tracer) -> None:
+    def __init__(self, outbox: Outbox, tracer: trace.Tracer, catalog: CatalogCache | None = None) -> None:
         self.outbox = outbox
         self.tracer = tracer
+        self.catalog = catalog or CatalogCache()
+        self.idempotency = Idempotency(store.idempotency)
+
+    async def ingest(
+        self,
+        session: AsyncSession,
+        request: service_pb2.IngestEventsRequest,
+        incoming: Sequence[IncomingEvent],
+        problems: Sequence[RecordProblem],
+        now: datetime,
+    ) -> service_pb2.IngestEventsResponse:
+        """Applies a validated IngestEvents batch once per request_id, over gRPC or the NATS bulk subject alike.
+
+        A request_id seen before returns the first response and changes nothing.
+        """
+        previous = await self.idempotency.previous(session, "IngestEvents", request, service_pb2.IngestEventsResponse)
+        if previous is not None:
+            return previous
+        await self.record_events(session, incoming, now)
+        response = service_pb2.IngestEventsResponse(
+            accepted_count=len(request.events) - len(problems), errors=record_errors(problems)
+        )
+        await self.idempotency.remember(session, "IngestEvents", request, response)
+        return response
 
     async def record_events(self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
-        """Stores events (repeated ids change nothing) and refreshes the memberships of the people involved."""
+        """Stores events (repeated ids change nothing), recomputes the computed attributes they feed, and
+        refreshes the memberships of the people involved, in that order, so rules see the new values."""
         touched = [event.profile_id for event in incoming]
         # Events may arrive before the CRM feed has sent the person: the event creates an empty
         # profile, and the feed's attributes fill it in later.
         await store.ensure_profiles(session, touched, now)
         await store.insert_events(session, incoming, now)
+        await self.recompute(session, incoming, now)
         await self.refresh(session, touched, now)
+
+    async def recompute(self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
+        """Recomputes, for the people who sent them, the computed attributes that aggregate these events."""
+        catalog = await self.catalog.get(session)
+        derived = catalog.computed_from(event.name for event in incoming)
+        if not derived:
+            return
+        with self.tracer.start_as_current_span("recompute computed attributes") as span:
+            span.set_attribute("segments.computed.attributes", len(derived))
+            for definition in derived:
+                people = sorted({e.profile_id for e in incoming if e.name == definition.event_name})
+                await store.recompute(session, [definition], people, now)
 
     async def refresh(self, session: AsyncSession, profile_ids: Sequence[str], now: datetime) -> None:
         """Re-evaluates every published segment for these people and announces who entered or exited."""

@@ -19,7 +19,7 @@ from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.segments import maintenance, records, store
-from services.segments.activity import Activity
+from services.segments.activity import Activity, CatalogCache
 from services.segments.api_audience import AudienceApi
 from services.segments.api_catalog import CatalogApi
 from services.segments.api_governance import GovernanceApi
@@ -118,7 +118,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         self.retention = timedelta(days=settings.event_retention_days)
         self.future_skew = timedelta(seconds=settings.future_skew_seconds)
         self.tracer = tracer
-        self.activity = Activity(outbox, tracer)
+        self.activity = Activity(outbox, tracer, CatalogCache(settings.catalog_cache_seconds))
 
     # --- ingestion ----------------------------------------------------------------------------
 
@@ -127,16 +127,17 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     ) -> service_pb2.UpsertProfilesResponse:
         _check_batch(len(request.profiles), "profiles")
         now = utcnow()
-        updates, problems = records.validate_profiles(request.profiles)
-        span = trace.get_current_span()
-        span.set_attribute("segments.batch.size", len(request.profiles))
-        span.set_attribute("segments.batch.rejected", len(problems))
         async with self.db.transaction() as session:
             previous = await self.idempotency.previous(
                 session, "UpsertProfiles", request, service_pb2.UpsertProfilesResponse
             )
             if previous is not None:
                 return previous
+            catalog = await self.activity.catalog.get(session)
+            updates, problems = records.validate_profiles(request.profiles, catalog)
+            span = trace.get_current_span()
+            span.set_attribute("segments.batch.size", len(request.profiles))
+            span.set_attribute("segments.batch.rejected", len(problems))
             await store.upsert_profiles(session, updates, now)
             await self.activity.refresh(session, [u.profile_id for u in updates], now)
             response = service_pb2.UpsertProfilesResponse(
@@ -158,16 +159,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
         async with self.db.transaction() as session:
-            previous = await self.idempotency.previous(
-                session, "IngestEvents", request, service_pb2.IngestEventsResponse
-            )
-            if previous is not None:
-                return previous
-            await self.activity.record_events(session, incoming, now)
-            response = service_pb2.IngestEventsResponse(
-                accepted_count=len(request.events) - len(problems), errors=_record_errors(problems)
-            )
-            await self.idempotency.remember(session, "IngestEvents", request, response)
+            response = await self.activity.ingest(session, request, incoming, problems, now)
         log.info("events_ingested", accepted=response.accepted_count, rejected=len(problems))
         return response
 

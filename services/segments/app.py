@@ -12,11 +12,14 @@ from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.segments import store
 from services.segments.api import SegmentsApi
+from services.segments.api_catalog import install_catalog_file
 from services.segments.consumers import ProfileActivityConsumers
 from services.segments.settings import SegmentsSettings
+from services.segments.sweeper import Sweeper
 from xsell.attribution.v1.events_pb2 import ConversionRecorded
 from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import service_pb2_grpc
+from xsell.segments.v1.service_pb2 import IngestEventsRequest
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -30,11 +33,20 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     servicer = SegmentsApi(db, outbox, settings, tracer)
-    handlers = ProfileActivityConsumers(db, servicer.activity, tracer)
+    await install_catalog_file(db, servicer.activity, settings.catalog_file)
+    handlers = ProfileActivityConsumers(
+        db, servicer.activity, tracer, retention=servicer.retention, future_skew=servicer.future_skew
+    )
     engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)
     await engagement.declare()
     await conversion.declare()
+    # One batch at a time per process: a durable's batches apply in order, and memory holds a few at most.
+    bulk_ingest = Consumer(
+        bus, streams.SEGMENTS_BULK_INGEST, IngestEventsRequest, handlers.on_bulk_ingest, tracer, concurrency=1
+    )
+    await bulk_ingest.declare()
+    sweeper = Sweeper(db, servicer.activity, tracer, settings.sweep_interval_seconds)
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
         "xsell.segments.v1.SegmentsService",
@@ -47,6 +59,8 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("engagement-consumer", engagement.run, engagement.stop),
             BackgroundTask("conversion-consumer", conversion.run, conversion.stop),
+            BackgroundTask("window-sweeper", sweeper.run, sweeper.stop),
+            BackgroundTask("bulk-ingest-consumer", bulk_ingest.run, bulk_ingest.stop),
         ],
         closers=[db.dispose, bus.drain],
     )

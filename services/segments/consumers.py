@@ -1,22 +1,24 @@
-"""NATS handlers: engagement and conversions become events on the person's profile, so audiences can use them."""
+"""NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from opentelemetry import trace
 
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
+from plumbing.errors import DomainError
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.segments import store
 from services.segments.activity import Activity
-from services.segments.records import IncomingEvent
+from services.segments.records import MAX_BATCH, IncomingEvent, validate_events
 from services.segments.values import Value
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.channels.v1 import events_pb2 as channel_events
 from xsell.channels.v1 import resources_pb2 as channel_resources
+from xsell.segments.v1 import events_pb2, service_pb2
 from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
@@ -36,11 +38,21 @@ def _when(stamp_set: bool, moment: datetime) -> datetime:
 class ProfileActivityConsumers:
     """Applies each message once (inbox) and in the same transaction as the memberships it changes."""
 
-    def __init__(self, db: Database, activity: Activity, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        db: Database,
+        activity: Activity,
+        tracer: trace.Tracer,
+        *,
+        retention: timedelta,
+        future_skew: timedelta,
+    ) -> None:
         self.db = db
         self.activity = activity
         self.inbox = Inbox(store.inbox)
         self.tracer = tracer
+        self.retention = retention
+        self.future_skew = future_skew
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -85,3 +97,39 @@ class ProfileActivityConsumers:
                     return
                 await self.activity.record_events(session, [incoming], now)
             log.info("profile_activity_recorded", event_name=incoming.name)
+
+    async def on_bulk_ingest(self, request: service_pb2.IngestEventsRequest, delivery: Delivery) -> None:
+        """Applies a feed's batch exactly as IngestEvents does, and answers with BulkIngestCompleted.
+
+        The inbox skips a redelivered message; the request_id, shared with the gRPC path, makes a batch
+        sent again (by either path) change nothing, and its BulkIngestCompleted repeats the first answer.
+        """
+        if not request.request_id:
+            raise PermanentError("IngestEventsRequest without request_id; the feed must name each batch")
+        if not 1 <= len(request.events) <= MAX_BATCH:
+            raise PermanentError(f"IngestEventsRequest must hold 1 to {MAX_BATCH} events, got {len(request.events)}")
+        durable = streams.SEGMENTS_BULK_INGEST.durable
+        now = utcnow()
+        incoming, problems = validate_events(
+            request.events, now, retention=self.retention, future_skew=self.future_skew
+        )
+        span = trace.get_current_span()
+        span.set_attribute("segments.batch.size", len(request.events))
+        span.set_attribute("segments.batch.rejected", len(problems))
+        try:
+            async with self.db.transaction() as session:
+                if not await self.inbox.claim(session, durable, delivery.message_id):
+                    log.info("redelivery_skipped", durable=durable)
+                    return
+                response = await self.activity.ingest(session, request, incoming, problems, now)
+                await self.activity.outbox.add(
+                    session,
+                    streams.BULK_INGEST_COMPLETED,
+                    events_pb2.BulkIngestCompleted(
+                        request_id=request.request_id, accepted_count=response.accepted_count, errors=response.errors
+                    ),
+                )
+        except DomainError as error:
+            # A request_id reused for other events, or one too long: the same message can never apply.
+            raise PermanentError(str(error)) from None
+        log.info("bulk_events_ingested", accepted=response.accepted_count, rejected=len(response.errors))

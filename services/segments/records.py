@@ -3,9 +3,14 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from services.segments.values import Value, ValueProblem, from_proto, name_problem
 from xsell.segments.v1 import resources_pb2
+from xsell.type.v1 import record_error_pb2
+
+if TYPE_CHECKING:
+    from services.segments.catalog import Catalog
 
 MAX_ID_LENGTH = 128
 MAX_BATCH = 5000
@@ -39,6 +44,13 @@ class IncomingEvent:
     properties: dict[str, Value]
 
 
+def record_errors(problems: Sequence[RecordProblem]) -> list[record_error_pb2.RecordError]:
+    return [
+        record_error_pb2.RecordError(index=p.index, record_id=p.record_id, field=p.field, reason=p.reason)
+        for p in problems
+    ]
+
+
 def _id_problem(value: str, what: str) -> str | None:
     if not value:
         return f"{what} is required"
@@ -65,9 +77,12 @@ def _values(
 
 
 def validate_profiles(
-    profiles: Sequence[resources_pb2.Profile],
+    profiles: Sequence[resources_pb2.Profile], catalog: "Catalog"
 ) -> tuple[list[ProfileUpdate], list[RecordProblem]]:
-    """The valid profile updates (later records of the same profile override earlier ones) and the problems."""
+    """The valid profile updates (later records of the same profile override earlier ones) and the problems.
+
+    Every attribute must be declared in the catalog, not computed, and of the declared type.
+    """
     merged: dict[str, dict[str, Value]] = {}
     problems: list[RecordProblem] = []
     for index, profile in enumerate(profiles):
@@ -76,6 +91,15 @@ def validate_profiles(
             problems.append(RecordProblem(index, profile.profile_id[:MAX_ID_LENGTH], f"{prefix}.profile_id", problem))
             continue
         attributes, bad = _values(profile.attributes, f"{prefix}.attributes", "attribute")
+        if bad is None:
+            bad = next(
+                (
+                    (f"{prefix}.attributes.{name}", problem)
+                    for name, value in attributes.items()
+                    if (problem := catalog.value_problem(name, value)) is not None
+                ),
+                None,
+            )
         if bad is not None:
             problems.append(RecordProblem(index, profile.profile_id, bad[0], bad[1]))
             continue

@@ -1,9 +1,14 @@
 """Settings of the segments service, read from XSELL_SEGMENTS_* environment variables."""
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
+
+# The fund platform's attributes (the recipe's), shipped with the service.
+DEFAULT_CATALOG = Path(__file__).parent / "catalogs" / "default.yaml"
 
 
 class SegmentsSettings(ServiceSettings):
@@ -17,4 +22,12 @@ class SegmentsSettings(ServiceSettings):
     )
     future_skew_seconds: int = Field(
         300, description="How far in the future an event's occur_time may be (clock skew of the producer).", ge=0
+    )
+    # --- attribute catalog (issue 3, ingest side) ---
+    catalog_file: str = Field(
+        str(DEFAULT_CATALOG),
+        description="YAML catalog declared at start when its attributes are not declared yet; empty disables.",
+    )
+    catalog_cache_seconds: float = Field(
+        5.0, description="How long a replica may use its cached catalog before seeing other replicas' changes.", ge=0
     )

@@ -2,13 +2,15 @@
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Double,
     ForeignKey,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    Select,
     String,
     Table,
     Text,
@@ -34,8 +37,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
+from services.segments.catalog import TYPE_OF_KIND, Catalog, Definition, definition_of
+from services.segments.computed import DISTINCT_KINDS, Aggregation, ComputedDefinition
 from services.segments.records import IncomingEvent, ProfileUpdate
 from services.segments.values import Kind, Value
+from xsell.segments.v1 import resources_pb2
 
 metadata = MetaData()
 
@@ -397,3 +403,240 @@ async def members_page(
         query = query.where(m.c.profile_id > after_profile_id)
     query = query.order_by(m.c.profile_id).limit(limit)
     return [(row.profile_id, utc(row.entered_at)) for row in await session.execute(query)]
+
+
+# --- attribute catalog and computed attributes (issue 3, ingest side) ---------------------------
+
+attribute_definitions = Table(
+    "attribute_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("pii", Boolean, nullable=False),
+    # The serialized ComputedAttribute of a computed attribute; NULL for attributes set by upserts.
+    Column("computed", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class DefinitionRow:
+    definition: Definition
+    created_at: datetime
+
+
+def _definition_proto(row: Any) -> resources_pb2.AttributeDefinition:
+    proto = resources_pb2.AttributeDefinition(
+        name=row.name, type=TYPE_OF_KIND[Kind(row.type)], description=row.description, pii=row.pii
+    )
+    if row.computed is not None:
+        proto.computed.ParseFromString(row.computed)
+    proto.create_time.FromDatetime(utc(row.created_at))
+    return proto
+
+
+async def load_catalog(session: AsyncSession) -> Catalog:
+    """Every declared attribute; the catalog is small (hundreds of names), so it is read whole."""
+    rows = await session.execute(select(attribute_definitions))
+    return Catalog(definition_of(_definition_proto(row), row.name) for row in rows)
+
+
+async def definitions_page(
+    session: AsyncSession, after_name: str | None, limit: int
+) -> list[resources_pb2.AttributeDefinition]:
+    """One page of definitions ordered by name, after the keyset."""
+    d = attribute_definitions
+    query = select(d).order_by(d.c.name).limit(limit)
+    if after_name is not None:
+        query = query.where(d.c.name > after_name)
+    return [_definition_proto(row) for row in await session.execute(query)]
+
+
+async def save_definitions(
+    session: AsyncSession, definitions: Sequence[Definition], declared: Catalog, now: datetime
+) -> list[Definition]:
+    """Inserts new definitions and updates the description and PII flag of declared ones; returns the new ones.
+
+    A name a concurrent request declared first is left as that request stored it.
+    """
+    new = [d for d in definitions if declared.get(d.name) is None]
+    changed = [d for d in definitions if declared.get(d.name) is not None]
+    if new:
+        rows = [
+            {
+                "name": d.name,
+                "type": d.kind.value,
+                "description": d.description,
+                "pii": d.pii,
+                "computed": d.computed or None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for d in sorted(new, key=lambda d: d.name)
+        ]
+        await session.execute(
+            upsert_insert(session, attribute_definitions).on_conflict_do_nothing(index_elements=["name"]), rows
+        )
+    for d in sorted(changed, key=lambda d: d.name):
+        await session.execute(
+            update(attribute_definitions)
+            .where(attribute_definitions.c.name == d.name)
+            .values(description=d.description, pii=d.pii, updated_at=now)
+        )
+    return new
+
+
+ProfileScope = Sequence[str] | Select[tuple[str]] | None
+
+
+def _events_in_scope(scope: ProfileScope) -> list[ColumnElement[bool]]:
+    if scope is None:
+        return []
+    return [events.c.profile_id.in_(scope)]
+
+
+def _computed_values(definition: ComputedDefinition, scope: ProfileScope, now: datetime) -> Select[Any]:
+    """SELECT profile_id, name, value_type, text_value, num_value of the attribute for the people in scope.
+
+    One grouped (or, for first / last value, ranked) pass over the people's events; a person without a
+    counted event gets no row. Every expression reads the JSON with a typed path, alike on both databases.
+    """
+    # The compiler imports this module; importing it at call time keeps the import order free.
+    from services.segments.compiler import _property_matches
+
+    e = events
+    props = e.c.properties
+    where = [e.c.name == definition.event_name, *_events_in_scope(scope)]
+    start = definition.window_start(now)
+    if start is not None:
+        where.append(e.c.occurred_at >= start)
+    where.extend(_property_matches(props, f.property, f.op, f.values) for f in definition.filters)
+    name = literal(definition.attribute, String(64))
+    aggregation = definition.aggregation
+    if aggregation is Aggregation.COUNT:
+        return (
+            select(e.c.profile_id, name, literal(Kind.NUMBER.value, String(32)), _NO_TEXT, func.count())
+            .where(*where)
+            .group_by(e.c.profile_id)
+        )
+    kind_of_property = props[(definition.property, "kind")].as_string()
+    if aggregation is Aggregation.DISTINCT_COUNT:
+        distinct = [
+            func.count(
+                (
+                    props[(definition.property, k.value)].as_string()
+                    if k in (Kind.STRING, Kind.BOOL)
+                    else props[(definition.property, k.value)].as_float()
+                ).distinct()
+            )
+            for k in DISTINCT_KINDS
+        ]
+        where.append(kind_of_property.in_([k.value for k in DISTINCT_KINDS]))
+        total: ColumnElement[Any] = distinct[0]
+        for counted in distinct[1:]:
+            total = total + counted
+        return (
+            select(e.c.profile_id, name, literal(Kind.NUMBER.value, String(32)), _NO_TEXT, total)
+            .where(*where)
+            .group_by(e.c.profile_id)
+        )
+    where.append(kind_of_property == definition.kind.value)
+    currency = props[(definition.property, "currency")].as_string()
+    if definition.currency is not None:
+        where.append(currency == definition.currency)
+    value_type: ColumnElement[Any] = literal(definition.kind.value, String(32))
+    if definition.kind is Kind.MONEY:
+        value_type = (
+            literal(f"money:{definition.currency}", String(32))
+            if definition.currency is not None
+            else literal("money:", String(32)) + currency
+        )
+    textual = definition.kind in (Kind.STRING, Kind.BOOL)
+    text = props[(definition.property, definition.kind.value)].as_string() if textual else _NO_TEXT
+    number = _NO_NUMBER if textual else props[(definition.property, definition.kind.value)].as_float()
+    if aggregation in (Aggregation.SUM, Aggregation.MIN, Aggregation.MAX):
+        reduced: ColumnElement[Any] = (
+            func.sum(number)
+            if aggregation is Aggregation.SUM
+            else func.min(number)
+            if aggregation is Aggregation.MIN
+            else func.max(number)
+        )
+        return select(e.c.profile_id, name, value_type, _NO_TEXT, reduced).where(*where).group_by(e.c.profile_id)
+    # FIRST_VALUE / LAST_VALUE: the value of the earliest / latest counted event, ties broken by event id.
+    order = (
+        (e.c.occurred_at, e.c.event_id)
+        if aggregation is Aggregation.FIRST_VALUE
+        else (
+            e.c.occurred_at.desc(),
+            e.c.event_id.desc(),
+        )
+    )
+    ranked = (
+        select(
+            e.c.profile_id.label("profile_id"),
+            value_type.label("value_type"),
+            text.label("text_value"),
+            number.label("num_value"),
+            func.row_number().over(partition_by=e.c.profile_id, order_by=order).label("position"),
+        )
+        .where(*where)
+        .subquery("ranked")
+    )
+    return select(ranked.c.profile_id, name, ranked.c.value_type, ranked.c.text_value, ranked.c.num_value).where(
+        ranked.c.position == 1
+    )
+
+
+_NO_TEXT = literal(None, String(1024))
+_NO_NUMBER = literal(None, Double)
+
+
+async def recompute(
+    session: AsyncSession, definitions: Sequence[ComputedDefinition], scope: ProfileScope, now: datetime
+) -> None:
+    """Replaces the values of these computed attributes for the people in scope (everyone when None).
+
+    Per attribute one DELETE and one INSERT … SELECT, whatever the number of people.
+    """
+    a = profile_attributes
+    columns = ["profile_id", "name", "value_type", "text_value", "num_value"]
+    for definition in definitions:
+        stale = delete(a).where(a.c.name == definition.attribute)
+        if scope is not None:
+            stale = stale.where(a.c.profile_id.in_(scope))
+        await session.execute(stale)
+        await session.execute(insert(a).from_select(columns, _computed_values(definition, scope, now)))
+
+
+async def refresh_lapsed(session: AsyncSession, window_start_from: datetime, now: datetime) -> list[str]:
+    """Recomputes windowed computed attributes of the people whose events left a window since the last sweep.
+
+    `window_start_from` is the `now` of the previous sweep: an attribute with window W then counted
+    events from `window_start_from - W`, and now counts them from `now - W`; everyone with an event in
+    between has a value that changed with time alone. Returns their profile ids, sorted. The scheduled
+    sweeper calls this in its transaction and then refreshes the memberships of exactly these ids, so
+    rules on computed attributes follow the lapse too.
+    """
+    catalog = await load_catalog(session)
+    lapsed: set[str] = set()
+    for definition in catalog.computed():
+        if definition.window_seconds is None:
+            continue
+        window = timedelta(seconds=definition.window_seconds)
+        leaving = (
+            select(events.c.profile_id)
+            .where(
+                events.c.name == definition.event_name,
+                events.c.occurred_at >= window_start_from - window,
+                events.c.occurred_at < now - window,
+            )
+            .distinct()
+        )
+        ids = list((await session.execute(leaving)).scalars())
+        if ids:
+            await recompute(session, [definition], leaving, now)
+            lapsed.update(ids)
+    return sorted(lapsed)

@@ -134,6 +134,16 @@ async def test_batch_with_bad_records_keeps_the_good_ones(segments: SegmentsServ
 async def test_profile_round_trips_every_value_kind_and_partial_updates_keep_others(
     segments: SegmentsServiceStub,
 ) -> None:
+    declared = await segments.DefineAttributes(
+        api.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[
+                r.AttributeDefinition(name="no_categories", type=r.ATTRIBUTE_TYPE_STRING_SET),
+                r.AttributeDefinition(name="last_sip_at", type=r.ATTRIBUTE_TYPE_TIMESTAMP),
+            ],
+        )
+    )
+    assert declared.accepted_count == 2
     last_sip = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
     attributes = {
         "investment_type": s("SIP"),

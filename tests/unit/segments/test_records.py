@@ -2,12 +2,22 @@
 
 from datetime import UTC, datetime, timedelta
 
+from services.segments.catalog import Catalog, Definition
 from services.segments.records import validate_events, validate_profiles
-from services.segments.values import Value
+from services.segments.values import Kind, Value
 from tests.unit.segments.builders import n, s, ss
 from xsell.segments.v1 import resources_pb2 as r
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+CATALOG = Catalog(
+    Definition(name, kind, "", False)
+    for name, kind in [
+        ("investment_type", Kind.STRING),
+        ("total_aum", Kind.MONEY),
+        ("number_of_schemes", Kind.NUMBER),
+        ("fund_categories", Kind.STRING_SET),
+    ]
+)
 
 
 def _event(event_id: str, occur: datetime | None, name: str = "sip_registered", profile_id: str = "p1") -> r.Event:
@@ -27,7 +37,7 @@ def test_bad_profiles_are_reported_one_by_one_and_good_ones_kept() -> None:
         r.Profile(profile_id="p6", attributes={"number_of_schemes": n(float("inf"))}),
         r.Profile(profile_id="p1", attributes={"fund_categories": ss("Equity"), "investment_type": s("Both")}),
     ]
-    updates, problems = validate_profiles(batch)
+    updates, problems = validate_profiles(batch, CATALOG)
     assert [(p.index, p.record_id, p.field) for p in problems] == [
         (1, "", "profiles[1].profile_id"),
         (2, "p3", "profiles[2].attributes.total_aum"),
