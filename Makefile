@@ -60,6 +60,12 @@ test: lint ## Lint, then unit, integration and e2e tests
 test-fast: $(GEN_STAMP) ## Unit tests only
 	$(PY) -m pytest tests/unit
 
+.PHONY: k8s
+k8s: $(STAMP) ## Render the Kubernetes overlays into var/k8s/<overlay>.yaml and validate them offline
+	mkdir -p var/k8s
+	for overlay in dev prod; do $(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$$overlay > var/k8s/$$overlay.yaml || exit 1; done
+	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.32 var/k8s/*.yaml
+
 .PHONY: bench
 bench: $(GEN_STAMP) ## Run the benchmarks; figures print and land in bench/results/<name>.json
 	$(PY) -m bench

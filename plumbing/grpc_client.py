@@ -11,5 +11,9 @@ def client_channel(target: str, tracer_provider: TracerProvider | None) -> grpc.
     return grpc.aio.insecure_channel(
         target,
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            # With a dns:/// target on a headless Service, calls spread over every pod, not the first one.
+            ("grpc.lb_policy_name", "round_robin"),
+        ],
     )

@@ -15,6 +15,7 @@ from services.segments.api import SegmentsApi
 from services.segments.api_catalog import install_catalog_file
 from services.segments.consumers import ProfileActivityConsumers
 from services.segments.settings import SegmentsSettings
+from services.segments.sweeper import Sweeper
 from xsell.attribution.v1.events_pb2 import ConversionRecorded
 from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import service_pb2_grpc
@@ -45,6 +46,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
         bus, streams.SEGMENTS_BULK_INGEST, IngestEventsRequest, handlers.on_bulk_ingest, tracer, concurrency=1
     )
     await bulk_ingest.declare()
+    sweeper = Sweeper(db, servicer.activity, tracer, settings.sweep_interval_seconds)
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
         "xsell.segments.v1.SegmentsService",
@@ -57,6 +59,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("engagement-consumer", engagement.run, engagement.stop),
             BackgroundTask("conversion-consumer", conversion.run, conversion.stop),
+            BackgroundTask("window-sweeper", sweeper.run, sweeper.stop),
             BackgroundTask("bulk-ingest-consumer", bulk_ingest.run, bulk_ingest.stop),
         ],
         closers=[db.dispose, bus.drain],

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import not_, select
+from sqlalchemy import delete, not_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.segments import store
@@ -26,16 +26,39 @@ def stored_rule(segment: store.SegmentRow) -> Rule:
     return parse_rule(resources_pb2.Rule.FromString(segment.rule))
 
 
-async def publish(session: AsyncSession, segment: store.SegmentRow, rule: Rule, now: datetime) -> int:
-    """Computes the members with one INSERT … SELECT and marks the segment published; returns the count.
+async def publish_version(
+    session: AsyncSession, head: store.SegmentRow, version: store.VersionRow, rule: Rule, now: datetime
+) -> tuple[int, list[Change]]:
+    """Makes `version` the maintained definition and computes its members set-based; returns the count and,
+    when another version was published before, who entered or exited because the definition changed.
 
-    Initial members get no MembershipChanged events: SegmentPublished announces them all at once and
-    ListSegmentMembers streams them.
+    A first publish is one INSERT … SELECT and announces its members with SegmentPublished only. A new
+    version replaces the old one's members in place: one DELETE of members the new rule no longer
+    selects, one INSERT … SELECT of newcomers, one UPDATE of the version every kept member was computed for.
     """
-    matching = compile_rule(rule, now).subquery("matching")
-    count = await store.insert_members_from(session, segment, matching, now)
-    await store.mark_published(session, segment.segment_id, count, now)
-    return count
+    target = store.SegmentRow(**{**head.__dict__, "version": version.version})
+    if head.state != store.PUBLISHED:
+        count = await store.insert_members_from(session, target, compile_rule(rule, now).subquery("matching"), now)
+        await store.make_head(session, version, count, now)
+        return count, []
+    p, m = store.profiles, store.memberships
+    already = select(m.c.profile_id).where(m.c.segment_id == head.segment_id, m.c.profile_id == p.c.profile_id)
+    entering = select(p.c.profile_id).where(condition(rule, p.c.profile_id, now), not_(already.exists()))
+    leaving = select(m.c.profile_id).where(
+        m.c.segment_id == head.segment_id, not_(condition(rule, m.c.profile_id, now))
+    )
+    exited = list((await session.execute(leaving.order_by(m.c.profile_id))).scalars())
+    entered = list((await session.execute(entering.order_by(p.c.profile_id))).scalars())
+    await session.execute(
+        delete(m).where(m.c.segment_id == head.segment_id, not_(condition(rule, m.c.profile_id, now)))
+    )
+    await store.set_segment_version_of_members(session, head.segment_id, version.version)
+    await store.insert_members_from(session, target, entering.subquery("entering"), now)
+    count = await store.member_count(session, head.segment_id)
+    await store.make_head(session, version, count, now)
+    changes = [Change(head.segment_id, version.version, pid, True) for pid in entered]
+    changes.extend(Change(head.segment_id, version.version, pid, False) for pid in exited)
+    return count, changes
 
 
 async def refresh(session: AsyncSession, profile_ids: Sequence[str], now: datetime) -> list[Change]:
@@ -43,8 +66,8 @@ async def refresh(session: AsyncSession, profile_ids: Sequence[str], now: dateti
 
     Per segment: one SELECT of who newly satisfies the rule, one SELECT of members who no longer do,
     then one batch insert, one delete and one counter update. Windows that lapse without any new
-    data for a person ("did not invest in the last 365 days" becoming true by itself) are not seen
-    here; a scheduled sweep of published segments with time windows is a later issue.
+    data for a person ("did not invest in the last 365 days" becoming true by itself) are found by
+    the sweeper (services/segments/sweeper.py), which calls this for just those people.
     """
     touched = sorted(set(profile_ids))
     if not touched:

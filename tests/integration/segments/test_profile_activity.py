@@ -10,6 +10,7 @@ from plumbing.bus import Bus
 from plumbing.ids import new_id
 from plumbing.telemetry import outreach_ids
 from services import streams
+from tests.integration.segments.approval import publish
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.channels.v1 import events_pb2 as channel_events
@@ -40,7 +41,7 @@ async def _segment(stub: SegmentsServiceStub, rule: r.Rule) -> str:
     created = await stub.CreateSegment(
         api.CreateSegmentRequest(request_id=new_id(), segment=r.Segment(display_name="activity", rule=rule))
     )
-    await stub.PublishSegment(api.PublishSegmentRequest(request_id=new_id(), segment_id=created.segment.segment_id))
+    await publish(stub, created.segment.segment_id)
     return created.segment.segment_id
 
 
