@@ -23,6 +23,19 @@ class SegmentsSettings(ServiceSettings):
     future_skew_seconds: int = Field(
         300, description="How far in the future an event's occur_time may be (clock skew of the producer).", ge=0
     )
+    # --- governance and audience (issue 3) ---
+    require_approval: bool = Field(
+        True,
+        description="Maker-checker: only a version approved by someone other than its author can be published.",
+    )
+    sweep_interval_seconds: float = Field(
+        60.0,
+        description="How often memberships that change with time alone (lapsing event windows) are swept.",
+        gt=0,
+    )
+    stream_page_size: int = Field(
+        1000, description="Members per StreamSegmentMembers message, read one page at a time.", ge=1, le=10000
+    )
     # --- attribute catalog (issue 3, ingest side) ---
     catalog_file: str = Field(
         str(DEFAULT_CATALOG),

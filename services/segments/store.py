@@ -23,10 +23,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     func,
     insert,
     literal,
+    not_,
+    or_,
     select,
     tuple_,
     update,
@@ -403,6 +406,377 @@ async def members_page(
         query = query.where(m.c.profile_id > after_profile_id)
     query = query.order_by(m.c.profile_id).limit(limit)
     return [(row.profile_id, utc(row.entered_at)) for row in await session.execute(query)]
+
+
+# --- governance: versions, audit log, suppressions, sweeps (issue 3, governance side) -----------
+# The segments row above is the maintained head of a segment: its rule and version are those of the
+# published version (maintenance reads nothing else); segment_versions keeps every version.
+
+SUBMITTED, APPROVED = "SUBMITTED", "APPROVED"
+
+segment_versions = Table(
+    "segment_versions",
+    metadata,
+    Column("segment_id", String(64), ForeignKey("segments.segment_id"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("rule", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("approver", String(200), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("segment_id", "version"),
+)
+
+segment_audit = Table(
+    "segment_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("segment_id", String(64), ForeignKey("segments.segment_id"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=False),
+    Index("ix_segment_audit_segment", "segment_id", "id"),
+)
+
+# No foreign key to profiles: a DND registry or complaint feed may name people the CRM has not sent yet.
+# The primary key (person first) is also the index the streaming NOT EXISTS probes.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("profile_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=True),
+    Column("note", String(500), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("profile_id", "channel", "reason"),
+)
+
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("swept_until", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    segment_id: str
+    version: int
+    display_name: str
+    description: str
+    rule: bytes
+    state: str
+    author: str
+    approver: str
+    create_time: datetime
+    update_time: datetime
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> "VersionRow":
+        values = row._mapping
+        return cls(
+            segment_id=values["segment_id"],
+            version=int(values["version"]),
+            display_name=values["display_name"],
+            description=values["description"],
+            rule=values["rule"],
+            state=values["state"],
+            author=values["author"],
+            approver=values["approver"],
+            create_time=utc(values["create_time"]),
+            update_time=utc(values["update_time"]),
+        )
+
+
+async def insert_version(session: AsyncSession, version: VersionRow) -> None:
+    await session.execute(insert(segment_versions).values(**version.__dict__))
+
+
+async def get_version(session: AsyncSession, segment_id: str, version: int) -> VersionRow | None:
+    v = segment_versions
+    row = (await session.execute(select(v).where(v.c.segment_id == segment_id, v.c.version == version))).first()
+    return VersionRow.of(row) if row is not None else None
+
+
+async def latest_versions(session: AsyncSession, segment_ids: Sequence[str]) -> dict[str, VersionRow]:
+    """The newest version of each segment, in one query."""
+    if not segment_ids:
+        return {}
+    v = segment_versions
+    newest = (
+        select(v.c.segment_id, func.max(v.c.version).label("version"))
+        .where(v.c.segment_id.in_(segment_ids))
+        .group_by(v.c.segment_id)
+        .subquery()
+    )
+    query = select(v).join(newest, (v.c.segment_id == newest.c.segment_id) & (v.c.version == newest.c.version))
+    return {row.segment_id: VersionRow.of(row) for row in await session.execute(query)}
+
+
+async def set_version_state(
+    session: AsyncSession, segment_id: str, version: int, state: str, now: datetime, *, approver: str | None = None
+) -> None:
+    values: dict[str, Any] = {"state": state, "update_time": now}
+    if approver is not None:
+        values["approver"] = approver
+    v = segment_versions
+    await session.execute(update(v).where(v.c.segment_id == segment_id, v.c.version == version).values(**values))
+
+
+async def archive_versions(session: AsyncSession, segment_id: str, now: datetime) -> None:
+    v = segment_versions
+    await session.execute(
+        update(v).where(v.c.segment_id == segment_id, v.c.state != ARCHIVED).values(state=ARCHIVED, update_time=now)
+    )
+
+
+async def make_head(session: AsyncSession, version: VersionRow, member_count: int, now: datetime) -> None:
+    """The published version becomes the maintained definition of its segment."""
+    await session.execute(
+        update(segments)
+        .where(segments.c.segment_id == version.segment_id)
+        .values(
+            display_name=version.display_name,
+            description=version.description,
+            rule=version.rule,
+            version=version.version,
+            state=PUBLISHED,
+            member_count=member_count,
+            publish_time=now,
+        )
+    )
+
+
+async def mark_archived(session: AsyncSession, segment_id: str) -> None:
+    """Stops maintenance: the segment leaves the live set and its memberships go in one statement."""
+    await session.execute(delete(memberships).where(memberships.c.segment_id == segment_id))
+    await session.execute(
+        update(segments).where(segments.c.segment_id == segment_id).values(state=ARCHIVED, member_count=0)
+    )
+
+
+async def live_rules(session: AsyncSession, *, published_only: bool = False) -> dict[str, bytes]:
+    """The maintained rule of every segment that is not archived (or only of the published ones)."""
+    live = segments.c.state == PUBLISHED if published_only else segments.c.state != ARCHIVED
+    query = select(segments.c.segment_id, segments.c.rule).where(live)
+    return {row.segment_id: row.rule for row in await session.execute(query)}
+
+
+async def set_segment_version_of_members(session: AsyncSession, segment_id: str, version: int) -> None:
+    m = memberships
+    await session.execute(update(m).where(m.c.segment_id == segment_id).values(segment_version=version))
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    segment_id: str
+    version: int
+    action: str
+    actor: str
+    time: datetime
+    note: str
+
+
+async def add_audit(
+    session: AsyncSession, segment_id: str, version: int, action: str, actor: str, now: datetime, note: str = ""
+) -> None:
+    await session.execute(
+        insert(segment_audit).values(
+            segment_id=segment_id, version=version, action=action, actor=actor, time=now, note=note
+        )
+    )
+
+
+async def audit_page(session: AsyncSession, segment_id: str, after_id: int | None, limit: int) -> list[AuditRow]:
+    """Oldest first; the autoincrement id is the keyset."""
+    a = segment_audit
+    query = select(a).where(a.c.segment_id == segment_id).order_by(a.c.id).limit(limit)
+    if after_id is not None:
+        query = query.where(a.c.id > after_id)
+    return [
+        AuditRow(int(row.id), row.segment_id, int(row.version), row.action, row.actor, utc(row.time), row.note)
+        for row in await session.execute(query)
+    ]
+
+
+# --- suppressions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    profile_id: str
+    channel: str
+    reason: str
+    expire_time: datetime | None
+    note: str
+    create_time: datetime
+
+
+def _suppression(row: Row[Any]) -> SuppressionRow:
+    return SuppressionRow(
+        row.profile_id,
+        row.channel,
+        row.reason,
+        utc(row.expire_time) if row.expire_time is not None else None,
+        row.note,
+        utc(row.create_time),
+    )
+
+
+async def upsert_suppressions(session: AsyncSession, rows: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Adds suppressions; one for the same person, channel and reason is replaced (its create_time kept)."""
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda r: (r["profile_id"], r["channel"], r["reason"]))
+    statement = upsert_insert(session, suppressions)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["profile_id", "channel", "reason"],
+            set_={
+                "expire_time": statement.excluded.expire_time,
+                "note": statement.excluded.note,
+                "update_time": statement.excluded.update_time,
+            },
+        ),
+        [{**row, "create_time": now, "update_time": now} for row in rows],
+    )
+
+
+async def delete_suppression(session: AsyncSession, profile_id: str, channel: str, reason: str) -> bool:
+    s = suppressions
+    result = await session.execute(
+        delete(s).where(s.c.profile_id == profile_id, s.c.channel == channel, s.c.reason == reason)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def suppressions_page(
+    session: AsyncSession, profile_id: str | None, after: tuple[str, str, str] | None, limit: int
+) -> list[SuppressionRow]:
+    """Ordered by person, channel and reason (the primary key is the keyset)."""
+    s = suppressions
+    query = select(s).order_by(s.c.profile_id, s.c.channel, s.c.reason).limit(limit)
+    if profile_id:
+        query = query.where(s.c.profile_id == profile_id)
+    if after is not None:
+        query = query.where(tuple_(s.c.profile_id, s.c.channel, s.c.reason) > tuple_(*after))
+    return [_suppression(row) for row in await session.execute(query)]
+
+
+async def suppressions_of(session: AsyncSession, profile_id: str) -> list[SuppressionRow]:
+    s = suppressions
+    query = select(s).where(s.c.profile_id == profile_id).order_by(s.c.channel, s.c.reason)
+    return [_suppression(row) for row in await session.execute(query)]
+
+
+def suppressed(subject: Any, channels: Sequence[str], now: datetime) -> Any:
+    """EXISTS a suppression in force at `now` for the person `subject` on any of `channels`."""
+    s = suppressions.alias()
+    return (
+        select(s.c.profile_id)
+        .where(
+            s.c.profile_id == subject,
+            s.c.channel.in_(list(channels)),
+            or_(s.c.expire_time.is_(None), s.c.expire_time > now),
+        )
+        .exists()
+    )
+
+
+async def stream_page(
+    session: AsyncSession,
+    segment_id: str,
+    after_profile_id: str | None,
+    limit: int,
+    exclude_channels: Sequence[str] | None,
+    now: datetime,
+) -> list[tuple[str, datetime]]:
+    """One keyset page of members; people suppressed on `exclude_channels` are left out in the same query."""
+    m = memberships
+    query = select(m.c.profile_id, m.c.entered_at).where(m.c.segment_id == segment_id)
+    if after_profile_id:
+        query = query.where(m.c.profile_id > after_profile_id)
+    if exclude_channels:
+        query = query.where(not_(suppressed(m.c.profile_id, exclude_channels, now)))
+    query = query.order_by(m.c.profile_id).limit(limit)
+    return [(row.profile_id, utc(row.entered_at)) for row in await session.execute(query)]
+
+
+# --- preview and explain ----------------------------------------------------------------------
+
+
+async def count_matching(session: AsyncSession, predicate: Any) -> int:
+    query = select(func.count()).select_from(profiles).where(predicate)
+    return int((await session.execute(query)).scalar_one())
+
+
+async def sample_matching(session: AsyncSession, predicate: Any, limit: int) -> list[str]:
+    query = select(profiles.c.profile_id).where(predicate).order_by(profiles.c.profile_id).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def evaluate_for(session: AsyncSession, predicates: Sequence[Any]) -> list[bool]:
+    """Each predicate (already bound to one person) evaluated in one SELECT."""
+    if not predicates:
+        return []
+    row = (await session.execute(select(*(p.label(f"c{i}") for i, p in enumerate(predicates))))).one()
+    return [bool(value) for value in row]
+
+
+async def profile_exists(session: AsyncSession, profile_id: str) -> bool:
+    query = select(profiles.c.profile_id).where(profiles.c.profile_id == profile_id)
+    return (await session.execute(query)).first() is not None
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+
+async def swept_until(session: AsyncSession, name: str) -> datetime | None:
+    value = (await session.execute(select(sweeps.c.swept_until).where(sweeps.c.name == name))).scalar_one_or_none()
+    return utc(value) if value is not None else None
+
+
+async def set_swept_until(session: AsyncSession, name: str, moment: datetime) -> None:
+    statement = upsert_insert(session, sweeps)
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=["name"], set_={"swept_until": statement.excluded.swept_until}),
+        [{"name": name, "swept_until": moment}],
+    )
+
+
+async def earliest_publish_time(session: AsyncSession) -> datetime | None:
+    query = select(func.min(segments.c.publish_time)).where(segments.c.state == PUBLISHED)
+    value = (await session.execute(query)).scalar_one_or_none()
+    return utc(value) if value is not None else None
+
+
+async def people_with_events_between(
+    session: AsyncSession,
+    spans: Sequence[tuple[str, datetime, datetime]],
+    after_profile_id: str | None,
+    limit: int,
+) -> list[str]:
+    """One keyset page of the people with an event named n at a time in [start, end), for any (n, start, end)."""
+    e = events
+    window = or_(
+        *(and_(e.c.name == name, e.c.occurred_at >= start, e.c.occurred_at < end) for name, start, end in spans)
+    )
+    query = select(e.c.profile_id).where(window).distinct().order_by(e.c.profile_id).limit(limit)
+    if after_profile_id is not None:
+        query = query.where(e.c.profile_id > after_profile_id)
+    return list((await session.execute(query)).scalars())
 
 
 # --- attribute catalog and computed attributes (issue 3, ingest side) ---------------------------

@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from services import streams
+from tests.integration.segments.approval import publish
 from tests.unit.segments.builders import all_, attr, b, event, money, n, not_, s, segment, sip_only, ss, ts
 from tests.waiting import eventually
 from xsell.segments.v1 import events_pb2
@@ -44,8 +45,7 @@ async def _create(stub: SegmentsServiceStub, rule: r.Rule, name: str = "test seg
 
 
 async def _publish(stub: SegmentsServiceStub, segment_id: str) -> r.Segment:
-    response = await stub.PublishSegment(api.PublishSegmentRequest(request_id=new_id("req_"), segment_id=segment_id))
-    return response.segment
+    return await publish(stub, segment_id)
 
 
 async def _members(stub: SegmentsServiceStub, segment_id: str, *names: str) -> dict[str, r.Member]:
