@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 import structlog
 from opentelemetry import trace
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.outbox import utcnow
@@ -45,13 +44,6 @@ def _events(rule: Rule) -> Iterator[EventCondition]:
         yield from _events(rule.rule)
 
 
-async def _lapsed_computed_attributes(session: AsyncSession, since: datetime, now: datetime) -> list[str]:
-    # CALL SITE (computed attributes): when services/segments/computed.py offers
-    # refresh_lapsed(session, window_start_from, now) -> list[str], call it here and return its ids:
-    # windowed computed attributes change with time alone too, and their people need a refresh.
-    return []
-
-
 class Sweeper:
     """Every `interval` seconds: finds the people an event window lapsed for, and refreshes just them.
 
@@ -74,7 +66,9 @@ class Sweeper:
             async with self.db.transaction() as session:
                 since = await store.swept_until(session, SWEEP_NAME) or await store.earliest_publish_time(session)
                 rules = await store.live_rules(session, published_only=True)
-                lapsed = await _lapsed_computed_attributes(session, since, now) if since is not None else []
+                # Windowed computed attributes change with time alone too: recompute them first, so the
+                # membership refresh below sees their new values.
+                lapsed = await store.refresh_lapsed(session, since, now) if since is not None and since < now else []
             refreshed = 0
             if since is not None and since < now:
                 refreshed += await self._refresh_pages(sorted(set(lapsed)), now)
