@@ -66,3 +66,7 @@ SEGMENTS_BULK_INGEST = _consumer(
     max_ack_pending=8,
     ack_wait_seconds=120.0,
 )
+# Campaigns records delivery and engagement on its outreaches: per-campaign and per-label reports,
+# and the automatic pause when bounces, complaints or opt-outs in a run's released part cross a threshold.
+CAMPAIGNS_DELIVERY = _consumer(CHANNELS_STREAM, "campaigns-delivery", DELIVERY_UPDATED)
+CAMPAIGNS_ENGAGEMENT = _consumer(CHANNELS_STREAM, "campaigns-engagement", ENGAGEMENT_RECORDED)

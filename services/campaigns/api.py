@@ -21,6 +21,7 @@ from plumbing.outbox import utcnow
 from services.campaigns import lifecycle, store
 from services.campaigns.campaigns import CampaignState, plan_launch, require_published, validate_spec
 from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto, spec_from_proto
+from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import SegmentsClient
 from xsell.campaigns.v1 import service_pb2, service_pb2_grpc
 
@@ -209,7 +210,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
                 row.campaign_key, CampaignState(row.state), require_approval=self.require_approval
             )
             now = utcnow()
-            plan = plan_launch(row.send_time, row.time_zone, now)
+            plan = plan_launch(row.send_time, row.time_zone, now, DeliveryOptions.from_json(row.options).recurrence)
             if not await store.mark_launched(session, row.campaign_key, row.state, plan.state.value, now):
                 raise Aborted(f"campaign {row.campaign_key} changed while launching; retry", field="campaign_key")
             await store.ensure_counter(session, row.programme, plan.month, row.trigger_code)
@@ -220,6 +221,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
                     "campaign_key": row.campaign_key,
                     "month": plan.month,
                     "due_at": plan.due_at,
+                    "occurrence_at": plan.due_at,
                     "created_at": now,
                 },
             )

@@ -1,13 +1,14 @@
 """Campaign definitions: what makes one valid, and what launching one does to its lifecycle."""
 
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from plumbing.errors import FailedPrecondition, InvalidArgument
 from services.campaigns.campaign_ids import month_code, normalise_programme, normalise_trigger_code
 from services.campaigns.rendering import CompiledEmail, EmailTemplates, Offer, compile_email
+from services.campaigns.scheduling import DeliveryOptions, Recurrence, next_occurrence
 
 AVAILABLE_CHANNELS = ("EMAIL",)
 MAX_DISPLAY_NAME = 200
@@ -41,6 +42,7 @@ class CampaignSpec:
     email: EmailTemplates | None
     send_time: datetime | None
     time_zone: str
+    options: DeliveryOptions = field(default_factory=DeliveryOptions)
 
 
 def validate_time_zone(time_zone: str, default_time_zone: str) -> str:
@@ -126,13 +128,25 @@ class LaunchPlan:
     month: str
 
 
-def plan_launch(send_time: datetime | None, time_zone: str, now: datetime) -> LaunchPlan:
+def plan_launch(
+    send_time: datetime | None, time_zone: str, now: datetime, recurrence: Recurrence | None = None
+) -> LaunchPlan:
     """A future send time makes the campaign SCHEDULED until its run is due (lifecycle decides who may launch).
 
     The month of the campaign IDs is that of the launch, read in the campaign's time zone; for a
     campaign scheduled into a later month it is the month of the send time, when its outreaches
     are actually created.
     """
+    if recurrence is not None:
+        # The first occurrence at or after the send time (or now): a recurring campaign always waits for it.
+        start = max(send_time or now, now) - timedelta(microseconds=1)
+        first = next_occurrence(recurrence, time_zone, start)
+        if first is None:
+            raise FailedPrecondition(
+                "the recurrence has no occurrence left before its end_time; move end_time later",
+                field="campaign.schedule.recurrence.end_time",
+            )
+        return LaunchPlan(CampaignState.SCHEDULED, first, month_code(first, time_zone))
     if send_time is not None and send_time > now:
         return LaunchPlan(CampaignState.SCHEDULED, send_time, month_code(send_time, time_zone))
     return LaunchPlan(CampaignState.RUNNING, now, month_code(now, time_zone))

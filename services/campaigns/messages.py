@@ -1,12 +1,24 @@
 """Conversions between the campaigns tables, the domain, and the xsell.campaigns.v1 messages."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from plumbing.errors import InvalidArgument
 from services.campaigns.campaigns import CampaignSpec, CampaignState
 from services.campaigns.rendering import EmailTemplates, Money, Offer
+from services.campaigns.scheduling import (
+    DeliveryOptions,
+    FrequencyCapRule,
+    QuietHours,
+    Recurrence,
+    parse_hh_mm,
+    recurrence_cron,
+    validate_distribution,
+    validate_holdout,
+    validate_rates,
+)
 from xsell.campaigns.v1 import resources_pb2
 from xsell.type.v1 import channel_pb2, money_pb2
 
@@ -33,6 +45,95 @@ def state_value(state: str) -> int:
     return resources_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{CampaignState(state).value}")
 
 
+def _hh_mm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
+    """The delivery options of a campaign message; InvalidArgument names the first bad field."""
+    recurrence = None
+    if campaign.schedule.HasField("recurrence"):
+        given = campaign.schedule.recurrence
+        frequency = resources_pb2.RecurrenceFrequency.Name(given.frequency).removeprefix("RECURRENCE_FREQUENCY_")
+        cron = recurrence_cron(
+            "" if frequency == "UNSPECIFIED" else frequency,
+            given.time_of_day,
+            given.day_of_week,
+            given.day_of_month,
+            given.cron.strip(),
+            "campaign.schedule.recurrence",
+        )
+        end = given.end_time.ToDatetime(tzinfo=UTC) if given.HasField("end_time") else None
+        recurrence = Recurrence(cron, end)
+    distribution = validate_distribution(
+        campaign.distribution.percent_per_step, int(campaign.distribution.interval.ToTimedelta().total_seconds())
+    )
+    quiet_hours = None
+    if campaign.HasField("quiet_hours"):
+        quiet_hours = QuietHours(
+            parse_hh_mm(campaign.quiet_hours.start, "campaign.quiet_hours.start"),
+            parse_hh_mm(campaign.quiet_hours.end, "campaign.quiet_hours.end"),
+        )
+    auto_pause = None
+    if campaign.HasField("auto_pause"):
+        rules = campaign.auto_pause
+        auto_pause = validate_rates(
+            rules.max_bounce_rate, rules.max_complaint_rate, rules.max_opt_out_rate, rules.min_released
+        )
+    caps = []
+    for index, cap in enumerate(campaign.frequency_caps):
+        scope = resources_pb2.CapScope.Name(cap.scope).removeprefix("CAP_SCOPE_")
+        period = resources_pb2.CapPeriod.Name(cap.period).removeprefix("CAP_PERIOD_")
+        if scope == "UNSPECIFIED" or period == "UNSPECIFIED" or cap.max_outreaches < 1:
+            raise InvalidArgument(
+                f"frequency_caps[{index}] needs a scope (ALL, CHANNEL or CATEGORY), a period (DAY or WEEK) and "
+                "max_outreaches of at least 1",
+                field=f"campaign.frequency_caps[{index}]",
+            )
+        caps.append(FrequencyCapRule(scope, period, cap.max_outreaches))
+    return DeliveryOptions(
+        recurrence=recurrence,
+        distribution=distribution,
+        quiet_hours=quiet_hours,
+        auto_pause=auto_pause,
+        frequency_caps=tuple(caps),
+        priority=campaign.priority,
+        holdout_basis_points=validate_holdout(campaign.holdout_basis_points),
+    )
+
+
+def fill_options(campaign: resources_pb2.Campaign, options: DeliveryOptions) -> None:
+    """Writes the stored options back onto a campaign message."""
+    if options.recurrence is not None:
+        campaign.schedule.recurrence.cron = options.recurrence.cron
+        if options.recurrence.end is not None:
+            campaign.schedule.recurrence.end_time.CopyFrom(timestamp(options.recurrence.end))
+    if options.distribution.percent_per_step < 100:
+        campaign.distribution.percent_per_step = options.distribution.percent_per_step
+        campaign.distribution.interval.FromTimedelta(timedelta(seconds=options.distribution.interval_seconds))
+    if options.quiet_hours is not None:
+        campaign.quiet_hours.start = _hh_mm(options.quiet_hours.start_minute)
+        campaign.quiet_hours.end = _hh_mm(options.quiet_hours.end_minute)
+    if options.auto_pause is not None:
+        rules = options.auto_pause
+        campaign.auto_pause.CopyFrom(
+            resources_pb2.AutoPause(
+                max_bounce_rate=rules.max_bounce_rate,
+                max_complaint_rate=rules.max_complaint_rate,
+                max_opt_out_rate=rules.max_opt_out_rate,
+                min_released=rules.min_released,
+            )
+        )
+    for cap in options.frequency_caps:
+        campaign.frequency_caps.add(
+            scope=resources_pb2.CapScope.Value(f"CAP_SCOPE_{cap.scope}"),  # type: ignore[arg-type]
+            period=resources_pb2.CapPeriod.Value(f"CAP_PERIOD_{cap.period}"),  # type: ignore[arg-type]
+            max_outreaches=cap.max_outreaches,
+        )
+    campaign.priority = options.priority
+    campaign.holdout_basis_points = options.holdout_basis_points
+
+
 def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
     amount = None
     if campaign.offer.HasField("amount"):
@@ -56,6 +157,7 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
         email=email,
         send_time=send_time,
         time_zone=campaign.schedule.time_zone,
+        options=options_from_proto(campaign),
     )
 
 
@@ -79,6 +181,7 @@ def campaign_values(spec: CampaignSpec) -> dict[str, Any]:
         "from_name": spec.email.from_name,
         "send_time": spec.send_time,
         "time_zone": spec.time_zone,
+        "options": spec.options.to_json(),
     }
 
 
@@ -133,6 +236,7 @@ def campaign_proto(row: Any) -> resources_pb2.Campaign:
         campaign.schedule.send_time.CopyFrom(timestamp(row.send_time))
     if row.launched_at is not None:
         campaign.launch_time.CopyFrom(timestamp(row.launched_at))
+    fill_options(campaign, DeliveryOptions.from_json(row.options))
     return campaign
 
 
@@ -151,6 +255,8 @@ def outreach_proto(row: Any) -> resources_pb2.Outreach:
         labels=list(values["labels"]),
         category=values["category"],
         create_time=timestamp(values["created_at"]),
+        test=bool(values.get("test", False)),
+        run_id=values["run_id"],
     )
 
 

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -16,10 +16,11 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
-from services.campaigns.campaign_ids import format_campaign_id
+from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
 from services.campaigns.messages import channel_value, email_templates_of, offer_of, outreach_proto, timestamp
 from services.campaigns.rendering import CompiledEmail, Offer, RenderFailed, build_context, compile_email, render_email
+from services.campaigns.scheduling import DeliveryOptions, next_occurrence, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
 from xsell.campaigns.v1 import events_pb2
 
@@ -113,7 +114,7 @@ class ReleaseRunner:
         with structlog.contextvars.bound_contextvars(campaign_key=campaign_key, run_id=run_id):
             async with self.db.transaction() as session:
                 campaign = await store.get_campaign(session, campaign_key)
-                run = await store.get_run_for_campaign(session, campaign_key)
+                run = await store.get_run(session, run_id)
                 if campaign is None or run is None or run.completed_at is not None:
                     return
                 if campaign.state == CampaignState.SCHEDULED:
@@ -131,11 +132,14 @@ class ReleaseRunner:
                     log.info("campaign_release_started", scheduled=True)
                 elif campaign.state != CampaignState.RUNNING:
                     return
+            if run.materialized_at is not None:
+                await self.dispatch(campaign, run)
+                return
             offer = offer_of(campaign)
             # Validated when the campaign was created; compiled once per run.
             compiled = compile_email(email_templates_of(campaign), offer_has_amount=offer.amount is not None)
             attribute_names = compiled.attribute_names()
-            cursor, pages = run.cursor, run.pages_released
+            cursor, pages, created_so_far = run.cursor, run.pages_released, run.outreach_count
             while not self._stopping.is_set():
                 with self.tracer.start_as_current_span(
                     "campaign.release_page", attributes={"campaign.key": campaign_key, "campaign.run_id": run_id}
@@ -145,7 +149,14 @@ class ReleaseRunner:
                     )
                     try:
                         result = await self._release_page(
-                            campaign, run, compiled, offer, members, pages=pages, next_cursor=next_cursor
+                            campaign,
+                            run,
+                            compiled,
+                            offer,
+                            members,
+                            pages=pages,
+                            next_cursor=next_cursor,
+                            first_ordinal=created_so_far,
                         )
                     except _PageTakenElsewhere:
                         log.info("campaign_page_taken_elsewhere", page=pages)
@@ -160,9 +171,12 @@ class ReleaseRunner:
                     skipped_no_email=result.skipped_no_email,
                     skipped_render=result.skipped_render,
                 )
-                pages, cursor = pages + 1, next_cursor
+                pages, cursor, created_so_far = pages + 1, next_cursor, created_so_far + result.created
                 if not next_cursor:
-                    log.info("campaign_completed", pages=pages)
+                    log.info("campaign_run_materialized", pages=pages)
+                    async with self.db.transaction() as session:
+                        materialized = await store.get_run(session, run_id)
+                    await self.dispatch(campaign, materialized)
                     return
 
     async def _release_page(
@@ -175,6 +189,7 @@ class ReleaseRunner:
         *,
         pages: int,
         next_cursor: str,
+        first_ordinal: int,
     ) -> PageResult:
         reachable = [member for member in members if has_email(member)]
         skipped_render = 0
@@ -208,6 +223,7 @@ class ReleaseRunner:
                             span.set_status(Status(StatusCode.ERROR, "render failed"))
                             log.warning("outreach_render_skipped", profile_id=member.profile_id, reason=failure.reason)
                             continue
+                        ordinal = first_ordinal + len(outreach_rows)
                         row = {
                             "campaign_id": campaign_id,
                             "campaign_key": campaign.campaign_key,
@@ -221,8 +237,11 @@ class ReleaseRunner:
                             "labels": list(campaign.labels),
                             "category": campaign.category,
                             "created_at": now,
+                            "ordinal": ordinal,
+                            "recipient_time_zone": recipient_time_zone(
+                                member.attributes.get("time_zone"), campaign.time_zone
+                            ),
                         }
-                        outreach_rows.append(row)
                         events.append(
                             self.outbox.event(
                                 streams.OUTREACH_CREATED,
@@ -241,9 +260,10 @@ class ReleaseRunner:
                                 html_body=email.html_body,
                                 text_body=email.text_body,
                             ),
-                            request_time=timestamp(now),
                         )
-                        events.append(self.outbox.event(streams.DISPATCH_REQUESTED, dispatch, campaign_id=campaign_id))
+                        # Published when its distribution step and the person's quiet hours allow.
+                        row["dispatch_payload"] = dispatch.SerializeToString()
+                        outreach_rows.append(row)
             await store.insert_outreaches(session, outreach_rows)
             await self.outbox.add_rows(session, events)
             result = PageResult(len(outreach_rows), len(members) - len(reachable), skipped_render)
@@ -255,21 +275,116 @@ class ReleaseRunner:
                 created=result.created,
                 skipped_no_email=result.skipped_no_email,
                 skipped_render=result.skipped_render,
-                completed_at=None if next_cursor else now,
+                materialized_at=None if next_cursor else now,
             )
             if not advanced:
                 raise _PageTakenElsewhere
-            if await store.add_outreaches_to_campaign(
-                session, campaign.campaign_key, result.created, completed=not next_cursor
-            ):
-                await store.add_audit(
-                    session,
-                    campaign.campaign_key,
-                    version=campaign.version,
-                    action="completed",
-                    actor=SYSTEM_ACTOR,
-                    state=CampaignState.COMPLETED,
-                    note="",
-                    at=now,
-                )
+            await store.add_outreaches_to_campaign(session, campaign.campaign_key, result.created)
         return result
+
+    async def dispatch(self, campaign: Any, run: Any) -> None:
+        """Releases a materialised run's dispatches step by step, honouring quiet hours, pauses and the guards."""
+        options = DeliveryOptions.from_json(campaign.options)
+        while not self._stopping.is_set():
+            now = self.clock()
+            async with self.db.transaction() as session:
+                run = await store.get_run(session, run.run_id)
+                if run is None or run.completed_at is not None:
+                    return
+                if await store.campaign_state(session, campaign.campaign_key) != CampaignState.RUNNING:
+                    return
+                if run.released_through < run.outreach_count and run.next_step_at <= now:
+                    if await self._auto_pause(session, campaign, run, options, now):
+                        return
+                    step = options.distribution.step_size(run.outreach_count)
+                    interval = timedelta(seconds=options.distribution.interval_seconds)
+                    await store.advance_step(session, run.run_id, run.released_through, step, now + interval)
+                    log.info("campaign_step_released", released_through=run.released_through + step)
+                    continue
+                pending = await store.dispatchable(session, run.run_id, run.released_through, now, self.page_size)
+                if not pending:
+                    if run.released_through >= run.outreach_count and not await store.undispatched(session, run.run_id):
+                        await self._complete_run(session, campaign, run, options, now)
+                    return
+                await self._dispatch_page(session, campaign, pending, options, now)
+
+    async def _dispatch_page(
+        self, session: Any, campaign: Any, pending: Any, options: DeliveryOptions, now: datetime
+    ) -> None:
+        """One page: each outreach is dispatched now or, inside the person's quiet hours, deferred to their end."""
+        events: list[dict[str, Any]] = []
+        dispatched: list[str] = []
+        deferred: list[dict[str, Any]] = []
+        for outreach in pending:
+            if options.quiet_hours is not None:
+                release_at = options.quiet_hours.release_time(now, outreach.recipient_time_zone or campaign.time_zone)
+                if release_at > now:
+                    deferred.append({"key": outreach.campaign_id, "after": release_at})
+                    continue
+            with outreach_span(self.tracer, "outreach.dispatch", outreach.campaign_id):
+                message = events_pb2.DispatchRequested.FromString(outreach.dispatch_payload)
+                message.request_time.CopyFrom(timestamp(now))
+                events.append(self.outbox.event(streams.DISPATCH_REQUESTED, message, campaign_id=outreach.campaign_id))
+            dispatched.append(outreach.campaign_id)
+        await self.outbox.add_rows(session, events)
+        await store.mark_dispatched(session, dispatched, now)
+        await store.defer_dispatches(session, deferred)
+        log.info("campaign_dispatch_page", dispatched=len(dispatched), deferred=len(deferred))
+
+    async def _auto_pause(self, session: Any, campaign: Any, run: Any, options: DeliveryOptions, now: datetime) -> bool:
+        """Pauses the campaign before its next step when the released part crossed a threshold."""
+        if options.auto_pause is None or run.released_through == 0:
+            return False
+        counts = await store.released_engagement(session, run.run_id)
+        reason = options.auto_pause.breach(
+            counts["dispatched"], counts["bounced"], counts["complained"], counts["opted_out"]
+        )
+        if reason is None:
+            return False
+        await store.transition(
+            session,
+            campaign.campaign_key,
+            CampaignState.RUNNING,
+            campaign.version,
+            {"state": CampaignState.PAUSED, "paused_from": CampaignState.RUNNING, "pause_reason": reason},
+        )
+        await store.add_audit(
+            session,
+            campaign.campaign_key,
+            version=campaign.version,
+            action="paused",
+            actor=SYSTEM_ACTOR,
+            state=CampaignState.PAUSED,
+            note=reason,
+            at=now,
+        )
+        log.warning("campaign_auto_paused", reason=reason)
+        return True
+
+    async def _complete_run(
+        self, session: Any, campaign: Any, run: Any, options: DeliveryOptions, now: datetime
+    ) -> None:
+        """Closes the run; a recurring campaign waits for its next occurrence, any other one is COMPLETED."""
+        await store.complete_run(session, run.run_id, now)
+        following = None
+        if options.recurrence is not None:
+            # Occurrences that passed while this run was still releasing are skipped, not piled up.
+            following = next_occurrence(options.recurrence, campaign.time_zone, max(run.occurrence_at or now, now))
+        if following is not None:
+            await store.schedule_run(session, campaign, following, month_code(following, campaign.time_zone), now)
+            await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.SCHEDULED)
+            action, state, note = "run_completed", CampaignState.SCHEDULED, f"next occurrence {following.isoformat()}"
+        else:
+            await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED)
+            action, state, note = "completed", CampaignState.COMPLETED, ""
+        await store.add_audit(
+            session,
+            campaign.campaign_key,
+            version=campaign.version,
+            action=action,
+            actor=SYSTEM_ACTOR,
+            state=state,
+            note=note,
+            at=now,
+        )
+        log.info("campaign_run_completed", next_occurrence=following.isoformat() if following else None)

@@ -29,7 +29,7 @@ RESERVED_NAMES = frozenset(
     {"first_name", "campaign_id", "offer", "offer_amount", "offer_amount_full", "unsubscribe_url"}
 )
 # Attributes asked of segments for every person, whatever the templates say.
-ALWAYS_FETCHED_ATTRIBUTES = ("email", "first_name")
+ALWAYS_FETCHED_ATTRIBUTES = ("email", "first_name", "time_zone")
 
 _PAISE_PER_RUPEE = 100
 _PAISE_PER_LAKH = 100_000 * _PAISE_PER_RUPEE

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -19,7 +20,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
+    false,
+    func,
     insert,
+    or_,
     select,
     update,
 )
@@ -27,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import UtcDateTime, upsert_insert
 from plumbing.idempotency import idempotency_table
+from plumbing.ids import new_id
 from plumbing.outbox import outbox_table
 from services.campaigns.campaign_ids import SequenceBlock
 
@@ -66,6 +72,8 @@ campaigns = Table(
     Column("approver", String(200), nullable=True),
     Column("paused_from", String(20), nullable=True),
     Column("pause_reason", Text, nullable=True),
+    # Delivery (0003): recurrence, distribution, quiet hours, automatic pause, caps, priority, holdout.
+    Column("options", JSON, nullable=True),
 )
 
 # Every transition of every campaign, oldest first by seq: who did what to which version, and when.
@@ -99,8 +107,7 @@ campaign_runs = Table(
     "campaign_runs",
     metadata,
     Column("run_id", String(40), primary_key=True),
-    # One run per campaign in this version (no recurring schedules yet).
-    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False, unique=True),
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False),
     Column("month", String(3), nullable=False),
     # The segments page token to continue from; "" before the first page.
     Column("cursor", Text, nullable=False),
@@ -112,7 +119,20 @@ campaign_runs = Table(
     Column("due_at", UtcDateTime, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("completed_at", UtcDateTime, nullable=True),
+    # The occurrence this run is for (send-now runs: the launch time); one run per occurrence.
+    Column("occurrence_at", UtcDateTime, nullable=True),
+    # When the audience was fully materialised; dispatch steps start then.
+    Column("materialized_at", UtcDateTime, nullable=True),
+    # Outreaches with ordinal < released_through may be dispatched; the next step raises it at next_step_at.
+    Column("released_through", BigInteger, nullable=False, server_default="0"),
+    Column("next_step_at", UtcDateTime, nullable=True),
+    # Who was left out at release time (the funnel of the run).
+    Column("audience", BigInteger, nullable=False, server_default="0"),
+    Column("held_out", BigInteger, nullable=False, server_default="0"),
+    Column("suppressed", BigInteger, nullable=False, server_default="0"),
+    Column("capped", BigInteger, nullable=False, server_default="0"),
     Index("ix_campaign_runs_open", "completed_at", "due_at"),
+    UniqueConstraint("campaign_key", "occurrence_at", name="uq_campaign_runs_occurrence"),
 )
 
 # The sequence of campaign IDs per (programme, month, trigger code). It never resets: NOV of next
@@ -142,9 +162,29 @@ outreaches = Table(
     Column("labels", JSON, nullable=False),
     Column("category", Integer, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
-    # A person gets one outreach per campaign, whatever happens to the run.
-    UniqueConstraint("campaign_key", "profile_id", name="uq_outreaches_campaign_profile"),
+    # Release order within the run (0-based); distribution steps release ordinal ranges.
+    Column("ordinal", BigInteger, nullable=True),
+    # The DispatchRequested to publish when the outreach's step and quiet hours allow.
+    Column("dispatch_payload", LargeBinary, nullable=True),
+    Column("recipient_time_zone", String(64), nullable=True),
+    Column("dispatch_after", UtcDateTime, nullable=True),
+    Column("dispatched_at", UtcDateTime, nullable=True),
+    # Test sends are delivered but never attributed or counted in reports.
+    Column("test", Boolean, nullable=False, server_default=false()),
+    # What channels reported, first time of each (set once; later repeats change nothing).
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("failed_at", UtcDateTime, nullable=True),
+    Column("opened_at", UtcDateTime, nullable=True),
+    Column("clicked_at", UtcDateTime, nullable=True),
+    Column("replied_at", UtcDateTime, nullable=True),
+    Column("bounced_at", UtcDateTime, nullable=True),
+    Column("complained_at", UtcDateTime, nullable=True),
+    Column("opted_out_at", UtcDateTime, nullable=True),
+    # A person gets one outreach per run, whatever happens to it (a recurring campaign has a run per occurrence).
+    UniqueConstraint("run_id", "profile_id", name="uq_outreaches_run_profile"),
     Index("ix_outreaches_campaign_key_campaign_id", "campaign_key", "campaign_id"),
+    Index("ix_outreaches_run_ordinal", "run_id", "ordinal"),
 )
 
 
@@ -260,42 +300,37 @@ async def advance_run(
     created: int,
     skipped_no_email: int,
     skipped_render: int,
-    completed_at: datetime | None,
+    materialized_at: datetime | None,
 ) -> bool:
-    """Records one released page; False when another process released this page first."""
+    """Records one materialised page; False when another process materialised this page first."""
     run = campaign_runs.c
     result = await session.execute(
         update(campaign_runs)
-        .where(run.run_id == run_id, run.pages_released == expected_pages, run.completed_at.is_(None))
+        .where(
+            run.run_id == run_id,
+            run.pages_released == expected_pages,
+            run.completed_at.is_(None),
+            run.materialized_at.is_(None),
+        )
         .values(
             cursor=cursor,
             pages_released=run.pages_released + 1,
             outreach_count=run.outreach_count + created,
             skipped_no_email=run.skipped_no_email + skipped_no_email,
             skipped_render=run.skipped_render + skipped_render,
-            completed_at=completed_at,
+            materialized_at=materialized_at,
+            next_step_at=materialized_at,
         )
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def add_outreaches_to_campaign(
-    session: AsyncSession, campaign_key: str, created: int, *, completed: bool
-) -> bool:
-    """Adds the page's outreaches; on the last page a RUNNING campaign becomes COMPLETED (True when it did)."""
+async def add_outreaches_to_campaign(session: AsyncSession, campaign_key: str, created: int) -> None:
     await session.execute(
         update(campaigns)
         .where(campaigns.c.campaign_key == campaign_key)
         .values(outreach_count=campaigns.c.outreach_count + created)
     )
-    if not completed:
-        return False
-    result = await session.execute(
-        update(campaigns)
-        .where(campaigns.c.campaign_key == campaign_key, campaigns.c.state == "RUNNING")
-        .values(state="COMPLETED")
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def campaign_state(session: AsyncSession, campaign_key: str) -> str | None:
@@ -388,4 +423,125 @@ async def cancel_open_runs(session: AsyncSession, campaign_key: str, at: datetim
         update(campaign_runs)
         .where(campaign_runs.c.campaign_key == campaign_key, campaign_runs.c.completed_at.is_(None))
         .values(completed_at=at)
+    )
+
+
+async def get_run(session: AsyncSession, run_id: str) -> Row[Any] | None:
+    return (await session.execute(select(campaign_runs).where(campaign_runs.c.run_id == run_id))).first()
+
+
+async def advance_step(
+    session: AsyncSession, run_id: str, released_through: int, step: int, next_step_at: datetime
+) -> None:
+    """Opens the next distribution step (compare-and-set on released_through so two runners never open two)."""
+    await session.execute(
+        update(campaign_runs)
+        .where(campaign_runs.c.run_id == run_id, campaign_runs.c.released_through == released_through)
+        .values(released_through=released_through + step, next_step_at=next_step_at)
+    )
+
+
+async def dispatchable(
+    session: AsyncSession, run_id: str, released_through: int, now: datetime, limit: int
+) -> Sequence[Any]:
+    """Undispatched outreaches of the open steps whose quiet-hours deferral (if any) has passed, in release order."""
+    o = outreaches.c
+    query = (
+        select(o.campaign_id, o.dispatch_payload, o.recipient_time_zone)
+        .where(
+            o.run_id == run_id,
+            o.ordinal < released_through,
+            o.dispatched_at.is_(None),
+            or_(o.dispatch_after.is_(None), o.dispatch_after <= now),
+        )
+        .order_by(o.ordinal)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def undispatched(session: AsyncSession, run_id: str) -> int:
+    o = outreaches.c
+    query = select(func.count()).where(o.run_id == run_id, o.dispatched_at.is_(None), o.test.is_(False))
+    return int((await session.execute(query)).scalar_one())
+
+
+async def mark_dispatched(session: AsyncSession, campaign_ids: Sequence[str], at: datetime) -> None:
+    if campaign_ids:
+        await session.execute(
+            update(outreaches).where(outreaches.c.campaign_id.in_(campaign_ids)).values(dispatched_at=at)
+        )
+
+
+async def defer_dispatches(session: AsyncSession, deferrals: Sequence[Mapping[str, Any]]) -> None:
+    """One executemany UPDATE: each outreach waits until the end of its recipient's quiet hours."""
+    if deferrals:
+        statement = (
+            update(outreaches)
+            .where(outreaches.c.campaign_id == bindparam("key"))
+            .values(dispatch_after=bindparam("after"))
+        )
+        await session.execute(statement, list(deferrals))
+
+
+async def released_engagement(session: AsyncSession, run_id: str) -> dict[str, int]:
+    """Dispatched, bounced, complained and opted-out counts of a run's released outreaches, in one query."""
+    o = outreaches.c
+    query = select(
+        func.count(o.dispatched_at), func.count(o.bounced_at), func.count(o.complained_at), func.count(o.opted_out_at)
+    ).where(o.run_id == run_id, o.dispatched_at.is_not(None))
+    dispatched, bounced, complained, opted_out = (await session.execute(query)).one()
+    return {"dispatched": dispatched, "bounced": bounced, "complained": complained, "opted_out": opted_out}
+
+
+async def complete_run(session: AsyncSession, run_id: str, at: datetime) -> None:
+    await session.execute(update(campaign_runs).where(campaign_runs.c.run_id == run_id).values(completed_at=at))
+
+
+async def schedule_run(session: AsyncSession, campaign: Any, occurrence: datetime, month: str, now: datetime) -> None:
+    """The run of one occurrence; a second call for the same occurrence changes nothing (idempotent per occurrence)."""
+    await ensure_counter(session, campaign.programme, month, campaign.trigger_code)
+    statement = (
+        upsert_insert(session, campaign_runs)
+        .values(
+            run_id=new_id("run_"),
+            campaign_key=campaign.campaign_key,
+            month=month,
+            cursor="",
+            pages_released=0,
+            outreach_count=0,
+            skipped_no_email=0,
+            skipped_render=0,
+            due_at=occurrence,
+            occurrence_at=occurrence,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["campaign_key", "occurrence_at"])
+    )
+    await session.execute(statement)
+
+
+SIGNAL_COLUMNS = frozenset(
+    {
+        "sent_at",
+        "delivered_at",
+        "failed_at",
+        "opened_at",
+        "clicked_at",
+        "replied_at",
+        "bounced_at",
+        "complained_at",
+        "opted_out_at",
+    }
+)
+
+
+async def record_signal(session: AsyncSession, campaign_id: str, column: str, at: datetime) -> None:
+    """Sets `column` on the outreach the first time only (a redelivery changes nothing)."""
+    if column not in SIGNAL_COLUMNS:
+        raise ValueError(f"{column} is not a signal column")
+    await session.execute(
+        update(outreaches)
+        .where(outreaches.c.campaign_id == campaign_id, outreaches.c[column].is_(None))
+        .values({column: at})
     )

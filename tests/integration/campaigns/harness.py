@@ -41,7 +41,7 @@ def member(profile_id: str, **attributes: str) -> seg_resources.Member:
 # Seven members: p04 has no e-mail (skipped), p06 has no city, which the templates need (render skipped).
 MEMBERS = [
     member("p01", email="p01@example.in", first_name="Asha", city="Pune"),
-    member("p02", email="p02@example.in", first_name="Ravi", city="Indore"),
+    member("p02", email="p02@example.in", first_name="Ravi", city="Indore", time_zone="America/Los_Angeles"),
     member("p03", email="p03@example.in", first_name="Meera", city="Kochi"),
     member("p04", first_name="Kiran", city="Surat"),
     member("p05", email="p05@example.in", first_name="Arjun", city="Nagpur"),

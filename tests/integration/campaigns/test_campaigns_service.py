@@ -81,7 +81,7 @@ async def test_launch_creates_one_outreach_per_reachable_member_with_unique_ids_
     assert f"campaign ID {programme}-{month}-T06-9999 does not exist" in (missing.value.details() or "")
 
     # Segments was asked for the attributes the templates use plus email and first_name, page after page.
-    assert {names for _, names in harness.segments.member_requests} == {("city", "email", "first_name")}
+    assert {names for _, names in harness.segments.member_requests} == {("city", "email", "first_name", "time_zone")}
     assert [token for token, _ in harness.segments.member_requests] == ["", "p03", "p06"]
 
     created_events = await collect(nats_bus, streams.OUTREACH_CREATED, programme, len(RELEASED_PROFILES))
@@ -127,7 +127,7 @@ async def test_unfinished_run_resumes_from_its_cursor_after_a_restart(harness: H
         campaign = await state_of(stub, created.campaign_key)
         return (
             campaign.outreach_count == 3
-            and ("p03", ("city", "email", "first_name")) in harness.segments.member_requests
+            and ("p03", ("city", "email", "first_name", "time_zone")) in harness.segments.member_requests
         )
 
     await eventually(first_page_released_and_second_refused)

@@ -65,6 +65,8 @@ async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
             var_dir=tmp_path / "segments",
             database_url=f"sqlite+aiosqlite:///{tmp_path / 'segments.db'}",
             nats_url=nats_url,
+            # Segment maker-checker is segments' own concern; these tests publish directly.
+            require_approval=False,
         ),
         provider,
     )
@@ -121,6 +123,16 @@ def _campaign(segment_id: str) -> resources_pb2.Campaign:
 
 
 async def test_campaign_on_a_real_published_segment_reaches_every_member_with_an_email(stack: Stack) -> None:
+    defined = await stack.segments.DefineAttributes(
+        seg_service.DefineAttributesRequest(
+            request_id="attributes-1",
+            attributes=[
+                seg.AttributeDefinition(name=name, type=seg.ATTRIBUTE_TYPE_STRING, pii=name == "email")
+                for name in ("email", "first_name", "city", "plan")
+            ],
+        )
+    )
+    assert not defined.errors
     upserted = await stack.segments.UpsertProfiles(
         seg_service.UpsertProfilesRequest(request_id="profiles-1", profiles=PROFILES)
     )

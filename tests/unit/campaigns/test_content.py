@@ -86,7 +86,7 @@ def test_attributes_to_fetch_are_those_referenced_plus_email_and_first_name() ->
         templates(text_template="{% for f in funds_held %}{{ f }}{% endfor %} {{ range(2)|list }} {{ total_aum }}"),
         offer_has_amount=True,
     )
-    assert compiled.attribute_names() == ["city", "email", "first_name", "funds_held", "total_aum"]
+    assert compiled.attribute_names() == ["city", "email", "first_name", "funds_held", "time_zone", "total_aum"]
 
 
 def test_render_uses_attributes_offer_and_the_unsubscribe_pseudo_url() -> None:

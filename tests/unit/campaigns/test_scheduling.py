@@ -1,0 +1,114 @@
+"""Recurrence, distribution steps, quiet hours and the automatic-pause rule, without I/O."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from plumbing.errors import InvalidArgument
+from services.campaigns.scheduling import (
+    AutoPause,
+    DeliveryOptions,
+    Distribution,
+    FrequencyCapRule,
+    QuietHours,
+    Recurrence,
+    next_occurrence,
+    recipient_time_zone,
+    recurrence_cron,
+    validate_distribution,
+)
+
+
+def test_frequencies_become_cron_expressions() -> None:
+    assert recurrence_cron("DAILY", "09:30", 0, 0, "", "r") == "30 9 * * *"
+    assert recurrence_cron("WEEKLY", "", 7, 0, "", "r") == "0 9 * * 0"
+    assert recurrence_cron("MONTHLY", "18:05", 0, 28, "", "r") == "5 18 28 * *"
+    assert recurrence_cron("", "", 0, 0, "30 9 * * 1-5", "r") == "30 9 * * 1-5"
+
+
+@pytest.mark.parametrize(
+    ("frequency", "time_of_day", "dow", "dom", "cron", "field"),
+    [
+        ("", "", 0, 0, "", "r.frequency"),
+        ("WEEKLY", "09:00", 8, 0, "", "r.day_of_week"),
+        ("MONTHLY", "09:00", 0, 31, "", "r.day_of_month"),
+        ("DAILY", "25:00", 0, 0, "", "r.time_of_day"),
+        ("", "", 0, 0, "every day", "r.cron"),
+        ("DAILY", "", 0, 0, "0 9 * * *", "r.cron"),
+    ],
+)
+def test_bad_recurrences_name_the_field(
+    frequency: str, time_of_day: str, dow: int, dom: int, cron: str, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        recurrence_cron(frequency, time_of_day, dow, dom, cron, "r")
+    assert error.value.field == field
+
+
+def test_occurrences_are_local_wall_clock_times() -> None:
+    daily = Recurrence("0 9 * * *")
+    # 09:00 in Kolkata is 03:30 UTC; after 04:00 UTC the next one is tomorrow's.
+    assert next_occurrence(daily, "Asia/Kolkata", datetime(2026, 11, 3, 2, 0, tzinfo=UTC)) == datetime(
+        2026, 11, 3, 3, 30, tzinfo=UTC
+    )
+    assert next_occurrence(daily, "Asia/Kolkata", datetime(2026, 11, 3, 4, 0, tzinfo=UTC)) == datetime(
+        2026, 11, 4, 3, 30, tzinfo=UTC
+    )
+    ended = Recurrence("0 9 * * *", end=datetime(2026, 11, 4, 0, 0, tzinfo=UTC))
+    assert next_occurrence(ended, "Asia/Kolkata", datetime(2026, 11, 3, 4, 0, tzinfo=UTC)) is None
+
+
+def test_distribution_steps() -> None:
+    assert Distribution(10, 3600).step_size(1000) == 100
+    assert Distribution(10, 3600).step_size(5) == 1
+    assert Distribution(40, 3600).step_size(5) == 2
+    assert Distribution().step_size(7) == 7
+    assert validate_distribution(0, 0) == Distribution()
+    with pytest.raises(InvalidArgument) as error:
+        validate_distribution(10, 30)
+    assert error.value.field == "campaign.distribution.interval"
+
+
+def test_quiet_hours_across_midnight_defer_to_their_end() -> None:
+    quiet = QuietHours(21 * 60, 9 * 60)
+    # 23:00 IST on 3 Nov (17:30 UTC) waits until 09:00 IST on 4 Nov (03:30 UTC).
+    assert quiet.release_time(datetime(2026, 11, 3, 17, 30, tzinfo=UTC), "Asia/Kolkata") == datetime(
+        2026, 11, 4, 3, 30, tzinfo=UTC
+    )
+    # 06:00 IST waits until 09:00 the same day.
+    assert quiet.release_time(datetime(2026, 11, 3, 0, 30, tzinfo=UTC), "Asia/Kolkata") == datetime(
+        2026, 11, 3, 3, 30, tzinfo=UTC
+    )
+    noon = datetime(2026, 11, 3, 6, 30, tzinfo=UTC)
+    assert quiet.release_time(noon, "Asia/Kolkata") == noon
+    # The same instant is 22:30 in Los Angeles the evening before: quiet there.
+    assert quiet.release_time(noon, "America/Los_Angeles") > noon
+
+
+def test_recipient_time_zone_falls_back_to_the_campaigns() -> None:
+    assert recipient_time_zone("Asia/Dubai", "Asia/Kolkata") == "Asia/Dubai"
+    assert recipient_time_zone("Mars/Olympus", "Asia/Kolkata") == "Asia/Kolkata"
+    assert recipient_time_zone(None, "Asia/Kolkata") == "Asia/Kolkata"
+
+
+def test_auto_pause_judges_rates_once_enough_are_released() -> None:
+    rule = AutoPause(max_bounce_rate=0.05, max_complaint_rate=0.001, min_released=100)
+    assert rule.breach(99, 50, 0, 0) is None
+    assert rule.breach(100, 4, 0, 0) is None
+    assert rule.breach(100, 5, 0, 0) == "bounce rate 0.050 >= 0.050 over 100 released outreaches"
+    assert (rule.breach(1000, 0, 1, 0) or "").startswith("complaint rate")
+    assert AutoPause().breach(1000, 1000, 1000, 1000) is None
+
+
+def test_options_round_trip_through_json() -> None:
+    options = DeliveryOptions(
+        recurrence=Recurrence("0 9 * * 1", end=datetime(2027, 1, 1, tzinfo=UTC)),
+        distribution=Distribution(10, 3600),
+        quiet_hours=QuietHours(1260, 540),
+        auto_pause=AutoPause(0.05, 0.01, 0.02, 50),
+        frequency_caps=(FrequencyCapRule("CHANNEL", "DAY", 1),),
+        priority=5,
+        holdout_basis_points=1000,
+    )
+    assert DeliveryOptions.from_json(options.to_json()) == options
+    assert DeliveryOptions.from_json(None) == DeliveryOptions()
