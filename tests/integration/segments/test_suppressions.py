@@ -1,0 +1,124 @@
+"""Suppressions over gRPC on SQLite and PostgreSQL: per-record validation, replace, list, check at a time, remove."""
+
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from plumbing.ids import new_id
+from xsell.segments.v1 import resources_pb2 as r
+from xsell.segments.v1 import service_pb2 as api
+from xsell.segments.v1.service_pb2_grpc import SegmentsServiceStub
+from xsell.type.v1 import channel_pb2
+
+
+def _stamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+async def _check(stub: SegmentsServiceStub, profile_id: str, channel: int, at: datetime | None = None) -> list[str]:
+    request = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel)  # type: ignore[arg-type]
+    if at is not None:
+        request.at_time.CopyFrom(_stamp(at))
+    response = await stub.CheckSuppression(request)
+    assert response.suppressed == bool(response.suppressions)
+    return sorted(r.SuppressionReason.Name(s.reason) for s in response.suppressions)
+
+
+async def test_suppressions_are_added_replaced_listed_checked_and_lifted(segments: SegmentsServiceStub) -> None:
+    in_30_days = datetime.now(UTC) + timedelta(days=30)
+    request = api.AddSuppressionsRequest(
+        request_id=new_id("req_"),
+        suppressions=[
+            r.Suppression(profile_id="asha", reason=r.SUPPRESSION_REASON_OPT_OUT, note="ticket 1"),
+            r.Suppression(profile_id="asha", channel=channel_pb2.CHANNEL_SMS, reason=r.SUPPRESSION_REASON_DND_REGISTRY),
+            r.Suppression(profile_id="", reason=r.SUPPRESSION_REASON_OPT_OUT),
+            r.Suppression(
+                profile_id="ravi",
+                channel=channel_pb2.CHANNEL_EMAIL,
+                reason=r.SUPPRESSION_REASON_RECENT_DECLINE,
+                expire_time=_stamp(in_30_days),
+            ),
+            r.Suppression(profile_id="kiran"),
+        ],
+    )
+    added = await segments.AddSuppressions(request)
+    assert added.accepted_count == 3
+    assert [(e.index, e.field) for e in added.errors] == [
+        (2, "suppressions[2].profile_id"),
+        (4, "suppressions[4].reason"),
+    ]
+    assert await segments.AddSuppressions(request) == added
+
+    # The same person, channel and reason again replaces the first one.
+    await segments.AddSuppressions(
+        api.AddSuppressionsRequest(
+            request_id=new_id("req_"),
+            suppressions=[r.Suppression(profile_id="asha", reason=r.SUPPRESSION_REASON_OPT_OUT, note="ticket 2")],
+        )
+    )
+    listed: list[r.Suppression] = []
+    token = ""
+    while True:
+        page = await segments.ListSuppressions(api.ListSuppressionsRequest(page_size=2, page_token=token))
+        listed.extend(page.suppressions)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [(s.profile_id, s.channel, s.reason, s.note) for s in listed] == [
+        ("asha", channel_pb2.CHANNEL_UNSPECIFIED, r.SUPPRESSION_REASON_OPT_OUT, "ticket 2"),
+        ("asha", channel_pb2.CHANNEL_SMS, r.SUPPRESSION_REASON_DND_REGISTRY, ""),
+        ("ravi", channel_pb2.CHANNEL_EMAIL, r.SUPPRESSION_REASON_RECENT_DECLINE, ""),
+    ]
+    assert listed[2].expire_time.ToDatetime(tzinfo=UTC) == in_30_days
+    only_ravi = await segments.ListSuppressions(api.ListSuppressionsRequest(profile_id="ravi"))
+    assert [s.profile_id for s in only_ravi.suppressions] == ["ravi"]
+
+    assert await _check(segments, "asha", channel_pb2.CHANNEL_EMAIL) == ["SUPPRESSION_REASON_OPT_OUT"]
+    assert await _check(segments, "asha", channel_pb2.CHANNEL_SMS) == [
+        "SUPPRESSION_REASON_DND_REGISTRY",
+        "SUPPRESSION_REASON_OPT_OUT",
+    ]
+    assert await _check(segments, "ravi", channel_pb2.CHANNEL_EMAIL) == ["SUPPRESSION_REASON_RECENT_DECLINE"]
+    assert await _check(segments, "ravi", channel_pb2.CHANNEL_SMS) == []
+    assert await _check(segments, "ravi", channel_pb2.CHANNEL_UNSPECIFIED) == []
+    # After its expiry the decline no longer counts.
+    assert await _check(segments, "ravi", channel_pb2.CHANNEL_EMAIL, in_30_days + timedelta(seconds=1)) == []
+    assert await _check(segments, "nobody", channel_pb2.CHANNEL_EMAIL) == []
+
+    lift = api.RemoveSuppressionRequest(
+        request_id=new_id("req_"), profile_id="asha", reason=r.SUPPRESSION_REASON_OPT_OUT
+    )
+    assert (await segments.RemoveSuppression(lift)).removed
+    assert (await segments.RemoveSuppression(lift)).removed  # a retry answers the same
+    lift.request_id = new_id("req_")
+    assert not (await segments.RemoveSuppression(lift)).removed
+    assert await _check(segments, "asha", channel_pb2.CHANNEL_EMAIL) == []
+
+
+async def test_bad_suppression_requests_are_rejected(segments: SegmentsServiceStub) -> None:
+    async def code_of(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        return raised.value.code(), raised.value.details() or ""
+
+    code, details = await code_of(segments.AddSuppressions(api.AddSuppressionsRequest(request_id="r")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("suppressions:")
+    code, details = await code_of(
+        segments.CheckSuppression(api.CheckSuppressionRequest(channel=channel_pb2.CHANNEL_SMS))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("profile_id:")
+    code, details = await code_of(segments.CheckSuppression(api.CheckSuppressionRequest(profile_id="p", channel=42)))  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("channel:")
+    code, details = await code_of(
+        segments.RemoveSuppression(api.RemoveSuppressionRequest(request_id="r", profile_id="p"))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("reason:")
+    code, _ = await code_of(segments.ListSuppressions(api.ListSuppressionsRequest(page_token="junk")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = await code_of(segments.ListSuppressions(api.ListSuppressionsRequest(page_size=-1)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert not (await segments.ListSuppressions(api.ListSuppressionsRequest())).suppressions
