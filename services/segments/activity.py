@@ -98,6 +98,7 @@ class Activity:
             return
         with self.tracer.start_as_current_span("recompute computed attributes") as span:
             span.set_attribute("segments.computed.attributes", len(derived))
+            await store.lock_profiles(session, (e.profile_id for e in incoming))
             for definition in derived:
                 people = sorted({e.profile_id for e in incoming if e.name == definition.event_name})
                 await store.recompute(session, [definition], people, now)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from services.segments.rules import MAX_WINDOW_SECONDS, PropertyFilter, RuleError, parse_rule, value_matches
-from services.segments.values import CURRENCY_PATTERN, Kind, Value, name_problem
+from services.segments.values import CURRENCY_PATTERN, Kind, Value, name_problem, to_proto
 from xsell.segments.v1 import resources_pb2
 
 
@@ -97,6 +97,25 @@ def parse_computed(
         filters=_filters(computed, path),
         currency=currency,
     )
+
+
+def computed_proto(definition: ComputedDefinition) -> resources_pb2.ComputedAttribute:
+    """The contract form of a definition (the inverse of parse_computed)."""
+    message = resources_pb2.ComputedAttribute(
+        event_name=definition.event_name,
+        aggregation=resources_pb2.Aggregation.Value(f"AGGREGATION_{definition.aggregation}"),
+        property=definition.property,
+        currency_code=definition.currency or "",
+    )
+    if definition.window_seconds is not None:
+        message.window.FromTimedelta(timedelta(seconds=definition.window_seconds))
+    for f in definition.filters:
+        message.property_filters.add(
+            property=f.property,
+            operator=resources_pb2.Operator.Value(f.op.value),
+            values=[to_proto(v) for v in f.values],
+        )
+    return message
 
 
 def _check_property(aggregation: Aggregation, name: str, path: str) -> None:

@@ -968,6 +968,25 @@ _NO_TEXT = literal(None, String(1024))
 _NO_NUMBER = literal(None, Double)
 
 
+async def lock_profiles(session: AsyncSession, profile_ids: Iterable[str]) -> None:
+    """Row locks on these people, in id order, until the transaction ends.
+
+    Two batches that recompute one person's attributes then run one after the other: under READ
+    COMMITTED the second one's statements see the first one's events, so neither writes a value that
+    misses the other's events. NO KEY UPDATE does not block inserting events (their foreign key
+    takes KEY SHARE). SQLite's BEGIN IMMEDIATE already serialises.
+    """
+    ids = sorted(set(profile_ids))
+    if ids:
+        query = (
+            select(profiles.c.profile_id)
+            .where(profiles.c.profile_id.in_(ids))
+            .order_by(profiles.c.profile_id)
+            .with_for_update(key_share=True)
+        )
+        await session.execute(query)
+
+
 async def recompute(
     session: AsyncSession, definitions: Sequence[ComputedDefinition], scope: ProfileScope, now: datetime
 ) -> None:

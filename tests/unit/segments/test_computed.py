@@ -10,6 +10,7 @@ from services.segments.computed import (
     ComputedDefinition,
     ComputedError,
     PastEvent,
+    computed_proto,
     evaluate,
     parse_computed,
 )
@@ -154,3 +155,15 @@ def test_reference_first_last_count_and_filters() -> None:
     assert evaluate(hdfc, _events(), NOW) == Value.num(2)
     recent = ComputedDefinition("recent", Kind.NUMBER, "transaction_success", Aggregation.COUNT, "", 30 * DAY)
     assert evaluate(recent, _events(), NOW) == Value.num(3)
+
+
+def test_the_contract_form_round_trips() -> None:
+    for message in (
+        computed("DISTINCT_COUNT", "amc"),
+        computed("SUM", window_days=90, currency="INR", filters=[prop("amc", "IN", s("HDFC"), s("SBI"))]),
+        computed("COUNT", "", event_name="session_start", window_days=0.5),
+    ):
+        kind = Kind.MONEY if message.currency_code else Kind.NUMBER
+        definition = parse_computed("x", kind, message, "c")
+        assert computed_proto(definition) == message
+        assert parse_computed("x", kind, computed_proto(definition), "c") == definition
