@@ -10,7 +10,7 @@ from pathlib import Path
 from bench import generator
 from bench.dataset import PostgresDataset, SqliteDataset
 from bench.postgres import BenchPostgres
-from bench.results import Context, machine_info
+from bench.results import WORKING_DATABASE, Context, machine_info
 
 FIGURES = ("recompute", "latency", "ingest", "rss")
 BACKENDS = ("sqlite", "postgresql")
@@ -75,6 +75,7 @@ async def main(args: argparse.Namespace) -> int:
             datasets=datasets,
             manifests=manifests,
             postgres=postgres,
+            figures=args.figures,
         )
         from bench import figures
 
@@ -83,7 +84,13 @@ async def main(args: argparse.Namespace) -> int:
         print(f"bench finished in {time.monotonic() - started:.0f}s", flush=True)
         return 0
     finally:
+        # Working copies are per run: the cached datasets stay, the copies go.
+        for backend in ("sqlite",):
+            for leftover in (args.var / "run" / backend).glob("segments.db*"):
+                leftover.unlink()
         if postgres is not None:
+            if postgres.started:
+                await postgres.drop_database(WORKING_DATABASE)
             postgres.stop()
 
 

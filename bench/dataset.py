@@ -7,6 +7,7 @@ seed reuses it, and every measured run works on a copy (file copy / CREATE DATAB
 """
 
 import asyncio
+import hashlib
 import json
 import multiprocessing
 import shutil
@@ -18,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.schema import CreateIndex
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
 
 import services.segments
 from bench import generator
@@ -30,6 +31,10 @@ from services.segments import store
 
 # Bump when the generator or the load changes shape, so stale caches are rebuilt.
 DATASET_VERSION = 1
+# The dataset is stamped at the first revision: the tables it fills. The service's start-up (and the
+# recompute figure) apply the later revisions to each working copy, so a new migration from the
+# other sides of issue 3 does not invalidate a cached million-person dataset.
+BASE_REVISION = "0001"
 # The service's own migrations (app.MIGRATIONS), without importing its composition root.
 MIGRATIONS = Path(services.segments.__file__).parent / "migrations"
 BULK_TABLES = (store.profile_attributes, store.events)
@@ -40,6 +45,7 @@ class Manifest:
     """What a cached dataset holds and how long it took to build."""
 
     version: int
+    schema: str
     scale: float
     seed: int
     anchor: str
@@ -59,10 +65,38 @@ class Manifest:
 def _read_manifest(path: Path, spec: generator.Spec) -> Manifest | None:
     if not path.exists():
         return None
-    manifest = Manifest(**json.loads(path.read_text()))
-    if manifest.version != DATASET_VERSION or manifest.scale != spec.scale or manifest.seed != spec.seed:
+    try:
+        manifest = Manifest(**json.loads(path.read_text()))
+    except (TypeError, ValueError):
+        return None
+    if (manifest.version, manifest.schema) != (DATASET_VERSION, base_schema()):
+        return None
+    if manifest.scale != spec.scale or manifest.seed != spec.seed:
         return None
     return manifest
+
+
+def base_schema() -> str:
+    """A fingerprint of the base revision's migration: a change to it means the cache is stale."""
+    (initial,) = (MIGRATIONS / "versions").glob(f"{BASE_REVISION}_*.py")
+    return hashlib.sha256(initial.read_bytes()).hexdigest()[:16]
+
+
+def _upgrade_to(connection: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrate(url: str, revision: str = "head") -> None:
+    """Applies the service's migrations up to `revision` (head: what the service itself would do)."""
+    database = Database(url)
+    try:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(_upgrade_to, revision)
+    finally:
+        await database.dispose()
 
 
 def _write_manifest(path: Path, manifest: Manifest) -> None:
@@ -141,10 +175,6 @@ def _progress(label: str, done: int, total: int, started: float) -> None:
 # --- SQLite -----------------------------------------------------------------------------------
 
 
-def _index_sql(table: Table, dialect: Any) -> list[tuple[str, str]]:
-    return [(str(index.name), str(CreateIndex(index).compile(dialect=dialect))) for index in table.indexes]
-
-
 class SqliteDataset:
     """The dataset as a SQLite file: var/bench/data/<key>.db with <key>.json beside it."""
 
@@ -168,13 +198,12 @@ class SqliteDataset:
         partial = self.path.with_suffix(".partial.db")
         for leftover in (partial, self.path, self.manifest_path):
             leftover.unlink(missing_ok=True)
-        database = Database(f"sqlite+aiosqlite:///{partial}")
-        await database.migrate(MIGRATIONS)
-        await database.dispose()
+        await migrate(f"sqlite+aiosqlite:///{partial}", BASE_REVISION)
         counts = await asyncio.to_thread(self._load, partial, workers, started)
         partial.rename(self.path)
         manifest = Manifest(
             version=DATASET_VERSION,
+            schema=base_schema(),
             scale=self.spec.scale,
             seed=self.spec.seed,
             anchor=self.spec.anchor.isoformat(),
@@ -191,7 +220,12 @@ class SqliteDataset:
             connection.execute("PRAGMA journal_mode=OFF")
             connection.execute("PRAGMA synchronous=OFF")
             connection.execute("PRAGMA cache_size=-1000000")
-            indexes = [item for table in BULK_TABLES for item in _index_sql(table, sqlite.dialect())]
+            tables = ", ".join(f"'{table.name}'" for table in BULK_TABLES)
+            # The secondary indexes the base revision made (not the automatic primary-key ones).
+            indexes = connection.execute(
+                "SELECT name, sql FROM sqlite_master "
+                f"WHERE type = 'index' AND tbl_name IN ({tables}) AND sql IS NOT NULL"
+            ).fetchall()
             for name, _ in indexes:
                 connection.execute(f"DROP INDEX IF EXISTS {name}")
             created = sqlite_time(int(self.spec.anchor.timestamp()))
@@ -278,9 +312,7 @@ class PostgresDataset:
         self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
         await self.server.recreate_database(self.database)
-        database = Database(self.url)
-        await database.migrate(MIGRATIONS)
-        await database.dispose()
+        await migrate(self.url, BASE_REVISION)
         connection = await self.server.connect(self.database)
         try:
             counts = await self._load(connection, workers, started)
@@ -288,6 +320,7 @@ class PostgresDataset:
             await connection.close()
         manifest = Manifest(
             version=DATASET_VERSION,
+            schema=base_schema(),
             scale=self.spec.scale,
             seed=self.spec.seed,
             anchor=self.spec.anchor.isoformat(),
@@ -299,7 +332,12 @@ class PostgresDataset:
         return manifest
 
     async def _load(self, connection: Any, workers: int, started: float) -> dict[str, Any]:
-        indexes = [item for table in BULK_TABLES for item in _index_sql(table, postgresql.dialect())]
+        # The secondary indexes the base revision made; constraint-backed ones (primary keys) stay.
+        indexes = await connection.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ANY($1::text[]) "
+            "AND indexname NOT IN (SELECT conname FROM pg_constraint)",
+            [table.name for table in BULK_TABLES],
+        )
         for name, _ in indexes:
             await connection.execute(f"DROP INDEX IF EXISTS {name}")
         # Foreign keys are checked row by row during COPY; the generator guarantees them, so the bulk

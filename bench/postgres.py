@@ -33,6 +33,10 @@ class BenchPostgres:
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         return self
 
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -280,18 +279,12 @@ def load(examples: Path) -> tuple[list[RecipeSegment], str]:
 def _rule_file_reader() -> Callable[[Path], tuple[str, r.Rule]] | None:
     """(display name, proto rule) of one rule file, through the service's own parser."""
     try:
-        from services.segments import rule_files  # type: ignore[attr-defined]
+        from services.segments.rule_files import load_segment_file
     except ImportError:
         return None
 
     def read(path: Path) -> tuple[str, r.Rule]:
-        loader = getattr(rule_files, "load_file", None) or getattr(rule_files, "load")  # noqa: B009
-        parsed: Any = loader(path)
-        segment = getattr(parsed, "segment", parsed)
-        if isinstance(segment, r.Segment):
-            return segment.display_name or path.stem, segment.rule
-        if isinstance(segment, r.Rule):
-            return path.stem, segment
-        return str(getattr(segment, "display_name", path.stem)), segment.rule
+        segment = load_segment_file(path)
+        return segment.name, segment.rule
 
     return read

