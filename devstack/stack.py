@@ -41,11 +41,11 @@ class Ports:
     campaigns: int
     channels: int
     attribution: int
-    metrics: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    metrics: dict[str, int]
 
     @classmethod
     def defaults(cls) -> "Ports":
-        return cls(**DEFAULT_PORTS)
+        return cls(**DEFAULT_PORTS, metrics=dict(DEFAULT_METRICS_PORTS))
 
     @classmethod
     def free(cls, smtp: int | None = None) -> "Ports":

@@ -1,6 +1,7 @@
 """NATS JetStream: connection, idempotent stream and consumer declaration, and traced durable pull consumers."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ DLQ_REASON_HEADER = "Xsell-Dlq-Reason"
 DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
 
 M = TypeVar("M", bound=Message)
+
+FETCH_WAIT_SECONDS = 1.0
+"""How long one pull waits for messages; also how long a stop may wait for the fetch in flight."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class Bus:
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            # Bounded, so a shutdown never hangs on the server (the default is 30 s).
+            drain_timeout=5,
             error_cb=_log_nats_error,
             disconnected_cb=_log_disconnect,
         )
@@ -158,6 +164,7 @@ class Consumer(Generic[M]):
         self.tracer = tracer
         self.concurrency = concurrency
         self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._subscription: JetStreamContext.PullSubscription | None = None
         instruments = meter()
         self._handled = instruments.create_counter(
@@ -191,11 +198,23 @@ class Consumer(Generic[M]):
         if self._subscription is None:
             await self.declare()
         assert self._subscription is not None
+        self._stopped.clear()
+        try:
+            await self._loop(self._subscription)
+        finally:
+            if not self.bus.nc.is_closed:
+                # The durable stays on the server; only this process's interest in it ends. Done even
+                # when cancelled, or the connection's drain would wait for this subscription.
+                with contextlib.suppress(Exception):
+                    await self._subscription.unsubscribe()
+            self._stopped.set()
+
+    async def _loop(self, subscription: JetStreamContext.PullSubscription) -> None:
         semaphore = asyncio.Semaphore(self.concurrency)
         while not self._stopping.is_set():
             await self._observe_lag()
             try:
-                batch = await self._subscription.fetch(self.spec.batch_size, timeout=1.0)
+                batch = await subscription.fetch(self.spec.batch_size, timeout=FETCH_WAIT_SECONDS)
             except NatsTimeoutError:
                 continue
             except Exception as error:  # noqa: BLE001 - the connection reconnects; log and poll again
@@ -214,12 +233,13 @@ class Consumer(Generic[M]):
                         await self._handle(msg)
 
                 await asyncio.gather(*(bounded(msg) for msg in batch))
-        if not self.bus.nc.is_closed:
-            # The durable stays on the server; only this process's interest in it ends.
-            await self._subscription.unsubscribe()
 
     async def stop(self) -> None:
+        """Stops fetching and waits for the batch in hand to finish (at most a fetch wait longer)."""
         self._stopping.set()
+        if self._subscription is not None and not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout=FETCH_WAIT_SECONDS + 1.0)
 
     async def _observe_lag(self) -> None:
         """Reads the durable's backlog from the server every few seconds, for the consumer lag gauge."""

@@ -1,9 +1,6 @@
 """The composition root of the campaigns service: settings, database, bus, segments client, servicer, loops."""
 
-import asyncio
-import contextlib
 from pathlib import Path
-from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -25,31 +22,7 @@ from xsell.campaigns.v1 import service_pb2_grpc
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# plumbing.bus.Consumer fetches with a one-second timeout; a stop waits a little longer than that.
-FETCH_WAIT_SECONDS = 3.0
 SERVICE_NAME = "xsell.campaigns.v1.CampaignsService"
-
-
-def _until_stopped(name: str, consumer: Consumer[Any]) -> BackgroundTask:
-    """A consumer task whose stop waits for the fetch in flight to end.
-
-    Otherwise a pull request cancelled mid-fetch by ServiceProcess.stop's grace timeout leaves NATS
-    draining for its full 30 s timeout (plumbing's Consumer.stop only sets a flag).
-    """
-    finished = asyncio.Event()
-
-    async def run() -> None:
-        try:
-            await consumer.run()
-        finally:
-            finished.set()
-
-    async def stop() -> None:
-        await consumer.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(finished.wait(), timeout=FETCH_WAIT_SECONDS)
-
-    return BackgroundTask(name, run, stop)
 
 
 async def build(settings: CampaignsSettings, provider: TracerProvider) -> ServiceProcess:
@@ -94,8 +67,8 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("release-runner", runner.run, runner.stop),
-            _until_stopped("delivery-consumer", delivery_consumer),
-            _until_stopped("engagement-consumer", engagement_consumer),
+            BackgroundTask("delivery-consumer", delivery_consumer.run, delivery_consumer.stop),
+            BackgroundTask("engagement-consumer", engagement_consumer.run, engagement_consumer.stop),
         ],
         # Closed in reverse: the segments channel first, then NATS drains, then the database.
         closers=[db.dispose, bus.drain, close_segments_channel],
