@@ -16,6 +16,7 @@ from services.campaigns.app import build
 from services.campaigns.settings import CampaignsSettings
 from services.segments.app import build as build_segments
 from services.segments.settings import SegmentsSettings
+from tests.integration.segments.approval import publish as approve_and_publish
 from tests.waiting import eventually
 from xsell.campaigns.v1 import resources_pb2, service_pb2, service_pb2_grpc
 from xsell.segments.v1 import resources_pb2 as seg
@@ -103,9 +104,8 @@ async def _segment(stack: Stack, name: str, *, publish: bool) -> str:
     )
     segment_id = created.segment.segment_id
     if publish:
-        await stack.segments.PublishSegment(
-            seg_service.PublishSegmentRequest(request_id=f"pub-{name}", segment_id=segment_id)
-        )
+        # Maker-checker: the draft is submitted and approved by a second client before it is published.
+        await approve_and_publish(stack.segments, segment_id)
     return segment_id
 
 
