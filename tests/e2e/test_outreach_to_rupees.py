@@ -129,7 +129,8 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
         )
         assert ingested.accepted_count == 1 and not ingested.errors
 
-        # 2. An operator creates and publishes "SIP-only investors".
+        # 2. An operator creates "SIP-only investors"; a second person (the approve-scoped key) approves
+        # it through the gateway, and only then can it be published.
         created = await segments_api.CreateSegment(
             segments.CreateSegmentRequest(
                 request_id="e2e-segment-1",
@@ -137,6 +138,28 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
             ),
             metadata=AUTH,
         )
+        assert created.segment.author == "bootstrap"
+        await segments_api.SubmitSegment(
+            segments.SubmitSegmentRequest(
+                request_id="e2e-segment-submit-1", segment_id=created.segment.segment_id, version=1
+            ),
+            metadata=AUTH,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as own_approval:
+            await segments_api.ApproveSegment(
+                segments.ApproveSegmentRequest(
+                    request_id="e2e-segment-self-approve-1", segment_id=created.segment.segment_id, version=1
+                ),
+                metadata=AUTH,
+            )
+        assert own_approval.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        approved = await segments_api.ApproveSegment(
+            segments.ApproveSegmentRequest(
+                request_id="e2e-segment-approve-1", segment_id=created.segment.segment_id, version=1
+            ),
+            metadata=_approver_auth(running_stack),
+        )
+        assert approved.segment.approver not in ("", "bootstrap")
         published = await segments_api.PublishSegment(
             segments.PublishSegmentRequest(request_id="e2e-publish-1", segment_id=created.segment.segment_id),
             metadata=AUTH,
