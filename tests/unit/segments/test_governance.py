@@ -70,3 +70,14 @@ def test_a_rejection_needs_a_reason_and_notes_are_bounded() -> None:
     assert governance.reason("", required=False, field="note") == ""
     with pytest.raises(governance.NoteProblem):
         governance.reason("x" * (governance.MAX_NOTE + 1), required=False, field="note")
+
+
+def test_approval_is_required_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.segments.settings import SegmentsSettings
+
+    defaults = SegmentsSettings()
+    assert (defaults.require_approval, defaults.sweep_interval_seconds, defaults.stream_page_size) == (True, 60.0, 1000)
+    monkeypatch.setenv("XSELL_SEGMENTS_REQUIRE_APPROVAL", "false")
+    monkeypatch.setenv("XSELL_SEGMENTS_SWEEP_INTERVAL_SECONDS", "5")
+    overridden = SegmentsSettings()
+    assert (overridden.require_approval, overridden.sweep_interval_seconds) == (False, 5.0)
