@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -56,6 +57,7 @@ class Manifest:
     index_s: float
     total_s: float
     built_at: str
+    note: str = ""
 
     @property
     def anchor_time(self) -> datetime:
@@ -344,17 +346,48 @@ class PostgresDataset:
         # load runs as a replica (triggers off) and the constraints stay declared.
         await connection.execute("SET session_replication_role = replica")
         await connection.execute("SET maintenance_work_mem = '1GB'")
-        created = self.spec.anchor
         totals = {"profiles": 0, "attribute_rows": 0, "events": 0}
         queue: asyncio.Queue[tuple[int, LoadBlock] | None] = asyncio.Queue(maxsize=4)
         loop = asyncio.get_running_loop()
 
+        failed = threading.Event()
+
         def produce() -> None:
             for item in load_blocks(self.spec, "postgres", workers):
+                if failed.is_set():
+                    return
                 asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
             asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
         producer = loop.run_in_executor(None, produce)
+        try:
+            await self._copy_blocks(connection, queue, totals, started)
+        except BaseException:
+            # The generator thread must not wait forever on a queue nobody reads.
+            failed.set()
+            while not queue.empty():
+                queue.get_nowait()
+            raise
+        await producer
+        loaded = time.monotonic()
+        for name, sql in indexes:
+            print(f"  postgres index {name}", flush=True)
+            await connection.execute(sql)
+        await connection.execute("ANALYZE")
+        return {
+            **totals,
+            "generate_and_insert_s": round(loaded - started, 1),
+            "index_s": round(time.monotonic() - loaded, 1),
+        }
+
+    async def _copy_blocks(
+        self,
+        connection: Any,
+        queue: "asyncio.Queue[tuple[int, LoadBlock] | None]",
+        totals: dict[str, int],
+        started: float,
+    ) -> None:
+        created = self.spec.anchor
         done = 0
         while (item := await queue.get()) is not None:
             first, block = item
@@ -378,17 +411,6 @@ class PostgresDataset:
             totals["events"] += len(block.events)
             done += 1
             _progress("postgres load", done, self.spec.blocks, started)
-        await producer
-        loaded = time.monotonic()
-        for name, sql in indexes:
-            print(f"  postgres index {name}", flush=True)
-            await connection.execute(sql)
-        await connection.execute("ANALYZE")
-        return {
-            **totals,
-            "generate_and_insert_s": round(loaded - started, 1),
-            "index_s": round(time.monotonic() - loaded, 1),
-        }
 
     async def working_copy(self, name: str) -> str:
         """A fresh copy (CREATE DATABASE … TEMPLATE) for a measured run; returns its SQLAlchemy URL."""

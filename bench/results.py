@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ class Context:
 
             dataset = self.datasets[backend]
             print(f"{backend}: fresh working copy of the dataset", flush=True)
+            # Nothing of an earlier run may leak in: not its JetStream store, logs or spans.
+            await asyncio.to_thread(shutil.rmtree, self.run_dir / backend, True)
             if isinstance(dataset, SqliteDataset):
                 url = await asyncio.to_thread(dataset.working_copy, self.run_dir / backend / "segments.db")
             else:
