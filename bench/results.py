@@ -96,6 +96,7 @@ def write_result(context: Context, name: str, figure: dict[str, Any]) -> Path:
     """bench/results/<name>.json: the figure with its unit, goal and verdict, plus the run's provenance."""
     context.results_dir.mkdir(parents=True, exist_ok=True)
     path = context.results_dir / f"{name}.json"
+    figure = _merge_backends(path, context, figure)
     document = {
         "name": name,
         **figure,
@@ -104,9 +105,36 @@ def write_result(context: Context, name: str, figure: dict[str, Any]) -> Path:
         "profiles": context.spec.profile_count,
         "events": context.spec.event_count,
         "data_anchor": context.spec.anchor.isoformat(),
-        "datasets": {backend: manifest.__dict__ for backend, manifest in context.manifests.items()},
+        "datasets": {
+            **figure.pop("_previous_datasets", {}),
+            **{backend: manifest.__dict__ for backend, manifest in context.manifests.items()},
+        },
         "machine": context.machine,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     return path
+
+
+def _merge_backends(path: Path, context: Context, figure: dict[str, Any]) -> dict[str, Any]:
+    """A run on some backends keeps the other backends' entries of the same scale and seed.
+
+    Each backend entry carries its own date; the figure's goal is met when every backend's is.
+    """
+    measured = figure.get("backends")
+    if not isinstance(measured, dict):
+        return figure
+    today = datetime.now(UTC).isoformat(timespec="seconds")
+    backends = {backend: {**result, "measured_at": today} for backend, result in measured.items()}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = {}
+        if (previous.get("scale"), previous.get("seed")) == (context.spec.scale, context.spec.seed):
+            for backend, result in (previous.get("backends") or {}).items():
+                backends.setdefault(backend, result)
+            figure = {**figure, "_previous_datasets": previous.get("datasets") or {}}
+    merged = {**figure, "backends": backends}
+    merged["goal_met"] = bool(backends) and all(result.get("goal_met") is True for result in backends.values())
+    return merged

@@ -174,6 +174,9 @@ async def run(context: Context) -> None:
             "segments_over_ratio_goal": [row["segment"] for row in rows if not row["meets_ratio_goal"]],
             "audiences_differ": [row["segment"] for row in rows if row["same_audience"] is False],
         }
+        by_backend[backend]["goal_met"] = not (
+            by_backend[backend]["segments_over_time_goal"] or by_backend[backend]["segments_over_ratio_goal"]
+        )
     met = all(
         not result["segments_over_time_goal"] and not result["segments_over_ratio_goal"]
         for result in by_backend.values()
