@@ -110,6 +110,8 @@ def write_result(context: Context, name: str, figure: dict[str, Any]) -> Path:
             **{backend: manifest.__dict__ for backend, manifest in context.manifests.items()},
         },
         "machine": context.machine,
+        # Other work on the same machine slows every figure; the 1/5/15-minute load average says how much.
+        "load_average_at_write": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -521,17 +521,17 @@ async def _rss(context: Context, process: SegmentsProcess, stub: Any, backend: s
     everyone = resources_pb2.Rule(
         attribute=resources_pb2.AttributeCondition(attribute="customer_tier", operator=resources_pb2.OPERATOR_EXISTS)
     )
-    tenth = resources_pb2.Rule(
+    premium = resources_pb2.Rule(
         attribute=resources_pb2.AttributeCondition(
-            attribute="plan_type",
-            operator=resources_pb2.OPERATOR_EQUALS,
-            values=[resources_pb2.Value(string_value="Regular")],
+            attribute="customer_tier",
+            operator=resources_pb2.OPERATOR_IN,
+            values=[resources_pb2.Value(string_value="Premium"), resources_pb2.Value(string_value="HNI")],
         )
     )
     sizes = {}
     for key, name, rule in (
         ("audience_all", "Every investor (RSS bench)", everyone),
-        ("audience_premium", "Premium and HNI investors (RSS bench)", tenth),
+        ("audience_premium", "Premium and HNI investors (RSS bench)", premium),
     ):
         started = time.perf_counter()
         segment = await publish(stub, key, name, rule)
