@@ -82,8 +82,8 @@ def render(directory: Path) -> str:
         for backend, r in latency["backends"].items():
             lines.append(
                 f"| {backend} | {r.get('unloaded_p50_ms')} / {r.get('unloaded_p99_ms')} | "
-                f"{r.get('achieved_rate_per_s')} | {r.get('committed_p50_ms')} / {r.get('committed_p99_ms')} | {r.get('nats_p50_ms')} / "
-                f"{r.get('nats_p99_ms')} | {r.get('failed_calls')} |"
+                f"{r.get('achieved_rate_per_s')} | {r.get('committed_p50_ms')} / {r.get('committed_p99_ms')} | "
+                f"{r.get('nats_p50_ms')} / {r.get('nats_p99_ms')} | {r.get('failed_calls')} |"
             )
         lines.append("")
     rss = _load(directory, "rss")
