@@ -85,7 +85,7 @@ async def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         # Working copies are per run: the cached datasets stay, the copies go.
-        for backend in ("sqlite",):
+        for backend in args.backends:
             for leftover in (args.var / "run" / backend).glob("segments.db*"):
                 leftover.unlink()
         if postgres is not None:
