@@ -1,8 +1,6 @@
 """The attribute catalog and computed attributes: DefineAttributes, ListAttributes, and the default catalog file."""
 
 import asyncio
-import base64
-import binascii
 from datetime import datetime
 from pathlib import Path
 
@@ -13,13 +11,13 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
 from services.segments import store
 from services.segments.activity import Activity
+from services.segments.api_support import check_batch, decode_token, encode_token, page_size
 from services.segments.catalog import Catalog, Definition, definitions_from_document, validate_definitions
-from services.segments.records import MAX_BATCH, record_errors
+from services.segments.records import record_errors
 from xsell.segments.v1 import resources_pb2, service_pb2
 
 log = structlog.get_logger(__name__)
@@ -87,21 +85,6 @@ async def install_catalog_file(db: Database, activity: Activity, path: str) -> i
     return len(new)
 
 
-def _page_token(after: str) -> str:
-    return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
-
-
-def _after(token: str) -> str | None:
-    if not token:
-        return None
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, binascii.Error):
-        raise InvalidArgument(
-            "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
-        ) from None
-
-
 class CatalogApi:
     """The catalog RPCs of SegmentsApi; state lives on the SegmentsApi instance."""
 
@@ -112,11 +95,7 @@ class CatalogApi:
     async def DefineAttributes(
         self, request: service_pb2.DefineAttributesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.DefineAttributesResponse:
-        if not 1 <= len(request.attributes) <= MAX_BATCH:
-            raise InvalidArgument(
-                f"attributes must hold 1 to {MAX_BATCH} definitions per request, got {len(request.attributes)}",
-                field="attributes",
-            )
+        check_batch(len(request.attributes), "attributes")
         response = await define(self.db, self.idempotency, self.activity, request)
         span = trace.get_current_span()
         span.set_attribute("segments.batch.size", len(request.attributes))
@@ -126,16 +105,10 @@ class CatalogApi:
     async def ListAttributes(
         self, request: service_pb2.ListAttributesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListAttributesResponse:
-        if request.page_size < 0:
-            raise InvalidArgument(
-                f"page_size must be 0 (default {ATTRIBUTES_PAGE_DEFAULT}) or positive, got {request.page_size}",
-                field="page_size",
-            )
-        # Sizes above the maximum are served at the maximum (AIP-158) rather than rejected.
-        size = min(request.page_size or ATTRIBUTES_PAGE_DEFAULT, ATTRIBUTES_PAGE_MAX)
-        after = _after(request.page_token)
+        size = page_size(request.page_size, ATTRIBUTES_PAGE_DEFAULT, ATTRIBUTES_PAGE_MAX)
+        after = decode_token(request.page_token, {}, "after")
         async with self.db.transaction() as session:
             rows = await store.definitions_page(session, after, size + 1)
         page: list[resources_pb2.AttributeDefinition] = rows[:size]
-        token = _page_token(page[-1].name) if len(rows) > size else ""
+        token = encode_token({"after": page[-1].name}) if len(rows) > size else ""
         return service_pb2.ListAttributesResponse(attributes=page, next_page_token=token)

@@ -75,6 +75,10 @@ async def test_the_default_catalog_declares_the_recipe_attributes(segments: Segm
         "INR",
     )
     assert by_name["investment_type"].create_time.seconds > 0
+    for bad in (api.ListAttributesRequest(page_size=-1), api.ListAttributesRequest(page_token="not-a-token!")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await segments.ListAttributes(bad)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_define_keeps_good_definitions_rejects_type_changes_and_replays_by_request_id(
