@@ -71,7 +71,8 @@ async def main(args: argparse.Namespace) -> int:
             spec=spec,
             machine=await machine_info(postgres),
             results_dir=args.results if args.scale == 1.0 else args.results / f"scale-{args.scale:g}",
-            run_dir=(args.var / "run").resolve(),
+            # Per scale and seed: a quick run beside a full one must not touch the full one's files.
+            run_dir=(args.var / "run" / spec.key).resolve(),
             datasets=datasets,
             manifests=manifests,
             postgres=postgres,
@@ -86,7 +87,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         # Working copies are per run: the cached datasets stay, the copies go.
         for backend in args.backends:
-            for leftover in (args.var / "run" / backend).glob("segments.db*"):
+            for leftover in (args.var / "run" / spec.key / backend).glob("segments.db*"):
                 leftover.unlink()
         if postgres is not None:
             if postgres.started:
