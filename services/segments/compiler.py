@@ -64,10 +64,7 @@ def _epoch_seconds_default(element: _epoch_seconds, compiler: SQLCompiler, **kw:
     # seconds, so the microseconds are added back as an exact integer before one division.
     (moment,) = list(element.clauses)
     text = compiler.process(moment, **kw)
-    return (
-        f"((CAST(strftime('%s', {text}) AS INTEGER) * 1000000 + CAST(substr({text}, 21, 6) AS INTEGER))"
-        " / 1000000.0)"
-    )
+    return f"((CAST(strftime('%s', {text}) AS INTEGER) * 1000000 + CAST(substr({text}, 21, 6) AS INTEGER)) / 1000000.0)"
 
 
 @compiles(_epoch_seconds, "postgresql")
@@ -214,7 +211,7 @@ def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> 
     if isinstance(rule.window, RangeWindow):
         where.append(e.c.occurred_at < rule.window.end)
     if isinstance(rule.window, SinceWindow):
-        where.append(_since(rule.window, subject, e.c.occurred_at))
+        where.append(_since(rule.window, e))
     where.extend(_property(e.c.properties, f) for f in rule.filters)
     if rule.count is None:
         performed: ColumnElement[bool] = select(e.c.event_id).where(*where).exists()
@@ -224,16 +221,21 @@ def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> 
     return performed if rule.performed else not_(performed)
 
 
-def _since(window: SinceWindow, subject: ColumnElement[str], occurred_at: Any) -> ColumnElement[bool]:
-    """The event is at or after the person's timestamp attribute; false for everyone without one."""
+def _since(window: SinceWindow, e: Any) -> ColumnElement[bool]:
+    """The event is at or after its person's timestamp attribute; false for everyone without one.
+
+    It names the event's own profile_id, not the outer query's subject: SQLAlchemy correlates a
+    subquery only with the query right around it (the events), and would otherwise add the outer
+    table to this subquery's FROM and look at everyone's attribute.
+    """
     a = store.profile_attributes.alias()
     return (
         select(a.c.id)
         .where(
-            a.c.profile_id == subject,
+            a.c.profile_id == e.c.profile_id,
             a.c.name == window.attribute,
             a.c.value_type == Kind.TIMESTAMP.value,
-            a.c.num_value <= _epoch_seconds(occurred_at),
+            a.c.num_value <= _epoch_seconds(e.c.occurred_at),
         )
         .exists()
     )
