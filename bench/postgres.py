@@ -82,14 +82,15 @@ class BenchPostgres:
     async def recreate_database(self, name: str, template: str | None = None) -> None:
         connection = await self.connect()
         try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             suffix = f' TEMPLATE "{template}"' if template else ""
             for attempt in range(20):
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 try:
                     await connection.execute(f'CREATE DATABASE "{name}"{suffix}')
                     return
-                except asyncpg.ObjectInUseError:
-                    # A template must have no sessions; the last run's pool may still be closing.
+                except (asyncpg.ObjectInUseError, asyncpg.DuplicateDatabaseError):
+                    # A template must have no sessions, and an interrupted run's CREATE may still be
+                    # finishing; wait and try again.
                     if attempt == 19:
                         raise
                     await asyncio.sleep(0.5)
