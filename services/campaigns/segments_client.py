@@ -79,6 +79,10 @@ class SegmentsClient:
             raise _unavailable(error, "look up the segment") from error
         segment = response.segment
         state = resources_pb2.SegmentState.Name(segment.state).removeprefix("SEGMENT_STATE_")
+        if segment.published_version and state != "ARCHIVED":
+            # GetSegment answers with the latest version; a newer draft under review does not stop
+            # campaigns from targeting (and pinning) the version whose members are maintained.
+            return SegmentRef(segment.segment_id or segment_id, "PUBLISHED", segment.published_version)
         return SegmentRef(segment.segment_id or segment_id, state, segment.version)
 
     async def list_members(

@@ -151,12 +151,16 @@ async def test_campaign_on_a_real_published_segment_reaches_every_member_with_an
         )
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
+    # A new draft version under review does not stop campaigns from pinning the published one.
+    await stack.segments.UpdateSegment(
+        seg_service.UpdateSegmentRequest(request_id="seg-edit", segment_id=published, rule=_sip_rule())
+    )
     campaign = (
         await stack.campaigns.CreateCampaign(
             service_pb2.CreateCampaignRequest(request_id="c-1", campaign=_campaign(published))
         )
     ).campaign
-    assert campaign.segment_version >= 1
+    assert campaign.segment_version == 1
     await stack.campaigns.SubmitCampaign(
         service_pb2.SubmitCampaignRequest(request_id="s-1", campaign_key=campaign.campaign_key)
     )
