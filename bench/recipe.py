@@ -269,11 +269,19 @@ def load(examples: Path) -> tuple[list[RecipeSegment], str]:
     if not files or reader is None:
         return list(BUILTIN), "bench/recipe.py (examples/segments not available)"
     loaded: list[RecipeSegment] = []
+    others: list[str] = []
     for path in files:
+        key = match_key(path.stem)
+        if key is None:
+            # Other example audiences (the bank playbook's) are not recipe segments: no floor, no fund data.
+            others.append(path.name)
+            continue
         display_name, rule = reader(path)
-        key = match_key(path.stem) or match_key(display_name) or path.stem
         loaded.append(RecipeSegment(key, display_name, rule, FLOORS.get(key), source=str(path)))
-    return loaded, str(examples)
+    if not loaded:
+        return list(BUILTIN), f"bench/recipe.py (no recipe segment among {examples})"
+    skipped = f"; not recipe segments, left out: {', '.join(others)}" if others else ""
+    return loaded, f"{examples}/*.yaml{skipped}"
 
 
 def _rule_file_reader() -> Callable[[Path], tuple[str, r.Rule]] | None:
