@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -101,5 +102,19 @@ async def _cached(dataset: SqliteDataset | PostgresDataset):  # type: ignore[no-
     return await dataset.cached()
 
 
+async def guarded(args: argparse.Namespace) -> int:
+    """main(), cancelled on SIGINT / SIGTERM so every process it started is stopped on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await main(args)
+    except asyncio.CancelledError:
+        print("bench interrupted; its processes are stopped", flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse_args(sys.argv[1:]))))
+    sys.exit(asyncio.run(guarded(parse_args(sys.argv[1:]))))
