@@ -5,6 +5,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from devstack.nats_server import NatsServer
@@ -13,10 +14,27 @@ _database_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats")).start()
-    yield server.url
+    yield server
     server.stop()
+
+
+@pytest.fixture
+async def nats_url(nats_server: NatsServer) -> str:
+    """The session's NATS server with no streams: each test starts from an empty bus.
+
+    Durable names are fixed (services/streams.py), so without this a service under test would
+    replay every earlier test's events (e.g. engagement for people it has never seen).
+    """
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+    return nats_server.url
 
 
 @pytest.fixture(scope="session")
