@@ -243,9 +243,15 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
             assert response.headers["Location"] == LANDING_PAGE
 
         async def clicked() -> bool:
-            reply = await attribution_api.GetCampaignAttribution(
-                attribution.GetCampaignAttributionRequest(campaign_id=campaign_id), metadata=AUTH
-            )
+            try:
+                reply = await attribution_api.GetCampaignAttribution(
+                    attribution.GetCampaignAttributionRequest(campaign_id=campaign_id), metadata=AUTH
+                )
+            except grpc.aio.AioRpcError as error:
+                # Attribution learns of the outreach from its event, which may still be on its way.
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
             return reply.attribution.funnel.clicked == 1
 
         await eventually(clicked, timeout=30)
