@@ -68,3 +68,4 @@ def test_rule_file_names_match_their_floor() -> None:
     assert recipe.match_key("high-value") == "high_value_filter"
     assert recipe.match_key("no_sectoral_thematic") == "no_sectoral_thematic"
     assert recipe.match_key("something_else") is None
+    assert recipe.match_key("bank_card_likely_transactors") is None
