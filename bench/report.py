@@ -41,7 +41,9 @@ def render(directory: Path) -> str:
     if ingest:
         lines.append(f"**Ingest** (goal ≥ 20,000 events/s): {_verdict(ingest['goal_met'])}")
         lines.append("")
-        lines.append("| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | load avg |")
+        lines.append(
+            "| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | load avg (at last write) |"
+        )
         lines.append("|---|---|---|---|---|---|")
         for backend, result in ingest["backends"].items():
             grpc_result, nats_result = result.get("grpc", {}), result.get("nats", {})
