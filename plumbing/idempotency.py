@@ -1,12 +1,15 @@
 """request_id idempotency for mutating RPCs: the same id and payload get the first response back."""
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.db import Database
 from plumbing.errors import Aborted, InvalidArgument
 from plumbing.outbox import utcnow
 
@@ -83,3 +86,30 @@ class Idempotency:
                 created_at=utcnow(),
             )
         )
+
+    async def run_once(
+        self,
+        db: Database,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[AsyncSession], Awaitable[R]],
+    ) -> R:
+        """Runs `work(session)` in one transaction, once per request_id, and remembers its answer.
+
+        A retry gets the first answer; a concurrent duplicate that lost the race on the primary key
+        gets the winner's answer instead of an error.
+        """
+        try:
+            async with db.transaction() as session:
+                if (previous := await self.previous(session, method, request, response_type)) is not None:
+                    return previous
+                response = await work(session)
+                await self.remember(session, method, request, response)
+            return response
+        except IntegrityError:
+            async with db.transaction() as session:
+                previous = await self.previous(session, method, request, response_type)
+            if previous is None:
+                raise
+            return previous

@@ -3,13 +3,12 @@
 import base64
 import binascii
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 from google.protobuf.message import Message
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
@@ -122,25 +121,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             )
             return response_type(campaign=campaign_proto(changed))
 
-        return await self._idempotent(method, request, response_type, work)
-
-    async def _idempotent(
-        self, method: str, request: Message, response_type: type[R], work: Callable[[AsyncSession], Awaitable[R]]
-    ) -> R:
-        """Runs `work(session)` once per request_id; a concurrent duplicate that lost the race gets the first answer."""
-        try:
-            async with self.db.transaction() as session:
-                if (previous := await self.idempotency.previous(session, method, request, response_type)) is not None:
-                    return previous
-                response = await work(session)
-                await self.idempotency.remember(session, method, request, response)
-            return response
-        except IntegrityError:
-            async with self.db.transaction() as session:
-                previous = await self.idempotency.previous(session, method, request, response_type)
-            if previous is None:
-                raise
-            return previous
+        return await self.idempotency.run_once(self.db, method, request, response_type, work)
 
     async def CreateCampaign(
         self, request: service_pb2.CreateCampaignRequest, context: grpc.aio.ServicerContext
@@ -176,7 +157,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             row = await self._record(session, campaign_key, action="created", actor=actor, snapshot=True)
             return service_pb2.CreateCampaignResponse(campaign=campaign_proto(row))
 
-        return await self._idempotent(method, request, service_pb2.CreateCampaignResponse, create)
+        return await self.idempotency.run_once(self.db, method, request, service_pb2.CreateCampaignResponse, create)
 
     async def GetCampaign(
         self, request: service_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
@@ -228,7 +209,9 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             launched = await self._record(session, row.campaign_key, action="launched", actor=actor, snapshot=False)
             return service_pb2.LaunchCampaignResponse(campaign=campaign_proto(launched))
 
-        response = await self._idempotent("LaunchCampaign", request, service_pb2.LaunchCampaignResponse, launch)
+        response = await self.idempotency.run_once(
+            self.db, "LaunchCampaign", request, service_pb2.LaunchCampaignResponse, launch
+        )
         self.on_launch()
         return response
 
@@ -304,7 +287,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             changed = await self._record(session, row.campaign_key, action=step.action, actor=actor, snapshot=True)
             return service_pb2.UpdateCampaignResponse(campaign=campaign_proto(changed))
 
-        return await self._idempotent(method, request, service_pb2.UpdateCampaignResponse, work)
+        return await self.idempotency.run_once(self.db, method, request, service_pb2.UpdateCampaignResponse, work)
 
     async def SubmitCampaign(
         self, request: service_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
@@ -398,7 +381,9 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             )
             return service_pb2.CancelCampaignResponse(campaign=campaign_proto(changed))
 
-        return await self._idempotent("CancelCampaign", request, service_pb2.CancelCampaignResponse, work)
+        return await self.idempotency.run_once(
+            self.db, "CancelCampaign", request, service_pb2.CancelCampaignResponse, work
+        )
 
     async def ListCampaignAudit(
         self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
