@@ -34,11 +34,15 @@ def attribute_names(names: Sequence[str], field: str = "attribute_names") -> lis
     return distinct
 
 
-def member_proto(profile_id: str, entered_at: datetime, values: dict[str, Value]) -> resources_pb2.Member:
+def member_proto(
+    profile_id: str, entered_at: datetime, values: dict[str, Value], reasons: Sequence[str] = ()
+) -> resources_pb2.Member:
     return resources_pb2.Member(
         profile_id=profile_id,
         attributes={name: to_proto(value) for name, value in values.items()},
         enter_time=timestamp(entered_at),
+        # Reason order (OPT_OUT first), so a caller that counts each person under one reason is deterministic.
+        suppression_reasons=sorted(suppressions.reason_number(reason) for reason in reasons),  # type: ignore[misc]
     )
 
 
@@ -183,10 +187,17 @@ class AudienceApi:
                     utcnow(),
                 )
                 values = await store.attributes_of(session, [pid for pid, _ in page], names)
+                reasons = (
+                    await store.suppression_reasons(session, [pid for pid, _ in page], channels, utcnow())
+                    if request.include_suppressed
+                    else {}
+                )
             if page:
                 streamed += len(page)
                 yield service_pb2.StreamSegmentMembersResponse(
-                    members=[member_proto(pid, entered, values.get(pid, {})) for pid, entered in page]
+                    members=[
+                        member_proto(pid, entered, values.get(pid, {}), reasons.get(pid, ())) for pid, entered in page
+                    ]
                 )
                 after = page[-1][0]
             if len(page) < self.stream_page_size:

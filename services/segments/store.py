@@ -714,6 +714,28 @@ async def stream_page(
     return [(row.profile_id, utc(row.entered_at)) for row in await session.execute(query)]
 
 
+async def suppression_reasons(
+    session: AsyncSession, profile_ids: Sequence[str], channels: Sequence[str], now: datetime
+) -> dict[str, list[str]]:
+    """The reasons in force at `now` on any of `channels`, per suppressed person of one streamed page."""
+    if not profile_ids:
+        return {}
+    s = suppressions
+    query = (
+        select(s.c.profile_id, s.c.reason)
+        .where(
+            s.c.profile_id.in_(list(profile_ids)),
+            s.c.channel.in_(list(channels)),
+            or_(s.c.expire_time.is_(None), s.c.expire_time > now),
+        )
+        .distinct()
+    )
+    reasons: dict[str, list[str]] = {}
+    for row in await session.execute(query):
+        reasons.setdefault(row.profile_id, []).append(row.reason)
+    return reasons
+
+
 # --- preview and explain ----------------------------------------------------------------------
 
 

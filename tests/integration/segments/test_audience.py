@@ -191,6 +191,18 @@ async def test_streaming_pages_resumes_exactly_once_and_leaves_suppressed_people
             assert got == [p for p in people if p not in left_out], channel
         audit = await _stream(stub, segment_id=sid, channel=channel_pb2.CHANNEL_SMS, include_suppressed=True)
         assert [m.profile_id for page in audit for m in page] == people
+        # Suppressed people are marked with the reasons that apply on the streamed channel, everyone else unmarked.
+        marks = {m.profile_id: list(m.suppression_reasons) for page in audit for m in page if m.suppression_reasons}
+        assert marks == {"p03": [r.SUPPRESSION_REASON_OPT_OUT], "p04": [r.SUPPRESSION_REASON_DND_REGISTRY]}
+        await _suppress(stub, r.Suppression(profile_id="p03", reason=r.SUPPRESSION_REASON_COMPLAINT))
+        audit = await _stream(stub, segment_id=sid, channel=channel_pb2.CHANNEL_EMAIL, include_suppressed=True)
+        marks = {m.profile_id: list(m.suppression_reasons) for page in audit for m in page if m.suppression_reasons}
+        assert marks == {
+            "p03": [r.SUPPRESSION_REASON_OPT_OUT, r.SUPPRESSION_REASON_COMPLAINT],
+            "p05": [r.SUPPRESSION_REASON_RECENT_DECLINE],
+        }
+        unmarked = await _stream(stub, segment_id=sid, channel=channel_pb2.CHANNEL_EMAIL)
+        assert not any(m.suppression_reasons for page in unmarked for m in page)
 
         code, details = await _refused(
             stub.StreamSegmentMembers(api.StreamSegmentMembersRequest(segment_id=sid, version=2)).read()
