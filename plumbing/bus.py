@@ -80,6 +80,19 @@ class PermanentError(Exception):
     """Raised by a handler when retrying cannot help; the message is terminated and dead-lettered."""
 
 
+class RetryLater(Exception):
+    """Raised by a handler that knows when to try again (a provider's Retry-After, a backoff with jitter).
+
+    The message is naked with exactly that delay instead of the durable's backoff schedule; it
+    still counts towards max_deliver.
+    """
+
+    def __init__(self, reason: str, delay_seconds: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_seconds = max(0.0, delay_seconds)
+
+
 class Bus:
     """One NATS connection with its JetStream context."""
 
@@ -308,7 +321,10 @@ class Consumer(Generic[M]):
                     log.error("message_retries_exhausted", attempts=num_delivered, exc_info=error)
                     await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}")
                     return "dead_letter"
-                delay = self.spec.backoff_seconds[min(num_delivered, len(self.spec.backoff_seconds)) - 1]
+                if isinstance(error, RetryLater):
+                    delay = error.delay_seconds
+                else:
+                    delay = self.spec.backoff_seconds[min(num_delivered, len(self.spec.backoff_seconds)) - 1]
                 log.warning("message_nak", attempt=num_delivered, retry_in_s=delay, error=repr(error))
                 await msg.nak(delay=delay)
                 return "nak"

@@ -1,4 +1,4 @@
-"""The composition root of the channels service: settings, database, bus, servicer, SMTP sender, consumer."""
+"""The composition root of the channels service: settings, database, bus, servicer, provider adapters, consumer."""
 
 from pathlib import Path
 
@@ -13,7 +13,14 @@ from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.channels import store
 from services.channels.api import ChannelsApi
-from services.channels.consumers import DispatchHandler
+from services.channels.consent import SegmentsSuppressions
+from services.channels.consumers import DispatchHandler, EmailSettings, Providers, SendPolicy
+from services.channels.flow import Backoff, QuietHours, Throttle
+from services.channels.providers.http import HttpTransport
+from services.channels.providers.push import FcmPush
+from services.channels.providers.sms import ExotelSms
+from services.channels.providers.webhook import SignedWebhook
+from services.channels.providers.whatsapp import WhatsAppCloud
 from services.channels.settings import ChannelsSettings
 from services.channels.smtp import SmtpSender
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
@@ -38,24 +45,67 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         lambda s: service_pb2_grpc.add_ChannelsServiceServicer_to_server(servicer, s),
     )
 
-    sender = SmtpSender(
-        settings.smtp_host,
-        settings.smtp_port,
-        start_tls=settings.smtp_starttls,
-        username=settings.smtp_username,
-        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-        timeout_seconds=settings.smtp_timeout_seconds,
+    http = HttpTransport(
+        timeout_seconds=settings.http_timeout_seconds,
+        connect_timeout_seconds=settings.http_connect_timeout_seconds,
+        max_connections=max(settings.provider_concurrency.values(), default=100),
+    )
+    providers = Providers(
+        email=SmtpSender(
+            settings.smtp_host,
+            settings.smtp_port,
+            start_tls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            timeout_seconds=settings.smtp_timeout_seconds,
+        ),
+        http=http,
+        sms=ExotelSms(
+            settings.sms_base_url,
+            settings.sms_account_sid,
+            settings.sms_api_key,
+            settings.sms_api_token.get_secret_value(),
+            settings.sms_dlt_entity_id,
+            settings.sms_type,
+            settings.sms_status_callback_url,
+        ),
+        whatsapp=WhatsAppCloud(
+            settings.whatsapp_base_url,
+            settings.whatsapp_api_version,
+            settings.whatsapp_phone_number_id,
+            settings.whatsapp_access_token.get_secret_value(),
+        ),
+        push=FcmPush(settings.push_base_url, settings.fcm_project_id, settings.fcm_access_token.get_secret_value()),
+        webhook=SignedWebhook(settings.webhook_secret.get_secret_value()),
+        webhook_allowed_hosts=frozenset(settings.webhook_allowed_hosts),
+        throttles={
+            name: Throttle(rate, max(1.0, rate), settings.provider_concurrency.get(name, 16))
+            for name, rate in settings.provider_rate_per_second.items()
+        },
+    )
+    suppressions = SegmentsSuppressions(settings.segments_target, provider) if settings.segments_target else None
+    policy = SendPolicy(
+        backoff=Backoff(settings.retry_base_seconds, settings.retry_cap_seconds),
+        max_attempts=streams.CHANNELS_DISPATCH.max_deliver,
+        quiet_hours={
+            channel: QuietHours.parse(window, settings.quiet_hours_time_zone)
+            for channel, window in settings.quiet_hours.items()
+        },
+        suppressions=suppressions,
     )
     dispatch = DispatchHandler(
         db,
         outbox,
-        sender,
+        providers,
         tracer,
-        from_address=settings.from_address,
-        message_id_domain=settings.message_id_domain,
-        tracking_base_url=settings.tracking_base_url,
-        tracking_secret=settings.tracking_secret.get_secret_value(),
-        smtp_peer=(settings.smtp_host, settings.smtp_port),
+        email=EmailSettings(
+            from_address=settings.from_address,
+            message_id_domain=settings.message_id_domain,
+            tracking_base_url=settings.tracking_base_url,
+            tracking_secret=settings.tracking_secret.get_secret_value(),
+            smtp_peer=(settings.smtp_host, settings.smtp_port),
+        ),
+        policy=policy,
     )
     consumer = Consumer(
         bus, streams.CHANNELS_DISPATCH, DispatchRequested, dispatch, tracer, concurrency=settings.dispatch_concurrency
@@ -68,5 +118,5 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("dispatch-consumer", consumer.run, consumer.stop),
         ],
-        closers=[db.dispose, bus.drain],
+        closers=[db.dispose, bus.drain, http.close, *([suppressions.close] if suppressions else [])],
     )

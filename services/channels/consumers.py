@@ -1,15 +1,18 @@
 """NATS handlers: DispatchRequested -> exactly one hand-over to the provider per campaign ID -> ack / nak / term."""
 
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession
+from yarl import URL
 
-from plumbing.bus import Delivery, PermanentError
+from plumbing.bus import Delivery, PermanentError, RetryLater
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import CAMPAIGN_ID, outreach_span
@@ -18,30 +21,99 @@ from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
 from services.channels.delivery import (
     AMBIGUOUS_AFTER_CRASH,
+    Accepted,
     DeliveryState,
     DispatchAction,
     MalformedDispatch,
     ProviderOutcomeUnknown,
     ProviderRejected,
+    ProviderThrottled,
     ProviderUnavailable,
+    SendFailure,
     TimelineStep,
     dispatch_action,
     state_step,
     validate_email,
 )
+from services.channels.flow import Backoff, QuietHours, Throttle
+from services.channels.outgoing import validate_push, validate_sms, validate_webhook, validate_whatsapp
+from services.channels.providers.base import HttpAdapter
+from services.channels.providers.http import HttpTransport
+from services.channels.providers.push import FcmPush
+from services.channels.providers.sms import ExotelSms
+from services.channels.providers.webhook import SignedWebhook
+from services.channels.providers.whatsapp import WhatsAppCloud
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
 
 log = structlog.get_logger(__name__)
 
 MAX_ID_LENGTH = 100  # the width of messages.campaign_id and messages.profile_id
 
+M = TypeVar("M")
+
 
 class EmailSender(Protocol):
     async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> str: ...
 
 
+class SuppressionCheck(Protocol):
+    async def suppressed(self, profile_id: str, channel: int) -> str | None: ...
+
+
 class CampaignInFlight(Exception):
     """This replica is already handling the campaign ID; the duplicate is retried later, not marked ambiguous."""
+
+
+@dataclass(frozen=True)
+class EmailSettings:
+    """What composing and handing over an e-mail needs besides the message."""
+
+    from_address: str
+    message_id_domain: str
+    tracking_base_url: str
+    tracking_secret: str
+    smtp_peer: tuple[str, int]
+
+
+@dataclass
+class Providers:
+    """The adapters of every channel, the HTTP transport they share, and one throttle per provider."""
+
+    email: EmailSender
+    http: HttpTransport
+    sms: ExotelSms
+    whatsapp: WhatsAppCloud
+    push: FcmPush
+    webhook: SignedWebhook
+    webhook_allowed_hosts: frozenset[str]
+    throttles: Mapping[str, Throttle] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """When a message may go and how often it is tried: retries, quiet hours per channel, suppressions."""
+
+    backoff: Backoff = field(default_factory=Backoff)
+    max_attempts: int = 8  # the dispatch durable's max_deliver; app.py passes the real one
+    quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
+    suppressions: SuppressionCheck | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One message ready for its provider: which provider, whether it deduplicates, and the hand-over itself."""
+
+    provider: str
+    deduplicates: bool
+    hand_over: Callable[[], Awaitable[Accepted]]
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a valid message may not go now: suppressed (never), or quiet hours (until `retry_in` seconds)."""
+
+    reason: str
+    retry_in: float | None = None
 
 
 class DispatchHandler:
@@ -56,24 +128,18 @@ class DispatchHandler:
         self,
         db: Database,
         outbox: Outbox,
-        sender: EmailSender,
+        providers: Providers,
         tracer: trace.Tracer,
         *,
-        from_address: str,
-        message_id_domain: str,
-        tracking_base_url: str,
-        tracking_secret: str,
-        smtp_peer: tuple[str, int],
+        email: EmailSettings,
+        policy: SendPolicy | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
-        self.sender = sender
+        self.providers = providers
         self.tracer = tracer
-        self.from_address = from_address
-        self.message_id_domain = message_id_domain
-        self.tracking_base_url = tracking_base_url
-        self.tracking_secret = tracking_secret
-        self.smtp_peer = smtp_peer
+        self.email = email
+        self.policy = policy or SendPolicy()
         self._in_flight: set[str] = set()
 
     async def __call__(self, event: DispatchRequested, delivery: Delivery) -> None:
@@ -87,88 +153,100 @@ class DispatchHandler:
         self._in_flight.add(campaign_id)
         try:
             with outreach_span(self.tracer, "channels.dispatch", campaign_id):
-                await self._dispatch(campaign_id, event)
+                await self._dispatch(campaign_id, event, delivery)
         finally:
             self._in_flight.discard(campaign_id)
 
-    async def _dispatch(self, campaign_id: str, event: DispatchRequested) -> None:
+    async def _dispatch(self, campaign_id: str, event: DispatchRequested, delivery: Delivery) -> None:
         channel = convert.channel_name(event.channel)
         now = utcnow()
+        prepared: Prepared | None = None
         malformed: str | None = None
-        message: EmailMessage | None = None
-        recipient = ""
         try:
-            email = validate_email(channel, convert.outgoing_email(event))
-            recipient = email.to_address
-            links = TrackingLinks(self.tracking_base_url, self.tracking_secret, campaign_id)
-            message = compose(
-                email,
-                campaign_id=campaign_id,
-                from_address=self.from_address,
-                message_id_domain=self.message_id_domain,
-                links=links,
-                now=now,
-            )
+            prepared = self._prepare(campaign_id, channel, event, now)
         except MalformedDispatch as error:
             malformed = error.reason
         except ValueError:
             # The email library refuses header values with line breaks (header injection).
             malformed = "email.subject or email.from_name contains a line break"
+        blocked = None if prepared is None else await self._blocked(channel, event, now)
 
-        async with self.db.transaction() as session:
-            await store.insert_queued_if_absent(
-                session, campaign_id=campaign_id, channel=channel, profile_id=event.profile_id, now=now
-            )
-            locked = await store.lock_state(session, campaign_id)
-            assert locked is not None
-            state, attempts = locked
-            action = dispatch_action(state)
-            if action is DispatchAction.SKIP:
-                log.info("dispatch_redelivery_skipped", state=state.value)
-                return
-            if action is DispatchAction.MARK_AMBIGUOUS:
-                # Reconciliation of AMBIGUOUS messages is a later step; resending here could reach the person twice.
-                await self._record(session, campaign_id, channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH)
-                log.warning("dispatch_ambiguous", attempts=attempts)
-                return
+        if prepared is None or blocked is not None:
+            async with self.db.transaction() as session:
+                deduplicates = prepared.deduplicates if prepared is not None else False
+                attempts = await self._claim(
+                    session, campaign_id, channel, event.profile_id, now, deduplicates=deduplicates
+                )
+                if attempts is None:
+                    return
+                if malformed is not None:
+                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, malformed)
+                elif blocked is not None and blocked.retry_in is None:
+                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, blocked.reason)
+                elif blocked is not None:
+                    await store.set_state(session, campaign_id, DeliveryState.QUEUED, now=now, reason=blocked.reason)
+                    await store.add_timeline(
+                        session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, blocked.reason)]
+                    )
             if malformed is not None:
-                await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, malformed)
-            else:
+                log.warning("dispatch_malformed", reason=malformed)
+                raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
+            assert blocked is not None
+            if blocked.retry_in is None:
+                log.info("dispatch_suppressed", reason=blocked.reason)
+                return
+            log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
+            raise RetryLater(blocked.reason, blocked.retry_in)
+
+        throttle = self.providers.throttles.get(prepared.provider)
+        async with throttle or _NoThrottle():
+            async with self.db.transaction() as session:
+                attempts = await self._claim(
+                    session, campaign_id, channel, event.profile_id, now, deduplicates=prepared.deduplicates
+                )
+                if attempts is None:
+                    return
                 await store.set_state(session, campaign_id, DeliveryState.SENDING, now=now)
                 await store.add_timeline(
                     session,
                     campaign_id,
                     [TimelineStep(state_step(DeliveryState.SENDING), now, f"attempt {attempts + 1}")],
                 )
-        if malformed is not None or message is None:
-            log.warning("dispatch_malformed", reason=malformed)
-            raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
-
-        try:
-            reply = await self._send(campaign_id, message, recipient=recipient)
-        except ProviderUnavailable as failure:
-            deferred_at = utcnow()
-            async with self.db.transaction() as session:
-                await store.set_state(
-                    session,
-                    campaign_id,
-                    DeliveryState.QUEUED,
-                    now=deferred_at,
-                    reason=failure.reason,
-                    count_attempt=True,
-                )
-                await store.add_timeline(
-                    session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), deferred_at, failure.reason)]
-                )
-            log.warning("dispatch_deferred", reason=failure.reason, attempt=attempts + 1)
-            # Raising naks the event: JetStream redelivers it with backoff, and the row is QUEUED again.
-            raise
-        except (ProviderRejected, ProviderOutcomeUnknown) as failure:
-            outcome = DeliveryState.FAILED if isinstance(failure, ProviderRejected) else DeliveryState.AMBIGUOUS
-            async with self.db.transaction() as session:
-                await self._record(session, campaign_id, channel, outcome, utcnow(), failure.reason, count_attempt=True)
-            log.warning("dispatch_not_sent", state=outcome.value, reason=failure.reason)
-            return
+            try:
+                accepted = await prepared.hand_over()
+            except ProviderOutcomeUnknown as failure:
+                if not prepared.deduplicates:
+                    async with self.db.transaction() as session:
+                        await self._record(
+                            session,
+                            campaign_id,
+                            channel,
+                            DeliveryState.AMBIGUOUS,
+                            utcnow(),
+                            failure.reason,
+                            count_attempt=True,
+                        )
+                    log.warning("dispatch_ambiguous", reason=failure.reason)
+                    return
+                # The provider drops a repeated campaign ID, so asking again settles the outcome.
+                await self._retry_later(campaign_id, channel, failure, attempts, delivery)
+                return
+            except ProviderRejected as failure:
+                async with self.db.transaction() as session:
+                    await self._record(
+                        session,
+                        campaign_id,
+                        channel,
+                        DeliveryState.FAILED,
+                        utcnow(),
+                        failure.reason,
+                        count_attempt=True,
+                    )
+                log.warning("dispatch_rejected", reason=failure.reason)
+                return
+            except ProviderUnavailable as failure:
+                await self._retry_later(campaign_id, channel, failure, attempts, delivery)
+                return
 
         sent_at = utcnow()
         async with self.db.transaction() as session:
@@ -179,19 +257,159 @@ class DispatchHandler:
                 DeliveryState.SENT,
                 sent_at,
                 "",
-                provider_message_id=message_id(campaign_id, self.message_id_domain),
-                detail=reply,
+                provider_message_id=accepted.provider_message_id,
+                detail=accepted.detail,
                 count_attempt=True,
             )
-        log.info("dispatch_sent", channel=channel, attempt=attempts + 1)
+        log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
 
-    async def _send(self, campaign_id: str, message: EmailMessage, *, recipient: str) -> str:
-        host, port = self.smtp_peer
+    async def _claim(
+        self,
+        session: AsyncSession,
+        campaign_id: str,
+        channel: str,
+        profile_id: str,
+        now: datetime,
+        *,
+        deduplicates: bool,
+    ) -> int | None:
+        """The attempts so far when this delivery may go on; None when it must not (handled or ambiguous)."""
+        await store.insert_queued_if_absent(
+            session, campaign_id=campaign_id, channel=channel, profile_id=profile_id, now=now
+        )
+        locked = await store.lock_state(session, campaign_id)
+        assert locked is not None
+        state, attempts = locked
+        action = dispatch_action(state, provider_deduplicates=deduplicates)
+        if action is DispatchAction.SKIP:
+            log.info("dispatch_redelivery_skipped", state=state.value)
+            return None
+        if action is DispatchAction.MARK_AMBIGUOUS:
+            # Resending here could reach the person twice; the provider's receipt (or an operator) settles it.
+            await self._record(session, campaign_id, channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH)
+            log.warning("dispatch_ambiguous", attempts=attempts)
+            return None
+        return attempts
+
+    async def _retry_later(
+        self, campaign_id: str, channel: str, failure: SendFailure, attempts: int, delivery: Delivery
+    ) -> None:
+        """Back to QUEUED with a backoff, or FAILED and dead-lettered after the last allowed attempt."""
+        attempt = attempts + 1
+        at = utcnow()
+        if delivery.num_delivered >= self.policy.max_attempts:
+            reason = f"gave up after {attempt} attempts: {failure.reason}"
+            async with self.db.transaction() as session:
+                await self._record(session, campaign_id, channel, DeliveryState.FAILED, at, reason, count_attempt=True)
+            log.error("dispatch_gave_up", attempts=attempt, reason=failure.reason)
+            raise PermanentError(f"campaign ID {campaign_id}: {reason}")
+        delay = self.policy.backoff.delay(attempt)
+        if isinstance(failure, ProviderThrottled) and failure.retry_after is not None:
+            delay = max(delay, failure.retry_after)
+        async with self.db.transaction() as session:
+            await store.set_state(
+                session, campaign_id, DeliveryState.QUEUED, now=at, reason=failure.reason, count_attempt=True
+            )
+            await store.add_timeline(
+                session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), at, failure.reason)]
+            )
+        log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
+        # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
+        raise RetryLater(failure.reason, delay)
+
+    async def _blocked(self, channel: str, event: DispatchRequested, now: datetime) -> Blocked | None:
+        """Quiet hours and suppressions, checked at the moment of sending (campaigns checked them at release)."""
+        quiet = self.policy.quiet_hours.get(channel)
+        resume = quiet.resumes_at(now) if quiet is not None else None
+        if quiet is not None and resume is not None:
+            return Blocked(
+                f"quiet hours {quiet.describe()}; sending resumes at {resume:%H:%M}",
+                (resume - now).total_seconds(),
+            )
+        if self.policy.suppressions is not None and event.profile_id:
+            # ConsentUnknown propagates: the event is naked and tried again, never sent unchecked.
+            reason = await self.policy.suppressions.suppressed(event.profile_id, event.channel)
+            if reason is not None:
+                return Blocked(reason)
+        return None
+
+    def _prepare(self, campaign_id: str, channel: str, event: DispatchRequested, now: datetime) -> Prepared:
+        """The validated message bound to its adapter; MalformedDispatch says what the request lacks."""
+        p = self.providers
+        if channel == "CHANNEL_EMAIL":
+            return self._prepare_email(campaign_id, channel, event, now)
+        if channel == "CHANNEL_SMS":
+            return self._http(campaign_id, event.profile_id, p.sms, validate_sms(convert.outgoing_sms(event)))
+        if channel == "CHANNEL_WHATSAPP":
+            message = validate_whatsapp(convert.outgoing_whatsapp(event))
+            return self._http(campaign_id, event.profile_id, p.whatsapp, message)
+        if channel == "CHANNEL_PUSH":
+            return self._http(campaign_id, event.profile_id, p.push, validate_push(convert.outgoing_push(event)))
+        if channel == "CHANNEL_WEBHOOK":
+            if not event.HasField("webhook"):
+                raise MalformedDispatch("channel is CHANNEL_WEBHOOK but the request carries no webhook message")
+            webhook = validate_webhook(
+                event.webhook.url, event.webhook.payload_json, allowed_hosts=p.webhook_allowed_hosts
+            )
+            return self._http(campaign_id, event.profile_id, p.webhook, webhook)
+        raise MalformedDispatch(f"channel {channel} has no provider adapter")
+
+    def _prepare_email(self, campaign_id: str, channel: str, event: DispatchRequested, now: datetime) -> Prepared:
+        email = validate_email(channel, convert.outgoing_email(event))
+        settings = self.email
+        links = TrackingLinks(settings.tracking_base_url, settings.tracking_secret, campaign_id)
+        message = compose(
+            email,
+            campaign_id=campaign_id,
+            from_address=settings.from_address,
+            message_id_domain=settings.message_id_domain,
+            links=links,
+            now=now,
+        )
+
+        async def hand_over() -> Accepted:
+            reply = await self._send_email(campaign_id, message, recipient=email.to_address)
+            return Accepted(message_id(campaign_id, settings.message_id_domain), reply)
+
+        return Prepared("email", False, hand_over)
+
+    def _http(self, campaign_id: str, profile_id: str, adapter: HttpAdapter[M], message: M) -> Prepared:
+        request = adapter.request(campaign_id, profile_id, message)
+
+        async def hand_over() -> Accepted:
+            url = URL(request.url)
+            attributes: dict[str, str | int] = {
+                CAMPAIGN_ID: campaign_id,
+                "http.request.method": request.method,
+                "server.address": url.host or "",
+                "server.port": url.port or 0,
+                "xsell.provider": adapter.provider,
+            }
+            with self.tracer.start_as_current_span(
+                f"{adapter.provider}.send",
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    answer = await self.providers.http.send(request)
+                    span.set_attribute("http.response.status_code", answer.status)
+                    return adapter.accepted(answer)
+                except SendFailure as failure:
+                    span.set_status(Status(StatusCode.ERROR, failure.reason))
+                    span.set_attribute("error.type", type(failure).__name__)
+                    raise
+
+        return Prepared(adapter.provider, adapter.deduplicates, hand_over)
+
+    async def _send_email(self, campaign_id: str, message: EmailMessage, *, recipient: str) -> str:
+        host, port = self.email.smtp_peer
         attributes: dict[str, str | int] = {
             CAMPAIGN_ID: campaign_id,
             "messaging.system": "smtp",
             "messaging.operation.type": "send",
-            "messaging.message.id": message_id(campaign_id, self.message_id_domain),
+            "messaging.message.id": message_id(campaign_id, self.email.message_id_domain),
             "server.address": host,
             "server.port": port,
             "net.peer.name": host,
@@ -205,8 +423,8 @@ class DispatchHandler:
             set_status_on_exception=False,
         ) as span:
             try:
-                return await self.sender.send(message, sender=self.from_address, recipient=recipient)
-            except (ProviderUnavailable, ProviderRejected, ProviderOutcomeUnknown) as failure:
+                return await self.providers.email.send(message, sender=self.email.from_address, recipient=recipient)
+            except SendFailure as failure:
                 span.set_status(Status(StatusCode.ERROR, failure.reason))
                 span.set_attribute("error.type", type(failure).__name__)
                 raise
@@ -241,3 +459,11 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
+
+
+class _NoThrottle:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_: Any) -> None:
+        return None

@@ -5,6 +5,7 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.channels.delivery import DeliveryState, Engagement, MessageRecord, OutgoingEmail
+from services.channels.outgoing import OutgoingPush, OutgoingSms, OutgoingWhatsApp
 from xsell.campaigns.v1 import events_pb2 as campaign_events
 from xsell.channels.v1 import events_pb2, resources_pb2
 from xsell.type.v1 import channel_pb2
@@ -53,6 +54,27 @@ def outgoing_email(event: campaign_events.DispatchRequested) -> OutgoingEmail | 
         return None
     email = event.email
     return OutgoingEmail(email.to_address, email.from_name, email.subject, email.html_body, email.text_body)
+
+
+def outgoing_sms(event: campaign_events.DispatchRequested) -> OutgoingSms | None:
+    if not event.HasField("sms"):
+        return None
+    sms = event.sms
+    return OutgoingSms(sms.to_number, sms.sender_id, sms.dlt_template_id, sms.body)
+
+
+def outgoing_whatsapp(event: campaign_events.DispatchRequested) -> OutgoingWhatsApp | None:
+    if not event.HasField("whatsapp"):
+        return None
+    message = event.whatsapp
+    return OutgoingWhatsApp(message.to_number, message.template_name, message.language_code, tuple(message.parameters))
+
+
+def outgoing_push(event: campaign_events.DispatchRequested) -> OutgoingPush | None:
+    if not event.HasField("push"):
+        return None
+    push = event.push
+    return OutgoingPush(push.device_token, push.title, push.body, push.deep_link)
 
 
 def message_proto(record: MessageRecord) -> resources_pb2.Message:

@@ -46,18 +46,20 @@ AMBIGUOUS_AFTER_CRASH = (
 )
 
 
-def dispatch_action(state: DeliveryState | None) -> DispatchAction:
+def dispatch_action(state: DeliveryState | None, *, provider_deduplicates: bool = False) -> DispatchAction:
     """The campaign ID is the idempotency key: a message is handed to the provider at most once.
 
     SENDING means an earlier attempt wrote its intent and then died before recording the outcome:
     the provider may or may not have the message. Sending again could reach the person twice, so
-    the message becomes AMBIGUOUS and waits for reconciliation (SMTP has no idempotency key to ask
-    the relay with; reconciling against bounces and provider logs is a later step).
+    the message becomes AMBIGUOUS and waits for reconciliation (SMTP, the SMS gateway, WhatsApp
+    and FCM take no idempotency key; their delivery receipts, which carry the campaign ID, settle
+    it). A provider that deduplicates on the campaign ID (the signed webhook) is simply asked
+    again: a second copy of the same key is dropped on its side.
     """
     if state is None or state is DeliveryState.QUEUED:
         return DispatchAction.SEND
     if state is DeliveryState.SENDING:
-        return DispatchAction.MARK_AMBIGUOUS
+        return DispatchAction.SEND if provider_deduplicates else DispatchAction.MARK_AMBIGUOUS
     if state in _DECIDED:
         return DispatchAction.SKIP
     raise ValueError(f"unknown delivery state {state!r}")
@@ -110,12 +112,28 @@ class ProviderUnavailable(SendFailure):
     """The provider certainly did not accept the message (refused, timed out before DATA, 4xx): retry later."""
 
 
+class ProviderThrottled(ProviderUnavailable):
+    """The provider asked us to slow down (HTTP 429, a throughput error code); `retry_after` is its hint, if any."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class ProviderRejected(SendFailure):
     """The provider refused the message for good (5xx on the sender, recipient or content)."""
 
 
 class ProviderOutcomeUnknown(SendFailure):
     """The message may have been accepted (the connection was lost during DATA): never resend blindly."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The provider took the message: its id for it, and what it said (no personal data)."""
+
+    provider_message_id: str
+    detail: str = ""
 
 
 def failure_for_reply(code: int, command: str, text: str) -> SendFailure:

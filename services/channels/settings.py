@@ -32,3 +32,67 @@ class ChannelsSettings(ServiceSettings):
     dispatch_concurrency: int = Field(
         8, ge=1, description="How many DispatchRequested events one replica sends at the same time."
     )
+
+    # HTTP providers. The defaults point at the local provider servers `make run` starts (devstack.provider_sinks).
+    sms_base_url: str = Field(
+        "http://127.0.0.1:8091", description="Exotel API base URL, e.g. https://api.in.exotel.com (Mumbai)."
+    )
+    sms_account_sid: str = Field("xsell-dev", description="Exotel account SID.")
+    sms_api_key: str = Field("dev-key", description="Exotel API key (HTTP basic auth user).")
+    sms_api_token: SecretStr = Field(SecretStr("dev-token"), description="Exotel API token (basic auth password).")
+    sms_dlt_entity_id: str = Field("1101000000000000001", description="The institution's DLT principal entity id.")
+    sms_type: str = Field(
+        "promotional", description="Exotel SmsType: transactional, transactional_opt_in, promotional."
+    )
+    sms_status_callback_url: str = Field(
+        "", description="Where Exotel posts delivery status (the gateway's webhook); empty sends none."
+    )
+    whatsapp_base_url: str = Field(
+        "http://127.0.0.1:8092", description="WhatsApp Cloud API base URL, https://graph.facebook.com in production."
+    )
+    whatsapp_api_version: str = Field("v21.0", description="Graph API version in the message URL.")
+    whatsapp_phone_number_id: str = Field("100000000000001", description="The business phone number's id.")
+    whatsapp_access_token: SecretStr = Field(
+        SecretStr("dev-whatsapp-token"), description="System user access token (bearer)."
+    )
+    push_base_url: str = Field(
+        "http://127.0.0.1:8093", description="FCM HTTP v1 base URL, https://fcm.googleapis.com in production."
+    )
+    fcm_project_id: str = Field("xsell-dev", description="Firebase project id in the send URL.")
+    fcm_access_token: SecretStr = Field(
+        SecretStr("dev-fcm-token"),
+        description="OAuth 2.0 access token for the firebase.messaging scope, minted from the service account "
+        "by whatever runs channels (it expires within an hour).",
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr("dev-webhook-secret-change-me"),
+        description="HMAC-SHA256 key of X-Xsell-Signature on webhook calls; the receivers hold the same one.",
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        ["127.0.0.1", "localhost"], description="Hosts webhook calls may go to (JSON list); nothing else is called."
+    )
+    http_timeout_seconds: float = Field(
+        10.0, description="How long to wait for a provider's answer once the request is sent."
+    )
+    http_connect_timeout_seconds: float = Field(3.0, description="How long to wait for a provider connection.")
+    provider_rate_per_second: dict[str, float] = Field(
+        {"email": 200.0, "sms": 100.0, "whatsapp": 80.0, "push": 500.0, "webhook": 50.0},
+        description="Token-bucket rate per provider in one replica (JSON object); a missing provider is not limited.",
+    )
+    provider_concurrency: dict[str, int] = Field(
+        {"email": 8, "sms": 32, "whatsapp": 32, "push": 64, "webhook": 16},
+        description="Calls in flight at once per provider in one replica (JSON object).",
+    )
+    retry_base_seconds: float = Field(
+        2.0, gt=0, description="First backoff step after a transient failure; it doubles, with jitter."
+    )
+    retry_cap_seconds: float = Field(300.0, gt=0, description="Longest backoff between two attempts.")
+    quiet_hours: dict[str, str] = Field(
+        {},
+        description='Local-time windows with no sends per channel (JSON object), e.g. {"CHANNEL_SMS": "21:00-09:00"}.',
+    )
+    quiet_hours_time_zone: str = Field("Asia/Kolkata", description="Time zone of quiet_hours.")
+    segments_target: str = Field(
+        "",
+        description="The segments service (host:port) asked for suppressions at send time; empty skips the check.",
+    )

@@ -1,0 +1,43 @@
+"""Send-time consent: asks segments, which owns suppressions, whether a person may still be contacted on a channel."""
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.grpc_client import client_channel
+from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
+
+
+class ConsentUnknown(Exception):
+    """Segments could not be asked; the message waits, because suppressions must win over sending."""
+
+
+class SegmentsSuppressions:
+    """CheckSuppression on the segments service, for one person and channel, at the moment of sending."""
+
+    def __init__(self, target: str, provider: TracerProvider | None, *, timeout_seconds: float = 5.0) -> None:
+        self.target = target
+        self.provider = provider
+        self.timeout_seconds = timeout_seconds
+        self._channel: grpc.aio.Channel | None = None
+
+    async def suppressed(self, profile_id: str, channel: int) -> str | None:
+        """Why the person may not be contacted on `channel` now, or None when they may."""
+        if self._channel is None:
+            self._channel = client_channel(self.target, self.provider)
+        stub = service_pb2_grpc.SegmentsServiceStub(self._channel)
+        try:
+            response = await stub.CheckSuppression(
+                service_pb2.CheckSuppressionRequest(profile_id=profile_id, channel=channel),  # type: ignore[arg-type]
+                timeout=self.timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ConsentUnknown(f"segments CheckSuppression failed with {error.code().name}") from error
+        if not response.suppressed:
+            return None
+        reasons = sorted({resources_pb2.SuppressionReason.Name(s.reason) for s in response.suppressions})
+        return f"suppressed at send time: {', '.join(reasons) or 'suppression in force'}"
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None

@@ -1,0 +1,97 @@
+"""What every HTTP adapter shares: the request it builds, the answer it reads, and how HTTP statuses are classified."""
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from services.channels.delivery import (
+    Accepted,
+    ProviderRejected,
+    ProviderThrottled,
+    ProviderUnavailable,
+    SendFailure,
+    redact,
+)
+
+M_contra = TypeVar("M_contra", contravariant=True)
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One HTTP call to a provider, ready to send."""
+
+    method: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """The provider's HTTP answer, as received."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        try:
+            value = json.loads(self.body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+class HttpAdapter(Protocol, Generic[M_contra]):
+    """A provider's request format and answer semantics; no I/O."""
+
+    provider: str
+    """Short name for limits, spans and settings: sms, whatsapp, push, webhook."""
+
+    deduplicates: bool
+    """True when the provider drops a second request with the same campaign ID (its idempotency key)."""
+
+    def request(self, campaign_id: str, profile_id: str, message: M_contra) -> ProviderRequest: ...
+
+    def accepted(self, answer: ProviderAnswer) -> Accepted:
+        """The accepted message's id; raises a SendFailure when the answer is an error."""
+        ...
+
+
+_DIGITS = re.compile(r"\+?\d[\d ()-]{6,}\d")
+
+
+def scrub(text: str, limit: int = 300) -> str:
+    """Provider text without phone numbers or addresses (error messages echo the recipient back)."""
+    return redact(_DIGITS.sub("[number]", text), limit)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds; the HTTP-date form is not used by these providers and reads as no hint."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def failure_for_status(provider: str, answer: ProviderAnswer, detail: str) -> SendFailure:
+    """The usual meaning of an HTTP error status: 429 slow down, 408 / 5xx try later, other 4xx never.
+
+    401 and 403 are about our credentials, not the message: they are retried (and dead-lettered
+    after the last attempt) so that fixing an expired token does not mean re-running campaigns.
+    """
+    reason = f"{provider} HTTP {answer.status}: {scrub(detail)}".strip()
+    if answer.status == 429:
+        return ProviderThrottled(reason, retry_after_seconds(answer.headers))
+    if answer.status in {401, 403, 408} or answer.status >= 500:
+        return ProviderUnavailable(reason)
+    return ProviderRejected(reason)
+
+
+def json_body(document: object) -> bytes:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()

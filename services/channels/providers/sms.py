@@ -1,0 +1,74 @@
+"""SMS in Exotel's Send SMS API format (India, DLT): POST /v1/Accounts/<sid>/Sms/send.json, form-encoded.
+
+Exotel (developer.exotel.com, "Send SMS") takes `From` (the DLT-registered sender header),
+`To` (E.164), `Body` (the text of a DLT-approved template, variables filled in), `DltEntityId`
+(the principal entity's DLT registration), `DltTemplateId`, `SmsType`, `StatusCallback` and
+`CustomField`, with the API key and token as HTTP basic auth. It answers 200 with an
+`SMSMessage` object (its `Sid` is the message id) or an error status with a `RestException`.
+Exotel takes no idempotency key: the campaign ID travels in `CustomField`, which Exotel echoes in
+every status callback, so a delivery receipt settles an ambiguous send.
+"""
+
+import base64
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from services.channels.delivery import Accepted, ProviderUnavailable
+from services.channels.outgoing import OutgoingSms
+from services.channels.providers.base import ProviderAnswer, ProviderRequest, failure_for_status
+
+
+@dataclass(frozen=True)
+class ExotelSms:
+    """The SMS adapter; one account (sid, key, token) and one DLT principal entity."""
+
+    base_url: str
+    account_sid: str
+    api_key: str
+    api_token: str
+    dlt_entity_id: str
+    sms_type: str = "promotional"
+    status_callback_url: str = ""
+
+    provider = "sms"
+    deduplicates = False
+
+    def request(self, campaign_id: str, profile_id: str, message: OutgoingSms) -> ProviderRequest:
+        form = {
+            "From": message.sender_id,
+            "To": message.to_number,
+            "Body": message.body,
+            "DltEntityId": self.dlt_entity_id,
+            "DltTemplateId": message.dlt_template_id,
+            "SmsType": self.sms_type,
+            "CustomField": campaign_id,
+        }
+        if self.status_callback_url:
+            form["StatusCallback"] = self.status_callback_url
+        credentials = base64.b64encode(f"{self.api_key}:{self.api_token}".encode()).decode()
+        return ProviderRequest(
+            "POST",
+            f"{self.base_url.rstrip('/')}/v1/Accounts/{quote(self.account_sid, safe='')}/Sms/send.json",
+            urlencode(form).encode(),
+            {
+                "Authorization": f"Basic {credentials}",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+        )
+
+    def accepted(self, answer: ProviderAnswer) -> Accepted:
+        document = answer.json()
+        if 200 <= answer.status < 300:
+            sms = document.get("SMSMessage")
+            sid = sms.get("Sid") if isinstance(sms, dict) else None
+            if not isinstance(sid, str) or not sid:
+                raise ProviderUnavailable(f"sms HTTP {answer.status} without SMSMessage.Sid")
+            status = sms.get("Status", "") if isinstance(sms, dict) else ""
+            return Accepted(sid, f"exotel {status}".strip())
+        error = document.get("RestException")
+        if isinstance(error, dict):
+            detail = f"{error.get('Code', '')} {error.get('Message', '')}".strip()
+        else:
+            detail = answer.body[:200].decode(errors="replace")
+        raise failure_for_status(self.provider, answer, detail)
