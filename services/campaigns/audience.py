@@ -1,0 +1,99 @@
+"""Who of a run's streamed members is left out before caps: suppressed, without a contact, or held out."""
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from xsell.segments.v1 import resources_pb2 as segment_resources
+
+BASIS_POINTS = 10_000
+NO_CONTACT = "no_contact"
+"""The suppressed-by-reason key of members the channel has no address for (e.g. no e-mail)."""
+HOLDOUT = "holdout"
+_REASON_PREFIX = "SUPPRESSION_REASON_"
+M = TypeVar("M")
+
+
+class Exclusion(StrEnum):
+    """Why a streamed member got no outreach in a run; stored by name with each left-out person."""
+
+    SUPPRESSED = "suppressed"
+    HELD_OUT = "held_out"
+    CAPPED = "capped"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """One member left out of a run: the kind of exclusion and its reason (e.g. suppressed / "opt_out")."""
+
+    profile_id: str
+    kind: Exclusion
+    reason: str
+
+
+def suppression_reason(reasons: Sequence[int]) -> str | None:
+    """The one reason a suppressed person is counted under: the first in the contract's reason order.
+
+    Segments sends the reasons in force on the campaign's channel (OPT_OUT before COMPLAINT...); a
+    person with several is counted once, so suppressed_by_reason sums to suppressed.
+    """
+    if not reasons:
+        return None
+    first = min(reasons)
+    try:
+        name = segment_resources.SuppressionReason.Name(first)  # type: ignore[arg-type]
+    except ValueError:
+        return f"reason_{first}"
+    return name.removeprefix(_REASON_PREFIX).lower()
+
+
+def holdout_bucket(campaign_key: str, profile_id: str) -> int:
+    """0..9999 from a hash of the campaign and the person: the same person is in the same bucket in every
+    run of the campaign, and independent buckets in different campaigns."""
+    digest = hashlib.sha256(f"{campaign_key}\x1f{profile_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BASIS_POINTS
+
+
+def held_out(campaign_key: str, profile_id: str, basis_points: int) -> bool:
+    """True for the holdout_basis_points / 10000 share of people whose bucket falls below it."""
+    return basis_points > 0 and holdout_bucket(campaign_key, profile_id) < basis_points
+
+
+@dataclass(frozen=True)
+class Sifted(Generic[M]):
+    """A page split into the members still in play (to be capped and rendered) and those left out."""
+
+    eligible: list[M]
+    left_out: list[LeftOut]
+
+
+def sift(
+    members: Iterable[M],
+    *,
+    profile_id: Callable[[M], str],
+    reasons: Callable[[M], Sequence[int]],
+    reachable: Callable[[M], bool],
+    campaign_key: str,
+    holdout_basis_points: int,
+) -> Sifted[M]:
+    """Applies, in this order: a suppression (always wins), no contact for the channel, the holdout.
+
+    The holdout is drawn from people who could be contacted, so the control group is comparable to
+    the treated group.
+    """
+    eligible: list[M] = []
+    left_out: list[LeftOut] = []
+    for member in members:
+        person = profile_id(member)
+        suppressed = suppression_reason(reasons(member))
+        if suppressed is not None:
+            left_out.append(LeftOut(person, Exclusion.SUPPRESSED, suppressed))
+        elif not reachable(member):
+            left_out.append(LeftOut(person, Exclusion.SUPPRESSED, NO_CONTACT))
+        elif held_out(campaign_key, person, holdout_basis_points):
+            left_out.append(LeftOut(person, Exclusion.HELD_OUT, HOLDOUT))
+        else:
+            eligible.append(member)
+    return Sifted(eligible, left_out)
