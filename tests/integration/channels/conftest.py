@@ -3,11 +3,11 @@
 import asyncio
 import email
 import email.policy
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import pytest
@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devstack.nats_server import free_port
+from devstack.provider_sinks import ProviderSinks
 from plumbing.bus import Bus
 from plumbing.db import Database
 from plumbing.runtime import ServiceProcess
@@ -102,7 +103,16 @@ class Channels:
     spans: InMemorySpanExporter
 
 
-StartChannels = Callable[[int], Awaitable[Channels]]
+class StartChannels(Protocol):
+    def __call__(self, smtp_port: int, **settings: Any) -> Awaitable[Channels]: ...
+
+
+@pytest.fixture
+async def provider_sinks(tmp_path: Path) -> AsyncIterator[ProviderSinks]:
+    """The SMS, WhatsApp, push and webhook provider servers on free ports."""
+    sinks = await ProviderSinks(log_dir=tmp_path / "providers").start()
+    yield sinks
+    await sinks.stop()
 
 
 @pytest.fixture
@@ -112,7 +122,7 @@ async def start_channels(
     await nats_bus.ensure_streams(streams.ALL_STREAMS)
     started: list[tuple[Channels, grpc.aio.Channel]] = []
 
-    async def start(smtp_port: int) -> Channels:
+    async def start(smtp_port: int, **overrides: Any) -> Channels:
         settings = ChannelsSettings(
             grpc_port=0,
             database_url=database_url,
@@ -123,6 +133,10 @@ async def start_channels(
             tracking_base_url=TRACKING_BASE,
             tracking_secret=TRACKING_SECRET,  # type: ignore[arg-type]
             message_id_domain="mail.test.in",
+            # Short backoff steps: the retry tests wait for the redelivery, and jitter keeps them short.
+            retry_base_seconds=0.05,
+            retry_cap_seconds=0.5,
+            **overrides,
         )
         spans = InMemorySpanExporter()
         provider = TracerProvider()
