@@ -7,6 +7,8 @@ SEGMENT_PUBLISHED = "xsell.segments.segment_published"
 MEMBERSHIP_CHANGED = "xsell.segments.membership_changed"
 OUTREACH_CREATED = "xsell.campaigns.outreach_created"
 DISPATCH_REQUESTED = "xsell.campaigns.dispatch_requested"
+# A person held out of a run (the control group), so attribution can measure lift against them.
+HOLDOUT_ASSIGNED = "xsell.campaigns.holdout_assigned"
 DELIVERY_UPDATED = "xsell.channels.delivery_updated"
 ENGAGEMENT_RECORDED = "xsell.channels.engagement_recorded"
 CONVERSION_RECORDED = "xsell.attribution.conversion_recorded"

@@ -41,6 +41,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         tracer,
         page_size=settings.release_page_size,
         poll_interval=settings.release_poll_seconds,
+        one_offer_per_day=settings.one_offer_per_day,
     )
     servicer = CampaignsApi(
         db,

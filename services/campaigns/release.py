@@ -22,6 +22,7 @@ from services.campaigns.messages import channel_value, email_templates_of, offer
 from services.campaigns.rendering import CompiledEmail, Offer, RenderFailed, build_context, compile_email, render_email
 from services.campaigns.scheduling import DeliveryOptions, next_occurrence, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
+from services.campaigns.selection import AudienceGate, ContactsChanged
 from xsell.campaigns.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,7 @@ class ReleaseRunner:
         page_size: int,
         poll_interval: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
+        one_offer_per_day: bool = False,
     ) -> None:
         self.db = db
         self.segments = segments
@@ -76,6 +78,7 @@ class ReleaseRunner:
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.clock = clock
+        self.gate = AudienceGate(outbox, one_offer_per_day=one_offer_per_day)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -139,45 +142,70 @@ class ReleaseRunner:
             # Validated when the campaign was created; compiled once per run.
             compiled = compile_email(email_templates_of(campaign), offer_has_amount=offer.amount is not None)
             attribute_names = compiled.attribute_names()
+            # The cursor is the last profile id released: the pinned version's members stream from just
+            # after it, suppressed people included (marked), so the run counts who was left out and why.
             cursor, pages, created_so_far = run.cursor, run.pages_released, run.outreach_count
-            while not self._stopping.is_set():
-                with self.tracer.start_as_current_span(
-                    "campaign.release_page", attributes={"campaign.key": campaign_key, "campaign.run_id": run_id}
-                ):
-                    members, next_cursor = await self.segments.list_members(
-                        campaign.segment_id, attribute_names, self.page_size, cursor
+            stream = self.segments.stream_members(
+                campaign.segment_id,
+                campaign.segment_version,
+                channel_value(campaign.channel),
+                attribute_names,
+                cursor,
+            )
+            buffered: list[AudienceMember] = []
+            exhausted = False
+            try:
+                while not self._stopping.is_set():
+                    while not exhausted and len(buffered) < self.page_size:
+                        chunk = await anext(stream, None)
+                        if chunk is None:
+                            exhausted = True
+                        else:
+                            buffered.extend(chunk)
+                    members, buffered = buffered[: self.page_size], buffered[self.page_size :]
+                    next_cursor = members[-1].profile_id if members else cursor
+                    last = exhausted and not buffered
+                    with self.tracer.start_as_current_span(
+                        "campaign.release_page", attributes={"campaign.key": campaign_key, "campaign.run_id": run_id}
+                    ):
+                        try:
+                            result = await self._release_page(
+                                campaign,
+                                run,
+                                compiled,
+                                offer,
+                                members,
+                                pages=pages,
+                                next_cursor=next_cursor,
+                                last=last,
+                                first_ordinal=created_so_far,
+                            )
+                        except _PageTakenElsewhere:
+                            log.info("campaign_page_taken_elsewhere", page=pages)
+                            return
+                        except _Stopped as stopped:
+                            log.info("campaign_release_stopped", page=pages, state=str(stopped))
+                            return
+                        except ContactsChanged:
+                            # Rolled back; the next poll releases this page again against the new ledger.
+                            log.info("campaign_page_contacts_changed", page=pages)
+                            return
+                    log.info(
+                        "campaign_page_released",
+                        page=pages,
+                        created=result.created,
+                        skipped_no_email=result.skipped_no_email,
+                        skipped_render=result.skipped_render,
                     )
-                    try:
-                        result = await self._release_page(
-                            campaign,
-                            run,
-                            compiled,
-                            offer,
-                            members,
-                            pages=pages,
-                            next_cursor=next_cursor,
-                            first_ordinal=created_so_far,
-                        )
-                    except _PageTakenElsewhere:
-                        log.info("campaign_page_taken_elsewhere", page=pages)
+                    pages, cursor, created_so_far = pages + 1, next_cursor, created_so_far + result.created
+                    if last:
+                        log.info("campaign_run_materialized", pages=pages)
+                        async with self.db.transaction() as session:
+                            materialized = await store.get_run(session, run_id)
+                        await self.dispatch(campaign, materialized)
                         return
-                    except _Stopped as stopped:
-                        log.info("campaign_release_stopped", page=pages, state=str(stopped))
-                        return
-                log.info(
-                    "campaign_page_released",
-                    page=pages,
-                    created=result.created,
-                    skipped_no_email=result.skipped_no_email,
-                    skipped_render=result.skipped_render,
-                )
-                pages, cursor, created_so_far = pages + 1, next_cursor, created_so_far + result.created
-                if not next_cursor:
-                    log.info("campaign_run_materialized", pages=pages)
-                    async with self.db.transaction() as session:
-                        materialized = await store.get_run(session, run_id)
-                    await self.dispatch(campaign, materialized)
-                    return
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
 
     async def _release_page(
         self,
@@ -189,9 +217,9 @@ class ReleaseRunner:
         *,
         pages: int,
         next_cursor: str,
+        last: bool,
         first_ordinal: int,
     ) -> PageResult:
-        reachable = [member for member in members if has_email(member)]
         skipped_render = 0
         now = self.clock()
         outreach_rows: list[dict[str, Any]] = []
@@ -201,6 +229,9 @@ class ReleaseRunner:
             state = await store.campaign_state(session, campaign.campaign_key)
             if state != CampaignState.RUNNING:
                 raise _Stopped(state)
+            # Suppressed, unreachable, held-out and capped people are recorded and left out here.
+            admitted = await self.gate.admit(session, campaign, run, members, now, reachable=has_email)
+            reachable = admitted.members
             if reachable:
                 # A sequence number whose render fails below stays unused: IDs are unique, not gapless.
                 block = await store.allocate_sequences(
@@ -265,8 +296,9 @@ class ReleaseRunner:
                         row["dispatch_payload"] = dispatch.SerializeToString()
                         outreach_rows.append(row)
             await store.insert_outreaches(session, outreach_rows)
+            await self.gate.record_contacts(session, campaign, outreach_rows)
             await self.outbox.add_rows(session, events)
-            result = PageResult(len(outreach_rows), len(members) - len(reachable), skipped_render)
+            result = PageResult(len(outreach_rows), admitted.no_contact, skipped_render)
             advanced = await store.advance_run(
                 session,
                 run.run_id,
@@ -275,7 +307,7 @@ class ReleaseRunner:
                 created=result.created,
                 skipped_no_email=result.skipped_no_email,
                 skipped_render=result.skipped_render,
-                materialized_at=None if next_cursor else now,
+                materialized_at=now if last else None,
             )
             if not advanced:
                 raise _PageTakenElsewhere
@@ -326,8 +358,11 @@ class ReleaseRunner:
                 message.request_time.CopyFrom(timestamp(now))
                 events.append(self.outbox.event(streams.DISPATCH_REQUESTED, message, campaign_id=outreach.campaign_id))
             dispatched.append(outreach.campaign_id)
-        await self.outbox.add_rows(session, events)
-        await store.mark_dispatched(session, dispatched, now)
+        # Only what this page marked is published: an outreach withdrawn meanwhile for a better campaign is not.
+        marked = await store.mark_dispatched(session, dispatched, now)
+        await self.outbox.add_rows(
+            session, [event for event, key in zip(events, dispatched, strict=True) if key in marked]
+        )
         await store.defer_dispatches(session, deferred)
         log.info("campaign_dispatch_page", dispatched=len(dispatched), deferred=len(deferred))
 

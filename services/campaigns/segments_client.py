@@ -1,6 +1,6 @@
 """The segments service as campaigns sees it: a segment's state and version, and its members page by page."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -29,6 +29,8 @@ class AudienceMember:
 
     profile_id: str
     attributes: dict[str, object]
+    # The SuppressionReason numbers in force on the streamed channel; empty for people who may be contacted.
+    suppression_reasons: tuple[int, ...] = ()
 
 
 def attribute_value(value: resources_pb2.Value) -> object:
@@ -109,3 +111,43 @@ class SegmentsClient:
             for member in response.members
         ]
         return members, response.next_page_token
+
+    async def stream_members(
+        self, segment_id: str, version: int, channel: int, attribute_names: Sequence[str], after_profile_id: str
+    ) -> AsyncIterator[list[AudienceMember]]:
+        """The pinned version's members after `after_profile_id`, in profile-id order, a chunk per message.
+
+        Suppressed people (globally or on `channel`) come too, marked with their reasons, so the run can
+        count them; segments decides who is suppressed.
+        """
+        request = service_pb2.StreamSegmentMembersRequest(
+            segment_id=segment_id,
+            version=version,
+            attribute_names=list(attribute_names),
+            after_profile_id=after_profile_id,
+            channel=channel,  # type: ignore[arg-type]
+            include_suppressed=True,
+        )
+        # No deadline on the whole stream: a large audience streams for as long as the run releases it.
+        call = self._stub.StreamSegmentMembers(request)
+        try:
+            async for response in call:
+                yield [
+                    AudienceMember(
+                        profile_id=member.profile_id,
+                        attributes={name: attribute_value(value) for name, value in member.attributes.items()},
+                        suppression_reasons=tuple(member.suppression_reasons),
+                    )
+                    for member in response.members
+                ]
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _RETRYABLE:
+                raise _unavailable(error, "stream the segment's members") from error
+            # NOT_FOUND, FAILED_PRECONDITION (archived, or republished past the pinned version)...:
+            # the run cannot progress until someone acts.
+            raise FailedPrecondition(
+                f"segments refused to stream members of {segment_id} version {version} "
+                f"({error.code().name}: {error.details()})"
+            ) from error
+        finally:
+            call.cancel()

@@ -21,6 +21,11 @@ class CampaignsSettings(ServiceSettings):
         True,
         description="Maker-checker: LaunchCampaign needs a campaign APPROVED by someone other than its author.",
     )
+    one_offer_per_day: bool = Field(
+        False,
+        description="At most one outreach per person per local day across every campaign; when several campaigns "
+        "qualify a person, the best ranked wins (priority, then offer value, then earliest launch).",
+    )
     release_poll_seconds: float = Field(
         1.0, gt=0, description="How often the release runner looks for scheduled runs that fell due."
     )

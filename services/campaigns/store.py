@@ -1,5 +1,6 @@
 """The campaigns database: definitions, runs, the campaign-ID counters, outreaches, outbox and idempotency."""
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,11 +22,13 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    delete,
     false,
     func,
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -181,6 +184,9 @@ outreaches = Table(
     Column("bounced_at", UtcDateTime, nullable=True),
     Column("complained_at", UtcDateTime, nullable=True),
     Column("opted_out_at", UtcDateTime, nullable=True),
+    # Set when a better-ranked campaign took this undispatched outreach's place under a cap (0004):
+    # it is never dispatched and its run counts it as capped.
+    Column("withdrawn_at", UtcDateTime, nullable=True),
     # A person gets one outreach per run, whatever happens to it (a recurring campaign has a run per occurrence).
     UniqueConstraint("run_id", "profile_id", name="uq_outreaches_run_profile"),
     Index("ix_outreaches_campaign_key_campaign_id", "campaign_key", "campaign_id"),
@@ -452,6 +458,7 @@ async def dispatchable(
             o.run_id == run_id,
             o.ordinal < released_through,
             o.dispatched_at.is_(None),
+            o.withdrawn_at.is_(None),
             or_(o.dispatch_after.is_(None), o.dispatch_after <= now),
         )
         .order_by(o.ordinal)
@@ -462,15 +469,24 @@ async def dispatchable(
 
 async def undispatched(session: AsyncSession, run_id: str) -> int:
     o = outreaches.c
-    query = select(func.count()).where(o.run_id == run_id, o.dispatched_at.is_(None), o.test.is_(False))
+    query = select(func.count()).where(
+        o.run_id == run_id, o.dispatched_at.is_(None), o.withdrawn_at.is_(None), o.test.is_(False)
+    )
     return int((await session.execute(query)).scalar_one())
 
 
-async def mark_dispatched(session: AsyncSession, campaign_ids: Sequence[str], at: datetime) -> None:
-    if campaign_ids:
-        await session.execute(
-            update(outreaches).where(outreaches.c.campaign_id.in_(campaign_ids)).values(dispatched_at=at)
-        )
+async def mark_dispatched(session: AsyncSession, campaign_ids: Sequence[str], at: datetime) -> set[str]:
+    """The campaign IDs marked; one withdrawn meanwhile (a cap gave its place to a better campaign) is not."""
+    if not campaign_ids:
+        return set()
+    o = outreaches.c
+    result = await session.execute(
+        update(outreaches)
+        .where(o.campaign_id.in_(campaign_ids), o.withdrawn_at.is_(None), o.dispatched_at.is_(None))
+        .values(dispatched_at=at)
+        .returning(o.campaign_id)
+    )
+    return set(result.scalars())
 
 
 async def defer_dispatches(session: AsyncSession, deferrals: Sequence[Mapping[str, Any]]) -> None:
@@ -544,4 +560,122 @@ async def record_signal(session: AsyncSession, campaign_id: str, column: str, at
         update(outreaches)
         .where(outreaches.c.campaign_id == campaign_id, outreaches.c[column].is_(None))
         .values({column: at})
+    )
+
+
+# --- who was left out, and the contact ledger the caps count (0004) -----------------------------
+
+# Every streamed member of a run who got no outreach, with why: suppressed (by reason, "no_contact"
+# for no address on the channel), held_out (the control group), capped (by the rule, or "outranked"
+# when a better campaign took the place of this run's undispatched outreach).
+run_exclusions = Table(
+    "run_exclusions",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("profile_id", String(200), primary_key=True),
+    Column("campaign_key", String(40), ForeignKey("campaigns.campaign_key"), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# One row per outreach that counts against frequency caps, with the rank its campaign had at release.
+# Written in the page's transaction, under per-person locks, so concurrent runs see each other's.
+contact_ledger = Table(
+    "contact_ledger",
+    metadata,
+    Column("campaign_id", String(40), primary_key=True),
+    Column("profile_id", String(200), nullable=False),
+    Column("campaign_key", String(40), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("category", Integer, nullable=False),
+    Column("contacted_at", UtcDateTime, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("offer_value_minor", BigInteger, nullable=False),
+    Column("launched_at", UtcDateTime, nullable=False),
+    Index("ix_contact_ledger_profile_time", "profile_id", "contacted_at"),
+)
+
+
+def _person_lock_key(profile_id: str) -> int:
+    """A signed 64-bit advisory-lock key per person (a collision only serialises two people needlessly)."""
+    return int.from_bytes(hashlib.sha256(profile_id.encode()).digest()[:8], "big", signed=True)
+
+
+async def lock_people(session: AsyncSession, profile_ids: Sequence[str]) -> None:
+    """Serialises the cap check and ledger write per person across concurrent runs until commit.
+
+    PostgreSQL: transaction-scoped advisory locks taken in key order (so two pages never wait on each
+    other in a cycle). SQLite: every write transaction already holds the database's write lock
+    (BEGIN IMMEDIATE), so there is nothing more to take.
+    """
+    if not profile_ids or session.bind is None or session.bind.dialect.name != "postgresql":
+        return
+    keys = sorted({_person_lock_key(p) for p in profile_ids})
+    await session.execute(
+        text("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) s"),
+        {"keys": keys},
+    )
+
+
+async def recent_contacts(session: AsyncSession, profile_ids: Sequence[str], since: datetime) -> Sequence[Row[Any]]:
+    """The people's ledger entries since `since`, each with whether its outreach is dispatched yet."""
+    if not profile_ids:
+        return []
+    ledger = contact_ledger.c
+    query = (
+        select(contact_ledger, outreaches.c.dispatched_at)
+        .join(outreaches, outreaches.c.campaign_id == ledger.campaign_id)
+        .where(ledger.profile_id.in_(list(profile_ids)), ledger.contacted_at >= since)
+    )
+    return (await session.execute(query)).all()
+
+
+async def insert_contacts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(contact_ledger), list(rows))
+
+
+async def insert_exclusions(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(run_exclusions), list(rows))
+
+
+async def withdraw_outreaches(session: AsyncSession, campaign_ids: Sequence[str], at: datetime) -> Sequence[Row[Any]]:
+    """Withdraws the undispatched ones of these outreaches and takes them off the ledger; returns those withdrawn.
+
+    Conditional on dispatched_at being empty, so a dispatch that committed first wins (the caller then
+    sees fewer rows than it asked for).
+    """
+    if not campaign_ids:
+        return []
+    o = outreaches.c
+    result = await session.execute(
+        update(outreaches)
+        .where(o.campaign_id.in_(list(campaign_ids)), o.dispatched_at.is_(None), o.withdrawn_at.is_(None))
+        .values(withdrawn_at=at)
+        .returning(o.campaign_id, o.run_id, o.campaign_key, o.profile_id)
+    )
+    withdrawn = result.all()
+    if withdrawn:
+        await session.execute(
+            delete(contact_ledger).where(contact_ledger.c.campaign_id.in_([w.campaign_id for w in withdrawn]))
+        )
+    return withdrawn
+
+
+async def add_run_counts(
+    session: AsyncSession, run_id: str, *, audience: int, held_out: int, suppressed: int, capped: int
+) -> None:
+    """Adds one page's funnel to the run (capped counts this run's own capped people, not withdrawals)."""
+    run = campaign_runs.c
+    await session.execute(
+        update(campaign_runs)
+        .where(run.run_id == run_id)
+        .values(
+            audience=run.audience + audience,
+            held_out=run.held_out + held_out,
+            suppressed=run.suppressed + suppressed,
+            capped=run.capped + capped,
+        )
     )

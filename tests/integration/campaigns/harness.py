@@ -53,10 +53,38 @@ RELEASED_PROFILES = {"p01", "p02", "p03", "p05", "p07"}
 
 @dataclass
 class FakeSegments(seg_grpc.SegmentsServiceServicer):
-    """GetSegment and ListSegmentMembers (keyset by profile id, only the attributes asked for)."""
+    """GetSegment, ListSegmentMembers and StreamSegmentMembers (keyset by profile id, the attributes asked for).
+
+    A stream stops with UNAVAILABLE right after the member named in `unavailable_tokens` (so a run
+    releases its first page and then cannot continue); `suppressed` marks people with reasons.
+    """
 
     unavailable_tokens: set[str] = field(default_factory=set)
     member_requests: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    suppressed: dict[str, list[int]] = field(default_factory=dict)
+    stream_requests: list[seg_service.StreamSegmentMembersRequest] = field(default_factory=list)
+
+    async def StreamSegmentMembers(self, request, context):  # type: ignore[no-untyped-def]
+        self.stream_requests.append(request)
+        self.member_requests.append((request.after_profile_id, tuple(request.attribute_names)))
+        after = [m for m in MEMBERS if m.profile_id > request.after_profile_id]
+        for start in range(0, len(after), 2):
+            if any(
+                token < after[start].profile_id
+                for token in self.unavailable_tokens
+                if token >= request.after_profile_id
+            ):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "segments is restarting")
+            response = seg_service.StreamSegmentMembersResponse()
+            for member in after[start : start + 2]:
+                reasons = self.suppressed.get(member.profile_id, [])
+                if reasons and not request.include_suppressed:
+                    continue
+                out = response.members.add(profile_id=member.profile_id, suppression_reasons=reasons)
+                for name in request.attribute_names:
+                    if name in member.attributes:
+                        out.attributes[name].CopyFrom(member.attributes[name])
+            yield response
 
     async def GetSegment(self, request, context):  # type: ignore[no-untyped-def]
         states = {PUBLISHED: seg_resources.SEGMENT_STATE_PUBLISHED, DRAFT: seg_resources.SEGMENT_STATE_DRAFT}

@@ -18,6 +18,7 @@ from services.campaigns.app import MIGRATIONS
 from services.campaigns.campaign_ids import month_code
 from tests.integration.campaigns.harness import (
     DRAFT,
+    PUBLISHED,
     RELEASED_PROFILES,
     Harness,
     all_outreaches,
@@ -80,9 +81,12 @@ async def test_launch_creates_one_outreach_per_reachable_member_with_unique_ids_
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert f"campaign ID {programme}-{month}-T06-9999 does not exist" in (missing.value.details() or "")
 
-    # Segments was asked for the attributes the templates use plus email and first_name, page after page.
+    # Segments streamed the pinned version once, on the campaign's channel, with suppressed people marked,
+    # and the attributes the templates use plus email and first_name.
     assert {names for _, names in harness.segments.member_requests} == {("city", "email", "first_name", "time_zone")}
-    assert [token for token, _ in harness.segments.member_requests] == ["", "p03", "p06"]
+    [streamed] = harness.segments.stream_requests
+    assert (streamed.segment_id, streamed.version, streamed.after_profile_id) == (PUBLISHED, 3, "")
+    assert streamed.channel == channel_pb2.CHANNEL_EMAIL and streamed.include_suppressed
 
     created_events = await collect(nats_bus, streams.OUTREACH_CREATED, programme, len(RELEASED_PROFILES))
     dispatches = await collect(nats_bus, streams.DISPATCH_REQUESTED, programme, len(RELEASED_PROFILES))

@@ -1,0 +1,198 @@
+"""Who of a released page gets an outreach, decided in the page's transaction: suppressions, holdout, caps."""
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.outbox import Outbox
+from services import streams
+from services.campaigns import store
+from services.campaigns.audience import Exclusion, LeftOut, sift
+from services.campaigns.caps import LOOKBACK, OUTRANKED, Candidate, Contact, Rank, judge, rules_of
+from services.campaigns.messages import timestamp
+from services.campaigns.scheduling import DeliveryOptions
+from services.campaigns.segments_client import AudienceMember
+from xsell.campaigns.v1 import events_pb2, resources_pb2
+from xsell.type.v1 import money_pb2
+
+
+class ContactsChanged(Exception):
+    """An outreach this page meant to withdraw was dispatched meanwhile; the page is rolled back and retried."""
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The members to create outreaches for, and how many had no address on the channel."""
+
+    members: list[AudienceMember]
+    no_contact: int
+
+
+def campaign_rank(campaign: Any) -> Rank:
+    """The campaign's rank among competitors (priority, offer value, earliest launch, key)."""
+    options = DeliveryOptions.from_json(campaign.options)
+    launched = campaign.launched_at or campaign.created_at
+    return Rank.of(options.priority, campaign.offer_amount_minor, launched, campaign.campaign_key)
+
+
+def _contact(row: Any) -> Contact:
+    return Contact(
+        campaign_id=row.campaign_id,
+        profile_id=row.profile_id,
+        channel=row.channel,
+        category=row.category,
+        contacted_at=row.contacted_at,
+        rank=Rank.of(row.priority, row.offer_value_minor, row.launched_at, row.campaign_key),
+        displaceable=row.dispatched_at is None,
+    )
+
+
+def _offer(campaign: Any) -> resources_pb2.Offer:
+    offer = resources_pb2.Offer(product_code=campaign.offer_product_code)
+    if campaign.offer_amount_minor is not None:
+        offer.amount.CopyFrom(
+            money_pb2.Money(minor_units=campaign.offer_amount_minor, currency_code=campaign.offer_currency or "")
+        )
+    return offer
+
+
+class AudienceGate:
+    """Applies, to each page, in order: suppressions and no contact, the holdout, then frequency caps.
+
+    Every decision is stored with the person (run_exclusions), every outreach goes to the contact
+    ledger, and the ledger is read and written under per-person locks in the page's own transaction,
+    so two runs releasing the same person at once cannot both slip under a cap.
+    """
+
+    def __init__(self, outbox: Outbox, *, one_offer_per_day: bool) -> None:
+        self.outbox = outbox
+        self.one_offer_per_day = one_offer_per_day
+
+    async def admit(
+        self,
+        session: AsyncSession,
+        campaign: Any,
+        run: Any,
+        members: Sequence[AudienceMember],
+        now: datetime,
+        *,
+        reachable: Callable[[AudienceMember], bool],
+    ) -> Admitted:
+        options = DeliveryOptions.from_json(campaign.options)
+        sifted = sift(
+            members,
+            profile_id=lambda m: m.profile_id,
+            reasons=lambda m: m.suppression_reasons,
+            reachable=reachable,
+            campaign_key=campaign.campaign_key,
+            holdout_basis_points=options.holdout_basis_points,
+        )
+        eligible = sifted.eligible
+        capped: list[LeftOut] = []
+        withdrawn_rows: list[dict[str, Any]] = []
+        people = [m.profile_id for m in eligible]
+        # Taken even without caps of its own: this run's outreaches count against other campaigns' caps.
+        await store.lock_people(session, people)
+        rules = rules_of(options.frequency_caps, one_offer_per_day=self.one_offer_per_day)
+        if rules and people:
+            contacts: Mapping[str, list[Contact]] = defaultdict(list)
+            for row in await store.recent_contacts(session, people, now - LOOKBACK):
+                contacts[row.profile_id].append(_contact(row))
+            rank = campaign_rank(campaign)
+            kept: list[AudienceMember] = []
+            displaced: list[Contact] = []
+            for member in eligible:
+                candidate = Candidate(member.profile_id, campaign.channel, campaign.category, rank, campaign.time_zone)
+                verdict = judge(candidate, rules, contacts.get(member.profile_id, ()), now)
+                if verdict.allowed:
+                    kept.append(member)
+                    displaced.extend(verdict.displaced)
+                else:
+                    capped.append(LeftOut(member.profile_id, Exclusion.CAPPED, verdict.reason))
+            eligible = kept
+            if displaced:
+                withdrawn = await store.withdraw_outreaches(session, [c.campaign_id for c in displaced], now)
+                if len(withdrawn) != len(displaced):
+                    raise ContactsChanged
+                withdrawn_rows = [
+                    {
+                        "run_id": w.run_id,
+                        "profile_id": w.profile_id,
+                        "campaign_key": w.campaign_key,
+                        "kind": Exclusion.CAPPED.value,
+                        "reason": OUTRANKED,
+                        "created_at": now,
+                    }
+                    for w in withdrawn
+                ]
+        left_out = [*sifted.left_out, *capped]
+        await store.insert_exclusions(
+            session,
+            [
+                {
+                    "run_id": run.run_id,
+                    "profile_id": out.profile_id,
+                    "campaign_key": campaign.campaign_key,
+                    "kind": out.kind.value,
+                    "reason": out.reason,
+                    "created_at": now,
+                }
+                for out in left_out
+            ]
+            + withdrawn_rows,
+        )
+        held = [out for out in left_out if out.kind == Exclusion.HELD_OUT]
+        await self.outbox.add_rows(session, [self._holdout_event(campaign, run, out.profile_id, now) for out in held])
+        await store.add_run_counts(
+            session,
+            run.run_id,
+            audience=len(members),
+            held_out=len(held),
+            suppressed=sum(1 for out in left_out if out.kind == Exclusion.SUPPRESSED),
+            capped=len(capped),
+        )
+        no_contact = sum(
+            1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == "no_contact"
+        )
+        return Admitted(eligible, no_contact)
+
+    def _holdout_event(self, campaign: Any, run: Any, profile_id: str, now: datetime) -> dict[str, Any]:
+        event = events_pb2.HoldoutAssigned(
+            campaign_key=campaign.campaign_key,
+            run_id=run.run_id,
+            profile_id=profile_id,
+            labels=list(campaign.labels),
+            category=campaign.category,
+            trigger_code=campaign.trigger_code,
+            offer=_offer(campaign),
+            assign_time=timestamp(now),
+        )
+        return self.outbox.event(streams.HOLDOUT_ASSIGNED, event)
+
+    async def record_contacts(
+        self, session: AsyncSession, campaign: Any, outreach_rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Puts the page's new outreaches on the contact ledger with the campaign's rank."""
+        options = DeliveryOptions.from_json(campaign.options)
+        launched = campaign.launched_at or campaign.created_at
+        await store.insert_contacts(
+            session,
+            [
+                {
+                    "campaign_id": row["campaign_id"],
+                    "profile_id": row["profile_id"],
+                    "campaign_key": campaign.campaign_key,
+                    "channel": row["channel"],
+                    "category": row["category"],
+                    "contacted_at": row["created_at"],
+                    "priority": options.priority,
+                    "offer_value_minor": row.get("offer_amount_minor") or 0,
+                    "launched_at": launched,
+                }
+                for row in outreach_rows
+            ],
+        )
