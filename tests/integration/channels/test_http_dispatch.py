@@ -1,0 +1,309 @@
+"""Dispatch on SMS, WhatsApp, push and webhook through real NATS, SQLite / PostgreSQL and the local provider servers."""
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+from sqlalchemy import insert
+
+from devstack.provider_sinks import Fault, ProviderSinks
+from plumbing.bus import Bus
+from services import streams
+from services.channels import store
+from services.channels.delivery import DeliveryState
+from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
+from tests.integration.channels.support import (
+    dispatch_on,
+    get_message,
+    handled,
+    new_campaign_id,
+    publish,
+    published_state,
+    states,
+    updates,
+)
+from tests.waiting import eventually
+from xsell.channels.v1 import resources_pb2
+from xsell.segments.v1 import resources_pb2 as segments_resources
+from xsell.segments.v1 import service_pb2 as segments_service
+from xsell.segments.v1 import service_pb2_grpc as segments_grpc
+from xsell.type.v1 import channel_pb2
+
+SENT = resources_pb2.DELIVERY_STATE_SENT
+FAILED = resources_pb2.DELIVERY_STATE_FAILED
+AMBIGUOUS = resources_pb2.DELIVERY_STATE_AMBIGUOUS
+
+
+async def test_each_http_channel_sends_once_and_a_redelivery_sends_nothing(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    sinks = {"sms": provider_sinks.sms, "whatsapp": provider_sinks.whatsapp, "push": provider_sinks.push}
+    sinks["webhook"] = provider_sinks.webhook
+    campaign_ids = {name: new_campaign_id() for name in sinks}
+    for name, campaign_id in campaign_ids.items():
+        await publish(nats_bus, dispatch_on(name, campaign_id, webhook_url=provider_sinks.webhook_url()))
+
+    for name, campaign_id in campaign_ids.items():
+        sent = await published_state(listener, campaign_id, SENT)
+        assert sent.channel == getattr(channel_pb2, f"CHANNEL_{name.upper()}")
+        assert len(sinks[name].for_campaign(campaign_id)) == 1
+        message = await get_message(channels, campaign_id)
+        assert message.state == SENT
+        assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_SENT"]
+        assert message.provider_message_id != ""
+    assert provider_sinks.sms.for_campaign(campaign_ids["sms"])[0].body["CustomField"] == campaign_ids["sms"]
+
+    # The same outreaches requested again: the ledger keeps each to one provider call.
+    last = 0
+    for name, campaign_id in campaign_ids.items():
+        last = await publish(nats_bus, dispatch_on(name, campaign_id, webhook_url=provider_sinks.webhook_url()))
+    await handled(nats_bus, last)
+    for name, campaign_id in campaign_ids.items():
+        assert len(sinks[name].for_campaign(campaign_id)) == 1
+        assert len(states(await get_message(channels, campaign_id))) == 3
+    assert provider_sinks.webhook.duplicates == 0
+
+    spans = channels.spans.get_finished_spans()
+    sms_spans = [s for s in spans if s.name == "sms.send" and s.attributes["campaign.id"] == campaign_ids["sms"]]
+    assert len(sms_spans) == 1 and sms_spans[0].attributes["http.response.status_code"] == 200
+    assert not any("9876543210" in str(value) for s in spans for value in (s.attributes or {}).values())
+
+
+async def test_throttling_and_an_outage_are_retried_with_backoff_and_send_once(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    provider_sinks.sms.fail_next(Fault.THROTTLE, Fault.UNAVAILABLE)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+
+    await published_state(listener, campaign_id, SENT)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+    assert [status for status, _ in provider_sinks.sms.refused] == [429, 503]
+    message = await get_message(channels, campaign_id)
+    assert states(message) == [
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_SENT",
+    ]
+    details = [entry.detail for entry in message.timeline]
+    assert details[2].startswith("sms HTTP 429") and details[4].startswith("sms HTTP 503")
+    assert [u.state for u in updates(listener, campaign_id)] == [SENT]
+
+
+async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    seq = await publish(nats_bus, dispatch_on("whatsapp", campaign_id, template_name="unapproved_offer"))
+
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert "error 132001" in failed.reason
+    await handled(nats_bus, seq)
+    assert len(provider_sinks.whatsapp.refused) == 1
+    message = await get_message(channels, campaign_id)
+    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
+    assert "132001" in message.timeline[-1].detail
+
+
+async def test_an_outage_that_outlasts_every_attempt_fails_and_is_dead_lettered_with_the_reason(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    provider_sinks.push.fail_next(*[Fault.UNAVAILABLE] * streams.CHANNELS_DISPATCH.max_deliver)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("push", campaign_id))
+
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert failed.reason.startswith(f"gave up after {streams.CHANNELS_DISPATCH.max_deliver} attempts: push HTTP 503")
+    dead_letter_subject = f"{streams.DEAD_LETTER_PREFIX}.{streams.CHANNELS_DISPATCH.durable}"
+
+    async def dead_lettered() -> object:
+        return listener.on(dead_letter_subject, campaign_id)
+
+    [dead] = await eventually(dead_lettered)
+    assert "gave up after" in dead.headers["Xsell-Dlq-Reason"]
+    assert provider_sinks.push.received == []
+    assert (await get_message(channels, campaign_id)).state == FAILED
+
+
+async def test_an_sms_whose_answer_was_lost_is_ambiguous_and_never_resent(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    provider_sinks.sms.fail_next(Fault.ACCEPT_THEN_DROP)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+
+    ambiguous = await published_state(listener, campaign_id, AMBIGUOUS)
+    assert "may have the message" in ambiguous.reason
+    seq = await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await handled(nats_bus, seq)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+    message = await get_message(channels, campaign_id)
+    assert message.state == AMBIGUOUS
+    assert states(message)[-1] == "DELIVERY_STATE_AMBIGUOUS"
+
+
+async def test_a_webhook_whose_answer_was_lost_is_asked_again_under_the_same_key(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    provider_sinks.webhook.fail_next(Fault.ACCEPT_THEN_DROP)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("webhook", campaign_id, webhook_url=provider_sinks.webhook_url()))
+
+    await published_state(listener, campaign_id, SENT)
+    assert len(provider_sinks.webhook.for_campaign(campaign_id)) == 1
+    assert provider_sinks.webhook.duplicates == 1
+    assert [u.state for u in updates(listener, campaign_id)] == [SENT]
+    assert (await get_message(channels, campaign_id)).state == SENT
+
+
+@pytest.mark.parametrize(
+    ("channel", "expected"), [("webhook", "DELIVERY_STATE_SENT"), ("sms", "DELIVERY_STATE_AMBIGUOUS")]
+)
+async def test_a_crash_after_the_intent_resends_only_where_the_provider_deduplicates(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    channel: str,
+    expected: str,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    now = datetime.now(UTC)
+    async with channels.db.transaction() as session:
+        await session.execute(
+            insert(store.messages).values(
+                campaign_id=campaign_id,
+                channel=f"CHANNEL_{channel.upper()}",
+                profile_id="prof_1",
+                state=DeliveryState.SENDING.value,
+                attempts=0,
+                reason="",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    seq = await publish(nats_bus, dispatch_on(channel, campaign_id, webhook_url=provider_sinks.webhook_url()))
+    await handled(nats_bus, seq)
+
+    message = await get_message(channels, campaign_id)
+    assert resources_pb2.DeliveryState.Name(message.state) == expected
+    sink = provider_sinks.webhook if channel == "webhook" else provider_sinks.sms
+    assert len(sink.for_campaign(campaign_id)) == (1 if channel == "webhook" else 0)
+
+
+async def test_quiet_hours_hold_the_message_back(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, nats_bus: Bus
+) -> None:
+    local = datetime.now(ZoneInfo("Asia/Kolkata"))
+    window = f"{local - timedelta(hours=1):%H:%M}-{local + timedelta(hours=1):%H:%M}"
+    channels = await start_channels(
+        smtp_relay.port, quiet_hours={"CHANNEL_SMS": window}, **provider_sinks.channels_settings()
+    )
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+
+    async def held() -> resources_pb2.Message | None:
+        try:
+            message = await get_message(channels, campaign_id)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return message if "quiet hours" in message.timeline[-1].detail else None
+
+    message = await eventually(held)
+    assert message.state == resources_pb2.DELIVERY_STATE_QUEUED
+    assert window in message.timeline[-1].detail
+    assert provider_sinks.sms.received == []
+
+
+class _Suppressions(segments_grpc.SegmentsServiceServicer):
+    """Segments' CheckSuppression: one person opted out of SMS."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    async def CheckSuppression(
+        self, request: segments_service.CheckSuppressionRequest, context: grpc.aio.ServicerContext
+    ) -> segments_service.CheckSuppressionResponse:
+        self.asked.append((request.profile_id, request.channel))
+        if request.profile_id != "prof_opted_out":
+            return segments_service.CheckSuppressionResponse(suppressed=False)
+        suppression = segments_resources.Suppression(
+            profile_id=request.profile_id,
+            channel=channel_pb2.CHANNEL_SMS,
+            reason=segments_resources.SUPPRESSION_REASON_OPT_OUT,
+        )
+        return segments_service.CheckSuppressionResponse(suppressed=True, suppressions=[suppression])
+
+
+@pytest.fixture
+async def segments_server() -> AsyncIterator[tuple[str, _Suppressions]]:
+    servicer = _Suppressions()
+    server = grpc.aio.server()
+    segments_grpc.add_SegmentsServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", servicer
+    await server.stop(0)
+
+
+async def test_a_suppression_added_after_release_stops_the_send(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    target, suppressions = segments_server
+    channels = await start_channels(smtp_relay.port, segments_target=target, **provider_sinks.channels_settings())
+    opted_out, allowed = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", opted_out, profile_id="prof_opted_out"))
+    await publish(nats_bus, dispatch_on("sms", allowed))
+
+    failed = await published_state(listener, opted_out, FAILED)
+    assert failed.reason == "suppressed at send time: SUPPRESSION_REASON_OPT_OUT"
+    await published_state(listener, allowed, SENT)
+    assert provider_sinks.sms.for_campaign(opted_out) == []
+    assert len(provider_sinks.sms.for_campaign(allowed)) == 1
+    assert ("prof_opted_out", channel_pb2.CHANNEL_SMS) in suppressions.asked
+    assert states(await get_message(channels, opted_out)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]

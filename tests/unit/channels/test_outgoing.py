@@ -1,0 +1,133 @@
+"""Validation of SMS, WhatsApp, push and webhook requests, and what adapters make of provider answers."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from services.channels.delivery import (
+    DeliveryState,
+    DispatchAction,
+    MalformedDispatch,
+    ProviderRejected,
+    ProviderThrottled,
+    ProviderUnavailable,
+    dispatch_action,
+)
+from services.channels.outgoing import (
+    OutgoingPush,
+    OutgoingSms,
+    OutgoingWhatsApp,
+    validate_push,
+    validate_sms,
+    validate_webhook,
+    validate_whatsapp,
+)
+from services.channels.providers.base import ProviderAnswer, scrub
+from services.channels.providers.push import FcmPush
+from services.channels.providers.sms import ExotelSms
+from services.channels.providers.webhook import SignedWebhook
+from services.channels.providers.whatsapp import WhatsAppCloud
+
+SMS = OutgoingSms("+919876543210", "ACMEBK", "1107161234567890123", "Your loan is pre-approved")
+
+
+def test_a_valid_sms_is_returned_trimmed() -> None:
+    assert validate_sms(OutgoingSms(" +919876543210 ", " ACMEBK ", " 1107 ", "x")).to_number == "+919876543210"
+
+
+@pytest.mark.parametrize(
+    ("sms", "says"),
+    [
+        (None, "no sms message"),
+        (OutgoingSms("9876543210", "ACMEBK", "1107", "x"), "E.164"),
+        (OutgoingSms("+919876543210", "", "1107", "x"), "sender header"),
+        (OutgoingSms("+919876543210", "ACMEBK", " ", "x"), "DLT requires the registered template id"),
+        (OutgoingSms("+919876543210", "ACMEBK", "1107", " "), "sms.body is empty"),
+        (OutgoingSms("+919876543210", "ACMEBK", "1107", "x" * 2001), "longer than 2000"),
+    ],
+)
+def test_malformed_sms_says_what_is_wrong(sms: OutgoingSms | None, says: str) -> None:
+    with pytest.raises(MalformedDispatch, match=says):
+        validate_sms(sms)
+
+
+def test_whatsapp_and_push_need_their_essentials() -> None:
+    with pytest.raises(MalformedDispatch, match="must be a template"):
+        validate_whatsapp(OutgoingWhatsApp("+919876543210", "", "en", ()))
+    with pytest.raises(MalformedDispatch, match="language_code"):
+        validate_whatsapp(OutgoingWhatsApp("+919876543210", "t", "", ()))
+    with pytest.raises(MalformedDispatch, match="device_token"):
+        validate_push(OutgoingPush(" ", "t", "b", ""))
+    with pytest.raises(MalformedDispatch, match="neither title nor body"):
+        validate_push(OutgoingPush("tok", "", " ", ""))
+
+
+@pytest.mark.parametrize(
+    ("url", "payload", "says"),
+    [
+        ("", "{}", "webhook.url is empty"),
+        ("ftp://crm.bank.in/x", "{}", r"absolute http\(s\) URL"),
+        ("https://evil.example/x", "{}", "not in the channels webhook_allowed_hosts"),
+        ("https://crm.bank.in/x", "{", "not JSON"),
+        ("https://crm.bank.in/x", "[1]", "JSON object"),
+    ],
+)
+def test_a_webhook_goes_only_to_allowed_hosts_with_a_json_object(url: str, payload: str, says: str) -> None:
+    with pytest.raises(MalformedDispatch, match=says):
+        validate_webhook(url, payload, allowed_hosts=frozenset({"crm.bank.in"}))
+
+
+def test_only_a_provider_that_deduplicates_is_asked_again_after_a_crash() -> None:
+    assert dispatch_action(DeliveryState.SENDING, provider_deduplicates=True) is DispatchAction.SEND
+    assert dispatch_action(DeliveryState.SENDING, provider_deduplicates=False) is DispatchAction.MARK_AMBIGUOUS
+    assert dispatch_action(DeliveryState.SENT, provider_deduplicates=True) is DispatchAction.SKIP
+
+
+def test_the_webhook_signature_covers_the_timestamp_and_the_raw_body() -> None:
+    adapter = SignedWebhook("s3cret", clock=lambda: 1764000000.0)
+    request = adapter.request(
+        "CSELL-NOV-T06-0884", "prof_1", validate_webhook("https://h/x", "{}", allowed_hosts=frozenset({"h"}))
+    )
+    expected = hmac.new(b"s3cret", b"1764000000." + request.body, hashlib.sha256).hexdigest()
+    assert request.headers["X-Xsell-Signature"] == f"v1={expected}"
+    assert request.headers["Idempotency-Key"] == "CSELL-NOV-T06-0884"
+    assert json.loads(request.body)["campaign_id"] == "CSELL-NOV-T06-0884"
+
+
+def _answer(status: int, document: object, **headers: str) -> ProviderAnswer:
+    return ProviderAnswer(status, headers, json.dumps(document).encode())
+
+
+def test_provider_error_answers_are_classified() -> None:
+    sms = ExotelSms("http://x", "sid", "k", "t", "1101000000000000001")
+    with pytest.raises(ProviderThrottled) as throttled:
+        sms.accepted(_answer(429, {"RestException": {"Message": "slow"}}, **{"Retry-After": "7"}))
+    assert throttled.value.retry_after == 7.0
+    with pytest.raises(ProviderUnavailable):
+        sms.accepted(_answer(502, {}))
+    with pytest.raises(ProviderRejected):
+        sms.accepted(_answer(400, {"RestException": {"Message": "bad To"}}))
+    whatsapp = WhatsAppCloud("http://x", "v21.0", "1", "t")
+    with pytest.raises(ProviderThrottled):
+        whatsapp.accepted(_answer(400, {"error": {"code": 130429, "message": "Rate limit hit"}}))
+    with pytest.raises(ProviderUnavailable):
+        whatsapp.accepted(_answer(500, {"error": {"code": 131000, "message": "Something went wrong"}}))
+    push = FcmPush("http://x", "p", "t")
+    sender_mismatch = {
+        "error": {
+            "status": "PERMISSION_DENIED",
+            "details": [
+                {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "SENDER_ID_MISMATCH"}
+            ],
+        }
+    }
+    with pytest.raises(ProviderRejected, match="SENDER_ID_MISMATCH"):
+        push.accepted(_answer(403, sender_mismatch))
+    with pytest.raises(ProviderUnavailable):
+        push.accepted(_answer(200, {}))  # a 2xx without the message name is not an acceptance
+
+
+def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
+    assert scrub("'To' +91 98765 43210 or priya@example.in refused") == "'To' [number] or [address] refused"
