@@ -77,10 +77,14 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def dialect_of(session: AsyncSession) -> str:
+    """ "postgresql" or "sqlite": the backend the session talks to."""
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
 def upsert_insert(session: AsyncSession, table: Table) -> Any:
     """An INSERT for the session's dialect that supports on_conflict_do_nothing / do_update."""
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    return (pg_insert if dialect_of(session) == "postgresql" else sqlite_insert)(table)
 
 
 class UtcDateTime(TypeDecorator[datetime]):

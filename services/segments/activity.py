@@ -1,7 +1,7 @@
 """Recording what people did and re-evaluating their memberships, shared by the API and the consumers."""
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,6 +13,7 @@ from plumbing.outbox import Outbox
 from services import streams
 from services.segments import maintenance, store
 from services.segments.catalog import Catalog
+from services.segments.computed import ComputedDefinition
 from services.segments.records import IncomingEvent, RecordProblem, record_errors
 from xsell.segments.v1 import events_pb2, service_pb2
 
@@ -56,6 +57,7 @@ class Activity:
         self.tracer = tracer
         self.catalog = catalog or CatalogCache()
         self.idempotency = Idempotency(store.idempotency)
+        self.refresher = maintenance.Refresher()
 
     async def ingest(
         self,
@@ -85,29 +87,47 @@ class Activity:
         touched = [event.profile_id for event in incoming]
         # Events may arrive before the CRM feed has sent the person: the event creates an empty
         # profile, and the feed's attributes fill it in later.
-        await store.ensure_profiles(session, touched, now)
+        created = await store.ensure_profiles(session, touched, now)
+        await store.lock_profiles(session, touched)
         await store.insert_events(session, incoming, now)
-        await self.recompute(session, incoming, now)
-        await self.refresh(session, touched, now)
+        derived = await self.recompute(session, incoming, now)
+        changed = maintenance.Changed(
+            events=frozenset(event.name for event in incoming), attributes=frozenset(d.attribute for d in derived)
+        )
+        await self.refresh(session, touched, now, changed=changed, new_profiles=created)
 
-    async def recompute(self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
-        """Recomputes, for the people who sent them, the computed attributes that aggregate these events."""
+    async def recompute(
+        self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime
+    ) -> list[ComputedDefinition]:
+        """Recomputes, for the people who sent them, the computed attributes that aggregate these events (the
+        caller holds those people's locks); returns the attributes it recomputed."""
         catalog = await self.catalog.get(session)
         derived = catalog.computed_from(event.name for event in incoming)
         if not derived:
-            return
+            return []
         with self.tracer.start_as_current_span("recompute computed attributes") as span:
             span.set_attribute("segments.computed.attributes", len(derived))
-            await store.lock_profiles(session, (e.profile_id for e in incoming))
             for definition in derived:
                 people = sorted({e.profile_id for e in incoming if e.name == definition.event_name})
                 await store.recompute(session, [definition], people, now)
+        return derived
 
-    async def refresh(self, session: AsyncSession, profile_ids: Sequence[str], now: datetime) -> None:
-        """Re-evaluates every published segment for these people and announces who entered or exited."""
+    async def refresh(
+        self,
+        session: AsyncSession,
+        profile_ids: Sequence[str],
+        now: datetime,
+        *,
+        changed: maintenance.Changed | None = None,
+        new_profiles: Collection[str] = (),
+    ) -> None:
+        """Re-evaluates the published segments `changed` can affect (all when None) for these people, every
+        segment for `new_profiles`, and announces who entered or exited."""
         with self.tracer.start_as_current_span("refresh memberships") as span:
             span.set_attribute("segments.profiles.touched", len(set(profile_ids)))
-            changes = await maintenance.refresh(session, profile_ids, now)
+            changes = await self.refresher.refresh(
+                session, profile_ids, now, changed=changed, new_profiles=new_profiles
+            )
             change_time = Timestamp()
             change_time.FromDatetime(now)
             messages = [

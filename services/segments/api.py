@@ -77,8 +77,11 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             span = trace.get_current_span()
             span.set_attribute("segments.batch.size", len(request.profiles))
             span.set_attribute("segments.batch.rejected", len(problems))
+            people = [u.profile_id for u in updates]
+            created = set(people) - await store.existing_profiles(session, people)
             await store.upsert_profiles(session, updates, now)
-            await self.activity.refresh(session, [u.profile_id for u in updates], now)
+            changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
+            await self.activity.refresh(session, people, now, changed=changed, new_profiles=created)
             response = service_pb2.UpsertProfilesResponse(
                 accepted_count=len(request.profiles) - len(problems), errors=_record_errors(problems)
             )
@@ -198,6 +201,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         actor = caller_of(context)
         now = utcnow()
         async with self.db.transaction() as session:
+            await store.lock_maintenance(session)
             head = await load_segment(session, request.segment_id, for_update=True)
             if head.state == store.ARCHIVED:
                 raise FailedPrecondition(

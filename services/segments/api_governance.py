@@ -298,6 +298,7 @@ class GovernanceApi:
             )
             if previous is not None:
                 return previous
+            await store.lock_maintenance(session)
             head = await load_segment(session, request.segment_id, for_update=True)
             if head.state == store.ARCHIVED:
                 raise FailedPrecondition(

@@ -1,9 +1,22 @@
 """Compiles a segment rule into one SQL SELECT of profile ids that runs alike on SQLite and PostgreSQL."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Double, Integer, Select, and_, func, literal, not_, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Double,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -16,6 +29,7 @@ from services.segments.rules import (
     AttributeCondition,
     CountComparison,
     EventCondition,
+    LastWindow,
     Not,
     Op,
     PropertyFilter,
@@ -23,6 +37,7 @@ from services.segments.rules import (
     Rule,
     SegmentReference,
     SinceWindow,
+    Window,
     window_start,
 )
 from services.segments.values import Kind, Value
@@ -77,12 +92,35 @@ def _contains_text(haystack: ColumnElement[Any], needle: str) -> ColumnElement[b
     return _position(haystack, literal(needle)) > 0
 
 
+class WindowStarts:
+    """ "Last N days" window starts as bind parameters, so one built statement serves every `now`.
+
+    Building a rule's statement costs far more than running it for a handful of people; membership
+    refresh builds each segment's statement once per version and binds `values(now)` per batch.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[str, LastWindow] = {}
+
+    def start(self, window: LastWindow) -> BindParameter[datetime]:
+        name = f"window_start_{len(self._windows)}"
+        self._windows[name] = window
+        return bindparam(name, type_=store.events.c.occurred_at.type)
+
+    def values(self, now: datetime) -> dict[str, datetime]:
+        return {name: now - timedelta(seconds=window.seconds) for name, window in self._windows.items()}
+
+
+Clock = datetime | WindowStarts
+"""`now` itself, or bind parameters standing for it (see WindowStarts)."""
+
+
 def compile_rule(rule: Rule, now: datetime) -> Select[tuple[str]]:
     """SELECT profile_id FROM profiles WHERE <rule>; "last" windows are measured back from `now`."""
     return select(store.profiles.c.profile_id).where(condition(rule, store.profiles.c.profile_id, now))
 
 
-def condition(rule: Rule, subject: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
+def condition(rule: Rule, subject: ColumnElement[str], now: Clock) -> ColumnElement[bool]:
     """The rule as a boolean over the profile id column `subject` of the enclosing query.
 
     Every piece is EXISTS, NOT EXISTS or a comparison of a count, so it is never NULL and NOT is safe.
@@ -202,10 +240,18 @@ def _compare(column: ColumnElement[Any], op: Op, number: float | None) -> Column
 # --- events -----------------------------------------------------------------------------------
 
 
-def _event(rule: EventCondition, subject: ColumnElement[str], now: datetime) -> ColumnElement[bool]:
+def _window_start(window: Window | None, now: Clock) -> datetime | BindParameter[datetime] | None:
+    if isinstance(now, datetime):
+        return window_start(window, now)
+    if isinstance(window, LastWindow):
+        return now.start(window)
+    return window.start if isinstance(window, RangeWindow) else None
+
+
+def _event(rule: EventCondition, subject: ColumnElement[str], now: Clock) -> ColumnElement[bool]:
     e = store.events.alias()
     where: list[ColumnElement[bool]] = [e.c.profile_id == subject, e.c.name == rule.event_name]
-    start = window_start(rule.window, now)
+    start = _window_start(rule.window, now)
     if start is not None:
         where.append(e.c.occurred_at >= start)
     if isinstance(rule.window, RangeWindow):

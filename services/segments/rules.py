@@ -321,6 +321,43 @@ def references(rule: Rule) -> Iterator[SegmentReference]:
         yield from references(rule.rule)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a rule reads: the event names, attributes and other segments its result can depend on.
+
+    A change to anything else cannot change who the rule selects (time aside: lapsing windows are the
+    sweeper's), which is how membership refresh skips segments a batch cannot affect.
+    """
+
+    events: frozenset[str]
+    attributes: frozenset[str]
+    segments: frozenset[str]
+
+
+def inputs(rule: Rule) -> Inputs:
+    events: set[str] = set()
+    attributes: set[str] = set()
+    segments: set[str] = set()
+
+    def visit(node: Rule) -> None:
+        if isinstance(node, AllOf | AnyOf):
+            for child in node.rules:
+                visit(child)
+        elif isinstance(node, Not):
+            visit(node.rule)
+        elif isinstance(node, SegmentReference):
+            segments.add(node.segment_id)
+        elif isinstance(node, AttributeCondition):
+            attributes.add(node.attribute)
+        else:
+            events.add(node.event_name)
+            if isinstance(node.window, SinceWindow):
+                attributes.add(node.window.attribute)
+
+    visit(rule)
+    return Inputs(frozenset(events), frozenset(attributes), frozenset(segments))
+
+
 def window_start(window: Window | None, now: datetime) -> datetime | None:
     """The inclusive lower bound of the window; "last" windows have no upper bound besides the future skew.
 

@@ -1,6 +1,6 @@
 """The segments database: profiles as attribute rows (EAV), events, segments, memberships, and their queries."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -37,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plumbing.db import upsert_insert
+from plumbing.db import dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.segments.catalog import TYPE_OF_KIND, Catalog, Definition, definition_of
@@ -204,13 +205,28 @@ async def upsert_profiles(session: AsyncSession, updates: Sequence[ProfileUpdate
         await session.execute(insert(profile_attributes), rows)
 
 
-async def ensure_profiles(session: AsyncSession, profile_ids: Iterable[str], now: datetime) -> None:
-    """Creates empty profiles for ids not seen yet (events may arrive before the CRM feed)."""
-    rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in sorted(set(profile_ids))]
+async def existing_profiles(session: AsyncSession, profile_ids: Iterable[str]) -> set[str]:
+    ids = sorted(set(profile_ids))
+    if not ids:
+        return set()
+    query = select(profiles.c.profile_id).where(profiles.c.profile_id.in_(ids))
+    return set((await session.execute(query)).scalars())
+
+
+async def ensure_profiles(session: AsyncSession, profile_ids: Iterable[str], now: datetime) -> set[str]:
+    """Creates empty profiles for ids not seen yet (events may arrive before the CRM feed); returns those ids.
+
+    Under concurrency another batch may create one of them first (the insert then skips it): the
+    returned set may name a profile that existed a moment ago, never miss one that is new.
+    """
+    wanted = set(profile_ids)
+    new = sorted(wanted - await existing_profiles(session, wanted))
+    rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in new]
     if rows:
         await session.execute(
             upsert_insert(session, profiles).on_conflict_do_nothing(index_elements=["profile_id"]), rows
         )
+    return set(new)
 
 
 async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
@@ -316,15 +332,29 @@ async def list_segments(session: AsyncSession, before_id: str | None, limit: int
     return [SegmentRow.of(row) for row in await session.execute(query)]
 
 
-async def lock_live_segments(session: AsyncSession) -> list[SegmentRow]:
-    """Every non-archived segment, locked in id order.
+# PostgreSQL advisory lock key (any constant bigint) guarding which segments are maintained.
+_MAINTENANCE_LOCK = 0x7873656C6C5F6D62  # "xsell_mb"
 
-    On PostgreSQL this serialises membership maintenance with other batches and with publishing:
-    a batch that waits here sees the other's memberships (READ COMMITTED takes a new snapshot per
-    statement), so no entry or exit is lost or doubled. SQLite's BEGIN IMMEDIATE already serialises.
+
+async def maintained_segments(session: AsyncSession) -> list[SegmentRow]:
+    """The published segments whose memberships a batch keeps current, in id order.
+
+    On PostgreSQL the batch holds the maintenance lock in SHARE mode until it commits: batches run side
+    by side (two batches naming one person are serialised by lock_profiles instead), while publishing
+    and archiving take it EXCLUSIVE (lock_maintenance), so a new segment's INSERT … SELECT of members
+    never misses a batch that committed while it ran, and no batch maintains a segment being archived.
+    SQLite's BEGIN IMMEDIATE already serialises everything.
     """
-    query = select(segments).where(segments.c.state != ARCHIVED).order_by(segments.c.segment_id).with_for_update()
+    if dialect_of(session) == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock_shared(_MAINTENANCE_LOCK)))
+    query = select(segments).where(segments.c.state == PUBLISHED).order_by(segments.c.segment_id)
     return [SegmentRow.of(row) for row in await session.execute(query)]
+
+
+async def lock_maintenance(session: AsyncSession) -> None:
+    """Waits for in-flight batches and keeps new ones out until this transaction ends (see maintained_segments)."""
+    if dialect_of(session) == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(_MAINTENANCE_LOCK)))
 
 
 async def mark_published(session: AsyncSession, segment_id: str, member_count: int, now: datetime) -> None:
@@ -364,6 +394,34 @@ async def insert_members_from(session: AsyncSession, segment: SegmentRow, matchi
 async def member_count(session: AsyncSession, segment_id: str) -> int:
     query = select(func.count()).select_from(memberships).where(memberships.c.segment_id == segment_id)
     return int((await session.execute(query)).scalar_one())
+
+
+async def apply_membership_changes(
+    session: AsyncSession,
+    entered: Sequence[tuple[str, int, str]],
+    exited: Mapping[str, Sequence[str]],
+    now: datetime,
+) -> None:
+    """Writes one batch's membership changes: (segment, version, profile) entries, exits per segment, and
+    each segment's member count, in a statement per kind rather than per segment where the driver allows."""
+    if entered:
+        rows = [{"segment_id": s, "profile_id": p, "segment_version": v, "entered_at": now} for s, v, p in entered]
+        await session.execute(insert(memberships), rows)
+    for segment_id, profile_ids in sorted(exited.items()):
+        await remove_members(session, segment_id, profile_ids)
+    deltas: dict[str, int] = {}
+    for segment_id, _, _ in entered:
+        deltas[segment_id] = deltas.get(segment_id, 0) + 1
+    for segment_id, profile_ids in exited.items():
+        deltas[segment_id] = deltas.get(segment_id, 0) - len(profile_ids)
+    changed = [{"target": s, "delta": d} for s, d in sorted(deltas.items()) if d]
+    if changed:
+        await session.execute(
+            update(segments)
+            .where(segments.c.segment_id == bindparam("target"))
+            .values(member_count=segments.c.member_count + bindparam("delta")),
+            changed,
+        )
 
 
 async def add_members(session: AsyncSession, segment: SegmentRow, profile_ids: Sequence[str], now: datetime) -> None:

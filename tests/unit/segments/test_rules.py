@@ -11,6 +11,7 @@ from services.segments.rules import (
     SegmentReference,
     World,
     dependency_order,
+    inputs,
     members,
     parse_rule,
 )
@@ -268,3 +269,17 @@ def test_dependency_order_puts_referenced_segments_first() -> None:
     order = dependency_order(rules)
     assert sorted(order) == sorted(rules)
     assert order.index("seg_c") < order.index("seg_b") < order.index("seg_a")
+
+
+def test_a_rule_names_everything_it_reads_so_refresh_can_skip_the_rest() -> None:
+    since = event("sip_registered")
+    since.event.window.since_attribute = "kyc_completed_at"
+    rule = all_(
+        attr("investment_type", "EQUALS", s("SIP")),
+        any_(not_(segment("engaged")), event("transaction_success", days=90, filters=[prop("amc", "EXISTS")])),
+        since,
+    )
+    found = inputs(parse_rule(rule))
+    assert found.events == {"transaction_success", "sip_registered"}
+    assert found.attributes == {"investment_type", "kyc_completed_at"}
+    assert found.segments == {"engaged"}
