@@ -6,6 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
+from devstack.provider_sinks import ProviderSinks, SinksThread
 from devstack.smtp_sink import start_sink
 from devstack.stack import Ports, Stack, dev_api_key
 
@@ -14,12 +15,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("--var-dir", type=Path, default=Path("var"), help="where data, logs and traces live")
     parser.add_argument("--no-smtp-sink", action="store_true", help="use a real SMTP server on the smtp port")
+    parser.add_argument(
+        "--no-provider-sinks",
+        action="store_true",
+        help="do not start the local SMS / WhatsApp / push / webhook servers",
+    )
     args = parser.parse_args()
     var_dir: Path = args.var_dir
     ports = Ports.defaults()
     sink = None
     if not args.no_smtp_sink:
         sink, _ = start_sink(var_dir / "mail", ports.smtp)
+    providers = None
+    if not args.no_provider_sinks:
+        provider_ports = {"sms": ports.sms, "whatsapp": ports.whatsapp, "push": ports.push, "webhook": ports.webhook}
+        providers = SinksThread(ProviderSinks(log_dir=var_dir / "providers"), provider_ports).start()
     stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir))
     print("starting NATS (JetStream), segments, campaigns, channels, attribution and gateway...", flush=True)
     try:
@@ -28,6 +38,8 @@ def main() -> int:
         print(f"the stack did not start: {error}", file=sys.stderr)
         if sink:
             sink.stop()
+        if providers:
+            providers.stop()
         return 1
     print(
         f"""
@@ -41,6 +53,8 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   attribution    127.0.0.1:{ports.attribution}
   NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/)
   SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/)
+  provider sinks SMS {ports.sms}, WhatsApp {ports.whatsapp}, push {ports.push}, webhook {ports.webhook} \
+(accepted requests land in {var_dir}/providers/<provider>.jsonl)
   metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}
 
 Ctrl-C stops everything.""",
@@ -58,6 +72,8 @@ Ctrl-C stops everything.""",
     stack.stop()
     if sink:
         sink.stop()
+    if providers:
+        providers.stop()
     print("stopped.", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""Starts and stops the whole local stack: NATS, a dev SMTP sink, the four services and the gateway."""
+"""Starts and stops the whole local stack: NATS, the four services and the gateway (sinks are started by the caller)."""
 
 import os
 import secrets
@@ -18,6 +18,11 @@ SERVICES = ("segments", "campaigns", "channels", "attribution")
 DEFAULT_PORTS = {
     "nats": 4222,
     "smtp": 1025,
+    # Local provider servers (devstack.provider_sinks): Exotel SMS, WhatsApp Cloud API, FCM, signed webhooks.
+    "sms": 8091,
+    "whatsapp": 8092,
+    "push": 8093,
+    "webhook": 8094,
     "gateway": 50051,
     "gateway_http": 8080,
     "segments": 50061,
@@ -35,6 +40,10 @@ class Ports:
 
     nats: int
     smtp: int
+    sms: int
+    whatsapp: int
+    push: int
+    webhook: int
     gateway: int
     gateway_http: int
     segments: int
@@ -103,6 +112,11 @@ class Stack:
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
                 "XSELL_CHANNELS_SMTP_PORT": str(p.smtp),
+                "XSELL_CHANNELS_SMS_BASE_URL": f"http://127.0.0.1:{p.sms}",
+                "XSELL_CHANNELS_WHATSAPP_BASE_URL": f"http://127.0.0.1:{p.whatsapp}",
+                "XSELL_CHANNELS_PUSH_BASE_URL": f"http://127.0.0.1:{p.push}",
+                # Consent and suppressions are asked again at the moment of sending.
+                "XSELL_CHANNELS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
                 "XSELL_CHANNELS_TRACKING_BASE_URL": self.gateway_http,
                 "XSELL_CHANNELS_TRACKING_SECRET": self.tracking_secret,
                 "XSELL_GATEWAY_HTTP_PORT": str(p.gateway_http),
