@@ -109,7 +109,9 @@ METHOD_SCOPES: dict[str, str] = {
 }
 
 # Reachable only inside the cluster: the tracking edge and provider webhooks record engagement themselves.
-INTERNAL_METHODS = frozenset({_method(CHANNELS_SERVICE, "RecordEngagement")})
+INTERNAL_METHODS = frozenset(
+    {_method(CHANNELS_SERVICE, "RecordEngagement"), _method(CHANNELS_SERVICE, "RecordDeliveryReceipt")}
+)
 
 
 def required_scope(method: str) -> str | None:

@@ -13,7 +13,16 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.channels import convert, store
-from services.channels.delivery import Engagement, TimelineStep, engagement_step, link_host
+from services.channels.delivery import (
+    DeliveryState,
+    Engagement,
+    TimelineStep,
+    engagement_step,
+    link_host,
+    receipt_outcome,
+    scrub,
+    state_step,
+)
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -93,4 +102,53 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 response = service_pb2.RecordEngagementResponse(message=convert.message_proto(updated))
                 await self.idempotency.remember(session, "RecordEngagement", request, response)
             log.info("engagement_recorded", kind=kind.value)
+            return response
+
+    async def RecordDeliveryReceipt(
+        self, request: service_pb2.RecordDeliveryReceiptRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordDeliveryReceiptResponse:
+        campaign_id = _campaign_id(request.campaign_id)
+        receipt = convert.delivery_state_from_proto(request.state)
+        if receipt not in {DeliveryState.DELIVERED, DeliveryState.FAILED}:
+            raise InvalidArgument("state must be DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state")
+        at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
+        reason = scrub(request.reason)
+        with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
+            async with self.db.transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
+                )
+                if previous is not None:
+                    return previous
+                locked = await store.lock_state(session, campaign_id)
+                if locked is None:
+                    raise _no_message(campaign_id)
+                current, _ = locked
+                outcome = receipt_outcome(current, receipt)
+                if outcome is not None:
+                    record = await store.load_message(session, campaign_id)
+                    assert record is not None
+                    await store.set_state(
+                        session,
+                        campaign_id,
+                        outcome,
+                        now=at,
+                        reason=reason if outcome is DeliveryState.FAILED else "",
+                        provider_message_id=None if record.provider_message_id else request.provider_message_id or None,
+                    )
+                    detail = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
+                    await store.add_timeline(
+                        session, campaign_id, [TimelineStep(state_step(outcome), at, f"{detail}: {reason}".strip(": "))]
+                    )
+                    await self.outbox.add(
+                        session,
+                        streams.DELIVERY_UPDATED,
+                        convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
+                        campaign_id=campaign_id,
+                    )
+                updated = await store.load_message(session, campaign_id)
+                assert updated is not None
+                response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
+                await self.idempotency.remember(session, "RecordDeliveryReceipt", request, response)
+            log.info("delivery_receipt_recorded", state=receipt.value, changed=outcome is not None)
             return response

@@ -216,51 +216,28 @@ class DispatchHandler:
                 accepted = await prepared.hand_over()
             except ProviderOutcomeUnknown as failure:
                 if not prepared.deduplicates:
-                    async with self.db.transaction() as session:
-                        await self._record(
-                            session,
-                            campaign_id,
-                            channel,
-                            DeliveryState.AMBIGUOUS,
-                            utcnow(),
-                            failure.reason,
-                            count_attempt=True,
-                        )
+                    await self._settle(campaign_id, channel, DeliveryState.AMBIGUOUS, failure.reason)
                     log.warning("dispatch_ambiguous", reason=failure.reason)
                     return
                 # The provider drops a repeated campaign ID, so asking again settles the outcome.
                 await self._retry_later(campaign_id, channel, failure, attempts, delivery)
                 return
             except ProviderRejected as failure:
-                async with self.db.transaction() as session:
-                    await self._record(
-                        session,
-                        campaign_id,
-                        channel,
-                        DeliveryState.FAILED,
-                        utcnow(),
-                        failure.reason,
-                        count_attempt=True,
-                    )
+                await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
                 log.warning("dispatch_rejected", reason=failure.reason)
                 return
             except ProviderUnavailable as failure:
                 await self._retry_later(campaign_id, channel, failure, attempts, delivery)
                 return
 
-        sent_at = utcnow()
-        async with self.db.transaction() as session:
-            await self._record(
-                session,
-                campaign_id,
-                channel,
-                DeliveryState.SENT,
-                sent_at,
-                "",
-                provider_message_id=accepted.provider_message_id,
-                detail=accepted.detail,
-                count_attempt=True,
-            )
+        await self._settle(
+            campaign_id,
+            channel,
+            DeliveryState.SENT,
+            "",
+            provider_message_id=accepted.provider_message_id,
+            detail=accepted.detail,
+        )
         log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
 
     async def _claim(
@@ -299,14 +276,16 @@ class DispatchHandler:
         at = utcnow()
         if delivery.num_delivered >= self.policy.max_attempts:
             reason = f"gave up after {attempt} attempts: {failure.reason}"
-            async with self.db.transaction() as session:
-                await self._record(session, campaign_id, channel, DeliveryState.FAILED, at, reason, count_attempt=True)
+            if not await self._settle(campaign_id, channel, DeliveryState.FAILED, reason):
+                return
             log.error("dispatch_gave_up", attempts=attempt, reason=failure.reason)
             raise PermanentError(f"campaign ID {campaign_id}: {reason}")
         delay = self.policy.backoff.delay(attempt)
         if isinstance(failure, ProviderThrottled) and failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
         async with self.db.transaction() as session:
+            if not await self._still_sending(session, campaign_id):
+                return
             await store.set_state(
                 session, campaign_id, DeliveryState.QUEUED, now=at, reason=failure.reason, count_attempt=True
             )
@@ -316,6 +295,41 @@ class DispatchHandler:
         log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
         # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
         raise RetryLater(failure.reason, delay)
+
+    async def _settle(
+        self,
+        campaign_id: str,
+        channel: str,
+        state: DeliveryState,
+        reason: str,
+        *,
+        provider_message_id: str | None = None,
+        detail: str | None = None,
+    ) -> bool:
+        """Records the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
+        async with self.db.transaction() as session:
+            if not await self._still_sending(session, campaign_id):
+                return False
+            await self._record(
+                session,
+                campaign_id,
+                channel,
+                state,
+                utcnow(),
+                reason,
+                provider_message_id=provider_message_id,
+                detail=detail,
+                count_attempt=True,
+            )
+        return True
+
+    async def _still_sending(self, session: AsyncSession, campaign_id: str) -> bool:
+        """The row is still this attempt's; a provider's receipt may have settled it during the hand-over."""
+        locked = await store.lock_state(session, campaign_id)
+        if locked is not None and locked[0] is DeliveryState.SENDING:
+            return True
+        log.info("dispatch_settled_by_receipt", state=locked[0].value if locked else None)
+        return False
 
     async def _blocked(self, channel: str, event: DispatchRequested, now: datetime) -> Blocked | None:
         """Quiet hours and suppressions, checked at the moment of sending (campaigns checked them at release)."""

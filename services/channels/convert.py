@@ -35,6 +35,15 @@ def delivery_state(state: DeliveryState) -> int:
     return resources_pb2.DeliveryState.Value(f"DELIVERY_STATE_{state.value}")
 
 
+def delivery_state_from_proto(state: int) -> DeliveryState | None:
+    try:
+        name = resources_pb2.DeliveryState.Name(state)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    value = name.removeprefix("DELIVERY_STATE_")
+    return DeliveryState(value) if value in DeliveryState.__members__ else None
+
+
 def engagement_kind(kind: Engagement) -> int:
     return resources_pb2.EngagementKind.Value(f"ENGAGEMENT_KIND_{kind.value}")
 

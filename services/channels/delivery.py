@@ -65,6 +65,23 @@ def dispatch_action(state: DeliveryState | None, *, provider_deduplicates: bool 
     raise ValueError(f"unknown delivery state {state!r}")
 
 
+def receipt_outcome(current: DeliveryState, receipt: DeliveryState) -> DeliveryState | None:
+    """The state a provider's delivery receipt moves a message to, or None when it changes nothing.
+
+    A receipt is the provider saying what it did, so it wins over what we could only guess:
+    it settles AMBIGUOUS, and it settles QUEUED / SENDING too (a crash after the hand-over, the
+    receipt arriving before the redelivery), which then makes the redelivery a skip instead of a
+    second send. DELIVERED is final; a FAILED receipt does not undo a delivery.
+    """
+    if receipt not in {DeliveryState.DELIVERED, DeliveryState.FAILED}:
+        raise ValueError(f"a receipt is DELIVERED or FAILED, not {receipt.value}")
+    if current is DeliveryState.DELIVERED or current is receipt:
+        return None
+    if receipt is DeliveryState.FAILED and current is DeliveryState.FAILED:
+        return None
+    return receipt
+
+
 class MalformedDispatch(Exception):
     """The dispatch request cannot be delivered as it is; retrying cannot help."""
 
@@ -150,6 +167,14 @@ _EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
 def redact(text: str, limit: int = 300) -> str:
     """Provider text without addresses (relays echo the recipient back), shortened for storage."""
     return _EMAIL_ADDRESS.sub("[address]", " ".join(text.split()))[:limit]
+
+
+_PHONE_NUMBER = re.compile(r"\+?\d[\d ()-]{6,}\d")
+
+
+def scrub(text: str, limit: int = 300) -> str:
+    """Provider text without phone numbers or addresses (error messages and receipts echo the recipient)."""
+    return redact(_PHONE_NUMBER.sub("[number]", text), limit)
 
 
 def link_host(url: str) -> str:

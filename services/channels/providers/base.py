@@ -1,7 +1,6 @@
 """What every HTTP adapter shares: the request it builds, the answer it reads, and how HTTP statuses are classified."""
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -12,7 +11,7 @@ from services.channels.delivery import (
     ProviderThrottled,
     ProviderUnavailable,
     SendFailure,
-    redact,
+    scrub,
 )
 
 M_contra = TypeVar("M_contra", contravariant=True)
@@ -58,14 +57,6 @@ class HttpAdapter(Protocol, Generic[M_contra]):
     def accepted(self, answer: ProviderAnswer) -> Accepted:
         """The accepted message's id; raises a SendFailure when the answer is an error."""
         ...
-
-
-_DIGITS = re.compile(r"\+?\d[\d ()-]{6,}\d")
-
-
-def scrub(text: str, limit: int = 300) -> str:
-    """Provider text without phone numbers or addresses (error messages echo the recipient back)."""
-    return redact(_DIGITS.sub("[number]", text), limit)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

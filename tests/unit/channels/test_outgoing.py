@@ -14,6 +14,7 @@ from services.channels.delivery import (
     ProviderThrottled,
     ProviderUnavailable,
     dispatch_action,
+    receipt_outcome,
 )
 from services.channels.outgoing import (
     OutgoingPush,
@@ -131,3 +132,28 @@ def test_provider_error_answers_are_classified() -> None:
 
 def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
     assert scrub("'To' +91 98765 43210 or priya@example.in refused") == "'To' [number] or [address] refused"
+
+
+@pytest.mark.parametrize(
+    ("current", "receipt", "outcome"),
+    [
+        (DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.DELIVERED),
+        (DeliveryState.AMBIGUOUS, DeliveryState.DELIVERED, DeliveryState.DELIVERED),
+        (DeliveryState.SENDING, DeliveryState.DELIVERED, DeliveryState.DELIVERED),
+        (DeliveryState.AMBIGUOUS, DeliveryState.FAILED, DeliveryState.FAILED),
+        (DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.FAILED),
+        (DeliveryState.DELIVERED, DeliveryState.FAILED, None),
+        (DeliveryState.DELIVERED, DeliveryState.DELIVERED, None),
+        (DeliveryState.FAILED, DeliveryState.FAILED, None),
+        (DeliveryState.FAILED, DeliveryState.DELIVERED, DeliveryState.DELIVERED),
+    ],
+)
+def test_a_receipt_is_what_the_provider_did_and_a_delivery_is_final(
+    current: DeliveryState, receipt: DeliveryState, outcome: DeliveryState | None
+) -> None:
+    assert receipt_outcome(current, receipt) is outcome
+
+
+def test_a_receipt_is_delivered_or_failed() -> None:
+    with pytest.raises(ValueError):
+        receipt_outcome(DeliveryState.SENT, DeliveryState.SENT)

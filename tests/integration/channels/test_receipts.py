@@ -1,0 +1,142 @@
+"""Delivery receipts over real gRPC: they settle ambiguous messages and complete the timeline a user reads."""
+
+import grpc
+import pytest
+
+from devstack.provider_sinks import Fault, ProviderSinks
+from plumbing.bus import Bus
+from plumbing.ids import new_id
+from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
+from tests.integration.channels.support import (
+    dispatch_on,
+    get_message,
+    handled,
+    new_campaign_id,
+    publish,
+    published_state,
+    updates,
+)
+from xsell.channels.v1 import resources_pb2, service_pb2
+
+DELIVERED = resources_pb2.DELIVERY_STATE_DELIVERED
+
+
+async def _receipt(channels: Channels, campaign_id: str, state: int, **fields: str) -> resources_pb2.Message:
+    request = service_pb2.RecordDeliveryReceiptRequest(
+        request_id=new_id("rcpt_"), campaign_id=campaign_id, state=state, **fields
+    )  # type: ignore[arg-type]
+    return (await channels.stub.RecordDeliveryReceipt(request)).message
+
+
+def _timeline(message: resources_pb2.Message) -> list[str]:
+    return [
+        resources_pb2.DeliveryState.Name(entry.delivery_state)
+        if entry.WhichOneof("step") == "delivery_state"
+        else resources_pb2.EngagementKind.Name(entry.engagement_kind)
+        for entry in message.timeline
+    ]
+
+
+async def test_a_receipt_settles_an_ambiguous_sms_and_a_redelivery_still_sends_nothing(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    provider_sinks.sms.fail_next(Fault.ACCEPT_THEN_DROP)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
+
+    message = await _receipt(channels, campaign_id, DELIVERED, provider_message_id="exotel-sid-1")
+    assert message.state == DELIVERED
+    assert message.provider_message_id == "exotel-sid-1"
+    assert message.timeline[-1].detail == "receipt after AMBIGUOUS"
+    delivered = await published_state(listener, campaign_id, DELIVERED)
+    assert delivered.campaign_id == campaign_id
+
+    seq = await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await handled(nats_bus, seq)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+    assert (await get_message(channels, campaign_id)).state == DELIVERED
+
+
+async def test_the_timeline_shows_queued_sent_delivered_opened_clicked_and_replied(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("whatsapp", campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+
+    await _receipt(channels, campaign_id, DELIVERED)
+    # A late failure receipt does not undo the delivery.
+    after_failure = await _receipt(channels, campaign_id, resources_pb2.DELIVERY_STATE_FAILED, reason="131026")
+    assert after_failure.state == DELIVERED
+    for kind in (resources_pb2.ENGAGEMENT_KIND_OPENED, resources_pb2.ENGAGEMENT_KIND_REPLIED):
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(
+                request_id=new_id("eng_"), campaign_id=campaign_id, kind=kind, reply_text="YES"
+            )
+        )
+
+    message = await get_message(channels, campaign_id)
+    assert _timeline(message) == [
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_SENT",
+        "DELIVERY_STATE_DELIVERED",
+        "ENGAGEMENT_KIND_OPENED",
+        "ENGAGEMENT_KIND_REPLIED",
+    ]
+    assert [u.state for u in updates(listener, campaign_id)][-1] == DELIVERED
+
+
+async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_providers_reason(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+
+    request = service_pb2.RecordDeliveryReceiptRequest(
+        request_id=new_id("rcpt_"),
+        campaign_id=campaign_id,
+        state=resources_pb2.DELIVERY_STATE_FAILED,
+        reason="failed-dnd: number +919876543210 is on DND",
+    )
+    first = (await channels.stub.RecordDeliveryReceipt(request)).message
+    again = (await channels.stub.RecordDeliveryReceipt(request)).message
+    assert first == again
+    assert first.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert "9876543210" not in first.timeline[-1].detail and "failed-dnd" in first.timeline[-1].detail
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert "failed-dnd" in failed.reason
+
+
+@pytest.mark.parametrize(
+    ("campaign_id", "state", "code"),
+    [
+        ("CSELL-NOV-T99-9999", DELIVERED, grpc.StatusCode.NOT_FOUND),
+        ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_SENT, grpc.StatusCode.INVALID_ARGUMENT),
+        ("", DELIVERED, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+async def test_receipts_for_unknown_messages_or_states_are_refused(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, campaign_id: str, state: int, code: grpc.StatusCode
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _receipt(channels, campaign_id, state)
+    assert raised.value.code() is code
