@@ -1,5 +1,6 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from sqlalchemy import DateTime, Table, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -36,6 +38,10 @@ class Database:
             # emits BEGIN IMMEDIATE itself so writers queue on the lock instead of failing late.
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer and every transaction here is BEGIN IMMEDIATE: this process's transactions
+        # queue on a lock of its own, in arrival order, instead of polling the file lock in the busy
+        # handler (which sleeps up to 100 ms between tries and serves waiters in no order).
+        self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
         SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
@@ -43,7 +49,11 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed when the block ends, rolled back on error."""
-        async with self.sessions() as session, session.begin():
+        if self._sqlite_writer is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        async with self._sqlite_writer, self.sessions() as session, session.begin():
             yield session
 
     async def migrate(self, migrations_dir: Path) -> None:
@@ -75,6 +85,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# SQLSTATEs of conflicts a retry resolves: serialization failure, deadlock, lock not available.
+_RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+def transient_failure(error: BaseException) -> str | None:
+    """Why a database error is worth retrying (a lock wait that timed out, a deadlock, a lost connection), or None."""
+    if not isinstance(error, DBAPIError):
+        return None
+    if error.connection_invalidated:
+        return "the database connection was lost"
+    original = error.orig
+    if isinstance(error, OperationalError) and "database is locked" in str(original):
+        return "the database stayed locked by another writer past the busy timeout"
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return f"the database resolved a conflict with a concurrent transaction (SQLSTATE {sqlstate})"
+    return None
 
 
 def dialect_of(session: AsyncSession) -> str:

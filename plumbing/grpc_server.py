@@ -16,7 +16,8 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.errors import DomainError
+from plumbing.db import transient_failure
+from plumbing.errors import DomainError, Unavailable
 from plumbing.metrics import meter
 
 log = structlog.get_logger("plumbing.grpc")
@@ -52,6 +53,9 @@ def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
 
 
 async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if (reason := transient_failure(error)) is not None:
+        log.warning("rpc_unavailable", method=method, reason=reason)
+        error = Unavailable(f"{reason}; nothing was written, retry the call")
     if isinstance(error, DomainError):
         log.info("rpc_rejected", method=method, code=error.code.name, field=error.field)
         await context.abort(error.code, str(error), trailing_metadata=_status_details(error))
@@ -70,6 +74,8 @@ def _status_of(error: BaseException | None) -> str:
         return "OK"
     if isinstance(error, DomainError):
         return error.code.name
+    if transient_failure(error) is not None:
+        return "UNAVAILABLE"
     if isinstance(error, grpc.aio.AbortError):
         return "ABORTED_BY_HANDLER"
     return "INTERNAL"

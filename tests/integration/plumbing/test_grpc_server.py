@@ -1,12 +1,14 @@
 """The shared gRPC bootstrap: health, reflection, error mapping and graceful shutdown on a real port."""
 
 import asyncio
+import sqlite3
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy.exc import OperationalError
 
 from plumbing.errors import InvalidArgument
 from plumbing.grpc_server import GrpcServer
@@ -28,6 +30,8 @@ class SlowOrFailingGateway(service_pb2_grpc.GatewayServiceServicer):
     async def LookupCampaignRecord(self, request, context):  # type: ignore[no-untyped-def]
         if request.campaign_id == "boom":
             raise RuntimeError("unexpected")
+        if request.campaign_id == "locked":
+            raise OperationalError("INSERT INTO t", {}, sqlite3.OperationalError("database is locked"))
         raise InvalidArgument("must look like CSELL-NOV-T06-0884", field="campaign_id")
 
 
@@ -78,6 +82,17 @@ async def test_unexpected_error_is_internal_with_a_trace_hint(server) -> None:  
             await stub.LookupCampaignRecord(service_pb2.LookupCampaignRecordRequest(campaign_id="boom"))
         assert raised.value.code() == grpc.StatusCode.INTERNAL
         assert "unexpected" not in raised.value.details()
+
+
+async def test_a_database_lock_timeout_is_unavailable_so_the_caller_retries(server) -> None:  # type: ignore[no-untyped-def]
+    grpc_server, _ = server
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
+        stub = service_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.LookupCampaignRecord(service_pb2.LookupCampaignRecordRequest(campaign_id="locked"))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "locked by another writer" in raised.value.details()
+        assert "retry" in raised.value.details()
 
 
 async def test_graceful_shutdown_reports_not_serving_and_finishes_in_flight_calls() -> None:
