@@ -18,8 +18,9 @@ from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
 from services.campaigns import lifecycle, store
-from services.campaigns.campaigns import CampaignState, plan_launch, require_published, validate_spec
-from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto, spec_from_proto
+from services.campaigns.api_content import ContentApi, ContentServices
+from services.campaigns.campaigns import CampaignState, plan_launch, require_published
+from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto
 from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import SegmentsClient
 from xsell.campaigns.v1 import service_pb2, service_pb2_grpc
@@ -57,7 +58,7 @@ def _decode_token(token: str, expected_keys: set[str]) -> dict[str, str]:
     return payload
 
 
-class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
+class CampaignsApi(ContentApi, service_pb2_grpc.CampaignsServiceServicer):
     def __init__(
         self,
         db: Database,
@@ -66,8 +67,10 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
         *,
         default_time_zone: str,
         on_launch: Callable[[], None],
+        content: ContentServices,
         require_approval: bool = True,
     ) -> None:
+        self.content = content
         self.db = db
         self.idempotency = idempotency
         self.segments = segments
@@ -131,7 +134,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             previous = await self.idempotency.previous(session, method, request, service_pb2.CreateCampaignResponse)
         if previous is not None:
             return previous
-        spec, _ = validate_spec(spec_from_proto(request.campaign), self.default_time_zone)
+        spec = await self.validated_spec(request.campaign)
         # The segments call happens outside any transaction: a SQLite write lock must not wait on the network.
         segment = await self.segments.get_segment(spec.segment_id)
         require_published(spec.segment_id, segment.state)
@@ -258,7 +261,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
             previous = await self.idempotency.previous(session, method, request, service_pb2.UpdateCampaignResponse)
         if previous is not None:
             return previous
-        spec, _ = validate_spec(spec_from_proto(request.campaign), self.default_time_zone)
+        spec = await self.validated_spec(request.campaign)
         segment = await self.segments.get_segment(spec.segment_id)
         require_published(spec.segment_id, segment.state)
         actor = caller_of(context)
@@ -292,6 +295,7 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
     async def SubmitCampaign(
         self, request: service_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.SubmitCampaignResponse:
+        await self.check_stored_content(request.campaign_key)
         return await self._transition(
             "SubmitCampaign",
             request,
@@ -412,16 +416,6 @@ class CampaignsApi(service_pb2_grpc.CampaignsServiceServicer):
         self, request: service_pb2.ListCampaignRunsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignRunsResponse:
         raise Unimplemented("ListCampaignRuns is not served yet")
-
-    async def PreviewCampaign(
-        self, request: service_pb2.PreviewCampaignRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.PreviewCampaignResponse:
-        raise Unimplemented("PreviewCampaign is not served yet")
-
-    async def TestSendCampaign(
-        self, request: service_pb2.TestSendCampaignRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.TestSendCampaignResponse:
-        raise Unimplemented("TestSendCampaign is not served yet")
 
     async def GetCampaignReport(
         self, request: service_pb2.GetCampaignReportRequest, context: grpc.aio.ServicerContext

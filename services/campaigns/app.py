@@ -14,7 +14,10 @@ from plumbing.runtime import BackgroundTask, ServiceProcess
 from services import streams
 from services.campaigns import store
 from services.campaigns.api import CampaignsApi
+from services.campaigns.api_content import ContentServices
 from services.campaigns.consumers import OutreachSignals
+from services.campaigns.content_files import load_library
+from services.campaigns.profiles_client import ProfileDirectory
 from services.campaigns.release import ReleaseRunner
 from services.campaigns.segments_client import SegmentsClient
 from services.campaigns.settings import CampaignsSettings
@@ -27,6 +30,8 @@ SERVICE_NAME = "xsell.campaigns.v1.CampaignsService"
 
 async def build(settings: CampaignsSettings, provider: TracerProvider) -> ServiceProcess:
     tracer = provider.get_tracer("xsell.campaigns")
+    # Read first: a malformed catalog or registry stops the start before anything else is opened.
+    library = load_library(settings.product_catalog_file, settings.template_registry_file)
     db = Database(settings.resolved_database_url("campaigns"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
@@ -41,6 +46,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         tracer,
         page_size=settings.release_page_size,
         poll_interval=settings.release_poll_seconds,
+        library=library,
         one_offer_per_day=settings.one_offer_per_day,
     )
     servicer = CampaignsApi(
@@ -49,6 +55,9 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         segments,
         default_time_zone=settings.default_time_zone,
         on_launch=runner.notify,
+        content=ContentServices(
+            ProfileDirectory(segments_channel), library, Outbox(store.outbox, on_commit=relay.notify), tracer
+        ),
         require_approval=settings.require_approval,
     )
     signals = OutreachSignals(db)

@@ -7,10 +7,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from plumbing.errors import FailedPrecondition, InvalidArgument
 from services.campaigns.campaign_ids import month_code, normalise_programme, normalise_trigger_code
-from services.campaigns.rendering import CompiledEmail, EmailTemplates, Offer, compile_email
+from services.campaigns.content import (
+    CompiledContent,
+    ContentTemplates,
+    PushTemplates,
+    SmsTemplates,
+    TemplateRegistry,
+    WebhookTemplates,
+    WhatsAppTemplates,
+    channel_order,
+    compile_content,
+)
+from services.campaigns.rendering import EmailTemplates, Offer
 from services.campaigns.scheduling import DeliveryOptions, Recurrence, next_occurrence
 
-AVAILABLE_CHANNELS = ("EMAIL",)
 MAX_DISPLAY_NAME = 200
 
 
@@ -43,6 +53,15 @@ class CampaignSpec:
     send_time: datetime | None
     time_zone: str
     options: DeliveryOptions = field(default_factory=DeliveryOptions)
+    sms: SmsTemplates | None = None
+    whatsapp: WhatsAppTemplates | None = None
+    push: PushTemplates | None = None
+    webhook: WebhookTemplates | None = None
+    # Channel names tried in order when the person cannot be reached on `channel`.
+    fallback_channels: tuple[str, ...] = ()
+
+    def templates(self) -> ContentTemplates:
+        return ContentTemplates(self.email, self.sms, self.whatsapp, self.push, self.webhook)
 
 
 def validate_time_zone(time_zone: str, default_time_zone: str) -> str:
@@ -57,8 +76,13 @@ def validate_time_zone(time_zone: str, default_time_zone: str) -> str:
     return name
 
 
-def validate_spec(spec: CampaignSpec, default_time_zone: str) -> tuple[CampaignSpec, CompiledEmail]:
-    """The spec with its defaults filled in, and its compiled content; InvalidArgument on the first problem."""
+def validate_spec(
+    spec: CampaignSpec, default_time_zone: str, registry: TemplateRegistry | None = None
+) -> tuple[CampaignSpec, CompiledContent]:
+    """The spec with its defaults filled in, and its compiled content; InvalidArgument on the first problem.
+
+    SMS and WhatsApp content must name templates of `registry` (none are registered when it is None).
+    """
     display_name = spec.display_name.strip()
     if not display_name:
         raise InvalidArgument(
@@ -77,11 +101,7 @@ def validate_spec(spec: CampaignSpec, default_time_zone: str) -> tuple[CampaignS
             "segment_id is required: the published segment whose members the campaign reaches",
             field="campaign.segment_id",
         )
-    if spec.channel not in AVAILABLE_CHANNELS:
-        raise InvalidArgument(
-            f"channel CHANNEL_{spec.channel} is not available; only CHANNEL_EMAIL (e-mail) is available yet",
-            field="campaign.channel",
-        )
+    order = channel_order(spec.channel, spec.fallback_channels)
     if not spec.offer.product_code:
         raise InvalidArgument(
             "offer.product_code is required, e.g. 'LUMPSUM' or 'MSME_WC_TOPUP'", field="campaign.offer.product_code"
@@ -93,12 +113,12 @@ def validate_spec(spec: CampaignSpec, default_time_zone: str) -> tuple[CampaignS
             "offer.amount.currency_code must be an ISO 4217 code such as 'INR'",
             field="campaign.offer.amount.currency_code",
         )
-    if spec.email is None:
-        raise InvalidArgument(
-            "content.email is required for an e-mail campaign: subject, html and text templates",
-            field="campaign.content.email",
-        )
-    compiled = compile_email(spec.email, offer_has_amount=spec.offer.amount is not None)
+    compiled = compile_content(
+        spec.templates(),
+        order,
+        offer_has_amount=spec.offer.amount is not None,
+        registry=registry or TemplateRegistry(),
+    )
     time_zone = validate_time_zone(spec.time_zone, default_time_zone)
     normalised = replace(
         spec,

@@ -7,6 +7,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
 from services.campaigns.campaigns import CampaignSpec, CampaignState
+from services.campaigns.content import (
+    ContentTemplates,
+    PushTemplates,
+    SmsTemplates,
+    WebhookTemplates,
+    WhatsAppTemplates,
+)
 from services.campaigns.rendering import EmailTemplates, Money, Offer
 from services.campaigns.scheduling import (
     DeliveryOptions,
@@ -139,10 +146,13 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
     if campaign.offer.HasField("amount"):
         amount = Money(campaign.offer.amount.minor_units, campaign.offer.amount.currency_code)
     email = None
-    if campaign.content.HasField("email"):
-        content = campaign.content.email
+    content = campaign.content
+    if content.HasField("email"):
         email = EmailTemplates(
-            content.subject_template, content.html_template, content.text_template, content.from_name
+            content.email.subject_template,
+            content.email.html_template,
+            content.email.text_template,
+            content.email.from_name,
         )
     send_time = campaign.schedule.send_time.ToDatetime(tzinfo=UTC) if campaign.schedule.HasField("send_time") else None
     return CampaignSpec(
@@ -158,12 +168,37 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
         send_time=send_time,
         time_zone=campaign.schedule.time_zone,
         options=options_from_proto(campaign),
+        sms=(
+            SmsTemplates(content.sms.dlt_template_id, content.sms.sender_id, content.sms.body_template)
+            if content.HasField("sms")
+            else None
+        ),
+        whatsapp=(
+            WhatsAppTemplates(
+                content.whatsapp.template_name,
+                content.whatsapp.language_code,
+                tuple(content.whatsapp.parameter_templates),
+            )
+            if content.HasField("whatsapp")
+            else None
+        ),
+        push=(
+            PushTemplates(content.push.title_template, content.push.body_template, content.push.deep_link_template)
+            if content.HasField("push")
+            else None
+        ),
+        webhook=(
+            WebhookTemplates(content.webhook.url, content.webhook.payload_template)
+            if content.HasField("webhook")
+            else None
+        ),
+        fallback_channels=tuple(channel_name(channel) for channel in campaign.fallback_channels),
     )
 
 
 def campaign_values(spec: CampaignSpec) -> dict[str, Any]:
-    """The columns of the campaigns table that come from the spec."""
-    assert spec.email is not None
+    """The columns of the campaigns table that come from the spec (a campaign without e-mail stores "" there)."""
+    email = spec.email or EmailTemplates("", "", "", "")
     return {
         "display_name": spec.display_name,
         "labels": list(spec.labels),
@@ -175,10 +210,12 @@ def campaign_values(spec: CampaignSpec) -> dict[str, Any]:
         "offer_product_code": spec.offer.product_code,
         "offer_amount_minor": spec.offer.amount.minor_units if spec.offer.amount else None,
         "offer_currency": spec.offer.amount.currency_code if spec.offer.amount else None,
-        "subject_template": spec.email.subject_template,
-        "html_template": spec.email.html_template,
-        "text_template": spec.email.text_template,
-        "from_name": spec.email.from_name,
+        "subject_template": email.subject_template,
+        "html_template": email.html_template,
+        "text_template": email.text_template,
+        "from_name": email.from_name,
+        "channel_content": spec.templates().other_channels_json(),
+        "fallback_channels": list(spec.fallback_channels),
         "send_time": spec.send_time,
         "time_zone": spec.time_zone,
         "options": spec.options.to_json(),
@@ -192,6 +229,59 @@ def offer_of(row: Any) -> Offer:
 
 def email_templates_of(row: Any) -> EmailTemplates:
     return EmailTemplates(row.subject_template, row.html_template, row.text_template, row.from_name)
+
+
+def content_templates_of(row: Any) -> ContentTemplates:
+    """Every channel's stored content; e-mail only when its templates were given."""
+    email = email_templates_of(row) if row.html_template else None
+    return ContentTemplates.from_stored(email, row.channel_content)
+
+
+def channel_order_of(row: Any) -> tuple[str, ...]:
+    """The campaign's channel, then its fallback channels, by name."""
+    return (row.channel, *(row.fallback_channels or ()))
+
+
+def content_proto(templates: ContentTemplates) -> resources_pb2.Content:
+    content = resources_pb2.Content()
+    if templates.email is not None:
+        content.email.CopyFrom(
+            resources_pb2.EmailContent(
+                subject_template=templates.email.subject_template,
+                html_template=templates.email.html_template,
+                text_template=templates.email.text_template,
+                from_name=templates.email.from_name,
+            )
+        )
+    if templates.sms is not None:
+        content.sms.CopyFrom(
+            resources_pb2.SmsContent(
+                dlt_template_id=templates.sms.dlt_template_id,
+                sender_id=templates.sms.sender_id,
+                body_template=templates.sms.body_template,
+            )
+        )
+    if templates.whatsapp is not None:
+        content.whatsapp.CopyFrom(
+            resources_pb2.WhatsAppContent(
+                template_name=templates.whatsapp.template_name,
+                language_code=templates.whatsapp.language_code,
+                parameter_templates=list(templates.whatsapp.parameter_templates),
+            )
+        )
+    if templates.push is not None:
+        content.push.CopyFrom(
+            resources_pb2.PushContent(
+                title_template=templates.push.title_template,
+                body_template=templates.push.body_template,
+                deep_link_template=templates.push.deep_link_template,
+            )
+        )
+    if templates.webhook is not None:
+        content.webhook.CopyFrom(
+            resources_pb2.WebhookContent(url=templates.webhook.url, payload_template=templates.webhook.payload_template)
+        )
+    return content
 
 
 def offer_proto(offer: Offer) -> resources_pb2.Offer:
@@ -215,14 +305,8 @@ def campaign_proto(row: Any) -> resources_pb2.Campaign:
         segment_version=row.segment_version,
         channel=channel_value(row.channel),  # type: ignore[arg-type]
         offer=offer_proto(offer_of(row)),
-        content=resources_pb2.Content(
-            email=resources_pb2.EmailContent(
-                subject_template=row.subject_template,
-                html_template=row.html_template,
-                text_template=row.text_template,
-                from_name=row.from_name,
-            )
-        ),
+        content=content_proto(content_templates_of(row)),
+        fallback_channels=[channel_value(name) for name in row.fallback_channels or ()],  # type: ignore[misc]
         schedule=resources_pb2.Schedule(time_zone=row.time_zone),
         state=state_value(row.state),  # type: ignore[arg-type]
         outreach_count=row.outreach_count,

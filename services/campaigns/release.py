@@ -18,8 +18,18 @@ from services import streams
 from services.campaigns import store
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
-from services.campaigns.messages import channel_value, email_templates_of, offer_of, outreach_proto, timestamp
-from services.campaigns.rendering import CompiledEmail, Offer, RenderFailed, build_context, compile_email, render_email
+from services.campaigns.content import CompiledContent, compile_content, contact_address
+from services.campaigns.content_files import ContentLibrary
+from services.campaigns.content_messages import dispatch_message
+from services.campaigns.messages import (
+    channel_order_of,
+    channel_value,
+    content_templates_of,
+    offer_of,
+    outreach_proto,
+    timestamp,
+)
+from services.campaigns.rendering import Offer, RenderFailed
 from services.campaigns.scheduling import DeliveryOptions, next_occurrence, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
 from services.campaigns.selection import AudienceGate, ContactsChanged
@@ -69,6 +79,7 @@ class ReleaseRunner:
         page_size: int,
         poll_interval: float = 1.0,
         clock: Callable[[], datetime] = utcnow,
+        library: ContentLibrary | None = None,
         one_offer_per_day: bool = False,
     ) -> None:
         self.db = db
@@ -78,6 +89,7 @@ class ReleaseRunner:
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.clock = clock
+        self.library = library or ContentLibrary()
         self.gate = AudienceGate(outbox, one_offer_per_day=one_offer_per_day)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -140,7 +152,15 @@ class ReleaseRunner:
                 return
             offer = offer_of(campaign)
             # Validated when the campaign was created; compiled once per run.
-            compiled = compile_email(email_templates_of(campaign), offer_has_amount=offer.amount is not None)
+            # Registry changes since approval surface per person: an SMS or WhatsApp template that is no
+            # longer registered fails each render (counted), so nothing unregistered is ever sent.
+            compiled = compile_content(
+                content_templates_of(campaign),
+                channel_order_of(campaign),
+                offer_has_amount=offer.amount is not None,
+                registry=self.library.registry,
+                check_registry=False,
+            )
             attribute_names = compiled.attribute_names()
             # The cursor is the last profile id released: the pinned version's members stream from just
             # after it, suppressed people included (marked), so the run counts who was left out and why.
@@ -211,7 +231,7 @@ class ReleaseRunner:
         self,
         campaign: Any,
         run: Any,
-        compiled: CompiledEmail,
+        compiled: CompiledContent,
         offer: Offer,
         members: list[AudienceMember],
         *,
@@ -230,7 +250,14 @@ class ReleaseRunner:
             if state != CampaignState.RUNNING:
                 raise _Stopped(state)
             # Suppressed, unreachable, held-out and capped people are recorded and left out here.
-            admitted = await self.gate.admit(session, campaign, run, members, now, reachable=has_email)
+            admitted = await self.gate.admit(
+                session,
+                campaign,
+                run,
+                members,
+                now,
+                reachable=lambda member: compiled.choose_channel(member.attributes) is not None,
+            )
             reachable = admitted.members
             if reachable:
                 # A sequence number whose render fails below stays unused: IDs are unique, not gapless.
@@ -247,8 +274,13 @@ class ReleaseRunner:
                         root=True,
                         attributes={"campaign.key": campaign.campaign_key},
                     ) as span:
+                        # The first channel of the campaign's order the person can be reached on (admitted above).
+                        channel = compiled.choose_channel(member.attributes) or campaign.channel
                         try:
-                            email = render_email(compiled, build_context(member.attributes, campaign_id, offer))
+                            rendered = compiled.render(
+                                channel,
+                                compiled.context(member.attributes, campaign_id, offer, self.library.products),
+                            )
                         except RenderFailed as failure:
                             skipped_render += 1
                             span.set_status(Status(StatusCode.ERROR, "render failed"))
@@ -260,7 +292,7 @@ class ReleaseRunner:
                             "campaign_key": campaign.campaign_key,
                             "run_id": run.run_id,
                             "profile_id": member.profile_id,
-                            "channel": campaign.channel,
+                            "channel": channel,
                             "trigger_code": campaign.trigger_code,
                             "offer_product_code": offer.product_code,
                             "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
@@ -280,17 +312,12 @@ class ReleaseRunner:
                                 campaign_id=campaign_id,
                             )
                         )
-                        dispatch = events_pb2.DispatchRequested(
-                            campaign_id=campaign_id,
-                            profile_id=member.profile_id,
-                            channel=channel_value(campaign.channel),  # type: ignore[arg-type]
-                            email=events_pb2.EmailMessage(
-                                to_address=str(member.attributes["email"]).strip(),
-                                from_name=email.from_name,
-                                subject=email.subject,
-                                html_body=email.html_body,
-                                text_body=email.text_body,
-                            ),
+                        dispatch = dispatch_message(
+                            campaign_id,
+                            member.profile_id,
+                            channel,
+                            rendered,
+                            contact_address(channel, member.attributes),
                         )
                         # Published when its distribution step and the person's quiet hours allow.
                         row["dispatch_payload"] = dispatch.SerializeToString()

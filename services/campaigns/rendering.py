@@ -1,14 +1,22 @@
 """Campaign content: INR formatting, sandboxed template compilation and per-person rendering."""
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import jinja2
-from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
+import markupsafe
+from jinja2 import meta, nodes
+from jinja2.sandbox import (
+    UNSAFE_ASYNC_GENERATOR_ATTRIBUTES,
+    UNSAFE_COROUTINE_ATTRIBUTES,
+    UNSAFE_FUNCTION_ATTRIBUTES,
+    UNSAFE_GENERATOR_ATTRIBUTES,
+    UNSAFE_METHOD_ATTRIBUTES,
+    SandboxedEnvironment,
+)
 
 from plumbing.errors import InvalidArgument
 
@@ -26,7 +34,26 @@ _UNSUBSCRIBE_PLACEHOLDER = re.compile(r"\{\{-?\s*unsubscribe_url\s*-?\}\}")
 
 # Names the service puts in every context; member attributes of the same name are shadowed.
 RESERVED_NAMES = frozenset(
-    {"first_name", "campaign_id", "offer", "offer_amount", "offer_amount_full", "unsubscribe_url"}
+    {
+        "first_name",
+        "campaign_id",
+        "offer",
+        "offer_amount",
+        "offer_amount_full",
+        "unsubscribe_url",
+        "recommendations",
+    }
+)
+MAX_TEMPLATE_CHARS = 64_000
+# Attribute names a template may never reach, on top of anything starting with "_": the sandbox
+# refuses them at render time; refusing them when the campaign is saved says so before anything is sent.
+_UNSAFE_ATTRIBUTES = frozenset(
+    UNSAFE_FUNCTION_ATTRIBUTES
+    | UNSAFE_METHOD_ATTRIBUTES
+    | UNSAFE_GENERATOR_ATTRIBUTES
+    | UNSAFE_COROUTINE_ATTRIBUTES
+    | UNSAFE_ASYNC_GENERATOR_ATTRIBUTES
+    | {"mro", "format_map"}
 )
 # Attributes asked of segments for every person, whatever the templates say.
 ALWAYS_FETCHED_ATTRIBUTES = ("email", "first_name", "time_zone")
@@ -97,6 +124,69 @@ def format_money(money: Money, style: Literal["compact", "grouped"] = "grouped")
     return f"{money.currency_code} {Decimal(money.minor_units) / _PAISE_PER_RUPEE:,.2f}"
 
 
+class Rupees:
+    """A money attribute inside a template: prints with Indian grouping (₹4,52,400); `| inr` makes it compact.
+
+    `.paise` and `.rupees` let a template compare amounts, e.g. {% if total_aum.rupees >= 1000000 %}.
+    """
+
+    __slots__ = ("money",)
+
+    def __init__(self, money: Money) -> None:
+        self.money = money
+
+    @property
+    def paise(self) -> int:
+        return self.money.minor_units
+
+    @property
+    def rupees(self) -> int:
+        return self.money.minor_units // _PAISE_PER_RUPEE
+
+    def __str__(self) -> str:
+        return format_money(self.money, "grouped")
+
+    def __html__(self) -> str:
+        return str(markupsafe.escape(str(self)))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rupees) and other.money == self.money
+
+    def __hash__(self) -> int:
+        return hash(self.money)
+
+
+class FilterFailed(Exception):
+    """A template filter got a value it cannot format; the message names the filter, never the value."""
+
+
+def _as_money(value: object, filter_name: str) -> Money:
+    """Rupees/Money as they are; plain numbers are rupees (45240 -> ₹45,240)."""
+    if isinstance(value, Rupees):
+        return value.money
+    if isinstance(value, Money):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise FilterFailed(
+            f"the {filter_name} filter needs an amount or a number of rupees, not a {type(value).__name__}"
+        )
+    paise = (Decimal(str(value)) * _PAISE_PER_RUPEE).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return Money(int(paise), "INR")
+
+
+def inr_filter(value: object) -> str:
+    """{{ total_aum | inr }}: ₹17.4 lakh, ₹1.24 crore, ₹45,240 (whole rupees below a lakh)."""
+    return format_money(_as_money(value, "inr"), "compact")
+
+
+def inr_full_filter(value: object) -> str:
+    """{{ total_aum | inr_full }}: every rupee with Indian digit grouping, ₹4,52,400."""
+    return format_money(_as_money(value, "inr_full"), "grouped")
+
+
+TEMPLATE_FILTERS = {"inr": inr_filter, "inr_full": inr_full_filter}
+
+
 @dataclass(frozen=True)
 class EmailTemplates:
     """The e-mail content of a campaign as the marketer wrote it."""
@@ -144,17 +234,57 @@ class RenderFailed(Exception):
 def _environment(*, html: bool) -> SandboxedEnvironment:
     # Sandboxed: templates are written by marketers and must not reach Python internals.
     # StrictUndefined: a missing attribute fails that person's render instead of sending "Dear ,".
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=html, keep_trailing_newline=True)
+    environment = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=html, keep_trailing_newline=True)
+    environment.filters.update(TEMPLATE_FILTERS)
+    return environment
+
+
+def _unsafe_name(name: str) -> bool:
+    return name.startswith("_") or name in _UNSAFE_ATTRIBUTES
+
+
+def check_safe(parsed: nodes.Template, field: str) -> None:
+    """Refuses what the sandbox would refuse at send time, and what has no place in campaign content.
+
+    Python internals (any name starting with "_", function and frame attributes), and other
+    templates (include, import, extends: there is no loader, and content must stand alone).
+    """
+    for node in parsed.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        raise InvalidArgument(
+            f"the template uses {{% {type(node).__name__.lower()} %}} on line {node.lineno}; campaign content cannot "
+            "include, import or extend other templates: write the content in this field",
+            field=field,
+        )
+    for access in parsed.find_all((nodes.Getattr, nodes.Getitem)):
+        name: object = None
+        if isinstance(access, nodes.Getattr):
+            name = access.attr
+        elif isinstance(access, nodes.Getitem) and isinstance(access.arg, nodes.Const):
+            name = access.arg.value
+        if isinstance(name, str) and _unsafe_name(name):
+            raise InvalidArgument(
+                f"the template reaches {name!r} on line {access.lineno}, which templates may not use (names starting "
+                "with '_' and Python internals are refused by the sandbox); use the person's attributes by name, "
+                "e.g. {{ first_name }}",
+                field=field,
+            )
 
 
 def _compile(environment: SandboxedEnvironment, source: str, field: str) -> tuple[jinja2.Template, set[str]]:
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise InvalidArgument(
+            f"the template is {len(source)} characters long; templates may have at most {MAX_TEMPLATE_CHARS}",
+            field=field,
+        )
     try:
         parsed = environment.parse(source)
+        check_safe(parsed, field)
         template = environment.from_string(parsed)
     except jinja2.TemplateSyntaxError as error:
+        # Includes unknown filters ("No filter named 'inrr'"), which jinja reports at compile time.
         raise InvalidArgument(
-            f"{field} has a template syntax error on line {error.lineno}: {error.message}; "
-            "fix the Jinja syntax ({{ variable }}, {% if %}...{% endif %})",
+            f"the template has a syntax error on line {error.lineno}: {error.message}; "
+            "fix the Jinja syntax ({{ variable }}, {% if %}...{% endif %}, filters inr and inr_full)",
             field=field,
         ) from error
     referenced = meta.find_undeclared_variables(parsed) - set(environment.globals)
@@ -200,7 +330,7 @@ class Offer:
 
 def _template_value(value: object) -> object:
     if isinstance(value, Money):
-        return format_money(value)
+        return Rupees(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, frozenset | set):
@@ -208,12 +338,18 @@ def _template_value(value: object) -> object:
     return value
 
 
-def build_context(attributes: Mapping[str, object], campaign_id: str, offer: Offer) -> dict[str, Any]:
+def build_context(
+    attributes: Mapping[str, object],
+    campaign_id: str,
+    offer: Offer,
+    recommendations: Sequence[Mapping[str, object]] = (),
+) -> dict[str, Any]:
     """The template context of one outreach.
 
-    Member attributes by name (string sets as sorted lists, money as formatted rupees, whole
-    numbers as ints), then the names the service provides, which shadow attributes of the same
-    name. first_name is "" when unknown so templates can write {{ first_name or "Investor" }}.
+    Member attributes by name (string sets as sorted lists, money as Rupees that print as
+    ₹4,52,400, whole numbers as ints), then the names the service provides, which shadow attributes
+    of the same name. first_name is "" when unknown so templates can write {{ first_name or "Investor" }};
+    recommendations are the products chosen for the person (see products.py).
     """
     context: dict[str, Any] = {name: _template_value(value) for name, value in attributes.items()}
     first_name = attributes.get("first_name")
@@ -223,6 +359,7 @@ def build_context(attributes: Mapping[str, object], campaign_id: str, offer: Off
         campaign_id=campaign_id,
         unsubscribe_url=UNSUBSCRIBE_URL,
         offer=offer_context,
+        recommendations=[dict(product) for product in recommendations],
     )
     if offer.amount is not None:
         context["offer_amount"] = format_money(offer.amount, "compact")
@@ -231,18 +368,27 @@ def build_context(attributes: Mapping[str, object], campaign_id: str, offer: Off
     return context
 
 
-def render_email(compiled: CompiledEmail, context: Mapping[str, Any]) -> RenderedEmail:
-    """One person's e-mail; RenderFailed when the template needs something the person lacks."""
+def render_template(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    """One template for one person; RenderFailed names what went wrong, never the person's values."""
     try:
-        # A subject is a single header line: collapse any newline a template might produce.
-        subject = " ".join(compiled.subject.render(context).split())
-        html = compiled.html.render(context)
-        text = compiled.text.render(context) if compiled.text is not None else ""
+        return template.render(context)
     except jinja2.UndefinedError as error:
         # The message names the missing variable ("'city' is undefined"), never a value.
         raise RenderFailed(f"undefined: {error.message}") from error
+    except FilterFailed as error:
+        raise RenderFailed(str(error)) from error
+    except jinja2.exceptions.SecurityError as error:
+        raise RenderFailed("the sandbox refused an unsafe operation") from error
     # A template is marketer code: one person's failure, whatever it is, must not stop the run.
     except Exception as error:
         # Only the type: other messages may quote the person's values.
         raise RenderFailed(type(error).__name__) from error
+
+
+def render_email(compiled: CompiledEmail, context: Mapping[str, Any]) -> RenderedEmail:
+    """One person's e-mail; RenderFailed when the template needs something the person lacks."""
+    # A subject is a single header line: collapse any newline a template might produce.
+    subject = " ".join(render_template(compiled.subject, context).split())
+    html = render_template(compiled.html, context)
+    text = render_template(compiled.text, context) if compiled.text is not None else ""
     return RenderedEmail(from_name=compiled.from_name, subject=subject, html_body=html, text_body=text)

@@ -4,6 +4,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
+from services.campaigns.content_files import DEFAULT_PRODUCT_CATALOG, DEFAULT_TEMPLATE_REGISTRY
 
 
 class CampaignsSettings(ServiceSettings):
@@ -28,4 +29,12 @@ class CampaignsSettings(ServiceSettings):
     )
     release_poll_seconds: float = Field(
         1.0, gt=0, description="How often the release runner looks for scheduled runs that fell due."
+    )
+    product_catalog_file: str = Field(
+        str(DEFAULT_PRODUCT_CATALOG),
+        description="YAML product catalog {{ recommendations }} are chosen from; empty means no products.",
+    )
+    template_registry_file: str = Field(
+        str(DEFAULT_TEMPLATE_REGISTRY),
+        description="YAML registry of DLT SMS and approved WhatsApp templates; empty means none registered.",
     )

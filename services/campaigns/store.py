@@ -77,6 +77,10 @@ campaigns = Table(
     Column("pause_reason", Text, nullable=True),
     # Delivery (0003): recurrence, distribution, quiet hours, automatic pause, caps, priority, holdout.
     Column("options", JSON, nullable=True),
+    # Content (0004): SMS / WhatsApp / push / webhook templates (e-mail has the columns above) and the
+    # channel names tried, in order, when a person cannot be reached on `channel`.
+    Column("channel_content", JSON, nullable=True),
+    Column("fallback_channels", JSON, nullable=True),
 )
 
 # Every transition of every campaign, oldest first by seq: who did what to which version, and when.

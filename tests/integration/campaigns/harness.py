@@ -49,6 +49,13 @@ MEMBERS = [
     member("p07", email="p07@example.in", city="Mysuru"),
 ]
 RELEASED_PROFILES = {"p01", "p02", "p03", "p05", "p07"}
+# Profiles that are in no segment, for previews and test sends: a phone and WhatsApp opt-in, money and sets.
+EXTRA_PROFILES = [member("t01", first_name="Tara", city="Thane", email="t01@example.in", phone="+919812345678")]
+EXTRA_PROFILES[0].attributes["whatsapp_opt_in"].bool_value = True
+EXTRA_PROFILES[0].attributes["total_aum"].money_value.CopyFrom(
+    money_pb2.Money(minor_units=4_52_400_00, currency_code="INR")
+)
+EXTRA_PROFILES[0].attributes["fund_categories"].string_set_value.values.extend(["Equity", "Hybrid"])
 
 
 @dataclass
@@ -108,6 +115,35 @@ class FakeSegments(seg_grpc.SegmentsServiceServicer):
         if len(after) > len(page):
             response.next_page_token = page[-1].profile_id
         return response
+
+    # The attribute catalog content checks read (ListAttributes), and profiles previews render for (GetProfile).
+    ATTRIBUTES = (
+        "email",
+        "first_name",
+        "city",
+        "time_zone",
+        "phone",
+        "whatsapp_opt_in",
+        "push_token",
+        "total_aum",
+        "fund_categories",
+        "customer_tier",
+    )
+
+    async def ListAttributes(self, request, context):  # type: ignore[no-untyped-def]
+        response = seg_service.ListAttributesResponse()
+        for name in sorted(self.ATTRIBUTES):
+            response.attributes.add(name=name)
+        return response
+
+    async def GetProfile(self, request, context):  # type: ignore[no-untyped-def]
+        for member in [*MEMBERS, *EXTRA_PROFILES]:
+            if member.profile_id == request.profile_id:
+                profile = seg_resources.Profile(profile_id=member.profile_id)
+                for name, value in member.attributes.items():
+                    profile.attributes[name].CopyFrom(value)
+                return seg_service.GetProfileResponse(profile=profile)
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"profile {request.profile_id} does not exist")
 
 
 @dataclass

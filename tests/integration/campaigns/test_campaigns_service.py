@@ -188,7 +188,7 @@ async def test_invalid_content_is_rejected_and_nothing_is_written(stub: service_
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await create(stub, sms, "req-sms")
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "only CHANNEL_EMAIL" in (error.value.details() or "")
+    assert "campaign.content.sms: sms content is required" in (error.value.details() or "")
     assert not (await stub.ListCampaigns(service_pb2.ListCampaignsRequest())).campaigns
 
 

@@ -128,11 +128,16 @@ def test_subject_newlines_are_collapsed() -> None:
     assert render_email(compiled, context).subject == "Hi Asha Bcc: x"
 
 
-def test_sandbox_blocks_python_internals() -> None:
-    compiled = compile_email(
-        templates(text_template="{{ first_name.__class__.__mro__ }}"),
-        offer_has_amount=True,
-    )
+def test_python_internals_are_refused_when_the_campaign_is_saved() -> None:
+    with pytest.raises(InvalidArgument) as error:
+        compile_email(templates(text_template="{{ first_name.__class__.__mro__ }}"), offer_has_amount=True)
+    assert error.value.field == "campaign.content.email.text_template"
+    assert "may not use" in error.value.message
+
+
+def test_sandbox_still_blocks_internals_reached_dynamically() -> None:
+    # A computed attribute name escapes the static check; the sandbox refuses it at render time.
+    compiled = compile_email(templates(text_template="{{ first_name|attr('_' ~ '_class__') }}"), offer_has_amount=True)
     context = build_context({"first_name": "Asha", "city": "Pune"}, "C", Offer("LUMPSUM", Money(1, "INR")))
     with pytest.raises(RenderFailed):
         render_email(compiled, context)
@@ -150,7 +155,8 @@ def test_valid_spec_gets_its_defaults() -> None:
         ({"programme": "csell"}, "campaign.programme"),
         ({"trigger_code": "T6"}, "campaign.trigger_code"),
         ({"segment_id": ""}, "campaign.segment_id"),
-        ({"channel": "SMS"}, "campaign.channel"),
+        ({"channel": "SMS"}, "campaign.content.sms"),
+        ({"channel": "BANNER"}, "campaign.channel"),
         ({"channel": "UNSPECIFIED"}, "campaign.channel"),
         ({"offer": Offer("", None)}, "campaign.offer.product_code"),
         ({"email": None}, "campaign.content.email"),
@@ -164,10 +170,11 @@ def test_invalid_specs_name_the_field(overrides: dict[str, object], field: str) 
     assert error.value.field == field
 
 
-def test_other_channels_are_refused_saying_only_email_is_available() -> None:
+def test_a_channel_without_content_is_refused_saying_what_to_add() -> None:
     with pytest.raises(InvalidArgument) as error:
         validate_spec(spec(channel="WHATSAPP"), "Asia/Kolkata")
-    assert "only CHANNEL_EMAIL" in error.value.message
+    assert error.value.field == "campaign.content.whatsapp"
+    assert "add its content or remove the channel" in error.value.message
 
 
 def test_draft_segments_cannot_be_targeted() -> None:
