@@ -101,10 +101,10 @@ class AudienceApi:
                 nodes = explain.nodes(rule)
                 explained = []
                 for node in nodes:
-                    matched = await store.count_matching(session, condition(node.rule, subject, now))
+                    matched = await store.count_matching(session, condition(node.rule, subject, now, everyone=True))
                     cumulative = 0
                     if node.funnel is not None:
-                        funnel = and_(*(condition(r, subject, now) for r in node.funnel))
+                        funnel = and_(*(condition(r, subject, now, everyone=True) for r in node.funnel))
                         cumulative = matched if len(node.funnel) == 1 else await store.count_matching(session, funnel)
                     explained.append(
                         resources_pb2.ExplainNode(
@@ -112,7 +112,7 @@ class AudienceApi:
                         )
                     )
                 count = explained[0].matched_count
-                sample = await store.sample_matching(session, condition(rule, subject, now), sample_size)
+                sample = await store.sample_matching(session, condition(rule, subject, now, everyone=True), sample_size)
             span.set_attribute("segments.preview.count", count)
         return service_pb2.PreviewSegmentResponse(count=count, sample_profile_ids=sample, explain=explained)
 

@@ -117,41 +117,55 @@ Clock = datetime | WindowStarts
 
 def compile_rule(rule: Rule, now: datetime) -> Select[tuple[str]]:
     """SELECT profile_id FROM profiles WHERE <rule>; "last" windows are measured back from `now`."""
-    return select(store.profiles.c.profile_id).where(condition(rule, store.profiles.c.profile_id, now))
+    subject = store.profiles.c.profile_id
+    return select(subject).where(condition(rule, subject, now, everyone=True))
 
 
-def condition(rule: Rule, subject: ColumnElement[str], now: Clock) -> ColumnElement[bool]:
+def condition(rule: Rule, subject: ColumnElement[str], now: Clock, *, everyone: bool = False) -> ColumnElement[bool]:
     """The rule as a boolean over the profile id column `subject` of the enclosing query.
 
-    Every piece is EXISTS, NOT EXISTS or a comparison of a count, so it is never NULL and NOT is safe.
+    Every piece is EXISTS, NOT EXISTS, IN or a comparison of a count, so it is never NULL and NOT is safe.
+    With `everyone` (the query runs over all profiles: publishing, previews) a positive attribute condition
+    becomes `subject IN (SELECT profile_id FROM profile_attributes WHERE name = … AND …)`, so the database
+    can start from the (name, value) index instead of probing every profile; under a NOT it stays NOT
+    EXISTS, which both databases run as an anti-join (PostgreSQL's NOT IN over a large subquery is not).
+    For a few named people (membership refresh) the correlated EXISTS probes are the cheaper plan.
     """
+    return _condition(rule, subject, now, in_lists=everyone)
+
+
+def _condition(rule: Rule, subject: ColumnElement[str], now: Clock, *, in_lists: bool) -> ColumnElement[bool]:
     if isinstance(rule, AllOf):
-        return and_(*(condition(child, subject, now) for child in rule.rules))
+        return and_(*(_condition(child, subject, now, in_lists=in_lists) for child in rule.rules))
     if isinstance(rule, AnyOf):
-        return or_(*(condition(child, subject, now) for child in rule.rules))
+        return or_(*(_condition(child, subject, now, in_lists=in_lists) for child in rule.rules))
     if isinstance(rule, Not):
-        return not_(condition(rule.rule, subject, now))
+        return not_(_condition(rule.rule, subject, now, in_lists=False))
     if isinstance(rule, SegmentReference):
         m = store.memberships.alias()
         return select(m.c.profile_id).where(m.c.segment_id == rule.segment_id, m.c.profile_id == subject).exists()
     if isinstance(rule, AttributeCondition):
-        return _attribute(rule.attribute, rule.op, rule.values, subject)
+        return _attribute(rule.attribute, rule.op, rule.values, subject, in_lists=in_lists)
     return _event(rule, subject, now)
 
 
 # --- attributes -------------------------------------------------------------------------------
 
 
-def _attribute(name: str, op: Op, values: tuple[Value, ...], subject: ColumnElement[str]) -> ColumnElement[bool]:
+def _attribute(
+    name: str, op: Op, values: tuple[Value, ...], subject: ColumnElement[str], *, in_lists: bool = False
+) -> ColumnElement[bool]:
     if op in NEGATIONS:
         return not_(_attribute(name, NEGATIONS[op], values, subject))
 
     def exists_row(predicate: Any = None) -> ColumnElement[bool]:
         a = store.profile_attributes.alias()
-        where = [a.c.profile_id == subject, a.c.name == name]
+        where = [a.c.name == name]
         if predicate is not None:
             where.append(predicate(a))
-        return select(a.c.id).where(*where).exists()
+        if in_lists:
+            return subject.in_(select(a.c.profile_id).where(*where))
+        return select(a.c.id).where(a.c.profile_id == subject, *where).exists()
 
     if op is Op.EXISTS:
         return exists_row()

@@ -45,7 +45,7 @@ async def publish_version(
         return count, []
     p, m = store.profiles, store.memberships
     already = select(m.c.profile_id).where(m.c.segment_id == head.segment_id, m.c.profile_id == p.c.profile_id)
-    entering = select(p.c.profile_id).where(condition(rule, p.c.profile_id, now), not_(already.exists()))
+    entering = select(p.c.profile_id).where(condition(rule, p.c.profile_id, now, everyone=True), not_(already.exists()))
     leaving = select(m.c.profile_id).where(
         m.c.segment_id == head.segment_id, not_(condition(rule, m.c.profile_id, now))
     )
