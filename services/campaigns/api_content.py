@@ -161,7 +161,12 @@ class ContentApi:
                 )
                 continue
             response.previews.append(rendered_proto(channel, rendered, unavailable_reason=reason))
-        log.info("campaign_previewed", campaign_key=row.campaign_key, channels=len(channels))
+        log.info(
+            "campaign_previewed",
+            campaign_key=row.campaign_key,
+            channels=len(channels),
+            product_catalog_version=self.content.library.products.version,
+        )
         return response
 
     async def TestSendCampaign(

@@ -21,12 +21,12 @@ from services.campaigns.rendering import (
     Offer,
     RenderedEmail,
     RenderFailed,
-    _compile,
-    _environment,
     build_context,
     compile_email,
+    compile_template,
     render_email,
     render_template,
+    template_environment,
 )
 
 CHANNELS = ("EMAIL", "SMS", "WHATSAPP", "PUSH", "WEBHOOK")
@@ -309,8 +309,8 @@ def _compile_sms(templates: SmsTemplates, registry: TemplateRegistry, check: boo
     _required(templates.dlt_template_id, f"{base}.dlt_template_id", "'1107161234567890123'")
     _required(templates.sender_id, f"{base}.sender_id", "'FUNDSY'")
     _required(templates.body_template, f"{base}.body_template", "'Dear {{ first_name }}, ...'")
-    environment = _environment(html=False)
-    body, names = _compile(environment, templates.body_template, f"{base}.body_template")
+    environment = template_environment(html=False)
+    body, names = compile_template(environment, templates.body_template, f"{base}.body_template")
     registered = registry.sms.get(templates.dlt_template_id)
     if check:
         if registered is None:
@@ -344,13 +344,13 @@ def _compile_whatsapp(
     base = f"{CONTENT_FIELD}.whatsapp"
     _required(templates.template_name, f"{base}.template_name", "'lumpsum_offer_v2'")
     language = templates.language_code or "en"
-    environment = _environment(html=False)
+    environment = template_environment(html=False)
     compiled: list[jinja2.Template] = []
     names: set[str] = set()
     for index, source in enumerate(templates.parameter_templates):
         path = f"{base}.parameter_templates[{index}]"
         _required(source, path, "'{{ first_name }}'")
-        template, referenced = _compile(environment, source, path)
+        template, referenced = compile_template(environment, source, path)
         compiled.append(template)
         names |= referenced
     if check:
@@ -377,13 +377,15 @@ def _compile_push(templates: PushTemplates) -> tuple[CompiledPush, set[str]]:
     base = f"{CONTENT_FIELD}.push"
     _required(templates.title_template, f"{base}.title_template", "'{{ first_name }}, a lumpsum idea'")
     _required(templates.body_template, f"{base}.body_template", "'Markets offer attractive entry points...'")
-    environment = _environment(html=False)
-    title, title_names = _compile(environment, templates.title_template, f"{base}.title_template")
-    body, body_names = _compile(environment, templates.body_template, f"{base}.body_template")
+    environment = template_environment(html=False)
+    title, title_names = compile_template(environment, templates.title_template, f"{base}.title_template")
+    body, body_names = compile_template(environment, templates.body_template, f"{base}.body_template")
     deep_link: jinja2.Template | None = None
     link_names: set[str] = set()
     if templates.deep_link_template.strip():
-        deep_link, link_names = _compile(environment, templates.deep_link_template, f"{base}.deep_link_template")
+        deep_link, link_names = compile_template(
+            environment, templates.deep_link_template, f"{base}.deep_link_template"
+        )
     return CompiledPush(title, body, deep_link), title_names | body_names | link_names
 
 
@@ -396,7 +398,9 @@ def _compile_webhook(templates: WebhookTemplates) -> tuple[CompiledWebhook, set[
             field=f"{base}.url",
         )
     _required(templates.payload_template, f"{base}.payload_template", "'{\"profile\": {{ first_name | tojson }}}'")
-    payload, names = _compile(_environment(html=False), templates.payload_template, f"{base}.payload_template")
+    payload, names = compile_template(
+        template_environment(html=False), templates.payload_template, f"{base}.payload_template"
+    )
     return CompiledWebhook(templates.url.strip(), payload), names
 
 
@@ -610,8 +614,8 @@ def check_attributes(templates: ContentTemplates, known_attributes: Collection[s
     for path, source in _template_fields(templates):
         if not source.strip():
             continue
-        environment = _environment(html=path.endswith("html_template"))
-        _, referenced = _compile(environment, source, path)
+        environment = template_environment(html=path.endswith("html_template"))
+        _, referenced = compile_template(environment, source, path)
         unknown = sorted(referenced - known)
         if unknown:
             name = unknown[0]

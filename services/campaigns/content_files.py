@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 import yaml
 
 from services.campaigns.content import TemplateRegistry, parse_registry
@@ -11,6 +12,8 @@ from services.campaigns.products import ProductCatalog, parse_catalog
 CATALOGS = Path(__file__).parent / "catalogs"
 DEFAULT_PRODUCT_CATALOG = CATALOGS / "products.yaml"
 DEFAULT_TEMPLATE_REGISTRY = CATALOGS / "templates.yaml"
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,5 +45,13 @@ def load_library(product_catalog_file: str, template_registry_file: str) -> Cont
         parse_registry(_document(template_registry_file), template_registry_file)
         if template_registry_file
         else TemplateRegistry()
+    )
+    log.info(
+        "content_library_loaded",
+        product_catalog_version=products.version,
+        products=len(products.products),
+        template_registry_version=registry.version,
+        sms_templates=len(registry.sms),
+        whatsapp_templates=len(registry.whatsapp),
     )
     return ContentLibrary(registry, products)

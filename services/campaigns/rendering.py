@@ -231,7 +231,7 @@ class RenderFailed(Exception):
         self.reason = reason
 
 
-def _environment(*, html: bool) -> SandboxedEnvironment:
+def template_environment(*, html: bool) -> SandboxedEnvironment:
     # Sandboxed: templates are written by marketers and must not reach Python internals.
     # StrictUndefined: a missing attribute fails that person's render instead of sending "Dear ,".
     environment = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=html, keep_trailing_newline=True)
@@ -270,7 +270,7 @@ def check_safe(parsed: nodes.Template, field: str) -> None:
             )
 
 
-def _compile(environment: SandboxedEnvironment, source: str, field: str) -> tuple[jinja2.Template, set[str]]:
+def compile_template(environment: SandboxedEnvironment, source: str, field: str) -> tuple[jinja2.Template, set[str]]:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise InvalidArgument(
             f"the template is {len(source)} characters long; templates may have at most {MAX_TEMPLATE_CHARS}",
@@ -297,13 +297,13 @@ def compile_email(templates: EmailTemplates, *, offer_has_amount: bool) -> Compi
         raise InvalidArgument("subject_template is required", field=f"{CONTENT_FIELD}.subject_template")
     if not templates.html_template.strip():
         raise InvalidArgument("html_template is required", field=f"{CONTENT_FIELD}.html_template")
-    text_env, html_env = _environment(html=False), _environment(html=True)
-    subject, subject_names = _compile(text_env, templates.subject_template, f"{CONTENT_FIELD}.subject_template")
-    html, html_names = _compile(html_env, templates.html_template, f"{CONTENT_FIELD}.html_template")
+    text_env, html_env = template_environment(html=False), template_environment(html=True)
+    subject, subject_names = compile_template(text_env, templates.subject_template, f"{CONTENT_FIELD}.subject_template")
+    html, html_names = compile_template(html_env, templates.html_template, f"{CONTENT_FIELD}.html_template")
     text: jinja2.Template | None = None
     text_names: set[str] = set()
     if templates.text_template.strip():
-        text, text_names = _compile(text_env, templates.text_template, f"{CONTENT_FIELD}.text_template")
+        text, text_names = compile_template(text_env, templates.text_template, f"{CONTENT_FIELD}.text_template")
     if not _UNSUBSCRIBE_PLACEHOLDER.search(templates.html_template):
         raise InvalidArgument(
             "html_template must contain {{ unsubscribe_url }}: every marketing e-mail needs an unsubscribe "
