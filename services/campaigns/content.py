@@ -70,10 +70,16 @@ class DltTemplate:
         return self.text.count(DLT_VARIABLE)
 
     def matches(self, body: str) -> bool:
-        """True when `body` is the registered text with each {#var#} filled by at most 30 characters."""
-        fixed = [re.escape(part) for part in _squash(self.text).split(DLT_VARIABLE)]
+        """True when `body` is the registered text with each {#var#} filled by at most 30 characters.
+
+        Whitespace in the fixed text matches any run of whitespace (a line break for a space).
+        """
+        fixed = [
+            "".join(r"\s+" if chunk.isspace() else re.escape(chunk) for chunk in re.split(r"(\s+)", part) if chunk)
+            for part in self.text.strip().split(DLT_VARIABLE)
+        ]
         pattern = f"(?:.{{0,{DLT_VARIABLE_MAX_CHARS}}})".join(fixed)
-        return re.fullmatch(pattern, _squash(body), flags=re.DOTALL) is not None
+        return re.fullmatch(pattern, body.strip(), flags=re.DOTALL) is not None
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class WhatsAppTemplate:
 
 
 def _squash(text: str) -> str:
-    """Whitespace runs as one space: DLT compares text, not line breaks."""
+    """Whitespace runs as one space (single-line fields: WhatsApp parameters, push titles)."""
     return " ".join(text.split())
 
 

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from plumbing.errors import InvalidArgument
 from services.campaigns.campaigns import CampaignSpec, validate_spec
@@ -352,3 +354,24 @@ def test_a_spec_with_sms_and_fallbacks_validates_against_the_registry() -> None:
     with pytest.raises(InvalidArgument) as error:
         validate_spec(spec, "Asia/Kolkata")  # no registry: nothing is registered
     assert error.value.field == "campaign.content.sms.dlt_template_id"
+
+
+@given(name=st.from_regex(r"_[A-Za-z0-9_]{0,12}", fullmatch=True), subscript=st.booleans())
+def test_any_underscore_name_is_refused_however_it_is_reached(name: str, subscript: bool) -> None:
+    access = f"['{name}']" if subscript else f".{name}"
+    with pytest.raises(InvalidArgument) as error:
+        compiled(ContentTemplates(push=PushTemplates("Hi", f"{{{{ offer{access} }}}}")), ("PUSH",))
+    assert name in error.value.message
+
+
+@given(
+    fills=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), max_size=40),
+        min_size=2,
+        max_size=2,
+    )
+)
+def test_a_dlt_variable_takes_at_most_thirty_characters(fills: list[str]) -> None:
+    template = DltTemplate(DLT_ID, frozenset({"FUNDSY"}), "Dear {#var#}, invest {#var#} today")
+    body = f"Dear {fills[0]}, invest {fills[1]} today"
+    assert template.matches(body) == all(len(fill) <= 30 for fill in fills)
