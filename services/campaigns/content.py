@@ -523,11 +523,12 @@ class CompiledContent:
             return RenderedWhatsApp(compiled.template_name, compiled.language_code, parameters)
         if isinstance(compiled, CompiledPush):
             deep_link = render_template(compiled.deep_link, context).strip() if compiled.deep_link else ""
-            return RenderedPush(
-                _squash(render_template(compiled.title, context)),
-                render_template(compiled.body, context).strip(),
-                deep_link,
-            )
+            title = _squash(render_template(compiled.title, context))
+            body = render_template(compiled.body, context).strip()
+            if not title or not body:
+                # A blank notification is worse than none.
+                raise RenderFailed(f"the push {'title' if not title else 'body'} renders empty")
+            return RenderedPush(title, body, deep_link)
         payload = render_template(compiled.payload, context)
         try:
             document = json.loads(payload)

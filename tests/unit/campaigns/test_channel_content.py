@@ -302,6 +302,14 @@ def test_push_renders_title_body_and_deep_link() -> None:
     )
 
 
+def test_a_push_that_renders_blank_is_not_sent() -> None:
+    templates = ContentTemplates(push=PushTemplates("{{ first_name }}", "{{ city }}"))
+    with pytest.raises(RenderFailed, match="push title renders empty"):
+        render("PUSH", person(first_name="", city="Pune"), templates)
+    with pytest.raises(RenderFailed, match="push body renders empty"):
+        render("PUSH", person(city=" "), templates)
+
+
 def test_webhook_payload_is_compact_json_with_values_escaped_by_tojson() -> None:
     hook = render("WEBHOOK", person(first_name='Asha "AK" <K>'))
     assert hook.url == "https://crm.example/hooks/xsell"  # type: ignore[attr-defined]
