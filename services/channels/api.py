@@ -62,13 +62,28 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             raise _no_message(campaign_id)
         return service_pb2.GetMessageResponse(message=convert.message_proto(record))
 
+    async def _engaged_message(self, request: service_pb2.RecordEngagementRequest) -> str:
+        """The campaign ID named by the request, or found by the provider's id for the message."""
+        provider_message_id = request.provider_message_id.strip()
+        if request.campaign_id.strip() or not provider_message_id:
+            return _campaign_id(request.campaign_id)
+        async with self.db.transaction() as session:
+            campaign_id = await store.campaign_id_of(session, provider_message_id)
+        if campaign_id is None:
+            raise NotFound(
+                f"provider_message_id {provider_message_id} matches no message; it may have been sent by another "
+                "system on the same account",
+                field="provider_message_id",
+            )
+        return campaign_id
+
     async def RecordEngagement(
         self, request: service_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordEngagementResponse:
-        campaign_id = _campaign_id(request.campaign_id)
         kind = convert.engagement_from_proto(request.kind)
         if kind is None:
             raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
+        campaign_id = await self._engaged_message(request)
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
         with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
             async with self.db.transaction() as session:

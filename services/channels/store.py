@@ -35,7 +35,8 @@ messages = Table(
     Column("channel", String(40), nullable=False),
     Column("profile_id", String(100), nullable=False),
     Column("state", String(20), nullable=False, index=True),
-    Column("provider_message_id", String(300), nullable=True),
+    # Indexed: provider webhooks name the message by the provider's id (a WhatsApp reply quotes the wamid).
+    Column("provider_message_id", String(300), nullable=True, index=True),
     Column("attempts", Integer, nullable=False),
     Column("reason", String(1000), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -123,6 +124,15 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
         insert(message_timeline),
         [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:500]} for s in steps],
     )
+
+
+async def campaign_id_of(session: AsyncSession, provider_message_id: str) -> str | None:
+    """The campaign ID of the message the provider knows by `provider_message_id`."""
+    return (
+        await session.execute(
+            select(messages.c.campaign_id).where(messages.c.provider_message_id == provider_message_id).limit(1)
+        )
+    ).scalar_one_or_none()
 
 
 async def load_message(session: AsyncSession, campaign_id: str) -> MessageRecord | None:

@@ -140,3 +140,38 @@ async def test_receipts_for_unknown_messages_or_states_are_refused(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await _receipt(channels, campaign_id, state)
     assert raised.value.code() is code
+
+
+async def test_a_reply_quoting_the_providers_message_id_is_recorded_on_its_outreach(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("whatsapp", campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    wamid = (await get_message(channels, campaign_id)).provider_message_id
+
+    response = await channels.stub.RecordEngagement(
+        service_pb2.RecordEngagementRequest(
+            request_id=new_id("eng_"),
+            provider_message_id=wamid,
+            kind=resources_pb2.ENGAGEMENT_KIND_REPLIED,
+            reply_text="YES",
+        )
+    )
+    assert response.message.campaign_id == campaign_id
+    assert response.message.timeline[-1].engagement_kind == resources_pb2.ENGAGEMENT_KIND_REPLIED
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(
+                request_id=new_id("eng_"),
+                provider_message_id="wamid.unknown",
+                kind=resources_pb2.ENGAGEMENT_KIND_REPLIED,
+            )
+        )
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
