@@ -295,7 +295,7 @@ class CampaignsApi(ContentApi, service_pb2_grpc.CampaignsServiceServicer):
     async def SubmitCampaign(
         self, request: service_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.SubmitCampaignResponse:
-        await self.check_stored_content(request.campaign_key)
+        await self.check_before_submit(request)
         return await self._transition(
             "SubmitCampaign",
             request,

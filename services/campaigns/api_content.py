@@ -96,6 +96,15 @@ class ContentApi:
         check_attributes(spec.templates(), await self.content.profiles.attribute_names())
         return spec
 
+    async def check_before_submit(self, request: service_pb2.SubmitCampaignRequest) -> None:
+        """Submit's content checks; a retried submit that already succeeded gets its first answer instead."""
+        async with self.db.transaction() as session:
+            previous = await self.idempotency.previous(
+                session, "SubmitCampaign", request, service_pb2.SubmitCampaignResponse
+            )
+        if previous is None:
+            await self.check_stored_content(request.campaign_key)
+
     async def check_stored_content(self, campaign_key: str) -> None:
         """Submit's checks: the stored content against today's registry and attribute catalog."""
         async with self.db.transaction() as session:

@@ -175,16 +175,23 @@ async def test_content_checks_refuse_at_create_naming_the_field(stub: service_pb
 async def test_submit_checks_the_stored_content_against_the_current_catalog(
     harness: Harness, stub: service_pb2_grpc.CampaignsServiceStub
 ) -> None:
-    created = await create(stub, campaign_message(programme_code()), "req-create")
-    # The catalog lost `city` after the campaign was written: submitting it is refused.
+    submitted = await create(stub, campaign_message(programme_code()), "req-create-a")
+    submit_a = service_pb2.SubmitCampaignRequest(request_id="req-submit-a", campaign_key=submitted.campaign_key)
+    first = await stub.SubmitCampaign(submit_a)
+    assert first.campaign.state == resources_pb2.CAMPAIGN_STATE_SUBMITTED
+    created = await create(stub, campaign_message(programme_code()), "req-create-b")
+    # The catalog lost `city` after both campaigns were written: submitting the second is refused...
     harness.segments.ATTRIBUTES = ("email", "first_name", "time_zone")  # type: ignore[misc]
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.SubmitCampaign(
-            service_pb2.SubmitCampaignRequest(request_id="req-submit", campaign_key=created.campaign_key)
+            service_pb2.SubmitCampaignRequest(request_id="req-submit-b", campaign_key=created.campaign_key)
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violation(error.value) == "campaign.content.email.html_template"
     assert "'city'" in (error.value.details() or "")
     assert (await state_of(stub, created.campaign_key)).state == resources_pb2.CAMPAIGN_STATE_DRAFT
+    # ...while a retry of the submit that succeeded gets its first answer.
+    assert await stub.SubmitCampaign(submit_a) == first
 
 
 async def test_preview_renders_every_channel_for_a_named_profile(stub: service_pb2_grpc.CampaignsServiceStub) -> None:
