@@ -1,7 +1,7 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +85,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
+    """Runs `action` once this session's transaction has committed, never when it rolls back: the place for
+    effects outside the database that must only follow durable changes (metrics, in-memory caches)."""
+    event.listen(session.sync_session, "after_commit", lambda _session: action(), once=True)
 
 
 # SQLSTATEs of conflicts a retry resolves: serialization failure, deadlock, lock not available.

@@ -140,7 +140,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                         sanctioned_at=None,
                     )
                     await store.add_loan(session, loan)
-                    await store.reach_step(session, request.campaign_id, rules.APPLIED, applied_at)
+                    await self.ledger.reach_step(
+                        session, request.campaign_id, rules.APPLIED, applied_at, outreach.created_at
+                    )
                 response = service_pb2.RecordApplicationResponse(loan=_loan(loan))
                 await self.idempotency.remember(session, "RecordApplication", request, response)
             log.info("application_recorded")
@@ -165,7 +167,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 assert loan is not None
                 rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
                 await store.sanction_loan(session, request.loan_number, request.amount.minor_units, sanctioned_at)
-                await store.reach_step(session, request.campaign_id, rules.SANCTIONED, sanctioned_at)
+                await self.ledger.reach_step(session, request.campaign_id, rules.SANCTIONED, sanctioned_at)
                 sanctioned = await store.get_loan(session, request.loan_number)
                 assert sanctioned is not None
                 response = service_pb2.RecordSanctionResponse(loan=_loan(sanctioned))
@@ -220,7 +222,10 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     revenue_model=model_name,
                     recorded_at=datetime.now(UTC),
                 )
-                await store.reach_step(session, request.campaign_id, rules.DISBURSED, disbursed_at)
+                await self.ledger.reach_step(
+                    session, request.campaign_id, rules.DISBURSED, disbursed_at, outreach.created_at
+                )
+                self.ledger.metrics.disbursed(session, amount, self.currency)
                 await self.outbox.add(
                     session,
                     streams.CONVERSION_RECORDED,

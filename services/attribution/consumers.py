@@ -118,5 +118,5 @@ class Handlers:
                     if created:
                         log.info("lead_created", origin="reply", lead_id=lead.lead_id)
                 else:
-                    await store.reach_step(session, event.campaign_id, step, at)
+                    await self.ledger.reach_step(session, event.campaign_id, step, at)
             log.info("funnel_step_reached", step=step)

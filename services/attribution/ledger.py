@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.ids import new_id
 from services.attribution import store
+from services.attribution.metrics import AttributionMetrics
 from services.attribution.revenue import CostModel
 from services.attribution.rules import RESPONDED
 
@@ -20,6 +21,14 @@ class Ledger:
     def __init__(self, cost_model: CostModel, currency: str) -> None:
         self.cost_model = cost_model
         self.currency = currency
+        self.metrics = AttributionMetrics()
+
+    async def reach_step(
+        self, session: AsyncSession, campaign_id: str, step: str, at: datetime, outreach_at: datetime | None = None
+    ) -> None:
+        """Marks the funnel step reached (the earliest time wins) and counts it once the transaction commits."""
+        await store.reach_step(session, campaign_id, step, at)
+        self.metrics.step(session, step, at, outreach_at)
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
         """Records the outreach and its send cost once; False when its campaign ID was already recorded."""
@@ -60,5 +69,5 @@ class Ledger:
         await store.add_cost(
             session, campaign_id, RM_TIME, self.cost_model.rm_time_cost(), self.currency, at, ref=lead.lead_id
         )
-        await store.reach_step(session, campaign_id, RESPONDED, at)
+        await self.reach_step(session, campaign_id, RESPONDED, at)
         return lead, True

@@ -14,6 +14,7 @@ from services import streams
 from services.segments import maintenance, store
 from services.segments.catalog import Catalog
 from services.segments.computed import ComputedDefinition
+from services.segments.metrics import SegmentsMetrics
 from services.segments.records import IncomingEvent, RecordProblem, record_errors
 from xsell.segments.v1 import events_pb2, service_pb2
 
@@ -58,6 +59,7 @@ class Activity:
         self.catalog = catalog or CatalogCache()
         self.idempotency = Idempotency(store.idempotency)
         self.refresher = maintenance.Refresher()
+        self.metrics = SegmentsMetrics()
 
     async def ingest(
         self,
@@ -66,6 +68,8 @@ class Activity:
         incoming: Sequence[IncomingEvent],
         problems: Sequence[RecordProblem],
         now: datetime,
+        *,
+        transport: str,
     ) -> service_pb2.IngestEventsResponse:
         """Applies a validated IngestEvents batch once per request_id, over gRPC or the NATS bulk subject alike.
 
@@ -79,6 +83,7 @@ class Activity:
             accepted_count=len(request.events) - len(problems), errors=record_errors(problems)
         )
         await self.idempotency.remember(session, "IngestEvents", request, response)
+        self.metrics.events(session, transport, response.accepted_count, len(problems))
         return response
 
     async def record_events(self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
@@ -144,5 +149,6 @@ class Activity:
                 session, [self.outbox.event(streams.MEMBERSHIP_CHANGED, message) for message in messages]
             )
             entered = sum(1 for c in changes if c.entered)
+            self.metrics.membership_changes(session, entered, len(changes) - entered)
             span.set_attribute("segments.memberships.entered", entered)
             span.set_attribute("segments.memberships.exited", len(changes) - entered)

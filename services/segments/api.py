@@ -86,6 +86,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
                 accepted_count=len(request.profiles) - len(problems), errors=_record_errors(problems)
             )
             await self.idempotency.remember(session, "UpsertProfiles", request, response)
+            self.activity.metrics.profiles(session, response.accepted_count, len(problems))
         log.info("profiles_upserted", accepted=response.accepted_count, rejected=len(problems))
         return response
 
@@ -101,7 +102,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
         async with self.db.transaction() as session:
-            response = await self.activity.ingest(session, request, incoming, problems, now)
+            response = await self.activity.ingest(session, request, incoming, problems, now, transport="grpc")
         log.info("events_ingested", accepted=response.accepted_count, rejected=len(problems))
         return response
 

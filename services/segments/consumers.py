@@ -121,7 +121,7 @@ class ProfileActivityConsumers:
                 if not await self.inbox.claim(session, durable, delivery.message_id):
                     log.info("redelivery_skipped", durable=durable)
                     return
-                response = await self.activity.ingest(session, request, incoming, problems, now)
+                response = await self.activity.ingest(session, request, incoming, problems, now, transport="nats")
                 await self.activity.outbox.add(
                     session,
                     streams.BULK_INGEST_COMPLETED,
