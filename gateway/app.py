@@ -16,6 +16,7 @@ from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, p
 from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from gateway.tracking import TrackingEdge
+from gateway.webhooks import ProviderWebhooks
 from plumbing.db import Database
 from plumbing.grpc_client import client_channel
 from plumbing.grpc_server import GrpcServer
@@ -107,6 +108,15 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
         tracer,
         serving,
         settings.tracking_record_timeout_seconds,
+        extra_routes=[
+            ProviderWebhooks(
+                channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+                whatsapp_app_secret=settings.whatsapp_app_secret.get_secret_value(),
+                whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
+                sms_callback_token=settings.sms_callback_token.get_secret_value(),
+                timeout_seconds=settings.downstream_timeout_seconds,
+            ).add_routes
+        ],
     )
 
     async def close_channels() -> None:

@@ -38,3 +38,16 @@ class GatewaySettings(ServiceSettings):
     tracking_record_timeout_seconds: float = Field(
         default=2.0, description="Longest a tracking request waits for channels to record it before answering anyway."
     )
+    whatsapp_app_secret: SecretStr = Field(
+        default=SecretStr("dev-whatsapp-app-secret"),
+        description="Meta app secret: the key of X-Hub-Signature-256 on WhatsApp webhooks.",
+    )
+    whatsapp_verify_token: SecretStr = Field(
+        default=SecretStr("dev-whatsapp-verify-token"),
+        description="The verify token entered in Meta's webhook settings (GET /webhooks/whatsapp).",
+    )
+    sms_callback_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret path segment of /webhooks/sms/exotel/<token> (Exotel does not sign callbacks); "
+        "empty refuses every SMS callback.",
+    )

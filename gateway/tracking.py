@@ -1,7 +1,7 @@
 """The HTTP edge people reach from their messages: click redirects, the open pixel, unsubscribe, and /healthz."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
@@ -66,7 +66,9 @@ class TrackingEdge:
         tracer: trace.Tracer,
         serving: Callable[[], Awaitable[bool]],
         record_timeout: float,
+        extra_routes: Sequence[Callable[[web.Application], None]] = (),
     ) -> None:
+        self._extra_routes = extra_routes
         self._host = host
         self._requested_port = port
         self._secret = secret
@@ -86,6 +88,8 @@ class TrackingEdge:
         app.router.add_get("/u/{token}", self._unsubscribe)
         app.router.add_post("/u/{token}", self._unsubscribe)
         app.router.add_get("/healthz", self._healthz)
+        for add_routes in self._extra_routes:
+            add_routes(app)
         return app
 
     async def run(self) -> None:

@@ -1,0 +1,185 @@
+"""Provider webhooks on the gateway's HTTP edge: signatures checked, callbacks turned into channels calls."""
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
+from xsell.channels.v1 import resources_pb2 as channels_resources
+from xsell.channels.v1 import service_pb2 as channels_pb2
+
+APP_SECRET = "test-app-secret"
+SMS_TOKEN = "test-sms-callback-token"
+RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
+ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
+OUTREACH = "CSELL-NOV-T06-0884"
+WAMID = "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSQUJDREVGMDEyMzQ1Njc4OQA="
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _gateway(start_gateway: GatewayFactory, **overrides: Any) -> RunningGateway:
+    return await start_gateway(whatsapp_app_secret=APP_SECRET, sms_callback_token=SMS_TOKEN, **overrides)
+
+
+def _whatsapp(value: dict[str, Any]) -> bytes:
+    document = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(document).encode()
+
+
+def _status(status: str, **extra: Any) -> bytes:
+    entry = {"id": WAMID, "status": status, "timestamp": "1764134400", "recipient_id": "919876543210"}
+    return _whatsapp(
+        {"messaging_product": "whatsapp", "statuses": [{**entry, "biz_opaque_callback_data": OUTREACH, **extra}]}
+    )
+
+
+def _signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
+
+
+def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptRequest]:
+    return [channels_pb2.RecordDeliveryReceiptRequest.FromString(c.request) for c in downstream.services.to(RECEIPT)]
+
+
+def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:
+    return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
+
+
+async def test_a_signed_delivered_status_becomes_a_receipt_and_a_replay_repeats_its_request_id(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    body = _status("delivered")
+    for _ in range(2):
+        async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 200
+    first, replay = receipts(downstream)
+    assert (first.campaign_id, first.state, first.provider_message_id) == (
+        OUTREACH,
+        channels_resources.DELIVERY_STATE_DELIVERED,
+        WAMID,
+    )
+    # Channels records a request_id once, so the replay changes nothing.
+    assert first.request_id == replay.request_id == f"wa:{WAMID}:delivered"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(lambda body: _signed(body, "another-secret"), id="other-secret"),
+        pytest.param(lambda body: _signed(body.replace(b"delivered", b"failed")), id="tampered-body"),
+        pytest.param(lambda body: {"Content-Type": "application/json"}, id="unsigned"),
+    ],
+)
+async def test_a_callback_whose_signature_does_not_match_is_refused_and_not_recorded(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession, headers: Any
+) -> None:
+    gateway = await _gateway(start_gateway)
+    body = _status("delivered")
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=headers(body)) as response:
+        assert response.status == 401
+    assert downstream.services.calls == []
+
+
+async def test_failed_and_read_statuses_become_a_failure_receipt_and_an_open(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    failed = _status("failed", errors=[{"code": 131026, "title": "Message undeliverable"}])
+    read = _status("read")
+    for body in (failed, read):
+        async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 200
+    (receipt,) = receipts(downstream)
+    assert receipt.state == channels_resources.DELIVERY_STATE_FAILED
+    assert receipt.reason == "whatsapp 131026 Message undeliverable"
+    (opened,) = engagements(downstream)
+    assert (opened.campaign_id, opened.kind) == (OUTREACH, channels_resources.ENGAGEMENT_KIND_OPENED)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "text"),
+    [
+        ({"type": "text", "text": {"body": "YES"}}, channels_resources.ENGAGEMENT_KIND_REPLIED, "YES"),
+        (
+            {"type": "button", "button": {"text": "Interested", "payload": "p"}},
+            channels_resources.ENGAGEMENT_KIND_REPLIED,
+            "Interested",
+        ),
+        ({"type": "text", "text": {"body": " stop "}}, channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, " stop "),
+    ],
+)
+async def test_an_inbound_reply_quoting_our_message_is_recorded_by_its_wamid(
+    start_gateway: GatewayFactory,
+    downstream: Downstream,
+    http: aiohttp.ClientSession,
+    message: dict[str, Any],
+    kind: int,
+    text: str,
+) -> None:
+    gateway = await _gateway(start_gateway)
+    inbound = {
+        "from": "919876543210",
+        "id": "wamid.INBOUND1",
+        "timestamp": "1764134500",
+        "context": {"from": "15550001111", "id": WAMID},
+    }
+    body = _whatsapp({"messaging_product": "whatsapp", "messages": [{**inbound, **message}]})
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 200
+    (reply,) = engagements(downstream)
+    assert (reply.provider_message_id, reply.campaign_id, reply.kind, reply.reply_text) == (WAMID, "", kind, text)
+    assert reply.request_id == "wa:wamid.INBOUND1"
+
+
+async def test_meta_subscription_check_needs_the_verify_token(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, whatsapp_verify_token="verify-me")
+    query = {"hub.mode": "subscribe", "hub.challenge": "1158201444", "hub.verify_token": "verify-me"}
+    async with http.get(f"{gateway.http}/webhooks/whatsapp", params=query) as response:
+        assert (response.status, await response.text()) == (200, "1158201444")
+    async with http.get(f"{gateway.http}/webhooks/whatsapp", params={**query, "hub.verify_token": "guess"}) as response:
+        assert response.status == 403
+
+
+async def test_an_exotel_status_callback_needs_the_url_token_and_becomes_a_receipt(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    form = {"SmsSid": "b6a1c2d3sms", "Status": "failed-dnd", "DetailedStatus": "FAILED_DND", "CustomField": OUTREACH}
+    async with http.post(f"{gateway.http}/webhooks/sms/exotel/wrong-token", data=form) as response:
+        assert response.status == 401
+    assert downstream.services.calls == []
+    async with http.post(f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}", data=form) as response:
+        assert response.status == 200
+    (receipt,) = receipts(downstream)
+    assert (receipt.campaign_id, receipt.state, receipt.reason) == (
+        OUTREACH,
+        channels_resources.DELIVERY_STATE_FAILED,
+        "exotel failed-dnd FAILED_DND",
+    )
+    assert receipt.request_id == "exotel:b6a1c2d3sms:failed-dnd"
+
+
+async def test_when_channels_is_down_the_provider_is_asked_to_send_again(
+    start_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, channels_target=unused_target(), downstream_timeout_seconds=1.0)
+    body = _status("delivered")
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 503
