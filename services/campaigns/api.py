@@ -12,13 +12,14 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import Aborted, InvalidArgument, NotFound, Unimplemented
+from plumbing.errors import Aborted, InvalidArgument, NotFound
 from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
+from services.campaigns.api_reports import ReportsApi
 from services.campaigns.campaigns import CampaignState, plan_launch, require_published
 from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto
 from services.campaigns.scheduling import DeliveryOptions
@@ -58,7 +59,7 @@ def _decode_token(token: str, expected_keys: set[str]) -> dict[str, str]:
     return payload
 
 
-class CampaignsApi(ContentApi, service_pb2_grpc.CampaignsServiceServicer):
+class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServicer):
     def __init__(
         self,
         db: Database,
@@ -411,18 +412,3 @@ class CampaignsApi(ContentApi, service_pb2_grpc.CampaignsServiceServicer):
                 {"campaign_key": request.campaign_key, "after": str(rows[size - 1].seq)}
             )
         return response
-
-    async def ListCampaignRuns(
-        self, request: service_pb2.ListCampaignRunsRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.ListCampaignRunsResponse:
-        raise Unimplemented("ListCampaignRuns is not served yet")
-
-    async def GetCampaignReport(
-        self, request: service_pb2.GetCampaignReportRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.GetCampaignReportResponse:
-        raise Unimplemented("GetCampaignReport is not served yet")
-
-    async def GetLabelReport(
-        self, request: service_pb2.GetLabelReportRequest, context: grpc.aio.ServicerContext
-    ) -> service_pb2.GetLabelReportResponse:
-        raise Unimplemented("GetLabelReport is not served yet")

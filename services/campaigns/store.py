@@ -683,3 +683,93 @@ async def add_run_counts(
             capped=run.capped + capped,
         )
     )
+
+
+# --- reports: counted from the stored outreaches and exclusions, per run ------------------------
+
+
+async def runs_page(
+    session: AsyncSession, campaign_key: str, before_run_id: str | None, limit: int
+) -> Sequence[Row[Any]]:
+    """Newest first: run ids are ULIDs, so descending id order is descending creation order."""
+    query = (
+        select(campaign_runs)
+        .where(campaign_runs.c.campaign_key == campaign_key)
+        .order_by(campaign_runs.c.run_id.desc())
+        .limit(limit)
+    )
+    if before_run_id is not None:
+        query = query.where(campaign_runs.c.run_id < before_run_id)
+    return (await session.execute(query)).all()
+
+
+async def runs_of(session: AsyncSession, campaign_keys: Sequence[str]) -> Sequence[Row[Any]]:
+    if not campaign_keys:
+        return []
+    query = select(campaign_runs).where(campaign_runs.c.campaign_key.in_(list(campaign_keys)))
+    return (await session.execute(query)).all()
+
+
+OUTREACH_COUNT_COLUMNS = (
+    "dispatched_at",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "opened_at",
+    "clicked_at",
+    "replied_at",
+    "bounced_at",
+    "complained_at",
+    "opted_out_at",
+)
+
+
+async def outreach_counts(
+    session: AsyncSession, campaign_keys: Sequence[str], run_ids: Sequence[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Per run: outreaches created, withdrawn, and how many reached each delivery / engagement state.
+
+    Test sends are left out; a withdrawn outreach is never dispatched, so it counts in no state.
+    """
+    if not campaign_keys:
+        return {}
+    o = outreaches.c
+    query = (
+        select(
+            o.run_id,
+            func.count().label("created"),
+            func.count(o.withdrawn_at).label("withdrawn"),
+            *(func.count(o[column]).label(column) for column in OUTREACH_COUNT_COLUMNS),
+        )
+        .where(o.campaign_key.in_(list(campaign_keys)), o.test.is_(False))
+        .group_by(o.run_id)
+    )
+    if run_ids is not None:
+        query = query.where(o.run_id.in_(list(run_ids)))
+    return {
+        row.run_id: {k: int(v) for k, v in row._mapping.items() if k != "run_id"}
+        for row in await session.execute(query)
+    }
+
+
+async def exclusion_counts(
+    session: AsyncSession, campaign_keys: Sequence[str], run_ids: Sequence[str] | None = None
+) -> list[tuple[str, str, str, int]]:
+    """(run_id, kind, reason, people) for every kind and reason of exclusion of the campaigns' runs."""
+    if not campaign_keys:
+        return []
+    x = run_exclusions.c
+    query = (
+        select(x.run_id, x.kind, x.reason, func.count())
+        .where(x.campaign_key.in_(list(campaign_keys)))
+        .group_by(x.run_id, x.kind, x.reason)
+    )
+    if run_ids is not None:
+        query = query.where(x.run_id.in_(list(run_ids)))
+    return [(row[0], row[1], row[2], int(row[3])) for row in await session.execute(query)]
+
+
+async def campaign_labels(session: AsyncSession) -> Sequence[Any]:
+    """Every campaign's key, labels and channel (definitions, not people: a label report filters these)."""
+    c = campaigns.c
+    return (await session.execute(select(c.campaign_key, c.labels, c.channel))).all()

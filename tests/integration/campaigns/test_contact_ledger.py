@@ -1,0 +1,143 @@
+"""The per-person lock that makes cap checks race-safe across processes, on a real PostgreSQL.
+
+Two release pages in two transactions (as two campaigns replicas would run them) touch the same
+person: the second waits for the first to commit, then sees its ledger entry. SQLite needs no such
+lock: every write transaction holds the database's write lock from BEGIN IMMEDIATE.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from plumbing.db import Database
+from services.campaigns import store
+from services.campaigns.app import MIGRATIONS
+from tests.waiting import eventually
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    database = Database(postgres_url)
+    await database.migrate(MIGRATIONS)
+    yield database
+    await database.dispose()
+
+
+async def _outreach(db: Database, campaign_id: str, profile_id: str) -> None:
+    """A campaign, its outreach and nothing else: what the ledger's join needs."""
+    async with db.transaction() as session:
+        if await store.get_campaign(session, "cmp_ledger") is None:
+            await store.insert_campaign(
+                session,
+                {
+                    "campaign_key": "cmp_ledger",
+                    "display_name": "ledger",
+                    "labels": [],
+                    "category": 1,
+                    "programme": "LEDG",
+                    "trigger_code": "T00",
+                    "segment_id": "seg",
+                    "segment_version": 1,
+                    "channel": "EMAIL",
+                    "offer_product_code": "P",
+                    "subject_template": "",
+                    "html_template": "",
+                    "text_template": "",
+                    "from_name": "",
+                    "time_zone": "Asia/Kolkata",
+                    "state": "RUNNING",
+                    "outreach_count": 0,
+                    "created_at": NOW,
+                },
+            )
+        await store.insert_outreaches(
+            session,
+            [
+                {
+                    "campaign_id": campaign_id,
+                    "campaign_key": "cmp_ledger",
+                    "run_id": "run_1",
+                    "profile_id": profile_id,
+                    "channel": "EMAIL",
+                    "trigger_code": "T00",
+                    "offer_product_code": "P",
+                    "labels": [],
+                    "category": 1,
+                    "created_at": NOW,
+                }
+            ],
+        )
+
+
+def _contact(campaign_id: str, profile_id: str) -> dict[str, object]:
+    return {
+        "campaign_id": campaign_id,
+        "profile_id": profile_id,
+        "campaign_key": "cmp_ledger",
+        "channel": "EMAIL",
+        "category": 1,
+        "contacted_at": NOW,
+        "priority": 0,
+        "offer_value_minor": 0,
+        "launched_at": NOW,
+    }
+
+
+async def _waiting_on_an_advisory_lock(db: Database) -> bool:
+    async with db.transaction() as session:
+        waiting = await session.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")
+        )
+        return bool(waiting.scalar_one())
+
+
+async def test_a_second_page_waits_for_the_first_and_then_sees_its_contact(db: Database) -> None:
+    await _outreach(db, "LEDG-NOV-T00-0001", "cust-1")
+    first_locked, first_may_commit = asyncio.Event(), asyncio.Event()
+    seen_by_second: list[str] = []
+
+    async def first_page() -> None:
+        async with db.transaction() as session:
+            await store.lock_people(session, ["cust-9", "cust-1"])
+            assert not await store.recent_contacts(session, ["cust-1"], NOW - timedelta(days=1))
+            await store.insert_contacts(session, [_contact("LEDG-NOV-T00-0001", "cust-1")])
+            first_locked.set()
+            await first_may_commit.wait()
+
+    async def second_page() -> None:
+        await first_locked.wait()
+        async with db.transaction() as session:
+            await store.lock_people(session, ["cust-1"])
+            rows = await store.recent_contacts(session, ["cust-1"], NOW - timedelta(days=1))
+            seen_by_second.extend(row.campaign_id for row in rows)
+
+    first = asyncio.create_task(first_page())
+    second = asyncio.create_task(second_page())
+    await eventually(lambda: _waiting_on_an_advisory_lock(db))
+    assert not second.done() and not seen_by_second
+    first_may_commit.set()
+    await asyncio.gather(first, second)
+    # Read after the lock was granted: the first page's contact counts against the second's caps.
+    assert seen_by_second == ["LEDG-NOV-T00-0001"]
+
+
+async def test_other_people_do_not_wait(db: Database) -> None:
+    first_locked, first_may_commit = asyncio.Event(), asyncio.Event()
+
+    async def first_page() -> None:
+        async with db.transaction() as session:
+            await store.lock_people(session, ["cust-1"])
+            first_locked.set()
+            await first_may_commit.wait()
+
+    first = asyncio.create_task(first_page())
+    await first_locked.wait()
+    async with db.transaction() as session:
+        await store.lock_people(session, ["cust-2", "cust-3"])
+    first_may_commit.set()
+    await first
