@@ -76,12 +76,13 @@ class ChannelsSettings(ServiceSettings):
     )
     http_connect_timeout_seconds: float = Field(3.0, description="How long to wait for a provider connection.")
     provider_rate_per_second: dict[str, float] = Field(
-        {"email": 200.0, "sms": 100.0, "whatsapp": 80.0, "push": 500.0, "webhook": 50.0},
-        description="Token-bucket rate per provider in one replica (JSON object); a missing provider is not limited.",
+        {"sms": 100.0, "whatsapp": 80.0, "push": 500.0, "webhook": 50.0},
+        description="Token-bucket rate per provider (email, sms, whatsapp, push, webhook) in one replica (JSON "
+        "object); a provider not named is not limited beyond dispatch_concurrency.",
     )
     provider_concurrency: dict[str, int] = Field(
-        {"email": 8, "sms": 32, "whatsapp": 32, "push": 64, "webhook": 16},
-        description="Calls in flight at once per provider in one replica (JSON object).",
+        {"sms": 32, "whatsapp": 32, "push": 64, "webhook": 16},
+        description="Calls in flight at once per rate-limited provider in one replica (JSON object; default 16).",
     )
     retry_base_seconds: float = Field(
         2.0, gt=0, description="First backoff step after a transient failure; it doubles, with jitter."
