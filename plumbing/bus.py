@@ -27,6 +27,9 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 CAMPAIGN_ID_HEADER = "Xsell-Campaign-Id"
 DLQ_REASON_HEADER = "Xsell-Dlq-Reason"
 DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
+# Set on a dead letter replayed to its subject (services/dead_letters.py): the id the message had first, which
+# stays its identity for consumers' inboxes, so only the durable that dead-lettered it applies it again.
+REPLAY_OF_HEADER = "Xsell-Replay-Of"
 
 M = TypeVar("M", bound=Message)
 
@@ -278,7 +281,8 @@ class Consumer(Generic[M]):
         headers = dict(msg.headers or {})
         num_delivered = msg.metadata.num_delivered or 1
         delivery = Delivery(
-            message_id=headers.get(MSG_ID_HEADER, f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"),
+            message_id=headers.get(REPLAY_OF_HEADER)
+            or headers.get(MSG_ID_HEADER, f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"),
             subject=msg.subject,
             num_delivered=num_delivered,
             headers=headers,

@@ -1,0 +1,148 @@
+"""The dead-letter stream for operators: list what failed and why, and replay messages once the cause is fixed.
+
+    python -m services.dead_letters list   [--durable campaigns-delivery] [--limit 50] [--json]
+    python -m services.dead_letters replay --durable campaigns-delivery [--seq 12 --seq 15 | --all]
+
+A replayed message goes back to its original subject under a new Nats-Msg-Id (the stream would drop the old
+one as a duplicate inside its window) and carries the original id in `Xsell-Replay-Of`. Consumers take that
+as the message's identity for their inbox (plumbing.bus.Delivery), so durables that handled the message the
+first time skip it, and only the durable that dead-lettered it applies it, once. The dead letter is
+deleted after its republish is acknowledged, so `list` shows what is still waiting.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from nats.js.errors import NotFoundError
+
+from plumbing.bus import (
+    CAMPAIGN_ID_HEADER,
+    DLQ_REASON_HEADER,
+    DLQ_SUBJECT_HEADER,
+    MSG_ID_HEADER,
+    REPLAY_OF_HEADER,
+    Bus,
+)
+from services.streams import DEAD_LETTER_PREFIX
+from services.streams import DEAD_LETTER_STREAM as DEAD_LETTER_SPEC
+
+DEAD_LETTER_STREAM = DEAD_LETTER_SPEC.name
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    seq: int
+    durable: str
+    original_subject: str
+    original_message_id: str
+    reason: str
+    campaign_id: str
+    size_bytes: int
+
+
+def _original_id(headers: dict[str, str]) -> str:
+    """The id the message had before it was dead-lettered (the DLQ copy's own id is `dlq:<durable>:<id>`); a
+    replay that failed again keeps the first id."""
+    if headers.get(REPLAY_OF_HEADER):
+        return headers[REPLAY_OF_HEADER]
+    own = headers.get(MSG_ID_HEADER, "")
+    return own.split(":", 2)[2] if own.startswith("dlq:") and own.count(":") >= 2 else own
+
+
+async def dead_letters(bus: Bus, durable: str | None = None, limit: int = 100) -> list[DeadLetter]:
+    """The oldest `limit` dead letters still in the stream, for one durable or all."""
+    subject = f"{DEAD_LETTER_PREFIX}.{durable}" if durable else f"{DEAD_LETTER_PREFIX}.>"
+    found: list[DeadLetter] = []
+    seq = 1
+    while len(found) < limit:
+        try:
+            message = await bus.js.get_msg(DEAD_LETTER_STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        headers = dict(message.headers or {})
+        found.append(
+            DeadLetter(
+                seq=message.seq or seq,
+                durable=(message.subject or "").removeprefix(f"{DEAD_LETTER_PREFIX}."),
+                original_subject=headers.get(DLQ_SUBJECT_HEADER, ""),
+                original_message_id=_original_id(headers),
+                reason=headers.get(DLQ_REASON_HEADER, ""),
+                campaign_id=headers.get(CAMPAIGN_ID_HEADER, ""),
+                size_bytes=len(message.data or b""),
+            )
+        )
+        seq = (message.seq or seq) + 1
+    return found
+
+
+async def replay(bus: Bus, durable: str, seqs: Sequence[int] | None = None) -> list[int]:
+    """Republishes this durable's dead letters (the given sequence numbers, or all) to their original subjects
+    and deletes each once the stream has it; returns the sequence numbers replayed."""
+    letters = await dead_letters(bus, durable, limit=1_000_000)
+    wanted = set(seqs) if seqs is not None else None
+    replayed: list[int] = []
+    for letter in letters:
+        if wanted is not None and letter.seq not in wanted:
+            continue
+        if not letter.original_subject:
+            raise ValueError(f"dead letter {letter.seq} has no {DLQ_SUBJECT_HEADER} header; it cannot be replayed")
+        message = await bus.js.get_msg(DEAD_LETTER_STREAM, seq=letter.seq)
+        headers = {
+            key: value
+            for key, value in dict(message.headers or {}).items()
+            if key not in (DLQ_REASON_HEADER, DLQ_SUBJECT_HEADER)
+        }
+        headers[REPLAY_OF_HEADER] = letter.original_message_id
+        headers[MSG_ID_HEADER] = f"replay:{DEAD_LETTER_STREAM}:{letter.seq}"
+        await bus.js.publish(letter.original_subject, message.data or b"", headers=headers)
+        await bus.js.delete_msg(DEAD_LETTER_STREAM, letter.seq)
+        replayed.append(letter.seq)
+    missing = sorted(wanted - set(replayed)) if wanted is not None else []
+    if missing:
+        raise ValueError(f"no dead letter of {durable} with seq {missing}; `list --durable {durable}` shows them")
+    return replayed
+
+
+def _table(letters: list[DeadLetter]) -> str:
+    lines = [f"{'seq':>6}  {'durable':<24} {'campaign id':<22} reason"]
+    lines += [f"{d.seq:>6}  {d.durable:<24} {d.campaign_id or '-':<22} {d.reason}" for d in letters]
+    return "\n".join(lines)
+
+
+async def _main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.dead_letters", description=__doc__.splitlines()[0])
+    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="dead letters still waiting, oldest first")
+    listing.add_argument("--durable")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replaying = commands.add_parser("replay", help="republish a durable's dead letters to their original subjects")
+    replaying.add_argument("--durable", required=True)
+    which = replaying.add_mutually_exclusive_group(required=True)
+    which.add_argument("--seq", type=int, action="append", help="a dead letter's seq (repeatable)")
+    which.add_argument("--all", action="store_true")
+    args = parser.parse_args(argv)
+    bus = await Bus.connect(args.nats_url, name="dead-letters")
+    try:
+        if args.command == "list":
+            letters = await dead_letters(bus, args.durable, args.limit)
+            print("\n".join(json.dumps(asdict(d)) for d in letters) if args.json else _table(letters))
+            return 0
+        try:
+            replayed = await replay(bus, args.durable, None if args.all else args.seq)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"replayed {len(replayed)} dead letter(s) of {args.durable}: {replayed}")
+        return 0
+    finally:
+        await bus.drain()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_main(sys.argv[1:])))

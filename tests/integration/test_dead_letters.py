@@ -1,0 +1,105 @@
+"""The operator's dead-letter tool against a real NATS server: list with the reason, replay once the cause is fixed,
+and only the durable that dead-lettered the message applies it again (others' inboxes skip it)."""
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from sqlalchemy import MetaData
+
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
+from plumbing.db import Database
+from plumbing.outbox import Inbox, inbox_table
+from services import dead_letters
+from services.streams import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
+from tests.waiting import eventually
+from xsell.segments.v1.events_pb2 import SegmentPublished
+
+tracer = trace.get_tracer("test")
+SUBJECT = "test.replay.segment_published"
+
+
+async def _dead_count(bus: Bus, durable: str) -> int:
+    return len(await dead_letters.dead_letters(bus, durable))
+
+
+async def test_a_dead_letter_is_listed_replayed_and_applied_once_by_its_durable_only(
+    nats_bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    await nats_bus.ensure_streams([StreamSpec("TEST_REPLAY", ("test.replay.>",)), DEAD_LETTER_STREAM])
+    metadata = MetaData()
+    inbox = Inbox(inbox_table(metadata))
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}")
+    async with db.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    applied: dict[str, list[str]] = {"attribution-test": [], "campaigns-test": []}
+    broken = True
+
+    def handler_for(durable: str):  # type: ignore[no-untyped-def]
+        async def handle(event: SegmentPublished, delivery: Delivery) -> None:
+            if durable == "campaigns-test" and broken:
+                raise PermanentError(f"segment {event.segment_id} refers to a campaign this version cannot read")
+            async with db.transaction() as session:
+                if await inbox.claim(session, durable, delivery.message_id):
+                    applied[durable].append(event.segment_id)
+
+        return handle
+
+    consumers = [
+        Consumer(
+            nats_bus,
+            ConsumerSpec("TEST_REPLAY", durable, SUBJECT, f"{DEAD_LETTER_PREFIX}.{durable}"),
+            SegmentPublished,
+            handler_for(durable),
+            tracer,
+        )
+        for durable in applied
+    ]
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    try:
+        message = SegmentPublished(segment_id="seg_sip_only", version=3).SerializeToString()
+        await nats_bus.js.publish(SUBJECT, message, headers={"Nats-Msg-Id": "published-1"})
+        await eventually(lambda: _dead_count(nats_bus, "campaigns-test"))
+        await eventually(lambda: asyncio.sleep(0, applied["attribution-test"] == ["seg_sip_only"]))
+
+        (letter,) = await dead_letters.dead_letters(nats_bus, "campaigns-test")
+        assert letter.original_subject == SUBJECT
+        assert letter.original_message_id == "published-1"
+        assert "cannot read" in letter.reason
+
+        # The operator's CLI lists it (the same process a runbook step runs).
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.dead_letters",
+            "--nats-url",
+            nats_url,
+            "list",
+            "--durable",
+            "campaigns-test",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdout, _ = await process.communicate()
+        assert process.returncode == 0
+        listed = stdout.decode()
+        assert "cannot read" in listed and str(letter.seq) in listed
+
+        broken = False
+        assert await dead_letters.replay(nats_bus, "campaigns-test") == [letter.seq]
+        await eventually(lambda: asyncio.sleep(0, applied["campaigns-test"] == ["seg_sip_only"]))
+        await asyncio.sleep(0.5)  # give the other durable the time to (wrongly) apply the replay too
+        assert applied == {"attribution-test": ["seg_sip_only"], "campaigns-test": ["seg_sip_only"]}
+        assert await dead_letters.dead_letters(nats_bus, "campaigns-test") == []
+    finally:
+        for consumer in consumers:
+            await consumer.stop()
+        await asyncio.gather(*tasks)
+        await db.dispose()
+
+
+async def test_replaying_a_seq_that_is_not_there_names_it(nats_bus: Bus) -> None:
+    await nats_bus.ensure_streams([DEAD_LETTER_STREAM])
+    with pytest.raises(ValueError, match=r"seq \[99\]; `list --durable campaigns-test`"):
+        await dead_letters.replay(nats_bus, "campaigns-test", [99])
