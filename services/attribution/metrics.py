@@ -7,6 +7,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import after_commit
 
+# Seconds: a minute, 5 and 15 minutes, an hour, 6 hours, a day, 2 days (the seed's limit), a week, 30 and 90 days.
+LAG_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0, 172800.0, 604800.0, 2592000.0, 7776000.0)
+# Ledger lag is seconds when LOS calls as things happen: 0.1 s to 2 days.
+LEDGER_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, 172800.0)
+
 
 class AttributionMetrics:
     """Recorded after the transaction that wrote the step commits, so a rolled-back request counts nothing."""
@@ -22,11 +27,13 @@ class AttributionMetrics:
             "xsell.attribution.lag.since_outreach",
             unit="s",
             description="Attribution lag: the outreach's send to the conversion step, by step.",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS,
         )
         self._to_ledger = meter.create_histogram(
             "xsell.attribution.lag.to_ledger",
             unit="s",
             description="Attribution lag: the step happening (its event time) to the ledger holding it, by step.",
+            explicit_bucket_boundaries_advisory=LEDGER_BUCKETS,
         )
         self._disbursed = meter.create_counter(
             "xsell.attribution.disbursed",
