@@ -8,6 +8,7 @@ import grpc
 import pytest
 from sqlalchemy import insert
 
+from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
 from plumbing.bus import Bus
 from services import streams
@@ -275,14 +276,19 @@ class _Suppressions(segments_grpc.SegmentsServiceServicer):
         return segments_service.CheckSuppressionResponse(suppressed=True, suppressions=[suppression])
 
 
-@pytest.fixture
-async def segments_server() -> AsyncIterator[tuple[str, _Suppressions]]:
+async def _start_segments(port: int = 0) -> tuple[grpc.aio.Server, str, _Suppressions]:
     servicer = _Suppressions()
     server = grpc.aio.server()
     segments_grpc.add_SegmentsServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    yield f"127.0.0.1:{port}", servicer
+    return server, f"127.0.0.1:{bound}", servicer
+
+
+@pytest.fixture
+async def segments_server() -> AsyncIterator[tuple[str, _Suppressions]]:
+    server, target, servicer = await _start_segments()
+    yield target, servicer
     await server.stop(0)
 
 
@@ -307,3 +313,35 @@ async def test_a_suppression_added_after_release_stops_the_send(
     assert len(provider_sinks.sms.for_campaign(allowed)) == 1
     assert ("prof_opted_out", channel_pb2.CHANNEL_SMS) in suppressions.asked
     assert states(await get_message(channels, opted_out)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+
+
+async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_segments_answers(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    port = free_port()
+    channels = await start_channels(
+        smtp_relay.port, segments_target=f"127.0.0.1:{port}", **provider_sinks.channels_settings()
+    )
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+
+    async def tried_twice() -> bool:
+        spans = channels.spans.get_finished_spans()
+        return (
+            len([s for s in spans if s.name == "channels.dispatch" and s.attributes["campaign.id"] == campaign_id]) >= 2
+        )
+
+    await eventually(tried_twice)
+    assert provider_sinks.sms.received == []
+
+    server, _, servicer = await _start_segments(port)
+    try:
+        await published_state(listener, campaign_id, SENT)
+        assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+        assert servicer.asked == [("prof_1", channel_pb2.CHANNEL_SMS)]
+    finally:
+        await server.stop(0)
