@@ -56,11 +56,6 @@ class PageResult:
     skipped_render: int
 
 
-def has_email(member: AudienceMember) -> bool:
-    email = member.attributes.get("email")
-    return isinstance(email, str) and bool(email.strip())
-
-
 class ReleaseRunner:
     """A loop woken by launches that also polls for due scheduled runs.
 
