@@ -1,5 +1,6 @@
 """NATS handlers: DispatchRequested -> exactly one hand-over to the provider per campaign ID -> ack / nak / term."""
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -7,7 +8,7 @@ from email.message import EmailMessage
 from typing import Any, Protocol, TypeVar
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
@@ -141,6 +142,21 @@ class DispatchHandler:
         self.email = email
         self.policy = policy or SendPolicy()
         self._in_flight: set[str] = set()
+        meter = metrics.get_meter("xsell.channels")
+        self._outcomes = meter.create_counter(
+            "xsell.channels.dispatch.outcomes",
+            unit="{message}",
+            description="Dispatch outcomes by provider and outcome (sent, rejected, ambiguous, retry, gave_up, "
+            "suppressed, quiet_hours, malformed).",
+        )
+        self._hand_over = meter.create_histogram(
+            "xsell.channels.provider.duration",
+            unit="ms",
+            description="Time of one hand-over to a provider (SMTP transaction or HTTP call), by provider.",
+        )
+
+    def _count(self, provider: str, outcome: str) -> None:
+        self._outcomes.add(1, {"provider": provider, "outcome": outcome})
 
     async def __call__(self, event: DispatchRequested, delivery: Delivery) -> None:
         campaign_id = event.campaign_id.strip()
@@ -188,13 +204,17 @@ class DispatchHandler:
                     await store.add_timeline(
                         session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, blocked.reason)]
                     )
+            provider = prepared.provider if prepared is not None else "none"
             if malformed is not None:
+                self._count(provider, "malformed")
                 log.warning("dispatch_malformed", reason=malformed)
                 raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
             assert blocked is not None
             if blocked.retry_in is None:
+                self._count(provider, "suppressed")
                 log.info("dispatch_suppressed", reason=blocked.reason)
                 return
+            self._count(provider, "quiet_hours")
             log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
             raise RetryLater(blocked.reason, blocked.retry_in)
 
@@ -212,23 +232,30 @@ class DispatchHandler:
                     campaign_id,
                     [TimelineStep(state_step(DeliveryState.SENDING), now, f"attempt {attempts + 1}")],
                 )
+            started = time.perf_counter()
             try:
                 accepted = await prepared.hand_over()
             except ProviderOutcomeUnknown as failure:
+                self._timed(prepared.provider, started)
                 if not prepared.deduplicates:
                     await self._settle(campaign_id, channel, DeliveryState.AMBIGUOUS, failure.reason)
+                    self._count(prepared.provider, "ambiguous")
                     log.warning("dispatch_ambiguous", reason=failure.reason)
                     return
                 # The provider drops a repeated campaign ID, so asking again settles the outcome.
-                await self._retry_later(campaign_id, channel, failure, attempts, delivery)
+                await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
                 return
             except ProviderRejected as failure:
+                self._timed(prepared.provider, started)
                 await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
+                self._count(prepared.provider, "rejected")
                 log.warning("dispatch_rejected", reason=failure.reason)
                 return
             except ProviderUnavailable as failure:
-                await self._retry_later(campaign_id, channel, failure, attempts, delivery)
+                self._timed(prepared.provider, started)
+                await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
                 return
+            self._timed(prepared.provider, started)
 
         await self._settle(
             campaign_id,
@@ -238,7 +265,11 @@ class DispatchHandler:
             provider_message_id=accepted.provider_message_id,
             detail=accepted.detail,
         )
+        self._count(prepared.provider, "sent")
         log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
+
+    def _timed(self, provider: str, started: float) -> None:
+        self._hand_over.record((time.perf_counter() - started) * 1000, {"provider": provider})
 
     async def _claim(
         self,
@@ -269,7 +300,13 @@ class DispatchHandler:
         return attempts
 
     async def _retry_later(
-        self, campaign_id: str, channel: str, failure: SendFailure, attempts: int, delivery: Delivery
+        self,
+        campaign_id: str,
+        channel: str,
+        provider: str,
+        failure: SendFailure,
+        attempts: int,
+        delivery: Delivery,
     ) -> None:
         """Back to QUEUED with a backoff, or FAILED and dead-lettered after the last allowed attempt."""
         attempt = attempts + 1
@@ -278,6 +315,7 @@ class DispatchHandler:
             reason = f"gave up after {attempt} attempts: {failure.reason}"
             if not await self._settle(campaign_id, channel, DeliveryState.FAILED, reason):
                 return
+            self._count(provider, "gave_up")
             log.error("dispatch_gave_up", attempts=attempt, reason=failure.reason)
             raise PermanentError(f"campaign ID {campaign_id}: {reason}")
         delay = self.policy.backoff.delay(attempt)
@@ -292,6 +330,7 @@ class DispatchHandler:
             await store.add_timeline(
                 session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), at, failure.reason)]
             )
+        self._count(provider, "retry")
         log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
         # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
         raise RetryLater(failure.reason, delay)
