@@ -32,7 +32,8 @@ from services.campaigns.rendering import (
 CHANNELS = ("EMAIL", "SMS", "WHATSAPP", "PUSH", "WEBHOOK")
 CONTENT_FIELD = "campaign.content"
 
-# The profile attributes that make a channel available to a person (docs/campaigns.md, "Channels").
+# The profile attributes that make a channel available to a person (docs/campaigns.md, "Who can be
+# reached on which channel").
 EMAIL_ATTRIBUTE = "email"
 PHONE_ATTRIBUTE = "phone"
 WHATSAPP_OPT_IN_ATTRIBUTE = "whatsapp_opt_in"
@@ -65,9 +66,6 @@ class DltTemplate:
     template_id: str
     sender_ids: frozenset[str]
     text: str
-
-    def variable_count(self) -> int:
-        return self.text.count(DLT_VARIABLE)
 
     def matches(self, body: str) -> bool:
         """True when `body` is the registered text with each {#var#} filled by at most 30 characters.
