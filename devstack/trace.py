@@ -55,7 +55,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.trace", description=__doc__)
     parser.add_argument("campaign_id", help="e.g. CSELL-NOV-T06-0884")
     parser.add_argument("--var-dir", type=Path, default=Path("var"))
+    parser.add_argument(
+        "--trace-id",
+        action="store_true",
+        help="only print the trace id (derived from the campaign ID) to look the trace up in a tracing backend",
+    )
     args = parser.parse_args()
+    if args.trace_id:
+        print(outreach_trace_id(args.campaign_id))
+        return 0
     spans = spans_for_campaign_id(args.var_dir, args.campaign_id)
     if not spans:
         print(f"no spans for {args.campaign_id} in {args.var_dir}/traces/", file=sys.stderr)

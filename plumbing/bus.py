@@ -117,12 +117,16 @@ class Bus:
         )
         return cls(nc)
 
-    async def ensure_streams(self, specs: Iterable[StreamSpec]) -> None:
-        """Creates missing streams and updates changed ones; safe to run at every start of every replica."""
+    async def ensure_streams(self, specs: Iterable[StreamSpec], replicas: int = 1) -> None:
+        """Creates missing streams and updates changed ones; safe to run at every start of every replica.
+
+        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s).
+        """
         for spec in specs:
             config = api.StreamConfig(
                 name=spec.name,
                 subjects=list(spec.subjects),
+                num_replicas=replicas,
                 storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS,
                 duplicate_window=spec.duplicate_window_seconds,

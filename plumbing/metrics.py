@@ -35,7 +35,9 @@ def setup_metrics(service: str, host: str, port: int | None) -> MetricsServer:
         registry = CollectorRegistry()
         readers.append(PrometheusMetricReader(registry=registry))
         http_server, _thread = start_http_server(port, addr=host, registry=registry)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    # OTEL_METRICS_EXPORTER=none (the standard variable) keeps metrics off OTLP while spans still use it:
+    # in Kubernetes Prometheus scrapes the metrics port instead.
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and os.environ.get("OTEL_METRICS_EXPORTER", "otlp") != "none":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))

@@ -19,6 +19,13 @@ class ServiceSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, description="Port of the Prometheus /metrics endpoint; unset disables it, 0 picks a free one."
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream replicas of the streams this process creates or updates: 1 on one server, 3 on the "
+        "3-member cluster (every stream then survives the loss of a member).",
+    )
     log_level: str = Field(default="info", description="Minimum log level: debug, info, warning, error.")
     shutdown_grace_seconds: float = Field(
         default=10.0, description="How long in-flight calls may take to finish after SIGTERM."

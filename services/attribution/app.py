@@ -29,7 +29,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     db = Database(settings.resolved_database_url("attribution"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="attribution")
-    await bus.ensure_streams(streams.ALL_STREAMS)
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     ledger = Ledger(settings.cost(), settings.currency)

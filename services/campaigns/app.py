@@ -35,7 +35,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     db = Database(settings.resolved_database_url("campaigns"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
-    await bus.ensure_streams(streams.ALL_STREAMS)
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     segments_channel = client_channel(settings.segments_target, provider)
     segments = SegmentsClient(segments_channel)

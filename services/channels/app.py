@@ -34,7 +34,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     db = Database(settings.resolved_database_url("channels"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="channels")
-    await bus.ensure_streams(streams.ALL_STREAMS)
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 

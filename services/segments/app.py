@@ -29,7 +29,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     db = Database(settings.resolved_database_url("segments"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="segments")
-    await bus.ensure_streams(streams.ALL_STREAMS)
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     servicer = SegmentsApi(db, outbox, settings, tracer)

@@ -99,8 +99,16 @@ def _peer_sources(docs: list[Doc], peer: Doc) -> set[str]:
     return {name(w) for w in of_kind(docs, *WORKLOAD_KINDS) if selector_matches(peer.get("podSelector"), pod_labels(w))}
 
 
-def admitted_sources(docs: list[Doc], workload: Doc) -> set[str]:
-    """Everything the NetworkPolicies let connect to the workload's pods ("*" = anyone), ports aside."""
+METRICS_PORT = 9464
+
+
+def _metrics_only(rule: Doc) -> bool:
+    return {port.get("port") for port in rule.get("ports") or []} == {METRICS_PORT}
+
+
+def admitted_sources(docs: list[Doc], workload: Doc, *, metrics: bool = False) -> set[str]:
+    """Everything the NetworkPolicies let connect to the workload's pods ("*" = anyone), ports aside; rules that
+    open only the metrics port count with `metrics`, and only them (`metrics_scrapers`)."""
     labels = pod_labels(workload)
     policies = [
         p
@@ -112,6 +120,8 @@ def admitted_sources(docs: list[Doc], workload: Doc) -> set[str]:
     sources: set[str] = set()
     for policy in policies:
         for rule in policy["spec"].get("ingress") or []:
+            if _metrics_only(rule) != metrics:
+                continue
             peers = rule.get("from") or []
             if not peers:
                 sources.add("*")

@@ -68,9 +68,26 @@ def test_only_the_gateway_is_reachable_from_outside(overlay: tuple[str, list[Doc
     assert (len(ingresses) > 0) == (name == "prod")
 
 
+def test_prometheus_scrapes_the_five_processes_on_the_metrics_port_only(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    monitoring = "ns:{matchLabels: {kubernetes.io/metadata.name: monitoring}}"
+    for process in ("segments", "campaigns", "channels", "attribution", "gateway"):
+        workload = find(docs, "Deployment", process)
+        assert admitted_sources(docs, workload, metrics=True) == {monitoring}, process
+        template = workload["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+        (container,) = [c for c in template["spec"]["containers"] if c["name"] == process]
+        assert {"name": "metrics", "containerPort": 9464} in container["ports"]
+    for store in ("segments-db", "nats"):
+        assert admitted_sources(docs, find(docs, "StatefulSet", store), metrics=True) == set(), store
+
+
 def test_nats_is_three_members_that_fsync_every_write(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     assert find(docs, "StatefulSet", "nats")["spec"]["replicas"] == 3
+    for process in ("segments", "campaigns", "channels", "attribution"):
+        config = find(docs, "ConfigMap", process)["data"]
+        assert config[f"XSELL_{process.upper()}_STREAM_REPLICAS"] == "3", f"{process} streams must live on every member"
     assert nats_violations(docs) == []
 
 
