@@ -29,7 +29,11 @@ def main() -> int:
     providers = None
     if not args.no_provider_sinks:
         provider_ports = {"sms": ports.sms, "whatsapp": ports.whatsapp, "push": ports.push, "webhook": ports.webhook}
-        providers = SinksThread(ProviderSinks(log_dir=var_dir / "providers"), provider_ports).start()
+        sinks = ProviderSinks(
+            log_dir=var_dir / "providers",
+            whatsapp_webhook_url=f"http://127.0.0.1:{ports.gateway_http}/webhooks/whatsapp",
+        )
+        providers = SinksThread(sinks, provider_ports).start()
     stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir))
     print("starting NATS (JetStream), segments, campaigns, channels, attribution and gateway...", flush=True)
     try:

@@ -13,6 +13,9 @@ that cannot exist, a template that is not approved, an unregistered device token
 `fail_next` scripts throttling (429 + Retry-After), outages (5xx) and dropped connections after
 the provider took the message. Every accepted message is kept in `received` (the sink's log, to
 compare with the ledger) and, when a log directory is given, appended to <dir>/<provider>.jsonl.
+Like the providers, the SMS sink posts the final status to the request's `StatusCallback`, and the
+WhatsApp sink posts `sent` and `delivered` statuses, signed with the app secret, to
+`whatsapp_webhook_url`.
 
 These servers deliberately share no code with the adapters in services/channels: they check the
 format as the provider documents it, not as xsell happens to build it.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import aiohttp
 from aiohttp import web
 
 Json = dict[str, Any]
@@ -85,6 +89,7 @@ class SinkCredentials:
     fcm_project_id: str = "xsell-dev"
     fcm_access_token: str = "dev-fcm-token"
     webhook_secret: str = "dev-webhook-secret-change-me"
+    whatsapp_app_secret: str = "dev-whatsapp-app-secret"
 
 
 # Templates approved on DLT (SMS) and by Meta (WhatsApp, with their number of body parameters).
@@ -126,6 +131,10 @@ class ProviderSink:
         self.port = 0
         self.log_path: Path | None = None
         self._runner: web.AppRunner | None = None
+        # Called after a message is accepted, like a provider's delivery report; failures are kept, not raised.
+        self.on_accept: Callable[[Received, Json], Awaitable[None]] | None = None
+        self.callback_errors: list[str] = []
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
 
     @property
@@ -152,9 +161,25 @@ class ProviderSink:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        if self._callbacks:
+            await asyncio.gather(*self._callbacks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _report(self, received: Received, answer: Json) -> None:
+        if self.on_accept is None:
+            return
+
+        async def report(callback: Callable[[Received, Json], Awaitable[None]]) -> None:
+            try:
+                await callback(received, answer)
+            except Exception as error:  # noqa: BLE001 - a report that cannot be delivered is kept for the test
+                self.callback_errors.append(f"{type(error).__name__}: {error}")
+
+        task = asyncio.get_running_loop().create_task(report(self.on_accept))
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -173,7 +198,9 @@ class ProviderSink:
             return web.json_response({**self._answered[campaign_id], "duplicate": True}, status=200)
         if campaign_id is not None:
             self._answered[campaign_id] = answer
-            self._keep(Received(self.provider, campaign_id, request.path, dict(request.headers), body))
+            received = Received(self.provider, campaign_id, request.path, dict(request.headers), body)
+            self._keep(received)
+            self._report(received, answer)
         if fault is Fault.ACCEPT_THEN_DROP:
             # The provider has the message; the caller never hears so.
             assert request.transport is not None
@@ -457,6 +484,8 @@ class ProviderSinks:
 
     credentials: SinkCredentials = field(default_factory=SinkCredentials)
     log_dir: Path | None = None
+    whatsapp_webhook_url: str = ""
+    """Where the WhatsApp sink posts signed status webhooks (sent, delivered), as Meta does; empty posts none."""
 
     def __post_init__(self) -> None:
         c = self.credentials
@@ -464,6 +493,57 @@ class ProviderSinks:
         self.whatsapp = ProviderSink("whatsapp", lambda s, r, b: _whatsapp(s, r, b, c))
         self.push = ProviderSink("push", lambda s, r, b: _push(s, r, b, c))
         self.webhook = ProviderSink("webhook", lambda s, r, b: _webhook(s, r, b, c))
+        self._session: aiohttp.ClientSession | None = None
+        self.sms.on_accept = self._exotel_status_callback
+        self.whatsapp.on_accept = self._whatsapp_status_webhooks
+
+    async def _exotel_status_callback(self, received: Received, answer: Json) -> None:
+        """Exotel posts the final status to the request's StatusCallback (unsigned, form-encoded)."""
+        url = received.body.get("StatusCallback")
+        if not url or self._session is None:
+            return
+        sms = answer["SMSMessage"]
+        form = {
+            "SmsSid": sms["Sid"],
+            "To": sms["To"],
+            "Status": "sent",
+            "DetailedStatus": "DELIVERED_TO_HANDSET",
+            "DetailedStatusCode": "20005",
+            "CustomField": received.body.get("CustomField", ""),
+            "SmsUnits": str(sms["SmsUnits"]),
+        }
+        async with self._session.post(str(url), data=form) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"StatusCallback answered {response.status}")
+
+    async def _whatsapp_status_webhooks(self, received: Received, answer: Json) -> None:
+        """Meta posts `sent` then `delivered` statuses, signed with the app secret, to the app's webhook."""
+        if not self.whatsapp_webhook_url or self._session is None:
+            return
+        wamid = answer["messages"][0]["id"]
+        for status in ("sent", "delivered"):
+            entry = {
+                "id": wamid,
+                "status": status,
+                "timestamp": str(int(time.time())),
+                "recipient_id": received.body["to"],
+                "biz_opaque_callback_data": received.body.get("biz_opaque_callback_data", ""),
+            }
+            value = {
+                "messaging_product": "whatsapp",
+                "metadata": {"phone_number_id": self.credentials.whatsapp_phone_number_id},
+                "statuses": [entry],
+            }
+            document = {
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
+            }
+            body = json.dumps(document).encode()
+            digest = hmac.new(self.credentials.whatsapp_app_secret.encode(), body, hashlib.sha256).hexdigest()
+            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={digest}"}
+            async with self._session.post(self.whatsapp_webhook_url, data=body, headers=headers) as response:
+                if response.status >= 300:
+                    raise RuntimeError(f"WhatsApp webhook answered {response.status}")
 
     @property
     def all(self) -> tuple[ProviderSink, ...]:
@@ -472,6 +552,7 @@ class ProviderSinks:
     async def start(self, ports: Mapping[str, int] | None = None, host: str = "127.0.0.1") -> "ProviderSinks":
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession()
         try:
             for sink in self.all:
                 if self.log_dir is not None:
@@ -485,6 +566,9 @@ class ProviderSinks:
     async def stop(self) -> None:
         for sink in self.all:
             await sink.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def channels_settings(self) -> dict[str, Any]:
         """ChannelsSettings fields that point the channels service at these sinks with matching credentials."""

@@ -143,6 +143,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 if outcome is not None:
                     record = await store.load_message(session, campaign_id)
                     assert record is not None
+                    if record.timeline and record.timeline[-1].at > at:
+                        # A receipt that raced the hand-over's own record (or a provider clock behind ours)
+                        # still reads after the state it settles.
+                        at = record.timeline[-1].at
                     await store.set_state(
                         session,
                         campaign_id,

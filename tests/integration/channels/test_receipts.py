@@ -1,9 +1,15 @@
 """Delivery receipts over real gRPC: they settle ambiguous messages and complete the timeline a user reads."""
 
+from pathlib import Path
+
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
+from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
+from gateway.app import build as build_gateway
+from gateway.settings import GatewaySettings
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
@@ -175,3 +181,47 @@ async def test_a_reply_quoting_the_providers_message_id_is_recorded_on_its_outre
             )
         )
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_provider_reports_reach_the_timeline_through_the_gateways_webhooks(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    tmp_path: Path,
+) -> None:
+    """Real channels, real gateway, provider servers that call back like Exotel and Meta do."""
+    gateway_http = free_port()
+    channels = await start_channels(
+        smtp_relay.port,
+        sms_status_callback_url=f"http://127.0.0.1:{gateway_http}/webhooks/sms/exotel/callback-token",
+        **provider_sinks.channels_settings(),
+    )
+    gateway = await build_gateway(
+        GatewaySettings(
+            grpc_port=0,
+            http_port=gateway_http,
+            var_dir=tmp_path,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+            channels_target=f"127.0.0.1:{channels.process.server.port}",
+            whatsapp_app_secret=provider_sinks.credentials.whatsapp_app_secret,  # type: ignore[arg-type]
+            sms_callback_token="callback-token",  # type: ignore[arg-type]
+        ),
+        TracerProvider(),
+    )
+    await gateway.start()
+    provider_sinks.whatsapp_webhook_url = f"http://127.0.0.1:{gateway_http}/webhooks/whatsapp"
+    try:
+        sms, whatsapp = new_campaign_id(), new_campaign_id()
+        await publish(nats_bus, dispatch_on("sms", sms))
+        await publish(nats_bus, dispatch_on("whatsapp", whatsapp))
+
+        await published_state(listener, sms, DELIVERED)
+        await published_state(listener, whatsapp, DELIVERED)
+        for campaign_id in (sms, whatsapp):
+            message = await get_message(channels, campaign_id)
+            assert _timeline(message)[-2:] == ["DELIVERY_STATE_SENT", "DELIVERY_STATE_DELIVERED"]
+        assert provider_sinks.sms.callback_errors == provider_sinks.whatsapp.callback_errors == []
+    finally:
+        await gateway.stop(0)
