@@ -20,15 +20,16 @@ def _rules() -> list[dict[str, Any]]:
     return [rule for group in document["groups"] for rule in group["rules"]]
 
 
+def metric_family(series: str) -> str:
+    """A histogram's _bucket / _count / _sum series reduced to its family name."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        series = series.removesuffix(suffix)
+    return series
+
+
 def alert_metrics() -> set[str]:
-    """The xsell metric families the rules' expressions read (histogram series reduced to their family)."""
-    names: set[str] = set()
-    for rule in _rules():
-        for name in re.findall(r"\b(xsell_[a-z_]+)", rule["expr"]):
-            for suffix in HISTOGRAM_SUFFIXES:
-                name = name.removesuffix(suffix)
-            names.add(name)
-    return names
+    """The xsell metric families the rules' expressions read."""
+    return {metric_family(name) for rule in _rules() for name in re.findall(r"\b(xsell_[a-z_]+)", rule["expr"])}
 
 
 def test_every_rule_is_complete_and_severity_is_page_or_ticket() -> None:
