@@ -1,7 +1,7 @@
 """Who of a run's streamed members is left out before caps: suppressed, without a contact, or held out."""
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
@@ -61,11 +61,47 @@ def held_out(campaign_key: str, profile_id: str, basis_points: int) -> bool:
     return basis_points > 0 and holdout_bucket(campaign_key, profile_id) < basis_points
 
 
+EVERY_CHANNEL = "ALL"
+"""The key of global suppressions in a member's suppressions by channel."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The channel a person gets their outreach on, or why they get none (a suppression reason or no_contact)."""
+
+    channel: str | None
+    left_out_reason: str | None = None
+
+
+def reach(order: Sequence[str], suppressed_on: Mapping[str, Sequence[int]], available: Callable[[str], bool]) -> Reach:
+    """The first channel of `order` the person has an address on and no suppression in force on.
+
+    A global suppression stops every channel. A suppression on one channel makes that channel
+    unavailable, and the next channel of the order is tried, as for a missing address. When no
+    channel is left, the person counts under the first suppression that closed a channel they had
+    an address on, or as no_contact when they had no address on any.
+    """
+    global_reasons = suppressed_on.get(EVERY_CHANNEL)
+    if global_reasons:
+        return Reach(None, suppression_reason(global_reasons))
+    closed: str | None = None
+    for channel in order:
+        if not available(channel):
+            continue
+        reasons = suppressed_on.get(channel)
+        if reasons:
+            closed = closed or suppression_reason(reasons)
+            continue
+        return Reach(channel)
+    return Reach(None, closed or NO_CONTACT)
+
+
 @dataclass(frozen=True)
 class Sifted(Generic[M]):
-    """A page split into the members still in play (to be capped and rendered) and those left out."""
+    """A page split into the members still in play (to be capped and rendered), each with its channel,
+    and those left out."""
 
-    eligible: list[M]
+    eligible: list[tuple[M, str]]
     left_out: list[LeftOut]
 
 
@@ -73,27 +109,24 @@ def sift(
     members: Iterable[M],
     *,
     profile_id: Callable[[M], str],
-    reasons: Callable[[M], Sequence[int]],
-    reachable: Callable[[M], bool],
+    reach_of: Callable[[M], Reach],
     campaign_key: str,
     holdout_basis_points: int,
 ) -> Sifted[M]:
-    """Applies, in this order: a suppression (always wins), no contact for the channel, the holdout.
+    """Applies, in this order: suppressions (a suppression always wins) and no contact, then the holdout.
 
     The holdout is drawn from people who could be contacted, so the control group is comparable to
     the treated group.
     """
-    eligible: list[M] = []
+    eligible: list[tuple[M, str]] = []
     left_out: list[LeftOut] = []
     for member in members:
         person = profile_id(member)
-        suppressed = suppression_reason(reasons(member))
-        if suppressed is not None:
-            left_out.append(LeftOut(person, Exclusion.SUPPRESSED, suppressed))
-        elif not reachable(member):
-            left_out.append(LeftOut(person, Exclusion.SUPPRESSED, NO_CONTACT))
+        reached = reach_of(member)
+        if reached.channel is None:
+            left_out.append(LeftOut(person, Exclusion.SUPPRESSED, reached.left_out_reason or NO_CONTACT))
         elif held_out(campaign_key, person, holdout_basis_points):
             left_out.append(LeftOut(person, Exclusion.HELD_OUT, HOLDOUT))
         else:
-            eligible.append(member)
+            eligible.append((member, reached.channel))
     return Sifted(eligible, left_out)

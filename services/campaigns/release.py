@@ -18,7 +18,7 @@ from services import streams
 from services.campaigns import store
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
-from services.campaigns.content import CompiledContent, compile_content, contact_address
+from services.campaigns.content import CompiledContent, compile_content, contact_address, unavailable_reason
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
 from services.campaigns.messages import (
@@ -251,7 +251,8 @@ class ReleaseRunner:
                 run,
                 members,
                 now,
-                reachable=lambda member: compiled.choose_channel(member.attributes) is not None,
+                order=compiled.order,
+                available=lambda channel, member: unavailable_reason(channel, member.attributes) is None,
             )
             reachable = admitted.members
             if reachable:
@@ -269,8 +270,9 @@ class ReleaseRunner:
                         root=True,
                         attributes={"campaign.key": campaign.campaign_key},
                     ) as span:
-                        # The first channel of the campaign's order the person can be reached on (admitted above).
-                        channel = compiled.choose_channel(member.attributes) or campaign.channel
+                        # The first channel of the campaign's order the person can be reached on and is not
+                        # suppressed on (admitted above).
+                        channel = admitted.channels[member.profile_id]
                         try:
                             rendered = compiled.render(
                                 channel,

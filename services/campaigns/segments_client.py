@@ -1,7 +1,7 @@
 """The segments service as campaigns sees it: a segment's state and version, and its members page by page."""
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC
 
 import grpc
@@ -9,6 +9,7 @@ import grpc
 from plumbing.errors import FailedPrecondition, NotFound, Unavailable
 from services.campaigns.rendering import Money
 from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
+from xsell.type.v1 import channel_pb2
 
 _CALL_TIMEOUT_SECONDS = 30.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -31,6 +32,21 @@ class AudienceMember:
     attributes: dict[str, object]
     # The SuppressionReason numbers in force on the streamed channel; empty for people who may be contacted.
     suppression_reasons: tuple[int, ...] = ()
+    # Every suppression in force, as reasons per channel name ("ALL" for global ones, "SMS"...).
+    suppressed_on: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def suppressed_on(suppressions: Iterable[resources_pb2.Suppression]) -> dict[str, tuple[int, ...]]:
+    """Reasons by channel name, each in the contract's order: "ALL" for global suppressions."""
+    found: dict[str, set[int]] = {}
+    for suppression in suppressions:
+        channel = (
+            "ALL"
+            if suppression.channel == channel_pb2.CHANNEL_UNSPECIFIED
+            else channel_pb2.Channel.Name(suppression.channel).removeprefix("CHANNEL_")
+        )
+        found.setdefault(channel, set()).add(suppression.reason)
+    return {channel: tuple(sorted(reasons)) for channel, reasons in found.items()}
 
 
 def attribute_value(value: resources_pb2.Value) -> object:
@@ -137,6 +153,7 @@ class SegmentsClient:
                         profile_id=member.profile_id,
                         attributes={name: attribute_value(value) for name, value in member.attributes.items()},
                         suppression_reasons=tuple(member.suppression_reasons),
+                        suppressed_on=suppressed_on(member.suppressions),
                     )
                     for member in response.members
                 ]

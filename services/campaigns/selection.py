@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.outbox import Outbox
 from services import streams
 from services.campaigns import store
-from services.campaigns.audience import Exclusion, LeftOut, sift
+from services.campaigns.audience import NO_CONTACT, Exclusion, LeftOut, reach, sift
 from services.campaigns.caps import LOOKBACK, OUTRANKED, Candidate, Contact, Rank, judge, rules_of
 from services.campaigns.messages import timestamp
 from services.campaigns.scheduling import DeliveryOptions
@@ -26,9 +26,10 @@ class ContactsChanged(Exception):
 
 @dataclass(frozen=True)
 class Admitted:
-    """The members to create outreaches for, and how many had no address on the channel."""
+    """The members to create outreaches for, the channel each gets it on, and how many had no address."""
 
     members: list[AudienceMember]
+    channels: dict[str, str]
     no_contact: int
 
 
@@ -80,21 +81,22 @@ class AudienceGate:
         members: Sequence[AudienceMember],
         now: datetime,
         *,
-        reachable: Callable[[AudienceMember], bool],
+        order: Sequence[str],
+        available: Callable[[str, AudienceMember], bool],
     ) -> Admitted:
+        """`order`: the campaign's channel then its fallbacks; `available`: whether a member has an address on one."""
         options = DeliveryOptions.from_json(campaign.options)
         sifted = sift(
             members,
             profile_id=lambda m: m.profile_id,
-            reasons=lambda m: m.suppression_reasons,
-            reachable=reachable,
+            reach_of=lambda m: reach(order, m.suppressed_on, lambda channel: available(channel, m)),
             campaign_key=campaign.campaign_key,
             holdout_basis_points=options.holdout_basis_points,
         )
         eligible = sifted.eligible
         capped: list[LeftOut] = []
         withdrawn_rows: list[dict[str, Any]] = []
-        people = [m.profile_id for m in eligible]
+        people = [m.profile_id for m, _ in eligible]
         # Taken even without caps of its own: this run's outreaches count against other campaigns' caps.
         await store.lock_people(session, people)
         rules = rules_of(options.frequency_caps, one_offer_per_day=self.one_offer_per_day)
@@ -103,13 +105,13 @@ class AudienceGate:
             for row in await store.recent_contacts(session, people, now - LOOKBACK):
                 contacts[row.profile_id].append(_contact(row))
             rank = campaign_rank(campaign)
-            kept: list[AudienceMember] = []
+            kept: list[tuple[AudienceMember, str]] = []
             displaced: list[Contact] = []
-            for member in eligible:
-                candidate = Candidate(member.profile_id, campaign.channel, campaign.category, rank, campaign.time_zone)
+            for member, channel in eligible:
+                candidate = Candidate(member.profile_id, channel, campaign.category, rank, campaign.time_zone)
                 verdict = judge(candidate, rules, contacts.get(member.profile_id, ()), now)
                 if verdict.allowed:
-                    kept.append(member)
+                    kept.append((member, channel))
                     displaced.extend(verdict.displaced)
                 else:
                     capped.append(LeftOut(member.profile_id, Exclusion.CAPPED, verdict.reason))
@@ -155,10 +157,8 @@ class AudienceGate:
             suppressed=sum(1 for out in left_out if out.kind == Exclusion.SUPPRESSED),
             capped=len(capped),
         )
-        no_contact = sum(
-            1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == "no_contact"
-        )
-        return Admitted(eligible, no_contact)
+        no_contact = sum(1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == NO_CONTACT)
+        return Admitted([m for m, _ in eligible], {m.profile_id: channel for m, channel in eligible}, no_contact)
 
     def _holdout_event(self, campaign: Any, run: Any, profile_id: str, now: datetime) -> dict[str, Any]:
         event = events_pb2.HoldoutAssigned(

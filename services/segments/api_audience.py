@@ -35,14 +35,28 @@ def attribute_names(names: Sequence[str], field: str = "attribute_names") -> lis
 
 
 def member_proto(
-    profile_id: str, entered_at: datetime, values: dict[str, Value], reasons: Sequence[str] = ()
+    profile_id: str,
+    entered_at: datetime,
+    values: dict[str, Value],
+    in_force: Sequence[tuple[str, str]] = (),
+    channels: Sequence[str] = (),
 ) -> resources_pb2.Member:
+    """`in_force`: the person's (channel, reason) suppressions; those on `channels` are its suppression_reasons."""
     return resources_pb2.Member(
         profile_id=profile_id,
         attributes={name: to_proto(value) for name, value in values.items()},
         enter_time=timestamp(entered_at),
         # Reason order (OPT_OUT first), so a caller that counts each person under one reason is deterministic.
-        suppression_reasons=sorted(suppressions.reason_number(reason) for reason in reasons),  # type: ignore[misc]
+        suppression_reasons=sorted(
+            {suppressions.reason_number(reason) for channel, reason in in_force if channel in channels}  # type: ignore[misc]
+        ),
+        suppressions=[
+            resources_pb2.Suppression(
+                channel=suppressions.channel_number(channel),  # type: ignore[arg-type]
+                reason=suppressions.reason_number(reason),  # type: ignore[arg-type]
+            )
+            for channel, reason in in_force
+        ],
     )
 
 
@@ -187,8 +201,8 @@ class AudienceApi:
                     utcnow(),
                 )
                 values = await store.attributes_of(session, [pid for pid, _ in page], names)
-                reasons = (
-                    await store.suppression_reasons(session, [pid for pid, _ in page], channels, utcnow())
+                in_force = (
+                    await store.suppressions_in_force(session, [pid for pid, _ in page], utcnow())
                     if request.include_suppressed
                     else {}
                 )
@@ -196,7 +210,8 @@ class AudienceApi:
                 streamed += len(page)
                 yield service_pb2.StreamSegmentMembersResponse(
                     members=[
-                        member_proto(pid, entered, values.get(pid, {}), reasons.get(pid, ())) for pid, entered in page
+                        member_proto(pid, entered, values.get(pid, {}), in_force.get(pid, ()), channels)
+                        for pid, entered in page
                     ]
                 )
                 after = page[-1][0]

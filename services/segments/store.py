@@ -772,26 +772,22 @@ async def stream_page(
     return [(row.profile_id, utc(row.entered_at)) for row in await session.execute(query)]
 
 
-async def suppression_reasons(
-    session: AsyncSession, profile_ids: Sequence[str], channels: Sequence[str], now: datetime
-) -> dict[str, list[str]]:
-    """The reasons in force at `now` on any of `channels`, per suppressed person of one streamed page."""
+async def suppressions_in_force(
+    session: AsyncSession, profile_ids: Sequence[str], now: datetime
+) -> dict[str, list[tuple[str, str]]]:
+    """(channel, reason) of every suppression in force at `now`, per suppressed person of one streamed page."""
     if not profile_ids:
         return {}
     s = suppressions
     query = (
-        select(s.c.profile_id, s.c.reason)
-        .where(
-            s.c.profile_id.in_(list(profile_ids)),
-            s.c.channel.in_(list(channels)),
-            or_(s.c.expire_time.is_(None), s.c.expire_time > now),
-        )
-        .distinct()
+        select(s.c.profile_id, s.c.channel, s.c.reason)
+        .where(s.c.profile_id.in_(list(profile_ids)), or_(s.c.expire_time.is_(None), s.c.expire_time > now))
+        .order_by(s.c.profile_id, s.c.channel, s.c.reason)
     )
-    reasons: dict[str, list[str]] = {}
+    found: dict[str, list[tuple[str, str]]] = {}
     for row in await session.execute(query):
-        reasons.setdefault(row.profile_id, []).append(row.reason)
-    return reasons
+        found.setdefault(row.profile_id, []).append((row.channel, row.reason))
+    return found
 
 
 # --- preview and explain ----------------------------------------------------------------------

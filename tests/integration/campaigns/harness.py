@@ -87,7 +87,12 @@ class FakeSegments(seg_grpc.SegmentsServiceServicer):
                 reasons = self.suppressed.get(member.profile_id, [])
                 if reasons and not request.include_suppressed:
                     continue
-                out = response.members.add(profile_id=member.profile_id, suppression_reasons=reasons)
+                out = response.members.add(
+                    profile_id=member.profile_id,
+                    suppression_reasons=reasons,
+                    # Global suppressions: they apply on every channel.
+                    suppressions=[seg_resources.Suppression(reason=reason) for reason in reasons],  # type: ignore[misc]
+                )
                 for name in request.attribute_names:
                     if name in member.attributes:
                         out.attributes[name].CopyFrom(member.attributes[name])

@@ -454,3 +454,50 @@ async def test_one_offer_per_day_across_runs_launched_together(
         counts = [await _report(stack, key) for key in keys]
         assert sum(c.released for c in counts) == 29
         assert all(c.capped + c.released + c.suppressed == 30 for c in counts)
+
+
+async def test_a_channel_suppression_closes_that_channel_and_the_fallback_is_tried(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    async with stack_of(database_url, nats_url, tmp_path) as stack:
+        await stack.segments.DefineAttributes(
+            seg_service.DefineAttributesRequest(
+                request_id=new_id("req_"),
+                attributes=[seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True)],
+            )
+        )
+        with_token = ["cust-00", "cust-01", "cust-02", NO_EMAIL]
+        profiles = [seg.Profile(profile_id=p) for p in with_token]
+        for profile in profiles:
+            profile.attributes["push_token"].string_value = f"token-{profile.profile_id}"
+        await stack.segments.UpsertProfiles(
+            seg_service.UpsertProfilesRequest(request_id=new_id("req_"), profiles=profiles)
+        )
+        segment_id = await _segment(stack)
+        email, push = channel_pb2.CHANNEL_EMAIL, channel_pb2.CHANNEL_PUSH
+        await _suppress(
+            stack,
+            seg.Suppression(profile_id="cust-00", channel=email, reason=seg.SUPPRESSION_REASON_COMPLAINT),
+            seg.Suppression(profile_id="cust-01", channel=push, reason=seg.SUPPRESSION_REASON_OPT_OUT),
+            seg.Suppression(profile_id="cust-02", channel=email, reason=seg.SUPPRESSION_REASON_COMPLAINT),
+            seg.Suppression(profile_id="cust-02", channel=push, reason=seg.SUPPRESSION_REASON_OPT_OUT),
+            seg.Suppression(profile_id=NO_EMAIL, channel=push, reason=seg.SUPPRESSION_REASON_OPT_OUT),
+            seg.Suppression(profile_id="cust-03", reason=seg.SUPPRESSION_REASON_OPT_OUT),
+        )
+        campaign = _campaign(segment_id, fallback_channels=[push])
+        campaign.content.push.CopyFrom(
+            resources_pb2.PushContent(title_template="Hi {{ first_name }}", body_template="A lumpsum idea")
+        )
+        key = await _launch(stack, campaign)
+        await _completed(stack, key)
+
+        channels = {o.profile_id: o.channel for o in await _outreaches(stack, key)}
+        # Complained about e-mail: reached by push. Opted out of push: e-mail as usual.
+        assert (channels["cust-00"], channels["cust-01"]) == ("PUSH", "EMAIL")
+        assert not {"cust-02", "cust-03", NO_EMAIL} & set(channels)
+        assert set(channels) == set(PEOPLE) - {"cust-02", "cust-03", NO_EMAIL}
+        assert {p for p, channel in channels.items() if channel == "PUSH"} == {"cust-00"}
+        counts = await _report(stack, key)
+        # cust-02 is counted under the first channel that closed (e-mail: complaint); cust-29 had only push.
+        assert (counts.suppressed, counts.released) == (3, 27)
+        assert _reasons(counts.suppressed_by_reason) == {"opt_out": 2, "complaint": 1}

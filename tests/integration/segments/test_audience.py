@@ -201,8 +201,18 @@ async def test_streaming_pages_resumes_exactly_once_and_leaves_suppressed_people
             "p03": [r.SUPPRESSION_REASON_OPT_OUT, r.SUPPRESSION_REASON_COMPLAINT],
             "p05": [r.SUPPRESSION_REASON_RECENT_DECLINE],
         }
+        # Every channel's suppressions come too, for callers with fallback channels.
+        p04 = next(m for page in audit for m in page if m.profile_id == "p04")
+        assert [(s.channel, s.reason) for s in p04.suppressions] == [
+            (channel_pb2.CHANNEL_SMS, r.SUPPRESSION_REASON_DND_REGISTRY)
+        ]
+        p03 = next(m for page in audit for m in page if m.profile_id == "p03")
+        assert {(s.channel, s.reason) for s in p03.suppressions} == {
+            (channel_pb2.CHANNEL_UNSPECIFIED, r.SUPPRESSION_REASON_OPT_OUT),
+            (channel_pb2.CHANNEL_UNSPECIFIED, r.SUPPRESSION_REASON_COMPLAINT),
+        }
         unmarked = await _stream(stub, segment_id=sid, channel=channel_pb2.CHANNEL_EMAIL)
-        assert not any(m.suppression_reasons for page in unmarked for m in page)
+        assert not any(m.suppression_reasons or m.suppressions for page in unmarked for m in page)
 
         code, details = await _refused(
             stub.StreamSegmentMembers(api.StreamSegmentMembersRequest(segment_id=sid, version=2)).read()

@@ -4,8 +4,10 @@ from services.campaigns.audience import (
     BASIS_POINTS,
     Exclusion,
     LeftOut,
+    Reach,
     held_out,
     holdout_bucket,
+    reach,
     sift,
     suppression_reason,
 )
@@ -34,27 +36,39 @@ def test_holdout_is_deterministic_per_person_and_campaign() -> None:
     assert a <= {p for p in people if held_out("cmp_a", p, 2000)}
 
 
-def _member(pid: str, reasons: tuple[int, ...] = (), email: bool = True) -> tuple[str, tuple[int, ...], bool]:
-    return (pid, reasons, email)
+def test_a_person_is_reached_on_the_first_open_channel_of_the_order() -> None:
+    order = ("EMAIL", "SMS", "PUSH")
+    everywhere = lambda channel: True  # noqa: E731
+    assert reach(order, {}, everywhere) == Reach("EMAIL")
+    # A channel suppression closes that channel only; a global one closes all.
+    assert reach(order, {"EMAIL": (seg.SUPPRESSION_REASON_COMPLAINT,)}, everywhere) == Reach("SMS")
+    assert reach(order, {"ALL": (seg.SUPPRESSION_REASON_OPT_OUT,)}, everywhere) == Reach(None, "opt_out")
+    # Closed everywhere: counted under the first channel that was closed.
+    closed = {"EMAIL": (seg.SUPPRESSION_REASON_COMPLAINT,), "SMS": (2,), "PUSH": (seg.SUPPRESSION_REASON_DND_REGISTRY,)}
+    assert reach(order, closed, everywhere) == Reach(None, "complaint")
+    # A suppression on a channel the person has no address on closes nothing that was open.
+    only_push = lambda channel: channel == "PUSH"  # noqa: E731
+    assert reach(order, {"EMAIL": (seg.SUPPRESSION_REASON_COMPLAINT,)}, only_push) == Reach("PUSH")
+    assert reach(order, {"PUSH": (seg.SUPPRESSION_REASON_OPT_OUT,)}, only_push) == Reach(None, "opt_out")
+    assert reach(order, {}, lambda channel: False) == Reach(None, "no_contact")
 
 
-def test_suppression_wins_over_no_contact_and_holdout_is_drawn_from_the_reachable() -> None:
+def test_suppression_wins_over_the_holdout_which_is_drawn_from_the_reachable() -> None:
     names = [f"h{i}" for i in range(1000)]
     in_holdout = next(p for p in names if held_out("cmp", p, 5000))
     treated = next(p for p in names if not held_out("cmp", p, 5000))
-    # "a" would be held out too, and has no e-mail: the suppression is what counts.
+    # Would be held out too: the suppression is what counts.
     suppressed_held = next(p for p in names if held_out("cmp", p, 5000) and p != in_holdout)
-    members = [
-        _member(suppressed_held, (seg.SUPPRESSION_REASON_KYC_INCOMPLETE,), email=False),
-        _member("b", email=False),
-        _member(in_holdout),
-        _member(treated),
-    ]
+    reaches = {
+        suppressed_held: Reach(None, "kyc_incomplete"),
+        "b": Reach(None, "no_contact"),
+        in_holdout: Reach("EMAIL"),
+        treated: Reach("SMS"),
+    }
     result = sift(
-        members,
-        profile_id=lambda m: m[0],
-        reasons=lambda m: m[1],
-        reachable=lambda m: m[2],
+        list(reaches),
+        profile_id=lambda m: m,
+        reach_of=lambda m: reaches[m],
         campaign_key="cmp",
         holdout_basis_points=5000,
     )
@@ -63,4 +77,4 @@ def test_suppression_wins_over_no_contact_and_holdout_is_drawn_from_the_reachabl
         LeftOut("b", Exclusion.SUPPRESSED, "no_contact"),
         LeftOut(in_holdout, Exclusion.HELD_OUT, "holdout"),
     ]
-    assert [m[0] for m in result.eligible] == [treated]
+    assert result.eligible == [(treated, "SMS")]
