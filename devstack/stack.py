@@ -117,6 +117,8 @@ class Stack:
                 "XSELL_CHANNELS_PUSH_BASE_URL": f"http://127.0.0.1:{p.push}",
                 "XSELL_CHANNELS_SMS_STATUS_CALLBACK_URL": f"{self.gateway_http}/webhooks/sms/exotel/dev-sms-callback",
                 "XSELL_GATEWAY_SMS_CALLBACK_TOKEN": "dev-sms-callback",
+                # The provider sinks sign WhatsApp status webhooks with this (devstack.provider_sinks).
+                "XSELL_GATEWAY_WHATSAPP_APP_SECRET": "dev-whatsapp-app-secret",
                 # Consent and suppressions are asked again at the moment of sending.
                 "XSELL_CHANNELS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
                 "XSELL_CHANNELS_TRACKING_BASE_URL": self.gateway_http,

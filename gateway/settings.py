@@ -39,12 +39,12 @@ class GatewaySettings(ServiceSettings):
         default=2.0, description="Longest a tracking request waits for channels to record it before answering anyway."
     )
     whatsapp_app_secret: SecretStr = Field(
-        default=SecretStr("dev-whatsapp-app-secret"),
-        description="Meta app secret: the key of X-Hub-Signature-256 on WhatsApp webhooks.",
+        default=SecretStr(""),
+        description="Meta app secret: the key of X-Hub-Signature-256 on WhatsApp webhooks; empty refuses them all.",
     )
     whatsapp_verify_token: SecretStr = Field(
-        default=SecretStr("dev-whatsapp-verify-token"),
-        description="The verify token entered in Meta's webhook settings (GET /webhooks/whatsapp).",
+        default=SecretStr(""),
+        description="The verify token entered in Meta's webhook settings (GET /webhooks/whatsapp); empty refuses.",
     )
     sms_callback_token: SecretStr = Field(
         default=SecretStr(""),

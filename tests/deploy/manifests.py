@@ -244,7 +244,8 @@ def service_violations(docs: list[Doc]) -> list[str]:
 
 def network_violations(docs: list[Doc]) -> list[str]:
     """Default deny; each database only from its own service; NATS only from the services; the services only from
-    the gateway (segments also from campaigns); only channels may leave the cluster."""
+    the gateway (segments also from campaigns, and from channels for send-time suppressions); only channels may
+    leave the cluster."""
     problems: list[str] = []
     default_deny = [
         p
@@ -257,7 +258,7 @@ def network_violations(docs: list[Doc]) -> list[str]:
     if not default_deny:
         problems.append("no default-deny NetworkPolicy (all pods, Ingress and Egress, no rules)")
     expected = {
-        "segments": {"gateway", "campaigns"},
+        "segments": {"gateway", "campaigns", "channels"},
         "campaigns": {"gateway"},
         "channels": {"gateway"},
         "attribution": {"gateway"},

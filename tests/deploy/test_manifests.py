@@ -53,7 +53,7 @@ def test_each_database_admits_only_its_own_service(overlay: tuple[str, list[Doc]
     _, docs = overlay
     for process in ("segments", "campaigns", "channels", "attribution", "gateway"):
         assert admitted_sources(docs, find(docs, "StatefulSet", f"{process}-db")) == {process}
-    assert admitted_sources(docs, find(docs, "Deployment", "segments")) == {"gateway", "campaigns"}
+    assert admitted_sources(docs, find(docs, "Deployment", "segments")) == {"gateway", "campaigns", "channels"}
 
 
 def test_only_the_gateway_is_reachable_from_outside(overlay: tuple[str, list[Doc]]) -> None:
