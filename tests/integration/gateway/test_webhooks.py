@@ -183,3 +183,18 @@ async def test_when_channels_is_down_the_provider_is_asked_to_send_again(
     body = _status("delivered")
     async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
         assert response.status == 503
+
+
+async def test_without_configured_secrets_every_provider_callback_is_refused(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway()
+    body = _status("delivered")
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body, "")) as response:
+        assert response.status == 401
+    query = {"hub.mode": "subscribe", "hub.challenge": "1", "hub.verify_token": ""}
+    async with http.get(f"{gateway.http}/webhooks/whatsapp", params=query) as response:
+        assert response.status == 403
+    async with http.post(f"{gateway.http}/webhooks/sms/exotel/x", data={"CustomField": OUTREACH}) as response:
+        assert response.status == 401
+    assert downstream.services.calls == []
