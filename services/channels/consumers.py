@@ -226,11 +226,13 @@ class DispatchHandler:
                 )
                 if attempts is None:
                     return
-                await store.set_state(session, campaign_id, DeliveryState.SENDING, now=now)
+                # After the throttle's wait: the intent's time is when the hand-over starts.
+                intent_at = utcnow()
+                await store.set_state(session, campaign_id, DeliveryState.SENDING, now=intent_at)
                 await store.add_timeline(
                     session,
                     campaign_id,
-                    [TimelineStep(state_step(DeliveryState.SENDING), now, f"attempt {attempts + 1}")],
+                    [TimelineStep(state_step(DeliveryState.SENDING), intent_at, f"attempt {attempts + 1}")],
                 )
             started = time.perf_counter()
             try:
@@ -427,9 +429,9 @@ class DispatchHandler:
         return Prepared("email", False, hand_over)
 
     def _http(self, campaign_id: str, profile_id: str, adapter: HttpAdapter[M], message: M) -> Prepared:
-        request = adapter.request(campaign_id, profile_id, message)
-
         async def hand_over() -> Accepted:
+            # Built at the moment of sending: the webhook's signed timestamp must not age in the throttle's queue.
+            request = adapter.request(campaign_id, profile_id, message)
             url = URL(request.url)
             attributes: dict[str, str | int] = {
                 CAMPAIGN_ID: campaign_id,
