@@ -1,4 +1,4 @@
-"""The segments service as campaigns sees it: a segment's state and version, and its members page by page."""
+"""The segments service as campaigns sees it: a segment's state and version, and its members as a stream."""
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +30,6 @@ class AudienceMember:
 
     profile_id: str
     attributes: dict[str, object]
-    # The SuppressionReason numbers in force on the streamed channel; empty for people who may be contacted.
-    suppression_reasons: tuple[int, ...] = ()
     # Every suppression in force, as reasons per channel name ("ALL" for global ones, "SMS"...).
     suppressed_on: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -103,31 +101,6 @@ class SegmentsClient:
             return SegmentRef(segment.segment_id or segment_id, "PUBLISHED", segment.published_version)
         return SegmentRef(segment.segment_id or segment_id, state, segment.version)
 
-    async def list_members(
-        self, segment_id: str, attribute_names: Sequence[str], page_size: int, page_token: str
-    ) -> tuple[list[AudienceMember], str]:
-        """One page of members ordered by profile id, and the token of the next page ("" at the end)."""
-        request = service_pb2.ListSegmentMembersRequest(
-            segment_id=segment_id, attribute_names=list(attribute_names), page_size=page_size, page_token=page_token
-        )
-        try:
-            response = await self._stub.ListSegmentMembers(request, timeout=_CALL_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in _RETRYABLE:
-                raise _unavailable(error, "list the segment's members") from error
-            # NOT_FOUND, FAILED_PRECONDITION (archived)...: the run cannot progress until someone acts.
-            raise FailedPrecondition(
-                f"segments refused to list members of {segment_id} ({error.code().name}: {error.details()})"
-            ) from error
-        members = [
-            AudienceMember(
-                profile_id=member.profile_id,
-                attributes={name: attribute_value(value) for name, value in member.attributes.items()},
-            )
-            for member in response.members
-        ]
-        return members, response.next_page_token
-
     async def stream_members(
         self, segment_id: str, version: int, channel: int, attribute_names: Sequence[str], after_profile_id: str
     ) -> AsyncIterator[list[AudienceMember]]:
@@ -152,7 +125,6 @@ class SegmentsClient:
                     AudienceMember(
                         profile_id=member.profile_id,
                         attributes={name: attribute_value(value) for name, value in member.attributes.items()},
-                        suppression_reasons=tuple(member.suppression_reasons),
                         suppressed_on=suppressed_on(member.suppressions),
                     )
                     for member in response.members
