@@ -8,13 +8,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from plumbing.bus import Bus
 from plumbing.db import Database
@@ -501,3 +502,73 @@ async def test_a_channel_suppression_closes_that_channel_and_the_fallback_is_tri
         # cust-02 is counted under the first channel that closed (e-mail: complaint); cust-29 had only push.
         assert (counts.suppressed, counts.released) == (3, 27)
         assert _reasons(counts.suppressed_by_reason) == {"opt_out": 2, "complaint": 1}
+
+
+async def _runs(stack: Stack, key: str) -> list:  # type: ignore[type-arg]
+    async with stack.db.transaction() as session:
+        query = (
+            select(store.campaign_runs)
+            .where(store.campaign_runs.c.campaign_key == key)
+            .order_by(store.campaign_runs.c.occurrence_at)
+        )
+        return list((await session.execute(query)).all())
+
+
+async def _make_due(stack: Stack, run_id: str) -> None:
+    async with stack.db.transaction() as session:
+        await session.execute(
+            update(store.campaign_runs)
+            .where(store.campaign_runs.c.run_id == run_id)
+            .values(due_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+
+async def test_a_recurring_campaign_holds_out_the_same_people_every_run_and_reports_each_run(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    async with stack_of(database_url, nats_url, tmp_path) as stack:
+        campaign = _campaign(await _segment(stack), holdout_basis_points=2500)
+        campaign.schedule.recurrence.CopyFrom(S.Recurrence(frequency=S.RECURRENCE_FREQUENCY_DAILY))
+        key = await _launch(stack, campaign)
+        for expected_runs in (2, 3):
+            # Today's occurrence comes (made due now); its run completes and the next one is scheduled.
+            await _make_due(stack, (await _runs(stack, key))[-1].run_id)
+
+            async def next_scheduled(expected: int = expected_runs) -> bool:
+                runs = await _runs(stack, key)
+                return len(runs) == expected and all(run.completed_at is not None for run in runs[:-1])
+
+            await eventually(next_scheduled)
+
+        runs = await _runs(stack, key)
+        held_per_run = []
+        async with stack.db.transaction() as session:
+            for run in runs[:2]:
+                query = select(store.run_exclusions.c.profile_id).where(
+                    store.run_exclusions.c.run_id == run.run_id, store.run_exclusions.c.kind == "held_out"
+                )
+                held_per_run.append(set((await session.execute(query)).scalars()))
+        assert held_per_run[0] == held_per_run[1] == {p for p in PEOPLE if p != NO_EMAIL and held_out(key, p, 2500)}
+        assert held_per_run[0]
+
+        # Newest first, one per page; the scheduled third run has no counts yet.
+        listed, token = [], ""
+        while True:
+            page = await stack.campaigns.ListCampaignRuns(
+                service_pb2.ListCampaignRunsRequest(campaign_key=key, page_size=1, page_token=token)
+            )
+            assert len(page.runs) == 1
+            listed.extend(page.runs)
+            token = page.next_page_token
+            if not token:
+                break
+        assert [run.run_id for run in listed] == [run.run_id for run in reversed(runs)]
+        assert listed[0].counts == resources_pb2.ReportCounts() and not listed[0].HasField("complete_time")
+        per_run = [run.counts for run in listed[1:]]
+        assert all((c.audience, c.held_out, c.suppressed) == (30, len(held_per_run[0]), 1) for c in per_run)
+        total = await _report(stack, key)
+        assert (total.audience, total.held_out, total.released) == (
+            60,
+            2 * len(held_per_run[0]),
+            2 * per_run[0].released,
+        )
