@@ -1,4 +1,5 @@
-"""The per-person lock that makes cap checks race-safe across processes, on a real PostgreSQL.
+"""The contact ledger: the per-person lock that makes cap checks race-safe across processes (on a real
+PostgreSQL), and withdrawal versus dispatch of one outreach (on both databases).
 
 Two release pages in two transactions (as two campaigns replicas would run them) touch the same
 person: the second waits for the first to commit, then sees its ledger entry. SQLite needs no such
@@ -69,6 +70,7 @@ async def _outreach(db: Database, campaign_id: str, profile_id: str) -> None:
                     "labels": [],
                     "category": 1,
                     "created_at": NOW,
+                    "ordinal": int(campaign_id[-4:]),
                 }
             ],
         )
@@ -141,3 +143,34 @@ async def test_other_people_do_not_wait(db: Database) -> None:
         await store.lock_people(session, ["cust-2", "cust-3"])
     first_may_commit.set()
     await first
+
+
+@pytest.fixture
+async def any_db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate(MIGRATIONS)
+    yield database
+    await database.dispose()
+
+
+async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(any_db: Database) -> None:
+    for campaign_id in ("LEDG-NOV-T00-0001", "LEDG-NOV-T00-0002"):
+        await _outreach(any_db, campaign_id, f"cust-{campaign_id[-1]}")
+        async with any_db.transaction() as session:
+            await store.insert_contacts(session, [_contact(campaign_id, f"cust-{campaign_id[-1]}")])
+    later = NOW + timedelta(minutes=1)
+    async with any_db.transaction() as session:
+        assert await store.mark_dispatched(session, ["LEDG-NOV-T00-0001"], NOW) == {"LEDG-NOV-T00-0001"}
+        # Dispatched first: a better campaign can no longer take its place (the page is retried).
+        assert not await store.withdraw_outreaches(session, ["LEDG-NOV-T00-0001"], later)
+        withdrawn = await store.withdraw_outreaches(session, ["LEDG-NOV-T00-0002"], later)
+        assert [(w.campaign_id, w.profile_id, w.run_id) for w in withdrawn] == [
+            ("LEDG-NOV-T00-0002", "cust-2", "run_1")
+        ]
+        # Withdrawn first: the dispatch page leaves it out, and so does the next one.
+        assert await store.mark_dispatched(session, ["LEDG-NOV-T00-0002"], later) == set()
+        assert not await store.dispatchable(session, "run_1", 10, later, 10)
+        assert await store.undispatched(session, "run_1") == 0
+        # Off the ledger: it no longer counts against anyone's caps.
+        contacts = await store.recent_contacts(session, ["cust-1", "cust-2"], NOW - timedelta(days=1))
+        assert [row.campaign_id for row in contacts] == ["LEDG-NOV-T00-0001"]
