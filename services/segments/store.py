@@ -308,10 +308,21 @@ async def insert_segment(session: AsyncSession, segment: SegmentRow) -> None:
     await session.execute(insert(segments).values(**segment.__dict__))
 
 
+def _segments_with_counts() -> Select[Any]:
+    """The segments' columns with member_count including the deltas not folded yet."""
+    pending = (
+        select(func.coalesce(func.sum(segment_count_deltas.c.delta), 0))
+        .where(segment_count_deltas.c.segment_id == segments.c.segment_id)
+        .scalar_subquery()
+    )
+    columns = [c for c in segments.c if c.name != "member_count"]
+    return select(*columns, (segments.c.member_count + pending).label("member_count"))
+
+
 async def get_segment(session: AsyncSession, segment_id: str, *, for_update: bool = False) -> SegmentRow | None:
-    query = select(segments).where(segments.c.segment_id == segment_id)
+    query = _segments_with_counts().where(segments.c.segment_id == segment_id)
     if for_update:
-        query = query.with_for_update()
+        query = query.with_for_update(of=segments)
     row = (await session.execute(query)).first()
     return SegmentRow.of(row) if row is not None else None
 
@@ -326,7 +337,7 @@ async def segment_states(session: AsyncSession, segment_ids: Iterable[str]) -> d
 
 async def list_segments(session: AsyncSession, before_id: str | None, limit: int) -> list[SegmentRow]:
     """Newest first: segment ids are time-ordered ULIDs, so the id is the keyset."""
-    query = select(segments).order_by(segments.c.segment_id.desc()).limit(limit)
+    query = _segments_with_counts().order_by(segments.c.segment_id.desc()).limit(limit)
     if before_id:
         query = query.where(segments.c.segment_id < before_id)
     return [SegmentRow.of(row) for row in await session.execute(query)]
@@ -363,15 +374,6 @@ async def mark_published(session: AsyncSession, segment_id: str, member_count: i
         .where(segments.c.segment_id == segment_id)
         .values(state=PUBLISHED, member_count=member_count, publish_time=now)
     )
-
-
-async def add_member_count(session: AsyncSession, segment_id: str, delta: int) -> None:
-    if delta:
-        await session.execute(
-            update(segments)
-            .where(segments.c.segment_id == segment_id)
-            .values(member_count=segments.c.member_count + delta)
-        )
 
 
 # --- memberships ------------------------------------------------------------------------------
@@ -414,14 +416,34 @@ async def apply_membership_changes(
         deltas[segment_id] = deltas.get(segment_id, 0) + 1
     for segment_id, profile_ids in exited.items():
         deltas[segment_id] = deltas.get(segment_id, 0) - len(profile_ids)
-    changed = [{"target": s, "delta": d} for s, d in sorted(deltas.items()) if d]
+    changed = [{"segment_id": s, "delta": d} for s, d in sorted(deltas.items()) if d]
     if changed:
+        await session.execute(insert(segment_count_deltas), changed)
+
+
+async def fold_member_counts(session: AsyncSession) -> int:
+    """Moves the pending count deltas into segments.member_count; returns how many deltas it folded.
+
+    One DELETE … RETURNING takes exactly the deltas it removes (a delta committed meanwhile stays for the
+    next fold), so no change is counted twice or lost.
+    """
+    taken = (
+        await session.execute(
+            delete(segment_count_deltas).returning(segment_count_deltas.c.segment_id, segment_count_deltas.c.delta)
+        )
+    ).all()
+    totals: dict[str, int] = {}
+    for segment_id, delta in taken:
+        totals[segment_id] = totals.get(segment_id, 0) + int(delta)
+    rows = [{"target": s, "delta": d} for s, d in sorted(totals.items()) if d]
+    if rows:
         await session.execute(
             update(segments)
             .where(segments.c.segment_id == bindparam("target"))
             .values(member_count=segments.c.member_count + bindparam("delta")),
-            changed,
+            rows,
         )
+    return len(taken)
 
 
 async def add_members(session: AsyncSession, segment: SegmentRow, profile_ids: Sequence[str], now: datetime) -> None:
@@ -523,6 +545,18 @@ sweeps = Table(
     Column("swept_until", DateTime(timezone=True), nullable=False),
 )
 
+# Member-count changes appended by membership refresh, folded into segments.member_count by the sweeper.
+# Batches never update the segment row itself, so on PostgreSQL they do not queue on one hot row per
+# segment; a segment's count is member_count plus its pending deltas (SegmentRow reads both).
+segment_count_deltas = Table(
+    "segment_count_deltas",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("segment_id", String(64), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Index("ix_segment_count_deltas_segment", "segment_id"),
+)
+
 
 @dataclass(frozen=True)
 class VersionRow:
@@ -597,7 +631,11 @@ async def archive_versions(session: AsyncSession, segment_id: str, now: datetime
 
 
 async def make_head(session: AsyncSession, version: VersionRow, member_count: int, now: datetime) -> None:
-    """The published version becomes the maintained definition of its segment."""
+    """The published version becomes the maintained definition of its segment, with its counted members.
+
+    The caller holds the maintenance lock (no batch is adding deltas), so pending deltas are dropped.
+    """
+    await session.execute(delete(segment_count_deltas).where(segment_count_deltas.c.segment_id == version.segment_id))
     await session.execute(
         update(segments)
         .where(segments.c.segment_id == version.segment_id)
@@ -616,6 +654,7 @@ async def make_head(session: AsyncSession, version: VersionRow, member_count: in
 async def mark_archived(session: AsyncSession, segment_id: str) -> None:
     """Stops maintenance: the segment leaves the live set and its memberships go in one statement."""
     await session.execute(delete(memberships).where(memberships.c.segment_id == segment_id))
+    await session.execute(delete(segment_count_deltas).where(segment_count_deltas.c.segment_id == segment_id))
     await session.execute(
         update(segments).where(segments.c.segment_id == segment_id).values(state=ARCHIVED, member_count=0)
     )

@@ -78,6 +78,8 @@ class Sweeper:
                     refreshed += await self._refresh_lapsed_events(spans, now)
             async with self.db.transaction() as session:
                 await store.set_swept_until(session, SWEEP_NAME, max(now, since) if since else now)
+            async with self.db.transaction() as session:
+                span.set_attribute("segments.sweep.count_deltas_folded", await store.fold_member_counts(session))
             span.set_attribute("segments.sweep.refreshed", refreshed)
         if refreshed:
             log.info("windows_swept", refreshed=refreshed)
