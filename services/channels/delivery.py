@@ -104,7 +104,7 @@ class OutgoingEmail:
 def validate_email(channel: str, email: OutgoingEmail | None) -> OutgoingEmail:
     """The e-mail to send, or MalformedDispatch saying what the request lacks."""
     if channel != "CHANNEL_EMAIL":
-        raise MalformedDispatch(f"channel {channel} has no provider adapter yet; only CHANNEL_EMAIL is delivered")
+        raise MalformedDispatch(f"channel is {channel} but the request was read as an e-mail; only CHANNEL_EMAIL is")
     if email is None:
         raise MalformedDispatch("channel is CHANNEL_EMAIL but the request carries no email message")
     address = email.to_address.strip()

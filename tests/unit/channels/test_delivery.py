@@ -51,7 +51,7 @@ def test_valid_email_is_returned_trimmed() -> None:
         ("CHANNEL_EMAIL", _email(to_address=" "), "to_address is empty"),
         ("CHANNEL_EMAIL", _email(to_address="not-an-address"), "local@domain"),
         ("CHANNEL_EMAIL", _email(html_body="", text_body=" "), "neither html_body nor text_body"),
-        ("CHANNEL_SMS", _email(), "only CHANNEL_EMAIL"),
+        ("CHANNEL_SMS", _email(), "read as an e-mail"),
     ],
 )
 def test_malformed_requests_say_what_is_missing(channel: str, email: OutgoingEmail | None, says: str) -> None:
