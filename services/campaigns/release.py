@@ -18,6 +18,7 @@ from services import streams
 from services.campaigns import store
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
+from services.campaigns.caps import LOOKBACK
 from services.campaigns.content import CompiledContent, compile_content, contact_address, unavailable_reason
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
@@ -37,6 +38,7 @@ from xsell.campaigns.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 
+LEDGER_PRUNE_INTERVAL = timedelta(hours=1)
 SYSTEM_ACTOR = "system"
 """The actor of automatic transitions in the audit log (a scheduled start, completion, an automatic pause)."""
 
@@ -86,6 +88,7 @@ class ReleaseRunner:
         self.clock = clock
         self.library = library or ContentLibrary()
         self.gate = AudienceGate(outbox, one_offer_per_day=one_offer_per_day)
+        self._pruned_at: datetime | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -109,8 +112,15 @@ class ReleaseRunner:
         self._wake.set()
 
     async def release_due(self) -> None:
+        now = self.clock()
+        if self._pruned_at is None or now - self._pruned_at >= LEDGER_PRUNE_INTERVAL:
+            # No cap looks further back than LOOKBACK, so older ledger entries can never count again.
+            async with self.db.transaction() as session:
+                pruned = await store.prune_contacts(session, now - LOOKBACK)
+            self._pruned_at = now
+            log.info("contact_ledger_pruned", entries=pruned)
         async with self.db.transaction() as session:
-            runs = await store.due_runs(session, self.clock())
+            runs = await store.due_runs(session, now)
         for run in runs:
             if self._stopping.is_set():
                 return

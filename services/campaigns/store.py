@@ -598,6 +598,8 @@ contact_ledger = Table(
     Column("offer_value_minor", BigInteger, nullable=False),
     Column("launched_at", UtcDateTime, nullable=False),
     Index("ix_contact_ledger_profile_time", "profile_id", "contacted_at"),
+    # Entries older than any cap's period are pruned by time (0006).
+    Index("ix_contact_ledger_contacted_at", "contacted_at"),
 )
 
 
@@ -638,6 +640,12 @@ async def recent_contacts(session: AsyncSession, profile_ids: Sequence[str], sin
 async def insert_contacts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         await session.execute(insert(contact_ledger), list(rows))
+
+
+async def prune_contacts(session: AsyncSession, before: datetime) -> int:
+    """Deletes ledger entries older than `before`; the outreaches themselves are kept."""
+    result = await session.execute(delete(contact_ledger).where(contact_ledger.c.contacted_at < before))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def insert_exclusions(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from plumbing.db import Database
 from services.campaigns import store
 from services.campaigns.app import MIGRATIONS
+from services.campaigns.caps import LOOKBACK
 from tests.waiting import eventually
 
 NOW = datetime.now(UTC)
@@ -174,3 +175,17 @@ async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(any_db: 
         # Off the ledger: it no longer counts against anyone's caps.
         contacts = await store.recent_contacts(session, ["cust-1", "cust-2"], NOW - timedelta(days=1))
         assert [row.campaign_id for row in contacts] == ["LEDG-NOV-T00-0001"]
+
+
+async def test_entries_older_than_any_caps_period_are_pruned(any_db: Database) -> None:
+    await _outreach(any_db, "LEDG-NOV-T00-0001", "cust-1")
+    await _outreach(any_db, "LEDG-NOV-T00-0002", "cust-2")
+    old = {**_contact("LEDG-NOV-T00-0001", "cust-1"), "contacted_at": NOW - LOOKBACK - timedelta(hours=1)}
+    async with any_db.transaction() as session:
+        await store.insert_contacts(session, [old, _contact("LEDG-NOV-T00-0002", "cust-2")])
+    async with any_db.transaction() as session:
+        assert await store.prune_contacts(session, NOW - LOOKBACK) == 1
+        kept = await store.recent_contacts(session, ["cust-1", "cust-2"], NOW - timedelta(days=30))
+        assert [row.campaign_id for row in kept] == ["LEDG-NOV-T00-0002"]
+        # The outreach itself stays: only its place in the caps' ledger is gone.
+        assert await store.get_outreach(session, "LEDG-NOV-T00-0001") is not None
