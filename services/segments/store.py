@@ -216,17 +216,18 @@ async def existing_profiles(session: AsyncSession, profile_ids: Iterable[str]) -
 async def ensure_profiles(session: AsyncSession, profile_ids: Iterable[str], now: datetime) -> set[str]:
     """Creates empty profiles for ids not seen yet (events may arrive before the CRM feed); returns those ids.
 
-    Under concurrency another batch may create one of them first (the insert then skips it): the
-    returned set may name a profile that existed a moment ago, never miss one that is new.
+    One INSERT … ON CONFLICT DO NOTHING RETURNING: exactly the rows this statement created come back.
     """
-    wanted = set(profile_ids)
-    new = sorted(wanted - await existing_profiles(session, wanted))
-    rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in new]
-    if rows:
-        await session.execute(
-            upsert_insert(session, profiles).on_conflict_do_nothing(index_elements=["profile_id"]), rows
-        )
-    return set(new)
+    rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in sorted(set(profile_ids))]
+    if not rows:
+        return set()
+    statement = (
+        upsert_insert(session, profiles)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["profile_id"])
+        .returning(profiles.c.profile_id)
+    )
+    return set((await session.execute(statement)).scalars())
 
 
 async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
@@ -1092,7 +1093,7 @@ async def lock_profiles(session: AsyncSession, profile_ids: Iterable[str]) -> No
     takes KEY SHARE). SQLite's BEGIN IMMEDIATE already serialises.
     """
     ids = sorted(set(profile_ids))
-    if ids:
+    if ids and dialect_of(session) == "postgresql":
         query = (
             select(profiles.c.profile_id)
             .where(profiles.c.profile_id.in_(ids))
