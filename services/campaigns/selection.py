@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.outbox import Outbox
@@ -18,6 +20,8 @@ from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import AudienceMember
 from xsell.campaigns.v1 import events_pb2, resources_pb2
 from xsell.type.v1 import money_pb2
+
+log = structlog.get_logger(__name__)
 
 
 class ContactsChanged(Exception):
@@ -149,14 +153,20 @@ class AudienceGate:
         )
         held = [out for out in left_out if out.kind == Exclusion.HELD_OUT]
         await self.outbox.add_rows(session, [self._holdout_event(campaign, run, out.profile_id, now) for out in held])
+        suppressed = sum(1 for out in left_out if out.kind == Exclusion.SUPPRESSED)
         await store.add_run_counts(
-            session,
-            run.run_id,
-            audience=len(members),
-            held_out=len(held),
-            suppressed=sum(1 for out in left_out if out.kind == Exclusion.SUPPRESSED),
-            capped=len(capped),
+            session, run.run_id, audience=len(members), held_out=len(held), suppressed=suppressed, capped=len(capped)
         )
+        decided = {
+            "audience": len(members),
+            "suppressed": suppressed,
+            "held_out": len(held),
+            "capped": len(capped),
+            "withdrawn": len(withdrawn_rows),
+        }
+        # Counts only (no person): who exactly is in run_exclusions, for "why did they not get it?".
+        trace.get_current_span().set_attributes({f"campaign.page.{name}": count for name, count in decided.items()})
+        log.info("audience_page_decided", **decided)
         no_contact = sum(1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == NO_CONTACT)
         return Admitted([m for m, _ in eligible], {m.profile_id: channel for m, channel in eligible}, no_contact)
 

@@ -15,6 +15,8 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
 
 from plumbing.bus import Bus
@@ -49,6 +51,7 @@ class Stack:
     campaigns: service_pb2_grpc.CampaignsServiceStub
     segments: seg_grpc.SegmentsServiceStub
     db: Database
+    spans: InMemorySpanExporter
 
 
 @asynccontextmanager
@@ -56,6 +59,8 @@ async def stack_of(
     database_url: str, nats_url: str, tmp_path: Path, *, one_offer_per_day: bool = False
 ) -> AsyncIterator[Stack]:
     provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     segments_process = await build_segments(
         SegmentsSettings(  # type: ignore[call-arg]
             grpc_port=0,
@@ -92,6 +97,7 @@ async def stack_of(
                 service_pb2_grpc.CampaignsServiceStub(campaigns_channel),
                 seg_grpc.SegmentsServiceStub(segments_channel),
                 db,
+                spans,
             )
             await _audience(stack)
             yield stack
@@ -345,6 +351,17 @@ async def test_suppressed_and_held_out_people_get_no_outreach_and_every_count_is
         assert (counts.released, counts.dispatched, counts.render_failed) == (released, released, 0)
         assert (counts.sent, counts.delivered, counts.opened, counts.clicked) == (3, 2, 2, 1)
         assert (counts.failed, counts.replied, counts.complained) == (0, 0, 0)
+
+        # Each release page's span says how many it left out and why (counts only, no person).
+        pages = [
+            span.attributes or {}
+            for span in stack.spans.get_finished_spans()
+            if span.name == "campaign.release_page" and (span.attributes or {}).get("campaign.key") == key
+        ]
+        assert len(pages) == 8  # 30 members, pages of four
+        assert sum(int(page["campaign.page.audience"]) for page in pages) == 30
+        assert sum(int(page["campaign.page.suppressed"]) for page in pages) == 4
+        assert sum(int(page["campaign.page.held_out"]) for page in pages) == len(held)
 
         runs = (await stack.campaigns.ListCampaignRuns(service_pb2.ListCampaignRunsRequest(campaign_key=key))).runs
         assert len(runs) == 1 and runs[0].counts == counts
