@@ -133,6 +133,10 @@ class ProviderSink:
         self._runner: web.AppRunner | None = None
         # Called after a message is accepted, like a provider's delivery report; failures are kept, not raised.
         self.on_accept: Callable[[Received, Json], Awaitable[None]] | None = None
+        # While `held` is set, requests wait before they are answered: tests watch how many a client has in flight.
+        self.held: asyncio.Event | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.callback_errors: list[str] = []
         self._callbacks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
@@ -181,7 +185,26 @@ class ProviderSink:
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)
 
+    def hold(self) -> None:
+        """Requests wait unanswered until `release`."""
+        self.held = asyncio.Event()
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.set()
+            self.held = None
+
     async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.held is not None:
+                await self.held.wait()
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         fault: Fault | None = None
         try:

@@ -42,9 +42,15 @@ class Throttle:
         self._clock = clock
         self._bucket = TokenBucket(rate, burst, now=clock())
         self._slots = asyncio.Semaphore(concurrency)
+        self.waiting = 0
+        """Callers waiting for a free slot now."""
 
     async def __aenter__(self) -> None:
-        await self._slots.acquire()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
         try:
             wait = self._bucket.take(self._clock())
             if wait > 0:

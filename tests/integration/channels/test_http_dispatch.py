@@ -345,3 +345,35 @@ async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_s
         assert servicer.asked == [("prof_1", channel_pb2.CHANNEL_SMS)]
     finally:
         await server.stop(0)
+
+
+async def test_a_provider_never_has_more_calls_in_flight_than_its_concurrency(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    provider_sinks.sms.hold()
+    campaign_ids = [new_campaign_id() for _ in range(6)]
+    # Published before channels starts, so that its first fetch takes all six at once.
+    for campaign_id in campaign_ids:
+        await publish(nats_bus, dispatch_on("sms", campaign_id))
+    channels = await start_channels(
+        smtp_relay.port,
+        dispatch_concurrency=8,
+        provider_concurrency={"sms": 2},
+        **provider_sinks.channels_settings(),
+    )
+    consumer = next(task for task in channels.process.tasks if task.name == "dispatch-consumer")
+    throttle = consumer.run.__self__.handler.providers.throttles["sms"]  # type: ignore[attr-defined]
+
+    async def two_at_the_provider_and_four_waiting() -> bool:
+        return provider_sinks.sms.in_flight == 2 and throttle.waiting == 4
+
+    # The provider holds two calls unanswered; the other four wait in the replica for a slot.
+    await eventually(two_at_the_provider_and_four_waiting)
+    provider_sinks.sms.release()
+    for campaign_id in campaign_ids:
+        await published_state(listener, campaign_id, SENT)
+    assert provider_sinks.sms.most_in_flight == 2
