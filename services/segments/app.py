@@ -41,9 +41,10 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)
     await engagement.declare()
     await conversion.declare()
-    # One batch at a time per process: a durable's batches apply in order, and memory holds a few at most.
+    # A few batches at once on PostgreSQL, one on SQLite's single writer; memory holds that many batches at most.
+    concurrency = settings.bulk_ingest_concurrency or (1 if db.is_sqlite else 4)
     bulk_ingest = Consumer(
-        bus, streams.SEGMENTS_BULK_INGEST, IngestEventsRequest, handlers.on_bulk_ingest, tracer, concurrency=1
+        bus, streams.SEGMENTS_BULK_INGEST, IngestEventsRequest, handlers.on_bulk_ingest, tracer, concurrency=concurrency
     )
     await bulk_ingest.declare()
     sweeper = Sweeper(db, servicer.activity, tracer, settings.sweep_interval_seconds)

@@ -33,6 +33,14 @@ class SegmentsSettings(ServiceSettings):
         description="How often memberships that change with time alone (lapsing event windows) are swept.",
         gt=0,
     )
+    bulk_ingest_concurrency: int | None = Field(
+        None,
+        description="NATS bulk-ingest batches applied at once per process; unset: 1 on SQLite (one writer), 4 on "
+        "PostgreSQL (batches on different people run side by side). Order does not matter: events carry their "
+        "own times and ids, and every batch re-evaluates the current state.",
+        ge=1,
+        le=32,
+    )
     stream_page_size: int = Field(
         1000, description="Members per StreamSegmentMembers message, read one page at a time.", ge=1, le=10000
     )
