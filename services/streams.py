@@ -72,3 +72,6 @@ SEGMENTS_BULK_INGEST = _consumer(
 # and the automatic pause when bounces, complaints or opt-outs in a run's released part cross a threshold.
 CAMPAIGNS_DELIVERY = _consumer(CHANNELS_STREAM, "campaigns-delivery", DELIVERY_UPDATED)
 CAMPAIGNS_ENGAGEMENT = _consumer(CHANNELS_STREAM, "campaigns-engagement", ENGAGEMENT_RECORDED)
+# Campaigns starts triggered campaigns' outreaches on segment entries (a person entering a segment is
+# the trigger; see docs/campaigns.md#triggers).
+CAMPAIGNS_TRIGGERS = _consumer(SEGMENTS_STREAM, "campaigns-triggers", MEMBERSHIP_CHANGED)

@@ -20,10 +20,12 @@ from plumbing.outbox import utcnow
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
 from services.campaigns.api_reports import ReportsApi
+from services.campaigns.automation import automation_from_proto, automation_of
 from services.campaigns.campaigns import CampaignState, plan_launch, require_published
 from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto
 from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import SegmentsClient
+from services.campaigns.triggers import TriggerCatalog
 from xsell.campaigns.v1 import service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -70,8 +72,10 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
         on_launch: Callable[[], None],
         content: ContentServices,
         require_approval: bool = True,
+        triggers: TriggerCatalog | None = None,
     ) -> None:
         self.content = content
+        self.triggers = triggers or TriggerCatalog(version="")
         self.db = db
         self.idempotency = idempotency
         self.segments = segments
@@ -136,6 +140,7 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
         if previous is not None:
             return previous
         spec = await self.validated_spec(request.campaign)
+        automation = automation_from_proto(request.campaign, self.triggers, spec.trigger_code)
         # The segments call happens outside any transaction: a SQLite write lock must not wait on the network.
         segment = await self.segments.get_segment(spec.segment_id)
         require_published(spec.segment_id, segment.state)
@@ -156,6 +161,7 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
                     "launched_at": None,
                     "version": 1,
                     "author": actor,
+                    "automation": automation.to_json(),
                 },
             )
             row = await self._record(session, campaign_key, action="created", actor=actor, snapshot=True)
@@ -199,17 +205,19 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
             if not await store.mark_launched(session, row.campaign_key, row.state, plan.state.value, now):
                 raise Aborted(f"campaign {row.campaign_key} changed while launching; retry", field="campaign_key")
             await store.ensure_counter(session, row.programme, plan.month, row.trigger_code)
-            await store.insert_run(
-                session,
-                {
-                    "run_id": new_id("run_"),
-                    "campaign_key": row.campaign_key,
-                    "month": plan.month,
-                    "due_at": plan.due_at,
-                    "occurrence_at": plan.due_at,
-                    "created_at": now,
-                },
-            )
+            # A triggered campaign has no run to release: each trigger creates its outreach (trigger_handler).
+            if automation_of(row).trigger is None:
+                await store.insert_run(
+                    session,
+                    {
+                        "run_id": new_id("run_"),
+                        "campaign_key": row.campaign_key,
+                        "month": plan.month,
+                        "due_at": plan.due_at,
+                        "occurrence_at": plan.due_at,
+                        "created_at": now,
+                    },
+                )
             launched = await self._record(session, row.campaign_key, action="launched", actor=actor, snapshot=False)
             return service_pb2.LaunchCampaignResponse(campaign=campaign_proto(launched))
 
@@ -263,6 +271,7 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
         if previous is not None:
             return previous
         spec = await self.validated_spec(request.campaign)
+        automation = automation_from_proto(request.campaign, self.triggers, spec.trigger_code)
         segment = await self.segments.get_segment(spec.segment_id)
         require_published(spec.segment_id, segment.state)
         actor = caller_of(context)
@@ -283,6 +292,7 @@ class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServ
                 "version": row.version + 1,
                 "author": actor,
                 "approver": None,
+                "automation": automation.to_json(),
             }
             if not await store.transition(session, row.campaign_key, row.state, row.version, values):
                 raise Aborted(

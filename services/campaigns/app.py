@@ -17,12 +17,18 @@ from services.campaigns.api import CampaignsApi
 from services.campaigns.api_content import ContentServices
 from services.campaigns.consumers import OutreachSignals
 from services.campaigns.content_files import load_library
+from services.campaigns.outreach_maker import OutreachMaker
+from services.campaigns.person_client import PersonLookup
 from services.campaigns.profiles_client import ProfileDirectory
 from services.campaigns.release import ReleaseRunner
+from services.campaigns.resend_runner import ResendRunner
 from services.campaigns.segments_client import SegmentsClient
 from services.campaigns.settings import CampaignsSettings
+from services.campaigns.trigger_handler import TriggerHandler
+from services.campaigns.triggers import load_trigger_catalog
 from xsell.campaigns.v1 import service_pb2_grpc
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
+from xsell.segments.v1.events_pb2 import MembershipChanged
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "xsell.campaigns.v1.CampaignsService"
@@ -32,6 +38,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     tracer = provider.get_tracer("xsell.campaigns")
     # Read first: a malformed catalog or registry stops the start before anything else is opened.
     library = load_library(settings.product_catalog_file, settings.template_registry_file)
+    triggers = load_trigger_catalog(settings.trigger_catalog_file)
     db = Database(settings.resolved_database_url("campaigns"))
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
@@ -59,6 +66,24 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
             ProfileDirectory(segments_channel), library, Outbox(store.outbox, on_commit=relay.notify), tracer
         ),
         require_approval=settings.require_approval,
+        triggers=triggers,
+    )
+    # Triggers and resends create outreaches one by one, through the same gate as the release runner.
+    follow_up_outbox = Outbox(store.outbox, on_commit=relay.notify)
+    maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, library)
+    people = PersonLookup(segments_channel)
+    trigger_handler = TriggerHandler(db, people, maker)
+    trigger_consumer = Consumer(
+        bus, streams.CAMPAIGNS_TRIGGERS, MembershipChanged, trigger_handler.on_membership_changed, tracer
+    )
+    await trigger_consumer.declare()
+    resends = ResendRunner(
+        db,
+        people,
+        maker,
+        follow_up_outbox,
+        page_size=settings.release_page_size,
+        poll_interval=settings.release_poll_seconds,
     )
     signals = OutreachSignals(db)
     delivery_consumer = Consumer(bus, streams.CAMPAIGNS_DELIVERY, DeliveryUpdated, signals.on_delivery, tracer)
@@ -79,6 +104,8 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
             BackgroundTask("release-runner", runner.run, runner.stop),
             BackgroundTask("delivery-consumer", delivery_consumer.run, delivery_consumer.stop),
             BackgroundTask("engagement-consumer", engagement_consumer.run, engagement_consumer.stop),
+            BackgroundTask("trigger-consumer", trigger_consumer.run, trigger_consumer.stop),
+            BackgroundTask("follow-up-runner", resends.run, resends.stop),
         ],
         # Closed in reverse: the segments channel first, then NATS drains, then the database.
         closers=[db.dispose, bus.drain, close_segments_channel],

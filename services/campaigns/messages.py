@@ -6,6 +6,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
+from services.campaigns.automation import automation_of, fill_automation
 from services.campaigns.campaigns import CampaignSpec, CampaignState
 from services.campaigns.content import (
     ContentTemplates,
@@ -321,6 +322,7 @@ def campaign_proto(row: Any) -> resources_pb2.Campaign:
     if row.launched_at is not None:
         campaign.launch_time.CopyFrom(timestamp(row.launched_at))
     fill_options(campaign, DeliveryOptions.from_json(row.options))
+    fill_automation(campaign, automation_of(row))
     return campaign
 
 
@@ -341,6 +343,7 @@ def outreach_proto(row: Any) -> resources_pb2.Outreach:
         create_time=timestamp(values["created_at"]),
         test=bool(values.get("test", False)),
         run_id=values["run_id"],
+        resend_of=values.get("resend_of") or "",
     )
 
 

@@ -16,6 +16,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
+from services.campaigns.automation import automation_of
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
 from services.campaigns.caps import LOOKBACK
@@ -443,6 +444,10 @@ class ReleaseRunner:
             await store.schedule_run(session, campaign, following, month_code(following, campaign.time_zone), now)
             await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.SCHEDULED)
             action, state, note = "run_completed", CampaignState.SCHEDULED, f"next occurrence {following.isoformat()}"
+        elif automation_of(campaign).resend is not None:
+            # Stays RUNNING (so it can still be paused or cancelled) until the resend runner has decided
+            # every resend; it completes the campaign then.
+            action, state, note = "run_completed", CampaignState.RUNNING, "waiting for resends"
         else:
             await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED)
             action, state, note = "completed", CampaignState.COMPLETED, ""

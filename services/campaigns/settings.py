@@ -5,6 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
 from services.campaigns.content_files import DEFAULT_PRODUCT_CATALOG, DEFAULT_TEMPLATE_REGISTRY
+from services.campaigns.triggers import DEFAULT_TRIGGER_CATALOG
 
 
 class CampaignsSettings(ServiceSettings):
@@ -33,6 +34,11 @@ class CampaignsSettings(ServiceSettings):
     product_catalog_file: str = Field(
         str(DEFAULT_PRODUCT_CATALOG),
         description="YAML product catalog {{ recommendations }} are chosen from; empty means no products.",
+    )
+    trigger_catalog_file: str = Field(
+        str(DEFAULT_TRIGGER_CATALOG),
+        description="YAML trigger catalog (T01 EMI calculator used...); a triggered campaign's trigger_code must be "
+        "in it; empty means no campaign can be triggered.",
     )
     template_registry_file: str = Field(
         str(DEFAULT_TEMPLATE_REGISTRY),

@@ -36,12 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import UtcDateTime, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.ids import new_id
-from plumbing.outbox import outbox_table
+from plumbing.outbox import inbox_table, outbox_table
 from services.campaigns.campaign_ids import SequenceBlock
 
 metadata = MetaData()
 outbox = outbox_table(metadata)
 idempotency = idempotency_table(metadata)
+# Which MembershipChanged messages the trigger consumer has applied (0007).
+inbox = inbox_table(metadata)
 
 campaigns = Table(
     "campaigns",
@@ -81,6 +83,8 @@ campaigns = Table(
     # channel names tried, in order, when a person cannot be reached on `channel`.
     Column("channel_content", JSON, nullable=True),
     Column("fallback_channels", JSON, nullable=True),
+    # Triggers and resends (0007): services.campaigns.automation.Automation as JSON.
+    Column("automation", JSON, nullable=True),
 )
 
 # Every transition of every campaign, oldest first by seq: who did what to which version, and when.
@@ -138,6 +142,9 @@ campaign_runs = Table(
     Column("held_out", BigInteger, nullable=False, server_default="0"),
     Column("suppressed", BigInteger, nullable=False, server_default="0"),
     Column("capped", BigInteger, nullable=False, server_default="0"),
+    # "release" (the runner materialises the segment), "trigger" (a triggered campaign's local day) or
+    # "resend" (the resends of one run's outreaches) (0007).
+    Column("kind", String(10), nullable=False, server_default="release"),
     Index("ix_campaign_runs_open", "completed_at", "due_at"),
     UniqueConstraint("campaign_key", "occurrence_at", name="uq_campaign_runs_occurrence"),
 )
@@ -191,6 +198,14 @@ outreaches = Table(
     # Set when a better-ranked campaign took this undispatched outreach's place under a cap (0004):
     # it is never dispatched and its run counts it as capped.
     Column("withdrawn_at", UtcDateTime, nullable=True),
+    # Resends (0007): the original a resend resends (unique: never a second resend), and on the original
+    # what was decided about its resend ("resent", "opened", "suppressed:opt_out"...) and when it is due.
+    Column("resend_of", String(40), nullable=True),
+    Column("resend_state", String(60), nullable=True),
+    Column("resend_due_at", UtcDateTime, nullable=True),
+    Index("uq_outreaches_resend_of", "resend_of", unique=True),
+    Index("ix_outreaches_campaign_profile", "campaign_key", "profile_id", "created_at"),
+    Index("ix_outreaches_resend_pending", "campaign_key", "resend_state", "dispatched_at"),
     # A person gets one outreach per run, whatever happens to it (a recurring campaign has a run per occurrence).
     UniqueConstraint("run_id", "profile_id", name="uq_outreaches_run_profile"),
     Index("ix_outreaches_campaign_key_campaign_id", "campaign_key", "campaign_id"),
@@ -257,6 +272,8 @@ async def due_runs(session: AsyncSession, now: datetime, limit: int = 100) -> Se
             campaign_runs.c.due_at <= now,
             # Paused campaigns wait for ResumeCampaign; cancelled ones have their runs closed.
             campaigns.c.state.in_(("SCHEDULED", "RUNNING")),
+            # Trigger and resend runs create their outreaches one by one (trigger_handler, resend_runner).
+            campaign_runs.c.kind == "release",
         )
         .order_by(campaign_runs.c.due_at, campaign_runs.c.run_id)
         .limit(limit)

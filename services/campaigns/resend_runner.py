@@ -1,0 +1,190 @@
+"""The follow-up loop: dispatches trigger and resend outreaches after quiet hours, creates due resends, and
+completes campaigns whose last resend is decided."""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from plumbing.db import Database
+from plumbing.outbox import Outbox, utcnow
+from plumbing.telemetry import outreach_span
+from services import streams
+from services.campaigns import automation_store, store
+from services.campaigns.automation import automation_of
+from services.campaigns.campaign_ids import month_code
+from services.campaigns.campaigns import CampaignState
+from services.campaigns.messages import timestamp
+from services.campaigns.outreach_maker import OutreachMaker
+from services.campaigns.person_client import PersonLookup
+from services.campaigns.resends import RESENT, ResendRule, no_resend_reason, resend_time
+from xsell.campaigns.v1 import events_pb2
+
+log = structlog.get_logger(__name__)
+
+SYSTEM_ACTOR = "system"
+NO_PROFILE = "no_profile"
+SIGNALS = ("opened_at", "clicked_at", "replied_at", "bounced_at", "failed_at", "complained_at", "opted_out_at")
+
+
+def resend_run_id(original_run_id: str) -> str:
+    """The resends of one run form one run of their own, so a person has at most one outreach per run."""
+    return f"{original_run_id}-r"
+
+
+class ResendRunner:
+    """A polling loop; every step is its own transaction, so a crash repeats nothing that committed."""
+
+    def __init__(
+        self,
+        db: Database,
+        people: PersonLookup,
+        maker: OutreachMaker,
+        outbox: Outbox,
+        *,
+        page_size: int,
+        poll_interval: float = 1.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.people = people
+        self.maker = maker
+        self.outbox = outbox
+        self.page_size = page_size
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.step()
+            except Exception as error:  # noqa: BLE001 - the database or segments is unreachable: poll again
+                log.warning("follow_up_poll_failed", error=repr(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.poll_interval)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def step(self) -> None:
+        """One pass: deferred dispatches, then each resending campaign's due resends, then completions."""
+        await self.dispatch_deferred()
+        async with self.db.transaction() as session:
+            campaigns = await automation_store.campaigns_with_automation(session, automation_store.RESENDING_STATES)
+        for campaign in campaigns:
+            rule = automation_of(campaign).resend
+            if rule is None or self._stopping.is_set():
+                continue
+            with structlog.contextvars.bound_contextvars(campaign_key=campaign.campaign_key):
+                await self.resend_due(campaign, rule)
+                await self._complete_if_done(campaign)
+
+    async def dispatch_deferred(self) -> int:
+        now = self.clock()
+        async with self.db.transaction() as session:
+            pending = await automation_store.due_follow_up_dispatches(session, now, self.page_size)
+            events, keys = [], []
+            for outreach in pending:
+                with outreach_span(self.maker.tracer, "outreach.dispatch", outreach.campaign_id):
+                    message = events_pb2.DispatchRequested.FromString(outreach.dispatch_payload)
+                    message.request_time.CopyFrom(timestamp(now))
+                    events.append(
+                        self.outbox.event(streams.DISPATCH_REQUESTED, message, campaign_id=outreach.campaign_id)
+                    )
+                keys.append(outreach.campaign_id)
+            marked = await store.mark_dispatched(session, keys, now)
+            await self.outbox.add_rows(session, [e for e, key in zip(events, keys, strict=True) if key in marked])
+        return len(marked)
+
+    async def resend_due(self, campaign: Any, rule: ResendRule) -> int:
+        """Decides every original whose resend is due now; returns how many resends were created."""
+        created = 0
+        while not self._stopping.is_set():
+            now = self.clock()
+            async with self.db.transaction() as session:
+                rows = await automation_store.resend_candidates(
+                    session, campaign.campaign_key, now - rule.delay, now, self.page_size
+                )
+                later, due = [], []
+                for row in rows:
+                    at = resend_time(row.dispatched_at, rule, row.recipient_time_zone or campaign.time_zone, now)
+                    if at > now:
+                        later.append({"key": row.campaign_id, "due": at})
+                    else:
+                        due.append(row)
+                await automation_store.stamp_resend_due(session, later)
+            if not due:
+                return created
+            for original in due:
+                created += await self._resend(campaign, rule, original.campaign_id, original.profile_id)
+            if len(rows) < self.page_size:
+                return created
+        return created
+
+    async def _resend(self, campaign_row: Any, rule: ResendRule, original_id: str, profile_id: str) -> int:
+        now = self.clock()
+        # Fresh attributes and the suppressions in force now (an unsubscribe since the original counts).
+        member = await self.people.member(profile_id, now)
+        async with self.db.transaction() as session:
+            campaign = await store.get_campaign(session, campaign_row.campaign_key)
+            original = await automation_store.get_outreach(session, original_id)
+            if campaign is None or original is None or original.resend_state is not None:
+                return 0
+            if campaign.state not in automation_store.RESENDING_STATES:
+                return 0
+            reason = no_resend_reason({column: getattr(original, column) for column in SIGNALS}, rule.condition)
+            if reason is None and member is None:
+                reason = NO_PROFILE
+            if reason is not None:
+                await automation_store.decide_resend(session, original_id, reason)
+                return 0
+            assert member is not None
+            if not await automation_store.decide_resend(session, original_id, RESENT):
+                return 0
+            run = await automation_store.ensure_run(
+                session,
+                campaign,
+                kind=automation_store.RESEND,
+                month=month_code(now, campaign.time_zone),
+                now=now,
+                run_id=resend_run_id(original.run_id),
+            )
+            made = await self.maker.make(session, campaign, run, member, now, resend_of=original_id)
+            if made.campaign_id is None:
+                # Replaces the "resent" claimed above: the gate or the render left the person out.
+                await automation_store.set_resend_state(session, original_id, made.left_out or "left_out")
+            log.info("resend_decided", original=original_id, outcome=made.campaign_id or made.left_out)
+            return 1 if made.campaign_id else 0
+
+    async def _complete_if_done(self, campaign: Any) -> None:
+        """A RUNNING campaign that is not triggered completes once its runs are done and its resends decided."""
+        if automation_of(campaign).trigger is not None:
+            return
+        now = self.clock()
+        async with self.db.transaction() as session:
+            current = await store.get_campaign(session, campaign.campaign_key)
+            if current is None or current.state != CampaignState.RUNNING:
+                return
+            if await automation_store.open_release_runs(session, campaign.campaign_key):
+                return
+            if await automation_store.resends_pending(session, campaign.campaign_key):
+                return
+            if not await store.set_state(
+                session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED
+            ):
+                return
+            await store.add_audit(
+                session,
+                campaign.campaign_key,
+                version=current.version,
+                action="completed",
+                actor=SYSTEM_ACTOR,
+                state=CampaignState.COMPLETED,
+                note="every resend decided",
+                at=now,
+            )
+            log.info("campaign_completed_after_resends")
