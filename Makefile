@@ -25,6 +25,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 .PHONY: venv
 venv: $(STAMP) ## Create the virtualenv and install the dependencies
 
+# The operator CLI's console script (pyproject's [project.scripts]); the code comes from the tree.
+XSELL_CLI := $(VENV)/bin/xsell
+$(XSELL_CLI): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(XSELL_CLI)
+
+.PHONY: cli
+cli: $(XSELL_CLI) $(GEN_STAMP) ## Install the operator CLI as .venv/bin/xsell (docs/gateway.md)
+
 $(GEN_STAMP): $(STAMP) $(PROTO_SRC) scripts/gen_protos.py
 	$(PY) scripts/gen_protos.py
 	touch $(GEN_STAMP)
@@ -33,7 +42,7 @@ $(GEN_STAMP): $(STAMP) $(PROTO_SRC) scripts/gen_protos.py
 protos: $(GEN_STAMP) ## Regenerate the Python stubs from protos/ into gen/
 
 .PHONY: run
-run: $(GEN_STAMP) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops)
+run: $(GEN_STAMP) $(XSELL_CLI) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops)
 	$(PY) -m devstack
 
 .PHONY: trace
@@ -53,7 +62,7 @@ fmt: $(STAMP) ## Format the Python code
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: lint ## Lint, then unit, integration and e2e tests
+test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests
 	$(PY) -m pytest
 
 .PHONY: test-fast

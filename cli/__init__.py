@@ -1,0 +1,1 @@
+"""`xsell`: the operator CLI, a client of the gateway's gRPC API."""

@@ -1,0 +1,152 @@
+"""`xsell …`: apply segment and campaign files, move them through approval, read status and reports, show traces.
+
+Talks to the gateway over gRPC: XSELL_GATEWAY (host:port) and XSELL_API_KEY, or --gateway / --api-key.
+Exit codes: 0 done; 1 the gateway refused (its status code and message are printed); 2 bad input found
+before calling (a file, a name); 3 the deployment does not offer the call yet.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from cli.apply import apply
+from cli.client import DEFAULT_GATEWAY, CliError, Gateway, api_key_from, print_rpc_error
+from cli.commands import (
+    Out,
+    campaigns_command,
+    report_command,
+    segments_command,
+    status_command,
+    trace_command,
+)
+from cli.output import print_json, table
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--gateway",
+        default=os.environ.get("XSELL_GATEWAY", DEFAULT_GATEWAY),
+        help=f"the gateway's gRPC host:port (XSELL_GATEWAY; default {DEFAULT_GATEWAY})",
+    )
+    common.add_argument(
+        "--api-key", help="an xsk_… key (XSELL_API_KEY; default: var/dev-api-key, the key `make run` made)"
+    )
+    common.add_argument("--timeout", type=float, default=30.0, help="seconds each call may take (default 30)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    root = argparse.ArgumentParser(prog="xsell", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    apply_parser = commands.add_parser(
+        "apply", parents=[common], help="create or update segments and campaigns from YAML/JSON files"
+    )
+    apply_parser.add_argument(
+        "paths", nargs="+", type=Path, help="files, or folders searched for *.yaml / *.yml / *.json"
+    )
+
+    segments = commands.add_parser("segments", help="list, get, submit, approve, publish segments")
+    segment_actions = segments.add_subparsers(dest="action", required=True)
+    segment_actions.add_parser("list", parents=[common], help="every segment")
+    for action, text in (
+        ("get", "one segment with its rule"),
+        ("submit", "submit a draft for approval"),
+        ("approve", "approve a submitted version (a key other than the author's)"),
+        ("publish", "publish an approved version: computes its members, which can take minutes"),
+    ):
+        sub = segment_actions.add_parser(action, parents=[common], help=text)
+        sub.add_argument("segment", help="a segment id (seg_…) or its display name")
+        if action != "get":
+            sub.add_argument("--request-id", help="idempotency key; default: derived from the segment and version")
+        if action in ("submit", "approve"):
+            sub.add_argument("--version", type=int, help="the version; default the current one")
+        if action == "approve":
+            sub.add_argument("--note", help="a comment for the audit log")
+        if action == "publish":
+            sub.add_argument("--publish-timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+
+    campaigns = commands.add_parser("campaigns", help="list, get, submit, approve, launch, pause, resume, cancel")
+    campaign_actions = campaigns.add_subparsers(dest="action", required=True)
+    campaign_actions.add_parser("list", parents=[common], help="every campaign")
+    for action, text in (
+        ("get", "one campaign's definition"),
+        ("submit", "submit a draft for approval"),
+        ("approve", "approve a submitted version (a key other than the author's)"),
+        ("launch", "launch an approved campaign"),
+        ("pause", "pause a scheduled or running campaign"),
+        ("resume", "resume a paused campaign"),
+        ("cancel", "cancel a campaign for good"),
+    ):
+        sub = campaign_actions.add_parser(action, parents=[common], help=text)
+        sub.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
+        if action != "get":
+            sub.add_argument("--request-id", help="idempotency key; default: derived (or fresh for pause/resume)")
+        if action in ("submit", "approve"):
+            sub.add_argument("--version", type=int, help="the version; default the current one")
+        if action == "approve":
+            sub.add_argument("--note", help="a comment for the audit log")
+        if action in ("pause", "cancel"):
+            sub.add_argument("--reason", help="why, for the audit log")
+
+    status = commands.add_parser("status", parents=[common], help="a campaign's state and its latest runs")
+    status.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
+    status.add_argument("--runs", type=int, default=5, help="how many recent runs to show (default 5)")
+
+    report = commands.add_parser("report", parents=[common], help="a campaign's counts over all its runs")
+    report.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
+
+    trace = commands.add_parser("trace", help="a campaign ID's trace from the local span store (var/traces)")
+    trace.add_argument("campaign_id", help="an outreach's campaign ID, e.g. CSELL-NOV-T06-0884")
+    trace.add_argument("--var-dir", default="var", help="the stack's var folder (default var)")
+    trace.add_argument("--trace-id", action="store_true", help="print only the trace id, for a tracing backend")
+    trace.add_argument("--json", action="store_true", help="print the spans as JSON")
+    return root
+
+
+def run(args: argparse.Namespace, out: Out) -> int:
+    if args.command == "trace":
+        return trace_command(args, out)
+    gateway = Gateway.connect(args.gateway, api_key_from(args.api_key), args.timeout)
+    try:
+        if args.command == "apply":
+            results = apply(gateway, args.paths, err=out.err)
+            if out.json:
+                print_json([vars(result) for result in results], out.out)
+            else:
+                table(
+                    ("FILE", "KIND", "ID", "VERSION", "RESULT"),
+                    [(r.path, r.kind, r.id, r.version, r.action) for r in results],
+                    out.out,
+                )
+            return 0
+        if args.command == "segments":
+            segments_command(gateway, args, out)
+        elif args.command == "campaigns":
+            campaigns_command(gateway, args, out)
+        elif args.command == "status":
+            status_command(gateway, args, out)
+        elif args.command == "report":
+            return report_command(gateway, args, out)
+        return 0
+    finally:
+        gateway.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out = Out(json=bool(getattr(args, "json", False)))
+    try:
+        return run(args, out)
+    except CliError as error:
+        print(f"error: {error}", file=out.err)
+        return 2
+    except grpc.RpcError as error:
+        print_rpc_error(error, out.err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

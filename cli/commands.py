@@ -1,0 +1,297 @@
+"""The `xsell segments|campaigns|status|report|trace` commands: one gateway call each, printed for a person."""
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf.message import Message
+
+from cli.apply import list_campaigns, list_segments
+from cli.client import CliError, Gateway, derived_request_id, random_request_id
+from cli.output import as_dict, enum_word, print_json, table, waiting
+from devstack.trace import render
+from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
+from xsell.campaigns.v1 import resources_pb2 as campaign_resources
+from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
+from xsell.segments.v1 import resources_pb2 as segment_resources
+from xsell.segments.v1 import service_pb2 as segments_pb2
+from xsell.type.v1 import channel_pb2
+
+
+@dataclass
+class Out:
+    """Where and how to print: a table for people by default, JSON with --json."""
+
+    json: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+def _segment_state(segment: segment_resources.Segment) -> str:
+    return enum_word(segment_resources.SegmentState.Name(segment.state), "SEGMENT_STATE_")
+
+
+def _campaign_state(campaign: campaign_resources.Campaign) -> str:
+    return enum_word(campaign_resources.CampaignState.Name(campaign.state), "CAMPAIGN_STATE_")
+
+
+def _channel(value: Any) -> str:
+    return enum_word(channel_pb2.Channel.Name(value), "CHANNEL_").lower()
+
+
+def _time(message: Message, name: str) -> str:
+    return message.__getattribute__(name).ToDatetime().isoformat() + "Z" if message.HasField(name) else "-"
+
+
+def segment_id_of(gateway: Gateway, ref: str) -> str:
+    """A segment id as given (seg_...), or the id of the one live segment with that display name."""
+    if ref.startswith("seg_"):
+        return ref
+    named = [
+        s
+        for s in list_segments(gateway)
+        if s.display_name == ref and s.state != segment_resources.SEGMENT_STATE_ARCHIVED
+    ]
+    if len(named) != 1:
+        raise CliError(f"{len(named) or 'no'} segments are named {ref!r}; give the segment id (seg_...) instead")
+    return str(named[0].segment_id)
+
+
+def campaign_key_of(gateway: Gateway, ref: str) -> str:
+    """A campaign key as given (cmp_...), or the key of the one campaign with that display name."""
+    if ref.startswith("cmp_"):
+        return ref
+    named = [c for c in list_campaigns(gateway) if c.display_name == ref]
+    if len(named) != 1:
+        raise CliError(f"{len(named) or 'no'} campaigns are named {ref!r}; give the campaign key (cmp_...) instead")
+    return str(named[0].campaign_key)
+
+
+def print_segments(segments: list[segment_resources.Segment], out: Out) -> None:
+    if out.json:
+        print_json(segments, out.out)
+        return
+    table(
+        ("ID", "NAME", "STATE", "VERSION", "PUBLISHED", "MEMBERS"),
+        [
+            (s.segment_id, s.display_name, _segment_state(s), s.version, s.published_version or "-", s.member_count)
+            for s in segments
+        ],
+        out.out,
+    )
+
+
+def print_campaigns(campaigns: list[campaign_resources.Campaign], out: Out) -> None:
+    if out.json:
+        print_json(campaigns, out.out)
+        return
+    table(
+        ("KEY", "NAME", "STATE", "VERSION", "CHANNEL", "SEGMENT", "OUTREACHES"),
+        [
+            (
+                c.campaign_key,
+                c.display_name,
+                _campaign_state(c),
+                c.version,
+                _channel(c.channel),
+                c.segment_id,
+                c.outreach_count,
+            )
+            for c in campaigns
+        ],
+        out.out,
+    )
+
+
+def print_fields(message: Message, out: Out) -> None:
+    """`get`: every set field, one per line; nested messages as their JSON form."""
+    if out.json:
+        print_json(message, out.out)
+        return
+    for name, value in as_dict(message).items():
+        print(f"{name + ':':<22} {value}", file=out.out)
+
+
+def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
+    api = gateway.segments
+    if args.action == "list":
+        print_segments(list_segments(gateway), out)
+        return
+    segment_id = segment_id_of(gateway, args.segment)
+    version = getattr(args, "version", None)
+    # An approver's key may hold only `approve`: with an id and --version nothing needs reading first.
+    if args.action in ("get", "publish") or not version:
+        current = gateway.call(api.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id)).segment
+        if args.action == "get":
+            print_fields(current, out)
+            return
+        version = version or current.version
+    if args.action == "submit":
+        request_id = args.request_id or derived_request_id("segment-submit", segment_id, version)
+        reply = gateway.call(
+            api.SubmitSegment,
+            segments_pb2.SubmitSegmentRequest(request_id=request_id, segment_id=segment_id, version=version),
+        )
+    elif args.action == "approve":
+        request_id = args.request_id or derived_request_id("segment-approve", segment_id, version)
+        reply = gateway.call(
+            api.ApproveSegment,
+            segments_pb2.ApproveSegmentRequest(
+                request_id=request_id, segment_id=segment_id, version=version, note=args.note or ""
+            ),
+        )
+    elif args.action == "publish":
+        request_id = args.request_id or derived_request_id("segment-publish", segment_id, version)
+        future = gateway.future(
+            api.PublishSegment,
+            segments_pb2.PublishSegmentRequest(request_id=request_id, segment_id=segment_id),
+            timeout=args.publish_timeout,
+        )
+        reply = waiting(future, f"publishing {segment_id} v{version}", out.err)
+    else:
+        raise CliError(f"unknown segments action {args.action!r}")
+    segment = reply.segment
+    if out.json:
+        print_json(segment, out.out)
+    else:
+        print(
+            f"{segment.segment_id} {_segment_state(segment)} version {segment.version} members {segment.member_count}",
+            file=out.out,
+        )
+
+
+_CAMPAIGN_STEPS: dict[str, tuple[str, Callable[..., Message], bool]] = {
+    # action: (rpc, request type, request_id derived from the version, so repeating it is a no-op)
+    "submit": ("SubmitCampaign", campaigns_pb2.SubmitCampaignRequest, True),
+    "approve": ("ApproveCampaign", campaigns_pb2.ApproveCampaignRequest, True),
+    "launch": ("LaunchCampaign", campaigns_pb2.LaunchCampaignRequest, True),
+    # A campaign may be paused and resumed many times: each invocation is its own request.
+    "pause": ("PauseCampaign", campaigns_pb2.PauseCampaignRequest, False),
+    "resume": ("ResumeCampaign", campaigns_pb2.ResumeCampaignRequest, False),
+    "cancel": ("CancelCampaign", campaigns_pb2.CancelCampaignRequest, True),
+}
+
+
+def campaigns_command(gateway: Gateway, args: Any, out: Out) -> None:
+    api = gateway.campaigns
+    if args.action == "list":
+        print_campaigns(list_campaigns(gateway), out)
+        return
+    key = campaign_key_of(gateway, args.campaign)
+    version = getattr(args, "version", None)
+    if not version:
+        current = gateway.call(api.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
+        if args.action == "get":
+            print_fields(current, out)
+            return
+        version = current.version
+    rpc, request_type, by_version = _CAMPAIGN_STEPS[args.action]
+    fields: dict[str, Any] = {"campaign_key": key}
+    names = request_type.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+    if "version" in names:
+        fields["version"] = version
+    if "note" in names and getattr(args, "note", None):
+        fields["note"] = args.note
+    if "reason" in names and getattr(args, "reason", None):
+        fields["reason"] = args.reason
+    fields["request_id"] = args.request_id or (
+        derived_request_id(f"campaign-{args.action}", key, version) if by_version else random_request_id(args.action)
+    )
+    campaign = gateway.call(getattr(api, rpc), request_type(**fields)).campaign
+    if out.json:
+        print_json(campaign, out.out)
+    else:
+        reason = f" ({campaign.pause_reason})" if campaign.pause_reason else ""
+        print(f"{campaign.campaign_key} {_campaign_state(campaign)} version {campaign.version}{reason}", file=out.out)
+
+
+def status_command(gateway: Gateway, args: Any, out: Out) -> None:
+    key = campaign_key_of(gateway, args.campaign)
+    campaign = gateway.call(gateway.campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
+    runs = gateway.call(
+        gateway.campaigns.ListCampaignRuns, campaigns_pb2.ListCampaignRunsRequest(campaign_key=key, page_size=args.runs)
+    ).runs
+    if out.json:
+        print_json({"campaign": as_dict(campaign), "runs": [as_dict(run) for run in runs]}, out.out)
+        return
+    print(f"{campaign.campaign_key}  {campaign.display_name}", file=out.out)
+    print(
+        f"state       {_campaign_state(campaign)}{'  ' + campaign.pause_reason if campaign.pause_reason else ''}",
+        file=out.out,
+    )
+    print(
+        f"version     {campaign.version} (author {campaign.author or '-'}, approver {campaign.approver or '-'})",
+        file=out.out,
+    )
+    print(
+        f"segment     {campaign.segment_id} v{campaign.segment_version}  channel {_channel(campaign.channel)}",
+        file=out.out,
+    )
+    print(f"outreaches  {campaign.outreach_count}  launched {_time(campaign, 'launch_time')}", file=out.out)
+    if runs:
+        print(file=out.out)
+        table(
+            ("RUN", "OCCURRENCE", "AUDIENCE", "HELD OUT", "RELEASED", "DISPATCHED", "DELIVERED", "COMPLETED"),
+            [
+                (
+                    run.run_id,
+                    _time(run, "occurrence_time"),
+                    run.counts.audience,
+                    run.counts.held_out,
+                    run.counts.released,
+                    run.counts.dispatched,
+                    run.counts.delivered,
+                    _time(run, "complete_time"),
+                )
+                for run in runs
+            ],
+            out.out,
+        )
+
+
+def report_command(gateway: Gateway, args: Any, out: Out) -> int:
+    key = campaign_key_of(gateway, args.campaign)
+    try:
+        report = gateway.call(
+            gateway.campaigns.GetCampaignReport, campaigns_pb2.GetCampaignReportRequest(campaign_key=key)
+        )
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+            raise
+        print(
+            "error: UNIMPLEMENTED: this deployment's campaigns service does not serve GetCampaignReport yet; "
+            f"`xsell status {args.campaign}` shows the per-run counts",
+            file=out.err,
+        )
+        return 3
+    if out.json:
+        print_json(report, out.out)
+        return 0
+    counts = report.counts
+    rows = [(f.name, getattr(counts, f.name)) for f in counts.DESCRIPTOR.fields if not f.is_repeated]
+    table(("COUNT", "VALUE"), rows, out.out)
+    for title, reasons in (("suppressed", counts.suppressed_by_reason), ("capped", counts.capped_by_reason)):
+        for reason in reasons:
+            print(f"  {title}: {reason.reason} {reason.count}", file=out.out)
+    return 0
+
+
+def trace_command(args: Any, out: Out) -> int:
+    trace_id = outreach_trace_id(args.campaign_id)
+    if args.trace_id:
+        print(trace_id, file=out.out)
+        return 0
+    spans = spans_for_campaign_id(Path(args.var_dir), args.campaign_id)
+    if not spans:
+        print(f"error: no spans for {args.campaign_id} in {args.var_dir}/traces/ (trace id {trace_id})", file=out.err)
+        return 1
+    if out.json:
+        print_json(spans, out.out)
+        return 0
+    services = sorted({span["service"] for span in spans})
+    print(f"trace {trace_id}  {len(spans)} spans  services: {', '.join(services)}", file=out.out)
+    print("\n".join(render(spans)), file=out.out)
+    return 0

@@ -1,0 +1,187 @@
+"""`xsell` as an operator runs it, in a subprocess against the running stack's gateway: apply, approve, launch, read."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from plumbing.telemetry import outreach_trace_id
+from tests.e2e.conftest import E2E_API_KEY, RunningStack
+from tests.waiting import eventually
+from xsell.attribution.v1 import service_pb2 as attribution_pb2
+from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGMENT_EXAMPLE = ROOT / "examples" / "segments" / "sip_only_investors.yaml"
+CAMPAIGN_EXAMPLE = ROOT / "examples" / "campaigns" / "lumpsum_for_sip_investors.yaml"
+
+
+def xsell(stack: RunningStack, *args: str, key: str = E2E_API_KEY) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XSELL_GATEWAY=stack.stack.gateway_target, XSELL_API_KEY=key)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
+    return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
+
+
+def approver_key(stack: RunningStack) -> str:
+    created = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "create", "--name", "cli-approver", "--scopes", "approve"],
+        env=stack.stack._env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return created.stdout.strip()
+
+
+def example_files(tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """The example segment and campaign, renamed so this test owns them in the shared stack."""
+    suffix = uuid.uuid4().hex[:6]
+    segment = yaml.safe_load(SEGMENT_EXAMPLE.read_text())
+    segment["name"] = f"{segment['name']} {suffix}"
+    campaign = yaml.safe_load(CAMPAIGN_EXAMPLE.read_text())
+    assert campaign["segment"] == yaml.safe_load(SEGMENT_EXAMPLE.read_text())["name"]
+    campaign["segment"] = segment["name"]
+    campaign["display_name"] = f"{campaign['display_name']} {suffix}"
+    # Far enough ahead that the campaign stays SCHEDULED while the test pauses and resumes it.
+    campaign["schedule"]["send_time"] = "2099-01-01T09:00:00+05:30"
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "campaigns").mkdir()
+    segment_path = tmp_path / "segments" / "sip.yaml"
+    campaign_path = tmp_path / "campaigns" / "lumpsum.yaml"
+    segment_path.write_text(yaml.safe_dump(segment, allow_unicode=True))
+    campaign_path.write_text(yaml.safe_dump(campaign, allow_unicode=True))
+    return segment_path, campaign_path, segment["name"], campaign["display_name"]
+
+
+def test_apply_approve_publish_launch_pause_and_read_back(running_stack: RunningStack, tmp_path: Path) -> None:
+    segment_path, campaign_path, segment_name, campaign_name = example_files(tmp_path)
+    approver = approver_key(running_stack)
+
+    applied = xsell(running_stack, "apply", str(segment_path))
+    assert "created" in ok(applied) and segment_name not in applied.stdout  # the table shows the path and id
+    assert "[1/1]" in applied.stderr, applied.stderr
+    again = ok(xsell(running_stack, "apply", str(segment_path), "--json"))
+    assert [(r["kind"], r["action"], r["version"]) for r in again] == [("segment", "unchanged", 1)]
+    segment_id = again[0]["id"]
+
+    # A campaign cannot target a segment that is not published: the service's status and message come through.
+    too_early = xsell(running_stack, "apply", str(campaign_path))
+    assert too_early.returncode == 1
+    assert "FAILED_PRECONDITION" in too_early.stderr and segment_id in too_early.stderr, too_early.stderr
+
+    assert ok(xsell(running_stack, "segments", "submit", segment_name, "--json"))["state"] == "SEGMENT_STATE_SUBMITTED"
+    self_approval = xsell(running_stack, "segments", "approve", segment_id)
+    assert self_approval.returncode == 1 and "FAILED_PRECONDITION" in self_approval.stderr, self_approval.stderr
+    approved = ok(xsell(running_stack, "segments", "approve", segment_id, "--version", "1", "--json", key=approver))
+    assert approved["state"] == "SEGMENT_STATE_APPROVED"
+    published = xsell(running_stack, "segments", "publish", segment_name, "--json")
+    assert ok(published)["state"] == "SEGMENT_STATE_PUBLISHED"
+    assert f"publishing {segment_id} v1" in published.stderr
+
+    created = ok(xsell(running_stack, "apply", str(tmp_path), "--json"))
+    assert [(r["kind"], r["action"]) for r in created] == [("segment", "unchanged"), ("campaign", "created")]
+    campaign_key = created[1]["id"]
+    assert [r["action"] for r in ok(xsell(running_stack, "apply", str(tmp_path), "--json"))] == ["unchanged"] * 2
+
+    changed = yaml.safe_load(campaign_path.read_text())
+    changed["priority"] = 7
+    campaign_path.write_text(yaml.safe_dump(changed, allow_unicode=True))
+    updated = ok(xsell(running_stack, "apply", str(campaign_path), "--json"))
+    assert [(r["id"], r["action"], r["version"]) for r in updated] == [(campaign_key, "updated", 2)]
+    got = ok(xsell(running_stack, "campaigns", "get", campaign_key, "--json"))
+    assert (got["priority"], got["segment_id"], got["channel"]) == (7, segment_id, "CHANNEL_EMAIL")
+
+    listed = ok(xsell(running_stack, "campaigns", "list"))
+    row = next(line for line in listed.splitlines() if line.startswith(campaign_key))
+    assert "DRAFT" in row and campaign_name in row
+    assert listed.splitlines()[0].split()[:3] == ["KEY", "NAME", "STATE"]
+
+    ok(xsell(running_stack, "campaigns", "submit", campaign_name))
+    ok(xsell(running_stack, "campaigns", "approve", campaign_key, "--version", "2", key=approver))
+    assert (
+        ok(xsell(running_stack, "campaigns", "launch", campaign_name, "--json"))["state"] == "CAMPAIGN_STATE_SCHEDULED"
+    )
+    # Launch's request id derives from the version: running it again is answered, not refused.
+    assert (
+        ok(xsell(running_stack, "campaigns", "launch", campaign_key, "--json"))["state"] == "CAMPAIGN_STATE_SCHEDULED"
+    )
+    paused = ok(xsell(running_stack, "campaigns", "pause", campaign_key, "--reason", "creative review", "--json"))
+    assert paused["state"] == "CAMPAIGN_STATE_PAUSED"
+    assert "SCHEDULED" in ok(xsell(running_stack, "campaigns", "resume", campaign_key))
+
+    status = ok(xsell(running_stack, "status", campaign_name))
+    assert campaign_key in status and "SCHEDULED" in status and "approver cli-approver" in status, status
+    report = ok(xsell(running_stack, "report", campaign_key, "--json"))
+    assert report["campaign_key"] == campaign_key
+    assert "audience" in ok(xsell(running_stack, "report", campaign_key))
+
+    assert "CANCELLED" in ok(xsell(running_stack, "campaigns", "cancel", campaign_key, "--reason", "done"))
+    refused = xsell(running_stack, "campaigns", "pause", campaign_key)
+    assert refused.returncode == 1 and refused.stderr.startswith("error: FAILED_PRECONDITION: "), refused.stderr
+
+
+def test_bad_files_apply_nothing_and_name_the_field(running_stack: RunningStack, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(f"name: never applied {uuid.uuid4().hex[:6]}\nrule: {{event: {{name: x, performed: true}}}}\n")
+    bad_campaign = tmp_path / "bad.yaml"
+    bad_campaign.write_text("display_name: Broken\nsegment: whatever\nchanel: email\n")
+    bad_segment = tmp_path / "bad-segment.yaml"
+    bad_segment.write_text("name: Broken\nrule: {event: {name: x, performed: true, in_last: 3 weeks}}\n")
+    before = ok(xsell(running_stack, "segments", "list", "--json"))
+
+    result = xsell(running_stack, "apply", str(tmp_path))
+    assert result.returncode == 2
+    assert f"{bad_campaign}: chanel: unknown field 'chanel'; did you mean 'channel'?" in result.stderr, result.stderr
+    assert f"{bad_segment}: rule.event.in_last" in result.stderr, result.stderr
+    assert ok(xsell(running_stack, "segments", "list", "--json")) == before
+
+    missing = tmp_path / "missing-segment"
+    missing.mkdir()
+    (missing / "c.yaml").write_text("display_name: Orphan\nsegment: no such segment anywhere\nchannel: email\n")
+    orphan = xsell(running_stack, "apply", str(missing))
+    assert orphan.returncode == 2 and "no segment is named 'no such segment anywhere'" in orphan.stderr
+
+
+def test_a_wrong_key_prints_the_status_and_exits_non_zero(running_stack: RunningStack) -> None:
+    result = xsell(running_stack, "campaigns", "list", key="xsk_nobody_" + "s" * 40)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: UNAUTHENTICATED: the API key is not valid"), result.stderr
+    assert "XSELL_API_KEY" in result.stderr
+
+
+async def test_trace_prints_the_gateway_span_of_a_campaign_id(running_stack: RunningStack) -> None:
+    campaign_id = f"CSELL-NOV-T06-{uuid.uuid4().int % 10**8:08d}"
+    async with grpc.aio.insecure_channel(running_stack.stack.gateway_target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await attribution_grpc.AttributionServiceStub(channel).GetCampaignAttribution(
+                attribution_pb2.GetCampaignAttributionRequest(campaign_id=campaign_id),
+                metadata=[("x-api-key", E2E_API_KEY)],
+                timeout=10,
+            )
+    var_dir = str(running_stack.var_dir)
+    assert ok(xsell(running_stack, "trace", campaign_id, "--trace-id")).strip() == outreach_trace_id(campaign_id)
+
+    async def traced() -> bool:
+        result = await asyncio.to_thread(xsell, running_stack, "trace", campaign_id, "--var-dir", var_dir)
+        return result.returncode == 0 and "[gateway] gateway GetCampaignAttribution" in result.stdout
+
+    assert await eventually(traced, timeout=30, interval=0.5)
+    unknown = xsell(running_stack, "trace", "CSELL-NOV-T06-00000000", "--var-dir", var_dir)
+    assert unknown.returncode == 1 and "no spans for CSELL-NOV-T06-00000000" in unknown.stderr
