@@ -3,7 +3,7 @@
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as clock_time
@@ -37,9 +37,16 @@ class Throttle:
     """One provider's limits in this replica: at most `concurrency` calls at a time, at most `rate` a second."""
 
     def __init__(
-        self, rate: float, burst: float, concurrency: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: float,
+        concurrency: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._bucket = TokenBucket(rate, burst, now=clock())
         self._slots = asyncio.Semaphore(concurrency)
         self.waiting = 0
@@ -54,7 +61,7 @@ class Throttle:
         try:
             wait = self._bucket.take(self._clock())
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
         except BaseException:
             self._slots.release()
             raise

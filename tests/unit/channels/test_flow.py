@@ -56,14 +56,13 @@ async def test_a_throttle_never_lets_more_than_its_concurrency_in() -> None:
     assert most == 2
 
 
-async def test_a_throttle_waits_for_the_token_it_reserved(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_throttle_waits_for_the_token_it_reserved() -> None:
     slept: list[float] = []
 
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("services.channels.flow.asyncio.sleep", fake_sleep)
-    throttle = Throttle(rate=4, burst=1, concurrency=10, clock=lambda: 0.0)
+    throttle = Throttle(rate=4, burst=1, concurrency=10, clock=lambda: 0.0, sleep=fake_sleep)
     for _ in range(3):
         async with throttle:
             pass
