@@ -1,0 +1,310 @@
+"""Triggered campaigns and resends against the real segments service, real NATS, SQLite and PostgreSQL.
+
+Segments publishes MembershipChanged when a profile update moves a person into the segment; the
+campaigns service consumes it, creates the outreach through its outbox and requests its dispatch.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from sqlalchemy import select, update
+
+from plumbing.bus import MSG_ID_HEADER, REPLAY_OF_HEADER, Bus
+from plumbing.db import Database
+from plumbing.ids import new_id
+from services import streams
+from services.campaigns import store
+from services.campaigns.app import build
+from services.campaigns.campaign_ids import parse_campaign_id
+from services.campaigns.settings import CampaignsSettings
+from services.segments.app import build as build_segments
+from services.segments.settings import SegmentsSettings
+from tests.integration.segments.approval import publish as approve_and_publish
+from tests.waiting import eventually
+from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
+from xsell.segments.v1 import events_pb2 as segment_events
+from xsell.segments.v1 import resources_pb2 as seg
+from xsell.segments.v1 import service_pb2 as seg_service
+from xsell.segments.v1 import service_pb2_grpc as seg_grpc
+from xsell.type.v1 import channel_pb2
+
+HTML = '<p>Dear {{ first_name }}, a top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+ZONE = "Asia/Kolkata"
+
+
+@dataclass
+class Stack:
+    campaigns: service_pb2_grpc.CampaignsServiceStub
+    segments: seg_grpc.SegmentsServiceStub
+    bus: Bus
+    db: Database
+    dispatched: list[events_pb2.DispatchRequested]
+
+
+@pytest.fixture
+async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    segments_process = await build_segments(
+        SegmentsSettings(  # type: ignore[call-arg]
+            grpc_port=0,
+            var_dir=tmp_path / "segments",
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'segments.db'}",
+            nats_url=nats_url,
+            require_approval=False,
+        ),
+        provider,
+    )
+    segments_port = await segments_process.start()
+    campaigns_process = await build(
+        CampaignsSettings(
+            grpc_port=0,
+            var_dir=tmp_path / "campaigns",
+            database_url=database_url,
+            nats_url=nats_url,
+            segments_target=f"127.0.0.1:{segments_port}",
+            release_page_size=2,
+            release_poll_seconds=0.1,
+            require_approval=False,
+        ),
+        provider,
+    )
+    campaigns_port = await campaigns_process.start()
+    bus = await Bus.connect(nats_url, name="test")
+    dispatched: list[events_pb2.DispatchRequested] = []
+
+    async def collect(msg: Any) -> None:
+        dispatched.append(events_pb2.DispatchRequested.FromString(msg.data))
+
+    subscription = await bus.nc.subscribe(streams.DISPATCH_REQUESTED, cb=collect)
+    db = Database(database_url)
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_port}") as campaigns_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{segments_port}") as segments_channel,
+    ):
+        yield Stack(
+            service_pb2_grpc.CampaignsServiceStub(campaigns_channel),
+            seg_grpc.SegmentsServiceStub(segments_channel),
+            bus,
+            db,
+            dispatched,
+        )
+    await subscription.unsubscribe()
+    await bus.drain()
+    await db.dispose()
+    await campaigns_process.stop(1)
+    await segments_process.stop(1)
+
+
+def _number(value: float) -> seg.Value:
+    return seg.Value(number_value=value)
+
+
+def _profile(profile_id: str, **attributes: str | float) -> seg.Profile:
+    profile = seg.Profile(profile_id=profile_id)
+    for name, value in attributes.items():
+        if isinstance(value, str):
+            profile.attributes[name].string_value = value
+        else:
+            profile.attributes[name].number_value = value
+    return profile
+
+
+async def _upsert(stack: Stack, *profiles: seg.Profile) -> None:
+    response = await stack.segments.UpsertProfiles(
+        seg_service.UpsertProfilesRequest(request_id=new_id("req_"), profiles=list(profiles))
+    )
+    assert not response.errors
+
+
+async def _define(stack: Stack) -> None:
+    defined = await stack.segments.DefineAttributes(
+        seg_service.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[
+                seg.AttributeDefinition(name="email", type=seg.ATTRIBUTE_TYPE_STRING, pii=True),
+                seg.AttributeDefinition(name="first_name", type=seg.ATTRIBUTE_TYPE_STRING),
+                seg.AttributeDefinition(name="plan", type=seg.ATTRIBUTE_TYPE_STRING),
+                seg.AttributeDefinition(name="outstanding_ratio", type=seg.ATTRIBUTE_TYPE_NUMBER),
+            ],
+        )
+    )
+    assert not defined.errors
+
+
+async def _segment(stack: Stack, rule: seg.Rule) -> str:
+    created = await stack.segments.CreateSegment(
+        seg_service.CreateSegmentRequest(request_id=new_id("req_"), segment=seg.Segment(display_name="s", rule=rule))
+    )
+    await approve_and_publish(stack.segments, created.segment.segment_id)
+    return created.segment.segment_id
+
+
+def _campaign(segment_id: str, **fields: Any) -> resources_pb2.Campaign:
+    return resources_pb2.Campaign(
+        display_name="Top-up when outstanding falls below 60%",
+        programme="CSELL",
+        segment_id=segment_id,
+        channel=channel_pb2.CHANNEL_EMAIL,
+        offer=resources_pb2.Offer(product_code="PL_TOPUP"),
+        content=resources_pb2.Content(
+            email=resources_pb2.EmailContent(subject_template="Hello {{ first_name }}", html_template=HTML)
+        ),
+        **{"schedule": resources_pb2.Schedule(time_zone=ZONE), **fields},
+    )
+
+
+async def _launch(stack: Stack, campaign: resources_pb2.Campaign) -> str:
+    created = await stack.campaigns.CreateCampaign(
+        service_pb2.CreateCampaignRequest(request_id=new_id("req_"), campaign=campaign)
+    )
+    key = created.campaign.campaign_key
+    await stack.campaigns.LaunchCampaign(service_pb2.LaunchCampaignRequest(request_id=new_id("req_"), campaign_key=key))
+    return key
+
+
+async def _outreaches(stack: Stack, key: str) -> list[resources_pb2.Outreach]:
+    response = await stack.campaigns.ListOutreaches(service_pb2.ListOutreachesRequest(campaign_key=key, page_size=100))
+    return list(response.outreaches)
+
+
+def _below_60_percent() -> seg.Rule:
+    condition = seg.AttributeCondition(attribute="outstanding_ratio", operator=seg.OPERATOR_LESS_THAN)
+    condition.values.add(number_value=0.6)
+    return seg.Rule(attribute=condition)
+
+
+async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery_fires_none(stack: Stack) -> None:
+    await _define(stack)
+    await _upsert(
+        stack,
+        _profile("b-01", email="b01@example.in", first_name="Kaveri", outstanding_ratio=0.9),
+        _profile("b-02", email="b02@example.in", first_name="Ravi", outstanding_ratio=0.9),
+        _profile("b-03", email="b03@example.in", first_name="Meera", outstanding_ratio=0.9),
+    )
+    segment_id = await _segment(stack, _below_60_percent())
+    trigger = resources_pb2.Trigger(
+        source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY, cool_down=Duration(seconds=30 * 86400)
+    )
+    # Not a catalog trigger, and a triggered campaign with a send time: refused, naming the field.
+    for bad, field in (
+        (_campaign(segment_id, trigger_code="T42", trigger=trigger), "trigger_code"),
+        (
+            _campaign(
+                segment_id,
+                trigger_code="T04",
+                trigger=trigger,
+                schedule=resources_pb2.Schedule(time_zone=ZONE, send_time={"seconds": 4_000_000_000}),
+            ),
+            "schedule",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stack.campaigns.CreateCampaign(
+                service_pb2.CreateCampaignRequest(request_id=new_id("r"), campaign=bad)
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (refused.value.details() or "")
+
+    key = await _launch(stack, _campaign(segment_id, trigger_code="T04", trigger=trigger))
+    # A second triggered campaign on the segment sees every entry in the same transaction: it shows when an
+    # entry has been applied, so what the first campaign did not do can be asserted.
+    witness = await _launch(stack, _campaign(segment_id, trigger_code="T01", trigger=trigger))
+    got = (await stack.campaigns.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign
+    assert got.state == resources_pb2.CAMPAIGN_STATE_RUNNING
+    assert got.trigger.cool_down.seconds == 30 * 86400
+
+    entries: list[tuple[segment_events.MembershipChanged, dict[str, str]]] = []
+
+    async def collect(msg: Any) -> None:
+        change = segment_events.MembershipChanged.FromString(msg.data)
+        if change.segment_id == segment_id:
+            entries.append((change, dict(msg.headers or {})))
+
+    subscription = await stack.bus.nc.subscribe(streams.MEMBERSHIP_CHANGED, cb=collect)
+    # b-01's outstanding falls to 55%: they enter the segment, and that is the trigger.
+    await _upsert(stack, _profile("b-01", outstanding_ratio=0.55))
+    first = await eventually(lambda: _outreaches(stack, key))
+    assert len(first) == 1 and first[0].profile_id == "b-01" and first[0].trigger_code == "T04"
+    parts = parse_campaign_id(first[0].campaign_id)
+    assert parts is not None and (parts.programme, parts.trigger_code) == ("CSELL", "T04")
+    assert parts.month == datetime.now(ZoneInfo(ZONE)).strftime("%b").upper()
+    # Created and dispatch-requested in the consumer's transaction: the DispatchRequested is on NATS.
+    sent = await eventually(
+        lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == first[0].campaign_id])
+    )
+    assert sent[0].email.to_address == "b01@example.in" and "Kaveri" in sent[0].email.subject
+
+    # A redelivery of the same message (same message id, as after a crash before the ack) changes nothing,
+    # even when the cool-down and the day's run would no longer stop it: the inbox does.
+    await _age(stack, first[0].campaign_id, timedelta(days=31))
+    entered, headers = await eventually(lambda: asyncio.sleep(0, result=entries and entries[0]))
+    js = stack.bus.nc.jetstream()
+    await js.publish(
+        streams.MEMBERSHIP_CHANGED,
+        entered.SerializeToString(),
+        headers={MSG_ID_HEADER: new_id("evt_"), REPLAY_OF_HEADER: headers[MSG_ID_HEADER]},
+    )
+    # Entries are applied in stream order: once b-02's (published after) has its outreach, the replay is done.
+    await _upsert(stack, _profile("b-02", outstanding_ratio=0.4))
+    after = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) >= 2))
+    assert sorted(o.profile_id for o in after) == ["b-01", "b-02"]
+    async with stack.db.transaction() as session:
+        applied = (
+            await session.execute(
+                select(store.inbox.c.message_id).where(store.inbox.c.consumer == streams.CAMPAIGNS_TRIGGERS.durable)
+            )
+        ).all()
+    assert headers[MSG_ID_HEADER] in {row.message_id for row in applied}
+
+    # b-01's outreach was two days ago (another day's run); they leave and come back within the 30-day
+    # cool-down: a new entry, but no new outreach.
+    await _age(stack, first[0].campaign_id, timedelta(days=2))
+    await _upsert(stack, _profile("b-01", outstanding_ratio=0.8))
+    await _upsert(stack, _profile("b-01", outstanding_ratio=0.5))
+    await _upsert(stack, _profile("b-04", email="b04@example.in", first_name="Arjun", outstanding_ratio=0.2))
+    after = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) >= 3))
+    assert sorted(o.profile_id for o in after) == ["b-01", "b-02", "b-04"]
+
+    # A paused campaign fires nothing; entries while paused are not kept for later.
+    await stack.campaigns.PauseCampaign(service_pb2.PauseCampaignRequest(request_id=new_id("r"), campaign_key=key))
+    await _upsert(stack, _profile("b-03", outstanding_ratio=0.3))
+    await eventually(lambda: _when(_outreaches(stack, witness), lambda rows: {o.profile_id for o in rows} >= {"b-03"}))
+    await subscription.unsubscribe()
+    assert sorted(o.profile_id for o in await _outreaches(stack, key)) == ["b-01", "b-02", "b-04"]
+    witnessed = await _outreaches(stack, witness)
+    assert sorted(o.profile_id for o in witnessed) == ["b-01", "b-02", "b-03", "b-04"]
+    # Each campaign numbers its IDs under its own trigger code.
+    assert {parse_campaign_id(o.campaign_id).trigger_code for o in witnessed} == {"T01"}  # type: ignore[union-attr]
+    report = (await stack.campaigns.GetCampaignReport(service_pb2.GetCampaignReportRequest(campaign_key=key))).counts
+    assert (report.released, report.dispatched) == (3, 3)
+
+
+async def _age(stack: Stack, campaign_id: str, age: timedelta) -> None:
+    """Moves an outreach (and its day's run) into the past, as if the trigger had fired `age` ago."""
+    then = datetime.now(UTC) - age
+    async with stack.db.transaction() as session:
+        run_id = (
+            await session.execute(
+                select(store.outreaches.c.run_id).where(store.outreaches.c.campaign_id == campaign_id)
+            )
+        ).scalar_one()
+        await session.execute(
+            update(store.outreaches).where(store.outreaches.c.campaign_id == campaign_id).values(created_at=then)
+        )
+        await session.execute(
+            update(store.campaign_runs).where(store.campaign_runs.c.run_id == run_id).values(occurrence_at=then)
+        )
+
+
+async def _when(rows_coroutine: Any, condition: Any) -> Any:
+    rows = await rows_coroutine
+    return rows if condition(rows) else None
