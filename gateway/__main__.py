@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from gateway import scopes
 from gateway.app import MIGRATIONS, build
 from gateway.keys import ApiKey, format_key, generate_key, hash_secret
+from gateway.limits import RateLimit
 from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from plumbing.db import Database
@@ -30,10 +31,28 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help=f"scopes the key grants, comma-separated or repeated; one of {', '.join(sorted(scopes.GRANTABLE_SCOPES))}",
     )
-    keys.add_parser("list", help="list keys (ids, clients, scopes; never secrets)")
+    _limit_arguments(create)
+    keys.add_parser("list", help="list keys (ids, clients, scopes, rate limits; never secrets)")
+    limit = keys.add_parser("limit", help="set a key's own rate limit, or --default to use the gateway's")
+    limit.add_argument("key_id", help="the key's id, the part after xsk_")
+    _limit_arguments(limit)
+    limit.add_argument("--default", action="store_true", help="drop the key's own limit")
     revoke = keys.add_parser("revoke", help="revoke a key; calls with it fail within seconds")
     revoke.add_argument("key_id", help="the key's id, the part after xsk_")
     return parser
+
+
+def _limit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=float, help="calls per second on average (default: the gateway's setting)")
+    parser.add_argument("--burst", type=int, help="calls at once before the rate applies (default: 2 x rate)")
+
+
+def _limit_of(args: argparse.Namespace) -> RateLimit | None:
+    if args.rate is None:
+        if args.burst is not None:
+            raise ValueError("--burst needs --rate")
+        return None
+    return RateLimit(args.rate, args.burst if args.burst is not None else max(1, int(2 * args.rate)))
 
 
 async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> int:
@@ -50,6 +69,11 @@ async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> i
                     file=sys.stderr,
                 )
                 return 2
+            try:
+                rate_limit = _limit_of(args)
+            except ValueError as error:
+                print(str(error), file=sys.stderr)
+                return 2
             presented = generate_key()
             await store.add(
                 ApiKey(
@@ -58,6 +82,7 @@ async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> i
                     hash_secret(presented.secret),
                     granted,
                     datetime.now(UTC),
+                    rate_limit=rate_limit,
                 )
             )
             print(format_key(presented.key_id, presented.secret))
@@ -65,10 +90,21 @@ async def keys_command(args: argparse.Namespace, settings: GatewaySettings) -> i
         elif args.keys_command == "list":
             for key in await store.list():
                 state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+                limit = str(key.rate_limit) if key.rate_limit else "default rate limit"
                 print(
                     f"{key.key_id}\t{key.client_name}\t{','.join(sorted(key.scopes))}\t"
-                    f"{key.created_at.isoformat()}\t{state}"
+                    f"{key.created_at.isoformat()}\t{state}\t{limit}"
                 )
+        elif args.keys_command == "limit":
+            try:
+                rate_limit = None if args.default else _limit_of(args)
+                if rate_limit is None and not args.default:
+                    raise ValueError("give --rate (and optionally --burst), or --default")
+                key = await store.set_rate_limit(args.key_id, rate_limit)
+            except (ValueError, NotFound) as error:
+                print(str(error), file=sys.stderr)
+                return 2 if isinstance(error, ValueError) else 1
+            print(f"{key.key_id} ({key.client_name}): {key.rate_limit or 'the default rate limit'}")
         else:
             try:
                 key = await store.revoke(args.key_id, datetime.now(UTC))

@@ -13,6 +13,7 @@ from gateway.api import GatewayApi
 from gateway.auth import Authenticator, AuthInterceptor
 from gateway.forwarding import Forwarder
 from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
+from gateway.limits import RateLimit, RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from gateway.tracking import TrackingEdge
@@ -66,6 +67,11 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
     if settings.bootstrap_api_key is not None:
         await keys.put(bootstrap_key(settings.bootstrap_api_key.get_secret_value(), datetime.now(UTC)))
 
+    default_limit = (
+        RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_per_second > 0
+        else None
+    )
     targets = {
         scopes.SEGMENTS_SERVICE: settings.segments_target,
         scopes.CAMPAIGNS_SERVICE: settings.campaigns_target,
@@ -78,7 +84,9 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
         settings.grpc_host,
         settings.grpc_port,
         provider,
-        extra_interceptors=[AuthInterceptor(Authenticator(keys, settings.key_cache_seconds))],
+        extra_interceptors=[
+            AuthInterceptor(Authenticator(keys, settings.key_cache_seconds), RateLimiter(default_limit))
+        ],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
     )
     forwarder = Forwarder(tracer, settings.downstream_timeout_seconds)

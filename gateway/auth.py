@@ -8,9 +8,12 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import scopes
 from gateway.keys import ApiKey, MalformedKey, parse_key, secret_matches
+from gateway.limits import RateLimit, RateLimiter
 from gateway.store import KeyStore
 
 log = structlog.get_logger(__name__)
@@ -28,6 +31,7 @@ class Caller:
     key_id: str
     client_name: str
     scopes: frozenset[str]
+    rate_limit: RateLimit | None = None
 
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("gateway_caller", default=None)
@@ -75,7 +79,7 @@ class Authenticator:
         if key.revoked:
             log.info("api_key_rejected", key_id=presented.key_id, reason="revoked")
             raise AuthenticationFailed(REVOKED_KEY)
-        return Caller(key.key_id, key.client_name, key.scopes)
+        return Caller(key.key_id, key.client_name, key.scopes, key.rate_limit)
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
         now = self._clock()
@@ -93,13 +97,14 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates and authorises every call except health and reflection, before the handler runs.
+    """Authenticates, rate-limits and authorises every call except health and reflection, before the handler runs.
 
     Fails closed: a method with no row in the scope table is refused even if a handler exists for it.
     """
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
         self._authenticator = authenticator
+        self._limiter = limiter
 
     async def intercept_service(
         self,
@@ -114,12 +119,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if required is None or not (handler.unary_unary or handler.unary_stream):
             return grpc.unary_unary_rpc_method_handler(_not_exposed(method))
         authenticator = self._authenticator
+        limiter = self._limiter
 
         async def admit(context: grpc.aio.ServicerContext) -> Caller:
             try:
                 caller = await authenticator.authenticate(presented_key(context.invocation_metadata()))
             except AuthenticationFailed as error:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            # Before the scope check: a client calling methods it may not call still spends its budget.
+            wait = limiter.take(caller.key_id, caller.rate_limit) if limiter else 0.0
+            if wait > 0:
+                limit = limiter.limit_for(caller.rate_limit) if limiter else None
+                log.info("rpc_rate_limited", rpc=method, key_id=caller.key_id, retry_in=round(wait, 3))
+                message = f"API key {caller.key_id} is over its rate limit of {limit}; retry in {wait:.2f}s"
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailing_metadata=_retry_details(message, wait, caller)
+                )
             if not scopes.authorizes(caller.scopes, required):
                 log.info("rpc_forbidden", rpc=method, key_id=caller.key_id, needs=required)
                 await context.abort(
@@ -163,6 +178,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _retry_details(message: str, wait: float, caller: Caller) -> tuple[tuple[str, bytes], ...]:
+    """google.rpc.Status with RetryInfo (when to retry) and QuotaFailure (whose quota), as gRPC clients expect."""
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1, int(wait * 1e9)))
+    for detail in (
+        error_details_pb2.RetryInfo(retry_delay=delay),
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"api_key:{caller.key_id}", description="calls per second of this API key"
+                )
+            ]
+        ),
+    ):
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def _not_exposed(method: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.limits import RateLimit
 from plumbing.ids import new_id
 
 KEY_PREFIX = "xsk"
@@ -36,6 +37,8 @@ class ApiKey:
     scopes: frozenset[str]
     created_at: datetime
     revoked_at: datetime | None = None
+    rate_limit: RateLimit | None = None
+    """None: the gateway's default (XSELL_GATEWAY_RATE_LIMIT_PER_SECOND / _BURST)."""
 
     @property
     def revoked(self) -> bool:

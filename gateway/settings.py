@@ -31,7 +31,18 @@ class GatewaySettings(ServiceSettings):
     downstream_timeout_seconds: float = Field(
         default=10.0, description="Longest a forwarded call may take; a shorter caller deadline is passed on as is."
     )
-    max_request_bytes: int = Field(default=4 * 1024 * 1024, description="Largest gRPC request accepted, in bytes.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="Largest gRPC request accepted, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.",
+    )
+    rate_limit_per_second: float = Field(
+        default=100.0,
+        description="Calls per second each API key may make on average, unless the key has its own limit "
+        "(`python -m gateway keys limit`); 0 turns the default limit off.",
+    )
+    rate_limit_burst: int = Field(
+        default=200, description="How many calls a key may make at once before its rate applies (the bucket size)."
+    )
     key_cache_seconds: float = Field(
         default=5.0, description="How long an API key look-up is cached; a revocation takes effect within this time."
     )

@@ -2,10 +2,11 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert, select, update
+from sqlalchemy import JSON, Column, DateTime, Float, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Row
 
 from gateway.keys import ApiKey
+from gateway.limits import RateLimit
 from plumbing.db import Database
 from plumbing.errors import NotFound
 
@@ -21,6 +22,9 @@ api_keys = Table(
     Column("scopes", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # Both NULL: the gateway's default limit applies.
+    Column("rate_per_second", Float, nullable=True),
+    Column("rate_burst", Integer, nullable=True),
 )
 
 
@@ -41,7 +45,15 @@ def _to_key(row: Row) -> ApiKey:
         scopes=frozenset(row.scopes),
         created_at=created_at,
         revoked_at=_utc(row.revoked_at),
+        rate_limit=RateLimit(row.rate_per_second, row.rate_burst) if row.rate_per_second is not None else None,
     )
+
+
+def _limit_columns(limit: RateLimit | None) -> dict[str, float | int | None]:
+    return {
+        "rate_per_second": limit.per_second if limit else None,
+        "rate_burst": limit.burst if limit else None,
+    }
 
 
 class KeyStore:
@@ -60,11 +72,12 @@ class KeyStore:
                     scopes=sorted(key.scopes),
                     created_at=key.created_at,
                     revoked_at=key.revoked_at,
+                    **_limit_columns(key.rate_limit),
                 )
             )
 
     async def put(self, key: ApiKey) -> None:
-        """Inserts the key, or replaces the stored one with the same key id (the bootstrap key)."""
+        """Inserts the key, or replaces the stored one with the same key id (the bootstrap key), keeping its limit."""
         values = {
             "client_name": key.client_name,
             "key_hash": key.key_hash,
@@ -74,7 +87,12 @@ class KeyStore:
         async with self._db.transaction() as session:
             changed = await session.execute(update(api_keys).where(api_keys.c.key_id == key.key_id).values(**values))
             if changed.rowcount == 0:  # type: ignore[attr-defined]
-                await session.execute(insert(api_keys).values(key_id=key.key_id, created_at=key.created_at, **values))
+                # A limit set on the stored key (keys limit) survives restarts; only a new key takes this one.
+                await session.execute(
+                    insert(api_keys).values(
+                        key_id=key.key_id, created_at=key.created_at, **values, **_limit_columns(key.rate_limit)
+                    )
+                )
 
     async def get(self, key_id: str) -> ApiKey | None:
         async with self._db.sessions() as session:
@@ -94,6 +112,15 @@ class KeyStore:
                 .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=at)
             )
+            row = (await session.execute(select(api_keys).where(api_keys.c.key_id == key_id))).first()
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}; `python -m gateway keys list` shows them", field="key_id")
+        return _to_key(row)
+
+    async def set_rate_limit(self, key_id: str, limit: RateLimit | None) -> ApiKey:
+        """Gives the key its own limit, or None to go back to the gateway's default."""
+        async with self._db.transaction() as session:
+            await session.execute(update(api_keys).where(api_keys.c.key_id == key_id).values(**_limit_columns(limit)))
             row = (await session.execute(select(api_keys).where(api_keys.c.key_id == key_id))).first()
         if row is None:
             raise NotFound(f"no API key with id {key_id!r}; `python -m gateway keys list` shows them", field="key_id")

@@ -102,6 +102,33 @@ async def test_the_keys_commands_list_and_revoke(tmp_path: Path, capsys: pytest.
     assert code == 2 and "unknown scopes" in err
 
 
+async def test_the_keys_commands_set_and_drop_a_key_rate_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = GatewaySettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+
+    async def keys(*args: str) -> tuple[int, str, str]:
+        code = await keys_command(parser().parse_args(["keys", *args]), settings)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = await keys("create", "--name", "crm-bulk", "--scopes", "ingest", "--rate", "5")
+    assert code == 0
+    key_id = out.strip().split("_")[1]
+    assert "5 calls/s (bursts of 10)" in (await keys("list"))[1]
+    assert (
+        (await keys("limit", key_id, "--rate", "0.5", "--burst", "3"))[1].strip().endswith("0.5 calls/s (bursts of 3)")
+    )
+    assert "the default rate limit" in (await keys("limit", key_id, "--default"))[1]
+    assert "default rate limit" in (await keys("list"))[1]
+    code, _, err = await keys("limit", key_id, "--burst", "3")
+    assert code == 2 and "--burst needs --rate" in err
+    code, _, err = await keys("limit", key_id, "--rate", "-1")
+    assert code == 2 and "positive rate" in err
+    code, _, err = await keys("limit", "01unknown", "--rate", "1")
+    assert code == 1 and "01unknown" in err
+
+
 async def test_the_migration_creates_exactly_the_store_tables(database_url: str) -> None:
     db = Database(database_url)
     await db.migrate(MIGRATIONS)
