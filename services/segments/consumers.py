@@ -1,6 +1,7 @@
 """NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -11,14 +12,14 @@ from plumbing.errors import DomainError
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
-from services.segments import store
+from services.segments import store, suppressions
 from services.segments.activity import Activity
 from services.segments.records import MAX_BATCH, IncomingEvent, validate_events
 from services.segments.values import Value
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.channels.v1 import events_pb2 as channel_events
 from xsell.channels.v1 import resources_pb2 as channel_resources
-from xsell.segments.v1 import events_pb2, service_pb2
+from xsell.segments.v1 import events_pb2, resources_pb2, service_pb2
 from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
@@ -29,6 +30,29 @@ def engagement_event_name(channel: int, kind: int) -> str:
     channel_name = channel_pb2.Channel.Name(channel).removeprefix("CHANNEL_").lower()  # type: ignore[arg-type]
     kind_name = channel_resources.EngagementKind.Name(kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
     return f"{channel_name}_{kind_name}"
+
+
+# What a recipient's own action on a message means for every later send on that channel.
+_SUPPRESSING = {
+    channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED: resources_pb2.SUPPRESSION_REASON_OPT_OUT,
+    channel_resources.ENGAGEMENT_KIND_COMPLAINED: resources_pb2.SUPPRESSION_REASON_COMPLAINT,
+}
+
+
+def _suppression_for(event: channel_events.EngagementRecorded) -> dict[str, Any] | None:
+    """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
+    with no expiry, until someone lifts it with RemoveSuppression; other engagement suppresses nothing."""
+    reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
+    if reason is None:
+        return None
+    kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
+    return {
+        "profile_id": event.profile_id,
+        "channel": suppressions.channel_key(event.channel),
+        "reason": suppressions.reason_key(reason),
+        "expire_time": None,
+        "note": f"{kind} on campaign {event.campaign_id}",
+    }
 
 
 def _when(stamp_set: bool, moment: datetime) -> datetime:
@@ -67,7 +91,14 @@ class ProfileActivityConsumers:
             occurred_at=occurred,
             properties={"campaign_id": Value.string(event.campaign_id)},
         )
-        await self._apply(streams.SEGMENTS_ENGAGEMENT.durable, delivery, incoming, event.campaign_id)
+        suppression = _suppression_for(event)
+        await self._apply(
+            streams.SEGMENTS_ENGAGEMENT.durable,
+            delivery,
+            incoming,
+            event.campaign_id,
+            suppress=[suppression] if suppression else [],
+        )
 
     async def on_conversion(self, event: attribution_events.ConversionRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -88,7 +119,15 @@ class ProfileActivityConsumers:
         )
         await self._apply(streams.SEGMENTS_CONVERSION.durable, delivery, incoming, event.campaign_id)
 
-    async def _apply(self, durable: str, delivery: Delivery, incoming: IncomingEvent, campaign_id: str) -> None:
+    async def _apply(
+        self,
+        durable: str,
+        delivery: Delivery,
+        incoming: IncomingEvent,
+        campaign_id: str,
+        *,
+        suppress: list[dict[str, Any]] | None = None,
+    ) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
             now = utcnow()
             async with self.db.transaction() as session:
@@ -96,7 +135,9 @@ class ProfileActivityConsumers:
                     log.info("redelivery_skipped", durable=durable)
                     return
                 await self.activity.record_events(session, [incoming], now)
-            log.info("profile_activity_recorded", event_name=incoming.name)
+                if suppress:
+                    await store.upsert_suppressions(session, suppress, now)
+            log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress))
 
     async def on_bulk_ingest(self, request: service_pb2.IngestEventsRequest, delivery: Delivery) -> None:
         """Applies a feed's batch exactly as IngestEvents does, and answers with BulkIngestCompleted.

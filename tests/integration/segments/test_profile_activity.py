@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -117,3 +118,59 @@ async def test_click_and_conversion_land_on_the_profile_once_and_in_the_outreach
     assert all(s.context.trace_id == trace_id for s in recorded)
     profile = (await segments.GetProfile(api.GetProfileRequest(profile_id=profile_id))).profile
     assert profile.profile_id == profile_id
+
+
+async def test_an_unsubscribe_or_complaint_suppresses_the_person_on_that_channel(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    for kind, channel in (
+        (channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, channel_pb2.CHANNEL_EMAIL),
+        (channel_resources.ENGAGEMENT_KIND_COMPLAINED, channel_pb2.CHANNEL_SMS),
+        (channel_resources.ENGAGEMENT_KIND_OPENED, channel_pb2.CHANNEL_PUSH),
+    ):
+        engagement = channel_events.EngagementRecorded(
+            event_id=new_id("evt_"),
+            campaign_id=campaign_id,
+            channel=channel,
+            kind=kind,
+            occur_time=_now(),
+            profile_id=profile_id,
+        )
+        await nats_bus.js.publish(
+            streams.ENGAGEMENT_RECORDED,
+            engagement.SerializeToString(),
+            headers={"Nats-Msg-Id": engagement.event_id, "Xsell-Campaign-Id": campaign_id},
+        )
+
+    async def check(channel: int) -> api.CheckSuppressionResponse:
+        return await segments.CheckSuppression(api.CheckSuppressionRequest(profile_id=profile_id, channel=channel))
+
+    async def both_applied() -> bool:
+        return (await check(channel_pb2.CHANNEL_EMAIL)).suppressed and (await check(channel_pb2.CHANNEL_SMS)).suppressed
+
+    await eventually(both_applied)
+    (email,) = (await check(channel_pb2.CHANNEL_EMAIL)).suppressions
+    assert email.reason == r.SUPPRESSION_REASON_OPT_OUT
+    assert campaign_id in email.note
+    (sms,) = (await check(channel_pb2.CHANNEL_SMS)).suppressions
+    assert sms.reason == r.SUPPRESSION_REASON_COMPLAINT
+    # An open suppresses nothing, and an unsubscribe from e-mail does not stop WhatsApp or push.
+    await eventually(lambda: member_events(segments, profile_id, "push_opened"))
+    assert not (await check(channel_pb2.CHANNEL_PUSH)).suppressed
+    assert not (await check(channel_pb2.CHANNEL_WHATSAPP)).suppressed
+
+
+async def member_events(segments: SegmentsServiceStub, profile_id: str, name: str) -> bool:
+    """True once the profile exists with an event of this name recorded (the engagement was applied)."""
+    try:
+        await segments.GetProfile(api.GetProfileRequest(profile_id=profile_id))
+    except grpc.aio.AioRpcError:
+        return False
+    explained = await segments.PreviewSegment(
+        api.PreviewSegmentRequest(
+            rule=r.Rule(event=r.EventCondition(event_name=name, performance=r.PERFORMANCE_PERFORMED)), sample_size=100
+        )
+    )
+    return profile_id in explained.sample_profile_ids
