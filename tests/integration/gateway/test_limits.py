@@ -1,4 +1,4 @@
-"""Per-key rate limits and the request size limit, on a real gateway: refused calls never reach a service."""
+"""Per-key rate limits on a real gateway: refused calls never reach a service (size limits: test_forwarding)."""
 
 import grpc
 import pytest
@@ -7,20 +7,11 @@ from grpc_status import rpc_status
 
 from gateway import scopes
 from gateway.limits import RateLimit
-from tests.integration.gateway.conftest import DOWNSTREAM_REPLY, Downstream, GatewayFactory, RunningGateway
+from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway
 
 GET_SEGMENT = "/xsell.segments.v1.SegmentsService/GetSegment"
 UPSERT_PROFILES = "/xsell.segments.v1.SegmentsService/UpsertProfiles"
 GET_CALLER = "/xsell.gateway.v1.GatewayService/GetCaller"
-
-
-def unknown_field(size: int) -> bytes:
-    """Field 999, length-delimited, of `size` bytes: valid bytes for any message, of a chosen size."""
-    length, varint = size, b""
-    while length >= 0x80:
-        varint += bytes([length & 0x7F | 0x80])
-        length >>= 7
-    return b"\xba\x3e" + varint + bytes([length]) + b"x" * size
 
 
 async def call(gateway: RunningGateway, method: str, key: str, request: bytes = b"") -> bytes:
@@ -83,19 +74,3 @@ async def test_a_key_of_its_own_limit_and_no_limit_when_turned_off(
     unlimited = await start_gateway(rate_limit_per_second=0, database_url=None)
     key = await unlimited.add_key(scopes.SEGMENTS_MANAGE, client="unlimited")
     assert await outcomes(unlimited, key, 300) == ["OK"] * 300
-
-
-async def test_requests_over_the_size_limit_are_refused_before_any_service(
-    start_gateway: GatewayFactory, downstream: Downstream
-) -> None:
-    gateway = await start_gateway(max_request_bytes=64 * 1024)
-    key = await gateway.add_key(scopes.INGEST)
-    fits = unknown_field(63 * 1024)
-    assert await call(gateway, UPSERT_PROFILES, key, fits) == DOWNSTREAM_REPLY
-
-    too_big = unknown_field(64 * 1024)
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call(gateway, UPSERT_PROFILES, key, too_big)
-    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in (raised.value.details() or ""), raised.value.details()
-    assert len(downstream.services.to(UPSERT_PROFILES)) == 1
