@@ -331,7 +331,7 @@ class ReleaseRunner:
                         row["dispatch_payload"] = dispatch.SerializeToString()
                         outreach_rows.append(row)
             await store.insert_outreaches(session, outreach_rows)
-            await self.gate.record_contacts(session, campaign, outreach_rows)
+            await self.gate.record_contacts(session, campaign, admitted, outreach_rows)
             await self.outbox.add_rows(session, events)
             result = PageResult(len(outreach_rows), admitted.no_contact, skipped_render)
             advanced = await store.advance_run(

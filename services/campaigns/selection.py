@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,11 +30,17 @@ class ContactsChanged(Exception):
 
 @dataclass(frozen=True)
 class Admitted:
-    """The members to create outreaches for, the channel each gets it on, and how many had no address."""
+    """The members to create outreaches for, the channel each gets it on, and how many had no address.
+
+    `displacing`: per admitted person, the outranked undispatched outreaches their new one replaces;
+    they are withdrawn by record_contacts, and only for people whose outreach was in fact created (a
+    render failure leaves the other campaign's outreach in place).
+    """
 
     members: list[AudienceMember]
     channels: dict[str, str]
     no_contact: int
+    displacing: dict[str, tuple[Contact, ...]] = field(default_factory=dict)
 
 
 def campaign_rank(campaign: Any) -> Rank:
@@ -99,7 +105,7 @@ class AudienceGate:
         )
         eligible = sifted.eligible
         capped: list[LeftOut] = []
-        withdrawn_rows: list[dict[str, Any]] = []
+        displacing: dict[str, tuple[Contact, ...]] = {}
         people = [m.profile_id for m, _ in eligible]
         # Taken even without caps of its own: this run's outreaches count against other campaigns' caps.
         await store.lock_people(session, people)
@@ -110,31 +116,16 @@ class AudienceGate:
                 contacts[row.profile_id].append(_contact(row))
             rank = campaign_rank(campaign)
             kept: list[tuple[AudienceMember, str]] = []
-            displaced: list[Contact] = []
             for member, channel in eligible:
                 candidate = Candidate(member.profile_id, channel, campaign.category, rank, campaign.time_zone)
                 verdict = judge(candidate, rules, contacts.get(member.profile_id, ()), now)
                 if verdict.allowed:
                     kept.append((member, channel))
-                    displaced.extend(verdict.displaced)
+                    if verdict.displaced:
+                        displacing[member.profile_id] = verdict.displaced
                 else:
                     capped.append(LeftOut(member.profile_id, Exclusion.CAPPED, verdict.reason))
             eligible = kept
-            if displaced:
-                withdrawn = await store.withdraw_outreaches(session, [c.campaign_id for c in displaced], now)
-                if len(withdrawn) != len(displaced):
-                    raise ContactsChanged
-                withdrawn_rows = [
-                    {
-                        "run_id": w.run_id,
-                        "profile_id": w.profile_id,
-                        "campaign_key": w.campaign_key,
-                        "kind": Exclusion.CAPPED.value,
-                        "reason": OUTRANKED,
-                        "created_at": now,
-                    }
-                    for w in withdrawn
-                ]
         left_out = [*sifted.left_out, *capped]
         await store.insert_exclusions(
             session,
@@ -148,8 +139,7 @@ class AudienceGate:
                     "created_at": now,
                 }
                 for out in left_out
-            ]
-            + withdrawn_rows,
+            ],
         )
         held = [out for out in left_out if out.kind == Exclusion.HELD_OUT]
         await self.outbox.add_rows(session, [self._holdout_event(campaign, run, out.profile_id, now) for out in held])
@@ -162,13 +152,14 @@ class AudienceGate:
             "suppressed": suppressed,
             "held_out": len(held),
             "capped": len(capped),
-            "withdrawn": len(withdrawn_rows),
         }
         # Counts only (no person): who exactly is in run_exclusions, for "why did they not get it?".
         trace.get_current_span().set_attributes({f"campaign.page.{name}": count for name, count in decided.items()})
         log.info("audience_page_decided", **decided)
         no_contact = sum(1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == NO_CONTACT)
-        return Admitted([m for m, _ in eligible], {m.profile_id: channel for m, channel in eligible}, no_contact)
+        return Admitted(
+            [m for m, _ in eligible], {m.profile_id: channel for m, channel in eligible}, no_contact, displacing
+        )
 
     def _holdout_event(self, campaign: Any, run: Any, profile_id: str, now: datetime) -> dict[str, Any]:
         event = events_pb2.HoldoutAssigned(
@@ -184,9 +175,34 @@ class AudienceGate:
         return self.outbox.event(streams.HOLDOUT_ASSIGNED, event)
 
     async def record_contacts(
-        self, session: AsyncSession, campaign: Any, outreach_rows: Sequence[Mapping[str, Any]]
+        self, session: AsyncSession, campaign: Any, admitted: Admitted, outreach_rows: Sequence[Mapping[str, Any]]
     ) -> None:
-        """Puts the page's new outreaches on the contact ledger with the campaign's rank."""
+        """Puts the page's new outreaches on the contact ledger with the campaign's rank, and withdraws the
+        outranked outreaches they replace; raises ContactsChanged if one of those was dispatched meanwhile."""
+        displaced = [
+            contact for row in outreach_rows for contact in admitted.displacing.get(str(row["profile_id"]), ())
+        ]
+        if displaced:
+            now = outreach_rows[0]["created_at"]
+            withdrawn = await store.withdraw_outreaches(session, [c.campaign_id for c in displaced], now)
+            if len(withdrawn) != len(displaced):
+                raise ContactsChanged
+            await store.insert_exclusions(
+                session,
+                [
+                    {
+                        "run_id": w.run_id,
+                        "profile_id": w.profile_id,
+                        "campaign_key": w.campaign_key,
+                        "kind": Exclusion.CAPPED.value,
+                        "reason": OUTRANKED,
+                        "created_at": now,
+                    }
+                    for w in withdrawn
+                ],
+            )
+            trace.get_current_span().set_attribute("campaign.page.withdrawn", len(withdrawn))
+            log.info("outranked_outreaches_withdrawn", withdrawn=len(withdrawn))
         options = DeliveryOptions.from_json(campaign.options)
         launched = campaign.launched_at or campaign.created_at
         await store.insert_contacts(

@@ -44,6 +44,7 @@ HTML = '<p>Dear {{ first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe<
 LABEL = "Cross-Sell – Lumpsum"
 PEOPLE = [f"cust-{i:02d}" for i in range(30)]
 NO_EMAIL = "cust-29"
+NO_CITY = {"cust-10", "cust-11"}
 
 
 @dataclass
@@ -113,6 +114,8 @@ def _profile(profile_id: str) -> seg.Profile:
     profile.attributes["first_name"].string_value = profile_id.title()
     if profile_id != NO_EMAIL:
         profile.attributes["email"].string_value = f"{profile_id}@example.in"
+    if profile_id not in NO_CITY:
+        profile.attributes["city"].string_value = "Pune"
     return profile
 
 
@@ -122,7 +125,7 @@ async def _audience(stack: Stack) -> None:
             request_id=new_id("req_"),
             attributes=[
                 seg.AttributeDefinition(name=name, type=seg.ATTRIBUTE_TYPE_STRING, pii=name == "email")
-                for name in ("email", "first_name", "plan")
+                for name in ("email", "first_name", "plan", "city")
             ],
         )
     )
@@ -425,20 +428,23 @@ async def test_a_better_campaign_takes_undispatched_places_under_its_cap_and_is_
         reachable = {p for p in PEOPLE if p != NO_EMAIL}
 
         # High priority with one outreach a day: it takes every undispatched place and is capped where low sent.
+        # Its content needs a city: where it cannot render, the person keeps low's outreach.
         cap = S.FrequencyCap(scope=S.CAP_SCOPE_ALL, period=S.CAP_PERIOD_DAY, max_outreaches=1)
-        high = await _launch(stack, _campaign(segment_id, priority=5, frequency_caps=[cap]))
+        high_campaign = _campaign(segment_id, priority=5, frequency_caps=[cap])
+        high_campaign.content.email.html_template = "<p>{{ first_name }} of {{ city }}</p>" + HTML
+        high = await _launch(stack, high_campaign)
         await _completed(stack, high)
-        assert {o.profile_id for o in await _outreaches(stack, high)} == reachable - sent_by_low
+        assert {o.profile_id for o in await _outreaches(stack, high)} == reachable - sent_by_low - NO_CITY
         low_rows = await _outreaches(stack, low)
         withdrawn = {r.profile_id for r in low_rows if r.withdrawn_at is not None}
-        assert withdrawn == reachable - sent_by_low
+        assert withdrawn == reachable - sent_by_low - NO_CITY
         assert all(r.dispatched_at is None for r in low_rows if r.withdrawn_at is not None)
 
         high_counts, low_counts = await _report(stack, high), await _report(stack, low)
-        assert (high_counts.released, high_counts.capped) == (26, 3)
+        assert (high_counts.released, high_counts.capped, high_counts.render_failed) == (24, 3, 2)
         assert _reasons(high_counts.capped_by_reason) == {"cap_all_day": 3}
-        assert (low_counts.audience, low_counts.released, low_counts.capped) == (30, 3, 26)
-        assert _reasons(low_counts.capped_by_reason) == {"outranked": 26}
+        assert (low_counts.audience, low_counts.released, low_counts.capped) == (30, 5, 24)
+        assert _reasons(low_counts.capped_by_reason) == {"outranked": 24}
 
         # A lower-priority campaign with the same cap finds everyone contacted today and yields.
         lower = await _launch(stack, _campaign(segment_id, frequency_caps=[cap]))
