@@ -6,9 +6,10 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway import scopes
-from gateway.forwarding import request_type
+from gateway.forwarding import is_server_streaming, request_type
 from tests.integration.gateway.conftest import DOWNSTREAM_REPLY, Downstream, GatewayFactory, RunningGateway
 from tests.waiting import eventually
 from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
@@ -60,7 +61,10 @@ async def test_authorization_matrix_over_every_exposed_rpc(
     admin_key = key_by_scope[scopes.ADMIN]
     wrong_secret = admin_key[:-4] + ("aaaa" if not admin_key.endswith("aaaa") else "bbbb")
     unknown = "xsk_01jdoesnotexist0000000000_" + "s" * 43
+    unscoped = [method for method in exposed_in_contracts() if method not in scopes.METHOD_SCOPES]
+    assert unscoped == [], f"RPCs with no row in gateway/scopes.py METHOD_SCOPES: {unscoped}"
     exposed = {method: scopes.METHOD_SCOPES[method] for method in exposed_in_contracts()}
+    assert len(exposed) == len(scopes.METHOD_SCOPES), "the matrix covers every row of the scope table"
 
     for method, required in exposed.items():
         missing = await refused(gateway, method, ())
@@ -101,6 +105,53 @@ async def test_authorization_matrix_over_every_exposed_rpc(
                 ], method
                 assert recorder.calls[0].metadata.get("x-api-key") is None, "the caller's key must not travel on"
                 assert "authorization" not in recorder.calls[0].metadata
+
+
+async def served_services(gateway: RunningGateway) -> set[str]:
+    async def list_services():  # type: ignore[no-untyped-def]
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for reply in reflection_pb2_grpc.ServerReflectionStub(gateway.channel()).ServerReflectionInfo(
+        list_services()
+    ):
+        return {service.name for service in reply.list_services_response.service}
+    raise AssertionError("reflection answered nothing")
+
+
+async def test_every_service_the_gateway_serves_is_in_the_matrix(start_gateway: GatewayFactory) -> None:
+    """What the running gateway serves, by reflection, is what the matrix above walks: nothing served escapes it."""
+    gateway = await start_gateway()
+    served = await served_services(gateway)
+    assert served - scopes.PUBLIC_SERVICES == {*scopes.FORWARDED_SERVICES, scopes.GATEWAY_SERVICE}
+    served_methods = {
+        f"/{service}/{method.name}"
+        for service in served - scopes.PUBLIC_SERVICES
+        for method in descriptor_pool.Default().FindServiceByName(service).methods
+    }
+    assert served_methods - scopes.INTERNAL_METHODS == set(exposed_in_contracts())
+
+
+async def test_a_refused_streaming_call_reaches_no_service(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    """Server-streaming RPCs go through the same checks when called as streams, the way grpcurl or a CRM calls them."""
+    gateway = await start_gateway()
+    streaming = [method for method in exposed_in_contracts() if is_server_streaming(method)]
+    assert streaming, "the contracts have server-streaming RPCs"
+    wrong_scope = await gateway.add_key(scopes.CRM_LEADS)
+    revoked = await gateway.add_key(scopes.ADMIN, revoked=True)
+    for method in streaming:
+        for metadata, code in (
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            ((("x-api-key", revoked),), grpc.StatusCode.UNAUTHENTICATED),
+            ((("x-api-key", wrong_scope),), grpc.StatusCode.PERMISSION_DENIED),
+        ):
+            stream = gateway.channel().unary_stream(method)(request_bytes(method), metadata=metadata, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in stream:
+                    pass
+            assert raised.value.code() == code, (method, metadata)
+    assert downstream.services.calls == []
 
 
 async def test_the_internal_record_engagement_rpc_is_not_reachable(
