@@ -30,6 +30,8 @@ from services.segments.settings import SegmentsSettings
 from tests.integration.segments.approval import publish as approve_and_publish
 from tests.waiting import eventually
 from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channel_resources
 from xsell.segments.v1 import events_pb2 as segment_events
 from xsell.segments.v1 import resources_pb2 as seg
 from xsell.segments.v1 import service_pb2 as seg_service
@@ -150,17 +152,18 @@ async def _segment(stack: Stack, rule: seg.Rule) -> str:
 
 
 def _campaign(segment_id: str, **fields: Any) -> resources_pb2.Campaign:
-    return resources_pb2.Campaign(
-        display_name="Top-up when outstanding falls below 60%",
-        programme="CSELL",
-        segment_id=segment_id,
-        channel=channel_pb2.CHANNEL_EMAIL,
-        offer=resources_pb2.Offer(product_code="PL_TOPUP"),
-        content=resources_pb2.Content(
+    defaults: dict[str, Any] = {
+        "display_name": "Top-up when outstanding falls below 60%",
+        "programme": "CSELL",
+        "segment_id": segment_id,
+        "channel": channel_pb2.CHANNEL_EMAIL,
+        "offer": resources_pb2.Offer(product_code="PL_TOPUP"),
+        "content": resources_pb2.Content(
             email=resources_pb2.EmailContent(subject_template="Hello {{ first_name }}", html_template=HTML)
         ),
-        **{"schedule": resources_pb2.Schedule(time_zone=ZONE), **fields},
-    )
+        "schedule": resources_pb2.Schedule(time_zone=ZONE),
+    }
+    return resources_pb2.Campaign(**{**defaults, **fields})
 
 
 async def _launch(stack: Stack, campaign: resources_pb2.Campaign) -> str:
@@ -308,3 +311,120 @@ async def _age(stack: Stack, campaign_id: str, age: timedelta) -> None:
 async def _when(rows_coroutine: Any, condition: Any) -> Any:
     rows = await rows_coroutine
     return rows if condition(rows) else None
+
+
+def _sip_rule() -> seg.Rule:
+    condition = seg.AttributeCondition(attribute="plan", operator=seg.OPERATOR_EQUALS)
+    condition.values.add(string_value="SIP")
+    return seg.Rule(attribute=condition)
+
+
+def _resend_now() -> resources_pb2.Resend:
+    """Not opened, an hour later, at a local time of day half an hour ago (see _dispatched_two_hours_ago)."""
+    local = datetime.now(ZoneInfo(ZONE)) - timedelta(minutes=30)
+    return resources_pb2.Resend(
+        condition=resources_pb2.RESEND_CONDITION_NOT_OPENED,
+        delay=Duration(seconds=3600),
+        time_of_day=f"{local.hour:02d}:{local.minute:02d}",
+    )
+
+
+async def _dispatched_two_hours_ago(stack: Stack, *keys: str) -> None:
+    """Dispatch + delay is then an hour ago, so the resend's local time (half an hour ago) has come."""
+    async with stack.db.transaction() as session:
+        await session.execute(
+            update(store.outreaches)
+            .where(store.outreaches.c.campaign_key.in_(keys), store.outreaches.c.resend_of.is_(None))
+            .values(dispatched_at=datetime.now(UTC) - timedelta(hours=2))
+        )
+
+
+async def _report(stack: Stack, key: str) -> resources_pb2.ReportCounts:
+    return (await stack.campaigns.GetCampaignReport(service_pb2.GetCampaignReportRequest(campaign_key=key))).counts
+
+
+async def _state(stack: Stack, key: str) -> int:
+    return (await stack.campaigns.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign.state
+
+
+async def test_a_resend_goes_once_to_who_did_not_open_and_not_to_who_opted_out_meanwhile(stack: Stack) -> None:
+    await _define(stack)
+    await _upsert(
+        stack,
+        *(_profile(f"r-0{i}", email=f"r0{i}@example.in", first_name=f"P{i}", plan="SIP") for i in (1, 2, 3)),
+    )
+    segment_id = await _segment(stack, _sip_rule())
+    key = await _launch(stack, _campaign(segment_id, resend=_resend_now()))
+    await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 3))
+    originals = {o.profile_id: o.campaign_id for o in await _outreaches(stack, key)}
+    # The run is done, but the campaign waits for its resends (so it can still be paused or cancelled).
+    await eventually(
+        lambda: _when(
+            stack.campaigns.ListCampaignAudit(service_pb2.ListCampaignAuditRequest(campaign_key=key)),
+            lambda page: any(e.note == "waiting for resends" for e in page.entries),
+        )
+    )
+    assert await _state(stack, key) == resources_pb2.CAMPAIGN_STATE_RUNNING
+
+    # r-01 opens it; r-02 unsubscribes (a suppression in segments) after it was sent.
+    opened = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=originals["r-01"],
+        channel=channel_pb2.CHANNEL_EMAIL,
+        kind=channel_resources.ENGAGEMENT_KIND_OPENED,
+        profile_id="r-01",
+    )
+    await stack.bus.nc.jetstream().publish(
+        streams.ENGAGEMENT_RECORDED, opened.SerializeToString(), headers={MSG_ID_HEADER: opened.event_id}
+    )
+    suppressed = await stack.segments.AddSuppressions(
+        seg_service.AddSuppressionsRequest(
+            request_id=new_id("req_"),
+            suppressions=[seg.Suppression(profile_id="r-02", reason=seg.SUPPRESSION_REASON_OPT_OUT)],
+        )
+    )
+    assert suppressed.accepted_count == 1
+    await eventually(lambda: _when(_report(stack, key), lambda counts: counts.opened == 1))
+
+    await _dispatched_two_hours_ago(stack, key)
+    await eventually(lambda: _when(_state(stack, key), lambda state: state == resources_pb2.CAMPAIGN_STATE_COMPLETED))
+    rows = await _outreaches(stack, key)
+    resends = [o for o in rows if o.resend_of]
+    assert len(rows) == 4 and len(resends) == 1
+    resend = resends[0]
+    assert (resend.profile_id, resend.resend_of) == ("r-03", originals["r-03"])
+    assert resend.campaign_id not in originals.values() and parse_campaign_id(resend.campaign_id) is not None
+    sent = await eventually(
+        lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == resend.campaign_id])
+    )
+    assert sent[0].email.to_address == "r03@example.in"
+    async with stack.db.transaction() as session:
+        decided = dict(
+            (
+                await session.execute(
+                    select(store.outreaches.c.profile_id, store.outreaches.c.resend_state).where(
+                        store.outreaches.c.campaign_key == key, store.outreaches.c.resend_of.is_(None)
+                    )
+                )
+            ).all()
+        )
+    assert decided == {"r-01": "opened", "r-02": "suppressed:opt_out", "r-03": "resent"}
+
+
+async def test_a_paused_campaign_resends_nothing_while_another_one_resends(stack: Stack) -> None:
+    await _define(stack)
+    await _upsert(stack, *(_profile(f"q-0{i}", email=f"q0{i}@example.in", first_name="Q", plan="SIP") for i in (1, 2)))
+    segment_id = await _segment(stack, _sip_rule())
+    paused = await _launch(stack, _campaign(segment_id, resend=_resend_now()))
+    witness = await _launch(stack, _campaign(segment_id, resend=_resend_now(), display_name="witness"))
+    for key in (paused, witness):
+        await eventually(lambda key=key: _when(_report(stack, key), lambda counts: counts.dispatched == 2))
+    await stack.campaigns.PauseCampaign(service_pb2.PauseCampaignRequest(request_id=new_id("r"), campaign_key=paused))
+    # Both campaigns' originals are due in the same update, so the runner sees them in the same pass.
+    await _dispatched_two_hours_ago(stack, paused, witness)
+    await eventually(lambda: _when(_outreaches(stack, witness), lambda rows: len(rows) == 4))
+    assert len(await _outreaches(stack, paused)) == 2
+    await stack.campaigns.CancelCampaign(service_pb2.CancelCampaignRequest(request_id=new_id("r"), campaign_key=paused))
+    assert await _state(stack, paused) == resources_pb2.CAMPAIGN_STATE_CANCELLED
+    running_or_done = (resources_pb2.CAMPAIGN_STATE_RUNNING, resources_pb2.CAMPAIGN_STATE_COMPLETED)
+    assert await _state(stack, witness) in running_or_done
