@@ -96,6 +96,7 @@ METHOD_SCOPES: dict[str, str] = {
     _method(CAMPAIGNS_SERVICE, "ApproveCampaign"): APPROVE,
     _method(CAMPAIGNS_SERVICE, "RejectCampaign"): APPROVE,
     _method(CAMPAIGNS_SERVICE, "GetCampaignReport"): REPORTS_READ,
+    _method(CAMPAIGNS_SERVICE, "ExplainOutreach"): REPORTS_READ,
     _method(CAMPAIGNS_SERVICE, "GetLabelReport"): REPORTS_READ,
     _method(CAMPAIGNS_SERVICE, "GetOutreach"): CRM_LEADS,
     _method(ATTRIBUTION_SERVICE, "CreateLead"): CRM_LEADS,

@@ -19,6 +19,7 @@ from plumbing.ids import new_id
 from plumbing.outbox import utcnow
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
+from services.campaigns.api_explain import ExplainApi
 from services.campaigns.api_reports import ReportsApi
 from services.campaigns.automation import automation_from_proto, automation_of
 from services.campaigns.campaigns import CampaignState, plan_launch, require_published
@@ -61,7 +62,7 @@ def _decode_token(token: str, expected_keys: set[str]) -> dict[str, str]:
     return payload
 
 
-class CampaignsApi(ContentApi, ReportsApi, service_pb2_grpc.CampaignsServiceServicer):
+class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.CampaignsServiceServicer):
     def __init__(
         self,
         db: Database,

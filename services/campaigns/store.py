@@ -798,3 +798,18 @@ async def campaign_labels(session: AsyncSession) -> Sequence[Any]:
     """Every campaign's key, labels and channel (definitions, not people: a label report filters these)."""
     c = campaigns.c
     return (await session.execute(select(c.campaign_key, c.labels, c.channel))).all()
+
+
+# --- explain: one person's outreaches and exclusions in a campaign ------------------------------
+
+
+async def person_outreaches(session: AsyncSession, campaign_key: str, profile_id: str) -> Sequence[Row[Any]]:
+    query = select(outreaches).where(outreaches.c.campaign_key == campaign_key, outreaches.c.profile_id == profile_id)
+    return (await session.execute(query)).all()
+
+
+async def person_exclusions(session: AsyncSession, campaign_key: str, profile_id: str) -> Sequence[Row[Any]]:
+    query = select(run_exclusions).where(
+        run_exclusions.c.campaign_key == campaign_key, run_exclusions.c.profile_id == profile_id
+    )
+    return (await session.execute(query)).all()
