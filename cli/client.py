@@ -96,7 +96,10 @@ def describe_rpc_error(error: grpc.RpcError) -> list[str]:
         bad_request = error_details_pb2.BadRequest()
         retry = error_details_pb2.RetryInfo()
         if detail.Unpack(bad_request):
-            lines += [f"  {violation.field}: {violation.description}" for violation in bad_request.field_violations]
+            for violation in bad_request.field_violations:
+                line = f"{violation.field}: {violation.description}"
+                if line != details:  # the services' messages already start with the field path
+                    lines.append(f"  {line}")
         elif detail.Unpack(retry):
             delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
             lines.append(f"  retry in {delay:.2f}s")

@@ -43,7 +43,9 @@ def _channel(value: Any) -> str:
 
 
 def _time(message: Message, name: str) -> str:
-    return message.__getattribute__(name).ToDatetime().isoformat() + "Z" if message.HasField(name) else "-"
+    if not message.HasField(name):
+        return "-"
+    return getattr(message, name).ToDatetime().replace(microsecond=0).isoformat(sep=" ") + "Z"
 
 
 def segment_id_of(gateway: Gateway, ref: str) -> str:
