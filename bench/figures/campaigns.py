@@ -1,0 +1,338 @@
+"""Campaigns figures: outreach creation rate at release, trigger -> dispatch requested latency, peak RSS.
+
+`python -m bench.figures.campaigns --scale 0.01` (the full scale is a 1M-person audience). The
+campaigns service runs as production runs it (`python -m services.campaigns`, SQLite, its own NATS
+server); segments is played by a small in-process gRPC server that streams synthetic members, so
+the figures measure campaigns' own work (the gate, rendering, the outbox and NATS), not segments'.
+Everything binds to 127.0.0.1 and every process started here is stopped at the end.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import generator
+from bench.results import Context, machine_info, write_result
+from devstack.nats_server import NatsServer, free_port
+from plumbing.bus import MSG_ID_HEADER, Bus
+from plumbing.ids import new_id
+from services import streams
+from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
+from xsell.segments.v1 import events_pb2 as segment_events
+from xsell.segments.v1 import resources_pb2 as seg
+from xsell.segments.v1 import service_pb2 as seg_service
+from xsell.segments.v1 import service_pb2_grpc as seg_grpc
+from xsell.type.v1 import channel_pb2
+
+HOST = "127.0.0.1"
+SERVICE = "xsell.campaigns.v1.CampaignsService"
+FULL_AUDIENCE = 1_000_000
+TRIGGER_RATE = 1000.0
+FULL_TRIGGER_EVENTS = 30_000
+STREAM_CHUNK = 1000
+GOAL_OUTREACH_PER_S = 10_000
+GOAL_P99_MS = 20.0
+RSS_TOLERANCE = 1.15
+HTML = '<p>Dear {{ first_name }}, a lumpsum top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+
+
+def _member(profile_id: str) -> seg.Member:
+    member = seg.Member(profile_id=profile_id)
+    member.attributes["email"].string_value = f"{profile_id}@bench.example"
+    member.attributes["first_name"].string_value = "Asha"
+    return member
+
+
+class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
+    """Segment "all-<n>" has members p00000000...; GetProfile answers any profile; nobody is suppressed."""
+
+    async def GetSegment(self, request: Any, context: Any) -> seg_service.GetSegmentResponse:
+        segment = seg.Segment(
+            segment_id=request.segment_id, state=seg.SEGMENT_STATE_PUBLISHED, version=1, published_version=1
+        )
+        return seg_service.GetSegmentResponse(segment=segment)
+
+    async def ListAttributes(self, request: Any, context: Any) -> seg_service.ListAttributesResponse:
+        response = seg_service.ListAttributesResponse()
+        for name in ("email", "first_name", "time_zone"):
+            response.attributes.add(name=name)
+        return response
+
+    async def StreamSegmentMembers(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        size = int(request.segment_id.rsplit("-", 1)[1]) if request.segment_id.startswith("all-") else 0
+        start = int(request.after_profile_id[1:]) + 1 if request.after_profile_id else 0
+        for first in range(start, size, STREAM_CHUNK):
+            members = [_member(f"p{i:08d}") for i in range(first, min(first + STREAM_CHUNK, size))]
+            yield seg_service.StreamSegmentMembersResponse(members=members)
+
+    async def GetProfile(self, request: Any, context: Any) -> seg_service.GetProfileResponse:
+        member = _member(request.profile_id)
+        profile = seg.Profile(profile_id=request.profile_id)
+        for name, value in member.attributes.items():
+            profile.attributes[name].CopyFrom(value)
+        return seg_service.GetProfileResponse(profile=profile)
+
+    async def ListSuppressions(self, request: Any, context: Any) -> seg_service.ListSuppressionsResponse:
+        return seg_service.ListSuppressionsResponse()
+
+
+class CampaignsProcess:
+    """`python -m services.campaigns` on a fresh SQLite file, with its own NATS server."""
+
+    def __init__(self, run_dir: Path, segments_target: str) -> None:
+        self.run_dir = run_dir
+        self.segments_target = segments_target
+        self.nats = NatsServer(run_dir / "nats")
+        self.port = free_port(HOST)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _launch(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.nats.start(self.run_dir / "nats.log")
+        env = {
+            **os.environ,
+            "XSELL_CAMPAIGNS_GRPC_HOST": HOST,
+            "XSELL_CAMPAIGNS_GRPC_PORT": str(self.port),
+            "XSELL_CAMPAIGNS_DATABASE_URL": f"sqlite+aiosqlite:///{self.run_dir / 'campaigns.db'}",
+            "XSELL_CAMPAIGNS_NATS_URL": self.nats.url,
+            "XSELL_CAMPAIGNS_VAR_DIR": str(self.run_dir / "var"),
+            "XSELL_CAMPAIGNS_LOG_LEVEL": "warning",
+            "XSELL_CAMPAIGNS_METRICS_PORT": str(free_port(HOST)),
+            "XSELL_CAMPAIGNS_SEGMENTS_TARGET": self.segments_target,
+            "XSELL_CAMPAIGNS_REQUIRE_APPROVAL": "false",
+            "XSELL_CAMPAIGNS_RELEASE_PAGE_SIZE": "2000",
+            "XSELL_CAMPAIGNS_RELEASE_POLL_SECONDS": "0.2",
+        }
+        log = (self.run_dir / "campaigns.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.campaigns"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent.parent,
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._launch)
+        assert self.process is not None
+        async with grpc.aio.insecure_channel(f"{HOST}:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"campaigns exited; see {self.run_dir / 'campaigns.log'}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"campaigns not serving; see {self.run_dir / 'campaigns.log'}")
+
+    def rss_mib(self) -> float:
+        assert self.process is not None
+        return float(psutil.Process(self.process.pid).memory_info().rss) / 2**20
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self.nats.stop()
+
+
+def _campaign(segment_id: str, **fields: Any) -> resources_pb2.Campaign:
+    return resources_pb2.Campaign(
+        display_name=f"bench {segment_id}",
+        segment_id=segment_id,
+        channel=channel_pb2.CHANNEL_EMAIL,
+        offer=resources_pb2.Offer(product_code="LUMPSUM"),
+        content=resources_pb2.Content(
+            email=resources_pb2.EmailContent(subject_template="Hello {{ first_name }}", html_template=HTML)
+        ),
+        **fields,
+    )
+
+
+async def _launch(stub: service_pb2_grpc.CampaignsServiceStub, campaign: resources_pb2.Campaign) -> str:
+    created = await stub.CreateCampaign(service_pb2.CreateCampaignRequest(request_id=new_id("b_"), campaign=campaign))
+    key = created.campaign.campaign_key
+    await stub.LaunchCampaign(service_pb2.LaunchCampaignRequest(request_id=new_id("b_"), campaign_key=key))
+    return key
+
+
+async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
+    """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
+    sent: dict[str, float] = {}
+    received: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def on_dispatch(msg: Any) -> None:
+        profile_id = events_pb2.DispatchRequested.FromString(msg.data).profile_id
+        if profile_id in sent and profile_id not in received:
+            received[profile_id] = time.perf_counter()
+            if len(received) == events:
+                done.set()
+
+    subscription = await bus.nc.subscribe(streams.DISPATCH_REQUESTED, cb=on_dispatch)
+    js = bus.nc.jetstream()
+    started = time.perf_counter()
+    for i in range(events):
+        # Paced on absolute times, so a slow publish is caught up, not added to every later one.
+        delay = started + i / TRIGGER_RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        profile_id = f"t{i:08d}"
+        change = segment_events.MembershipChanged(
+            event_id=new_id("evt_"),
+            segment_id="trig-1",
+            segment_version=1,
+            profile_id=profile_id,
+            change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
+        )
+        change.change_time.FromDatetime(datetime.now(UTC))
+        sent[profile_id] = time.perf_counter()
+        await js.publish(
+            streams.MEMBERSHIP_CHANGED, change.SerializeToString(), headers={MSG_ID_HEADER: change.event_id}
+        )
+    publish_s = time.perf_counter() - started
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout=60 + events / TRIGGER_RATE)
+    await subscription.unsubscribe()
+    latencies = sorted((received[p] - sent[p]) * 1000 for p in received)
+
+    def percentile(q: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
+
+    p99 = percentile(0.99)
+    return {
+        "unit": "ms",
+        "goal": f"p99 <= {GOAL_P99_MS:g} ms from MembershipChanged published to DispatchRequested received, at "
+        f"{TRIGGER_RATE:g} events/s",
+        "events": events,
+        "dispatched": len(received),
+        "offered_rate_per_s": round(events / publish_s, 1),
+        "p50_ms": percentile(0.5),
+        "p99_ms": p99,
+        "max_ms": round(latencies[-1], 2) if latencies else None,
+        "goal_met": p99 is not None and len(received) == events and p99 <= GOAL_P99_MS,
+    }
+
+
+async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> dict[str, Any]:
+    """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created."""
+    peak = process.rss_mib()
+    started = time.perf_counter()
+    key = await _launch(stub, _campaign(f"all-{audience}"))
+    created = 0
+    while created < audience:
+        await asyncio.sleep(0.1)
+        peak = max(peak, process.rss_mib())
+        campaign = (await stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign
+        created = campaign.outreach_count
+    elapsed = time.perf_counter() - started
+    return {
+        "audience": audience,
+        "seconds": round(elapsed, 2),
+        "outreach_per_s": round(audience / elapsed, 1),
+        "peak_rss_mib": round(peak, 1),
+    }
+
+
+async def run(context: Context) -> None:
+    run_dir = context.run_dir / "campaigns"
+    await asyncio.to_thread(shutil.rmtree, run_dir, True)
+    server = grpc.aio.server()
+    seg_grpc.add_SegmentsServiceServicer_to_server(SyntheticSegments(), server)  # type: ignore[abstract]
+    segments_port = server.add_insecure_port(f"{HOST}:0")
+    await server.start()
+    process = CampaignsProcess(run_dir, f"{HOST}:{segments_port}")
+    try:
+        await process.start()
+        bus = await Bus.connect(process.nats.url, name="bench")
+        try:
+            async with grpc.aio.insecure_channel(f"{HOST}:{process.port}") as channel:
+                stub = service_pb2_grpc.CampaignsServiceStub(channel)
+                events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
+                latency = await trigger_latency(stub, bus, events)
+                print(f"campaigns trigger -> dispatch requested: {latency}", flush=True)
+                write_result(context, "campaigns_trigger", latency)
+                audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
+                small = await release_rate(stub, process, audience // 10)
+                large = await release_rate(stub, process, audience)
+        finally:
+            await bus.drain()
+        print(f"campaigns release: {small} then {large}", flush=True)
+        write_result(
+            context,
+            "campaigns_outreach",
+            {
+                "unit": "outreach/s",
+                "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
+                "value": large["outreach_per_s"],
+                "runs": [small, large],
+                "goal_met": large["outreach_per_s"] >= GOAL_OUTREACH_PER_S,
+            },
+        )
+        write_result(
+            context,
+            "campaigns_rss",
+            {
+                "unit": "MiB",
+                "goal": f"peak RSS of campaigns releasing {audience} people within {RSS_TOLERANCE:g}x of releasing "
+                f"{audience // 10} (memory flat with audience size)",
+                "value": large["peak_rss_mib"],
+                "peak_rss_mib_by_audience": {
+                    str(small["audience"]): small["peak_rss_mib"],
+                    str(large["audience"]): large["peak_rss_mib"],
+                },
+                "goal_met": large["peak_rss_mib"] <= small["peak_rss_mib"] * RSS_TOLERANCE,
+            },
+        )
+    finally:
+        process.stop()
+        await server.stop(0)
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.figures.campaigns", description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = a 1M-person audience, 30k trigger events")
+    parser.add_argument("--var", type=Path, default=Path("var/bench"), help="run files (logs, databases)")
+    parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where <figure>.json go")
+    args = parser.parse_args(argv)
+    spec = generator.Spec(args.scale, 42, generator.default_anchor(datetime.now(UTC)))
+    context = Context(
+        spec=spec,
+        machine=await machine_info(None),
+        results_dir=args.results if args.scale == 1.0 else args.results / f"scale-{args.scale:g}",
+        run_dir=(args.var / "run" / spec.key).resolve(),
+        datasets={},
+        manifests={},
+        postgres=None,
+        figures=["campaigns"],
+    )
+    await run(context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
