@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as error:
         print_rpc_error(error, out.err)
         return 1
+    except KeyboardInterrupt:
+        # A call already sent may still complete on the service: its request_id makes running it again safe.
+        print("interrupted; run the same command again to finish (request ids make it safe)", file=out.err)
+        return 130
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ def campaign_key_of(gateway: Gateway, ref: str) -> str:
     if ref.startswith("cmp_"):
         return ref
     named = [c for c in list_campaigns(gateway) if c.display_name == ref]
+    if len(named) > 1:
+        # A cancelled campaign keeps its name; the live one is meant.
+        named = [c for c in named if c.state != campaign_resources.CAMPAIGN_STATE_CANCELLED]
     if len(named) != 1:
         raise CliError(f"{len(named) or 'no'} campaigns are named {ref!r}; give the campaign key (cmp_...) instead")
     return str(named[0].campaign_key)

@@ -136,6 +136,11 @@ def test_apply_approve_publish_launch_pause_and_read_back(running_stack: Running
     refused = xsell(running_stack, "campaigns", "pause", campaign_key)
     assert refused.returncode == 1 and refused.stderr.startswith("error: FAILED_PRECONDITION: "), refused.stderr
 
+    # A cancelled campaign is final: applying its file again starts a new one, and its name now means the new one.
+    (recreated,) = ok(xsell(running_stack, "apply", str(campaign_path), "--json"))
+    assert recreated["action"] == "created" and recreated["id"] != campaign_key
+    assert ok(xsell(running_stack, "campaigns", "get", campaign_name, "--json"))["campaign_key"] == recreated["id"]
+
 
 def test_bad_files_apply_nothing_and_name_the_field(running_stack: RunningStack, tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
