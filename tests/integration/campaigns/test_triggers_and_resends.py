@@ -428,3 +428,37 @@ async def test_a_paused_campaign_resends_nothing_while_another_one_resends(stack
     assert await _state(stack, paused) == resources_pb2.CAMPAIGN_STATE_CANCELLED
     running_or_done = (resources_pb2.CAMPAIGN_STATE_RUNNING, resources_pb2.CAMPAIGN_STATE_COMPLETED)
     assert await _state(stack, witness) in running_or_done
+
+
+async def test_a_trigger_inside_quiet_hours_is_created_at_once_and_dispatched_when_they_end(stack: Stack) -> None:
+    await _define(stack)
+    await _upsert(stack, _profile("n-01", email="n01@example.in", first_name="Nila", outstanding_ratio=0.9))
+    segment_id = await _segment(stack, _below_60_percent())
+    local = datetime.now(ZoneInfo(ZONE))
+    start, end = local - timedelta(hours=1), local + timedelta(hours=1)
+    quiet = resources_pb2.QuietHours(start=f"{start:%H:%M}", end=f"{end:%H:%M}")
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    key = await _launch(stack, _campaign(segment_id, trigger_code="T04", trigger=trigger, quiet_hours=quiet))
+    await _upsert(stack, _profile("n-01", outstanding_ratio=0.5))
+    created = await eventually(lambda: _outreaches(stack, key))
+    campaign_id = created[0].campaign_id
+    async with stack.db.transaction() as session:
+        row = (
+            await session.execute(select(store.outreaches).where(store.outreaches.c.campaign_id == campaign_id))
+        ).one()
+    # Waits for the end of the quiet hours (to the minute), undispatched.
+    assert row.dispatched_at is None and row.dispatch_after is not None
+    assert abs(row.dispatch_after - end.replace(second=0, microsecond=0)) < timedelta(seconds=1)
+    assert not [d for d in stack.dispatched if d.campaign_id == campaign_id]
+    # The quiet hours end (moved forward here): the follow-up loop requests the dispatch.
+    async with stack.db.transaction() as session:
+        await session.execute(
+            update(store.outreaches)
+            .where(store.outreaches.c.campaign_id == campaign_id)
+            .values(dispatch_after=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    sent = await eventually(
+        lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == campaign_id])
+    )
+    assert len(sent) == 1 and sent[0].email.to_address == "n01@example.in"
+    await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 1))
