@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+import yaml
 from google.protobuf.message import Message
 
 from cli.apply import list_campaigns, list_segments
@@ -14,6 +15,7 @@ from cli.client import CliError, Gateway, derived_request_id, random_request_id
 from cli.output import as_dict, enum_word, print_json, table, waiting
 from devstack.trace import render
 from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
+from services.segments.rule_files import SegmentFile, render_segment_text
 from xsell.campaigns.v1 import resources_pb2 as campaign_resources
 from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
 from xsell.segments.v1 import resources_pb2 as segment_resources
@@ -111,13 +113,26 @@ def print_campaigns(campaigns: list[campaign_resources.Campaign], out: Out) -> N
     )
 
 
-def print_fields(message: Message, out: Out) -> None:
-    """`get`: every set field, one per line; nested messages as their JSON form."""
+def print_segment(segment: segment_resources.Segment, out: Out) -> None:
+    """`segments get`: the state, then the segment as a file `xsell apply` takes back (edit, apply)."""
     if out.json:
-        print_json(message, out.out)
+        print_json(segment, out.out)
         return
-    for name, value in as_dict(message).items():
-        print(f"{name + ':':<22} {value}", file=out.out)
+    print(
+        f"# {segment.segment_id} {_segment_state(segment)} version {segment.version}"
+        f" (published {segment.published_version or '-'}), {segment.member_count} members,"
+        f" author {segment.author or '-'}, approver {segment.approver or '-'}",
+        file=out.out,
+    )
+    print(render_segment_text(SegmentFile(segment.display_name, segment.description, segment.rule)), file=out.out)
+
+
+def print_campaign(campaign: campaign_resources.Campaign, out: Out) -> None:
+    """`campaigns get`: every set field, as YAML in the proto's field names."""
+    if out.json:
+        print_json(campaign, out.out)
+        return
+    print(yaml.safe_dump(as_dict(campaign), allow_unicode=True, sort_keys=False).rstrip(), file=out.out)
 
 
 def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
@@ -131,7 +146,7 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
     if args.action in ("get", "publish") or not version:
         current = gateway.call(api.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id)).segment
         if args.action == "get":
-            print_fields(current, out)
+            print_segment(current, out)
             return
         version = version or current.version
     if args.action == "submit":
@@ -190,7 +205,7 @@ def campaigns_command(gateway: Gateway, args: Any, out: Out) -> None:
     if not version:
         current = gateway.call(api.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
         if args.action == "get":
-            print_fields(current, out)
+            print_campaign(current, out)
             return
         version = current.version
     rpc, request_type, by_version = _CAMPAIGN_STEPS[args.action]

@@ -80,6 +80,13 @@ def test_apply_approve_publish_launch_pause_and_read_back(running_stack: Running
     again = ok(xsell(running_stack, "apply", str(segment_path), "--json"))
     assert [(r["kind"], r["action"], r["version"]) for r in again] == [("segment", "unchanged", 1)]
     segment_id = again[0]["id"]
+    # `get` prints the segment as a file: applying what it printed changes nothing.
+    printed = ok(xsell(running_stack, "segments", "get", segment_id))
+    assert printed.startswith(f"# {segment_id} DRAFT version 1"), printed
+    round_trip = tmp_path / "round-trip.yaml"
+    round_trip.write_text(printed)
+    assert [r["action"] for r in ok(xsell(running_stack, "apply", str(round_trip), "--json"))] == ["unchanged"]
+    round_trip.unlink()
 
     # A campaign cannot target a segment that is not published: the service's status and message come through.
     too_early = xsell(running_stack, "apply", str(campaign_path))
@@ -107,6 +114,7 @@ def test_apply_approve_publish_launch_pause_and_read_back(running_stack: Running
     assert [(r["id"], r["action"], r["version"]) for r in updated] == [(campaign_key, "updated", 2)]
     got = ok(xsell(running_stack, "campaigns", "get", campaign_key, "--json"))
     assert (got["priority"], got["segment_id"], got["channel"]) == (7, segment_id, "CHANNEL_EMAIL")
+    assert "priority: 7\n" in ok(xsell(running_stack, "campaigns", "get", campaign_name))
 
     listed = ok(xsell(running_stack, "campaigns", "list"))
     row = next(line for line in listed.splitlines() if line.startswith(campaign_key))
