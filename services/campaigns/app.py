@@ -74,7 +74,12 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     people = PersonLookup(segments_channel)
     trigger_handler = TriggerHandler(db, people, maker)
     trigger_consumer = Consumer(
-        bus, streams.CAMPAIGNS_TRIGGERS, MembershipChanged, trigger_handler.on_membership_changed, tracer
+        bus,
+        streams.CAMPAIGNS_TRIGGERS,
+        MembershipChanged,
+        trigger_handler.on_membership_changed,
+        tracer,
+        concurrency=settings.trigger_concurrency,
     )
     await trigger_consumer.declare()
     resends = ResendRunner(

@@ -35,6 +35,13 @@ class CampaignsSettings(ServiceSettings):
         str(DEFAULT_PRODUCT_CATALOG),
         description="YAML product catalog {{ recommendations }} are chosen from; empty means no products.",
     )
+    trigger_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Segment entries applied at once by the trigger consumer (the segments look-ups overlap; the "
+        "inbox, per-person locks and the cool-down keep each person's outcome the same in any order).",
+    )
     trigger_catalog_file: str = Field(
         str(DEFAULT_TRIGGER_CATALOG),
         description="YAML trigger catalog (T01 EMI calculator used...); a triggered campaign's trigger_code must be "

@@ -77,6 +77,8 @@ async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
             release_page_size=2,
             release_poll_seconds=0.1,
             require_approval=False,
+            # In stream order, so a later entry's outreach shows that the entries before it were applied.
+            trigger_concurrency=1,
         ),
         provider,
     )
