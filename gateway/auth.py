@@ -10,6 +10,7 @@ import grpc
 import structlog
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry import metrics
 
 from gateway import scopes
 from gateway.keys import ApiKey, MalformedKey, parse_key, secret_matches
@@ -105,6 +106,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
+        self._refused = metrics.get_meter("xsell.gateway").create_counter(
+            "xsell.gateway.refused",
+            unit="{call}",
+            description="Calls the gateway refused before any service, by reason (unauthenticated, "
+            "rate_limited, permission_denied) and client (empty when unauthenticated).",
+        )
 
     async def intercept_service(
         self,
@@ -120,23 +127,27 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(_not_exposed(method))
         authenticator = self._authenticator
         limiter = self._limiter
+        refused = self._refused
 
         async def admit(context: grpc.aio.ServicerContext) -> Caller:
             try:
                 caller = await authenticator.authenticate(presented_key(context.invocation_metadata()))
             except AuthenticationFailed as error:
+                refused.add(1, {"reason": "unauthenticated", "client": ""})
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
             # Before the scope check: a client calling methods it may not call still spends its budget.
             wait = limiter.take(caller.key_id, caller.rate_limit) if limiter else 0.0
             if wait > 0:
                 limit = limiter.limit_for(caller.rate_limit) if limiter else None
                 log.info("rpc_rate_limited", rpc=method, key_id=caller.key_id, retry_in=round(wait, 3))
+                refused.add(1, {"reason": "rate_limited", "client": caller.client_name})
                 message = f"API key {caller.key_id} is over its rate limit of {limit}; retry in {wait:.2f}s"
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, message, trailing_metadata=_retry_details(message, wait, caller)
                 )
             if not scopes.authorizes(caller.scopes, required):
                 log.info("rpc_forbidden", rpc=method, key_id=caller.key_id, needs=required)
+                refused.add(1, {"reason": "permission_denied", "client": caller.client_name})
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"this API key lacks the scope {required!r} that {method} needs; it has {sorted(caller.scopes)}",

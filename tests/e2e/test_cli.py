@@ -3,8 +3,10 @@
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_EXAMPLE = ROOT / "examples" / "segments" / "sip_only_investors.yaml"
+KEYS_CREATE = (sys.executable, "-m", "gateway", "keys", "create")
 CAMPAIGN_EXAMPLE = ROOT / "examples" / "campaigns" / "lumpsum_for_sip_investors.yaml"
 
 
@@ -40,7 +43,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> Any:
 
 def approver_key(stack: RunningStack) -> str:
     created = subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", "create", "--name", "cli-approver", "--scopes", "approve"],
+        [*KEYS_CREATE, "--name", "cli-approver", "--scopes", "approve"],
         env=stack.stack._env(),
         capture_output=True,
         text=True,
@@ -172,11 +175,47 @@ def test_bad_files_apply_nothing_and_name_the_field(running_stack: RunningStack,
     assert orphan.returncode == 2 and "no segment is named 'no such segment anywhere'" in orphan.stderr
 
 
+def gateway_metrics(stack: RunningStack) -> str:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{stack.stack.ports.metrics['gateway']}/metrics", timeout=10
+    ) as reply:
+        return str(reply.read().decode())
+
+
+def refused_count(metrics: str, reason: str, client: str) -> float:
+    for labels, value in re.findall(r"^xsell_gateway_refused_total\{([^}]*)\} (\S+)$", metrics, re.MULTILINE):
+        if f'reason="{reason}"' in labels and f'client="{client}"' in labels:
+            return float(value)
+    return 0.0
+
+
 def test_a_wrong_key_prints_the_status_and_exits_non_zero(running_stack: RunningStack) -> None:
+    before = refused_count(gateway_metrics(running_stack), "unauthenticated", "")
     result = xsell(running_stack, "campaigns", "list", key="xsk_nobody_" + "s" * 40)
     assert result.returncode == 1
     assert result.stderr.startswith("error: UNAUTHENTICATED: the API key is not valid"), result.stderr
     assert "XSELL_API_KEY" in result.stderr
+    assert refused_count(gateway_metrics(running_stack), "unauthenticated", "") == before + 1
+
+
+def test_a_key_over_its_rate_limit_is_told_when_to_retry(running_stack: RunningStack) -> None:
+    client = f"cli-throttled-{uuid.uuid4().hex[:6]}"
+    created = subprocess.run(
+        [*KEYS_CREATE, "--name", client, "--scopes", "campaigns.manage", "--rate", "0.01", "--burst", "1"],
+        env=running_stack.stack._env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    key = created.stdout.strip()
+    ok(xsell(running_stack, "campaigns", "list", key=key))
+    throttled = xsell(running_stack, "campaigns", "list", key=key)
+    assert throttled.returncode == 1
+    lines = throttled.stderr.splitlines()
+    assert lines[0].startswith(f"error: RESOURCE_EXHAUSTED: API key {key.split('_')[1]} is over its rate limit"), lines
+    assert re.fullmatch(r"  retry in \d+\.\d\ds", lines[1]), lines
+    assert refused_count(gateway_metrics(running_stack), "rate_limited", client) == 1
 
 
 async def test_trace_prints_the_gateway_span_of_a_campaign_id(running_stack: RunningStack) -> None:
