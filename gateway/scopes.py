@@ -105,6 +105,11 @@ METHOD_SCOPES: dict[str, str] = {
     _method(ATTRIBUTION_SERVICE, "RecordSanction"): LOS_EVENTS,
     _method(ATTRIBUTION_SERVICE, "RecordDisbursement"): LOS_EVENTS,
     _method(ATTRIBUTION_SERVICE, "GetCampaignAttribution"): REPORTS_READ,
+    # Aggregates only: the views and lift carry no person, so the dashboard's reports.read key suffices.
+    _method(ATTRIBUTION_SERVICE, "GetAttributionReport"): REPORTS_READ,
+    _method(ATTRIBUTION_SERVICE, "GetLift"): REPORTS_READ,
+    # The LOS (or fund platform) reports conversions without a campaign ID too, for lift against holdouts.
+    _method(ATTRIBUTION_SERVICE, "RecordProfileConversion"): LOS_EVENTS,
     _method(CHANNELS_SERVICE, "GetMessage"): REPORTS_READ,
     _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
 }

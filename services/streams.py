@@ -54,6 +54,8 @@ CHANNELS_DISPATCH = _consumer(CAMPAIGNS_STREAM, "channels-dispatch", DISPATCH_RE
 ATTRIBUTION_OUTREACH = _consumer(CAMPAIGNS_STREAM, "attribution-outreach", OUTREACH_CREATED)
 ATTRIBUTION_DELIVERY = _consumer(CHANNELS_STREAM, "attribution-delivery", DELIVERY_UPDATED)
 ATTRIBUTION_ENGAGEMENT = _consumer(CHANNELS_STREAM, "attribution-engagement", ENGAGEMENT_RECORDED)
+# The control group: people held out of a run, against whom attribution measures incremental lift.
+ATTRIBUTION_HOLDOUT = _consumer(CAMPAIGNS_STREAM, "attribution-holdout", HOLDOUT_ASSIGNED)
 # Segments records engagement and conversions on the person's profile (email_opened, converted...),
 # so audiences can use them: "did not click in 30 days", "not converted yet".
 SEGMENTS_ENGAGEMENT = _consumer(CHANNELS_STREAM, "segments-engagement", ENGAGEMENT_RECORDED)

@@ -16,8 +16,9 @@ from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from plumbing.telemetry import outreach_span
 from services import streams
-from services.attribution import rules, store
+from services.attribution import reporting, rules, store, views
 from services.attribution.convert import (
+    channel_name,
     channel_value,
     money,
     origin_name,
@@ -141,7 +142,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     )
                     await store.add_loan(session, loan)
                     await self.ledger.reach_step(
-                        session, request.campaign_id, rules.APPLIED, applied_at, outreach.created_at
+                        session, request.campaign_id, rules.APPLIED, applied_at, outreach.created_at, outreach
                     )
                 response = service_pb2.RecordApplicationResponse(loan=_loan(loan))
                 await self.idempotency.remember(session, "RecordApplication", request, response)
@@ -222,8 +223,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     revenue_model=model_name,
                     recorded_at=datetime.now(UTC),
                 )
+                await self.ledger.record_disbursement(
+                    session, outreach, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
+                )
                 await self.ledger.reach_step(
-                    session, request.campaign_id, rules.DISBURSED, disbursed_at, outreach.created_at
+                    session, request.campaign_id, rules.DISBURSED, disbursed_at, outreach.created_at, outreach
                 )
                 self.ledger.metrics.disbursed(session, amount, self.currency)
                 await self.outbox.add(
@@ -264,6 +268,113 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 raise rules.unknown_outreach(request.campaign_id)
             return service_pb2.GetCampaignAttributionResponse(attribution=self._attribution(attribution))
 
+    async def GetAttributionReport(
+        self, request: service_pb2.GetAttributionReportRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetAttributionReportResponse:
+        report_filter = _report_filter(request.filter)
+        dimension = _DIMENSIONS.get(request.dimension)
+        if dimension is None:
+            raise InvalidArgument(f"dimension {request.dimension} is not a ReportDimension", field="dimension")
+        with self.tracer.start_as_current_span("attribution.get_report") as span:
+            span.set_attribute("report.dimension", dimension)
+            async with self.db.transaction() as session:
+                result = await views.report(session, report_filter, dimension)
+            rows = sorted(result.rows.items(), key=lambda item: (-item[1].counters["lifetime_paise"], item[0]))
+            total = reporting.figures(result.total)
+            return service_pb2.GetAttributionReportResponse(
+                total=self._figures(total),
+                rows=[resources_pb2.ReportRow(key=key, figures=self._figures(reporting.figures(t))) for key, t in rows],
+                trend=[
+                    resources_pb2.TrendPoint(date=day, figures=self._figures(reporting.figures(t)))
+                    for day, t in result.trend.items()
+                ],
+                lag=[
+                    resources_pb2.LagBucket(min_days=low, max_days=high, conversions=count)
+                    for (low, high), count in zip(reporting.lag_bounds(), total.lag, strict=True)
+                ],
+                utc_offset=reporting.format_offset(self.ledger.rollup.utc_offset_minutes),
+            )
+
+    async def GetLift(
+        self, request: service_pb2.GetLiftRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetLiftResponse:
+        report_filter = _report_filter(request.filter)
+        confidence = request.confidence or 0.95
+        if not 0 < confidence < 1:
+            raise InvalidArgument(
+                f"confidence must be between 0 and 1, e.g. 0.95; got {confidence}", field="confidence"
+            )
+        with self.tracer.start_as_current_span("attribution.get_lift"):
+            async with self.db.transaction() as session:
+                counts = await views.lift_counts(session, report_filter, self.ledger.rollup.utc_offset_minutes)
+        result = reporting.lift(
+            counts.treated, counts.treated_conversions, counts.held_out, counts.held_out_conversions, confidence
+        )
+        return service_pb2.GetLiftResponse(
+            lift=resources_pb2.Lift(
+                treated=result.treated,
+                treated_conversions=result.treated_conversions,
+                treated_rate=result.treated_rate,
+                held_out=result.held_out,
+                held_out_conversions=result.held_out_conversions,
+                held_out_rate=result.held_out_rate,
+                lift=result.lift,
+                lift_low=result.lift_low,
+                lift_high=result.lift_high,
+                confidence=result.confidence,
+                conclusive=result.conclusive,
+                statement=result.statement,
+            )
+        )
+
+    async def RecordProfileConversion(
+        self, request: service_pb2.RecordProfileConversionRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordProfileConversionResponse:
+        rules.require_id(request.conversion_id, "conversion_id", "DISB-2025-0001-1")
+        rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
+        rules.require_id(request.product_code, "product_code", "MSME_WC_TOPUP")
+        rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
+        occurred_at = time_or(request.occur_time, request.HasField("occur_time"), datetime.now(UTC))
+        async with self._transaction() as session:
+            previous = await self.idempotency.previous(
+                session, "RecordProfileConversion", request, service_pb2.RecordProfileConversionResponse
+            )
+            if previous is not None:
+                return previous
+            if not await store.add_profile_conversion(
+                session,
+                conversion_id=request.conversion_id,
+                profile_id=request.profile_id,
+                product_code=request.product_code,
+                amount_paise=request.amount.minor_units,
+                currency=self.currency,
+                occurred_at=occurred_at,
+                recorded_at=datetime.now(UTC),
+            ):
+                raise AlreadyExists(
+                    f"conversion_id {request.conversion_id!r} is already recorded; "
+                    "a retry of the same request must reuse its request_id",
+                    field="conversion_id",
+                )
+            response = service_pb2.RecordProfileConversionResponse(conversion_id=request.conversion_id)
+            await self.idempotency.remember(session, "RecordProfileConversion", request, response)
+        log.info("profile_conversion_recorded", amount_paise=request.amount.minor_units)
+        return response
+
+    def _figures(self, f: reporting.Figures) -> resources_pb2.ReportFigures:
+        return resources_pb2.ReportFigures(
+            sent=f.sent,
+            conversions=f.conversions,
+            conversion_rate=f.conversion_rate,
+            disbursed_amount=money(f.disbursed_paise, self.currency),
+            lifetime_revenue=money(f.lifetime_paise, self.currency),
+            year1_revenue=money(f.year1_paise, self.currency),
+            cost=money(f.cost_paise, self.currency),
+            romi=f.romi,
+            cost_per_conversion=money(f.cost_per_conversion_paise, self.currency),
+            funnel=resources_pb2.Funnel(**f.funnel),
+        )
+
     def _attribution(self, a: store.Attribution) -> resources_pb2.CampaignAttribution:
         outreach = a.outreach
         return resources_pb2.CampaignAttribution(
@@ -281,6 +392,45 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             loans=[_loan(loan) for loan in a.loans],
             leads=[_lead(lead) for lead in a.leads],
         )
+
+
+_DIMENSIONS = {
+    resources_pb2.REPORT_DIMENSION_UNSPECIFIED: "trigger_code",
+    resources_pb2.REPORT_DIMENSION_TRIGGER: "trigger_code",
+    resources_pb2.REPORT_DIMENSION_CAMPAIGN: "campaign_key",
+    resources_pb2.REPORT_DIMENSION_PROGRAMME: "programme",
+    resources_pb2.REPORT_DIMENSION_LABEL: "labels_key",
+    resources_pb2.REPORT_DIMENSION_CHANNEL: "channel",
+    resources_pb2.REPORT_DIMENSION_PRODUCT: "product_code",
+}
+
+
+def _date(value: str, field: str) -> str:
+    if not value:
+        return ""
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+    except ValueError as error:
+        raise InvalidArgument(
+            f"{field} must be a day as YYYY-MM-DD, e.g. 2025-11-01; got {value!r}", field=field
+        ) from error
+
+
+def _report_filter(message: service_pb2.ReportFilter) -> views.ReportFilter:
+    start = _date(message.start_date, "filter.start_date")
+    end = _date(message.end_date, "filter.end_date")
+    if start and end and start > end:
+        raise InvalidArgument(f"filter.end_date {end} is before filter.start_date {start}", field="filter.end_date")
+    return views.ReportFilter(
+        start_date=start,
+        end_date=end,
+        labels=tuple(label for label in message.labels if label),
+        trigger_code=message.trigger_code,
+        campaign_key=message.campaign_key,
+        programme=message.programme,
+        channel=channel_name(message.channel) if message.channel else "",
+        product_code=message.product_code,
+    )
 
 
 def _loan(loan: store.Loan) -> resources_pb2.Loan:

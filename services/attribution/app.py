@@ -18,7 +18,7 @@ from services.attribution.consumers import Handlers
 from services.attribution.ledger import Ledger
 from services.attribution.settings import AttributionSettings
 from xsell.attribution.v1 import service_pb2_grpc
-from xsell.campaigns.v1.events_pb2 import OutreachCreated
+from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,7 +32,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     relay = OutboxRelay(db, store.outbox, bus, tracer)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
-    ledger = Ledger(settings.cost(), settings.currency)
+    ledger = Ledger(settings.cost(), settings.currency, settings.report_utc_offset_minutes)
 
     servicer = AttributionApi(db, outbox, Idempotency(store.idempotency), ledger, settings.revenue(), tracer)
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
@@ -46,6 +46,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         Consumer(bus, streams.ATTRIBUTION_OUTREACH, OutreachCreated, handlers.on_outreach_created, tracer),
         Consumer(bus, streams.ATTRIBUTION_DELIVERY, DeliveryUpdated, handlers.on_delivery_updated, tracer),
         Consumer(bus, streams.ATTRIBUTION_ENGAGEMENT, EngagementRecorded, handlers.on_engagement_recorded, tracer),
+        Consumer(bus, streams.ATTRIBUTION_HOLDOUT, HoldoutAssigned, handlers.on_holdout_assigned, tracer),
     ]
     for consumer in consumers:
         await consumer.declare()

@@ -13,8 +13,9 @@ from services import streams
 from services.attribution import store
 from services.attribution.convert import category_name, channel_name, time_or
 from services.attribution.ledger import Ledger
+from services.attribution.reporting import labels_key
 from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
-from xsell.campaigns.v1.events_pb2 import OutreachCreated
+from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated
 from xsell.channels.v1 import resources_pb2 as channels_pb2
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
@@ -71,6 +72,27 @@ class Handlers:
                 # message id is recognised here, so the send cost is booked once.
                 recorded = await self.ledger.record_outreach(session, record)
             log.info("outreach_recorded" if recorded else "outreach_already_recorded", channel=record.channel)
+
+    async def on_holdout_assigned(self, event: HoldoutAssigned, delivery: Delivery) -> None:
+        if not event.campaign_key or not event.profile_id:
+            raise PermanentError("HoldoutAssigned without campaign_key or profile_id cannot join a control group")
+        assigned_at = time_or(event.assign_time, event.HasField("assign_time"), datetime.now(UTC))
+        async with self.db.transaction() as session:
+            if not await self.inbox.claim(session, streams.ATTRIBUTION_HOLDOUT.durable, delivery.message_id):
+                log.info("redelivery_skipped")
+                return
+            # Keyed by (campaign, run, person): a republished event under another message id adds no one.
+            recorded = await store.add_holdout(
+                session,
+                campaign_key=event.campaign_key,
+                run_id=event.run_id,
+                profile_id=event.profile_id,
+                trigger_code=event.trigger_code,
+                product_code=event.offer.product_code,
+                labels_key=labels_key(event.labels),
+                assigned_at=assigned_at,
+            )
+        log.info("holdout_recorded" if recorded else "holdout_already_recorded")
 
     async def on_delivery_updated(self, event: DeliveryUpdated, delivery: Delivery) -> None:
         step = DELIVERY_STEPS.get(event.state)

@@ -1,4 +1,5 @@
-"""Writes that several entry points share: booking an outreach and a lead with the costs they carry."""
+"""Writes that several entry points share: booking an outreach and a lead with the costs they carry, and
+keeping the views' rollup in the same transaction as each of them."""
 
 from datetime import datetime
 
@@ -8,7 +9,8 @@ from plumbing.ids import new_id
 from services.attribution import store
 from services.attribution.metrics import AttributionMetrics
 from services.attribution.revenue import CostModel
-from services.attribution.rules import RESPONDED
+from services.attribution.rules import RESPONDED, unknown_outreach
+from services.attribution.views import Rollup, funnel_times
 
 SEND = "send"
 RM_TIME = "rm_time"
@@ -18,30 +20,62 @@ FIXED = "fixed"
 class Ledger:
     """Applies the cost model as outreaches and leads are recorded."""
 
-    def __init__(self, cost_model: CostModel, currency: str) -> None:
+    def __init__(self, cost_model: CostModel, currency: str, utc_offset_minutes: int = 330) -> None:
         self.cost_model = cost_model
         self.currency = currency
         self.metrics = AttributionMetrics()
+        self.rollup = Rollup(utc_offset_minutes)
 
     async def reach_step(
-        self, session: AsyncSession, campaign_id: str, step: str, at: datetime, outreach_at: datetime | None = None
+        self,
+        session: AsyncSession,
+        campaign_id: str,
+        step: str,
+        at: datetime,
+        outreach_at: datetime | None = None,
+        outreach: store.Outreach | None = None,
     ) -> None:
-        """Marks the funnel step reached (the earliest time wins) and counts it once the transaction commits."""
+        """Marks the funnel step reached (the earliest time wins), moves the views' funnel levels it changes,
+        and counts it once the transaction commits."""
+        # Locked first: two events of one outreach applied at once (a delivery receipt and an open) would
+        # otherwise both read the funnel before either wrote it, and count a level twice.
+        locked = await store.get_outreach(session, campaign_id, lock=True)
+        if locked is None:
+            raise unknown_outreach(campaign_id)
+        outreach = outreach or locked
+        before = await funnel_times(session, campaign_id)
         await store.reach_step(session, campaign_id, step, at)
+        after = dict(before)
+        after[step] = min(before.get(step, at), at)
+        await self.rollup.funnel_moved(session, outreach, before, after)
         self.metrics.step(session, step, at, outreach_at)
+
+    async def record_disbursement(
+        self,
+        session: AsyncSession,
+        outreach: store.Outreach,
+        at: datetime,
+        amount_paise: int,
+        lifetime_paise: int,
+        year1_paise: int,
+    ) -> None:
+        """Adds a disbursement's money to the views on its disbursement day (the ledger row is the caller's)."""
+        await self.rollup.add(
+            session,
+            outreach,
+            at,
+            disbursed_paise=amount_paise,
+            lifetime_paise=lifetime_paise,
+            year1_paise=year1_paise,
+        )
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
         """Records the outreach and its send cost once; False when its campaign ID was already recorded."""
         if not await store.add_outreach(session, outreach):
             return False
-        await store.add_cost(
-            session,
-            outreach.campaign_id,
-            SEND,
-            self.cost_model.send_cost(outreach.channel),
-            self.currency,
-            outreach.created_at,
-        )
+        send_cost = self.cost_model.send_cost(outreach.channel)
+        await store.add_cost(session, outreach.campaign_id, SEND, send_cost, self.currency, outreach.created_at)
+        await self.rollup.add(session, outreach, outreach.created_at, sent=1, cost_paise=send_cost)
         return True
 
     async def record_lead(
@@ -66,8 +100,11 @@ class Ledger:
             existing = await store.lead_by_dedup_key(session, dedup_key)
             assert existing is not None
             return existing, False
-        await store.add_cost(
-            session, campaign_id, RM_TIME, self.cost_model.rm_time_cost(), self.currency, at, ref=lead.lead_id
-        )
-        await self.reach_step(session, campaign_id, RESPONDED, at)
+        outreach = await store.get_outreach(session, campaign_id)
+        if outreach is None:
+            raise unknown_outreach(campaign_id)
+        rm_cost = self.cost_model.rm_time_cost()
+        await store.add_cost(session, campaign_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id)
+        await self.rollup.add(session, outreach, at, cost_paise=rm_cost)
+        await self.reach_step(session, campaign_id, RESPONDED, at, outreach=outreach)
         return lead, True

@@ -37,6 +37,13 @@ class AttributionSettings(ServiceSettings):
     rm_minutes_per_lead: int = Field(15, ge=0, description="Relationship-manager minutes one lead takes.")
     rm_cost_paise_per_minute: int = Field(650, ge=0, description="Cost of one RM minute, in paise.")
     currency: str = Field("INR", description="The ledger's currency; amounts in any other currency are rejected.")
+    report_utc_offset_minutes: int = Field(
+        330,
+        ge=-14 * 60,
+        le=14 * 60,
+        description="The UTC offset, in minutes, whose local days the views count in; 330 = IST (+05:30), "
+        "which has no daylight saving. Changing it needs `python -m services.attribution.reconcile --fix`.",
+    )
 
     @field_validator("revenue_models")
     @classmethod

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import UtcDateTime, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
+from services.attribution.reporting import COUNTER_COLUMNS, labels_key
 from services.attribution.rules import FUNNEL_STEPS, funnel_rank
 
 Money = BigInteger
@@ -49,6 +51,9 @@ outreaches = Table(
     Column("labels", JSON, nullable=False),
     Column("category", String(60), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # The labels as one LIKE-searchable value (reporting.labels_key), so views and lift filter by label in SQL.
+    Column("labels_key", String(1000), nullable=False, server_default=""),
+    Index("ix_outreaches_profile_id", "profile_id"),
 )
 
 funnel_steps = Table(
@@ -121,6 +126,54 @@ disbursements = Table(
 )
 
 
+ROLLUP_KEY = ("day", "campaign_key", "programme", "trigger_code", "channel", "product_code", "labels_key")
+"""A rollup row's identity: the local day something happened and the outreach's dimensions."""
+
+rollup = Table(
+    "rollup",
+    metadata,
+    # YYYY-MM-DD at the report's UTC offset: sorts and compares as text on every backend.
+    Column("day", String(10), nullable=False),
+    Column("campaign_key", String(100), nullable=False),
+    Column("programme", String(20), nullable=False),
+    Column("trigger_code", String(20), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("product_code", String(100), nullable=False),
+    Column("labels_key", String(1000), nullable=False),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in COUNTER_COLUMNS),
+    PrimaryKeyConstraint(*ROLLUP_KEY),
+)
+"""The views' summary rows, kept in the transaction of every ledger write (views.Rollup) and rebuilt by
+reconcile: a dashboard reads days × campaigns × channels rows, never the outreaches themselves."""
+
+holdouts = Table(
+    "holdouts",
+    metadata,
+    Column("campaign_key", String(100), nullable=False),
+    Column("run_id", String(100), nullable=False),
+    Column("profile_id", String(100), nullable=False, index=True),
+    Column("trigger_code", String(20), nullable=False),
+    Column("product_code", String(100), nullable=False),
+    Column("labels_key", String(1000), nullable=False),
+    Column("assigned_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("campaign_key", "run_id", "profile_id"),
+)
+"""People held out of a run (the control group), from campaigns' HoldoutAssigned."""
+
+profile_conversions = Table(
+    "profile_conversions",
+    metadata,
+    Column("conversion_id", String(100), primary_key=True),
+    Column("profile_id", String(100), nullable=False, index=True),
+    Column("product_code", String(100), nullable=False),
+    Column("amount_paise", Money, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+)
+"""Conversions without a campaign ID: how lift sees held-out people convert anyway."""
+
+
 @dataclass(frozen=True)
 class Outreach:
     campaign_id: str
@@ -170,8 +223,16 @@ class Attribution:
     leads: list[Lead]
 
 
-async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | None:
-    row = (await session.execute(select(outreaches).where(outreaches.c.campaign_id == campaign_id))).mappings().first()
+_OUTREACH_COLUMNS = tuple(outreaches.c[name] for name in Outreach.__dataclass_fields__)
+
+
+async def get_outreach(session: AsyncSession, campaign_id: str, *, lock: bool = False) -> Outreach | None:
+    """The outreach; with `lock`, its row stays locked for the rest of the transaction on PostgreSQL (SQLite
+    serialises writers anyway), so one outreach's funnel moves one event at a time."""
+    query = select(*_OUTREACH_COLUMNS).where(outreaches.c.campaign_id == campaign_id)
+    if lock:
+        query = query.with_for_update()
+    row = (await session.execute(query)).mappings().first()
     return Outreach(**row) if row is not None else None
 
 
@@ -179,7 +240,7 @@ async def add_outreach(session: AsyncSession, outreach: Outreach) -> bool:
     """Records the outreach; False when its campaign ID is already in the ledger (a republished event)."""
     statement = (
         upsert_insert(session, outreaches)
-        .values(**outreach.__dict__)
+        .values(**outreach.__dict__, labels_key=labels_key(outreach.labels))
         .on_conflict_do_nothing(index_elements=[outreaches.c.campaign_id])
     )
     result = cast(CursorResult[Any], await session.execute(statement))
@@ -373,3 +434,61 @@ async def attribution(session: AsyncSession, campaign_id: str) -> Attribution | 
         loans=[Loan(**row) for row in loan_rows],
         leads=[Lead(**row) for row in lead_rows],
     )
+
+
+async def add_holdout(
+    session: AsyncSession,
+    *,
+    campaign_key: str,
+    run_id: str,
+    profile_id: str,
+    trigger_code: str,
+    product_code: str,
+    labels_key: str,
+    assigned_at: datetime,
+) -> bool:
+    """Records a held-out person; False when they were already recorded for this run."""
+    statement = (
+        upsert_insert(session, holdouts)
+        .values(
+            campaign_key=campaign_key,
+            run_id=run_id,
+            profile_id=profile_id,
+            trigger_code=trigger_code,
+            product_code=product_code,
+            labels_key=labels_key,
+            assigned_at=assigned_at,
+        )
+        .on_conflict_do_nothing(index_elements=[holdouts.c.campaign_key, holdouts.c.run_id, holdouts.c.profile_id])
+    )
+    result = cast(CursorResult[Any], await session.execute(statement))
+    return bool(result.rowcount)
+
+
+async def add_profile_conversion(
+    session: AsyncSession,
+    *,
+    conversion_id: str,
+    profile_id: str,
+    product_code: str,
+    amount_paise: int,
+    currency: str,
+    occurred_at: datetime,
+    recorded_at: datetime,
+) -> bool:
+    """Records a conversion without a campaign ID; False when its conversion_id is already recorded."""
+    statement = (
+        upsert_insert(session, profile_conversions)
+        .values(
+            conversion_id=conversion_id,
+            profile_id=profile_id,
+            product_code=product_code,
+            amount_paise=amount_paise,
+            currency_code=currency,
+            occurred_at=occurred_at,
+            recorded_at=recorded_at,
+        )
+        .on_conflict_do_nothing(index_elements=[profile_conversions.c.conversion_id])
+    )
+    result = cast(CursorResult[Any], await session.execute(statement))
+    return bool(result.rowcount)

@@ -1,0 +1,350 @@
+"""The views: rollup rows kept in each ledger write's transaction, the reports read from them, lift and recompute."""
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, and_, cast, exists, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from plumbing.db import dialect_of, upsert_insert
+from services.attribution import store
+from services.attribution.reporting import (
+    COUNTER_COLUMNS,
+    LABEL_SEPARATOR,
+    LAG_COLUMNS,
+    Totals,
+    funnel_column,
+    funnel_levels,
+    labels_of,
+    lag_bucket,
+    local_day,
+    programme_of,
+)
+from services.attribution.rules import DISBURSED, FUNNEL_STEPS, funnel_rank
+
+DIMENSIONS = ("trigger_code", "campaign_key", "programme", "labels_key", "channel", "product_code")
+
+
+@dataclass(frozen=True)
+class ReportFilter:
+    """Which rollup rows a view sums; empty values do not filter. Days are inclusive, YYYY-MM-DD."""
+
+    start_date: str = ""
+    end_date: str = ""
+    labels: tuple[str, ...] = ()
+    trigger_code: str = ""
+    campaign_key: str = ""
+    programme: str = ""
+    channel: str = ""
+    product_code: str = ""
+
+
+def _escaped_like(label: str) -> str:
+    escaped = label.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{LABEL_SEPARATOR}{escaped}{LABEL_SEPARATOR}%"
+
+
+def _dimension_conditions(columns: Any, report_filter: ReportFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    for name in ("trigger_code", "campaign_key", "programme", "channel", "product_code"):
+        value = getattr(report_filter, name)
+        if value and name in columns:
+            conditions.append(columns[name] == value)
+    if report_filter.labels:
+        conditions.append(
+            or_(*(columns["labels_key"].like(_escaped_like(label), escape="\\") for label in report_filter.labels))
+        )
+    return conditions
+
+
+class Rollup:
+    """Adds a ledger write's effect to the rollup rows, in the caller's transaction.
+
+    Every count lands on the local day the thing happened: an outreach on its creation day, a cost on
+    the day it was booked, a disbursement's money on its disbursement day, each funnel level on the day
+    the outreach first reached it. A view over a period is then a plain sum of rows.
+    """
+
+    def __init__(self, utc_offset_minutes: int) -> None:
+        self.utc_offset_minutes = utc_offset_minutes
+
+    def day(self, at: datetime) -> str:
+        return local_day(at, self.utc_offset_minutes)
+
+    async def add(self, session: AsyncSession, outreach: store.Outreach, at: datetime, **deltas: int) -> None:
+        deltas = {column: delta for column, delta in deltas.items() if delta}
+        if not deltas:
+            return
+        key = {
+            "day": self.day(at),
+            "campaign_key": outreach.campaign_key,
+            "programme": programme_of(outreach.campaign_id),
+            "trigger_code": outreach.trigger_code,
+            "channel": outreach.channel,
+            "product_code": outreach.product_code,
+            "labels_key": store.labels_key(outreach.labels),
+        }
+        statement = upsert_insert(session, store.rollup).values(**key, **deltas)
+        # Additive upsert: concurrent writers on one row serialise on its row lock (PostgreSQL) or on the
+        # database write lock (SQLite); neither reads a stale total.
+        statement = statement.on_conflict_do_update(
+            index_elements=[store.rollup.c[name] for name in store.ROLLUP_KEY],
+            set_={column: store.rollup.c[column] + statement.excluded[column] for column in deltas},
+        )
+        await session.execute(statement)
+
+    async def funnel_moved(
+        self,
+        session: AsyncSession,
+        outreach: store.Outreach,
+        before: Mapping[str, datetime],
+        after: Mapping[str, datetime],
+    ) -> None:
+        """Moves each funnel level whose first time changed, and the conversion's lag bucket, between days."""
+        moves: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        old_levels, new_levels = funnel_levels(before), funnel_levels(after)
+        for step in FUNNEL_STEPS:
+            old, new = old_levels.get(step), new_levels.get(step)
+            if old == new:
+                continue
+            if old is not None:
+                moves[old][funnel_column(step)] -= 1
+            if new is not None:
+                moves[new][funnel_column(step)] += 1
+            if step == DISBURSED:
+                if old is not None:
+                    moves[old][LAG_COLUMNS[lag_bucket(outreach.created_at, old)]] -= 1
+                if new is not None:
+                    moves[new][LAG_COLUMNS[lag_bucket(outreach.created_at, new)]] += 1
+        # In time order, so concurrent transactions touch shared rollup rows in the same order.
+        for at, deltas in sorted(moves.items()):
+            await self.add(session, outreach, at, **deltas)
+
+
+async def funnel_times(session: AsyncSession, campaign_id: str) -> dict[str, datetime]:
+    query = select(store.funnel_steps.c.step, store.funnel_steps.c.first_at).where(
+        store.funnel_steps.c.campaign_id == campaign_id
+    )
+    return {row.step: row.first_at for row in (await session.execute(query)).all()}
+
+
+def _sums() -> list[Any]:
+    return [func.coalesce(func.sum(store.rollup.c[column]), 0).label(column) for column in COUNTER_COLUMNS]
+
+
+def _rollup_where(report_filter: ReportFilter) -> list[ColumnElement[bool]]:
+    columns = store.rollup.c
+    conditions = _dimension_conditions(columns, report_filter)
+    if report_filter.start_date:
+        conditions.append(columns.day >= report_filter.start_date)
+    if report_filter.end_date:
+        conditions.append(columns.day <= report_filter.end_date)
+    return conditions
+
+
+@dataclass
+class Report:
+    total: Totals
+    rows: dict[str, Totals] = field(default_factory=dict)
+    trend: dict[str, Totals] = field(default_factory=dict)
+
+
+async def report(session: AsyncSession, report_filter: ReportFilter, dimension: str) -> Report:
+    """Totals, one group per value of `dimension`, and one point per day, in three aggregate queries."""
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"unknown dimension {dimension!r}")
+    where = _rollup_where(report_filter)
+    total = Totals()
+    total.add((await session.execute(select(*_sums()).where(*where))).mappings().one())
+    result = Report(total)
+
+    group = store.rollup.c[dimension]
+    for row in (await session.execute(select(group.label("key"), *_sums()).where(*where).group_by(group))).mappings():
+        # A labels_key group is a set of labels: its figures count under each of them.
+        keys = labels_of(row["key"]) if dimension == "labels_key" else [row["key"]]
+        for key in keys:
+            if dimension == "labels_key" and report_filter.labels and key not in report_filter.labels:
+                continue
+            result.rows.setdefault(key, Totals()).add(row)
+
+    day = store.rollup.c.day
+    trend_query = select(day.label("key"), *_sums()).where(*where).group_by(day).order_by(day)
+    for row in (await session.execute(trend_query)).mappings():
+        result.trend.setdefault(row["key"], Totals()).add(row)
+    return result
+
+
+@dataclass(frozen=True)
+class LiftCounts:
+    treated: int
+    treated_conversions: int
+    held_out: int
+    held_out_conversions: int
+
+
+async def lift_counts(session: AsyncSession, report_filter: ReportFilter, utc_offset_minutes: int) -> LiftCounts:
+    """Outreaches against holdouts created in the period, and how many of each converted.
+
+    Intention to treat: a reached person converted when the outreach was disbursed on, or when a
+    conversion without a campaign ID of the offered product came after the outreach; a held-out person
+    converted when such a conversion came after the hold-out.
+    """
+    o, h, p = store.outreaches, store.holdouts, store.profile_conversions
+    start, end = _period_instants(report_filter, utc_offset_minutes)
+
+    def period(column: Any) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
+        if start is not None:
+            conditions.append(column >= start)
+        if end is not None:
+            conditions.append(column < end)
+        return conditions
+
+    outreach_columns: dict[str, Any] = dict(o.c)
+    outreach_columns["programme"] = func.substr(o.c.campaign_id, 1, func.instr(o.c.campaign_id, "-") - 1)
+    if dialect_of(session) == "postgresql":
+        outreach_columns["programme"] = func.split_part(o.c.campaign_id, "-", 1)
+    outreach_filter = _dimension_conditions(outreach_columns, report_filter) + period(o.c.created_at)
+    disbursed = exists().where(
+        and_(store.funnel_steps.c.campaign_id == o.c.campaign_id, store.funnel_steps.c.step == DISBURSED)
+    )
+    treated_converted = or_(
+        disbursed,
+        exists().where(
+            and_(
+                p.c.profile_id == o.c.profile_id,
+                p.c.product_code == o.c.product_code,
+                p.c.occurred_at >= o.c.created_at,
+            )
+        ),
+    )
+    treated = (await session.execute(select(func.count()).select_from(o).where(*outreach_filter))).scalar_one()
+    treated_conversions = (
+        await session.execute(select(func.count()).select_from(o).where(*outreach_filter, treated_converted))
+    ).scalar_one()
+
+    holdout_filter = _dimension_conditions(dict(h.c), report_filter) + period(h.c.assigned_at)
+    if report_filter.channel:
+        # A held-out person was reached on no channel: a channel filter leaves the control group empty.
+        holdout_filter.append(literal(False))
+    held_converted = exists().where(
+        and_(p.c.profile_id == h.c.profile_id, p.c.product_code == h.c.product_code, p.c.occurred_at >= h.c.assigned_at)
+    )
+    held_out = (await session.execute(select(func.count()).select_from(h).where(*holdout_filter))).scalar_one()
+    held_out_conversions = (
+        await session.execute(select(func.count()).select_from(h).where(*holdout_filter, held_converted))
+    ).scalar_one()
+    return LiftCounts(int(treated), int(treated_conversions), int(held_out), int(held_out_conversions))
+
+
+def _period_instants(report_filter: ReportFilter, utc_offset_minutes: int) -> tuple[datetime | None, datetime | None]:
+    """The UTC instants the filter's local days start and end at."""
+    offset = timedelta(minutes=utc_offset_minutes)
+
+    def midnight(day: str) -> datetime:
+        return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) - offset
+
+    start = midnight(report_filter.start_date) if report_filter.start_date else None
+    end = midnight(report_filter.end_date) + timedelta(days=1) if report_filter.end_date else None
+    return start, end
+
+
+def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int) -> Any:
+    """The local day of a timestamp column, as YYYY-MM-DD text, computed by the database."""
+    if dialect_of(session) == "postgresql":
+        shifted = func.timezone("UTC", column) + timedelta(minutes=utc_offset_minutes)
+        return func.to_char(cast(shifted, Date), "YYYY-MM-DD")
+    return func.date(column, f"{utc_offset_minutes:+d} minutes")
+
+
+RollupKey = tuple[str, ...]
+
+
+async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[RollupKey, dict[str, int]]:
+    """Every rollup row as the ledger says it should be, from set-based queries over the ledger's tables.
+
+    Returns {rollup key: {counter: value}} with only non-zero counters.
+    """
+    o = store.outreaches
+    programme: Any = func.substr(o.c.campaign_id, 1, func.instr(o.c.campaign_id, "-") - 1)
+    if dialect_of(session) == "postgresql":
+        programme = func.split_part(o.c.campaign_id, "-", 1)
+    dims = (
+        o.c.campaign_key,
+        programme.label("programme"),
+        o.c.trigger_code,
+        o.c.channel,
+        o.c.product_code,
+        o.c.labels_key,
+    )
+    rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    async def collect(day: Any, join: Any, sums: Mapping[str, Any], *where: Any) -> None:
+        day = day.label("day")
+        query = select(day, *dims, *(value.label(name) for name, value in sums.items())).select_from(join)
+        query = query.where(*where).group_by(day, *dims)
+        for row in (await session.execute(query)).mappings():
+            key = (str(row["day"]), *(str(row[d.name]) for d in dims))
+            for name in sums:
+                rows[key][name] += int(row[name] or 0)
+
+    await collect(_day_expression(session, o.c.created_at, utc_offset_minutes), o, {"sent": func.count()})
+    c = store.costs
+    await collect(
+        _day_expression(session, c.c.at, utc_offset_minutes),
+        c.join(o, o.c.campaign_id == c.c.campaign_id),
+        {"cost_paise": func.sum(c.c.amount_paise)},
+    )
+    d = store.disbursements
+    await collect(
+        _day_expression(session, d.c.disbursed_at, utc_offset_minutes),
+        d.join(o, o.c.campaign_id == d.c.campaign_id),
+        {
+            "disbursed_paise": func.sum(d.c.amount_paise),
+            "lifetime_paise": func.sum(d.c.lifetime_revenue_paise),
+            "year1_paise": func.sum(d.c.year1_revenue_paise),
+        },
+    )
+    f = store.funnel_steps
+    ranks = {step: funnel_rank(step) for step in FUNNEL_STEPS}
+    for step in FUNNEL_STEPS:
+        later = [name for name, rank in ranks.items() if rank >= ranks[step]]
+        # When each outreach first reached this level: the earliest of this step and every later one.
+        reached = (
+            select(f.c.campaign_id, func.min(f.c.first_at).label("at"))
+            .where(f.c.step.in_(later))
+            .group_by(f.c.campaign_id)
+            .subquery()
+        )
+        await collect(
+            _day_expression(session, reached.c.at, utc_offset_minutes),
+            reached.join(o, o.c.campaign_id == reached.c.campaign_id),
+            {funnel_column(step): func.count()},
+        )
+    # Lag buckets need each conversion's send time: one row per conversion (50k a month), bucketed here.
+    converted = select(f.c.campaign_id, f.c.first_at).where(f.c.step == DISBURSED).subquery()
+    query = select(converted.c.first_at, o.c.created_at, *dims).select_from(
+        converted.join(o, o.c.campaign_id == converted.c.campaign_id)
+    )
+    for row in (await session.execute(query)).mappings():
+        key = (
+            local_day(row["first_at"], utc_offset_minutes),
+            *(str(row[d.name]) for d in dims),
+        )
+        rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], row["first_at"])]] += 1
+    return {key: {name: value for name, value in counters.items() if value} for key, counters in rows.items()}
+
+
+async def stored(session: AsyncSession) -> dict[RollupKey, dict[str, int]]:
+    """Every rollup row as stored, with only non-zero counters."""
+    result: dict[RollupKey, dict[str, int]] = {}
+    for row in (await session.execute(select(store.rollup))).mappings():
+        key = tuple(str(row[name]) for name in store.ROLLUP_KEY)
+        counters = {name: int(row[name]) for name in COUNTER_COLUMNS if row[name]}
+        if counters:
+            result[key] = counters
+    return result
