@@ -22,6 +22,9 @@ class Exclusion(StrEnum):
     SUPPRESSED = "suppressed"
     HELD_OUT = "held_out"
     CAPPED = "capped"
+    # Admitted, but the content could not be rendered for them (counted by the run's skipped_render; the row
+    # is kept so ExplainOutreach can say why).
+    RENDER_FAILED = "render_failed"
 
 
 @dataclass(frozen=True)

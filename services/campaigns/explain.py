@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     SUPPRESSED = "suppressed"
     HELD_OUT = "held_out"
     CAPPED = "capped"
+    RENDER_FAILED = "render_failed"
     WITHDRAWN = "withdrawn"
     AWAITING_RELEASE = "awaiting_release"
     QUIET_HOURS = "quiet_hours"
@@ -114,6 +115,7 @@ _EXCLUDED = {
     "suppressed": (Outcome.SUPPRESSED, "suppressed ({reason})"),
     "held_out": (Outcome.HELD_OUT, "in the campaign's holdout (control group), measured for lift"),
     "capped": (Outcome.CAPPED, "over a frequency cap ({reason})"),
+    "render_failed": (Outcome.RENDER_FAILED, "the content could not be rendered for them: {reason}"),
 }
 
 
@@ -124,7 +126,7 @@ def exclusion_decision(exclusion: Mapping[str, Any], run: Mapping[str, Any]) -> 
     if reason == "no_contact":
         text = "no address on any of the campaign's channels (e.g. no e-mail, no phone)"
     else:
-        text = template.format(reason=reason.replace("_", " "))
+        text = template.format(reason=reason if exclusion["kind"] == "render_failed" else reason.replace("_", " "))
     return Decision(
         run_id=run["run_id"],
         outcome=outcome,

@@ -16,6 +16,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
+from services.campaigns.audience import Exclusion
 from services.campaigns.automation import automation_of
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.campaigns import CampaignState
@@ -40,6 +41,9 @@ from xsell.campaigns.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 LEDGER_PRUNE_INTERVAL = timedelta(hours=1)
+# run_exclusions.reason holds 40 characters: the start of a render failure's reason ("missing variable …").
+RENDER_REASON_LENGTH = 40
+
 SYSTEM_ACTOR = "system"
 """The actor of automatic transitions in the audit log (a scheduled start, completion, an automatic pause)."""
 
@@ -248,6 +252,7 @@ class ReleaseRunner:
     ) -> PageResult:
         skipped_render = 0
         now = self.clock()
+        render_failures: list[dict[str, Any]] = []
         outreach_rows: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         async with self.db.transaction() as session:
@@ -291,6 +296,16 @@ class ReleaseRunner:
                             )
                         except RenderFailed as failure:
                             skipped_render += 1
+                            render_failures.append(
+                                {
+                                    "run_id": run.run_id,
+                                    "profile_id": member.profile_id,
+                                    "campaign_key": campaign.campaign_key,
+                                    "kind": Exclusion.RENDER_FAILED.value,
+                                    "reason": failure.reason[:RENDER_REASON_LENGTH],
+                                    "created_at": now,
+                                }
+                            )
                             span.set_status(Status(StatusCode.ERROR, "render failed"))
                             log.warning("outreach_render_skipped", profile_id=member.profile_id, reason=failure.reason)
                             continue
@@ -331,6 +346,7 @@ class ReleaseRunner:
                         row["dispatch_payload"] = dispatch.SerializeToString()
                         outreach_rows.append(row)
             await store.insert_outreaches(session, outreach_rows)
+            await store.insert_exclusions(session, render_failures)
             await self.gate.record_contacts(session, campaign, admitted, outreach_rows)
             await self.outbox.add_rows(session, events)
             result = PageResult(len(outreach_rows), admitted.no_contact, skipped_render)

@@ -66,6 +66,8 @@ def run_counts(outreaches: Mapping[str, int], exclusions: Iterable[tuple[str, st
         setattr(counts, name, outreaches.get(column, 0))
     left_out = 0
     for kind, reason, people in exclusions:
+        if kind == Exclusion.RENDER_FAILED:
+            continue  # counted from the run's render_failed column, already in the audience below
         if kind == Exclusion.SUPPRESSED:
             counts.suppressed += people
             counts.suppressed_by_reason[reason] += people

@@ -442,6 +442,15 @@ async def test_a_better_campaign_takes_undispatched_places_under_its_cap_and_is_
 
         high_counts, low_counts = await _report(stack, high), await _report(stack, low)
         assert (high_counts.released, high_counts.capped, high_counts.render_failed) == (24, 3, 2)
+        # Each of them can be told why: the render failure is recorded with the person, not only counted.
+        for person in sorted(NO_CITY - sent_by_low):
+            (decision,) = (
+                await stack.campaigns.ExplainOutreach(
+                    service_pb2.ExplainOutreachRequest(campaign_key=high, profile_id=person)
+                )
+            ).decisions
+            assert decision.outcome == service_pb2.OUTREACH_OUTCOME_RENDER_FAILED, person
+            assert "city" in decision.reason
         assert _reasons(high_counts.capped_by_reason) == {"cap_all_day": 3}
         assert (low_counts.audience, low_counts.released, low_counts.capped) == (30, 5, 24)
         assert _reasons(low_counts.capped_by_reason) == {"outranked": 24}

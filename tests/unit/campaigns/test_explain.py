@@ -69,6 +69,8 @@ def test_left_out_people_get_the_kind_and_reason_release_recorded() -> None:
     assert held.outcome is Outcome.HELD_OUT and "control group" in held.reason
     capped = _one(exclusions=[{**excluded, "kind": "capped", "reason": "per_person_weekly"}])
     assert capped.outcome is Outcome.CAPPED and "per person weekly" in capped.reason
+    failed = _one(exclusions=[{**excluded, "kind": "render_failed", "reason": "'city' is undefined"}])
+    assert failed.outcome is Outcome.RENDER_FAILED and "'city' is undefined" in failed.reason
 
 
 def test_an_undispatched_outreach_says_what_it_waits_for() -> None:

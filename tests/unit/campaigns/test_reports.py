@@ -13,6 +13,8 @@ def test_a_runs_funnel_adds_up_to_its_audience() -> None:
             ("capped", "cap_all_day", 4),
             # This run's withdrawn outreaches: already in `created`, not a second audience member.
             ("capped", "outranked", 2),
+            # Recorded so ExplainOutreach can name the person; counted once, from the run's render_failed.
+            ("render_failed", "missing variable city", 1),
         ],
         render_failed=1,
     )
