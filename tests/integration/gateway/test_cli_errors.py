@@ -1,0 +1,91 @@
+"""The xsell CLI, as a subprocess against a real gateway whose services answer as told: how refusals read."""
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gateway import scopes
+from tests.integration.gateway.conftest import Downstream, GatewayFactory, unused_target
+
+REPO = Path(__file__).resolve().parents[3]
+REPORT = "/xsell.campaigns.v1.CampaignsService/GetCampaignReport"
+LAUNCH = "/xsell.campaigns.v1.CampaignsService/LaunchCampaign"
+
+
+async def xsell(target: str, key: str, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        *args,
+        cwd=REPO,
+        env={**os.environ, "XSELL_GATEWAY": target, "XSELL_API_KEY": key},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_report_says_when_the_deployment_does_not_serve_it(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.REPORTS_READ)
+
+    async def unimplemented(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        raise AssertionError("abort returns only by raising")
+
+    downstream.services.responders[REPORT] = unimplemented
+    code, stdout, stderr = await xsell(gateway.target, key, "report", "cmp_1")
+    assert (code, stdout) == (3, "")
+    assert stderr.startswith(
+        "error: UNIMPLEMENTED: this deployment's campaigns service does not serve GetCampaignReport"
+    )
+    assert "`xsell status cmp_1`" in stderr
+
+
+async def test_a_refusal_prints_its_status_message_and_field_violations(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.CAMPAIGNS_MANAGE)
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field="campaign.schedule.time_zone", description="'Asia/Bombay' is not an IANA zone; e.g. Asia/Kolkata"
+    )
+
+    async def invalid(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status = status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT, message="the campaign cannot launch", details=[detail]
+        )
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the campaign cannot launch",
+            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+        )
+        raise AssertionError("abort returns only by raising")
+
+    downstream.services.responders[LAUNCH] = invalid
+    code, _, stderr = await xsell(gateway.target, key, "campaigns", "launch", "cmp_1")
+    assert code == 1
+    assert stderr.splitlines() == [
+        "error: INVALID_ARGUMENT: the campaign cannot launch",
+        "  campaign.schedule.time_zone: 'Asia/Bombay' is not an IANA zone; e.g. Asia/Kolkata",
+    ]
+    (launched,) = downstream.services.to(LAUNCH)
+    assert b"cmp_1" in launched.request and b"cli-" in launched.request, "the request carries a request_id"
+
+
+async def test_no_gateway_and_no_key_read_as_what_to_set() -> None:
+    code, _, stderr = await xsell(unused_target(), "xsk_a_bcdefghijklmnopq", "campaigns", "list", "--timeout", "3")
+    assert code == 1
+    assert stderr.startswith("error: UNAVAILABLE: ") and "set XSELL_GATEWAY or --gateway" in stderr, stderr
