@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from gateway import scopes
 from gateway.api import GatewayApi
 from gateway.auth import Authenticator, AuthInterceptor
+from gateway.dashboard import Dashboard
 from gateway.forwarding import Forwarder
 from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
 from gateway.limits import RateLimit, RateLimiter
@@ -80,13 +81,12 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
     }
     channels = {service: client_channel(target, provider) for service, target in targets.items()}
 
+    authenticator = Authenticator(keys, settings.key_cache_seconds)
     server = GrpcServer(
         settings.grpc_host,
         settings.grpc_port,
         provider,
-        extra_interceptors=[
-            AuthInterceptor(Authenticator(keys, settings.key_cache_seconds), RateLimiter(default_limit))
-        ],
+        extra_interceptors=[AuthInterceptor(authenticator, RateLimiter(default_limit))],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
     )
     forwarder = Forwarder(tracer, settings.downstream_timeout_seconds)
@@ -123,7 +123,13 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
                 sms_callback_token=settings.sms_callback_token.get_secret_value(),
                 timeout_seconds=settings.downstream_timeout_seconds,
-            ).add_routes
+            ).add_routes,
+            Dashboard(
+                authenticator,
+                attribution_grpc.AttributionServiceStub(channels[scopes.ATTRIBUTION_SERVICE]),
+                tracer,
+                settings.downstream_timeout_seconds,
+            ).add_routes,
         ],
     )
 
