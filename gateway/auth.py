@@ -136,9 +136,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 refused.add(1, {"reason": "unauthenticated", "client": ""})
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
             # Before the scope check: a client calling methods it may not call still spends its budget.
-            wait = limiter.take(caller.key_id, caller.rate_limit) if limiter else 0.0
-            if wait > 0:
-                limit = limiter.limit_for(caller.rate_limit) if limiter else None
+            if limiter is not None and (wait := limiter.take(caller.key_id, caller.rate_limit)) > 0:
+                limit = limiter.limit_for(caller.rate_limit)
                 log.info("rpc_rate_limited", rpc=method, key_id=caller.key_id, retry_in=round(wait, 3))
                 refused.add(1, {"reason": "rate_limited", "client": caller.client_name})
                 message = f"API key {caller.key_id} is over its rate limit of {limit}; retry in {wait:.2f}s"
