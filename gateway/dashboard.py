@@ -75,6 +75,8 @@ class Dashboard:
         self._attribution = attribution
         self._tracer = tracer
         self._timeout = timeout_seconds
+        # Read once at start: only the files that ship next to the page, so no path can climb out of the folder.
+        self._files = {path.name: path for path in STATIC.iterdir() if path.is_file()}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self._page)
@@ -86,12 +88,10 @@ class Dashboard:
         return web.FileResponse(STATIC / "dashboard.html", headers=SECURITY_HEADERS)
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        # Only the files that ship next to the page: no path can climb out of the folder.
-        files = {path.name: path for path in STATIC.iterdir() if path.is_file()}
-        if name not in files:
+        path = self._files.get(request.match_info["name"])
+        if path is None:
             raise web.HTTPNotFound()
-        return web.FileResponse(files[name], headers=SECURITY_HEADERS)
+        return web.FileResponse(path, headers=SECURITY_HEADERS)
 
     async def _report(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -24,6 +24,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
+@pytest.fixture
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it when absent)")
+    return CHROMIUM
+
 
 @pytest.fixture
 async def seeded_attribution(nats_url: str, nats_bus: Bus, tmp_path: Path) -> AsyncIterator[str]:
@@ -67,12 +73,10 @@ async def test_the_data_endpoint_needs_a_reports_read_key(
 
 
 async def test_a_person_sees_the_worked_example_on_the_dashboard(
-    start_gateway: GatewayFactory, seeded_attribution: str, tmp_path: Path
+    start_gateway: GatewayFactory, seeded_attribution: str, tmp_path: Path, chromium: str
 ) -> None:
     from playwright.async_api import Request, Route, async_playwright, expect
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it when absent)")
     gateway = await start_gateway(attribution_target=seeded_attribution)
     key = await gateway.add_key(scopes.REPORTS_READ, client="marketing-analyst")
     gateway_host = urlsplit(gateway.http).netloc
@@ -87,7 +91,7 @@ async def test_a_person_sees_the_worked_example_on_the_dashboard(
             await route.continue_()
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 1100}, locale="en-IN")
             await page.route("**/*", only_the_gateway)
