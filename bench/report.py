@@ -42,7 +42,7 @@ def render(directory: Path) -> str:
         lines.append(f"**Ingest** (goal ≥ 20,000 events/s): {_verdict(ingest['goal_met'])}")
         lines.append("")
         lines.append(
-            "| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | load avg (at last write) |"
+            "| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | measured (UTC) |"
         )
         lines.append("|---|---|---|---|---|---|")
         for backend, result in ingest["backends"].items():
@@ -50,7 +50,7 @@ def render(directory: Path) -> str:
             lines.append(
                 f"| {backend} | {grpc_result.get('events_per_s')} | {grpc_result.get('min_5s_window_events_per_s')} | "
                 f"{nats_result.get('events_per_s', nats_result.get('skipped'))} | "
-                f"{grpc_result.get('service', {}).get('cpu_cores_used')} | {ingest.get('load_average_at_write')} |"
+                f"{grpc_result.get('service', {}).get('cpu_cores_used')} | {str(result.get('measured_at', ''))[:16]} |"
             )
         lines.append("")
     recompute = _load(directory, "recompute")
@@ -78,14 +78,15 @@ def render(directory: Path) -> str:
         lines.append("")
         lines.append(
             "| backend | unloaded p50 / p99 ms | at 1k/s: achieved/s | committed p50 / p99 ms | "
-            "on NATS p50 / p99 ms | failed |"
+            "on NATS p50 / p99 ms | failed | measured (UTC) |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|")
         for backend, r in latency["backends"].items():
             lines.append(
                 f"| {backend} | {r.get('unloaded_p50_ms')} / {r.get('unloaded_p99_ms')} | "
                 f"{r.get('achieved_rate_per_s')} | {r.get('committed_p50_ms')} / {r.get('committed_p99_ms')} | "
-                f"{r.get('nats_p50_ms')} / {r.get('nats_p99_ms')} | {r.get('failed_calls')} |"
+                f"{r.get('nats_p50_ms')} / {r.get('nats_p99_ms')} | {r.get('failed_calls')} | "
+                f"{str(r.get('measured_at', ''))[:16]} |"
             )
         lines.append("")
     rss = _load(directory, "rss")
