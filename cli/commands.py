@@ -163,6 +163,14 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
                 request_id=request_id, segment_id=segment_id, version=version, note=args.note or ""
             ),
         )
+    elif args.action == "reject":
+        request_id = args.request_id or derived_request_id("segment-reject", segment_id, version)
+        reply = gateway.call(
+            api.RejectSegment,
+            segments_pb2.RejectSegmentRequest(
+                request_id=request_id, segment_id=segment_id, version=version, reason=args.reason
+            ),
+        )
     elif args.action == "publish":
         request_id = args.request_id or derived_request_id("segment-publish", segment_id, version)
         future = gateway.future(
@@ -187,6 +195,7 @@ _CAMPAIGN_STEPS: dict[str, tuple[str, Callable[..., Message], bool]] = {
     # action: (rpc, request type, request_id derived from the version, so repeating it is a no-op)
     "submit": ("SubmitCampaign", campaigns_pb2.SubmitCampaignRequest, True),
     "approve": ("ApproveCampaign", campaigns_pb2.ApproveCampaignRequest, True),
+    "reject": ("RejectCampaign", campaigns_pb2.RejectCampaignRequest, True),
     "launch": ("LaunchCampaign", campaigns_pb2.LaunchCampaignRequest, True),
     # A campaign may be paused and resumed many times: each invocation is its own request.
     "pause": ("PauseCampaign", campaigns_pb2.PauseCampaignRequest, False),

@@ -11,10 +11,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import scopes
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, unused_target
+from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
+from xsell.segments.v1 import service_pb2 as segments_pb2
 
 REPO = Path(__file__).resolve().parents[3]
 REPORT = "/xsell.campaigns.v1.CampaignsService/GetCampaignReport"
 LAUNCH = "/xsell.campaigns.v1.CampaignsService/LaunchCampaign"
+GET_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/GetCampaign"
+REJECT_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/RejectCampaign"
+REJECT_SEGMENT = "/xsell.segments.v1.SegmentsService/RejectSegment"
 
 
 async def xsell(target: str, key: str, *args: str) -> tuple[int, str, str]:
@@ -89,3 +94,29 @@ async def test_no_gateway_and_no_key_read_as_what_to_set() -> None:
     code, _, stderr = await xsell(unused_target(), "xsk_a_bcdefghijklmnopq", "campaigns", "list", "--timeout", "3")
     assert code == 1
     assert stderr.startswith("error: UNAVAILABLE: ") and "set XSELL_GATEWAY or --gateway" in stderr, stderr
+
+
+async def test_reject_sends_the_version_the_reason_and_a_request_id_per_version(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.APPROVE)
+    for _ in range(2):
+        code, _, stderr = await xsell(
+            gateway.target, key, "campaigns", "reject", "cmp_1", "--version", "4", "--reason", "offer amount too high"
+        )
+        assert code == 0, stderr
+    code, _, stderr = await xsell(gateway.target, key, "segments", "reject", "seg_1", "--version", "2", "--reason", "x")
+    assert code == 0, stderr
+    sent = [
+        campaigns_pb2.RejectCampaignRequest.FromString(call.request) for call in downstream.services.to(REJECT_CAMPAIGN)
+    ]
+    assert [(r.campaign_key, r.version, r.reason) for r in sent] == [("cmp_1", 4, "offer amount too high")] * 2
+    assert sent[0].request_id.startswith("cli-") and sent[0].request_id == sent[1].request_id
+    (segment,) = [
+        segments_pb2.RejectSegmentRequest.FromString(c.request) for c in downstream.services.to(REJECT_SEGMENT)
+    ]
+    assert (segment.segment_id, segment.version, segment.reason) == ("seg_1", 2, "x")
+    assert [call.method for call in downstream.services.calls].count(GET_CAMPAIGN) == 0, (
+        "an approve-only key reads nothing"
+    )
