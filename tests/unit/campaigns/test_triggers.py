@@ -101,3 +101,29 @@ def test_automation_round_trips_through_json() -> None:
     assert Automation.from_json(automation.to_json()) == automation
     assert Automation().to_json() is None
     assert Automation.from_json(None) == Automation()
+
+
+def test_trigger_and_resend_round_trip_through_the_contract() -> None:
+    from google.protobuf.duration_pb2 import Duration
+
+    from services.campaigns.automation import automation_from_proto, fill_automation
+    from xsell.campaigns.v1 import resources_pb2
+
+    given = resources_pb2.Campaign(
+        trigger=resources_pb2.Trigger(
+            source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY, cool_down=Duration(seconds=7 * 86400)
+        ),
+        resend=resources_pb2.Resend(
+            condition=resources_pb2.RESEND_CONDITION_NOT_CLICKED, delay=Duration(seconds=2 * 86400), time_of_day="18:30"
+        ),
+    )
+    automation = automation_from_proto(given, CATALOG, "T06")
+    assert automation.trigger == TriggerRule(cool_down_seconds=7 * 86400)
+    assert automation.resend == ResendRule("NOT_CLICKED", 2 * 86400, 18 * 60 + 30)
+    shown = resources_pb2.Campaign()
+    fill_automation(shown, Automation.from_json(automation.to_json()))
+    assert (shown.trigger, shown.resend) == (given.trigger, given.resend)
+    with pytest.raises(InvalidArgument) as unsourced:
+        automation_from_proto(resources_pb2.Campaign(trigger=resources_pb2.Trigger()), CATALOG, "T06")
+    assert unsourced.value.field == "campaign.trigger.source"
+    assert automation_from_proto(resources_pb2.Campaign(), CATALOG, "T00") == Automation()
