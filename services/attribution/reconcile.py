@@ -1,0 +1,127 @@
+"""Reconciliation: recompute the views' rollup from the ledger, report any drift, and optionally replace it.
+
+python -m services.attribution.reconcile            # report drift; exit 1 when there is any
+python -m services.attribution.reconcile --fix      # report it and rebuild the rollup from the ledger
+"""
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, text
+
+from plumbing.db import Database, dialect_of
+from services.attribution import store, views
+from services.attribution.reporting import COUNTER_COLUMNS
+from services.attribution.settings import AttributionSettings
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One counter of one rollup row that is not what the ledger says."""
+
+    key: views.RollupKey
+    column: str
+    stored: int
+    expected: int
+
+    def describe(self) -> str:
+        day, campaign_key, programme, trigger, channel, product, _labels = self.key
+        return (
+            f"{day} {campaign_key} {programme} {trigger} {channel} {product}: {self.column} is {self.stored}, "
+            f"the ledger says {self.expected} ({self.expected - self.stored:+d})"
+        )
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    rows_checked: int
+    differences: list[Difference]
+    fixed: bool
+
+    @property
+    def drift(self) -> bool:
+        return bool(self.differences)
+
+
+def compare(
+    stored: dict[views.RollupKey, dict[str, int]], expected: dict[views.RollupKey, dict[str, int]]
+) -> list[Difference]:
+    differences = []
+    for key in sorted(stored.keys() | expected.keys()):
+        have, want = stored.get(key, {}), expected.get(key, {})
+        for column in COUNTER_COLUMNS:
+            if have.get(column, 0) != want.get(column, 0):
+                differences.append(Difference(key, column, have.get(column, 0), want.get(column, 0)))
+    return differences
+
+
+async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False) -> Reconciliation:
+    """Recomputes every rollup row from the ledger in one transaction and compares it with what is stored.
+
+    Consistency while the service keeps writing: each ledger write changes its rollup rows in the same
+    transaction, so a snapshot sees both or neither. A check runs in one REPEATABLE READ snapshot on
+    PostgreSQL (one read transaction on SQLite) and blocks no one. A fix first takes the rollup's write
+    lock (LOCK TABLE … EXCLUSIVE; SQLite's write lock), so writers wait for the few seconds it takes and
+    then add their increments to the rebuilt rows.
+    """
+    async with db.transaction() as session:
+        postgres = dialect_of(session) == "postgresql"
+        if fix:
+            if postgres:
+                await session.execute(text("LOCK TABLE rollup IN EXCLUSIVE MODE"))
+            else:
+                # A write first: SQLite takes its write lock here, before the ledger is read.
+                await session.execute(text("UPDATE rollup SET sent = sent WHERE 0"))
+        elif postgres:
+            await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        stored = await views.stored(session)
+        expected = await views.recompute(session, utc_offset_minutes)
+        differences = compare(stored, expected)
+        if fix and differences:
+            await session.execute(delete(store.rollup))
+            rows = [
+                {
+                    **dict(zip(store.ROLLUP_KEY, key, strict=True)),
+                    **{column: counters.get(column, 0) for column in COUNTER_COLUMNS},
+                }
+                for key, counters in expected.items()
+            ]
+            for start in range(0, len(rows), 1000):
+                await session.execute(insert(store.rollup), rows[start : start + 1000])
+    return Reconciliation(len(stored.keys() | expected.keys()), differences, fix and bool(differences))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.attribution.reconcile",
+        description="Recompute the attribution views from the ledger and report any drift.",
+    )
+    parser.add_argument("--fix", action="store_true", help="replace the rollup with the recomputed rows")
+    parser.add_argument("--limit", type=int, default=50, help="print at most this many differences (default 50)")
+    args = parser.parse_args(argv)
+    settings = AttributionSettings()
+
+    async def run() -> Reconciliation:
+        db = Database(settings.resolved_database_url("attribution"))
+        try:
+            return await reconcile(db, settings.report_utc_offset_minutes, fix=args.fix)
+        finally:
+            await db.dispose()
+
+    result = asyncio.run(run())
+    for difference in result.differences[: args.limit]:
+        print(difference.describe())
+    if len(result.differences) > args.limit:
+        print(f"… and {len(result.differences) - args.limit} more")
+    if not result.drift:
+        print(f"no drift: {result.rows_checked} rollup rows match the ledger")
+        return 0
+    state = "fixed: the rollup was rebuilt from the ledger" if result.fixed else "run with --fix to rebuild"
+    print(f"drift in {len(result.differences)} counters of {result.rows_checked} rollup rows; {state}")
+    return 0 if result.fixed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
