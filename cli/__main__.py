@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     apply_parser.add_argument(
         "paths", nargs="+", type=Path, help="files, or folders searched for *.yaml / *.yml / *.json"
     )
+    apply_parser.add_argument(
+        "--dry-run", action="store_true", help="say what would be created, updated or left as is; change nothing"
+    )
 
     segments = commands.add_parser("segments", help="list, get, submit, approve, reject, publish segments")
     segment_actions = segments.add_subparsers(dest="action", required=True)
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace, out: Out) -> int:
     gateway = Gateway.connect(args.gateway, api_key_from(args.api_key), args.timeout)
     try:
         if args.command == "apply":
-            results = apply(gateway, args.paths, err=out.err)
+            results = apply(gateway, args.paths, err=out.err, dry_run=args.dry_run)
             if out.json:
                 print_json([vars(result) for result in results], out.out)
             else:

@@ -21,6 +21,7 @@ from xsell.segments.v1 import service_pb2 as segments_pb2
 
 FILE_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_PAGE = 500
+NOT_YET_CREATED = "-"
 _FINAL_STATES: dict[str, set[int]] = {
     "segment": {segment_resources.SEGMENT_STATE_ARCHIVED},
     "campaign": {campaign_resources.CAMPAIGN_STATE_CANCELLED},
@@ -105,10 +106,16 @@ def _by_name(items: list[Any], name: str, kind: str) -> Any | None:
     return live[0] if live else None
 
 
-def apply_segment(gateway: Gateway, path: Path, segment: SegmentFile, existing: list[Any]) -> Applied:
+def apply_segment(
+    gateway: Gateway, path: Path, segment: SegmentFile, existing: list[Any], dry_run: bool = False
+) -> Applied:
     content = segment_resources.Segment(display_name=segment.name, description=segment.description, rule=segment.rule)
     digest = content.SerializeToString(deterministic=True)
     current = _by_name(existing, segment.name, "segment")
+    if current is None and dry_run:
+        # So campaigns in the same dry run can name it.
+        existing.append(segment_resources.Segment(segment_id=NOT_YET_CREATED, display_name=segment.name))
+        return Applied(str(path), "segment", NOT_YET_CREATED, 0, "would create")
     if current is None:
         created = gateway.call(
             gateway.segments.CreateSegment,
@@ -124,6 +131,8 @@ def apply_segment(gateway: Gateway, path: Path, segment: SegmentFile, existing: 
     ).segment
     if current.rule == segment.rule and current.description == segment.description:
         return Applied(str(path), "segment", current.segment_id, current.version, "unchanged")
+    if dry_run:
+        return Applied(str(path), "segment", current.segment_id, current.version, "would update")
     updated = gateway.call(
         gateway.segments.UpdateSegment,
         segments_pb2.UpdateSegmentRequest(
@@ -149,7 +158,7 @@ def contains(actual: Any, wanted: Any) -> bool:
 
 
 def apply_campaign(
-    gateway: Gateway, path: Path, file: CampaignFile, campaigns: list[Any], segments: list[Any]
+    gateway: Gateway, path: Path, file: CampaignFile, campaigns: list[Any], segments: list[Any], dry_run: bool = False
 ) -> Applied:
     campaign = campaign_resources.Campaign()
     campaign.CopyFrom(file.campaign)
@@ -160,6 +169,8 @@ def apply_campaign(
         campaign.segment_id = segment.segment_id
     digest = campaign.SerializeToString(deterministic=True)
     current = _by_name(campaigns, campaign.display_name, "campaign")
+    if current is None and dry_run:
+        return Applied(str(path), "campaign", NOT_YET_CREATED, 0, "would create")
     if current is None:
         created = gateway.call(
             gateway.campaigns.CreateCampaign,
@@ -171,6 +182,8 @@ def apply_campaign(
         return Applied(str(path), "campaign", created.campaign_key, created.version, "created")
     if contains(current, campaign):
         return Applied(str(path), "campaign", current.campaign_key, current.version, "unchanged")
+    if dry_run:
+        return Applied(str(path), "campaign", current.campaign_key, current.version, "would update")
     updated = gateway.call(
         gateway.campaigns.UpdateCampaign,
         campaigns_pb2.UpdateCampaignRequest(
@@ -183,16 +196,18 @@ def apply_campaign(
     return Applied(str(path), "campaign", updated.campaign_key, updated.version, "updated")
 
 
-def apply(gateway: Gateway, paths: list[Path], err: TextIO) -> list[Applied]:
-    """Segments first, so campaigns in the same run can name them."""
+def apply(gateway: Gateway, paths: list[Path], err: TextIO, *, dry_run: bool = False) -> list[Applied]:
+    """Segments first, so campaigns in the same run can name them; a dry run only reads."""
     segment_files, campaign_files = read_all(expand(paths))
     progress = Progress(len(segment_files) + len(campaign_files), err)
     results: list[Applied] = []
     segments = list_segments(gateway)
     for path, segment in segment_files:
-        results.append(progress.step(str(path), partial(apply_segment, gateway, path, segment, segments)))
+        results.append(progress.step(str(path), partial(apply_segment, gateway, path, segment, segments, dry_run)))
     if campaign_files:
         campaigns = list_campaigns(gateway)
         for path, file in campaign_files:
-            results.append(progress.step(str(path), partial(apply_campaign, gateway, path, file, campaigns, segments)))
+            results.append(
+                progress.step(str(path), partial(apply_campaign, gateway, path, file, campaigns, segments, dry_run))
+            )
     return results

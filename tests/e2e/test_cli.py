@@ -77,6 +77,8 @@ def test_apply_approve_publish_launch_pause_and_read_back(running_stack: Running
     segment_path, campaign_path, segment_name, campaign_name = example_files(tmp_path)
     approver = approver_key(running_stack)
 
+    dry = ok(xsell(running_stack, "apply", str(tmp_path), "--dry-run", "--json"))
+    assert [(r["kind"], r["action"]) for r in dry] == [("segment", "would create"), ("campaign", "would create")]
     applied = xsell(running_stack, "apply", str(segment_path))
     assert "created" in ok(applied) and segment_name not in applied.stdout  # the table shows the path and id
     assert "[1/1]" in applied.stderr, applied.stderr
@@ -113,6 +115,8 @@ def test_apply_approve_publish_launch_pause_and_read_back(running_stack: Running
     changed = yaml.safe_load(campaign_path.read_text())
     changed["priority"] = 7
     campaign_path.write_text(yaml.safe_dump(changed, allow_unicode=True))
+    dry = ok(xsell(running_stack, "apply", str(tmp_path), "--dry-run", "--json"))
+    assert [(r["action"], r["version"]) for r in dry] == [("unchanged", 1), ("would update", 1)]
     updated = ok(xsell(running_stack, "apply", str(campaign_path), "--json"))
     assert [(r["id"], r["action"], r["version"]) for r in updated] == [(campaign_key, "updated", 2)]
     got = ok(xsell(running_stack, "campaigns", "get", campaign_key, "--json"))
