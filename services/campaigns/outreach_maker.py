@@ -13,6 +13,7 @@ from plumbing.outbox import Outbox
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import automation_store, store
+from services.campaigns.audience import Exclusion
 from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.content import CompiledContent, compile_content, contact_address, unavailable_reason
 from services.campaigns.content_files import ContentLibrary
@@ -27,6 +28,8 @@ from xsell.campaigns.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 RENDER_FAILED = "render_failed"
+RENDER_REASON_LENGTH = 40
+"""run_exclusions.reason holds 40 characters: the start of a render failure's reason, as at release."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,20 @@ class OutreachMaker:
                 span.set_status(Status(StatusCode.ERROR, "render failed"))
                 log.warning("outreach_render_skipped", profile_id=member.profile_id, reason=failure.reason)
                 await automation_store.add_to_run(session, run.run_id, created=0, render_failed=1)
+                # As at release: counted by the run's skipped_render, the row kept for ExplainOutreach.
+                await store.insert_exclusions(
+                    session,
+                    [
+                        {
+                            "run_id": run.run_id,
+                            "profile_id": member.profile_id,
+                            "campaign_key": campaign.campaign_key,
+                            "kind": Exclusion.RENDER_FAILED.value,
+                            "reason": failure.reason[:RENDER_REASON_LENGTH],
+                            "created_at": now,
+                        }
+                    ],
+                )
                 return Made(None, RENDER_FAILED)
             time_zone = recipient_time_zone(member.attributes.get("time_zone"), campaign.time_zone)
             row: dict[str, Any] = {
