@@ -41,9 +41,7 @@ def render(directory: Path) -> str:
     if ingest:
         lines.append(f"**Ingest** (goal ≥ 20,000 events/s): {_verdict(ingest['goal_met'])}")
         lines.append("")
-        lines.append(
-            "| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | measured (UTC) |"
-        )
+        lines.append("| backend | gRPC events/s | slowest 5 s | NATS events/s | service CPU (cores) | measured (UTC) |")
         lines.append("|---|---|---|---|---|---|")
         for backend, result in ingest["backends"].items():
             grpc_result, nats_result = result.get("grpc", {}), result.get("nats", {})
