@@ -25,6 +25,11 @@ from cli.commands import (
 from cli.output import print_json, table
 
 
+def _path_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -34,6 +39,21 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--api-key", help="an xsk_… key (XSELL_API_KEY; default: var/dev-api-key, the key `make run` made)"
+    )
+    common.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=_path_env("XSELL_TLS_CA"),
+        help="CA bundle (PEM) to check the gateway's TLS certificate; plaintext when unset (XSELL_TLS_CA)",
+    )
+    common.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=_path_env("XSELL_TLS_CERT"),
+        help="client certificate (PEM) where the gateway requires mTLS (XSELL_TLS_CERT)",
+    )
+    common.add_argument(
+        "--tls-key", type=Path, default=_path_env("XSELL_TLS_KEY"), help="its private key (PEM) (XSELL_TLS_KEY)"
     )
     common.add_argument("--timeout", type=float, default=30.0, help="seconds each call may take (default 30)")
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -120,7 +140,14 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, out: Out) -> int:
     if args.command == "trace":
         return trace_command(args, out)
-    gateway = Gateway.connect(args.gateway, api_key_from(args.api_key), args.timeout)
+    gateway = Gateway.connect(
+        args.gateway,
+        api_key_from(args.api_key),
+        args.timeout,
+        tls_ca=args.tls_ca,
+        tls_certificate=args.tls_cert,
+        tls_key=args.tls_key,
+    )
     try:
         if args.command == "apply":
             results = apply(gateway, args.paths, err=out.err, dry_run=args.dry_run)

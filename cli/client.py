@@ -54,8 +54,25 @@ class Gateway:
     timeout: float
 
     @classmethod
-    def connect(cls, target: str, api_key: str | None, timeout: float) -> "Gateway":
-        return cls(grpc.insecure_channel(target), api_key, timeout)
+    def connect(
+        cls,
+        target: str,
+        api_key: str | None,
+        timeout: float,
+        *,
+        tls_ca: Path | None = None,
+        tls_certificate: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> "Gateway":
+        """Plaintext by default; TLS when a CA is given, mTLS when a client certificate and key are given too."""
+        if tls_ca is None and tls_certificate is None:
+            return cls(grpc.insecure_channel(target), api_key, timeout)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=tls_ca.read_bytes() if tls_ca is not None else None,
+            private_key=tls_key.read_bytes() if tls_key is not None else None,
+            certificate_chain=tls_certificate.read_bytes() if tls_certificate is not None else None,
+        )
+        return cls(grpc.secure_channel(target, credentials), api_key, timeout)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

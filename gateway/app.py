@@ -88,6 +88,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
         provider,
         extra_interceptors=[AuthInterceptor(authenticator, RateLimiter(default_limit))],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
+        tls=settings.tls(),
     )
     forwarder = Forwarder(tracer, settings.downstream_timeout_seconds)
     for service in scopes.FORWARDED_SERVICES:

@@ -1,8 +1,11 @@
 """The gateway's settings, read from XSELL_GATEWAY_* environment variables."""
 
-from pydantic import Field, SecretStr
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from plumbing.grpc_server import TlsFiles
 from plumbing.settings import ServiceSettings
 
 
@@ -30,6 +33,16 @@ class GatewaySettings(ServiceSettings):
     )
     downstream_timeout_seconds: float = Field(
         default=10.0, description="Longest a forwarded call may take; a shorter caller deadline is passed on as is."
+    )
+    tls_certificate_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain of the public gRPC port; with the key file, the port speaks TLS only.",
+    )
+    tls_private_key_file: Path | None = Field(default=None, description="PEM private key of that certificate.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle for mTLS: when set, a client must present a certificate signed by it (the API key "
+        "is still required).",
     )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -62,3 +75,18 @@ class GatewaySettings(ServiceSettings):
         description="Secret path segment of /webhooks/sms/exotel/<token> (Exotel does not sign callbacks); "
         "empty refuses every SMS callback.",
     )
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> "GatewaySettings":
+        if (self.tls_certificate_file is None) != (self.tls_private_key_file is None):
+            raise ValueError(
+                "set both XSELL_GATEWAY_TLS_CERTIFICATE_FILE and XSELL_GATEWAY_TLS_PRIVATE_KEY_FILE, or neither"
+            )
+        if self.tls_client_ca_file is not None and self.tls_certificate_file is None:
+            raise ValueError("XSELL_GATEWAY_TLS_CLIENT_CA_FILE (mTLS) needs the TLS certificate and key files too")
+        return self
+
+    def tls(self) -> TlsFiles | None:
+        if self.tls_certificate_file is None or self.tls_private_key_file is None:
+            return None
+        return TlsFiles(self.tls_certificate_file, self.tls_private_key_file, self.tls_client_ca_file)

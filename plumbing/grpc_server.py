@@ -3,6 +3,8 @@
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -149,6 +151,23 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS listener; with `client_ca` the server requires client certificates it signed (mTLS)."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        root = self.client_ca.read_bytes() if self.client_ca is not None else None
+        return grpc.ssl_server_credentials(
+            [(self.private_key.read_bytes(), self.certificate.read_bytes())],
+            root_certificates=root,
+            require_client_auth=root is not None,
+        )
+
+
 class GrpcServer:
     """A grpc.aio server with the standard health service and reflection for the services it hosts."""
 
@@ -160,7 +179,9 @@ class GrpcServer:
         *,
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer_provider is not None:
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
@@ -184,7 +205,10 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self._service_names, reflection.SERVICE_NAME, "grpc.health.v1.Health"], self.server
         )
-        self.port = self.server.add_insecure_port(self._address)
+        if self.tls is None:
+            self.port = self.server.add_insecure_port(self._address)
+        else:
+            self.port = self.server.add_secure_port(self._address, self.tls.credentials())
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC server to {self._address}")
         for name in ["", *self._service_names]:
