@@ -71,18 +71,32 @@ class Activity:
         *,
         transport: str,
     ) -> service_pb2.IngestEventsResponse:
-        """Applies a validated IngestEvents batch once per request_id, over gRPC or the NATS bulk subject alike.
+        """Applies a validated IngestEvents batch once per request_id, in the caller's transaction (the NATS path).
 
         A request_id seen before returns the first response and changes nothing.
         """
         previous = await self.idempotency.previous(session, "IngestEvents", request, service_pb2.IngestEventsResponse)
         if previous is not None:
             return previous
+        response = await self.apply_events(session, request, incoming, problems, now, transport=transport)
+        await self.idempotency.remember(session, "IngestEvents", request, response)
+        return response
+
+    async def apply_events(
+        self,
+        session: AsyncSession,
+        request: service_pb2.IngestEventsRequest,
+        incoming: Sequence[IncomingEvent],
+        problems: Sequence[RecordProblem],
+        now: datetime,
+        *,
+        transport: str,
+    ) -> service_pb2.IngestEventsResponse:
+        """Records a validated batch and answers it; the caller provides the once-per-request_id guard."""
         await self.record_events(session, incoming, now)
         response = service_pb2.IngestEventsResponse(
             accepted_count=len(request.events) - len(problems), errors=record_errors(problems)
         )
-        await self.idempotency.remember(session, "IngestEvents", request, response)
         self.metrics.events(session, transport, response.accepted_count, len(problems))
         return response
 

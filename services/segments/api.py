@@ -5,6 +5,7 @@ from datetime import timedelta
 import grpc
 import structlog
 from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -66,28 +67,29 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     ) -> service_pb2.UpsertProfilesResponse:
         _check_batch(len(request.profiles), "profiles")
         now = utcnow()
-        async with self.db.transaction() as session:
-            previous = await self.idempotency.previous(
-                session, "UpsertProfiles", request, service_pb2.UpsertProfilesResponse
-            )
-            if previous is not None:
-                return previous
+
+        async def upsert(session: AsyncSession) -> service_pb2.UpsertProfilesResponse:
             catalog = await self.activity.catalog.get(session)
-            updates, problems = records.validate_profiles(request.profiles, catalog)
+            updates, found = records.validate_profiles(request.profiles, catalog)
             span = trace.get_current_span()
             span.set_attribute("segments.batch.size", len(request.profiles))
-            span.set_attribute("segments.batch.rejected", len(problems))
+            span.set_attribute("segments.batch.rejected", len(found))
             people = [u.profile_id for u in updates]
             created = set(people) - await store.existing_profiles(session, people)
             await store.upsert_profiles(session, updates, now)
             changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
             await self.activity.refresh(session, people, now, changed=changed, new_profiles=created)
             response = service_pb2.UpsertProfilesResponse(
-                accepted_count=len(request.profiles) - len(problems), errors=_record_errors(problems)
+                accepted_count=len(request.profiles) - len(found), errors=_record_errors(found)
             )
-            await self.idempotency.remember(session, "UpsertProfiles", request, response)
-            self.activity.metrics.profiles(session, response.accepted_count, len(problems))
-        log.info("profiles_upserted", accepted=response.accepted_count, rejected=len(problems))
+            self.activity.metrics.profiles(session, response.accepted_count, len(found))
+            return response
+
+        # Once per request_id: a retry, or a concurrent duplicate that lost the race, gets the first answer.
+        response = await self.idempotency.run_once(
+            self.db, "UpsertProfiles", request, service_pb2.UpsertProfilesResponse, upsert
+        )
+        log.info("profiles_upserted", accepted=response.accepted_count, rejected=len(response.errors))
         return response
 
     async def IngestEvents(
@@ -101,8 +103,14 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         span = trace.get_current_span()
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
-        async with self.db.transaction() as session:
-            response = await self.activity.ingest(session, request, incoming, problems, now, transport="grpc")
+
+        async def apply(session: AsyncSession) -> service_pb2.IngestEventsResponse:
+            return await self.activity.apply_events(session, request, incoming, problems, now, transport="grpc")
+
+        # Once per request_id: a retry, or a concurrent duplicate that lost the race, gets the first answer.
+        response = await self.idempotency.run_once(
+            self.db, "IngestEvents", request, service_pb2.IngestEventsResponse, apply
+        )
         log.info("events_ingested", accepted=response.accepted_count, rejected=len(problems))
         return response
 

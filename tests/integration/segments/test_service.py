@@ -373,3 +373,29 @@ async def test_state_and_lookup_errors(segments: SegmentsServiceStub) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     code, _ = await code_of(segments.ListSegments(api.ListSegmentsRequest(page_token="not-a-token")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_concurrent_duplicates_of_a_request_get_one_answer_and_change_things_once(
+    segments: SegmentsServiceStub,
+) -> None:
+    """A CRM that retries before the first call returned: on PostgreSQL the copies really run side by side."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    ingest = api.IngestEventsRequest(
+        request_id=new_id("req_"),
+        events=[_event("dup-1", "sip_registered", now), _event("dup-2", "session_start", now)],
+    )
+    answers = await asyncio.gather(*(segments.IngestEvents(ingest) for _ in range(6)))
+    assert {a.accepted_count for a in answers} == {2} and all(a == answers[0] for a in answers)
+
+    profile = r.Profile(profile_id="dup-1")
+    profile.attributes["investment_type"].string_value = "SIP"
+    upsert = api.UpsertProfilesRequest(request_id=new_id("req_"), profiles=[profile])
+    replies = await asyncio.gather(*(segments.UpsertProfiles(upsert) for _ in range(6)))
+    assert all(reply == replies[0] for reply in replies) and replies[0].accepted_count == 1
+
+    # The same request_id with another payload is refused, not applied.
+    changed = api.UpsertProfilesRequest(request_id=upsert.request_id, profiles=[r.Profile(profile_id="dup-3")])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await segments.UpsertProfiles(changed)
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert "request_id" in refused.value.details()
