@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, cast, exists, func, literal, or_, select
+from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -205,9 +205,7 @@ async def lift_counts(session: AsyncSession, report_filter: ReportFilter, utc_of
         return conditions
 
     outreach_columns: dict[str, Any] = dict(o.c)
-    outreach_columns["programme"] = func.substr(o.c.campaign_id, 1, func.instr(o.c.campaign_id, "-") - 1)
-    if dialect_of(session) == "postgresql":
-        outreach_columns["programme"] = func.split_part(o.c.campaign_id, "-", 1)
+    outreach_columns["programme"] = _programme(session)
     outreach_filter = _dimension_conditions(outreach_columns, report_filter) + period(o.c.created_at)
     disbursed = exists().where(
         and_(store.funnel_steps.c.campaign_id == o.c.campaign_id, store.funnel_steps.c.step == DISBURSED)
@@ -253,6 +251,15 @@ def _period_instants(report_filter: ReportFilter, utc_offset_minutes: int) -> tu
     return start, end
 
 
+def _programme(session: AsyncSession) -> Any:
+    """reporting.programme_of in SQL: the campaign ID up to its first "-", or all of it without one."""
+    campaign_id = store.outreaches.c.campaign_id
+    if dialect_of(session) == "postgresql":
+        return func.split_part(campaign_id, "-", 1)
+    dash = func.instr(campaign_id, "-")
+    return case((dash == 0, campaign_id), else_=func.substr(campaign_id, 1, dash - 1))
+
+
 def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int) -> Any:
     """The local day of a timestamp column, as YYYY-MM-DD text, computed by the database."""
     if dialect_of(session) == "postgresql":
@@ -270,12 +277,9 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
     Returns {rollup key: {counter: value}} with only non-zero counters.
     """
     o = store.outreaches
-    programme: Any = func.substr(o.c.campaign_id, 1, func.instr(o.c.campaign_id, "-") - 1)
-    if dialect_of(session) == "postgresql":
-        programme = func.split_part(o.c.campaign_id, "-", 1)
     dims = (
         o.c.campaign_key,
-        programme.label("programme"),
+        _programme(session).label("programme"),
         o.c.trigger_code,
         o.c.channel,
         o.c.product_code,

@@ -156,6 +156,11 @@ async def test_views_by_label_channel_campaign_and_period(service: Service) -> N
 
 async def test_the_rollup_matches_a_recompute_from_the_ledger(service: Service) -> None:
     await seed_worked_example(service.bus, service.stub)
+    # An ID imported from before campaign IDs had parts: its programme is all of it, in both computations.
+    await publish_outreach(service.bus, "LEGACY0001", trigger="T00")
+    await wait_sent(service.stub, 3)
+    programmes = await _report(service.stub, dimension=resources_pb2.REPORT_DIMENSION_PROGRAMME)
+    assert {row.key for row in programmes.rows} == {"CSELL", "LEGACY0001"}
     db = Database(service.database_url)
     try:
         async with db.transaction() as session:
