@@ -71,15 +71,32 @@ class Rollup:
 
     def __init__(self, utc_offset_minutes: int) -> None:
         self.utc_offset_minutes = utc_offset_minutes
+        self._upserts: dict[str, Any] = {}
 
     def day(self, at: datetime) -> str:
         return local_day(at, self.utc_offset_minutes)
 
+    def _upsert(self, session: AsyncSession) -> Any:
+        """One additive upsert of every counter, built once per dialect: rebuilding its two dozen column
+        expressions on each write cost more than running it."""
+        dialect = dialect_of(session)
+        if dialect not in self._upserts:
+            statement = upsert_insert(session, store.rollup)
+            # Concurrent writers on one row serialise on its row lock (PostgreSQL) or on the database write
+            # lock (SQLite); neither reads a stale total.
+            self._upserts[dialect] = statement.on_conflict_do_update(
+                index_elements=[store.rollup.c[name] for name in store.ROLLUP_KEY],
+                set_={column: store.rollup.c[column] + statement.excluded[column] for column in COUNTER_COLUMNS},
+            )
+        return self._upserts[dialect]
+
     async def add(self, session: AsyncSession, outreach: store.Outreach, at: datetime, **deltas: int) -> None:
-        deltas = {column: delta for column, delta in deltas.items() if delta}
-        if not deltas:
+        if not any(deltas.values()):
             return
-        key = {
+        unknown = deltas.keys() - set(COUNTER_COLUMNS)
+        if unknown:
+            raise ValueError(f"not rollup counters: {sorted(unknown)}")
+        row = {
             "day": self.day(at),
             "campaign_key": outreach.campaign_key,
             "programme": programme_of(outreach.campaign_id),
@@ -87,15 +104,10 @@ class Rollup:
             "channel": outreach.channel,
             "product_code": outreach.product_code,
             "labels_key": store.labels_key(outreach.labels),
+            **dict.fromkeys(COUNTER_COLUMNS, 0),
+            **deltas,
         }
-        statement = upsert_insert(session, store.rollup).values(**key, **deltas)
-        # Additive upsert: concurrent writers on one row serialise on its row lock (PostgreSQL) or on the
-        # database write lock (SQLite); neither reads a stale total.
-        statement = statement.on_conflict_do_update(
-            index_elements=[store.rollup.c[name] for name in store.ROLLUP_KEY],
-            set_={column: store.rollup.c[column] + statement.excluded[column] for column in deltas},
-        )
-        await session.execute(statement)
+        await session.execute(self._upsert(session), row)
 
     async def funnel_moved(
         self,
