@@ -239,6 +239,15 @@ async def test_lift_against_the_holdout_with_an_interval_and_a_plain_statement(s
     assert lift.conclusive
     assert lift.statement.startswith("Reaching people raised conversion by 25.0 points")
 
+    # No one held out was reached on a channel: a channel filter leaves no control group, and says so.
+    by_channel = (
+        await stub.GetLift(
+            service_pb2.GetLiftRequest(filter=service_pb2.ReportFilter(channel=channel_pb2.CHANNEL_EMAIL))
+        )
+    ).lift
+    assert (by_channel.treated, by_channel.held_out) == (40, 0)
+    assert by_channel.statement.startswith("No one was held out")
+
     with pytest.raises(grpc.aio.AioRpcError) as duplicate:
         await stub.RecordProfileConversion(
             service_pb2.RecordProfileConversionRequest(
