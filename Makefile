@@ -63,7 +63,7 @@ fmt: $(STAMP) ## Format the Python code
 
 .PHONY: test
 test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=20
 
 .PHONY: test-fast
 test-fast: $(GEN_STAMP) ## Unit tests only
