@@ -1,11 +1,14 @@
 """The AttributionService gRPC servicer: leads and LOS events in, attributed revenue, cost and ROMI out."""
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from opentelemetry import trace
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +35,39 @@ from services.attribution.revenue import RevenueModels, romi
 from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R", bound=Message)
+
+
+class _Conflict(Aborted):
+    """A unique key of this transaction was taken by a concurrent request that committed first."""
+
+
+def first_answer_on_race(
+    method: str, response_type: type[R]
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+    """A mutating RPC whose concurrent duplicate (same request_id) lost the race answers with the winner's response.
+
+    The loser's transaction rolled back on the unique key; if the winner stored an answer for this request_id,
+    that is the answer. Otherwise the conflict was with a different request and stays ABORTED (retry).
+    """
+
+    def wrap(rpc: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+        @functools.wraps(rpc)
+        async def handler(self: "AttributionApi", request: Message, context: grpc.aio.ServicerContext) -> R:
+            try:
+                return await rpc(self, request, context)
+            except _Conflict:
+                async with self.db.transaction() as session:
+                    previous = await self.idempotency.previous(session, method, request, response_type)
+                if previous is None:
+                    raise
+                log.info("rpc_duplicate_answered", method=method)
+                return previous
+
+        return handler
+
+    return wrap
 
 
 class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
@@ -62,8 +98,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 yield session
         except IntegrityError as error:
             log.info("rpc_conflict", error=type(error.orig).__name__)
-            raise Aborted("a concurrent request changed the same record; retry with the same request_id") from error
+            raise _Conflict("a concurrent request changed the same record; retry with the same request_id") from error
 
+    @first_answer_on_race("CreateLead", service_pb2.CreateLeadResponse)
     async def CreateLead(
         self, request: service_pb2.CreateLeadRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.CreateLeadResponse:
@@ -104,6 +141,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             log.info("lead_created" if created else "lead_already_known", origin=origin)
             return response
 
+    @first_answer_on_race("RecordApplication", service_pb2.RecordApplicationResponse)
     async def RecordApplication(
         self, request: service_pb2.RecordApplicationRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordApplicationResponse:
@@ -149,6 +187,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             log.info("application_recorded")
             return response
 
+    @first_answer_on_race("RecordSanction", service_pb2.RecordSanctionResponse)
     async def RecordSanction(
         self, request: service_pb2.RecordSanctionRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordSanctionResponse:
@@ -176,6 +215,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             log.info("sanction_recorded", amount_paise=request.amount.minor_units)
             return response
 
+    @first_answer_on_race("RecordDisbursement", service_pb2.RecordDisbursementResponse)
     async def RecordDisbursement(
         self, request: service_pb2.RecordDisbursementRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordDisbursementResponse:
@@ -327,6 +367,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             )
         )
 
+    @first_answer_on_race("RecordProfileConversion", service_pb2.RecordProfileConversionResponse)
     async def RecordProfileConversion(
         self, request: service_pb2.RecordProfileConversionRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordProfileConversionResponse:

@@ -398,3 +398,20 @@ async def test_lead_and_application_need_a_known_outreach_and_a_loan_keeps_its_c
     assert "record the application first" in (error.details() or "")
     assert (await _attribution(stub, second)).funnel.applied == 0
     assert (await _attribution(stub, first)).funnel.sanctioned == 0
+
+
+async def test_concurrent_copies_of_a_request_get_the_first_answer_and_book_once(service: Service) -> None:
+    """A CRM or LOS retrying before the first call returned: on PostgreSQL the copies really race."""
+    campaign_id = _new_campaign_id()
+    await _publish_outreach(service.bus, campaign_id)
+    await _wait_known(service.stub, campaign_id)
+    lead = service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=campaign_id, crm_lead_id="CRM-RACE")
+    leads = await asyncio.gather(*(service.stub.CreateLead(lead) for _ in range(6)))
+    assert all(answer == leads[0] for answer in leads)
+    application = service_pb2.RecordApplicationRequest(
+        request_id=new_id(), campaign_id=campaign_id, loan_number=f"LA-{new_id()[-8:]}"
+    )
+    loans = await asyncio.gather(*(service.stub.RecordApplication(application) for _ in range(6)))
+    assert all(answer == loans[0] for answer in loans) and loans[0].loan.loan_number == application.loan_number
+    funnel = (await _attribution(service.stub, campaign_id)).funnel
+    assert (funnel.responded, funnel.applied) == (1, 1)
