@@ -598,6 +598,8 @@ run_exclusions = Table(
     Column("kind", String(20), nullable=False),
     Column("reason", String(40), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # ExplainOutreach looks one person up across a campaign's runs (0008).
+    Index("ix_run_exclusions_person", "campaign_key", "profile_id"),
 )
 
 # One row per outreach that counts against frequency caps, with the rank its campaign had at release.
