@@ -5,16 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
-from plumbing.db import Database
 from plumbing.telemetry import outreach_trace_id
 from services import streams
-from services.campaigns import store
-from services.campaigns.app import MIGRATIONS
 from services.campaigns.campaign_ids import month_code
 from tests.integration.campaigns.harness import (
     DRAFT,
@@ -252,16 +247,3 @@ async def test_only_approved_campaigns_launch_and_future_send_times_schedule(
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.LaunchCampaign(service_pb2.LaunchCampaignRequest(request_id="l-3", campaign_key="cmp_missing"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-async def test_migration_creates_exactly_the_store_tables(database_url: str) -> None:
-    db = Database(database_url)
-    try:
-        await db.migrate(MIGRATIONS)
-        async with db.engine.connect() as connection:
-            diff = await connection.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), store.metadata)
-            )
-    finally:
-        await db.dispose()
-    assert diff == []

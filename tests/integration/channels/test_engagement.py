@@ -4,16 +4,11 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.bus import Bus
-from plumbing.db import Database
 from plumbing.ids import new_id
 from services import streams
-from services.channels import store
-from services.channels.app import MIGRATIONS
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch, new_campaign_id, publish, published_state
 from tests.waiting import eventually
@@ -107,18 +102,3 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
     got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
     assert not any(e.WhichOneof("step") == "engagement_kind" for e in got.timeline)
     assert listener.on(streams.ENGAGEMENT_RECORDED, campaign_id) == []
-
-
-async def test_migration_creates_exactly_the_tables_of_the_store(database_url: str) -> None:
-    db = Database(database_url)
-    try:
-        await db.migrate(MIGRATIONS)
-        async with db.engine.connect() as connection:
-            diff = await connection.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), store.metadata)
-            )
-    finally:
-        await db.dispose()
-    assert [
-        d for d in diff if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
-    ] == []

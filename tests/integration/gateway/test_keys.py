@@ -7,11 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy.engine import Connection
 
-from gateway import scopes, store
+from gateway import scopes
 from gateway.__main__ import keys_command, parser
 from gateway.app import MIGRATIONS
 from gateway.keys import ApiKey, hash_secret
@@ -127,15 +124,3 @@ async def test_the_keys_commands_set_and_drop_a_key_rate_limit(
     assert code == 2 and "positive rate" in err
     code, _, err = await keys("limit", "01unknown", "--rate", "1")
     assert code == 1 and "01unknown" in err
-
-
-async def test_the_migration_creates_exactly_the_store_tables(database_url: str) -> None:
-    db = Database(database_url)
-    await db.migrate(MIGRATIONS)
-
-    def differences(connection: Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(connection), store.metadata))
-
-    async with db.engine.connect() as connection:
-        assert await connection.run_sync(differences) == []
-    await db.dispose()

@@ -5,8 +5,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 
 from plumbing.db import Database
 from services.segments import store
@@ -182,14 +180,3 @@ async def test_stored_attributes_read_back_as_written(loaded: tuple[Database, Wo
     assert {pid: values for pid, values in stored.items()} == {
         pid: values for pid, values in world.attributes.items() if values
     }
-
-
-async def test_migrations_create_exactly_the_tables_of_the_store(database_url: str) -> None:
-    db = Database(database_url)
-    await db.migrate(MIGRATIONS)
-    async with db.engine.connect() as connection:
-        differences = await connection.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), store.metadata)
-        )
-    await db.dispose()
-    assert differences == []
