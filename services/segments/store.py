@@ -369,14 +369,6 @@ async def lock_maintenance(session: AsyncSession) -> None:
         await session.execute(select(func.pg_advisory_xact_lock(_MAINTENANCE_LOCK)))
 
 
-async def mark_published(session: AsyncSession, segment_id: str, member_count: int, now: datetime) -> None:
-    await session.execute(
-        update(segments)
-        .where(segments.c.segment_id == segment_id)
-        .values(state=PUBLISHED, member_count=member_count, publish_time=now)
-    )
-
-
 # --- memberships ------------------------------------------------------------------------------
 
 
@@ -445,22 +437,6 @@ async def fold_member_counts(session: AsyncSession) -> int:
             rows,
         )
     return len(taken)
-
-
-async def add_members(session: AsyncSession, segment: SegmentRow, profile_ids: Sequence[str], now: datetime) -> None:
-    if profile_ids:
-        await session.execute(
-            insert(memberships),
-            [
-                {
-                    "segment_id": segment.segment_id,
-                    "profile_id": pid,
-                    "segment_version": segment.version,
-                    "entered_at": now,
-                }
-                for pid in profile_ids
-            ],
-        )
 
 
 async def remove_members(session: AsyncSession, segment_id: str, profile_ids: Sequence[str]) -> None:

@@ -146,12 +146,8 @@ async def loaded(database_url: str) -> AsyncIterator[tuple[Database, World]]:
             session,
             store.SegmentRow(REFERENCED, "referenced", "", b"", store.PUBLISHED, 1, 0, NOW, NOW),
         )
-        await store.add_members(
-            session,
-            await store.get_segment(session, REFERENCED),
-            sorted(world.memberships[REFERENCED]),
-            NOW,  # type: ignore[arg-type]
-        )
+        members = [(REFERENCED, 1, pid) for pid in sorted(world.memberships[REFERENCED])]
+        await store.apply_membership_changes(session, members, {}, NOW)
     yield db, world
     await db.dispose()
 
