@@ -88,9 +88,8 @@ class _Plan:
     levels: tuple[tuple[_Maintained, ...], ...]
 
     def affected(self, changed: Changed | None) -> set[str]:
-        everything = {m.segment_id for level in self.levels for m in level}
         if changed is None:
-            return everything
+            return {m.segment_id for level in self.levels for m in level}
         affected: set[str] = set()
         for level in self.levels:
             for m in level:
@@ -108,7 +107,6 @@ class _Evaluation:
     """One statement that says, for each touched person, whether they match and whether they are a member, for
     several segments at once; built once per set of segment versions and re-bound per batch."""
 
-    segments: tuple[_Maintained, ...]
     statement: Select[Any]
     windows: WindowStarts
 
@@ -124,7 +122,7 @@ class _Evaluation:
             columns.append(condition(segment.rule, p.c.profile_id, windows).label(f"matches_{index}"))
             columns.append(member.exists().label(f"member_{index}"))
         statement = select(*columns).where(p.c.profile_id.in_(bindparam("touched", expanding=True)))
-        return cls(segments, statement, windows)
+        return cls(statement, windows)
 
 
 class Refresher:
@@ -132,10 +130,11 @@ class Refresher:
 
     Per dependency level one SELECT answers "matches?" and "member?" for every touched person and every
     segment of the level; the changes are then written with one INSERT, a DELETE per segment with exits
-    and one counter UPDATE. Statements are built once per set of segment versions (building one costs
-    more than running it for a few people) with "last N days" windows and the people as bind parameters.
-    Windows that lapse without any new data for a person ("did not invest in the last 365 days" becoming
-    true by itself) are found by the sweeper (services/segments/sweeper.py), which refreshes just them.
+    and appended member-count deltas (store.apply_membership_changes). Statements are built once per set
+    of segment versions (building one costs more than running it for a few people) with "last N days"
+    windows and the people as bind parameters. Windows that lapse without any new data for a person ("did
+    not invest in the last 365 days" becoming true by itself) are found by the sweeper
+    (services/segments/sweeper.py), which refreshes just them.
     """
 
     def __init__(self, cache_size: int = 256) -> None:
