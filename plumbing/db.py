@@ -56,6 +56,23 @@ class Database:
         async with self._sqlite_writer, self.sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session whose statements all see one committed state of the database.
+
+        For reads of several statements that must agree with each other (a funnel and its costs, a report's
+        rows and its total): under PostgreSQL's default READ COMMITTED each statement would see the commits
+        made since the last one. PostgreSQL runs it REPEATABLE READ READ ONLY; SQLite in WAL mode gives a
+        deferred transaction one snapshot from its first read, and it does not wait behind this process's writers.
+        """
+        if self.is_sqlite:
+            options: dict[str, Any] = {_SQLITE_DEFERRED: True}
+        else:
+            options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        async with self.sessions() as session, session.begin():
+            await session.connection(execution_options=options)
+            yield session
+
     async def migrate(self, migrations_dir: Path) -> None:
         """Applies the service's Alembic migrations up to head."""
         async with self.engine.begin() as connection:
@@ -83,8 +100,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_SQLITE_DEFERRED = "xsell_sqlite_deferred"
+
+
 def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    deferred = connection.get_execution_options().get(_SQLITE_DEFERRED, False)
+    connection.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 
 
 def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:

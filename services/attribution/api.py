@@ -302,7 +302,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
     ) -> service_pb2.GetCampaignAttributionResponse:
         rules.require_campaign_id(request.campaign_id)
         with outreach_span(self.tracer, "attribution.get_campaign_attribution", request.campaign_id):
-            async with self.db.transaction() as session:
+            async with self.db.snapshot() as session:
                 attribution = await store.attribution(session, request.campaign_id)
             if attribution is None:
                 raise rules.unknown_outreach(request.campaign_id)
@@ -317,7 +317,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             raise InvalidArgument(f"dimension {request.dimension} is not a ReportDimension", field="dimension")
         with self.tracer.start_as_current_span("attribution.get_report") as span:
             span.set_attribute("report.dimension", dimension)
-            async with self.db.transaction() as session:
+            async with self.db.snapshot() as session:
                 result = await views.report(session, report_filter, dimension)
             rows = sorted(result.rows.items(), key=lambda item: (-item[1].counters["lifetime_paise"], item[0]))
             total = reporting.figures(result.total)
@@ -345,7 +345,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 f"confidence must be between 0 and 1, e.g. 0.95; got {confidence}", field="confidence"
             )
         with self.tracer.start_as_current_span("attribution.get_lift"):
-            async with self.db.transaction() as session:
+            async with self.db.snapshot() as session:
                 counts = await views.lift_counts(session, report_filter, self.ledger.rollup.utc_offset_minutes)
         result = reporting.lift(
             counts.treated, counts.treated_conversions, counts.held_out, counts.held_out_conversions, confidence

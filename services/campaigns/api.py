@@ -173,7 +173,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     async def GetCampaign(
         self, request: service_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetCampaignResponse:
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             row = await store.get_campaign(session, request.campaign_key)
         if row is None:
             raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
@@ -184,7 +184,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     ) -> service_pb2.ListCampaignsResponse:
         size = _page_size(request.page_size, DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE)
         before = _decode_token(request.page_token, {"before"})["before"] if request.page_token else None
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             rows = await store.list_campaigns(session, before, size + 1)
         response = service_pb2.ListCampaignsResponse(campaigns=[campaign_proto(row) for row in rows[:size]])
         if len(rows) > size:
@@ -231,7 +231,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     async def GetOutreach(
         self, request: service_pb2.GetOutreachRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetOutreachResponse:
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             row = await store.get_outreach(session, request.campaign_id)
         if row is None:
             raise NotFound(f"campaign ID {request.campaign_id} does not exist", field="campaign_id")
@@ -252,7 +252,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
                     field="page_token",
                 )
             after = token["after"]
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             if await store.get_campaign(session, request.campaign_key) is None:
                 raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
             rows = await store.list_outreaches(session, request.campaign_key, after, size + 1)
@@ -414,7 +414,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
                     field="page_token",
                 )
             after = int(token["after"])
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             await self._campaign_row(session, request.campaign_key)
             rows = await store.list_audit(session, request.campaign_key, after, size + 1)
         response = service_pb2.ListCampaignAuditResponse(entries=[audit_proto(row) for row in rows[:size]])

@@ -42,7 +42,7 @@ class ExplainApi:
         if not 0 <= request.max_runs <= MAX_RUNS:
             raise InvalidArgument(f"max_runs must be 0 (default {DEFAULT_RUNS}) to {MAX_RUNS}", field="max_runs")
         trace.get_current_span().set_attribute("campaign.key", request.campaign_key)
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             campaign = await store.get_campaign(session, request.campaign_key)
             if campaign is None:
                 raise NotFound(

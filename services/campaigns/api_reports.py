@@ -89,7 +89,7 @@ class ReportsApi:
             )
         size = min(request.page_size or DEFAULT_RUN_PAGE, MAX_RUN_PAGE)
         before = _before(request.page_token, request.campaign_key) if request.page_token else None
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             await _require_campaign(session, request.campaign_key)
             runs = await store.runs_page(session, request.campaign_key, before, size + 1)
             page = runs[:size]
@@ -102,7 +102,7 @@ class ReportsApi:
     async def GetCampaignReport(
         self, request: service_pb2.GetCampaignReportRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetCampaignReportResponse:
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             await _require_campaign(session, request.campaign_key)
             runs = await store.runs_of(session, [request.campaign_key])
             per_run = await counts_per_run(session, [request.campaign_key], runs)
@@ -118,7 +118,7 @@ class ReportsApi:
             raise InvalidArgument(
                 f"label is required (at most {MAX_LABEL} characters), e.g. 'Cross-Sell – Lumpsum'", field="label"
             )
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             # The campaigns' current labels: relabelling a campaign moves its whole history.
             labelled = [row for row in await store.campaign_labels(session) if label in (row.labels or ())]
             keys = [row.campaign_key for row in labelled]

@@ -56,7 +56,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         self, request: service_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetMessageResponse:
         campaign_id = _campaign_id(request.campaign_id)
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             record = await store.load_message(session, campaign_id)
         if record is None:
             raise _no_message(campaign_id)

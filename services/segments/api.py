@@ -119,7 +119,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     ) -> service_pb2.GetProfileResponse:
         if not request.profile_id:
             raise InvalidArgument("profile_id is required", field="profile_id")
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             found = await store.get_profile(session, request.profile_id)
         if found is None:
             raise NotFound(f"profile {request.profile_id} not found; create it with UpsertProfiles", field="profile_id")
@@ -179,7 +179,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     async def GetSegment(
         self, request: service_pb2.GetSegmentRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetSegmentResponse:
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             head = await load_segment(session, request.segment_id)
             version = await load_version(session, head, request.version)
         return service_pb2.GetSegmentResponse(segment=segment_proto(head, version))
@@ -189,7 +189,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     ) -> service_pb2.ListSegmentsResponse:
         size = _page_size(request.page_size, SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX)
         before = _decode_token(request.page_token, {}, "before")
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             rows = await store.list_segments(session, before, size + 1)
             page = rows[:size]
             latest = await store.latest_versions(session, [r.segment_id for r in page])
@@ -275,7 +275,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
                 raise InvalidArgument(problem, field=f"attribute_names[{i}]")
         after = _decode_token(request.page_token, {"segment": request.segment_id}, "after")
         trace.get_current_span().set_attribute("segment.id", request.segment_id)
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             row = await load_published(session, request.segment_id)
             page = await store.members_page(session, row.segment_id, after, size + 1)
             members = page[:size]
@@ -300,7 +300,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         if not request.profile_id:
             raise InvalidArgument("profile_id is required", field="profile_id")
         trace.get_current_span().set_attribute("segment.id", request.segment_id)
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             row = await load_published(session, request.segment_id)
             member = await store.is_member(session, row.segment_id, request.profile_id)
         return service_pb2.CheckMembershipResponse(is_member=member, segment_version=row.version)

@@ -99,7 +99,7 @@ class AudienceApi:
             raise InvalidArgument("set rule (an unsaved rule) or segment_id (a stored version)", field="target")
         now = utcnow()
         with self.tracer.start_as_current_span("preview") as span:
-            async with self.db.transaction() as session:
+            async with self.db.snapshot() as session:
                 if target == "rule":
                     try:
                         rule: Rule = parse_rule(request.rule, "rule")
@@ -137,7 +137,7 @@ class AudienceApi:
         _channels(request.channel)
         now = utcnow()
         trace.get_current_span().set_attribute("segment.id", request.segment_id)
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             head = await load_published(session, request.segment_id)
             if not await store.profile_exists(session, profile_id):
                 raise NotFound(
@@ -181,9 +181,9 @@ class AudienceApi:
         pinned = request.version
         streamed = 0
         while True:
-            # One short transaction per page: nothing is held (no lock, no snapshot, no rows) while the
-            # client reads, so memory stays one page whatever the audience size.
-            async with self.db.transaction() as session:
+            # One short snapshot per page, so a page's members and their attributes agree; nothing is held
+            # (no lock, no snapshot, no rows) while the client reads, so memory stays one page whatever the size.
+            async with self.db.snapshot() as session:
                 head = await load_published(session, request.segment_id)
                 if pinned and head.version != pinned:
                     raise FailedPrecondition(

@@ -107,7 +107,7 @@ class CatalogApi:
     ) -> service_pb2.ListAttributesResponse:
         size = page_size(request.page_size, ATTRIBUTES_PAGE_DEFAULT, ATTRIBUTES_PAGE_MAX)
         after = decode_token(request.page_token, {}, "after")
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             rows = await store.definitions_page(session, after, size + 1)
         page: list[resources_pb2.AttributeDefinition] = rows[:size]
         token = encode_token({"after": page[-1].name}) if len(rows) > size else ""

@@ -339,7 +339,7 @@ class GovernanceApi:
             raise InvalidArgument(
                 "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
             )
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             head = await load_segment(session, request.segment_id)
             rows = await store.audit_page(session, head.segment_id, int(after) if after else None, size + 1)
         page = rows[:size]

@@ -143,7 +143,7 @@ class SuppressionsApi:
                     "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
                 )
             after = (parts[0], parts[1], parts[2])
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             rows = await store.suppressions_page(session, profile_id or None, after, size + 1)
         page = rows[:size]
         next_token = ""
@@ -162,7 +162,7 @@ class SuppressionsApi:
         profile_id = _profile_id(request.profile_id, required=True)
         _channel(request.channel)
         at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
-        async with self.db.transaction() as session:
+        async with self.db.snapshot() as session:
             stored = await store.suppressions_of(session, profile_id)
         by_key = {(r.channel, r.reason): r for r in stored}
         forbidding = suppressions.in_force([domain_suppression(r) for r in stored], request.channel, at)
