@@ -159,9 +159,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 )
                 if previous is not None:
                     return previous
-                outreach = await store.get_outreach(session, request.campaign_id)
-                if outreach is None:
+                # The outreach's row lock before the loan's, as every writer of an outreach takes them.
+                locked = await store.lock_outreach(session, request.campaign_id)
+                if locked is None:
                     raise rules.unknown_outreach(request.campaign_id)
+                outreach = locked.outreach
                 loan = await store.get_loan(session, request.loan_number)
                 rules.check_application(
                     request.loan_number, loan.campaign_id if loan is not None else None, request.campaign_id
@@ -180,7 +182,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     )
                     await store.add_loan(session, loan)
                     await self.ledger.reach_step(
-                        session, request.campaign_id, rules.APPLIED, applied_at, outreach.created_at, outreach
+                        session, locked, rules.APPLIED, applied_at, measure_since_outreach=True
                     )
                 response = service_pb2.RecordApplicationResponse(loan=_loan(loan))
                 await self.idempotency.remember(session, "RecordApplication", request, response)
@@ -202,12 +204,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 )
                 if previous is not None:
                     return previous
+                locked = await store.lock_outreach(session, request.campaign_id)
                 loan = await store.get_loan(session, request.loan_number)
                 rules.check_sanction(request.loan_number, loan.stage if loan is not None else None)
                 assert loan is not None
                 rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                # The loan's campaign ID is a ledger outreach (a foreign key), so the outreach was found.
+                assert locked is not None
                 await store.sanction_loan(session, request.loan_number, request.amount.minor_units, sanctioned_at)
-                await self.ledger.reach_step(session, request.campaign_id, rules.SANCTIONED, sanctioned_at)
+                await self.ledger.reach_step(session, locked, rules.SANCTIONED, sanctioned_at)
                 sanctioned = await store.get_loan(session, request.loan_number)
                 assert sanctioned is not None
                 response = service_pb2.RecordSanctionResponse(loan=_loan(sanctioned))
@@ -232,25 +237,27 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 )
                 if previous is not None:
                     return previous
-                outreach = await store.get_outreach(session, request.campaign_id)
-                if outreach is None:
+                # Locked first, with its funnel: the funnel and the views move one event of an outreach at a time.
+                locked = await store.lock_outreach(session, request.campaign_id)
+                if locked is None:
                     raise rules.unknown_outreach(request.campaign_id)
-                loan = await store.get_loan(session, request.loan_number)
-                rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
-                assert loan is not None
-                rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                outreach = locked.outreach
+                loan_product = await store.disburse_loan(
+                    session, request.loan_number, request.campaign_id, amount, disbursed_at
+                )
+                if loan_product is None:
+                    # The update found no sanctioned loan of this campaign ID: read the loan only to say why.
+                    loan = await store.get_loan(session, request.loan_number)
+                    rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
+                    assert loan is not None
+                    rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                    raise AssertionError(f"loan {request.loan_number} is sanctioned under this campaign_id")
                 rules.check_not_before_outreach(
                     request.campaign_id, outreach.created_at, disbursed_at, field="disburse_time"
                 )
-                if await store.disbursement_exists(session, request.disbursement_id):
-                    raise AlreadyExists(
-                        f"disbursement_id {request.disbursement_id!r} is already recorded; "
-                        "a retry of the same request must reuse its request_id",
-                        field="disbursement_id",
-                    )
-                model_name, model = self.revenue_models.for_products(loan.product_code, outreach.product_code)
+                model_name, model = self.revenue_models.for_products(loan_product, outreach.product_code)
                 revenue = model.price(amount)
-                await store.add_disbursement(
+                recorded = await store.add_disbursement(
                     session,
                     disbursement_id=request.disbursement_id,
                     loan_number=request.loan_number,
@@ -263,11 +270,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     revenue_model=model_name,
                     recorded_at=datetime.now(UTC),
                 )
+                if not recorded:
+                    # Raised inside the transaction, so it rolls back and nothing is written.
+                    raise AlreadyExists(
+                        f"disbursement_id {request.disbursement_id!r} is already recorded; "
+                        "a retry of the same request must reuse its request_id",
+                        field="disbursement_id",
+                    )
                 await self.ledger.record_disbursement(
-                    session, outreach, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
-                )
-                await self.ledger.reach_step(
-                    session, request.campaign_id, rules.DISBURSED, disbursed_at, outreach.created_at, outreach
+                    session, locked, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
                 )
                 self.ledger.metrics.disbursed(session, amount, self.currency)
                 await self.outbox.add(
@@ -281,11 +292,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                         year1_revenue=money(revenue.year1_paise, self.currency),
                         disburse_time=timestamp(disbursed_at),
                         profile_id=outreach.profile_id,
-                        product_code=loan.product_code or outreach.product_code,
+                        product_code=loan_product or outreach.product_code,
                     ),
                     campaign_id=request.campaign_id,
                 )
-                attribution = await store.attribution(session, request.campaign_id)
+                attribution = await store.attribution(session, request.campaign_id, outreach)
                 assert attribution is not None
                 response = service_pb2.RecordDisbursementResponse(attribution=self._attribution(attribution))
                 await self.idempotency.remember(session, "RecordDisbursement", request, response)

@@ -125,7 +125,8 @@ class Handlers:
                 if step is None:
                     # Failures, bounces, unsubscribes... are not funnel steps; claimed so they are not re-read.
                     return
-                if await store.get_outreach(session, event.campaign_id) is None:
+                locked = await store.lock_outreach(session, event.campaign_id)
+                if locked is None:
                     raise OutreachNotYetKnown(f"outreach {event.campaign_id} is not in the ledger yet")
                 if step == RESPONDED:
                     # A reply such as "YES" is a lead for the RM; one per outreach however often they reply.
@@ -140,5 +141,5 @@ class Handlers:
                     if created:
                         log.info("lead_created", origin="reply", lead_id=lead.lead_id)
                 else:
-                    await self.ledger.reach_step(session, event.campaign_id, step, at)
+                    await self.ledger.reach_step(session, locked, step, at)
             log.info("funnel_step_reached", step=step)

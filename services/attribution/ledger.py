@@ -1,6 +1,7 @@
 """Writes that several entry points share: booking an outreach and a lead with the costs they carry, and
 keeping the views' rollup in the same transaction as each of them."""
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,8 +10,8 @@ from plumbing.ids import new_id
 from services.attribution import store
 from services.attribution.metrics import AttributionMetrics
 from services.attribution.revenue import CostModel
-from services.attribution.rules import RESPONDED, unknown_outreach
-from services.attribution.views import Rollup, funnel_times
+from services.attribution.rules import DISBURSED, RESPONDED, unknown_outreach
+from services.attribution.views import Rollup, funnel_moves
 
 SEND = "send"
 RM_TIME = "rm_time"
@@ -29,45 +30,45 @@ class Ledger:
     async def reach_step(
         self,
         session: AsyncSession,
-        campaign_id: str,
+        locked: store.LockedOutreach,
         step: str,
         at: datetime,
-        outreach_at: datetime | None = None,
-        outreach: store.Outreach | None = None,
+        *,
+        measure_since_outreach: bool = False,
+        also: Mapping[str, int] | None = None,
     ) -> None:
-        """Marks the funnel step reached (the earliest time wins), moves the views' funnel levels it changes,
-        and counts it once the transaction commits."""
-        # Locked first: two events of one outreach applied at once (a delivery receipt and an open) would
-        # otherwise both read the funnel before either wrote it, and count a level twice.
-        locked = await store.get_outreach(session, campaign_id, lock=True)
-        if locked is None:
-            raise unknown_outreach(campaign_id)
-        outreach = outreach or locked
-        before = await funnel_times(session, campaign_id)
-        await store.reach_step(session, campaign_id, step, at)
+        """Marks the funnel step reached (the earliest time wins) and moves the views' funnel levels it changes,
+        with `also` added to the views on `at`'s day in the same statement; counted once the transaction commits.
+
+        The outreach comes locked with its funnel (store.lock_outreach): two events of one outreach applied at
+        once (a delivery receipt and an open) would otherwise both read the funnel before either wrote it, and
+        count a level twice.
+        """
+        outreach, before = locked.outreach, dict(locked.funnel)
         after = dict(before)
         after[step] = min(before.get(step, at), at)
-        await self.rollup.funnel_moved(session, outreach, before, after)
-        self.metrics.step(session, step, at, outreach_at)
+        if after[step] != before.get(step):
+            await store.reach_step(session, outreach.campaign_id, step, at)
+            locked.funnel[step] = after[step]
+        deltas: list[tuple[datetime, Mapping[str, int]]] = list(funnel_moves(outreach, before, after).items())
+        if also:
+            deltas.append((at, also))
+        await self.rollup.apply(session, outreach, deltas)
+        self.metrics.step(session, step, at, outreach.created_at if measure_since_outreach else None)
 
     async def record_disbursement(
         self,
         session: AsyncSession,
-        outreach: store.Outreach,
+        locked: store.LockedOutreach,
         at: datetime,
         amount_paise: int,
         lifetime_paise: int,
         year1_paise: int,
     ) -> None:
-        """Adds a disbursement's money to the views on its disbursement day (the ledger row is the caller's)."""
-        await self.rollup.add(
-            session,
-            outreach,
-            at,
-            disbursed_paise=amount_paise,
-            lifetime_paise=lifetime_paise,
-            year1_paise=year1_paise,
-        )
+        """Adds a disbursement's money to the views on its disbursement day and marks the outreach disbursed, in
+        one rollup statement (the ledger row is the caller's; so is the outreach's row lock)."""
+        money = {"disbursed_paise": amount_paise, "lifetime_paise": lifetime_paise, "year1_paise": year1_paise}
+        await self.reach_step(session, locked, DISBURSED, at, measure_since_outreach=True, also=money)
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
         """Records the outreach and its send cost once; False when its campaign ID was already recorded."""
@@ -100,11 +101,10 @@ class Ledger:
             existing = await store.lead_by_dedup_key(session, dedup_key)
             assert existing is not None
             return existing, False
-        outreach = await store.get_outreach(session, campaign_id)
-        if outreach is None:
+        locked = await store.lock_outreach(session, campaign_id)
+        if locked is None:
             raise unknown_outreach(campaign_id)
         rm_cost = self.cost_model.rm_time_cost()
         await store.add_cost(session, campaign_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id)
-        await self.rollup.add(session, outreach, at, cost_paise=rm_cost)
-        await self.reach_step(session, campaign_id, RESPONDED, at, outreach=outreach)
+        await self.reach_step(session, locked, RESPONDED, at, also={"cost_paise": rm_cost})
         return lead, True

@@ -1,5 +1,6 @@
 """The attribution ledger: tables of this service's own database and the queries over them."""
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -15,20 +16,22 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    bindparam,
     case,
     func,
     insert,
+    literal,
     select,
     update,
 )
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plumbing.db import UtcDateTime, upsert_insert
+from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.reporting import COUNTER_COLUMNS, labels_key
-from services.attribution.rules import FUNNEL_STEPS, funnel_rank
+from services.attribution.rules import DISBURSED, FUNNEL_STEPS, SANCTIONED, funnel_rank
 
 Money = BigInteger
 """Amounts are integer paise; a bigint holds ₹9.2 × 10^16 crore."""
@@ -226,14 +229,43 @@ class Attribution:
 _OUTREACH_COLUMNS = tuple(outreaches.c[name] for name in Outreach.__dataclass_fields__)
 
 
-async def get_outreach(session: AsyncSession, campaign_id: str, *, lock: bool = False) -> Outreach | None:
-    """The outreach; with `lock`, its row stays locked for the rest of the transaction on PostgreSQL (SQLite
-    serialises writers anyway), so one outreach's funnel moves one event at a time."""
+async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | None:
     query = select(*_OUTREACH_COLUMNS).where(outreaches.c.campaign_id == campaign_id)
-    if lock:
-        query = query.with_for_update()
     row = (await session.execute(query)).mappings().first()
     return Outreach(**row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class LockedOutreach:
+    """An outreach whose row the transaction holds locked, with the first time of each funnel step it reached."""
+
+    outreach: Outreach
+    funnel: dict[str, datetime]
+
+
+async def lock_outreach(session: AsyncSession, campaign_id: str) -> LockedOutreach | None:
+    """The outreach and its funnel; its row stays locked for the rest of the transaction on PostgreSQL (SQLite
+    serialises writers anyway), so one outreach's funnel moves one event at a time."""
+    if dialect_of(session) == "postgresql":
+        # Two statements: under READ COMMITTED a statement that waited for the row lock still reads the other
+        # tables as of its start, so a funnel read in the locking statement could miss the step whose
+        # transaction held the lock. Read after the lock, it sees that step.
+        locked = await session.execute(
+            select(outreaches.c.campaign_id).where(outreaches.c.campaign_id == campaign_id).with_for_update()
+        )
+        if locked.first() is None:
+            return None
+    # SQLite: one statement, in a transaction that holds the database's write lock since BEGIN IMMEDIATE.
+    query = (
+        select(*_OUTREACH_COLUMNS, funnel_steps.c.step, funnel_steps.c.first_at)
+        .select_from(outreaches.outerjoin(funnel_steps, funnel_steps.c.campaign_id == outreaches.c.campaign_id))
+        .where(outreaches.c.campaign_id == campaign_id)
+    )
+    rows = (await session.execute(query)).mappings().all()
+    if not rows:
+        return None
+    outreach = Outreach(**{name: rows[0][name] for name in Outreach.__dataclass_fields__})
+    return LockedOutreach(outreach, {row["step"]: row["first_at"] for row in rows if row["step"] is not None})
 
 
 async def add_outreach(session: AsyncSession, outreach: Outreach) -> bool:
@@ -327,9 +359,28 @@ async def sanction_loan(session: AsyncSession, loan_number: str, amount_paise: i
     )
 
 
-async def disbursement_exists(session: AsyncSession, disbursement_id: str) -> bool:
-    query = select(disbursements.c.disbursement_id).where(disbursements.c.disbursement_id == disbursement_id)
-    return (await session.execute(query)).first() is not None
+async def disburse_loan(
+    session: AsyncSession, loan_number: str, campaign_id: str, amount_paise: int, disbursed_at: datetime
+) -> str | None:
+    """Adds a disbursement to its loan when the loan is sanctioned (or already disbursed) under `campaign_id`, in
+    the statement that checks it; returns the loan's product code, or None (nothing changed) when it is not."""
+    statement = (
+        update(loans)
+        .where(
+            loans.c.loan_number == loan_number,
+            loans.c.campaign_id == campaign_id,
+            loans.c.stage.in_((SANCTIONED, DISBURSED)),
+        )
+        .values(
+            stage=DISBURSED,
+            disbursed_paise=loans.c.disbursed_paise + amount_paise,
+            first_disbursed_at=func.coalesce(loans.c.first_disbursed_at, disbursed_at),
+            last_disbursed_at=disbursed_at,
+        )
+        .returning(loans.c.product_code)
+    )
+    product_code: str | None = (await session.execute(statement)).scalar_one_or_none()
+    return product_code
 
 
 async def add_disbursement(
@@ -345,10 +396,12 @@ async def add_disbursement(
     year1_revenue_paise: int,
     revenue_model: str,
     recorded_at: datetime,
-) -> None:
-    """Records the disbursement and adds it to its loan's total, in one transaction with the caller's."""
-    await session.execute(
-        insert(disbursements).values(
+) -> bool:
+    """Records the disbursement (its loan's total is disburse_loan's); False, with nothing written, when its
+    disbursement_id is already recorded."""
+    statement = (
+        upsert_insert(session, disbursements)
+        .values(
             disbursement_id=disbursement_id,
             loan_number=loan_number,
             campaign_id=campaign_id,
@@ -360,59 +413,46 @@ async def add_disbursement(
             revenue_model=revenue_model,
             recorded_at=recorded_at,
         )
+        .on_conflict_do_nothing(index_elements=[disbursements.c.disbursement_id])
     )
-    await session.execute(
-        update(loans)
-        .where(loans.c.loan_number == loan_number)
-        .values(
-            stage="disbursed",
-            disbursed_paise=loans.c.disbursed_paise + amount_paise,
-            first_disbursed_at=func.coalesce(loans.c.first_disbursed_at, disbursed_at),
-            last_disbursed_at=disbursed_at,
-        )
-    )
+    return bool(cast(CursorResult[Any], await session.execute(statement)).rowcount)
 
 
-async def attribution(session: AsyncSession, campaign_id: str) -> Attribution | None:
-    """The outreach's totals in five set-based queries, however many loans, leads and costs it has."""
-    outreach = await get_outreach(session, campaign_id)
-    if outreach is None:
-        return None
+@functools.cache
+def _attribution_with_loans() -> Any:
+    """One outreach's money, cost and furthest funnel step (bound as :campaign_id) on every row of its loans (one
+    row of NULL loan columns when it has none), in one statement built once: its subqueries cost more to build
+    than to run."""
+    campaign_id = bindparam("campaign_id", type_=String)
 
     def total(column: Any, table: Table) -> Any:
         return select(func.coalesce(func.sum(column), 0)).where(table.c.campaign_id == campaign_id).scalar_subquery()
 
-    money = (
-        await session.execute(
-            select(
-                total(disbursements.c.amount_paise, disbursements).label("disbursed"),
-                total(disbursements.c.lifetime_revenue_paise, disbursements).label("lifetime"),
-                total(disbursements.c.year1_revenue_paise, disbursements).label("year1"),
-                total(costs.c.amount_paise, costs).label("cost"),
-            )
-        )
-    ).one()
-
     rank = case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=funnel_steps.c.step, else_=0)
-    funnel_query = select(
-        *(
-            func.coalesce(func.max(case((rank >= funnel_rank(step), 1), else_=0)), 0).label(step)
-            for step in FUNNEL_STEPS
+    furthest = select(func.coalesce(func.max(rank), 0)).where(funnel_steps.c.campaign_id == campaign_id)
+    one_row = select(literal(1).label("one")).subquery()
+    return (
+        select(
+            total(disbursements.c.amount_paise, disbursements).label("total_disbursed"),
+            total(disbursements.c.lifetime_revenue_paise, disbursements).label("total_lifetime"),
+            total(disbursements.c.year1_revenue_paise, disbursements).label("total_year1"),
+            total(costs.c.amount_paise, costs).label("total_cost"),
+            furthest.scalar_subquery().label("furthest"),
+            *_LOAN_COLUMNS,
         )
-    ).where(funnel_steps.c.campaign_id == campaign_id)
-    funnel_row = (await session.execute(funnel_query)).mappings().one()
-
-    loan_rows = (
-        (
-            await session.execute(
-                select(*_LOAN_COLUMNS)
-                .where(loans.c.campaign_id == campaign_id)
-                .order_by(loans.c.applied_at, loans.c.loan_number)
-            )
-        )
-        .mappings()
-        .all()
+        .select_from(one_row.outerjoin(loans, loans.c.campaign_id == campaign_id))
+        .order_by(loans.c.applied_at, loans.c.loan_number)
     )
+
+
+async def attribution(session: AsyncSession, campaign_id: str, outreach: Outreach | None = None) -> Attribution | None:
+    """The outreach's totals, loans and leads in two set-based queries (three without the `outreach` in hand),
+    however many loans, leads and costs it has."""
+    outreach = outreach or await get_outreach(session, campaign_id)
+    if outreach is None:
+        return None
+    rows = (await session.execute(_attribution_with_loans(), {"campaign_id": campaign_id})).mappings().all()
+    totals = rows[0]
     lead_rows = (
         (
             await session.execute(
@@ -426,12 +466,17 @@ async def attribution(session: AsyncSession, campaign_id: str) -> Attribution | 
     )
     return Attribution(
         outreach=outreach,
-        disbursed_paise=int(money.disbursed),
-        lifetime_revenue_paise=int(money.lifetime),
-        year1_revenue_paise=int(money.year1),
-        cost_paise=int(money.cost),
-        funnel={step: int(funnel_row[step]) for step in FUNNEL_STEPS},
-        loans=[Loan(**row) for row in loan_rows],
+        disbursed_paise=int(totals["total_disbursed"]),
+        lifetime_revenue_paise=int(totals["total_lifetime"]),
+        year1_revenue_paise=int(totals["total_year1"]),
+        cost_paise=int(totals["total_cost"]),
+        # A step counts as reached when it or a later one was (rules.FUNNEL_STEPS).
+        funnel={step: int(totals["furthest"] >= funnel_rank(step)) for step in FUNNEL_STEPS},
+        loans=[
+            Loan(**{name: row[name] for name in Loan.__dataclass_fields__})
+            for row in rows
+            if row["loan_number"] is not None
+        ],
         leads=[Lead(**row) for row in lead_rows],
     )
 

@@ -1,7 +1,8 @@
 """The views: rollup rows kept in each ledger write's transaction, the reports read from them, lift and recompute."""
 
+import functools
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -91,61 +92,66 @@ class Rollup:
         return self._upserts[dialect]
 
     async def add(self, session: AsyncSession, outreach: store.Outreach, at: datetime, **deltas: int) -> None:
-        if not any(deltas.values()):
-            return
-        unknown = deltas.keys() - set(COUNTER_COLUMNS)
-        if unknown:
-            raise ValueError(f"not rollup counters: {sorted(unknown)}")
-        row = {
-            "day": self.day(at),
+        await self.apply(session, outreach, [(at, deltas)])
+
+    async def apply(
+        self, session: AsyncSession, outreach: store.Outreach, deltas: Iterable[tuple[datetime, Mapping[str, int]]]
+    ) -> None:
+        """Adds each instant's counters to the outreach's rollup row of that instant's local day, in one statement."""
+        by_day: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTER_COLUMNS, 0))
+        for at, counters_at in deltas:
+            unknown = counters_at.keys() - set(COUNTER_COLUMNS)
+            if unknown:
+                raise ValueError(f"not rollup counters: {sorted(unknown)}")
+            counters = by_day[self.day(at)]
+            for column, delta in counters_at.items():
+                counters[column] += delta
+        dimensions = {
             "campaign_key": outreach.campaign_key,
             "programme": programme_of(outreach.campaign_id),
             "trigger_code": outreach.trigger_code,
             "channel": outreach.channel,
             "product_code": outreach.product_code,
             "labels_key": store.labels_key(outreach.labels),
-            **dict.fromkeys(COUNTER_COLUMNS, 0),
-            **deltas,
         }
-        await session.execute(self._upsert(session), row)
+        # In day order, so concurrent transactions touch shared rollup rows in the same order (no deadlock).
+        rows = [
+            {"day": day, **dimensions, **counters} for day, counters in sorted(by_day.items()) if any(counters.values())
+        ]
+        if rows:
+            await session.execute(self._upsert(session), rows)
 
-    async def funnel_moved(
-        self,
-        session: AsyncSession,
-        outreach: store.Outreach,
-        before: Mapping[str, datetime],
-        after: Mapping[str, datetime],
-    ) -> None:
-        """Moves each funnel level whose first time changed, and the conversion's lag bucket, between days."""
-        moves: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        old_levels, new_levels = funnel_levels(before), funnel_levels(after)
-        for step in FUNNEL_STEPS:
-            old, new = old_levels.get(step), new_levels.get(step)
-            if old == new:
-                continue
+
+def funnel_moves(
+    outreach: store.Outreach, before: Mapping[str, datetime], after: Mapping[str, datetime]
+) -> dict[datetime, dict[str, int]]:
+    """The rollup deltas of one outreach's funnel changing from `before` to `after` (first time of each step).
+
+    Each level whose first time changed leaves its old instant's day and lands on the new one; so does the
+    conversion's lag bucket.
+    """
+    moves: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    old_levels, new_levels = funnel_levels(before), funnel_levels(after)
+    for step in FUNNEL_STEPS:
+        old, new = old_levels.get(step), new_levels.get(step)
+        if old == new:
+            continue
+        if old is not None:
+            moves[old][funnel_column(step)] -= 1
+        if new is not None:
+            moves[new][funnel_column(step)] += 1
+        if step == DISBURSED:
             if old is not None:
-                moves[old][funnel_column(step)] -= 1
+                moves[old][LAG_COLUMNS[lag_bucket(outreach.created_at, old)]] -= 1
             if new is not None:
-                moves[new][funnel_column(step)] += 1
-            if step == DISBURSED:
-                if old is not None:
-                    moves[old][LAG_COLUMNS[lag_bucket(outreach.created_at, old)]] -= 1
-                if new is not None:
-                    moves[new][LAG_COLUMNS[lag_bucket(outreach.created_at, new)]] += 1
-        # In time order, so concurrent transactions touch shared rollup rows in the same order.
-        for at, deltas in sorted(moves.items()):
-            await self.add(session, outreach, at, **deltas)
+                moves[new][LAG_COLUMNS[lag_bucket(outreach.created_at, new)]] += 1
+    return {at: dict(deltas) for at, deltas in moves.items()}
 
 
-async def funnel_times(session: AsyncSession, campaign_id: str) -> dict[str, datetime]:
-    query = select(store.funnel_steps.c.step, store.funnel_steps.c.first_at).where(
-        store.funnel_steps.c.campaign_id == campaign_id
-    )
-    return {row.step: row.first_at for row in (await session.execute(query)).all()}
-
-
-def _sums() -> list[Any]:
-    return [func.coalesce(func.sum(store.rollup.c[column]), 0).label(column) for column in COUNTER_COLUMNS]
+@functools.cache
+def _sums() -> tuple[Any, ...]:
+    """SUM of every counter, built once: building two dozen labelled functions cost more than a report's queries."""
+    return tuple(func.coalesce(func.sum(store.rollup.c[column]), 0).label(column) for column in COUNTER_COLUMNS)
 
 
 def _rollup_where(report_filter: ReportFilter) -> list[ColumnElement[bool]]:
