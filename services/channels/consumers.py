@@ -37,6 +37,7 @@ from services.channels.delivery import (
     validate_email,
 )
 from services.channels.flow import Backoff, QuietHours, Throttle
+from services.channels.ledger import Intent, Ledger, Outcome
 from services.channels.outgoing import validate_push, validate_sms, validate_webhook, validate_whatsapp
 from services.channels.providers.base import HttpAdapter
 from services.channels.providers.http import HttpTransport
@@ -141,6 +142,7 @@ class DispatchHandler:
         self.tracer = tracer
         self.email = email
         self.policy = policy or SendPolicy()
+        self.ledger = Ledger(db, outbox, tracer)
         self._in_flight: set[str] = set()
         meter = metrics.get_meter("xsell.channels")
         self._outcomes = meter.create_counter(
@@ -220,20 +222,15 @@ class DispatchHandler:
 
         throttle = self.providers.throttles.get(prepared.provider)
         async with throttle or _NoThrottle():
-            async with self.db.transaction() as session:
-                attempts = await self._claim(
-                    session, campaign_id, channel, event.profile_id, now, deduplicates=prepared.deduplicates
-                )
-                if attempts is None:
-                    return
-                # After the throttle's wait: the intent's time is when the hand-over starts.
-                intent_at = utcnow()
-                await store.set_state(session, campaign_id, DeliveryState.SENDING, now=intent_at)
-                await store.add_timeline(
-                    session,
-                    campaign_id,
-                    [TimelineStep(state_step(DeliveryState.SENDING), intent_at, f"attempt {attempts + 1}")],
-                )
+            # After the throttle's wait, in one transaction with the intents of the other messages in flight.
+            claim = await self.ledger.claim(Intent(campaign_id, channel, event.profile_id, prepared.deduplicates, now))
+            if claim.action is DispatchAction.SKIP:
+                log.info("dispatch_redelivery_skipped", state=claim.state.value)
+                return
+            if claim.action is DispatchAction.MARK_AMBIGUOUS:
+                log.warning("dispatch_ambiguous", attempts=claim.attempts)
+                return
+            attempts = claim.attempts
             started = time.perf_counter()
             try:
                 accepted = await prepared.hand_over()
@@ -323,15 +320,9 @@ class DispatchHandler:
         delay = self.policy.backoff.delay(attempt)
         if isinstance(failure, ProviderThrottled) and failure.retry_after is not None:
             delay = max(delay, failure.retry_after)
-        async with self.db.transaction() as session:
-            if not await self._still_sending(session, campaign_id):
-                return
-            await store.set_state(
-                session, campaign_id, DeliveryState.QUEUED, now=at, reason=failure.reason, count_attempt=True
-            )
-            await store.add_timeline(
-                session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), at, failure.reason)]
-            )
+        # Back to QUEUED with no event: nothing a consumer of DeliveryUpdated needs to act on.
+        if not await self.ledger.settle(Outcome(campaign_id, DeliveryState.QUEUED, at, failure.reason)):
+            return
         self._count(provider, "retry")
         log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
         # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
@@ -348,28 +339,14 @@ class DispatchHandler:
         detail: str | None = None,
     ) -> bool:
         """Records the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
-        async with self.db.transaction() as session:
-            if not await self._still_sending(session, campaign_id):
-                return False
-            await self._record(
-                session,
-                campaign_id,
-                channel,
-                state,
-                utcnow(),
-                reason,
-                provider_message_id=provider_message_id,
-                detail=detail,
-                count_attempt=True,
-            )
-        return True
-
-    async def _still_sending(self, session: AsyncSession, campaign_id: str) -> bool:
-        """The row is still this attempt's; a provider's receipt may have settled it during the hand-over."""
-        locked = await store.lock_state(session, campaign_id)
-        if locked is not None and locked[0] is DeliveryState.SENDING:
+        at = utcnow()
+        # Built here, inside the outreach's span, so the event carries its trace; written with the batch.
+        update = convert.delivery_updated(campaign_id, channel, state, at, reason)
+        event = self.outbox.event(streams.DELIVERY_UPDATED, update, campaign_id=campaign_id)
+        outcome = Outcome(campaign_id, state, at, reason, detail or "", provider_message_id, event)
+        if await self.ledger.settle(outcome):
             return True
-        log.info("dispatch_settled_by_receipt", state=locked[0].value if locked else None)
+        log.info("dispatch_settled_by_receipt")
         return False
 
     async def _blocked(self, channel: str, event: DispatchRequested, now: datetime) -> Blocked | None:

@@ -1,7 +1,8 @@
 """Tables and queries of the channels database: messages keyed by campaign ID, their timelines, outbox, idempotency."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -12,6 +13,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
+    func,
     insert,
     select,
     update,
@@ -124,6 +127,96 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
         insert(message_timeline),
         [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:500]} for s in steps],
     )
+
+
+async def insert_queued_many(session: AsyncSession, new: Sequence[Mapping[str, str]], *, now: datetime) -> set[str]:
+    """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED with their first
+    timeline step, in two statements; returns the campaign IDs it created.
+
+    Rows go in campaign ID order, so two replicas inserting overlapping batches wait on each other's keys in
+    one order instead of deadlocking.
+    """
+    if not new:
+        return set()
+    rows = [
+        {**row, "state": DeliveryState.QUEUED.value, "attempts": 0, "reason": "", "created_at": now, "updated_at": now}
+        for row in sorted(new, key=lambda row: row["campaign_id"])
+    ]
+    statement = upsert_insert(session, messages).values(rows).on_conflict_do_nothing().returning(messages.c.campaign_id)
+    created = set((await session.execute(statement)).scalars())
+    step = TimelineStep(state_step(DeliveryState.QUEUED), now)
+    await add_timeline_steps(session, [(campaign_id, step) for campaign_id in sorted(created)])
+    return created
+
+
+async def lock_states(session: AsyncSession, campaign_ids: Collection[str]) -> dict[str, tuple[DeliveryState, int]]:
+    """State and attempts of each message, row-locked in campaign ID order until the transaction ends."""
+    if not campaign_ids:
+        return {}
+    rows = (
+        await session.execute(
+            select(messages.c.campaign_id, messages.c.state, messages.c.attempts)
+            .where(messages.c.campaign_id.in_(sorted(campaign_ids)))
+            .order_by(messages.c.campaign_id)
+            .with_for_update()
+        )
+    ).all()
+    return {row.campaign_id: (DeliveryState(row.state), int(row.attempts)) for row in rows}
+
+
+async def mark_sending(session: AsyncSession, campaign_ids: Collection[str], *, now: datetime) -> None:
+    """The intent of a batch: every message in it is SENDING from `now`, in one statement."""
+    if campaign_ids:
+        await session.execute(
+            update(messages)
+            .where(messages.c.campaign_id.in_(sorted(campaign_ids)))
+            .values(state=DeliveryState.SENDING.value, updated_at=now)
+        )
+
+
+_set_outcome = (
+    update(messages)
+    .where(messages.c.campaign_id == bindparam("b_campaign_id"))
+    .values(
+        state=bindparam("b_state"),
+        updated_at=bindparam("b_at"),
+        reason=bindparam("b_reason"),
+        provider_message_id=func.coalesce(bindparam("b_provider_message_id"), messages.c.provider_message_id),
+        sent_at=func.coalesce(bindparam("b_sent_at"), messages.c.sent_at),
+        attempts=messages.c.attempts + bindparam("b_attempt", type_=Integer),
+    )
+)
+
+
+async def set_states(session: AsyncSession, changes: Sequence[Mapping[str, Any]]) -> None:
+    """Many messages' new states in one executemany: each change has campaign_id, state (DeliveryState), at, reason,
+    provider_message_id (None keeps the stored one) and count_attempt; SENT also stamps sent_at."""
+    if not changes:
+        return
+    await session.execute(
+        _set_outcome,
+        [
+            {
+                "b_campaign_id": change["campaign_id"],
+                "b_state": change["state"].value,
+                "b_at": change["at"],
+                "b_reason": change["reason"][:1000],
+                "b_provider_message_id": change["provider_message_id"],
+                "b_sent_at": change["at"] if change["state"] is DeliveryState.SENT else None,
+                "b_attempt": 1 if change["count_attempt"] else 0,
+            }
+            for change in changes
+        ],
+    )
+
+
+async def add_timeline_steps(session: AsyncSession, steps: Sequence[tuple[str, TimelineStep]]) -> None:
+    """Timeline steps of many messages in one INSERT."""
+    if steps:
+        await session.execute(
+            insert(message_timeline),
+            [{"campaign_id": c, "step": s.step, "at": s.at, "detail": s.detail[:500]} for c, s in steps],
+        )
 
 
 async def campaign_id_of(session: AsyncSession, provider_message_id: str) -> str | None:

@@ -1,0 +1,241 @@
+"""The dispatch ledger written in batches: many messages' intents in one transaction, their outcomes in another."""
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import structlog
+from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.db import Database, transient_failure
+from plumbing.outbox import Outbox, utcnow
+from services import streams
+from services.channels import convert, store
+from services.channels.delivery import (
+    AMBIGUOUS_AFTER_CRASH,
+    DeliveryState,
+    DispatchAction,
+    TimelineStep,
+    dispatch_action,
+    state_step,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_BATCH = 500
+"""Rows per ledger transaction; a fetch of dispatch requests is 100, so a batch rarely reaches it."""
+SETTLE_ATTEMPTS = 3
+
+
+class GroupCommit(Generic[T, R]):
+    """Callers submit one item each and wait; items that arrive while a batch is being written form the next batch.
+
+    Under load each transaction carries every item that queued during the previous one (one commit for a
+    whole fetch of dispatch requests); alone, an item waits for nothing but its own transaction. A failed
+    write fails every item of its batch, and each caller decides what that means for its message.
+    """
+
+    def __init__(self, name: str, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int) -> None:
+        self.name = name
+        self._write = write
+        self.max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._writer is None or self._writer.done():
+            # An empty context: the batch's spans and logs belong to no single message's trace.
+            self._writer = asyncio.create_task(self._drain(), name=f"ledger-{self.name}", context=contextvars.Context())
+        return await future
+
+    async def _drain(self) -> None:
+        # One turn of the loop first, so the other handlers of the same fetch join the first batch.
+        await asyncio.sleep(0)
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                results = await self._write([item for item, _ in batch])
+            except Exception as error:  # noqa: BLE001 - handed to every caller of the batch, who raise it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A message about to be handed over: the ledger must say SENDING before the provider sees it."""
+
+    campaign_id: str
+    channel: str
+    profile_id: str
+    deduplicates: bool
+    queued_at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the intent's transaction decided: send (attempts so far), or not (a redelivery, or now AMBIGUOUS)."""
+
+    action: DispatchAction
+    state: DeliveryState
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the hand-over ended in; `event` is the DeliveryUpdated outbox row, built in the message's own span."""
+
+    campaign_id: str
+    state: DeliveryState
+    at: datetime
+    reason: str
+    detail: str = ""
+    provider_message_id: str | None = None
+    event: dict[str, Any] | None = None
+
+
+class Ledger:
+    """The messages table as the dispatch path writes it, one transaction per batch of intents or outcomes."""
+
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        tracer: trace.Tracer,
+        *,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.tracer = tracer
+        self._intents = GroupCommit("intents", self._write_intents, max_batch)
+        self._outcomes = GroupCommit("outcomes", self._write_outcomes, max_batch)
+
+    async def claim(self, intent: Intent) -> Claim:
+        """Creates the message if new and, when it may be sent, commits SENDING; the caller sends only on SEND."""
+        return await self._intents.submit(intent)
+
+    async def settle(self, outcome: Outcome) -> bool:
+        """Commits the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
+        return await self._outcomes.submit(outcome)
+
+    async def _write_intents(self, intents: Sequence[Intent]) -> list[Claim]:
+        with self.tracer.start_as_current_span(
+            "channels.ledger.intents", attributes={"xsell.batch.size": len(intents)}
+        ):
+            async with self.db.transaction() as session:
+                return await self._claim_all(session, intents)
+
+    async def _claim_all(self, session: AsyncSession, intents: Sequence[Intent]) -> list[Claim]:
+        now = utcnow()
+        firsts: dict[str, Intent] = {}
+        for intent in intents:
+            firsts.setdefault(intent.campaign_id, intent)
+        await store.insert_queued_many(
+            session,
+            [{"campaign_id": i.campaign_id, "channel": i.channel, "profile_id": i.profile_id} for i in firsts.values()],
+            now=now,
+        )
+        locked = await store.lock_states(session, firsts)
+        claims: list[Claim] = []
+        claimed: set[str] = set()
+        sending: list[tuple[str, TimelineStep]] = []
+        ambiguous: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for intent in intents:
+            state, attempts = locked[intent.campaign_id]
+            if intent.campaign_id in claimed:
+                # The same campaign ID twice in one batch (two copies of the request): the first one sends.
+                claims.append(Claim(DispatchAction.SKIP, DeliveryState.SENDING, attempts))
+                continue
+            claimed.add(intent.campaign_id)
+            action = dispatch_action(state, provider_deduplicates=intent.deduplicates)
+            claims.append(Claim(action, state, attempts))
+            if action is DispatchAction.SEND:
+                sending.append(
+                    (
+                        intent.campaign_id,
+                        TimelineStep(state_step(DeliveryState.SENDING), now, f"attempt {attempts + 1}"),
+                    )
+                )
+            elif action is DispatchAction.MARK_AMBIGUOUS:
+                # Resending here could reach the person twice; the provider's receipt (or an operator) settles it.
+                ambiguous.append(
+                    {
+                        "campaign_id": intent.campaign_id,
+                        "state": DeliveryState.AMBIGUOUS,
+                        "at": now,
+                        "reason": AMBIGUOUS_AFTER_CRASH,
+                        "provider_message_id": None,
+                        "count_attempt": False,
+                    }
+                )
+                update = convert.delivery_updated(
+                    intent.campaign_id, intent.channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH
+                )
+                events.append(self.outbox.event(streams.DELIVERY_UPDATED, update, campaign_id=intent.campaign_id))
+        await store.mark_sending(session, [campaign_id for campaign_id, _ in sending], now=now)
+        await store.set_states(session, ambiguous)
+        steps = sending + [
+            (change["campaign_id"], TimelineStep(state_step(DeliveryState.AMBIGUOUS), now, AMBIGUOUS_AFTER_CRASH))
+            for change in ambiguous
+        ]
+        await store.add_timeline_steps(session, steps)
+        await self.outbox.add_rows(session, events)
+        return claims
+
+    async def _write_outcomes(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        with self.tracer.start_as_current_span(
+            "channels.ledger.outcomes", attributes={"xsell.batch.size": len(outcomes)}
+        ):
+            for attempt in range(1, SETTLE_ATTEMPTS + 1):
+                try:
+                    async with self.db.transaction() as session:
+                        return await self._settle_all(session, outcomes)
+                except Exception as error:
+                    # The outcomes are known; losing them to a lock timeout or a deadlock would leave the
+                    # messages SENDING and make their redeliveries AMBIGUOUS. Writing them again is safe.
+                    reason = transient_failure(error)
+                    if reason is None or attempt == SETTLE_ATTEMPTS:
+                        raise
+                    log.warning("ledger_outcomes_retried", reason=reason, attempt=attempt)
+                    await asyncio.sleep(0.05 * attempt)
+            raise AssertionError("unreachable")
+
+    async def _settle_all(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[bool]:
+        locked = await store.lock_states(session, {o.campaign_id for o in outcomes})
+        # Only a row still SENDING is this attempt's; a provider's receipt may have settled it during the hand-over.
+        applied = [o.campaign_id in locked and locked[o.campaign_id][0] is DeliveryState.SENDING for o in outcomes]
+        settled = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
+        await store.set_states(
+            session,
+            [
+                {
+                    "campaign_id": o.campaign_id,
+                    "state": o.state,
+                    "at": o.at,
+                    "reason": o.reason,
+                    "provider_message_id": o.provider_message_id,
+                    "count_attempt": True,
+                }
+                for o in settled
+            ],
+        )
+        await store.add_timeline_steps(
+            session, [(o.campaign_id, TimelineStep(state_step(o.state), o.at, o.detail or o.reason)) for o in settled]
+        )
+        await self.outbox.add_rows(session, [o.event for o in settled if o.event is not None])
+        return applied
