@@ -48,17 +48,20 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     http = HttpTransport(
         timeout_seconds=settings.http_timeout_seconds,
         connect_timeout_seconds=settings.http_connect_timeout_seconds,
-        max_connections=max(settings.provider_concurrency.values(), default=100),
+        # Calls in flight never exceed dispatch_concurrency; as many kept-alive connections serve them all.
+        max_connections=settings.dispatch_concurrency,
+    )
+    smtp = SmtpSender(
+        settings.smtp_host,
+        settings.smtp_port,
+        start_tls=settings.smtp_starttls,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        timeout_seconds=settings.smtp_timeout_seconds,
+        connections=settings.smtp_connections,
     )
     providers = Providers(
-        email=SmtpSender(
-            settings.smtp_host,
-            settings.smtp_port,
-            start_tls=settings.smtp_starttls,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            timeout_seconds=settings.smtp_timeout_seconds,
-        ),
+        email=smtp,
         http=http,
         sms=ExotelSms(
             settings.sms_base_url,
@@ -118,5 +121,5 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("dispatch-consumer", consumer.run, consumer.stop),
         ],
-        closers=[db.dispose, bus.drain, http.close, *([suppressions.close] if suppressions else [])],
+        closers=[db.dispose, bus.drain, http.close, smtp.close, *([suppressions.close] if suppressions else [])],
     )

@@ -1,9 +1,11 @@
 """Turns a rendered e-mail into the MIME message that is sent: tracked links, open pixel, unsubscribe headers."""
 
+import email.policy
 import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
@@ -22,6 +24,29 @@ _TEXT_LINK = re.compile(rf"""(?P<unsub>{re.escape(UNSUBSCRIBE_PSEUDO_URL)})|(?P<
 # A sentence's closing punctuation right after a URL in plain text is not part of the URL.
 _TRAILING_PUNCTUATION = ".,;:!?)'\""
 _BODY_END = re.compile(r"</body\s*>", re.I)
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, but each header's class is made once instead of on every header set or
+    folded: the stock registry builds a new class per call, a third of the time of composing a message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
+_HEADERS = _HeaderClasses()
+POLICY = email.policy.default.clone(header_factory=_HEADERS)
+"""The policy messages are built with: email.policy.default, headers classes made once."""
+SMTP_POLICY = email.policy.SMTP.clone(header_factory=_HEADERS)
+"""The policy messages go on the wire with: email.policy.SMTP (CRLF), headers classes made once."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +156,7 @@ def compose(
     """The multipart/alternative message for one outreach; ValueError if a header would be unsafe (CR/LF)."""
     html_body = email.html_body if email.html_body.strip() else _text_to_html(email.text_body)
     text_body = email.text_body if email.text_body.strip() else _html_to_text(email.html_body)
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = formataddr((email.from_name, from_address)) if email.from_name else from_address
     message["To"] = email.to_address
     message["Subject"] = email.subject

@@ -18,6 +18,9 @@ class ChannelsSettings(ServiceSettings):
     smtp_username: str | None = Field(None, description="SMTP AUTH user; unset means no authentication.")
     smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
     smtp_timeout_seconds: float = Field(10.0, description="Timeout of each SMTP connect and command.")
+    smtp_connections: int = Field(
+        4, ge=1, description="SMTP sessions kept open to the relay; each carries one message at a time, many in turn."
+    )
     from_address: str = Field("offers@xsell.local", description="Envelope sender and From address of e-mail.")
     tracking_base_url: str = Field(
         "http://127.0.0.1:8080",
@@ -30,7 +33,10 @@ class ChannelsSettings(ServiceSettings):
     )
     message_id_domain: str = Field("xsell.local", description="Right-hand side of Message-ID: <campaign ID@domain>.")
     dispatch_concurrency: int = Field(
-        8, ge=1, description="How many DispatchRequested events one replica sends at the same time."
+        100,
+        ge=1,
+        description="How many DispatchRequested events one replica handles at the same time; their intents and "
+        "their outcomes are each written in one transaction, so a whole fetch (100) in flight is one commit each.",
     )
 
     # HTTP providers. The defaults point at the local provider servers `make run` starts (devstack.provider_sinks).

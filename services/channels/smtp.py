@@ -1,11 +1,12 @@
-"""The e-mail provider adapter: one SMTP mail transaction per message over aiosmtplib, with classified failures."""
+"""The e-mail provider adapter: mail transactions over kept-open aiosmtplib sessions, with classified failures."""
 
-import email.policy
+import asyncio
 from email.message import EmailMessage
 
 import aiosmtplib
 import structlog
 
+from services.channels.composition import SMTP_POLICY
 from services.channels.delivery import (
     ProviderOutcomeUnknown,
     ProviderUnavailable,
@@ -17,7 +18,13 @@ log = structlog.get_logger(__name__)
 
 
 class SmtpSender:
-    """Hands messages to an SMTP relay and says, on failure, whether the relay may have taken the message."""
+    """Hands messages to an SMTP relay over a few kept-open sessions, and says, on failure, whether the relay may
+    have taken the message.
+
+    A session carries many mail transactions (MAIL, RCPT, DATA, then the next MAIL), so a message costs no
+    connect, EHLO, STARTTLS, AUTH or QUIT. A session that failed in any way is closed, never reused: what the
+    relay thinks of it is unknown.
+    """
 
     def __init__(
         self,
@@ -28,6 +35,7 @@ class SmtpSender:
         username: str | None = None,
         password: str | None = None,
         timeout_seconds: float = 10.0,
+        connections: int = 4,
     ) -> None:
         self.host = host
         self.port = port
@@ -35,6 +43,8 @@ class SmtpSender:
         self.username = username
         self.password = password
         self.timeout_seconds = timeout_seconds
+        self._sessions = asyncio.Semaphore(connections)
+        self._idle: list[aiosmtplib.SMTP] = []
 
     async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> str:
         """Sends `message`; returns the relay's reply to the data.
@@ -44,7 +54,36 @@ class SmtpSender:
         mail transaction, and ProviderOutcomeUnknown when the connection was lost while the message
         was being transferred, since the relay may have queued it.
         """
-        payload = message.as_bytes(policy=email.policy.SMTP)
+        payload = message.as_bytes(policy=SMTP_POLICY)
+        async with self._sessions:
+            client = self._idle.pop() if self._idle else None
+            if client is not None and not client.is_connected:
+                client = None
+            try:
+                if client is None:
+                    client = await self._connect()
+                    reply = await _transaction(client, payload, sender, recipient)
+                else:
+                    try:
+                        reply = await _transaction(client, payload, sender, recipient)
+                    except _SessionLost:
+                        # The relay closed the idle session (its timeout) before MAIL: it holds nothing, so the
+                        # same transaction goes over a new session.
+                        await _close(client)
+                        client = await self._connect()
+                        reply = await _transaction(client, payload, sender, recipient)
+            except _SessionLost as lost:
+                if client is not None:
+                    await _close(client)
+                raise ProviderUnavailable(lost.reason) from lost.__cause__
+            except BaseException:
+                if client is not None:
+                    await _close(client)
+                raise
+            self._idle.append(client)
+            return reply
+
+    async def _connect(self) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -55,36 +94,54 @@ class SmtpSender:
             password=self.password,
         )
         try:
-            try:
-                await client.connect()
-            except aiosmtplib.SMTPResponseException as error:
-                # A refused greeting, EHLO or AUTH is about this relay or our credentials, not this message.
-                raise ProviderUnavailable(f"SMTP {error.code} on connect: {redact(error.message)}") from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                raise ProviderUnavailable(f"SMTP connection to {self.host}:{self.port} failed: {error}") from error
-            try:
-                await client.mail(sender)
-                await client.rcpt(recipient)
-            except aiosmtplib.SMTPSenderRefused as error:
-                raise failure_for_reply(error.code, "MAIL", error.message) from error
-            except aiosmtplib.SMTPRecipientRefused as error:
-                raise failure_for_reply(error.code, "RCPT", error.message) from error
-            except aiosmtplib.SMTPResponseException as error:
-                raise failure_for_reply(error.code, "MAIL/RCPT", error.message) from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                raise ProviderUnavailable(f"SMTP connection lost before DATA: {type(error).__name__}") from error
-            try:
-                reply = await client.data(payload)
-            except aiosmtplib.SMTPResponseException as error:
-                # The relay answered: it refused (4xx: later; 5xx: never) and does not hold the message.
-                raise failure_for_reply(error.code, "DATA", error.message) from error
-            except (aiosmtplib.SMTPException, OSError) as error:
-                raise ProviderOutcomeUnknown(
-                    f"SMTP connection lost during DATA ({type(error).__name__}); the relay may have queued it"
-                ) from error
-            return redact(reply.message)
-        finally:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as error:
             await _close(client)
+            # A refused greeting, EHLO or AUTH is about this relay or our credentials, not this message.
+            raise ProviderUnavailable(f"SMTP {error.code} on connect: {redact(error.message)}") from error
+        except (aiosmtplib.SMTPException, OSError) as error:
+            await _close(client)
+            raise ProviderUnavailable(f"SMTP connection to {self.host}:{self.port} failed: {error}") from error
+        return client
+
+    async def close(self) -> None:
+        """Ends the kept-open sessions with QUIT."""
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _close(client)
+
+
+class _SessionLost(Exception):
+    """The session broke before DATA: the relay holds nothing of this message."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _transaction(client: aiosmtplib.SMTP, payload: bytes, sender: str, recipient: str) -> str:
+    """One mail transaction on an open session; the relay's reply to DATA."""
+    try:
+        await client.mail(sender)
+        await client.rcpt(recipient)
+    except aiosmtplib.SMTPSenderRefused as error:
+        raise failure_for_reply(error.code, "MAIL", error.message) from error
+    except aiosmtplib.SMTPRecipientRefused as error:
+        raise failure_for_reply(error.code, "RCPT", error.message) from error
+    except aiosmtplib.SMTPResponseException as error:
+        raise failure_for_reply(error.code, "MAIL/RCPT", error.message) from error
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise _SessionLost(f"SMTP connection lost before DATA: {type(error).__name__}") from error
+    try:
+        reply = await client.data(payload)
+    except aiosmtplib.SMTPResponseException as error:
+        # The relay answered: it refused (4xx: later; 5xx: never) and does not hold the message.
+        raise failure_for_reply(error.code, "DATA", error.message) from error
+    except (aiosmtplib.SMTPException, OSError) as error:
+        raise ProviderOutcomeUnknown(
+            f"SMTP connection lost during DATA ({type(error).__name__}); the relay may have queued it"
+        ) from error
+    return redact(reply.message)
 
 
 async def _close(client: aiosmtplib.SMTP) -> None:

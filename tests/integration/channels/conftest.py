@@ -36,6 +36,8 @@ class Mailbox:
     def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
         self.refuse = refuse
         self.messages: list[EmailMessage] = []
+        # The client's address and port of the SMTP session each message came in: one per connection.
+        self.sessions: list[tuple[str, int]] = []
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
         if address in self.refuse:
@@ -47,6 +49,7 @@ class Mailbox:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
+        self.sessions.append(tuple(session.peer))
         return "250 2.0.0 Ok: queued"
 
     def for_campaign(self, campaign_id: str) -> list[EmailMessage]:
