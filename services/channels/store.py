@@ -131,19 +131,24 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
 
 async def insert_queued_many(session: AsyncSession, new: Sequence[Mapping[str, str]], *, now: datetime) -> set[str]:
     """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED with their first
-    timeline step, in two statements; returns the campaign IDs it created.
+    timeline step; returns the campaign IDs it created.
 
-    Rows go in campaign ID order, so two replicas inserting overlapping batches wait on each other's keys in
-    one order instead of deadlocking.
+    Existing rows are read first rather than reported by INSERT … RETURNING: SQLAlchemy compiles an
+    executemany with RETURNING anew on every call, which cost more than this read. Rows go in campaign
+    ID order, so two replicas inserting overlapping batches wait on each other's keys in one order.
     """
     if not new:
         return set()
-    rows = [
-        {**row, "state": DeliveryState.QUEUED.value, "attempts": 0, "reason": "", "created_at": now, "updated_at": now}
-        for row in sorted(new, key=lambda row: row["campaign_id"])
-    ]
-    statement = upsert_insert(session, messages).values(rows).on_conflict_do_nothing().returning(messages.c.campaign_id)
-    created = set((await session.execute(statement)).scalars())
+    existing = await lock_states(session, {row["campaign_id"] for row in new})
+    absent = sorted((row for row in new if row["campaign_id"] not in existing), key=lambda row: row["campaign_id"])
+    if not absent:
+        return set()
+    defaults = {"state": DeliveryState.QUEUED.value, "attempts": 0, "reason": "", "created_at": now, "updated_at": now}
+    # DO NOTHING: on PostgreSQL another replica may insert the same campaign ID after the read above.
+    await session.execute(
+        upsert_insert(session, messages).on_conflict_do_nothing(), [{**row, **defaults} for row in absent]
+    )
+    created = {row["campaign_id"] for row in absent}
     step = TimelineStep(state_step(DeliveryState.QUEUED), now)
     await add_timeline_steps(session, [(campaign_id, step) for campaign_id in sorted(created)])
     return created
