@@ -64,6 +64,8 @@ class Received:
     path: str
     headers: Mapping[str, str]
     body: Json
+    accepted_at: float = 0.0
+    """time.perf_counter() when the sink took the message: the end of "dispatch requested → provider accepted"."""
 
 
 class Refusal(Exception):
@@ -221,7 +223,9 @@ class ProviderSink:
             return web.json_response({**self._answered[campaign_id], "duplicate": True}, status=200)
         if campaign_id is not None:
             self._answered[campaign_id] = answer
-            received = Received(self.provider, campaign_id, request.path, dict(request.headers), body)
+            received = Received(
+                self.provider, campaign_id, request.path, dict(request.headers), body, time.perf_counter()
+            )
             self._keep(received)
             self._report(received, answer)
         if fault is Fault.ACCEPT_THEN_DROP:

@@ -1,0 +1,603 @@
+"""Channels bench (issue 5): dispatch throughput to HTTP and SMTP sinks with exactly-once ledgering; latency at 1k/s.
+
+    .venv/bin/python -m bench.channels                        # 30k HTTP, 10k e-mails, 20 s at 1k/s (goal scale)
+    .venv/bin/python -m bench.channels --scale 0.1            # quick: 3k / 1k / 3 s, well under two minutes
+    .venv/bin/python -m bench.channels --backend postgresql   # the embedded PostgreSQL instead of SQLite
+
+The real channels process (`python -m services.channels`, its own NATS server) sends to the local
+provider servers (devstack/provider_sinks.py: Exotel SMS, WhatsApp Cloud, FCM, signed webhook) and
+to a real aiosmtpd relay, both in this process. Three parts, each on a fresh start of the service:
+
+1. **HTTP throughput**: a backlog of DispatchRequested spread over the four HTTP channels is
+   published first; the rate is the backlog over the time from the first message a provider
+   accepted to the moment the durable's ack floor passed the last one (every outcome committed).
+2. **SMTP throughput**: the same with e-mails to the relay.
+3. **Latency**: DispatchRequested published open-loop at `--rate` (1k/s), each timed from its
+   publish to the moment its provider accepted it (the sink's clock is this process's).
+
+After each part the providers' logs are compared with the ledger (the service's messages table):
+a campaign ID accepted twice is a DUPLICATE; one published and not SENT-and-accepted-once is LOST.
+Both must be zero. The figure lands in bench/results/channels-<backend>.json (other scales:
+bench/results/scale-<s>/), with every figure's unit, goal, verdict, the machine and package versions.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from aiosmtpd.controller import Controller
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import select
+
+from bench.postgres import BenchPostgres
+from bench.results import machine_info
+from devstack.nats_server import NatsServer, free_port
+from devstack.provider_sinks import ProviderSinks
+from plumbing.bus import Bus
+from plumbing.db import Database
+from services import streams
+from services.channels import store
+from xsell.campaigns.v1.events_pb2 import (
+    DispatchRequested,
+    EmailMessage,
+    PushMessage,
+    SmsMessage,
+    WebhookMessage,
+    WhatsAppMessage,
+)
+from xsell.type.v1 import channel_pb2
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+SERVICE = "xsell.channels.v1.ChannelsService"
+HTTP_CHANNELS = ("sms", "whatsapp", "push", "webhook")
+GOALS = {"http_per_s": 5000.0, "smtp_per_s": 1000.0, "p99_ms": 30.0, "offered_per_s": 1000.0}
+EXTRA_PACKAGES = ("aiohttp", "aiosmtplib", "aiosmtpd", "opentelemetry-sdk")
+PUBLISH_CHUNK = 500
+STALL_SECONDS = 60.0
+HTML = '<html><body><p>Your loan is pre-approved. <a href="https://bank.example.in/apply?o=T06">Apply</a></p></body></html>'
+
+
+# --- the arithmetic (pure; tests/unit/bench/test_channels.py) ---
+
+
+@dataclass(frozen=True)
+class Tally:
+    """The providers' logs against the ledger for a set of published campaign IDs."""
+
+    published: int
+    sent: int
+    duplicates: int
+    """Campaign IDs a provider accepted more than once."""
+    lost: int
+    """Campaign IDs published that are not SENT in the ledger with exactly one acceptance at a provider."""
+    unknown: int
+    """Acceptances of campaign IDs the ledger does not hold."""
+    states: dict[str, int] = field(default_factory=dict)
+
+
+def tally(published: Collection[str], accepted: Iterable[str], ledger: Mapping[str, str]) -> Tally:
+    """Zero duplicates and zero lost is the exactly-once promise; `states` says where the others ended.
+
+    `accepted` and `ledger` may hold more than `published` (earlier parts of the run); duplicates and
+    lost are counted over `published`, unknown over everything accepted.
+    """
+    counts = Counter(accepted)
+    duplicates = sum(1 for c in published if counts[c] > 1)
+    sent = [c for c in published if ledger.get(c) == "SENT"]
+    lost = len(published) - sum(1 for c in sent if counts[c] == 1)
+    unknown = sum(1 for c in counts if c not in ledger)
+    states = Counter(ledger.get(c, "MISSING") for c in published)
+    return Tally(len(published), len(sent), duplicates, lost, unknown, dict(sorted(states.items())))
+
+
+def nearest_rank(samples: Sequence[float], q: float) -> float:
+    """The q-quantile by nearest rank (no interpolation: a reported p99 is a latency that happened)."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    index = max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 1)) - 1))
+    return ordered[index]
+
+
+def per_second(count: int, started: float, finished: float) -> float:
+    """`count` over the seconds between two perf_counter readings; 0 when no time passed."""
+    elapsed = finished - started
+    return round(count / elapsed, 1) if elapsed > 0 else 0.0
+
+
+def figure(value: float, unit: str, goal: str, met: bool, **detail: Any) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "goal": goal, "met": "yes" if met else "no", **detail}
+
+
+# --- the parts that run ---
+
+
+class Mailbox:
+    """aiosmtpd handler that keeps when each campaign ID's message was accepted (DATA answered 250)."""
+
+    _CAMPAIGN = re.compile(rb"^X-Xsell-Campaign-Id: *(\S+)", re.MULTILINE | re.IGNORECASE)
+
+    def __init__(self) -> None:
+        self.accepted: list[tuple[str, float]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        found = self._CAMPAIGN.search(envelope.content)
+        self.accepted.append((found.group(1).decode() if found else "", time.perf_counter()))
+        return "250 2.0.0 Ok: queued"
+
+
+class ChannelsProcess:
+    """`python -m services.channels` as production runs it, pointed at the sinks, the relay and a NATS server."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["XSELL_CHANNELS_GRPC_PORT"])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _launch(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.channels"], env=self.env, cwd=REPO, stdout=log, stderr=log
+            )
+
+    async def start(self, timeout: float = 60.0) -> None:
+        await asyncio.to_thread(self._launch)
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(f"{HOST}:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"channels exited with {self.process.returncode}; see {self.log_path}")
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"channels not serving after {timeout}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def dispatch(index: int, channel: str, run: str, webhook_url: str) -> DispatchRequested:
+    """A valid DispatchRequested on `channel`, keyed by a campaign ID unique to this run."""
+    campaign_id = f"CSELL-BENCH-{run}-{index:07d}"
+    event = DispatchRequested(event_id=f"evt_{run}_{index}", campaign_id=campaign_id, profile_id=f"prf_{index}")
+    if channel == "sms":
+        event.channel = channel_pb2.CHANNEL_SMS
+        event.sms.CopyFrom(
+            SmsMessage(
+                to_number="+919876543210",
+                sender_id="ACMEBK",
+                dlt_template_id="1107161234567890123",
+                body="Dear customer, your loan of Rs 5,00,000 is pre-approved.",
+            )
+        )
+    elif channel == "whatsapp":
+        event.channel = channel_pb2.CHANNEL_WHATSAPP
+        event.whatsapp.CopyFrom(
+            WhatsAppMessage(
+                to_number="+919876543210",
+                template_name="preapproved_loan_offer",
+                language_code="en",
+                parameters=["Priya", "5,00,000"],
+            )
+        )
+    elif channel == "push":
+        event.channel = channel_pb2.CHANNEL_PUSH
+        event.push.CopyFrom(PushMessage(device_token=f"fcm-token-{index}", title="Pre-approved", body="Your loan"))
+    elif channel == "webhook":
+        event.channel = channel_pb2.CHANNEL_WEBHOOK
+        event.webhook.CopyFrom(WebhookMessage(url=webhook_url, payload_json='{"task": "call"}'))
+    elif channel == "email":
+        event.channel = channel_pb2.CHANNEL_EMAIL
+        event.email.CopyFrom(
+            EmailMessage(
+                to_address=f"person{index}@example.in",
+                from_name="Acme Bank",
+                subject="Pre-approved",
+                html_body=HTML,
+                text_body="Apply: https://bank.example.in/apply?o=T06\n",
+            )
+        )
+    else:
+        raise ValueError(channel)
+    return event
+
+
+async def publish(bus: Bus, event: DispatchRequested) -> int:
+    ack = await bus.js.publish(
+        streams.DISPATCH_REQUESTED,
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": event.campaign_id},
+    )
+    return int(ack.seq)
+
+
+async def preload(bus: Bus, events: Sequence[DispatchRequested]) -> int:
+    """Publishes the backlog before the service starts; returns the last stream sequence."""
+    last = 0
+    for start in range(0, len(events), PUBLISH_CHUNK):
+        sequences = await asyncio.gather(*(publish(bus, e) for e in events[start : start + PUBLISH_CHUNK]))
+        last = max(last, *sequences)
+    return last
+
+
+async def all_handled(bus: Bus, last_seq: int) -> float:
+    """Waits until the durable acked (or terminated) everything up to `last_seq`; returns when it saw that."""
+    best, progressed = 0, time.monotonic()
+    while True:
+        info = await bus.js.consumer_info(streams.CAMPAIGNS_STREAM.name, streams.CHANNELS_DISPATCH.durable)
+        floor = int(info.ack_floor.stream_seq)
+        if floor >= last_seq:
+            return time.perf_counter()
+        if floor > best:
+            best, progressed = floor, time.monotonic()
+        elif time.monotonic() - progressed > STALL_SECONDS:
+            raise TimeoutError(f"no dispatch acknowledged for {STALL_SECONDS:.0f}s (ack floor {floor} < {last_seq})")
+        await asyncio.sleep(0.05)
+
+
+async def ledger_states(url: str) -> dict[str, str]:
+    """Every message's state in the service's ledger."""
+    db = Database(url)
+    try:
+        async with db.snapshot() as session:
+            rows = (await session.execute(select(store.messages.c.campaign_id, store.messages.c.state))).all()
+    finally:
+        await db.dispose()
+    return {campaign_id: state for campaign_id, state in rows}
+
+
+@dataclass
+class Bench:
+    """The NATS server, provider sinks, SMTP relay and service settings shared by the three parts."""
+
+    args: argparse.Namespace
+    var: Path
+    url: str
+    bus: Bus
+    sinks: ProviderSinks
+    mailbox: Mailbox
+    smtp_port: int
+    nats_url: str
+    profiles: list[Path] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        limits = {name: self.args.provider_rate for name in (*HTTP_CHANNELS, "email")}
+        # E-mail too: the SMTP sessions bound the transactions on the wire, not the messages whose intents are written.
+        concurrency = {name: self.args.provider_concurrency for name in (*HTTP_CHANNELS, "email")}
+        settings = {
+            "GRPC_PORT": str(free_port(HOST)),
+            "DATABASE_URL": self.url,
+            "NATS_URL": self.nats_url,
+            "VAR_DIR": str(self.var / "service"),
+            "LOG_LEVEL": "warning",
+            "SMTP_PORT": str(self.smtp_port),
+            "DISPATCH_CONCURRENCY": str(self.args.concurrency),
+            "PROVIDER_RATE_PER_SECOND": json.dumps(limits),
+            "PROVIDER_CONCURRENCY": json.dumps(concurrency),
+            "SMTP_CONNECTIONS": str(self.args.smtp_connections),
+            **{name.upper(): str(value) for name, value in self.sinks.channels_settings().items()},
+        }
+        env = {key: value for key, value in os.environ.items() if not key.startswith("XSELL_")}
+        env.update({f"XSELL_CHANNELS_{name}": value for name, value in settings.items()})
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "gen")])
+        return env
+
+    def accepted(self) -> list[tuple[str, float]]:
+        """Every acceptance at every provider so far: (campaign ID, when)."""
+        http = [(r.campaign_id, r.accepted_at) for sink in self.sinks.all for r in sink.received]
+        return http + list(self.mailbox.accepted)
+
+    async def backlog(self, part: str, channels: Sequence[str], count: int) -> dict[str, Any]:
+        """Throughput on a backlog published before the service starts."""
+        webhook_url = self.sinks.webhook_url()
+        events = [dispatch(i, channels[i % len(channels)], part, webhook_url) for i in range(count)]
+        last_seq = await preload(self.bus, events)
+        ids = {e.campaign_id for e in events}
+        service = ChannelsProcess(self.env(), self.var / f"channels-{part}.log")
+        await service.start()
+        profiler = self._profile(part, service.pid)
+        process = psutil.Process(service.pid)
+        cpu_before = _cpu_seconds(process)
+        try:
+            finished = await all_handled(self.bus, last_seq)
+            cpu = _cpu_seconds(process) - cpu_before
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                await asyncio.to_thread(profiler.wait, 60)
+            service.stop()
+        times = [at for campaign_id, at in self.accepted() if campaign_id in ids]
+        result = tally(ids, (c for c, _ in self.accepted()), await ledger_states(self.url))
+        rate = per_second(len(ids), min(times), finished) if times else 0.0
+        return {
+            "per_s": rate,
+            "messages": count,
+            "seconds": round(finished - min(times), 2) if times else None,
+            # CPU the service process spent per message (all its threads): what bounds the rate on this machine.
+            "service_cpu_ms_per_message": round(cpu * 1000 / count, 2),
+            "tally": asdict(result),
+        }
+
+    async def latency(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Open loop at `rate`: each request timed from its publish to its acceptance at the provider."""
+        webhook_url = self.sinks.webhook_url()
+        count = int(rate * seconds)
+        events = [dispatch(i, HTTP_CHANNELS[i % len(HTTP_CHANNELS)], "latency", webhook_url) for i in range(count)]
+        ids = {e.campaign_id for e in events}
+        service = ChannelsProcess(self.env(), self.var / "channels-latency.log")
+        await service.start()
+        requested: dict[str, float] = {}
+        last_seq = 0
+        try:
+            tick = 0.01
+            began = time.perf_counter()
+            publishing: list[asyncio.Task[int]] = []
+            sent = 0
+            while sent < count:
+                due = min(count, int((time.perf_counter() - began) * rate) + 1)
+                for event in events[sent:due]:
+                    requested[event.campaign_id] = time.perf_counter()
+                    publishing.append(asyncio.create_task(publish(self.bus, event)))
+                sent = due
+                await asyncio.sleep(tick)
+            offered = per_second(count, began, time.perf_counter())
+            last_seq = max(await asyncio.gather(*publishing))
+            await all_handled(self.bus, last_seq)
+        finally:
+            service.stop()
+        accepted = {c: at for c, at in self.accepted() if c in ids}
+        latencies = [(accepted[c] - requested[c]) * 1000 for c in ids if c in accepted]
+        result = tally(ids, (c for c, _ in self.accepted()), await ledger_states(self.url))
+        return {
+            "offered_per_s": offered,
+            "messages": count,
+            "p50_ms": round(nearest_rank(latencies, 0.50), 1),
+            "p99_ms": round(nearest_rank(latencies, 0.99), 1),
+            "max_ms": round(max(latencies), 1) if latencies else None,
+            "tally": asdict(result),
+        }
+
+    def _profile(self, part: str, pid: int) -> subprocess.Popen[bytes] | None:
+        if self.args.profile is None:
+            return None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        output = self.args.profile / f"channels-{part}.txt"
+        self.profiles.append(output)
+        spy = Path(sys.executable).parent / "py-spy"
+        return subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--output",
+                str(output),
+                "--rate",
+                "200",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+async def main(args: argparse.Namespace) -> int:
+    var = args.var.resolve() / args.backend
+    await asyncio.to_thread(shutil.rmtree, var, True)
+    var.mkdir(parents=True)
+    postgres = None
+    if args.backend == "postgresql":
+        # Its own cluster beside the run folder, kept between runs (initdb is slow); a fresh database each run.
+        postgres = BenchPostgres(args.var.resolve() / "pg").start()
+        await postgres.configure()
+        await postgres.recreate_database("bench_channels")
+        url = postgres.url("bench_channels")
+    else:
+        url = f"sqlite+aiosqlite:///{var / 'channels.db'}"
+    nats = NatsServer(var / "nats").start(var / "nats.log")
+    sinks = await ProviderSinks().start()
+    mailbox = Mailbox()
+    relay = Controller(mailbox, hostname=HOST, port=free_port(HOST))
+    await asyncio.to_thread(relay.start)
+    bus = await Bus.connect(nats.url, name="bench-channels")
+    try:
+        await bus.ensure_streams(streams.ALL_STREAMS)
+        bench = Bench(args, var, url, bus, sinks, mailbox, relay.port, nats.url)
+        http_count = max(500, int(30_000 * args.scale))
+        smtp_count = max(200, int(10_000 * args.scale))
+        seconds = max(3.0, 20.0 * args.scale)
+        http = smtp = latency = None
+        if "http" in args.parts:
+            print(f"{args.backend}: HTTP throughput on a backlog of {http_count}", flush=True)
+            http = await bench.backlog("http", HTTP_CHANNELS, http_count)
+            print(
+                f"  {http['per_s']} messages/s, {http['service_cpu_ms_per_message']} ms CPU each; {http['tally']}",
+                flush=True,
+            )
+        if "smtp" in args.parts:
+            print(f"{args.backend}: SMTP throughput on a backlog of {smtp_count}", flush=True)
+            smtp = await bench.backlog("smtp", ("email",), smtp_count)
+            print(
+                f"  {smtp['per_s']} messages/s, {smtp['service_cpu_ms_per_message']} ms CPU each; {smtp['tally']}",
+                flush=True,
+            )
+        if "latency" in args.parts:
+            print(f"{args.backend}: latency at {args.rate:g}/s offered for {seconds:g}s", flush=True)
+            latency = await bench.latency(args.rate, seconds)
+            print(
+                f"  p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms at {latency['offered_per_s']}/s; "
+                f"{latency['tally']}",
+                flush=True,
+            )
+        if http is None or smtp is None or latency is None:
+            print("a partial run (--parts) records no result file", flush=True)
+            return 0
+        document = await result_document(args, bench, http, smtp, latency, postgres)
+    finally:
+        await bus.drain()
+        await asyncio.to_thread(relay.stop)
+        await sinks.stop()
+        nats.stop()
+        if postgres is not None:
+            try:
+                postgres.stop()
+            except subprocess.CalledProcessError:
+                print("postgresql: already stopped")
+    results = args.results if args.scale == 1.0 else args.results / f"scale-{args.scale:g}"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"channels-{args.backend}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    verdicts = {name: entry["met"] for name, entry in document["figures"].items()}
+    print(f"{path}: {verdicts}", flush=True)
+    return 0
+
+
+async def result_document(
+    args: argparse.Namespace,
+    bench: Bench,
+    http: dict[str, Any],
+    smtp: dict[str, Any],
+    latency: dict[str, Any],
+    postgres: BenchPostgres | None,
+) -> dict[str, Any]:
+    tallies = [http["tally"], smtp["tally"], latency["tally"]]
+    duplicates = sum(t["duplicates"] for t in tallies)
+    lost = sum(t["lost"] for t in tallies)
+    figures = {
+        "http_throughput": figure(
+            http["per_s"],
+            "messages/s",
+            f">= {GOALS['http_per_s']:g}",
+            http["per_s"] >= GOALS["http_per_s"],
+            messages=http["messages"],
+            seconds=http["seconds"],
+            channels=list(HTTP_CHANNELS),
+            service_cpu_ms_per_message=http["service_cpu_ms_per_message"],
+        ),
+        "smtp_throughput": figure(
+            smtp["per_s"],
+            "messages/s",
+            f">= {GOALS['smtp_per_s']:g}",
+            smtp["per_s"] >= GOALS["smtp_per_s"],
+            messages=smtp["messages"],
+            seconds=smtp["seconds"],
+            service_cpu_ms_per_message=smtp["service_cpu_ms_per_message"],
+        ),
+        "dispatch_to_accepted_p50": figure(
+            latency["p50_ms"],
+            "ms",
+            "reported",
+            True,
+            offered_per_s=latency["offered_per_s"],
+        ),
+        "dispatch_to_accepted_p99": figure(
+            latency["p99_ms"],
+            "ms",
+            f"<= {GOALS['p99_ms']:g} at {GOALS['offered_per_s']:g}/s offered",
+            latency["p99_ms"] <= GOALS["p99_ms"] and latency["offered_per_s"] >= 0.95 * GOALS["offered_per_s"],
+            offered_per_s=latency["offered_per_s"],
+            max_ms=latency["max_ms"],
+            messages=latency["messages"],
+        ),
+        "duplicates": figure(duplicates, "messages", "0 in every run", duplicates == 0),
+        "lost": figure(lost, "messages", "0 in every run", lost == 0),
+    }
+    versions = {}
+    for name in EXTRA_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    machine = await machine_info(postgres)
+    machine["packages"] = {**machine["packages"], **versions}
+    return {
+        "name": "channels",
+        "backend": args.backend,
+        "scale": args.scale,
+        "figures": figures,
+        "goal_met": all(entry["met"] == "yes" for entry in figures.values()),
+        "tallies": {"http": http["tally"], "smtp": smtp["tally"], "latency": latency["tally"]},
+        "service_settings": {
+            "dispatch_concurrency": args.concurrency,
+            "provider_concurrency": args.provider_concurrency,
+            "provider_rate_per_second": args.provider_rate,
+            "smtp_connections": args.smtp_connections,
+        },
+        "profiles": [str(p) for p in bench.profiles],
+        "machine": machine,
+        # Other work on the same machine slows every figure; the 1/5/15-minute load average says how much.
+        "load_average_at_write": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.channels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 30k HTTP, 10k e-mails, 20 s at --rate")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--rate", type=float, default=GOALS["offered_per_s"], help="offered rate of the latency part")
+    parser.add_argument("--concurrency", type=int, default=128, help="the service's dispatch_concurrency")
+    parser.add_argument("--provider-concurrency", type=int, default=64, help="calls in flight per HTTP provider")
+    parser.add_argument("--provider-rate", type=float, default=100_000.0, help="token-bucket rate per provider")
+    parser.add_argument("--smtp-connections", type=int, default=8, help="SMTP sessions the service keeps open")
+    parser.add_argument("--parts", default="http,smtp,latency", help="run only these parts (no result file then)")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the backlog parts here")
+    parser.add_argument("--var", type=Path, default=Path("var/bench/channels"))
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+    if not 0 < args.scale <= 10:
+        parser.error("--scale must be in (0, 10]")
+    args.parts = [part for part in args.parts.split(",") if part]
+    unknown = set(args.parts) - {"http", "smtp", "latency"}
+    if unknown:
+        parser.error(f"unknown part {sorted(unknown)[0]}; one of http, smtp, latency")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args(sys.argv[1:]))))

@@ -1,0 +1,45 @@
+"""The channels bench's arithmetic: the providers' logs against the ledger, nearest-rank percentiles, rates."""
+
+import math
+
+from bench.channels import nearest_rank, per_second, tally
+
+
+def test_every_published_message_sent_once_is_neither_lost_nor_duplicated() -> None:
+    result = tally(["a", "b"], ["a", "b"], {"a": "SENT", "b": "SENT"})
+    assert (result.sent, result.duplicates, result.lost, result.unknown) == (2, 0, 0, 0)
+    assert result.states == {"SENT": 2}
+
+
+def test_a_campaign_id_accepted_twice_is_a_duplicate_and_not_counted_as_delivered_once() -> None:
+    result = tally(["a", "b"], ["a", "a", "b"], {"a": "SENT", "b": "SENT"})
+    assert result.duplicates == 1
+    assert result.lost == 1
+
+
+def test_lost_covers_missing_rows_unsent_rows_and_sent_rows_the_provider_never_took() -> None:
+    ledger = {"sent-not-taken": "SENT", "ambiguous": "AMBIGUOUS", "taken": "SENT"}
+    result = tally(["missing", "sent-not-taken", "ambiguous", "taken"], ["taken", "ambiguous"], ledger)
+    assert result.lost == 3
+    assert result.states == {"AMBIGUOUS": 1, "MISSING": 1, "SENT": 2}
+
+
+def test_earlier_parts_of_the_run_count_only_as_unknown_when_the_ledger_lacks_them() -> None:
+    ledger = {"old": "SENT", "new": "SENT"}
+    result = tally(["new"], ["old", "old", "new", "stray"], ledger)
+    assert result.duplicates == 0
+    assert result.unknown == 1
+
+
+def test_nearest_rank_reports_a_latency_that_happened() -> None:
+    samples = [float(n) for n in range(1, 101)]
+    assert nearest_rank(samples, 0.50) == 50.0
+    assert nearest_rank(samples, 0.99) == 99.0
+    assert nearest_rank([7.0, 1.0], 0.99) == 7.0
+    assert nearest_rank([3.0], 0.5) == 3.0
+    assert math.isnan(nearest_rank([], 0.5))
+
+
+def test_per_second_is_the_count_over_the_elapsed_time() -> None:
+    assert per_second(1000, 10.0, 12.0) == 500.0
+    assert per_second(5, 3.0, 3.0) == 0.0
