@@ -216,18 +216,18 @@ async def existing_profiles(session: AsyncSession, profile_ids: Iterable[str]) -
 async def ensure_profiles(session: AsyncSession, profile_ids: Iterable[str], now: datetime) -> set[str]:
     """Creates empty profiles for ids not seen yet (events may arrive before the CRM feed); returns those ids.
 
-    One INSERT … ON CONFLICT DO NOTHING RETURNING: exactly the rows this statement created come back.
+    One INSERT … ON CONFLICT DO NOTHING RETURNING: exactly the rows this statement created come back. The
+    rows go as executemany parameters, so the statement compiles once per process, not once per batch size.
     """
     rows = [{"profile_id": pid, "created_at": now, "updated_at": now} for pid in sorted(set(profile_ids))]
     if not rows:
         return set()
     statement = (
         upsert_insert(session, profiles)
-        .values(rows)
         .on_conflict_do_nothing(index_elements=["profile_id"])
         .returning(profiles.c.profile_id)
     )
-    return set((await session.execute(statement)).scalars())
+    return set((await session.execute(statement, rows)).scalars())
 
 
 async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
