@@ -1,7 +1,7 @@
 """request_id idempotency for mutating RPCs: the same id and payload get the first response back."""
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -85,6 +85,50 @@ class Idempotency:
                 response=response.SerializeToString(),
                 created_at=utcnow(),
             )
+        )
+
+    async def previous_many(
+        self, session: AsyncSession, method: str, requests: Sequence[Message], response_type: type[R]
+    ) -> dict[str, R | Aborted]:
+        """previous() for many requests with distinct request_ids in one query: by request_id, the stored answer,
+        or the Aborted to raise when the id was used for a different request; ids not seen yet are left out."""
+        by_id = {getattr(request, "request_id", ""): request for request in requests}
+        rows = await session.execute(
+            select(self.table.c.request_id, self.table.c.request_hash, self.table.c.response).where(
+                self.table.c.method == method, self.table.c.request_id.in_(list(by_id))
+            )
+        )
+        answers: dict[str, R | Aborted] = {}
+        for row in rows:
+            if row.request_hash != _fingerprint(by_id[row.request_id]):
+                answers[row.request_id] = Aborted(
+                    f"request_id {row.request_id!r} was already used for a different {method} request; "
+                    "use a new request_id for a different change",
+                    field="request_id",
+                )
+            else:
+                answers[row.request_id] = response_type.FromString(row.response)
+        return answers
+
+    async def remember_many(
+        self, session: AsyncSession, method: str, answered: Sequence[tuple[Message, Message]]
+    ) -> None:
+        """remember() for many (request, response) pairs in one statement."""
+        if not answered:
+            return
+        now = utcnow()
+        await session.execute(
+            insert(self.table),
+            [
+                {
+                    "method": method,
+                    "request_id": request.request_id,  # type: ignore[attr-defined]
+                    "request_hash": _fingerprint(request),
+                    "response": response.SerializeToString(),
+                    "created_at": now,
+                }
+                for request, response in answered
+            ],
         )
 
     async def run_once(

@@ -10,16 +10,17 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from opentelemetry import trace
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import Aborted, AlreadyExists, InvalidArgument
+from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.attribution import reporting, rules, store, views
+from services.attribution.batches import Batches, Queued
 from services.attribution.convert import (
     channel_name,
     channel_value,
@@ -30,13 +31,15 @@ from services.attribution.convert import (
     time_or,
     timestamp,
 )
-from services.attribution.ledger import Ledger
-from services.attribution.revenue import RevenueModels, romi
+from services.attribution.ledger import Ledger, disbursement_money
+from services.attribution.revenue import Revenue, RevenueModels, romi
 from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=Message)
+DisbursementInput = tuple[service_pb2.RecordDisbursementRequest, datetime]
+DisbursementCall = Queued[DisbursementInput, service_pb2.RecordDisbursementResponse]
 
 
 class _Conflict(Aborted):
@@ -89,6 +92,10 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         self.revenue_models = revenue_models
         self.currency = ledger.currency
         self.tracer = tracer
+        # Concurrent disbursements share transactions (run by the composition root as a background task).
+        self.disbursements: Batches[DisbursementInput, service_pb2.RecordDisbursementResponse] = Batches(
+            self._record_disbursements
+        )
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -229,84 +236,258 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
         disbursed_at = time_or(request.disburse_time, request.HasField("disburse_time"), datetime.now(UTC))
-        amount = request.amount.minor_units
         with outreach_span(self.tracer, "attribution.record_disbursement", request.campaign_id):
-            async with self._transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "RecordDisbursement", request, service_pb2.RecordDisbursementResponse
+            response = await self.disbursements.submit((request, disbursed_at))
+            if response is None:
+                response = await self._record_disbursement_alone(request, disbursed_at)
+            return response
+
+    async def _record_disbursement_alone(
+        self, request: service_pb2.RecordDisbursementRequest, disbursed_at: datetime
+    ) -> service_pb2.RecordDisbursementResponse:
+        """One disbursement in its own transaction: for calls a batch leaves out, and for a batch that failed."""
+        amount = request.amount.minor_units
+        async with self._transaction() as session:
+            previous = await self.idempotency.previous(
+                session, "RecordDisbursement", request, service_pb2.RecordDisbursementResponse
+            )
+            if previous is not None:
+                return previous
+            # Locked first, with its funnel: the funnel and the views move one event of an outreach at a time.
+            locked = await store.lock_outreach(session, request.campaign_id)
+            if locked is None:
+                raise rules.unknown_outreach(request.campaign_id)
+            outreach = locked.outreach
+            loan_product = await store.disburse_loan(
+                session, request.loan_number, request.campaign_id, amount, disbursed_at
+            )
+            if loan_product is None:
+                # The update found no sanctioned loan of this campaign ID: read the loan only to say why.
+                loan = await store.get_loan(session, request.loan_number)
+                rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
+                assert loan is not None
+                rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                raise AssertionError(f"loan {request.loan_number} is sanctioned under this campaign_id")
+            rules.check_not_before_outreach(
+                request.campaign_id, outreach.created_at, disbursed_at, field="disburse_time"
+            )
+            model_name, model = self.revenue_models.for_products(loan_product, outreach.product_code)
+            revenue = model.price(amount)
+            recorded = await store.add_disbursement(
+                session,
+                disbursement_id=request.disbursement_id,
+                loan_number=request.loan_number,
+                campaign_id=request.campaign_id,
+                amount_paise=amount,
+                currency=self.currency,
+                disbursed_at=disbursed_at,
+                lifetime_revenue_paise=revenue.lifetime_paise,
+                year1_revenue_paise=revenue.year1_paise,
+                revenue_model=model_name,
+                recorded_at=datetime.now(UTC),
+            )
+            if not recorded:
+                # Raised inside the transaction, so it rolls back and nothing is written.
+                raise AlreadyExists(
+                    f"disbursement_id {request.disbursement_id!r} is already recorded; "
+                    "a retry of the same request must reuse its request_id",
+                    field="disbursement_id",
                 )
-                if previous is not None:
-                    return previous
-                # Locked first, with its funnel: the funnel and the views move one event of an outreach at a time.
-                locked = await store.lock_outreach(session, request.campaign_id)
-                if locked is None:
-                    raise rules.unknown_outreach(request.campaign_id)
-                outreach = locked.outreach
-                loan_product = await store.disburse_loan(
-                    session, request.loan_number, request.campaign_id, amount, disbursed_at
-                )
-                if loan_product is None:
-                    # The update found no sanctioned loan of this campaign ID: read the loan only to say why.
-                    loan = await store.get_loan(session, request.loan_number)
-                    rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
-                    assert loan is not None
-                    rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
-                    raise AssertionError(f"loan {request.loan_number} is sanctioned under this campaign_id")
-                rules.check_not_before_outreach(
-                    request.campaign_id, outreach.created_at, disbursed_at, field="disburse_time"
-                )
-                model_name, model = self.revenue_models.for_products(loan_product, outreach.product_code)
-                revenue = model.price(amount)
-                recorded = await store.add_disbursement(
-                    session,
-                    disbursement_id=request.disbursement_id,
+            await self.ledger.record_disbursement(
+                session, locked, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
+            )
+            self.ledger.metrics.disbursed(session, amount, self.currency)
+            await self.outbox.add(
+                session,
+                streams.CONVERSION_RECORDED,
+                events_pb2.ConversionRecorded(
+                    campaign_id=request.campaign_id,
                     loan_number=request.loan_number,
-                    campaign_id=request.campaign_id,
-                    amount_paise=amount,
-                    currency=self.currency,
-                    disbursed_at=disbursed_at,
-                    lifetime_revenue_paise=revenue.lifetime_paise,
-                    year1_revenue_paise=revenue.year1_paise,
-                    revenue_model=model_name,
-                    recorded_at=datetime.now(UTC),
+                    amount=money(amount, self.currency),
+                    lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+                    year1_revenue=money(revenue.year1_paise, self.currency),
+                    disburse_time=timestamp(disbursed_at),
+                    profile_id=outreach.profile_id,
+                    product_code=loan_product or outreach.product_code,
+                ),
+                campaign_id=request.campaign_id,
+            )
+            attribution = await store.attribution(session, request.campaign_id, outreach)
+            assert attribution is not None
+            response = service_pb2.RecordDisbursementResponse(attribution=self._attribution(attribution))
+            await self.idempotency.remember(session, "RecordDisbursement", request, response)
+        log.info(
+            "disbursement_attributed",
+            amount_paise=amount,
+            lifetime_revenue_paise=revenue.lifetime_paise,
+            revenue_model=model_name,
+            batch_size=1,
+        )
+        return response
+
+    async def _record_disbursements(self, batch: list[DisbursementCall]) -> None:
+        """Applies a batch of RecordDisbursement calls in one transaction of set-based statements and settles each.
+
+        Each call gets what it would get alone: its answer, its error (nothing of it written), or None, to be applied
+        on its own after this batch commits. That is the lot of a call whose request_id, outreach, loan or
+        disbursement_id an earlier call of the batch already has, so that it sees that call's effect, and of every
+        call when the batch's transaction fails as a whole (a race with another replica): alone, each then gets
+        its own answer or its own error.
+        """
+        outcomes: dict[int, service_pb2.RecordDisbursementResponse | DomainError | None] = {}
+        try:
+            async with self._transaction() as session:
+                outcomes = await self._apply_disbursements(session, batch)
+        except (DomainError, SQLAlchemyError) as error:
+            log.warning("disbursement_batch_failed", batch_size=len(batch), error=type(error).__name__)
+            outcomes = {}
+        for index, call in enumerate(batch):
+            outcome = outcomes.get(index)
+            if isinstance(outcome, DomainError):
+                call.answer.set_exception(outcome)
+            else:
+                call.answer.set_result(outcome)
+
+    async def _apply_disbursements(
+        self, session: AsyncSession, batch: list[DisbursementCall]
+    ) -> dict[int, service_pb2.RecordDisbursementResponse | DomainError | None]:
+        outcomes: dict[int, service_pb2.RecordDisbursementResponse | DomainError | None] = {}
+        taken: set[tuple[str, str]] = set()
+        chosen: list[int] = []
+        for index, call in enumerate(batch):
+            request = call.item[0]
+            keys = {
+                ("request", request.request_id),
+                ("outreach", request.campaign_id),
+                ("loan", request.loan_number),
+                ("disbursement", request.disbursement_id),
+            }
+            if not request.request_id or len(request.request_id) > 200 or keys & taken:
+                outcomes[index] = None
+                continue
+            taken |= keys
+            chosen.append(index)
+        requests = {index: batch[index].item[0] for index in chosen}
+        answered_before = await self.idempotency.previous_many(
+            session, "RecordDisbursement", list(requests.values()), service_pb2.RecordDisbursementResponse
+        )
+        todo = []
+        for index, request in requests.items():
+            if request.request_id in answered_before:
+                outcomes[index] = answered_before[request.request_id]
+            else:
+                todo.append(index)
+        locked = await store.lock_outreaches(session, {requests[index].campaign_id for index in todo})
+        loans = await store.get_loans(session, {requests[index].loan_number for index in todo})
+        recorded = await store.recorded_disbursements(session, {requests[index].disbursement_id for index in todo})
+
+        rows: list[dict[str, object]] = []
+        steps: list[dict[str, object]] = []
+        rollup_changes = []
+        events = []
+        done: list[tuple[int, str, Revenue]] = []
+        for index in todo:
+            request, disbursed_at = batch[index].item
+            try:
+                outreach_funnel, loan = self._check_disbursement(request, disbursed_at, locked, loans, recorded)
+            except DomainError as error:
+                outcomes[index] = error
+                continue
+            outreach = outreach_funnel.outreach
+            amount = request.amount.minor_units
+            model_name, model = self.revenue_models.for_products(loan.product_code, outreach.product_code)
+            revenue = model.price(amount)
+            rows.append(
+                {
+                    "disbursement_id": request.disbursement_id,
+                    "loan_number": request.loan_number,
+                    "campaign_id": request.campaign_id,
+                    "amount_paise": amount,
+                    "currency_code": self.currency,
+                    "disbursed_at": disbursed_at,
+                    "lifetime_revenue_paise": revenue.lifetime_paise,
+                    "year1_revenue_paise": revenue.year1_paise,
+                    "revenue_model": model_name,
+                    "recorded_at": datetime.now(UTC),
+                }
+            )
+            changed, deltas = self.ledger.plan_step(
+                session, outreach_funnel, rules.DISBURSED, disbursed_at, measure_since_outreach=True
+            )
+            if changed:
+                steps.append({"campaign_id": request.campaign_id, "step": rules.DISBURSED, "first_at": disbursed_at})
+            money_deltas = disbursement_money(amount, revenue.lifetime_paise, revenue.year1_paise)
+            rollup_changes.append((outreach, [*deltas, (disbursed_at, money_deltas)]))
+            self.ledger.metrics.disbursed(session, amount, self.currency)
+            conversion = events_pb2.ConversionRecorded(
+                campaign_id=request.campaign_id,
+                loan_number=request.loan_number,
+                amount=money(amount, self.currency),
+                lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+                year1_revenue=money(revenue.year1_paise, self.currency),
+                disburse_time=timestamp(disbursed_at),
+                profile_id=outreach.profile_id,
+                product_code=loan.product_code or outreach.product_code,
+            )
+            # Built in the call's own context, so the event continues the call's trace.
+            events.append(
+                batch[index].context.run(
+                    self.outbox.event, streams.CONVERSION_RECORDED, conversion, campaign_id=request.campaign_id
                 )
-                if not recorded:
-                    # Raised inside the transaction, so it rolls back and nothing is written.
-                    raise AlreadyExists(
-                        f"disbursement_id {request.disbursement_id!r} is already recorded; "
-                        "a retry of the same request must reuse its request_id",
-                        field="disbursement_id",
-                    )
-                await self.ledger.record_disbursement(
-                    session, locked, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
-                )
-                self.ledger.metrics.disbursed(session, amount, self.currency)
-                await self.outbox.add(
-                    session,
-                    streams.CONVERSION_RECORDED,
-                    events_pb2.ConversionRecorded(
-                        campaign_id=request.campaign_id,
-                        loan_number=request.loan_number,
-                        amount=money(amount, self.currency),
-                        lifetime_revenue=money(revenue.lifetime_paise, self.currency),
-                        year1_revenue=money(revenue.year1_paise, self.currency),
-                        disburse_time=timestamp(disbursed_at),
-                        profile_id=outreach.profile_id,
-                        product_code=loan_product or outreach.product_code,
-                    ),
-                    campaign_id=request.campaign_id,
-                )
-                attribution = await store.attribution(session, request.campaign_id, outreach)
-                assert attribution is not None
-                response = service_pb2.RecordDisbursementResponse(attribution=self._attribution(attribution))
-                await self.idempotency.remember(session, "RecordDisbursement", request, response)
+            )
+            done.append((index, model_name, revenue))
+
+        await store.add_disbursements(session, rows)
+        await store.reach_steps(session, steps)
+        await self.ledger.rollup.apply_many(session, rollup_changes)
+        await self.outbox.add_rows(session, events)
+        attributions = await store.attributions(
+            session, {requests[index].campaign_id: locked[requests[index].campaign_id].outreach for index, _, _ in done}
+        )
+        remembered = []
+        for index, model_name, revenue in done:
+            request = requests[index]
+            response = service_pb2.RecordDisbursementResponse(
+                attribution=self._attribution(attributions[request.campaign_id])
+            )
+            outcomes[index] = response
+            remembered.append((request, response))
             log.info(
                 "disbursement_attributed",
-                amount_paise=amount,
+                amount_paise=request.amount.minor_units,
                 lifetime_revenue_paise=revenue.lifetime_paise,
                 revenue_model=model_name,
+                batch_size=len(batch),
             )
-            return response
+        await self.idempotency.remember_many(session, "RecordDisbursement", remembered)
+        return outcomes
+
+    @staticmethod
+    def _check_disbursement(
+        request: service_pb2.RecordDisbursementRequest,
+        disbursed_at: datetime,
+        locked: dict[str, store.LockedOutreach],
+        loans: dict[str, store.Loan],
+        recorded: set[str],
+    ) -> tuple[store.LockedOutreach, store.Loan]:
+        """The checks of _record_disbursement_alone, in its order, against what the batch read."""
+        outreach_funnel = locked.get(request.campaign_id)
+        if outreach_funnel is None:
+            raise rules.unknown_outreach(request.campaign_id)
+        loan = loans.get(request.loan_number)
+        rules.check_disbursement(request.loan_number, loan.stage if loan is not None else None)
+        assert loan is not None
+        rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+        rules.check_not_before_outreach(
+            request.campaign_id, outreach_funnel.outreach.created_at, disbursed_at, field="disburse_time"
+        )
+        if request.disbursement_id in recorded:
+            raise AlreadyExists(
+                f"disbursement_id {request.disbursement_id!r} is already recorded; "
+                "a retry of the same request must reuse its request_id",
+                field="disbursement_id",
+            )
+        return outreach_funnel, loan
 
     async def GetCampaignAttribution(
         self, request: service_pb2.GetCampaignAttributionRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,11 @@ RM_TIME = "rm_time"
 FIXED = "fixed"
 
 
+def disbursement_money(amount_paise: int, lifetime_paise: int, year1_paise: int) -> dict[str, int]:
+    """A disbursement's rollup counters, added on its disbursement day."""
+    return {"disbursed_paise": amount_paise, "lifetime_paise": lifetime_paise, "year1_paise": year1_paise}
+
+
 class Ledger:
     """Applies the cost model as outreaches and leads are recorded."""
 
@@ -44,17 +49,30 @@ class Ledger:
         once (a delivery receipt and an open) would otherwise both read the funnel before either wrote it, and
         count a level twice.
         """
-        outreach, before = locked.outreach, dict(locked.funnel)
+        changed, deltas = self.plan_step(session, locked, step, at, measure_since_outreach=measure_since_outreach)
+        if changed:
+            await store.reach_step(session, locked.outreach.campaign_id, step, at)
+        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {})])
+
+    def plan_step(
+        self,
+        session: AsyncSession,
+        locked: store.LockedOutreach,
+        step: str,
+        at: datetime,
+        *,
+        measure_since_outreach: bool,
+    ) -> tuple[bool, list[tuple[datetime, Mapping[str, int]]]]:
+        """What reaching `step` at `at` changes: whether the step's first time moves (then the caller writes it), and
+        the rollup deltas of the funnel levels that move. Updates `locked.funnel`; counts the step on commit."""
+        before = dict(locked.funnel)
         after = dict(before)
         after[step] = min(before.get(step, at), at)
-        if after[step] != before.get(step):
-            await store.reach_step(session, outreach.campaign_id, step, at)
+        changed = after[step] != before.get(step)
+        if changed:
             locked.funnel[step] = after[step]
-        deltas: list[tuple[datetime, Mapping[str, int]]] = list(funnel_moves(outreach, before, after).items())
-        if also:
-            deltas.append((at, also))
-        await self.rollup.apply(session, outreach, deltas)
-        self.metrics.step(session, step, at, outreach.created_at if measure_since_outreach else None)
+        self.metrics.step(session, step, at, locked.outreach.created_at if measure_since_outreach else None)
+        return changed, list(funnel_moves(locked.outreach, before, after).items())
 
     async def record_disbursement(
         self,
@@ -67,8 +85,14 @@ class Ledger:
     ) -> None:
         """Adds a disbursement's money to the views on its disbursement day and marks the outreach disbursed, in
         one rollup statement (the ledger row is the caller's; so is the outreach's row lock)."""
-        money = {"disbursed_paise": amount_paise, "lifetime_paise": lifetime_paise, "year1_paise": year1_paise}
-        await self.reach_step(session, locked, DISBURSED, at, measure_since_outreach=True, also=money)
+        await self.reach_step(
+            session,
+            locked,
+            DISBURSED,
+            at,
+            measure_since_outreach=True,
+            also=disbursement_money(amount_paise, lifetime_paise, year1_paise),
+        )
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
         """Records the outreach and its send cost once; False when its campaign ID was already recorded."""

@@ -1,6 +1,7 @@
 """The attribution ledger: tables of this service's own database and the queries over them."""
 
 import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -537,3 +538,153 @@ async def add_profile_conversion(
     )
     result = cast(CursorResult[Any], await session.execute(statement))
     return bool(result.rowcount)
+
+
+# Set-based forms of the disbursement path, for a batch of disbursements applied in one transaction
+# (disbursements.DisbursementBatches): a handful of statements however many disbursements the batch holds.
+
+
+async def lock_outreaches(session: AsyncSession, campaign_ids: Collection[str]) -> dict[str, LockedOutreach]:
+    """lock_outreach for many outreaches at once; the ones not in the ledger are left out."""
+    if not campaign_ids:
+        return {}
+    ordered = sorted(campaign_ids)
+    if dialect_of(session) == "postgresql":
+        # In campaign ID order, as every batch takes them, so two batches cannot wait for each other's rows.
+        await session.execute(
+            select(outreaches.c.campaign_id)
+            .where(outreaches.c.campaign_id.in_(ordered))
+            .order_by(outreaches.c.campaign_id)
+            .with_for_update()
+        )
+    query = (
+        select(*_OUTREACH_COLUMNS, funnel_steps.c.step, funnel_steps.c.first_at)
+        .select_from(outreaches.outerjoin(funnel_steps, funnel_steps.c.campaign_id == outreaches.c.campaign_id))
+        .where(outreaches.c.campaign_id.in_(ordered))
+    )
+    locked: dict[str, LockedOutreach] = {}
+    for row in (await session.execute(query)).mappings():
+        campaign_id = row["campaign_id"]
+        if campaign_id not in locked:
+            outreach = Outreach(**{name: row[name] for name in Outreach.__dataclass_fields__})
+            locked[campaign_id] = LockedOutreach(outreach, {})
+        if row["step"] is not None:
+            locked[campaign_id].funnel[row["step"]] = row["first_at"]
+    return locked
+
+
+async def get_loans(session: AsyncSession, loan_numbers: Collection[str]) -> dict[str, Loan]:
+    """The loans, locked for the rest of the transaction on PostgreSQL (in loan number order)."""
+    if not loan_numbers:
+        return {}
+    query = (
+        select(*_LOAN_COLUMNS)
+        .where(loans.c.loan_number.in_(sorted(loan_numbers)))
+        .order_by(loans.c.loan_number)
+        .with_for_update()
+    )
+    return {row["loan_number"]: Loan(**row) for row in (await session.execute(query)).mappings()}
+
+
+async def recorded_disbursements(session: AsyncSession, disbursement_ids: Collection[str]) -> set[str]:
+    """Which of the disbursement ids are already in the ledger."""
+    if not disbursement_ids:
+        return set()
+    query = select(disbursements.c.disbursement_id).where(disbursements.c.disbursement_id.in_(list(disbursement_ids)))
+    return set((await session.execute(query)).scalars())
+
+
+async def add_disbursements(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Records disbursements (rows of the disbursements table) and adds each to its loan's total; one loan per row."""
+    if not rows:
+        return
+    await session.execute(insert(disbursements), list(rows))
+    await session.execute(
+        update(loans)
+        .where(loans.c.loan_number == bindparam("loan"))
+        .values(
+            stage=DISBURSED,
+            disbursed_paise=loans.c.disbursed_paise + bindparam("amount"),
+            first_disbursed_at=func.coalesce(loans.c.first_disbursed_at, bindparam("at", type_=UtcDateTime)),
+            last_disbursed_at=bindparam("at", type_=UtcDateTime),
+        ),
+        [{"loan": row["loan_number"], "amount": row["amount_paise"], "at": row["disbursed_at"]} for row in rows],
+    )
+
+
+async def reach_steps(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """reach_step for many (campaign_id, step, first_at) rows in one statement."""
+    if not rows:
+        return
+    statement = upsert_insert(session, funnel_steps)
+    earliest = func.least if dialect_of(session) == "postgresql" else func.min
+    statement = statement.on_conflict_do_update(
+        index_elements=[funnel_steps.c.campaign_id, funnel_steps.c.step],
+        set_={"first_at": earliest(funnel_steps.c.first_at, statement.excluded.first_at)},
+    )
+    await session.execute(statement, list(rows))
+
+
+async def attributions(session: AsyncSession, outreaches_by_id: Mapping[str, Outreach]) -> dict[str, Attribution]:
+    """attribution() for many outreaches in five set-based queries."""
+    ids = sorted(outreaches_by_id)
+    if not ids:
+        return {}
+
+    money = {
+        row.campaign_id: row
+        for row in (
+            await session.execute(
+                select(
+                    disbursements.c.campaign_id,
+                    func.sum(disbursements.c.amount_paise).label("disbursed"),
+                    func.sum(disbursements.c.lifetime_revenue_paise).label("lifetime"),
+                    func.sum(disbursements.c.year1_revenue_paise).label("year1"),
+                )
+                .where(disbursements.c.campaign_id.in_(ids))
+                .group_by(disbursements.c.campaign_id)
+            )
+        ).all()
+    }
+    cost_query = (
+        select(costs.c.campaign_id, func.sum(costs.c.amount_paise))
+        .where(costs.c.campaign_id.in_(ids))
+        .group_by(costs.c.campaign_id)
+    )
+    cost = {campaign_id: total for campaign_id, total in (await session.execute(cost_query)).tuples()}
+    rank = case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=funnel_steps.c.step, else_=0)
+    furthest_query = (
+        select(funnel_steps.c.campaign_id, func.max(rank))
+        .where(funnel_steps.c.campaign_id.in_(ids))
+        .group_by(funnel_steps.c.campaign_id)
+    )
+    furthest = {campaign_id: rank for campaign_id, rank in (await session.execute(furthest_query)).tuples()}
+    loans_of: dict[str, list[Loan]] = {campaign_id: [] for campaign_id in ids}
+    loan_query = (
+        select(*_LOAN_COLUMNS).where(loans.c.campaign_id.in_(ids)).order_by(loans.c.applied_at, loans.c.loan_number)
+    )
+    for row in (await session.execute(loan_query)).mappings():
+        loans_of[row["campaign_id"]].append(Loan(**row))
+    leads_of: dict[str, list[Lead]] = {campaign_id: [] for campaign_id in ids}
+    lead_query = (
+        select(leads.c.lead_id, leads.c.campaign_id, leads.c.crm_lead_id, leads.c.origin, leads.c.created_at)
+        .where(leads.c.campaign_id.in_(ids))
+        .order_by(leads.c.created_at, leads.c.lead_id)
+    )
+    for row in (await session.execute(lead_query)).mappings():
+        leads_of[row["campaign_id"]].append(Lead(**row))
+    result = {}
+    for campaign_id in ids:
+        paid = money.get(campaign_id)
+        reached = int(furthest.get(campaign_id) or 0)
+        result[campaign_id] = Attribution(
+            outreach=outreaches_by_id[campaign_id],
+            disbursed_paise=int(paid.disbursed) if paid else 0,
+            lifetime_revenue_paise=int(paid.lifetime) if paid else 0,
+            year1_revenue_paise=int(paid.year1) if paid else 0,
+            cost_paise=int(cost.get(campaign_id) or 0),
+            funnel={step: int(reached >= funnel_rank(step)) for step in FUNNEL_STEPS},
+            loans=loans_of[campaign_id],
+            leads=leads_of[campaign_id],
+        )
+    return result

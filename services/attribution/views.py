@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select
+from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -98,25 +98,36 @@ class Rollup:
         self, session: AsyncSession, outreach: store.Outreach, deltas: Iterable[tuple[datetime, Mapping[str, int]]]
     ) -> None:
         """Adds each instant's counters to the outreach's rollup row of that instant's local day, in one statement."""
-        by_day: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTER_COLUMNS, 0))
-        for at, counters_at in deltas:
-            unknown = counters_at.keys() - set(COUNTER_COLUMNS)
-            if unknown:
-                raise ValueError(f"not rollup counters: {sorted(unknown)}")
-            counters = by_day[self.day(at)]
-            for column, delta in counters_at.items():
-                counters[column] += delta
-        dimensions = {
-            "campaign_key": outreach.campaign_key,
-            "programme": programme_of(outreach.campaign_id),
-            "trigger_code": outreach.trigger_code,
-            "channel": outreach.channel,
-            "product_code": outreach.product_code,
-            "labels_key": store.labels_key(outreach.labels),
-        }
-        # In day order, so concurrent transactions touch shared rollup rows in the same order (no deadlock).
+        await self.apply_many(session, [(outreach, deltas)])
+
+    async def apply_many(
+        self,
+        session: AsyncSession,
+        changes: Iterable[tuple[store.Outreach, Iterable[tuple[datetime, Mapping[str, int]]]]],
+    ) -> None:
+        """apply() for many outreaches in one statement; changes that land on the same rollup row are summed first."""
+        by_key: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTER_COLUMNS, 0))
+        for outreach, deltas in changes:
+            dimensions = (
+                outreach.campaign_key,
+                programme_of(outreach.campaign_id),
+                outreach.trigger_code,
+                outreach.channel,
+                outreach.product_code,
+                store.labels_key(outreach.labels),
+            )
+            for at, counters_at in deltas:
+                unknown = counters_at.keys() - set(COUNTER_COLUMNS)
+                if unknown:
+                    raise ValueError(f"not rollup counters: {sorted(unknown)}")
+                counters = by_key[(self.day(at), *dimensions)]
+                for column, delta in counters_at.items():
+                    counters[column] += delta
+        # In key order, so concurrent transactions touch shared rollup rows in the same order (no deadlock).
         rows = [
-            {"day": day, **dimensions, **counters} for day, counters in sorted(by_day.items()) if any(counters.values())
+            {**dict(zip(store.ROLLUP_KEY, key, strict=True)), **counters}
+            for key, counters in sorted(by_key.items())
+            if any(counters.values())
         ]
         if rows:
             await session.execute(self._upsert(session), rows)
@@ -290,9 +301,11 @@ RollupKey = tuple[str, ...]
 
 
 async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[RollupKey, dict[str, int]]:
-    """Every rollup row as the ledger says it should be, from set-based queries over the ledger's tables.
+    """Every rollup row as the ledger says it should be, in five set-based queries over the ledger's tables.
 
-    Returns {rollup key: {counter: value}} with only non-zero counters.
+    Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups by local day and the
+    outreach's dimensions in the database and returns days × dimensions rows, never one row per outreach,
+    except the lag pass (one row per conversion: 50k in a month).
     """
     o = store.outreaches
     dims = (
@@ -305,25 +318,30 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
     )
     rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
-    async def collect(day: Any, join: Any, sums: Mapping[str, Any], *where: Any) -> None:
-        day = day.label("day")
-        query = select(day, *dims, *(value.label(name) for name, value in sums.items())).select_from(join)
-        query = query.where(*where).group_by(day, *dims)
+    def day_of(column: Any) -> Any:
+        return _day_expression(session, column, utc_offset_minutes).label("day")
+
+    async def collect(day: Any, source: Any, sums: Mapping[str, Any], counter: Any = None) -> None:
+        """Adds one grouped pass to `rows`; with `counter`, each row's single sum goes to the column it names."""
+        extra = [counter.label("counter")] if counter is not None else []
+        query = select(day, *dims, *extra, *(value.label(name) for name, value in sums.items())).select_from(source)
+        query = query.group_by(day, *dims, *extra)
         for row in (await session.execute(query)).mappings():
             key = (str(row["day"]), *(str(row[d.name]) for d in dims))
             for name in sums:
-                rows[key][name] += int(row[name] or 0)
+                rows[key][str(row["counter"]) if counter is not None else name] += int(row[name] or 0)
 
-    await collect(_day_expression(session, o.c.created_at, utc_offset_minutes), o, {"sent": func.count()})
+    # 1. Sends: an outreach counts on the day it was created.
+    await collect(day_of(o.c.created_at), o, {"sent": func.count()})
+    # 2. Costs on the day each was booked.
     c = store.costs
     await collect(
-        _day_expression(session, c.c.at, utc_offset_minutes),
-        c.join(o, o.c.campaign_id == c.c.campaign_id),
-        {"cost_paise": func.sum(c.c.amount_paise)},
+        day_of(c.c.at), c.join(o, o.c.campaign_id == c.c.campaign_id), {"cost_paise": func.sum(c.c.amount_paise)}
     )
+    # 3. Money on its disbursement day.
     d = store.disbursements
     await collect(
-        _day_expression(session, d.c.disbursed_at, utc_offset_minutes),
+        day_of(d.c.disbursed_at),
         d.join(o, o.c.campaign_id == d.c.campaign_id),
         {
             "disbursed_paise": func.sum(d.c.amount_paise),
@@ -331,23 +349,42 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
             "year1_paise": func.sum(d.c.year1_revenue_paise),
         },
     )
+    # 4. The funnel, all levels in one pass: each outreach's first time at each level (the earliest of that step
+    # and every later one, reporting.funnel_levels), one row per level reached, grouped by day and level.
     f = store.funnel_steps
-    ranks = {step: funnel_rank(step) for step in FUNNEL_STEPS}
-    for step in FUNNEL_STEPS:
-        later = [name for name, rank in ranks.items() if rank >= ranks[step]]
-        # When each outreach first reached this level: the earliest of this step and every later one.
-        reached = (
-            select(f.c.campaign_id, func.min(f.c.first_at).label("at"))
-            .where(f.c.step.in_(later))
-            .group_by(f.c.campaign_id)
-            .subquery()
+    ranked = select(
+        f.c.campaign_id,
+        f.c.first_at,
+        case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=f.c.step, else_=0).label("rank"),
+    ).subquery("ranked")
+    levels = (
+        select(
+            ranked.c.campaign_id,
+            *(
+                func.min(case((ranked.c.rank >= funnel_rank(step), ranked.c.first_at))).label(funnel_column(step))
+                for step in FUNNEL_STEPS
+            ),
         )
-        await collect(
-            _day_expression(session, reached.c.at, utc_offset_minutes),
-            reached.join(o, o.c.campaign_id == reached.c.campaign_id),
-            {funnel_column(step): func.count()},
+        .group_by(ranked.c.campaign_id)
+        .cte("levels")
+    )
+    reached = union_all(
+        *(
+            select(
+                levels.c.campaign_id,
+                literal(funnel_column(step)).label("level"),
+                levels.c[funnel_column(step)].label("at"),
+            ).where(levels.c[funnel_column(step)].is_not(None))
+            for step in FUNNEL_STEPS
         )
-    # Lag buckets need each conversion's send time: one row per conversion (50k a month), bucketed here.
+    ).subquery("reached")
+    await collect(
+        day_of(reached.c.at),
+        reached.join(o, o.c.campaign_id == reached.c.campaign_id),
+        {"count": func.count()},
+        counter=reached.c.level,
+    )
+    # 5. Lag buckets need each conversion's send time: one row per conversion, bucketed here.
     converted = select(f.c.campaign_id, f.c.first_at).where(f.c.step == DISBURSED).subquery()
     query = select(converted.c.first_at, o.c.created_at, *dims).select_from(
         converted.join(o, o.c.campaign_id == converted.c.campaign_id)

@@ -1,0 +1,114 @@
+"""Concurrent disbursements share transactions on SQLite and PostgreSQL: each call still gets its own answer or its
+own error, a retry its first answer, and the views end up exactly what the ledger says."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from plumbing.bus import Bus
+from plumbing.db import Database
+from services import streams
+from services.attribution import views
+from services.attribution.app import build
+from services.attribution.settings import AttributionSettings
+from tests.integration.attribution.seeding import SENT_AT, inr, publish_outreach, ts, wait_sent
+from xsell.attribution.v1 import service_pb2, service_pb2_grpc
+
+DISBURSED_AT = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
+OUTREACHES = [f"CSELL-NOV-T06-{n:04d}" for n in range(1, 13)]
+
+
+@pytest.fixture
+async def stub(
+    database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path
+) -> AsyncIterator[service_pb2_grpc.AttributionServiceStub]:
+    await nats_bus.ensure_streams(streams.ALL_STREAMS)
+    settings = AttributionSettings(  # type: ignore[call-arg]
+        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
+    )
+    process = await build(settings, TracerProvider())
+    await process.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
+    try:
+        stub = service_pb2_grpc.AttributionServiceStub(channel)
+        for number, campaign_id in enumerate(OUTREACHES):
+            await publish_outreach(nats_bus, campaign_id, profile_id=f"prf_{number}")
+        await wait_sent(stub, len(OUTREACHES))
+        for campaign_id in OUTREACHES:
+            await stub.RecordApplication(
+                service_pb2.RecordApplicationRequest(
+                    request_id=f"app-{campaign_id}", loan_number=f"LA-{campaign_id}", campaign_id=campaign_id
+                )
+            )
+            await stub.RecordSanction(
+                service_pb2.RecordSanctionRequest(
+                    request_id=f"san-{campaign_id}",
+                    loan_number=f"LA-{campaign_id}",
+                    campaign_id=campaign_id,
+                    amount=inr(200_000_000),
+                )
+            )
+        yield stub
+    finally:
+        await channel.close()
+        await process.stop(1)
+
+
+def _disbursement(
+    campaign_id: str, request_id: str, disbursement_id: str, amount: int = 100_000_000
+) -> service_pb2.RecordDisbursementRequest:
+    return service_pb2.RecordDisbursementRequest(
+        request_id=request_id,
+        disbursement_id=disbursement_id,
+        loan_number=f"LA-{campaign_id}",
+        campaign_id=campaign_id,
+        amount=inr(amount),
+        disburse_time=ts(DISBURSED_AT),
+    )
+
+
+async def test_concurrent_disbursements_each_get_their_own_outcome_and_the_views_match_the_ledger(
+    stub: service_pb2_grpc.AttributionServiceStub, database_url: str
+) -> None:
+    calls = [_disbursement(campaign_id, f"dis-{campaign_id}", f"D-{campaign_id}") for campaign_id in OUTREACHES]
+    # A retry of the first call, a second tranche of the second loan, a disbursement id already used by the
+    # third call, a loan never applied for, and a disbursement before its outreach was sent.
+    calls.append(_disbursement(OUTREACHES[0], f"dis-{OUTREACHES[0]}", f"D-{OUTREACHES[0]}"))
+    calls.append(_disbursement(OUTREACHES[1], "dis-second-tranche", "D-second-tranche", amount=50_000_000))
+    calls.append(_disbursement(OUTREACHES[3], "dis-reused-id", f"D-{OUTREACHES[2]}"))
+    unknown_loan = _disbursement(OUTREACHES[4], "dis-unknown-loan", "D-unknown-loan")
+    unknown_loan.loan_number = "LA-NEVER-APPLIED"
+    calls.append(unknown_loan)
+    too_early = _disbursement(OUTREACHES[5], "dis-too-early", "D-too-early")
+    too_early.disburse_time.CopyFrom(ts(SENT_AT.replace(day=1)))
+    calls.append(too_early)
+
+    outcomes = await asyncio.gather(*(stub.RecordDisbursement(call) for call in calls), return_exceptions=True)
+
+    answers = outcomes[: len(OUTREACHES)]
+    assert all(isinstance(answer, service_pb2.RecordDisbursementResponse) for answer in answers)
+    retry, second_tranche, reused_id, never_applied, before_outreach = outcomes[len(OUTREACHES) :]
+    assert retry == answers[0]
+    assert isinstance(second_tranche, service_pb2.RecordDisbursementResponse)
+    assert second_tranche.attribution.disbursed_amount.minor_units == 150_000_000
+    assert isinstance(reused_id, grpc.aio.AioRpcError) and reused_id.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert isinstance(never_applied, grpc.aio.AioRpcError)
+    assert never_applied.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(before_outreach, grpc.aio.AioRpcError)
+    assert before_outreach.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    report = await stub.GetAttributionReport(service_pb2.GetAttributionReportRequest())
+    # Twelve first tranches of ₹10 lakh and one second tranche of ₹5 lakh; the failed calls wrote nothing.
+    assert report.total.disbursed_amount.minor_units == 12 * 100_000_000 + 50_000_000
+    assert report.total.conversions == 12
+    db = Database(database_url)
+    try:
+        async with db.snapshot() as session:
+            assert await views.stored(session) == await views.recompute(session, 330)
+    finally:
+        await db.dispose()
