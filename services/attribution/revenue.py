@@ -17,6 +17,33 @@ and never drifts when read again.
 Worked example (the seed's CSELL-NOV-T06-0884): ₹17,40,000 disbursed (174 000 000 paise) at
 260 bp over 10 years → year-1 ₹45,240 (4 524 000 paise), lifetime ₹4,52,400 (45 240 000 paise).
 
+Revenue: NIM amortising (lending)
+---------------------------------
+An amortising loan repays principal every month, so the lender earns its NIM on a falling balance.
+With the loan's yearly rate `rate_bps`, r = rate / 12 a month and n = `tenor_months`:
+
+    EMI            = amount × r × (1 + r)^n / ((1 + r)^n − 1)         (amount / n at a zero rate)
+    each month     : revenue += opening balance × nim_bps / 10 000 / 12
+                     balance −= EMI − balance × r                      (the principal part of the EMI)
+                     balance −= balance × prepayment_bps / 10 000 / 12 (expected prepayment; the EMI stays,
+                                                                         so the schedule ends sooner)
+    lifetime revenue = the sum over every month until the balance is repaid
+    year-1 revenue   = the sum over the first 12 months
+
+Worked example: ₹10,00,000 at 12 % over 24 months, NIM 3 %, no prepayment → EMI ₹47,073.47;
+year-1 ₹23,674, lifetime ₹32,441. (Check: the balances a lender earns on add up to the interest paid
+÷ r, so lifetime = (24 × EMI − ₹10,00,000) ÷ 1 % × 0.25 %.)
+
+Revenue: funds and deposits (balance × rate)
+--------------------------------------------
+    year-1 revenue   = amount × rate_bps / 10 000 × min(12, months) / 12
+    lifetime revenue = amount × rate_bps / 10 000 × months / 12
+
+`aum_trail`: a fund's trail commission (or TER share) on the invested amount over the expected
+holding period: ₹5,00,000 at 75 bp held 36 months → year-1 ₹3,750, lifetime ₹11,250.
+`deposit_spread`: a deposit's spread over the cost of funds on its balance over its expected life:
+₹2,00,000 at 250 bp for 18 months → year-1 ₹5,000, lifetime ₹7,500.
+
 Cost
 ----
 Each outreach carries the cost booked against it:
@@ -42,6 +69,9 @@ DEFAULT_PRODUCT = "default"
 """The revenue-model key used when a product has no model of its own."""
 
 NIM_FLAT = "nim_flat"
+NIM_AMORTISING = "nim_amortising"
+AUM_TRAIL = "aum_trail"
+DEPOSIT_SPREAD = "deposit_spread"
 
 
 def round_half_up(value: Fraction) -> int:
@@ -80,8 +110,78 @@ class NimFlatModel:
         )
 
 
-RevenueModel = NimFlatModel
-"""Every revenue-model kind; AUM-based (funds) and balance-based (deposits) models join this union."""
+@dataclass(frozen=True)
+class NimAmortisingModel:
+    """Lending revenue on an amortising loan: the NIM on each month's opening balance of its EMI schedule, with an
+    expected prepayment that shortens the schedule (the EMI stays, as Indian lenders do by default)."""
+
+    rate_bps: int
+    nim_bps: int
+    tenor_months: int
+    prepayment_bps: int = 0
+    kind: str = NIM_AMORTISING
+
+    def __post_init__(self) -> None:
+        for name in ("rate_bps", "nim_bps", "prepayment_bps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if self.tenor_months <= 0:
+            raise ValueError(f"tenor_months must be positive, got {self.tenor_months}")
+
+    def emi(self, amount_paise: int) -> Fraction:
+        """The equated monthly instalment, exact: P·r·(1+r)^n / ((1+r)^n − 1), or P / n at a zero rate."""
+        monthly = Fraction(self.rate_bps, 10_000 * 12)
+        if monthly == 0:
+            return Fraction(amount_paise, self.tenor_months)
+        growth = (1 + monthly) ** self.tenor_months
+        return amount_paise * monthly * growth / (growth - 1)
+
+    def price(self, amount_paise: int) -> Revenue:
+        monthly_rate = Fraction(self.rate_bps, 10_000 * 12)
+        monthly_nim = Fraction(self.nim_bps, 10_000 * 12)
+        monthly_prepayment = Fraction(self.prepayment_bps, 10_000 * 12)
+        instalment = self.emi(amount_paise)
+        balance = Fraction(amount_paise)
+        lifetime = year1 = Fraction(0)
+        for month in range(1, self.tenor_months + 1):
+            if balance <= 0:
+                break
+            earned = balance * monthly_nim
+            lifetime += earned
+            if month <= 12:
+                year1 += earned
+            balance -= min(balance, instalment - balance * monthly_rate)
+            balance -= balance * monthly_prepayment
+        return Revenue(lifetime_paise=round_half_up(lifetime), year1_paise=round_half_up(year1))
+
+
+@dataclass(frozen=True)
+class BalanceRateModel:
+    """Revenue at a yearly rate on a balance held for an expected number of months: a fund's AUM earning its trail
+    commission (kind aum_trail), or a deposit earning its spread over the cost of funds (kind deposit_spread)."""
+
+    kind: str
+    rate_bps: int
+    months: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in (AUM_TRAIL, DEPOSIT_SPREAD):
+            raise ValueError(f"kind must be {AUM_TRAIL} or {DEPOSIT_SPREAD}, got {self.kind}")
+        if self.rate_bps < 0:
+            raise ValueError(f"rate_bps must be zero or positive, got {self.rate_bps}")
+        if self.months <= 0:
+            raise ValueError(f"months must be positive, got {self.months}")
+
+    def price(self, amount_paise: int) -> Revenue:
+        monthly = Fraction(amount_paise * self.rate_bps, 10_000 * 12)
+        return Revenue(
+            lifetime_paise=round_half_up(monthly * self.months),
+            year1_paise=round_half_up(monthly * min(12, self.months)),
+        )
+
+
+RevenueModel = NimFlatModel | NimAmortisingModel | BalanceRateModel
+"""Every revenue-model kind; each prices an amount in paise into lifetime and year-1 revenue."""
 
 
 @dataclass(frozen=True)

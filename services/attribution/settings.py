@@ -1,12 +1,20 @@
 """Settings of the attribution service, read from XSELL_ATTRIBUTION_* environment variables."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
-from services.attribution.revenue import DEFAULT_PRODUCT, CostModel, NimFlatModel, RevenueModels
+from services.attribution.revenue import (
+    DEFAULT_PRODUCT,
+    BalanceRateModel,
+    CostModel,
+    NimAmortisingModel,
+    NimFlatModel,
+    RevenueModel,
+    RevenueModels,
+)
 
 
 class NimFlatSettings(BaseModel):
@@ -16,6 +24,44 @@ class NimFlatSettings(BaseModel):
     nim_bps: int = Field(260, ge=0, description="Net interest margin in basis points per year, e.g. 260 = 2.60 %.")
     tenor_years: int = Field(10, gt=0, description="Expected life of the loan in years.")
 
+    def model(self) -> RevenueModel:
+        return NimFlatModel(self.nim_bps, self.tenor_years)
+
+
+class NimAmortisingSettings(BaseModel):
+    """A lending product whose NIM is earned on the falling balance of its EMI schedule, with expected prepayment."""
+
+    kind: Literal["nim_amortising"] = Field(description="The revenue-model kind.")
+    rate_bps: int = Field(ge=0, description="The loan's yearly interest rate in basis points, e.g. 1200 = 12 %.")
+    nim_bps: int = Field(ge=0, description="Net interest margin in basis points per year on the outstanding balance.")
+    tenor_months: int = Field(gt=0, description="The EMI schedule's length in months.")
+    prepayment_bps: int = Field(
+        0, ge=0, description="Expected prepayment per year, in basis points of the outstanding balance."
+    )
+
+    def model(self) -> RevenueModel:
+        return NimAmortisingModel(self.rate_bps, self.nim_bps, self.tenor_months, self.prepayment_bps)
+
+
+class BalanceRateSettings(BaseModel):
+    """A fund (AUM × trail or TER share) or a deposit (balance × spread) earning a yearly rate for expected months."""
+
+    kind: Literal["aum_trail", "deposit_spread"] = Field(description="The revenue-model kind.")
+    rate_bps: int = Field(ge=0, description="Trail / TER share or deposit spread in basis points per year.")
+    months: int = Field(gt=0, description="Expected holding period (funds) or life of the balance (deposits).")
+
+    def model(self) -> RevenueModel:
+        return BalanceRateModel(self.kind, self.rate_bps, self.months)
+
+
+RevenueModelSettings = Annotated[
+    NimFlatSettings | NimAmortisingSettings | BalanceRateSettings, Field(discriminator="kind")
+]
+
+
+def _default_revenue_models() -> dict[str, RevenueModelSettings]:
+    return {DEFAULT_PRODUCT: NimFlatSettings(kind="nim_flat", nim_bps=260, tenor_years=10)}
+
 
 class AttributionSettings(ServiceSettings):
     """Read from the environment under XSELL_ATTRIBUTION_, e.g. XSELL_ATTRIBUTION_RM_MINUTES_PER_LEAD=20."""
@@ -23,11 +69,13 @@ class AttributionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="XSELL_ATTRIBUTION_", extra="ignore")
 
     grpc_port: int = Field(50064, description="gRPC port of the attribution service; 0 picks a free one (tests).")
-    revenue_models: dict[str, NimFlatSettings] = Field(
-        default_factory=lambda: {DEFAULT_PRODUCT: NimFlatSettings(kind="nim_flat", nim_bps=260, tenor_years=10)},
+    revenue_models: dict[str, RevenueModelSettings] = Field(
+        default_factory=_default_revenue_models,
         description=(
             'Revenue model per product code, with a "default" entry for every other product; JSON in the '
-            'environment, e.g. {"default": {"kind": "nim_flat", "nim_bps": 260, "tenor_years": 10}}.'
+            'environment, e.g. {"default": {"kind": "nim_flat", "nim_bps": 260, "tenor_years": 10}, "PL_TOPUP": '
+            '{"kind": "nim_amortising", "rate_bps": 1200, "nim_bps": 300, "tenor_months": 24, "prepayment_bps": 600}, '
+            '"MF_LUMPSUM": {"kind": "aum_trail", "rate_bps": 75, "months": 36}} (docs/attribution.md).'
         ),
     )
     send_cost_paise: dict[str, int] = Field(
@@ -47,7 +95,7 @@ class AttributionSettings(ServiceSettings):
 
     @field_validator("revenue_models")
     @classmethod
-    def _has_default(cls, value: dict[str, NimFlatSettings]) -> dict[str, NimFlatSettings]:
+    def _has_default(cls, value: dict[str, RevenueModelSettings]) -> dict[str, RevenueModelSettings]:
         if DEFAULT_PRODUCT not in value:
             raise ValueError(f'revenue_models needs a "{DEFAULT_PRODUCT}" entry for products without their own')
         return value
@@ -61,7 +109,7 @@ class AttributionSettings(ServiceSettings):
         return value
 
     def revenue(self) -> RevenueModels:
-        return RevenueModels({code: NimFlatModel(m.nim_bps, m.tenor_years) for code, m in self.revenue_models.items()})
+        return RevenueModels({code: settings.model() for code, settings in self.revenue_models.items()})
 
     def cost(self) -> CostModel:
         return CostModel(dict(self.send_cost_paise), self.rm_minutes_per_lead, self.rm_cost_paise_per_minute)

@@ -4,7 +4,18 @@ from fractions import Fraction
 
 import pytest
 
-from services.attribution.revenue import CostModel, NimFlatModel, RevenueModels, romi, round_half_up
+from services.attribution.revenue import (
+    AUM_TRAIL,
+    DEPOSIT_SPREAD,
+    BalanceRateModel,
+    CostModel,
+    NimAmortisingModel,
+    NimFlatModel,
+    Revenue,
+    RevenueModels,
+    romi,
+    round_half_up,
+)
 from services.attribution.settings import AttributionSettings
 
 DEFAULT_SEND_COSTS = {"email": 50, "sms": 25, "whatsapp": 80, "push": 2, "webhook": 0}
@@ -85,4 +96,67 @@ def test_revenue_models_without_default_are_rejected_at_start(monkeypatch: pytes
         "XSELL_ATTRIBUTION_REVENUE_MODELS", '{"HOME_LOAN": {"kind": "nim_flat", "nim_bps": 180, "tenor_years": 20}}'
     )
     with pytest.raises(ValueError, match="default"):
+        AttributionSettings()  # type: ignore[call-arg]
+
+
+def test_amortising_nim_worked_example_comes_out_to_the_rupee() -> None:
+    # ₹10,00,000 at 12 % a year over 24 months, NIM 3 %, no prepayment (docs/attribution.md).
+    model = NimAmortisingModel(rate_bps=1200, nim_bps=300, tenor_months=24)
+    instalment = model.emi(100_000_000)
+    assert round_half_up(instalment) == 4_707_347  # EMI ₹47,073.47
+    revenue = model.price(100_000_000)
+    assert revenue.lifetime_paise == 3_244_083  # ₹32,440.83
+    assert revenue.year1_paise == 2_367_431  # ₹23,674.31
+    # Independently: the balances a lender earns on add up to the interest paid ÷ the monthly rate, so the NIM on
+    # them is interest × (3 % / 12) ÷ (12 % / 12); after 12 months the balance is the value of 12 EMIs left.
+    monthly = Fraction(1, 100)
+    lifetime_interest = 24 * instalment - 100_000_000
+    left_after_a_year = instalment * (1 - (1 + monthly) ** -12) / monthly
+    year1_interest = 12 * instalment - (100_000_000 - left_after_a_year)
+    assert revenue.lifetime_paise == round_half_up(lifetime_interest / 4)
+    assert revenue.year1_paise == round_half_up(year1_interest / 4)
+
+
+def test_amortising_nim_with_expected_prepayment_ends_the_schedule_sooner() -> None:
+    # ₹1,20,000 interest-free over 3 months (EMI ₹40,000), NIM 1 % a month, 1 % of the balance prepaid a month:
+    # month 1 earns on ₹1,20,000 (₹1,200), then 40,000 repaid and 800 prepaid; month 2 on ₹79,200 (₹792), then
+    # 40,000 and 392; month 3 on ₹38,808 (₹388.08), which the last EMI repays.
+    model = NimAmortisingModel(rate_bps=0, nim_bps=1200, tenor_months=3, prepayment_bps=1200)
+    assert model.price(12_000_000) == Revenue(lifetime_paise=238_008, year1_paise=238_008)  # ₹2,380.08
+    without = NimAmortisingModel(rate_bps=0, nim_bps=1200, tenor_months=3).price(12_000_000)
+    assert without.lifetime_paise == 240_000  # 1 % of ₹1,20,000 + ₹80,000 + ₹40,000
+
+
+def test_fund_aum_and_deposit_spread_worked_examples_come_out_to_the_rupee() -> None:
+    # ₹5,00,000 invested, 75 bp trail, held 36 months; ₹2,00,000 deposited at a 250 bp spread for 18 months.
+    fund = BalanceRateModel(AUM_TRAIL, rate_bps=75, months=36).price(50_000_000)
+    deposit = BalanceRateModel(DEPOSIT_SPREAD, rate_bps=250, months=18).price(20_000_000)
+    assert fund == Revenue(lifetime_paise=1_125_000, year1_paise=375_000)  # ₹11,250 and ₹3,750
+    assert deposit == Revenue(lifetime_paise=750_000, year1_paise=500_000)  # ₹7,500 and ₹5,000
+    # A balance held under a year earns only its months in year 1 too.
+    assert BalanceRateModel(AUM_TRAIL, rate_bps=120, months=6).price(12_000_000).year1_paise == 72_000
+
+
+def test_every_model_kind_is_configurable_per_product_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "XSELL_ATTRIBUTION_REVENUE_MODELS",
+        '{"default": {"kind": "nim_flat", "nim_bps": 260, "tenor_years": 10},'
+        ' "PL_TOPUP": {"kind": "nim_amortising", "rate_bps": 1200, "nim_bps": 300, "tenor_months": 24,'
+        ' "prepayment_bps": 600},'
+        ' "MF_LUMPSUM": {"kind": "aum_trail", "rate_bps": 75, "months": 36},'
+        ' "FD_FUNDED": {"kind": "deposit_spread", "rate_bps": 250, "months": 18}}',
+    )
+    models = AttributionSettings().revenue()  # type: ignore[call-arg]
+    assert models.for_products("PL_TOPUP")[1] == NimAmortisingModel(1200, 300, 24, 600)
+    assert models.for_products("MF_LUMPSUM")[1] == BalanceRateModel(AUM_TRAIL, 75, 36)
+    assert models.for_products("FD_FUNDED")[1] == BalanceRateModel(DEPOSIT_SPREAD, 250, 18)
+    assert models.for_products("HOME_LOAN") == ("default", NimFlatModel(260, 10))
+
+
+def test_a_model_of_an_unknown_kind_is_rejected_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "XSELL_ATTRIBUTION_REVENUE_MODELS",
+        '{"default": {"kind": "nim_flat"}, "CARD": {"kind": "interchange", "rate_bps": 150, "months": 12}}',
+    )
+    with pytest.raises(ValueError, match="kind"):
         AttributionSettings()  # type: ignore[call-arg]
