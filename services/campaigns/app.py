@@ -68,11 +68,11 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         require_approval=settings.require_approval,
         triggers=triggers,
     )
-    # Triggers and resends create outreaches one by one, through the same gate as the release runner.
+    # Triggers (a batch at a time) and resends (one by one) go through the same gate as the release runner.
     follow_up_outbox = Outbox(store.outbox, on_commit=relay.notify)
     maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, library)
     people = PersonLookup(segments_channel)
-    trigger_handler = TriggerHandler(db, people, maker)
+    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, library)
     trigger_consumer = Consumer(
         bus,
         streams.CAMPAIGNS_TRIGGERS,

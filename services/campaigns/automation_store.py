@@ -9,19 +9,41 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import upsert_insert
 from plumbing.ids import new_id
-from services.campaigns.store import campaign_runs, campaigns, outreaches, run_exclusions
+from services.campaigns.store import campaign_runs, campaigns, inbox, outreaches, run_exclusions
 
 TRIGGER, RESEND = "trigger", "resend"
 # States in which a campaign's resends go on: a paused or cancelled campaign sends none.
 RESENDING_STATES = ("SCHEDULED", "RUNNING")
 
 
-async def campaigns_on_segment(session: AsyncSession, segment_id: str, state: str) -> Sequence[Row[Any]]:
-    """The campaigns on a segment in a state; the caller keeps those with a trigger (few per segment)."""
+async def campaigns_on_segments(session: AsyncSession, segment_ids: Sequence[str], state: str) -> Sequence[Row[Any]]:
+    """The campaigns with automation on these segments in a state; the caller keeps those with a trigger."""
+    if not segment_ids:
+        return []
     query = select(campaigns).where(
-        campaigns.c.segment_id == segment_id, campaigns.c.state == state, campaigns.c.automation.is_not(None)
+        campaigns.c.segment_id.in_(list(segment_ids)), campaigns.c.state == state, campaigns.c.automation.is_not(None)
     )
     return (await session.execute(query)).all()
+
+
+async def campaigns_in_state(session: AsyncSession, campaign_keys: Sequence[str], state: str) -> Sequence[Row[Any]]:
+    if not campaign_keys:
+        return []
+    query = select(campaigns).where(campaigns.c.campaign_key.in_(list(campaign_keys)), campaigns.c.state == state)
+    return (await session.execute(query)).all()
+
+
+async def claim_messages(session: AsyncSession, consumer: str, message_ids: Sequence[str], at: datetime) -> set[str]:
+    """Records the messages as applied by `consumer` in one statement; returns those it had not applied before."""
+    if not message_ids:
+        return set()
+    statement = (
+        upsert_insert(session, inbox)
+        .values([{"consumer": consumer, "message_id": m, "applied_at": at} for m in dict.fromkeys(message_ids)])
+        .on_conflict_do_nothing()
+        .returning(inbox.c.message_id)
+    )
+    return set((await session.execute(statement)).scalars())
 
 
 async def campaigns_with_automation(session: AsyncSession, states: Sequence[str]) -> Sequence[Row[Any]]:
@@ -29,18 +51,25 @@ async def campaigns_with_automation(session: AsyncSession, states: Sequence[str]
     return (await session.execute(query)).all()
 
 
-async def last_trigger_outreach_at(session: AsyncSession, campaign_key: str, profile_id: str) -> datetime | None:
-    """When the campaign last gave the person an outreach (not a resend, not a test, not withdrawn)."""
+async def last_trigger_outreaches(
+    session: AsyncSession, campaign_key: str, profile_ids: Sequence[str]
+) -> dict[str, datetime]:
+    """When the campaign last gave each of these people an outreach (not a resend, not a test, not withdrawn)."""
+    if not profile_ids:
+        return {}
     o = outreaches.c
-    query = select(func.max(o.created_at)).where(
-        o.campaign_key == campaign_key,
-        o.profile_id == profile_id,
-        o.withdrawn_at.is_(None),
-        o.test.is_(False),
-        o.resend_of.is_(None),
+    query = (
+        select(o.profile_id, func.max(o.created_at))
+        .where(
+            o.campaign_key == campaign_key,
+            o.profile_id.in_(list(profile_ids)),
+            o.withdrawn_at.is_(None),
+            o.test.is_(False),
+            o.resend_of.is_(None),
+        )
+        .group_by(o.profile_id)
     )
-    value = (await session.execute(query)).scalar_one_or_none()
-    return value  # type: ignore[no-any-return]
+    return {row[0]: row[1] for row in await session.execute(query)}
 
 
 async def ensure_run(
@@ -81,11 +110,18 @@ async def ensure_run(
     return (await session.execute(query)).one()
 
 
-async def judged_in_run(session: AsyncSession, run_id: str, profile_id: str) -> bool:
-    """Whether the person already has an outreach or an exclusion in the run (one decision per person per run)."""
-    has_outreach = exists().where(outreaches.c.run_id == run_id, outreaches.c.profile_id == profile_id)
-    has_exclusion = exists().where(run_exclusions.c.run_id == run_id, run_exclusions.c.profile_id == profile_id)
-    return bool((await session.execute(select(or_(has_outreach, has_exclusion)))).scalar_one())
+async def judged_in_run(session: AsyncSession, run_id: str, profile_ids: Sequence[str]) -> set[str]:
+    """Those of the people with an outreach or an exclusion in the run already (one decision per person per run)."""
+    if not profile_ids:
+        return set()
+    people = list(profile_ids)
+    with_outreach = select(outreaches.c.profile_id).where(
+        outreaches.c.run_id == run_id, outreaches.c.profile_id.in_(people)
+    )
+    excluded = select(run_exclusions.c.profile_id).where(
+        run_exclusions.c.run_id == run_id, run_exclusions.c.profile_id.in_(people)
+    )
+    return set((await session.execute(with_outreach.union(excluded))).scalars())
 
 
 async def exclusion_of(session: AsyncSession, run_id: str, profile_id: str) -> str | None:
@@ -108,6 +144,27 @@ async def add_to_run(session: AsyncSession, run_id: str, *, created: int, render
             skipped_render=run.skipped_render + render_failed,
         )
     )
+
+
+async def complete_past_trigger_runs(session: AsyncSession, campaign_key: str, before: datetime, at: datetime) -> int:
+    """Closes the campaign's trigger runs of days that began before `before` once none of their outreaches still
+    waits for its dispatch (quiet hours); returns how many."""
+    r, o = campaign_runs.c, outreaches.c
+    waiting = exists().where(
+        o.run_id == r.run_id, o.dispatched_at.is_(None), o.withdrawn_at.is_(None), o.test.is_(False)
+    )
+    result = await session.execute(
+        update(campaign_runs)
+        .where(
+            r.campaign_key == campaign_key,
+            r.kind == TRIGGER,
+            r.completed_at.is_(None),
+            r.occurrence_at < before,
+            ~waiting,
+        )
+        .values(completed_at=at)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def due_follow_up_dispatches(session: AsyncSession, now: datetime, limit: int) -> Sequence[Any]:

@@ -9,31 +9,28 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
-from services.campaigns.audience import Exclusion
 from services.campaigns.automation import automation_of
-from services.campaigns.campaign_ids import format_campaign_id, month_code
+from services.campaigns.campaign_ids import month_code
 from services.campaigns.campaigns import CampaignState
 from services.campaigns.caps import LOOKBACK
-from services.campaigns.content import CompiledContent, compile_content, contact_address, unavailable_reason
+from services.campaigns.content import CompiledContent, compile_content
 from services.campaigns.content_files import ContentLibrary
-from services.campaigns.content_messages import dispatch_message
 from services.campaigns.messages import (
     channel_order_of,
     channel_value,
     content_templates_of,
     offer_of,
-    outreach_proto,
     timestamp,
 )
-from services.campaigns.rendering import Offer, RenderFailed
-from services.campaigns.scheduling import DeliveryOptions, next_occurrence, recipient_time_zone
+from services.campaigns.outreach_rows import OutreachRows, create_outreaches
+from services.campaigns.rendering import Offer
+from services.campaigns.scheduling import DeliveryOptions, next_occurrence
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
 from services.campaigns.selection import AudienceGate, ContactsChanged
 from xsell.campaigns.v1 import events_pb2
@@ -41,8 +38,6 @@ from xsell.campaigns.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 LEDGER_PRUNE_INTERVAL = timedelta(hours=1)
-# run_exclusions.reason holds 40 characters: the start of a render failure's reason ("missing variable …").
-RENDER_REASON_LENGTH = 40
 
 SYSTEM_ACTOR = "system"
 """The actor of automatic transitions in the audit log (a scheduled start, completion, an automatic pause)."""
@@ -250,106 +245,18 @@ class ReleaseRunner:
         last: bool,
         first_ordinal: int,
     ) -> PageResult:
-        skipped_render = 0
         now = self.clock()
-        render_failures: list[dict[str, Any]] = []
-        outreach_rows: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
         async with self.db.transaction() as session:
             # Checked in the page's own transaction: a pause or cancel that committed first stops this page.
             state = await store.campaign_state(session, campaign.campaign_key)
             if state != CampaignState.RUNNING:
                 raise _Stopped(state)
             # Suppressed, unreachable, held-out and capped people are recorded and left out here.
-            admitted = await self.gate.admit(
-                session,
-                campaign,
-                run,
-                members,
-                now,
-                order=compiled.order,
-                available=lambda channel, member: unavailable_reason(channel, member.attributes) is None,
-            )
-            reachable = admitted.members
-            if reachable:
-                # A sequence number whose render fails below stays unused: IDs are unique, not gapless.
-                block = await store.allocate_sequences(
-                    session, campaign.programme, run.month, campaign.trigger_code, len(reachable)
-                )
-                for member, sequence in zip(reachable, block.numbers(), strict=True):
-                    campaign_id = format_campaign_id(campaign.programme, run.month, campaign.trigger_code, sequence)
-                    # The outreach's trace starts here; the outbox rows carry its context onwards.
-                    with outreach_span(
-                        self.tracer,
-                        "outreach.create",
-                        campaign_id,
-                        root=True,
-                        attributes={"campaign.key": campaign.campaign_key},
-                    ) as span:
-                        # The first channel of the campaign's order the person can be reached on and is not
-                        # suppressed on (admitted above).
-                        channel = admitted.channels[member.profile_id]
-                        try:
-                            rendered = compiled.render(
-                                channel,
-                                compiled.context(member.attributes, campaign_id, offer, self.library.products),
-                            )
-                        except RenderFailed as failure:
-                            skipped_render += 1
-                            render_failures.append(
-                                {
-                                    "run_id": run.run_id,
-                                    "profile_id": member.profile_id,
-                                    "campaign_key": campaign.campaign_key,
-                                    "kind": Exclusion.RENDER_FAILED.value,
-                                    "reason": failure.reason[:RENDER_REASON_LENGTH],
-                                    "created_at": now,
-                                }
-                            )
-                            span.set_status(Status(StatusCode.ERROR, "render failed"))
-                            log.warning("outreach_render_skipped", profile_id=member.profile_id, reason=failure.reason)
-                            continue
-                        ordinal = first_ordinal + len(outreach_rows)
-                        row = {
-                            "campaign_id": campaign_id,
-                            "campaign_key": campaign.campaign_key,
-                            "run_id": run.run_id,
-                            "profile_id": member.profile_id,
-                            "channel": channel,
-                            "trigger_code": campaign.trigger_code,
-                            "offer_product_code": offer.product_code,
-                            "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
-                            "offer_currency": offer.amount.currency_code if offer.amount else None,
-                            "labels": list(campaign.labels),
-                            "category": campaign.category,
-                            "created_at": now,
-                            "ordinal": ordinal,
-                            "recipient_time_zone": recipient_time_zone(
-                                member.attributes.get("time_zone"), campaign.time_zone
-                            ),
-                        }
-                        events.append(
-                            self.outbox.event(
-                                streams.OUTREACH_CREATED,
-                                events_pb2.OutreachCreated(outreach=outreach_proto(row)),
-                                campaign_id=campaign_id,
-                            )
-                        )
-                        dispatch = dispatch_message(
-                            campaign_id,
-                            member.profile_id,
-                            channel,
-                            rendered,
-                            contact_address(channel, member.attributes),
-                        )
-                        # Published when its distribution step and the person's quiet hours allow.
-                        row["dispatch_payload"] = dispatch.SerializeToString()
-                        outreach_rows.append(row)
-            await store.insert_outreaches(session, outreach_rows)
-            await store.insert_exclusions(session, render_failures)
-            await self.gate.record_contacts(session, campaign, admitted, outreach_rows)
-            await self.outbox.add_rows(session, events)
-            result = PageResult(len(outreach_rows), admitted.no_contact, skipped_render)
+            builder = OutreachRows(campaign, run, compiled, offer, self.library, self.outbox, now)
+            admitted, rows = await create_outreaches(session, self.gate, builder, members, first_ordinal=first_ordinal)
+            for failure in rows.render_failures:
+                log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
+            result = PageResult(len(rows.outreaches), admitted.no_contact, len(rows.render_failures))
             advanced = await store.advance_run(
                 session,
                 run.run_id,

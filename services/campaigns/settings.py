@@ -36,11 +36,12 @@ class CampaignsSettings(ServiceSettings):
         description="YAML product catalog {{ recommendations }} are chosen from; empty means no products.",
     )
     trigger_concurrency: int = Field(
-        8,
+        100,
         ge=1,
-        le=64,
-        description="Segment entries applied at once by the trigger consumer (the segments look-ups overlap; the "
-        "inbox, per-person locks and the cool-down keep each person's outcome the same in any order).",
+        le=1000,
+        description="Segment entries the trigger consumer takes at once; those that arrive together are applied in "
+        "one transaction (the segments look-ups overlap; the inbox, per-person locks and the cool-down keep each "
+        "person's outcome the same in any order). 1 applies them one by one.",
     )
     trigger_catalog_file: str = Field(
         str(DEFAULT_TRIGGER_CATALOG),

@@ -1,5 +1,9 @@
-"""NATS handler: a person entering a segment fires the triggered campaigns on it, once per cool-down."""
+"""NATS handler: people entering a segment fire the triggered campaigns on it, once per cool-down, a batch at a time."""
 
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -7,89 +11,227 @@ import structlog
 
 from plumbing.bus import Delivery
 from plumbing.db import Database
-from plumbing.outbox import Inbox, utcnow
+from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
 from services.campaigns.campaign_ids import month_code
 from services.campaigns.campaigns import CampaignState
-from services.campaigns.outreach_maker import OutreachMaker
+from services.campaigns.content import CompiledContent, compile_content
+from services.campaigns.content_files import ContentLibrary
+from services.campaigns.messages import channel_order_of, content_templates_of, offer_of
+from services.campaigns.outreach_rows import OutreachRows, create_outreaches
 from services.campaigns.person_client import PersonLookup
+from services.campaigns.scheduling import DeliveryOptions
+from services.campaigns.segments_client import AudienceMember
+from services.campaigns.selection import AudienceGate
 from services.campaigns.triggers import cool_down_over, fires, trigger_day
 from xsell.segments.v1 import events_pb2 as segment_events
 
 log = structlog.get_logger(__name__)
 
 
+@dataclass
+class _Entry:
+    """One segment entry waiting to be applied, and the outcome its handler call waits for."""
+
+    event: segment_events.MembershipChanged
+    message_id: str
+    done: asyncio.Future[None]
+    changed_at: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        has_time = self.event.HasField("change_time")
+        self.changed_at = self.event.change_time.ToDatetime(tzinfo=UTC) if has_time else utcnow()
+
+
 class TriggerHandler:
     """Applies MembershipChanged ENTERED to the RUNNING triggered campaigns pinned to that segment version.
 
-    The person is looked up in segments before the transaction (a SQLite write lock must not wait on
-    the network); then one transaction claims the message in the inbox and creates each campaign's
-    outreach with its events, so a redelivered message creates nothing more.
+    Entries that arrive together (the consumer hands a fetched batch to concurrent handler calls) are
+    applied together, so the cost per entry falls as the rate rises: the campaigns on their segments
+    are read once, each person is looked up in segments once (concurrently, before the transaction: a
+    SQLite write lock must not wait on the network), and ONE transaction claims every message in the
+    inbox and creates each firing campaign's outreaches for all its people set-based, as a release
+    page does. A redelivered message creates nothing more; each handler call returns (and its message
+    is acknowledged) only after that transaction committed.
     """
 
-    def __init__(self, db: Database, people: PersonLookup, maker: OutreachMaker) -> None:
+    def __init__(
+        self,
+        db: Database,
+        people: PersonLookup,
+        gate: AudienceGate,
+        outbox: Outbox,
+        library: ContentLibrary,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.db = db
         self.people = people
-        self.maker = maker
-        self.inbox = Inbox(store.inbox)
+        self.gate = gate
+        self.outbox = outbox
+        self.library = library
+        self.clock = clock
+        self._waiting: list[_Entry] = []
+        self._compiled: dict[tuple[str, int], CompiledContent] = {}
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
         if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
             return
-        changed_at = event.change_time.ToDatetime(tzinfo=UTC) if event.HasField("change_time") else utcnow()
-        async with self.db.transaction() as session:
-            candidates = await automation_store.campaigns_on_segment(
-                session, event.segment_id, CampaignState.RUNNING.value
-            )
-        firing = [
-            c
-            for c in candidates
-            if automation_of(c).trigger is not None
-            and fires(changed_at, c.launched_at, event.segment_version, c.segment_version)
-        ]
-        if not firing:
-            return
-        now = utcnow()
-        member = await self.people.member(event.profile_id, now)
-        if member is None:
-            log.info("trigger_profile_missing", profile_id=event.profile_id)
-            return
-        async with self.db.transaction() as session:
-            if not await self.inbox.claim(session, streams.CAMPAIGNS_TRIGGERS.durable, delivery.message_id):
-                log.info("trigger_redelivery_skipped")
-                return
-            for candidate in firing:
-                # Read again in this transaction: a pause or cancel that committed first wins.
-                campaign = await store.get_campaign(session, candidate.campaign_key)
-                if campaign is not None and campaign.state == CampaignState.RUNNING:
-                    outcome = await self._fire(session, campaign, member, now)
-                    log.info(
-                        "trigger_applied",
-                        campaign_key=campaign.campaign_key,
-                        trigger_code=campaign.trigger_code,
-                        profile_id=member.profile_id,
-                        outcome=outcome,
-                    )
+        entry = _Entry(event, delivery.message_id, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        if len(self._waiting) == 1:
+            # The first to arrive applies the batch: one turn of the event loop lets the other handler calls
+            # of the same fetch queue up behind it.
+            await asyncio.sleep(0)
+            batch, self._waiting = self._waiting, []
+            await self._apply_settling(batch)
+        await entry.done
 
-    async def _fire(self, session: Any, campaign: Any, member: Any, now: datetime) -> str:
+    async def _apply_settling(self, batch: list[_Entry]) -> None:
+        """Applies the batch; whatever fails, every entry's handler call gets the outcome (and naks on an error)."""
+        try:
+            await self._apply(batch)
+        except asyncio.CancelledError:
+            for entry in batch:
+                entry.done.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - handed to every entry's handler call, which naks its message
+            for entry in batch:
+                if not entry.done.done():
+                    entry.done.set_exception(error)
+
+    async def _apply(self, batch: list[_Entry]) -> None:
+        async with self.db.snapshot() as session:
+            candidates = await automation_store.campaigns_on_segments(
+                session, sorted({e.event.segment_id for e in batch}), CampaignState.RUNNING.value
+            )
+        on_segment: dict[str, list[Any]] = defaultdict(list)
+        for campaign in candidates:
+            if automation_of(campaign).trigger is not None:
+                on_segment[campaign.segment_id].append(campaign)
+        firing: dict[str, list[Any]] = {}
+        for entry in batch:
+            fired = [
+                c
+                for c in on_segment[entry.event.segment_id]
+                if fires(entry.changed_at, c.launched_at, entry.event.segment_version, c.segment_version)
+            ]
+            if fired:
+                firing[entry.message_id] = fired
+            else:
+                entry.done.set_result(None)
+        pending = [e for e in batch if not e.done.done()]
+        if not pending:
+            return
+        now = self.clock()
+        people = await self._look_up(pending, now)
+        pending = [e for e in pending if not e.done.done()]
+        if not pending:
+            return
+        outcomes: Counter[str] = Counter()
+        async with self.db.transaction() as session:
+            claimed = await automation_store.claim_messages(
+                session, streams.CAMPAIGNS_TRIGGERS.durable, [e.message_id for e in pending], now
+            )
+            outcomes["redelivery_skipped"] = len(pending) - len(claimed)
+            # Each campaign's people in arrival order, once each, from the messages applied for the first time.
+            members: dict[str, dict[str, AudienceMember]] = defaultdict(dict)
+            for entry in pending:
+                if entry.message_id in claimed:
+                    for campaign in firing[entry.message_id]:
+                        member = people[entry.event.profile_id]
+                        members[campaign.campaign_key].setdefault(member.profile_id, member)
+            # Read again in this transaction: a pause or cancel that committed first wins.
+            running = await automation_store.campaigns_in_state(session, sorted(members), CampaignState.RUNNING.value)
+            # Serialises triggers of the same people (two replicas, two segments) until this transaction ends.
+            await store.lock_people(session, sorted({p for m in members.values() for p in m}))
+            for campaign in sorted(running, key=lambda c: c.campaign_key):
+                outcomes.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
+        for entry in pending:
+            entry.done.set_result(None)
+        log.info("triggers_applied", entries=len(batch), **outcomes)
+
+    async def _look_up(self, pending: list[_Entry], now: datetime) -> dict[str, AudienceMember]:
+        """Each person once, concurrently; an entry whose person is unknown is done, one whose look-up failed naks."""
+        profile_ids = list(dict.fromkeys(e.event.profile_id for e in pending))
+        found = await asyncio.gather(*(self.people.member(p, now) for p in profile_ids), return_exceptions=True)
+        people: dict[str, AudienceMember] = {}
+        failed: dict[str, BaseException] = {}
+        for profile_id, result in zip(profile_ids, found, strict=True):
+            if isinstance(result, AudienceMember):
+                people[profile_id] = result
+            elif isinstance(result, BaseException):
+                failed[profile_id] = result
+        for entry in pending:
+            profile_id = entry.event.profile_id
+            if profile_id in failed:
+                entry.done.set_exception(failed[profile_id])
+            elif profile_id not in people:
+                log.info("trigger_profile_missing", profile_id=profile_id)
+                entry.done.set_result(None)
+        return people
+
+    async def _fire(self, session: Any, campaign: Any, members: list[AudienceMember], now: datetime) -> Counter[str]:
+        """The campaign's outreaches for those of `members` past their cool-down and not yet judged today."""
         rule = automation_of(campaign).trigger
         assert rule is not None
-        # Serialises two triggers of the same person (two replicas, two segments) until this transaction ends.
-        await store.lock_people(session, [member.profile_id])
-        last = await automation_store.last_trigger_outreach_at(session, campaign.campaign_key, member.profile_id)
-        if not cool_down_over(last, now, rule.cool_down):
-            return "cool_down"
+        outcomes: Counter[str] = Counter()
+        last = await automation_store.last_trigger_outreaches(
+            session, campaign.campaign_key, [m.profile_id for m in members]
+        )
+        cooled = [m for m in members if cool_down_over(last.get(m.profile_id), now, rule.cool_down)]
+        outcomes["cool_down"] = len(members) - len(cooled)
+        month = month_code(now, campaign.time_zone)
         run = await automation_store.ensure_run(
             session,
             campaign,
             kind=automation_store.TRIGGER,
-            month=month_code(now, campaign.time_zone),
+            month=month,
             now=now,
             occurrence=trigger_day(now, campaign.time_zone),
         )
-        if await automation_store.judged_in_run(session, run.run_id, member.profile_id):
-            return "judged_today"
-        made = await self.maker.make(session, campaign, run, member, now)
-        return made.campaign_id or made.left_out or "left_out"
+        judged = await automation_store.judged_in_run(session, run.run_id, [m.profile_id for m in cooled])
+        fresh = [m for m in cooled if m.profile_id not in judged]
+        outcomes["judged_today"] = len(judged)
+        if not fresh:
+            return outcomes
+        await store.ensure_counter(session, campaign.programme, run.month, campaign.trigger_code)
+        builder = OutreachRows(
+            campaign,
+            run,
+            self._compiled_content(campaign),
+            offer_of(campaign),
+            self.library,
+            self.outbox,
+            now,
+            dispatch_now=True,
+            quiet_hours=DeliveryOptions.from_json(campaign.options).quiet_hours,
+        )
+        admitted, rows = await create_outreaches(session, self.gate, builder, fresh, first_ordinal=run.outreach_count)
+        for failure in rows.render_failures:
+            log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
+        created = len(rows.outreaches)
+        await automation_store.add_to_run(session, run.run_id, created=created, render_failed=len(rows.render_failures))
+        await store.add_outreaches_to_campaign(session, campaign.campaign_key, created)
+        outcomes.update(
+            created=created,
+            dispatched=rows.dispatched,
+            left_out=len(fresh) - len(admitted.members),
+            render_failed=len(rows.render_failures),
+        )
+        return outcomes
+
+    def _compiled_content(self, campaign: Any) -> CompiledContent:
+        """Compiled once per campaign version (templates cannot change after launch)."""
+        key = (campaign.campaign_key, campaign.version)
+        if key not in self._compiled:
+            self._compiled[key] = compile_content(
+                content_templates_of(campaign),
+                channel_order_of(campaign),
+                offer_has_amount=campaign.offer_amount_minor is not None,
+                registry=self.library.registry,
+                check_registry=False,
+            )
+        return self._compiled[key]
