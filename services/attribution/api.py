@@ -343,6 +343,10 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             outcomes = {}
         for index, call in enumerate(batch):
             outcome = outcomes.get(index)
+            if call.answer.done():
+                # The caller went away (deadline, cancel); what its call wrote stays, and a retry with its
+                # request_id gets that answer.
+                continue
             if isinstance(outcome, DomainError):
                 call.answer.set_exception(outcome)
             else:
@@ -452,7 +456,8 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             )
             outcomes[index] = response
             remembered.append((request, response))
-            log.info(
+            batch[index].context.run(
+                log.info,
                 "disbursement_attributed",
                 amount_paise=request.amount.minor_units,
                 lifetime_revenue_paise=revenue.lifetime_paise,
