@@ -1,5 +1,5 @@
-"""The follow-up loop: dispatches trigger and resend outreaches after quiet hours, creates due resends, and
-completes campaigns whose last resend is decided."""
+"""The follow-up loop: dispatches trigger and resend outreaches after quiet hours, closes triggered campaigns'
+past day runs, creates due resends, and completes campaigns whose last resend is decided."""
 
 import asyncio
 import contextlib
@@ -21,6 +21,7 @@ from services.campaigns.messages import timestamp
 from services.campaigns.outreach_maker import OutreachMaker
 from services.campaigns.person_client import PersonLookup
 from services.campaigns.resends import RESENT, ResendRule, no_resend_reason, resend_time
+from services.campaigns.triggers import trigger_day
 from xsell.campaigns.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
@@ -71,17 +72,31 @@ class ResendRunner:
         self._stopping.set()
 
     async def step(self) -> None:
-        """One pass: deferred dispatches, then each resending campaign's due resends, then completions."""
+        """One pass: deferred dispatches, then per campaign: past trigger days closed, due resends, completion."""
         await self.dispatch_deferred()
         async with self.db.transaction() as session:
             campaigns = await automation_store.campaigns_with_automation(session, automation_store.RESENDING_STATES)
         for campaign in campaigns:
-            rule = automation_of(campaign).resend
-            if rule is None or self._stopping.is_set():
-                continue
+            if self._stopping.is_set():
+                return
+            automation = automation_of(campaign)
             with structlog.contextvars.bound_contextvars(campaign_key=campaign.campaign_key):
-                await self.resend_due(campaign, rule)
-                await self._complete_if_done(campaign)
+                if automation.trigger is not None:
+                    await self.complete_past_days(campaign)
+                if automation.resend is not None:
+                    await self.resend_due(campaign, automation.resend)
+                    await self._complete_if_done(campaign)
+
+    async def complete_past_days(self, campaign: Any) -> int:
+        """Closes a triggered campaign's day runs once their local day is over and all they hold is dispatched."""
+        now = self.clock()
+        async with self.db.transaction() as session:
+            closed = await automation_store.complete_past_trigger_runs(
+                session, campaign.campaign_key, trigger_day(now, campaign.time_zone), now
+            )
+        if closed:
+            log.info("trigger_day_runs_completed", runs=closed)
+        return closed
 
     async def dispatch_deferred(self) -> int:
         now = self.clock()

@@ -6,6 +6,7 @@ campaigns service consumes it, creates the outreach through its outbox and reque
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +54,22 @@ class Stack:
 
 @pytest.fixture
 async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    # In stream order, so a later entry's outreach shows that the entries before it were applied.
+    async with _running_stack(database_url, nats_url, tmp_path, trigger_concurrency=1) as running:
+        yield running
+
+
+@pytest.fixture
+async def batching_stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The trigger consumer as deployed: the entries of a fetch applied together."""
+    async with _running_stack(database_url, nats_url, tmp_path, trigger_concurrency=100) as running:
+        yield running
+
+
+@asynccontextmanager
+async def _running_stack(
+    database_url: str, nats_url: str, tmp_path: Path, *, trigger_concurrency: int
+) -> AsyncIterator[Stack]:
     from opentelemetry.sdk.trace import TracerProvider
 
     provider = TracerProvider()
@@ -77,8 +94,7 @@ async def stack(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterat
             release_page_size=2,
             release_poll_seconds=0.1,
             require_approval=False,
-            # In stream order, so a later entry's outreach shows that the entries before it were applied.
-            trigger_concurrency=1,
+            trigger_concurrency=trigger_concurrency,
         ),
         provider,
     )
@@ -278,6 +294,15 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
     await _upsert(stack, _profile("b-04", email="b04@example.in", first_name="Arjun", outstanding_ratio=0.2))
     after = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) >= 3))
     assert sorted(o.profile_id for o in after) == ["b-01", "b-02", "b-04"]
+    # A day that is over closes its run once nothing in it waits for dispatch; today's run stays open.
+    run_of = {o.profile_id: o.run_id for o in after}
+
+    async def closed_runs() -> set[str]:
+        runs = await stack.campaigns.ListCampaignRuns(service_pb2.ListCampaignRunsRequest(campaign_key=key))
+        return {run.run_id for run in runs.runs if run.HasField("complete_time")}
+
+    assert await eventually(closed_runs) == {run_of["b-01"]}
+    assert run_of["b-02"] == run_of["b-04"] != run_of["b-01"]
 
     # A paused campaign fires nothing; entries while paused are not kept for later.
     await stack.campaigns.PauseCampaign(service_pb2.PauseCampaignRequest(request_id=new_id("r"), campaign_key=key))
@@ -291,6 +316,75 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
     assert {parse_campaign_id(o.campaign_id).trigger_code for o in witnessed} == {"T01"}  # type: ignore[union-attr]
     report = (await stack.campaigns.GetCampaignReport(service_pb2.GetCampaignReportRequest(campaign_key=key))).counts
     assert (report.released, report.dispatched) == (3, 3)
+
+
+async def test_entries_applied_together_give_each_person_one_outreach_and_a_replay_none(
+    batching_stack: Stack,
+) -> None:
+    stack = batching_stack
+    await _define(stack)
+    people = [f"g-{n:02d}" for n in range(1, 13)]
+    await _upsert(
+        stack, *(_profile(p, email=f"{p}@example.in", first_name="Asha", outstanding_ratio=0.9) for p in people)
+    )
+    segment_id = await _segment(stack, _below_60_percent())
+    version = (
+        await stack.segments.GetSegment(seg_service.GetSegmentRequest(segment_id=segment_id))
+    ).segment.published_version
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    key = await _launch(stack, _campaign(segment_id, trigger_code="T04", trigger=trigger))
+    witness = await _launch(stack, _campaign(segment_id, trigger_code="T01", trigger=trigger))
+
+    def entered(profile_id: str) -> segment_events.MembershipChanged:
+        change = segment_events.MembershipChanged(
+            event_id=new_id("evt_"),
+            segment_id=segment_id,
+            segment_version=version,
+            profile_id=profile_id,
+            change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
+        )
+        change.change_time.FromDatetime(datetime.now(UTC))
+        return change
+
+    # Published back to back, so the consumer fetches them together: every person once, g-01 twice (two
+    # entries, two message ids) and a replay of g-02's message (the same message id: applied once).
+    burst = [entered(p) for p in people] + [entered("g-01")]
+    js = stack.bus.nc.jetstream()
+    for change in burst:
+        await js.publish(
+            streams.MEMBERSHIP_CHANGED, change.SerializeToString(), headers={MSG_ID_HEADER: change.event_id}
+        )
+    await js.publish(
+        streams.MEMBERSHIP_CHANGED,
+        burst[1].SerializeToString(),
+        headers={MSG_ID_HEADER: new_id("evt_"), REPLAY_OF_HEADER: burst[1].event_id},
+    )
+
+    async def all_applied() -> bool:
+        info = await js.consumer_info(streams.CAMPAIGNS_TRIGGERS.stream, streams.CAMPAIGNS_TRIGGERS.durable)
+        async with stack.db.snapshot() as session:
+            inbox = store.inbox.c
+            applied = set(
+                (
+                    await session.execute(
+                        select(inbox.message_id).where(inbox.consumer == streams.CAMPAIGNS_TRIGGERS.durable)
+                    )
+                ).scalars()
+            )
+        return info.num_pending == 0 and info.num_ack_pending == 0 and applied >= {c.event_id for c in burst}
+
+    await eventually(all_applied)
+    for campaign_key in (key, witness):
+        made = await _outreaches(stack, campaign_key)
+        assert sorted(o.profile_id for o in made) == people
+        assert len({o.campaign_id for o in made}) == 12
+    async with stack.db.snapshot() as session:
+        runs = (
+            await session.execute(select(store.campaign_runs).where(store.campaign_runs.c.campaign_key == key))
+        ).all()
+    assert [(run.kind, run.outreach_count, run.audience) for run in runs] == [("trigger", 12, 12)]
+    dispatched = await eventually(lambda: asyncio.sleep(0, result=len(stack.dispatched) >= 24 and stack.dispatched))
+    assert sorted(d.profile_id for d in dispatched if "-T04-" in d.campaign_id) == people
 
 
 async def _age(stack: Stack, campaign_id: str, age: timedelta) -> None:
