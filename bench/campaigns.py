@@ -1,10 +1,22 @@
-"""Campaigns figures: outreach creation rate at release, trigger -> dispatch requested latency, peak RSS.
+"""Campaigns bench (issue 4): trigger -> dispatch requested latency, outreach creation rate, peak RSS.
 
-`python -m bench.figures.campaigns --scale 0.01` (the full scale is a 1M-person audience). The
-campaigns service runs as production runs it (`python -m services.campaigns`, SQLite, its own NATS
-server); segments is played by a small in-process gRPC server that streams synthetic members, so
-the figures measure campaigns' own work (the gate, rendering, the outbox and NATS), not segments'.
-Everything binds to 127.0.0.1 and every process started here is stopped at the end.
+    .venv/bin/python -m bench.campaigns              # goal scale: a 1M-person audience, 30k trigger events
+    .venv/bin/python -m bench.campaigns --quick      # = --scale 0.02: 20k people, 1k events, about 2 minutes
+
+The campaigns service runs as production runs it (`python -m services.campaigns`, SQLite, its own NATS
+server). Segments is played by a small gRPC server in a child process that streams synthetic members
+and answers profile look-ups, so the figures measure campaigns' own work (the gate, rendering, the
+outbox and NATS) and its CPU does not delay this process's publishing or timestamps.
+
+1. **Trigger**: MembershipChanged ENTERED published at 1k/s for a triggered campaign; each one's time
+   from publish to its DispatchRequested received. Goal: p99 <= 20 ms.
+2. **Release**: a send-now campaign on an audience of a tenth, then the whole; time from launch until
+   every outreach is created. Goal: >= 10,000 outreach/s.
+3. **Memory**: campaigns' peak RSS during both releases. Goal: the whole within 1.15x the tenth.
+
+Results: bench/results/campaigns.json (other scales: bench/results/scale-<s>/campaigns.json), each
+figure with its unit, goal and verdict, the machine and package versions. Everything binds to
+127.0.0.1 and every process started here is stopped at the end.
 """
 
 import argparse
@@ -41,9 +53,11 @@ from xsell.type.v1 import channel_pb2
 HOST = "127.0.0.1"
 SERVICE = "xsell.campaigns.v1.CampaignsService"
 FULL_AUDIENCE = 1_000_000
-TRIGGER_RATE = 1000.0
 FULL_TRIGGER_EVENTS = 30_000
+QUICK_SCALE = 0.02
+TRIGGER_RATE = 1000.0
 STREAM_CHUNK = 1000
+RELEASE_PAGE_SIZE = 2000
 GOAL_OUTREACH_PER_S = 10_000
 GOAL_P99_MS = 20.0
 RSS_TOLERANCE = 1.15
@@ -90,6 +104,54 @@ class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
         return seg_service.ListSuppressionsResponse()
 
 
+async def serve_segments(port: int) -> None:
+    """The child process's body: SyntheticSegments on `port` until terminated."""
+    server = grpc.aio.server()
+    seg_grpc.add_SegmentsServiceServicer_to_server(SyntheticSegments(), server)  # type: ignore[abstract]
+    server.add_insecure_port(f"{HOST}:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+class SegmentsProcess:
+    """SyntheticSegments in a child process, so its CPU is not spent on the loop that paces and times events."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.port = free_port(HOST)
+        self.target = f"{HOST}:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _launch(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.run_dir / "segments.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.campaigns", "--serve-segments", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._launch)
+        assert self.process is not None
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = seg_grpc.SegmentsServiceStub(channel)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and self.process.poll() is None:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.GetSegment(seg_service.GetSegmentRequest(segment_id="all-1"), timeout=1)
+                    return
+                await asyncio.sleep(0.1)
+        raise TimeoutError("the synthetic segments server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
 class CampaignsProcess:
     """`python -m services.campaigns` on a fresh SQLite file, with its own NATS server."""
 
@@ -114,7 +176,7 @@ class CampaignsProcess:
             "XSELL_CAMPAIGNS_METRICS_PORT": str(free_port(HOST)),
             "XSELL_CAMPAIGNS_SEGMENTS_TARGET": self.segments_target,
             "XSELL_CAMPAIGNS_REQUIRE_APPROVAL": "false",
-            "XSELL_CAMPAIGNS_RELEASE_PAGE_SIZE": "2000",
+            "XSELL_CAMPAIGNS_RELEASE_PAGE_SIZE": str(RELEASE_PAGE_SIZE),
             "XSELL_CAMPAIGNS_RELEASE_POLL_SECONDS": "0.2",
         }
         log = (self.run_dir / "campaigns.log").open("ab")
@@ -123,7 +185,7 @@ class CampaignsProcess:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent.parent,
+            cwd=Path(__file__).resolve().parent.parent,
         )
 
     async def start(self) -> None:
@@ -145,6 +207,12 @@ class CampaignsProcess:
     def rss_mib(self) -> float:
         assert self.process is not None
         return float(psutil.Process(self.process.pid).memory_info().rss) / 2**20
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (what a figure cost, whatever else runs on the machine)."""
+        assert self.process is not None
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -178,7 +246,14 @@ async def _launch(stub: service_pb2_grpc.CampaignsServiceStub, campaign: resourc
     return key
 
 
-async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
+def percentile(samples: list[float], q: float) -> float | None:
+    """The nearest-rank q-quantile of sorted `samples`, rounded to 0.01; None when there are none."""
+    if not samples:
+        return None
+    return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
+
+
+async def trigger_latency(stub: Any, bus: Bus, process: CampaignsProcess, events: int) -> dict[str, Any]:
     """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
     trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
     await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
@@ -195,6 +270,7 @@ async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
 
     subscription = await bus.nc.subscribe(streams.DISPATCH_REQUESTED, cb=on_dispatch)
     js = bus.nc.jetstream()
+    cpu_before = process.cpu_seconds()
     started = time.perf_counter()
     for i in range(events):
         # Paced on absolute times, so a slow publish is caught up, not added to every later one.
@@ -217,13 +293,11 @@ async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
     publish_s = time.perf_counter() - started
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout=60 + events / TRIGGER_RATE)
+    cpu = process.cpu_seconds() - cpu_before
     await subscription.unsubscribe()
     latencies = sorted((received[p] - sent[p]) * 1000 for p in received)
-
-    def percentile(q: float) -> float | None:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
-
-    p99 = percentile(0.99)
+    handled_s = (max(received.values()) - started) if received else None
+    p99 = percentile(latencies, 0.99)
     return {
         "unit": "ms",
         "goal": f"p99 <= {GOAL_P99_MS:g} ms from MembershipChanged published to DispatchRequested received, at "
@@ -231,9 +305,11 @@ async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
         "events": events,
         "dispatched": len(received),
         "offered_rate_per_s": round(events / publish_s, 1),
-        "p50_ms": percentile(0.5),
+        "handled_rate_per_s": round(len(received) / handled_s, 1) if handled_s else None,
+        "p50_ms": percentile(latencies, 0.5),
         "p99_ms": p99,
         "max_ms": round(latencies[-1], 2) if latencies else None,
+        "campaigns_cpu_ms_per_event": round(cpu / events * 1000, 3),
         "goal_met": p99 is not None and len(received) == events and p99 <= GOAL_P99_MS,
     }
 
@@ -241,6 +317,7 @@ async def trigger_latency(stub: Any, bus: Bus, events: int) -> dict[str, Any]:
 async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> dict[str, Any]:
     """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created."""
     peak = process.rss_mib()
+    cpu_before = process.cpu_seconds()
     started = time.perf_counter()
     key = await _launch(stub, _campaign(f"all-{audience}"))
     created = 0
@@ -250,22 +327,23 @@ async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> d
         campaign = (await stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign
         created = campaign.outreach_count
     elapsed = time.perf_counter() - started
+    cpu = process.cpu_seconds() - cpu_before
     return {
         "audience": audience,
         "seconds": round(elapsed, 2),
         "outreach_per_s": round(audience / elapsed, 1),
+        # CPU of the campaigns process per outreach: what bounds the rate when it has a core to itself.
+        "campaigns_cpu_us_per_outreach": round(cpu / audience * 1e6, 1),
         "peak_rss_mib": round(peak, 1),
     }
 
 
-async def run(context: Context) -> None:
+async def run(context: Context) -> dict[str, Any]:
     run_dir = context.run_dir / "campaigns"
     await asyncio.to_thread(shutil.rmtree, run_dir, True)
-    server = grpc.aio.server()
-    seg_grpc.add_SegmentsServiceServicer_to_server(SyntheticSegments(), server)  # type: ignore[abstract]
-    segments_port = server.add_insecure_port(f"{HOST}:0")
-    await server.start()
-    process = CampaignsProcess(run_dir, f"{HOST}:{segments_port}")
+    segments = SegmentsProcess(run_dir)
+    await segments.start()
+    process = CampaignsProcess(run_dir, segments.target)
     try:
         await process.start()
         bus = await Bus.connect(process.nats.url, name="bench")
@@ -273,57 +351,60 @@ async def run(context: Context) -> None:
             async with grpc.aio.insecure_channel(f"{HOST}:{process.port}") as channel:
                 stub = service_pb2_grpc.CampaignsServiceStub(channel)
                 events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
-                latency = await trigger_latency(stub, bus, events)
-                print(f"campaigns trigger -> dispatch requested: {latency}", flush=True)
-                write_result(context, "campaigns_trigger", latency)
+                trigger = await trigger_latency(stub, bus, process, events)
+                print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
                 audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
                 small = await release_rate(stub, process, audience // 10)
+                print(f"campaigns release: {small}", flush=True)
                 large = await release_rate(stub, process, audience)
+                print(f"campaigns release: {large}", flush=True)
         finally:
             await bus.drain()
-        print(f"campaigns release: {small} then {large}", flush=True)
-        write_result(
-            context,
-            "campaigns_outreach",
-            {
-                "unit": "outreach/s",
-                "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
-                "value": large["outreach_per_s"],
-                "runs": [small, large],
-                "goal_met": large["outreach_per_s"] >= GOAL_OUTREACH_PER_S,
-            },
-        )
-        write_result(
-            context,
-            "campaigns_rss",
-            {
-                "unit": "MiB",
-                "goal": f"peak RSS of campaigns releasing {audience} people within {RSS_TOLERANCE:g}x of releasing "
-                f"{audience // 10} (memory flat with audience size)",
-                "value": large["peak_rss_mib"],
-                "peak_rss_mib_by_audience": {
-                    str(small["audience"]): small["peak_rss_mib"],
-                    str(large["audience"]): large["peak_rss_mib"],
-                },
-                "goal_met": large["peak_rss_mib"] <= small["peak_rss_mib"] * RSS_TOLERANCE,
-            },
-        )
     finally:
         process.stop()
-        await server.stop(0)
+        segments.stop()
+    outreach = {
+        "unit": "outreach/s",
+        "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
+        "value": large["outreach_per_s"],
+        "runs": [small, large],
+        "goal_met": large["outreach_per_s"] >= GOAL_OUTREACH_PER_S,
+    }
+    rss = {
+        "unit": "MiB",
+        "goal": f"peak RSS of campaigns releasing {audience} people within {RSS_TOLERANCE:g}x of releasing "
+        f"{audience // 10} (memory flat with audience size)",
+        "value": large["peak_rss_mib"],
+        "peak_rss_mib_by_audience": {
+            str(small["audience"]): small["peak_rss_mib"],
+            str(large["audience"]): large["peak_rss_mib"],
+        },
+        "goal_met": large["peak_rss_mib"] <= small["peak_rss_mib"] * RSS_TOLERANCE,
+    }
+    figures = {"trigger_to_dispatch": trigger, "outreach_creation": outreach, "peak_rss": rss}
+    document = {"figures": figures, "goal_met": all(f["goal_met"] for f in figures.values())}
+    path = write_result(context, "campaigns", document)
+    print(f"wrote {path}", flush=True)
+    return document
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.figures.campaigns", description=__doc__)
-    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = a 1M-person audience, 30k trigger events")
+    parser = argparse.ArgumentParser(prog="python -m bench.campaigns", description=__doc__)
+    parser.add_argument("--scale", type=float, default=None, help="1.0 = a 1M-person audience, 30k trigger events")
+    parser.add_argument("--quick", action="store_true", help=f"--scale {QUICK_SCALE:g}: about two minutes")
     parser.add_argument("--var", type=Path, default=Path("var/bench"), help="run files (logs, databases)")
-    parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where <figure>.json go")
+    parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where campaigns.json goes")
+    parser.add_argument("--serve-segments", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    spec = generator.Spec(args.scale, 42, generator.default_anchor(datetime.now(UTC)))
+    if args.serve_segments:
+        await serve_segments(args.serve_segments)
+        return 0
+    scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
+    spec = generator.Spec(scale, 42, generator.default_anchor(datetime.now(UTC)))
     context = Context(
         spec=spec,
         machine=await machine_info(None),
-        results_dir=args.results if args.scale == 1.0 else args.results / f"scale-{args.scale:g}",
+        results_dir=args.results if scale == 1.0 else args.results / f"scale-{scale:g}",
         run_dir=(args.var / "run" / spec.key).resolve(),
         datasets={},
         manifests={},
