@@ -8,9 +8,11 @@ second through; on PostgreSQL it saves the per-transaction round trips and commi
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+
+from opentelemetry import trace
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,7 +37,7 @@ class Submitted(Generic[T]):
     context: contextvars.Context
 
 
-Write = Callable[[Sequence[Submitted[T]]], Awaitable[Sequence[R | Alone | BaseException]]]
+Write = Callable[[Sequence[Submitted[T]]], Coroutine[Any, Any, Sequence[R | Alone | BaseException]]]
 
 
 class GroupCommit(Generic[T, R]):
@@ -61,6 +63,7 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self._write = write
         self._alone = alone
+        self._tracer = trace.get_tracer(__name__)
         self._pending: list[tuple[Submitted[T], asyncio.Future[R | Alone | BaseException]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -82,13 +85,23 @@ class GroupCommit(Generic[T, R]):
             raise outcome
         return outcome
 
+    async def _write_traced(self, batch: list[Submitted[T]]) -> Sequence[R | Alone | BaseException]:
+        """A batch of one is written in its caller's context, so its spans and events stay in the caller's
+        trace; a larger batch gets a span of its own, linked to every caller's span."""
+        if len(batch) == 1:
+            return await asyncio.create_task(self._write(batch), context=batch[0].context.copy())
+        links = [trace.Link(submitted.context.run(trace.get_current_span).get_span_context()) for submitted in batch]
+        with self._tracer.start_as_current_span(f"{self.name} batch", links=links) as span:
+            span.set_attribute("group_commit.items", len(batch))
+            return await self._write(batch)
+
     async def _drain(self) -> None:
         # One turn of the loop first, so calls that arrived together join the first batch.
         await asyncio.sleep(0)
         while self._pending:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
-                outcomes = await self._write([submitted for submitted, _ in batch])
+                outcomes = await self._write_traced([submitted for submitted, _ in batch])
                 if len(outcomes) != len(batch):
                     raise RuntimeError(f"group commit {self.name} answered {len(outcomes)} of {len(batch)} items")
             except asyncio.CancelledError:

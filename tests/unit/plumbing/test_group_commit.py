@@ -5,6 +5,7 @@ import contextvars
 from collections.abc import Sequence
 
 import pytest
+from opentelemetry import trace
 
 from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
 
@@ -111,3 +112,35 @@ async def test_a_writer_cancelled_mid_batch_cancels_its_waiting_callers() -> Non
     group._writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_batch_of_one_runs_in_its_callers_context_and_a_larger_one_in_a_span_linking_every_caller() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    seen: list[object] = []
+
+    async def write(batch: Sequence[Submitted[int]]) -> list[str | Alone | BaseException]:
+        seen.append(trace.get_current_span().get_span_context().span_id)
+        await asyncio.sleep(0.01)
+        return ["ok"] * len(batch)
+
+    group: GroupCommit[int, str] = GroupCommit("ingest", write)
+    group._tracer = tracer
+
+    async def call(name: str, item: int) -> int:
+        with tracer.start_as_current_span(name) as span:
+            await group.submit(item)
+            return span.get_span_context().span_id
+
+    alone = await call("alone", 1)
+    assert seen == [alone]
+    together = await asyncio.gather(call("a", 2), call("b", 3))
+    batch_span = next(s for s in exporter.get_finished_spans() if s.name == "ingest batch")
+    assert seen[1] == batch_span.context.span_id
+    assert sorted(link.context.span_id for link in batch_span.links) == sorted(together)
