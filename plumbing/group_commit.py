@@ -56,6 +56,7 @@ class GroupCommit(Generic[T, R]):
         *,
         max_batch: int = 200,
         alone: Callable[[T], Awaitable[R]] | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -63,7 +64,7 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self._write = write
         self._alone = alone
-        self._tracer = trace.get_tracer(__name__)
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._pending: list[tuple[Submitted[T], asyncio.Future[R | Alone | BaseException]]] = []
         self._writer: asyncio.Task[None] | None = None
 

@@ -37,6 +37,18 @@ def _fingerprint(request: Message) -> str:
     return hashlib.sha256(without_id.SerializeToString(deterministic=True)).hexdigest()
 
 
+def require_request_id(request: Message) -> str:
+    """The request's request_id; INVALID_ARGUMENT when it is missing or too long."""
+    request_id: str = getattr(request, "request_id", "")
+    if not request_id:
+        raise InvalidArgument(
+            "request_id is required: any unique string per intended change, e.g. a UUID", field="request_id"
+        )
+    if len(request_id) > 200:
+        raise InvalidArgument("request_id must be at most 200 characters", field="request_id")
+    return request_id
+
+
 class Idempotency:
     """Looks up and records RPC responses by request_id inside the caller's transaction.
 
@@ -52,13 +64,7 @@ class Idempotency:
         self.table = table
 
     async def previous(self, session: AsyncSession, method: str, request: Message, response_type: type[R]) -> R | None:
-        request_id = getattr(request, "request_id", "")
-        if not request_id:
-            raise InvalidArgument(
-                "request_id is required: any unique string per intended change, e.g. a UUID", field="request_id"
-            )
-        if len(request_id) > 200:
-            raise InvalidArgument("request_id must be at most 200 characters", field="request_id")
+        request_id = require_request_id(request)
         row = (
             await session.execute(
                 select(self.table.c.request_hash, self.table.c.response).where(

@@ -2,12 +2,14 @@
 
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.group_commit import ALONE, Alone, Submitted
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from services import streams
@@ -48,6 +50,16 @@ class CatalogCache:
     def invalidate(self) -> None:
         self._generation += 1
         self._catalog = None
+
+
+@dataclass(frozen=True)
+class IngestCall:
+    """One validated IngestEvents call waiting to share a transaction with the calls made beside it."""
+
+    request: service_pb2.IngestEventsRequest
+    incoming: Sequence[IncomingEvent]
+    problems: Sequence[RecordProblem]
+    transport: str
 
 
 class Activity:
@@ -100,9 +112,47 @@ class Activity:
         self.metrics.events(session, transport, response.accepted_count, len(problems))
         return response
 
+    async def apply_calls(
+        self, session: AsyncSession, batch: Sequence[Submitted[IngestCall]], now: datetime
+    ) -> list[service_pb2.IngestEventsResponse | Alone | BaseException]:
+        """Applies concurrent IngestEvents calls in the caller's one transaction (a group commit): their events
+        are recorded and memberships refreshed once for all, each call answered and remembered by request_id.
+
+        A request_id seen before gets its first answer; a second call with the same request_id in the batch
+        is left ALONE, so it runs after this commit and finds the first one's answer.
+        """
+        requests = [submitted.item.request for submitted in batch]
+        outcomes: list[service_pb2.IngestEventsResponse | Alone | BaseException] = [ALONE] * len(batch)
+        firsts: dict[str, int] = {}
+        for index, request in enumerate(requests):
+            firsts.setdefault(request.request_id, index)
+        previous = await self.idempotency.previous_many(
+            session, "IngestEvents", [requests[i] for i in firsts.values()], service_pb2.IngestEventsResponse
+        )
+        fresh = []
+        for request_id, index in firsts.items():
+            if request_id in previous:
+                outcomes[index] = previous[request_id]
+            else:
+                fresh.append(index)
+        await self.record_events(session, [event for i in fresh for event in batch[i].item.incoming], now)
+        answered = []
+        for index in fresh:
+            call = batch[index].item
+            response = service_pb2.IngestEventsResponse(
+                accepted_count=len(call.request.events) - len(call.problems), errors=record_errors(call.problems)
+            )
+            self.metrics.events(session, call.transport, response.accepted_count, len(call.problems))
+            outcomes[index] = response
+            answered.append((call.request, response))
+        await self.idempotency.remember_many(session, "IngestEvents", answered)
+        return outcomes
+
     async def record_events(self, session: AsyncSession, incoming: Sequence[IncomingEvent], now: datetime) -> None:
         """Stores events (repeated ids change nothing), recomputes the computed attributes they feed, and
         refreshes the memberships of the people involved, in that order, so rules see the new values."""
+        if not incoming:
+            return
         touched = [event.profile_id for event in incoming]
         # Events may arrive before the CRM feed has sent the person: the event creates an empty
         # profile, and the feed's attributes fill it in later.

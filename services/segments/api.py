@@ -1,5 +1,6 @@
 """gRPC servicer of SegmentsService: proto in, validation and store calls, proto out."""
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import grpc
@@ -9,13 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
+from plumbing.group_commit import Alone, GroupCommit, Submitted
 from plumbing.grpc_server import caller_of
-from plumbing.idempotency import Idempotency
+from plumbing.idempotency import Idempotency, require_request_id
 from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.segments import governance, maintenance, records, store
-from services.segments.activity import Activity, CatalogCache
+from services.segments.activity import Activity, CatalogCache, IngestCall
 from services.segments.api_audience import AudienceApi
 from services.segments.api_catalog import CatalogApi
 from services.segments.api_governance import GovernanceApi, validate_definition, version_ref
@@ -38,6 +40,8 @@ log = structlog.get_logger(__name__)
 SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX = 50, 500
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 500, 5000
 MAX_ATTRIBUTE_NAMES = 200
+INGEST_CALLS_PER_COMMIT = 32
+"""IngestEvents calls one transaction carries at most (each holds up to a batch limit of events)."""
 
 
 class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, service_pb2_grpc.SegmentsServiceServicer):
@@ -57,6 +61,13 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         self.future_skew = timedelta(seconds=settings.future_skew_seconds)
         self.tracer = tracer
         self.activity = Activity(outbox, tracer, CatalogCache(settings.catalog_cache_seconds))
+        self.ingest_calls: GroupCommit[IngestCall, service_pb2.IngestEventsResponse] = GroupCommit(
+            "ingest events",
+            self._ingest_batch,
+            max_batch=INGEST_CALLS_PER_COMMIT,
+            alone=self._ingest_alone,
+            tracer=tracer,
+        )
         self.require_approval = settings.require_approval
         self.stream_page_size = settings.stream_page_size
 
@@ -104,15 +115,31 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
 
-        async def apply(session: AsyncSession) -> service_pb2.IngestEventsResponse:
-            return await self.activity.apply_events(session, request, incoming, problems, now, transport="grpc")
-
-        # Once per request_id: a retry, or a concurrent duplicate that lost the race, gets the first answer.
-        response = await self.idempotency.run_once(
-            self.db, "IngestEvents", request, service_pb2.IngestEventsResponse, apply
-        )
+        require_request_id(request)
+        # Calls made at the same time share one transaction: under load the writer's fixed cost per
+        # commit (idempotency, membership refresh per dependency level, the commit) is paid once per batch.
+        response = await self.ingest_calls.submit(IngestCall(request, incoming, problems, "grpc"))
         log.info("events_ingested", accepted=response.accepted_count, rejected=len(problems))
         return response
+
+    async def _ingest_batch(
+        self, batch: Sequence[Submitted[IngestCall]]
+    ) -> list[service_pb2.IngestEventsResponse | Alone | BaseException]:
+        async with self.db.transaction() as session:
+            return await self.activity.apply_calls(session, batch, utcnow())
+
+    async def _ingest_alone(self, call: IngestCall) -> service_pb2.IngestEventsResponse:
+        """One call in its own transaction: a batch that failed, or a request_id its batch already had."""
+
+        async def apply(session: AsyncSession) -> service_pb2.IngestEventsResponse:
+            return await self.activity.apply_events(
+                session, call.request, call.incoming, call.problems, utcnow(), transport=call.transport
+            )
+
+        # Once per request_id: a retry, or a concurrent duplicate that lost the race, gets the first answer.
+        return await self.idempotency.run_once(
+            self.db, "IngestEvents", call.request, service_pb2.IngestEventsResponse, apply
+        )
 
     async def GetProfile(
         self, request: service_pb2.GetProfileRequest, context: grpc.aio.ServicerContext

@@ -399,3 +399,41 @@ async def test_concurrent_duplicates_of_a_request_get_one_answer_and_change_thin
         await segments.UpsertProfiles(changed)
     assert refused.value.code() == grpc.StatusCode.ABORTED
     assert "request_id" in refused.value.details()
+
+
+async def test_calls_made_together_share_a_transaction_and_each_gets_its_own_answer(
+    segments: SegmentsServiceStub, spans: InMemorySpanExporter
+) -> None:
+    """Twenty single-event calls at once: one group commit or a few, every person's membership right, every
+    caller answered for its own records, a reused request_id refused while its batch-mates are kept."""
+    published = await _publish(segments, (await _create(segments, sip_only(), "SIP-only investors")).segment_id)
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    calls = [
+        api.IngestEventsRequest(
+            request_id=new_id("req_"),
+            events=[_event(f"batch-{i}", "sip_registered" if i % 2 else "session_start", now)],
+        )
+        for i in range(20)
+    ]
+    bad = _event("batch-bad", "sip_registered", now)
+    bad.ClearField("occur_time")
+    calls.append(
+        api.IngestEventsRequest(request_id=new_id("req_"), events=[bad, _event("batch-ok", "sip_registered", now)])
+    )
+    # The first call's request_id again with another payload: refused, not applied.
+    reused = api.IngestEventsRequest(request_id=calls[0].request_id, events=[_event("batch-x", "sip_registered", now)])
+    answers = await asyncio.gather(*(segments.IngestEvents(c) for c in [*calls, reused]), return_exceptions=True)
+
+    assert [a.accepted_count for a in answers[:20]] == [1] * 20  # type: ignore[union-attr]
+    mixed = answers[20]
+    assert isinstance(mixed, api.IngestEventsResponse) and mixed.accepted_count == 1
+    assert [e.field for e in mixed.errors] == ["events[0].occur_time"]
+    refused = answers[21]
+    assert isinstance(refused, grpc.aio.AioRpcError) and refused.code() == grpc.StatusCode.ABORTED
+    assert "request_id" in (refused.details() or "")
+    members = await _members(segments, published.segment_id)
+    assert set(members) == {f"batch-{i}" for i in range(1, 20, 2)} | {"batch-ok"}
+    # A retry of any call gets its first answer.
+    assert await segments.IngestEvents(calls[3]) == answers[3]
+    batches = [span for span in spans.get_finished_spans() if span.name == "ingest events batch"]
+    assert batches and max(len(span.links) for span in batches) > 1

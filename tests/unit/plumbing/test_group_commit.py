@@ -130,8 +130,7 @@ async def test_a_batch_of_one_runs_in_its_callers_context_and_a_larger_one_in_a_
         await asyncio.sleep(0.01)
         return ["ok"] * len(batch)
 
-    group: GroupCommit[int, str] = GroupCommit("ingest", write)
-    group._tracer = tracer
+    group: GroupCommit[int, str] = GroupCommit("ingest", write, tracer=tracer)
 
     async def call(name: str, item: int) -> int:
         with tracer.start_as_current_span(name) as span:
