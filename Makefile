@@ -12,7 +12,7 @@ GEN_STAMP := $(GEN)/.stamp
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,9 +75,24 @@ k8s: $(STAMP) ## Render the Kubernetes overlays into var/k8s/<overlay>.yaml and 
 	for overlay in dev prod; do $(VENV)/bin/kubectl kustomize deploy/k8s/overlays/$$overlay > var/k8s/$$overlay.yaml || exit 1; done
 	$(VENV)/bin/kubernetes-validate --strict --quiet -k 1.32 var/k8s/*.yaml
 
-.PHONY: bench
-bench: $(GEN_STAMP) ## Run the benchmarks; figures print and land in bench/results/<name>.json
-	$(PY) -m bench
+BENCH_BACKENDS ?= sqlite postgresql
+comma := ,
+empty :=
+space := $(empty) $(empty)
+
+.PHONY: bench bench-segments bench-campaigns bench-channels bench-attribution
+bench: bench-segments bench-campaigns bench-channels bench-attribution ## Every benchmark at its goal scale (issues 3-6); figures print and land in bench/results/
+bench-segments: $(GEN_STAMP) ## Segments, 1M profiles / 10M events: ingest, recompute vs raw SQL, latency, RSS
+	$(PY) -m bench --backends $(subst $(space),$(comma),$(strip $(BENCH_BACKENDS)))
+
+bench-campaigns: $(GEN_STAMP) ## Campaigns: release of a 1M-person audience, trigger -> dispatch latency, RSS (SQLite)
+	$(PY) -m bench.campaigns
+
+bench-channels: $(GEN_STAMP) ## Channels: dispatch to HTTP and SMTP sinks, latency at 1k/s, duplicates and losses
+	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.channels --backend $$backend || exit 1; done
+
+bench-attribution: $(GEN_STAMP) ## Attribution: disbursement -> views updated at 100/s, month recompute at 1M
+	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.attribution --backend $$backend || exit 1; done
 
 .PHONY: clean
 clean: ## Remove generated stubs and local data (keeps the venv)
