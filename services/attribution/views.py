@@ -183,13 +183,12 @@ class Report:
 
 
 async def report(session: AsyncSession, report_filter: ReportFilter, dimension: str) -> Report:
-    """Totals, one group per value of `dimension`, and one point per day, in three aggregate queries."""
+    """One group per value of `dimension` and one point per day, in two aggregate queries; the totals are the sum
+    of the days (every rollup row is on exactly one day)."""
     if dimension not in DIMENSIONS:
         raise ValueError(f"unknown dimension {dimension!r}")
     where = _rollup_where(report_filter)
-    total = Totals()
-    total.add((await session.execute(select(*_sums()).where(*where))).mappings().one())
-    result = Report(total)
+    result = Report(Totals())
 
     group = store.rollup.c[dimension]
     for row in (await session.execute(select(group.label("key"), *_sums()).where(*where).group_by(group))).mappings():
@@ -204,6 +203,7 @@ async def report(session: AsyncSession, report_filter: ReportFilter, dimension: 
     trend_query = select(day.label("key"), *_sums()).where(*where).group_by(day).order_by(day)
     for row in (await session.execute(trend_query)).mappings():
         result.trend.setdefault(row["key"], Totals()).add(row)
+        result.total.add(row)
     return result
 
 
