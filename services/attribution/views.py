@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, union_all
+from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, true, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -366,18 +366,23 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
             ),
         )
         .group_by(ranked.c.campaign_id)
-        .cte("levels")
+        .subquery("levels")
     )
-    reached = union_all(
+    # Unpivoted by a join with the eight levels, so the per-outreach levels are read once, not once per level
+    # (PostgreSQL would materialise them and scan them eight times, spilling to disk at 1M outreaches).
+    level_names = union_all(
         *(
-            select(
-                levels.c.campaign_id,
-                literal(funnel_column(step)).label("level"),
-                levels.c[funnel_column(step)].label("at"),
-            ).where(levels.c[funnel_column(step)].is_not(None))
+            select(literal(funnel_column(step)).label("level"), literal(funnel_rank(step)).label("rank"))
             for step in FUNNEL_STEPS
         )
-    ).subquery("reached")
+    ).subquery("level_names")
+    at = case(*((level_names.c.rank == funnel_rank(step), levels.c[funnel_column(step)]) for step in FUNNEL_STEPS))
+    reached = (
+        select(levels.c.campaign_id, level_names.c.level, at.label("at"))
+        .select_from(levels.join(level_names, true()))
+        .where(at.is_not(None))
+        .subquery("reached")
+    )
     await collect(
         day_of(reached.c.at),
         reached.join(o, o.c.campaign_id == reached.c.campaign_id),
