@@ -494,7 +494,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=100.0, help="disbursements per second in the live part")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the live part sends")
     parser.add_argument(
-        "--poll-interval", type=float, default=0.1, help="seconds between dashboard loads during the live part"
+        "--poll-interval", type=float, default=0.25, help="seconds between dashboard loads during the live part"
     )
     parser.add_argument("--var", type=Path, default=Path("var/bench/attribution"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
