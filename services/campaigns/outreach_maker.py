@@ -1,4 +1,4 @@
-"""One outreach for one person (a trigger's, a resend's) in the caller's transaction, with the release's checks."""
+"""One outreach for one person (a resend's) in the caller's transaction, with the release's checks."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +19,7 @@ from services.campaigns.content import CompiledContent, compile_content, contact
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
 from services.campaigns.messages import channel_order_of, content_templates_of, offer_of, outreach_proto, timestamp
+from services.campaigns.outreach_rows import RENDER_REASON_LENGTH
 from services.campaigns.rendering import RenderFailed
 from services.campaigns.scheduling import DeliveryOptions, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember
@@ -28,8 +29,6 @@ from xsell.campaigns.v1 import events_pb2
 log = structlog.get_logger(__name__)
 
 RENDER_FAILED = "render_failed"
-RENDER_REASON_LENGTH = 40
-"""run_exclusions.reason holds 40 characters: the start of a render failure's reason, as at release."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def in_outreach_trace(campaign_id: str) -> Iterator[None]:
 
     The trace and its root span id derive from the campaign ID (plumbing.telemetry.outreach_ids), so
     a released outreach needs no span of its own to be continued by the relay, channels and
-    attribution; recording one per person cost a third of the release's time.
+    attribution; recording one per person (and exporting it) took about a quarter of a release's CPU.
     """
     token = otel_context.attach(outreach_context(campaign_id))
     try:
