@@ -309,7 +309,8 @@ async def trigger_latency(stub: Any, bus: Bus, process: CampaignsProcess, events
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": p99,
         "max_ms": round(latencies[-1], 2) if latencies else None,
-        "campaigns_cpu_ms_per_event": round(cpu / events * 1000, 3),
+        # CPU of the campaigns process per event it dispatched: what bounds the rate when it has a core to itself.
+        "campaigns_cpu_ms_per_event": round(cpu / len(received) * 1000, 3) if received else None,
         "goal_met": p99 is not None and len(received) == events and p99 <= GOAL_P99_MS,
     }
 
@@ -338,30 +339,42 @@ async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> d
     }
 
 
-async def run(context: Context) -> dict[str, Any]:
-    run_dir = context.run_dir / "campaigns"
-    await asyncio.to_thread(shutil.rmtree, run_dir, True)
-    segments = SegmentsProcess(run_dir)
-    await segments.start()
+@contextlib.asynccontextmanager
+async def _campaigns(
+    run_dir: Path, segments: SegmentsProcess
+) -> AsyncIterator[tuple[CampaignsProcess, service_pb2_grpc.CampaignsServiceStub, Bus]]:
+    """A campaigns process with its own NATS server and database, a stub to it and a bus connection."""
     process = CampaignsProcess(run_dir, segments.target)
     try:
         await process.start()
         bus = await Bus.connect(process.nats.url, name="bench")
         try:
             async with grpc.aio.insecure_channel(f"{HOST}:{process.port}") as channel:
-                stub = service_pb2_grpc.CampaignsServiceStub(channel)
-                events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
-                trigger = await trigger_latency(stub, bus, process, events)
-                print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
-                audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
-                small = await release_rate(stub, process, audience // 10)
-                print(f"campaigns release: {small}", flush=True)
-                large = await release_rate(stub, process, audience)
-                print(f"campaigns release: {large}", flush=True)
+                yield process, service_pb2_grpc.CampaignsServiceStub(channel), bus
         finally:
             await bus.drain()
     finally:
         process.stop()
+
+
+async def run(context: Context) -> dict[str, Any]:
+    run_dir = context.run_dir / "campaigns"
+    await asyncio.to_thread(shutil.rmtree, run_dir, True)
+    segments = SegmentsProcess(run_dir)
+    await segments.start()
+    try:
+        # Each part on a fresh campaigns process and database: a trigger backlog must not run beside a release.
+        async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
+            events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
+            trigger = await trigger_latency(stub, bus, process, events)
+            print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
+        async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
+            audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
+            small = await release_rate(stub, process, audience // 10)
+            print(f"campaigns release: {small}", flush=True)
+            large = await release_rate(stub, process, audience)
+            print(f"campaigns release: {large}", flush=True)
+    finally:
         segments.stop()
     outreach = {
         "unit": "outreach/s",
