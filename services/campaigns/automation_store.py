@@ -146,23 +146,28 @@ async def add_to_run(session: AsyncSession, run_id: str, *, created: int, render
     )
 
 
-async def complete_past_trigger_runs(session: AsyncSession, campaign_key: str, before: datetime, at: datetime) -> int:
-    """Closes the campaign's trigger runs of days that began before `before` once none of their outreaches still
-    waits for its dispatch (quiet hours); returns how many."""
+def _past_trigger_runs_done(campaign_key: str, before: datetime) -> Any:
+    """The campaign's open trigger runs of days that began before `before` with no outreach waiting for dispatch."""
     r, o = campaign_runs.c, outreaches.c
     waiting = exists().where(
         o.run_id == r.run_id, o.dispatched_at.is_(None), o.withdrawn_at.is_(None), o.test.is_(False)
     )
+    return and_(
+        r.campaign_key == campaign_key, r.kind == TRIGGER, r.completed_at.is_(None), r.occurrence_at < before, ~waiting
+    )
+
+
+async def any_past_trigger_run_done(session: AsyncSession, campaign_key: str, before: datetime) -> bool:
+    """A read first, so the follow-up loop takes the write lock only on the rare poll that closes a day."""
+    query = select(exists().where(_past_trigger_runs_done(campaign_key, before)))
+    return bool((await session.execute(query)).scalar_one())
+
+
+async def complete_past_trigger_runs(session: AsyncSession, campaign_key: str, before: datetime, at: datetime) -> int:
+    """Closes the campaign's trigger runs of days that began before `before` once none of their outreaches still
+    waits for its dispatch (quiet hours); returns how many."""
     result = await session.execute(
-        update(campaign_runs)
-        .where(
-            r.campaign_key == campaign_key,
-            r.kind == TRIGGER,
-            r.completed_at.is_(None),
-            r.occurrence_at < before,
-            ~waiting,
-        )
-        .values(completed_at=at)
+        update(campaign_runs).where(_past_trigger_runs_done(campaign_key, before)).values(completed_at=at)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -90,10 +90,12 @@ class ResendRunner:
     async def complete_past_days(self, campaign: Any) -> int:
         """Closes a triggered campaign's day runs once their local day is over and all they hold is dispatched."""
         now = self.clock()
+        today = trigger_day(now, campaign.time_zone)
+        async with self.db.snapshot() as session:
+            if not await automation_store.any_past_trigger_run_done(session, campaign.campaign_key, today):
+                return 0
         async with self.db.transaction() as session:
-            closed = await automation_store.complete_past_trigger_runs(
-                session, campaign.campaign_key, trigger_day(now, campaign.time_zone), now
-            )
+            closed = await automation_store.complete_past_trigger_runs(session, campaign.campaign_key, today, now)
         if closed:
             log.info("trigger_day_runs_completed", runs=closed)
         return closed
