@@ -1,7 +1,7 @@
 """The AttributionService gRPC servicer: leads and LOS events in, attributed revenue, cost and ROMI out."""
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -10,17 +10,17 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from opentelemetry import trace
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
+from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.attribution import reporting, rules, store, views
-from services.attribution.batches import Batches, Queued
 from services.attribution.convert import (
     channel_name,
     channel_value,
@@ -38,8 +38,8 @@ from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=Message)
-DisbursementInput = tuple[service_pb2.RecordDisbursementRequest, datetime]
-DisbursementCall = Queued[DisbursementInput, service_pb2.RecordDisbursementResponse]
+DisbursementCall = tuple[service_pb2.RecordDisbursementRequest, datetime]
+DisbursementOutcome = service_pb2.RecordDisbursementResponse | Alone | BaseException
 
 
 class _Conflict(Aborted):
@@ -93,8 +93,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         self.currency = ledger.currency
         self.tracer = tracer
         # Concurrent disbursements share transactions (run by the composition root as a background task).
-        self.disbursements: Batches[DisbursementInput, service_pb2.RecordDisbursementResponse] = Batches(
-            self._record_disbursements
+        self.disbursements: GroupCommit[DisbursementCall, service_pb2.RecordDisbursementResponse] = GroupCommit(
+            "attribution.record_disbursements",
+            self._record_disbursements,
+            alone=self._record_disbursement_call_alone,
+            tracer=tracer,
         )
 
     @asynccontextmanager
@@ -237,10 +240,10 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_campaign_id(request.campaign_id)
         disbursed_at = time_or(request.disburse_time, request.HasField("disburse_time"), datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_disbursement", request.campaign_id):
-            response = await self.disbursements.submit((request, disbursed_at))
-            if response is None:
-                response = await self._record_disbursement_alone(request, disbursed_at)
-            return response
+            return await self.disbursements.submit((request, disbursed_at))
+
+    async def _record_disbursement_call_alone(self, call: DisbursementCall) -> service_pb2.RecordDisbursementResponse:
+        return await self._record_disbursement_alone(*call)
 
     async def _record_disbursement_alone(
         self, request: service_pb2.RecordDisbursementRequest, disbursed_at: datetime
@@ -325,37 +328,23 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         )
         return response
 
-    async def _record_disbursements(self, batch: list[DisbursementCall]) -> None:
-        """Applies a batch of RecordDisbursement calls in one transaction of set-based statements and settles each.
+    async def _record_disbursements(self, batch: Sequence[Submitted[DisbursementCall]]) -> list[DisbursementOutcome]:
+        """Applies a batch of RecordDisbursement calls in one transaction of set-based statements.
 
-        Each call gets what it would get alone: its answer, its error (nothing of it written), or None, to be applied
-        on its own after this batch commits. That is the lot of a call whose request_id, outreach, loan or
-        disbursement_id an earlier call of the batch already has, so that it sees that call's effect, and of every
-        call when the batch's transaction fails as a whole (a race with another replica): alone, each then gets
-        its own answer or its own error.
+        Each call gets what it would get alone: its answer, its error (nothing of it written), or ALONE, to be
+        applied on its own after this batch commits. That is the lot of a call whose request_id, outreach, loan
+        or disbursement_id an earlier call of the batch already has, so that it sees that call's effect; and when
+        the transaction fails as a whole (a race with another replica), group commit applies every call of a
+        larger batch alone, so each gets its own answer or error.
         """
-        outcomes: dict[int, service_pb2.RecordDisbursementResponse | DomainError | None] = {}
-        try:
-            async with self._transaction() as session:
-                outcomes = await self._apply_disbursements(session, batch)
-        except (DomainError, SQLAlchemyError) as error:
-            log.warning("disbursement_batch_failed", batch_size=len(batch), error=type(error).__name__)
-            outcomes = {}
-        for index, call in enumerate(batch):
-            outcome = outcomes.get(index)
-            if call.answer.done():
-                # The caller went away (deadline, cancel); what its call wrote stays, and a retry with its
-                # request_id gets that answer.
-                continue
-            if isinstance(outcome, DomainError):
-                call.answer.set_exception(outcome)
-            else:
-                call.answer.set_result(outcome)
+        async with self._transaction() as session:
+            outcomes = await self._apply_disbursements(session, batch)
+        return [outcomes.get(index, ALONE) for index in range(len(batch))]
 
     async def _apply_disbursements(
-        self, session: AsyncSession, batch: list[DisbursementCall]
-    ) -> dict[int, service_pb2.RecordDisbursementResponse | DomainError | None]:
-        outcomes: dict[int, service_pb2.RecordDisbursementResponse | DomainError | None] = {}
+        self, session: AsyncSession, batch: Sequence[Submitted[DisbursementCall]]
+    ) -> dict[int, DisbursementOutcome]:
+        outcomes: dict[int, DisbursementOutcome] = {}
         taken: set[tuple[str, str]] = set()
         chosen: list[int] = []
         for index, call in enumerate(batch):
@@ -367,7 +356,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 ("disbursement", request.disbursement_id),
             }
             if not request.request_id or len(request.request_id) > 200 or keys & taken:
-                outcomes[index] = None
+                outcomes[index] = ALONE
                 continue
             taken |= keys
             chosen.append(index)

@@ -56,7 +56,6 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
-            BackgroundTask("disbursement-batches", servicer.disbursements.run, servicer.disbursements.stop),
             *(BackgroundTask(f"consumer-{c.spec.durable}", c.run, c.stop) for c in consumers),
         ],
         closers=[db.dispose, bus.drain],
