@@ -119,7 +119,8 @@ class ReleaseRunner:
                 pruned = await store.prune_contacts(session, now - LOOKBACK)
             self._pruned_at = now
             log.info("contact_ledger_pruned", entries=pruned)
-        async with self.db.transaction() as session:
+        # A read: polls that find nothing due must not take SQLite's write lock from trigger batches.
+        async with self.db.snapshot() as session:
             runs = await store.due_runs(session, now)
         for run in runs:
             if self._stopping.is_set():

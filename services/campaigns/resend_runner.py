@@ -74,7 +74,8 @@ class ResendRunner:
     async def step(self) -> None:
         """One pass: deferred dispatches, then per campaign: past trigger days closed, due resends, completion."""
         await self.dispatch_deferred()
-        async with self.db.transaction() as session:
+        # Reads first, here and below: a poll that finds nothing to do must not take SQLite's write lock.
+        async with self.db.snapshot() as session:
             campaigns = await automation_store.campaigns_with_automation(session, automation_store.RESENDING_STATES)
         for campaign in campaigns:
             if self._stopping.is_set():
@@ -102,6 +103,9 @@ class ResendRunner:
 
     async def dispatch_deferred(self) -> int:
         now = self.clock()
+        async with self.db.snapshot() as session:
+            if not await automation_store.due_follow_up_dispatches(session, now, 1):
+                return 0
         async with self.db.transaction() as session:
             pending = await automation_store.due_follow_up_dispatches(session, now, self.page_size)
             events, keys = [], []
