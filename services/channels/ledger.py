@@ -1,17 +1,17 @@
 """The dispatch ledger written in batches: many messages' intents in one transaction, their outcomes in another."""
 
 import asyncio
-import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import structlog
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database, transient_failure
+from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.channels import convert, store
@@ -26,52 +26,9 @@ from services.channels.delivery import (
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 MAX_BATCH = 500
 """Rows per ledger transaction; a fetch of dispatch requests is 100, so a batch rarely reaches it."""
 SETTLE_ATTEMPTS = 3
-
-
-class GroupCommit(Generic[T, R]):
-    """Callers submit one item each and wait; items that arrive while a batch is being written form the next batch.
-
-    Under load each transaction carries every item that queued during the previous one (one commit for a
-    whole fetch of dispatch requests); alone, an item waits for nothing but its own transaction. A failed
-    write fails every item of its batch, and each caller decides what that means for its message.
-    """
-
-    def __init__(self, name: str, write: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int) -> None:
-        self.name = name
-        self._write = write
-        self.max_batch = max_batch
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if self._writer is None or self._writer.done():
-            # An empty context: the batch's spans and logs belong to no single message's trace.
-            self._writer = asyncio.create_task(self._drain(), name=f"ledger-{self.name}", context=contextvars.Context())
-        return await future
-
-    async def _drain(self) -> None:
-        # One turn of the loop first, so the other handlers of the same fetch join the first batch.
-        await asyncio.sleep(0)
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            try:
-                results = await self._write([item for item, _ in batch])
-            except Exception as error:  # noqa: BLE001 - handed to every caller of the batch, who raise it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -121,8 +78,12 @@ class Ledger:
         self.db = db
         self.outbox = outbox
         self.tracer = tracer
-        self._intents = GroupCommit("intents", self._write_intents, max_batch)
-        self._outcomes = GroupCommit("outcomes", self._write_outcomes, max_batch)
+        self._intents: GroupCommit[Intent, Claim] = GroupCommit(
+            "channels-intents", self._write_intents, max_batch=max_batch, tracer=tracer
+        )
+        self._outcomes: GroupCommit[Outcome, bool] = GroupCommit(
+            "channels-outcomes", self._write_outcomes, max_batch=max_batch, tracer=tracer
+        )
 
     async def claim(self, intent: Intent) -> Claim:
         """Creates the message if new and, when it may be sent, commits SENDING; the caller sends only on SEND."""
@@ -132,7 +93,8 @@ class Ledger:
         """Commits the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
         return await self._outcomes.submit(outcome)
 
-    async def _write_intents(self, intents: Sequence[Intent]) -> list[Claim]:
+    async def _write_intents(self, batch: Sequence[Submitted[Intent]]) -> list[Claim]:
+        intents = [submitted.item for submitted in batch]
         with self.tracer.start_as_current_span(
             "channels.ledger.intents", attributes={"xsell.batch.size": len(intents)}
         ):
@@ -197,7 +159,8 @@ class Ledger:
         await self.outbox.add_rows(session, events)
         return claims
 
-    async def _write_outcomes(self, outcomes: Sequence[Outcome]) -> list[bool]:
+    async def _write_outcomes(self, batch: Sequence[Submitted[Outcome]]) -> list[bool]:
+        outcomes = [submitted.item for submitted in batch]
         with self.tracer.start_as_current_span(
             "channels.ledger.outcomes", attributes={"xsell.batch.size": len(outcomes)}
         ):
