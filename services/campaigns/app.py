@@ -72,7 +72,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     follow_up_outbox = Outbox(store.outbox, on_commit=relay.notify)
     maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, library)
     people = PersonLookup(segments_channel)
-    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, library)
+    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, library, tracer)
     trigger_consumer = Consumer(
         bus,
         streams.CAMPAIGNS_TRIGGERS,

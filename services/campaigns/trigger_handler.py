@@ -2,15 +2,17 @@
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from plumbing.bus import Delivery
 from plumbing.db import Database
+from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.campaigns import automation_store, store
@@ -31,30 +33,29 @@ from xsell.segments.v1 import events_pb2 as segment_events
 log = structlog.get_logger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Entry:
-    """One segment entry waiting to be applied, and the outcome its handler call waits for."""
+    """One segment entry to apply, with the id of the message that brought it."""
 
     event: segment_events.MembershipChanged
     message_id: str
-    done: asyncio.Future[None]
-    changed_at: datetime = field(init=False)
 
-    def __post_init__(self) -> None:
+    @property
+    def changed_at(self) -> datetime:
         has_time = self.event.HasField("change_time")
-        self.changed_at = self.event.change_time.ToDatetime(tzinfo=UTC) if has_time else utcnow()
+        return self.event.change_time.ToDatetime(tzinfo=UTC) if has_time else utcnow()
 
 
 class TriggerHandler:
     """Applies MembershipChanged ENTERED to the RUNNING triggered campaigns pinned to that segment version.
 
     Entries that arrive together (the consumer hands a fetched batch to concurrent handler calls) are
-    applied together, so the cost per entry falls as the rate rises: the campaigns on their segments
-    are read once, each person is looked up in segments once (concurrently, before the transaction: a
-    SQLite write lock must not wait on the network), and ONE transaction claims every message in the
-    inbox and creates each firing campaign's outreaches for all its people set-based, as a release
-    page does. A redelivered message creates nothing more; each handler call returns (and its message
-    is acknowledged) only after that transaction committed.
+    applied together through a group commit, so the cost per entry falls as the rate rises: the campaigns
+    on their segments are read once, each person is looked up in segments once (concurrently, before the
+    transaction: a SQLite write lock must not wait on the network), and ONE transaction claims every
+    message in the inbox and creates each firing campaign's outreaches for all its people set-based, as
+    a release page does. A redelivered message creates nothing more; each handler call returns (and its
+    message is acknowledged) only after that transaction committed.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class TriggerHandler:
         gate: AudienceGate,
         outbox: Outbox,
         library: ContentLibrary,
+        tracer: trace.Tracer,
         *,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -73,36 +75,18 @@ class TriggerHandler:
         self.outbox = outbox
         self.library = library
         self.clock = clock
-        self._waiting: list[_Entry] = []
+        self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
         self._compiled: dict[tuple[str, int], CompiledContent] = {}
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
         if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
             return
-        entry = _Entry(event, delivery.message_id, asyncio.get_running_loop().create_future())
-        self._waiting.append(entry)
-        if len(self._waiting) == 1:
-            # The first to arrive applies the batch: one turn of the event loop lets the other handler calls
-            # of the same fetch queue up behind it.
-            await asyncio.sleep(0)
-            batch, self._waiting = self._waiting, []
-            await self._apply_settling(batch)
-        await entry.done
+        await self._batches.submit(_Entry(event, delivery.message_id))
 
-    async def _apply_settling(self, batch: list[_Entry]) -> None:
-        """Applies the batch; whatever fails, every entry's handler call gets the outcome (and naks on an error)."""
-        try:
-            await self._apply(batch)
-        except asyncio.CancelledError:
-            for entry in batch:
-                entry.done.cancel()
-            raise
-        except Exception as error:  # noqa: BLE001 - handed to every entry's handler call, which naks its message
-            for entry in batch:
-                if not entry.done.done():
-                    entry.done.set_exception(error)
-
-    async def _apply(self, batch: list[_Entry]) -> None:
+    async def _apply(self, submitted: Sequence[Submitted[_Entry]]) -> list[BaseException | None]:
+        """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on."""
+        batch = [s.item for s in submitted]
+        outcomes: list[BaseException | None] = [None] * len(batch)
         async with self.db.snapshot() as session:
             candidates = await automation_store.campaigns_on_segments(
                 session, sorted({e.event.segment_id for e in batch}), CampaignState.RUNNING.value
@@ -111,67 +95,65 @@ class TriggerHandler:
         for campaign in candidates:
             if automation_of(campaign).trigger is not None:
                 on_segment[campaign.segment_id].append(campaign)
-        firing: dict[str, list[Any]] = {}
-        for entry in batch:
+        firing: dict[int, list[Any]] = {}
+        for index, entry in enumerate(batch):
             fired = [
                 c
                 for c in on_segment[entry.event.segment_id]
                 if fires(entry.changed_at, c.launched_at, entry.event.segment_version, c.segment_version)
             ]
             if fired:
-                firing[entry.message_id] = fired
-            else:
-                entry.done.set_result(None)
-        pending = [e for e in batch if not e.done.done()]
-        if not pending:
-            return
+                firing[index] = fired
+        if not firing:
+            return outcomes
         now = self.clock()
-        people = await self._look_up(pending, now)
-        pending = [e for e in pending if not e.done.done()]
-        if not pending:
-            return
-        outcomes: Counter[str] = Counter()
+        people, failed = await self._look_up([batch[i].event.profile_id for i in firing], now)
+        for index in list(firing):
+            profile_id = batch[index].event.profile_id
+            if profile_id in failed:
+                outcomes[index] = failed[profile_id]
+                del firing[index]
+            elif profile_id not in people:
+                log.info("trigger_profile_missing", profile_id=profile_id)
+                del firing[index]
+        if not firing:
+            return outcomes
+        counts: Counter[str] = Counter()
         async with self.db.transaction() as session:
             claimed = await automation_store.claim_messages(
-                session, streams.CAMPAIGNS_TRIGGERS.durable, [e.message_id for e in pending], now
+                session, streams.CAMPAIGNS_TRIGGERS.durable, [batch[i].message_id for i in firing], now
             )
-            outcomes["redelivery_skipped"] = len(pending) - len(claimed)
+            counts["redelivery_skipped"] = len(firing) - len(claimed)
             # Each campaign's people in arrival order, once each, from the messages applied for the first time.
             members: dict[str, dict[str, AudienceMember]] = defaultdict(dict)
-            for entry in pending:
-                if entry.message_id in claimed:
-                    for campaign in firing[entry.message_id]:
-                        member = people[entry.event.profile_id]
+            for index, fired in firing.items():
+                if batch[index].message_id in claimed:
+                    member = people[batch[index].event.profile_id]
+                    for campaign in fired:
                         members[campaign.campaign_key].setdefault(member.profile_id, member)
             # Read again in this transaction: a pause or cancel that committed first wins.
             running = await automation_store.campaigns_in_state(session, sorted(members), CampaignState.RUNNING.value)
             # Serialises triggers of the same people (two replicas, two segments) until this transaction ends.
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for campaign in sorted(running, key=lambda c: c.campaign_key):
-                outcomes.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
-        for entry in pending:
-            entry.done.set_result(None)
-        log.info("triggers_applied", entries=len(batch), **outcomes)
+                counts.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
+        log.info("triggers_applied", entries=len(batch), **counts)
+        return outcomes
 
-    async def _look_up(self, pending: list[_Entry], now: datetime) -> dict[str, AudienceMember]:
-        """Each person once, concurrently; an entry whose person is unknown is done, one whose look-up failed naks."""
-        profile_ids = list(dict.fromkeys(e.event.profile_id for e in pending))
-        found = await asyncio.gather(*(self.people.member(p, now) for p in profile_ids), return_exceptions=True)
+    async def _look_up(
+        self, profile_ids: list[str], now: datetime
+    ) -> tuple[dict[str, AudienceMember], dict[str, BaseException]]:
+        """Each person once, concurrently: those found, and the errors of those whose look-up failed."""
+        unique = list(dict.fromkeys(profile_ids))
+        found = await asyncio.gather(*(self.people.member(p, now) for p in unique), return_exceptions=True)
         people: dict[str, AudienceMember] = {}
         failed: dict[str, BaseException] = {}
-        for profile_id, result in zip(profile_ids, found, strict=True):
+        for profile_id, result in zip(unique, found, strict=True):
             if isinstance(result, AudienceMember):
                 people[profile_id] = result
             elif isinstance(result, BaseException):
                 failed[profile_id] = result
-        for entry in pending:
-            profile_id = entry.event.profile_id
-            if profile_id in failed:
-                entry.done.set_exception(failed[profile_id])
-            elif profile_id not in people:
-                log.info("trigger_profile_missing", profile_id=profile_id)
-                entry.done.set_result(None)
-        return people
+        return people, failed
 
     async def _fire(self, session: Any, campaign: Any, members: list[AudienceMember], now: datetime) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today."""
