@@ -46,6 +46,8 @@ def counts_proto(counts: Counts) -> resources_pb2.ReportCounts:
         complained=counts.complained,
         opted_out=counts.opted_out,
         render_failed=counts.render_failed,
+        resent=counts.resent,
+        resends_skipped_by_reason=by_reason(counts.resends_skipped_by_reason),
     )
 
 
@@ -63,14 +65,22 @@ def run_proto(run: Any, counts: Counts) -> resources_pb2.CampaignRun:
 async def counts_per_run(
     session: AsyncSession, campaign_keys: Sequence[str], runs: Sequence[Any], *, only_these_runs: bool = False
 ) -> dict[str, Counts]:
-    """Each run's counts: two grouped queries over the campaigns' outreaches and exclusions."""
+    """Each run's counts: three grouped queries over the campaigns' outreaches, exclusions and resend decisions."""
     run_ids = [run.run_id for run in runs] if only_these_runs else None
     outreaches = await store.outreach_counts(session, campaign_keys, run_ids)
     exclusions: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for run_id, kind, reason, people in await store.exclusion_counts(session, campaign_keys, run_ids):
         exclusions[run_id].append((kind, reason, people))
+    skips: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for run_id, reason, originals in await store.resend_skips(session, campaign_keys, run_ids):
+        skips[run_id].append((reason, originals))
     return {
-        run.run_id: run_counts(outreaches.get(run.run_id, {}), exclusions.get(run.run_id, ()), run.skipped_render)
+        run.run_id: run_counts(
+            outreaches.get(run.run_id, {}),
+            exclusions.get(run.run_id, ()),
+            run.skipped_render,
+            skips.get(run.run_id, ()),
+        )
         for run in runs
     }
 

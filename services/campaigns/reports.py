@@ -43,6 +43,8 @@ class Counts:
     opted_out: int = 0
     suppressed_by_reason: Counter[str] = field(default_factory=Counter)
     capped_by_reason: Counter[str] = field(default_factory=Counter)
+    resent: int = 0
+    resends_skipped_by_reason: Counter[str] = field(default_factory=Counter)
 
     def __add__(self, other: "Counts") -> "Counts":
         total = Counts()
@@ -51,9 +53,14 @@ class Counts:
         return total
 
 
-def run_counts(outreaches: Mapping[str, int], exclusions: Iterable[tuple[str, str, int]], render_failed: int) -> Counts:
-    """One run's counts from its outreach aggregates (created, withdrawn, one per state) and its
-    exclusions (kind, reason, people).
+def run_counts(
+    outreaches: Mapping[str, int],
+    exclusions: Iterable[tuple[str, str, int]],
+    render_failed: int,
+    resend_skips: Iterable[tuple[str, int]] = (),
+) -> Counts:
+    """One run's counts from its outreach aggregates (created, withdrawn, resent, one per state), its
+    exclusions (kind, reason, people) and the resends of its outreaches decided against (reason, originals).
 
     An outreach withdrawn for a better campaign was created from this run's audience, so it stays in
     the audience, leaves `released` and counts as capped ("outranked"); its own exclusion row is not
@@ -62,6 +69,9 @@ def run_counts(outreaches: Mapping[str, int], exclusions: Iterable[tuple[str, st
     counts = Counts(render_failed=render_failed)
     created = outreaches.get("created", 0)
     counts.released = created - outreaches.get("withdrawn", 0)
+    counts.resent = outreaches.get("resent", 0)
+    for reason, originals in resend_skips:
+        counts.resends_skipped_by_reason[reason] += originals
     for column, name in ENGAGEMENT.items():
         setattr(counts, name, outreaches.get(column, 0))
     left_out = 0

@@ -38,6 +38,7 @@ from plumbing.idempotency import idempotency_table
 from plumbing.ids import new_id
 from plumbing.outbox import inbox_table, outbox_table
 from services.campaigns.campaign_ids import SequenceBlock
+from services.campaigns.resends import RESENT
 
 metadata = MetaData()
 outbox = outbox_table(metadata)
@@ -766,6 +767,7 @@ async def outreach_counts(
             o.run_id,
             func.count().label("created"),
             func.count(o.withdrawn_at).label("withdrawn"),
+            func.count(o.resend_of).label("resent"),
             *(func.count(o[column]).label(column) for column in OUTREACH_COUNT_COLUMNS),
         )
         .where(o.campaign_key.in_(list(campaign_keys)), o.test.is_(False))
@@ -777,6 +779,28 @@ async def outreach_counts(
         row.run_id: {k: int(v) for k, v in row._mapping.items() if k != "run_id"}
         for row in await session.execute(query)
     }
+
+
+async def resend_skips(
+    session: AsyncSession, campaign_keys: Sequence[str], run_ids: Sequence[str] | None = None
+) -> list[tuple[str, str, int]]:
+    """(run_id, reason, originals) of the resends decided against, by the run of their originals."""
+    if not campaign_keys:
+        return []
+    o = outreaches.c
+    query = (
+        select(o.run_id, o.resend_state, func.count())
+        .where(
+            o.campaign_key.in_(list(campaign_keys)),
+            o.test.is_(False),
+            o.resend_state.is_not(None),
+            o.resend_state != RESENT,
+        )
+        .group_by(o.run_id, o.resend_state)
+    )
+    if run_ids is not None:
+        query = query.where(o.run_id.in_(list(run_ids)))
+    return [(run_id, state, int(count)) for run_id, state, count in await session.execute(query)]
 
 
 async def exclusion_counts(

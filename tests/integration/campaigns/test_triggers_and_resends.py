@@ -505,6 +505,12 @@ async def test_a_resend_goes_once_to_who_did_not_open_and_not_to_who_opted_out_m
             ).all()
         )
     assert decided == {"r-01": "opened", "r-02": "suppressed:opt_out", "r-03": "resent"}
+    # The report says the same: one resend (released under the resend run) and why the others got none.
+    report = await _report(stack, key)
+    assert (report.released, report.resent) == (4, 1)
+    assert {r.reason: r.count for r in report.resends_skipped_by_reason} == {"opened": 1, "suppressed:opt_out": 1}
+    runs = (await stack.campaigns.ListCampaignRuns(service_pb2.ListCampaignRunsRequest(campaign_key=key))).runs
+    assert sorted((run.counts.released, run.counts.resent) for run in runs) == [(1, 1), (3, 0)]
 
 
 async def test_a_paused_campaign_resends_nothing_while_another_one_resends(stack: Stack) -> None:
