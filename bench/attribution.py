@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -38,14 +37,12 @@ from statistics import median, quantiles
 from typing import Any
 
 import grpc
-import psutil
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import insert
 
 from bench.postgres import BenchPostgres
 from bench.results import machine_info
-from devstack.nats_server import NatsServer, free_port
+from bench.service import ServiceProcess
 from plumbing.db import Database
 from services.attribution import store, views
 from services.attribution.app import MIGRATIONS
@@ -185,87 +182,10 @@ def _disbursement(index: int, row: dict[str, Any]) -> service_pb2.RecordDisburse
     )
 
 
-class AttributionProcess:
-    """`python -m services.attribution` as production runs it (its own process, spans to the local store), on the
-    bench's database, with its own NATS; stopped by stop()."""
-
-    def __init__(self, var: Path, database_url: str) -> None:
-        self.var = var
-        self.database_url = database_url
-        self.nats = NatsServer(var / "nats")
-        self.port = free_port(HOST)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    async def start(self, timeout: float = 120) -> None:
-        await asyncio.to_thread(self._launch)
-        await self._wait_serving(timeout)
-
-    def _launch(self) -> None:
-        self.nats.start(self.var / "nats.log")
-        env = {
-            **os.environ,
-            "XSELL_ATTRIBUTION_GRPC_HOST": HOST,
-            "XSELL_ATTRIBUTION_GRPC_PORT": str(self.port),
-            "XSELL_ATTRIBUTION_DATABASE_URL": self.database_url,
-            "XSELL_ATTRIBUTION_NATS_URL": self.nats.url,
-            "XSELL_ATTRIBUTION_VAR_DIR": str(self.var / "service"),
-            # One info line per call would cost the measured process as much as a statement; warnings still show.
-            "XSELL_ATTRIBUTION_LOG_LEVEL": "warning",
-            "XSELL_ATTRIBUTION_METRICS_PORT": str(free_port(HOST)),
-        }
-        log = (self.var / "attribution.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.attribution"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-
-    async def _wait_serving(self, timeout: float) -> None:
-        log = self.var / "attribution.log"
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"attribution exited with {self.process.returncode}; see {log}")
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"attribution not serving after {timeout}s; see {log}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the service process has used so far."""
-        assert self.process is not None
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        self.nats.stop()
-
-
 async def live(
     url: str, var: Path, spare: list[dict[str, Any]], rate: float, seconds: float, poll_interval: float
 ) -> dict[str, Any]:
-    service = AttributionProcess(var, url)
+    service = ServiceProcess("attribution", var, url, grpc_service=SERVICE)
     await service.start()
     total = min(len(spare), int(rate * seconds))
     try:

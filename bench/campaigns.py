@@ -22,9 +22,7 @@ figure with its unit, goal and verdict, the machine and package versions. Everyt
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import generator
 from bench.results import Context, machine_info, write_result
-from devstack.nats_server import NatsServer, free_port
+from bench.service import ServiceProcess
+from devstack.nats_server import free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
 from plumbing.ids import new_id
 from services import streams
@@ -152,78 +149,20 @@ class SegmentsProcess:
         self.process = None
 
 
-class CampaignsProcess:
+def _campaigns_process(run_dir: Path, segments_target: str) -> ServiceProcess:
     """`python -m services.campaigns` on a fresh SQLite file, with its own NATS server."""
-
-    def __init__(self, run_dir: Path, segments_target: str) -> None:
-        self.run_dir = run_dir
-        self.segments_target = segments_target
-        self.nats = NatsServer(run_dir / "nats")
-        self.port = free_port(HOST)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def _launch(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.nats.start(self.run_dir / "nats.log")
-        env = {
-            **os.environ,
-            "XSELL_CAMPAIGNS_GRPC_HOST": HOST,
-            "XSELL_CAMPAIGNS_GRPC_PORT": str(self.port),
-            "XSELL_CAMPAIGNS_DATABASE_URL": f"sqlite+aiosqlite:///{self.run_dir / 'campaigns.db'}",
-            "XSELL_CAMPAIGNS_NATS_URL": self.nats.url,
-            "XSELL_CAMPAIGNS_VAR_DIR": str(self.run_dir / "var"),
-            "XSELL_CAMPAIGNS_LOG_LEVEL": "warning",
-            "XSELL_CAMPAIGNS_METRICS_PORT": str(free_port(HOST)),
-            "XSELL_CAMPAIGNS_SEGMENTS_TARGET": self.segments_target,
+    return ServiceProcess(
+        "campaigns",
+        run_dir,
+        f"sqlite+aiosqlite:///{run_dir / 'campaigns.db'}",
+        {
+            "XSELL_CAMPAIGNS_SEGMENTS_TARGET": segments_target,
             "XSELL_CAMPAIGNS_REQUIRE_APPROVAL": "false",
             "XSELL_CAMPAIGNS_RELEASE_PAGE_SIZE": str(RELEASE_PAGE_SIZE),
             "XSELL_CAMPAIGNS_RELEASE_POLL_SECONDS": "0.2",
-        }
-        log = (self.run_dir / "campaigns.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.campaigns"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._launch)
-        assert self.process is not None
-        async with grpc.aio.insecure_channel(f"{HOST}:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"campaigns exited; see {self.run_dir / 'campaigns.log'}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"campaigns not serving; see {self.run_dir / 'campaigns.log'}")
-
-    def rss_mib(self) -> float:
-        assert self.process is not None
-        return float(psutil.Process(self.process.pid).memory_info().rss) / 2**20
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU the process has used so far (what a figure cost, whatever else runs on the machine)."""
-        assert self.process is not None
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        self.nats.stop()
+        },
+        grpc_service=SERVICE,
+    )
 
 
 def _campaign(segment_id: str, **fields: Any) -> resources_pb2.Campaign:
@@ -253,7 +192,7 @@ def percentile(samples: list[float], q: float) -> float | None:
     return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
 
 
-async def trigger_latency(stub: Any, bus: Bus, process: CampaignsProcess, events: int) -> dict[str, Any]:
+async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: int) -> dict[str, Any]:
     """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
     trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
     await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
@@ -315,7 +254,7 @@ async def trigger_latency(stub: Any, bus: Bus, process: CampaignsProcess, events
     }
 
 
-async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> dict[str, Any]:
+async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dict[str, Any]:
     """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created."""
     peak = process.rss_mib()
     cpu_before = process.cpu_seconds()
@@ -342,14 +281,14 @@ async def release_rate(stub: Any, process: CampaignsProcess, audience: int) -> d
 @contextlib.asynccontextmanager
 async def _campaigns(
     run_dir: Path, segments: SegmentsProcess
-) -> AsyncIterator[tuple[CampaignsProcess, service_pb2_grpc.CampaignsServiceStub, Bus]]:
+) -> AsyncIterator[tuple[ServiceProcess, service_pb2_grpc.CampaignsServiceStub, Bus]]:
     """A campaigns process with its own NATS server and database, a stub to it and a bus connection."""
-    process = CampaignsProcess(run_dir, segments.target)
+    process = _campaigns_process(run_dir, segments.target)
     try:
-        await process.start()
+        await process.start(timeout=120)
         bus = await Bus.connect(process.nats.url, name="bench")
         try:
-            async with grpc.aio.insecure_channel(f"{HOST}:{process.port}") as channel:
+            async with grpc.aio.insecure_channel(process.target) as channel:
                 yield process, service_pb2_grpc.CampaignsServiceStub(channel), bus
         finally:
             await bus.drain()

@@ -1,4 +1,4 @@
-"""The segments service as production runs it: `python -m services.segments` with its own NATS, on a dataset copy."""
+"""The services as production runs them (`python -m services.<name>`, with their own NATS), for the benches."""
 
 import asyncio
 import contextlib
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.nats_server import NatsServer, free_port
@@ -24,13 +25,23 @@ MAKER, CHECKER = "bench-maker", "bench-checker"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
 
 
-class SegmentsProcess:
-    """One service process and its NATS server; both bound to 127.0.0.1 and stopped by stop()."""
+class ServiceProcess:
+    """One xsell service as production runs it (`python -m services.<name>`, spans to its local store) with its
+    own NATS server; both bound to 127.0.0.1 and stopped by stop().
 
-    def __init__(self, run_dir: Path, database_url: str, extra_env: dict[str, str] | None = None) -> None:
+    Its log is `<run_dir>/<name>.log` and its var dir `<run_dir>/var`; `env` adds or overrides settings
+    (`XSELL_<NAME>_…`). Logging is at warning: an info line per call would cost the measured process as much
+    as a statement.
+    """
+
+    def __init__(
+        self, name: str, run_dir: Path, database_url: str, env: dict[str, str] | None = None, *, grpc_service: str
+    ) -> None:
+        self.name = name
         self.run_dir = run_dir
         self.database_url = database_url
-        self.extra_env = extra_env or {}
+        self.extra_env = env or {}
+        self.grpc_service = grpc_service
         self.nats = NatsServer(run_dir / "nats")
         self.port = free_port(HOST)
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,6 +55,10 @@ class SegmentsProcess:
         assert self.process is not None
         return self.process.pid
 
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
     async def start(self, timeout: float = 600) -> None:
         await asyncio.to_thread(self._launch)
         await self._wait_serving(timeout)
@@ -51,21 +66,22 @@ class SegmentsProcess:
     def _launch(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.nats.start(self.run_dir / "nats.log")
+        prefix = f"XSELL_{self.name.upper()}_"
         env = {
             **os.environ,
-            "XSELL_SEGMENTS_GRPC_HOST": HOST,
-            "XSELL_SEGMENTS_GRPC_PORT": str(self.port),
-            "XSELL_SEGMENTS_DATABASE_URL": self.database_url,
-            "XSELL_SEGMENTS_NATS_URL": self.nats.url,
-            "XSELL_SEGMENTS_VAR_DIR": str(self.run_dir / "var"),
-            "XSELL_SEGMENTS_LOG_LEVEL": "warning",
+            f"{prefix}GRPC_HOST": HOST,
+            f"{prefix}GRPC_PORT": str(self.port),
+            f"{prefix}DATABASE_URL": self.database_url,
+            f"{prefix}NATS_URL": self.nats.url,
+            f"{prefix}VAR_DIR": str(self.run_dir / "var"),
+            f"{prefix}LOG_LEVEL": "warning",
             # Every process serves /metrics; a free port keeps two runs (or a make run) apart.
-            "XSELL_SEGMENTS_METRICS_PORT": str(free_port(HOST)),
+            f"{prefix}METRICS_PORT": str(free_port(HOST)),
             **self.extra_env,
         }
-        log = (self.run_dir / "segments.log").open("ab")
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.segments"],
+            [sys.executable, "-m", f"services.{self.name}"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -79,17 +95,23 @@ class SegmentsProcess:
             while time.monotonic() < deadline:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"segments exited with {self.process.returncode}; see {self.run_dir / 'segments.log'}"
-                    )
+                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
                 try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=self.grpc_service), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.aio.AioRpcError:
                     pass
                 await asyncio.sleep(0.2)
-        raise TimeoutError(f"segments not serving after {timeout}s; see {self.run_dir / 'segments.log'}")
+        raise TimeoutError(f"{self.name} not serving after {timeout}s; see {self.log_path}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (what a figure cost, whatever else runs on the machine)."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def rss_mib(self) -> float:
+        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -101,6 +123,13 @@ class SegmentsProcess:
                 self.process.wait()
         self.process = None
         self.nats.stop()
+
+
+class SegmentsProcess(ServiceProcess):
+    """The segments service on a dataset copy."""
+
+    def __init__(self, run_dir: Path, database_url: str, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__("segments", run_dir, database_url, extra_env, grpc_service=SERVICE)
 
 
 @contextlib.asynccontextmanager
