@@ -41,14 +41,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import grpc
-import psutil
 from aiosmtpd.controller import Controller
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import select
 
 from bench.postgres import BenchPostgres
 from bench.results import machine_info
+from bench.service import ServiceProcess
 from devstack.nats_server import NatsServer, free_port
 from devstack.provider_sinks import ProviderSinks
 from plumbing.bus import Bus
@@ -66,7 +64,6 @@ from xsell.campaigns.v1.events_pb2 import (
 from xsell.type.v1 import channel_pb2
 
 HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parent.parent
 SERVICE = "xsell.channels.v1.ChannelsService"
 HTTP_CHANNELS = ("sms", "whatsapp", "push", "webhook")
 GOALS = {"http_per_s": 5000.0, "smtp_per_s": 1000.0, "p99_ms": 30.0, "offered_per_s": 1000.0}
@@ -143,60 +140,6 @@ class Mailbox:
         found = self._CAMPAIGN.search(envelope.content)
         self.accepted.append((found.group(1).decode() if found else "", time.perf_counter()))
         return "250 2.0.0 Ok: queued"
-
-
-class ChannelsProcess:
-    """`python -m services.channels` as production runs it, pointed at the sinks, the relay and a NATS server."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.port = int(env["XSELL_CHANNELS_GRPC_PORT"])
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def _launch(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.channels"], env=self.env, cwd=REPO, stdout=log, stderr=log
-            )
-
-    async def start(self, timeout: float = 60.0) -> None:
-        await asyncio.to_thread(self._launch)
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(f"{HOST}:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"channels exited with {self.process.returncode}; see {self.log_path}")
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"channels not serving after {timeout}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 def dispatch(index: int, channel: str, run: str, webhook_url: str) -> DispatchRequested:
@@ -303,16 +246,12 @@ class Bench:
     nats_url: str
     profiles: list[Path] = field(default_factory=list)
 
-    def env(self) -> dict[str, str]:
+    def service(self, part: str) -> ServiceProcess:
+        """A fresh channels process for one part, on the bench's NATS, database, sinks and relay."""
         limits = {name: self.args.provider_rate for name in (*HTTP_CHANNELS, "email")}
         # E-mail too: the SMTP sessions bound the transactions on the wire, not the messages whose intents are written.
         concurrency = {name: self.args.provider_concurrency for name in (*HTTP_CHANNELS, "email")}
         settings = {
-            "GRPC_PORT": str(free_port(HOST)),
-            "DATABASE_URL": self.url,
-            "NATS_URL": self.nats_url,
-            "VAR_DIR": str(self.var / "service"),
-            "LOG_LEVEL": "warning",
             "SMTP_PORT": str(self.smtp_port),
             "DISPATCH_CONCURRENCY": str(self.args.concurrency),
             "PROVIDER_RATE_PER_SECOND": json.dumps(limits),
@@ -320,10 +259,14 @@ class Bench:
             "SMTP_CONNECTIONS": str(self.args.smtp_connections),
             **{name.upper(): str(value) for name, value in self.sinks.channels_settings().items()},
         }
-        env = {key: value for key, value in os.environ.items() if not key.startswith("XSELL_")}
-        env.update({f"XSELL_CHANNELS_{name}": value for name, value in settings.items()})
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "gen")])
-        return env
+        return ServiceProcess(
+            "channels",
+            self.var / part,
+            self.url,
+            {f"XSELL_CHANNELS_{name}": value for name, value in settings.items()},
+            grpc_service=SERVICE,
+            nats_url=self.nats_url,
+        )
 
     def accepted(self) -> list[tuple[str, float]]:
         """Every acceptance at every provider so far: (campaign ID, when)."""
@@ -336,14 +279,13 @@ class Bench:
         events = [dispatch(i, channels[i % len(channels)], part, webhook_url) for i in range(count)]
         last_seq = await preload(self.bus, events)
         ids = {e.campaign_id for e in events}
-        service = ChannelsProcess(self.env(), self.var / f"channels-{part}.log")
-        await service.start()
+        service = self.service(part)
+        await service.start(timeout=60)
         profiler = self._profile(part, service.pid)
-        process = psutil.Process(service.pid)
-        cpu_before = _cpu_seconds(process)
+        cpu_before = service.cpu_seconds()
         try:
             finished = await all_handled(self.bus, last_seq)
-            cpu = _cpu_seconds(process) - cpu_before
+            cpu = service.cpu_seconds() - cpu_before
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
@@ -367,8 +309,8 @@ class Bench:
         count = int(rate * seconds)
         events = [dispatch(i, HTTP_CHANNELS[i % len(HTTP_CHANNELS)], part, webhook_url) for i in range(count)]
         ids = {e.campaign_id for e in events}
-        service = ChannelsProcess(self.env(), self.var / f"channels-{part}.log")
-        await service.start()
+        service = self.service(part)
+        await service.start(timeout=60)
         requested: dict[str, float] = {}
         last_seq = 0
         try:

@@ -27,15 +27,23 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_s
 
 class ServiceProcess:
     """One xsell service as production runs it (`python -m services.<name>`, spans to its local store) with its
-    own NATS server; both bound to 127.0.0.1 and stopped by stop().
+    own NATS server, or the bench's when `nats_url` is given; bound to 127.0.0.1 and stopped by stop().
 
     Its log is `<run_dir>/<name>.log` and its var dir `<run_dir>/var`; `env` adds or overrides settings
-    (`XSELL_<NAME>_…`). Logging is at warning: an info line per call would cost the measured process as much
+    (`XSELL_<NAME>_…`); the caller's own `XSELL_…` variables are left out, so a developer's shell never
+    changes a figure. Logging is at warning: an info line per call would cost the measured process as much
     as a statement.
     """
 
     def __init__(
-        self, name: str, run_dir: Path, database_url: str, env: dict[str, str] | None = None, *, grpc_service: str
+        self,
+        name: str,
+        run_dir: Path,
+        database_url: str,
+        env: dict[str, str] | None = None,
+        *,
+        grpc_service: str,
+        nats_url: str | None = None,
     ) -> None:
         self.name = name
         self.run_dir = run_dir
@@ -43,6 +51,7 @@ class ServiceProcess:
         self.extra_env = env or {}
         self.grpc_service = grpc_service
         self.nats = NatsServer(run_dir / "nats")
+        self.nats_url = nats_url
         self.port = free_port(HOST)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -65,14 +74,15 @@ class ServiceProcess:
 
     def _launch(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.nats.start(self.run_dir / "nats.log")
+        if self.nats_url is None:
+            self.nats.start(self.run_dir / "nats.log")
         prefix = f"XSELL_{self.name.upper()}_"
         env = {
-            **os.environ,
+            **{key: value for key, value in os.environ.items() if not key.startswith("XSELL_")},
             f"{prefix}GRPC_HOST": HOST,
             f"{prefix}GRPC_PORT": str(self.port),
             f"{prefix}DATABASE_URL": self.database_url,
-            f"{prefix}NATS_URL": self.nats.url,
+            f"{prefix}NATS_URL": self.nats_url or self.nats.url,
             f"{prefix}VAR_DIR": str(self.run_dir / "var"),
             f"{prefix}LOG_LEVEL": "warning",
             # Every process serves /metrics; a free port keeps two runs (or a make run) apart.
@@ -122,7 +132,8 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        self.nats.stop()
+        if self.nats_url is None:
+            self.nats.stop()
 
 
 class SegmentsProcess(ServiceProcess):
