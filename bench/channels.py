@@ -49,6 +49,7 @@ from bench.results import machine_info
 from bench.service import ServiceProcess
 from devstack.nats_server import NatsServer, free_port
 from devstack.provider_sinks import ProviderSinks
+from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.db import Database
 from services import streams
@@ -56,10 +57,6 @@ from services.channels import store
 from xsell.campaigns.v1.events_pb2 import (
     DispatchRequested,
     EmailMessage,
-    PushMessage,
-    SmsMessage,
-    WebhookMessage,
-    WhatsAppMessage,
 )
 from xsell.type.v1 import channel_pb2
 
@@ -146,32 +143,8 @@ def dispatch(index: int, channel: str, run: str, webhook_url: str) -> DispatchRe
     """A valid DispatchRequested on `channel`, keyed by a campaign ID unique to this run."""
     campaign_id = f"CSELL-BENCH-{run}-{index:07d}"
     event = DispatchRequested(event_id=f"evt_{run}_{index}", campaign_id=campaign_id, profile_id=f"prf_{index}")
-    if channel == "sms":
-        event.channel = channel_pb2.CHANNEL_SMS
-        event.sms.CopyFrom(
-            SmsMessage(
-                to_number="+919876543210",
-                sender_id="ACMEBK",
-                dlt_template_id="1107161234567890123",
-                body="Dear customer, your loan of Rs 5,00,000 is pre-approved.",
-            )
-        )
-    elif channel == "whatsapp":
-        event.channel = channel_pb2.CHANNEL_WHATSAPP
-        event.whatsapp.CopyFrom(
-            WhatsAppMessage(
-                to_number="+919876543210",
-                template_name="preapproved_loan_offer",
-                language_code="en",
-                parameters=["Priya", "5,00,000"],
-            )
-        )
-    elif channel == "push":
-        event.channel = channel_pb2.CHANNEL_PUSH
-        event.push.CopyFrom(PushMessage(device_token=f"fcm-token-{index}", title="Pre-approved", body="Your loan"))
-    elif channel == "webhook":
-        event.channel = channel_pb2.CHANNEL_WEBHOOK
-        event.webhook.CopyFrom(WebhookMessage(url=webhook_url, payload_json='{"task": "call"}'))
+    if channel in HTTP_CHANNELS:
+        fill_http_message(event, channel, webhook_url=webhook_url, device_token=f"fcm-token-{index}")
     elif channel == "email":
         event.channel = channel_pb2.CHANNEL_EMAIL
         event.email.CopyFrom(

@@ -1,5 +1,6 @@
 """Helpers of the channels integration tests: DispatchRequested events, publishing, waiting on outcomes."""
 
+from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from services import streams
@@ -8,10 +9,6 @@ from tests.waiting import eventually
 from xsell.campaigns.v1.events_pb2 import (
     DispatchRequested,
     EmailMessage,
-    PushMessage,
-    SmsMessage,
-    WebhookMessage,
-    WhatsAppMessage,
 )
 from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
 from xsell.type.v1 import channel_pb2
@@ -90,40 +87,10 @@ async def published_state(listener: Listener, campaign_id: str, state: int) -> e
     return await eventually(heard)
 
 
-SMS_TEMPLATE = "1107161234567890123"
-
-
 def dispatch_on(channel: str, campaign_id: str, *, webhook_url: str = "", **fields: object) -> DispatchRequested:
     """A DispatchRequested on an HTTP channel, with a valid message unless `fields` change it."""
     event = DispatchRequested(event_id=new_id("evt_"), campaign_id=campaign_id, profile_id="prof_1")
-    if channel == "sms":
-        event.channel = channel_pb2.CHANNEL_SMS
-        event.sms.CopyFrom(
-            SmsMessage(
-                to_number="+919876543210",
-                sender_id="ACMEBK",
-                dlt_template_id=SMS_TEMPLATE,
-                body="Dear customer, your loan of Rs 5,00,000 is pre-approved.",
-            )
-        )
-    elif channel == "whatsapp":
-        event.channel = channel_pb2.CHANNEL_WHATSAPP
-        event.whatsapp.CopyFrom(
-            WhatsAppMessage(
-                to_number="+919876543210",
-                template_name="preapproved_loan_offer",
-                language_code="en",
-                parameters=["Priya", "5,00,000"],
-            )
-        )
-    elif channel == "push":
-        event.channel = channel_pb2.CHANNEL_PUSH
-        event.push.CopyFrom(PushMessage(device_token="fcm-token-abc123", title="Pre-approved", body="Your loan"))
-    elif channel == "webhook":
-        event.channel = channel_pb2.CHANNEL_WEBHOOK
-        event.webhook.CopyFrom(WebhookMessage(url=webhook_url, payload_json='{"task": "call"}'))
-    else:
-        raise ValueError(channel)
+    fill_http_message(event, channel, webhook_url=webhook_url, device_token="fcm-token-abc123")
     message = getattr(event, channel)
     for name, value in fields.items():
         if name == "profile_id":

@@ -9,6 +9,7 @@ import pytest
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSink, ProviderSinks
+from devstack.samples import SMS_TEMPLATE
 from services.channels.delivery import (
     Accepted,
     ProviderOutcomeUnknown,
@@ -25,7 +26,6 @@ from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
 
 CAMPAIGN_ID = "CSELL-NOV-T06-0884"
-SMS_TEMPLATE = "1107161234567890123"
 
 
 @pytest.fixture
