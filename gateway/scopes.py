@@ -114,9 +114,14 @@ METHOD_SCOPES: dict[str, str] = {
     _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
 }
 
-# Reachable only inside the cluster: the tracking edge and provider webhooks record engagement themselves.
+# Reachable only inside the cluster: the tracking edge and provider webhooks record engagement themselves;
+# BatchGetProfiles is campaigns' bulk read of people and their suppressions (a CRM reads one with GetProfile).
 INTERNAL_METHODS = frozenset(
-    {_method(CHANNELS_SERVICE, "RecordEngagement"), _method(CHANNELS_SERVICE, "RecordDeliveryReceipt")}
+    {
+        _method(CHANNELS_SERVICE, "RecordEngagement"),
+        _method(CHANNELS_SERVICE, "RecordDeliveryReceipt"),
+        _method(SEGMENTS_SERVICE, "BatchGetProfiles"),
+    }
 )
 
 

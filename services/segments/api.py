@@ -1,7 +1,7 @@
 """gRPC servicer of SegmentsService: proto in, validation and store calls, proto out."""
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import structlog
@@ -28,7 +28,7 @@ from services.segments.api_support import load_published, load_segment, load_ver
 from services.segments.api_support import page_size as _page_size
 from services.segments.api_support import record_errors as _record_errors
 from services.segments.api_support import timestamp as _timestamp
-from services.segments.api_suppressions import SuppressionsApi
+from services.segments.api_suppressions import SuppressionsApi, suppression_proto
 from services.segments.governance import Action
 from services.segments.rules import parse_rule, references
 from services.segments.settings import SegmentsSettings
@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX = 50, 500
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 500, 5000
 MAX_ATTRIBUTE_NAMES = 200
+BATCH_GET_PROFILES_MAX = 1000
+"""Profiles one BatchGetProfiles call returns at most: a bounded response and a bounded IN list."""
 INGEST_CALLS_PER_COMMIT = 32
 """IngestEvents calls one transaction carries at most (each holds up to a batch limit of events)."""
 
@@ -157,6 +159,36 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             update_time=_timestamp(updated_at),
         )
         return service_pb2.GetProfileResponse(profile=profile)
+
+    async def BatchGetProfiles(
+        self, request: service_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.BatchGetProfilesResponse:
+        if len(request.profile_ids) > BATCH_GET_PROFILES_MAX:
+            raise InvalidArgument(
+                f"{len(request.profile_ids)} ids, at most {BATCH_GET_PROFILES_MAX} per call: split the batch",
+                field="profile_ids",
+            )
+        for index, profile_id in enumerate(request.profile_ids):
+            if not profile_id:
+                raise InvalidArgument("empty; every entry must be a profile id", field=f"profile_ids[{index}]")
+        profile_ids = list(dict.fromkeys(request.profile_ids))
+        at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
+        # One snapshot: a person's attributes and suppressions are read at the same moment.
+        async with self.db.snapshot() as session:
+            updated = await store.profiles_updated_at(session, profile_ids)
+            found = [p for p in profile_ids if p in updated]
+            attributes = await store.attributes_of(session, found, None)
+            suppressed = await store.suppressions_in_force_of(session, found, at)
+        response = service_pb2.BatchGetProfilesResponse(
+            missing_profile_ids=[p for p in profile_ids if p not in updated]
+        )
+        for profile_id in found:
+            out = response.profiles.add(suppressions=[suppression_proto(r) for r in suppressed.get(profile_id, [])])
+            out.profile.profile_id = profile_id
+            out.profile.update_time.CopyFrom(_timestamp(updated[profile_id]))
+            for name, value in attributes.get(profile_id, {}).items():
+                out.profile.attributes[name].CopyFrom(to_proto(value))
+        return response
 
     # --- segments -----------------------------------------------------------------------------
 

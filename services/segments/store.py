@@ -259,6 +259,15 @@ async def get_profile(session: AsyncSession, profile_id: str) -> tuple[datetime,
     return utc(updated_at), values.get(profile_id, {})
 
 
+async def profiles_updated_at(session: AsyncSession, profile_ids: Sequence[str]) -> dict[str, datetime]:
+    """When each of the existing profiles among `profile_ids` last changed, in one query."""
+    if not profile_ids:
+        return {}
+    p = profiles
+    query = select(p.c.profile_id, p.c.updated_at).where(p.c.profile_id.in_(list(profile_ids)))
+    return {row.profile_id: utc(row.updated_at) for row in await session.execute(query)}
+
+
 async def attributes_of(
     session: AsyncSession, profile_ids: Sequence[str], names: Sequence[str] | None
 ) -> dict[str, dict[str, Value]]:
@@ -753,6 +762,24 @@ async def suppressions_of(session: AsyncSession, profile_id: str) -> list[Suppre
     s = suppressions
     query = select(s).where(s.c.profile_id == profile_id).order_by(s.c.channel, s.c.reason)
     return [_suppression(row) for row in await session.execute(query)]
+
+
+async def suppressions_in_force_of(
+    session: AsyncSession, profile_ids: Sequence[str], at: datetime
+) -> dict[str, list[SuppressionRow]]:
+    """Every suppression in force at `at` of each suppressed person among `profile_ids`, by channel and reason."""
+    if not profile_ids:
+        return {}
+    s = suppressions
+    query = (
+        select(s)
+        .where(s.c.profile_id.in_(list(profile_ids)), or_(s.c.expire_time.is_(None), s.c.expire_time > at))
+        .order_by(s.c.profile_id, s.c.channel, s.c.reason)
+    )
+    found: dict[str, list[SuppressionRow]] = {}
+    for row in await session.execute(query):
+        found.setdefault(row.profile_id, []).append(_suppression(row))
+    return found
 
 
 def suppressed(subject: Any, channels: Sequence[str], now: datetime) -> Any:
