@@ -110,6 +110,22 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             log.info("rpc_conflict", error=type(error.orig).__name__)
             raise _Conflict("a concurrent request changed the same record; retry with the same request_id") from error
 
+    async def _previous_or_locked(
+        self, session: AsyncSession, method: str, request: Message, response_type: type[R], campaign_id: str
+    ) -> R | store.LockedOutreach:
+        """The answer this request_id already got, or else the request's outreach locked with its funnel (NOT_FOUND
+        when the ledger has no such outreach): the opening of every call that writes to one outreach.
+
+        The outreach's row lock comes before any other (a loan's), as every writer of an outreach takes them.
+        """
+        previous = await self.idempotency.previous(session, method, request, response_type)
+        if previous is not None:
+            return previous
+        locked = await store.lock_outreach(session, campaign_id)
+        if locked is None:
+            raise rules.unknown_outreach(campaign_id)
+        return locked
+
     @first_answer_on_race("CreateLead", service_pb2.CreateLeadResponse)
     async def CreateLead(
         self, request: service_pb2.CreateLeadRequest, context: grpc.aio.ServicerContext
@@ -125,15 +141,14 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             ) from error
         with outreach_span(self.tracer, "attribution.create_lead", request.campaign_id):
             async with self._transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "CreateLead", request, service_pb2.CreateLeadResponse
+                opened = await self._previous_or_locked(
+                    session, "CreateLead", request, service_pb2.CreateLeadResponse, request.campaign_id
                 )
-                if previous is not None:
-                    return previous
-                if await store.get_outreach(session, request.campaign_id) is None:
-                    raise rules.unknown_outreach(request.campaign_id)
+                if not isinstance(opened, store.LockedOutreach):
+                    return opened
                 lead, created = await self.ledger.record_lead(
                     session,
+                    locked=opened,
                     campaign_id=request.campaign_id,
                     crm_lead_id=request.crm_lead_id,
                     origin=origin,
@@ -164,15 +179,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         applied_at = time_or(request.apply_time, request.HasField("apply_time"), datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_application", request.campaign_id):
             async with self._transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "RecordApplication", request, service_pb2.RecordApplicationResponse
+                locked = await self._previous_or_locked(
+                    session, "RecordApplication", request, service_pb2.RecordApplicationResponse, request.campaign_id
                 )
-                if previous is not None:
-                    return previous
-                # The outreach's row lock before the loan's, as every writer of an outreach takes them.
-                locked = await store.lock_outreach(session, request.campaign_id)
-                if locked is None:
-                    raise rules.unknown_outreach(request.campaign_id)
+                if not isinstance(locked, store.LockedOutreach):
+                    return locked
                 outreach = locked.outreach
                 loan = await store.get_loan(session, request.loan_number)
                 rules.check_application(
@@ -209,18 +220,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         sanctioned_at = time_or(request.sanction_time, request.HasField("sanction_time"), datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_sanction", request.campaign_id):
             async with self._transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "RecordSanction", request, service_pb2.RecordSanctionResponse
+                locked = await self._previous_or_locked(
+                    session, "RecordSanction", request, service_pb2.RecordSanctionResponse, request.campaign_id
                 )
-                if previous is not None:
-                    return previous
-                locked = await store.lock_outreach(session, request.campaign_id)
+                if not isinstance(locked, store.LockedOutreach):
+                    return locked
                 loan = await store.get_loan(session, request.loan_number)
                 rules.check_sanction(request.loan_number, loan.stage if loan is not None else None)
                 assert loan is not None
                 rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
-                # The loan's campaign ID is a ledger outreach (a foreign key), so the outreach was found.
-                assert locked is not None
                 await store.sanction_loan(session, request.loan_number, request.amount.minor_units, sanctioned_at)
                 await self.ledger.reach_step(session, locked, rules.SANCTIONED, sanctioned_at)
                 sanctioned = await store.get_loan(session, request.loan_number)
@@ -251,15 +259,12 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         """One disbursement in its own transaction: for calls a batch leaves out, and for a batch that failed."""
         amount = request.amount.minor_units
         async with self._transaction() as session:
-            previous = await self.idempotency.previous(
-                session, "RecordDisbursement", request, service_pb2.RecordDisbursementResponse
-            )
-            if previous is not None:
-                return previous
             # Locked first, with its funnel: the funnel and the views move one event of an outreach at a time.
-            locked = await store.lock_outreach(session, request.campaign_id)
-            if locked is None:
-                raise rules.unknown_outreach(request.campaign_id)
+            locked = await self._previous_or_locked(
+                session, "RecordDisbursement", request, service_pb2.RecordDisbursementResponse, request.campaign_id
+            )
+            if not isinstance(locked, store.LockedOutreach):
+                return locked
             outreach = locked.outreach
             loan_product = await store.disburse_loan(
                 session, request.loan_number, request.campaign_id, amount, disbursed_at

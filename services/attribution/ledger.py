@@ -112,8 +112,10 @@ class Ledger:
         origin: str,
         at: datetime,
         dedup_key: str | None,
+        locked: store.LockedOutreach | None = None,
     ) -> tuple[store.Lead, bool]:
-        """Creates the lead with its RM-time cost and marks the outreach responded.
+        """Creates the lead with its RM-time cost and marks the outreach responded; `locked` is the outreach when the
+        caller already holds it locked.
 
         Returns the lead and True, or the existing lead with the same dedup key and False.
         """
@@ -125,7 +127,7 @@ class Ledger:
             existing = await store.lead_by_dedup_key(session, dedup_key)
             assert existing is not None
             return existing, False
-        locked = await store.lock_outreach(session, campaign_id)
+        locked = locked or await store.lock_outreach(session, campaign_id)
         if locked is None:
             raise unknown_outreach(campaign_id)
         rm_cost = self.cost_model.rm_time_cost()

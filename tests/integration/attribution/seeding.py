@@ -1,13 +1,23 @@
 """The seed's worked example (CSELL-NOV-T06-0884, ₹17.4 lakh disbursed) and a few more outreaches, put in the
 ledger the way production does it: events on NATS from campaigns and channels, LOS calls over gRPC."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.runtime import ServiceProcess
 from services import streams
+from services.attribution.app import build
+from services.attribution.settings import AttributionSettings
 from tests.waiting import eventually
 from xsell.attribution.v1 import service_pb2, service_pb2_grpc
 from xsell.campaigns.v1 import events_pb2 as campaign_events
@@ -21,6 +31,40 @@ SENT_AT = datetime(2025, 11, 13, 3, 45, tzinfo=UTC)  # Nov 13 09:15 in Kolkata
 DISBURSED_AT = datetime(2025, 11, 22, 6, 0, tzinfo=UTC)
 MSME = "Cross-Sell – MSME"
 RETAIL = "Cross-Sell – Retail"
+
+
+@dataclass
+class Service:
+    """A running attribution service, a stub on it, the bus its events come from, and its database."""
+
+    process: ServiceProcess
+    stub: service_pb2_grpc.AttributionServiceStub
+    bus: Bus
+    database_url: str
+
+
+@asynccontextmanager
+async def running_service(
+    database_url: str,
+    nats_url: str,
+    bus: Bus,
+    tmp_path: Path,
+    provider: TracerProvider | None = None,
+    **settings: Any,
+) -> AsyncIterator[Service]:
+    """The service built as production builds it, on port 0, with `settings` over the defaults; stopped on exit."""
+    await bus.ensure_streams(streams.ALL_STREAMS)
+    configured = AttributionSettings(  # type: ignore[call-arg]
+        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path, **settings
+    )
+    process = await build(configured, provider or TracerProvider())
+    await process.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
+    try:
+        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), bus, database_url)
+    finally:
+        await channel.close()
+        await process.stop(1)
 
 
 def ts(value: datetime) -> Timestamp:

@@ -18,8 +18,7 @@ from plumbing.ids import new_id
 from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import outreach_trace_id
 from services import streams
-from services.attribution.app import build
-from services.attribution.settings import AttributionSettings
+from tests.integration.attribution.seeding import running_service
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.attribution.v1 import resources_pb2 as attribution_pb2
@@ -55,21 +54,11 @@ class Service:
 
 @pytest.fixture
 async def service(database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path) -> AsyncIterator[Service]:
-    await nats_bus.ensure_streams(streams.ALL_STREAMS)
-    settings = AttributionSettings(  # type: ignore[call-arg]
-        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
-    )
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    process = await build(settings, provider)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
-    try:
-        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), nats_bus, spans)
-    finally:
-        await channel.close()
-        await process.stop(1)
+    async with running_service(database_url, nats_url, nats_bus, tmp_path, provider) as started:
+        yield Service(started.process, started.stub, nats_bus, spans)
 
 
 def _ts(value: datetime) -> Timestamp:

@@ -2,21 +2,14 @@
 own error, a retry its first answer, and the views end up exactly what the ledger says."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus
 from plumbing.db import Database
-from services import streams
 from services.attribution import views
-from services.attribution.app import build
-from services.attribution.settings import AttributionSettings
-from tests.integration.attribution.seeding import SENT_AT, inr, publish_outreach, ts, wait_sent
+from tests.integration.attribution.seeding import SENT_AT, Service, inr, publish_outreach, ts, wait_sent
 from xsell.attribution.v1 import service_pb2, service_pb2_grpc
 
 DISBURSED_AT = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
@@ -24,39 +17,27 @@ OUTREACHES = [f"CSELL-NOV-T06-{n:04d}" for n in range(1, 13)]
 
 
 @pytest.fixture
-async def stub(
-    database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path
-) -> AsyncIterator[service_pb2_grpc.AttributionServiceStub]:
-    await nats_bus.ensure_streams(streams.ALL_STREAMS)
-    settings = AttributionSettings(  # type: ignore[call-arg]
-        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
-    )
-    process = await build(settings, TracerProvider())
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
-    try:
-        stub = service_pb2_grpc.AttributionServiceStub(channel)
-        for number, campaign_id in enumerate(OUTREACHES):
-            await publish_outreach(nats_bus, campaign_id, profile_id=f"prf_{number}")
-        await wait_sent(stub, len(OUTREACHES))
-        for campaign_id in OUTREACHES:
-            await stub.RecordApplication(
-                service_pb2.RecordApplicationRequest(
-                    request_id=f"app-{campaign_id}", loan_number=f"LA-{campaign_id}", campaign_id=campaign_id
-                )
+async def stub(service: Service) -> service_pb2_grpc.AttributionServiceStub:
+    """Twelve outreaches, each with a sanctioned loan waiting for its disbursement."""
+    stub = service.stub
+    for number, campaign_id in enumerate(OUTREACHES):
+        await publish_outreach(service.bus, campaign_id, profile_id=f"prf_{number}")
+    await wait_sent(stub, len(OUTREACHES))
+    for campaign_id in OUTREACHES:
+        await stub.RecordApplication(
+            service_pb2.RecordApplicationRequest(
+                request_id=f"app-{campaign_id}", loan_number=f"LA-{campaign_id}", campaign_id=campaign_id
             )
-            await stub.RecordSanction(
-                service_pb2.RecordSanctionRequest(
-                    request_id=f"san-{campaign_id}",
-                    loan_number=f"LA-{campaign_id}",
-                    campaign_id=campaign_id,
-                    amount=inr(200_000_000),
-                )
+        )
+        await stub.RecordSanction(
+            service_pb2.RecordSanctionRequest(
+                request_id=f"san-{campaign_id}",
+                loan_number=f"LA-{campaign_id}",
+                campaign_id=campaign_id,
+                amount=inr(200_000_000),
             )
-        yield stub
-    finally:
-        await channel.close()
-        await process.stop(1)
+        )
+    return stub
 
 
 def _disbursement(

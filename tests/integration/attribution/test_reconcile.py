@@ -10,16 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import text
 
 from plumbing.bus import Bus
 from plumbing.db import Database
-from services import streams
-from services.attribution.app import build
 from services.attribution.reconcile import reconcile
-from services.attribution.settings import AttributionSettings
-from tests.integration.attribution.seeding import seed_worked_example
+from tests.integration.attribution.seeding import running_service, seed_worked_example
 from xsell.attribution.v1 import service_pb2, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,19 +23,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture
 async def seeded(database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
-    await nats_bus.ensure_streams(streams.ALL_STREAMS)
-    settings = AttributionSettings(  # type: ignore[call-arg]
-        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
-    )
-    process = await build(settings, TracerProvider())
-    await process.start()
-    target = f"127.0.0.1:{process.server.port}"
-    try:
-        async with grpc.aio.insecure_channel(target) as channel:
-            await seed_worked_example(nats_bus, service_pb2_grpc.AttributionServiceStub(channel))
-        yield database_url, target
-    finally:
-        await process.stop(1)
+    async with running_service(database_url, nats_url, nats_bus, tmp_path) as service:
+        await seed_worked_example(nats_bus, service.stub)
+        yield database_url, f"127.0.0.1:{service.process.server.port}"
 
 
 async def _total(target: str) -> service_pb2.GetAttributionReportResponse:

@@ -1,28 +1,20 @@
 """The views over gRPC on SQLite and PostgreSQL: the seed's worked example by trigger, label, channel and period,
 its funnel, trend and lag; lift against the holdout; and rollup rows that match a recompute from the ledger."""
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
-from plumbing.runtime import ServiceProcess
-from services import streams
 from services.attribution import views
-from services.attribution.app import build
-from services.attribution.settings import AttributionSettings
 from tests.integration.attribution.seeding import (
     EXAMPLE,
     MSME,
     RETAIL,
     SENT_AT,
+    Service,
     inr,
     publish_holdout,
     publish_outreach,
@@ -35,30 +27,6 @@ from xsell.attribution.v1 import resources_pb2, service_pb2, service_pb2_grpc
 from xsell.type.v1 import channel_pb2
 
 NOVEMBER = service_pb2.ReportFilter(start_date="2025-11-01", end_date="2025-11-30")
-
-
-@dataclass
-class Service:
-    process: ServiceProcess
-    stub: service_pb2_grpc.AttributionServiceStub
-    bus: Bus
-    database_url: str
-
-
-@pytest.fixture
-async def service(database_url: str, nats_url: str, nats_bus: Bus, tmp_path: Path) -> AsyncIterator[Service]:
-    await nats_bus.ensure_streams(streams.ALL_STREAMS)
-    settings = AttributionSettings(  # type: ignore[call-arg]
-        grpc_port=0, nats_url=nats_url, database_url=database_url, var_dir=tmp_path
-    )
-    process = await build(settings, TracerProvider())
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.server.port}")
-    try:
-        yield Service(process, service_pb2_grpc.AttributionServiceStub(channel), nats_bus, database_url)
-    finally:
-        await channel.close()
-        await process.stop(1)
 
 
 async def _report(
