@@ -28,6 +28,7 @@ import hmac
 import itertools
 import json
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -40,6 +41,9 @@ from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 Json = dict[str, Any]
 
@@ -104,6 +108,79 @@ _E164 = re.compile(r"\+[1-9]\d{6,14}")
 WEBHOOK_TOLERANCE_SECONDS = 300
 
 
+class GoogleTokenEndpoint:
+    """Google's OAuth 2.0 token_uri for one service account: a JWT bearer grant signed RS256 -> an access token.
+
+    Checks what Google checks (grant type, signature against the account's public key, iss, aud,
+    scope, iat/exp within an hour and not stale) and answers with Google's documents, `invalid_grant`
+    included. Tokens it issued are what the push sink accepts, until they expire or are revoked.
+    """
+
+    SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+
+    def __init__(self, client_email: str, public_key_pem: bytes, token_uri: str, lifetime_seconds: int = 3599) -> None:
+        self.client_email = client_email
+        self.public_key = serialization.load_pem_public_key(public_key_pem)
+        self.token_uri = token_uri
+        self.lifetime_seconds = lifetime_seconds
+        self.issued: dict[str, float] = {}
+        self.requests = 0
+
+    def valid(self, token: str) -> bool:
+        return self.issued.get(token, 0.0) > time.time()
+
+    def revoke_all(self) -> None:
+        """Every token issued so far is refused from now on (as after a key rotation)."""
+        self.issued.clear()
+
+    def answer(self, raw: bytes) -> web.Response:
+        self.requests += 1
+        form = {k: v[-1] for k, v in parse_qs(raw.decode(errors="replace")).items()}
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return _oauth_error("unsupported_grant_type", "Invalid grant_type")
+        claims = self._verified_claims(form.get("assertion", ""))
+        if isinstance(claims, str):
+            return _oauth_error("invalid_grant", claims)
+        if claims.get("scope") != self.SCOPE:
+            return _oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+        token = f"ya29.sink-{secrets.token_urlsafe(24)}"
+        self.issued[token] = time.time() + self.lifetime_seconds
+        return web.json_response({"access_token": token, "expires_in": self.lifetime_seconds, "token_type": "Bearer"})
+
+    def _verified_claims(self, assertion: str) -> Json | str:
+        parts = assertion.split(".")
+        if len(parts) != 3:
+            return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
+        try:
+            header, claims = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
+            signature = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+        except ValueError:
+            return "Invalid JWT: malformed."
+        if not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(claims, dict):
+            return "Invalid JWT: alg must be RS256."
+        assert isinstance(self.public_key, rsa.RSAPublicKey)
+        try:
+            signed = f"{parts[0]}.{parts[1]}".encode()
+            self.public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return "Invalid JWT Signature."
+        if claims.get("iss") != self.client_email:
+            return "Invalid JWT: iss is not a known service account."
+        if claims.get("aud") != self.token_uri:
+            return "Invalid JWT: aud must be the token URI."
+        now = time.time()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or not isinstance(exp, int) or not (0 < exp - iat <= 3600):
+            return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
+        if exp <= now or iat > now + 60:
+            return "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe."
+        return claims
+
+
+def _oauth_error(error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=400)
+
+
 class ProviderSink:
     """One provider's local server: shape checks, scripted faults, and the log of what it accepted."""
 
@@ -142,6 +219,8 @@ class ProviderSink:
         self.callback_errors: list[str] = []
         self._callbacks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        # Push only: Google's token endpoint for a service account, served at /token; None accepts the fixed token.
+        self.oauth: GoogleTokenEndpoint | None = None
 
     @property
     def base_url(self) -> str:
@@ -208,6 +287,8 @@ class ProviderSink:
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        if self.oauth is not None and request.path == "/token" and request.method == "POST":
+            return self.oauth.answer(raw)
         fault: Fault | None = None
         try:
             campaign_id, body, answer = await self._handle(self, request, raw)
@@ -423,7 +504,11 @@ async def _push(
 ) -> tuple[str, Json, Json]:
     if request.method != "POST" or request.path != f"/v1/projects/{credentials.fcm_project_id}/messages:send":
         raise Refusal(404, _google_error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}"))
-    if request.headers.get("Authorization") != f"Bearer {credentials.fcm_access_token}":
+    authorization = request.headers.get("Authorization", "")
+    bearer = authorization.removeprefix("Bearer ")
+    # With a service account configured only the tokens it minted are good, as at FCM; otherwise the fixed one.
+    valid = sink.oauth.valid(bearer) if sink.oauth is not None else bearer == credentials.fcm_access_token
+    if not authorization.startswith("Bearer ") or not valid:
         raise Refusal(
             401,
             _google_error(

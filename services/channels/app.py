@@ -16,6 +16,7 @@ from services.channels.api import ChannelsApi
 from services.channels.consent import SegmentsSuppressions
 from services.channels.consumers import DispatchHandler, EmailSettings, Providers, SendPolicy
 from services.channels.flow import Backoff, QuietHours, Throttle
+from services.channels.providers.google_oauth import ServiceAccount, ServiceAccountTokens
 from services.channels.providers.http import HttpTransport
 from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
@@ -79,6 +80,12 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             settings.whatsapp_access_token.get_secret_value(),
         ),
         push=FcmPush(settings.push_base_url, settings.fcm_project_id, settings.fcm_access_token.get_secret_value()),
+        # With a service account, push carries a token minted and refreshed in-process instead of the fixed one.
+        access_tokens=(
+            {"push": ServiceAccountTokens(ServiceAccount.load(settings.fcm_service_account.get_secret_value()), http)}
+            if settings.fcm_service_account is not None
+            else {}
+        ),
         webhook=SignedWebhook(settings.webhook_secret.get_secret_value()),
         webhook_allowed_hosts=frozenset(settings.webhook_allowed_hosts),
         throttles={

@@ -40,6 +40,7 @@ from services.channels.flow import Backoff, QuietHours, Throttle
 from services.channels.ledger import Intent, Ledger, Outcome
 from services.channels.outgoing import validate_push, validate_sms, validate_webhook, validate_whatsapp
 from services.channels.providers.base import HttpAdapter
+from services.channels.providers.google_oauth import AccessTokens, send_with_token
 from services.channels.providers.http import HttpTransport
 from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
@@ -89,6 +90,8 @@ class Providers:
     webhook: SignedWebhook
     webhook_allowed_hosts: frozenset[str]
     throttles: Mapping[str, Throttle] = field(default_factory=dict)
+    access_tokens: Mapping[str, AccessTokens] = field(default_factory=dict)
+    """Bearer tokens minted at send time, by provider; a provider not named uses its adapter's fixed credentials."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,11 @@ class DispatchHandler:
                 set_status_on_exception=False,
             ) as span:
                 try:
-                    answer = await self.providers.http.send(request)
+                    tokens = self.providers.access_tokens.get(adapter.provider)
+                    if tokens is None:
+                        answer = await self.providers.http.send(request)
+                    else:
+                        answer = await send_with_token(self.providers.http, request, tokens)
                     span.set_attribute("http.response.status_code", answer.status)
                     return adapter.accepted(answer)
                 except SendFailure as failure:

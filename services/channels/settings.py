@@ -65,10 +65,16 @@ class ChannelsSettings(ServiceSettings):
         "http://127.0.0.1:8093", description="FCM HTTP v1 base URL, https://fcm.googleapis.com in production."
     )
     fcm_project_id: str = Field("xsell-dev", description="Firebase project id in the send URL.")
+    fcm_service_account: SecretStr | None = Field(
+        None,
+        description="The Firebase service account's JSON key, or the path of the file holding it; channels mints "
+        "the OAuth 2.0 token for the firebase.messaging scope from it and refreshes it before it expires. Unset "
+        "uses fcm_access_token.",
+    )
     fcm_access_token: SecretStr = Field(
         SecretStr("dev-fcm-token"),
-        description="OAuth 2.0 access token for the firebase.messaging scope, minted from the service account "
-        "by whatever runs channels (it expires within an hour).",
+        description="A fixed OAuth 2.0 access token for the firebase.messaging scope, used only when "
+        "fcm_service_account is unset (local provider servers, or a token refreshed from outside).",
     )
     webhook_secret: SecretStr = Field(
         SecretStr("dev-webhook-secret-change-me"),

@@ -26,6 +26,9 @@ class ProviderRequest:
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
 
+    def with_header(self, name: str, value: str) -> "ProviderRequest":
+        return ProviderRequest(self.method, self.url, self.body, {**self.headers, name: value})
+
 
 @dataclass(frozen=True)
 class ProviderAnswer:
