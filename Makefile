@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 GEN := gen
 PROTO_SRC := $(shell find protos -name '*.proto')
 GEN_STAMP := $(GEN)/.stamp
+# What `buf breaking` compares the contracts with: committed main, so a change on a branch (or not yet
+# committed) that breaks a field, an RPC or a package of a released contract fails lint.
+BUF_AGAINST ?= ../.git#branch=main,subdir=protos
 
 .DEFAULT_GOAL := help
 
@@ -50,8 +53,9 @@ trace: $(GEN_STAMP) ## Print a campaign ID's trace from the local span store: ma
 	$(PY) -m devstack.trace $(ID)
 
 .PHONY: lint
-lint: $(GEN_STAMP) ## buf lint, ruff and mypy
+lint: $(GEN_STAMP) ## buf lint, buf breaking (against main), ruff and mypy
 	cd protos && ../$(VENV)/bin/buf lint
+	cd protos && ../$(VENV)/bin/buf breaking --against '$(BUF_AGAINST)'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
