@@ -69,7 +69,7 @@ def _member(profile_id: str) -> seg.Member:
 
 
 class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
-    """Segment "all-<n>" has members p00000000...; GetProfile answers any profile; nobody is suppressed."""
+    """Segment "all-<n>" has members p00000000...; BatchGetProfiles answers any profile; nobody is suppressed."""
 
     async def GetSegment(self, request: Any, context: Any) -> seg_service.GetSegmentResponse:
         segment = seg.Segment(
@@ -90,15 +90,14 @@ class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
             members = [_member(f"p{i:08d}") for i in range(first, min(first + STREAM_CHUNK, size))]
             yield seg_service.StreamSegmentMembersResponse(members=members)
 
-    async def GetProfile(self, request: Any, context: Any) -> seg_service.GetProfileResponse:
-        member = _member(request.profile_id)
-        profile = seg.Profile(profile_id=request.profile_id)
-        for name, value in member.attributes.items():
-            profile.attributes[name].CopyFrom(value)
-        return seg_service.GetProfileResponse(profile=profile)
-
-    async def ListSuppressions(self, request: Any, context: Any) -> seg_service.ListSuppressionsResponse:
-        return seg_service.ListSuppressionsResponse()
+    async def BatchGetProfiles(self, request: Any, context: Any) -> seg_service.BatchGetProfilesResponse:
+        response = seg_service.BatchGetProfilesResponse()
+        for profile_id in dict.fromkeys(request.profile_ids):
+            profile = response.profiles.add().profile
+            profile.profile_id = profile_id
+            for name, value in _member(profile_id).attributes.items():
+                profile.attributes[name].CopyFrom(value)
+        return response
 
 
 async def serve_segments(port: int) -> None:

@@ -17,7 +17,7 @@ from services.campaigns.api import CampaignsApi
 from services.campaigns.api_content import ContentServices
 from services.campaigns.consumers import OutreachSignals
 from services.campaigns.content_files import load_library
-from services.campaigns.outreach_maker import OutreachMaker
+from services.campaigns.outreach_maker import CompiledTemplates, OutreachMaker
 from services.campaigns.person_client import PersonLookup
 from services.campaigns.profiles_client import ProfileDirectory
 from services.campaigns.release import ReleaseRunner
@@ -70,9 +70,10 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     )
     # Triggers (a batch at a time) and resends (one by one) go through the same gate as the release runner.
     follow_up_outbox = Outbox(store.outbox, on_commit=relay.notify)
-    maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, library)
+    templates = CompiledTemplates(library)
+    maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, templates)
     people = PersonLookup(segments_channel)
-    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, library, tracer)
+    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, templates, tracer)
     trigger_consumer = Consumer(
         bus,
         streams.CAMPAIGNS_TRIGGERS,

@@ -19,7 +19,7 @@ from services.campaigns.content import CompiledContent, compile_content, contact
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
 from services.campaigns.messages import channel_order_of, content_templates_of, offer_of, outreach_proto, timestamp
-from services.campaigns.outreach_rows import RENDER_REASON_LENGTH
+from services.campaigns.outreach_rows import RENDER_REASON_LENGTH, outreach_columns
 from services.campaigns.rendering import RenderFailed
 from services.campaigns.scheduling import DeliveryOptions, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember
@@ -40,20 +40,15 @@ class Made:
     dispatched: bool = False
 
 
-class OutreachMaker:
-    """Creates one outreach exactly as a release page would: the audience gate (suppressions, no contact,
-    holdout, caps, the contact ledger), a campaign ID, the rendered content, OutreachCreated, and
-    DispatchRequested at once or, inside the recipient's quiet hours, when they end."""
+class CompiledTemplates:
+    """Each campaign version's content compiled once, for triggers and resends (templates cannot change after
+    launch: an update makes a new version)."""
 
-    def __init__(self, gate: AudienceGate, outbox: Outbox, tracer: trace.Tracer, library: ContentLibrary) -> None:
-        self.gate = gate
-        self.outbox = outbox
-        self.tracer = tracer
+    def __init__(self, library: ContentLibrary) -> None:
         self.library = library
         self._compiled: dict[tuple[str, int], CompiledContent] = {}
 
-    def compiled(self, campaign: Any) -> CompiledContent:
-        """Compiled once per campaign version (templates cannot change after launch)."""
+    def of(self, campaign: Any) -> CompiledContent:
         key = (campaign.campaign_key, campaign.version)
         if key not in self._compiled:
             self._compiled[key] = compile_content(
@@ -65,6 +60,19 @@ class OutreachMaker:
             )
         return self._compiled[key]
 
+
+class OutreachMaker:
+    """Creates one outreach exactly as a release page would: the audience gate (suppressions, no contact,
+    holdout, caps, the contact ledger), a campaign ID, the rendered content, OutreachCreated, and
+    DispatchRequested at once or, inside the recipient's quiet hours, when they end."""
+
+    def __init__(self, gate: AudienceGate, outbox: Outbox, tracer: trace.Tracer, templates: CompiledTemplates) -> None:
+        self.gate = gate
+        self.outbox = outbox
+        self.tracer = tracer
+        self.templates = templates
+        self.library = templates.library
+
     async def make(
         self,
         session: AsyncSession,
@@ -75,7 +83,7 @@ class OutreachMaker:
         *,
         resend_of: str | None = None,
     ) -> Made:
-        compiled = self.compiled(campaign)
+        compiled = self.templates.of(campaign)
         admitted = await self.gate.admit(
             session,
             campaign,
@@ -127,18 +135,10 @@ class OutreachMaker:
                 return Made(None, RENDER_FAILED)
             time_zone = recipient_time_zone(member.attributes.get("time_zone"), campaign.time_zone)
             row: dict[str, Any] = {
+                **outreach_columns(campaign, run, offer, now),
                 "campaign_id": campaign_id,
-                "campaign_key": campaign.campaign_key,
-                "run_id": run.run_id,
                 "profile_id": member.profile_id,
                 "channel": channel,
-                "trigger_code": campaign.trigger_code,
-                "offer_product_code": offer.product_code,
-                "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
-                "offer_currency": offer.amount.currency_code if offer.amount else None,
-                "labels": list(campaign.labels),
-                "category": campaign.category,
-                "created_at": now,
                 "ordinal": run.outreach_count,
                 "recipient_time_zone": time_zone,
                 "resend_of": resend_of,

@@ -45,6 +45,21 @@ def in_outreach_trace(campaign_id: str) -> Iterator[None]:
         otel_context.detach(token)
 
 
+def outreach_columns(campaign: Any, run: Any, offer: Offer, now: datetime) -> dict[str, Any]:
+    """The columns of an outreach row that every outreach of one run created at `now` shares."""
+    return {
+        "campaign_key": campaign.campaign_key,
+        "run_id": run.run_id,
+        "trigger_code": campaign.trigger_code,
+        "offer_product_code": offer.product_code,
+        "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
+        "offer_currency": offer.amount.currency_code if offer.amount else None,
+        "labels": list(campaign.labels),
+        "category": campaign.category,
+        "created_at": now,
+    }
+
+
 @dataclass
 class PageRows:
     """What a page inserts: outreach rows (with their DispatchRequested payloads), their events, render failures."""
@@ -86,15 +101,7 @@ class OutreachRows:
         self.dispatch_now = dispatch_now
         self.quiet_hours = quiet_hours
         self._shared_row: dict[str, Any] = {
-            "campaign_key": campaign.campaign_key,
-            "run_id": run.run_id,
-            "trigger_code": campaign.trigger_code,
-            "offer_product_code": offer.product_code,
-            "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
-            "offer_currency": offer.amount.currency_code if offer.amount else None,
-            "labels": list(campaign.labels),
-            "category": campaign.category,
-            "created_at": now,
+            **outreach_columns(campaign, run, offer, now),
             # Every row has the same keys: the page is one executemany INSERT.
             "dispatch_after": None,
             "dispatched_at": None,

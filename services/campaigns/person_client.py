@@ -1,50 +1,51 @@
-"""One person as a trigger or a resend needs them from segments: attributes and the suppressions in force."""
+"""People as a trigger or a resend needs them from segments: attributes and the suppressions in force."""
 
-import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import Unavailable
 from services.campaigns.segments_client import AudienceMember, attribute_value, suppressed_on
 from xsell.segments.v1 import service_pb2, service_pb2_grpc
 
 _CALL_TIMEOUT_SECONDS = 10.0
-_SUPPRESSION_PAGE = 1000
+BATCH_GET_MAX = 1000
+"""Segments' bound on the ids of one BatchGetProfiles call."""
 
 
 class PersonLookup:
-    """GetProfile and ListSuppressions for one profile, concurrently, over the composition root's channel."""
+    """BatchGetProfiles over the composition root's channel: one call for many people."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = service_pb2_grpc.SegmentsServiceStub(channel)
 
+    async def members(self, profile_ids: list[str], now: datetime) -> dict[str, AudienceMember]:
+        """Each person found, as a release would stream them, with the suppressions in force at `now`;
+        those segments has no profile for are absent."""
+        at = Timestamp()
+        at.FromDatetime(now)
+        found: dict[str, AudienceMember] = {}
+        unique = list(dict.fromkeys(profile_ids))
+        for start in range(0, len(unique), BATCH_GET_MAX):
+            chunk = unique[start : start + BATCH_GET_MAX]
+            try:
+                response = await self._stub.BatchGetProfiles(
+                    service_pb2.BatchGetProfilesRequest(profile_ids=chunk, at_time=at), timeout=_CALL_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as error:
+                raise Unavailable(
+                    f"the segments service could not return {len(chunk)} profiles ({error.code().name}); retry shortly"
+                ) from error
+            for person in response.profiles:
+                profile = person.profile
+                found[profile.profile_id] = AudienceMember(
+                    profile_id=profile.profile_id,
+                    attributes={name: attribute_value(value) for name, value in profile.attributes.items()},
+                    suppressed_on=suppressed_on(person.suppressions),
+                )
+        return found
+
     async def member(self, profile_id: str, now: datetime) -> AudienceMember | None:
         """The person as a release would stream them; None when segments has no such profile."""
-        try:
-            profile, suppressions = await asyncio.gather(
-                self._stub.GetProfile(
-                    service_pb2.GetProfileRequest(profile_id=profile_id), timeout=_CALL_TIMEOUT_SECONDS
-                ),
-                self._stub.ListSuppressions(
-                    service_pb2.ListSuppressionsRequest(profile_id=profile_id, page_size=_SUPPRESSION_PAGE),
-                    timeout=_CALL_TIMEOUT_SECONDS,
-                ),
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise Unavailable(
-                f"the segments service could not return profile {profile_id} ({error.code().name}); retry shortly"
-            ) from error
-        # ListSuppressions lists expired suppressions too; only those in force now count.
-        in_force = [
-            s
-            for s in suppressions.suppressions
-            if not s.HasField("expire_time") or s.expire_time.ToDatetime(tzinfo=UTC) > now
-        ]
-        return AudienceMember(
-            profile_id=profile_id,
-            attributes={name: attribute_value(value) for name, value in profile.profile.attributes.items()},
-            suppressed_on=suppressed_on(in_force),
-        )
+        return (await self.members([profile_id], now)).get(profile_id)

@@ -1,6 +1,5 @@
 """NATS handler: people entering a segment fire the triggered campaigns on it, once per cool-down, a batch at a time."""
 
-import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from opentelemetry import trace
 
 from plumbing.bus import Delivery
 from plumbing.db import Database
+from plumbing.errors import Unavailable
 from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.outbox import Outbox, utcnow
 from services import streams
@@ -19,9 +19,8 @@ from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
 from services.campaigns.campaign_ids import month_code
 from services.campaigns.campaigns import CampaignState
-from services.campaigns.content import CompiledContent, compile_content
-from services.campaigns.content_files import ContentLibrary
-from services.campaigns.messages import channel_order_of, content_templates_of, offer_of
+from services.campaigns.messages import offer_of
+from services.campaigns.outreach_maker import CompiledTemplates
 from services.campaigns.outreach_rows import OutreachRows, create_outreaches
 from services.campaigns.person_client import PersonLookup
 from services.campaigns.scheduling import DeliveryOptions
@@ -64,7 +63,7 @@ class TriggerHandler:
         people: PersonLookup,
         gate: AudienceGate,
         outbox: Outbox,
-        library: ContentLibrary,
+        templates: CompiledTemplates,
         tracer: trace.Tracer,
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -73,10 +72,10 @@ class TriggerHandler:
         self.people = people
         self.gate = gate
         self.outbox = outbox
-        self.library = library
+        self.templates = templates
+        self.library = templates.library
         self.clock = clock
         self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
-        self._compiled: dict[tuple[str, int], CompiledContent] = {}
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
         if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
@@ -143,17 +142,12 @@ class TriggerHandler:
     async def _look_up(
         self, profile_ids: list[str], now: datetime
     ) -> tuple[dict[str, AudienceMember], dict[str, BaseException]]:
-        """Each person once, concurrently: those found, and the errors of those whose look-up failed."""
-        unique = list(dict.fromkeys(profile_ids))
-        found = await asyncio.gather(*(self.people.member(p, now) for p in unique), return_exceptions=True)
-        people: dict[str, AudienceMember] = {}
-        failed: dict[str, BaseException] = {}
-        for profile_id, result in zip(unique, found, strict=True):
-            if isinstance(result, AudienceMember):
-                people[profile_id] = result
-            elif isinstance(result, BaseException):
-                failed[profile_id] = result
-        return people, failed
+        """Everyone in one segments call: those found, and the error of each person whose look-up failed."""
+        try:
+            return await self.people.members(profile_ids, now), {}
+        except Unavailable as error:
+            # Each message of the batch naks on it; other errors fail the whole batch in the group commit.
+            return {}, {profile_id: error for profile_id in profile_ids}
 
     async def _fire(self, session: Any, campaign: Any, members: list[AudienceMember], now: datetime) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today."""
@@ -183,7 +177,7 @@ class TriggerHandler:
         builder = OutreachRows(
             campaign,
             run,
-            self._compiled_content(campaign),
+            self.templates.of(campaign),
             offer_of(campaign),
             self.library,
             self.outbox,
@@ -204,16 +198,3 @@ class TriggerHandler:
             render_failed=len(rows.render_failures),
         )
         return outcomes
-
-    def _compiled_content(self, campaign: Any) -> CompiledContent:
-        """Compiled once per campaign version (templates cannot change after launch)."""
-        key = (campaign.campaign_key, campaign.version)
-        if key not in self._compiled:
-            self._compiled[key] = compile_content(
-                content_templates_of(campaign),
-                channel_order_of(campaign),
-                offer_has_amount=campaign.offer_amount_minor is not None,
-                registry=self.library.registry,
-                check_registry=False,
-            )
-        return self._compiled[key]
