@@ -49,10 +49,8 @@ def _figures(f: attribution_resources.ReportFigures) -> dict[str, Any]:
         "romi": f.romi,
         "cost_per_conversion_paise": f.cost_per_conversion.minor_units,
         "currency": f.disbursed_amount.currency_code or "INR",
-        "funnel": {
-            step: getattr(f.funnel, step)
-            for step in ("sent", "delivered", "opened", "clicked", "responded", "applied", "sanctioned", "disbursed")
-        },
+        # Every step of the contract's funnel, in its order (sent … disbursed, activated).
+        "funnel": {field.name: getattr(f.funnel, field.name) for field in f.funnel.DESCRIPTOR.fields},
     }
 
 

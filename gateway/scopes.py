@@ -110,6 +110,11 @@ METHOD_SCOPES: dict[str, str] = {
     _method(ATTRIBUTION_SERVICE, "GetLift"): REPORTS_READ,
     # The LOS (or fund platform) reports conversions without a campaign ID too, for lift against holdouts.
     _method(ATTRIBUTION_SERVICE, "RecordProfileConversion"): LOS_EVENTS,
+    # Fund platforms, banks and card systems report their conversions (invested, funded, first transaction) as the
+    # LOS reports disbursements.
+    _method(ATTRIBUTION_SERVICE, "RecordConversion"): LOS_EVENTS,
+    # A campaign's fixed costs are booked by whoever runs the campaign.
+    _method(ATTRIBUTION_SERVICE, "RecordFixedCost"): CAMPAIGNS_MANAGE,
     _method(CHANNELS_SERVICE, "GetMessage"): REPORTS_READ,
     _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
 }

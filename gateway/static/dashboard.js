@@ -6,6 +6,7 @@ const KEY = "xsell.dashboard.apiKey";
 const STEPS = [
   ["sent", "Sent"], ["delivered", "Delivered"], ["opened", "Opened"], ["clicked", "Clicked"],
   ["responded", "Responded"], ["applied", "Applied"], ["sanctioned", "Sanctioned"], ["disbursed", "Disbursed"],
+  ["activated", "Activated"],
 ];
 const SVG = "http://www.w3.org/2000/svg";
 

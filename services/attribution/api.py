@@ -1,7 +1,7 @@
 """The AttributionService gRPC servicer: leads and LOS events in, attributed revenue, cost and ROMI out."""
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -24,6 +24,9 @@ from services.attribution import reporting, rules, store, views
 from services.attribution.convert import (
     channel_name,
     channel_value,
+    conversion_kind_name,
+    conversion_kind_value,
+    linkage_value,
     money,
     origin_name,
     origin_value,
@@ -84,12 +87,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         ledger: Ledger,
         revenue_models: RevenueModels,
         tracer: trace.Tracer,
+        last_touch_windows: Mapping[str, int] | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.idempotency = idempotency
         self.ledger = ledger
         self.revenue_models = revenue_models
+        # Days before a conversion without a campaign ID in which the person's latest outreach is its last touch.
+        self.last_touch_windows = dict(last_touch_windows or {rules.DEFAULT_WINDOW: 30})
         self.currency = ledger.currency
         self.tracer = tracer
         # Concurrent disbursements share transactions (run by the composition root as a background task).
@@ -296,11 +302,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             )
             if not recorded:
                 # Raised inside the transaction, so it rolls back and nothing is written.
-                raise AlreadyExists(
-                    f"disbursement_id {request.disbursement_id!r} is already recorded; "
-                    "a retry of the same request must reuse its request_id",
-                    field="disbursement_id",
-                )
+                raise rules.already_recorded("disbursement_id", request.disbursement_id)
             await self.ledger.record_disbursement(
                 session, locked, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
             )
@@ -481,11 +483,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             request.campaign_id, outreach_funnel.outreach.created_at, disbursed_at, field="disburse_time"
         )
         if request.disbursement_id in recorded:
-            raise AlreadyExists(
-                f"disbursement_id {request.disbursement_id!r} is already recorded; "
-                "a retry of the same request must reuse its request_id",
-                field="disbursement_id",
-            )
+            raise rules.already_recorded("disbursement_id", request.disbursement_id)
         return outreach_funnel, loan
 
     async def GetCampaignAttribution(
@@ -583,14 +581,216 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 occurred_at=occurred_at,
                 recorded_at=datetime.now(UTC),
             ):
-                raise AlreadyExists(
-                    f"conversion_id {request.conversion_id!r} is already recorded; "
-                    "a retry of the same request must reuse its request_id",
-                    field="conversion_id",
-                )
+                raise rules.already_recorded("conversion_id", request.conversion_id)
             response = service_pb2.RecordProfileConversionResponse(conversion_id=request.conversion_id)
             await self.idempotency.remember(session, "RecordProfileConversion", request, response)
         log.info("profile_conversion_recorded", amount_paise=request.amount.minor_units)
+        return response
+
+    @first_answer_on_race("RecordConversion", service_pb2.RecordConversionResponse)
+    async def RecordConversion(
+        self, request: service_pb2.RecordConversionRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordConversionResponse:
+        rules.require_id(request.conversion_id, "conversion_id", "MF-ORD-2025-0001")
+        try:
+            kind = conversion_kind_name(request.kind)
+        except ValueError:
+            kind = ""
+        if kind not in rules.CONVERSION_KINDS:
+            raise InvalidArgument(
+                f"kind {request.kind} is not a ConversionKind; use e.g. LUMPSUM_INVESTED, SIP_REGISTERED, "
+                "ACCOUNT_FUNDED or FIRST_TRANSACTION",
+                field="kind",
+            )
+        if request.campaign_id:
+            rules.require_campaign_id(request.campaign_id)
+        else:
+            # Without a campaign ID, the person and the product find the last touch and its window.
+            rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
+            rules.require_id(request.product_code, "product_code", "MF_LUMPSUM")
+        for field in ("profile_id", "product_code"):
+            if len(getattr(request, field)) > rules.MAX_ID_LENGTH:
+                raise InvalidArgument(f"{field} must be at most {rules.MAX_ID_LENGTH} characters", field=field)
+        rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
+        occurred_at = time_or(request.occur_time, request.HasField("occur_time"), datetime.now(UTC))
+        with outreach_span(self.tracer, "attribution.record_conversion", request.campaign_id):
+            async with self._transaction() as session:
+                opened = await self._open_conversion(session, request, kind, occurred_at)
+                if isinstance(opened, service_pb2.RecordConversionResponse):
+                    return opened
+                locked, linkage = opened
+                response = await self._record_conversion(session, request, kind, occurred_at, locked, linkage)
+                await self.idempotency.remember(session, "RecordConversion", request, response)
+        conversion = response.conversion
+        log.info(
+            "conversion_recorded",
+            kind=kind,
+            linkage=linkage,
+            amount_paise=request.amount.minor_units,
+            lifetime_revenue_paise=conversion.lifetime_revenue.minor_units,
+        )
+        return response
+
+    async def _open_conversion(
+        self, session: AsyncSession, request: service_pb2.RecordConversionRequest, kind: str, at: datetime
+    ) -> service_pb2.RecordConversionResponse | tuple[store.LockedOutreach | None, str]:
+        """The previous answer to this request_id, or the outreach the conversion is linked to (locked) and how."""
+        step = rules.conversion_step(kind)
+        locked: store.LockedOutreach | None
+        if request.campaign_id:
+            opened = await self._previous_or_locked(
+                session, "RecordConversion", request, service_pb2.RecordConversionResponse, request.campaign_id
+            )
+            if not isinstance(opened, store.LockedOutreach):
+                return opened
+            locked = opened
+            rules.check_same_profile(request.campaign_id, locked.outreach.profile_id, request.profile_id)
+            rules.check_not_before_outreach(request.campaign_id, locked.outreach.created_at, at, field="occur_time")
+            linkage = rules.EXPLICIT
+        else:
+            previous = await self.idempotency.previous(
+                session, "RecordConversion", request, service_pb2.RecordConversionResponse
+            )
+            if previous is not None:
+                return previous
+            start, end = rules.touch_window(at, rules.window_days(self.last_touch_windows, request.product_code))
+            # A first transaction activates what was funded: its last touch is the latest funded outreach.
+            touch = await store.last_touch(
+                session, request.profile_id, start, end, converted_only=step == rules.ACTIVATED
+            )
+            locked = await store.lock_outreach(session, touch) if touch is not None else None
+            linkage = rules.LAST_TOUCH if locked is not None else rules.UNATTRIBUTED
+        if locked is not None and step == rules.ACTIVATED:
+            rules.check_activation(locked.outreach.campaign_id, locked.funnel.get(rules.CONVERTED), at)
+        return locked, linkage
+
+    async def _record_conversion(
+        self,
+        session: AsyncSession,
+        request: service_pb2.RecordConversionRequest,
+        kind: str,
+        at: datetime,
+        locked: store.LockedOutreach | None,
+        linkage: str,
+    ) -> service_pb2.RecordConversionResponse:
+        """Prices the conversion, writes it and, when it is attributed, its funnel step, money and event."""
+        outreach = locked.outreach if locked is not None else None
+        product_code = request.product_code or (outreach.product_code if outreach is not None else "")
+        profile_id = request.profile_id or (outreach.profile_id if outreach is not None else "")
+        amount = request.amount.minor_units
+        step = rules.conversion_step(kind)
+        if step == rules.ACTIVATED:
+            model_name, revenue = "", Revenue(lifetime_paise=0, year1_paise=0)
+        else:
+            model_name, model = self.revenue_models.for_products(
+                product_code, outreach.product_code if outreach is not None else ""
+            )
+            revenue = model.price(amount)
+        recorded = await store.add_conversion(
+            session,
+            conversion_id=request.conversion_id,
+            kind=kind,
+            campaign_id=outreach.campaign_id if outreach is not None else None,
+            linkage=linkage,
+            profile_id=profile_id,
+            product_code=product_code,
+            amount_paise=amount,
+            currency_code=self.currency,
+            occurred_at=at,
+            lifetime_revenue_paise=revenue.lifetime_paise,
+            year1_revenue_paise=revenue.year1_paise,
+            revenue_model=model_name,
+            recorded_at=datetime.now(UTC),
+        )
+        # Funded conversions also count for lift, attributed or not, as RecordProfileConversion's do.
+        if recorded and step == rules.CONVERTED:
+            recorded = await store.add_profile_conversion(
+                session,
+                conversion_id=request.conversion_id,
+                profile_id=profile_id,
+                product_code=product_code,
+                amount_paise=amount,
+                currency=self.currency,
+                occurred_at=at,
+                recorded_at=datetime.now(UTC),
+            )
+        if not recorded:
+            # Raised inside the transaction, so it rolls back and nothing is written.
+            raise rules.already_recorded("conversion_id", request.conversion_id)
+        conversion = resources_pb2.Conversion(
+            conversion_id=request.conversion_id,
+            kind=conversion_kind_value(kind),
+            campaign_id=outreach.campaign_id if outreach is not None else "",
+            linkage=linkage_value(linkage),
+            profile_id=profile_id,
+            product_code=product_code,
+            amount=money(amount, self.currency),
+            lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+            year1_revenue=money(revenue.year1_paise, self.currency),
+            occur_time=timestamp(at),
+        )
+        if locked is None or outreach is None:
+            return service_pb2.RecordConversionResponse(conversion=conversion)
+        if step == rules.ACTIVATED:
+            await self.ledger.reach_step(session, locked, rules.ACTIVATED, at, measure_since_outreach=True)
+        else:
+            await self.ledger.record_disbursement(
+                session, locked, at, amount, revenue.lifetime_paise, revenue.year1_paise
+            )
+            self.ledger.metrics.disbursed(session, amount, self.currency)
+            await self.outbox.add(
+                session,
+                streams.CONVERSION_RECORDED,
+                events_pb2.ConversionRecorded(
+                    campaign_id=outreach.campaign_id,
+                    amount=money(amount, self.currency),
+                    lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+                    year1_revenue=money(revenue.year1_paise, self.currency),
+                    disburse_time=timestamp(at),
+                    profile_id=profile_id,
+                    product_code=product_code,
+                    kind=conversion_kind_value(kind),
+                    conversion_id=request.conversion_id,
+                ),
+                campaign_id=outreach.campaign_id,
+            )
+        attribution = await store.attribution(session, outreach.campaign_id, outreach)
+        assert attribution is not None
+        return service_pb2.RecordConversionResponse(conversion=conversion, attribution=self._attribution(attribution))
+
+    @first_answer_on_race("RecordFixedCost", service_pb2.RecordFixedCostResponse)
+    async def RecordFixedCost(
+        self, request: service_pb2.RecordFixedCostRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.RecordFixedCostResponse:
+        rules.require_id(request.campaign_key, "campaign_key", "cmp_msme_gst")
+        rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
+        rules.check_description(request.description)
+        day = _date(request.book_date, "book_date") or self.ledger.rollup.day(datetime.now(UTC))
+        async with self._transaction() as session:
+            previous = await self.idempotency.previous(
+                session, "RecordFixedCost", request, service_pb2.RecordFixedCostResponse
+            )
+            if previous is not None:
+                return previous
+            cost_id, outreaches = await self.ledger.record_fixed_cost(
+                session,
+                campaign_key=request.campaign_key,
+                amount_paise=request.amount.minor_units,
+                day=day,
+                description=request.description,
+            )
+            response = service_pb2.RecordFixedCostResponse(
+                cost=resources_pb2.FixedCost(
+                    cost_id=cost_id,
+                    campaign_key=request.campaign_key,
+                    amount=money(request.amount.minor_units, self.currency),
+                    book_date=day,
+                    description=request.description,
+                    outreaches=outreaches,
+                )
+            )
+            await self.idempotency.remember(session, "RecordFixedCost", request, response)
+        log.info("fixed_cost_booked", amount_paise=request.amount.minor_units, outreaches=outreaches)
         return response
 
     def _figures(self, f: reporting.Figures) -> resources_pb2.ReportFigures:

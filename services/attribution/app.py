@@ -34,7 +34,15 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     ledger = Ledger(settings.cost(), settings.currency, settings.report_utc_offset_minutes)
 
-    servicer = AttributionApi(db, outbox, Idempotency(store.idempotency), ledger, settings.revenue(), tracer)
+    servicer = AttributionApi(
+        db,
+        outbox,
+        Idempotency(store.idempotency),
+        ledger,
+        settings.revenue(),
+        tracer,
+        last_touch_windows=settings.last_touch_window_days,
+    )
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
         "xsell.attribution.v1.AttributionService",

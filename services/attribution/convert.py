@@ -41,6 +41,19 @@ def stage_value(name: str) -> resources_pb2.LoanStage.ValueType:
     return resources_pb2.LoanStage.Value(f"LOAN_STAGE_{name.upper()}")
 
 
+def conversion_kind_name(kind: resources_pb2.ConversionKind.ValueType) -> str:
+    """CONVERSION_KIND_LUMPSUM_INVESTED → "lumpsum_invested"; ValueError for an unknown value."""
+    return _short(resources_pb2.ConversionKind.Name(kind), "CONVERSION_KIND_")
+
+
+def conversion_kind_value(name: str) -> resources_pb2.ConversionKind.ValueType:
+    return resources_pb2.ConversionKind.Value(f"CONVERSION_KIND_{name.upper()}")
+
+
+def linkage_value(name: str) -> resources_pb2.ConversionLinkage.ValueType:
+    return resources_pb2.ConversionLinkage.Value(f"CONVERSION_LINKAGE_{name.upper()}")
+
+
 def money(minor_units: int, currency: str) -> money_pb2.Money:
     return money_pb2.Money(minor_units=minor_units, currency_code=currency)
 

@@ -2,16 +2,17 @@
 keeping the views' rollup in the same transaction as each of them."""
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing.errors import NotFound
 from plumbing.ids import new_id
 from services.attribution import store
 from services.attribution.metrics import AttributionMetrics
-from services.attribution.revenue import CostModel
+from services.attribution.revenue import CostModel, allocate
 from services.attribution.rules import DISBURSED, RESPONDED, unknown_outreach
-from services.attribution.views import Rollup, funnel_moves
+from services.attribution.views import Rollup, campaign_groups, funnel_moves
 
 SEND = "send"
 RM_TIME = "rm_time"
@@ -83,8 +84,8 @@ class Ledger:
         lifetime_paise: int,
         year1_paise: int,
     ) -> None:
-        """Adds a disbursement's money to the views on its disbursement day and marks the outreach disbursed, in
-        one rollup statement (the ledger row is the caller's; so is the outreach's row lock)."""
+        """Adds a disbursement's (or a funded conversion's) money to the views on its day and marks the outreach
+        converted, in one rollup statement (the ledger row is the caller's; so is the outreach's row lock)."""
         await self.reach_step(
             session,
             locked,
@@ -134,3 +135,57 @@ class Ledger:
         await store.add_cost(session, campaign_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id)
         await self.reach_step(session, locked, RESPONDED, at, also={"cost_paise": rm_cost})
         return lead, True
+
+    async def record_fixed_cost(
+        self, session: AsyncSession, *, campaign_key: str, amount_paise: int, day: str, description: str
+    ) -> tuple[str, int]:
+        """Books a campaign's fixed cost on the local `day`, shared over its outreaches' rollup groups in proportion
+        to their sends (revenue.allocate), so a view by trigger, label or channel carries its part. Returns the
+        cost's id and the number of outreaches it was shared over."""
+        groups = await campaign_groups(session, campaign_key)
+        if not groups:
+            raise NotFound(
+                f"campaign_key {campaign_key!r} has no outreach in the ledger; book a fixed cost once the campaign "
+                "has sent, against the campaign_key its outreaches carry",
+                field="campaign_key",
+            )
+        shares = allocate(amount_paise, [group.outreaches for group in groups])
+        cost_id = new_id("fc_")
+        shared = [(group, share) for group, share in zip(groups, shares, strict=True) if share]
+        await store.add_fixed_cost(
+            session,
+            [
+                {
+                    "programme": group.programme,
+                    "trigger_code": group.trigger_code,
+                    "channel": group.channel,
+                    "product_code": group.product_code,
+                    "labels_key": group.labels_key,
+                    "amount_paise": share,
+                }
+                for group, share in shared
+            ],
+            cost_id=cost_id,
+            campaign_key=campaign_key,
+            amount_paise=amount_paise,
+            currency_code=self.currency,
+            day=day,
+            description=description,
+            booked_at=datetime.now(UTC),
+        )
+        await self.rollup.apply_rows(
+            session,
+            {
+                (
+                    day,
+                    campaign_key,
+                    group.programme,
+                    group.trigger_code,
+                    group.channel,
+                    group.product_code,
+                    group.labels_key,
+                ): {"cost_paise": share}
+                for group, share in shared
+            },
+        )
+        return cost_id, sum(group.outreaches for group in groups)

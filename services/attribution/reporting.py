@@ -9,7 +9,7 @@ from statistics import NormalDist
 from typing import Any
 
 from services.attribution.revenue import romi, round_half_up
-from services.attribution.rules import FUNNEL_STEPS
+from services.attribution.rules import CONVERTED, FUNNEL_STEPS
 
 LABEL_SEPARATOR = "\x1f"
 """Joins a campaign's labels into one column value; the unit separator never appears in a label people type."""
@@ -104,7 +104,7 @@ class Totals:
 
     @property
     def conversions(self) -> int:
-        return self.counters[funnel_column(FUNNEL_STEPS[-1])]
+        return self.counters[funnel_column(CONVERTED)]
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ Each outreach carries the cost booked against it:
 
     send cost  = send_cost_paise[channel]                        booked when the outreach is recorded
     RM time    = rm_minutes_per_lead × rm_cost_paise_per_minute   booked when a lead is created
-    fixed      = an allocated share of fixed costs                booked later, by allocation
+    fixed      = a campaign's fixed cost, shared over its outreaches' groups in proportion to their sends
+                 (largest remainder, so the shares add up to the booked amount), on the day it is booked
 
 With the defaults an e-mail outreach with one lead costs ₹0.50 + 15 min × ₹6.50 = ₹98.00 (9 800 paise).
 
@@ -61,7 +62,7 @@ ROMI
 so the worked example's ROMI is 45 240 000 / 9 800 ≈ 4 616.3×.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -217,6 +218,20 @@ class CostModel:
     def rm_time_cost(self) -> int:
         """The cost of the RM time one lead takes."""
         return self.rm_minutes_per_lead * self.rm_cost_paise_per_minute
+
+
+def allocate(amount_paise: int, weights: Sequence[int]) -> list[int]:
+    """`amount_paise` split in proportion to `weights` in whole paise that add up to it exactly: each share is
+    rounded down, and the paise left over go one each to the largest remainders (the earliest on a tie)."""
+    total = sum(weights)
+    if total <= 0 or any(weight < 0 for weight in weights):
+        raise ValueError(f"weights must be zero or positive with a positive sum, got {list(weights)}")
+    shares = [amount_paise * weight // total for weight in weights]
+    remainders = [amount_paise * weight % total for weight in weights]
+    left = amount_paise - sum(shares)
+    for index in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[:left]:
+        shares[index] += 1
+    return shares
 
 
 def romi(lifetime_revenue_paise: int, cost_paise: int) -> float:

@@ -1,6 +1,8 @@
-"""The ledger's rules: funnel steps, loan stages, and what a lead, application, sanction or disbursement needs."""
+"""The ledger's rules: funnel steps, loan stages, and what a lead, application, sanction, disbursement or conversion
+needs, with the last-touch window that links a conversion without a campaign ID."""
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
 from plumbing.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
@@ -12,11 +14,39 @@ RESPONDED = "responded"
 APPLIED = "applied"
 SANCTIONED = "sanctioned"
 DISBURSED = "disbursed"
+ACTIVATED = "activated"
 
-FUNNEL_STEPS = (SENT, DELIVERED, OPENED, CLICKED, RESPONDED, APPLIED, SANCTIONED, DISBURSED)
+FUNNEL_STEPS = (SENT, DELIVERED, OPENED, CLICKED, RESPONDED, APPLIED, SANCTIONED, DISBURSED, ACTIVATED)
 """The funnel in order. A step counts as reached when it or any later step was reached, so the
 funnel never widens downstream: a click whose open pixel was blocked still counts as an open, and
 a disbursement recorded before the delivery receipt arrived still counts as delivered."""
+
+CONVERTED = DISBURSED
+"""The step that makes an outreach a conversion (a funded account): a loan's disbursement, or a fund, deposit or
+card conversion that brings money in. Activation (first use after funding) comes after it."""
+
+FIRST_TRANSACTION = "first_transaction"
+FUNDING_KINDS = (
+    "lumpsum_invested",
+    "sip_registered",
+    "sip_step_up",
+    "switch_regular_to_direct",
+    "dividend_to_growth",
+    "account_funded",
+)
+"""Conversion kinds that bring money in: priced by the product's revenue model and counted as the outreach's
+conversion (its disbursed step). A first transaction is the activated step instead, and is not priced."""
+CONVERSION_KINDS = (*FUNDING_KINDS, FIRST_TRANSACTION)
+
+EXPLICIT = "campaign_id"
+LAST_TOUCH = "last_touch"
+UNATTRIBUTED = "unattributed"
+"""How a conversion was linked: by the campaign ID the caller named, by the person's last touch, or not at all."""
+
+DEFAULT_WINDOW = "default"
+"""The last-touch window key used for products without a window of their own."""
+
+MAX_DESCRIPTION_LENGTH = 500
 
 LOAN_STAGES = (APPLIED, SANCTIONED, DISBURSED)
 """A loan's stages in order; a loan only moves forward."""
@@ -51,6 +81,13 @@ def unknown_outreach(campaign_id: str) -> NotFound:
         f"campaign_id {campaign_id!r} is not a known outreach; "
         f"use the ID printed on the outreach, e.g. {EXAMPLE_CAMPAIGN_ID}",
         field="campaign_id",
+    )
+
+
+def already_recorded(field: str, value: str) -> AlreadyExists:
+    """A source system's id (a disbursement's, a conversion's) that the ledger already holds under another request."""
+    return AlreadyExists(
+        f"{field} {value!r} is already recorded; a retry of the same request must reuse its request_id", field=field
     )
 
 
@@ -109,4 +146,59 @@ def check_not_before_outreach(campaign_id: str, outreach_created_at: datetime, a
             f"{field} {at.isoformat()} is before outreach {campaign_id} was created "
             f"({outreach_created_at.isoformat()}); an outreach cannot produce money before it exists",
             field=field,
+        )
+
+
+def conversion_step(kind: str) -> str:
+    """The funnel step a conversion of `kind` reaches: activated for a first transaction, else the conversion."""
+    return ACTIVATED if kind == FIRST_TRANSACTION else CONVERTED
+
+
+def window_days(windows: Mapping[str, int], product_code: str) -> int:
+    """The product's last-touch window in days, or the default window's."""
+    return windows.get(product_code, windows[DEFAULT_WINDOW])
+
+
+def touch_window(at: datetime, days: int) -> tuple[datetime, datetime]:
+    """The instants (inclusive) an outreach must be created within to be the last touch of a conversion at `at`:
+    from `days` days before it up to the conversion itself, never after it."""
+    return at - timedelta(days=days), at
+
+
+def is_last_touch_candidate(touch_at: datetime, at: datetime, days: int) -> bool:
+    """Whether an outreach created at `touch_at` may be the last touch of a conversion at `at`."""
+    start, end = touch_window(at, days)
+    return start <= touch_at <= end
+
+
+def check_same_profile(campaign_id: str, outreach_profile_id: str, profile_id: str) -> None:
+    """A conversion named by its campaign ID is that outreach's person's, so a different profile_id is a mistake."""
+    if profile_id and profile_id != outreach_profile_id:
+        raise InvalidArgument(
+            f"profile_id {profile_id!r} is not the person outreach {campaign_id} was sent to; "
+            "leave profile_id empty or send the outreach's person",
+            field="profile_id",
+        )
+
+
+def check_activation(campaign_id: str, funded_at: datetime | None, at: datetime) -> None:
+    """A first transaction activates a funded account: after the outreach's conversion, never before it."""
+    if funded_at is None:
+        raise FailedPrecondition(
+            f"outreach {campaign_id} has no funded conversion yet; record the funding (a disbursement or an "
+            "account_funded / invested conversion) before its first transaction"
+        )
+    if at < funded_at:
+        raise InvalidArgument(
+            f"occur_time {at.isoformat()} is before outreach {campaign_id} was funded ({funded_at.isoformat()}); "
+            "a first transaction comes after the funding",
+            field="occur_time",
+        )
+
+
+def check_description(description: str) -> None:
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidArgument(
+            f"description must be at most {MAX_DESCRIPTION_LENGTH} characters; got {len(description)}",
+            field="description",
         )

@@ -15,6 +15,7 @@ from services.attribution.revenue import (
     RevenueModel,
     RevenueModels,
 )
+from services.attribution.rules import DEFAULT_WINDOW
 
 
 class NimFlatSettings(BaseModel):
@@ -85,6 +86,14 @@ class AttributionSettings(ServiceSettings):
     rm_minutes_per_lead: int = Field(15, ge=0, description="Relationship-manager minutes one lead takes.")
     rm_cost_paise_per_minute: int = Field(650, ge=0, description="Cost of one RM minute, in paise.")
     currency: str = Field("INR", description="The ledger's currency; amounts in any other currency are rejected.")
+    last_touch_window_days: dict[str, int] = Field(
+        default_factory=lambda: {"default": 30},
+        description=(
+            "Days before a conversion without a campaign ID in which the person's latest outreach is its last "
+            'touch, per product code, with a "default" entry for every other product; JSON in the environment, '
+            'e.g. {"default": 30, "MF_SIP": 45}. No outreach in the window: the conversion is unattributed.'
+        ),
+    )
     report_utc_offset_minutes: int = Field(
         330,
         ge=-14 * 60,
@@ -98,6 +107,16 @@ class AttributionSettings(ServiceSettings):
     def _has_default(cls, value: dict[str, RevenueModelSettings]) -> dict[str, RevenueModelSettings]:
         if DEFAULT_PRODUCT not in value:
             raise ValueError(f'revenue_models needs a "{DEFAULT_PRODUCT}" entry for products without their own')
+        return value
+
+    @field_validator("last_touch_window_days")
+    @classmethod
+    def _positive_windows(cls, value: dict[str, int]) -> dict[str, int]:
+        if DEFAULT_WINDOW not in value:
+            raise ValueError(f'last_touch_window_days needs a "{DEFAULT_WINDOW}" entry for products without their own')
+        short = sorted(product for product, days in value.items() if days <= 0)
+        if short:
+            raise ValueError(f"last-touch windows must be at least 1 day; not for {', '.join(short)}")
         return value
 
     @field_validator("send_cost_paise")

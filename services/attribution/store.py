@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.engine import CursorResult
@@ -32,7 +33,7 @@ from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.reporting import COUNTER_COLUMNS, labels_key
-from services.attribution.rules import DISBURSED, FUNNEL_STEPS, SANCTIONED, funnel_rank
+from services.attribution.rules import DISBURSED, FIRST_TRANSACTION, FUNNEL_STEPS, SANCTIONED, funnel_rank
 
 Money = BigInteger
 """Amounts are integer paise; a bigint holds ₹9.2 × 10^16 crore."""
@@ -176,6 +177,63 @@ profile_conversions = Table(
     Column("recorded_at", UtcDateTime, nullable=False),
 )
 """Conversions without a campaign ID: how lift sees held-out people convert anyway."""
+
+conversions = Table(
+    "conversions",
+    metadata,
+    Column("conversion_id", String(100), primary_key=True),
+    # lumpsum_invested | sip_registered | sip_step_up | switch_regular_to_direct | dividend_to_growth |
+    # account_funded | first_transaction (rules.CONVERSION_KINDS)
+    Column("kind", String(40), nullable=False),
+    # NULL when unattributed: no campaign ID and no outreach in the last-touch window.
+    Column("campaign_id", String(100), ForeignKey("outreaches.campaign_id"), nullable=True, index=True),
+    # campaign_id | last_touch | unattributed
+    Column("linkage", String(20), nullable=False),
+    Column("profile_id", String(100), nullable=False, index=True),
+    Column("product_code", String(100), nullable=False),
+    Column("amount_paise", Money, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("lifetime_revenue_paise", Money, nullable=False),
+    Column("year1_revenue_paise", Money, nullable=False),
+    # Which model priced it (a product code or "default"); empty for a first transaction, which is not priced.
+    Column("revenue_model", String(100), nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+)
+"""Fund, deposit and card conversions: their money counts in the views like a disbursement's when attributed."""
+
+FUNDED = conversions.c.kind != FIRST_TRANSACTION
+"""The conversions whose amount is money in (invested, funded); a first transaction's amount is not."""
+
+fixed_costs = Table(
+    "fixed_costs",
+    metadata,
+    Column("cost_id", String(100), primary_key=True),
+    Column("campaign_key", String(100), nullable=False, index=True),
+    Column("amount_paise", Money, nullable=False),
+    Column("currency_code", String(3), nullable=False),
+    # The local day the cost lands on in the views, YYYY-MM-DD.
+    Column("day", String(10), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("booked_at", UtcDateTime, nullable=False),
+)
+"""A campaign's fixed costs (agency fee, creative), booked on a day."""
+
+fixed_cost_shares = Table(
+    "fixed_cost_shares",
+    metadata,
+    Column("cost_id", String(100), ForeignKey("fixed_costs.cost_id"), nullable=False),
+    # The outreach dimensions of a rollup row (ROLLUP_KEY after day and campaign_key).
+    Column("programme", String(20), nullable=False),
+    Column("trigger_code", String(20), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("product_code", String(100), nullable=False),
+    Column("labels_key", String(1000), nullable=False),
+    Column("amount_paise", Money, nullable=False),
+    PrimaryKeyConstraint("cost_id", "programme", "trigger_code", "channel", "product_code", "labels_key"),
+)
+"""Each fixed cost's share per group of its campaign's outreaches (by sends when booked), kept so a recompute gives
+the same rollup rows however many outreaches the campaign has since."""
 
 
 @dataclass(frozen=True)
@@ -429,14 +487,21 @@ def _attribution_with_loans() -> Any:
     def total(column: Any, table: Table) -> Any:
         return select(func.coalesce(func.sum(column), 0)).where(table.c.campaign_id == campaign_id).scalar_subquery()
 
+    def money(name: str) -> Any:
+        """The total of a money column over the outreach's disbursements and its conversions (same column names)."""
+        funded = select(func.coalesce(func.sum(conversions.c[name]), 0)).where(
+            conversions.c.campaign_id == campaign_id, FUNDED
+        )
+        return total(disbursements.c[name], disbursements) + funded.scalar_subquery()
+
     rank = case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=funnel_steps.c.step, else_=0)
     furthest = select(func.coalesce(func.max(rank), 0)).where(funnel_steps.c.campaign_id == campaign_id)
     one_row = select(literal(1).label("one")).subquery()
     return (
         select(
-            total(disbursements.c.amount_paise, disbursements).label("total_disbursed"),
-            total(disbursements.c.lifetime_revenue_paise, disbursements).label("total_lifetime"),
-            total(disbursements.c.year1_revenue_paise, disbursements).label("total_year1"),
+            money("amount_paise").label("total_disbursed"),
+            money("lifetime_revenue_paise").label("total_lifetime"),
+            money("year1_revenue_paise").label("total_year1"),
             total(costs.c.amount_paise, costs).label("total_cost"),
             furthest.scalar_subquery().label("furthest"),
             *_LOAN_COLUMNS,
@@ -540,6 +605,46 @@ async def add_profile_conversion(
     return bool(result.rowcount)
 
 
+async def last_touch(
+    session: AsyncSession, profile_id: str, start: datetime, end: datetime, *, converted_only: bool
+) -> str | None:
+    """The campaign ID of the person's latest outreach created from `start` to `end` (both inclusive), or None; with
+    `converted_only`, only among outreaches that reached the conversion step by `end`."""
+    query = select(outreaches.c.campaign_id).where(
+        outreaches.c.profile_id == profile_id, outreaches.c.created_at >= start, outreaches.c.created_at <= end
+    )
+    if converted_only:
+        query = query.where(
+            select(funnel_steps.c.campaign_id)
+            .where(
+                funnel_steps.c.campaign_id == outreaches.c.campaign_id,
+                funnel_steps.c.step == DISBURSED,
+                funnel_steps.c.first_at <= end,
+            )
+            .exists()
+        )
+    query = query.order_by(outreaches.c.created_at.desc(), outreaches.c.campaign_id.desc()).limit(1)
+    campaign_id: str | None = (await session.execute(query)).scalar_one_or_none()
+    return campaign_id
+
+
+async def add_conversion(session: AsyncSession, **row: Any) -> bool:
+    """Records a conversion (a row of the conversions table); False, with nothing written, when its conversion_id is
+    already recorded."""
+    statement = (
+        upsert_insert(session, conversions)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=[conversions.c.conversion_id])
+    )
+    return bool(cast(CursorResult[Any], await session.execute(statement)).rowcount)
+
+
+async def add_fixed_cost(session: AsyncSession, shares: Sequence[Mapping[str, Any]], **row: Any) -> None:
+    """Records a fixed cost and its shares (rows of fixed_cost_shares without the cost_id)."""
+    await session.execute(insert(fixed_costs).values(**row))
+    await session.execute(insert(fixed_cost_shares), [{**share, "cost_id": row["cost_id"]} for share in shares])
+
+
 # Set-based forms of the disbursement path, for a batch of disbursements applied in one transaction
 # (disbursements.DisbursementBatches): a handful of statements however many disbursements the batch holds.
 
@@ -631,18 +736,27 @@ async def attributions(session: AsyncSession, outreaches_by_id: Mapping[str, Out
     if not ids:
         return {}
 
+    paid_in = union_all(
+        *(
+            select(
+                table.c.campaign_id,
+                table.c.amount_paise,
+                table.c.lifetime_revenue_paise,
+                table.c.year1_revenue_paise,
+            ).where(table.c.campaign_id.in_(ids), *condition)
+            for table, condition in ((disbursements, ()), (conversions, (FUNDED,)))
+        )
+    ).subquery("paid_in")
     money = {
         row.campaign_id: row
         for row in (
             await session.execute(
                 select(
-                    disbursements.c.campaign_id,
-                    func.sum(disbursements.c.amount_paise).label("disbursed"),
-                    func.sum(disbursements.c.lifetime_revenue_paise).label("lifetime"),
-                    func.sum(disbursements.c.year1_revenue_paise).label("year1"),
-                )
-                .where(disbursements.c.campaign_id.in_(ids))
-                .group_by(disbursements.c.campaign_id)
+                    paid_in.c.campaign_id,
+                    func.sum(paid_in.c.amount_paise).label("disbursed"),
+                    func.sum(paid_in.c.lifetime_revenue_paise).label("lifetime"),
+                    func.sum(paid_in.c.year1_revenue_paise).label("year1"),
+                ).group_by(paid_in.c.campaign_id)
             )
         ).all()
     }

@@ -25,7 +25,10 @@ from services.attribution.reporting import (
     local_day,
     programme_of,
 )
-from services.attribution.rules import DISBURSED, FUNNEL_STEPS, funnel_rank
+from services.attribution.rules import CONVERTED, FUNNEL_STEPS, funnel_rank
+
+RollupKey = tuple[str, ...]
+"""A rollup row's identity, in store.ROLLUP_KEY order."""
 
 DIMENSIONS = ("trigger_code", "campaign_key", "programme", "labels_key", "channel", "product_code")
 
@@ -106,7 +109,7 @@ class Rollup:
         changes: Iterable[tuple[store.Outreach, Iterable[tuple[datetime, Mapping[str, int]]]]],
     ) -> None:
         """apply() for many outreaches in one statement; changes that land on the same rollup row are summed first."""
-        by_key: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTER_COLUMNS, 0))
+        by_key: dict[RollupKey, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTER_COLUMNS, 0))
         for outreach, deltas in changes:
             dimensions = (
                 outreach.campaign_key,
@@ -123,14 +126,44 @@ class Rollup:
                 counters = by_key[(self.day(at), *dimensions)]
                 for column, delta in counters_at.items():
                     counters[column] += delta
+        await self.apply_rows(session, by_key)
+
+    async def apply_rows(self, session: AsyncSession, by_key: Mapping[RollupKey, Mapping[str, int]]) -> None:
+        """Adds counters to rollup rows named by their whole key (store.ROLLUP_KEY), in one statement."""
         # In key order, so concurrent transactions touch shared rollup rows in the same order (no deadlock).
         rows = [
-            {**dict(zip(store.ROLLUP_KEY, key, strict=True)), **counters}
+            {**dict(zip(store.ROLLUP_KEY, key, strict=True)), **dict.fromkeys(COUNTER_COLUMNS, 0), **counters}
             for key, counters in sorted(by_key.items())
             if any(counters.values())
         ]
         if rows:
             await session.execute(self._upsert(session), rows)
+
+
+@dataclass(frozen=True)
+class OutreachGroup:
+    """A campaign's outreaches that share every rollup dimension, and how many there are."""
+
+    programme: str
+    trigger_code: str
+    channel: str
+    product_code: str
+    labels_key: str
+    outreaches: int
+
+
+async def campaign_groups(session: AsyncSession, campaign_key: str) -> list[OutreachGroup]:
+    """The campaign's outreaches grouped by the rollup's dimensions, in one grouped query (a fixed cost's shares)."""
+    o = store.outreaches
+    programme = _programme(session).label("programme")
+    dims = (programme, o.c.trigger_code, o.c.channel, o.c.product_code, o.c.labels_key)
+    query = (
+        select(*dims, func.count().label("outreaches"))
+        .where(o.c.campaign_key == campaign_key)
+        .group_by(*dims)
+        .order_by(*dims)
+    )
+    return [OutreachGroup(**row) for row in (await session.execute(query)).mappings()]
 
 
 def funnel_moves(
@@ -151,7 +184,7 @@ def funnel_moves(
             moves[old][funnel_column(step)] -= 1
         if new is not None:
             moves[new][funnel_column(step)] += 1
-        if step == DISBURSED:
+        if step == CONVERTED:
             if old is not None:
                 moves[old][LAG_COLUMNS[lag_bucket(outreach.created_at, old)]] -= 1
             if new is not None:
@@ -237,7 +270,7 @@ async def lift_counts(session: AsyncSession, report_filter: ReportFilter, utc_of
     outreach_columns["programme"] = _programme(session)
     outreach_filter = _dimension_conditions(outreach_columns, report_filter) + period(o.c.created_at)
     disbursed = exists().where(
-        and_(store.funnel_steps.c.campaign_id == o.c.campaign_id, store.funnel_steps.c.step == DISBURSED)
+        and_(store.funnel_steps.c.campaign_id == o.c.campaign_id, store.funnel_steps.c.step == CONVERTED)
     )
     treated_converted = or_(
         disbursed,
@@ -297,11 +330,8 @@ def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int)
     return func.date(column, f"{utc_offset_minutes:+d} minutes")
 
 
-RollupKey = tuple[str, ...]
-
-
 async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[RollupKey, dict[str, int]]:
-    """Every rollup row as the ledger says it should be, in five set-based queries over the ledger's tables.
+    """Every rollup row as the ledger says it should be, in seven set-based queries over the ledger's tables.
 
     Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups by local day and the
     outreach's dimensions in the database and returns days × dimensions rows, never one row per outreach,
@@ -338,17 +368,31 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
     await collect(
         day_of(c.c.at), c.join(o, o.c.campaign_id == c.c.campaign_id), {"cost_paise": func.sum(c.c.amount_paise)}
     )
-    # 3. Money on its disbursement day.
-    d = store.disbursements
-    await collect(
-        day_of(d.c.disbursed_at),
-        d.join(o, o.c.campaign_id == d.c.campaign_id),
-        {
-            "disbursed_paise": func.sum(d.c.amount_paise),
-            "lifetime_paise": func.sum(d.c.lifetime_revenue_paise),
-            "year1_paise": func.sum(d.c.year1_revenue_paise),
-        },
+    # 2b. Fixed costs on the day each was booked, by the shares stored with them.
+    fixed, shares = store.fixed_costs, store.fixed_cost_shares
+    fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.ROLLUP_KEY[2:]))
+    fixed_query = (
+        select(*fixed_key, func.sum(shares.c.amount_paise).label("cost_paise"))
+        .select_from(shares.join(fixed, fixed.c.cost_id == shares.c.cost_id))
+        .group_by(*fixed_key)
     )
+    for row in (await session.execute(fixed_query)).mappings():
+        rows[tuple(str(row[name]) for name in store.ROLLUP_KEY)]["cost_paise"] += int(row["cost_paise"])
+    # 3. Money on its disbursement day, and an attributed priced conversion's on the day it happened.
+    d, v = store.disbursements, store.conversions
+    for paid_at, source in (
+        (d.c.disbursed_at, d.join(o, o.c.campaign_id == d.c.campaign_id)),
+        (v.c.occurred_at, v.join(o, and_(o.c.campaign_id == v.c.campaign_id, store.FUNDED))),
+    ):
+        await collect(
+            day_of(paid_at),
+            source,
+            {
+                "disbursed_paise": func.sum(paid_at.table.c.amount_paise),
+                "lifetime_paise": func.sum(paid_at.table.c.lifetime_revenue_paise),
+                "year1_paise": func.sum(paid_at.table.c.year1_revenue_paise),
+            },
+        )
     # 4. The funnel, all levels in one pass: each outreach's first time at each level (the earliest of that step
     # and every later one, reporting.funnel_levels), one row per level reached, grouped by day and level.
     f = store.funnel_steps
@@ -390,7 +434,7 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
         counter=reached.c.level,
     )
     # 5. Lag buckets need each conversion's send time: one row per conversion, bucketed here.
-    converted = select(f.c.campaign_id, f.c.first_at).where(f.c.step == DISBURSED).subquery()
+    converted = select(f.c.campaign_id, f.c.first_at).where(f.c.step == CONVERTED).subquery()
     query = select(converted.c.first_at, o.c.created_at, *dims).select_from(
         converted.join(o, o.c.campaign_id == converted.c.campaign_id)
     )

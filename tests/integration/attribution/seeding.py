@@ -19,7 +19,7 @@ from services import streams
 from services.attribution.app import build
 from services.attribution.settings import AttributionSettings
 from tests.waiting import eventually
-from xsell.attribution.v1 import service_pb2, service_pb2_grpc
+from xsell.attribution.v1 import resources_pb2, service_pb2, service_pb2_grpc
 from xsell.campaigns.v1 import events_pb2 as campaign_events
 from xsell.campaigns.v1 import resources_pb2 as campaigns_pb2
 from xsell.channels.v1 import events_pb2 as channel_events
@@ -239,5 +239,22 @@ async def seed_worked_example(bus: Bus, stub: service_pb2_grpc.AttributionServic
             campaign_id=EXAMPLE,
             amount=inr(174_000_000),
             disburse_time=ts(DISBURSED_AT),
+        )
+    )
+
+
+FIRST_TRANSACTION_AT = datetime(2025, 11, 25, 6, 0, tzinfo=UTC)
+
+
+async def activate_worked_example(stub: service_pb2_grpc.AttributionServiceStub) -> None:
+    """The worked example's first use after funding (Nov 25): its funnel's activated step."""
+    await stub.RecordConversion(
+        service_pb2.RecordConversionRequest(
+            request_id=new_id(),
+            conversion_id="TXN-0884-1",
+            kind=resources_pb2.CONVERSION_KIND_FIRST_TRANSACTION,
+            campaign_id=EXAMPLE,
+            amount=inr(2_500_000),
+            occur_time=ts(FIRST_TRANSACTION_AT),
         )
     )

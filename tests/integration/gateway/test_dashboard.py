@@ -16,7 +16,7 @@ from plumbing.bus import Bus
 from services import streams
 from services.attribution.app import build as build_attribution
 from services.attribution.settings import AttributionSettings
-from tests.integration.attribution.seeding import MSME, RETAIL, seed_worked_example
+from tests.integration.attribution.seeding import MSME, RETAIL, activate_worked_example, seed_worked_example
 from tests.integration.gateway.conftest import GatewayFactory, RunningGateway
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
 
@@ -42,7 +42,9 @@ async def seeded_attribution(nats_url: str, nats_bus: Bus, tmp_path: Path) -> As
     target = f"127.0.0.1:{process.server.port}"
     try:
         async with grpc.aio.insecure_channel(target) as channel:
-            await seed_worked_example(nats_bus, attribution_grpc.AttributionServiceStub(channel))
+            stub = attribution_grpc.AttributionServiceStub(channel)
+            await seed_worked_example(nats_bus, stub)
+            await activate_worked_example(stub)
         yield target
     finally:
         await process.stop(0)
@@ -142,6 +144,7 @@ async def test_a_person_sees_the_worked_example_on_the_dashboard(
                     "applied",
                     "sanctioned",
                     "disbursed",
+                    "activated",
                 )
             }
             assert funnel == {
@@ -153,6 +156,7 @@ async def test_a_person_sees_the_worked_example_on_the_dashboard(
                 "applied": "1",
                 "sanctioned": "1",
                 "disbursed": "1",
+                "activated": "1",
             }
             assert (await page.inner_text("#lift")).startswith("No one was held out")
             assert await page.locator("#trend svg rect[data-date='2025-11-22']").count() == 1

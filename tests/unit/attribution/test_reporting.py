@@ -78,3 +78,12 @@ def test_lift_says_plainly_when_it_cannot_say() -> None:
     assert flat.statement.startswith("No measurable lift yet")
     with pytest.raises(ValueError):
         lift(10, 1, 10, 1, confidence=1.5)
+
+
+def test_activated_is_a_funnel_step_after_the_conversion_and_not_a_second_conversion() -> None:
+    totals = Totals()
+    totals.add({"sent": 2, "f_disbursed": 2, "f_activated": 1})
+    result = figures(totals)
+    assert result.conversions == 2
+    assert list(result.funnel)[-2:] == ["disbursed", "activated"]
+    assert result.funnel["activated"] == 1

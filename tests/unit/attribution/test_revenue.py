@@ -13,6 +13,7 @@ from services.attribution.revenue import (
     NimFlatModel,
     Revenue,
     RevenueModels,
+    allocate,
     romi,
     round_half_up,
 )
@@ -159,4 +160,45 @@ def test_a_model_of_an_unknown_kind_is_rejected_at_start(monkeypatch: pytest.Mon
         '{"default": {"kind": "nim_flat"}, "CARD": {"kind": "interchange", "rate_bps": 150, "months": 12}}',
     )
     with pytest.raises(ValueError, match="kind"):
+        AttributionSettings()  # type: ignore[call-arg]
+
+
+def test_a_fund_conversion_worked_example_comes_out_to_the_rupee() -> None:
+    # ₹5,00,000 lumpsum at a 75 bp trail held 36 months (docs/attribution.md): the fund platform's conversion.
+    models = RevenueModels({"default": NimFlatModel(260, 10), "MF_LUMPSUM": BalanceRateModel(AUM_TRAIL, 75, 36)})
+    name, model = models.for_products("MF_LUMPSUM", "MSME_WC_TOPUP")
+    assert name == "MF_LUMPSUM"
+    assert model.price(50_000_000) == Revenue(lifetime_paise=1_125_000, year1_paise=375_000)
+    assert romi(1_125_000, 50) == 22_500
+
+
+@pytest.mark.parametrize(
+    ("amount", "weights", "shares"),
+    [
+        (1_000_001, [1, 1], [500_001, 500_000]),
+        (100, [1, 1, 1], [34, 33, 33]),
+        (1_000, [3, 1], [750, 250]),
+        (7, [0, 5], [0, 7]),
+        (10, [1, 2, 2], [2, 4, 4]),
+    ],
+)
+def test_a_fixed_cost_is_shared_by_weight_in_paise_that_add_up(
+    amount: int, weights: list[int], shares: list[int]
+) -> None:
+    assert allocate(amount, weights) == shares
+    assert sum(allocate(amount, weights)) == amount
+
+
+def test_a_fixed_cost_needs_something_to_share_over() -> None:
+    with pytest.raises(ValueError, match="positive sum"):
+        allocate(100, [0, 0])
+
+
+def test_last_touch_windows_need_a_default_and_at_least_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AttributionSettings().last_touch_window_days == {"default": 30}  # type: ignore[call-arg]
+    monkeypatch.setenv("XSELL_ATTRIBUTION_LAST_TOUCH_WINDOW_DAYS", '{"MF_SIP": 45}')
+    with pytest.raises(ValueError, match="default"):
+        AttributionSettings()  # type: ignore[call-arg]
+    monkeypatch.setenv("XSELL_ATTRIBUTION_LAST_TOUCH_WINDOW_DAYS", '{"default": 30, "MF_SIP": 0}')
+    with pytest.raises(ValueError, match="MF_SIP"):
         AttributionSettings()  # type: ignore[call-arg]

@@ -97,5 +97,56 @@ def test_money_cannot_come_before_the_outreach() -> None:
 
 
 def test_funnel_ranks_follow_the_funnel() -> None:
-    assert [rules.funnel_rank(step) for step in rules.FUNNEL_STEPS] == list(range(1, 9))
+    assert [rules.funnel_rank(step) for step in rules.FUNNEL_STEPS] == list(range(1, 10))
     assert rules.funnel_rank(rules.CLICKED) > rules.funnel_rank(rules.OPENED)
+
+
+def test_a_first_transaction_is_the_activated_step_and_every_other_kind_the_conversion() -> None:
+    assert rules.FUNNEL_STEPS[-2:] == (rules.DISBURSED, rules.ACTIVATED)
+    assert rules.conversion_step(rules.FIRST_TRANSACTION) == rules.ACTIVATED
+    assert {rules.conversion_step(kind) for kind in rules.FUNDING_KINDS} == {rules.CONVERTED}
+
+
+def test_the_last_touch_window_is_the_products_or_the_default() -> None:
+    windows = {"default": 30, "FD_FUNDED": 7}
+    assert rules.window_days(windows, "FD_FUNDED") == 7
+    assert rules.window_days(windows, "MF_LUMPSUM") == 30
+
+
+@pytest.mark.parametrize(
+    ("touch_days_before", "candidate"),
+    [(0, True), (3, True), (7, True), (7.001, False), (30, False), (-0.001, False)],
+)
+def test_a_last_touch_is_an_outreach_within_the_window_and_never_after_the_conversion(
+    touch_days_before: float, candidate: bool
+) -> None:
+    at = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
+    assert rules.is_last_touch_candidate(at - timedelta(days=touch_days_before), at, 7) is candidate
+
+
+def test_a_conversion_named_by_campaign_id_is_that_outreachs_person() -> None:
+    rules.check_same_profile("CSELL-1", "prf_meera", "")
+    rules.check_same_profile("CSELL-1", "prf_meera", "prf_meera")
+    with pytest.raises(DomainError) as error:
+        rules.check_same_profile("CSELL-1", "prf_meera", "prf_kaveri")
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "profile_id"
+
+
+def test_activation_needs_the_funding_first() -> None:
+    funded = datetime(2025, 11, 20, tzinfo=UTC)
+    with pytest.raises(DomainError) as error:
+        rules.check_activation("CSELL-1", None, funded)
+    assert _code(error) == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(DomainError) as error:
+        rules.check_activation("CSELL-1", funded, funded - timedelta(seconds=1))
+    assert _code(error) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.field == "occur_time"
+    rules.check_activation("CSELL-1", funded, funded)
+
+
+def test_a_description_has_a_length_limit() -> None:
+    rules.check_description("x" * rules.MAX_DESCRIPTION_LENGTH)
+    with pytest.raises(DomainError) as error:
+        rules.check_description("x" * (rules.MAX_DESCRIPTION_LENGTH + 1))
+    assert error.value.field == "description"
