@@ -4,7 +4,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -303,24 +303,20 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             if not recorded:
                 # Raised inside the transaction, so it rolls back and nothing is written.
                 raise rules.already_recorded("disbursement_id", request.disbursement_id)
-            await self.ledger.record_disbursement(
-                session, locked, disbursed_at, amount, revenue.lifetime_paise, revenue.year1_paise
-            )
-            self.ledger.metrics.disbursed(session, amount, self.currency)
-            await self.outbox.add(
+            await self._book_money(
                 session,
-                streams.CONVERSION_RECORDED,
-                events_pb2.ConversionRecorded(
-                    campaign_id=request.campaign_id,
-                    loan_number=request.loan_number,
-                    amount=money(amount, self.currency),
-                    lifetime_revenue=money(revenue.lifetime_paise, self.currency),
-                    year1_revenue=money(revenue.year1_paise, self.currency),
-                    disburse_time=timestamp(disbursed_at),
-                    profile_id=outreach.profile_id,
+                locked,
+                disbursed_at,
+                amount,
+                revenue,
+                self._conversion_event(
+                    outreach,
+                    amount,
+                    revenue,
+                    disbursed_at,
                     product_code=loan_product or outreach.product_code,
+                    loan_number=request.loan_number,
                 ),
-                campaign_id=request.campaign_id,
             )
             attribution = await store.attribution(session, request.campaign_id, outreach)
             assert attribution is not None
@@ -419,15 +415,13 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             money_deltas = disbursement_money(amount, revenue.lifetime_paise, revenue.year1_paise)
             rollup_changes.append((outreach, [*deltas, (disbursed_at, money_deltas)]))
             self.ledger.metrics.disbursed(session, amount, self.currency)
-            conversion = events_pb2.ConversionRecorded(
-                campaign_id=request.campaign_id,
-                loan_number=request.loan_number,
-                amount=money(amount, self.currency),
-                lifetime_revenue=money(revenue.lifetime_paise, self.currency),
-                year1_revenue=money(revenue.year1_paise, self.currency),
-                disburse_time=timestamp(disbursed_at),
-                profile_id=outreach.profile_id,
+            conversion = self._conversion_event(
+                outreach,
+                amount,
+                revenue,
+                disbursed_at,
                 product_code=loan.product_code or outreach.product_code,
+                loan_number=request.loan_number,
             )
             # Built in the call's own context, so the event continues the call's trace.
             events.append(
@@ -734,26 +728,16 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         if step == rules.ACTIVATED:
             await self.ledger.reach_step(session, locked, rules.ACTIVATED, at, measure_since_outreach=True)
         else:
-            await self.ledger.record_disbursement(
-                session, locked, at, amount, revenue.lifetime_paise, revenue.year1_paise
+            event = self._conversion_event(
+                outreach,
+                amount,
+                revenue,
+                at,
+                product_code=product_code,
+                kind=conversion_kind_value(kind),
+                conversion_id=request.conversion_id,
             )
-            self.ledger.metrics.disbursed(session, amount, self.currency)
-            await self.outbox.add(
-                session,
-                streams.CONVERSION_RECORDED,
-                events_pb2.ConversionRecorded(
-                    campaign_id=outreach.campaign_id,
-                    amount=money(amount, self.currency),
-                    lifetime_revenue=money(revenue.lifetime_paise, self.currency),
-                    year1_revenue=money(revenue.year1_paise, self.currency),
-                    disburse_time=timestamp(at),
-                    profile_id=profile_id,
-                    product_code=product_code,
-                    kind=conversion_kind_value(kind),
-                    conversion_id=request.conversion_id,
-                ),
-                campaign_id=outreach.campaign_id,
-            )
+            await self._book_money(session, locked, at, amount, revenue, event)
         attribution = await store.attribution(session, outreach.campaign_id, outreach)
         assert attribution is not None
         return service_pb2.RecordConversionResponse(conversion=conversion, attribution=self._attribution(attribution))
@@ -792,6 +776,36 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             await self.idempotency.remember(session, "RecordFixedCost", request, response)
         log.info("fixed_cost_booked", amount_paise=request.amount.minor_units, outreaches=outreaches)
         return response
+
+    def _conversion_event(
+        self, outreach: store.Outreach, amount: int, revenue: Revenue, at: datetime, **fields: Any
+    ) -> events_pb2.ConversionRecorded:
+        """The event of money attributed to the outreach: a disbursement's (with its loan number) or a conversion's
+        (with its kind and id)."""
+        return events_pb2.ConversionRecorded(
+            campaign_id=outreach.campaign_id,
+            amount=money(amount, self.currency),
+            lifetime_revenue=money(revenue.lifetime_paise, self.currency),
+            year1_revenue=money(revenue.year1_paise, self.currency),
+            disburse_time=timestamp(at),
+            profile_id=outreach.profile_id,
+            **fields,
+        )
+
+    async def _book_money(
+        self,
+        session: AsyncSession,
+        locked: store.LockedOutreach,
+        at: datetime,
+        amount: int,
+        revenue: Revenue,
+        event: events_pb2.ConversionRecorded,
+    ) -> None:
+        """Adds money to the locked outreach's funnel and views, counts it and publishes its event, in the caller's
+        transaction (the ledger row is the caller's)."""
+        await self.ledger.record_disbursement(session, locked, at, amount, revenue.lifetime_paise, revenue.year1_paise)
+        self.ledger.metrics.disbursed(session, amount, self.currency)
+        await self.outbox.add(session, streams.CONVERSION_RECORDED, event, campaign_id=event.campaign_id)
 
     def _figures(self, f: reporting.Figures) -> resources_pb2.ReportFigures:
         return resources_pb2.ReportFigures(
