@@ -200,6 +200,31 @@ async def test_without_a_campaign_id_the_last_touch_in_the_products_window_wins(
     assert report.total.conversions == 1
     assert report.total.disbursed_amount.minor_units == 20_000_000
 
+    # A first transaction's last touch is the latest funded outreach: Nov 10's (funded Nov 12), not Nov 20's.
+    first_use = service_pb2.RecordConversionRequest(
+        request_id="r-use",
+        conversion_id="FD-TXN-1",
+        kind=resources_pb2.CONVERSION_KIND_FIRST_TRANSACTION,
+        profile_id="prf_ravi",
+        product_code="FD_FUNDED",
+        amount=inr(10_000),
+        occur_time=ts(datetime(2025, 11, 13, 4, 0, tzinfo=UTC)),
+    )
+    used = await service.stub.RecordConversion(first_use)
+    assert (used.conversion.linkage, used.conversion.campaign_id) == (
+        resources_pb2.CONVERSION_LINKAGE_LAST_TOUCH,
+        "CSELL-NOV-F01-0002",
+    )
+    assert used.attribution.funnel.activated == 1
+    # Nobody else of the person was funded: a first transaction with no funded touch is unattributed.
+    unfunded = service_pb2.RecordConversionRequest()
+    unfunded.CopyFrom(first_use)
+    unfunded.request_id, unfunded.conversion_id, unfunded.profile_id = "r-use-2", "FD-TXN-2", "prf_nobody"
+    assert (await service.stub.RecordConversion(unfunded)).conversion.linkage == (
+        resources_pb2.CONVERSION_LINKAGE_UNATTRIBUTED
+    )
+    assert (await _report(service)).total.funnel.activated == 1
+
     # An unattributed conversion still counts for lift: the held-out person converted anyway.
     held = await funded("r3", "FD-3", "prf_held", "MSME_WC_TOPUP", 20)
     assert held.conversion.linkage == resources_pb2.CONVERSION_LINKAGE_UNATTRIBUTED
