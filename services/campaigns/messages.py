@@ -1,5 +1,6 @@
 """Conversions between the campaigns tables, the domain, and the xsell.campaigns.v1 messages."""
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,12 @@ def channel_name(channel: int) -> str:
 
 def channel_value(name: str) -> int:
     return channel_pb2.Channel.Value(f"CHANNEL_{name}")
+
+
+@functools.cache
+def channel_number(name: str) -> int:
+    """channel_value, remembered: a release asks it once per outreach for a handful of channel names."""
+    return channel_value(name)
 
 
 def state_value(state: str) -> int:
