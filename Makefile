@@ -10,6 +10,8 @@ GEN_STAMP := $(GEN)/.stamp
 # What `buf breaking` compares the contracts with: committed main, so a change on a branch (or not yet
 # committed) that breaks a field, an RPC or a package of a released contract fails lint.
 BUF_AGAINST ?= ../.git#branch=main,subdir=protos
+# pytest-xdist workers for `make test`; each has its own NATS and PostgreSQL. TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -67,7 +69,7 @@ fmt: $(STAMP) ## Format the Python code
 
 .PHONY: test
 test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests
-	$(PY) -m pytest --durations=20
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=20
 
 .PHONY: test-fast
 test-fast: $(GEN_STAMP) ## Unit tests only
