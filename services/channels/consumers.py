@@ -1,5 +1,6 @@
 """NATS handlers: DispatchRequested -> exactly one hand-over to the provider per campaign ID -> ack / nak / term."""
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -9,14 +10,14 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 from opentelemetry import metrics, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
 
 from plumbing.bus import Delivery, PermanentError, RetryLater
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
-from plumbing.telemetry import CAMPAIGN_ID, outreach_span
+from plumbing.telemetry import outreach_span
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
@@ -412,61 +413,50 @@ class DispatchHandler:
         async def hand_over() -> Accepted:
             # Built at the moment of sending: the webhook's signed timestamp must not age in the throttle's queue.
             request = adapter.request(campaign_id, profile_id, message)
-            url = URL(request.url)
-            attributes: dict[str, str | int] = {
-                CAMPAIGN_ID: campaign_id,
-                "http.request.method": request.method,
-                "server.address": url.host or "",
-                "server.port": url.port or 0,
-                "xsell.provider": adapter.provider,
-            }
-            with self.tracer.start_as_current_span(
-                f"{adapter.provider}.send",
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    tokens = self.providers.access_tokens.get(adapter.provider)
-                    if tokens is None:
-                        answer = await self.providers.http.send(request)
-                    else:
-                        answer = await send_with_token(self.providers.http, request, tokens)
-                    span.set_attribute("http.response.status_code", answer.status)
-                    return adapter.accepted(answer)
-                except SendFailure as failure:
-                    span.set_status(Status(StatusCode.ERROR, failure.reason))
-                    span.set_attribute("error.type", type(failure).__name__)
-                    raise
+            # The call is described on the outreach's dispatch span, not on a client span of its own: a span
+            # fewer per message, and the dispatch span is already this hand-over's alone.
+            span = trace.get_current_span()
+            host, port = _peer(request.url)
+            span.set_attributes(
+                {
+                    "http.request.method": request.method,
+                    "server.address": host,
+                    "server.port": port,
+                    "xsell.provider": adapter.provider,
+                }
+            )
+            try:
+                tokens = self.providers.access_tokens.get(adapter.provider)
+                if tokens is None:
+                    answer = await self.providers.http.send(request)
+                else:
+                    answer = await send_with_token(self.providers.http, request, tokens)
+                span.set_attribute("http.response.status_code", answer.status)
+                return adapter.accepted(answer)
+            except SendFailure as failure:
+                _mark_failed(span, failure)
+                raise
 
         return Prepared(adapter.provider, adapter.deduplicates, hand_over)
 
     async def _send_email(self, campaign_id: str, message: EmailMessage, *, recipient: str) -> str:
         host, port = self.email.smtp_peer
-        attributes: dict[str, str | int] = {
-            CAMPAIGN_ID: campaign_id,
-            "messaging.system": "smtp",
-            "messaging.operation.type": "send",
-            "messaging.message.id": message_id(campaign_id, self.email.message_id_domain),
-            "server.address": host,
-            "server.port": port,
-            "net.peer.name": host,
-            "net.peer.port": port,
-        }
-        with self.tracer.start_as_current_span(
-            "smtp.send",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                return await self.providers.email.send(message, sender=self.email.from_address, recipient=recipient)
-            except SendFailure as failure:
-                span.set_status(Status(StatusCode.ERROR, failure.reason))
-                span.set_attribute("error.type", type(failure).__name__)
-                raise
+        span = trace.get_current_span()  # the dispatch span, as for HTTP providers
+        span.set_attributes(
+            {
+                "messaging.system": "smtp",
+                "messaging.operation.type": "send",
+                "messaging.message.id": message_id(campaign_id, self.email.message_id_domain),
+                "server.address": host,
+                "server.port": port,
+                "xsell.provider": "email",
+            }
+        )
+        try:
+            return await self.providers.email.send(message, sender=self.email.from_address, recipient=recipient)
+        except SendFailure as failure:
+            _mark_failed(span, failure)
+            raise
 
     async def _record(
         self,
@@ -498,6 +488,18 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
+
+
+def _mark_failed(span: trace.Span, failure: SendFailure) -> None:
+    span.set_status(Status(StatusCode.ERROR, failure.reason))
+    span.set_attribute("error.type", type(failure).__name__)
+
+
+@functools.lru_cache(maxsize=256)
+def _peer(url: str) -> tuple[str, int]:
+    """Host and port of a provider URL; the few base URLs repeat for every message, so each is parsed once."""
+    parsed = URL(url)
+    return parsed.host or "", parsed.port or 0
 
 
 class _NoThrottle:

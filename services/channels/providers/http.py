@@ -34,6 +34,8 @@ class HttpTransport:
                 # Provider answers are small JSON documents; nothing is read from the environment.
                 trust_env=False,
                 auto_decompress=True,
+                # Providers set no cookies worth keeping; the default jar parses and filters them on every call.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -41,10 +43,10 @@ class HttpTransport:
         host = _host(request.url)
         try:
             async with self._client().request(
-                request.method, request.url, data=request.body, headers=dict(request.headers), allow_redirects=False
+                request.method, request.url, data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
                 body = await response.read()
-                return ProviderAnswer(response.status, dict(response.headers), body)
+                return ProviderAnswer(response.status, response.headers, body)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             raise ProviderUnavailable(f"connection to {host} failed: {type(error).__name__}") from error
         except (TimeoutError, aiohttp.ClientError) as error:

@@ -72,8 +72,17 @@ async def test_each_http_channel_sends_once_and_a_redelivery_sends_nothing(
     assert provider_sinks.webhook.duplicates == 0
 
     spans = channels.spans.get_finished_spans()
-    sms_spans = [s for s in spans if s.name == "sms.send" and s.attributes["campaign.id"] == campaign_ids["sms"]]
+    # The provider call is described on the dispatch span that made it; redeliveries made none.
+    sms_spans = [
+        s
+        for s in spans
+        if s.name == "channels.dispatch"
+        and s.attributes["campaign.id"] == campaign_ids["sms"]
+        and "xsell.provider" in s.attributes
+    ]
     assert len(sms_spans) == 1 and sms_spans[0].attributes["http.response.status_code"] == 200
+    assert sms_spans[0].attributes["xsell.provider"] == "sms"
+    assert sms_spans[0].attributes["server.port"] == provider_sinks.sms.port
     assert not any("9876543210" in str(value) for s in spans for value in (s.attributes or {}).values())
 
 
