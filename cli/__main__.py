@@ -30,6 +30,29 @@ def _path_env(name: str) -> Path | None:
     return Path(value) if value else None
 
 
+def _add_governed_actions(
+    actions: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    common: argparse.ArgumentParser,
+    noun: str,
+    noun_help: str,
+    verbs: tuple[tuple[str, str], ...],
+    *,
+    request_id_default: str,
+) -> None:
+    """get / submit / approve / reject / …: the maker-checker verbs segments and campaigns share."""
+    for action, text in verbs:
+        sub = actions.add_parser(action, parents=[common], help=text)
+        sub.add_argument(noun, help=noun_help)
+        if action != "get":
+            sub.add_argument("--request-id", help=f"idempotency key; default: {request_id_default}")
+        if action in ("submit", "approve", "reject"):
+            sub.add_argument("--version", type=int, help="the version; default the current one")
+        if action == "approve":
+            sub.add_argument("--note", help="a comment for the audit log")
+        if action == "reject":
+            sub.add_argument("--reason", required=True, help="what the author should change")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -74,53 +97,48 @@ def parser() -> argparse.ArgumentParser:
     segments = commands.add_parser("segments", help="list, get, submit, approve, reject, publish segments")
     segment_actions = segments.add_subparsers(dest="action", required=True)
     segment_actions.add_parser("list", parents=[common], help="every segment")
-    for action, text in (
-        ("get", "one segment with its rule"),
-        ("submit", "submit a draft for approval"),
-        ("approve", "approve a submitted version (a key other than the author's)"),
-        ("reject", "send a submitted version back to draft, with a reason"),
-        ("publish", "publish an approved version: computes its members, which can take minutes"),
-    ):
-        sub = segment_actions.add_parser(action, parents=[common], help=text)
-        sub.add_argument("segment", help="a segment id (seg_…) or its display name")
-        if action != "get":
-            sub.add_argument("--request-id", help="idempotency key; default: derived from the segment and version")
-        if action in ("submit", "approve", "reject"):
-            sub.add_argument("--version", type=int, help="the version; default the current one")
-        if action == "approve":
-            sub.add_argument("--note", help="a comment for the audit log")
-        if action == "reject":
-            sub.add_argument("--reason", required=True, help="what the author should change")
-        if action == "publish":
-            sub.add_argument("--publish-timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    _add_governed_actions(
+        segment_actions,
+        common,
+        "segment",
+        "a segment id (seg_…) or its display name",
+        (
+            ("get", "one segment with its rule"),
+            ("submit", "submit a draft for approval"),
+            ("approve", "approve a submitted version (a key other than the author's)"),
+            ("reject", "send a submitted version back to draft, with a reason"),
+            ("publish", "publish an approved version: computes its members, which can take minutes"),
+        ),
+        request_id_default="derived from the segment and version",
+    )
+    segment_actions.choices["publish"].add_argument(
+        "--publish-timeout", type=float, default=600.0, help="seconds to wait (default 600)"
+    )
 
     campaigns = commands.add_parser(
         "campaigns", help="list, get, submit, approve, reject, launch, pause, resume, cancel"
     )
     campaign_actions = campaigns.add_subparsers(dest="action", required=True)
     campaign_actions.add_parser("list", parents=[common], help="every campaign")
-    for action, text in (
-        ("get", "one campaign's definition"),
-        ("submit", "submit a draft for approval"),
-        ("approve", "approve a submitted version (a key other than the author's)"),
-        ("reject", "send a submitted version back to draft, with a reason"),
-        ("launch", "launch an approved campaign"),
-        ("pause", "pause a scheduled or running campaign"),
-        ("resume", "resume a paused campaign"),
-        ("cancel", "cancel a campaign for good"),
-    ):
-        sub = campaign_actions.add_parser(action, parents=[common], help=text)
-        sub.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
-        if action != "get":
-            sub.add_argument("--request-id", help="idempotency key; default: derived (or fresh for pause/resume)")
-        if action in ("submit", "approve", "reject"):
-            sub.add_argument("--version", type=int, help="the version; default the current one")
-        if action == "approve":
-            sub.add_argument("--note", help="a comment for the audit log")
-        if action == "reject":
-            sub.add_argument("--reason", required=True, help="what the author should change")
-        if action in ("pause", "cancel"):
-            sub.add_argument("--reason", help="why, for the audit log")
+    _add_governed_actions(
+        campaign_actions,
+        common,
+        "campaign",
+        "a campaign key (cmp_…) or its display name",
+        (
+            ("get", "one campaign's definition"),
+            ("submit", "submit a draft for approval"),
+            ("approve", "approve a submitted version (a key other than the author's)"),
+            ("reject", "send a submitted version back to draft, with a reason"),
+            ("launch", "launch an approved campaign"),
+            ("pause", "pause a scheduled or running campaign"),
+            ("resume", "resume a paused campaign"),
+            ("cancel", "cancel a campaign for good"),
+        ),
+        request_id_default="derived (or fresh for pause/resume)",
+    )
+    for action in ("pause", "cancel"):
+        campaign_actions.choices[action].add_argument("--reason", help="why, for the audit log")
 
     status = commands.add_parser("status", parents=[common], help="a campaign's state and its latest runs")
     status.add_argument("campaign", help="a campaign key (cmp_…) or its display name")

@@ -71,30 +71,24 @@ def read_all(files: list[Path]) -> tuple[list[tuple[Path, SegmentFile]], list[tu
     return segments, campaigns
 
 
-def list_segments(gateway: Gateway) -> list[segment_resources.Segment]:
-    found: list[segment_resources.Segment] = []
+def _every_page(gateway: Gateway, method: Any, request_type: Any, field: str) -> list[Any]:
+    """Follows next_page_token until the list ends (AIP-158)."""
+    found: list[Any] = []
     token = ""
     while True:
-        reply = gateway.call(
-            gateway.segments.ListSegments, segments_pb2.ListSegmentsRequest(page_size=LIST_PAGE, page_token=token)
-        )
-        found += reply.segments
+        reply = gateway.call(method, request_type(page_size=LIST_PAGE, page_token=token))
+        found += getattr(reply, field)
         token = reply.next_page_token
         if not token:
             return found
+
+
+def list_segments(gateway: Gateway) -> list[segment_resources.Segment]:
+    return _every_page(gateway, gateway.segments.ListSegments, segments_pb2.ListSegmentsRequest, "segments")
 
 
 def list_campaigns(gateway: Gateway) -> list[campaign_resources.Campaign]:
-    found: list[campaign_resources.Campaign] = []
-    token = ""
-    while True:
-        reply = gateway.call(
-            gateway.campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest(page_size=LIST_PAGE, page_token=token)
-        )
-        found += reply.campaigns
-        token = reply.next_page_token
-        if not token:
-            return found
+    return _every_page(gateway, gateway.campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest, "campaigns")
 
 
 def _by_name(items: list[Any], name: str, kind: str) -> Any | None:
