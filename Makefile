@@ -69,7 +69,7 @@ fmt: $(STAMP) ## Format the Python code
 
 .PHONY: test
 test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --durations=20
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 .PHONY: test-fast
 test-fast: $(GEN_STAMP) ## Unit tests only

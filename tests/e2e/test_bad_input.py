@@ -14,7 +14,8 @@ from xsell.segments.v1 import service_pb2 as segments
 from xsell.segments.v1 import service_pb2_grpc as segments_grpc
 from xsell.type.v1 import channel_pb2, money_pb2
 
-pytestmark = pytest.mark.e2e
+# One worker runs every e2e test, so `make test` starts the whole stack once, not once per worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
 AUTH = (("x-api-key", E2E_API_KEY),)
 

@@ -21,7 +21,8 @@ from tests.waiting import eventually
 from xsell.attribution.v1 import service_pb2 as attribution_pb2
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
 
-pytestmark = pytest.mark.e2e
+# One worker runs every e2e test, so `make test` starts the whole stack once, not once per worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_EXAMPLE = ROOT / "examples" / "segments" / "sip_only_investors.yaml"
