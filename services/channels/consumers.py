@@ -5,7 +5,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -57,7 +56,7 @@ M = TypeVar("M")
 
 
 class EmailSender(Protocol):
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> str: ...
+    async def send(self, payload: bytes, *, sender: str, recipient: str) -> str: ...
 
 
 class SuppressionCheck(Protocol):
@@ -189,7 +188,7 @@ class DispatchHandler:
         except MalformedDispatch as error:
             malformed = error.reason
         except ValueError:
-            # The email library refuses header values with line breaks (header injection).
+            # compose refuses header values with line breaks (header injection).
             malformed = "email.subject or email.from_name contains a line break"
         blocked = None if prepared is None else await self._blocked(channel, event, now)
 
@@ -439,7 +438,7 @@ class DispatchHandler:
 
         return Prepared(adapter.provider, adapter.deduplicates, hand_over)
 
-    async def _send_email(self, campaign_id: str, message: EmailMessage, *, recipient: str) -> str:
+    async def _send_email(self, campaign_id: str, message: bytes, *, recipient: str) -> str:
         host, port = self.email.smtp_peer
         span = trace.get_current_span()  # the dispatch span, as for HTTP providers
         span.set_attributes(

@@ -1,12 +1,10 @@
 """The e-mail provider adapter: mail transactions over kept-open aiosmtplib sessions, with classified failures."""
 
 import asyncio
-from email.message import EmailMessage
 
 import aiosmtplib
 import structlog
 
-from services.channels.composition import SMTP_POLICY
 from services.channels.delivery import (
     ProviderOutcomeUnknown,
     ProviderUnavailable,
@@ -46,15 +44,14 @@ class SmtpSender:
         self._sessions = asyncio.Semaphore(connections)
         self._idle: list[aiosmtplib.SMTP] = []
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> str:
-        """Sends `message`; returns the relay's reply to the data.
+    async def send(self, payload: bytes, *, sender: str, recipient: str) -> str:
+        """Sends the message `payload` (its wire form, CRLF); returns the relay's reply to the data.
 
         Raises ProviderUnavailable when the relay certainly did not accept it (refused, timed out or
         answered 4xx before the message was transferred), ProviderRejected on a 5xx answer to the
         mail transaction, and ProviderOutcomeUnknown when the connection was lost while the message
         was being transferred, since the relay may have queued it.
         """
-        payload = message.as_bytes(policy=SMTP_POLICY)
         async with self._sessions:
             client = self._idle.pop() if self._idle else None
             if client is not None and not client.is_connected:

@@ -121,7 +121,7 @@ def _compose(**overrides: str) -> EmailMessage:
         "html_body": HTML,
         "text_body": TEXT,
     } | overrides
-    message = compose(
+    wire = compose(
         OutgoingEmail(**fields),
         campaign_id=CAMPAIGN_ID,
         from_address="offers@bank.example.in",
@@ -129,8 +129,10 @@ def _compose(**overrides: str) -> EmailMessage:
         links=LINKS,
         now=NOW,
     )
-    # What the relay receives, parsed back.
-    parsed = email.message_from_bytes(message.as_bytes(policy=email.policy.SMTP), policy=email.policy.default)
+    # What the relay receives: CRLF lines of at most 78 characters but for the unsubscribe link, parsed back.
+    assert b"\n" not in wire.replace(b"\r\n", b"")
+    assert all(len(line) <= 78 for line in wire.split(b"\r\n") if not line.startswith(b"List-Unsubscribe:"))
+    parsed = email.message_from_bytes(wire, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
@@ -178,3 +180,20 @@ def test_missing_text_or_html_body_is_derived_from_the_other() -> None:
 def test_header_with_line_break_is_refused() -> None:
     with pytest.raises(ValueError):
         _compose(subject="hello\r\nBcc: everyone@example.in")
+
+
+def test_text_beyond_ascii_survives_the_trip_in_headers_and_bodies() -> None:
+    subject = "आपका ऋण स्वीकृत है — ₹5,00,000 pre-approved for you, Priya, valid until the end of this month"
+    message = _compose(
+        subject=subject,
+        from_name="Acmé Bank, Mumbai",
+        text_body="Namaste 🙏 — ₹5,00,000 ready.\n.leading dot and trailing space \nStop: xsell:unsubscribe\n",
+    )
+    assert message["Subject"] == subject
+    assert message["From"].addresses[0].display_name == "Acmé Bank, Mumbai"
+    assert message["From"].addresses[0].addr_spec == "offers@bank.example.in"
+    text_part = message.get_body(("plain",))
+    assert text_part is not None
+    text = text_part.get_content().replace("\r\n", "\n")  # the wire's line ends, as a relay keeps them
+    assert text.startswith("Namaste 🙏 — ₹5,00,000 ready.\n.leading dot and trailing space \n")
+    assert "https://t.example.in/u/" in text
