@@ -41,6 +41,7 @@ from services.campaigns.messages import (
     outreach_proto,
     spec_from_proto,
 )
+from services.campaigns.outreach_rows import outreach_columns
 from services.campaigns.profiles_client import ProfileDirectory
 from services.campaigns.rendering import RenderFailed
 from services.campaigns.scheduling import recipient_time_zone
@@ -260,19 +261,11 @@ class ContentApi:
                     )
                 rows.append(
                     {
-                        "campaign_id": campaign_id,
-                        "campaign_key": row.campaign_key,
                         # A run of its own per test outreach: the (run, profile) key allows one per person per run.
-                        "run_id": new_id("test_"),
+                        **outreach_columns(row, new_id("test_"), offer, now),
+                        "campaign_id": campaign_id,
                         "profile_id": request.profile_id,
                         "channel": channel,
-                        "trigger_code": row.trigger_code,
-                        "offer_product_code": offer.product_code,
-                        "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
-                        "offer_currency": offer.amount.currency_code if offer.amount else None,
-                        "labels": list(row.labels),
-                        "category": row.category,
-                        "created_at": now,
                         "test": True,
                         "dispatch_payload": message.SerializeToString(),
                         "dispatched_at": now,

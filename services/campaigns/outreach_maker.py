@@ -135,7 +135,7 @@ class OutreachMaker:
                 return Made(None, RENDER_FAILED)
             time_zone = recipient_time_zone(member.attributes.get("time_zone"), campaign.time_zone)
             row: dict[str, Any] = {
-                **outreach_columns(campaign, run, offer, now),
+                **outreach_columns(campaign, run.run_id, offer, now),
                 "campaign_id": campaign_id,
                 "profile_id": member.profile_id,
                 "channel": channel,

@@ -29,11 +29,11 @@ RENDER_REASON_LENGTH = 40
 """run_exclusions.reason holds 40 characters: the start of a render failure's reason ("missing variable …")."""
 
 
-def outreach_columns(campaign: Any, run: Any, offer: Offer, now: datetime) -> dict[str, Any]:
+def outreach_columns(campaign: Any, run_id: str, offer: Offer, now: datetime) -> dict[str, Any]:
     """The columns of an outreach row that every outreach of one run created at `now` shares."""
     return {
         "campaign_key": campaign.campaign_key,
-        "run_id": run.run_id,
+        "run_id": run_id,
         "trigger_code": campaign.trigger_code,
         "offer_product_code": offer.product_code,
         "offer_amount_minor": offer.amount.minor_units if offer.amount else None,
@@ -85,7 +85,7 @@ class OutreachRows:
         self.dispatch_now = dispatch_now
         self.quiet_hours = quiet_hours
         self._shared_row: dict[str, Any] = {
-            **outreach_columns(campaign, run, offer, now),
+            **outreach_columns(campaign, run.run_id, offer, now),
             # Every row has the same keys: the page is one executemany INSERT.
             "dispatch_after": None,
             "dispatched_at": None,

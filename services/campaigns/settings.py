@@ -40,8 +40,8 @@ class CampaignsSettings(ServiceSettings):
         ge=1,
         le=1000,
         description="Segment entries the trigger consumer takes at once; those that arrive together are applied in "
-        "one transaction (the segments look-ups overlap; the inbox, per-person locks and the cool-down keep each "
-        "person's outcome the same in any order). 1 applies them one by one.",
+        "one transaction after one segments look-up for all their people (the inbox, per-person locks and the "
+        "cool-down keep each person's outcome the same in any order). 1 applies them one by one.",
     )
     trigger_catalog_file: str = Field(
         str(DEFAULT_TRIGGER_CATALOG),

@@ -324,9 +324,18 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
     stack = batching_stack
     await _define(stack)
     people = [f"g-{n:02d}" for n in range(1, 13)]
+    # g-13 has opted out: looked up with the others, in the same segments call, and left out as suppressed.
     await _upsert(
-        stack, *(_profile(p, email=f"{p}@example.in", first_name="Asha", outstanding_ratio=0.9) for p in people)
+        stack,
+        *(_profile(p, email=f"{p}@example.in", first_name="Asha", outstanding_ratio=0.9) for p in [*people, "g-13"]),
     )
+    suppressed = await stack.segments.AddSuppressions(
+        seg_service.AddSuppressionsRequest(
+            request_id=new_id("req_"),
+            suppressions=[seg.Suppression(profile_id="g-13", reason=seg.SUPPRESSION_REASON_OPT_OUT)],
+        )
+    )
+    assert suppressed.accepted_count == 1
     segment_id = await _segment(stack, _below_60_percent())
     version = (
         await stack.segments.GetSegment(seg_service.GetSegmentRequest(segment_id=segment_id))
@@ -347,8 +356,10 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
         return change
 
     # Published back to back, so the consumer fetches them together: every person once, g-01 twice (two
-    # entries, two message ids) and a replay of g-02's message (the same message id: applied once).
-    burst = [entered(p) for p in people] + [entered("g-01")]
+    # entries, two message ids) and a replay of g-02's message (the same message id: applied once). A person
+    # segments has no profile for is acknowledged without holding up the others.
+    burst = [entered(p) for p in [*people, "g-13"]] + [entered("g-01")]
+    ghost = entered("ghost")
     js = stack.bus.nc.jetstream()
     for change in burst:
         await js.publish(
@@ -359,6 +370,7 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
         burst[1].SerializeToString(),
         headers={MSG_ID_HEADER: new_id("evt_"), REPLAY_OF_HEADER: burst[1].event_id},
     )
+    await js.publish(streams.MEMBERSHIP_CHANGED, ghost.SerializeToString(), headers={MSG_ID_HEADER: ghost.event_id})
 
     async def all_applied() -> bool:
         info = await js.consumer_info(streams.CAMPAIGNS_TRIGGERS.stream, streams.CAMPAIGNS_TRIGGERS.durable)
@@ -382,7 +394,10 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
         runs = (
             await session.execute(select(store.campaign_runs).where(store.campaign_runs.c.campaign_key == key))
         ).all()
-    assert [(run.kind, run.outreach_count, run.audience) for run in runs] == [("trigger", 12, 12)]
+    assert [(run.kind, run.outreach_count) for run in runs] == [("trigger", 12)]
+    counts = await _report(stack, key)
+    assert (counts.audience, counts.released, counts.suppressed) == (13, 12, 1)
+    assert [(r.reason, r.count) for r in counts.suppressed_by_reason] == [("opt_out", 1)]
     dispatched = await eventually(lambda: asyncio.sleep(0, result=len(stack.dispatched) >= 24 and stack.dispatched))
     assert sorted(d.profile_id for d in dispatched if "-T04-" in d.campaign_id) == people
 
