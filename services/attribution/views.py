@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, true, union_all
+from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -331,11 +331,11 @@ def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int)
 
 
 async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[RollupKey, dict[str, int]]:
-    """Every rollup row as the ledger says it should be, in seven set-based queries over the ledger's tables.
+    """Every rollup row as the ledger says it should be, in five set-based queries over the ledger's tables.
 
-    Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups by local day and the
-    outreach's dimensions in the database and returns days × dimensions rows, never one row per outreach,
-    except the lag pass (one row per conversion: 50k in a month).
+    Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups in the database by the
+    outreach's dimensions and local days, never returning a row per outreach (a converted outreach is its own group,
+    for its exact lag: 50k in a month).
     """
     o = store.outreaches
     dims = (
@@ -347,22 +347,62 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
         o.c.labels_key,
     )
     rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    if dialect_of(session) == "postgresql":
+        # Each pass hashes a million outreaches by six text dimensions; at the 4 MB default it sorts on disk instead.
+        await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
-    def day_of(column: Any) -> Any:
-        return _day_expression(session, column, utc_offset_minutes).label("day")
+    def day_of(column: Any, name: str = "day") -> Any:
+        return _day_expression(session, column, utc_offset_minutes).label(name)
 
-    async def collect(day: Any, source: Any, sums: Mapping[str, Any], counter: Any = None) -> None:
-        """Adds one grouped pass to `rows`; with `counter`, each row's single sum goes to the column it names."""
-        extra = [counter.label("counter")] if counter is not None else []
-        query = select(day, *dims, *extra, *(value.label(name) for name, value in sums.items())).select_from(source)
-        query = query.group_by(day, *dims, *extra)
-        for row in (await session.execute(query)).mappings():
+    async def collect(day: Any, source: Any, sums: Mapping[str, Any]) -> None:
+        """Adds one pass grouped by day and the outreach's dimensions to `rows`."""
+        query = select(day, *dims, *(value.label(name) for name, value in sums.items())).select_from(source)
+        for row in (await session.execute(query.group_by(day, *dims))).mappings():
             key = (str(row["day"]), *(str(row[d.name]) for d in dims))
             for name in sums:
-                rows[key][str(row["counter"]) if counter is not None else name] += int(row[name] or 0)
+                rows[key][name] += int(row[name] or 0)
 
-    # 1. Sends: an outreach counts on the day it was created.
-    await collect(day_of(o.c.created_at), o, {"sent": func.count()})
+    # 1. Sends, the funnel and lag in one pass over the outreaches. Each outreach's steps side by side (one row per
+    # outreach), grouped by its dimensions, its creation day and the local day of each step: outreaches that moved
+    # alike share a row, and the funnel's levels (a level's day is the earliest of its step's and every later one's,
+    # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows than steps.
+    f = store.funnel_steps
+    step_times = (
+        select(
+            f.c.campaign_id, *(func.max(case((f.c.step == step, f.c.first_at))).label(step) for step in FUNNEL_STEPS)
+        )
+        .group_by(f.c.campaign_id)
+        .subquery("step_times")
+    )
+    converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
+    converted = or_(*(step_times.c[step].is_not(None) for step in converted_steps))
+    # A converted outreach keeps its instants, for its lag bucket; every other one groups by days alone.
+    exact = (
+        case((converted, o.c.created_at)).label("created_at"),
+        *(case((converted, step_times.c[step])).label(f"at_{step}") for step in converted_steps),
+    )
+    step_days = tuple(day_of(step_times.c[step], f"day_{step}") for step in FUNNEL_STEPS)
+    sent_day = day_of(o.c.created_at)
+    funnel_query = (
+        select(sent_day, *dims, *step_days, *exact, func.count().label("outreaches"))
+        .select_from(o.outerjoin(step_times, step_times.c.campaign_id == o.c.campaign_id))
+        .group_by(sent_day, *dims, *step_days, *exact)
+    )
+    for row in (await session.execute(funnel_query)).mappings():
+        dimensions = tuple(str(row[d.name]) for d in dims)
+        outreaches = int(row["outreaches"])
+        rows[(str(row["day"]), *dimensions)]["sent"] += outreaches
+        earliest: str | None = None
+        for step in reversed(FUNNEL_STEPS):
+            day = row[f"day_{step}"]
+            if day is not None and (earliest is None or str(day) < earliest):
+                earliest = str(day)
+            if earliest is not None:
+                rows[(earliest, *dimensions)][funnel_column(step)] += outreaches
+        if row["created_at"] is not None:
+            converted_at = min(row[f"at_{step}"] for step in converted_steps if row[f"at_{step}"] is not None)
+            key = (local_day(converted_at, utc_offset_minutes), *dimensions)
+            rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], converted_at)]] += outreaches
     # 2. Costs on the day each was booked.
     c = store.costs
     await collect(
@@ -393,57 +433,6 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
                 "year1_paise": func.sum(paid_at.table.c.year1_revenue_paise),
             },
         )
-    # 4. The funnel, all levels in one pass: each outreach's first time at each level (the earliest of that step
-    # and every later one, reporting.funnel_levels), one row per level reached, grouped by day and level.
-    f = store.funnel_steps
-    ranked = select(
-        f.c.campaign_id,
-        f.c.first_at,
-        case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=f.c.step, else_=0).label("rank"),
-    ).subquery("ranked")
-    levels = (
-        select(
-            ranked.c.campaign_id,
-            *(
-                func.min(case((ranked.c.rank >= funnel_rank(step), ranked.c.first_at))).label(funnel_column(step))
-                for step in FUNNEL_STEPS
-            ),
-        )
-        .group_by(ranked.c.campaign_id)
-        .subquery("levels")
-    )
-    # Unpivoted by a join with the eight levels, so the per-outreach levels are read once, not once per level
-    # (PostgreSQL would materialise them and scan them eight times, spilling to disk at 1M outreaches).
-    level_names = union_all(
-        *(
-            select(literal(funnel_column(step)).label("level"), literal(funnel_rank(step)).label("rank"))
-            for step in FUNNEL_STEPS
-        )
-    ).subquery("level_names")
-    at = case(*((level_names.c.rank == funnel_rank(step), levels.c[funnel_column(step)]) for step in FUNNEL_STEPS))
-    reached = (
-        select(levels.c.campaign_id, level_names.c.level, at.label("at"))
-        .select_from(levels.join(level_names, true()))
-        .where(at.is_not(None))
-        .subquery("reached")
-    )
-    await collect(
-        day_of(reached.c.at),
-        reached.join(o, o.c.campaign_id == reached.c.campaign_id),
-        {"count": func.count()},
-        counter=reached.c.level,
-    )
-    # 5. Lag buckets need each conversion's send time: one row per conversion, bucketed here.
-    converted = select(f.c.campaign_id, f.c.first_at).where(f.c.step == CONVERTED).subquery()
-    query = select(converted.c.first_at, o.c.created_at, *dims).select_from(
-        converted.join(o, o.c.campaign_id == converted.c.campaign_id)
-    )
-    for row in (await session.execute(query)).mappings():
-        key = (
-            local_day(row["first_at"], utc_offset_minutes),
-            *(str(row[d.name]) for d in dims),
-        )
-        rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], row["first_at"])]] += 1
     return {key: {name: value for name, value in counters.items() if value} for key, counters in rows.items()}
 
 
