@@ -9,7 +9,7 @@ PROTO_SRC := $(shell find protos -name '*.proto')
 GEN_STAMP := $(GEN)/.stamp
 # What `buf breaking` compares the contracts with: committed main, so a change on a branch (or not yet
 # committed) that breaks a field, an RPC or a package of a released contract fails lint.
-BUF_AGAINST ?= ../.git#branch=main,subdir=protos
+BUF_AGAINST ?= ../.git\#branch=main,subdir=protos
 # pytest-xdist workers for `make test`; each has its own NATS and PostgreSQL. TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
 
