@@ -223,6 +223,16 @@ class DispatchHandler:
             log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
             raise RetryLater(blocked.reason, blocked.retry_in)
 
+        tokens = self.providers.access_tokens.get(prepared.provider)
+        if tokens is not None:
+            try:
+                # Before the intent, like the throttle's wait: a token endpoint that is down or refuses the key
+                # leaves the message QUEUED and retried, never SENDING (which a crash would turn AMBIGUOUS).
+                await tokens.token()
+            except ProviderUnavailable as failure:
+                self._count(prepared.provider, "retry")
+                log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
+                raise RetryLater(failure.reason, self.policy.backoff.delay(delivery.num_delivered)) from failure
         throttle = self.providers.throttles.get(prepared.provider)
         async with throttle or _NoThrottle():
             # After the throttle's wait, in one transaction with the intents of the other messages in flight.

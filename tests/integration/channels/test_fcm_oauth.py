@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -19,6 +20,7 @@ from services.channels.providers.http import HttpTransport
 from services.channels.providers.push import FcmPush
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch_on, get_message, new_campaign_id, publish, published_state
+from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2
 
 CLIENT_EMAIL = "xsell-push@xsell-dev.iam.gserviceaccount.com"
@@ -199,3 +201,27 @@ async def test_the_service_sends_push_with_a_token_minted_from_the_key_file(
     [received] = provider_sinks.push.for_campaign(campaign_id)
     assert received.headers["Authorization"] == f"Bearer {next(iter(google.issued))}"
     assert (await get_message(channels, campaign_id)).state == resources_pb2.DELIVERY_STATE_SENT
+
+
+async def test_a_refused_key_leaves_the_push_unsent_and_never_sending(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    google: GoogleTokenEndpoint,
+    nats_bus: Bus,
+) -> None:
+    """The token is fetched before the intent: a refused key is retried without a SENDING row to turn AMBIGUOUS."""
+    settings = {**provider_sinks.channels_settings(), "fcm_service_account": key_file(new_key(), google.token_uri)}
+    channels = await start_channels(smtp_relay.port, **settings)
+    campaign_id = new_campaign_id()
+
+    await publish(nats_bus, dispatch_on("push", campaign_id))
+
+    async def asked_again() -> bool:
+        return google.requests >= 2
+
+    await eventually(asked_again)
+    assert provider_sinks.push.received == [] and provider_sinks.push.refused == []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await get_message(channels, campaign_id)
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
