@@ -6,10 +6,14 @@ python -m services.attribution.reconcile --fix      # report it and rebuild the 
 
 import argparse
 import asyncio
+import re
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database, dialect_of
 from services.attribution import store, views
@@ -77,7 +81,8 @@ async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False)
         elif postgres:
             await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         stored = await views.stored(session)
-        expected = await views.recompute(session, utc_offset_minutes)
+        side = await _same_snapshot(db, session) if postgres else None
+        expected = await views.recompute(session, utc_offset_minutes, side=side)
         differences = compare(stored, expected)
         if fix and differences:
             await session.execute(delete(store.rollup))
@@ -91,6 +96,23 @@ async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False)
             for start in range(0, len(rows), 1000):
                 await session.execute(insert(store.rollup), rows[start : start + 1000])
     return Reconciliation(len(stored.keys() | expected.keys()), differences, fix and bool(differences))
+
+
+async def _same_snapshot(db: Database, session: AsyncSession) -> views.SessionFactory:
+    """Read sessions on other connections that see exactly what `session` sees (PostgreSQL's exported snapshot, as
+    pg_dump's parallel jobs use it), so the recompute's passes can run side by side and still agree."""
+    snapshot = str((await session.execute(text("SELECT pg_export_snapshot()"))).scalar_one())
+    if not re.fullmatch(r"[0-9A-F-]+", snapshot):
+        raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+
+    @asynccontextmanager
+    async def same_snapshot() -> AsyncIterator[AsyncSession]:
+        async with db.snapshot() as other:
+            # SET TRANSACTION SNAPSHOT takes no parameters; the id was checked above.
+            await other.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+            yield other
+
+    return same_snapshot
 
 
 def main(argv: list[str] | None = None) -> int:

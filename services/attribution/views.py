@@ -1,8 +1,10 @@
 """The views: rollup rows kept in each ledger write's transaction, the reports read from them, lift and recompute."""
 
+import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -330,12 +332,19 @@ def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int)
     return func.date(column, f"{utc_offset_minutes:+d} minutes")
 
 
-async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[RollupKey, dict[str, int]]:
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+"""Opens a read session that sees the same snapshot of the database as the caller's."""
+
+
+async def recompute(
+    session: AsyncSession, utc_offset_minutes: int, *, side: SessionFactory | None = None
+) -> dict[RollupKey, dict[str, int]]:
     """Every rollup row as the ledger says it should be, in five set-based queries over the ledger's tables.
 
     Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups in the database by the
     outreach's dimensions and local days, never returning a row per outreach (a converted outreach is its own group,
-    for its exact lag: 50k in a month).
+    for its exact lag: 50k in a month). With `side`, the cost and money passes run on a second connection while the
+    funnel pass runs on `session`.
     """
     o = store.outreaches
     dims = (
@@ -347,93 +356,118 @@ async def recompute(session: AsyncSession, utc_offset_minutes: int) -> dict[Roll
         o.c.labels_key,
     )
     rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    if dialect_of(session) == "postgresql":
-        # Each pass hashes a million outreaches by six text dimensions; at the 4 MB default it sorts on disk instead.
-        await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
     def day_of(column: Any, name: str = "day") -> Any:
         return _day_expression(session, column, utc_offset_minutes).label(name)
 
-    async def collect(day: Any, source: Any, sums: Mapping[str, Any]) -> None:
+    async def collect(on: AsyncSession, day: Any, source: Any, sums: Mapping[str, Any]) -> None:
         """Adds one pass grouped by day and the outreach's dimensions to `rows`."""
         query = select(day, *dims, *(value.label(name) for name, value in sums.items())).select_from(source)
-        for row in (await session.execute(query.group_by(day, *dims))).mappings():
+        for row in (await on.execute(query.group_by(day, *dims))).mappings():
             key = (str(row["day"]), *(str(row[d.name]) for d in dims))
             for name in sums:
                 rows[key][name] += int(row[name] or 0)
 
-    # 1. Sends, the funnel and lag in one pass over the outreaches. Each outreach's steps side by side (one row per
-    # outreach), grouped by its dimensions, its creation day and the local day of each step: outreaches that moved
-    # alike share a row, and the funnel's levels (a level's day is the earliest of its step's and every later one's,
-    # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows than steps.
-    f = store.funnel_steps
-    step_times = (
-        select(
-            f.c.campaign_id, *(func.max(case((f.c.step == step, f.c.first_at))).label(step) for step in FUNNEL_STEPS)
+    async def funnel_pass(on: AsyncSession) -> None:
+        # 1. Sends, the funnel and lag in one pass over the outreaches. Each outreach's steps side by side (one row per
+        # outreach), grouped by its dimensions, its creation day and the local day of each step: outreaches that moved
+        # alike share a row, and the funnel's levels (a level's day is the earliest of its step's and every later one's,
+        # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows than steps.
+        f = store.funnel_steps
+        step_times = (
+            select(
+                f.c.campaign_id,
+                *(func.max(case((f.c.step == step, f.c.first_at))).label(step) for step in FUNNEL_STEPS),
+            )
+            .group_by(f.c.campaign_id)
+            .subquery("step_times")
         )
-        .group_by(f.c.campaign_id)
-        .subquery("step_times")
-    )
-    converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
-    converted = or_(*(step_times.c[step].is_not(None) for step in converted_steps))
-    # A converted outreach keeps its instants, for its lag bucket; every other one groups by days alone.
-    exact = (
-        case((converted, o.c.created_at)).label("created_at"),
-        *(case((converted, step_times.c[step])).label(f"at_{step}") for step in converted_steps),
-    )
-    step_days = tuple(day_of(step_times.c[step], f"day_{step}") for step in FUNNEL_STEPS)
-    sent_day = day_of(o.c.created_at)
-    funnel_query = (
-        select(sent_day, *dims, *step_days, *exact, func.count().label("outreaches"))
-        .select_from(o.outerjoin(step_times, step_times.c.campaign_id == o.c.campaign_id))
-        .group_by(sent_day, *dims, *step_days, *exact)
-    )
-    for row in (await session.execute(funnel_query)).mappings():
-        dimensions = tuple(str(row[d.name]) for d in dims)
-        outreaches = int(row["outreaches"])
-        rows[(str(row["day"]), *dimensions)]["sent"] += outreaches
-        earliest: str | None = None
-        for step in reversed(FUNNEL_STEPS):
-            day = row[f"day_{step}"]
-            if day is not None and (earliest is None or str(day) < earliest):
-                earliest = str(day)
-            if earliest is not None:
-                rows[(earliest, *dimensions)][funnel_column(step)] += outreaches
-        if row["created_at"] is not None:
-            converted_at = min(row[f"at_{step}"] for step in converted_steps if row[f"at_{step}"] is not None)
-            key = (local_day(converted_at, utc_offset_minutes), *dimensions)
-            rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], converted_at)]] += outreaches
-    # 2. Costs on the day each was booked.
-    c = store.costs
-    await collect(
-        day_of(c.c.at), c.join(o, o.c.campaign_id == c.c.campaign_id), {"cost_paise": func.sum(c.c.amount_paise)}
-    )
-    # 2b. Fixed costs on the day each was booked, by the shares stored with them.
-    fixed, shares = store.fixed_costs, store.fixed_cost_shares
-    fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.ROLLUP_KEY[2:]))
-    fixed_query = (
-        select(*fixed_key, func.sum(shares.c.amount_paise).label("cost_paise"))
-        .select_from(shares.join(fixed, fixed.c.cost_id == shares.c.cost_id))
-        .group_by(*fixed_key)
-    )
-    for row in (await session.execute(fixed_query)).mappings():
-        rows[tuple(str(row[name]) for name in store.ROLLUP_KEY)]["cost_paise"] += int(row["cost_paise"])
-    # 3. Money on its disbursement day, and an attributed priced conversion's on the day it happened.
-    d, v = store.disbursements, store.conversions
-    for paid_at, source in (
-        (d.c.disbursed_at, d.join(o, o.c.campaign_id == d.c.campaign_id)),
-        (v.c.occurred_at, v.join(o, and_(o.c.campaign_id == v.c.campaign_id, store.FUNDED))),
-    ):
+        converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
+        converted = or_(*(step_times.c[step].is_not(None) for step in converted_steps))
+        # A converted outreach keeps its instants, for its lag bucket; every other one groups by days alone.
+        exact = (
+            case((converted, o.c.created_at)).label("created_at"),
+            *(case((converted, step_times.c[step])).label(f"at_{step}") for step in converted_steps),
+        )
+        step_days = tuple(day_of(step_times.c[step], f"day_{step}") for step in FUNNEL_STEPS)
+        sent_day = day_of(o.c.created_at)
+        funnel_query = (
+            select(sent_day, *dims, *step_days, *exact, func.count().label("outreaches"))
+            .select_from(o.outerjoin(step_times, step_times.c.campaign_id == o.c.campaign_id))
+            .group_by(sent_day, *dims, *step_days, *exact)
+        )
+        for row in (await on.execute(funnel_query)).mappings():
+            dimensions = tuple(str(row[d.name]) for d in dims)
+            outreaches = int(row["outreaches"])
+            rows[(str(row["day"]), *dimensions)]["sent"] += outreaches
+            earliest: str | None = None
+            for step in reversed(FUNNEL_STEPS):
+                day = row[f"day_{step}"]
+                if day is not None and (earliest is None or str(day) < earliest):
+                    earliest = str(day)
+                if earliest is not None:
+                    rows[(earliest, *dimensions)][funnel_column(step)] += outreaches
+            if row["created_at"] is not None:
+                converted_at = min(row[f"at_{step}"] for step in converted_steps if row[f"at_{step}"] is not None)
+                key = (local_day(converted_at, utc_offset_minutes), *dimensions)
+                rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], converted_at)]] += outreaches
+
+    async def money_passes(on: AsyncSession) -> None:
+        # 2. Costs on the day each was booked.
+        c = store.costs
         await collect(
-            day_of(paid_at),
-            source,
-            {
-                "disbursed_paise": func.sum(paid_at.table.c.amount_paise),
-                "lifetime_paise": func.sum(paid_at.table.c.lifetime_revenue_paise),
-                "year1_paise": func.sum(paid_at.table.c.year1_revenue_paise),
-            },
+            on,
+            day_of(c.c.at),
+            c.join(o, o.c.campaign_id == c.c.campaign_id),
+            {"cost_paise": func.sum(c.c.amount_paise)},
         )
+        # 2b. Fixed costs on the day each was booked, by the shares stored with them.
+        fixed, shares = store.fixed_costs, store.fixed_cost_shares
+        fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.ROLLUP_KEY[2:]))
+        fixed_query = (
+            select(*fixed_key, func.sum(shares.c.amount_paise).label("cost_paise"))
+            .select_from(shares.join(fixed, fixed.c.cost_id == shares.c.cost_id))
+            .group_by(*fixed_key)
+        )
+        for row in (await on.execute(fixed_query)).mappings():
+            rows[tuple(str(row[name]) for name in store.ROLLUP_KEY)]["cost_paise"] += int(row["cost_paise"])
+        # 3. Money on its disbursement day, and an attributed priced conversion's on the day it happened.
+        d, v = store.disbursements, store.conversions
+        for paid_at, source in (
+            (d.c.disbursed_at, d.join(o, o.c.campaign_id == d.c.campaign_id)),
+            (v.c.occurred_at, v.join(o, and_(o.c.campaign_id == v.c.campaign_id, store.FUNDED))),
+        ):
+            await collect(
+                on,
+                day_of(paid_at),
+                source,
+                {
+                    "disbursed_paise": func.sum(paid_at.table.c.amount_paise),
+                    "lifetime_paise": func.sum(paid_at.table.c.lifetime_revenue_paise),
+                    "year1_paise": func.sum(paid_at.table.c.year1_revenue_paise),
+                },
+            )
+
+    if side is None:
+        await _tune_for_recompute(session)
+        await funnel_pass(session)
+        await money_passes(session)
+    else:
+
+        async def on_side() -> None:
+            async with side() as other:
+                await _tune_for_recompute(other)
+                await money_passes(other)
+
+        await _tune_for_recompute(session)
+        await asyncio.gather(funnel_pass(session), on_side())
     return {key: {name: value for name, value in counters.items() if value} for key, counters in rows.items()}
+
+
+async def _tune_for_recompute(session: AsyncSession) -> None:
+    if dialect_of(session) == "postgresql":
+        # Each pass hashes a million outreaches by six text dimensions; at the 4 MB default it sorts on disk instead.
+        await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
 async def stored(session: AsyncSession) -> dict[RollupKey, dict[str, int]]:
