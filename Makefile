@@ -86,8 +86,8 @@ comma := ,
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: bench bench-segments bench-campaigns bench-channels bench-attribution
-bench: bench-segments bench-campaigns bench-channels bench-attribution ## Every benchmark at its goal scale (issues 3-6); figures print and land in bench/results/
+.PHONY: bench bench-segments bench-campaigns bench-channels bench-attribution bench-relay
+bench: bench-segments bench-campaigns bench-channels bench-attribution bench-relay ## Every benchmark at its goal scale (issues 3-6); figures print and land in bench/results/
 bench-segments: $(GEN_STAMP) ## Segments, 1M profiles / 10M events: ingest, recompute vs raw SQL, latency, RSS
 	$(PY) -m bench --backends $(subst $(space),$(comma),$(strip $(BENCH_BACKENDS)))
 
@@ -96,6 +96,9 @@ bench-campaigns: $(GEN_STAMP) ## Campaigns: release of a 1M-person audience, tri
 
 bench-channels: $(GEN_STAMP) ## Channels: dispatch to HTTP and SMTP sinks, latency at 1k/s, duplicates and losses
 	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.channels --backend $$backend || exit 1; done
+
+bench-relay: $(GEN_STAMP) ## The outbox relay's CPU per event against raw JetStream publishes (every service's events)
+	$(PY) -m bench.relay
 
 bench-attribution: $(GEN_STAMP) ## Attribution: disbursement -> views updated at 100/s, month recompute at 1M
 	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.attribution --backend $$backend || exit 1; done

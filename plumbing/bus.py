@@ -15,11 +15,11 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from plumbing.metrics import meter
-from plumbing.telemetry import CAMPAIGN_ID
+from plumbing.telemetry import CAMPAIGN_ID, parent_from_headers
 
 log = structlog.get_logger("plumbing.bus")
 
@@ -301,7 +301,7 @@ class Consumer(Generic[M]):
         }
         if delivery.campaign_id:
             attributes[CAMPAIGN_ID] = delivery.campaign_id
-        parent = propagate.extract(headers)
+        parent = parent_from_headers(headers)
         with (
             self.tracer.start_as_current_span(
                 f"process {msg.subject}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes

@@ -5,16 +5,16 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import structlog
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, SpanKind, TraceFlags
@@ -22,6 +22,8 @@ from opentelemetry.trace.span import NonRecordingSpan, SpanContext
 
 CAMPAIGN_ID = "campaign.id"
 """The span attribute (and log key) that carries an outreach's campaign ID."""
+RELAY_LINKS_MAX = 500
+"""Links a span may keep: enough for one relay batch, each event linked to the trace it belongs to."""
 
 _forced_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("xsell_forced_ids", default=None)
 
@@ -66,6 +68,37 @@ def outreach_context(campaign_id: str) -> otel_context.Context:
     trace_id, span_id = outreach_ids(campaign_id)
     parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+TRACEPARENT = "traceparent"
+
+
+def headers_span_context(headers: Mapping[str, str]) -> SpanContext | None:
+    """The remote span context of a W3C `traceparent` header (version 00), or None.
+
+    A plain split, because the propagator's regular-expression parse cost more CPU than anything
+    else in relaying or consuming an event; `parent_from_headers` falls back to it.
+    """
+    value = headers.get(TRACEPARENT)
+    if value is None or len(value) != 55 or value[:3] != "00-":
+        return None
+    _, trace_hex, span_hex, flags_hex = value.split("-")
+    try:
+        trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+
+
+def parent_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
+    """The context a message's headers carry, for the span that continues its trace."""
+    remote = headers_span_context(headers)
+    if remote is None:
+        # Not a plain W3C version-00 header (another propagator, a future version): the full extract.
+        return propagate.extract(headers)
+    return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
 @contextmanager
@@ -156,6 +189,8 @@ def setup_tracing(service: str, var_dir: Path) -> TracerProvider:
     provider = TracerProvider(
         resource=Resource.create({"service.name": service, "service.namespace": "xsell"}),
         id_generator=_OutreachIdGenerator(),
+        # The relay's one span per published batch links every event in it (OutboxRelay.batch_size).
+        span_limits=SpanLimits(max_links=RELAY_LINKS_MAX),
     )
     exporter: SpanExporter
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -178,7 +213,11 @@ def read_spans(var_dir: Path) -> list[dict[str, Any]]:
 
 
 def spans_for_campaign_id(var_dir: Path, campaign_id: str) -> list[dict[str, Any]]:
-    """The spans of a campaign ID's trace, oldest first."""
+    """The spans of a campaign ID's trace, and the spans linked to it (a relay's batch), oldest first."""
     trace_id = outreach_trace_id(campaign_id)
-    spans = [span for span in read_spans(var_dir) if span["trace_id"] == trace_id]
+    spans = [
+        span
+        for span in read_spans(var_dir)
+        if span["trace_id"] == trace_id or any(link["trace_id"] == trace_id for link in span.get("links", ()))
+    ]
     return sorted(spans, key=lambda span: span["start_ns"])

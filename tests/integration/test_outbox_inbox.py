@@ -5,6 +5,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
@@ -175,3 +179,51 @@ async def test_poison_message_is_dead_lettered_not_retried(setup) -> None:  # ty
     assert dead.headers is not None
     assert "undecodable" in dead.headers["Xsell-Dlq-Reason"]
     assert dead.headers["Xsell-Original-Subject"] == subject
+
+
+async def test_the_relay_sends_a_batch_under_one_span_and_consumers_continue_each_events_trace(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = provider.get_tracer("test")
+    outbox = Outbox(outbox_t)
+    creators = {}
+    async with db.transaction() as session:
+        for segment_id in ("seg_a", "seg_b"):
+            with spans.start_as_current_span(f"create {segment_id}") as creator:
+                await outbox.add(
+                    session, subject, SegmentPublished(segment_id=segment_id), campaign_id=f"C-{segment_id}"
+                )
+            creators[segment_id] = creator.get_span_context()
+    assert await OutboxRelay(db, outbox_t, bus, spans).publish_pending() == 2
+
+    parents: dict[str, int] = {}
+    durable = f"d{new_id().lower()}"
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        current = trace.get_current_span()
+        assert isinstance(current, ReadableSpan) and current.parent is not None
+        parents[event.segment_id] = current.parent.span_id
+
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    spec = ConsumerSpec(stream=stream, durable=durable, filter_subject=subject, dead_letter_subject=f"dlq.x.{durable}")
+    consumer = Consumer(bus, spec, SegmentPublished, handler, spans)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _true(len(parents) == 2))
+    finally:
+        await consumer.stop()
+        await task
+
+    [batch] = [span for span in exporter.get_finished_spans() if span.name == "send outbox"]
+    assert batch.kind == SpanKind.PRODUCER
+    assert batch.attributes is not None and batch.attributes["messaging.batch.message_count"] == 2
+    assert {(link.context.span_id, (link.attributes or {}).get("campaign.id")) for link in batch.links} == {
+        (creators["seg_a"].span_id, "C-seg_a"),
+        (creators["seg_b"].span_id, "C-seg_b"),
+    }
+    # Each consumer span is a child of the span its event was created in, in that span's trace.
+    assert parents == {segment_id: context.span_id for segment_id, context in creators.items()}
+    processed = [span for span in exporter.get_finished_spans() if span.name.startswith("process ")]
+    assert {span.context.trace_id for span in processed} == {context.trace_id for context in creators.values()}

@@ -2,16 +2,20 @@
 
 from pathlib import Path
 
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link
 
 from plumbing.telemetry import (
     CAMPAIGN_ID,
     JsonlSpanExporter,
     _OutreachIdGenerator,
+    headers_span_context,
     outreach_ids,
     outreach_span,
+    parent_from_headers,
     spans_for_campaign_id,
 )
 
@@ -72,6 +76,53 @@ def test_local_span_store_finds_a_campaign_ids_spans(tmp_path: Path) -> None:
         pass
     names = [span["name"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T06-0884")]
     assert sorted(names) == ["child", "outreach.create"]
+
+
+def test_the_local_span_store_finds_a_batch_span_that_links_the_campaign_ids_trace(tmp_path: Path) -> None:
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0884", root=True) as outreach:
+        pass
+    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T06-0885", root=True) as other:
+        pass
+    with tracer.start_as_current_span("send outbox", links=[Link(outreach.get_span_context())]):
+        pass
+    with tracer.start_as_current_span("unrelated batch", links=[Link(other.get_span_context())]):
+        pass
+    names = [span["name"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T06-0884")]
+    assert names == ["outreach.create", "send outbox"]
+
+
+def test_a_traceparent_header_is_read_as_the_propagator_reads_it() -> None:
+    tracer = _provider(InMemorySpanExporter()).get_tracer("t")
+    with tracer.start_as_current_span("creator") as creator:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+    remote = headers_span_context(headers)
+    assert remote is not None
+    assert (remote.trace_id, remote.span_id) == (
+        creator.get_span_context().trace_id,
+        creator.get_span_context().span_id,
+    )
+    assert remote.is_remote and remote.trace_flags.sampled
+    extracted = trace.get_current_span(propagate.extract(headers)).get_span_context()
+    assert trace.get_current_span(parent_from_headers(headers)).get_span_context() == extracted
+
+
+def test_headers_without_a_plain_traceparent_fall_back_to_the_propagator() -> None:
+    for value in (
+        "",
+        "00-zz0000000000000000000000000000aa-00f067aa0ba902b7-01",  # not hex
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # an all-zero trace id is invalid
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # a later version, longer
+    ):
+        assert headers_span_context({"traceparent": value}) is None
+    assert headers_span_context({}) is None
+    # The propagator decides for what the fast path does not read: a later version is still understood.
+    later = {"traceparent": "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"}
+    parent = trace.get_current_span(parent_from_headers(later)).get_span_context()
+    assert parent.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert not trace.get_current_span(parent_from_headers({})).get_span_context().is_valid
 
 
 def test_a_span_already_in_the_outreach_trace_nests_under_the_current_span() -> None:

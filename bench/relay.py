@@ -1,0 +1,130 @@
+"""python -m bench.relay: the outbox relay's CPU per event against the floor of raw JetStream publishes.
+
+Every service's events leave through plumbing.outbox.OutboxRelay, so its cost per event is part of
+every figure of issues 3-6 (a trigger's outreach-created and dispatch-requested events, a message's
+delivery updates). The floor is the same messages published with nats.py alone, gathered per batch
+exactly as the relay does, with no database and no spans.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData
+
+from bench.results import machine_info
+from devstack.nats_server import NatsServer
+from plumbing.bus import Bus
+from plumbing.db import Database
+from plumbing.outbox import Outbox, OutboxRelay, outbox_table
+from plumbing.telemetry import outreach_span, setup_tracing
+from xsell.campaigns.v1 import events_pb2
+
+SUBJECT = "bench.relay.dispatch_requested"
+
+
+async def _relay(bus: Bus, run_dir: Path, events: int, batch_size: int) -> dict[str, Any]:
+    """Events written as a service writes them (one outreach span each), then relayed to the end."""
+    provider = setup_tracing("bench-relay", run_dir)
+    tracer = provider.get_tracer("bench")
+    db = Database(f"sqlite+aiosqlite:///{run_dir / 'relay.db'}")
+    metadata = MetaData()
+    table = outbox_table(metadata)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    outbox = Outbox(table)
+    rows = []
+    for number in range(events):
+        campaign_id = f"CSELL-NOV-T06-{number:06d}"
+        with outreach_span(tracer, "outreach.create", campaign_id, root=True):
+            rows.append(
+                outbox.event(SUBJECT, events_pb2.DispatchRequested(campaign_id=campaign_id), campaign_id=campaign_id)
+            )
+    async with db.transaction() as session:
+        await outbox.add_rows(session, rows)
+    relay = OutboxRelay(db, table, bus, tracer, batch_size=batch_size)
+    cpu, wall = time.process_time(), time.perf_counter()
+    published = 0
+    while published < events:
+        published += await relay.publish_pending()
+    provider.force_flush()  # the spans' export is part of the cost
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    provider.shutdown()
+    await db.dispose()
+    return {"cpu_us_per_event": round(cpu / events * 1e6, 1), "events_per_s": round(events / wall)}
+
+
+async def _floor(bus: Bus, events: int, batch_size: int) -> dict[str, Any]:
+    """The same payloads and headers through js.publish, a batch gathered at a time."""
+    payloads = [events_pb2.DispatchRequested(campaign_id=f"F-{n}").SerializeToString() for n in range(events)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, events, batch_size):
+        batch = payloads[start : start + batch_size]
+        await asyncio.gather(
+            *(
+                bus.js.publish(SUBJECT, payload, headers={"Nats-Msg-Id": f"floor-{start + offset}"})
+                for offset, payload in enumerate(batch)
+            )
+        )
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {"cpu_us_per_event": round(cpu / events * 1e6, 1), "events_per_s": round(events / wall)}
+
+
+async def main(args: argparse.Namespace) -> int:
+    run_dir = Path(tempfile.mkdtemp(prefix="xsell-bench-relay-"))
+    nats = NatsServer(run_dir / "nats").start()
+    try:
+        bus = await Bus.connect(nats.url, name="bench-relay")
+        await bus.js.add_stream(name="BENCH_RELAY", subjects=["bench.relay.>"])
+        rounds = []
+        for _ in range(args.rounds):
+            # Alternated, so the machine's other load falls on both alike.
+            rounds.append({"floor": await _floor(bus, args.events, args.batch_size)})
+            rounds[-1]["relay"] = await _relay(bus, run_dir, args.events, args.batch_size)
+            await bus.js.purge_stream("BENCH_RELAY")
+        await bus.nc.close()
+    finally:
+        nats.stop()
+    relay_cpu = min(r["relay"]["cpu_us_per_event"] for r in rounds)
+    floor_cpu = min(r["floor"]["cpu_us_per_event"] for r in rounds)
+    document = {
+        "name": "relay",
+        "command": "python -m bench.relay " + " ".join(sys.argv[1:]),
+        "events": args.events,
+        "batch_size": args.batch_size,
+        "rounds": rounds,
+        "relay_cpu_us_per_event": {"value": relay_cpu, "unit": "µs CPU per event (best round)"},
+        "floor_cpu_us_per_event": {"value": floor_cpu, "unit": "µs CPU per event (best round)"},
+        "ratio_to_floor": round(relay_cpu / floor_cpu, 2),
+        "goal": "none of its own: a part of every service's per-event cost (issues 3-6)",
+        "machine": await machine_info(None),
+        "load_average_at_write": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    print(
+        f"relay {relay_cpu:.0f} µs CPU/event, raw js.publish floor {floor_cpu:.0f} µs: "
+        f"{document['ratio_to_floor']}× ({args.events:,} events, batches of {args.batch_size})"
+    )
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "relay.json").write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=200, help="the relay's batch (OutboxRelay's default)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=Path("bench/results"))
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args(sys.argv[1:]))))
