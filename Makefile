@@ -68,7 +68,7 @@ fmt: $(STAMP) ## Format the Python code
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: test
-test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests
+test: lint $(XSELL_CLI) ## Lint, then unit, integration and e2e tests in TEST_WORKERS (2) pytest-xdist workers
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 .PHONY: test-fast
