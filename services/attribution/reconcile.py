@@ -81,7 +81,9 @@ async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False)
         elif postgres:
             await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         stored = await views.stored(session)
-        side = await _same_snapshot(db, session) if postgres else None
+        # SQLite: this transaction holds the write lock since its BEGIN IMMEDIATE, so a reader on another connection
+        # sees the same committed state as this one.
+        side = await _same_snapshot(db, session) if postgres else db.snapshot
         expected = await views.recompute(session, utc_offset_minutes, side=side)
         differences = compare(stored, expected)
         if fix and differences:
