@@ -66,7 +66,8 @@ async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False)
 
     Consistency while the service keeps writing: each ledger write changes its rollup rows in the same
     transaction, so a snapshot sees both or neither. A check runs in one REPEATABLE READ snapshot on
-    PostgreSQL (one read transaction on SQLite) and blocks no one. A fix first takes the rollup's write
+    PostgreSQL and blocks no one; on SQLite it is a BEGIN IMMEDIATE transaction, which holds the write lock
+    (writers wait for it). A fix first takes the rollup's write
     lock (LOCK TABLE … EXCLUSIVE; SQLite's write lock), so writers wait for the few seconds it takes and
     then add their increments to the rebuilt rows.
     """
