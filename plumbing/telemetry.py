@@ -80,9 +80,9 @@ def headers_span_context(headers: Mapping[str, str]) -> SpanContext | None:
     else in relaying or consuming an event; `parent_from_headers` falls back to it.
     """
     value = headers.get(TRACEPARENT)
-    if value is None or len(value) != 55 or value[:3] != "00-":
+    if value is None or len(value) != 55 or value[:3] != "00-" or value[35] != "-" or value[52] != "-":
         return None
-    _, trace_hex, span_hex, flags_hex = value.split("-")
+    trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:]
     try:
         trace_id, span_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
     except ValueError:

@@ -115,6 +115,8 @@ def test_headers_without_a_plain_traceparent_fall_back_to_the_propagator() -> No
         "00-zz0000000000000000000000000000aa-00f067aa0ba902b7-01",  # not hex
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # an all-zero trace id is invalid
         "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # a later version, longer
+        "00-4bf92f3577b34da6-3ce929d0e0e4736-00f067aa0ba902b7-01",  # the right length, a dash misplaced
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0-",  # the right length, no flags
     ):
         assert headers_span_context({"traceparent": value}) is None
     assert headers_span_context({}) is None
