@@ -165,12 +165,6 @@ def touch_window(at: datetime, days: int) -> tuple[datetime, datetime]:
     return at - timedelta(days=days), at
 
 
-def is_last_touch_candidate(touch_at: datetime, at: datetime, days: int) -> bool:
-    """Whether an outreach created at `touch_at` may be the last touch of a conversion at `at`."""
-    start, end = touch_window(at, days)
-    return start <= touch_at <= end
-
-
 def check_same_profile(campaign_id: str, outreach_profile_id: str, profile_id: str) -> None:
     """A conversion named by its campaign ID is that outreach's person's, so a different profile_id is a mistake."""
     if profile_id and profile_id != outreach_profile_id:

@@ -33,7 +33,7 @@ from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.reporting import COUNTER_COLUMNS, labels_key
-from services.attribution.rules import DISBURSED, FIRST_TRANSACTION, FUNNEL_STEPS, SANCTIONED, funnel_rank
+from services.attribution.rules import CONVERTED, DISBURSED, FIRST_TRANSACTION, FUNNEL_STEPS, SANCTIONED, funnel_rank
 
 Money = BigInteger
 """Amounts are integer paise; a bigint holds ₹9.2 × 10^16 crore."""
@@ -618,7 +618,7 @@ async def last_touch(
             select(funnel_steps.c.campaign_id)
             .where(
                 funnel_steps.c.campaign_id == outreaches.c.campaign_id,
-                funnel_steps.c.step == DISBURSED,
+                funnel_steps.c.step == CONVERTED,
                 funnel_steps.c.first_at <= end,
             )
             .exists()
@@ -646,7 +646,8 @@ async def add_fixed_cost(session: AsyncSession, shares: Sequence[Mapping[str, An
 
 
 # Set-based forms of the disbursement path, for a batch of disbursements applied in one transaction
-# (disbursements.DisbursementBatches): a handful of statements however many disbursements the batch holds.
+# (AttributionApi._record_disbursements, through plumbing's GroupCommit): a handful of statements however many
+# disbursements the batch holds.
 
 
 async def lock_outreaches(session: AsyncSession, campaign_ids: Collection[str]) -> dict[str, LockedOutreach]:

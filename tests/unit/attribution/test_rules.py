@@ -121,7 +121,9 @@ def test_a_last_touch_is_an_outreach_within_the_window_and_never_after_the_conve
     touch_days_before: float, candidate: bool
 ) -> None:
     at = datetime(2025, 11, 20, 6, 0, tzinfo=UTC)
-    assert rules.is_last_touch_candidate(at - timedelta(days=touch_days_before), at, 7) is candidate
+    start, end = rules.touch_window(at, 7)
+    # Both ends inclusive, as store.last_touch queries them.
+    assert (start <= at - timedelta(days=touch_days_before) <= end) is candidate
 
 
 def test_a_conversion_named_by_campaign_id_is_that_outreachs_person() -> None:
