@@ -21,10 +21,10 @@ from sqlalchemy import MetaData
 
 from bench.results import machine_info
 from devstack.nats_server import NatsServer
-from plumbing.bus import Bus
+from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database
 from plumbing.outbox import Outbox, OutboxRelay, outbox_table
-from plumbing.telemetry import outreach_span, setup_tracing
+from plumbing.telemetry import outreach_ids, outreach_span, setup_tracing
 from xsell.campaigns.v1 import events_pb2
 
 SUBJECT = "bench.relay.dispatch_requested"
@@ -62,17 +62,22 @@ async def _relay(bus: Bus, run_dir: Path, events: int, batch_size: int) -> dict[
 
 
 async def _floor(bus: Bus, events: int, batch_size: int) -> dict[str, Any]:
-    """The same payloads and headers through js.publish, a batch gathered at a time."""
-    payloads = [events_pb2.DispatchRequested(campaign_id=f"F-{n}").SerializeToString() for n in range(events)]
+    """Payloads and headers of the relay's shape (id, trace context, campaign ID) through js.publish, a batch
+    gathered at a time."""
+    messages = []
+    for number in range(events):
+        campaign_id = f"CSELL-NOV-F00-{number:06d}"
+        trace_id, span_id = outreach_ids(campaign_id)
+        headers = {
+            MSG_ID_HEADER: f"floor-{number}",
+            "traceparent": f"00-{trace_id:032x}-{span_id:016x}-01",
+            CAMPAIGN_ID_HEADER: campaign_id,
+        }
+        messages.append((events_pb2.DispatchRequested(campaign_id=campaign_id).SerializeToString(), headers))
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, events, batch_size):
-        batch = payloads[start : start + batch_size]
-        await asyncio.gather(
-            *(
-                bus.js.publish(SUBJECT, payload, headers={"Nats-Msg-Id": f"floor-{start + offset}"})
-                for offset, payload in enumerate(batch)
-            )
-        )
+        batch = messages[start : start + batch_size]
+        await asyncio.gather(*(bus.js.publish(SUBJECT, payload, headers=headers) for payload, headers in batch))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {"cpu_us_per_event": round(cpu / events * 1e6, 1), "events_per_s": round(events / wall)}
 
