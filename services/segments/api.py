@@ -1,7 +1,7 @@
 """gRPC servicer of SegmentsService: proto in, validation and store calls, proto out."""
 
-from collections.abc import Sequence
-from datetime import UTC, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
@@ -32,7 +32,7 @@ from services.segments.api_suppressions import SuppressionsApi, suppression_prot
 from services.segments.governance import Action
 from services.segments.rules import parse_rule, references
 from services.segments.settings import SegmentsSettings
-from services.segments.values import name_problem, to_proto
+from services.segments.values import Value, name_problem, to_proto
 from xsell.segments.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -44,6 +44,14 @@ BATCH_GET_PROFILES_MAX = 1000
 """Profiles one BatchGetProfiles call returns at most: a bounded response and a bounded IN list."""
 INGEST_CALLS_PER_COMMIT = 32
 """IngestEvents calls one transaction carries at most (each holds up to a batch limit of events)."""
+
+
+def _profile_proto(profile_id: str, updated_at: datetime, attributes: Mapping[str, Value]) -> resources_pb2.Profile:
+    return resources_pb2.Profile(
+        profile_id=profile_id,
+        attributes={name: to_proto(value) for name, value in attributes.items()},
+        update_time=_timestamp(updated_at),
+    )
 
 
 class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, service_pb2_grpc.SegmentsServiceServicer):
@@ -153,12 +161,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         if found is None:
             raise NotFound(f"profile {request.profile_id} not found; create it with UpsertProfiles", field="profile_id")
         updated_at, attributes = found
-        profile = resources_pb2.Profile(
-            profile_id=request.profile_id,
-            attributes={name: to_proto(value) for name, value in attributes.items()},
-            update_time=_timestamp(updated_at),
-        )
-        return service_pb2.GetProfileResponse(profile=profile)
+        return service_pb2.GetProfileResponse(profile=_profile_proto(request.profile_id, updated_at, attributes))
 
     async def BatchGetProfiles(
         self, request: service_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
@@ -183,11 +186,10 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             missing_profile_ids=[p for p in profile_ids if p not in updated]
         )
         for profile_id in found:
-            out = response.profiles.add(suppressions=[suppression_proto(r) for r in suppressed.get(profile_id, [])])
-            out.profile.profile_id = profile_id
-            out.profile.update_time.CopyFrom(_timestamp(updated[profile_id]))
-            for name, value in attributes.get(profile_id, {}).items():
-                out.profile.attributes[name].CopyFrom(to_proto(value))
+            response.profiles.add(
+                profile=_profile_proto(profile_id, updated[profile_id], attributes.get(profile_id, {})),
+                suppressions=[suppression_proto(r) for r in suppressed.get(profile_id, [])],
+            )
         return response
 
     # --- segments -----------------------------------------------------------------------------

@@ -250,13 +250,11 @@ async def insert_events(session: AsyncSession, incoming: Sequence[IncomingEvent]
 
 
 async def get_profile(session: AsyncSession, profile_id: str) -> tuple[datetime, dict[str, Value]] | None:
-    updated_at = (
-        await session.execute(select(profiles.c.updated_at).where(profiles.c.profile_id == profile_id))
-    ).scalar_one_or_none()
+    updated_at = (await profiles_updated_at(session, [profile_id])).get(profile_id)
     if updated_at is None:
         return None
     values = await attributes_of(session, [profile_id], None)
-    return utc(updated_at), values.get(profile_id, {})
+    return updated_at, values.get(profile_id, {})
 
 
 async def profiles_updated_at(session: AsyncSession, profile_ids: Sequence[str]) -> dict[str, datetime]:
@@ -764,20 +762,29 @@ async def suppressions_of(session: AsyncSession, profile_id: str) -> list[Suppre
     return [_suppression(row) for row in await session.execute(query)]
 
 
+def _in_force(s: Any, at: datetime) -> Any:
+    """The suppression rows of `s` in force at `at`: as suppressions.Suppression.in_force, in SQL."""
+    return or_(s.c.expire_time.is_(None), s.c.expire_time > at)
+
+
+def _in_force_of(profile_ids: Sequence[str], at: datetime, *columns: Any) -> Any:
+    """`columns` of the suppressions in force at `at` of `profile_ids`, by person, channel and reason."""
+    s = suppressions
+    return (
+        select(*columns)
+        .where(s.c.profile_id.in_(list(profile_ids)), _in_force(s, at))
+        .order_by(s.c.profile_id, s.c.channel, s.c.reason)
+    )
+
+
 async def suppressions_in_force_of(
     session: AsyncSession, profile_ids: Sequence[str], at: datetime
 ) -> dict[str, list[SuppressionRow]]:
     """Every suppression in force at `at` of each suppressed person among `profile_ids`, by channel and reason."""
     if not profile_ids:
         return {}
-    s = suppressions
-    query = (
-        select(s)
-        .where(s.c.profile_id.in_(list(profile_ids)), or_(s.c.expire_time.is_(None), s.c.expire_time > at))
-        .order_by(s.c.profile_id, s.c.channel, s.c.reason)
-    )
     found: dict[str, list[SuppressionRow]] = {}
-    for row in await session.execute(query):
+    for row in await session.execute(_in_force_of(profile_ids, at, *suppressions.c)):
         found.setdefault(row.profile_id, []).append(_suppression(row))
     return found
 
@@ -790,7 +797,7 @@ def suppressed(subject: Any, channels: Sequence[str], now: datetime) -> Any:
         .where(
             s.c.profile_id == subject,
             s.c.channel.in_(list(channels)),
-            or_(s.c.expire_time.is_(None), s.c.expire_time > now),
+            _in_force(s, now),
         )
         .exists()
     )
@@ -822,13 +829,8 @@ async def suppressions_in_force(
     if not profile_ids:
         return {}
     s = suppressions
-    query = (
-        select(s.c.profile_id, s.c.channel, s.c.reason)
-        .where(s.c.profile_id.in_(list(profile_ids)), or_(s.c.expire_time.is_(None), s.c.expire_time > now))
-        .order_by(s.c.profile_id, s.c.channel, s.c.reason)
-    )
     found: dict[str, list[tuple[str, str]]] = {}
-    for row in await session.execute(query):
+    for row in await session.execute(_in_force_of(profile_ids, now, s.c.profile_id, s.c.channel, s.c.reason)):
         found.setdefault(row.profile_id, []).append((row.channel, row.reason))
     return found
 
