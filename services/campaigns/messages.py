@@ -46,14 +46,10 @@ def channel_name(channel: int) -> str:
         return "UNSPECIFIED"
 
 
-def channel_value(name: str) -> int:
-    return channel_pb2.Channel.Value(f"CHANNEL_{name}")
-
-
 @functools.cache
-def channel_number(name: str) -> int:
-    """channel_value, remembered: a release asks it once per outreach for a handful of channel names."""
-    return channel_value(name)
+def channel_value(name: str) -> int:
+    """Remembered: a release asks it once or twice per outreach for a handful of channel names."""
+    return channel_pb2.Channel.Value(f"CHANNEL_{name}")
 
 
 def state_value(state: str) -> int:

@@ -18,7 +18,7 @@ from services.campaigns.campaign_ids import format_campaign_id
 from services.campaigns.content import CompiledContent, contact_address, unavailable_reason
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
-from services.campaigns.messages import channel_number, offer_proto, timestamp
+from services.campaigns.messages import channel_value, offer_proto, timestamp
 from services.campaigns.rendering import Offer, RenderFailed
 from services.campaigns.scheduling import QuietHours, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember
@@ -134,7 +134,7 @@ class OutreachRows:
             created.outreach.CopyFrom(self._shared_outreach)
             created.outreach.campaign_id = campaign_id
             created.outreach.profile_id = member.profile_id
-            created.outreach.channel = channel_number(channel)  # type: ignore[assignment]
+            created.outreach.channel = channel_value(channel)  # type: ignore[assignment]
             dispatch = dispatch_message(
                 campaign_id, member.profile_id, channel, rendered, contact_address(channel, member.attributes)
             )

@@ -21,6 +21,7 @@ from services.campaigns.messages import timestamp
 from services.campaigns.outreach_maker import OutreachMaker
 from services.campaigns.person_client import PersonLookup
 from services.campaigns.resends import RESENT, ResendRule, no_resend_reason, resend_time
+from services.campaigns.segments_client import AudienceMember
 from services.campaigns.triggers import trigger_day
 from xsell.campaigns.v1 import events_pb2
 
@@ -140,16 +141,20 @@ class ResendRunner:
                 await automation_store.stamp_resend_due(session, later)
             if not due:
                 return created
+            # The page's people in one segments call: fresh attributes and the suppressions in force now (an
+            # unsubscribe since the original counts).
+            people = await self.people.members([original.profile_id for original in due], now)
             for original in due:
-                created += await self._resend(campaign, rule, original.campaign_id, original.profile_id)
+                created += await self._resend(campaign, rule, original.campaign_id, people.get(original.profile_id))
             if len(rows) < self.page_size:
                 return created
         return created
 
-    async def _resend(self, campaign_row: Any, rule: ResendRule, original_id: str, profile_id: str) -> int:
+    async def _resend(
+        self, campaign_row: Any, rule: ResendRule, original_id: str, member: AudienceMember | None
+    ) -> int:
+        """Decides one original's resend; `member` is None when segments has no profile for its person."""
         now = self.clock()
-        # Fresh attributes and the suppressions in force now (an unsubscribe since the original counts).
-        member = await self.people.member(profile_id, now)
         async with self.db.transaction() as session:
             campaign = await store.get_campaign(session, campaign_row.campaign_key)
             original = await automation_store.get_outreach(session, original_id)

@@ -85,7 +85,7 @@ class TriggerHandler:
     async def _apply(self, submitted: Sequence[Submitted[_Entry]]) -> list[BaseException | None]:
         """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on."""
         batch = [s.item for s in submitted]
-        outcomes: list[BaseException | None] = [None] * len(batch)
+        done: list[BaseException | None] = [None] * len(batch)
         async with self.db.snapshot() as session:
             candidates = await automation_store.campaigns_on_segments(
                 session, sorted({e.event.segment_id for e in batch}), CampaignState.RUNNING.value
@@ -104,19 +104,21 @@ class TriggerHandler:
             if fired:
                 firing[index] = fired
         if not firing:
-            return outcomes
+            return done
         now = self.clock()
-        people, failed = await self._look_up([batch[i].event.profile_id for i in firing], now)
+        try:
+            people = await self.people.members([batch[i].event.profile_id for i in firing], now)
+        except Unavailable as error:
+            # Each firing entry's message naks on it (the others are done); other errors fail the whole batch
+            # in the group commit.
+            return [error if index in firing else None for index in range(len(batch))]
         for index in list(firing):
             profile_id = batch[index].event.profile_id
-            if profile_id in failed:
-                outcomes[index] = failed[profile_id]
-                del firing[index]
-            elif profile_id not in people:
+            if profile_id not in people:
                 log.info("trigger_profile_missing", profile_id=profile_id)
                 del firing[index]
         if not firing:
-            return outcomes
+            return done
         counts: Counter[str] = Counter()
         async with self.db.transaction() as session:
             claimed = await automation_store.claim_messages(
@@ -137,17 +139,7 @@ class TriggerHandler:
             for campaign in sorted(running, key=lambda c: c.campaign_key):
                 counts.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
         log.info("triggers_applied", entries=len(batch), **counts)
-        return outcomes
-
-    async def _look_up(
-        self, profile_ids: list[str], now: datetime
-    ) -> tuple[dict[str, AudienceMember], dict[str, BaseException]]:
-        """Everyone in one segments call: those found, and the error of each person whose look-up failed."""
-        try:
-            return await self.people.members(profile_ids, now), {}
-        except Unavailable as error:
-            # Each message of the batch naks on it; other errors fail the whole batch in the group commit.
-            return {}, {profile_id: error for profile_id in profile_ids}
+        return done
 
     async def _fire(self, session: Any, campaign: Any, members: list[AudienceMember], now: datetime) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today."""
