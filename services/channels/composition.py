@@ -23,6 +23,10 @@ _TEXT_LINK = re.compile(rf"""(?P<unsub>{re.escape(UNSUBSCRIBE_PSEUDO_URL)})|(?P<
 # A sentence's closing punctuation right after a URL in plain text is not part of the URL.
 _TRAILING_PUNCTUATION = ".,;:!?)'\""
 _BODY_END = re.compile(r"</body\s*>", re.I)
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
+# The email package's Header fills a folded line to this length, its first-line prefix included; at 75 no
+# encoded word exceeds RFC 2047's 75 characters (at its default, 76, one after a folding space does).
+_ENCODED_LINE = 75
 
 
 @dataclass(frozen=True)
@@ -134,20 +138,23 @@ def compose(
 
     Written directly rather than with the `email` package's EmailMessage: its structured headers are parsed
     on every set and folded again on every flatten, which was most of the CPU an e-mail cost. What is
-    written is RFC 5322 / 2045-2047: ASCII headers as they are, others as RFC 2047 encoded words, both
+    written is RFC 5322 / 2045-2047: ASCII headers folded at 78, others as RFC 2047 encoded words, both
     bodies UTF-8 quoted-printable (lines of at most 76 characters).
     """
     html_body = email.html_body if email.html_body.strip() else _text_to_html(email.text_body)
     text_body = email.text_body if email.text_body.strip() else _html_to_text(email.html_body)
-    for value in (email.to_address, email.from_name, email.subject):
+    for field, value in (("to_address", email.to_address), ("from_name", email.from_name), ("subject", email.subject)):
         if "\r" in value or "\n" in value:
-            raise ValueError("header values must not contain line breaks")
-    sender = formataddr((email.from_name, from_address), charset="utf-8") if email.from_name else from_address
+            raise ValueError(f"email.{field} contains a line break")
+    if _VISIBLE_ASCII.fullmatch(campaign_id) is None:
+        # It is written as it is into X-Xsell-Campaign-Id and the Message-ID: a line break would add headers.
+        raise ValueError("campaign_id must be visible ASCII characters only, as campaigns issues it")
+    sender = _sender(email.from_name, from_address)
     boundary = f"=_xsell_{campaign_id.encode().hex()[:40]}_"
     headers = [
         ("From", sender),
         ("To", email.to_address),
-        ("Subject", _header_text(email.subject)),
+        ("Subject", _header_text("Subject", email.subject)),
         ("Date", format_datetime(now)),
         ("Message-ID", message_id(campaign_id, message_id_domain)),
         (CAMPAIGN_ID_HEADER, campaign_id),
@@ -174,11 +181,29 @@ def compose(
     return "\r\n".join(lines).encode("ascii")
 
 
-def _header_text(value: str) -> str:
-    """An unstructured header value: as it is when ASCII, else RFC 2047 encoded words (folded at 78)."""
-    if value.isascii():
-        return value
-    return Header(value, "utf-8", header_name="Subject").encode(linesep="\r\n")
+def _plain(value: str) -> bool:
+    """True when a header value may be written without RFC 2047: ASCII, and no `=?` that a reader would decode."""
+    return value.isascii() and "=?" not in value
+
+
+def _header_text(name: str, value: str) -> str:
+    """An unstructured header value folded at 78: as it is when plain, else RFC 2047 encoded words."""
+    if _plain(value):
+        if len(name) + 2 + len(value) <= 78:
+            return value
+        return Header(value, header_name=name).encode(linesep="\r\n", maxlinelen=_ENCODED_LINE)
+    return Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=_ENCODED_LINE)
+
+
+def _sender(name: str, address: str) -> str:
+    """The From value; a display name beyond ASCII as encoded words of at most 75 characters, folded at 78."""
+    if not name:
+        return address
+    if _plain(name):
+        return formataddr((name, address))
+    header = Header(name, "utf-8", header_name="From")
+    header.append(f"<{address}>", "us-ascii")
+    return header.encode(linesep="\r\n", maxlinelen=_ENCODED_LINE)
 
 
 def _quoted_printable(body: str) -> str:

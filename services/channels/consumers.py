@@ -187,9 +187,9 @@ class DispatchHandler:
             prepared = self._prepare(campaign_id, channel, event, now)
         except MalformedDispatch as error:
             malformed = error.reason
-        except ValueError:
-            # compose refuses header values with line breaks (header injection).
-            malformed = "email.subject or email.from_name contains a line break"
+        except ValueError as error:
+            # compose refuses header values that would add headers (a line break): its message names the field.
+            malformed = str(error)
         blocked = None if prepared is None else await self._blocked(channel, event, now)
 
         if prepared is None or blocked is not None:

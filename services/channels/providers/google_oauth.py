@@ -64,9 +64,10 @@ class ServiceAccount:
             key = serialization.load_pem_private_key(document["private_key"].encode(), password=None)
             client_email, token_uri = str(document["client_email"]), str(document["token_uri"])
         except (ValueError, KeyError, TypeError, AttributeError) as error:
+            what = f"it has no {error.args[0]}" if isinstance(error, KeyError) else type(error).__name__
             raise InvalidServiceAccount(
                 "the FCM service-account key must be the JSON key file Google issues (client_email, private_key, "
-                f"token_uri): {type(error).__name__}"
+                f"token_uri): {what}"
             ) from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise InvalidServiceAccount("the FCM service-account private_key must be an RSA key (RS256)")

@@ -4,6 +4,7 @@ import email
 import email.policy
 import re
 from datetime import UTC, datetime
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 
 import pytest
@@ -113,7 +114,7 @@ def test_open_pixel_goes_before_body_end_and_carries_campaign_id() -> None:
     assert add_open_pixel("<p>fragment</p>", LINKS).startswith("<p>fragment</p><img ")
 
 
-def _compose(**overrides: str) -> EmailMessage:
+def _wire(**overrides: str) -> bytes:
     fields = {
         "to_address": "priya@example.in",
         "from_name": "Acme Bank",
@@ -121,7 +122,7 @@ def _compose(**overrides: str) -> EmailMessage:
         "html_body": HTML,
         "text_body": TEXT,
     } | overrides
-    wire = compose(
+    return compose(
         OutgoingEmail(**fields),
         campaign_id=CAMPAIGN_ID,
         from_address="offers@bank.example.in",
@@ -129,6 +130,10 @@ def _compose(**overrides: str) -> EmailMessage:
         links=LINKS,
         now=NOW,
     )
+
+
+def _compose(**overrides: str) -> EmailMessage:
+    wire = _wire(**overrides)
     # What the relay receives: CRLF lines of at most 78 characters but for the unsubscribe link, parsed back.
     assert b"\n" not in wire.replace(b"\r\n", b"")
     assert all(len(line) <= 78 for line in wire.split(b"\r\n") if not line.startswith(b"List-Unsubscribe:"))
@@ -197,3 +202,27 @@ def test_text_beyond_ascii_survives_the_trip_in_headers_and_bodies() -> None:
     text = text_part.get_content().replace("\r\n", "\n")  # the wire's line ends, as a relay keeps them
     assert text.startswith("Namaste 🙏 — ₹5,00,000 ready.\n.leading dot and trailing space \n")
     assert "https://t.example.in/u/" in text
+
+
+def test_long_headers_are_folded_and_a_long_display_name_is_split_into_short_encoded_words() -> None:
+    name = "भारतीय स्टेट बैंक ग्राहक सेवा विभाग मुंबई शाखा"
+    subject = "Your pre-approved loan of Rs 5,00,000 is waiting for you, Priya: see the offer and apply today"
+    message = _compose(from_name=name, subject=subject)  # _compose checks that every line is at most 78
+    assert message["Subject"] == subject
+    assert message["From"].addresses[0].addr_spec == "offers@bank.example.in"
+    raw_from = email.message_from_bytes(_wire(from_name=name), policy=email.policy.compat32)["From"]
+    assert all(len(word) <= 75 for word in re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", raw_from))
+    # RFC 2047 joins adjacent encoded words (the email package's address parser leaves a space between them).
+    assert str(make_header(decode_header(raw_from))) == f"{name} <offers@bank.example.in>"
+
+
+def test_a_campaign_id_that_would_add_headers_is_refused() -> None:
+    with pytest.raises(ValueError, match="campaign_id must be visible ASCII"):
+        compose(
+            OutgoingEmail("priya@example.in", "Acme Bank", "Hi", HTML, TEXT),
+            campaign_id="CSELL-1\r\nBcc: everyone@example.in",
+            from_address="offers@bank.example.in",
+            message_id_domain="mail.bank.example.in",
+            links=LINKS,
+            now=NOW,
+        )

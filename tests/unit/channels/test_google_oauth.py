@@ -76,7 +76,7 @@ def test_the_assertion_is_signed_rs256_with_the_claims_google_asks_for(key: rsa.
     ("key", "says"),
     [
         ("{not json", "JSON key file"),
-        ('{"client_email": "a@b", "token_uri": "https://t"}', "JSON key file"),
+        ('{"client_email": "a@b", "token_uri": "https://t"}', "JSON key file .*: it has no private_key"),
         ('{"private_key": "garbage", "client_email": "a@b", "token_uri": "https://t"}', "JSON key file"),
         ("/nonexistent/fcm-key.json", "neither JSON nor a readable file"),
     ],
