@@ -230,9 +230,8 @@ class DispatchHandler:
                 # leaves the message QUEUED and retried, never SENDING (which a crash would turn AMBIGUOUS).
                 await tokens.token()
             except ProviderUnavailable as failure:
-                self._count(prepared.provider, "retry")
-                log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
-                raise RetryLater(failure.reason, self.policy.backoff.delay(delivery.num_delivered)) from failure
+                await self._defer_before_intent(campaign_id, channel, event.profile_id, prepared, failure, delivery)
+                return
         throttle = self.providers.throttles.get(prepared.provider)
         async with throttle or _NoThrottle():
             # After the throttle's wait, in one transaction with the intents of the other messages in flight.
@@ -310,6 +309,41 @@ class DispatchHandler:
             log.warning("dispatch_ambiguous", attempts=attempts)
             return None
         return attempts
+
+    async def _defer_before_intent(
+        self,
+        campaign_id: str,
+        channel: str,
+        profile_id: str,
+        prepared: Prepared,
+        failure: ProviderUnavailable,
+        delivery: Delivery,
+    ) -> None:
+        """A failure before any intent (the token endpoint): QUEUED with its reason and retried with a backoff,
+        or FAILED (with its DeliveryUpdated event) and dead-lettered after the last allowed attempt."""
+        now = utcnow()
+        gave_up: str | None = None
+        async with self.db.transaction() as session:
+            if (
+                await self._claim(session, campaign_id, channel, profile_id, now, deduplicates=prepared.deduplicates)
+                is None
+            ):
+                return
+            if delivery.num_delivered >= self.policy.max_attempts:
+                gave_up = f"gave up after {delivery.num_delivered} attempts: {failure.reason}"
+                await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, gave_up)
+            else:
+                await store.set_state(session, campaign_id, DeliveryState.QUEUED, now=now, reason=failure.reason)
+                await store.add_timeline(
+                    session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, failure.reason)]
+                )
+        if gave_up is not None:
+            self._count(prepared.provider, "gave_up")
+            log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=failure.reason)
+            raise PermanentError(f"campaign ID {campaign_id}: {gave_up}") from failure
+        self._count(prepared.provider, "retry")
+        log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
+        raise RetryLater(failure.reason, self.policy.backoff.delay(delivery.num_delivered)) from failure
 
     async def _retry_later(
         self,

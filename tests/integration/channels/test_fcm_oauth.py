@@ -6,21 +6,27 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.provider_sinks import GoogleTokenEndpoint, ProviderSinks
 from plumbing.bus import Bus
+from services import streams
 from services.channels.delivery import Accepted, ProviderUnavailable
 from services.channels.outgoing import OutgoingPush
 from services.channels.providers.google_oauth import ServiceAccount, ServiceAccountTokens, send_with_token
 from services.channels.providers.http import HttpTransport
 from services.channels.providers.push import FcmPush
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
-from tests.integration.channels.support import dispatch_on, get_message, new_campaign_id, publish, published_state
-from tests.waiting import eventually
+from tests.integration.channels.support import (
+    dispatch_on,
+    get_message,
+    new_campaign_id,
+    publish,
+    published_state,
+    states,
+)
 from xsell.channels.v1 import resources_pb2
 
 CLIENT_EMAIL = "xsell-push@xsell-dev.iam.gserviceaccount.com"
@@ -203,25 +209,28 @@ async def test_the_service_sends_push_with_a_token_minted_from_the_key_file(
     assert (await get_message(channels, campaign_id)).state == resources_pb2.DELIVERY_STATE_SENT
 
 
-async def test_a_refused_key_leaves_the_push_unsent_and_never_sending(
+async def test_a_refused_key_leaves_the_push_queued_never_sending_and_failed_after_the_last_attempt(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
     provider_sinks: ProviderSinks,
     google: GoogleTokenEndpoint,
     nats_bus: Bus,
+    listener: Listener,
 ) -> None:
-    """The token is fetched before the intent: a refused key is retried without a SENDING row to turn AMBIGUOUS."""
+    """The token is fetched before the intent: a refused key is retried without a SENDING row to turn AMBIGUOUS,
+    the message says why it waits, and after the dispatch durable's last attempt it is FAILED with Google's reason."""
     settings = {**provider_sinks.channels_settings(), "fcm_service_account": key_file(new_key(), google.token_uri)}
     channels = await start_channels(smtp_relay.port, **settings)
     campaign_id = new_campaign_id()
 
     await publish(nats_bus, dispatch_on("push", campaign_id))
 
-    async def asked_again() -> bool:
-        return google.requests >= 2
-
-    await eventually(asked_again)
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason.startswith(f"gave up after {streams.CHANNELS_DISPATCH.max_deliver} attempts: ")
+    assert "invalid_grant" in failed.reason
+    assert google.requests == streams.CHANNELS_DISPATCH.max_deliver
     assert provider_sinks.push.received == [] and provider_sinks.push.refused == []
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await get_message(channels, campaign_id)
-    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    record = await get_message(channels, campaign_id)
+    assert record.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert "DELIVERY_STATE_SENDING" not in states(record)
+    assert "DELIVERY_STATE_QUEUED" in states(record)
