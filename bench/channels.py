@@ -44,6 +44,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
+from bench.channels_floor import encode_http, encode_mail
 from bench.postgres import BenchPostgres
 from bench.results import machine_info
 from bench.service import ServiceProcess
@@ -53,7 +54,15 @@ from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.db import Database
 from services import streams
-from services.channels import store
+from services.channels import convert, store
+from services.channels.composition import TrackingLinks, compose
+from services.channels.delivery import validate_email
+from services.channels.outgoing import validate_push, validate_sms, validate_webhook, validate_whatsapp
+from services.channels.providers.push import FcmPush
+from services.channels.providers.sms import ExotelSms
+from services.channels.providers.webhook import SignedWebhook
+from services.channels.providers.whatsapp import WhatsAppCloud
+from services.channels.settings import ChannelsSettings
 from xsell.campaigns.v1.events_pb2 import (
     DispatchRequested,
     EmailMessage,
@@ -67,6 +76,7 @@ GOALS = {"http_per_s": 5000.0, "smtp_per_s": 1000.0, "p99_ms": 30.0, "offered_pe
 EXTRA_PACKAGES = ("aiohttp", "aiosmtplib", "aiosmtpd", "opentelemetry-sdk")
 PUBLISH_CHUNK = 500
 STALL_SECONDS = 60.0
+REPOSITORY = Path(__file__).resolve().parent.parent
 HTML = '<html><body><p>Your loan is pre-approved. <a href="https://bank.example.in/apply?o=T06">Apply</a></p></body></html>'
 
 
@@ -205,6 +215,64 @@ async def ledger_states(url: str) -> dict[str, str]:
     return {campaign_id: state for campaign_id, state in rows}
 
 
+def floor_http_requests(events: Iterable[DispatchRequested], settings: ChannelsSettings) -> list[dict[str, Any]]:
+    """The provider requests the service's adapters build for `events` (the floor sends these with bare aiohttp)."""
+    sms = ExotelSms(
+        settings.sms_base_url,
+        settings.sms_account_sid,
+        settings.sms_api_key,
+        settings.sms_api_token.get_secret_value(),
+        settings.sms_dlt_entity_id,
+        settings.sms_type,
+        settings.sms_status_callback_url,
+    )
+    whatsapp = WhatsAppCloud(
+        settings.whatsapp_base_url,
+        settings.whatsapp_api_version,
+        settings.whatsapp_phone_number_id,
+        settings.whatsapp_access_token.get_secret_value(),
+    )
+    push = FcmPush(settings.push_base_url, settings.fcm_project_id, settings.fcm_access_token.get_secret_value())
+    webhook = SignedWebhook(settings.webhook_secret.get_secret_value())
+    allowed_hosts = frozenset(settings.webhook_allowed_hosts)
+    requests = []
+    for event in events:
+        if event.HasField("sms"):
+            request = sms.request(event.campaign_id, event.profile_id, validate_sms(convert.outgoing_sms(event)))
+        elif event.HasField("whatsapp"):
+            message = validate_whatsapp(convert.outgoing_whatsapp(event))
+            request = whatsapp.request(event.campaign_id, event.profile_id, message)
+        elif event.HasField("push"):
+            request = push.request(event.campaign_id, event.profile_id, validate_push(convert.outgoing_push(event)))
+        else:
+            target = validate_webhook(event.webhook.url, event.webhook.payload_json, allowed_hosts=allowed_hosts)
+            request = webhook.request(event.campaign_id, event.profile_id, target)
+        provider = convert.channel_name(event.channel).removeprefix("CHANNEL_").lower()
+        requests.append(encode_http(provider, request.method, request.url, request.body, dict(request.headers)))
+    return requests
+
+
+def floor_mails(events: Iterable[DispatchRequested], settings: ChannelsSettings) -> list[dict[str, Any]]:
+    """The e-mails the service composes for `events` (the floor sends these with bare aiosmtplib)."""
+    now = datetime.now(UTC)
+    mails = []
+    for event in events:
+        email = validate_email("CHANNEL_EMAIL", convert.outgoing_email(event))
+        links = TrackingLinks(
+            settings.tracking_base_url, settings.tracking_secret.get_secret_value(), event.campaign_id
+        )
+        payload = compose(
+            email,
+            campaign_id=event.campaign_id,
+            from_address=settings.from_address,
+            message_id_domain=settings.message_id_domain,
+            links=links,
+            now=now,
+        )
+        mails.append(encode_mail(email.to_address, payload))
+    return mails
+
+
 @dataclass
 class Bench:
     """The NATS server, provider sinks, SMTP relay and service settings shared by the three parts."""
@@ -255,10 +323,11 @@ class Bench:
         service = self.service(part)
         await service.start(timeout=60)
         profiler = self._profile(part, service.pid)
-        cpu_before = service.cpu_seconds()
+        cpu_before, bench_cpu_before = service.cpu_seconds(), time.process_time()
         try:
             finished = await all_handled(self.bus, last_seq)
             cpu = service.cpu_seconds() - cpu_before
+            bench_cpu = time.process_time() - bench_cpu_before
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
@@ -273,8 +342,71 @@ class Bench:
             "seconds": round(finished - min(times), 2) if times else None,
             # CPU the service process spent per message (all its threads): what bounds the rate on this machine.
             "service_cpu_ms_per_message": round(cpu * 1000 / count, 2),
+            # This process meanwhile: mostly the provider servers (and the relay) answering the service.
+            "bench_process_cpu_ms_per_message": round(bench_cpu * 1000 / count, 2),
             "tally": asdict(result),
         }
+
+    async def floor(self, part: str, channels: Sequence[str], count: int) -> dict[str, Any]:
+        """The same backlog through the bare clients (bench/channels_floor.py in a process of its own), no service,
+        database or NATS: what this machine allows for the traffic alone."""
+        webhook_url = self.sinks.webhook_url()
+        events = [dispatch(i, channels[i % len(channels)], part, webhook_url) for i in range(count)]
+        settings = ChannelsSettings(**self.sinks.channels_settings())
+        job: dict[str, Any]
+        if tuple(channels) == ("email",):
+            job = {
+                "kind": "smtp",
+                "host": HOST,
+                "port": self.smtp_port,
+                "sessions": self.args.smtp_connections,
+                "sender": settings.from_address,
+                "mails": floor_mails(events, settings),
+            }
+        else:
+            job = {
+                "kind": "http",
+                "concurrency": self.args.concurrency,
+                "provider_concurrency": self.args.provider_concurrency,
+                "requests": floor_http_requests(events, settings),
+            }
+        path = self.var / part / "floor-job.json"
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(path.write_text, json.dumps(job))
+        bench_cpu_before = time.process_time()
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.channels_floor",
+            str(path),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPOSITORY,
+        )
+        output, _ = await client.communicate()
+        bench_cpu = time.process_time() - bench_cpu_before
+        if client.returncode != 0:
+            raise RuntimeError(f"the floor's client exited with {client.returncode}")
+        sent = json.loads(output)
+        ids = {e.campaign_id for e in events}
+        counts = Counter(c for c, _ in self.accepted() if c in ids)
+        self._forget(ids)
+        return {
+            "per_s": round(sent["sent"] / sent["seconds"], 1),
+            "messages": count,
+            "seconds": round(sent["seconds"], 2),
+            "client_cpu_ms_per_message": round(sent["cpu_seconds"] * 1000 / count, 3),
+            # This process meanwhile: the provider servers or the relay, answering the bare client.
+            "bench_process_cpu_ms_per_message": round(bench_cpu * 1000 / count, 3),
+            "refused": sent["refused"],
+            "accepted_twice": sum(1 for n in counts.values() if n > 1),
+            "not_accepted": len(ids) - len(counts),
+        }
+
+    def _forget(self, campaign_ids: Collection[str]) -> None:
+        """Drops the floor's acceptances from the providers' logs: they are not the service's, nor in its ledger."""
+        for sink in self.sinks.all:
+            sink.received = [r for r in sink.received if r.campaign_id not in campaign_ids]
+        self.mailbox.accepted = [(c, at) for c, at in self.mailbox.accepted if c not in campaign_ids]
 
     async def latency(self, part: str, rate: float, seconds: float) -> dict[str, Any]:
         """Open loop at `rate`: each request timed from its publish to its acceptance at the provider."""
@@ -368,19 +500,9 @@ async def main(args: argparse.Namespace) -> int:
         seconds = max(3.0, 20.0 * args.scale)
         http = smtp = latency = low = None
         if "http" in args.parts:
-            print(f"{args.backend}: HTTP throughput on a backlog of {http_count}", flush=True)
-            http = await bench.backlog("http", HTTP_CHANNELS, http_count)
-            print(
-                f"  {http['per_s']} messages/s, {http['service_cpu_ms_per_message']} ms CPU each; {http['tally']}",
-                flush=True,
-            )
+            http = await _throughput_part(bench, "http", HTTP_CHANNELS, http_count)
         if "smtp" in args.parts:
-            print(f"{args.backend}: SMTP throughput on a backlog of {smtp_count}", flush=True)
-            smtp = await bench.backlog("smtp", ("email",), smtp_count)
-            print(
-                f"  {smtp['per_s']} messages/s, {smtp['service_cpu_ms_per_message']} ms CPU each; {smtp['tally']}",
-                flush=True,
-            )
+            smtp = await _throughput_part(bench, "smtp", ("email",), smtp_count)
         if "latency" in args.parts:
             latency = await _latency_part(bench, "latency", args.rate, seconds)
         if "low" in args.parts:
@@ -406,6 +528,33 @@ async def main(args: argparse.Namespace) -> int:
     verdicts = {name: entry["met"] for name, entry in document["figures"].items()}
     print(f"{path}: {verdicts}", flush=True)
     return 0
+
+
+async def _throughput_part(bench: Bench, part: str, channels: Sequence[str], count: int) -> dict[str, Any]:
+    """The floor (bare clients), then the service, on backlogs of the same traffic; the service's result holds both."""
+    print(f"{bench.args.backend}: {part} floor (bare client, no service) on {count} messages", flush=True)
+    floor = await bench.floor(f"{part}-floor", channels, count)
+    print(
+        f"  {floor['per_s']} messages/s, {floor['client_cpu_ms_per_message']} ms client CPU each, "
+        f"{floor['bench_process_cpu_ms_per_message']} ms in the sinks' process; {floor}",
+        flush=True,
+    )
+    print(f"{bench.args.backend}: {part} throughput of the service on a backlog of {count}", flush=True)
+    result = await bench.backlog(part, channels, count)
+    result["floor"] = floor
+    result["service_over_floor_rate"] = round(result["per_s"] / floor["per_s"], 3) if floor["per_s"] else None
+    result["service_over_floor_cpu"] = (
+        round(result["service_cpu_ms_per_message"] / floor["client_cpu_ms_per_message"], 1)
+        if floor["client_cpu_ms_per_message"]
+        else None
+    )
+    print(
+        f"  {result['per_s']} messages/s, {result['service_cpu_ms_per_message']} ms CPU each "
+        f"({result['bench_process_cpu_ms_per_message']} ms in the sinks' process); service / floor: rate "
+        f"{result['service_over_floor_rate']}, CPU per message {result['service_over_floor_cpu']}; {result['tally']}",
+        flush=True,
+    )
+    return result
 
 
 async def _latency_part(bench: Bench, part: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -440,6 +589,11 @@ async def result_document(
             seconds=http["seconds"],
             channels=list(HTTP_CHANNELS),
             service_cpu_ms_per_message=http["service_cpu_ms_per_message"],
+            bench_process_cpu_ms_per_message=http["bench_process_cpu_ms_per_message"],
+            # The same traffic through the bare client, no service, database or NATS, in this run.
+            floor=http["floor"],
+            service_over_floor_rate=http["service_over_floor_rate"],
+            service_over_floor_cpu=http["service_over_floor_cpu"],
         ),
         "smtp_throughput": figure(
             smtp["per_s"],
@@ -449,6 +603,11 @@ async def result_document(
             messages=smtp["messages"],
             seconds=smtp["seconds"],
             service_cpu_ms_per_message=smtp["service_cpu_ms_per_message"],
+            bench_process_cpu_ms_per_message=smtp["bench_process_cpu_ms_per_message"],
+            # The same traffic through the bare client, no service, database or NATS, in this run.
+            floor=smtp["floor"],
+            service_over_floor_rate=smtp["service_over_floor_rate"],
+            service_over_floor_cpu=smtp["service_over_floor_cpu"],
         ),
         "dispatch_to_accepted_p50": figure(
             latency["p50_ms"],
