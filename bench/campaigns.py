@@ -13,6 +13,11 @@ outbox and NATS) and its CPU does not delay this process's publishing or timesta
 2. **Release**: a send-now campaign on an audience of a tenth, then the whole; time from launch until
    every outreach is created. Goal: >= 10,000 outreach/s.
 3. **Memory**: campaigns' peak RSS during both releases. Goal: the whole within 1.15x the tenth.
+4. **Floor**: what the database allows, in the same run: the same number of outreach, outbox and
+   contact-ledger rows as the whole release writes, of the same shape (payloads copied from the release's
+   own rows), inserted with the standard library's sqlite3 (executemany, a page per transaction, the
+   service's pragmas) into a fresh database with the campaigns schema. The release's CPU per outreach
+   and rate are reported against it.
 
 Results: bench/results/campaigns.json (other scales: bench/results/scale-<s>/campaigns.json), each
 figure with its unit, goal and verdict, the machine and package versions. Everything binds to
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -38,8 +44,10 @@ from bench.results import Context, machine_info, write_result
 from bench.service import ServiceProcess
 from devstack.nats_server import free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
+from plumbing.db import Database
 from plumbing.ids import new_id
 from services import streams
+from services.campaigns.app import MIGRATIONS
 from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 from xsell.segments.v1 import events_pb2 as segment_events
 from xsell.segments.v1 import resources_pb2 as seg
@@ -277,6 +285,75 @@ async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dic
     }
 
 
+# The columns the release writes per outreach (services.campaigns.store.PAGE_*_COLUMNS); the floor writes the same.
+_FLOOR_OUTREACH_COLUMNS = (
+    "campaign_id, profile_id, channel, ordinal, recipient_time_zone, dispatch_after, dispatched_at, "
+    "dispatch_payload, campaign_key, run_id, trigger_code, offer_product_code, offer_amount_minor, offer_currency, "
+    "labels, category, created_at"
+)
+_FLOOR_EVENT_COLUMNS = "event_id, subject, payload, headers, created_at"
+_FLOOR_CONTACT_COLUMNS = (
+    "campaign_id, profile_id, channel, campaign_key, category, contacted_at, priority, offer_value_minor, launched_at"
+)
+
+
+def _floor_inserts(path: Path, template: Path, outreaches: int) -> dict[str, Any]:
+    """Inserts `outreaches` outreach + outbox + ledger rows shaped like `template`'s first ones, a page per
+    transaction, with sqlite3 alone; runs in a thread of its own, whose CPU time it reports."""
+    with contextlib.closing(sqlite3.connect(template)) as source:
+        outreach = source.execute(
+            f"SELECT {_FLOOR_OUTREACH_COLUMNS} FROM outreaches ORDER BY ordinal LIMIT 1"
+        ).fetchone()
+        event = source.execute(f"SELECT {_FLOOR_EVENT_COLUMNS} FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        contact = source.execute(f"SELECT {_FLOOR_CONTACT_COLUMNS} FROM contact_ledger LIMIT 1").fetchone()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+            connection.execute(f"PRAGMA {pragma}")
+        # The campaign and run the rows belong to (the outreaches' foreign key), copied from the release.
+        with contextlib.closing(sqlite3.connect(template)) as source:
+            campaign = source.execute("SELECT * FROM campaigns WHERE campaign_key = ?", (outreach[8],)).fetchone()
+        connection.execute(f"INSERT INTO campaigns VALUES ({', '.join('?' for _ in campaign)})", campaign)
+        cpu_before, started = time.thread_time(), time.perf_counter()
+        for first in range(0, outreaches, RELEASE_PAGE_SIZE):
+            numbers = range(first, min(first + RELEASE_PAGE_SIZE, outreaches))
+            ids = [f"FLOOR-NOV-T00-{n + 1:07d}" for n in numbers]
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany(
+                f"INSERT INTO outreaches ({_FLOOR_OUTREACH_COLUMNS}) VALUES ({', '.join('?' for _ in outreach)})",
+                [(key, f"f{n:08d}", *outreach[2:3], n, *outreach[4:]) for key, n in zip(ids, numbers, strict=True)],
+            )
+            connection.executemany(
+                f"INSERT INTO outbox ({_FLOOR_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                [(f"{key}-created", *event[1:]) for key in ids],
+            )
+            connection.executemany(
+                f"INSERT INTO contact_ledger ({_FLOOR_CONTACT_COLUMNS}) VALUES ({', '.join('?' for _ in contact)})",
+                [(key, f"f{n:08d}", *contact[2:]) for key, n in zip(ids, numbers, strict=True)],
+            )
+            connection.execute("COMMIT")
+        seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_before
+    finally:
+        connection.close()
+    return {
+        "outreaches": outreaches,
+        "seconds": round(seconds, 2),
+        "outreach_per_s": round(outreaches / seconds, 1),
+        "cpu_us_per_outreach": round(cpu / outreaches * 1e6, 1),
+    }
+
+
+async def floor(run_dir: Path, release_database: Path, outreaches: int) -> dict[str, Any]:
+    """The floor: the release's rows written with sqlite3 alone into a fresh database of the same schema."""
+    path = run_dir / "campaigns.db"
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await database.migrate(MIGRATIONS)
+    finally:
+        await database.dispose()
+    return await asyncio.to_thread(_floor_inserts, path, release_database, outreaches)
+
+
 @contextlib.asynccontextmanager
 async def _campaigns(
     run_dir: Path, segments: SegmentsProcess
@@ -312,6 +389,8 @@ async def run(context: Context) -> dict[str, Any]:
             print(f"campaigns release: {small}", flush=True)
             large = await release_rate(stub, process, audience)
             print(f"campaigns release: {large}", flush=True)
+        base = await floor(run_dir / "floor", run_dir / "release" / "campaigns.db", audience)
+        print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
     finally:
         segments.stop()
     outreach = {
@@ -319,6 +398,10 @@ async def run(context: Context) -> dict[str, Any]:
         "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
         "value": large["outreach_per_s"],
         "runs": [small, large],
+        "floor": base,
+        # How many times the database's own cost the release spends per outreach, and its rate against the floor's.
+        "cpu_over_floor": round(large["campaigns_cpu_us_per_outreach"] / base["cpu_us_per_outreach"], 2),
+        "rate_of_floor": round(large["outreach_per_s"] / base["outreach_per_s"], 3),
         "goal_met": large["outreach_per_s"] >= GOAL_OUTREACH_PER_S,
     }
     rss = {
