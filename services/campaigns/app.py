@@ -55,6 +55,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         poll_interval=settings.release_poll_seconds,
         library=library,
         one_offer_per_day=settings.one_offer_per_day,
+        wake_relay=relay.notify,
     )
     servicer = CampaignsApi(
         db,
@@ -73,7 +74,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     templates = CompiledTemplates(library)
     maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, templates)
     people = PersonLookup(segments_channel)
-    trigger_handler = TriggerHandler(db, people, runner.gate, follow_up_outbox, templates, tracer)
+    trigger_handler = TriggerHandler(db, people, runner.gate, templates, tracer, wake_relay=relay.notify)
     trigger_consumer = Consumer(
         bus,
         streams.CAMPAIGNS_TRIGGERS,

@@ -162,7 +162,9 @@ class OutreachMaker:
                 row["dispatched_at"] = now
             row["dispatch_payload"] = dispatch.SerializeToString()
         await store.insert_outreaches(session, [row])
-        await self.gate.record_contacts(session, campaign, admitted, [row])
+        await self.gate.record_contacts(
+            session, campaign, admitted, [(campaign_id, member.profile_id, channel)], now, store.DriverValues(session)
+        )
         await self.outbox.add_rows(session, events)
         await automation_store.add_to_run(session, run.run_id, created=1, render_failed=0)
         await store.add_outreaches_to_campaign(session, campaign.campaign_key, 1)

@@ -78,6 +78,7 @@ class ReleaseRunner:
         clock: Callable[[], datetime] = utcnow,
         library: ContentLibrary | None = None,
         one_offer_per_day: bool = False,
+        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.segments = segments
@@ -88,6 +89,8 @@ class ReleaseRunner:
         self.clock = clock
         self.library = library or ContentLibrary()
         self.gate = AudienceGate(outbox, one_offer_per_day=one_offer_per_day)
+        # Pages write their events without the Outbox (store.insert_page), so they wake the relay themselves.
+        self.wake_relay = wake_relay
         self._pruned_at: datetime | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -253,7 +256,16 @@ class ReleaseRunner:
             if state != CampaignState.RUNNING:
                 raise _Stopped(state)
             # Suppressed, unreachable, held-out and capped people are recorded and left out here.
-            builder = OutreachRows(campaign, run, compiled, offer, self.library, self.outbox, now)
+            builder = OutreachRows(
+                campaign,
+                run,
+                compiled,
+                offer,
+                self.library,
+                store.DriverValues(session),
+                now,
+                wake_relay=self.wake_relay,
+            )
             admitted, rows = await create_outreaches(session, self.gate, builder, members, first_ordinal=first_ordinal)
             for failure in rows.render_failures:
                 log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])

@@ -175,15 +175,19 @@ class AudienceGate:
         return self.outbox.event(streams.HOLDOUT_ASSIGNED, event)
 
     async def record_contacts(
-        self, session: AsyncSession, campaign: Any, admitted: Admitted, outreach_rows: Sequence[Mapping[str, Any]]
+        self,
+        session: AsyncSession,
+        campaign: Any,
+        admitted: Admitted,
+        created: Sequence[tuple[str, str, str]],
+        now: datetime,
+        values: store.DriverValues,
     ) -> None:
-        """Puts the page's new outreaches on the contact ledger with the campaign's rank, and withdraws the
-        outranked outreaches they replace; raises ContactsChanged if one of those was dispatched meanwhile."""
-        displaced = [
-            contact for row in outreach_rows for contact in admitted.displacing.get(str(row["profile_id"]), ())
-        ]
+        """Puts the new outreaches, (campaign ID, profile id, channel) each, created at `now`, on the contact
+        ledger with the campaign's rank, and withdraws the outranked outreaches they replace; raises
+        ContactsChanged if one of those was dispatched meanwhile."""
+        displaced = [contact for _, profile_id, _ in created for contact in admitted.displacing.get(profile_id, ())]
         if displaced:
-            now = outreach_rows[0]["created_at"]
             withdrawn = await store.withdraw_outreaches(session, [c.campaign_id for c in displaced], now)
             if len(withdrawn) != len(displaced):
                 raise ContactsChanged
@@ -203,22 +207,16 @@ class AudienceGate:
             )
             trace.get_current_span().set_attribute("campaign.page.withdrawn", len(withdrawn))
             log.info("outranked_outreaches_withdrawn", withdrawn=len(withdrawn))
+        if not created:
+            return
         options = DeliveryOptions.from_json(campaign.options)
-        launched = campaign.launched_at or campaign.created_at
-        await store.insert_contacts(
-            session,
-            [
-                {
-                    "campaign_id": row["campaign_id"],
-                    "profile_id": row["profile_id"],
-                    "campaign_key": campaign.campaign_key,
-                    "channel": row["channel"],
-                    "category": row["category"],
-                    "contacted_at": row["created_at"],
-                    "priority": options.priority,
-                    "offer_value_minor": row.get("offer_amount_minor") or 0,
-                    "launched_at": launched,
-                }
-                for row in outreach_rows
-            ],
+        # What every entry of the campaign shares, in the order of store.PAGE_CONTACT_COLUMNS after the channel.
+        shared = (
+            campaign.campaign_key,
+            campaign.category,
+            values.time(now),
+            options.priority,
+            campaign.offer_amount_minor or 0,
+            values.time(campaign.launched_at or campaign.created_at),
         )
+        await store.insert_contacts(session, [(*person, *shared) for person in created])

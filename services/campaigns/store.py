@@ -314,9 +314,104 @@ async def allocate_sequences(
 
 
 async def insert_outreaches(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One executemany INSERT for the whole page."""
+    """One executemany INSERT (a resend's or a test send's outreach; pages use insert_page)."""
     if rows:
         await session.execute(insert(outreaches), list(rows))
+
+
+# The columns of an outreach a page writes, in the order of OutreachRows' tuples.
+PAGE_OUTREACH_COLUMNS = (
+    "campaign_id",
+    "profile_id",
+    "channel",
+    "ordinal",
+    "recipient_time_zone",
+    "dispatch_after",
+    "dispatched_at",
+    "dispatch_payload",
+    "campaign_key",
+    "run_id",
+    "trigger_code",
+    "offer_product_code",
+    "offer_amount_minor",
+    "offer_currency",
+    "labels",
+    "category",
+    "created_at",
+)
+PAGE_EVENT_COLUMNS = ("event_id", "subject", "payload", "headers", "created_at")
+PAGE_CONTACT_COLUMNS = (
+    "campaign_id",
+    "profile_id",
+    "channel",
+    "campaign_key",
+    "category",
+    "contacted_at",
+    "priority",
+    "offer_value_minor",
+    "launched_at",
+)
+
+
+class DriverValues:
+    """Values as the database driver takes them, converted the way SQLAlchemy binds them (SQLite keeps
+    datetimes and JSON as text), so that a page's rows can be written as plain tuples: a value every row
+    shares (the page's time, the campaign's labels) is converted once per page instead of once per row."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        assert session.bind is not None
+        dialect = session.bind.dialect
+        self._datetime = outreaches.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self._event_time = outbox.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+        self._json = outreaches.c.labels.type.dialect_impl(dialect).bind_processor(dialect)
+
+    def time(self, value: datetime | None) -> Any:
+        """A timezone-aware UTC datetime of the campaigns tables (UtcDateTime columns)."""
+        return self._datetime(value) if self._datetime is not None and value is not None else value
+
+    def event_time(self, value: datetime) -> Any:
+        """The outbox's created_at."""
+        return self._event_time(value) if self._event_time is not None else value
+
+    def json(self, value: Any) -> Any:
+        return self._json(value) if self._json is not None else value
+
+
+async def insert_page(
+    session: AsyncSession, outreach_rows: Sequence[tuple[Any, ...]], event_rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """A page's outreaches and outbox events, as tuples of driver values (DriverValues) in the orders of
+    PAGE_OUTREACH_COLUMNS and PAGE_EVENT_COLUMNS.
+
+    Written with the driver itself (executemany on SQLite, COPY on PostgreSQL): SQLAlchemy's executemany
+    processes every column of every row, which cost about a fifth of a release's CPU.
+    """
+    await _insert_rows(session, outreaches, PAGE_OUTREACH_COLUMNS, outreach_rows)
+    await _insert_rows(session, outbox, PAGE_EVENT_COLUMNS, event_rows)
+
+
+async def _insert_rows(
+    session: AsyncSession, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    if not rows:
+        return
+    connection = await session.connection()
+    dialect = connection.dialect
+    if dialect.name == "postgresql" and dialect.driver == "asyncpg":
+        driver = (await connection.get_raw_connection()).driver_connection
+        # SQLAlchemy begins the driver's transaction at the session's first statement: a COPY before it would
+        # commit on its own, so it is used only once the transaction has begun (every page's has by then).
+        if driver is not None and driver.is_in_transaction():
+            await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
+            return
+    if dialect.paramstyle == "qmark":
+        placeholders = ", ".join("?" for _ in columns)
+    elif dialect.paramstyle == "numeric_dollar":
+        placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    else:
+        placeholders = ", ".join("%s" for _ in columns)
+    statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
+    await connection.exec_driver_sql(statement, list(rows))
 
 
 async def advance_run(
@@ -657,9 +752,9 @@ async def recent_contacts(session: AsyncSession, profile_ids: Sequence[str], sin
     return (await session.execute(query)).all()
 
 
-async def insert_contacts(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(contact_ledger), list(rows))
+async def insert_contacts(session: AsyncSession, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Ledger entries as tuples of driver values in the order of PAGE_CONTACT_COLUMNS (see insert_page)."""
+    await _insert_rows(session, contact_ledger, PAGE_CONTACT_COLUMNS, rows)
 
 
 async def prune_contacts(session: AsyncSession, before: datetime) -> int:

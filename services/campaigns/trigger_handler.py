@@ -13,7 +13,7 @@ from plumbing.bus import Delivery
 from plumbing.db import Database
 from plumbing.errors import Unavailable
 from plumbing.group_commit import GroupCommit, Submitted
-from plumbing.outbox import Outbox, utcnow
+from plumbing.outbox import utcnow
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
@@ -62,19 +62,20 @@ class TriggerHandler:
         db: Database,
         people: PersonLookup,
         gate: AudienceGate,
-        outbox: Outbox,
         templates: CompiledTemplates,
         tracer: trace.Tracer,
         *,
         clock: Callable[[], datetime] = utcnow,
+        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.people = people
         self.gate = gate
-        self.outbox = outbox
         self.templates = templates
         self.library = templates.library
         self.clock = clock
+        # Batches write their events without the Outbox (store.insert_page), so they wake the relay themselves.
+        self.wake_relay = wake_relay
         self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
@@ -172,8 +173,9 @@ class TriggerHandler:
             self.templates.of(campaign),
             offer_of(campaign),
             self.library,
-            self.outbox,
+            store.DriverValues(session),
             now,
+            wake_relay=self.wake_relay,
             dispatch_now=True,
             quiet_hours=DeliveryOptions.from_json(campaign.options).quiet_hours,
         )

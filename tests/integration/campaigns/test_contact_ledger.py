@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from services.campaigns import store
@@ -91,6 +92,18 @@ def _contact(campaign_id: str, profile_id: str) -> dict[str, object]:
     }
 
 
+def _rows(session: AsyncSession, *contacts: dict[str, object]) -> list[tuple[object, ...]]:
+    """Ledger entries as store.insert_contacts takes them: driver values in store.PAGE_CONTACT_COLUMNS' order."""
+    values = store.DriverValues(session)
+    return [
+        tuple(
+            values.time(contact[c]) if isinstance(contact[c], datetime) else contact[c]
+            for c in store.PAGE_CONTACT_COLUMNS
+        )
+        for contact in contacts
+    ]
+
+
 async def _waiting_on_an_advisory_lock(db: Database) -> bool:
     async with db.transaction() as session:
         waiting = await session.execute(
@@ -108,7 +121,7 @@ async def test_a_second_page_waits_for_the_first_and_then_sees_its_contact(db: D
         async with db.transaction() as session:
             await store.lock_people(session, ["cust-9", "cust-1"])
             assert not await store.recent_contacts(session, ["cust-1"], NOW - timedelta(days=1))
-            await store.insert_contacts(session, [_contact("LEDG-NOV-T00-0001", "cust-1")])
+            await store.insert_contacts(session, _rows(session, _contact("LEDG-NOV-T00-0001", "cust-1")))
             first_locked.set()
             await first_may_commit.wait()
 
@@ -158,7 +171,7 @@ async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(any_db: 
     for campaign_id in ("LEDG-NOV-T00-0001", "LEDG-NOV-T00-0002"):
         await _outreach(any_db, campaign_id, f"cust-{campaign_id[-1]}")
         async with any_db.transaction() as session:
-            await store.insert_contacts(session, [_contact(campaign_id, f"cust-{campaign_id[-1]}")])
+            await store.insert_contacts(session, _rows(session, _contact(campaign_id, f"cust-{campaign_id[-1]}")))
     later = NOW + timedelta(minutes=1)
     async with any_db.transaction() as session:
         assert await store.mark_dispatched(session, ["LEDG-NOV-T00-0001"], NOW) == {"LEDG-NOV-T00-0001"}
@@ -182,7 +195,7 @@ async def test_entries_older_than_any_caps_period_are_pruned(any_db: Database) -
     await _outreach(any_db, "LEDG-NOV-T00-0002", "cust-2")
     old = {**_contact("LEDG-NOV-T00-0001", "cust-1"), "contacted_at": NOW - LOOKBACK - timedelta(hours=1)}
     async with any_db.transaction() as session:
-        await store.insert_contacts(session, [old, _contact("LEDG-NOV-T00-0002", "cust-2")])
+        await store.insert_contacts(session, _rows(session, old, _contact("LEDG-NOV-T00-0002", "cust-2")))
     async with any_db.transaction() as session:
         assert await store.prune_contacts(session, NOW - LOOKBACK) == 1
         kept = await store.recent_contacts(session, ["cust-1", "cust-2"], NOW - timedelta(days=30))
