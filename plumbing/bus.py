@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import structlog
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
@@ -33,8 +34,14 @@ REPLAY_OF_HEADER = "Xsell-Replay-Of"
 
 M = TypeVar("M", bound=Message)
 
-FETCH_WAIT_SECONDS = 1.0
-"""How long one pull waits for messages; also how long a stop may wait for the fetch in flight."""
+PULL_EXPIRES_SECONDS = 5.0
+"""How long one pull request stays open on the server; a request lost with its connection is replaced after this."""
+
+REFUSED_PULL_PAUSE_SECONDS = 0.05
+"""The pause before asking again when the server ended a pull request early with an error status."""
+
+STOP_WAIT_SECONDS = 2.0
+"""How long a stop waits for the messages in hand to be handled before it gives up on them."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,92 @@ async def _log_disconnect() -> None:
 Handler = Callable[[M, Delivery], Awaitable[None]]
 
 
+class _PullFeed:
+    """Keeps one pull request open on a durable and hands over messages as soon as they arrive.
+
+    nats.py's fetch(n) returns when n messages have come or its wait is over, so under a steady
+    stream every message waited for its batch to fill (at 1,000 messages/s and batches of 100, p99
+    118 ms from publish to handler). Here the server pushes each message of an open pull request into
+    this process's inbox the moment it is published, and next_batch returns whatever has arrived,
+    up to the batch size, as soon as there is anything. The next request goes out as soon as the
+    current one is used up, before the batch in hand is handled, so the server has the next messages
+    ready when the handler is done.
+    """
+
+    def __init__(self, bus: Bus, spec: ConsumerSpec) -> None:
+        self.bus = bus
+        self.spec = spec
+        self._subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._inbox = bus.nc.new_inbox()
+        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._subscription: Subscription | None = None
+        self._remaining = 0
+        self._expires_at = 0.0
+        self._refused = False
+
+    async def open(self) -> None:
+        async def arrived(msg: Msg) -> None:
+            self._queue.put_nowait(msg)
+
+        self._subscription = await self.bus.nc.subscribe(self._inbox, cb=arrived)
+
+    def wake(self) -> None:
+        """Ends a wait in next_batch at once (the consumer is stopping)."""
+        self._queue.put_nowait(None)
+
+    async def next_batch(self, size: int) -> list[Msg]:
+        """Messages that have arrived, at most `size`; waits for the first one or the request's end."""
+        await self._request_if_needed(size)
+        wait = max(0.0, self._expires_at - time.monotonic()) + 1.0
+        try:
+            first = await asyncio.wait_for(self._queue.get(), timeout=wait)
+        except TimeoutError:
+            # No word from the server before the request should have ended: the request was lost
+            # (a reconnect); the next call sends another.
+            self._remaining = 0
+            return []
+        batch: list[Msg] = []
+        msg: Msg | None = first
+        while msg is not None:
+            status = msg.headers.get(api.Header.STATUS) if msg.headers else None
+            if status is None:
+                batch.append(msg)
+                self._remaining -= 1
+            elif status != api.StatusCode.CONTROL_MESSAGE:
+                # 408 (the request expired), 409 (the server ended it), 404: this request is over.
+                self._remaining = 0
+                if status != api.StatusCode.REQUEST_TIMEOUT:
+                    # e.g. 409 while the durable is at max_ack_pending: ask again, but not in a tight loop.
+                    self._refused = True
+                    log.debug("pull_request_ended", durable=self.spec.durable, status=status)
+            if len(batch) >= size or self._queue.empty():
+                break
+            msg = self._queue.get_nowait()
+        # Ask for the next messages before handling these, so they are on their way meanwhile.
+        await self._request_if_needed(size)
+        return batch
+
+    async def _request_if_needed(self, size: int) -> None:
+        if self._remaining > 0 and time.monotonic() < self._expires_at:
+            return
+        if self._refused:
+            self._refused = False
+            await asyncio.sleep(REFUSED_PULL_PAUSE_SECONDS)
+        request = {"batch": size, "expires": int(PULL_EXPIRES_SECONDS * 1_000_000_000)}
+        await self.bus.nc.publish(self._subject, json.dumps(request).encode(), reply=self._inbox)
+        self._remaining = size
+        self._expires_at = time.monotonic() + PULL_EXPIRES_SECONDS
+
+    async def close(self) -> None:
+        """Stops the inbox and returns unhandled messages to the durable for immediate redelivery."""
+        if self._subscription is not None and not self.bus.nc.is_closed:
+            await self._subscription.unsubscribe()
+        while not self._queue.empty():
+            msg = self._queue.get_nowait()
+            if msg is not None and not (msg.headers and api.Header.STATUS in msg.headers) and not self.bus.nc.is_closed:
+                await msg.nak()
+
+
 class Consumer(Generic[M]):
     """Pulls from a durable consumer and hands decoded messages to a handler, one CONSUMER span each.
 
@@ -185,7 +278,12 @@ class Consumer(Generic[M]):
         self.concurrency = concurrency
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._declared = False
+        self._feed: _PullFeed | None = None
+        self._attributes = {"durable": spec.durable}
+        self._outcome_attributes = {
+            outcome: {"durable": spec.durable, "outcome": outcome} for outcome in ("ack", "nak", "dead_letter")
+        }
         instruments = meter()
         self._handled = instruments.create_counter(
             "xsell.messages.handled", description="Messages handled, by durable and outcome (ack, nak, dead_letter)."
@@ -199,7 +297,7 @@ class Consumer(Generic[M]):
         self._lag_checked_at = 0.0
 
     async def declare(self) -> None:
-        """Creates or binds the durable consumer (idempotent)."""
+        """Creates the durable consumer unless it exists (idempotent; every replica runs it at start)."""
         config = api.ConsumerConfig(
             durable_name=self.spec.durable,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -209,39 +307,43 @@ class Consumer(Generic[M]):
             ack_wait=self.spec.ack_wait_seconds,
             max_ack_pending=self.spec.max_ack_pending,
         )
-        self._subscription = await self.bus.js.pull_subscribe(
-            self.spec.filter_subject, durable=self.spec.durable, stream=self.spec.stream, config=config
-        )
+        try:
+            await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+        except NotFoundError:
+            await self.bus.js.add_consumer(self.spec.stream, config=config)
+        self._declared = True
 
     async def run(self) -> None:
-        """Fetches and handles batches until stop() is called."""
-        if self._subscription is None:
+        """Pulls and handles messages until stop() is called."""
+        if not self._declared:
             await self.declare()
-        assert self._subscription is not None
         self._stopped.clear()
+        feed = _PullFeed(self.bus, self.spec)
+        self._feed = feed
+        await feed.open()
         try:
-            await self._loop(self._subscription)
+            await self._loop(feed)
         finally:
-            if not self.bus.nc.is_closed:
-                # The durable stays on the server; only this process's interest in it ends. Done even
-                # when cancelled, or the connection's drain would wait for this subscription.
-                with contextlib.suppress(Exception):
-                    await self._subscription.unsubscribe()
+            # The durable stays on the server; only this process's interest in it ends. Done even when
+            # cancelled, or the connection's drain would wait for this subscription. Messages delivered
+            # but not handled go back at once instead of after the ack wait.
+            with contextlib.suppress(Exception):
+                await feed.close()
             self._stopped.set()
 
-    async def _loop(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def _loop(self, feed: "_PullFeed") -> None:
         semaphore = asyncio.Semaphore(self.concurrency)
         while not self._stopping.is_set():
             await self._observe_lag()
             try:
-                batch = await subscription.fetch(self.spec.batch_size, timeout=FETCH_WAIT_SECONDS)
-            except NatsTimeoutError:
-                continue
-            except Exception as error:  # noqa: BLE001 - the connection reconnects; log and poll again
+                batch = await feed.next_batch(self.spec.batch_size)
+            except Exception as error:  # noqa: BLE001 - the connection reconnects; log and pull again
                 if self._stopping.is_set() or self.bus.nc.is_closed:
                     break
-                log.warning("consumer_fetch_failed", durable=self.spec.durable, error=str(error))
+                log.warning("consumer_pull_failed", durable=self.spec.durable, error=str(error))
                 await asyncio.sleep(0.5)
+                continue
+            if not batch:
                 continue
             if self.concurrency == 1:
                 for msg in batch:
@@ -255,31 +357,32 @@ class Consumer(Generic[M]):
                 await asyncio.gather(*(bounded(msg) for msg in batch))
 
     async def stop(self) -> None:
-        """Stops fetching and waits for the batch in hand to finish (at most a fetch wait longer)."""
+        """Stops pulling and waits for the messages in hand to be handled."""
         self._stopping.set()
-        if self._subscription is not None and not self._stopped.is_set():
+        if self._feed is not None:
+            self._feed.wake()
+        if self._feed is not None and not self._stopped.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), timeout=FETCH_WAIT_SECONDS + 1.0)
+                await asyncio.wait_for(self._stopped.wait(), timeout=STOP_WAIT_SECONDS)
 
     async def _observe_lag(self) -> None:
         """Reads the durable's backlog from the server every few seconds, for the consumer lag gauge."""
         now = time.monotonic()
-        if self._subscription is None or now - self._lag_checked_at < 5.0:
+        if now - self._lag_checked_at < 5.0:
             return
         self._lag_checked_at = now
         try:
-            info = await self._subscription.consumer_info()
+            info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
         except Exception as error:  # noqa: BLE001 - a missed reading only delays the gauge
             log.debug("consumer_info_failed", durable=self.spec.durable, error=str(error))
             return
-        self._pending.set(info.num_pending or 0, {"durable": self.spec.durable})
+        self._pending.set(info.num_pending or 0, self._attributes)
 
     async def _handle(self, msg: Msg) -> None:
         started = time.perf_counter()
         outcome = await self._handle_one(msg)
-        attributes = {"durable": self.spec.durable}
-        self._handled.add(1, {**attributes, "outcome": outcome})
-        self._handling.record((time.perf_counter() - started) * 1000, attributes)
+        self._handled.add(1, self._outcome_attributes[outcome])
+        self._handling.record((time.perf_counter() - started) * 1000, self._attributes)
 
     async def _handle_one(self, msg: Msg) -> str:
         headers = dict(msg.headers or {})

@@ -1,8 +1,7 @@
-"""A consumer takes a lone message at once instead of waiting for its batch to fill.
+"""A consumer hands each message over as it arrives instead of waiting for its batch to fill.
 
-nats-py's fetch(n) returns once a lingering pull delivers its first message (measured: 0.3 s for a message
-published 0.3 s into a fetch(50, timeout=5)); this keeps it so for the consumers' batch sizes, whatever the
-fetch wait, since every latency figure (trigger -> dispatch, dispatch -> provider) depends on it.
+Every latency figure (trigger -> dispatch, dispatch -> provider) depends on it: nats-py's fetch(n) kept
+collecting until n messages had come, so under a steady stream each message waited for its batch to fill.
 """
 
 import asyncio
@@ -13,6 +12,7 @@ from opentelemetry import trace
 from plumbing import bus as bus_module
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
 from plumbing.ids import new_id
+from tests.waiting import eventually
 from xsell.segments.v1.events_pb2 import SegmentPublished
 
 tracer = trace.get_tracer(__name__)
@@ -46,8 +46,9 @@ async def _publish(nats_bus: Bus, subject: str, *ids: str) -> None:
 async def test_a_lone_message_is_handled_without_waiting_for_its_batch_to_fill(
     nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A fetch wait far longer than the test may take: a consumer that waited for a full batch would time out.
-    monkeypatch.setattr(bus_module, "FETCH_WAIT_SECONDS", 60.0)
+    # A pull request open far longer than the test may take: a consumer that waited for a full batch (50)
+    # or for the request's end would time out.
+    monkeypatch.setattr(bus_module, "PULL_EXPIRES_SECONDS", 60.0)
     handled: asyncio.Queue[str] = asyncio.Queue()
     consumer, subject = await _consumer(nats_bus, handled)
     await consumer.declare()
@@ -59,3 +60,40 @@ async def test_a_lone_message_is_handled_without_waiting_for_its_batch_to_fill(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_messages_delivered_but_not_handled_go_back_at_once_when_the_consumer_stops(nats_bus: Bus) -> None:
+    handled: asyncio.Queue[str] = asyncio.Queue()
+    consumer, subject = await _consumer(nats_bus, handled)
+    await consumer.declare()
+    ids = [f"seg_{n}" for n in range(10)]
+    await _publish(nats_bus, subject, *ids)
+
+    feed = bus_module._PullFeed(nats_bus, consumer.spec)
+    await feed.open()
+    # One pull request for 10 delivers all of them to this process; only 3 are taken in hand.
+    await feed._request_if_needed(10)
+
+    async def all_arrived() -> bool:
+        return feed._queue.qsize() == 10
+
+    await eventually(all_arrived)
+    in_hand = await feed.next_batch(3)
+    await feed.close()
+
+    # The 7 never handed over are redelivered now, not after the 30 s ack wait; the 3 in hand are not.
+    again = bus_module._PullFeed(nats_bus, consumer.spec)
+    await again.open()
+    redelivered: list[str] = []
+
+    async def take_seven() -> None:
+        while len(redelivered) < 7:
+            for msg in await again.next_batch(10):
+                assert msg.metadata.num_delivered == 2
+                redelivered.append(SegmentPublished.FromString(msg.data).segment_id)
+                await msg.ack()
+
+    await asyncio.wait_for(take_seven(), timeout=20)
+    await again.close()
+    assert sorted(redelivered) == sorted(ids[3:])
+    assert [SegmentPublished.FromString(msg.data).segment_id for msg in in_hand] == ids[:3]
