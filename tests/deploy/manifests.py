@@ -196,6 +196,28 @@ def _config_env(docs: list[Doc], container: Doc) -> dict[str, str]:
     return env
 
 
+def optional_secret_files(docs: list[Doc]) -> list[str]:
+    """Settings that name a file of a Secret volume the pod may start without: the process would then exit on a
+    missing file, with an error that cannot name the Secret, instead of the pod waiting for "secret … not found"."""
+    found = []
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes") or []}
+        for container in containers(workload):
+            for setting, value in _config_env(docs, container).items():
+                for mount in container.get("volumeMounts") or []:
+                    secret = volumes.get(mount["name"], {}).get("secret")
+                    if (
+                        secret
+                        and str(value).startswith(mount["mountPath"].rstrip("/") + "/")
+                        and secret.get("optional")
+                    ):
+                        found.append(
+                            f"{workload['kind']} {name(workload)}: {setting} names a file of the optional "
+                            f"Secret {secret['secretName']}"
+                        )
+    return found
+
+
 def service_violations(docs: list[Doc]) -> list[str]:
     """The five xsell processes: gRPC probes, migrations first, secrets for credentials, spans to the collector,
     an HPA and a PDB each."""

@@ -16,6 +16,7 @@ from tests.deploy.manifests import (
     find,
     nats_violations,
     of_kind,
+    optional_secret_files,
     render,
     violations,
 )
@@ -103,6 +104,25 @@ def test_dev_generates_every_secret_its_pods_need() -> None:
                 if ref and not ref.get("optional") and ref["name"] not in secrets:
                     missing.add(ref["name"])
     assert missing == set()
+
+
+def test_a_setting_that_names_a_secret_file_requires_that_secret(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    assert optional_secret_files(docs) == []
+
+
+def test_prod_channels_requires_the_fcm_secret_its_setting_names_and_dev_does_not(tmp_path: Path) -> None:
+    prod = find(render(K8S, "prod"), "Deployment", "channels")
+    [fcm] = [v for v in prod["spec"]["template"]["spec"]["volumes"] if v["name"] == "fcm-service-account"]
+    assert fcm["secret"]["secretName"] == "channels-fcm" and fcm["secret"]["optional"] is False
+    dev = find(render(K8S, "dev"), "Deployment", "channels")
+    [fcm] = [v for v in dev["spec"]["template"]["spec"]["volumes"] if v["name"] == "fcm-service-account"]
+    assert fcm["secret"]["optional"] is True
+    # Without the prod patch, the rule names the setting and the Secret.
+    copy = mutated(tmp_path, "overlays/prod/kustomization.yaml", "                  optional: false\n", "")
+    assert optional_secret_files(render(copy, "prod")) == [
+        "Deployment channels: XSELL_CHANNELS_FCM_SERVICE_ACCOUNT names a file of the optional Secret channels-fcm"
+    ]
 
 
 def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
