@@ -10,9 +10,9 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from plumbing.db import Database
+from plumbing.db import Database, after_commit
+from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
-from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
 from services.campaigns.automation import automation_of
@@ -28,7 +28,7 @@ from services.campaigns.messages import (
     offer_of,
     timestamp,
 )
-from services.campaigns.outreach_rows import OutreachRows, create_outreaches
+from services.campaigns.outreach_rows import OutreachRows, create_outreaches, outreach_headers
 from services.campaigns.rendering import Offer
 from services.campaigns.scheduling import DeliveryOptions, next_occurrence
 from services.campaigns.segments_client import AudienceMember, SegmentsClient
@@ -82,7 +82,6 @@ class ReleaseRunner:
     ) -> None:
         self.db = db
         self.segments = segments
-        self.outbox = outbox
         self.tracer = tracer
         self.page_size = page_size
         self.poll_interval = poll_interval
@@ -314,28 +313,43 @@ class ReleaseRunner:
     async def _dispatch_page(
         self, session: Any, campaign: Any, pending: Any, options: DeliveryOptions, now: datetime
     ) -> None:
-        """One page: each outreach is dispatched now or, inside the person's quiet hours, deferred to their end."""
-        events: list[dict[str, Any]] = []
-        dispatched: list[str] = []
-        deferred: list[dict[str, Any]] = []
-        for outreach in pending:
-            if options.quiet_hours is not None:
-                release_at = options.quiet_hours.release_time(now, outreach.recipient_time_zone or campaign.time_zone)
-                if release_at > now:
-                    deferred.append({"key": outreach.campaign_id, "after": release_at})
-                    continue
-            with outreach_span(self.tracer, "outreach.dispatch", outreach.campaign_id):
+        """One page: each outreach is dispatched now or, inside the person's quiet hours, deferred to their end.
+
+        Each DispatchRequested carries its outreach's trace (outreach_headers), so channels continue it; the
+        page has one span with its counts, as a release page has, instead of a span per outreach (which was
+        most of a dispatch page's CPU).
+        """
+        with self.tracer.start_as_current_span(
+            "campaign.dispatch_page", attributes={"campaign.key": campaign.campaign_key}
+        ) as span:
+            values = store.DriverValues(session)
+            event_time, request_time = values.event_time(now), timestamp(now)
+            # One ULID per page, numbered per event, as at release.
+            event_prefix = new_id("evt_")
+            events: list[tuple[str, tuple[Any, ...]]] = []
+            deferred: list[dict[str, Any]] = []
+            for outreach in pending:
+                if options.quiet_hours is not None:
+                    time_zone = outreach.recipient_time_zone or campaign.time_zone
+                    release_at = options.quiet_hours.release_time(now, time_zone)
+                    if release_at > now:
+                        deferred.append({"key": outreach.campaign_id, "after": release_at})
+                        continue
                 message = events_pb2.DispatchRequested.FromString(outreach.dispatch_payload)
-                message.request_time.CopyFrom(timestamp(now))
-                events.append(self.outbox.event(streams.DISPATCH_REQUESTED, message, campaign_id=outreach.campaign_id))
-            dispatched.append(outreach.campaign_id)
-        # Only what this page marked is published: an outreach withdrawn meanwhile for a better campaign is not.
-        marked = await store.mark_dispatched(session, dispatched, now)
-        await self.outbox.add_rows(
-            session, [event for event, key in zip(events, dispatched, strict=True) if key in marked]
-        )
-        await store.defer_dispatches(session, deferred)
-        log.info("campaign_dispatch_page", dispatched=len(dispatched), deferred=len(deferred))
+                event_id = f"{event_prefix}-{len(events):05d}"
+                message.event_id = event_id
+                message.request_time.CopyFrom(request_time)
+                headers = outreach_headers(event_id, outreach.campaign_id)
+                row = (event_id, streams.DISPATCH_REQUESTED, message.SerializeToString(), headers, event_time)
+                events.append((outreach.campaign_id, row))
+            # Only what this page marked is published: an outreach withdrawn meanwhile for a better campaign is not.
+            marked = await store.mark_dispatched(session, [key for key, _ in events], now)
+            await store.insert_page(session, [], [row for key, row in events if key in marked])
+            if marked and self.wake_relay is not None:
+                after_commit(session, self.wake_relay)
+            await store.defer_dispatches(session, deferred)
+            span.set_attributes({"campaign.page.dispatched": len(marked), "campaign.page.deferred": len(deferred)})
+        log.info("campaign_dispatch_page", dispatched=len(marked), deferred=len(deferred))
 
     async def _auto_pause(self, session: Any, campaign: Any, run: Any, options: DeliveryOptions, now: datetime) -> bool:
         """Pauses the campaign before its next step when the released part crossed a threshold."""
