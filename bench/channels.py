@@ -53,6 +53,7 @@ from devstack.provider_sinks import ProviderSinks
 from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.db import Database
+from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose
@@ -171,12 +172,19 @@ def dispatch(index: int, channel: str, run: str, webhook_url: str) -> DispatchRe
     return event
 
 
+def headers(event: DispatchRequested) -> dict[str, str]:
+    """The headers campaigns' outbox relay sends: the event id, the campaign ID, and a traceparent in the outreach's
+    trace (campaigns writes the event inside it), so the service continues that trace as it does in production."""
+    trace_id, span_id = outreach_ids(event.campaign_id)
+    return {
+        "Nats-Msg-Id": event.event_id,
+        "Xsell-Campaign-Id": event.campaign_id,
+        "traceparent": f"00-{trace_id:032x}-{span_id:016x}-01",
+    }
+
+
 async def publish(bus: Bus, event: DispatchRequested) -> int:
-    ack = await bus.js.publish(
-        streams.DISPATCH_REQUESTED,
-        event.SerializeToString(),
-        headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": event.campaign_id},
-    )
+    ack = await bus.js.publish(streams.DISPATCH_REQUESTED, event.SerializeToString(), headers=headers(event))
     return int(ack.seq)
 
 
