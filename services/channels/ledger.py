@@ -106,12 +106,11 @@ class Ledger:
         firsts: dict[str, Intent] = {}
         for intent in intents:
             firsts.setdefault(intent.campaign_id, intent)
-        await store.insert_queued_many(
+        locked, created = await store.claim_rows(
             session,
             [{"campaign_id": i.campaign_id, "channel": i.channel, "profile_id": i.profile_id} for i in firsts.values()],
             now=now,
         )
-        locked = await store.lock_states(session, firsts)
         claims: list[Claim] = []
         claimed: set[str] = set()
         sending: list[tuple[str, TimelineStep]] = []
@@ -151,7 +150,10 @@ class Ledger:
                 events.append(self.outbox.event(streams.DELIVERY_UPDATED, update, campaign_id=intent.campaign_id))
         await store.mark_sending(session, [campaign_id for campaign_id, _ in sending], now=now)
         await store.set_states(session, ambiguous)
-        steps = sending + [
+        # One INSERT for the batch's steps; a new message's QUEUED step first, so it reads first on its timeline.
+        queued = TimelineStep(state_step(DeliveryState.QUEUED), now)
+        steps = [(campaign_id, queued) for campaign_id in created] + sending
+        steps += [
             (change["campaign_id"], TimelineStep(state_step(DeliveryState.AMBIGUOUS), now, AMBIGUOUS_AFTER_CRASH))
             for change in ambiguous
         ]
@@ -166,6 +168,12 @@ class Ledger:
         ):
             for attempt in range(1, SETTLE_ATTEMPTS + 1):
                 try:
+                    if self.db.is_sqlite:
+                        try:
+                            async with self.db.transaction() as session:
+                                return await self._settle_all_sending(session, outcomes)
+                        except _SettledMeanwhile:
+                            pass  # rolled back; written again below, after reading which are still SENDING
                     async with self.db.transaction() as session:
                         return await self._settle_all(session, outcomes)
                 except Exception as error:
@@ -178,27 +186,46 @@ class Ledger:
                     await asyncio.sleep(0.05 * attempt)
             raise AssertionError("unreachable")
 
+    async def _settle_all_sending(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[bool]:
+        """SQLite: the batch's states in one conditional UPDATE, with no read before it, when every message is still
+        SENDING (BEGIN IMMEDIATE holds the database's write lock, so no one can change a row between the UPDATE
+        and the commit); _SettledMeanwhile, rolling the transaction back, when a receipt settled one meanwhile."""
+        changed = await store.set_states(session, _state_changes(outcomes), only_if_sending=True)
+        if changed != len(outcomes):
+            raise _SettledMeanwhile
+        await self._record_settled(session, outcomes)
+        return [True] * len(outcomes)
+
     async def _settle_all(self, session: AsyncSession, outcomes: Sequence[Outcome]) -> list[bool]:
         locked = await store.lock_states(session, {o.campaign_id for o in outcomes})
         # Only a row still SENDING is this attempt's; a provider's receipt may have settled it during the hand-over.
         applied = [o.campaign_id in locked and locked[o.campaign_id][0] is DeliveryState.SENDING for o in outcomes]
         settled = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
-        await store.set_states(
-            session,
-            [
-                {
-                    "campaign_id": o.campaign_id,
-                    "state": o.state,
-                    "at": o.at,
-                    "reason": o.reason,
-                    "provider_message_id": o.provider_message_id,
-                    "count_attempt": True,
-                }
-                for o in settled
-            ],
-        )
+        await store.set_states(session, _state_changes(settled))
+        await self._record_settled(session, settled)
+        return applied
+
+    async def _record_settled(self, session: AsyncSession, settled: Sequence[Outcome]) -> None:
+        """The timeline steps and DeliveryUpdated events of the outcomes that were applied."""
         await store.add_timeline_steps(
             session, [(o.campaign_id, TimelineStep(state_step(o.state), o.at, o.detail or o.reason)) for o in settled]
         )
         await self.outbox.add_rows(session, [o.event for o in settled if o.event is not None])
-        return applied
+
+
+class _SettledMeanwhile(Exception):
+    """A message of an outcome batch is no longer SENDING: the batch is written again after reading each state."""
+
+
+def _state_changes(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    return [
+        {
+            "campaign_id": o.campaign_id,
+            "state": o.state,
+            "at": o.at,
+            "reason": o.reason,
+            "provider_message_id": o.provider_message_id,
+            "count_attempt": True,
+        }
+        for o in outcomes
+    ]

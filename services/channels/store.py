@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plumbing.db import upsert_insert
+from plumbing.db import dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import outbox_table
 from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
@@ -129,29 +129,37 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
     )
 
 
-async def insert_queued_many(session: AsyncSession, new: Sequence[Mapping[str, str]], *, now: datetime) -> set[str]:
-    """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED with their first
-    timeline step; returns the campaign IDs it created.
+async def claim_rows(
+    session: AsyncSession, new: Sequence[Mapping[str, str]], *, now: datetime
+) -> tuple[dict[str, tuple[DeliveryState, int]], list[str]]:
+    """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED, and row-locks
+    all of them; returns every message's state and attempts, and the campaign IDs it created (whose QUEUED
+    timeline step the caller writes with its own steps, in one INSERT).
 
-    Existing rows are read first rather than reported by INSERT … RETURNING: SQLAlchemy compiles an
+    Existing rows are read (and locked) first rather than reported by INSERT … RETURNING: SQLAlchemy compiles an
     executemany with RETURNING anew on every call, which cost more than this read. Rows go in campaign
     ID order, so two replicas inserting overlapping batches wait on each other's keys in one order.
     """
     if not new:
-        return set()
-    existing = await lock_states(session, {row["campaign_id"] for row in new})
-    absent = sorted((row for row in new if row["campaign_id"] not in existing), key=lambda row: row["campaign_id"])
+        return {}, []
+    locked = await lock_states(session, {row["campaign_id"] for row in new})
+    absent = sorted((row for row in new if row["campaign_id"] not in locked), key=lambda row: row["campaign_id"])
     if not absent:
-        return set()
+        return locked, []
     defaults = {"state": DeliveryState.QUEUED.value, "attempts": 0, "reason": "", "created_at": now, "updated_at": now}
     # DO NOTHING: on PostgreSQL another replica may insert the same campaign ID after the read above.
     await session.execute(
         upsert_insert(session, messages).on_conflict_do_nothing(), [{**row, **defaults} for row in absent]
     )
-    created = {row["campaign_id"] for row in absent}
-    step = TimelineStep(state_step(DeliveryState.QUEUED), now)
-    await add_timeline_steps(session, [(campaign_id, step) for campaign_id in sorted(created)])
-    return created
+    created = [row["campaign_id"] for row in absent]
+    if dialect_of(session) == "sqlite":
+        # BEGIN IMMEDIATE took the database's write lock before the read: no one else can have inserted these.
+        locked.update((campaign_id, (DeliveryState.QUEUED, 0)) for campaign_id in created)
+    else:
+        # A row another replica inserted after the read is not ours and not yet locked: read and lock the inserted
+        # keys again (the rows this transaction inserted are already its own).
+        locked.update(await lock_states(session, created))
+    return locked, created
 
 
 async def lock_states(session: AsyncSession, campaign_ids: Collection[str]) -> dict[str, tuple[DeliveryState, int]]:
@@ -193,13 +201,21 @@ _set_outcome = (
 )
 
 
-async def set_states(session: AsyncSession, changes: Sequence[Mapping[str, Any]]) -> None:
+_set_outcome_if_sending = _set_outcome.where(messages.c.state == DeliveryState.SENDING.value)
+
+
+async def set_states(
+    session: AsyncSession, changes: Sequence[Mapping[str, Any]], *, only_if_sending: bool = False
+) -> int:
     """Many messages' new states in one executemany: each change has campaign_id, state (DeliveryState), at, reason,
-    provider_message_id (None keeps the stored one) and count_attempt; SENT also stamps sent_at."""
+    provider_message_id (None keeps the stored one) and count_attempt; SENT also stamps sent_at.
+
+    `only_if_sending` leaves alone a message that is no longer SENDING. Returns how many rows changed.
+    """
     if not changes:
-        return
-    await session.execute(
-        _set_outcome,
+        return 0
+    result = await session.execute(
+        _set_outcome_if_sending if only_if_sending else _set_outcome,
         [
             {
                 "b_campaign_id": change["campaign_id"],
@@ -213,6 +229,7 @@ async def set_states(session: AsyncSession, changes: Sequence[Mapping[str, Any]]
             for change in changes
         ],
     )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def add_timeline_steps(session: AsyncSession, steps: Sequence[tuple[str, TimelineStep]]) -> None:
