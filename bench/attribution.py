@@ -49,6 +49,7 @@ from services.attribution.app import MIGRATIONS
 from services.attribution.reconcile import reconcile
 from services.attribution.reporting import labels_key
 from services.attribution.revenue import NimFlatModel
+from services.attribution.rules import FUNNEL_STEPS
 from xsell.attribution.v1 import service_pb2, service_pb2_grpc
 from xsell.type.v1 import money_pb2
 
@@ -86,15 +87,26 @@ async def build_ledger(db: Database, outreaches: int, conversions: int, seed: in
     rng = random.Random(seed)
     converted = set(rng.sample(range(outreaches), conversions))
     spare: list[dict[str, Any]] = []
+    groups: dict[tuple[str, ...], int] = {}
     for start in range(0, outreaches, BATCH):
-        rows, steps, costs, loans, disbursements = [], [], [], [], []
+        rows, funnels, costs, loans, disbursements = [], [], [], [], []
         for index in range(start, min(outreaches, start + BATCH)):
             row = _outreach(index, rng)
             rows.append({**row, "labels_key": labels_key(row["labels"])})
+            outreach = store.Outreach(**row)
+            dimensions = (row["campaign_key"], row["trigger_code"], row["channel"], row["product_code"])
+            if dimensions not in groups:
+                # The service's own look-up, so the group rows are what it would have written (48 of them).
+                async with db.transaction() as session:
+                    groups[dimensions] = await store.group_id(session, outreach)
+            group = groups[dimensions]
             sent_at = row["created_at"]
+            funnel: dict[str, Any] = {"campaign_id": row["campaign_id"], "group_id": group, "created_at": sent_at}
+            funnels.append(funnel)
             costs.append(
                 {
                     "campaign_id": row["campaign_id"],
+                    "group_id": group,
                     "kind": "send",
                     "amount_paise": SEND_COST[row["channel"]],
                     "currency_code": "INR",
@@ -107,7 +119,7 @@ async def build_ledger(db: Database, outreaches: int, conversions: int, seed: in
                 reached += ["opened", "clicked", "responded", "applied", "sanctioned", "disbursed"]
             for offset, step in enumerate(dict.fromkeys(reached)):
                 at = sent_at + timedelta(days=offset * rng.uniform(0.2, 2.5))
-                steps.append({"campaign_id": row["campaign_id"], "step": step, "first_at": at})
+                funnel[store.step_column(step)] = at
                 if step == "disbursed":
                     amount = rng.randrange(5, 50) * 1_00_000_00
                     revenue = MODEL.price(amount)
@@ -145,7 +157,11 @@ async def build_ledger(db: Database, outreaches: int, conversions: int, seed: in
                 spare.append(row)
         async with db.transaction() as session:
             await session.execute(insert(store.outreaches), rows)
-            await session.execute(insert(store.funnel_steps), steps)
+            # Every row with every step column, so one multi-row insert takes them all (NULL: not reached).
+            columns = [store.step_column(step) for step in FUNNEL_STEPS]
+            await session.execute(
+                insert(store.outreach_funnel), [{**dict.fromkeys(columns), **funnel} for funnel in funnels]
+            )
             await session.execute(insert(store.costs), costs)
             if loans:
                 await session.execute(insert(store.loans), loans)

@@ -97,10 +97,11 @@ class Ledger:
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
         """Records the outreach and its send cost once; False when its campaign ID was already recorded."""
-        if not await store.add_outreach(session, outreach):
+        group = await store.add_outreach(session, outreach)
+        if group is None:
             return False
         send_cost = self.cost_model.send_cost(outreach.channel)
-        await store.add_cost(session, outreach.campaign_id, SEND, send_cost, self.currency, outreach.created_at)
+        await store.add_cost(session, outreach.campaign_id, group, SEND, send_cost, self.currency, outreach.created_at)
         await self.rollup.add(session, outreach, outreach.created_at, sent=1, cost_paise=send_cost)
         return True
 
@@ -132,7 +133,9 @@ class Ledger:
         if locked is None:
             raise unknown_outreach(campaign_id)
         rm_cost = self.cost_model.rm_time_cost()
-        await store.add_cost(session, campaign_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id)
+        await store.add_cost(
+            session, campaign_id, locked.group_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id
+        )
         await self.reach_step(session, locked, RESPONDED, at, also={"cost_paise": rm_cost})
         return lead, True
 

@@ -61,7 +61,14 @@ def compare(
     return differences
 
 
-async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False) -> Reconciliation:
+FUNNEL_PARTS = 2
+"""How many ranges of outreach_funnel the recompute reads side by side, each on its own connection (besides the one
+reading costs and money): the scan of a million outreaches is the longest pass."""
+
+
+async def reconcile(
+    db: Database, utc_offset_minutes: int, *, fix: bool = False, parts: int = FUNNEL_PARTS
+) -> Reconciliation:
     """Recomputes every rollup row from the ledger in one transaction and compares it with what is stored.
 
     Consistency while the service keeps writing: each ledger write changes its rollup rows in the same
@@ -85,7 +92,7 @@ async def reconcile(db: Database, utc_offset_minutes: int, *, fix: bool = False)
         # SQLite: this transaction holds the write lock since its BEGIN IMMEDIATE, so a reader on another connection
         # sees the same committed state as this one.
         side = await _same_snapshot(db, session) if postgres else db.snapshot
-        expected = await views.recompute(session, utc_offset_minutes, side=side)
+        expected = await views.recompute(session, utc_offset_minutes, side=side, parts=parts)
         differences = compare(stored, expected)
         if fix and differences:
             await session.execute(delete(store.rollup))

@@ -17,6 +17,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    UniqueConstraint,
     bindparam,
     case,
     func,
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
-from services.attribution.reporting import COUNTER_COLUMNS, labels_key
+from services.attribution.reporting import COUNTER_COLUMNS, labels_key, programme_of
 from services.attribution.rules import CONVERTED, DISBURSED, FIRST_TRANSACTION, FUNNEL_STEPS, SANCTIONED, funnel_rank
 
 Money = BigInteger
@@ -61,14 +62,42 @@ outreaches = Table(
     Index("ix_outreaches_profile_id", "profile_id"),
 )
 
-funnel_steps = Table(
-    "funnel_steps",
+GROUP_DIMENSIONS = ("campaign_key", "programme", "trigger_code", "channel", "product_code", "labels_key")
+"""An outreach's rollup dimensions: a rollup row's key (ROLLUP_KEY) without its day."""
+
+outreach_groups = Table(
+    "outreach_groups",
     metadata,
-    Column("campaign_id", String(100), ForeignKey("outreaches.campaign_id"), nullable=False),
-    Column("step", String(20), nullable=False),
-    Column("first_at", UtcDateTime, nullable=False),
-    PrimaryKeyConstraint("campaign_id", "step"),
+    Column("group_id", Integer, primary_key=True, autoincrement=True),
+    Column("campaign_key", String(100), nullable=False),
+    # The campaign ID up to its first "-" (reporting.programme_of).
+    Column("programme", String(20), nullable=False),
+    Column("trigger_code", String(20), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("product_code", String(100), nullable=False),
+    Column("labels_key", String(1000), nullable=False),
+    UniqueConstraint(*GROUP_DIMENSIONS, name="uq_outreach_groups_dimensions"),
 )
+"""Each distinct set of rollup dimensions an outreach has (a few per campaign), named by a small integer, so the
+ledger rows a recompute groups carry one integer instead of six strings."""
+
+
+def step_column(step: str) -> str:
+    """The outreach_funnel column holding the first time the outreach reached `step`."""
+    return f"{step}_at"
+
+
+outreach_funnel = Table(
+    "outreach_funnel",
+    metadata,
+    Column("campaign_id", String(100), ForeignKey("outreaches.campaign_id"), primary_key=True),
+    Column("group_id", Integer, ForeignKey("outreach_groups.group_id"), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # The first time of each funnel step (rules.FUNNEL_STEPS); NULL until the step is reached.
+    *(Column(step_column(step), UtcDateTime, nullable=True) for step in FUNNEL_STEPS),
+)
+"""The funnel steps' ledger: one narrow row per outreach, written with the outreach and moved with each step in the
+step's transaction, so a recompute is one scan of a million rows, without a join or a pivot."""
 
 costs = Table(
     "costs",
@@ -82,6 +111,13 @@ costs = Table(
     # What the cost is for: the lead of an rm_time cost; empty for a send cost.
     Column("ref", String(100), nullable=False),
     Column("at", UtcDateTime, nullable=False),
+    # The outreach's group (outreach_groups), written with the cost: its dimensions never change.
+    Column(
+        "group_id",
+        Integer,
+        ForeignKey("outreach_groups.group_id", name="fk_costs_group_id_outreach_groups"),
+        nullable=False,
+    ),
 )
 
 leads = Table(
@@ -131,7 +167,7 @@ disbursements = Table(
 )
 
 
-ROLLUP_KEY = ("day", "campaign_key", "programme", "trigger_code", "channel", "product_code", "labels_key")
+ROLLUP_KEY = ("day", *GROUP_DIMENSIONS)
 """A rollup row's identity: the local day something happened and the outreach's dimensions."""
 
 rollup = Table(
@@ -296,10 +332,29 @@ async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | No
 
 @dataclass(frozen=True)
 class LockedOutreach:
-    """An outreach whose row the transaction holds locked, with the first time of each funnel step it reached."""
+    """An outreach whose row the transaction holds locked, with its group and the first time of each funnel step it
+    reached."""
 
     outreach: Outreach
+    group_id: int
     funnel: dict[str, datetime]
+
+
+_FUNNEL_COLUMNS = tuple(outreach_funnel.c[step_column(step)] for step in FUNNEL_STEPS)
+
+
+def _locked(row: Any) -> LockedOutreach:
+    return LockedOutreach(
+        Outreach(**{name: row[name] for name in Outreach.__dataclass_fields__}),
+        row["group_id"],
+        {step: row[step_column(step)] for step in FUNNEL_STEPS if row[step_column(step)] is not None},
+    )
+
+
+def _with_funnel() -> Any:
+    return select(*_OUTREACH_COLUMNS, outreach_funnel.c.group_id, *_FUNNEL_COLUMNS).select_from(
+        outreaches.join(outreach_funnel, outreach_funnel.c.campaign_id == outreaches.c.campaign_id)
+    )
 
 
 async def lock_outreach(session: AsyncSession, campaign_id: str) -> LockedOutreach | None:
@@ -315,49 +370,93 @@ async def lock_outreach(session: AsyncSession, campaign_id: str) -> LockedOutrea
         if locked.first() is None:
             return None
     # SQLite: one statement, in a transaction that holds the database's write lock since BEGIN IMMEDIATE.
-    query = (
-        select(*_OUTREACH_COLUMNS, funnel_steps.c.step, funnel_steps.c.first_at)
-        .select_from(outreaches.outerjoin(funnel_steps, funnel_steps.c.campaign_id == outreaches.c.campaign_id))
-        .where(outreaches.c.campaign_id == campaign_id)
+    row = (await session.execute(_with_funnel().where(outreaches.c.campaign_id == campaign_id))).mappings().first()
+    return _locked(row) if row is not None else None
+
+
+async def group_id(session: AsyncSession, outreach: Outreach) -> int:
+    """The id of the outreach's group (outreach_groups), added the first time an outreach of the group is recorded."""
+    dimensions = {
+        "campaign_key": outreach.campaign_key,
+        "programme": programme_of(outreach.campaign_id),
+        "trigger_code": outreach.trigger_code,
+        "channel": outreach.channel,
+        "product_code": outreach.product_code,
+        "labels_key": labels_key(outreach.labels),
+    }
+    query = select(outreach_groups.c.group_id).where(
+        *(outreach_groups.c[name] == value for name, value in dimensions.items())
     )
-    rows = (await session.execute(query)).mappings().all()
-    if not rows:
-        return None
-    outreach = Outreach(**{name: rows[0][name] for name in Outreach.__dataclass_fields__})
-    return LockedOutreach(outreach, {row["step"]: row["first_at"] for row in rows if row["step"] is not None})
+    found: int | None = (await session.execute(query)).scalar_one_or_none()
+    if found is None:
+        # A concurrent first outreach of the same group may insert it too: its insert wins, this one adds nothing
+        # (after waiting for it on PostgreSQL), and the read below sees the committed row.
+        await session.execute(
+            upsert_insert(session, outreach_groups)
+            .values(**dimensions)
+            .on_conflict_do_nothing(index_elements=[outreach_groups.c[name] for name in GROUP_DIMENSIONS])
+        )
+        found = (await session.execute(query)).scalar_one()
+    return found
 
 
-async def add_outreach(session: AsyncSession, outreach: Outreach) -> bool:
-    """Records the outreach; False when its campaign ID is already in the ledger (a republished event)."""
+async def add_outreach(session: AsyncSession, outreach: Outreach) -> int | None:
+    """Records the outreach and its empty funnel; returns its group's id, or None when its campaign ID is already in
+    the ledger (a republished event)."""
     statement = (
         upsert_insert(session, outreaches)
         .values(**outreach.__dict__, labels_key=labels_key(outreach.labels))
         .on_conflict_do_nothing(index_elements=[outreaches.c.campaign_id])
     )
     result = cast(CursorResult[Any], await session.execute(statement))
-    return bool(result.rowcount)
+    if not result.rowcount:
+        return None
+    group = await group_id(session, outreach)
+    await session.execute(
+        insert(outreach_funnel).values(campaign_id=outreach.campaign_id, group_id=group, created_at=outreach.created_at)
+    )
+    return group
 
 
 async def add_cost(
-    session: AsyncSession, campaign_id: str, kind: str, amount_paise: int, currency: str, at: datetime, ref: str = ""
+    session: AsyncSession,
+    campaign_id: str,
+    group: int,
+    kind: str,
+    amount_paise: int,
+    currency: str,
+    at: datetime,
+    ref: str = "",
 ) -> None:
     await session.execute(
         insert(costs).values(
-            campaign_id=campaign_id, kind=kind, amount_paise=amount_paise, currency_code=currency, ref=ref, at=at
+            campaign_id=campaign_id,
+            group_id=group,
+            kind=kind,
+            amount_paise=amount_paise,
+            currency_code=currency,
+            ref=ref,
+            at=at,
         )
     )
 
 
+def _earliest(session: AsyncSession, step: str, at: Any) -> Any:
+    """The step's first time once `at` is known: the earlier of the two; `at` while the step is not reached yet."""
+    column = outreach_funnel.c[step_column(step)]
+    # Two-argument MIN() is SQLite's scalar minimum (NULL with a NULL argument); PostgreSQL spells it LEAST().
+    earlier = func.least if dialect_of(session) == "postgresql" else func.min
+    return func.coalesce(earlier(column, at), at)
+
+
 async def reach_step(session: AsyncSession, campaign_id: str, step: str, at: datetime) -> None:
     """Marks the funnel step reached; out-of-order events keep the earliest time."""
-    statement = upsert_insert(session, funnel_steps).values(campaign_id=campaign_id, step=step, first_at=at)
-    # Two-argument MIN() is SQLite's scalar minimum; PostgreSQL spells it LEAST().
-    earliest = func.least if session.bind is not None and session.bind.dialect.name == "postgresql" else func.min
-    statement = statement.on_conflict_do_update(
-        index_elements=[funnel_steps.c.campaign_id, funnel_steps.c.step],
-        set_={"first_at": earliest(funnel_steps.c.first_at, statement.excluded.first_at)},
+    at_param = bindparam("at", at, type_=UtcDateTime)
+    await session.execute(
+        update(outreach_funnel)
+        .where(outreach_funnel.c.campaign_id == campaign_id)
+        .values({step_column(step): _earliest(session, step, at_param)})
     )
-    await session.execute(statement)
 
 
 async def add_lead(session: AsyncSession, lead: Lead, dedup_key: str | None) -> bool:
@@ -477,6 +576,14 @@ async def add_disbursement(
     return bool(cast(CursorResult[Any], await session.execute(statement)).rowcount)
 
 
+def _furthest_rank() -> Any:
+    """The funnel rank of the furthest step the outreach reached (0 for none), from its outreach_funnel row."""
+    return case(
+        *((outreach_funnel.c[step_column(step)].is_not(None), funnel_rank(step)) for step in reversed(FUNNEL_STEPS)),
+        else_=0,
+    )
+
+
 @functools.cache
 def _attribution_with_loans() -> Any:
     """One outreach's money, cost and furthest funnel step (bound as :campaign_id) on every row of its loans (one
@@ -494,8 +601,7 @@ def _attribution_with_loans() -> Any:
         )
         return total(disbursements.c[name], disbursements) + funded.scalar_subquery()
 
-    rank = case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=funnel_steps.c.step, else_=0)
-    furthest = select(func.coalesce(func.max(rank), 0)).where(funnel_steps.c.campaign_id == campaign_id)
+    furthest = select(func.coalesce(func.max(_furthest_rank()), 0)).where(outreach_funnel.c.campaign_id == campaign_id)
     one_row = select(literal(1).label("one")).subquery()
     return (
         select(
@@ -614,13 +720,10 @@ async def last_touch(
         outreaches.c.profile_id == profile_id, outreaches.c.created_at >= start, outreaches.c.created_at <= end
     )
     if converted_only:
+        converted_at = outreach_funnel.c[step_column(CONVERTED)]
         query = query.where(
-            select(funnel_steps.c.campaign_id)
-            .where(
-                funnel_steps.c.campaign_id == outreaches.c.campaign_id,
-                funnel_steps.c.step == CONVERTED,
-                funnel_steps.c.first_at <= end,
-            )
+            select(outreach_funnel.c.campaign_id)
+            .where(outreach_funnel.c.campaign_id == outreaches.c.campaign_id, converted_at <= end)
             .exists()
         )
     query = query.order_by(outreaches.c.created_at.desc(), outreaches.c.campaign_id.desc()).limit(1)
@@ -663,20 +766,8 @@ async def lock_outreaches(session: AsyncSession, campaign_ids: Collection[str]) 
             .order_by(outreaches.c.campaign_id)
             .with_for_update()
         )
-    query = (
-        select(*_OUTREACH_COLUMNS, funnel_steps.c.step, funnel_steps.c.first_at)
-        .select_from(outreaches.outerjoin(funnel_steps, funnel_steps.c.campaign_id == outreaches.c.campaign_id))
-        .where(outreaches.c.campaign_id.in_(ordered))
-    )
-    locked: dict[str, LockedOutreach] = {}
-    for row in (await session.execute(query)).mappings():
-        campaign_id = row["campaign_id"]
-        if campaign_id not in locked:
-            outreach = Outreach(**{name: row[name] for name in Outreach.__dataclass_fields__})
-            locked[campaign_id] = LockedOutreach(outreach, {})
-        if row["step"] is not None:
-            locked[campaign_id].funnel[row["step"]] = row["first_at"]
-    return locked
+    query = _with_funnel().where(outreaches.c.campaign_id.in_(ordered))
+    return {row["campaign_id"]: _locked(row) for row in (await session.execute(query)).mappings()}
 
 
 async def get_loans(session: AsyncSession, loan_numbers: Collection[str]) -> dict[str, Loan]:
@@ -719,16 +810,17 @@ async def add_disbursements(session: AsyncSession, rows: Sequence[Mapping[str, A
 
 
 async def reach_steps(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """reach_step for many (campaign_id, step, first_at) rows in one statement."""
-    if not rows:
-        return
-    statement = upsert_insert(session, funnel_steps)
-    earliest = func.least if dialect_of(session) == "postgresql" else func.min
-    statement = statement.on_conflict_do_update(
-        index_elements=[funnel_steps.c.campaign_id, funnel_steps.c.step],
-        set_={"first_at": earliest(funnel_steps.c.first_at, statement.excluded.first_at)},
-    )
-    await session.execute(statement, list(rows))
+    """reach_step for many (campaign_id, step, first_at) rows, in one statement per step."""
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_step.setdefault(row["step"], []).append({"outreach": row["campaign_id"], "at": row["first_at"]})
+    for step, parameters in sorted(by_step.items()):
+        statement = (
+            update(outreach_funnel)
+            .where(outreach_funnel.c.campaign_id == bindparam("outreach"))
+            .values({step_column(step): _earliest(session, step, bindparam("at", type_=UtcDateTime))})
+        )
+        await session.execute(statement, parameters)
 
 
 async def attributions(session: AsyncSession, outreaches_by_id: Mapping[str, Outreach]) -> dict[str, Attribution]:
@@ -767,11 +859,8 @@ async def attributions(session: AsyncSession, outreaches_by_id: Mapping[str, Out
         .group_by(costs.c.campaign_id)
     )
     cost = {campaign_id: total for campaign_id, total in (await session.execute(cost_query)).tuples()}
-    rank = case({step: funnel_rank(step) for step in FUNNEL_STEPS}, value=funnel_steps.c.step, else_=0)
-    furthest_query = (
-        select(funnel_steps.c.campaign_id, func.max(rank))
-        .where(funnel_steps.c.campaign_id.in_(ids))
-        .group_by(funnel_steps.c.campaign_id)
+    furthest_query = select(outreach_funnel.c.campaign_id, _furthest_rank()).where(
+        outreach_funnel.c.campaign_id.in_(ids)
     )
     furthest = {campaign_id: rank for campaign_id, rank in (await session.execute(furthest_query)).tuples()}
     loans_of: dict[str, list[Loan]] = {campaign_id: [] for campaign_id in ids}

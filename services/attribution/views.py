@@ -3,13 +3,13 @@
 import asyncio
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, exists, func, literal, or_, select, text
+from sqlalchemy import Date, and_, case, cast, exists, func, literal, literal_column, or_, select, text, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -271,8 +271,9 @@ async def lift_counts(session: AsyncSession, report_filter: ReportFilter, utc_of
     outreach_columns: dict[str, Any] = dict(o.c)
     outreach_columns["programme"] = _programme(session)
     outreach_filter = _dimension_conditions(outreach_columns, report_filter) + period(o.c.created_at)
+    funnel = store.outreach_funnel
     disbursed = exists().where(
-        and_(store.funnel_steps.c.campaign_id == o.c.campaign_id, store.funnel_steps.c.step == CONVERTED)
+        and_(funnel.c.campaign_id == o.c.campaign_id, funnel.c[store.step_column(CONVERTED)].is_not(None))
     )
     treated_converted = or_(
         disbursed,
@@ -324,11 +325,11 @@ def _programme(session: AsyncSession) -> Any:
     return case((dash == 0, campaign_id), else_=func.substr(campaign_id, 1, dash - 1))
 
 
-def _day_expression(session: AsyncSession, column: Any, utc_offset_minutes: int) -> Any:
-    """The local day of a timestamp column, as YYYY-MM-DD text, computed by the database."""
+def _local_date(session: AsyncSession, column: Any, utc_offset_minutes: int) -> Any:
+    """The local day of a timestamp column, computed by the database: a date on PostgreSQL (grouped as 4 bytes rather
+    than formatted a million times), YYYY-MM-DD text on SQLite; str() of either is YYYY-MM-DD."""
     if dialect_of(session) == "postgresql":
-        shifted = func.timezone("UTC", column) + timedelta(minutes=utc_offset_minutes)
-        return func.to_char(cast(shifted, Date), "YYYY-MM-DD")
+        return cast(func.timezone("UTC", column) + timedelta(minutes=utc_offset_minutes), Date)
     return func.date(column, f"{utc_offset_minutes:+d} minutes")
 
 
@@ -336,91 +337,112 @@ SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a read session that sees the same snapshot of the database as the caller's."""
 
 
+async def _slices(session: AsyncSession, parts: int) -> list[ColumnElement[bool]]:
+    """Conditions that split outreach_funnel into `parts` ranges of physical row positions (PostgreSQL's page
+    numbers, SQLite's rowids), each read by a range scan, together covering every row exactly once."""
+    if parts <= 1:
+        return [true()]
+    if dialect_of(session) == "postgresql":
+        # The table's size now is at least its size in this snapshot; the last range is open anyway.
+        pages = int(
+            (
+                await session.execute(
+                    text("SELECT pg_relation_size('outreach_funnel') / current_setting('block_size')::int")
+                )
+            ).scalar_one()
+        )
+        position: Any = literal_column("outreach_funnel.ctid")
+        bounds: list[Any] = [literal_column(f"'({pages * part // parts},0)'::tid") for part in range(1, parts)]
+    else:
+        highest = int(
+            (
+                await session.execute(
+                    select(func.coalesce(func.max(literal_column("rowid")), 0)).select_from(store.outreach_funnel)
+                )
+            ).scalar_one()
+        )
+        position = literal_column("outreach_funnel.rowid")
+        bounds = [literal(highest * part // parts + 1) for part in range(1, parts)]
+    lows: list[Any] = [None, *bounds]
+    highs: list[Any] = [*bounds, None]
+    return [
+        and_(true(), *([position >= low] if low is not None else []), *([position < high] if high is not None else []))
+        for low, high in zip(lows, highs, strict=True)
+    ]
+
+
 async def recompute(
-    session: AsyncSession, utc_offset_minutes: int, *, side: SessionFactory | None = None
+    session: AsyncSession, utc_offset_minutes: int, *, side: SessionFactory | None = None, parts: int = 1
 ) -> dict[RollupKey, dict[str, int]]:
-    """Every rollup row as the ledger says it should be, in five set-based queries over the ledger's tables.
+    """Every rollup row as the ledger says it should be, in set-based queries over the ledger's tables.
 
     Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups in the database by the
-    outreach's dimensions and local days, never returning a row per outreach (a converted outreach is its own group,
-    for its exact lag: 50k in a month). With `side`, the cost and money passes run on a second connection while the
-    funnel pass runs on `session`.
+    outreach's group (outreach_groups) and local days, never returning a row per outreach (a converted outreach is its
+    own group, for its exact lag: 50k in a month). The funnel pass reads outreach_funnel in `parts` ranges; with
+    `side`, each range after the first and the cost and money passes run on connections of their own, side by side.
     """
-    o = store.outreaches
-    dims = (
-        o.c.campaign_key,
-        _programme(session).label("programme"),
-        o.c.trigger_code,
-        o.c.channel,
-        o.c.product_code,
-        o.c.labels_key,
-    )
     rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    g = store.outreach_groups
+    groups: dict[int, tuple[str, ...]] = {
+        row.group_id: tuple(str(row[name]) for name in store.GROUP_DIMENSIONS)
+        for row in (await session.execute(select(g))).mappings()
+    }
 
     def day_of(column: Any, name: str = "day") -> Any:
-        return _day_expression(session, column, utc_offset_minutes).label(name)
+        return _local_date(session, column, utc_offset_minutes).label(name)
 
-    async def collect(on: AsyncSession, day: Any, source: Any, sums: Mapping[str, Any]) -> None:
-        """Adds one pass grouped by day and the outreach's dimensions to `rows`."""
-        query = select(day, *dims, *(value.label(name) for name, value in sums.items())).select_from(source)
-        for row in (await on.execute(query.group_by(day, *dims))).mappings():
-            key = (str(row["day"]), *(str(row[d.name]) for d in dims))
+    async def collect(on: AsyncSession, group: Any, day: Any, source: Any, sums: Mapping[str, Any]) -> None:
+        """Adds one pass grouped by outreach group and day to `rows`."""
+        query = select(group.label("group_id"), day, *(value.label(name) for name, value in sums.items()))
+        for row in (await on.execute(query.select_from(source).group_by(group, day))).mappings():
+            key = (str(row["day"]), *groups[row["group_id"]])
             for name in sums:
                 rows[key][name] += int(row[name] or 0)
 
-    async def funnel_pass(on: AsyncSession) -> None:
-        # 1. Sends, the funnel and lag in one pass over the outreaches. Each outreach's steps side by side (one row per
-        # outreach), grouped by its dimensions, its creation day and the local day of each step: outreaches that moved
-        # alike share a row, and the funnel's levels (a level's day is the earliest of its step's and every later one's,
-        # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows than steps.
-        f = store.funnel_steps
-        step_times = (
-            select(
-                f.c.campaign_id,
-                *(func.max(case((f.c.step == step, f.c.first_at))).label(step) for step in FUNNEL_STEPS),
-            )
-            .group_by(f.c.campaign_id)
-            .subquery("step_times")
-        )
-        converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
-        converted = or_(*(step_times.c[step].is_not(None) for step in converted_steps))
+    f = store.outreach_funnel
+    converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
+
+    async def funnel_pass(on: AsyncSession, where: ColumnElement[bool]) -> None:
+        # 1. Sends, the funnel and lag in one scan of outreach_funnel (one row per outreach, its steps side by side),
+        # grouped by group, creation day and the local day of each step: outreaches that moved alike share a row, and
+        # the funnel's levels (a level's day is the earliest of its step's and every later one's,
+        # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows.
+        converted = or_(*(f.c[store.step_column(step)].is_not(None) for step in converted_steps))
         # A converted outreach keeps its instants, for its lag bucket; every other one groups by days alone.
         exact = (
-            case((converted, o.c.created_at)).label("created_at"),
-            *(case((converted, step_times.c[step])).label(f"at_{step}") for step in converted_steps),
+            case((converted, f.c.created_at)).label("created_at"),
+            *(case((converted, f.c[store.step_column(step)])).label(f"at_{step}") for step in converted_steps),
         )
-        step_days = tuple(day_of(step_times.c[step], f"day_{step}") for step in FUNNEL_STEPS)
-        sent_day = day_of(o.c.created_at)
-        funnel_query = (
-            select(sent_day, *dims, *step_days, *exact, func.count().label("outreaches"))
-            .select_from(o.outerjoin(step_times, step_times.c.campaign_id == o.c.campaign_id))
-            .group_by(sent_day, *dims, *step_days, *exact)
-        )
-        for row in (await on.execute(funnel_query)).mappings():
-            dimensions = tuple(str(row[d.name]) for d in dims)
-            outreaches = int(row["outreaches"])
-            rows[(str(row["day"]), *dimensions)]["sent"] += outreaches
-            earliest: str | None = None
-            for step in reversed(FUNNEL_STEPS):
-                day = row[f"day_{step}"]
-                if day is not None and (earliest is None or str(day) < earliest):
-                    earliest = str(day)
+        step_days = tuple(day_of(f.c[store.step_column(step)], f"day_{step}") for step in FUNNEL_STEPS)
+        keys = (f.c.group_id, day_of(f.c.created_at), *step_days, *exact)
+        query = select(*keys, func.count().label("outreaches")).where(where).group_by(*keys)
+        # By position, and counted by (day, group, counter) until the end: ~88k rows at 1M outreaches, each touching
+        # up to a dozen counters, so the per-row Python is kept to lookups and additions.
+        levels = [(2 + FUNNEL_STEPS.index(step), funnel_column(step)) for step in reversed(FUNNEL_STEPS)]
+        exact_at = range(3 + len(FUNNEL_STEPS), 3 + len(FUNNEL_STEPS) + len(converted_steps))
+        counts: dict[tuple[Any, int, str], int] = defaultdict(int)
+        for row in await on.execute(query):
+            group, outreaches = row[0], row[-1]
+            counts[(row[1], group, "sent")] += outreaches
+            earliest = None
+            for position, column in levels:
+                day = row[position]
+                if day is not None and (earliest is None or day < earliest):
+                    earliest = day
                 if earliest is not None:
-                    rows[(earliest, *dimensions)][funnel_column(step)] += outreaches
-            if row["created_at"] is not None:
-                converted_at = min(row[f"at_{step}"] for step in converted_steps if row[f"at_{step}"] is not None)
-                key = (local_day(converted_at, utc_offset_minutes), *dimensions)
-                rows[key][LAG_COLUMNS[lag_bucket(row["created_at"], converted_at)]] += outreaches
+                    counts[(earliest, group, column)] += outreaches
+            created_at = row[2 + len(FUNNEL_STEPS)]
+            if created_at is not None:
+                converted_at = min(row[position] for position in exact_at if row[position] is not None)
+                bucket = LAG_COLUMNS[lag_bucket(created_at, converted_at)]
+                counts[(local_day(converted_at, utc_offset_minutes), group, bucket)] += outreaches
+        for (day, group, column), value in counts.items():
+            rows[(str(day), *groups[group])][column] += value
 
     async def money_passes(on: AsyncSession) -> None:
-        # 2. Costs on the day each was booked.
+        # 2. Costs on the day each was booked, by the group written with each (no join with a million outreaches).
         c = store.costs
-        await collect(
-            on,
-            day_of(c.c.at),
-            c.join(o, o.c.campaign_id == c.c.campaign_id),
-            {"cost_paise": func.sum(c.c.amount_paise)},
-        )
+        await collect(on, c.c.group_id, day_of(c.c.at), c, {"cost_paise": func.sum(c.c.amount_paise)})
         # 2b. Fixed costs on the day each was booked, by the shares stored with them.
         fixed, shares = store.fixed_costs, store.fixed_cost_shares
         fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.ROLLUP_KEY[2:]))
@@ -434,11 +456,12 @@ async def recompute(
         # 3. Money on its disbursement day, and an attributed priced conversion's on the day it happened.
         d, v = store.disbursements, store.conversions
         for paid_at, source in (
-            (d.c.disbursed_at, d.join(o, o.c.campaign_id == d.c.campaign_id)),
-            (v.c.occurred_at, v.join(o, and_(o.c.campaign_id == v.c.campaign_id, store.FUNDED))),
+            (d.c.disbursed_at, d.join(f, f.c.campaign_id == d.c.campaign_id)),
+            (v.c.occurred_at, v.join(f, and_(f.c.campaign_id == v.c.campaign_id, store.FUNDED))),
         ):
             await collect(
                 on,
+                f.c.group_id,
                 day_of(paid_at),
                 source,
                 {
@@ -448,25 +471,30 @@ async def recompute(
                 },
             )
 
+    await _tune_for_recompute(session)
+    passes: list[Callable[[AsyncSession], Awaitable[None]]] = [
+        functools.partial(funnel_pass, where=where) for where in await _slices(session, parts)
+    ]
+    passes.append(money_passes)
     if side is None:
-        await _tune_for_recompute(session)
-        await funnel_pass(session)
-        await money_passes(session)
+        for run in passes:
+            await run(session)
     else:
+        opened = side
 
-        async def on_side() -> None:
-            async with side() as other:
+        async def on_side(run: Callable[[AsyncSession], Awaitable[None]]) -> None:
+            async with opened() as other:
                 await _tune_for_recompute(other)
-                await money_passes(other)
+                await run(other)
 
-        await _tune_for_recompute(session)
-        await asyncio.gather(funnel_pass(session), on_side())
+        await asyncio.gather(passes[0](session), *(on_side(run) for run in passes[1:]))
     return {key: {name: value for name, value in counters.items() if value} for key, counters in rows.items()}
 
 
 async def _tune_for_recompute(session: AsyncSession) -> None:
     if dialect_of(session) == "postgresql":
-        # Hashing 2.6M steps by outreach takes ~213 MB at 1M outreaches; the 4 MB default would spill it to disk.
+        # Grouping a million outreaches by their days is a hash table of a few hundred MB; the 4 MB default would
+        # spill it to disk.
         await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
