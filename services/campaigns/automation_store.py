@@ -37,13 +37,11 @@ async def claim_messages(session: AsyncSession, consumer: str, message_ids: Sequ
     """Records the messages as applied by `consumer` in one statement; returns those it had not applied before."""
     if not message_ids:
         return set()
-    statement = (
-        upsert_insert(session, inbox)
-        .values([{"consumer": consumer, "message_id": m, "applied_at": at} for m in dict.fromkeys(message_ids)])
-        .on_conflict_do_nothing()
-        .returning(inbox.c.message_id)
-    )
-    return set((await session.execute(statement)).scalars())
+    statement = upsert_insert(session, inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
+    # Executed with a list of rows, not .values(rows): SQLAlchemy batches these into multi-row INSERTs from one
+    # cached compilation, where a statement with its rows built in was compiled anew for every batch size.
+    rows = [{"consumer": consumer, "message_id": m, "applied_at": at} for m in dict.fromkeys(message_ids)]
+    return set((await session.execute(statement, rows)).scalars())
 
 
 async def campaigns_with_automation(session: AsyncSession, states: Sequence[str]) -> Sequence[Row[Any]]:

@@ -4,6 +4,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import structlog
@@ -39,7 +40,7 @@ class _Entry:
     event: segment_events.MembershipChanged
     message_id: str
 
-    @property
+    @cached_property
     def changed_at(self) -> datetime:
         has_time = self.event.HasField("change_time")
         return self.event.change_time.ToDatetime(tzinfo=UTC) if has_time else utcnow()
