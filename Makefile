@@ -97,7 +97,7 @@ bench-campaigns: $(GEN_STAMP) ## Campaigns: release of a 1M-person audience, tri
 bench-channels: $(GEN_STAMP) ## Channels: dispatch to HTTP and SMTP sinks, latency at 1k/s, duplicates and losses
 	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.channels --backend $$backend || exit 1; done
 
-bench-relay: $(GEN_STAMP) ## The outbox relay's CPU per event against raw JetStream publishes (every service's events)
+bench-relay: $(GEN_STAMP) ## The outbox relay's CPU per event against raw acknowledged publishes (every service's events)
 	$(PY) -m bench.relay
 
 bench-attribution: $(GEN_STAMP) ## Attribution: disbursement -> views updated at 100/s, month recompute at 1M

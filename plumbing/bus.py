@@ -2,9 +2,10 @@
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -103,12 +104,102 @@ class RetryLater(Exception):
         self.delay_seconds = max(0.0, delay_seconds)
 
 
+class PublishFailed(Exception):
+    """A batch publish to JetStream was refused or not acknowledged in time; republishing it is safe."""
+
+
+class _AckedBatch:
+    """The acknowledgements of one publish_batch call, filled in by the ack inbox's callback."""
+
+    def __init__(self, size: int) -> None:
+        self.duplicate: list[bool | None] = [None] * size
+        self.missing = size
+        self.error: str | None = None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def acknowledge(self, index: int, duplicate: bool) -> None:
+        if 0 <= index < len(self.duplicate) and self.duplicate[index] is None:
+            self.duplicate[index] = duplicate
+            self.missing -= 1
+            if not self.missing and not self.done.done():
+                self.done.set_result(None)
+
+    def refuse(self, reason: str) -> None:
+        self.error = self.error or reason
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 class Bus:
     """One NATS connection with its JetStream context."""
 
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self._ack_inbox: str | None = None
+        self._ack_inbox_ready = asyncio.Lock()
+        self._batches: dict[str, _AckedBatch] = {}
+        self._batch_numbers = itertools.count()
+
+    async def publish_batch(
+        self, messages: Sequence[tuple[str, bytes, dict[str, str]]], *, timeout: float = 5.0
+    ) -> list[bool]:
+        """Publishes messages to JetStream back to back and waits for all their acks together.
+
+        Returns, per message, whether the stream dropped it as a duplicate of its Nats-Msg-Id. Raises
+        PublishFailed when any is refused or unacknowledged within `timeout`: the caller publishes the
+        batch again, and the stream's duplicate window drops the copies of those that were stored.
+
+        Each message is a plain publish with its own reply subject on one shared ack inbox, so a batch
+        costs a publish and an ack callback per message. nats.py's js.publish makes a future, a
+        timeout task and a response-map entry per message, and gathering them a task more: measured,
+        most of the relay's CPU.
+        """
+        if not messages:
+            return []
+        async with self._ack_inbox_ready:
+            if self._ack_inbox is None:
+                inbox = self.nc.new_inbox()
+                await self.nc.subscribe(f"{inbox}.*.*", cb=self._acknowledged)
+                self._ack_inbox = inbox
+        token = str(next(self._batch_numbers))
+        batch = _AckedBatch(len(messages))
+        self._batches[token] = batch
+        try:
+            for index, (subject, payload, headers) in enumerate(messages):
+                await self.nc.publish(subject, payload, reply=f"{self._ack_inbox}.{token}.{index}", headers=headers)
+            try:
+                await asyncio.wait_for(asyncio.shield(batch.done), timeout)
+            except TimeoutError:
+                raise PublishFailed(
+                    f"{batch.missing} of {len(messages)} messages unacknowledged after {timeout} s"
+                ) from None
+        finally:
+            del self._batches[token]
+        if batch.error is not None:
+            raise PublishFailed(batch.error)
+        return [bool(duplicate) for duplicate in batch.duplicate]
+
+    async def _acknowledged(self, msg: Msg) -> None:
+        token, _, index = msg.subject[len(self._ack_inbox or "") + 1 :].partition(".")
+        batch = self._batches.get(token)
+        if batch is None:
+            return  # a batch that already timed out
+        headers = msg.headers or {}
+        status = headers.get(api.Header.STATUS)
+        if status is not None:
+            # 503: no stream takes the subject.
+            batch.refuse(f"publish refused with status {status} {headers.get(api.Header.DESCRIPTION, '')}".strip())
+            return
+        try:
+            ack = json.loads(msg.data)
+        except ValueError:
+            batch.refuse(f"unreadable publish ack {msg.data[:200]!r}")
+            return
+        if "error" in ack:
+            batch.refuse(f"publish refused: {ack['error']}")
+            return
+        batch.acknowledge(int(index), bool(ack.get("duplicate")))
 
     @classmethod
     async def connect(cls, url: str, name: str) -> "Bus":

@@ -232,7 +232,12 @@ class OutboxRelay:
         ):
             # Sent back to back and acknowledged together: a round trip per batch, not per event. The messages
             # leave in seq order; a failure leaves the batch unmarked, and its re-publication keeps each Msg-Id.
-            await asyncio.gather(*(self._publish(row["subject"], row["payload"], row["headers"]) for row in rows))
+            duplicates = await self.bus.publish_batch(
+                [(row["subject"], row["payload"], row["headers"]) for row in rows]
+            )
+        for row, duplicate in zip(rows, duplicates, strict=True):
+            if duplicate:
+                log.info("outbox_duplicate_dropped", event_id=row["headers"][MSG_ID_HEADER])
 
     async def _observe_backlog(self) -> None:
         """Counts what is waiting every few seconds, for the backlog and oldest-age gauges."""
@@ -253,11 +258,6 @@ class OutboxRelay:
 
     async def _mark_published(self, session: AsyncSession, seqs: list[int]) -> None:
         await session.execute(update(self.table).where(self.table.c.seq.in_(seqs)).values(published_at=utcnow()))
-
-    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
-        ack = await self.bus.js.publish(subject, payload, headers=headers)
-        if ack.duplicate:
-            log.info("outbox_duplicate_dropped", event_id=headers[MSG_ID_HEADER])
 
 
 class Inbox:
