@@ -1,6 +1,7 @@
 """NATS handlers: DispatchRequested -> exactly one hand-over to the provider per campaign ID -> ack / nak / term."""
 
 import functools
+import itertools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -15,10 +16,11 @@ from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession
 from yarl import URL
 
-from plumbing.bus import Delivery, PermanentError, RetryLater
+from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Delivery, PermanentError, RetryLater
 from plumbing.db import Database
+from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
-from plumbing.telemetry import outreach_span
+from plumbing.telemetry import TRACEPARENT, outreach_span
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
@@ -49,6 +51,7 @@ from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
+from xsell.channels.v1.events_pb2 import DeliveryUpdated
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +152,9 @@ class DispatchHandler:
         self.policy = policy or SendPolicy()
         self.ledger = Ledger(db, outbox, tracer)
         self._in_flight: set[str] = set()
+        # DeliveryUpdated event ids: unique to this handler (a ULID), then a counter.
+        self._event_prefix = new_id("evt_")
+        self._event_numbers = itertools.count(1)
         meter = metrics.get_meter("xsell.channels")
         # Counted here and read by the meter when it collects: an increment per message instead of a
         # Counter.add, which hashes its attributes and takes a lock each time (~20 µs, per message).
@@ -403,13 +409,30 @@ class DispatchHandler:
         """Records the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
         at = utcnow()
         # Built here, inside the outreach's span, so the event carries its trace; written with the batch.
-        update = convert.delivery_updated(campaign_id, channel, state, at, reason)
-        event = self.outbox.event(streams.DELIVERY_UPDATED, update, campaign_id=campaign_id)
+        event = self._delivery_updated_row(convert.delivery_updated(campaign_id, channel, state, at, reason), at)
         outcome = Outcome(campaign_id, state, at, reason, detail or "", provider_message_id, event)
         if await self.ledger.settle(outcome):
             return True
         log.info("dispatch_settled_by_receipt")
         return False
+
+    def _delivery_updated_row(self, update: DeliveryUpdated, at: datetime) -> dict[str, Any]:
+        """The outbox row of a DeliveryUpdated, as Outbox.event writes it, with its traceparent the current span (the
+        dispatch span). Written directly: the id is this replica's prefix and a counter rather than a new ULID,
+        and the traceparent is formatted rather than injected by the propagator, which were half of settling."""
+        event_id = f"{self._event_prefix}-{next(self._event_numbers):x}"
+        update.event_id = event_id
+        headers = {MSG_ID_HEADER: event_id, CAMPAIGN_ID_HEADER: update.campaign_id}
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            headers[TRACEPARENT] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        return {
+            "event_id": event_id,
+            "subject": streams.DELIVERY_UPDATED,
+            "payload": update.SerializeToString(),
+            "headers": headers,
+            "created_at": at,
+        }
 
     async def _blocked(self, channel: str, event: DispatchRequested, now: datetime) -> Blocked | None:
         """Quiet hours and suppressions, checked at the moment of sending (campaigns checked them at release)."""
