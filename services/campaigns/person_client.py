@@ -6,7 +6,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import Unavailable
-from services.campaigns.segments_client import AudienceMember, attribute_value, suppressed_on
+from services.campaigns.segments_client import AudienceMember, attribute_values, suppressed_on
 from xsell.segments.v1 import service_pb2, service_pb2_grpc
 
 _CALL_TIMEOUT_SECONDS = 10.0
@@ -41,8 +41,8 @@ class PersonLookup:
                 profile = person.profile
                 found[profile.profile_id] = AudienceMember(
                     profile_id=profile.profile_id,
-                    attributes={name: attribute_value(value) for name, value in profile.attributes.items()},
-                    suppressed_on=suppressed_on(person.suppressions),
+                    attributes=attribute_values(profile.attributes),
+                    suppressed_on=suppressed_on(person.suppressions) if person.suppressions else {},
                 )
         return found
 

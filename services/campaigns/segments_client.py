@@ -65,6 +65,15 @@ def attribute_value(value: resources_pb2.Value) -> object:
     return None
 
 
+def attribute_values(values: Mapping[str, resources_pb2.Value]) -> dict[str, object]:
+    """A member's attributes as attribute_value gives them; strings (most of them) without the second dispatch,
+    as decoding a streamed page was a tenth of a release's CPU."""
+    attributes: dict[str, object] = {}
+    for name, value in values.items():
+        attributes[name] = value.string_value if value.WhichOneof("kind") == "string_value" else attribute_value(value)
+    return attributes
+
+
 def _unavailable(error: grpc.aio.AioRpcError, what: str) -> Unavailable:
     return Unavailable(f"the segments service could not {what} ({error.code().name}); retry shortly")
 
@@ -123,9 +132,9 @@ class SegmentsClient:
             async for response in call:
                 yield [
                     AudienceMember(
-                        profile_id=member.profile_id,
-                        attributes={name: attribute_value(value) for name, value in member.attributes.items()},
-                        suppressed_on=suppressed_on(member.suppressions),
+                        member.profile_id,
+                        attribute_values(member.attributes),
+                        suppressed_on(member.suppressions) if member.suppressions else {},
                     )
                     for member in response.members
                 ]
