@@ -87,15 +87,17 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         ledger: Ledger,
         revenue_models: RevenueModels,
         tracer: trace.Tracer,
-        last_touch_windows: Mapping[str, int] | None = None,
+        *,
+        last_touch_windows: Mapping[str, int],
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.idempotency = idempotency
         self.ledger = ledger
         self.revenue_models = revenue_models
-        # Days before a conversion without a campaign ID in which the person's latest outreach is its last touch.
-        self.last_touch_windows = dict(last_touch_windows or {rules.DEFAULT_WINDOW: 30})
+        # Days before a conversion without a campaign ID in which the person's latest outreach is its last touch, per
+        # product (AttributionSettings.last_touch_window_days, whose default is the one default).
+        self.last_touch_windows = dict(last_touch_windows)
         self.currency = ledger.currency
         self.tracer = tracer
         # Concurrent disbursements share transactions (run by the composition root as a background task).

@@ -154,20 +154,14 @@ class Ledger:
             )
         shares = allocate(amount_paise, [group.outreaches for group in groups])
         cost_id = new_id("fc_")
-        shared = [(group, share) for group, share in zip(groups, shares, strict=True) if share]
+        shared = [
+            {**{name: getattr(group, name) for name in store.SHARE_DIMENSIONS}, "amount_paise": share}
+            for group, share in zip(groups, shares, strict=True)
+            if share
+        ]
         await store.add_fixed_cost(
             session,
-            [
-                {
-                    "programme": group.programme,
-                    "trigger_code": group.trigger_code,
-                    "channel": group.channel,
-                    "product_code": group.product_code,
-                    "labels_key": group.labels_key,
-                    "amount_paise": share,
-                }
-                for group, share in shared
-            ],
+            shared,
             cost_id=cost_id,
             campaign_key=campaign_key,
             amount_paise=amount_paise,
@@ -179,16 +173,10 @@ class Ledger:
         await self.rollup.apply_rows(
             session,
             {
-                (
-                    day,
-                    campaign_key,
-                    group.programme,
-                    group.trigger_code,
-                    group.channel,
-                    group.product_code,
-                    group.labels_key,
-                ): {"cost_paise": share}
-                for group, share in shared
+                (day, campaign_key, *(row[name] for name in store.SHARE_DIMENSIONS)): {
+                    "cost_paise": row["amount_paise"]
+                }
+                for row in shared
             },
         )
         return cost_id, sum(group.outreaches for group in groups)

@@ -62,20 +62,32 @@ outreaches = Table(
     Index("ix_outreaches_profile_id", "profile_id"),
 )
 
-GROUP_DIMENSIONS = ("campaign_key", "programme", "trigger_code", "channel", "product_code", "labels_key")
+_DIMENSION_TYPES = {
+    "campaign_key": String(100),
+    # The campaign ID up to its first "-" (reporting.programme_of).
+    "programme": String(20),
+    "trigger_code": String(20),
+    "channel": String(20),
+    "product_code": String(100),
+    # The labels as one LIKE-searchable value (reporting.labels_key).
+    "labels_key": String(1000),
+}
+GROUP_DIMENSIONS = tuple(_DIMENSION_TYPES)
 """An outreach's rollup dimensions: a rollup row's key (ROLLUP_KEY) without its day."""
+SHARE_DIMENSIONS = GROUP_DIMENSIONS[1:]
+"""The dimensions a fixed cost is shared over: its campaign's groups differ in these, not in the campaign key."""
+
+
+def _dimension_columns(names: Sequence[str]) -> list[Column[Any]]:
+    """The columns of these dimensions, typed alike in every table that holds them."""
+    return [Column(name, _DIMENSION_TYPES[name], nullable=False) for name in names]
+
 
 outreach_groups = Table(
     "outreach_groups",
     metadata,
     Column("group_id", Integer, primary_key=True, autoincrement=True),
-    Column("campaign_key", String(100), nullable=False),
-    # The campaign ID up to its first "-" (reporting.programme_of).
-    Column("programme", String(20), nullable=False),
-    Column("trigger_code", String(20), nullable=False),
-    Column("channel", String(20), nullable=False),
-    Column("product_code", String(100), nullable=False),
-    Column("labels_key", String(1000), nullable=False),
+    *_dimension_columns(GROUP_DIMENSIONS),
     UniqueConstraint(*GROUP_DIMENSIONS, name="uq_outreach_groups_dimensions"),
 )
 """Each distinct set of rollup dimensions an outreach has (a few per campaign), named by a small integer, so the
@@ -175,12 +187,7 @@ rollup = Table(
     metadata,
     # YYYY-MM-DD at the report's UTC offset: sorts and compares as text on every backend.
     Column("day", String(10), nullable=False),
-    Column("campaign_key", String(100), nullable=False),
-    Column("programme", String(20), nullable=False),
-    Column("trigger_code", String(20), nullable=False),
-    Column("channel", String(20), nullable=False),
-    Column("product_code", String(100), nullable=False),
-    Column("labels_key", String(1000), nullable=False),
+    *_dimension_columns(GROUP_DIMENSIONS),
     *(Column(name, BigInteger, nullable=False, server_default="0") for name in COUNTER_COLUMNS),
     PrimaryKeyConstraint(*ROLLUP_KEY),
 )
@@ -259,14 +266,11 @@ fixed_cost_shares = Table(
     "fixed_cost_shares",
     metadata,
     Column("cost_id", String(100), ForeignKey("fixed_costs.cost_id"), nullable=False),
-    # The outreach dimensions of a rollup row (ROLLUP_KEY after day and campaign_key).
-    Column("programme", String(20), nullable=False),
-    Column("trigger_code", String(20), nullable=False),
-    Column("channel", String(20), nullable=False),
-    Column("product_code", String(100), nullable=False),
-    Column("labels_key", String(1000), nullable=False),
+    # The group of the campaign's outreaches the share is of (its rollup row's key is the cost's day and campaign key
+    # with these).
+    *_dimension_columns(SHARE_DIMENSIONS),
     Column("amount_paise", Money, nullable=False),
-    PrimaryKeyConstraint("cost_id", "programme", "trigger_code", "channel", "product_code", "labels_key"),
+    PrimaryKeyConstraint("cost_id", *SHARE_DIMENSIONS),
 )
 """Each fixed cost's share per group of its campaign's outreaches (by sends when booked), kept so a recompute gives
 the same rollup rows however many outreaches the campaign has since."""

@@ -445,7 +445,7 @@ async def recompute(
         await collect(on, c.c.group_id, day_of(c.c.at), c, {"cost_paise": func.sum(c.c.amount_paise)})
         # 2b. Fixed costs on the day each was booked, by the shares stored with them.
         fixed, shares = store.fixed_costs, store.fixed_cost_shares
-        fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.ROLLUP_KEY[2:]))
+        fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.SHARE_DIMENSIONS))
         fixed_query = (
             select(*fixed_key, func.sum(shares.c.amount_paise).label("cost_paise"))
             .select_from(shares.join(fixed, fixed.c.cost_id == shares.c.cost_id))

@@ -2,7 +2,7 @@
 to the rupee, linked by campaign ID or last touch, every rejection writing nothing, and views that match the ledger."""
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -234,6 +234,55 @@ async def test_without_a_campaign_id_the_last_touch_in_the_products_window_wins(
         return (lift.held_out, lift.held_out_conversions) == (1, 1)
 
     await eventually(held_out_converted)
+    await _no_drift(service)
+
+
+async def test_the_last_touch_window_holds_at_its_edges_to_the_second(service: Service) -> None:
+    created = datetime(2025, 11, 10, 4, 0, tzinfo=UTC)
+    later = created + timedelta(days=8)
+    for campaign_id, at in (("CSELL-NOV-F02-0001", created), ("CSELL-NOV-F02-0002", later)):
+        await publish_outreach(
+            service.bus,
+            campaign_id,
+            trigger="F02",
+            campaign_key="cmp_fd_edge",
+            profile_id="prf_asha",
+            product_code="FD_FUNDED",
+            at=at,
+        )
+    await wait_sent(service.stub, 2)
+
+    async def linked(conversion_id: str, at: datetime) -> tuple[int, str]:
+        response = await service.stub.RecordConversion(
+            service_pb2.RecordConversionRequest(
+                request_id=f"r-{conversion_id}",
+                conversion_id=conversion_id,
+                kind=resources_pb2.CONVERSION_KIND_ACCOUNT_FUNDED,
+                profile_id="prf_asha",
+                product_code="FD_FUNDED",
+                amount=inr(20_000_000),
+                occur_time=ts(at),
+            )
+        )
+        return response.conversion.linkage, response.conversion.campaign_id
+
+    unattributed = (resources_pb2.CONVERSION_LINKAGE_UNATTRIBUTED, "")
+    # FD_FUNDED's window is 7 days and starts inclusive: exactly 7 days after the outreach it is the last touch, one
+    # second later it is not (and the next outreach is still to come).
+    assert await linked("FD-EDGE-1", created + timedelta(days=7)) == (
+        resources_pb2.CONVERSION_LINKAGE_LAST_TOUCH,
+        "CSELL-NOV-F02-0001",
+    )
+    assert await linked("FD-EDGE-2", created + timedelta(days=7, seconds=1)) == unattributed
+    # The window ends at the conversion, inclusive: an outreach made at the conversion's very instant is its last
+    # touch, and one made a second after it is not.
+    assert await linked("FD-EDGE-3", later - timedelta(seconds=1)) == unattributed
+    assert await linked("FD-EDGE-4", later) == (
+        resources_pb2.CONVERSION_LINKAGE_LAST_TOUCH,
+        "CSELL-NOV-F02-0002",
+    )
+    report = await _report(service)
+    assert (report.total.conversions, report.total.disbursed_amount.minor_units) == (2, 40_000_000)
     await _no_drift(service)
 
 
