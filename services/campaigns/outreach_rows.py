@@ -47,9 +47,9 @@ def outreach_columns(campaign: Any, run_id: str, offer: Offer, now: datetime) ->
 @dataclass
 class PageRows:
     """What a page inserts, as tuples of driver values (store.DriverValues): outreach rows in the order of
-    store.PAGE_OUTREACH_COLUMNS (with their DispatchRequested payloads), outbox events in the order of
-    store.PAGE_EVENT_COLUMNS, and (campaign ID, profile id, channel) of each outreach for the contact ledger;
-    render failures as exclusion rows."""
+    store.PAGE_OUTREACH_COLUMNS (the person's columns, with the DispatchRequested payload, then the run's),
+    outbox events in the order of store.PAGE_EVENT_COLUMNS, and (campaign ID, profile id, channel) of each
+    outreach for the contact ledger; render failures as exclusion rows."""
 
     outreaches: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
@@ -110,8 +110,7 @@ class OutreachRows:
         shared = outreach_columns(campaign, run.run_id, offer, now)
         shared["labels"] = values.json(shared["labels"])
         shared["created_at"] = values.time(now)
-        # The columns after dispatch_payload in store.PAGE_OUTREACH_COLUMNS, the same for every row of the run.
-        self._shared_columns = tuple(shared[name] for name in store.PAGE_OUTREACH_COLUMNS[8:])
+        self._shared_columns = tuple(shared[name] for name in store.PAGE_RUN_COLUMNS)
         self._now_value = shared["created_at"]
         self._event_time = values.event_time(now)
         self._now_stamp = timestamp(now)

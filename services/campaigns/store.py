@@ -319,8 +319,9 @@ async def insert_outreaches(session: AsyncSession, rows: Sequence[Mapping[str, A
         await session.execute(insert(outreaches), list(rows))
 
 
-# The columns of an outreach a page writes, in the order of OutreachRows' tuples.
-PAGE_OUTREACH_COLUMNS = (
+# The columns of an outreach a page writes, in the order of OutreachRows' tuples: the person's, then those
+# every outreach of the run shares.
+PAGE_PERSON_COLUMNS = (
     "campaign_id",
     "profile_id",
     "channel",
@@ -329,6 +330,8 @@ PAGE_OUTREACH_COLUMNS = (
     "dispatch_after",
     "dispatched_at",
     "dispatch_payload",
+)
+PAGE_RUN_COLUMNS = (
     "campaign_key",
     "run_id",
     "trigger_code",
@@ -339,6 +342,7 @@ PAGE_OUTREACH_COLUMNS = (
     "category",
     "created_at",
 )
+PAGE_OUTREACH_COLUMNS = PAGE_PERSON_COLUMNS + PAGE_RUN_COLUMNS
 PAGE_EVENT_COLUMNS = ("event_id", "subject", "payload", "headers", "created_at")
 PAGE_CONTACT_COLUMNS = (
     "campaign_id",
