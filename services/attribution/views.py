@@ -493,8 +493,8 @@ async def recompute(
 
 async def _tune_for_recompute(session: AsyncSession) -> None:
     if dialect_of(session) == "postgresql":
-        # Grouping a million outreaches by their days is a hash table of a few hundred MB; the 4 MB default would
-        # spill it to disk.
+        # Grouping a million outreaches by group and days is a 41 MB hash table (EXPLAIN ANALYZE at 1M outreaches); the
+        # 4 MB default spills it to disk in 33 batches.
         await session.execute(text("SET LOCAL work_mem = '256MB'"))
 
 
