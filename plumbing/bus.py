@@ -20,7 +20,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from plumbing.metrics import meter
+from plumbing.metrics import meter, tally
 from plumbing.telemetry import CAMPAIGN_ID, parent_from_headers
 
 log = structlog.get_logger("plumbing.bus")
@@ -372,12 +372,12 @@ class Consumer(Generic[M]):
         self._declared = False
         self._feed: _PullFeed | None = None
         self._attributes = {"durable": spec.durable}
-        self._outcome_attributes = {
-            outcome: {"durable": spec.durable, "outcome": outcome} for outcome in ("ack", "nak", "dead_letter")
-        }
         instruments = meter()
-        self._handled = instruments.create_counter(
-            "xsell.messages.handled", description="Messages handled, by durable and outcome (ack, nak, dead_letter)."
+        self._handled = tally(
+            "xsell.plumbing",
+            "xsell.messages.handled",
+            labels=("durable", "outcome"),
+            description="Messages handled, by durable and outcome (ack, nak, dead_letter).",
         )
         self._handling = instruments.create_histogram(
             "xsell.message.handling.duration", unit="ms", description="Time to handle one message, by durable."
@@ -472,7 +472,7 @@ class Consumer(Generic[M]):
     async def _handle(self, msg: Msg) -> None:
         started = time.perf_counter()
         outcome = await self._handle_one(msg)
-        self._handled.add(1, self._outcome_attributes[outcome])
+        self._handled.add((self.spec.durable, outcome))
         self._handling.record((time.perf_counter() - started) * 1000, self._attributes)
 
     async def _handle_one(self, msg: Msg) -> str:

@@ -1,9 +1,12 @@
 """OpenTelemetry metrics: a Prometheus /metrics endpoint per process, and OTLP export when a collector is set."""
 
 import os
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -50,3 +53,49 @@ def setup_metrics(service: str, host: str, port: int | None) -> MetricsServer:
 def meter() -> metrics.Meter:
     """The plumbing's meter from the process's meter provider (a no-op one until run_service sets it)."""
     return metrics.get_meter("xsell.plumbing")
+
+
+class Tally:
+    """A monotonic counter kept as plain integers, reported by an observable counter when the meter collects.
+
+    For counts taken per message: Counter.add cleans and hashes its attributes, builds a measurement and
+    takes a lock, 20-35 µs each time, where a tally's add is a dict increment. Get one with `tally()`.
+    """
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = tuple(labels)
+        self._counts: Counter[tuple[str, ...]] = Counter()
+
+    def add(self, values: tuple[str, ...], amount: int = 1) -> None:
+        """Counts `amount` for the label values `values` (in the order of `labels`)."""
+        self._counts[values] += amount
+
+    def value(self, values: tuple[str, ...]) -> int:
+        return self._counts[values]
+
+    def observe(self, _options: CallbackOptions) -> list[Observation]:
+        # Called on the metrics server's thread: list() copies the counts in one step under the GIL.
+        counts = list(self._counts.items())
+        return [Observation(n, dict(zip(self.labels, values, strict=True))) for values, n in counts]
+
+
+_tallies: dict[str, Tally] = {}
+
+
+def tally(meter_name: str, name: str, *, labels: Sequence[str], unit: str = "", description: str = "") -> Tally:
+    """The process's tally for the counter `name`, registered with the meter on first use.
+
+    One per name and process, shared by every caller: the SDK ignores the callbacks of a second
+    observable instrument with a name already registered, so a second registration would lose its counts.
+    """
+    existing = _tallies.get(name)
+    if existing is not None:
+        if existing.labels != tuple(labels):
+            raise ValueError(f"tally {name} has labels {existing.labels}, not {tuple(labels)}")
+        return existing
+    created = Tally(labels)
+    metrics.get_meter(meter_name).create_observable_counter(
+        name, callbacks=[created.observe], unit=unit, description=description
+    )
+    _tallies[name] = created
+    return created
