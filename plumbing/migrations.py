@@ -1,6 +1,7 @@
 """The body of every service's Alembic env.py: migrate the connection Database.migrate passes in."""
 
-from alembic import context
+import sqlalchemy as sa
+from alembic import context, op
 from sqlalchemy import MetaData
 
 
@@ -17,3 +18,23 @@ def run_migrations(target_metadata: MetaData) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def create_outbox_waiting_index() -> None:
+    """The partial index of the outbox rows not yet published (plumbing.outbox's ix_outbox_waiting), in seq order.
+
+    Shared by every service's migration that adds it, so the index is the same in each.
+    """
+    from plumbing.outbox import WAITING
+
+    op.create_index(
+        "ix_outbox_waiting",
+        "outbox",
+        ["seq"],
+        postgresql_where=sa.text(WAITING),
+        sqlite_where=sa.text(WAITING),
+    )
+
+
+def drop_outbox_waiting_index() -> None:
+    op.drop_index("ix_outbox_waiting", table_name="outbox")

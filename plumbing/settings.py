@@ -1,5 +1,6 @@
 """The settings every xsell process shares; each service subclasses them with its own env prefix."""
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field
@@ -30,6 +31,16 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=10.0, description="How long in-flight calls may take to finish after SIGTERM."
     )
+    outbox_keep_published_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="How long an event stays in the outbox after it was published, for inspection; the relay "
+        "prunes older ones (an unpublished event is never pruned).",
+    )
+
+    @property
+    def outbox_keep_published(self) -> timedelta:
+        return timedelta(hours=self.outbox_keep_published_hours)
 
     def resolved_database_url(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for the service."""

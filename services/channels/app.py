@@ -36,7 +36,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="channels")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer)
+    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 
     servicer = ChannelsApi(db, outbox, Idempotency(store.idempotency), tracer)

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from opentelemetry import trace
@@ -11,10 +12,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 
+from plumbing import outbox as outbox_module
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
 from plumbing.db import Database
 from plumbing.ids import new_id
-from plumbing.outbox import Inbox, Outbox, OutboxRelay, inbox_table, outbox_table
+from plumbing.outbox import Inbox, Outbox, OutboxRelay, inbox_table, outbox_table, utcnow
 from tests.waiting import eventually
 from xsell.segments.v1.events_pb2 import SegmentPublished
 
@@ -227,3 +229,57 @@ async def test_the_relay_sends_a_batch_under_one_span_and_consumers_continue_eac
     assert parents == {segment_id: context.span_id for segment_id, context in creators.items()}
     processed = [span for span in exporter.get_finished_spans() if span.name.startswith("process ")]
     assert {span.context.trace_id for span in processed} == {context.trace_id for context in creators.values()}
+
+
+async def _add_rows(db: Database, outbox_t: Table, subject: str, published_ago: list[timedelta | None]) -> None:
+    """One row per entry: published that long ago, or waiting (None); each created an hour before now."""
+    outbox = Outbox(outbox_t)
+    now = utcnow()
+    rows = []
+    for ago in published_ago:
+        row = outbox.event(subject, SegmentPublished(segment_id="seg"))
+        row["created_at"] = now - timedelta(hours=1)
+        row["published_at"] = None if ago is None else now - ago
+        rows.append(row)
+    async with db.transaction() as session:
+        await session.execute(insert(outbox_t), rows)
+
+
+async def _waiting_and_published(db: Database, outbox_t: Table) -> tuple[int, int]:
+    async with db.snapshot() as session:
+        waiting = (await session.execute(select(func.count()).where(outbox_t.c.published_at.is_(None)))).scalar_one()
+        total = (await session.execute(select(func.count()).select_from(outbox_t))).scalar_one()
+    return waiting, total - waiting
+
+
+async def test_published_rows_are_pruned_after_the_keep_period_in_chunks_and_waiting_ones_never(  # type: ignore[no-untyped-def]
+    setup, monkeypatch
+) -> None:
+    db, bus, outbox_t, _, _, subject = setup
+    old, recent = timedelta(hours=30), timedelta(hours=2)
+    await _add_rows(db, outbox_t, subject, [old, old, old, recent, recent, None, None])
+    monkeypatch.setattr(outbox_module, "PRUNE_CHUNK", 2)
+    relay = OutboxRelay(db, outbox_t, bus, tracer, keep_published=timedelta(hours=24))
+    assert await relay.prune_published() == 3  # two chunks: 2, then 1
+    assert await _waiting_and_published(db, outbox_t) == (2, 2)
+    assert await relay.prune_published() == 0
+    # Keeping nothing prunes every published row, and still no waiting one.
+    assert await OutboxRelay(db, outbox_t, bus, tracer, keep_published=timedelta(0)).prune_published() == 2
+    assert await _waiting_and_published(db, outbox_t) == (2, 0)
+
+
+async def test_the_backlog_is_counted_exactly_up_to_the_limit_and_estimated_from_sequence_numbers_above(  # type: ignore[no-untyped-def]
+    setup, monkeypatch
+) -> None:
+    db, bus, outbox_t, _, _, subject = setup
+    relay = OutboxRelay(db, outbox_t, bus, tracer)
+    assert await relay.measure_backlog() == (0, 0.0)
+    await _add_rows(db, outbox_t, subject, [timedelta(minutes=5)] * 2 + [None] * 5)
+    backlog, oldest_age = await relay.measure_backlog()
+    assert backlog == 5
+    assert 3590 < oldest_age < 3700  # the next waiting row was created an hour ago
+    monkeypatch.setattr(outbox_module, "BACKLOG_EXACT_UP_TO", 3)
+    # Counting stops at 3; the next waiting row's seq to the newest seq spans the 5 waiting ones.
+    assert (await relay.measure_backlog())[0] == 5
+    assert await relay.publish_pending() == 5
+    assert await relay.measure_backlog() == (0, 0.0)
