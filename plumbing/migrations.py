@@ -38,3 +38,12 @@ def create_outbox_waiting_index() -> None:
 
 def drop_outbox_waiting_index() -> None:
     op.drop_index("ix_outbox_waiting", table_name="outbox")
+
+
+def create_inbox_applied_index() -> None:
+    """The inbox's index by applied_at, by which the relay's housekeeping prunes old entries."""
+    op.create_index("ix_inbox_applied_at", "inbox", ["applied_at"])
+
+
+def drop_inbox_applied_index() -> None:
+    op.drop_index("ix_inbox_applied_at", table_name="inbox")

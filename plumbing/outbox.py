@@ -28,10 +28,12 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database, upsert_insert
@@ -51,6 +53,10 @@ PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_CHUNK = 5_000
 PRUNE_CHUNKS_PER_PASS = 10
 """At most 50,000 rows a minute, in short transactions of 5,000, so publishing never waits long behind a prune."""
+
+KEEP_APPLIED = timedelta(days=15)
+"""How long an inbox entry stays: longer than any consumed stream keeps a message (14 days), so a message that
+could still be redelivered always finds its entry, and an entry pruned is one whose message is gone."""
 
 BACKLOG_EXACT_UP_TO = 10_000
 """The backlog gauge counts waiting rows up to this many; above, it is estimated from the sequence numbers."""
@@ -86,7 +92,7 @@ def inbox_table(metadata: MetaData) -> Table:
         metadata,
         Column("consumer", String(100), primary_key=True),
         Column("message_id", String(200), primary_key=True),
-        Column("applied_at", DateTime(timezone=True), nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False, index=True),
     )
 
 
@@ -157,6 +163,7 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float = 1.0,
         keep_published: timedelta = KEEP_PUBLISHED,
+        inbox: Table | None = None,
     ) -> None:
         self.db = db
         self.table = table
@@ -165,6 +172,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.keep_published = keep_published
+        self.inbox = inbox
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -308,24 +316,40 @@ class OutboxRelay:
         pruned = await self.prune_published()
         if pruned:
             log.info("outbox_pruned", events=pruned)
+        if self.inbox is not None:
+            forgotten = await self.prune_inbox()
+            if forgotten:
+                log.info("inbox_pruned", entries=forgotten)
 
     async def prune_published(self) -> int:
-        """Deletes rows published more than keep_published ago, a chunk per short transaction; returns how many.
+        """Deletes rows published more than keep_published ago; returns how many.
 
         A published row is never read again by the relay (its Nats-Msg-Id guards only re-publication of rows not
         yet marked), so it is kept only for inspection. Replicas pruning at once delete disjoint or no rows.
         """
-        cutoff = utcnow() - self.keep_published
-        old = select(self.table.c.seq).where(self.table.c.published_at < cutoff).limit(PRUNE_CHUNK)
-        pruned = 0
+        old = select(self.table.c.seq).where(self.table.c.published_at < utcnow() - self.keep_published)
+        return await self._delete_in_chunks(self.table, self.table.c.seq, old)
+
+    async def prune_inbox(self) -> int:
+        """Deletes the service's inbox entries older than KEEP_APPLIED (the relay's loop is its housekeeping too)."""
+        assert self.inbox is not None
+        key = tuple_(self.inbox.c.consumer, self.inbox.c.message_id)
+        old = select(self.inbox.c.consumer, self.inbox.c.message_id).where(
+            self.inbox.c.applied_at < utcnow() - KEEP_APPLIED
+        )
+        return await self._delete_in_chunks(self.inbox, key, old)
+
+    async def _delete_in_chunks(self, table: Table, key: Any, old: Select[Any]) -> int:
+        """Deletes the rows `old` selects, PRUNE_CHUNK per short transaction, at most PRUNE_CHUNKS_PER_PASS."""
+        deleted = 0
         for _ in range(PRUNE_CHUNKS_PER_PASS):
             async with self.db.transaction() as session:
-                result = await session.execute(delete(self.table).where(self.table.c.seq.in_(old.scalar_subquery())))
-            deleted = int(result.rowcount)  # type: ignore[attr-defined]
-            pruned += deleted
-            if deleted < PRUNE_CHUNK or self._stopping.is_set():
+                result = await session.execute(delete(table).where(key.in_(old.limit(PRUNE_CHUNK))))
+            chunk = int(result.rowcount)  # type: ignore[attr-defined]
+            deleted += chunk
+            if chunk < PRUNE_CHUNK or self._stopping.is_set():
                 break
-        return pruned
+        return deleted
 
     async def _mark_published(self, session: AsyncSession, seqs: list[int]) -> None:
         await session.execute(update(self.table).where(self.table.c.seq.in_(seqs)).values(published_at=utcnow()))

@@ -30,7 +30,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="attribution")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published)
+    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     ledger = Ledger(settings.cost(), settings.currency, settings.report_utc_offset_minutes)
 

@@ -43,7 +43,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published)
+    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
     segments_channel = client_channel(settings.segments_target, provider)
     segments = SegmentsClient(segments_channel)
     runner = ReleaseRunner(

@@ -30,7 +30,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="segments")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published)
+    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     servicer = SegmentsApi(db, outbox, settings, tracer)
     await install_catalog_file(db, servicer.activity, settings.catalog_file)

@@ -283,3 +283,23 @@ async def test_the_backlog_is_counted_exactly_up_to_the_limit_and_estimated_from
     assert (await relay.measure_backlog())[0] == 5
     assert await relay.publish_pending() == 5
     assert await relay.measure_backlog() == (0, 0.0)
+
+
+async def test_inbox_entries_are_pruned_once_older_than_any_stream_keeps_a_message(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, inbox_t, _, _ = setup
+    now = utcnow()
+    ages = [timedelta(days=16)] * 3 + [timedelta(days=13)] * 2
+    async with db.transaction() as session:
+        await session.execute(
+            insert(inbox_t),
+            [{"consumer": "d", "message_id": f"m{i}", "applied_at": now - age} for i, age in enumerate(ages)],
+        )
+    monkeypatch.setattr(outbox_module, "PRUNE_CHUNK", 2)
+    relay = OutboxRelay(db, outbox_t, bus, tracer, inbox=inbox_t)
+    assert await relay.prune_inbox() == 3
+    async with db.snapshot() as session:
+        kept = (await session.execute(select(inbox_t.c.message_id).order_by(inbox_t.c.message_id))).scalars().all()
+    assert kept == ["m3", "m4"]
+    # A redelivery of a message still in its stream is still recognised.
+    async with db.transaction() as session:
+        assert not await Inbox(inbox_t).claim(session, "d", "m3")
