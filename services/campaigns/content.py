@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import jinja2
 from jinja2 import nodes
 
 from plumbing.errors import InvalidArgument
@@ -17,6 +16,7 @@ from services.campaigns.rendering import (
     ALWAYS_FETCHED_ATTRIBUTES,
     RESERVED_NAMES,
     CompiledEmail,
+    CompiledTemplate,
     EmailTemplates,
     Offer,
     RenderedEmail,
@@ -234,7 +234,7 @@ class ContentTemplates:
 class CompiledSms:
     sender_id: str
     dlt_template_id: str
-    body: jinja2.Template
+    body: CompiledTemplate
     registered: DltTemplate | None
 
 
@@ -242,20 +242,20 @@ class CompiledSms:
 class CompiledWhatsApp:
     template_name: str
     language_code: str
-    parameters: tuple[jinja2.Template, ...]
+    parameters: tuple[CompiledTemplate, ...]
 
 
 @dataclass(frozen=True)
 class CompiledPush:
-    title: jinja2.Template
-    body: jinja2.Template
-    deep_link: jinja2.Template | None
+    title: CompiledTemplate
+    body: CompiledTemplate
+    deep_link: CompiledTemplate | None
 
 
 @dataclass(frozen=True)
 class CompiledWebhook:
     url: str
-    payload: jinja2.Template
+    payload: CompiledTemplate
 
 
 @dataclass(frozen=True)
@@ -349,7 +349,7 @@ def _compile_whatsapp(
     _required(templates.template_name, f"{base}.template_name", "'lumpsum_offer_v2'")
     language = templates.language_code or "en"
     environment = template_environment(html=False)
-    compiled: list[jinja2.Template] = []
+    compiled: list[CompiledTemplate] = []
     names: set[str] = set()
     for index, source in enumerate(templates.parameter_templates):
         path = f"{base}.parameter_templates[{index}]"
@@ -384,7 +384,7 @@ def _compile_push(templates: PushTemplates) -> tuple[CompiledPush, set[str]]:
     environment = template_environment(html=False)
     title, title_names = compile_template(environment, templates.title_template, f"{base}.title_template")
     body, body_names = compile_template(environment, templates.body_template, f"{base}.body_template")
-    deep_link: jinja2.Template | None = None
+    deep_link: CompiledTemplate | None = None
     link_names: set[str] = set()
     if templates.deep_link_template.strip():
         deep_link, link_names = compile_template(

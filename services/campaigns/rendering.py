@@ -1,7 +1,8 @@
 """Campaign content: INR formatting, sandboxed template compilation and per-person rendering."""
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -197,13 +198,70 @@ class EmailTemplates:
     from_name: str
 
 
+class CompiledTemplate:
+    """One template compiled once per run, rendered per person.
+
+    A template that only prints text and names (`Dear {{ first_name }}, ...`, most subjects and many bodies) is
+    rendered by joining its text with the names' values, converted exactly as Jinja's generated code converts them
+    (markupsafe's escape when autoescaping, str otherwise); Jinja's per-render context and generator were most of
+    a render. Anything else, and any name the context lacks (so StrictUndefined fails it the usual way), goes
+    through Jinja.
+    """
+
+    __slots__ = ("_convert", "_names", "_texts", "jinja")
+
+    def __init__(self, template: jinja2.Template, parsed: nodes.Template, *, autoescape: bool) -> None:
+        self.jinja = template
+        plan = _text_and_names(parsed)
+        self._texts: tuple[str, ...] = plan[0] if plan is not None else ()
+        self._names: tuple[str, ...] | None = plan[1] if plan is not None else None
+        self._convert: Callable[[Any], str] = markupsafe.escape if autoescape else str
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        names = self._names
+        if names is None:
+            return self.jinja.render(context)
+        texts, convert = self._texts, self._convert
+        pieces = [texts[0]]
+        for name, text in zip(names, texts[1:], strict=True):
+            value = context.get(name, _ABSENT)
+            if value is _ABSENT:
+                return self.jinja.render(context)
+            pieces.append(convert(value))
+            pieces.append(text)
+        return "".join(pieces)
+
+
+_ABSENT = object()
+
+
+def _text_and_names(parsed: nodes.Template) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(texts, names) with texts[0] + value of names[0] + texts[1] + ... being the template's output, when the
+    template is only literal text and {{ name }} outputs; None otherwise."""
+    texts, names, current = [], [], ""
+    for statement in parsed.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for node in statement.nodes:
+            if isinstance(node, nodes.TemplateData):
+                current += node.data
+            elif isinstance(node, nodes.Name) and node.ctx == "load":
+                texts.append(current)
+                names.append(node.name)
+                current = ""
+            else:
+                return None
+    texts.append(current)
+    return tuple(texts), tuple(names)
+
+
 @dataclass(frozen=True)
 class CompiledEmail:
     """Templates compiled once per campaign run, and the member attributes they reference."""
 
-    subject: jinja2.Template
-    html: jinja2.Template
-    text: jinja2.Template | None
+    subject: CompiledTemplate
+    html: CompiledTemplate
+    text: CompiledTemplate | None
     from_name: str
     referenced_names: frozenset[str]
 
@@ -270,7 +328,7 @@ def check_safe(parsed: nodes.Template, field: str) -> None:
             )
 
 
-def compile_template(environment: SandboxedEnvironment, source: str, field: str) -> tuple[jinja2.Template, set[str]]:
+def compile_template(environment: SandboxedEnvironment, source: str, field: str) -> tuple[CompiledTemplate, set[str]]:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise InvalidArgument(
             f"the template is {len(source)} characters long; templates may have at most {MAX_TEMPLATE_CHARS}",
@@ -291,7 +349,7 @@ def compile_template(environment: SandboxedEnvironment, source: str, field: str)
     # Jinja keeps a template's globals as a ChainMap and copies it into every render's context; flattened
     # once here, a render costs a third (nothing adds globals after compiling).
     template.globals = dict(template.globals)
-    return template, referenced
+    return CompiledTemplate(template, parsed, autoescape=bool(environment.autoescape)), referenced
 
 
 def compile_email(templates: EmailTemplates, *, offer_has_amount: bool) -> CompiledEmail:
@@ -303,7 +361,7 @@ def compile_email(templates: EmailTemplates, *, offer_has_amount: bool) -> Compi
     text_env, html_env = template_environment(html=False), template_environment(html=True)
     subject, subject_names = compile_template(text_env, templates.subject_template, f"{CONTENT_FIELD}.subject_template")
     html, html_names = compile_template(html_env, templates.html_template, f"{CONTENT_FIELD}.html_template")
-    text: jinja2.Template | None = None
+    text: CompiledTemplate | None = None
     text_names: set[str] = set()
     if templates.text_template.strip():
         text, text_names = compile_template(text_env, templates.text_template, f"{CONTENT_FIELD}.text_template")
@@ -341,6 +399,13 @@ def _template_value(value: object) -> object:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def offer_amount_texts(amount: Money) -> tuple[str, str]:
+    """The offer amount compact and grouped (₹17.4 lakh, ₹17,40,000): the same for every person a run renders, so
+    formatted once per amount rather than twice per person (Decimal arithmetic, ~10 µs)."""
+    return format_money(amount, "compact"), format_money(amount, "grouped")
+
+
 def build_context(
     attributes: Mapping[str, object],
     campaign_id: str,
@@ -354,7 +419,10 @@ def build_context(
     of the same name. first_name is "" when unknown so templates can write {{ first_name or "Investor" }};
     recommendations are the products chosen for the person (see products.py).
     """
-    context: dict[str, Any] = {name: _template_value(value) for name, value in attributes.items()}
+    # Strings, most attributes, are kept as they are without _template_value's checks.
+    context: dict[str, Any] = {
+        name: value if type(value) is str else _template_value(value) for name, value in attributes.items()
+    }
     first_name = attributes.get("first_name")
     offer_context: dict[str, Any] = {"product_code": offer.product_code}
     context.update(
@@ -365,13 +433,12 @@ def build_context(
         recommendations=[dict(product) for product in recommendations],
     )
     if offer.amount is not None:
-        context["offer_amount"] = format_money(offer.amount, "compact")
-        context["offer_amount_full"] = format_money(offer.amount, "grouped")
+        context["offer_amount"], context["offer_amount_full"] = offer_amount_texts(offer.amount)
         offer_context["amount"] = context["offer_amount"]
     return context
 
 
-def render_template(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+def render_template(template: CompiledTemplate, context: Mapping[str, Any]) -> str:
     """One template for one person; RenderFailed names what went wrong, never the person's values."""
     try:
         return template.render(context)
