@@ -1,5 +1,6 @@
 """Outreaches for many people of one run at once: the gate, campaign IDs, rendering, and the rows and events written."""
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,10 @@ from services.campaigns.scheduling import QuietHours, recipient_time_zone
 from services.campaigns.segments_client import AudienceMember
 from services.campaigns.selection import Admitted, AudienceGate
 from xsell.campaigns.v1 import events_pb2, resources_pb2
+
+OUTREACH_ID_PREFIX = "xsell-outreach:"
+"""What plumbing.telemetry.outreach_ids hashes before a campaign ID (tests/unit/campaigns/test_outreach_headers.py
+holds the two together)."""
 
 RENDER_REASON_LENGTH = 40
 """run_exclusions.reason holds 40 characters: the start of a render failure's reason ("missing variable …")."""
@@ -58,18 +63,29 @@ class PageRows:
     dispatched: int = 0
 
 
-def outreach_headers(event_id: str, campaign_id: str) -> str:
+def outreach_traceparent(campaign_id: str) -> str:
+    """The W3C traceparent of an outreach's root span, sampled: the trace and span ids plumbing.telemetry.outreach_ids
+    derives from the campaign ID, read as hex from the same digest instead of through integers (half the time)."""
+    digest = hashlib.sha256(f"{OUTREACH_ID_PREFIX}{campaign_id}".encode()).hexdigest()
+    trace_id, span_id = digest[:32], digest[32:48]
+    if trace_id.strip("0") and span_id.strip("0"):
+        return f"00-{trace_id}-{span_id}-01"
+    numbers = outreach_ids(campaign_id)  # an all-zero id, which outreach_ids replaces (never seen in practice)
+    return f"00-{numbers[0]:032x}-{numbers[1]:016x}-01"
+
+
+def outreach_headers(event_id: str, campaign_id: str, traceparent: str | None = None) -> str:
     """The outbox headers of an outreach's event as JSON text: the message id, the outreach's trace (W3C
     traceparent, the span the trace and its root span id derive from the campaign ID, as
     plumbing.telemetry.outreach_context and the propagator write it) and the campaign ID header.
 
     Written directly rather than through an attached context, the propagator and json.dumps, which were a
     fifth of building a row; nothing needs escaping: event ids are ULID-based, campaign IDs are upper-case
-    letters, digits and hyphens (format_campaign_id, from validated parts).
+    letters, digits and hyphens (format_campaign_id, from validated parts). `traceparent`: the outreach's,
+    when the caller has it already (an outreach's two events share it).
     """
-    trace_id, span_id = outreach_ids(campaign_id)
     return (
-        f'{{"{MSG_ID_HEADER}": "{event_id}", "traceparent": "00-{trace_id:032x}-{span_id:016x}-01", '
+        f'{{"{MSG_ID_HEADER}": "{event_id}", "traceparent": "{traceparent or outreach_traceparent(campaign_id)}", '
         f'"{CAMPAIGN_ID_HEADER}": "{campaign_id}"}}'
     )
 
@@ -114,7 +130,7 @@ class OutreachRows:
         self._now_value = shared["created_at"]
         self._event_time = values.event_time(now)
         self._now_stamp = timestamp(now)
-        self._shared_outreach = resources_pb2.Outreach(
+        shared_outreach = resources_pb2.Outreach(
             campaign_key=campaign.campaign_key,
             trigger_code=campaign.trigger_code,
             offer=offer_proto(offer),
@@ -123,6 +139,11 @@ class OutreachRows:
             create_time=self._now_stamp,
             run_id=run.run_id,
         )
+        # An OutreachCreated is this, serialised once, followed by the person's own fields: protobuf parsers merge
+        # the two occurrences of `outreach` into one message (the encoding's rule for a repeated embedded field),
+        # so nothing shared is copied into a message per person.
+        self._created_prefix = events_pb2.OutreachCreated(outreach=shared_outreach).SerializeToString()
+        self._channel_values = {channel: channel_value(channel) for channel in compiled.order}
 
     def page(
         self, members: list[AudienceMember], channels: dict[str, str], sequences: Iterable[int], first_ordinal: int
@@ -140,6 +161,7 @@ class OutreachRows:
         rows = PageRows([], [], [], [])
         outreaches, events, created_ids = rows.outreaches, rows.events, rows.created
         event_time, now_value, shared_columns = self._event_time, self._now_value, self._shared_columns
+        created_prefix = self._created_prefix
         for member, sequence in zip(members, sequences, strict=True):
             campaign_id = format_campaign_id(campaign.programme, self.run.month, campaign.trigger_code, sequence)
             profile_id = member.profile_id
@@ -154,24 +176,26 @@ class OutreachRows:
                 continue
             time_zone = recipient_time_zone(member.attributes.get("time_zone"), campaign.time_zone)
             event_id = f"{event_prefix}-{len(events):05d}"
-            created = events_pb2.OutreachCreated(event_id=event_id)
-            created.outreach.CopyFrom(self._shared_outreach)
-            created.outreach.campaign_id = campaign_id
-            created.outreach.profile_id = profile_id
-            created.outreach.channel = channel_value(channel)  # type: ignore[assignment]
+            own = resources_pb2.Outreach(
+                campaign_id=campaign_id,
+                profile_id=profile_id,
+                channel=self._channel_values[channel],  # type: ignore[arg-type]
+            )
+            created = created_prefix + events_pb2.OutreachCreated(event_id=event_id, outreach=own).SerializeToString()
+            traceparent = outreach_traceparent(campaign_id)
             events.append(
                 (
                     event_id,
                     streams.OUTREACH_CREATED,
-                    created.SerializeToString(),
-                    outreach_headers(event_id, campaign_id),
+                    created,
+                    outreach_headers(event_id, campaign_id, traceparent),
                     event_time,
                 )
             )
             dispatch = dispatch_message(
                 campaign_id, profile_id, channel, rendered, contact_address(channel, member.attributes)
             )
-            dispatch_after = dispatched_at = None
+            dispatch_after = dispatched_at = payload = None
             if self.dispatch_now:
                 release_at = self.quiet_hours.release_time(self.now, time_zone) if self.quiet_hours else self.now
                 if release_at > self.now:
@@ -180,12 +204,14 @@ class OutreachRows:
                     event_id = f"{event_prefix}-{len(events):05d}"
                     dispatch.event_id = event_id
                     dispatch.request_time.CopyFrom(self._now_stamp)
+                    # Published now: the stored payload is the event as published (it is never dispatched again).
+                    payload = dispatch.SerializeToString()
                     events.append(
                         (
                             event_id,
                             streams.DISPATCH_REQUESTED,
-                            dispatch.SerializeToString(),
-                            outreach_headers(event_id, campaign_id),
+                            payload,
+                            outreach_headers(event_id, campaign_id, traceparent),
                             event_time,
                         )
                     )
@@ -202,7 +228,7 @@ class OutreachRows:
                     time_zone,
                     dispatch_after,
                     dispatched_at,
-                    dispatch.SerializeToString(),
+                    payload if payload is not None else dispatch.SerializeToString(),
                     *shared_columns,
                 )
             )

@@ -323,7 +323,10 @@ class ReleaseRunner:
             "campaign.dispatch_page", attributes={"campaign.key": campaign.campaign_key}
         ) as span:
             values = store.DriverValues(session)
-            event_time, request_time = values.event_time(now), timestamp(now)
+            event_time = values.event_time(now)
+            # The stored payload, then the event id and the request time: parsers merge what follows into the
+            # message (the last value of a field wins), so the payload is not parsed and serialised again per event.
+            request_time = events_pb2.DispatchRequested(request_time=timestamp(now)).SerializeToString()
             # One ULID per page, numbered per event, as at release.
             event_prefix = new_id("evt_")
             events: list[tuple[str, tuple[Any, ...]]] = []
@@ -335,12 +338,14 @@ class ReleaseRunner:
                     if release_at > now:
                         deferred.append({"key": outreach.campaign_id, "after": release_at})
                         continue
-                message = events_pb2.DispatchRequested.FromString(outreach.dispatch_payload)
                 event_id = f"{event_prefix}-{len(events):05d}"
-                message.event_id = event_id
-                message.request_time.CopyFrom(request_time)
+                payload = (
+                    outreach.dispatch_payload
+                    + events_pb2.DispatchRequested(event_id=event_id).SerializeToString()
+                    + request_time
+                )
                 headers = outreach_headers(event_id, outreach.campaign_id)
-                row = (event_id, streams.DISPATCH_REQUESTED, message.SerializeToString(), headers, event_time)
+                row = (event_id, streams.DISPATCH_REQUESTED, payload, headers, event_time)
                 events.append((outreach.campaign_id, row))
             # Only what this page marked is published: an outreach withdrawn meanwhile for a better campaign is not.
             marked = await store.mark_dispatched(session, [key for key, _ in events], now)

@@ -96,6 +96,8 @@ async def test_launch_creates_one_outreach_per_reachable_member_with_unique_ids_
         dispatch = events_pb2.DispatchRequested.FromString(data)
         assert headers[MSG_ID_HEADER] == dispatch.event_id
         assert headers[CAMPAIGN_ID_HEADER] == dispatch.campaign_id
+        # Set at dispatch, after the stored payload: the stored message with its event id and request time.
+        assert dispatch.request_time.seconds > 0 and dispatch.email.to_address
         # The dispatch continues the trace that starts where the outreach was created.
         assert headers["traceparent"].split("-")[1] == outreach_trace_id(dispatch.campaign_id)
         emails[dispatch.profile_id] = dispatch
