@@ -19,7 +19,7 @@ from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
-from plumbing.telemetry import TRACEPARENT, outreach_span
+from plumbing.telemetry import TRACEPARENT, outreach_ids, outreach_span
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
@@ -183,8 +183,14 @@ class DispatchHandler:
             raise CampaignInFlight(f"campaign ID {campaign_id} is being sent by this replica")
         self._in_flight.add(campaign_id)
         try:
-            with outreach_span(self.tracer, "channels.dispatch", campaign_id):
+            if _continues_outreach(delivery, campaign_id):
+                # The consumer's span already continues the outreach's trace (campaigns' relay sent its traceparent)
+                # and has the campaign ID bound to the logs: the dispatch is described on it, one span fewer per
+                # message. A request without that context gets a dispatch span of its own in the outreach's trace.
                 await self._dispatch(campaign_id, event, delivery)
+            else:
+                with outreach_span(self.tracer, "channels.dispatch", campaign_id):
+                    await self._dispatch(campaign_id, event, delivery)
         finally:
             self._in_flight.discard(campaign_id)
 
@@ -562,6 +568,14 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
+
+
+def _continues_outreach(delivery: Delivery, campaign_id: str) -> bool:
+    """Whether the current span (the consumer's) is in `campaign_id`'s outreach trace and logs under it."""
+    if delivery.campaign_id != campaign_id:
+        return False
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and context.trace_id == outreach_ids(campaign_id)[0]
 
 
 def _mark_failed(span: trace.Span, failure: SendFailure) -> None:

@@ -6,11 +6,13 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from sqlalchemy import insert
+from opentelemetry.trace import SpanKind
+from sqlalchemy import insert, select
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
 from plumbing.bus import Bus
+from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
 from services.channels.delivery import DeliveryState
@@ -386,3 +388,44 @@ async def test_a_provider_never_has_more_calls_in_flight_than_its_concurrency(
     for campaign_id in campaign_ids:
         await published_state(listener, campaign_id, SENT)
     assert provider_sinks.sms.most_in_flight == 2
+
+
+async def test_a_request_in_its_outreachs_trace_is_dispatched_on_the_consumers_span_and_its_event_continues_it(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, nats_bus: Bus
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    trace_id, root_span_id = outreach_ids(campaign_id)
+    # As campaigns' relay publishes it: a traceparent whose parent is the outreach's root span.
+    ack = await nats_bus.js.publish(
+        streams.DISPATCH_REQUESTED,
+        dispatch_on("sms", campaign_id).SerializeToString(),
+        headers={
+            "Nats-Msg-Id": new_campaign_id(),
+            "Xsell-Campaign-Id": campaign_id,
+            "traceparent": f"00-{trace_id:032x}-{root_span_id:016x}-01",
+        },
+    )
+    await handled(nats_bus, int(ack.seq))
+
+    spans = [s for s in channels.spans.get_finished_spans() if (s.attributes or {}).get("campaign.id") == campaign_id]
+    # One span of this process per message: the consumer's, carrying the hand-over; no dispatch span beside it.
+    [consumer] = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    assert not [s for s in spans if s.name == "channels.dispatch"]
+    assert consumer.context.trace_id == trace_id and consumer.parent is not None
+    assert consumer.parent.span_id == root_span_id
+    assert consumer.attributes is not None and consumer.attributes["xsell.provider"] == "sms"
+    assert consumer.attributes["http.response.status_code"] == 200
+    # The DeliveryUpdated it caused continues the same trace, as a child of that span.
+    async with channels.db.snapshot() as session:
+        headers = (
+            (
+                await session.execute(
+                    select(store.outbox.c.headers).where(store.outbox.c.subject == streams.DELIVERY_UPDATED)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    [traceparent] = [h["traceparent"] for h in headers if h.get("Xsell-Campaign-Id") == campaign_id]
+    assert traceparent == f"00-{trace_id:032x}-{consumer.context.span_id:016x}-01"
