@@ -3,7 +3,7 @@
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 from statistics import NormalDist
 from typing import Any
@@ -25,6 +25,11 @@ MIN_GROUP_FOR_LIFT = 30
 def local_day(at: datetime, utc_offset_minutes: int) -> str:
     """The day `at` falls on at the report's UTC offset, as YYYY-MM-DD."""
     return (at + timedelta(minutes=utc_offset_minutes)).strftime("%Y-%m-%d")
+
+
+def day_of_number(day_number: int) -> str:
+    """A day number (days since 1970-01-01, store.local_day_number) as YYYY-MM-DD."""
+    return (date(1970, 1, 1) + timedelta(days=day_number)).isoformat()
 
 
 def format_offset(utc_offset_minutes: int) -> str:

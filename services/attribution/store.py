@@ -3,7 +3,7 @@
 import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -24,11 +24,13 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    type_coerce,
     union_all,
     update,
 )
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import TypeDecorator
 
 from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
@@ -94,6 +96,45 @@ outreach_groups = Table(
 ledger rows a recompute groups carry one integer instead of six strings."""
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECONDS_A_DAY = 86_400_000_000
+
+
+class UtcMicroseconds(TypeDecorator[datetime]):
+    """A UTC instant stored as whole microseconds since 1970-01-01 UTC (a BIGINT), read back as an aware datetime.
+
+    A recompute takes a million instants' local days with integer arithmetic on these (local_day_number) where
+    SQLite had to parse each timestamp's text with date(); the microseconds keep every instant exactly.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: xsell stores timezone-aware UTC only")
+        return (value - EPOCH) // timedelta(microseconds=1)
+
+    def process_result_value(self, value: int | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return EPOCH + timedelta(microseconds=value)
+
+
+def micros(column: Any) -> Any:
+    """A UtcMicroseconds column (or an expression of them) as the plain integer it is, for arithmetic in SQL."""
+    return type_coerce(column, BigInteger)
+
+
+def local_day_number(column: Any, utc_offset_minutes: int) -> Any:
+    """The local day of a UtcMicroseconds column as a day number (days since 1970-01-01), in integer arithmetic that
+    every backend runs alike; NULL for NULL. Instants before 1970 are not in the ledger, so truncating division is
+    the floor."""
+    return (micros(column) + utc_offset_minutes * 60_000_000) // MICROSECONDS_A_DAY
+
+
 def step_column(step: str) -> str:
     """The outreach_funnel column holding the first time the outreach reached `step`."""
     return f"{step}_at"
@@ -104,12 +145,13 @@ outreach_funnel = Table(
     metadata,
     Column("campaign_id", String(100), ForeignKey("outreaches.campaign_id"), primary_key=True),
     Column("group_id", Integer, ForeignKey("outreach_groups.group_id"), nullable=False),
-    Column("created_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcMicroseconds, nullable=False),
     # The first time of each funnel step (rules.FUNNEL_STEPS); NULL until the step is reached.
-    *(Column(step_column(step), UtcDateTime, nullable=True) for step in FUNNEL_STEPS),
+    *(Column(step_column(step), UtcMicroseconds, nullable=True) for step in FUNNEL_STEPS),
 )
 """The funnel steps' ledger: one narrow row per outreach, written with the outreach and moved with each step in the
-step's transaction, so a recompute is one scan of a million rows, without a join or a pivot."""
+step's transaction, so a recompute is one scan of a million rows, without a join or a pivot. Its instants are
+integers (UtcMicroseconds, migration 0005), so their local days are arithmetic, not parsing."""
 
 costs = Table(
     "costs",
@@ -122,7 +164,8 @@ costs = Table(
     Column("currency_code", String(3), nullable=False),
     # What the cost is for: the lead of an rm_time cost; empty for a send cost.
     Column("ref", String(100), nullable=False),
-    Column("at", UtcDateTime, nullable=False),
+    # When it was booked (an integer, as outreach_funnel's instants: a recompute takes a million costs' local days).
+    Column("at", UtcMicroseconds, nullable=False),
     # The outreach's group (outreach_groups), written with the cost: its dimensions never change.
     Column(
         "group_id",
@@ -455,7 +498,7 @@ def _earliest(session: AsyncSession, step: str, at: Any) -> Any:
 
 async def reach_step(session: AsyncSession, campaign_id: str, step: str, at: datetime) -> None:
     """Marks the funnel step reached; out-of-order events keep the earliest time."""
-    at_param = bindparam("at", at, type_=UtcDateTime)
+    at_param = bindparam("at", at, type_=UtcMicroseconds)
     await session.execute(
         update(outreach_funnel)
         .where(outreach_funnel.c.campaign_id == campaign_id)
@@ -822,7 +865,7 @@ async def reach_steps(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) 
         statement = (
             update(outreach_funnel)
             .where(outreach_funnel.c.campaign_id == bindparam("outreach"))
-            .values({step_column(step): _earliest(session, step, bindparam("at", type_=UtcDateTime))})
+            .values({step_column(step): _earliest(session, step, bindparam("at", type_=UtcMicroseconds))})
         )
         await session.execute(statement, parameters)
 

@@ -9,7 +9,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, exists, func, literal, literal_column, or_, select, text, true
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    Integer,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    literal_column,
+    not_,
+    null,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -18,8 +36,10 @@ from services.attribution import store
 from services.attribution.reporting import (
     COUNTER_COLUMNS,
     LABEL_SEPARATOR,
+    LAG_BUCKET_DAYS,
     LAG_COLUMNS,
     Totals,
+    day_of_number,
     funnel_column,
     funnel_levels,
     labels_of,
@@ -333,6 +353,33 @@ def _local_date(session: AsyncSession, column: Any, utc_offset_minutes: int) -> 
     return func.date(column, f"{utc_offset_minutes:+d} minutes")
 
 
+_EARLY_STEPS = 3
+"""How many of the funnel's first steps (sent, delivered, opened) most outreaches stop within: the recompute groups
+those outreaches by these steps' days alone."""
+
+
+def _earliest_of(session: AsyncSession, columns: list[Any]) -> Any:
+    """The earliest non-NULL of the columns (NULL when all are): LEAST() on PostgreSQL; SQLite's scalar MIN() is NULL
+    with a NULL argument, so it is folded pairwise with COALESCE."""
+    if dialect_of(session) == "postgresql":
+        return func.least(*columns)
+    earliest = columns[0]
+    for column in columns[1:]:
+        earliest = func.coalesce(func.min(earliest, column), earliest, column)
+    return earliest
+
+
+def _lag_bucket(lag_micros: Any) -> Any:
+    """reporting.lag_bucket in SQL, on the lag in whole microseconds (NULL when not converted). Comparing integer
+    microseconds with whole days decides every lag as the float days of reporting.lag_bucket do: a lag a microsecond
+    over a bound is over it in float days as well."""
+    return case(
+        (lag_micros.is_(None), null()),
+        *((lag_micros <= days * store.MICROSECONDS_A_DAY, index) for index, days in enumerate(LAG_BUCKET_DAYS)),
+        else_=len(LAG_BUCKET_DAYS),
+    )
+
+
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a read session that sees the same snapshot of the database as the caller's."""
 
@@ -377,9 +424,10 @@ async def recompute(
     """Every rollup row as the ledger says it should be, in set-based queries over the ledger's tables.
 
     Returns {rollup key: {counter: value}} with only non-zero counters. Each pass groups in the database by the
-    outreach's group (outreach_groups) and local days, never returning a row per outreach (a converted outreach is its
-    own group, for its exact lag: 50k in a month). The funnel pass reads outreach_funnel in `parts` ranges; with
-    `side`, each range after the first and the cost and money passes run on connections of their own, side by side.
+    outreach's group (outreach_groups) and local day numbers (integer arithmetic on integer instants), never returning
+    a row per outreach (a converted outreach's lag bucket is computed in the database from its exact instants). The
+    funnel pass reads outreach_funnel in `parts` ranges; with `side`, each range after the first and the cost and
+    money passes run on connections of their own, side by side.
     """
     rows: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     g = store.outreach_groups
@@ -391,58 +439,88 @@ async def recompute(
     def day_of(column: Any, name: str = "day") -> Any:
         return _local_date(session, column, utc_offset_minutes).label(name)
 
-    async def collect(on: AsyncSession, group: Any, day: Any, source: Any, sums: Mapping[str, Any]) -> None:
+    day_text = functools.cache(day_of_number)
+
+    def day_number(column: Any, name: str) -> Any:
+        return store.local_day_number(column, utc_offset_minutes).label(name)
+
+    async def collect(
+        on: AsyncSession, group: Any, day: Any, source: Any, sums: Mapping[str, Any], day_text: Callable[[Any], str]
+    ) -> None:
         """Adds one pass grouped by outreach group and day to `rows`."""
         query = select(group.label("group_id"), day, *(value.label(name) for name, value in sums.items()))
         for row in (await on.execute(query.select_from(source).group_by(group, day))).mappings():
-            key = (str(row["day"]), *groups[row["group_id"]])
+            key = (day_text(row["day"]), *groups[row["group_id"]])
             for name in sums:
                 rows[key][name] += int(row[name] or 0)
 
     f = store.outreach_funnel
-    converted_steps = FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]
+    step_at = {step: f.c[store.step_column(step)] for step in FUNNEL_STEPS}
+    converted_at = _earliest_of(session, [step_at[step] for step in FUNNEL_STEPS[funnel_rank(CONVERTED) - 1 :]])
+    # Most outreaches stop at an open: they group by those steps' days alone, and only the others by every step's day
+    # and the lag: each key costs SQLite's sort of a million rows ~0.4 s of CPU, the largest share of a check.
+    stopped_early = and_(*(step_at[step].is_(None) for step in FUNNEL_STEPS[_EARLY_STEPS:]))
+
+    def funnel_query(where: ColumnElement[bool]) -> Any:
+        def grouped(steps: int, lag: Any | None, condition: ColumnElement[bool]) -> Any:
+            """Outreaches grouped by group, creation day, the days of the first `steps` steps and `lag`; the other
+            steps' days (and the lag, without one) are NULL, as for an outreach that has not reached them."""
+            created = day_number(f.c.created_at, "day")
+            days = [day_number(step_at[step], f"day_{step}") for step in FUNNEL_STEPS[:steps]]
+            unreached = [cast(null(), BigInteger).label(f"day_{step}") for step in FUNNEL_STEPS[steps:]]
+            lags = [lag] if lag is not None else []
+            return (
+                select(
+                    f.c.group_id,
+                    created,
+                    *days,
+                    *unreached,
+                    lag if lag is not None else cast(null(), Integer).label("lag"),
+                    func.count().label("outreaches"),
+                )
+                .where(where, condition)
+                .group_by(f.c.group_id, created, *days, *lags)
+            )
+
+        lag = _lag_bucket(store.micros(converted_at) - store.micros(f.c.created_at)).label("lag")
+        return union_all(
+            grouped(_EARLY_STEPS, None, stopped_early), grouped(len(FUNNEL_STEPS), lag, not_(stopped_early))
+        )
 
     async def funnel_pass(on: AsyncSession, where: ColumnElement[bool]) -> None:
         # 1. Sends, the funnel and lag in one scan of outreach_funnel (one row per outreach, its steps side by side),
         # grouped by group, creation day and the local day of each step: outreaches that moved alike share a row, and
         # the funnel's levels (a level's day is the earliest of its step's and every later one's,
-        # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows.
-        converted = or_(*(f.c[store.step_column(step)].is_not(None) for step in converted_steps))
-        # A converted outreach keeps its instants, for its lag bucket; every other one groups by days alone.
-        exact = (
-            case((converted, f.c.created_at)).label("created_at"),
-            *(case((converted, f.c[store.step_column(step)])).label(f"at_{step}") for step in converted_steps),
-        )
-        step_days = tuple(day_of(f.c[store.step_column(step)], f"day_{step}") for step in FUNNEL_STEPS)
-        keys = (f.c.group_id, day_of(f.c.created_at), *step_days, *exact)
-        query = select(*keys, func.count().label("outreaches")).where(where).group_by(*keys)
-        # By position, and counted by (day, group, counter) until the end: ~88k rows at 1M outreaches, each touching
-        # up to a dozen counters, so the per-row Python is kept to lookups and additions.
+        # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows. A
+        # converted outreach's lag bucket is computed by the database from its exact instants (_lag_bucket).
+        # By position, and counted by (day number, group, counter) until the end: ~40k rows at 1M outreaches, each
+        # touching up to a dozen counters, so the per-row Python is kept to lookups and additions.
         levels = [(2 + FUNNEL_STEPS.index(step), funnel_column(step)) for step in reversed(FUNNEL_STEPS)]
-        exact_at = range(3 + len(FUNNEL_STEPS), 3 + len(FUNNEL_STEPS) + len(converted_steps))
-        counts: dict[tuple[Any, int, str], int] = defaultdict(int)
-        for row in await on.execute(query):
-            group, outreaches = row[0], row[-1]
+        converted_position = 2 + FUNNEL_STEPS.index(CONVERTED)
+        counts: dict[tuple[int, int, str], int] = defaultdict(int)
+        for row in await on.execute(funnel_query(where)):
+            group, lag, outreaches = row[0], row[-2], row[-1]
             counts[(row[1], group, "sent")] += outreaches
-            earliest = None
+            earliest: int | None = None
+            converted_day: int | None = None
             for position, column in levels:
                 day = row[position]
                 if day is not None and (earliest is None or day < earliest):
                     earliest = day
                 if earliest is not None:
                     counts[(earliest, group, column)] += outreaches
-            created_at = row[2 + len(FUNNEL_STEPS)]
-            if created_at is not None:
-                converted_at = min(row[position] for position in exact_at if row[position] is not None)
-                bucket = LAG_COLUMNS[lag_bucket(created_at, converted_at)]
-                counts[(local_day(converted_at, utc_offset_minutes), group, bucket)] += outreaches
+                if position == converted_position:
+                    converted_day = earliest
+            if lag is not None and converted_day is not None:
+                counts[(converted_day, group, LAG_COLUMNS[lag])] += outreaches
         for (day, group, column), value in counts.items():
-            rows[(str(day), *groups[group])][column] += value
+            rows[(day_text(day), *groups[group])][column] += value
 
     async def money_passes(on: AsyncSession) -> None:
         # 2. Costs on the day each was booked, by the group written with each (no join with a million outreaches).
         c = store.costs
-        await collect(on, c.c.group_id, day_of(c.c.at), c, {"cost_paise": func.sum(c.c.amount_paise)})
+        cost_day = day_number(c.c.at, "day")
+        await collect(on, c.c.group_id, cost_day, c, {"cost_paise": func.sum(c.c.amount_paise)}, day_text)
         # 2b. Fixed costs on the day each was booked, by the shares stored with them.
         fixed, shares = store.fixed_costs, store.fixed_cost_shares
         fixed_key = (fixed.c.day, fixed.c.campaign_key, *(shares.c[name] for name in store.SHARE_DIMENSIONS))
@@ -469,6 +547,7 @@ async def recompute(
                     "lifetime_paise": func.sum(paid_at.table.c.lifetime_revenue_paise),
                     "year1_paise": func.sum(paid_at.table.c.year1_revenue_paise),
                 },
+                str,
             )
 
     await _tune_for_recompute(session)

@@ -1,10 +1,11 @@
 """A ledger at an earlier revision upgrades to the next on SQLite and PostgreSQL, keeping its rows."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, column, insert, inspect, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,11 +17,22 @@ from services.attribution.reporting import COUNTER_COLUMNS, labels_key
 from services.attribution.rules import FUNNEL_STEPS
 
 
-def _upgrade_to(connection: Connection, revision: str, migrations: Path) -> None:
+def _config(connection: Connection | None, migrations: Path) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations))
     config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    return config
+
+
+def _upgrade_to(connection: Connection, revision: str, migrations: Path) -> None:
+    command.upgrade(_config(connection, migrations), revision)
+
+
+def _downgrade_to(connection: Connection, revision: str, migrations: Path) -> None:
+    command.downgrade(_config(connection, migrations), revision)
+
+
+HEAD = ScriptDirectory.from_config(_config(None, MIGRATIONS)).get_current_head()
 
 
 async def test_a_ledger_at_0002_upgrades_keeping_its_rollup_with_nothing_activated(database_url: str) -> None:
@@ -201,7 +213,7 @@ async def test_a_ledger_at_0003_upgrades_with_each_outreachs_funnel_on_one_row_a
         result = await reconcile(db, 330)
     finally:
         await db.dispose()
-    assert revision == "0004" and "funnel_steps" not in tables
+    assert revision == HEAD and "funnel_steps" not in tables
     assert sorted(groups.values()) == sorted([_MSME, _WELCOME])
     example, welcome = funnel["CSELL-NOV-T06-0884"], funnel["WELCOME0001"]
     assert groups[example["group_id"]] == _MSME and groups[welcome["group_id"]] == _WELCOME
@@ -223,3 +235,57 @@ async def test_a_ledger_at_0003_upgrades_with_each_outreachs_funnel_on_one_row_a
     )
     # The rollup the service kept before the upgrade is exactly what the upgraded ledger recomputes.
     assert (result.rows_checked, result.differences) == (4, [])
+
+
+# outreach_funnel and costs as revision 0004 had them: instants as timestamps.
+_funnel_0004 = table(
+    "outreach_funnel",
+    column("campaign_id"),
+    column("created_at", UtcDateTime),
+    *(column(store.step_column(step), UtcDateTime) for step in FUNNEL_STEPS),
+)
+_costs_0004 = table("costs", column("at", UtcDateTime))
+# Microseconds that a float of seconds since 1970 would round, and instants either side of a local (IST) midnight.
+_INSTANTS = {
+    "created_at": datetime(2025, 11, 13, 18, 29, 59, 999_999, tzinfo=UTC),
+    "sent_at": datetime(2025, 11, 13, 18, 30, tzinfo=UTC),
+    "delivered_at": datetime(2025, 11, 13, 18, 30, 0, 1, tzinfo=UTC),
+    "disbursed_at": datetime(2025, 11, 22, 6, 0, 0, 123_457, tzinfo=UTC),
+}
+_FUNNEL_AT_0004 = dict.fromkeys(store.step_column(step) for step in FUNNEL_STEPS) | _INSTANTS
+
+
+async def test_a_ledger_at_0004_upgrades_with_its_instants_as_integers_to_the_microsecond_and_back(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(_upgrade_to, "0003", MIGRATIONS)
+        async with db.transaction() as session:
+            await _ledger_at_0003(session)
+        async with db.engine.begin() as connection:
+            await connection.run_sync(_upgrade_to, "0004", MIGRATIONS)
+            await connection.execute(_funnel_0004.update().values(_FUNNEL_AT_0004))
+            await connection.execute(_costs_0004.update().values(at=_INSTANTS["delivered_at"]))
+        async with db.engine.begin() as connection:
+            await connection.run_sync(_upgrade_to, "0005", MIGRATIONS)
+        async with db.engine.connect() as connection:
+            upgraded = (await connection.execute(select(store.outreach_funnel))).mappings().all()
+            booked = (await connection.execute(select(store.costs.c.at))).scalars().all()
+            raw = text("SELECT created_at, sent_at, opened_at FROM outreach_funnel")
+            stored = (await connection.execute(raw)).all()
+        async with db.engine.begin() as connection:
+            await connection.run_sync(_downgrade_to, "0004", MIGRATIONS)
+        # New connections: asyncpg's prepared statements of the upgraded tables would not run on the downgraded ones.
+        await db.engine.dispose()
+        async with db.engine.connect() as connection:
+            downgraded = (await connection.execute(select(_funnel_0004))).mappings().all()
+            booked_back = (await connection.execute(select(_costs_0004.c.at))).scalars().all()
+    finally:
+        await db.dispose()
+    since_1970 = (_INSTANTS["created_at"] - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert [tuple(row) for row in stored] == [(since_1970, since_1970 + 1, None)] * 2
+    for rows in (upgraded, downgraded):
+        assert [{name: row[name] for name in _FUNNEL_AT_0004} for row in rows] == [_FUNNEL_AT_0004] * 2
+    assert booked == booked_back == [_INSTANTS["delivered_at"]] * 3
