@@ -223,6 +223,25 @@ async def ledger_states(url: str) -> dict[str, str]:
     return {campaign_id: state for campaign_id, state in rows}
 
 
+def consumer_span_starts(
+    lines: Iterable[str], campaign_ids: Collection[str], wall_minus_perf: float
+) -> dict[str, float]:
+    """When the service's consumer span of each request first started (perf_counter seconds), from its span lines."""
+    starts: dict[str, float] = {}
+    for line in lines:
+        span = json.loads(line)
+        campaign_id = span["attributes"].get("campaign.id")
+        if span["kind"] != "CONSUMER" or campaign_id not in campaign_ids:
+            continue
+        started = span["start_ns"] / 1e9 - wall_minus_perf
+        starts[campaign_id] = min(started, starts.get(campaign_id, started))
+    return starts
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
 def floor_http_requests(events: Iterable[DispatchRequested], settings: ChannelsSettings) -> list[dict[str, Any]]:
     """The provider requests the service's adapters build for `events` (the floor sends these with bare aiohttp)."""
     sms = ExotelSms(
@@ -426,6 +445,8 @@ class Bench:
         await service.start(timeout=60)
         requested: dict[str, float] = {}
         last_seq = 0
+        # Spans carry wall-clock nanoseconds; requests and acceptances are timed on perf_counter.
+        wall_minus_perf = time.time() - time.perf_counter()
         try:
             tick = 0.01
             began = time.perf_counter()
@@ -446,12 +467,22 @@ class Bench:
         accepted = {c: at for c, at in self.accepted() if c in ids}
         latencies = [(accepted[c] - requested[c]) * 1000 for c in ids if c in accepted]
         result = tally(ids, (c for c, _ in self.accepted()), await ledger_states(self.url))
+        # Where the time went: publish -> the service's handler starting (NATS, the consumer's queue), then handler
+        # -> the provider accepting (ledger intent, hand-over), from the service's span of each request.
+        spans = await asyncio.to_thread(read_lines, self.var / part / "var" / "traces" / "channels.jsonl")
+        handler_started = consumer_span_starts(spans, ids, wall_minus_perf)
+        to_handler = [(handler_started[c] - requested[c]) * 1000 for c in ids if c in handler_started]
+        in_handler = [(accepted[c] - handler_started[c]) * 1000 for c in ids if c in accepted and c in handler_started]
         return {
             "offered_per_s": offered,
             "messages": count,
             "p50_ms": round(nearest_rank(latencies, 0.50), 1),
             "p99_ms": round(nearest_rank(latencies, 0.99), 1),
             "max_ms": round(max(latencies), 1) if latencies else None,
+            "publish_to_handler_p50_ms": round(nearest_rank(to_handler, 0.50), 1),
+            "publish_to_handler_p99_ms": round(nearest_rank(to_handler, 0.99), 1),
+            "handler_to_provider_p50_ms": round(nearest_rank(in_handler, 0.50), 1),
+            "handler_to_provider_p99_ms": round(nearest_rank(in_handler, 0.99), 1),
             "tally": asdict(result),
         }
 
@@ -568,8 +599,11 @@ async def _throughput_part(bench: Bench, part: str, channels: Sequence[str], cou
 async def _latency_part(bench: Bench, part: str, rate: float, seconds: float) -> dict[str, Any]:
     print(f"{bench.args.backend}: latency at {rate:g}/s offered for {seconds:g}s", flush=True)
     result = await bench.latency(part, rate, seconds)
+    to_handler = f"{result['publish_to_handler_p50_ms']} / {result['publish_to_handler_p99_ms']}"
+    to_provider = f"{result['handler_to_provider_p50_ms']} / {result['handler_to_provider_p99_ms']}"
     print(
-        f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {result['offered_per_s']}/s; {result['tally']}",
+        f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {result['offered_per_s']}/s (p50 / p99: publish -> "
+        f"handler {to_handler} ms, handler -> provider {to_provider} ms); {result['tally']}",
         flush=True,
     )
     return result

@@ -1,8 +1,9 @@
 """The channels bench's arithmetic: the providers' logs against the ledger, nearest-rank percentiles, rates."""
 
+import json
 import math
 
-from bench.channels import nearest_rank, per_second, tally
+from bench.channels import consumer_span_starts, nearest_rank, per_second, tally
 
 
 def test_every_published_message_sent_once_is_neither_lost_nor_duplicated() -> None:
@@ -43,3 +44,16 @@ def test_nearest_rank_reports_a_latency_that_happened() -> None:
 def test_per_second_is_the_count_over_the_elapsed_time() -> None:
     assert per_second(1000, 10.0, 12.0) == 500.0
     assert per_second(5, 3.0, 3.0) == 0.0
+
+
+def test_a_requests_handler_start_is_its_first_consumer_span_on_the_benchs_clock() -> None:
+    def span(kind: str, campaign_id: str, start_ns: int) -> str:
+        return json.dumps({"kind": kind, "start_ns": start_ns, "attributes": {"campaign.id": campaign_id}})
+
+    lines = [
+        span("CONSUMER", "a", 12_000_000_000),
+        span("CONSUMER", "a", 11_000_000_000),  # a redelivery logged first, started earlier: the first start counts
+        span("INTERNAL", "b", 10_000_000_000),  # not the consumer's span
+        span("CONSUMER", "other-run", 10_000_000_000),
+    ]
+    assert consumer_span_starts(lines, {"a", "b"}, wall_minus_perf=1_000.0) == {"a": 11.0 - 1_000.0}
