@@ -260,3 +260,50 @@ async def test_a_step_recorded_late_with_an_earlier_time_moves_the_funnel_betwee
             assert await views.stored(session) == await views.recompute(session, 330)
     finally:
         await db.dispose()
+
+
+async def test_a_lag_of_exactly_a_bucket_bound_is_in_that_bucket_and_a_microsecond_more_in_the_next(
+    service: Service,
+) -> None:
+    # The writer buckets a lag in float days (reporting.lag_bucket); the recompute in integer microseconds, in SQL.
+    on_the_bound, just_over = "CSELL-NOV-T06-0901", "CSELL-NOV-T06-0902"
+    for campaign_id in (on_the_bound, just_over):
+        await publish_outreach(service.bus, campaign_id)
+    await wait_sent(service.stub, 2)
+    for campaign_id, lag in ((on_the_bound, timedelta(days=7)), (just_over, timedelta(days=7, microseconds=1))):
+        loan = f"LA-{campaign_id}"
+        await service.stub.RecordApplication(
+            service_pb2.RecordApplicationRequest(
+                request_id=new_id(), loan_number=loan, campaign_id=campaign_id, apply_time=ts(SENT_AT)
+            )
+        )
+        await service.stub.RecordSanction(
+            service_pb2.RecordSanctionRequest(
+                request_id=new_id(),
+                loan_number=loan,
+                campaign_id=campaign_id,
+                amount=inr(100_000_00),
+                sanction_time=ts(SENT_AT),
+            )
+        )
+        await service.stub.RecordDisbursement(
+            service_pb2.RecordDisbursementRequest(
+                request_id=new_id(),
+                disbursement_id=f"D-{campaign_id}",
+                loan_number=loan,
+                campaign_id=campaign_id,
+                amount=inr(100_000_00),
+                disburse_time=ts(SENT_AT + lag),
+            )
+        )
+    report = await _report(service.stub)
+    assert {(bucket.min_days, bucket.max_days): bucket.conversions for bucket in report.lag if bucket.conversions} == {
+        (3, 7): 1,
+        (7, 14): 1,
+    }
+    db = Database(service.database_url)
+    try:
+        async with db.transaction() as session:
+            assert await views.stored(session) == await views.recompute(session, 330)
+    finally:
+        await db.dispose()
