@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     delete,
     event,
     func,
@@ -39,7 +40,7 @@ from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database, upsert_insert
 from plumbing.ids import new_id
 from plumbing.metrics import meter
-from plumbing.telemetry import CAMPAIGN_ID, headers_span_context
+from plumbing.telemetry import headers_span_context
 
 log = structlog.get_logger("plumbing.outbox")
 
@@ -186,6 +187,11 @@ class OutboxRelay:
         self._oldest_age = instruments.create_gauge(
             "xsell.outbox.oldest_age", unit="s", description="Age of the oldest event not yet relayed."
         )
+        self._mark = (
+            update(self.table)
+            .where(self.table.c.seq.in_(bindparam("seqs", expanding=True)))
+            .values(published_at=bindparam("now"))
+        )
         self._backlog_checked_at = 0.0
         self._pruned_at = 0.0
 
@@ -249,12 +255,13 @@ class OutboxRelay:
         """
         if not rows:
             return
+        # A link without attributes: an outreach's trace id is derived from its campaign ID (outreach_ids), so the
+        # link already names the campaign, and an attribute per link was a sixth of the relay's CPU.
         links = []
         for row in rows:
             remote = headers_span_context(row["headers"])
             if remote is not None:
-                campaign_id = row["headers"].get(CAMPAIGN_ID_HEADER)
-                links.append(Link(remote, {CAMPAIGN_ID: campaign_id} if campaign_id else None))
+                links.append(Link(remote))
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
             "messaging.operation.type": "send",
@@ -352,7 +359,9 @@ class OutboxRelay:
         return deleted
 
     async def _mark_published(self, session: AsyncSession, seqs: list[int]) -> None:
-        await session.execute(update(self.table).where(self.table.c.seq.in_(seqs)).values(published_at=utcnow()))
+        # One statement with an expanding parameter, compiled once: building an IN of 200 literals each time cost
+        # more than running it.
+        await session.execute(self._mark, {"seqs": seqs, "now": utcnow()})
 
 
 class Inbox:
