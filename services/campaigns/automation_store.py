@@ -98,13 +98,18 @@ async def ensure_run(
     }
     statement = upsert_insert(session, campaign_runs).values(**values)
     if run_id is not None:
-        await session.execute(statement.on_conflict_do_nothing(index_elements=["run_id"]))
+        statement = statement.on_conflict_do_nothing(index_elements=["run_id"])
         query = select(campaign_runs).where(campaign_runs.c.run_id == run_id)
     else:
-        await session.execute(statement.on_conflict_do_nothing(index_elements=["campaign_key", "occurrence_at"]))
+        statement = statement.on_conflict_do_nothing(index_elements=["campaign_key", "occurrence_at"])
         query = select(campaign_runs).where(
             campaign_runs.c.campaign_key == campaign.campaign_key, campaign_runs.c.occurrence_at == occurrence
         )
+    # Read first: every trigger batch of the day finds its run, so the insert is the day's first batch's only.
+    existing = (await session.execute(query)).first()
+    if existing is not None:
+        return existing
+    await session.execute(statement)
     return (await session.execute(query)).one()
 
 
@@ -177,19 +182,30 @@ async def due_follow_up_dispatches(session: AsyncSession, now: datetime, limit: 
     goes in SCHEDULED or RUNNING; a cancelled campaign's runs are closed, so theirs never go.
     """
     o, r, c = outreaches.c, campaign_runs.c, campaigns.c
-    query = (
-        select(o.campaign_id, o.dispatch_payload)
-        .join(campaign_runs, r.run_id == o.run_id)
-        .join(campaigns, c.campaign_key == o.campaign_key)
+    may_send = (
+        select(r.run_id)
+        .join(campaigns, c.campaign_key == r.campaign_key)
         .where(
-            o.dispatched_at.is_(None),
-            o.withdrawn_at.is_(None),
-            o.dispatch_after <= now,
+            r.run_id == o.run_id,
             r.completed_at.is_(None),
             or_(
                 and_(r.kind == TRIGGER, c.state == "RUNNING"),
                 and_(r.kind == RESEND, c.state.in_(RESENDING_STATES)),
             ),
+        )
+        .exists()
+    )
+    # The waiting outreaches first, through their partial index (ix_outreaches_dispatch_after: a few rows), and
+    # their run and campaign checked per row: joined, the planner started from the open runs and walked all their
+    # undispatched outreaches, the whole of a release being materialised, at every poll.
+    query = (
+        select(o.campaign_id, o.dispatch_payload)
+        .where(
+            o.dispatch_after.is_not(None),
+            o.dispatched_at.is_(None),
+            o.withdrawn_at.is_(None),
+            o.dispatch_after <= now,
+            may_send,
         )
         .order_by(o.dispatch_after)
         .limit(limit)

@@ -162,6 +162,11 @@ campaign_id_counters = Table(
     Column("last_sequence", BigInteger, nullable=False),
 )
 
+UNDISPATCHED = "dispatched_at IS NULL AND withdrawn_at IS NULL"
+"""An outreach that may still be dispatched (ix_outreaches_run_undispatched's condition)."""
+DEFERRED = f"dispatch_after IS NOT NULL AND {UNDISPATCHED}"
+"""An undispatched outreach waiting for the end of its recipient's quiet hours (ix_outreaches_dispatch_after's)."""
+
 outreaches = Table(
     "outreaches",
     metadata,
@@ -210,7 +215,23 @@ outreaches = Table(
     # A person gets one outreach per run, whatever happens to it (a recurring campaign has a run per occurrence).
     UniqueConstraint("run_id", "profile_id", name="uq_outreaches_run_profile"),
     Index("ix_outreaches_campaign_key_campaign_id", "campaign_key", "campaign_id"),
-    Index("ix_outreaches_run_ordinal", "run_id", "ordinal"),
+    # Partial (0010): a run's outreaches still to dispatch, in release order, so each dispatch page starts at the
+    # first of them instead of walking past every one dispatched before (quadratic in the run); and the few whose
+    # dispatch waits for the end of quiet hours, so the follow-up loop's poll reads those instead of every open
+    # run's outreaches.
+    Index(
+        "ix_outreaches_run_undispatched",
+        "run_id",
+        "ordinal",
+        sqlite_where=text(UNDISPATCHED),
+        postgresql_where=text(UNDISPATCHED),
+    ),
+    Index(
+        "ix_outreaches_dispatch_after",
+        "dispatch_after",
+        sqlite_where=text(DEFERRED),
+        postgresql_where=text(DEFERRED),
+    ),
 )
 
 

@@ -1,0 +1,53 @@
+"""The dispatch queries read only the outreaches still to dispatch (partial indexes), not all of a run (SQLite)."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from plumbing.db import Database
+from services.campaigns import automation_store, store
+from services.campaigns.app import MIGRATIONS
+
+NOW = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
+
+
+async def _plans(tmp_path: Path) -> dict[str, str]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'plans.db'}")
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        statements.append((statement, parameters))
+
+    try:
+        await db.migrate(MIGRATIONS)
+        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+        queries = {
+            "follow_up": lambda s: automation_store.due_follow_up_dispatches(s, NOW, 10),
+            "dispatchable": lambda s: store.dispatchable(s, "run_1", 2000, NOW, 2000),
+            "undispatched": lambda s: store.undispatched(s, "run_1"),
+        }
+        plans = {}
+        async with db.snapshot() as session:
+            for name, query in queries.items():
+                statements.clear()
+                await query(session)
+                [(statement, parameters)] = [(s, p) for s, p in statements if s.startswith("SELECT")]
+                rows = await session.connection()
+                plan = await rows.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                plans[name] = " | ".join(row[3] for row in plan)
+        return plans
+    finally:
+        await db.dispose()
+
+
+async def test_each_dispatch_query_starts_from_the_outreaches_still_to_dispatch(tmp_path: Path) -> None:
+    plans = await _plans(tmp_path)
+
+    # The follow-up loop's poll: the few outreaches waiting for quiet hours to end, their run and campaign per row.
+    assert plans["follow_up"].startswith("SEARCH outreaches USING INDEX ix_outreaches_dispatch_after"), plans
+    # A dispatch page and the run's completion check: the run's undispatched outreaches only, in release order.
+    assert "USING INDEX ix_outreaches_run_undispatched (run_id=? AND ordinal<?)" in plans["dispatchable"], plans
+    assert "TEMP B-TREE" not in plans["dispatchable"], plans
+    assert "ix_outreaches_run_undispatched" in plans["undispatched"], plans
