@@ -493,7 +493,7 @@ async def recompute(
         # the funnel's levels (a level's day is the earliest of its step's and every later one's,
         # reporting.funnel_levels; local days order as instants do) are unpivoted here from far fewer rows. A
         # converted outreach's lag bucket is computed by the database from its exact instants (_lag_bucket).
-        # By position, and counted by (day number, group, counter) until the end: ~40k rows at 1M outreaches, each
+        # By position, and counted by (day number, group, counter) until the end: ~87k rows at 1M outreaches, each
         # touching up to a dozen counters, so the per-row Python is kept to lookups and additions.
         levels = [(2 + FUNNEL_STEPS.index(step), funnel_column(step)) for step in reversed(FUNNEL_STEPS)]
         converted_position = 2 + FUNNEL_STEPS.index(CONVERTED)
