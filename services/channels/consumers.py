@@ -142,6 +142,7 @@ class DispatchHandler:
         *,
         email: EmailSettings,
         policy: SendPolicy | None = None,
+        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -149,7 +150,7 @@ class DispatchHandler:
         self.tracer = tracer
         self.email = email
         self.policy = policy or SendPolicy()
-        self.ledger = Ledger(db, outbox, tracer)
+        self.ledger = Ledger(db, outbox, tracer, wake_relay=wake_relay)
         self._in_flight: set[str] = set()
         # DeliveryUpdated event ids: unique to this handler (a ULID), then a counter.
         self._event_prefix = new_id("evt_")

@@ -19,9 +19,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from plumbing.db import dialect_of, upsert_insert
+from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import outbox_table
 from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
@@ -129,8 +132,8 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
     )
 
 
-async def claim_rows(
-    session: AsyncSession, new: Sequence[Mapping[str, str]], *, now: datetime
+def claim_rows(
+    session: Session, new: Sequence[Mapping[str, str]], *, now: datetime
 ) -> tuple[dict[str, tuple[DeliveryState, int]], list[str]]:
     """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED, and row-locks
     all of them; returns every message's state and attempts, and the campaign IDs it created (whose QUEUED
@@ -142,32 +145,30 @@ async def claim_rows(
     """
     if not new:
         return {}, []
-    locked = await lock_states(session, {row["campaign_id"] for row in new})
+    locked = lock_states(session, {row["campaign_id"] for row in new})
     absent = sorted((row for row in new if row["campaign_id"] not in locked), key=lambda row: row["campaign_id"])
     if not absent:
         return locked, []
     defaults = {"state": DeliveryState.QUEUED.value, "attempts": 0, "reason": "", "created_at": now, "updated_at": now}
     # DO NOTHING: on PostgreSQL another replica may insert the same campaign ID after the read above.
-    await session.execute(
-        upsert_insert(session, messages).on_conflict_do_nothing(), [{**row, **defaults} for row in absent]
-    )
+    session.execute(_upsert(session).on_conflict_do_nothing(), [{**row, **defaults} for row in absent])
     created = [row["campaign_id"] for row in absent]
-    if dialect_of(session) == "sqlite":
+    if _dialect(session) == "sqlite":
         # BEGIN IMMEDIATE took the database's write lock before the read: no one else can have inserted these.
         locked.update((campaign_id, (DeliveryState.QUEUED, 0)) for campaign_id in created)
     else:
         # A row another replica inserted after the read is not ours and not yet locked: read and lock the inserted
         # keys again (the rows this transaction inserted are already its own).
-        locked.update(await lock_states(session, created))
+        locked.update(lock_states(session, created))
     return locked, created
 
 
-async def lock_states(session: AsyncSession, campaign_ids: Collection[str]) -> dict[str, tuple[DeliveryState, int]]:
+def lock_states(session: Session, campaign_ids: Collection[str]) -> dict[str, tuple[DeliveryState, int]]:
     """State and attempts of each message, row-locked in campaign ID order until the transaction ends."""
     if not campaign_ids:
         return {}
     rows = (
-        await session.execute(
+        session.execute(
             select(messages.c.campaign_id, messages.c.state, messages.c.attempts)
             .where(messages.c.campaign_id.in_(sorted(campaign_ids)))
             .order_by(messages.c.campaign_id)
@@ -177,10 +178,10 @@ async def lock_states(session: AsyncSession, campaign_ids: Collection[str]) -> d
     return {row.campaign_id: (DeliveryState(row.state), int(row.attempts)) for row in rows}
 
 
-async def mark_sending(session: AsyncSession, campaign_ids: Collection[str], *, now: datetime) -> None:
+def mark_sending(session: Session, campaign_ids: Collection[str], *, now: datetime) -> None:
     """The intent of a batch: every message in it is SENDING from `now`, in one statement."""
     if campaign_ids:
-        await session.execute(
+        session.execute(
             update(messages)
             .where(messages.c.campaign_id.in_(sorted(campaign_ids)))
             .values(state=DeliveryState.SENDING.value, updated_at=now)
@@ -204,9 +205,7 @@ _set_outcome = (
 _set_outcome_if_sending = _set_outcome.where(messages.c.state == DeliveryState.SENDING.value)
 
 
-async def set_states(
-    session: AsyncSession, changes: Sequence[Mapping[str, Any]], *, only_if_sending: bool = False
-) -> int:
+def set_states(session: Session, changes: Sequence[Mapping[str, Any]], *, only_if_sending: bool = False) -> int:
     """Many messages' new states in one executemany: each change has campaign_id, state (DeliveryState), at, reason,
     provider_message_id (None keeps the stored one) and count_attempt; SENT also stamps sent_at.
 
@@ -214,7 +213,7 @@ async def set_states(
     """
     if not changes:
         return 0
-    result = await session.execute(
+    result = session.execute(
         _set_outcome_if_sending if only_if_sending else _set_outcome,
         [
             {
@@ -232,13 +231,22 @@ async def set_states(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def add_timeline_steps(session: AsyncSession, steps: Sequence[tuple[str, TimelineStep]]) -> None:
+def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep]]) -> None:
     """Timeline steps of many messages in one INSERT."""
     if steps:
-        await session.execute(
+        session.execute(
             insert(message_timeline),
             [{"campaign_id": c, "step": s.step, "at": s.at, "detail": s.detail[:500]} for c, s in steps],
         )
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _upsert(session: Session) -> Any:
+    """An INSERT that supports on_conflict_do_nothing on the session's backend."""
+    return (pg_insert if _dialect(session) == "postgresql" else sqlite_insert)(messages)
 
 
 async def campaign_id_of(session: AsyncSession, provider_message_id: str) -> str | None:
