@@ -74,16 +74,27 @@ class ResendRunner:
 
     async def step(self) -> None:
         """One pass: deferred dispatches, then per campaign: past trigger days closed, due resends, completion."""
-        await self.dispatch_deferred()
-        # Reads first, here and below: a poll that finds nothing to do must not take SQLite's write lock.
+        # Reads first, in one snapshot: a poll that finds nothing to do must not take SQLite's write lock, and costs
+        # one read transaction (the loop polls several times a second beside trigger batches).
+        now = self.clock()
         async with self.db.snapshot() as session:
+            deferred_due = bool(await automation_store.due_follow_up_dispatches(session, now, 1))
             campaigns = await automation_store.campaigns_with_automation(session, automation_store.RESENDING_STATES)
+            past_days_done = set()
+            for campaign in campaigns:
+                today = trigger_day(now, campaign.time_zone)
+                if automation_of(campaign).trigger is not None and await automation_store.any_past_trigger_run_done(
+                    session, campaign.campaign_key, today
+                ):
+                    past_days_done.add(campaign.campaign_key)
+        if deferred_due:
+            await self.dispatch_deferred()
         for campaign in campaigns:
             if self._stopping.is_set():
                 return
             automation = automation_of(campaign)
             with structlog.contextvars.bound_contextvars(campaign_key=campaign.campaign_key):
-                if automation.trigger is not None:
+                if campaign.campaign_key in past_days_done:
                     await self.complete_past_days(campaign)
                 if automation.resend is not None:
                     await self.resend_due(campaign, automation.resend)

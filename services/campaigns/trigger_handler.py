@@ -11,7 +11,7 @@ import structlog
 from opentelemetry import trace
 
 from plumbing.bus import Delivery
-from plumbing.db import Database
+from plumbing.db import Database, after_commit
 from plumbing.errors import Unavailable
 from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.outbox import utcnow
@@ -78,6 +78,9 @@ class TriggerHandler:
         # Batches write their events without the Outbox (store.insert_page), so they wake the relay themselves.
         self.wake_relay = wake_relay
         self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
+        # Campaign-ID counters known to exist (committed; counters are never deleted), so a batch does not ensure
+        # its counter again.
+        self._counters: set[tuple[str, str, str]] = set()
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
         if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
@@ -167,7 +170,10 @@ class TriggerHandler:
         outcomes["judged_today"] = len(judged)
         if not fresh:
             return outcomes
-        await store.ensure_counter(session, campaign.programme, run.month, campaign.trigger_code)
+        counter = (campaign.programme, run.month, campaign.trigger_code)
+        if counter not in self._counters:
+            await store.ensure_counter(session, *counter)
+            after_commit(session, lambda: self._counters.add(counter))
         builder = OutreachRows(
             campaign,
             run,
