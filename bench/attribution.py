@@ -294,7 +294,14 @@ def figure(value: float, unit: str, goal: str | None = None, met: bool | None = 
 
 
 def figures_document(
-    *, scale: float, rate: float, recompute_s: float, rollup_rows: int, views_ms: dict[str, float], live: dict[str, Any]
+    *,
+    scale: float,
+    rate: float,
+    recompute_s: float,
+    recompute_cpu_s: float,
+    rollup_rows: int,
+    views_ms: dict[str, float],
+    live: dict[str, Any],
 ) -> dict[str, Any]:
     """Each measured figure with its unit, and for the issue's two goals the goal and whether it was met.
 
@@ -315,6 +322,9 @@ def figures_document(
             "<= 10 s for a month of 1M outreaches and 50k conversions",
             scale >= 1.0 and recompute_s <= 10,
         ),
+        # Every thread of the bench's process: on SQLite the whole recompute, on PostgreSQL the client's share (the
+        # server's is in its own processes). Steadier than the wall time on a shared machine.
+        "recompute_month_cpu": figure(recompute_cpu_s, "s"),
         "view_from_rollup": figure(views_ms["view_from_rollup_ms"], "ms"),
         "view_from_ledger": figure(views_ms["view_from_ledger_ms"], "ms"),
         "unloaded_disbursement_p50": figure(live["unloaded_disbursement_p50_ms"], "ms"),
@@ -371,10 +381,14 @@ async def _measure(
         started = time.perf_counter()
         spare = await build_ledger(db, outreaches, conversions, args.seed)
         print(f"ledger: {outreaches} outreaches, {conversions} conversions in {time.perf_counter() - started:.1f}s")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = await reconcile(db, UTC_OFFSET, fix=True)
-        recompute_s = time.perf_counter() - started
-        print(f"recompute of the month: {recompute_s:.2f}s ({result.rows_checked} rollup rows)", flush=True)
+        recompute_s, recompute_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        print(
+            f"recompute of the month: {recompute_s:.2f}s, {recompute_cpu_s:.2f}s of this process's CPU "
+            f"({result.rows_checked} rollup rows)",
+            flush=True,
+        )
         # Computing views from the ledger is a whole recompute's work: once at the goal's scale, best of 3 below it.
         timings = await time_views(db, 1 if outreaches >= 200_000 else 3)
         print(
@@ -405,6 +419,7 @@ async def _measure(
             scale=args.scale,
             rate=args.rate,
             recompute_s=round(recompute_s, 2),
+            recompute_cpu_s=round(recompute_cpu_s, 2),
             rollup_rows=result.rows_checked,
             views_ms=timings,
             live=live_figures,
