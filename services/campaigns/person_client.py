@@ -26,7 +26,9 @@ class PersonLookup:
         at = Timestamp()
         at.FromDatetime(now)
         found: dict[str, AudienceMember] = {}
-        unique = list(dict.fromkeys(profile_ids))
+        # An empty id names nobody, and segments refuses a whole call for one (INVALID_ARGUMENT): it is left out
+        # here, so the people asked for beside it are still found.
+        unique = [profile_id for profile_id in dict.fromkeys(profile_ids) if profile_id]
         for start in range(0, len(unique), BATCH_GET_MAX):
             chunk = unique[start : start + BATCH_GET_MAX]
             try:
@@ -45,7 +47,3 @@ class PersonLookup:
                     suppressed_on=suppressed_on(person.suppressions) if person.suppressions else {},
                 )
         return found
-
-    async def member(self, profile_id: str, now: datetime) -> AudienceMember | None:
-        """The person as a release would stream them; None when segments has no such profile."""
-        return (await self.members([profile_id], now)).get(profile_id)
