@@ -1,13 +1,15 @@
 """A synchronous unit of work in one transaction: committed when it returns, rolled back when it raises, and on
-SQLite written in this process's writer order alongside the async transactions."""
+SQLite run off the event loop in this process's writer order, alongside the async transactions."""
 
 import asyncio
 import threading
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from plumbing import db as db_module
 from plumbing.db import Database
 
 
@@ -38,15 +40,24 @@ async def test_work_commits_when_it_returns_and_rolls_back_when_it_raises(databa
         await db.dispose()
 
 
-async def test_on_sqlite_the_work_runs_off_the_event_loop_and_waits_for_the_async_writer(tmp_path: object) -> None:
+async def test_on_sqlite_the_work_runs_off_the_event_loop_after_the_async_writer_before_it(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    begun: list[str] = []
+
+    def recording_begin(connection: Connection) -> None:
+        begun.append(threading.current_thread().name)
+        original_begin(connection)
+
+    original_begin = db_module._sqlite_begin
+    # The writer thread's engine is made on first use, with this BEGIN; the async engine keeps the original.
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+    monkeypatch.setattr(db_module, "_sqlite_begin", recording_begin)
     try:
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
-        threads: list[str] = []
 
         def pay(session: Session) -> None:
-            threads.append(threading.current_thread().name)
             session.execute(text("INSERT INTO ledger VALUES (1)"))
 
         writing, release = asyncio.Event(), asyncio.Event()
@@ -57,16 +68,17 @@ async def test_on_sqlite_the_work_runs_off_the_event_loop_and_waits_for_the_asyn
                 writing.set()
                 await release.wait()
 
-        writer = asyncio.create_task(slow_writer())
+        first = asyncio.create_task(slow_writer())
         await writing.wait()
-        paying = asyncio.create_task(db.run_in_transaction(pay))
-        await asyncio.sleep(0.05)
-        # Queued behind the async transaction on the process's writer lock, not on SQLite's busy handler.
-        assert not paying.done() and threads == []
+        second = asyncio.create_task(db.run_in_transaction(pay))
+        # Nothing to wait for: the thread must not even begin while the async transaction holds the writer lock
+        # (waiting in SQLite's busy handler instead would serve writers in no order).
+        await asyncio.sleep(0.1)
+        assert begun == [] and not second.done()
         release.set()
-        await asyncio.gather(writer, paying)
+        await asyncio.gather(first, second)
 
-        assert threads and threads[0] != threading.current_thread().name
+        assert len(begun) == 1 and begun[0] != threading.current_thread().name
         async with db.snapshot() as session:
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 101
     finally:
