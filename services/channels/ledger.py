@@ -1,6 +1,7 @@
-"""The dispatch ledger written in batches: many messages' intents in one transaction, their outcomes in another."""
+"""The dispatch ledger written in batches: the intents and outcomes of many messages in one transaction."""
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 500
 """Rows per ledger transaction; a fetch of dispatch requests is 100, so a batch rarely reaches it."""
-SETTLE_ATTEMPTS = 3
+WRITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,12 @@ class Outcome:
 
 
 class Ledger:
-    """The messages table as the dispatch path writes it, one transaction per batch of intents or outcomes.
+    """The messages table as the dispatch path writes it: intents and outcomes of the messages in flight, together.
 
-    Each transaction is one synchronous function run by Database.run_in_transaction: on SQLite one call to the
-    database's writer thread instead of several thread crossings per statement.
+    One stream of transactions carries both: each holds the outcomes of the hand-overs that ended and the intents
+    of the messages that were cleared to go while the one before it was written (e-mails finish a few at a time
+    over the SMTP sessions, and each frees a slot for the next intent, so the two interleave). Each transaction is
+    one synchronous function run by Database.run_in_transaction: on SQLite one call to the database's writer thread.
     """
 
     def __init__(
@@ -87,30 +90,87 @@ class Ledger:
         self.tracer = tracer
         # The outbox's own wake-up runs only for rows it adds through an async session; these are added directly.
         self._wake_relay = wake_relay or (lambda: None)
-        self._intents: GroupCommit[Intent, Claim] = GroupCommit(
-            "channels-intents", self._write_intents, max_batch=max_batch, tracer=tracer
-        )
-        self._outcomes: GroupCommit[Outcome, bool] = GroupCommit(
-            "channels-outcomes", self._write_outcomes, max_batch=max_batch, tracer=tracer
+        self._writes: GroupCommit[Intent | Outcome, Claim | bool] = GroupCommit(
+            "channels-ledger", self._write, max_batch=max_batch, alone=self._write_alone, tracer=tracer
         )
 
     async def claim(self, intent: Intent) -> Claim:
         """Creates the message if new and, when it may be sent, commits SENDING; the caller sends only on SEND."""
-        return await self._intents.submit(intent)
+        claim = await self._writes.submit(intent)
+        assert isinstance(claim, Claim)
+        return claim
 
     async def settle(self, outcome: Outcome) -> bool:
         """Commits the hand-over's outcome; False when a delivery receipt settled the message meanwhile."""
-        return await self._outcomes.submit(outcome)
+        applied = await self._writes.submit(outcome)
+        assert isinstance(applied, bool)
+        return applied
 
-    async def _write_intents(self, batch: Sequence[Submitted[Intent]]) -> list[Claim]:
-        with self.tracer.start_as_current_span("channels.ledger.intents", attributes={"xsell.batch.size": len(batch)}):
-            claims, events = await self.db.run_in_transaction(functools.partial(self._claim_all, batch))
+    async def _write(self, batch: Sequence[Submitted[Intent | Outcome]]) -> list[Claim | bool]:
+        intents = [Submitted(s.item, s.context) for s in batch if isinstance(s.item, Intent)]
+        outcomes = [s.item for s in batch if isinstance(s.item, Outcome)]
+        attributes = {"xsell.batch.intents": len(intents), "xsell.batch.outcomes": len(outcomes)}
+        with self.tracer.start_as_current_span("channels.ledger.write", attributes=attributes):
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                try:
+                    claims, applied, events = await self._write_once(intents, outcomes)
+                    break
+                except Exception as error:
+                    # Outcomes are known; losing them to a lock timeout or a deadlock would leave the messages
+                    # SENDING and make their redeliveries AMBIGUOUS. Writing the batch again is safe: nothing is
+                    # handed over on the strength of a transaction that rolled back.
+                    reason = transient_failure(error)
+                    if reason is None or attempt == WRITE_ATTEMPTS:
+                        raise
+                    log.warning("ledger_write_retried", reason=reason, attempt=attempt)
+                    await asyncio.sleep(0.05 * attempt)
+            else:
+                raise AssertionError("unreachable")
         if events:
             self._wake_relay()
-        return claims
+        next_claim, next_applied = iter(claims), iter(applied)
+        return [next(next_claim) if isinstance(s.item, Intent) else next(next_applied) for s in batch]
 
-    def _claim_all(self, batch: Sequence[Submitted[Intent]], session: Session) -> tuple[list[Claim], int]:
-        """The batch's intents in the caller's transaction; returns each one's claim and how many events it wrote."""
+    async def _write_alone(self, item: Intent | Outcome) -> Claim | bool:
+        """One item in a transaction of its own, after its batch failed: one bad item does not fail the others."""
+        [answer] = await self._write([Submitted(item, contextvars.copy_context())])
+        return answer
+
+    async def _write_once(
+        self, intents: Sequence[Submitted[Intent]], outcomes: Sequence[Outcome]
+    ) -> tuple[list[Claim], list[bool], int]:
+        """Outcomes, then intents, in one transaction: their claims, which outcomes applied, and the events written.
+        A message settling is never among the intents: this replica handles a campaign ID once at a time."""
+        if self.db.is_sqlite and outcomes:
+            try:
+                return await self.db.run_in_transaction(
+                    functools.partial(self._write_all, intents, outcomes, self._settle_all_sending)
+                )
+            except _SettledMeanwhile:
+                pass  # rolled back; written again below, after reading which are still SENDING
+        return await self.db.run_in_transaction(functools.partial(self._write_all, intents, outcomes, self._settle_all))
+
+    def _write_all(
+        self,
+        intents: Sequence[Submitted[Intent]],
+        outcomes: Sequence[Outcome],
+        settle: Callable[[Sequence[Outcome], Session], tuple[list[bool], list[Outcome]]],
+        session: Session,
+    ) -> tuple[list[Claim], list[bool], int]:
+        applied, settled = settle(outcomes, session) if outcomes else ([], [])
+        claims, steps, events = self._claim_all(intents, session) if intents else ([], [], [])
+        # One INSERT for the timeline steps of both, one for their DeliveryUpdated events.
+        steps += [(o.campaign_id, TimelineStep(state_step(o.state), o.at, o.detail or o.reason)) for o in settled]
+        store.add_timeline_steps(session, steps)
+        events += [o.event for o in settled if o.event is not None]
+        self._add_events(session, events)
+        return claims, applied, len(events)
+
+    def _claim_all(
+        self, batch: Sequence[Submitted[Intent]], session: Session
+    ) -> tuple[list[Claim], list[tuple[str, TimelineStep]], list[dict[str, Any]]]:
+        """The batch's intents in the caller's transaction: each one's claim, and the timeline steps and events for
+        the caller to write."""
         now = utcnow()
         firsts: dict[str, Intent] = {}
         for submitted in batch:
@@ -172,65 +232,25 @@ class Ledger:
             (change["campaign_id"], TimelineStep(state_step(DeliveryState.AMBIGUOUS), now, AMBIGUOUS_AFTER_CRASH))
             for change in ambiguous
         ]
-        store.add_timeline_steps(session, steps)
-        self._add_events(session, events)
-        return claims, len(events)
+        return claims, steps, events
 
-    async def _write_outcomes(self, batch: Sequence[Submitted[Outcome]]) -> list[bool]:
-        outcomes = [submitted.item for submitted in batch]
-        with self.tracer.start_as_current_span(
-            "channels.ledger.outcomes", attributes={"xsell.batch.size": len(outcomes)}
-        ):
-            for attempt in range(1, SETTLE_ATTEMPTS + 1):
-                try:
-                    applied = await self._settle_batch(outcomes)
-                except Exception as error:
-                    # The outcomes are known; losing them to a lock timeout or a deadlock would leave the
-                    # messages SENDING and make their redeliveries AMBIGUOUS. Writing them again is safe.
-                    reason = transient_failure(error)
-                    if reason is None or attempt == SETTLE_ATTEMPTS:
-                        raise
-                    log.warning("ledger_outcomes_retried", reason=reason, attempt=attempt)
-                    await asyncio.sleep(0.05 * attempt)
-                    continue
-                if any(o.event is not None for o, ok in zip(outcomes, applied, strict=True) if ok):
-                    self._wake_relay()
-                return applied
-            raise AssertionError("unreachable")
-
-    async def _settle_batch(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        if self.db.is_sqlite:
-            try:
-                return await self.db.run_in_transaction(functools.partial(self._settle_all_sending, outcomes))
-            except _SettledMeanwhile:
-                pass  # rolled back; written again below, after reading which are still SENDING
-        return await self.db.run_in_transaction(functools.partial(self._settle_all, outcomes))
-
-    def _settle_all_sending(self, outcomes: Sequence[Outcome], session: Session) -> list[bool]:
+    def _settle_all_sending(self, outcomes: Sequence[Outcome], session: Session) -> tuple[list[bool], list[Outcome]]:
         """SQLite: the batch's states in one conditional UPDATE, with no read before it, when every message is still
         SENDING (BEGIN IMMEDIATE holds the database's write lock, so no one can change a row between the UPDATE
         and the commit); _SettledMeanwhile, rolling the transaction back, when a receipt settled one meanwhile."""
         changed = store.set_states(session, _state_changes(outcomes), only_if_sending=True)
         if changed != len(outcomes):
             raise _SettledMeanwhile
-        self._record_settled(session, outcomes)
-        return [True] * len(outcomes)
+        return [True] * len(outcomes), list(outcomes)
 
-    def _settle_all(self, outcomes: Sequence[Outcome], session: Session) -> list[bool]:
+    def _settle_all(self, outcomes: Sequence[Outcome], session: Session) -> tuple[list[bool], list[Outcome]]:
+        """Each outcome applied only if its message is still SENDING: which applied, and those outcomes."""
         locked = store.lock_states(session, {o.campaign_id for o in outcomes})
         # Only a row still SENDING is this attempt's; a provider's receipt may have settled it during the hand-over.
         applied = [o.campaign_id in locked and locked[o.campaign_id][0] is DeliveryState.SENDING for o in outcomes]
         settled = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
         store.set_states(session, _state_changes(settled))
-        self._record_settled(session, settled)
-        return applied
-
-    def _record_settled(self, session: Session, settled: Sequence[Outcome]) -> None:
-        """The timeline steps and DeliveryUpdated events of the outcomes that were applied."""
-        store.add_timeline_steps(
-            session, [(o.campaign_id, TimelineStep(state_step(o.state), o.at, o.detail or o.reason)) for o in settled]
-        )
-        self._add_events(session, [o.event for o in settled if o.event is not None])
+        return applied, settled
 
     def _add_events(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
         """Outbox rows (built like Outbox.event builds them) in one INSERT of the caller's transaction."""

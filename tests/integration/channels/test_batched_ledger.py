@@ -1,9 +1,11 @@
-"""The ledger is written per batch: the requests of one fetch share their intent and outcome transactions."""
+"""The ledger is written per batch: intents and outcomes of the messages in flight share their transactions."""
 
 import asyncio
 from datetime import UTC, datetime
 
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devstack.provider_sinks import ProviderSinks
 from plumbing.bus import Bus
@@ -41,14 +43,12 @@ async def test_a_backlog_is_claimed_and_settled_in_batches_and_each_message_is_s
         ]
     spans = channels.spans.get_finished_spans()
 
-    def batch_sizes(name: str) -> list[int]:
-        return [int(str((s.attributes or {})["xsell.batch.size"])) for s in spans if s.name == name]
-
-    intents, outcomes = batch_sizes("channels.ledger.intents"), batch_sizes("channels.ledger.outcomes")
+    writes = [s.attributes or {} for s in spans if s.name == "channels.ledger.write"]
+    intents = [int(str(w["xsell.batch.intents"])) for w in writes]
+    outcomes = [int(str(w["xsell.batch.outcomes"])) for w in writes]
     assert sum(intents) == MESSAGES and sum(outcomes) == MESSAGES
-    # Fewer transactions than messages: intents (and outcomes) of messages in flight together were written together.
-    assert len(intents) < MESSAGES and max(intents) > 1
-    assert len(outcomes) < MESSAGES
+    # Fewer transactions than messages: intents and outcomes of messages in flight together were written together.
+    assert len(writes) < MESSAGES and max(intents) > 1 and max(outcomes) > 1
 
 
 async def test_an_outcome_batch_leaves_alone_a_message_a_receipt_settled_during_its_hand_over(
@@ -88,6 +88,36 @@ async def test_an_outcome_batch_leaves_alone_a_message_a_receipt_settled_during_
             ["delivery:QUEUED", "delivery:SENDING", "delivery:SENT"],
             ["delivery:QUEUED", "delivery:SENDING"],
             ["delivery:QUEUED", "delivery:SENDING", "delivery:SENT"],
+        ]
+    finally:
+        await db.dispose()
+
+
+async def test_intents_and_outcomes_that_arrive_together_share_one_transaction(database_url: str) -> None:
+    db = Database(database_url)
+    await db.migrate(MIGRATIONS)
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    ledger = Ledger(db, Outbox(store.outbox), provider.get_tracer("test"))
+    sent, arriving = new_campaign_id(), new_campaign_id()
+    try:
+        now = datetime.now(UTC)
+        assert (await ledger.claim(Intent(sent, "CHANNEL_SMS", "prf_1", False, now))).action is DispatchAction.SEND
+        # One message's hand-over ended as another one arrives.
+        applied, claim = await asyncio.gather(
+            ledger.settle(Outcome(sent, DeliveryState.SENT, datetime.now(UTC), "", "", "sid-1")),
+            ledger.claim(Intent(arriving, "CHANNEL_SMS", "prf_2", False, now)),
+        )
+
+        assert applied is True and claim.action is DispatchAction.SEND
+        [write] = [s.attributes for s in spans.get_finished_spans() if s.name == "channels.ledger.write"][1:]
+        assert write == {"xsell.batch.intents": 1, "xsell.batch.outcomes": 1}
+        async with db.snapshot() as session:
+            records = [await store.load_message(session, c) for c in (sent, arriving)]
+        assert [[s.step for s in r.timeline] if r else None for r in records] == [
+            ["delivery:QUEUED", "delivery:SENDING", "delivery:SENT"],
+            ["delivery:QUEUED", "delivery:SENDING"],
         ]
     finally:
         await db.dispose()
