@@ -332,7 +332,7 @@ class OutboxRelay:
         """Deletes rows published more than keep_published ago; returns how many.
 
         A published row is never read again by the relay (its Nats-Msg-Id guards only re-publication of rows not
-        yet marked), so it is kept only for inspection. Replicas pruning at once delete disjoint or no rows.
+        yet marked), so it is kept only for inspection.
         """
         old = select(self.table.c.seq).where(self.table.c.published_at < utcnow() - self.keep_published)
         return await self._delete_in_chunks(self.table, self.table.c.seq, old)
@@ -351,7 +351,10 @@ class OutboxRelay:
         deleted = 0
         for _ in range(PRUNE_CHUNKS_PER_PASS):
             async with self.db.transaction() as session:
-                result = await session.execute(delete(table).where(key.in_(old.limit(PRUNE_CHUNK))))
+                # SKIP LOCKED (PostgreSQL; SQLite has one writer): replicas pruning at once take disjoint chunks
+                # instead of waiting on, or deadlocking over, each other's rows.
+                chunk_rows = old.limit(PRUNE_CHUNK).with_for_update(skip_locked=True)
+                result = await session.execute(delete(table).where(key.in_(chunk_rows)))
             chunk = int(result.rowcount)  # type: ignore[attr-defined]
             deleted += chunk
             if chunk < PRUNE_CHUNK or self._stopping.is_set():

@@ -303,3 +303,26 @@ async def test_inbox_entries_are_pruned_once_older_than_any_stream_keeps_a_messa
     # A redelivery of a message still in its stream is still recognised.
     async with db.transaction() as session:
         assert not await Inbox(inbox_t).claim(session, "d", "m3")
+
+
+async def test_a_replica_prunes_past_rows_another_holds_instead_of_waiting_for_them(  # type: ignore[no-untyped-def]
+    setup, monkeypatch, database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer: replicas never prune at once")
+    db, bus, outbox_t, _, _, subject = setup
+    await _add_rows(db, outbox_t, subject, [timedelta(hours=30)] * 12 + [None])
+    monkeypatch.setattr(outbox_module, "PRUNE_CHUNK", 5)
+    old = select(outbox_t.c.seq).where(outbox_t.c.published_at.is_not(None)).order_by(outbox_t.c.seq).limit(5)
+    async with db.transaction() as holder:
+        # Another replica's prune in flight: it holds the five oldest rows until it commits.
+        held = (await holder.execute(old.with_for_update())).scalars().all()
+        other = Database(database_url)
+        try:
+            # A generous bound that only a prune waiting for the held rows reaches.
+            pruned = await asyncio.wait_for(OutboxRelay(other, outbox_t, bus, tracer).prune_published(), timeout=30)
+        finally:
+            await other.dispose()
+    assert len(held) == 5
+    assert pruned == 7
+    assert await _waiting_and_published(db, outbox_t) == (1, 5)
