@@ -152,6 +152,38 @@ async def test_a_lumpsum_is_priced_to_the_rupee_counted_in_the_views_published_a
     await _no_drift(service)
 
 
+@pytest.mark.parametrize(
+    "kind",
+    [
+        resources_pb2.CONVERSION_KIND_SIP_REGISTERED,
+        resources_pb2.CONVERSION_KIND_SIP_STEP_UP,
+        resources_pb2.CONVERSION_KIND_SWITCH_REGULAR_TO_DIRECT,
+        resources_pb2.CONVERSION_KIND_DIVIDEND_TO_GROWTH,
+    ],
+    ids=lambda kind: resources_pb2.ConversionKind.Name(kind),
+)
+async def test_every_other_fund_conversion_is_priced_by_its_products_model_and_counted_once(
+    service: Service, kind: int
+) -> None:
+    await _fund_outreach(service)
+    response = await service.stub.RecordConversion(_conversion(kind=kind, conversion_id=f"MF-{kind}"))
+    # The product's model prices every kind alike: ₹5,00,000 at a 75 bp trail for 36 months.
+    assert response.conversion.kind == kind
+    assert (response.conversion.year1_revenue.minor_units, response.conversion.lifetime_revenue.minor_units) == (
+        375_000,
+        1_125_000,
+    )
+    assert response.attribution.funnel.disbursed == 1
+    # The same conversion again is refused and counts nothing twice.
+    again = await _refused(
+        service.stub.RecordConversion(_conversion(kind=kind, conversion_id=f"MF-{kind}", request_id="r-2"))
+    )
+    assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+    report = await _report(service)
+    assert (report.total.conversions, report.total.disbursed_amount.minor_units) == (1, 50_000_000)
+    await _no_drift(service)
+
+
 async def test_without_a_campaign_id_the_last_touch_in_the_products_window_wins(service: Service) -> None:
     for campaign_id, day in (("CSELL-NOV-F01-0001", 1), ("CSELL-NOV-F01-0002", 10), ("CSELL-NOV-F01-0003", 20)):
         await publish_outreach(
