@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
@@ -139,8 +140,19 @@ class Outbox:
         if not rows:
             return
         await session.execute(insert(self.table), list(rows))
+        self._wake_after_commit(session.sync_session)
+
+    def add_rows_sync(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
+        """add_rows for a synchronous Session (Database.run_in_transaction's work); the relay is woken the same way,
+        from whichever thread commits."""
+        if not rows:
+            return
+        session.execute(insert(self.table), list(rows))
+        self._wake_after_commit(session)
+
+    def _wake_after_commit(self, session: Session) -> None:
         if self._on_commit is not None:
-            event.listen(session.sync_session, "after_commit", self._wake, once=True)
+            event.listen(session, "after_commit", self._wake, once=True)
 
     def _wake(self, _session: object) -> None:
         if self._on_commit is not None:
@@ -174,6 +186,7 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.keep_published = keep_published
         self.inbox = inbox
+        self._waiting = table.c.published_at.is_(None)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -281,10 +294,6 @@ class OutboxRelay:
         for row, duplicate in zip(rows, duplicates, strict=True):
             if duplicate:
                 log.info("outbox_duplicate_dropped", event_id=row["headers"][MSG_ID_HEADER])
-
-    @property
-    def _waiting(self) -> Any:
-        return self.table.c.published_at.is_(None)
 
     async def measure_backlog(self) -> tuple[int, float]:
         """How many committed events wait, and the age in seconds of the next one (0 when none).

@@ -116,8 +116,6 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             smtp_peer=(settings.smtp_host, settings.smtp_port),
         ),
         policy=policy,
-        # The ledger writes its DeliveryUpdated rows itself, in its own transactions: it wakes the relay after each.
-        wake_relay=relay.notify,
     )
     consumer = Consumer(
         bus, streams.CHANNELS_DISPATCH, DispatchRequested, dispatch, tracer, concurrency=settings.dispatch_concurrency

@@ -142,7 +142,6 @@ class DispatchHandler:
         *,
         email: EmailSettings,
         policy: SendPolicy | None = None,
-        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -150,7 +149,7 @@ class DispatchHandler:
         self.tracer = tracer
         self.email = email
         self.policy = policy or SendPolicy()
-        self.ledger = Ledger(db, outbox, tracer, wake_relay=wake_relay)
+        self.ledger = Ledger(db, outbox, tracer)
         self._in_flight: set[str] = set()
         # DeliveryUpdated event ids: unique to this handler (a ULID), then a counter.
         self._event_prefix = new_id("evt_")

@@ -10,7 +10,6 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database, transient_failure
@@ -83,13 +82,10 @@ class Ledger:
         tracer: trace.Tracer,
         *,
         max_batch: int = MAX_BATCH,
-        wake_relay: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.tracer = tracer
-        # The outbox's own wake-up runs only for rows it adds through an async session; these are added directly.
-        self._wake_relay = wake_relay or (lambda: None)
         self._writes: GroupCommit[Intent | Outcome, Claim | bool] = GroupCommit(
             "channels-ledger", self._write, max_batch=max_batch, alone=self._write_alone, tracer=tracer
         )
@@ -113,7 +109,7 @@ class Ledger:
         with self.tracer.start_as_current_span("channels.ledger.write", attributes=attributes):
             for attempt in range(1, WRITE_ATTEMPTS + 1):
                 try:
-                    claims, applied, events = await self._write_once(intents, outcomes)
+                    claims, applied = await self._write_once(intents, outcomes)
                     break
                 except Exception as error:
                     # Outcomes are known; losing them to a lock timeout or a deadlock would leave the messages
@@ -126,8 +122,6 @@ class Ledger:
                     await asyncio.sleep(0.05 * attempt)
             else:
                 raise AssertionError("unreachable")
-        if events:
-            self._wake_relay()
         next_claim, next_applied = iter(claims), iter(applied)
         return [next(next_claim) if isinstance(s.item, Intent) else next(next_applied) for s in batch]
 
@@ -138,8 +132,8 @@ class Ledger:
 
     async def _write_once(
         self, intents: Sequence[Submitted[Intent]], outcomes: Sequence[Outcome]
-    ) -> tuple[list[Claim], list[bool], int]:
-        """Outcomes, then intents, in one transaction: their claims, which outcomes applied, and the events written.
+    ) -> tuple[list[Claim], list[bool]]:
+        """Outcomes, then intents, in one transaction: their claims and which outcomes applied.
         A message settling is never among the intents: this replica handles a campaign ID once at a time."""
         if self.db.is_sqlite and outcomes:
             try:
@@ -156,15 +150,16 @@ class Ledger:
         outcomes: Sequence[Outcome],
         settle: Callable[[Sequence[Outcome], Session], tuple[list[bool], list[Outcome]]],
         session: Session,
-    ) -> tuple[list[Claim], list[bool], int]:
+    ) -> tuple[list[Claim], list[bool]]:
         applied, settled = settle(outcomes, session) if outcomes else ([], [])
         claims, steps, events = self._claim_all(intents, session) if intents else ([], [], [])
-        # One INSERT for the timeline steps of both, one for their DeliveryUpdated events.
+        # One INSERT for the timeline steps of both, one for their DeliveryUpdated events (which wake the relay when
+        # the transaction commits).
         steps += [(o.campaign_id, TimelineStep(state_step(o.state), o.at, o.detail or o.reason)) for o in settled]
         store.add_timeline_steps(session, steps)
         events += [o.event for o in settled if o.event is not None]
-        self._add_events(session, events)
-        return claims, applied, len(events)
+        self.outbox.add_rows_sync(session, events)
+        return claims, applied
 
     def _claim_all(
         self, batch: Sequence[Submitted[Intent]], session: Session
@@ -251,11 +246,6 @@ class Ledger:
         settled = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
         store.set_states(session, _state_changes(settled))
         return applied, settled
-
-    def _add_events(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
-        """Outbox rows (built like Outbox.event builds them) in one INSERT of the caller's transaction."""
-        if rows:
-            session.execute(insert(self.outbox.table), list(rows))
 
 
 class _SettledMeanwhile(Exception):

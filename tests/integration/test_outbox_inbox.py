@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -326,3 +327,23 @@ async def test_a_replica_prunes_past_rows_another_holds_instead_of_waiting_for_t
     assert len(held) == 5
     assert pruned == 7
     assert await _waiting_and_published(db, outbox_t) == (1, 5)
+
+
+async def test_rows_added_in_a_synchronous_transaction_wake_the_relay_only_when_it_commits(setup) -> None:  # type: ignore[no-untyped-def]
+    db, _, outbox_t, _, _, subject = setup
+    woken: list[int] = []
+    outbox = Outbox(outbox_t, on_commit=lambda: woken.append(1))
+
+    def add(session: Any, fail: bool) -> None:
+        before = len(woken)
+        outbox.add_rows_sync(session, [outbox.event(subject, SegmentPublished(segment_id="seg_sync"))])
+        assert len(woken) == before  # not before the commit
+        if fail:
+            raise ZeroDivisionError
+
+    await db.run_in_transaction(lambda session: add(session, fail=False))
+    assert woken == [1]
+    with pytest.raises(ZeroDivisionError):
+        await db.run_in_transaction(lambda session: add(session, fail=True))
+    assert woken == [1]
+    assert await _waiting_and_published(db, outbox_t) == (1, 0)
