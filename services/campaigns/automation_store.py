@@ -63,7 +63,9 @@ async def last_trigger_outreaches(
             o.profile_id.in_(list(profile_ids)),
             o.withdrawn_at.is_(None),
             o.test.is_(False),
-            o.resend_of.is_(None),
+            # Not `resend_of IS NULL`: SQLite (no ANALYZE statistics) took that for a look-up in the unique index on
+            # resend_of and walked every original outreach of every campaign, instead of (campaign_key, profile_id).
+            func.coalesce(o.resend_of, "") == "",
         )
         .group_by(o.profile_id)
     )

@@ -1,4 +1,5 @@
-"""The dispatch queries read only the outreaches still to dispatch (partial indexes), not all of a run (SQLite)."""
+"""The dispatch queries read only the outreaches still to dispatch (partial indexes), not all of a run, and the
+trigger's cool-down read only the people's own outreaches, not all of them (SQLite)."""
 
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ async def _plans(tmp_path: Path) -> dict[str, str]:
             "follow_up": lambda s: automation_store.due_follow_up_dispatches(s, NOW, 10),
             "dispatchable": lambda s: store.dispatchable(s, "run_1", 2000, NOW, 2000),
             "undispatched": lambda s: store.undispatched(s, "run_1"),
+            "cool_down": lambda s: automation_store.last_trigger_outreaches(s, "cmp_1", ["p-1", "p-2"]),
         }
         plans = {}
         async with db.snapshot() as session:
@@ -51,3 +53,13 @@ async def test_each_dispatch_query_starts_from_the_outreaches_still_to_dispatch(
     assert "USING INDEX ix_outreaches_run_undispatched (run_id=? AND ordinal<?)" in plans["dispatchable"], plans
     assert "TEMP B-TREE" not in plans["dispatchable"], plans
     assert "ix_outreaches_run_undispatched" in plans["undispatched"], plans
+
+
+async def test_the_cool_down_read_looks_up_each_person_in_the_campaign(tmp_path: Path) -> None:
+    plans = await _plans(tmp_path)
+
+    # Every trigger batch reads it: through (campaign_key, profile_id), not the unique index on resend_of, whose
+    # `IS NULL` matched every original outreach of every campaign.
+    assert plans["cool_down"].startswith(
+        "SEARCH outreaches USING INDEX ix_outreaches_campaign_profile (campaign_key=? AND profile_id=?)"
+    ), plans
