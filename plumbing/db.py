@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from plumbing import sqlite_async
+
 T = TypeVar("T")
 
 
@@ -35,6 +37,8 @@ class Database:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        if self.is_sqlite and self.url.get_driver_name() == "aiosqlite":
+            kwargs["module"] = sqlite_async.dbapi()
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

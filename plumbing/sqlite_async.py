@@ -1,0 +1,131 @@
+"""SQLAlchemy's aiosqlite driver with one thread crossing per statement instead of four.
+
+aiosqlite runs each sqlite3 call on a thread of its own and hands the result back through the event
+loop. SQLAlchemy's adapter makes four such calls per statement (open a cursor, execute, fetch all,
+close), and every crossing costs CPU on both threads (a queue, a futex wake, the loop's self-pipe) and,
+on a busy loop, a wait for the GIL and for a turn of the loop. Measured on `select 1`: 372 µs of CPU
+per statement through an AsyncSession, 42 µs for one aiosqlite call, 19 µs with the synchronous driver.
+
+Here the cursor is opened, executed, drained and closed in ONE function on aiosqlite's thread. What
+SQLAlchemy reads afterwards (description, rowcount, lastrowid) is copied from the sqlite3 cursor before
+it closes, and the rows wait in the adapter as they always did. Everything else (connections, commit,
+rollback, the pool, aiosqlite's own thread) is the stock driver's; `Database` builds every SQLite engine
+with `module=dbapi()`.
+"""
+
+import sqlite3
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util import EMPTY_DICT
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """What a DBAPI cursor still answers once its statement has run and its rows are taken."""
+
+    description: Any
+    rowcount: int
+    lastrowid: int | None
+    arraysize: int = 1
+
+    def close(self) -> None:
+        return None
+
+
+_NOT_RUN = _Finished(description=None, rowcount=-1, lastrowid=None)
+
+
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[_Finished, list[Any] | None]:
+    """On aiosqlite's thread: the whole statement, from cursor to closed cursor."""
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        elif parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else None
+        return _Finished(description, cursor.rowcount, cursor.lastrowid), rows
+    finally:
+        cursor.close()
+
+
+class OneCrossingCursor(AsyncAdapt_aiosqlite_cursor):
+    """The stock adapter's cursor, but a statement is one call on aiosqlite's thread."""
+
+    __slots__ = ()
+    _awaitable_cursor_close = False
+
+    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+        # No cursor is opened here (the stock adapter crosses threads to open one): _run opens its own.
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = _NOT_RUN  # type: ignore[assignment]
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = deque()
+
+    async def _execute_async(self, operation: Any, parameters: Any) -> Any:
+        return await self._run_async(operation, parameters, many=False)
+
+    async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> Any:
+        return await self._run_async(operation, seq_of_parameters, many=True)
+
+    async def _run_async(self, operation: Any, parameters: Any, *, many: bool) -> None:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        async with self._adapt_connection._execute_mutex:
+            finished, rows = await connection._execute(_run, connection._conn, operation, parameters, many)
+        self._cursor = finished  # type: ignore[assignment]
+        if rows is not None:
+            self._rows = deque(rows)
+
+    def close(self) -> None:
+        self._rows.clear()
+
+
+class OneCrossingConnection(AsyncAdapt_aiosqlite_connection):
+    """The stock adapter's connection, with its cursors; a commit or rollback with no transaction open costs nothing.
+
+    The pool rolls back every connection it is given back unless the Connection closed a transaction itself, so a
+    session that committed paid a fourth thread crossing for a rollback of nothing. sqlite3 knows whether a
+    transaction is open (`in_transaction`, read on this thread as aiosqlite's own property does).
+    """
+
+    __slots__ = ()
+    _cursor_cls = OneCrossingCursor  # type: ignore[assignment]
+
+    def _in_transaction(self) -> bool:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        return connection._connection is not None and connection._connection.in_transaction
+
+    def rollback(self) -> None:
+        if self._in_transaction():
+            super().rollback()
+
+    def commit(self) -> None:
+        if self._in_transaction():
+            super().commit()
+
+
+class OneCrossingDbapi(AsyncAdapt_aiosqlite_dbapi):
+    """The aiosqlite DBAPI shim whose connections open OneCrossingCursors."""
+
+    def connect(self, *arg: Any, **kw: Any) -> OneCrossingConnection:
+        stock = super().connect(*arg, **kw)
+        return OneCrossingConnection(self, stock._connection)
+
+
+def dbapi() -> OneCrossingDbapi:
+    """The `module=` for create_async_engine on a sqlite+aiosqlite URL."""
+    return OneCrossingDbapi(aiosqlite, sqlite3)
