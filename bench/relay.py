@@ -24,7 +24,7 @@ from bench.results import machine_info
 from devstack.nats_server import NatsServer
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database
-from plumbing.outbox import Outbox, OutboxRelay, outbox_table
+from plumbing.outbox import BATCH_SIZE, Outbox, OutboxRelay, outbox_table
 from plumbing.telemetry import outreach_ids, outreach_span, setup_tracing
 from xsell.campaigns.v1 import events_pb2
 
@@ -167,7 +167,7 @@ async def main(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=200, help="the relay's batch (OutboxRelay's default)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="the relay's batch (OutboxRelay's default)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     return parser.parse_args(argv)

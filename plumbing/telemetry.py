@@ -22,8 +22,9 @@ from opentelemetry.trace.span import NonRecordingSpan, SpanContext
 
 CAMPAIGN_ID = "campaign.id"
 """The span attribute (and log key) that carries an outreach's campaign ID."""
-RELAY_LINKS_MAX = 500
-"""Links a span may keep: enough for one relay batch, each event linked to the trace it belongs to."""
+RELAY_LINKS_MAX = 1_000
+"""Links a span may keep: enough for one relay batch (plumbing.outbox.BATCH_SIZE), each event linked to the trace it
+belongs to."""
 
 _forced_ids: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("xsell_forced_ids", default=None)
 
