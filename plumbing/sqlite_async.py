@@ -27,9 +27,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util import EMPTY_DICT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Finished:
-    """What a DBAPI cursor still answers once its statement has run and its rows are taken."""
+    """What a DBAPI cursor still answers once its statement has run and its rows are taken (arraysize may be set,
+    as on any DBAPI cursor)."""
 
     description: Any
     rowcount: int
@@ -38,9 +39,6 @@ class _Finished:
 
     def close(self) -> None:
         return None
-
-
-_NOT_RUN = _Finished(description=None, rowcount=-1, lastrowid=None)
 
 
 def _run(
@@ -72,7 +70,7 @@ class OneCrossingCursor(AsyncAdapt_aiosqlite_cursor):
         # No cursor is opened here (the stock adapter crosses threads to open one): _run opens its own.
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
-        self._cursor = _NOT_RUN  # type: ignore[assignment]
+        self._cursor = _Finished(description=None, rowcount=-1, lastrowid=None)  # type: ignore[assignment]
         self._soft_closed_memoized = EMPTY_DICT
         self._rows = deque()
 
