@@ -1,13 +1,15 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy.ext.asyncio
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -40,6 +42,7 @@ class Database:
         if self.is_sqlite and self.url.get_driver_name() == "aiosqlite":
             kwargs["module"] = sqlite_async.dbapi()
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._engine_options = kwargs
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; SQLAlchemy
@@ -54,6 +57,10 @@ class Database:
         self._sqlite_file = self.is_sqlite and bool(self.url.database) and self.url.database != ":memory:"
         self._sync_sessions: sessionmaker[Session] | None = None
         self._sync_thread: ThreadPoolExecutor | None = None
+        # For write_on_own_loop on a SQLite file: an event loop in a thread of its own, with an engine of its own.
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
+        self._writer_thread: threading.Thread | None = None
+        self._writer_sessions: async_sessionmaker[AsyncSession] | None = None
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
         SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
@@ -91,6 +98,50 @@ class Database:
                     # Cancelled while the thread writes: the writer lock is held until its transaction has ended.
                     await asyncio.wait([written])
 
+    async def write_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`await work(session)` inside one transaction, committed when it returns.
+
+        On a SQLite file the transaction runs on an event loop of its own, in a thread of its own (taken in this
+        process's writer order like `transaction`): aiosqlite crosses between threads three or four times per
+        statement, and on the service's busy loop each crossing waited for a turn behind every other task, so
+        a transaction's statements spent most of its time between them while it held the write lock. Unlike
+        run_in_transaction, `work` stays async code with spans per statement; it must not touch objects bound to
+        the service's loop (callbacks that wake it must be safe from any thread). Elsewhere it runs here.
+        """
+        if self._sqlite_writer is None or not self._sqlite_file:
+            async with self.transaction() as session:
+                return await work(session)
+        if self._writer_loop is None:
+            loop = asyncio.new_event_loop()
+            self._writer_thread = threading.Thread(target=loop.run_forever, name="sqlite-writer-loop", daemon=True)
+            self._writer_thread.start()
+            self._writer_loop = loop
+        async with self._sqlite_writer:
+            written = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._write_here(work), self._writer_loop))
+            try:
+                return await asyncio.shield(written)
+            finally:
+                if not written.done():
+                    # Cancelled while the thread writes: the writer lock is held until its transaction has ended.
+                    await asyncio.wait([written])
+
+    async def _write_here(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        if self._writer_sessions is None:
+            # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
+            # (a second instrument() call does nothing), so this engine's statements get their spans too.
+            engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **self._engine_options)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+            self._writer_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        async with self._writer_sessions() as session, session.begin():
+            return await work(session)
+
+    async def _dispose_writer_loop(self) -> None:
+        if self._writer_sessions is not None:
+            engine = self._writer_sessions.kw["bind"]
+            self._writer_sessions = None
+            await engine.dispose()
+
     def _run_sync(self, work: Callable[[Session], T]) -> T:
         if self._sync_sessions is None:
             engine = create_engine(self.url.set(drivername="sqlite"))
@@ -124,6 +175,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._writer_loop is not None:
+            loop, self._writer_loop = self._writer_loop, None
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose_writer_loop(), loop))
+            loop.call_soon_threadsafe(loop.stop)
+            if self._writer_thread is not None:
+                await asyncio.to_thread(self._writer_thread.join)
+                self._writer_thread = None
+            loop.close()
         if self._sync_thread is not None:
             if self._sync_sessions is not None:
                 engine = self._sync_sessions.kw["bind"]

@@ -54,8 +54,10 @@ class TriggerHandler:
     on their segments are read once, each person is looked up in segments once (concurrently, before the
     transaction: a SQLite write lock must not wait on the network), and ONE transaction claims every
     message in the inbox and creates each firing campaign's outreaches for all its people set-based, as
-    a release page does. A redelivered message creates nothing more; each handler call returns (and its
-    message is acknowledged) only after that transaction committed.
+    a release page does. On SQLite that transaction runs on the database's writer loop
+    (Database.write_on_own_loop): its statements do not wait behind the service's other tasks while it holds
+    the write lock. A redelivered message creates nothing more; each handler call returns (and its message
+    is acknowledged) only after that transaction committed.
     """
 
     def __init__(
@@ -75,11 +77,12 @@ class TriggerHandler:
         self.templates = templates
         self.library = templates.library
         self.clock = clock
-        # Batches write their events without the Outbox (store.insert_page), so they wake the relay themselves.
+        # Batches write their events without the Outbox (store.insert_page), so they wake the relay themselves,
+        # from the writer loop's thread (the relay's notify, like the gate's outbox's, is safe from any thread).
         self.wake_relay = wake_relay
         self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
         # Campaign-ID counters known to exist (committed; counters are never deleted), so a batch does not ensure
-        # its counter again.
+        # its counter again. Only the batches' transactions, one at a time, read and add to it.
         self._counters: set[tuple[str, str, str]] = set()
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
@@ -125,7 +128,8 @@ class TriggerHandler:
         if not firing:
             return done
         counts: Counter[str] = Counter()
-        async with self.db.transaction() as session:
+
+        async def write(session: Any) -> None:
             claimed = await automation_store.claim_messages(
                 session, streams.CAMPAIGNS_TRIGGERS.durable, [batch[i].message_id for i in firing], now
             )
@@ -143,6 +147,8 @@ class TriggerHandler:
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for campaign in sorted(running, key=lambda c: c.campaign_key):
                 counts.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
+
+        await self.db.write_on_own_loop(write)
         log.info("triggers_applied", entries=len(batch), **counts)
         return done
 
