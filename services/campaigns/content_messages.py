@@ -23,15 +23,11 @@ def dispatch_message(
         test=test,
     )
     if isinstance(rendered, RenderedEmail):
-        message.email.CopyFrom(
-            events_pb2.EmailMessage(
-                to_address=address,
-                from_name=rendered.from_name,
-                subject=rendered.subject,
-                html_body=rendered.html_body,
-                text_body=rendered.text_body,
-            )
-        )
+        # Set in place rather than built and copied in (CopyFrom): a third of this message's cost, once per outreach.
+        email = message.email
+        email.SetInParent()  # present even if every field were empty, as CopyFrom makes it
+        email.to_address, email.from_name, email.subject = address, rendered.from_name, rendered.subject
+        email.html_body, email.text_body = rendered.html_body, rendered.text_body
     elif isinstance(rendered, RenderedSms):
         message.sms.CopyFrom(
             events_pb2.SmsMessage(

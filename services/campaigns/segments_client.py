@@ -1,8 +1,10 @@
 """The segments service as campaigns sees it: a segment's state and version, and its members as a stream."""
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
+from types import MappingProxyType
+from typing import NamedTuple
 
 import grpc
 
@@ -24,14 +26,20 @@ class SegmentRef:
     version: int
 
 
-@dataclass(frozen=True)
-class AudienceMember:
-    """One member with the attributes asked for, as plain Python values."""
+NOT_SUPPRESSED: Mapping[str, tuple[int, ...]] = MappingProxyType({})
+
+
+class AudienceMember(NamedTuple):
+    """One member with the attributes asked for, as plain Python values.
+
+    A named tuple rather than a frozen dataclass: a release makes one per person, and the frozen dataclass's
+    __init__ (object.__setattr__ per field) was about a third of decoding a streamed member.
+    """
 
     profile_id: str
     attributes: dict[str, object]
     # Every suppression in force, as reasons per channel name ("ALL" for global ones, "SMS"...).
-    suppressed_on: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    suppressed_on: Mapping[str, tuple[int, ...]] = NOT_SUPPRESSED
 
 
 def suppressed_on(suppressions: Iterable[resources_pb2.Suppression]) -> dict[str, tuple[int, ...]]:
@@ -69,9 +77,14 @@ def attribute_values(values: Mapping[str, resources_pb2.Value]) -> dict[str, obj
     """A member's attributes as attribute_value gives them.
 
     `kind` is a oneof, so a non-empty string_value can only be a string: most attributes are read without
-    WhichOneof (half of decoding a member); empty and other values go through attribute_value.
+    WhichOneof (half of decoding a member); empty and other values go through attribute_value. The map is walked
+    by key: its items() is the generic Python ItemsView, a quarter slower.
     """
-    return {name: value.string_value or attribute_value(value) for name, value in values.items()}
+    decoded: dict[str, object] = {}
+    for name in values:
+        value = values[name]
+        decoded[name] = value.string_value or attribute_value(value)
+    return decoded
 
 
 def _unavailable(error: grpc.aio.AioRpcError, what: str) -> Unavailable:
@@ -134,7 +147,7 @@ class SegmentsClient:
                     AudienceMember(
                         member.profile_id,
                         attribute_values(member.attributes),
-                        suppressed_on(member.suppressions) if member.suppressions else {},
+                        suppressed_on(member.suppressions) if member.suppressions else NOT_SUPPRESSED,
                     )
                     for member in response.members
                 ]
