@@ -102,22 +102,17 @@ class Database:
         """`await work(session)` inside one transaction, committed when it returns.
 
         On a SQLite file the transaction runs on an event loop of its own, in a thread of its own (taken in this
-        process's writer order like `transaction`): aiosqlite crosses between threads three or four times per
-        statement, and on the service's busy loop each crossing waited for a turn behind every other task, so
-        a transaction's statements spent most of its time between them while it held the write lock. Unlike
+        process's writer order like `transaction`): every statement crosses to aiosqlite's thread and back, and
+        on the service's busy loop each crossing waited for a turn behind every other task, so a transaction's
+        statements spent most of its time between them while it held the write lock. Unlike
         run_in_transaction, `work` stays async code with spans per statement; it must not touch objects bound to
         the service's loop (callbacks that wake it must be safe from any thread). Elsewhere it runs here.
         """
         if self._sqlite_writer is None or not self._sqlite_file:
             async with self.transaction() as session:
                 return await work(session)
-        if self._writer_loop is None:
-            loop = asyncio.new_event_loop()
-            self._writer_thread = threading.Thread(target=loop.run_forever, name="sqlite-writer-loop", daemon=True)
-            self._writer_thread.start()
-            self._writer_loop = loop
         async with self._sqlite_writer:
-            written = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._write_here(work), self._writer_loop))
+            written = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._on_own_loop(work), self._own_loop()))
             try:
                 return await asyncio.shield(written)
             finally:
@@ -125,7 +120,25 @@ class Database:
                     # Cancelled while the thread writes: the writer lock is held until its transaction has ended.
                     await asyncio.wait([written])
 
-    async def _write_here(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def read_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`await work(session)` in a `snapshot`; on a SQLite file on the loop of write_on_own_loop, beside its
+        writes (WAL: a reader does not wait for the writer), so a hot read does not wait for the service's loop
+        either. The same rule for `work`. Elsewhere it runs here."""
+        if not self._sqlite_file:
+            async with self.snapshot() as session:
+                return await work(session)
+        coroutine = self._on_own_loop(work, snapshot=True)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._own_loop()))
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        if self._writer_loop is None:
+            loop = asyncio.new_event_loop()
+            self._writer_thread = threading.Thread(target=loop.run_forever, name="sqlite-writer-loop", daemon=True)
+            self._writer_thread.start()
+            self._writer_loop = loop
+        return self._writer_loop
+
+    async def _on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False) -> T:
         if self._writer_sessions is None:
             # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
             # (a second instrument() call does nothing), so this engine's statements get their spans too.
@@ -134,6 +147,8 @@ class Database:
             event.listen(engine.sync_engine, "begin", _sqlite_begin)
             self._writer_sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with self._writer_sessions() as session, session.begin():
+            if snapshot:
+                await session.connection(execution_options={_SQLITE_DEFERRED: True})
             return await work(session)
 
     async def _dispose_writer_loop(self) -> None:

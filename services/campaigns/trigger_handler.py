@@ -94,10 +94,10 @@ class TriggerHandler:
         """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on."""
         batch = [s.item for s in submitted]
         done: list[BaseException | None] = [None] * len(batch)
-        async with self.db.snapshot() as session:
-            candidates = await automation_store.campaigns_on_segments(
-                session, sorted({e.event.segment_id for e in batch}), CampaignState.RUNNING.value
-            )
+        segment_ids = sorted({e.event.segment_id for e in batch})
+        candidates = await self.db.read_on_own_loop(
+            lambda session: automation_store.campaigns_on_segments(session, segment_ids, CampaignState.RUNNING.value)
+        )
         on_segment: dict[str, list[Any]] = defaultdict(list)
         for campaign in candidates:
             if automation_of(campaign).trigger is not None:

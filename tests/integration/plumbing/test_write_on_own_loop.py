@@ -1,5 +1,6 @@
 """An async unit of work in one transaction: committed when it returns, rolled back when it raises, and on a SQLite
-file run on the database's writer loop, in another thread, in this process's writer order."""
+file run on the database's own loop, in another thread, in this process's writer order; a read there goes beside
+the writer."""
 
 import asyncio
 import threading
@@ -77,3 +78,26 @@ async def test_on_a_sqlite_file_the_work_runs_in_another_thread_after_the_writer
         await db.dispose()
     # Disposed: the writer loop's thread has ended.
     assert not any(thread.name == "sqlite-writer-loop" for thread in threading.enumerate())
+
+
+async def test_a_read_on_the_own_loop_sees_what_committed_and_does_not_wait_for_the_writer(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
+            await session.execute(text("INSERT INTO ledger VALUES (7)"))
+        read_in: list[str] = []
+
+        async def total(session: AsyncSession) -> int:
+            read_in.append(threading.current_thread().name)
+            return int((await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one())
+
+        async with db.transaction() as writer:
+            await writer.execute(text("INSERT INTO ledger VALUES (100)"))
+            # The writer holds the write lock and has not committed: the read goes ahead and sees the state before.
+            assert await asyncio.wait_for(db.read_on_own_loop(total), timeout=10) == 7
+        assert await db.read_on_own_loop(total) == 107
+        on_file = database_url.startswith("sqlite") and ":memory:" not in database_url
+        assert (read_in[0] != threading.current_thread().name) == on_file
+    finally:
+        await db.dispose()
