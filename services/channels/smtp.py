@@ -1,9 +1,14 @@
 """The e-mail provider adapter: mail transactions over kept-open aiosmtplib sessions, with classified failures."""
 
 import asyncio
+import re
+from collections import deque
+from typing import NamedTuple
 
 import aiosmtplib
 import structlog
+from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.channels.delivery import (
     ProviderOutcomeUnknown,
@@ -22,6 +27,10 @@ class SmtpSender:
     A session carries many mail transactions (MAIL, RCPT, DATA, then the next MAIL), so a message costs no
     connect, EHLO, STARTTLS, AUTH or QUIT. A session that failed in any way is closed, never reused: what the
     relay thinks of it is unknown.
+
+    When the relay offers PIPELINING (RFC 2920; Postfix, SES, SendGrid and Mailgun do), MAIL, RCPT and DATA go in
+    one write and their three replies come back together: two round trips and two writes per message instead of
+    four each, which halves the time a session is busy with one message and a good part of its CPU.
     """
 
     def __init__(
@@ -42,7 +51,7 @@ class SmtpSender:
         self.password = password
         self.timeout_seconds = timeout_seconds
         self._sessions = asyncio.Semaphore(connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[aiosmtplib.SMTP | _Pipeline] = []
 
     async def send(self, payload: bytes, *, sender: str, recipient: str) -> str:
         """Sends the message `payload` (its wire form, CRLF); returns the relay's reply to the data.
@@ -55,20 +64,21 @@ class SmtpSender:
         async with self._sessions:
             client = self._idle.pop() if self._idle else None
             if client is not None and not client.is_connected:
+                await _close(client)
                 client = None
             try:
                 if client is None:
                     client = await self._connect()
-                    reply = await _transaction(client, payload, sender, recipient)
+                    reply = await self._transaction(client, payload, sender, recipient)
                 else:
                     try:
-                        reply = await _transaction(client, payload, sender, recipient)
+                        reply = await self._transaction(client, payload, sender, recipient)
                     except _SessionLost:
-                        # The relay closed the idle session (its timeout) before MAIL: it holds nothing, so the
-                        # same transaction goes over a new session.
+                        # The relay closed the idle session (its timeout) before DATA's reply: it holds nothing, so
+                        # the same transaction goes over a new session.
                         await _close(client)
                         client = await self._connect()
-                        reply = await _transaction(client, payload, sender, recipient)
+                        reply = await self._transaction(client, payload, sender, recipient)
             except _SessionLost as lost:
                 if client is not None:
                     await _close(client)
@@ -80,7 +90,7 @@ class SmtpSender:
             self._idle.append(client)
             return reply
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> "aiosmtplib.SMTP | _Pipeline":
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -92,6 +102,13 @@ class SmtpSender:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                # Without STARTTLS or AUTH, aiosmtplib would say EHLO before the first MAIL; said here, its answer
+                # tells whether the relay takes pipelined commands.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except aiosmtplib.SMTPResponseException as error:
             await _close(client)
             # A refused greeting, EHLO or AUTH is about this relay or our credentials, not this message.
@@ -99,7 +116,18 @@ class SmtpSender:
         except (aiosmtplib.SMTPException, OSError) as error:
             await _close(client)
             raise ProviderUnavailable(f"SMTP connection to {self.host}:{self.port} failed: {error}") from error
+        if client.supports_extension("pipelining") and client.transport is not None:
+            # aiosmtplib sends one command and waits for its reply; the transactions of a pipelining relay's
+            # session run on a protocol of their own from here on (connect, EHLO, STARTTLS and AUTH were its).
+            return _Pipeline.take_over(client.transport, self.timeout_seconds)
         return client
+
+    async def _transaction(
+        self, client: "aiosmtplib.SMTP | _Pipeline", payload: bytes, sender: str, recipient: str
+    ) -> str:
+        if isinstance(client, _Pipeline):
+            return await _pipelined_transaction(client, payload, sender, recipient)
+        return await _transaction(client, payload, sender, recipient)
 
     async def close(self) -> None:
         """Ends the kept-open sessions with QUIT."""
@@ -141,7 +169,168 @@ async def _transaction(client: aiosmtplib.SMTP, payload: bytes, sender: str, rec
     return redact(reply.message)
 
 
-async def _close(client: aiosmtplib.SMTP) -> None:
+async def _pipelined_transaction(session: "_Pipeline", payload: bytes, sender: str, recipient: str) -> str:
+    """One mail transaction with MAIL, RCPT and DATA in one write (RFC 2920); the relay's reply to the data.
+
+    Each reply is read in order and the first refusal is the outcome, as without pipelining: after a refused MAIL
+    or RCPT the relay answers DATA with 503 (no valid recipients) and holds nothing; one that answered 354 anyway
+    gets no data, the session is closed mid-DATA, which aborts the transaction.
+    """
+    commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (_command_address(sender), _command_address(recipient))
+    if session.replies_waiting:
+        # A reply to nothing: the relay said something while the session was idle (421, closing).
+        raise _SessionLost("SMTP relay spoke while the session was idle")
+    try:
+        session.write(commands)
+        mail, rcpt, data = await session.replies(3)
+    except (_ConnectionEnded, TimeoutError) as error:
+        session.abort()
+        raise _SessionLost(f"SMTP connection lost before DATA: {type(error).__name__}") from error
+    for reply, command, expected in ((mail, "MAIL", (250,)), (rcpt, "RCPT", (250, 251)), (data, "DATA", (354,))):
+        if reply.code not in expected:
+            if data.code == 354:
+                session.abort()  # waiting for data it will not get: closing aborts the transaction
+            raise failure_for_reply(reply.code, command, reply.message)
+    try:
+        session.write(_PERIOD.sub(b"..", normalize_message_line_endings(payload)) + b".\r\n")
+        [reply] = await session.replies(1)
+    except (_ConnectionEnded, TimeoutError) as error:
+        session.abort()
+        raise ProviderOutcomeUnknown(
+            f"SMTP connection lost during DATA ({type(error).__name__}); the relay may have queued it"
+        ) from error
+    if reply.code != 250:
+        raise failure_for_reply(reply.code, "DATA", reply.message)
+    return redact(reply.message)
+
+
+_PERIOD = re.compile(rb"(?m)^\.")
+"""A line that starts with a dot gets another (RFC 5321 4.5.2), so that no line of the message ends the data."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _command_address(address: str) -> bytes:
+    """`<address>` for MAIL or RCPT, as aiosmtplib writes it; ValueError before anything is sent when it cannot be."""
+    quoted = quote_address(address)
+    if _CONTROL.search(quoted):
+        raise ValueError("an e-mail address contains a control character")
+    return quoted.encode("ascii")
+
+
+class _Reply(NamedTuple):
+    code: int
+    message: str
+
+
+class _ConnectionEnded(Exception):
+    """The relay closed the session, or sent what is not an SMTP reply."""
+
+
+MAX_REPLY_BYTES = 32 * 1024
+
+
+class _Pipeline(asyncio.Protocol):
+    """The transaction phase of a session with a relay that offers PIPELINING: every reply that arrives is kept, in
+    order, until read (aiosmtplib's protocol keeps one reply and drops what comes while it is not waiting)."""
+
+    def __init__(self, transport: asyncio.Transport, timeout_seconds: float) -> None:
+        self._transport = transport
+        self._timeout = timeout_seconds
+        self._buffer = bytearray()
+        self._lines: list[str] = []
+        self._replies: deque[_Reply] = deque()
+        self._wanted = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended: _ConnectionEnded | None = None
+
+    @classmethod
+    def take_over(cls, transport: asyncio.BaseTransport, timeout_seconds: float) -> "_Pipeline":
+        assert isinstance(transport, asyncio.Transport)
+        pipeline = cls(transport, timeout_seconds)
+        transport.set_protocol(pipeline)
+        return pipeline
+
+    @property
+    def is_connected(self) -> bool:
+        return self._ended is None and not self._transport.is_closing()
+
+    @property
+    def replies_waiting(self) -> bool:
+        return bool(self._replies or self._buffer)
+
+    def write(self, data: bytes) -> None:
+        if not self.is_connected:
+            raise self._ended or _ConnectionEnded("the session is closed")
+        self._transport.write(data)
+
+    async def replies(self, count: int) -> list[_Reply]:
+        """The next `count` replies; TimeoutError when they do not all come within the timeout."""
+        if len(self._replies) < count:
+            if self._ended is not None:
+                raise self._ended
+            self._wanted = count
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return [self._replies.popleft() for _ in range(count)]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            code = line[:3]
+            if not code.isdigit():
+                self._end(_ConnectionEnded(f"not an SMTP reply: {line[:40]!r}"))
+                return
+            self._lines.append(line[4:].decode("utf-8", "replace").strip())
+            if line[3:4] != b"-":
+                self._replies.append(_Reply(int(code), "\n".join(self._lines)))
+                self._lines = []
+        if len(self._buffer) > MAX_REPLY_BYTES:
+            self._end(_ConnectionEnded("an SMTP reply line too long"))
+            return
+        if self._waiter is not None and not self._waiter.done() and len(self._replies) >= self._wanted:
+            self._waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._end(_ConnectionEnded("the relay closed the session"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(_ConnectionEnded(f"the session was lost: {type(exc).__name__ if exc else 'closed'}"))
+
+    def abort(self) -> None:
+        """Closes the connection without QUIT: the relay is mid-transaction or silent."""
+        self._end(_ConnectionEnded("the session was aborted"))
+
+    def _end(self, ended: _ConnectionEnded) -> None:
+        if self._ended is None:
+            self._ended = ended
+        if not self._transport.is_closing():
+            self._transport.close()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(self._ended)
+
+    async def quit(self) -> None:
+        """QUIT, its reply, and the connection closed, whatever the relay answers."""
+        try:
+            if self.is_connected and not self.replies_waiting:
+                self.write(b"QUIT\r\n")
+                await self.replies(1)
+        except (_ConnectionEnded, TimeoutError) as error:
+            log.debug("smtp_quit_failed", error=type(error).__name__)
+        finally:
+            self._end(_ConnectionEnded("the session was closed"))
+
+
+async def _close(client: "aiosmtplib.SMTP | _Pipeline") -> None:
+    if isinstance(client, _Pipeline):
+        await client.quit()
+        return
     if not client.is_connected:
         return
     try:

@@ -31,13 +31,24 @@ TRACKING_SECRET = "integration-secret"
 
 
 class Mailbox:
-    """An aiosmtpd handler that keeps every message it accepts and refuses chosen recipients with 550."""
+    """An aiosmtpd handler that keeps every message it accepts and refuses chosen recipients with 550; it offers
+    PIPELINING (RFC 2920) as the relays of SES, SendGrid or Postfix do, unless told not to."""
 
-    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+    def __init__(self, refuse: frozenset[str] = frozenset(), *, pipelining: bool = True) -> None:
         self.refuse = refuse
+        self.pipelining = pipelining
         self.messages: list[EmailMessage] = []
         # The client's address and port of the SMTP session each message came in: one per connection.
         self.sessions: list[tuple[str, int]] = []
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when the handler has no EHLO hook
+        if not self.pipelining:
+            return responses
+        # aiosmtpd reads one command line at a time, so commands that come together are answered in turn.
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
         if address in self.refuse:
@@ -87,6 +98,15 @@ class SmtpRelay:
 @pytest.fixture
 async def smtp_relay() -> AsyncIterator[SmtpRelay]:
     relay = SmtpRelay(Mailbox(refuse=frozenset({"nobody@bank.example.in"})), port=0)
+    await relay.start()
+    yield relay
+    await relay.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-command-at-a-time"])
+async def either_smtp_relay(request: pytest.FixtureRequest) -> AsyncIterator[SmtpRelay]:
+    """The relay with and without PIPELINING: the service sends over both (its own protocol, or aiosmtplib's)."""
+    relay = SmtpRelay(Mailbox(refuse=frozenset({"nobody@bank.example.in"}), pipelining=request.param), port=0)
     await relay.start()
     yield relay
     await relay.stop()

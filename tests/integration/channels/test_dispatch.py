@@ -157,9 +157,10 @@ async def test_smtp_down_is_retried_and_sends_once_when_it_comes_back(
 
 
 async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_address(
-    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+    start_channels: StartChannels, either_smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
 ) -> None:
-    channels = await start_channels(smtp_relay.port)
+    smtp_relay = either_smtp_relay
+    channels = await start_channels(smtp_relay.port, smtp_connections=1)
     campaign_id = new_campaign_id()
     seq = await publish(nats_bus, dispatch(campaign_id, to_address="nobody@bank.example.in"))
 
@@ -171,6 +172,11 @@ async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_ad
     assert message.state == resources_pb2.DELIVERY_STATE_FAILED
     assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
     assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+    # The refused transaction's session was closed; the next e-mail goes over a new one.
+    after = new_campaign_id()
+    await publish(nats_bus, dispatch(after))
+    await published_state(listener, after, resources_pb2.DELIVERY_STATE_SENT)
+    assert len(smtp_relay.mailbox.for_campaign(after)) == 1
 
 
 async def test_dispatch_without_email_fails_and_is_dead_lettered(
