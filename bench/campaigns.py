@@ -15,9 +15,10 @@ outbox and NATS) and its CPU does not delay this process's publishing or timesta
 3. **Memory**: campaigns' peak RSS during both releases. Goal: the whole within 1.15x the tenth.
 4. **Floor**: what the database allows, in the same run: the same number of outreach, outbox and
    contact-ledger rows as the whole release writes, of the same shape (payloads copied from the release's
-   own rows), inserted with the standard library's sqlite3 (executemany, a page per transaction, the
-   service's pragmas) into a fresh database with the campaigns schema. The release's CPU per outreach
-   and rate are reported against it.
+   own rows), inserted with the standard library's sqlite3 (multi-row INSERTs of 500 rows as the release
+   writes them, plumbing.sqlite_async.insert_values; a page per transaction, the service's pragmas) into
+   a fresh database with the campaigns schema. The release's CPU per outreach and rate are reported
+   against it.
 
 Results: bench/results/campaigns.json (other scales: bench/results/scale-<s>/campaigns.json), each
 figure with its unit, goal and verdict, the machine and package versions. Everything binds to
@@ -46,6 +47,7 @@ from devstack.nats_server import free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
+from plumbing.sqlite_async import insert_values
 from services import streams
 from services.campaigns.app import MIGRATIONS
 from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
@@ -319,16 +321,20 @@ def _floor_inserts(path: Path, template: Path, outreaches: int) -> dict[str, Any
             numbers = range(first, min(first + RELEASE_PAGE_SIZE, outreaches))
             ids = [f"FLOOR-NOV-T00-{n + 1:07d}" for n in numbers]
             connection.execute("BEGIN IMMEDIATE")
-            connection.executemany(
-                f"INSERT INTO outreaches ({_FLOOR_OUTREACH_COLUMNS}) VALUES ({', '.join('?' for _ in outreach)})",
+            # As the release writes them (plumbing.sqlite_async.insert_rows): multi-row INSERTs.
+            insert_values(
+                connection,
+                "outreaches",
+                _FLOOR_OUTREACH_COLUMNS.split(", "),
                 [(key, f"f{n:08d}", *outreach[2:3], n, *outreach[4:]) for key, n in zip(ids, numbers, strict=True)],
             )
-            connection.executemany(
-                f"INSERT INTO outbox ({_FLOOR_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                [(f"{key}-created", *event[1:]) for key in ids],
+            insert_values(
+                connection, "outbox", _FLOOR_EVENT_COLUMNS.split(", "), [(f"{key}-created", *event[1:]) for key in ids]
             )
-            connection.executemany(
-                f"INSERT INTO contact_ledger ({_FLOOR_CONTACT_COLUMNS}) VALUES ({', '.join('?' for _ in contact)})",
+            insert_values(
+                connection,
+                "contact_ledger",
+                _FLOOR_CONTACT_COLUMNS.split(", "),
                 [(key, f"f{n:08d}", *contact[2:]) for key, n in zip(ids, numbers, strict=True)],
             )
             connection.execute("COMMIT")

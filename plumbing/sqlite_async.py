@@ -13,12 +13,16 @@ rollback, the pool, aiosqlite's own thread) is the stock driver's; `Database` bu
 with `module=dbapi()`.
 """
 
+import functools
 import sqlite3
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import aiosqlite
+from opentelemetry import trace
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -127,3 +131,55 @@ class OneCrossingDbapi(AsyncAdapt_aiosqlite_dbapi):
 def dbapi() -> OneCrossingDbapi:
     """The `module=` for create_async_engine on a sqlite+aiosqlite URL."""
     return OneCrossingDbapi(aiosqlite, sqlite3)
+
+
+ROWS_PER_STATEMENT = 500
+"""Rows per multi-row INSERT of insert_rows (fewer when a statement would bind more values than SQLite allows)."""
+
+_tracer = trace.get_tracer(__name__)
+
+
+async def insert_rows(
+    connection: aiosqlite.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Inserts `rows` (tuples of driver values in the order of `columns`) in the connection's open transaction, in
+    one call on aiosqlite's thread, as multi-row INSERTs of ROWS_PER_STATEMENT rows and the rest by executemany.
+
+    executemany steps once per row, and sqlite3 takes the GIL back between the steps: on a busy process each row
+    waited for the GIL, and binding row by row cost more CPU than a statement of 500 rows (a release page's
+    outreach and outbox rows: ~23 -> ~16 µs per outreach of the inserting thread). The statement of a full chunk
+    is always the same text, so sqlite3 prepares it once; the rest goes by executemany, so no statement of
+    another size is cached. One CLIENT span per call, as SQLAlchemy's instrumentation gives a statement.
+    """
+    with _tracer.start_as_current_span(
+        f"INSERT {table}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"db.system": "sqlite", "db.operation": "INSERT", "db.sql.table": table, "db.rows": len(rows)},
+    ):
+        await connection._execute(insert_values, connection._conn, table, columns, rows)
+
+
+def insert_values(
+    connection: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """What insert_rows runs on aiosqlite's thread, for a sqlite3 connection used directly (the bench's floor)."""
+    names = tuple(columns)
+    limit = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, min(ROWS_PER_STATEMENT, limit // len(names)))
+    full = len(rows) - len(rows) % per_statement if per_statement > 1 else 0
+    cursor = connection.cursor()
+    try:
+        if full:
+            statement = _values_statement(table, names, per_statement)
+            for first in range(0, full, per_statement):
+                cursor.execute(statement, list(chain.from_iterable(rows[first : first + per_statement])))
+        if full < len(rows):
+            cursor.executemany(_values_statement(table, names, 1), rows[full:])
+    finally:
+        cursor.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _values_statement(table: str, columns: tuple[str, ...], count: int) -> str:
+    row = f"({', '.join('?' for _ in columns)})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join(row for _ in range(count))}"
