@@ -60,6 +60,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
         timeout_seconds=settings.smtp_timeout_seconds,
         connections=settings.smtp_connections,
+        messages_per_session=settings.smtp_messages_per_session,
     )
     providers = Providers(
         email=smtp,

@@ -21,6 +21,12 @@ class ChannelsSettings(ServiceSettings):
     smtp_connections: int = Field(
         4, ge=1, description="SMTP sessions kept open to the relay; each carries one message at a time, many in turn."
     )
+    smtp_messages_per_session: int = Field(
+        1000,
+        ge=1,
+        description="Mail transactions one SMTP session carries before it is ended with QUIT and another opened; "
+        "below the relay's own cap (SendGrid 5,000, SocketLabs 50), which would refuse the next with a 4xx.",
+    )
     from_address: str = Field("offers@xsell.local", description="Envelope sender and From address of e-mail.")
     tracking_base_url: str = Field(
         "http://127.0.0.1:8080",

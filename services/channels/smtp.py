@@ -43,6 +43,7 @@ class SmtpSender:
         password: str | None = None,
         timeout_seconds: float = 10.0,
         connections: int = 4,
+        messages_per_session: int = 1000,
     ) -> None:
         self.host = host
         self.port = port
@@ -50,8 +51,10 @@ class SmtpSender:
         self.username = username
         self.password = password
         self.timeout_seconds = timeout_seconds
+        self.messages_per_session = messages_per_session
         self._sessions = asyncio.Semaphore(connections)
-        self._idle: list[aiosmtplib.SMTP | _Pipeline] = []
+        self._idle: list[tuple[aiosmtplib.SMTP | _Pipeline, int]] = []
+        """Open sessions no message is using, each with the transactions it has carried."""
 
     async def send(self, payload: bytes, *, sender: str, recipient: str) -> str:
         """Sends the message `payload` (its wire form, CRLF); returns the relay's reply to the data.
@@ -62,13 +65,13 @@ class SmtpSender:
         was being transferred, since the relay may have queued it.
         """
         async with self._sessions:
-            client = self._idle.pop() if self._idle else None
+            client, carried = self._idle.pop() if self._idle else (None, 0)
             if client is not None and not client.is_connected:
                 await _close(client)
                 client = None
             try:
                 if client is None:
-                    client = await self._connect()
+                    client, carried = await self._connect(), 0
                     reply = await self._transaction(client, payload, sender, recipient)
                 else:
                     try:
@@ -77,7 +80,7 @@ class SmtpSender:
                         # The relay closed the idle session (its timeout) before DATA's reply: it holds nothing, so
                         # the same transaction goes over a new session.
                         await _close(client)
-                        client = await self._connect()
+                        client, carried = await self._connect(), 0
                         reply = await self._transaction(client, payload, sender, recipient)
             except _SessionLost as lost:
                 if client is not None:
@@ -87,7 +90,13 @@ class SmtpSender:
                 if client is not None:
                     await _close(client)
                 raise
-            self._idle.append(client)
+            carried += 1
+            if carried >= self.messages_per_session:
+                # Ended before the relay's own cap (SendGrid 5,000 a connection, SocketLabs 50) refuses the next MAIL
+                # with a 4xx, which would send that message back to wait for a retry.
+                await _close(client)
+            else:
+                self._idle.append((client, carried))
             return reply
 
     async def _connect(self) -> "aiosmtplib.SMTP | _Pipeline":
@@ -132,7 +141,7 @@ class SmtpSender:
     async def close(self) -> None:
         """Ends the kept-open sessions with QUIT."""
         idle, self._idle = self._idle, []
-        for client in idle:
+        for client, _ in idle:
             await _close(client)
 
 
