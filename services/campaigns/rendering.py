@@ -208,28 +208,43 @@ class CompiledTemplate:
     through Jinja.
     """
 
-    __slots__ = ("_convert", "_names", "_texts", "jinja")
+    __slots__ = ("_convert", "_convert_text", "_names", "_outputs", "_texts", "jinja")
 
     def __init__(self, template: jinja2.Template, parsed: nodes.Template, *, autoescape: bool) -> None:
         self.jinja = template
         plan = _text_and_names(parsed)
         self._texts: tuple[str, ...] = plan[0] if plan is not None else ()
         self._names: tuple[str, ...] | None = plan[1] if plan is not None else None
+        # Each name with the text that follows its value.
+        self._outputs = tuple(zip(self._names or (), self._texts[1:], strict=True))
         self._convert: Callable[[Any], str] = markupsafe.escape if autoescape else str
+        # A plain str value, most of them: escaped as markupsafe.escape escapes a str, without making a Markup of
+        # it only to join it (a third of a render), or kept as it is (str() of a str is itself).
+        self._convert_text: Callable[[str], str] | None = escape_text if autoescape else None
 
     def render(self, context: Mapping[str, Any]) -> str:
-        names = self._names
-        if names is None:
+        if self._names is None:
             return self.jinja.render(context)
-        texts, convert = self._texts, self._convert
-        pieces = [texts[0]]
-        for name, text in zip(names, texts[1:], strict=True):
+        convert, convert_text = self._convert, self._convert_text
+        pieces = [self._texts[0]]
+        for name, text in self._outputs:
             value = context.get(name, _ABSENT)
             if value is _ABSENT:
                 return self.jinja.render(context)
-            pieces.append(convert(value))
+            if type(value) is not str:
+                value = convert(value)
+            elif convert_text is not None:
+                value = convert_text(value)
+            pieces.append(value)
             pieces.append(text)
         return "".join(pieces)
+
+
+def escape_text(text: str) -> str:
+    """What markupsafe.escape makes of a str, as a str: its five replacements, in its order (markupsafe._native)."""
+    return (
+        text.replace("&", "&amp;").replace(">", "&gt;").replace("<", "&lt;").replace("'", "&#39;").replace('"', "&#34;")
+    )
 
 
 _ABSENT = object()
@@ -425,13 +440,11 @@ def build_context(
     }
     first_name = attributes.get("first_name")
     offer_context: dict[str, Any] = {"product_code": offer.product_code}
-    context.update(
-        first_name=first_name if isinstance(first_name, str) else "",
-        campaign_id=campaign_id,
-        unsubscribe_url=UNSUBSCRIBE_URL,
-        offer=offer_context,
-        recommendations=[dict(product) for product in recommendations],
-    )
+    context["first_name"] = first_name if isinstance(first_name, str) else ""
+    context["campaign_id"] = campaign_id
+    context["unsubscribe_url"] = UNSUBSCRIBE_URL
+    context["offer"] = offer_context
+    context["recommendations"] = [dict(product) for product in recommendations] if recommendations else []
     if offer.amount is not None:
         context["offer_amount"], context["offer_amount_full"] = offer_amount_texts(offer.amount)
         offer_context["amount"] = context["offer_amount"]

@@ -11,6 +11,7 @@ from services.campaigns.rendering import (
     RenderFailed,
     Rupees,
     compile_template,
+    escape_text,
     render_template,
     template_environment,
 )
@@ -35,7 +36,7 @@ OTHER = [
 ]
 VALUES: list[object] = [
     "Asha",
-    "<b>Tom & 'Jerry'</b>",
+    "<b>Tom & 'Jerry' say \"hi\"</b>",
     markupsafe.Markup("<i>already safe</i>"),
     7,
     2.5,
@@ -85,6 +86,11 @@ def test_a_missing_name_fails_with_jinjas_own_reason(html: bool) -> None:
     with pytest.raises(RenderFailed) as failure:
         render_template(template, {"first_name": "Asha"})
     assert failure.value.reason == "undefined: 'city' is undefined"
+
+
+@pytest.mark.parametrize("text", ["", "plain", "<a href='x'>&\"</a>", "&amp; already", "ünïcode <&> ✓", "\x00\n\t"])
+def test_text_is_escaped_as_markupsafe_escapes_it(text: str) -> None:
+    assert escape_text(text) == str(markupsafe.escape(text))
 
 
 def test_a_name_only_jinja_knows_is_resolved_by_jinja() -> None:
