@@ -221,7 +221,12 @@ async def test_provider_reports_reach_the_timeline_through_the_gateways_webhooks
         await published_state(listener, whatsapp, DELIVERED)
         for campaign_id in (sms, whatsapp):
             message = await get_message(channels, campaign_id)
-            assert _timeline(message)[-2:] == ["DELIVERY_STATE_SENT", "DELIVERY_STATE_DELIVERED"]
+            # The sinks call back as soon as they accept, so the receipt may be recorded before the hand-over's own
+            # outcome: then it settles the message from SENDING and the ledger records no SENT after it.
+            assert _timeline(message)[-2:] in (
+                ["DELIVERY_STATE_SENT", "DELIVERY_STATE_DELIVERED"],
+                ["DELIVERY_STATE_SENDING", "DELIVERY_STATE_DELIVERED"],
+            )
         assert provider_sinks.sms.callback_errors == provider_sinks.whatsapp.callback_errors == []
     finally:
         await gateway.stop(0)
