@@ -79,24 +79,20 @@ class Database:
         """`work(session)` with a synchronous Session inside one transaction, committed when it returns.
 
         On a SQLite file the whole transaction is one call to a thread of its own (a pysqlite connection, taken in
-        this process's writer order like `transaction`): aiosqlite crosses between threads three or four times per
-        statement (cursor, execute, fetch, close), and on a busy event loop each crossing waits for a turn of the
-        loop, so a transaction of five statements spent most of its time between its statements. Its statements
-        get no spans of their own. Elsewhere `work` runs in the async session's greenlet, statement by statement.
+        this process's writer order like `transaction`): through aiosqlite every statement crosses to its thread and
+        back, and on a busy event loop each crossing waits for a turn of the loop, so a transaction of five
+        statements spent most of its time between its statements. Its statements get no spans of their own.
+        Elsewhere `work` runs in the async session's greenlet, statement by statement.
         """
         if self._sqlite_writer is None or not self._sqlite_file:
             async with self.transaction() as session:
                 return await session.run_sync(work)
         if self._sync_thread is None:
             self._sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        async with self._sqlite_writer:
-            written = asyncio.get_running_loop().run_in_executor(self._sync_thread, self._run_sync, work)
-            try:
-                return await asyncio.shield(written)
-            finally:
-                if not written.done():
-                    # Cancelled while the thread writes: the writer lock is held until its transaction has ended.
-                    await asyncio.wait([written])
+        thread = self._sync_thread
+        return await self._in_writer_turn(
+            lambda: asyncio.get_running_loop().run_in_executor(thread, self._run_sync, work)
+        )
 
     async def write_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """`await work(session)` inside one transaction, committed when it returns.
@@ -111,13 +107,20 @@ class Database:
         if self._sqlite_writer is None or not self._sqlite_file:
             async with self.transaction() as session:
                 return await work(session)
+        return await self._in_writer_turn(
+            lambda: asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._on_own_loop(work), self._own_loop()))
+        )
+
+    async def _in_writer_turn(self, start: Callable[[], "asyncio.Future[T]"]) -> T:
+        """What `start` starts in another thread, begun in this process's writer order; the writer lock is held
+        until its transaction has ended, even when the caller is cancelled meanwhile."""
+        assert self._sqlite_writer is not None
         async with self._sqlite_writer:
-            written = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._on_own_loop(work), self._own_loop()))
+            written = start()
             try:
                 return await asyncio.shield(written)
             finally:
                 if not written.done():
-                    # Cancelled while the thread writes: the writer lock is held until its transaction has ended.
                     await asyncio.wait([written])
 
     async def read_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
