@@ -273,7 +273,9 @@ async def resends_pending(session: AsyncSession, campaign_key: str) -> bool:
     undecided = exists().where(
         o.campaign_key == campaign_key,
         o.resend_state.is_(None),
-        o.resend_of.is_(None),
+        # Not `resend_of IS NULL`: SQLite answered that through the unique index on resend_of, every original of
+        # every campaign, inside the write transaction of each completion check (as the cool-down read did).
+        func.coalesce(o.resend_of, "") == "",
         o.test.is_(False),
         o.withdrawn_at.is_(None),
     )

@@ -29,6 +29,7 @@ async def _plans(tmp_path: Path) -> dict[str, str]:
             "dispatchable": lambda s: store.dispatchable(s, "run_1", 2000, NOW, 2000),
             "undispatched": lambda s: store.undispatched(s, "run_1"),
             "cool_down": lambda s: automation_store.last_trigger_outreaches(s, "cmp_1", ["p-1", "p-2"]),
+            "resends_pending": lambda s: automation_store.resends_pending(s, "cmp_1"),
         }
         plans = {}
         async with db.snapshot() as session:
@@ -63,3 +64,13 @@ async def test_the_cool_down_read_looks_up_each_person_in_the_campaign(tmp_path:
     assert plans["cool_down"].startswith(
         "SEARCH outreaches USING INDEX ix_outreaches_campaign_profile (campaign_key=? AND profile_id=?)"
     ), plans
+
+
+async def test_the_completion_check_looks_for_undecided_originals_in_the_campaign_only(tmp_path: Path) -> None:
+    plans = await _plans(tmp_path)
+
+    # Polled several times a second inside a write transaction: the campaign's originals still to decide through
+    # (campaign_key, resend_state, ...), not every original of every campaign through the unique index on resend_of.
+    first = plans["resends_pending"].split("SCALAR SUBQUERY 2")[0]
+    assert "ix_outreaches_resend_pending (campaign_key=? AND resend_state=?)" in first, plans
+    assert "uq_outreaches_resend_of" not in first, plans
