@@ -16,7 +16,7 @@ from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import DateTime, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -44,10 +44,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._engine_options = kwargs
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; SQLAlchemy
-            # emits BEGIN IMMEDIATE itself so writers queue on the lock instead of failing late.
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            _as_sqlite(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer and every transaction here is BEGIN IMMEDIATE: this process's transactions
         # queue on a lock of its own, in arrival order, instead of polling the file lock in the busy
@@ -146,8 +143,7 @@ class Database:
             # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
             # (a second instrument() call does nothing), so this engine's statements get their spans too.
             engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **self._engine_options)
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(engine.sync_engine, "begin", _sqlite_begin)
+            _as_sqlite(engine.sync_engine)
             self._writer_sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with self._writer_sessions() as session, session.begin():
             if snapshot:
@@ -163,8 +159,7 @@ class Database:
     def _run_sync(self, work: Callable[[Session], T]) -> T:
         if self._sync_sessions is None:
             engine = create_engine(self.url.set(drivername="sqlite"))
-            event.listen(engine, "connect", _sqlite_pragmas)
-            event.listen(engine, "begin", _sqlite_begin)
+            _as_sqlite(engine)
             self._sync_sessions = sessionmaker(engine, expire_on_commit=False)
         with self._sync_sessions() as session, session.begin():
             return work(session)
@@ -215,6 +210,16 @@ def _upgrade(connection: Connection, migrations_dir: Path) -> None:
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _as_sqlite(engine: Engine) -> None:
+    """Every engine on a service's SQLite file: its pragmas on each new connection, and BEGIN issued by us.
+
+    pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINT; SQLAlchemy emits BEGIN IMMEDIATE itself
+    so writers queue on the lock instead of failing late (BEGIN DEFERRED for a snapshot).
+    """
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from opentelemetry import trace
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, Table, select
 
 from plumbing.bus import Bus, StreamSpec
 from plumbing.db import Database
@@ -21,21 +21,14 @@ from xsell.segments.v1.events_pb2 import SegmentPublished
 async def test_the_next_events_are_published_while_the_last_mark_waits_for_the_write_lock(
     tmp_path: Path, nats_bus: Bus
 ) -> None:
-    suffix = new_id("m").lower()
-    subject = f"marks.{suffix}.published"
-    await nats_bus.ensure_streams([StreamSpec(f"MARKS_{suffix}".upper(), (f"marks.{suffix}.>",))])
+    subject, db, table = await _outbox_on_sqlite(tmp_path, nats_bus)
     received: list[str] = []
 
     async def on_message(msg: object) -> None:
         received.append(SegmentPublished.FromString(msg.data).segment_id)  # type: ignore[attr-defined]
 
     subscription = await nats_bus.nc.subscribe(subject, cb=on_message)
-    path = tmp_path / "marks.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    metadata = MetaData()
-    table = outbox_table(metadata)
-    async with db.engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
+    path = tmp_path / "outbox.db"
     relay = CountingRelay(db, table, nats_bus, trace.get_tracer("test"), poll_interval=0.05)
     outbox = Outbox(table, on_commit=relay.notify)
     async with db.transaction() as session:
@@ -87,6 +80,18 @@ async def test_the_next_events_are_published_while_the_last_mark_waits_for_the_w
     assert received == ["first", "second"]
 
 
+async def _outbox_on_sqlite(tmp_path: Path, nats_bus: Bus) -> tuple[str, Database, Table]:
+    """A stream of its own and an outbox table in a SQLite file (tmp_path / "outbox.db")."""
+    suffix = new_id("m").lower()
+    await nats_bus.ensure_streams([StreamSpec(f"MARKS_{suffix}".upper(), (f"marks.{suffix}.>",))])
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
+    metadata = MetaData()
+    table = outbox_table(metadata)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    return f"marks.{suffix}.published", db, table
+
+
 class CountingRelay(OutboxRelay):
     cycles = 0
 
@@ -106,14 +111,7 @@ async def _true(value: bool) -> bool:
 async def test_a_full_batch_is_marked_before_the_relay_goes_on(tmp_path: Path, nats_bus: Bus) -> None:
     """Behind a backlog the relay takes the write lock in turn with the service's writers (a batch that fills up is
     marked before publish_pending returns, even from the relay's loop); a batch that does not fill is marked later."""
-    suffix = new_id("f").lower()
-    subject = f"full.{suffix}.published"
-    await nats_bus.ensure_streams([StreamSpec(f"FULLB_{suffix}".upper(), (f"full.{suffix}.>",))])
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}")
-    metadata = MetaData()
-    table = outbox_table(metadata)
-    async with db.engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
+    subject, db, table = await _outbox_on_sqlite(tmp_path, nats_bus)
     relay = OutboxRelay(db, table, nats_bus, trace.get_tracer("test"), batch_size=2)
     outbox = Outbox(table)
     async with db.transaction() as session:
