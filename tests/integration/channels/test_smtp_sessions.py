@@ -13,13 +13,7 @@ async def test_many_emails_go_over_one_kept_open_session(
 ) -> None:
     smtp_relay = either_smtp_relay
     await start_channels(smtp_relay.port, smtp_connections=1)
-    campaign_ids = [new_campaign_id() for _ in range(5)]
-    for campaign_id in campaign_ids:
-        await publish(nats_bus, dispatch(campaign_id))
-    for campaign_id in campaign_ids:
-        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
-
-    assert sorted(m["X-Xsell-Campaign-Id"] for m in smtp_relay.mailbox.messages) == sorted(campaign_ids)
+    await _five_emails_sent(smtp_relay, nats_bus, listener)
     assert len(set(smtp_relay.mailbox.sessions)) == 1
 
 
@@ -28,13 +22,7 @@ async def test_a_session_ends_after_its_allowed_number_of_messages_and_a_new_one
 ) -> None:
     smtp_relay = either_smtp_relay
     await start_channels(smtp_relay.port, smtp_connections=1, smtp_messages_per_session=2)
-    campaign_ids = [new_campaign_id() for _ in range(5)]
-    for campaign_id in campaign_ids:
-        await publish(nats_bus, dispatch(campaign_id))
-    for campaign_id in campaign_ids:
-        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
-
-    assert sorted(m["X-Xsell-Campaign-Id"] for m in smtp_relay.mailbox.messages) == sorted(campaign_ids)
+    await _five_emails_sent(smtp_relay, nats_bus, listener)
     # Two, two and one: three sessions, one after the other.
     assert sorted(Counter(smtp_relay.mailbox.sessions).values()) == [1, 2, 2]
 
@@ -63,3 +51,13 @@ async def test_a_session_the_relay_closed_is_replaced_and_the_message_goes_at_on
         "DELIVERY_STATE_SENDING",
         "DELIVERY_STATE_SENT",
     ]
+
+
+async def _five_emails_sent(smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener) -> None:
+    """Five dispatches published, each SENT, and each in the relay's mailbox once."""
+    campaign_ids = [new_campaign_id() for _ in range(5)]
+    for campaign_id in campaign_ids:
+        await publish(nats_bus, dispatch(campaign_id))
+    for campaign_id in campaign_ids:
+        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    assert sorted(m["X-Xsell-Campaign-Id"] for m in smtp_relay.mailbox.messages) == sorted(campaign_ids)
