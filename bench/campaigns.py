@@ -33,7 +33,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ import grpc
 
 from bench import generator
 from bench.results import Context, machine_info, write_result
-from bench.service import ServiceProcess
+from bench.service import ServiceProcess, profiled
 from devstack.nats_server import free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
 from plumbing.db import Database
@@ -68,6 +68,7 @@ RELEASE_PAGE_SIZE = 2000
 GOAL_OUTREACH_PER_S = 10_000
 GOAL_P99_MS = 20.0
 RSS_TOLERANCE = 1.15
+PARTS = ("trigger", "release")
 HTML = '<p>Dear {{ first_name }}, a lumpsum top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
 
 
@@ -388,27 +389,35 @@ async def _campaigns(
         process.stop()
 
 
-async def run(context: Context) -> dict[str, Any]:
+async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | None = None) -> dict[str, Any] | None:
+    """The parts named (all by default, the only run that writes the result file); py-spy profiles into `profile`."""
     run_dir = context.run_dir / "campaigns"
     await asyncio.to_thread(shutil.rmtree, run_dir, True)
     segments = SegmentsProcess(run_dir)
     await segments.start()
     try:
         # Each part on a fresh campaigns process and database: a trigger backlog must not run beside a release.
-        async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
-            events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
-            trigger = await trigger_latency(stub, bus, process, events)
-            print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
-        async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
-            audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
-            small = await release_rate(stub, process, audience // 10)
-            print(f"campaigns release: {small}", flush=True)
-            large = await release_rate(stub, process, audience)
-            print(f"campaigns release: {large}", flush=True)
-        base = await floor(run_dir / "floor", run_dir / "release" / "campaigns.db", audience)
-        print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
+        if "trigger" in parts:
+            async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
+                events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
+                with profiled(process.pid, profile and profile / "campaigns-trigger.txt"):
+                    trigger = await trigger_latency(stub, bus, process, events)
+                print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
+        if "release" in parts:
+            async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
+                audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
+                small = await release_rate(stub, process, audience // 10)
+                print(f"campaigns release: {small}", flush=True)
+                with profiled(process.pid, profile and profile / "campaigns-release.txt"):
+                    large = await release_rate(stub, process, audience)
+                print(f"campaigns release: {large}", flush=True)
+            base = await floor(run_dir / "floor", run_dir / "release" / "campaigns.db", audience)
+            print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
     finally:
         segments.stop()
+    if set(parts) != set(PARTS):
+        print("a partial run (--parts) records no result file", flush=True)
+        return None
     outreach = {
         "unit": "outreach/s",
         "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
@@ -444,8 +453,13 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help=f"--scale {QUICK_SCALE:g}: about two minutes")
     parser.add_argument("--var", type=Path, default=Path("var/bench"), help="run files (logs, databases)")
     parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where campaigns.json goes")
+    parser.add_argument("--parts", default=",".join(PARTS), help="run only these parts (no result file then)")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the parts here")
     parser.add_argument("--serve-segments", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    parts = [part for part in args.parts.split(",") if part]
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
     if args.serve_segments:
         await serve_segments(args.serve_segments)
         return 0
@@ -461,7 +475,7 @@ async def main(argv: list[str]) -> int:
         postgres=None,
         figures=["campaigns"],
     )
-    await run(context)
+    await run(context, parts, args.profile)
     return 0
 
 

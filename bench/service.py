@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,25 @@ class SegmentsProcess(ServiceProcess):
 
     def __init__(self, run_dir: Path, database_url: str, extra_env: dict[str, str] | None = None) -> None:
         super().__init__("segments", run_dir, database_url, extra_env, grpc_service=SERVICE)
+
+
+@contextlib.contextmanager
+def profiled(pid: int, output: Path | None) -> Iterator[None]:
+    """py-spy sampling `pid` at 200 Hz for the block's duration into `output` (raw, collapsed stacks), when given (a
+    bench's --profile); nothing otherwise. Non-blocking: the process is not paused to be sampled, so its latencies
+    stay what they are (pausing it made the trigger bench's p50 five times longer)."""
+    if output is None:
+        yield
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    command = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--output", str(output), "--rate", "200"]
+    profiler = subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(60)
 
 
 @contextlib.asynccontextmanager

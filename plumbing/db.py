@@ -97,7 +97,9 @@ class Database:
         On a SQLite file the transaction runs on an event loop of its own, in a thread of its own (taken in this
         process's writer order like `transaction`): every statement crosses to aiosqlite's thread and back, and
         on the service's busy loop each crossing waited for a turn behind every other task, so a transaction's
-        statements spent most of its time between them while it held the write lock. Unlike
+        statements spent most of its time between them while it held the write lock. That loop's engine runs each
+        statement right there, on its thread (sqlite_async.dbapi(inline=True)): the loop has nothing else to do,
+        and a crossing to aiosqlite's thread per statement only added two wake-ups. Unlike
         run_in_transaction, `work` stays async code with spans per statement; it must not touch objects bound to
         the service's loop (callbacks that wake it must be safe from any thread). Elsewhere it runs here.
         """
@@ -142,7 +144,9 @@ class Database:
         if self._writer_sessions is None:
             # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
             # (a second instrument() call does nothing), so this engine's statements get their spans too.
-            engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **self._engine_options)
+            # Its statements run on this loop's thread, crossing to no other: the loop has nothing else to do.
+            options = {**self._engine_options, "module": sqlite_async.dbapi(inline=True)}
+            engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **options)
             _as_sqlite(engine.sync_engine)
             self._writer_sessions = async_sessionmaker(engine, expire_on_commit=False)
         async with self._writer_sessions() as session, session.begin():

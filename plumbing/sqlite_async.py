@@ -11,12 +11,16 @@ SQLAlchemy reads afterwards (description, rowcount, lastrowid) is copied from th
 it closes, and the rows wait in the adapter as they always did. Everything else (connections, commit,
 rollback, the pool, aiosqlite's own thread) is the stock driver's; `Database` builds every SQLite engine
 with `module=dbapi()`.
+
+`dbapi(inline=True)` crosses no thread at all: each call runs where it is awaited. It is for an event loop
+whose thread does nothing but database work (`Database.write_on_own_loop`), where blocking that loop for
+a statement is the point and a crossing per statement only added two wake-ups and a wait.
 """
 
 import functools
 import sqlite3
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -29,6 +33,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
 
 
 @dataclass(slots=True)
@@ -120,17 +125,68 @@ class OneCrossingConnection(AsyncAdapt_aiosqlite_connection):
             super().commit()
 
 
+class InlineConnection(aiosqlite.Connection):
+    """aiosqlite's connection without its thread: every call runs on the caller's thread, at once.
+
+    Only for a loop that does nothing but database work: a statement blocks its loop until it ends."""
+
+    def __init__(self, database: str, **kwargs: Any) -> None:
+        super().__init__(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size=64)
+
+    def __await__(self) -> Generator[Any, None, "InlineConnection"]:
+        if self._connection is None:
+            self._connection = self._connector()
+        return self._connected().__await__()
+
+    async def _connected(self) -> "InlineConnection":
+        return self
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+class InlineAdaptedConnection(OneCrossingConnection):
+    """OneCrossingConnection on an InlineConnection; the stock adapter sets isolation_level through aiosqlite's
+    thread queue, which has no thread here."""
+
+    __slots__ = ()
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._connection.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        connection._conn.isolation_level = value  # type: ignore[assignment]
+
+
 class OneCrossingDbapi(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DBAPI shim whose connections open OneCrossingCursors."""
+    """The aiosqlite DBAPI shim whose connections open OneCrossingCursors (on InlineConnections when `inline`)."""
+
+    def __init__(self, *, inline: bool = False) -> None:
+        super().__init__(aiosqlite, sqlite3)
+        self.inline = inline
 
     def connect(self, *arg: Any, **kw: Any) -> OneCrossingConnection:
+        if self.inline:
+            connection: Any = await_(InlineConnection(*arg, **kw))
+            return InlineAdaptedConnection(self, connection)
         stock = super().connect(*arg, **kw)
         return OneCrossingConnection(self, stock._connection)
 
 
-def dbapi() -> OneCrossingDbapi:
-    """The `module=` for create_async_engine on a sqlite+aiosqlite URL."""
-    return OneCrossingDbapi(aiosqlite, sqlite3)
+def dbapi(*, inline: bool = False) -> OneCrossingDbapi:
+    """The `module=` for create_async_engine on a sqlite+aiosqlite URL; `inline` crosses no thread (see above)."""
+    return OneCrossingDbapi(inline=inline)
 
 
 ROWS_PER_STATEMENT = 500

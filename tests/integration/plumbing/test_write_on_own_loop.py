@@ -101,3 +101,24 @@ async def test_a_read_on_the_own_loop_sees_what_committed_and_does_not_wait_for_
         assert (read_in[0] != threading.current_thread().name) == on_file
     finally:
         await db.dispose()
+
+
+async def test_on_a_sqlite_file_the_own_loops_statements_run_on_its_thread_crossing_to_none(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+
+    async def thread_running_the_statement(session: AsyncSession) -> str:
+        raw = await (await session.connection()).get_raw_connection()
+        # What runs a statement's SQL function is the thread that steps the statement.
+        raw.driver_connection._conn.create_function("thread_name", 0, lambda: threading.current_thread().name)
+        return str((await session.execute(text("SELECT thread_name()"))).scalar_one())
+
+    try:
+        async with db.transaction() as session:
+            service_loop = await thread_running_the_statement(session)
+        written = await db.write_on_own_loop(thread_running_the_statement)
+        read = await db.read_on_own_loop(thread_running_the_statement)
+    finally:
+        await db.dispose()
+    # The service's engine hands each statement to aiosqlite's thread; the own loop's runs it where it is awaited.
+    assert service_loop not in {threading.current_thread().name, "sqlite-writer-loop"}
+    assert written == read == "sqlite-writer-loop"
