@@ -35,7 +35,7 @@ class RelayDiedBeforeMarking(Exception):
 class DyingRelay(OutboxRelay):
     """Publishes, then dies before it can mark the rows published."""
 
-    async def _mark_published(self, session, seqs):  # type: ignore[no-untyped-def]
+    async def _mark_published(self, seqs, session=None):  # type: ignore[no-untyped-def]
         raise RelayDiedBeforeMarking
 
 
