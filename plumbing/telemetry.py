@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -152,9 +153,11 @@ class JsonlSpanExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = [json.dumps(_span_record(span), separators=(",", ":")) for span in spans]
-        with self._lock, self.path.open("a", encoding="utf-8") as file:
-            file.write("\n".join(lines) + "\n")
+        # orjson: UTF-8 bytes at several times json.dumps' speed (the exporter's thread shares the interpreter lock
+        # with the service's loop, so its CPU is the service's).
+        lines = [orjson.dumps(_span_record(span)) for span in spans]
+        with self._lock, self.path.open("ab") as file:
+            file.write(b"\n".join(lines) + b"\n")
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
