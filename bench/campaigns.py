@@ -28,6 +28,7 @@ figure with its unit, goal and verdict, the machine and package versions. Everyt
 import argparse
 import asyncio
 import contextlib
+import itertools
 import shutil
 import sqlite3
 import subprocess
@@ -48,6 +49,7 @@ from plumbing.bus import MSG_ID_HEADER, Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.sqlite_async import insert_values
+from plumbing.telemetry import read_spans
 from services import streams
 from services.campaigns.app import MIGRATIONS
 from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
@@ -264,6 +266,27 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
     }
 
 
+def trigger_batches(var_dir: Path) -> dict[str, Any]:
+    """The trigger handler's batches as its spans recorded them: how many entries each took, how long each ran, and
+    the pause between one batch's end and the next one's start (the consumer acknowledging its fetch)."""
+    batches = sorted(
+        (span for span in read_spans(var_dir) if span["name"] == "campaigns.triggers batch"),
+        key=lambda span: span["start_ns"],
+    )
+    sizes = sorted(float(span["attributes"].get("group_commit.items", 1)) for span in batches)
+    durations = sorted((span["end_ns"] - span["start_ns"]) / 1e6 for span in batches)
+    gaps = sorted((later["start_ns"] - earlier["end_ns"]) / 1e6 for earlier, later in itertools.pairwise(batches))
+    return {
+        "count": len(batches),
+        "entries_p50": percentile(sizes, 0.5),
+        "entries_p90": percentile(sizes, 0.9),
+        "duration_p50_ms": percentile(durations, 0.5),
+        "duration_p99_ms": percentile(durations, 0.99),
+        "gap_p50_ms": percentile(gaps, 0.5),
+        "gap_p99_ms": percentile(gaps, 0.99),
+    }
+
+
 async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dict[str, Any]:
     """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created."""
     peak = process.rss_mib()
@@ -402,7 +425,9 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
                 events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
                 with profiled(process.pid, profile and profile / "campaigns-trigger.txt"):
                     trigger = await trigger_latency(stub, bus, process, events)
-                print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
+            # Read once the process has stopped and flushed its spans.
+            trigger["batches"] = await asyncio.to_thread(trigger_batches, process.run_dir / "var")
+            print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
         if "release" in parts:
             async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
                 audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
