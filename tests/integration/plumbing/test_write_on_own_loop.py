@@ -1,6 +1,6 @@
 """An async unit of work in one transaction: committed when it returns, rolled back when it raises, and on a SQLite
-file run on the database's own loop, in another thread, in this process's writer order; a read there goes beside
-the writer."""
+file run on the database's own loop, in another thread, in this process's writer order; a read there, or in the
+database's reader thread, goes beside the writer."""
 
 import asyncio
 import threading
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from plumbing.db import Database
 
@@ -80,27 +81,43 @@ async def test_on_a_sqlite_file_the_work_runs_in_another_thread_after_the_writer
     assert not any(thread.name == "sqlite-writer-loop" for thread in threading.enumerate())
 
 
-async def test_a_read_on_the_own_loop_sees_what_committed_and_does_not_wait_for_the_writer(database_url: str) -> None:
+@pytest.mark.parametrize("read", ["read_on_own_loop", "read_in_thread"])
+async def test_a_read_beside_the_writer_sees_one_committed_state_and_does_not_wait_for_it(
+    database_url: str, read: str
+) -> None:
     db = Database(database_url)
+    read_in: list[str] = []
+    sum_query = text("SELECT sum(amount) FROM ledger")
+
+    async def on_own_loop(session: AsyncSession) -> tuple[int, int]:
+        read_in.append(threading.current_thread().name)
+        return int((await session.execute(sum_query)).scalar_one()), int(
+            (await session.execute(sum_query)).scalar_one()
+        )
+
+    def in_thread(session: Session) -> tuple[int, int]:
+        read_in.append(threading.current_thread().name)
+        return int(session.execute(sum_query).scalar_one()), int(session.execute(sum_query).scalar_one())
+
+    async def totals() -> tuple[int, int]:
+        return await (db.read_on_own_loop(on_own_loop) if read == "read_on_own_loop" else db.read_in_thread(in_thread))
+
     try:
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
             await session.execute(text("INSERT INTO ledger VALUES (7)"))
-        read_in: list[str] = []
-
-        async def total(session: AsyncSession) -> int:
-            read_in.append(threading.current_thread().name)
-            return int((await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one())
-
         async with db.transaction() as writer:
             await writer.execute(text("INSERT INTO ledger VALUES (100)"))
             # The writer holds the write lock and has not committed: the read goes ahead and sees the state before.
-            assert await asyncio.wait_for(db.read_on_own_loop(total), timeout=10) == 7
-        assert await db.read_on_own_loop(total) == 107
-        on_file = database_url.startswith("sqlite") and ":memory:" not in database_url
-        assert (read_in[0] != threading.current_thread().name) == on_file
+            assert await asyncio.wait_for(totals(), timeout=10) == (7, 7)
+        assert await totals() == (107, 107)
     finally:
         await db.dispose()
+    # On a SQLite file, in the database's thread for it (which ends with the database); elsewhere in this one.
+    on_file = database_url.startswith("sqlite") and ":memory:" not in database_url
+    thread = {"read_on_own_loop": "sqlite-writer-loop", "read_in_thread": "sqlite-reader_0"}[read]
+    assert (set(read_in) == {thread}) == on_file
+    assert not any(running.name == thread for running in threading.enumerate())
 
 
 async def test_on_a_sqlite_file_the_own_loops_statements_run_on_its_thread_crossing_to_none(tmp_path: Path) -> None:
