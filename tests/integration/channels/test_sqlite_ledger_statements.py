@@ -1,0 +1,82 @@
+"""On SQLite the ledger's batch statements bypass SQLAlchemy's parameter processing; they store what it stores."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from plumbing.db import Database
+from services.channels import store
+from services.channels.app import MIGRATIONS
+from services.channels.delivery import DeliveryState, TimelineStep
+
+QUEUED_AT = datetime(2026, 11, 27, 9, 5, 7, tzinfo=UTC)  # no microseconds: SQLAlchemy still writes .000000
+SENT_AT = datetime(2026, 11, 27, 9, 5, 7, 120034, tzinfo=UTC)
+STORED = text(
+    "SELECT m.state, m.attempts, m.reason, m.provider_message_id, m.created_at, m.updated_at, m.sent_at, t.step, t.at, "
+    "t.detail FROM messages m JOIN message_timeline t USING (campaign_id) WHERE m.campaign_id = :id ORDER BY t.seq"
+)
+
+
+def _through_the_ledger_statements(session: Session) -> None:
+    locked, created = store.claim_rows(
+        session, [{"campaign_id": "ledger", "channel": "CHANNEL_SMS", "profile_id": "prf_1"}], now=QUEUED_AT
+    )
+    assert locked == {"ledger": (DeliveryState.QUEUED, 0)} and created == ["ledger"]
+    store.mark_sending(session, ["ledger"], now=QUEUED_AT)
+    change = {
+        "campaign_id": "ledger",
+        "state": DeliveryState.SENT,
+        "at": SENT_AT,
+        "reason": "",
+        "provider_message_id": "SM1",
+        "count_attempt": True,
+    }
+    assert store.set_states(session, [change], only_if_sending=True) == 1
+    # claim_rows leaves a new message's QUEUED step to its caller, who writes it with the batch's other steps.
+    store.add_timeline_steps(
+        session,
+        [
+            ("ledger", TimelineStep("delivery:QUEUED", QUEUED_AT)),
+            ("ledger", TimelineStep("delivery:SENT", SENT_AT, "queued")),
+        ],
+    )
+
+
+async def test_the_sqlite_ledger_statements_store_times_and_states_as_sqlalchemy_core_does(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'channels.db'}")
+    await db.migrate(MIGRATIONS)
+    try:
+        await db.run_in_transaction(_through_the_ledger_statements)
+        async with db.transaction() as session:
+            await store.insert_queued_if_absent(
+                session, campaign_id="core", channel="CHANNEL_SMS", profile_id="prf_1", now=QUEUED_AT
+            )
+            await store.set_state(session, "core", DeliveryState.SENDING, now=QUEUED_AT)
+            await store.set_state(
+                session,
+                "core",
+                DeliveryState.SENT,
+                now=SENT_AT,
+                reason="",
+                provider_message_id="SM1",
+                count_attempt=True,
+            )
+            await store.add_timeline(session, "core", [TimelineStep("delivery:SENT", SENT_AT, "queued")])
+
+        async with db.snapshot() as session:
+            ledger = (await session.execute(STORED, {"id": "ledger"})).all()
+            core = (await session.execute(STORED, {"id": "core"})).all()
+            record = await store.load_message(session, "ledger")
+
+        assert ledger == core
+        assert ledger[0][4:7] == (
+            "2026-11-27 09:05:07.000000",
+            "2026-11-27 09:05:07.120034",
+            "2026-11-27 09:05:07.120034",
+        )
+        assert record is not None and record.state is DeliveryState.SENT and record.attempts == 1
+        assert [(s.step, s.at) for s in record.timeline] == [("delivery:QUEUED", QUEUED_AT), ("delivery:SENT", SENT_AT)]
+    finally:
+        await db.dispose()
