@@ -6,7 +6,7 @@ import json
 import pytest
 import structlog
 
-from plumbing.logging import REDACTED, redact_text, setup_logging
+from plumbing.logging import _MAY_HOLD_PII, _PII_PATTERNS, REDACTED, redact_text, setup_logging
 
 PLANTED = {
     "email": "priya.sharma@example.co.in",
@@ -62,3 +62,27 @@ def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
 )
 def test_identifiers_and_timestamps_are_not_mistaken_for_pii(text: str) -> None:
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *PLANTED.values(),
+        "1 2 3 4 5 6 7 8 9",  # an account number split by single spaces: no four digits in a row
+        "0-9-8-7-6-5-4-3-2-1",
+        "98765-43210",
+        "call 9876543210 now",
+        "x@y",
+        "ABCPS1234K and CSELL-NOV-T06-0884",
+        "12-34",
+        "no digits at all",
+        "",
+    ],
+)
+def test_the_quick_check_passes_unchanged_only_what_no_pattern_would_change(text: str) -> None:
+    fully = text
+    for pattern in _PII_PATTERNS:
+        fully = pattern.sub(REDACTED, fully)
+    assert redact_text(text) == fully
+    if _MAY_HOLD_PII.search(text) is None:
+        assert fully == text
