@@ -13,6 +13,7 @@ import sqlalchemy.ext.asyncio
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import DateTime, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -116,7 +117,9 @@ class Database:
             engine = create_engine(self.url.set(drivername="sqlite"))
             _as_sqlite(engine)
             self._reader_sessions = sessionmaker(engine)
-        with self._reader_sessions() as session, session.begin():
+        # No spans: in this thread there is no current span, and SQLAlchemy's instrumentation would open a root
+        # "connect" span per transaction (Engine.connect is wrapped for every engine).
+        with suppress_instrumentation(), self._reader_sessions() as session, session.begin():
             session.connection(execution_options={_SQLITE_DEFERRED: True})
             return work(session)
 
@@ -194,7 +197,7 @@ class Database:
             engine = create_engine(self.url.set(drivername="sqlite"))
             _as_sqlite(engine)
             self._sync_sessions = sessionmaker(engine, expire_on_commit=False)
-        with self._sync_sessions() as session, session.begin():
+        with suppress_instrumentation(), self._sync_sessions() as session, session.begin():  # no spans, as above
             return work(session)
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ import asyncio
 import threading
 
 import pytest
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -83,3 +84,21 @@ async def test_on_sqlite_the_work_runs_off_the_event_loop_after_the_async_writer
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 101
     finally:
         await db.dispose()
+
+
+async def test_on_a_sqlite_file_the_threads_transactions_open_no_instrumentation_spans(tmp_path: object) -> None:
+    # SQLAlchemy's instrumentation checks this flag before its "connect" span and each statement's span: in these
+    # threads there is no current span, so each transaction would start a root span of its own.
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+    instrumented: list[bool] = []
+
+    def work(session: Session) -> None:
+        instrumented.append(is_instrumentation_enabled())
+        session.execute(text("SELECT 1"))
+
+    try:
+        await db.run_in_transaction(work)
+        await db.read_in_thread(work)
+    finally:
+        await db.dispose()
+    assert instrumented == [False, False]
