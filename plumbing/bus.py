@@ -288,8 +288,10 @@ class _PullFeed:
         """Ends a wait in next_batch at once (the consumer is stopping)."""
         self._queue.put_nowait(None)
 
-    async def next_batch(self, size: int) -> list[Msg]:
-        """Messages that have arrived, at most `size`; waits for the first one or the request's end."""
+    async def next_batch(self, size: int, take: int | None = None) -> list[Msg]:
+        """Messages that have arrived, at most `take` (default `size`, the pull request's batch); waits for the
+        first one or the request's end."""
+        take = size if take is None else take
         await self._request_if_needed(size)
         wait = max(0.0, self._expires_at - time.monotonic()) + 1.0
         try:
@@ -313,7 +315,7 @@ class _PullFeed:
                     # e.g. 409 while the durable is at max_ack_pending: ask again, but not in a tight loop.
                     self._refused = True
                     log.debug("pull_request_ended", durable=self.spec.durable, status=status)
-            if len(batch) >= size or self._queue.empty():
+            if len(batch) >= take or self._queue.empty():
                 break
             msg = self._queue.get_nowait()
         # Ask for the next messages before handling these, so they are on their way meanwhile.
@@ -361,6 +363,7 @@ class Consumer(Generic[M]):
         tracer: trace.Tracer,
         *,
         concurrency: int = 1,
+        keep_full: bool = False,
     ) -> None:
         self.bus = bus
         self.spec = spec
@@ -368,6 +371,9 @@ class Consumer(Generic[M]):
         self.handler = handler
         self.tracer = tracer
         self.concurrency = concurrency
+        # Each message to a handler as soon as it arrives, up to `concurrency` in hand, instead of a fetched batch
+        # at a time: a message that arrived while a batch was in hand used to wait for the batch's slowest message.
+        self.keep_full = keep_full
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._declared = False
@@ -424,6 +430,9 @@ class Consumer(Generic[M]):
             self._stopped.set()
 
     async def _loop(self, feed: "_PullFeed") -> None:
+        if self.keep_full:
+            await self._loop_keeping_full(feed)
+            return
         semaphore = asyncio.Semaphore(self.concurrency)
         while not self._stopping.is_set():
             await self._observe_lag()
@@ -447,6 +456,32 @@ class Consumer(Generic[M]):
                         await self._handle(msg)
 
                 await asyncio.gather(*(bounded(msg) for msg in batch))
+
+    async def _loop_keeping_full(self, feed: "_PullFeed") -> None:
+        """Hands each message to a handler task of its own as it arrives, with at most `concurrency` in hand; when
+        stopping, waits for those in hand."""
+        in_hand: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                await self._observe_lag()
+                if len(in_hand) >= self.concurrency:
+                    await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    batch = await feed.next_batch(self.spec.batch_size, self.concurrency - len(in_hand))
+                except Exception as error:  # noqa: BLE001 - the connection reconnects; log and pull again
+                    if self._stopping.is_set() or self.bus.nc.is_closed:
+                        break
+                    log.warning("consumer_pull_failed", durable=self.spec.durable, error=str(error))
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in batch:
+                    task = asyncio.create_task(self._handle(msg))
+                    in_hand.add(task)
+                    task.add_done_callback(in_hand.discard)
+        finally:
+            if in_hand:
+                await asyncio.gather(*in_hand, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stops pulling and waits for the messages in hand to be handled."""

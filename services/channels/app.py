@@ -119,7 +119,15 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         policy=policy,
     )
     consumer = Consumer(
-        bus, streams.CHANNELS_DISPATCH, DispatchRequested, dispatch, tracer, concurrency=settings.dispatch_concurrency
+        bus,
+        streams.CHANNELS_DISPATCH,
+        DispatchRequested,
+        dispatch,
+        tracer,
+        concurrency=settings.dispatch_concurrency,
+        # Each request to a handler as it arrives: one waiting behind a fetched batch waited for the batch's
+        # slowest hand-over (latency at 1k/s, four pairs on a quiet machine: p50 17.7-19.5 -> 7.9-13.0 ms).
+        keep_full=True,
     )
     await consumer.declare()
     return ServiceProcess(

@@ -97,3 +97,55 @@ async def test_messages_delivered_but_not_handled_go_back_at_once_when_the_consu
     await again.close()
     assert sorted(redelivered) == sorted(ids[3:])
     assert [SegmentPublished.FromString(msg.data).segment_id for msg in in_hand] == ids[:3]
+
+
+@pytest.mark.parametrize("keep_full", [False, True])
+async def test_kept_full_a_message_that_arrives_while_another_is_in_hand_is_handled_at_once(
+    nats_bus: Bus, keep_full: bool
+) -> None:
+    suffix = new_id("k").lower()
+    subject = f"keep.{suffix}.published"
+    await nats_bus.ensure_streams([StreamSpec(f"KEEP_{suffix}".upper(), (f"keep.{suffix}.>",))])
+    handled: list[str] = []
+    release_slow = asyncio.Event()
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        if event.segment_id == "slow":
+            await release_slow.wait()
+        handled.append(event.segment_id)
+
+    spec = ConsumerSpec(
+        stream=f"KEEP_{suffix}".upper(),
+        durable=f"keep-{suffix}",
+        filter_subject=subject,
+        dead_letter_subject=f"dlq.keep.{suffix}",
+    )
+    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, tracer, concurrency=4, keep_full=keep_full)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await _publish(nats_bus, subject, "slow")
+        await asyncio.sleep(0.5)  # "slow" is in hand, waiting
+        await _publish(nats_bus, subject, "quick")
+
+        async def quick_handled() -> bool:
+            return handled == ["quick"]
+
+        if keep_full:
+            # Handed over as it arrived, beside the one still in hand.
+            await eventually(quick_handled)
+        else:
+            # A fetched batch at a time: it waits until every message of the batch in hand is done.
+            await asyncio.sleep(1.0)
+            assert handled == []
+        release_slow.set()
+
+        async def both_handled() -> bool:
+            return sorted(handled) == ["quick", "slow"]
+
+        await eventually(both_handled)
+    finally:
+        # Stopping waits for what is in hand.
+        release_slow.set()
+        await consumer.stop()
+        await task
