@@ -436,14 +436,9 @@ class Consumer(Generic[M]):
         semaphore = asyncio.Semaphore(self.concurrency)
         while not self._stopping.is_set():
             await self._observe_lag()
-            try:
-                batch = await feed.next_batch(self.spec.batch_size)
-            except Exception as error:  # noqa: BLE001 - the connection reconnects; log and pull again
-                if self._stopping.is_set() or self.bus.nc.is_closed:
-                    break
-                log.warning("consumer_pull_failed", durable=self.spec.durable, error=str(error))
-                await asyncio.sleep(0.5)
-                continue
+            batch = await self._pulled(feed, self.spec.batch_size)
+            if batch is None:
+                break
             if not batch:
                 continue
             if self.concurrency == 1:
@@ -457,6 +452,18 @@ class Consumer(Generic[M]):
 
                 await asyncio.gather(*(bounded(msg) for msg in batch))
 
+    async def _pulled(self, feed: "_PullFeed", take: int) -> list[Msg] | None:
+        """What arrived (at most `take`), [] after a failed pull (logged; the connection reconnects), None when the
+        failure is the consumer or its connection ending."""
+        try:
+            return await feed.next_batch(self.spec.batch_size, take)
+        except Exception as error:  # noqa: BLE001 - the connection reconnects; log and pull again
+            if self._stopping.is_set() or self.bus.nc.is_closed:
+                return None
+            log.warning("consumer_pull_failed", durable=self.spec.durable, error=str(error))
+            await asyncio.sleep(0.5)
+            return []
+
     async def _loop_keeping_full(self, feed: "_PullFeed") -> None:
         """Hands each message to a handler task of its own as it arrives, with at most `concurrency` in hand; when
         stopping, waits for those in hand."""
@@ -467,14 +474,9 @@ class Consumer(Generic[M]):
                 if len(in_hand) >= self.concurrency:
                     await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                try:
-                    batch = await feed.next_batch(self.spec.batch_size, self.concurrency - len(in_hand))
-                except Exception as error:  # noqa: BLE001 - the connection reconnects; log and pull again
-                    if self._stopping.is_set() or self.bus.nc.is_closed:
-                        break
-                    log.warning("consumer_pull_failed", durable=self.spec.durable, error=str(error))
-                    await asyncio.sleep(0.5)
-                    continue
+                batch = await self._pulled(feed, self.concurrency - len(in_hand))
+                if batch is None:
+                    break
                 for msg in batch:
                     task = asyncio.create_task(self._handle(msg))
                     in_hand.add(task)

@@ -5,12 +5,13 @@ collecting until n messages had come, so under a steady stream each message wait
 """
 
 import asyncio
+from typing import Any
 
 import pytest
 from opentelemetry import trace
 
 from plumbing import bus as bus_module
-from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, Handler, StreamSpec
 from plumbing.ids import new_id
 from tests.waiting import eventually
 from xsell.segments.v1.events_pb2 import SegmentPublished
@@ -18,14 +19,19 @@ from xsell.segments.v1.events_pb2 import SegmentPublished
 tracer = trace.get_tracer(__name__)
 
 
-async def _consumer(nats_bus: Bus, handled: asyncio.Queue[str]) -> tuple[Consumer[SegmentPublished], str]:
+async def _consumer(
+    nats_bus: Bus, handled: asyncio.Queue[str] | Handler[SegmentPublished], **options: Any
+) -> tuple[Consumer[SegmentPublished], str]:
+    """A consumer on a stream of its own, whose handler puts each segment id in `handled` (or is `handled`)."""
     suffix = new_id("f").lower()
     subject = f"fetch.{suffix}.published"
     await nats_bus.ensure_streams([StreamSpec(f"FETCH_{suffix}".upper(), (f"fetch.{suffix}.>",))])
 
-    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+    async def queueing(event: SegmentPublished, delivery: Delivery) -> None:
+        assert isinstance(handled, asyncio.Queue)
         handled.put_nowait(event.segment_id)
 
+    handler = queueing if isinstance(handled, asyncio.Queue) else handled
     spec = ConsumerSpec(
         stream=f"FETCH_{suffix}".upper(),
         durable=f"fetch-{suffix}",
@@ -33,7 +39,7 @@ async def _consumer(nats_bus: Bus, handled: asyncio.Queue[str]) -> tuple[Consume
         dead_letter_subject=f"dlq.fetch.{suffix}",
         batch_size=50,
     )
-    return Consumer(nats_bus, spec, SegmentPublished, handler, tracer), subject
+    return Consumer(nats_bus, spec, SegmentPublished, handler, tracer, **options), subject
 
 
 async def _publish(nats_bus: Bus, subject: str, *ids: str) -> None:
@@ -103,9 +109,6 @@ async def test_messages_delivered_but_not_handled_go_back_at_once_when_the_consu
 async def test_kept_full_a_message_that_arrives_while_another_is_in_hand_is_handled_at_once(
     nats_bus: Bus, keep_full: bool
 ) -> None:
-    suffix = new_id("k").lower()
-    subject = f"keep.{suffix}.published"
-    await nats_bus.ensure_streams([StreamSpec(f"KEEP_{suffix}".upper(), (f"keep.{suffix}.>",))])
     handled: list[str] = []
     release_slow = asyncio.Event()
 
@@ -114,13 +117,7 @@ async def test_kept_full_a_message_that_arrives_while_another_is_in_hand_is_hand
             await release_slow.wait()
         handled.append(event.segment_id)
 
-    spec = ConsumerSpec(
-        stream=f"KEEP_{suffix}".upper(),
-        durable=f"keep-{suffix}",
-        filter_subject=subject,
-        dead_letter_subject=f"dlq.keep.{suffix}",
-    )
-    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, tracer, concurrency=4, keep_full=keep_full)
+    consumer, subject = await _consumer(nats_bus, handler, concurrency=4, keep_full=keep_full)
     await consumer.declare()
     task = asyncio.create_task(consumer.run())
     try:
