@@ -35,6 +35,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
@@ -114,6 +115,7 @@ class Outbox:
     def __init__(self, table: Table, on_commit: Callable[[], None] | None = None) -> None:
         self.table = table
         self._on_commit = on_commit
+        self._time_processor: tuple[Callable[[Any], Any] | None] | None = None
 
     def event(self, subject: str, message: Message, *, campaign_id: str | None = None) -> dict[str, Any]:
         """An outbox row for `message`, to be written with add_rows().
@@ -154,11 +156,42 @@ class Outbox:
 
     def add_rows_sync(self, session: Session, rows: Sequence[dict[str, Any]]) -> None:
         """add_rows for a synchronous Session (Database.run_in_transaction's work); the relay is woken the same way,
-        from whichever thread commits."""
+        from whichever thread commits.
+
+        On SQLite the rows go in as plain tuples through the driver, each value converted as SQLAlchemy would bind
+        it (the headers as JSON text, the time by the column type's own bind processor): Core's per-row parameter
+        processing was a quarter of the channels ledger's writer thread (~10-14 µs per message).
+        """
         if not rows:
             return
-        session.execute(insert(self.table), list(rows))
+        dialect = session.get_bind().dialect
+        if dialect.name == "sqlite":
+            time = self._sqlite_time(dialect)
+            session.connection().exec_driver_sql(
+                self._sqlite_insert,
+                [
+                    (
+                        row["event_id"],
+                        row["subject"],
+                        row["payload"],
+                        orjson.dumps(row["headers"]).decode(),
+                        time(row["created_at"]) if time is not None else row["created_at"],
+                    )
+                    for row in rows
+                ],
+            )
+        else:
+            session.execute(insert(self.table), list(rows))
         self._wake_after_commit(session)
+
+    @property
+    def _sqlite_insert(self) -> str:
+        return f"INSERT INTO {self.table.name} (event_id, subject, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)"
+
+    def _sqlite_time(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if self._time_processor is None:
+            self._time_processor = (self.table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect),)
+        return self._time_processor[0]
 
     def _wake_after_commit(self, session: Session) -> None:
         if self._on_commit is not None:
