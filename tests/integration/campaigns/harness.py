@@ -8,6 +8,8 @@ published segment, a draft segment and their members; it also lets a test refuse
 import random
 import string
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -268,3 +270,47 @@ async def approve(stub: service_pb2_grpc.CampaignsServiceStub, key: str) -> reso
         service_pb2.ApproveCampaignRequest(request_id=f"approve-{key}", campaign_key=key), metadata=CHECKER
     )
     return approved.campaign
+
+
+def campaign_row(campaign_key: str, programme: str, created_at: datetime) -> dict[str, Any]:
+    """A RUNNING e-mail campaign's row as store.insert_campaign takes it, with nothing a test of the tables needs."""
+    return {
+        "campaign_key": campaign_key,
+        "display_name": campaign_key,
+        "labels": [],
+        "category": 1,
+        "programme": programme,
+        "trigger_code": "T00",
+        "segment_id": "seg",
+        "segment_version": 1,
+        "channel": "EMAIL",
+        "offer_product_code": "P",
+        "subject_template": "",
+        "html_template": "",
+        "text_template": "",
+        "from_name": "",
+        "time_zone": "Asia/Kolkata",
+        "state": "RUNNING",
+        "outreach_count": 0,
+        "created_at": created_at,
+    }
+
+
+def outreach_row(
+    campaign_id: str, campaign_key: str, profile_id: str, created_at: datetime, **columns: Any
+) -> dict[str, Any]:
+    """An e-mail outreach's row of run_1 as store.insert_outreaches takes it; `columns` adds or overrides columns."""
+    return {
+        "campaign_id": campaign_id,
+        "campaign_key": campaign_key,
+        "run_id": "run_1",
+        "profile_id": profile_id,
+        "channel": "EMAIL",
+        "trigger_code": "T00",
+        "offer_product_code": "P",
+        "labels": [],
+        "category": 1,
+        "created_at": created_at,
+        "ordinal": int(campaign_id[-4:]),
+        **columns,
+    }

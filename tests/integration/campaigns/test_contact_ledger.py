@@ -18,6 +18,7 @@ from plumbing.db import Database
 from services.campaigns import store
 from services.campaigns.app import MIGRATIONS
 from services.campaigns.caps import LOOKBACK
+from tests.integration.campaigns.harness import campaign_row, outreach_row
 from tests.waiting import eventually
 
 NOW = datetime.now(UTC)
@@ -35,47 +36,8 @@ async def _outreach(db: Database, campaign_id: str, profile_id: str) -> None:
     """A campaign, its outreach and nothing else: what the ledger's join needs."""
     async with db.transaction() as session:
         if await store.get_campaign(session, "cmp_ledger") is None:
-            await store.insert_campaign(
-                session,
-                {
-                    "campaign_key": "cmp_ledger",
-                    "display_name": "ledger",
-                    "labels": [],
-                    "category": 1,
-                    "programme": "LEDG",
-                    "trigger_code": "T00",
-                    "segment_id": "seg",
-                    "segment_version": 1,
-                    "channel": "EMAIL",
-                    "offer_product_code": "P",
-                    "subject_template": "",
-                    "html_template": "",
-                    "text_template": "",
-                    "from_name": "",
-                    "time_zone": "Asia/Kolkata",
-                    "state": "RUNNING",
-                    "outreach_count": 0,
-                    "created_at": NOW,
-                },
-            )
-        await store.insert_outreaches(
-            session,
-            [
-                {
-                    "campaign_id": campaign_id,
-                    "campaign_key": "cmp_ledger",
-                    "run_id": "run_1",
-                    "profile_id": profile_id,
-                    "channel": "EMAIL",
-                    "trigger_code": "T00",
-                    "offer_product_code": "P",
-                    "labels": [],
-                    "category": 1,
-                    "created_at": NOW,
-                    "ordinal": int(campaign_id[-4:]),
-                }
-            ],
-        )
+            await store.insert_campaign(session, campaign_row("cmp_ledger", "LEDG", NOW))
+        await store.insert_outreaches(session, [outreach_row(campaign_id, "cmp_ledger", profile_id, NOW)])
 
 
 def _contact(campaign_id: str, profile_id: str) -> dict[str, object]:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from plumbing.db import Database
 from services.campaigns import store
 from services.campaigns.app import MIGRATIONS
+from tests.integration.campaigns.harness import campaign_row, outreach_row
 
 NOW = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 
@@ -21,48 +22,20 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     database = Database(database_url)
     await database.migrate(MIGRATIONS)
     async with database.transaction() as session:
-        await store.insert_campaign(
-            session,
-            {
-                "campaign_key": "cmp_resend",
-                "display_name": "resend",
-                "labels": [],
-                "category": 1,
-                "programme": "RSND",
-                "trigger_code": "T00",
-                "segment_id": "seg",
-                "segment_version": 1,
-                "channel": "EMAIL",
-                "offer_product_code": "P",
-                "subject_template": "",
-                "html_template": "",
-                "text_template": "",
-                "from_name": "",
-                "time_zone": "Asia/Kolkata",
-                "state": "RUNNING",
-                "outreach_count": 0,
-                "created_at": NOW,
-            },
-        )
+        await store.insert_campaign(session, campaign_row("cmp_resend", "RSND", NOW))
     yield database
     await database.dispose()
 
 
 def _outreach(number: int, resend_of: str | None = None) -> dict[str, Any]:
-    return {
-        "campaign_id": f"RSND-NOV-T00-{number:04d}",
-        "campaign_key": "cmp_resend",
-        "run_id": "run_resends" if resend_of else "run_1",
-        "profile_id": f"p-{number}",
-        "channel": "EMAIL",
-        "trigger_code": "T00",
-        "offer_product_code": "P",
-        "labels": [],
-        "category": 1,
-        "created_at": NOW,
-        "ordinal": number,
-        "resend_of": resend_of,
-    }
+    return outreach_row(
+        f"RSND-NOV-T00-{number:04d}",
+        "cmp_resend",
+        f"p-{number}",
+        NOW,
+        run_id="run_resends" if resend_of else "run_1",
+        resend_of=resend_of,
+    )
 
 
 async def test_originals_go_in_and_a_second_resend_of_one_is_refused(db: Database) -> None:
