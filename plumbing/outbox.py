@@ -35,7 +35,6 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
@@ -44,6 +43,7 @@ from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database, upsert_insert
 from plumbing.ids import new_id
 from plumbing.metrics import meter
+from plumbing.sqlite_async import sqlite_datetime
 from plumbing.telemetry import TRACEPARENT, headers_span_context
 
 log = structlog.get_logger("plumbing.outbox")
@@ -115,7 +115,6 @@ class Outbox:
     def __init__(self, table: Table, on_commit: Callable[[], None] | None = None) -> None:
         self.table = table
         self._on_commit = on_commit
-        self._time_processor: tuple[Callable[[Any], Any] | None] | None = None
 
     def event(self, subject: str, message: Message, *, campaign_id: str | None = None) -> dict[str, Any]:
         """An outbox row for `message`, to be written with add_rows().
@@ -159,23 +158,22 @@ class Outbox:
         from whichever thread commits.
 
         On SQLite the rows go in as plain tuples through the driver, each value converted as SQLAlchemy would bind
-        it (the headers as JSON text, the time by the column type's own bind processor): Core's per-row parameter
+        it (the headers as JSON text, the time as SQLAlchemy's SQLite DateTime stores it): Core's per-row parameter
         processing was a quarter of the channels ledger's writer thread (~10-14 µs per message).
         """
         if not rows:
             return
-        dialect = session.get_bind().dialect
-        if dialect.name == "sqlite":
-            time = self._sqlite_time(dialect)
+        if session.get_bind().dialect.name == "sqlite":
             session.connection().exec_driver_sql(
-                self._sqlite_insert,
+                f"INSERT INTO {self.table.name} (event_id, subject, payload, headers, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [
                     (
                         row["event_id"],
                         row["subject"],
                         row["payload"],
                         orjson.dumps(row["headers"]).decode(),
-                        time(row["created_at"]) if time is not None else row["created_at"],
+                        sqlite_datetime(row["created_at"]),
                     )
                     for row in rows
                 ],
@@ -183,15 +181,6 @@ class Outbox:
         else:
             session.execute(insert(self.table), list(rows))
         self._wake_after_commit(session)
-
-    @property
-    def _sqlite_insert(self) -> str:
-        return f"INSERT INTO {self.table.name} (event_id, subject, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)"
-
-    def _sqlite_time(self, dialect: Dialect) -> Callable[[Any], Any] | None:
-        if self._time_processor is None:
-            self._time_processor = (self.table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect),)
-        return self._time_processor[0]
 
     def _wake_after_commit(self, session: Session) -> None:
         if self._on_commit is not None:

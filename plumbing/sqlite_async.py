@@ -22,6 +22,7 @@ import sqlite3
 from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
@@ -187,6 +188,12 @@ class OneCrossingDbapi(AsyncAdapt_aiosqlite_dbapi):
 def dbapi(*, inline: bool = False) -> OneCrossingDbapi:
     """The `module=` for create_async_engine on a sqlite+aiosqlite URL; `inline` crosses no thread (see above)."""
     return OneCrossingDbapi(inline=inline)
+
+
+def sqlite_datetime(value: datetime) -> str:
+    """A timezone-aware datetime as SQLAlchemy's SQLite DateTime stores it, in UTC: 'YYYY-MM-DD HH:MM:SS.ffffff', no
+    offset. For rows written through the driver directly (plain tuples), which must read back as Core's do."""
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
 ROWS_PER_STATEMENT = 500

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import outbox_table
+from plumbing.sqlite_async import sqlite_datetime
 from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
 
 metadata = MetaData()
@@ -152,7 +153,7 @@ def claim_rows(
         return locked, []
     created = [row["campaign_id"] for row in absent]
     if _dialect(session) == "sqlite":
-        at = _sqlite_datetime(now)
+        at = sqlite_datetime(now)
         queued = DeliveryState.QUEUED.value
         _sqlite(session).exec_driver_sql(
             _SQLITE_INSERT_QUEUED,
@@ -202,7 +203,7 @@ def mark_sending(session: Session, campaign_ids: Collection[str], *, now: dateti
     if _dialect(session) == "sqlite":
         keys = sorted(campaign_ids)
         _sqlite(session).exec_driver_sql(
-            _sqlite_in(_SQLITE_MARK_SENDING, len(keys)), (DeliveryState.SENDING.value, _sqlite_datetime(now), *keys)
+            _sqlite_in(_SQLITE_MARK_SENDING, len(keys)), (DeliveryState.SENDING.value, sqlite_datetime(now), *keys)
         )
     else:
         session.execute(
@@ -241,7 +242,7 @@ def set_states(session: Session, changes: Sequence[Mapping[str, Any]], *, only_i
         sent = DeliveryState.SENT
         rows = []
         for change in changes:
-            at = _sqlite_datetime(change["at"])
+            at = sqlite_datetime(change["at"])
             rows.append(
                 (
                     change["state"].value,
@@ -279,7 +280,7 @@ def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep
         return
     if _dialect(session) == "sqlite":
         _sqlite(session).exec_driver_sql(
-            _SQLITE_INSERT_STEP, [(c, s.step, _sqlite_datetime(s.at), s.detail[:500]) for c, s in steps]
+            _SQLITE_INSERT_STEP, [(c, s.step, sqlite_datetime(s.at), s.detail[:500]) for c, s in steps]
         )
     else:
         session.execute(
@@ -310,11 +311,6 @@ _SQLITE_INSERT_STEP = "INSERT INTO message_timeline (campaign_id, step, at, deta
 
 def _sqlite_in(statement: str, count: int) -> str:
     return statement.format(", ".join(["?"] * count))
-
-
-def _sqlite_datetime(value: datetime) -> str:
-    """A UTC datetime as SQLAlchemy's SQLite DateTime stores it: 'YYYY-MM-DD HH:MM:SS.ffffff', no offset."""
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite(session: Session) -> Connection:
