@@ -95,12 +95,12 @@ class KeyStore:
                 )
 
     async def get(self, key_id: str) -> ApiKey | None:
-        async with self._db.sessions() as session:
+        async with self._db.snapshot() as session:
             row = (await session.execute(select(api_keys).where(api_keys.c.key_id == key_id))).first()
         return _to_key(row) if row else None
 
     async def list(self) -> list[ApiKey]:
-        async with self._db.sessions() as session:
+        async with self._db.snapshot() as session:
             rows = (await session.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id))).all()
         return [_to_key(row) for row in rows]
 

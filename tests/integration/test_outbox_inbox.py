@@ -271,6 +271,16 @@ async def test_published_rows_are_pruned_after_the_keep_period_in_chunks_and_wai
     assert await _waiting_and_published(db, outbox_t) == (2, 0)
 
 
+async def test_the_backlog_is_read_beside_a_writer_not_behind_it(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    await _add_rows(db, outbox_t, subject, [None, None])
+    async with db.transaction() as writer:
+        await writer.execute(outbox_t.delete())
+        # The writer holds the write lock and has not committed. A read that took the lock itself (SQLite's BEGIN
+        # IMMEDIATE) would wait in the busy handler, outside this process's writer order, and fail at its timeout.
+        assert (await OutboxRelay(db, outbox_t, bus, tracer).measure_backlog())[0] == 2
+
+
 async def test_the_backlog_is_counted_exactly_up_to_the_limit_and_estimated_from_sequence_numbers_above(  # type: ignore[no-untyped-def]
     setup, monkeypatch
 ) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gateway import scopes
 from gateway.__main__ import keys_command, parser
@@ -51,6 +52,23 @@ async def test_keys_are_added_listed_revoked_and_replaced(database_url: str) -> 
     )
     assert stored.created_at == created, "replacing keeps when the key id was first issued"
     await db.dispose()
+
+
+async def test_keys_are_read_beside_a_writer_not_behind_it(database_url: str) -> None:
+    db = Database(database_url)
+    await db.migrate(MIGRATIONS)
+    store = KeyStore(db)
+    crm = ApiKey("01crm", "crm", hash_secret("s"), frozenset({scopes.CRM_LEADS}), datetime(2025, 11, 3, tzinfo=UTC))
+    await store.add(crm)
+    try:
+        async with db.transaction() as writer:
+            await writer.execute(text("DELETE FROM api_keys"))
+            # Every request's key check reads here: it must not queue behind a write (on SQLite a read that took
+            # the write lock itself would wait in the busy handler and fail at its timeout).
+            assert await store.get("01crm") == crm
+            assert [key.key_id for key in await store.list()] == ["01crm"]
+    finally:
+        await db.dispose()
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
