@@ -252,11 +252,71 @@ class OutboxRelay:
         # marking them (see publish_pending).
         self._unmarked: list[int] = []
         self._marking: asyncio.Task[None] | None = None
+        # SQLite: the highest seq published (None until the relay knows it, and again after a prune: SQLite may
+        # give a new row the seq of a pruned one), one publication at a time (the relay's batches and hand_over's)
+        # so the events leave in seq order, and the hand-overs still publishing.
+        self._sent_through: int | None = None
+        self._sending = asyncio.Lock()
+        self._handing_over: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """Wakes the relay after a commit that added events (safe from any thread)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def hand_over(self, after_seq: int, events: Sequence[tuple[str, bytes, str | dict[str, str]]]) -> None:
+        """Events a writer has just committed, as it wrote them (subject, payload, headers): the outbox's rows
+        after_seq + 1, after_seq + 2, ... and nothing else between. Call it on the relay's loop after the commit.
+
+        On SQLite, when every event before them has been published, they are published at once from memory and
+        marked later like any batch; otherwise (and elsewhere) the relay is woken to read them in turn. A trigger
+        batch's events waited for the relay's next turn after the commit, then for its read in the reader thread,
+        each behind the batch's acknowledgements and the next batch's work on the same loop: 4.5-7.7 ms p50 and
+        48-64 ms p99 from the commit to the publish in the trigger bench's spans (load 2-4).
+        """
+        if not events:
+            return
+        if self._loop is None or not self.db.is_sqlite:
+            self.notify()
+            return
+        rows = [
+            _Waiting(
+                after_seq + 1 + offset,
+                subject,
+                payload,
+                orjson.loads(headers) if isinstance(headers, str | bytes) else headers,
+            )
+            for offset, (subject, payload, headers) in enumerate(events)
+        ]
+        task = asyncio.create_task(self._publish_handed_over(rows), name="outbox-hand-over")
+        self._handing_over.add(task)
+        task.add_done_callback(self._handing_over.discard)
+
+    async def _publish_handed_over(self, rows: list["_Waiting"]) -> None:
+        async with self._sending:
+            if self._sent_through is None or rows[0].seq > self._sent_through + 1:
+                self._wake.set()  # events before them wait: the relay reads these in turn
+                return
+            if rows[0].seq <= self._sent_through:
+                return  # the relay read and published them first
+            try:
+                await self._publish_rows(rows)
+            except Exception as error:  # noqa: BLE001 - NATS is down: the relay publishes them with its next batch
+                log.warning("outbox_hand_over_failed", events=len(rows), error=repr(error))
+                self._wake.set()
+                return
+            self._sent_through = rows[-1].seq
+            self._published.add(len(rows))
+            self._mark_later([row.seq for row in rows])
+
+    def _last_unmarked(self) -> int | None:
+        return self._unmarked[-1] if self._unmarked else None
+
+    def _mark_later(self, seqs: list[int]) -> None:
+        """Leaves published seqs to the marking task (SQLite), starting it if it is not running."""
+        self._unmarked.extend(seqs)
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._mark_unmarked(), name="outbox-mark")
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -280,6 +340,8 @@ class OutboxRelay:
         finally:
             # What was published is marked before the relay ends; if the process dies first, those events are
             # published again at the next start and the stream's duplicate window drops the copies.
+            if self._handing_over:
+                await asyncio.gather(*self._handing_over, return_exceptions=True)
             await self._marks_done()
 
     async def stop(self) -> None:
@@ -308,18 +370,20 @@ class OutboxRelay:
         """
         query = self._batch_query
         if self.db.is_sqlite:
-            if self._unmarked:
-                query = query.where(self.table.c.seq > self._unmarked[-1])
-
-            batch = query
-            rows = await self.db.read_in_thread(lambda session: _waiting_events(session.execute(batch).all()))
-            await self._publish_rows(rows)
+            async with self._sending:
+                # Past what was published: rows published and not yet marked are still waiting in the table.
+                published_through = self._sent_through if self._sent_through is not None else self._last_unmarked()
+                if published_through is not None:
+                    query = query.where(self.table.c.seq > published_through)
+                batch = query
+                rows = await self.db.read_in_thread(lambda session: _waiting_events(session.execute(batch).all()))
+                await self._publish_rows(rows)
+                if rows:
+                    self._sent_through = rows[-1].seq
             if rows and (wait_for_mark or len(rows) >= self.batch_size):
                 await self._mark_published([row.seq for row in rows])
             elif rows:
-                self._unmarked.extend(row.seq for row in rows)
-                if self._marking is None or self._marking.done():
-                    self._marking = asyncio.create_task(self._mark_unmarked(), name="outbox-mark")
+                self._mark_later([row.seq for row in rows])
         else:
             async with self.db.transaction() as session:
                 # Several replicas may relay: each row is taken by one of them at a time.
@@ -439,7 +503,12 @@ class OutboxRelay:
         yet marked), so it is kept only for inspection.
         """
         old = select(self.table.c.seq).where(self.table.c.published_at < utcnow() - self.keep_published)
-        return await self._delete_in_chunks(self.table, self.table.c.seq, old)
+        async with self._sending:
+            pruned = await self._delete_in_chunks(self.table, self.table.c.seq, old)
+            if pruned:
+                # SQLite gives a new row the highest seq + 1: with the newest rows pruned, a seq may come again.
+                self._sent_through = None
+        return pruned
 
     async def prune_inbox(self) -> int:
         """Deletes the service's inbox entries older than KEEP_APPLIED (the relay's loop is its housekeeping too)."""

@@ -74,7 +74,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     templates = CompiledTemplates(library)
     maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, templates)
     people = PersonLookup(segments_channel)
-    trigger_handler = TriggerHandler(db, people, runner.gate, templates, tracer, wake_relay=relay.notify)
+    trigger_handler = TriggerHandler(db, people, runner.gate, templates, tracer, relay=relay)
     trigger_consumer = Consumer(
         bus,
         streams.CAMPAIGNS_TRIGGERS,

@@ -418,6 +418,15 @@ async def insert_page(
     await _insert_rows(session, outbox, PAGE_EVENT_COLUMNS, event_rows)
 
 
+_LAST_OUTBOX_SEQ = select(func.max(outbox.c.seq))
+
+
+async def last_outbox_seq(session: AsyncSession) -> int:
+    """The highest seq in the outbox (0 when empty): read before and after a writer's inserts, under SQLite's write
+    lock, it bounds the seqs of the events the writer added (OutboxRelay.hand_over)."""
+    return int((await session.execute(_LAST_OUTBOX_SEQ)).scalar() or 0)
+
+
 async def _insert_rows(
     session: AsyncSession, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:

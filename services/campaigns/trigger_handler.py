@@ -14,7 +14,7 @@ from plumbing.bus import Delivery
 from plumbing.db import Database, after_commit
 from plumbing.errors import Unavailable
 from plumbing.group_commit import GroupCommit, Submitted
-from plumbing.outbox import utcnow
+from plumbing.outbox import OutboxRelay, utcnow
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
@@ -69,7 +69,7 @@ class TriggerHandler:
         tracer: trace.Tracer,
         *,
         clock: Callable[[], datetime] = utcnow,
-        wake_relay: Callable[[], None] | None = None,
+        relay: OutboxRelay | None = None,
     ) -> None:
         self.db = db
         self.people = people
@@ -77,9 +77,9 @@ class TriggerHandler:
         self.templates = templates
         self.library = templates.library
         self.clock = clock
-        # Batches write their events without the Outbox (store.insert_page), so they wake the relay themselves,
-        # from the writer loop's thread (the relay's notify, like the gate's outbox's, is safe from any thread).
-        self.wake_relay = wake_relay
+        # Batches write their events without the Outbox (store.insert_page), so they hand them to the relay
+        # themselves once committed (OutboxRelay.hand_over: published at once, not read back by the relay).
+        self.relay = relay
         self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
         # Campaign-ID counters known to exist (committed; counters are never deleted), so a batch does not ensure
         # its counter again. Only the batches' transactions, one at a time, read and add to it.
@@ -128,8 +128,14 @@ class TriggerHandler:
         if not firing:
             return done
         counts: Counter[str] = Counter()
+        # The events the batch writes, in the order written, and the outbox's last seq before them.
+        events: list[tuple[str, bytes, str]] = []
+        outbox_before: list[int] = []
 
         async def write(session: Any) -> None:
+            events.clear()
+            hand_over = self.relay is not None and self.db.is_sqlite
+            outbox_before[:] = [await store.last_outbox_seq(session)] if hand_over else []
             claimed = await automation_store.claim_messages(
                 session, streams.CAMPAIGNS_TRIGGERS.durable, [batch[i].message_id for i in firing], now
             )
@@ -146,14 +152,31 @@ class TriggerHandler:
             # Serialises triggers of the same people (two replicas, two segments) until this transaction ends.
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for campaign in sorted(running, key=lambda c: c.campaign_key):
-                counts.update(await self._fire(session, campaign, list(members[campaign.campaign_key].values()), now))
+                fired = list(members[campaign.campaign_key].values())
+                counts.update(await self._fire(session, campaign, fired, now, events))
+            # Only this batch's events since (anything else that wrote to the outbox here leaves them to the relay).
+            if events and outbox_before and await store.last_outbox_seq(session) - outbox_before[0] != len(events):
+                outbox_before.clear()
 
         await self.db.write_on_own_loop(write)
+        if events and self.relay is not None:
+            if outbox_before:
+                self.relay.hand_over(outbox_before[0], events)
+            else:
+                self.relay.notify()
         log.info("triggers_applied", entries=len(batch), **counts)
         return done
 
-    async def _fire(self, session: Any, campaign: Any, members: list[AudienceMember], now: datetime) -> Counter[str]:
-        """The campaign's outreaches for those of `members` past their cool-down and not yet judged today."""
+    async def _fire(
+        self,
+        session: Any,
+        campaign: Any,
+        members: list[AudienceMember],
+        now: datetime,
+        events: list[tuple[str, bytes, str]],
+    ) -> Counter[str]:
+        """The campaign's outreaches for those of `members` past their cool-down and not yet judged today; their
+        events' subjects, payloads and headers are added to `events`."""
         rule = automation_of(campaign).trigger
         assert rule is not None
         outcomes: Counter[str] = Counter()
@@ -188,7 +211,6 @@ class TriggerHandler:
             self.library,
             store.DriverValues(session),
             now,
-            wake_relay=self.wake_relay,
             dispatch_now=True,
             quiet_hours=DeliveryOptions.from_json(campaign.options).quiet_hours,
         )
@@ -196,6 +218,7 @@ class TriggerHandler:
         for failure in rows.render_failures:
             log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
         created = len(rows.outreaches)
+        events.extend((event[1], event[2], event[3]) for event in rows.events)
         await automation_store.add_to_run(session, run.run_id, created=created, render_failed=len(rows.render_failures))
         await store.add_outreaches_to_campaign(session, campaign.campaign_key, created)
         outcomes.update(

@@ -281,6 +281,18 @@ async def test_the_backlog_is_read_beside_a_writer_not_behind_it(setup) -> None:
         assert (await OutboxRelay(db, outbox_t, bus, tracer).measure_backlog())[0] == 2
 
 
+async def test_a_row_after_every_row_was_pruned_is_published(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    relay = OutboxRelay(db, outbox_t, bus, tracer, keep_published=timedelta(0))
+    await _write_unannounced(db, outbox_t, subject, ["seg_a", "seg_b"])
+    assert await relay.publish_pending() == 2
+    assert await relay.prune_published() == 2
+    # SQLite numbers the next row from the highest seq left: it may take a seq the relay has published before.
+    await _write_unannounced(db, outbox_t, subject, ["seg_c"])
+    assert await relay.publish_pending() == 1
+    assert await _stream_segments(bus, subject) == ["seg_a", "seg_b", "seg_c"]
+
+
 async def test_the_backlog_is_counted_exactly_up_to_the_limit_and_estimated_from_sequence_numbers_above(  # type: ignore[no-untyped-def]
     setup, monkeypatch
 ) -> None:
@@ -359,3 +371,84 @@ async def test_rows_added_in_a_synchronous_transaction_wake_the_relay_only_when_
         await db.run_in_transaction(lambda session: add(session, fail=True))
     assert woken == [1]
     assert await _waiting_and_published(db, outbox_t) == (1, 0)
+
+
+async def _stream_segments(bus: Bus, subject: str) -> list[str]:
+    """The segment ids of the SegmentPublished events on the subject's stream, in stream order."""
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    info = await bus.js.stream_info(stream)
+    found: list[str] = []
+    if not info.state.messages:
+        return found
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        message = await bus.js.get_msg(stream, seq)
+        found.append(SegmentPublished.FromString(message.data or b"").segment_id)
+    return found
+
+
+async def _write_unannounced(db: Database, outbox_t: Table, subject: str, segments: list[str]) -> tuple[int, Any]:
+    """Events committed without waking the relay: the outbox's last seq before them, and (subject, payload,
+    headers) of each, as a writer that hands them over has them."""
+    rows = [Outbox(outbox_t).event(subject, SegmentPublished(segment_id=s)) for s in segments]
+    async with db.transaction() as session:
+        before = int((await session.execute(select(func.max(outbox_t.c.seq)))).scalar() or 0)
+        await session.execute(insert(outbox_t), rows)
+    return before, [(row["subject"], row["payload"], row["headers"]) for row in rows]
+
+
+async def test_events_handed_over_after_their_commit_leave_without_the_relay_reading_them(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    relay = OutboxRelay(db, outbox_t, bus, tracer, poll_interval=600)
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: _true(relay._loop is not None))
+        before, events = await _write_unannounced(db, outbox_t, subject, ["seg_a"])
+        relay.notify()  # the relay reads and publishes the first one, and so knows where it stands
+        await eventually(lambda: _stream_segments(bus, subject))
+        reads = 0
+        read_in_thread = db.read_in_thread
+
+        async def counted(work):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            reads += 1
+            return await read_in_thread(work)
+
+        db.read_in_thread = counted
+        before, events = await _write_unannounced(db, outbox_t, subject, ["seg_b", "seg_c"])
+        relay.hand_over(before, events)
+        await eventually(lambda: _stream_count_is(bus, subject, 3))
+        assert await _stream_segments(bus, subject) == ["seg_a", "seg_b", "seg_c"]
+        # On SQLite from memory (elsewhere, where several replicas may relay, the relay is woken to read them).
+        assert reads == 0 or not db.is_sqlite
+        await eventually(lambda: _waiting_is(db, outbox_t, 0))
+    finally:
+        await relay.stop()
+        await running
+
+
+async def test_events_handed_over_behind_unpublished_ones_wait_for_them(setup) -> None:  # type: ignore[no-untyped-def]
+    db, bus, outbox_t, _, _, subject = setup
+    relay = OutboxRelay(db, outbox_t, bus, tracer, poll_interval=600)
+    running = asyncio.create_task(relay.run())
+    try:
+        await eventually(lambda: _true(relay._loop is not None))
+        await _write_unannounced(db, outbox_t, subject, ["seg_a"])
+        relay.notify()
+        await eventually(lambda: _stream_count_is(bus, subject, 1))
+        await _write_unannounced(db, outbox_t, subject, ["seg_b"])  # committed, not announced: waiting
+        before, events = await _write_unannounced(db, outbox_t, subject, ["seg_c"])
+        relay.hand_over(before, events)
+        await eventually(lambda: _stream_count_is(bus, subject, 3))
+        assert await _stream_segments(bus, subject) == ["seg_a", "seg_b", "seg_c"]
+        await eventually(lambda: _waiting_is(db, outbox_t, 0))
+    finally:
+        await relay.stop()
+        await running
+
+
+async def _stream_count_is(bus: Bus, subject: str, count: int) -> bool:
+    return await _stream_count(bus, subject) == count
+
+
+async def _waiting_is(db: Database, outbox_t: Table, count: int) -> bool:
+    return (await _waiting_and_published(db, outbox_t))[0] == count
