@@ -1,7 +1,6 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -58,10 +57,8 @@ class Database:
         # For read_in_thread on a SQLite file: the same, for reads (BEGIN DEFERRED), beside the writer.
         self._reader_sessions: sessionmaker[Session] | None = None
         self._reader_thread: ThreadPoolExecutor | None = None
-        # For write_on_own_loop on a SQLite file: an event loop in a thread of its own, with an engine of its own.
-        self._writer_loop: asyncio.AbstractEventLoop | None = None
-        self._writer_thread: threading.Thread | None = None
-        self._writer_sessions: async_sessionmaker[AsyncSession] | None = None
+        # For write_inline and read_inline on a SQLite file: an engine whose statements run on the caller's thread.
+        self._inline_sessions: async_sessionmaker[AsyncSession] | None = None
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
         SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
@@ -123,25 +120,6 @@ class Database:
             session.connection(execution_options={_SQLITE_DEFERRED: True})
             return work(session)
 
-    async def write_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """`await work(session)` inside one transaction, committed when it returns.
-
-        On a SQLite file the transaction runs on an event loop of its own, in a thread of its own (taken in this
-        process's writer order like `transaction`): every statement crosses to aiosqlite's thread and back, and
-        on the service's busy loop each crossing waited for a turn behind every other task, so a transaction's
-        statements spent most of its time between them while it held the write lock. That loop's engine runs each
-        statement right there, on its thread (sqlite_async.dbapi(inline=True)): the loop has nothing else to do,
-        and a crossing to aiosqlite's thread per statement only added two wake-ups. Unlike
-        run_in_transaction, `work` stays async code with spans per statement; it must not touch objects bound to
-        the service's loop (callbacks that wake it must be safe from any thread). Elsewhere it runs here.
-        """
-        if self._sqlite_writer is None or not self._sqlite_file:
-            async with self.transaction() as session:
-                return await work(session)
-        return await self._in_writer_turn(
-            lambda: asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._on_own_loop(work), self._own_loop()))
-        )
-
     async def _in_writer_turn(self, start: Callable[[], "asyncio.Future[T]"]) -> T:
         """What `start` starts in another thread, begun in this process's writer order; the writer lock is held
         until its transaction has ended, even when the caller is cancelled meanwhile."""
@@ -154,43 +132,45 @@ class Database:
                 if not written.done():
                     await asyncio.wait([written])
 
-    async def read_on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """`await work(session)` in a `snapshot`; on a SQLite file on the loop of write_on_own_loop, beside its
-        writes (WAL: a reader does not wait for the writer), so a hot read does not wait for the service's loop
-        either. The same rule for `work`. Elsewhere it runs here."""
+    async def write_inline(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`await work(session)` inside one transaction, committed when it returns.
+
+        On a SQLite file its statements run right where they are awaited, on the caller's thread, in this process's
+        writer order (`transaction`'s lock): an engine of its own whose driver crosses to no thread
+        (sqlite_async.dbapi(inline=True)), so a statement never waits for a turn of the loop and the loop waits for
+        it instead. For a hot transaction of many short statements (a trigger batch's): through aiosqlite each
+        statement crossed to its thread and back and waited for a turn of the busy loop while the transaction held
+        the write lock; on an event loop in a thread of its own (measured before this) the two threads handed the
+        interpreter lock to each other at every statement. The work's statements get spans as any others. A
+        statement that waits for SQLite's lock (another process writing the file) blocks the loop up to the busy
+        timeout; this process's own writers never hold it meanwhile. Elsewhere it runs as `transaction`.
+        """
+        if self._sqlite_writer is None or not self._sqlite_file:
+            async with self.transaction() as session:
+                return await work(session)
+        async with self._sqlite_writer:
+            return await self._inline(work)
+
+    async def read_inline(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`await work(session)` in a `snapshot`, its statements run as write_inline's (WAL: a reader does not wait
+        for the writer, so the loop never waits for a lock here). Elsewhere it runs as `snapshot`."""
         if not self._sqlite_file:
             async with self.snapshot() as session:
                 return await work(session)
-        coroutine = self._on_own_loop(work, snapshot=True)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._own_loop()))
+        return await self._inline(work, snapshot=True)
 
-    def _own_loop(self) -> asyncio.AbstractEventLoop:
-        if self._writer_loop is None:
-            loop = asyncio.new_event_loop()
-            self._writer_thread = threading.Thread(target=loop.run_forever, name="sqlite-writer-loop", daemon=True)
-            self._writer_thread.start()
-            self._writer_loop = loop
-        return self._writer_loop
-
-    async def _on_own_loop(self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False) -> T:
-        if self._writer_sessions is None:
+    async def _inline(self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False) -> T:
+        if self._inline_sessions is None:
             # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
             # (a second instrument() call does nothing), so this engine's statements get their spans too.
-            # Its statements run on this loop's thread, crossing to no other: the loop has nothing else to do.
             options = {**self._engine_options, "module": sqlite_async.dbapi(inline=True)}
             engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **options)
             _as_sqlite(engine.sync_engine)
-            self._writer_sessions = async_sessionmaker(engine, expire_on_commit=False)
-        async with self._writer_sessions() as session, session.begin():
+            self._inline_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        async with self._inline_sessions() as session, session.begin():
             if snapshot:
                 await session.connection(execution_options={_SQLITE_DEFERRED: True})
             return await work(session)
-
-    async def _dispose_writer_loop(self) -> None:
-        if self._writer_sessions is not None:
-            engine = self._writer_sessions.kw["bind"]
-            self._writer_sessions = None
-            await engine.dispose()
 
     def _run_sync(self, work: Callable[[Session], T]) -> T:
         if self._sync_sessions is None:
@@ -224,14 +204,10 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._writer_loop is not None:
-            loop, self._writer_loop = self._writer_loop, None
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._dispose_writer_loop(), loop))
-            loop.call_soon_threadsafe(loop.stop)
-            if self._writer_thread is not None:
-                await asyncio.to_thread(self._writer_thread.join)
-                self._writer_thread = None
-            loop.close()
+        if self._inline_sessions is not None:
+            engine = self._inline_sessions.kw["bind"]
+            self._inline_sessions = None
+            await engine.dispose()
         if self._sync_thread is not None:
             await _stop_thread(self._sync_thread, self._sync_sessions)
             self._sync_thread, self._sync_sessions = None, None

@@ -364,9 +364,10 @@ class OutboxRelay:
         the next batches are read past the highest seq published: those rows stay in the table (only published
         rows are pruned), so SQLite gives every new row a higher seq. The batch is read in one call to the
         database's reader thread (Database.read_in_thread), not statement by statement through aiosqlite: each of
-        those waited for a turn of the service's loop. (Reading on the database's own loop,
-        Database.read_on_own_loop, was measured too: the latency got worse in four pairs of four, the read waiting
-        behind the trigger batches' transactions there.)
+        those waited for a turn of the service's loop. (Reading on an event loop of the database's own, in a
+        thread of its own, was measured too: the latency got worse in four pairs of four, the read waiting behind
+        the trigger batches' transactions there.) Writers that just committed events may hand them over instead
+        (hand_over), and they are not read back.
         """
         query = self._batch_query
         if self.db.is_sqlite:

@@ -12,9 +12,9 @@ it closes, and the rows wait in the adapter as they always did. Everything else 
 rollback, the pool, aiosqlite's own thread) is the stock driver's; `Database` builds every SQLite engine
 with `module=dbapi()`.
 
-`dbapi(inline=True)` crosses no thread at all: each call runs where it is awaited. It is for an event loop
-whose thread does nothing but database work (`Database.write_on_own_loop`), where blocking that loop for
-a statement is the point and a crossing per statement only added two wake-ups and a wait.
+`dbapi(inline=True)` crosses no thread at all: each call runs where it is awaited, blocking its loop for the
+statement (`Database.write_inline`): for a transaction of many short statements that must not wait for turns of
+a busy loop, where a crossing per statement only added two wake-ups and a wait.
 """
 
 import functools
@@ -127,9 +127,8 @@ class OneCrossingConnection(AsyncAdapt_aiosqlite_connection):
 
 
 class InlineConnection(aiosqlite.Connection):
-    """aiosqlite's connection without its thread: every call runs on the caller's thread, at once.
-
-    Only for a loop that does nothing but database work: a statement blocks its loop until it ends."""
+    """aiosqlite's connection without its thread: every call runs on the caller's thread, at once; a statement
+    blocks its loop until it ends."""
 
     def __init__(self, database: str, **kwargs: Any) -> None:
         super().__init__(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size=64)

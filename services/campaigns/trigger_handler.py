@@ -54,10 +54,10 @@ class TriggerHandler:
     on their segments are read once, each person is looked up in segments once (concurrently, before the
     transaction: a SQLite write lock must not wait on the network), and ONE transaction claims every
     message in the inbox and creates each firing campaign's outreaches for all its people set-based, as
-    a release page does. On SQLite that transaction runs on the database's writer loop
-    (Database.write_on_own_loop): its statements do not wait behind the service's other tasks while it holds
-    the write lock. A redelivered message creates nothing more; each handler call returns (and its message
-    is acknowledged) only after that transaction committed.
+    a release page does. On SQLite that transaction's statements run inline on the loop (Database.write_inline):
+    none waits behind the service's other tasks while it holds the write lock. Its events are handed to the relay
+    once committed (OutboxRelay.hand_over). A redelivered message creates nothing more; each handler call returns
+    (and its message is acknowledged) only after that transaction committed.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class TriggerHandler:
         batch = [s.item for s in submitted]
         done: list[BaseException | None] = [None] * len(batch)
         segment_ids = sorted({e.event.segment_id for e in batch})
-        candidates = await self.db.read_on_own_loop(
+        candidates = await self.db.read_inline(
             lambda session: automation_store.campaigns_on_segments(session, segment_ids, CampaignState.RUNNING.value)
         )
         on_segment: dict[str, list[Any]] = defaultdict(list)
@@ -158,7 +158,7 @@ class TriggerHandler:
             if events and outbox_before and await store.last_outbox_seq(session) - outbox_before[0] != len(events):
                 outbox_before.clear()
 
-        await self.db.write_on_own_loop(write)
+        await self.db.write_inline(write)
         if events and self.relay is not None:
             if outbox_before:
                 self.relay.hand_over(outbox_before[0], events)

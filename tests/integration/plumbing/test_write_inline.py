@@ -1,5 +1,5 @@
 """An async unit of work in one transaction: committed when it returns, rolled back when it raises, and on a SQLite
-file run on the database's own loop, in another thread, in this process's writer order; a read there, or in the
+file its statements run inline on the caller's thread, in this process's writer order; a read there, or in the
 database's reader thread, goes beside the writer."""
 
 import asyncio
@@ -32,24 +32,24 @@ async def test_work_commits_when_it_returns_and_rolls_back_when_it_raises(databa
             await session.execute(text("INSERT INTO ledger VALUES (9750)"))
             raise Refused
 
-        assert await db.write_on_own_loop(pay) == 50
+        assert await db.write_inline(pay) == 50
         with pytest.raises(Refused):
-            await db.write_on_own_loop(pay_then_refuse)
+            await db.write_inline(pay_then_refuse)
         async with db.snapshot() as session:
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 50
     finally:
         await db.dispose()
 
 
-async def test_on_a_sqlite_file_the_work_runs_in_another_thread_after_the_writer_before_it(tmp_path: Path) -> None:
+async def test_on_a_sqlite_file_the_work_begins_after_the_writer_before_it(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
     try:
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
-        began_in: list[str] = []
+        began: list[bool] = []
 
         async def pay(session: AsyncSession) -> None:
-            began_in.append(threading.current_thread().name)
+            began.append(True)
             await session.execute(text("INSERT INTO ledger VALUES (1)"))
 
         writing, release = asyncio.Event(), asyncio.Event()
@@ -62,26 +62,20 @@ async def test_on_a_sqlite_file_the_work_runs_in_another_thread_after_the_writer
 
         first = asyncio.create_task(slow_writer())
         await writing.wait()
-        second = asyncio.create_task(db.write_on_own_loop(pay))
+        second = asyncio.create_task(db.write_inline(pay))
         # Nothing to wait for: the work must not even begin while the async transaction holds the writer lock
-        # (waiting in SQLite's busy handler instead would serve writers in no order).
+        # (waiting in SQLite's busy handler instead would block the loop, and the writer with it, until the timeout).
         await asyncio.sleep(0.1)
-        assert began_in == [] and not second.done()
+        assert began == [] and not second.done()
         release.set()
         await asyncio.gather(first, second)
-        await db.write_on_own_loop(pay)
-
-        # Both on the one writer thread, not the event loop's.
-        assert len(set(began_in)) == 1 and began_in[0] != threading.current_thread().name
         async with db.snapshot() as session:
-            assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 102
+            assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 101
     finally:
         await db.dispose()
-    # Disposed: the writer loop's thread has ended.
-    assert not any(thread.name == "sqlite-writer-loop" for thread in threading.enumerate())
 
 
-@pytest.mark.parametrize("read", ["read_on_own_loop", "read_in_thread"])
+@pytest.mark.parametrize("read", ["read_inline", "read_in_thread"])
 async def test_a_read_beside_the_writer_sees_one_committed_state_and_does_not_wait_for_it(
     database_url: str, read: str
 ) -> None:
@@ -89,7 +83,7 @@ async def test_a_read_beside_the_writer_sees_one_committed_state_and_does_not_wa
     read_in: list[str] = []
     sum_query = text("SELECT sum(amount) FROM ledger")
 
-    async def on_own_loop(session: AsyncSession) -> tuple[int, int]:
+    async def inline(session: AsyncSession) -> tuple[int, int]:
         read_in.append(threading.current_thread().name)
         return int((await session.execute(sum_query)).scalar_one()), int(
             (await session.execute(sum_query)).scalar_one()
@@ -100,7 +94,7 @@ async def test_a_read_beside_the_writer_sees_one_committed_state_and_does_not_wa
         return int(session.execute(sum_query).scalar_one()), int(session.execute(sum_query).scalar_one())
 
     async def totals() -> tuple[int, int]:
-        return await (db.read_on_own_loop(on_own_loop) if read == "read_on_own_loop" else db.read_in_thread(in_thread))
+        return await (db.read_inline(inline) if read == "read_inline" else db.read_in_thread(in_thread))
 
     try:
         async with db.transaction() as session:
@@ -113,14 +107,14 @@ async def test_a_read_beside_the_writer_sees_one_committed_state_and_does_not_wa
         assert await totals() == (107, 107)
     finally:
         await db.dispose()
-    # On a SQLite file, in the database's thread for it (which ends with the database); elsewhere in this one.
+    # read_in_thread on a SQLite file in the database's reader thread (which ends with the database); else in this one.
     on_file = database_url.startswith("sqlite") and ":memory:" not in database_url
-    thread = {"read_on_own_loop": "sqlite-writer-loop", "read_in_thread": "sqlite-reader_0"}[read]
-    assert (set(read_in) == {thread}) == on_file
-    assert not any(running.name == thread for running in threading.enumerate())
+    thread = {"read_inline": threading.current_thread().name, "read_in_thread": "sqlite-reader_0"}[read]
+    assert set(read_in) == ({thread} if on_file else {threading.current_thread().name})
+    assert not any(running.name == "sqlite-reader_0" for running in threading.enumerate())
 
 
-async def test_on_a_sqlite_file_the_own_loops_statements_run_on_its_thread_crossing_to_none(tmp_path: Path) -> None:
+async def test_on_a_sqlite_file_inline_statements_run_on_the_callers_thread(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
 
     async def thread_running_the_statement(session: AsyncSession) -> str:
@@ -132,10 +126,10 @@ async def test_on_a_sqlite_file_the_own_loops_statements_run_on_its_thread_cross
     try:
         async with db.transaction() as session:
             service_loop = await thread_running_the_statement(session)
-        written = await db.write_on_own_loop(thread_running_the_statement)
-        read = await db.read_on_own_loop(thread_running_the_statement)
+        written = await db.write_inline(thread_running_the_statement)
+        read = await db.read_inline(thread_running_the_statement)
     finally:
         await db.dispose()
-    # The service's engine hands each statement to aiosqlite's thread; the own loop's runs it where it is awaited.
-    assert service_loop not in {threading.current_thread().name, "sqlite-writer-loop"}
-    assert written == read == "sqlite-writer-loop"
+    # The service's engine hands each statement to aiosqlite's thread; the inline engine runs it where it is awaited.
+    assert service_loop != threading.current_thread().name
+    assert written == read == threading.current_thread().name
