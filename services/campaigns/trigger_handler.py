@@ -84,6 +84,8 @@ class TriggerHandler:
         # Campaign-ID counters known to exist (committed; counters are never deleted), so a batch does not ensure
         # its counter again. Only the batches' transactions, one at a time, read and add to it.
         self._counters: set[tuple[str, str, str]] = set()
+        # Segments on which the latest transaction that read them found a RUNNING triggered campaign.
+        self._segments_firing: set[str] = set()
 
     async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
         if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
@@ -91,69 +93,116 @@ class TriggerHandler:
         await self._batches.submit(_Entry(event, delivery.message_id))
 
     async def _apply(self, submitted: Sequence[Submitted[_Entry]]) -> list[BaseException | None]:
-        """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on."""
+        """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on.
+
+        The people of entries on segments where a triggered campaign fired before are looked up first, and the
+        transaction reads the campaigns itself (a read before the look-up cost a connection, a BEGIN and a
+        statement per batch). Entries a campaign fires for whose person was not looked up (a segment firing for
+        the first time, or segments unavailable then) are applied in a second round, after their look-up.
+        """
         batch = [s.item for s in submitted]
         done: list[BaseException | None] = [None] * len(batch)
-        segment_ids = sorted({e.event.segment_id for e in batch})
-        candidates = await self.db.read_inline(
-            lambda session: automation_store.campaigns_on_segments(session, segment_ids, CampaignState.RUNNING.value)
-        )
-        on_segment: dict[str, list[Any]] = defaultdict(list)
-        for campaign in candidates:
-            if automation_of(campaign).trigger is not None:
-                on_segment[campaign.segment_id].append(campaign)
-        firing: dict[int, list[Any]] = {}
-        for index, entry in enumerate(batch):
-            fired = [
-                c
-                for c in on_segment[entry.event.segment_id]
-                if fires(entry.changed_at, c.launched_at, entry.event.segment_version, c.segment_version)
-            ]
-            if fired:
-                firing[index] = fired
-        if not firing:
-            return done
         now = self.clock()
-        try:
-            people = await self.people.members([batch[i].event.profile_id for i in firing], now)
-        except Unavailable as error:
-            # Each firing entry's message naks on it (the others are done); other errors fail the whole batch
-            # in the group commit.
-            return [error if index in firing else None for index in range(len(batch))]
-        for index in list(firing):
-            profile_id = batch[index].event.profile_id
-            if profile_id not in people:
-                log.info("trigger_profile_missing", profile_id=profile_id)
-                del firing[index]
-        if not firing:
+        known = [i for i, entry in enumerate(batch) if entry.event.segment_id in self._segments_firing]
+        if not known:
+            # Segments no triggered campaign fired on lately (most entries, in production): read whether one
+            # does now without taking the write lock, and stop here if none does.
+            segment_ids = sorted({entry.event.segment_id for entry in batch})
+            candidates = await self.db.read_inline(
+                lambda session: automation_store.campaigns_on_segments(
+                    session, segment_ids, CampaignState.RUNNING.value
+                )
+            )
+            self._segments_firing.update(c.segment_id for c in candidates if automation_of(c).trigger is not None)
+            known = [i for i, entry in enumerate(batch) if entry.event.segment_id in self._segments_firing]
+            if not known:
+                return done
+        asked = {batch[i].event.profile_id for i in known}
+        people: dict[str, AudienceMember] = {}
+        if asked:
+            try:
+                people = await self.people.members(list(asked), now)
+            except Unavailable:
+                asked = set()  # looked up again in the second round, which naks its entries if it fails too
+        later = await self._write(batch, range(len(batch)), people, asked, now)
+        if not later:
             return done
+        asked = {batch[i].event.profile_id for i in later}
+        try:
+            people = await self.people.members(list(asked), now)
+        except Unavailable as error:
+            # Each of those entries' messages naks on it (the others are done); other errors fail the whole batch
+            # in the group commit.
+            waiting = set(later)
+            return [error if index in waiting else None for index in range(len(batch))]
+        await self._write(batch, later, people, asked, now)
+        return done
+
+    async def _write(
+        self,
+        batch: list[_Entry],
+        indices: Sequence[int],
+        people: dict[str, AudienceMember],
+        asked: set[str],
+        now: datetime,
+    ) -> list[int]:
+        """One transaction: the entries at `indices` that a RUNNING triggered campaign fires for, each applied once
+        (the inbox), with their outreaches and events. Returns the firing entries whose person was not `asked`."""
         counts: Counter[str] = Counter()
-        # The events the batch writes, in the order written, and the outbox's last seq before them.
+        # The events written, in the order written, and the outbox's last seq before them.
         events: list[tuple[str, bytes, str]] = []
         outbox_before: list[int] = []
+        later: list[int] = []
 
         async def write(session: Any) -> None:
             events.clear()
+            later.clear()
             hand_over = self.relay is not None and self.db.is_sqlite
             outbox_before[:] = [await store.last_outbox_seq(session)] if hand_over else []
+            # Read in this transaction: a launch, pause or cancel that committed first wins.
+            segment_ids = sorted({batch[i].event.segment_id for i in indices})
+            on_segment: dict[str, list[Any]] = defaultdict(list)
+            for campaign in await automation_store.campaigns_on_segments(
+                session, segment_ids, CampaignState.RUNNING.value
+            ):
+                if automation_of(campaign).trigger is not None:
+                    on_segment[campaign.segment_id].append(campaign)
+            self._segments_firing.difference_update(segment_ids)
+            self._segments_firing.update(on_segment)
+            firing: dict[int, list[Any]] = {}
+            for index in indices:
+                event = batch[index].event
+                fired = [
+                    c
+                    for c in on_segment[event.segment_id]
+                    if fires(batch[index].changed_at, c.launched_at, event.segment_version, c.segment_version)
+                ]
+                if not fired:
+                    continue
+                if event.profile_id not in asked:
+                    later.append(index)
+                elif event.profile_id not in people:
+                    log.info("trigger_profile_missing", profile_id=event.profile_id)
+                else:
+                    firing[index] = fired
             claimed = await automation_store.claim_messages(
                 session, streams.CAMPAIGNS_TRIGGERS.durable, [batch[i].message_id for i in firing], now
             )
             counts["redelivery_skipped"] = len(firing) - len(claimed)
             # Each campaign's people in arrival order, once each, from the messages applied for the first time.
+            campaigns: dict[str, Any] = {}
             members: dict[str, dict[str, AudienceMember]] = defaultdict(dict)
             for index, fired in firing.items():
                 if batch[index].message_id in claimed:
                     member = people[batch[index].event.profile_id]
                     for campaign in fired:
+                        campaigns[campaign.campaign_key] = campaign
                         members[campaign.campaign_key].setdefault(member.profile_id, member)
-            # Read again in this transaction: a pause or cancel that committed first wins.
-            running = await automation_store.campaigns_in_state(session, sorted(members), CampaignState.RUNNING.value)
             # Serialises triggers of the same people (two replicas, two segments) until this transaction ends.
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
-            for campaign in sorted(running, key=lambda c: c.campaign_key):
-                fired = list(members[campaign.campaign_key].values())
-                counts.update(await self._fire(session, campaign, fired, now, events))
+            for key in sorted(members):
+                fired_for = list(members[key].values())
+                counts.update(await self._fire(session, campaigns[key], fired_for, now, events))
             # Only this batch's events since (anything else that wrote to the outbox here leaves them to the relay).
             if events and outbox_before and await store.last_outbox_seq(session) - outbox_before[0] != len(events):
                 outbox_before.clear()
@@ -164,8 +213,9 @@ class TriggerHandler:
                 self.relay.hand_over(outbox_before[0], events)
             else:
                 self.relay.notify()
-        log.info("triggers_applied", entries=len(batch), **counts)
-        return done
+        if counts:
+            log.info("triggers_applied", entries=len(batch), **counts)
+        return later
 
     async def _fire(
         self,

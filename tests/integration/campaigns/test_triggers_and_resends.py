@@ -402,6 +402,51 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
     assert sorted(d.profile_id for d in dispatched if "-T04-" in d.campaign_id) == people
 
 
+async def test_a_campaign_newly_firing_on_a_segment_gets_its_entries_beside_one_that_fired_before(
+    batching_stack: Stack,
+) -> None:
+    # The handler looks up at once the people of segments where a campaign fired before; an entry of a segment
+    # whose campaign is firing for the first time is looked up and applied after them, in the same batch.
+    stack = batching_stack
+    await _define(stack)
+    await _upsert(
+        stack,
+        *(_profile(p, email=f"{p}@example.in", first_name="Asha", outstanding_ratio=0.3) for p in ("m-01", "m-02")),
+        *(_profile(p, email=f"{p}@example.in", first_name="Ravi", plan="SIP") for p in ("n-01", "n-02")),
+    )
+    topups, sips = await _segment(stack, _below_60_percent()), await _segment(stack, _sip_rule())
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    js = stack.bus.nc.jetstream()
+
+    async def enter(segment_id: str, *profile_ids: str) -> None:
+        version = (
+            await stack.segments.GetSegment(seg_service.GetSegmentRequest(segment_id=segment_id))
+        ).segment.published_version
+        for profile_id in profile_ids:
+            change = segment_events.MembershipChanged(
+                event_id=new_id("evt_"),
+                segment_id=segment_id,
+                segment_version=version,
+                profile_id=profile_id,
+                change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
+            )
+            change.change_time.FromDatetime(datetime.now(UTC))
+            await js.publish(
+                streams.MEMBERSHIP_CHANGED, change.SerializeToString(), headers={MSG_ID_HEADER: change.event_id}
+            )
+
+    topup = await _launch(stack, _campaign(topups, trigger_code="T04", trigger=trigger))
+    await enter(topups, "m-01")
+    await eventually(lambda: _when(_outreaches(stack, topup), lambda rows: len(rows) == 1))
+    sip = await _launch(stack, _campaign(sips, trigger_code="T01", trigger=trigger))
+    await enter(topups, "m-02")
+    await enter(sips, "n-01", "n-02")
+    made = await eventually(lambda: _when(_outreaches(stack, sip), lambda rows: len(rows) == 2))
+    assert sorted(o.profile_id for o in made) == ["n-01", "n-02"]
+    made = await eventually(lambda: _when(_outreaches(stack, topup), lambda rows: len(rows) == 2))
+    assert sorted(o.profile_id for o in made) == ["m-01", "m-02"]
+
+
 async def _age(stack: Stack, campaign_id: str, age: timedelta) -> None:
     """Moves an outreach (and its day's run) into the past, as if the trigger had fired `age` ago."""
     then = datetime.now(UTC) - age
