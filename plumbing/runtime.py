@@ -1,6 +1,7 @@
 """The life of one service process: start everything, serve until SIGTERM, then shut down in order."""
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ def run_service(name: str, settings: S, build: Callable[[S, TracerProvider], Awa
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await process.start()
+        # What building and starting made (engines and their compiled statements, templates, stubs, migrations'
+        # modules) lives as long as the process: collected once, then frozen, the collector's full passes no
+        # longer walk it (a full pass of ~40 ms in campaigns, each a window of messages late by as much).
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         await process.stop(settings.shutdown_grace_seconds)
 
