@@ -42,7 +42,7 @@ from typing import Any
 import grpc
 
 from bench import generator
-from bench.results import Context, machine_info, write_result
+from bench.results import Context, collector_paused, machine_info, write_result
 from bench.service import ServiceProcess, profiled
 from devstack.nats_server import free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
@@ -423,7 +423,7 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
         if "trigger" in parts:
             async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
                 events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
-                with profiled(process.pid, profile and profile / "campaigns-trigger.txt"):
+                with profiled(process.pid, profile and profile / "campaigns-trigger.txt"), collector_paused():
                     trigger = await trigger_latency(stub, bus, process, events)
             # Read once the process has stopped and flushed its spans.
             trigger["batches"] = await asyncio.to_thread(trigger_batches, process.run_dir / "var")

@@ -1,11 +1,14 @@
 """What every figure records beside its numbers: machine, versions, scale, seed, date; and where it goes."""
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -140,3 +143,16 @@ def _merge_backends(path: Path, context: Context, figure: dict[str, Any]) -> dic
     merged = {**figure, "backends": backends}
     merged["goal_met"] = bool(backends) and all(result.get("goal_met") is True for result in backends.values())
     return merged
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in this (the bench's) process for the block, as timeit times its loops. A latency
+    part's publisher and receiver run here: with the run's timestamps in its heap, a full collection of this process
+    stalled every message in flight for 70-180 ms, and the figure counted it against the service."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
