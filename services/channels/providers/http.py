@@ -1,5 +1,7 @@
 """The HTTP transport of every adapter: one aiohttp session; failures classified by what the provider may hold."""
 
+import functools
+
 import aiohttp
 from yarl import URL
 
@@ -40,23 +42,34 @@ class HttpTransport:
         return self._session
 
     async def send(self, request: ProviderRequest) -> ProviderAnswer:
-        host = _host(request.url)
         try:
             async with self._client().request(
-                request.method, request.url, data=request.body, headers=request.headers, allow_redirects=False
+                request.method, _url(request.url), data=request.body, headers=request.headers, allow_redirects=False
             ) as response:
                 body = await response.read()
                 return ProviderAnswer(response.status, response.headers, body)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-            raise ProviderUnavailable(f"connection to {host} failed: {type(error).__name__}") from error
+            raise ProviderUnavailable(f"connection to {_host(request.url)} failed: {type(error).__name__}") from error
         except (TimeoutError, aiohttp.ClientError) as error:
             raise ProviderOutcomeUnknown(
-                f"{host} did not answer after the request was sent ({type(error).__name__}); it may have the message"
+                f"{_host(request.url)} did not answer after the request was sent ({type(error).__name__}); "
+                "it may have the message"
             ) from error
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _url(url: str) -> URL | str:
+    """The request URL parsed once: SMS, WhatsApp and push send every message to one URL each, which aiohttp parsed
+    again on every call; past 256 distinct ones (webhooks) the least recently used are parsed again. A URL yarl
+    refuses is handed over as it is, for aiohttp to refuse the same way."""
+    try:
+        return URL(url)
+    except ValueError:
+        return url
 
 
 def _host(url: str) -> str:

@@ -8,7 +8,10 @@ collapse key and notification tag and the APNs collapse id, so a second copy of 
 replaces the first on the device instead of showing twice, and it travels in `data.campaign_id`.
 """
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from urllib.parse import quote
 
 from services.channels.delivery import Accepted, ProviderRejected, ProviderUnavailable
@@ -43,11 +46,17 @@ class FcmPush:
                 "apns": {"headers": {"apns-collapse-id": campaign_id[:64]}},
             }
         }
-        return ProviderRequest(
-            "POST",
-            f"{self.base_url.rstrip('/')}/v1/projects/{quote(self.project_id, safe='')}/messages:send",
-            json_body(document),
-            {"Authorization": f"Bearer {self.access_token}", "Content-Type": "application/json; charset=UTF-8"},
+        return ProviderRequest("POST", self._url, json_body(document), self._headers)
+
+    @functools.cached_property
+    def _url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/v1/projects/{quote(self.project_id, safe='')}/messages:send"
+
+    @functools.cached_property
+    def _headers(self) -> Mapping[str, str]:
+        # The same for every message with the fixed token (a minted one replaces it: send_with_token): built once.
+        return MappingProxyType(
+            {"Authorization": f"Bearer {self.access_token}", "Content-Type": "application/json; charset=UTF-8"}
         )
 
     def accepted(self, answer: ProviderAnswer) -> Accepted:

@@ -10,7 +10,10 @@ every status callback, so a delivery receipt settles an ambiguous send.
 """
 
 import base64
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from urllib.parse import quote, urlencode
 
 from services.channels.delivery import Accepted, ProviderUnavailable
@@ -45,16 +48,22 @@ class ExotelSms:
         }
         if self.status_callback_url:
             form["StatusCallback"] = self.status_callback_url
+        return ProviderRequest("POST", self._url, urlencode(form).encode(), self._headers)
+
+    @functools.cached_property
+    def _url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/v1/Accounts/{quote(self.account_sid, safe='')}/Sms/send.json"
+
+    @functools.cached_property
+    def _headers(self) -> Mapping[str, str]:
+        # The same for every message of the account: built once (a read-only view, as each request shares it).
         credentials = base64.b64encode(f"{self.api_key}:{self.api_token}".encode()).decode()
-        return ProviderRequest(
-            "POST",
-            f"{self.base_url.rstrip('/')}/v1/Accounts/{quote(self.account_sid, safe='')}/Sms/send.json",
-            urlencode(form).encode(),
+        return MappingProxyType(
             {
                 "Authorization": f"Basic {credentials}",
                 "Content-Type": "application/x-www-form-urlencoded",
                 "Accept": "application/json",
-            },
+            }
         )
 
     def accepted(self, answer: ProviderAnswer) -> Accepted:

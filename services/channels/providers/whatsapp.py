@@ -8,7 +8,10 @@ token. The answer is `messages[0].id` (the wamid) or a Graph API `error` object 
 `biz_opaque_callback_data`, which Meta returns in every status webhook of the message.
 """
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from urllib.parse import quote
 
 from services.channels.delivery import Accepted, ProviderThrottled, ProviderUnavailable
@@ -56,16 +59,19 @@ class WhatsAppCloud:
             "template": template,
             "biz_opaque_callback_data": campaign_id,
         }
-        url = (
+        return ProviderRequest("POST", self._url, json_body(document), self._headers)
+
+    @functools.cached_property
+    def _url(self) -> str:
+        return (
             f"{self.base_url.rstrip('/')}/{quote(self.api_version, safe='')}/"
             f"{quote(self.phone_number_id, safe='')}/messages"
         )
-        return ProviderRequest(
-            "POST",
-            url,
-            json_body(document),
-            {"Authorization": f"Bearer {self.access_token}", "Content-Type": "application/json"},
-        )
+
+    @functools.cached_property
+    def _headers(self) -> Mapping[str, str]:
+        # The same for every message of the number: built once (a read-only view, as each request shares it).
+        return MappingProxyType({"Authorization": f"Bearer {self.access_token}", "Content-Type": "application/json"})
 
     def accepted(self, answer: ProviderAnswer) -> Accepted:
         document = answer.json()

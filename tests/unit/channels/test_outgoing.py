@@ -25,7 +25,7 @@ from services.channels.outgoing import (
     validate_webhook,
     validate_whatsapp,
 )
-from services.channels.providers.base import ProviderAnswer, scrub
+from services.channels.providers.base import ProviderAnswer, json_body, scrub
 from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
@@ -95,6 +95,24 @@ def test_the_webhook_signature_covers_the_timestamp_and_the_raw_body() -> None:
     assert request.headers["X-Xsell-Signature"] == f"v1={expected}"
     assert request.headers["Idempotency-Key"] == "CSELL-NOV-T06-0884"
     assert json.loads(request.body)["campaign_id"] == "CSELL-NOV-T06-0884"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"to": "919876543210", "template": {"name": "offer", "components": [{"text": "₹5,00,000 — Priya"}]}},
+        # orjson writes integers up to 64 bits; a webhook payload may carry a larger one, which json writes instead.
+        {"campaign_id": "C1", "payload": {"account": 123456789012345678901234567890, "ratio": 0.1, "ok": True}},
+    ],
+)
+def test_provider_bodies_are_compact_utf8_json(document: dict[str, object]) -> None:
+    assert json_body(document) == json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_an_answer_that_is_not_a_json_object_reads_as_empty() -> None:
+    assert ProviderAnswer(200, {}, b"\xff not json").json() == {}
+    assert ProviderAnswer(200, {}, b"[1, 2]").json() == {}
+    assert ProviderAnswer(200, {}, b"").json() == {}
 
 
 def _answer(status: int, document: object, **headers: str) -> ProviderAnswer:
