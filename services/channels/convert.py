@@ -1,6 +1,6 @@
 """Mapping between the channels domain records and the xsell.channels.v1 / xsell.campaigns.v1 messages."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -10,11 +10,14 @@ from xsell.campaigns.v1 import events_pb2 as campaign_events
 from xsell.channels.v1 import events_pb2, resources_pb2
 from xsell.type.v1 import channel_pb2
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    """What Timestamp.FromDatetime makes of `value` (a naive one is UTC), computed directly: FromDatetime's checks and
+    conversions took ~2.4 µs, half of building a DeliveryUpdated (~0.5 µs this way)."""
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
 def channel_name(channel: int) -> str:
