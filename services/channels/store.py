@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -35,6 +37,9 @@ metadata = MetaData()
 outbox = outbox_table(metadata)
 idempotency = idempotency_table(metadata)
 
+AMBIGUOUS = f"state = '{DeliveryState.AMBIGUOUS.value}'"
+"""The rows of ix_messages_ambiguous."""
+
 # One row per outreach: the campaign ID is the primary key, so a message exists at most once.
 messages = Table(
     "messages",
@@ -42,7 +47,7 @@ messages = Table(
     Column("campaign_id", String(100), primary_key=True),
     Column("channel", String(40), nullable=False),
     Column("profile_id", String(100), nullable=False),
-    Column("state", String(20), nullable=False, index=True),
+    Column("state", String(20), nullable=False),
     # Indexed: provider webhooks name the message by the provider's id (a WhatsApp reply quotes the wamid).
     Column("provider_message_id", String(300), nullable=True, index=True),
     Column("attempts", Integer, nullable=False),
@@ -50,6 +55,10 @@ messages = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    # The messages an operator settles by hand (no receipt came), oldest first. Partial, so the states every message
+    # passes through (QUEUED, SENDING, SENT) never touch it: an index of every state cost the ledger's writer thread
+    # three index updates per message (~10 µs of its ~100 µs per HTTP message), and no statement reads by state.
+    Index("ix_messages_ambiguous", "updated_at", sqlite_where=text(AMBIGUOUS), postgresql_where=text(AMBIGUOUS)),
 )
 
 # What happened to each message; never personal data (no address, for clicks only the link's host).

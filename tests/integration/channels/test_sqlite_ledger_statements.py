@@ -80,3 +80,32 @@ async def test_the_sqlite_ledger_statements_store_times_and_states_as_sqlalchemy
         assert [(s.step, s.at) for s in record.timeline] == [("delivery:QUEUED", QUEUED_AT), ("delivery:SENT", SENT_AT)]
     finally:
         await db.dispose()
+
+
+async def test_only_ambiguous_messages_are_indexed_by_state_and_an_operators_list_reads_them_so(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'channels.db'}")
+    await db.migrate(MIGRATIONS)
+    try:
+        async with db.transaction() as session:
+            await store.insert_queued_if_absent(
+                session, campaign_id="unsure", channel="CHANNEL_SMS", profile_id="prf_2", now=QUEUED_AT
+            )
+            await store.set_state(session, "unsure", DeliveryState.AMBIGUOUS, now=SENT_AT, reason="no answer")
+        operators_list = "SELECT campaign_id FROM messages WHERE state = 'AMBIGUOUS' ORDER BY updated_at"
+        async with db.snapshot() as session:
+            indexes = (
+                await session.execute(
+                    text("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'")
+                )
+            ).all()
+            plan = (await session.execute(text(f"EXPLAIN QUERY PLAN {operators_list}"))).all()
+            listed = (await session.execute(text(operators_list))).scalars().all()
+        # A message passing through QUEUED, SENDING and SENT touches no index on its state: the one index that names
+        # state holds only AMBIGUOUS rows.
+        on_state = {name: sql for name, sql in indexes if sql is not None and "state" in sql}
+        assert list(on_state) == ["ix_messages_ambiguous"]
+        assert "WHERE state = 'AMBIGUOUS'" in on_state["ix_messages_ambiguous"]
+        assert "ix_messages_ambiguous" in " ".join(str(row[-1]) for row in plan)
+        assert listed == ["unsure"]
+    finally:
+        await db.dispose()
