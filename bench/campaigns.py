@@ -311,11 +311,17 @@ async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dic
     started = time.perf_counter()
     key = await _launch(stub, _campaign(f"all-{audience}"))
     created = 0
+    # The peak so far at each tenth of the audience released: flat after the first tenths when memory does not grow
+    # with the audience (RSS climbs in the first seconds of any release, while the relay and the dispatch start
+    # running beside its pages).
+    by_tenth: dict[str, float] = {}
     while created < audience:
         await asyncio.sleep(0.1)
         peak = max(peak, process.rss_mib())
         campaign = (await stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign
         created = campaign.outreach_count
+        for tenth in range(1, min(10, created * 10 // audience) + 1):
+            by_tenth.setdefault(f"{tenth * 10}%", round(peak, 1))
     elapsed = time.perf_counter() - started
     cpu = process.cpu_seconds() - cpu_before
     waiting = await asyncio.to_thread(_events_waiting, process.run_dir / "campaigns.db")
@@ -329,6 +335,7 @@ async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dic
         # the events still waiting for the relay when the last outreach was created (published after the window).
         "events_waiting_at_end": waiting,
         "peak_rss_mib": round(peak, 1),
+        "peak_rss_mib_by_share_released": by_tenth,
     }
 
 
