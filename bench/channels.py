@@ -25,6 +25,8 @@ bench/results/scale-<s>/), with every figure's unit, goal, verdict, the machine 
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import re
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -244,6 +246,40 @@ def consumer_span_starts(
         started = span["start_ns"] / 1e9 - wall_minus_perf
         starts[campaign_id] = min(started, starts.get(campaign_id, started))
     return starts
+
+
+def write_samples(
+    path: Path,
+    requested: Mapping[str, float],
+    handler_started: Mapping[str, float],
+    accepted: Mapping[str, float],
+    wall_minus_perf: float,
+) -> None:
+    """Each request's publish, handler start and acceptance (wall-clock seconds, as the spans carry them), one JSON
+    line each in publish order: to see whether slow requests come together, and what the service did then."""
+    with path.open("wb") as file:
+        for campaign_id, at in sorted(requested.items(), key=lambda item: item[1]):
+            handler, done = handler_started.get(campaign_id), accepted.get(campaign_id)
+            sample = {
+                "campaign_id": campaign_id,
+                "requested": at + wall_minus_perf,
+                "handler": None if handler is None else handler + wall_minus_perf,
+                "accepted": None if done is None else done + wall_minus_perf,
+            }
+            file.write(json.dumps(sample).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in this process for the block, as timeit times its loops. The latency parts'
+    provider servers and publisher run here: with the requests and acceptances of a run in its heap, a full collection
+    of this process stalled every acceptance in flight for 70-180 ms, once every ~6 s, and the figure counted it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def read_lines(path: Path) -> list[str]:
@@ -456,20 +492,22 @@ class Bench:
         # Spans carry wall-clock nanoseconds; requests and acceptances are timed on perf_counter.
         wall_minus_perf = time.time() - time.perf_counter()
         try:
-            tick = 0.01
-            began = time.perf_counter()
-            publishing: list[asyncio.Task[int]] = []
-            sent = 0
-            while sent < count:
-                due = min(count, int((time.perf_counter() - began) * rate) + 1)
-                for event in events[sent:due]:
-                    requested[event.campaign_id] = time.perf_counter()
-                    publishing.append(asyncio.create_task(publish(self.bus, event)))
-                sent = due
-                await asyncio.sleep(tick)
-            offered = per_second(count, began, time.perf_counter())
-            last_seq = max(await asyncio.gather(*publishing))
-            await all_handled(self.bus, last_seq)
+            # This process serves the providers: a full collection of its heap meanwhile would stall acceptances.
+            with collector_paused():
+                tick = 0.01
+                began = time.perf_counter()
+                publishing: list[asyncio.Task[int]] = []
+                sent = 0
+                while sent < count:
+                    due = min(count, int((time.perf_counter() - began) * rate) + 1)
+                    for event in events[sent:due]:
+                        requested[event.campaign_id] = time.perf_counter()
+                        publishing.append(asyncio.create_task(publish(self.bus, event)))
+                    sent = due
+                    await asyncio.sleep(tick)
+                offered = per_second(count, began, time.perf_counter())
+                last_seq = max(await asyncio.gather(*publishing))
+                await all_handled(self.bus, last_seq)
         finally:
             service.stop()
         accepted = {c: at for c, at in self.accepted() if c in ids}
@@ -479,6 +517,8 @@ class Bench:
         # -> the provider accepting (ledger intent, hand-over), from the service's span of each request.
         spans = await asyncio.to_thread(read_lines, self.var / part / "var" / "traces" / "channels.jsonl")
         handler_started = consumer_span_starts(spans, ids, wall_minus_perf)
+        samples = self.var / part / "latency-samples.jsonl"
+        await asyncio.to_thread(write_samples, samples, requested, handler_started, accepted, wall_minus_perf)
         to_handler = [(handler_started[c] - requested[c]) * 1000 for c in ids if c in handler_started]
         in_handler = [(accepted[c] - handler_started[c]) * 1000 for c in ids if c in accepted and c in handler_started]
         return {
