@@ -25,8 +25,6 @@ bench/results/scale-<s>/), with every figure's unit, goal, verdict, the machine 
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import os
 import re
@@ -36,7 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -48,7 +46,7 @@ from sqlalchemy import select
 
 from bench.channels_floor import encode_http, encode_mail
 from bench.postgres import BenchPostgres
-from bench.results import machine_info
+from bench.results import collector_paused, machine_info
 from bench.service import ServiceProcess
 from devstack.nats_server import NatsServer, free_port
 from devstack.provider_sinks import ProviderSinks
@@ -267,19 +265,6 @@ def write_samples(
                 "accepted": None if done is None else done + wall_minus_perf,
             }
             file.write(json.dumps(sample).encode() + b"\n")
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection in this process for the block, as timeit times its loops. The latency parts'
-    provider servers and publisher run here: with the requests and acceptances of a run in its heap, a full collection
-    of this process stalled every acceptance in flight for 70-180 ms, once every ~6 s, and the figure counted it."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def read_lines(path: Path) -> list[str]:

@@ -1,12 +1,9 @@
 """The channels bench's arithmetic: the providers' logs against the ledger, nearest-rank percentiles, rates."""
 
-import gc
 import json
 import math
 
-import pytest
-
-from bench.channels import collector_paused, consumer_span_starts, nearest_rank, per_second, tally
+from bench.channels import consumer_span_starts, nearest_rank, per_second, tally
 
 
 def test_every_published_message_sent_once_is_neither_lost_nor_duplicated() -> None:
@@ -60,13 +57,3 @@ def test_a_requests_handler_start_is_its_first_consumer_span_on_the_benchs_clock
         span("CONSUMER", "other-run", 10_000_000_000),
     ]
     assert consumer_span_starts(lines, {"a", "b"}, wall_minus_perf=1_000.0) == {"a": 11.0 - 1_000.0}
-
-
-def test_the_collector_is_paused_for_the_timed_block_and_back_after_it_even_when_the_block_fails() -> None:
-    assert gc.isenabled()
-    with collector_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), collector_paused():
-        raise RuntimeError("the service failed")
-    assert gc.isenabled()
