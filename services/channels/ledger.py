@@ -72,7 +72,7 @@ class Ledger:
     One stream of transactions carries both: each holds the outcomes of the hand-overs that ended and the intents
     of the messages that were cleared to go while the one before it was written (e-mails finish a few at a time
     over the SMTP sessions, and each frees a slot for the next intent, so the two interleave). Each transaction is
-    one synchronous function run by Database.run_in_transaction: on SQLite one call to the database's writer thread.
+    one synchronous function run by Database.run_inline: on SQLite called on the loop's thread, in the writer order.
     """
 
     def __init__(
@@ -137,12 +137,12 @@ class Ledger:
         A message settling is never among the intents: this replica handles a campaign ID once at a time."""
         if self.db.is_sqlite and outcomes:
             try:
-                return await self.db.run_in_transaction(
+                return await self.db.run_inline(
                     functools.partial(self._write_all, intents, outcomes, self._settle_all_sending)
                 )
             except _SettledMeanwhile:
                 pass  # rolled back; written again below, after reading which are still SENDING
-        return await self.db.run_in_transaction(functools.partial(self._write_all, intents, outcomes, self._settle_all))
+        return await self.db.run_inline(functools.partial(self._write_all, intents, outcomes, self._settle_all))
 
     def _write_all(
         self,
