@@ -108,12 +108,7 @@ class TriggerHandler:
             # Segments no triggered campaign fired on lately (most entries, in production): read whether one
             # does now without taking the write lock, and stop here if none does.
             segment_ids = sorted({entry.event.segment_id for entry in batch})
-            candidates = await self.db.read_inline(
-                lambda session: automation_store.campaigns_on_segments(
-                    session, segment_ids, CampaignState.RUNNING.value
-                )
-            )
-            self._segments_firing.update(c.segment_id for c in candidates if automation_of(c).trigger is not None)
+            await self.db.read_inline(lambda session: self._triggered_on(session, segment_ids))
             known = [i for i, entry in enumerate(batch) if entry.event.segment_id in self._segments_firing]
             if not known:
                 return done
@@ -160,15 +155,7 @@ class TriggerHandler:
             hand_over = self.relay is not None and self.db.is_sqlite
             outbox_before[:] = [await store.last_outbox_seq(session)] if hand_over else []
             # Read in this transaction: a launch, pause or cancel that committed first wins.
-            segment_ids = sorted({batch[i].event.segment_id for i in indices})
-            on_segment: dict[str, list[Any]] = defaultdict(list)
-            for campaign in await automation_store.campaigns_on_segments(
-                session, segment_ids, CampaignState.RUNNING.value
-            ):
-                if automation_of(campaign).trigger is not None:
-                    on_segment[campaign.segment_id].append(campaign)
-            self._segments_firing.difference_update(segment_ids)
-            self._segments_firing.update(on_segment)
+            on_segment = await self._triggered_on(session, sorted({batch[i].event.segment_id for i in indices}))
             firing: dict[int, list[Any]] = {}
             for index in indices:
                 event = batch[index].event
@@ -216,6 +203,17 @@ class TriggerHandler:
         if counts:
             log.info("triggers_applied", entries=len(batch), **counts)
         return later
+
+    async def _triggered_on(self, session: Any, segment_ids: list[str]) -> dict[str, list[Any]]:
+        """The RUNNING campaigns with a trigger on these segments, by segment; which of the segments have one is
+        remembered (_segments_firing) for the next batches' look-ups."""
+        on_segment: dict[str, list[Any]] = defaultdict(list)
+        for campaign in await automation_store.campaigns_on_segments(session, segment_ids, CampaignState.RUNNING.value):
+            if automation_of(campaign).trigger is not None:
+                on_segment[campaign.segment_id].append(campaign)
+        self._segments_firing.difference_update(segment_ids)
+        self._segments_firing.update(on_segment)
+        return on_segment
 
     async def _fire(
         self,

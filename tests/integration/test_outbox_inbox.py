@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -396,15 +397,30 @@ async def _write_unannounced(db: Database, outbox_t: Table, subject: str, segmen
     return before, [(row["subject"], row["payload"], row["headers"]) for row in rows]
 
 
-async def test_events_handed_over_after_their_commit_leave_without_the_relay_reading_them(setup) -> None:  # type: ignore[no-untyped-def]
-    db, bus, outbox_t, _, _, subject = setup
+@asynccontextmanager
+async def _relay_past_a_first_event(
+    db: Database, outbox_t: Table, bus: Bus, subject: str
+) -> AsyncIterator[OutboxRelay]:
+    """A running relay (it polls only every 10 minutes) that has read and published one event ("seg_a"), and so
+    knows where it stands; stopped when the block ends."""
     relay = OutboxRelay(db, outbox_t, bus, tracer, poll_interval=600)
     running = asyncio.create_task(relay.run())
     try:
         await eventually(lambda: _true(relay._loop is not None))
-        before, events = await _write_unannounced(db, outbox_t, subject, ["seg_a"])
-        relay.notify()  # the relay reads and publishes the first one, and so knows where it stands
-        await eventually(lambda: _stream_segments(bus, subject))
+        await _write_unannounced(db, outbox_t, subject, ["seg_a"])
+        relay.notify()
+        await eventually(lambda: _stream_count_is(bus, subject, 1))
+        yield relay
+    finally:
+        await relay.stop()
+        await running
+
+
+async def test_events_handed_over_after_their_commit_leave_without_the_relay_reading_them(  # type: ignore[no-untyped-def]
+    setup, monkeypatch
+) -> None:
+    db, bus, outbox_t, _, _, subject = setup
+    async with _relay_past_a_first_event(db, outbox_t, bus, subject) as relay:
         reads = 0
         read_in_thread = db.read_in_thread
 
@@ -413,7 +429,7 @@ async def test_events_handed_over_after_their_commit_leave_without_the_relay_rea
             reads += 1
             return await read_in_thread(work)
 
-        db.read_in_thread = counted
+        monkeypatch.setattr(db, "read_in_thread", counted)
         before, events = await _write_unannounced(db, outbox_t, subject, ["seg_b", "seg_c"])
         relay.hand_over(before, events)
         await eventually(lambda: _stream_count_is(bus, subject, 3))
@@ -421,29 +437,17 @@ async def test_events_handed_over_after_their_commit_leave_without_the_relay_rea
         # On SQLite from memory (elsewhere, where several replicas may relay, the relay is woken to read them).
         assert reads == 0 or not db.is_sqlite
         await eventually(lambda: _waiting_is(db, outbox_t, 0))
-    finally:
-        await relay.stop()
-        await running
 
 
 async def test_events_handed_over_behind_unpublished_ones_wait_for_them(setup) -> None:  # type: ignore[no-untyped-def]
     db, bus, outbox_t, _, _, subject = setup
-    relay = OutboxRelay(db, outbox_t, bus, tracer, poll_interval=600)
-    running = asyncio.create_task(relay.run())
-    try:
-        await eventually(lambda: _true(relay._loop is not None))
-        await _write_unannounced(db, outbox_t, subject, ["seg_a"])
-        relay.notify()
-        await eventually(lambda: _stream_count_is(bus, subject, 1))
+    async with _relay_past_a_first_event(db, outbox_t, bus, subject) as relay:
         await _write_unannounced(db, outbox_t, subject, ["seg_b"])  # committed, not announced: waiting
         before, events = await _write_unannounced(db, outbox_t, subject, ["seg_c"])
         relay.hand_over(before, events)
         await eventually(lambda: _stream_count_is(bus, subject, 3))
         assert await _stream_segments(bus, subject) == ["seg_a", "seg_b", "seg_c"]
         await eventually(lambda: _waiting_is(db, outbox_t, 0))
-    finally:
-        await relay.stop()
-        await running
 
 
 async def _stream_count_is(bus: Bus, subject: str, count: int) -> bool:

@@ -198,6 +198,19 @@ async def _outreaches(stack: Stack, key: str) -> list[resources_pb2.Outreach]:
     return list(response.outreaches)
 
 
+def _entered(segment_id: str, version: int, profile_id: str) -> segment_events.MembershipChanged:
+    """The person entering the segment's version now, as segments announces it."""
+    change = segment_events.MembershipChanged(
+        event_id=new_id("evt_"),
+        segment_id=segment_id,
+        segment_version=version,
+        profile_id=profile_id,
+        change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
+    )
+    change.change_time.FromDatetime(datetime.now(UTC))
+    return change
+
+
 def _below_60_percent() -> seg.Rule:
     condition = seg.AttributeCondition(attribute="outstanding_ratio", operator=seg.OPERATOR_LESS_THAN)
     condition.values.add(number_value=0.6)
@@ -345,15 +358,7 @@ async def test_entries_applied_together_give_each_person_one_outreach_and_a_repl
     witness = await _launch(stack, _campaign(segment_id, trigger_code="T01", trigger=trigger))
 
     def entered(profile_id: str) -> segment_events.MembershipChanged:
-        change = segment_events.MembershipChanged(
-            event_id=new_id("evt_"),
-            segment_id=segment_id,
-            segment_version=version,
-            profile_id=profile_id,
-            change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
-        )
-        change.change_time.FromDatetime(datetime.now(UTC))
-        return change
+        return _entered(segment_id, version, profile_id)
 
     # Published back to back, so the consumer fetches them together: every person once, g-01 twice (two
     # entries, two message ids) and a replay of g-02's message (the same message id: applied once). A person
@@ -423,14 +428,7 @@ async def test_a_campaign_newly_firing_on_a_segment_gets_its_entries_beside_one_
             await stack.segments.GetSegment(seg_service.GetSegmentRequest(segment_id=segment_id))
         ).segment.published_version
         for profile_id in profile_ids:
-            change = segment_events.MembershipChanged(
-                event_id=new_id("evt_"),
-                segment_id=segment_id,
-                segment_version=version,
-                profile_id=profile_id,
-                change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
-            )
-            change.change_time.FromDatetime(datetime.now(UTC))
+            change = _entered(segment_id, version, profile_id)
             await js.publish(
                 streams.MEMBERSHIP_CHANGED, change.SerializeToString(), headers={MSG_ID_HEADER: change.event_id}
             )

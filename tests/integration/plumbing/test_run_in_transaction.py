@@ -1,5 +1,6 @@
 """A synchronous unit of work in one transaction: committed when it returns, rolled back when it raises, and on
-SQLite run off the event loop in this process's writer order, alongside the async transactions."""
+SQLite run in this process's writer order, alongside the async transactions: in the database's writer thread
+(run_in_transaction) or on the loop's thread (run_inline)."""
 
 import asyncio
 import threading
@@ -12,13 +13,15 @@ from sqlalchemy.orm import Session
 
 from plumbing import db as db_module
 from plumbing.db import Database
+from tests.integration.plumbing.writers import writer_holding_the_lock
 
 
 class Refused(Exception):
     pass
 
 
-async def test_work_commits_when_it_returns_and_rolls_back_when_it_raises(database_url: str) -> None:
+@pytest.mark.parametrize("run", ["run_in_transaction", "run_inline"])
+async def test_work_commits_when_it_returns_and_rolls_back_when_it_raises(database_url: str, run: str) -> None:
     db = Database(database_url)
     try:
         async with db.transaction() as session:
@@ -32,17 +35,18 @@ async def test_work_commits_when_it_returns_and_rolls_back_when_it_raises(databa
             session.execute(text("INSERT INTO ledger VALUES (9750)"))
             raise Refused
 
-        assert await db.run_in_transaction(pay) == 50
+        assert await getattr(db, run)(pay) == 50
         with pytest.raises(Refused):
-            await db.run_in_transaction(pay_then_refuse)
+            await getattr(db, run)(pay_then_refuse)
         async with db.snapshot() as session:
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 50
     finally:
         await db.dispose()
 
 
-async def test_on_sqlite_the_work_runs_off_the_event_loop_after_the_async_writer_before_it(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("run", ["run_in_transaction", "run_inline"])
+async def test_on_sqlite_the_work_begins_after_the_async_writer_before_it_in_its_thread(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch, run: str
 ) -> None:
     begun: list[str] = []
 
@@ -51,7 +55,7 @@ async def test_on_sqlite_the_work_runs_off_the_event_loop_after_the_async_writer
         original_begin(connection)
 
     original_begin = db_module._sqlite_begin
-    # The writer thread's engine is made on first use, with this BEGIN; the async engine keeps the original.
+    # The synchronous engines are made on first use, with this BEGIN; the async engine keeps the original.
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
     monkeypatch.setattr(db_module, "_sqlite_begin", recording_begin)
     try:
@@ -61,25 +65,17 @@ async def test_on_sqlite_the_work_runs_off_the_event_loop_after_the_async_writer
         def pay(session: Session) -> None:
             session.execute(text("INSERT INTO ledger VALUES (1)"))
 
-        writing, release = asyncio.Event(), asyncio.Event()
+        async with writer_holding_the_lock(db):
+            second = asyncio.create_task(getattr(db, run)(pay))
+            # Nothing to wait for: the work must not even begin while the async transaction holds the writer lock
+            # (waiting in SQLite's busy handler instead would serve writers in no order, and inline would block
+            # the loop, and the writer with it, until the timeout).
+            await asyncio.sleep(0.1)
+            assert begun == [] and not second.done()
+        await second
 
-        async def slow_writer() -> None:
-            async with db.transaction() as writer:
-                await writer.execute(text("INSERT INTO ledger VALUES (100)"))
-                writing.set()
-                await release.wait()
-
-        first = asyncio.create_task(slow_writer())
-        await writing.wait()
-        second = asyncio.create_task(db.run_in_transaction(pay))
-        # Nothing to wait for: the thread must not even begin while the async transaction holds the writer lock
-        # (waiting in SQLite's busy handler instead would serve writers in no order).
-        await asyncio.sleep(0.1)
-        assert begun == [] and not second.done()
-        release.set()
-        await asyncio.gather(first, second)
-
-        assert len(begun) == 1 and begun[0] != threading.current_thread().name
+        # run_in_transaction in the database's writer thread; run_inline here, on the loop's thread.
+        assert len(begun) == 1 and (begun[0] == threading.current_thread().name) == (run == "run_inline")
         async with db.snapshot() as session:
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 101
     finally:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database
+from tests.integration.plumbing.writers import writer_holding_the_lock
 
 
 class Refused(Exception):
@@ -52,23 +53,14 @@ async def test_on_a_sqlite_file_the_work_begins_after_the_writer_before_it(tmp_p
             began.append(True)
             await session.execute(text("INSERT INTO ledger VALUES (1)"))
 
-        writing, release = asyncio.Event(), asyncio.Event()
-
-        async def slow_writer() -> None:
-            async with db.transaction() as writer:
-                await writer.execute(text("INSERT INTO ledger VALUES (100)"))
-                writing.set()
-                await release.wait()
-
-        first = asyncio.create_task(slow_writer())
-        await writing.wait()
-        second = asyncio.create_task(db.write_inline(pay))
-        # Nothing to wait for: the work must not even begin while the async transaction holds the writer lock
-        # (waiting in SQLite's busy handler instead would block the loop, and the writer with it, until the timeout).
-        await asyncio.sleep(0.1)
-        assert began == [] and not second.done()
-        release.set()
-        await asyncio.gather(first, second)
+        async with writer_holding_the_lock(db):
+            second = asyncio.create_task(db.write_inline(pay))
+            # Nothing to wait for: the work must not even begin while the async transaction holds the writer lock
+            # (waiting in SQLite's busy handler instead would block the loop, and the writer with it, until the
+            # timeout).
+            await asyncio.sleep(0.1)
+            assert began == [] and not second.done()
+        await second
         async with db.snapshot() as session:
             assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 101
     finally:
@@ -133,32 +125,3 @@ async def test_on_a_sqlite_file_inline_statements_run_on_the_callers_thread(tmp_
     # The service's engine hands each statement to aiosqlite's thread; the inline engine runs it where it is awaited.
     assert service_loop != threading.current_thread().name
     assert written == read == threading.current_thread().name
-
-
-async def test_run_inline_calls_the_work_on_the_callers_thread_commits_it_and_rolls_back_on_error(
-    tmp_path: Path,
-) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
-    try:
-        async with db.transaction() as session:
-            await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
-        ran_in: list[str] = []
-
-        def pay(session: Session) -> int:
-            ran_in.append(threading.current_thread().name)
-            session.execute(text("INSERT INTO ledger VALUES (50)"))
-            return int(session.execute(text("SELECT sum(amount) FROM ledger")).scalar_one())
-
-        def pay_then_refuse(session: Session) -> None:
-            session.execute(text("INSERT INTO ledger VALUES (9750)"))
-            raise Refused
-
-        assert await db.run_inline(pay) == 50
-        with pytest.raises(Refused):
-            await db.run_inline(pay_then_refuse)
-        async with db.snapshot() as session:
-            assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 50
-        # Not the database's writer thread (run_in_transaction's): this one, which the loop runs on.
-        assert ran_in == [threading.current_thread().name]
-    finally:
-        await db.dispose()
