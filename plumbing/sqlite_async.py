@@ -28,6 +28,7 @@ from typing import Any
 
 import aiosqlite
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -211,8 +212,12 @@ async def insert_rows(
     waited for the GIL, and binding row by row cost more CPU than a statement of 500 rows (a release page's
     outreach and outbox rows: ~23 -> ~16 µs per outreach of the inserting thread). The statement of a full chunk
     is always the same text, so sqlite3 prepares it once; the rest goes by executemany, so no statement of
-    another size is cached. One CLIENT span per call, as SQLAlchemy's instrumentation gives a statement.
+    another size is cached. One CLIENT span per call, as SQLAlchemy's instrumentation gives a statement (and none
+    where instrumentation is suppressed, as it gives none there).
     """
+    if not is_instrumentation_enabled():
+        await connection._execute(insert_values, connection._conn, table, columns, rows)
+        return
     with _tracer.start_as_current_span(
         f"INSERT {table}",
         kind=trace.SpanKind.CLIENT,

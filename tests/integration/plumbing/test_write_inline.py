@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -125,3 +126,21 @@ async def test_on_a_sqlite_file_inline_statements_run_on_the_callers_thread(tmp_
     # The service's engine hands each statement to aiosqlite's thread; the inline engine runs it where it is awaited.
     assert service_loop != threading.current_thread().name
     assert written == read == threading.current_thread().name
+
+
+async def test_on_a_sqlite_file_inline_statements_get_no_spans_of_their_own(tmp_path: Path) -> None:
+    """The caller's span covers the transaction: SQLAlchemy's instrumentation (and insert_rows) see it suppressed."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+
+    async def instrumented(session: AsyncSession) -> bool:
+        await session.execute(text("SELECT 1"))
+        return is_instrumentation_enabled()
+
+    try:
+        async with db.transaction() as session:
+            assert await instrumented(session)
+        assert not await db.write_inline(instrumented)
+        assert not await db.read_inline(instrumented)
+        assert is_instrumentation_enabled()  # only for the work's own statements
+    finally:
+        await db.dispose()
