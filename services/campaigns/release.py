@@ -121,9 +121,9 @@ class ReleaseRunner:
                 pruned = await store.prune_contacts(session, now - LOOKBACK)
             self._pruned_at = now
             log.info("contact_ledger_pruned", entries=pruned)
-        # A read: polls that find nothing due must not take SQLite's write lock from trigger batches.
-        async with self.db.snapshot() as session:
-            runs = await store.due_runs(session, now)
+        # A read: polls that find nothing due must not take SQLite's write lock from trigger batches, nor wait for
+        # turns of the busy loop statement by statement (inline, as the resend runner's poll).
+        runs = await self.db.read_inline(lambda session: store.due_runs(session, now))
         for run in runs:
             if self._stopping.is_set():
                 return
