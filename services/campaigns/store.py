@@ -287,21 +287,24 @@ async def get_run_for_campaign(session: AsyncSession, campaign_key: str) -> Row[
 
 async def due_runs(session: AsyncSession, now: datetime, limit: int = 100) -> Sequence[Row[Any]]:
     """Unfinished runs whose time has come, oldest first: new launches, due schedules, and runs a restart cut short."""
-    query = (
-        select(campaign_runs)
-        .join(campaigns, campaigns.c.campaign_key == campaign_runs.c.campaign_key)
-        .where(
-            campaign_runs.c.completed_at.is_(None),
-            campaign_runs.c.due_at <= now,
-            # Paused campaigns wait for ResumeCampaign; cancelled ones have their runs closed.
-            campaigns.c.state.in_(("SCHEDULED", "RUNNING")),
-            # Trigger and resend runs create their outreaches one by one (trigger_handler, resend_runner).
-            campaign_runs.c.kind == "release",
-        )
-        .order_by(campaign_runs.c.due_at, campaign_runs.c.run_id)
-        .limit(limit)
+    return (await session.execute(_DUE_RUNS, {"now": now, "limit": limit})).all()
+
+
+# The release runner polls it several times a second: built once.
+_DUE_RUNS = (
+    select(campaign_runs)
+    .join(campaigns, campaigns.c.campaign_key == campaign_runs.c.campaign_key)
+    .where(
+        campaign_runs.c.completed_at.is_(None),
+        campaign_runs.c.due_at <= bindparam("now"),
+        # Paused campaigns wait for ResumeCampaign; cancelled ones have their runs closed.
+        campaigns.c.state.in_(("SCHEDULED", "RUNNING")),
+        # Trigger and resend runs create their outreaches one by one (trigger_handler, resend_runner).
+        campaign_runs.c.kind == "release",
     )
-    return (await session.execute(query)).all()
+    .order_by(campaign_runs.c.due_at, campaign_runs.c.run_id)
+    .limit(bindparam("limit"))
+)
 
 
 async def ensure_counter(session: AsyncSession, programme: str, month: str, trigger_code: str) -> None:
