@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlalchemy.ext.asyncio
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -57,9 +56,7 @@ class Database:
         # For read_in_thread on a SQLite file: the same, for reads (BEGIN DEFERRED), beside the writer.
         self._reader_sessions: sessionmaker[Session] | None = None
         self._reader_thread: ThreadPoolExecutor | None = None
-        # For write_inline and read_inline on a SQLite file: an engine whose statements run on the caller's thread.
-        self._inline_sessions: async_sessionmaker[AsyncSession] | None = None
-        # For run_inline on a SQLite file: a pysqlite engine used on the loop's thread only.
+        # For run_inline, write_inline and read_inline on a SQLite file: a pysqlite engine used on the loop's thread.
         self._inline_sync_sessions: sessionmaker[Session] | None = None
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
@@ -107,11 +104,7 @@ class Database:
         if self._sqlite_writer is None or not self._sqlite_file:
             return await self.run_in_transaction(work)
         async with self._sqlite_writer:
-            if self._inline_sync_sessions is None:
-                engine = create_engine(self.url.set(drivername="sqlite"))
-                _as_sqlite(engine)
-                self._inline_sync_sessions = sessionmaker(engine, expire_on_commit=False)
-            with suppress_instrumentation(), self._inline_sync_sessions() as session, session.begin():
+            with suppress_instrumentation(), self._inline_sync_sessions_made()() as session, session.begin():
                 return work(session)
 
     async def read_in_thread(self, work: Callable[[Session], T]) -> T:
@@ -157,15 +150,18 @@ class Database:
     async def write_inline(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """`await work(session)` inside one transaction, committed when it returns.
 
-        On a SQLite file its statements run right where they are awaited, on the caller's thread, in this process's
-        writer order (`transaction`'s lock): an engine of its own whose driver crosses to no thread
-        (sqlite_async.dbapi(inline=True)), so a statement never waits for a turn of the loop and the loop waits for
-        it instead. For a hot transaction of many short statements (a trigger batch's): through aiosqlite each
-        statement crossed to its thread and back and waited for a turn of the busy loop while the transaction held
-        the write lock; on an event loop in a thread of its own (measured before this) the two threads handed the
-        interpreter lock to each other at every statement. The work's statements get no spans of their own. A
-        statement that waits for SQLite's lock (another process writing the file) blocks the loop up to the busy
-        timeout; this process's own writers never hold it meanwhile. Elsewhere it runs as `transaction`.
+        On a SQLite file the session is an InlineSession: its statements run right where they are awaited, on the
+        caller's thread, through a synchronous pysqlite Session (run_inline's engine), in this process's writer order
+        (`transaction`'s lock), so a statement never waits for a turn of the loop and the loop waits for it instead.
+        For a hot transaction of many short statements (a trigger batch's): through aiosqlite each statement crossed
+        to its thread and back and waited for a turn of the busy loop while the transaction held the write lock; on an
+        event loop in a thread of its own (measured before this) the two threads handed the interpreter lock to each
+        other at every statement; through an async engine whose driver crossed no thread, each statement still spawned
+        a greenlet and went through the async adapter (~110 µs of CPU per prebuilt SELECT, against ~52 µs here). The
+        work's statements get no spans of their own: the caller's span covers the transaction (a trigger batch made
+        ~14 statement spans, ~50 µs each). A statement that waits for SQLite's lock (another process writing the
+        file) blocks the loop up to the busy timeout; this process's own writers never hold it meanwhile. Elsewhere it
+        runs as `transaction`.
         """
         if self._sqlite_writer is None or not self._sqlite_file:
             async with self.transaction() as session:
@@ -182,24 +178,18 @@ class Database:
         return await self._inline(work, snapshot=True)
 
     async def _inline(self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False) -> T:
-        if self._inline_sessions is None:
-            # Through the module: SQLAlchemyInstrumentor wrapped its create_async_engine when __init__ instrumented
-            # (a second instrument() call does nothing), so this engine's statements get their spans too.
-            options = {**self._engine_options, "module": sqlite_async.dbapi(inline=True)}
-            engine = sqlalchemy.ext.asyncio.create_async_engine(self.url, **options)
-            _as_sqlite(engine.sync_engine)
-            self._inline_sessions = async_sessionmaker(engine, expire_on_commit=False)
-        # No span per statement (a trigger batch made ~14 of them, ~50 µs of CPU each to open, end and export): the
-        # caller's span covers the transaction, as run_in_transaction's and run_inline's do.
-        with suppress_instrumentation():
-            return await self._inline_in(work, snapshot)
-
-    async def _inline_in(self, work: Callable[[AsyncSession], Awaitable[T]], snapshot: bool) -> T:
-        assert self._inline_sessions is not None
-        async with self._inline_sessions() as session, session.begin():
+        with suppress_instrumentation(), self._inline_sync_sessions_made()() as session, session.begin():
             if snapshot:
-                await session.connection(execution_options={_SQLITE_DEFERRED: True})
-            return await work(session)
+                session.connection(execution_options={_SQLITE_DEFERRED: True})
+            return await work(InlineSession(session))
+
+    def _inline_sync_sessions_made(self) -> "sessionmaker[Session]":
+        """run_inline's, write_inline's and read_inline's pysqlite engine, used on the loop's thread only."""
+        if self._inline_sync_sessions is None:
+            engine = create_engine(self.url.set(drivername="sqlite"))
+            _as_sqlite(engine)
+            self._inline_sync_sessions = sessionmaker(engine, expire_on_commit=False)
+        return self._inline_sync_sessions
 
     def _run_sync(self, work: Callable[[Session], T]) -> T:
         if self._sync_sessions is None:
@@ -233,10 +223,6 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._inline_sessions is not None:
-            engine = self._inline_sessions.kw["bind"]
-            self._inline_sessions = None
-            await engine.dispose()
         if self._inline_sync_sessions is not None:
             self._inline_sync_sessions.kw["bind"].dispose()
             self._inline_sync_sessions = None
@@ -246,6 +232,54 @@ class Database:
         if self._reader_thread is not None:
             await _stop_thread(self._reader_thread, self._reader_sessions)
             self._reader_thread, self._reader_sessions = None, None
+
+
+class InlineSession(AsyncSession):
+    """An AsyncSession over a synchronous Session on the loop's thread (Database.write_inline, read_inline): awaiting
+    `execute` runs the statement at once, with no greenlet spawned for it and no async adapter under it.
+
+    What the async code of a transaction asks of its session: `execute` and `scalar`, `bind` (its dialect),
+    `connection()` (the dialect and the driver's connection, for rows written through the driver), `sync_session`
+    (events after commit). Any other AsyncSession method runs the synchronous Session's through greenlet_spawn, as
+    AsyncSession's own do; with a synchronous driver nothing in it awaits.
+    """
+
+    def __init__(self, session: Session) -> None:  # no async engine to build a session on: it is given one
+        self.sync_session = self._proxied = session
+        self._async_bind = None
+        self._async_binds = {}
+
+    @property  # type: ignore[misc, override]
+    def bind(self) -> Any:
+        """The synchronous engine (its dialect is what callers read)."""
+        return self.sync_session.bind
+
+    async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.sync_session.execute(statement, params, **kwargs)
+
+    async def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.sync_session.scalar(statement, params, **kwargs)
+
+    async def connection(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        return InlineConnection(self.sync_session.connection(**kwargs))
+
+
+class InlineConnection:
+    """What InlineSession.connection() gives: the synchronous Connection's dialect and driver connection, awaitable as
+    an AsyncConnection's are."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.sync_connection = connection
+        self.dialect = connection.dialect
+
+    async def get_raw_connection(self) -> Any:
+        return self.sync_connection.connection
+
+    async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self.sync_connection.execute(statement, params, **kwargs)
+
+    async def exec_driver_sql(self, statement: str, params: Any = None, **kwargs: Any) -> Any:
+        return self.sync_connection.exec_driver_sql(statement, params, **kwargs)
 
 
 async def _stop_thread(thread: ThreadPoolExecutor, sessions: "sessionmaker[Session] | None") -> None:

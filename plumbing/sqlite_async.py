@@ -12,15 +12,14 @@ it closes, and the rows wait in the adapter as they always did. Everything else 
 rollback, the pool, aiosqlite's own thread) is the stock driver's; `Database` builds every SQLite engine
 with `module=dbapi()`.
 
-`dbapi(inline=True)` crosses no thread at all: each call runs where it is awaited, blocking its loop for the
-statement (`Database.write_inline`): for a transaction of many short statements that must not wait for turns of
-a busy loop, where a crossing per statement only added two wake-ups and a wait.
+A transaction of many short statements that must not wait for turns of a busy loop runs on no thread of aiosqlite's
+at all, but through a synchronous pysqlite Session on the loop's thread (`Database.write_inline`, `InlineSession`).
 """
 
 import functools
 import sqlite3
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -35,7 +34,6 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_
 
 
 @dataclass(slots=True)
@@ -127,67 +125,20 @@ class OneCrossingConnection(AsyncAdapt_aiosqlite_connection):
             super().commit()
 
 
-class InlineConnection(aiosqlite.Connection):
-    """aiosqlite's connection without its thread: every call runs on the caller's thread, at once; a statement
-    blocks its loop until it ends."""
-
-    def __init__(self, database: str, **kwargs: Any) -> None:
-        super().__init__(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size=64)
-
-    def __await__(self) -> Generator[Any, None, "InlineConnection"]:
-        if self._connection is None:
-            self._connection = self._connector()
-        return self._connected().__await__()
-
-    async def _connected(self) -> "InlineConnection":
-        return self
-
-    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self._running or self._connection is None:
-            raise ValueError("Connection closed")
-        return fn(*args, **kwargs)
-
-    def stop(self) -> None:
-        self._running = False
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-
-class InlineAdaptedConnection(OneCrossingConnection):
-    """OneCrossingConnection on an InlineConnection; the stock adapter sets isolation_level through aiosqlite's
-    thread queue, which has no thread here."""
-
-    __slots__ = ()
-
-    @property
-    def isolation_level(self) -> str | None:
-        return self._connection.isolation_level
-
-    @isolation_level.setter
-    def isolation_level(self, value: str | None) -> None:
-        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        connection._conn.isolation_level = value  # type: ignore[assignment]
-
-
 class OneCrossingDbapi(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DBAPI shim whose connections open OneCrossingCursors (on InlineConnections when `inline`)."""
+    """The aiosqlite DBAPI shim whose connections open OneCrossingCursors."""
 
-    def __init__(self, *, inline: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__(aiosqlite, sqlite3)
-        self.inline = inline
 
     def connect(self, *arg: Any, **kw: Any) -> OneCrossingConnection:
-        if self.inline:
-            connection: Any = await_(InlineConnection(*arg, **kw))
-            return InlineAdaptedConnection(self, connection)
         stock = super().connect(*arg, **kw)
         return OneCrossingConnection(self, stock._connection)
 
 
-def dbapi(*, inline: bool = False) -> OneCrossingDbapi:
-    """The `module=` for create_async_engine on a sqlite+aiosqlite URL; `inline` crosses no thread (see above)."""
-    return OneCrossingDbapi(inline=inline)
+def dbapi() -> OneCrossingDbapi:
+    """The `module=` for create_async_engine on a sqlite+aiosqlite URL."""
+    return OneCrossingDbapi()
 
 
 def sqlite_datetime(value: datetime) -> str:
@@ -203,7 +154,10 @@ _tracer = trace.get_tracer(__name__)
 
 
 async def insert_rows(
-    connection: aiosqlite.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    connection: aiosqlite.Connection | sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
 ) -> None:
     """Inserts `rows` (tuples of driver values in the order of `columns`) in the connection's open transaction, in
     one call on aiosqlite's thread, as multi-row INSERTs of ROWS_PER_STATEMENT rows and the rest by executemany.
@@ -216,13 +170,26 @@ async def insert_rows(
     where instrumentation is suppressed, as it gives none there).
     """
     if not is_instrumentation_enabled():
-        await connection._execute(insert_values, connection._conn, table, columns, rows)
+        await _insert(connection, table, columns, rows)
         return
     with _tracer.start_as_current_span(
         f"INSERT {table}",
         kind=trace.SpanKind.CLIENT,
         attributes={"db.system": "sqlite", "db.operation": "INSERT", "db.sql.table": table, "db.rows": len(rows)},
     ):
+        await _insert(connection, table, columns, rows)
+
+
+async def _insert(
+    connection: aiosqlite.Connection | sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """insert_values on aiosqlite's thread, or here for a sqlite3 connection on the loop's thread (InlineSession)."""
+    if isinstance(connection, sqlite3.Connection):
+        insert_values(connection, table, columns, rows)
+    else:
         await connection._execute(insert_values, connection._conn, table, columns, rows)
 
 

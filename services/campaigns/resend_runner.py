@@ -3,7 +3,7 @@ past day runs, creates due resends, and completes campaigns whose last resend is
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +81,7 @@ class ResendRunner:
         # trace of its own of a connect, a BEGIN and four SELECTs).
         now = self.clock()
 
-        async def due(session: AsyncSession) -> tuple[bool, list[Any], set[str]]:
+        async def due(session: AsyncSession) -> tuple[bool, Sequence[Any], set[str]]:
             deferred_due = bool(await automation_store.due_follow_up_dispatches(session, now, 1))
             campaigns = await automation_store.campaigns_with_automation(session, automation_store.RESENDING_STATES)
             past_days_done = set()

@@ -1,6 +1,7 @@
 """The campaigns database: definitions, runs, the campaign-ID counters, outreaches, outbox and idempotency."""
 
 import hashlib
+import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -471,7 +472,7 @@ async def _insert_rows(
             return
     if dialect.name == "sqlite":
         driver = (await connection.get_raw_connection()).driver_connection
-        if isinstance(driver, aiosqlite.Connection):
+        if isinstance(driver, aiosqlite.Connection | sqlite3.Connection):
             await sqlite_async.insert_rows(driver, table.name, columns, rows)
             return
     if dialect.paramstyle == "qmark":

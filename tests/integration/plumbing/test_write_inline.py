@@ -3,6 +3,7 @@ file its statements run inline on the caller's thread, in this process's writer 
 database's reader thread, goes beside the writer."""
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -111,9 +112,11 @@ async def test_on_a_sqlite_file_inline_statements_run_on_the_callers_thread(tmp_
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
 
     async def thread_running_the_statement(session: AsyncSession) -> str:
-        raw = await (await session.connection()).get_raw_connection()
+        driver = (await (await session.connection()).get_raw_connection()).driver_connection
+        # aiosqlite's connection for the service's engine, pysqlite's own for the inline one.
+        sqlite = driver if isinstance(driver, sqlite3.Connection) else driver._conn
         # What runs a statement's SQL function is the thread that steps the statement.
-        raw.driver_connection._conn.create_function("thread_name", 0, lambda: threading.current_thread().name)
+        sqlite.create_function("thread_name", 0, lambda: threading.current_thread().name)
         return str((await session.execute(text("SELECT thread_name()"))).scalar_one())
 
     try:
