@@ -43,7 +43,12 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
+    # The relay publishes on a connection of its own: on the consumers' connection the server read a trigger batch's
+    # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
+    publisher = await Bus.connect(settings.nats_url, name="campaigns-outbox")
+    relay = OutboxRelay(
+        db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
+    )
     segments_channel = client_channel(settings.segments_target, provider)
     segments = SegmentsClient(segments_channel)
     runner = ReleaseRunner(
@@ -114,6 +119,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
             BackgroundTask("trigger-consumer", trigger_consumer.run, trigger_consumer.stop),
             BackgroundTask("follow-up-runner", resends.run, resends.stop),
         ],
-        # Closed in reverse: the segments channel first, then NATS drains, then the database.
-        closers=[db.dispose, bus.drain, close_segments_channel],
+        # Closed in reverse: the segments channel first, then NATS drains (the relay's connection, the consumers'),
+        # then the database.
+        closers=[db.dispose, bus.drain, publisher.drain, close_segments_channel],
     )
