@@ -116,6 +116,16 @@ async def ensure_run(
     run_id: str | None = None,
 ) -> Row[Any]:
     """The trigger run of a local day (unique per campaign and occurrence) or the resend run of a run (by id)."""
+    query: Any
+    if run_id is not None:
+        query, keys = select(campaign_runs).where(campaign_runs.c.run_id == run_id), {}
+    else:
+        query, keys = _RUN_OF_OCCURRENCE, {"campaign_key": campaign.campaign_key, "occurrence": occurrence}
+    # Read first: every trigger batch of the day finds its run, so the insert (and building it: ~0.3 ms of CPU, as
+    # much as the read) is the day's first batch's only.
+    existing = (await session.execute(query, keys)).first()
+    if existing is not None:
+        return existing
     values = {
         "run_id": run_id or new_id("run_"),
         "campaign_key": campaign.campaign_key,
@@ -132,18 +142,8 @@ async def ensure_run(
         "kind": kind,
     }
     statement = upsert_insert(session, campaign_runs).values(**values)
-    query: Any
-    if run_id is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=["run_id"])
-        query, keys = select(campaign_runs).where(campaign_runs.c.run_id == run_id), {}
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=["campaign_key", "occurrence_at"])
-        query, keys = _RUN_OF_OCCURRENCE, {"campaign_key": campaign.campaign_key, "occurrence": occurrence}
-    # Read first: every trigger batch of the day finds its run, so the insert is the day's first batch's only.
-    existing = (await session.execute(query, keys)).first()
-    if existing is not None:
-        return existing
-    await session.execute(statement)
+    conflict = ["run_id"] if run_id is not None else ["campaign_key", "occurrence_at"]
+    await session.execute(statement.on_conflict_do_nothing(index_elements=conflict))
     return (await session.execute(query, keys)).one()
 
 
