@@ -30,7 +30,12 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="attribution")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
+    # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
+    # on the consumers' one their pull requests and acks waited behind every event being stored.
+    publisher = await Bus.connect(settings.nats_url, name="attribution-outbox")
+    relay = OutboxRelay(
+        db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
+    )
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     ledger = Ledger(settings.cost(), settings.currency, settings.report_utc_offset_minutes)
 
@@ -66,5 +71,5 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             *(BackgroundTask(f"consumer-{c.spec.durable}", c.run, c.stop) for c in consumers),
         ],
-        closers=[db.dispose, bus.drain],
+        closers=[db.dispose, bus.drain, publisher.drain],
     )

@@ -36,7 +36,10 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="channels")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published)
+    # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
+    # on the consumers' one their pull requests and acks waited behind every event being stored.
+    publisher = await Bus.connect(settings.nats_url, name="channels-outbox")
+    relay = OutboxRelay(db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 
     servicer = ChannelsApi(db, outbox, Idempotency(store.idempotency), tracer)
@@ -137,5 +140,12 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("dispatch-consumer", consumer.run, consumer.stop),
         ],
-        closers=[db.dispose, bus.drain, http.close, smtp.close, *([suppressions.close] if suppressions else [])],
+        closers=[
+            db.dispose,
+            bus.drain,
+            publisher.drain,
+            http.close,
+            smtp.close,
+            *([suppressions.close] if suppressions else []),
+        ],
     )

@@ -30,7 +30,12 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="segments")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
-    relay = OutboxRelay(db, store.outbox, bus, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox)
+    # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
+    # on the consumers' one their pull requests and acks waited behind every event being stored.
+    publisher = await Bus.connect(settings.nats_url, name="segments-outbox")
+    relay = OutboxRelay(
+        db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
+    )
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     servicer = SegmentsApi(db, outbox, settings, tracer)
     await install_catalog_file(db, servicer.activity, settings.catalog_file)
@@ -63,5 +68,5 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
             BackgroundTask("window-sweeper", sweeper.run, sweeper.stop),
             BackgroundTask("bulk-ingest-consumer", bulk_ingest.run, bulk_ingest.stop),
         ],
-        closers=[db.dispose, bus.drain],
+        closers=[db.dispose, bus.drain, publisher.drain],
     )
