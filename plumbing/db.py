@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -106,6 +106,23 @@ class Database:
         async with self._sqlite_writer:
             with suppress_instrumentation(), self._inline_sync_sessions_made()() as session, session.begin():
                 return work(session)
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: a pooled connection on which each statement commits on its own, for plain SQL
+        (`exec_driver_sql`, prepared once per connection by asyncpg) that holds a whole transaction in one statement.
+
+        For a hot write on a busy event loop: each round trip to the server waits for a turn of the loop, and a
+        transaction of separate statements pays BEGIN and COMMIT round trips besides its statements. Its statements
+        get no spans of their own (the caller's span covers them).
+        """
+        if self.is_sqlite:
+            raise RuntimeError(
+                "autocommit() is for PostgreSQL; on SQLite a write goes through run_inline, in writer order"
+            )
+        with suppress_instrumentation():
+            async with self.engine.connect() as connection:
+                yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     async def read_in_thread(self, work: Callable[[Session], T]) -> T:
         """`work(session)` with a synchronous Session in a `snapshot`: on a SQLite file one call to a reader thread

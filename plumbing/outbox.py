@@ -182,6 +182,25 @@ class Outbox:
             session.execute(insert(self.table), list(rows))
         self._wake_after_commit(session)
 
+    @staticmethod
+    def column_arrays(
+        rows: Sequence[dict[str, Any]],
+    ) -> tuple[list[str], list[str], list[bytes], list[str], list[datetime]]:
+        """Rows built with event() as one list per column (event_id, subject, payload, headers as JSON text,
+        created_at), for a PostgreSQL statement that inserts them with unnest() as part of a larger write."""
+        return (
+            [row["event_id"] for row in rows],
+            [row["subject"] for row in rows],
+            [row["payload"] for row in rows],
+            [orjson.dumps(row["headers"]).decode() for row in rows],
+            [row["created_at"] for row in rows],
+        )
+
+    def committed(self) -> None:
+        """Wakes the relay after a commit that added rows without a Session (plain SQL in autocommit)."""
+        if self._on_commit is not None:
+            self._on_commit()
+
     def _wake_after_commit(self, session: Session) -> None:
         if self._on_commit is not None:
             event.listen(session, "after_commit", self._wake, once=True)

@@ -3,17 +3,17 @@
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from opentelemetry import trace
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database, transient_failure
-from plumbing.group_commit import GroupCommit, Submitted
+from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
 from plumbing.outbox import Outbox, utcnow
 from services import streams
 from services.channels import convert, store
@@ -27,6 +27,8 @@ from services.channels.delivery import (
 )
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 MAX_BATCH = 500
 """Rows per ledger transaction; a fetch of dispatch requests is 100, so a batch rarely reaches it."""
@@ -71,8 +73,9 @@ class Ledger:
 
     One stream of transactions carries both: each holds the outcomes of the hand-overs that ended and the intents
     of the messages that were cleared to go while the one before it was written (e-mails finish a few at a time
-    over the SMTP sessions, and each frees a slot for the next intent, so the two interleave). Each transaction is
-    one synchronous function run by Database.run_inline: on SQLite called on the loop's thread, in the writer order.
+    over the SMTP sessions, and each frees a slot for the next intent, so the two interleave). On SQLite each
+    transaction is one synchronous function run by Database.run_inline, on the loop's thread in the writer order; on
+    PostgreSQL the outcomes and the new messages are one statement (_write_postgresql).
     """
 
     def __init__(
@@ -102,40 +105,29 @@ class Ledger:
         assert isinstance(applied, bool)
         return applied
 
-    async def _write(self, batch: Sequence[Submitted[Intent | Outcome]]) -> list[Claim | bool]:
+    async def _write(self, batch: Sequence[Submitted[Intent | Outcome]]) -> list[Claim | bool | Alone]:
         intents = [Submitted(s.item, s.context) for s in batch if isinstance(s.item, Intent)]
         outcomes = [s.item for s in batch if isinstance(s.item, Outcome)]
         attributes = {"xsell.batch.intents": len(intents), "xsell.batch.outcomes": len(outcomes)}
         with self.tracer.start_as_current_span("channels.ledger.write", attributes=attributes):
-            for attempt in range(1, WRITE_ATTEMPTS + 1):
-                try:
-                    claims, applied = await self._write_once(intents, outcomes)
-                    break
-                except Exception as error:
-                    # Outcomes are known; losing them to a lock timeout or a deadlock would leave the messages
-                    # SENDING and make their redeliveries AMBIGUOUS. Writing the batch again is safe: nothing is
-                    # handed over on the strength of a transaction that rolled back.
-                    reason = transient_failure(error)
-                    if reason is None or attempt == WRITE_ATTEMPTS:
-                        raise
-                    log.warning("ledger_write_retried", reason=reason, attempt=attempt)
-                    await asyncio.sleep(0.05 * attempt)
-            else:
-                raise AssertionError("unreachable")
+            if not self.db.is_sqlite:
+                return await self._write_postgresql(batch, outcomes)
+            claims, applied = await _retried(functools.partial(self._write_once, intents, outcomes))
         next_claim, next_applied = iter(claims), iter(applied)
         return [next(next_claim) if isinstance(s.item, Intent) else next(next_applied) for s in batch]
 
     async def _write_alone(self, item: Intent | Outcome) -> Claim | bool:
         """One item in a transaction of its own, after its batch failed: one bad item does not fail the others."""
         [answer] = await self._write([Submitted(item, contextvars.copy_context())])
+        assert not isinstance(answer, Alone)
         return answer
 
     async def _write_once(
         self, intents: Sequence[Submitted[Intent]], outcomes: Sequence[Outcome]
     ) -> tuple[list[Claim], list[bool]]:
-        """Outcomes, then intents, in one transaction: their claims and which outcomes applied.
+        """SQLite: outcomes, then intents, in one transaction: their claims and which outcomes applied.
         A message settling is never among the intents: this replica handles a campaign ID once at a time."""
-        if self.db.is_sqlite and outcomes:
+        if outcomes:
             try:
                 return await self.db.run_inline(
                     functools.partial(self._write_all, intents, outcomes, self._settle_all_sending)
@@ -143,6 +135,77 @@ class Ledger:
             except _SettledMeanwhile:
                 pass  # rolled back; written again below, after reading which are still SENDING
         return await self.db.run_inline(functools.partial(self._write_all, intents, outcomes, self._settle_all))
+
+    async def _write_postgresql(
+        self, batch: Sequence[Submitted[Intent | Outcome]], outcomes: Sequence[Outcome]
+    ) -> list[Claim | bool | Alone]:
+        """PostgreSQL: the outcomes and the messages new to the ledger in one statement (one round trip, a transaction
+        of its own); then, only if some intents are of messages that exist already (a redelivery, a retry), those in a
+        transaction that locks their rows and decides from their states. A message created by the statement is
+        claimed (SEND, as dispatch_action decides for a message not in the ledger); a second copy of it in the batch
+        is skipped.
+
+        Each of the two is retried on its own: once the first has committed, writing it again would find its
+        messages SENDING (and make them AMBIGUOUS) and its outcomes applied already. For the same reason, when the
+        second still fails, only its intents are answered ALONE (written one by one), and the first's answers stand.
+        """
+        firsts: dict[str, Intent] = {}
+        for submitted in batch:
+            if isinstance(submitted.item, Intent):
+                firsts.setdefault(submitted.item.campaign_id, submitted.item)
+        settled, created = await _retried(functools.partial(self._settle_and_create, list(firsts.values()), outcomes))
+        if any(o.event is not None and o.campaign_id in settled for o in outcomes):
+            self.outbox.committed()
+        answers: list[Claim | bool | Alone] = []
+        existing: dict[int, Submitted[Intent]] = {}
+        claimed: set[str] = set()
+        for submitted in batch:
+            item = submitted.item
+            if isinstance(item, Outcome):
+                answers.append(item.campaign_id in settled)
+            elif item.campaign_id not in created:
+                existing[len(answers)] = Submitted(item, submitted.context)
+                answers.append(ALONE)  # answered below
+            elif item.campaign_id in claimed:
+                # The same campaign ID twice in one batch (two copies of the request): the first one sends.
+                answers.append(Claim(DispatchAction.SKIP, DeliveryState.SENDING, 0))
+            else:
+                claimed.add(item.campaign_id)
+                answers.append(Claim(DispatchAction.SEND, DeliveryState.QUEUED, 0))
+        if existing:
+            decide = functools.partial(self._write_all, list(existing.values()), [], self._settle_all)
+            try:
+                claims, _ = await _retried(functools.partial(self.db.run_inline, decide))
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                log.warning("ledger_intents_written_alone", intents=len(existing))
+                return answers
+            for index, claim in zip(existing, claims, strict=True):
+                answers[index] = claim
+        return answers
+
+    async def _settle_and_create(self, new: Sequence[Intent], outcomes: Sequence[Outcome]) -> tuple[set[str], set[str]]:
+        now = utcnow()
+        # What dispatch_action decides for a message not in the ledger (SEND), written as the row is created.
+        assert dispatch_action(None) is DispatchAction.SEND
+        changes = [
+            (change, TimelineStep(state_step(o.state), o.at, o.detail or o.reason), o.event)
+            for change, o in zip(_state_changes(outcomes), outcomes, strict=True)
+        ]
+        async with self.db.autocommit() as connection:
+            return await store.settle_and_create(
+                connection,
+                changes,
+                [{"campaign_id": i.campaign_id, "channel": i.channel, "profile_id": i.profile_id} for i in new],
+                state=DeliveryState.SENDING,
+                steps=[
+                    TimelineStep(state_step(DeliveryState.QUEUED), now),
+                    TimelineStep(state_step(DeliveryState.SENDING), now, "attempt 1"),
+                ],
+                now=now,
+                outbox_columns=Outbox.column_arrays,
+            )
 
     def _write_all(
         self,
@@ -246,6 +309,25 @@ class Ledger:
         settled = [o for o, ok in zip(outcomes, applied, strict=True) if ok]
         store.set_states(session, _state_changes(settled))
         return applied, settled
+
+
+async def _retried(write: Callable[[], Awaitable[T]]) -> T:
+    """`write()`, written again after a transient failure (a lock timeout, a deadlock, a lost connection).
+
+    Outcomes are known; losing them to a transient failure would leave the messages SENDING and make their
+    redeliveries AMBIGUOUS. Writing a transaction again is safe: nothing is handed over on the strength of a
+    transaction that rolled back.
+    """
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            return await write()
+        except Exception as error:
+            reason = transient_failure(error)
+            if reason is None or attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning("ledger_write_retried", reason=reason, attempt=attempt)
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 class _SettledMeanwhile(Exception):

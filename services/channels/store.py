@@ -1,6 +1,6 @@
 """Tables and queries of the channels database: messages keyed by campaign ID, their timelines, outbox, idempotency."""
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection, Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from plumbing.db import upsert_insert
@@ -296,6 +296,111 @@ def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep
             insert(message_timeline),
             [{"campaign_id": c, "step": s.step, "at": s.at, "detail": s.detail[:500]} for c, s in steps],
         )
+
+
+async def settle_and_create(
+    connection: AsyncConnection,
+    changes: Sequence[tuple[Mapping[str, Any], TimelineStep, dict[str, Any] | None]],
+    new: Sequence[Mapping[str, str]],
+    *,
+    state: DeliveryState,
+    steps: Sequence[TimelineStep],
+    now: datetime,
+    outbox_columns: Callable[[Sequence[dict[str, Any]]], tuple[list[Any], ...]],
+) -> tuple[set[str], set[str]]:
+    """PostgreSQL, in one statement (one round trip; one transaction on an autocommit connection): each change (as
+    set_states takes it) applied only if its message is still SENDING, and then its timeline step and its outbox row
+    (when it has one) written; and the messages of `new` (campaign_id, channel, profile_id) that do not exist yet
+    created at `now` in `state`, with the timeline `steps`. Returns the campaign IDs whose change applied and those
+    it created; a message of `new` that exists already is left as it is, for the caller to lock and decide on.
+
+    An UPDATE whose condition is the state needs no read before it: a row another transaction is changing is waited
+    for, and the condition is checked again on the row as that transaction left it (READ COMMITTED). Keys go in
+    campaign ID order, so rows are locked in the order lock_states locks them.
+    """
+    changes = sorted(changes, key=lambda change: change[0]["campaign_id"])
+    new = sorted(new, key=lambda row: row["campaign_id"])
+    events = [(change["campaign_id"], row) for change, _, row in changes if row is not None]
+    result: Result[Any] = await connection.exec_driver_sql(
+        _PG_SETTLE_AND_CREATE,
+        (
+            [change["campaign_id"] for change, _, _ in changes],
+            [change["state"].value for change, _, _ in changes],
+            [change["at"] for change, _, _ in changes],
+            [change["reason"][:1000] for change, _, _ in changes],
+            [change["provider_message_id"] for change, _, _ in changes],
+            [change["at"] if change["state"] is DeliveryState.SENT else None for change, _, _ in changes],
+            [1 if change["count_attempt"] else 0 for change, _, _ in changes],
+            [step.step for _, step, _ in changes],
+            [step.at for _, step, _ in changes],
+            [step.detail[:500] for _, step, _ in changes],
+            DeliveryState.SENDING.value,
+            [campaign_id for campaign_id, _ in events],
+            *outbox_columns([row for _, row in events]),
+            [row["campaign_id"] for row in new],
+            [row["channel"] for row in new],
+            [row["profile_id"] for row in new],
+            state.value,
+            now,
+            [step.step for step in steps],
+            [step.at for step in steps],
+            [step.detail[:500] for step in steps],
+        ),
+    )
+    settled: set[str] = set()
+    created: set[str] = set()
+    for row in result:
+        (settled if row.applied else created).add(row.campaign_id)
+    return settled, created
+
+
+# Its parts see one snapshot and none of each other's writes but through RETURNING; the timeline's foreign key is
+# checked at the statement's end, once the new messages are in. A message's steps go in the order given, the outbox
+# rows in campaign ID order (the outbox's seq is the relay's order).
+_PG_SETTLE_AND_CREATE = """
+WITH change AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[], $7::int[],
+        $8::text[], $9::timestamptz[], $10::text[]
+    ) AS c(campaign_id, state, at, reason, provider_message_id, sent_at, attempt, step, step_at, detail)
+), settled AS (
+    UPDATE messages AS m SET
+        state = c.state, updated_at = c.at, reason = c.reason,
+        provider_message_id = coalesce(c.provider_message_id, m.provider_message_id),
+        sent_at = coalesce(c.sent_at, m.sent_at), attempts = m.attempts + c.attempt
+    FROM change AS c
+    WHERE m.campaign_id = c.campaign_id AND m.state = $11
+    RETURNING m.campaign_id
+), settled_events AS (
+    INSERT INTO outbox (event_id, subject, payload, headers, created_at)
+    SELECT e.event_id, e.subject, e.payload, e.headers::json, e.created_at
+    FROM unnest($12::text[], $13::text[], $14::text[], $15::bytea[], $16::text[], $17::timestamptz[])
+        WITH ORDINALITY AS e(campaign_id, event_id, subject, payload, headers, created_at, n)
+    WHERE e.campaign_id IN (SELECT campaign_id FROM settled)
+    ORDER BY e.n
+), created AS (
+    INSERT INTO messages (campaign_id, channel, profile_id, state, attempts, reason, created_at, updated_at)
+    SELECT i.campaign_id, i.channel, i.profile_id, $21, 0, '', $22, $22
+    FROM unnest($18::text[], $19::text[], $20::text[]) WITH ORDINALITY AS i(campaign_id, channel, profile_id, n)
+    ORDER BY i.n
+    ON CONFLICT DO NOTHING
+    RETURNING campaign_id
+), steps AS (
+    INSERT INTO message_timeline (campaign_id, step, at, detail)
+    SELECT campaign_id, step, at, detail FROM (
+        SELECT c.campaign_id, c.step, c.step_at AS at, c.detail, 0::bigint AS n
+        FROM change AS c JOIN settled USING (campaign_id)
+        UNION ALL
+        SELECT created.campaign_id, s.step, s.at, s.detail, s.n
+        FROM created
+        CROSS JOIN unnest($23::text[], $24::timestamptz[], $25::text[]) WITH ORDINALITY AS s(step, at, detail, n)
+    ) AS written
+    ORDER BY campaign_id, n
+)
+SELECT true AS applied, campaign_id FROM settled
+UNION ALL
+SELECT false, campaign_id FROM created
+"""
 
 
 # The ledger's batch statements on SQLite, run as they are: per row, SQLAlchemy's parameter processing (a dict per
