@@ -58,6 +58,8 @@ class Database:
         self._reader_thread: ThreadPoolExecutor | None = None
         # For run_inline, write_inline and read_inline on a SQLite file: a pysqlite engine used on the loop's thread.
         self._inline_sync_sessions: sessionmaker[Session] | None = None
+        # For keep_connection (PostgreSQL): the connections kept out of the pool, closed by dispose.
+        self._kept: list[KeptConnection] = []
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
         SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
@@ -107,22 +109,13 @@ class Database:
             with suppress_instrumentation(), self._inline_sync_sessions_made()() as session, session.begin():
                 return work(session)
 
-    @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """PostgreSQL: a pooled connection on which each statement commits on its own, for plain SQL
-        (`exec_driver_sql`, prepared once per connection by asyncpg) that holds a whole transaction in one statement.
-
-        For a hot write on a busy event loop: each round trip to the server waits for a turn of the loop, and a
-        transaction of separate statements pays BEGIN and COMMIT round trips besides its statements. Its statements
-        get no spans of their own (the caller's span covers them).
-        """
+    def keep_connection(self) -> "KeptConnection":
+        """PostgreSQL: an autocommit connection kept for one stream of writes, closed with the database."""
         if self.is_sqlite:
-            raise RuntimeError(
-                "autocommit() is for PostgreSQL; on SQLite a write goes through run_inline, in writer order"
-            )
-        with suppress_instrumentation():
-            async with self.engine.connect() as connection:
-                yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+            raise RuntimeError("a kept connection is for PostgreSQL; on SQLite a write goes through run_inline")
+        kept = KeptConnection(self.engine)
+        self._kept.append(kept)
+        return kept
 
     async def read_in_thread(self, work: Callable[[Session], T]) -> T:
         """`work(session)` with a synchronous Session in a `snapshot`: on a SQLite file one call to a reader thread
@@ -239,6 +232,8 @@ class Database:
             await connection.run_sync(_upgrade, migrations_dir)
 
     async def dispose(self) -> None:
+        for kept in self._kept:
+            await kept.close()
         await self.engine.dispose()
         if self._inline_sync_sessions is not None:
             self._inline_sync_sessions.kw["bind"].dispose()
@@ -309,6 +304,45 @@ class InlineConnection:
 
     async def exec_driver_sql(self, statement: str, params: Any = None, **kwargs: Any) -> Any:
         return self.sync_connection.exec_driver_sql(statement, params, **kwargs)
+
+
+class KeptConnection:
+    """A PostgreSQL connection kept out of the pool for one stream of writes, each statement committing on its own
+    (autocommit), for plain SQL (`exec_driver_sql`, prepared once per connection by asyncpg) that holds a whole
+    transaction in one statement.
+
+    For a hot write on a busy event loop, where every round trip to the server waits for a turn of the loop: a
+    transaction of separate statements pays BEGIN and COMMIT round trips besides its statements, and a checkout from
+    the pool pays a ping (pool_pre_ping) and the pool's own work. Writes take turns on it. A write that fails
+    discards the connection (it may have been lost, or left mid-statement) and the next one checks out another.
+    Its statements get no spans of their own (the caller's span covers them).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._turn = asyncio.Lock()
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[AsyncConnection]:
+        async with self._turn:
+            with suppress_instrumentation():
+                if self._connection is None:
+                    connection = await self._engine.connect()
+                    self._connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                try:
+                    yield self._connection
+                except BaseException:
+                    connection, self._connection = self._connection, None
+                    await connection.invalidate()
+                    await connection.close()
+                    raise
+
+    async def close(self) -> None:
+        async with self._turn:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await connection.close()
 
 
 async def _stop_thread(thread: ThreadPoolExecutor, sessions: "sessionmaker[Session] | None") -> None:

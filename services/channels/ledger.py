@@ -89,6 +89,8 @@ class Ledger:
         self.db = db
         self.outbox = outbox
         self.tracer = tracer
+        # PostgreSQL: the one connection the outcomes and new messages are written on, one statement at a time.
+        self._statements = None if db.is_sqlite else db.keep_connection()
         self._writes: GroupCommit[Intent | Outcome, Claim | bool] = GroupCommit(
             "channels-ledger", self._write, max_batch=max_batch, alone=self._write_alone, tracer=tracer
         )
@@ -193,7 +195,8 @@ class Ledger:
             (change, TimelineStep(state_step(o.state), o.at, o.detail or o.reason), o.event)
             for change, o in zip(_state_changes(outcomes), outcomes, strict=True)
         ]
-        async with self.db.autocommit() as connection:
+        assert self._statements is not None
+        async with self._statements.use() as connection:
             return await store.settle_and_create(
                 connection,
                 changes,
