@@ -189,7 +189,7 @@ class Ledger:
 
     async def _settle_and_create(self, new: Sequence[Intent], outcomes: Sequence[Outcome]) -> tuple[set[str], set[str]]:
         now = utcnow()
-        # What dispatch_action decides for a message not in the ledger (SEND), written as the row is created.
+        # A new message is written SENDING at once: what dispatch_action decides for one not in the ledger.
         assert dispatch_action(None) is DispatchAction.SEND
         changes = [
             (change, TimelineStep(state_step(o.state), o.at, o.detail or o.reason), o.event)
@@ -207,7 +207,6 @@ class Ledger:
                     TimelineStep(state_step(DeliveryState.SENDING), now, "attempt 1"),
                 ],
                 now=now,
-                outbox_columns=Outbox.column_arrays,
             )
 
     def _write_all(

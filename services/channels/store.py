@@ -1,6 +1,6 @@
 """Tables and queries of the channels database: messages keyed by campaign ID, their timelines, outbox, idempotency."""
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from plumbing.db import upsert_insert
 from plumbing.idempotency import idempotency_table
-from plumbing.outbox import outbox_table
+from plumbing.outbox import Outbox, outbox_table
 from plumbing.sqlite_async import sqlite_datetime
 from services.channels.delivery import DeliveryState, MessageRecord, TimelineStep, state_step
 
@@ -306,7 +306,6 @@ async def settle_and_create(
     state: DeliveryState,
     steps: Sequence[TimelineStep],
     now: datetime,
-    outbox_columns: Callable[[Sequence[dict[str, Any]]], tuple[list[Any], ...]],
 ) -> tuple[set[str], set[str]]:
     """PostgreSQL, in one statement (one round trip; one transaction on an autocommit connection): each change (as
     set_states takes it) applied only if its message is still SENDING, and then its timeline step and its outbox row
@@ -336,7 +335,7 @@ async def settle_and_create(
             [step.detail[:500] for _, step, _ in changes],
             DeliveryState.SENDING.value,
             [campaign_id for campaign_id, _ in events],
-            *outbox_columns([row for _, row in events]),
+            *Outbox.column_arrays([row for _, row in events]),
             [row["campaign_id"] for row in new],
             [row["channel"] for row in new],
             [row["profile_id"] for row in new],
@@ -383,6 +382,7 @@ WITH change AS (
     SELECT i.campaign_id, i.channel, i.profile_id, $21, 0, '', $22, $22
     FROM unnest($18::text[], $19::text[], $20::text[]) WITH ORDINALITY AS i(campaign_id, channel, profile_id, n)
     ORDER BY i.n
+    -- A row that exists (a redelivery, another replica's) is left for the caller to lock and decide on.
     ON CONFLICT DO NOTHING
     RETURNING campaign_id
 ), steps AS (
