@@ -146,3 +146,35 @@ async def test_a_batch_of_new_and_known_messages_claims_each_as_its_state_says(d
         assert events == 1  # the AMBIGUOUS one's DeliveryUpdated
     finally:
         await db.dispose()
+
+
+async def test_the_relay_is_woken_after_a_statement_that_wrote_events_and_only_then(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    await db.migrate(MIGRATIONS)
+    woken: list[int] = []
+    outbox = Outbox(store.outbox, on_commit=lambda: woken.append(len(woken)))
+    ledger = Ledger(db, outbox, TracerProvider().get_tracer("test"))
+    sent, settled_by_receipt = new_campaign_id(), new_campaign_id()
+    try:
+        for campaign_id in (sent, settled_by_receipt):
+            await ledger.claim(Intent(campaign_id, "CHANNEL_SMS", "prf_1", False, QUEUED_AT))
+        async with db.transaction() as session:
+            await store.set_state(session, settled_by_receipt, DeliveryState.DELIVERED, now=SENT_AT, reason="receipt")
+        assert woken == []
+
+        late = Outcome(
+            settled_by_receipt,
+            DeliveryState.SENT,
+            SENT_AT,
+            "",
+            "",
+            "SM2",
+            _delivery_updated(outbox, settled_by_receipt, DeliveryState.SENT),
+        )
+        assert await ledger.settle(late) is False
+        assert woken == []
+        event = _delivery_updated(outbox, sent, DeliveryState.SENT)
+        assert await ledger.settle(Outcome(sent, DeliveryState.SENT, SENT_AT, "", "", "SM1", event)) is True
+        assert woken == [0]
+    finally:
+        await db.dispose()
