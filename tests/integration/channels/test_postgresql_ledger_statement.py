@@ -3,7 +3,9 @@ and a batch that also holds known messages still decides each of them from its s
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select, text
 
@@ -176,5 +178,45 @@ async def test_the_relay_is_woken_after_a_statement_that_wrote_events_and_only_t
         event = _delivery_updated(outbox, sent, DeliveryState.SENT)
         assert await ledger.settle(Outcome(sent, DeliveryState.SENT, SENT_AT, "", "", "SM1", event)) is True
         assert woken == [0]
+    finally:
+        await db.dispose()
+
+
+async def test_when_the_known_messages_fail_the_new_ones_keep_their_claims_and_the_known_go_alone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(postgres_url)
+    await db.migrate(MIGRATIONS)
+    ledger = _ledger(db)
+    known, fresh = new_campaign_id(), new_campaign_id()
+    try:
+        async with db.transaction() as session:
+            await store.insert_queued_if_absent(
+                session, campaign_id=known, channel="CHANNEL_SMS", profile_id="prf_1", now=QUEUED_AT
+            )
+        write_all = ledger._write_all
+        failures = iter([RuntimeError("the first transaction of known messages fails")])
+
+        def failing_once(*args: Any) -> Any:
+            for failure in failures:
+                raise failure
+            return write_all(*args)
+
+        monkeypatch.setattr(ledger, "_write_all", failing_once)
+
+        claims = await asyncio.gather(
+            ledger.claim(Intent(fresh, "CHANNEL_SMS", "prf_2", False, QUEUED_AT)),
+            ledger.claim(Intent(known, "CHANNEL_SMS", "prf_1", False, QUEUED_AT)),
+        )
+
+        # The new message's claim committed with the statement and stands; written again, it would have found its
+        # own row SENDING and made it AMBIGUOUS. The known one was written alone after its batch failed.
+        assert claims == [
+            Claim(DispatchAction.SEND, DeliveryState.QUEUED, 0),
+            Claim(DispatchAction.SEND, DeliveryState.QUEUED, 0),
+        ]
+        async with db.snapshot() as session:
+            records = [await store.load_message(session, c) for c in (fresh, known)]
+        assert [r.state if r else None for r in records] == [DeliveryState.SENDING, DeliveryState.SENDING]
     finally:
         await db.dispose()
