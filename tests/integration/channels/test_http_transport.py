@@ -1,0 +1,341 @@
+"""The channels HTTP client against a scripted HTTP/1.1 server on port 0: keep-alive, bodies, what failures mean."""
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from services.channels.delivery import ProviderOutcomeUnknown, ProviderUnavailable
+from services.channels.providers.base import ProviderRequest
+from services.channels.providers.http import HttpTransport
+from tests.waiting import eventually
+
+OK_JSON = b'{"id":"m-1"}'
+
+
+def content_length(body: bytes = OK_JSON, status: str = "200 OK", extra: bytes = b"") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n".encode()
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+@dataclass
+class Received:
+    """One request as the server read it."""
+
+    connection: int
+    head: bytes
+    body: bytes
+
+
+Answer = Callable[[Received], list[bytes] | None]
+"""What the server writes for a request: pieces written one by one (with a pause between them), then it goes on
+reading; an empty list closes the connection without an answer; None closes it after reading and never answers."""
+
+
+@dataclass
+class ScriptedServer:
+    """An HTTP/1.1 server that reads each request (Content-Length bodies) and answers what the test says."""
+
+    answer: Answer = lambda received: [content_length()]
+    received: list[Received] = field(default_factory=list)
+    connections: int = 0
+    close_after_answer: bool = False
+    server: asyncio.Server | None = None
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1/send?x=1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        self.writers.append(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                received = Received(number, head, await reader.readexactly(length))
+                self.received.append(received)
+                pieces = self.answer(received)
+                if pieces is None:
+                    await reader.read()  # holds the connection open, silent, until the client goes
+                    return
+                if not pieces:
+                    return
+                for piece in pieces:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                if self.close_after_answer:
+                    return
+        finally:
+            writer.close()
+
+    async def close_idle_connections(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
+    yield scripted
+    scripted.server.close()
+    await scripted.close_idle_connections()
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[HttpTransport]:
+    http = HttpTransport(timeout_seconds=0.5, connect_timeout_seconds=2.0, max_connections=8)
+    yield http
+    await http.close()
+
+
+def post(url: str, body: bytes = b"To=%2B919876543210", **headers: str) -> ProviderRequest:
+    return ProviderRequest("POST", url, body, {"Content-Type": "application/x-www-form-urlencoded", **headers})
+
+
+async def test_the_request_goes_out_whole_and_the_answer_comes_back(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    answer = await transport.send(post(server.url, Authorization="Basic abc"))
+
+    assert (answer.status, answer.body) == (200, OK_JSON)
+    assert answer.headers["content-type"] == "application/json"
+    [received] = server.received
+    lines = received.head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/send?x=1 HTTP/1.1"
+    port = server.url.split(":")[2].split("/")[0]
+    assert f"Host: 127.0.0.1:{port}" in lines
+    assert "Content-Length: 18" in lines
+    assert "Authorization: Basic abc" in lines
+    assert received.body == b"To=%2B919876543210"
+
+
+async def test_one_connection_carries_many_requests(server: ScriptedServer, transport: HttpTransport) -> None:
+    for _ in range(5):
+        assert (await transport.send(post(server.url))).status == 200
+
+    assert len(server.received) == 5
+    assert server.connections == 1
+
+
+async def test_concurrent_requests_get_connections_of_their_own_and_keep_them(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    for _ in range(3):
+        answers = await asyncio.gather(*(transport.send(post(server.url)) for _ in range(4)))
+        assert [a.status for a in answers] == [200] * 4
+
+    assert len(server.received) == 12
+    assert server.connections == 4
+
+
+async def test_connection_close_in_the_answer_means_a_new_connection_for_the_next_request(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    server.answer = lambda received: [content_length(extra=b"Connection: close\r\n")]
+    server.close_after_answer = True
+
+    for _ in range(3):
+        assert (await transport.send(post(server.url))).body == OK_JSON
+
+    assert server.connections == 3
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    await transport.send(post(server.url))
+    await server.close_idle_connections()
+
+    async def seen_closed() -> bool:  # the server's FIN reached the client's idle connection
+        return not any(connection.reusable for idle in transport._idle.values() for connection in idle)
+
+    await eventually(seen_closed)
+
+    answer = await transport.send(post(server.url))
+
+    assert answer.status == 200
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte by byte"])
+async def test_chunked_and_content_length_bodies_are_read_whole_however_they_arrive(
+    server: ScriptedServer, transport: HttpTransport, split: bool
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;ext=1\r\n{"id"\r\n'
+        b'7\r\n:"m-1"}\r\n'
+        b"0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    answers = iter([chunked, content_length(b'{"id":"m-2"}')])
+
+    def answer(received: Received) -> list[bytes]:
+        whole = next(answers)
+        return [whole[i : i + 1] for i in range(len(whole))] if split else [whole]
+
+    server.answer = answer
+
+    first = await transport.send(post(server.url))
+    second = await transport.send(post(server.url))
+
+    assert first.body == OK_JSON
+    assert second.body == b'{"id":"m-2"}'
+    assert server.connections == 1  # the chunked answer's end was found, so the connection was reused
+
+
+async def test_an_answer_without_a_length_is_read_until_the_server_closes(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    server.answer = lambda received: [b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n", OK_JSON]
+    server.close_after_answer = True
+
+    assert (await transport.send(post(server.url))).body == OK_JSON
+    assert (await transport.send(post(server.url))).body == OK_JSON
+    assert server.connections == 2
+
+
+async def test_an_interim_100_continue_is_skipped_and_a_gzip_body_is_decoded(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    packed = gzip.compress(OK_JSON)
+    server.answer = lambda received: [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        content_length(packed, extra=b"Content-Encoding: gzip\r\n"),
+    ]
+
+    answer = await transport.send(post(server.url))
+
+    assert (answer.status, answer.body) == (200, OK_JSON)
+
+
+async def test_an_error_status_is_an_answer_with_its_headers(server: ScriptedServer, transport: HttpTransport) -> None:
+    server.answer = lambda received: [content_length(b"{}", "429 Too Many Requests", b"Retry-After: 7\r\n")]
+
+    answer = await transport.send(post(server.url))
+
+    assert answer.status == 429
+    assert answer.headers["retry-after"] == "7"
+
+
+async def test_no_answer_within_the_read_timeout_is_an_unknown_outcome(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    server.answer = lambda received: None
+
+    with pytest.raises(ProviderOutcomeUnknown) as raised:
+        await transport.send(post(server.url))
+
+    assert "TimeoutError" in raised.value.reason
+    assert len(server.received) == 1  # the provider had the request
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [],  # closed without a word
+        [b'HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{"id"'],  # closed halfway through the body
+        [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"id"\r\n'],  # before the last chunk
+    ],
+    ids=["no answer", "half a body", "half the chunks"],
+)
+async def test_a_connection_closed_before_the_whole_answer_is_an_unknown_outcome(
+    server: ScriptedServer, transport: HttpTransport, pieces: list[bytes]
+) -> None:
+    server.answer = lambda received: pieces
+    server.close_after_answer = True
+
+    with pytest.raises(ProviderOutcomeUnknown) as raised:
+        await transport.send(post(server.url))
+
+    assert "ConnectionLost" in raised.value.reason
+    assert len(server.received) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP/1.0 250 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    ],
+    ids=["status line", "content length", "chunk size", "header"],
+)
+async def test_an_answer_that_cannot_be_read_is_an_unknown_outcome_and_its_connection_is_dropped(
+    server: ScriptedServer, transport: HttpTransport, answer: bytes
+) -> None:
+    answers = iter([answer, content_length()])
+    server.answer = lambda received: [next(answers)]
+
+    with pytest.raises(ProviderOutcomeUnknown) as raised:
+        await transport.send(post(server.url))
+    assert "MalformedAnswer" in raised.value.reason
+
+    assert (await transport.send(post(server.url))).status == 200
+    assert server.connections == 2
+
+
+async def test_a_cancelled_request_does_not_leave_its_connection_for_the_next(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    answers = iter([None, [content_length()]])
+    server.answer = lambda received: next(answers)
+    sending = asyncio.create_task(transport.send(post(server.url)))
+
+    async def sent() -> bool:
+        return bool(server.received)
+
+    await eventually(sent)
+
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+
+    assert (await transport.send(post(server.url))).status == 200
+    assert server.connections == 2
+
+
+async def test_a_server_that_is_not_listening_certainly_has_nothing(transport: HttpTransport) -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+
+    with pytest.raises(ProviderUnavailable) as raised:
+        await transport.send(post(f"http://127.0.0.1:{port}/v1/send"))
+
+    assert not isinstance(raised.value, ProviderOutcomeUnknown)
+    assert raised.value.reason == f"connection to 127.0.0.1:{port} failed: ConnectionRefusedError"
+
+
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(
+    server: ScriptedServer, transport: HttpTransport
+) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        await transport.send(post(server.url, **{"X-Xsell-Campaign-Id": "C-1\r\nX-Evil: 1"}))
+
+    assert server.connections == 0
