@@ -49,14 +49,22 @@ class HttpTransport:
     chunked, or read-until-close bodies; gzip and deflate answers decoded.
     """
 
-    def __init__(self, *, timeout_seconds: float, connect_timeout_seconds: float, max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        connect_timeout_seconds: float,
+        max_connections: int = 100,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeout_seconds = timeout_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
         self.max_connections = max_connections
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._idle_count = 0
-        self._tls: ssl.SSLContext | None = None
+        # https: the system's trusted CAs and hostname checks (ssl.create_default_context) unless given another.
+        self._tls = tls
         self._closed = False
 
     async def send(self, request: ProviderRequest) -> ProviderAnswer:

@@ -2,12 +2,16 @@
 
 import asyncio
 import gzip
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from services.channels.delivery import ProviderOutcomeUnknown, ProviderUnavailable
+from services.channels.providers import http
 from services.channels.providers.base import ProviderRequest
 from services.channels.providers.http import HttpTransport
 from tests.waiting import eventually
@@ -48,12 +52,13 @@ class ScriptedServer:
     close_after_answer: bool = False
     server: asyncio.Server | None = None
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    origin: str = "http://127.0.0.1"
 
     @property
     def url(self) -> str:
         assert self.server is not None
         port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1/send?x=1"
+        return f"{self.origin}:{port}/v1/send?x=1"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -339,3 +344,77 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(
         await transport.send(post(server.url, **{"X-Xsell-Campaign-Id": "C-1\r\nX-Evil: 1"}))
 
     assert server.connections == 0
+
+
+async def test_an_idle_connection_older_than_the_keep_alive_is_replaced(
+    server: ScriptedServer, transport: HttpTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "KEEP_ALIVE_SECONDS", 0.0)
+
+    for _ in range(3):
+        assert (await transport.send(post(server.url))).status == 200
+
+    assert server.connections == 3
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and a server certificate for localhost signed by it."""
+    directory = tmp_path_factory.mktemp("pki")
+    (directory / "server.ext").write_text("subjectAltName=DNS:localhost\n")
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=directory)
+    _openssl(
+        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=xsell test CA", "-days", "1", "-out", "ca.pem",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key", cwd=directory)
+    _openssl("req", "-new", "-key", "server.key", "-subj", "/CN=localhost", "-out", "server.csr", cwd=directory)
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", "server.ext", "-out", "server.pem", cwd=directory,
+    )  # fmt: skip
+    return directory
+
+
+@pytest.fixture
+async def tls_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
+    scripted = ScriptedServer(origin="https://localhost")
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=context)
+    yield scripted
+    scripted.server.close()
+    await scripted.close_idle_connections()
+
+
+async def test_https_goes_over_tls_checked_against_the_trusted_cas_and_keeps_its_connection(
+    tls_server: ScriptedServer, certificates: Path
+) -> None:
+    trusting = HttpTransport(
+        timeout_seconds=5.0,
+        connect_timeout_seconds=5.0,
+        tls=ssl.create_default_context(cafile=certificates / "ca.pem"),
+    )
+    try:
+        for _ in range(3):
+            assert (await trusting.send(post(tls_server.url))).body == OK_JSON
+    finally:
+        await trusting.close()
+
+    assert len(tls_server.received) == 3
+    assert tls_server.connections == 1
+
+
+async def test_a_server_whose_certificate_is_not_trusted_certainly_has_nothing(
+    tls_server: ScriptedServer, transport: HttpTransport
+) -> None:
+    with pytest.raises(ProviderUnavailable) as raised:
+        await transport.send(post(tls_server.url))  # the system's CAs do not include the test CA
+
+    assert not isinstance(raised.value, ProviderOutcomeUnknown)
+    assert "SSLCertVerificationError" in raised.value.reason
+    assert len(tls_server.received) == 0
