@@ -7,7 +7,7 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
@@ -40,12 +40,22 @@ def setup_metrics(service: str, host: str, port: int | None) -> MetricsServer:
         http_server, _thread = start_http_server(port, addr=host, registry=registry)
     # OTEL_METRICS_EXPORTER=none (the standard variable) keeps metrics off OTLP while spans still use it:
     # in Kubernetes Prometheus scrapes the metrics port instead.
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and os.environ.get("OTEL_METRICS_EXPORTER", "otlp") != "none":
+    otlp = (
+        bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        and os.environ.get("OTEL_METRICS_EXPORTER", "otlp") != "none"
+    )
+    if otlp:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    # Exemplars (a sampled trace per histogram bucket) reach only an OTLP backend; the Prometheus reader drops them. Off
+    # unless metrics go over OTLP (or OTEL_METRICS_EXEMPLAR_FILTER says otherwise): offering every measurement made in
+    # a sampled span to the reservoir cost ~2 of a histogram record's ~7.5 µs, twice per dispatched message.
+    exemplars = None if otlp or os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER") else AlwaysOffExemplarFilter()
     provider = MeterProvider(
-        resource=Resource.create({"service.name": service, "service.namespace": "xsell"}), metric_readers=readers
+        resource=Resource.create({"service.name": service, "service.namespace": "xsell"}),
+        metric_readers=readers,
+        exemplar_filter=exemplars,
     )
     return MetricsServer(provider, http_server)
 
