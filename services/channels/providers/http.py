@@ -173,8 +173,9 @@ def _target(url: str) -> _Target | None:
 
 
 def _encode(request: ProviderRequest, target: _Target) -> bytes:
-    """The request as it goes on the wire. A name or value with a line break would add a header or end the head
-    early (header injection), so it is refused, as aiohttp refused it."""
+    """The request as it goes on the wire, its head in UTF-8 as aiohttp wrote it (the request line and Host are ASCII:
+    yarl percent-encodes the path and IDNA-encodes the host). A name or value with a line break would add a header or
+    end the head early (header injection), so it is refused, as aiohttp refused it."""
     lines = [
         f"{request.method} {target.request_target} HTTP/1.1\r\nHost: {target.host_header}\r\n"
         f"User-Agent: {USER_AGENT}\r\nContent-Length: {len(request.body)}\r\n"
@@ -184,7 +185,7 @@ def _encode(request: ProviderRequest, target: _Target) -> bytes:
             raise ValueError(f"HTTP header {name!r} has a line break or a colon in its name or value")
         lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
-    return "".join(lines).encode("latin-1") + request.body
+    return "".join(lines).encode() + request.body
 
 
 class _Connection(asyncio.Protocol):

@@ -138,6 +138,13 @@ async def test_the_request_goes_out_whole_and_the_answer_comes_back(
     assert received.body == b"To=%2B919876543210"
 
 
+async def test_a_header_value_beyond_ascii_goes_out_in_utf_8(server: ScriptedServer, transport: HttpTransport) -> None:
+    await transport.send(post(server.url, **{"X-Note": "Priya ₹5,00,000"}))
+
+    [received] = server.received
+    assert "X-Note: Priya ₹5,00,000".encode() in received.head.split(b"\r\n")
+
+
 async def test_one_connection_carries_many_requests(server: ScriptedServer, transport: HttpTransport) -> None:
     for _ in range(5):
         assert (await transport.send(post(server.url))).status == 200
