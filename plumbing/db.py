@@ -250,10 +250,10 @@ class InlineSession(AsyncSession):
     """An AsyncSession over a synchronous Session on the loop's thread (Database.write_inline, read_inline): awaiting
     `execute` runs the statement at once, with no greenlet spawned for it and no async adapter under it.
 
-    What the async code of a transaction asks of its session: `execute` and `scalar`, `bind` (its dialect),
-    `connection()` (the dialect and the driver's connection, for rows written through the driver), `sync_session`
-    (events after commit). Any other AsyncSession method runs the synchronous Session's through greenlet_spawn, as
-    AsyncSession's own do; with a synchronous driver nothing in it awaits.
+    What the async code of a transaction asks of its session: `execute`, `bind` (its dialect), `connection()` (the
+    dialect and the driver's connection, for rows written through the driver), `sync_session` (events after commit).
+    Any other AsyncSession method runs the synchronous Session's through greenlet_spawn, as AsyncSession's own do;
+    with a synchronous driver nothing in it awaits.
     """
 
     def __init__(self, session: Session) -> None:  # no async engine to build a session on: it is given one
@@ -276,9 +276,6 @@ class InlineSession(AsyncSession):
             self._connection = self.sync_session.connection()
         return self._connection.execute(statement, params)
 
-    async def scalar(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return self.sync_session.scalar(statement, params, **kwargs)
-
     async def connection(self, **kwargs: Any) -> Any:  # type: ignore[override]
         return InlineConnection(self.sync_session.connection(**kwargs))
 
@@ -289,8 +286,8 @@ def _orm_enabled(statement: Any) -> bool:
 
 
 class InlineConnection:
-    """What InlineSession.connection() gives: the synchronous Connection's dialect and driver connection, awaitable as
-    an AsyncConnection's are."""
+    """What InlineSession.connection() gives: the synchronous Connection's dialect, and its driver connection awaitable
+    as an AsyncConnection's is."""
 
     def __init__(self, connection: Connection) -> None:
         self.sync_connection = connection
@@ -298,12 +295,6 @@ class InlineConnection:
 
     async def get_raw_connection(self) -> Any:
         return self.sync_connection.connection
-
-    async def execute(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
-        return self.sync_connection.execute(statement, params, **kwargs)
-
-    async def exec_driver_sql(self, statement: str, params: Any = None, **kwargs: Any) -> Any:
-        return self.sync_connection.exec_driver_sql(statement, params, **kwargs)
 
 
 class KeptConnection:

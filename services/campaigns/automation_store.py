@@ -26,9 +26,6 @@ _ON_SEGMENTS = select(campaigns).where(
     campaigns.c.state == bindparam("state"),
     campaigns.c.automation.is_not(None),
 )
-_IN_STATE = select(campaigns).where(
-    campaigns.c.campaign_key.in_(bindparam("campaign_keys", expanding=True)), campaigns.c.state == bindparam("state")
-)
 _o = outreaches.c
 _LAST_TRIGGER_OUTREACHES = (
     select(_o.profile_id, func.max(_o.created_at))
@@ -72,12 +69,6 @@ async def campaigns_on_segments(session: AsyncSession, segment_ids: Sequence[str
     if not segment_ids:
         return []
     return (await session.execute(_ON_SEGMENTS, {"segment_ids": list(segment_ids), "state": state})).all()
-
-
-async def campaigns_in_state(session: AsyncSession, campaign_keys: Sequence[str], state: str) -> Sequence[Row[Any]]:
-    if not campaign_keys:
-        return []
-    return (await session.execute(_IN_STATE, {"campaign_keys": list(campaign_keys), "state": state})).all()
 
 
 async def claim_messages(session: AsyncSession, consumer: str, message_ids: Sequence[str], at: datetime) -> set[str]:
