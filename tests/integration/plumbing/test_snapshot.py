@@ -1,12 +1,11 @@
 """A snapshot read sees one committed state however many statements it runs, and is read-only."""
 
-import asyncio
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from plumbing.db import Database
+from tests.integration.plumbing.writers import writer_holding_the_lock
 
 
 async def test_statements_in_a_snapshot_do_not_see_commits_made_between_them(database_url: str) -> None:
@@ -54,20 +53,8 @@ async def test_a_snapshot_does_not_queue_behind_a_writer_on_sqlite(tmp_path: obj
         async with db.transaction() as session:
             await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
             await session.execute(text("INSERT INTO ledger VALUES (50)"))
-        writing, release = asyncio.Event(), asyncio.Event()
-
-        async def slow_writer() -> None:
-            async with db.transaction() as writer:
-                await writer.execute(text("INSERT INTO ledger VALUES (1)"))
-                writing.set()
-                await release.wait()
-
-        task = asyncio.create_task(slow_writer())
-        await writing.wait()
         # The writer holds this process's write lock and SQLite's: the read is answered from the last commit.
-        async with db.snapshot() as reader:
+        async with writer_holding_the_lock(db), db.snapshot() as reader:
             assert (await reader.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 50
-        release.set()
-        await task
     finally:
         await db.dispose()
