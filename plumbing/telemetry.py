@@ -94,6 +94,15 @@ def headers_span_context(headers: Mapping[str, str]) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
 
 
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` (version 00) of the current span, or None outside any span: what the propagator would
+    inject, formatted directly (for a hot call that carries its caller's context without a client span of its own)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 def parent_from_headers(headers: Mapping[str, str]) -> otel_context.Context:
     """The context a message's headers carry, for the span that continues its trace."""
     remote = headers_span_context(headers)

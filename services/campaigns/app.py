@@ -78,7 +78,9 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     follow_up_outbox = Outbox(store.outbox, on_commit=relay.notify)
     templates = CompiledTemplates(library)
     maker = OutreachMaker(runner.gate, follow_up_outbox, tracer, templates)
-    people = PersonLookup(segments_channel)
+    # Its own channel, without client spans: each look-up carries its caller's trace context itself (PersonLookup).
+    lookup_channel = client_channel(settings.segments_target, None)
+    people = PersonLookup(lookup_channel)
     trigger_handler = TriggerHandler(db, people, runner.gate, templates, tracer, relay=relay)
     trigger_consumer = Consumer(
         bus,
@@ -107,6 +109,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
 
     async def close_segments_channel() -> None:
         await segments_channel.close()
+        await lookup_channel.close()
 
     return ServiceProcess(
         "campaigns",

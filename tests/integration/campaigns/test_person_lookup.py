@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plumbing.errors import Unavailable
 from services.campaigns.person_client import BATCH_GET_MAX, PersonLookup
@@ -20,10 +23,12 @@ class BatchSegments(seg_grpc.SegmentsServiceServicer):
     """Knows every profile but those named ghost-…; p-0007 has opted out of SMS; can be made unavailable."""
 
     requests: list[seg_service.BatchGetProfilesRequest] = field(default_factory=list)
+    traceparents: list[str | None] = field(default_factory=list)
     unavailable: bool = False
 
     async def BatchGetProfiles(self, request, context):  # type: ignore[no-untyped-def]
         self.requests.append(request)
+        self.traceparents.append(dict(context.invocation_metadata()).get("traceparent"))
         if self.unavailable:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "segments is restarting")
         response = seg_service.BatchGetProfilesResponse()
@@ -83,3 +88,39 @@ async def test_segments_unavailable_is_an_error_to_retry(segments: tuple[BatchSe
     servicer.unavailable = True
     with pytest.raises(Unavailable, match="UNAVAILABLE"):
         await PersonLookup(channel).members(["p-0001"], datetime.now(UTC))
+
+
+async def test_a_call_carries_its_callers_trace_and_describes_itself_on_the_callers_span(
+    segments: tuple[BatchSegments, grpc.aio.Channel],
+) -> None:
+    servicer, channel = segments
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("campaigns.triggers batch") as batch:
+        await PersonLookup(channel).members(["p-0001", "p-0002"], datetime.now(UTC))
+        context = batch.get_span_context()
+
+    # Segments' server span continues the batch's trace as the batch span's child: no client span between them.
+    assert servicer.traceparents == [f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"]
+    [span] = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["rpc.method"] == "BatchGetProfiles"
+    assert span.attributes["xsell.profiles.asked"] == 2
+
+    # Outside any span a call carries no context.
+    await PersonLookup(channel).members(["p-0003"], datetime.now(UTC))
+    assert servicer.traceparents[-1] is None
+
+
+async def test_a_failed_call_is_recorded_on_the_callers_span(segments: tuple[BatchSegments, grpc.aio.Channel]) -> None:
+    servicer, channel = segments
+    servicer.unavailable = True
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("campaigns.triggers batch"), pytest.raises(Unavailable):
+        await PersonLookup(channel).members(["p-0001"], datetime.now(UTC))
+    [span] = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
