@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -10,12 +11,15 @@ from opentelemetry.trace import Link
 
 from plumbing.telemetry import (
     CAMPAIGN_ID,
+    SPAN_EXPORT_BATCH,
+    SPAN_EXPORT_DELAY_MS,
     JsonlSpanExporter,
     _OutreachIdGenerator,
     headers_span_context,
     outreach_ids,
     outreach_span,
     parent_from_headers,
+    setup_tracing,
     spans_for_campaign_id,
 )
 
@@ -140,3 +144,26 @@ def test_a_span_already_in_the_outreach_trace_nests_under_the_current_span() -> 
     inner = spans["attribution.record_disbursement"]
     assert inner.parent.span_id == server.get_span_context().span_id
     assert inner.links == ()
+
+
+def _batching(provider: TracerProvider) -> tuple[int, float]:
+    [processor] = provider._active_span_processor._span_processors  # type: ignore[attr-defined]
+    batching = processor._batch_processor  # type: ignore[attr-defined]
+    return batching._max_export_batch_size, batching._schedule_delay_millis
+
+
+def test_spans_are_exported_in_small_batches_soon_after_they_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("OTEL_BSP_SCHEDULE_DELAY", raising=False)
+    # The SDK's defaults (512 spans, 5 s) held the loop ~5.6 ms per export and kept 5 s of spans in memory.
+    assert _batching(setup_tracing("campaigns", tmp_path)) == (SPAN_EXPORT_BATCH, SPAN_EXPORT_DELAY_MS)
+    assert SPAN_EXPORT_BATCH <= 64
+    assert SPAN_EXPORT_DELAY_MS <= 500
+
+
+def test_the_standard_variables_override_the_export_batching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "256")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "1000")
+    assert _batching(setup_tracing("campaigns", tmp_path)) == (256, 1000.0)
