@@ -1,7 +1,7 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -403,6 +403,22 @@ def transient_failure(error: BaseException) -> str | None:
     if sqlstate in _RETRYABLE_SQLSTATES:
         return f"the database resolved a conflict with a concurrent transaction (SQLSTATE {sqlstate})"
     return None
+
+
+def in_values(values: Sequence[T]) -> list[T]:
+    """`values` for an expanding IN, padded to the next power of two by repeating the last one (an IN is a set, so
+    the copies change nothing): a list of any length then renders one of ~11 statements up to 1,000 values.
+
+    Each length renders a statement text of its own, and the driver keeps the last 128 it prepared per connection
+    (pysqlite's cached_statements; asyncpg's cache likewise): the outbox relay's marks of 1-1,000 seqs kept up to
+    ~20 MiB of prepared statements on one SQLite connection (128 of ~900-1,000 values, measured with sqlite3 alone).
+    """
+    if not values:
+        return []
+    padded = list(values)
+    size = 1 << (len(padded) - 1).bit_length()
+    padded.extend([padded[-1]] * (size - len(padded)))
+    return padded
 
 
 def dialect_of(session: AsyncSession) -> str:

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
-from plumbing.db import Database, upsert_insert
+from plumbing.db import Database, in_values, upsert_insert
 from plumbing.ids import new_id
 from plumbing.metrics import meter
 from plumbing.sqlite_async import sqlite_datetime
@@ -571,9 +571,10 @@ class OutboxRelay:
         loop (BEGIN, UPDATE, COMMIT), each waiting for a turn behind everything else that was ready, and a trigger
         batch's transaction waiting for that lock waited for all of them (1.6 ms per BEGIN and 1.4 ms per UPDATE
         on average in a trigger run's spans). One statement with an expanding parameter, compiled once: building
-        an IN of 200 literals each time cost more than running it.
+        an IN of 200 literals each time cost more than running it. Its seqs are padded (in_values), so the driver
+        prepares ~11 statement texts rather than one per count.
         """
-        values = {"seqs": seqs, "now": utcnow()}
+        values = {"seqs": in_values(seqs), "now": utcnow()}
         if session is not None:
             await session.execute(self._mark, values)
         else:
