@@ -1,12 +1,15 @@
 """On SQLite the ledger's batch statements bypass SQLAlchemy's parameter processing; they store what it stores."""
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from plumbing.db import Database
+from plumbing.db import Database, transient_failure
 from services.channels import store
 from services.channels.app import MIGRATIONS
 from services.channels.delivery import DeliveryState, TimelineStep
@@ -109,3 +112,26 @@ async def test_only_ambiguous_messages_are_indexed_by_state_and_an_operators_lis
         assert listed == ["unsure"]
     finally:
         await db.dispose()
+
+
+async def test_a_ledger_statement_that_finds_the_database_locked_fails_as_a_retryable_sqlalchemy_error(
+    tmp_path: Path,
+) -> None:
+    # The statements run on the driver's connection; its errors must still reach the ledger as SQLAlchemy raises them,
+    # or _retried would not know a lock timeout (another process writing the file) from a lasting failure.
+    path = tmp_path / "channels.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.migrate(MIGRATIONS)
+    await db.dispose()
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with Session(engine) as session, pytest.raises(OperationalError) as raised:
+            store.add_timeline_steps(session, [("ledger", TimelineStep("delivery:QUEUED", QUEUED_AT))])
+        assert "database is locked" in str(raised.value.orig)
+        assert transient_failure(raised.value) is not None
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()
