@@ -150,6 +150,10 @@ class DispatchHandler:
         self.email = email
         self.policy = policy or SendPolicy()
         self.ledger = Ledger(db, outbox, tracer)
+        # Bound once, after run_service configured structlog: the module's lazy proxy binds a new logger from the
+        # configuration on every call (~4 µs even when the level filters the line out), and dispatch_sent is logged
+        # for every message. The log context (campaign ID, trace ids) is still merged from contextvars per line.
+        self._log = log.bind()
         self._in_flight: set[str] = set()
         # DeliveryUpdated event ids: unique to this handler (a ULID), then a counter.
         self._event_prefix = new_id("evt_")
@@ -228,15 +232,15 @@ class DispatchHandler:
             provider = prepared.provider if prepared is not None else "none"
             if malformed is not None:
                 self._count(provider, "malformed")
-                log.warning("dispatch_malformed", reason=malformed)
+                self._log.warning("dispatch_malformed", reason=malformed)
                 raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
             assert blocked is not None
             if blocked.retry_in is None:
                 self._count(provider, "suppressed")
-                log.info("dispatch_suppressed", reason=blocked.reason)
+                self._log.info("dispatch_suppressed", reason=blocked.reason)
                 return
             self._count(provider, "quiet_hours")
-            log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
+            self._log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
             raise RetryLater(blocked.reason, blocked.retry_in)
 
         tokens = self.providers.access_tokens.get(prepared.provider)
@@ -253,10 +257,10 @@ class DispatchHandler:
             # After the throttle's wait, in one transaction with the intents of the other messages in flight.
             claim = await self.ledger.claim(Intent(campaign_id, channel, event.profile_id, prepared.deduplicates, now))
             if claim.action is DispatchAction.SKIP:
-                log.info("dispatch_redelivery_skipped", state=claim.state.value)
+                self._log.info("dispatch_redelivery_skipped", state=claim.state.value)
                 return
             if claim.action is DispatchAction.MARK_AMBIGUOUS:
-                log.warning("dispatch_ambiguous", attempts=claim.attempts)
+                self._log.warning("dispatch_ambiguous", attempts=claim.attempts)
                 return
             attempts = claim.attempts
             started = time.perf_counter()
@@ -267,7 +271,7 @@ class DispatchHandler:
                 if not prepared.deduplicates:
                     await self._settle(campaign_id, channel, DeliveryState.AMBIGUOUS, failure.reason)
                     self._count(prepared.provider, "ambiguous")
-                    log.warning("dispatch_ambiguous", reason=failure.reason)
+                    self._log.warning("dispatch_ambiguous", reason=failure.reason)
                     return
                 # The provider drops a repeated campaign ID, so asking again settles the outcome.
                 await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
@@ -276,7 +280,7 @@ class DispatchHandler:
                 self._timed(prepared.provider, started)
                 await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
                 self._count(prepared.provider, "rejected")
-                log.warning("dispatch_rejected", reason=failure.reason)
+                self._log.warning("dispatch_rejected", reason=failure.reason)
                 return
             except ProviderUnavailable as failure:
                 self._timed(prepared.provider, started)
@@ -293,7 +297,7 @@ class DispatchHandler:
             detail=accepted.detail,
         )
         self._count(prepared.provider, "sent")
-        log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
+        self._log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
 
     def _timed(self, provider: str, started: float) -> None:
         attributes = self._provider_attributes.get(provider)
@@ -320,12 +324,12 @@ class DispatchHandler:
         state, attempts = locked
         action = dispatch_action(state, provider_deduplicates=deduplicates)
         if action is DispatchAction.SKIP:
-            log.info("dispatch_redelivery_skipped", state=state.value)
+            self._log.info("dispatch_redelivery_skipped", state=state.value)
             return None
         if action is DispatchAction.MARK_AMBIGUOUS:
             # Resending here could reach the person twice; the provider's receipt (or an operator) settles it.
             await self._record(session, campaign_id, channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH)
-            log.warning("dispatch_ambiguous", attempts=attempts)
+            self._log.warning("dispatch_ambiguous", attempts=attempts)
             return None
         return attempts
 
@@ -358,10 +362,10 @@ class DispatchHandler:
                 )
         if gave_up is not None:
             self._count(prepared.provider, "gave_up")
-            log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=failure.reason)
+            self._log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=failure.reason)
             raise PermanentError(f"campaign ID {campaign_id}: {gave_up}") from failure
         self._count(prepared.provider, "retry")
-        log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
+        self._log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
         raise RetryLater(failure.reason, self.policy.backoff.delay(delivery.num_delivered)) from failure
 
     async def _retry_later(
@@ -381,7 +385,7 @@ class DispatchHandler:
             if not await self._settle(campaign_id, channel, DeliveryState.FAILED, reason):
                 return
             self._count(provider, "gave_up")
-            log.error("dispatch_gave_up", attempts=attempt, reason=failure.reason)
+            self._log.error("dispatch_gave_up", attempts=attempt, reason=failure.reason)
             raise PermanentError(f"campaign ID {campaign_id}: {reason}")
         delay = self.policy.backoff.delay(attempt)
         if isinstance(failure, ProviderThrottled) and failure.retry_after is not None:
@@ -390,7 +394,7 @@ class DispatchHandler:
         if not await self.ledger.settle(Outcome(campaign_id, DeliveryState.QUEUED, at, failure.reason)):
             return
         self._count(provider, "retry")
-        log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
+        self._log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
         # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
         raise RetryLater(failure.reason, delay)
 
@@ -411,7 +415,7 @@ class DispatchHandler:
         outcome = Outcome(campaign_id, state, at, reason, detail or "", provider_message_id, event)
         if await self.ledger.settle(outcome):
             return True
-        log.info("dispatch_settled_by_receipt")
+        self._log.info("dispatch_settled_by_receipt")
         return False
 
     def _delivery_updated_row(self, update: DeliveryUpdated, at: datetime) -> dict[str, Any]:
