@@ -11,10 +11,11 @@ every status callback, so a delivery receipt settles an ambiguous send.
 
 import base64
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from services.channels.delivery import Accepted, ProviderUnavailable
 from services.channels.outgoing import OutgoingSms
@@ -48,7 +49,7 @@ class ExotelSms:
         }
         if self.status_callback_url:
             form["StatusCallback"] = self.status_callback_url
-        return ProviderRequest("POST", self._url, urlencode(form).encode(), self._headers)
+        return ProviderRequest("POST", self._url, form_urlencoded(form), self._headers)
 
     @functools.cached_property
     def _url(self) -> str:
@@ -81,3 +82,24 @@ class ExotelSms:
         else:
             detail = answer.body[:200].decode(errors="replace")
         raise failure_for_status(self.provider, answer, detail)
+
+
+# What quote_plus leaves as it is (letters, digits, "_.-~") and the space it turns into "+"; every other byte of the
+# UTF-8 text becomes %XX.
+_FORM_ESCAPED = re.compile(rb"[^A-Za-z0-9_.~ -]")
+
+
+def form_urlencoded(fields: Mapping[str, str]) -> bytes:
+    """The body urlencode(fields).encode() makes (application/x-www-form-urlencoded, UTF-8), byte for byte.
+
+    Written directly: urllib's quote_plus escapes a text one byte at a time through a Python function, ~10 µs for an
+    SMS body of a hundred characters, where a regular expression finds the few bytes to escape."""
+    return b"&".join(_form_escaped(name) + b"=" + _form_escaped(value) for name, value in fields.items())
+
+
+def _form_escaped(text: str) -> bytes:
+    return _FORM_ESCAPED.sub(_percent, text.encode()).replace(b" ", b"+")
+
+
+def _percent(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
