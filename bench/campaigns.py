@@ -468,9 +468,9 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
         if "release" in parts:
             async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
                 audience = max(10_000, int(FULL_AUDIENCE * context.spec.scale))
-                # The process's first release climbs from a cold start for its first ~10-20 s (caches, buffers,
-                # malloc arenas reaching their working size); the goal is about growth with the audience, so both
-                # measured releases run after it.
+                # A process grows ~40 MiB in its first release and the relay's drain of it (prepared statements,
+                # caches, the allocator's pools reaching their working size) and keeps it; the goal is about growth
+                # with the audience, so both measured releases run after it.
                 warm_up = await release_rate(stub, process, audience // 10)
                 print(f"campaigns release (warm-up, not measured): {warm_up}", flush=True)
                 # Each measured release starts as the other does: the relay idle, every event before it published

@@ -19,7 +19,7 @@ from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
-from plumbing.telemetry import TRACEPARENT, outreach_ids, outreach_span
+from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_ids, outreach_span
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
@@ -425,9 +425,9 @@ class DispatchHandler:
         event_id = f"{self._event_prefix}-{next(self._event_numbers):x}"
         update.event_id = event_id
         headers = {MSG_ID_HEADER: event_id, CAMPAIGN_ID_HEADER: update.campaign_id}
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            headers[TRACEPARENT] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            headers[TRACEPARENT] = traceparent
         return {
             "event_id": event_id,
             "subject": streams.DELIVERY_UPDATED,
