@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServerError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -42,6 +42,10 @@ PULL_EXPIRES_SECONDS = 5.0
 
 REFUSED_PULL_PAUSE_SECONDS = 0.05
 """The pause before asking again when the server ended a pull request early with an error status."""
+
+STREAM_CREATE_ATTEMPTS = 5
+STREAM_CREATE_PAUSE_SECONDS = 0.2
+"""ensure_streams asks the server again, after 0.2, 0.4, ... s, when it fails to create a stream's store."""
 
 STOP_WAIT_SECONDS = 2.0
 """How long a stop waits for the messages in hand to be handled before it gives up on them."""
@@ -233,12 +237,24 @@ class Bus:
                 duplicate_window=spec.duplicate_window_seconds,
                 max_age=spec.max_age_seconds,
             )
-            try:
-                await self.js.stream_info(spec.name)
-            except NotFoundError:
-                await self.js.add_stream(config)
-            else:
-                await self.js.update_stream(config)
+            for attempt in range(1, STREAM_CREATE_ATTEMPTS + 1):
+                try:
+                    await self.js.stream_info(spec.name)
+                except NotFoundError:
+                    try:
+                        await self.js.add_stream(config)
+                    except ServerError as error:
+                        # "error creating store for stream" (500, 10049): the server could not set up the stream's
+                        # files this time (seen once in a test run, a stream of the same name deleted just before);
+                        # asking again after a pause creates it, where giving up would fail the service's start.
+                        if attempt == STREAM_CREATE_ATTEMPTS:
+                            raise
+                        log.warning("stream_create_retried", stream=spec.name, attempt=attempt, error=str(error))
+                        await asyncio.sleep(STREAM_CREATE_PAUSE_SECONDS * attempt)
+                        continue
+                else:
+                    await self.js.update_stream(config)
+                break
 
     async def drain(self) -> None:
         """Lets pending publishes and acks reach the server, then closes."""

@@ -1,0 +1,45 @@
+"""ensure_streams asks again when the server fails to create a stream's store, and gives up after its attempts."""
+
+from typing import Any
+
+import pytest
+from nats.js.errors import ServerError
+
+from plumbing import bus as bus_module
+from plumbing.bus import Bus, StreamSpec
+
+SPEC = StreamSpec(name="ENSURE_TEST", subjects=("ensure.test.>",))
+
+
+def _failing_first(bus: Bus, failures: int) -> list[int]:
+    """bus.js.add_stream refusing `failures` times as the server did once in a test run, then the real call."""
+    calls: list[int] = []
+    real = bus.js.add_stream
+
+    async def add_stream(config: Any = None, **params: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise ServerError(code=500, err_code=10049, description="error creating store for stream")
+        return await real(config, **params)
+
+    bus.js.add_stream = add_stream  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_store_the_server_failed_to_create_is_asked_for_again(
+    nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bus_module, "STREAM_CREATE_PAUSE_SECONDS", 0.0)
+    calls = _failing_first(nats_bus, failures=2)
+    await nats_bus.ensure_streams([SPEC])
+    assert len(calls) == 3
+    info = await nats_bus.js.stream_info(SPEC.name)
+    assert info.config.subjects == list(SPEC.subjects)
+
+
+async def test_a_store_that_never_comes_fails_the_start(nats_bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bus_module, "STREAM_CREATE_PAUSE_SECONDS", 0.0)
+    calls = _failing_first(nats_bus, failures=bus_module.STREAM_CREATE_ATTEMPTS)
+    with pytest.raises(ServerError):
+        await nats_bus.ensure_streams([SPEC])
+    assert len(calls) == bus_module.STREAM_CREATE_ATTEMPTS
