@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import Row, and_, bindparam, exists, func, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plumbing.db import upsert_insert
+from plumbing.db import in_values, run_on_driver, sqlite_driver, upsert_insert
 from plumbing.ids import new_id
+from plumbing.sqlite_async import sqlite_datetime
 from services.campaigns.store import campaign_runs, campaigns, inbox, outreaches, run_exclusions
 
 TRIGGER, RESEND = "trigger", "resend"
@@ -71,10 +72,29 @@ async def campaigns_on_segments(session: AsyncSession, segment_ids: Sequence[str
     return (await session.execute(_ON_SEGMENTS, {"segment_ids": list(segment_ids), "state": state})).all()
 
 
+_SQLITE_CLAIM = (
+    "INSERT INTO inbox (consumer, message_id, applied_at) VALUES {} "
+    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id"
+)
+
+
 async def claim_messages(session: AsyncSession, consumer: str, message_ids: Sequence[str], at: datetime) -> set[str]:
     """Records the messages as applied by `consumer` in one statement; returns those it had not applied before."""
     if not message_ids:
         return set()
+    driver = sqlite_driver(session)
+    if driver is not None:
+        # A trigger batch's claim on the inline session: the driver's own INSERT ... RETURNING (~140 against ~270 µs
+        # through SQLAlchemy's insertmanyvalues for five messages). The ids are padded (in_values): a copy of the last
+        # row conflicts with it and is skipped, and the statement text is one of a few.
+        ids = in_values(list(dict.fromkeys(message_ids)))
+        applied = sqlite_datetime(at)
+        claimed = run_on_driver(
+            driver,
+            _SQLITE_CLAIM.format(", ".join(["(?, ?, ?)"] * len(ids))),
+            tuple(value for message_id in ids for value in (consumer, message_id, applied)),
+        )
+        return {row[0] for row in claimed}
     statement = upsert_insert(session, inbox).on_conflict_do_nothing().returning(inbox.c.message_id)
     # Executed with a list of rows, not .values(rows): SQLAlchemy batches these into multi-row INSERTs from one
     # cached compilation, where a statement with its rows built in was compiled anew for every batch size.

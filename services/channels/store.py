@@ -3,7 +3,7 @@
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -25,11 +25,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Result
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from plumbing.db import in_values, upsert_insert
+from plumbing.db import in_values, run_on_driver, sqlite_driver, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import Outbox, outbox_table
 from plumbing.sqlite_async import sqlite_datetime
@@ -438,41 +437,21 @@ def _sqlite_in(statement: str, count: int) -> str:
 
 
 def _sqlite(session: Session) -> "sqlite3.Connection | Connection | None":
-    """On SQLite, what the ledger's statements run on, looked up once per transaction; None on other backends.
-
-    On a SQLite file (Database.run_inline's and run_in_transaction's pysqlite engines) the driver's connection under the
-    session's transaction, the statements run on it directly: through Connection.exec_driver_sql each cost ~10 µs of
-    SQLAlchemy (its execution context, events, result wrapping) and each Session.connection() call ~5 µs more, against
-    ~1 µs for the driver's own call. Through the async driver (an in-memory database) the session's Connection.
-    """
-    transaction = session.get_transaction()
-    known = session.info.get(_STATEMENTS_KEY)
-    if known is not None and known[0] is transaction:
-        return cast("sqlite3.Connection | Connection | None", known[1])
+    """On SQLite, what the ledger's statements run on; None on other backends. On a SQLite file the driver's connection
+    under the session's transaction (plumbing.db.sqlite_driver), the statements run on it directly; through the async
+    driver (an in-memory database) the session's Connection."""
+    driver = sqlite_driver(session)
+    if driver is not None:
+        return driver
     connection = session.connection()
-    target: sqlite3.Connection | Connection | None = None
-    if connection.dialect.name == "sqlite":
-        driver = connection.connection.driver_connection
-        target = driver if isinstance(driver, sqlite3.Connection) else connection
-    session.info[_STATEMENTS_KEY] = (session.get_transaction(), target)
-    return target
-
-
-_STATEMENTS_KEY = "xsell_channels_sqlite_statements"
+    return connection if connection.dialect.name == "sqlite" else None
 
 
 def _run(target: "sqlite3.Connection | Connection", statement: str, parameters: Sequence[Any]) -> Any:
-    """One statement (a list of rows: executemany); the driver's errors raised as SQLAlchemy raises them, so
-    plumbing.db.transient_failure still tells a lock timeout from a lasting failure. Its result iterates rows and has
-    rowcount."""
+    """One statement (a list of rows: executemany) on what _sqlite gave. Its result iterates rows and has rowcount."""
     if not isinstance(target, sqlite3.Connection):
         return target.exec_driver_sql(statement, parameters)
-    try:
-        if isinstance(parameters, list):
-            return target.executemany(statement, parameters)
-        return target.execute(statement, parameters)
-    except sqlite3.Error as error:
-        raise DBAPIError.instance(statement, parameters, error, sqlite3.Error) from error
+    return run_on_driver(target, statement, parameters)
 
 
 def _dialect(session: Session) -> str:
