@@ -6,7 +6,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from plumbing.db import Database
 from plumbing.telemetry import setup_tracing
+from services.campaigns.app import MIGRATIONS
 from services.campaigns.settings import CampaignsSettings
 from tests.integration.campaigns.harness import FakeSegments, Harness
 from xsell.campaigns.v1 import service_pb2_grpc
@@ -41,3 +43,12 @@ async def harness(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIter
 @pytest.fixture
 async def stub(harness: Harness) -> service_pb2_grpc.CampaignsServiceStub:
     return await harness.start()
+
+
+@pytest.fixture
+async def campaigns_db(database_url: str) -> AsyncIterator[Database]:
+    """The campaigns schema, migrated, on each backend; no service around it."""
+    database = Database(database_url)
+    await database.migrate(MIGRATIONS)
+    yield database
+    await database.dispose()

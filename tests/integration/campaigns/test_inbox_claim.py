@@ -2,7 +2,7 @@
 SQLAlchemy's elsewhere. Each message is claimed once; what was applied before, or twice in the batch, is not claimed
 again; the time applied reads back as written."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -11,18 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database, sqlite_driver
 from services.campaigns import automation_store, store
-from services.campaigns.app import MIGRATIONS
 
 AT = datetime(2026, 11, 27, 9, 30, 15, 123456, tzinfo=UTC)
 CONSUMER = "campaigns-triggers"
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate(MIGRATIONS)
-    yield database
-    await database.dispose()
+def db(campaigns_db: Database) -> Database:
+    return campaigns_db
 
 
 def _paths(db: Database) -> dict[str, Callable[[Callable[[AsyncSession], Awaitable[set[str]]]], Awaitable[set[str]]]]:

@@ -1,7 +1,6 @@
 """An original has at most one resend: the unique index on resend_of refuses a second one, while any number of
 originals (resend_of empty) go in, on both backends."""
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,20 +10,16 @@ from sqlalchemy.exc import IntegrityError
 
 from plumbing.db import Database
 from services.campaigns import store
-from services.campaigns.app import MIGRATIONS
 from tests.integration.campaigns.harness import campaign_row, outreach_row
 
 NOW = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate(MIGRATIONS)
-    async with database.transaction() as session:
+async def db(campaigns_db: Database) -> Database:
+    async with campaigns_db.transaction() as session:
         await store.insert_campaign(session, campaign_row("cmp_resend", "RSND", NOW))
-    yield database
-    await database.dispose()
+    return campaigns_db
 
 
 def _outreach(number: int, resend_of: str | None = None) -> dict[str, Any]:
