@@ -62,7 +62,7 @@ def bootstrap_key(text: str, now: datetime) -> ApiKey:
 
 async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceProcess:
     tracer = provider.get_tracer("xsell.gateway")
-    db = Database(settings.resolved_database_url("gateway"))
+    db = Database.of_service(settings, "gateway")
     await db.migrate(MIGRATIONS)
     keys = KeyStore(db)
     if settings.bootstrap_api_key is not None:

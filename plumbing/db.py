@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from plumbing import sqlite_async
+from plumbing.settings import ServiceSettings
+from plumbing.sqlite_checkpoints import WAL_AUTOCHECKPOINT_PAGES, WalCheckpointer
 
 T = TypeVar("T")
 
@@ -30,7 +32,9 @@ T = TypeVar("T")
 class Database:
     """A service's own database: SQLite under var/ by default, PostgreSQL in production."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, checkpoint_interval: float = 0.0) -> None:
+        """`checkpoint_interval` > 0 (a SQLite file): its write-ahead log is checkpointed by a thread of its own that
+        often (WalCheckpointer) instead of by whichever commit passes 1,000 pages; dispose() stops the thread."""
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
@@ -43,15 +47,19 @@ class Database:
             kwargs["module"] = sqlite_async.dbapi()
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._engine_options = kwargs
+        self._sqlite_file = self.is_sqlite and bool(self.url.database) and self.url.database != ":memory:"
+        self._checkpoints: WalCheckpointer | None = None
+        if self._sqlite_file and checkpoint_interval > 0:
+            assert self.url.database is not None
+            self._checkpoints = WalCheckpointer(self.url.database, checkpoint_interval)
         if self.is_sqlite:
-            _as_sqlite(self.engine.sync_engine)
+            self._as_sqlite(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer and every transaction here is BEGIN IMMEDIATE: this process's transactions
         # queue on a lock of its own, in arrival order, instead of polling the file lock in the busy
         # handler (which sleeps up to 100 ms between tries and serves waiters in no order).
         self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         # For run_in_transaction on a SQLite file: a pysqlite engine used from one thread of its own, made on first use.
-        self._sqlite_file = self.is_sqlite and bool(self.url.database) and self.url.database != ":memory:"
         self._sync_sessions: sessionmaker[Session] | None = None
         self._sync_thread: ThreadPoolExecutor | None = None
         # For read_in_thread on a SQLite file: the same, for reads (BEGIN DEFERRED), beside the writer.
@@ -64,6 +72,13 @@ class Database:
         # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
         # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
         SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
+
+    @classmethod
+    def of_service(cls, settings: ServiceSettings, service: str) -> "Database":
+        """A service process's own database, as its settings say (the URL; on SQLite, the log's checkpoints)."""
+        return cls(
+            settings.resolved_database_url(service), checkpoint_interval=settings.sqlite_checkpoint_interval_seconds
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -138,7 +153,7 @@ class Database:
     def _read_sync(self, work: Callable[[Session], T]) -> T:
         if self._reader_sessions is None:
             engine = create_engine(self.url.set(drivername="sqlite"))
-            _as_sqlite(engine)
+            self._as_sqlite(engine)
             self._reader_sessions = sessionmaker(engine)
         # No spans: in this thread there is no current span, and SQLAlchemy's instrumentation would open a root
         # "connect" span per transaction (Engine.connect is wrapped for every engine).
@@ -198,14 +213,14 @@ class Database:
         """run_inline's, write_inline's and read_inline's pysqlite engine, used on the loop's thread only."""
         if self._inline_sync_sessions is None:
             engine = create_engine(self.url.set(drivername="sqlite"))
-            _as_sqlite(engine)
+            self._as_sqlite(engine)
             self._inline_sync_sessions = sessionmaker(engine, expire_on_commit=False)
         return self._inline_sync_sessions
 
     def _run_sync(self, work: Callable[[Session], T]) -> T:
         if self._sync_sessions is None:
             engine = create_engine(self.url.set(drivername="sqlite"))
-            _as_sqlite(engine)
+            self._as_sqlite(engine)
             self._sync_sessions = sessionmaker(engine, expire_on_commit=False)
         with suppress_instrumentation(), self._sync_sessions() as session, session.begin():  # no spans, as above
             return work(session)
@@ -232,7 +247,15 @@ class Database:
         async with self.engine.begin() as connection:
             await connection.run_sync(_upgrade, migrations_dir)
 
+    def _as_sqlite(self, engine: Engine) -> None:
+        """_as_sqlite, and when a thread checkpoints the log, the connections' own checkpoint left as a backstop."""
+        _as_sqlite(engine)
+        if self._checkpoints is not None:
+            event.listen(engine, "connect", _backstop_checkpoints)
+
     async def dispose(self) -> None:
+        if self._checkpoints is not None:
+            await asyncio.to_thread(self._checkpoints.stop)
         for kept in self._kept:
             await kept.close()
         await self.engine.dispose()
@@ -370,6 +393,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _backstop_checkpoints(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.close()
 
 

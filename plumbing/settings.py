@@ -27,6 +27,13 @@ class ServiceSettings(BaseSettings):
         description="JetStream replicas of the streams this process creates or updates: 1 on one server, 3 on the "
         "3-member cluster (every stream then survives the loss of a member).",
     )
+    sqlite_checkpoint_interval_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        description="On the SQLite default: how often a thread of its own checkpoints the database's write-ahead "
+        "log, so that no commit on the service's loop copies it into the file; 0 leaves it to SQLite (the commit "
+        "that passes 1,000 pages).",
+    )
     log_level: str = Field(default="info", description="Minimum log level: debug, info, warning, error.")
     shutdown_grace_seconds: float = Field(
         default=10.0, description="How long in-flight calls may take to finish after SIGTERM."

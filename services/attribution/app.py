@@ -26,7 +26,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(settings: AttributionSettings, provider: TracerProvider) -> ServiceProcess:
     tracer = provider.get_tracer("xsell.attribution")
-    db = Database(settings.resolved_database_url("attribution"))
+    db = Database.of_service(settings, "attribution")
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="attribution")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)

@@ -39,7 +39,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     # Read first: a malformed catalog or registry stops the start before anything else is opened.
     library = load_library(settings.product_catalog_file, settings.template_registry_file)
     triggers = load_trigger_catalog(settings.trigger_catalog_file)
-    db = Database(settings.resolved_database_url("campaigns"))
+    db = Database.of_service(settings, "campaigns")
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="campaigns")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)

@@ -32,7 +32,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(settings: ChannelsSettings, provider: TracerProvider) -> ServiceProcess:
     tracer = provider.get_tracer("xsell.channels")
-    db = Database(settings.resolved_database_url("channels"))
+    db = Database.of_service(settings, "channels")
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="channels")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)

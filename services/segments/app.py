@@ -26,7 +26,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def build(settings: SegmentsSettings, provider: TracerProvider) -> ServiceProcess:
     tracer = provider.get_tracer("xsell.segments")
-    db = Database(settings.resolved_database_url("segments"))
+    db = Database.of_service(settings, "segments")
     await db.migrate(MIGRATIONS)
     bus = await Bus.connect(settings.nats_url, name="segments")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)

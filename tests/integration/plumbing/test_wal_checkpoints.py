@@ -1,0 +1,88 @@
+"""On a SQLite file with a checkpoint interval, the write-ahead log is copied into the database file by a thread of its
+own, and the service's commits no longer do it. Read here through the file alone (`immutable=1` ignores the log)."""
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from plumbing.db import Database
+from plumbing.settings import ServiceSettings
+from tests.waiting import eventually
+
+# Each row fills a page of its own: more rows than SQLite's default checkpoint threshold (1,000 pages).
+ROWS = 1_200
+
+
+def rows_in_the_file(path: Path) -> int:
+    """Rows of `pages` in the database file itself, as if the log did not exist."""
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as connection:
+        try:
+            return int(connection.execute("SELECT count(*) FROM pages").fetchone()[0])
+        except sqlite3.OperationalError:  # the table itself is still only in the log
+            return 0
+
+
+async def write_pages(db: Database) -> None:
+    async with db.transaction() as session:
+        await session.execute(text("CREATE TABLE pages (body BLOB NOT NULL)"))
+
+    async def page(session: AsyncSession) -> None:
+        await session.execute(text("INSERT INTO pages VALUES (randomblob(3000))"))
+
+    for _ in range(ROWS):  # a commit each, as a service's writes come
+        await db.write_inline(page)
+
+
+def checkpoint_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "sqlite-checkpoint"]
+
+
+async def test_the_thread_copies_the_log_into_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "service.db"
+    before = len(checkpoint_threads())
+    db = Database(f"sqlite+aiosqlite:///{path}", checkpoint_interval=0.05)
+    try:
+        await write_pages(db)
+
+        async def copied() -> bool:
+            return rows_in_the_file(path) == ROWS
+
+        await eventually(copied)
+    finally:
+        await db.dispose()
+    assert len(checkpoint_threads()) == before
+
+
+async def test_with_the_thread_commits_leave_the_log_to_it(tmp_path: Path) -> None:
+    path = tmp_path / "service.db"
+    # An interval the test never reaches: whatever the file holds, a commit put there.
+    db = Database(f"sqlite+aiosqlite:///{path}", checkpoint_interval=3600)
+    try:
+        await write_pages(db)
+        assert rows_in_the_file(path) == 0
+    finally:
+        await db.dispose()
+
+
+async def test_without_the_thread_sqlite_checkpoints_in_the_commits(tmp_path: Path) -> None:
+    path = tmp_path / "service.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await write_pages(db)
+        assert rows_in_the_file(path) > 0
+    finally:
+        await db.dispose()
+
+
+async def test_a_service_checkpoints_from_a_thread_unless_told_not_to(tmp_path: Path) -> None:
+    before = len(checkpoint_threads())
+    db = Database.of_service(ServiceSettings(var_dir=tmp_path), "campaigns")
+    assert len(checkpoint_threads()) == before + 1
+    await db.dispose()
+    assert len(checkpoint_threads()) == before
+    off = Database.of_service(ServiceSettings(var_dir=tmp_path, sqlite_checkpoint_interval_seconds=0), "campaigns")
+    assert len(checkpoint_threads()) == before
+    await off.dispose()
