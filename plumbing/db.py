@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -470,12 +471,15 @@ def sqlite_driver(session: Session | AsyncSession) -> sqlite3.Connection | None:
         session = session.sync_session
     transaction = session.get_transaction()
     known = session.info.get(_SQLITE_DRIVER_KEY)
-    if known is not None and known[0] is transaction:
+    if known is not None and transaction is not None and known[0]() is transaction:
         return known[1]  # type: ignore[no-any-return]
     connection = session.connection()
     driver = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
     target = driver if isinstance(driver, sqlite3.Connection) else None
-    session.info[_SQLITE_DRIVER_KEY] = (session.get_transaction(), target)
+    # The transaction by weak reference: held in the session's own info, it made a reference cycle (session, info,
+    # transaction, session) of ~47 objects per transaction, which only the collector could free (a young-generation
+    # pass every ~1.6 s at 1,000 trigger entries/s, 10-13 ms each on the loop).
+    session.info[_SQLITE_DRIVER_KEY] = (weakref.ref(session.get_transaction()), target)
     return target
 
 
