@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.grpc_server import GrpcServer
 from plumbing.logging import setup_logging
+from plumbing.loop_lag import LoopLag
 from plumbing.metrics import setup_metrics
 from plumbing.settings import ServiceSettings
 from plumbing.telemetry import setup_tracing
@@ -42,6 +43,9 @@ class ServiceProcess:
 
     async def start(self) -> int:
         port = await self.server.start()
+        # Every process reports how long work holds its event loop (xsell.event_loop.lag).
+        lag = LoopLag()
+        self.tasks.append(BackgroundTask("loop-lag", lag.run, lag.stop))
         for task in self.tasks:
             self._running.append(asyncio.create_task(self._supervise(task), name=task.name))
         await self.server.mark_serving()

@@ -320,6 +320,7 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
                 scraped[name] = await response.text()
     for name in ("segments", "campaigns", "channels", "attribution", "gateway"):
         assert "xsell_rpc_server_duration" in scraped[name], name
+        assert "xsell_event_loop_lag_milliseconds_bucket" in scraped[name], name
     for name in ("segments", "campaigns", "channels", "attribution"):
         assert "xsell_outbox_published" in scraped[name] or "xsell_outbox_backlog" in scraped[name], name
     handled = re.findall(r"xsell_messages_handled_total\{([^}]*)\}", scraped["channels"])
