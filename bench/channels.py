@@ -47,7 +47,7 @@ from sqlalchemy import select
 from bench.channels_floor import encode_http, encode_mail
 from bench.postgres import BenchPostgres
 from bench.results import collector_paused, machine_info
-from bench.service import ServiceProcess
+from bench.service import ServiceProcess, loop_lag
 from devstack.nats_server import NatsServer, free_port
 from devstack.provider_sinks import ProviderSinks
 from devstack.samples import fill_http_message
@@ -477,6 +477,7 @@ class Bench:
         ids = {e.campaign_id for e in events}
         service = self.service(part)
         await service.start(timeout=60)
+        lag_before = await service.loop_lag_readings()
         requested: dict[str, float] = {}
         last_seq = 0
         # Spans carry wall-clock nanoseconds; requests and acceptances are timed on perf_counter.
@@ -498,6 +499,7 @@ class Bench:
                 offered = per_second(count, began, time.perf_counter())
                 last_seq = max(await asyncio.gather(*publishing))
                 await all_handled(self.bus, last_seq)
+            lag = loop_lag(lag_before, await service.loop_lag_readings())
         finally:
             service.stop()
         accepted = {c: at for c, at in self.accepted() if c in ids}
@@ -521,6 +523,8 @@ class Bench:
             "publish_to_handler_p99_ms": round(nearest_rank(to_handler, 0.99), 1),
             "handler_to_provider_p50_ms": round(nearest_rank(in_handler, 0.50), 1),
             "handler_to_provider_p99_ms": round(nearest_rank(in_handler, 0.99), 1),
+            # How long work held the service's loop meanwhile (its xsell.event_loop.lag, read every 100 ms).
+            "loop_lag": lag,
             "tally": asdict(result),
         }
 
@@ -642,7 +646,8 @@ async def _latency_part(bench: Bench, part: str, rate: float, seconds: float) ->
     to_provider = f"{result['handler_to_provider_p50_ms']} / {result['handler_to_provider_p99_ms']}"
     print(
         f"  p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms at {result['offered_per_s']}/s (p50 / p99: publish -> "
-        f"handler {to_handler} ms, handler -> provider {to_provider} ms); {result['tally']}",
+        f"handler {to_handler} ms, handler -> provider {to_provider} ms); loop lag {result['loop_lag']}; "
+        f"{result['tally']}",
         flush=True,
     )
     return result
@@ -706,6 +711,7 @@ async def result_document(
             max_ms=latency["max_ms"],
             messages=latency["messages"],
             **_split(latency),
+            loop_lag=latency["loop_lag"],
         ),
         # Not a goal of the issue: the latency when the service keeps up with what is offered.
         "dispatch_to_accepted_p99_low_rate": figure(

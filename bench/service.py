@@ -3,10 +3,12 @@
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ class ServiceProcess:
         self.nats = NatsServer(run_dir / "nats")
         self.nats_url = nats_url
         self.port = free_port(HOST)
+        self.metrics_port = free_port(HOST)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,7 +89,7 @@ class ServiceProcess:
             f"{prefix}VAR_DIR": str(self.run_dir / "var"),
             f"{prefix}LOG_LEVEL": "warning",
             # Every process serves /metrics; a free port keeps two runs (or a make run) apart.
-            f"{prefix}METRICS_PORT": str(free_port(HOST)),
+            f"{prefix}METRICS_PORT": str(self.metrics_port),
             **self.extra_env,
         }
         log = self.log_path.open("ab")
@@ -120,6 +123,14 @@ class ServiceProcess:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
+    async def loop_lag_readings(self) -> dict[float, int]:
+        """The process's xsell.event_loop.lag histogram as it stands: readings at or under each bucket's bound (ms)."""
+        url = f"http://{HOST}:{self.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+        return {float(bound): int(float(count)) for bound, count in _LAG_BUCKET.findall(text) if bound != "+Inf"} | {
+            float("inf"): int(float(m)) for m in _LAG_COUNT.findall(text)
+        }
+
     def rss_mib(self) -> float:
         return float(psutil.Process(self.pid).memory_info().rss) / 2**20
 
@@ -134,6 +145,38 @@ class ServiceProcess:
         self.process = None
         if self.nats_url is None:
             self.nats.stop()
+
+
+_LAG_BUCKET = re.compile(r'^xsell_event_loop_lag_milliseconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$', re.MULTILINE)
+_LAG_COUNT = re.compile(r"^xsell_event_loop_lag_milliseconds_count\{[^}]*\} (\S+)$", re.MULTILINE)
+
+
+def loop_lag(before: dict[float, int], after: dict[float, int]) -> dict[str, Any]:
+    """What the loop-lag readings taken between `before` and `after` say: how many, how many over 5 and 20 ms, and
+    the bucket bounds the p50, p99 and largest readings fall under (the histogram keeps no finer detail)."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0) for b in bounds]
+    total = cumulative[-1] if cumulative else 0
+
+    def under(share: float) -> float | None:
+        if not total:
+            return None
+        for bound, count in zip(bounds, cumulative, strict=True):
+            if count >= share * total:
+                return bound
+        return None
+
+    def over(bound: float) -> int:
+        return total - (after.get(bound, 0) - before.get(bound, 0))
+
+    return {
+        "readings": total,
+        "over_5_ms": over(5.0),
+        "over_20_ms": over(20.0),
+        "p50_at_most_ms": under(0.5),
+        "p99_at_most_ms": under(0.99),
+        "max_at_most_ms": under(1.0),
+    }
 
 
 class SegmentsProcess(ServiceProcess):
