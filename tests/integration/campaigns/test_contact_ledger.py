@@ -121,21 +121,13 @@ async def test_other_people_do_not_wait(db: Database) -> None:
     await first
 
 
-@pytest.fixture
-async def any_db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate(MIGRATIONS)
-    yield database
-    await database.dispose()
-
-
-async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(any_db: Database) -> None:
+async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(campaigns_db: Database) -> None:
     for campaign_id in ("LEDG-NOV-T00-0001", "LEDG-NOV-T00-0002"):
-        await _outreach(any_db, campaign_id, f"cust-{campaign_id[-1]}")
-        async with any_db.transaction() as session:
+        await _outreach(campaigns_db, campaign_id, f"cust-{campaign_id[-1]}")
+        async with campaigns_db.transaction() as session:
             await store.insert_contacts(session, _rows(session, _contact(campaign_id, f"cust-{campaign_id[-1]}")))
     later = NOW + timedelta(minutes=1)
-    async with any_db.transaction() as session:
+    async with campaigns_db.transaction() as session:
         assert await store.mark_dispatched(session, ["LEDG-NOV-T00-0001"], NOW) == {"LEDG-NOV-T00-0001"}
         # Dispatched first: a better campaign can no longer take its place (the page is retried).
         assert not await store.withdraw_outreaches(session, ["LEDG-NOV-T00-0001"], later)
@@ -152,13 +144,13 @@ async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(any_db: 
         assert [row.campaign_id for row in contacts] == ["LEDG-NOV-T00-0001"]
 
 
-async def test_entries_older_than_any_caps_period_are_pruned(any_db: Database) -> None:
-    await _outreach(any_db, "LEDG-NOV-T00-0001", "cust-1")
-    await _outreach(any_db, "LEDG-NOV-T00-0002", "cust-2")
+async def test_entries_older_than_any_caps_period_are_pruned(campaigns_db: Database) -> None:
+    await _outreach(campaigns_db, "LEDG-NOV-T00-0001", "cust-1")
+    await _outreach(campaigns_db, "LEDG-NOV-T00-0002", "cust-2")
     old = {**_contact("LEDG-NOV-T00-0001", "cust-1"), "contacted_at": NOW - LOOKBACK - timedelta(hours=1)}
-    async with any_db.transaction() as session:
+    async with campaigns_db.transaction() as session:
         await store.insert_contacts(session, _rows(session, old, _contact("LEDG-NOV-T00-0002", "cust-2")))
-    async with any_db.transaction() as session:
+    async with campaigns_db.transaction() as session:
         assert await store.prune_contacts(session, NOW - LOOKBACK) == 1
         kept = await store.recent_contacts(session, ["cust-1", "cust-2"], NOW - timedelta(days=30))
         assert [row.campaign_id for row in kept] == ["LEDG-NOV-T00-0002"]
