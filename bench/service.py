@@ -127,9 +127,8 @@ class ServiceProcess:
         """The process's xsell.event_loop.lag histogram as it stands: readings at or under each bucket's bound (ms)."""
         url = f"http://{HOST}:{self.metrics_port}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
-        return {float(bound): int(float(count)) for bound, count in _LAG_BUCKET.findall(text) if bound != "+Inf"} | {
-            float("inf"): int(float(m)) for m in _LAG_COUNT.findall(text)
-        }
+        # float() reads Prometheus' "+Inf" bound, the bucket that holds every reading.
+        return {float(bound): int(float(count)) for bound, count in _LAG_BUCKET.findall(text)}
 
     def rss_mib(self) -> float:
         return float(psutil.Process(self.pid).memory_info().rss) / 2**20
@@ -148,7 +147,6 @@ class ServiceProcess:
 
 
 _LAG_BUCKET = re.compile(r'^xsell_event_loop_lag_milliseconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$', re.MULTILINE)
-_LAG_COUNT = re.compile(r"^xsell_event_loop_lag_milliseconds_count\{[^}]*\} (\S+)$", re.MULTILINE)
 
 
 def loop_lag(before: dict[float, int], after: dict[float, int]) -> dict[str, Any]:
