@@ -10,6 +10,9 @@ outbox and NATS) and its CPU does not delay this process's publishing or timesta
 
 1. **Trigger**: MembershipChanged ENTERED published at 1k/s for a triggered campaign; each one's time
    from publish to its DispatchRequested received. Goal: p99 <= 20 ms.
+   First, in the same minutes, the same drive against bench/trigger_floor.py (bare clients: a NATS consumer,
+   one sqlite3 transaction per entry, a DispatchRequested published; no service) on a NATS server of its own:
+   its latency is what the machine, NATS and this process take, and the service's p99 is reported over it.
 2. **Release**: a send-now campaign on an audience of a tenth, then the whole; time from launch until
    every outreach is created. Goal: >= 10,000 outreach/s.
 3. **Memory**: campaigns' peak RSS during both releases. Goal: the whole within 1.15x the tenth. Both are measured
@@ -45,11 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from bench import generator
 from bench.results import Context, collector_paused, machine_info, write_result
 from bench.service import ServiceProcess, loop_lag, profiled
-from devstack.nats_server import free_port
+from devstack.nats_server import NatsServer, free_port
 from plumbing.bus import MSG_ID_HEADER, Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
@@ -214,10 +218,9 @@ def percentile(samples: list[float], q: float) -> float | None:
     return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
 
 
-async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: int) -> dict[str, Any]:
-    """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
-    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
-    await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
+async def _drive(bus: Bus, events: int, segment_id: str) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """MembershipChanged ENTERED on `segment_id` at TRIGGER_RATE, and each one's DispatchRequested received: every
+    profile's publish and receipt times (perf_counter), when publishing started and how long it took."""
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
     done = asyncio.Event()
@@ -231,8 +234,6 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
 
     subscription = await bus.nc.subscribe(streams.DISPATCH_REQUESTED, cb=on_dispatch)
     js = bus.nc.jetstream()
-    lag_before = await process.loop_lag_readings()
-    cpu_before = process.cpu_seconds()
     started = time.perf_counter()
     for i in range(events):
         # Paced on absolute times, so a slow publish is caught up, not added to every later one.
@@ -242,7 +243,7 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
         profile_id = f"t{i:08d}"
         change = segment_events.MembershipChanged(
             event_id=new_id("evt_"),
-            segment_id="trig-1",
+            segment_id=segment_id,
             segment_version=1,
             profile_id=profile_id,
             change=segment_events.MEMBERSHIP_CHANGE_ENTERED,
@@ -255,10 +256,25 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
     publish_s = time.perf_counter() - started
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), timeout=60 + events / TRIGGER_RATE)
+    await subscription.unsubscribe()
+    return sent, received, started, publish_s
+
+
+def _latencies(sent: dict[str, float], received: dict[str, float]) -> list[float]:
+    """Each received entry's milliseconds from publish to receipt, sorted."""
+    return sorted((received[p] - sent[p]) * 1000 for p in received)
+
+
+async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: int) -> dict[str, Any]:
+    """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
+    lag_before = await process.loop_lag_readings()
+    cpu_before = process.cpu_seconds()
+    sent, received, started, publish_s = await _drive(bus, events, "trig-1")
     cpu = process.cpu_seconds() - cpu_before
     lag = loop_lag(lag_before, await process.loop_lag_readings())
-    await subscription.unsubscribe()
-    latencies = sorted((received[p] - sent[p]) * 1000 for p in received)
+    latencies = _latencies(sent, received)
     # Each entry's publish and receipt in wall-clock seconds, as the service's spans carry time: to see whether slow
     # entries come together, and what the service did then.
     wall_minus_perf = time.time() - time.perf_counter()
@@ -288,6 +304,53 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
         # stalls behind a tail, apart from the share of the machine the process got.
         "loop_lag": lag,
         "goal_met": p99 is not None and len(received) == events and p99 <= GOAL_P99_MS,
+    }
+
+
+async def trigger_floor(run_dir: Path, events: int) -> dict[str, Any]:
+    """The same drive against bench/trigger_floor.py (bare clients, one SQLite transaction per entry, no service), on a
+    NATS server of its own with the services' streams: what the machine, NATS and this process take per entry."""
+    await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
+    server = NatsServer(run_dir / "nats").start(run_dir / "nats.log")
+    try:
+        bus = await Bus.connect(server.url, name="bench-floor")
+        try:
+            await bus.ensure_streams(streams.ALL_STREAMS)
+            floor_process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.trigger_floor",
+                server.url,
+                str(run_dir / "floor.db"),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert floor_process.stdout is not None
+                ready = await asyncio.wait_for(floor_process.stdout.readline(), timeout=60)
+                if ready.strip() != b"ready":
+                    raise RuntimeError(f"bench.trigger_floor did not start (exit {floor_process.returncode})")
+                floor_cpu = psutil.Process(floor_process.pid)
+                cpu_before = sum(floor_cpu.cpu_times()[:2])
+                with collector_paused():
+                    sent, received, _, _ = await _drive(bus, events, "floor-1")
+                cpu = sum(floor_cpu.cpu_times()[:2]) - cpu_before
+            finally:
+                floor_process.terminate()
+                await asyncio.wait_for(floor_process.wait(), timeout=30)
+        finally:
+            await bus.drain()
+    finally:
+        server.stop()
+    latencies = _latencies(sent, received)
+    return {
+        "what": "MembershipChanged in, one sqlite3 transaction, DispatchRequested out, by bare clients (nats.py, "
+        "sqlite3) in a process of their own: no look-up, spans or outbox",
+        "events": events,
+        "dispatched": len(received),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": round(latencies[-1], 2) if latencies else None,
+        "cpu_ms_per_event": round(cpu / len(received) * 1000, 3) if received else None,
     }
 
 
@@ -463,12 +526,19 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
     try:
         # Each part on a fresh campaigns process and database: a trigger backlog must not run beside a release.
         if "trigger" in parts:
+            events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
+            # First, in the same minutes: the floor (bare clients), so the service's latency reads against the
+            # machine's.
+            trigger_base = await trigger_floor(run_dir / "trigger-floor", events)
+            print(f"campaigns trigger floor (bare clients): {trigger_base}", flush=True)
             async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
-                events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
                 with profiled(process.pid, profile and profile / "campaigns-trigger.txt"), collector_paused():
                     trigger = await trigger_latency(stub, bus, process, events)
             # Read once the process has stopped and flushed its spans.
             trigger["batches"] = await asyncio.to_thread(trigger_batches, process.run_dir / "var")
+            trigger["floor"] = trigger_base
+            if trigger["p99_ms"] and trigger_base["p99_ms"]:
+                trigger["p99_over_floor"] = round(trigger["p99_ms"] / trigger_base["p99_ms"], 2)
             print(f"campaigns trigger -> dispatch requested: {trigger}", flush=True)
         if "release" in parts:
             async with _campaigns(run_dir / "release", segments) as (process, stub, bus):
