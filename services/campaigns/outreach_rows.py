@@ -54,13 +54,15 @@ class PageRows:
     """What a page inserts, as tuples of driver values (store.DriverValues): outreach rows in the order of
     store.PAGE_OUTREACH_COLUMNS (the person's columns, with the DispatchRequested payload, then the run's),
     outbox events in the order of store.PAGE_EVENT_COLUMNS, and (campaign ID, profile id, channel) of each
-    outreach for the contact ledger; render failures as exclusion rows."""
+    outreach for the contact ledger; render failures as exclusion rows. Once written, the outbox seqs the events
+    were given where the driver tells them (store.insert_page)."""
 
     outreaches: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
     created: list[tuple[str, str, str]]
     render_failures: list[dict[str, Any]]
     dispatched: int = 0
+    event_seqs: range | None = None
 
 
 def outreach_traceparent(campaign_id: str) -> str:
@@ -272,7 +274,7 @@ async def create_outreaches(
             session, campaign.programme, run.month, campaign.trigger_code, len(admitted.members)
         )
         rows = builder.page(admitted.members, admitted.channels, block.numbers(), first_ordinal)
-    await store.insert_page(session, rows.outreaches, rows.events)
+    rows.event_seqs = await store.insert_page(session, rows.outreaches, rows.events)
     await store.insert_exclusions(session, rows.render_failures)
     await gate.record_contacts(session, campaign, admitted, rows.created, builder.now, builder.values)
     if rows.events and builder.wake_relay is not None:

@@ -1,5 +1,6 @@
 """NATS handler: people entering a segment fire the triggered campaigns on it, once per cool-down, a batch at a time."""
 
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,16 +145,15 @@ class TriggerHandler:
         """One transaction: the entries at `indices` that a RUNNING triggered campaign fires for, each applied once
         (the inbox), with their outreaches and events. Returns the firing entries whose person was not `asked`."""
         counts: Counter[str] = Counter()
-        # The events written, in the order written, and the outbox's last seq before them.
+        # The events written, in the order written, and the outbox seqs each page's events were given.
         events: list[tuple[str, bytes, str]] = []
-        outbox_before: list[int] = []
+        event_seqs: list[range | None] = []
         later: list[int] = []
 
         async def write(session: Any) -> None:
             events.clear()
+            event_seqs.clear()
             later.clear()
-            hand_over = self.relay is not None and self.db.is_sqlite
-            outbox_before[:] = [await store.last_outbox_seq(session)] if hand_over else []
             # Read in this transaction: a launch, pause or cancel that committed first wins.
             on_segment = await self._triggered_on(session, sorted({batch[i].event.segment_id for i in indices}))
             firing: dict[int, list[Any]] = {}
@@ -189,15 +189,13 @@ class TriggerHandler:
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for key in sorted(members):
                 fired_for = list(members[key].values())
-                counts.update(await self._fire(session, campaigns[key], fired_for, now, events))
-            # Only this batch's events since (anything else that wrote to the outbox here leaves them to the relay).
-            if events and outbox_before and await store.last_outbox_seq(session) - outbox_before[0] != len(events):
-                outbox_before.clear()
+                counts.update(await self._fire(session, campaigns[key], fired_for, now, events, event_seqs))
 
         await self.db.write_inline(write)
         if events and self.relay is not None:
-            if outbox_before:
-                self.relay.hand_over(outbox_before[0], events)
+            after_seq = _seq_before(event_seqs, len(events)) if self.db.is_sqlite else None
+            if after_seq is not None:
+                self.relay.hand_over(after_seq, events)
             else:
                 self.relay.notify()
         if counts:
@@ -222,9 +220,11 @@ class TriggerHandler:
         members: list[AudienceMember],
         now: datetime,
         events: list[tuple[str, bytes, str]],
+        event_seqs: list[range | None],
     ) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today; their
-        events' subjects, payloads and headers are added to `events`."""
+        events' subjects, payloads and headers are added to `events`, and the outbox seqs they were given (None
+        where unknown) to `event_seqs`."""
         rule = automation_of(campaign).trigger
         assert rule is not None
         outcomes: Counter[str] = Counter()
@@ -267,6 +267,8 @@ class TriggerHandler:
             log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
         created = len(rows.outreaches)
         events.extend((event[1], event[2], event[3]) for event in rows.events)
+        if rows.events:
+            event_seqs.append(rows.event_seqs)
         await automation_store.add_to_run(session, run.run_id, created=created, render_failed=len(rows.render_failures))
         await store.add_outreaches_to_campaign(session, campaign.campaign_key, created)
         outcomes.update(
@@ -276,3 +278,17 @@ class TriggerHandler:
             render_failed=len(rows.render_failures),
         )
         return outcomes
+
+
+def _seq_before(event_seqs: Sequence[range | None], count: int) -> int | None:
+    """The outbox seq just before a transaction's `count` events when their pages' seqs, in the order written, are
+    one unbroken run holding exactly them (what OutboxRelay.hand_over needs); None otherwise, and the relay reads
+    them in turn."""
+    if not event_seqs or any(seqs is None for seqs in event_seqs):
+        return None
+    runs = [seqs for seqs in event_seqs if seqs is not None]
+    if any(later.start != earlier.stop for earlier, later in itertools.pairwise(runs)):
+        return None
+    if sum(len(seqs) for seqs in runs) != count:
+        return None
+    return runs[0].start - 1
