@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.campaigns              # goal scale: a 1M-person audience, 30k trigger events
     .venv/bin/python -m bench.campaigns --quick      # = --scale 0.02: 20k people, 1k events, about 2 minutes
+    .venv/bin/python -m bench.campaigns --parts trigger --trigger-rate 200   # another rate: no result file
 
 The campaigns service runs as production runs it (`python -m services.campaigns`, SQLite, its own NATS
 server). Segments is played by a small gRPC server in a child process that streams synthetic members
@@ -218,8 +219,10 @@ def percentile(samples: list[float], q: float) -> float | None:
     return round(samples[min(len(samples) - 1, int(q * len(samples)))], 2)
 
 
-async def _drive(bus: Bus, events: int, segment_id: str) -> tuple[dict[str, float], dict[str, float], float, float]:
-    """MembershipChanged ENTERED on `segment_id` at TRIGGER_RATE, and each one's DispatchRequested received: every
+async def _drive(
+    bus: Bus, events: int, segment_id: str, rate: float
+) -> tuple[dict[str, float], dict[str, float], float, float]:
+    """MembershipChanged ENTERED on `segment_id` at `rate` a second, and each one's DispatchRequested received: every
     profile's publish and receipt times (perf_counter), when publishing started and how long it took."""
     sent: dict[str, float] = {}
     received: dict[str, float] = {}
@@ -237,7 +240,7 @@ async def _drive(bus: Bus, events: int, segment_id: str) -> tuple[dict[str, floa
     started = time.perf_counter()
     for i in range(events):
         # Paced on absolute times, so a slow publish is caught up, not added to every later one.
-        delay = started + i / TRIGGER_RATE - time.perf_counter()
+        delay = started + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         profile_id = f"t{i:08d}"
@@ -255,7 +258,7 @@ async def _drive(bus: Bus, events: int, segment_id: str) -> tuple[dict[str, floa
         )
     publish_s = time.perf_counter() - started
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(done.wait(), timeout=60 + events / TRIGGER_RATE)
+        await asyncio.wait_for(done.wait(), timeout=60 + events / rate)
     await subscription.unsubscribe()
     return sent, received, started, publish_s
 
@@ -265,13 +268,16 @@ def _latencies(sent: dict[str, float], received: dict[str, float]) -> list[float
     return sorted((received[p] - sent[p]) * 1000 for p in received)
 
 
-async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: int) -> dict[str, Any]:
-    """MembershipChanged ENTERED at 1k/s for a triggered campaign; each one's time to its DispatchRequested."""
+async def trigger_latency(
+    stub: Any, bus: Bus, process: ServiceProcess, events: int, rate: float = TRIGGER_RATE
+) -> dict[str, Any]:
+    """MembershipChanged ENTERED at `rate` a second (the goal's 1k/s) for a triggered campaign; each one's time to
+    its DispatchRequested."""
     trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
     await _launch(stub, _campaign("trig-1", trigger_code="T01", trigger=trigger))
     lag_before = await process.loop_lag_readings()
     cpu_before = process.cpu_seconds()
-    sent, received, started, publish_s = await _drive(bus, events, "trig-1")
+    sent, received, started, publish_s = await _drive(bus, events, "trig-1", rate)
     cpu = process.cpu_seconds() - cpu_before
     lag = loop_lag(lag_before, await process.loop_lag_readings())
     latencies = _latencies(sent, received)
@@ -290,7 +296,7 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
     return {
         "unit": "ms",
         "goal": f"p99 <= {GOAL_P99_MS:g} ms from MembershipChanged published to DispatchRequested received, at "
-        f"{TRIGGER_RATE:g} events/s",
+        f"{rate:g} events/s",
         "events": events,
         "dispatched": len(received),
         "offered_rate_per_s": round(events / publish_s, 1),
@@ -307,7 +313,7 @@ async def trigger_latency(stub: Any, bus: Bus, process: ServiceProcess, events: 
     }
 
 
-async def trigger_floor(run_dir: Path, events: int) -> dict[str, Any]:
+async def trigger_floor(run_dir: Path, events: int, rate: float = TRIGGER_RATE) -> dict[str, Any]:
     """The same drive against bench/trigger_floor.py (bare clients, one SQLite transaction per entry, no service), on a
     NATS server of its own with the services' streams: what the machine, NATS and this process take per entry."""
     await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
@@ -332,7 +338,7 @@ async def trigger_floor(run_dir: Path, events: int) -> dict[str, Any]:
                 floor_cpu = psutil.Process(floor_process.pid)
                 cpu_before = sum(floor_cpu.cpu_times()[:2])
                 with collector_paused():
-                    sent, received, _, _ = await _drive(bus, events, "floor-1")
+                    sent, received, _, _ = await _drive(bus, events, "floor-1", rate)
                 cpu = sum(floor_cpu.cpu_times()[:2]) - cpu_before
             finally:
                 floor_process.terminate()
@@ -517,8 +523,14 @@ async def _campaigns(
         process.stop()
 
 
-async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | None = None) -> dict[str, Any] | None:
-    """The parts named (all by default, the only run that writes the result file); py-spy profiles into `profile`."""
+async def run(
+    context: Context,
+    parts: Sequence[str] = PARTS,
+    profile: Path | None = None,
+    trigger_rate: float = TRIGGER_RATE,
+) -> dict[str, Any] | None:
+    """The parts named (all by default, at the goal's trigger rate: the only run that writes the result file); py-spy
+    profiles into `profile`."""
     run_dir = context.run_dir / "campaigns"
     await asyncio.to_thread(shutil.rmtree, run_dir, True)
     segments = SegmentsProcess(run_dir)
@@ -529,11 +541,11 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
             events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
             # First, in the same minutes: the floor (bare clients), so the service's latency reads against the
             # machine's.
-            trigger_base = await trigger_floor(run_dir / "trigger-floor", events)
+            trigger_base = await trigger_floor(run_dir / "trigger-floor", events, trigger_rate)
             print(f"campaigns trigger floor (bare clients): {trigger_base}", flush=True)
             async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
                 with profiled(process.pid, profile and profile / "campaigns-trigger.txt"), collector_paused():
-                    trigger = await trigger_latency(stub, bus, process, events)
+                    trigger = await trigger_latency(stub, bus, process, events, trigger_rate)
             # Read once the process has stopped and flushed its spans.
             trigger["batches"] = await asyncio.to_thread(trigger_batches, process.run_dir / "var")
             trigger["floor"] = trigger_base
@@ -561,8 +573,8 @@ async def run(context: Context, parts: Sequence[str] = PARTS, profile: Path | No
             print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
     finally:
         segments.stop()
-    if set(parts) != set(PARTS):
-        print("a partial run (--parts) records no result file", flush=True)
+    if set(parts) != set(PARTS) or trigger_rate != TRIGGER_RATE:
+        print("a partial run (--parts, or --trigger-rate other than the goal's) records no result file", flush=True)
         return None
     outreach = {
         "unit": "outreach/s",
@@ -606,11 +618,19 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where campaigns.json goes")
     parser.add_argument("--parts", default=",".join(PARTS), help="run only these parts (no result file then)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the parts here")
+    parser.add_argument(
+        "--trigger-rate",
+        type=float,
+        default=TRIGGER_RATE,
+        help=f"entries a second in the trigger part (the goal's {TRIGGER_RATE:g}; another records no result file)",
+    )
     parser.add_argument("--serve-segments", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     parts = [part for part in args.parts.split(",") if part]
     if unknown := set(parts) - set(PARTS):
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
+    if args.trigger_rate <= 0:
+        parser.error("--trigger-rate must be above 0 entries a second, e.g. 1000 (the goal's) or 100")
     if args.serve_segments:
         await serve_segments(args.serve_segments)
         return 0
@@ -626,7 +646,7 @@ async def main(argv: list[str]) -> int:
         postgres=None,
         figures=["campaigns"],
     )
-    await run(context, parts, args.profile)
+    await run(context, parts, args.profile, args.trigger_rate)
     return 0
 
 
