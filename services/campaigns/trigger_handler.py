@@ -1,6 +1,5 @@
 """NATS handler: people entering a segment fire the triggered campaigns on it, once per cool-down, a batch at a time."""
 
-import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -284,11 +283,11 @@ def _seq_before(event_seqs: Sequence[range | None], count: int) -> int | None:
     """The outbox seq just before a transaction's `count` events when their pages' seqs, in the order written, are
     one unbroken run holding exactly them (what OutboxRelay.hand_over needs); None otherwise, and the relay reads
     them in turn."""
-    if not event_seqs or any(seqs is None for seqs in event_seqs):
-        return None
-    runs = [seqs for seqs in event_seqs if seqs is not None]
-    if any(later.start != earlier.stop for earlier, later in itertools.pairwise(runs)):
-        return None
-    if sum(len(seqs) for seqs in runs) != count:
+    runs: list[range] = []
+    for seqs in event_seqs:
+        if seqs is None or (runs and seqs.start != runs[-1].stop):
+            return None
+        runs.append(seqs)
+    if not runs or sum(len(seqs) for seqs in runs) != count:
         return None
     return runs[0].start - 1
