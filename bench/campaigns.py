@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.campaigns              # goal scale: a 1M-person audience, 30k trigger events
     .venv/bin/python -m bench.campaigns --quick      # = --scale 0.02: 20k people, 1k events, about 2 minutes
     .venv/bin/python -m bench.campaigns --parts trigger --trigger-rate 200   # another rate: no result file
+    .venv/bin/python -m bench.campaigns --backend postgresql   # the trigger part on the embedded PostgreSQL
 
 The campaigns service runs as production runs it (`python -m services.campaigns`, SQLite, its own NATS
 server). Segments is played by a small gRPC server in a child process that streams synthetic members
@@ -27,7 +28,12 @@ outbox and NATS) and its CPU does not delay this process's publishing or timesta
    a fresh database with the campaigns schema. The release's CPU per outreach and rate are reported
    against it.
 
-Results: bench/results/campaigns.json (other scales: bench/results/scale-<s>/campaigns.json), each
+On `--backend postgresql` the campaigns database is the bench's embedded PostgreSQL (bench.postgres, kept under
+var/bench/pg, a fresh database each run) and the trigger part runs alone: the release's floor and its wait for the
+relay read the SQLite file. The trigger floor then commits its row per entry to the same server (asyncpg).
+
+Results: bench/results/campaigns.json, or campaigns-postgresql.json for the trigger part on PostgreSQL (other scales:
+bench/results/scale-<s>/), each
 figure with its unit, goal and verdict, the machine and package versions. Everything binds to
 127.0.0.1 and every process started here is stopped at the end.
 """
@@ -52,6 +58,7 @@ import grpc
 import psutil
 
 from bench import generator
+from bench.postgres import BenchPostgres
 from bench.results import Context, collector_paused, machine_info, write_result
 from bench.service import ServiceProcess, loop_lag, profiled
 from devstack.nats_server import NatsServer, free_port
@@ -81,6 +88,8 @@ GOAL_OUTREACH_PER_S = 10_000
 GOAL_P99_MS = 20.0
 RSS_TOLERANCE = 1.15
 PARTS = ("trigger", "release")
+BACKEND_PARTS = {"sqlite": PARTS, "postgresql": ("trigger",)}
+"""The parts each backend runs (all of them make a full run, the one that writes the result file)."""
 HTML = '<p>Dear {{ first_name }}, a lumpsum top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
 
 
@@ -176,12 +185,12 @@ class SegmentsProcess:
         self.process = None
 
 
-def _campaigns_process(run_dir: Path, segments_target: str) -> ServiceProcess:
-    """`python -m services.campaigns` on a fresh SQLite file, with its own NATS server."""
+def _campaigns_process(run_dir: Path, segments_target: str, database_url: str | None) -> ServiceProcess:
+    """`python -m services.campaigns` on `database_url` (None: a fresh SQLite file), with its own NATS server."""
     return ServiceProcess(
         "campaigns",
         run_dir,
-        f"sqlite+aiosqlite:///{run_dir / 'campaigns.db'}",
+        database_url or f"sqlite+aiosqlite:///{run_dir / 'campaigns.db'}",
         {
             "XSELL_CAMPAIGNS_SEGMENTS_TARGET": segments_target,
             "XSELL_CAMPAIGNS_REQUIRE_APPROVAL": "false",
@@ -313,9 +322,17 @@ async def trigger_latency(
     }
 
 
-async def trigger_floor(run_dir: Path, events: int, rate: float = TRIGGER_RATE) -> dict[str, Any]:
-    """The same drive against bench/trigger_floor.py (bare clients, one SQLite transaction per entry, no service), on a
-    NATS server of its own with the services' streams: what the machine, NATS and this process take per entry."""
+async def trigger_floor(
+    run_dir: Path, events: int, rate: float = TRIGGER_RATE, postgres: BenchPostgres | None = None
+) -> dict[str, Any]:
+    """The same drive against bench/trigger_floor.py (bare clients, one transaction per entry, no service), on a NATS
+    server of its own with the services' streams: what the machine, NATS and this process take per entry. Its
+    transactions go to a SQLite file, or to a fresh database on `postgres`."""
+    if postgres is not None:
+        await postgres.recreate_database("bench_trigger_floor")
+        database = postgres.libpq_uri("bench_trigger_floor")
+    else:
+        database = str(run_dir / "floor.db")
     await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
     server = NatsServer(run_dir / "nats").start(run_dir / "nats.log")
     try:
@@ -327,7 +344,7 @@ async def trigger_floor(run_dir: Path, events: int, rate: float = TRIGGER_RATE) 
                 "-m",
                 "bench.trigger_floor",
                 server.url,
-                str(run_dir / "floor.db"),
+                database,
                 stdout=asyncio.subprocess.PIPE,
             )
             try:
@@ -348,9 +365,10 @@ async def trigger_floor(run_dir: Path, events: int, rate: float = TRIGGER_RATE) 
     finally:
         server.stop()
     latencies = _latencies(sent, received)
+    driver = "sqlite3" if postgres is None else "asyncpg"
     return {
-        "what": "MembershipChanged in, one sqlite3 transaction, DispatchRequested out, by bare clients (nats.py, "
-        "sqlite3) in a process of their own: no look-up, spans or outbox",
+        "what": f"MembershipChanged in, one {driver} transaction, DispatchRequested out, by bare clients (nats.py, "
+        f"{driver}) in a process of their own: no look-up, spans or outbox",
         "events": events,
         "dispatched": len(received),
         "p50_ms": percentile(latencies, 0.5),
@@ -507,10 +525,15 @@ async def floor(run_dir: Path, release_database: Path, outreaches: int) -> dict[
 
 @contextlib.asynccontextmanager
 async def _campaigns(
-    run_dir: Path, segments: SegmentsProcess
+    run_dir: Path, segments: SegmentsProcess, postgres: BenchPostgres | None = None
 ) -> AsyncIterator[tuple[ServiceProcess, service_pb2_grpc.CampaignsServiceStub, Bus]]:
-    """A campaigns process with its own NATS server and database, a stub to it and a bus connection."""
-    process = _campaigns_process(run_dir, segments.target)
+    """A campaigns process with its own NATS server and a fresh database (a SQLite file, or one on `postgres`), a stub
+    to it and a bus connection."""
+    database_url = None
+    if postgres is not None:
+        await postgres.recreate_database("bench_campaigns")
+        database_url = postgres.url("bench_campaigns")
+    process = _campaigns_process(run_dir, segments.target, database_url)
     try:
         await process.start(timeout=120)
         bus = await Bus.connect(process.nats.url, name="bench")
@@ -528,9 +551,14 @@ async def run(
     parts: Sequence[str] = PARTS,
     profile: Path | None = None,
     trigger_rate: float = TRIGGER_RATE,
+    postgres: BenchPostgres | None = None,
 ) -> dict[str, Any] | None:
-    """The parts named (all by default, at the goal's trigger rate: the only run that writes the result file); py-spy
-    profiles into `profile`."""
+    """The parts named (all the backend's by default, at the goal's trigger rate: the only run that writes the result
+    file); py-spy profiles into `profile`. On `postgres` the campaigns database is there, and only the trigger part
+    runs (BACKEND_PARTS)."""
+    backend = "sqlite" if postgres is None else "postgresql"
+    if unsupported := set(parts) - set(BACKEND_PARTS[backend]):
+        raise ValueError(f"the {backend} backend does not run {', '.join(sorted(unsupported))}")
     run_dir = context.run_dir / "campaigns"
     await asyncio.to_thread(shutil.rmtree, run_dir, True)
     segments = SegmentsProcess(run_dir)
@@ -541,9 +569,9 @@ async def run(
             events = max(1000, int(FULL_TRIGGER_EVENTS * context.spec.scale))
             # First, in the same minutes: the floor (bare clients), so the service's latency reads against the
             # machine's.
-            trigger_base = await trigger_floor(run_dir / "trigger-floor", events, trigger_rate)
+            trigger_base = await trigger_floor(run_dir / "trigger-floor", events, trigger_rate, postgres)
             print(f"campaigns trigger floor (bare clients): {trigger_base}", flush=True)
-            async with _campaigns(run_dir / "trigger", segments) as (process, stub, bus):
+            async with _campaigns(run_dir / "trigger", segments, postgres) as (process, stub, bus):
                 with profiled(process.pid, profile and profile / "campaigns-trigger.txt"), collector_paused():
                     trigger = await trigger_latency(stub, bus, process, events, trigger_rate)
             # Read once the process has stopped and flushed its spans.
@@ -573,9 +601,15 @@ async def run(
             print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
     finally:
         segments.stop()
-    if set(parts) != set(PARTS) or trigger_rate != TRIGGER_RATE:
+    if set(parts) != set(BACKEND_PARTS[backend]) or trigger_rate != TRIGGER_RATE:
         print("a partial run (--parts, or --trigger-rate other than the goal's) records no result file", flush=True)
         return None
+    if postgres is not None:
+        figures = {"trigger_to_dispatch": trigger}
+        document = {"backend": backend, "figures": figures, "goal_met": trigger["goal_met"]}
+        path = write_result(context, "campaigns-postgresql", document)
+        print(f"wrote {path}", flush=True)
+        return document
     outreach = {
         "unit": "outreach/s",
         "goal": f">= {GOAL_OUTREACH_PER_S} outreaches created per second while releasing an audience",
@@ -616,7 +650,13 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help=f"--scale {QUICK_SCALE:g}: about two minutes")
     parser.add_argument("--var", type=Path, default=Path("var/bench"), help="run files (logs, databases)")
     parser.add_argument("--results", type=Path, default=Path("bench/results"), help="where campaigns.json goes")
-    parser.add_argument("--parts", default=",".join(PARTS), help="run only these parts (no result file then)")
+    parser.add_argument(
+        "--backend",
+        choices=tuple(BACKEND_PARTS),
+        default="sqlite",
+        help="the campaigns database: a SQLite file, or the embedded PostgreSQL (the trigger part alone)",
+    )
+    parser.add_argument("--parts", default=None, help="run only these parts (no result file then)")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the parts here")
     parser.add_argument(
         "--trigger-rate",
@@ -626,9 +666,15 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--serve-segments", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    parts = [part for part in args.parts.split(",") if part]
+    runs = BACKEND_PARTS[args.backend]
+    parts = [part for part in (args.parts or ",".join(runs)).split(",") if part]
     if unknown := set(parts) - set(PARTS):
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; the parts are {', '.join(PARTS)}")
+    if unsupported := set(parts) - set(runs):
+        parser.error(
+            f"--parts: --backend {args.backend} does not run {', '.join(sorted(unsupported))} (the release's floor and "
+            f"its wait for the relay read the SQLite file); it runs {', '.join(runs)}"
+        )
     if args.trigger_rate <= 0:
         parser.error("--trigger-rate must be above 0 entries a second, e.g. 1000 (the goal's) or 100")
     if args.serve_segments:
@@ -636,18 +682,38 @@ async def main(argv: list[str]) -> int:
         return 0
     scale = args.scale if args.scale is not None else (QUICK_SCALE if args.quick else 1.0)
     spec = generator.Spec(scale, 42, generator.default_anchor(datetime.now(UTC)))
+    postgres = None
+    if args.backend == "postgresql":
+        # Its own cluster beside the run folders, kept between runs (initdb is slow); fresh databases each run.
+        postgres = BenchPostgres(args.var.resolve() / "pg").start()
+        try:
+            await postgres.configure()
+            await _run_main(args, spec, parts, postgres)
+        finally:
+            try:
+                postgres.stop()
+            except subprocess.CalledProcessError:
+                print("postgresql: already stopped", flush=True)
+        return 0
+    await _run_main(args, spec, parts, None)
+    return 0
+
+
+async def _run_main(
+    args: argparse.Namespace, spec: generator.Spec, parts: list[str], postgres: BenchPostgres | None
+) -> None:
+    scale = spec.scale
     context = Context(
         spec=spec,
-        machine=await machine_info(None),
+        machine=await machine_info(postgres),
         results_dir=args.results if scale == 1.0 else args.results / f"scale-{scale:g}",
         run_dir=(args.var / "run" / spec.key).resolve(),
         datasets={},
         manifests={},
-        postgres=None,
+        postgres=postgres,
         figures=["campaigns"],
     )
-    await run(context, parts, args.profile, args.trigger_rate)
-    return 0
+    await run(context, parts, args.profile, args.trigger_rate, postgres)
 
 
 if __name__ == "__main__":

@@ -55,14 +55,15 @@ class BenchPostgres:
         return str(self._server.get_uri(database=database))
 
     def url(self, database: str) -> str:
+        """The database's SQLAlchemy URL (asyncpg), as the services take it."""
         return self._uri(database).replace("postgresql://", "postgresql+asyncpg://", 1)
 
+    def libpq_uri(self, database: str) -> str:
+        """The database's libpq URI (`postgresql://...?host=<socket dir>`), as bare clients take it (`connect_uri`)."""
+        return self._uri(database)
+
     async def connect(self, database: str = "postgres") -> Any:
-        parsed = urlparse(self._uri(database))
-        host = parse_qs(parsed.query).get("host", [parsed.hostname or "127.0.0.1"])[0]
-        return await asyncpg.connect(
-            user=parsed.username or "postgres", host=host, port=parsed.port, database=parsed.path.lstrip("/")
-        )
+        return await connect_uri(self._uri(database))
 
     async def configure(self) -> None:
         connection = await self.connect()
@@ -111,3 +112,12 @@ class BenchPostgres:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await connection.close()
+
+
+async def connect_uri(uri: str) -> Any:
+    """An asyncpg connection to a libpq URI whose host may be a Unix socket directory (`?host=/tmp/...`)."""
+    parsed = urlparse(uri)
+    host = parse_qs(parsed.query).get("host", [parsed.hostname or "127.0.0.1"])[0]
+    return await asyncpg.connect(
+        user=parsed.username or "postgres", host=host, port=parsed.port, database=parsed.path.lstrip("/")
+    )
