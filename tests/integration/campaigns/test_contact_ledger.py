@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
@@ -119,6 +119,29 @@ async def test_other_people_do_not_wait(db: Database) -> None:
         await store.lock_people(session, ["cust-2", "cust-3"])
     first_may_commit.set()
     await first
+
+
+async def test_a_transaction_asks_only_for_the_locks_it_does_not_hold(db: Database) -> None:
+    asked: list[list[int]] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, context: object, many: bool) -> None:
+        if "pg_advisory_xact_lock" in statement:
+            asked.append(list(parameters[0]))  # type: ignore[index]
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.sessions() as session:
+            async with session.begin():
+                await store.lock_people(session, ["cust-1", "cust-2"])
+                await store.lock_people(session, ["cust-2", "cust-1"])  # a trigger batch's gate, after the batch
+                await store.lock_people(session, ["cust-1", "cust-3"])
+            # The same session's next transaction holds none of them (advisory locks end with their transaction).
+            async with session.begin():
+                await store.lock_people(session, ["cust-1"])
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    key = store._person_lock_key
+    assert asked == [sorted([key("cust-1"), key("cust-2")]), [key("cust-3")], [key("cust-1")]]
 
 
 async def test_an_outreach_is_either_dispatched_or_withdrawn_never_both(campaigns_db: Database) -> None:

@@ -78,3 +78,16 @@ def test_the_seq_before_is_given_only_for_one_unbroken_run_of_exactly_the_events
     assert _seq_before([range(11, 15), None], 6) is None  # a page the driver could not tell
     assert _seq_before([range(11, 15)], 5) is None  # an event not in any page
     assert _seq_before([], 0) is None
+
+
+async def test_a_page_of_few_rows_and_one_of_many_write_the_same_rows(campaigns_db: Database) -> None:
+    # On PostgreSQL, under store.COPY_MIN_ROWS rows one pipelined INSERT, from it a COPY; SQLite has one path.
+    many = store.COPY_MIN_ROWS
+    async with campaigns_db.transaction() as session:
+        await store.insert_page(session, [], _events("few", 3))
+        await store.insert_page(session, [], _events("many", many))
+    async with campaigns_db.snapshot() as session:
+        rows = (await session.execute(select(store.outbox.c.event_id, store.outbox.c.payload))).all()
+    assert sorted(rows) == sorted(
+        [(f"few-{n}", b"payload") for n in range(3)] + [(f"many-{n}", b"payload") for n in range(many)]
+    )
