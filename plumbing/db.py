@@ -26,6 +26,7 @@ from sqlalchemy.types import TypeDecorator
 from plumbing import sqlite_async
 from plumbing.settings import ServiceSettings
 from plumbing.sqlite_checkpoints import WAL_AUTOCHECKPOINT_PAGES, WalCheckpointer
+from plumbing.sqlite_plans import plan_for
 
 T = TypeVar("T")
 
@@ -299,6 +300,13 @@ class InlineSession(AsyncSession):
         # result without the Session's ORM dispatch (~52 -> ~41 µs for a prebuilt SELECT).
         if self._connection is None:
             self._connection = self.sync_session.connection()
+        # A prebuilt statement, from its second run, straight on the driver (plumbing.sqlite_plans: ~41 -> ~14 µs
+        # for a prebuilt UNION of two IN look-ups, ~17 -> ~3.4 µs for a counter's UPDATE).
+        plan = plan_for(statement, params, self._connection.dialect)
+        if plan is not None:
+            driver = self._connection.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)  # an InlineSession's engine is pysqlite's
+            return plan.run(driver, params)
         return self._connection.execute(statement, params)
 
     async def connection(self, **kwargs: Any) -> Any:  # type: ignore[override]
