@@ -147,3 +147,52 @@ async def test_on_a_sqlite_file_inline_statements_get_no_spans_of_their_own(tmp_
         assert is_instrumentation_enabled()  # only for the work's own statements
     finally:
         await db.dispose()
+
+
+async def test_on_a_sqlite_file_the_writes_share_one_kept_connection_the_reads_do_not(tmp_path: Path) -> None:
+    """write_inline and run_inline take turns on one connection (no pool check-out per transaction); a failed
+    transaction leaves it usable, and a read's deferred snapshot never takes it (its option would stay on it)."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+
+    async def driver_of(session: AsyncSession) -> int:
+        return id((await (await session.connection()).get_raw_connection()).driver_connection)
+
+    async def fail(session: AsyncSession) -> None:
+        await session.execute(text("INSERT INTO ledger VALUES (1)"))
+        raise Refused
+
+    async def add(session: AsyncSession) -> int:
+        await session.execute(text("SELECT count(*) FROM ledger"))
+        # Still BEGIN IMMEDIATE after a read_inline: the write lock is held from the first statement, a read.
+        assert not _can_take_the_write_lock(tmp_path / "test.db")
+        await session.execute(text("INSERT INTO ledger VALUES (2)"))
+        return id(session.sync_session.connection().connection.driver_connection)
+
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
+        first = await db.write_inline(driver_of)
+        read = await db.read_inline(driver_of)
+        with pytest.raises(Refused):
+            await db.write_inline(fail)
+        after_failure = await db.write_inline(add)
+        in_run_inline = db.run_inline(lambda session: id(session.connection().connection.driver_connection))
+        assert first == after_failure == await in_run_inline
+        assert read != first
+        assert _can_take_the_write_lock(tmp_path / "test.db")  # the kept connection holds none between transactions
+        async with db.snapshot() as session:
+            assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 2
+    finally:
+        await db.dispose()
+
+
+def _can_take_the_write_lock(path: Path) -> bool:
+    other = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
