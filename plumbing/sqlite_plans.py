@@ -1,7 +1,8 @@
 """Prebuilt Core statements run straight on the sqlite3 driver's connection, for InlineSession.
 
 A statement a module builds once and runs many times (a trigger batch's look-ups and counters: `_ON_SEGMENTS`,
-`_ADD_TO_RUN`, ...) is compiled for SQLite once, here, and then each run of it is its SQL, its parameters put in order
+`_ADD_TO_RUN`, ...) is compiled for SQLite once, here (every InlineSession's engine is pysqlite's, so one plan serves
+them all), and then each run of it is its SQL, its parameters put in order
 through the types' own bind processors, the driver's call, and its rows through the types' own result processors:
 what SQLAlchemy's Connection.execute does, without its per-call execution context, compiled-cache key, events and
 cursor-result set-up, which cost more than the statement itself in SQLite (a prebuilt `UNION` of two IN look-ups:
