@@ -219,10 +219,14 @@ class Database:
         this process's writer order (`_sqlite_writer`), one at a time, so one connection serves them all, and a
         transaction skips the pool's check-out and its reset on return (a transaction of one statement ~165 -> ~82 µs
         of CPU in a loop). Reads (read_inline) keep the pool's connections: a snapshot's options would stay on a kept
-        connection. A connection that failed is replaced."""
-        if self._inline_writer is None or self._inline_writer.closed or self._inline_writer.invalidated:
-            self._inline_writer = self._inline_sync_sessions_made().kw["bind"].connect()
-        return Session(bind=self._inline_writer, expire_on_commit=False)
+        connection. A connection that failed is replaced, and one left inside a transaction (a rollback that failed)
+        too: a Session would join that transaction rather than begin its own, and its commit would commit nothing."""
+        writer = self._inline_writer
+        if writer is not None and not (writer.closed or writer.invalidated) and writer.in_transaction():
+            writer.close()
+        if writer is None or writer.closed or writer.invalidated:
+            writer = self._inline_writer = self._inline_sync_sessions_made().kw["bind"].connect()
+        return Session(bind=writer, expire_on_commit=False)
 
     def _inline_sync_sessions_made(self) -> "sessionmaker[Session]":
         """run_inline's, write_inline's and read_inline's pysqlite engine, used on the loop's thread only."""

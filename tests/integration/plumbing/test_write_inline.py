@@ -196,3 +196,26 @@ def _can_take_the_write_lock(path: Path) -> bool:
         return False
     finally:
         other.close()
+
+
+async def test_a_kept_connection_left_inside_a_transaction_is_replaced_not_joined(tmp_path: Path) -> None:
+    """Were the kept connection left in a transaction (a rollback that failed), a Session on it would join that
+    transaction and its commit would commit nothing; the next write gets a fresh connection instead."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/test.db")
+
+    async def add(session: AsyncSession) -> None:
+        await session.execute(text("INSERT INTO ledger VALUES (3)"))
+
+    try:
+        async with db.transaction() as session:
+            await session.execute(text("CREATE TABLE ledger (amount INTEGER NOT NULL)"))
+        await db.write_inline(add)
+        stuck = db._inline_writer
+        assert stuck is not None
+        stuck.begin()  # as a failed rollback would leave it
+        await db.write_inline(add)
+        assert stuck.closed and db._inline_writer is not stuck
+        async with db.snapshot() as session:
+            assert (await session.execute(text("SELECT sum(amount) FROM ledger"))).scalar_one() == 6
+    finally:
+        await db.dispose()
