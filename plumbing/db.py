@@ -436,7 +436,14 @@ _SQLITE_DEFERRED = "xsell_sqlite_deferred"
 
 def _sqlite_begin(connection: Connection) -> None:
     deferred = connection.get_execution_options().get(_SQLITE_DEFERRED, False)
-    connection.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
+    statement = "BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE"
+    driver = connection.connection.driver_connection
+    if isinstance(driver, sqlite3.Connection):
+        # pysqlite's connections (the inline and thread engines): straight on the driver. Through exec_driver_sql
+        # SQLAlchemy's execution context cost more than the BEGIN itself (~5% of a one-entry trigger transaction).
+        run_on_driver(driver, statement, ())
+    else:
+        connection.exec_driver_sql(statement)
 
 
 def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
