@@ -504,18 +504,33 @@ def sqlite_driver(session: Session | AsyncSession) -> sqlite3.Connection | None:
         if not isinstance(session, InlineSession):
             return None
         session = session.sync_session
-    transaction = session.get_transaction()
-    known = session.info.get(_SQLITE_DRIVER_KEY)
+
+    def find(sync: Session) -> sqlite3.Connection | None:
+        connection = sync.connection()
+        driver = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
+        return driver if isinstance(driver, sqlite3.Connection) else None
+
+    return per_transaction(session, _SQLITE_DRIVER_KEY, find)
+
+
+def per_transaction(session: Session | AsyncSession, key: str, make: Callable[[Session], T]) -> T:
+    """What `make(session)` gave in the session's current transaction, kept in the session's info under `key` for
+    that transaction only (the next one makes its own). Nothing is kept while no transaction has begun.
+
+    The transaction is held by weak reference: held in the session's own info, it made a reference cycle (session,
+    info, transaction, session) of ~47 objects per transaction, which only the collector could free (a
+    young-generation pass every ~1.6 s at 1,000 trigger entries/s, 10-13 ms each on the loop).
+    """
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    transaction = sync.get_transaction()
+    known = sync.info.get(key)
     if known is not None and transaction is not None and known[0]() is transaction:
         return known[1]  # type: ignore[no-any-return]
-    connection = session.connection()
-    driver = connection.connection.driver_connection if connection.dialect.name == "sqlite" else None
-    target = driver if isinstance(driver, sqlite3.Connection) else None
-    # The transaction by weak reference: held in the session's own info, it made a reference cycle (session, info,
-    # transaction, session) of ~47 objects per transaction, which only the collector could free (a young-generation
-    # pass every ~1.6 s at 1,000 trigger entries/s, 10-13 ms each on the loop).
-    session.info[_SQLITE_DRIVER_KEY] = (weakref.ref(session.get_transaction()), target)
-    return target
+    value = make(sync)
+    transaction = sync.get_transaction()  # `make` may have begun it
+    if transaction is not None:
+        sync.info[key] = (weakref.ref(transaction), value)
+    return value
 
 
 def run_on_driver(connection: sqlite3.Connection, statement: str, parameters: Sequence[Any]) -> sqlite3.Cursor:

@@ -2,7 +2,6 @@
 
 import hashlib
 import sqlite3
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing import sqlite_async
-from plumbing.db import UtcDateTime, upsert_insert
+from plumbing.db import UtcDateTime, per_transaction, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.ids import new_id
 from plumbing.outbox import inbox_table, outbox_table
@@ -483,10 +482,7 @@ async def _insert_rows(
             if len(rows) >= COPY_MIN_ROWS:
                 await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
             else:
-                placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-                await driver.executemany(
-                    f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})", rows
-                )
+                await driver.executemany(_insert_statement(table, columns, "numeric_dollar"), rows)
             return None
     if dialect.name == "sqlite":
         driver = (await connection.get_raw_connection()).driver_connection
@@ -495,15 +491,19 @@ async def _insert_rows(
             if isinstance(driver, sqlite3.Connection):
                 return int(driver.execute("SELECT last_insert_rowid()").fetchone()[0])
             return None
-    if dialect.paramstyle == "qmark":
+    await connection.exec_driver_sql(_insert_statement(table, columns, dialect.paramstyle), list(rows))
+    return None
+
+
+def _insert_statement(table: Table, columns: Sequence[str], paramstyle: str) -> str:
+    """A one-row INSERT of `columns` in the driver's parameter style (run once per row by executemany)."""
+    if paramstyle == "qmark":
         placeholders = ", ".join("?" for _ in columns)
-    elif dialect.paramstyle == "numeric_dollar":
+    elif paramstyle == "numeric_dollar":
         placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
     else:
         placeholders = ", ".join("%s" for _ in columns)
-    statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
-    await connection.exec_driver_sql(statement, list(rows))
-    return None
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})"
 
 
 async def advance_run(
@@ -812,23 +812,7 @@ def _person_lock_key(profile_id: str) -> int:
 
 
 _PEOPLE_LOCKED = "xsell.campaigns.people_locked"
-"""session.info key: (the transaction, by weak reference; the person lock keys it holds)."""
-
-
-def _locks_held(session: AsyncSession) -> set[int]:
-    """The person lock keys the session's current transaction holds (advisory locks end with their transaction)."""
-    transaction = session.sync_session.get_transaction()
-    known = session.info.get(_PEOPLE_LOCKED)
-    if known is not None and transaction is not None and known[0]() is transaction:
-        return known[1]  # type: ignore[no-any-return]
-    held: set[int] = set()
-    # By weak reference, as plumbing.db.sqlite_driver keeps its transaction: no reference cycle for the collector.
-    session.info[_PEOPLE_LOCKED] = (weakref.ref(transaction) if transaction is not None else _none_ref, held)
-    return held
-
-
-def _none_ref() -> None:
-    return None
+"""session.info key (plumbing.db.per_transaction): the person lock keys the current transaction holds."""
 
 
 async def lock_people(session: AsyncSession, profile_ids: Sequence[str]) -> None:
@@ -842,7 +826,7 @@ async def lock_people(session: AsyncSession, profile_ids: Sequence[str]) -> None
         return
     # A lock held already in this transaction is not asked for again (a trigger batch locks its people, then its
     # gate the admitted ones among them): each ask is a round trip.
-    held = _locks_held(session)
+    held: set[int] = per_transaction(session, _PEOPLE_LOCKED, lambda _sync: set())
     keys = sorted({_person_lock_key(p) for p in profile_ids} - held)
     if not keys:
         return
