@@ -382,10 +382,10 @@ def trigger_batches(var_dir: Path) -> dict[str, Any]:
     """The trigger handler's batches as its spans recorded them: how many entries each took, how long each ran, and
     the pause between one batch's end and the next one's start (the consumer acknowledging its fetch)."""
     batches = sorted(
-        (span for span in read_spans(var_dir) if span["name"] == "campaigns.triggers batch"),
+        (span for span in read_spans(var_dir) if span["name"] == f"process {streams.MEMBERSHIP_CHANGED}"),
         key=lambda span: span["start_ns"],
     )
-    sizes = sorted(float(span["attributes"].get("group_commit.items", 1)) for span in batches)
+    sizes = sorted(float(span["attributes"].get("messaging.batch.message_count", 1)) for span in batches)
     durations = sorted((span["end_ns"] - span["start_ns"]) / 1e6 for span in batches)
     gaps = sorted((later["start_ns"] - earlier["end_ns"]) / 1e6 for earlier, later in itertools.pairwise(batches))
     return {

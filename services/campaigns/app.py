@@ -1,5 +1,6 @@
 """The composition root of the campaigns service: settings, database, bus, segments client, servicer, loops."""
 
+import dataclasses
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -84,11 +85,11 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     trigger_handler = TriggerHandler(db, people, runner.gate, templates, tracer, relay=relay)
     trigger_consumer = Consumer(
         bus,
-        streams.CAMPAIGNS_TRIGGERS,
+        dataclasses.replace(streams.CAMPAIGNS_TRIGGERS, batch_size=settings.trigger_concurrency),
         MembershipChanged,
-        trigger_handler.on_membership_changed,
+        None,
         tracer,
-        concurrency=settings.trigger_concurrency,
+        batch_handler=trigger_handler.on_membership_changed_batch,
     )
     await trigger_consumer.declare()
     resends = ResendRunner(

@@ -39,7 +39,8 @@ class CampaignsSettings(ServiceSettings):
         100,
         ge=1,
         le=1000,
-        description="Segment entries the trigger consumer takes at once; those that arrive together are applied in "
+        description="Segment entries the trigger consumer takes at once (its fetch); those that arrive together are "
+        "handed over in one call and applied in "
         "one transaction after one segments look-up for all their people (the inbox, per-person locks and the "
         "cool-down keep each person's outcome the same in any order). 1 applies them one by one.",
     )

@@ -13,7 +13,6 @@ from opentelemetry import trace
 from plumbing.bus import Delivery
 from plumbing.db import Database, after_commit
 from plumbing.errors import Unavailable
-from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.outbox import OutboxRelay, utcnow
 from services import streams
 from services.campaigns import automation_store, store
@@ -49,15 +48,15 @@ class _Entry:
 class TriggerHandler:
     """Applies MembershipChanged ENTERED to the RUNNING triggered campaigns pinned to that segment version.
 
-    Entries that arrive together (the consumer hands a fetched batch to concurrent handler calls) are
-    applied together through a group commit, so the cost per entry falls as the rate rises: the campaigns
+    Entries that arrive together are applied together (the consumer hands its whole fetch to one call,
+    on_membership_changed_batch), so the cost per entry falls as the rate rises: the campaigns
     on their segments are read once, each person is looked up in segments once (concurrently, before the
     transaction: a SQLite write lock must not wait on the network), and ONE transaction claims every
     message in the inbox and creates each firing campaign's outreaches for all its people set-based, as
     a release page does. On SQLite that transaction's statements run inline on the loop (Database.write_inline):
     none waits behind the service's other tasks while it holds the write lock. Its events are handed to the relay
-    once committed (OutboxRelay.hand_over). A redelivered message creates nothing more; each handler call returns
-    (and its message is acknowledged) only after that transaction committed.
+    once committed (OutboxRelay.hand_over). A redelivered message creates nothing more; a call returns (and its
+    messages are acknowledged) only after that transaction committed.
     """
 
     def __init__(
@@ -80,19 +79,33 @@ class TriggerHandler:
         # Batches write their events without the Outbox (store.insert_page), so they hand them to the relay
         # themselves once committed (OutboxRelay.hand_over: published at once, not read back by the relay).
         self.relay = relay
-        self._batches: GroupCommit[_Entry, None] = GroupCommit("campaigns.triggers", self._apply, tracer=tracer)
         # Campaign-ID counters known to exist (committed; counters are never deleted), so a batch does not ensure
         # its counter again. Only the batches' transactions, one at a time, read and add to it.
         self._counters: set[tuple[str, str, str]] = set()
         # Segments on which the latest transaction that read them found a RUNNING triggered campaign.
         self._segments_firing: set[str] = set()
 
-    async def on_membership_changed(self, event: segment_events.MembershipChanged, delivery: Delivery) -> None:
-        if event.change != segment_events.MEMBERSHIP_CHANGE_ENTERED or not event.profile_id:
-            return
-        await self._batches.submit(_Entry(event, delivery.message_id))
+    async def on_membership_changed_batch(
+        self, items: Sequence[tuple[segment_events.MembershipChanged, Delivery]]
+    ) -> list[BaseException | None]:
+        """A fetch of MembershipChanged, applied together: each message's outcome, in order (None: applied, or
+        nothing to do). An error of the whole batch (the database) raises, and every message naks on it.
 
-    async def _apply(self, submitted: Sequence[Submitted[_Entry]]) -> list[BaseException | None]:
+        The consumer's one call per fetch replaced a handler call per message joined by a group commit: a task, a
+        span, a future and a context per message, between one batch's commit and the next one's start."""
+        outcomes: list[BaseException | None] = [None] * len(items)
+        entered = [
+            (index, _Entry(event, delivery.message_id))
+            for index, (event, delivery) in enumerate(items)
+            if event.change == segment_events.MEMBERSHIP_CHANGE_ENTERED and event.profile_id
+        ]
+        if entered:
+            applied = await self._apply([entry for _, entry in entered])
+            for (index, _), outcome in zip(entered, applied, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _apply(self, batch: list[_Entry]) -> list[BaseException | None]:
         """Every entry's outcome, in order: None when applied (or nothing to do), or the error its message naks on.
 
         The people of entries on segments where a triggered campaign fired before are looked up first, and the
@@ -100,7 +113,6 @@ class TriggerHandler:
         statement per batch). Entries a campaign fires for whose person was not looked up (a segment firing for
         the first time, or segments unavailable then) are applied in a second round, after their look-up.
         """
-        batch = [s.item for s in submitted]
         done: list[BaseException | None] = [None] * len(batch)
         now = self.clock()
         known = [i for i, entry in enumerate(batch) if entry.event.segment_id in self._segments_firing]
