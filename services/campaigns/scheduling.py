@@ -178,8 +178,20 @@ class DeliveryOptions:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "DeliveryOptions":
+        """The options of a campaigns row's `options`. The last one parsed is kept with the very dict it came from
+        (held, so its identity is not reused): a trigger batch asks three times for the same row's."""
         if not data:
             return cls()
+        global _last_parsed
+        last = _last_parsed
+        if last is not None and last[0] is data:
+            return last[1]
+        parsed = cls._parsed(data)
+        _last_parsed = (data, parsed)
+        return parsed
+
+    @classmethod
+    def _parsed(cls, data: dict[str, Any]) -> "DeliveryOptions":
         recurrence = None
         if data.get("recurrence"):
             end = data["recurrence"].get("end")
@@ -243,3 +255,6 @@ def recipient_time_zone(value: object, campaign_time_zone: str) -> str:
             return campaign_time_zone
         return value
     return campaign_time_zone
+
+
+_last_parsed: tuple[dict[str, Any], DeliveryOptions] | None = None

@@ -1,5 +1,6 @@
 """The campaigns database: definitions, runs, the campaign-ID counters, outreaches, outbox and idempotency."""
 
+import functools
 import hashlib
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -416,10 +417,7 @@ class DriverValues:
 
     def __init__(self, session: AsyncSession) -> None:
         assert session.bind is not None
-        dialect = session.bind.dialect
-        self._datetime = outreaches.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-        self._event_time = outbox.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-        self._json = outreaches.c.labels.type.dialect_impl(dialect).bind_processor(dialect)
+        self._datetime, self._event_time, self._json = _bind_processors(session.bind.dialect)
 
     def time(self, value: datetime | None) -> Any:
         """A timezone-aware UTC datetime of the campaigns tables (UtcDateTime columns)."""
@@ -431,6 +429,17 @@ class DriverValues:
 
     def json(self, value: Any) -> Any:
         return self._json(value) if self._json is not None else value
+
+
+@functools.lru_cache(maxsize=8)
+def _bind_processors(dialect: Any) -> tuple[Any, Any, Any]:
+    """DriverValues' processors for a dialect (an engine's, for its life): made once, not per page (a trigger batch
+    built them each time, ~35 µs)."""
+    return (
+        outreaches.c.created_at.type.dialect_impl(dialect).bind_processor(dialect),
+        outbox.c.created_at.type.dialect_impl(dialect).bind_processor(dialect),
+        outreaches.c.labels.type.dialect_impl(dialect).bind_processor(dialect),
+    )
 
 
 async def insert_page(

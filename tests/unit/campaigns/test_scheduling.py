@@ -112,3 +112,15 @@ def test_options_round_trip_through_json() -> None:
     )
     assert DeliveryOptions.from_json(options.to_json()) == options
     assert DeliveryOptions.from_json(None) == DeliveryOptions()
+
+
+def test_options_parsed_again_for_another_dict_and_kept_for_the_same_one() -> None:
+    first = {"priority": 3, "holdout_basis_points": 500, "quiet_hours": {"start_minute": 1260, "end_minute": 540}}
+    parsed = DeliveryOptions.from_json(first)
+    assert DeliveryOptions.from_json(first) is parsed
+    # An equal-looking dict from another row, and one that differs, are read for themselves.
+    other = {"priority": 7}
+    assert DeliveryOptions.from_json(other).priority == 7
+    assert DeliveryOptions.from_json(other).holdout_basis_points == 0
+    assert DeliveryOptions.from_json(first).priority == 3
+    assert DeliveryOptions.from_json(None) == DeliveryOptions()
