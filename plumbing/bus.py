@@ -389,6 +389,8 @@ class Consumer(Generic[M]):
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("a consumer takes a handler or a batch_handler, not both")
+        if batch_handler is not None and keep_full:
+            raise ValueError("keep_full hands messages over one by one: it takes a handler, not a batch_handler")
         self.bus = bus
         self.spec = spec
         self.message_type = message_type

@@ -180,3 +180,5 @@ def test_a_consumer_takes_a_handler_or_a_batch_handler() -> None:
         Consumer(object(), spec, SegmentPublished, handler, tracer, batch_handler=batch_handler)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a handler or a batch_handler"):
         Consumer(object(), spec, SegmentPublished, None, tracer)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keep_full"):
+        Consumer(object(), spec, SegmentPublished, None, tracer, keep_full=True, batch_handler=batch_handler)  # type: ignore[arg-type]
