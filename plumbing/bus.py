@@ -556,16 +556,23 @@ class Consumer(Generic[M]):
         )
         return headers, delivery
 
-    async def _handle_one(self, msg: Msg) -> str:
-        headers, delivery = self._delivery(msg)
-        attributes: dict[str, str | int] = {
+    def _process_attributes(self, subject: str) -> dict[str, str | int]:
+        """A CONSUMER span's attributes every message or fetch of this durable shares."""
+        return {
             "messaging.system": "nats",
             "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
+            "messaging.destination.name": subject,
             "messaging.consumer.group.name": self.spec.durable,
-            "messaging.message.id": delivery.message_id,
-            "messaging.nats.delivery_count": delivery.num_delivered,
         }
+
+    async def _dead_letter_undecodable(self, msg: Msg, headers: dict[str, str], error: DecodeError) -> None:
+        await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
+
+    async def _handle_one(self, msg: Msg) -> str:
+        headers, delivery = self._delivery(msg)
+        attributes = self._process_attributes(msg.subject)
+        attributes["messaging.message.id"] = delivery.message_id
+        attributes["messaging.nats.delivery_count"] = delivery.num_delivered
         log_fields = {"durable": self.spec.durable, "message_id": delivery.message_id}
         if delivery.campaign_id:
             attributes[CAMPAIGN_ID] = delivery.campaign_id
@@ -596,7 +603,7 @@ class Consumer(Generic[M]):
         try:
             payload = self.message_type.FromString(msg.data)
         except DecodeError as error:
-            await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
+            await self._dead_letter_undecodable(msg, headers, error)
             span.set_status(Status(StatusCode.ERROR, "poison message"))
             return "dead_letter"
         assert self.handler is not None
@@ -647,7 +654,7 @@ class Consumer(Generic[M]):
             try:
                 payload = self.message_type.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
+                await self._dead_letter_undecodable(msg, headers, error)
                 self._handled.add((self.spec.durable, "dead_letter"))
                 continue
             taken.append((msg, headers, delivery))
@@ -655,13 +662,8 @@ class Consumer(Generic[M]):
         if not items:
             return
         subject = taken[0][0].subject
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": subject,
-            "messaging.consumer.group.name": self.spec.durable,
-            "messaging.batch.message_count": len(items),
-        }
+        attributes = self._process_attributes(subject)
+        attributes["messaging.batch.message_count"] = len(items)
         campaign_ids = {delivery.campaign_id for _, _, delivery in taken}
         campaign_id = campaign_ids.pop() if len(campaign_ids) == 1 else None
         if campaign_id:

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from plumbing.bus import MSG_ID_HEADER, REPLAY_OF_HEADER, Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
+from plumbing.metrics import tally
 from services import streams
 from services.campaigns import store
 from services.campaigns.app import build
@@ -264,6 +265,13 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
             entries.append((change, dict(msg.headers or {})))
 
     subscription = await stack.bus.nc.subscribe(streams.MEMBERSHIP_CHANGED, cb=collect)
+    # What operators read per outcome (xsell_campaigns_trigger_entries_total): the process's counts, from here on.
+    outcomes = tally("xsell.campaigns", "xsell.campaigns.trigger.entries", labels=("outcome",))
+    counted_before = {outcome: outcomes.value((outcome,)) for outcome in ("created", "redelivery_skipped", "cool_down")}
+
+    def counted(outcome: str) -> int:
+        return outcomes.value((outcome,)) - counted_before[outcome]
+
     # b-01's outstanding falls to 55%: they enter the segment, and that is the trigger.
     await _upsert(stack, _profile("b-01", outstanding_ratio=0.55))
     first = await eventually(lambda: _outreaches(stack, key))
@@ -298,6 +306,8 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
             )
         ).all()
     assert headers[MSG_ID_HEADER] in {row.message_id for row in applied}
+    # b-01 and b-02, by both campaigns; the replay skipped, not counted again.
+    assert counted("created") == 4 and counted("redelivery_skipped") == 1
 
     # b-01's outreach was two days ago (another day's run); they leave and come back within the 30-day
     # cool-down: a new entry, but no new outreach.
@@ -307,6 +317,7 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
     await _upsert(stack, _profile("b-04", email="b04@example.in", first_name="Arjun", outstanding_ratio=0.2))
     after = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) >= 3))
     assert sorted(o.profile_id for o in after) == ["b-01", "b-02", "b-04"]
+    assert counted("cool_down") >= 1
     # A day that is over closes its run once nothing in it waits for dispatch; today's run stays open.
     run_of = {o.profile_id: o.run_id for o in after}
 
