@@ -1,6 +1,7 @@
 """One async SQLAlchemy engine per service database, its sessions, and its Alembic migrations."""
 
 import asyncio
+import contextlib
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -29,6 +31,8 @@ from plumbing.sqlite_checkpoints import WAL_AUTOCHECKPOINT_PAGES, WalCheckpointe
 from plumbing.sqlite_plans import plan_for
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 class Database:
@@ -50,10 +54,14 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         self._engine_options = kwargs
         self._sqlite_file = self.is_sqlite and bool(self.url.database) and self.url.database != ":memory:"
+        # The loop this process's writers last ran on, and the checkpoint the checkpoint thread asked it for (SQLite).
+        self._writers_loop: asyncio.AbstractEventLoop | None = None
+        self._restart: asyncio.Task[None] | None = None
+        self._restart_connection: sqlite3.Connection | None = None
         self._checkpoints: WalCheckpointer | None = None
         if self._sqlite_file and checkpoint_interval > 0:
             assert self.url.database is not None
-            self._checkpoints = WalCheckpointer(self.url.database, checkpoint_interval)
+            self._checkpoints = WalCheckpointer(self.url.database, checkpoint_interval, restart=self._restart_log_soon)
         if self.is_sqlite:
             self._as_sqlite(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -91,7 +99,7 @@ class Database:
             async with self.sessions() as session, session.begin():
                 yield session
             return
-        async with self._sqlite_writer, self.sessions() as session, session.begin():
+        async with self._writers(), self.sessions() as session, session.begin():
             yield session
 
     async def run_in_transaction(self, work: Callable[[Session], T]) -> T:
@@ -125,7 +133,7 @@ class Database:
         """
         if self._sqlite_writer is None or not self._sqlite_file:
             return await self.run_in_transaction(work)
-        async with self._sqlite_writer:
+        async with self._writers():
             with suppress_instrumentation(), self._inline_writes() as session, session.begin():
                 return work(session)
 
@@ -168,14 +176,49 @@ class Database:
     async def _in_writer_turn(self, start: Callable[[], "asyncio.Future[T]"]) -> T:
         """What `start` starts in another thread, begun in this process's writer order; the writer lock is held
         until its transaction has ended, even when the caller is cancelled meanwhile."""
-        assert self._sqlite_writer is not None
-        async with self._sqlite_writer:
+        async with self._writers():
             written = start()
             try:
                 return await asyncio.shield(written)
             finally:
                 if not written.done():
                     await asyncio.wait([written])
+
+    def _writers(self) -> asyncio.Lock:
+        """This process's writer order on SQLite (one transaction writes at a time), noting the loop it is on."""
+        assert self._sqlite_writer is not None
+        self._writers_loop = asyncio.get_running_loop()
+        return self._sqlite_writer
+
+    def _restart_log_soon(self) -> None:
+        """From the checkpoint thread: one more checkpoint, in the writers' turn on their loop, unless one is on its way
+        (see WalCheckpointer). Nothing before a writer has run, nor once the loop is closed."""
+        loop = self._writers_loop
+        if loop is None or self._restart is not None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing writes any more
+            loop.call_soon_threadsafe(self._start_restart)
+
+    def _start_restart(self) -> None:
+        if self._restart is None:
+            self._restart = asyncio.get_running_loop().create_task(self._restart_log(), name="sqlite-log-restart")
+
+    async def _restart_log(self) -> None:
+        """A checkpoint where no commit lands meanwhile: what the checkpoint thread's last one left (what was committed
+        while it ran) is copied, so the next commit writes the log from its start again. It runs on the loop, in the
+        writers' turn: 2-4 ms in the trigger bench (a few dozen pages and two syncs). In the thread, holding the turn,
+        it would also wait for the interpreter lock behind the busy loop after each step. PASSIVE: a reader on an
+        older snapshot is not waited for, and the log restarts at a later try."""
+        try:
+            async with self._writers():
+                if self._restart_connection is None:
+                    assert self.url.database is not None
+                    self._restart_connection = sqlite3.connect(self.url.database, isolation_level=None)
+                self._restart_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as error:
+            log.warning("sqlite_log_restart_failed", error=str(error))
+        finally:
+            self._restart = None
 
     async def write_inline(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """`await work(session)` inside one transaction, committed when it returns.
@@ -196,7 +239,7 @@ class Database:
         if self._sqlite_writer is None or not self._sqlite_file:
             async with self.transaction() as session:
                 return await work(session)
-        async with self._sqlite_writer:
+        async with self._writers():
             return await self._inline(work)
 
     async def read_inline(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -275,6 +318,11 @@ class Database:
     async def dispose(self) -> None:
         if self._checkpoints is not None:
             await asyncio.to_thread(self._checkpoints.stop)
+        if self._restart is not None:
+            await asyncio.wait([self._restart])
+        if self._restart_connection is not None:
+            self._restart_connection.close()
+            self._restart_connection = None
         for kept in self._kept:
             await kept.close()
         await self.engine.dispose()

@@ -8,6 +8,15 @@ entries). Here a thread asks SQLite for a PASSIVE checkpoint every `interval`: i
 for a reader or taking the write lock, the file and log syncs happen in that thread (sqlite3 lets go of the
 interpreter meanwhile), and the writers' own checkpoint is left as a backstop (WAL_AUTOCHECKPOINT_PAGES) for a thread
 that fell behind.
+
+Under a steady stream of commits that thread alone never lets the log start over. SQLite restarts the log (writes
+from its first frame again) only at a commit that begins when every frame has been copied, and commits land while a
+checkpoint runs (6-9 ms for the ~2,500 pages a quarter second brings at 1,000 trigger entries/s, ~10 pages an entry).
+The log grew until the writers' own checkpoint fired at 10,000 pages: about once a second one trigger commit on the
+loop copied what the thread had not, in 5-12 ms, and the entries behind it waited. So once the log holds
+RESTART_PAGES the thread asks the database (`restart`) for one more checkpoint in its writers' turn, on its loop: no
+commit can land during it, it copies only what came since the thread's last one, and the next commit starts the log
+over.
 """
 
 import contextlib
@@ -15,14 +24,18 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
-WAL_AUTOCHECKPOINT_PAGES = 10_000
-"""The connections' own wal_autocheckpoint while the thread runs (~40 MiB of log at 4 KiB pages): reached only if the
-thread's checkpoints fall that far behind (a reader holding an old snapshot for a long time)."""
+WAL_AUTOCHECKPOINT_PAGES = 20_000
+"""The connections' own wal_autocheckpoint while the thread runs (~80 MiB of log at 4 KiB pages): reached only if the
+log could not be restarted past RESTART_PAGES (a reader holding an old snapshot for a long time)."""
+
+RESTART_PAGES = 8_000
+"""Pages in the log (~32 MiB at 4 KiB pages) past which the thread asks for the checkpoint that lets it start over."""
 
 BEHIND_WARNING_PAGES = 5_000
 """Pages a checkpoint could not copy (readers still on them) above which it is logged, at most once a minute."""
@@ -33,9 +46,12 @@ _WARNING_EVERY_SECONDS = 60.0
 class WalCheckpointer:
     """Checkpoints the write-ahead log of the SQLite file at `path` every `interval` seconds until stop()."""
 
-    def __init__(self, path: str, interval: float) -> None:
+    def __init__(self, path: str, interval: float, restart: Callable[[], None] | None = None) -> None:
+        """`restart`, called from the thread once the log holds RESTART_PAGES after a checkpoint, has one more
+        checkpoint run where no commit lands meanwhile (the database's writers' turn) and returns at once."""
         self.path = path
         self.interval = interval
+        self.restart = restart
         self.checkpoints = 0
         """Checkpoints run (each a PRAGMA wal_checkpoint(PASSIVE), whether or not the log had pages to copy)."""
         self._stopping = threading.Event()
@@ -80,3 +96,8 @@ class WalCheckpointer:
         if behind > BEHIND_WARNING_PAGES and now - self._warned_at >= _WARNING_EVERY_SECONDS:
             self._warned_at = now
             log.warning("sqlite_checkpoint_behind", database=os.path.basename(self.path), pages=behind)
+        if self.restart is not None and in_log >= RESTART_PAGES:
+            # What was committed while that one ran first, here (a few milliseconds' worth), so that the checkpoint in
+            # the writers' turn has little left to copy.
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.restart()

@@ -1,15 +1,19 @@
 """On a SQLite file with a checkpoint interval, the write-ahead log is copied into the database file by a thread of its
 own, and the service's commits no longer do it. Read here through the file alone (`immutable=1` ignores the log)."""
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plumbing import sqlite_checkpoints
 from plumbing.db import Database
 from plumbing.settings import ServiceSettings
+from plumbing.sqlite_checkpoints import WAL_AUTOCHECKPOINT_PAGES
 from tests.waiting import eventually
 
 # Each row fills a page of its own: more rows than SQLite's default checkpoint threshold (1,000 pages).
@@ -89,3 +93,66 @@ async def test_a_service_checkpoints_from_a_thread_unless_told_not_to(tmp_path: 
     off = Database.of_service(ServiceSettings(var_dir=tmp_path, sqlite_checkpoint_interval_seconds=0), "campaigns")
     assert len(checkpoint_threads()) == before
     await off.dispose()
+
+
+def log_restarts(path: Path) -> int:
+    """The write-ahead log's checkpoint sequence number, which SQLite adds one to each time the log starts over (bytes
+    12-15 of its header, big-endian: https://www.sqlite.org/fileformat2.html#walformat)."""
+    with open(f"{path}-wal", "rb") as log:
+        return int.from_bytes(log.read(32)[12:16], "big")
+
+
+async def test_past_restart_pages_the_thread_asks_for_a_checkpoint_in_the_writers_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_checkpoints, "RESTART_PAGES", 500)
+    path = tmp_path / "service.db"
+    with sqlite3.connect(path, isolation_level=None) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        connection.execute("CREATE TABLE pages (body BLOB NOT NULL)")
+        asked: list[int] = []
+        checkpointer = sqlite_checkpoints.WalCheckpointer(str(path), 0.01, restart=lambda: asked.append(1))
+        try:
+            for _ in range(100):
+                connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+            seen = checkpointer.checkpoints
+
+            async def checkpointed_twice() -> bool:
+                return checkpointer.checkpoints >= seen + 2
+
+            await eventually(checkpointed_twice)
+            assert asked == []  # ~100 pages: the log is left to grow
+            for _ in range(ROWS):
+                connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+
+            async def restart_asked() -> bool:
+                return len(asked) > 0
+
+            await eventually(restart_asked)
+        finally:
+            checkpointer.stop()
+
+
+async def test_the_checkpoint_in_the_writers_turn_lets_the_next_commit_start_the_log_over(tmp_path: Path) -> None:
+    path = tmp_path / "service.db"
+    # The thread never checkpoints on its own here: only the restart it asks for (called as the thread would) does.
+    db = Database(f"sqlite+aiosqlite:///{path}", checkpoint_interval=3600)
+    try:
+        await write_pages(db)
+        restarts = log_restarts(path)
+        assert db._checkpoints is not None
+        await asyncio.to_thread(db._checkpoints.restart)
+
+        async def copied() -> bool:
+            return rows_in_the_file(path) == ROWS
+
+        await eventually(copied)
+
+        async def one_more(session: AsyncSession) -> None:
+            await session.execute(text("INSERT INTO pages VALUES (randomblob(3000))"))
+
+        await db.write_inline(one_more)
+        assert log_restarts(path) == restarts + 1
+    finally:
+        await db.dispose()
