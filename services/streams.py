@@ -9,6 +9,8 @@ OUTREACH_CREATED = "xsell.campaigns.outreach_created"
 DISPATCH_REQUESTED = "xsell.campaigns.dispatch_requested"
 # A person held out of a run (the control group), so attribution can measure lift against them.
 HOLDOUT_ASSIGNED = "xsell.campaigns.holdout_assigned"
+# An undispatched outreach withdrawn for a better-ranked campaign's: attribution takes back its send.
+OUTREACH_WITHDRAWN = "xsell.campaigns.outreach_withdrawn"
 DELIVERY_UPDATED = "xsell.channels.delivery_updated"
 ENGAGEMENT_RECORDED = "xsell.channels.engagement_recorded"
 CONVERSION_RECORDED = "xsell.attribution.conversion_recorded"
@@ -56,6 +58,7 @@ ATTRIBUTION_DELIVERY = _consumer(CHANNELS_STREAM, "attribution-delivery", DELIVE
 ATTRIBUTION_ENGAGEMENT = _consumer(CHANNELS_STREAM, "attribution-engagement", ENGAGEMENT_RECORDED)
 # The control group: people held out of a run, against whom attribution measures incremental lift.
 ATTRIBUTION_HOLDOUT = _consumer(CAMPAIGNS_STREAM, "attribution-holdout", HOLDOUT_ASSIGNED)
+ATTRIBUTION_WITHDRAWAL = _consumer(CAMPAIGNS_STREAM, "attribution-withdrawal", OUTREACH_WITHDRAWN)
 # Segments records engagement and conversions on the person's profile (email_opened, converted...),
 # so audiences can use them: "did not click in 30 days", "not converted yet".
 SEGMENTS_ENGAGEMENT = _consumer(CHANNELS_STREAM, "segments-engagement", ENGAGEMENT_RECORDED)

@@ -489,6 +489,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         with outreach_span(self.tracer, "attribution.get_campaign_attribution", request.campaign_id):
             async with self.db.snapshot() as session:
                 attribution = await store.attribution(session, request.campaign_id)
+                withdrawn = None if attribution else await store.withdrawn_at(session, request.campaign_id)
+            if withdrawn is not None:
+                raise rules.withdrawn_outreach(request.campaign_id, withdrawn)
             if attribution is None:
                 raise rules.unknown_outreach(request.campaign_id)
             return service_pb2.GetCampaignAttributionResponse(attribution=self._attribution(attribution))

@@ -18,7 +18,7 @@ from services.attribution.consumers import Handlers
 from services.attribution.ledger import Ledger
 from services.attribution.settings import AttributionSettings
 from xsell.attribution.v1 import service_pb2_grpc
-from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated
+from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated, OutreachWithdrawn
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -60,6 +60,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         Consumer(bus, streams.ATTRIBUTION_DELIVERY, DeliveryUpdated, handlers.on_delivery_updated, tracer),
         Consumer(bus, streams.ATTRIBUTION_ENGAGEMENT, EngagementRecorded, handlers.on_engagement_recorded, tracer),
         Consumer(bus, streams.ATTRIBUTION_HOLDOUT, HoldoutAssigned, handlers.on_holdout_assigned, tracer),
+        Consumer(bus, streams.ATTRIBUTION_WITHDRAWAL, OutreachWithdrawn, handlers.on_outreach_withdrawn, tracer),
     ]
     for consumer in consumers:
         await consumer.declare()

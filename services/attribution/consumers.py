@@ -15,7 +15,7 @@ from services.attribution.convert import category_name, channel_name, time_or
 from services.attribution.ledger import Ledger
 from services.attribution.reporting import labels_key
 from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
-from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated
+from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated, OutreachWithdrawn
 from xsell.channels.v1 import resources_pb2 as channels_pb2
 from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
@@ -93,6 +93,30 @@ class Handlers:
                 assigned_at=assigned_at,
             )
         log.info("holdout_recorded" if recorded else "holdout_already_recorded")
+
+    async def on_outreach_withdrawn(self, event: OutreachWithdrawn, delivery: Delivery) -> None:
+        """Takes back the send and cost booked for an outreach withdrawn before it was sent (Ledger.withdraw_outreach).
+        A withdrawal can arrive before its OutreachCreated (another durable): it waits, as a delivery event does."""
+        if not event.campaign_id:
+            raise PermanentError("OutreachWithdrawn without campaign_id names no outreach")
+        with outreach_span(self.tracer, "attribution.withdraw_outreach", event.campaign_id):
+            at = time_or(event.withdraw_time, event.HasField("withdraw_time"), datetime.now(UTC))
+            async with self.db.transaction() as session:
+                if not await self.inbox.claim(session, streams.ATTRIBUTION_WITHDRAWAL.durable, delivery.message_id):
+                    log.info("redelivery_skipped")
+                    return
+                locked = await store.lock_outreach(session, event.campaign_id)
+                if locked is None:
+                    if await store.withdrawn_at(session, event.campaign_id) is not None:
+                        log.info("outreach_already_withdrawn")
+                        return
+                    raise OutreachNotYetKnown(f"outreach {event.campaign_id} is not in the ledger yet")
+                withdrawn = await self.ledger.withdraw_outreach(session, locked, at)
+            if withdrawn:
+                log.info("outreach_withdrawn", reason=event.reason)
+            else:
+                # Rare: a conversion went to it by last touch in the minutes between its creation and its withdrawal.
+                log.warning("withdrawn_outreach_kept", reason=event.reason, steps=sorted(locked.funnel))
 
     async def on_delivery_updated(self, event: DeliveryUpdated, delivery: Delivery) -> None:
         step = DELIVERY_STEPS.get(event.state)

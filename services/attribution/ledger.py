@@ -105,6 +105,18 @@ class Ledger:
         await self.rollup.add(session, outreach, outreach.created_at, sent=1, cost_paise=send_cost)
         return True
 
+    async def withdraw_outreach(self, session: AsyncSession, locked: store.LockedOutreach, at: datetime) -> bool:
+        """Takes back what record_outreach booked for an outreach withdrawn before it was sent: its send and its cost
+        on its creation day, its funnel row and cost row. False, with nothing changed, when the outreach has reached
+        a step of its funnel (a conversion went to it by last touch before the withdrawal arrived): it then stays
+        in the ledger as it is."""
+        if locked.funnel:
+            return False
+        outreach = locked.outreach
+        cost = await store.withdraw_outreach(session, outreach.campaign_id, at, send_kind=SEND)
+        await self.rollup.add(session, outreach, outreach.created_at, sent=-1, cost_paise=-cost)
+        return True
+
     async def record_lead(
         self,
         session: AsyncSession,

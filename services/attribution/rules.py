@@ -84,6 +84,14 @@ def unknown_outreach(campaign_id: str) -> NotFound:
     )
 
 
+def withdrawn_outreach(campaign_id: str, at: datetime) -> NotFound:
+    return NotFound(
+        f"campaign_id {campaign_id!r} was withdrawn at {at.isoformat()} before it was sent (another campaign's "
+        "outreach to the person outranked it under a frequency cap): nothing is attributed to it",
+        field="campaign_id",
+    )
+
+
 def already_recorded(field: str, value: str) -> AlreadyExists:
     """A source system's id (a disbursement's, a conversion's) that the ledger already holds under another request."""
     return AlreadyExists(

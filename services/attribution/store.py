@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -61,6 +62,9 @@ outreaches = Table(
     Column("created_at", UtcDateTime, nullable=False),
     # The labels as one LIKE-searchable value (reporting.labels_key), so views and lift filter by label in SQL.
     Column("labels_key", String(1000), nullable=False, server_default=""),
+    # Withdrawn before it was sent (campaigns' OutreachWithdrawn, 0007): its funnel row and send cost are gone, and
+    # last touch, lift and a fixed cost's shares leave it out.
+    Column("withdrawn_at", UtcDateTime, nullable=True),
     Index("ix_outreaches_profile_id", "profile_id"),
 )
 
@@ -372,7 +376,10 @@ _OUTREACH_COLUMNS = tuple(outreaches.c[name] for name in Outreach.__dataclass_fi
 
 
 async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | None:
-    query = select(*_OUTREACH_COLUMNS).where(outreaches.c.campaign_id == campaign_id)
+    """The outreach; None when it is not in the ledger, or was withdrawn before it was sent."""
+    query = select(*_OUTREACH_COLUMNS).where(
+        outreaches.c.campaign_id == campaign_id, outreaches.c.withdrawn_at.is_(None)
+    )
     row = (await session.execute(query)).mappings().first()
     return Outreach(**row) if row is not None else None
 
@@ -419,6 +426,27 @@ async def lock_outreach(session: AsyncSession, campaign_id: str) -> LockedOutrea
     # SQLite: one statement, in a transaction that holds the database's write lock since BEGIN IMMEDIATE.
     row = (await session.execute(_with_funnel().where(outreaches.c.campaign_id == campaign_id))).mappings().first()
     return _locked(row) if row is not None else None
+
+
+async def withdrawn_at(session: AsyncSession, campaign_id: str) -> datetime | None:
+    """When the outreach was withdrawn; None when it was not, or is not in the ledger."""
+    query = select(outreaches.c.withdrawn_at).where(outreaches.c.campaign_id == campaign_id)
+    at: datetime | None = (await session.execute(query)).scalar_one_or_none()
+    return at
+
+
+async def withdraw_outreach(session: AsyncSession, campaign_id: str, at: datetime, *, send_kind: str) -> int:
+    """Marks a locked outreach withdrawn at `at` and deletes its funnel row and its send cost (costs of `send_kind`);
+    returns that cost in paise, for the rollup to give back."""
+    deleted = await session.execute(
+        delete(costs)
+        .where(costs.c.campaign_id == campaign_id, costs.c.kind == send_kind)
+        .returning(costs.c.amount_paise)
+    )
+    amount = sum(int(row[0]) for row in deleted.all())
+    await session.execute(delete(outreach_funnel).where(outreach_funnel.c.campaign_id == campaign_id))
+    await session.execute(update(outreaches).where(outreaches.c.campaign_id == campaign_id).values(withdrawn_at=at))
+    return amount
 
 
 async def group_id(session: AsyncSession, outreach: Outreach) -> int:
@@ -764,7 +792,10 @@ async def last_touch(
     """The campaign ID of the person's latest outreach created from `start` to `end` (both inclusive), or None; with
     `converted_only`, only among outreaches that reached the conversion step by `end`."""
     query = select(outreaches.c.campaign_id).where(
-        outreaches.c.profile_id == profile_id, outreaches.c.created_at >= start, outreaches.c.created_at <= end
+        outreaches.c.profile_id == profile_id,
+        outreaches.c.created_at >= start,
+        outreaches.c.created_at <= end,
+        outreaches.c.withdrawn_at.is_(None),
     )
     if converted_only:
         converted_at = outreach_funnel.c[step_column(CONVERTED)]

@@ -181,7 +181,7 @@ async def campaign_groups(session: AsyncSession, campaign_key: str) -> list[Outr
     dims = (programme, o.c.trigger_code, o.c.channel, o.c.product_code, o.c.labels_key)
     query = (
         select(*dims, func.count().label("outreaches"))
-        .where(o.c.campaign_key == campaign_key)
+        .where(o.c.campaign_key == campaign_key, o.c.withdrawn_at.is_(None))
         .group_by(*dims)
         .order_by(*dims)
     )
@@ -290,7 +290,11 @@ async def lift_counts(session: AsyncSession, report_filter: ReportFilter, utc_of
 
     outreach_columns: dict[str, Any] = dict(o.c)
     outreach_columns["programme"] = _programme(session)
-    outreach_filter = _dimension_conditions(outreach_columns, report_filter) + period(o.c.created_at)
+    outreach_filter = [
+        *_dimension_conditions(outreach_columns, report_filter),
+        *period(o.c.created_at),
+        o.c.withdrawn_at.is_(None),
+    ]
     funnel = store.outreach_funnel
     disbursed = exists().where(
         and_(funnel.c.campaign_id == o.c.campaign_id, funnel.c[store.step_column(CONVERTED)].is_not(None))

@@ -87,7 +87,7 @@ class ReleaseRunner:
         self.poll_interval = poll_interval
         self.clock = clock
         self.library = library or ContentLibrary()
-        self.gate = AudienceGate(outbox, one_offer_per_day=one_offer_per_day)
+        self.gate = AudienceGate(outbox, tracer, one_offer_per_day=one_offer_per_day)
         # Pages write their events without the Outbox (store.insert_page), so they wake the relay themselves.
         self.wake_relay = wake_relay
         self._pruned_at: datetime | None = None

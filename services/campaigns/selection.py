@@ -11,6 +11,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.outbox import Outbox
+from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
 from services.campaigns.audience import NO_CONTACT, Exclusion, LeftOut, reach, sift
@@ -79,8 +80,9 @@ class AudienceGate:
     so two runs releasing the same person at once cannot both slip under a cap.
     """
 
-    def __init__(self, outbox: Outbox, *, one_offer_per_day: bool) -> None:
+    def __init__(self, outbox: Outbox, tracer: trace.Tracer, *, one_offer_per_day: bool) -> None:
         self.outbox = outbox
+        self.tracer = tracer
         self.one_offer_per_day = one_offer_per_day
 
     async def admit(
@@ -174,6 +176,18 @@ class AudienceGate:
         )
         return self.outbox.event(streams.HOLDOUT_ASSIGNED, event)
 
+    def _withdrawn_event(self, withdrawn: Any, now: datetime) -> dict[str, Any]:
+        """The outbox row of an outranked outreach's OutreachWithdrawn, written in that outreach's trace."""
+        with outreach_span(self.tracer, "outreach.withdraw", withdrawn.campaign_id, attributes={"reason": OUTRANKED}):
+            event = events_pb2.OutreachWithdrawn(
+                campaign_id=withdrawn.campaign_id,
+                campaign_key=withdrawn.campaign_key,
+                profile_id=withdrawn.profile_id,
+                reason=OUTRANKED,
+                withdraw_time=timestamp(now),
+            )
+            return self.outbox.event(streams.OUTREACH_WITHDRAWN, event, campaign_id=withdrawn.campaign_id)
+
     async def record_contacts(
         self,
         session: AsyncSession,
@@ -184,8 +198,9 @@ class AudienceGate:
         values: store.DriverValues,
     ) -> None:
         """Puts the new outreaches, (campaign ID, profile id, channel) each, created at `now`, on the contact
-        ledger with the campaign's rank, and withdraws the outranked outreaches they replace; raises
-        ContactsChanged if one of those was dispatched meanwhile."""
+        ledger with the campaign's rank, and withdraws the outranked outreaches they replace, each with an
+        OutreachWithdrawn event (attribution takes back its send); raises ContactsChanged if one of those was
+        dispatched meanwhile."""
         displaced = [contact for _, profile_id, _ in created for contact in admitted.displacing.get(profile_id, ())]
         if displaced:
             withdrawn = await store.withdraw_outreaches(session, [c.campaign_id for c in displaced], now)
@@ -205,6 +220,7 @@ class AudienceGate:
                     for w in withdrawn
                 ],
             )
+            await self.outbox.add_rows(session, [self._withdrawn_event(w, now) for w in withdrawn])
             trace.get_current_span().set_attribute("campaign.page.withdrawn", len(withdrawn))
             log.info("outranked_outreaches_withdrawn", withdrawn=len(withdrawn))
         if not created:

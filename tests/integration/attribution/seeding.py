@@ -126,6 +126,25 @@ async def publish_holdout(
     await bus.js.publish(streams.HOLDOUT_ASSIGNED, event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id})
 
 
+async def publish_withdrawal(
+    bus: Bus, campaign_id: str, *, campaign_key: str = "cmp_msme_gst", profile_id: str = "prf_kaveri", at: datetime
+) -> None:
+    """Campaigns' OutreachWithdrawn: the outreach was outranked before it was sent."""
+    event = campaign_events.OutreachWithdrawn(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        campaign_key=campaign_key,
+        profile_id=profile_id,
+        reason="outranked",
+        withdraw_time=ts(at),
+    )
+    await bus.js.publish(
+        streams.OUTREACH_WITHDRAWN,
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+
 async def publish_step(bus: Bus, campaign_id: str, *, delivery: int = 0, engagement: int = 0, at: datetime) -> None:
     message: channel_events.DeliveryUpdated | channel_events.EngagementRecorded
     if delivery:

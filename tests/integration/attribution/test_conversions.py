@@ -17,6 +17,7 @@ from tests.integration.attribution.seeding import (
     inr,
     publish_holdout,
     publish_outreach,
+    publish_withdrawal,
     ts,
     wait_sent,
 )
@@ -423,4 +424,54 @@ async def test_a_fixed_cost_is_shared_by_sends_and_lands_on_its_day(service: Ser
         "email": 50 + 500_001,
         "sms": 25 + 500_000,
     }
+    await _no_drift(service)
+
+
+async def test_a_withdrawn_outreach_gives_back_its_send_and_cost_and_no_conversion_goes_to_it(service: Service) -> None:
+    withdrawn_id, kept_id = "CSELL-NOV-M01-0002", "CSELL-NOV-M01-0003"
+    person = {"campaign_key": "cmp_mf_lumpsum", "profile_id": "prf_meera"}
+    # The withdrawal overtakes its outreach (another durable): it waits for the outreach, then takes its send back.
+    await publish_withdrawal(service.bus, withdrawn_id, **person, at=INVESTED_AT - timedelta(days=2))
+    await publish_outreach(
+        service.bus,
+        withdrawn_id,
+        trigger="M01",
+        product_code="MF_LUMPSUM",
+        at=INVESTED_AT - timedelta(days=3),
+        **person,
+    )
+    # An older outreach of another campaign to the same person, which stays.
+    await publish_outreach(
+        service.bus,
+        kept_id,
+        trigger="M01",
+        campaign_key="cmp_mf_other",
+        profile_id="prf_meera",
+        product_code="MF_LUMPSUM",
+        at=INVESTED_AT - timedelta(days=5),
+    )
+
+    async def withdrawn() -> grpc.aio.AioRpcError | None:
+        try:
+            await service.stub.GetCampaignAttribution(
+                service_pb2.GetCampaignAttributionRequest(campaign_id=withdrawn_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            return error if "withdrawn" in (error.details() or "") else None
+        return None
+
+    refused = await eventually(withdrawn)
+    assert refused is not None and refused.code() == grpc.StatusCode.NOT_FOUND
+    await wait_sent(service.stub, 1)
+    report = await _report(service)
+    assert (report.total.sent, report.total.cost.minor_units) == (1, 50)  # the kept outreach's e-mail alone
+
+    # By last touch the conversion goes past the withdrawn outreach, newer as it is, to the one that was sent.
+    response = await service.stub.RecordConversion(
+        _conversion(campaign_id="", profile_id="prf_meera", product_code="MF_LUMPSUM")
+    )
+    assert response.conversion.linkage == resources_pb2.CONVERSION_LINKAGE_LAST_TOUCH
+    assert response.conversion.campaign_id == kept_id
+    lift = (await service.stub.GetLift(service_pb2.GetLiftRequest(filter=NOVEMBER))).lift
+    assert lift.treated == 1
     await _no_drift(service)

@@ -441,6 +441,26 @@ async def test_a_better_campaign_takes_undispatched_places_under_its_cap_and_is_
         withdrawn = {r.profile_id for r in low_rows if r.withdrawn_at is not None}
         assert withdrawn == reachable - sent_by_low - NO_CITY
         assert all(r.dispatched_at is None for r in low_rows if r.withdrawn_at is not None)
+        # Each withdrawal is announced (attribution takes back its send), in the withdrawn outreach's trace.
+        async with stack.db.snapshot() as session:
+            rows = (
+                await session.execute(
+                    select(store.outbox.c.payload).where(store.outbox.c.subject == streams.OUTREACH_WITHDRAWN)
+                )
+            ).all()
+        announced = [events_pb2.OutreachWithdrawn.FromString(row.payload) for row in rows]
+        announced = [event for event in announced if event.campaign_key == low]
+        by_outreach = {r.campaign_id: r for r in low_rows if r.withdrawn_at is not None}
+        assert sorted(event.campaign_id for event in announced) == sorted(by_outreach)
+        for event in announced:
+            assert (event.profile_id, event.reason) == (by_outreach[event.campaign_id].profile_id, "outranked")
+            assert event.withdraw_time.ToDatetime(tzinfo=UTC) == by_outreach[event.campaign_id].withdrawn_at
+        withdraw_spans = {
+            (span.attributes or {}).get("campaign.id")
+            for span in stack.spans.get_finished_spans()
+            if span.name == "outreach.withdraw"
+        }
+        assert set(by_outreach) <= withdraw_spans
 
         high_counts, low_counts = await _report(stack, high), await _report(stack, low)
         assert (high_counts.released, high_counts.capped, high_counts.render_failed) == (24, 3, 2)
