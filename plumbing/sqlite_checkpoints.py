@@ -98,6 +98,8 @@ class WalCheckpointer:
             log.warning("sqlite_checkpoint_behind", database=os.path.basename(self.path), pages=behind)
         if self.restart is not None and in_log >= RESTART_PAGES:
             # What was committed while that one ran first, here (a few milliseconds' worth), so that the checkpoint in
-            # the writers' turn has little left to copy.
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self.restart()
+            # the writers' turn has little left to copy. Not while a reader holds frames back: what it held would be
+            # copied on the writers' loop once it let go (the next interval tries again).
+            _busy, in_log, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied == in_log:
+                self.restart()

@@ -134,6 +134,43 @@ async def test_past_restart_pages_the_thread_asks_for_a_checkpoint_in_the_writer
             checkpointer.stop()
 
 
+async def test_no_restart_is_asked_while_a_reader_holds_frames_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_checkpoints, "RESTART_PAGES", 500)
+    path = tmp_path / "service.db"
+    with (
+        sqlite3.connect(path, isolation_level=None) as connection,
+        sqlite3.connect(path, isolation_level=None) as reader,
+    ):
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        connection.execute("CREATE TABLE pages (body BLOB NOT NULL)")
+        connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM pages").fetchone()  # a snapshot from before what follows
+        asked: list[int] = []
+        checkpointer = sqlite_checkpoints.WalCheckpointer(str(path), 0.01, restart=lambda: asked.append(1))
+        try:
+            for _ in range(ROWS):
+                connection.execute("INSERT INTO pages VALUES (randomblob(3000))")
+            seen = checkpointer.checkpoints
+
+            async def checkpointed_twice() -> bool:
+                return checkpointer.checkpoints >= seen + 2
+
+            await eventually(checkpointed_twice)
+            assert asked == []  # the copy would wait for the reader, and then fall on the writers' loop
+            reader.execute("COMMIT")
+
+            async def restart_asked() -> bool:
+                return len(asked) > 0
+
+            await eventually(restart_asked)
+        finally:
+            checkpointer.stop()
+
+
 async def test_the_checkpoint_in_the_writers_turn_lets_the_next_commit_start_the_log_over(tmp_path: Path) -> None:
     path = tmp_path / "service.db"
     # The thread never checkpoints on its own here: only the restart it asks for (called as the thread would) does.
