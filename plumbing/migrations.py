@@ -47,3 +47,24 @@ def create_inbox_applied_index() -> None:
 
 def drop_inbox_applied_index() -> None:
     op.drop_index("ix_inbox_applied_at", table_name="inbox")
+
+
+def outbox_published_index_partial() -> None:
+    """ix_outbox_published_at over the published rows only (plumbing.outbox's): a new event's insert no longer
+    touches it. The prune's `published_at < ?` implies the index's condition on SQLite and PostgreSQL alike."""
+    from plumbing.outbox import PUBLISHED
+
+    op.drop_index("ix_outbox_published_at", table_name="outbox")
+    op.create_index(
+        "ix_outbox_published_at",
+        "outbox",
+        ["published_at"],
+        postgresql_where=sa.text(PUBLISHED),
+        sqlite_where=sa.text(PUBLISHED),
+    )
+
+
+def outbox_published_index_full() -> None:
+    """outbox_published_index_partial undone: the index over every row again."""
+    op.drop_index("ix_outbox_published_at", table_name="outbox")
+    op.create_index("ix_outbox_published_at", "outbox", ["published_at"])

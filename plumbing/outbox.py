@@ -51,6 +51,9 @@ log = structlog.get_logger("plumbing.outbox")
 WAITING = "published_at IS NULL"
 """The rows the relay still has to publish: the partial index ix_outbox_waiting holds only these, in seq order."""
 
+PUBLISHED = "published_at IS NOT NULL"
+"""The rows ix_outbox_published_at holds, by which the relay's housekeeping prunes the old ones."""
+
 KEEP_PUBLISHED = timedelta(hours=24)
 """How long a published row stays, for inspection, before the relay prunes it (a service setting overrides it)."""
 
@@ -96,11 +99,14 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("payload", LargeBinary, nullable=False),
         Column("headers", JSON, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("published_at", DateTime(timezone=True), nullable=True, index=True),
+        Column("published_at", DateTime(timezone=True), nullable=True),
         # The relay's batches, the backlog gauge and its oldest row read only the waiting rows, in seq order.
         # Without it PostgreSQL walks the primary key past every published row: 518 ms per batch behind 1M of
         # them, 0.3 ms with it (EXPLAIN ANALYZE).
         Index("ix_outbox_waiting", "seq", postgresql_where=text(WAITING), sqlite_where=text(WAITING)),
+        # The prune's, by age: only published rows are in it, so a new row's insert does not touch it (an index page
+        # fewer written per transaction that adds events).
+        Index("ix_outbox_published_at", "published_at", postgresql_where=text(PUBLISHED), sqlite_where=text(PUBLISHED)),
     )
 
 
