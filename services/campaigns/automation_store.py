@@ -37,6 +37,7 @@ _LAST_TRIGGER_OUTREACHES = (
         _o.test.is_(False),
         # Not `resend_of IS NULL`: SQLite (no ANALYZE statistics) took that for a look-up in the unique index on
         # resend_of and walked every original outreach of every campaign, instead of (campaign_key, profile_id).
+        # Since 0011 that index holds resends only and cannot answer it; the form stays, for databases before it.
         func.coalesce(_o.resend_of, "") == "",
     )
     .group_by(_o.profile_id)
@@ -314,7 +315,8 @@ async def resends_pending(session: AsyncSession, campaign_key: str) -> bool:
         o.campaign_key == campaign_key,
         o.resend_state.is_(None),
         # Not `resend_of IS NULL`: SQLite answered that through the unique index on resend_of, every original of
-        # every campaign, inside the write transaction of each completion check (as the cool-down read did).
+        # every campaign, inside the write transaction of each completion check (as the cool-down read did; before
+        # 0011, whose index holds resends only).
         func.coalesce(o.resend_of, "") == "",
         o.test.is_(False),
         o.withdrawn_at.is_(None),
