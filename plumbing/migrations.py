@@ -20,6 +20,11 @@ def run_migrations(target_metadata: MetaData) -> None:
         context.run_migrations()
 
 
+def create_partial_index(name: str, table: str, columns: list[str], where: str, *, unique: bool = False) -> None:
+    """An index over the rows that meet `where` (SQL text), the same on SQLite and PostgreSQL."""
+    op.create_index(name, table, columns, unique=unique, sqlite_where=sa.text(where), postgresql_where=sa.text(where))
+
+
 def create_outbox_waiting_index() -> None:
     """The partial index of the outbox rows not yet published (plumbing.outbox's ix_outbox_waiting), in seq order.
 
@@ -27,13 +32,7 @@ def create_outbox_waiting_index() -> None:
     """
     from plumbing.outbox import WAITING
 
-    op.create_index(
-        "ix_outbox_waiting",
-        "outbox",
-        ["seq"],
-        postgresql_where=sa.text(WAITING),
-        sqlite_where=sa.text(WAITING),
-    )
+    create_partial_index("ix_outbox_waiting", "outbox", ["seq"], WAITING)
 
 
 def drop_outbox_waiting_index() -> None:
@@ -55,13 +54,7 @@ def outbox_published_index_partial() -> None:
     from plumbing.outbox import PUBLISHED
 
     op.drop_index("ix_outbox_published_at", table_name="outbox")
-    op.create_index(
-        "ix_outbox_published_at",
-        "outbox",
-        ["published_at"],
-        postgresql_where=sa.text(PUBLISHED),
-        sqlite_where=sa.text(PUBLISHED),
-    )
+    create_partial_index("ix_outbox_published_at", "outbox", ["published_at"], PUBLISHED)
 
 
 def outbox_published_index_full() -> None:

@@ -8,8 +8,9 @@ Create Date: 2026-11-27 04:00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
+
+from plumbing.migrations import create_partial_index
 
 revision: str = "0010"
 down_revision: str | Sequence[str] | None = "0009"
@@ -21,20 +22,8 @@ DEFERRED = f"dispatch_after IS NOT NULL AND {UNDISPATCHED}"
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_outreaches_run_undispatched",
-        "outreaches",
-        ["run_id", "ordinal"],
-        sqlite_where=sa.text(UNDISPATCHED),
-        postgresql_where=sa.text(UNDISPATCHED),
-    )
-    op.create_index(
-        "ix_outreaches_dispatch_after",
-        "outreaches",
-        ["dispatch_after"],
-        sqlite_where=sa.text(DEFERRED),
-        postgresql_where=sa.text(DEFERRED),
-    )
+    create_partial_index("ix_outreaches_run_undispatched", "outreaches", ["run_id", "ordinal"], UNDISPATCHED)
+    create_partial_index("ix_outreaches_dispatch_after", "outreaches", ["dispatch_after"], DEFERRED)
     op.drop_index("ix_outreaches_run_ordinal", table_name="outreaches")
 
 

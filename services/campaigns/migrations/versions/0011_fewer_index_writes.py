@@ -9,10 +9,9 @@ Create Date: 2026-11-28 12:00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
 
-from plumbing.migrations import outbox_published_index_full, outbox_published_index_partial
+from plumbing.migrations import create_partial_index, outbox_published_index_full, outbox_published_index_partial
 
 revision: str = "0011"
 down_revision: str | Sequence[str] | None = "0010"
@@ -25,14 +24,7 @@ RESENDS_ONLY = "resend_of IS NOT NULL"
 def upgrade() -> None:
     outbox_published_index_partial()
     op.drop_index("uq_outreaches_resend_of", table_name="outreaches")
-    op.create_index(
-        "uq_outreaches_resend_of",
-        "outreaches",
-        ["resend_of"],
-        unique=True,
-        sqlite_where=sa.text(RESENDS_ONLY),
-        postgresql_where=sa.text(RESENDS_ONLY),
-    )
+    create_partial_index("uq_outreaches_resend_of", "outreaches", ["resend_of"], RESENDS_ONLY, unique=True)
 
 
 def downgrade() -> None:

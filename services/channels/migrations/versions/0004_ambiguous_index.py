@@ -7,8 +7,9 @@ Create Date: 2026-11-27 12:30:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
+
+from plumbing.migrations import create_partial_index
 
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
@@ -20,13 +21,7 @@ AMBIGUOUS = "state = 'AMBIGUOUS'"
 
 def upgrade() -> None:
     op.drop_index("ix_messages_state", table_name="messages")
-    op.create_index(
-        "ix_messages_ambiguous",
-        "messages",
-        ["updated_at"],
-        sqlite_where=sa.text(AMBIGUOUS),
-        postgresql_where=sa.text(AMBIGUOUS),
-    )
+    create_partial_index("ix_messages_ambiguous", "messages", ["updated_at"], AMBIGUOUS)
 
 
 def downgrade() -> None:
