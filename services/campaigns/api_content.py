@@ -38,9 +38,12 @@ from services.campaigns.messages import (
     channel_order_of,
     content_templates_of,
     offer_of,
+    offer_proto,
+    offer_terms_of,
     outreach_proto,
     spec_from_proto,
 )
+from services.campaigns.offers import NotEligible, check_catalog
 from services.campaigns.outreach_rows import outreach_columns
 from services.campaigns.profiles_client import ProfileDirectory
 from services.campaigns.rendering import RenderFailed
@@ -94,7 +97,9 @@ class ContentApi:
     async def validated_spec(self, campaign: resources_pb2.Campaign) -> CampaignSpec:
         """The spec with defaults, after every content check (templates, registry, attribute catalog)."""
         spec, _ = validate_spec(spec_from_proto(campaign), self.default_time_zone, self.content.library.registry)
-        check_attributes(spec.templates(), await self.content.profiles.attribute_names())
+        catalog = await self.content.profiles.attribute_types()
+        check_attributes(spec.templates(), catalog)
+        check_catalog(spec.offer, catalog)
         return spec
 
     async def check_before_submit(self, request: service_pb2.SubmitCampaignRequest) -> None:
@@ -116,17 +121,19 @@ class ContentApi:
         compile_content(
             templates,
             channel_order_of(row),
-            offer_has_amount=row.offer_amount_minor is not None,
+            offer_has_amount=offer_terms_of(row).has_amount,
             registry=self.content.library.registry,
         )
-        check_attributes(templates, await self.content.profiles.attribute_names())
+        catalog = await self.content.profiles.attribute_types()
+        check_attributes(templates, catalog)
+        check_catalog(offer_terms_of(row), catalog)
 
     def _compiled(self, row: Any, *, check_registry: bool) -> CompiledContent:
         templates = content_templates_of(row)
         return compile_content(
             templates,
             channel_order_of(row),
-            offer_has_amount=row.offer_amount_minor is not None,
+            offer_has_amount=offer_terms_of(row).has_amount,
             registry=self.content.library.registry,
             check_registry=check_registry,
         )
@@ -159,8 +166,16 @@ class ContentApi:
         now = utcnow()
         # Sequence 0000: a preview's campaign ID looks real but is one the counters never issue.
         campaign_id = f"{row.programme}-{month_code(now, row.time_zone)}-{row.trigger_code}-{PREVIEW_SEQUENCE}"
-        context_values = compiled.context(attributes, campaign_id, offer_of(row), self.content.library.products)
+        # The profile's own offer; one it is not eligible for still previews, with the product only, and says why.
+        decided = offer_terms_of(row).decide(attributes)
         response = service_pb2.PreviewCampaignResponse()
+        if isinstance(decided, NotEligible):
+            response.not_eligible_reason = decided.detail
+            offer = offer_of(row)
+        else:
+            offer = decided
+        response.offer.CopyFrom(offer_proto(offer))
+        context_values = compiled.context(attributes, campaign_id, offer, self.content.library.products)
         for channel in channels:
             reason = unavailable_reason(channel, attributes) or ""
             try:
@@ -217,7 +232,15 @@ class ContentApi:
                     field=f"recipients[{index}]",
                 )
             plans.append((channel, attributes))
-        offer = offer_of(row)
+        decided = offer_terms_of(row).decide(profile)
+        if isinstance(decided, NotEligible):
+            # Only the attribute's name: the profile's values stay out of errors (and so out of logs).
+            raise InvalidArgument(
+                f"profile_id {request.profile_id!r} is not eligible for the campaign's offer ({decided.reason}); pick "
+                "a test profile that meets the offer's eligibility and amount rule (PreviewCampaign says why)",
+                field="profile_id",
+            )
+        offer = decided
 
         async def send(session: AsyncSession) -> service_pb2.TestSendCampaignResponse:
             now = utcnow()

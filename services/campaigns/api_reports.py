@@ -48,6 +48,8 @@ def counts_proto(counts: Counts) -> resources_pb2.ReportCounts:
         render_failed=counts.render_failed,
         resent=counts.resent,
         resends_skipped_by_reason=by_reason(counts.resends_skipped_by_reason),
+        not_eligible=counts.not_eligible,
+        not_eligible_by_reason=by_reason(counts.not_eligible_by_reason),
     )
 
 

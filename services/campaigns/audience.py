@@ -1,4 +1,4 @@
-"""Who of a run's streamed members is left out before caps: suppressed, without a contact, or held out."""
+"""Who of a run's streamed members is left out before caps: suppressed, without a contact, not eligible, held out."""
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, TypeVar
 
+from services.campaigns.offers import NotEligible
+from services.campaigns.rendering import Offer
 from xsell.segments.v1 import resources_pb2 as segment_resources
 
 BASIS_POINTS = 10_000
@@ -20,6 +22,8 @@ class Exclusion(StrEnum):
     """Why a streamed member got no outreach in a run; stored by name with each left-out person."""
 
     SUPPRESSED = "suppressed"
+    # The offer's eligibility conditions or amount rule leave them out (reason: the attribute, or the amount's).
+    NOT_ELIGIBLE = "not_eligible"
     HELD_OUT = "held_out"
     CAPPED = "capped"
     # Admitted, but the content could not be rendered for them (counted by the run's skipped_render; the row
@@ -102,10 +106,11 @@ def reach(order: Sequence[str], suppressed_on: Mapping[str, Sequence[int]], avai
 @dataclass(frozen=True)
 class Sifted(Generic[M]):
     """A page split into the members still in play (to be capped and rendered), each with its channel,
-    and those left out."""
+    and those left out; `offers`: each member in play's own offer, when the campaign decides it per person."""
 
     eligible: list[tuple[M, str]]
     left_out: list[LeftOut]
+    offers: dict[str, Offer]
 
 
 def sift(
@@ -115,21 +120,31 @@ def sift(
     reach_of: Callable[[M], Reach],
     campaign_key: str,
     holdout_basis_points: int,
+    offer_of: Callable[[M], Offer | NotEligible] | None = None,
 ) -> Sifted[M]:
-    """Applies, in this order: suppressions (a suppression always wins) and no contact, then the holdout.
+    """Applies, in this order: suppressions (a suppression always wins) and no contact, the offer's
+    eligibility (`offer_of`, for a campaign whose offer is decided per person), then the holdout.
 
-    The holdout is drawn from people who could be contacted, so the control group is comparable to
-    the treated group.
+    The holdout is drawn from people who could be contacted and offered the product, so the control
+    group is comparable to the treated group.
     """
     eligible: list[tuple[M, str]] = []
     left_out: list[LeftOut] = []
+    offers: dict[str, Offer] = {}
     for member in members:
         person = profile_id(member)
         reached = reach_of(member)
         if reached.channel is None:
             left_out.append(LeftOut(person, Exclusion.SUPPRESSED, reached.left_out_reason or NO_CONTACT))
-        elif held_out(campaign_key, person, holdout_basis_points):
+            continue
+        if offer_of is not None:
+            offer = offer_of(member)
+            if isinstance(offer, NotEligible):
+                left_out.append(LeftOut(person, Exclusion.NOT_ELIGIBLE, offer.reason))
+                continue
+            offers[person] = offer
+        if held_out(campaign_key, person, holdout_basis_points):
             left_out.append(LeftOut(person, Exclusion.HELD_OUT, HOLDOUT))
         else:
             eligible.append((member, reached.channel))
-    return Sifted(eligible, left_out)
+    return Sifted(eligible, left_out, offers)

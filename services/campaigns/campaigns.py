@@ -18,7 +18,8 @@ from services.campaigns.content import (
     channel_order,
     compile_content,
 )
-from services.campaigns.rendering import EmailTemplates, Offer
+from services.campaigns.offers import OfferTerms
+from services.campaigns.rendering import EmailTemplates
 from services.campaigns.scheduling import DeliveryOptions, Recurrence, next_occurrence
 
 MAX_DISPLAY_NAME = 200
@@ -48,7 +49,7 @@ class CampaignSpec:
     trigger_code: str
     segment_id: str
     channel: str
-    offer: Offer
+    offer: OfferTerms
     email: EmailTemplates | None
     send_time: datetime | None
     time_zone: str
@@ -116,7 +117,7 @@ def validate_spec(
     compiled = compile_content(
         spec.templates(),
         order,
-        offer_has_amount=spec.offer.amount is not None,
+        offer_has_amount=spec.offer.has_amount,
         registry=registry or TemplateRegistry(),
     )
     time_zone = validate_time_zone(spec.time_zone, default_time_zone)

@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from services.campaigns.offers import AMOUNT_BELOW_MINIMUM, AMOUNT_MISSING
+
 
 class Outcome(StrEnum):
     """What happened to one person in one run, from "never in it" to "clicked"."""
@@ -20,6 +22,7 @@ class Outcome(StrEnum):
     MATERIALISING = "materialising"
     NOT_IN_AUDIENCE = "not_in_audience"
     SUPPRESSED = "suppressed"
+    NOT_ELIGIBLE = "not_eligible"
     HELD_OUT = "held_out"
     CAPPED = "capped"
     RENDER_FAILED = "render_failed"
@@ -113,9 +116,16 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
 
 _EXCLUDED = {
     "suppressed": (Outcome.SUPPRESSED, "suppressed ({reason})"),
+    "not_eligible": (Outcome.NOT_ELIGIBLE, "not eligible for the offer ({reason})"),
     "held_out": (Outcome.HELD_OUT, "in the campaign's holdout (control group), measured for lift"),
     "capped": (Outcome.CAPPED, "over a frequency cap ({reason})"),
     "render_failed": (Outcome.RENDER_FAILED, "the content could not be rendered for them: {reason}"),
+}
+
+
+_NOT_ELIGIBLE = {
+    AMOUNT_MISSING: "no offer amount: the attribute the amount rule reads is missing or in another currency",
+    AMOUNT_BELOW_MINIMUM: "the offer amount from their profile is below the rule's minimum",
 }
 
 
@@ -125,6 +135,8 @@ def exclusion_decision(exclusion: Mapping[str, Any], run: Mapping[str, Any]) -> 
     reason = exclusion["reason"]
     if reason == "no_contact":
         text = "no address on any of the campaign's channels (e.g. no e-mail, no phone)"
+    elif exclusion["kind"] == "not_eligible":
+        text = template.format(reason=_NOT_ELIGIBLE.get(reason, f"fails the eligibility condition on {reason}"))
     else:
         text = template.format(reason=reason if exclusion["kind"] == "render_failed" else reason.replace("_", " "))
     return Decision(

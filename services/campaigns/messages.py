@@ -4,6 +4,7 @@ import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
@@ -16,6 +17,7 @@ from services.campaigns.content import (
     WebhookTemplates,
     WhatsAppTemplates,
 )
+from services.campaigns.offers import AmountRule, Condition, OfferTerms, terms_from_proto
 from services.campaigns.rendering import EmailTemplates, Money, Offer
 from services.campaigns.scheduling import (
     DeliveryOptions,
@@ -29,6 +31,7 @@ from services.campaigns.scheduling import (
     validate_rates,
 )
 from xsell.campaigns.v1 import resources_pb2
+from xsell.segments.v1 import resources_pb2 as segment_resources
 from xsell.type.v1 import channel_pb2, money_pb2
 
 
@@ -146,9 +149,7 @@ def fill_options(campaign: resources_pb2.Campaign, options: DeliveryOptions) -> 
 
 
 def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
-    amount = None
-    if campaign.offer.HasField("amount"):
-        amount = Money(campaign.offer.amount.minor_units, campaign.offer.amount.currency_code)
+    """The marketer's spec; InvalidArgument when the offer's amount rule or eligibility is malformed."""
     email = None
     content = campaign.content
     if content.HasField("email"):
@@ -167,7 +168,7 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
         trigger_code=campaign.trigger_code,
         segment_id=campaign.segment_id,
         channel=channel_name(campaign.channel),
-        offer=Offer(campaign.offer.product_code, amount),
+        offer=terms_from_proto(campaign.offer),
         email=email,
         send_time=send_time,
         time_zone=campaign.schedule.time_zone,
@@ -214,6 +215,7 @@ def campaign_values(spec: CampaignSpec) -> dict[str, Any]:
         "offer_product_code": spec.offer.product_code,
         "offer_amount_minor": spec.offer.amount.minor_units if spec.offer.amount else None,
         "offer_currency": spec.offer.amount.currency_code if spec.offer.amount else None,
+        "offer_rules": offer_rules_json(spec.offer),
         "subject_template": email.subject_template,
         "html_template": email.html_template,
         "text_template": email.text_template,
@@ -227,8 +229,74 @@ def campaign_values(spec: CampaignSpec) -> dict[str, Any]:
 
 
 def offer_of(row: Any) -> Offer:
+    """The offer every outreach of the campaign shares: the product and, when fixed, the amount."""
     amount = None if row.offer_amount_minor is None else Money(row.offer_amount_minor, row.offer_currency or "INR")
     return Offer(row.offer_product_code, amount)
+
+
+def _money_proto(money: Money) -> money_pb2.Money:
+    return money_pb2.Money(minor_units=money.minor_units, currency_code=money.currency_code)
+
+
+def _value_proto(value: object) -> segment_resources.Value:
+    """An operand as segments' Value (the inverse of segments_client.attribute_value)."""
+    if isinstance(value, bool):
+        return segment_resources.Value(bool_value=value)
+    if isinstance(value, str):
+        return segment_resources.Value(string_value=value)
+    if isinstance(value, float):
+        return segment_resources.Value(number_value=value)
+    if isinstance(value, frozenset):
+        return segment_resources.Value(string_set_value=segment_resources.StringSet(values=sorted(value)))
+    if isinstance(value, datetime):
+        return segment_resources.Value(timestamp_value=timestamp(value))
+    assert isinstance(value, Money), value
+    return segment_resources.Value(money_value=_money_proto(value))
+
+
+def offer_terms_proto(terms: OfferTerms) -> resources_pb2.Offer:
+    offer = resources_pb2.Offer(product_code=terms.product_code)
+    if terms.amount is not None:
+        offer.amount.CopyFrom(_money_proto(terms.amount))
+    rule: AmountRule | None = terms.amount_rule
+    if rule is not None:
+        offer.amount_rule.attribute = rule.attribute
+        offer.amount_rule.share_basis_points = rule.share_basis_points
+        for name in ("maximum", "minimum", "round_down_to"):
+            bound = getattr(rule, name)
+            if bound is not None:
+                getattr(offer.amount_rule, name).CopyFrom(_money_proto(bound))
+    condition: Condition
+    for condition in terms.eligibility:
+        offer.eligibility.add(
+            attribute=condition.attribute,
+            operator=segment_resources.Operator.Value(f"OPERATOR_{condition.operator}"),  # type: ignore[arg-type]
+            values=[_value_proto(operand) for operand in condition.operands],
+        )
+    return offer
+
+
+def offer_rules_json(terms: OfferTerms) -> dict[str, Any] | None:
+    """The offer_rules column: the amount rule and eligibility as the proto's JSON, None when there are neither."""
+    if not terms.per_person:
+        return None
+    offer = offer_terms_proto(terms)
+    offer.ClearField("product_code")
+    offer.ClearField("amount")
+    return json_format.MessageToDict(offer)
+
+
+def offer_terms_of(row: Any) -> OfferTerms:
+    """The campaign's offer terms from its row (the stored rules were validated when the campaign was saved)."""
+    rules = getattr(row, "offer_rules", None)
+    if not rules:
+        amount = None if row.offer_amount_minor is None else Money(row.offer_amount_minor, row.offer_currency or "INR")
+        return OfferTerms(row.offer_product_code, amount)
+    offer = json_format.ParseDict(rules, resources_pb2.Offer())
+    offer.product_code = row.offer_product_code
+    if row.offer_amount_minor is not None:
+        offer.amount.CopyFrom(_money_proto(Money(row.offer_amount_minor, row.offer_currency or "INR")))
+    return terms_from_proto(offer)
 
 
 def email_templates_of(row: Any) -> EmailTemplates:
@@ -308,7 +376,7 @@ def campaign_proto(row: Any) -> resources_pb2.Campaign:
         segment_id=row.segment_id,
         segment_version=row.segment_version,
         channel=channel_value(row.channel),  # type: ignore[arg-type]
-        offer=offer_proto(offer_of(row)),
+        offer=offer_terms_proto(offer_terms_of(row)),
         content=content_proto(content_templates_of(row)),
         fallback_channels=[channel_value(name) for name in row.fallback_channels or ()],  # type: ignore[misc]
         schedule=resources_pb2.Schedule(time_zone=row.time_zone),

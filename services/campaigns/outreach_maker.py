@@ -18,7 +18,14 @@ from services.campaigns.campaign_ids import format_campaign_id, month_code
 from services.campaigns.content import CompiledContent, compile_content, contact_address, unavailable_reason
 from services.campaigns.content_files import ContentLibrary
 from services.campaigns.content_messages import dispatch_message
-from services.campaigns.messages import channel_order_of, content_templates_of, offer_of, outreach_proto, timestamp
+from services.campaigns.messages import (
+    channel_order_of,
+    content_templates_of,
+    offer_of,
+    offer_terms_of,
+    outreach_proto,
+    timestamp,
+)
 from services.campaigns.outreach_rows import RENDER_REASON_LENGTH, outreach_columns
 from services.campaigns.rendering import RenderFailed
 from services.campaigns.scheduling import DeliveryOptions, recipient_time_zone
@@ -54,7 +61,7 @@ class CompiledTemplates:
             self._compiled[key] = compile_content(
                 content_templates_of(campaign),
                 channel_order_of(campaign),
-                offer_has_amount=campaign.offer_amount_minor is not None,
+                offer_has_amount=offer_terms_of(campaign).has_amount,
                 registry=self.library.registry,
                 check_registry=False,
             )
@@ -101,7 +108,7 @@ class OutreachMaker:
         await store.ensure_counter(session, campaign.programme, month, campaign.trigger_code)
         block = await store.allocate_sequences(session, campaign.programme, month, campaign.trigger_code, 1)
         campaign_id = format_campaign_id(campaign.programme, month, campaign.trigger_code, block.first)
-        offer = offer_of(campaign)
+        offer = admitted.offers.get(member.profile_id) or offer_of(campaign)
         options = DeliveryOptions.from_json(campaign.options)
         with outreach_span(
             self.tracer,

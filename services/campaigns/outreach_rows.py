@@ -1,7 +1,7 @@
 """Outreaches for many people of one run at once: the gate, campaign IDs, rendering, and the rows and events written."""
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -129,6 +129,7 @@ class OutreachRows:
         shared["labels"] = values.json(shared["labels"])
         shared["created_at"] = values.time(now)
         self._shared_columns = tuple(shared[name] for name in store.PAGE_RUN_COLUMNS)
+        self._shared_amount = (shared["offer_amount_minor"], shared["offer_currency"])
         self._now_value = shared["created_at"]
         self._event_time = values.event_time(now)
         self._now_stamp = timestamp(now)
@@ -148,10 +149,16 @@ class OutreachRows:
         self._channel_values = {channel: channel_value(channel) for channel in compiled.order}
 
     def page(
-        self, members: list[AudienceMember], channels: dict[str, str], sequences: Iterable[int], first_ordinal: int
+        self,
+        members: list[AudienceMember],
+        channels: dict[str, str],
+        sequences: Iterable[int],
+        first_ordinal: int,
+        offers: Mapping[str, Offer] | None = None,
     ) -> PageRows:
         """One row per member (in order) with the next sequence number; a member whose render fails gets none
-        (the number stays unused: IDs are unique, not gapless).
+        (the number stays unused: IDs are unique, not gapless). `offers`: each member's own offer, when the
+        campaign decides it per person (the gate's); otherwise everyone gets the run's.
 
         Each outreach's events carry its trace (outreach_headers), so the relay, channels and attribution
         continue it; a released outreach records no span of its own (one per person took about a quarter of
@@ -164,14 +171,19 @@ class OutreachRows:
         outreaches, events, created_ids = rows.outreaches, rows.events, rows.created
         event_time, now_value, shared_columns = self._event_time, self._now_value, self._shared_columns
         created_prefix, channel_values = self._created_prefix, self._channel_values
+        offer, amount_columns = self.offer, self._shared_amount
         for member, sequence in zip(members, sequences, strict=True):
             campaign_id = format_campaign_id(campaign.programme, self.run.month, campaign.trigger_code, sequence)
             profile_id = member.profile_id
             channel = channels[profile_id]
+            if offers:
+                offer = offers[profile_id]
+                amount = offer.amount
+                amount_columns = (amount.minor_units, amount.currency_code) if amount is not None else (None, None)
             try:
                 rendered = self.compiled.render(
                     channel,
-                    self.compiled.context(member.attributes, campaign_id, self.offer, self.library.products),
+                    self.compiled.context(member.attributes, campaign_id, offer, self.library.products),
                 )
             except RenderFailed as failure:
                 rows.render_failures.append(self._render_failure(profile_id, failure))
@@ -183,6 +195,10 @@ class OutreachRows:
             outreach = own.outreach
             outreach.campaign_id, outreach.profile_id = campaign_id, profile_id
             outreach.channel = channel_values[channel]  # type: ignore[assignment]
+            if offer.amount is not None and self.offer.amount is None:
+                # The shared prefix has the product; the person's own amount merges into it.
+                outreach.offer.amount.minor_units = offer.amount.minor_units
+                outreach.offer.amount.currency_code = offer.amount.currency_code
             created = created_prefix + own.SerializeToString()
             traceparent = outreach_traceparent(campaign_id)
             events.append(
@@ -231,6 +247,7 @@ class OutreachRows:
                     dispatch_after,
                     dispatched_at,
                     payload if payload is not None else dispatch.SerializeToString(),
+                    *amount_columns,
                     *shared_columns,
                 )
             )
@@ -273,7 +290,7 @@ async def create_outreaches(
         block = await store.allocate_sequences(
             session, campaign.programme, run.month, campaign.trigger_code, len(admitted.members)
         )
-        rows = builder.page(admitted.members, admitted.channels, block.numbers(), first_ordinal)
+        rows = builder.page(admitted.members, admitted.channels, block.numbers(), first_ordinal, admitted.offers)
     rows.event_seqs = await store.insert_page(session, rows.outreaches, rows.events)
     await store.insert_exclusions(session, rows.render_failures)
     await gate.record_contacts(session, campaign, admitted, rows.created, builder.now, builder.values)

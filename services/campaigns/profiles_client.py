@@ -16,9 +16,9 @@ class ProfileDirectory:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = service_pb2_grpc.SegmentsServiceStub(channel)
 
-    async def attribute_names(self) -> set[str]:
-        """Every attribute declared in segments' catalog (computed ones too)."""
-        names: set[str] = set()
+    async def attribute_types(self) -> dict[str, int]:
+        """Every attribute declared in segments' catalog (computed ones too), with its AttributeType number."""
+        types: dict[str, int] = {}
         token = ""
         while True:
             try:
@@ -31,9 +31,9 @@ class ProfileDirectory:
                     f"the segments service could not list the attribute catalog ({error.code().name}); the content "
                     "checks need it: retry shortly"
                 ) from error
-            names.update(definition.name for definition in response.attributes)
+            types.update((definition.name, definition.type) for definition in response.attributes)
             if not response.next_page_token:
-                return names
+                return types
             token = response.next_page_token
 
     async def attributes_of(self, profile_id: str) -> dict[str, object]:

@@ -26,6 +26,7 @@ from services.campaigns.messages import (
     channel_value,
     content_templates_of,
     offer_of,
+    offer_terms_of,
     timestamp,
 )
 from services.campaigns.outreach_rows import OutreachRows, create_outreaches, outreach_headers
@@ -159,17 +160,19 @@ class ReleaseRunner:
                 await self.dispatch(campaign, run)
                 return
             offer = offer_of(campaign)
+            terms = offer_terms_of(campaign)
             # Validated when the campaign was created; compiled once per run.
             # Registry changes since approval surface per person: an SMS or WhatsApp template that is no
             # longer registered fails each render (counted), so nothing unregistered is ever sent.
             compiled = compile_content(
                 content_templates_of(campaign),
                 channel_order_of(campaign),
-                offer_has_amount=offer.amount is not None,
+                offer_has_amount=terms.has_amount,
                 registry=self.library.registry,
                 check_registry=False,
             )
-            attribute_names = compiled.attribute_names()
+            # What the templates read, and what decides each person's offer.
+            attribute_names = list(dict.fromkeys([*compiled.attribute_names(), *terms.attribute_names()]))
             # The cursor is the last profile id released: the pinned version's members stream from just
             # after it, suppressed people included (marked), so the run counts who was left out and why.
             cursor, pages, created_so_far = run.cursor, run.pages_released, run.outreach_count

@@ -23,11 +23,13 @@ ENGAGEMENT = {
 
 @dataclass
 class Counts:
-    """The funnel of ReportCounts: audience = held_out + suppressed + capped (own) + render_failed + created."""
+    """The funnel of ReportCounts: audience = held_out + suppressed + not_eligible + capped (own) + render_failed
+    + created."""
 
     audience: int = 0
     held_out: int = 0
     suppressed: int = 0
+    not_eligible: int = 0
     capped: int = 0
     released: int = 0
     render_failed: int = 0
@@ -43,6 +45,7 @@ class Counts:
     opted_out: int = 0
     suppressed_by_reason: Counter[str] = field(default_factory=Counter)
     capped_by_reason: Counter[str] = field(default_factory=Counter)
+    not_eligible_by_reason: Counter[str] = field(default_factory=Counter)
     resent: int = 0
     resends_skipped_by_reason: Counter[str] = field(default_factory=Counter)
 
@@ -81,6 +84,9 @@ def run_counts(
         if kind == Exclusion.SUPPRESSED:
             counts.suppressed += people
             counts.suppressed_by_reason[reason] += people
+        elif kind == Exclusion.NOT_ELIGIBLE:
+            counts.not_eligible += people
+            counts.not_eligible_by_reason[reason] += people
         elif kind == Exclusion.HELD_OUT:
             counts.held_out += people
         elif kind == Exclusion.CAPPED:

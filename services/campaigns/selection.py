@@ -1,4 +1,5 @@
-"""Who of a released page gets an outreach, decided in the page's transaction: suppressions, holdout, caps."""
+"""Who of a released page gets an outreach, and which offer, decided in the page's transaction: suppressions,
+the offer's eligibility, holdout, caps."""
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -16,11 +17,11 @@ from services import streams
 from services.campaigns import store
 from services.campaigns.audience import NO_CONTACT, Exclusion, LeftOut, reach, sift
 from services.campaigns.caps import LOOKBACK, OUTRANKED, Candidate, Contact, Rank, judge, rules_of
-from services.campaigns.messages import timestamp
+from services.campaigns.messages import offer_proto, offer_terms_of, timestamp
+from services.campaigns.rendering import Offer
 from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import AudienceMember
-from xsell.campaigns.v1 import events_pb2, resources_pb2
-from xsell.type.v1 import money_pb2
+from xsell.campaigns.v1 import events_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,8 @@ class ContactsChanged(Exception):
 class Admitted:
     """The members to create outreaches for, the channel each gets it on, and how many had no address.
 
+    `offers`: each admitted person's own offer when the campaign decides it per person (an amount rule or
+    eligibility conditions); empty otherwise, when everyone gets the campaign's offer.
     `displacing`: per admitted person, the outranked undispatched outreaches their new one replaces;
     they are withdrawn by record_contacts, and only for people whose outreach was in fact created (a
     render failure leaves the other campaign's outreach in place).
@@ -42,13 +45,23 @@ class Admitted:
     channels: dict[str, str]
     no_contact: int
     displacing: dict[str, tuple[Contact, ...]] = field(default_factory=dict)
+    offers: dict[str, Offer] = field(default_factory=dict)
+
+    def offer_value(self, profile_id: str, campaign: Any) -> int:
+        """What the person's offer is worth for ranking (minor units, 0 without an amount)."""
+        offer = self.offers.get(profile_id)
+        if offer is None:
+            return campaign.offer_amount_minor or 0
+        return offer.amount.minor_units if offer.amount is not None else 0
 
 
-def campaign_rank(campaign: Any) -> Rank:
-    """The campaign's rank among competitors (priority, offer value, earliest launch, key)."""
+def campaign_rank(campaign: Any, offer_value_minor: int | None = None) -> Rank:
+    """The campaign's rank among competitors (priority, offer value, earliest launch, key); `offer_value_minor`:
+    the person's own offer amount, when the campaign decides it per person."""
     options = DeliveryOptions.from_json(campaign.options)
     launched = campaign.launched_at or campaign.created_at
-    return Rank.of(options.priority, campaign.offer_amount_minor, launched, campaign.campaign_key)
+    value = campaign.offer_amount_minor if offer_value_minor is None else offer_value_minor
+    return Rank.of(options.priority, value, launched, campaign.campaign_key)
 
 
 def _contact(row: Any) -> Contact:
@@ -61,15 +74,6 @@ def _contact(row: Any) -> Contact:
         rank=Rank.of(row.priority, row.offer_value_minor, row.launched_at, row.campaign_key),
         displaceable=row.dispatched_at is None,
     )
-
-
-def _offer(campaign: Any) -> resources_pb2.Offer:
-    offer = resources_pb2.Offer(product_code=campaign.offer_product_code)
-    if campaign.offer_amount_minor is not None:
-        offer.amount.CopyFrom(
-            money_pb2.Money(minor_units=campaign.offer_amount_minor, currency_code=campaign.offer_currency or "")
-        )
-    return offer
 
 
 class AudienceGate:
@@ -98,13 +102,16 @@ class AudienceGate:
     ) -> Admitted:
         """`order`: the campaign's channel then its fallbacks; `available`: whether a member has an address on one."""
         options = DeliveryOptions.from_json(campaign.options)
+        terms = offer_terms_of(campaign)
         sifted = sift(
             members,
             profile_id=lambda m: m.profile_id,
             reach_of=lambda m: reach(order, m.suppressed_on, lambda channel: available(channel, m)),
             campaign_key=campaign.campaign_key,
             holdout_basis_points=options.holdout_basis_points,
+            offer_of=(lambda m: terms.decide(m.attributes)) if terms.per_person else None,
         )
+        offers = sifted.offers
         eligible = sifted.eligible
         capped: list[LeftOut] = []
         displacing: dict[str, tuple[Contact, ...]] = {}
@@ -119,6 +126,9 @@ class AudienceGate:
             rank = campaign_rank(campaign)
             kept: list[tuple[AudienceMember, str]] = []
             for member, channel in eligible:
+                offer = offers.get(member.profile_id)
+                if offer is not None:
+                    rank = campaign_rank(campaign, offer.amount.minor_units if offer.amount is not None else 0)
                 candidate = Candidate(member.profile_id, channel, campaign.category, rank, campaign.time_zone)
                 verdict = judge(candidate, rules, contacts.get(member.profile_id, ()), now)
                 if verdict.allowed:
@@ -144,14 +154,23 @@ class AudienceGate:
             ],
         )
         held = [out for out in left_out if out.kind == Exclusion.HELD_OUT]
-        await self.outbox.add_rows(session, [self._holdout_event(campaign, run, out.profile_id, now) for out in held])
+        shared = terms.shared()
+        await self.outbox.add_rows(
+            session,
+            [
+                self._holdout_event(campaign, run, out.profile_id, offers.get(out.profile_id, shared), now)
+                for out in held
+            ],
+        )
         suppressed = sum(1 for out in left_out if out.kind == Exclusion.SUPPRESSED)
+        not_eligible = sum(1 for out in left_out if out.kind == Exclusion.NOT_ELIGIBLE)
         await store.add_run_counts(
             session, run.run_id, audience=len(members), held_out=len(held), suppressed=suppressed, capped=len(capped)
         )
         decided = {
             "audience": len(members),
             "suppressed": suppressed,
+            "not_eligible": not_eligible,
             "held_out": len(held),
             "capped": len(capped),
         }
@@ -160,10 +179,14 @@ class AudienceGate:
         log.info("audience_page_decided", **decided)
         no_contact = sum(1 for out in sifted.left_out if out.kind == Exclusion.SUPPRESSED and out.reason == NO_CONTACT)
         return Admitted(
-            [m for m, _ in eligible], {m.profile_id: channel for m, channel in eligible}, no_contact, displacing
+            [m for m, _ in eligible],
+            {m.profile_id: channel for m, channel in eligible},
+            no_contact,
+            displacing,
+            {m.profile_id: offers[m.profile_id] for m, _ in eligible} if offers else {},
         )
 
-    def _holdout_event(self, campaign: Any, run: Any, profile_id: str, now: datetime) -> dict[str, Any]:
+    def _holdout_event(self, campaign: Any, run: Any, profile_id: str, offer: Offer, now: datetime) -> dict[str, Any]:
         event = events_pb2.HoldoutAssigned(
             campaign_key=campaign.campaign_key,
             run_id=run.run_id,
@@ -171,7 +194,7 @@ class AudienceGate:
             labels=list(campaign.labels),
             category=campaign.category,
             trigger_code=campaign.trigger_code,
-            offer=_offer(campaign),
+            offer=offer_proto(offer),
             assign_time=timestamp(now),
         )
         return self.outbox.event(streams.HOLDOUT_ASSIGNED, event)
@@ -226,13 +249,14 @@ class AudienceGate:
         if not created:
             return
         options = DeliveryOptions.from_json(campaign.options)
-        # What every entry of the campaign shares, in the order of store.PAGE_CONTACT_COLUMNS after the channel.
-        shared = (
-            campaign.campaign_key,
-            campaign.category,
-            values.time(now),
-            options.priority,
-            campaign.offer_amount_minor or 0,
-            values.time(campaign.launched_at or campaign.created_at),
+        # The columns of store.PAGE_CONTACT_COLUMNS after the channel: the campaign's, with each person's offer value
+        # (the campaign's amount, or the person's own when it is decided per person).
+        head = (campaign.campaign_key, campaign.category, values.time(now), options.priority)
+        launched = values.time(campaign.launched_at or campaign.created_at)
+        if not admitted.offers:
+            shared = (*head, campaign.offer_amount_minor or 0, launched)
+            await store.insert_contacts(session, [(*person, *shared) for person in created])
+            return
+        await store.insert_contacts(
+            session, [(*person, *head, admitted.offer_value(person[1], campaign), launched) for person in created]
         )
-        await store.insert_contacts(session, [(*person, *shared) for person in created])

@@ -92,6 +92,9 @@ campaigns = Table(
     Column("fallback_channels", JSON, nullable=True),
     # Triggers and resends (0007): services.campaigns.automation.Automation as JSON.
     Column("automation", JSON, nullable=True),
+    # The offer's amount rule and eligibility conditions (0012), as the JSON of xsell.campaigns.v1.Offer's fields;
+    # NULL when every person gets the same offer.
+    Column("offer_rules", JSON, nullable=True),
 )
 
 # Every transition of every campaign, oldest first by seq: who did what to which version, and when.
@@ -393,14 +396,15 @@ PAGE_PERSON_COLUMNS = (
     "dispatch_after",
     "dispatched_at",
     "dispatch_payload",
+    # The person's offer amount: the campaign's, or their own when it is decided per person.
+    "offer_amount_minor",
+    "offer_currency",
 )
 PAGE_RUN_COLUMNS = (
     "campaign_key",
     "run_id",
     "trigger_code",
     "offer_product_code",
-    "offer_amount_minor",
-    "offer_currency",
     "labels",
     "category",
     "created_at",

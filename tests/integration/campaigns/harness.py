@@ -9,7 +9,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -123,24 +123,25 @@ class FakeSegments(seg_grpc.SegmentsServiceServicer):
             response.next_page_token = page[-1].profile_id
         return response
 
-    # The attribute catalog content checks read (ListAttributes), and profiles previews render for (GetProfile).
-    ATTRIBUTES = (
-        "email",
-        "first_name",
-        "city",
-        "time_zone",
-        "phone",
-        "whatsapp_opt_in",
-        "push_token",
-        "total_aum",
-        "fund_categories",
-        "customer_tier",
-    )
+    # The attribute catalog content checks read (ListAttributes), with the types offer rules are checked against,
+    # and profiles previews render for (GetProfile).
+    ATTRIBUTES: ClassVar[dict[str, int]] = {
+        "email": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "first_name": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "city": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "time_zone": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "phone": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "whatsapp_opt_in": seg_resources.ATTRIBUTE_TYPE_BOOLEAN,
+        "push_token": seg_resources.ATTRIBUTE_TYPE_STRING,
+        "total_aum": seg_resources.ATTRIBUTE_TYPE_MONEY,
+        "fund_categories": seg_resources.ATTRIBUTE_TYPE_STRING_SET,
+        "customer_tier": seg_resources.ATTRIBUTE_TYPE_STRING,
+    }
 
     async def ListAttributes(self, request, context):  # type: ignore[no-untyped-def]
         response = seg_service.ListAttributesResponse()
         for name in sorted(self.ATTRIBUTES):
-            response.attributes.add(name=name)
+            response.attributes.add(name=name, type=self.ATTRIBUTES[name])
         return response
 
     async def GetProfile(self, request, context):  # type: ignore[no-untyped-def]

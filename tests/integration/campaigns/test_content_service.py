@@ -181,7 +181,7 @@ async def test_submit_checks_the_stored_content_against_the_current_catalog(
     assert first.campaign.state == resources_pb2.CAMPAIGN_STATE_SUBMITTED
     created = await create(stub, campaign_message(programme_code()), "req-create-b")
     # The catalog lost `city` after both campaigns were written: submitting the second is refused...
-    harness.segments.ATTRIBUTES = ("email", "first_name", "time_zone")  # type: ignore[misc]
+    harness.segments.ATTRIBUTES = dict.fromkeys(("email", "first_name", "time_zone"), 1)  # type: ignore[misc]
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.SubmitCampaign(
             service_pb2.SubmitCampaignRequest(request_id="req-submit-b", campaign_key=created.campaign_key)

@@ -27,6 +27,7 @@ from services.campaigns.content import (
     unavailable_reason,
 )
 from services.campaigns.content_files import DEFAULT_PRODUCT_CATALOG, DEFAULT_TEMPLATE_REGISTRY, load_library
+from services.campaigns.offers import OfferTerms
 from services.campaigns.products import ProductCatalog
 from services.campaigns.rendering import EmailTemplates, Money, Offer, RenderedEmail, RenderFailed
 
@@ -350,7 +351,7 @@ def test_a_spec_with_sms_and_fallbacks_validates_against_the_registry() -> None:
         trigger_code="",
         segment_id="seg_1",
         channel="SMS",
-        offer=OFFER,
+        offer=OfferTerms(OFFER.product_code, OFFER.amount),
         email=EMAIL,
         send_time=None,
         time_zone="",

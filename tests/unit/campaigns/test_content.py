@@ -6,6 +6,7 @@ import pytest
 
 from plumbing.errors import FailedPrecondition, InvalidArgument
 from services.campaigns.campaigns import CampaignSpec, CampaignState, plan_launch, require_published, validate_spec
+from services.campaigns.offers import OfferTerms
 from services.campaigns.rendering import (
     UNSUBSCRIBE_URL,
     EmailTemplates,
@@ -40,7 +41,7 @@ def spec(**overrides: object) -> CampaignSpec:
         "trigger_code": "",
         "segment_id": "seg_1",
         "channel": "EMAIL",
-        "offer": Offer("LUMPSUM", Money(17_40_000_00, "INR")),
+        "offer": OfferTerms("LUMPSUM", Money(17_40_000_00, "INR")),
         "email": templates(),
         "send_time": None,
         "time_zone": "",
@@ -158,7 +159,7 @@ def test_valid_spec_gets_its_defaults() -> None:
         ({"channel": "SMS"}, "campaign.content.sms"),
         ({"channel": "BANNER"}, "campaign.channel"),
         ({"channel": "UNSPECIFIED"}, "campaign.channel"),
-        ({"offer": Offer("", None)}, "campaign.offer.product_code"),
+        ({"offer": OfferTerms("", None)}, "campaign.offer.product_code"),
         ({"email": None}, "campaign.content.email"),
         ({"time_zone": "Mars/Olympus"}, "campaign.schedule.time_zone"),
         ({"time_zone": "../etc/passwd"}, "campaign.schedule.time_zone"),
