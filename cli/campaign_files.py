@@ -7,6 +7,11 @@ A file holds one campaign. Keys are the proto's field names (docs/campaigns.md e
     category: cross_sell_new_category  # enum values without their prefix, any case
     channel: email
     offer: {product_code: MF_LUMPSUM, amount: {inr: 25000}}
+    # or each person's amount and who may have it (conditions as in segment files, all of which must hold):
+    # offer:
+    #   product_code: PL_TOPUP
+    #   amount_rule: {attribute: preapproved_limit, share_basis_points: 8000, maximum: {inr: 2000000}}
+    #   eligibility: [{name: bureau_score, gte: 750}, {name: held_products, contains_none: [personal_loan]}]
     distribution: {percent_per_step: 25, interval: 1h}
     schedule: {send_time: 2026-12-01T09:00:00+05:30, time_zone: Asia/Kolkata}
 
@@ -29,6 +34,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from services.segments.rule_files import RuleFileError, condition_from_data
 from xsell.campaigns.v1 import resources_pb2
 
 ASSIGNED_BY_SERVICE = frozenset(
@@ -122,6 +128,13 @@ def _join(path: str, key: str) -> str:
 def _message(data: Any, descriptor: Descriptor, path: str, source: str) -> dict[str, Any]:
     if descriptor.full_name == "xsell.type.v1.Money":
         return _money(data, path, source)
+    if descriptor.full_name == "xsell.segments.v1.AttributeCondition" and isinstance(data, dict) and "name" in data:
+        # An offer's eligibility condition, written as in segment files: {name: bureau_score, gte: 750}.
+        try:
+            condition = condition_from_data(data, path=path)
+        except RuleFileError as problem:
+            raise CampaignFileError(source, problem.path, problem.message) from None
+        return json_format.MessageToDict(condition, preserving_proto_field_name=True)
     if not isinstance(data, dict):
         raise CampaignFileError(source, path, f"expected a mapping of {descriptor.name} fields, got {data!r}")
     fields = descriptor.fields_by_name

@@ -255,21 +255,21 @@ class OfferTerms:
 def _money(message: Any, path: str, *, positive: bool = True) -> Money:
     if not _CURRENCY.match(message.currency_code):
         where = f"{path}.currency_code"
-        raise InvalidArgument(f"{where} must be an ISO 4217 code such as 'INR'", field=where)
+        raise InvalidArgument("must be an ISO 4217 code such as 'INR'", field=where)
     if positive and message.minor_units <= 0:
-        raise InvalidArgument(f"{path}.minor_units must be above zero", field=f"{path}.minor_units")
+        raise InvalidArgument("must be above zero", field=f"{path}.minor_units")
     return Money(message.minor_units, message.currency_code)
 
 
 def _amount_rule(rule: resources_pb2.OfferAmountRule, path: str) -> AmountRule:
     if not _NAME.match(rule.attribute):
         raise InvalidArgument(
-            f"{path}.attribute must name a MONEY attribute in lower_snake_case, e.g. 'preapproved_topup_limit'",
+            "must name a MONEY attribute in lower_snake_case, e.g. 'preapproved_topup_limit'",
             field=f"{path}.attribute",
         )
     if rule.share_basis_points > BASIS_POINTS:
         raise InvalidArgument(
-            f"{path}.share_basis_points is {rule.share_basis_points}; at most {BASIS_POINTS} (100%), e.g. 8000 for 80%",
+            f"is {rule.share_basis_points}; at most {BASIS_POINTS} (100%), e.g. 8000 for 80%",
             field=f"{path}.share_basis_points",
         )
     bounds = {
@@ -279,14 +279,12 @@ def _amount_rule(rule: resources_pb2.OfferAmountRule, path: str) -> AmountRule:
     currencies = {bound.currency_code for bound in bounds.values() if bound is not None}
     if len(currencies) > 1:
         raise InvalidArgument(
-            f"{path}: maximum, minimum and round_down_to must be in one currency, got {', '.join(sorted(currencies))}",
+            f"maximum, minimum and round_down_to must be in one currency, got {', '.join(sorted(currencies))}",
             field=path,
         )
     maximum, minimum = bounds["maximum"], bounds["minimum"]
     if maximum is not None and minimum is not None and minimum.minor_units > maximum.minor_units:
-        raise InvalidArgument(
-            f"{path}.minimum is above {path}.maximum; lower it or raise the maximum", field=f"{path}.minimum"
-        )
+        raise InvalidArgument("is above the maximum; lower it or raise the maximum", field=f"{path}.minimum")
     return AmountRule(
         rule.attribute,
         rule.share_basis_points or BASIS_POINTS,
@@ -299,55 +297,52 @@ def _amount_rule(rule: resources_pb2.OfferAmountRule, path: str) -> AmountRule:
 def _operands(operator: str, values: Sequence[segment_resources.Value], path: str) -> tuple[object, ...]:
     count, where = len(values), f"{path}.values"
     if operator in NO_VALUES and count:
-        raise InvalidArgument(f"{where}: OPERATOR_{operator} takes no values, got {count}", field=where)
+        raise InvalidArgument(f"OPERATOR_{operator} takes no values, got {count}", field=where)
     if operator in SINGLE_VALUE and count != 1:
         hint = "; use OPERATOR_IN for several" if operator == "EQUALS" and count > 1 else ""
-        raise InvalidArgument(f"{where}: OPERATOR_{operator} needs exactly 1 value, got {count}{hint}", field=where)
+        raise InvalidArgument(f"OPERATOR_{operator} needs exactly 1 value, got {count}{hint}", field=where)
     if operator == "BETWEEN" and count != 2:
-        raise InvalidArgument(
-            f"{where}: OPERATOR_BETWEEN needs 2 values (lower and upper bound), got {count}", field=where
-        )
+        raise InvalidArgument("OPERATOR_BETWEEN needs 2 values (lower and upper bound), got {count}", field=where)
     if operator in MANY_VALUES and not 1 <= count <= MAX_VALUES:
-        raise InvalidArgument(f"{where}: OPERATOR_{operator} needs 1 to {MAX_VALUES} values, got {count}", field=where)
+        raise InvalidArgument(f"OPERATOR_{operator} needs 1 to {MAX_VALUES} values, got {count}", field=where)
     operands: list[object] = []
     for index, value in enumerate(values):
         here = f"{path}.values[{index}]"
         operand = attribute_value(value)
         if operand is None:
-            raise InvalidArgument(f"{here} is empty; set one of its kinds, e.g. number_value", field=here)
+            raise InvalidArgument("is empty; set one of its kinds, e.g. number_value", field=here)
         if isinstance(operand, Money) and not _CURRENCY.match(operand.currency_code):
-            raise InvalidArgument(f"{here}.money_value.currency_code must be an ISO 4217 code, e.g. 'INR'", field=here)
+            raise InvalidArgument("money_value.currency_code must be an ISO 4217 code, e.g. 'INR'", field=here)
         if (operator in COMPARISONS or operator == "BETWEEN") and not isinstance(operand, float | datetime | Money):
             raise InvalidArgument(
-                f"{here}: OPERATOR_{operator} needs a number_value, timestamp_value or money_value, "
-                f"got {_kind(operand)}",
+                f"OPERATOR_{operator} needs a number_value, timestamp_value or money_value, got {_kind(operand)}",
                 field=here,
             )
         if operator in SET_OPERATORS and not isinstance(operand, str):
             raise InvalidArgument(
-                f"{here}: OPERATOR_{operator} needs string_value operands (set members), got {_kind(operand)}",
+                f"OPERATOR_{operator} needs string_value operands (set members), got {_kind(operand)}",
                 field=here,
             )
         if operator in ("CONTAINS", "NOT_CONTAINS") and (not isinstance(operand, str) or not operand):
-            raise InvalidArgument(f"{here}: OPERATOR_{operator} needs a non-empty string_value", field=here)
+            raise InvalidArgument(f"OPERATOR_{operator} needs a non-empty string_value", field=here)
         operands.append(operand)
     if operator == "BETWEEN":
         low, high = operands
         pair = _ordered(low, high)
         if pair is None:
             raise InvalidArgument(
-                f"{where}: the bounds of OPERATOR_BETWEEN must be of one kind, got {_kind(low)} and {_kind(high)}",
+                f"the bounds of OPERATOR_BETWEEN must be of one kind, got {_kind(low)} and {_kind(high)}",
                 field=where,
             )
         if pair[0] > pair[1]:
-            raise InvalidArgument(f"{where}: the lower bound is above the upper bound", field=where)
+            raise InvalidArgument("the lower bound is above the upper bound", field=where)
     return tuple(operands)
 
 
 def _condition(condition: segment_resources.AttributeCondition, path: str) -> Condition:
     if not _NAME.match(condition.attribute):
         raise InvalidArgument(
-            f"{path}.attribute must name a profile attribute in lower_snake_case, e.g. 'bureau_score'",
+            "must name a profile attribute in lower_snake_case, e.g. 'bureau_score'",
             field=f"{path}.attribute",
         )
     try:
@@ -355,9 +350,7 @@ def _condition(condition: segment_resources.AttributeCondition, path: str) -> Co
     except ValueError:
         name = "OPERATOR_UNSPECIFIED"
     if name == "OPERATOR_UNSPECIFIED":
-        raise InvalidArgument(
-            f"{path}.operator is required, e.g. OPERATOR_GREATER_OR_EQUAL or OPERATOR_IN", field=f"{path}.operator"
-        )
+        raise InvalidArgument("is required, e.g. OPERATOR_GREATER_OR_EQUAL or OPERATOR_IN", field=f"{path}.operator")
     operator = name.removeprefix(_OPERATOR_PREFIX)
     return Condition(condition.attribute, operator, _operands(operator, condition.values, path))
 
@@ -367,15 +360,14 @@ def terms_from_proto(offer: resources_pb2.Offer, path: str = "campaign.offer") -
     way and what would be valid (campaigns.validate_spec checks the product and the fixed amount)."""
     if offer.HasField("amount") and offer.HasField("amount_rule"):
         raise InvalidArgument(
-            f"{path}: set amount (the same for everyone) or amount_rule (each person's, from their profile), not both",
+            "set amount (the same for everyone) or amount_rule (each person's, from their profile), not both",
             field=f"{path}.amount_rule",
         )
     amount = Money(offer.amount.minor_units, offer.amount.currency_code) if offer.HasField("amount") else None
     rule = _amount_rule(offer.amount_rule, f"{path}.amount_rule") if offer.HasField("amount_rule") else None
     if len(offer.eligibility) > MAX_CONDITIONS:
         raise InvalidArgument(
-            f"{path}.eligibility has {len(offer.eligibility)} conditions; at most {MAX_CONDITIONS} (put the rest in "
-            "the segment's rule)",
+            f"has {len(offer.eligibility)} conditions; at most {MAX_CONDITIONS} (put the rest in the segment's rule)",
             field=f"{path}.eligibility",
         )
     conditions = tuple(
@@ -392,7 +384,7 @@ def check_catalog(terms: OfferTerms, attribute_types: Mapping[str, int], path: s
             close = difflib.get_close_matches(name, sorted(attribute_types), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise InvalidArgument(
-                f"{where} {name!r} is not an attribute in the segments catalog{hint}; fix the name, or declare the "
+                f"{name!r} is not an attribute in the segments catalog{hint}; fix the name, or declare the "
                 "attribute with DefineAttributes first",
                 field=where,
             )
@@ -401,7 +393,10 @@ def check_catalog(terms: OfferTerms, attribute_types: Mapping[str, int], path: s
     if terms.amount_rule is not None:
         where = f"{path}.amount_rule.attribute"
         if known(terms.amount_rule.attribute, where) != segment_resources.ATTRIBUTE_TYPE_MONEY:
-            raise InvalidArgument(f"{where} {terms.amount_rule.attribute!r} is not a MONEY attribute", field=where)
+            raise InvalidArgument(
+                f"{terms.amount_rule.attribute!r} is not a MONEY attribute; the amount comes from a money attribute",
+                field=where,
+            )
     for index, condition in enumerate(terms.eligibility):
         where = f"{path}.eligibility[{index}]"
         attribute_type = known(condition.attribute, f"{where}.attribute")
@@ -415,6 +410,6 @@ def check_catalog(terms: OfferTerms, attribute_types: Mapping[str, int], path: s
                 fits = isinstance(operand, str)  # set members
             if not fits:
                 raise InvalidArgument(
-                    f"{where}.values[{position}] is a {_kind(operand)}; {condition.attribute} holds {type_name} values",
+                    f"is a {_kind(operand)}; {condition.attribute} holds {type_name} values",
                     field=f"{where}.values[{position}]",
                 )

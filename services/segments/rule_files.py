@@ -194,6 +194,18 @@ def rule_from_data(data: Any, *, path: str = "rule", source: str = "") -> resour
     return _Reader(source).rule_and_validate(data, path)
 
 
+def condition_from_data(data: Any, *, path: str, source: str = "") -> resources_pb2.AttributeCondition:
+    """The proto condition of one decoded attribute condition ({name: bureau_score, gte: 750}), validated as the
+    service validates a rule's (used for a campaign offer's eligibility)."""
+    reader = _Reader(source)
+    condition = reader.attribute(data, path, path)
+    try:
+        parse_rule(resources_pb2.Rule(attribute=condition), path)
+    except RuleError as problem:
+        reader.fail(reader.file_path(problem.path.replace(f"{path}.attribute", path, 1)), _file_words(problem.message))
+    return condition
+
+
 class _Reader:
     """Turns decoded file data into a proto Rule, remembering which file path each proto field came from."""
 

@@ -38,7 +38,7 @@ from xsell.segments.v1 import events_pb2 as segment_events
 from xsell.segments.v1 import resources_pb2 as seg
 from xsell.segments.v1 import service_pb2 as seg_service
 from xsell.segments.v1 import service_pb2_grpc as seg_grpc
-from xsell.type.v1 import channel_pb2
+from xsell.type.v1 import channel_pb2, money_pb2
 
 HTML = '<p>Dear {{ first_name }}, a top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
 ZONE = "Asia/Kolkata"
@@ -633,3 +633,71 @@ async def test_a_trigger_inside_quiet_hours_is_created_at_once_and_dispatched_wh
     )
     assert len(sent) == 1 and sent[0].email.to_address == "n01@example.in"
     await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 1))
+
+
+async def test_a_trigger_offers_each_person_their_own_amount_and_nothing_to_who_is_not_eligible(stack: Stack) -> None:
+    await _define(stack)
+    defined = await stack.segments.DefineAttributes(
+        seg_service.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[
+                seg.AttributeDefinition(name="bureau_score", type=seg.ATTRIBUTE_TYPE_NUMBER),
+                seg.AttributeDefinition(name="topup_limit", type=seg.ATTRIBUTE_TYPE_MONEY),
+            ],
+        )
+    )
+    assert not defined.errors
+    people = {"e-01": (780.0, 9_12_345_00), "e-02": (640.0, 9_12_345_00), "e-03": (810.0, None)}
+    for person, (score, limit) in people.items():
+        profile = _profile(person, email=f"{person}@example.in", first_name="Kaveri", outstanding_ratio=0.9)
+        profile.attributes["bureau_score"].number_value = score
+        if limit is not None:
+            profile.attributes["topup_limit"].money_value.CopyFrom(
+                money_pb2.Money(minor_units=limit, currency_code="INR")
+            )
+        await _upsert(stack, profile)
+    segment_id = await _segment(stack, _below_60_percent())
+    score = seg.AttributeCondition(attribute="bureau_score", operator=seg.OPERATOR_GREATER_OR_EQUAL)
+    score.values.add(number_value=750)
+    offer = resources_pb2.Offer(
+        product_code="MSME_WC_TOPUP",
+        # Half the limit, in steps of ₹10,000: ₹9,12,345 -> ₹4,56,172.50 -> ₹4,50,000.
+        amount_rule=resources_pb2.OfferAmountRule(
+            attribute="topup_limit",
+            share_basis_points=5000,
+            round_down_to=money_pb2.Money(minor_units=10_000_00, currency_code="INR"),
+        ),
+        eligibility=[score],
+    )
+    html = (
+        '<p>{{ first_name }}, up to {{ offer_amount_full }} awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+    )
+    content = resources_pb2.Content(email=resources_pb2.EmailContent(subject_template="A top-up", html_template=html))
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    key = await _launch(stack, _campaign(segment_id, trigger_code="T06", trigger=trigger, offer=offer, content=content))
+
+    # All three enter the segment; only e-01 is eligible, and gets half their limit.
+    for person in people:
+        await _upsert(stack, _profile(person, outstanding_ratio=0.5))
+
+    async def everyone_judged() -> resources_pb2.ReportCounts | None:
+        counts = await _report(stack, key)
+        return counts if counts.released + counts.not_eligible == 3 else None
+
+    counts = await eventually(everyone_judged)
+    assert (counts.released, counts.not_eligible) == (1, 2)
+    assert {item.reason: item.count for item in counts.not_eligible_by_reason} == {
+        "bureau_score": 1,
+        "offer_amount_missing": 1,
+    }
+    (created,) = await _outreaches(stack, key)
+    assert created.profile_id == "e-01"
+    assert (created.offer.product_code, created.offer.amount.minor_units) == ("MSME_WC_TOPUP", 4_50_000_00)
+    sent = await eventually(
+        lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == created.campaign_id])
+    )
+    assert "₹4,50,000" in sent[0].email.html_body
+    explained = await stack.campaigns.ExplainOutreach(
+        service_pb2.ExplainOutreachRequest(campaign_key=key, profile_id="e-03")
+    )
+    assert explained.decisions[0].outcome == service_pb2.OUTREACH_OUTCOME_NOT_ELIGIBLE

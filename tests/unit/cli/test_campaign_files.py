@@ -9,6 +9,7 @@ from cli.apply import contains
 from cli.campaign_files import CampaignFileError, load_campaign_file, parse_campaign_data
 from cli.client import derived_request_id
 from xsell.campaigns.v1 import resources_pb2 as r
+from xsell.segments.v1 import resources_pb2 as s
 from xsell.type.v1 import channel_pb2
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "campaigns"
@@ -47,6 +48,35 @@ def test_shorthands_become_the_proto_values() -> None:
     assert campaign.schedule.send_time.ToDatetime(UTC) == datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
 
 
+def test_an_offer_takes_its_amount_rule_and_eligibility_written_as_in_segment_files() -> None:
+    parsed = parse_campaign_data(
+        BASE
+        | {
+            "offer": {
+                "product_code": "PL_TOPUP",
+                "amount_rule": {"attribute": "preapproved_limit", "share_basis_points": 8000, "maximum": {"inr": 2e6}},
+                "eligibility": [
+                    {"name": "bureau_score", "gte": 750},
+                    {"name": "held_products", "contains_none": ["personal_loan"]},
+                    # The proto's own form is read too.
+                    {"attribute": "kyc_status", "operator": "equals", "values": [{"string_value": "complete"}]},
+                ],
+            }
+        }
+    )
+    offer = parsed.campaign.offer
+    assert (offer.amount_rule.attribute, offer.amount_rule.share_basis_points) == ("preapproved_limit", 8000)
+    assert offer.amount_rule.maximum.minor_units == 20_00_000_00
+    score, held, kyc = offer.eligibility
+    assert (score.attribute, score.operator, score.values[0].number_value) == (
+        "bureau_score",
+        s.OPERATOR_GREATER_OR_EQUAL,
+        750,
+    )
+    assert held.operator == s.OPERATOR_CONTAINS_NONE and [v.string_value for v in held.values] == ["personal_loan"]
+    assert (kyc.operator, kyc.values[0].string_value) == (s.OPERATOR_EQUALS, "complete")
+
+
 @pytest.mark.parametrize(
     ("extra", "path", "says"),
     [
@@ -58,6 +88,12 @@ def test_shorthands_become_the_proto_values() -> None:
         ({"offer": {"amount": {"inr": "12.345"}}}, "offer.amount.inr", "at most 2 decimals"),
         ({"frequency_caps": [{"scope": "all"}, {"sope": "all"}]}, "frequency_caps[1].sope", "did you mean 'scope'?"),
         ({"segment_id": "seg_1"}, "segment", "either segment"),
+        ({"offer": {"eligibility": [{"name": "bureau_score", "gte": "high"}]}}, "offer.eligibility[0].gte", "number"),
+        (
+            {"offer": {"eligibility": [{"name": "bureau_score", "atleast": 7}]}},
+            "offer.eligibility[0].atleast",
+            "unknown",
+        ),
     ],
 )
 def test_mistakes_name_the_path(extra: dict[str, object], path: str, says: str) -> None:
