@@ -21,7 +21,10 @@ outbox and NATS) and its CPU does not delay this process's publishing or timesta
    on a warm process: a release of a tenth runs first, unmeasured for the goal (its figures are reported as
    `warm_up`), so the ratio compares two audiences rather than a process's first seconds with its steady state;
    each measured release starts once the relay has published every event before it.
-4. **Floor**: what the database allows, in the same run: the same number of outreach, outbox and
+4. **The offer per person**: after them, a release of a tenth whose offer is decided per person (80% of a money
+   attribute, capped and rounded, for people with a score of 750 or more: two thirds of the audience), reported
+   as people decided per second and against the fixed offer's release of the same size (no goal of its own).
+5. **Floor**: what the database allows, in the same run: the same number of outreach, outbox and
    contact-ledger rows as the whole release writes, of the same shape (payloads copied from the release's
    own rows), inserted with the standard library's sqlite3 (multi-row INSERTs of 500 rows as the release
    writes them, plumbing.sqlite_async.insert_values; a page per transaction, the service's pragmas) into
@@ -74,7 +77,7 @@ from xsell.segments.v1 import events_pb2 as segment_events
 from xsell.segments.v1 import resources_pb2 as seg
 from xsell.segments.v1 import service_pb2 as seg_service
 from xsell.segments.v1 import service_pb2_grpc as seg_grpc
-from xsell.type.v1 import channel_pb2
+from xsell.type.v1 import channel_pb2, money_pb2
 
 HOST = "127.0.0.1"
 SERVICE = "xsell.campaigns.v1.CampaignsService"
@@ -93,11 +96,40 @@ BACKEND_PARTS = {"sqlite": PARTS, "postgresql": ("trigger",)}
 HTML = '<p>Dear {{ first_name }}, a lumpsum top-up awaits</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
 
 
-def _member(profile_id: str) -> seg.Member:
+OFFER_SEGMENT = "offer"
+"""Segment "offer-<n>": members with the attributes the per-person offer reads (bureau_score, preapproved_limit)."""
+LAKH_PAISE = 1_00_000_00
+
+
+def _score(index: int) -> float:
+    return 700.0 + index % 150  # 750 or more for two people in three
+
+
+def _member(profile_id: str, lending: bool = False) -> seg.Member:
     member = seg.Member(profile_id=profile_id)
     member.attributes["email"].string_value = f"{profile_id}@bench.example"
     member.attributes["first_name"].string_value = "Asha"
+    if lending:
+        index = int(profile_id[1:])
+        member.attributes["bureau_score"].number_value = _score(index)
+        limit = member.attributes["preapproved_limit"].money_value
+        limit.minor_units, limit.currency_code = (index % 40 + 1) * LAKH_PAISE + 12_345_00, "INR"
     return member
+
+
+def _per_person_offer() -> resources_pb2.Offer:
+    score = seg.AttributeCondition(attribute="bureau_score", operator=seg.OPERATOR_GREATER_OR_EQUAL)
+    score.values.add(number_value=750)
+    return resources_pb2.Offer(
+        product_code="PL_TOPUP",
+        amount_rule=resources_pb2.OfferAmountRule(
+            attribute="preapproved_limit",
+            share_basis_points=8000,
+            maximum=money_pb2.Money(minor_units=20 * LAKH_PAISE, currency_code="INR"),
+            round_down_to=money_pb2.Money(minor_units=10_000_00, currency_code="INR"),
+        ),
+        eligibility=[score],
+    )
 
 
 class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
@@ -111,15 +143,23 @@ class SyntheticSegments(seg_grpc.SegmentsServiceServicer):
 
     async def ListAttributes(self, request: Any, context: Any) -> seg_service.ListAttributesResponse:
         response = seg_service.ListAttributesResponse()
-        for name in ("email", "first_name", "time_zone"):
-            response.attributes.add(name=name)
+        for name, kind in (
+            ("email", seg.ATTRIBUTE_TYPE_STRING),
+            ("first_name", seg.ATTRIBUTE_TYPE_STRING),
+            ("time_zone", seg.ATTRIBUTE_TYPE_STRING),
+            ("bureau_score", seg.ATTRIBUTE_TYPE_NUMBER),
+            ("preapproved_limit", seg.ATTRIBUTE_TYPE_MONEY),
+        ):
+            response.attributes.add(name=name, type=kind)
         return response
 
     async def StreamSegmentMembers(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        size = int(request.segment_id.rsplit("-", 1)[1]) if request.segment_id.startswith("all-") else 0
+        kind, _, count = request.segment_id.rpartition("-")
+        size = int(count) if kind in ("all", OFFER_SEGMENT) else 0
+        lending = kind == OFFER_SEGMENT
         start = int(request.after_profile_id[1:]) + 1 if request.after_profile_id else 0
         for first in range(start, size, STREAM_CHUNK):
-            members = [_member(f"p{i:08d}") for i in range(first, min(first + STREAM_CHUNK, size))]
+            members = [_member(f"p{i:08d}", lending) for i in range(first, min(first + STREAM_CHUNK, size))]
             yield seg_service.StreamSegmentMembersResponse(members=members)
 
     async def BatchGetProfiles(self, request: Any, context: Any) -> seg_service.BatchGetProfilesResponse:
@@ -202,16 +242,16 @@ def _campaigns_process(run_dir: Path, segments_target: str, database_url: str | 
 
 
 def _campaign(segment_id: str, **fields: Any) -> resources_pb2.Campaign:
-    return resources_pb2.Campaign(
-        display_name=f"bench {segment_id}",
-        segment_id=segment_id,
-        channel=channel_pb2.CHANNEL_EMAIL,
-        offer=resources_pb2.Offer(product_code="LUMPSUM"),
-        content=resources_pb2.Content(
+    values: dict[str, Any] = {
+        "display_name": f"bench {segment_id}",
+        "segment_id": segment_id,
+        "channel": channel_pb2.CHANNEL_EMAIL,
+        "offer": resources_pb2.Offer(product_code="LUMPSUM"),
+        "content": resources_pb2.Content(
             email=resources_pb2.EmailContent(subject_template="Hello {{ first_name }}", html_template=HTML)
         ),
-        **fields,
-    )
+    }
+    return resources_pb2.Campaign(**{**values, **fields})
 
 
 async def _launch(stub: service_pb2_grpc.CampaignsServiceStub, campaign: resources_pb2.Campaign) -> str:
@@ -399,29 +439,39 @@ def trigger_batches(var_dir: Path) -> dict[str, Any]:
     }
 
 
-async def release_rate(stub: Any, process: ServiceProcess, audience: int) -> dict[str, Any]:
-    """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created."""
+async def release_rate(
+    stub: Any, process: ServiceProcess, audience: int, *, per_person: bool = False
+) -> dict[str, Any]:
+    """Launch a send-now campaign on an `audience`-person segment; time until every outreach is created.
+
+    `per_person`: the offer decided per person (_per_person_offer) on the "offer-" segment; only the eligible
+    get an outreach, so the wait is for theirs, and the rate is of people decided."""
     peak = process.rss_mib()
     cpu_before = process.cpu_seconds()
     started = time.perf_counter()
-    key = await _launch(stub, _campaign(f"all-{audience}"))
+    if per_person:
+        campaign = _campaign(f"{OFFER_SEGMENT}-{audience}", offer=_per_person_offer())
+        expected = sum(1 for index in range(audience) if _score(index) >= 750)
+    else:
+        campaign, expected = _campaign(f"all-{audience}"), audience
+    key = await _launch(stub, campaign)
     created = 0
     # The peak so far at each tenth of the audience released: flat after the first tenths when memory does not grow
     # with the audience (RSS climbs in the first seconds of any release, while the relay and the dispatch start
     # running beside its pages).
     by_tenth: dict[str, float] = {}
-    while created < audience:
+    while created < expected:
         await asyncio.sleep(0.1)
         peak = max(peak, process.rss_mib())
-        campaign = (await stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign
-        created = campaign.outreach_count
-        for tenth in range(1, min(10, created * 10 // audience) + 1):
+        created = (await stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key=key))).campaign.outreach_count
+        for tenth in range(1, min(10, created * 10 // expected) + 1):
             by_tenth.setdefault(f"{tenth * 10}%", round(peak, 1))
     elapsed = time.perf_counter() - started
     cpu = process.cpu_seconds() - cpu_before
     waiting = await asyncio.to_thread(_events_waiting, process.run_dir / "campaigns.db")
     return {
         "audience": audience,
+        "outreaches": expected,
         "seconds": round(elapsed, 2),
         "outreach_per_s": round(audience / elapsed, 1),
         # CPU of the campaigns process per outreach: what bounds the rate when it has a core to itself. It includes
@@ -597,6 +647,9 @@ async def run(
                 with profiled(process.pid, profile and profile / "campaigns-release.txt"):
                     large = await release_rate(stub, process, audience)
                 print(f"campaigns release: {large}", flush=True)
+                large["seconds_until_published"] = await _published(process)
+                personal = await release_rate(stub, process, audience // 10, per_person=True)
+                print(f"campaigns release, the offer per person: {personal}", flush=True)
             base = await floor(run_dir / "floor", run_dir / "release" / "campaigns.db", audience)
             print(f"campaigns floor (sqlite3 alone, the same rows): {base}", flush=True)
     finally:
@@ -637,8 +690,22 @@ async def run(
         "ratio_to_cold_first_release": round(large["peak_rss_mib"] / warm_up["peak_rss_mib"], 3),
         "goal_met": large["peak_rss_mib"] <= small["peak_rss_mib"] * RSS_TOLERANCE,
     }
-    figures = {"trigger_to_dispatch": trigger, "outreach_creation": outreach, "peak_rss": rss}
-    document = {"figures": figures, "goal_met": all(f["goal_met"] for f in figures.values())}
+    per_person = {
+        "unit": "people/s",
+        "goal": None,
+        "note": "the cost of deciding the offer per person (an amount rule and an eligibility condition), against "
+        f"the fixed offer's release of the same {audience // 10} people",
+        "value": round(personal["audience"] / personal["seconds"], 1),
+        "run": personal,
+        "rate_of_fixed_offer": round(small["seconds"] / personal["seconds"], 3),
+    }
+    figures = {
+        "trigger_to_dispatch": trigger,
+        "outreach_creation": outreach,
+        "peak_rss": rss,
+        "offer_per_person": per_person,
+    }
+    document = {"figures": figures, "goal_met": all(f["goal_met"] for f in figures.values() if "goal_met" in f)}
     path = write_result(context, "campaigns", document)
     print(f"wrote {path}", flush=True)
     return document

@@ -302,7 +302,11 @@ def report_command(gateway: Gateway, args: Any, out: Out) -> int:
     counts = report.counts
     rows = [(f.name, getattr(counts, f.name)) for f in counts.DESCRIPTOR.fields if not f.is_repeated]
     table(("COUNT", "VALUE"), rows, out.out)
-    for title, reasons in (("suppressed", counts.suppressed_by_reason), ("capped", counts.capped_by_reason)):
+    for title, reasons in (
+        ("suppressed", counts.suppressed_by_reason),
+        ("not eligible", counts.not_eligible_by_reason),
+        ("capped", counts.capped_by_reason),
+    ):
         for reason in reasons:
             print(f"  {title}: {reason.reason} {reason.count}", file=out.out)
     return 0

@@ -583,8 +583,8 @@ def compile_content(
         names |= found
     if not offer_has_amount and names & {"offer_amount", "offer_amount_full"}:
         raise InvalidArgument(
-            "the templates use offer_amount but the offer has no amount; set campaign.offer.amount "
-            "or remove offer_amount from the templates",
+            "the templates use offer_amount but the offer has no amount; set campaign.offer.amount (the same for "
+            "everyone) or campaign.offer.amount_rule (each person's), or remove offer_amount from the templates",
             field="campaign.offer.amount",
         )
     return CompiledContent(compiled, tuple(order), frozenset(names))

@@ -389,8 +389,8 @@ def compile_email(templates: EmailTemplates, *, offer_has_amount: bool) -> Compi
     referenced = frozenset(subject_names | html_names | text_names)
     if not offer_has_amount and referenced & {"offer_amount", "offer_amount_full"}:
         raise InvalidArgument(
-            "the templates use offer_amount but the offer has no amount; set campaign.offer.amount "
-            "or remove offer_amount from the templates",
+            "the templates use offer_amount but the offer has no amount; set campaign.offer.amount (the same for "
+            "everyone) or campaign.offer.amount_rule (each person's), or remove offer_amount from the templates",
             field="campaign.offer.amount",
         )
     return CompiledEmail(subject, html, text, templates.from_name, referenced)
