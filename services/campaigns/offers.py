@@ -302,7 +302,7 @@ def _operands(operator: str, values: Sequence[segment_resources.Value], path: st
         hint = "; use OPERATOR_IN for several" if operator == "EQUALS" and count > 1 else ""
         raise InvalidArgument(f"OPERATOR_{operator} needs exactly 1 value, got {count}{hint}", field=where)
     if operator == "BETWEEN" and count != 2:
-        raise InvalidArgument("OPERATOR_BETWEEN needs 2 values (lower and upper bound), got {count}", field=where)
+        raise InvalidArgument(f"OPERATOR_BETWEEN needs 2 values (lower and upper bound), got {count}", field=where)
     if operator in MANY_VALUES and not 1 <= count <= MAX_VALUES:
         raise InvalidArgument(f"OPERATOR_{operator} needs 1 to {MAX_VALUES} values, got {count}", field=where)
     operands: list[object] = []
@@ -404,6 +404,19 @@ def check_catalog(terms: OfferTerms, attribute_types: Mapping[str, int], path: s
         if expected is None:
             continue
         type_name = segment_resources.AttributeType.Name(attribute_type).removeprefix("ATTRIBUTE_TYPE_").lower()  # type: ignore[arg-type]
+        # Conditions that could never hold (or always would) for the attribute's type: refused, not saved.
+        if expected is frozenset and condition.operator in ("IN", "NOT_IN", *COMPARISONS, "BETWEEN"):
+            raise InvalidArgument(
+                f"OPERATOR_{condition.operator} does not apply to {condition.attribute}, a string set; use "
+                "OPERATOR_CONTAINS_ANY, OPERATOR_CONTAINS_ALL or OPERATOR_CONTAINS_NONE for its members",
+                field=f"{where}.operator",
+            )
+        if expected is not frozenset and condition.operator in SET_OPERATORS:
+            raise InvalidArgument(
+                f"OPERATOR_{condition.operator} applies to string-set attributes; {condition.attribute} holds "
+                f"{type_name} values (OPERATOR_IN / OPERATOR_NOT_IN compare it with several values)",
+                field=f"{where}.operator",
+            )
         for position, operand in enumerate(condition.operands):
             fits = isinstance(operand, expected)
             if expected is frozenset and condition.operator not in ("EQUALS", "NOT_EQUALS"):
