@@ -4,10 +4,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cli.apply import contains
 from cli.campaign_files import CampaignFileError, load_campaign_file, parse_campaign_data
 from cli.client import derived_request_id
+from services.campaigns.campaigns import validate_spec
+from services.campaigns.content import check_attributes
+from services.campaigns.messages import spec_from_proto
+from services.campaigns.offers import check_catalog
+from services.segments.catalog import definitions_from_document
 from xsell.campaigns.v1 import resources_pb2 as r
 from xsell.segments.v1 import resources_pb2 as s
 from xsell.type.v1 import channel_pb2
@@ -22,6 +28,19 @@ def test_every_example_campaign_file_parses() -> None:
     for path in files:
         parsed = load_campaign_file(path)
         assert parsed.segment_name and parsed.campaign.display_name
+
+
+def test_the_example_campaigns_pass_the_services_checks_against_the_default_catalog() -> None:
+    """What CreateCampaign checks without a database: the spec, the content, the offer's attributes and their types."""
+    catalog_file = Path(__file__).resolve().parents[3] / "services" / "segments" / "catalogs" / "default.yaml"
+    definitions = definitions_from_document(yaml.safe_load(catalog_file.read_text(encoding="utf-8")))
+    types = {definition.name: definition.type for definition in definitions}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        campaign = load_campaign_file(path).campaign
+        campaign.segment_id = "seg_example"
+        spec, _ = validate_spec(spec_from_proto(campaign), "Asia/Kolkata")
+        check_attributes(spec.templates(), types)
+        check_catalog(spec.offer, types)
 
 
 def test_shorthands_become_the_proto_values() -> None:
