@@ -124,6 +124,9 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
                 sms_callback_token=settings.sms_callback_token.get_secret_value(),
                 timeout_seconds=settings.downstream_timeout_seconds,
+                sms_callback_secret=settings.sms_callback_secret.get_secret_value(),
+                max_age_seconds=settings.webhook_max_age_seconds,
+                public_base_url=settings.webhook_public_base_url,
             ).add_routes,
             Dashboard(
                 authenticator,

@@ -75,6 +75,22 @@ class GatewaySettings(ServiceSettings):
         description="Secret path segment of /webhooks/sms/exotel/<token> (Exotel does not sign callbacks); "
         "empty refuses every SMS callback.",
     )
+    sms_callback_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key of the Twilio-style X-Twilio-Signature (HMAC-SHA1 over the URL and the sorted form fields) "
+        "that SMS callbacks must then carry; empty checks the URL token alone (Exotel signs nothing).",
+    )
+    webhook_max_age_seconds: float = Field(
+        default=2 * 86400,
+        gt=0,
+        description="Provider callbacks whose own time (WhatsApp's timestamp, Exotel's DateSent) is older are refused "
+        "as stale, and accepted ones are remembered this long to refuse replays.",
+    )
+    webhook_public_base_url: str = Field(
+        default="",
+        description="The public https://host the providers call (behind an ingress the gateway sees another scheme "
+        "and host); signed SMS callbacks are checked against it. Empty: the URL as the gateway received it.",
+    )
 
     @model_validator(mode="after")
     def _tls_files_come_together(self) -> "GatewaySettings":

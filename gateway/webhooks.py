@@ -7,18 +7,28 @@
   becomes an open, an inbound message quoting one of ours becomes a reply (STOP / UNSUBSCRIBE an
   unsubscribe). The campaign ID comes from `biz_opaque_callback_data`, or from the quoted wamid.
 - `POST /webhooks/sms/exotel/{token}`: Exotel's StatusCallback (form fields SmsSid, Status,
-  DetailedStatus, CustomField = the campaign ID). Exotel does not sign callbacks, so the URL carries
-  a secret token compared in constant time.
+  DetailedStatus, DateSent, CustomField = the campaign ID). The URL carries a secret token compared in
+  constant time; with `sms_callback_secret` set, the callback must also carry `X-Twilio-Signature`, the
+  Twilio-style HMAC (base64 HMAC-SHA1 of the URL followed by every form field's name and value in name
+  order), as SMS gateways that sign their callbacks send it; a missing or mismatching one is refused.
 
-Replays are harmless rather than refused: every record call carries a request_id derived from
-the provider's own ids (the wamid and status, the SmsSid and status), and channels records a
-request_id once. Meta signs no timestamp and retries for days, so "stale" cannot be told apart
-from "late"; nothing is refused for age.
+Stale and replayed callbacks are refused without being recorded, and acknowledged (200) so that a
+provider does not retry them for days: a WhatsApp status or message whose own `timestamp`, or an SMS
+callback whose `DateSent`, is older than `max_age_seconds`; a signed body (WhatsApp) or a signature (SMS)
+this gateway already accepted within that window. The replay memory is per gateway replica and bounded;
+behind it, every record call carries a request_id derived from the provider's own ids (the wamid and
+status, the SmsSid and status) and channels records a request_id once, so a replay that reaches another
+replica changes nothing either.
 """
 
+import base64
 import hashlib
 import hmac
 import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import grpc
@@ -37,8 +47,45 @@ EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
 EXOTEL_FAILED = frozenset({"failed", "failed-dnd"})
 
 
+EXOTEL_ZONE = timezone(timedelta(hours=5, minutes=30))
+"""Exotel writes DateSent as India's wall-clock time, without a zone."""
+REPLAY_MEMORY = 100_000
+"""At most this many accepted callbacks are remembered for replay refusal (the oldest are forgotten first)."""
+
+
 def meta_signature(app_secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def twilio_signature(secret: str, url: str, fields: Iterable[tuple[str, str]]) -> str:
+    """Twilio's request signature: base64(HMAC-SHA1(secret, url + name1 + value1 + name2 + value2 ...)), the form
+    fields in name order."""
+    payload = url + "".join(f"{name}{value}" for name, value in sorted(fields))
+    return base64.b64encode(hmac.new(secret.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+class ReplayGuard:
+    """Remembers what was accepted, for `max_age_seconds`, so that the same callback is not accepted twice."""
+
+    def __init__(self, max_age_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age_seconds
+        self._clock = clock
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def seen(self, key: bytes) -> bool:
+        self._forget_expired()
+        return key in self._seen
+
+    def remember(self, key: bytes) -> None:
+        self._seen[key] = self._clock() + self._max_age
+        self._seen.move_to_end(key)
+        while len(self._seen) > REPLAY_MEMORY:
+            self._seen.popitem(last=False)
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        while self._seen and next(iter(self._seen.values())) <= now:
+            self._seen.popitem(last=False)
 
 
 class Unrecorded(Exception):
@@ -56,12 +103,25 @@ class ProviderWebhooks:
         whatsapp_verify_token: str,
         sms_callback_token: str,
         timeout_seconds: float,
+        sms_callback_secret: str = "",
+        max_age_seconds: float = 2 * 86400,
+        public_base_url: str = "",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._channels = channels
         self._app_secret = whatsapp_app_secret
         self._verify_token = whatsapp_verify_token
         self._sms_token = sms_callback_token
+        self._sms_secret = sms_callback_secret
         self._timeout = timeout_seconds
+        self._max_age = max_age_seconds
+        self._public_base_url = public_base_url.rstrip("/")
+        self._clock = clock
+        self._replays = ReplayGuard(max_age_seconds)
+
+    def _stale(self, occurred_at: float | None) -> bool:
+        """Older than the accepted age (a callback without a time of its own is judged by its signature alone)."""
+        return occurred_at is not None and self._clock() - occurred_at > self._max_age
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/webhooks/whatsapp", self._whatsapp_subscribe)
@@ -82,18 +142,32 @@ class ProviderWebhooks:
         if not self._app_secret or not hmac.compare_digest(meta_signature(self._app_secret, body), presented):
             log.warning("webhook_rejected", provider="whatsapp", reason="signature")
             return web.Response(status=401, text="X-Hub-Signature-256 does not match the body\n")
+        digest = hashlib.sha256(body).digest()
+        if self._replays.seen(digest):
+            log.warning("webhook_rejected", provider="whatsapp", reason="replay")
+            return web.Response(text="already accepted; not recorded again\n")
         try:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return web.Response(status=400, text="body is not JSON\n")
+        stale = 0
         try:
             for value in _whatsapp_values(document):
                 for status in value.get("statuses") or []:
-                    await self._whatsapp_status(status)
+                    if self._stale(_unix_time(status.get("timestamp"))):
+                        stale += 1
+                    else:
+                        await self._whatsapp_status(status)
                 for message in value.get("messages") or []:
-                    await self._whatsapp_message(message)
+                    if self._stale(_unix_time(message.get("timestamp"))):
+                        stale += 1
+                    else:
+                        await self._whatsapp_message(message)
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
+        if stale:
+            log.warning("webhook_rejected", provider="whatsapp", reason="stale", items=stale)
+        self._replays.remember(digest)
         return web.Response(text="ok\n")
 
     async def _whatsapp_status(self, status: dict[str, Any]) -> None:
@@ -139,6 +213,22 @@ class ProviderWebhooks:
             log.warning("webhook_rejected", provider="sms", reason="token")
             return web.Response(status=401, text="unknown callback token\n")
         form = await request.post()
+        fields = [(name, str(value)) for name, value in form.items()]
+        if self._sms_secret:
+            presented = request.headers.get("X-Twilio-Signature", "")
+            expected = twilio_signature(self._sms_secret, self._public_url(request), fields)
+            if not hmac.compare_digest(expected, presented):
+                log.warning("webhook_rejected", provider="sms", reason="signature")
+                return web.Response(status=401, text="X-Twilio-Signature does not match the URL and fields\n")
+            replay_key = b"sms:" + presented.encode()
+        else:
+            replay_key = b"sms:" + hashlib.sha256(json.dumps(sorted(fields)).encode()).digest()
+        if self._replays.seen(replay_key):
+            log.warning("webhook_rejected", provider="sms", reason="replay")
+            return web.Response(text="already accepted; not recorded again\n")
+        if self._stale(_exotel_time(str(form.get("DateSent", "")))):
+            log.warning("webhook_rejected", provider="sms", reason="stale")
+            return web.Response(text="older than the accepted age; not recorded\n")
         campaign_id, sid = str(form.get("CustomField", "")), str(form.get("SmsSid", ""))
         status = str(form.get("Status", "")).lower()
         if not campaign_id or status not in EXOTEL_DELIVERED | EXOTEL_FAILED:
@@ -153,7 +243,14 @@ class ProviderWebhooks:
             await self._receipt(f"exotel:{sid}:{status}", campaign_id, state, sid, reason)
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
+        self._replays.remember(replay_key)
         return web.Response(text="ok\n")
+
+    def _public_url(self, request: web.Request) -> str:
+        """The URL the provider called, as it signed it: behind an ingress the gateway sees another scheme and host."""
+        if self._public_base_url:
+            return self._public_base_url + request.rel_url.raw_path_qs
+        return str(request.url)
 
     async def _receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
         await self._call(
@@ -180,6 +277,21 @@ class ProviderWebhooks:
                 return
             log.warning("webhook_not_recorded", code=error.code().name)
             raise Unrecorded(error.code().name) from error
+
+
+def _unix_time(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _exotel_time(value: str) -> float | None:
+    """DateSent ("2026-11-28 09:15:02", India's time) in epoch seconds; None when absent or malformed."""
+    try:
+        return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=EXOTEL_ZONE).timestamp()
+    except ValueError:
+        return None
 
 
 def _whatsapp_values(document: Any) -> list[dict[str, Any]]:

@@ -3,18 +3,22 @@
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway.webhooks import EXOTEL_ZONE, twilio_signature
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 
 APP_SECRET = "test-app-secret"
 SMS_TOKEN = "test-sms-callback-token"
+SMS_SECRET = "test-sms-signing-secret"
 RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
 ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
 OUTREACH = "CSELL-NOV-T06-0884"
@@ -39,8 +43,9 @@ def _whatsapp(value: dict[str, Any]) -> bytes:
     return json.dumps(document).encode()
 
 
-def _status(status: str, **extra: Any) -> bytes:
-    entry = {"id": WAMID, "status": status, "timestamp": "1764134400", "recipient_id": "919876543210"}
+def _status(status: str, *, age: timedelta = timedelta(0), **extra: Any) -> bytes:
+    stamp = str(int(time.time() - age.total_seconds()))
+    entry = {"id": WAMID, "status": status, "timestamp": stamp, "recipient_id": "919876543210"}
     return _whatsapp(
         {"messaging_product": "whatsapp", "statuses": [{**entry, "biz_opaque_callback_data": OUTREACH, **extra}]}
     )
@@ -59,22 +64,40 @@ def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementReq
     return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
 
 
-async def test_a_signed_delivered_status_becomes_a_receipt_and_a_replay_repeats_its_request_id(
+async def test_a_signed_delivered_status_becomes_a_receipt_and_its_replay_is_refused(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await _gateway(start_gateway)
     body = _status("delivered")
+    answers = []
     for _ in range(2):
         async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
-            assert response.status == 200
-    first, replay = receipts(downstream)
+            answers.append((response.status, await response.text()))
+    # The replay is acknowledged (a provider must not retry it) and not passed on.
+    assert answers == [(200, "ok\n"), (200, "already accepted; not recorded again\n")]
+    (first,) = receipts(downstream)
     assert (first.campaign_id, first.state, first.provider_message_id) == (
         OUTREACH,
         channels_resources.DELIVERY_STATE_DELIVERED,
         WAMID,
     )
-    # Channels records a request_id once, so the replay changes nothing.
-    assert first.request_id == replay.request_id == f"wa:{WAMID}:delivered"
+    # Behind the gateway's memory, channels records a request_id once (a replay at another replica).
+    assert first.request_id == f"wa:{WAMID}:delivered"
+
+
+async def test_a_stale_status_is_acknowledged_and_not_recorded_beside_a_fresh_one(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, webhook_max_age_seconds=3600)
+    old = json.loads(_status("delivered", age=timedelta(hours=2)))
+    fresh = json.loads(_status("failed", errors=[{"code": 131026, "title": "Message undeliverable"}]))
+    statuses = old["entry"][0]["changes"][0]["value"]["statuses"] + fresh["entry"][0]["changes"][0]["value"]["statuses"]
+    old["entry"][0]["changes"][0]["value"]["statuses"] = statuses
+    body = json.dumps(old).encode()
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 200
+    (only,) = receipts(downstream)
+    assert only.state == channels_resources.DELIVERY_STATE_FAILED
 
 
 @pytest.mark.parametrize(
@@ -135,7 +158,7 @@ async def test_an_inbound_reply_quoting_our_message_is_recorded_by_its_wamid(
     inbound = {
         "from": "919876543210",
         "id": "wamid.INBOUND1",
-        "timestamp": "1764134500",
+        "timestamp": str(int(time.time())),
         "context": {"from": "15550001111", "id": WAMID},
     }
     body = _whatsapp({"messaging_product": "whatsapp", "messages": [{**inbound, **message}]})
@@ -181,8 +204,67 @@ async def test_when_channels_is_down_the_provider_is_asked_to_send_again(
 ) -> None:
     gateway = await _gateway(start_gateway, channels_target=unused_target(), downstream_timeout_seconds=1.0)
     body = _status("delivered")
-    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
-        assert response.status == 503
+    # A callback that was not recorded is not remembered: the provider's retry is a retry, not a replay.
+    for _ in range(2):
+        async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 503
+
+
+def _exotel_form(status: str = "failed-dnd", sent: datetime | None = None) -> dict[str, str]:
+    sent_at = (sent or datetime.now(UTC)).astimezone(EXOTEL_ZONE)
+    return {
+        "SmsSid": "b6a1c2d3sms",
+        "Status": status,
+        "DetailedStatus": "FAILED_DND",
+        "DateSent": f"{sent_at:%Y-%m-%d %H:%M:%S}",
+        "CustomField": OUTREACH,
+    }
+
+
+def _twilio_signed(url: str, form: dict[str, str], secret: str = SMS_SECRET) -> dict[str, str]:
+    return {"X-Twilio-Signature": twilio_signature(secret, url, form.items())}
+
+
+async def test_a_signed_sms_callback_is_checked_against_its_url_and_fields_and_refused_when_tampered(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, sms_callback_secret=SMS_SECRET)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}"
+    form = _exotel_form()
+    for headers, sent in (
+        ({}, form),  # unsigned
+        (_twilio_signed(url, form, "another-secret"), form),
+        (_twilio_signed(url, form), {**form, "Status": "sent"}),  # a field changed after signing
+        (_twilio_signed(url.replace("exotel", "other"), form), form),  # signed for another URL
+    ):
+        async with http.post(url, data=sent, headers=headers) as response:
+            assert response.status == 401
+    assert downstream.services.calls == []
+    for _ in range(2):
+        async with http.post(url, data=form, headers=_twilio_signed(url, form)) as response:
+            assert response.status == 200
+    (receipt,) = receipts(downstream)  # the second, a replay, was refused
+    assert (receipt.campaign_id, receipt.state) == (OUTREACH, channels_resources.DELIVERY_STATE_FAILED)
+
+
+async def test_a_stale_sms_callback_is_not_recorded_and_a_public_url_is_what_is_signed(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    public = "https://xsell.bank.example"
+    gateway = await _gateway(
+        start_gateway, sms_callback_secret=SMS_SECRET, webhook_max_age_seconds=3600, webhook_public_base_url=public
+    )
+    path = f"/webhooks/sms/exotel/{SMS_TOKEN}"
+    stale = _exotel_form(sent=datetime.now(UTC) - timedelta(hours=3))
+    async with http.post(f"{gateway.http}{path}", data=stale, headers=_twilio_signed(public + path, stale)) as response:
+        assert response.status == 200
+    assert downstream.services.calls == []
+    fresh = _exotel_form("sent")
+    # Signed for the public URL the provider called, not the address the gateway listens on.
+    async with http.post(f"{gateway.http}{path}", data=fresh, headers=_twilio_signed(public + path, fresh)) as response:
+        assert response.status == 200
+    (receipt,) = receipts(downstream)
+    assert receipt.state == channels_resources.DELIVERY_STATE_DELIVERED
 
 
 async def test_without_configured_secrets_every_provider_callback_is_refused(
