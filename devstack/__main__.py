@@ -57,6 +57,7 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   attribution    127.0.0.1:{ports.attribution}
   NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/)
   SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/)
+  bounce mailbox 127.0.0.1:{ports.bounces}       (bounces and complaint reports to bounces@xsell.local)
   provider sinks SMS {ports.sms}, WhatsApp {ports.whatsapp}, push {ports.push}, webhook {ports.webhook} \
 (accepted requests land in {var_dir}/providers/<provider>.jsonl)
   metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}

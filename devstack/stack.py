@@ -18,6 +18,8 @@ SERVICES = ("segments", "campaigns", "channels", "attribution")
 DEFAULT_PORTS = {
     "nats": 4222,
     "smtp": 1025,
+    # The gateway's return-path mailbox: bounces and complaint reports come back here.
+    "bounces": 2525,
     # Local provider servers (devstack.provider_sinks): Exotel SMS, WhatsApp Cloud API, FCM, signed webhooks.
     "sms": 8091,
     "whatsapp": 8092,
@@ -40,6 +42,7 @@ class Ports:
 
     nats: int
     smtp: int
+    bounces: int
     sms: int
     whatsapp: int
     push: int
@@ -112,6 +115,10 @@ class Stack:
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
                 "XSELL_CHANNELS_SMTP_PORT": str(p.smtp),
+                # Bounces and complaint reports go back to the gateway's return-path mailbox.
+                "XSELL_CHANNELS_RETURN_PATH": "bounces@xsell.local",
+                "XSELL_GATEWAY_BOUNCE_MAILBOX_PORT": str(p.bounces),
+                "XSELL_GATEWAY_MESSAGE_ID_DOMAIN": "xsell.local",
                 "XSELL_CHANNELS_SMS_BASE_URL": f"http://127.0.0.1:{p.sms}",
                 "XSELL_CHANNELS_WHATSAPP_BASE_URL": f"http://127.0.0.1:{p.whatsapp}",
                 "XSELL_CHANNELS_PUSH_BASE_URL": f"http://127.0.0.1:{p.push}",

@@ -15,6 +15,7 @@ from gateway.dashboard import Dashboard
 from gateway.forwarding import Forwarder
 from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
 from gateway.limits import RateLimit, RateLimiter
+from gateway.mailbox import BounceMailbox
 from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from gateway.tracking import TrackingEdge
@@ -38,14 +39,18 @@ BOOTSTRAP_CLIENT = "bootstrap"
 
 @dataclass
 class GatewayProcess(ServiceProcess):
-    """A ServiceProcess whose start also waits for the HTTP edge to listen, so both ports are known."""
+    """A ServiceProcess whose start also waits for the HTTP edge (and the bounce mailbox) to listen, so every port is
+    known."""
 
     http: TrackingEdge | None = None
+    mailbox: BounceMailbox | None = None
 
     async def start(self) -> int:
         port = await super().start()
         if self.http is not None:
             await self.http.wait_ready()
+        if self.mailbox is not None:
+            await self.mailbox.wait_ready()
         return port
 
 
@@ -141,12 +146,24 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
         for channel in channels.values():
             await channel.close()
 
+    tasks = [BackgroundTask("http-edge", http.run, http.stop)]
+    mailbox = None
+    if settings.bounce_mailbox_port is not None:
+        mailbox = BounceMailbox(
+            settings.bounce_mailbox_host,
+            settings.bounce_mailbox_port,
+            channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+            message_id_domain=settings.message_id_domain,
+            timeout_seconds=settings.downstream_timeout_seconds,
+        )
+        tasks.append(BackgroundTask("bounce-mailbox", mailbox.run, mailbox.stop))
     return GatewayProcess(
         "gateway",
         server,
-        tasks=[BackgroundTask("http-edge", http.run, http.stop)],
+        tasks=tasks,
         closers=[db.dispose, close_channels],
         http=http,
+        mailbox=mailbox,
     )
 
 

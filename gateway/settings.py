@@ -80,6 +80,20 @@ class GatewaySettings(ServiceSettings):
         description="Key of the Twilio-style X-Twilio-Signature (HMAC-SHA1 over the URL and the sorted form fields) "
         "that SMS callbacks must then carry; empty checks the URL token alone (Exotel signs nothing).",
     )
+    bounce_mailbox_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the SMTP server that receives the return path's mail (XSELL_CHANNELS_RETURN_PATH): "
+        "bounces (RFC 3464) and complaint reports (RFC 5965) become the outreach's BOUNCED / COMPLAINED engagement. "
+        "Point the return-path domain's MX at it. Unset: no mailbox.",
+    )
+    bounce_mailbox_host: str = Field(default="127.0.0.1", description="Address the bounce mailbox listens on.")
+    message_id_domain: str = Field(
+        default="",
+        description="Channels' XSELL_CHANNELS_MESSAGE_ID_DOMAIN: a returned message whose Message-ID is <campaign ID@"
+        "this domain> is ours. Empty: any domain (channels answers for IDs it does not know).",
+    )
     webhook_max_age_seconds: float = Field(
         default=2 * 86400,
         gt=0,

@@ -268,15 +268,22 @@ class ProviderWebhooks:
         await self._call(self._channels.RecordEngagement, request)
 
     async def _call(self, method: Any, request: Any) -> None:
-        try:
-            await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}:
-                # About a message channels does not know (another system on the account): retrying cannot help.
-                log.info("webhook_ignored", reason=error.code().name, detail=error.details())
-                return
-            log.warning("webhook_not_recorded", code=error.code().name)
-            raise Unrecorded(error.code().name) from error
+        await record_call(method, request, self._timeout)
+
+
+async def record_call(method: Any, request: Any, timeout: float) -> bool:
+    """One record call to channels: True when recorded, False when channels does not know the message (ignored);
+    Unrecorded when it cannot record now, so the provider is asked to send the callback again."""
+    try:
+        await method(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        if error.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}:
+            # About a message channels does not know (another system on the account): retrying cannot help.
+            log.info("webhook_ignored", reason=error.code().name, detail=error.details())
+            return False
+        log.warning("webhook_not_recorded", code=error.code().name)
+        raise Unrecorded(error.code().name) from error
+    return True
 
 
 def _unix_time(value: Any) -> float | None:

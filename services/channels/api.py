@@ -28,6 +28,8 @@ from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 log = structlog.get_logger(__name__)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
+MAX_DETAIL = 100
+"""What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 
 
 def _campaign_id(value: str) -> str:
@@ -96,7 +98,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 if record is None:
                     raise _no_message(campaign_id)
                 # The timeline keeps only the clicked link's host: paths and queries can carry personal data.
-                detail = link_host(request.url) if kind is Engagement.CLICKED else ""
+                detail = link_host(request.url) if kind is Engagement.CLICKED else scrub(request.detail, MAX_DETAIL)
                 await store.add_timeline(session, campaign_id, [TimelineStep(engagement_step(kind), at, detail)])
                 await self.outbox.add(
                     session,

@@ -114,6 +114,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         tracer,
         email=EmailSettings(
             from_address=settings.from_address,
+            return_path=settings.return_path,
             message_id_domain=settings.message_id_domain,
             tracking_base_url=settings.tracking_base_url,
             tracking_secret=settings.tracking_secret.get_secret_value(),

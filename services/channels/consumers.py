@@ -80,6 +80,8 @@ class EmailSettings:
     tracking_base_url: str
     tracking_secret: str
     smtp_peer: tuple[str, int]
+    # The envelope sender, where bounces and complaints go back to (the From address when empty).
+    return_path: str = ""
 
 
 @dataclass
@@ -537,7 +539,9 @@ class DispatchHandler:
             }
         )
         try:
-            return await self.providers.email.send(message, sender=self.email.from_address, recipient=recipient)
+            return await self.providers.email.send(
+                message, sender=self.email.return_path or self.email.from_address, recipient=recipient
+            )
         except SendFailure as failure:
             _mark_failed(span, failure)
             raise

@@ -27,7 +27,12 @@ class ChannelsSettings(ServiceSettings):
         description="Mail transactions one SMTP session carries before it is ended with QUIT and another opened; "
         "below the relay's own cap (SendGrid 5,000, SocketLabs 50), which would refuse the next with a 4xx.",
     )
-    from_address: str = Field("offers@xsell.local", description="Envelope sender and From address of e-mail.")
+    from_address: str = Field("offers@xsell.local", description="From address of e-mail.")
+    return_path: str = Field(
+        "",
+        description="Envelope sender of e-mail (MAIL FROM): where receiving servers return bounces and feedback loops "
+        "send complaints, an address the gateway's bounce mailbox receives (docs/channels.md). Empty: from_address.",
+    )
     tracking_base_url: str = Field(
         "http://127.0.0.1:8080",
         description="The gateway's HTTP edge that serves /c (click), /o (open) and /u (unsubscribe); https in "

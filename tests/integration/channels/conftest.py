@@ -38,6 +38,8 @@ class Mailbox:
         self.refuse = refuse
         self.pipelining = pipelining
         self.messages: list[EmailMessage] = []
+        # The envelope sender (MAIL FROM) of each message: where bounces go back to.
+        self.senders: list[str] = []
         # The client's address and port of the SMTP session each message came in: one per connection.
         self.sessions: list[tuple[str, int]] = []
 
@@ -60,6 +62,7 @@ class Mailbox:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
+        self.senders.append(envelope.mail_from)
         self.sessions.append(tuple(session.peer))
         return "250 2.0.0 Ok: queued"
 

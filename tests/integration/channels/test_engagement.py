@@ -102,3 +102,26 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
     got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
     assert not any(e.WhichOneof("step") == "engagement_kind" for e in got.timeline)
     assert listener.on(streams.ENGAGEMENT_RECORDED, campaign_id) == []
+
+
+async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_from_the_return_path(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port, return_path="bounces@mail.test.in")
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    # Bounces and complaint reports go back to the envelope sender, the gateway's bounce mailbox.
+    sent = [m["X-Xsell-Campaign-Id"] for m in smtp_relay.mailbox.messages].index(campaign_id)
+    assert smtp_relay.mailbox.senders[sent] == "bounces@mail.test.in"
+    response = await channels.stub.RecordEngagement(
+        service_pb2.RecordEngagementRequest(
+            request_id=new_id("eng_"),
+            campaign_id=campaign_id,
+            kind=resources_pb2.ENGAGEMENT_KIND_BOUNCED,
+            detail="5.1.1 permanent for priya@example.in at +91 98765 43210",
+        )
+    )
+    last = response.message.timeline[-1]
+    assert last.engagement_kind == resources_pb2.ENGAGEMENT_KIND_BOUNCED
+    assert last.detail.startswith("5.1.1 permanent") and "priya" not in last.detail and "98765" not in last.detail

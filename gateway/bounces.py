@@ -1,0 +1,103 @@
+"""Bounces and complaints at the return-path mailbox: which outreach a delivery status notification (RFC 3464)
+or a complaint feedback report (RFC 5965) is about, and what it says."""
+
+import re
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+
+from xsell.channels.v1 import resources_pb2 as channels_resources
+
+# What composition writes into X-Xsell-Campaign-Id and the Message-ID's left-hand side: visible ASCII, no "@" or ">".
+_CAMPAIGN_ID = re.compile(r"^[!-?A-~]{1,200}$")
+_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+_HEADERS_PARTS = ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers")
+CAMPAIGN_ID_HEADER = "X-Xsell-Campaign-Id"
+
+
+class NotAReport(ValueError):
+    """The mail is not a report about one of our messages (an auto-reply, a delay notice, spam...)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a report says about one outreach: bounced (with the status code) or complained (with the feedback type).
+
+    `detail` never quotes the diagnostic text, which names the recipient's address."""
+
+    campaign_id: str
+    kind: int  # xsell.channels.v1.EngagementKind: BOUNCED or COMPLAINED
+    detail: str
+    report_id: str
+
+
+def _fields(part: Message) -> list[Message]:
+    """The header blocks of a message/delivery-status or message/feedback-report part (per-message, per-recipient)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # the parser reads delivery-status blocks as messages
+        return [block for block in payload if isinstance(block, Message)]
+    text = payload if isinstance(payload, str) else _bytes(part).decode("ascii", "replace")
+    return [message_from_bytes(block.strip().encode(), policy=policy.default) for block in re.split(r"\n\s*\n", text)]
+
+
+def _bytes(part: Message) -> bytes:
+    decoded = part.get_payload(decode=True)
+    return decoded if isinstance(decoded, bytes) else b""
+
+
+def _original_campaign_id(report: Message, message_id_domain: str) -> str:
+    """The campaign ID of the message the report returns: its X-Xsell-Campaign-Id, or its Message-ID
+    (<campaign ID@message_id_domain>; any domain when message_id_domain is empty, channels then tells ours)."""
+    for part in report.walk():
+        if part.get_content_type() not in _HEADERS_PARTS:
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+            original = payload[0]
+        else:
+            raw = payload.encode() if isinstance(payload, str) else _bytes(part)
+            original = message_from_bytes(raw, policy=policy.default)
+        stated = str(original.get(CAMPAIGN_ID_HEADER, "")).strip()
+        if _CAMPAIGN_ID.match(stated):
+            return stated
+        message_id = str(original.get("Message-ID", "")).strip().strip("<>")
+        local, _, domain = message_id.rpartition("@")
+        if (not message_id_domain or domain.lower() == message_id_domain.lower()) and _CAMPAIGN_ID.match(local):
+            return local
+    raise NotAReport("it does not return the headers of one of our messages")
+
+
+def read_report(raw: bytes, message_id_domain: str) -> Report:
+    """The report in a mail delivered to the return-path mailbox; NotAReport says why there is none."""
+    mail = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(mail, EmailMessage)
+    if mail.get_content_type() != "multipart/report":
+        raise NotAReport(f"a {mail.get_content_type()} mail, not a multipart/report")
+    report_type = str(mail.get_param("report-type", "")).lower()
+    report_id = str(mail.get("Message-ID", "")).strip()
+    if report_type == "delivery-status":
+        status = next((p for p in mail.walk() if p.get_content_type() == "message/delivery-status"), None)
+        if status is None:
+            raise NotAReport("a delivery-status report without its message/delivery-status part")
+        failed = [block for block in _fields(status) if str(block.get("Action", "")).strip().lower() == "failed"]
+        if not failed:
+            raise NotAReport("a delivery status notification that reports no failure (delayed, delivered, relayed)")
+        code = str(failed[0].get("Status", "")).strip().split(" ")[0]
+        if not _STATUS.match(code):
+            code = "5.0.0"
+        detail = f"{code} {'permanent' if code.startswith('5') else 'transient, given up'}"
+        campaign_id = _original_campaign_id(mail, message_id_domain)
+        return Report(campaign_id, channels_resources.ENGAGEMENT_KIND_BOUNCED, detail, report_id)
+    if report_type == "feedback-report":
+        feedback = next((p for p in mail.walk() if p.get_content_type() == "message/feedback-report"), None)
+        if feedback is None:
+            raise NotAReport("a feedback report without its message/feedback-report part")
+        blocks = _fields(feedback)
+        kind = str(blocks[0].get("Feedback-Type", "")).strip().lower() if blocks else ""
+        if kind not in ("abuse", "fraud", "virus", "other", "not-spam"):
+            raise NotAReport(f"a feedback report of unknown type {kind[:20]!r}")
+        if kind == "not-spam":
+            raise NotAReport("a not-spam feedback report is no complaint")
+        campaign_id = _original_campaign_id(mail, message_id_domain)
+        return Report(campaign_id, channels_resources.ENGAGEMENT_KIND_COMPLAINED, kind, report_id)
+    raise NotAReport(f"a multipart/report of type {report_type[:30]!r}")
