@@ -59,6 +59,8 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         settings.smtp_host,
         settings.smtp_port,
         start_tls=settings.smtp_starttls,
+        implicit_tls=settings.smtp_implicit_tls,
+        tls_ca_file=settings.smtp_tls_ca_file,
         username=settings.smtp_username,
         password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
         timeout_seconds=settings.smtp_timeout_seconds,

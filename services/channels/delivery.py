@@ -153,9 +153,17 @@ class Accepted:
     detail: str = ""
 
 
+SESSION_REFUSED = frozenset({530, 538})
+"""Replies about the session, not the message: the relay wants AUTH or TLS first (RFC 4954 530, RFC 3207's 530,
+538 encryption required). Our settings are wrong, and every message would fail alike until they are fixed."""
+
+
 def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
-    """An SMTP error reply to a command of the mail transaction: 4xx is temporary, 5xx permanent (RFC 5321 4.2.1)."""
+    """An SMTP error reply to a command of the mail transaction: 4xx is temporary, 5xx permanent (RFC 5321 4.2.1),
+    except a session refused for want of AUTH or TLS, which waits, retried, for the settings to be fixed."""
     reason = f"SMTP {code} on {command}: {redact(text)}".strip()
+    if code in SESSION_REFUSED:
+        return ProviderUnavailable(f"{reason} (the relay wants AUTH or TLS: check XSELL_CHANNELS_SMTP_*)")
     if 500 <= code < 600:
         return ProviderRejected(reason)
     return ProviderUnavailable(reason)

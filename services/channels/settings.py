@@ -1,6 +1,6 @@
 """Settings of the channels service, read from XSELL_CHANNELS_* environment variables."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
@@ -15,6 +15,14 @@ class ChannelsSettings(ServiceSettings):
     smtp_host: str = Field("127.0.0.1", description="SMTP relay that e-mail is handed to.")
     smtp_port: int = Field(1025, description="Port of the SMTP relay.")
     smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS before sending.")
+    smtp_implicit_tls: bool = Field(
+        False, description="Speak TLS from the connection's first byte (port 465), for relays without STARTTLS."
+    )
+    smtp_tls_ca_file: str | None = Field(
+        None,
+        description="PEM bundle of the CA that signs the relay's certificate (a private CA); unset: the system's CAs. "
+        "The certificate and its host name are always verified.",
+    )
     smtp_username: str | None = Field(None, description="SMTP AUTH user; unset means no authentication.")
     smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
     smtp_timeout_seconds: float = Field(10.0, description="Timeout of each SMTP connect and command.")
@@ -120,3 +128,11 @@ class ChannelsSettings(ServiceSettings):
         "",
         description="The segments service (host:port) asked for suppressions at send time; empty skips the check.",
     )
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> "ChannelsSettings":
+        if self.smtp_starttls and self.smtp_implicit_tls:
+            raise ValueError(
+                "set XSELL_CHANNELS_SMTP_STARTTLS (port 587) or XSELL_CHANNELS_SMTP_IMPLICIT_TLS (port 465), not both"
+            )
+        return self

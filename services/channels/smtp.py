@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import ssl
 from collections import deque
 from typing import NamedTuple
 
@@ -39,6 +40,8 @@ class SmtpSender:
         port: int,
         *,
         start_tls: bool = False,
+        implicit_tls: bool = False,
+        tls_ca_file: str | None = None,
         username: str | None = None,
         password: str | None = None,
         timeout_seconds: float = 10.0,
@@ -48,6 +51,9 @@ class SmtpSender:
         self.host = host
         self.port = port
         self.start_tls = start_tls
+        self.implicit_tls = implicit_tls
+        # The relay's certificate is always verified: against the system's CAs, or a private CA's bundle.
+        self.tls_context = ssl.create_default_context(cafile=tls_ca_file) if start_tls or implicit_tls else None
         self.username = username
         self.password = password
         self.timeout_seconds = timeout_seconds
@@ -106,6 +112,9 @@ class SmtpSender:
             timeout=self.timeout_seconds,
             # False, not None: None would upgrade whenever the relay offers STARTTLS, silently.
             start_tls=self.start_tls,
+            # TLS from the first byte (port 465, "SMTPS"), for relays that take no STARTTLS.
+            use_tls=self.implicit_tls,
+            tls_context=self.tls_context,
             username=self.username,
             password=self.password,
         )

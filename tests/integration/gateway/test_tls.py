@@ -1,7 +1,6 @@
 """The public gRPC port over TLS, and mTLS where a client CA is configured (the API key is still required)."""
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -11,35 +10,15 @@ from pydantic import ValidationError
 from cli.__main__ import main as cli_main
 from gateway.settings import GatewaySettings
 from tests.integration.gateway.conftest import GatewayFactory
+from tests.pki import issue, make_ca
 from xsell.gateway.v1 import service_pb2, service_pb2_grpc
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(directory: Path, name: str, subject: str, extensions: str) -> None:
-    """A P-256 key and a certificate for it signed by the test CA in `directory`."""
-    (directory / f"{name}.ext").write_text(extensions)
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=directory)
-    _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=directory)
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=directory,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, the gateway's server certificate (localhost, 127.0.0.1) and a CRM's client certificate."""
-    directory = tmp_path_factory.mktemp("pki")
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=directory)
-    _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=xsell test CA", "-days", "1", "-out", "ca.pem",
-        cwd=directory,
-    )  # fmt: skip
-    _issue(directory, "server", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _issue(directory, "client", "/CN=crm-prod", "extendedKeyUsage=clientAuth\n")
+    directory = make_ca(tmp_path_factory.mktemp("pki"))
+    issue(directory, "client", "/CN=crm-prod", "extendedKeyUsage=clientAuth\n")
     return directory
 
 

@@ -68,6 +68,12 @@ def test_smtp_4xx_is_retried_and_5xx_is_final() -> None:
     assert rejected.reason.startswith("SMTP 550 on RCPT")
 
 
+def test_a_relay_wanting_auth_or_tls_is_a_settings_problem_retried_not_a_rejected_message() -> None:
+    for code in (530, 538):
+        waiting = failure_for_reply(code, "MAIL", "5.7.0 Authentication required")
+        assert isinstance(waiting, ProviderUnavailable) and "XSELL_CHANNELS_SMTP_" in waiting.reason
+
+
 def test_redact_removes_addresses_and_bounds_length() -> None:
     assert redact("rejected   <x.y+z@mail.example.in>\nnow") == "rejected <[address]> now"
     assert len(redact("a" * 1000)) == 300
