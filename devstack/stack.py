@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack.nats_server import NatsServer, free_port
+from devstack.nats_server import NatsServer, free_ports
 
 SERVICES = ("segments", "campaigns", "channels", "attribution")
 DEFAULT_PORTS = {
@@ -61,10 +61,11 @@ class Ports:
 
     @classmethod
     def free(cls, smtp: int | None = None) -> "Ports":
-        chosen = {name: free_port() for name in DEFAULT_PORTS}
+        ports = iter(free_ports(len(DEFAULT_PORTS) + len(DEFAULT_METRICS_PORTS)))
+        chosen = {name: next(ports) for name in DEFAULT_PORTS}
         if smtp is not None:
             chosen["smtp"] = smtp
-        return cls(**chosen, metrics={name: free_port() for name in DEFAULT_METRICS_PORTS})
+        return cls(**chosen, metrics={name: next(ports) for name in DEFAULT_METRICS_PORTS})
 
 
 def dev_api_key(var_dir: Path) -> str:

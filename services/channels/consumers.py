@@ -23,6 +23,7 @@ from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_ids, o
 from services import streams
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
+from services.channels.consent import ConsentUnknown
 from services.channels.delivery import (
     AMBIGUOUS_AFTER_CRASH,
     Accepted,
@@ -212,7 +213,17 @@ class DispatchHandler:
         except ValueError as error:
             # compose refuses header values that would add headers (a line break): its message names the field.
             malformed = str(error)
-        blocked = None if prepared is None else await self._blocked(channel, event, now)
+        try:
+            blocked = None if prepared is None else await self._blocked(channel, event, now)
+        except ConsentUnknown as unknown:
+            assert prepared is not None
+            # Never sent unchecked; but never silent either: the ledger says why it waits, and after the last
+            # attempt the message is FAILED (its DeliveryUpdated published) before its request is dead-lettered.
+            reason = f"suppressions could not be checked ({unknown}); nothing is sent unchecked"
+            await self._defer_before_intent(
+                campaign_id, channel, event.profile_id, prepared, ProviderUnavailable(reason), delivery
+            )
+            return
 
         if prepared is None or blocked is not None:
             async with self.db.transaction() as session:
@@ -344,8 +355,9 @@ class DispatchHandler:
         failure: ProviderUnavailable,
         delivery: Delivery,
     ) -> None:
-        """A failure before any intent (the token endpoint): QUEUED with its reason and retried with a backoff,
-        or FAILED (with its DeliveryUpdated event) and dead-lettered after the last allowed attempt."""
+        """A failure before any intent (segments cannot be asked about suppressions, the token endpoint): QUEUED with
+        its reason and retried with a backoff, or FAILED (with its DeliveryUpdated event) and dead-lettered after the
+        last allowed attempt."""
         now = utcnow()
         gave_up: str | None = None
         async with self.db.transaction() as session:

@@ -348,6 +348,10 @@ async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_s
 
     await eventually(tried_twice)
     assert provider_sinks.sms.received == []
+    # Why it waits is on its timeline: GetMessage never answers NOT_FOUND for a message held back.
+    waiting = await get_message(channels, campaign_id)
+    assert waiting.state == resources_pb2.DELIVERY_STATE_QUEUED
+    assert "suppressions could not be checked" in waiting.timeline[-1].detail
 
     server, _, servicer = await _start_segments(port)
     try:
@@ -356,6 +360,24 @@ async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_s
         assert servicer.asked == [("prof_1", channel_pb2.CHANNEL_SMS)]
     finally:
         await server.stop(0)
+
+
+async def test_while_segments_stays_away_the_message_fails_with_the_reason_before_its_request_is_dead_lettered(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(
+        smtp_relay.port, segments_target=f"127.0.0.1:{free_port()}", **provider_sinks.channels_settings()
+    )
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason.startswith(f"gave up after {streams.CHANNELS_DISPATCH.max_deliver} attempts: suppressions")
+    message = await get_message(channels, campaign_id)
+    assert message.state == resources_pb2.DELIVERY_STATE_FAILED and provider_sinks.sms.received == []
 
 
 async def test_a_provider_never_has_more_calls_in_flight_than_its_concurrency(
