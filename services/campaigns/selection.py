@@ -3,7 +3,7 @@ the offer's eligibility, holdout, caps."""
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -50,18 +50,18 @@ class Admitted:
     def offer_value(self, profile_id: str, campaign: Any) -> int:
         """What the person's offer is worth for ranking (minor units, 0 without an amount)."""
         offer = self.offers.get(profile_id)
-        if offer is None:
-            return campaign.offer_amount_minor or 0
+        return campaign.offer_amount_minor or 0 if offer is None else self.value_of(offer)
+
+    @staticmethod
+    def value_of(offer: Offer) -> int:
         return offer.amount.minor_units if offer.amount is not None else 0
 
 
-def campaign_rank(campaign: Any, offer_value_minor: int | None = None) -> Rank:
-    """The campaign's rank among competitors (priority, offer value, earliest launch, key); `offer_value_minor`:
-    the person's own offer amount, when the campaign decides it per person."""
+def campaign_rank(campaign: Any) -> Rank:
+    """The campaign's rank among competitors (priority, offer value, earliest launch, key)."""
     options = DeliveryOptions.from_json(campaign.options)
     launched = campaign.launched_at or campaign.created_at
-    value = campaign.offer_amount_minor if offer_value_minor is None else offer_value_minor
-    return Rank.of(options.priority, value, launched, campaign.campaign_key)
+    return Rank.of(options.priority, campaign.offer_amount_minor, launched, campaign.campaign_key)
 
 
 def _contact(row: Any) -> Contact:
@@ -77,7 +77,8 @@ def _contact(row: Any) -> Contact:
 
 
 class AudienceGate:
-    """Applies, to each page, in order: suppressions and no contact, the holdout, then frequency caps.
+    """Applies, to each page, in order: suppressions and no contact, the offer's eligibility, the holdout, then
+    frequency caps.
 
     Every decision is stored with the person (run_exclusions), every outreach goes to the contact
     ledger, and the ledger is read and written under per-person locks in the page's own transaction,
@@ -123,12 +124,12 @@ class AudienceGate:
             contacts: Mapping[str, list[Contact]] = defaultdict(list)
             for row in await store.recent_contacts(session, people, now - LOOKBACK):
                 contacts[row.profile_id].append(_contact(row))
-            rank = campaign_rank(campaign)
+            base = campaign_rank(campaign)
             kept: list[tuple[AudienceMember, str]] = []
             for member, channel in eligible:
                 offer = offers.get(member.profile_id)
-                if offer is not None:
-                    rank = campaign_rank(campaign, offer.amount.minor_units if offer.amount is not None else 0)
+                # Ranked by the person's own offer when the campaign decides it per person.
+                rank = base if offer is None else replace(base, neg_offer_value=-Admitted.value_of(offer))
                 candidate = Candidate(member.profile_id, channel, campaign.category, rank, campaign.time_zone)
                 verdict = judge(candidate, rules, contacts.get(member.profile_id, ()), now)
                 if verdict.allowed:

@@ -24,6 +24,7 @@ from tests.integration.campaigns.test_audience_at_release import (
     _completed,
     _holdout_events,
     _launch,
+    _materialized,
     _outreaches,
     _reasons,
     _report,
@@ -262,3 +263,75 @@ async def test_an_offer_rule_that_cannot_work_is_refused_naming_the_field(
             assert details.startswith(f"{field}: ") and words in details, (change.__name__, details)
         listed = await stack.campaigns.ListCampaigns(service_pb2.ListCampaignsRequest())
         assert not listed.campaigns  # nothing half-created
+
+
+async def test_each_persons_own_amount_decides_which_campaign_keeps_them_under_one_offer_a_day(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    async with stack_of(database_url, nats_url, tmp_path, one_offer_per_day=True) as stack:
+        await _lending_profiles(stack)
+        segment_id = await _segment(stack)
+        # The top-up releases its outreaches a step at a time: all but the first step's stay undispatched, so a
+        # better offer may still take their place.
+        top_up = await _launch(
+            stack,
+            _campaign(
+                segment_id,
+                offer=_offer(),
+                distribution=resources_pb2.Distribution(percent_per_step=1, interval={"seconds": 3600}),
+            ),
+        )
+        await _materialized(stack, top_up)
+        before = {row.profile_id: row for row in await _outreaches(stack, top_up)}
+        fixed = 5 * LAKH
+        lumpsum = await _launch(
+            stack,
+            _campaign(segment_id, offer=resources_pb2.Offer(product_code="LUMPSUM", amount=_money(fixed))),
+        )
+        await _completed(stack, lumpsum)
+
+        after = {row.profile_id: row for row in await _outreaches(stack, top_up)}
+        # Same priority: the higher offer wins, the person's own amount for the top-up (a tie: the earlier launch).
+        outranked = {p for p, row in before.items() if row.dispatched_at is None and row.offer_amount_minor < fixed}
+        assert outranked and outranked != set(before)  # both ways happen
+        assert {p for p, row in after.items() if row.withdrawn_at is not None} == outranked
+        reachable = {p for p in PEOPLE if p != "cust-29"}
+        released = {row.profile_id for row in await _outreaches(stack, lumpsum) if row.withdrawn_at is None}
+        assert released == (reachable - set(before)) | outranked
+        report = await _report(stack, lumpsum)
+        assert _reasons(report.capped_by_reason) == {"best_offer": len(before) - len(outranked)}
+
+
+async def test_a_top_up_released_later_takes_the_place_of_a_smaller_offer_by_each_persons_amount(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    async with stack_of(database_url, nats_url, tmp_path, one_offer_per_day=True) as stack:
+        await _lending_profiles(stack)
+        segment_id = await _segment(stack)
+        fixed = 5 * LAKH
+        lumpsum = await _launch(
+            stack,
+            _campaign(
+                segment_id,
+                offer=resources_pb2.Offer(product_code="LUMPSUM", amount=_money(fixed)),
+                distribution=resources_pb2.Distribution(percent_per_step=1, interval={"seconds": 3600}),
+            ),
+        )
+        await _materialized(stack, lumpsum)
+        waiting = {row.profile_id for row in await _outreaches(stack, lumpsum) if row.dispatched_at is None}
+        top_up = await _launch(stack, _campaign(segment_id, offer=_offer()))
+        await _completed(stack, top_up)
+
+        # The top-up is ranked person by person: it takes the place of the lumpsum where its amount is higher.
+        expected = {person: _expected(index) for index, person in enumerate(PEOPLE)}
+        higher = {p for p, v in expected.items() if isinstance(v, int) and v > fixed and p in waiting}
+        lower = {p for p, v in expected.items() if isinstance(v, int) and v <= fixed and p != "cust-29"}
+        assert higher and lower - waiting != lower  # both ways happen among people still waiting
+        withdrawn = {row.profile_id for row in await _outreaches(stack, lumpsum) if row.withdrawn_at is not None}
+        assert withdrawn == higher
+        released = {row.profile_id for row in await _outreaches(stack, top_up) if row.withdrawn_at is None}
+        assert released == higher
+        report = await _report(stack, top_up)
+        assert report.capped == len([p for p, v in expected.items() if isinstance(v, int) and p != "cust-29"]) - len(
+            higher
+        )
