@@ -36,6 +36,12 @@ _PAGE = (
 )
 
 
+_CONFIRM = (
+    '<form method="post"><input type="hidden" name="confirm" value="yes">'
+    '<button type="submit">Unsubscribe</button></form>'
+)
+
+
 def _page(status: int, title: str, text: str) -> web.Response:
     return web.Response(
         status=status, text=_PAGE.format(title=title, text=text), content_type="text/html", headers=NO_CACHE
@@ -85,7 +91,7 @@ class TrackingEdge:
         app = web.Application()
         app.router.add_get("/c/{token}", self._click)
         app.router.add_get("/o/{token}.gif", self._open)
-        app.router.add_get("/u/{token}", self._unsubscribe)
+        app.router.add_get("/u/{token}", self._unsubscribe_page)
         app.router.add_post("/u/{token}", self._unsubscribe)
         app.router.add_get("/healthz", self._healthz)
         for add_routes in self._extra_routes:
@@ -175,7 +181,15 @@ class TrackingEdge:
         # A pixel always answers with the image: a broken image in someone's inbox helps nobody.
         return web.Response(body=TRANSPARENT_GIF, content_type="image/gif", headers=NO_CACHE)
 
+    async def _unsubscribe_page(self, request: web.Request) -> web.StreamResponse:
+        """The link only asks: mail scanners and link previews fetch every link in a message, and a GET that
+        unsubscribed would opt people out who never clicked (RFC 8058 keeps the one-click opt-out a POST)."""
+        if self._payload(request, "unsubscribe") is None:
+            return _bad_link()
+        return _page(200, "Unsubscribe?", f"You will not receive these messages any more. {_CONFIRM}")
+
     async def _unsubscribe(self, request: web.Request) -> web.StreamResponse:
+        """The confirmation form's POST, or a mail client's one-click POST (List-Unsubscribe=One-Click)."""
         payload = self._payload(request, "unsubscribe")
         if payload is None:
             return _bad_link()

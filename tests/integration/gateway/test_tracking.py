@@ -111,7 +111,16 @@ async def test_unsubscribe_by_link_and_by_one_click_post(
 ) -> None:
     gateway = await start_gateway()
     token = sign({"c": OUTREACH}, SECRET)
+    # Following the link (as a mail scanner or a link preview does) only asks; nothing is recorded.
     async with http.get(f"{gateway.http}/u/{token}") as response:
+        assert response.status == 200
+        page = await response.text()
+        assert '<form method="post">' in page and "Unsubscribe" in page
+    async with http.get(f"{gateway.http}/u/{tampered(token)}") as response:
+        assert response.status == 400
+    assert engagements(downstream) == []
+    # The person confirms: the form posts back to the link.
+    async with http.post(f"{gateway.http}/u/{token}", data={"confirm": "yes"}) as response:
         assert response.status == 200
         assert "unsubscribed" in await response.text()
     # RFC 8058: the mail client POSTs List-Unsubscribe=One-Click to the List-Unsubscribe URL.
