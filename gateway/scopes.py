@@ -116,6 +116,9 @@ METHOD_SCOPES: dict[str, str] = {
     # A campaign's fixed costs are booked by whoever runs the campaign.
     _method(ATTRIBUTION_SERVICE, "RecordFixedCost"): CAMPAIGNS_MANAGE,
     _method(CHANNELS_SERVICE, "GetMessage"): REPORTS_READ,
+    _method(CHANNELS_SERVICE, "ListAmbiguousMessages"): REPORTS_READ,
+    # Settling what a message did (from the provider's records) is the operators' who run the campaigns.
+    _method(CHANNELS_SERVICE, "ResolveAmbiguousMessage"): CAMPAIGNS_MANAGE,
     _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
 }
 

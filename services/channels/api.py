@@ -1,13 +1,16 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
-from datetime import UTC
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
 
 import grpc
 import structlog
 from opentelemetry import trace
 
 from plumbing.db import Database
-from plumbing.errors import InvalidArgument, NotFound
+from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox, utcnow
 from plumbing.telemetry import outreach_span
@@ -29,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
+DEFAULT_AMBIGUOUS_PAGE, MAX_AMBIGUOUS_PAGE = 100, 500
+SETTLED_BY_HAND = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED})
 """What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 
 
@@ -173,3 +178,93 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 await self.idempotency.remember(session, "RecordDeliveryReceipt", request, response)
             log.info("delivery_receipt_recorded", state=receipt.value, changed=outcome is not None)
             return response
+
+    async def ListAmbiguousMessages(
+        self, request: service_pb2.ListAmbiguousMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListAmbiguousMessagesResponse:
+        if not 0 <= request.page_size <= MAX_AMBIGUOUS_PAGE:
+            raise InvalidArgument(f"page_size must be 0 (100) to {MAX_AMBIGUOUS_PAGE}", field="page_size")
+        after = _ambiguous_cursor(request.page_token)
+        limit = request.page_size or DEFAULT_AMBIGUOUS_PAGE
+        async with self.db.snapshot() as session:
+            page = await store.ambiguous_page(session, after, limit)
+        response = service_pb2.ListAmbiguousMessagesResponse(
+            messages=[convert.message_proto(record) for record, _ in page]
+        )
+        if len(page) == limit:
+            record, since = page[-1]
+            cursor = json.dumps([since.isoformat(), record.campaign_id]).encode()
+            response.next_page_token = base64.urlsafe_b64encode(cursor).decode()
+        return response
+
+    async def ResolveAmbiguousMessage(
+        self, request: service_pb2.ResolveAmbiguousMessageRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ResolveAmbiguousMessageResponse:
+        campaign_id = _campaign_id(request.campaign_id)
+        outcome = convert.delivery_state_from_proto(request.state)
+        if outcome not in SETTLED_BY_HAND:
+            raise InvalidArgument(
+                "state must be DELIVERY_STATE_SENT, DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED: what the "
+                "provider's own records say happened",
+                field="state",
+            )
+        reason = scrub(request.reason, MAX_DETAIL * 3)
+        if not reason.strip():
+            raise InvalidArgument(
+                "reason is required: what was found and where, e.g. 'in the relay's log: queued as 4F1A3C0123'",
+                field="reason",
+            )
+        with outreach_span(self.tracer, "channels.resolve", campaign_id, attributes={"delivery.state": outcome.value}):
+            async with self.db.transaction() as session:
+                previous = await self.idempotency.previous(
+                    session, "ResolveAmbiguousMessage", request, service_pb2.ResolveAmbiguousMessageResponse
+                )
+                if previous is not None:
+                    return previous
+                locked = await store.lock_state(session, campaign_id)
+                if locked is None:
+                    raise _no_message(campaign_id)
+                current, _ = locked
+                if current is not DeliveryState.AMBIGUOUS:
+                    raise FailedPrecondition(
+                        f"campaign ID {campaign_id} is {current.value}, not AMBIGUOUS: only a message whose outcome "
+                        "is unknown is settled by hand (a receipt may have settled it meanwhile)",
+                        field="campaign_id",
+                    )
+                record = await store.load_message(session, campaign_id)
+                assert record is not None
+                at = max(utcnow(), record.timeline[-1].at) if record.timeline else utcnow()
+                await store.set_state(
+                    session,
+                    campaign_id,
+                    outcome,
+                    now=at,
+                    reason=reason if outcome is DeliveryState.FAILED else "",
+                )
+                await store.add_timeline(
+                    session, campaign_id, [TimelineStep(state_step(outcome), at, f"settled by hand: {reason}")]
+                )
+                await self.outbox.add(
+                    session,
+                    streams.DELIVERY_UPDATED,
+                    convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
+                    campaign_id=campaign_id,
+                )
+                updated = await store.load_message(session, campaign_id)
+                assert updated is not None
+                response = service_pb2.ResolveAmbiguousMessageResponse(message=convert.message_proto(updated))
+                await self.idempotency.remember(session, "ResolveAmbiguousMessage", request, response)
+            log.warning("ambiguous_message_resolved", state=outcome.value)
+            return response
+
+
+def _ambiguous_cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    try:
+        since, campaign_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(since), str(campaign_id)
+    except (ValueError, TypeError, binascii.Error) as error:
+        raise InvalidArgument(
+            "page_token is not one this service issued; pass next_page_token as it came", field="page_token"
+        ) from error

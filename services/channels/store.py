@@ -15,9 +15,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    and_,
     bindparam,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -494,3 +496,43 @@ async def load_message(session: AsyncSession, campaign_id: str) -> MessageRecord
         reason=row["reason"],
         timeline=[TimelineStep(s.step, _utc(s.at) or s.at, s.detail) for s in steps],
     )
+
+
+async def ambiguous_page(
+    session: AsyncSession, after: tuple[datetime, str] | None, limit: int
+) -> list[tuple[MessageRecord, datetime]]:
+    """AMBIGUOUS messages with their timelines and since when, the longest ambiguous first (by updated_at, then campaign
+    ID), after the keyset `after`; two statements, on ix_messages_ambiguous (its condition written as the index's)."""
+    m = messages.c
+    query = select(messages).where(text(AMBIGUOUS)).order_by(m.updated_at, m.campaign_id).limit(limit)
+    if after is not None:
+        query = query.where(or_(m.updated_at > after[0], and_(m.updated_at == after[0], m.campaign_id > after[1])))
+    rows = (await session.execute(query)).mappings().all()
+    if not rows:
+        return []
+    t = message_timeline.c
+    steps: dict[str, list[TimelineStep]] = {row["campaign_id"]: [] for row in rows}
+    for step in (
+        await session.execute(
+            select(t.campaign_id, t.step, t.at, t.detail)
+            .where(t.campaign_id.in_(list(steps)))
+            .order_by(t.campaign_id, t.at, t.seq)
+        )
+    ).all():
+        steps[step.campaign_id].append(TimelineStep(step.step, _utc(step.at) or step.at, step.detail))
+    return [
+        (
+            MessageRecord(
+                campaign_id=row["campaign_id"],
+                channel=row["channel"],
+                profile_id=row["profile_id"],
+                state=DeliveryState(row["state"]),
+                provider_message_id=row["provider_message_id"] or "",
+                attempts=row["attempts"],
+                reason=row["reason"],
+                timeline=steps[row["campaign_id"]],
+            ),
+            _utc(row["updated_at"]) or row["updated_at"],
+        )
+        for row in rows
+    ]

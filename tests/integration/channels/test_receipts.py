@@ -233,3 +233,69 @@ async def test_provider_reports_reach_the_timeline_through_the_gateways_webhooks
         assert provider_sinks.sms.callback_errors == provider_sinks.whatsapp.callback_errors == []
     finally:
         await gateway.stop(0)
+
+
+async def test_an_operator_lists_ambiguous_messages_and_settles_one_by_hand_once(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    ambiguous = [new_campaign_id() for _ in range(3)]
+    for campaign_id in ambiguous:
+        # The gateway accepts the SMS and drops the connection before answering: nobody knows whether it went.
+        provider_sinks.sms.fail_next(Fault.ACCEPT_THEN_DROP)
+        await publish(nats_bus, dispatch_on("sms", campaign_id))
+        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
+
+    listed: list[str] = []
+    token = ""
+    while True:
+        page = await channels.stub.ListAmbiguousMessages(
+            service_pb2.ListAmbiguousMessagesRequest(page_size=2, page_token=token)
+        )
+        assert len(page.messages) <= 2
+        listed.extend(m.campaign_id for m in page.messages if m.campaign_id in ambiguous)
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == ambiguous  # the longest ambiguous first
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest(page_token="nonsense"))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    settle = service_pb2.ResolveAmbiguousMessageRequest(
+        request_id=new_id("res_"),
+        campaign_id=ambiguous[0],
+        state=resources_pb2.DELIVERY_STATE_SENT,
+        reason="in Exotel's report: accepted as b6a1c2d3 for +91 98765 43210",
+    )
+    for refused, field in (
+        (service_pb2.ResolveAmbiguousMessageRequest(**{**_fields(settle), "state": 0}), "state"),
+        (service_pb2.ResolveAmbiguousMessageRequest(**{**_fields(settle), "reason": " "}), "reason"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await channels.stub.ResolveAmbiguousMessage(refused)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in (error.value.details() or "")
+    message = (await channels.stub.ResolveAmbiguousMessage(settle)).message
+    assert message.state == resources_pb2.DELIVERY_STATE_SENT
+    assert message.timeline[-1].detail.startswith("settled by hand: in Exotel's report")
+    assert "98765" not in message.timeline[-1].detail
+    await published_state(listener, ambiguous[0], resources_pb2.DELIVERY_STATE_SENT)
+    # The same request again is answered as before; another one finds nothing ambiguous to settle.
+    assert (await channels.stub.ResolveAmbiguousMessage(settle)).message == message
+    with pytest.raises(grpc.aio.AioRpcError) as settled:
+        await channels.stub.ResolveAmbiguousMessage(
+            service_pb2.ResolveAmbiguousMessageRequest(**{**_fields(settle), "request_id": new_id("res_")})
+        )
+    assert settled.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    left = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest())
+    assert [m.campaign_id for m in left.messages if m.campaign_id in ambiguous] == ambiguous[1:]
+    # Nothing was sent again.
+    assert all(len(provider_sinks.sms.for_campaign(c)) == 1 for c in ambiguous)
+
+
+def _fields(request: service_pb2.ResolveAmbiguousMessageRequest) -> dict[str, object]:
+    return {field.name: value for field, value in request.ListFields()}

@@ -38,7 +38,11 @@ def test_internal_rpcs_are_not_exposed() -> None:
     assert "/xsell.channels.v1.ChannelsService/RecordEngagement" in scopes.INTERNAL_METHODS
     assert scopes.required_scope("/xsell.channels.v1.ChannelsService/RecordEngagement") is None
     assert "/xsell.channels.v1.ChannelsService/RecordEngagement" not in scopes.exposed_methods(scopes.CHANNELS_SERVICE)
-    assert scopes.exposed_methods(scopes.CHANNELS_SERVICE) == ["/xsell.channels.v1.ChannelsService/GetMessage"]
+    assert scopes.exposed_methods(scopes.CHANNELS_SERVICE) == [
+        "/xsell.channels.v1.ChannelsService/GetMessage",
+        "/xsell.channels.v1.ChannelsService/ListAmbiguousMessages",
+        "/xsell.channels.v1.ChannelsService/ResolveAmbiguousMessage",
+    ]
 
 
 def test_every_required_scope_is_grantable() -> None:
