@@ -24,13 +24,13 @@ from tests.integration.campaigns.test_audience_at_release import (
     _completed,
     _holdout_events,
     _launch,
-    _materialized,
     _outreaches,
     _reasons,
     _report,
     _segment,
     stack_of,
 )
+from tests.waiting import eventually
 from xsell.campaigns.v1 import events_pb2, resources_pb2, service_pb2
 from xsell.segments.v1 import resources_pb2 as seg
 from xsell.segments.v1 import service_pb2 as seg_service
@@ -108,6 +108,22 @@ async def _lending_profiles(stack: Stack) -> None:
         seg_service.UpsertProfilesRequest(request_id=new_id("req_"), profiles=profiles)
     )
     assert not upserted.errors
+
+
+async def _first_step_dispatched(stack: Stack, key: str) -> None:
+    """Until the staggered release's first step is dispatched: only what it left undispatched can be outranked."""
+
+    async def done() -> bool:
+        async with stack.db.transaction() as session:
+            run = (
+                await session.execute(select(store.campaign_runs).where(store.campaign_runs.c.campaign_key == key))
+            ).first()
+        if run is None or run.materialized_at is None or not run.released_through:
+            return False
+        rows = await _outreaches(stack, key)
+        return all(row.dispatched_at is not None for row in rows if row.ordinal < run.released_through)
+
+    await eventually(done)
 
 
 async def test_each_person_gets_their_own_amount_and_the_ineligible_are_left_out_and_counted(
@@ -281,7 +297,7 @@ async def test_each_persons_own_amount_decides_which_campaign_keeps_them_under_o
                 distribution=resources_pb2.Distribution(percent_per_step=1, interval={"seconds": 3600}),
             ),
         )
-        await _materialized(stack, top_up)
+        await _first_step_dispatched(stack, top_up)
         before = {row.profile_id: row for row in await _outreaches(stack, top_up)}
         fixed = 5 * LAKH
         lumpsum = await _launch(
@@ -317,7 +333,7 @@ async def test_a_top_up_released_later_takes_the_place_of_a_smaller_offer_by_eac
                 distribution=resources_pb2.Distribution(percent_per_step=1, interval={"seconds": 3600}),
             ),
         )
-        await _materialized(stack, lumpsum)
+        await _first_step_dispatched(stack, lumpsum)
         waiting = {row.profile_id for row in await _outreaches(stack, lumpsum) if row.dispatched_at is None}
         top_up = await _launch(stack, _campaign(segment_id, offer=_offer()))
         await _completed(stack, top_up)
