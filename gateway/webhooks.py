@@ -159,7 +159,9 @@ class ProviderWebhooks:
                     else:
                         await self._whatsapp_status(status)
                 for message in value.get("messages") or []:
-                    if self._stale(_unix_time(message.get("timestamp"))):
+                    # An opt-out is honoured however late it comes (Meta retries for days after an outage): dropping
+                    # one would keep messaging someone who said stop, and a replayed one only opts a person out.
+                    if self._stale(_unix_time(message.get("timestamp"))) and not _opts_out(message):
                         stale += 1
                     else:
                         await self._whatsapp_message(message)
@@ -199,7 +201,7 @@ class ProviderWebhooks:
         text = _reply_text(message)
         kind = (
             channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
-            if text.strip().upper() in UNSUBSCRIBE_WORDS
+            if _opts_out(message)
             else channels_resources.ENGAGEMENT_KIND_REPLIED
         )
         await self._engagement(
@@ -311,6 +313,10 @@ def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
             if (change or {}).get("field") == "messages" and isinstance(value, dict):
                 values.append(value)
     return values
+
+
+def _opts_out(message: dict[str, Any]) -> bool:
+    return _reply_text(message).strip().upper() in UNSUBSCRIBE_WORDS
 
 
 def _reply_text(message: dict[str, Any]) -> str:

@@ -280,3 +280,24 @@ async def test_without_configured_secrets_every_provider_callback_is_refused(
     async with http.post(f"{gateway.http}/webhooks/sms/exotel/x", data={"CustomField": OUTREACH}) as response:
         assert response.status == 401
     assert downstream.services.calls == []
+
+
+async def test_a_late_stop_is_still_an_opt_out_though_a_late_reply_is_not_recorded(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, webhook_max_age_seconds=3600)
+    late = str(int(time.time() - 3 * 3600))
+    for text in ("STOP", "Interested"):
+        message = {
+            "from": "919876543210",
+            "id": f"wamid.in-{text}",
+            "timestamp": late,
+            "type": "text",
+            "text": {"body": text},
+            "context": {"from": "15550001111", "id": WAMID},
+        }
+        body = _whatsapp({"messaging_product": "whatsapp", "messages": [message]})
+        async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 200
+    (opt_out,) = engagements(downstream)
+    assert (opt_out.kind, opt_out.provider_message_id) == (channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, WAMID)
