@@ -1,4 +1,5 @@
-"""Send-time consent: asks segments, which owns suppressions, whether a person may still be contacted on a channel."""
+"""Send-time consent: asks segments, which owns suppressions and consent, whether a person may still be contacted
+on a channel."""
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
@@ -32,10 +33,13 @@ class SegmentsSuppressions:
             )
         except grpc.aio.AioRpcError as error:
             raise ConsentUnknown(f"segments CheckSuppression failed with {error.code().name}") from error
-        if not response.suppressed:
-            return None
-        reasons = sorted({resources_pb2.SuppressionReason.Name(s.reason) for s in response.suppressions})
-        return f"suppressed at send time: {', '.join(reasons) or 'suppression in force'}"
+        if response.suppressed:
+            reasons = sorted({resources_pb2.SuppressionReason.Name(s.reason) for s in response.suppressions})
+            return f"suppressed at send time: {', '.join(reasons) or 'suppression in force'}"
+        if response.consent_missing:
+            # e.g. WhatsApp without an opt-in (withdrawn since release): never sent, as a suppression is not.
+            return f"no consent at send time: {response.consent_missing}"
+        return None
 
     async def close(self) -> None:
         if self._channel is not None:

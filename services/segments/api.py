@@ -79,6 +79,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             tracer=tracer,
         )
         self.require_approval = settings.require_approval
+        self.consent_attributes = dict(settings.consent_attributes)
         self.stream_page_size = settings.stream_page_size
 
     # --- ingestion ----------------------------------------------------------------------------

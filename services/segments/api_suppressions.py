@@ -20,7 +20,9 @@ from services.segments.api_support import (
     record_errors,
     timestamp,
 )
+from services.segments.values import Value
 from xsell.segments.v1 import resources_pb2, service_pb2
+from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +71,7 @@ class SuppressionsApi:
     db: Database
     idempotency: Idempotency
     tracer: trace.Tracer
+    consent_attributes: dict[str, str]
 
     async def AddSuppressions(
         self, request: service_pb2.AddSuppressionsRequest, context: grpc.aio.ServicerContext
@@ -162,11 +165,16 @@ class SuppressionsApi:
         profile_id = _profile_id(request.profile_id, required=True)
         _channel(request.channel)
         at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
+        consent = self.consent_attributes.get(channel_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_"))
         async with self.db.snapshot() as session:
             stored = await store.suppressions_of(session, profile_id)
+            given = (await store.attributes_of(session, [profile_id], [consent])).get(profile_id, {}) if consent else {}
         by_key = {(r.channel, r.reason): r for r in stored}
         forbidding = suppressions.in_force([domain_suppression(r) for r in stored], request.channel, at)
-        return service_pb2.CheckSuppressionResponse(
+        response = service_pb2.CheckSuppressionResponse(
             suppressed=bool(forbidding),
             suppressions=[suppression_proto(by_key[(s.channel, s.reason)]) for s in forbidding],
         )
+        if consent and given.get(consent) != Value.boolean(True):
+            response.consent_missing = f"{consent} is not true" if consent in given else f"no {consent} attribute"
+        return response

@@ -17,6 +17,12 @@ class SegmentsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="XSELL_SEGMENTS_", extra="ignore")
 
     grpc_port: int = Field(50061, description="gRPC port of the segments service; 0 picks a free one (tests).")
+    consent_attributes: dict[str, str] = Field(
+        {"WHATSAPP": "whatsapp_opt_in"},
+        description="Per channel (its name without CHANNEL_), the BOOLEAN profile attribute that must be true for the "
+        "person to be contacted on it (WhatsApp's business policy requires an opt-in); CheckSuppression reports a "
+        "person without it as consent_missing.",
+    )
     event_retention_days: int = Field(
         730, description="Events older than this many days are rejected at ingestion and not evaluated.", gt=0
     )

@@ -268,7 +268,7 @@ async def test_quiet_hours_hold_the_message_back(
 
 
 class _Suppressions(segments_grpc.SegmentsServiceServicer):
-    """Segments' CheckSuppression: one person opted out of SMS."""
+    """Segments' CheckSuppression: one person opted out of SMS, one never opted in to WhatsApp."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
@@ -277,6 +277,8 @@ class _Suppressions(segments_grpc.SegmentsServiceServicer):
         self, request: segments_service.CheckSuppressionRequest, context: grpc.aio.ServicerContext
     ) -> segments_service.CheckSuppressionResponse:
         self.asked.append((request.profile_id, request.channel))
+        if request.profile_id == "prof_no_opt_in" and request.channel == channel_pb2.CHANNEL_WHATSAPP:
+            return segments_service.CheckSuppressionResponse(consent_missing="whatsapp_opt_in is not true")
         if request.profile_id != "prof_opted_out":
             return segments_service.CheckSuppressionResponse(suppressed=False)
         suppression = segments_resources.Suppression(
@@ -324,6 +326,25 @@ async def test_a_suppression_added_after_release_stops_the_send(
     assert len(provider_sinks.sms.for_campaign(allowed)) == 1
     assert ("prof_opted_out", channel_pb2.CHANNEL_SMS) in suppressions.asked
     assert states(await get_message(channels, opted_out)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+
+
+async def test_a_whatsapp_message_to_someone_without_an_opt_in_at_send_time_is_not_sent(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    target, _ = segments_server
+    await start_channels(smtp_relay.port, segments_target=target, **provider_sinks.channels_settings())
+    withdrawn, consented = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("whatsapp", withdrawn, profile_id="prof_no_opt_in"))
+    await publish(nats_bus, dispatch_on("whatsapp", consented))
+    failed = await published_state(listener, withdrawn, FAILED)
+    assert failed.reason == "no consent at send time: whatsapp_opt_in is not true"
+    await published_state(listener, consented, SENT)
+    assert provider_sinks.whatsapp.for_campaign(withdrawn) == []
 
 
 async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_segments_answers(

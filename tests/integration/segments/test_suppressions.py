@@ -28,6 +28,35 @@ async def _check(stub: SegmentsServiceStub, profile_id: str, channel: int, at: d
     return sorted(r.SuppressionReason.Name(s.reason) for s in response.suppressions)
 
 
+async def test_whatsapp_needs_a_true_opt_in_at_check_time_and_other_channels_none(
+    segments: SegmentsServiceStub,
+) -> None:
+    defined = await segments.DefineAttributes(
+        api.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[r.AttributeDefinition(name="whatsapp_opt_in", type=r.ATTRIBUTE_TYPE_BOOLEAN)],
+        )
+    )
+    assert not defined.errors
+    profiles = [r.Profile(profile_id=p) for p in ("wa-yes", "wa-no", "wa-unset")]
+    profiles[0].attributes["whatsapp_opt_in"].bool_value = True
+    profiles[1].attributes["whatsapp_opt_in"].bool_value = False
+    upserted = await segments.UpsertProfiles(api.UpsertProfilesRequest(request_id=new_id("req_"), profiles=profiles))
+    assert not upserted.errors
+
+    async def missing(profile_id: str, channel: int) -> str:
+        request = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel)  # type: ignore[arg-type]
+        response = await segments.CheckSuppression(request)
+        assert not response.suppressed  # consent is reported beside suppressions, not as one
+        return response.consent_missing
+
+    whatsapp, sms = channel_pb2.CHANNEL_WHATSAPP, channel_pb2.CHANNEL_SMS
+    assert await missing("wa-yes", whatsapp) == ""
+    assert await missing("wa-no", whatsapp) == "whatsapp_opt_in is not true"
+    assert await missing("wa-unset", whatsapp) == "no whatsapp_opt_in attribute"
+    assert [await missing(p, sms) for p in ("wa-yes", "wa-no", "wa-unset")] == ["", "", ""]
+
+
 async def test_suppressions_are_added_replaced_listed_checked_and_lifted(segments: SegmentsServiceStub) -> None:
     in_30_days = datetime.now(UTC) + timedelta(days=30)
     request = api.AddSuppressionsRequest(
