@@ -117,16 +117,16 @@ class ContentApi:
             row = await store.get_campaign(session, campaign_key)
         if row is None:
             raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
-        templates = content_templates_of(row)
+        templates, terms = content_templates_of(row), offer_terms_of(row)
         compile_content(
             templates,
             channel_order_of(row),
-            offer_has_amount=offer_terms_of(row).has_amount,
+            offer_has_amount=terms.has_amount,
             registry=self.content.library.registry,
         )
         catalog = await self.content.profiles.attribute_types()
         check_attributes(templates, catalog)
-        check_catalog(offer_terms_of(row), catalog)
+        check_catalog(terms, catalog)
 
     def _compiled(self, row: Any, *, check_registry: bool) -> CompiledContent:
         templates = content_templates_of(row)

@@ -1,18 +1,17 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
-import base64
-import binascii
-import json
 from datetime import UTC, datetime
 
 import grpc
 import structlog
 from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox, utcnow
+from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.channels import convert, store
@@ -32,9 +31,9 @@ log = structlog.get_logger(__name__)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
+"""What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 DEFAULT_AMBIGUOUS_PAGE, MAX_AMBIGUOUS_PAGE = 100, 500
 SETTLED_BY_HAND = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED})
-"""What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 
 
 def _campaign_id(value: str) -> str:
@@ -148,29 +147,15 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 current, _ = locked
                 outcome = receipt_outcome(current, receipt)
                 if outcome is not None:
-                    record = await store.load_message(session, campaign_id)
-                    assert record is not None
-                    if record.timeline and record.timeline[-1].at > at:
-                        # A receipt that raced the hand-over's own record (or a provider clock behind ours)
-                        # still reads after the state it settles.
-                        at = record.timeline[-1].at
-                    await store.set_state(
+                    step = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
+                    await self._settle(
                         session,
                         campaign_id,
                         outcome,
-                        now=at,
-                        reason=reason if outcome is DeliveryState.FAILED else "",
-                        provider_message_id=None if record.provider_message_id else request.provider_message_id or None,
-                    )
-                    detail = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
-                    await store.add_timeline(
-                        session, campaign_id, [TimelineStep(state_step(outcome), at, f"{detail}: {reason}".strip(": "))]
-                    )
-                    await self.outbox.add(
-                        session,
-                        streams.DELIVERY_UPDATED,
-                        convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
-                        campaign_id=campaign_id,
+                        at,
+                        reason,
+                        f"{step}: {reason}".strip(": "),
+                        provider_message_id=request.provider_message_id,
                     )
                 updated = await store.load_message(session, campaign_id)
                 assert updated is not None
@@ -179,12 +164,48 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             log.info("delivery_receipt_recorded", state=receipt.value, changed=outcome is not None)
             return response
 
+    async def _settle(
+        self,
+        session: AsyncSession,
+        campaign_id: str,
+        outcome: DeliveryState,
+        at: datetime,
+        reason: str,
+        step_detail: str,
+        *,
+        provider_message_id: str = "",
+    ) -> None:
+        """A message's new state from outside the send (a receipt, an operator): the state, its timeline step and its
+        DeliveryUpdated, in the caller's transaction. The provider's id is kept only when none was recorded."""
+        record = await store.load_message(session, campaign_id)
+        assert record is not None
+        if record.timeline and record.timeline[-1].at > at:
+            # A receipt that raced the hand-over's own record (or a provider clock behind ours) still reads after the
+            # state it settles.
+            at = record.timeline[-1].at
+        await store.set_state(
+            session,
+            campaign_id,
+            outcome,
+            now=at,
+            reason=reason if outcome is DeliveryState.FAILED else "",
+            provider_message_id=None if record.provider_message_id else provider_message_id or None,
+        )
+        await store.add_timeline(session, campaign_id, [TimelineStep(state_step(outcome), at, step_detail)])
+        await self.outbox.add(
+            session,
+            streams.DELIVERY_UPDATED,
+            convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
+            campaign_id=campaign_id,
+        )
+
     async def ListAmbiguousMessages(
         self, request: service_pb2.ListAmbiguousMessagesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListAmbiguousMessagesResponse:
         if not 0 <= request.page_size <= MAX_AMBIGUOUS_PAGE:
             raise InvalidArgument(f"page_size must be 0 (100) to {MAX_AMBIGUOUS_PAGE}", field="page_size")
-        after = _ambiguous_cursor(request.page_token)
+        cursor = decode_token(request.page_token, {}, "after")
+        after = _ambiguous_cursor(cursor) if cursor is not None else None
         limit = request.page_size or DEFAULT_AMBIGUOUS_PAGE
         async with self.db.snapshot() as session:
             page = await store.ambiguous_page(session, after, limit)
@@ -193,8 +214,8 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         )
         if len(page) == limit:
             record, since = page[-1]
-            cursor = json.dumps([since.isoformat(), record.campaign_id]).encode()
-            response.next_page_token = base64.urlsafe_b64encode(cursor).decode()
+            # Campaign IDs are visible ASCII without spaces: the first space ends the time.
+            response.next_page_token = encode_token({"after": f"{since.isoformat()} {record.campaign_id}"})
         return response
 
     async def ResolveAmbiguousMessage(
@@ -231,25 +252,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         "is unknown is settled by hand (a receipt may have settled it meanwhile)",
                         field="campaign_id",
                     )
-                record = await store.load_message(session, campaign_id)
-                assert record is not None
-                at = max(utcnow(), record.timeline[-1].at) if record.timeline else utcnow()
-                await store.set_state(
-                    session,
-                    campaign_id,
-                    outcome,
-                    now=at,
-                    reason=reason if outcome is DeliveryState.FAILED else "",
-                )
-                await store.add_timeline(
-                    session, campaign_id, [TimelineStep(state_step(outcome), at, f"settled by hand: {reason}")]
-                )
-                await self.outbox.add(
-                    session,
-                    streams.DELIVERY_UPDATED,
-                    convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
-                    campaign_id=campaign_id,
-                )
+                await self._settle(session, campaign_id, outcome, utcnow(), reason, f"settled by hand: {reason}")
                 updated = await store.load_message(session, campaign_id)
                 assert updated is not None
                 response = service_pb2.ResolveAmbiguousMessageResponse(message=convert.message_proto(updated))
@@ -258,13 +261,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             return response
 
 
-def _ambiguous_cursor(token: str) -> tuple[datetime, str] | None:
-    if not token:
-        return None
+def _ambiguous_cursor(cursor: str) -> tuple[datetime, str]:
+    since, _, campaign_id = cursor.partition(" ")
     try:
-        since, campaign_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(since), str(campaign_id)
-    except (ValueError, TypeError, binascii.Error) as error:
+        return datetime.fromisoformat(since), campaign_id
+    except ValueError as error:
         raise InvalidArgument(
-            "page_token is not one this service issued; pass next_page_token as it came", field="page_token"
+            "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
         ) from error

@@ -1,8 +1,5 @@
 """Helpers every part of the segments servicer shares: timestamps, page tokens and sizes, segment protos."""
 
-import base64
-import binascii
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -20,27 +17,6 @@ def timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
-
-
-def encode_token(payload: dict[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, expected: dict[str, str], key: str) -> str | None:
-    """The keyset value of a page token made for the same request, or None for the first page."""
-    if not token:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error):
-        payload = None
-    if not isinstance(payload, dict) or not isinstance(payload.get(key), str):
-        raise InvalidArgument(
-            "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
-        )
-    if any(payload.get(name) != value for name, value in expected.items()):
-        raise InvalidArgument("page_token belongs to a different request; start again without it", field="page_token")
-    return str(payload[key])
 
 
 def page_size(requested: int, default: int, maximum: int) -> int:

@@ -35,41 +35,28 @@ def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ig
     return AuthResult(success=ok)
 
 
-@pytest.fixture
-def starttls_relay(pki: Path) -> Iterator[tuple[Mailbox, int]]:
-    """A relay that takes mail only after STARTTLS and AUTH, as SES, SendGrid or an institution's Postfix does."""
+def _relay(**tls: object) -> Iterator[tuple[Mailbox, int]]:
+    """An aiosmtpd relay that takes mail only from an authenticated client, with the TLS arrangement given."""
     mailbox = Mailbox()
     controller = _AnyPortController(
-        mailbox,
-        hostname="127.0.0.1",
-        port=0,
-        tls_context=_server_tls(pki),
-        require_starttls=True,
-        auth_required=True,
-        authenticator=_authenticator,
+        mailbox, hostname="127.0.0.1", port=0, auth_required=True, authenticator=_authenticator, **tls
     )
     controller.start()
     yield mailbox, controller.port
     controller.stop()
+
+
+@pytest.fixture
+def starttls_relay(pki: Path) -> Iterator[tuple[Mailbox, int]]:
+    """A relay that takes mail only after STARTTLS and AUTH, as SES, SendGrid or an institution's Postfix does."""
+    yield from _relay(tls_context=_server_tls(pki), require_starttls=True)
 
 
 @pytest.fixture
 def implicit_tls_relay(pki: Path) -> Iterator[tuple[Mailbox, int]]:
     """A relay on "port 465": TLS from the first byte."""
-    mailbox = Mailbox()
-    controller = _AnyPortController(
-        mailbox,
-        hostname="127.0.0.1",
-        port=0,
-        ssl_context=_server_tls(pki),
-        auth_required=True,
-        # aiosmtpd counts only a STARTTLS upgrade as TLS when it offers AUTH; this connection is TLS from the start.
-        auth_require_tls=False,
-        authenticator=_authenticator,
-    )
-    controller.start()
-    yield mailbox, controller.port
-    controller.stop()
+    # aiosmtpd counts only a STARTTLS upgrade as TLS when it offers AUTH; this connection is TLS from the start.
+    yield from _relay(ssl_context=_server_tls(pki), auth_require_tls=False)
 
 
 async def _send(sender: SmtpSender) -> str:
