@@ -57,6 +57,8 @@ class Fault(Enum):
     """503, the provider's "try again later"."""
     ACCEPT_THEN_DROP = "accept_then_drop"
     """The provider takes the message, then the connection breaks before the answer: an ambiguous outcome."""
+    DROP_UNTAKEN = "drop_untaken"
+    """The connection breaks and the provider never takes the message: just as ambiguous to the caller."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,9 @@ class ProviderSink:
         self.in_flight = 0
         self.most_in_flight = 0
         self.callback_errors: list[str] = []
+        # Pauses before each try again of a report the receiver did not take (an error status or no connection), as
+        # providers retry their callbacks (Meta for days); after the last, the error is kept in callback_errors.
+        self.callback_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
         self._callbacks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         # Push only: Google's token endpoint for a service account, served at /token; None accepts the fixed token.
@@ -246,6 +251,9 @@ class ProviderSink:
         self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
+        # Reports still being tried again are abandoned: their receiver may be gone already.
+        for task in self._callbacks:
+            task.cancel()
         if self._callbacks:
             await asyncio.gather(*self._callbacks, return_exceptions=True)
         if self._runner is not None:
@@ -257,10 +265,15 @@ class ProviderSink:
             return
 
         async def report(callback: Callable[[Received, Json], Awaitable[None]]) -> None:
-            try:
-                await callback(received, answer)
-            except Exception as error:  # noqa: BLE001 - a report that cannot be delivered is kept for the test
-                self.callback_errors.append(f"{type(error).__name__}: {error}")
+            for delay in (*self.callback_retry_delays, None):
+                try:
+                    await callback(received, answer)
+                    return
+                except Exception as error:  # noqa: BLE001 - a report that cannot be delivered is kept for the test
+                    if delay is None:
+                        self.callback_errors.append(f"{type(error).__name__}: {error}")
+                        return
+                await asyncio.sleep(delay)
 
         task = asyncio.get_running_loop().create_task(report(self.on_accept))
         self._callbacks.add(task)
@@ -290,6 +303,11 @@ class ProviderSink:
         if self.oauth is not None and request.path == "/token" and request.method == "POST":
             return self.oauth.answer(raw)
         fault: Fault | None = None
+        if self.faults and self.faults[0] is Fault.DROP_UNTAKEN:
+            self.faults.popleft()
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=200)
         try:
             campaign_id, body, answer = await self._handle(self, request, raw)
             fault = self.faults.popleft() if self.faults else None

@@ -179,7 +179,10 @@ class ProviderWebhooks:
             log.info("webhook_ignored", provider="whatsapp", reason="no_campaign_id", status=state)
             return
         request_id = f"wa:{wamid}:{state}"
-        if state == "delivered":
+        if state == "sent":
+            # Meta accepted it: settles a hand-over whose answer was lost (resend.py waits for this report).
+            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_SENT, wamid, "")
+        elif state == "delivered":
             await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, wamid, "")
         elif state == "failed":
             errors = status.get("errors") or [{}]

@@ -87,6 +87,9 @@ class Delivery:
     subject: str
     num_delivered: int
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Where the message is stored, so a handler can name it for a later Bus.stored_message (empty / 0 when unknown).
+    stream: str = ""
+    stream_sequence: int = 0
 
     @property
     def campaign_id(self) -> str | None:
@@ -221,6 +224,15 @@ class Bus:
             disconnected_cb=_log_disconnect,
         )
         return cls(nc)
+
+    async def stored_message(self, stream: str, sequence: int) -> tuple[str, bytes, dict[str, str]] | None:
+        """A message still in its stream (subject, payload, headers), by the stream sequence a Delivery names; None
+        once it is gone (aged out, purged or deleted)."""
+        try:
+            message = await self.js.get_msg(stream, sequence)
+        except NotFoundError:
+            return None
+        return message.subject or "", message.data or b"", dict(message.headers or {})
 
     async def ensure_streams(self, specs: Iterable[StreamSpec], replicas: int = 1) -> None:
         """Creates missing streams and updates changed ones; safe to run at every start of every replica.
@@ -553,6 +565,8 @@ class Consumer(Generic[M]):
             subject=msg.subject,
             num_delivered=metadata.num_delivered or 1,
             headers=headers,
+            stream=metadata.stream,
+            stream_sequence=metadata.sequence.stream,
         )
         return headers, delivery
 

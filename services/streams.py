@@ -12,6 +12,9 @@ HOLDOUT_ASSIGNED = "xsell.campaigns.holdout_assigned"
 # An undispatched outreach withdrawn for a better-ranked campaign's: attribution takes back its send.
 OUTREACH_WITHDRAWN = "xsell.campaigns.outreach_withdrawn"
 DELIVERY_UPDATED = "xsell.channels.delivery_updated"
+# A DispatchRequested handed over again, once, by channels itself: an ambiguous hand-over its provider never
+# reported (services/channels/resend.py).
+DISPATCH_RESENT = "xsell.channels.dispatch_resent"
 ENGAGEMENT_RECORDED = "xsell.channels.engagement_recorded"
 CONVERSION_RECORDED = "xsell.attribution.conversion_recorded"
 BULK_INGEST_COMPLETED = "xsell.segments.bulk_ingest_completed"
@@ -53,6 +56,7 @@ def _consumer(stream: StreamSpec, durable: str, subject: str, **overrides: objec
 
 # Durable consumers, named <service>-<what it applies>.
 CHANNELS_DISPATCH = _consumer(CAMPAIGNS_STREAM, "channels-dispatch", DISPATCH_REQUESTED)
+CHANNELS_RESEND = _consumer(CHANNELS_STREAM, "channels-resend", DISPATCH_RESENT)
 ATTRIBUTION_OUTREACH = _consumer(CAMPAIGNS_STREAM, "attribution-outreach", OUTREACH_CREATED)
 ATTRIBUTION_DELIVERY = _consumer(CHANNELS_STREAM, "attribution-delivery", DELIVERY_UPDATED)
 ATTRIBUTION_ENGAGEMENT = _consumer(CHANNELS_STREAM, "attribution-engagement", ENGAGEMENT_RECORDED)

@@ -130,8 +130,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     ) -> service_pb2.RecordDeliveryReceiptResponse:
         campaign_id = _campaign_id(request.campaign_id)
         receipt = convert.delivery_state_from_proto(request.state)
-        if receipt not in {DeliveryState.DELIVERED, DeliveryState.FAILED}:
-            raise InvalidArgument("state must be DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state")
+        if receipt not in {DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED}:
+            raise InvalidArgument(
+                "state must be DELIVERY_STATE_SENT, DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state"
+            )
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
         reason = scrub(request.reason)
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):

@@ -22,6 +22,7 @@ from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
+from services.channels.resend import Resender
 from services.channels.settings import ChannelsSettings
 from services.channels.smtp import SmtpSender
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
@@ -135,13 +136,21 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         # slowest hand-over (latency at 1k/s, four pairs on a quiet machine: p50 17.7-19.5 -> 7.9-13.0 ms).
         keep_full=True,
     )
+    # Hand-overs again (resend.py) go through the same handler, delivered by a durable of channels' own stream.
+    resends = Consumer(bus, streams.CHANNELS_RESEND, DispatchRequested, dispatch, tracer, concurrency=16)
+    resender = Resender(
+        db, bus, outbox, settings.resend_without_receipt_seconds, poll_interval=settings.resend_poll_seconds
+    )
     await consumer.declare()
+    await resends.declare()
     return ServiceProcess(
         "channels",
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             BackgroundTask("dispatch-consumer", consumer.run, consumer.stop),
+            BackgroundTask("resend-consumer", resends.run, resends.stop),
+            BackgroundTask("resender", resender.run, resender.stop),
         ],
         closers=[
             db.dispose,

@@ -229,7 +229,7 @@ class DispatchHandler:
             async with self.db.transaction() as session:
                 deduplicates = prepared.deduplicates if prepared is not None else False
                 attempts = await self._claim(
-                    session, campaign_id, channel, event.profile_id, now, deduplicates=deduplicates
+                    session, campaign_id, channel, event.profile_id, now, deduplicates=deduplicates, delivery=delivery
                 )
                 if attempts is None:
                     return
@@ -268,7 +268,8 @@ class DispatchHandler:
         throttle = self.providers.throttles.get(prepared.provider)
         async with throttle or _NoThrottle():
             # After the throttle's wait, in one transaction with the intents of the other messages in flight.
-            claim = await self.ledger.claim(Intent(campaign_id, channel, event.profile_id, prepared.deduplicates, now))
+            intent = Intent(campaign_id, channel, event.profile_id, prepared.deduplicates, now, _request_of(delivery))
+            claim = await self.ledger.claim(intent)
             if claim.action is DispatchAction.SKIP:
                 self._log.info("dispatch_redelivery_skipped", state=claim.state.value)
                 return
@@ -282,7 +283,7 @@ class DispatchHandler:
             except ProviderOutcomeUnknown as failure:
                 self._timed(prepared.provider, started)
                 if not prepared.deduplicates:
-                    await self._settle(campaign_id, channel, DeliveryState.AMBIGUOUS, failure.reason)
+                    await self._settle_ambiguous(campaign_id, channel, failure.reason, delivery)
                     self._count(prepared.provider, "ambiguous")
                     self._log.warning("dispatch_ambiguous", reason=failure.reason)
                     return
@@ -327,6 +328,7 @@ class DispatchHandler:
         now: datetime,
         *,
         deduplicates: bool,
+        delivery: Delivery,
     ) -> int | None:
         """The attempts so far when this delivery may go on; None when it must not (handled or ambiguous)."""
         await store.insert_queued_if_absent(
@@ -342,6 +344,8 @@ class DispatchHandler:
         if action is DispatchAction.MARK_AMBIGUOUS:
             # Resending here could reach the person twice; the provider's receipt (or an operator) settles it.
             await self._record(session, campaign_id, channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH)
+            request = [(campaign_id, *_request_of(delivery))]
+            await session.run_sync(lambda sync: store.remember_requests(sync, request))
             self._log.warning("dispatch_ambiguous", attempts=attempts)
             return None
         return attempts
@@ -361,10 +365,10 @@ class DispatchHandler:
         now = utcnow()
         gave_up: str | None = None
         async with self.db.transaction() as session:
-            if (
-                await self._claim(session, campaign_id, channel, profile_id, now, deduplicates=prepared.deduplicates)
-                is None
-            ):
+            claimed = await self._claim(
+                session, campaign_id, channel, profile_id, now, deduplicates=prepared.deduplicates, delivery=delivery
+            )
+            if claimed is None:
                 return
             if delivery.num_delivered >= self.policy.max_attempts:
                 gave_up = f"gave up after {delivery.num_delivered} attempts: {failure.reason}"
@@ -431,6 +435,21 @@ class DispatchHandler:
             return True
         self._log.info("dispatch_settled_by_receipt")
         return False
+
+    async def _settle_ambiguous(self, campaign_id: str, channel: str, reason: str, delivery: Delivery) -> None:
+        """The hand-over's outcome is unknown (no answer, a dropped connection) from a provider that takes no
+        idempotency key: AMBIGUOUS, with the request remembered for a hand-over again if no receipt comes (resend.py).
+        Not through the ledger's batches: it is rare, and its request is written in the same transaction."""
+        async with self.db.transaction() as session:
+            locked = await store.lock_state(session, campaign_id)
+            if locked is None or locked[0] is not DeliveryState.SENDING:
+                self._log.info("dispatch_settled_by_receipt")
+                return
+            await self._record(
+                session, campaign_id, channel, DeliveryState.AMBIGUOUS, utcnow(), reason, count_attempt=True
+            )
+            request = [(campaign_id, *_request_of(delivery))]
+            await session.run_sync(lambda sync: store.remember_requests(sync, request))
 
     def _delivery_updated_row(self, update: DeliveryUpdated, at: datetime) -> dict[str, Any]:
         """The outbox row of a DeliveryUpdated, as Outbox.event writes it, with its traceparent the current span (the
@@ -588,6 +607,11 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
+
+
+def _request_of(delivery: Delivery) -> tuple[str, int]:
+    """Where the dispatch request is stored: the stream and sequence a hand-over again reads it back from."""
+    return delivery.stream, delivery.stream_sequence
 
 
 def _continues_outreach(delivery: Delivery, campaign_id: str) -> bool:

@@ -42,7 +42,7 @@ _DECIDED = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState
 
 AMBIGUOUS_AFTER_CRASH = (
     "a previous attempt stopped after handing the message to the provider and before recording the answer; "
-    "it is reconciled, never resent"
+    "it is reconciled with the provider's receipts, never resent blind"
 )
 
 
@@ -66,20 +66,27 @@ def dispatch_action(state: DeliveryState | None, *, provider_deduplicates: bool 
 
 
 def receipt_outcome(current: DeliveryState, receipt: DeliveryState) -> DeliveryState | None:
-    """The state a provider's delivery receipt moves a message to, or None when it changes nothing.
+    """The state a provider's receipt moves a message to, or None when it changes nothing.
 
     A receipt is the provider saying what it did, so it wins over what we could only guess:
     it settles AMBIGUOUS, and it settles QUEUED / SENDING too (a crash after the hand-over, the
     receipt arriving before the redelivery), which then makes the redelivery a skip instead of a
-    second send. DELIVERED is final; a FAILED receipt does not undo a delivery.
+    second send. SENT (the provider accepted the message: WhatsApp's `sent` status) only settles a
+    message whose hand-over has no recorded outcome; DELIVERED is final; a FAILED receipt does not
+    undo a delivery.
     """
-    if receipt not in {DeliveryState.DELIVERED, DeliveryState.FAILED}:
-        raise ValueError(f"a receipt is DELIVERED or FAILED, not {receipt.value}")
+    if receipt not in _RECEIPTS:
+        raise ValueError(f"a receipt is SENT, DELIVERED or FAILED, not {receipt.value}")
+    if receipt is DeliveryState.SENT:
+        return receipt if current in _UNSETTLED else None
     if current is DeliveryState.DELIVERED or current is receipt:
         return None
-    if receipt is DeliveryState.FAILED and current is DeliveryState.FAILED:
-        return None
     return receipt
+
+
+_RECEIPTS = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED})
+# The states in which the outcome of a hand-over (or of the one to come) is not known yet.
+_UNSETTLED = frozenset({DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.AMBIGUOUS})
 
 
 class MalformedDispatch(Exception):

@@ -44,6 +44,9 @@ class Intent:
     profile_id: str
     deduplicates: bool
     queued_at: datetime
+    request: tuple[str, int] = ("", 0)
+    """Where the dispatch request is stored (stream, sequence): remembered if this claim makes the message AMBIGUOUS,
+    so it can be handed over again once when its provider sends no receipt."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,7 @@ class Ledger:
         claimed: set[str] = set()
         sending: list[tuple[str, TimelineStep]] = []
         ambiguous: list[dict[str, Any]] = []
+        requests: list[tuple[str, str, int]] = []
         events: list[dict[str, Any]] = []
         for submitted in batch:
             intent = submitted.item
@@ -274,6 +278,7 @@ class Ledger:
                         "count_attempt": False,
                     }
                 )
+                requests.append((intent.campaign_id, *intent.request))
                 update = convert.delivery_updated(
                     intent.campaign_id, intent.channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH
                 )
@@ -285,6 +290,7 @@ class Ledger:
                 )
         store.mark_sending(session, [campaign_id for campaign_id, _ in sending], now=now)
         store.set_states(session, ambiguous)
+        store.remember_requests(session, requests)
         # One INSERT for the batch's steps; a new message's QUEUED step first, so it reads first on its timeline.
         queued = TimelineStep(state_step(DeliveryState.QUEUED), now)
         steps = [(campaign_id, queued) for campaign_id in created] + sending

@@ -119,6 +119,17 @@ class ChannelsSettings(ServiceSettings):
         2.0, gt=0, description="First backoff step after a transient failure; it doubles, with jitter."
     )
     retry_cap_seconds: float = Field(300.0, gt=0, description="Longest backoff between two attempts.")
+    resend_without_receipt_seconds: dict[str, float] = Field(
+        {"whatsapp": 900.0},
+        description="Per provider that reports every message it accepts (sms, whatsapp; JSON object): how long an "
+        "AMBIGUOUS hand-over waits for that report before it is handed over again, once (docs/channels.md, "
+        '"Exactly once"). A report later than this means the person may get it twice; a provider not named is never '
+        "handed a message again. WhatsApp's `sent` status comes within seconds; Exotel reports an SMS only at its "
+        "final status, which can take hours for a switched-off phone, so SMS is off by default.",
+    )
+    resend_poll_seconds: float = Field(
+        5.0, gt=0, description="How often AMBIGUOUS messages past their provider's window are looked for."
+    )
     quiet_hours: dict[str, str] = Field(
         {},
         description='Local-time windows with no sends per channel (JSON object), e.g. {"CHANNEL_SMS": "21:00-09:00"}.',

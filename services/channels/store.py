@@ -58,6 +58,11 @@ messages = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    # An AMBIGUOUS message's dispatch request, where it is stored (JetStream stream and sequence): handed over again,
+    # once, when the provider sent no receipt for it in time (services/channels/resend.py); resent_at marks that once.
+    Column("request_stream", String(64), nullable=True),
+    Column("request_seq", BigInteger, nullable=True),
+    Column("resent_at", DateTime(timezone=True), nullable=True),
     # The messages an operator settles by hand (no receipt came), oldest first. Partial, so the states every message
     # passes through (QUEUED, SENDING, SENT) never touch it: an index of every state cost the ledger's writer thread
     # three index updates per message (~10 µs of its ~100 µs per HTTP message), and no statement reads by state.
@@ -291,6 +296,65 @@ def set_states(session: Session, changes: Sequence[Mapping[str, Any]], *, only_i
         ],
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def remember_requests(session: Session, requests: Sequence[tuple[str, str, int]]) -> None:
+    """The dispatch request (campaign_id, stream, sequence) of each message just made AMBIGUOUS, in its
+    transaction; a request that is not stored anywhere (sequence 0) is not remembered."""
+    rows = [
+        {"b_campaign_id": campaign_id, "b_stream": stream, "b_seq": sequence}
+        for campaign_id, stream, sequence in requests
+        if stream and sequence
+    ]
+    if rows:
+        session.execute(_remember_request, rows)
+
+
+_remember_request = (
+    update(messages)
+    .where(messages.c.campaign_id == bindparam("b_campaign_id"))
+    .values(request_stream=bindparam("b_stream"), request_seq=bindparam("b_seq"))
+)
+
+
+async def due_resends(
+    session: AsyncSession, channel: str, *, ambiguous_before: datetime, limit: int
+) -> list[tuple[str, str, int]]:
+    """AMBIGUOUS messages of `channel` since before `ambiguous_before`, never handed over again, whose request is
+    known: (campaign_id, stream, sequence), oldest first."""
+    rows = await session.execute(
+        select(messages.c.campaign_id, messages.c.request_stream, messages.c.request_seq)
+        .where(
+            messages.c.state == DeliveryState.AMBIGUOUS.value,
+            messages.c.updated_at < ambiguous_before,
+            messages.c.channel == channel,
+            messages.c.resent_at.is_(None),
+            messages.c.request_seq.is_not(None),
+        )
+        .order_by(messages.c.updated_at)
+        .limit(limit)
+    )
+    return [(row.campaign_id, row.request_stream, int(row.request_seq)) for row in rows]
+
+
+async def mark_resent(session: AsyncSession, campaign_id: str, *, now: datetime, reason: str) -> bool:
+    """AMBIGUOUS -> QUEUED, marked as handed over again; False when the message is no longer AMBIGUOUS (a receipt
+    came, an operator settled it) or was handed over again already (another replica)."""
+    result = await session.execute(
+        update(messages)
+        .where(
+            messages.c.campaign_id == campaign_id,
+            messages.c.state == DeliveryState.AMBIGUOUS.value,
+            messages.c.resent_at.is_(None),
+        )
+        .values(state=DeliveryState.QUEUED.value, updated_at=now, reason=reason[:1000], resent_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def forget_request(session: AsyncSession, campaign_id: str) -> None:
+    """The request of an AMBIGUOUS message is no longer stored: it stays for the provider's receipt or an operator."""
+    await session.execute(update(messages).where(messages.c.campaign_id == campaign_id).values(request_seq=None))
 
 
 def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep]]) -> None:

@@ -114,7 +114,7 @@ async def test_message_left_in_sending_becomes_ambiguous_and_is_not_sent(
     seq = await publish(nats_bus, dispatch(campaign_id))
 
     ambiguous = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
-    assert "never resent" in ambiguous.reason
+    assert "never resent blind" in ambiguous.reason
     await handled(nats_bus, seq)
     assert smtp_relay.mailbox.for_campaign(campaign_id) == []
     message = await get_message(channels, campaign_id)

@@ -138,7 +138,7 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
     ("campaign_id", "state", "code"),
     [
         ("CSELL-NOV-T99-9999", DELIVERED, grpc.StatusCode.NOT_FOUND),
-        ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_SENT, grpc.StatusCode.INVALID_ARGUMENT),
+        ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_AMBIGUOUS, grpc.StatusCode.INVALID_ARGUMENT),
         ("", DELIVERED, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )

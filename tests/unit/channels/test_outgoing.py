@@ -164,6 +164,13 @@ def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
         (DeliveryState.DELIVERED, DeliveryState.DELIVERED, None),
         (DeliveryState.FAILED, DeliveryState.FAILED, None),
         (DeliveryState.FAILED, DeliveryState.DELIVERED, DeliveryState.DELIVERED),
+        # The provider's "accepted" settles only a hand-over with no recorded outcome.
+        (DeliveryState.AMBIGUOUS, DeliveryState.SENT, DeliveryState.SENT),
+        (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.SENT),
+        (DeliveryState.QUEUED, DeliveryState.SENT, DeliveryState.SENT),
+        (DeliveryState.SENT, DeliveryState.SENT, None),
+        (DeliveryState.DELIVERED, DeliveryState.SENT, None),
+        (DeliveryState.FAILED, DeliveryState.SENT, None),
     ],
 )
 def test_a_receipt_is_what_the_provider_did_and_a_delivery_is_final(
@@ -172,6 +179,7 @@ def test_a_receipt_is_what_the_provider_did_and_a_delivery_is_final(
     assert receipt_outcome(current, receipt) is outcome
 
 
-def test_a_receipt_is_delivered_or_failed() -> None:
+@pytest.mark.parametrize("receipt", [DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.AMBIGUOUS])
+def test_a_receipt_is_sent_delivered_or_failed(receipt: DeliveryState) -> None:
     with pytest.raises(ValueError):
-        receipt_outcome(DeliveryState.SENT, DeliveryState.SENT)
+        receipt_outcome(DeliveryState.SENT, receipt)

@@ -1,0 +1,148 @@
+"""Ambiguous hand-overs reconciled with the provider's silence: handed over again, once, when no receipt came in time.
+
+A message is AMBIGUOUS when the process stopped (or the connection dropped) after handing it to a provider that
+takes no idempotency key and before recording the answer: the provider may or may not have it. Sending it again at
+once could reach the person twice, so nothing is resent blind. But the providers named in
+`resend_without_receipt_seconds` report every message they accept, with the campaign ID in the report (WhatsApp's
+`sent` status, with biz_opaque_callback_data; Exotel's StatusCallback, with CustomField), and a report settles the
+message (RecordDeliveryReceipt). When none came within that provider's window, the provider never had the message:
+this loop hands the original request over again, once.
+
+Each hand-over again is one transaction: the message AMBIGUOUS -> QUEUED, marked resent (so never a second time, by
+any replica), and the original DispatchRequested, read back from its stream, queued in the outbox on
+`xsell.channels.dispatch_resent`; channels' own durable consumer delivers it to the same dispatch handler, with
+JetStream's redelivery if the process stops again. A hand-over again that ends AMBIGUOUS stays so, for the receipt
+or an operator (ListAmbiguousMessages).
+
+The window is the trade: a report later than it means the person may get the message twice. It is per provider,
+and a provider not named is never handed over again.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
+from plumbing.db import Database
+from plumbing.outbox import Outbox, utcnow
+from plumbing.telemetry import TRACEPARENT
+from services import streams
+from services.channels import store
+from services.channels.delivery import DeliveryState, TimelineStep, state_step
+from xsell.campaigns.v1.events_pb2 import DispatchRequested
+
+log = structlog.get_logger(__name__)
+
+# The providers whose reports cover every message they accept, by the channel their messages are stored under.
+REPORTING_PROVIDERS = {"sms": "CHANNEL_SMS", "whatsapp": "CHANNEL_WHATSAPP"}
+
+
+def resend_reason(provider: str, window_seconds: float) -> str:
+    return (
+        f"no report from {provider} within {window_seconds:g} s of an ambiguous hand-over: it never had the message; "
+        "handed over again, once"
+    )
+
+
+class Resender:
+    """A polling loop over AMBIGUOUS messages past their provider's window; safe to run in every replica."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: Bus,
+        outbox: Outbox,
+        windows: Mapping[str, float],
+        *,
+        poll_interval: float = 5.0,
+        page_size: int = 100,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        unknown = sorted(set(windows) - set(REPORTING_PROVIDERS))
+        if unknown:
+            raise ValueError(
+                f"resend_without_receipt_seconds names {', '.join(unknown)}: only providers that report every "
+                f"message they accept ({', '.join(sorted(REPORTING_PROVIDERS))}) may be handed a message again"
+            )
+        self.db = db
+        self.bus = bus
+        self.outbox = outbox
+        self.windows = dict(windows)
+        self.poll_interval = poll_interval
+        self.page_size = page_size
+        self.clock = clock
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.step()
+            except Exception as error:  # noqa: BLE001 - the database or NATS is unreachable: poll again
+                log.warning("resend_poll_failed", error=repr(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.poll_interval)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def step(self) -> int:
+        """One pass over every named provider; returns how many messages were handed over again."""
+        resent = 0
+        for provider, window in self.windows.items():
+            before = self.clock() - timedelta(seconds=window)
+            channel = REPORTING_PROVIDERS[provider]
+            while not self._stopping.is_set():
+                async with self.db.transaction() as session:
+                    due = await store.due_resends(session, channel, ambiguous_before=before, limit=self.page_size)
+                for campaign_id, stream, sequence in due:
+                    resent += await self._resend(provider, window, campaign_id, stream, sequence)
+                if len(due) < self.page_size:
+                    break
+        return resent
+
+    async def _resend(self, provider: str, window: float, campaign_id: str, stream: str, sequence: int) -> int:
+        stored = await self.bus.stored_message(stream, sequence)
+        request = _dispatch_request(stored, campaign_id)
+        if stored is None or request is None:
+            async with self.db.transaction() as session:
+                await store.forget_request(session, campaign_id)
+            log.warning("resend_request_gone", campaign_id=campaign_id, stream=stream, seq=sequence)
+            return 0
+        _, payload, headers = stored
+        now = self.clock()
+        reason = resend_reason(provider, window)
+        event_id = f"resend-{campaign_id}"
+        event_headers = {MSG_ID_HEADER: event_id, CAMPAIGN_ID_HEADER: campaign_id}
+        if TRACEPARENT in headers:
+            # The hand-over again continues the outreach's trace, as the first one did.
+            event_headers[TRACEPARENT] = headers[TRACEPARENT]
+        row = {
+            "event_id": event_id,
+            "subject": streams.DISPATCH_RESENT,
+            "payload": payload,
+            "headers": event_headers,
+            "created_at": now,
+        }
+        async with self.db.transaction() as session:
+            if not await store.mark_resent(session, campaign_id, now=now, reason=reason):
+                return 0  # a receipt, an operator or another replica was first
+            step = TimelineStep(state_step(DeliveryState.QUEUED), now, reason)
+            await store.add_timeline(session, campaign_id, [step])
+            await self.outbox.add_rows(session, [row])
+        log.warning("dispatch_handed_over_again", campaign_id=campaign_id, provider=provider)
+        return 1
+
+
+def _dispatch_request(stored: tuple[str, bytes, dict[str, str]] | None, campaign_id: str) -> DispatchRequested | None:
+    """The stored message as the DispatchRequested of `campaign_id`; None when it is not one (never sent blind)."""
+    if stored is None:
+        return None
+    try:
+        request = DispatchRequested.FromString(stored[1])
+    except DecodeError:
+        return None
+    return request if request.campaign_id.strip() == campaign_id else None

@@ -1,0 +1,174 @@
+"""Ambiguous hand-overs to a provider that reports every message: settled by its report, or, when none came in its
+window, handed over again exactly once (services/channels/resend.py)."""
+
+import asyncio
+
+from devstack.provider_sinks import Fault, ProviderSinks
+from plumbing.bus import Bus
+from plumbing.ids import new_id
+from services import streams
+from services.channels import store
+from services.channels.resend import resend_reason
+from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
+from tests.integration.channels.support import (
+    dispatch_on,
+    get_message,
+    new_campaign_id,
+    publish,
+    published_state,
+    updates,
+)
+from tests.waiting import eventually
+from xsell.channels.v1 import resources_pb2, service_pb2
+
+AMBIGUOUS = resources_pb2.DELIVERY_STATE_AMBIGUOUS
+SENT = resources_pb2.DELIVERY_STATE_SENT
+WINDOW = 0.5
+
+
+async def _start(start_channels: StartChannels, smtp_relay: SmtpRelay, sinks: ProviderSinks) -> Channels:
+    return await start_channels(
+        smtp_relay.port,
+        resend_without_receipt_seconds={"sms": WINDOW, "whatsapp": WINDOW},
+        resend_poll_seconds=0.1,
+        **sinks.channels_settings(),
+    )
+
+
+def _steps(message: resources_pb2.Message) -> list[tuple[str, str]]:
+    return [
+        (resources_pb2.DeliveryState.Name(entry.delivery_state), entry.detail)
+        for entry in message.timeline
+        if entry.WhichOneof("step") == "delivery_state"
+    ]
+
+
+async def _state(channels: Channels, campaign_id: str, state: int) -> resources_pb2.Message:
+    async def reached() -> resources_pb2.Message | None:
+        message = await get_message(channels, campaign_id)
+        return message if message.state == state else None
+
+    return await eventually(reached)
+
+
+async def test_an_sms_the_provider_never_took_is_handed_over_again_once_after_its_window(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await _start(start_channels, smtp_relay, provider_sinks)
+    provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+
+    message = await _state(channels, campaign_id, SENT)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+    steps = _steps(message)
+    assert [name for name, _ in steps] == [
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_AMBIGUOUS",
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_SENT",
+    ]
+    assert steps[3][1] == resend_reason("sms", WINDOW)
+    # The hand-over again continues the outreach's trace, through channels' own stream.
+    resent = listener.on(streams.DISPATCH_RESENT, campaign_id)
+    assert len(resent) == 1 and resent[0].headers["Nats-Msg-Id"] == f"resend-{campaign_id}"
+    await asyncio.sleep(WINDOW * 3)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+
+
+async def test_a_report_within_the_window_settles_it_and_nothing_is_sent_again(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(
+        smtp_relay.port,
+        resend_without_receipt_seconds={"whatsapp": 3.0},
+        resend_poll_seconds=0.1,
+        **provider_sinks.channels_settings(),
+    )
+    provider_sinks.whatsapp.fail_next(Fault.ACCEPT_THEN_DROP)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("whatsapp", campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    [received] = provider_sinks.whatsapp.for_campaign(campaign_id)
+
+    # Meta's `sent` status, as the gateway records it: the provider has the message.
+    await channels.stub.RecordDeliveryReceipt(
+        service_pb2.RecordDeliveryReceiptRequest(
+            request_id=new_id("rcpt_"), campaign_id=campaign_id, state=SENT, provider_message_id="wamid.1"
+        )
+    )
+    await published_state(listener, campaign_id, SENT)
+    await asyncio.sleep(4.0)  # past the window, many polls
+    message = await get_message(channels, campaign_id)
+    assert message.state == SENT and message.provider_message_id == "wamid.1"
+    assert provider_sinks.whatsapp.for_campaign(campaign_id) == [received]
+    assert listener.on(streams.DISPATCH_RESENT, campaign_id) == []
+
+
+async def test_a_hand_over_again_that_ends_ambiguous_too_is_never_tried_a_third_time(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await _start(start_channels, smtp_relay, provider_sinks)
+    provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN, Fault.DROP_UNTAKEN)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+
+    async def ambiguous_twice() -> bool:
+        return [u.state for u in updates(listener, campaign_id)].count(AMBIGUOUS) == 2
+
+    await eventually(ambiguous_twice)
+    await asyncio.sleep(WINDOW * 4)
+    message = await get_message(channels, campaign_id)
+    assert message.state == AMBIGUOUS
+    assert [name for name, _ in _steps(message)].count("DELIVERY_STATE_SENDING") == 2
+    assert provider_sinks.sms.for_campaign(campaign_id) == []
+    assert len(listener.on(streams.DISPATCH_RESENT, campaign_id)) == 1
+
+
+async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    channels = await start_channels(
+        smtp_relay.port,
+        resend_without_receipt_seconds={"sms": 4.0},
+        resend_poll_seconds=0.1,
+        **provider_sinks.channels_settings(),
+    )
+    provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
+    campaign_id = new_campaign_id()
+    seq = await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    await nats_bus.js.delete_msg(streams.CAMPAIGNS_STREAM.name, seq)
+
+    async def forgotten() -> bool:
+        async with channels.db.transaction() as session:
+            row = (
+                await session.execute(store.messages.select().where(store.messages.c.campaign_id == campaign_id))
+            ).one()
+        return row.request_stream == streams.CAMPAIGNS_STREAM.name and row.request_seq is None
+
+    await eventually(forgotten)
+    message = await get_message(channels, campaign_id)
+    assert message.state == AMBIGUOUS
+    assert provider_sinks.sms.for_campaign(campaign_id) == []
+    listed = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest())
+    assert campaign_id in [m.campaign_id for m in listed.messages]
