@@ -48,7 +48,9 @@ async def _state(channels: Channels, campaign_id: str, state: int) -> resources_
         message = await get_message(channels, campaign_id)
         return message if message.state == state else None
 
-    return await eventually(reached)
+    message = await eventually(reached)
+    assert message is not None
+    return message
 
 
 async def test_an_sms_the_provider_never_took_is_handed_over_again_once_after_its_window(
