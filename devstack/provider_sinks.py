@@ -218,6 +218,7 @@ class ProviderSink:
         self.held: asyncio.Event | None = None
         self.in_flight = 0
         self.most_in_flight = 0
+        self.dropped = 0
         self.callback_errors: list[str] = []
         # Pauses before each try again of a report the receiver did not take (an error status or no connection), as
         # providers retry their callbacks (Meta for days); after the last, the error is kept in callback_errors.
@@ -293,7 +294,16 @@ class ProviderSink:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             if self.held is not None:
-                await self.held.wait()
+                try:
+                    await self.held.wait()
+                except asyncio.CancelledError:
+                    self.dropped += 1  # the server cancelled the handler when the caller went away
+                    raise
+                if request.transport is None or request.transport.is_closing():
+                    # The caller went away while the request waited: like a provider behind a load balancer that
+                    # dropped it, this one never takes the message.
+                    self.dropped += 1
+                    return web.Response(status=499)
             return await self._answer(request)
         finally:
             self.in_flight -= 1
