@@ -4,13 +4,19 @@
 - `POST /webhooks/whatsapp`: statuses and inbound messages. `X-Hub-Signature-256` is
   `sha256=<hex HMAC-SHA256(app secret, raw body)>`; a body that does not match is refused with 401
   and nothing is recorded. `delivered` and `failed` statuses become delivery receipts, `read`
-  becomes an open, an inbound message quoting one of ours becomes a reply (STOP / UNSUBSCRIBE an
-  unsubscribe). The campaign ID comes from `biz_opaque_callback_data`, or from the quoted wamid.
+  becomes an open, an inbound message becomes a reply (STOP / UNSUBSCRIBE an unsubscribe). The campaign ID
+  comes from `biz_opaque_callback_data`, or from the quoted wamid; an inbound message that quotes none of ours
+  (a "YES" or "STOP" typed fresh) answers the last WhatsApp message sent to its sender's number (channels finds
+  it by a keyed hash of the number, within 30 days).
 - `POST /webhooks/sms/exotel/{token}`: Exotel's StatusCallback (form fields SmsSid, Status,
   DetailedStatus, DateSent, CustomField = the campaign ID). The URL carries a secret token compared in
   constant time; with `sms_callback_secret` set, the callback must also carry `X-Twilio-Signature`, the
   Twilio-style HMAC (base64 HMAC-SHA1 of the URL followed by every form field's name and value in name
   order), as SMS gateways that sign their callbacks send it; a missing or mismatching one is refused.
+- `POST` or `GET /webhooks/sms/exotel/{token}/inbound`: an SMS to the institution's number, as Exotel forwards it
+  (fields SmsSid, From, To, Date, Body), verified the same way. It answers the last SMS sent to the sender's number:
+  an opt-out keyword ("STOP", "STOP ALL", "UNSUBSCRIBE", "OPTOUT", "CANCEL", "END", "QUIT", as the first word,
+  any case and punctuation) becomes an unsubscribe, and so a suppression in segments; anything else a reply.
 
 Stale and replayed callbacks are refused without being recorded, and acknowledged (200) so that a
 provider does not retry them for days: a WhatsApp status or message whose own `timestamp`, or an SMS
@@ -25,6 +31,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -38,10 +45,13 @@ from aiohttp import web
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
+from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
 
-UNSUBSCRIBE_WORDS = frozenset({"STOP", "UNSUBSCRIBE", "STOP ALL", "OPT OUT"})
+# An inbound message whose first word is one of these (after upper-casing and dropping punctuation) opts out: "Stop",
+# "STOP ALL", "stop sending these", "STOP 56161" (a DLT sender's short code). "OPT OUT" is two words.
+OPT_OUT_FIRST_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "OPTOUT", "CANCEL", "END", "QUIT"})
 # Exotel's Status values that settle a message (sent = delivered to the handset).
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
 EXOTEL_FAILED = frozenset({"failed", "failed-dnd"})
@@ -127,6 +137,8 @@ class ProviderWebhooks:
         app.router.add_get("/webhooks/whatsapp", self._whatsapp_subscribe)
         app.router.add_post("/webhooks/whatsapp", self._whatsapp)
         app.router.add_post("/webhooks/sms/exotel/{token}", self._exotel)
+        app.router.add_post("/webhooks/sms/exotel/{token}/inbound", self._exotel_inbound)
+        app.router.add_get("/webhooks/sms/exotel/{token}/inbound", self._exotel_inbound)
 
     async def _whatsapp_subscribe(self, request: web.Request) -> web.StreamResponse:
         query = request.query
@@ -197,27 +209,26 @@ class ProviderWebhooks:
 
     async def _whatsapp_message(self, message: dict[str, Any]) -> None:
         quoted = (message.get("context") or {}).get("id", "")
-        if not quoted:
-            # A message that does not answer one of ours belongs to no outreach.
-            log.info("webhook_ignored", provider="whatsapp", reason="not_a_reply")
-            return
         text = _reply_text(message)
-        kind = (
-            channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
-            if _opts_out(message)
-            else channels_resources.ENGAGEMENT_KIND_REPLIED
+        request = channels_pb2.RecordEngagementRequest(
+            request_id=f"wa:{message.get('id', '')}", kind=_reply_kind(text), reply_text=text[:1000]
         )
-        await self._engagement(
-            channels_pb2.RecordEngagementRequest(
-                request_id=f"wa:{message.get('id', '')}", provider_message_id=quoted, kind=kind, reply_text=text[:1000]
-            )
-        )
+        if quoted:
+            request.provider_message_id = quoted
+        else:
+            # Typed fresh: it answers the last message sent to the sender's number (channels matches its hash).
+            request.inbound_from = str(message.get("from", ""))
+            request.inbound_channel = channel_pb2.CHANNEL_WHATSAPP
+        await self._engagement(request)
 
-    async def _exotel(self, request: web.Request) -> web.StreamResponse:
+    async def _exotel_form(self, request: web.Request) -> tuple[dict[str, str], bytes] | web.Response:
+        """An Exotel callback's fields and its replay key, once its token and signature check out; otherwise the
+        answer to give (401 for a wrong token or signature, 200 for a replay, which is not recorded again)."""
         if not self._sms_token or not hmac.compare_digest(request.match_info["token"], self._sms_token):
             log.warning("webhook_rejected", provider="sms", reason="token")
             return web.Response(status=401, text="unknown callback token\n")
-        form = await request.post()
+        # A GET carries its fields in the query, which the signed URL already holds; a POST in its form.
+        form = {} if request.method == "GET" else await request.post()
         fields = [(name, str(value)) for name, value in form.items()]
         if self._sms_secret:
             presented = request.headers.get("X-Twilio-Signature", "")
@@ -227,14 +238,22 @@ class ProviderWebhooks:
                 return web.Response(status=401, text="X-Twilio-Signature does not match the URL and fields\n")
             replay_key = b"sms:" + presented.encode()
         else:
-            replay_key = b"sms:" + hashlib.sha256(json.dumps(sorted(fields)).encode()).digest()
+            every = [*fields, *((name, value) for name, value in request.query.items())]
+            replay_key = b"sms:" + hashlib.sha256(json.dumps(sorted(every)).encode()).digest()
         if self._replays.seen(replay_key):
             log.warning("webhook_rejected", provider="sms", reason="replay")
             return web.Response(text="already accepted; not recorded again\n")
-        if self._stale(_exotel_time(str(form.get("DateSent", "")))):
+        return {**dict(request.query), **dict(fields)}, replay_key
+
+    async def _exotel(self, request: web.Request) -> web.StreamResponse:
+        verified = await self._exotel_form(request)
+        if isinstance(verified, web.Response):
+            return verified
+        form, replay_key = verified
+        if self._stale(_exotel_time(form.get("DateSent", ""))):
             log.warning("webhook_rejected", provider="sms", reason="stale")
             return web.Response(text="older than the accepted age; not recorded\n")
-        campaign_id, sid = str(form.get("CustomField", "")), str(form.get("SmsSid", ""))
+        campaign_id, sid = form.get("CustomField", ""), form.get("SmsSid", "")
         status = str(form.get("Status", "")).lower()
         if not campaign_id or status not in EXOTEL_DELIVERED | EXOTEL_FAILED:
             return web.Response(text="ok\n")
@@ -250,6 +269,36 @@ class ProviderWebhooks:
             return web.Response(status=503, text="try again later\n")
         self._replays.remember(replay_key)
         return web.Response(text="ok\n")
+
+    async def _exotel_inbound(self, request: web.Request) -> web.StreamResponse:
+        """An SMS to the institution's number: a reply to, or an opt-out from, the last SMS sent to the sender."""
+        verified = await self._exotel_form(request)
+        if isinstance(verified, web.Response):
+            return verified
+        form, replay_key = verified
+        sender, sid, text = form.get("From", ""), form.get("SmsSid", ""), form.get("Body", "")
+        kind = _reply_kind(text)
+        # An opt-out is honoured however late it comes; an old reply is not recorded.
+        if kind != channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED and self._stale(_exotel_time(form.get("Date", ""))):
+            log.warning("webhook_rejected", provider="sms", reason="stale")
+            return web.Response(text="older than the accepted age; not recorded\n")
+        if not sender or not sid:
+            return web.Response(status=400, text="From and SmsSid are required\n")
+        try:
+            await self._engagement(
+                channels_pb2.RecordEngagementRequest(
+                    request_id=f"exotel-in:{sid}",
+                    kind=kind,
+                    reply_text=text[:1000],
+                    inbound_from=sender,
+                    inbound_channel=channel_pb2.CHANNEL_SMS,
+                )
+            )
+        except Unrecorded:
+            return web.Response(status=503, text="try again later\n")
+        self._replays.remember(replay_key)
+        # Exotel sends an SMS passthru's answer body back to the sender; an empty one sends nothing.
+        return web.Response(text="")
 
     def _public_url(self, request: web.Request) -> str:
         """The URL the provider called, as it signed it: behind an ingress the gateway sees another scheme and host."""
@@ -319,7 +368,27 @@ def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
 
 
 def _opts_out(message: dict[str, Any]) -> bool:
-    return _reply_text(message).strip().upper() in UNSUBSCRIBE_WORDS
+    return opts_out(_reply_text(message))
+
+
+def opts_out(text: str) -> bool:
+    """Whether an inbound text is an opt-out: its first word, upper-cased and without punctuation, is an opt-out
+    keyword ("Stop.", "STOP ALL", "stop 56161"), or it is "OPT OUT" / "OPT-OUT"."""
+    words = _WORDS.findall(text.upper())
+    if not words:
+        return False
+    return words[0] in OPT_OUT_FIRST_WORDS or words[:2] == ["OPT", "OUT"]
+
+
+_WORDS = re.compile(r"[A-Z0-9]+")
+
+
+def _reply_kind(text: str) -> Any:
+    return (
+        channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+        if opts_out(text)
+        else channels_resources.ENGAGEMENT_KIND_REPLIED
+    )
 
 
 def _reply_text(message: dict[str, Any]) -> str:

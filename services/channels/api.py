@@ -1,6 +1,6 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
@@ -25,6 +25,7 @@ from services.channels.delivery import (
     scrub,
     state_step,
 )
+from services.channels.recipients import recipient_key
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,9 @@ MAX_DETAIL = 100
 """What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 DEFAULT_AMBIGUOUS_PAGE, MAX_AMBIGUOUS_PAGE = 100, 500
 SETTLED_BY_HAND = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED})
+INBOUND_CHANNELS = ("CHANNEL_SMS", "CHANNEL_WHATSAPP")
+INBOUND_MATCH = timedelta(days=30)
+"""How far back an inbound message that quotes none of ours looks for the message it answers."""
 
 
 def _campaign_id(value: str) -> str:
@@ -52,10 +56,20 @@ def _no_message(campaign_id: str) -> NotFound:
 class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     """Delivery records and engagement recording."""
 
-    def __init__(self, db: Database, outbox: Outbox, idempotency: Idempotency, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        idempotency: Idempotency,
+        tracer: trace.Tracer,
+        *,
+        recipient_secret: bytes = b"dev-recipient-key-change-me",
+    ) -> None:
         self.db = db
         self.outbox = outbox
         self.idempotency = idempotency
+        # The dispatch handler's key of recipients' numbers (recipients.py): inbound senders are hashed the same way.
+        self.recipient_secret = recipient_secret
         self.tracer = tracer
 
     async def GetMessage(
@@ -69,8 +83,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         return service_pb2.GetMessageResponse(message=convert.message_proto(record))
 
     async def _engaged_message(self, request: service_pb2.RecordEngagementRequest) -> str:
-        """The campaign ID named by the request, or found by the provider's id for the message."""
+        """The campaign ID named by the request, or found by the provider's id for the message, or by the number an
+        inbound message came from."""
         provider_message_id = request.provider_message_id.strip()
+        if not request.campaign_id.strip() and not provider_message_id and request.inbound_from.strip():
+            return await self._answered_message(request)
         if request.campaign_id.strip() or not provider_message_id:
             return _campaign_id(request.campaign_id)
         async with self.db.transaction() as session:
@@ -80,6 +97,27 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 f"provider_message_id {provider_message_id} matches no message; it may have been sent by another "
                 "system on the same account",
                 field="provider_message_id",
+            )
+        return campaign_id
+
+    async def _answered_message(self, request: service_pb2.RecordEngagementRequest) -> str:
+        """The last message handed to the inbound sender's number on its channel, within INBOUND_MATCH."""
+        channel = convert.channel_name(request.inbound_channel)
+        if channel not in INBOUND_CHANNELS:
+            raise InvalidArgument(
+                f"inbound_channel must be {' or '.join(INBOUND_CHANNELS)} with inbound_from, not {channel}",
+                field="inbound_channel",
+            )
+        key = recipient_key(self.recipient_secret, request.inbound_from)
+        if key is None:
+            raise InvalidArgument("inbound_from must be a phone number, e.g. +919876543210", field="inbound_from")
+        async with self.db.snapshot() as session:
+            campaign_id = await store.last_message_to(session, channel, key, since=utcnow() - INBOUND_MATCH)
+        if campaign_id is None:
+            # The number is not repeated: it is personal data, and the caller has it.
+            raise NotFound(
+                f"no {channel} message was handed to inbound_from's number in the last {INBOUND_MATCH.days} days",
+                field="inbound_from",
             )
         return campaign_id
 

@@ -43,7 +43,8 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     relay = OutboxRelay(db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 
-    servicer = ChannelsApi(db, outbox, Idempotency(store.idempotency), tracer)
+    recipient_secret = settings.recipient_key_secret.get_secret_value().encode()
+    servicer = ChannelsApi(db, outbox, Idempotency(store.idempotency), tracer, recipient_secret=recipient_secret)
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
         "xsell.channels.v1.ChannelsService",
@@ -124,6 +125,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             smtp_peer=(settings.smtp_host, settings.smtp_port),
         ),
         policy=policy,
+        recipient_secret=recipient_secret,
     )
     consumer = Consumer(
         bus,

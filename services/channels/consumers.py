@@ -50,6 +50,7 @@ from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
+from services.channels.recipients import recipient_key
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
 from xsell.channels.v1.events_pb2 import DeliveryUpdated
 
@@ -118,6 +119,8 @@ class Prepared:
     provider: str
     deduplicates: bool
     hand_over: Callable[[], Awaitable[Accepted]]
+    recipient_key: str | None = None
+    """SMS and WhatsApp: the keyed hash of the number (recipients.py), kept on the message for inbound replies."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class DispatchHandler:
         *,
         email: EmailSettings,
         policy: SendPolicy | None = None,
+        recipient_secret: bytes = b"dev-recipient-key-change-me",
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -152,6 +156,9 @@ class DispatchHandler:
         self.tracer = tracer
         self.email = email
         self.policy = policy or SendPolicy()
+        # The key of the recipients' numbers' hashes (recipients.py): the same in every replica, never rotated
+        # without losing the match of replies to messages sent before.
+        self.recipient_secret = recipient_secret
         self.ledger = Ledger(db, outbox, tracer)
         # Bound once, after run_service configured structlog: the module's lazy proxy binds a new logger from the
         # configuration on every call (~4 µs even when the level filters the line out), and dispatch_sent is logged
@@ -227,9 +234,8 @@ class DispatchHandler:
 
         if prepared is None or blocked is not None:
             async with self.db.transaction() as session:
-                deduplicates = prepared.deduplicates if prepared is not None else False
                 attempts = await self._claim(
-                    session, campaign_id, channel, event.profile_id, now, deduplicates=deduplicates, delivery=delivery
+                    session, campaign_id, channel, event.profile_id, now, prepared=prepared, delivery=delivery
                 )
                 if attempts is None:
                     return
@@ -268,7 +274,15 @@ class DispatchHandler:
         throttle = self.providers.throttles.get(prepared.provider)
         async with throttle or _NoThrottle():
             # After the throttle's wait, in one transaction with the intents of the other messages in flight.
-            intent = Intent(campaign_id, channel, event.profile_id, prepared.deduplicates, now, _request_of(delivery))
+            intent = Intent(
+                campaign_id,
+                channel,
+                event.profile_id,
+                prepared.deduplicates,
+                now,
+                _request_of(delivery),
+                prepared.recipient_key,
+            )
             claim = await self.ledger.claim(intent)
             if claim.action is DispatchAction.SKIP:
                 self._log.info("dispatch_redelivery_skipped", state=claim.state.value)
@@ -327,17 +341,23 @@ class DispatchHandler:
         profile_id: str,
         now: datetime,
         *,
-        deduplicates: bool,
+        prepared: Prepared | None,
         delivery: Delivery,
     ) -> int | None:
-        """The attempts so far when this delivery may go on; None when it must not (handled or ambiguous)."""
+        """The attempts so far when this delivery may go on; None when it must not (handled or ambiguous).
+        `prepared` is None for a malformed request."""
         await store.insert_queued_if_absent(
-            session, campaign_id=campaign_id, channel=channel, profile_id=profile_id, now=now
+            session,
+            campaign_id=campaign_id,
+            channel=channel,
+            profile_id=profile_id,
+            now=now,
+            recipient_key=prepared.recipient_key if prepared is not None else None,
         )
         locked = await store.lock_state(session, campaign_id)
         assert locked is not None
         state, attempts = locked
-        action = dispatch_action(state, provider_deduplicates=deduplicates)
+        action = dispatch_action(state, provider_deduplicates=prepared is not None and prepared.deduplicates)
         if action is DispatchAction.SKIP:
             self._log.info("dispatch_redelivery_skipped", state=state.value)
             return None
@@ -366,7 +386,7 @@ class DispatchHandler:
         gave_up: str | None = None
         async with self.db.transaction() as session:
             claimed = await self._claim(
-                session, campaign_id, channel, profile_id, now, deduplicates=prepared.deduplicates, delivery=delivery
+                session, campaign_id, channel, profile_id, now, prepared=prepared, delivery=delivery
             )
             if claimed is None:
                 return
@@ -491,10 +511,11 @@ class DispatchHandler:
         if channel == "CHANNEL_EMAIL":
             return self._prepare_email(campaign_id, channel, event, now)
         if channel == "CHANNEL_SMS":
-            return self._http(campaign_id, event.profile_id, p.sms, validate_sms(convert.outgoing_sms(event)))
+            sms = validate_sms(convert.outgoing_sms(event))
+            return self._http(campaign_id, event.profile_id, p.sms, sms, recipient=sms.to_number)
         if channel == "CHANNEL_WHATSAPP":
             message = validate_whatsapp(convert.outgoing_whatsapp(event))
-            return self._http(campaign_id, event.profile_id, p.whatsapp, message)
+            return self._http(campaign_id, event.profile_id, p.whatsapp, message, recipient=message.to_number)
         if channel == "CHANNEL_PUSH":
             return self._http(campaign_id, event.profile_id, p.push, validate_push(convert.outgoing_push(event)))
         if channel == "CHANNEL_WEBHOOK":
@@ -525,7 +546,9 @@ class DispatchHandler:
 
         return Prepared("email", False, hand_over)
 
-    def _http(self, campaign_id: str, profile_id: str, adapter: HttpAdapter[M], message: M) -> Prepared:
+    def _http(
+        self, campaign_id: str, profile_id: str, adapter: HttpAdapter[M], message: M, *, recipient: str = ""
+    ) -> Prepared:
         async def hand_over() -> Accepted:
             # Built at the moment of sending: the webhook's signed timestamp must not age in the throttle's queue.
             request = adapter.request(campaign_id, profile_id, message)
@@ -554,7 +577,8 @@ class DispatchHandler:
                 # Set once, after the answer: each set_attribute call checks its value and takes the span's lock.
                 span.set_attributes(attributes)
 
-        return Prepared(adapter.provider, adapter.deduplicates, hand_over)
+        key = recipient_key(self.recipient_secret, recipient) if recipient else None
+        return Prepared(adapter.provider, adapter.deduplicates, hand_over, key)
 
     async def _send_email(self, campaign_id: str, message: bytes, *, recipient: str) -> str:
         host, port = self.email.smtp_peer

@@ -47,6 +47,8 @@ class Intent:
     request: tuple[str, int] = ("", 0)
     """Where the dispatch request is stored (stream, sequence): remembered if this claim makes the message AMBIGUOUS,
     so it can be handed over again once when its provider sends no receipt."""
+    recipient_key: str | None = None
+    """SMS and WhatsApp: the keyed hash of the recipient's number, written when the message is created."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ class Ledger:
             return await store.settle_and_create(
                 connection,
                 changes,
-                [{"campaign_id": i.campaign_id, "channel": i.channel, "profile_id": i.profile_id} for i in new],
+                [_new_row(i) for i in new],
                 state=DeliveryState.SENDING,
                 steps=[
                     TimelineStep(state_step(DeliveryState.QUEUED), now),
@@ -240,7 +242,7 @@ class Ledger:
             firsts.setdefault(submitted.item.campaign_id, submitted.item)
         locked, created = store.claim_rows(
             session,
-            [{"campaign_id": i.campaign_id, "channel": i.channel, "profile_id": i.profile_id} for i in firsts.values()],
+            [_new_row(i) for i in firsts.values()],
             now=now,
         )
         claims: list[Claim] = []
@@ -340,6 +342,15 @@ async def _retried(write: Callable[[], Awaitable[T]]) -> T:
 
 class _SettledMeanwhile(Exception):
     """A message of an outcome batch is no longer SENDING: the batch is written again after reading each state."""
+
+
+def _new_row(intent: Intent) -> dict[str, str | None]:
+    return {
+        "campaign_id": intent.campaign_id,
+        "channel": intent.channel,
+        "profile_id": intent.profile_id,
+        "recipient_key": intent.recipient_key,
+    }
 
 
 def _state_changes(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:

@@ -99,6 +99,12 @@ class ChannelsSettings(ServiceSettings):
         SecretStr("dev-webhook-secret-change-me"),
         description="HMAC-SHA256 key of X-Xsell-Signature on webhook calls; the receivers hold the same one.",
     )
+    recipient_key_secret: SecretStr = Field(
+        SecretStr("dev-recipient-key-change-me"),
+        description="HMAC key of the hash of each SMS and WhatsApp recipient's number kept on its message (never the "
+        "number), by which an inbound STOP or YES that quotes none of our messages finds the last one sent to that "
+        "number. The same in every replica; a new key stops matching replies to messages sent before it.",
+    )
     webhook_allowed_hosts: list[str] = Field(
         ["127.0.0.1", "localhost"], description="Hosts webhook calls may go to (JSON list); nothing else is called."
     )

@@ -63,10 +63,19 @@ messages = Table(
     Column("request_stream", String(64), nullable=True),
     Column("request_seq", BigInteger, nullable=True),
     Column("resent_at", DateTime(timezone=True), nullable=True),
+    # SMS and WhatsApp: a keyed hash of the recipient's number (recipients.py), never the number, so an inbound
+    # message that quotes none of ours finds the last message sent to that number.
+    Column("recipient_key", String(32), nullable=True),
     # The messages an operator settles by hand (no receipt came), oldest first. Partial, so the states every message
     # passes through (QUEUED, SENDING, SENT) never touch it: an index of every state cost the ledger's writer thread
     # three index updates per message (~10 µs of its ~100 µs per HTTP message), and no statement reads by state.
     Index("ix_messages_ambiguous", "updated_at", sqlite_where=text(AMBIGUOUS), postgresql_where=text(AMBIGUOUS)),
+    Index(
+        "ix_messages_recipient_key",
+        "recipient_key",
+        sqlite_where=text("recipient_key IS NOT NULL"),
+        postgresql_where=text("recipient_key IS NOT NULL"),
+    ),
 )
 
 # What happened to each message; never personal data (no address, for clicks only the link's host).
@@ -89,7 +98,13 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 async def insert_queued_if_absent(
-    session: AsyncSession, *, campaign_id: str, channel: str, profile_id: str, now: datetime
+    session: AsyncSession,
+    *,
+    campaign_id: str,
+    channel: str,
+    profile_id: str,
+    now: datetime,
+    recipient_key: str | None = None,
 ) -> bool:
     """Creates the message in QUEUED with its first timeline step; False when it already exists."""
     statement = (
@@ -98,6 +113,7 @@ async def insert_queued_if_absent(
             campaign_id=campaign_id,
             channel=channel,
             profile_id=profile_id,
+            recipient_key=recipient_key,
             state=DeliveryState.QUEUED.value,
             attempts=0,
             reason="",
@@ -152,9 +168,10 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
 
 
 def claim_rows(
-    session: Session, new: Sequence[Mapping[str, str]], *, now: datetime
+    session: Session, new: Sequence[Mapping[str, Any]], *, now: datetime
 ) -> tuple[dict[str, tuple[DeliveryState, int]], list[str]]:
-    """Creates the messages of `new` (campaign_id, channel, profile_id) that do not exist yet, QUEUED, and row-locks
+    """Creates the messages of `new` (campaign_id, channel, profile_id, recipient_key) that do not exist yet, QUEUED,
+    and row-locks
     all of them; returns every message's state and attempts, and the campaign IDs it created (whose QUEUED
     timeline step the caller writes with its own steps, in one INSERT).
 
@@ -176,7 +193,10 @@ def claim_rows(
         _run(
             driver,
             _SQLITE_INSERT_QUEUED,
-            [(row["campaign_id"], row["channel"], row["profile_id"], queued, at, at) for row in absent],
+            [
+                (row["campaign_id"], row["channel"], row["profile_id"], row["recipient_key"], queued, at, at)
+                for row in absent
+            ],
         )
         # BEGIN IMMEDIATE took the database's write lock before the read: no one else can have inserted these.
         locked.update((campaign_id, (DeliveryState.QUEUED, 0)) for campaign_id in created)
@@ -374,7 +394,7 @@ def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep
 async def settle_and_create(
     connection: AsyncConnection,
     changes: Sequence[tuple[Mapping[str, Any], TimelineStep, dict[str, Any] | None]],
-    new: Sequence[Mapping[str, str]],
+    new: Sequence[Mapping[str, Any]],
     *,
     state: DeliveryState,
     steps: Sequence[TimelineStep],
@@ -382,9 +402,10 @@ async def settle_and_create(
 ) -> tuple[set[str], set[str]]:
     """PostgreSQL, in one statement (one round trip; one transaction on an autocommit connection): each change (as
     set_states takes it) applied only if its message is still SENDING, and then its timeline step and its outbox row
-    (when it has one) written; and the messages of `new` (campaign_id, channel, profile_id) that do not exist yet
-    created at `now` in `state`, with the timeline `steps`. Returns the campaign IDs whose change applied and those
-    it created; a message of `new` that exists already is left as it is, for the caller to lock and decide on.
+    (when it has one) written; and the messages of `new` (campaign_id, channel, profile_id, recipient_key) that do
+    not exist yet created at `now` in `state`, with the timeline `steps`. Returns the campaign IDs whose change
+    applied and those it created; a message of `new` that exists already is left as it is, for the caller to lock
+    and decide on.
 
     An UPDATE whose condition is the state needs no read before it: a row another transaction is changing is waited
     for, and the condition is checked again on the row as that transaction left it (READ COMMITTED). Keys go in
@@ -417,6 +438,7 @@ async def settle_and_create(
             [step.step for step in steps],
             [step.at for step in steps],
             [step.detail[:500] for step in steps],
+            [row["recipient_key"] for row in new],
         ),
     )
     settled: set[str] = set()
@@ -451,9 +473,11 @@ WITH change AS (
     WHERE e.campaign_id IN (SELECT campaign_id FROM settled)
     ORDER BY e.n
 ), created AS (
-    INSERT INTO messages (campaign_id, channel, profile_id, state, attempts, reason, created_at, updated_at)
-    SELECT i.campaign_id, i.channel, i.profile_id, $21, 0, '', $22, $22
-    FROM unnest($18::text[], $19::text[], $20::text[]) WITH ORDINALITY AS i(campaign_id, channel, profile_id, n)
+    INSERT INTO messages
+        (campaign_id, channel, profile_id, recipient_key, state, attempts, reason, created_at, updated_at)
+    SELECT i.campaign_id, i.channel, i.profile_id, i.recipient_key, $21, 0, '', $22, $22
+    FROM unnest($18::text[], $19::text[], $20::text[], $26::text[])
+        WITH ORDINALITY AS i(campaign_id, channel, profile_id, recipient_key, n)
     ORDER BY i.n
     -- A row that exists (a redelivery, another replica's) is left for the caller to lock and decide on.
     ON CONFLICT DO NOTHING
@@ -483,8 +507,9 @@ _SQLITE_SELECT_STATES = (
     "SELECT campaign_id, state, attempts FROM messages WHERE campaign_id IN ({}) ORDER BY campaign_id"
 )
 _SQLITE_INSERT_QUEUED = (
-    "INSERT INTO messages (campaign_id, channel, profile_id, state, attempts, reason, created_at, updated_at) "
-    "VALUES (?, ?, ?, ?, 0, '', ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO messages "
+    "(campaign_id, channel, profile_id, recipient_key, state, attempts, reason, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, 0, '', ?, ?) ON CONFLICT DO NOTHING"
 )
 _SQLITE_MARK_SENDING = "UPDATE messages SET state = ?, updated_at = ? WHERE campaign_id IN ({})"
 _SQLITE_SET_OUTCOME = (
@@ -527,6 +552,28 @@ def _dialect(session: Session) -> str:
 def _upsert(session: Session) -> Any:
     """An INSERT that supports on_conflict_do_nothing on the session's backend."""
     return (pg_insert if _dialect(session) == "postgresql" else sqlite_insert)(messages)
+
+
+async def last_message_to(session: AsyncSession, channel: str, recipient_key: str, *, since: datetime) -> str | None:
+    """The campaign ID of the last message handed to `recipient_key` on `channel` since `since` (SENT, DELIVERED, or
+    AMBIGUOUS: it may have gone); None when there is none."""
+    row = (
+        await session.execute(
+            select(messages.c.campaign_id)
+            .where(
+                messages.c.recipient_key == recipient_key,
+                messages.c.channel == channel,
+                messages.c.created_at >= since,
+                messages.c.state.in_(_HANDED_OVER),
+            )
+            .order_by(messages.c.created_at.desc(), messages.c.campaign_id.desc())
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else str(row.campaign_id)
+
+
+_HANDED_OVER = (DeliveryState.SENT.value, DeliveryState.DELIVERED.value, DeliveryState.AMBIGUOUS.value)
 
 
 async def campaign_id_of(session: AsyncSession, provider_message_id: str) -> str | None:

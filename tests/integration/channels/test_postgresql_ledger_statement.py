@@ -20,7 +20,8 @@ from tests.integration.channels.support import new_campaign_id
 QUEUED_AT = datetime(2026, 11, 27, 9, 5, 7, tzinfo=UTC)
 SENT_AT = datetime(2026, 11, 27, 9, 5, 7, 120034, tzinfo=UTC)
 STORED = text(
-    "SELECT m.channel, m.profile_id, m.state, m.attempts, m.reason, m.provider_message_id, m.sent_at, t.step, t.detail "
+    "SELECT m.channel, m.profile_id, m.recipient_key, "
+    "m.state, m.attempts, m.reason, m.provider_message_id, m.sent_at, t.step, t.detail "
     "FROM messages m JOIN message_timeline t USING (campaign_id) WHERE m.campaign_id = :id ORDER BY t.seq"
 )
 
@@ -42,12 +43,19 @@ async def test_the_one_statement_stores_what_the_core_statements_store(postgres_
     ledgered, core, settled_by_receipt = new_campaign_id(), new_campaign_id(), new_campaign_id()
     try:
         for campaign_id in (ledgered, settled_by_receipt):
-            claim = await ledger.claim(Intent(campaign_id, "CHANNEL_SMS", "prf_1", False, QUEUED_AT))
+            claim = await ledger.claim(
+                Intent(campaign_id, "CHANNEL_SMS", "prf_1", False, QUEUED_AT, recipient_key="0f3a")
+            )
             assert claim == Claim(DispatchAction.SEND, DeliveryState.QUEUED, 0)
         async with db.transaction() as session:
             await store.set_state(session, settled_by_receipt, DeliveryState.DELIVERED, now=SENT_AT, reason="receipt")
             await store.insert_queued_if_absent(
-                session, campaign_id=core, channel="CHANNEL_SMS", profile_id="prf_1", now=QUEUED_AT
+                session,
+                campaign_id=core,
+                channel="CHANNEL_SMS",
+                profile_id="prf_1",
+                now=QUEUED_AT,
+                recipient_key="0f3a",
             )
         async with db.transaction() as session:
             await store.set_state(session, core, DeliveryState.SENDING, now=QUEUED_AT)
@@ -80,9 +88,9 @@ async def test_the_one_statement_stores_what_the_core_statements_store(postgres_
             events = (await session.execute(select(store.outbox.c.headers["Xsell-Campaign-Id"].as_string()))).scalars()
         assert stored[ledgered] == stored[core]
         assert [tuple(row) for row in stored[ledgered]] == [
-            ("CHANNEL_SMS", "prf_1", "SENT", 1, "", "SM1", SENT_AT, "delivery:QUEUED", ""),
-            ("CHANNEL_SMS", "prf_1", "SENT", 1, "", "SM1", SENT_AT, "delivery:SENDING", "attempt 1"),
-            ("CHANNEL_SMS", "prf_1", "SENT", 1, "", "SM1", SENT_AT, "delivery:SENT", "queued"),
+            ("CHANNEL_SMS", "prf_1", "0f3a", "SENT", 1, "", "SM1", SENT_AT, "delivery:QUEUED", ""),
+            ("CHANNEL_SMS", "prf_1", "0f3a", "SENT", 1, "", "SM1", SENT_AT, "delivery:SENDING", "attempt 1"),
+            ("CHANNEL_SMS", "prf_1", "0f3a", "SENT", 1, "", "SM1", SENT_AT, "delivery:SENT", "queued"),
         ]
         # The receipt's state stands; the outcome wrote neither a step nor an event for it.
         assert [row.step for row in stored[settled_by_receipt]] == ["delivery:QUEUED", "delivery:SENDING"]

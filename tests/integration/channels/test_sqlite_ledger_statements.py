@@ -18,13 +18,16 @@ QUEUED_AT = datetime(2026, 11, 27, 9, 5, 7, tzinfo=UTC)  # no microseconds: SQLA
 SENT_AT = datetime(2026, 11, 27, 9, 5, 7, 120034, tzinfo=UTC)
 STORED = text(
     "SELECT m.state, m.attempts, m.reason, m.provider_message_id, m.created_at, m.updated_at, m.sent_at, t.step, t.at, "
-    "t.detail FROM messages m JOIN message_timeline t USING (campaign_id) WHERE m.campaign_id = :id ORDER BY t.seq"
+    "t.detail, m.recipient_key FROM messages m JOIN message_timeline t USING (campaign_id) WHERE m.campaign_id = :id "
+    "ORDER BY t.seq"
 )
 
 
 def _through_the_ledger_statements(session: Session) -> None:
     locked, created = store.claim_rows(
-        session, [{"campaign_id": "ledger", "channel": "CHANNEL_SMS", "profile_id": "prf_1"}], now=QUEUED_AT
+        session,
+        [{"campaign_id": "ledger", "channel": "CHANNEL_SMS", "profile_id": "prf_1", "recipient_key": "0f3a"}],
+        now=QUEUED_AT,
     )
     assert locked == {"ledger": (DeliveryState.QUEUED, 0)} and created == ["ledger"]
     store.mark_sending(session, ["ledger"], now=QUEUED_AT)
@@ -54,7 +57,12 @@ async def test_the_sqlite_ledger_statements_store_times_and_states_as_sqlalchemy
         await db.run_in_transaction(_through_the_ledger_statements)
         async with db.transaction() as session:
             await store.insert_queued_if_absent(
-                session, campaign_id="core", channel="CHANNEL_SMS", profile_id="prf_1", now=QUEUED_AT
+                session,
+                campaign_id="core",
+                channel="CHANNEL_SMS",
+                profile_id="prf_1",
+                now=QUEUED_AT,
+                recipient_key="0f3a",
             )
             await store.set_state(session, "core", DeliveryState.SENDING, now=QUEUED_AT)
             await store.set_state(

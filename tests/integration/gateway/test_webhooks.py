@@ -7,14 +7,17 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway.webhooks import EXOTEL_ZONE, twilio_signature
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
+from xsell.type.v1 import channel_pb2
 
 APP_SECRET = "test-app-secret"
 SMS_TOKEN = "test-sms-callback-token"
@@ -301,3 +304,69 @@ async def test_a_late_stop_is_still_an_opt_out_though_a_late_reply_is_not_record
             assert response.status == 200
     (opt_out,) = engagements(downstream)
     assert (opt_out.kind, opt_out.provider_message_id) == (channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, WAMID)
+
+
+async def test_a_whatsapp_message_typed_fresh_answers_the_last_message_to_its_sender(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    for text in ("YES", "stop."):
+        message = {
+            "from": "919876543210",
+            "id": f"wamid.fresh-{text}",
+            "timestamp": str(int(time.time())),
+            "type": "text",
+            "text": {"body": text},
+        }
+        body = _whatsapp({"messaging_product": "whatsapp", "messages": [message]})
+        async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 200
+    reply, opt_out = engagements(downstream)
+    for recorded in (reply, opt_out):
+        assert (recorded.campaign_id, recorded.provider_message_id) == ("", "")
+        assert (recorded.inbound_from, recorded.inbound_channel) == ("919876543210", channel_pb2.CHANNEL_WHATSAPP)
+    assert (reply.kind, reply.reply_text) == (channels_resources.ENGAGEMENT_KIND_REPLIED, "YES")
+    assert opt_out.kind == channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+
+
+def _inbound_sms(body: str, sid: str = "in7f3c", received: datetime | None = None) -> dict[str, str]:
+    at = (received or datetime.now(UTC)).astimezone(EXOTEL_ZONE)
+    return {"SmsSid": sid, "From": "09876543210", "To": "08047112345", "Date": f"{at:%Y-%m-%d %H:%M:%S}", "Body": body}
+
+
+async def test_an_inbound_sms_is_a_reply_or_an_opt_out_from_the_last_sms_to_its_sender(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, sms_callback_secret=SMS_SECRET)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}/inbound"
+    stop, reply = _inbound_sms("Stop 56161", "in-stop"), _inbound_sms("Call me tomorrow", "in-reply")
+    async with http.post(url, data=stop, headers=_twilio_signed(url, stop)) as response:
+        assert (response.status, await response.text()) == (200, "")  # nothing is texted back
+    # Exotel's passthru may call with GET: the fields are in the signed URL (as the client writes it).
+    get_url = str(URL(f"{url}?{urlencode(reply)}"))
+    async with http.get(get_url, headers=_twilio_signed(get_url, {})) as response:
+        assert response.status == 200
+    # Tampered, and replayed: neither is recorded.
+    async with http.post(url, data={**stop, "Body": "Hi"}, headers=_twilio_signed(url, stop)) as response:
+        assert response.status == 401
+    async with http.post(url, data=stop, headers=_twilio_signed(url, stop)) as response:
+        assert response.status == 200
+    opt_out, answered = engagements(downstream)
+    assert (opt_out.kind, opt_out.request_id) == (channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, "exotel-in:in-stop")
+    assert (answered.kind, answered.reply_text) == (channels_resources.ENGAGEMENT_KIND_REPLIED, "Call me tomorrow")
+    for recorded in (opt_out, answered):
+        assert (recorded.inbound_from, recorded.inbound_channel) == ("09876543210", channel_pb2.CHANNEL_SMS)
+        assert recorded.campaign_id == recorded.provider_message_id == ""
+
+
+async def test_a_late_inbound_sms_stop_is_honoured_and_a_late_reply_is_not(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, webhook_max_age_seconds=3600)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}/inbound"
+    late = datetime.now(UTC) - timedelta(hours=3)
+    for form in (_inbound_sms("STOP", "late-stop", late), _inbound_sms("yes please", "late-yes", late)):
+        async with http.post(url, data=form) as response:
+            assert response.status == 200
+    (opt_out,) = engagements(downstream)
+    assert opt_out.kind == channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
