@@ -25,7 +25,7 @@ from services.channels.delivery import (
     scrub,
     state_step,
 )
-from services.channels.recipients import recipient_key
+from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -63,7 +63,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         idempotency: Idempotency,
         tracer: trace.Tracer,
         *,
-        recipient_secret: bytes = b"dev-recipient-key-change-me",
+        recipient_secret: bytes = DEV_SECRET,
     ) -> None:
         self.db = db
         self.outbox = outbox

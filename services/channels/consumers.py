@@ -50,7 +50,7 @@ from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
-from services.channels.recipients import recipient_key
+from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
 from xsell.channels.v1.events_pb2 import DeliveryUpdated
 
@@ -148,7 +148,7 @@ class DispatchHandler:
         *,
         email: EmailSettings,
         policy: SendPolicy | None = None,
-        recipient_secret: bytes = b"dev-recipient-key-change-me",
+        recipient_secret: bytes = DEV_SECRET,
     ) -> None:
         self.db = db
         self.outbox = outbox

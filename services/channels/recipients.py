@@ -6,6 +6,8 @@ import hmac
 import re
 
 _NOT_DIGITS = re.compile(r"\D")
+DEV_SECRET = b"dev-recipient-key-change-me"
+"""The key `make run` and tests use; XSELL_CHANNELS_RECIPIENT_KEY_SECRET replaces it in a deployment."""
 DEFAULT_COUNTRY_CODE = "91"
 NATIONAL_DIGITS = 10
 """India's national significant number: what is left of a mobile number without its country code."""

@@ -4,6 +4,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
+from services.channels.recipients import DEV_SECRET
 
 
 class ChannelsSettings(ServiceSettings):
@@ -100,7 +101,7 @@ class ChannelsSettings(ServiceSettings):
         description="HMAC-SHA256 key of X-Xsell-Signature on webhook calls; the receivers hold the same one.",
     )
     recipient_key_secret: SecretStr = Field(
-        SecretStr("dev-recipient-key-change-me"),
+        SecretStr(DEV_SECRET.decode()),
         description="HMAC key of the hash of each SMS and WhatsApp recipient's number kept on its message (never the "
         "number), by which an inbound STOP or YES that quotes none of our messages finds the last one sent to that "
         "number. The same in every replica; a new key stops matching replies to messages sent before it.",
