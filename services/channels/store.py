@@ -341,11 +341,11 @@ async def due_resends(
     session: AsyncSession, channel: str, *, ambiguous_before: datetime, limit: int
 ) -> list[tuple[str, str, int]]:
     """AMBIGUOUS messages of `channel` since before `ambiguous_before`, never handed over again, whose request is
-    known: (campaign_id, stream, sequence), oldest first."""
+    known: (campaign_id, stream, sequence), oldest first; on ix_messages_ambiguous."""
     rows = await session.execute(
         select(messages.c.campaign_id, messages.c.request_stream, messages.c.request_seq)
         .where(
-            messages.c.state == DeliveryState.AMBIGUOUS.value,
+            text(AMBIGUOUS),  # written as ix_messages_ambiguous's condition, so a poll reads that index only
             messages.c.updated_at < ambiguous_before,
             messages.c.channel == channel,
             messages.c.resent_at.is_(None),
