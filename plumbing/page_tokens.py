@@ -23,6 +23,11 @@ def decode_token(token: str, expected: dict[str, str], key: str) -> str | None:
         raise InvalidArgument(
             "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
         )
-    if any(payload.get(name) != value for name, value in expected.items()):
-        raise InvalidArgument("page_token belongs to a different request; start again without it", field="page_token")
+    changed = next((name for name, value in expected.items() if payload.get(name) != value), None)
+    if changed is not None:
+        raise InvalidArgument(
+            f"page_token belongs to a request with another {changed}; pass the same {changed} as the first page, or "
+            "start again without page_token",
+            field="page_token",
+        )
     return str(payload[key])

@@ -1,8 +1,5 @@
 """CampaignsService over gRPC: proto in, domain and store calls, proto out; errors are plumbing.errors types."""
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,6 +14,7 @@ from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
+from plumbing.page_tokens import decode_token, encode_token
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
 from services.campaigns.api_explain import ExplainApi
@@ -42,24 +40,6 @@ def _page_size(requested: int, default: int, maximum: int) -> int:
     if requested < 0:
         raise InvalidArgument(f"page_size must be between 0 and {maximum} (0 means {default})", field="page_size")
     return min(requested or default, maximum)
-
-
-def _encode_token(payload: dict[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, expected_keys: set[str]) -> dict[str, str]:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as error:
-        raise InvalidArgument(
-            "page_token is not a token this service issued; pass next_page_token unchanged", field="page_token"
-        ) from error
-    if not isinstance(payload, dict) or set(payload) != expected_keys:
-        raise InvalidArgument(
-            "page_token is not a token this service issued; pass next_page_token unchanged", field="page_token"
-        )
-    return payload
 
 
 class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.CampaignsServiceServicer):
@@ -183,12 +163,12 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         self, request: service_pb2.ListCampaignsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignsResponse:
         size = _page_size(request.page_size, DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE)
-        before = _decode_token(request.page_token, {"before"})["before"] if request.page_token else None
+        before = decode_token(request.page_token, {}, "before")
         async with self.db.snapshot() as session:
             rows = await store.list_campaigns(session, before, size + 1)
         response = service_pb2.ListCampaignsResponse(campaigns=[campaign_proto(row) for row in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = _encode_token({"before": rows[size - 1].campaign_key})
+            response.next_page_token = encode_token({"before": rows[size - 1].campaign_key})
         return response
 
     async def LaunchCampaign(
@@ -243,22 +223,14 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         if not request.campaign_key:
             raise InvalidArgument("campaign_key is required", field="campaign_key")
         size = _page_size(request.page_size, DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE)
-        after = None
-        if request.page_token:
-            token = _decode_token(request.page_token, {"campaign_key", "after"})
-            if token["campaign_key"] != request.campaign_key:
-                raise InvalidArgument(
-                    "page_token belongs to another campaign; pass the same campaign_key as the first page",
-                    field="page_token",
-                )
-            after = token["after"]
+        after = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after")
         async with self.db.snapshot() as session:
             if await store.get_campaign(session, request.campaign_key) is None:
                 raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
             rows = await store.list_outreaches(session, request.campaign_key, after, size + 1)
         response = service_pb2.ListOutreachesResponse(outreaches=[outreach_proto(row) for row in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = _encode_token(
+            response.next_page_token = encode_token(
                 {"campaign_key": request.campaign_key, "after": rows[size - 1].campaign_id}
             )
         return response
@@ -405,21 +377,13 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignAuditResponse:
         size = _page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
-        after = 0
-        if request.page_token:
-            token = _decode_token(request.page_token, {"campaign_key", "after"})
-            if token["campaign_key"] != request.campaign_key:
-                raise InvalidArgument(
-                    "page_token belongs to another campaign; pass the same campaign_key as the first page",
-                    field="page_token",
-                )
-            after = int(token["after"])
+        after = int(decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after") or 0)
         async with self.db.snapshot() as session:
             await self._campaign_row(session, request.campaign_key)
             rows = await store.list_audit(session, request.campaign_key, after, size + 1)
         response = service_pb2.ListCampaignAuditResponse(entries=[audit_proto(row) for row in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = _encode_token(
+            response.next_page_token = encode_token(
                 {"campaign_key": request.campaign_key, "after": str(rows[size - 1].seq)}
             )
         return response

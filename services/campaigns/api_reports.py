@@ -1,8 +1,5 @@
 """The reporting RPCs of CampaignsService: runs, and counts per campaign and per label from stored records."""
 
-import base64
-import binascii
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import InvalidArgument, NotFound
+from plumbing.page_tokens import decode_token, encode_token
 from services.campaigns import store
 from services.campaigns.messages import channel_value, timestamp
 from services.campaigns.reports import Counts, run_counts, total
@@ -100,7 +98,7 @@ class ReportsApi:
                 f"page_size must be between 0 and {MAX_RUN_PAGE} (0 means {DEFAULT_RUN_PAGE})", field="page_size"
             )
         size = min(request.page_size or DEFAULT_RUN_PAGE, MAX_RUN_PAGE)
-        before = _before(request.page_token, request.campaign_key) if request.page_token else None
+        before = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "before")
         async with self.db.snapshot() as session:
             await _require_campaign(session, request.campaign_key)
             runs = await store.runs_page(session, request.campaign_key, before, size + 1)
@@ -108,7 +106,7 @@ class ReportsApi:
             counts = await counts_per_run(session, [request.campaign_key], page, only_these_runs=True)
         response = service_pb2.ListCampaignRunsResponse(runs=[run_proto(run, counts[run.run_id]) for run in page])
         if len(runs) > size:
-            response.next_page_token = _token(request.campaign_key, page[-1].run_id)
+            response.next_page_token = encode_token({"campaign_key": request.campaign_key, "before": page[-1].run_id})
         return response
 
     async def GetCampaignReport(
@@ -162,26 +160,3 @@ async def _require_campaign(session: AsyncSession, campaign_key: str) -> None:
         raise InvalidArgument("campaign_key is required", field="campaign_key")
     if await store.get_campaign(session, campaign_key) is None:
         raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
-
-
-def _token(campaign_key: str, before: str) -> str:
-    payload = json.dumps({"campaign_key": campaign_key, "before": before}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
-
-
-def _before(token: str, campaign_key: str) -> str:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as error:
-        raise InvalidArgument(
-            "page_token is not a token this service issued; pass next_page_token unchanged", field="page_token"
-        ) from error
-    if not isinstance(payload, dict) or set(payload) != {"campaign_key", "before"}:
-        raise InvalidArgument(
-            "page_token is not a token this service issued; pass next_page_token unchanged", field="page_token"
-        )
-    if payload["campaign_key"] != campaign_key:
-        raise InvalidArgument(
-            "page_token belongs to another campaign; pass the same campaign_key as the first page", field="page_token"
-        )
-    return str(payload["before"])
