@@ -97,8 +97,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         webhook=SignedWebhook(settings.webhook_secret.get_secret_value()),
         webhook_allowed_hosts=frozenset(settings.webhook_allowed_hosts),
         throttles={
-            name: Throttle(rate, max(1.0, rate), settings.provider_concurrency.get(name, 16))
-            for name, rate in settings.provider_rate_per_second.items()
+            name: Throttle.of(rate, concurrency) for name, (rate, concurrency) in settings.provider_limits.items()
         },
     )
     suppressions = SegmentsSuppressions(settings.segments_target, provider) if settings.segments_target else None

@@ -33,6 +33,10 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+UNLIMITED_RATE = 1e12
+"""A token bucket that never makes anyone wait: for a provider limited by its concurrency alone."""
+
+
 class Throttle:
     """One provider's limits in this replica: at most `concurrency` calls at a time, at most `rate` a second."""
 
@@ -51,6 +55,13 @@ class Throttle:
         self._slots = asyncio.Semaphore(concurrency)
         self.waiting = 0
         """Callers waiting for a free slot now."""
+
+    @classmethod
+    def of(cls, rate: float | None, concurrency: int) -> "Throttle":
+        """At most `rate` calls a second (None: no rate, only the concurrency), bursts of a second's worth."""
+        if rate is None:
+            return cls(UNLIMITED_RATE, UNLIMITED_RATE, concurrency)
+        return cls(rate, max(1.0, rate), concurrency)
 
     async def __aenter__(self) -> None:
         self.waiting += 1

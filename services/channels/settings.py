@@ -120,7 +120,10 @@ class ChannelsSettings(ServiceSettings):
     )
     provider_concurrency: dict[str, int] = Field(
         {"sms": 32, "whatsapp": 32, "push": 64, "webhook": 16},
-        description="Calls in flight at once per rate-limited provider in one replica (JSON object; default 16).",
+        description="Calls in flight at once per provider in one replica (JSON object; 16 for a rate-limited provider "
+        "not named). E-mail, when not named, is held to twice smtp_connections: a message waits for its turn on a "
+        "session before its intent is written, so a crash leaves at most that many e-mails AMBIGUOUS, not every one "
+        "dispatch_concurrency let in.",
     )
     retry_base_seconds: float = Field(
         2.0, gt=0, description="First backoff step after a transient failure; it doubles, with jitter."
@@ -146,6 +149,14 @@ class ChannelsSettings(ServiceSettings):
         "",
         description="The segments service (host:port) asked for suppressions at send time; empty skips the check.",
     )
+
+    @property
+    def provider_limits(self) -> dict[str, tuple[float | None, int]]:
+        """Each limited provider's (rate a second or None, calls in flight): e-mail always, at twice smtp_connections
+        unless named (each session carries one message at a time, and one more per session is ready to go)."""
+        concurrency = {"email": 2 * self.smtp_connections, **self.provider_concurrency}
+        names = set(self.provider_rate_per_second) | set(concurrency)
+        return {name: (self.provider_rate_per_second.get(name), concurrency.get(name, 16)) for name in sorted(names)}
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> "ChannelsSettings":

@@ -48,6 +48,8 @@ REPORT_WINDOW_SECONDS = 20.0
 """How long an AMBIGUOUS message waits for its provider's report before it is handed over again: far above the time
 a report waits for a restarted channels (the sinks try a report again for ~60 s, as providers do)."""
 CALLBACK_TOKEN = "crash-callback-token"
+SMTP_SESSIONS = 4
+"""The default: e-mails whose intent is written wait for a turn on one of these, at most two per session."""
 
 
 class ChannelsProcess:
@@ -113,8 +115,10 @@ async def channels_process(
         "RETRY_CAP_SECONDS": "0.5",
         "DISPATCH_CONCURRENCY": str(CONCURRENCY),
         "PROVIDER_RATE_PER_SECOND": json.dumps({name: 100_000 for name in CHANNELS}),
-        "PROVIDER_CONCURRENCY": json.dumps({name: CONCURRENCY for name in CHANNELS}),
+        # E-mail is left to its default: twice the SMTP sessions, so a kill leaves at most that many AMBIGUOUS.
+        "PROVIDER_CONCURRENCY": json.dumps({name: CONCURRENCY for name in CHANNELS if name != "email"}),
         "SMTP_PORT": str(smtp_relay.port),
+        "SMTP_CONNECTIONS": str(SMTP_SESSIONS),
         "RESEND_WITHOUT_RECEIPT_SECONDS": f'{{"sms": {REPORT_WINDOW_SECONDS}, "whatsapp": {REPORT_WINDOW_SECONDS}}}',
         "RESEND_POLL_SECONDS": "0.5",
         "SMS_STATUS_CALLBACK_URL": f"http://127.0.0.1:{gateway_http}/webhooks/sms/exotel/{CALLBACK_TOKEN}",
@@ -230,6 +234,7 @@ async def test_killed_at_random_points_no_message_is_lost_or_sent_twice(
     assert {ledger[c] for c in unreported} <= {DeliveryState.SENT.value, DeliveryState.AMBIGUOUS.value}
     ambiguous = [c for c in unreported if ledger[c] == DeliveryState.AMBIGUOUS.value]
     assert len(ambiguous) <= KILLS * CONCURRENCY
+    assert sum(1 for c in ambiguous if channels_of[c] == "email") <= KILLS * 2 * SMTP_SESSIONS
     for sink in sinks.values():
         assert [r.campaign_id for r in sink.received if channels_of[r.campaign_id] != sink.provider] == []
     assert provider_sinks.sms.callback_errors == provider_sinks.whatsapp.callback_errors == []

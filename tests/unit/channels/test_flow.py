@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.channels.flow import Backoff, QuietHours, Throttle, TokenBucket
+from services.channels.settings import ChannelsSettings
 
 
 def test_a_bucket_lets_a_burst_through_then_spaces_tokens_at_the_rate() -> None:
@@ -99,3 +100,25 @@ def test_quiet_hours_within_a_day() -> None:
 def test_quiet_hours_that_cannot_be_read_are_refused(window: str) -> None:
     with pytest.raises(ValueError):
         QuietHours.parse(window, "Asia/Kolkata")
+
+
+def test_email_is_held_to_twice_its_smtp_sessions_unless_named() -> None:
+    limits = ChannelsSettings(smtp_connections=4).provider_limits
+    assert limits["email"] == (None, 8)
+    assert limits["sms"] == (100.0, 32)
+    named = ChannelsSettings(
+        smtp_connections=4, provider_concurrency={"email": 3}, provider_rate_per_second={"email": 50}
+    )
+    assert named.provider_limits["email"] == (50.0, 3)
+    # A rate without a concurrency keeps the default of 16 in flight.
+    assert ChannelsSettings(provider_rate_per_second={"fcm": 10}, provider_concurrency={}).provider_limits["fcm"] == (
+        10.0,
+        16,
+    )
+
+
+async def test_a_provider_limited_by_concurrency_alone_never_waits_for_tokens() -> None:
+    throttle = Throttle.of(None, 2)
+    for _ in range(1000):
+        async with throttle:
+            pass
