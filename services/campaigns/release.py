@@ -1,7 +1,5 @@
 """The release runner: materialises launched campaigns' audiences into outreaches, one page per transaction."""
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +11,7 @@ from opentelemetry import trace
 from plumbing.db import Database, after_commit
 from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
+from plumbing.polling import Poller
 from services import streams
 from services.campaigns import store
 from services.campaigns.automation import automation_of
@@ -92,27 +91,19 @@ class ReleaseRunner:
         # Pages write their events without the Outbox (store.insert_page), so they wake the relay themselves.
         self.wake_relay = wake_relay
         self._pruned_at: datetime | None = None
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
+        # The database unreachable: logged, and polled again after a pause.
+        self._poller = Poller(self.release_due, poll_interval, "release_poll_failed")
 
     def notify(self) -> None:
         """Called after a launch commits, so an immediate campaign starts without waiting for the poll."""
-        self._wake.set()
+        self._poller.wake()
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                await self.release_due()
-            except Exception as error:  # noqa: BLE001 - the database is unreachable: poll again after a pause
-                log.warning("release_poll_failed", error=repr(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+        await self._poller.run()
 
     async def stop(self) -> None:
         """Stops after the page in flight; the run resumes from its cursor at the next start."""
-        self._stopping.set()
-        self._wake.set()
+        await self._poller.stop()
 
     async def release_due(self) -> None:
         now = self.clock()
@@ -126,7 +117,7 @@ class ReleaseRunner:
         # turns of the busy loop statement by statement (inline, as the resend runner's poll).
         runs = await self.db.read_inline(lambda session: store.due_runs(session, now))
         for run in runs:
-            if self._stopping.is_set():
+            if self._poller.stopping:
                 return
             try:
                 await self.release(run.run_id, run.campaign_key)
@@ -186,7 +177,7 @@ class ReleaseRunner:
             buffered: list[AudienceMember] = []
             exhausted = False
             try:
-                while not self._stopping.is_set():
+                while not self._poller.stopping:
                     while not exhausted and len(buffered) < self.page_size:
                         chunk = await anext(stream, None)
                         if chunk is None:
@@ -290,7 +281,7 @@ class ReleaseRunner:
     async def dispatch(self, campaign: Any, run: Any) -> None:
         """Releases a materialised run's dispatches step by step, honouring quiet hours, pauses and the guards."""
         options = DeliveryOptions.from_json(campaign.options)
-        while not self._stopping.is_set():
+        while not self._poller.stopping:
             now = self.clock()
             async with self.db.transaction() as session:
                 run = await store.get_run(session, run.run_id)

@@ -1,8 +1,6 @@
 """The follow-up loop: dispatches trigger and resend outreaches after quiet hours, closes triggered campaigns'
 past day runs, creates due resends, and completes campaigns whose last resend is decided."""
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
+from plumbing.polling import Poller
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import automation_store, store
@@ -59,19 +58,14 @@ class ResendRunner:
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.clock = clock
-        self._stopping = asyncio.Event()
+        # The database or segments unreachable: logged, and polled again.
+        self._poller = Poller(self.step, poll_interval, "follow_up_poll_failed")
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.step()
-            except Exception as error:  # noqa: BLE001 - the database or segments is unreachable: poll again
-                log.warning("follow_up_poll_failed", error=repr(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.poll_interval)
+        await self._poller.run()
 
     async def stop(self) -> None:
-        self._stopping.set()
+        await self._poller.stop()
 
     async def step(self) -> None:
         """One pass: deferred dispatches, then per campaign: past trigger days closed, due resends, completion."""
@@ -97,7 +91,7 @@ class ResendRunner:
         if deferred_due:
             await self.dispatch_deferred()
         for campaign in campaigns:
-            if self._stopping.is_set():
+            if self._poller.stopping:
                 return
             automation = automation_of(campaign)
             with structlog.contextvars.bound_contextvars(campaign_key=campaign.campaign_key):
@@ -143,7 +137,7 @@ class ResendRunner:
     async def resend_due(self, campaign: Any, rule: ResendRule) -> int:
         """Decides every original whose resend is due now; returns how many resends were created."""
         created = 0
-        while not self._stopping.is_set():
+        while not self._poller.stopping:
             now = self.clock()
             async with self.db.transaction() as session:
                 rows = await automation_store.resend_candidates(

@@ -18,8 +18,6 @@ The window is the trade: a report later than it means the person may get the mes
 and a provider not named is never handed over again.
 """
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
@@ -29,6 +27,7 @@ from google.protobuf.message import DecodeError
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
+from plumbing.polling import Poller
 from plumbing.telemetry import TRACEPARENT
 from services import streams
 from services.channels import store
@@ -75,19 +74,13 @@ class Resender:
         self.poll_interval = poll_interval
         self.page_size = page_size
         self.clock = clock
-        self._stopping = asyncio.Event()
+        self._poller = Poller(self.step, poll_interval, "resend_poll_failed")
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.step()
-            except Exception as error:  # noqa: BLE001 - the database or NATS is unreachable: poll again
-                log.warning("resend_poll_failed", error=repr(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.poll_interval)
+        await self._poller.run()
 
     async def stop(self) -> None:
-        self._stopping.set()
+        await self._poller.stop()
 
     async def step(self) -> int:
         """One pass over every named provider; returns how many messages were handed over again."""
@@ -95,7 +88,7 @@ class Resender:
         for provider, window in self.windows.items():
             before = self.clock() - timedelta(seconds=window)
             channel = REPORTING_PROVIDERS[provider]
-            while not self._stopping.is_set():
+            while not self._poller.stopping:
                 async with self.db.transaction() as session:
                     due = await store.due_resends(session, channel, ambiguous_before=before, limit=self.page_size)
                 for campaign_id, stream, sequence in due:

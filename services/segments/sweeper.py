@@ -1,7 +1,5 @@
 """Keeps memberships right as time passes: people whose event windows lapsed since the last sweep are refreshed."""
 
-import asyncio
-import contextlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
@@ -11,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from plumbing.db import Database
 from plumbing.outbox import utcnow
+from plumbing.polling import Poller
 from services.segments import store
 from services.segments.activity import Activity
 from services.segments.rules import AllOf, AnyOf, EventCondition, LastWindow, Not, Rule, parse_rule
@@ -57,7 +56,8 @@ class Sweeper:
         self.activity = activity
         self.tracer = tracer
         self.interval = interval
-        self._stopping = asyncio.Event()
+        # A database hiccup must not end the loop: the next sweep covers the same span again.
+        self._poller = Poller(self._sweep_now, interval, "sweep_failed", retried=(SQLAlchemyError,))
 
     async def sweep(self, now: datetime) -> int:
         """Refreshes everyone whose membership may have changed with time between the last sweep and `now`;
@@ -104,14 +104,10 @@ class Sweeper:
             after = page[-1]
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.sweep(utcnow())
-            except SQLAlchemyError:
-                # A database hiccup must not end the loop: the next sweep covers the same span again.
-                log.exception("sweep_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+        await self._poller.run()
 
     async def stop(self) -> None:
-        self._stopping.set()
+        await self._poller.stop()
+
+    async def _sweep_now(self) -> None:
+        await self.sweep(utcnow())
