@@ -140,7 +140,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     # Hand-overs again (resend.py) go through the same handler, delivered by a durable of channels' own stream.
     resends = Consumer(bus, streams.CHANNELS_RESEND, DispatchRequested, dispatch, tracer, concurrency=16)
     resender = Resender(
-        db, bus, outbox, settings.resend_without_receipt_seconds, poll_interval=settings.resend_poll_seconds
+        db, bus, outbox, settings.resend_without_receipt_seconds, tracer, poll_interval=settings.resend_poll_seconds
     )
     await consumer.declare()
     await resends.declare()

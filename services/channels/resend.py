@@ -23,12 +23,14 @@ from datetime import datetime, timedelta
 
 import structlog
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
 from plumbing.db import Database
+from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
 from plumbing.polling import Poller
-from plumbing.telemetry import TRACEPARENT
+from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_span
 from services import streams
 from services.channels import store
 from services.channels.delivery import DeliveryState, TimelineStep, state_step
@@ -56,6 +58,7 @@ class Resender:
         bus: Bus,
         outbox: Outbox,
         windows: Mapping[str, float],
+        tracer: trace.Tracer,
         *,
         poll_interval: float = 5.0,
         page_size: int = 100,
@@ -74,6 +77,15 @@ class Resender:
         self.poll_interval = poll_interval
         self.page_size = page_size
         self.clock = clock
+        self.tracer = tracer
+        self._outcomes = tally(
+            "xsell.channels",
+            "xsell.channels.resend.outcomes",
+            labels=("provider", "outcome"),
+            unit="{message}",
+            description="AMBIGUOUS messages past their provider's window with no report: handed_over_again, or "
+            "request_gone (left for an operator).",
+        )
         self._poller = Poller(self.step, poll_interval, "resend_poll_failed")
 
     async def run(self) -> None:
@@ -98,21 +110,27 @@ class Resender:
         return resent
 
     async def _resend(self, provider: str, window: float, campaign_id: str, stream: str, sequence: int) -> int:
+        with outreach_span(self.tracer, "channels.resend", campaign_id, attributes={"xsell.provider": provider}):
+            return await self._resend_traced(provider, window, campaign_id, stream, sequence)
+
+    async def _resend_traced(self, provider: str, window: float, campaign_id: str, stream: str, sequence: int) -> int:
         stored = await self.bus.stored_message(stream, sequence)
         request = _dispatch_request(stored, campaign_id)
         if stored is None or request is None:
             async with self.db.transaction() as session:
                 await store.forget_request(session, campaign_id)
-            log.warning("resend_request_gone", campaign_id=campaign_id, stream=stream, seq=sequence)
+            self._outcomes.add((provider, "request_gone"))
+            log.warning("resend_request_gone", stream=stream, seq=sequence)
             return 0
         _, payload, headers = stored
         now = self.clock()
         reason = resend_reason(provider, window)
         event_id = f"resend-{campaign_id}"
         event_headers = {MSG_ID_HEADER: event_id, CAMPAIGN_ID_HEADER: campaign_id}
-        if TRACEPARENT in headers:
-            # The hand-over again continues the outreach's trace, as the first one did.
-            event_headers[TRACEPARENT] = headers[TRACEPARENT]
+        # The hand-over again continues the outreach's trace under this span, as the first one did under campaigns'.
+        traceparent = current_traceparent() or headers.get(TRACEPARENT)
+        if traceparent:
+            event_headers[TRACEPARENT] = traceparent
         row = {
             "event_id": event_id,
             "subject": streams.DISPATCH_RESENT,
@@ -126,7 +144,8 @@ class Resender:
             step = TimelineStep(state_step(DeliveryState.QUEUED), now, reason)
             await store.add_timeline(session, campaign_id, [step])
             await self.outbox.add_rows(session, [row])
-        log.warning("dispatch_handed_over_again", campaign_id=campaign_id, provider=provider)
+        self._outcomes.add((provider, "handed_over_again"))
+        log.warning("dispatch_handed_over_again", provider=provider)
         return 1
 
 

@@ -6,6 +6,7 @@ import asyncio
 from devstack.provider_sinks import Fault, ProviderSinks
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
 from services.channels.resend import resend_reason
@@ -81,6 +82,10 @@ async def test_an_sms_the_provider_never_took_is_handed_over_again_once_after_it
     # The hand-over again continues the outreach's trace, through channels' own stream.
     resent = listener.on(streams.DISPATCH_RESENT, campaign_id)
     assert len(resent) == 1 and resent[0].headers["Nats-Msg-Id"] == f"resend-{campaign_id}"
+    outreach_trace = f"{outreach_ids(campaign_id)[0]:032x}"
+    assert resent[0].headers["traceparent"].split("-")[1] == outreach_trace
+    [span] = [s for s in channels.spans.get_finished_spans() if s.name == "channels.resend"]
+    assert span.context is not None and f"{span.context.trace_id:032x}" == outreach_trace
     await asyncio.sleep(WINDOW * 3)
     assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
 
