@@ -2,14 +2,16 @@
 window, handed over again exactly once (services/channels/resend.py)."""
 
 import asyncio
+from datetime import timedelta
 
 from devstack.provider_sinks import Fault, ProviderSinks
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.outbox import utcnow
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
-from services.channels.resend import resend_reason
+from services.channels.resend import Resender, resend_reason
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
     dispatch_on,
@@ -25,6 +27,8 @@ from xsell.channels.v1 import resources_pb2, service_pb2
 AMBIGUOUS = resources_pb2.DELIVERY_STATE_AMBIGUOUS
 SENT = resources_pb2.DELIVERY_STATE_SENT
 WINDOW = 0.5
+LONG_WINDOW = 3600.0
+"""A window the service's own loop never reaches in a test: the test runs a step itself, with its clock past it."""
 
 
 async def _start(start_channels: StartChannels, smtp_relay: SmtpRelay, sinks: ProviderSinks) -> Channels:
@@ -34,6 +38,15 @@ async def _start(start_channels: StartChannels, smtp_relay: SmtpRelay, sinks: Pr
         resend_poll_seconds=0.1,
         **sinks.channels_settings(),
     )
+
+
+def _resender(channels: Channels) -> Resender:
+    """The service's own resender, its clock two hours on: every AMBIGUOUS message is past LONG_WINDOW."""
+    task = next(task for task in channels.process.tasks if task.name == "resender")
+    resender = task.run.__self__  # type: ignore[attr-defined]
+    assert isinstance(resender, Resender)
+    resender.clock = lambda: utcnow() + timedelta(hours=2)
+    return resender
 
 
 def _steps(message: resources_pb2.Message) -> list[tuple[str, str]]:
@@ -99,8 +112,7 @@ async def test_a_report_within_the_window_settles_it_and_nothing_is_sent_again(
 ) -> None:
     channels = await start_channels(
         smtp_relay.port,
-        resend_without_receipt_seconds={"whatsapp": 3.0},
-        resend_poll_seconds=0.1,
+        resend_without_receipt_seconds={"whatsapp": LONG_WINDOW},
         **provider_sinks.channels_settings(),
     )
     provider_sinks.whatsapp.fail_next(Fault.ACCEPT_THEN_DROP)
@@ -116,7 +128,7 @@ async def test_a_report_within_the_window_settles_it_and_nothing_is_sent_again(
         )
     )
     await published_state(listener, campaign_id, SENT)
-    await asyncio.sleep(4.0)  # past the window, many polls
+    assert await _resender(channels).step() == 0  # past the window: nothing is AMBIGUOUS any more
     message = await get_message(channels, campaign_id)
     assert message.state == SENT and message.provider_message_id == "wamid.1"
     assert provider_sinks.whatsapp.for_campaign(campaign_id) == [received]
@@ -139,7 +151,7 @@ async def test_a_hand_over_again_that_ends_ambiguous_too_is_never_tried_a_third_
         return [u.state for u in updates(listener, campaign_id)].count(AMBIGUOUS) == 2
 
     await eventually(ambiguous_twice)
-    await asyncio.sleep(WINDOW * 4)
+    assert await _resender(channels).step() == 0  # resent once already
     message = await get_message(channels, campaign_id)
     assert message.state == AMBIGUOUS
     assert [name for name, _ in _steps(message)].count("DELIVERY_STATE_SENDING") == 2
@@ -156,8 +168,7 @@ async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
 ) -> None:
     channels = await start_channels(
         smtp_relay.port,
-        resend_without_receipt_seconds={"sms": 4.0},
-        resend_poll_seconds=0.1,
+        resend_without_receipt_seconds={"sms": LONG_WINDOW},
         **provider_sinks.channels_settings(),
     )
     provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
@@ -165,6 +176,7 @@ async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
     seq = await publish(nats_bus, dispatch_on("sms", campaign_id))
     await published_state(listener, campaign_id, AMBIGUOUS)
     await nats_bus.js.delete_msg(streams.CAMPAIGNS_STREAM.name, seq)
+    assert await _resender(channels).step() == 0
 
     async def forgotten() -> bool:
         async with channels.db.transaction() as session:
