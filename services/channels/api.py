@@ -49,6 +49,19 @@ def _campaign_id(value: str) -> str:
     return campaign_id
 
 
+def _without_number(
+    request: service_pb2.RecordEngagementRequest, secret: bytes
+) -> service_pb2.RecordEngagementRequest:
+    """The request with its inbound sender's number replaced by the number's keyed hash: an unkeyed hash of a request
+    holding a phone number can be reversed by trying every number."""
+    if not request.inbound_from:
+        return request
+    keyed = service_pb2.RecordEngagementRequest()
+    keyed.CopyFrom(request)
+    keyed.inbound_from = f"key:{recipient_key(secret, request.inbound_from)}"
+    return keyed
+
+
 def _no_message(campaign_id: str) -> NotFound:
     return NotFound(f"campaign ID {campaign_id} has no message; check the ID on the link", field="campaign_id")
 
@@ -129,10 +142,12 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
         campaign_id = await self._engaged_message(request)
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
+        # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
+        fingerprinted = _without_number(request, self.recipient_secret)
         with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
             async with self.db.transaction() as session:
                 previous = await self.idempotency.previous(
-                    session, "RecordEngagement", request, service_pb2.RecordEngagementResponse
+                    session, "RecordEngagement", fingerprinted, service_pb2.RecordEngagementResponse
                 )
                 if previous is not None:
                     return previous
@@ -159,7 +174,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 updated = await store.load_message(session, campaign_id)
                 assert updated is not None
                 response = service_pb2.RecordEngagementResponse(message=convert.message_proto(updated))
-                await self.idempotency.remember(session, "RecordEngagement", request, response)
+                await self.idempotency.remember(session, "RecordEngagement", fingerprinted, response)
             log.info("engagement_recorded", kind=kind.value)
             return response
 

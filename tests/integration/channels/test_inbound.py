@@ -2,6 +2,7 @@
 to their sender's number, found by a keyed hash of it; a STOP by SMS becomes a suppression in segments that stops
 the next send."""
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,7 +12,7 @@ import aiohttp
 import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import ProviderSinks
@@ -63,8 +64,19 @@ async def test_an_inbound_message_answers_the_last_message_to_that_number_on_its
     whatsapp = await _sent(listener, nats_bus, "whatsapp")
 
     # Exotel writes the sender with the trunk 0; the message was sent to the international form.
-    answer = await channels.stub.RecordEngagement(_inbound("09876543210", channel_pb2.CHANNEL_SMS))
+    stop = _inbound("09876543210", channel_pb2.CHANNEL_SMS)
+    answer = await channels.stub.RecordEngagement(stop)
     assert answer.message.campaign_id == last_sms
+    assert await channels.stub.RecordEngagement(stop) == answer  # a retry is recorded once
+    # The idempotency record's fingerprint is not the hash of the request with the number in it.
+    unkeyed = service_pb2.RecordEngagementRequest()
+    unkeyed.CopyFrom(stop)
+    unkeyed.ClearField("request_id")
+    async with channels.db.snapshot() as session:
+        fingerprints = set((await session.execute(select(store.idempotency.c.request_hash))).scalars())
+    assert (
+        fingerprints and hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest() not in fingerprints
+    )
     assert answer.message.timeline[-1].engagement_kind == UNSUBSCRIBED
     replied = await channels.stub.RecordEngagement(
         _inbound("919876543210", channel_pb2.CHANNEL_WHATSAPP, resources_pb2.ENGAGEMENT_KIND_REPLIED)
