@@ -24,8 +24,12 @@ def main() -> int:
     var_dir: Path = args.var_dir
     ports = Ports.defaults()
     sink = None
+    extra_env = {}
     if not args.no_smtp_sink:
-        sink, _ = start_sink(var_dir / "mail", ports.smtp)
+        # The sink offers DSN and reports each delivery to the gateway's return-path mailbox, as Postfix does when
+        # asked: channels asks for a report of every e-mail, which settles one a crash left AMBIGUOUS.
+        sink, _ = start_sink(var_dir / "mail", ports.smtp, reports_to=("127.0.0.1", ports.bounces))
+        extra_env["XSELL_CHANNELS_SMTP_DELIVERY_REPORTS"] = "true"
     providers = None
     if not args.no_provider_sinks:
         provider_ports = {"sms": ports.sms, "whatsapp": ports.whatsapp, "push": ports.push, "webhook": ports.webhook}
@@ -34,7 +38,7 @@ def main() -> int:
             whatsapp_webhook_url=f"http://127.0.0.1:{ports.gateway_http}/webhooks/whatsapp",
         )
         providers = SinksThread(sinks, provider_ports).start()
-    stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir))
+    stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir), extra_env=extra_env)
     print("starting NATS (JetStream), segments, campaigns, channels, attribution and gateway...", flush=True)
     try:
         stack.start()
@@ -56,8 +60,8 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   channels       127.0.0.1:{ports.channels}
   attribution    127.0.0.1:{ports.attribution}
   NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/)
-  SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/)
-  bounce mailbox 127.0.0.1:{ports.bounces}       (bounces and complaint reports to bounces@xsell.local)
+  SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/; each delivery reported to the mailbox)
+  bounce mailbox 127.0.0.1:{ports.bounces}       (delivery reports, bounces and complaints to bounces@xsell.local)
   provider sinks SMS {ports.sms}, WhatsApp {ports.whatsapp}, push {ports.push}, webhook {ports.webhook} \
 (accepted requests land in {var_dir}/providers/<provider>.jsonl)
   metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}

@@ -1,5 +1,6 @@
-"""Bounces and complaints at the return-path mailbox: which outreach a delivery status notification (RFC 3464)
-or a complaint feedback report (RFC 5965) is about, and what it says."""
+"""Reports at the return-path mailbox: which outreach a delivery status notification (RFC 3464) or a complaint
+feedback report (RFC 5965) is about, and what it says: a bounce, a complaint, or (asked for with RFC 3461's
+NOTIFY=SUCCESS) that the message was delivered or passed on."""
 
 import re
 from dataclasses import dataclass
@@ -29,6 +30,24 @@ class Report:
     kind: int  # xsell.channels.v1.EngagementKind: BOUNCED or COMPLAINED
     detail: str
     report_id: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A delivery status notification that reports no failure: the receiving server took the message (`delivered`,
+    `expanded`: DELIVERED), or the relay passed it on to a server that does not report (`relayed`: SENT)."""
+
+    campaign_id: str
+    state: int  # xsell.channels.v1.DeliveryState: DELIVERED or SENT
+    detail: str
+    report_id: str
+
+
+_RECEIPT_ACTIONS = {
+    "delivered": channels_resources.DELIVERY_STATE_DELIVERED,
+    "expanded": channels_resources.DELIVERY_STATE_DELIVERED,
+    "relayed": channels_resources.DELIVERY_STATE_SENT,
+}
 
 
 def _fields(part: Message) -> list[Message]:
@@ -67,7 +86,17 @@ def _original_campaign_id(report: Message, message_id_domain: str) -> str:
     raise NotAReport("it does not return the headers of one of our messages")
 
 
-def read_report(raw: bytes, message_id_domain: str) -> Report:
+def _envelope_campaign_id(blocks: list[Message]) -> str:
+    """The campaign ID channels sent as the DSN request's ENVID (RFC 3461), from Original-Envelope-Id ("" if none)."""
+    stated = str(blocks[0].get("Original-Envelope-Id", "")).strip() if blocks else ""
+    campaign_id = _XTEXT.sub(lambda hex_pair: chr(int(hex_pair.group(1), 16)), stated)
+    return campaign_id if _CAMPAIGN_ID.match(campaign_id) else ""
+
+
+_XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
+
+
+def read_report(raw: bytes, message_id_domain: str) -> Report | Receipt:
     """The report in a mail delivered to the return-path mailbox; NotAReport says why there is none."""
     mail = message_from_bytes(raw, policy=policy.default)
     assert isinstance(mail, EmailMessage)
@@ -79,14 +108,22 @@ def read_report(raw: bytes, message_id_domain: str) -> Report:
         status = next((p for p in mail.walk() if p.get_content_type() == "message/delivery-status"), None)
         if status is None:
             raise NotAReport("a delivery-status report without its message/delivery-status part")
-        failed = [block for block in _fields(status) if str(block.get("Action", "")).strip().lower() == "failed"]
+        blocks = _fields(status)
+        actions = [(str(block.get("Action", "")).strip().lower(), block) for block in blocks]
+        failed = [block for action, block in actions if action == "failed"]
+        taken = [(action, block) for action, block in actions if action in _RECEIPT_ACTIONS]
+        if not failed and not taken:
+            raise NotAReport("a delivery status notification that reports no failure and no delivery (delayed)")
+        campaign_id = _envelope_campaign_id(blocks) or _original_campaign_id(mail, message_id_domain)
         if not failed:
-            raise NotAReport("a delivery status notification that reports no failure (delayed, delivered, relayed)")
+            action, block = taken[0]
+            code = str(block.get("Status", "")).strip().split(" ")[0]
+            detail = f"{action} {code if _STATUS.match(code) else '2.0.0'}"
+            return Receipt(campaign_id, _RECEIPT_ACTIONS[action], detail, report_id)
         code = str(failed[0].get("Status", "")).strip().split(" ")[0]
         if not _STATUS.match(code):
             code = "5.0.0"
         detail = f"{code} {'permanent' if code.startswith('5') else 'transient, given up'}"
-        campaign_id = _original_campaign_id(mail, message_id_domain)
         return Report(campaign_id, channels_resources.ENGAGEMENT_KIND_BOUNCED, detail, report_id)
     if report_type == "feedback-report":
         feedback = next((p for p in mail.walk() if p.get_content_type() == "message/feedback-report"), None)

@@ -1,6 +1,8 @@
 """The return-path mailbox on the gateway's edge: an SMTP server (aiosmtpd, on the gateway's loop) that receives the
-bounces and complaint reports mail servers send back, and records each as the outreach's BOUNCED or COMPLAINED
-engagement on channels (RecordEngagement), as the provider webhooks do."""
+reports mail servers send back and records each on channels, as the provider webhooks do: a bounce or a complaint as
+the outreach's BOUNCED or COMPLAINED engagement (RecordEngagement), a delivery status notification of success as its
+receipt (RecordDeliveryReceipt: DELIVERED, or SENT for a message relayed on). Any report also proves the relay took
+the message, so it first settles a hand-over whose answer a crash lost (a SENT receipt changes nothing else)."""
 
 import asyncio
 from typing import Any
@@ -8,7 +10,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.bounces import NotAReport, Report, read_report
+from gateway.bounces import NotAReport, Receipt, Report, read_report
 from gateway.webhooks import Unrecorded, record_call
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
@@ -29,6 +31,20 @@ def engagement_request(report: Report) -> channels_pb2.RecordEngagementRequest:
         campaign_id=report.campaign_id,
         kind=report.kind,  # type: ignore[arg-type]
         detail=report.detail,
+    )
+
+
+def receipt_request(report: Report | Receipt) -> channels_pb2.RecordDeliveryReceiptRequest:
+    """A success report as its receipt; a bounce or complaint as the SENT receipt it implies (the relay had it)."""
+    if isinstance(report, Receipt):
+        state, suffix, reason = report.state, "", report.detail
+    else:
+        state, suffix, reason = channels_resources.DELIVERY_STATE_SENT, ":sent", "a report came back"
+    return channels_pb2.RecordDeliveryReceiptRequest(
+        request_id=f"mailbox:{report.report_id or report.campaign_id}{suffix}"[:200],
+        campaign_id=report.campaign_id,
+        state=state,  # type: ignore[arg-type]
+        reason=reason,
     )
 
 
@@ -70,15 +86,22 @@ class BounceMailbox:
         except NotAReport as reason:
             log.info("mailbox_mail_ignored", reason=str(reason))
             return "250 2.0.0 accepted, not a report about an xsell message"
-        kind = channels_resources.EngagementKind.Name(report.kind).removeprefix("ENGAGEMENT_KIND_")  # type: ignore[arg-type]
         try:
             recorded = await record_call(
-                self.channels.RecordEngagement, engagement_request(report), self.timeout_seconds
+                self.channels.RecordDeliveryReceipt, receipt_request(report), self.timeout_seconds
             )
+            if recorded and isinstance(report, Report):
+                recorded = await record_call(
+                    self.channels.RecordEngagement, engagement_request(report), self.timeout_seconds
+                )
         except Unrecorded:
             return "451 4.3.0 cannot record the report now; try again later"
         if not recorded:
             return "250 2.0.0 accepted, no such message"
+        if isinstance(report, Receipt):
+            kind = channels_resources.DeliveryState.Name(report.state).removeprefix("DELIVERY_STATE_")  # type: ignore[arg-type]
+        else:
+            kind = channels_resources.EngagementKind.Name(report.kind).removeprefix("ENGAGEMENT_KIND_")  # type: ignore[arg-type]
         log.info("mailbox_report_recorded", kind=kind, campaign_id=report.campaign_id)
         return "250 2.0.0 recorded"
 

@@ -49,9 +49,7 @@ def _campaign_id(value: str) -> str:
     return campaign_id
 
 
-def _without_number(
-    request: service_pb2.RecordEngagementRequest, secret: bytes
-) -> service_pb2.RecordEngagementRequest:
+def _without_number(request: service_pb2.RecordEngagementRequest, secret: bytes) -> service_pb2.RecordEngagementRequest:
     """The request with its inbound sender's number replaced by the number's keyed hash: an unkeyed hash of a request
     holding a phone number can be reversed by trying every number."""
     if not request.inbound_from:

@@ -68,6 +68,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         timeout_seconds=settings.smtp_timeout_seconds,
         connections=settings.smtp_connections,
         messages_per_session=settings.smtp_messages_per_session,
+        delivery_reports=settings.smtp_delivery_reports,
     )
     providers = Providers(
         email=smtp,
@@ -140,7 +141,13 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     # Hand-overs again (resend.py) go through the same handler, delivered by a durable of channels' own stream.
     resends = Consumer(bus, streams.CHANNELS_RESEND, DispatchRequested, dispatch, tracer, concurrency=16)
     resender = Resender(
-        db, bus, outbox, settings.resend_without_receipt_seconds, tracer, poll_interval=settings.resend_poll_seconds
+        db,
+        bus,
+        outbox,
+        settings.resend_without_receipt_seconds,
+        tracer,
+        poll_interval=settings.resend_poll_seconds,
+        email_reports=settings.smtp_delivery_reports,
     )
     await consumer.declare()
     await resends.declare()

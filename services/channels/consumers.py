@@ -62,7 +62,7 @@ M = TypeVar("M")
 
 
 class EmailSender(Protocol):
-    async def send(self, payload: bytes, *, sender: str, recipient: str) -> str: ...
+    async def send(self, payload: bytes, *, sender: str, recipient: str, envelope_id: str = "") -> str: ...
 
 
 class SuppressionCheck(Protocol):
@@ -595,7 +595,10 @@ class DispatchHandler:
         )
         try:
             return await self.providers.email.send(
-                message, sender=self.email.return_path or self.email.from_address, recipient=recipient
+                message,
+                sender=self.email.return_path or self.email.from_address,
+                recipient=recipient,
+                envelope_id=campaign_id,
             )
         except SendFailure as failure:
             _mark_failed(span, failure)

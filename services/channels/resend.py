@@ -4,9 +4,10 @@ A message is AMBIGUOUS when the process stopped (or the connection dropped) afte
 takes no idempotency key and before recording the answer: the provider may or may not have it. Sending it again at
 once could reach the person twice, so nothing is resent blind. But the providers named in
 `resend_without_receipt_seconds` report every message they accept, with the campaign ID in the report (WhatsApp's
-`sent` status, with biz_opaque_callback_data; Exotel's StatusCallback, with CustomField), and a report settles the
-message (RecordDeliveryReceipt). When none came within that provider's window, the provider never had the message:
-this loop hands the original request over again, once.
+`sent` status, with biz_opaque_callback_data; Exotel's StatusCallback, with CustomField; with `smtp_delivery_reports`,
+the SMTP relay's delivery status notifications, with the campaign ID as ENVID), and a report settles the message
+(RecordDeliveryReceipt). When none came within that provider's window, the provider never had the message: this loop
+hands the original request over again, once.
 
 Each hand-over again is one transaction: the message AMBIGUOUS -> QUEUED, marked resent (so never a second time, by
 any replica), and the original DispatchRequested, read back from its stream, queued in the outbox on
@@ -38,8 +39,9 @@ from xsell.campaigns.v1.events_pb2 import DispatchRequested
 
 log = structlog.get_logger(__name__)
 
-# The providers whose reports cover every message they accept, by the channel their messages are stored under.
-REPORTING_PROVIDERS = {"sms": "CHANNEL_SMS", "whatsapp": "CHANNEL_WHATSAPP"}
+# The providers whose reports cover every message they accept, by the channel their messages are stored under; e-mail
+# only when every e-mail asks for its delivery status notification (smtp_delivery_reports).
+REPORTING_PROVIDERS = {"sms": "CHANNEL_SMS", "whatsapp": "CHANNEL_WHATSAPP", "email": "CHANNEL_EMAIL"}
 
 
 def resend_reason(provider: str, window_seconds: float) -> str:
@@ -63,12 +65,15 @@ class Resender:
         poll_interval: float = 5.0,
         page_size: int = 100,
         clock: Callable[[], datetime] = utcnow,
+        email_reports: bool = False,
     ) -> None:
-        unknown = sorted(set(windows) - set(REPORTING_PROVIDERS))
+        reporting = set(REPORTING_PROVIDERS) if email_reports else set(REPORTING_PROVIDERS) - {"email"}
+        unknown = sorted(set(windows) - reporting)
         if unknown:
             raise ValueError(
                 f"resend_without_receipt_seconds names {', '.join(unknown)}: only providers that report every "
-                f"message they accept ({', '.join(sorted(REPORTING_PROVIDERS))}) may be handed a message again"
+                f"message they accept ({', '.join(sorted(reporting))}; email with smtp_delivery_reports) may be handed "
+                "a message again"
             )
         self.db = db
         self.bus = bus

@@ -26,6 +26,14 @@ class ChannelsSettings(ServiceSettings):
     )
     smtp_username: str | None = Field(None, description="SMTP AUTH user; unset means no authentication.")
     smtp_password: SecretStr | None = Field(None, description="SMTP AUTH password.")
+    smtp_delivery_reports: bool = Field(
+        False,
+        description="Ask the relay for a delivery status notification of every e-mail, delivered or not (RFC 3461 "
+        "NOTIFY=SUCCESS,FAILURE, the campaign ID as ENVID), returned to the return path, whose mailbox on the gateway "
+        "records it as the message's receipt: an e-mail a crash left AMBIGUOUS is then settled by its report, or "
+        "handed over again when resend_without_receipt_seconds names email. Needs a relay that offers DSN (Postfix, "
+        "Exim, Exchange do; most ESPs report through their own webhooks instead); one that does not is refused.",
+    )
     smtp_timeout_seconds: float = Field(10.0, description="Timeout of each SMTP connect and command.")
     smtp_connections: int = Field(
         4, ge=1, description="SMTP sessions kept open to the relay; each carries one message at a time, many in turn."
@@ -135,7 +143,9 @@ class ChannelsSettings(ServiceSettings):
         "AMBIGUOUS hand-over waits for that report before it is handed over again, once (docs/channels.md, "
         '"Exactly once"). A report later than this means the person may get it twice; a provider not named is never '
         "handed a message again. WhatsApp's `sent` status comes within seconds; Exotel reports an SMS only at its "
-        "final status, which can take hours for a switched-off phone, so SMS is off by default.",
+        "final status, which can take hours for a switched-off phone, so SMS is off by default. E-mail may be named "
+        "only with smtp_delivery_reports; its success report comes when the receiving server takes the message, "
+        "minutes later, or hours for one that defers it.",
     )
     resend_poll_seconds: float = Field(
         5.0, gt=0, description="How often AMBIGUOUS messages past their provider's window are looked for."
@@ -163,5 +173,14 @@ class ChannelsSettings(ServiceSettings):
         if self.smtp_starttls and self.smtp_implicit_tls:
             raise ValueError(
                 "set XSELL_CHANNELS_SMTP_STARTTLS (port 587) or XSELL_CHANNELS_SMTP_IMPLICIT_TLS (port 465), not both"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _email_resent_only_with_reports(self) -> "ChannelsSettings":
+        if "email" in self.resend_without_receipt_seconds and not self.smtp_delivery_reports:
+            raise ValueError(
+                "XSELL_CHANNELS_RESEND_WITHOUT_RECEIPT_SECONDS names email, but without "
+                "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS no e-mail reports back: set it, or leave email out"
             )
         return self

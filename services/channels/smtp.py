@@ -32,6 +32,12 @@ class SmtpSender:
     When the relay offers PIPELINING (RFC 2920; Postfix, SES, SendGrid and Mailgun do), MAIL, RCPT and DATA go in
     one write and their three replies come back together: two round trips and two writes per message instead of
     four each, which halves the time a session is busy with one message and a good part of its CPU.
+
+    With `delivery_reports`, every message asks the relay for a delivery status notification whether it is
+    delivered or not (RFC 3461: `NOTIFY=SUCCESS,FAILURE`, `RET=HDRS`, the campaign ID as `ENVID`), sent to the
+    envelope sender, where the gateway's mailbox turns it into the message's receipt. A relay that does not offer
+    DSN is refused as a session (its messages wait, retried, for the settings to be fixed): an e-mail sent without
+    the request would never report, and could be handed over again after a crash.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class SmtpSender:
         timeout_seconds: float = 10.0,
         connections: int = 4,
         messages_per_session: int = 1000,
+        delivery_reports: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -58,18 +65,21 @@ class SmtpSender:
         self.password = password
         self.timeout_seconds = timeout_seconds
         self.messages_per_session = messages_per_session
+        self.delivery_reports = delivery_reports
         self._sessions = asyncio.Semaphore(connections)
         self._idle: list[tuple[aiosmtplib.SMTP | _Pipeline, int]] = []
         """Open sessions no message is using, each with the transactions it has carried."""
 
-    async def send(self, payload: bytes, *, sender: str, recipient: str) -> str:
-        """Sends the message `payload` (its wire form, CRLF); returns the relay's reply to the data.
+    async def send(self, payload: bytes, *, sender: str, recipient: str, envelope_id: str = "") -> str:
+        """Sends the message `payload` (its wire form, CRLF); returns the relay's reply to the data. `envelope_id`
+        (the campaign ID) comes back in the message's delivery status notifications, when they are asked for.
 
         Raises ProviderUnavailable when the relay certainly did not accept it (refused, timed out or
         answered 4xx before the message was transferred), ProviderRejected on a 5xx answer to the
         mail transaction, and ProviderOutcomeUnknown when the connection was lost while the message
         was being transferred, since the relay may have queued it.
         """
+        envelope = self._envelope(sender, recipient, envelope_id)
         async with self._sessions:
             client, carried = self._idle.pop() if self._idle else (None, 0)
             if client is not None and not client.is_connected:
@@ -78,16 +88,16 @@ class SmtpSender:
             try:
                 if client is None:
                     client, carried = await self._connect(), 0
-                    reply = await self._transaction(client, payload, sender, recipient)
+                    reply = await self._transaction(client, payload, envelope)
                 else:
                     try:
-                        reply = await self._transaction(client, payload, sender, recipient)
+                        reply = await self._transaction(client, payload, envelope)
                     except _SessionLost:
                         # The relay closed the idle session (its timeout) before DATA's reply: it holds nothing, so
                         # the same transaction goes over a new session.
                         await _close(client)
                         client, carried = await self._connect(), 0
-                        reply = await self._transaction(client, payload, sender, recipient)
+                        reply = await self._transaction(client, payload, envelope)
             except _SessionLost as lost:
                 if client is not None:
                     await _close(client)
@@ -134,24 +144,54 @@ class SmtpSender:
         except (aiosmtplib.SMTPException, OSError) as error:
             await _close(client)
             raise ProviderUnavailable(f"SMTP connection to {self.host}:{self.port} failed: {error}") from error
+        if self.delivery_reports and not client.supports_extension("dsn"):
+            await _close(client)
+            raise ProviderUnavailable(
+                f"the SMTP relay {self.host}:{self.port} offers no DSN (RFC 3461), which "
+                "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS asks for: use a relay that offers it, or turn the setting off"
+            )
         if client.supports_extension("pipelining") and client.transport is not None:
             # aiosmtplib sends one command and waits for its reply; the transactions of a pipelining relay's
             # session run on a protocol of their own from here on (connect, EHLO, STARTTLS and AUTH were its).
             return _Pipeline.take_over(client.transport, self.timeout_seconds)
         return client
 
-    async def _transaction(
-        self, client: "aiosmtplib.SMTP | _Pipeline", payload: bytes, sender: str, recipient: str
-    ) -> str:
+    def _envelope(self, sender: str, recipient: str, envelope_id: str) -> "_Envelope":
+        if not self.delivery_reports:
+            return _Envelope(sender, recipient)
+        # RFC 3461: ENVID is at most 100 characters; the returned headers (RET=HDRS) still carry the campaign ID.
+        envid = xtext(envelope_id)
+        mail_options = ["RET=HDRS", f"ENVID={envid}"] if envelope_id and len(envid) <= 100 else ["RET=HDRS"]
+        rcpt_options = ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{xtext(recipient)}"]
+        return _Envelope(sender, recipient, tuple(mail_options), tuple(rcpt_options))
+
+    async def _transaction(self, client: "aiosmtplib.SMTP | _Pipeline", payload: bytes, envelope: "_Envelope") -> str:
         if isinstance(client, _Pipeline):
-            return await _pipelined_transaction(client, payload, sender, recipient)
-        return await _transaction(client, payload, sender, recipient)
+            return await _pipelined_transaction(client, payload, envelope)
+        return await _transaction(client, payload, envelope)
 
     async def close(self) -> None:
         """Ends the kept-open sessions with QUIT."""
         idle, self._idle = self._idle, []
         for client, _ in idle:
             await _close(client)
+
+
+class _Envelope(NamedTuple):
+    """MAIL FROM and RCPT TO, each with its ESMTP parameters (the DSN request, RFC 3461)."""
+
+    sender: str
+    recipient: str
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[str, ...] = ()
+
+
+def xtext(value: str) -> str:
+    """RFC 3461's xtext: "+" and "=", controls, spaces and what is not ASCII as "+" and two hex digits."""
+    return "".join(
+        chr(byte) if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D) else f"+{byte:02X}"
+        for byte in value.encode("utf-8")
+    )
 
 
 class _SessionLost(Exception):
@@ -162,11 +202,11 @@ class _SessionLost(Exception):
         self.reason = reason
 
 
-async def _transaction(client: aiosmtplib.SMTP, payload: bytes, sender: str, recipient: str) -> str:
+async def _transaction(client: aiosmtplib.SMTP, payload: bytes, envelope: _Envelope) -> str:
     """One mail transaction on an open session; the relay's reply to DATA."""
     try:
-        await client.mail(sender)
-        await client.rcpt(recipient)
+        await client.mail(envelope.sender, options=envelope.mail_options)
+        await client.rcpt(envelope.recipient, options=envelope.rcpt_options)
     except aiosmtplib.SMTPSenderRefused as error:
         raise failure_for_reply(error.code, "MAIL", error.message) from error
     except aiosmtplib.SMTPRecipientRefused as error:
@@ -187,14 +227,19 @@ async def _transaction(client: aiosmtplib.SMTP, payload: bytes, sender: str, rec
     return redact(reply.message)
 
 
-async def _pipelined_transaction(session: "_Pipeline", payload: bytes, sender: str, recipient: str) -> str:
+async def _pipelined_transaction(session: "_Pipeline", payload: bytes, envelope: _Envelope) -> str:
     """One mail transaction with MAIL, RCPT and DATA in one write (RFC 2920); the relay's reply to the data.
 
     Each reply is read in order and the first refusal is the outcome, as without pipelining: after a refused MAIL
     or RCPT the relay answers DATA with 503 (no valid recipients) and holds nothing; one that answered 354 anyway
     gets no data, the session is closed mid-DATA, which aborts the transaction.
     """
-    commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (_command_address(sender), _command_address(recipient))
+    commands = b"MAIL FROM:%s%s\r\nRCPT TO:%s%s\r\nDATA\r\n" % (
+        _command_address(envelope.sender),
+        _parameters(envelope.mail_options),
+        _command_address(envelope.recipient),
+        _parameters(envelope.rcpt_options),
+    )
     if session.replies_waiting:
         # A reply to nothing: the relay said something while the session was idle (421, closing).
         raise _SessionLost("SMTP relay spoke while the session was idle")
@@ -233,6 +278,11 @@ def _command_address(address: str) -> bytes:
     if _CONTROL.search(quoted):
         raise ValueError("an e-mail address contains a control character")
     return quoted.encode("ascii")
+
+
+def _parameters(options: tuple[str, ...]) -> bytes:
+    """ESMTP parameters after an address (" NOTIFY=SUCCESS,FAILURE ..."); they are xtext, so ASCII."""
+    return b"".join(b" " + option.encode("ascii") for option in options)
 
 
 class _Reply(NamedTuple):

@@ -11,13 +11,13 @@ from typing import Any, Protocol
 
 import grpc
 import pytest
-from aiosmtpd.controller import Controller
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import ProviderSinks
+from devstack.smtp_sink import DsnController, ReportReturner, offering_dsn, report_delivery
 from plumbing.bus import Bus
 from plumbing.db import Database
 from plumbing.runtime import ServiceProcess
@@ -32,21 +32,36 @@ TRACKING_SECRET = "integration-secret"
 
 class Mailbox:
     """An aiosmtpd handler that keeps every message it accepts and refuses chosen recipients with 550; it offers
-    PIPELINING (RFC 2920) as the relays of SES, SendGrid or Postfix do, unless told not to."""
+    PIPELINING (RFC 2920) as the relays of SES, SendGrid or Postfix do, unless told not to. With `reports`, it offers
+    DSN (RFC 3461) too, and reports each delivery whose sender asked for it to the return path's mailbox."""
 
-    def __init__(self, refuse: frozenset[str] = frozenset(), *, pipelining: bool = True) -> None:
+    def __init__(
+        self,
+        refuse: frozenset[str] = frozenset(),
+        *,
+        pipelining: bool = True,
+        reports: ReportReturner | None = None,
+    ) -> None:
         self.refuse = refuse
         self.pipelining = pipelining
+        self.reports = reports
+        # The next message's connection is dropped in DATA: after the relay queued it (it holds the message, the
+        # client never hears) or before (it holds nothing); either way the client cannot tell.
+        self.drop_next: str | None = None
         self.messages: list[EmailMessage] = []
         # The envelope sender (MAIL FROM) of each message: where bounces go back to.
         self.senders: list[str] = []
         # The client's address and port of the SMTP session each message came in: one per connection.
         self.sessions: list[tuple[str, int]] = []
+        # The ESMTP parameters of each message's MAIL and RCPT (the DSN request, RFC 3461).
+        self.options: list[tuple[list[str], list[str]]] = []
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname  # what aiosmtpd does itself when the handler has no EHLO hook
+        if self.reports is not None:
+            responses = offering_dsn(responses)
         if not self.pipelining:
             return responses
         # aiosmtpd reads one command line at a time, so commands that come together are answered in turn.
@@ -59,35 +74,33 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        drop, self.drop_next = self.drop_next, None
+        if drop == "before_queue":
+            server.transport.abort()
+            return "451 4.3.0 never heard"
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
         self.senders.append(envelope.mail_from)
         self.sessions.append(tuple(session.peer))
+        self.options.append((list(envelope.mail_options), list(envelope.rcpt_options)))
+        report_delivery(self.reports, envelope, "relay.test.in")
+        if drop == "after_queue":
+            server.transport.abort()
         return "250 2.0.0 Ok: queued"
 
     def for_campaign(self, campaign_id: str) -> list[EmailMessage]:
         return [m for m in self.messages if m["X-Xsell-Campaign-Id"] == campaign_id]
 
 
-class _AnyPortController(Controller):
-    """aiosmtpd's Controller, able to listen on port 0 (it probes its own port before reporting ready)."""
-
-    def _trigger_server(self) -> None:
-        if self.port == 0:
-            assert self.server is not None
-            self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
-
-
 @dataclass
 class SmtpRelay:
     mailbox: Mailbox
     port: int
-    controller: _AnyPortController | None = None
+    controller: DsnController | None = None
 
     async def start(self) -> None:
-        self.controller = _AnyPortController(self.mailbox, hostname="127.0.0.1", port=self.port)
+        self.controller = DsnController(self.mailbox, hostname="127.0.0.1", port=self.port)
         # Controller.start blocks until its own thread serves; keep the test's event loop free meanwhile.
         await asyncio.to_thread(self.controller.start)
         self.port = self.controller.port

@@ -1,5 +1,7 @@
 """Helpers of the channels integration tests: DispatchRequested events, publishing, waiting on outcomes."""
 
+import grpc
+
 from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.ids import new_id
@@ -66,6 +68,16 @@ async def handled(bus: Bus, seq: int) -> None:
 async def get_message(channels: Channels, campaign_id: str) -> resources_pb2.Message:
     response = await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))
     return response.message
+
+
+async def message_if_any(channels: Channels, campaign_id: str) -> resources_pb2.Message | None:
+    """The message, or None while channels has not consumed its request yet."""
+    try:
+        return await get_message(channels, campaign_id)
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 def states(record: resources_pb2.Message) -> list[str]:

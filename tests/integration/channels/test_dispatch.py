@@ -3,7 +3,6 @@
 import re
 from datetime import UTC, datetime
 
-import grpc
 from sqlalchemy import insert
 
 from plumbing.bus import Bus
@@ -23,6 +22,7 @@ from tests.integration.channels.support import (
     dispatch,
     get_message,
     handled,
+    message_if_any,
     new_campaign_id,
     publish,
     published_state,
@@ -131,12 +131,9 @@ async def test_smtp_down_is_retried_and_sends_once_when_it_comes_back(
     await publish(nats_bus, dispatch(campaign_id))
 
     async def deferred() -> resources_pb2.Message | None:
-        try:
-            message = await get_message(channels, campaign_id)
-        except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                return None  # not consumed yet
-            raise
+        message = await message_if_any(channels, campaign_id)
+        if message is None:
+            return None
         return message if states(message)[-1:] == ["DELIVERY_STATE_QUEUED"] and len(message.timeline) > 1 else None
 
     message = await eventually(deferred)

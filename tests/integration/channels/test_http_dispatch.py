@@ -21,6 +21,7 @@ from tests.integration.channels.support import (
     dispatch_on,
     get_message,
     handled,
+    message_if_any,
     new_campaign_id,
     publish,
     published_state,
@@ -253,12 +254,9 @@ async def test_quiet_hours_hold_the_message_back(
     await publish(nats_bus, dispatch_on("sms", campaign_id))
 
     async def held() -> resources_pb2.Message | None:
-        try:
-            message = await get_message(channels, campaign_id)
-        except grpc.aio.AioRpcError as error:
-            if error.code() is grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
+        message = await message_if_any(channels, campaign_id)
+        if message is None:
+            return None
         return message if "quiet hours" in message.timeline[-1].detail else None
 
     message = await eventually(held)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from devstack.smtp_sink import DsnController
 from services.channels.delivery import ProviderUnavailable
 from services.channels.smtp import SmtpSender
-from tests.integration.channels.conftest import Mailbox, _AnyPortController
+from tests.integration.channels.conftest import Mailbox
 from tests.pki import make_ca
 
 USER, PASSWORD = "xsell-relay", "relay-secret"
@@ -38,7 +39,7 @@ def _authenticator(server, session, envelope, mechanism, auth_data):  # type: ig
 def _relay(**tls: object) -> Iterator[tuple[Mailbox, int]]:
     """An aiosmtpd relay that takes mail only from an authenticated client, with the TLS arrangement given."""
     mailbox = Mailbox()
-    controller = _AnyPortController(
+    controller = DsnController(
         mailbox, hostname="127.0.0.1", port=0, auth_required=True, authenticator=_authenticator, **tls
     )
     controller.start()

@@ -5,6 +5,7 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from services.channels.flow import Backoff, QuietHours, Throttle, TokenBucket
 from services.channels.settings import ChannelsSettings
@@ -115,6 +116,13 @@ def test_email_is_held_to_twice_its_smtp_sessions_unless_named() -> None:
         10.0,
         16,
     )
+
+
+def test_email_is_handed_over_again_only_when_every_email_asks_for_its_report() -> None:
+    with pytest.raises(ValidationError, match="XSELL_CHANNELS_SMTP_DELIVERY_REPORTS"):
+        ChannelsSettings(resend_without_receipt_seconds={"email": 3600})
+    with_reports = ChannelsSettings(resend_without_receipt_seconds={"email": 3600}, smtp_delivery_reports=True)
+    assert with_reports.resend_without_receipt_seconds == {"email": 3600.0}
 
 
 async def test_a_provider_limited_by_concurrency_alone_never_waits_for_tokens() -> None:

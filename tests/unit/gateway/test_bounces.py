@@ -2,7 +2,8 @@
 
 import pytest
 
-from gateway.bounces import NotAReport, read_report
+from devstack.smtp_sink import delivery_report
+from gateway.bounces import NotAReport, Receipt, Report, read_report
 from xsell.channels.v1 import resources_pb2 as channels_resources
 
 DOMAIN = "xsell.bank.example"
@@ -146,3 +147,38 @@ def test_an_abuse_report_is_a_complaint_about_the_returned_message() -> None:
 def test_what_is_not_a_report_about_our_message_says_so(raw: str) -> None:
     with pytest.raises(NotAReport):
         read_report(raw.encode(), DOMAIN)
+
+
+def _success(action: str = "delivered", envelope_id: str = CAMPAIGN_ID) -> bytes:
+    returned = f"From: Fundsy <offers@{DOMAIN}>\r\nMessage-ID: <{CAMPAIGN_ID}@{DOMAIN}>\r\n\r\nHi Asha\r\n".encode()
+    return delivery_report(
+        reporting_mta="mx.example.in",
+        return_path=f"bounces@{DOMAIN}",
+        recipient="asha.k@example.in",
+        envelope_id=envelope_id,
+        returned=returned,
+        action=action,
+    )
+
+
+def test_a_report_of_success_is_a_receipt_of_the_outreach_named_by_its_envelope_id() -> None:
+    receipt = read_report(_success(), DOMAIN)
+    assert isinstance(receipt, Receipt)
+    assert (receipt.campaign_id, receipt.state, receipt.detail) == (
+        CAMPAIGN_ID,
+        channels_resources.DELIVERY_STATE_DELIVERED,
+        "delivered 2.0.0",
+    )
+    # Relayed on to a server that does not report: the relay took it, no more is known.
+    assert read_report(_success("relayed"), DOMAIN).state == channels_resources.DELIVERY_STATE_SENT  # type: ignore[union-attr]
+    # ENVID is xtext; without one, the returned headers name the outreach.
+    assert read_report(_success(envelope_id="CS+2B1+3Dx"), DOMAIN).campaign_id == "CS+1=x"
+    assert read_report(_success(envelope_id=""), DOMAIN).campaign_id == CAMPAIGN_ID
+
+
+def test_a_report_that_says_delivered_and_failed_is_a_bounce() -> None:
+    both = POSTFIX_BOUNCE.replace(
+        "Action: failed", "Action: delivered\nStatus: 2.0.0\n\nFinal-Recipient: rfc822; b@x.in\nAction: failed", 1
+    )
+    report = read_report(both.encode(), DOMAIN)
+    assert isinstance(report, Report) and report.kind == channels_resources.ENGAGEMENT_KIND_BOUNCED

@@ -1,0 +1,175 @@
+"""E-mail that reports back: with smtp_delivery_reports every e-mail asks the relay for its delivery status
+notification (RFC 3461), which comes back through the real gateway's return-path mailbox as the message's receipt.
+An e-mail whose answer was lost is settled by its report, or handed over again once when none came in its window."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from devstack.smtp_sink import ReportReturner
+from gateway.app import build as build_gateway
+from gateway.settings import GatewaySettings
+from plumbing.bus import Bus
+from plumbing.outbox import utcnow
+from plumbing.runtime import ServiceProcess
+from services.channels.resend import Resender, resend_reason
+from tests.integration.channels.conftest import Channels, Listener, Mailbox, SmtpRelay, StartChannels
+from tests.integration.channels.support import dispatch, message_if_any, new_campaign_id, publish, published_state
+from tests.waiting import eventually
+from xsell.channels.v1 import resources_pb2
+
+AMBIGUOUS = resources_pb2.DELIVERY_STATE_AMBIGUOUS
+DELIVERED = resources_pb2.DELIVERY_STATE_DELIVERED
+SENT = resources_pb2.DELIVERY_STATE_SENT
+RETURN_PATH = "bounces@mail.test.in"
+
+
+@dataclass
+class Reporting:
+    """Channels asking for reports, a relay that sends them, and the gateway whose mailbox records them."""
+
+    channels: Channels
+    relay: SmtpRelay
+    returner: ReportReturner
+    gateway: ServiceProcess
+
+    @property
+    def mailbox(self) -> Mailbox:
+        return self.relay.mailbox
+
+    def resender(self) -> Resender:
+        """The service's own resender, its clock two hours on: every AMBIGUOUS message is past its window."""
+        task = next(task for task in self.channels.process.tasks if task.name == "resender")
+        resender = task.run.__self__  # type: ignore[attr-defined]
+        assert isinstance(resender, Resender)
+        resender.clock = lambda: utcnow() + timedelta(hours=2)
+        return resender
+
+
+@pytest.fixture
+async def reporting(start_channels: StartChannels, tmp_path: Path) -> AsyncIterator[Reporting]:
+    returner = ReportReturner("127.0.0.1", 0, retry_delays=(0.1, 0.2, 0.5, 1.0))
+    relay = SmtpRelay(Mailbox(reports=returner), port=0)
+    await relay.start()
+    channels = await start_channels(
+        relay.port,
+        smtp_delivery_reports=True,
+        return_path=RETURN_PATH,
+        resend_without_receipt_seconds={"email": 3600.0},
+    )
+    gateway = await build_gateway(
+        GatewaySettings(
+            grpc_port=0,
+            http_port=0,
+            var_dir=tmp_path / "gateway",
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+            channels_target=f"127.0.0.1:{channels.process.server.port}",
+            bounce_mailbox_port=0,
+            message_id_domain="mail.test.in",
+            log_level="warning",
+        ),
+        TracerProvider(),
+    )
+    await gateway.start()
+    assert gateway.mailbox is not None  # type: ignore[attr-defined]
+    returner.port = gateway.mailbox.port  # type: ignore[attr-defined]
+    try:
+        yield Reporting(channels, relay, returner, gateway)
+    finally:
+        await gateway.stop(0)
+        await relay.stop()
+
+
+async def _state(channels: Channels, campaign_id: str, state: int) -> resources_pb2.Message:
+    async def reached() -> resources_pb2.Message | None:
+        message = await message_if_any(channels, campaign_id)
+        if message is None:
+            return None
+        return message if message.state == state else None
+
+    message = await eventually(reached)
+    assert message is not None
+    return message
+
+
+def _delivery_steps(message: resources_pb2.Message) -> list[tuple[str, str]]:
+    return [
+        (resources_pb2.DeliveryState.Name(entry.delivery_state).removeprefix("DELIVERY_STATE_"), entry.detail)
+        for entry in message.timeline
+        if entry.WhichOneof("step") == "delivery_state"
+    ]
+
+
+async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered(
+    reporting: Reporting, nats_bus: Bus, listener: Listener
+) -> None:
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+
+    message = await _state(reporting.channels, campaign_id, DELIVERED)
+    assert _delivery_steps(message)[-2:] == [("SENT", "2.0.0 Ok: queued"), ("DELIVERED", "receipt: delivered 2.0.0")]
+    assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
+    assert reporting.returner.delivered == 1 and reporting.returner.failed == []
+    # The request, as the relay took it: a report of success and of failure, headers only, the campaign ID as ENVID.
+    options = reporting.mailbox.options[-1]
+    assert options == (
+        ["RET=HDRS", f"ENVID={campaign_id}"],
+        ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;priya@example.in"],
+    )
+    assert reporting.mailbox.senders[-1] == RETURN_PATH
+
+
+async def test_an_email_the_relay_took_before_the_answer_was_lost_is_settled_by_its_report(
+    reporting: Reporting, nats_bus: Bus, listener: Listener
+) -> None:
+    reporting.mailbox.drop_next = "after_queue"
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+
+    message = await _state(reporting.channels, campaign_id, DELIVERED)
+    assert _delivery_steps(message)[-1] == ("DELIVERED", "receipt after AMBIGUOUS: delivered 2.0.0")
+    assert await reporting.resender().step() == 0  # settled: nothing is handed over again
+    assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
+
+
+async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_reports(
+    reporting: Reporting, nats_bus: Bus, listener: Listener
+) -> None:
+    reporting.mailbox.drop_next = "before_queue"
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    assert reporting.mailbox.for_campaign(campaign_id) == []
+
+    assert await reporting.resender().step() == 1
+    message = await _state(reporting.channels, campaign_id, DELIVERED)
+    # (The resender's clock runs two hours ahead, so its QUEUED step sorts after the hand-over it caused.)
+    steps = _delivery_steps(message)
+    assert sorted(name for name, _ in steps) == sorted(
+        ["QUEUED", "SENDING", "AMBIGUOUS", "QUEUED", "SENDING", "SENT", "DELIVERED"]
+    )
+    assert ("QUEUED", resend_reason("email", 3600.0)) in steps
+    assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
+    assert await reporting.resender().step() == 0
+
+
+async def test_a_relay_that_offers_no_dsn_is_refused_and_its_emails_wait(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port, smtp_delivery_reports=True)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+
+    async def waiting() -> resources_pb2.Message | None:
+        message = await message_if_any(channels, campaign_id)
+        return message if message is not None and "offers no DSN" in message.timeline[-1].detail else None
+
+    message = await eventually(waiting)
+    assert message is not None and message.state == resources_pb2.DELIVERY_STATE_QUEUED
+    assert "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS" in message.timeline[-1].detail
+    assert smtp_relay.mailbox.for_campaign(campaign_id) == []
