@@ -5,11 +5,14 @@ from email.message import EmailMessage
 import aiosmtplib
 import grpc
 
+from devstack.smtp_sink import delivery_report
+from services.channels.smtp import xtext
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 
 ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
+RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
 DOMAIN = "mail.bank.example"
 CAMPAIGN_ID = "CSELL-NOV-T06-0884"
 RETURNED = f"""\
@@ -104,6 +107,10 @@ def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementReq
     return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
 
 
+def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptRequest]:
+    return [channels_pb2.RecordDeliveryReceiptRequest.FromString(c.request) for c in downstream.services.to(RECEIPT)]
+
+
 async def _gateway(start_gateway: GatewayFactory, **overrides: object) -> RunningGateway:
     return await start_gateway(bounce_mailbox_port=0, message_id_domain=DOMAIN, **overrides)
 
@@ -132,6 +139,32 @@ async def test_a_bounce_and_a_complaint_become_engagements_with_their_status_and
     assert bounced.request_id == "mailbox:<dsn-1@mx.example.in>"
     assert (complained.kind, complained.detail) == (channels_resources.ENGAGEMENT_KIND_COMPLAINED, "abuse")
     assert all("asha" not in request.detail for request in (bounced, complained))
+    # Each report first says the relay had the message: a SENT receipt, which settles only a lost answer.
+    assert [(r.request_id, r.state) for r in receipts(downstream)] == [
+        ("mailbox:<dsn-1@mx.example.in>:sent", channels_resources.DELIVERY_STATE_SENT),
+        ("mailbox:<arf-1@mailbox.example.in>:sent", channels_resources.DELIVERY_STATE_SENT),
+    ]
+
+
+async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_receipt(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await _gateway(start_gateway)
+    report = delivery_report(
+        reporting_mta="mx.example.in",
+        return_path=f"bounces@{DOMAIN}",
+        recipient="asha@example.in",
+        envelope_id=xtext(CAMPAIGN_ID),
+        returned=RETURNED.replace("\n", "\r\n").encode(),
+    )
+    assert await deliver(gateway, report) == (250, "2.0.0 recorded")
+    [receipt] = receipts(downstream)
+    assert (receipt.campaign_id, receipt.state, receipt.reason) == (
+        CAMPAIGN_ID,
+        channels_resources.DELIVERY_STATE_DELIVERED,
+        "delivered 2.0.0",
+    )
+    assert receipt.request_id.startswith("mailbox:<dsn-") and engagements(downstream) == []
 
 
 async def test_a_report_channels_cannot_record_now_is_deferred_and_one_about_an_unknown_message_dropped(
