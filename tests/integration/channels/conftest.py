@@ -3,6 +3,7 @@
 import asyncio
 import email
 import email.policy
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -48,6 +49,10 @@ class Mailbox:
         # The next message's connection is dropped in DATA: after the relay queued it (it holds the message, the
         # client never hears) or before (it holds nothing); either way the client cannot tell.
         self.drop_next: str | None = None
+        # While set, each message waits, its data received, before the relay queues it and answers (hold()).
+        self._released = threading.Event()
+        self._released.set()
+        self.in_flight = 0
         self.messages: list[EmailMessage] = []
         # The envelope sender (MAIL FROM) of each message: where bounces go back to.
         self.senders: list[str] = []
@@ -73,7 +78,21 @@ class Mailbox:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    def hold(self) -> None:
+        """Messages wait with their data received and unanswered, until release(): then each is queued (and
+        reported) whether or not its client is still there, as an MTA that has the whole message does."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_flight += 1
+        try:
+            if not self._released.is_set():  # the test's thread releases it
+                await asyncio.to_thread(self._released.wait, 60.0)
+        finally:
+            self.in_flight -= 1
         drop, self.drop_next = self.drop_next, None
         if drop == "before_queue":
             server.transport.abort()
