@@ -104,6 +104,15 @@ def _delivery_steps(message: resources_pb2.Message) -> list[tuple[str, str]]:
     ]
 
 
+async def _dropped(reporting: Reporting, where: str, nats_bus: Bus, listener: Listener) -> str:
+    """An e-mail whose connection the relay drops in DATA, `where` (before or after it queued it): AMBIGUOUS."""
+    reporting.mailbox.drop_next = where
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    return campaign_id
+
+
 async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
@@ -126,11 +135,7 @@ async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered
 async def test_an_email_the_relay_took_before_the_answer_was_lost_is_settled_by_its_report(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
-    reporting.mailbox.drop_next = "after_queue"
-    campaign_id = new_campaign_id()
-    await publish(nats_bus, dispatch(campaign_id))
-    await published_state(listener, campaign_id, AMBIGUOUS)
-
+    campaign_id = await _dropped(reporting, "after_queue", nats_bus, listener)
     message = await _state(reporting.channels, campaign_id, DELIVERED)
     assert _delivery_steps(message)[-1] == ("DELIVERED", "receipt after AMBIGUOUS: delivered 2.0.0")
     assert await reporting.resender().step() == 0  # settled: nothing is handed over again
@@ -140,10 +145,7 @@ async def test_an_email_the_relay_took_before_the_answer_was_lost_is_settled_by_
 async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_reports(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
-    reporting.mailbox.drop_next = "before_queue"
-    campaign_id = new_campaign_id()
-    await publish(nats_bus, dispatch(campaign_id))
-    await published_state(listener, campaign_id, AMBIGUOUS)
+    campaign_id = await _dropped(reporting, "before_queue", nats_bus, listener)
     assert reporting.mailbox.for_campaign(campaign_id) == []
 
     assert await reporting.resender().step() == 1
