@@ -11,6 +11,9 @@ APPROVE = "approve"
 """Maker-checker: approving or rejecting what someone else submitted."""
 SUPPRESSIONS_MANAGE = "suppressions.manage"
 """Compliance and CRM: adding and lifting opt-outs, complaints and other suppressions."""
+APP_EVENTS = "app.events"
+"""The institution's app backend: what people do with a push (received, opened, tapped, turned off), which no provider
+reports, recorded on the outreach named by the campaign ID the push carries in its data."""
 ADMIN = "admin"
 """Grants every scope."""
 
@@ -28,6 +31,7 @@ GRANTABLE_SCOPES = frozenset(
         REPORTS_READ,
         APPROVE,
         SUPPRESSIONS_MANAGE,
+        APP_EVENTS,
         ADMIN,
     }
 )
@@ -119,18 +123,16 @@ METHOD_SCOPES: dict[str, str] = {
     _method(CHANNELS_SERVICE, "ListAmbiguousMessages"): REPORTS_READ,
     # Settling what a message did (from the provider's records) is the operators' who run the campaigns.
     _method(CHANNELS_SERVICE, "ResolveAmbiguousMessage"): CAMPAIGNS_MANAGE,
+    # FCM reports nothing back to the sender: the app reports a push received (a receipt) and opened or tapped (an
+    # engagement), through the institution's app backend, with the campaign ID from the push's data.
+    _method(CHANNELS_SERVICE, "RecordEngagement"): APP_EVENTS,
+    _method(CHANNELS_SERVICE, "RecordDeliveryReceipt"): APP_EVENTS,
     _method(GATEWAY_SERVICE, "GetCaller"): AUTHENTICATED,
 }
 
-# Reachable only inside the cluster: the tracking edge and provider webhooks record engagement themselves;
-# BatchGetProfiles is campaigns' bulk read of people and their suppressions (a CRM reads one with GetProfile).
-INTERNAL_METHODS = frozenset(
-    {
-        _method(CHANNELS_SERVICE, "RecordEngagement"),
-        _method(CHANNELS_SERVICE, "RecordDeliveryReceipt"),
-        _method(SEGMENTS_SERVICE, "BatchGetProfiles"),
-    }
-)
+# Reachable only inside the cluster: BatchGetProfiles is campaigns' bulk read of people and their suppressions (a CRM
+# reads one with GetProfile).
+INTERNAL_METHODS = frozenset({_method(SEGMENTS_SERVICE, "BatchGetProfiles")})
 
 
 def required_scope(method: str) -> str | None:

@@ -154,12 +154,10 @@ async def test_a_refused_streaming_call_reaches_no_service(
     assert downstream.services.calls == []
 
 
-async def test_the_internal_record_engagement_rpc_is_not_reachable(
-    start_gateway: GatewayFactory, downstream: Downstream
-) -> None:
+async def test_an_internal_rpc_is_not_reachable(start_gateway: GatewayFactory, downstream: Downstream) -> None:
     gateway = await start_gateway()
     admin = await gateway.add_key(scopes.ADMIN)
-    error = await refused(gateway, "/xsell.channels.v1.ChannelsService/RecordEngagement", (("x-api-key", admin),))
+    error = await refused(gateway, "/xsell.segments.v1.SegmentsService/BatchGetProfiles", (("x-api-key", admin),))
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert downstream.services.calls == []
 

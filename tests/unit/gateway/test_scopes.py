@@ -35,13 +35,15 @@ def test_the_table_names_only_rpcs_that_exist() -> None:
 
 
 def test_internal_rpcs_are_not_exposed() -> None:
-    assert "/xsell.channels.v1.ChannelsService/RecordEngagement" in scopes.INTERNAL_METHODS
-    assert scopes.required_scope("/xsell.channels.v1.ChannelsService/RecordEngagement") is None
-    assert "/xsell.channels.v1.ChannelsService/RecordEngagement" not in scopes.exposed_methods(scopes.CHANNELS_SERVICE)
+    assert "/xsell.segments.v1.SegmentsService/BatchGetProfiles" in scopes.INTERNAL_METHODS
+    assert scopes.required_scope("/xsell.segments.v1.SegmentsService/BatchGetProfiles") is None
+    assert "/xsell.segments.v1.SegmentsService/BatchGetProfiles" not in scopes.exposed_methods(scopes.SEGMENTS_SERVICE)
     assert scopes.exposed_methods(scopes.CHANNELS_SERVICE) == [
         "/xsell.channels.v1.ChannelsService/GetMessage",
         "/xsell.channels.v1.ChannelsService/ListAmbiguousMessages",
         "/xsell.channels.v1.ChannelsService/ResolveAmbiguousMessage",
+        "/xsell.channels.v1.ChannelsService/RecordEngagement",
+        "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt",
     ]
 
 
@@ -55,6 +57,8 @@ def test_every_required_scope_is_grantable() -> None:
     ("method", "scope"),
     [
         ("/xsell.segments.v1.SegmentsService/UpsertProfiles", "ingest"),
+        ("/xsell.channels.v1.ChannelsService/RecordEngagement", "app.events"),
+        ("/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt", "app.events"),
         ("/xsell.segments.v1.SegmentsService/GetProfile", "profiles.read"),
         ("/xsell.segments.v1.SegmentsService/CheckMembership", "profiles.read"),
         ("/xsell.segments.v1.SegmentsService/PublishSegment", "segments.manage"),
