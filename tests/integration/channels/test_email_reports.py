@@ -51,9 +51,12 @@ class Reporting:
 
 
 @pytest.fixture
-async def reporting(start_channels: StartChannels, tmp_path: Path) -> AsyncIterator[Reporting]:
+async def reporting(
+    start_channels: StartChannels, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Reporting]:
+    """With PIPELINING unless the test asks for a relay without it (`indirect` param False)."""
     returner = ReportReturner("127.0.0.1", 0, retry_delays=(0.1, 0.2, 0.5, 1.0))
-    relay = SmtpRelay(Mailbox(reports=returner), port=0)
+    relay = SmtpRelay(Mailbox(reports=returner, pipelining=getattr(request, "param", True)), port=0)
     await relay.start()
     channels = await start_channels(
         relay.port,
@@ -113,6 +116,7 @@ async def _dropped(reporting: Reporting, where: str, nats_bus: Bus, listener: Li
     return campaign_id
 
 
+@pytest.mark.parametrize("reporting", [True, False], ids=["pipelining", "one-command-at-a-time"], indirect=True)
 async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
