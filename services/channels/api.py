@@ -1,6 +1,9 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import grpc
 import structlog
@@ -8,8 +11,9 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
-from plumbing.idempotency import Idempotency
+from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from plumbing.group_commit import GroupCommit, Submitted
+from plumbing.idempotency import Idempotency, require_request_id
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
@@ -60,6 +64,13 @@ def _without_number(request: service_pb2.RecordEngagementRequest, secret: bytes)
     return keyed
 
 
+class _Receipt(NamedTuple):
+    request: service_pb2.RecordDeliveryReceiptRequest
+    campaign_id: str
+    receipt: DeliveryState
+    at: datetime
+
+
 def _no_message(campaign_id: str) -> NotFound:
     return NotFound(f"campaign ID {campaign_id} has no message; check the ID on the link", field="campaign_id")
 
@@ -82,6 +93,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         # The dispatch handler's key of recipients' numbers (recipients.py): inbound senders are hashed the same way.
         self.recipient_secret = recipient_secret
         self.tracer = tracer
+        # Receipts come one callback per message and status (WhatsApp: sent, delivered, read): concurrent ones share a
+        # transaction, applied in arrival order, each as it would be alone.
+        self.receipts: GroupCommit[_Receipt, tuple[service_pb2.RecordDeliveryReceiptResponse, bool]] = GroupCommit(
+            "channels.record_receipts", self._record_receipts, alone=self._record_receipt_alone, tracer=tracer
+        )
 
     async def GetMessage(
         self, request: service_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
@@ -185,37 +201,66 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             raise InvalidArgument(
                 "state must be DELIVERY_STATE_SENT, DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state"
             )
+        require_request_id(request)
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
-        reason = scrub(request.reason)
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
-            async with self.db.transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
-                )
-                if previous is not None:
-                    return previous
-                locked = await store.lock_state(session, campaign_id)
-                if locked is None:
-                    raise _no_message(campaign_id)
-                current, _ = locked
-                outcome = receipt_outcome(current, receipt)
-                if outcome is not None:
-                    step = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
-                    await self._settle(
-                        session,
-                        campaign_id,
-                        outcome,
-                        at,
-                        reason,
-                        f"{step}: {reason}".strip(": "),
-                        provider_message_id=request.provider_message_id,
-                    )
-                updated = await store.load_message(session, campaign_id)
-                assert updated is not None
-                response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
-                await self.idempotency.remember(session, "RecordDeliveryReceipt", request, response)
-            log.info("delivery_receipt_recorded", state=receipt.value, changed=outcome is not None)
+            response, changed = await self.receipts.submit(_Receipt(request, campaign_id, receipt, at))
+            log.info("delivery_receipt_recorded", state=receipt.value, changed=changed)
             return response
+
+    async def _record_receipts(
+        self, batch: Sequence[Submitted["_Receipt"]]
+    ) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
+        """A batch of receipts in one transaction, in arrival order, each applied as it would be alone and in its
+        caller's context (its DeliveryUpdated continues the caller's trace). A receipt's own error (an unknown
+        campaign ID, a reused request_id) is raised before it writes anything, and is its caller's alone."""
+        answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
+        async with self.db.transaction() as session:
+            for submitted in batch:
+                applying = asyncio.create_task(
+                    self._apply_receipt(session, submitted.item), context=submitted.context.copy()
+                )
+                try:
+                    answers.append(await applying)
+                except DomainError as refused:
+                    answers.append(refused)
+        return answers
+
+    async def _record_receipt_alone(self, item: "_Receipt") -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
+        async with self.db.transaction() as session:
+            return await self._apply_receipt(session, item)
+
+    async def _apply_receipt(
+        self, session: AsyncSession, item: "_Receipt"
+    ) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
+        request, campaign_id, receipt, at = item
+        previous = await self.idempotency.previous(
+            session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
+        )
+        if previous is not None:
+            return previous, False
+        locked = await store.lock_state(session, campaign_id)
+        if locked is None:
+            raise _no_message(campaign_id)
+        current, _ = locked
+        outcome = receipt_outcome(current, receipt)
+        if outcome is not None:
+            reason = scrub(request.reason)
+            step = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
+            await self._settle(
+                session,
+                campaign_id,
+                outcome,
+                at,
+                reason,
+                f"{step}: {reason}".strip(": "),
+                provider_message_id=request.provider_message_id,
+            )
+        updated = await store.load_message(session, campaign_id)
+        assert updated is not None
+        response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
+        await self.idempotency.remember(session, "RecordDeliveryReceipt", request, response)
+        return response, outcome is not None
 
     async def _settle(
         self,
