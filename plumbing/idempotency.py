@@ -8,6 +8,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from plumbing.db import Database
 from plumbing.errors import Aborted, InvalidArgument
@@ -64,12 +65,14 @@ class Idempotency:
         self.table = table
 
     async def previous(self, session: AsyncSession, method: str, request: Message, response_type: type[R]) -> R | None:
+        return await session.run_sync(self.previous_sync, method, request, response_type)
+
+    def previous_sync(self, session: Session, method: str, request: Message, response_type: type[R]) -> R | None:
+        """previous() for a synchronous Session (Database.run_in_transaction's work)."""
         request_id = require_request_id(request)
-        row = (
-            await session.execute(
-                select(self.table.c.request_hash, self.table.c.response).where(
-                    self.table.c.method == method, self.table.c.request_id == request_id
-                )
+        row = session.execute(
+            select(self.table.c.request_hash, self.table.c.response).where(
+                self.table.c.method == method, self.table.c.request_id == request_id
             )
         ).first()
         if row is None:
@@ -83,7 +86,11 @@ class Idempotency:
         return response_type.FromString(row.response)
 
     async def remember(self, session: AsyncSession, method: str, request: Message, response: Message) -> None:
-        await session.execute(
+        await session.run_sync(self.remember_sync, method, request, response)
+
+    def remember_sync(self, session: Session, method: str, request: Message, response: Message) -> None:
+        """remember() for a synchronous Session."""
+        session.execute(
             insert(self.table).values(
                 method=method,
                 request_id=request.request_id,  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
-import asyncio
+import contextvars
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -9,6 +9,7 @@ import grpc
 import structlog
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from plumbing.db import Database
 from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
@@ -214,32 +215,34 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         """A batch of receipts in one transaction, in arrival order, each applied as it would be alone and in its
         caller's context (its DeliveryUpdated continues the caller's trace). A receipt's own error (an unknown
         campaign ID, a reused request_id) is raised before it writes anything, and is its caller's alone."""
-        answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
-        async with self.db.transaction() as session:
+
+        def apply_all(session: Session) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
+            answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
             for submitted in batch:
-                applying = asyncio.create_task(
-                    self._apply_receipt(session, submitted.item), context=submitted.context.copy()
-                )
                 try:
-                    answers.append(await applying)
+                    answers.append(submitted.context.copy().run(self._apply_receipt, session, submitted.item))
                 except DomainError as refused:
                     answers.append(refused)
-        return answers
+            return answers
+
+        # One synchronous transaction: on SQLite one call to its writer thread, not a thread crossing per statement.
+        return await self.db.run_in_transaction(apply_all)
 
     async def _record_receipt_alone(self, item: "_Receipt") -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-        async with self.db.transaction() as session:
-            return await self._apply_receipt(session, item)
+        context = contextvars.copy_context()
+        return await self.db.run_in_transaction(lambda session: context.run(self._apply_receipt, session, item))
 
-    async def _apply_receipt(
-        self, session: AsyncSession, item: "_Receipt"
+    def _apply_receipt(
+        self, session: Session, item: "_Receipt"
     ) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
+        """One receipt in the batch's transaction, run in its caller's context (its DeliveryUpdated's trace)."""
         request, campaign_id, receipt, at = item
-        previous = await self.idempotency.previous(
+        previous = self.idempotency.previous_sync(
             session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
         )
         if previous is not None:
             return previous, False
-        locked = await store.lock_state(session, campaign_id)
+        locked = store.lock_state_sync(session, campaign_id)
         if locked is None:
             raise _no_message(campaign_id)
         current, _ = locked
@@ -247,7 +250,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         if outcome is not None:
             reason = scrub(request.reason)
             step = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
-            await self._settle(
+            self._settle_sync(
                 session,
                 campaign_id,
                 outcome,
@@ -256,10 +259,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 f"{step}: {reason}".strip(": "),
                 provider_message_id=request.provider_message_id,
             )
-        updated = await store.load_message(session, campaign_id)
+        updated = store.load_message_sync(session, campaign_id)
         assert updated is not None
         response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
-        await self.idempotency.remember(session, "RecordDeliveryReceipt", request, response)
+        self.idempotency.remember_sync(session, "RecordDeliveryReceipt", request, response)
         return response, outcome is not None
 
     async def _settle(
@@ -275,13 +278,30 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     ) -> None:
         """A message's new state from outside the send (a receipt, an operator): the state, its timeline step and its
         DeliveryUpdated, in the caller's transaction. The provider's id is kept only when none was recorded."""
-        record = await store.load_message(session, campaign_id)
+        await session.run_sync(
+            lambda sync: self._settle_sync(
+                sync, campaign_id, outcome, at, reason, step_detail, provider_message_id=provider_message_id
+            )
+        )
+
+    def _settle_sync(
+        self,
+        session: Session,
+        campaign_id: str,
+        outcome: DeliveryState,
+        at: datetime,
+        reason: str,
+        step_detail: str,
+        *,
+        provider_message_id: str = "",
+    ) -> None:
+        record = store.load_message_sync(session, campaign_id)
         assert record is not None
         if record.timeline and record.timeline[-1].at > at:
             # A receipt that raced the hand-over's own record (or a provider clock behind ours) still reads after the
             # state it settles.
             at = record.timeline[-1].at
-        await store.set_state(
+        store.set_state_sync(
             session,
             campaign_id,
             outcome,
@@ -289,12 +309,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             reason=reason if outcome is DeliveryState.FAILED else "",
             provider_message_id=None if record.provider_message_id else provider_message_id or None,
         )
-        await store.add_timeline(session, campaign_id, [TimelineStep(state_step(outcome), at, step_detail)])
-        await self.outbox.add(
-            session,
-            streams.DELIVERY_UPDATED,
-            convert.delivery_updated(campaign_id, record.channel, outcome, at, reason),
-            campaign_id=campaign_id,
+        store.add_timeline_sync(session, campaign_id, [TimelineStep(state_step(outcome), at, step_detail)])
+        event = convert.delivery_updated(campaign_id, record.channel, outcome, at, reason)
+        self.outbox.add_rows_sync(
+            session, [self.outbox.event(streams.DELIVERY_UPDATED, event, campaign_id=campaign_id)]
         )
 
     async def ListAmbiguousMessages(

@@ -130,16 +130,41 @@ async def insert_queued_if_absent(
 
 async def lock_state(session: AsyncSession, campaign_id: str) -> tuple[DeliveryState, int] | None:
     """The message's state and attempts, row-locked until the transaction ends (SQLite: the whole database is)."""
-    row = (
-        await session.execute(
-            select(messages.c.state, messages.c.attempts).where(messages.c.campaign_id == campaign_id).with_for_update()
-        )
+    return await session.run_sync(lock_state_sync, campaign_id)
+
+
+def lock_state_sync(session: Session, campaign_id: str) -> tuple[DeliveryState, int] | None:
+    row = session.execute(
+        select(messages.c.state, messages.c.attempts).where(messages.c.campaign_id == campaign_id).with_for_update()
     ).first()
     return None if row is None else (DeliveryState(row.state), int(row.attempts))
 
 
 async def set_state(
     session: AsyncSession,
+    campaign_id: str,
+    state: DeliveryState,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    provider_message_id: str | None = None,
+    count_attempt: bool = False,
+) -> None:
+    await session.run_sync(
+        lambda sync: set_state_sync(
+            sync,
+            campaign_id,
+            state,
+            now=now,
+            reason=reason,
+            provider_message_id=provider_message_id,
+            count_attempt=count_attempt,
+        )
+    )
+
+
+def set_state_sync(
+    session: Session,
     campaign_id: str,
     state: DeliveryState,
     *,
@@ -157,11 +182,15 @@ async def set_state(
         values["sent_at"] = now
     if count_attempt:
         values["attempts"] = messages.c.attempts + 1
-    await session.execute(update(messages).where(messages.c.campaign_id == campaign_id).values(**values))
+    session.execute(update(messages).where(messages.c.campaign_id == campaign_id).values(**values))
 
 
 async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[TimelineStep]) -> None:
-    await session.execute(
+    await session.run_sync(add_timeline_sync, campaign_id, steps)
+
+
+def add_timeline_sync(session: Session, campaign_id: str, steps: Sequence[TimelineStep]) -> None:
+    session.execute(
         insert(message_timeline),
         [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:500]} for s in steps],
     )
@@ -587,15 +616,17 @@ async def campaign_id_of(session: AsyncSession, provider_message_id: str) -> str
 
 async def load_message(session: AsyncSession, campaign_id: str) -> MessageRecord | None:
     """The message with its timeline, oldest first (ties in time keep the order they were written in)."""
-    row = (await session.execute(select(messages).where(messages.c.campaign_id == campaign_id))).mappings().first()
+    return await session.run_sync(load_message_sync, campaign_id)
+
+
+def load_message_sync(session: Session, campaign_id: str) -> MessageRecord | None:
+    row = session.execute(select(messages).where(messages.c.campaign_id == campaign_id)).mappings().first()
     if row is None:
         return None
-    steps = (
-        await session.execute(
-            select(message_timeline.c.step, message_timeline.c.at, message_timeline.c.detail)
-            .where(message_timeline.c.campaign_id == campaign_id)
-            .order_by(message_timeline.c.at, message_timeline.c.seq)
-        )
+    steps = session.execute(
+        select(message_timeline.c.step, message_timeline.c.at, message_timeline.c.detail)
+        .where(message_timeline.c.campaign_id == campaign_id)
+        .order_by(message_timeline.c.at, message_timeline.c.seq)
     ).all()
     return MessageRecord(
         campaign_id=row["campaign_id"],

@@ -1,5 +1,6 @@
 """Delivery receipts over real gRPC: they settle ambiguous messages and complete the timeline a user reads."""
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,8 @@ from gateway.app import build as build_gateway
 from gateway.settings import GatewaySettings
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.telemetry import outreach_ids
+from services import streams
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
     dispatch_on,
@@ -22,7 +25,7 @@ from tests.integration.channels.support import (
     published_state,
     updates,
 )
-from xsell.channels.v1 import resources_pb2, service_pb2
+from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
 
 DELIVERED = resources_pb2.DELIVERY_STATE_DELIVERED
 
@@ -299,3 +302,46 @@ async def test_an_operator_lists_ambiguous_messages_and_settles_one_by_hand_once
 
 def _fields(request: service_pb2.ResolveAmbiguousMessageRequest) -> dict[str, object]:
     return {field.name: value for field, value in request.ListFields()}
+
+
+async def test_receipts_arriving_together_each_get_their_own_answer_in_their_own_trace(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Concurrent receipts share transactions (group commit): each is applied in arrival order as it would be alone,
+    a refused one fails alone, and each DeliveryUpdated continues its own outreach's trace."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_ids = [new_campaign_id() for _ in range(12)]
+    for campaign_id in campaign_ids:
+        await publish(nats_bus, dispatch_on("sms", campaign_id))
+    for campaign_id in campaign_ids:
+        await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+
+    def receipt(request_id: str, campaign_id: str, state: int = DELIVERED) -> service_pb2.RecordDeliveryReceiptRequest:
+        return service_pb2.RecordDeliveryReceiptRequest(request_id=request_id, campaign_id=campaign_id, state=state)  # type: ignore[arg-type]
+
+    settled = await asyncio.gather(*(channels.stub.RecordDeliveryReceipt(receipt(f"r-{c}", c)) for c in campaign_ids))
+    assert [answer.message.state for answer in settled] == [DELIVERED] * len(campaign_ids)
+    # Then, together: a provider's retry (the same answer), an id reused for another receipt, an unknown message.
+    first, second = campaign_ids[:2]
+    retried, reused, unknown = await asyncio.gather(
+        channels.stub.RecordDeliveryReceipt(receipt(f"r-{first}", first)),
+        channels.stub.RecordDeliveryReceipt(receipt(f"r-{second}", second, resources_pb2.DELIVERY_STATE_FAILED)),
+        channels.stub.RecordDeliveryReceipt(receipt("r-unknown", "CSELL-NO-SUCH-MESSAGE")),
+        return_exceptions=True,
+    )
+    assert retried == settled[0]
+    assert isinstance(reused, grpc.aio.AioRpcError) and reused.code() is grpc.StatusCode.ABORTED
+    assert isinstance(unknown, grpc.aio.AioRpcError) and unknown.code() is grpc.StatusCode.NOT_FOUND
+    for campaign_id in campaign_ids:
+        await published_state(listener, campaign_id, DELIVERED)
+        [delivered] = [
+            heard
+            for heard in listener.on(streams.DELIVERY_UPDATED, campaign_id)
+            if events_pb2.DeliveryUpdated.FromString(heard.data).state == DELIVERED
+        ]
+        trace_id = delivered.headers["traceparent"].split("-")[1]
+        assert trace_id == f"{outreach_ids(campaign_id)[0]:032x}"
