@@ -155,6 +155,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
             channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
             message_id_domain=settings.message_id_domain,
             timeout_seconds=settings.downstream_timeout_seconds,
+            envelope_secret=settings.tracking_secret.get_secret_value(),
         )
         tasks.append(BackgroundTask("bounce-mailbox", mailbox.run, mailbox.stop))
     return GatewayProcess(

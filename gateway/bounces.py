@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 
+from plumbing.signing import envelope_campaign_id
 from xsell.channels.v1 import resources_pb2 as channels_resources
 
 # What composition writes into X-Xsell-Campaign-Id and the Message-ID's left-hand side: visible ASCII, no "@" or ">".
@@ -30,6 +31,9 @@ class Report:
     kind: int  # xsell.channels.v1.EngagementKind: BOUNCED or COMPLAINED
     detail: str
     report_id: str
+    signed: bool = False
+    """Whether the report carries the envelope id channels signed (a DSN): only then does it prove the relay had the
+    message, since anyone can write a report naming a guessed campaign ID."""
 
 
 @dataclass(frozen=True)
@@ -86,18 +90,23 @@ def _original_campaign_id(report: Message, message_id_domain: str) -> str:
     raise NotAReport("it does not return the headers of one of our messages")
 
 
-def _envelope_campaign_id(blocks: list[Message]) -> str:
-    """The campaign ID channels sent as the DSN request's ENVID (RFC 3461), from Original-Envelope-Id ("" if none)."""
+def _envelope_campaign_id(blocks: list[Message], envelope_secret: str) -> str:
+    """The campaign ID of the envelope id channels signed and sent as the DSN request's ENVID (RFC 3461), from
+    Original-Envelope-Id; "" when there is none or it is not signed with `envelope_secret`."""
     stated = str(blocks[0].get("Original-Envelope-Id", "")).strip() if blocks else ""
-    campaign_id = _XTEXT.sub(lambda hex_pair: chr(int(hex_pair.group(1), 16)), stated)
-    return campaign_id if _CAMPAIGN_ID.match(campaign_id) else ""
+    envelope_id = _XTEXT.sub(lambda hex_pair: chr(int(hex_pair.group(1), 16)), stated)
+    campaign_id = envelope_campaign_id(envelope_id, envelope_secret) if envelope_secret else None
+    return campaign_id if campaign_id is not None and _CAMPAIGN_ID.match(campaign_id) else ""
 
 
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 
 
-def read_report(raw: bytes, message_id_domain: str) -> Report | Receipt:
-    """The report in a mail delivered to the return-path mailbox; NotAReport says why there is none."""
+def read_report(raw: bytes, message_id_domain: str, envelope_secret: str = "") -> Report | Receipt:
+    """The report in a mail delivered to the return-path mailbox; NotAReport says why there is none.
+
+    A report of delivery counts only with the envelope id channels signed with `envelope_secret` (the tracking
+    secret both share); a bounce or complaint without it still names its outreach by the returned headers."""
     mail = message_from_bytes(raw, policy=policy.default)
     assert isinstance(mail, EmailMessage)
     if mail.get_content_type() != "multipart/report":
@@ -114,8 +123,11 @@ def read_report(raw: bytes, message_id_domain: str) -> Report | Receipt:
         taken = [(action, block) for action, block in actions if action in _RECEIPT_ACTIONS]
         if not failed and not taken:
             raise NotAReport("a delivery status notification that reports no failure and no delivery (delayed)")
-        campaign_id = _envelope_campaign_id(blocks) or _original_campaign_id(mail, message_id_domain)
+        signed_campaign_id = _envelope_campaign_id(blocks, envelope_secret)
         if not failed:
+            if not signed_campaign_id:
+                raise NotAReport("a report of delivery without an envelope id we signed")
+            campaign_id = signed_campaign_id
             action, block = taken[0]
             code = str(block.get("Status", "")).strip().split(" ")[0]
             detail = f"{action} {code if _STATUS.match(code) else '2.0.0'}"
@@ -124,7 +136,10 @@ def read_report(raw: bytes, message_id_domain: str) -> Report | Receipt:
         if not _STATUS.match(code):
             code = "5.0.0"
         detail = f"{code} {'permanent' if code.startswith('5') else 'transient, given up'}"
-        return Report(campaign_id, channels_resources.ENGAGEMENT_KIND_BOUNCED, detail, report_id)
+        campaign_id = signed_campaign_id or _original_campaign_id(mail, message_id_domain)
+        return Report(
+            campaign_id, channels_resources.ENGAGEMENT_KIND_BOUNCED, detail, report_id, signed=bool(signed_campaign_id)
+        )
     if report_type == "feedback-report":
         feedback = next((p for p in mail.walk() if p.get_content_type() == "message/feedback-report"), None)
         if feedback is None:

@@ -1,8 +1,10 @@
 """The return-path mailbox on the gateway's edge: an SMTP server (aiosmtpd, on the gateway's loop) that receives the
 reports mail servers send back and records each on channels, as the provider webhooks do: a bounce or a complaint as
 the outreach's BOUNCED or COMPLAINED engagement (RecordEngagement), a delivery status notification of success as its
-receipt (RecordDeliveryReceipt: DELIVERED, or SENT for a message relayed on). Any report also proves the relay took
-the message, so it first settles a hand-over whose answer a crash lost (a SENT receipt changes nothing else)."""
+receipt (RecordDeliveryReceipt: DELIVERED, or SENT for a message relayed on). A report that carries the envelope id
+channels signed also proves the relay took the message, so a bounce with it first settles a hand-over whose answer a
+crash lost (a SENT receipt changes nothing else). The mailbox is public: a report of delivery without that signature is
+dropped, and an unsigned bounce or complaint is recorded as the engagement alone."""
 
 import asyncio
 from typing import Any
@@ -61,11 +63,14 @@ class BounceMailbox:
         *,
         message_id_domain: str,
         timeout_seconds: float,
+        envelope_secret: str = "",
         hostname: str = "xsell-bounces",
     ) -> None:
         self.host, self.port = host, port
         self.channels = channels
         self.message_id_domain = message_id_domain
+        # The tracking secret channels signs each e-mail's envelope id with (plumbing.signing.signed_envelope_id).
+        self.envelope_secret = envelope_secret
         self.timeout_seconds = timeout_seconds
         self.hostname = hostname
         self._stopped = asyncio.Event()
@@ -82,14 +87,16 @@ class BounceMailbox:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         try:
-            report = read_report(raw, self.message_id_domain)
+            report = read_report(raw, self.message_id_domain, self.envelope_secret)
         except NotAReport as reason:
             log.info("mailbox_mail_ignored", reason=str(reason))
             return "250 2.0.0 accepted, not a report about an xsell message"
         try:
-            recorded = await record_call(
-                self.channels.RecordDeliveryReceipt, receipt_request(report), self.timeout_seconds
-            )
+            recorded = True
+            if isinstance(report, Receipt) or report.signed:
+                recorded = await record_call(
+                    self.channels.RecordDeliveryReceipt, receipt_request(report), self.timeout_seconds
+                )
             if recorded and isinstance(report, Report):
                 recorded = await record_call(
                     self.channels.RecordEngagement, engagement_request(report), self.timeout_seconds

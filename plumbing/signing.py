@@ -42,3 +42,26 @@ def verify(token: str, secret: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise BadSignature("token payload is not an object")
     return payload
+
+
+ENVELOPE_MAC_CHARS = 20
+"""Hex digits of the MAC an envelope id carries (80 bits)."""
+
+
+def signed_envelope_id(campaign_id: str, secret: str) -> str:
+    """`<campaign ID>.<MAC>`: the ENVID an e-mail asks its delivery reports to carry (RFC 3461), so that the mailbox
+    records only reports about messages we sent, not ones anyone can write naming a guessed campaign ID."""
+    return f"{campaign_id}.{_envelope_mac(campaign_id, secret)}"
+
+
+def envelope_campaign_id(envelope_id: str, secret: str) -> str | None:
+    """The campaign ID of an envelope id signed with `secret`; None when it is not one."""
+    campaign_id, _, mac = envelope_id.rpartition(".")
+    if not campaign_id or len(mac) != ENVELOPE_MAC_CHARS:
+        return None
+    expected = _envelope_mac(campaign_id, secret)
+    return campaign_id if hmac.compare_digest(expected.encode(), mac.encode("ascii", "replace")) else None
+
+
+def _envelope_mac(campaign_id: str, secret: str) -> str:
+    return hmac.new(secret.encode(), b"envid:" + campaign_id.encode(), hashlib.sha256).hexdigest()[:ENVELOPE_MAC_CHARS]

@@ -19,6 +19,7 @@ from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
+from plumbing.signing import signed_envelope_id
 from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_ids, outreach_span
 from services import streams
 from services.channels import convert, store
@@ -598,7 +599,8 @@ class DispatchHandler:
                 message,
                 sender=self.email.return_path or self.email.from_address,
                 recipient=recipient,
-                envelope_id=campaign_id,
+                # Signed, so that the gateway's mailbox records only reports about e-mails we sent.
+                envelope_id=signed_envelope_id(campaign_id, self.email.tracking_secret),
             )
         except SendFailure as failure:
             _mark_failed(span, failure)

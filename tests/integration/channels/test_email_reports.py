@@ -16,8 +16,10 @@ from gateway.settings import GatewaySettings
 from plumbing.bus import Bus
 from plumbing.outbox import utcnow
 from plumbing.runtime import ServiceProcess
+from plumbing.signing import signed_envelope_id
 from services.channels.resend import Resender, resend_reason
-from tests.integration.channels.conftest import Channels, Listener, Mailbox, SmtpRelay, StartChannels
+from services.channels.smtp import xtext
+from tests.integration.channels.conftest import TRACKING_SECRET, Channels, Listener, Mailbox, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch, message_if_any, new_campaign_id, publish, published_state
 from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2
@@ -73,6 +75,7 @@ async def reporting(
             channels_target=f"127.0.0.1:{channels.process.server.port}",
             bounce_mailbox_port=0,
             message_id_domain="mail.test.in",
+            tracking_secret=TRACKING_SECRET,  # type: ignore[arg-type]  # channels signs each envelope id with it
             log_level="warning",
         ),
         TracerProvider(),
@@ -130,7 +133,7 @@ async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered
     # The request, as the relay took it: a report of success and of failure, headers only, the campaign ID as ENVID.
     options = reporting.mailbox.options[-1]
     assert options == (
-        ["RET=HDRS", f"ENVID={campaign_id}"],
+        ["RET=HDRS", f"ENVID={xtext(signed_envelope_id(campaign_id, TRACKING_SECRET))}"],
         ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;priya@example.in"],
     )
     assert reporting.mailbox.senders[-1] == RETURN_PATH

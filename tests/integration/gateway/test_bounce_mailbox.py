@@ -6,6 +6,7 @@ import aiosmtplib
 import grpc
 
 from devstack.smtp_sink import delivery_report
+from plumbing.signing import signed_envelope_id
 from services.channels.smtp import xtext
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
 from xsell.channels.v1 import resources_pb2 as channels_resources
@@ -139,11 +140,8 @@ async def test_a_bounce_and_a_complaint_become_engagements_with_their_status_and
     assert bounced.request_id == "mailbox:<dsn-1@mx.example.in>"
     assert (complained.kind, complained.detail) == (channels_resources.ENGAGEMENT_KIND_COMPLAINED, "abuse")
     assert all("asha" not in request.detail for request in (bounced, complained))
-    # Each report first says the relay had the message: a SENT receipt, which settles only a lost answer.
-    assert [(r.request_id, r.state) for r in receipts(downstream)] == [
-        ("mailbox:<dsn-1@mx.example.in>:sent", channels_resources.DELIVERY_STATE_SENT),
-        ("mailbox:<arf-1@mailbox.example.in>:sent", channels_resources.DELIVERY_STATE_SENT),
-    ]
+    # Neither carries the envelope id channels signed: no proof the relay had the message, so no receipt.
+    assert receipts(downstream) == []
 
 
 async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_receipt(
@@ -154,7 +152,7 @@ async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_re
         reporting_mta="mx.example.in",
         return_path=f"bounces@{DOMAIN}",
         recipient="asha@example.in",
-        envelope_id=xtext(CAMPAIGN_ID),
+        envelope_id=xtext(signed_envelope_id(CAMPAIGN_ID, "test-tracking-secret")),
         returned=RETURNED.replace("\n", "\r\n").encode(),
     )
     assert await deliver(gateway, report) == (250, "2.0.0 recorded")
@@ -165,6 +163,32 @@ async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_re
         "delivered 2.0.0",
     )
     assert receipt.request_id.startswith("mailbox:<dsn-") and engagements(downstream) == []
+
+    # A signed bounce proves the relay had the message: first the SENT receipt it implies, then the engagement.
+    envelope_id = xtext(signed_envelope_id(CAMPAIGN_ID, "test-tracking-secret"))
+    reporter = b"Reporting-MTA: dns; mx.example.in\n"
+    signed = bounce("dsn-5").replace(reporter, reporter + f"Original-Envelope-Id: {envelope_id}\n".encode())
+    assert await deliver(gateway, signed) == (250, "2.0.0 recorded")
+    assert [(r.request_id, r.state) for r in receipts(downstream)][1:] == [
+        ("mailbox:<dsn-5@mx.example.in>:sent", channels_resources.DELIVERY_STATE_SENT)
+    ]
+    assert [e.kind for e in engagements(downstream)] == [channels_resources.ENGAGEMENT_KIND_BOUNCED]
+
+
+async def test_a_report_of_delivery_we_did_not_sign_is_dropped(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    """The mailbox is on the public edge: a forged report naming a guessed campaign ID settles nothing."""
+    gateway = await _gateway(start_gateway)
+    forged = delivery_report(
+        reporting_mta="mx.example.in",
+        return_path=f"bounces@{DOMAIN}",
+        recipient="asha@example.in",
+        envelope_id=xtext(signed_envelope_id(CAMPAIGN_ID, "a-guessed-secret")),
+        returned=RETURNED.replace("\n", "\r\n").encode(),
+    )
+    assert await deliver(gateway, forged) == (250, "2.0.0 accepted, not a report about an xsell message")
+    assert downstream.services.calls == []
 
 
 async def test_a_report_channels_cannot_record_now_is_deferred_and_one_about_an_unknown_message_dropped(

@@ -4,6 +4,8 @@ import pytest
 
 from devstack.smtp_sink import delivery_report
 from gateway.bounces import NotAReport, Receipt, Report, read_report
+from plumbing.signing import signed_envelope_id
+from services.channels.smtp import xtext
 from xsell.channels.v1 import resources_pb2 as channels_resources
 
 DOMAIN = "xsell.bank.example"
@@ -149,20 +151,24 @@ def test_what_is_not_a_report_about_our_message_says_so(raw: str) -> None:
         read_report(raw.encode(), DOMAIN)
 
 
-def _success(action: str = "delivered", envelope_id: str = CAMPAIGN_ID) -> bytes:
+SECRET = "test-tracking-secret"
+
+
+def _success(action: str = "delivered", campaign_id: str = CAMPAIGN_ID, *, signed: bool = True) -> bytes:
     returned = f"From: Fundsy <offers@{DOMAIN}>\r\nMessage-ID: <{CAMPAIGN_ID}@{DOMAIN}>\r\n\r\nHi Asha\r\n".encode()
+    envelope_id = signed_envelope_id(campaign_id, SECRET) if signed else campaign_id
     return delivery_report(
         reporting_mta="mx.example.in",
         return_path=f"bounces@{DOMAIN}",
         recipient="asha.k@example.in",
-        envelope_id=envelope_id,
+        envelope_id=xtext(envelope_id),
         returned=returned,
         action=action,
     )
 
 
-def test_a_report_of_success_is_a_receipt_of_the_outreach_named_by_its_envelope_id() -> None:
-    receipt = read_report(_success(), DOMAIN)
+def test_a_report_of_success_is_a_receipt_of_the_outreach_named_by_its_signed_envelope_id() -> None:
+    receipt = read_report(_success(), DOMAIN, SECRET)
     assert isinstance(receipt, Receipt)
     assert (receipt.campaign_id, receipt.state, receipt.detail) == (
         CAMPAIGN_ID,
@@ -170,15 +176,35 @@ def test_a_report_of_success_is_a_receipt_of_the_outreach_named_by_its_envelope_
         "delivered 2.0.0",
     )
     # Relayed on to a server that does not report: the relay took it, no more is known.
-    assert read_report(_success("relayed"), DOMAIN).state == channels_resources.DELIVERY_STATE_SENT  # type: ignore[union-attr]
-    # ENVID is xtext; without one, the returned headers name the outreach.
-    assert read_report(_success(envelope_id="CS+2B1+3Dx"), DOMAIN).campaign_id == "CS+1=x"
-    assert read_report(_success(envelope_id=""), DOMAIN).campaign_id == CAMPAIGN_ID
+    assert read_report(_success("relayed"), DOMAIN, SECRET).state == channels_resources.DELIVERY_STATE_SENT  # type: ignore[union-attr]
+    # The envelope id is xtext on the wire.
+    assert read_report(_success(campaign_id="CS+1=x.y"), DOMAIN, SECRET).campaign_id == "CS+1=x.y"
+
+
+def test_a_report_of_success_that_we_did_not_sign_is_none() -> None:
+    """The mailbox is public: anyone can write a report naming a guessed campaign ID, to settle a message unsent."""
+    with pytest.raises(NotAReport, match="signed"):
+        read_report(_success(signed=False), DOMAIN, SECRET)
+    with pytest.raises(NotAReport, match="signed"):
+        read_report(_success(), DOMAIN, "another-secret")
+    forged = _success().replace(signed_envelope_id(CAMPAIGN_ID, SECRET)[-4:].encode(), b"0000")
+    with pytest.raises(NotAReport, match="signed"):
+        read_report(forged, DOMAIN, SECRET)
+
+
+def test_a_bounce_says_whether_it_carries_our_signed_envelope_id() -> None:
+    unsigned = read_report(POSTFIX_BOUNCE.encode(), DOMAIN, SECRET)
+    assert isinstance(unsigned, Report) and not unsigned.signed
+    envid = f"Original-Envelope-Id: {xtext(signed_envelope_id(CAMPAIGN_ID, SECRET))}\n"
+    signed = read_report(
+        POSTFIX_BOUNCE.replace("X-Postfix-Queue-ID", envid + "X-Postfix-Queue-ID").encode(), DOMAIN, SECRET
+    )
+    assert isinstance(signed, Report) and signed.signed and signed.campaign_id == CAMPAIGN_ID
 
 
 def test_a_report_that_says_delivered_and_failed_is_a_bounce() -> None:
     both = POSTFIX_BOUNCE.replace(
         "Action: failed", "Action: delivered\nStatus: 2.0.0\n\nFinal-Recipient: rfc822; b@x.in\nAction: failed", 1
     )
-    report = read_report(both.encode(), DOMAIN)
+    report = read_report(both.encode(), DOMAIN, SECRET)
     assert isinstance(report, Report) and report.kind == channels_resources.ENGAGEMENT_KIND_BOUNCED
