@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from services.channels.delivery import Accepted, ProviderRejected, ProviderUnavailable
+from services.channels.delivery import Accepted, ProviderOutcomeUnknown, ProviderRejected
 from services.channels.outgoing import OutgoingPush
 from services.channels.providers.base import ProviderAnswer, ProviderRequest, failure_for_status, json_body, scrub
 
@@ -64,7 +64,9 @@ class FcmPush:
         if 200 <= answer.status < 300:
             name = document.get("name")
             if not isinstance(name, str) or not name:
-                raise ProviderUnavailable(f"push HTTP {answer.status} without a message name")
+                raise ProviderOutcomeUnknown(
+                    f"push HTTP {answer.status} without a message name: it may have been accepted"
+                )
             return Accepted(name, "fcm accepted")
         error = document.get("error")
         error_code = _fcm_error_code(error)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from services.channels.delivery import Accepted, ProviderUnavailable
+from services.channels.delivery import Accepted, ProviderOutcomeUnknown
 from services.channels.outgoing import OutgoingSms
 from services.channels.providers.base import ProviderAnswer, ProviderRequest, failure_for_status
 
@@ -73,7 +73,9 @@ class ExotelSms:
             sms = document.get("SMSMessage")
             sid = sms.get("Sid") if isinstance(sms, dict) else None
             if not isinstance(sid, str) or not sid:
-                raise ProviderUnavailable(f"sms HTTP {answer.status} without SMSMessage.Sid")
+                raise ProviderOutcomeUnknown(
+                    f"sms HTTP {answer.status} without SMSMessage.Sid: it may have been accepted"
+                )
             status = sms.get("Status", "") if isinstance(sms, dict) else ""
             return Accepted(sid, f"exotel {status}".strip())
         error = document.get("RestException")

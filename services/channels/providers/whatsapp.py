@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from services.channels.delivery import Accepted, ProviderThrottled, ProviderUnavailable
+from services.channels.delivery import Accepted, ProviderOutcomeUnknown, ProviderThrottled, ProviderUnavailable
 from services.channels.outgoing import OutgoingWhatsApp
 from services.channels.providers.base import (
     ProviderAnswer,
@@ -80,7 +80,9 @@ class WhatsAppCloud:
             first = messages[0] if isinstance(messages, list) and messages else None
             wamid = first.get("id") if isinstance(first, dict) else None
             if not isinstance(wamid, str) or not wamid:
-                raise ProviderUnavailable(f"whatsapp HTTP {answer.status} without messages[0].id")
+                raise ProviderOutcomeUnknown(
+                    f"whatsapp HTTP {answer.status} without messages[0].id: it may have been accepted"
+                )
             status = first.get("message_status", "accepted") if isinstance(first, dict) else "accepted"
             return Accepted(wamid, f"whatsapp {status}")
         error = document.get("error")

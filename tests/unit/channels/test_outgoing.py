@@ -10,6 +10,7 @@ from services.channels.delivery import (
     DeliveryState,
     DispatchAction,
     MalformedDispatch,
+    ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderThrottled,
     ProviderUnavailable,
@@ -144,8 +145,18 @@ def test_provider_error_answers_are_classified() -> None:
     }
     with pytest.raises(ProviderRejected, match="SENDER_ID_MISMATCH"):
         push.accepted(_answer(403, sender_mismatch))
-    with pytest.raises(ProviderUnavailable):
-        push.accepted(_answer(200, {}))  # a 2xx without the message name is not an acceptance
+    with pytest.raises(ProviderOutcomeUnknown):
+        push.accepted(_answer(200, {}))  # a 2xx without the message name may be an acceptance: never retried blind
+
+
+def test_a_success_answer_without_the_providers_id_is_an_unknown_outcome_never_a_retry() -> None:
+    """The provider said yes but not which message: sending again could reach the person twice (AMBIGUOUS)."""
+    with pytest.raises(ProviderOutcomeUnknown, match="may have been accepted"):
+        ExotelSms("http://x", "sid", "k", "t", "1101000000000000001").accepted(_answer(200, {"SMSMessage": {}}))
+    with pytest.raises(ProviderOutcomeUnknown, match="may have been accepted"):
+        WhatsAppCloud("http://x", "v21.0", "1", "t").accepted(_answer(200, {"messages": []}))
+    with pytest.raises(ProviderOutcomeUnknown, match="may have been accepted"):
+        FcmPush("http://x", "p", "t").accepted(ProviderAnswer(200, {}, b"<html>ok</html>"))
 
 
 def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
