@@ -234,6 +234,7 @@ class DispatchHandler:
             return
 
         if prepared is None or blocked is not None:
+            gave_up: str | None = None
             async with self.db.transaction() as session:
                 attempts = await self._claim(
                     session, campaign_id, channel, event.profile_id, now, prepared=prepared, delivery=delivery
@@ -244,12 +245,21 @@ class DispatchHandler:
                     await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, malformed)
                 elif blocked is not None and blocked.retry_in is None:
                     await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, blocked.reason)
+                elif blocked is not None and delivery.num_delivered >= self.policy.max_attempts:
+                    # Held back on the last delivery the durable allows: no later one would come to send it, so the
+                    # message is FAILED with why, not left QUEUED saying when it would go.
+                    gave_up = f"gave up after {delivery.num_delivered} attempts: {blocked.reason}"
+                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, gave_up)
                 elif blocked is not None:
                     await store.set_state(session, campaign_id, DeliveryState.QUEUED, now=now, reason=blocked.reason)
                     await store.add_timeline(
                         session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, blocked.reason)]
                     )
             provider = prepared.provider if prepared is not None else "none"
+            if gave_up is not None:
+                self._count(provider, "gave_up")
+                self._log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=gave_up)
+                raise PermanentError(f"campaign ID {campaign_id}: {gave_up}")
             if malformed is not None:
                 self._count(provider, "malformed")
                 self._log.warning("dispatch_malformed", reason=malformed)

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
-from plumbing.bus import Bus
+from plumbing.bus import Bus, Delivery, PermanentError
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
@@ -240,6 +240,26 @@ async def test_a_crash_after_the_intent_resends_only_where_the_provider_deduplic
     assert resources_pb2.DeliveryState.Name(message.state) == expected
     sink = provider_sinks.webhook if channel == "webhook" else provider_sinks.sms
     assert len(sink.for_campaign(campaign_id)) == (1 if channel == "webhook" else 0)
+
+
+async def test_quiet_hours_on_the_last_allowed_delivery_fail_the_message_with_the_reason(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, listener: Listener
+) -> None:
+    """No later delivery would come to send it: FAILED saying why, never left QUEUED saying when it would go."""
+    local = datetime.now(ZoneInfo("Asia/Kolkata"))
+    window = f"{local - timedelta(hours=1):%H:%M}-{local + timedelta(hours=1):%H:%M}"
+    channels = await start_channels(
+        smtp_relay.port, quiet_hours={"CHANNEL_SMS": window}, **provider_sinks.channels_settings()
+    )
+    handler = next(task for task in channels.process.tasks if task.name == "dispatch-consumer").run.__self__.handler  # type: ignore[attr-defined]
+    campaign_id = new_campaign_id()
+    last = Delivery("msg-last", streams.DISPATCH_REQUESTED, num_delivered=streams.CHANNELS_DISPATCH.max_deliver)
+    with pytest.raises(PermanentError, match="quiet hours"):
+        await handler(dispatch_on("sms", campaign_id), last)
+
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason.startswith(f"gave up after {streams.CHANNELS_DISPATCH.max_deliver} attempts: quiet hours")
+    assert provider_sinks.sms.received == []
 
 
 async def test_quiet_hours_hold_the_message_back(
