@@ -518,6 +518,11 @@ class DispatchHandler:
 
     def _prepare(self, campaign_id: str, channel: str, event: DispatchRequested, now: datetime) -> Prepared:
         """The validated message bound to its adapter; MalformedDispatch says what the request lacks."""
+        if self.policy.suppressions is not None and not event.profile_id.strip():
+            raise MalformedDispatch(
+                "profile_id is empty: suppressions and consent cannot be checked at send time, and nothing is sent "
+                "unchecked"
+            )
         p = self.providers
         if channel == "CHANNEL_EMAIL":
             return self._prepare_email(campaign_id, channel, event, now)

@@ -346,6 +346,24 @@ async def test_a_suppression_added_after_release_stops_the_send(
     assert states(await get_message(channels, opted_out)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
 
 
+async def test_a_request_without_a_profile_cannot_be_checked_and_is_never_sent(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    target, suppressions = segments_server
+    await start_channels(smtp_relay.port, segments_target=target, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id, profile_id=""))
+
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert failed.reason.startswith("profile_id is empty: suppressions and consent cannot be checked")
+    assert provider_sinks.sms.received == [] and suppressions.asked == []
+
+
 async def test_a_whatsapp_message_to_someone_without_an_opt_in_at_send_time_is_not_sent(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
