@@ -26,6 +26,7 @@ from services.channels.delivery import (
     TimelineStep,
     engagement_step,
     link_host,
+    link_without_query,
     receipt_outcome,
     scrub,
     state_step,
@@ -37,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
+MAX_REPLY = 1000
+"""What an EngagementRecorded keeps of a reply's text."""
 """What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
 DEFAULT_AMBIGUOUS_PAGE, MAX_AMBIGUOUS_PAGE = 100, 500
 SETTLED_BY_HAND = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED})
@@ -179,8 +182,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         campaign_id=campaign_id,
                         channel=convert.channel_value(record.channel),  # type: ignore[arg-type]
                         kind=convert.engagement_kind(kind),  # type: ignore[arg-type]
-                        url=request.url,
-                        reply_text=request.reply_text,
+                        # Events stay 14 days in the stream: the link without its query or fragment, the reply
+                        # without numbers or addresses (either can carry personal data; the timeline keeps less).
+                        url=link_without_query(request.url),
+                        reply_text=scrub(request.reply_text, MAX_REPLY),
                         occur_time=convert.timestamp(at),
                         profile_id=record.profile_id,
                     ),

@@ -200,6 +200,16 @@ def link_host(url: str) -> str:
         return ""
 
 
+def link_without_query(url: str) -> str:
+    """A clicked link as EngagementRecorded carries it: scheme, host and path, without the query or fragment (where
+    personal data is most often put: ?email=, ?mobile=, a customer id)."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return ""
+    return parts._replace(query="", fragment="").geturl()
+
+
 def state_step(state: DeliveryState) -> str:
     return f"delivery:{state.value}"
 

@@ -12,6 +12,7 @@ from services.channels.delivery import (
     dispatch_action,
     failure_for_reply,
     link_host,
+    link_without_query,
     redact,
     validate_email,
 )
@@ -77,6 +78,13 @@ def test_a_relay_wanting_auth_or_tls_is_a_settings_problem_retried_not_a_rejecte
 def test_redact_removes_addresses_and_bounds_length() -> None:
     assert redact("rejected   <x.y+z@mail.example.in>\nnow") == "rejected <[address]> now"
     assert len(redact("a" * 1000)) == 300
+
+
+def test_a_link_in_an_event_keeps_no_query_or_fragment() -> None:
+    assert (
+        link_without_query("https://bank.example.in/apply?o=T06&pan=ABCDE1234F#top") == "https://bank.example.in/apply"
+    )
+    assert link_without_query("http://[::1") == ""
 
 
 def test_link_host_keeps_only_the_host() -> None:
