@@ -143,7 +143,7 @@ class ProviderWebhooks:
     async def _whatsapp_subscribe(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         token = query.get("hub.verify_token", "")
-        verified = bool(self._verify_token) and hmac.compare_digest(token, self._verify_token)
+        verified = bool(self._verify_token) and _same(token, self._verify_token)
         if query.get("hub.mode") == "subscribe" and verified:
             return web.Response(text=query.get("hub.challenge", ""))
         return web.Response(status=403, text="verify token does not match\n")
@@ -151,7 +151,7 @@ class ProviderWebhooks:
     async def _whatsapp(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         presented = request.headers.get("X-Hub-Signature-256", "")
-        if not self._app_secret or not hmac.compare_digest(meta_signature(self._app_secret, body), presented):
+        if not self._app_secret or not _same(meta_signature(self._app_secret, body), presented):
             log.warning("webhook_rejected", provider="whatsapp", reason="signature")
             return web.Response(status=401, text="X-Hub-Signature-256 does not match the body\n")
         digest = hashlib.sha256(body).digest()
@@ -224,7 +224,7 @@ class ProviderWebhooks:
     async def _exotel_form(self, request: web.Request) -> tuple[dict[str, str], bytes] | web.Response:
         """An Exotel callback's fields and its replay key, once its token and signature check out; otherwise the
         answer to give (401 for a wrong token or signature, 200 for a replay, which is not recorded again)."""
-        if not self._sms_token or not hmac.compare_digest(request.match_info["token"], self._sms_token):
+        if not self._sms_token or not _same(request.match_info["token"], self._sms_token):
             log.warning("webhook_rejected", provider="sms", reason="token")
             return web.Response(status=401, text="unknown callback token\n")
         # A GET carries its fields in the query, which the signed URL already holds; a POST in its form.
@@ -233,7 +233,7 @@ class ProviderWebhooks:
         if self._sms_secret:
             presented = request.headers.get("X-Twilio-Signature", "")
             expected = twilio_signature(self._sms_secret, self._public_url(request), fields)
-            if not hmac.compare_digest(expected, presented):
+            if not _same(expected, presented):
                 log.warning("webhook_rejected", provider="sms", reason="signature")
                 return web.Response(status=401, text="X-Twilio-Signature does not match the URL and fields\n")
             replay_key = b"sms:" + presented.encode()
@@ -323,6 +323,12 @@ class ProviderWebhooks:
 
     async def _call(self, method: Any, request: Any) -> None:
         await record_call(method, request, self._timeout)
+
+
+def _same(expected: str, presented: str) -> bool:
+    """A constant-time comparison of a secret with what a caller presented, in UTF-8: compare_digest refuses a str
+    that is not ASCII with TypeError, which would answer a caller's stray character with 500 instead of 401."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
 
 
 async def record_call(method: Any, request: Any, timeout: float) -> bool:

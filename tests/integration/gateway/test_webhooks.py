@@ -181,6 +181,11 @@ async def test_meta_subscription_check_needs_the_verify_token(
         assert (response.status, await response.text()) == (200, "1158201444")
     async with http.get(f"{gateway.http}/webhooks/whatsapp", params={**query, "hub.verify_token": "guess"}) as response:
         assert response.status == 403
+    # Not ASCII: refused as any wrong token, not a server error.
+    async with http.get(
+        f"{gateway.http}/webhooks/whatsapp", params={**query, "hub.verify_token": "vérify"}
+    ) as response:
+        assert response.status == 403
 
 
 async def test_an_exotel_status_callback_needs_the_url_token_and_becomes_a_receipt(
@@ -188,8 +193,9 @@ async def test_an_exotel_status_callback_needs_the_url_token_and_becomes_a_recei
 ) -> None:
     gateway = await _gateway(start_gateway)
     form = {"SmsSid": "b6a1c2d3sms", "Status": "failed-dnd", "DetailedStatus": "FAILED_DND", "CustomField": OUTREACH}
-    async with http.post(f"{gateway.http}/webhooks/sms/exotel/wrong-token", data=form) as response:
-        assert response.status == 401
+    for wrong in ("wrong-token", "t%C3%B6ken"):
+        async with http.post(f"{gateway.http}/webhooks/sms/exotel/{wrong}", data=form) as response:
+            assert response.status == 401
     assert downstream.services.calls == []
     async with http.post(f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}", data=form) as response:
         assert response.status == 200
