@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
+MAX_PROVIDER_MESSAGE_ID = 300
+"""The width of messages.provider_message_id."""
 MAX_REPLY = 1000
 """What an EngagementRecorded keeps of a reply's text."""
 """What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
@@ -155,6 +157,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     async def RecordEngagement(
         self, request: service_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RecordEngagementResponse:
+        require_request_id(request)  # before the message is looked up: a bad request is INVALID_ARGUMENT, not NOT_FOUND
         kind = convert.engagement_from_proto(request.kind)
         if kind is None:
             raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
@@ -208,6 +211,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 "state must be DELIVERY_STATE_SENT, DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state"
             )
         require_request_id(request)
+        if len(request.provider_message_id) > MAX_PROVIDER_MESSAGE_ID:
+            raise InvalidArgument(
+                f"provider_message_id must be at most {MAX_PROVIDER_MESSAGE_ID} characters, as the provider wrote it",
+                field="provider_message_id",
+            )
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
             response, changed = await self.receipts.submit(_Receipt(request, campaign_id, receipt, at))

@@ -84,6 +84,13 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
         )
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     assert "check the ID on the link" in (raised.value.details() or "")
+    # Without a request_id the request itself is wrong, whatever it names: INVALID_ARGUMENT before any look-up.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(campaign_id=unknown, kind=resources_pb2.ENGAGEMENT_KIND_OPENED)
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in (raised.value.details() or "")
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await channels.stub.RecordEngagement(

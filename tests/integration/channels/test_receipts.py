@@ -138,20 +138,28 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
 
 
 @pytest.mark.parametrize(
-    ("campaign_id", "state", "code"),
+    ("campaign_id", "state", "fields", "code"),
     [
-        ("CSELL-NOV-T99-9999", DELIVERED, grpc.StatusCode.NOT_FOUND),
-        ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_AMBIGUOUS, grpc.StatusCode.INVALID_ARGUMENT),
-        ("", DELIVERED, grpc.StatusCode.INVALID_ARGUMENT),
+        ("CSELL-NOV-T99-9999", DELIVERED, {}, grpc.StatusCode.NOT_FOUND),
+        ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_AMBIGUOUS, {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("", DELIVERED, {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("CSELL-NOV-T99-9999", DELIVERED, {"provider_message_id": "x" * 301}, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 async def test_receipts_for_unknown_messages_or_states_are_refused(
-    start_channels: StartChannels, smtp_relay: SmtpRelay, campaign_id: str, state: int, code: grpc.StatusCode
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    campaign_id: str,
+    state: int,
+    fields: dict[str, str],
+    code: grpc.StatusCode,
 ) -> None:
     channels = await start_channels(smtp_relay.port)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await _receipt(channels, campaign_id, state)
+        await _receipt(channels, campaign_id, state, **fields)
     assert raised.value.code() is code
+    if fields:
+        assert "provider_message_id" in (raised.value.details() or "")
 
 
 async def test_a_reply_quoting_the_providers_message_id_is_recorded_on_its_outreach(
