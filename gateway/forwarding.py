@@ -9,8 +9,9 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
+from gateway import scopes
 from gateway.auth import current_caller
-from plumbing.grpc_server import CLIENT_METADATA
+from plumbing.grpc_server import CLIENT_METADATA, ONLY_CHANNEL_METADATA
 from plumbing.telemetry import outreach_span
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,20 @@ def campaign_id_of(message_type: type[Message], request: bytes) -> str:
         return ""
     value = getattr(message, "campaign_id", "")
     return value if isinstance(value, str) else ""
+
+
+def app_event_refusal(method: str, message_type: type[Message], request: bytes) -> str:
+    """Why a caller with app.events may not make this request ("" when it may): an app backend reports what people
+    do with a push, and nothing that settles or suppresses another message."""
+    field, allowed, names = scopes.APP_EVENT_KINDS[method]
+    message = message_type()
+    try:
+        message.ParseFromString(request)
+    except DecodeError:
+        return ""  # the service refuses it with INVALID_ARGUMENT
+    if getattr(message, field) in allowed:
+        return ""
+    return f"an {scopes.APP_EVENTS} key may record only {field} {names} on a push message; this request sets another"
 
 
 def downstream_timeout(context: grpc.aio.ServicerContext, cap: float) -> float:
@@ -112,6 +127,7 @@ class Forwarder:
         call = channel.unary_unary(method)
         message_type = request_type(method)
         span_name = f"gateway {method.rpartition('/')[2]}"
+        narrowed = method in scopes.APP_EVENT_KINDS
         tracer = self._tracer
         timeout_cap = self._timeout_cap
 
@@ -120,7 +136,12 @@ class Forwarder:
             if timeout <= 0:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before forwarding")
             caller = current_caller.get()
-            metadata = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            metadata: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            if narrowed and caller is not None and scopes.ADMIN not in caller.scopes:
+                refusal = app_event_refusal(method, message_type, request)
+                if refusal:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                metadata += ((ONLY_CHANNEL_METADATA, "CHANNEL_PUSH"),)
             campaign_id = campaign_id_of(message_type, request)
             if not campaign_id:
                 return await send(request, context, timeout, metadata)

@@ -1,5 +1,7 @@
 """Which scope each exposed RPC needs: the one table the gateway authorises by."""
 
+from xsell.channels.v1 import resources_pb2 as channels_resources
+
 INGEST = "ingest"
 PROFILES_READ = "profiles.read"
 SEGMENTS_MANAGE = "segments.manage"
@@ -133,6 +135,25 @@ METHOD_SCOPES: dict[str, str] = {
 # Reachable only inside the cluster: BatchGetProfiles is campaigns' bulk read of people and their suppressions (a CRM
 # reads one with GetProfile).
 INTERNAL_METHODS = frozenset({_method(SEGMENTS_SERVICE, "BatchGetProfiles")})
+
+
+APP_EVENT_KINDS = {
+    # RecordEngagement: the push opened, or tapped through to its deep link.
+    _method(CHANNELS_SERVICE, "RecordEngagement"): (
+        "kind",
+        frozenset({channels_resources.ENGAGEMENT_KIND_OPENED, channels_resources.ENGAGEMENT_KIND_CLICKED}),
+        "ENGAGEMENT_KIND_OPENED or ENGAGEMENT_KIND_CLICKED",
+    ),
+    # RecordDeliveryReceipt: the app received the push.
+    _method(CHANNELS_SERVICE, "RecordDeliveryReceipt"): (
+        "state",
+        frozenset({channels_resources.DELIVERY_STATE_DELIVERED}),
+        "DELIVERY_STATE_DELIVERED",
+    ),
+}
+"""What a caller with app.events alone may report: (field, allowed enum numbers, their names). Channels also holds
+it to push messages (plumbing.grpc_server.ONLY_CHANNEL_METADATA): an app backend's key settles and suppresses
+nothing else."""
 
 
 def required_scope(method: str) -> str | None:

@@ -30,12 +30,25 @@ CLIENT_METADATA = "x-xsell-client"
 """Set by the gateway to the authenticated client's name; services record it as the actor in audit logs."""
 
 
+ONLY_CHANNEL_METADATA = "x-xsell-only-channel"
+"""Set by the gateway for a caller whose key may report on one channel's messages only (app.events: push)."""
+
+
 def caller_of(context: grpc.aio.ServicerContext, default: str = "internal") -> str:
     """Who made the call: the gateway's client name, or `default` for calls from inside the cluster."""
+    return _metadata(context, CLIENT_METADATA) or default
+
+
+def only_channel_of(context: grpc.aio.ServicerContext) -> str | None:
+    """The one channel the gateway's caller may report on (a Channel name), or None when it may report on any."""
+    return _metadata(context, ONLY_CHANNEL_METADATA) or None
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_METADATA and isinstance(value, str) and value:
+        if key == name and isinstance(value, str) and value:
             return value
-    return default
+    return ""
 
 
 def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database
-from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from plumbing.group_commit import GroupCommit, Submitted
+from plumbing.grpc_server import only_channel_of
 from plumbing.idempotency import Idempotency, require_request_id
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
@@ -23,6 +24,7 @@ from services.channels import convert, store
 from services.channels.delivery import (
     DeliveryState,
     Engagement,
+    MessageRecord,
     TimelineStep,
     engagement_step,
     link_host,
@@ -75,6 +77,18 @@ class _Receipt(NamedTuple):
     campaign_id: str
     receipt: DeliveryState
     at: datetime
+    only_channel: str | None = None
+
+
+def _outside(only_channel: str | None, record: MessageRecord) -> PermissionDenied | None:
+    """The refusal of a caller held to one channel (an app.events key: push) reporting on another's message."""
+    if only_channel is None or record.channel == only_channel:
+        return None
+    return PermissionDenied(
+        f"campaign ID {record.campaign_id} is a {record.channel} message; this API key reports on {only_channel} "
+        "messages only",
+        field="campaign_id",
+    )
 
 
 def _no_message(campaign_id: str) -> NotFound:
@@ -175,6 +189,8 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 record = await store.load_message(session, campaign_id)
                 if record is None:
                     raise _no_message(campaign_id)
+                if (refusal := _outside(only_channel_of(context), record)) is not None:
+                    raise refusal
                 # The timeline keeps only the clicked link's host: paths and queries can carry personal data.
                 detail = link_host(request.url) if kind is Engagement.CLICKED else scrub(request.detail, MAX_DETAIL)
                 await store.add_timeline(session, campaign_id, [TimelineStep(engagement_step(kind), at, detail)])
@@ -218,7 +234,8 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             )
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
-            response, changed = await self.receipts.submit(_Receipt(request, campaign_id, receipt, at))
+            item = _Receipt(request, campaign_id, receipt, at, only_channel_of(context))
+            response, changed = await self.receipts.submit(item)
             log.info("delivery_receipt_recorded", state=receipt.value, changed=changed)
             return response
 
@@ -249,7 +266,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         self, session: Session, item: "_Receipt"
     ) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
         """One receipt in the batch's transaction, run in its caller's context (its DeliveryUpdated's trace)."""
-        request, campaign_id, receipt, at = item
+        request, campaign_id, receipt, at, only_channel = item
         previous = self.idempotency.previous_sync(
             session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
         )
@@ -258,6 +275,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         locked = store.lock_state_sync(session, campaign_id)
         if locked is None:
             raise _no_message(campaign_id)
+        if only_channel is not None:
+            record = store.load_message_sync(session, campaign_id)
+            assert record is not None
+            if (refusal := _outside(only_channel, record)) is not None:
+                raise refusal
         current, _ = locked
         outcome = receipt_outcome(current, receipt)
         if outcome is not None:

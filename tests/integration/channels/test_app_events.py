@@ -1,6 +1,6 @@
 """Push reports back through the institution's app backend: FCM tells the sender nothing, so the app reports a push
 received (a receipt) and opened (an engagement) with the campaign ID from the push's data, through the gateway with an
-`app.events` key, into the real channels service."""
+`app.events` key, into the real channels service; that key records nothing else (no other kind, state or channel)."""
 
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from plumbing.db import Database
 from services import streams
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch_on, new_campaign_id, publish, published_state
+from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 
@@ -40,9 +41,11 @@ async def test_the_app_backend_reports_a_push_received_and_opened_through_the_ga
     tmp_path: Path,
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
-    campaign_id = new_campaign_id()
+    campaign_id, sms_id = new_campaign_id(), new_campaign_id()
     await publish(nats_bus, dispatch_on("push", campaign_id))
+    await publish(nats_bus, dispatch_on("sms", sms_id))
     await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
+    await published_state(listener, sms_id, resources_pb2.DELIVERY_STATE_SENT)
     [push] = provider_sinks.push.for_campaign(campaign_id)
 
     settings = GatewaySettings(
@@ -76,14 +79,44 @@ async def test_the_app_backend_reports_a_push_received_and_opened_through_the_ga
             assert [
                 e.engagement_kind for e in answer.message.timeline if e.WhichOneof("step") == "engagement_kind"
             ] == [resources_pb2.ENGAGEMENT_KIND_OPENED]
+            # An app backend reports what people do with a push, and nothing that settles or suppresses more.
+            for narrower in (
+                service_pb2.RecordEngagementRequest(
+                    request_id="app:u1", campaign_id=campaign_id, kind=resources_pb2.ENGAGEMENT_KIND_UNSUBSCRIBED
+                ),
+                service_pb2.RecordDeliveryReceiptRequest(
+                    request_id="app:f1", campaign_id=campaign_id, state=resources_pb2.DELIVERY_STATE_FAILED
+                ),
+            ):
+                method = getattr(stub, type(narrower).__name__.removesuffix("Request"))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await method(narrower, metadata=app_backend)
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert "app.events key may record only" in (refused.value.details() or "")
+            on_sms = service_pb2.RecordEngagementRequest(
+                request_id="app:s1", campaign_id=sms_id, kind=resources_pb2.ENGAGEMENT_KIND_OPENED
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RecordEngagement(on_sms, metadata=app_backend)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "CHANNEL_PUSH messages only" in (refused.value.details() or "")
+            receipt_on_sms = service_pb2.RecordDeliveryReceiptRequest(
+                request_id="app:s2", campaign_id=sms_id, state=resources_pb2.DELIVERY_STATE_DELIVERED
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RecordDeliveryReceipt(receipt_on_sms, metadata=app_backend)
+            assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
             # A key without the scope reaches nothing.
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.RecordEngagement(opened, metadata=analyst)
             assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
             assert "app.events" in (denied.value.details() or "")
         await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_DELIVERED)
-        [event] = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
-        assert event.headers["Xsell-Campaign-Id"] == campaign_id
+
+        async def engaged() -> bool:
+            return len(listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)) == 1
+
+        assert await eventually(engaged)  # the OPENED, once: the refused requests recorded nothing
     finally:
         await gateway.stop(0)
         await db.dispose()

@@ -27,6 +27,10 @@ def request_bytes(method: str) -> bytes:
     message = request_type(method)()
     if "campaign_id" in message.DESCRIPTOR.fields_by_name:
         message.campaign_id = CAMPAIGN_ID  # type: ignore[attr-defined]
+    if method in scopes.APP_EVENT_KINDS:
+        # What an app.events key may send (a push opened, received): the matrix is about keys, not content.
+        field, allowed, _ = scopes.APP_EVENT_KINDS[method]
+        setattr(message, field, min(allowed))
     return message.SerializeToString() + EXTRA_FIELD
 
 
