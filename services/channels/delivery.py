@@ -167,10 +167,17 @@ SESSION_REFUSED = frozenset({530, 538})
 
 def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
     """An SMTP error reply to a command of the mail transaction: 4xx is temporary, 5xx permanent (RFC 5321 4.2.1),
-    except a session refused for want of AUTH or TLS, which waits, retried, for the settings to be fixed."""
+    except a session refused for want of AUTH or TLS, and a sender refused by the relay's policy (5.7.x on MAIL:
+    "sender address rejected: not owned by user"), which are about our settings, not this message: they wait,
+    retried, for the settings to be fixed, as HTTP 401 / 403 do."""
     reason = f"SMTP {code} on {command}: {redact(text)}".strip()
     if code in SESSION_REFUSED:
         return ProviderUnavailable(f"{reason} (the relay wants AUTH or TLS: check XSELL_CHANNELS_SMTP_*)")
+    if command == "MAIL" and 500 <= code < 600 and text.lstrip().startswith("5.7."):
+        return ProviderUnavailable(
+            f"{reason} (the relay's policy refuses our sender: check XSELL_CHANNELS_SMTP_*, FROM_ADDRESS and "
+            "RETURN_PATH)"
+        )
     if 500 <= code < 600:
         return ProviderRejected(reason)
     return ProviderUnavailable(reason)

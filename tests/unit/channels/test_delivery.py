@@ -75,6 +75,13 @@ def test_a_relay_wanting_auth_or_tls_is_a_settings_problem_retried_not_a_rejecte
         assert isinstance(waiting, ProviderUnavailable) and "XSELL_CHANNELS_SMTP_" in waiting.reason
 
 
+def test_a_sender_refused_by_the_relays_policy_is_retried_but_a_refused_recipient_is_final() -> None:
+    sender = failure_for_reply(553, "MAIL", "5.7.1 <offers@bank.in>: Sender address rejected: not owned by user")
+    assert isinstance(sender, ProviderUnavailable) and "RETURN_PATH" in sender.reason
+    assert isinstance(failure_for_reply(550, "RCPT", "5.7.1 Recipient address rejected"), ProviderRejected)
+    assert isinstance(failure_for_reply(554, "DATA", "5.7.1 Message rejected as spam"), ProviderRejected)
+
+
 def test_redact_removes_addresses_and_bounds_length() -> None:
     assert redact("rejected   <x.y+z@mail.example.in>\nnow") == "rejected <[address]> now"
     assert len(redact("a" * 1000)) == 300
