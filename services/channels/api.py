@@ -8,7 +8,6 @@ from typing import NamedTuple
 import grpc
 import structlog
 from opentelemetry import trace
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database
@@ -300,25 +299,6 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         self.idempotency.remember_sync(session, "RecordDeliveryReceipt", request, response)
         return response, outcome is not None
 
-    async def _settle(
-        self,
-        session: AsyncSession,
-        campaign_id: str,
-        outcome: DeliveryState,
-        at: datetime,
-        reason: str,
-        step_detail: str,
-        *,
-        provider_message_id: str = "",
-    ) -> None:
-        """A message's new state from outside the send (a receipt, an operator): the state, its timeline step and its
-        DeliveryUpdated, in the caller's transaction. The provider's id is kept only when none was recorded."""
-        await session.run_sync(
-            lambda sync: self._settle_sync(
-                sync, campaign_id, outcome, at, reason, step_detail, provider_message_id=provider_message_id
-            )
-        )
-
     def _settle_sync(
         self,
         session: Session,
@@ -330,6 +310,8 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         *,
         provider_message_id: str = "",
     ) -> None:
+        """A message's new state from outside the send (a receipt, an operator): the state, its timeline step and its
+        DeliveryUpdated, in the caller's transaction. The provider's id is kept only when none was recorded."""
         record = store.load_message_sync(session, campaign_id)
         assert record is not None
         if record.timeline and record.timeline[-1].at > at:
@@ -403,7 +385,12 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         "is unknown is settled by hand (a receipt may have settled it meanwhile)",
                         field="campaign_id",
                     )
-                await self._settle(session, campaign_id, outcome, utcnow(), reason, f"settled by hand: {reason}")
+                now = utcnow()
+                await session.run_sync(
+                    lambda sync: self._settle_sync(
+                        sync, campaign_id, outcome, now, reason, f"settled by hand: {reason}"
+                    )
+                )
                 updated = await store.load_message(session, campaign_id)
                 assert updated is not None
                 response = service_pb2.ResolveAmbiguousMessageResponse(message=convert.message_proto(updated))
