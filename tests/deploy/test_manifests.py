@@ -119,10 +119,26 @@ def test_prod_channels_requires_the_fcm_secret_its_setting_names_and_dev_does_no
     [fcm] = [v for v in dev["spec"]["template"]["spec"]["volumes"] if v["name"] == "fcm-service-account"]
     assert fcm["secret"]["optional"] is True
     # Without the prod patch, the rule names the setting and the Secret.
-    copy = mutated(tmp_path, "overlays/prod/kustomization.yaml", "                  optional: false\n", "")
+    copy = mutated(
+        tmp_path,
+        "overlays/prod/kustomization.yaml",
+        "                  secretName: channels-fcm\n                  optional: false\n",
+        "                  secretName: channels-fcm\n",
+    )
     assert optional_secret_files(render(copy, "prod")) == [
         "Deployment channels: XSELL_CHANNELS_FCM_SERVICE_ACCOUNT names a file of the optional Secret channels-fcm"
     ]
+
+
+def test_prod_channels_requires_its_signing_keys_and_dev_runs_on_the_dev_values() -> None:
+    def optional(overlay: str) -> dict[str, bool]:
+        [container] = find(render(K8S, overlay), "Deployment", "channels")["spec"]["template"]["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        keys = ("XSELL_CHANNELS_WEBHOOK_SECRET", "XSELL_CHANNELS_RECIPIENT_KEY_SECRET")
+        return {key: refs[key]["optional"] for key in keys}
+
+    assert optional("prod") == {"XSELL_CHANNELS_WEBHOOK_SECRET": False, "XSELL_CHANNELS_RECIPIENT_KEY_SECRET": False}
+    assert optional("dev") == {"XSELL_CHANNELS_WEBHOOK_SECRET": True, "XSELL_CHANNELS_RECIPIENT_KEY_SECRET": True}
 
 
 def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
