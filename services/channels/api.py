@@ -295,6 +295,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             )
         updated = store.load_message_sync(session, campaign_id)
         assert updated is not None
+        if only_channel is None:
+            # The provider's reports are coming (an app's report about a push says nothing of FCM's).
+            store.note_report(session, updated.channel, utcnow())
         response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
         self.idempotency.remember_sync(session, "RecordDeliveryReceipt", request, response)
         return response, outcome is not None

@@ -16,7 +16,10 @@ JetStream's redelivery if the process stops again. A hand-over again that ends A
 or an operator (ListAmbiguousMessages).
 
 The window is the trade: a report later than it means the person may get the message twice. It is per provider,
-and a provider not named is never handed over again.
+and a provider not named is never handed over again. Silence counts only while reports are coming: a message is
+handed over again only when some report of its provider was recorded after the message was created
+(`provider_reports`): reports were coming while its own should have, so a wrong webhook secret or the gateway down
+never reads as "it never had the message".
 """
 
 from collections.abc import Callable, Mapping
@@ -103,11 +106,18 @@ class Resender:
         """One pass over every named provider; returns how many messages were handed over again."""
         resent = 0
         for provider, window in self.windows.items():
-            before = self.clock() - timedelta(seconds=window)
             channel = REPORTING_PROVIDERS[provider]
+            async with self.db.snapshot() as session:
+                heard = await store.last_report(session, channel)
+            if heard is None:
+                continue  # no report ever: silence says nothing about one message
+            # Past its window, and reports of messages handed over after it came: its own would have come too.
+            before = self.clock() - timedelta(seconds=window)
             while not self._poller.stopping:
                 async with self.db.transaction() as session:
-                    due = await store.due_resends(session, channel, ambiguous_before=before, limit=self.page_size)
+                    due = await store.due_resends(
+                        session, channel, ambiguous_before=before, created_before=heard, limit=self.page_size
+                    )
                 for campaign_id, stream, sequence in due:
                     resent += await self._resend(provider, window, campaign_id, stream, sequence)
                 if len(due) < self.page_size:

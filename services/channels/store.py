@@ -79,6 +79,15 @@ messages = Table(
 )
 
 # What happened to each message; never personal data (no address, for clicks only the link's host).
+provider_reports = Table(
+    "provider_reports",
+    metadata,
+    # When channels last recorded a report (a receipt) of each channel's provider: a message AMBIGUOUS since before it
+    # heard nothing because its provider never had it, not because reports stopped coming (resend.py).
+    Column("channel", String(40), primary_key=True),
+    Column("last_report_at", DateTime(timezone=True), nullable=False),
+)
+
 message_timeline = Table(
     "message_timeline",
     metadata,
@@ -367,15 +376,16 @@ _remember_request = (
 
 
 async def due_resends(
-    session: AsyncSession, channel: str, *, ambiguous_before: datetime, limit: int
+    session: AsyncSession, channel: str, *, ambiguous_before: datetime, created_before: datetime, limit: int
 ) -> list[tuple[str, str, int]]:
-    """AMBIGUOUS messages of `channel` since before `ambiguous_before`, never handed over again, whose request is
-    known: (campaign_id, stream, sequence), oldest first; on ix_messages_ambiguous."""
+    """AMBIGUOUS messages of `channel` since before `ambiguous_before`, created before `created_before`, never handed
+    over again, whose request is known: (campaign_id, stream, sequence), oldest first; on ix_messages_ambiguous."""
     rows = await session.execute(
         select(messages.c.campaign_id, messages.c.request_stream, messages.c.request_seq)
         .where(
             text(AMBIGUOUS),  # written as ix_messages_ambiguous's condition, so a poll reads that index only
             messages.c.updated_at < ambiguous_before,
+            messages.c.created_at < created_before,
             messages.c.channel == channel,
             messages.c.resent_at.is_(None),
             messages.c.request_seq.is_not(None),
@@ -576,6 +586,25 @@ def _run(target: "sqlite3.Connection | Connection", statement: str, parameters: 
 
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
+
+
+def note_report(session: Session, channel: str, at: datetime) -> None:
+    """A report of `channel`'s provider was recorded at `at`."""
+    upsert = (pg_insert if _dialect(session) == "postgresql" else sqlite_insert)(provider_reports)
+    statement = upsert.values(channel=channel, last_report_at=at)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[provider_reports.c.channel], set_={"last_report_at": statement.excluded.last_report_at}
+        )
+    )
+
+
+async def last_report(session: AsyncSession, channel: str) -> datetime | None:
+    """When a report of `channel`'s provider was last recorded; None when none ever was."""
+    value = (
+        await session.execute(select(provider_reports.c.last_report_at).where(provider_reports.c.channel == channel))
+    ).scalar_one_or_none()
+    return _utc(value)
 
 
 def _upsert(session: Session) -> Any:

@@ -154,6 +154,11 @@ async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_
 ) -> None:
     campaign_id = await _dropped(reporting, "before_queue", nats_bus, listener)
     assert reporting.mailbox.for_campaign(campaign_id) == []
+    assert await reporting.resender().step() == 0  # no report has come since: silence says nothing yet
+    # Another e-mail reports back: reports are coming, so this one's silence means the relay never had it.
+    other = new_campaign_id()
+    await publish(nats_bus, dispatch(other))
+    await _state(reporting.channels, other, DELIVERED)
 
     assert await reporting.resender().step() == 1
     message = await _state(reporting.channels, campaign_id, DELIVERED)

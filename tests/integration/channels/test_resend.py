@@ -67,6 +67,23 @@ async def _state(channels: Channels, campaign_id: str, state: int) -> resources_
     return message
 
 
+async def _sent(nats_bus: Bus, listener: Listener, channel: str = "sms") -> str:
+    """Another message of the provider, SENT: its receipt, recorded later, shows that reports are coming."""
+    other = new_campaign_id()
+    await publish(nats_bus, dispatch_on(channel, other))
+    await published_state(listener, other, SENT)
+    return other
+
+
+async def _reported(channels: Channels, campaign_id: str) -> None:
+    """The provider's report of `campaign_id`: after it, a message AMBIGUOUS since before is judged by its silence."""
+    await channels.stub.RecordDeliveryReceipt(
+        service_pb2.RecordDeliveryReceiptRequest(
+            request_id=new_id("rcpt_"), campaign_id=campaign_id, state=resources_pb2.DELIVERY_STATE_DELIVERED
+        )
+    )
+
+
 async def test_an_sms_the_provider_never_took_is_handed_over_again_once_after_its_window(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
@@ -75,10 +92,12 @@ async def test_an_sms_the_provider_never_took_is_handed_over_again_once_after_it
     listener: Listener,
 ) -> None:
     channels = await _start(start_channels, smtp_relay, provider_sinks)
+    other = await _sent(nats_bus, listener)
     provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
     campaign_id = new_campaign_id()
     await publish(nats_bus, dispatch_on("sms", campaign_id))
     await published_state(listener, campaign_id, AMBIGUOUS)
+    await _reported(channels, other)
 
     message = await _state(channels, campaign_id, SENT)
     assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
@@ -143,9 +162,12 @@ async def test_a_hand_over_again_that_ends_ambiguous_too_is_never_tried_a_third_
     listener: Listener,
 ) -> None:
     channels = await _start(start_channels, smtp_relay, provider_sinks)
+    other = await _sent(nats_bus, listener)
     provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN, Fault.DROP_UNTAKEN)
     campaign_id = new_campaign_id()
     await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    await _reported(channels, other)
 
     async def ambiguous_twice() -> bool:
         return [u.state for u in updates(listener, campaign_id)].count(AMBIGUOUS) == 2
@@ -171,10 +193,12 @@ async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
         resend_without_receipt_seconds={"sms": LONG_WINDOW},
         **provider_sinks.channels_settings(),
     )
+    other = await _sent(nats_bus, listener)
     provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
     campaign_id = new_campaign_id()
     seq = await publish(nats_bus, dispatch_on("sms", campaign_id))
     await published_state(listener, campaign_id, AMBIGUOUS)
+    await _reported(channels, other)
     await nats_bus.js.delete_msg(streams.CAMPAIGNS_STREAM.name, seq)
     assert await _resender(channels).step() == 0
 
@@ -191,3 +215,29 @@ async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
     assert provider_sinks.sms.for_campaign(campaign_id) == []
     listed = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest())
     assert campaign_id in [m.campaign_id for m in listed.messages]
+
+
+async def test_silence_counts_only_while_the_providers_reports_are_coming(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """No report since it was handed over (a wrong webhook secret, the gateway down): never handed over again, however
+    long past its window; once a report comes, its silence means the provider never had it."""
+    channels = await start_channels(
+        smtp_relay.port, resend_without_receipt_seconds={"sms": LONG_WINDOW}, **provider_sinks.channels_settings()
+    )
+    other = await _sent(nats_bus, listener)
+    provider_sinks.sms.fail_next(Fault.DROP_UNTAKEN)
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, AMBIGUOUS)
+    resender = _resender(channels)
+    assert await resender.step() == 0  # two hours past its window, but no report of any SMS yet
+
+    await _reported(channels, other)
+    assert await resender.step() == 1
+    await _state(channels, campaign_id, SENT)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
