@@ -52,6 +52,32 @@ log = structlog.get_logger(__name__)
 # An inbound message whose first word is one of these (after upper-casing and dropping punctuation) opts out: "Stop",
 # "STOP ALL", "stop sending these", "STOP 56161" (a DLT sender's short code). "OPT OUT" is two words.
 OPT_OUT_FIRST_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "OPTOUT", "CANCEL", "END", "QUIT"})
+# An inbound message that is, whole, one of these (upper-cased, punctuation dropped) declines the offer: "No.",
+# "no thanks", a "Not interested" quick-reply button, "Nahi". Only a bare refusal: anything longer ("No, call me
+# on Monday") stays a reply, which is a lead an RM reads; a refusal read as a lead costs an RM a call, a lead read
+# as a refusal costs the sale.
+DECLINES = frozenset(
+    {
+        "N",
+        "NO",
+        "NOPE",
+        "NAH",
+        "NO THANKS",
+        "NO THANK YOU",
+        "NO THANKYOU",
+        "NO THX",
+        "NO NEED",
+        "NOT INTERESTED",
+        "NOT NOW",
+        "NOT REQUIRED",
+        "NOT NEEDED",
+        "NAHI",
+        "NAHIN",
+        "NAHI CHAHIYE",
+        "नहीं",
+        "नही",
+    }
+)
 # Exotel's Status values that settle a message (sent = delivered to the handset).
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
 EXOTEL_FAILED = frozenset({"failed", "failed-dnd"})
@@ -387,14 +413,22 @@ def opts_out(text: str) -> bool:
 
 
 _WORDS = re.compile(r"[A-Z0-9]+")
+_DEVANAGARI_WORDS = re.compile(r"[\u0900-\u0963\u0971-\u097f]+")
+
+
+def declines(text: str) -> bool:
+    """Whether an inbound text is only a refusal of the offer (DECLINES), in any case and with any punctuation."""
+    upper = text.upper()
+    words = _WORDS.findall(upper) or _DEVANAGARI_WORDS.findall(upper)
+    return " ".join(words) in DECLINES
 
 
 def _reply_kind(text: str) -> Any:
-    return (
-        channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
-        if opts_out(text)
-        else channels_resources.ENGAGEMENT_KIND_REPLIED
-    )
+    if opts_out(text):
+        return channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+    if declines(text):
+        return channels_resources.ENGAGEMENT_KIND_DECLINED
+    return channels_resources.ENGAGEMENT_KIND_REPLIED
 
 
 def _reply_text(message: dict[str, Any]) -> str:

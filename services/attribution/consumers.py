@@ -26,6 +26,7 @@ ENGAGEMENT_STEPS = {
     channels_pb2.ENGAGEMENT_KIND_OPENED: OPENED,
     channels_pb2.ENGAGEMENT_KIND_CLICKED: CLICKED,
     channels_pb2.ENGAGEMENT_KIND_REPLIED: RESPONDED,
+    channels_pb2.ENGAGEMENT_KIND_DECLINED: RESPONDED,
 }
 
 
@@ -126,8 +127,16 @@ class Handlers:
 
     async def on_engagement_recorded(self, event: EngagementRecorded, delivery: Delivery) -> None:
         step = ENGAGEMENT_STEPS.get(event.kind)
+        # A reply such as "YES" is a lead for the RM. A bare "NO" (DECLINED) is a response and no lead: no RM calls
+        # someone who said no.
+        makes_lead = event.kind == channels_pb2.ENGAGEMENT_KIND_REPLIED
         await self._reach_step(
-            "attribution.record_engagement", streams.ATTRIBUTION_ENGAGEMENT.durable, event, delivery, step
+            "attribution.record_engagement",
+            streams.ATTRIBUTION_ENGAGEMENT.durable,
+            event,
+            delivery,
+            step,
+            makes_lead=makes_lead,
         )
 
     async def _reach_step(
@@ -137,6 +146,8 @@ class Handlers:
         event: DeliveryUpdated | EngagementRecorded,
         delivery: Delivery,
         step: str | None,
+        *,
+        makes_lead: bool = False,
     ) -> None:
         if not event.campaign_id:
             raise PermanentError(f"{type(event).__name__} without campaign_id cannot be attributed")
@@ -152,8 +163,8 @@ class Handlers:
                 locked = await store.lock_outreach(session, event.campaign_id)
                 if locked is None:
                     raise OutreachNotYetKnown(f"outreach {event.campaign_id} is not in the ledger yet")
-                if step == RESPONDED:
-                    # A reply such as "YES" is a lead for the RM; one per outreach however often they reply.
+                if makes_lead:
+                    # One lead per outreach however often they reply; creating it reaches RESPONDED.
                     lead, created = await self.ledger.record_lead(
                         session,
                         campaign_id=event.campaign_id,

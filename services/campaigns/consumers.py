@@ -21,6 +21,7 @@ ENGAGEMENT_COLUMNS = {
     channel_resources.ENGAGEMENT_KIND_OPENED: "opened_at",
     channel_resources.ENGAGEMENT_KIND_CLICKED: "clicked_at",
     channel_resources.ENGAGEMENT_KIND_REPLIED: "replied_at",
+    channel_resources.ENGAGEMENT_KIND_DECLINED: "replied_at",  # a "NO" is an answer: no follow-up asks again
     channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED: "opted_out_at",
     channel_resources.ENGAGEMENT_KIND_BOUNCED: "bounced_at",
     channel_resources.ENGAGEMENT_KIND_COMPLAINED: "complained_at",

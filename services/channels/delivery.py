@@ -27,6 +27,7 @@ class Engagement(StrEnum):
     UNSUBSCRIBED = "UNSUBSCRIBED"
     BOUNCED = "BOUNCED"
     COMPLAINED = "COMPLAINED"
+    DECLINED = "DECLINED"
 
 
 class DispatchAction(Enum):

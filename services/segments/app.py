@@ -1,5 +1,6 @@
 """The composition root of the segments service: database, bus, outbox relay, consumers and the gRPC servicer."""
 
+from datetime import timedelta
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -40,7 +41,12 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     servicer = SegmentsApi(db, outbox, settings, tracer)
     await install_catalog_file(db, servicer.activity, settings.catalog_file)
     handlers = ProfileActivityConsumers(
-        db, servicer.activity, tracer, retention=servicer.retention, future_skew=servicer.future_skew
+        db,
+        servicer.activity,
+        tracer,
+        retention=servicer.retention,
+        future_skew=servicer.future_skew,
+        decline_for=timedelta(days=settings.decline_suppression_days),
     )
     engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)

@@ -39,19 +39,33 @@ _SUPPRESSING = {
 }
 
 
-def _suppression_for(event: channel_events.EngagementRecorded) -> dict[str, Any] | None:
+def _suppression_for(event: channel_events.EngagementRecorded, decline_for: timedelta) -> dict[str, Any] | None:
     """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
-    with no expiry, until someone lifts it with RemoveSuppression; other engagement suppresses nothing."""
+    with no expiry, until someone lifts it with RemoveSuppression. A bare "NO" to an offer (DECLINED) suppresses
+    them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they refused,
+    whichever channel asked. Other engagement suppresses nothing."""
+    kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
+    note = f"{kind} on campaign {event.campaign_id}"
+    if event.kind == channel_resources.ENGAGEMENT_KIND_DECLINED:
+        if not decline_for:
+            return None
+        said = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
+        return {
+            "profile_id": event.profile_id,
+            "channel": suppressions.channel_key(channel_pb2.CHANNEL_UNSPECIFIED),
+            "reason": suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_RECENT_DECLINE),
+            "expire_time": said + decline_for,
+            "note": note,
+        }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
     if reason is None:
         return None
-    kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
     return {
         "profile_id": event.profile_id,
         "channel": suppressions.channel_key(event.channel),
         "reason": suppressions.reason_key(reason),
         "expire_time": None,
-        "note": f"{kind} on campaign {event.campaign_id}",
+        "note": note,
     }
 
 
@@ -70,6 +84,7 @@ class ProfileActivityConsumers:
         *,
         retention: timedelta,
         future_skew: timedelta,
+        decline_for: timedelta,
     ) -> None:
         self.db = db
         self.activity = activity
@@ -77,6 +92,7 @@ class ProfileActivityConsumers:
         self.tracer = tracer
         self.retention = retention
         self.future_skew = future_skew
+        self.decline_for = decline_for
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -91,7 +107,7 @@ class ProfileActivityConsumers:
             occurred_at=occurred,
             properties={"campaign_id": Value.string(event.campaign_id)},
         )
-        suppression = _suppression_for(event)
+        suppression = _suppression_for(event, self.decline_for)
         await self._apply(
             streams.SEGMENTS_ENGAGEMENT.durable,
             delivery,

@@ -29,6 +29,13 @@ class SegmentsSettings(ServiceSettings):
     future_skew_seconds: int = Field(
         300, description="How far in the future an event's occur_time may be (clock skew of the producer).", ge=0
     )
+    decline_suppression_days: int = Field(
+        90,
+        description='A bare "NO" to an offer (a DECLINED reply) suppresses the person on every channel for this '
+        "many days (reason RECENT_DECLINE), so no campaign asks again the next week; 0 suppresses nothing.",
+        ge=0,
+        le=3650,
+    )
     # --- governance and audience (issue 3) ---
     require_approval: bool = Field(
         True,

@@ -305,6 +305,24 @@ async def test_click_marks_the_funnel_and_a_reply_is_a_lead_even_before_the_outr
     assert service.outreach_spans("attribution.record_engagement", clicked_id)
 
 
+async def test_a_bare_no_is_a_response_and_no_lead(service: Service) -> None:
+    stub, bus = service.stub, service.bus
+    campaign_id = _new_campaign_id()
+    await _publish_outreach(bus, campaign_id)
+    await _wait_known(stub, campaign_id)
+    await _publish_engagement(bus, campaign_id, channels_pb2.ENGAGEMENT_KIND_DECLINED)
+
+    async def responded() -> attribution_pb2.CampaignAttribution | None:
+        found = await _attribution(stub, campaign_id)
+        return found if found.funnel.responded else None
+
+    declined = await eventually(responded)
+    assert declined is not None
+    # No RM calls someone who said no: no lead, and so no RM's cost on the outreach.
+    assert list(declined.leads) == []
+    assert declined.cost == _inr(50)
+
+
 async def test_delivery_updates_mark_sent_and_delivered(service: Service) -> None:
     stub, bus = service.stub, service.bus
     campaign_id = _new_campaign_id()

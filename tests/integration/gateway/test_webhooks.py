@@ -147,6 +147,12 @@ async def test_failed_and_read_statuses_become_a_failure_receipt_and_an_open(
             "Interested",
         ),
         ({"type": "text", "text": {"body": " stop "}}, channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, " stop "),
+        ({"type": "text", "text": {"body": "No."}}, channels_resources.ENGAGEMENT_KIND_DECLINED, "No."),
+        (
+            {"type": "interactive", "interactive": {"button_reply": {"id": "b2", "title": "Not interested"}}},
+            channels_resources.ENGAGEMENT_KIND_DECLINED,
+            "Not interested",
+        ),
     ],
 )
 async def test_an_inbound_reply_quoting_our_message_is_recorded_by_its_wamid(

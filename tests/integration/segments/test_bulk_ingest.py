@@ -140,7 +140,12 @@ async def handlers(database_url: str) -> AsyncIterator[tuple[Database, ProfileAc
     activity = Activity(Outbox(store.outbox), trace.get_tracer("test"))
     await install_catalog_file(db, activity, str(DEFAULT_CATALOG))
     consumers = ProfileActivityConsumers(
-        db, activity, trace.get_tracer("test"), retention=timedelta(days=730), future_skew=timedelta(minutes=5)
+        db,
+        activity,
+        trace.get_tracer("test"),
+        retention=timedelta(days=730),
+        future_skew=timedelta(minutes=5),
+        decline_for=timedelta(days=90),
     )
     yield db, consumers
     await db.dispose()

@@ -162,6 +162,42 @@ async def test_an_unsubscribe_or_complaint_suppresses_the_person_on_that_channel
     assert not (await check(channel_pb2.CHANNEL_WHATSAPP)).suppressed
 
 
+async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_window(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    said = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    said_at = Timestamp()
+    said_at.FromDatetime(said)
+    declined = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel_pb2.CHANNEL_WHATSAPP,
+        kind=channel_resources.ENGAGEMENT_KIND_DECLINED,
+        reply_text="No thanks",
+        occur_time=said_at,
+        profile_id=profile_id,
+    )
+    await nats_bus.js.publish(
+        streams.ENGAGEMENT_RECORDED,
+        declined.SerializeToString(),
+        headers={"Nats-Msg-Id": declined.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+
+    async def check(channel: int) -> api.CheckSuppressionResponse:
+        return await segments.CheckSuppression(api.CheckSuppressionRequest(profile_id=profile_id, channel=channel))
+
+    await eventually(lambda: member_events(segments, profile_id, "whatsapp_declined"))
+    # The offer was refused, whichever channel asked: e-mail is suppressed too, for the window from when they said it.
+    for channel in (channel_pb2.CHANNEL_WHATSAPP, channel_pb2.CHANNEL_EMAIL):
+        (decline,) = (await check(channel)).suppressions
+        assert decline.reason == r.SUPPRESSION_REASON_RECENT_DECLINE
+        assert decline.channel == channel_pb2.CHANNEL_UNSPECIFIED
+        assert decline.expire_time.ToDatetime(tzinfo=UTC) == said + timedelta(days=90)
+        assert f"declined on campaign {campaign_id}" == decline.note
+
+
 async def member_events(segments: SegmentsServiceStub, profile_id: str, name: str) -> bool:
     """True once the profile exists with an event of this name recorded (the engagement was applied)."""
     try:
