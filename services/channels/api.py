@@ -206,6 +206,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         reply_text=scrub(request.reply_text, MAX_REPLY),
                         occur_time=convert.timestamp(at),
                         profile_id=record.profile_id,
+                        detail=detail,
                     ),
                     campaign_id=campaign_id,
                 )

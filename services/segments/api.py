@@ -18,7 +18,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token as _decode_token
 from plumbing.page_tokens import encode_token as _encode_token
 from services import streams
-from services.segments import governance, maintenance, records, store
+from services.segments import governance, maintenance, records, store, suppressions
 from services.segments.activity import Activity, CatalogCache, IngestCall
 from services.segments.api_audience import AudienceApi
 from services.segments.api_catalog import CatalogApi
@@ -80,6 +80,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         )
         self.require_approval = settings.require_approval
         self.consent_attributes = dict(settings.consent_attributes)
+        self.address_attributes = dict(settings.address_attributes)
         self.stream_page_size = settings.stream_page_size
 
     # --- ingestion ----------------------------------------------------------------------------
@@ -98,7 +99,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             span.set_attribute("segments.batch.rejected", len(found))
             people = [u.profile_id for u in updates]
             created = set(people) - await store.existing_profiles(session, people)
+            lifted = await self._lift_bounces_of_changed_addresses(session, updates)
             await store.upsert_profiles(session, updates, now)
+            span.set_attribute("segments.hard_bounces_lifted", lifted)
             changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
             await self.activity.refresh(session, people, now, changed=changed, new_profiles=created)
             response = service_pb2.UpsertProfilesResponse(
@@ -113,6 +116,23 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         )
         log.info("profiles_upserted", accepted=response.accepted_count, rejected=len(response.errors))
         return response
+
+    async def _lift_bounces_of_changed_addresses(
+        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate]
+    ) -> int:
+        """A new address (a value other than the stored one) lifts the channel's hard_bounce suppression: the address
+        that bounced is gone. The CRM's daily feed of unchanged addresses lifts nothing."""
+        lifted = 0
+        for channel, attribute in self.address_attributes.items():
+            named = {u.profile_id: u.attributes[attribute] for u in updates if attribute in u.attributes}
+            if not named:
+                continue
+            stored = await store.attributes_of(session, sorted(named), [attribute])
+            changed = [pid for pid, value in named.items() if stored.get(pid, {}).get(attribute) != value]
+            lifted += await store.delete_suppressions(session, changed, channel, suppressions.HARD_BOUNCE)
+        if lifted:
+            log.info("hard_bounces_lifted", count=lifted)
+        return lifted
 
     async def IngestEvents(
         self, request: service_pb2.IngestEventsRequest, context: grpc.aio.ServicerContext

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from plumbing.settings import ServiceSettings
+from xsell.type.v1 import channel_pb2
 
 # The fund platform's attributes (the recipe's), shipped with the service.
 DEFAULT_CATALOG = Path(__file__).parent / "catalogs" / "default.yaml"
@@ -22,6 +23,12 @@ class SegmentsSettings(ServiceSettings):
         description="Per channel (its name without CHANNEL_), the BOOLEAN profile attribute that must be true for the "
         "person to be contacted on it (WhatsApp's business policy requires an opt-in); CheckSuppression reports a "
         "person without it as consent_missing.",
+    )
+    address_attributes: dict[str, str] = Field(
+        {"EMAIL": "email"},
+        description="Per channel (its name without CHANNEL_), the profile attribute holding the person's address on "
+        "it: an upsert that changes it lifts the person's hard_bounce suppression on that channel (the address that "
+        "bounced is gone).",
     )
     event_retention_days: int = Field(
         730, description="Events older than this many days are rejected at ingestion and not evaluated.", gt=0
@@ -65,3 +72,13 @@ class SegmentsSettings(ServiceSettings):
     catalog_cache_seconds: float = Field(
         5.0, description="How long a replica may use its cached catalog before seeing other replicas' changes.", ge=0
     )
+
+    @field_validator("consent_attributes", "address_attributes")
+    @classmethod
+    def _by_channel_name(cls, value: dict[str, str]) -> dict[str, str]:
+        names = [name.removeprefix("CHANNEL_") for name in channel_pb2.Channel.keys()]  # noqa: SIM118 (an enum)
+        names.remove("UNSPECIFIED")
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"keys must be channel names ({', '.join(names)}), not {', '.join(unknown)}")
+        return value

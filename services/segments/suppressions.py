@@ -28,6 +28,14 @@ class Suppression:
         return self.expire_time is None or self.expire_time > at
 
 
+def reason_key(reason: int) -> str:
+    return resources_pb2.SuppressionReason.Name(reason).removeprefix(_REASON_PREFIX)  # type: ignore[arg-type]
+
+
+# Mail to the address bounced permanently; a new address lifts it (SegmentsApi.UpsertProfiles).
+HARD_BOUNCE = reason_key(resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE)
+
+
 class UnknownChannel(ValueError):
     """A channel number this version does not know."""
 
@@ -53,10 +61,6 @@ def channels_applying(channel: int) -> tuple[str, ...]:
 
 
 _REASON_NUMBERS = frozenset(resources_pb2.SuppressionReason.values())
-
-
-def reason_key(reason: int) -> str:
-    return resources_pb2.SuppressionReason.Name(reason).removeprefix(_REASON_PREFIX)  # type: ignore[arg-type]
 
 
 def reason_number(key: str) -> int:

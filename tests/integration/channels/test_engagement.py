@@ -133,3 +133,11 @@ async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_f
     last = response.message.timeline[-1]
     assert last.engagement_kind == resources_pb2.ENGAGEMENT_KIND_BOUNCED
     assert last.detail.startswith("5.1.1 permanent") and "priya" not in last.detail and "98765" not in last.detail
+
+    async def recorded() -> list[events_pb2.EngagementRecorded]:
+        heard = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
+        return [events_pb2.EngagementRecorded.FromString(h.data) for h in heard]
+
+    # The event carries the status as the timeline shows it: segments reads a permanent one as a hard bounce.
+    (event,) = await eventually(recorded)
+    assert (event.kind, event.detail) == (resources_pb2.ENGAGEMENT_KIND_BOUNCED, last.detail)

@@ -198,6 +198,62 @@ async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_
         assert f"declined on campaign {campaign_id}" == decline.note
 
 
+async def test_a_permanent_bounce_suppresses_e_mail_until_the_address_changes(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    await segments.UpsertProfiles(
+        api.UpsertProfilesRequest(
+            request_id=new_id("req_"),
+            profiles=[r.Profile(profile_id=profile_id, attributes={"email": r.Value(string_value="old@x.in")})],
+        )
+    )
+    for detail in ("4.2.2 transient, given up", "5.1.1 permanent"):
+        bounced = channel_events.EngagementRecorded(
+            event_id=new_id("evt_"),
+            campaign_id=campaign_id,
+            channel=channel_pb2.CHANNEL_EMAIL,
+            kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
+            detail=detail,
+            occur_time=_now(),
+            profile_id=profile_id,
+        )
+        await nats_bus.js.publish(
+            streams.ENGAGEMENT_RECORDED,
+            bounced.SerializeToString(),
+            headers={"Nats-Msg-Id": bounced.event_id, "Xsell-Campaign-Id": campaign_id},
+        )
+
+    async def on_email() -> list[r.Suppression]:
+        check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_EMAIL)
+        return list((await segments.CheckSuppression(check)).suppressions)
+
+    (hard,) = await eventually(on_email)
+    assert (hard.reason, hard.channel, hard.note) == (
+        r.SUPPRESSION_REASON_HARD_BOUNCE,
+        channel_pb2.CHANNEL_EMAIL,
+        f"bounced 5.1.1 on campaign {campaign_id}",
+    )
+    assert not hard.HasField("expire_time")
+    sms = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_SMS)
+    assert not (await segments.CheckSuppression(sms)).suppressed
+
+    async def upsert_email(address: str) -> None:
+        await segments.UpsertProfiles(
+            api.UpsertProfilesRequest(
+                request_id=new_id("req_"),
+                profiles=[r.Profile(profile_id=profile_id, attributes={"email": r.Value(string_value=address)})],
+            )
+        )
+
+    # The CRM's daily feed of the same address lifts nothing; a new address lifts it.
+    await upsert_email("old@x.in")
+    assert [s.reason for s in await on_email()] == [r.SUPPRESSION_REASON_HARD_BOUNCE]
+    await upsert_email("new@x.in")
+    assert await on_email() == []
+
+
 async def member_events(segments: SegmentsServiceStub, profile_id: str, name: str) -> bool:
     """True once the profile exists with an event of this name recorded (the engagement was applied)."""
     try:
