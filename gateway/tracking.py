@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from plumbing.ids import new_id
-from plumbing.signing import BadSignature, verify
+from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, BadSignature, serves, verify
 from plumbing.telemetry import outreach_span
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
@@ -40,6 +40,9 @@ _CONFIRM = (
     '<form method="post"><input type="hidden" name="confirm" value="yes">'
     '<button type="submit">Unsubscribe</button></form>'
 )
+
+
+_PURPOSES = {"click": CLICK, "open": OPEN, "unsubscribe": UNSUBSCRIBE}
 
 
 def _page(status: int, title: str, text: str) -> web.Response:
@@ -133,6 +136,10 @@ class TrackingEdge:
             payload = verify(request.match_info["token"], self._secret)
         except BadSignature:
             log.info("tracking_token_rejected", kind=kind)
+            return None
+        if not serves(payload, _PURPOSES[kind]):
+            # A click link's token on the unsubscribe route (a forwarded offer) must not opt its recipient out.
+            log.info("tracking_token_rejected", kind=kind, reason="another_links_token")
             return None
         campaign_id = payload.get("c")
         if not isinstance(campaign_id, str) or not campaign_id:

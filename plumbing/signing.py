@@ -44,6 +44,29 @@ def verify(token: str, secret: str) -> dict[str, Any]:
     return payload
 
 
+# What a tracking link's token is for (its "k"): a token opens one door only. A click link travels further than any
+# other (forwarded, pasted into chats, logged by link scanners) and an open pixel is fetched by image proxies; if any
+# token were good for any route, whoever saw one could unsubscribe the person or fake their opens.
+CLICK, OPEN, UNSUBSCRIBE = "c", "o", "u"
+
+
+def link_token(campaign_id: str, purpose: str, secret: str, url: str = "") -> str:
+    """The signed token of one outreach's link for one purpose (CLICK with its target `url`, OPEN, UNSUBSCRIBE)."""
+    payload = {"c": campaign_id, "k": purpose}
+    if url:
+        payload["u"] = url
+    return sign(payload, secret)
+
+
+def serves(payload: dict[str, Any], purpose: str) -> bool:
+    """Whether a verified token's payload is for `purpose`. Tokens from before purposes (no "k", in mail already in
+    inboxes) keep working where they did: a click token carries its target, the pixel's and the unsubscribe link's
+    were one token without one."""
+    if "k" in payload:
+        return bool(payload["k"] == purpose)
+    return ("u" in payload) == (purpose == CLICK)
+
+
 ENVELOPE_MAC_CHARS = 20
 """Hex digits of the MAC an envelope id carries (80 bits)."""
 

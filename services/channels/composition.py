@@ -10,7 +10,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import cached_property
 
-from plumbing.signing import sign
+from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, link_token
 from services.channels.delivery import OutgoingEmail
 
 UNSUBSCRIBE_PSEUDO_URL = "xsell:unsubscribe"
@@ -42,19 +42,18 @@ class TrackingLinks:
     campaign_id: str
 
     def click(self, url: str) -> str:
-        token = sign({"c": self.campaign_id, "u": url}, self.secret)
-        return f"{self.base_url.rstrip('/')}/c/{token}"
+        return f"{self.base_url.rstrip('/')}/c/{link_token(self.campaign_id, CLICK, self.secret, url)}"
 
     def unsubscribe(self) -> str:
-        return f"{self.base_url.rstrip('/')}/u/{self._outreach_token}"
+        return f"{self.base_url.rstrip('/')}/u/{self._unsubscribe_token}"
 
     def open_pixel(self) -> str:
-        return f"{self.base_url.rstrip('/')}/o/{self._outreach_token}.gif"
+        return f"{self.base_url.rstrip('/')}/o/{link_token(self.campaign_id, OPEN, self.secret)}.gif"
 
     @cached_property
-    def _outreach_token(self) -> str:
-        """The unsubscribe link and the open pixel carry the same token (the campaign ID): signed once."""
-        return sign({"c": self.campaign_id}, self.secret)
+    def _unsubscribe_token(self) -> str:
+        """Both bodies and the List-Unsubscribe header carry it: signed once."""
+        return link_token(self.campaign_id, UNSUBSCRIBE, self.secret)
 
 
 def _is_web_url(url: str) -> bool:

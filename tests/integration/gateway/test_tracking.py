@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from plumbing.signing import sign
+from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, link_token, sign
 from plumbing.telemetry import CAMPAIGN_ID, outreach_trace_id
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
 from xsell.channels.v1 import resources_pb2 as channels_resources
@@ -40,7 +40,7 @@ async def test_a_valid_click_is_recorded_in_the_outreach_trace_and_redirected(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await start_gateway()
-    token = sign({"c": OUTREACH, "u": LANDING}, SECRET)
+    token = link_token(OUTREACH, CLICK, SECRET, LANDING)
     async with http.get(f"{gateway.http}/c/{token}", allow_redirects=False) as response:
         assert response.status == 302
         assert response.headers["Location"] == LANDING
@@ -79,7 +79,7 @@ async def test_a_click_still_redirects_when_channels_is_down(
     start_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gateway = await start_gateway(channels_target=unused_target())
-    token = sign({"c": OUTREACH, "u": LANDING}, SECRET)
+    token = link_token(OUTREACH, CLICK, SECRET, LANDING)
     async with http.get(f"{gateway.http}/c/{token}", allow_redirects=False) as response:
         assert response.status == 302
         assert response.headers["Location"] == LANDING
@@ -89,7 +89,7 @@ async def test_the_open_pixel_is_a_fresh_transparent_gif_and_records_an_open(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await start_gateway()
-    token = sign({"c": OUTREACH}, SECRET)
+    token = link_token(OUTREACH, OPEN, SECRET)
     async with http.get(f"{gateway.http}/o/{token}.gif") as response:
         assert response.status == 200
         assert response.content_type == "image/gif"
@@ -110,7 +110,7 @@ async def test_unsubscribe_by_link_and_by_one_click_post(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await start_gateway()
-    token = sign({"c": OUTREACH}, SECRET)
+    token = link_token(OUTREACH, UNSUBSCRIBE, SECRET)
     # Following the link (as a mail scanner or a link preview does) only asks; nothing is recorded.
     async with http.get(f"{gateway.http}/u/{token}") as response:
         assert response.status == 200
@@ -135,11 +135,47 @@ async def test_unsubscribe_by_link_and_by_one_click_post(
     assert len(engagements(downstream)) == 2
 
 
+async def test_a_token_opens_only_its_own_door_and_tokens_from_before_purposes_keep_working(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await start_gateway()
+    click, pixel = link_token(OUTREACH, CLICK, SECRET, LANDING), link_token(OUTREACH, OPEN, SECRET)
+    # A forwarded offer's click link, or the pixel an image proxy fetched, cannot opt the person out...
+    for token in (click, pixel):
+        async with http.get(f"{gateway.http}/u/{token}") as response:
+            assert response.status == 400
+        async with http.post(f"{gateway.http}/u/{token}", data={"List-Unsubscribe": "One-Click"}) as response:
+            assert response.status == 400
+    # ...nor fake opens or clicks with another link's token (the pixel still answers with its image).
+    unsubscribe = link_token(OUTREACH, UNSUBSCRIBE, SECRET)
+    for token in (click, unsubscribe):
+        async with http.get(f"{gateway.http}/o/{token}.gif") as response:
+            assert response.status == 200
+    async with http.get(f"{gateway.http}/c/{link_token(OUTREACH, OPEN, SECRET, LANDING)}") as response:
+        assert response.status == 400
+    assert engagements(downstream) == []
+    # Mail sent before purposes is still in inboxes: its links work where they did, and nowhere else.
+    legacy_click, legacy_outreach = sign({"c": OUTREACH, "u": LANDING}, SECRET), sign({"c": OUTREACH}, SECRET)
+    async with http.get(f"{gateway.http}/c/{legacy_click}", allow_redirects=False) as response:
+        assert response.status == 302
+    async with http.post(f"{gateway.http}/u/{legacy_click}") as response:
+        assert response.status == 400
+    async with http.get(f"{gateway.http}/o/{legacy_outreach}.gif") as response:
+        assert response.status == 200
+    async with http.post(f"{gateway.http}/u/{legacy_outreach}", data={"confirm": "yes"}) as response:
+        assert response.status == 200
+    assert [e.kind for e in engagements(downstream)] == [
+        channels_resources.ENGAGEMENT_KIND_CLICKED,
+        channels_resources.ENGAGEMENT_KIND_OPENED,
+        channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+    ]
+
+
 async def test_an_unsubscribe_that_cannot_be_recorded_asks_to_try_again(
     start_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gateway = await start_gateway(channels_target=unused_target())
-    async with http.post(f"{gateway.http}/u/{sign({'c': OUTREACH}, SECRET)}") as response:
+    async with http.post(f"{gateway.http}/u/{link_token(OUTREACH, UNSUBSCRIBE, SECRET)}") as response:
         assert response.status == 503
         assert "try again" in (await response.text()).lower()
 

@@ -56,10 +56,10 @@ def test_every_web_link_in_html_is_wrapped_and_its_token_carries_campaign_id_and
     hrefs = _hrefs(rewritten)
     clicks = [verify(h.removeprefix(f"{BASE}/c/"), SECRET) for h in hrefs if h.startswith(f"{BASE}/c/")]
     assert clicks == [
-        {"c": CAMPAIGN_ID, "u": "https://bank.example.in/offer?x=1&y=2"},
-        {"c": CAMPAIGN_ID, "u": "http://apply.example.in/loan"},
-        {"c": CAMPAIGN_ID, "u": "https://bare.example.in/p"},
-        {"c": CAMPAIGN_ID, "u": "https://third.example.in/"},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "https://bank.example.in/offer?x=1&y=2"},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "http://apply.example.in/loan"},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "https://bare.example.in/p"},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "https://third.example.in/"},
     ]
     assert "bank.example.in/offer" not in rewritten
     assert "apply.example.in" not in rewritten
@@ -76,7 +76,7 @@ def test_unsubscribe_pseudo_link_becomes_signed_unsubscribe_link() -> None:
     rewritten = rewrite_html(HTML, LINKS)
     unsubscribes = [h for h in _hrefs(rewritten) if h.startswith(f"{BASE}/u/")]
     assert len(unsubscribes) == 1
-    assert _token(unsubscribes[0], "u") == {"c": CAMPAIGN_ID}
+    assert _token(unsubscribes[0], "u") == {"c": CAMPAIGN_ID, "k": "u"}
     assert "xsell:unsubscribe" not in rewritten
 
 
@@ -94,9 +94,9 @@ def test_text_urls_are_wrapped_without_their_trailing_punctuation() -> None:
     urls = re.findall(r"https://t\.example\.in/[cu]/[A-Za-z0-9_.-]+", rewritten)
     payloads = [_token(url.rstrip("."), url.split("/")[3]) for url in urls]
     assert payloads == [
-        {"c": CAMPAIGN_ID, "u": "https://bank.example.in/offer?x=1&y=2"},
-        {"c": CAMPAIGN_ID, "u": "https://apply.example.in/loan"},
-        {"c": CAMPAIGN_ID},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "https://bank.example.in/offer?x=1&y=2"},
+        {"c": CAMPAIGN_ID, "k": "c", "u": "https://apply.example.in/loan"},
+        {"c": CAMPAIGN_ID, "k": "u"},
     ]
     # The sentence's full stop and the closing parenthesis stay in the text, outside the links.
     assert re.search(r"/c/[A-Za-z0-9_.-]+\.\n", rewritten)
@@ -110,7 +110,7 @@ def test_open_pixel_goes_before_body_end_and_carries_campaign_id() -> None:
     assert match is not None
     assert html.index(match.group(0)) < html.index("</body>")
     assert match.group(1).endswith(".gif")
-    assert _token(match.group(1), "o") == {"c": CAMPAIGN_ID}
+    assert _token(match.group(1), "o") == {"c": CAMPAIGN_ID, "k": "o"}
     assert add_open_pixel("<p>fragment</p>", LINKS).startswith("<p>fragment</p><img ")
 
 
@@ -152,7 +152,7 @@ def test_headers_identify_the_outreach_and_offer_one_click_unsubscribe() -> None
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     unsubscribe = message["List-Unsubscribe"]
     assert unsubscribe.startswith("<") and unsubscribe.endswith(">")
-    assert _token(unsubscribe[1:-1], "u") == {"c": CAMPAIGN_ID}
+    assert _token(unsubscribe[1:-1], "u") == {"c": CAMPAIGN_ID, "k": "u"}
     assert message["Date"] == "Mon, 03 Nov 2025 09:30:00 +0000"
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plumbing.signing import BadSignature, sign, verify
+from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, BadSignature, link_token, serves, sign, verify
 
 
 def test_round_trip() -> None:
@@ -28,3 +28,17 @@ def test_tampered_tokens_are_rejected(tamper) -> None:  # type: ignore[no-untype
 def test_other_key_is_rejected() -> None:
     with pytest.raises(BadSignature):
         verify(sign({"c": "X"}, "one"), "two")
+
+
+def test_a_link_token_serves_its_own_purpose_only() -> None:
+    click = verify(link_token("C1", CLICK, "s3cret", "https://example.com/"), "s3cret")
+    assert click == {"c": "C1", "k": "c", "u": "https://example.com/"}
+    assert [serves(click, p) for p in (CLICK, OPEN, UNSUBSCRIBE)] == [True, False, False]
+    unsubscribe = verify(link_token("C1", UNSUBSCRIBE, "s3cret"), "s3cret")
+    assert [serves(unsubscribe, p) for p in (CLICK, OPEN, UNSUBSCRIBE)] == [False, False, True]
+
+
+def test_tokens_from_before_purposes_serve_where_they_did() -> None:
+    legacy_click, legacy_outreach = {"c": "C1", "u": "https://example.com/"}, {"c": "C1"}
+    assert [serves(legacy_click, p) for p in (CLICK, OPEN, UNSUBSCRIBE)] == [True, False, False]
+    assert [serves(legacy_outreach, p) for p in (CLICK, OPEN, UNSUBSCRIBE)] == [False, True, True]
