@@ -30,6 +30,7 @@ from services.channels.delivery import (
     Accepted,
     DeliveryState,
     DispatchAction,
+    Engagement,
     MalformedDispatch,
     ProviderOutcomeUnknown,
     ProviderRejected,
@@ -38,6 +39,7 @@ from services.channels.delivery import (
     SendFailure,
     TimelineStep,
     dispatch_action,
+    engagement_step,
     state_step,
     validate_email,
 )
@@ -53,7 +55,7 @@ from services.channels.providers.webhook import SignedWebhook
 from services.channels.providers.whatsapp import WhatsAppCloud
 from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
-from xsell.channels.v1.events_pb2 import DeliveryUpdated
+from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
 log = structlog.get_logger(__name__)
 
@@ -317,7 +319,10 @@ class DispatchHandler:
                 return
             except ProviderRejected as failure:
                 self._timed(prepared.provider, started)
-                await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
+                if failure.bounce:
+                    await self._settle_bounced(campaign_id, channel, event.profile_id, failure)
+                else:
+                    await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
                 self._count(prepared.provider, "rejected")
                 self._log.warning("dispatch_rejected", reason=failure.reason)
                 return
@@ -481,6 +486,33 @@ class DispatchHandler:
             )
             request = [(campaign_id, *_request_of(delivery))]
             await session.run_sync(lambda sync: store.remember_requests(sync, request))
+
+    async def _settle_bounced(self, campaign_id: str, channel: str, profile_id: str, failure: ProviderRejected) -> None:
+        """FAILED, and the BOUNCED engagement a report of the same refusal would have made (segments suppresses the
+        address on it), in one transaction. Not through the ledger's batches: it is rare."""
+        at = utcnow()
+        async with self.db.transaction() as session:
+            locked = await store.lock_state(session, campaign_id)
+            if locked is None or locked[0] is not DeliveryState.SENDING:
+                self._log.info("dispatch_settled_by_receipt")
+                return
+            await self._record(session, campaign_id, channel, DeliveryState.FAILED, at, failure.reason)
+            await store.add_timeline(
+                session, campaign_id, [TimelineStep(engagement_step(Engagement.BOUNCED), at, failure.bounce)]
+            )
+            await self.outbox.add(
+                session,
+                streams.ENGAGEMENT_RECORDED,
+                EngagementRecorded(
+                    campaign_id=campaign_id,
+                    channel=convert.channel_value(channel),  # type: ignore[arg-type]
+                    kind=convert.engagement_kind(Engagement.BOUNCED),  # type: ignore[arg-type]
+                    occur_time=convert.timestamp(at),
+                    profile_id=profile_id,
+                    detail=failure.bounce,
+                ),
+                campaign_id=campaign_id,
+            )
 
     def _delivery_updated_row(self, update: DeliveryUpdated, at: datetime) -> dict[str, Any]:
         """The outbox row of a DeliveryUpdated, as Outbox.event writes it, with its traceparent the current span (the

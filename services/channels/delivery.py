@@ -146,7 +146,12 @@ class ProviderThrottled(ProviderUnavailable):
 
 
 class ProviderRejected(SendFailure):
-    """The provider refused the message for good (5xx on the sender, recipient or content)."""
+    """The provider refused the message for good (5xx on the sender, recipient or content). `bounce` is set when the
+    refusal says the recipient's address is bad (an SMTP relay's 5.1.1 at RCPT): a bounce, as a report would be."""
+
+    def __init__(self, reason: str, bounce: str = "") -> None:
+        super().__init__(reason)
+        self.bounce = bounce
 
 
 class ProviderOutcomeUnknown(SendFailure):
@@ -180,8 +185,14 @@ def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
             "RETURN_PATH)"
         )
     if 500 <= code < 600:
-        return ProviderRejected(reason)
+        bad_address = _BAD_RECIPIENT.match(text.lstrip()) if "RCPT" in command else None
+        return ProviderRejected(reason, bounce=f"{bad_address.group(1)} permanent" if bad_address else "")
     return ProviderUnavailable(reason)
+
+
+# RFC 3463's statuses that the recipient's address is bad: 5.1.1 no such mailbox, 5.1.2 no such domain, 5.1.3 bad
+# syntax, 5.1.6 moved, 5.1.10 the domain takes no mail (null MX, RFC 7505).
+_BAD_RECIPIENT = re.compile(r"(5\.1\.(?:1|2|3|6|10))\b")
 
 
 _EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")

@@ -31,6 +31,7 @@ from tests.integration.channels.support import (
 )
 from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2
+from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.type.v1 import channel_pb2
 
 
@@ -169,6 +170,19 @@ async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_ad
     assert message.state == resources_pb2.DELIVERY_STATE_FAILED
     assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
     assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+    # 5.1.1 says the address does not exist: a bounce, as a report of it would be, which segments suppresses.
+    assert (message.timeline[-1].engagement_kind, message.timeline[-1].detail) == (
+        resources_pb2.ENGAGEMENT_KIND_BOUNCED,
+        "5.1.1 permanent",
+    )
+    (bounced,) = await eventually(lambda: _async(listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)))
+    event = EngagementRecorded.FromString(bounced.data)
+    assert (event.kind, event.detail, event.channel) == (
+        resources_pb2.ENGAGEMENT_KIND_BOUNCED,
+        "5.1.1 permanent",
+        channel_pb2.CHANNEL_EMAIL,
+    )
+    assert event.profile_id and event.HasField("occur_time")
     # The refused transaction's session was closed; the next e-mail goes over a new one.
     after = new_campaign_id()
     await publish(nats_bus, dispatch(after))

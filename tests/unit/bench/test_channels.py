@@ -1,9 +1,11 @@
-"""The channels bench's arithmetic: the providers' logs against the ledger, nearest-rank percentiles, rates."""
+"""The channels bench: the providers' logs against the ledger, nearest-rank percentiles, rates, and its parts."""
 
 import json
 import math
 
-from bench.channels import consumer_span_starts, nearest_rank, per_second, tally
+import pytest
+
+from bench.channels import consumer_span_starts, nearest_rank, parse_args, per_second, tally
 
 
 def test_every_published_message_sent_once_is_neither_lost_nor_duplicated() -> None:
@@ -57,3 +59,10 @@ def test_a_requests_handler_start_is_its_first_consumer_span_on_the_benchs_clock
         span("CONSUMER", "other-run", 10_000_000_000),
     ]
     assert consumer_span_starts(lines, {"a", "b"}, wall_minus_perf=1_000.0) == {"a": 11.0 - 1_000.0}
+
+
+def test_the_receipts_part_needs_the_http_parts_messages() -> None:
+    assert parse_args([]).parts == ["http", "receipts", "smtp", "latency", "low"]
+    assert parse_args(["--parts", "http,receipts"]).parts == ["http", "receipts"]
+    with pytest.raises(SystemExit):
+        parse_args(["--parts", "receipts"])

@@ -67,6 +67,26 @@ def test_smtp_4xx_is_retried_and_5xx_is_final() -> None:
     assert isinstance(rejected, ProviderRejected)
     assert "priya" not in rejected.reason
     assert rejected.reason.startswith("SMTP 550 on RCPT")
+    assert rejected.bounce == "5.1.1 permanent"
+
+
+@pytest.mark.parametrize(
+    ("code", "command", "text", "bounce"),
+    [
+        (550, "RCPT", "5.1.1 <priya@example.in>: user unknown", "5.1.1 permanent"),
+        (550, "MAIL/RCPT", "5.1.2 Host unknown", "5.1.2 permanent"),
+        (556, "RCPT", "5.1.10 Recipient address has null MX", "5.1.10 permanent"),
+        (550, "RCPT", "5.7.1 Recipient address rejected: access denied", ""),  # policy, not the address
+        (552, "RCPT", "5.2.2 Mailbox full", ""),
+        (550, "RCPT", "Recipient address rejected", ""),  # no enhanced status: nothing to go on
+        (554, "DATA", "5.1.1 user unknown", ""),  # not about a recipient's address at RCPT
+    ],
+)
+def test_a_refused_recipient_is_a_bounce_only_when_its_status_says_the_address_is_bad(
+    code: int, command: str, text: str, bounce: str
+) -> None:
+    rejected = failure_for_reply(code, command, text)
+    assert isinstance(rejected, ProviderRejected) and rejected.bounce == bounce
 
 
 def test_a_relay_wanting_auth_or_tls_is_a_settings_problem_retried_not_a_rejected_message() -> None:
