@@ -546,6 +546,7 @@ class Bench:
         service = self.service(part)
         await service.start(timeout=60)
         in_flight = asyncio.Semaphore(self.args.receipt_concurrency)
+        profiler = self._profile(part, service.pid)
         try:
             async with grpc.aio.insecure_channel(service.target) as channel:
                 stub = ChannelsServiceStub(channel)
@@ -567,6 +568,9 @@ class Bench:
                 cpu = service.cpu_seconds() - cpu_before
                 bench_cpu = time.process_time() - bench_cpu_before
         finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                await asyncio.to_thread(profiler.wait, 60)
             service.stop()
         states = await ledger_states(self.url)
         count = len(campaign_ids)
@@ -872,7 +876,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--parts", default="http,receipts,smtp,latency,low", help="run only these parts (no result file then)"
     )
-    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles of the backlog parts here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy raw profiles of the backlog and receipts parts here"
+    )
     parser.add_argument("--var", type=Path, default=Path("var/bench/channels"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)

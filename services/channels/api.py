@@ -248,11 +248,13 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
 
         def apply_all(session: Session) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
             answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
+            reported: set[str] = set()
             for submitted in batch:
                 try:
-                    answers.append(submitted.context.copy().run(self._apply_receipt, session, submitted.item))
+                    answers.append(submitted.context.copy().run(self._apply_receipt, session, submitted.item, reported))
                 except DomainError as refused:
                     answers.append(refused)
+            _note_reports(session, reported)
             return answers
 
         # One synchronous transaction: on SQLite one call to its writer thread, not a thread crossing per statement.
@@ -260,12 +262,20 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
 
     async def _record_receipt_alone(self, item: "_Receipt") -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
         context = contextvars.copy_context()
-        return await self.db.run_in_transaction(lambda session: context.run(self._apply_receipt, session, item))
+
+        def apply(session: Session) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
+            reported: set[str] = set()
+            answer = context.run(self._apply_receipt, session, item, reported)
+            _note_reports(session, reported)
+            return answer
+
+        return await self.db.run_in_transaction(apply)
 
     def _apply_receipt(
-        self, session: Session, item: "_Receipt"
+        self, session: Session, item: "_Receipt", reported: set[str]
     ) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-        """One receipt in the batch's transaction, run in its caller's context (its DeliveryUpdated's trace)."""
+        """One receipt in the batch's transaction, run in its caller's context (its DeliveryUpdated's trace); the
+        channel of a provider's report goes into `reported`."""
         request, campaign_id, receipt, at, only_channel = item
         previous = self.idempotency.previous_sync(
             session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
@@ -298,7 +308,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         assert updated is not None
         if only_channel is None:
             # The provider's reports are coming (an app's report about a push says nothing of FCM's).
-            store.note_report(session, updated.channel, utcnow())
+            reported.add(updated.channel)
         response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
         self.idempotency.remember_sync(session, "RecordDeliveryReceipt", request, response)
         return response, outcome is not None
@@ -411,3 +421,11 @@ def _ambiguous_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidArgument(
             "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
         ) from error
+
+
+def _note_reports(session: Session, channels: set[str]) -> None:
+    """Once a transaction, for each provider that reported in it: a batch of WhatsApp's callbacks is one upsert, not one
+    each (on PostgreSQL, one row that every batch would lock)."""
+    now = utcnow()
+    for channel in sorted(channels):
+        store.note_report(session, channel, now)
