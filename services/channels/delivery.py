@@ -6,6 +6,8 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from urllib.parse import urlsplit
 
+from plumbing.mail_status import bad_address_status
+
 
 class DeliveryState(StrEnum):
     """Where a message is on its way to the person (mirrors xsell.channels.v1.DeliveryState)."""
@@ -185,14 +187,9 @@ def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
             "RETURN_PATH)"
         )
     if 500 <= code < 600:
-        bad_address = _BAD_RECIPIENT.match(text.lstrip()) if "RCPT" in command else None
-        return ProviderRejected(reason, bounce=f"{bad_address.group(1)} permanent" if bad_address else "")
+        bad_address = bad_address_status(text) if "RCPT" in command else None
+        return ProviderRejected(reason, bounce=f"{bad_address} permanent" if bad_address else "")
     return ProviderUnavailable(reason)
-
-
-# RFC 3463's statuses that the recipient's address is bad: 5.1.1 no such mailbox, 5.1.2 no such domain, 5.1.3 bad
-# syntax, 5.1.6 moved, 5.1.10 the domain takes no mail (null MX, RFC 7505).
-_BAD_RECIPIENT = re.compile(r"(5\.1\.(?:1|2|3|6|10))\b")
 
 
 _EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")

@@ -1,6 +1,5 @@
 """NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +9,7 @@ from opentelemetry import trace
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
+from plumbing.mail_status import bad_address_status
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
@@ -40,15 +40,12 @@ _SUPPRESSING = {
 }
 
 
-# A bounce's detail starting with a permanent status (RFC 3463 class 5, e.g. "5.1.1 permanent"): the address is bad.
-_PERMANENT_STATUS = re.compile(r"5\.\d{1,3}\.\d{1,3}\b")
-
-
 def _suppression_for(event: channel_events.EngagementRecorded, decline_for: timedelta) -> dict[str, Any] | None:
     """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
-    with no expiry, until someone lifts it with RemoveSuppression. A permanent bounce suppresses them on that channel
-    as a hard_bounce, until their address there changes (or RemoveSuppression); a transient bounce given up
-    suppresses nothing (the mailbox was full, the next may go). A bare "NO" to an offer (DECLINED) suppresses
+    with no expiry, until someone lifts it with RemoveSuppression. A bounce whose status says the address is bad
+    (5.1.1 no such mailbox...: plumbing.mail_status) suppresses them on that channel as a hard_bounce, until their
+    address there changes (or RemoveSuppression); any other bounce suppresses nothing (a spam block, a full mailbox:
+    the address is good, the next message may go). A bare "NO" to an offer (DECLINED) suppresses
     them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they refused,
     whichever channel asked. Other engagement suppresses nothing."""
     kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
@@ -65,9 +62,10 @@ def _suppression_for(event: channel_events.EngagementRecorded, decline_for: time
             "note": note,
         }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
-    if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED and _PERMANENT_STATUS.match(event.detail):
+    bad_address = bad_address_status(event.detail) if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED else None
+    if bad_address is not None:
         reason = resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE
-        note = f"bounced {event.detail.split(' ')[0]} on campaign {event.campaign_id}"
+        note = f"bounced {bad_address} on campaign {event.campaign_id}"
     if reason is None:
         return None
     return {

@@ -209,7 +209,8 @@ async def test_a_permanent_bounce_suppresses_e_mail_until_the_address_changes(
             profiles=[r.Profile(profile_id=profile_id, attributes={"email": r.Value(string_value="old@x.in")})],
         )
     )
-    for detail in ("4.2.2 transient, given up", "5.1.1 permanent"):
+    # A full mailbox given up, or a spam block, says nothing against the address; 5.1.1 (no such mailbox) does.
+    for detail in ("4.2.2 transient, given up", "5.7.1 permanent", "5.1.1 permanent"):
         bounced = channel_events.EngagementRecorded(
             event_id=new_id("evt_"),
             campaign_id=campaign_id,

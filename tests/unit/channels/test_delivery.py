@@ -78,6 +78,7 @@ def test_smtp_4xx_is_retried_and_5xx_is_final() -> None:
         (556, "RCPT", "5.1.10 Recipient address has null MX", "5.1.10 permanent"),
         (550, "RCPT", "5.7.1 Recipient address rejected: access denied", ""),  # policy, not the address
         (552, "RCPT", "5.2.2 Mailbox full", ""),
+        (550, "RCPT", "5.2.1 Mailbox disabled, not accepting messages", "5.2.1 permanent"),
         (550, "RCPT", "Recipient address rejected", ""),  # no enhanced status: nothing to go on
         (554, "DATA", "5.1.1 user unknown", ""),  # not about a recipient's address at RCPT
     ],

@@ -1,0 +1,15 @@
+"""What an SMTP enhanced status code (RFC 3463) says about the recipient's address, read alike by channels (a relay's
+refusal at RCPT) and segments (a bounce's status): only a bad address is worth never writing to again."""
+
+import re
+
+# 5.1.1 no such mailbox, 5.1.2 no such domain, 5.1.3 bad address syntax, 5.1.6 mailbox moved, 5.1.10 the domain takes no
+# mail (null MX, RFC 7505), 5.2.1 mailbox disabled. Not 5.7.x (a policy: spam, reputation, a block list), 5.2.2
+# (mailbox full) or 5.3.x / 5.4.x (the receiving system's trouble): the address is good, a later message may go.
+_BAD_ADDRESS = re.compile(r"(5\.1\.(?:1|2|3|6|10)|5\.2\.1)(?![.\d])")
+
+
+def bad_address_status(text: str) -> str | None:
+    """The status at the start of `text` ("5.1.1 user unknown", "5.1.1 permanent") when it says the address is bad."""
+    found = _BAD_ADDRESS.match(text.lstrip())
+    return found.group(1) if found else None

@@ -1,0 +1,27 @@
+"""Which SMTP statuses say the recipient's address is bad (worth never writing to again) and which do not."""
+
+import pytest
+
+from plumbing.mail_status import bad_address_status
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("5.1.1 permanent", "5.1.1"),
+        (" 5.1.1 <priya@example.in>: user unknown", "5.1.1"),
+        ("5.1.2 Host unknown", "5.1.2"),
+        ("5.1.10 null MX", "5.1.10"),
+        ("5.2.1 mailbox disabled", "5.2.1"),
+        ("5.7.1 permanent", None),  # a policy (spam, reputation): the address is good
+        ("5.2.2 mailbox full", None),
+        ("5.4.4 unable to route", None),
+        ("4.1.1 try later", None),
+        ("5.1.11 not a status we know", None),
+        ("5.1.1.3", None),
+        ("user unknown", None),
+        ("", None),
+    ],
+)
+def test_only_a_bad_address_status_is_one(text: str, status: str | None) -> None:
+    assert bad_address_status(text) == status
