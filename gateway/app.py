@@ -12,6 +12,7 @@ from gateway import scopes
 from gateway.api import GatewayApi
 from gateway.auth import Authenticator, AuthInterceptor
 from gateway.dashboard import Dashboard
+from gateway.esp_events import SendGridEvents
 from gateway.forwarding import Forwarder
 from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
 from gateway.limits import RateLimit, RateLimiter
@@ -132,6 +133,13 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 sms_callback_secret=settings.sms_callback_secret.get_secret_value(),
                 max_age_seconds=settings.webhook_max_age_seconds,
                 public_base_url=settings.webhook_public_base_url,
+            ).add_routes,
+            SendGridEvents(
+                channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+                verification_key=settings.sendgrid_verification_key,
+                message_id_domain=settings.message_id_domain,
+                timeout_seconds=settings.downstream_timeout_seconds,
+                max_age_seconds=settings.webhook_max_age_seconds,
             ).add_routes,
             Dashboard(
                 authenticator,

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gateway.esp_events import verification_key
 from plumbing.grpc_server import TlsFiles
 from plumbing.settings import ServiceSettings
 
@@ -80,6 +81,12 @@ class GatewaySettings(ServiceSettings):
         description="Key of the Twilio-style X-Twilio-Signature (HMAC-SHA1 over the URL and the sorted form fields) "
         "that SMS callbacks must then carry; empty checks the URL token alone (Exotel signs nothing).",
     )
+    sendgrid_verification_key: str = Field(
+        default="",
+        description="The verification key of SendGrid's signed Event Webhook (its mail settings: base64 of a DER "
+        "ECDSA P-256 public key): POST /webhooks/email/sendgrid checks X-Twilio-Email-Event-Webhook-Signature with it. "
+        "Empty refuses every post (channels' XSELL_CHANNELS_SMTP_ESP_EVENTS=sendgrid names the outreach in each).",
+    )
     bounce_mailbox_port: int | None = Field(
         default=None,
         ge=0,
@@ -105,6 +112,13 @@ class GatewaySettings(ServiceSettings):
         description="The public https://host the providers call (behind an ingress the gateway sees another scheme "
         "and host); signed SMS callbacks are checked against it. Empty: the URL as the gateway received it.",
     )
+
+    @field_validator("sendgrid_verification_key")
+    @classmethod
+    def _a_verification_key(cls, value: str) -> str:
+        if value.strip():
+            verification_key(value)  # ValueError names what is wrong with it
+        return value
 
     @model_validator(mode="after")
     def _tls_files_come_together(self) -> "GatewaySettings":

@@ -123,6 +123,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             tracking_base_url=settings.tracking_base_url,
             tracking_secret=settings.tracking_secret.get_secret_value(),
             smtp_peer=(settings.smtp_host, settings.smtp_port),
+            esp_events=settings.smtp_esp_events,
         ),
         policy=policy,
         recipient_secret=recipient_secret,
@@ -147,7 +148,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         settings.resend_without_receipt_seconds,
         tracer,
         poll_interval=settings.resend_poll_seconds,
-        email_reports=settings.smtp_delivery_reports,
+        email_reports=settings.email_reports,
     )
     await consumer.declare()
     await resends.declare()

@@ -2,6 +2,7 @@
 
 import binascii
 import html
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,6 +141,7 @@ def compose(
     message_id_domain: str,
     links: TrackingLinks,
     now: datetime,
+    sendgrid_args: bool = False,
 ) -> bytes:
     """The multipart/alternative message for one outreach as it goes on the wire (CRLF); ValueError if a header
     would be unsafe (CR/LF).
@@ -172,6 +174,10 @@ def compose(
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
     ]
+    if sendgrid_args:
+        # SendGrid takes the header off and gives every event of the message this arg (its Event Webhook).
+        args = {"unique_args": {"xsell_campaign_id": campaign_id}}
+        headers.append(("X-SMTPAPI", json.dumps(args, separators=(",", ":"))))
     lines = [f"{name}: {value}" for name, value in headers]
     for subtype, body in (
         ("plain", rewrite_text(text_body, links)),

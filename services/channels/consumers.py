@@ -87,6 +87,8 @@ class EmailSettings:
     smtp_peer: tuple[str, int]
     # The envelope sender, where bounces and complaints go back to (the From address when empty).
     return_path: str = ""
+    # The ESP whose event webhook reports the e-mails ("sendgrid"), which names the outreach in a header it reads.
+    esp_events: str = ""
 
 
 @dataclass
@@ -586,6 +588,7 @@ class DispatchHandler:
             message_id_domain=settings.message_id_domain,
             links=links,
             now=now,
+            sendgrid_args=settings.esp_events == "sendgrid",
         )
 
         async def hand_over() -> Accepted:

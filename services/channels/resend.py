@@ -43,7 +43,7 @@ from xsell.campaigns.v1.events_pb2 import DispatchRequested
 log = structlog.get_logger(__name__)
 
 # The providers whose reports cover every message they accept, by the channel their messages are stored under; e-mail
-# only when every e-mail asks for its delivery status notification (smtp_delivery_reports).
+# only when every e-mail reports back (smtp_delivery_reports: a DSN; smtp_esp_events: the ESP's event webhook).
 REPORTING_PROVIDERS = {"sms": "CHANNEL_SMS", "whatsapp": "CHANNEL_WHATSAPP", "email": "CHANNEL_EMAIL"}
 
 
@@ -75,7 +75,8 @@ class Resender:
         if unknown:
             raise ValueError(
                 f"resend_without_receipt_seconds names {', '.join(unknown)}: only providers that report every "
-                f"message they accept ({', '.join(sorted(reporting))}; email with smtp_delivery_reports) may be handed "
+                f"message they accept ({', '.join(sorted(reporting))}; email with smtp_delivery_reports or "
+                "smtp_esp_events) may be handed "
                 "a message again"
             )
         self.db = db

@@ -1,5 +1,7 @@
 """Settings of the channels service, read from XSELL_CHANNELS_* environment variables."""
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -33,6 +35,14 @@ class ChannelsSettings(ServiceSettings):
         "records it as the message's receipt: an e-mail a crash left AMBIGUOUS is then settled by its report, or "
         "handed over again when resend_without_receipt_seconds names email. Needs a relay that offers DSN (Postfix, "
         "Exim, Exchange do; most ESPs report through their own webhooks instead); one that does not is refused.",
+    )
+    smtp_esp_events: Literal["", "sendgrid"] = Field(
+        "",
+        description="The relay is an ESP that reports through its own signed event webhook: sendgrid (smtp.sendgrid"
+        ".net). Every e-mail then carries its campaign ID as a unique arg (X-SMTPAPI), so each event SendGrid posts "
+        "to the gateway (/webhooks/email/sendgrid) names its outreach: processed and delivered are receipts (an "
+        "e-mail a crash left AMBIGUOUS is settled by them, or handed over again when resend_without_receipt_seconds "
+        "names email), a bounce, a spam report or an unsubscribe is engagement.",
     )
     smtp_timeout_seconds: float = Field(10.0, description="Timeout of each SMTP connect and command.")
     smtp_connections: int = Field(
@@ -144,8 +154,8 @@ class ChannelsSettings(ServiceSettings):
         '"Exactly once"). A report later than this means the person may get it twice; a provider not named is never '
         "handed a message again. WhatsApp's `sent` status comes within seconds; Exotel reports an SMS only at its "
         "final status, which can take hours for a switched-off phone, so SMS is off by default. E-mail may be named "
-        "only with smtp_delivery_reports; its success report comes when the receiving server takes the message, "
-        "minutes later, or hours for one that defers it.",
+        "only with smtp_delivery_reports or smtp_esp_events; its success report comes when the receiving server takes "
+        "the message (a DSN, minutes later, or hours for one that defers it), or SendGrid's processed within seconds.",
     )
     resend_poll_seconds: float = Field(
         5.0, gt=0, description="How often AMBIGUOUS messages past their provider's window are looked for."
@@ -178,9 +188,15 @@ class ChannelsSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _email_resent_only_with_reports(self) -> "ChannelsSettings":
-        if "email" in self.resend_without_receipt_seconds and not self.smtp_delivery_reports:
+        if "email" in self.resend_without_receipt_seconds and not self.email_reports:
             raise ValueError(
                 "XSELL_CHANNELS_RESEND_WITHOUT_RECEIPT_SECONDS names email, but without "
-                "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS no e-mail reports back: set it, or leave email out"
+                "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS or XSELL_CHANNELS_SMTP_ESP_EVENTS no e-mail reports back: set "
+                "one, or leave email out"
             )
         return self
+
+    @property
+    def email_reports(self) -> bool:
+        """Whether every e-mail reports back: by DSN to the gateway's mailbox, or by the ESP's event webhook."""
+        return self.smtp_delivery_reports or bool(self.smtp_esp_events)

@@ -19,6 +19,7 @@ from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from plumbing.db import Database
 from plumbing.runtime import ServiceProcess
+from xsell.channels.v1 import service_pb2 as channels_pb2
 
 # A length-delimited field 999: valid bytes for any message, and unlike anything the gateway would produce itself.
 DOWNSTREAM_REPLY = b"\xba\x3e\x02ok"
@@ -62,6 +63,20 @@ class RecordingServices(grpc.GenericRpcHandler):
 class Downstream:
     services: RecordingServices
     target: str
+
+
+RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
+ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
+
+
+def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptRequest]:
+    """The RecordDeliveryReceipt calls channels received from the gateway, in order."""
+    return [channels_pb2.RecordDeliveryReceiptRequest.FromString(c.request) for c in downstream.services.to(RECEIPT)]
+
+
+def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:
+    """The RecordEngagement calls channels received from the gateway, in order."""
+    return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
 
 
 @pytest.fixture

@@ -8,12 +8,17 @@ import grpc
 from devstack.smtp_sink import delivery_report
 from plumbing.signing import signed_envelope_id
 from services.channels.smtp import xtext
-from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
+from tests.integration.gateway.conftest import (
+    ENGAGEMENT,
+    Downstream,
+    GatewayFactory,
+    RunningGateway,
+    engagements,
+    receipts,
+    unused_target,
+)
 from xsell.channels.v1 import resources_pb2 as channels_resources
-from xsell.channels.v1 import service_pb2 as channels_pb2
 
-ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
-RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
 DOMAIN = "mail.bank.example"
 CAMPAIGN_ID = "CSELL-NOV-T06-0884"
 RETURNED = f"""\
@@ -102,14 +107,6 @@ async def deliver(gateway: RunningGateway, raw: bytes) -> tuple[int, str]:
         return answer.code, answer.message
     finally:
         await client.quit()
-
-
-def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:
-    return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
-
-
-def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptRequest]:
-    return [channels_pb2.RecordDeliveryReceiptRequest.FromString(c.request) for c in downstream.services.to(RECEIPT)]
 
 
 async def _gateway(start_gateway: GatewayFactory, **overrides: object) -> RunningGateway:

@@ -14,16 +14,20 @@ import pytest
 from yarl import URL
 
 from gateway.webhooks import EXOTEL_ZONE, twilio_signature
-from tests.integration.gateway.conftest import Downstream, GatewayFactory, RunningGateway, unused_target
+from tests.integration.gateway.conftest import (
+    Downstream,
+    GatewayFactory,
+    RunningGateway,
+    engagements,
+    receipts,
+    unused_target,
+)
 from xsell.channels.v1 import resources_pb2 as channels_resources
-from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.type.v1 import channel_pb2
 
 APP_SECRET = "test-app-secret"
 SMS_TOKEN = "test-sms-callback-token"
 SMS_SECRET = "test-sms-signing-secret"
-RECEIPT = "/xsell.channels.v1.ChannelsService/RecordDeliveryReceipt"
-ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
 OUTREACH = "CSELL-NOV-T06-0884"
 WAMID = "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSQUJDREVGMDEyMzQ1Njc4OQA="
 
@@ -57,14 +61,6 @@ def _status(status: str, *, age: timedelta = timedelta(0), **extra: Any) -> byte
 def _signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
     digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
-
-
-def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptRequest]:
-    return [channels_pb2.RecordDeliveryReceiptRequest.FromString(c.request) for c in downstream.services.to(RECEIPT)]
-
-
-def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:
-    return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
 
 
 async def test_a_signed_delivered_status_becomes_a_receipt_and_its_replay_is_refused(

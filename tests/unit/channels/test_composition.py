@@ -2,6 +2,7 @@
 
 import email
 import email.policy
+import json
 import re
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
@@ -114,7 +115,7 @@ def test_open_pixel_goes_before_body_end_and_carries_campaign_id() -> None:
     assert add_open_pixel("<p>fragment</p>", LINKS).startswith("<p>fragment</p><img ")
 
 
-def _wire(**overrides: str) -> bytes:
+def _wire(sendgrid_args: bool = False, **overrides: str) -> bytes:
     fields = {
         "to_address": "priya@example.in",
         "from_name": "Acme Bank",
@@ -129,11 +130,12 @@ def _wire(**overrides: str) -> bytes:
         message_id_domain="mail.bank.example.in",
         links=LINKS,
         now=NOW,
+        sendgrid_args=sendgrid_args,
     )
 
 
-def _compose(**overrides: str) -> EmailMessage:
-    wire = _wire(**overrides)
+def _compose(sendgrid_args: bool = False, **overrides: str) -> EmailMessage:
+    wire = _wire(sendgrid_args, **overrides)
     # What the relay receives: CRLF lines of at most 78 characters but for the unsubscribe link, parsed back.
     assert b"\n" not in wire.replace(b"\r\n", b"")
     assert all(len(line) <= 78 for line in wire.split(b"\r\n") if not line.startswith(b"List-Unsubscribe:"))
@@ -154,6 +156,11 @@ def test_headers_identify_the_outreach_and_offer_one_click_unsubscribe() -> None
     assert unsubscribe.startswith("<") and unsubscribe.endswith(">")
     assert _token(unsubscribe[1:-1], "u") == {"c": CAMPAIGN_ID, "k": "u"}
     assert message["Date"] == "Mon, 03 Nov 2025 09:30:00 +0000"
+
+
+def test_through_sendgrid_the_campaign_id_is_a_unique_arg_every_event_carries() -> None:
+    assert _compose()["X-SMTPAPI"] is None
+    assert json.loads(_compose(sendgrid_args=True)["X-SMTPAPI"]) == {"unique_args": {"xsell_campaign_id": CAMPAIGN_ID}}
 
 
 def test_body_is_multipart_alternative_with_tracked_text_and_html() -> None:

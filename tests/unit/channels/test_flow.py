@@ -123,6 +123,11 @@ def test_email_is_handed_over_again_only_when_every_email_asks_for_its_report() 
         ChannelsSettings(resend_without_receipt_seconds={"email": 3600})
     with_reports = ChannelsSettings(resend_without_receipt_seconds={"email": 3600}, smtp_delivery_reports=True)
     assert with_reports.resend_without_receipt_seconds == {"email": 3600.0}
+    # An ESP's event webhook reports every e-mail too (SendGrid's processed, within seconds).
+    through_sendgrid = ChannelsSettings(resend_without_receipt_seconds={"email": 300}, smtp_esp_events="sendgrid")
+    assert through_sendgrid.email_reports and through_sendgrid.resend_without_receipt_seconds == {"email": 300.0}
+    with pytest.raises(ValidationError, match="smtp_esp_events"):
+        ChannelsSettings(smtp_esp_events="ses")
 
 
 async def test_a_provider_limited_by_concurrency_alone_never_waits_for_tokens() -> None:
