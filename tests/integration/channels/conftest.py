@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devstack.esp_sink import SendGridEventPoster
 from devstack.nats_server import free_port
 from devstack.provider_sinks import ProviderSinks
 from devstack.smtp_sink import DsnController, ReportReturner, offering_dsn, report_delivery
@@ -42,10 +43,13 @@ class Mailbox:
         *,
         pipelining: bool = True,
         reports: ReportReturner | None = None,
+        events: SendGridEventPoster | None = None,
     ) -> None:
         self.refuse = refuse
         self.pipelining = pipelining
         self.reports = reports
+        # Playing SendGrid's relay: the Event Webhook's events of each message it accepts, posted to the gateway.
+        self.events = events
         # The next message's connection is dropped in DATA: after the relay queued it (it holds the message, the
         # client never hears) or before (it holds nothing); either way the client cannot tell.
         self.drop_next: str | None = None
@@ -104,6 +108,8 @@ class Mailbox:
         self.sessions.append(tuple(session.peer))
         self.options.append((list(envelope.mail_options), list(envelope.rcpt_options)))
         report_delivery(self.reports, envelope, "relay.test.in")
+        if self.events is not None:
+            self.events.report(envelope)
         if drop == "after_queue":
             server.transport.abort()
         return "250 2.0.0 Ok: queued"

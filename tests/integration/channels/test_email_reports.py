@@ -1,7 +1,10 @@
-"""E-mail that reports back: with smtp_delivery_reports every e-mail asks the relay for its delivery status
-notification (RFC 3461), which comes back through the real gateway's return-path mailbox as the message's receipt.
-An e-mail whose answer was lost is settled by its report, or handed over again once when none came in its window."""
+"""E-mail that reports back, through a real gateway: with smtp_delivery_reports every e-mail asks the relay for its
+delivery status notification (RFC 3461), which comes back to the gateway's return-path mailbox; with
+smtp_esp_events=sendgrid a relay playing SendGrid's posts its signed Event Webhook to the gateway. Either is the
+message's receipt: an e-mail whose answer was lost is settled by its report, or handed over again once when none came
+in its window."""
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from devstack.esp_sink import SendGridEventPoster
 from devstack.smtp_sink import ReportReturner
 from gateway.app import build as build_gateway
 from gateway.settings import GatewaySettings
@@ -32,12 +36,14 @@ RETURN_PATH = "bounces@mail.test.in"
 
 @dataclass
 class Reporting:
-    """Channels asking for reports, a relay that sends them, and the gateway whose mailbox records them."""
+    """Channels asking for reports, a relay that sends them (DSNs by mail, or SendGrid's events), and the gateway
+    that records them."""
 
     channels: Channels
     relay: SmtpRelay
     returner: ReportReturner
     gateway: ServiceProcess
+    events: SendGridEventPoster | None = None
 
     @property
     def mailbox(self) -> Mailbox:
@@ -56,15 +62,18 @@ class Reporting:
 async def reporting(
     start_channels: StartChannels, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Reporting]:
-    """With PIPELINING unless the test asks for a relay without it (`indirect` param False)."""
+    """`indirect` param: "dsn" (the default), "dsn-one-command-at-a-time" (a relay without PIPELINING), "sendgrid"."""
+    kind = getattr(request, "param", "dsn")
     returner = ReportReturner("127.0.0.1", 0, retry_delays=(0.1, 0.2, 0.5, 1.0))
-    relay = SmtpRelay(Mailbox(reports=returner, pipelining=getattr(request, "param", True)), port=0)
+    events = SendGridEventPoster("", retry_delays=(0.1, 0.2, 0.5, 1.0)) if kind == "sendgrid" else None
+    mailbox = (
+        Mailbox(events=events) if events else Mailbox(reports=returner, pipelining=kind != "dsn-one-command-at-a-time")
+    )
+    relay = SmtpRelay(mailbox, port=0)
     await relay.start()
+    reports = {"smtp_esp_events": "sendgrid"} if events else {"smtp_delivery_reports": True}
     channels = await start_channels(
-        relay.port,
-        smtp_delivery_reports=True,
-        return_path=RETURN_PATH,
-        resend_without_receipt_seconds={"email": 3600.0},
+        relay.port, return_path=RETURN_PATH, resend_without_receipt_seconds={"email": 3600.0}, **reports
     )
     gateway = await build_gateway(
         GatewaySettings(
@@ -76,6 +85,7 @@ async def reporting(
             bounce_mailbox_port=0,
             message_id_domain="mail.test.in",
             tracking_secret=TRACKING_SECRET,  # type: ignore[arg-type]  # channels signs each envelope id with it
+            sendgrid_verification_key=events.verification_key if events else "",
             log_level="warning",
         ),
         TracerProvider(),
@@ -83,8 +93,10 @@ async def reporting(
     await gateway.start()
     assert gateway.mailbox is not None  # type: ignore[attr-defined]
     returner.port = gateway.mailbox.port  # type: ignore[attr-defined]
+    if events is not None:
+        events.url = f"http://127.0.0.1:{gateway.http.port}/webhooks/email/sendgrid"  # type: ignore[attr-defined]
     try:
-        yield Reporting(channels, relay, returner, gateway)
+        yield Reporting(channels, relay, returner, gateway, events)
     finally:
         await gateway.stop(0)
         await relay.stop()
@@ -119,7 +131,7 @@ async def _dropped(reporting: Reporting, where: str, nats_bus: Bus, listener: Li
     return campaign_id
 
 
-@pytest.mark.parametrize("reporting", [True, False], ids=["pipelining", "one-command-at-a-time"], indirect=True)
+@pytest.mark.parametrize("reporting", ["dsn", "dsn-one-command-at-a-time"], indirect=True)
 async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
@@ -139,16 +151,36 @@ async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered
     assert reporting.mailbox.senders[-1] == RETURN_PATH
 
 
+@pytest.mark.parametrize("reporting", ["sendgrid"], indirect=True)
+async def test_through_sendgrid_every_email_names_its_outreach_and_its_events_make_it_delivered(
+    reporting: Reporting, nats_bus: Bus, listener: Listener
+) -> None:
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch(campaign_id))
+
+    message = await _state(reporting.channels, campaign_id, DELIVERED)
+    assert _delivery_steps(message)[-2:] == [("SENT", "2.0.0 Ok: queued"), ("DELIVERED", "receipt")]
+    (sent,) = reporting.mailbox.for_campaign(campaign_id)
+    assert json.loads(str(sent["X-SMTPAPI"])) == {"unique_args": {"xsell_campaign_id": campaign_id}}
+    # No DSN is asked of an ESP's relay: it reports by its webhook.
+    assert reporting.mailbox.options[-1] == ([], [])
+    assert reporting.events is not None and reporting.events.failed == []
+
+
+@pytest.mark.parametrize("reporting", ["dsn", "sendgrid"], indirect=True)
 async def test_an_email_the_relay_took_before_the_answer_was_lost_is_settled_by_its_report(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
     campaign_id = await _dropped(reporting, "after_queue", nats_bus, listener)
     message = await _state(reporting.channels, campaign_id, DELIVERED)
-    assert _delivery_steps(message)[-1] == ("DELIVERED", "receipt after AMBIGUOUS: delivered 2.0.0")
+    # The first report after the loss settles it: a DSN of delivery, or SendGrid's processed (then its delivered).
+    settled = next(detail for name, detail in _delivery_steps(message) if detail.startswith("receipt after"))
+    assert settled in ("receipt after AMBIGUOUS: delivered 2.0.0", "receipt after AMBIGUOUS")
     assert await reporting.resender().step() == 0  # settled: nothing is handed over again
     assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
 
 
+@pytest.mark.parametrize("reporting", ["dsn", "sendgrid"], indirect=True)
 async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_reports(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
