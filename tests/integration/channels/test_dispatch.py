@@ -52,7 +52,8 @@ async def test_dispatch_sends_one_tracked_email_and_a_redelivery_sends_nothing(
     assert mail["To"] == "priya@example.in"
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert verify(mail["List-Unsubscribe"].strip("<>").removeprefix(f"{TRACKING_BASE}/u/"), TRACKING_SECRET) == {
-        "c": campaign_id
+        "c": campaign_id,
+        "k": "u",
     }
     html_part, text_part = mail.get_body(("html",)), mail.get_body(("plain",))
     assert html_part is not None and text_part is not None
@@ -61,12 +62,12 @@ async def test_dispatch_sends_one_tracked_email_and_a_redelivery_sends_nothing(
     assert len(hrefs) == 3 and all(h.startswith(f"{TRACKING_BASE}/") for h in hrefs)
     tokens = [verify(h.split("/")[-1], TRACKING_SECRET) for h in hrefs]
     assert tokens == [
-        {"c": campaign_id, "u": "https://bank.example.in/apply?o=T06"},
-        {"c": campaign_id, "u": "https://bank.example.in/rates"},
-        {"c": campaign_id},
+        {"c": campaign_id, "k": "c", "u": "https://bank.example.in/apply?o=T06"},
+        {"c": campaign_id, "k": "c", "u": "https://bank.example.in/rates"},
+        {"c": campaign_id, "k": "u"},
     ]
     pixel = re.search(rf'<img src="{re.escape(TRACKING_BASE)}/o/([^"]+)\.gif" width="1" height="1" alt="">', html)
-    assert pixel is not None and verify(pixel.group(1), TRACKING_SECRET) == {"c": campaign_id}
+    assert pixel is not None and verify(pixel.group(1), TRACKING_SECRET) == {"c": campaign_id, "k": "o"}
     assert "bank.example.in" not in text_part.get_content()
 
     message = await get_message(channels, campaign_id)
