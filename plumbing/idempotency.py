@@ -30,7 +30,8 @@ def idempotency_table(metadata: MetaData) -> Table:
     )
 
 
-def _fingerprint(request: Message) -> str:
+def request_fingerprint(request: Message) -> str:
+    """The hash a request_id's first request is remembered by: the request without its request_id."""
     without_id = type(request)()
     without_id.CopyFrom(request)
     if hasattr(without_id, "request_id"):
@@ -70,35 +71,43 @@ class Idempotency:
     def previous_sync(self, session: Session, method: str, request: Message, response_type: type[R]) -> R | None:
         """previous() for a synchronous Session (Database.run_in_transaction's work)."""
         request_id = require_request_id(request)
-        row = session.execute(
-            select(self.table.c.request_hash, self.table.c.response).where(
-                self.table.c.method == method, self.table.c.request_id == request_id
-            )
-        ).first()
-        if row is None:
+        stored = self.stored_sync(session, method, [request_id]).get(request_id)
+        if stored is None:
             return None
-        if row.request_hash != _fingerprint(request):
-            raise Aborted(
-                f"request_id {request_id!r} was already used for a different {method} request; "
+        answer = self.answer(method, request, stored, response_type)
+        if isinstance(answer, Aborted):
+            raise answer
+        return answer
+
+    def stored_sync(self, session: Session, method: str, request_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """The stored (request hash, response) of each of `request_ids` already answered, in one query."""
+        if not request_ids:
+            return {}
+        rows = session.execute(
+            select(self.table.c.request_id, self.table.c.request_hash, self.table.c.response).where(
+                self.table.c.method == method, self.table.c.request_id.in_(sorted(set(request_ids)))
+            )
+        )
+        return {row.request_id: (row.request_hash, row.response) for row in rows}
+
+    @staticmethod
+    def answer(method: str, request: Message, stored: tuple[str, bytes], response_type: type[R]) -> R | Aborted:
+        """The stored answer to `request`, or the Aborted to raise when its request_id was used for another request."""
+        request_hash, response = stored
+        if request_hash != request_fingerprint(request):
+            return Aborted(
+                f"request_id {getattr(request, 'request_id', '')!r} was already used for a different {method} request; "
                 "use a new request_id for a different change",
                 field="request_id",
             )
-        return response_type.FromString(row.response)
+        return response_type.FromString(response)
 
     async def remember(self, session: AsyncSession, method: str, request: Message, response: Message) -> None:
         await session.run_sync(self.remember_sync, method, request, response)
 
     def remember_sync(self, session: Session, method: str, request: Message, response: Message) -> None:
         """remember() for a synchronous Session."""
-        session.execute(
-            insert(self.table).values(
-                method=method,
-                request_id=request.request_id,  # type: ignore[attr-defined]
-                request_hash=_fingerprint(request),
-                response=response.SerializeToString(),
-                created_at=utcnow(),
-            )
-        )
+        self.remember_many_sync(session, method, [(request, response)])
 
     async def previous_many(
         self, session: AsyncSession, method: str, requests: Sequence[Message], response_type: type[R]
@@ -106,37 +115,29 @@ class Idempotency:
         """previous() for many requests with distinct request_ids in one query: by request_id, the stored answer,
         or the Aborted to raise when the id was used for a different request; ids not seen yet are left out."""
         by_id = {getattr(request, "request_id", ""): request for request in requests}
-        rows = await session.execute(
-            select(self.table.c.request_id, self.table.c.request_hash, self.table.c.response).where(
-                self.table.c.method == method, self.table.c.request_id.in_(list(by_id))
-            )
-        )
-        answers: dict[str, R | Aborted] = {}
-        for row in rows:
-            if row.request_hash != _fingerprint(by_id[row.request_id]):
-                answers[row.request_id] = Aborted(
-                    f"request_id {row.request_id!r} was already used for a different {method} request; "
-                    "use a new request_id for a different change",
-                    field="request_id",
-                )
-            else:
-                answers[row.request_id] = response_type.FromString(row.response)
-        return answers
+        stored = await session.run_sync(self.stored_sync, method, list(by_id))
+        return {
+            request_id: self.answer(method, by_id[request_id], row, response_type) for request_id, row in stored.items()
+        }
 
     async def remember_many(
         self, session: AsyncSession, method: str, answered: Sequence[tuple[Message, Message]]
     ) -> None:
         """remember() for many (request, response) pairs in one statement."""
+        await session.run_sync(self.remember_many_sync, method, answered)
+
+    def remember_many_sync(self, session: Session, method: str, answered: Sequence[tuple[Message, Message]]) -> None:
+        """remember_many() for a synchronous Session."""
         if not answered:
             return
         now = utcnow()
-        await session.execute(
+        session.execute(
             insert(self.table),
             [
                 {
                     "method": method,
                     "request_id": request.request_id,  # type: ignore[attr-defined]
-                    "request_hash": _fingerprint(request),
+                    "request_hash": request_fingerprint(request),
                     "response": response.SerializeToString(),
                     "created_at": now,
                 }

@@ -1,9 +1,11 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
 import contextvars
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import structlog
@@ -14,7 +16,7 @@ from plumbing.db import Database
 from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from plumbing.group_commit import GroupCommit, Submitted
 from plumbing.grpc_server import only_channel_of
-from plumbing.idempotency import Idempotency, require_request_id
+from plumbing.idempotency import Idempotency, request_fingerprint, require_request_id
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
@@ -77,6 +79,19 @@ class _Receipt(NamedTuple):
     receipt: DeliveryState
     at: datetime
     only_channel: str | None = None
+
+
+@dataclass
+class _ReceiptWrites:
+    """What a batch of receipts writes, gathered in arrival order and written at the end, one statement each."""
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[tuple[str, TimelineStep]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
+    answered: list[tuple[service_pb2.RecordDeliveryReceiptRequest, service_pb2.RecordDeliveryReceiptResponse]] = field(
+        default_factory=list
+    )
 
 
 def _outside(only_channel: str | None, record: MessageRecord) -> PermissionDenied | None:
@@ -242,76 +257,100 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     async def _record_receipts(
         self, batch: Sequence[Submitted["_Receipt"]]
     ) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
-        """A batch of receipts in one transaction, in arrival order, each applied as it would be alone and in its
-        caller's context (its DeliveryUpdated continues the caller's trace). A receipt's own error (an unknown
-        campaign ID, a reused request_id) is raised before it writes anything, and is its caller's alone."""
-
-        def apply_all(session: Session) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
-            answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
-            reported: set[str] = set()
-            for submitted in batch:
-                try:
-                    answers.append(submitted.context.copy().run(self._apply_receipt, session, submitted.item, reported))
-                except DomainError as refused:
-                    answers.append(refused)
-            _note_reports(session, reported)
-            return answers
-
-        # One synchronous transaction: on SQLite one call to its writer thread, not a thread crossing per statement.
-        return await self.db.run_in_transaction(apply_all)
+        """A batch of receipts in one synchronous transaction (on SQLite one call to its writer thread)."""
+        items = [(submitted.item, submitted.context) for submitted in batch]
+        answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
+        answers += await self.db.run_in_transaction(lambda session: self._apply_receipts(session, items))
+        return answers
 
     async def _record_receipt_alone(self, item: "_Receipt") -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-        context = contextvars.copy_context()
+        items = [(item, contextvars.copy_context())]
+        [answer] = await self.db.run_in_transaction(lambda session: self._apply_receipts(session, items))
+        if isinstance(answer, DomainError):
+            raise answer
+        return answer
 
-        def apply(session: Session) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-            reported: set[str] = set()
-            answer = context.run(self._apply_receipt, session, item, reported)
-            _note_reports(session, reported)
-            return answer
+    def _apply_receipts(
+        self, session: Session, items: Sequence[tuple["_Receipt", contextvars.Context]]
+    ) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | DomainError]:
+        """Receipts applied as each would be alone, in arrival order, in a handful of statements whatever their number.
 
-        return await self.db.run_in_transaction(apply)
+        Read: the answers already given to their request_ids, and their messages with timelines, locked in campaign ID
+        order. Then in memory, in arrival order: each receipt's refusal (a reused request_id, an unknown campaign ID,
+        another channel's message) is its own and writes nothing; a receipt that changes the state moves the message
+        on for the receipts after it (WhatsApp's sent then delivered, in one batch). Written: the new states, timeline
+        steps, DeliveryUpdated events (each built in its caller's context, so in its outreach's trace), the providers
+        whose reports came, and the answers: one statement each."""
+        method, response_type = "RecordDeliveryReceipt", service_pb2.RecordDeliveryReceiptResponse
+        stored = self.idempotency.stored_sync(session, method, [item.request.request_id for item, _ in items])
+        records = store.messages_sync(session, {item.campaign_id for item, _ in items}, lock=True)
+        written = _ReceiptWrites()
+        answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | DomainError] = []
+        for item, context in items:
+            request = item.request
+            if request.request_id in stored:
+                previous = self.idempotency.answer(method, request, stored[request.request_id], response_type)
+                answers.append(previous if isinstance(previous, DomainError) else (previous, False))
+                continue
+            record = records.get(item.campaign_id)
+            if record is None:
+                answers.append(_no_message(item.campaign_id))
+                continue
+            if (refusal := _outside(item.only_channel, record)) is not None:
+                answers.append(refusal)
+                continue
+            outcome = receipt_outcome(record.state, item.receipt)
+            if outcome is not None:
+                record = records[item.campaign_id] = context.copy().run(
+                    self._receipt_applied, record, item, outcome, written
+                )
+            if item.only_channel is None:
+                # The provider's reports are coming (an app's report about a push says nothing of FCM's).
+                written.reported.add(record.channel)
+            response = response_type(message=convert.message_proto(record))
+            written.answered.append((request, response))
+            # A copy of the request later in the batch gets this answer, as it would from the table.
+            stored[request.request_id] = (request_fingerprint(request), response.SerializeToString())
+            answers.append((response, outcome is not None))
+        store.set_states(session, written.changes)
+        store.add_timeline_steps(session, written.steps)
+        self.outbox.add_rows_sync(session, written.events)
+        _note_reports(session, written.reported)
+        self.idempotency.remember_many_sync(session, method, written.answered)
+        return answers
 
-    def _apply_receipt(
-        self, session: Session, item: "_Receipt", reported: set[str]
-    ) -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-        """One receipt in the batch's transaction, run in its caller's context (its DeliveryUpdated's trace); the
-        channel of a provider's report goes into `reported`."""
-        request, campaign_id, receipt, at, only_channel = item
-        previous = self.idempotency.previous_sync(
-            session, "RecordDeliveryReceipt", request, service_pb2.RecordDeliveryReceiptResponse
+    def _receipt_applied(
+        self, record: MessageRecord, item: "_Receipt", outcome: DeliveryState, written: "_ReceiptWrites"
+    ) -> MessageRecord:
+        """The message after the receipt moved it to `outcome`, and what that writes. The provider's id is kept only
+        when none was recorded; a receipt timed before the message's last step (a provider's clock behind ours, one that
+        raced the hand-over's own record) still reads after it."""
+        reason = scrub(item.request.reason)
+        step_name = f"receipt after {record.state.value}" if record.state is not DeliveryState.SENT else "receipt"
+        at = max(item.at, record.timeline[-1].at) if record.timeline else item.at
+        kept_reason = reason[: store.MAX_REASON] if outcome is DeliveryState.FAILED else ""
+        new_provider_id = None if record.provider_message_id else item.request.provider_message_id or None
+        written.changes.append(
+            {
+                "campaign_id": record.campaign_id,
+                "state": outcome,
+                "at": at,
+                "reason": kept_reason,
+                "provider_message_id": new_provider_id,
+                "count_attempt": False,
+            }
         )
-        if previous is not None:
-            return previous, False
-        locked = store.lock_state_sync(session, campaign_id)
-        if locked is None:
-            raise _no_message(campaign_id)
-        if only_channel is not None:
-            record = store.load_message_sync(session, campaign_id)
-            assert record is not None
-            if (refusal := _outside(only_channel, record)) is not None:
-                raise refusal
-        current, _ = locked
-        outcome = receipt_outcome(current, receipt)
-        if outcome is not None:
-            reason = scrub(request.reason)
-            step = f"receipt after {current.value}" if current is not DeliveryState.SENT else "receipt"
-            self._settle_sync(
-                session,
-                campaign_id,
-                outcome,
-                at,
-                reason,
-                f"{step}: {reason}".strip(": "),
-                provider_message_id=request.provider_message_id,
-            )
-        updated = store.load_message_sync(session, campaign_id)
-        assert updated is not None
-        if only_channel is None:
-            # The provider's reports are coming (an app's report about a push says nothing of FCM's).
-            reported.add(updated.channel)
-        response = service_pb2.RecordDeliveryReceiptResponse(message=convert.message_proto(updated))
-        self.idempotency.remember_sync(session, "RecordDeliveryReceipt", request, response)
-        return response, outcome is not None
+        step = TimelineStep(state_step(outcome), at, f"{step_name}: {reason}".strip(": ")[: store.MAX_STEP_DETAIL])
+        written.steps.append((record.campaign_id, step))
+        event = convert.delivery_updated(record.campaign_id, record.channel, outcome, at, reason)
+        written.events.append(self.outbox.event(streams.DELIVERY_UPDATED, event, campaign_id=record.campaign_id))
+        return dataclasses.replace(
+            record,
+            state=outcome,
+            reason=kept_reason,
+            provider_message_id=record.provider_message_id or new_provider_id or "",
+            timeline=[*record.timeline, step],
+        )
 
     def _settle_sync(
         self,

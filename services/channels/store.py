@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Result
+from sqlalchemy.engine import Connection, Result, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,11 @@ AMBIGUOUS = f"state = '{DeliveryState.AMBIGUOUS.value}'"
 """The rows of ix_messages_ambiguous."""
 
 # One row per outreach: the campaign ID is the primary key, so a message exists at most once.
+MAX_REASON = 1000
+"""A message's reason is kept to this many characters (messages.reason)."""
+MAX_STEP_DETAIL = 500
+"""A timeline step's detail is kept to this many characters (message_timeline.detail)."""
+
 messages = Table(
     "messages",
     metadata,
@@ -54,7 +59,7 @@ messages = Table(
     # Indexed: provider webhooks name the message by the provider's id (a WhatsApp reply quotes the wamid).
     Column("provider_message_id", String(300), nullable=True, index=True),
     Column("attempts", Integer, nullable=False),
-    Column("reason", String(1000), nullable=False),
+    Column("reason", String(MAX_REASON), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
@@ -95,7 +100,7 @@ message_timeline = Table(
     Column("campaign_id", String(100), ForeignKey("messages.campaign_id"), nullable=False, index=True),
     Column("step", String(60), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("detail", String(500), nullable=False),
+    Column("detail", String(MAX_STEP_DETAIL), nullable=False),
 )
 
 
@@ -184,7 +189,7 @@ def set_state_sync(
 ) -> None:
     values: dict[str, object] = {"state": state.value, "updated_at": now}
     if reason is not None:
-        values["reason"] = reason[:1000]
+        values["reason"] = reason[:MAX_REASON]
     if provider_message_id is not None:
         values["provider_message_id"] = provider_message_id
     if state is DeliveryState.SENT:
@@ -201,7 +206,7 @@ async def add_timeline(session: AsyncSession, campaign_id: str, steps: Sequence[
 def add_timeline_sync(session: Session, campaign_id: str, steps: Sequence[TimelineStep]) -> None:
     session.execute(
         insert(message_timeline),
-        [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:500]} for s in steps],
+        [{"campaign_id": campaign_id, "step": s.step, "at": s.at, "detail": s.detail[:MAX_STEP_DETAIL]} for s in steps],
     )
 
 
@@ -329,7 +334,7 @@ def set_states(session: Session, changes: Sequence[Mapping[str, Any]], *, only_i
                 (
                     change["state"].value,
                     at,
-                    change["reason"][:1000],
+                    change["reason"][:MAX_REASON],
                     change["provider_message_id"],
                     at if change["state"] is sent else None,
                     1 if change["count_attempt"] else 0,
@@ -345,7 +350,7 @@ def set_states(session: Session, changes: Sequence[Mapping[str, Any]], *, only_i
                 "b_campaign_id": change["campaign_id"],
                 "b_state": change["state"].value,
                 "b_at": change["at"],
-                "b_reason": change["reason"][:1000],
+                "b_reason": change["reason"][:MAX_REASON],
                 "b_provider_message_id": change["provider_message_id"],
                 "b_sent_at": change["at"] if change["state"] is DeliveryState.SENT else None,
                 "b_attempt": 1 if change["count_attempt"] else 0,
@@ -406,7 +411,7 @@ async def mark_resent(session: AsyncSession, campaign_id: str, *, now: datetime,
             messages.c.state == DeliveryState.AMBIGUOUS.value,
             messages.c.resent_at.is_(None),
         )
-        .values(state=DeliveryState.QUEUED.value, updated_at=now, reason=reason[:1000], resent_at=now)
+        .values(state=DeliveryState.QUEUED.value, updated_at=now, reason=reason[:MAX_REASON], resent_at=now)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -422,11 +427,15 @@ def add_timeline_steps(session: Session, steps: Sequence[tuple[str, TimelineStep
         return
     driver = _sqlite(session)
     if driver is not None:
-        _run(driver, _SQLITE_INSERT_STEP, [(c, s.step, sqlite_datetime(s.at), s.detail[:500]) for c, s in steps])
+        _run(
+            driver,
+            _SQLITE_INSERT_STEP,
+            [(c, s.step, sqlite_datetime(s.at), s.detail[:MAX_STEP_DETAIL]) for c, s in steps],
+        )
     else:
         session.execute(
             insert(message_timeline),
-            [{"campaign_id": c, "step": s.step, "at": s.at, "detail": s.detail[:500]} for c, s in steps],
+            [{"campaign_id": c, "step": s.step, "at": s.at, "detail": s.detail[:MAX_STEP_DETAIL]} for c, s in steps],
         )
 
 
@@ -459,13 +468,13 @@ async def settle_and_create(
             [change["campaign_id"] for change, _, _ in changes],
             [change["state"].value for change, _, _ in changes],
             [change["at"] for change, _, _ in changes],
-            [change["reason"][:1000] for change, _, _ in changes],
+            [change["reason"][:MAX_REASON] for change, _, _ in changes],
             [change["provider_message_id"] for change, _, _ in changes],
             [change["at"] if change["state"] is DeliveryState.SENT else None for change, _, _ in changes],
             [1 if change["count_attempt"] else 0 for change, _, _ in changes],
             [step.step for _, step, _ in changes],
             [step.at for _, step, _ in changes],
-            [step.detail[:500] for _, step, _ in changes],
+            [step.detail[:MAX_STEP_DETAIL] for _, step, _ in changes],
             DeliveryState.SENDING.value,
             [campaign_id for campaign_id, _ in events],
             *Outbox.column_arrays([row for _, row in events]),
@@ -476,7 +485,7 @@ async def settle_and_create(
             now,
             [step.step for step in steps],
             [step.at for step in steps],
-            [step.detail[:500] for step in steps],
+            [step.detail[:MAX_STEP_DETAIL] for step in steps],
             [row["recipient_key"] for row in new],
         ),
     )
@@ -649,14 +658,31 @@ async def load_message(session: AsyncSession, campaign_id: str) -> MessageRecord
 
 
 def load_message_sync(session: Session, campaign_id: str) -> MessageRecord | None:
-    row = session.execute(select(messages).where(messages.c.campaign_id == campaign_id)).mappings().first()
-    if row is None:
-        return None
-    steps = session.execute(
-        select(message_timeline.c.step, message_timeline.c.at, message_timeline.c.detail)
-        .where(message_timeline.c.campaign_id == campaign_id)
-        .order_by(message_timeline.c.at, message_timeline.c.seq)
-    ).all()
+    return messages_sync(session, [campaign_id]).get(campaign_id)
+
+
+def messages_sync(session: Session, campaign_ids: Collection[str], *, lock: bool = False) -> dict[str, MessageRecord]:
+    """The messages with their timelines, in two statements; with `lock`, their rows locked in campaign ID order
+    until the transaction ends (as lock_states does)."""
+    if not campaign_ids:
+        return {}
+    ids = sorted(set(campaign_ids))
+    query = select(messages).where(messages.c.campaign_id.in_(ids)).order_by(messages.c.campaign_id)
+    rows = session.execute(query.with_for_update() if lock else query).mappings().all()
+    if not rows:
+        return {}
+    t = message_timeline.c
+    steps: dict[str, list[TimelineStep]] = {row["campaign_id"]: [] for row in rows}
+    for step in session.execute(
+        select(t.campaign_id, t.step, t.at, t.detail)
+        .where(t.campaign_id.in_(list(steps)))
+        .order_by(t.campaign_id, t.at, t.seq)
+    ).all():
+        steps[step.campaign_id].append(TimelineStep(step.step, _utc(step.at) or step.at, step.detail))
+    return {row["campaign_id"]: _record(row, steps[row["campaign_id"]]) for row in rows}
+
+
+def _record(row: RowMapping, timeline: list[TimelineStep]) -> MessageRecord:
     return MessageRecord(
         campaign_id=row["campaign_id"],
         channel=row["channel"],
@@ -665,7 +691,7 @@ def load_message_sync(session: Session, campaign_id: str) -> MessageRecord | Non
         provider_message_id=row["provider_message_id"] or "",
         attempts=row["attempts"],
         reason=row["reason"],
-        timeline=[TimelineStep(s.step, _utc(s.at) or s.at, s.detail) for s in steps],
+        timeline=timeline,
     )
 
 
@@ -691,19 +717,4 @@ async def ambiguous_page(
         )
     ).all():
         steps[step.campaign_id].append(TimelineStep(step.step, _utc(step.at) or step.at, step.detail))
-    return [
-        (
-            MessageRecord(
-                campaign_id=row["campaign_id"],
-                channel=row["channel"],
-                profile_id=row["profile_id"],
-                state=DeliveryState(row["state"]),
-                provider_message_id=row["provider_message_id"] or "",
-                attempts=row["attempts"],
-                reason=row["reason"],
-                timeline=steps[row["campaign_id"]],
-            ),
-            _utc(row["updated_at"]) or row["updated_at"],
-        )
-        for row in rows
-    ]
+    return [(_record(row, steps[row["campaign_id"]]), _utc(row["updated_at"]) or row["updated_at"]) for row in rows]

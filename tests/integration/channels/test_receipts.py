@@ -353,3 +353,24 @@ async def test_receipts_arriving_together_each_get_their_own_answer_in_their_own
         ]
         trace_id = delivered.headers["traceparent"].split("-")[1]
         assert trace_id == f"{outreach_ids(campaign_id)[0]:032x}"
+    # Receipts about one message together: each moves it on for the next, and a copy of one (its request_id again,
+    # as a provider's quick retry sends it) gets that one's answer, whether or not they share a transaction.
+    extra = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", extra))
+    await published_state(listener, extra, resources_pb2.DELIVERY_STATE_SENT)
+    delivered_once, its_copy, sent_late = await asyncio.gather(
+        channels.stub.RecordDeliveryReceipt(receipt("x-delivered", extra)),
+        channels.stub.RecordDeliveryReceipt(receipt("x-delivered", extra)),
+        channels.stub.RecordDeliveryReceipt(receipt("x-sent", extra, resources_pb2.DELIVERY_STATE_SENT)),
+    )
+    assert its_copy == delivered_once
+    assert sent_late.message.state == DELIVERED
+    failed_after = await channels.stub.RecordDeliveryReceipt(
+        receipt("x-failed", extra, resources_pb2.DELIVERY_STATE_FAILED)
+    )
+    assert failed_after.message.state == DELIVERED  # a failure report does not undo a delivery
+    steps = [e.delivery_state for e in failed_after.message.timeline if e.WhichOneof("step") == "delivery_state"]
+    assert steps.count(DELIVERED) == 1
+    await published_state(listener, extra, DELIVERED)
+    states = [events_pb2.DeliveryUpdated.FromString(h.data).state for h in listener.on(streams.DELIVERY_UPDATED, extra)]
+    assert states.count(DELIVERED) == 1 and resources_pb2.DELIVERY_STATE_FAILED not in states
