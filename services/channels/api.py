@@ -1,5 +1,6 @@
 """gRPC servicer of xsell.channels.v1.ChannelsService: proto in -> store / domain -> proto out."""
 
+import bisect
 import contextvars
 import dataclasses
 from collections.abc import Sequence
@@ -73,6 +74,15 @@ def _without_number(request: service_pb2.RecordEngagementRequest, secret: bytes)
     return keyed
 
 
+class _Engagement(NamedTuple):
+    request: service_pb2.RecordEngagementRequest
+    fingerprinted: service_pb2.RecordEngagementRequest  # its idempotency form: the sender's number keyed
+    campaign_id: str
+    kind: Engagement
+    at: datetime
+    only_channel: str | None = None
+
+
 class _Receipt(NamedTuple):
     request: service_pb2.RecordDeliveryReceiptRequest
     campaign_id: str
@@ -131,6 +141,13 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         # transaction, applied in arrival order, each as it would be alone.
         self.receipts: GroupCommit[_Receipt, tuple[service_pb2.RecordDeliveryReceiptResponse, bool]] = GroupCommit(
             "channels.record_receipts", self._record_receipts, alone=self._record_receipt_alone, tracer=tracer
+        )
+        # Engagement comes as densely (WhatsApp's read of every message, opens, clicks): the same, in its own batches.
+        self.engagements: GroupCommit[_Engagement, service_pb2.RecordEngagementResponse] = GroupCommit(
+            "channels.record_engagements",
+            self._record_engagements,
+            alone=self._record_engagement_alone,
+            tracer=tracer,
         )
 
     async def GetMessage(
@@ -194,43 +211,88 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)
         with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
-            async with self.db.transaction() as session:
-                previous = await self.idempotency.previous(
-                    session, "RecordEngagement", fingerprinted, service_pb2.RecordEngagementResponse
-                )
-                if previous is not None:
-                    return previous
-                record = await store.load_message(session, campaign_id)
-                if record is None:
-                    raise _no_message(campaign_id)
-                if (refusal := _outside(only_channel_of(context), record)) is not None:
-                    raise refusal
-                # The timeline keeps only the clicked link's host: paths and queries can carry personal data.
-                detail = link_host(request.url) if kind is Engagement.CLICKED else scrub(request.detail, MAX_DETAIL)
-                await store.add_timeline(session, campaign_id, [TimelineStep(engagement_step(kind), at, detail)])
-                await self.outbox.add(
-                    session,
-                    streams.ENGAGEMENT_RECORDED,
-                    events_pb2.EngagementRecorded(
-                        campaign_id=campaign_id,
-                        channel=convert.channel_value(record.channel),  # type: ignore[arg-type]
-                        kind=convert.engagement_kind(kind),  # type: ignore[arg-type]
-                        # Events stay 14 days in the stream: the link without its query or fragment, the reply
-                        # without numbers or addresses (either can carry personal data; the timeline keeps less).
-                        url=link_without_query(request.url),
-                        reply_text=scrub(request.reply_text, MAX_REPLY),
-                        occur_time=convert.timestamp(at),
-                        profile_id=record.profile_id,
-                        detail=detail,
-                    ),
-                    campaign_id=campaign_id,
-                )
-                updated = await store.load_message(session, campaign_id)
-                assert updated is not None
-                response = service_pb2.RecordEngagementResponse(message=convert.message_proto(updated))
-                await self.idempotency.remember(session, "RecordEngagement", fingerprinted, response)
+            item = _Engagement(request, fingerprinted, campaign_id, kind, at, only_channel_of(context))
+            response = await self.engagements.submit(item)
             log.info("engagement_recorded", kind=kind.value)
             return response
+
+    async def _record_engagements(
+        self, batch: Sequence[Submitted["_Engagement"]]
+    ) -> list[service_pb2.RecordEngagementResponse | BaseException]:
+        """A batch of engagement in one synchronous transaction (on SQLite one call to its writer thread)."""
+        items = [(submitted.item, submitted.context) for submitted in batch]
+        answers: list[service_pb2.RecordEngagementResponse | BaseException] = []
+        answers += await self.db.run_in_transaction(lambda session: self._apply_engagements(session, items))
+        return answers
+
+    async def _record_engagement_alone(self, item: "_Engagement") -> service_pb2.RecordEngagementResponse:
+        items = [(item, contextvars.copy_context())]
+        [answer] = await self.db.run_in_transaction(lambda session: self._apply_engagements(session, items))
+        if isinstance(answer, DomainError):
+            raise answer
+        return answer
+
+    def _apply_engagements(
+        self, session: Session, items: Sequence[tuple["_Engagement", contextvars.Context]]
+    ) -> list[service_pb2.RecordEngagementResponse | DomainError]:
+        """Engagement applied as each would be alone, in arrival order, in a handful of statements whatever their
+        number, as _apply_receipts does: the answers given and the messages read once; each one's refusal its own; the
+        timeline steps, EngagementRecorded events (each in its caller's trace) and answers written once each."""
+        method, response_type = "RecordEngagement", service_pb2.RecordEngagementResponse
+        stored = self.idempotency.stored_sync(session, method, [item.fingerprinted.request_id for item, _ in items])
+        records = store.messages_sync(session, {item.campaign_id for item, _ in items})
+        steps: list[tuple[str, TimelineStep]] = []
+        events: list[dict[str, Any]] = []
+        answered: list[tuple[service_pb2.RecordEngagementRequest, service_pb2.RecordEngagementResponse]] = []
+        answers: list[service_pb2.RecordEngagementResponse | DomainError] = []
+        for item, context in items:
+            request = item.fingerprinted
+            if request.request_id in stored:
+                answers.append(self.idempotency.answer(method, request, stored[request.request_id], response_type))
+                continue
+            record = records.get(item.campaign_id)
+            if record is None:
+                answers.append(_no_message(item.campaign_id))
+                continue
+            if (refusal := _outside(item.only_channel, record)) is not None:
+                answers.append(refusal)
+                continue
+            step, event = context.copy().run(self._engagement_recorded, record, item)
+            steps.append((record.campaign_id, step))
+            events.append(event)
+            # Where a reload would show it: the timeline is ordered by time, then by when each step was written.
+            timeline = list(record.timeline)
+            bisect.insort_right(timeline, step, key=lambda s: s.at)
+            record = records[item.campaign_id] = dataclasses.replace(record, timeline=timeline)
+            response = response_type(message=convert.message_proto(record))
+            answered.append((request, response))
+            # A copy of the request later in the batch gets this answer, as it would from the table.
+            stored[request.request_id] = (request_fingerprint(request), response.SerializeToString())
+            answers.append(response)
+        store.add_timeline_steps(session, steps)
+        self.outbox.add_rows_sync(session, events)
+        self.idempotency.remember_many_sync(session, method, answered)
+        return answers
+
+    def _engagement_recorded(self, record: MessageRecord, item: "_Engagement") -> tuple[TimelineStep, dict[str, Any]]:
+        """The engagement's timeline step and its EngagementRecorded outbox row (in the current context: its trace)."""
+        request, kind = item.request, item.kind
+        # The timeline keeps only the clicked link's host: paths and queries can carry personal data.
+        detail = link_host(request.url) if kind is Engagement.CLICKED else scrub(request.detail, MAX_DETAIL)
+        event = events_pb2.EngagementRecorded(
+            campaign_id=record.campaign_id,
+            channel=convert.channel_value(record.channel),  # type: ignore[arg-type]
+            kind=convert.engagement_kind(kind),  # type: ignore[arg-type]
+            # Events stay 14 days in the stream: the link without its query or fragment, the reply without numbers or
+            # addresses (either can carry personal data; the timeline keeps less).
+            url=link_without_query(request.url),
+            reply_text=scrub(request.reply_text, MAX_REPLY),
+            occur_time=convert.timestamp(item.at),
+            profile_id=record.profile_id,
+            detail=detail,
+        )
+        row = self.outbox.event(streams.ENGAGEMENT_RECORDED, event, campaign_id=record.campaign_id)
+        return TimelineStep(engagement_step(kind), item.at, detail[: store.MAX_STEP_DETAIL]), row
 
     async def RecordDeliveryReceipt(
         self, request: service_pb2.RecordDeliveryReceiptRequest, context: grpc.aio.ServicerContext

@@ -1,5 +1,6 @@
 """RecordEngagement and GetMessage over real gRPC, NATS and SQLite / PostgreSQL; the migration matches the tables."""
 
+import asyncio
 from datetime import UTC, datetime
 
 import grpc
@@ -8,11 +9,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.telemetry import outreach_ids
 from services import streams
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch, new_campaign_id, publish, published_state
 from tests.waiting import eventually
 from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
+
+OPENED, CLICKED = resources_pb2.ENGAGEMENT_KIND_OPENED, resources_pb2.ENGAGEMENT_KIND_CLICKED
 
 
 async def _sent_message(start_channels: StartChannels, relay: SmtpRelay, bus: Bus, listener: Listener):  # type: ignore[no-untyped-def]
@@ -141,3 +145,53 @@ async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_f
     # The event carries the status as the timeline shows it: segments reads a permanent one as a hard bounce.
     (event,) = await eventually(recorded)
     assert (event.kind, event.detail) == (resources_pb2.ENGAGEMENT_KIND_BOUNCED, last.detail)
+
+
+async def test_engagement_arriving_together_each_gets_its_own_answer_in_its_own_trace(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    """Concurrent engagement shares transactions (group commit): each is applied in arrival order as it would be alone,
+    a refused one fails alone, and a step timed before the message's last shows where a reload would show it."""
+    channels, campaign_id = await _sent_message(start_channels, smtp_relay, nats_bus, listener)
+    early = Timestamp()
+    early.FromDatetime(datetime(2020, 1, 1, tzinfo=UTC))  # a provider's clock far behind ours
+
+    def engagement(request_id: str, kind: int, **fields: object) -> service_pb2.RecordEngagementRequest:
+        return service_pb2.RecordEngagementRequest(request_id=request_id, kind=kind, **fields)  # type: ignore[arg-type]
+
+    opened, its_copy, reused, unknown, clicked_early = await asyncio.gather(
+        channels.stub.RecordEngagement(engagement("e-open", OPENED, campaign_id=campaign_id)),
+        channels.stub.RecordEngagement(engagement("e-open", OPENED, campaign_id=campaign_id)),
+        channels.stub.RecordEngagement(engagement("e-open", CLICKED, campaign_id=campaign_id, url="https://x.in/")),
+        channels.stub.RecordEngagement(engagement("e-unknown", OPENED, campaign_id="CSELL-NO-SUCH-MESSAGE")),
+        channels.stub.RecordEngagement(
+            engagement("e-click", CLICKED, campaign_id=campaign_id, url="https://bank.example.in/a", occur_time=early)
+        ),
+        return_exceptions=True,
+    )
+    # One request_id, two requests (calls may reach the server in another order than sent): whichever came first is
+    # recorded and its copy gets its answer; the other is refused.
+    same_id = (opened, its_copy, reused)
+    recorded_ones = [r for r in same_id if isinstance(r, service_pb2.RecordEngagementResponse)]
+    refused = [r for r in same_id if not isinstance(r, service_pb2.RecordEngagementResponse)]
+    assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() is grpc.StatusCode.ABORTED for r in refused)
+    assert (len(recorded_ones), len(refused)) in ((2, 1), (1, 2))
+    if len(recorded_ones) == 2:
+        assert opened == its_copy
+    assert isinstance(unknown, grpc.aio.AioRpcError) and unknown.code() is grpc.StatusCode.NOT_FOUND
+    assert isinstance(clicked_early, service_pb2.RecordEngagementResponse)
+    # Each answer is the message as it then stood, as GetMessage shows it: the early click first, by its time.
+    got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
+    last_answer = max([clicked_early, *recorded_ones], key=lambda r: len(r.message.timeline))
+    assert last_answer.message == got
+    kinds = [e.engagement_kind for e in got.timeline if e.WhichOneof("step") == "engagement_kind"]
+    assert len(kinds) == 2 and got.timeline[0].engagement_kind == CLICKED
+
+    async def recorded() -> list[events_pb2.EngagementRecorded]:
+        heard = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
+        return [events_pb2.EngagementRecorded.FromString(h.data) for h in heard] if len(heard) >= 2 else []
+
+    events = await eventually(recorded)
+    assert len(events) == 2
+    for heard in listener.on(streams.ENGAGEMENT_RECORDED, campaign_id):
+        assert heard.headers["traceparent"].split("-")[1] == f"{outreach_ids(campaign_id)[0]:032x}"
