@@ -120,3 +120,30 @@ class GroupCommit(Generic[T, R]):
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+
+
+Apply = Callable[[Any, Sequence[tuple[T, contextvars.Context]]], Sequence[R | BaseException]]
+"""Applies items (each with its caller's context) in one synchronous session, answering each in order: its result,
+or an exception that is its own (its other items still apply)."""
+
+
+def synchronous_batches(
+    run_in_transaction: Callable[[Callable[[Any], Any]], Awaitable[Any]], apply: Apply[T, R]
+) -> tuple[Write[T, R], Callable[[T], Awaitable[R]]]:
+    """The `write` and `alone` of a GroupCommit whose every batch is one synchronous transaction
+    (Database.run_in_transaction: on SQLite one call to its writer thread), both applying with `apply`."""
+
+    async def write(batch: Sequence[Submitted[T]]) -> list[R | Alone | BaseException]:
+        items = [(submitted.item, submitted.context) for submitted in batch]
+        answers: list[R | Alone | BaseException] = []
+        answers += await run_in_transaction(lambda session: apply(session, items))
+        return answers
+
+    async def alone(item: T) -> R:
+        items = [(item, contextvars.copy_context())]
+        [answer] = await run_in_transaction(lambda session: apply(session, items))
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    return write, alone

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from plumbing.db import Database
 from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from plumbing.group_commit import GroupCommit, Submitted
+from plumbing.group_commit import GroupCommit, synchronous_batches
 from plumbing.grpc_server import only_channel_of
 from plumbing.idempotency import Idempotency, request_fingerprint, require_request_id
 from plumbing.outbox import Outbox, utcnow
@@ -139,15 +139,14 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         self.tracer = tracer
         # Receipts come one callback per message and status (WhatsApp: sent, delivered, read): concurrent ones share a
         # transaction, applied in arrival order, each as it would be alone.
+        write, alone = synchronous_batches(self.db.run_in_transaction, self._apply_receipts)
         self.receipts: GroupCommit[_Receipt, tuple[service_pb2.RecordDeliveryReceiptResponse, bool]] = GroupCommit(
-            "channels.record_receipts", self._record_receipts, alone=self._record_receipt_alone, tracer=tracer
+            "channels.record_receipts", write, alone=alone, tracer=tracer
         )
         # Engagement comes as densely (WhatsApp's read of every message, opens, clicks): the same, in its own batches.
+        write_engagement, engagement_alone = synchronous_batches(self.db.run_in_transaction, self._apply_engagements)
         self.engagements: GroupCommit[_Engagement, service_pb2.RecordEngagementResponse] = GroupCommit(
-            "channels.record_engagements",
-            self._record_engagements,
-            alone=self._record_engagement_alone,
-            tracer=tracer,
+            "channels.record_engagements", write_engagement, alone=engagement_alone, tracer=tracer
         )
 
     async def GetMessage(
@@ -215,22 +214,6 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             response = await self.engagements.submit(item)
             log.info("engagement_recorded", kind=kind.value)
             return response
-
-    async def _record_engagements(
-        self, batch: Sequence[Submitted["_Engagement"]]
-    ) -> list[service_pb2.RecordEngagementResponse | BaseException]:
-        """A batch of engagement in one synchronous transaction (on SQLite one call to its writer thread)."""
-        items = [(submitted.item, submitted.context) for submitted in batch]
-        answers: list[service_pb2.RecordEngagementResponse | BaseException] = []
-        answers += await self.db.run_in_transaction(lambda session: self._apply_engagements(session, items))
-        return answers
-
-    async def _record_engagement_alone(self, item: "_Engagement") -> service_pb2.RecordEngagementResponse:
-        items = [(item, contextvars.copy_context())]
-        [answer] = await self.db.run_in_transaction(lambda session: self._apply_engagements(session, items))
-        if isinstance(answer, DomainError):
-            raise answer
-        return answer
 
     def _apply_engagements(
         self, session: Session, items: Sequence[tuple["_Engagement", contextvars.Context]]
@@ -315,22 +298,6 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             response, changed = await self.receipts.submit(item)
             log.info("delivery_receipt_recorded", state=receipt.value, changed=changed)
             return response
-
-    async def _record_receipts(
-        self, batch: Sequence[Submitted["_Receipt"]]
-    ) -> list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException]:
-        """A batch of receipts in one synchronous transaction (on SQLite one call to its writer thread)."""
-        items = [(submitted.item, submitted.context) for submitted in batch]
-        answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | BaseException] = []
-        answers += await self.db.run_in_transaction(lambda session: self._apply_receipts(session, items))
-        return answers
-
-    async def _record_receipt_alone(self, item: "_Receipt") -> tuple[service_pb2.RecordDeliveryReceiptResponse, bool]:
-        items = [(item, contextvars.copy_context())]
-        [answer] = await self.db.run_in_transaction(lambda session: self._apply_receipts(session, items))
-        if isinstance(answer, DomainError):
-            raise answer
-        return answer
 
     def _apply_receipts(
         self, session: Session, items: Sequence[tuple["_Receipt", contextvars.Context]]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 from opentelemetry import trace
 
-from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
+from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted, synchronous_batches
 
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
 
@@ -143,3 +143,30 @@ async def test_a_batch_of_one_runs_in_its_callers_context_and_a_larger_one_in_a_
     batch_span = next(s for s in exporter.get_finished_spans() if s.name == "ingest batch")
     assert seen[1] == batch_span.context.span_id
     assert sorted(link.context.span_id for link in batch_span.links) == sorted(together)
+
+
+async def test_synchronous_batches_apply_a_batch_in_one_transaction_and_an_item_alone_in_its_own() -> None:
+    transactions: list[str] = []
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="")
+
+    async def run_in_transaction(work):  # type: ignore[no-untyped-def]
+        transactions.append("session")
+        return work("session")
+
+    def apply(session: str, items: Sequence[tuple[int, contextvars.Context]]) -> list[str | BaseException]:
+        assert session == "session"
+        return [ValueError(f"{n} is odd") if n % 2 else context.run(current.get) for n, context in items]
+
+    write, alone = synchronous_batches(run_in_transaction, apply)
+    contexts = []
+    for caller in ("a", "b"):
+        current.set(caller)
+        contexts.append(contextvars.copy_context())
+    answers = await write([Submitted(2, contexts[0]), Submitted(3, contexts[1])])
+    assert answers[0] == "a" and isinstance(answers[1], ValueError)  # each in its caller's context; a refusal its own
+    assert transactions == ["session"]
+    current.set("c")
+    assert await alone(4) == "c"
+    with pytest.raises(ValueError, match="5 is odd"):
+        await alone(5)
+    assert transactions == ["session"] * 3
