@@ -401,9 +401,7 @@ class Bench:
             cpu = service.cpu_seconds() - cpu_before
             bench_cpu = time.process_time() - bench_cpu_before
         finally:
-            if profiler is not None:
-                profiler.send_signal(signal.SIGINT)
-                await asyncio.to_thread(profiler.wait, 60)
+            await _stop_profiler(profiler)
             service.stop()
         times = [at for campaign_id, at in self.accepted() if campaign_id in ids]
         result = tally(ids, (c for c, _ in self.accepted()), await ledger_states(self.url))
@@ -568,9 +566,7 @@ class Bench:
                 cpu = service.cpu_seconds() - cpu_before
                 bench_cpu = time.process_time() - bench_cpu_before
         finally:
-            if profiler is not None:
-                profiler.send_signal(signal.SIGINT)
-                await asyncio.to_thread(profiler.wait, 60)
+            await _stop_profiler(profiler)
             service.stop()
         states = await ledger_states(self.url)
         count = len(campaign_ids)
@@ -609,6 +605,13 @@ class Bench:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+
+async def _stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    """py-spy writes its profile when interrupted."""
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)
+        await asyncio.to_thread(profiler.wait, 60)
 
 
 async def main(args: argparse.Namespace) -> int:
