@@ -1,5 +1,6 @@
-"""What an SMTP enhanced status code (RFC 3463) says about the recipient's address, read alike by channels (a relay's
-refusal at RCPT) and segments (a bounce's status): only a bad address is worth never writing to again."""
+"""What a bounce says about the recipient's address, read alike by channels (a relay's refusal at RCPT, FCM's answer)
+and segments (a bounce's detail): only a bad address is worth never writing to again. For e-mail that is an SMTP
+enhanced status code (RFC 3463); for push, FCM's UNREGISTERED (the app is gone from the device)."""
 
 import re
 
@@ -13,3 +14,10 @@ def bad_address_status(text: str) -> str | None:
     """The status at the start of `text` ("5.1.1 user unknown", "5.1.1 permanent") when it says the address is bad."""
     found = _BAD_ADDRESS.match(text.lstrip())
     return found.group(1) if found else None
+
+
+def bad_address(detail: str) -> str | None:
+    """What in a bounce's detail says the address is bad: its SMTP status ("5.1.1 permanent") or FCM's UNREGISTERED."""
+    if detail.lstrip().startswith("UNREGISTERED"):
+        return "UNREGISTERED"
+    return bad_address_status(detail)

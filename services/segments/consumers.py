@@ -9,7 +9,7 @@ from opentelemetry import trace
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
-from plumbing.mail_status import bad_address_status
+from plumbing.mail_status import bad_address
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
@@ -42,12 +42,12 @@ _SUPPRESSING = {
 
 def _suppression_for(event: channel_events.EngagementRecorded, decline_for: timedelta) -> dict[str, Any] | None:
     """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
-    with no expiry, until someone lifts it with RemoveSuppression. A bounce whose status says the address is bad
-    (5.1.1 no such mailbox...: plumbing.mail_status) suppresses them on that channel as a hard_bounce, until their
-    address there changes (or RemoveSuppression); any other bounce suppresses nothing (a spam block, a full mailbox:
-    the address is good, the next message may go). A bare "NO" to an offer (DECLINED) suppresses
-    them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they refused,
-    whichever channel asked. Other engagement suppresses nothing."""
+    with no expiry, until someone lifts it with RemoveSuppression. A bounce that says the address is bad (5.1.1 no
+    such mailbox, a push token FCM no longer knows...: plumbing.mail_status) suppresses them on that channel as a
+    hard_bounce, until their address there changes (or RemoveSuppression); any other bounce suppresses nothing (a
+    spam block, a full mailbox: the address is good, the next message may go). A bare "NO" to an offer (DECLINED)
+    suppresses them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they
+    refused, whichever channel asked. Other engagement suppresses nothing."""
     kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
     note = f"{kind} on campaign {event.campaign_id}"
     if event.kind == channel_resources.ENGAGEMENT_KIND_DECLINED:
@@ -62,10 +62,10 @@ def _suppression_for(event: channel_events.EngagementRecorded, decline_for: time
             "note": note,
         }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
-    bad_address = bad_address_status(event.detail) if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED else None
-    if bad_address is not None:
+    bad = bad_address(event.detail) if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED else None
+    if bad is not None:
         reason = resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE
-        note = f"bounced {bad_address} on campaign {event.campaign_id}"
+        note = f"bounced {bad} on campaign {event.campaign_id}"
     if reason is None:
         return None
     return {

@@ -25,7 +25,7 @@ class SegmentsSettings(ServiceSettings):
         "person without it as consent_missing.",
     )
     address_attributes: dict[str, str] = Field(
-        {"EMAIL": "email"},
+        {"EMAIL": "email", "PUSH": "push_token"},
         description="Per channel (its name without CHANNEL_), the profile attribute holding the person's address on "
         "it: an upsert that changes it lifts the person's hard_bounce suppression on that channel (the address that "
         "bounced is gone).",

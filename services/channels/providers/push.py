@@ -74,7 +74,9 @@ class FcmPush:
         message = error.get("message", "") if isinstance(error, dict) else ""
         detail = f"{error_code or status} {message}".strip()
         if error_code in PERMANENT_ERRORS:
-            raise ProviderRejected(f"push HTTP {answer.status}: {scrub(detail)}")
+            # UNREGISTERED: the app is gone from the device (uninstalled, its token expired): a bounce of the token.
+            bounce = "UNREGISTERED permanent" if error_code == "UNREGISTERED" else ""
+            raise ProviderRejected(f"push HTTP {answer.status}: {scrub(detail)}", bounce=bounce)
         raise failure_for_status(self.provider, answer, detail)
 
 

@@ -255,6 +255,59 @@ async def test_a_permanent_bounce_suppresses_e_mail_until_the_address_changes(
     assert await on_email() == []
 
 
+async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_registers_anew(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    token = r.Value(string_value="fcm-token-old")
+    await segments.DefineAttributes(
+        api.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[r.AttributeDefinition(name="push_token", type=r.ATTRIBUTE_TYPE_STRING, pii=True)],
+        )
+    )
+    await segments.UpsertProfiles(
+        api.UpsertProfilesRequest(
+            request_id=new_id("req_"), profiles=[r.Profile(profile_id=profile_id, attributes={"push_token": token})]
+        )
+    )
+    bounced = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel_pb2.CHANNEL_PUSH,
+        kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
+        detail="UNREGISTERED permanent",
+        occur_time=_now(),
+        profile_id=profile_id,
+    )
+    await nats_bus.js.publish(
+        streams.ENGAGEMENT_RECORDED,
+        bounced.SerializeToString(),
+        headers={"Nats-Msg-Id": bounced.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
+    check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_PUSH)
+
+    async def on_push() -> list[r.Suppression]:
+        return list((await segments.CheckSuppression(check)).suppressions)
+
+    (gone,) = await eventually(on_push)
+    assert (gone.reason, gone.note) == (
+        r.SUPPRESSION_REASON_HARD_BOUNCE,
+        f"bounced UNREGISTERED on campaign {campaign_id}",
+    )
+    # The app registers anew: its new token lifts it.
+    await segments.UpsertProfiles(
+        api.UpsertProfilesRequest(
+            request_id=new_id("req_"),
+            profiles=[
+                r.Profile(profile_id=profile_id, attributes={"push_token": r.Value(string_value="fcm-token-new")})
+            ],
+        )
+    )
+    assert await on_push() == []
+
+
 async def member_events(segments: SegmentsServiceStub, profile_id: str, name: str) -> bool:
     """True once the profile exists with an event of this name recorded (the engagement was applied)."""
     try:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plumbing.mail_status import bad_address_status
+from plumbing.mail_status import bad_address, bad_address_status
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,10 @@ from plumbing.mail_status import bad_address_status
 )
 def test_only_a_bad_address_status_is_one(text: str, status: str | None) -> None:
     assert bad_address_status(text) == status
+
+
+def test_a_push_token_fcm_no_longer_knows_is_a_bad_address_too() -> None:
+    assert bad_address("UNREGISTERED permanent") == "UNREGISTERED"
+    assert bad_address("5.1.1 permanent") == "5.1.1"
+    assert bad_address("5.7.1 blocked") is None
+    assert bad_address("INVALID_ARGUMENT") is None
