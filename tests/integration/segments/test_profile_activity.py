@@ -130,19 +130,7 @@ async def test_an_unsubscribe_or_complaint_suppresses_the_person_on_that_channel
         (channel_resources.ENGAGEMENT_KIND_COMPLAINED, channel_pb2.CHANNEL_SMS),
         (channel_resources.ENGAGEMENT_KIND_OPENED, channel_pb2.CHANNEL_PUSH),
     ):
-        engagement = channel_events.EngagementRecorded(
-            event_id=new_id("evt_"),
-            campaign_id=campaign_id,
-            channel=channel,
-            kind=kind,
-            occur_time=_now(),
-            profile_id=profile_id,
-        )
-        await nats_bus.js.publish(
-            streams.ENGAGEMENT_RECORDED,
-            engagement.SerializeToString(),
-            headers={"Nats-Msg-Id": engagement.event_id, "Xsell-Campaign-Id": campaign_id},
-        )
+        await _engaged(nats_bus, profile_id, campaign_id, channel, kind)
 
     async def check(channel: int) -> api.CheckSuppressionResponse:
         return await segments.CheckSuppression(api.CheckSuppressionRequest(profile_id=profile_id, channel=channel))
@@ -170,19 +158,9 @@ async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_
     said = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     said_at = Timestamp()
     said_at.FromDatetime(said)
-    declined = channel_events.EngagementRecorded(
-        event_id=new_id("evt_"),
-        campaign_id=campaign_id,
-        channel=channel_pb2.CHANNEL_WHATSAPP,
-        kind=channel_resources.ENGAGEMENT_KIND_DECLINED,
-        reply_text="No thanks",
-        occur_time=said_at,
-        profile_id=profile_id,
-    )
-    await nats_bus.js.publish(
-        streams.ENGAGEMENT_RECORDED,
-        declined.SerializeToString(),
-        headers={"Nats-Msg-Id": declined.event_id, "Xsell-Campaign-Id": campaign_id},
+    declined = channel_resources.ENGAGEMENT_KIND_DECLINED
+    await _engaged(
+        nats_bus, profile_id, campaign_id, channel_pb2.CHANNEL_WHATSAPP, declined, reply_text="No", occur_time=said_at
     )
 
     async def check(channel: int) -> api.CheckSuppressionResponse:
@@ -211,20 +189,8 @@ async def test_a_permanent_bounce_suppresses_e_mail_until_the_address_changes(
     )
     # A full mailbox given up, or a spam block, says nothing against the address; 5.1.1 (no such mailbox) does.
     for detail in ("4.2.2 transient, given up", "5.7.1 permanent", "5.1.1 permanent"):
-        bounced = channel_events.EngagementRecorded(
-            event_id=new_id("evt_"),
-            campaign_id=campaign_id,
-            channel=channel_pb2.CHANNEL_EMAIL,
-            kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
-            detail=detail,
-            occur_time=_now(),
-            profile_id=profile_id,
-        )
-        await nats_bus.js.publish(
-            streams.ENGAGEMENT_RECORDED,
-            bounced.SerializeToString(),
-            headers={"Nats-Msg-Id": bounced.event_id, "Xsell-Campaign-Id": campaign_id},
-        )
+        bounced = channel_resources.ENGAGEMENT_KIND_BOUNCED
+        await _engaged(nats_bus, profile_id, campaign_id, channel_pb2.CHANNEL_EMAIL, bounced, detail=detail)
 
     async def on_email() -> list[r.Suppression]:
         check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_EMAIL)
@@ -272,19 +238,9 @@ async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_re
             request_id=new_id("req_"), profiles=[r.Profile(profile_id=profile_id, attributes={"push_token": token})]
         )
     )
-    bounced = channel_events.EngagementRecorded(
-        event_id=new_id("evt_"),
-        campaign_id=campaign_id,
-        channel=channel_pb2.CHANNEL_PUSH,
-        kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
-        detail="UNREGISTERED permanent",
-        occur_time=_now(),
-        profile_id=profile_id,
-    )
-    await nats_bus.js.publish(
-        streams.ENGAGEMENT_RECORDED,
-        bounced.SerializeToString(),
-        headers={"Nats-Msg-Id": bounced.event_id, "Xsell-Campaign-Id": campaign_id},
+    bounced = channel_resources.ENGAGEMENT_KIND_BOUNCED
+    await _engaged(
+        nats_bus, profile_id, campaign_id, channel_pb2.CHANNEL_PUSH, bounced, detail="UNREGISTERED permanent"
     )
     check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_PUSH)
 
@@ -306,6 +262,25 @@ async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_re
         )
     )
     assert await on_push() == []
+
+
+async def _engaged(nats_bus: Bus, profile_id: str, campaign_id: str, channel: int, kind: int, **fields: object) -> None:
+    """Publishes channels' EngagementRecorded for the person, as channels' outbox relay does."""
+    engagement = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        channel=channel,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        profile_id=profile_id,
+        **fields,  # type: ignore[arg-type]
+    )
+    if not engagement.HasField("occur_time"):
+        engagement.occur_time.CopyFrom(_now())
+    await nats_bus.js.publish(
+        streams.ENGAGEMENT_RECORDED,
+        engagement.SerializeToString(),
+        headers={"Nats-Msg-Id": engagement.event_id, "Xsell-Campaign-Id": campaign_id},
+    )
 
 
 async def member_events(segments: SegmentsServiceStub, profile_id: str, name: str) -> bool:
