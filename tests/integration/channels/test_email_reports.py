@@ -139,7 +139,12 @@ async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered
     await publish(nats_bus, dispatch(campaign_id))
 
     message = await _state(reporting.channels, campaign_id, DELIVERED)
-    assert _delivery_steps(message)[-2:] == [("SENT", "2.0.0 Ok: queued"), ("DELIVERED", "receipt: delivered 2.0.0")]
+    # The report comes back as soon as the relay queued the message; if it overtakes the relay's answer to DATA,
+    # the receipt is what settles the hand-over.
+    assert _delivery_steps(message)[-2:] == [
+        ("SENT", "2.0.0 Ok: queued"),
+        ("DELIVERED", "receipt: delivered 2.0.0"),
+    ] or _delivery_steps(message)[-1] == ("DELIVERED", "receipt after SENDING: delivered 2.0.0")
     assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
     assert reporting.returner.delivered == 1 and reporting.returner.failed == []
     # The request, as the relay took it: a report of success and of failure, headers only, the campaign ID as ENVID.
@@ -159,7 +164,10 @@ async def test_through_sendgrid_every_email_names_its_outreach_and_its_events_ma
     await publish(nats_bus, dispatch(campaign_id))
 
     message = await _state(reporting.channels, campaign_id, DELIVERED)
-    assert _delivery_steps(message)[-2:] == [("SENT", "2.0.0 Ok: queued"), ("DELIVERED", "receipt")]
+    # SendGrid's processed can overtake the relay's answer to DATA: then the receipt is what made it SENT.
+    (sent_step, sent_detail), delivered_step = _delivery_steps(message)[-2:]
+    assert (sent_step, delivered_step) == ("SENT", ("DELIVERED", "receipt"))
+    assert sent_detail in ("2.0.0 Ok: queued", "receipt after SENDING")
     (sent,) = reporting.mailbox.for_campaign(campaign_id)
     assert json.loads(str(sent["X-SMTPAPI"])) == {"unique_args": {"xsell_campaign_id": campaign_id}}
     # No DSN is asked of an ESP's relay: it reports by its webhook.
