@@ -42,6 +42,7 @@ import grpc
 import structlog
 from aiohttp import web
 
+from plumbing.mail_status import DND
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
@@ -80,7 +81,8 @@ DECLINES = frozenset(
 )
 # Exotel's Status values that settle a message (sent = delivered to the handset).
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
-EXOTEL_FAILED = frozenset({"failed", "failed-dnd"})
+EXOTEL_DND = "failed-dnd"
+EXOTEL_FAILED = frozenset({"failed", EXOTEL_DND})
 
 
 EXOTEL_ZONE = timezone(timedelta(hours=5, minutes=30))
@@ -291,6 +293,16 @@ class ProviderWebhooks:
         reason = "" if status in EXOTEL_DELIVERED else f"exotel {status} {form.get('DetailedStatus', '')}".strip()
         try:
             await self._receipt(f"exotel:{sid}:{status}", campaign_id, state, sid, reason)
+            if status == EXOTEL_DND:
+                # The number is on the DND registry: a bounce segments suppresses SMS on for a while (mail_status.DND).
+                await self._engagement(
+                    channels_pb2.RecordEngagementRequest(
+                        request_id=f"exotel:{sid}:dnd",
+                        campaign_id=campaign_id,
+                        kind=channels_resources.ENGAGEMENT_KIND_BOUNCED,
+                        detail=f"{DND} {status}",
+                    )
+                )
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
         self._replays.remember(replay_key)

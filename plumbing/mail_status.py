@@ -4,6 +4,10 @@ enhanced status code (RFC 3463); for push, FCM's UNREGISTERED (the app is gone f
 
 import re
 
+DND = "DND"
+"""How a bounce's detail starts for an SMS refused because the number is on India's Do-Not-Disturb registry (NCPR):
+the number is good, and the refusal not for ever (a person may leave the registry)."""
+
 # 5.1.1 no such mailbox, 5.1.2 no such domain, 5.1.3 bad address syntax, 5.1.6 mailbox moved, 5.1.10 the domain takes no
 # mail (null MX, RFC 7505), 5.2.1 mailbox disabled. Not 5.7.x (a policy: spam, reputation, a block list), 5.2.2
 # (mailbox full) or 5.3.x / 5.4.x (the receiving system's trouble): the address is good, a later message may go.
@@ -21,3 +25,8 @@ def bad_address(detail: str) -> str | None:
     if detail.lstrip().startswith("UNREGISTERED"):
         return "UNREGISTERED"
     return bad_address_status(detail)
+
+
+def on_dnd_registry(detail: str) -> bool:
+    """Whether a bounce's detail says the number is on the Do-Not-Disturb registry ("DND failed-dnd")."""
+    return detail.lstrip().startswith(DND)

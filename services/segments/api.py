@@ -37,6 +37,9 @@ from xsell.segments.v1 import events_pb2, resources_pb2, service_pb2, service_pb
 
 log = structlog.get_logger(__name__)
 
+# The suppressions about an address rather than the person: a new address lifts them.
+ADDRESS_REASONS = (suppressions.HARD_BOUNCE, suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY))
+
 SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX = 50, 500
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 500, 5000
 MAX_ATTRIBUTE_NAMES = 200
@@ -120,8 +123,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     async def _lift_bounces_of_changed_addresses(
         self, session: AsyncSession, updates: Sequence[records.ProfileUpdate]
     ) -> int:
-        """A new address (a value other than the stored one) lifts the channel's hard_bounce suppression: the address
-        that bounced is gone. The CRM's daily feed of unchanged addresses lifts nothing."""
+        """A new address (a value other than the stored one) lifts the channel's hard_bounce and dnd_registry
+        suppressions: the address that bounced, or the number on the registry, is gone. The CRM's daily feed of
+        unchanged addresses lifts nothing."""
         lifted = 0
         for channel, attribute in self.address_attributes.items():
             named = {u.profile_id: u.attributes[attribute] for u in updates if attribute in u.attributes}
@@ -129,7 +133,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
                 continue
             stored = await store.attributes_of(session, sorted(named), [attribute])
             changed = [pid for pid, value in named.items() if stored.get(pid, {}).get(attribute) != value]
-            lifted += await store.delete_suppressions(session, changed, channel, suppressions.HARD_BOUNCE)
+            lifted += await store.delete_suppressions(session, changed, channel, ADDRESS_REASONS)
         if lifted:
             log.info("hard_bounces_lifted", count=lifted)
         return lifted

@@ -47,6 +47,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
         retention=servicer.retention,
         future_skew=servicer.future_skew,
         decline_for=timedelta(days=settings.decline_suppression_days),
+        dnd_for=timedelta(days=settings.dnd_recheck_days),
     )
     engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)

@@ -9,7 +9,7 @@ from opentelemetry import trace
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
-from plumbing.mail_status import bad_address
+from plumbing.mail_status import bad_address, on_dnd_registry
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
@@ -40,14 +40,17 @@ _SUPPRESSING = {
 }
 
 
-def _suppression_for(event: channel_events.EngagementRecorded, decline_for: timedelta) -> dict[str, Any] | None:
+def _suppression_for(
+    event: channel_events.EngagementRecorded, decline_for: timedelta, dnd_for: timedelta
+) -> dict[str, Any] | None:
     """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
     with no expiry, until someone lifts it with RemoveSuppression. A bounce that says the address is bad (5.1.1 no
     such mailbox, a push token FCM no longer knows...: plumbing.mail_status) suppresses them on that channel as a
     hard_bounce, until their address there changes (or RemoveSuppression); any other bounce suppresses nothing (a
     spam block, a full mailbox: the address is good, the next message may go). A bare "NO" to an offer (DECLINED)
     suppresses them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they
-    refused, whichever channel asked. Other engagement suppresses nothing."""
+    refused, whichever channel asked. An SMS refused because the number is on the Do-Not-Disturb registry suppresses
+    SMS for `dnd_for` (DND_REGISTRY), then it is tried again. Other engagement suppresses nothing."""
     kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
     note = f"{kind} on campaign {event.campaign_id}"
     if event.kind == channel_resources.ENGAGEMENT_KIND_DECLINED:
@@ -60,6 +63,15 @@ def _suppression_for(event: channel_events.EngagementRecorded, decline_for: time
             "reason": suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_RECENT_DECLINE),
             "expire_time": said + decline_for,
             "note": note,
+        }
+    if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED and on_dnd_registry(event.detail):
+        refused = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
+        return {
+            "profile_id": event.profile_id,
+            "channel": suppressions.channel_key(event.channel),
+            "reason": suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
+            "expire_time": refused + dnd_for,
+            "note": f"on the DND registry, said the SMS provider on campaign {event.campaign_id}",
         }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
     bad = bad_address(event.detail) if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED else None
@@ -93,6 +105,7 @@ class ProfileActivityConsumers:
         retention: timedelta,
         future_skew: timedelta,
         decline_for: timedelta,
+        dnd_for: timedelta,
     ) -> None:
         self.db = db
         self.activity = activity
@@ -101,6 +114,7 @@ class ProfileActivityConsumers:
         self.retention = retention
         self.future_skew = future_skew
         self.decline_for = decline_for
+        self.dnd_for = dnd_for
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -115,7 +129,7 @@ class ProfileActivityConsumers:
             occurred_at=occurred,
             properties={"campaign_id": Value.string(event.campaign_id)},
         )
-        suppression = _suppression_for(event, self.decline_for)
+        suppression = _suppression_for(event, self.decline_for, self.dnd_for)
         await self._apply(
             streams.SEGMENTS_ENGAGEMENT.durable,
             delivery,

@@ -25,10 +25,10 @@ class SegmentsSettings(ServiceSettings):
         "person without it as consent_missing.",
     )
     address_attributes: dict[str, str] = Field(
-        {"EMAIL": "email", "PUSH": "push_token"},
+        {"EMAIL": "email", "PUSH": "push_token", "SMS": "phone"},
         description="Per channel (its name without CHANNEL_), the profile attribute holding the person's address on "
-        "it: an upsert that changes it lifts the person's hard_bounce suppression on that channel (the address that "
-        "bounced is gone).",
+        "it: an upsert that changes it lifts the person's hard_bounce and dnd_registry suppressions on that channel "
+        "(the address that bounced, or the number on the registry, is gone).",
     )
     event_retention_days: int = Field(
         730, description="Events older than this many days are rejected at ingestion and not evaluated.", gt=0
@@ -41,6 +41,14 @@ class SegmentsSettings(ServiceSettings):
         description='A bare "NO" to an offer (a DECLINED reply) suppresses the person on every channel for this '
         "many days (reason RECENT_DECLINE), so no campaign asks again the next week; 0 suppresses nothing.",
         ge=0,
+        le=3650,
+    )
+    dnd_recheck_days: int = Field(
+        30,
+        description="An SMS the provider refused because the number is on the Do-Not-Disturb registry suppresses SMS "
+        "to the person for this many days (reason DND_REGISTRY), then it is tried again (a person may leave the "
+        "registry); a new number lifts it at once.",
+        ge=1,
         le=3650,
     )
     # --- governance and audience (issue 3) ---

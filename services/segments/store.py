@@ -743,13 +743,15 @@ async def delete_suppression(session: AsyncSession, profile_id: str, channel: st
     return bool(getattr(result, "rowcount", 0))
 
 
-async def delete_suppressions(session: AsyncSession, profile_ids: Sequence[str], channel: str, reason: str) -> int:
-    """Lifts one reason on one channel for many people at once; how many were lifted."""
+async def delete_suppressions(
+    session: AsyncSession, profile_ids: Sequence[str], channel: str, reasons: Sequence[str]
+) -> int:
+    """Lifts some reasons on one channel for many people at once; how many were lifted."""
     if not profile_ids:
         return 0
     s = suppressions
     result = await session.execute(
-        delete(s).where(s.c.profile_id.in_(sorted(profile_ids)), s.c.channel == channel, s.c.reason == reason)
+        delete(s).where(s.c.profile_id.in_(sorted(profile_ids)), s.c.channel == channel, s.c.reason.in_(reasons))
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -208,6 +208,14 @@ async def test_an_exotel_status_callback_needs_the_url_token_and_becomes_a_recei
         "exotel failed-dnd FAILED_DND",
     )
     assert receipt.request_id == "exotel:b6a1c2d3sms:failed-dnd"
+    # The number is on the DND registry: a bounce too, which segments suppresses SMS on for a while.
+    (dnd,) = engagements(downstream)
+    assert (dnd.campaign_id, dnd.kind, dnd.detail, dnd.request_id) == (
+        OUTREACH,
+        channels_resources.ENGAGEMENT_KIND_BOUNCED,
+        "DND failed-dnd",
+        "exotel:b6a1c2d3sms:dnd",
+    )
 
 
 async def test_when_channels_is_down_the_provider_is_asked_to_send_again(

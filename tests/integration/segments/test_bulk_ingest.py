@@ -146,6 +146,7 @@ async def handlers(database_url: str) -> AsyncIterator[tuple[Database, ProfileAc
         retention=timedelta(days=730),
         future_skew=timedelta(minutes=5),
         decline_for=timedelta(days=90),
+        dnd_for=timedelta(days=30),
     )
     yield db, consumers
     await db.dispose()

@@ -264,6 +264,50 @@ async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_re
     assert await on_push() == []
 
 
+async def test_a_number_on_the_dnd_registry_suppresses_sms_for_a_while_or_until_it_changes(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+
+    async def phone(number: str) -> None:
+        await segments.UpsertProfiles(
+            api.UpsertProfilesRequest(
+                request_id=new_id("req_"),
+                profiles=[r.Profile(profile_id=profile_id, attributes={"phone": r.Value(string_value=number)})],
+            )
+        )
+
+    await phone("+919876543210")
+    refused = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    refused_at = Timestamp()
+    refused_at.FromDatetime(refused)
+    bounced = channel_resources.ENGAGEMENT_KIND_BOUNCED
+    await _engaged(
+        nats_bus,
+        profile_id,
+        campaign_id,
+        channel_pb2.CHANNEL_SMS,
+        bounced,
+        detail="DND failed-dnd",
+        occur_time=refused_at,
+    )
+    check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_SMS)
+
+    async def on_sms() -> list[r.Suppression]:
+        return list((await segments.CheckSuppression(check)).suppressions)
+
+    (dnd,) = await eventually(on_sms)
+    assert (dnd.reason, dnd.channel) == (r.SUPPRESSION_REASON_DND_REGISTRY, channel_pb2.CHANNEL_SMS)
+    assert dnd.expire_time.ToDatetime(tzinfo=UTC) == refused + timedelta(days=30)  # then tried again
+    email = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_EMAIL)
+    assert not (await segments.CheckSuppression(email)).suppressed
+    await phone("+919876543210")  # the CRM's feed of the same number lifts nothing
+    assert len(await on_sms()) == 1
+    await phone("+919812345678")  # a new number is not on the registry as far as anyone knows
+    assert await on_sms() == []
+
+
 async def _engaged(nats_bus: Bus, profile_id: str, campaign_id: str, channel: int, kind: int, **fields: object) -> None:
     """Publishes channels' EngagementRecorded for the person, as channels' outbox relay does."""
     engagement = channel_events.EngagementRecorded(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plumbing.mail_status import bad_address, bad_address_status
+from plumbing.mail_status import bad_address, bad_address_status, on_dnd_registry
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,9 @@ def test_a_push_token_fcm_no_longer_knows_is_a_bad_address_too() -> None:
     assert bad_address("5.1.1 permanent") == "5.1.1"
     assert bad_address("5.7.1 blocked") is None
     assert bad_address("INVALID_ARGUMENT") is None
+
+
+def test_an_sms_refused_for_the_dnd_registry_is_no_bad_address() -> None:
+    assert on_dnd_registry("DND failed-dnd")
+    assert bad_address("DND failed-dnd") is None
+    assert not on_dnd_registry("5.1.1 permanent")
