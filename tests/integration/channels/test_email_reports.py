@@ -204,9 +204,9 @@ async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_
     message = await _state(reporting.channels, campaign_id, DELIVERED)
     # (The resender's clock runs two hours ahead, so its QUEUED step sorts after the hand-over it caused.)
     steps = _delivery_steps(message)
-    assert sorted(name for name, _ in steps) == sorted(
-        ["QUEUED", "SENDING", "AMBIGUOUS", "QUEUED", "SENDING", "SENT", "DELIVERED"]
-    )
+    # The report may overtake the relay's answer to DATA, and then it, not the answer, ends the second hand-over.
+    handed_over_again = ["QUEUED", "SENDING", "AMBIGUOUS", "QUEUED", "SENDING", "DELIVERED"]
+    assert sorted(name for name, _ in steps) in (sorted([*handed_over_again, "SENT"]), sorted(handed_over_again))
     assert ("QUEUED", resend_reason("email", 3600.0)) in steps
     assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
     assert await reporting.resender().step() == 0
