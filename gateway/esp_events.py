@@ -138,9 +138,8 @@ class SendGridEvents:
             log.warning("webhook_rejected", provider="sendgrid", reason="signature")
             return web.Response(status=401, text=f"{SIGNATURE_HEADER} does not match the timestamp and body\n")
         replay_key = b"sendgrid:" + hashlib.sha256(timestamp.encode() + body).digest()
-        if self._replays.seen(replay_key):
-            log.warning("webhook_rejected", provider="sendgrid", reason="replay")
-            return web.Response(text="already accepted; not recorded again\n")
+        if (replayed := self._replays.refusal(replay_key, "sendgrid")) is not None:
+            return replayed
         try:
             events = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):

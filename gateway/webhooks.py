@@ -114,6 +114,13 @@ class ReplayGuard:
         self._forget_expired()
         return key in self._seen
 
+    def refusal(self, key: bytes, provider: str) -> web.Response | None:
+        """The answer to a callback accepted before (acknowledged, so the provider stops, and not recorded again)."""
+        if not self.seen(key):
+            return None
+        log.warning("webhook_rejected", provider=provider, reason="replay")
+        return web.Response(text="already accepted; not recorded again\n")
+
     def remember(self, key: bytes) -> None:
         self._seen[key] = self._clock() + self._max_age
         self._seen.move_to_end(key)
@@ -183,9 +190,8 @@ class ProviderWebhooks:
             log.warning("webhook_rejected", provider="whatsapp", reason="signature")
             return web.Response(status=401, text="X-Hub-Signature-256 does not match the body\n")
         digest = hashlib.sha256(body).digest()
-        if self._replays.seen(digest):
-            log.warning("webhook_rejected", provider="whatsapp", reason="replay")
-            return web.Response(text="already accepted; not recorded again\n")
+        if (replayed := self._replays.refusal(digest, "whatsapp")) is not None:
+            return replayed
         try:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -268,9 +274,8 @@ class ProviderWebhooks:
         else:
             every = [*fields, *((name, value) for name, value in request.query.items())]
             replay_key = b"sms:" + hashlib.sha256(json.dumps(sorted(every)).encode()).digest()
-        if self._replays.seen(replay_key):
-            log.warning("webhook_rejected", provider="sms", reason="replay")
-            return web.Response(text="already accepted; not recorded again\n")
+        if (replayed := self._replays.refusal(replay_key, "sms")) is not None:
+            return replayed
         return {**dict(request.query), **dict(fields)}, replay_key
 
     async def _exotel(self, request: web.Request) -> web.StreamResponse:

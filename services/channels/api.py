@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from opentelemetry import trace
 from sqlalchemy.orm import Session
 
@@ -39,6 +40,8 @@ from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R", bound=Message)
 
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
@@ -230,16 +233,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         answers: list[service_pb2.RecordEngagementResponse | DomainError] = []
         for item, context in items:
             request = item.fingerprinted
-            if request.request_id in stored:
-                answers.append(self.idempotency.answer(method, request, stored[request.request_id], response_type))
+            found = self._answered_or_record(method, request, stored, response_type, records, item)
+            if not isinstance(found, MessageRecord):
+                answers.append(found)
                 continue
-            record = records.get(item.campaign_id)
-            if record is None:
-                answers.append(_no_message(item.campaign_id))
-                continue
-            if (refusal := _outside(item.only_channel, record)) is not None:
-                answers.append(refusal)
-                continue
+            record = found
             step, event = context.copy().run(self._engagement_recorded, record, item)
             steps.append((record.campaign_id, step))
             events.append(event)
@@ -256,6 +254,25 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         self.outbox.add_rows_sync(session, events)
         self.idempotency.remember_many_sync(session, method, answered)
         return answers
+
+    def _answered_or_record(
+        self,
+        method: str,
+        request: Message,
+        stored: dict[str, tuple[str, bytes]],
+        response_type: type[R],
+        records: dict[str, MessageRecord],
+        item: "_Engagement | _Receipt",
+    ) -> R | DomainError | MessageRecord:
+        """A batched call's answer when it has one already (its request_id's stored answer, or its refusal: a reused
+        request_id, an unknown campaign ID, another channel's message); else the message it applies to."""
+        request_id: str = getattr(request, "request_id", "")
+        if request_id in stored:
+            return self.idempotency.answer(method, request, stored[request_id], response_type)
+        record = records.get(item.campaign_id)
+        if record is None:
+            return _no_message(item.campaign_id)
+        return _outside(item.only_channel, record) or record
 
     def _engagement_recorded(self, record: MessageRecord, item: "_Engagement") -> tuple[TimelineStep, dict[str, Any]]:
         """The engagement's timeline step and its EngagementRecorded outbox row (in the current context: its trace)."""
@@ -317,17 +334,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | DomainError] = []
         for item, context in items:
             request = item.request
-            if request.request_id in stored:
-                previous = self.idempotency.answer(method, request, stored[request.request_id], response_type)
-                answers.append(previous if isinstance(previous, DomainError) else (previous, False))
+            found = self._answered_or_record(method, request, stored, response_type, records, item)
+            if not isinstance(found, MessageRecord):
+                answers.append(found if isinstance(found, DomainError) else (found, False))
                 continue
-            record = records.get(item.campaign_id)
-            if record is None:
-                answers.append(_no_message(item.campaign_id))
-                continue
-            if (refusal := _outside(item.only_channel, record)) is not None:
-                answers.append(refusal)
-                continue
+            record = found
             outcome = receipt_outcome(record.state, item.receipt)
             if outcome is not None:
                 record = records[item.campaign_id] = context.copy().run(
