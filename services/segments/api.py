@@ -126,13 +126,19 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         """A new address (a value other than the stored one) lifts the channel's hard_bounce and dnd_registry
         suppressions: the address that bounced, or the number on the registry, is gone. The CRM's daily feed of
         unchanged addresses lifts nothing."""
+        addresses = set(self.address_attributes.values())
+        naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
+        if not naming:
+            return 0
+        # One read of the stored addresses for every channel the batch names.
+        stored = await store.attributes_of(session, naming, sorted(addresses))
         lifted = 0
         for channel, attribute in self.address_attributes.items():
-            named = {u.profile_id: u.attributes[attribute] for u in updates if attribute in u.attributes}
-            if not named:
-                continue
-            stored = await store.attributes_of(session, sorted(named), [attribute])
-            changed = [pid for pid, value in named.items() if stored.get(pid, {}).get(attribute) != value]
+            changed = [
+                u.profile_id
+                for u in updates
+                if attribute in u.attributes and stored.get(u.profile_id, {}).get(attribute) != u.attributes[attribute]
+            ]
             lifted += await store.delete_suppressions(session, changed, channel, ADDRESS_REASONS)
         if lifted:
             log.info("hard_bounces_lifted", count=lifted)
