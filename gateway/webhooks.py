@@ -7,7 +7,12 @@
   becomes an open, an inbound message becomes a reply (STOP / UNSUBSCRIBE an unsubscribe). The campaign ID
   comes from `biz_opaque_callback_data`, or from the quoted wamid; an inbound message that quotes none of ours
   (a "YES" or "STOP" typed fresh) answers the last WhatsApp message sent to its sender's number (channels finds
-  it by a keyed hash of the number, within 30 days).
+  it by a keyed hash of the number, within 30 days). A failed status whose code says something about the person
+  rather than the message is recorded too: 131026 (the number is not on WhatsApp, or its app is too old) and 130472
+  (the number is in Meta's marketing experiment) become a BOUNCED "UNREACHABLE whatsapp <code>", which segments turns
+  into an `unreachable` suppression on WhatsApp for a while (so a campaign's fallback channel reaches them); 131050
+  (they stopped marketing messages from this business) becomes an unsubscribe. So does a `user_preferences` change
+  whose value is `stop` (the person stopped marketing messages in WhatsApp's own settings).
 - `POST /webhooks/sms/exotel/{token}`: Exotel's StatusCallback (form fields SmsSid, Status,
   DetailedStatus, DateSent, CustomField = the campaign ID). The URL carries a secret token compared in
   constant time; with `sms_callback_secret` set, the callback must also carry `X-Twilio-Signature`, the
@@ -42,7 +47,7 @@ import grpc
 import structlog
 from aiohttp import web
 
-from plumbing.mail_status import DND
+from plumbing.bounces import DND, whatsapp_unreachable
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
@@ -81,6 +86,8 @@ DECLINES = frozenset(
 )
 # Exotel's Status values that settle a message (sent = delivered to the handset).
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
+# They stopped marketing messages from this business in WhatsApp (131050): an opt-out, which Meta itself enforces.
+WHATSAPP_STOPPED_MARKETING = "131050"
 EXOTEL_DND = "failed-dnd"
 EXOTEL_FAILED = frozenset({"failed", EXOTEL_DND})
 
@@ -211,6 +218,9 @@ class ProviderWebhooks:
                         stale += 1
                     else:
                         await self._whatsapp_message(message)
+                for preference in value.get("user_preferences") or []:
+                    # An opt-out, honoured however late it comes, as a typed STOP is.
+                    await self._whatsapp_preference(preference)
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
         if stale:
@@ -232,14 +242,53 @@ class ProviderWebhooks:
             await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, wamid, "")
         elif state == "failed":
             errors = status.get("errors") or [{}]
-            reason = f"whatsapp {errors[0].get('code', '')} {errors[0].get('title', '')}".strip()
+            code = str(errors[0].get("code", ""))
+            reason = f"whatsapp {code} {errors[0].get('title', '')}".strip()
             await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, wamid, reason)
+            await self._whatsapp_refusal(wamid, campaign_id, code)
         elif state == "read":
             await self._engagement(
                 channels_pb2.RecordEngagementRequest(
                     request_id=request_id, campaign_id=campaign_id, kind=channels_resources.ENGAGEMENT_KIND_OPENED
                 )
             )
+
+    async def _whatsapp_refusal(self, wamid: str, campaign_id: str, code: str) -> None:
+        """What a failure code says about the person, recorded beside the FAILED receipt, like Exotel's failed-dnd."""
+        if unreachable := whatsapp_unreachable(code):
+            # A bounce segments suppresses WhatsApp on for a while (bounces.UNREACHABLE): they may join WhatsApp.
+            engagement = channels_pb2.RecordEngagementRequest(
+                request_id=f"wa:{wamid}:unreachable",
+                kind=channels_resources.ENGAGEMENT_KIND_BOUNCED,
+                detail=unreachable,
+            )
+        elif code == WHATSAPP_STOPPED_MARKETING:
+            engagement = channels_pb2.RecordEngagementRequest(
+                request_id=f"wa:{wamid}:stopped", kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+            )
+        else:
+            return
+        engagement.campaign_id = campaign_id
+        await self._engagement(engagement)
+
+    async def _whatsapp_preference(self, preference: dict[str, Any]) -> None:
+        """A person stopped marketing messages from this business in WhatsApp's settings: an unsubscribe from the last
+        WhatsApp message sent to their number, as a typed STOP is. A `resume` lifts nothing: an opt-out is lifted only
+        by the institution (RemoveSuppression), whichever way it was given."""
+        if preference.get("category") != "marketing_messages" or preference.get("value") != "stop":
+            return
+        wa_id = str(preference.get("wa_id", ""))
+        # The request_id must not carry the number: a keyed hash of it and the moment, stable across Meta's retries.
+        moment = f"{wa_id}:{preference.get('timestamp', '')}".encode()
+        key = hmac.new(self._app_secret.encode(), moment, hashlib.sha256).hexdigest()[:32]
+        await self._engagement(
+            channels_pb2.RecordEngagementRequest(
+                request_id=f"wa:preference:{key}",
+                kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+                inbound_from=wa_id,
+                inbound_channel=channel_pb2.CHANNEL_WHATSAPP,
+            )
+        )
 
     async def _whatsapp_message(self, message: dict[str, Any]) -> None:
         quoted = (message.get("context") or {}).get("id", "")
@@ -404,6 +453,10 @@ def _exotel_time(value: str) -> float | None:
         return None
 
 
+# The webhook fields read: statuses and inbound messages, and marketing preferences.
+WHATSAPP_FIELDS = frozenset({"messages", "user_preferences"})
+
+
 def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
     if not isinstance(document, dict) or document.get("object") != "whatsapp_business_account":
         return []
@@ -411,7 +464,7 @@ def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
     for entry in document.get("entry") or []:
         for change in (entry or {}).get("changes") or []:
             value = (change or {}).get("value")
-            if (change or {}).get("field") == "messages" and isinstance(value, dict):
+            if (change or {}).get("field") in WHATSAPP_FIELDS and isinstance(value, dict):
                 values.append(value)
     return values
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from urllib.parse import urlsplit
 
-from plumbing.mail_status import bad_address_status
+from plumbing.bounces import bad_address_status
 
 
 class DeliveryState(StrEnum):

@@ -38,7 +38,11 @@ from xsell.segments.v1 import events_pb2, resources_pb2, service_pb2, service_pb
 log = structlog.get_logger(__name__)
 
 # The suppressions about an address rather than the person: a new address lifts them.
-ADDRESS_REASONS = (suppressions.HARD_BOUNCE, suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY))
+ADDRESS_REASONS = (
+    suppressions.HARD_BOUNCE,
+    suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
+    suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_UNREACHABLE),
+)
 
 SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX = 50, 500
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 500, 5000
@@ -123,9 +127,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
     async def _lift_bounces_of_changed_addresses(
         self, session: AsyncSession, updates: Sequence[records.ProfileUpdate]
     ) -> int:
-        """A new address (a value other than the stored one) lifts the channel's hard_bounce and dnd_registry
-        suppressions: the address that bounced, or the number on the registry, is gone. The CRM's daily feed of
-        unchanged addresses lifts nothing."""
+        """A new address (a value other than the stored one) lifts the channel's hard_bounce, dnd_registry and
+        unreachable suppressions: the address that bounced, the number on the registry or not on WhatsApp, is gone.
+        The CRM's daily feed of unchanged addresses lifts nothing."""
         addresses = set(self.address_attributes.values())
         naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
         if not naming:

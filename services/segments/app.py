@@ -5,6 +5,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from plumbing import bounces
 from plumbing.bus import Bus, Consumer
 from plumbing.db import Database
 from plumbing.grpc_server import GrpcServer
@@ -47,7 +48,10 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
         retention=servicer.retention,
         future_skew=servicer.future_skew,
         decline_for=timedelta(days=settings.decline_suppression_days),
-        dnd_for=timedelta(days=settings.dnd_recheck_days),
+        recheck_after={
+            bounces.DND: timedelta(days=settings.dnd_recheck_days),
+            bounces.UNREACHABLE: timedelta(days=settings.unreachable_recheck_days),
+        },
     )
     engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)

@@ -1,15 +1,16 @@
 """NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
+from plumbing import bounces
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
-from plumbing.mail_status import bad_address, on_dnd_registry
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import outreach_span
 from services import streams
@@ -40,17 +41,26 @@ _SUPPRESSING = {
 }
 
 
+# The bounces that refuse an address for a while (plumbing.bounces.FOR_A_WHILE): their reason, and who said so.
+_FOR_A_WHILE = {
+    bounces.DND: (resources_pb2.SUPPRESSION_REASON_DND_REGISTRY, "on the DND registry, said the SMS provider"),
+    bounces.UNREACHABLE: (resources_pb2.SUPPRESSION_REASON_UNREACHABLE, "unreachable there, said the provider"),
+}
+
+
 def _suppression_for(
-    event: channel_events.EngagementRecorded, decline_for: timedelta, dnd_for: timedelta
+    event: channel_events.EngagementRecorded, decline_for: timedelta, recheck_after: Mapping[str, timedelta]
 ) -> dict[str, Any] | None:
-    """An unsubscribe (a STOP, an unsubscribe link) or a spam complaint suppresses the person on that channel,
-    with no expiry, until someone lifts it with RemoveSuppression. A bounce that says the address is bad (5.1.1 no
-    such mailbox, a push token FCM no longer knows...: plumbing.mail_status) suppresses them on that channel as a
-    hard_bounce, until their address there changes (or RemoveSuppression); any other bounce suppresses nothing (a
-    spam block, a full mailbox: the address is good, the next message may go). A bare "NO" to an offer (DECLINED)
-    suppresses them on every channel for `decline_for` from when they said it (RECENT_DECLINE): it is the offer they
-    refused, whichever channel asked. An SMS refused because the number is on the Do-Not-Disturb registry suppresses
-    SMS for `dnd_for` (DND_REGISTRY), then it is tried again. Other engagement suppresses nothing."""
+    """An unsubscribe (a STOP, an unsubscribe link, WhatsApp's "stopped marketing messages") or a spam complaint
+    suppresses the person on that channel, with no expiry, until someone lifts it with RemoveSuppression. A bounce that
+    says the address is bad (5.1.1 no such mailbox, a push token FCM no longer knows...: plumbing.bounces) suppresses
+    them on that channel as a hard_bounce, until their address there changes (or RemoveSuppression). A bounce that
+    refuses the address for a while suppresses the channel for `recheck_after[its word]` from the refusal, then it is
+    tried again: an SMS to a number on the Do-Not-Disturb registry (DND_REGISTRY), a WhatsApp message to a number not
+    on WhatsApp (UNREACHABLE). Any other bounce suppresses nothing (a spam block, a full mailbox: the address is good,
+    the next message may go). A bare "NO" to an offer (DECLINED) suppresses them on every channel for `decline_for`
+    from when they said it (RECENT_DECLINE): it is the offer they refused, whichever channel asked. Other engagement
+    suppresses nothing."""
     kind = channel_resources.EngagementKind.Name(event.kind).removeprefix("ENGAGEMENT_KIND_").lower()  # type: ignore[arg-type]
     note = f"{kind} on campaign {event.campaign_id}"
     if event.kind == channel_resources.ENGAGEMENT_KIND_DECLINED:
@@ -64,17 +74,19 @@ def _suppression_for(
             "expire_time": said + decline_for,
             "note": note,
         }
-    if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED and on_dnd_registry(event.detail):
+    bounced = event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED
+    if bounced and (word := bounces.for_a_while(event.detail)) is not None:
         refused = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
+        while_reason, who = _FOR_A_WHILE[word]
         return {
             "profile_id": event.profile_id,
             "channel": suppressions.channel_key(event.channel),
-            "reason": suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
-            "expire_time": refused + dnd_for,
-            "note": f"on the DND registry, said the SMS provider on campaign {event.campaign_id}",
+            "reason": suppressions.reason_key(while_reason),
+            "expire_time": refused + recheck_after[word],
+            "note": f"{who} on campaign {event.campaign_id}",
         }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
-    bad = bad_address(event.detail) if event.kind == channel_resources.ENGAGEMENT_KIND_BOUNCED else None
+    bad = bounces.bad_address(event.detail) if bounced else None
     if bad is not None:
         reason = resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE
         note = f"bounced {bad} on campaign {event.campaign_id}"
@@ -105,7 +117,7 @@ class ProfileActivityConsumers:
         retention: timedelta,
         future_skew: timedelta,
         decline_for: timedelta,
-        dnd_for: timedelta,
+        recheck_after: Mapping[str, timedelta],
     ) -> None:
         self.db = db
         self.activity = activity
@@ -114,7 +126,7 @@ class ProfileActivityConsumers:
         self.retention = retention
         self.future_skew = future_skew
         self.decline_for = decline_for
-        self.dnd_for = dnd_for
+        self.recheck_after = recheck_after
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -129,7 +141,7 @@ class ProfileActivityConsumers:
             occurred_at=occurred,
             properties={"campaign_id": Value.string(event.campaign_id)},
         )
-        suppression = _suppression_for(event, self.decline_for, self.dnd_for)
+        suppression = _suppression_for(event, self.decline_for, self.recheck_after)
         await self._apply(
             streams.SEGMENTS_ENGAGEMENT.durable,
             delivery,

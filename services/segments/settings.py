@@ -25,10 +25,10 @@ class SegmentsSettings(ServiceSettings):
         "person without it as consent_missing.",
     )
     address_attributes: dict[str, str] = Field(
-        {"EMAIL": "email", "PUSH": "push_token", "SMS": "phone"},
+        {"EMAIL": "email", "PUSH": "push_token", "SMS": "phone", "WHATSAPP": "phone"},
         description="Per channel (its name without CHANNEL_), the profile attribute holding the person's address on "
-        "it: an upsert that changes it lifts the person's hard_bounce and dnd_registry suppressions on that channel "
-        "(the address that bounced, or the number on the registry, is gone).",
+        "it: an upsert that changes it lifts the person's hard_bounce, dnd_registry and unreachable suppressions on "
+        "that channel (the address that bounced, the number on the registry or not on WhatsApp, is gone).",
     )
     event_retention_days: int = Field(
         730, description="Events older than this many days are rejected at ingestion and not evaluated.", gt=0
@@ -48,6 +48,15 @@ class SegmentsSettings(ServiceSettings):
         description="An SMS the provider refused because the number is on the Do-Not-Disturb registry suppresses SMS "
         "to the person for this many days (reason DND_REGISTRY), then it is tried again (a person may leave the "
         "registry); a new number lifts it at once.",
+        ge=1,
+        le=3650,
+    )
+    unreachable_recheck_days: int = Field(
+        30,
+        description="A message the provider could not deliver because the person is not on the channel at that "
+        "address (WhatsApp's 131026: the number is not on WhatsApp, or its app is too old) suppresses the channel for "
+        "this many days (reason UNREACHABLE), then it is tried again (a person may join); a new address lifts it at "
+        "once. Meanwhile a campaign's fallback channel reaches them.",
         ge=1,
         le=3650,
     )

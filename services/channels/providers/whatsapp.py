@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from services.channels.delivery import Accepted, ProviderOutcomeUnknown, ProviderThrottled, ProviderUnavailable
+from plumbing.bounces import whatsapp_unreachable
+from services.channels.delivery import (
+    Accepted,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderThrottled,
+    ProviderUnavailable,
+)
 from services.channels.outgoing import OutgoingWhatsApp
 from services.channels.providers.base import (
     ProviderAnswer,
@@ -93,4 +100,7 @@ class WhatsAppCloud:
             raise ProviderThrottled(f"whatsapp {scrub(detail)}", retry_after_seconds(answer.headers))
         if code in TRANSIENT_CODES:
             raise ProviderUnavailable(f"whatsapp {scrub(detail)}")
+        if unreachable := whatsapp_unreachable(code):
+            # Not on WhatsApp (or in Meta's experiment), said at once rather than in a failed status: a bounce too.
+            raise ProviderRejected(f"whatsapp {scrub(detail)}", bounce=unreachable)
         raise failure_for_status(self.provider, answer, detail)

@@ -26,6 +26,7 @@ from plumbing.runtime import ServiceProcess
 from services import streams
 from services.channels.app import build
 from services.channels.settings import ChannelsSettings
+from tests.waiting import eventually
 from xsell.channels.v1 import service_pb2_grpc
 
 TRACKING_BASE = "https://t.example.in"
@@ -234,6 +235,14 @@ class Listener:
 
     def on(self, subject: str, campaign_id: str) -> list[Heard]:
         return [h for h in self.heard if h.subject == subject and h.headers.get("Xsell-Campaign-Id") == campaign_id]
+
+    async def eventually_on(self, subject: str, campaign_id: str) -> list[Heard]:
+        """What was heard on `subject` about the outreach, once something is (tests.waiting.eventually)."""
+
+        async def heard() -> list[Heard]:
+            return self.on(subject, campaign_id)
+
+        return await eventually(heard)
 
 
 @pytest.fixture

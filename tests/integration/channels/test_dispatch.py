@@ -176,7 +176,7 @@ async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_ad
         resources_pb2.ENGAGEMENT_KIND_BOUNCED,
         "5.1.1 permanent",
     )
-    (bounced,) = await eventually(lambda: _async(listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)))
+    (bounced,) = await listener.eventually_on(streams.ENGAGEMENT_RECORDED, campaign_id)
     event = EngagementRecorded.FromString(bounced.data)
     assert (event.kind, event.detail, event.channel) == (
         resources_pb2.ENGAGEMENT_KIND_BOUNCED,
@@ -201,12 +201,8 @@ async def test_dispatch_without_email_fails_and_is_dead_lettered(
     failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
     assert "no email message" in failed.reason
     dead_letter_subject = f"{streams.DEAD_LETTER_PREFIX}.{streams.CHANNELS_DISPATCH.durable}"
-    dead = await eventually(lambda: _async(listener.on(dead_letter_subject, campaign_id)))
+    dead = await listener.eventually_on(dead_letter_subject, campaign_id)
     assert "no email message" in dead[0].headers["Xsell-Dlq-Reason"]
     message = await get_message(channels, campaign_id)
     assert message.state == resources_pb2.DELIVERY_STATE_FAILED
     assert smtp_relay.mailbox.for_campaign(campaign_id) == []
-
-
-async def _async(value: object) -> object:
-    return value

@@ -30,6 +30,7 @@ from tests.integration.channels.support import (
 )
 from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2
+from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import resources_pb2 as segments_resources
 from xsell.segments.v1 import service_pb2 as segments_service
 from xsell.segments.v1 import service_pb2_grpc as segments_grpc
@@ -119,24 +120,51 @@ async def test_throttling_and_an_outage_are_retried_with_backoff_and_send_once(
     assert [u.state for u in updates(listener, campaign_id)] == [SENT]
 
 
+@pytest.mark.parametrize(
+    ("fields", "code", "bounce"),
+    [
+        ({"template_name": "unapproved_offer"}, "132001", ""),
+        # Not on WhatsApp, said at once: a bounce too, which segments suppresses WhatsApp on for a while.
+        ({"to_number": "+915876543210"}, "131026", "UNREACHABLE whatsapp 131026"),
+    ],
+    ids=["unapproved-template", "not-on-whatsapp"],
+)
 async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
     provider_sinks: ProviderSinks,
     nats_bus: Bus,
     listener: Listener,
+    fields: dict[str, str],
+    code: str,
+    bounce: str,
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
     campaign_id = new_campaign_id()
-    seq = await publish(nats_bus, dispatch_on("whatsapp", campaign_id, template_name="unapproved_offer"))
+    seq = await publish(nats_bus, dispatch_on("whatsapp", campaign_id, **fields))
 
     failed = await published_state(listener, campaign_id, FAILED)
-    assert "error 132001" in failed.reason
+    assert f"error {code}" in failed.reason
     await handled(nats_bus, seq)
     assert len(provider_sinks.whatsapp.refused) == 1
     message = await get_message(channels, campaign_id)
-    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
-    assert "132001" in message.timeline[-1].detail
+    steps = ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
+    if not bounce:
+        assert states(message) == steps
+        assert code in message.timeline[-1].detail
+        return
+    assert states(message) == steps  # the bounce is an engagement step after them
+    assert (message.timeline[-1].engagement_kind, message.timeline[-1].detail) == (
+        resources_pb2.ENGAGEMENT_KIND_BOUNCED,
+        bounce,
+    )
+    (bounced,) = await listener.eventually_on(streams.ENGAGEMENT_RECORDED, campaign_id)
+    event = EngagementRecorded.FromString(bounced.data)
+    assert (event.kind, event.detail, event.channel) == (
+        resources_pb2.ENGAGEMENT_KIND_BOUNCED,
+        bounce,
+        channel_pb2.CHANNEL_WHATSAPP,
+    )
 
 
 async def test_an_outage_that_outlasts_every_attempt_fails_and_is_dead_lettered_with_the_reason(

@@ -42,10 +42,10 @@ async def _gateway(start_gateway: GatewayFactory, **overrides: Any) -> RunningGa
     return await start_gateway(whatsapp_app_secret=APP_SECRET, sms_callback_token=SMS_TOKEN, **overrides)
 
 
-def _whatsapp(value: dict[str, Any]) -> bytes:
+def _whatsapp(value: dict[str, Any], field: str = "messages") -> bytes:
     document = {
         "object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
+        "entry": [{"id": "102290129340398", "changes": [{"field": field, "value": value}]}],
     }
     return json.dumps(document).encode()
 
@@ -121,16 +121,93 @@ async def test_failed_and_read_statuses_become_a_failure_receipt_and_an_open(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await _gateway(start_gateway)
-    failed = _status("failed", errors=[{"code": 131026, "title": "Message undeliverable"}])
+    failed = _status("failed", errors=[{"code": 131000, "title": "Something went wrong"}])
     read = _status("read")
     for body in (failed, read):
         async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
             assert response.status == 200
     (receipt,) = receipts(downstream)
     assert receipt.state == channels_resources.DELIVERY_STATE_FAILED
-    assert receipt.reason == "whatsapp 131026 Message undeliverable"
+    assert receipt.reason == "whatsapp 131000 Something went wrong"
     (opened,) = engagements(downstream)
     assert (opened.campaign_id, opened.kind) == (OUTREACH, channels_resources.ENGAGEMENT_KIND_OPENED)
+
+
+@pytest.mark.parametrize(
+    ("code", "title", "engagement"),
+    [
+        # Not on WhatsApp (or too old an app): a bounce segments suppresses WhatsApp on for a while.
+        (131026, "Message undeliverable", ("unreachable", channels_resources.ENGAGEMENT_KIND_BOUNCED, "131026")),
+        # In Meta's marketing experiment: no business's marketing template reaches the number.
+        (
+            "130472",
+            "User's number is part of an experiment",
+            ("unreachable", channels_resources.ENGAGEMENT_KIND_BOUNCED, "130472"),
+        ),
+        # They stopped marketing messages from this business: an opt-out.
+        (
+            131050,
+            "User has stopped marketing messages",
+            ("stopped", channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, ""),
+        ),
+        # Meta's per-person marketing limit: this message, not the person; nothing more.
+        (131049, "This message was not delivered to maintain healthy ecosystem engagement", None),
+    ],
+    ids=["not-on-whatsapp", "experiment", "stopped-marketing", "marketing-limit"],
+)
+async def test_a_failure_that_says_something_about_the_person_is_recorded_beside_the_receipt(
+    start_gateway: GatewayFactory,
+    downstream: Downstream,
+    http: aiohttp.ClientSession,
+    code: int | str,
+    title: str,
+    engagement: tuple[str, int, str] | None,
+) -> None:
+    gateway = await _gateway(start_gateway)
+    body = _status("failed", errors=[{"code": code, "title": title}])
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 200
+    (receipt,) = receipts(downstream)
+    assert (receipt.state, receipt.reason) == (channels_resources.DELIVERY_STATE_FAILED, f"whatsapp {code} {title}")
+    recorded = engagements(downstream)
+    if engagement is None:
+        assert recorded == []
+        return
+    suffix, kind, detail_code = engagement
+    (person,) = recorded
+    assert (person.request_id, person.campaign_id, person.kind) == (f"wa:{WAMID}:{suffix}", OUTREACH, kind)
+    assert person.detail == (f"UNREACHABLE whatsapp {detail_code}" if detail_code else "")
+
+
+async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed_and_a_resume_lifts_nothing(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway, replica = await _gateway(start_gateway), await _gateway(start_gateway)
+    # The last is Meta retrying the first, at another replica (whose replay memory has not seen it).
+    for value, edge in (("stop", gateway), ("resume", gateway), ("stop", replica)):
+        preference = {
+            "wa_id": "919876543210",
+            "detail": "User requested to stop marketing messages",
+            "category": "marketing_messages",
+            "value": value,
+            "timestamp": 1764400000,
+        }
+        body = _whatsapp(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"profile": {"name": "Priya"}, "wa_id": "919876543210"}],
+                "user_preferences": [preference],
+            },
+            field="user_preferences",
+        )
+        async with http.post(f"{edge.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+            assert response.status == 200
+    first, retried = engagements(downstream)
+    assert (first.kind, first.campaign_id) == (channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, "")
+    assert (first.inbound_from, first.inbound_channel) == ("919876543210", channel_pb2.CHANNEL_WHATSAPP)
+    # One request_id for the same change, so channels records it once; it does not carry the number.
+    assert first.request_id == retried.request_id
+    assert first.request_id.startswith("wa:preference:") and "9876543210" not in first.request_id
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from sqlalchemy import func, select
 
+from plumbing import bounces
 from plumbing.bus import MSG_ID_HEADER, Bus, Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.ids import new_id
@@ -146,7 +147,7 @@ async def handlers(database_url: str) -> AsyncIterator[tuple[Database, ProfileAc
         retention=timedelta(days=730),
         future_skew=timedelta(minutes=5),
         decline_for=timedelta(days=90),
-        dnd_for=timedelta(days=30),
+        recheck_after={bounces.DND: timedelta(days=30), bounces.UNREACHABLE: timedelta(days=30)},
     )
     yield db, consumers
     await db.dispose()

@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -264,8 +265,18 @@ async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_re
     assert await on_push() == []
 
 
-async def test_a_number_on_the_dnd_registry_suppresses_sms_for_a_while_or_until_it_changes(
-    segments: SegmentsServiceStub, nats_bus: Bus
+@pytest.mark.parametrize(
+    ("channel", "detail", "reason"),
+    [
+        # Exotel's failed-dnd: the number is on the Do-Not-Disturb registry.
+        (channel_pb2.CHANNEL_SMS, "DND failed-dnd", r.SUPPRESSION_REASON_DND_REGISTRY),
+        # WhatsApp's 131026: the number is not on WhatsApp (or its app is too old). Campaigns' fallback reaches them.
+        (channel_pb2.CHANNEL_WHATSAPP, "UNREACHABLE whatsapp 131026", r.SUPPRESSION_REASON_UNREACHABLE),
+    ],
+    ids=["dnd-registry", "not-on-whatsapp"],
+)
+async def test_a_number_refused_for_a_while_is_suppressed_on_that_channel_for_a_while_or_until_it_changes(
+    segments: SegmentsServiceStub, nats_bus: Bus, channel: int, detail: str, reason: int
 ) -> None:
     profile_id = f"p-{new_id()}"
     campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
@@ -287,25 +298,27 @@ async def test_a_number_on_the_dnd_registry_suppresses_sms_for_a_while_or_until_
         nats_bus,
         profile_id,
         campaign_id,
-        channel_pb2.CHANNEL_SMS,
+        channel,
         bounced,
-        detail="DND failed-dnd",
+        detail=detail,
         occur_time=refused_at,
     )
-    check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_SMS)
+    check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel)  # type: ignore[arg-type]
 
-    async def on_sms() -> list[r.Suppression]:
+    async def on_channel() -> list[r.Suppression]:
         return list((await segments.CheckSuppression(check)).suppressions)
 
-    (dnd,) = await eventually(on_sms)
-    assert (dnd.reason, dnd.channel) == (r.SUPPRESSION_REASON_DND_REGISTRY, channel_pb2.CHANNEL_SMS)
-    assert dnd.expire_time.ToDatetime(tzinfo=UTC) == refused + timedelta(days=30)  # then tried again
-    email = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_EMAIL)
-    assert not (await segments.CheckSuppression(email)).suppressed
+    (refusal,) = await eventually(on_channel)
+    assert (refusal.reason, refusal.channel) == (reason, channel)
+    assert refusal.expire_time.ToDatetime(tzinfo=UTC) == refused + timedelta(days=30)  # then tried again
+    for other in (channel_pb2.CHANNEL_EMAIL, channel_pb2.CHANNEL_SMS, channel_pb2.CHANNEL_WHATSAPP):
+        if other != channel:
+            elsewhere = api.CheckSuppressionRequest(profile_id=profile_id, channel=other)
+            assert not (await segments.CheckSuppression(elsewhere)).suppressed
     await phone("+919876543210")  # the CRM's feed of the same number lifts nothing
-    assert len(await on_sms()) == 1
-    await phone("+919812345678")  # a new number is not on the registry as far as anyone knows
-    assert await on_sms() == []
+    assert len(await on_channel()) == 1
+    await phone("+919812345678")  # a new number: not on the registry, maybe on WhatsApp, as far as anyone knows
+    assert await on_channel() == []
 
 
 async def _engaged(nats_bus: Bus, profile_id: str, campaign_id: str, channel: int, kind: int, **fields: object) -> None:
