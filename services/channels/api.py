@@ -291,6 +291,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             profile_id=record.profile_id,
             detail=detail,
         )
+        if record.timeline:
+            # Its QUEUED step: segments ignores a bounce of an address the person has replaced since.
+            event.queue_time.CopyFrom(convert.timestamp(record.timeline[0].at))
         row = self.outbox.event(streams.ENGAGEMENT_RECORDED, event, campaign_id=record.campaign_id)
         return TimelineStep(engagement_step(kind), item.at, detail[: store.MAX_STEP_DETAIL]), row
 

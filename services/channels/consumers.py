@@ -499,6 +499,7 @@ class DispatchHandler:
                 self._log.info("dispatch_settled_by_receipt")
                 return
             await self._record(session, campaign_id, channel, DeliveryState.FAILED, at, failure.reason)
+            queued = await store.queued_at(session, campaign_id)
             await store.add_timeline(
                 session, campaign_id, [TimelineStep(engagement_step(Engagement.BOUNCED), at, failure.bounce)]
             )
@@ -512,6 +513,7 @@ class DispatchHandler:
                     occur_time=convert.timestamp(at),
                     profile_id=profile_id,
                     detail=failure.bounce,
+                    queue_time=convert.timestamp(queued),
                 ),
                 campaign_id=campaign_id,
             )

@@ -154,6 +154,13 @@ def lock_state_sync(session: Session, campaign_id: str) -> tuple[DeliveryState, 
     return None if row is None else (DeliveryState(row.state), int(row.attempts))
 
 
+async def queued_at(session: AsyncSession, campaign_id: str) -> datetime:
+    """When the message was queued (its QUEUED step): after campaigns had chosen its address."""
+    query = select(messages.c.created_at).where(messages.c.campaign_id == campaign_id)
+    created: datetime = (await session.execute(query)).scalar_one()
+    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+
+
 async def set_state(
     session: AsyncSession,
     campaign_id: str,

@@ -37,13 +37,6 @@ from xsell.segments.v1 import events_pb2, resources_pb2, service_pb2, service_pb
 
 log = structlog.get_logger(__name__)
 
-# The suppressions about an address rather than the person: a new address lifts them.
-ADDRESS_REASONS = (
-    suppressions.HARD_BOUNCE,
-    suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
-    suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_UNREACHABLE),
-)
-
 SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX = 50, 500
 MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX = 500, 5000
 MAX_ATTRIBUTE_NAMES = 200
@@ -106,7 +99,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             span.set_attribute("segments.batch.rejected", len(found))
             people = [u.profile_id for u in updates]
             created = set(people) - await store.existing_profiles(session, people)
-            lifted = await self._lift_bounces_of_changed_addresses(session, updates)
+            lifted = await self._lift_bounces_of_changed_addresses(session, updates, now)
             await store.upsert_profiles(session, updates, now)
             span.set_attribute("segments.hard_bounces_lifted", lifted)
             changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
@@ -125,11 +118,12 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         return response
 
     async def _lift_bounces_of_changed_addresses(
-        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate]
+        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate], now: datetime
     ) -> int:
         """A new address (a value other than the stored one) lifts the channel's hard_bounce, dnd_registry and
         unreachable suppressions: the address that bounced, the number on the registry or not on WhatsApp, is gone.
-        The CRM's daily feed of unchanged addresses lifts nothing."""
+        The CRM's daily feed of unchanged addresses lifts nothing. A replaced address (not one given for the first
+        time) is noted with its time, so that a bounce still to come about the old one suppresses nothing."""
         addresses = set(self.address_attributes.values())
         naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
         if not naming:
@@ -143,7 +137,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
                 for u in updates
                 if attribute in u.attributes and stored.get(u.profile_id, {}).get(attribute) != u.attributes[attribute]
             ]
-            lifted += await store.delete_suppressions(session, changed, channel, ADDRESS_REASONS)
+            lifted += await store.delete_suppressions(session, changed, channel, suppressions.ADDRESS_REASONS)
+            replaced = [pid for pid in changed if stored.get(pid, {}).get(attribute) is not None]
+            await store.note_address_changes(session, replaced, channel, now)
         if lifted:
             log.info("hard_bounces_lifted", count=lifted)
         return lifted

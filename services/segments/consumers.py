@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing import bounces
 from plumbing.bus import Delivery, PermanentError
@@ -142,12 +143,14 @@ class ProfileActivityConsumers:
             properties={"campaign_id": Value.string(event.campaign_id)},
         )
         suppression = _suppression_for(event, self.decline_for, self.recheck_after)
+        queued = event.queue_time.ToDatetime(tzinfo=UTC) if event.HasField("queue_time") else None
         await self._apply(
             streams.SEGMENTS_ENGAGEMENT.durable,
             delivery,
             incoming,
             event.campaign_id,
             suppress=[suppression] if suppression else [],
+            queued=queued,
         )
 
     async def on_conversion(self, event: attribution_events.ConversionRecorded, delivery: Delivery) -> None:
@@ -177,6 +180,7 @@ class ProfileActivityConsumers:
         campaign_id: str,
         *,
         suppress: list[dict[str, Any]] | None = None,
+        queued: datetime | None = None,
     ) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
             now = utcnow()
@@ -185,9 +189,23 @@ class ProfileActivityConsumers:
                     log.info("redelivery_skipped", durable=durable)
                     return
                 await self.activity.record_events(session, [incoming], now)
+                suppress = [s for s in suppress or [] if not await self._about_a_replaced_address(session, s, queued)]
                 if suppress:
                     await store.upsert_suppressions(session, suppress, now)
             log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress))
+
+    async def _about_a_replaced_address(
+        self, session: AsyncSession, suppression: dict[str, Any], queued: datetime | None
+    ) -> bool:
+        """Whether a suppression about an address (a bounce) concerns one the person has replaced since the message
+        was queued: the CRM gave a new address while the bounce was on its way, and the new one is not known bad."""
+        if queued is None or suppression["reason"] not in suppressions.ADDRESS_REASONS:
+            return False
+        changed = await store.address_changed_at(session, suppression["profile_id"], suppression["channel"])
+        if changed is None or changed <= queued:
+            return False
+        log.info("bounce_of_a_replaced_address", channel=suppression["channel"], reason=suppression["reason"])
+        return True
 
     async def on_bulk_ingest(self, request: service_pb2.IngestEventsRequest, delivery: Delivery) -> None:
         """Applies a feed's batch exactly as IngestEvents does, and answers with BulkIngestCompleted.

@@ -522,6 +522,17 @@ suppressions = Table(
     PrimaryKeyConstraint("profile_id", "channel", "reason"),
 )
 
+# When a person's address on a channel was last replaced (SegmentsApi.UpsertProfiles): a bounce of a message queued
+# before it is about the old address, and suppresses nothing.
+address_changes = Table(
+    "address_changes",
+    metadata,
+    Column("profile_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("change_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("profile_id", "channel"),
+)
+
 sweeps = Table(
     "sweeps",
     metadata,
@@ -754,6 +765,27 @@ async def delete_suppressions(
         delete(s).where(s.c.profile_id.in_(sorted(profile_ids)), s.c.channel == channel, s.c.reason.in_(reasons))
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def note_address_changes(session: AsyncSession, profile_ids: Sequence[str], channel: str, now: datetime) -> None:
+    """Notes that these people's address on `channel` was replaced now."""
+    if not profile_ids:
+        return
+    statement = upsert_insert(session, address_changes)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["profile_id", "channel"], set_={"change_time": statement.excluded.change_time}
+        ),
+        [{"profile_id": pid, "channel": channel, "change_time": now} for pid in sorted(set(profile_ids))],
+    )
+
+
+async def address_changed_at(session: AsyncSession, profile_id: str, channel: str) -> datetime | None:
+    """When the person's address on `channel` was last replaced; None if it never was."""
+    a = address_changes
+    query = select(a.c.change_time).where(a.c.profile_id == profile_id, a.c.channel == channel)
+    changed = (await session.execute(query)).scalar_one_or_none()
+    return None if changed is None else utc(changed)
 
 
 async def suppressions_page(

@@ -34,6 +34,13 @@ def reason_key(reason: int) -> str:
 
 # Mail to the address bounced permanently; a new address lifts it (SegmentsApi.UpsertProfiles).
 HARD_BOUNCE = reason_key(resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE)
+# The suppressions about an address rather than the person: a new address lifts them, and a bounce of an address the
+# person has replaced since the message was queued makes none.
+ADDRESS_REASONS = (
+    HARD_BOUNCE,
+    reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
+    reason_key(resources_pb2.SUPPRESSION_REASON_UNREACHABLE),
+)
 
 
 class UnknownChannel(ValueError):

@@ -145,6 +145,10 @@ async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_f
     # The event carries the status as the timeline shows it: segments reads a permanent one as a hard bounce.
     (event,) = await eventually(recorded)
     assert (event.kind, event.detail) == (resources_pb2.ENGAGEMENT_KIND_BOUNCED, last.detail)
+    # And when the message was queued (its address chosen): a bounce of an address replaced since suppresses nothing.
+    queued = response.message.timeline[0]
+    assert queued.delivery_state == resources_pb2.DELIVERY_STATE_QUEUED
+    assert event.queue_time == queued.occur_time
 
 
 async def test_engagement_arriving_together_each_gets_its_own_answer_in_its_own_trace(

@@ -165,6 +165,7 @@ async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
         bounce,
         channel_pb2.CHANNEL_WHATSAPP,
     )
+    assert event.queue_time == message.timeline[0].occur_time  # when it was queued, its address chosen
 
 
 async def test_an_outage_that_outlasts_every_attempt_fails_and_is_dead_lettered_with_the_reason(

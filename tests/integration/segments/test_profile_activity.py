@@ -222,6 +222,53 @@ async def test_a_permanent_bounce_suppresses_e_mail_until_the_address_changes(
     assert await on_email() == []
 
 
+async def test_a_bounce_of_an_address_replaced_since_the_message_was_queued_suppresses_nothing(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    profile_id = f"p-{new_id()}"
+    bounced = channel_resources.ENGAGEMENT_KIND_BOUNCED
+
+    async def upsert_email(address: str) -> None:
+        await segments.UpsertProfiles(
+            api.UpsertProfilesRequest(
+                request_id=new_id("req_"),
+                profiles=[r.Profile(profile_id=profile_id, attributes={"email": r.Value(string_value=address)})],
+            )
+        )
+
+    async def bounce(queued: datetime, campaign_id: str) -> None:
+        queue_time = Timestamp()
+        queue_time.FromDatetime(queued)
+        await _engaged(
+            nats_bus,
+            profile_id,
+            campaign_id,
+            channel_pb2.CHANNEL_EMAIL,
+            bounced,
+            detail="5.1.1 permanent",
+            queue_time=queue_time,
+        )
+
+    async def on_email() -> list[r.Suppression]:
+        check = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel_pb2.CHANNEL_EMAIL)
+        return list((await segments.CheckSuppression(check)).suppressions)
+
+    await upsert_email("old@x.in")  # the first address: nothing replaced
+    # A message queued to old@x.in bounces two days later, after the CRM gave new@x.in: the new one is not known bad.
+    queued_to_old = datetime.now(UTC) - timedelta(seconds=1)
+    await upsert_email("new@x.in")
+    stale = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    await bounce(queued_to_old, stale)
+    # The bounce is on the profile, as every bounce is (the first email_bounced of this person), and suppresses nothing.
+    await eventually(lambda: member_events(segments, profile_id, "email_bounced"))
+    assert await on_email() == []
+    # A message queued after the change, to new@x.in, that bounces does suppress it.
+    fresh = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    await bounce(datetime.now(UTC) + timedelta(seconds=1), fresh)
+    (hard,) = await eventually(on_email)
+    assert hard.reason == r.SUPPRESSION_REASON_HARD_BOUNCE
+
+
 async def test_a_push_token_fcm_no_longer_knows_suppresses_push_until_the_app_registers_anew(
     segments: SegmentsServiceStub, nats_bus: Bus
 ) -> None:
