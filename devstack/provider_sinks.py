@@ -59,6 +59,8 @@ class Fault(Enum):
     """The provider takes the message, then the connection breaks before the answer: an ambiguous outcome."""
     DROP_UNTAKEN = "drop_untaken"
     """The connection breaks and the provider never takes the message: just as ambiguous to the caller."""
+    ACCEPT_THEN_GATEWAY_TIMEOUT = "accept_then_gateway_timeout"
+    """The provider takes the message, but its edge (a load balancer) gave up waiting and answers 504 in HTML."""
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ class ProviderSink:
         try:
             campaign_id, body, answer = await self._handle(self, request, raw)
             fault = self.faults.popleft() if self.faults else None
-            if fault is not None and fault is not Fault.ACCEPT_THEN_DROP:
+            if fault is not None and fault not in _FAULTS_AFTER_TAKING:
                 raise _fault_refusal(self.provider, fault, self.retry_after_seconds)
         except Refusal as refusal:
             self.refused.append((refusal.status, refusal.document))
@@ -342,6 +344,9 @@ class ProviderSink:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=200)
+        if fault is Fault.ACCEPT_THEN_GATEWAY_TIMEOUT:
+            # The provider has the message; its edge answers for it, as a load balancer does.
+            return web.Response(status=504, text=GATEWAY_TIMEOUT_PAGE, content_type="text/html")
         return web.json_response(answer, status=200)
 
     def _keep(self, received: Received) -> None:
@@ -350,6 +355,13 @@ class ProviderSink:
             line = {"provider": received.provider, "campaign_id": received.campaign_id, "body": received.body}
             with self.log_path.open("a") as log:
                 log.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+# The faults that strike after the provider took the message.
+_FAULTS_AFTER_TAKING = frozenset({Fault.ACCEPT_THEN_DROP, Fault.ACCEPT_THEN_GATEWAY_TIMEOUT})
+GATEWAY_TIMEOUT_PAGE = (
+    "<html><head><title>504 Gateway Time-out</title></head><body><h1>504 Gateway Time-out</h1></body></html>"
+)
 
 
 def _fault_refusal(provider: str, fault: Fault, retry_after: int) -> Refusal:

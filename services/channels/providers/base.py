@@ -9,6 +9,7 @@ import orjson
 
 from services.channels.delivery import (
     Accepted,
+    ProviderOutcomeUnknown,
     ProviderRejected,
     ProviderThrottled,
     ProviderUnavailable,
@@ -75,12 +76,24 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+# 502 Bad Gateway and 504 Gateway Timeout come from a proxy in front of the provider (a load balancer, an API edge)
+# about a request it had passed on: the provider may have taken the message, and the answer was lost one hop further
+# than a read timeout of ours. The provider's own 500 and 503 say it did not take it (its documentation: try again).
+ANSWER_LOST_BEYOND_THE_EDGE = frozenset({502, 504})
+
+
 def failure_for_status(provider: str, answer: ProviderAnswer, detail: str) -> SendFailure:
-    """The usual meaning of an HTTP error status: 429 slow down, 408 / 5xx try later, other 4xx never.
+    """The usual meaning of an HTTP error status: 429 slow down, 408 / 500 / 503 try later, other 4xx never; 502 and
+    504 may have been accepted (ANSWER_LOST_BEYOND_THE_EDGE), as when our own read times out.
 
     401 and 403 are about our credentials, not the message: they are retried (and dead-lettered
     after the last attempt) so that fixing an expired token does not mean re-running campaigns.
     """
+    if answer.status in ANSWER_LOST_BEYOND_THE_EDGE:
+        # Its body is the edge's page, not the provider's answer: nothing in it says more.
+        return ProviderOutcomeUnknown(
+            f"{provider} HTTP {answer.status} from an edge: the provider may have the message"
+        )
     reason = f"{provider} HTTP {answer.status}: {scrub(detail)}".strip()
     if answer.status == 429:
         return ProviderThrottled(reason, retry_after_seconds(answer.headers))

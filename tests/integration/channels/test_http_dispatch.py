@@ -193,15 +193,23 @@ async def test_an_outage_that_outlasts_every_attempt_fails_and_is_dead_lettered_
     assert (await get_message(channels, campaign_id)).state == FAILED
 
 
+# The answer is lost on the connection, or an edge in front of the provider answers 504 for it: it may have the message.
+LOST_ANSWERS = pytest.mark.parametrize(
+    "fault", [Fault.ACCEPT_THEN_DROP, Fault.ACCEPT_THEN_GATEWAY_TIMEOUT], ids=["connection-lost", "edge-504"]
+)
+
+
+@LOST_ANSWERS
 async def test_an_sms_whose_answer_was_lost_is_ambiguous_and_never_resent(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
     provider_sinks: ProviderSinks,
     nats_bus: Bus,
     listener: Listener,
+    fault: Fault,
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
-    provider_sinks.sms.fail_next(Fault.ACCEPT_THEN_DROP)
+    provider_sinks.sms.fail_next(fault)
     campaign_id = new_campaign_id()
     await publish(nats_bus, dispatch_on("sms", campaign_id))
 
@@ -215,15 +223,17 @@ async def test_an_sms_whose_answer_was_lost_is_ambiguous_and_never_resent(
     assert states(message)[-1] == "DELIVERY_STATE_AMBIGUOUS"
 
 
+@LOST_ANSWERS
 async def test_a_webhook_whose_answer_was_lost_is_asked_again_under_the_same_key(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,
     provider_sinks: ProviderSinks,
     nats_bus: Bus,
     listener: Listener,
+    fault: Fault,
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
-    provider_sinks.webhook.fail_next(Fault.ACCEPT_THEN_DROP)
+    provider_sinks.webhook.fail_next(fault)
     campaign_id = new_campaign_id()
     await publish(nats_bus, dispatch_on("webhook", campaign_id, webhook_url=provider_sinks.webhook_url()))
 

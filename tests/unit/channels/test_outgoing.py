@@ -126,7 +126,11 @@ def test_provider_error_answers_are_classified() -> None:
         sms.accepted(_answer(429, {"RestException": {"Message": "slow"}}, **{"Retry-After": "7"}))
     assert throttled.value.retry_after == 7.0
     with pytest.raises(ProviderUnavailable):
-        sms.accepted(_answer(502, {}))
+        sms.accepted(_answer(503, {}))
+    # An edge's 502 / 504: the provider may have taken it, as when our own read times out.
+    for edge in (502, 504):
+        with pytest.raises(ProviderOutcomeUnknown, match="from an edge: the provider may have the message"):
+            sms.accepted(_answer(edge, {}))
     with pytest.raises(ProviderRejected):
         sms.accepted(_answer(400, {"RestException": {"Message": "bad To"}}))
     whatsapp = WhatsAppCloud("http://x", "v21.0", "1", "t")
