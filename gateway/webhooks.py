@@ -271,11 +271,13 @@ class ProviderWebhooks:
         engagement.campaign_id = campaign_id
         await self._engagement(engagement)
 
-    async def _whatsapp_preference(self, preference: dict[str, Any]) -> None:
+    async def _whatsapp_preference(self, preference: Any) -> None:
         """A person stopped marketing messages from this business in WhatsApp's settings: an unsubscribe from the last
         WhatsApp message sent to their number, as a typed STOP is. A `resume` lifts nothing: an opt-out is lifted only
         by the institution (RemoveSuppression), whichever way it was given."""
-        if preference.get("category") != "marketing_messages" or preference.get("value") != "stop":
+        if not isinstance(preference, dict) or preference.get("category") != "marketing_messages":
+            return
+        if preference.get("value") != "stop":
             return
         wa_id = str(preference.get("wa_id", ""))
         # The request_id must not carry the number: a keyed hash of it and the moment, stable across Meta's retries.

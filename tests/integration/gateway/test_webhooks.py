@@ -196,7 +196,7 @@ async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"profile": {"name": "Priya"}, "wa_id": "919876543210"}],
-                "user_preferences": [preference],
+                "user_preferences": ["not an object", preference],  # the stray element is skipped
             },
             field="user_preferences",
         )
