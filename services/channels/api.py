@@ -170,7 +170,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             return await self._answered_message(request)
         if request.campaign_id.strip() or not provider_message_id:
             return _campaign_id(request.campaign_id)
-        async with self.db.transaction() as session:
+        # A read: on SQLite a snapshot does not queue behind the ledger's writes for the write lock, as a transaction
+        # (BEGIN IMMEDIATE) would, once for every reply that quotes its message.
+        async with self.db.snapshot() as session:
             campaign_id = await store.campaign_id_of(session, provider_message_id)
         if campaign_id is None:
             raise NotFound(
