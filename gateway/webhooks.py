@@ -47,7 +47,7 @@ import grpc
 import structlog
 from aiohttp import web
 
-from plumbing.bounces import DND, whatsapp_unreachable
+from plumbing.bounces import DND, INVALID_NUMBER, whatsapp_unreachable
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
@@ -84,12 +84,15 @@ DECLINES = frozenset(
         "नही",
     }
 )
-# Exotel's Status values that settle a message (sent = delivered to the handset).
+# Exotel's Status values that settle a message (sent = delivered to the handset; undelivered and expired are final
+# failures: the operator could not deliver it within its validity).
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
 # They stopped marketing messages from this business in WhatsApp (131050): an opt-out, which Meta itself enforces.
 WHATSAPP_STOPPED_MARKETING = "131050"
 EXOTEL_DND = "failed-dnd"
-EXOTEL_FAILED = frozenset({"failed", EXOTEL_DND})
+EXOTEL_FAILED = frozenset({"failed", EXOTEL_DND, "undelivered", "expired"})
+# Exotel's DetailedStatus values that say the number does not exist: a bad address, as 5.1.1 is for e-mail.
+EXOTEL_INVALID_NUMBER = frozenset({"FAILED_INVALID_NUMBER", "INVALID_NUMBER"})
 
 
 EXOTEL_ZONE = timezone(timedelta(hours=5, minutes=30))
@@ -346,17 +349,18 @@ class ProviderWebhooks:
             if status in EXOTEL_DELIVERED
             else channels_resources.DELIVERY_STATE_FAILED
         )
-        reason = "" if status in EXOTEL_DELIVERED else f"exotel {status} {form.get('DetailedStatus', '')}".strip()
+        detailed = str(form.get("DetailedStatus", "")).strip().upper()
+        reason = "" if status in EXOTEL_DELIVERED else f"exotel {status} {detailed}".strip()
         try:
             await self._receipt(f"exotel:{sid}:{status}", campaign_id, state, sid, reason)
-            if status == EXOTEL_DND:
-                # The number is on the DND registry: a bounce segments suppresses SMS on for a while (mail_status.DND).
+            if bounce := _exotel_bounce(status, detailed):
+                suffix, detail = bounce
                 await self._engagement(
                     channels_pb2.RecordEngagementRequest(
-                        request_id=f"exotel:{sid}:dnd",
+                        request_id=f"exotel:{sid}:{suffix}",
                         campaign_id=campaign_id,
                         kind=channels_resources.ENGAGEMENT_KIND_BOUNCED,
-                        detail=f"{DND} {status}",
+                        detail=detail,
                     )
                 )
         except Unrecorded:
@@ -445,6 +449,17 @@ def _unix_time(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _exotel_bounce(status: str, detailed: str) -> tuple[str, str] | None:
+    """The bounce an Exotel failure also is (request_id suffix, detail), when it says something about the number:
+    on the DND registry, a bounce segments suppresses SMS on for a while (bounces.DND); a number that does not exist,
+    a bad address suppressed until the phone changes (bounces.INVALID_NUMBER)."""
+    if status == EXOTEL_DND or detailed == "FAILED_DND":
+        return "dnd", f"{DND} {status}"
+    if status in EXOTEL_FAILED and detailed in EXOTEL_INVALID_NUMBER:
+        return "invalid", f"{INVALID_NUMBER} exotel {detailed}"
+    return None
 
 
 def _exotel_time(value: str) -> float | None:

@@ -4,7 +4,8 @@ relay's refusal at RCPT, FCM's answer) and segments (a bounce's detail, which it
 Three kinds of bounce are worth a suppression; any other says nothing against the address (a spam block, a full
 mailbox, a transient failure given up), and the next message may go:
 - a bad address, never worth writing to again until it changes: an SMTP enhanced status code (RFC 3463) that says so,
-  or FCM's UNREGISTERED (the app is gone from the device);
+  FCM's UNREGISTERED (the app is gone from the device), or INVALID_NUMBER (the SMS provider says the number does not
+  exist);
 - DND: an SMS refused because the number is on India's Do-Not-Disturb registry (NCPR). The number is good, and the
   refusal not for ever: a person may leave the registry;
 - UNREACHABLE: the channel cannot reach the person at that address for now (WhatsApp's 131026: the number is not on
@@ -17,6 +18,9 @@ import re
 
 DND = "DND"
 UNREACHABLE = "UNREACHABLE"
+INVALID_NUMBER = "INVALID_NUMBER"
+# The first words of a bounce's detail that say the address is bad, beside an SMTP status.
+_BAD_ADDRESS_WORDS = frozenset({"UNREGISTERED", INVALID_NUMBER})
 FOR_A_WHILE = (DND, UNREACHABLE)
 """The bounces that suppress the channel for a while, then let it be tried again."""
 
@@ -33,9 +37,11 @@ def bad_address_status(text: str) -> str | None:
 
 
 def bad_address(detail: str) -> str | None:
-    """What in a bounce's detail says the address is bad: its SMTP status ("5.1.1 permanent") or FCM's UNREGISTERED."""
-    if detail.lstrip().startswith("UNREGISTERED"):
-        return "UNREGISTERED"
+    """What in a bounce's detail says the address is bad: its SMTP status ("5.1.1 permanent"), FCM's UNREGISTERED or
+    the SMS provider's INVALID_NUMBER."""
+    word = detail.lstrip().partition(" ")[0]
+    if word in _BAD_ADDRESS_WORDS:
+        return word
     return bad_address_status(detail)
 
 

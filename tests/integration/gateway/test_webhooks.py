@@ -295,6 +295,49 @@ async def test_an_exotel_status_callback_needs_the_url_token_and_becomes_a_recei
     )
 
 
+@pytest.mark.parametrize(
+    ("status", "detailed", "bounce"),
+    [
+        # Status failed with the DND detail, as well as Status failed-dnd: the number is on the registry.
+        ("failed", "FAILED_DND", ("dnd", "DND failed")),
+        # The number does not exist: a bad address, suppressed on SMS until the phone changes.
+        ("failed", "FAILED_INVALID_NUMBER", ("invalid", "INVALID_NUMBER exotel FAILED_INVALID_NUMBER")),
+        ("undelivered", "INVALID_NUMBER", ("invalid", "INVALID_NUMBER exotel INVALID_NUMBER")),
+        # The operator could not deliver it in time, or the handset was off: a failure, nothing against the number.
+        ("expired", "", None),
+        ("undelivered", "FAILED_UNAVAILABLE", None),
+        ("failed", "FAILED_SPAM", None),
+    ],
+)
+async def test_an_exotel_failure_is_a_failed_receipt_and_a_bounce_when_it_is_about_the_number(
+    start_gateway: GatewayFactory,
+    downstream: Downstream,
+    http: aiohttp.ClientSession,
+    status: str,
+    detailed: str,
+    bounce: tuple[str, str] | None,
+) -> None:
+    gateway = await _gateway(start_gateway)
+    form = {"SmsSid": "c7d8sms", "Status": status, "DetailedStatus": detailed, "CustomField": OUTREACH}
+    async with http.post(f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}", data=form) as response:
+        assert response.status == 200
+    (receipt,) = receipts(downstream)
+    assert (receipt.state, receipt.reason) == (
+        channels_resources.DELIVERY_STATE_FAILED,
+        f"exotel {status} {detailed}".strip(),
+    )
+    recorded = engagements(downstream)
+    if bounce is None:
+        assert recorded == []
+        return
+    (bounced,) = recorded
+    assert (bounced.kind, bounced.request_id, bounced.detail) == (
+        channels_resources.ENGAGEMENT_KIND_BOUNCED,
+        f"exotel:c7d8sms:{bounce[0]}",
+        bounce[1],
+    )
+
+
 async def test_when_channels_is_down_the_provider_is_asked_to_send_again(
     start_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

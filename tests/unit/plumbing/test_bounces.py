@@ -30,6 +30,8 @@ def test_only_a_bad_address_status_is_one(text: str, status: str | None) -> None
 
 def test_a_push_token_fcm_no_longer_knows_is_a_bad_address_too() -> None:
     assert bad_address("UNREGISTERED permanent") == "UNREGISTERED"
+    assert bad_address("INVALID_NUMBER exotel FAILED_INVALID_NUMBER") == "INVALID_NUMBER"  # no such number
+    assert bad_address("UNREGISTEREDX") is None
     assert bad_address("5.1.1 permanent") == "5.1.1"
     assert bad_address("5.7.1 blocked") is None
     assert bad_address("INVALID_ARGUMENT") is None
