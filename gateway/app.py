@@ -17,6 +17,7 @@ from gateway.forwarding import Forwarder
 from gateway.keys import MIN_SECRET_LENGTH, ApiKey, MalformedKey, hash_secret, parse_key
 from gateway.limits import RateLimit, RateLimiter
 from gateway.mailbox import BounceMailbox
+from gateway.ses_events import SesEvents
 from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from gateway.tracking import TrackingEdge
@@ -137,6 +138,14 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
             SendGridEvents(
                 channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
                 verification_key=settings.sendgrid_verification_key,
+                message_id_domain=settings.message_id_domain,
+                timeout_seconds=settings.downstream_timeout_seconds,
+                max_age_seconds=settings.webhook_max_age_seconds,
+            ).add_routes,
+            SesEvents(
+                channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+                topic_arns=settings.ses_topic_arns,
+                cert_url_pattern=settings.sns_cert_url_pattern,
                 message_id_domain=settings.message_id_domain,
                 timeout_seconds=settings.downstream_timeout_seconds,
                 max_age_seconds=settings.webhook_max_age_seconds,

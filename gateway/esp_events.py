@@ -1,4 +1,5 @@
-"""SendGrid's Event Webhook: an ESP's reports of the e-mails it took, as the bounce mailbox reads a relay's DSNs.
+"""SendGrid's Event Webhook, and what every ESP's webhook shares: an ESP's reports of the e-mails it took, as the bounce
+mailbox reads a relay's DSNs (SES's, through SNS, is gateway/ses_events.py).
 
 An ESP (SendGrid, SES) reports through its own signed webhook, not by DSN mail to the return path. SendGrid posts a
 JSON array of events, signed with ECDSA P-256 over the timestamp header and the raw body (SHA-256; the signature in
@@ -24,7 +25,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import structlog
 from aiohttp import web
@@ -81,16 +82,25 @@ def signature_holds(key: ec.EllipticCurvePublicKey, timestamp: str, body: bytes,
 
 
 def campaign_id_of(event: dict[str, Any], message_id_domain: str) -> str:
-    """The event's outreach: its unique arg, else its smtp-id's local part (in `message_id_domain`, or any when
-    that is empty: channels answers for IDs it does not know); "" when it names none."""
+    """The event's outreach: its unique arg, else its smtp-id's local part (campaign_id_in_message_id); "" when it
+    names none."""
     stated = event.get(CAMPAIGN_ID_ARG)
-    if isinstance(stated, str) and _CAMPAIGN_ID.match(stated):
+    if is_campaign_id(stated):
         return stated
     smtp_id = event.get("smtp-id")
-    if not isinstance(smtp_id, str):
-        return ""
-    local, _, domain = smtp_id.strip().strip("<>").rpartition("@")
-    if (not message_id_domain or domain.lower() == message_id_domain.lower()) and _CAMPAIGN_ID.match(local):
+    return campaign_id_in_message_id(smtp_id, message_id_domain) if isinstance(smtp_id, str) else ""
+
+
+def is_campaign_id(value: Any) -> TypeGuard[str]:
+    """Whether an ESP's field could be a campaign ID channels wrote: visible ASCII, as campaigns issues them."""
+    return isinstance(value, str) and _CAMPAIGN_ID.match(value) is not None
+
+
+def campaign_id_in_message_id(message_id: str, message_id_domain: str) -> str:
+    """The local part of a Message-ID channels wrote (<campaign ID@message_id_domain>), in `message_id_domain` or in
+    any when that is empty (channels answers for IDs it does not know); "" for another's Message-ID."""
+    local, _, domain = message_id.strip().strip("<>").rpartition("@")
+    if (not message_id_domain or domain.lower() == message_id_domain.lower()) and is_campaign_id(local):
         return local
     return ""
 
@@ -98,10 +108,43 @@ def campaign_id_of(event: dict[str, Any], message_id_domain: str) -> str:
 def bounce_detail(event: dict[str, Any]) -> str:
     """A bounce's step detail: its status and kind ("5.1.1 permanent", "5.7.1 blocked"); never SendGrid's reason text,
     which quotes the receiving server and names the address."""
-    status = str(event.get("status", "")).strip()
-    if not _STATUS.match(status):
-        status = "5.0.0"
-    return f"{status} {'blocked' if event.get('type') == 'blocked' else 'permanent'}"
+    return status_detail(event.get("status", ""), "blocked" if event.get("type") == "blocked" else "permanent")
+
+
+def status_detail(status: Any, kind: str) -> str:
+    """ "<status> <kind>", as segments reads a bounce (plumbing/bounces.py): a status that is not an SMTP enhanced
+    status code (RFC 3463) becomes 5.0.0, so nothing else a provider wrote there is kept."""
+    text = str(status).strip()
+    return f"{text if _STATUS.match(text) else '5.0.0'} {kind}"
+
+
+def is_stale(occurred_at: float | None, now: float, max_age: float) -> bool:
+    """Older than the accepted age; an event without a time of its own is judged by its signature alone."""
+    return occurred_at is not None and now - occurred_at > max_age
+
+
+class ChannelsRecorder:
+    """An ESP's events as record calls on channels (gateway.webhooks.record_call: Unrecorded asks for a retry)."""
+
+    def __init__(self, channels: channels_grpc.ChannelsServiceStub, timeout_seconds: float) -> None:
+        self._channels = channels
+        self._timeout = timeout_seconds
+
+    async def receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
+        request = channels_pb2.RecordDeliveryReceiptRequest(
+            request_id=request_id,
+            campaign_id=campaign_id,
+            state=state,
+            provider_message_id=provider_id,
+            reason=reason,
+        )
+        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout)
+
+    async def engagement(self, request_id: str, campaign_id: str, kind: Any, detail: str, url: str = "") -> None:
+        request = channels_pb2.RecordEngagementRequest(
+            request_id=request_id, campaign_id=campaign_id, kind=kind, detail=detail, url=url
+        )
+        await record_call(self._channels.RecordEngagement, request, self._timeout)
 
 
 class SendGridEvents:
@@ -117,10 +160,9 @@ class SendGridEvents:
         max_age_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._channels = channels
+        self._record = ChannelsRecorder(channels, timeout_seconds)
         self._key = _key_or_none(verification_key)
         self._domain = message_id_domain
-        self._timeout = timeout_seconds
         self._max_age = max_age_seconds
         self._clock = clock
         self._replays = ReplayGuard(max_age_seconds)
@@ -165,9 +207,10 @@ class SendGridEvents:
 
     def _stale(self, occurred_at: Any) -> bool:
         try:
-            return self._clock() - float(occurred_at) > self._max_age
+            at = float(occurred_at)
         except (TypeError, ValueError):
             return False  # judged by the signature alone
+        return is_stale(at, self._clock(), self._max_age)
 
     async def _event(self, name: str, event: dict[str, Any]) -> None:
         campaign_id = campaign_id_of(event, self._domain)
@@ -178,38 +221,26 @@ class SendGridEvents:
         request_id = f"sendgrid:{event_id}"
         provider_id = str(event.get("sg_message_id", ""))[:300]
         if name == "processed":
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_SENT, provider_id, "")
+            await self._record.receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_SENT, provider_id, "")
         elif name == "delivered":
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, provider_id, "")
+            await self._record.receipt(
+                request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, provider_id, ""
+            )
         elif name == "dropped":
             reason = f"sendgrid dropped: {str(event.get('reason', ''))[:100]}".strip(": ")
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, provider_id, reason)
+            await self._record.receipt(
+                request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, provider_id, reason
+            )
         elif name == "bounce":
             # A bounce proves SendGrid had the message: it settles a hand-over whose answer was lost, as a DSN does.
             sent = channels_resources.DELIVERY_STATE_SENT
-            await self._receipt(f"{request_id}:sent", campaign_id, sent, provider_id, "")
-            await self._engagement(
+            await self._record.receipt(f"{request_id}:sent", campaign_id, sent, provider_id, "")
+            await self._record.engagement(
                 request_id, campaign_id, channels_resources.ENGAGEMENT_KIND_BOUNCED, bounce_detail(event)
             )
         elif name in _ENGAGEMENT:
             url = str(event.get("url", "")) if name == "click" else ""
-            await self._engagement(request_id, campaign_id, _ENGAGEMENT[name], name, url=url)
-
-    async def _receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
-        request = channels_pb2.RecordDeliveryReceiptRequest(
-            request_id=request_id,
-            campaign_id=campaign_id,
-            state=state,
-            provider_message_id=provider_id,
-            reason=reason,
-        )
-        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout)
-
-    async def _engagement(self, request_id: str, campaign_id: str, kind: Any, detail: str, url: str = "") -> None:
-        request = channels_pb2.RecordEngagementRequest(
-            request_id=request_id, campaign_id=campaign_id, kind=kind, detail=detail, url=url
-        )
-        await record_call(self._channels.RecordEngagement, request, self._timeout)
+            await self._record.engagement(request_id, campaign_id, _ENGAGEMENT[name], name, url=url)
 
 
 def _key_or_none(encoded: str) -> ec.EllipticCurvePublicKey | None:

@@ -1,11 +1,13 @@
 """The gateway's settings, read from XSELL_GATEWAY_* environment variables."""
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.esp_events import verification_key
+from gateway.ses_events import SNS_CERT_URL_PATTERN
 from plumbing.grpc_server import TlsFiles
 from plumbing.settings import ServiceSettings
 
@@ -87,6 +89,19 @@ class GatewaySettings(ServiceSettings):
         "ECDSA P-256 public key): POST /webhooks/email/sendgrid checks X-Twilio-Email-Event-Webhook-Signature with it. "
         "Empty refuses every post (channels' XSELL_CHANNELS_SMTP_ESP_EVENTS=sendgrid names the outreach in each).",
     )
+    ses_topic_arns: list[str] = Field(
+        default=[],
+        description="The SNS topics SES publishes e-mail events to (JSON list of ARNs; a configuration set's event "
+        "destination, or an identity's notifications): POST /webhooks/email/ses records a signed post of one of these "
+        "and confirms its subscription. Empty refuses every post (channels' XSELL_CHANNELS_SMTP_ESP_EVENTS=ses names "
+        "the outreach in each event). Not a secret: a post is trusted by SNS's signature, not by its topic.",
+    )
+    sns_cert_url_pattern: str = Field(
+        default=SNS_CERT_URL_PATTERN,
+        description="A regular expression a SigningCertURL (and a SubscribeURL) must match from its first character: "
+        "where SNS's signing certificates are (AWS's own SNS hosts, over HTTPS). A post whose certificate is elsewhere "
+        "is refused without fetching it.",
+    )
     bounce_mailbox_port: int | None = Field(
         default=None,
         ge=0,
@@ -104,8 +119,8 @@ class GatewaySettings(ServiceSettings):
     webhook_max_age_seconds: float = Field(
         default=2 * 86400,
         gt=0,
-        description="Provider callbacks whose own time (WhatsApp's timestamp, Exotel's DateSent) is older are refused "
-        "as stale, and accepted ones are remembered this long to refuse replays.",
+        description="Provider callbacks whose own time (WhatsApp's timestamp, Exotel's DateSent, SNS's Timestamp) is "
+        "older are refused as stale, and accepted ones are remembered this long to refuse replays.",
     )
     webhook_public_base_url: str = Field(
         default="",
@@ -118,6 +133,15 @@ class GatewaySettings(ServiceSettings):
     def _a_verification_key(cls, value: str) -> str:
         if value.strip():
             verification_key(value)  # ValueError names what is wrong with it
+        return value
+
+    @field_validator("sns_cert_url_pattern")
+    @classmethod
+    def _a_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
         return value
 
     @model_validator(mode="after")
