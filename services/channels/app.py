@@ -124,6 +124,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             tracking_secret=settings.tracking_secret.get_secret_value(),
             smtp_peer=(settings.smtp_host, settings.smtp_port),
             esp_events=settings.smtp_esp_events,
+            ses_configuration_set=settings.smtp_ses_configuration_set,
         ),
         policy=policy,
         recipient_secret=recipient_secret,

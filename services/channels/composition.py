@@ -18,6 +18,10 @@ UNSUBSCRIBE_PSEUDO_URL = "xsell:unsubscribe"
 """What campaigns renders for {{ unsubscribe_url }}; channels replaces it with the signed unsubscribe link."""
 
 CAMPAIGN_ID_HEADER = "X-Xsell-Campaign-Id"
+ESP_CAMPAIGN_ID = "xsell_campaign_id"
+"""The name of the ESP's unique arg (SendGrid) or message tag (SES) that carries the campaign ID to its events."""
+_SES_TAG_VALUE = re.compile(r"[A-Za-z0-9_.@-]{1,256}")
+"""What SES allows in a message tag's value."""
 
 _HREF = re.compile(
     r"""(?P<prefix>(?<![\w-])href\s*=\s*)(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s"'<>`=]+))""", re.I
@@ -141,7 +145,8 @@ def compose(
     message_id_domain: str,
     links: TrackingLinks,
     now: datetime,
-    sendgrid_args: bool = False,
+    esp_events: str = "",
+    ses_configuration_set: str = "",
 ) -> bytes:
     """The multipart/alternative message for one outreach as it goes on the wire (CRLF); ValueError if a header
     would be unsafe (CR/LF).
@@ -174,10 +179,7 @@ def compose(
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
     ]
-    if sendgrid_args:
-        # SendGrid takes the header off and gives every event of the message this arg (its Event Webhook).
-        args = {"unique_args": {"xsell_campaign_id": campaign_id}}
-        headers.append(("X-SMTPAPI", json.dumps(args, separators=(",", ":"))))
+    headers += esp_headers(esp_events, campaign_id, ses_configuration_set)
     lines = [f"{name}: {value}" for name, value in headers]
     for subtype, body in (
         ("plain", rewrite_text(text_body, links)),
@@ -193,6 +195,26 @@ def compose(
         ]
     lines += [f"--{boundary}--", ""]
     return "\r\n".join(lines).encode("ascii")
+
+
+def esp_headers(esp_events: str, campaign_id: str, ses_configuration_set: str = "") -> list[tuple[str, str]]:
+    """The headers by which an ESP (XSELL_CHANNELS_SMTP_ESP_EVENTS) names the outreach in every event it reports of
+    the message; the ESP takes them off before it sends."""
+    if esp_events == "sendgrid":
+        # SendGrid gives every event of the message this unique arg (its Event Webhook).
+        args = {"unique_args": {ESP_CAMPAIGN_ID: campaign_id}}
+        return [("X-SMTPAPI", json.dumps(args, separators=(",", ":")))]
+    if esp_events != "ses":
+        return []
+    headers = []
+    if _SES_TAG_VALUE.fullmatch(campaign_id):
+        # SES gives every event of the message this tag. It refuses a message whose tag holds another character, so
+        # such an outreach goes untagged and its events name it by the Message-ID.
+        headers.append(("X-SES-MESSAGE-TAGS", f"{ESP_CAMPAIGN_ID}={campaign_id}"))
+    if ses_configuration_set:
+        # The configuration set whose event destination publishes the events to the gateway's SNS topic.
+        headers.append(("X-SES-CONFIGURATION-SET", ses_configuration_set))
+    return headers
 
 
 def _plain(value: str) -> bool:

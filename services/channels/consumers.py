@@ -87,8 +87,10 @@ class EmailSettings:
     smtp_peer: tuple[str, int]
     # The envelope sender, where bounces and complaints go back to (the From address when empty).
     return_path: str = ""
-    # The ESP whose event webhook reports the e-mails ("sendgrid"), which names the outreach in a header it reads.
+    # The ESP whose event webhook reports the e-mails ("sendgrid", "ses"), which names the outreach in a header.
     esp_events: str = ""
+    # SES's configuration set whose event destination publishes those events (X-SES-CONFIGURATION-SET); "" for none.
+    ses_configuration_set: str = ""
 
 
 @dataclass
@@ -590,7 +592,8 @@ class DispatchHandler:
             message_id_domain=settings.message_id_domain,
             links=links,
             now=now,
-            sendgrid_args=settings.esp_events == "sendgrid",
+            esp_events=settings.esp_events,
+            ses_configuration_set=settings.ses_configuration_set,
         )
 
         async def hand_over() -> Accepted:

@@ -36,13 +36,22 @@ class ChannelsSettings(ServiceSettings):
         "handed over again when resend_without_receipt_seconds names email. Needs a relay that offers DSN (Postfix, "
         "Exim, Exchange do; most ESPs report through their own webhooks instead); one that does not is refused.",
     )
-    smtp_esp_events: Literal["", "sendgrid"] = Field(
+    smtp_esp_events: Literal["", "sendgrid", "ses"] = Field(
         "",
         description="The relay is an ESP that reports through its own signed event webhook: sendgrid (smtp.sendgrid"
-        ".net). Every e-mail then carries its campaign ID as a unique arg (X-SMTPAPI), so each event SendGrid posts "
-        "to the gateway (/webhooks/email/sendgrid) names its outreach: processed and delivered are receipts (an "
-        "e-mail a crash left AMBIGUOUS is settled by them, or handed over again when resend_without_receipt_seconds "
-        "names email), a bounce, a spam report or an unsubscribe is engagement.",
+        ".net) or ses (email-smtp.<region>.amazonaws.com, its events published to an SNS topic). Every e-mail then "
+        "carries its campaign ID where the ESP gives it to each event of the message: a unique arg (X-SMTPAPI) for "
+        "SendGrid, posted to the gateway's /webhooks/email/sendgrid; a message tag (X-SES-MESSAGE-TAGS) for SES, whose "
+        "SNS topic posts to /webhooks/email/ses. Processed / Send and delivered / Delivery are receipts (an e-mail a "
+        "crash left AMBIGUOUS is settled by them, or handed over again when resend_without_receipt_seconds names "
+        "email), a bounce, a complaint or an unsubscribe is engagement.",
+    )
+    smtp_ses_configuration_set: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_-]{0,64}$",
+        description="With smtp_esp_events=ses: the SES configuration set every e-mail names (X-SES-CONFIGURATION-SET), "
+        "whose event destination publishes Send, Delivery, Bounce, Complaint, Reject, Open and Click to the SNS topic "
+        "the gateway subscribes to. Empty: none is named (the sending identity's default configuration set applies).",
     )
     smtp_timeout_seconds: float = Field(10.0, description="Timeout of each SMTP connect and command.")
     smtp_connections: int = Field(
@@ -155,7 +164,8 @@ class ChannelsSettings(ServiceSettings):
         "handed a message again. WhatsApp's `sent` status comes within seconds; Exotel reports an SMS only at its "
         "final status, which can take hours for a switched-off phone, so SMS is off by default. E-mail may be named "
         "only with smtp_delivery_reports or smtp_esp_events; its success report comes when the receiving server takes "
-        "the message (a DSN, minutes later, or hours for one that defers it), or SendGrid's processed within seconds.",
+        "the message (a DSN, minutes later, or hours for one that defers it), or an ESP's acceptance within seconds "
+        "(SendGrid's processed, SES's Send).",
     )
     resend_poll_seconds: float = Field(
         5.0, gt=0, description="How often AMBIGUOUS messages past their provider's window are looked for."
@@ -193,6 +203,15 @@ class ChannelsSettings(ServiceSettings):
                 "XSELL_CHANNELS_RESEND_WITHOUT_RECEIPT_SECONDS names email, but without "
                 "XSELL_CHANNELS_SMTP_DELIVERY_REPORTS or XSELL_CHANNELS_SMTP_ESP_EVENTS no e-mail reports back: set "
                 "one, or leave email out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _configuration_set_only_through_ses(self) -> "ChannelsSettings":
+        if self.smtp_ses_configuration_set and self.smtp_esp_events != "ses":
+            raise ValueError(
+                "XSELL_CHANNELS_SMTP_SES_CONFIGURATION_SET names an SES configuration set, but "
+                "XSELL_CHANNELS_SMTP_ESP_EVENTS is not ses: set it to ses, or leave the configuration set out"
             )
         return self
 

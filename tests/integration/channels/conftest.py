@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devstack.esp_sink import SendGridEventPoster
+from devstack.esp_sink import SendGridEventPoster, SesEventPoster
 from devstack.nats_server import free_port
 from devstack.provider_sinks import ProviderSinks
 from devstack.smtp_sink import DsnController, ReportReturner, offering_dsn, report_delivery
@@ -44,12 +44,12 @@ class Mailbox:
         *,
         pipelining: bool = True,
         reports: ReportReturner | None = None,
-        events: SendGridEventPoster | None = None,
+        events: SendGridEventPoster | SesEventPoster | None = None,
     ) -> None:
         self.refuse = refuse
         self.pipelining = pipelining
         self.reports = reports
-        # Playing SendGrid's relay: the Event Webhook's events of each message it accepts, posted to the gateway.
+        # Playing an ESP's relay (SendGrid's, SES's): the events of each message it accepts, posted to the gateway.
         self.events = events
         # The next message's connection is dropped in DATA: after the relay queued it (it holds the message, the
         # client never hears) or before (it holds nothing); either way the client cannot tell.

@@ -1,19 +1,21 @@
 """E-mail that reports back, through a real gateway: with smtp_delivery_reports every e-mail asks the relay for its
 delivery status notification (RFC 3461), which comes back to the gateway's return-path mailbox; with
-smtp_esp_events=sendgrid a relay playing SendGrid's posts its signed Event Webhook to the gateway. Either is the
-message's receipt: an e-mail whose answer was lost is settled by its report, or handed over again once when none came
-in its window."""
+smtp_esp_events=sendgrid a relay playing SendGrid's posts its signed Event Webhook to the gateway, and with
+smtp_esp_events=ses one playing SES posts its events as signed SNS notifications. Any of them is the message's
+receipt: an e-mail whose answer was lost is settled by its report, or handed over again once when none came in its
+window."""
 
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from devstack.esp_sink import SendGridEventPoster
+from devstack.esp_sink import SES_TOPIC_ARN, SendGridEventPoster, SesEventPoster
 from devstack.smtp_sink import ReportReturner
 from gateway.app import build as build_gateway
 from gateway.settings import GatewaySettings
@@ -32,18 +34,19 @@ AMBIGUOUS = resources_pb2.DELIVERY_STATE_AMBIGUOUS
 DELIVERED = resources_pb2.DELIVERY_STATE_DELIVERED
 SENT = resources_pb2.DELIVERY_STATE_SENT
 RETURN_PATH = "bounces@mail.test.in"
+CONFIGURATION_SET = "xsell-events"
 
 
 @dataclass
 class Reporting:
-    """Channels asking for reports, a relay that sends them (DSNs by mail, or SendGrid's events), and the gateway
-    that records them."""
+    """Channels asking for reports, a relay that sends them (DSNs by mail, or SendGrid's or SES's events), and the
+    gateway that records them."""
 
     channels: Channels
     relay: SmtpRelay
     returner: ReportReturner
     gateway: ServiceProcess
-    events: SendGridEventPoster | None = None
+    events: SendGridEventPoster | SesEventPoster | None = None
 
     @property
     def mailbox(self) -> Mailbox:
@@ -62,16 +65,25 @@ class Reporting:
 async def reporting(
     start_channels: StartChannels, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Reporting]:
-    """`indirect` param: "dsn" (the default), "dsn-one-command-at-a-time" (a relay without PIPELINING), "sendgrid"."""
+    """`indirect` param: "dsn" (the default), "dsn-one-command-at-a-time" (a relay without PIPELINING), "sendgrid",
+    "ses"."""
     kind = getattr(request, "param", "dsn")
     returner = ReportReturner("127.0.0.1", 0, retry_delays=(0.1, 0.2, 0.5, 1.0))
-    events = SendGridEventPoster("", retry_delays=(0.1, 0.2, 0.5, 1.0)) if kind == "sendgrid" else None
+    events: SendGridEventPoster | SesEventPoster | None = None
+    if kind == "sendgrid":
+        events = SendGridEventPoster("", retry_delays=(0.1, 0.2, 0.5, 1.0))
+    elif kind == "ses":
+        events = await SesEventPoster("", retry_delays=(0.1, 0.2, 0.5, 1.0)).start()
     mailbox = (
         Mailbox(events=events) if events else Mailbox(reports=returner, pipelining=kind != "dsn-one-command-at-a-time")
     )
     relay = SmtpRelay(mailbox, port=0)
     await relay.start()
-    reports = {"smtp_esp_events": "sendgrid"} if events else {"smtp_delivery_reports": True}
+    reports: dict[str, Any] = {"smtp_delivery_reports": True}
+    if kind in ("sendgrid", "ses"):
+        reports = {"smtp_esp_events": kind}
+    if kind == "ses":
+        reports["smtp_ses_configuration_set"] = CONFIGURATION_SET
     channels = await start_channels(
         relay.port, return_path=RETURN_PATH, resend_without_receipt_seconds={"email": 3600.0}, **reports
     )
@@ -85,7 +97,9 @@ async def reporting(
             bounce_mailbox_port=0,
             message_id_domain="mail.test.in",
             tracking_secret=TRACKING_SECRET,  # type: ignore[arg-type]  # channels signs each envelope id with it
-            sendgrid_verification_key=events.verification_key if events else "",
+            sendgrid_verification_key=events.verification_key if isinstance(events, SendGridEventPoster) else "",
+            ses_topic_arns=[SES_TOPIC_ARN] if isinstance(events, SesEventPoster) else [],
+            sns_cert_url_pattern=events.cert_url_pattern if isinstance(events, SesEventPoster) else ".^",
             log_level="warning",
         ),
         TracerProvider(),
@@ -94,12 +108,14 @@ async def reporting(
     assert gateway.mailbox is not None  # type: ignore[attr-defined]
     returner.port = gateway.mailbox.port  # type: ignore[attr-defined]
     if events is not None:
-        events.url = f"http://127.0.0.1:{gateway.http.port}/webhooks/email/sendgrid"  # type: ignore[attr-defined]
+        events.url = f"http://127.0.0.1:{gateway.http.port}/webhooks/email/{kind}"  # type: ignore[attr-defined]
     try:
         yield Reporting(channels, relay, returner, gateway, events)
     finally:
         await gateway.stop(0)
         await relay.stop()
+        if isinstance(events, SesEventPoster):
+            await events.stop()
 
 
 async def _state(channels: Channels, campaign_id: str, state: int) -> resources_pb2.Message:
@@ -156,39 +172,45 @@ async def test_every_email_asks_for_its_report_and_the_report_makes_it_delivered
     assert reporting.mailbox.senders[-1] == RETURN_PATH
 
 
-@pytest.mark.parametrize("reporting", ["sendgrid"], indirect=True)
-async def test_through_sendgrid_every_email_names_its_outreach_and_its_events_make_it_delivered(
+@pytest.mark.parametrize("reporting", ["sendgrid", "ses"], indirect=True)
+async def test_through_an_esp_every_email_names_its_outreach_and_its_events_make_it_delivered(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
     campaign_id = new_campaign_id()
     await publish(nats_bus, dispatch(campaign_id))
 
     message = await _state(reporting.channels, campaign_id, DELIVERED)
-    # SendGrid's processed can overtake the relay's answer to DATA: then the receipt is what made it SENT.
+    # The ESP's processed (SendGrid) or Send (SES) can overtake the relay's answer to DATA: then the receipt is what
+    # made it SENT.
     (sent_step, sent_detail), delivered_step = _delivery_steps(message)[-2:]
     assert (sent_step, delivered_step) == ("SENT", ("DELIVERED", "receipt"))
     assert sent_detail in ("2.0.0 Ok: queued", "receipt after SENDING")
     (sent,) = reporting.mailbox.for_campaign(campaign_id)
-    assert json.loads(str(sent["X-SMTPAPI"])) == {"unique_args": {"xsell_campaign_id": campaign_id}}
+    if isinstance(reporting.events, SesEventPoster):
+        assert sent["X-SES-MESSAGE-TAGS"] == f"xsell_campaign_id={campaign_id}"
+        assert sent["X-SES-CONFIGURATION-SET"] == CONFIGURATION_SET
+    else:
+        assert json.loads(str(sent["X-SMTPAPI"])) == {"unique_args": {"xsell_campaign_id": campaign_id}}
     # No DSN is asked of an ESP's relay: it reports by its webhook.
     assert reporting.mailbox.options[-1] == ([], [])
     assert reporting.events is not None and reporting.events.failed == []
 
 
-@pytest.mark.parametrize("reporting", ["dsn", "sendgrid"], indirect=True)
+@pytest.mark.parametrize("reporting", ["dsn", "sendgrid", "ses"], indirect=True)
 async def test_an_email_the_relay_took_before_the_answer_was_lost_is_settled_by_its_report(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:
     campaign_id = await _dropped(reporting, "after_queue", nats_bus, listener)
     message = await _state(reporting.channels, campaign_id, DELIVERED)
-    # The first report after the loss settles it: a DSN of delivery, or SendGrid's processed (then its delivered).
+    # The first report after the loss settles it: a DSN of delivery, or SendGrid's processed or SES's Send (then its
+    # delivered or Delivery).
     settled = next(detail for name, detail in _delivery_steps(message) if detail.startswith("receipt after"))
     assert settled in ("receipt after AMBIGUOUS: delivered 2.0.0", "receipt after AMBIGUOUS")
     assert await reporting.resender().step() == 0  # settled: nothing is handed over again
     assert len(reporting.mailbox.for_campaign(campaign_id)) == 1
 
 
-@pytest.mark.parametrize("reporting", ["dsn", "sendgrid"], indirect=True)
+@pytest.mark.parametrize("reporting", ["dsn", "sendgrid", "ses"], indirect=True)
 async def test_an_email_the_relay_never_took_is_handed_over_again_once_and_then_reports(
     reporting: Reporting, nats_bus: Bus, listener: Listener
 ) -> None:

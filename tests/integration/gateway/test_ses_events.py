@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiosmtpd.smtp import Envelope
 
 from devstack.esp_sink import SES_TOPIC_ARN, SesEventPoster, sns_post
 from tests.integration.gateway.conftest import (
@@ -18,6 +19,7 @@ from tests.integration.gateway.conftest import (
     receipts,
     unused_target,
 )
+from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2 as channels_resources
 
 DOMAIN = "mail.bank.example.in"
@@ -207,3 +209,26 @@ async def test_a_body_that_is_not_an_sns_message_is_refused(
             assert response.status == 400
     assert await _post(http, gateway, {**sns.notification(_event("Send", {})), "Type": "Something"}) == 401
     assert receipts(downstream) == []
+
+
+async def test_what_the_relay_playing_ses_posts_is_recorded_a_refused_recipient_as_a_bounce(
+    start_gateway: GatewayFactory, sns: SesEventPoster, downstream: Downstream
+) -> None:
+    gateway = await _gateway(start_gateway, sns)
+    sns.url = f"{gateway.http}/webhooks/email/ses"
+    sns.bounces = frozenset({"nobody@bank.example.in"})
+    envelope = Envelope()
+    envelope.mail_from = "bounces@mail.bank.example.in"
+    envelope.rcpt_tos = ["nobody@bank.example.in"]
+    envelope.content = (
+        f"Message-ID: <{OUTREACH}@{DOMAIN}>\r\nX-SES-MESSAGE-TAGS: xsell_campaign_id={OUTREACH}\r\n\r\nHello\r\n"
+    ).encode()
+    sns.report(envelope)
+
+    async def bounced() -> list[tuple[str, str, str, str]]:
+        return _engagements(downstream)
+
+    ((request_id, kind, detail, _),) = await eventually(bounced)
+    assert (kind, detail) == ("ENGAGEMENT_KIND_BOUNCED", "5.1.1 permanent") and request_id.endswith(":bounce")
+    assert [state for _, state, _ in _receipts(downstream)] == ["DELIVERY_STATE_SENT", "DELIVERY_STATE_SENT"]
+    assert {r.campaign_id for r in receipts(downstream)} == {OUTREACH} and sns.failed == []

@@ -115,7 +115,9 @@ def test_open_pixel_goes_before_body_end_and_carries_campaign_id() -> None:
     assert add_open_pixel("<p>fragment</p>", LINKS).startswith("<p>fragment</p><img ")
 
 
-def _wire(sendgrid_args: bool = False, **overrides: str) -> bytes:
+def _wire(
+    esp_events: str = "", ses_configuration_set: str = "", campaign_id: str = CAMPAIGN_ID, **overrides: str
+) -> bytes:
     fields = {
         "to_address": "priya@example.in",
         "from_name": "Acme Bank",
@@ -125,17 +127,18 @@ def _wire(sendgrid_args: bool = False, **overrides: str) -> bytes:
     } | overrides
     return compose(
         OutgoingEmail(**fields),
-        campaign_id=CAMPAIGN_ID,
+        campaign_id=campaign_id,
         from_address="offers@bank.example.in",
         message_id_domain="mail.bank.example.in",
         links=LINKS,
         now=NOW,
-        sendgrid_args=sendgrid_args,
+        esp_events=esp_events,
+        ses_configuration_set=ses_configuration_set,
     )
 
 
-def _compose(sendgrid_args: bool = False, **overrides: str) -> EmailMessage:
-    wire = _wire(sendgrid_args, **overrides)
+def _compose(**overrides: str) -> EmailMessage:
+    wire = _wire(**overrides)
     # What the relay receives: CRLF lines of at most 78 characters but for the unsubscribe link, parsed back.
     assert b"\n" not in wire.replace(b"\r\n", b"")
     assert all(len(line) <= 78 for line in wire.split(b"\r\n") if not line.startswith(b"List-Unsubscribe:"))
@@ -160,7 +163,21 @@ def test_headers_identify_the_outreach_and_offer_one_click_unsubscribe() -> None
 
 def test_through_sendgrid_the_campaign_id_is_a_unique_arg_every_event_carries() -> None:
     assert _compose()["X-SMTPAPI"] is None
-    assert json.loads(_compose(sendgrid_args=True)["X-SMTPAPI"]) == {"unique_args": {"xsell_campaign_id": CAMPAIGN_ID}}
+    assert json.loads(_compose(esp_events="sendgrid")["X-SMTPAPI"]) == {
+        "unique_args": {"xsell_campaign_id": CAMPAIGN_ID}
+    }
+    assert _compose(esp_events="sendgrid")["X-SES-MESSAGE-TAGS"] is None
+
+
+def test_through_ses_the_campaign_id_is_a_message_tag_and_the_configuration_set_is_named() -> None:
+    assert _compose()["X-SES-MESSAGE-TAGS"] is None
+    untold = _compose(esp_events="ses")
+    assert untold["X-SES-MESSAGE-TAGS"] == f"xsell_campaign_id={CAMPAIGN_ID}"
+    assert untold["X-SES-CONFIGURATION-SET"] is None and untold["X-SMTPAPI"] is None
+    assert _compose(esp_events="ses", ses_configuration_set="xsell-events")["X-SES-CONFIGURATION-SET"] == "xsell-events"
+    # SES refuses a tag value beyond letters, digits, _ . @ -: such an outreach is named by its Message-ID alone.
+    odd = _compose(esp_events="ses", campaign_id="CSELL+NOV/T06")
+    assert odd["X-SES-MESSAGE-TAGS"] is None and odd["Message-ID"] == "<CSELL+NOV/T06@mail.bank.example.in>"
 
 
 def test_body_is_multipart_alternative_with_tracked_text_and_html() -> None:

@@ -123,11 +123,16 @@ def test_email_is_handed_over_again_only_when_every_email_asks_for_its_report() 
         ChannelsSettings(resend_without_receipt_seconds={"email": 3600})
     with_reports = ChannelsSettings(resend_without_receipt_seconds={"email": 3600}, smtp_delivery_reports=True)
     assert with_reports.resend_without_receipt_seconds == {"email": 3600.0}
-    # An ESP's event webhook reports every e-mail too (SendGrid's processed, within seconds).
-    through_sendgrid = ChannelsSettings(resend_without_receipt_seconds={"email": 300}, smtp_esp_events="sendgrid")
-    assert through_sendgrid.email_reports and through_sendgrid.resend_without_receipt_seconds == {"email": 300.0}
+    # An ESP's event webhook reports every e-mail too (SendGrid's processed, SES's Send, within seconds).
+    for esp in ("sendgrid", "ses"):
+        through_esp = ChannelsSettings(resend_without_receipt_seconds={"email": 300}, smtp_esp_events=esp)
+        assert through_esp.email_reports and through_esp.resend_without_receipt_seconds == {"email": 300.0}
     with pytest.raises(ValidationError, match="smtp_esp_events"):
-        ChannelsSettings(smtp_esp_events="ses")
+        ChannelsSettings(smtp_esp_events="mailgun")
+    with pytest.raises(ValidationError, match="smtp_ses_configuration_set"):
+        ChannelsSettings(smtp_esp_events="ses", smtp_ses_configuration_set="xsell events")
+    with pytest.raises(ValidationError, match="XSELL_CHANNELS_SMTP_ESP_EVENTS is not ses"):
+        ChannelsSettings(smtp_esp_events="sendgrid", smtp_ses_configuration_set="xsell-events")
 
 
 async def test_a_provider_limited_by_concurrency_alone_never_waits_for_tokens() -> None:
