@@ -46,6 +46,8 @@ def counts_proto(counts: Counts) -> resources_pb2.ReportCounts:
         render_failed=counts.render_failed,
         resent=counts.resent,
         resends_skipped_by_reason=by_reason(counts.resends_skipped_by_reason),
+        fell_back=counts.fell_back,
+        fallbacks_skipped_by_reason=by_reason(counts.fallbacks_skipped_by_reason),
         not_eligible=counts.not_eligible,
         not_eligible_by_reason=by_reason(counts.not_eligible_by_reason),
     )
@@ -65,15 +67,15 @@ def run_proto(run: Any, counts: Counts) -> resources_pb2.CampaignRun:
 async def counts_per_run(
     session: AsyncSession, campaign_keys: Sequence[str], runs: Sequence[Any], *, only_these_runs: bool = False
 ) -> dict[str, Counts]:
-    """Each run's counts: three grouped queries over the campaigns' outreaches, exclusions and resend decisions."""
+    """Each run's counts: grouped queries over the campaigns' outreaches, exclusions and follow-up decisions."""
     run_ids = [run.run_id for run in runs] if only_these_runs else None
     outreaches = await store.outreach_counts(session, campaign_keys, run_ids)
     exclusions: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for run_id, kind, reason, people in await store.exclusion_counts(session, campaign_keys, run_ids):
         exclusions[run_id].append((kind, reason, people))
-    skips: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for run_id, reason, originals in await store.resend_skips(session, campaign_keys, run_ids):
-        skips[run_id].append((reason, originals))
+    skips: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    for run_id, column, reason, originals in await store.follow_up_skips(session, campaign_keys, run_ids):
+        skips[run_id].append((column, reason, originals))
     return {
         run.run_id: run_counts(
             outreaches.get(run.run_id, {}),

@@ -1,6 +1,7 @@
 """The composition root of the campaigns service: settings, database, bus, segments client, servicer, loops."""
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -99,6 +100,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         follow_up_outbox,
         page_size=settings.release_page_size,
         poll_interval=settings.release_poll_seconds,
+        fallback_window=timedelta(hours=settings.fallback_window_hours),
     )
     signals = OutreachSignals(db)
     delivery_consumer = Consumer(bus, streams.CAMPAIGNS_DELIVERY, DeliveryUpdated, signals.on_delivery, tracer)

@@ -1,4 +1,5 @@
-"""A campaign's trigger and resend settings: from the contract, as stored JSON, and back onto the contract."""
+"""A campaign's trigger, resend and fallback settings: from the contract, as stored JSON, and back onto the
+contract."""
 
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -9,20 +10,28 @@ from services.campaigns.resends import ResendRule, validate_resend
 from services.campaigns.triggers import TriggerCatalog, TriggerRule, validate_trigger
 from xsell.campaigns.v1 import resources_pb2
 
+FELL_BACK = "fell_back"
+"""A failed outreach's fallback decision when its fallback was created."""
+LAST_CHANNEL = "last_channel"
+"""A failed outreach on the last channel of the campaign's order: there is none to fall back to."""
+
 
 @dataclass(frozen=True)
 class Automation:
-    """Set on triggered campaigns (trigger) and on campaigns that resend (resend); both may be unset."""
+    """Set on triggered campaigns (trigger), on campaigns that resend (resend) and on those that fall back to a later
+    channel when an outreach fails (fallback); all may be unset."""
 
     trigger: TriggerRule | None = None
     resend: ResendRule | None = None
+    fallback: bool = False
 
     def to_json(self) -> dict[str, Any] | None:
-        if self.trigger is None and self.resend is None:
+        if self.trigger is None and self.resend is None and not self.fallback:
             return None
         return {
             "trigger": asdict(self.trigger) if self.trigger else None,
             "resend": asdict(self.resend) if self.resend else None,
+            "fallback": self.fallback,
         }
 
     @classmethod
@@ -32,7 +41,13 @@ class Automation:
         return cls(
             trigger=TriggerRule(**data["trigger"]) if data.get("trigger") else None,
             resend=ResendRule(**data["resend"]) if data.get("resend") else None,
+            fallback=bool(data.get("fallback", False)),
         )
+
+    @property
+    def follows_up(self) -> bool:
+        """Whether the campaign stays RUNNING after its release, for the follow-up runner: resends or fallbacks."""
+        return self.resend is not None or self.fallback
 
 
 def automation_of(row: Any) -> Automation:
@@ -62,11 +77,18 @@ def automation_from_proto(campaign: resources_pb2.Campaign, catalog: TriggerCata
     if campaign.HasField("resend"):
         condition = resources_pb2.ResendCondition.Name(campaign.resend.condition).removeprefix("RESEND_CONDITION_")
         resend = validate_resend(condition, campaign.resend.delay.ToTimedelta(), campaign.resend.time_of_day)
-    return Automation(trigger, resend)
+    if campaign.fallback_on_failure and not campaign.fallback_channels:
+        raise InvalidArgument(
+            "fallback_on_failure needs fallback_channels: the channels, in order, a failed outreach falls back to "
+            "(e.g. [CHANNEL_SMS] after CHANNEL_WHATSAPP)",
+            field="campaign.fallback_on_failure",
+        )
+    return Automation(trigger, resend, fallback=campaign.fallback_on_failure)
 
 
 def fill_automation(campaign: resources_pb2.Campaign, automation: Automation) -> None:
-    """Writes the stored trigger and resend back onto a campaign message."""
+    """Writes the stored trigger, resend and fallback back onto a campaign message."""
+    campaign.fallback_on_failure = automation.fallback
     if automation.trigger is not None:
         campaign.trigger.source = resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY
         campaign.trigger.cool_down.FromTimedelta(automation.trigger.cool_down)

@@ -12,7 +12,7 @@ from plumbing.ids import new_id
 from plumbing.sqlite_async import sqlite_datetime
 from services.campaigns.store import campaign_runs, campaigns, inbox, outreaches, run_exclusions
 
-TRIGGER, RESEND = "trigger", "resend"
+TRIGGER, RESEND, FALLBACK = "trigger", "resend", "fallback"
 # States in which a campaign's resends go on: a paused or cancelled campaign sends none.
 RESENDING_STATES = ("SCHEDULED", "RUNNING")
 
@@ -231,7 +231,7 @@ def _due_follow_ups() -> Any:
             r.completed_at.is_(None),
             or_(
                 and_(r.kind == TRIGGER, c.state == "RUNNING"),
-                and_(r.kind == RESEND, c.state.in_(RESENDING_STATES)),
+                and_(r.kind.in_((RESEND, FALLBACK)), c.state.in_(RESENDING_STATES)),
             ),
         )
         .exists()
@@ -269,6 +269,8 @@ async def resend_candidates(
             o.dispatched_at.is_not(None),
             o.dispatched_at <= dispatched_before,
             o.resend_of.is_(None),
+            # A fallback is itself the second try: it gets no resend.
+            func.coalesce(o.fallback_of, "") == "",
             o.test.is_(False),
             o.withdrawn_at.is_(None),
             or_(o.resend_due_at.is_(None), o.resend_due_at <= now),
@@ -318,6 +320,7 @@ async def resends_pending(session: AsyncSession, campaign_key: str) -> bool:
         # every campaign, inside the write transaction of each completion check (as the cool-down read did; before
         # 0011, whose index holds resends only).
         func.coalesce(o.resend_of, "") == "",
+        func.coalesce(o.fallback_of, "") == "",
         o.test.is_(False),
         o.withdrawn_at.is_(None),
     )
@@ -328,6 +331,73 @@ async def resends_pending(session: AsyncSession, campaign_key: str) -> bool:
         o.withdrawn_at.is_(None),
     )
     return bool((await session.execute(select(or_(undecided, undispatched_resend)))).scalar_one())
+
+
+async def outreach_campaign(session: AsyncSession, campaign_id: str) -> Row[Any] | None:
+    """The outreach's fallback facts and its campaign's automation, for the signal consumer."""
+    o, c = outreaches.c, campaigns.c
+    query: Any = (
+        select(c.automation, o.fallback_due_at, o.fallback_state, o.test, o.withdrawn_at)
+        .join(campaigns, c.campaign_key == o.campaign_key)
+        .where(o.campaign_id == campaign_id)
+    )
+    row: Row[Any] | None = (await session.execute(query)).first()
+    return row
+
+
+async def stamp_fallback_due(session: AsyncSession, campaign_id: str, at: datetime) -> None:
+    """The outreach failed or bounced, on a campaign that falls back: its fallback is due (once)."""
+    o = outreaches.c
+    await session.execute(
+        update(outreaches)
+        .where(o.campaign_id == campaign_id, o.fallback_due_at.is_(None), o.fallback_state.is_(None))
+        .values(fallback_due_at=at)
+    )
+
+
+async def fallback_candidates(session: AsyncSession, campaign_key: str, limit: int) -> Sequence[Row[Any]]:
+    """Failed or bounced outreaches whose fallback is due and undecided, oldest failure first (a few: the partial
+    index ix_outreaches_fallback_pending holds only them)."""
+    o = outreaches.c
+    query = (
+        select(outreaches)
+        .where(o.campaign_key == campaign_key, o.fallback_due_at.is_not(None), o.fallback_state.is_(None))
+        .order_by(o.fallback_due_at, o.campaign_id)
+        .limit(limit)
+    )
+    return (await session.execute(query)).all()
+
+
+async def decide_fallback(session: AsyncSession, campaign_id: str, state: str) -> bool:
+    """Records the one fallback decision of a failed outreach; False when it was decided already."""
+    o = outreaches.c
+    result = await session.execute(
+        update(outreaches).where(o.campaign_id == campaign_id, o.fallback_state.is_(None)).values(fallback_state=state)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_fallback_state(session: AsyncSession, campaign_id: str, state: str) -> None:
+    await session.execute(
+        update(outreaches).where(outreaches.c.campaign_id == campaign_id).values(fallback_state=state)
+    )
+
+
+async def fallbacks_pending(session: AsyncSession, campaign_key: str, window_before: datetime) -> bool:
+    """Whether a fallback is still to decide or to dispatch, or the campaign's release ended within the fallback
+    window (after `window_before`): a failure may still be reported."""
+    o, r = outreaches.c, campaign_runs.c
+    undecided = exists().where(
+        o.campaign_key == campaign_key, o.fallback_due_at.is_not(None), o.fallback_state.is_(None)
+    )
+    undispatched = exists().where(
+        o.campaign_key == campaign_key,
+        o.fallback_of.is_not(None),
+        o.dispatched_at.is_(None),
+        o.withdrawn_at.is_(None),
+    )
+    recent = exists().where(r.campaign_key == campaign_key, r.kind == "release", r.completed_at > window_before)
+    return bool((await session.execute(select(or_(undecided, undispatched, recent)))).scalar_one())
 
 
 async def open_release_runs(session: AsyncSession, campaign_key: str) -> bool:

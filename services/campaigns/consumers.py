@@ -1,12 +1,14 @@
 """NATS handlers: channels' delivery states and engagement, recorded on the outreach they are about."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
 from plumbing.bus import Delivery
 from plumbing.db import Database
-from services.campaigns import store
+from services.campaigns import automation_store, store
+from services.campaigns.automation import automation_of
 from xsell.channels.v1 import events_pb2 as channel_events
 from xsell.channels.v1 import resources_pb2 as channel_resources
 
@@ -26,6 +28,9 @@ ENGAGEMENT_COLUMNS = {
     channel_resources.ENGAGEMENT_KIND_BOUNCED: "bounced_at",
     channel_resources.ENGAGEMENT_KIND_COMPLAINED: "complained_at",
 }
+# The signals that say the message did not reach the person: on a campaign with fallback_on_failure, the outreach's
+# fallback to a later channel is then due.
+FAILURE_COLUMNS = frozenset({"failed_at", "bounced_at"})
 
 
 def _when(stamp: object, has: bool) -> datetime:
@@ -37,7 +42,8 @@ class OutreachSignals:
 
     Idempotent without an inbox: a column is set only while it is NULL, so a redelivered event
     changes nothing. Events for campaign IDs this service does not know (other deployments'
-    test traffic) are acknowledged and ignored.
+    test traffic) are acknowledged and ignored. A failure or a bounce also makes the outreach's
+    fallback due, on a campaign that falls back (the follow-up runner creates it).
     """
 
     def __init__(self, db: Database) -> None:
@@ -47,16 +53,25 @@ class OutreachSignals:
         column = DELIVERY_COLUMNS.get(event.state)
         if column is None or not event.campaign_id:
             return
-        async with self.db.transaction() as session:
-            await store.record_signal(
-                session, event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time"))
-            )
+        await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         column = ENGAGEMENT_COLUMNS.get(event.kind)
         if column is None or not event.campaign_id:
             return
+        await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
+
+    async def _record(self, campaign_id: str, column: str, at: datetime) -> None:
         async with self.db.transaction() as session:
-            await store.record_signal(
-                session, event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time"))
-            )
+            await store.record_signal(session, campaign_id, column, at)
+            if column in FAILURE_COLUMNS:
+                await self._fallback_due(session, campaign_id)
+
+    async def _fallback_due(self, session: Any, campaign_id: str) -> None:
+        facts = await automation_store.outreach_campaign(session, campaign_id)
+        if facts is None or facts.test or facts.withdrawn_at is not None or not automation_of(facts).fallback:
+            return
+        if facts.fallback_due_at is None and facts.fallback_state is None:
+            # Due now, not at the failure's own time: the runner takes them in the order they became due.
+            await automation_store.stamp_fallback_due(session, campaign_id, datetime.now(UTC))
+            log.info("fallback_due", campaign_id=campaign_id)

@@ -415,6 +415,7 @@ def outreach_proto(row: Any) -> resources_pb2.Outreach:
         test=bool(values.get("test", False)),
         run_id=values["run_id"],
         resend_of=values.get("resend_of") or "",
+        fallback_of=values.get("fallback_of") or "",
     )
 
 

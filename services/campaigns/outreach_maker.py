@@ -1,4 +1,4 @@
-"""One outreach for one person (a resend's) in the caller's transaction, with the release's checks."""
+"""One outreach for one person (a resend's, a fallback's) in the caller's transaction, with the release's checks."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,7 +89,11 @@ class OutreachMaker:
         now: datetime,
         *,
         resend_of: str | None = None,
+        fallback_of: str | None = None,
+        order: tuple[str, ...] | None = None,
     ) -> Made:
+        """`order`: the channels to try, in order (a fallback's: those after the failed outreach's channel); the
+        campaign's whole order by default."""
         compiled = self.templates.of(campaign)
         admitted = await self.gate.admit(
             session,
@@ -97,7 +101,7 @@ class OutreachMaker:
             run,
             [member],
             now,
-            order=compiled.order,
+            order=order if order is not None else compiled.order,
             available=lambda channel, m: unavailable_reason(channel, m.attributes) is None,
         )
         if not admitted.members:
@@ -115,7 +119,11 @@ class OutreachMaker:
             "outreach.create",
             campaign_id,
             root=True,
-            attributes={"campaign.key": campaign.campaign_key, "campaign.resend_of": resend_of or ""},
+            attributes={
+                "campaign.key": campaign.campaign_key,
+                "campaign.resend_of": resend_of or "",
+                "campaign.fallback_of": fallback_of or "",
+            },
         ) as span:
             try:
                 rendered = compiled.render(
@@ -149,6 +157,7 @@ class OutreachMaker:
                 "ordinal": run.outreach_count,
                 "recipient_time_zone": time_zone,
                 "resend_of": resend_of,
+                "fallback_of": fallback_of,
             }
             events = [
                 self.outbox.event(

@@ -393,10 +393,16 @@ class ReleaseRunner:
             await store.schedule_run(session, campaign, following, month_code(following, campaign.time_zone), now)
             await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.SCHEDULED)
             action, state, note = "run_completed", CampaignState.SCHEDULED, f"next occurrence {following.isoformat()}"
-        elif automation_of(campaign).resend is not None:
-            # Stays RUNNING (so it can still be paused or cancelled) until the resend runner has decided
-            # every resend; it completes the campaign then.
-            action, state, note = "run_completed", CampaignState.RUNNING, "waiting for resends"
+        elif automation_of(campaign).follows_up:
+            # Stays RUNNING (so it can still be paused or cancelled) until the follow-up runner has decided
+            # every resend, and every fallback within the fallback window; it completes the campaign then.
+            automation = automation_of(campaign)
+            waiting = " and ".join(
+                what
+                for what, on in (("resends", automation.resend is not None), ("fallbacks", automation.fallback))
+                if on
+            )
+            action, state, note = "run_completed", CampaignState.RUNNING, f"waiting for {waiting}"
         else:
             await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED)
             action, state, note = "completed", CampaignState.COMPLETED, ""

@@ -48,6 +48,8 @@ class Counts:
     not_eligible_by_reason: Counter[str] = field(default_factory=Counter)
     resent: int = 0
     resends_skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    fell_back: int = 0
+    fallbacks_skipped_by_reason: Counter[str] = field(default_factory=Counter)
 
     def __add__(self, other: "Counts") -> "Counts":
         total = Counts()
@@ -60,10 +62,11 @@ def run_counts(
     outreaches: Mapping[str, int],
     exclusions: Iterable[tuple[str, str, int]],
     render_failed: int,
-    resend_skips: Iterable[tuple[str, int]] = (),
+    follow_up_skips: Iterable[tuple[str, str, int]] = (),
 ) -> Counts:
-    """One run's counts from its outreach aggregates (created, withdrawn, resent, one per state), its
-    exclusions (kind, reason, people) and the resends of its outreaches decided against (reason, originals).
+    """One run's counts from its outreach aggregates (created, withdrawn, resent, fell_back, one per state), its
+    exclusions (kind, reason, people) and the resends and fallbacks of its outreaches decided against (decision
+    column, reason, outreaches).
 
     An outreach withdrawn for a better campaign was created from this run's audience, so it stays in
     the audience, leaves `released` and counts as capped ("outranked"); its own exclusion row is not
@@ -73,8 +76,10 @@ def run_counts(
     created = outreaches.get("created", 0)
     counts.released = created - outreaches.get("withdrawn", 0)
     counts.resent = outreaches.get("resent", 0)
-    for reason, originals in resend_skips:
-        counts.resends_skipped_by_reason[reason] += originals
+    counts.fell_back = outreaches.get("fell_back", 0)
+    for column, reason, originals in follow_up_skips:
+        skipped = counts.resends_skipped_by_reason if column == "resend_state" else counts.fallbacks_skipped_by_reason
+        skipped[reason] += originals
     for column, name in ENGAGEMENT.items():
         setattr(counts, name, outreaches.get(column, 0))
     left_out = 0

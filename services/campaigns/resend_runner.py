@@ -1,8 +1,9 @@
-"""The follow-up loop: dispatches trigger and resend outreaches after quiet hours, closes triggered campaigns'
-past day runs, creates due resends, and completes campaigns whose last resend is decided."""
+"""The follow-up loop: dispatches trigger, resend and fallback outreaches after quiet hours, closes triggered
+campaigns' past day runs, creates due resends and fallbacks, and completes campaigns whose last resend and
+fallback are decided."""
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -14,10 +15,10 @@ from plumbing.polling import Poller
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import automation_store, store
-from services.campaigns.automation import automation_of
+from services.campaigns.automation import FELL_BACK, LAST_CHANNEL, Automation, automation_of
 from services.campaigns.campaign_ids import month_code
 from services.campaigns.campaigns import CampaignState
-from services.campaigns.messages import timestamp
+from services.campaigns.messages import channel_order_of, timestamp
 from services.campaigns.outreach_maker import OutreachMaker
 from services.campaigns.person_client import PersonLookup
 from services.campaigns.resends import RESENT, ResendRule, no_resend_reason, resend_time
@@ -37,6 +38,16 @@ def resend_run_id(original_run_id: str) -> str:
     return f"{original_run_id}-r"
 
 
+def fallback_run_id(failed_run_id: str) -> str:
+    """The fallbacks of one run form one run of their own (a fallback's own fallback another: "<run>-f-f")."""
+    return f"{failed_run_id}-f"
+
+
+def channels_after(order: Sequence[str], channel: str) -> tuple[str, ...]:
+    """The channels of the campaign's order after `channel`: where its fallback may go."""
+    return tuple(order[order.index(channel) + 1 :]) if channel in order else ()
+
+
 class ResendRunner:
     """A polling loop; every step is its own transaction, so a crash repeats nothing that committed."""
 
@@ -49,9 +60,11 @@ class ResendRunner:
         *,
         page_size: int,
         poll_interval: float = 1.0,
+        fallback_window: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
+        self.fallback_window = fallback_window
         self.people = people
         self.maker = maker
         self.outbox = outbox
@@ -99,7 +112,10 @@ class ResendRunner:
                     await self.complete_past_days(campaign)
                 if automation.resend is not None:
                     await self.resend_due(campaign, automation.resend)
-                    await self._complete_if_done(campaign)
+                if automation.fallback:
+                    await self.fallback_due(campaign)
+                if automation.follows_up:
+                    await self._complete_if_done(campaign, automation)
 
     async def complete_past_days(self, campaign: Any) -> int:
         """Closes a triggered campaign's day runs once their local day is over and all they hold is dispatched."""
@@ -198,9 +214,64 @@ class ResendRunner:
             log.info("resend_decided", original=original_id, outcome=made.campaign_id or made.left_out)
             return 1 if made.campaign_id else 0
 
-    async def _complete_if_done(self, campaign: Any) -> None:
-        """A RUNNING campaign that is not triggered completes once its runs are done and its resends decided."""
-        if automation_of(campaign).trigger is not None:
+    async def fallback_due(self, campaign: Any) -> int:
+        """Decides every failed outreach whose fallback is due; returns how many fallbacks were created."""
+        created = 0
+        while not self._poller.stopping:
+            rows = await self.db.read_inline(
+                lambda session: automation_store.fallback_candidates(session, campaign.campaign_key, self.page_size)
+            )
+            if not rows:
+                return created
+            # The page's people in one segments call: fresh addresses and the suppressions in force now (the
+            # bounce that made the fallback due may have suppressed the failed channel meanwhile).
+            people = await self.people.members([failed.profile_id for failed in rows], self.clock())
+            for failed in rows:
+                created += await self._fall_back(campaign, failed.campaign_id, people.get(failed.profile_id))
+            if len(rows) < self.page_size:
+                return created
+        return created
+
+    async def _fall_back(self, campaign_row: Any, failed_id: str, member: AudienceMember | None) -> int:
+        """Decides one failed outreach's fallback: an outreach on the first later channel of the campaign's order the
+        person can be reached on now, through the gate as at release."""
+        now = self.clock()
+        async with self.db.transaction() as session:
+            campaign = await store.get_campaign(session, campaign_row.campaign_key)
+            failed = await automation_store.get_outreach(session, failed_id)
+            if campaign is None or failed is None or failed.fallback_state is not None:
+                return 0
+            if campaign.state not in automation_store.RESENDING_STATES:
+                return 0
+            later = channels_after(channel_order_of(campaign), failed.channel)
+            reason = LAST_CHANNEL if not later else NO_PROFILE if member is None else None
+            if reason is not None:
+                await automation_store.decide_fallback(session, failed_id, reason)
+                return 0
+            assert member is not None
+            if not await automation_store.decide_fallback(session, failed_id, FELL_BACK):
+                return 0
+            # Its message never reached them: not a contact the caps count against the one that replaces it.
+            await store.forget_contact(session, failed_id)
+            run = await automation_store.ensure_run(
+                session,
+                campaign,
+                kind=automation_store.FALLBACK,
+                month=month_code(now, campaign.time_zone),
+                now=now,
+                run_id=fallback_run_id(failed.run_id),
+            )
+            made = await self.maker.make(session, campaign, run, member, now, fallback_of=failed_id, order=later)
+            if made.campaign_id is None:
+                # Replaces the "fell_back" claimed above: the gate or the render left the person out.
+                await automation_store.set_fallback_state(session, failed_id, made.left_out or "left_out")
+            log.info("fallback_decided", failed=failed_id, outcome=made.campaign_id or made.left_out)
+            return 1 if made.campaign_id else 0
+
+    async def _complete_if_done(self, campaign: Any, automation: Automation) -> None:
+        """A RUNNING campaign that is not triggered completes once its runs are done, its resends decided and its
+        fallbacks decided, its release over for longer than the fallback window."""
+        if automation.trigger is not None:
             return
         now = self.clock()
         async with self.db.transaction() as session:
@@ -209,7 +280,11 @@ class ResendRunner:
                 return
             if await automation_store.open_release_runs(session, campaign.campaign_key):
                 return
-            if await automation_store.resends_pending(session, campaign.campaign_key):
+            if automation.resend is not None and await automation_store.resends_pending(session, campaign.campaign_key):
+                return
+            if automation.fallback and await automation_store.fallbacks_pending(
+                session, campaign.campaign_key, now - self.fallback_window
+            ):
                 return
             if not await store.set_state(
                 session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED
@@ -222,7 +297,14 @@ class ResendRunner:
                 action="completed",
                 actor=SYSTEM_ACTOR,
                 state=CampaignState.COMPLETED,
-                note="every resend decided",
+                note=_completion_note(automation),
                 at=now,
             )
             log.info("campaign_completed_after_resends")
+
+
+def _completion_note(automation: Automation) -> str:
+    decided = [
+        what for what, on in (("resend", automation.resend is not None), ("fallback", automation.fallback)) if on
+    ]
+    return f"every {' and '.join(decided)} decided"

@@ -31,6 +31,14 @@ class CampaignsSettings(ServiceSettings):
     release_poll_seconds: float = Field(
         1.0, gt=0, description="How often the release runner looks for scheduled runs that fell due."
     )
+    fallback_window_hours: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 30,
+        description="A campaign with fallback_on_failure stays RUNNING this long after its release ends, so that an "
+        "outreach failing or bouncing meanwhile (a bounce report can come hours later) still falls back to a later "
+        "channel; then it completes, and later failures fall back no more.",
+    )
     product_catalog_file: str = Field(
         str(DEFAULT_PRODUCT_CATALOG),
         description="YAML product catalog {{ recommendations }} are chosen from; empty means no products.",

@@ -40,6 +40,7 @@ from plumbing.db import UtcDateTime, per_transaction, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.ids import new_id
 from plumbing.outbox import inbox_table, outbox_table
+from services.campaigns.automation import FELL_BACK
 from services.campaigns.campaign_ids import SequenceBlock
 from services.campaigns.resends import RESENT
 
@@ -48,6 +49,10 @@ outbox = outbox_table(metadata)
 
 RESENDS_ONLY = "resend_of IS NOT NULL"
 """The outreaches uq_outreaches_resend_of holds: resends, one per original."""
+FALLBACKS_ONLY = "fallback_of IS NOT NULL"
+"""The outreaches uq_outreaches_fallback_of holds: fallbacks, one per failed outreach."""
+FALLBACK_PENDING = "fallback_due_at IS NOT NULL AND fallback_state IS NULL"
+"""The outreaches ix_outreaches_fallback_pending holds: failed ones whose fallback is still to decide (a few)."""
 idempotency = idempotency_table(metadata)
 # Which MembershipChanged messages the trigger consumer has applied (0007).
 inbox = inbox_table(metadata)
@@ -218,6 +223,12 @@ outreaches = Table(
     Column("resend_of", String(40), nullable=True),
     Column("resend_state", String(60), nullable=True),
     Column("resend_due_at", UtcDateTime, nullable=True),
+    # Fallbacks (0013): the failed outreach a fallback follows (unique: one fallback each), and on the failed one
+    # when its fallback fell due (its failure or bounce, on a campaign with fallback_on_failure) and what was decided
+    # ("fell_back", "last_channel", "suppressed:no_contact"...).
+    Column("fallback_of", String(40), nullable=True),
+    Column("fallback_state", String(60), nullable=True),
+    Column("fallback_due_at", UtcDateTime, nullable=True),
     # Resends only: an original's NULL is in no index entry, so creating one writes an index page fewer (0011).
     Index(
         "uq_outreaches_resend_of",
@@ -247,6 +258,20 @@ outreaches = Table(
         "dispatch_after",
         sqlite_where=text(DEFERRED),
         postgresql_where=text(DEFERRED),
+    ),
+    Index(
+        "uq_outreaches_fallback_of",
+        "fallback_of",
+        unique=True,
+        sqlite_where=text(FALLBACKS_ONLY),
+        postgresql_where=text(FALLBACKS_ONLY),
+    ),
+    Index(
+        "ix_outreaches_fallback_pending",
+        "campaign_key",
+        "fallback_due_at",
+        sqlite_where=text(FALLBACK_PENDING),
+        postgresql_where=text(FALLBACK_PENDING),
     ),
 )
 
@@ -878,6 +903,12 @@ async def insert_contacts(session: AsyncSession, rows: Sequence[tuple[Any, ...]]
     await _insert_rows(session, contact_ledger, PAGE_CONTACT_COLUMNS, rows)
 
 
+async def forget_contact(session: AsyncSession, campaign_id: str) -> None:
+    """Takes an outreach off the contact ledger: its message never reached the person (it failed or bounced), so
+    the caps do not count it against the fallback that replaces it."""
+    await session.execute(delete(contact_ledger).where(contact_ledger.c.campaign_id == campaign_id))
+
+
 async def prune_contacts(session: AsyncSession, before: datetime) -> int:
     """Deletes ledger entries older than `before`; the outreaches themselves are kept."""
     result = await session.execute(delete(contact_ledger).where(contact_ledger.c.contacted_at < before))
@@ -997,6 +1028,7 @@ async def outreach_counts(
             func.count().label("created"),
             func.count(o.withdrawn_at).label("withdrawn"),
             func.count(o.resend_of).label("resent"),
+            func.count(o.fallback_of).label("fell_back"),
             *(func.count(o[column]).label(column) for column in OUTREACH_COUNT_COLUMNS),
         )
         .where(o.campaign_key.in_(list(campaign_keys)), o.test.is_(False))
@@ -1010,26 +1042,34 @@ async def outreach_counts(
     }
 
 
-async def resend_skips(
+# A follow-up decision column and the decision that made the follow-up: the others are skips, by reason.
+FOLLOW_UP_TAKEN = {"resend_state": RESENT, "fallback_state": FELL_BACK}
+
+
+async def follow_up_skips(
     session: AsyncSession, campaign_keys: Sequence[str], run_ids: Sequence[str] | None = None
-) -> list[tuple[str, str, int]]:
-    """(run_id, reason, originals) of the resends decided against, by the run of their originals."""
+) -> list[tuple[str, str, str, int]]:
+    """(run_id, decision column, reason, outreaches) of the resends and fallbacks decided against, by the run of the
+    outreaches they would have followed."""
     if not campaign_keys:
         return []
     o = outreaches.c
-    query = (
-        select(o.run_id, o.resend_state, func.count())
-        .where(
-            o.campaign_key.in_(list(campaign_keys)),
-            o.test.is_(False),
-            o.resend_state.is_not(None),
-            o.resend_state != RESENT,
+    skips = []
+    for column, taken in FOLLOW_UP_TAKEN.items():
+        query = (
+            select(o.run_id, o[column], func.count())
+            .where(
+                o.campaign_key.in_(list(campaign_keys)),
+                o.test.is_(False),
+                o[column].is_not(None),
+                o[column] != taken,
+            )
+            .group_by(o.run_id, o[column])
         )
-        .group_by(o.run_id, o.resend_state)
-    )
-    if run_ids is not None:
-        query = query.where(o.run_id.in_(list(run_ids)))
-    return [(run_id, state, int(count)) for run_id, state, count in await session.execute(query)]
+        if run_ids is not None:
+            query = query.where(o.run_id.in_(list(run_ids)))
+        skips += [(run_id, column, reason, int(count)) for run_id, reason, count in await session.execute(query)]
+    return skips
 
 
 async def exclusion_counts(

@@ -701,3 +701,132 @@ async def test_a_trigger_offers_each_person_their_own_amount_and_nothing_to_who_
         service_pb2.ExplainOutreachRequest(campaign_key=key, profile_id="e-03")
     )
     assert explained.decisions[0].outcome == service_pb2.OUTREACH_OUTCOME_NOT_ELIGIBLE
+
+
+async def _signal(stack: Stack, event: channel_events.DeliveryUpdated | channel_events.EngagementRecorded) -> None:
+    """Channels' DeliveryUpdated or EngagementRecorded about an outreach, as its outbox relay publishes it."""
+    subject = (
+        streams.DELIVERY_UPDATED if isinstance(event, channel_events.DeliveryUpdated) else streams.ENGAGEMENT_RECORDED
+    )
+    await stack.bus.nc.jetstream().publish(subject, event.SerializeToString(), headers={MSG_ID_HEADER: event.event_id})
+
+
+async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_channel_the_person_can_be_reached_on(
+    stack: Stack,
+) -> None:
+    await _define(stack)
+    defined = await stack.segments.DefineAttributes(
+        seg_service.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True)],
+        )
+    )
+    assert not defined.errors
+    people = {
+        "f-01": {"push_token": "token-f01"},  # its e-mail bounces: reached by push
+        "f-02": {"push_token": "token-f02"},  # its e-mail goes: nothing more
+        "f-03": {},  # its e-mail fails, and it has no push token: no fallback
+    }
+    await _upsert(
+        stack,
+        *(
+            _profile(pid, email=f"{pid}@example.in", first_name="F", plan="SIP", **extra)
+            for pid, extra in people.items()
+        ),
+    )
+    segment_id = await _segment(stack, _sip_rule())
+    # One outreach a day per person: a message that never reached them does not count against its fallback.
+    one_a_day = resources_pb2.FrequencyCap(
+        scope=resources_pb2.CAP_SCOPE_ALL, period=resources_pb2.CAP_PERIOD_DAY, max_outreaches=1
+    )
+    campaign = _campaign(
+        segment_id,
+        fallback_channels=[channel_pb2.CHANNEL_PUSH],
+        fallback_on_failure=True,
+        frequency_caps=[one_a_day],
+    )
+    campaign.content.push.CopyFrom(resources_pb2.PushContent(title_template="Hi {{ first_name }}", body_template="SIP"))
+    key = await _launch(stack, campaign)
+    await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 3))
+    originals = {o.profile_id: o.campaign_id for o in await _outreaches(stack, key)}
+    # The release is over, but failures may still be reported: the campaign waits for them.
+    await eventually(
+        lambda: _when(
+            stack.campaigns.ListCampaignAudit(service_pb2.ListCampaignAuditRequest(campaign_key=key)),
+            lambda page: any(e.note == "waiting for fallbacks" for e in page.entries),
+        )
+    )
+    assert await _state(stack, key) == resources_pb2.CAMPAIGN_STATE_RUNNING
+
+    bounced = channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=originals["f-01"],
+        channel=channel_pb2.CHANNEL_EMAIL,
+        kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
+        profile_id="f-01",
+        detail="5.1.1 permanent",
+    )
+    failed = channel_events.DeliveryUpdated(
+        event_id=new_id("evt_"), campaign_id=originals["f-03"], state=channel_resources.DELIVERY_STATE_FAILED
+    )
+    delivered = channel_events.DeliveryUpdated(
+        event_id=new_id("evt_"), campaign_id=originals["f-02"], state=channel_resources.DELIVERY_STATE_DELIVERED
+    )
+    for event in (bounced, failed, delivered, bounced):  # the bounce redelivered: still one fallback
+        await _signal(stack, event)
+
+    rows = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) == 4))
+    (fallback,) = [o for o in rows if o.fallback_of]
+    assert (fallback.profile_id, fallback.fallback_of, fallback.channel) == (
+        "f-01",
+        originals["f-01"],
+        channel_pb2.CHANNEL_PUSH,
+    )
+    assert fallback.campaign_id not in originals.values() and parse_campaign_id(fallback.campaign_id) is not None
+    sent = await eventually(
+        lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == fallback.campaign_id])
+    )
+    assert sent[0].push.device_token == "token-f01"
+    counts = await eventually(
+        lambda: _when(_report(stack, key), lambda counts: sum(r.count for r in counts.fallbacks_skipped_by_reason))
+    )
+    assert (counts.released, counts.fell_back) == (4, 1)
+    assert {r.reason: r.count for r in counts.fallbacks_skipped_by_reason} == {"suppressed:no_contact": 1}
+
+    # The push fails too: it is on the last channel, so nothing follows it.
+    await _signal(
+        stack,
+        channel_events.DeliveryUpdated(
+            event_id=new_id("evt_"), campaign_id=fallback.campaign_id, state=channel_resources.DELIVERY_STATE_FAILED
+        ),
+    )
+    counts = await eventually(
+        lambda: _when(_report(stack, key), lambda counts: len(counts.fallbacks_skipped_by_reason) == 2)
+    )
+    assert {r.reason: r.count for r in counts.fallbacks_skipped_by_reason} == {
+        "suppressed:no_contact": 1,
+        "last_channel": 1,
+    }
+    assert counts.fell_back == 1 and len(await _outreaches(stack, key)) == 4
+
+    # The fallback window passes: every fallback decided, the campaign completes.
+    async with stack.db.transaction() as session:
+        await session.execute(
+            update(store.campaign_runs)
+            .where(store.campaign_runs.c.campaign_key == key, store.campaign_runs.c.kind == "release")
+            .values(completed_at=datetime.now(UTC) - timedelta(hours=25))
+        )
+    await eventually(lambda: _when(_state(stack, key), lambda state: state == resources_pb2.CAMPAIGN_STATE_COMPLETED))
+
+
+async def test_fallback_on_failure_needs_fallback_channels(stack: Stack) -> None:
+    await _define(stack)
+    segment_id = await _segment(stack, _sip_rule())
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.campaigns.CreateCampaign(
+            service_pb2.CreateCampaignRequest(
+                request_id=new_id("req_"), campaign=_campaign(segment_id, fallback_on_failure=True)
+            )
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "fallback_on_failure needs fallback_channels" in (refused.value.details() or "")
