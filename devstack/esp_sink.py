@@ -13,6 +13,7 @@ or cannot be reached.
 
 import asyncio
 import base64
+import functools
 import json
 import time
 import uuid
@@ -261,7 +262,9 @@ class SesEventPoster(RetryingPoster):
         signature = self._key.sign(string_to_sign.encode(), padding.PKCS1v15(), algorithm)
         return {**signed, "Signature": base64.b64encode(signature).decode()}
 
-    async def _certificate(self, _request: web.Request) -> web.Response:
+    @functools.cached_property
+    def certificate_pem(self) -> str:
+        """The signing certificate (self-signed, valid for a year from yesterday), as SNS serves it at cert_url."""
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.local")])
         now = datetime.now(UTC)
         certificate = (
@@ -274,7 +277,10 @@ class SesEventPoster(RetryingPoster):
             .not_valid_after(now + timedelta(days=365))
             .sign(self._key, hashes.SHA256())
         )
-        return web.Response(body=certificate.public_bytes(serialization.Encoding.PEM), content_type="text/plain")
+        return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    async def _certificate(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.certificate_pem, content_type="text/plain")
 
     async def _confirm(self, request: web.Request) -> web.Response:
         self.confirmed.append(request.query.get("Token", ""))

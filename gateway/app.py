@@ -146,6 +146,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
                 topic_arns=settings.ses_topic_arns,
                 cert_url_pattern=settings.sns_cert_url_pattern,
+                pinned_certificates=settings.sns_signing_certificates,
                 message_id_domain=settings.message_id_domain,
                 timeout_seconds=settings.downstream_timeout_seconds,
                 max_age_seconds=settings.webhook_max_age_seconds,

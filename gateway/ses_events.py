@@ -5,8 +5,11 @@ SES publishes a configuration set's events (or an identity's notifications) to a
 Each is signed (RSA PKCS#1 v1.5 over a string of some of its fields, SHA1 for SignatureVersion 1, SHA256 for 2) with
 the key of the certificate at `SigningCertURL`, which must be one of SNS's own (XSELL_GATEWAY_SNS_CERT_URL_PATTERN); its
 `TopicArn` must be one of XSELL_GATEWAY_SES_TOPIC_ARNS. A subscription confirmation is confirmed by getting its
-`SubscribeURL`. A notification's `Message` is SES's event, naming its outreach by the message tag channels sets
-(`xsell_campaign_id`, XSELL_CHANNELS_SMTP_ESP_EVENTS=ses) or by the Message-ID channels wrote.
+`SubscribeURL`. Where the gateway may not reach SNS (the deployment's network policies let only channels leave the
+cluster), the certificates are pinned instead (XSELL_GATEWAY_SNS_SIGNING_CERTIFICATES: nothing is fetched) and the
+subscription confirmed by hand, from the SubscribeURL the gateway logs. A notification's `Message` is SES's event,
+naming its outreach by the message tag channels sets (`xsell_campaign_id`, XSELL_CHANNELS_SMTP_ESP_EVENTS=ses) or by
+the Message-ID channels wrote.
 
 | SES event | becomes |
 |---|---|
@@ -137,6 +140,23 @@ def signing_key(pem: bytes, now: datetime) -> tuple[rsa.RSAPublicKey, datetime]:
     return key, certificate.not_valid_after_utc
 
 
+def pinned_certificates(pem_bundle: str) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle (SNS's signing certificates, pinned); ValueError when one is not an RSA
+    certificate, or the bundle holds none."""
+    if not pem_bundle.strip():
+        return []
+    try:
+        certificates = x509.load_pem_x509_certificates(pem_bundle.encode())
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValueError("no PEM certificate in it (each from -----BEGIN CERTIFICATE----- to its END line)")
+    for certificate in certificates:
+        if not isinstance(certificate.public_key(), rsa.RSAPublicKey):
+            raise ValueError("not an RSA certificate (SNS signs with RSA)")
+    return certificates
+
+
 def campaign_id_of(mail: dict[str, Any], message_id_domain: str) -> str:
     """The outreach of SES's `mail` object: its xsell_campaign_id tag, else the Message-ID channels wrote (in its
     headers, or its common headers); "" when it names none."""
@@ -252,13 +272,26 @@ def sns_time(value: Any) -> float | None:
 
 
 class SigningCertificates:
-    """SNS's signing keys by certificate URL, fetched once each and kept for the CACHED_CERTIFICATES latest URLs."""
+    """SNS's signing keys by certificate URL, fetched once each and kept for the CACHED_CERTIFICATES latest URLs; or,
+    pinned, the keys of the configured certificates, whatever the URL, and nothing fetched."""
 
-    def __init__(self, timeout_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, timeout_seconds: float, clock: Callable[[], float] = time.time, pinned: str = "") -> None:
         self._timeout = timeout_seconds
         self._clock = clock
         self._keys: OrderedDict[str, tuple[rsa.RSAPublicKey, datetime]] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
+        self._pinned = pinned_certificates(pinned)
+
+    async def keys(self, url: str) -> list[rsa.RSAPublicKey]:
+        """The keys a post whose certificate is at `url` may be signed with: the pinned ones valid now, or the one
+        fetched from `url`; CertificateUnavailable or UntrustedCertificate when there is none."""
+        if not self._pinned:
+            return [await self.key(url)]
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        valid = [c for c in self._pinned if c.not_valid_before_utc <= now <= c.not_valid_after_utc]
+        if not valid:
+            raise UntrustedCertificate("no pinned certificate is valid now (XSELL_GATEWAY_SNS_SIGNING_CERTIFICATES)")
+        return [c.public_key() for c in valid]  # type: ignore[misc]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -307,6 +340,7 @@ class SesEvents:
         message_id_domain: str,
         timeout_seconds: float,
         max_age_seconds: float,
+        pinned_certificates: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._record = ChannelsRecorder(channels, timeout_seconds)
@@ -315,7 +349,7 @@ class SesEvents:
         self._domain = message_id_domain
         self._max_age = max_age_seconds
         self._clock = clock
-        self._certificates = SigningCertificates(timeout_seconds, clock)
+        self._certificates = SigningCertificates(timeout_seconds, clock, pinned_certificates)
         self._replays = ReplayGuard(max_age_seconds)
 
     def add_routes(self, app: web.Application) -> None:
@@ -360,15 +394,18 @@ class SesEvents:
             log.warning("webhook_rejected", provider="ses", reason="topic")
             return web.Response(status=401, text="TopicArn is not one of XSELL_GATEWAY_SES_TOPIC_ARNS\n")
         try:
-            key = await self._certificates.key(cert_url)
+            keys = await self._certificates.keys(cert_url)
         except CertificateUnavailable as error:
-            log.warning("webhook_not_recorded", provider="ses", reason="certificate", detail=str(error))
+            # The URL, so that an operator can pin the certificate where the gateway may not reach SNS.
+            log.warning(
+                "webhook_not_recorded", provider="ses", reason="certificate", detail=str(error), cert_url=cert_url
+            )
             return web.Response(status=503, text="the signing certificate cannot be fetched now\n")
         except UntrustedCertificate as error:
-            log.warning("webhook_rejected", provider="ses", reason="certificate", detail=str(error))
+            log.warning("webhook_rejected", provider="ses", reason="certificate", detail=str(error), cert_url=cert_url)
             return web.Response(status=401, text="SigningCertURL is not a signing certificate\n")
-        if not signature_holds(key, message):
-            log.warning("webhook_rejected", provider="ses", reason="signature")
+        if not any(signature_holds(key, message) for key in keys):
+            log.warning("webhook_rejected", provider="ses", reason="signature", cert_url=cert_url)
             return web.Response(status=401, text="Signature does not match the message\n")
         return None
 
@@ -384,7 +421,8 @@ class SesEvents:
         except (aiohttp.ClientError, TimeoutError):
             confirmed = False
         if not confirmed:
-            log.warning("ses_subscription_not_confirmed", topic_arn=message["TopicArn"])
+            # The URL, so that an operator can confirm by hand where the gateway may not reach SNS.
+            log.warning("ses_subscription_not_confirmed", topic_arn=message["TopicArn"], subscribe_url=url)
             return web.Response(status=503, text="the subscription cannot be confirmed now\n")
         log.info("ses_subscription_confirmed", topic_arn=message["TopicArn"])
         return web.Response(text="ok\n")

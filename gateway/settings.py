@@ -7,7 +7,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.esp_events import verification_key
-from gateway.ses_events import SNS_CERT_URL_PATTERN
+from gateway.ses_events import SNS_CERT_URL_PATTERN, pinned_certificates
 from plumbing.grpc_server import TlsFiles
 from plumbing.settings import ServiceSettings
 
@@ -102,6 +102,13 @@ class GatewaySettings(ServiceSettings):
         "where SNS's signing certificates are (AWS's own SNS hosts, over HTTPS). A post whose certificate is elsewhere "
         "is refused without fetching it.",
     )
+    sns_signing_certificates: str = Field(
+        default="",
+        description="SNS's signing certificates, pinned (PEM, one or more): a post is verified against them and no "
+        "certificate is fetched, for a gateway that may not reach SNS (the deployment's network policies let only "
+        "channels leave the cluster). Take them from the SigningCertURL the gateway logs; add the new one before SNS "
+        "rotates. Empty: each post's certificate is fetched from its SigningCertURL.",
+    )
     bounce_mailbox_port: int | None = Field(
         default=None,
         ge=0,
@@ -133,6 +140,12 @@ class GatewaySettings(ServiceSettings):
     def _a_verification_key(cls, value: str) -> str:
         if value.strip():
             verification_key(value)  # ValueError names what is wrong with it
+        return value
+
+    @field_validator("sns_signing_certificates")
+    @classmethod
+    def _pinned_certificates(cls, value: str) -> str:
+        pinned_certificates(value)  # ValueError names what is wrong with them
         return value
 
     @field_validator("sns_cert_url_pattern")

@@ -163,6 +163,31 @@ async def test_a_forged_foreign_or_replayed_post_is_not_recorded(
     assert len(receipts(downstream)) == 1
 
 
+async def test_with_pinned_certificates_nothing_is_fetched_and_only_their_signatures_hold(
+    start_gateway: GatewayFactory, sns: SesEventPoster, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """Where the gateway may not reach SNS (only channels leaves the cluster), the certificates are configured."""
+    forger = await SesEventPoster("").start()
+    pinned = await _gateway(start_gateway, sns, sns_signing_certificates=sns.certificate_pem + forger.certificate_pem)
+    await forger.stop()
+    await sns.stop()  # nothing to fetch from: the pinned certificates are all there is
+    try:
+        assert await _post(http, pinned, sns.notification(_event("Delivery", {}))) == 200
+        # The second pinned certificate (SNS's next, say) verifies too, at a URL on SNS's hosts.
+        rotated = {**forger.notification(_event("Send", {})), "SigningCertURL": sns.cert_url}
+        assert await _post(http, pinned, rotated) == 200
+        stranger = await SesEventPoster("").start()
+        try:
+            forged = {**stranger.notification(_event("Complaint", {})), "SigningCertURL": sns.cert_url}
+            assert await _post(http, pinned, forged) == 401
+        finally:
+            await stranger.stop()
+    finally:
+        await sns.start()
+    assert sorted(r.request_id for r in receipts(downstream)) == [f"ses:{SES_ID}:delivery", f"ses:{SES_ID}:send"]
+    assert engagements(downstream) == []
+
+
 async def test_a_stale_event_is_dropped_but_a_late_complaint_is_honoured(
     start_gateway: GatewayFactory, sns: SesEventPoster, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:

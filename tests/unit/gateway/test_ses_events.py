@@ -19,6 +19,7 @@ from gateway.ses_events import (
     UntrustedCertificate,
     campaign_id_of,
     cert_url_allowed,
+    pinned_certificates,
     read_event,
     signature_holds,
     signing_key,
@@ -167,6 +168,23 @@ def test_a_signing_key_is_an_rsa_certificates_valid_now() -> None:
         signing_key(_certificate(ec_key, valid_from=now, valid_until=now + timedelta(days=1)), now)
     with pytest.raises(UntrustedCertificate, match="not a PEM"):
         signing_key(b"<html>Not found</html>", now)
+
+
+def test_pinned_certificates_are_rsa_pem_certificates_or_refused_by_name() -> None:
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    pem = _certificate(KEY, valid_from=now, valid_until=now + timedelta(days=1)).decode()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bundle = pem + _certificate(other, valid_from=now, valid_until=now + timedelta(days=1)).decode()
+    assert [c.public_key().public_numbers() for c in pinned_certificates(bundle)] == [  # type: ignore[union-attr]
+        KEY.public_key().public_numbers(),
+        other.public_key().public_numbers(),
+    ]
+    assert pinned_certificates("") == []
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        pinned_certificates("MIIB... pasted without its BEGIN line")
+    with pytest.raises(ValueError, match="not an RSA"):
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        pinned_certificates(_certificate(ec_key, valid_from=now, valid_until=now + timedelta(days=1)).decode())
 
 
 def _mail(**overrides: Any) -> dict[str, Any]:
