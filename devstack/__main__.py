@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-from devstack.provider_sinks import ProviderSinks, SinksThread
+from devstack.provider_sinks import NOT_ON_WHATSAPP, ProviderSinks, SinksThread
 from devstack.smtp_sink import start_sink
 from devstack.stack import Ports, Stack, dev_api_key
 
@@ -36,6 +36,7 @@ def main() -> int:
         sinks = ProviderSinks(
             log_dir=var_dir / "providers",
             whatsapp_webhook_url=f"http://127.0.0.1:{ports.gateway_http}/webhooks/whatsapp",
+            not_on_whatsapp=NOT_ON_WHATSAPP,
         )
         providers = SinksThread(sinks, provider_ports).start()
     stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir), extra_env=extra_env)
@@ -63,7 +64,8 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/; each delivery reported to the mailbox)
   bounce mailbox 127.0.0.1:{ports.bounces}       (delivery reports, bounces and complaints to bounces@xsell.local)
   provider sinks SMS {ports.sms}, WhatsApp {ports.whatsapp}, push {ports.push}, webhook {ports.webhook} \
-(accepted requests land in {var_dir}/providers/<provider>.jsonl)
+(accepted requests land in {var_dir}/providers/<provider>.jsonl;
+                 WhatsApp to +91 98000 00000 fails as not on WhatsApp, 131026: a fallback_on_failure goes by SMS)
   metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}
 
 Ctrl-C stops everything.""",

@@ -104,7 +104,19 @@ class SinkCredentials:
 
 # Templates approved on DLT (SMS) and by Meta (WhatsApp, with their number of body parameters).
 DEFAULT_SMS_TEMPLATES = frozenset({"1107161234567890123", "1107169876543210987"})
-DEFAULT_WHATSAPP_TEMPLATES: Mapping[str, int] = {"preapproved_loan_offer": 2, "sip_top_up_nudge": 1, "hello_world": 0}
+# The WhatsApp ones include those of campaigns' registry (services/campaigns/catalogs/templates.yaml), so a campaign
+# made with them on `make run` goes through.
+DEFAULT_WHATSAPP_TEMPLATES: Mapping[str, int] = {
+    "preapproved_loan_offer": 2,
+    "sip_top_up_nudge": 1,
+    "hello_world": 0,
+    "lumpsum_offer_v2": 3,
+    "fund_ideas_v1": 4,
+}
+
+NOT_ON_WHATSAPP = frozenset({"919800000000"})
+"""The number `make run`'s WhatsApp sink treats as not on WhatsApp (+91 98000 00000): a message to it fails with
+131026, which shows a campaign's fallback_on_failure reaching the person by SMS."""
 
 # An Indian mobile number starts with 6, 7, 8 or 9 after the country code; others cannot exist.
 _INDIAN_MOBILE = re.compile(r"\+?91[6-9]\d{9}")
@@ -638,6 +650,9 @@ class ProviderSinks:
     log_dir: Path | None = None
     whatsapp_webhook_url: str = ""
     """Where the WhatsApp sink posts signed status webhooks (sent, delivered), as Meta does; empty posts none."""
+    not_on_whatsapp: frozenset[str] = frozenset()
+    """Numbers (digits, as the Cloud API takes them) that are not on WhatsApp: Meta takes a message to one, then posts
+    its `failed` status with error 131026 instead of `sent` and `delivered`."""
 
     def __post_init__(self) -> None:
         c = self.credentials
@@ -669,18 +684,28 @@ class ProviderSinks:
                 raise RuntimeError(f"StatusCallback answered {response.status}")
 
     async def _whatsapp_status_webhooks(self, received: Received, answer: Json) -> None:
-        """Meta posts `sent` then `delivered` statuses, signed with the app secret, to the app's webhook."""
+        """Meta posts `sent` then `delivered` statuses, signed with the app secret, to the app's webhook; for a number
+        not on WhatsApp, `failed` with error 131026."""
         if not self.whatsapp_webhook_url or self._session is None:
             return
         wamid = answer["messages"][0]["id"]
-        for status in ("sent", "delivered"):
-            entry = {
+        undeliverable = received.body["to"] in self.not_on_whatsapp
+        for status in ("failed",) if undeliverable else ("sent", "delivered"):
+            entry: Json = {
                 "id": wamid,
                 "status": status,
                 "timestamp": str(int(time.time())),
                 "recipient_id": received.body["to"],
                 "biz_opaque_callback_data": received.body.get("biz_opaque_callback_data", ""),
             }
+            if undeliverable:
+                entry["errors"] = [
+                    {
+                        "code": 131026,
+                        "title": "Message undeliverable",
+                        "error_data": {"details": "Message Undeliverable."},
+                    }
+                ]
             value = {
                 "messaging_product": "whatsapp",
                 "metadata": {"phone_number_id": self.credentials.whatsapp_phone_number_id},

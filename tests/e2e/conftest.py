@@ -1,5 +1,8 @@
-"""The whole stack, started the way `make run` starts it, with a real SMTP server owned by the test."""
+"""The whole stack, started the way `make run` starts it, with a real SMTP server and the provider servers owned by
+the test."""
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -7,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from devstack.nats_server import free_port
+from devstack.provider_sinks import NOT_ON_WHATSAPP, ProviderSinks, SinksThread
 from devstack.smtp_sink import MailboxHandler, start_sink
 from devstack.stack import Ports, Stack
 
 E2E_API_KEY = "xsk_e2e_4f7a9c2d1e8b6a5f3c0d"
+AUTH = (("x-api-key", E2E_API_KEY),)
 
 
 @dataclass
@@ -18,6 +23,7 @@ class RunningStack:
     stack: Stack
     mailbox: MailboxHandler
     var_dir: Path
+    providers: ProviderSinks
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +31,33 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     var_dir = tmp_path_factory.mktemp("stack")
     smtp_port = free_port()
     controller, mailbox = start_sink(var_dir / "mail", smtp_port)
-    stack = Stack(var_dir=var_dir, ports=Ports.free(smtp=smtp_port), api_key=E2E_API_KEY)
+    ports = Ports.free(smtp=smtp_port)
+    sinks = ProviderSinks(
+        log_dir=var_dir / "providers",
+        whatsapp_webhook_url=f"http://127.0.0.1:{ports.gateway_http}/webhooks/whatsapp",
+        not_on_whatsapp=NOT_ON_WHATSAPP,
+    )
+    providers = SinksThread(
+        sinks, {"sms": ports.sms, "whatsapp": ports.whatsapp, "push": ports.push, "webhook": ports.webhook}
+    ).start()
+    stack = Stack(var_dir=var_dir, ports=ports, api_key=E2E_API_KEY)
     try:
         stack.start(timeout=90)
-        yield RunningStack(stack, mailbox, var_dir)
+        yield RunningStack(stack, mailbox, var_dir, sinks)
     finally:
         stack.stop()
+        providers.stop()
         controller.stop()
+
+
+def approver_auth(running_stack: RunningStack) -> tuple[tuple[str, str]]:
+    """A second key with only the approve scope, made with the gateway's CLI as an operator would (maker-checker)."""
+    created = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "create", "--name", "campaign-approver", "--scopes", "approve"],
+        env=running_stack.stack._env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return (("x-api-key", created.stdout.strip()),)

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from tests.e2e.conftest import E2E_API_KEY, RunningStack
+from tests.e2e.conftest import AUTH, RunningStack
 from xsell.attribution.v1 import service_pb2 as attribution
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
 from xsell.campaigns.v1 import resources_pb2 as campaign_resources
@@ -16,8 +16,6 @@ from xsell.type.v1 import channel_pb2, money_pb2
 
 # One worker runs every e2e test, so `make test` starts the whole stack once, not once per worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
-
-AUTH = (("x-api-key", E2E_API_KEY),)
 
 
 async def _rejected(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]

@@ -1,8 +1,6 @@
 """One outreach carried from a profile to attributed rupees, driven only through the gateway."""
 
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from urllib.parse import urlparse
@@ -16,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from plumbing.signing import verify
 from plumbing.telemetry import spans_for_campaign_id
 from tests.deploy.test_alerts import alert_metrics, metric_family
-from tests.e2e.conftest import E2E_API_KEY, RunningStack
+from tests.e2e.conftest import AUTH, RunningStack, approver_auth
 from tests.waiting import eventually
 from xsell.attribution.v1 import service_pb2 as attribution
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
@@ -31,7 +29,6 @@ from xsell.type.v1 import channel_pb2, money_pb2
 # One worker runs every e2e test, so `make test` starts the whole stack once, not once per worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
-AUTH = (("x-api-key", E2E_API_KEY),)
 CAMPAIGN_ID = re.compile(r"^CSELL-(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)-T06-\d{4,}$")
 LANDING_PAGE = "https://invest.example.com/lumpsum?utm_source=xsell"
 
@@ -68,19 +65,6 @@ def _sip_only_rule() -> seg.Rule:
             ]
         )
     )
-
-
-def _approver_auth(running_stack: RunningStack) -> tuple[tuple[str, str]]:
-    """A second key with only the approve scope, made with the gateway's CLI as an operator would."""
-    created = subprocess.run(
-        [sys.executable, "-m", "gateway", "keys", "create", "--name", "campaign-approver", "--scopes", "approve"],
-        env=running_stack.stack._env(),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return (("x-api-key", created.stdout.strip()),)
 
 
 def _links(message: Message) -> list[str]:
@@ -159,7 +143,7 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
             segments.ApproveSegmentRequest(
                 request_id="e2e-segment-approve-1", segment_id=created.segment.segment_id, version=1
             ),
-            metadata=_approver_auth(running_stack),
+            metadata=approver_auth(running_stack),
         )
         assert approved.segment.approver not in ("", "bootstrap")
         published = await segments_api.PublishSegment(
@@ -206,7 +190,7 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
         )
         await campaigns_api.ApproveCampaign(
             campaigns.ApproveCampaignRequest(request_id="e2e-approve-1", campaign_key=campaign.campaign_key),
-            metadata=_approver_auth(running_stack),
+            metadata=approver_auth(running_stack),
         )
         await campaigns_api.LaunchCampaign(
             campaigns.LaunchCampaignRequest(request_id="e2e-launch-1", campaign_key=campaign.campaign_key),
