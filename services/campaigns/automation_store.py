@@ -292,18 +292,24 @@ async def stamp_resend_due(session: AsyncSession, due: Sequence[Mapping[str, Any
         await session.execute(statement, list(due))
 
 
-async def decide_resend(session: AsyncSession, campaign_id: str, state: str) -> bool:
-    """Records the one resend decision of an original; False when it was decided already (by another runner)."""
+# The column holding an outreach's decision about each kind of follow-up.
+DECISION_COLUMNS = {RESEND: "resend_state", FALLBACK: "fallback_state"}
+
+
+async def decide_follow_up(session: AsyncSession, kind: str, campaign_id: str, state: str) -> bool:
+    """Records the one decision about an outreach's resend or fallback (`kind`); False when it was decided already
+    (by another runner)."""
+    column = outreaches.c[DECISION_COLUMNS[kind]]
     result = await session.execute(
-        update(outreaches)
-        .where(outreaches.c.campaign_id == campaign_id, outreaches.c.resend_state.is_(None))
-        .values(resend_state=state)
+        update(outreaches).where(outreaches.c.campaign_id == campaign_id, column.is_(None)).values({column: state})
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def set_resend_state(session: AsyncSession, campaign_id: str, state: str) -> None:
-    await session.execute(update(outreaches).where(outreaches.c.campaign_id == campaign_id).values(resend_state=state))
+async def set_follow_up_state(session: AsyncSession, kind: str, campaign_id: str, state: str) -> None:
+    """Replaces the decision claimed by decide_follow_up (the gate or the render left the person out)."""
+    column = DECISION_COLUMNS[kind]
+    await session.execute(update(outreaches).where(outreaches.c.campaign_id == campaign_id).values({column: state}))
 
 
 async def get_outreach(session: AsyncSession, campaign_id: str) -> Row[Any] | None:
@@ -366,21 +372,6 @@ async def fallback_candidates(session: AsyncSession, campaign_key: str, limit: i
         .limit(limit)
     )
     return (await session.execute(query)).all()
-
-
-async def decide_fallback(session: AsyncSession, campaign_id: str, state: str) -> bool:
-    """Records the one fallback decision of a failed outreach; False when it was decided already."""
-    o = outreaches.c
-    result = await session.execute(
-        update(outreaches).where(o.campaign_id == campaign_id, o.fallback_state.is_(None)).values(fallback_state=state)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def set_fallback_state(session: AsyncSession, campaign_id: str, state: str) -> None:
-    await session.execute(
-        update(outreaches).where(outreaches.c.campaign_id == campaign_id).values(fallback_state=state)
-    )
 
 
 async def fallbacks_pending(session: AsyncSession, campaign_key: str, window_before: datetime) -> bool:

@@ -2,7 +2,8 @@
 campaigns' past day runs, creates due resends and fallbacks, and completes campaigns whose last resend and
 fallback are decided."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,20 @@ def resend_run_id(original_run_id: str) -> str:
 def fallback_run_id(failed_run_id: str) -> str:
     """The fallbacks of one run form one run of their own (a fallback's own fallback another: "<run>-f-f")."""
     return f"{failed_run_id}-f"
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """What differs between a resend and a fallback: the decision taken for one, why not (from the campaign and the
+    outreach followed up), its run, what the maker is told (resend_of, or fallback_of and the channels after the
+    failed one) and what is done before it is made."""
+
+    kind: str
+    taken: str
+    run_id: Callable[[str], str]
+    against: Callable[[Any, Any], str | None]
+    made_with: Callable[[Any, Any], dict[str, Any]]
+    before: Callable[[AsyncSession, Any], Awaitable[None]] | None = None
 
 
 def channels_after(order: Sequence[str], channel: str) -> tuple[str, ...]:
@@ -182,37 +197,19 @@ class ResendRunner:
         self, campaign_row: Any, rule: ResendRule, original_id: str, member: AudienceMember | None
     ) -> int:
         """Decides one original's resend; `member` is None when segments has no profile for its person."""
-        now = self.clock()
-        async with self.db.transaction() as session:
-            campaign = await store.get_campaign(session, campaign_row.campaign_key)
-            original = await automation_store.get_outreach(session, original_id)
-            if campaign is None or original is None or original.resend_state is not None:
-                return 0
-            if campaign.state not in automation_store.RESENDING_STATES:
-                return 0
+
+        def against(_campaign: Any, original: Any) -> str | None:
             reason = no_resend_reason({column: getattr(original, column) for column in SIGNALS}, rule.condition)
-            if reason is None and member is None:
-                reason = NO_PROFILE
-            if reason is not None:
-                await automation_store.decide_resend(session, original_id, reason)
-                return 0
-            assert member is not None
-            if not await automation_store.decide_resend(session, original_id, RESENT):
-                return 0
-            run = await automation_store.ensure_run(
-                session,
-                campaign,
-                kind=automation_store.RESEND,
-                month=month_code(now, campaign.time_zone),
-                now=now,
-                run_id=resend_run_id(original.run_id),
-            )
-            made = await self.maker.make(session, campaign, run, member, now, resend_of=original_id)
-            if made.campaign_id is None:
-                # Replaces the "resent" claimed above: the gate or the render left the person out.
-                await automation_store.set_resend_state(session, original_id, made.left_out or "left_out")
-            log.info("resend_decided", original=original_id, outcome=made.campaign_id or made.left_out)
-            return 1 if made.campaign_id else 0
+            return NO_PROFILE if reason is None and member is None else reason
+
+        follow_up = FollowUp(
+            automation_store.RESEND,
+            RESENT,
+            resend_run_id,
+            against,
+            lambda _campaign, original: {"resend_of": original.campaign_id},
+        )
+        return await self._follow_up(campaign_row, original_id, member, follow_up)
 
     async def fallback_due(self, campaign: Any) -> int:
         """Decides every failed outreach whose fallback is due; returns how many fallbacks were created."""
@@ -235,37 +232,60 @@ class ResendRunner:
     async def _fall_back(self, campaign_row: Any, failed_id: str, member: AudienceMember | None) -> int:
         """Decides one failed outreach's fallback: an outreach on the first later channel of the campaign's order the
         person can be reached on now, through the gate as at release."""
+
+        def later(campaign: Any, failed: Any) -> tuple[str, ...]:
+            return channels_after(channel_order_of(campaign), failed.channel)
+
+        def against(campaign: Any, failed: Any) -> str | None:
+            return LAST_CHANNEL if not later(campaign, failed) else NO_PROFILE if member is None else None
+
+        follow_up = FollowUp(
+            automation_store.FALLBACK,
+            FELL_BACK,
+            fallback_run_id,
+            against,
+            lambda campaign, failed: {"fallback_of": failed.campaign_id, "order": later(campaign, failed)},
+            # Its message never reached them: not a contact the caps count against the one that replaces it.
+            before=lambda session, failed: store.forget_contact(session, failed.campaign_id),
+        )
+        return await self._follow_up(campaign_row, failed_id, member, follow_up)
+
+    async def _follow_up(
+        self, campaign_row: Any, outreach_id: str, member: AudienceMember | None, follow_up: "FollowUp"
+    ) -> int:
+        """Decides one outreach's resend or fallback, once, in one transaction: against it (follow_up.against), or
+        for it, then an outreach made through the gate in the follow-up's own run of the outreach's run."""
         now = self.clock()
+        kind = follow_up.kind
         async with self.db.transaction() as session:
             campaign = await store.get_campaign(session, campaign_row.campaign_key)
-            failed = await automation_store.get_outreach(session, failed_id)
-            if campaign is None or failed is None or failed.fallback_state is not None:
+            outreach = await automation_store.get_outreach(session, outreach_id)
+            decided = getattr(outreach, automation_store.DECISION_COLUMNS[kind], None) if outreach else None
+            if campaign is None or outreach is None or decided is not None:
                 return 0
             if campaign.state not in automation_store.RESENDING_STATES:
                 return 0
-            later = channels_after(channel_order_of(campaign), failed.channel)
-            reason = LAST_CHANNEL if not later else NO_PROFILE if member is None else None
-            if reason is not None:
-                await automation_store.decide_fallback(session, failed_id, reason)
+            if (reason := follow_up.against(campaign, outreach)) is not None:
+                await automation_store.decide_follow_up(session, kind, outreach_id, reason)
                 return 0
             assert member is not None
-            if not await automation_store.decide_fallback(session, failed_id, FELL_BACK):
+            if not await automation_store.decide_follow_up(session, kind, outreach_id, follow_up.taken):
                 return 0
-            # Its message never reached them: not a contact the caps count against the one that replaces it.
-            await store.forget_contact(session, failed_id)
+            if follow_up.before is not None:
+                await follow_up.before(session, outreach)
             run = await automation_store.ensure_run(
                 session,
                 campaign,
-                kind=automation_store.FALLBACK,
+                kind=kind,
                 month=month_code(now, campaign.time_zone),
                 now=now,
-                run_id=fallback_run_id(failed.run_id),
+                run_id=follow_up.run_id(outreach.run_id),
             )
-            made = await self.maker.make(session, campaign, run, member, now, fallback_of=failed_id, order=later)
+            made = await self.maker.make(session, campaign, run, member, now, **follow_up.made_with(campaign, outreach))
             if made.campaign_id is None:
-                # Replaces the "fell_back" claimed above: the gate or the render left the person out.
-                await automation_store.set_fallback_state(session, failed_id, made.left_out or "left_out")
-            log.info("fallback_decided", failed=failed_id, outcome=made.campaign_id or made.left_out)
+                # Replaces the decision claimed above: the gate or the render left the person out.
+                await automation_store.set_follow_up_state(session, kind, outreach_id, made.left_out or "left_out")
+            log.info(f"{kind}_decided", outreach=outreach_id, outcome=made.campaign_id or made.left_out)
             return 1 if made.campaign_id else 0
 
     async def _complete_if_done(self, campaign: Any, automation: Automation) -> None:
