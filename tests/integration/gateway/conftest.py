@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -77,6 +78,13 @@ def receipts(downstream: Downstream) -> list[channels_pb2.RecordDeliveryReceiptR
 def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:
     """The RecordEngagement calls channels received from the gateway, in order."""
     return [channels_pb2.RecordEngagementRequest.FromString(c.request) for c in downstream.services.to(ENGAGEMENT)]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for the gateway's edge, as providers and recipients' browsers call it."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

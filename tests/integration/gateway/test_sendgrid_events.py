@@ -3,11 +3,9 @@
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -28,12 +26,6 @@ SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
 VERIFICATION_KEY = base64.b64encode(
     SIGNING_KEY.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 ).decode()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _gateway(start_gateway: GatewayFactory, **overrides: Any) -> RunningGateway:

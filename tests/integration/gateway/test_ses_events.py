@@ -28,12 +28,6 @@ SES_ID = "0109019c1a2b3c4d-5e6f-0000"
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
 async def sns() -> AsyncIterator[SesEventPoster]:
     poster = await SesEventPoster("").start()
     yield poster

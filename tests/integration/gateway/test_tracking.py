@@ -1,7 +1,5 @@
 """The HTTP edge: signed click, open and unsubscribe links record engagement on channels, and /healthz."""
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 
@@ -15,12 +13,6 @@ SECRET = "test-tracking-secret"
 RECORD_ENGAGEMENT = "/xsell.channels.v1.ChannelsService/RecordEngagement"
 LANDING = "https://invest.example.com/lumpsum?utm_source=xsell"
 OUTREACH = "CSELL-NOV-T06-0884"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def engagements(downstream: Downstream) -> list[channels_pb2.RecordEngagementRequest]:

@@ -4,7 +4,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -30,12 +29,6 @@ SMS_TOKEN = "test-sms-callback-token"
 SMS_SECRET = "test-sms-signing-secret"
 OUTREACH = "CSELL-NOV-T06-0884"
 WAMID = "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSQUJDREVGMDEyMzQ1Njc4OQA="
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def _gateway(start_gateway: GatewayFactory, **overrides: Any) -> RunningGateway:
