@@ -11,6 +11,7 @@ from cli.campaign_files import CampaignFileError, load_campaign_file, parse_camp
 from cli.client import derived_request_id
 from services.campaigns.campaigns import validate_spec
 from services.campaigns.content import check_attributes
+from services.campaigns.content_files import DEFAULT_TEMPLATE_REGISTRY, load_library
 from services.campaigns.messages import spec_from_proto
 from services.campaigns.offers import check_catalog
 from services.segments.catalog import definitions_from_document
@@ -31,14 +32,16 @@ def test_every_example_campaign_file_parses() -> None:
 
 
 def test_the_example_campaigns_pass_the_services_checks_against_the_default_catalog() -> None:
-    """What CreateCampaign checks without a database: the spec, the content, the offer's attributes and their types."""
+    """What CreateCampaign checks without a database: the spec, the content (SMS and WhatsApp against the default
+    template registry, as the service loads it), the offer's attributes and their types."""
+    library = load_library("", str(DEFAULT_TEMPLATE_REGISTRY))
     catalog_file = Path(__file__).resolve().parents[3] / "services" / "segments" / "catalogs" / "default.yaml"
     definitions = definitions_from_document(yaml.safe_load(catalog_file.read_text(encoding="utf-8")))
     types = {definition.name: definition.type for definition in definitions}
     for path in sorted(EXAMPLES.glob("*.yaml")):
         campaign = load_campaign_file(path).campaign
         campaign.segment_id = "seg_example"
-        spec, _ = validate_spec(spec_from_proto(campaign), "Asia/Kolkata")
+        spec, _ = validate_spec(spec_from_proto(campaign), "Asia/Kolkata", library.registry)
         check_attributes(spec.templates(), types)
         check_catalog(spec.offer, types)
 
