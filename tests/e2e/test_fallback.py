@@ -36,14 +36,7 @@ async def test_a_whatsapp_offer_to_a_number_not_on_whatsapp_falls_back_to_sms(ru
         channels_api = channels_grpc.ChannelsServiceStub(channel)
         approver = approver_auth(running_stack)
 
-        # A person who opted in to WhatsApp, whose number is not on WhatsApp.
-        await segments_api.DefineAttributes(
-            segments.DefineAttributesRequest(
-                request_id="e2e-fallback-attributes",
-                attributes=[seg.AttributeDefinition(name="whatsapp_opt_in", type=seg.ATTRIBUTE_TYPE_BOOLEAN)],
-            ),
-            metadata=AUTH,
-        )
+        # A person who opted in to WhatsApp (whatsapp_opt_in: the default catalog's), whose number is not on WhatsApp.
         upserted = await segments_api.UpsertProfiles(
             segments.UpsertProfilesRequest(
                 request_id="e2e-fallback-profiles",
