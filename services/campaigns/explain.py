@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from services.campaigns.automation import FELL_BACK, LAST_CHANNEL
 from services.campaigns.offers import AMOUNT_BELOW_MINIMUM, AMOUNT_MISSING
 
 
@@ -103,15 +104,36 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
         return Decision(outcome=Outcome.NOT_DISPATCHED, reason="released, about to be dispatched", **base)
     for column, outcome, words in _SETTLED:
         if outreach.get(column) is not None:
-            return Decision(
-                outcome=outcome, reason=f"{words} at {_when(outreach[column])}", at=outreach[column], **base
-            )
+            reason = f"{words} at {_when(outreach[column])}{_fallback_of(outreach)}"
+            if outcome is Outcome.FAILED:
+                reason += _fallback(outreach)
+            return Decision(outcome=outcome, reason=reason, at=outreach[column], **base)
     return Decision(
         outcome=Outcome.DISPATCHED,
         reason=f"dispatched at {_when(outreach['dispatched_at'])}; no answer from the provider yet",
         at=outreach["dispatched_at"],
         **base,
     )
+
+
+def _fallback_of(outreach: Mapping[str, Any]) -> str:
+    """For a fallback: which failed outreach it follows."""
+    failed = outreach.get("fallback_of")
+    return f" (a fallback: {failed} failed on an earlier channel)" if failed else ""
+
+
+def _fallback(outreach: Mapping[str, Any]) -> str:
+    """What became of a failed outreach's fallback (fallback_on_failure), when it was decided."""
+    state = outreach.get("fallback_state")
+    if not state:
+        return ""
+    if state == FELL_BACK:
+        return "; it fell back to the next channel the person can be reached on (its own run, <run>-f)"
+    if state == LAST_CHANNEL:
+        return "; no fallback: it was on the campaign's last channel"
+    if state == "suppressed:no_contact":
+        return "; no fallback: no address on any later channel of the campaign"
+    return f"; no fallback: {state.replace('_', ' ')}"
 
 
 _EXCLUDED = {

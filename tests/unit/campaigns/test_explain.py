@@ -97,6 +97,25 @@ def test_a_dispatched_outreach_reports_its_most_telling_channel_fact() -> None:
     assert _one([{**dispatched, "bounced_at": sent}]).outcome is Outcome.FAILED
 
 
+def test_a_failed_outreach_says_what_became_of_its_fallback_and_a_fallback_which_it_follows() -> None:
+    sent = NOW - timedelta(hours=5)
+    failed = _outreach(channel="WHATSAPP", dispatched_at=sent, failed_at=sent)
+    assert _one([failed]).reason == "the provider refused or lost the message at 2025-11-20 07:00 UTC"
+    fell_back = _one([{**failed, "fallback_state": "fell_back"}])
+    assert fell_back.outcome is Outcome.FAILED and "it fell back to the next channel" in fell_back.reason
+    assert (
+        "no fallback: it was on the campaign's last channel"
+        in _one([{**failed, "fallback_state": "last_channel"}]).reason
+    )
+    no_contact = _one([{**failed, "fallback_state": "suppressed:no_contact"}])
+    assert no_contact.reason.endswith("; no fallback: no address on any later channel of the campaign")
+    capped = _one([{**failed, "fallback_state": "capped:cap_all_day"}])
+    assert capped.reason.endswith("; no fallback: capped:cap all day")
+    fallback = _one([_outreach(channel="SMS", dispatched_at=sent, delivered_at=sent, fallback_of="CSELL-NOV-T00-0001")])
+    assert fallback.outcome is Outcome.DELIVERED
+    assert fallback.reason.endswith("(a fallback: CSELL-NOV-T00-0001 failed on an earlier channel)")
+
+
 def test_every_run_gets_a_decision_newest_first_and_test_sends_do_not_count() -> None:
     runs = [_run("run-2"), _run("run-1")]
     decisions = explain(CAMPAIGN, runs, [_outreach(run_id="run-2", test=True), _outreach(run_id="run-1")], [], NOW)
