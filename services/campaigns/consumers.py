@@ -5,6 +5,7 @@ from typing import Any
 
 import structlog
 
+from plumbing import bounces
 from plumbing.bus import Delivery
 from plumbing.db import Database
 from services.campaigns import automation_store, store
@@ -58,6 +59,11 @@ class OutreachSignals:
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         column = ENGAGEMENT_COLUMNS.get(event.kind)
         if column is None or not event.campaign_id:
+            return
+        if column == "bounced_at" and bounces.for_a_while(event.detail) == bounces.UNREACHABLE:
+            # Not on WhatsApp: a fact about the channel, not a bad list, which Meta does not hold against the sender.
+            # The message is FAILED already (its DeliveryUpdated), and that is what makes its fallback due; as a
+            # bounce it would count towards the bounce rate that pauses the campaign, and so stop the fallbacks.
             return
         await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
 

@@ -113,6 +113,43 @@ async def test_ten_percent_an_hour_releases_in_steps_and_bounces_pause_it(
     assert (audit[-1].action, audit[-1].actor) == ("paused", "system")
 
 
+async def test_a_number_not_on_whatsapp_is_a_failure_not_a_bounce_towards_the_pause(
+    stub: service_pb2_grpc.CampaignsServiceStub, db: Database, nats_bus: Bus
+) -> None:
+    programme = programme_code()
+    key = await _launch(stub, campaign_message(programme), "unreachable")
+    await collect(nats_bus, streams.DISPATCH_REQUESTED, programme, 5)
+    rows = await eventually(lambda: _when_all_dispatched(db, key))
+    first, second = rows[0].campaign_id, rows[1].campaign_id
+    engagement = [
+        (first, channel_resources.ENGAGEMENT_KIND_BOUNCED, "UNREACHABLE whatsapp 131026"),
+        (second, channel_resources.ENGAGEMENT_KIND_BOUNCED, "5.1.1 permanent"),
+        (first, channel_resources.ENGAGEMENT_KIND_OPENED, ""),  # after the first's, in the stream: a witness
+    ]
+    for campaign_id, kind, detail in engagement:
+        await nats_bus.js.publish(
+            streams.ENGAGEMENT_RECORDED,
+            channel_events.EngagementRecorded(
+                event_id=f"{kind}-{campaign_id}",
+                campaign_id=campaign_id,
+                kind=kind,
+                detail=detail,  # type: ignore[arg-type]
+            ).SerializeToString(),
+        )
+
+    async def witnessed() -> list | None:  # type: ignore[type-arg]
+        rows = await _outreach_rows(db, key)
+        return rows if rows[0].opened_at is not None and rows[1].bounced_at is not None else None
+
+    first_row, second_row = (await eventually(witnessed))[:2]
+    assert first_row.bounced_at is None and second_row.bounced_at is not None
+
+
+async def _when_all_dispatched(db: Database, key: str) -> list | None:  # type: ignore[type-arg]
+    rows = await _outreach_rows(db, key)
+    return rows if len(rows) == 5 and all(row.dispatched_at is not None for row in rows) else None
+
+
 async def test_quiet_hours_defer_dispatch_in_the_recipients_local_time(
     stub: service_pb2_grpc.CampaignsServiceStub, db: Database, nats_bus: Bus
 ) -> None:
