@@ -92,7 +92,11 @@ def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
     if campaign.HasField("auto_pause"):
         rules = campaign.auto_pause
         auto_pause = validate_rates(
-            rules.max_bounce_rate, rules.max_complaint_rate, rules.max_opt_out_rate, rules.min_released
+            rules.max_bounce_rate,
+            rules.max_complaint_rate,
+            rules.max_opt_out_rate,
+            rules.min_released,
+            rules.max_failure_rate,
         )
     caps = []
     for index, cap in enumerate(campaign.frequency_caps):
@@ -136,6 +140,7 @@ def fill_options(campaign: resources_pb2.Campaign, options: DeliveryOptions) -> 
                 max_complaint_rate=rules.max_complaint_rate,
                 max_opt_out_rate=rules.max_opt_out_rate,
                 min_released=rules.min_released,
+                max_failure_rate=rules.max_failure_rate,
             )
         )
     for cap in options.frequency_caps:

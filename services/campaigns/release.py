@@ -356,7 +356,7 @@ class ReleaseRunner:
             return False
         counts = await store.released_engagement(session, run.run_id)
         reason = options.auto_pause.breach(
-            counts["dispatched"], counts["bounced"], counts["complained"], counts["opted_out"]
+            counts["dispatched"], counts["bounced"], counts["complained"], counts["opted_out"], counts["failed"]
         )
         if reason is None:
             return False

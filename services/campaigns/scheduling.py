@@ -132,8 +132,9 @@ class AutoPause:
     max_complaint_rate: float = 0.0
     max_opt_out_rate: float = 0.0
     min_released: int = DEFAULT_MIN_RELEASED
+    max_failure_rate: float = 0.0
 
-    def breach(self, released: int, bounced: int, complained: int, opted_out: int) -> str | None:
+    def breach(self, released: int, bounced: int, complained: int, opted_out: int, failed: int = 0) -> str | None:
         """The reason to pause ("bounce rate 0.12 >= 0.05"), or None; judged once min_released are released."""
         if released <= 0 or released < self.min_released:
             return None
@@ -141,6 +142,7 @@ class AutoPause:
             ("bounce", bounced, self.max_bounce_rate),
             ("complaint", complained, self.max_complaint_rate),
             ("opt-out", opted_out, self.max_opt_out_rate),
+            ("failure", failed, self.max_failure_rate),
         ):
             rate = count / released
             if limit > 0 and rate >= limit:
@@ -223,17 +225,24 @@ def validate_distribution(percent: int, interval_seconds: int) -> Distribution:
     return Distribution(percent, interval_seconds)
 
 
-def validate_rates(max_bounce: float, max_complaint: float, max_opt_out: float, min_released: int) -> AutoPause:
-    for name, value in (("max_bounce_rate", max_bounce), ("max_complaint_rate", max_complaint)):
+def validate_rates(
+    max_bounce: float, max_complaint: float, max_opt_out: float, min_released: int, max_failure: float = 0.0
+) -> AutoPause:
+    for name, value in (
+        ("max_bounce_rate", max_bounce),
+        ("max_complaint_rate", max_complaint),
+        ("max_opt_out_rate", max_opt_out),
+        ("max_failure_rate", max_failure),
+    ):
         if not 0 <= value <= 1:
-            raise InvalidArgument(f"auto_pause.{name} must be between 0 and 1", field=f"campaign.auto_pause.{name}")
-    if not 0 <= max_opt_out <= 1:
-        raise InvalidArgument(
-            "auto_pause.max_opt_out_rate must be between 0 and 1", field="campaign.auto_pause.max_opt_out_rate"
-        )
+            raise InvalidArgument(
+                f"auto_pause.{name} must be between 0 and 1, e.g. 0.05 for 5%", field=f"campaign.auto_pause.{name}"
+            )
     if min_released < 0:
         raise InvalidArgument("auto_pause.min_released must not be negative", field="campaign.auto_pause.min_released")
-    return AutoPause(max_bounce, max_complaint, max_opt_out, min_released or DEFAULT_MIN_RELEASED)
+    return AutoPause(
+        max_bounce, max_complaint, max_opt_out, min_released or DEFAULT_MIN_RELEASED, max_failure_rate=max_failure
+    )
 
 
 def validate_holdout(basis_points: int) -> int:

@@ -754,13 +754,23 @@ async def defer_dispatches(session: AsyncSession, deferrals: Sequence[Mapping[st
 
 
 async def released_engagement(session: AsyncSession, run_id: str) -> dict[str, int]:
-    """Dispatched, bounced, complained and opted-out counts of a run's released outreaches, in one query."""
+    """Dispatched, bounced, complained, opted-out and failed counts of a run's released outreaches, in one query."""
     o = outreaches.c
     query = select(
-        func.count(o.dispatched_at), func.count(o.bounced_at), func.count(o.complained_at), func.count(o.opted_out_at)
+        func.count(o.dispatched_at),
+        func.count(o.bounced_at),
+        func.count(o.complained_at),
+        func.count(o.opted_out_at),
+        func.count(o.failed_at),
     ).where(o.run_id == run_id, o.dispatched_at.is_not(None))
-    dispatched, bounced, complained, opted_out = (await session.execute(query)).one()
-    return {"dispatched": dispatched, "bounced": bounced, "complained": complained, "opted_out": opted_out}
+    dispatched, bounced, complained, opted_out, failed = (await session.execute(query)).one()
+    return {
+        "dispatched": dispatched,
+        "bounced": bounced,
+        "complained": complained,
+        "opted_out": opted_out,
+        "failed": failed,
+    }
 
 
 async def complete_run(session: AsyncSession, run_id: str, at: datetime) -> None:

@@ -5,6 +5,7 @@ Time is moved forward by editing a run's step or due time in the database, never
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -56,14 +57,43 @@ async def _outreach_rows(db: Database, key: str) -> list:  # type: ignore[type-a
         return list((await session.execute(query)).all())
 
 
-async def test_ten_percent_an_hour_releases_in_steps_and_bounces_pause_it(
-    stub: service_pb2_grpc.CampaignsServiceStub, db: Database, nats_bus: Bus
+def _bounce(campaign_id: str) -> tuple[str, bytes]:
+    event = channel_events.EngagementRecorded(
+        event_id=f"bounce-{campaign_id}", campaign_id=campaign_id, kind=channel_resources.ENGAGEMENT_KIND_BOUNCED
+    )
+    return streams.ENGAGEMENT_RECORDED, event.SerializeToString()
+
+
+def _failure(campaign_id: str) -> tuple[str, bytes]:
+    event = channel_events.DeliveryUpdated(
+        event_id=f"failed-{campaign_id}", campaign_id=campaign_id, state=channel_resources.DELIVERY_STATE_FAILED
+    )
+    return streams.DELIVERY_UPDATED, event.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("rule", "signal", "column", "pause_reason"),
+    [
+        (S.AutoPause(max_bounce_rate=0.5, min_released=2), _bounce, "bounced_at", "bounce rate 1.000 >= 0.500"),
+        # Every message failing: a template the provider no longer approves, a lapsed DLT registration.
+        (S.AutoPause(max_failure_rate=0.5, min_released=2), _failure, "failed_at", "failure rate 1.000 >= 0.500"),
+    ],
+    ids=["bounces", "failures"],
+)
+async def test_ten_percent_an_hour_releases_in_steps_and_bounces_or_failures_pause_it(
+    stub: service_pb2_grpc.CampaignsServiceStub,
+    db: Database,
+    nats_bus: Bus,
+    rule: resources_pb2.AutoPause,
+    signal: Any,
+    column: str,
+    pause_reason: str,
 ) -> None:
     programme = programme_code()
     campaign = campaign_message(programme)
     campaign.distribution.CopyFrom(S.Distribution(percent_per_step=40, interval=Duration(seconds=3600)))
-    campaign.auto_pause.CopyFrom(S.AutoPause(max_bounce_rate=0.5, min_released=2))
-    key = await _launch(stub, campaign, "dist")
+    campaign.auto_pause.CopyFrom(rule)
+    key = await _launch(stub, campaign, f"dist-{column}")
 
     # Five outreaches materialised in order; the first step (40% of 5 = 2) is dispatched, the rest wait an hour.
     first = await collect(nats_bus, streams.DISPATCH_REQUESTED, programme, 2)
@@ -80,19 +110,12 @@ async def test_ten_percent_an_hour_releases_in_steps_and_bounces_pause_it(
     assert dispatched_ids == {rows[0].campaign_id, rows[1].campaign_id}
     assert (await state_of(stub, key)).state == S.CAMPAIGN_STATE_RUNNING
 
-    # Channels report both released e-mails bounced; when the next step falls due the campaign pauses itself.
+    # Channels report both released e-mails bounced (failed); when the next step falls due the campaign pauses itself.
     for row in rows[:2]:
-        await nats_bus.js.publish(
-            streams.ENGAGEMENT_RECORDED,
-            channel_events.EngagementRecorded(
-                event_id=f"bounce-{row.campaign_id}",
-                campaign_id=row.campaign_id,
-                kind=channel_resources.ENGAGEMENT_KIND_BOUNCED,
-            ).SerializeToString(),
-        )
+        await nats_bus.js.publish(*signal(row.campaign_id))
 
     async def bounces_recorded() -> bool:
-        return all(row.bounced_at is not None for row in (await _outreach_rows(db, key))[:2])
+        return all(getattr(row, column) is not None for row in (await _outreach_rows(db, key))[:2])
 
     await eventually(bounces_recorded)
     async with db.transaction() as session:
@@ -107,7 +130,7 @@ async def test_ten_percent_an_hour_releases_in_steps_and_bounces_pause_it(
         return current if current.state == S.CAMPAIGN_STATE_PAUSED else None
 
     stopped = await eventually(paused)
-    assert stopped.pause_reason == "bounce rate 1.000 >= 0.500 over 2 released outreaches"
+    assert stopped.pause_reason == f"{pause_reason} over 2 released outreaches"
     assert sum(row.dispatched_at is not None for row in await _outreach_rows(db, key)) == 2
     audit = (await stub.ListCampaignAudit(service_pb2.ListCampaignAuditRequest(campaign_key=key))).entries
     assert (audit[-1].action, audit[-1].actor) == ("paused", "system")

@@ -98,6 +98,9 @@ def test_auto_pause_judges_rates_once_enough_are_released() -> None:
     assert rule.breach(100, 5, 0, 0) == "bounce rate 0.050 >= 0.050 over 100 released outreaches"
     assert (rule.breach(1000, 0, 1, 0) or "").startswith("complaint rate")
     assert AutoPause().breach(1000, 1000, 1000, 1000) is None
+    failing = AutoPause(max_failure_rate=0.2, min_released=10)
+    assert failing.breach(10, 0, 0, 0, failed=1) is None
+    assert failing.breach(10, 0, 0, 0, failed=2) == "failure rate 0.200 >= 0.200 over 10 released outreaches"
 
 
 def test_options_round_trip_through_json() -> None:
@@ -105,7 +108,7 @@ def test_options_round_trip_through_json() -> None:
         recurrence=Recurrence("0 9 * * 1", end=datetime(2027, 1, 1, tzinfo=UTC)),
         distribution=Distribution(10, 3600),
         quiet_hours=QuietHours(1260, 540),
-        auto_pause=AutoPause(0.05, 0.01, 0.02, 50),
+        auto_pause=AutoPause(0.05, 0.01, 0.02, 50, max_failure_rate=0.3),
         frequency_caps=(FrequencyCapRule("CHANNEL", "DAY", 1),),
         priority=5,
         holdout_basis_points=1000,
