@@ -209,19 +209,19 @@ class ProviderWebhooks:
         stale = 0
         try:
             for value in _whatsapp_values(document):
-                for status in value.get("statuses") or []:
+                for status in _objects(value, "statuses"):
                     if self._stale(_unix_time(status.get("timestamp"))):
                         stale += 1
                     else:
                         await self._whatsapp_status(status)
-                for message in value.get("messages") or []:
+                for message in _objects(value, "messages"):
                     # An opt-out is honoured however late it comes (Meta retries for days after an outage): dropping
                     # one would keep messaging someone who said stop, and a replayed one only opts a person out.
                     if self._stale(_unix_time(message.get("timestamp"))) and not _opts_out(message):
                         stale += 1
                     else:
                         await self._whatsapp_message(message)
-                for preference in value.get("user_preferences") or []:
+                for preference in _objects(value, "user_preferences"):
                     # An opt-out, honoured however late it comes, as a typed STOP is.
                     await self._whatsapp_preference(preference)
         except Unrecorded:
@@ -232,7 +232,7 @@ class ProviderWebhooks:
         return web.Response(text="ok\n")
 
     async def _whatsapp_status(self, status: dict[str, Any]) -> None:
-        campaign_id = status.get("biz_opaque_callback_data") or ""
+        campaign_id = str(status.get("biz_opaque_callback_data") or "")
         wamid, state = str(status.get("id", "")), status.get("status")
         if not campaign_id:
             log.info("webhook_ignored", provider="whatsapp", reason="no_campaign_id", status=state)
@@ -244,7 +244,7 @@ class ProviderWebhooks:
         elif state == "delivered":
             await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, wamid, "")
         elif state == "failed":
-            errors = status.get("errors") or [{}]
+            errors = _objects(status, "errors") or [{}]
             code = str(errors[0].get("code", ""))
             reason = f"whatsapp {code} {errors[0].get('title', '')}".strip()
             await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, wamid, reason)
@@ -296,7 +296,7 @@ class ProviderWebhooks:
         )
 
     async def _whatsapp_message(self, message: dict[str, Any]) -> None:
-        quoted = (message.get("context") or {}).get("id", "")
+        quoted = str(_object(message, "context").get("id", ""))
         text = _reply_text(message)
         request = channels_pb2.RecordEngagementRequest(
             request_id=f"wa:{message.get('id', '')}", kind=_reply_kind(text), reply_text=text[:1000]
@@ -474,6 +474,18 @@ def _exotel_time(value: str) -> float | None:
 WHATSAPP_FIELDS = frozenset({"messages", "user_preferences"})
 
 
+def _objects(value: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The JSON objects of a list field of a webhook value; anything else in it is skipped."""
+    items = value.get(key)
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _object(value: dict[str, Any], key: str) -> dict[str, Any]:
+    """An object field of a webhook item; {} when it is absent or not an object (read as saying nothing)."""
+    found = value.get(key)
+    return found if isinstance(found, dict) else {}
+
+
 def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
     if not isinstance(document, dict) or document.get("object") != "whatsapp_business_account":
         return []
@@ -521,11 +533,11 @@ def _reply_kind(text: str) -> Any:
 def _reply_text(message: dict[str, Any]) -> str:
     kind = message.get("type")
     if kind == "text":
-        return str((message.get("text") or {}).get("body", ""))
+        return str(_object(message, "text").get("body", ""))
     if kind == "button":
-        return str((message.get("button") or {}).get("text", ""))
+        return str(_object(message, "button").get("text", ""))
     if kind == "interactive":
-        interactive = message.get("interactive") or {}
-        reply = interactive.get("button_reply") or interactive.get("list_reply") or {}
+        interactive = _object(message, "interactive")
+        reply = _object(interactive, "button_reply") or _object(interactive, "list_reply")
         return str(reply.get("title", ""))
     return ""

@@ -172,6 +172,29 @@ async def test_a_failure_that_says_something_about_the_person_is_recorded_beside
     assert person.detail == (f"UNREACHABLE whatsapp {detail_code}" if detail_code else "")
 
 
+async def test_a_signed_body_in_another_shape_than_metas_is_acknowledged_without_a_crash(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    now = str(int(time.time()))
+    value = {
+        "messaging_product": "whatsapp",
+        "statuses": ["not an object", {"id": WAMID, "status": "failed", "timestamp": now, "errors": "not a list"}],
+        "messages": [
+            {"from": "919876543210", "id": "wamid.odd", "timestamp": now, "type": "text", "text": "not an object"},
+            {"from": "919876543210", "id": "wamid.odd2", "timestamp": now, "type": "text", "context": ["x"]},
+        ],
+        "user_preferences": "not a list",
+    }
+    body = _whatsapp(value)
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 200
+    # The status names no outreach (no biz_opaque_callback_data): ignored. The messages carry no text: replies
+    # without one, on the last message to the sender.
+    assert receipts(downstream) == []
+    assert [(e.reply_text, e.provider_message_id) for e in engagements(downstream)] == [("", ""), ("", "")]
+
+
 async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed_and_a_resume_lifts_nothing(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
