@@ -127,6 +127,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
         extra_routes=[
             ProviderWebhooks(
                 channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
+                campaigns=campaigns_grpc.CampaignsServiceStub(channels[scopes.CAMPAIGNS_SERVICE]),
                 whatsapp_app_secret=settings.whatsapp_app_secret.get_secret_value(),
                 whatsapp_verify_token=settings.whatsapp_verify_token.get_secret_value(),
                 sms_callback_token=settings.sms_callback_token.get_secret_value(),

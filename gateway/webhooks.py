@@ -12,7 +12,8 @@
   (the number is in Meta's marketing experiment) become a BOUNCED "UNREACHABLE whatsapp <code>", which segments turns
   into an `unreachable` suppression on WhatsApp for a while (so a campaign's fallback channel reaches them); 131050
   (they stopped marketing messages from this business) becomes an unsubscribe. So does a `user_preferences` change
-  whose value is `stop` (the person stopped marketing messages in WhatsApp's own settings).
+  whose value is `stop` (the person stopped marketing messages in WhatsApp's own settings). A template Meta pauses,
+  disables or rejects (`message_template_status_update`) pauses the campaigns sending it (gateway.whatsapp_templates).
 - `POST /webhooks/sms/exotel/{token}`: Exotel's StatusCallback (form fields SmsSid, Status,
   DetailedStatus, DateSent, CustomField = the campaign ID). The URL carries a secret token compared in
   constant time; with `sms_callback_secret` set, the callback must also carry `X-Twilio-Signature`, the
@@ -47,7 +48,9 @@ import grpc
 import structlog
 from aiohttp import web
 
+from gateway.whatsapp_templates import TemplatesUnavailable, on_template_status
 from plumbing.bounces import DND, INVALID_NUMBER, whatsapp_unreachable
+from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
@@ -154,6 +157,7 @@ class ProviderWebhooks:
         self,
         channels: channels_grpc.ChannelsServiceStub,
         *,
+        campaigns: campaigns_grpc.CampaignsServiceStub | None = None,
         whatsapp_app_secret: str,
         whatsapp_verify_token: str,
         sms_callback_token: str,
@@ -164,6 +168,7 @@ class ProviderWebhooks:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._channels = channels
+        self._campaigns = campaigns
         self._app_secret = whatsapp_app_secret
         self._verify_token = whatsapp_verify_token
         self._sms_token = sms_callback_token
@@ -208,7 +213,11 @@ class ProviderWebhooks:
             return web.Response(status=400, text="body is not JSON\n")
         stale = 0
         try:
-            for value in _whatsapp_values(document):
+            for field, value in _whatsapp_values(document):
+                if field == TEMPLATE_STATUS_FIELD:
+                    if self._campaigns is not None:
+                        await on_template_status(self._campaigns, value, digest.hex()[:32], self._timeout)
+                    continue
                 for status in _objects(value, "statuses"):
                     if self._stale(_unix_time(status.get("timestamp"))):
                         stale += 1
@@ -224,7 +233,7 @@ class ProviderWebhooks:
                 for preference in _objects(value, "user_preferences"):
                     # An opt-out, honoured however late it comes, as a typed STOP is.
                     await self._whatsapp_preference(preference)
-        except Unrecorded:
+        except (Unrecorded, TemplatesUnavailable):
             return web.Response(status=503, text="try again later\n")
         if stale:
             log.warning("webhook_rejected", provider="whatsapp", reason="stale", items=stale)
@@ -470,8 +479,9 @@ def _exotel_time(value: str) -> float | None:
         return None
 
 
-# The webhook fields read: statuses and inbound messages, and marketing preferences.
-WHATSAPP_FIELDS = frozenset({"messages", "user_preferences"})
+# The webhook fields read: statuses and inbound messages, marketing preferences, and templates' status.
+TEMPLATE_STATUS_FIELD = "message_template_status_update"
+WHATSAPP_FIELDS = frozenset({"messages", "user_preferences", TEMPLATE_STATUS_FIELD})
 
 
 def _objects(value: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -486,15 +496,16 @@ def _object(value: dict[str, Any], key: str) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _whatsapp_values(document: Any) -> list[dict[str, Any]]:
+def _whatsapp_values(document: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(field, value) of each change of the document in a field this gateway reads."""
     if not isinstance(document, dict) or document.get("object") != "whatsapp_business_account":
         return []
     values = []
-    for entry in document.get("entry") or []:
-        for change in (entry or {}).get("changes") or []:
-            value = (change or {}).get("value")
-            if (change or {}).get("field") in WHATSAPP_FIELDS and isinstance(value, dict):
-                values.append(value)
+    for entry in _objects(document, "entry"):
+        for change in _objects(entry, "changes"):
+            field, value = change.get("field"), change.get("value")
+            if field in WHATSAPP_FIELDS and isinstance(value, dict):
+                values.append((str(field), value))
     return values
 
 
