@@ -306,6 +306,8 @@ def report_command(gateway: Gateway, args: Any, out: Out) -> int:
         ("suppressed", counts.suppressed_by_reason),
         ("not eligible", counts.not_eligible_by_reason),
         ("capped", counts.capped_by_reason),
+        ("no resend", counts.resends_skipped_by_reason),
+        ("no fallback", counts.fallbacks_skipped_by_reason),
     ):
         for reason in reasons:
             print(f"  {title}: {reason.reason} {reason.count}", file=out.out)

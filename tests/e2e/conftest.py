@@ -1,11 +1,14 @@
 """The whole stack, started the way `make run` starts it, with a real SMTP server and the provider servers owned by
 the test."""
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from devstack.smtp_sink import MailboxHandler, start_sink
 from devstack.stack import Ports, Stack
 
 E2E_API_KEY = "xsk_e2e_4f7a9c2d1e8b6a5f3c0d"
+ROOT = Path(__file__).resolve().parents[2]
 AUTH = (("x-api-key", E2E_API_KEY),)
 
 
@@ -61,3 +65,16 @@ def approver_auth(running_stack: RunningStack) -> tuple[tuple[str, str]]:
         timeout=60,
     )
     return (("x-api-key", created.stdout.strip()),)
+
+
+def xsell(stack: RunningStack, *args: str, key: str = E2E_API_KEY) -> subprocess.CompletedProcess[str]:
+    """The `xsell` CLI against the running stack's gateway, as an operator runs it."""
+    env = dict(os.environ, XSELL_GATEWAY=stack.stack.gateway_target, XSELL_API_KEY=key)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
+    return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout

@@ -1,22 +1,19 @@
 """`xsell` as an operator runs it, in a subprocess against the running stack's gateway: apply, approve, launch, read."""
 
 import asyncio
-import json
-import os
 import re
 import subprocess
 import sys
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import yaml
 
 from plumbing.telemetry import outreach_trace_id
-from tests.e2e.conftest import E2E_API_KEY, RunningStack
+from tests.e2e.conftest import E2E_API_KEY, ROOT, RunningStack, ok, xsell
 from tests.waiting import eventually
 from xsell.attribution.v1 import service_pb2 as attribution_pb2
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
@@ -24,22 +21,9 @@ from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
 # One worker runs every e2e test, so `make test` starts the whole stack once, not once per worker.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
-ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_EXAMPLE = ROOT / "examples" / "segments" / "sip_only_investors.yaml"
 KEYS_CREATE = (sys.executable, "-m", "gateway", "keys", "create")
 CAMPAIGN_EXAMPLE = ROOT / "examples" / "campaigns" / "lumpsum_for_sip_investors.yaml"
-
-
-def xsell(stack: RunningStack, *args: str, key: str = E2E_API_KEY) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, XSELL_GATEWAY=stack.stack.gateway_target, XSELL_API_KEY=key)
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
 
 
 def approver_key(stack: RunningStack) -> str:

@@ -2,11 +2,13 @@
 Meta's failed status (131026) through the signed webhook, channels' bounce, segments' suppression and campaigns'
 fallback to the next channel, against the provider servers as `make run` starts them."""
 
+import re
+
 import grpc
 import pytest
 
 from devstack.provider_sinks import NOT_ON_WHATSAPP
-from tests.e2e.conftest import AUTH, RunningStack, approver_auth
+from tests.e2e.conftest import AUTH, RunningStack, approver_auth, ok, xsell
 from tests.waiting import eventually
 from xsell.campaigns.v1 import resources_pb2 as campaign_resources
 from xsell.campaigns.v1 import service_pb2 as campaigns
@@ -161,3 +163,6 @@ async def test_a_whatsapp_offer_to_a_number_not_on_whatsapp_falls_back_to_sms(ru
             await campaigns_api.GetCampaignReport(campaigns.GetCampaignReportRequest(campaign_key=key), metadata=AUTH)
         ).counts
         assert (report.released, report.fell_back, report.failed) == (2, 1, 1)
+    # The operator's report says the same.
+    printed = ok(xsell(running_stack, "report", key))
+    assert re.search(r"^fell_back\s+1\s*$", printed, re.M), printed
