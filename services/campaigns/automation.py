@@ -45,9 +45,14 @@ class Automation:
         )
 
     @property
+    def follow_ups(self) -> tuple[str, ...]:
+        """What the follow-up runner does for the campaign after its release: "resend", "fallback", both or none."""
+        return tuple(what for what, on in (("resend", self.resend is not None), ("fallback", self.fallback)) if on)
+
+    @property
     def follows_up(self) -> bool:
         """Whether the campaign stays RUNNING after its release, for the follow-up runner: resends or fallbacks."""
-        return self.resend is not None or self.fallback
+        return bool(self.follow_ups)
 
 
 def automation_of(row: Any) -> Automation:

@@ -396,12 +396,7 @@ class ReleaseRunner:
         elif automation_of(campaign).follows_up:
             # Stays RUNNING (so it can still be paused or cancelled) until the follow-up runner has decided
             # every resend, and every fallback within the fallback window; it completes the campaign then.
-            automation = automation_of(campaign)
-            waiting = " and ".join(
-                what
-                for what, on in (("resends", automation.resend is not None), ("fallbacks", automation.fallback))
-                if on
-            )
+            waiting = " and ".join(f"{what}s" for what in automation_of(campaign).follow_ups)
             action, state, note = "run_completed", CampaignState.RUNNING, f"waiting for {waiting}"
         else:
             await store.set_state(session, campaign.campaign_key, CampaignState.RUNNING, CampaignState.COMPLETED)

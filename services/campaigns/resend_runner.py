@@ -317,14 +317,7 @@ class ResendRunner:
                 action="completed",
                 actor=SYSTEM_ACTOR,
                 state=CampaignState.COMPLETED,
-                note=_completion_note(automation),
+                note=f"every {' and '.join(automation.follow_ups)} decided",
                 at=now,
             )
-            log.info("campaign_completed_after_resends")
-
-
-def _completion_note(automation: Automation) -> str:
-    decided = [
-        what for what, on in (("resend", automation.resend is not None), ("fallback", automation.fallback)) if on
-    ]
-    return f"every {' and '.join(decided)} decided"
+            log.info("campaign_completed_after_follow_ups", follow_ups=automation.follow_ups)
