@@ -3,7 +3,7 @@
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -104,6 +104,10 @@ message_timeline = Table(
 )
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything stored is UTC.
     if value is None or value.tzinfo is not None:
@@ -158,7 +162,7 @@ async def queued_at(session: AsyncSession, campaign_id: str) -> datetime:
     """When the message was queued (its QUEUED step): after campaigns had chosen its address."""
     query = select(messages.c.created_at).where(messages.c.campaign_id == campaign_id)
     created: datetime = (await session.execute(query)).scalar_one()
-    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+    return _utc(created)
 
 
 async def set_state(
