@@ -16,6 +16,9 @@ from devstack.nats_server import free_port
 from devstack.provider_sinks import NOT_ON_WHATSAPP, ProviderSinks, SinksThread
 from devstack.smtp_sink import MailboxHandler, start_sink
 from devstack.stack import Ports, Stack
+from xsell.campaigns.v1 import resources_pb2 as campaign_resources
+from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
+from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
 
 E2E_API_KEY = "xsk_e2e_4f7a9c2d1e8b6a5f3c0d"
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +81,30 @@ def xsell(stack: RunningStack, *args: str, key: str = E2E_API_KEY) -> subprocess
 def ok(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, (result.args, result.stdout, result.stderr)
     return json.loads(result.stdout) if result.stdout.lstrip().startswith(("{", "[")) else result.stdout
+
+
+async def launched(
+    api: campaigns_grpc.CampaignsServiceStub,
+    campaign: campaign_resources.Campaign,
+    approver: tuple[tuple[str, str]],
+    request_prefix: str,
+) -> campaign_resources.Campaign:
+    """The campaign created, submitted by its maker, approved by a checker (`approver`) and launched."""
+    created = (
+        await api.CreateCampaign(
+            campaigns_pb2.CreateCampaignRequest(request_id=f"{request_prefix}-create", campaign=campaign),
+            metadata=AUTH,
+        )
+    ).campaign
+    key = created.campaign_key
+    await api.SubmitCampaign(
+        campaigns_pb2.SubmitCampaignRequest(request_id=f"{request_prefix}-submit", campaign_key=key), metadata=AUTH
+    )
+    await api.ApproveCampaign(
+        campaigns_pb2.ApproveCampaignRequest(request_id=f"{request_prefix}-approve", campaign_key=key),
+        metadata=approver,
+    )
+    await api.LaunchCampaign(
+        campaigns_pb2.LaunchCampaignRequest(request_id=f"{request_prefix}-launch", campaign_key=key), metadata=AUTH
+    )
+    return created

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from devstack.provider_sinks import NOT_ON_WHATSAPP
-from tests.e2e.conftest import AUTH, RunningStack, approver_auth, ok, xsell
+from tests.e2e.conftest import AUTH, RunningStack, approver_auth, launched, ok, xsell
 from tests.waiting import eventually
 from xsell.campaigns.v1 import resources_pb2 as campaign_resources
 from xsell.campaigns.v1 import service_pb2 as campaigns
@@ -101,21 +101,7 @@ async def test_a_whatsapp_offer_to_a_number_not_on_whatsapp_falls_back_to_sms(ru
                 ),
             ),
         )
-        key = (
-            await campaigns_api.CreateCampaign(
-                campaigns.CreateCampaignRequest(request_id="e2e-fallback-campaign", campaign=campaign), metadata=AUTH
-            )
-        ).campaign.campaign_key
-        await campaigns_api.SubmitCampaign(
-            campaigns.SubmitCampaignRequest(request_id="e2e-fallback-campaign-submit", campaign_key=key), metadata=AUTH
-        )
-        await campaigns_api.ApproveCampaign(
-            campaigns.ApproveCampaignRequest(request_id="e2e-fallback-campaign-approve", campaign_key=key),
-            metadata=approver,
-        )
-        await campaigns_api.LaunchCampaign(
-            campaigns.LaunchCampaignRequest(request_id="e2e-fallback-launch", campaign_key=key), metadata=AUTH
-        )
+        key = (await launched(campaigns_api, campaign, approver, "e2e-fallback-campaign")).campaign_key
 
         async def two_outreaches() -> list[campaign_resources.Outreach] | None:
             reply = await campaigns_api.ListOutreaches(campaigns.ListOutreachesRequest(campaign_key=key), metadata=AUTH)

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from plumbing.signing import verify
 from plumbing.telemetry import spans_for_campaign_id
 from tests.deploy.test_alerts import alert_metrics, metric_family
-from tests.e2e.conftest import AUTH, RunningStack, approver_auth
+from tests.e2e.conftest import AUTH, RunningStack, approver_auth, launched
 from tests.waiting import eventually
 from xsell.attribution.v1 import service_pb2 as attribution
 from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
@@ -152,49 +152,33 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
         )
         assert published.segment.member_count == 1
 
-        # 3. A one-time e-mail campaign on it, launched now.
-        campaign = (
-            await campaigns_api.CreateCampaign(
-                campaigns.CreateCampaignRequest(
-                    request_id="e2e-campaign-1",
-                    campaign=campaign_resources.Campaign(
-                        display_name="Lumpsum Opportunity for SIP Investors",
-                        labels=["Cross-Sell – Lumpsum"],
-                        category=campaign_resources.CAMPAIGN_CATEGORY_CROSS_SELL_NEW_CATEGORY,
-                        programme="CSELL",
-                        trigger_code="T06",
-                        segment_id=created.segment.segment_id,
-                        channel=channel_pb2.CHANNEL_EMAIL,
-                        offer=campaign_resources.Offer(product_code="MSME_WC_TOPUP", amount=_inr(17_40_000)),
-                        content=campaign_resources.Content(
-                            email=campaign_resources.EmailContent(
-                                from_name="xsell Funds",
-                                subject_template="{{ first_name }}, your SIPs are working hard",
-                                html_template=(
-                                    "<p>Hi {{ first_name }},</p><p>Up to {{ offer_amount }} for you.</p>"
-                                    f'<p><a href="{LANDING_PAGE}">Invest now</a></p>'
-                                    '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
-                                ),
-                                text_template="Hi {{ first_name }}, invest now: " + LANDING_PAGE,
-                            )
+        # 3. A one-time e-mail campaign on it, launched now; maker-checker: the author submits, someone else approves.
+        campaign = await launched(
+            campaigns_api,
+            campaign_resources.Campaign(
+                display_name="Lumpsum Opportunity for SIP Investors",
+                labels=["Cross-Sell – Lumpsum"],
+                category=campaign_resources.CAMPAIGN_CATEGORY_CROSS_SELL_NEW_CATEGORY,
+                programme="CSELL",
+                trigger_code="T06",
+                segment_id=created.segment.segment_id,
+                channel=channel_pb2.CHANNEL_EMAIL,
+                offer=campaign_resources.Offer(product_code="MSME_WC_TOPUP", amount=_inr(17_40_000)),
+                content=campaign_resources.Content(
+                    email=campaign_resources.EmailContent(
+                        from_name="xsell Funds",
+                        subject_template="{{ first_name }}, your SIPs are working hard",
+                        html_template=(
+                            "<p>Hi {{ first_name }},</p><p>Up to {{ offer_amount }} for you.</p>"
+                            f'<p><a href="{LANDING_PAGE}">Invest now</a></p>'
+                            '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
                         ),
-                    ),
+                        text_template="Hi {{ first_name }}, invest now: " + LANDING_PAGE,
+                    )
                 ),
-                metadata=AUTH,
-            )
-        ).campaign
-        # Maker-checker: the author submits, someone else approves.
-        await campaigns_api.SubmitCampaign(
-            campaigns.SubmitCampaignRequest(request_id="e2e-submit-1", campaign_key=campaign.campaign_key),
-            metadata=AUTH,
-        )
-        await campaigns_api.ApproveCampaign(
-            campaigns.ApproveCampaignRequest(request_id="e2e-approve-1", campaign_key=campaign.campaign_key),
-            metadata=approver_auth(running_stack),
-        )
-        await campaigns_api.LaunchCampaign(
-            campaigns.LaunchCampaignRequest(request_id="e2e-launch-1", campaign_key=campaign.campaign_key),
-            metadata=AUTH,
+            ),
+            approver_auth(running_stack),
+            "e2e-campaign-1",
         )
 
         # 4. One outreach with a campaign ID; exactly one e-mail arrives over SMTP; its links carry the ID.
