@@ -34,9 +34,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from gateway.webhooks import ReplayGuard, Unrecorded, record_call
+from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded
 from xsell.channels.v1 import resources_pb2 as channels_resources
-from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
 
 log = structlog.get_logger(__name__)
@@ -121,30 +120,6 @@ def status_detail(status: Any, kind: str) -> str:
 def is_stale(occurred_at: float | None, now: float, max_age: float) -> bool:
     """Older than the accepted age; an event without a time of its own is judged by its signature alone."""
     return occurred_at is not None and now - occurred_at > max_age
-
-
-class ChannelsRecorder:
-    """An ESP's events as record calls on channels (gateway.webhooks.record_call: Unrecorded asks for a retry)."""
-
-    def __init__(self, channels: channels_grpc.ChannelsServiceStub, timeout_seconds: float) -> None:
-        self._channels = channels
-        self._timeout = timeout_seconds
-
-    async def receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
-        request = channels_pb2.RecordDeliveryReceiptRequest(
-            request_id=request_id,
-            campaign_id=campaign_id,
-            state=state,
-            provider_message_id=provider_id,
-            reason=reason,
-        )
-        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout)
-
-    async def engagement(self, request_id: str, campaign_id: str, kind: Any, detail: str, url: str = "") -> None:
-        request = channels_pb2.RecordEngagementRequest(
-            request_id=request_id, campaign_id=campaign_id, kind=kind, detail=detail, url=url
-        )
-        await record_call(self._channels.RecordEngagement, request, self._timeout)
 
 
 class SendGridEvents:

@@ -42,13 +42,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from gateway.esp_events import (
-    ChannelsRecorder,
     campaign_id_in_message_id,
     is_campaign_id,
     is_stale,
     status_detail,
 )
-from gateway.webhooks import ReplayGuard, Unrecorded
+from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
 

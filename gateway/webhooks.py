@@ -167,7 +167,7 @@ class ProviderWebhooks:
         public_base_url: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._channels = channels
+        self._record = ChannelsRecorder(channels, timeout_seconds)
         self._campaigns = campaigns
         self._app_secret = whatsapp_app_secret
         self._verify_token = whatsapp_verify_token
@@ -249,17 +249,17 @@ class ProviderWebhooks:
         request_id = f"wa:{wamid}:{state}"
         if state == "sent":
             # Meta accepted it: settles a hand-over whose answer was lost (resend.py waits for this report).
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_SENT, wamid, "")
+            await self._record.receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_SENT, wamid, "")
         elif state == "delivered":
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, wamid, "")
+            await self._record.receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_DELIVERED, wamid, "")
         elif state == "failed":
             errors = _objects(status, "errors") or [{}]
             code = str(errors[0].get("code", ""))
             reason = f"whatsapp {code} {errors[0].get('title', '')}".strip()
-            await self._receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, wamid, reason)
+            await self._record.receipt(request_id, campaign_id, channels_resources.DELIVERY_STATE_FAILED, wamid, reason)
             await self._whatsapp_refusal(wamid, campaign_id, code)
         elif state == "read":
-            await self._engagement(
+            await self._record.send_engagement(
                 channels_pb2.RecordEngagementRequest(
                     request_id=request_id, campaign_id=campaign_id, kind=channels_resources.ENGAGEMENT_KIND_OPENED
                 )
@@ -281,7 +281,7 @@ class ProviderWebhooks:
         else:
             return
         engagement.campaign_id = campaign_id
-        await self._engagement(engagement)
+        await self._record.send_engagement(engagement)
 
     async def _whatsapp_preference(self, preference: Any) -> None:
         """A person stopped marketing messages from this business in WhatsApp's settings: an unsubscribe from the last
@@ -295,7 +295,7 @@ class ProviderWebhooks:
         # The request_id must not carry the number: a keyed hash of it and the moment, stable across Meta's retries.
         moment = f"{wa_id}:{preference.get('timestamp', '')}".encode()
         key = hmac.new(self._app_secret.encode(), moment, hashlib.sha256).hexdigest()[:32]
-        await self._engagement(
+        await self._record.send_engagement(
             channels_pb2.RecordEngagementRequest(
                 request_id=f"wa:preference:{key}",
                 kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
@@ -316,7 +316,7 @@ class ProviderWebhooks:
             # Typed fresh: it answers the last message sent to the sender's number (channels matches its hash).
             request.inbound_from = str(message.get("from", ""))
             request.inbound_channel = channel_pb2.CHANNEL_WHATSAPP
-        await self._engagement(request)
+        await self._record.send_engagement(request)
 
     async def _exotel_form(self, request: web.Request) -> tuple[dict[str, str], bytes] | web.Response:
         """An Exotel callback's fields and its replay key, once its token and signature check out; otherwise the
@@ -361,10 +361,10 @@ class ProviderWebhooks:
         detailed = str(form.get("DetailedStatus", "")).strip().upper()
         reason = "" if status in EXOTEL_DELIVERED else f"exotel {status} {detailed}".strip()
         try:
-            await self._receipt(f"exotel:{sid}:{status}", campaign_id, state, sid, reason)
+            await self._record.receipt(f"exotel:{sid}:{status}", campaign_id, state, sid, reason)
             if bounce := _exotel_bounce(status, detailed):
                 suffix, detail = bounce
-                await self._engagement(
+                await self._record.send_engagement(
                     channels_pb2.RecordEngagementRequest(
                         request_id=f"exotel:{sid}:{suffix}",
                         campaign_id=campaign_id,
@@ -392,7 +392,7 @@ class ProviderWebhooks:
         if not sender or not sid:
             return web.Response(status=400, text="From and SmsSid are required\n")
         try:
-            await self._engagement(
+            await self._record.send_engagement(
                 channels_pb2.RecordEngagementRequest(
                     request_id=f"exotel-in:{sid}",
                     kind=kind,
@@ -413,29 +413,40 @@ class ProviderWebhooks:
             return self._public_base_url + request.rel_url.raw_path_qs
         return str(request.url)
 
-    async def _receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
-        await self._call(
-            self._channels.RecordDeliveryReceipt,
-            channels_pb2.RecordDeliveryReceiptRequest(
-                request_id=request_id,
-                campaign_id=campaign_id,
-                state=state,
-                provider_message_id=provider_id,
-                reason=reason,
-            ),
-        )
-
-    async def _engagement(self, request: channels_pb2.RecordEngagementRequest) -> None:
-        await self._call(self._channels.RecordEngagement, request)
-
-    async def _call(self, method: Any, request: Any) -> None:
-        await record_call(method, request, self._timeout)
-
 
 def _same(expected: str, presented: str) -> bool:
     """A constant-time comparison of a secret with what a caller presented, in UTF-8: compare_digest refuses a str
     that is not ASCII with TypeError, which would answer a caller's stray character with 500 instead of 401."""
     return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
+
+
+class ChannelsRecorder:
+    """A provider's reports as record calls on channels (record_call: Unrecorded asks the provider for a retry)."""
+
+    def __init__(self, channels: channels_grpc.ChannelsServiceStub, timeout_seconds: float) -> None:
+        self._channels = channels
+        self._timeout = timeout_seconds
+
+    async def receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
+        request = channels_pb2.RecordDeliveryReceiptRequest(
+            request_id=request_id,
+            campaign_id=campaign_id,
+            state=state,
+            provider_message_id=provider_id,
+            reason=reason,
+        )
+        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout)
+
+    async def engagement(self, request_id: str, campaign_id: str, kind: Any, detail: str, url: str = "") -> None:
+        await self.send_engagement(
+            channels_pb2.RecordEngagementRequest(
+                request_id=request_id, campaign_id=campaign_id, kind=kind, detail=detail, url=url
+            )
+        )
+
+    async def send_engagement(self, request: channels_pb2.RecordEngagementRequest) -> None:
+        """An engagement whose request names its message otherwise (a provider's id, an inbound sender's number)."""
+        await record_call(self._channels.RecordEngagement, request, self._timeout)
 
 
 async def record_call(method: Any, request: Any, timeout: float) -> bool:
