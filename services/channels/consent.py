@@ -21,14 +21,15 @@ class SegmentsSuppressions:
         self.timeout_seconds = timeout_seconds
         self._channel: grpc.aio.Channel | None = None
 
-    async def suppressed(self, profile_id: str, channel: int) -> str | None:
-        """Why the person may not be contacted on `channel` now, or None when they may."""
+    async def suppressed(self, profile_id: str, channel: int, address: str = "") -> str | None:
+        """Why the person may not be contacted on `channel` now at `address` (the one the message was made for;
+        "" for a webhook), or None when they may."""
         if self._channel is None:
             self._channel = client_channel(self.target, self.provider)
         stub = service_pb2_grpc.SegmentsServiceStub(self._channel)
         try:
             response = await stub.CheckSuppression(
-                service_pb2.CheckSuppressionRequest(profile_id=profile_id, channel=channel),  # type: ignore[arg-type]
+                service_pb2.CheckSuppressionRequest(profile_id=profile_id, channel=channel, address=address),  # type: ignore[arg-type]
                 timeout=self.timeout_seconds,
             )
         except grpc.aio.AioRpcError as error:
@@ -39,6 +40,10 @@ class SegmentsSuppressions:
         if response.consent_missing:
             # e.g. WhatsApp without an opt-in (withdrawn since release): never sent, as a suppression is not.
             return f"no consent at send time: {response.consent_missing}"
+        if response.address_replaced:
+            # Campaigns read the address when it made the message (a staggered step or quiet hours may be days
+            # later): the old one may be someone else's now, a recycled number above all.
+            return f"address replaced at send time: {response.address_replaced}; not sent to the old one"
         return None
 
     async def close(self) -> None:

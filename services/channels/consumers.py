@@ -69,7 +69,7 @@ class EmailSender(Protocol):
 
 
 class SuppressionCheck(Protocol):
-    async def suppressed(self, profile_id: str, channel: int) -> str | None: ...
+    async def suppressed(self, profile_id: str, channel: int, address: str = "") -> str | None: ...
 
 
 class CampaignInFlight(Exception):
@@ -549,7 +549,7 @@ class DispatchHandler:
             )
         if self.policy.suppressions is not None and event.profile_id:
             # ConsentUnknown propagates: the event is naked and tried again, never sent unchecked.
-            reason = await self.policy.suppressions.suppressed(event.profile_id, event.channel)
+            reason = await self.policy.suppressions.suppressed(event.profile_id, event.channel, _address_of(event))
             if reason is not None:
                 return Blocked(reason)
         return None
@@ -691,6 +691,20 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
+
+
+def _address_of(event: DispatchRequested) -> str:
+    """The address the message was made for: segments says at send time whether it is still the person's."""
+    kind = event.WhichOneof("message")
+    if kind == "email":
+        return event.email.to_address
+    if kind == "sms":
+        return event.sms.to_number
+    if kind == "whatsapp":
+        return event.whatsapp.to_number
+    if kind == "push":
+        return event.push.device_token
+    return ""
 
 
 def _request_of(delivery: Delivery) -> tuple[str, int]:

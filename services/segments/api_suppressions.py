@@ -26,6 +26,8 @@ from xsell.type.v1 import channel_pb2
 log = structlog.get_logger(__name__)
 
 LIST_PAGE_DEFAULT, LIST_PAGE_MAX = 100, 1000
+MAX_ADDRESS = 4096
+"""The longest address CheckSuppression compares: an e-mail is at most 254 characters, an FCM token a few hundred."""
 
 
 def suppression_proto(row: store.SuppressionRow) -> resources_pb2.Suppression:
@@ -71,6 +73,7 @@ class SuppressionsApi:
     idempotency: Idempotency
     tracer: trace.Tracer
     consent_attributes: dict[str, str]
+    address_attributes: dict[str, str]
 
     async def AddSuppressions(
         self, request: service_pb2.AddSuppressionsRequest, context: grpc.aio.ServicerContext
@@ -163,11 +166,20 @@ class SuppressionsApi:
     ) -> service_pb2.CheckSuppressionResponse:
         profile_id = _profile_id(request.profile_id, required=True)
         _channel(request.channel)
+        if len(request.address) > MAX_ADDRESS:
+            raise InvalidArgument(
+                f"address must be at most {MAX_ADDRESS} characters: the e-mail, phone number or push token the "
+                "message is about to go to",
+                field="address",
+            )
         at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
-        consent = self.consent_attributes.get(channel_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_"))
+        channel = channel_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_")
+        consent = self.consent_attributes.get(channel)
+        address = self.address_attributes.get(channel) if request.address.strip() else None
+        names = [name for name in (consent, address) if name]
         async with self.db.snapshot() as session:
             stored = await store.suppressions_of(session, profile_id)
-            given = (await store.attributes_of(session, [profile_id], [consent])).get(profile_id, {}) if consent else {}
+            given = (await store.attributes_of(session, [profile_id], names)).get(profile_id, {}) if names else {}
         by_key = {(r.channel, r.reason): r for r in stored}
         forbidding = suppressions.in_force([domain_suppression(r) for r in stored], request.channel, at)
         response = service_pb2.CheckSuppressionResponse(
@@ -176,4 +188,7 @@ class SuppressionsApi:
         )
         if consent and given.get(consent) != Value.boolean(True):
             response.consent_missing = f"{consent} is not true" if consent in given else f"no {consent} attribute"
+        if address and suppressions.replaced_address(request.address, given.get(address)):
+            # The message was made for an address the CRM has since replaced: it would reach whoever has the old one.
+            response.address_replaced = f"the person's {address} has been replaced since the message was made"
         return response

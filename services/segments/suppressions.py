@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.segments.records import RecordProblem
+from services.segments.values import Value
 from xsell.segments.v1 import resources_pb2
 from xsell.type.v1 import channel_pb2
 
@@ -41,6 +42,15 @@ ADDRESS_REASONS = (
     reason_key(resources_pb2.SUPPRESSION_REASON_DND_REGISTRY),
     reason_key(resources_pb2.SUPPRESSION_REASON_UNREACHABLE),
 )
+
+
+def replaced_address(address: str, stored: Value | None) -> bool:
+    """Whether `address`, which a message was made for, is no longer the person's: their profile holds another one.
+    Compared without surrounding spaces or case (the CRM writing "A@Bank.in" for "a@bank.in" replaces nothing); a
+    profile without the attribute has not replaced it (attributes are replaced, never removed)."""
+    if stored is None or stored.text is None:
+        return False
+    return stored.text.strip().casefold() != address.strip().casefold()
 
 
 class UnknownChannel(ValueError):

@@ -325,15 +325,22 @@ async def test_quiet_hours_hold_the_message_back(
 
 
 class _Suppressions(segments_grpc.SegmentsServiceServicer):
-    """Segments' CheckSuppression: one person opted out of SMS, one never opted in to WhatsApp."""
+    """Segments' CheckSuppression: one person opted out of SMS, one never opted in to WhatsApp, and one whose phone
+    is now +919800000777."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
+        self.addresses: list[str] = []
 
     async def CheckSuppression(
         self, request: segments_service.CheckSuppressionRequest, context: grpc.aio.ServicerContext
     ) -> segments_service.CheckSuppressionResponse:
         self.asked.append((request.profile_id, request.channel))
+        self.addresses.append(request.address)
+        if request.profile_id == "prof_moved" and request.address != "+919800000777":
+            return segments_service.CheckSuppressionResponse(
+                address_replaced="the person's phone has been replaced since the message was made"
+            )
         if request.profile_id == "prof_no_opt_in" and request.channel == channel_pb2.CHANNEL_WHATSAPP:
             return segments_service.CheckSuppressionResponse(consent_missing="whatsapp_opt_in is not true")
         if request.profile_id != "prof_opted_out":
@@ -383,6 +390,32 @@ async def test_a_suppression_added_after_release_stops_the_send(
     assert len(provider_sinks.sms.for_campaign(allowed)) == 1
     assert ("prof_opted_out", channel_pb2.CHANNEL_SMS) in suppressions.asked
     assert states(await get_message(channels, opted_out)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+
+
+async def test_a_message_made_for_an_address_the_person_has_since_replaced_is_not_sent(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    target, suppressions = segments_server
+    await start_channels(smtp_relay.port, segments_target=target, **provider_sinks.channels_settings())
+    old_number, new_number = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", old_number, profile_id="prof_moved", to_number="+919800000666"))
+    await publish(nats_bus, dispatch_on("whatsapp", new_number, profile_id="prof_moved", to_number="+919800000777"))
+
+    failed = await published_state(listener, old_number, FAILED)
+    assert failed.reason == (
+        "address replaced at send time: the person's phone has been replaced since the message was made; "
+        "not sent to the old one"
+    )
+    await published_state(listener, new_number, SENT)
+    assert provider_sinks.sms.for_campaign(old_number) == []
+    assert len(provider_sinks.whatsapp.for_campaign(new_number)) == 1
+    # Segments is asked about the address each message was made for.
+    assert {"+919800000666", "+919800000777"} <= set(suppressions.addresses)
 
 
 async def test_a_request_without_a_profile_cannot_be_checked_and_is_never_sent(

@@ -57,6 +57,54 @@ async def test_whatsapp_needs_a_true_opt_in_at_check_time_and_other_channels_non
     assert [await missing(p, sms) for p in ("wa-yes", "wa-no", "wa-unset")] == ["", "", ""]
 
 
+async def test_an_address_the_person_has_since_replaced_is_reported_and_their_own_is_not(
+    segments: SegmentsServiceStub,
+) -> None:
+    asha, ravi = new_id("asha_"), new_id("ravi_")
+    profiles = [r.Profile(profile_id=asha), r.Profile(profile_id=ravi)]
+    profiles[0].attributes["email"].string_value = "asha.old@example.in"
+    profiles[0].attributes["phone"].string_value = "+919800000001"
+    profiles[1].attributes["email"].string_value = "ravi@example.in"
+    upserted = await segments.UpsertProfiles(api.UpsertProfilesRequest(request_id=new_id("req_"), profiles=profiles))
+    assert not upserted.errors
+
+    async def replaced(profile_id: str, channel: int, address: str) -> str:
+        request = api.CheckSuppressionRequest(profile_id=profile_id, channel=channel, address=address)  # type: ignore[arg-type]
+        response = await segments.CheckSuppression(request)
+        assert not response.suppressed  # a replaced address is not a suppression: the person may be contacted
+        return response.address_replaced
+
+    email, sms, whatsapp, push = (
+        channel_pb2.CHANNEL_EMAIL,
+        channel_pb2.CHANNEL_SMS,
+        channel_pb2.CHANNEL_WHATSAPP,
+        channel_pb2.CHANNEL_PUSH,
+    )
+    # Their own address, however the case and spaces were written, is not replaced.
+    assert await replaced(asha, email, "asha.old@example.in") == ""
+    assert await replaced(asha, email, " Asha.Old@Example.IN ") == ""
+    assert await replaced(asha, sms, "+919800000001") == ""
+
+    changed = r.Profile(profile_id=asha)
+    changed.attributes["email"].string_value = "asha.new@example.in"
+    changed.attributes["phone"].string_value = "+919800000002"
+    upserted = await segments.UpsertProfiles(api.UpsertProfilesRequest(request_id=new_id("req_"), profiles=[changed]))
+    assert not upserted.errors
+    assert await replaced(asha, email, "asha.old@example.in") == (
+        "the person's email has been replaced since the message was made"
+    )
+    assert await replaced(asha, sms, "+919800000001") == (
+        "the person's phone has been replaced since the message was made"
+    )
+    assert await replaced(asha, whatsapp, "+919800000001") != ""
+    assert await replaced(asha, email, "asha.new@example.in") == ""
+    # Nothing to compare: no address given, no push token on the profile, no such person, a channel without one.
+    assert await replaced(asha, email, "") == ""
+    assert await replaced(ravi, push, "token-1") == ""
+    assert await replaced(new_id("nobody_"), email, "x@example.in") == ""
+    assert await replaced(ravi, channel_pb2.CHANNEL_WEBHOOK, "anything") == ""
+
+
 async def test_suppressions_are_added_replaced_listed_checked_and_lifted(segments: SegmentsServiceStub) -> None:
     in_30_days = datetime.now(UTC) + timedelta(days=30)
     request = api.AddSuppressionsRequest(
@@ -142,6 +190,12 @@ async def test_bad_suppression_requests_are_rejected(segments: SegmentsServiceSt
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("profile_id:")
     code, details = await code_of(segments.CheckSuppression(api.CheckSuppressionRequest(profile_id="p", channel=42)))  # type: ignore[arg-type]
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("channel:")
+    code, details = await code_of(
+        segments.CheckSuppression(
+            api.CheckSuppressionRequest(profile_id="p", channel=channel_pb2.CHANNEL_EMAIL, address="a" * 4097)
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("address: address must be at most 4096")
     code, details = await code_of(
         segments.RemoveSuppression(api.RemoveSuppressionRequest(request_id="r", profile_id="p"))
     )
