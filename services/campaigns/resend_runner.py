@@ -15,10 +15,12 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.polling import Poller
 from plumbing.telemetry import outreach_span
 from services import streams
+from services.addresses import address_of, same_address
 from services.campaigns import automation_store, store
 from services.campaigns.automation import FELL_BACK, LAST_CHANNEL, Automation, automation_of
 from services.campaigns.campaign_ids import month_code
 from services.campaigns.campaigns import CampaignState
+from services.campaigns.content import contact_address, unavailable_reason
 from services.campaigns.messages import channel_order_of, timestamp
 from services.campaigns.outreach_maker import OutreachMaker
 from services.campaigns.person_client import PersonLookup
@@ -61,6 +63,16 @@ class FollowUp:
 def channels_after(order: Sequence[str], channel: str) -> tuple[str, ...]:
     """The channels of the campaign's order after `channel`: where its fallback may go."""
     return tuple(order[order.index(channel) + 1 :]) if channel in order else ()
+
+
+def readdressed(failed: Any, member: AudienceMember) -> bool:
+    """Whether the person can be reached on the failed outreach's channel at another address than the one its message
+    was made for: the CRM replaced it since."""
+    if unavailable_reason(failed.channel, member.attributes) is not None:
+        return False
+    made_for = address_of(events_pb2.DispatchRequested.FromString(failed.dispatch_payload))
+    current = contact_address(failed.channel, member.attributes)
+    return bool(made_for and current) and not same_address(made_for, current)
 
 
 class ResendRunner:
@@ -231,10 +243,12 @@ class ResendRunner:
 
     async def _fall_back(self, campaign_row: Any, failed_id: str, member: AudienceMember | None) -> int:
         """Decides one failed outreach's fallback: an outreach on the first later channel of the campaign's order the
-        person can be reached on now, through the gate as at release."""
+        person can be reached on now, through the gate as at release; on the same channel first when the person's
+        address on it is another one now (channels refuses to send to an address replaced since the release)."""
 
         def later(campaign: Any, failed: Any) -> tuple[str, ...]:
-            return channels_after(channel_order_of(campaign), failed.channel)
+            after = channels_after(channel_order_of(campaign), failed.channel)
+            return (failed.channel, *after) if member is not None and readdressed(failed, member) else after
 
         def against(campaign: Any, failed: Any) -> str | None:
             return LAST_CHANNEL if not later(campaign, failed) else NO_PROFILE if member is None else None

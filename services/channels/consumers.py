@@ -22,6 +22,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.signing import signed_envelope_id
 from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_ids, outreach_span
 from services import streams
+from services.addresses import address_of
 from services.channels import convert, store
 from services.channels.composition import TrackingLinks, compose, message_id
 from services.channels.consent import ConsentUnknown
@@ -549,7 +550,7 @@ class DispatchHandler:
             )
         if self.policy.suppressions is not None and event.profile_id:
             # ConsentUnknown propagates: the event is naked and tried again, never sent unchecked.
-            reason = await self.policy.suppressions.suppressed(event.profile_id, event.channel, _address_of(event))
+            reason = await self.policy.suppressions.suppressed(event.profile_id, event.channel, address_of(event))
             if reason is not None:
                 return Blocked(reason)
         return None
@@ -691,20 +692,6 @@ class DispatchHandler:
             convert.delivery_updated(campaign_id, channel, state, at, reason),
             campaign_id=campaign_id,
         )
-
-
-def _address_of(event: DispatchRequested) -> str:
-    """The address the message was made for: segments says at send time whether it is still the person's."""
-    kind = event.WhichOneof("message")
-    if kind == "email":
-        return event.email.to_address
-    if kind == "sms":
-        return event.sms.to_number
-    if kind == "whatsapp":
-        return event.whatsapp.to_number
-    if kind == "push":
-        return event.push.device_token
-    return ""
 
 
 def _request_of(delivery: Delivery) -> tuple[str, int]:

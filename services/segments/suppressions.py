@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from services.addresses import same_address
 from services.segments.records import RecordProblem
 from services.segments.values import Value
 from xsell.segments.v1 import resources_pb2
@@ -46,11 +47,8 @@ ADDRESS_REASONS = (
 
 def replaced_address(address: str, stored: Value | None) -> bool:
     """Whether `address`, which a message was made for, is no longer the person's: their profile holds another one.
-    Compared without surrounding spaces or case (the CRM writing "A@Bank.in" for "a@bank.in" replaces nothing); a
-    profile without the attribute has not replaced it (attributes are replaced, never removed)."""
-    if stored is None or stored.text is None:
-        return False
-    return stored.text.strip().casefold() != address.strip().casefold()
+    A profile without the attribute has not replaced it (attributes are replaced, never removed)."""
+    return stored is not None and stored.text is not None and not same_address(stored.text, address)
 
 
 class UnknownChannel(ValueError):

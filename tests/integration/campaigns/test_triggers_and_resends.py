@@ -819,6 +819,72 @@ async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_cha
     await eventually(lambda: _when(_state(stack, key), lambda state: state == resources_pb2.CAMPAIGN_STATE_COMPLETED))
 
 
+async def test_a_message_refused_for_a_replaced_address_falls_back_to_the_same_channel_at_the_new_one(
+    stack: Stack,
+) -> None:
+    await _define(stack)
+    defined = await stack.segments.DefineAttributes(
+        seg_service.DefineAttributesRequest(
+            request_id=new_id("req_"),
+            attributes=[seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True)],
+        )
+    )
+    assert not defined.errors
+    await _upsert(
+        stack,
+        *(
+            _profile(pid, email=f"{pid}.old@example.in", first_name="G", plan="SIP", push_token=f"token-{pid}")
+            for pid in ("g-01", "g-02")
+        ),
+    )
+    segment_id = await _segment(stack, _sip_rule())
+    campaign = _campaign(segment_id, fallback_channels=[channel_pb2.CHANNEL_PUSH], fallback_on_failure=True)
+    campaign.content.push.CopyFrom(resources_pb2.PushContent(title_template="Hi {{ first_name }}", body_template="SIP"))
+    key = await _launch(stack, campaign)
+    await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 2))
+    originals = {o.profile_id: o.campaign_id for o in await _outreaches(stack, key)}
+
+    # g-01's e-mail is replaced after the release made the message (in " Case" the CRM's own way), so channels
+    # refused to send to the old one; g-02's failed at the same address it still has.
+    await _upsert(stack, _profile("g-01", email=" G-01.New@Example.in"))
+    for pid in ("g-01", "g-02"):
+        await _signal(
+            stack,
+            channel_events.DeliveryUpdated(
+                event_id=new_id("evt_"),
+                campaign_id=originals[pid],
+                state=channel_resources.DELIVERY_STATE_FAILED,
+                reason="address replaced at send time" if pid == "g-01" else "550 refused",
+            ),
+        )
+
+    rows = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) == 4))
+    fallbacks = {o.profile_id: o for o in rows if o.fallback_of}
+    assert (fallbacks["g-01"].channel, fallbacks["g-02"].channel) == (
+        channel_pb2.CHANNEL_EMAIL,
+        channel_pb2.CHANNEL_PUSH,
+    )
+    sent = await eventually(
+        lambda: asyncio.sleep(
+            0, result=[d for d in stack.dispatched if d.campaign_id == fallbacks["g-01"].campaign_id] or None
+        )
+    )
+    assert sent[0].email.to_address == "G-01.New@Example.in"
+
+    # The same-channel fallback fails too, at the address the person still has: it goes on to push.
+    await _signal(
+        stack,
+        channel_events.DeliveryUpdated(
+            event_id=new_id("evt_"),
+            campaign_id=fallbacks["g-01"].campaign_id,
+            state=channel_resources.DELIVERY_STATE_FAILED,
+        ),
+    )
+    rows = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) == 5))
+    (last,) = [o for o in rows if o.fallback_of == fallbacks["g-01"].campaign_id]
+    assert last.channel == channel_pb2.CHANNEL_PUSH
+
+
 async def test_fallback_on_failure_needs_fallback_channels(stack: Stack) -> None:
     await _define(stack)
     segment_id = await _segment(stack, _sip_rule())
