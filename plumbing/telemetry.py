@@ -139,8 +139,11 @@ def outreach_span(
     """A span in the campaign ID's trace, linked to whatever trace the caller is in.
 
     `root=True` creates the outreach's root span itself (once, where the outreach is created);
-    otherwise the span continues that trace as a child of the root.
+    otherwise the span continues that trace as a child of the root. An empty campaign ID is a bug in the caller:
+    every such span would share the one trace made from "".
     """
+    if not campaign_id:
+        raise ValueError(f"outreach_span {name!r} needs a campaign ID; use a plain span where there is none")
     current = trace.get_current_span().get_span_context()
     attrs = {CAMPAIGN_ID: campaign_id, **(attributes or {})}
     if not root and current.is_valid and current.trace_id == outreach_ids(campaign_id)[0]:

@@ -2,7 +2,7 @@
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -612,13 +612,17 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 raise InvalidArgument(f"{field} must be at most {rules.MAX_ID_LENGTH} characters", field=field)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
         occurred_at = time_or(request.occur_time, request.HasField("occur_time"), datetime.now(UTC))
-        with outreach_span(self.tracer, "attribution.record_conversion", request.campaign_id):
+        # Named by the caller: the outreach's trace from the start. Found by last touch: the look-up is the call's own
+        # span, and what is recorded for the outreach found (its funnel step, ConversionRecorded) is in its trace.
+        with self._conversion_span(request.campaign_id, "attribution.record_conversion"):
             async with self._transaction() as session:
                 opened = await self._open_conversion(session, request, kind, occurred_at)
                 if isinstance(opened, service_pb2.RecordConversionResponse):
                     return opened
                 locked, linkage = opened
-                response = await self._record_conversion(session, request, kind, occurred_at, locked, linkage)
+                touched = locked.outreach.campaign_id if locked is not None and not request.campaign_id else ""
+                with self._conversion_span(touched, "attribution.record_last_touch_conversion", only_outreach=True):
+                    response = await self._record_conversion(session, request, kind, occurred_at, locked, linkage)
                 await self.idempotency.remember(session, "RecordConversion", request, response)
         conversion = response.conversion
         log.info(
@@ -629,6 +633,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             lifetime_revenue_paise=conversion.lifetime_revenue.minor_units,
         )
         return response
+
+    def _conversion_span(
+        self, campaign_id: str, name: str, *, only_outreach: bool = False
+    ) -> AbstractContextManager[object]:
+        """The outreach's span when there is a campaign ID; otherwise a span of the call's own trace (or, with
+        `only_outreach`, none). Never outreach_span with "": every unnamed conversion would share one made-up trace."""
+        if campaign_id:
+            return outreach_span(self.tracer, name, campaign_id)
+        return nullcontext() if only_outreach else self.tracer.start_as_current_span(name)
 
     async def _open_conversion(
         self, session: AsyncSession, request: service_pb2.RecordConversionRequest, kind: str, at: datetime

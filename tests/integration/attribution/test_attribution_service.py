@@ -18,7 +18,7 @@ from plumbing.ids import new_id
 from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import outreach_trace_id
 from services import streams
-from tests.integration.attribution.seeding import running_service
+from tests.integration.attribution.seeding import publish_outreach, running_service
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.attribution.v1 import resources_pb2 as attribution_pb2
@@ -422,3 +422,29 @@ async def test_concurrent_copies_of_a_request_get_the_first_answer_and_book_once
     assert all(answer == loans[0] for answer in loans) and loans[0].loan.loan_number == application.loan_number
     funnel = (await _attribution(service.stub, campaign_id)).funnel
     assert (funnel.responded, funnel.applied) == (1, 1)
+
+
+async def test_a_conversion_found_by_last_touch_is_recorded_in_that_outreachs_trace(service: Service) -> None:
+    campaign_id, profile_id = _new_campaign_id(), new_id("prf_")
+    await publish_outreach(
+        service.bus, campaign_id, profile_id=profile_id, product_code="FD_FUNDED", at=OUTREACH_CREATED_AT
+    )
+    await _wait_known(service.stub, campaign_id)
+    converted = await service.stub.RecordConversion(
+        service_pb2.RecordConversionRequest(
+            request_id=new_id("req_"),
+            conversion_id=new_id("FD-"),
+            kind=attribution_pb2.CONVERSION_KIND_ACCOUNT_FUNDED,
+            profile_id=profile_id,
+            product_code="FD_FUNDED",
+            amount=_inr(20_000_000),
+            occur_time=_ts(datetime(2025, 11, 15, 4, 0, tzinfo=UTC)),
+        )
+    )
+    assert converted.conversion.campaign_id == campaign_id
+
+    assert service.outreach_spans("attribution.record_last_touch_conversion", campaign_id)
+    # The look-up itself is the call's own span: no conversion named by nobody joins a trace made up from "".
+    (lookup,) = [s for s in service.spans.get_finished_spans() if s.name == "attribution.record_conversion"]
+    assert lookup.context is not None and lookup.context.trace_id != int(outreach_trace_id(""), 16)
+    assert "campaign.id" not in (lookup.attributes or {})
