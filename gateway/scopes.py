@@ -9,6 +9,11 @@ CAMPAIGNS_MANAGE = "campaigns.manage"
 CRM_LEADS = "crm.leads"
 LOS_EVENTS = "los.events"
 REPORTS_READ = "reports.read"
+"""Aggregates only (the dashboard's key): reports by campaign, label, trigger and channel, and lift; no person."""
+OUTREACH_READ = "outreach.read"
+"""One outreach or one person's record: a message's timeline, an outreach's attribution (its loans, amounts and CRM
+leads), why a person was or was not reached, the messages awaiting settlement. Support, SREs and operators; not
+their profile attributes, which need profiles.read."""
 APPROVE = "approve"
 """Maker-checker: approving or rejecting what someone else submitted."""
 SUPPRESSIONS_MANAGE = "suppressions.manage"
@@ -31,6 +36,7 @@ GRANTABLE_SCOPES = frozenset(
         CRM_LEADS,
         LOS_EVENTS,
         REPORTS_READ,
+        OUTREACH_READ,
         APPROVE,
         SUPPRESSIONS_MANAGE,
         APP_EVENTS,
@@ -102,7 +108,8 @@ METHOD_SCOPES: dict[str, str] = {
     _method(CAMPAIGNS_SERVICE, "ApproveCampaign"): APPROVE,
     _method(CAMPAIGNS_SERVICE, "RejectCampaign"): APPROVE,
     _method(CAMPAIGNS_SERVICE, "GetCampaignReport"): REPORTS_READ,
-    _method(CAMPAIGNS_SERVICE, "ExplainOutreach"): REPORTS_READ,
+    # Why one person (a profile id) was or was not reached: their suppressions, caps and eligibility.
+    _method(CAMPAIGNS_SERVICE, "ExplainOutreach"): OUTREACH_READ,
     _method(CAMPAIGNS_SERVICE, "GetLabelReport"): REPORTS_READ,
     _method(CAMPAIGNS_SERVICE, "GetOutreach"): CRM_LEADS,
     _method(ATTRIBUTION_SERVICE, "CreateLead"): CRM_LEADS,
@@ -110,7 +117,8 @@ METHOD_SCOPES: dict[str, str] = {
     _method(ATTRIBUTION_SERVICE, "RecordApplication"): LOS_EVENTS,
     _method(ATTRIBUTION_SERVICE, "RecordSanction"): LOS_EVENTS,
     _method(ATTRIBUTION_SERVICE, "RecordDisbursement"): LOS_EVENTS,
-    _method(ATTRIBUTION_SERVICE, "GetCampaignAttribution"): REPORTS_READ,
+    # One outreach's loans, amounts and CRM leads: a borrower's record, found by a guessable sequential ID.
+    _method(ATTRIBUTION_SERVICE, "GetCampaignAttribution"): OUTREACH_READ,
     # Aggregates only: the views and lift carry no person, so the dashboard's reports.read key suffices.
     _method(ATTRIBUTION_SERVICE, "GetAttributionReport"): REPORTS_READ,
     _method(ATTRIBUTION_SERVICE, "GetLift"): REPORTS_READ,
@@ -121,8 +129,8 @@ METHOD_SCOPES: dict[str, str] = {
     _method(ATTRIBUTION_SERVICE, "RecordConversion"): LOS_EVENTS,
     # A campaign's fixed costs are booked by whoever runs the campaign.
     _method(ATTRIBUTION_SERVICE, "RecordFixedCost"): CAMPAIGNS_MANAGE,
-    _method(CHANNELS_SERVICE, "GetMessage"): REPORTS_READ,
-    _method(CHANNELS_SERVICE, "ListAmbiguousMessages"): REPORTS_READ,
+    _method(CHANNELS_SERVICE, "GetMessage"): OUTREACH_READ,
+    _method(CHANNELS_SERVICE, "ListAmbiguousMessages"): OUTREACH_READ,
     # Settling what a message did (from the provider's records) is the operators' who run the campaigns.
     _method(CHANNELS_SERVICE, "ResolveAmbiguousMessage"): CAMPAIGNS_MANAGE,
     # FCM reports nothing back to the sender: the app reports a push received (a receipt) and opened or tapped (an

@@ -93,7 +93,7 @@ async def test_a_node_crm_creates_a_campaign_tagged_lead_and_reads_it_back(
     node_modules: Path, start_gateway: GatewayFactory, attribution_target: str, nats_bus: Bus
 ) -> None:
     gateway = await start_gateway(attribution_target=attribution_target)
-    key = await gateway.add_key(scopes.CRM_LEADS, scopes.REPORTS_READ, client="crm-node")
+    key = await gateway.add_key(scopes.CRM_LEADS, scopes.OUTREACH_READ, client="crm-node")
     campaign_id = f"CSELL-NOV-T06-{new_id()[-8:].upper()}"
     await publish_outreach(nats_bus, campaign_id)
     direct = attribution_grpc.AttributionServiceStub(gateway.channel())

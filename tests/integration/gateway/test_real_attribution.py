@@ -39,7 +39,7 @@ async def test_attribution_errors_are_the_same_through_the_gateway(
     start_gateway: GatewayFactory, attribution_target: str
 ) -> None:
     gateway = await start_gateway(attribution_target=attribution_target)
-    key = await gateway.add_key(scopes.CRM_LEADS, scopes.REPORTS_READ)
+    key = await gateway.add_key(scopes.CRM_LEADS, scopes.OUTREACH_READ)
     through_gateway = attribution_grpc.AttributionServiceStub(gateway.channel())
     async with grpc.aio.insecure_channel(attribution_target) as direct_channel:
         direct = attribution_grpc.AttributionServiceStub(direct_channel)

@@ -67,8 +67,10 @@ def test_every_required_scope_is_grantable() -> None:
         ("/xsell.attribution.v1.AttributionService/CreateLead", "crm.leads"),
         ("/xsell.gateway.v1.GatewayService/LookupCampaignRecord", "crm.leads"),
         ("/xsell.attribution.v1.AttributionService/RecordDisbursement", "los.events"),
-        ("/xsell.attribution.v1.AttributionService/GetCampaignAttribution", "reports.read"),
-        ("/xsell.channels.v1.ChannelsService/GetMessage", "reports.read"),
+        ("/xsell.attribution.v1.AttributionService/GetCampaignAttribution", "outreach.read"),
+        ("/xsell.channels.v1.ChannelsService/GetMessage", "outreach.read"),
+        ("/xsell.campaigns.v1.CampaignsService/ExplainOutreach", "outreach.read"),
+        ("/xsell.attribution.v1.AttributionService/GetAttributionReport", "reports.read"),
     ],
 )
 def test_scopes_follow_who_may_do_what(method: str, scope: str) -> None:
@@ -79,6 +81,22 @@ def test_a_los_client_reports_disbursements_but_cannot_read_profiles() -> None:
     los = frozenset({scopes.LOS_EVENTS})
     assert scopes.authorizes(los, scopes.METHOD_SCOPES["/xsell.attribution.v1.AttributionService/RecordDisbursement"])
     assert not scopes.authorizes(los, scopes.METHOD_SCOPES["/xsell.segments.v1.SegmentsService/GetProfile"])
+
+
+def test_a_dashboard_key_reads_aggregates_and_no_one_persons_record() -> None:
+    dashboard = frozenset({scopes.REPORTS_READ})
+    readable = {
+        method.rsplit("/", 1)[1] for method, scope in scopes.METHOD_SCOPES.items() if scope == scopes.REPORTS_READ
+    }
+    assert readable == {"GetCampaignReport", "GetLabelReport", "GetAttributionReport", "GetLift"}
+    for person in (
+        "/xsell.attribution.v1.AttributionService/GetCampaignAttribution",
+        "/xsell.campaigns.v1.CampaignsService/ExplainOutreach",
+        "/xsell.channels.v1.ChannelsService/GetMessage",
+        "/xsell.channels.v1.ChannelsService/ListAmbiguousMessages",
+        "/xsell.segments.v1.SegmentsService/GetProfile",
+    ):
+        assert not scopes.authorizes(dashboard, scopes.METHOD_SCOPES[person]), person
 
 
 def test_admin_grants_every_method_and_any_key_may_ask_who_it_is() -> None:
