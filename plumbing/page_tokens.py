@@ -31,3 +31,13 @@ def decode_token(token: str, expected: dict[str, str], key: str) -> str | None:
             field="page_token",
         )
     return str(payload[key])
+
+
+def page_size(requested: int, default: int, maximum: int) -> int:
+    """The page size a list RPC serves: `default` for 0, at most `maximum` (AIP-158 serves larger sizes at the maximum
+    rather than rejecting them); a negative one is refused."""
+    if requested < 0:
+        raise InvalidArgument(
+            f"page_size must be 0 (default {default}) or positive, got {requested}", field="page_size"
+        )
+    return min(requested or default, maximum)

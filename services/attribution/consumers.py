@@ -12,7 +12,7 @@ from plumbing.telemetry import outreach_span
 from services import streams
 from services.attribution import store
 from services.attribution.convert import category_name, channel_name, time_or
-from services.attribution.ledger import Ledger
+from services.attribution.ledger import REPLY, Ledger
 from services.attribution.reporting import labels_key
 from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
 from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated, OutreachWithdrawn
@@ -166,12 +166,7 @@ class Handlers:
                 if makes_lead:
                     # One lead per outreach however often they reply; creating it reaches RESPONDED.
                     lead, created = await self.ledger.record_lead(
-                        session,
-                        campaign_id=event.campaign_id,
-                        crm_lead_id="",
-                        origin="reply",
-                        at=at,
-                        dedup_key=f"reply:{event.campaign_id}",
+                        session, campaign_id=event.campaign_id, crm_lead_id="", origin=REPLY, at=at, locked=locked
                     )
                     if created:
                         log.info("lead_created", origin="reply", lead_id=lead.lead_id)

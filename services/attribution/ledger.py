@@ -2,6 +2,7 @@
 keeping the views' rollup in the same transaction as each of them."""
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,9 @@ from services.attribution.metrics import AttributionMetrics
 from services.attribution.revenue import CostModel, allocate
 from services.attribution.rules import DISBURSED, RESPONDED, unknown_outreach
 from services.attribution.views import Rollup, campaign_groups, funnel_moves
+
+REPLY = "reply"
+"""The origin of a lead a person's reply made (store.leads.origin)."""
 
 SEND = "send"
 RM_TIME = "rm_time"
@@ -125,14 +129,27 @@ class Ledger:
         crm_lead_id: str,
         origin: str,
         at: datetime,
-        dedup_key: str | None,
         locked: store.LockedOutreach | None = None,
     ) -> tuple[store.Lead, bool]:
         """Creates the lead with its RM-time cost and marks the outreach responded; `locked` is the outreach when the
         caller already holds it locked.
 
-        Returns the lead and True, or the existing lead with the same dedup key and False.
+        Returns the lead and True, or the lead it is already and False. One CRM lead id is one lead; one outreach has
+        at most one lead from a reply, however often the person replies. A reply's lead and the CRM's own lead for
+        it are one lead, whichever comes first: the CRM claims a reply's lead (ListLeads shows those awaiting it) by
+        recording its lead id for the same campaign ID, and a reply to an outreach the CRM made a lead for makes
+        none. So the RM's time is booked once.
         """
+        dedup_key = f"crm:{crm_lead_id}" if crm_lead_id else f"reply:{campaign_id}" if origin == REPLY else None
+        if crm_lead_id:
+            if (known := await store.lead_by_crm_lead_id(session, crm_lead_id)) is not None:
+                return known, False
+            awaiting = await store.lead_by_dedup_key(session, f"reply:{campaign_id}")
+            if awaiting is not None and not awaiting.crm_lead_id:
+                await store.claim_lead(session, awaiting.lead_id, crm_lead_id)
+                return replace(awaiting, crm_lead_id=crm_lead_id), False
+        elif origin == REPLY and (first := await store.first_lead(session, campaign_id)) is not None:
+            return first, False
         lead = store.Lead(
             lead_id=new_id("lead_"), campaign_id=campaign_id, crm_lead_id=crm_lead_id, origin=origin, created_at=at
         )

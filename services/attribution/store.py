@@ -190,6 +190,9 @@ leads = Table(
     # One reply lead per outreach and one lead per CRM lead id; NULL when neither applies.
     Column("dedup_key", String(120), nullable=True, unique=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # A CRM lead id's lead (any origin: a reply's lead once the CRM claimed it), and the leads still awaiting one
+    # (crm_lead_id "") in id order, for ListLeads (0009).
+    Index("ix_leads_crm_lead_id", "crm_lead_id", "lead_id"),
 )
 
 loans = Table(
@@ -545,19 +548,65 @@ async def add_lead(session: AsyncSession, lead: Lead, dedup_key: str | None) -> 
     return bool(result.rowcount)
 
 
+_LEAD_COLUMNS = (leads.c.lead_id, leads.c.campaign_id, leads.c.crm_lead_id, leads.c.origin, leads.c.created_at)
+
+
 async def lead_by_dedup_key(session: AsyncSession, dedup_key: str) -> Lead | None:
-    row = (
-        (
-            await session.execute(
-                select(
-                    leads.c.lead_id, leads.c.campaign_id, leads.c.crm_lead_id, leads.c.origin, leads.c.created_at
-                ).where(leads.c.dedup_key == dedup_key)
-            )
-        )
-        .mappings()
-        .first()
-    )
+    row = (await session.execute(select(*_LEAD_COLUMNS).where(leads.c.dedup_key == dedup_key))).mappings().first()
     return Lead(**row) if row is not None else None
+
+
+async def lead_by_crm_lead_id(session: AsyncSession, crm_lead_id: str) -> Lead | None:
+    """The lead the CRM's id names, whichever way it was made (a reply's lead the CRM claimed included)."""
+    query = select(*_LEAD_COLUMNS).where(leads.c.crm_lead_id == crm_lead_id).order_by(leads.c.lead_id).limit(1)
+    row = (await session.execute(query)).mappings().first()
+    return Lead(**row) if row is not None else None
+
+
+async def first_lead(session: AsyncSession, campaign_id: str) -> Lead | None:
+    query = select(*_LEAD_COLUMNS).where(leads.c.campaign_id == campaign_id).order_by(leads.c.lead_id).limit(1)
+    row = (await session.execute(query)).mappings().first()
+    return Lead(**row) if row is not None else None
+
+
+async def claim_lead(session: AsyncSession, lead_id: str, crm_lead_id: str) -> None:
+    """Gives a lead that awaits the CRM's id (a reply's) that id."""
+    await session.execute(
+        update(leads).where(leads.c.lead_id == lead_id, leads.c.crm_lead_id == "").values(crm_lead_id=crm_lead_id)
+    )
+
+
+@dataclass(frozen=True)
+class ListedLead:
+    """A lead with the outreach it came from: whom to call, about which offer."""
+
+    lead: Lead
+    profile_id: str
+    product_code: str
+    campaign_key: str
+
+
+async def list_leads(session: AsyncSession, *, awaiting: bool, after: str | None, limit: int) -> list[ListedLead]:
+    """Leads in id order (the order they were made), after the lead id `after`; with `awaiting`, only those without
+    the CRM's id yet."""
+    o = outreaches.c
+    query = select(*_LEAD_COLUMNS, o.profile_id, o.product_code, o.campaign_key).join(
+        outreaches, o.campaign_id == leads.c.campaign_id
+    )
+    if awaiting:
+        query = query.where(leads.c.crm_lead_id == "")
+    if after is not None:
+        query = query.where(leads.c.lead_id > after)
+    rows = (await session.execute(query.order_by(leads.c.lead_id).limit(limit))).mappings().all()
+    return [
+        ListedLead(
+            Lead(**{column.name: row[column.name] for column in _LEAD_COLUMNS}),
+            row["profile_id"],
+            row["product_code"],
+            row["campaign_key"],
+        )
+        for row in rows
+    ]
 
 
 _LOAN_COLUMNS = (

@@ -17,6 +17,7 @@ from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token as _decode_token
 from plumbing.page_tokens import encode_token as _encode_token
+from plumbing.page_tokens import page_size as _page_size
 from services import streams
 from services.segments import governance, maintenance, records, store, suppressions
 from services.segments.activity import Activity, CatalogCache, IngestCall
@@ -25,7 +26,6 @@ from services.segments.api_catalog import CatalogApi
 from services.segments.api_governance import GovernanceApi, validate_definition, version_ref
 from services.segments.api_support import check_batch as _check_batch
 from services.segments.api_support import load_published, load_segment, load_version, membership_changed, segment_proto
-from services.segments.api_support import page_size as _page_size
 from services.segments.api_support import record_errors as _record_errors
 from services.segments.api_support import timestamp as _timestamp
 from services.segments.api_suppressions import SuppressionsApi, suppression_proto

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import Database
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
-from plumbing.page_tokens import decode_token, encode_token
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from services.segments import store
 from services.segments.activity import Activity
-from services.segments.api_support import check_batch, page_size
+from services.segments.api_support import check_batch
 from services.segments.catalog import Catalog, Definition, definitions_from_document, validate_definitions
 from services.segments.records import record_errors
 from xsell.segments.v1 import resources_pb2, service_pb2

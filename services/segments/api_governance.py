@@ -13,12 +13,11 @@ from plumbing.errors import FailedPrecondition, InvalidArgument
 from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
-from plumbing.page_tokens import decode_token, encode_token
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from services.segments import governance, store
 from services.segments.api_support import (
     load_segment,
     load_version,
-    page_size,
     segment_proto,
     timestamp,
 )

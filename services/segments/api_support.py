@@ -19,15 +19,6 @@ def timestamp(moment: datetime) -> Timestamp:
     return stamp
 
 
-def page_size(requested: int, default: int, maximum: int) -> int:
-    if requested < 0:
-        raise InvalidArgument(
-            f"page_size must be 0 (default {default}) or positive, got {requested}", field="page_size"
-        )
-    # Sizes above the maximum are served at the maximum (AIP-158) rather than rejected.
-    return min(requested or default, maximum)
-
-
 def check_batch(size: int, name: str) -> None:
     if not 1 <= size <= records.MAX_BATCH:
         raise InvalidArgument(f"{name} must hold 1 to {records.MAX_BATCH} records per request, got {size}", field=name)

@@ -11,11 +11,10 @@ from plumbing.db import Database
 from plumbing.errors import InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
-from plumbing.page_tokens import decode_token, encode_token
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from services.segments import store, suppressions
 from services.segments.api_support import (
     check_batch,
-    page_size,
     record_errors,
     timestamp,
 )

@@ -305,6 +305,86 @@ async def test_click_marks_the_funnel_and_a_reply_is_a_lead_even_before_the_outr
     assert service.outreach_spans("attribution.record_engagement", clicked_id)
 
 
+async def _awaiting(stub: service_pb2_grpc.AttributionServiceStub, page_size: int = 0) -> list[service_pb2.ListedLead]:
+    """Every lead awaiting the CRM's id, walked page by page as a CRM would poll."""
+    listed: list[service_pb2.ListedLead] = []
+    token = ""
+    while True:
+        page = await stub.ListLeads(
+            service_pb2.ListLeadsRequest(awaiting_crm_lead_id=True, page_size=page_size, page_token=token)
+        )
+        listed.extend(page.leads)
+        token = page.next_page_token
+        if not token:
+            return listed
+
+
+async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same_lead_with_rm_time_booked_once(
+    service: Service,
+) -> None:
+    stub, bus = service.stub, service.bus
+    replied, second, crm_first = _new_campaign_id(), _new_campaign_id(), _new_campaign_id()
+    for campaign_id in (replied, second, crm_first):
+        await _publish_outreach(bus, campaign_id)
+        await _wait_known(stub, campaign_id)
+    # The CRM made crm_first's lead (an RM saw the reply in the WhatsApp inbox) before its reply reached xsell.
+    made = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=crm_first, crm_lead_id=f"CRM-{crm_first}")
+    )
+    for campaign_id in (replied, second, crm_first):
+        await _publish_engagement(bus, campaign_id, channels_pb2.ENGAGEMENT_KIND_REPLIED)
+
+    async def responded(campaign_id: str) -> attribution_pb2.CampaignAttribution | None:
+        found = await _attribution(stub, campaign_id)
+        return found if found.funnel.responded else None
+
+    for campaign_id in (replied, second):
+        await eventually(lambda campaign_id=campaign_id: responded(campaign_id))  # type: ignore[misc]
+    # Page by page, oldest first, each with whom and what it is about; the CRM's own lead is not awaiting anything.
+    ours = [
+        item for item in await _awaiting(stub, page_size=1) if item.lead.campaign_id in (replied, second, crm_first)
+    ]
+    assert [(item.lead.campaign_id, item.lead.origin, item.lead.crm_lead_id) for item in ours] == [
+        (replied, attribution_pb2.LEAD_ORIGIN_REPLY, ""),
+        (second, attribution_pb2.LEAD_ORIGIN_REPLY, ""),
+    ]
+    assert (ours[0].profile_id, ours[0].product_code, ours[0].campaign_key) == (
+        "prf_kaveri",
+        "MSME_WC_TOPUP",
+        "cmp_msme_gst",
+    )
+
+    # A page token goes on with the request it came from.
+    first = await stub.ListLeads(service_pb2.ListLeadsRequest(awaiting_crm_lead_id=True, page_size=1))
+    with pytest.raises(grpc.aio.AioRpcError) as mixed:
+        await stub.ListLeads(service_pb2.ListLeadsRequest(page_token=first.next_page_token))
+    assert mixed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (mixed.value.details() or "").startswith("page_token:")
+
+    # The CRM records the reply's lead under its own id: the same lead, and the RM's time is not booked again.
+    claimed = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=replied, crm_lead_id="CRM-R1")
+    )
+    assert (claimed.lead.lead_id, claimed.lead.crm_lead_id) == (ours[0].lead.lead_id, "CRM-R1")
+    again = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=replied, crm_lead_id="CRM-R1")
+    )
+    assert again.lead == claimed.lead
+    with pytest.raises(grpc.aio.AioRpcError) as elsewhere:
+        await stub.CreateLead(
+            service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=second, crm_lead_id="CRM-R1")
+        )
+    assert elsewhere.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert [item.lead.campaign_id for item in await _awaiting(stub) if item.lead.campaign_id in (replied, second)] == [
+        second
+    ]
+    for campaign_id in (replied, crm_first):
+        attribution = await _attribution(stub, campaign_id)
+        assert len(attribution.leads) == 1, campaign_id
+        assert attribution.cost == _inr(50 + 15 * 650), campaign_id  # the e-mail, and one RM call
+    assert (await _attribution(stub, crm_first)).leads[0].lead_id == made.lead.lead_id
+
+
 async def test_a_bare_no_is_a_response_and_no_lead(service: Service) -> None:
     stub, bus = service.stub, service.bus
     campaign_id = _new_campaign_id()
