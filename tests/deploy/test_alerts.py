@@ -54,3 +54,74 @@ def test_rules_read_only_metric_families_of_the_known_shapes() -> None:
         "xsell_consumer_pending",
         "xsell_segments_events_total",
     }
+
+
+SCRAPE = ROOT / "deploy" / "prometheus" / "scrape.yml"
+POD_MONITOR = ROOT / "deploy" / "prometheus" / "podmonitor.yaml"
+
+
+def relabel(labels: dict[str, str], rules: list[dict[str, Any]], *, operator: bool = False) -> dict[str, str] | None:
+    """Prometheus' relabelling (replace and keep) of one target's labels; None when a keep rule drops it. The
+    Operator's PodMonitor spells the same fields in camelCase."""
+    keys = ("sourceLabels", "targetLabel") if operator else ("source_labels", "target_label")
+    labels = dict(labels)
+    for rule in rules:
+        value = ";".join(labels.get(name, "") for name in rule.get(keys[0], []))
+        match = re.fullmatch(str(rule.get("regex", "(.*)")), value)
+        if rule.get("action", "replace") == "keep":
+            if match is None:
+                return None
+        elif match is not None:
+            labels[rule[keys[1]]] = match.expand(str(rule.get("replacement", "$1")).replace("$", "\\"))
+    return labels
+
+
+def _discovered(namespace: str, workload: dict[str, Any]) -> dict[str, str]:
+    """The labels Kubernetes service discovery gives a pod of `workload` (address without a port, as for a pod
+    whose container ports are not chosen)."""
+    template = workload["spec"]["template"]["metadata"]
+    labels = {
+        "__address__": "10.0.0.7",
+        "__metrics_path__": "/metrics",
+        "job": "xsell",
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": f"{workload['metadata']['name']}-7d9c-abcde",
+    }
+    for name, value in template.get("labels", {}).items():
+        labels[f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}"] = value
+    for name, value in template.get("annotations", {}).items():
+        labels[f"__meta_kubernetes_pod_annotation_{re.sub(r'[^a-zA-Z0-9_]', '_', name)}"] = value
+    return labels
+
+
+def test_every_process_is_scraped_under_the_job_the_alerts_select_and_nothing_else_is() -> None:
+    from tests.deploy.manifests import K8S, OVERLAYS, PROCESSES, WORKLOAD_KINDS, of_kind, render
+
+    (config,) = yaml.safe_load(SCRAPE.read_text())["scrape_configs"]
+    monitor = yaml.safe_load(POD_MONITOR.read_text())["spec"]
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    (selected,) = monitor["selector"]["matchExpressions"]
+    assert sorted(selected["values"]) == sorted(PROCESSES)
+    down = next(rule for rule in _rules() if rule["alert"] == "XsellProcessDown")
+    (job_pattern,) = re.findall(r'job=~"([^"]+)"', down["expr"])
+    for overlay in OVERLAYS:
+        docs = render(K8S, overlay)
+        namespace = next(doc["metadata"]["name"] for doc in docs if doc["kind"] == "Namespace")
+        scraped = {}
+        for workload in of_kind(docs, *WORKLOAD_KINDS):
+            target = relabel(_discovered(namespace, workload), config["relabel_configs"])
+            if target is None:
+                continue
+            scraped[workload["metadata"]["name"]] = target
+            assert re.fullmatch(job_pattern, target["job"]), target["job"]
+            assert (
+                target["job"] == f"xsell-{workload['spec']['template']['metadata']['labels']['app.kubernetes.io/name']}"
+            )
+            assert (target["__address__"], target["__metrics_path__"]) == ("10.0.0.7:9464", "/metrics")
+            assert target["instance"].startswith(workload["metadata"]["name"])
+            # The PodMonitor names the same job, on a container port called `metrics`.
+            operator = relabel(_discovered(namespace, workload), endpoint["relabelings"], operator=True)
+            assert operator is not None and operator["job"] == target["job"]
+            ports = [p["name"] for c in workload["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+            assert endpoint["port"] in ports, workload["metadata"]["name"]
+        assert set(scraped) == set(PROCESSES), (overlay, sorted(scraped))
