@@ -310,15 +310,17 @@ def network_violations(docs: list[Doc]) -> list[str]:
 
 
 def exposure_violations(docs: list[Doc]) -> list[str]:
-    """Only the gateway is reachable from outside: no other LoadBalancer/NodePort Service, external IP or Ingress."""
+    """Only the gateway is reachable from outside: no other LoadBalancer/NodePort Service (but one for the gateway's
+    bounce mailbox alone), external IP or Ingress."""
     problems: list[str] = []
     gateway_labels = pod_labels(find(docs, "Deployment", "gateway"))
     for service in of_kind(docs, "Service"):
         spec = service["spec"]
         external = spec.get("type") in ("LoadBalancer", "NodePort") or spec.get("externalIPs")
-        if external and not (
-            name(service) == "gateway" and selector_matches({"matchLabels": spec["selector"]}, gateway_labels)
-        ):
+        to_gateway = selector_matches({"matchLabels": spec.get("selector") or {}}, gateway_labels)
+        # The gateway's own Service, or one carrying its bounce mailbox alone (SMTP, which no ingress carries).
+        mailbox_only = {port.get("targetPort") for port in spec.get("ports") or []} == {"bounces"}
+        if external and not (to_gateway and (name(service) == "gateway" or mailbox_only)):
             problems.append(f"Service {name(service)} is reachable from outside the cluster ({spec.get('type')})")
     for ingress in of_kind(docs, "Ingress"):
         backends = [ingress["spec"].get("defaultBackend")] + [

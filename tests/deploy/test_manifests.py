@@ -141,6 +141,42 @@ def test_prod_channels_requires_its_signing_keys_and_dev_runs_on_the_dev_values(
     assert optional("dev") == {"XSELL_CHANNELS_WEBHOOK_SECRET": True, "XSELL_CHANNELS_RECIPIENT_KEY_SECRET": True}
 
 
+def _config(docs: list[Doc], process: str) -> dict[str, str]:
+    return dict(find(docs, "ConfigMap", process)["data"])
+
+
+def test_the_gateway_and_channels_agree_on_the_message_id_domain(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    channels, gateway = _config(docs, "channels"), _config(docs, "gateway")
+    # A bounce names its e-mail by the Message-ID channels gave it; the gateway's mailbox reads it by this domain.
+    assert gateway["XSELL_GATEWAY_MESSAGE_ID_DOMAIN"] == channels["XSELL_CHANNELS_MESSAGE_ID_DOMAIN"]
+
+
+def test_prod_gets_bounces_from_the_internet_and_checks_callbacks_against_the_public_url() -> None:
+    docs = render(K8S, "prod")
+    channels, gateway = _config(docs, "channels"), _config(docs, "gateway")
+    for value in (channels["XSELL_CHANNELS_RETURN_PATH"], channels["XSELL_CHANNELS_MESSAGE_ID_DOMAIN"]):
+        assert not value.endswith(".invalid"), value
+    # Signed SMS callbacks are checked against the URL the provider called: the tracking host, over https.
+    http_hosts = [rule["host"] for rule in find(docs, "Ingress", "gateway-http")["spec"]["rules"]]
+    assert gateway["XSELL_GATEWAY_WEBHOOK_PUBLIC_BASE_URL"] == f"https://{http_hosts[0]}"
+    assert gateway["XSELL_GATEWAY_WEBHOOK_PUBLIC_BASE_URL"] == channels["XSELL_CHANNELS_TRACKING_BASE_URL"]
+    # The mailbox has a load balancer of its own (the ingress controller carries HTTP only) ...
+    [mailbox] = [
+        service
+        for service in of_kind(docs, "Service")
+        if service["spec"].get("type") == "LoadBalancer"
+        and any(port.get("targetPort") == "bounces" for port in service["spec"]["ports"])
+    ]
+    assert mailbox["spec"]["selector"] == {"app.kubernetes.io/name": "gateway"}
+    assert [port["port"] for port in mailbox["spec"]["ports"]] == [25]
+    # ... and the gateway's policy admits port 2525 from anywhere, while gRPC and HTTP come from the ingress only.
+    policy = find(docs, "NetworkPolicy", "gateway")
+    by_port = {port["port"]: rule.get("from") for rule in policy["spec"]["ingress"] for port in rule.get("ports") or []}
+    assert by_port[2525] is None
+    assert by_port[50051] and by_port[8080]
+
+
 def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
     """A copy of deploy/k8s with one text replaced exactly once in one file."""
     copy = tmp_path / "k8s"
