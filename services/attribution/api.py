@@ -41,6 +41,7 @@ from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service
 
 log = structlog.get_logger(__name__)
 LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX = 100, 1000
+PROFILE_PAGE_DEFAULT, PROFILE_PAGE_MAX = 20, 100
 
 R = TypeVar("R", bound=Message)
 DisbursementCall = tuple[service_pb2.RecordDisbursementRequest, datetime]
@@ -508,6 +509,29 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         trace.get_current_span().set_attribute("attribution.leads.listed", len(page))
         return response
 
+    async def ListProfileOutreaches(
+        self, request: service_pb2.ListProfileOutreachesRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.ListProfileOutreachesResponse:
+        rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
+        if len(request.profile_id) > rules.MAX_ID_LENGTH:
+            raise InvalidArgument(f"profile_id must be at most {rules.MAX_ID_LENGTH} characters", field="profile_id")
+        size = page_size(request.page_size, PROFILE_PAGE_DEFAULT, PROFILE_PAGE_MAX)
+        before = _outreach_keyset(decode_token(request.page_token, {"profile_id": request.profile_id}, "before"))
+        async with self.db.snapshot() as session:
+            found = await store.outreaches_of_profile(session, request.profile_id, before=before, limit=size + 1)
+            page = found[:size]
+            attributions = await store.attributions(session, {o.campaign_id: o for o in page})
+        response = service_pb2.ListProfileOutreachesResponse(
+            outreaches=[self._attribution(attributions[o.campaign_id]) for o in page]
+        )
+        if len(found) > size:
+            last = page[-1]
+            response.next_page_token = encode_token(
+                {"profile_id": request.profile_id, "before": f"{last.created_at.isoformat()} {last.campaign_id}"}
+            )
+        trace.get_current_span().set_attribute("attribution.outreaches.listed", len(page))
+        return response
+
     async def GetCampaignAttribution(
         self, request: service_pb2.GetCampaignAttributionRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.GetCampaignAttributionResponse:
@@ -945,3 +969,16 @@ def _lead(lead: store.Lead) -> resources_pb2.Lead:
         origin=origin_value(lead.origin),
         create_time=timestamp(lead.created_at),
     )
+
+
+def _outreach_keyset(value: str | None) -> tuple[datetime, str] | None:
+    """A ListProfileOutreaches token's keyset: the creation time and campaign ID of the last outreach listed."""
+    if value is None:
+        return None
+    at, _, campaign_id = value.partition(" ")
+    try:
+        return datetime.fromisoformat(at), campaign_id
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
+        ) from None

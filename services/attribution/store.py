@@ -18,12 +18,14 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    and_,
     bindparam,
     case,
     delete,
     func,
     insert,
     literal,
+    or_,
     select,
     type_coerce,
     union_all,
@@ -376,6 +378,20 @@ class Attribution:
 
 
 _OUTREACH_COLUMNS = tuple(outreaches.c[name] for name in Outreach.__dataclass_fields__)
+
+
+async def outreaches_of_profile(
+    session: AsyncSession, profile_id: str, *, before: tuple[datetime, str] | None, limit: int
+) -> list[Outreach]:
+    """The person's outreaches, newest first (by creation, then campaign ID), older than `before`; withdrawn ones
+    (never sent) left out. Through ix_outreaches_profile_id: a person has few."""
+    o = outreaches.c
+    query = select(*_OUTREACH_COLUMNS).where(o.profile_id == profile_id, o.withdrawn_at.is_(None))
+    if before is not None:
+        at, campaign_id = before
+        query = query.where(or_(o.created_at < at, and_(o.created_at == at, o.campaign_id < campaign_id)))
+    rows = (await session.execute(query.order_by(o.created_at.desc(), o.campaign_id.desc()).limit(limit))).mappings()
+    return [Outreach(**row) for row in rows]
 
 
 async def get_outreach(session: AsyncSession, campaign_id: str) -> Outreach | None:

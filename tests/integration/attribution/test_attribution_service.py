@@ -18,7 +18,7 @@ from plumbing.ids import new_id
 from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import outreach_trace_id
 from services import streams
-from tests.integration.attribution.seeding import publish_outreach, running_service
+from tests.integration.attribution.seeding import publish_outreach, publish_withdrawal, running_service
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.attribution.v1 import resources_pb2 as attribution_pb2
@@ -383,6 +383,60 @@ async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same
         assert len(attribution.leads) == 1, campaign_id
         assert attribution.cost == _inr(50 + 15 * 650), campaign_id  # the e-mail, and one RM call
     assert (await _attribution(stub, crm_first)).leads[0].lead_id == made.lead.lead_id
+
+
+async def test_a_support_agent_finds_a_callers_outreaches_newest_first_and_tags_the_call_to_one(
+    service: Service,
+) -> None:
+    stub, bus = service.stub, service.bus
+    profile_id = new_id("prf_")
+    day = datetime(2025, 11, 10, 4, 0, tzinfo=UTC)
+    # Four outreaches over three days (two at the same moment), and one withdrawn before it was sent.
+    sent = {f"CSELL-NOV-T06-{profile_id[-6:]}{n}": day.replace(day=10 + min(n, 2)) for n in range(4)}
+    withdrawn = f"CSELL-NOV-T07-{profile_id[-6:]}"
+    for campaign_id, at in [*sent.items(), (withdrawn, day)]:
+        await publish_outreach(bus, campaign_id, profile_id=profile_id, at=at)
+    for campaign_id in [*sent, withdrawn]:
+        await _wait_known(stub, campaign_id)
+    await publish_withdrawal(bus, withdrawn, profile_id=profile_id, at=day)
+
+    async def withdrawn_applied() -> bool:
+        return await _known(stub, withdrawn) is None
+
+    await eventually(withdrawn_applied)
+    listed: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListProfileOutreaches(
+            service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_size=3, page_token=token)
+        )
+        listed.extend(o.campaign_id for o in page.outreaches)
+        token = page.next_page_token
+        if not token:
+            break
+    newest_first = sorted(sent, key=lambda campaign_id: (sent[campaign_id], campaign_id), reverse=True)
+    assert listed == newest_first
+
+    # The caller rang about the newest offer: the agent tags the inquiry to it, and its record shows the lead.
+    tagged = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(
+            request_id=new_id(), campaign_id=listed[0], origin=attribution_pb2.LEAD_ORIGIN_SUPPORT_AGENT
+        )
+    )
+    first = await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id=profile_id))
+    assert first.outreaches[0].leads == [tagged.lead]
+    assert first.outreaches[0].funnel.responded == 1 and first.outreaches[1].funnel.responded == 0
+    assert await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id="prf_nobody")) == (
+        service_pb2.ListProfileOutreachesResponse()
+    )
+    for bad in (
+        service_pb2.ListProfileOutreachesRequest(),
+        service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_token="junk"),
+        service_pb2.ListProfileOutreachesRequest(profile_id="prf_other", page_token=page.next_page_token or "x"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ListProfileOutreaches(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_bare_no_is_a_response_and_no_lead(service: Service) -> None:
