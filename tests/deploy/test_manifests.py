@@ -1,10 +1,12 @@
 """Every overlay renders with the real kubectl, validates offline against the Kubernetes schemas, and keeps the
 isolation rules; mutated copies show that each rule check catches what it guards."""
 
+import re
 import shutil
 from pathlib import Path
 
 import kubernetes_validate
+import yaml
 import pytest
 from kubernetes_validate.utils import latest_version
 
@@ -17,6 +19,7 @@ from tests.deploy.manifests import (
     nats_violations,
     of_kind,
     optional_secret_files,
+    pod_spec,
     render,
     violations,
 )
@@ -177,6 +180,39 @@ def test_prod_gets_bounces_from_the_internet_and_checks_callbacks_against_the_pu
     assert by_port[50051] and by_port[8080]
 
 
+def test_prod_mounts_the_institutions_catalogs_and_the_services_load_them(tmp_path: Path) -> None:
+    from services.campaigns.content_files import load_library
+    from services.campaigns.triggers import load_trigger_catalog
+    from services.segments.catalog import Catalog, definitions_from_document, validate_definitions
+
+    docs = render(K8S, "prod")
+    files: dict[str, str] = {}
+    for process, generated in (("campaigns", "campaigns-catalogs"), ("segments", "segments-catalog")):
+        workload = find(docs, "Deployment", process)
+        [container] = [c for c in pod_spec(workload)["containers"] if c["name"] == process]
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/xsell/catalogs"]
+        assert mount["readOnly"] is True
+        [volume] = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+        # The generated name carries the content's hash: an edited catalog rolls the pods.
+        assert re.fullmatch(rf"{generated}-[a-z0-9]+", volume["configMap"]["name"])
+        data = find(docs, "ConfigMap", volume["configMap"]["name"])["data"]
+        for setting, path in _config(docs, process).items():
+            if path.startswith("/etc/xsell/catalogs/"):
+                key = path.removeprefix("/etc/xsell/catalogs/")
+                assert key in data, (setting, key)
+                (tmp_path / key).write_text(data[key])
+                files[setting] = str(tmp_path / key)
+    assert len(files) == 4, sorted(files)
+    library = load_library(
+        files["XSELL_CAMPAIGNS_PRODUCT_CATALOG_FILE"], files["XSELL_CAMPAIGNS_TEMPLATE_REGISTRY_FILE"]
+    )
+    assert library.products.products and library.registry.sms
+    assert load_trigger_catalog(files["XSELL_CAMPAIGNS_TRIGGER_CATALOG_FILE"])
+    definitions = definitions_from_document(yaml.safe_load(Path(files["XSELL_SEGMENTS_CATALOG_FILE"]).read_text()))
+    accepted, problems = validate_definitions(definitions, Catalog())
+    assert accepted and not problems
+
+
 def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
     """A copy of deploy/k8s with one text replaced exactly once in one file."""
     copy = tmp_path / "k8s"
@@ -270,7 +306,7 @@ def test_a_broken_manifest_is_caught(mutation: str, tmp_path: Path) -> None:
 
 
 def test_a_prod_secret_in_the_repository_and_an_unspread_deployment_are_caught(tmp_path: Path) -> None:
-    copy = mutated(tmp_path, "overlays/prod/kustomization.yaml", "components:\n  - ../../components/zone-spread\n", "")
+    copy = mutated(tmp_path, "overlays/prod/kustomization.yaml", "  - ../../components/zone-spread\n", "")
     (copy / "overlays/prod/kustomization.yaml").write_text(
         (copy / "overlays/prod/kustomization.yaml").read_text()
         + "secretGenerator:\n  - name: xsell-tracking\n    literals: [secret=in-git]\n"
