@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import kubernetes_validate
-import yaml
 import pytest
+import yaml
 from kubernetes_validate.utils import latest_version
 
 from tests.deploy.manifests import (

@@ -29,6 +29,7 @@ from tests.integration.channels.support import dispatch_on, new_campaign_id, pub
 from tests.integration.segments.server import serving
 from tests.waiting import eventually
 from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
+from xsell.segments.v1 import resources_pb2 as segments_resources
 from xsell.segments.v1 import service_pb2 as segments_service
 from xsell.segments.v1.service_pb2_grpc import SegmentsServiceStub
 from xsell.type.v1 import channel_pb2
@@ -190,3 +191,33 @@ async def test_an_sms_stop_without_a_quote_suppresses_the_person_and_the_next_sm
     failed = await published_state(listener, after, resources_pb2.DELIVERY_STATE_FAILED)
     assert "suppressed" in failed.reason
     assert provider_sinks.sms.for_campaign(after) == []
+
+
+async def test_a_message_made_for_a_number_the_person_has_since_replaced_is_not_sent_to_it(
+    edge: Edge, provider_sinks: ProviderSinks, nats_bus: Bus, listener: Listener
+) -> None:
+    """Channels asks real segments about the number each message was made for, at the moment of sending."""
+    profile_id = f"prof_{new_id()}"
+
+    async def phone(number: str) -> None:
+        person = segments_resources.Profile(profile_id=profile_id)
+        person.attributes["phone"].string_value = number
+        upserted = await edge.segments.UpsertProfiles(
+            segments_service.UpsertProfilesRequest(request_id=new_id("req_"), profiles=[person])
+        )
+        assert not upserted.errors
+
+    await phone(NUMBER)
+    before = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", before, profile_id=profile_id, to_number=NUMBER))
+    await published_state(listener, before, SENT)
+    await phone("+919812345678")  # the CRM gives the person a new number
+    stale, current = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", stale, profile_id=profile_id, to_number=NUMBER))
+    await publish(nats_bus, dispatch_on("sms", current, profile_id=profile_id, to_number="+919812345678"))
+
+    failed = await published_state(listener, stale, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason.startswith("address replaced at send time: the person's phone has been replaced")
+    await published_state(listener, current, SENT)
+    assert provider_sinks.sms.for_campaign(stale) == []
+    assert [r.body["To"] for r in provider_sinks.sms.for_campaign(current)] == ["+919812345678"]
