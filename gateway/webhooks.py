@@ -49,7 +49,7 @@ import structlog
 from aiohttp import web
 
 from gateway.whatsapp_templates import TemplatesUnavailable, on_template_status
-from plumbing.bounces import DND, INVALID_NUMBER, whatsapp_unreachable
+from plumbing.bounces import DND, INVALID_NUMBER, WHATSAPP_MARKETING_SETTING, whatsapp_unreachable
 from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
@@ -276,7 +276,9 @@ class ProviderWebhooks:
             )
         elif code == WHATSAPP_STOPPED_MARKETING:
             engagement = channels_pb2.RecordEngagementRequest(
-                request_id=f"wa:{wamid}:stopped", kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+                request_id=f"wa:{wamid}:stopped",
+                kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+                detail=WHATSAPP_MARKETING_SETTING,
             )
         else:
             return
@@ -285,22 +287,30 @@ class ProviderWebhooks:
 
     async def _whatsapp_preference(self, preference: Any) -> None:
         """A person stopped marketing messages from this business in WhatsApp's settings: an unsubscribe from the last
-        WhatsApp message sent to their number, as a typed STOP is. A `resume` lifts nothing: an opt-out is lifted only
-        by the institution (RemoveSuppression), whichever way it was given."""
+        WhatsApp message sent to their number, as a typed STOP is. A `resume` is a resubscribe, which lifts only the
+        opt-out that WhatsApp's setting made (both carry WHATSAPP_MARKETING_SETTING): one the person gave another way
+        stays until the institution lifts it (RemoveSuppression)."""
         if not isinstance(preference, dict) or preference.get("category") != "marketing_messages":
             return
-        if preference.get("value") != "stop":
+        kinds = {
+            "stop": channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+            "resume": channels_resources.ENGAGEMENT_KIND_RESUBSCRIBED,
+        }
+        kind = kinds.get(str(preference.get("value")))
+        if kind is None:
             return
         wa_id = str(preference.get("wa_id", ""))
-        # The request_id must not carry the number: a keyed hash of it and the moment, stable across Meta's retries.
-        moment = f"{wa_id}:{preference.get('timestamp', '')}".encode()
+        # The request_id must not carry the number: a keyed hash of it, the change and its moment, stable across Meta's
+        # retries.
+        moment = f"{wa_id}:{preference.get('value')}:{preference.get('timestamp', '')}".encode()
         key = hmac.new(self._app_secret.encode(), moment, hashlib.sha256).hexdigest()[:32]
         await self._record.send_engagement(
             channels_pb2.RecordEngagementRequest(
                 request_id=f"wa:preference:{key}",
-                kind=channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+                kind=kind,  # type: ignore[arg-type]
                 inbound_from=wa_id,
                 inbound_channel=channel_pb2.CHANNEL_WHATSAPP,
+                detail=WHATSAPP_MARKETING_SETTING,
             )
         )
 

@@ -65,3 +65,10 @@ def for_a_while(detail: str) -> str | None:
     """DND or UNREACHABLE when a bounce's detail says the channel refuses the address for a while, else None."""
     word = detail.lstrip().partition(" ")[0]
     return word if word in FOR_A_WHILE else None
+
+
+WHATSAPP_MARKETING_SETTING = "WhatsApp setting: marketing messages"
+"""The detail of an unsubscribe or a resubscribe that WhatsApp's own setting made: the person stopped or resumed
+marketing messages from the business in WhatsApp (a `user_preferences` webhook; Meta's error 131050 on a message says
+the same of a stop). Segments lifts, on a resubscribe, only an opt-out with this origin: one given by a typed STOP, an
+unsubscribe link or the institution stays until RemoveSuppression."""

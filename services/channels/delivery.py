@@ -30,6 +30,7 @@ class Engagement(StrEnum):
     BOUNCED = "BOUNCED"
     COMPLAINED = "COMPLAINED"
     DECLINED = "DECLINED"
+    RESUBSCRIBED = "RESUBSCRIBED"
 
 
 class DispatchAction(Enum):

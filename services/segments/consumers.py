@@ -49,6 +49,22 @@ _FOR_A_WHILE = {
 }
 
 
+WHATSAPP_SETTING_NOTE = "stopped marketing messages in WhatsApp's settings"
+"""The start of the note of an opt-out WhatsApp's own setting made: the only kind a resubscribe lifts."""
+
+
+def _lifted_by(event: channel_events.EngagementRecorded) -> tuple[str, str] | None:
+    """The (channel, reason) of the opt-out a resubscribe lifts, where it has one: WhatsApp's setting resumed lifts the
+    opt-out that setting made, and nothing else."""
+    if (
+        event.kind != channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED
+        or event.detail != bounces.WHATSAPP_MARKETING_SETTING
+    ):
+        return None
+    opt_out = suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_OPT_OUT)
+    return suppressions.channel_key(event.channel), opt_out
+
+
 def _suppression_for(
     event: channel_events.EngagementRecorded, decline_for: timedelta, recheck_after: Mapping[str, timedelta]
 ) -> dict[str, Any] | None:
@@ -87,6 +103,8 @@ def _suppression_for(
             "note": f"{who} on campaign {event.campaign_id}",
         }
     reason = _SUPPRESSING.get(event.kind)  # type: ignore[call-overload]
+    if reason is not None and event.detail == bounces.WHATSAPP_MARKETING_SETTING:
+        note = f"{WHATSAPP_SETTING_NOTE}, on campaign {event.campaign_id}"
     bad = bounces.bad_address(event.detail) if bounced else None
     if bad is not None:
         reason = resources_pb2.SUPPRESSION_REASON_HARD_BOUNCE
@@ -151,6 +169,7 @@ class ProfileActivityConsumers:
             event.campaign_id,
             suppress=[suppression] if suppression else [],
             queued=queued,
+            lift=_lifted_by(event),
         )
 
     async def on_conversion(self, event: attribution_events.ConversionRecorded, delivery: Delivery) -> None:
@@ -181,6 +200,7 @@ class ProfileActivityConsumers:
         *,
         suppress: list[dict[str, Any]] | None = None,
         queued: datetime | None = None,
+        lift: tuple[str, str] | None = None,
     ) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
             now = utcnow()
@@ -189,10 +209,28 @@ class ProfileActivityConsumers:
                     log.info("redelivery_skipped", durable=durable)
                     return
                 await self.activity.record_events(session, [incoming], now)
-                suppress = [s for s in suppress or [] if not await self._about_a_replaced_address(session, s, queued)]
+                suppress = [
+                    s
+                    for s in suppress or []
+                    if not await self._about_a_replaced_address(session, s, queued)
+                    and not await self._opted_out_already(session, s)
+                ]
                 if suppress:
                     await store.upsert_suppressions(session, suppress, now)
-            log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress))
+                lifted = lift is not None and await store.delete_noted_suppression(
+                    session, incoming.profile_id, *lift, note_prefix=WHATSAPP_SETTING_NOTE
+                )
+            log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress), lifted=lifted)
+
+    @staticmethod
+    async def _opted_out_already(session: AsyncSession, suppression: dict[str, Any]) -> bool:
+        """Whether an opt-out from WhatsApp's setting would replace one the person gave another way (a typed STOP):
+        it must not, or resuming in WhatsApp would lift what they asked for elsewhere."""
+        if not suppression["note"].startswith(WHATSAPP_SETTING_NOTE):
+            return False
+        return await store.has_suppression(
+            session, suppression["profile_id"], suppression["channel"], suppression["reason"]
+        )
 
     async def _about_a_replaced_address(
         self, session: AsyncSession, suppression: dict[str, Any], queued: datetime | None

@@ -754,6 +754,29 @@ async def delete_suppression(session: AsyncSession, profile_id: str, channel: st
     return bool(getattr(result, "rowcount", 0))
 
 
+async def has_suppression(session: AsyncSession, profile_id: str, channel: str, reason: str) -> bool:
+    s = suppressions
+    query = select(s.c.profile_id).where(s.c.profile_id == profile_id, s.c.channel == channel, s.c.reason == reason)
+    return (await session.execute(query)).first() is not None
+
+
+async def delete_noted_suppression(
+    session: AsyncSession, profile_id: str, channel: str, reason: str, *, note_prefix: str
+) -> bool:
+    """Lifts the person's suppression for `reason` on `channel` only if its note starts with `note_prefix` (where it
+    came from)."""
+    s = suppressions
+    result = await session.execute(
+        delete(s).where(
+            s.c.profile_id == profile_id,
+            s.c.channel == channel,
+            s.c.reason == reason,
+            func.substr(s.c.note, 1, len(note_prefix)) == note_prefix,
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
 async def delete_suppressions(
     session: AsyncSession, profile_ids: Sequence[str], channel: str, reasons: Sequence[str]
 ) -> int:

@@ -13,6 +13,7 @@ import pytest
 from yarl import URL
 
 from gateway.webhooks import EXOTEL_ZONE, twilio_signature
+from plumbing.bounces import WHATSAPP_MARKETING_SETTING
 from tests.integration.gateway.conftest import (
     Downstream,
     GatewayFactory,
@@ -141,7 +142,7 @@ async def test_failed_and_read_statuses_become_a_failure_receipt_and_an_open(
         (
             131050,
             "User has stopped marketing messages",
-            ("stopped", channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, ""),
+            ("stopped", channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, WHATSAPP_MARKETING_SETTING),
         ),
         # Meta's per-person marketing limit: this message, not the person; nothing more.
         (131049, "This message was not delivered to maintain healthy ecosystem engagement", None),
@@ -166,10 +167,10 @@ async def test_a_failure_that_says_something_about_the_person_is_recorded_beside
     if engagement is None:
         assert recorded == []
         return
-    suffix, kind, detail_code = engagement
+    suffix, kind, detail = engagement
     (person,) = recorded
     assert (person.request_id, person.campaign_id, person.kind) == (f"wa:{WAMID}:{suffix}", OUTREACH, kind)
-    assert person.detail == (f"UNREACHABLE whatsapp {detail_code}" if detail_code else "")
+    assert person.detail == (f"UNREACHABLE whatsapp {detail}" if detail.isdigit() else detail)
 
 
 async def test_a_signed_body_in_another_shape_than_metas_is_acknowledged_without_a_crash(
@@ -195,7 +196,7 @@ async def test_a_signed_body_in_another_shape_than_metas_is_acknowledged_without
     assert [(e.reply_text, e.provider_message_id) for e in engagements(downstream)] == [("", ""), ("", "")]
 
 
-async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed_and_a_resume_lifts_nothing(
+async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed_and_resubscribed_on_resume(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     gateway, replica = await _gateway(start_gateway), await _gateway(start_gateway)
@@ -218,11 +219,14 @@ async def test_a_person_who_stops_marketing_messages_in_whatsapp_is_unsubscribed
         )
         async with http.post(f"{edge.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
             assert response.status == 200
-    first, retried = engagements(downstream)
+    first, resumed, retried = engagements(downstream)
     assert (first.kind, first.campaign_id) == (channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, "")
     assert (first.inbound_from, first.inbound_channel) == ("919876543210", channel_pb2.CHANNEL_WHATSAPP)
+    # The resume is a resubscribe; both say they came from WhatsApp's setting, which is all a resume may lift.
+    assert resumed.kind == channels_resources.ENGAGEMENT_KIND_RESUBSCRIBED
+    assert first.detail == resumed.detail == WHATSAPP_MARKETING_SETTING
     # One request_id for the same change, so channels records it once; it does not carry the number.
-    assert first.request_id == retried.request_id
+    assert first.request_id == retried.request_id != resumed.request_id
     assert first.request_id.startswith("wa:preference:") and "9876543210" not in first.request_id
 
 

@@ -8,6 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from plumbing import bounces
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from plumbing.telemetry import outreach_ids
@@ -149,6 +150,53 @@ async def test_an_unsubscribe_or_complaint_suppresses_the_person_on_that_channel
     await eventually(lambda: member_events(segments, profile_id, "push_opened"))
     assert not (await check(channel_pb2.CHANNEL_PUSH)).suppressed
     assert not (await check(channel_pb2.CHANNEL_WHATSAPP)).suppressed
+
+
+async def test_resuming_marketing_messages_in_whatsapp_lifts_only_the_opt_out_whatsapps_setting_made(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    setting, typed = f"p-{new_id()}", f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    whatsapp = channel_pb2.CHANNEL_WHATSAPP
+    stop, resume = channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED
+
+    async def opt_outs(profile_id: str) -> list[str]:
+        answer = await segments.CheckSuppression(api.CheckSuppressionRequest(profile_id=profile_id, channel=whatsapp))
+        return [s.note for s in answer.suppressions if s.reason == r.SUPPRESSION_REASON_OPT_OUT]
+
+    # One stops in WhatsApp's settings; the other typed STOP first, then stopped in the settings too.
+    await _engaged(nats_bus, setting, campaign_id, whatsapp, stop, detail=bounces.WHATSAPP_MARKETING_SETTING)
+    await _engaged(nats_bus, typed, campaign_id, whatsapp, stop)
+    await eventually(lambda: opt_outs(setting))
+    await eventually(lambda: opt_outs(typed))
+    later = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    await _engaged(nats_bus, typed, later, whatsapp, stop, detail=bounces.WHATSAPP_MARKETING_SETTING)
+
+    async def setting_stop_applied() -> bool:
+        on_later = r.PropertyFilter(property="campaign_id", operator=r.OPERATOR_EQUALS)
+        on_later.values.add(string_value=later)
+        condition = r.EventCondition(
+            event_name="whatsapp_unsubscribed", performance=r.PERFORMANCE_PERFORMED, property_filters=[on_later]
+        )
+        preview = await segments.PreviewSegment(api.PreviewSegmentRequest(rule=r.Rule(event=condition), sample_size=10))
+        return typed in preview.sample_profile_ids
+
+    await eventually(setting_stop_applied)
+    (setting_note,) = await opt_outs(setting)
+    assert setting_note.startswith("stopped marketing messages in WhatsApp's settings")
+    assert await opt_outs(typed) == [f"unsubscribed on campaign {campaign_id}"]  # the typed STOP's, kept
+
+    # A resubscribe that is not WhatsApp's setting lifts nothing; the setting's resume lifts only its own opt-out.
+    await _engaged(nats_bus, setting, campaign_id, whatsapp, resume)
+    for profile_id in (setting, typed):
+        await _engaged(nats_bus, profile_id, campaign_id, whatsapp, resume, detail=bounces.WHATSAPP_MARKETING_SETTING)
+
+    async def lifted() -> bool:
+        return not await opt_outs(setting)
+
+    await eventually(lifted)
+    await eventually(lambda: member_events(segments, typed, "whatsapp_resubscribed"))
+    assert await opt_outs(typed) == [f"unsubscribed on campaign {campaign_id}"]
 
 
 async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_window(
