@@ -21,6 +21,8 @@ BULK_INGEST_COMPLETED = "xsell.segments.bulk_ingest_completed"
 # Bulk feeds publish IngestEventsRequest batches here (request_id + events); segments answers each
 # with BulkIngestCompleted.
 INGEST_EVENTS = "xsell.ingest.events"
+# And UpsertProfilesRequest batches here (request_id + profiles: the CRM's nightly dump), answered alike.
+INGEST_PROFILES = "xsell.ingest.profiles"
 
 DEAD_LETTER_PREFIX = "xsell.dlq"
 
@@ -73,6 +75,15 @@ SEGMENTS_BULK_INGEST = _consumer(
     INGEST_STREAM,
     "segments-bulk-ingest",
     INGEST_EVENTS,
+    batch_size=4,
+    max_ack_pending=8,
+    ack_wait_seconds=120.0,
+)
+# Bulk profile feeds, as the event feeds: a message is a batch of up to 5000 profiles.
+SEGMENTS_BULK_PROFILES = _consumer(
+    INGEST_STREAM,
+    "segments-bulk-profiles",
+    INGEST_PROFILES,
     batch_size=4,
     max_ack_pending=8,
     ack_wait_seconds=120.0,

@@ -1,10 +1,11 @@
 """Recording what people did and re-evaluating their memberships, shared by the API and the consumers."""
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,12 +14,14 @@ from plumbing.group_commit import ALONE, Alone, Submitted
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from services import streams
-from services.segments import maintenance, store
+from services.segments import maintenance, records, store, suppressions
 from services.segments.catalog import Catalog
 from services.segments.computed import ComputedDefinition
 from services.segments.metrics import SegmentsMetrics
 from services.segments.records import IncomingEvent, RecordProblem, record_errors
 from xsell.segments.v1 import events_pb2, service_pb2
+
+log = structlog.get_logger(__name__)
 
 CATALOG_CACHE_SECONDS = 5.0
 
@@ -65,13 +68,86 @@ class IngestCall:
 class Activity:
     """Every change to people's data goes through here; memberships and their events follow in one transaction."""
 
-    def __init__(self, outbox: Outbox, tracer: trace.Tracer, catalog: CatalogCache | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        tracer: trace.Tracer,
+        catalog: CatalogCache | None = None,
+        *,
+        address_attributes: Mapping[str, str] | None = None,
+    ) -> None:
         self.outbox = outbox
+        self.address_attributes = dict(address_attributes or {})
         self.tracer = tracer
         self.catalog = catalog or CatalogCache()
         self.idempotency = Idempotency(store.idempotency)
         self.refresher = maintenance.Refresher()
         self.metrics = SegmentsMetrics()
+
+    async def upsert_profiles(
+        self, session: AsyncSession, request: service_pb2.UpsertProfilesRequest, now: datetime, *, transport: str
+    ) -> service_pb2.UpsertProfilesResponse:
+        """Applies an UpsertProfiles batch once per request_id, in the caller's transaction (the NATS path).
+
+        A request_id seen before (by either path) returns the first response and changes nothing.
+        """
+        method, response_type = "UpsertProfiles", service_pb2.UpsertProfilesResponse
+        previous = await self.idempotency.previous(session, method, request, response_type)
+        if previous is not None:
+            return previous
+        response = await self.apply_profiles(session, request, now, transport=transport)
+        await self.idempotency.remember(session, method, request, response)
+        return response
+
+    async def apply_profiles(
+        self, session: AsyncSession, request: service_pb2.UpsertProfilesRequest, now: datetime, *, transport: str
+    ) -> service_pb2.UpsertProfilesResponse:
+        """Validates and stores a batch of profiles, lifts what their new addresses make moot and refreshes their
+        memberships; the caller provides the once-per-request_id guard."""
+        catalog = await self.catalog.get(session)
+        updates, found = records.validate_profiles(request.profiles, catalog)
+        span = trace.get_current_span()
+        span.set_attribute("segments.batch.size", len(request.profiles))
+        span.set_attribute("segments.batch.rejected", len(found))
+        people = [u.profile_id for u in updates]
+        created = set(people) - await store.existing_profiles(session, people)
+        lifted = await self._lift_bounces_of_changed_addresses(session, updates, now)
+        await store.upsert_profiles(session, updates, now)
+        span.set_attribute("segments.hard_bounces_lifted", lifted)
+        changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
+        await self.refresh(session, people, now, changed=changed, new_profiles=created)
+        response = service_pb2.UpsertProfilesResponse(
+            accepted_count=len(request.profiles) - len(found), errors=record_errors(found)
+        )
+        self.metrics.profiles(session, transport, response.accepted_count, len(found))
+        return response
+
+    async def _lift_bounces_of_changed_addresses(
+        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate], now: datetime
+    ) -> int:
+        """A new address (a value other than the stored one) lifts the channel's hard_bounce, dnd_registry and
+        unreachable suppressions: the address that bounced, the number on the registry or not on WhatsApp, is gone.
+        The CRM's daily feed of unchanged addresses lifts nothing. A replaced address (not one given for the first
+        time) is noted with its time, so that a bounce still to come about the old one suppresses nothing."""
+        addresses = set(self.address_attributes.values())
+        naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
+        if not naming:
+            return 0
+        # One read of the stored addresses for every channel the batch names.
+        stored = await store.attributes_of(session, naming, sorted(addresses))
+        lifted = 0
+        for channel, attribute in self.address_attributes.items():
+            changed = [
+                u.profile_id
+                for u in updates
+                if attribute in u.attributes and stored.get(u.profile_id, {}).get(attribute) != u.attributes[attribute]
+            ]
+            lifted += await store.delete_suppressions(session, changed, channel, suppressions.ADDRESS_REASONS)
+            replaced = [pid for pid in changed if stored.get(pid, {}).get(attribute) is not None]
+            await store.note_address_changes(session, replaced, channel, now)
+        if lifted:
+            log.info("hard_bounces_lifted", count=lifted)
+        return lifted
 
     async def ingest(
         self,

@@ -19,14 +19,13 @@ from plumbing.page_tokens import decode_token as _decode_token
 from plumbing.page_tokens import encode_token as _encode_token
 from plumbing.page_tokens import page_size as _page_size
 from services import streams
-from services.segments import governance, maintenance, records, store, suppressions
+from services.segments import governance, maintenance, records, store
 from services.segments.activity import Activity, CatalogCache, IngestCall
 from services.segments.api_audience import AudienceApi
 from services.segments.api_catalog import CatalogApi
 from services.segments.api_governance import GovernanceApi, validate_definition, version_ref
 from services.segments.api_support import check_batch as _check_batch
 from services.segments.api_support import load_published, load_segment, load_version, membership_changed, segment_proto
-from services.segments.api_support import record_errors as _record_errors
 from services.segments.api_support import timestamp as _timestamp
 from services.segments.api_suppressions import SuppressionsApi, suppression_proto
 from services.segments.governance import Action
@@ -70,7 +69,10 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         self.retention = timedelta(days=settings.event_retention_days)
         self.future_skew = timedelta(seconds=settings.future_skew_seconds)
         self.tracer = tracer
-        self.activity = Activity(outbox, tracer, CatalogCache(settings.catalog_cache_seconds))
+        self.address_attributes = dict(settings.address_attributes)
+        self.activity = Activity(
+            outbox, tracer, CatalogCache(settings.catalog_cache_seconds), address_attributes=self.address_attributes
+        )
         self.ingest_calls: GroupCommit[IngestCall, service_pb2.IngestEventsResponse] = GroupCommit(
             "ingest events",
             self._ingest_batch,
@@ -80,7 +82,6 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         )
         self.require_approval = settings.require_approval
         self.consent_attributes = dict(settings.consent_attributes)
-        self.address_attributes = dict(settings.address_attributes)
         self.stream_page_size = settings.stream_page_size
 
     # --- ingestion ----------------------------------------------------------------------------
@@ -91,58 +92,16 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         _check_batch(len(request.profiles), "profiles")
         now = utcnow()
 
-        async def upsert(session: AsyncSession) -> service_pb2.UpsertProfilesResponse:
-            catalog = await self.activity.catalog.get(session)
-            updates, found = records.validate_profiles(request.profiles, catalog)
-            span = trace.get_current_span()
-            span.set_attribute("segments.batch.size", len(request.profiles))
-            span.set_attribute("segments.batch.rejected", len(found))
-            people = [u.profile_id for u in updates]
-            created = set(people) - await store.existing_profiles(session, people)
-            lifted = await self._lift_bounces_of_changed_addresses(session, updates, now)
-            await store.upsert_profiles(session, updates, now)
-            span.set_attribute("segments.hard_bounces_lifted", lifted)
-            changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
-            await self.activity.refresh(session, people, now, changed=changed, new_profiles=created)
-            response = service_pb2.UpsertProfilesResponse(
-                accepted_count=len(request.profiles) - len(found), errors=_record_errors(found)
-            )
-            self.activity.metrics.profiles(session, response.accepted_count, len(found))
-            return response
-
         # Once per request_id: a retry, or a concurrent duplicate that lost the race, gets the first answer.
         response = await self.idempotency.run_once(
-            self.db, "UpsertProfiles", request, service_pb2.UpsertProfilesResponse, upsert
+            self.db,
+            "UpsertProfiles",
+            request,
+            service_pb2.UpsertProfilesResponse,
+            lambda session: self.activity.apply_profiles(session, request, now, transport="grpc"),
         )
         log.info("profiles_upserted", accepted=response.accepted_count, rejected=len(response.errors))
         return response
-
-    async def _lift_bounces_of_changed_addresses(
-        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate], now: datetime
-    ) -> int:
-        """A new address (a value other than the stored one) lifts the channel's hard_bounce, dnd_registry and
-        unreachable suppressions: the address that bounced, the number on the registry or not on WhatsApp, is gone.
-        The CRM's daily feed of unchanged addresses lifts nothing. A replaced address (not one given for the first
-        time) is noted with its time, so that a bounce still to come about the old one suppresses nothing."""
-        addresses = set(self.address_attributes.values())
-        naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
-        if not naming:
-            return 0
-        # One read of the stored addresses for every channel the batch names.
-        stored = await store.attributes_of(session, naming, sorted(addresses))
-        lifted = 0
-        for channel, attribute in self.address_attributes.items():
-            changed = [
-                u.profile_id
-                for u in updates
-                if attribute in u.attributes and stored.get(u.profile_id, {}).get(attribute) != u.attributes[attribute]
-            ]
-            lifted += await store.delete_suppressions(session, changed, channel, suppressions.ADDRESS_REASONS)
-            replaced = [pid for pid in changed if stored.get(pid, {}).get(attribute) is not None]
-            await store.note_address_changes(session, replaced, channel, now)
-        if lifted:
-            log.info("hard_bounces_lifted", count=lifted)
-        return lifted
 
     async def IngestEvents(
         self, request: service_pb2.IngestEventsRequest, context: grpc.aio.ServicerContext

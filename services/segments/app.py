@@ -21,7 +21,7 @@ from services.segments.sweeper import Sweeper
 from xsell.attribution.v1.events_pb2 import ConversionRecorded
 from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import service_pb2_grpc
-from xsell.segments.v1.service_pb2 import IngestEventsRequest
+from xsell.segments.v1.service_pb2 import IngestEventsRequest, UpsertProfilesRequest
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -63,6 +63,15 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
         bus, streams.SEGMENTS_BULK_INGEST, IngestEventsRequest, handlers.on_bulk_ingest, tracer, concurrency=concurrency
     )
     await bulk_ingest.declare()
+    bulk_profiles = Consumer(
+        bus,
+        streams.SEGMENTS_BULK_PROFILES,
+        UpsertProfilesRequest,
+        handlers.on_bulk_profiles,
+        tracer,
+        concurrency=concurrency,
+    )
+    await bulk_profiles.declare()
     sweeper = Sweeper(db, servicer.activity, tracer, settings.sweep_interval_seconds)
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(
@@ -78,6 +87,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
             BackgroundTask("conversion-consumer", conversion.run, conversion.stop),
             BackgroundTask("window-sweeper", sweeper.run, sweeper.stop),
             BackgroundTask("bulk-ingest-consumer", bulk_ingest.run, bulk_ingest.stop),
+            BackgroundTask("bulk-profiles-consumer", bulk_profiles.run, bulk_profiles.stop),
         ],
         closers=[db.dispose, bus.drain, publisher.drain],
     )

@@ -273,10 +273,46 @@ class ProfileActivityConsumers:
                     session,
                     streams.BULK_INGEST_COMPLETED,
                     events_pb2.BulkIngestCompleted(
-                        request_id=request.request_id, accepted_count=response.accepted_count, errors=response.errors
+                        request_id=request.request_id,
+                        accepted_count=response.accepted_count,
+                        errors=response.errors,
+                        subject=streams.INGEST_EVENTS,
                     ),
                 )
         except DomainError as error:
             # A request_id reused for other events, or one too long: the same message can never apply.
             raise PermanentError(str(error)) from None
         log.info("bulk_events_ingested", accepted=response.accepted_count, rejected=len(response.errors))
+
+    async def on_bulk_profiles(self, request: service_pb2.UpsertProfilesRequest, delivery: Delivery) -> None:
+        """Applies a feed's batch of profiles exactly as UpsertProfiles does (new addresses lift their bounces,
+        memberships follow), and answers with BulkIngestCompleted; once, by the inbox and the request_id shared with
+        gRPC."""
+        if not request.request_id:
+            raise PermanentError("UpsertProfilesRequest without request_id; the feed must name each batch")
+        if not 1 <= len(request.profiles) <= MAX_BATCH:
+            raise PermanentError(
+                f"UpsertProfilesRequest must hold 1 to {MAX_BATCH} profiles, got {len(request.profiles)}"
+            )
+        durable = streams.SEGMENTS_BULK_PROFILES.durable
+        now = utcnow()
+        try:
+            async with self.db.transaction() as session:
+                if not await self.inbox.claim(session, durable, delivery.message_id):
+                    log.info("redelivery_skipped", durable=durable)
+                    return
+                response = await self.activity.upsert_profiles(session, request, now, transport="nats")
+                await self.activity.outbox.add(
+                    session,
+                    streams.BULK_INGEST_COMPLETED,
+                    events_pb2.BulkIngestCompleted(
+                        request_id=request.request_id,
+                        accepted_count=response.accepted_count,
+                        errors=response.errors,
+                        subject=streams.INGEST_PROFILES,
+                    ),
+                )
+        except DomainError as error:
+            # A request_id reused for other profiles, or one too long: the same message can never apply.
+            raise PermanentError(str(error)) from None
+        log.info("bulk_profiles_upserted", accepted=response.accepted_count, rejected=len(response.errors))

@@ -28,8 +28,8 @@ class SegmentsMetrics:
     def events(self, session: AsyncSession, transport: str, accepted: int, rejected: int) -> None:
         after_commit(session, lambda: self._add(self._events, accepted, rejected, {"transport": transport}))
 
-    def profiles(self, session: AsyncSession, accepted: int, rejected: int) -> None:
-        after_commit(session, lambda: self._add(self._profiles, accepted, rejected, {}))
+    def profiles(self, session: AsyncSession, transport: str, accepted: int, rejected: int) -> None:
+        after_commit(session, lambda: self._add(self._profiles, accepted, rejected, {"transport": transport}))
 
     def membership_changes(self, session: AsyncSession, entered: int, exited: int) -> None:
         def add() -> None:

@@ -121,6 +121,42 @@ async def test_a_bulk_batch_is_applied_answered_and_a_resent_batch_changes_nothi
     assert replay.accepted_count == 2 and list(replay.errors) == list(answer.errors)
 
 
+async def test_a_bulk_profile_dump_is_upserted_answered_and_shares_its_request_id_with_grpc(
+    segments: SegmentsServiceStub, nats_bus: Bus, subscribe
+) -> None:  # type: ignore[no-untyped-def]
+    completed = await subscribe(streams.BULK_INGEST_COMPLETED)
+    created = await segments.CreateSegment(
+        api.CreateSegmentRequest(
+            request_id=new_id("req_"),
+            segment=r.Segment(display_name="Platinum", rule=attr("customer_tier", "EQUALS", s("Platinum"))),
+        )
+    )
+    segment_id = created.segment.segment_id
+    await publish(segments, segment_id)
+    asha, ravi = f"dump-{new_id()}", f"dump-{new_id()}"
+    people = [r.Profile(profile_id=asha), r.Profile(profile_id=ravi), r.Profile(profile_id="")]
+    people[0].attributes["customer_tier"].string_value = "Platinum"
+    people[0].attributes["email"].string_value = "asha@example.in"
+    people[1].attributes["customer_tier"].string_value = "Gold"
+    dump = api.UpsertProfilesRequest(request_id=new_id("dump_"), profiles=people)
+    await nats_bus.js.publish(streams.INGEST_PROFILES, dump.SerializeToString(), headers={MSG_ID_HEADER: new_id("f_")})
+
+    [answer] = await eventually(lambda: _ready(completed.completed(dump.request_id)))
+    assert (answer.subject, answer.accepted_count) == (streams.INGEST_PROFILES, 2)
+    assert [(e.index, e.field) for e in answer.errors] == [(2, "profiles[2].profile_id")]
+    stored = (await segments.GetProfile(api.GetProfileRequest(profile_id=asha))).profile
+    assert stored.attributes["email"] == s("asha@example.in")
+    # Memberships follow, as for UpsertProfiles.
+    checked = await segments.CheckMembership(api.CheckMembershipRequest(segment_id=segment_id, profile_id=asha))
+    assert checked.is_member
+    other = await segments.CheckMembership(api.CheckMembershipRequest(segment_id=segment_id, profile_id=ravi))
+    assert not other.is_member
+
+    # The same dump again over gRPC: the request_id names one batch, whichever path brought it.
+    replay = await segments.UpsertProfiles(dump)
+    assert replay.accepted_count == 2 and list(replay.errors) == list(answer.errors)
+
+
 async def _ready(items: list, count: int = 1) -> list | None:  # type: ignore[type-arg]
     return items if len(items) >= count else None
 
