@@ -1,15 +1,16 @@
 """NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from google.protobuf.message import Message
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing import bounces
-from plumbing.bus import Delivery, PermanentError
+from plumbing.bus import ConsumerSpec, Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
 from plumbing.outbox import Inbox, utcnow
@@ -251,11 +252,7 @@ class ProfileActivityConsumers:
         The inbox skips a redelivered message; the request_id, shared with the gRPC path, makes a batch
         sent again (by either path) change nothing, and its BulkIngestCompleted repeats the first answer.
         """
-        if not request.request_id:
-            raise PermanentError("IngestEventsRequest without request_id; the feed must name each batch")
-        if not 1 <= len(request.events) <= MAX_BATCH:
-            raise PermanentError(f"IngestEventsRequest must hold 1 to {MAX_BATCH} events, got {len(request.events)}")
-        durable = streams.SEGMENTS_BULK_INGEST.durable
+        self._check_batch(request, len(request.events), "events")
         now = utcnow()
         incoming, problems = validate_events(
             request.events, now, retention=self.retention, future_skew=self.future_skew
@@ -263,56 +260,69 @@ class ProfileActivityConsumers:
         span = trace.get_current_span()
         span.set_attribute("segments.batch.size", len(request.events))
         span.set_attribute("segments.batch.rejected", len(problems))
-        try:
-            async with self.db.transaction() as session:
-                if not await self.inbox.claim(session, durable, delivery.message_id):
-                    log.info("redelivery_skipped", durable=durable)
-                    return
-                response = await self.activity.ingest(session, request, incoming, problems, now, transport="nats")
-                await self.activity.outbox.add(
-                    session,
-                    streams.BULK_INGEST_COMPLETED,
-                    events_pb2.BulkIngestCompleted(
-                        request_id=request.request_id,
-                        accepted_count=response.accepted_count,
-                        errors=response.errors,
-                        subject=streams.INGEST_EVENTS,
-                    ),
-                )
-        except DomainError as error:
-            # A request_id reused for other events, or one too long: the same message can never apply.
-            raise PermanentError(str(error)) from None
-        log.info("bulk_events_ingested", accepted=response.accepted_count, rejected=len(response.errors))
+        await self._apply_batch(
+            streams.SEGMENTS_BULK_INGEST,
+            delivery,
+            request.request_id,
+            lambda session: self.activity.ingest(session, request, incoming, problems, now, transport="nats"),
+        )
 
     async def on_bulk_profiles(self, request: service_pb2.UpsertProfilesRequest, delivery: Delivery) -> None:
         """Applies a feed's batch of profiles exactly as UpsertProfiles does (new addresses lift their bounces,
         memberships follow), and answers with BulkIngestCompleted; once, by the inbox and the request_id shared with
         gRPC."""
-        if not request.request_id:
-            raise PermanentError("UpsertProfilesRequest without request_id; the feed must name each batch")
-        if not 1 <= len(request.profiles) <= MAX_BATCH:
-            raise PermanentError(
-                f"UpsertProfilesRequest must hold 1 to {MAX_BATCH} profiles, got {len(request.profiles)}"
-            )
-        durable = streams.SEGMENTS_BULK_PROFILES.durable
+        self._check_batch(request, len(request.profiles), "profiles")
         now = utcnow()
+        await self._apply_batch(
+            streams.SEGMENTS_BULK_PROFILES,
+            delivery,
+            request.request_id,
+            lambda session: self.activity.upsert_profiles(session, request, now, transport="nats"),
+        )
+
+    @staticmethod
+    def _check_batch(request: Message, size: int, records: str) -> None:
+        """A batch that can never apply (no request_id, an empty or oversized one) is dead-lettered at once."""
+        kind = type(request).__name__
+        if not getattr(request, "request_id", ""):
+            raise PermanentError(f"{kind} without request_id; the feed must name each batch")
+        if not 1 <= size <= MAX_BATCH:
+            raise PermanentError(f"{kind} must hold 1 to {MAX_BATCH} {records}, got {size}")
+
+    async def _apply_batch(
+        self,
+        consumer: ConsumerSpec,
+        delivery: Delivery,
+        request_id: str,
+        apply: Callable[
+            [AsyncSession], Awaitable[service_pb2.IngestEventsResponse | service_pb2.UpsertProfilesResponse]
+        ],
+    ) -> None:
+        """A bulk feed's batch applied once (the inbox; `apply` keeps the request_id's first answer), in the
+        transaction that writes its BulkIngestCompleted, which names the feed subject it answers."""
+        durable = consumer.durable
         try:
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, durable, delivery.message_id):
                     log.info("redelivery_skipped", durable=durable)
                     return
-                response = await self.activity.upsert_profiles(session, request, now, transport="nats")
+                response = await apply(session)
                 await self.activity.outbox.add(
                     session,
                     streams.BULK_INGEST_COMPLETED,
                     events_pb2.BulkIngestCompleted(
-                        request_id=request.request_id,
+                        request_id=request_id,
                         accepted_count=response.accepted_count,
                         errors=response.errors,
-                        subject=streams.INGEST_PROFILES,
+                        subject=consumer.filter_subject,
                     ),
                 )
         except DomainError as error:
-            # A request_id reused for other profiles, or one too long: the same message can never apply.
+            # A request_id reused for another batch, or one too long: the same message can never apply.
             raise PermanentError(str(error)) from None
-        log.info("bulk_profiles_upserted", accepted=response.accepted_count, rejected=len(response.errors))
+        log.info(
+            "bulk_batch_applied",
+            subject=consumer.filter_subject,
+            accepted=response.accepted_count,
+            rejected=len(response.errors),
+        )

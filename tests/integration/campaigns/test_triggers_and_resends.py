@@ -147,7 +147,8 @@ async def _upsert(stack: Stack, *profiles: seg.Profile) -> None:
     assert not response.errors
 
 
-async def _define(stack: Stack) -> None:
+async def _define(stack: Stack, *more: seg.AttributeDefinition) -> None:
+    """The attributes the tests' campaigns read, and `more`."""
     defined = await stack.segments.DefineAttributes(
         seg_service.DefineAttributesRequest(
             request_id=new_id("req_"),
@@ -156,6 +157,7 @@ async def _define(stack: Stack) -> None:
                 seg.AttributeDefinition(name="first_name", type=seg.ATTRIBUTE_TYPE_STRING),
                 seg.AttributeDefinition(name="plan", type=seg.ATTRIBUTE_TYPE_STRING),
                 seg.AttributeDefinition(name="outstanding_ratio", type=seg.ATTRIBUTE_TYPE_NUMBER),
+                *more,
             ],
         )
     )
@@ -714,14 +716,7 @@ async def _signal(stack: Stack, event: channel_events.DeliveryUpdated | channel_
 async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_channel_the_person_can_be_reached_on(
     stack: Stack,
 ) -> None:
-    await _define(stack)
-    defined = await stack.segments.DefineAttributes(
-        seg_service.DefineAttributesRequest(
-            request_id=new_id("req_"),
-            attributes=[seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True)],
-        )
-    )
-    assert not defined.errors
+    await _define(stack, seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True))
     people = {
         "f-01": {"push_token": "token-f01"},  # its e-mail bounces: reached by push
         "f-02": {"push_token": "token-f02"},  # its e-mail goes: nothing more
@@ -822,14 +817,7 @@ async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_cha
 async def test_a_message_refused_for_a_replaced_address_falls_back_to_the_same_channel_at_the_new_one(
     stack: Stack,
 ) -> None:
-    await _define(stack)
-    defined = await stack.segments.DefineAttributes(
-        seg_service.DefineAttributesRequest(
-            request_id=new_id("req_"),
-            attributes=[seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True)],
-        )
-    )
-    assert not defined.errors
+    await _define(stack, seg.AttributeDefinition(name="push_token", type=seg.ATTRIBUTE_TYPE_STRING, pii=True))
     await _upsert(
         stack,
         *(
