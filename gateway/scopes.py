@@ -115,8 +115,9 @@ METHOD_SCOPES: dict[str, str] = {
     _method(ATTRIBUTION_SERVICE, "CreateLead"): CRM_LEADS,
     # The leads replies made, which the CRM pulls to assign a relationship manager, then records with CreateLead.
     _method(ATTRIBUTION_SERVICE, "ListLeads"): CRM_LEADS,
-    # A support agent finds the outreach that prompted a caller's inquiry (the person's record, as GetOutreach).
-    _method(ATTRIBUTION_SERVICE, "ListProfileOutreaches"): CRM_LEADS,
+    # A support agent finds the outreach that prompted a caller's inquiry: every outreach of one person, with its
+    # loans and money, so it is the support desk's outreach.read, not every CRM integration's crm.leads.
+    _method(ATTRIBUTION_SERVICE, "ListProfileOutreaches"): OUTREACH_READ,
     _method(GATEWAY_SERVICE, "LookupCampaignRecord"): CRM_LEADS,
     _method(ATTRIBUTION_SERVICE, "RecordApplication"): LOS_EVENTS,
     _method(ATTRIBUTION_SERVICE, "RecordSanction"): LOS_EVENTS,

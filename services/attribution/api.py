@@ -977,8 +977,11 @@ def _outreach_keyset(value: str | None) -> tuple[datetime, str] | None:
         return None
     at, _, campaign_id = value.partition(" ")
     try:
-        return datetime.fromisoformat(at), campaign_id
+        moment = datetime.fromisoformat(at)
     except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None or not campaign_id:
         raise InvalidArgument(
             "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
-        ) from None
+        )
+    return moment, campaign_id

@@ -135,18 +135,17 @@ class Ledger:
         caller already holds it locked.
 
         Returns the lead and True, or the lead it is already and False. One CRM lead id is one lead; one outreach has
-        at most one lead from a reply, however often the person replies. A reply's lead and the CRM's own lead for
-        it are one lead, whichever comes first: the CRM claims a reply's lead (ListLeads shows those awaiting it) by
-        recording its lead id for the same campaign ID, and a reply to an outreach the CRM made a lead for makes
-        none. So the RM's time is booked once.
+        at most one lead from a reply, however often the person replies. A lead made without the CRM's id (a reply's,
+        or a support agent's) and the CRM's own lead for it are one lead, whichever comes first: the CRM claims it
+        (ListLeads shows those awaiting it) by recording its lead id for the same campaign ID, and a reply to an
+        outreach that has a lead already makes none. So the RM's time is booked once.
         """
         dedup_key = f"crm:{crm_lead_id}" if crm_lead_id else f"reply:{campaign_id}" if origin == REPLY else None
         if crm_lead_id:
             if (known := await store.lead_by_crm_lead_id(session, crm_lead_id)) is not None:
                 return known, False
-            awaiting = await store.lead_by_dedup_key(session, f"reply:{campaign_id}")
-            if awaiting is not None and not awaiting.crm_lead_id:
-                await store.claim_lead(session, awaiting.lead_id, crm_lead_id)
+            if (awaiting := await store.lead_awaiting_crm_id(session, campaign_id)) is not None:
+                await store.claim_lead(session, awaiting.lead_id, crm_lead_id, f"crm:{crm_lead_id}")
                 return replace(awaiting, crm_lead_id=crm_lead_id), False
         elif origin == REPLY and (first := await store.first_lead(session, campaign_id)) is not None:
             return first, False

@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.types import TypeDecorator
 
 from plumbing.db import UtcDateTime, dialect_of, upsert_insert
@@ -585,10 +587,25 @@ async def first_lead(session: AsyncSession, campaign_id: str) -> Lead | None:
     return Lead(**row) if row is not None else None
 
 
-async def claim_lead(session: AsyncSession, lead_id: str, crm_lead_id: str) -> None:
-    """Gives a lead that awaits the CRM's id (a reply's) that id."""
+async def lead_awaiting_crm_id(session: AsyncSession, campaign_id: str) -> Lead | None:
+    """The outreach's first lead made without the CRM's id (a reply's, a support agent's), if any."""
+    query = (
+        select(*_LEAD_COLUMNS)
+        .where(leads.c.campaign_id == campaign_id, leads.c.crm_lead_id == "")
+        .order_by(leads.c.lead_id)
+        .limit(1)
+    )
+    row = (await session.execute(query)).mappings().first()
+    return Lead(**row) if row is not None else None
+
+
+async def claim_lead(session: AsyncSession, lead_id: str, crm_lead_id: str, dedup_key: str) -> None:
+    """Gives a lead that awaits the CRM's id that id, and its dedup key (crm:<id>): the unique key then refuses the
+    same CRM id for another outreach made at the same moment, as it does for a lead made with it."""
     await session.execute(
-        update(leads).where(leads.c.lead_id == lead_id, leads.c.crm_lead_id == "").values(crm_lead_id=crm_lead_id)
+        update(leads)
+        .where(leads.c.lead_id == lead_id, leads.c.crm_lead_id == "")
+        .values(crm_lead_id=crm_lead_id, dedup_key=dedup_key)
     )
 
 
@@ -603,14 +620,20 @@ class ListedLead:
 
 
 async def list_leads(session: AsyncSession, *, awaiting: bool, after: str | None, limit: int) -> list[ListedLead]:
-    """Leads in id order (the order they were made), after the lead id `after`; with `awaiting`, only those without
-    the CRM's id yet."""
+    """Leads in id order (the order they were made), after the lead id `after`; with `awaiting`, only those the CRM
+    has not recorded yet."""
     o = outreaches.c
     query = select(*_LEAD_COLUMNS, o.profile_id, o.product_code, o.campaign_key).join(
         outreaches, o.campaign_id == leads.c.campaign_id
     )
     if awaiting:
-        query = query.where(leads.c.crm_lead_id == "")
+        # Without the CRM's id, on an outreach the CRM has no lead for yet (a reply's lead made before the CRM could
+        # claim it stays out once the CRM recorded its own).
+        recorded = aliased(leads)
+        query = query.where(
+            leads.c.crm_lead_id == "",
+            ~exists().where(recorded.c.campaign_id == leads.c.campaign_id, recorded.c.crm_lead_id != ""),
+        )
     if after is not None:
         query = query.where(leads.c.lead_id > after)
     rows = (await session.execute(query.order_by(leads.c.lead_id).limit(limit))).mappings().all()

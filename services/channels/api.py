@@ -55,6 +55,9 @@ SETTLED_BY_HAND = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, Delive
 INBOUND_CHANNELS = ("CHANNEL_SMS", "CHANNEL_WHATSAPP")
 INBOUND_MATCH = timedelta(days=30)
 """How far back an inbound message that quotes none of ours looks for the message it answers."""
+ABOUT_THE_PERSON = frozenset({Engagement.UNSUBSCRIBED, Engagement.RESUBSCRIBED})
+"""Engagement that is about the person rather than one message (a STOP, WhatsApp's stop or resume): recorded on the
+last message to their number however long ago it went, since a suppressed person gets no newer one."""
 
 
 def _campaign_id(value: str) -> str:
@@ -162,12 +165,12 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             raise _no_message(campaign_id)
         return service_pb2.GetMessageResponse(message=convert.message_proto(record))
 
-    async def _engaged_message(self, request: service_pb2.RecordEngagementRequest) -> str:
+    async def _engaged_message(self, request: service_pb2.RecordEngagementRequest, kind: Engagement) -> str:
         """The campaign ID named by the request, or found by the provider's id for the message, or by the number an
         inbound message came from."""
         provider_message_id = request.provider_message_id.strip()
         if not request.campaign_id.strip() and not provider_message_id and request.inbound_from.strip():
-            return await self._answered_message(request)
+            return await self._answered_message(request, None if kind in ABOUT_THE_PERSON else INBOUND_MATCH)
         if request.campaign_id.strip() or not provider_message_id:
             return _campaign_id(request.campaign_id)
         # A read: on SQLite a snapshot does not queue behind the ledger's writes for the write lock, as a transaction
@@ -182,8 +185,8 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             )
         return campaign_id
 
-    async def _answered_message(self, request: service_pb2.RecordEngagementRequest) -> str:
-        """The last message handed to the inbound sender's number on its channel, within INBOUND_MATCH."""
+    async def _answered_message(self, request: service_pb2.RecordEngagementRequest, within: timedelta | None) -> str:
+        """The last message handed to the inbound sender's number on its channel, within `within` (ever: None)."""
         channel = convert.channel_name(request.inbound_channel)
         if channel not in INBOUND_CHANNELS:
             raise InvalidArgument(
@@ -194,13 +197,12 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         if key is None:
             raise InvalidArgument("inbound_from must be a phone number, e.g. +919876543210", field="inbound_from")
         async with self.db.snapshot() as session:
-            campaign_id = await store.last_message_to(session, channel, key, since=utcnow() - INBOUND_MATCH)
+            since = None if within is None else utcnow() - within
+            campaign_id = await store.last_message_to(session, channel, key, since=since)
         if campaign_id is None:
             # The number is not repeated: it is personal data, and the caller has it.
-            raise NotFound(
-                f"no {channel} message was handed to inbound_from's number in the last {INBOUND_MATCH.days} days",
-                field="inbound_from",
-            )
+            when = "ever" if within is None else f"in the last {within.days} days"
+            raise NotFound(f"no {channel} message was handed to inbound_from's number {when}", field="inbound_from")
         return campaign_id
 
     async def RecordEngagement(
@@ -210,7 +212,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         kind = convert.engagement_from_proto(request.kind)
         if kind is None:
             raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
-        campaign_id = await self._engaged_message(request)
+        campaign_id = await self._engaged_message(request, kind)
         at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)

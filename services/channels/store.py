@@ -632,21 +632,20 @@ def _upsert(session: Session) -> Any:
     return (pg_insert if _dialect(session) == "postgresql" else sqlite_insert)(messages)
 
 
-async def last_message_to(session: AsyncSession, channel: str, recipient_key: str, *, since: datetime) -> str | None:
-    """The campaign ID of the last message handed to `recipient_key` on `channel` since `since` (SENT, DELIVERED, or
-    AMBIGUOUS: it may have gone); None when there is none."""
+async def last_message_to(
+    session: AsyncSession, channel: str, recipient_key: str, *, since: datetime | None
+) -> str | None:
+    """The campaign ID of the last message handed to `recipient_key` on `channel` since `since` (None: ever; SENT,
+    DELIVERED, or AMBIGUOUS: it may have gone); None when there is none."""
+    query = select(messages.c.campaign_id).where(
+        messages.c.recipient_key == recipient_key,
+        messages.c.channel == channel,
+        messages.c.state.in_(_HANDED_OVER),
+    )
+    if since is not None:
+        query = query.where(messages.c.created_at >= since)
     row = (
-        await session.execute(
-            select(messages.c.campaign_id)
-            .where(
-                messages.c.recipient_key == recipient_key,
-                messages.c.channel == channel,
-                messages.c.created_at >= since,
-                messages.c.state.in_(_HANDED_OVER),
-            )
-            .order_by(messages.c.created_at.desc(), messages.c.campaign_id.desc())
-            .limit(1)
-        )
+        await session.execute(query.order_by(messages.c.created_at.desc(), messages.c.campaign_id.desc()).limit(1))
     ).first()
     return None if row is None else str(row.campaign_id)
 

@@ -210,28 +210,21 @@ class ProfileActivityConsumers:
                     log.info("redelivery_skipped", durable=durable)
                     return
                 await self.activity.record_events(session, [incoming], now)
-                suppress = [
-                    s
-                    for s in suppress or []
-                    if not await self._about_a_replaced_address(session, s, queued)
-                    and not await self._opted_out_already(session, s)
-                ]
-                if suppress:
-                    await store.upsert_suppressions(session, suppress, now)
+                suppress = [s for s in suppress or [] if not await self._about_a_replaced_address(session, s, queued)]
+                # An opt-out WhatsApp's own setting made replaces only another of its own, never one the person gave
+                # another way (a typed STOP): a resume lifts the setting's alone. Decided by the upsert itself.
+                by_setting = [s for s in suppress if s["note"].startswith(WHATSAPP_SETTING_NOTE)]
+                await store.upsert_suppressions(session, [s for s in suppress if s not in by_setting], now)
+                await store.upsert_suppressions(session, by_setting, now, only_over=WHATSAPP_SETTING_NOTE)
+                # A resume lifts the setting's opt-out recorded before it happened, not a later stop it overtook.
                 lifted = lift is not None and await store.delete_noted_suppression(
-                    session, incoming.profile_id, *lift, note_prefix=WHATSAPP_SETTING_NOTE
+                    session,
+                    incoming.profile_id,
+                    *lift,
+                    note_prefix=WHATSAPP_SETTING_NOTE,
+                    not_after=incoming.occurred_at,
                 )
             log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress), lifted=lifted)
-
-    @staticmethod
-    async def _opted_out_already(session: AsyncSession, suppression: dict[str, Any]) -> bool:
-        """Whether an opt-out from WhatsApp's setting would replace one the person gave another way (a typed STOP):
-        it must not, or resuming in WhatsApp would lift what they asked for elsewhere."""
-        if not suppression["note"].startswith(WHATSAPP_SETTING_NOTE):
-            return False
-        return await store.has_suppression(
-            session, suppression["profile_id"], suppression["channel"], suppression["reason"]
-        )
 
     async def _about_a_replaced_address(
         self, session: AsyncSession, suppression: dict[str, Any], queued: datetime | None

@@ -727,8 +727,11 @@ def _suppression(row: Row[Any]) -> SuppressionRow:
     )
 
 
-async def upsert_suppressions(session: AsyncSession, rows: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Adds suppressions; one for the same person, channel and reason is replaced (its create_time kept)."""
+async def upsert_suppressions(
+    session: AsyncSession, rows: Sequence[dict[str, Any]], now: datetime, *, only_over: str | None = None
+) -> None:
+    """Adds suppressions; one for the same person, channel and reason is replaced (its create_time kept). With
+    `only_over`, only one whose note starts with it is replaced; another stays as it is."""
     if not rows:
         return
     rows = sorted(rows, key=lambda r: (r["profile_id"], r["channel"], r["reason"]))
@@ -741,9 +744,14 @@ async def upsert_suppressions(session: AsyncSession, rows: Sequence[dict[str, An
                 "note": statement.excluded.note,
                 "update_time": statement.excluded.update_time,
             },
+            where=_note_starts(only_over) if only_over else None,
         ),
         [{**row, "create_time": now, "update_time": now} for row in rows],
     )
+
+
+def _note_starts(prefix: str) -> Any:
+    return func.substr(suppressions.c.note, 1, len(prefix)) == prefix
 
 
 async def delete_suppression(session: AsyncSession, profile_id: str, channel: str, reason: str) -> bool:
@@ -754,24 +762,19 @@ async def delete_suppression(session: AsyncSession, profile_id: str, channel: st
     return bool(getattr(result, "rowcount", 0))
 
 
-async def has_suppression(session: AsyncSession, profile_id: str, channel: str, reason: str) -> bool:
-    s = suppressions
-    query = select(s.c.profile_id).where(s.c.profile_id == profile_id, s.c.channel == channel, s.c.reason == reason)
-    return (await session.execute(query)).first() is not None
-
-
 async def delete_noted_suppression(
-    session: AsyncSession, profile_id: str, channel: str, reason: str, *, note_prefix: str
+    session: AsyncSession, profile_id: str, channel: str, reason: str, *, note_prefix: str, not_after: datetime
 ) -> bool:
     """Lifts the person's suppression for `reason` on `channel` only if its note starts with `note_prefix` (where it
-    came from)."""
+    came from) and it was last recorded at or before `not_after`."""
     s = suppressions
     result = await session.execute(
         delete(s).where(
             s.c.profile_id == profile_id,
             s.c.channel == channel,
             s.c.reason == reason,
-            func.substr(s.c.note, 1, len(note_prefix)) == note_prefix,
+            _note_starts(note_prefix),
+            s.c.update_time <= not_after,
         )
     )
     return bool(getattr(result, "rowcount", 0))

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.page_tokens import encode_token
 from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import outreach_trace_id
 from services import streams
@@ -407,8 +408,9 @@ async def test_a_support_agent_finds_a_callers_outreaches_newest_first_and_tags_
     listed: list[str] = []
     token = ""
     while True:
+        # One a page: the two made at the same moment meet at a page boundary, split by their campaign IDs.
         page = await stub.ListProfileOutreaches(
-            service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_size=3, page_token=token)
+            service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_size=1, page_token=token)
         )
         listed.extend(o.campaign_id for o in page.outreaches)
         token = page.next_page_token
@@ -425,14 +427,25 @@ async def test_a_support_agent_finds_a_callers_outreaches_newest_first_and_tags_
     )
     first = await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id=profile_id))
     assert first.outreaches[0].leads == [tagged.lead]
+    # The CRM then records its own lead for the call: the agent's lead gets its id, one lead, one RM call.
+    recorded = await stub.CreateLead(
+        service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=listed[0], crm_lead_id=f"CRM-{profile_id}")
+    )
+    assert (recorded.lead.lead_id, recorded.lead.origin) == (tagged.lead.lead_id, tagged.lead.origin)
+    first = await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id=profile_id))
+    assert [lead.crm_lead_id for lead in first.outreaches[0].leads] == [f"CRM-{profile_id}"]
     assert first.outreaches[0].funnel.responded == 1 and first.outreaches[1].funnel.responded == 0
     assert await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id="prf_nobody")) == (
         service_pb2.ListProfileOutreachesResponse()
     )
+    one = await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_size=1))
+    assert one.next_page_token
+    naive = encode_token({"profile_id": profile_id, "before": "2025-11-10T04:00:00 CSELL-NOV-T06-X"})
     for bad in (
         service_pb2.ListProfileOutreachesRequest(),
         service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_token="junk"),
-        service_pb2.ListProfileOutreachesRequest(profile_id="prf_other", page_token=page.next_page_token or "x"),
+        service_pb2.ListProfileOutreachesRequest(profile_id="prf_other", page_token=one.next_page_token),
+        service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_token=naive),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.ListProfileOutreaches(bad)

@@ -96,14 +96,24 @@ async def test_an_inbound_message_answers_the_last_message_to_that_number_on_its
         keys = {row.recipient_key for row in (await session.execute(store.messages.select())).all()}
     assert len(keys) == 1 and "9876543210" not in str(keys)
 
-    # Older than 30 days: nothing is answered any more.
+    # Older than 30 days: a reply answers nothing any more ...
     async with channels.db.transaction() as session:
         old = utcnow() - timedelta(days=31)
         await session.execute(update(store.messages).values(created_at=old))
     with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await channels.stub.RecordEngagement(_inbound(NUMBER, channel_pb2.CHANNEL_SMS))
+        await channels.stub.RecordEngagement(
+            _inbound(NUMBER, channel_pb2.CHANNEL_SMS, resources_pb2.ENGAGEMENT_KIND_REPLIED)
+        )
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
     assert "inbound_from" in (missing.value.details() or "") and "9876543210" not in (missing.value.details() or "")
+    # ... but a STOP, or WhatsApp's resume, is about the person: it still finds them by their last message, since
+    # someone who stopped gets no newer one.
+    late_stop = await channels.stub.RecordEngagement(_inbound(NUMBER, channel_pb2.CHANNEL_SMS))
+    assert late_stop.message.campaign_id == last_sms
+    resumed = await channels.stub.RecordEngagement(
+        _inbound(NUMBER, channel_pb2.CHANNEL_WHATSAPP, resources_pb2.ENGAGEMENT_KIND_RESUBSCRIBED)
+    )
+    assert resumed.message.campaign_id == whatsapp
     assert first_sms != last_sms
 
 

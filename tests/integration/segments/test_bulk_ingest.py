@@ -152,9 +152,15 @@ async def test_a_bulk_profile_dump_is_upserted_answered_and_shares_its_request_i
     other = await segments.CheckMembership(api.CheckMembershipRequest(segment_id=segment_id, profile_id=ravi))
     assert not other.is_member
 
-    # The same dump again over gRPC: the request_id names one batch, whichever path brought it.
+    # The CRM changes Asha since; the same dump again over gRPC is the first answer and applies nothing: the
+    # request_id names one batch, whichever path brought it.
+    promoted = r.Profile(profile_id=asha)
+    promoted.attributes["email"].string_value = "asha.new@example.in"
+    await segments.UpsertProfiles(api.UpsertProfilesRequest(request_id=new_id("req_"), profiles=[promoted]))
     replay = await segments.UpsertProfiles(dump)
     assert replay.accepted_count == 2 and list(replay.errors) == list(answer.errors)
+    kept = (await segments.GetProfile(api.GetProfileRequest(profile_id=asha))).profile
+    assert kept.attributes["email"] == s("asha.new@example.in")
 
 
 async def _ready(items: list, count: int = 1) -> list | None:  # type: ignore[type-arg]

@@ -30,6 +30,13 @@ def _now() -> Timestamp:
     return stamp
 
 
+def _at_now() -> Timestamp:
+    """This moment: a resume after the stops the test has waited for."""
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC))
+    return stamp
+
+
 def _performed(name: str) -> r.Rule:
     return r.Rule(
         event=r.EventCondition(
@@ -186,10 +193,35 @@ async def test_resuming_marketing_messages_in_whatsapp_lifts_only_the_opt_out_wh
     assert setting_note.startswith("stopped marketing messages in WhatsApp's settings")
     assert await opt_outs(typed) == [f"unsubscribed on campaign {campaign_id}"]  # the typed STOP's, kept
 
-    # A resubscribe that is not WhatsApp's setting lifts nothing; the setting's resume lifts only its own opt-out.
-    await _engaged(nats_bus, setting, campaign_id, whatsapp, resume)
+    # A resume that happened before the stop was recorded (one that overtook a later stop) lifts nothing, and nor
+    # does a resubscribe that is not WhatsApp's setting.
+    before_the_stop = _now()
+    before_the_stop.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+    setting_detail = bounces.WHATSAPP_MARKETING_SETTING
+    await _engaged(nats_bus, setting, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=before_the_stop)
+    await _engaged(nats_bus, setting, campaign_id, whatsapp, resume, occur_time=_at_now())
+    await eventually(lambda: member_events(segments, setting, "whatsapp_resubscribed"))
+
+    async def both_resumes_applied() -> bool:
+        preview = await segments.PreviewSegment(
+            api.PreviewSegmentRequest(
+                rule=r.Rule(
+                    event=r.EventCondition(
+                        event_name="whatsapp_resubscribed",
+                        performance=r.PERFORMANCE_PERFORMED,
+                        count=r.CountComparison(operator=r.OPERATOR_GREATER_OR_EQUAL, value=2),
+                    )
+                ),
+                sample_size=100,
+            )
+        )
+        return setting in preview.sample_profile_ids
+
+    await eventually(both_resumes_applied)
+    assert len(await opt_outs(setting)) == 1
+    # The setting's resume now lifts only the setting's own opt-out.
     for profile_id in (setting, typed):
-        await _engaged(nats_bus, profile_id, campaign_id, whatsapp, resume, detail=bounces.WHATSAPP_MARKETING_SETTING)
+        await _engaged(nats_bus, profile_id, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=_at_now())
 
     async def lifted() -> bool:
         return not await opt_outs(setting)

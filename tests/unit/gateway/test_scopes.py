@@ -94,6 +94,7 @@ def test_a_dashboard_key_reads_aggregates_and_no_one_persons_record() -> None:
         "/xsell.campaigns.v1.CampaignsService/ExplainOutreach",
         "/xsell.channels.v1.ChannelsService/GetMessage",
         "/xsell.channels.v1.ChannelsService/ListAmbiguousMessages",
+        "/xsell.attribution.v1.AttributionService/ListProfileOutreaches",
         "/xsell.segments.v1.SegmentsService/GetProfile",
     ):
         assert not scopes.authorizes(dashboard, scopes.METHOD_SCOPES[person]), person
