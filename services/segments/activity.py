@@ -111,8 +111,12 @@ class Activity:
         span.set_attribute("segments.batch.rejected", len(found))
         people = [u.profile_id for u in updates]
         created = set(people) - await store.existing_profiles(session, people)
-        lifted = await self._lift_bounces_of_changed_addresses(session, updates, now)
+        # The stored addresses are read before the upsert replaces them; suppressions are written after it, once the
+        # profiles are locked, in the order the engagement consumer takes them (profile, then suppressions), so the
+        # two never wait on each other in a cycle on PostgreSQL.
+        moved = await self._address_changes(session, updates)
         await store.upsert_profiles(session, updates, now)
+        lifted = await self._lift_bounces_of_changed_addresses(session, moved, now)
         span.set_attribute("segments.hard_bounces_lifted", lifted)
         changed = maintenance.Changed(attributes=frozenset(name for u in updates for name in u.attributes))
         await self.refresh(session, people, now, changed=changed, new_profiles=created)
@@ -122,28 +126,37 @@ class Activity:
         self.metrics.profiles(session, transport, response.accepted_count, len(found))
         return response
 
-    async def _lift_bounces_of_changed_addresses(
-        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate], now: datetime
-    ) -> int:
-        """A new address (a value other than the stored one) lifts the channel's hard_bounce, dnd_registry and
-        unreachable suppressions: the address that bounced, the number on the registry or not on WhatsApp, is gone.
-        The CRM's daily feed of unchanged addresses lifts nothing. A replaced address (not one given for the first
-        time) is noted with its time, so that a bounce still to come about the old one suppresses nothing."""
+    async def _address_changes(
+        self, session: AsyncSession, updates: Sequence[records.ProfileUpdate]
+    ) -> dict[str, tuple[list[str], list[str]]]:
+        """Per channel, who gets a new address (a value other than the stored one), and of them who replaces one
+        (not given for the first time); read before the upsert replaces the stored values."""
         addresses = set(self.address_attributes.values())
         naming = sorted({u.profile_id for u in updates if addresses & set(u.attributes)})
         if not naming:
-            return 0
+            return {}
         # One read of the stored addresses for every channel the batch names.
         stored = await store.attributes_of(session, naming, sorted(addresses))
-        lifted = 0
+        moved: dict[str, tuple[list[str], list[str]]] = {}
         for channel, attribute in self.address_attributes.items():
             changed = [
                 u.profile_id
                 for u in updates
                 if attribute in u.attributes and stored.get(u.profile_id, {}).get(attribute) != u.attributes[attribute]
             ]
+            moved[channel] = (changed, [pid for pid in changed if stored.get(pid, {}).get(attribute) is not None])
+        return moved
+
+    async def _lift_bounces_of_changed_addresses(
+        self, session: AsyncSession, moved: Mapping[str, tuple[list[str], list[str]]], now: datetime
+    ) -> int:
+        """A new address lifts the channel's hard_bounce, dnd_registry and unreachable suppressions: the address that
+        bounced, the number on the registry or not on WhatsApp, is gone. The CRM's daily feed of unchanged addresses
+        lifts nothing. A replaced address (not one given for the first time) is noted with its time, so that a bounce
+        still to come about the old one suppresses nothing."""
+        lifted = 0
+        for channel, (changed, replaced) in moved.items():
             lifted += await store.delete_suppressions(session, changed, channel, suppressions.ADDRESS_REASONS)
-            replaced = [pid for pid in changed if stored.get(pid, {}).get(attribute) is not None]
             await store.note_address_changes(session, replaced, channel, now)
         if lifted:
             log.info("hard_bounces_lifted", count=lifted)
