@@ -15,6 +15,7 @@ from services import streams
 from services.attribution import store
 from services.attribution.api import AttributionApi
 from services.attribution.consumers import Handlers
+from services.attribution.lead_watch import LeadWatch
 from services.attribution.ledger import Ledger
 from services.attribution.settings import AttributionSettings
 from xsell.attribution.v1 import service_pb2_grpc
@@ -64,6 +65,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     ]
     for consumer in consumers:
         await consumer.declare()
+    lead_watch = LeadWatch(db)
 
     return ServiceProcess(
         "attribution",
@@ -71,6 +73,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
             *(BackgroundTask(f"consumer-{c.spec.durable}", c.run, c.stop) for c in consumers),
+            BackgroundTask("lead-watch", lead_watch.run, lead_watch.stop),
         ],
         closers=[db.dispose, bus.drain, publisher.drain],
     )

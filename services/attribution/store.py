@@ -609,6 +609,22 @@ async def claim_lead(session: AsyncSession, lead_id: str, crm_lead_id: str, dedu
     )
 
 
+def _awaiting_crm() -> tuple[Any, ...]:
+    """Leads without the CRM's id, on an outreach the CRM has no lead for yet (a reply's lead made before the CRM
+    could claim it stays out once the CRM recorded its own)."""
+    recorded = aliased(leads)
+    return (
+        leads.c.crm_lead_id == "",
+        ~exists().where(recorded.c.campaign_id == leads.c.campaign_id, recorded.c.crm_lead_id != ""),
+    )
+
+
+async def awaiting_leads(session: AsyncSession) -> tuple[int, datetime | None]:
+    """How many leads await the CRM, and when the oldest was made."""
+    row = (await session.execute(select(func.count(), func.min(leads.c.created_at)).where(*_awaiting_crm()))).one()
+    return int(row[0]), row[1]
+
+
 @dataclass(frozen=True)
 class ListedLead:
     """A lead with the outreach it came from: whom to call, about which offer."""
@@ -627,13 +643,7 @@ async def list_leads(session: AsyncSession, *, awaiting: bool, after: str | None
         outreaches, o.campaign_id == leads.c.campaign_id
     )
     if awaiting:
-        # Without the CRM's id, on an outreach the CRM has no lead for yet (a reply's lead made before the CRM could
-        # claim it stays out once the CRM recorded its own).
-        recorded = aliased(leads)
-        query = query.where(
-            leads.c.crm_lead_id == "",
-            ~exists().where(recorded.c.campaign_id == leads.c.campaign_id, recorded.c.crm_lead_id != ""),
-        )
+        query = query.where(*_awaiting_crm())
     if after is not None:
         query = query.where(leads.c.lead_id > after)
     rows = (await session.execute(query.order_by(leads.c.lead_id).limit(limit))).mappings().all()

@@ -14,11 +14,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plumbing.bus import Bus
+from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.page_tokens import encode_token
 from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import outreach_trace_id
 from services import streams
+from services.attribution.lead_watch import LeadWatch
 from tests.integration.attribution.seeding import publish_outreach, publish_withdrawal, running_service
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
@@ -321,7 +323,7 @@ async def _awaiting(stub: service_pb2_grpc.AttributionServiceStub, page_size: in
 
 
 async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same_lead_with_rm_time_booked_once(
-    service: Service,
+    service: Service, database_url: str
 ) -> None:
     stub, bus = service.stub, service.bus
     replied, second, crm_first = _new_campaign_id(), _new_campaign_id(), _new_campaign_id()
@@ -362,6 +364,12 @@ async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same
     assert mixed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (mixed.value.details() or "").startswith("page_token:")
 
+    # What the SRE's gauges read meanwhile: two leads wait for the CRM, the oldest since its reply.
+    watch = LeadWatch(Database(database_url))
+    waiting, oldest_age = await watch.measure()
+    replied_at = datetime(2025, 11, 14, 5, 0, tzinfo=UTC)  # _publish_engagement's occur_time
+    assert waiting == 2 and abs(oldest_age - (datetime.now(UTC) - replied_at).total_seconds()) < 600
+
     # The CRM records the reply's lead under its own id: the same lead, and the RM's time is not booked again.
     claimed = await stub.CreateLead(
         service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=replied, crm_lead_id="CRM-R1")
@@ -379,6 +387,8 @@ async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same
     assert [item.lead.campaign_id for item in await _awaiting(stub) if item.lead.campaign_id in (replied, second)] == [
         second
     ]
+    assert (await watch.measure())[0] == 1
+    await watch.db.dispose()
     for campaign_id in (replied, crm_first):
         attribution = await _attribution(stub, campaign_id)
         assert len(attribution.leads) == 1, campaign_id
