@@ -145,6 +145,22 @@ class Idempotency:
             ],
         )
 
+    async def once_in(
+        self,
+        session: AsyncSession,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[AsyncSession], Awaitable[R]],
+    ) -> R:
+        """Runs `work(session)` once per request_id in the caller's transaction (a consumer's, beside its inbox claim),
+        and remembers its answer there; a request_id answered before gets the first answer and runs nothing."""
+        if (previous := await self.previous(session, method, request, response_type)) is not None:
+            return previous
+        response = await work(session)
+        await self.remember(session, method, request, response)
+        return response
+
     async def run_once(
         self,
         db: Database,
@@ -160,11 +176,7 @@ class Idempotency:
         """
         try:
             async with db.transaction() as session:
-                if (previous := await self.previous(session, method, request, response_type)) is not None:
-                    return previous
-                response = await work(session)
-                await self.remember(session, method, request, response)
-            return response
+                return await self.once_in(session, method, request, response_type, work)
         except IntegrityError:
             async with db.transaction() as session:
                 previous = await self.previous(session, method, request, response_type)

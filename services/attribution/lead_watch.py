@@ -1,15 +1,12 @@
 """How long the leads replies made have waited for the CRM to record them (ListLeads, then CreateLead): if the CRM's
 integration stops pulling them, people who said YES are never called, and seed 001's RM calls within 2 hours."""
 
-import structlog
 from opentelemetry import metrics
 
 from plumbing.db import Database
 from plumbing.outbox import utcnow
 from plumbing.polling import Poller
 from services.attribution import store
-
-log = structlog.get_logger(__name__)
 
 WATCH_INTERVAL_SECONDS = 30.0
 

@@ -140,15 +140,19 @@ class Ledger:
         (ListLeads shows those awaiting it) by recording its lead id for the same campaign ID, and a reply to an
         outreach that has a lead already makes none. So the RM's time is booked once.
         """
-        dedup_key = f"crm:{crm_lead_id}" if crm_lead_id else f"reply:{campaign_id}" if origin == REPLY else None
+        dedup_key: str | None = None
         if crm_lead_id:
-            if (known := await store.lead_by_crm_lead_id(session, crm_lead_id)) is not None:
+            # Every lead with a CRM id carries it as its dedup key, a claimed one too (store.claim_lead).
+            dedup_key = f"crm:{crm_lead_id}"
+            if (known := await store.lead_by_dedup_key(session, dedup_key)) is not None:
                 return known, False
             if (awaiting := await store.lead_awaiting_crm_id(session, campaign_id)) is not None:
-                await store.claim_lead(session, awaiting.lead_id, crm_lead_id, f"crm:{crm_lead_id}")
+                await store.claim_lead(session, awaiting.lead_id, crm_lead_id, dedup_key)
                 return replace(awaiting, crm_lead_id=crm_lead_id), False
-        elif origin == REPLY and (first := await store.first_lead(session, campaign_id)) is not None:
-            return first, False
+        elif origin == REPLY:
+            if (first := await store.first_lead(session, campaign_id)) is not None:
+                return first, False
+            dedup_key = f"reply:{campaign_id}"
         lead = store.Lead(
             lead_id=new_id("lead_"), campaign_id=campaign_id, crm_lead_id=crm_lead_id, origin=origin, created_at=at
         )

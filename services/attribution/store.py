@@ -194,8 +194,8 @@ leads = Table(
     # One reply lead per outreach and one lead per CRM lead id; NULL when neither applies.
     Column("dedup_key", String(120), nullable=True, unique=True),
     Column("created_at", UtcDateTime, nullable=False),
-    # A CRM lead id's lead (any origin: a reply's lead once the CRM claimed it), and the leads still awaiting one
-    # (crm_lead_id "") in id order, for ListLeads (0009).
+    # The leads still awaiting the CRM's id (crm_lead_id "") in id order, for ListLeads and its gauges (0009); a
+    # lead with a CRM id is found by its dedup key crm:<id>, a claimed one too.
     Index("ix_leads_crm_lead_id", "crm_lead_id", "lead_id"),
 )
 
@@ -571,13 +571,6 @@ _LEAD_COLUMNS = (leads.c.lead_id, leads.c.campaign_id, leads.c.crm_lead_id, lead
 
 async def lead_by_dedup_key(session: AsyncSession, dedup_key: str) -> Lead | None:
     row = (await session.execute(select(*_LEAD_COLUMNS).where(leads.c.dedup_key == dedup_key))).mappings().first()
-    return Lead(**row) if row is not None else None
-
-
-async def lead_by_crm_lead_id(session: AsyncSession, crm_lead_id: str) -> Lead | None:
-    """The lead the CRM's id names, whichever way it was made (a reply's lead the CRM claimed included)."""
-    query = select(*_LEAD_COLUMNS).where(leads.c.crm_lead_id == crm_lead_id).order_by(leads.c.lead_id).limit(1)
-    row = (await session.execute(query)).mappings().first()
     return Lead(**row) if row is not None else None
 
 

@@ -91,13 +91,13 @@ class Activity:
 
         A request_id seen before (by either path) returns the first response and changes nothing.
         """
-        method, response_type = "UpsertProfiles", service_pb2.UpsertProfilesResponse
-        previous = await self.idempotency.previous(session, method, request, response_type)
-        if previous is not None:
-            return previous
-        response = await self.apply_profiles(session, request, now, transport=transport)
-        await self.idempotency.remember(session, method, request, response)
-        return response
+        return await self.idempotency.once_in(
+            session,
+            "UpsertProfiles",
+            request,
+            service_pb2.UpsertProfilesResponse,
+            lambda session: self.apply_profiles(session, request, now, transport=transport),
+        )
 
     async def apply_profiles(
         self, session: AsyncSession, request: service_pb2.UpsertProfilesRequest, now: datetime, *, transport: str
@@ -176,12 +176,13 @@ class Activity:
 
         A request_id seen before returns the first response and changes nothing.
         """
-        previous = await self.idempotency.previous(session, "IngestEvents", request, service_pb2.IngestEventsResponse)
-        if previous is not None:
-            return previous
-        response = await self.apply_events(session, request, incoming, problems, now, transport=transport)
-        await self.idempotency.remember(session, "IngestEvents", request, response)
-        return response
+        return await self.idempotency.once_in(
+            session,
+            "IngestEvents",
+            request,
+            service_pb2.IngestEventsResponse,
+            lambda session: self.apply_events(session, request, incoming, problems, now, transport=transport),
+        )
 
     async def apply_events(
         self,
