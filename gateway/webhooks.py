@@ -92,6 +92,11 @@ DECLINES = frozenset(
 EXOTEL_DELIVERED = frozenset({"sent", "delivered"})
 # They stopped marketing messages from this business in WhatsApp (131050): an opt-out, which Meta itself enforces.
 WHATSAPP_STOPPED_MARKETING = "131050"
+_PREFERENCE_KINDS = {
+    "stop": channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
+    "resume": channels_resources.ENGAGEMENT_KIND_RESUBSCRIBED,
+}
+"""What a `user_preferences` change to marketing messages records on the person's last WhatsApp message."""
 EXOTEL_DND = "failed-dnd"
 EXOTEL_FAILED = frozenset({"failed", EXOTEL_DND, "undelivered", "expired"})
 # Exotel's DetailedStatus values that say the number does not exist: a bad address, as 5.1.1 is for e-mail.
@@ -292,11 +297,7 @@ class ProviderWebhooks:
         stays until the institution lifts it (RemoveSuppression)."""
         if not isinstance(preference, dict) or preference.get("category") != "marketing_messages":
             return
-        kinds = {
-            "stop": channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED,
-            "resume": channels_resources.ENGAGEMENT_KIND_RESUBSCRIBED,
-        }
-        kind = kinds.get(str(preference.get("value")))
+        kind = _PREFERENCE_KINDS.get(str(preference.get("value")))
         if kind is None:
             return
         wa_id = str(preference.get("wa_id", ""))

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from google.protobuf.message import Message
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -245,7 +244,7 @@ class ProfileActivityConsumers:
         The inbox skips a redelivered message; the request_id, shared with the gRPC path, makes a batch
         sent again (by either path) change nothing, and its BulkIngestCompleted repeats the first answer.
         """
-        self._check_batch(request, len(request.events), "events")
+        _check_batch("IngestEventsRequest", request.request_id, len(request.events), "events")
         now = utcnow()
         incoming, problems = validate_events(
             request.events, now, retention=self.retention, future_skew=self.future_skew
@@ -264,7 +263,7 @@ class ProfileActivityConsumers:
         """Applies a feed's batch of profiles exactly as UpsertProfiles does (new addresses lift their bounces,
         memberships follow), and answers with BulkIngestCompleted; once, by the inbox and the request_id shared with
         gRPC."""
-        self._check_batch(request, len(request.profiles), "profiles")
+        _check_batch("UpsertProfilesRequest", request.request_id, len(request.profiles), "profiles")
         now = utcnow()
         await self._apply_batch(
             streams.SEGMENTS_BULK_PROFILES,
@@ -272,15 +271,6 @@ class ProfileActivityConsumers:
             request.request_id,
             lambda session: self.activity.upsert_profiles(session, request, now, transport="nats"),
         )
-
-    @staticmethod
-    def _check_batch(request: Message, size: int, records: str) -> None:
-        """A batch that can never apply (no request_id, an empty or oversized one) is dead-lettered at once."""
-        kind = type(request).__name__
-        if not getattr(request, "request_id", ""):
-            raise PermanentError(f"{kind} without request_id; the feed must name each batch")
-        if not 1 <= size <= MAX_BATCH:
-            raise PermanentError(f"{kind} must hold 1 to {MAX_BATCH} {records}, got {size}")
 
     async def _apply_batch(
         self,
@@ -319,3 +309,11 @@ class ProfileActivityConsumers:
             accepted=response.accepted_count,
             rejected=len(response.errors),
         )
+
+
+def _check_batch(kind: str, request_id: str, size: int, records: str) -> None:
+    """A feed's batch that can never apply (no request_id, an empty or oversized one) is dead-lettered at once."""
+    if not request_id:
+        raise PermanentError(f"{kind} without request_id; the feed must name each batch")
+    if not 1 <= size <= MAX_BATCH:
+        raise PermanentError(f"{kind} must hold 1 to {MAX_BATCH} {records}, got {size}")
