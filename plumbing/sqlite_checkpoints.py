@@ -99,7 +99,8 @@ class WalCheckpointer:
         if self.restart is not None and in_log >= RESTART_PAGES:
             # What was committed while that one ran first, here (a few milliseconds' worth), so that the checkpoint in
             # the writers' turn has little left to copy. Not while a reader holds frames back: what it held would be
-            # copied on the writers' loop once it let go (the next interval tries again).
-            _busy, in_log, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if copied == in_log:
+            # copied on the writers' loop once it let go (the next interval tries again). Nor when this one could not
+            # run at all (busy, -1 pages in and -1 copied: another connection held the checkpoint lock).
+            busy, in_log, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and copied == in_log:
                 self.restart()
