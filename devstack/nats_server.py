@@ -73,12 +73,14 @@ def nats_server_binary() -> Path:
 
 
 class NatsServer:
-    """nats-server -js on loopback, storing JetStream data under `store_dir`."""
+    """nats-server -js on loopback, storing JetStream data under `store_dir`; with `authorization` (a config file's
+    `authorization` block, services.nats_access) only its users may connect, each to what it is allowed."""
 
-    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", authorization: str = "") -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port(host)
+        self.authorization = authorization
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,9 +90,16 @@ class NatsServer:
     def start(self, log_path: Path | None = None) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         output = log_path.open("ab") if log_path else subprocess.DEVNULL
+        config: list[str] = []
+        if self.authorization:
+            path = self.store_dir / "authorization.conf"
+            path.touch(mode=0o600)
+            path.write_text(self.authorization)
+            config = ["--config", str(path)]
         self.process = subprocess.Popen(
             [
                 str(nats_server_binary()),
+                *config,
                 "--jetstream",
                 "--store_dir",
                 str(self.store_dir),

@@ -1,5 +1,6 @@
 """Starts and stops the whole local stack: NATS, the four services and the gateway (sinks are started by the caller)."""
 
+import json
 import os
 import secrets
 import signal
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.nats_server import NatsServer, free_ports
+from services import nats_access
 
 SERVICES = ("segments", "campaigns", "channels", "attribution")
 DEFAULT_PORTS = {
@@ -80,6 +82,24 @@ def dev_api_key(var_dir: Path) -> str:
     return key
 
 
+def nats_passwords(var_dir: Path) -> dict[str, str]:
+    """The local NATS users' passwords, made once per var/ and kept there (var/nats-users.json); the operator's and the
+    feeds' also as var/nats-<user>.env (XSELL_NATS_USER and XSELL_NATS_PASSWORD), for the dead-letter tool and a
+    bulk feed run by hand."""
+    path = var_dir / "nats-users.json"
+    passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if set(passwords) != set(nats_access.USERS):
+        var_dir.mkdir(parents=True, exist_ok=True)
+        passwords = {user: passwords.get(user) or secrets.token_hex(16) for user in nats_access.USERS}
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(passwords, indent=2) + "\n")
+    for user in (nats_access.OPERATOR_USER, nats_access.FEEDS_USER):
+        env_file = var_dir / f"nats-{user}.env"
+        env_file.touch(mode=0o600)
+        env_file.write_text(f"XSELL_NATS_USER={user}\nXSELL_NATS_PASSWORD={passwords[user]}\n")
+    return passwords
+
+
 @dataclass
 class Stack:
     """The processes of one local stack, started in dependency order and stopped in reverse."""
@@ -90,6 +110,8 @@ class Stack:
     tracking_secret: str = "dev-tracking-secret-change-me"
     extra_env: dict[str, str] = field(default_factory=dict)
     nats: NatsServer | None = None
+    nats_passwords: dict[str, str] = field(default_factory=dict)
+    """Each NATS user's password (nats_passwords(var_dir), read at start); the server then admits only them."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -112,6 +134,9 @@ class Stack:
             env[prefix + "NATS_URL"] = nats_url
             env[prefix + "GRPC_PORT"] = str(getattr(p, name))
             env[prefix + "METRICS_PORT"] = str(p.metrics[name])
+            if name in self.nats_passwords:
+                env[prefix + "NATS_USER"] = name
+                env[prefix + "NATS_PASSWORD"] = self.nats_passwords[name]
         env.update(
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
@@ -143,7 +168,12 @@ class Stack:
     def start(self, timeout: float = 60.0) -> "Stack":
         logs = self.var_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.var_dir / "nats", port=self.ports.nats).start(logs / "nats.log")
+        self.nats_passwords = nats_passwords(self.var_dir)
+        self.nats = NatsServer(
+            self.var_dir / "nats",
+            port=self.ports.nats,
+            authorization=nats_access.authorization_config(self.nats_passwords),
+        ).start(logs / "nats.log")
         env = self._env()
         modules = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
         try:

@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-import nats
 import orjson
 import structlog
 from google.protobuf.message import DecodeError, Message
+from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from plumbing.metrics import meter, tally
+from plumbing.settings import ServiceSettings
 from plumbing.telemetry import CAMPAIGN_ID, parent_from_headers
 
 log = structlog.get_logger("plumbing.bus")
@@ -36,6 +37,13 @@ DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
 REPLAY_OF_HEADER = "Xsell-Replay-Of"
 
 M = TypeVar("M", bound=Message)
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a NATS user's replies come (pull deliveries, publish acks, API answers): a prefix of its own, so that a
+    user may be let read its replies and no one else's (`_INBOX.>` would be every connection's)."""
+    return f"_INBOX_{user}"
+
 
 PULL_EXPIRES_SECONDS = 5.0
 """How long one pull request stays open on the server; a request lost with its connection is replaced after this."""
@@ -115,6 +123,10 @@ class RetryLater(Exception):
 
 class PublishFailed(Exception):
     """A batch publish to JetStream was refused or not acknowledged in time; republishing it is safe."""
+
+
+class NatsRefused(Exception):
+    """The NATS server refused the user and password at connect: trying again would not help."""
 
 
 class _AckedBatch:
@@ -212,18 +224,50 @@ class Bus:
         batch.acknowledge(int(index), bool(ack.get("duplicate")))
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> "Bus":
-        nc = await nats.connect(
-            url,
-            name=name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            # Bounded, so a shutdown never hangs on the server (the default is 30 s).
-            drain_timeout=5,
-            error_cb=_log_nats_error,
-            disconnected_cb=_log_disconnect,
-        )
+    async def connect(cls, url: str, name: str, *, user: str = "", password: str = "") -> "Bus":
+        """Connects as `user` (none when empty), whose replies come to its own inbox prefix (inbox_prefix)."""
+        connecting = True
+
+        async def on_error(error: Exception) -> None:
+            # nats.py tries a refused first connect again for ever (max_reconnect_attempts=-1, meant for a server
+            # not up yet); an error raised from here ends the attempt.
+            if connecting and "Authorization Violation" in str(error):
+                raise NatsRefused(
+                    f"NATS at {url} refused {f'user {user!r}' if user else 'a connection without a user'}: "
+                    "check the NATS user and password settings (XSELL_<SERVICE>_NATS_USER, _NATS_PASSWORD)"
+                )
+            await _log_nats_error(error)
+
+        nc = NatsClient()
+        try:
+            await nc.connect(
+                url,
+                name=name,
+                user=user or None,
+                password=password if user else None,
+                inbox_prefix=inbox_prefix(user) if user else DEFAULT_INBOX_PREFIX,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; nats.py's annotation says int
+                # Bounded, so a shutdown never hangs on the server (the default is 30 s).
+                drain_timeout=5,
+                error_cb=on_error,
+                disconnected_cb=_log_disconnect,
+            )
+        except NatsRefused:
+            await nc.close()
+            raise
+        connecting = False
         return cls(nc)
+
+    @classmethod
+    async def of_service(cls, settings: ServiceSettings, name: str) -> "Bus":
+        """A connection named `name` to the process's NATS server, as its configured user."""
+        return await cls.connect(
+            settings.nats_url,
+            name=name,
+            user=settings.nats_user,
+            password=settings.nats_password.get_secret_value(),
+        )
 
     async def stored_message(self, stream: str, sequence: int) -> tuple[str, bytes, dict[str, str]] | None:
         """A message still in its stream (subject, payload, headers), by the stream sequence a Delivery names; None

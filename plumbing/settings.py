@@ -3,7 +3,7 @@
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,13 @@ class ServiceSettings(BaseSettings):
     var_dir: Path = Field(default=Path("var"), description="Local data: SQLite files, NATS store, span store.")
     database_url: str = Field(default="", description="SQLAlchemy async URL; empty means a SQLite file under var_dir.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream.")
+    nats_user: str = Field(
+        default="",
+        description="NATS user this process connects as (empty: none, for a server without authorization). Its "
+        "replies come to the inbox prefix _INBOX_<user>, which that user's permissions alone may read "
+        "(services/nats_access.py).",
+    )
+    nats_password: SecretStr = Field(default=SecretStr(""), description="That NATS user's password.")
     metrics_port: int | None = Field(
         default=None, description="Port of the Prometheus /metrics endpoint; unset disables it, 0 picks a free one."
     )

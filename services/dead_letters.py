@@ -3,6 +3,9 @@
     python -m services.dead_letters list   [--durable campaigns-delivery] [--limit 50] [--json]
     python -m services.dead_letters replay --durable campaigns-delivery [--seq 12 --seq 15 | --all]
 
+As the NATS user in $XSELL_NATS_USER / $XSELL_NATS_PASSWORD where the server has users (`operator`: `make run` writes
+var/nats-operator.env).
+
 A replayed message goes back to its original subject under a new Nats-Msg-Id (the stream would drop the old
 one as a duplicate inside its window) and carries the original id in `Xsell-Replay-Of`. Consumers take that
 as the message's identity for their inbox (plumbing.bus.Delivery), so durables that handled the message the
@@ -13,6 +16,7 @@ deleted after its republish is acknowledged, so `list` shows what is still waiti
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +30,7 @@ from plumbing.bus import (
     MSG_ID_HEADER,
     REPLAY_OF_HEADER,
     Bus,
+    NatsRefused,
 )
 from services.streams import DEAD_LETTER_PREFIX
 from services.streams import DEAD_LETTER_STREAM as DEAD_LETTER_SPEC
@@ -116,6 +121,12 @@ def _table(letters: list[DeadLetter]) -> str:
 async def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.dead_letters", description=__doc__.splitlines()[0])
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    parser.add_argument(
+        "--nats-user",
+        default=os.environ.get("XSELL_NATS_USER", ""),
+        help="NATS user (default $XSELL_NATS_USER; `operator` may replay to any subject); the password is read "
+        "from $XSELL_NATS_PASSWORD, never from the command line",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="dead letters still waiting, oldest first")
     listing.add_argument("--durable")
@@ -127,7 +138,13 @@ async def _main(argv: Sequence[str]) -> int:
     which.add_argument("--seq", type=int, action="append", help="a dead letter's seq (repeatable)")
     which.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
-    bus = await Bus.connect(args.nats_url, name="dead-letters")
+    try:
+        bus = await Bus.connect(
+            args.nats_url, name="dead-letters", user=args.nats_user, password=os.environ.get("XSELL_NATS_PASSWORD", "")
+        )
+    except NatsRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         if args.command == "list":
             letters = await dead_letters(bus, args.durable, args.limit)

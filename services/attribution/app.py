@@ -29,11 +29,11 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     tracer = provider.get_tracer("xsell.attribution")
     db = Database.of_service(settings, "attribution")
     await db.migrate(MIGRATIONS)
-    bus = await Bus.connect(settings.nats_url, name="attribution")
+    bus = await Bus.of_service(settings, "attribution")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
-    publisher = await Bus.connect(settings.nats_url, name="attribution-outbox")
+    publisher = await Bus.of_service(settings, "attribution-outbox")
     relay = OutboxRelay(
         db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
     )

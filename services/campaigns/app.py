@@ -43,11 +43,11 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     triggers = load_trigger_catalog(settings.trigger_catalog_file)
     db = Database.of_service(settings, "campaigns")
     await db.migrate(MIGRATIONS)
-    bus = await Bus.connect(settings.nats_url, name="campaigns")
+    bus = await Bus.of_service(settings, "campaigns")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: on the consumers' connection the server read a trigger batch's
     # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
-    publisher = await Bus.connect(settings.nats_url, name="campaigns-outbox")
+    publisher = await Bus.of_service(settings, "campaigns-outbox")
     relay = OutboxRelay(
         db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
     )

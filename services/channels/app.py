@@ -35,11 +35,11 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     tracer = provider.get_tracer("xsell.channels")
     db = Database.of_service(settings, "channels")
     await db.migrate(MIGRATIONS)
-    bus = await Bus.connect(settings.nats_url, name="channels")
+    bus = await Bus.of_service(settings, "channels")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
-    publisher = await Bus.connect(settings.nats_url, name="channels-outbox")
+    publisher = await Bus.of_service(settings, "channels-outbox")
     relay = OutboxRelay(db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 

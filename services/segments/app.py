@@ -30,11 +30,11 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     tracer = provider.get_tracer("xsell.segments")
     db = Database.of_service(settings, "segments")
     await db.migrate(MIGRATIONS)
-    bus = await Bus.connect(settings.nats_url, name="segments")
+    bus = await Bus.of_service(settings, "segments")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
-    publisher = await Bus.connect(settings.nats_url, name="segments-outbox")
+    publisher = await Bus.of_service(settings, "segments-outbox")
     relay = OutboxRelay(
         db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
     )

@@ -95,11 +95,16 @@ def _peer_sources(docs: list[Doc], peer: Doc) -> set[str]:
     if "ipBlock" in peer:
         return {f"ip:{peer['ipBlock']['cidr']}"}
     if "namespaceSelector" in peer:
-        return {f"ns:{yaml.safe_dump(peer['namespaceSelector'], default_flow_style=True).strip()}"}
+        namespaces = f"ns:{yaml.safe_dump(peer['namespaceSelector'], default_flow_style=True).strip()}"
+        if "podSelector" in peer:
+            namespaces += f" pods:{yaml.safe_dump(peer['podSelector'], default_flow_style=True).strip()}"
+        return {namespaces}
     return {name(w) for w in of_kind(docs, *WORKLOAD_KINDS) if selector_matches(peer.get("podSelector"), pod_labels(w))}
 
 
 METRICS_PORT = 9464
+NATS_FEEDS = "ns:{matchLabels: {xsell.io/nats-feeds: 'true'}} pods:{matchLabels: {xsell.io/nats-feeds: 'true'}}"
+"""The bulk feeds' pods NATS admits: labelled so, in a namespace labelled so."""
 
 
 def _metrics_only(rule: Doc) -> bool:
@@ -297,8 +302,10 @@ def network_violations(docs: list[Doc]) -> list[str]:
             problems.append(
                 f"{workload_name} admits {sorted(sources)}, expected only {sorted(expected[workload_name])}"
             )
-        if workload_name == "nats" and not set(SERVICES) <= sources <= {*SERVICES, "nats"}:
-            problems.append(f"nats admits {sorted(sources)}, expected the four services (and its members)")
+        if workload_name == "nats" and not set(SERVICES) <= sources <= {*SERVICES, "nats", NATS_FEEDS}:
+            problems.append(
+                f"nats admits {sorted(sources)}, expected the four services (and its members, and the bulk feeds)"
+            )
         if workload_name == "otel-collector" and not sources <= set(PROCESSES):
             problems.append(f"otel-collector admits {sorted(sources)}, expected xsell processes only")
         if workload_name != "gateway" and any(s == "*" or s.startswith("ip:") for s in sources):

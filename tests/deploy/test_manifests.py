@@ -1,8 +1,11 @@
 """Every overlay renders with the real kubectl, validates offline against the Kubernetes schemas, and keeps the
 isolation rules; mutated copies show that each rule check catches what it guards."""
 
+import base64
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -10,12 +13,15 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from services import nats_access
 from tests.deploy.manifests import (
     K8S,
+    NATS_FEEDS,
     OVERLAYS,
     Doc,
     admitted_sources,
     find,
+    name,
     nats_violations,
     of_kind,
     optional_secret_files,
@@ -62,12 +68,13 @@ def test_each_database_admits_only_its_own_service(overlay: tuple[str, list[Doc]
 
 def test_only_the_gateway_is_reachable_from_outside(overlay: tuple[str, list[Doc]]) -> None:
     name, docs = overlay
-    exposed = {
-        doc["metadata"]["name"]
+    wider = {
+        doc["metadata"]["name"]: {s for s in admitted_sources(docs, doc) if s == "*" or ":" in s}
         for doc in of_kind(docs, "Deployment", "StatefulSet")
-        if "*" in admitted_sources(docs, doc) or any(":" in s for s in admitted_sources(docs, doc))
     }
-    assert exposed == {"gateway"}
+    # NATS, beyond the namespace, to the bulk feeds' labelled pods alone (as user `feeds`: services/nats_access.py).
+    assert wider.pop("nats") == {NATS_FEEDS}
+    assert {process for process, sources in wider.items() if sources} == {"gateway"}
     ingresses = of_kind(docs, "Ingress")
     assert (len(ingresses) > 0) == (name == "prod")
 
@@ -93,6 +100,42 @@ def test_nats_is_three_members_that_fsync_every_write(overlay: tuple[str, list[D
         config = find(docs, "ConfigMap", process)["data"]
         assert config[f"XSELL_{process.upper()}_STREAM_REPLICAS"] == "3", f"{process} streams must live on every member"
     assert nats_violations(docs) == []
+
+
+def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_each_users_password(
+    tmp_path: Path,
+) -> None:
+    """`nats-server -t` on the dev overlay's rendered configuration, with the environment its pods get: the
+    authorization block parses, and every password it references is one the StatefulSet passes from nats-users."""
+    docs = render(K8S, "dev")
+    nats = find(docs, "StatefulSet", "nats")
+    [config_map] = [v["configMap"]["name"] for v in pod_spec(nats)["volumes"] if "configMap" in v]
+    for file, text in find(docs, "ConfigMap", config_map)["data"].items():
+        (tmp_path / file).write_text(text)
+    [container] = pod_spec(nats)["containers"]
+    secrets = {name(doc): doc["data"] for doc in of_kind(docs, "Secret")}
+    env = {"SERVER_NAME": "nats-0"}
+    for variable in container["env"]:
+        ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            env[variable["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+    assert set(env) == {"SERVER_NAME", *(nats_access.password_variable(u) for u in nats_access.USERS)}
+    binary = str(Path(sys.executable).parent / "nats-server")
+    checked = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    del env[nats_access.password_variable("feeds")]
+    missing = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
+    assert missing.returncode != 0 and "NATS_PASSWORD_FEEDS" in missing.stderr
+
+
+def test_each_service_connects_to_nats_as_its_own_user(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    for process in nats_access.SERVICE_USERS:
+        assert _config(docs, process)[f"XSELL_{process.upper()}_NATS_USER"] == process
+        [container] = pod_spec(find(docs, "Deployment", process))["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        password = refs[f"XSELL_{process.upper()}_NATS_PASSWORD"]
+        assert password["name"].startswith("nats-users") and password["key"] == process
 
 
 def test_dev_generates_every_secret_its_pods_need() -> None:
