@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 LOWEST_PORT = 20_000
@@ -76,11 +77,20 @@ class NatsServer:
     """nats-server -js on loopback, storing JetStream data under `store_dir`; with `authorization` (a config file's
     `authorization` block, services.nats_access) only its users may connect, each to what it is allowed."""
 
-    def __init__(self, store_dir: Path, port: int = 0, host: str = "127.0.0.1", authorization: str = "") -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        authorization: str = "",
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        """`environment`: the server's own (default: this process's), where `authorization` may take values from."""
         self.store_dir = store_dir
         self.host = host
         self.port = port or free_port(host)
         self.authorization = authorization
+        self.environment = environment
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +120,7 @@ class NatsServer:
             ],
             stdout=output,
             stderr=output,
+            env=None if self.environment is None else dict(self.environment),
         )
         wait_for_port(self.host, self.port, timeout=15, process=self.process)
         return self

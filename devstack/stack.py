@@ -90,7 +90,7 @@ def nats_passwords(var_dir: Path) -> dict[str, str]:
     passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     if set(passwords) != set(nats_access.USERS):
         var_dir.mkdir(parents=True, exist_ok=True)
-        passwords = {user: passwords.get(user) or secrets.token_hex(16) for user in nats_access.USERS}
+        passwords = {user: passwords.get(user) or nats_access.new_password() for user in nats_access.USERS}
         path.touch(mode=0o600)
         path.write_text(json.dumps(passwords, indent=2) + "\n")
     for user in (nats_access.OPERATOR_USER, nats_access.FEEDS_USER):

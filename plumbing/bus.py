@@ -5,7 +5,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -278,10 +278,14 @@ class Bus:
             return None
         return message.subject or "", message.data or b"", dict(message.headers or {})
 
-    async def ensure_streams(self, specs: Iterable[StreamSpec], replicas: int = 1) -> None:
+    async def ensure_streams(
+        self, specs: Iterable[StreamSpec], replicas: int = 1, *, update: Collection[str] | None = None
+    ) -> None:
         """Creates missing streams and updates changed ones; safe to run at every start of every replica.
 
-        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s).
+        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s). `update` names the
+        streams this process may change (its own: services/nats_access.py); others it only creates when missing.
+        None: all.
         """
         for spec in specs:
             config = api.StreamConfig(
@@ -309,7 +313,8 @@ class Bus:
                         await asyncio.sleep(STREAM_CREATE_PAUSE_SECONDS * attempt)
                         continue
                 else:
-                    await self.js.update_stream(config)
+                    if update is None or spec.name in update:
+                        await self.js.update_stream(config)
                 break
 
     async def drain(self) -> None:

@@ -18,8 +18,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 from nats.js.errors import NotFoundError
 
@@ -32,7 +33,7 @@ from plumbing.bus import (
     Bus,
     NatsRefused,
 )
-from services.streams import DEAD_LETTER_PREFIX
+from services.streams import CONSUMERS, DEAD_LETTER_PREFIX
 from services.streams import DEAD_LETTER_STREAM as DEAD_LETTER_SPEC
 
 DEAD_LETTER_STREAM = DEAD_LETTER_SPEC.name
@@ -84,9 +85,20 @@ async def dead_letters(bus: Bus, durable: str | None = None, limit: int = 100) -
     return found
 
 
-async def replay(bus: Bus, durable: str, seqs: Sequence[int] | None = None) -> list[int]:
+CONSUMED = MappingProxyType({consumer.durable: consumer.filter_subject for consumer in CONSUMERS})
+"""The subject each durable consumes: the only one its dead letters are replayed to."""
+
+
+async def replay(
+    bus: Bus, durable: str, seqs: Sequence[int] | None = None, consumed: Mapping[str, str] = CONSUMED
+) -> list[int]:
     """Republishes this durable's dead letters (the given sequence numbers, or all) to their original subjects
-    and deletes each once the stream has it; returns the sequence numbers replayed."""
+    and deletes each once the stream has it; returns the sequence numbers replayed.
+
+    A letter's original subject is its header, which whoever wrote the letter chose: it is replayed only when that is
+    the subject the durable consumes (`consumed`), so a forged letter cannot make the operator publish elsewhere."""
+    if durable not in consumed:
+        raise ValueError(f"{durable} is not a durable of xsell's ({', '.join(sorted(consumed))})")
     letters = await dead_letters(bus, durable, limit=1_000_000)
     wanted = set(seqs) if seqs is not None else None
     replayed: list[int] = []
@@ -95,6 +107,11 @@ async def replay(bus: Bus, durable: str, seqs: Sequence[int] | None = None) -> l
             continue
         if not letter.original_subject:
             raise ValueError(f"dead letter {letter.seq} has no {DLQ_SUBJECT_HEADER} header; it cannot be replayed")
+        if letter.original_subject != consumed[durable]:
+            raise ValueError(
+                f"dead letter {letter.seq} names subject {letter.original_subject!r}, but {durable} consumes "
+                f"{consumed[durable]!r}; not replayed (delete it by hand if it is not one of xsell's)"
+            )
         message = await bus.js.get_msg(DEAD_LETTER_STREAM, seq=letter.seq)
         headers = {
             key: value

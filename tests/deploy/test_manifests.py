@@ -123,6 +123,12 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
     binary = str(Path(sys.executable).parent / "nats-server")
     checked = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    # The init container checks the same passwords first, with the xsell image's own module.
+    [check] = pod_spec(nats)["initContainers"]
+    assert check["image"].startswith("xsell") and check["command"][-2:] == ["services.nats_access", "check-env"]
+    assert check["env"] == [e for e in container["env"] if e["name"] != "SERVER_NAME"]
+    checked = subprocess.run([sys.executable, "-m", "services.nats_access", "check-env"], env=env, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
     del env[nats_access.password_variable("feeds")]
     missing = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "NATS_PASSWORD_FEEDS" in missing.stderr

@@ -9,7 +9,7 @@ import pytest
 from opentelemetry import trace
 from sqlalchemy import MetaData
 
-from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
+from plumbing.bus import DLQ_SUBJECT_HEADER, Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
 from plumbing.db import Database
 from plumbing.outbox import Inbox, inbox_table
 from services import dead_letters
@@ -19,6 +19,8 @@ from xsell.segments.v1.events_pb2 import SegmentPublished
 
 tracer = trace.get_tracer("test")
 SUBJECT = "test.replay.segment_published"
+CONSUMED = {"attribution-test": SUBJECT, "campaigns-test": SUBJECT}
+"""The test's durables, and the subject each consumes: the only one their dead letters are replayed to."""
 
 
 async def _dead_count(bus: Bus, durable: str) -> int:
@@ -87,7 +89,7 @@ async def test_a_dead_letter_is_listed_replayed_and_applied_once_by_its_durable_
         assert "cannot read" in listed and str(letter.seq) in listed
 
         broken = False
-        assert await dead_letters.replay(nats_bus, "campaigns-test") == [letter.seq]
+        assert await dead_letters.replay(nats_bus, "campaigns-test", consumed=CONSUMED) == [letter.seq]
         await eventually(lambda: asyncio.sleep(0, applied["campaigns-test"] == ["seg_sip_only"]))
         await asyncio.sleep(0.5)  # give the other durable the time to (wrongly) apply the replay too
         assert applied == {"attribution-test": ["seg_sip_only"], "campaigns-test": ["seg_sip_only"]}
@@ -99,7 +101,20 @@ async def test_a_dead_letter_is_listed_replayed_and_applied_once_by_its_durable_
         await db.dispose()
 
 
+async def test_a_letter_is_replayed_only_to_the_subject_its_durable_consumes(nats_bus: Bus) -> None:
+    """The original subject is a header, chosen by whoever wrote the letter: anything else is refused, and the
+    letter stays."""
+    await nats_bus.ensure_streams([DEAD_LETTER_STREAM])
+    forged = {"Nats-Msg-Id": "dlq:campaigns-test:forged-1", DLQ_SUBJECT_HEADER: "$JS.API.STREAM.DELETE.XSELL_DLQ"}
+    await nats_bus.js.publish(f"{DEAD_LETTER_PREFIX}.campaigns-test", b"", headers=forged)
+    with pytest.raises(ValueError, match=r"names subject '\$JS.API.STREAM.DELETE.XSELL_DLQ', but campaigns-test"):
+        await dead_letters.replay(nats_bus, "campaigns-test", consumed=CONSUMED)
+    assert len(await dead_letters.dead_letters(nats_bus, "campaigns-test")) == 1
+    with pytest.raises(ValueError, match="campaigns-test is not a durable of xsell's"):
+        await dead_letters.replay(nats_bus, "campaigns-test")
+
+
 async def test_replaying_a_seq_that_is_not_there_names_it(nats_bus: Bus) -> None:
     await nats_bus.ensure_streams([DEAD_LETTER_STREAM])
     with pytest.raises(ValueError, match=r"seq \[99\]; `list --durable campaigns-test`"):
-        await dead_letters.replay(nats_bus, "campaigns-test", [99])
+        await dead_letters.replay(nats_bus, "campaigns-test", [99], consumed=CONSUMED)

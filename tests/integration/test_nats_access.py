@@ -2,7 +2,11 @@
 events and replies only, the bulk feeds only their subjects and answers, and a segments service running as its user
 applies a feed's batch."""
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -15,18 +19,29 @@ from pydantic import SecretStr
 
 from devstack.nats_server import NatsServer
 from devstack.stack import nats_passwords
-from plumbing.bus import DLQ_SUBJECT_HEADER, MSG_ID_HEADER, Bus, NatsRefused, PublishFailed, inbox_prefix
+from plumbing.bus import (
+    DLQ_SUBJECT_HEADER,
+    MSG_ID_HEADER,
+    Bus,
+    Consumer,
+    Delivery,
+    NatsRefused,
+    PublishFailed,
+    inbox_prefix,
+)
 from plumbing.ids import new_id
 from services import dead_letters, nats_access, streams
 from services.segments.app import build
 from services.segments.settings import SegmentsSettings
 from tests.waiting import eventually
+from xsell.campaigns.v1 import events_pb2 as campaign_events
 from xsell.segments.v1 import events_pb2
 from xsell.segments.v1 import service_pb2 as api
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.xdist_group("nats-access")
+TRACER = TracerProvider().get_tracer("test")
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +89,14 @@ class Connection:
 
 
 @pytest.fixture
-async def streams_made(server: NatsServer, passwords: dict[str, str]) -> AsyncIterator[None]:
-    bus = await Bus.connect(server.url, "test-streams", user="segments", password=passwords["segments"])
-    try:
-        await bus.ensure_streams(streams.ALL_STREAMS)
-        yield
-    finally:
-        await bus.drain()
+async def streams_made(server: NatsServer, passwords: dict[str, str]) -> None:
+    """Every stream, each service making them as it does at start (changing only its own)."""
+    for service in nats_access.SERVICE_USERS:
+        bus = await Bus.connect(server.url, f"test-{service}", user=service, password=passwords[service])
+        try:
+            await bus.ensure_streams(streams.ALL_STREAMS, update=streams.owned_by(service))
+        finally:
+            await bus.drain()
 
 
 async def test_a_wrong_password_or_no_user_is_refused_at_once(server: NatsServer) -> None:
@@ -91,36 +107,80 @@ async def test_a_wrong_password_or_no_user_is_refused_at_once(server: NatsServer
         await Bus.connect(server.url, "test")
 
 
-async def test_a_service_publishes_its_own_events_and_reads_its_own_replies_only(
+async def test_a_service_runs_its_own_durable_on_another_services_events(
     server: NatsServer, passwords: dict[str, str], streams_made: None
 ) -> None:
+    """Campaigns publishes a DispatchRequested; channels' durable takes it through plumbing.bus.Consumer (declare,
+    pull to its own inbox, ack), as the service does; channels cannot publish it itself."""
     campaigns = await Bus.connect(server.url, "test-campaigns", user="campaigns", password=passwords["campaigns"])
     channels = await Bus.connect(server.url, "test-channels", user="channels", password=passwords["channels"])
+    received: dict[str, Delivery] = {}
+
+    async def handle(request: campaign_events.DispatchRequested, delivery: Delivery) -> None:
+        received[request.campaign_id] = delivery
+
+    consumer = Consumer(channels, streams.CHANNELS_DISPATCH, campaign_events.DispatchRequested, handle, TRACER)
+    running = asyncio.create_task(consumer.run())
     try:
-        event_id = new_id("ev_")
+        campaign_id = f"CSELL-ACCESS-{new_id()}"
+        request = campaign_events.DispatchRequested(campaign_id=campaign_id).SerializeToString()
         assert await campaigns.publish_batch(
-            [(streams.DISPATCH_REQUESTED, b"dispatch", {MSG_ID_HEADER: event_id})]
+            [(streams.DISPATCH_REQUESTED, request, {MSG_ID_HEADER: new_id("ev_")})]
         ) == [False]
-        # Channels consumes it (a durable, a pull to its own inbox, an ack), as its consumers do.
-        durable = f"access-{new_id()}"
-        pull = await channels.js.pull_subscribe(
-            streams.DISPATCH_REQUESTED, durable, stream=streams.CAMPAIGNS_STREAM.name
-        )
-        [message] = await pull.fetch(1, timeout=5)
-        assert message.data == b"dispatch" and message.reply.startswith("$JS.ACK.")
-        await message.ack_sync()
-        # But it cannot publish campaigns' events (the publish is dropped and its ack never comes) ...
-        with pytest.raises(PublishFailed, match="unacknowledged"):
+
+        async def handled() -> bool:
+            return campaign_id in received
+
+        await eventually(handled)
+        info = await channels.js.consumer_info(streams.CAMPAIGNS_STREAM.name, streams.CHANNELS_DISPATCH.durable)
+        assert info.num_ack_pending == 0
+        # The resend reads it again by its place in the stream (services/channels/resend.py).
+        delivery = received[campaign_id]
+        stored = await channels.stored_message(delivery.stream, delivery.stream_sequence)
+        assert stored is not None and stored[1] == request
+        with pytest.raises(PublishFailed, match="unacknowledged"):  # the publish is dropped: its ack never comes
             await channels.publish_batch(
-                [(streams.DISPATCH_REQUESTED, b"forged", {MSG_ID_HEADER: new_id("ev_")})], timeout=0.5
+                [(streams.DISPATCH_REQUESTED, request, {MSG_ID_HEADER: new_id("ev_")})], timeout=0.5
             )
-        # ... nor delete a stream.
-        with pytest.raises(nats.errors.TimeoutError):
-            await channels.nc.request(f"$JS.API.STREAM.DELETE.{streams.CAMPAIGNS_STREAM.name}", b"", timeout=0.5)
-        assert (await campaigns.js.stream_info(streams.CAMPAIGNS_STREAM.name)).state.messages >= 1
     finally:
+        await consumer.stop()
+        await running
         await campaigns.drain()
         await channels.drain()
+
+
+SPY = json.dumps({"name": "SPY", "subjects": [f"{inbox_prefix('campaigns')}.>"]}).encode()
+FORGER = json.dumps(
+    {
+        "name": streams.CAMPAIGNS_STREAM.name,
+        "subjects": list(streams.CAMPAIGNS_STREAM.subjects),
+        "sources": [{"name": streams.SEGMENTS_STREAM.name}],
+    }
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("request_subject", "payload"),
+    [
+        ("$JS.API.STREAM.DELETE.XSELL_CAMPAIGNS", b""),
+        ("$JS.API.STREAM.PURGE.XSELL_CAMPAIGNS", b""),
+        ("$JS.API.STREAM.UPDATE.XSELL_CAMPAIGNS", FORGER),  # another's stream, copying forged events into it
+        ("$JS.API.STREAM.CREATE.SPY", SPY),  # a stream of another's replies
+        ("$JS.API.CONSUMER.MSG.NEXT.XSELL_CHANNELS.attribution-delivery", b'{"batch": 1}'),  # another's durable
+        ("$JS.API.CONSUMER.DURABLE.CREATE.XSELL_CAMPAIGNS.spy", b"{}"),  # a durable of its own making
+        ("$JS.API.STREAM.MSG.GET.XSELL_INGEST", b'{"seq": 1}'),  # the CRM's dumps
+        ("xsell.dlq.campaigns-delivery", b""),  # another's dead letters
+    ],
+)
+async def test_a_service_cannot_reach_what_is_not_its_own(
+    server: NatsServer, passwords: dict[str, str], request_subject: str, payload: bytes
+) -> None:
+    connection = Connection(server, "channels", passwords["channels"])
+    async with connection as nc:
+        await nc.publish(request_subject, payload, reply=nc.new_inbox())
+        await nc.flush()
+        refusal = f'permissions violation for publish to "{request_subject.lower()}"'
+        await eventually(lambda: connection.refused(refusal))
 
 
 @pytest.mark.parametrize(
@@ -150,6 +210,8 @@ async def test_the_feeds_publish_ingest_batches_and_read_their_answers_only(
         assert connection.refusals == []
         with pytest.raises(nats.errors.TimeoutError):
             await js.publish(streams.BULK_INGEST_COMPLETED, b"forged", timeout=0.5)
+        with pytest.raises(nats.errors.TimeoutError):  # a subject of the ingest stream no one reads
+            await js.publish("xsell.ingest.anything", b"filler", timeout=0.5)
         for subject in ("_INBOX.>", f"{inbox_prefix('segments')}.>", "xsell.campaigns.>"):
             await nc.subscribe(subject)
         await nc.flush()
@@ -158,6 +220,7 @@ async def test_the_feeds_publish_ingest_batches_and_read_their_answers_only(
             return all(
                 [
                     await connection.refused('publish to "xsell.segments.bulk_ingest_completed"'),
+                    await connection.refused('publish to "xsell.ingest.anything"'),
                     await connection.refused('subscription to "_inbox.>"'),
                     await connection.refused('subscription to "_inbox_segments.>"'),
                     await connection.refused('subscription to "xsell.campaigns.>"'),
@@ -208,23 +271,28 @@ async def test_only_the_operator_replays_a_dead_letter_to_another_services_subje
 ) -> None:
     """Channels dead-letters a campaigns event; channels itself may list it but not republish it as campaigns', nor
     delete it; the dead-letter tool as `operator` does both."""
-    durable = f"channels-access-{new_id()}"
+    durable = streams.CHANNELS_DISPATCH.durable
     channels = await Bus.connect(server.url, "test-channels", user="channels", password=passwords["channels"])
     try:
         letter = {MSG_ID_HEADER: f"dlq:{durable}:{new_id('ev_')}", DLQ_SUBJECT_HEADER: streams.DISPATCH_REQUESTED}
-        await channels.publish_batch([(f"{streams.DEAD_LETTER_PREFIX}.{durable}", b"dead", letter)])
-        [listed] = await dead_letters.dead_letters(channels, durable)
+        await channels.publish_batch([(streams.CHANNELS_DISPATCH.dead_letter_subject, b"dead", letter)])
         with pytest.raises(nats.errors.TimeoutError):
-            await dead_letters.replay(channels, durable)  # its publish to campaigns' subject is refused
-        assert [d.seq for d in await dead_letters.dead_letters(channels, durable)] == [listed.seq]
+            await dead_letters.replay(channels, durable)  # it may not read the dead letters, nor publish them
     finally:
         await channels.drain()
+    operator = await Bus.connect(server.url, "test-operator", user="operator", password=passwords["operator"])
+    try:
+        listed = await dead_letters.dead_letters(operator, durable)
+        assert listed and all(d.original_subject == streams.DISPATCH_REQUESTED for d in listed)
+    finally:
+        await operator.drain()
     campaigns_stream = streams.CAMPAIGNS_STREAM.name
     before = (await _stream_state(server, passwords, campaigns_stream)).messages
     monkeypatch.setenv("XSELL_NATS_USER", "operator")
     monkeypatch.setenv("XSELL_NATS_PASSWORD", passwords["operator"])
     assert await dead_letters._main(["--nats-url", server.url, "replay", "--durable", durable, "--all"]) == 0
-    assert (await _stream_state(server, passwords, campaigns_stream)).messages == before + 1
+    assert (await _stream_state(server, passwords, campaigns_stream)).messages == before + len(listed)
+    assert await dead_letters._main(["--nats-url", server.url, "list", "--durable", durable]) == 0
     monkeypatch.setenv("XSELL_NATS_PASSWORD", "wrong")
     assert await dead_letters._main(["--nats-url", server.url, "list"]) == 2
 
@@ -246,6 +314,42 @@ def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
     rendered = nats_access.authorization_config()
     for user in nats_access.USERS:
         assert f"user: {user}, password: ${nats_access.password_variable(user)}," in rendered
+
+
+@pytest.mark.parametrize("password", ["12345678901234567", "2k", "true", "abc defghijklmnopq", "$abcdefghijklmnopq"])
+def test_a_password_nats_would_misread_is_named_before_the_server_starts(tmp_path: Path, password: str) -> None:
+    """Each of these stops the real server (a panic or a syntax error); the init container's check names the key."""
+    (tmp_path / "nats.conf").write_text("listen: 127.0.0.1:-1\n" + nats_access.authorization_config())
+    environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
+    environment[nats_access.password_variable("feeds")] = password
+    binary = str(Path(sys.executable).parent / "nats-server")
+    server = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=environment, capture_output=True)
+    assert server.returncode != 0
+    assert nats_access.password_problems(environment) == [
+        "NATS_PASSWORD_FEEDS (key 'feeds' of the Secret nats-users) must be letters, digits, '-' and '_', starting "
+        "with a letter, at least 16 characters: NATS reads it as part of its configuration"
+    ]
+
+
+async def test_the_passwords_the_check_allows_are_read_as_they_are(tmp_path: Path) -> None:
+    """The Kubernetes configuration (passwords from the environment) on a real server: each user logs in with the
+    password exactly as the Secret holds it."""
+    environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
+    environment[nats_access.password_variable("feeds")] = "dev-nats-feeds_Password-1"
+    assert nats_access.password_problems(environment) == []
+    server = NatsServer(
+        tmp_path / "nats", authorization=nats_access.authorization_config(), environment=environment
+    ).start()
+    try:
+        for user in ("feeds", "operator"):
+            password = environment[nats_access.password_variable(user)]
+            await (await Bus.connect(server.url, "test", user=user, password=password)).drain()
+    finally:
+        server.stop()
+    assert nats_access.password_problems({}) == [
+        f"{nats_access.password_variable(user)} is not set: add key {user!r} to the Secret nats-users"
+        for user in nats_access.USERS
+    ]
 
 
 def test_an_unknown_user_has_no_permissions() -> None:
