@@ -234,7 +234,8 @@ class Bus:
             if connecting and "Authorization Violation" in str(error):
                 raise NatsRefused(
                     f"NATS at {url} refused {f'user {user!r}' if user else 'a connection without a user'}: "
-                    "check the NATS user and password settings (XSELL_<SERVICE>_NATS_USER, _NATS_PASSWORD)"
+                    "check the NATS user and password this process was given (a service's XSELL_<SERVICE>_NATS_USER "
+                    "and _NATS_PASSWORD)"
                 )
             await _log_nats_error(error)
 

@@ -160,7 +160,11 @@ async def _main(argv: Sequence[str]) -> int:
             args.nats_url, name="dead-letters", user=args.nats_user, password=os.environ.get("XSELL_NATS_PASSWORD", "")
         )
     except NatsRefused as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(
+            f"error: {error}; this tool reads XSELL_NATS_USER and XSELL_NATS_PASSWORD (user operator; `make run` "
+            "writes them to var/nats-operator.env)",
+            file=sys.stderr,
+        )
         return 2
     try:
         if args.command == "list":
