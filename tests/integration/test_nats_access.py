@@ -230,6 +230,20 @@ async def test_the_feeds_publish_ingest_batches_and_read_their_answers_only(
         await eventually(all_refused)
 
 
+async def test_a_feed_cannot_turn_a_reply_subject_into_an_event(
+    server: NatsServer, passwords: dict[str, str], streams_made: None
+) -> None:
+    """A publish names where its ack goes. In one account a feed naming `xsell.segments.membership_changed` would
+    have JetStream store its ack there, as segments' event; the feeds' account keeps its replies to itself."""
+    segments_stream = streams.SEGMENTS_STREAM.name
+    before = (await _stream_state(server, passwords, segments_stream)).messages
+    async with Connection(server, "feeds", passwords["feeds"]) as nc:
+        await nc.publish(streams.INGEST_EVENTS, b"batch", reply=streams.MEMBERSHIP_CHANGED)
+        ack = await nc.request(streams.INGEST_EVENTS, b"batch", timeout=5)  # the same publish, its ack answered
+        assert b'"stream":"XSELL_INGEST"' in ack.data.replace(b" ", b"")
+    assert (await _stream_state(server, passwords, segments_stream)).messages == before
+
+
 async def test_a_feed_batch_is_applied_by_segments_running_as_its_user(
     server: NatsServer, passwords: dict[str, str], tmp_path: Path
 ) -> None:
