@@ -137,6 +137,7 @@ class Stack:
             if name in self.nats_passwords:
                 env[prefix + "NATS_USER"] = name
                 env[prefix + "NATS_PASSWORD"] = self.nats_passwords[name]
+                env[prefix + "NATS_JETSTREAM_API"] = nats_access.IMPORTED_API
         env.update(
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
@@ -175,6 +176,20 @@ class Stack:
             authorization=nats_access.authorization_config(self.nats_passwords),
         ).start(logs / "nats.log")
         env = self._env()
+        # The services' accounts may make no stream or durable: the provisioner makes them first.
+        provisioner = nats_access.PROVISIONER_USER
+        subprocess.run(
+            [sys.executable, "-m", "services.nats_provision"],
+            env=env
+            | {
+                "XSELL_NATS_URL": self.nats.url,
+                "XSELL_NATS_USER": provisioner,
+                "XSELL_NATS_PASSWORD": self.nats_passwords[provisioner],
+            },
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
         modules = {name: f"services.{name}" for name in SERVICES} | {"gateway": "gateway"}
         try:
             for name, module in modules.items():

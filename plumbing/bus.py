@@ -5,7 +5,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -151,12 +151,23 @@ class _AckedBatch:
             self.done.set_result(None)
 
 
-class Bus:
-    """One NATS connection with its JetStream context."""
+class NotProvisioned(Exception):
+    """A stream or durable is missing where this process may not make it (its account imports JetStream's API)."""
 
-    def __init__(self, nc: NatsClient) -> None:
+
+class Bus:
+    """One NATS connection with its JetStream context.
+
+    `api_prefix` is where the connection's account finds JetStream's API: `$JS.API` where the account holds JetStream
+    (tests, benchmarks, the provisioner), another prefix where it imports its part of another account's. There the
+    streams and durables were made beforehand (a provisioner), and ensure_streams and Consumer.declare check that they
+    exist instead of making them (NotProvisioned)."""
+
+    def __init__(self, nc: NatsClient, api_prefix: str = api.DEFAULT_PREFIX) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream()
+        self.api_prefix = api_prefix
+        self.provisioned = api_prefix != api.DEFAULT_PREFIX
+        self.js: JetStreamContext = nc.jetstream(prefix=api_prefix)
         self._ack_inbox: str | None = None
         self._ack_inbox_ready = asyncio.Lock()
         self._batches: dict[str, _AckedBatch] = {}
@@ -224,7 +235,9 @@ class Bus:
         batch.acknowledge(int(index), bool(ack.get("duplicate")))
 
     @classmethod
-    async def connect(cls, url: str, name: str, *, user: str = "", password: str = "") -> "Bus":
+    async def connect(
+        cls, url: str, name: str, *, user: str = "", password: str = "", api_prefix: str = api.DEFAULT_PREFIX
+    ) -> "Bus":
         """Connects as `user` (none when empty), whose replies come to its own inbox prefix (inbox_prefix)."""
         connecting = True
 
@@ -258,7 +271,7 @@ class Bus:
             await nc.close()
             raise
         connecting = False
-        return cls(nc)
+        return cls(nc, api_prefix)
 
     @classmethod
     async def of_service(cls, settings: ServiceSettings, name: str) -> "Bus":
@@ -268,6 +281,7 @@ class Bus:
             name=name,
             user=settings.nats_user,
             password=settings.nats_password.get_secret_value(),
+            api_prefix=settings.nats_jetstream_api,
         )
 
     async def stored_message(self, stream: str, sequence: int) -> tuple[str, bytes, dict[str, str]] | None:
@@ -279,14 +293,11 @@ class Bus:
             return None
         return message.subject or "", message.data or b"", dict(message.headers or {})
 
-    async def ensure_streams(
-        self, specs: Iterable[StreamSpec], replicas: int = 1, *, update: Collection[str] | None = None
-    ) -> None:
-        """Creates missing streams and updates changed ones; safe to run at every start of every replica.
+    async def ensure_streams(self, specs: Iterable[StreamSpec], replicas: int = 1) -> None:
+        """Creates missing streams and updates changed ones; safe to run at every start of every replica. Where this
+        process may not make them (`provisioned`), only checks that they exist.
 
-        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s). `update` names the
-        streams this process may change (its own: services/nats_access.py); others it only creates when missing.
-        None: all.
+        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s).
         """
         for spec in specs:
             config = api.StreamConfig(
@@ -302,6 +313,11 @@ class Bus:
                 try:
                     await self.js.stream_info(spec.name)
                 except NotFoundError:
+                    if self.provisioned:
+                        raise NotProvisioned(
+                            f"stream {spec.name} is missing: this process may not make it; provision NATS first "
+                            "(python -m services.nats_provision)"
+                        ) from None
                     try:
                         await self.js.add_stream(config)
                     except ServerError as error:
@@ -314,9 +330,31 @@ class Bus:
                         await asyncio.sleep(STREAM_CREATE_PAUSE_SECONDS * attempt)
                         continue
                 else:
-                    if update is None or spec.name in update:
+                    if not self.provisioned:
                         await self.js.update_stream(config)
                 break
+
+    async def ensure_consumer(self, spec: ConsumerSpec) -> None:
+        """Creates a durable unless it exists (idempotent); where this process may not make it (`provisioned`), only
+        checks that it exists."""
+        config = api.ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            filter_subject=spec.filter_subject,
+            max_deliver=spec.max_deliver,
+            ack_wait=spec.ack_wait_seconds,
+            max_ack_pending=spec.max_ack_pending,
+        )
+        try:
+            await self.js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            if self.provisioned:
+                raise NotProvisioned(
+                    f"durable {spec.durable} on {spec.stream} is missing: this process may not make it; provision "
+                    "NATS first (python -m services.nats_provision)"
+                ) from None
+            await self.js.add_consumer(spec.stream, config=config)
 
     async def drain(self) -> None:
         """Lets pending publishes and acks reach the server, then closes."""
@@ -353,7 +391,7 @@ class _PullFeed:
     def __init__(self, bus: Bus, spec: ConsumerSpec) -> None:
         self.bus = bus
         self.spec = spec
-        self._subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
+        self._subject = f"{bus.api_prefix}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}"
         self._inbox = bus.nc.new_inbox()
         self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._subscription: Subscription | None = None
@@ -487,19 +525,7 @@ class Consumer(Generic[M]):
 
     async def declare(self) -> None:
         """Creates the durable consumer unless it exists (idempotent; every replica runs it at start)."""
-        config = api.ConsumerConfig(
-            durable_name=self.spec.durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            filter_subject=self.spec.filter_subject,
-            max_deliver=self.spec.max_deliver,
-            ack_wait=self.spec.ack_wait_seconds,
-            max_ack_pending=self.spec.max_ack_pending,
-        )
-        try:
-            await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
-        except NotFoundError:
-            await self.bus.js.add_consumer(self.spec.stream, config=config)
+        await self.bus.ensure_consumer(self.spec)
         self._declared = True
 
     async def run(self) -> None:

@@ -24,6 +24,12 @@ class ServiceSettings(BaseSettings):
         "(services/nats_access.py).",
     )
     nats_password: SecretStr = Field(default=SecretStr(""), description="That NATS user's password.")
+    nats_jetstream_api: str = Field(
+        default="$JS.API",
+        description="Where this process's NATS account finds JetStream's API: $JS.API where the account holds "
+        "JetStream; XSELL.API where it imports its own part of account XSELL's (services/nats_access.py), and then "
+        "the streams and durables are made beforehand by `python -m services.nats_provision`.",
+    )
     metrics_port: int | None = Field(
         default=None, description="Port of the Prometheus /metrics endpoint; unset disables it, 0 picks a free one."
     )

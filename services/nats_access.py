@@ -1,24 +1,23 @@
-"""Who may do what on NATS: one user per service, one for the institution's bulk feeds, one for operators.
+"""Who may do what on NATS: an account per service, one for the institution's bulk feeds, and JetStream's own.
 
-On a server without authorization (tests, benchmarks) everyone may do everything. `make run` and Kubernetes run
-NATS with the `accounts` block rendered here:
+On a server without authorization (tests, benchmarks) everyone may do everything, and each service makes the streams
+and durables it needs. `make run` and Kubernetes run NATS with the `accounts` block rendered here:
 
-- the bulk feeds (a data platform outside xsell, user `feeds`) have an account of their own, FEEDS, which sees only
-  the two feed subjects and segments' answers (`xsell.segments.bulk_ingest_completed`), imported from XSELL. Their
-  replies stay in FEEDS, and FEEDS has no JetStream: a feed reaches nothing else of xsell's;
-- the four services and the operator share the account XSELL, which holds JetStream. There each service's
-  permissions are named, not wildcards: it publishes its own events (`xsell.<service>.>`) and its own durables'
-  dead letters; of the JetStream API it reads state, creates a known stream that is missing, changes only the
-  streams it owns (streams.OWNERS), and creates, pulls from and acknowledges its own durables (a durable's name
-  starts with its service); it reads only its own replies (`_INBOX_<user>.>`, plumbing.bus.inbox_prefix). This keeps
-  a service's mistakes (a wrong subject, another's durable) from reaching another's events. It does not hold
-  against a compromised service: in one account JetStream answers to any reply subject, so a service that forges
-  one (a pull or an ack naming `$JS.API.STREAM.DELETE.<stream>`) can delete or purge streams, and an owner can
-  reconfigure its own streams to copy others' traffic. Isolation against that needs an account per service, with
-  streams and durables made by an administrator's step instead of the services (docs/deploy.md);
-- the operator (the dead-letter tool, `nats stream report`) reads streams' and durables' state, reads and deletes
-  dead letters, and republishes to the subjects durables consume (services/dead_letters.py replays a letter only
-  to its own durable's subject).
+- account XSELL holds JetStream: every stream and durable, the `provisioner` (services/nats_provision.py, which
+  makes them before the services start) and the `operator` (the dead-letter tool, `nats stream report`: stream and
+  durable state, reading and deleting dead letters, republishing to the subjects durables consume);
+- each service has an account of its own (SEGMENTS, CAMPAIGNS, CHANNELS, ATTRIBUTION) with no JetStream. It imports
+  from XSELL only what it runs (`grants`): publishing its own events and its own durables' dead letters, streams'
+  state, and its own durables' state, pulls and acks (channels also reads single messages of two streams, its
+  resend). JetStream's API is `XSELL.API.<...>` there (the `nats_jetstream_api` setting). So a service cannot make,
+  change, purge or delete a stream or durable, nor take, read or forge another's messages: an answer it aims at
+  `$JS.API.STREAM.DELETE.<stream>` (a reply subject of its own pull) comes back into its own account, where no
+  JetStream runs it;
+- the bulk feeds (a data platform outside xsell, `feeds`) have account FEEDS: it imports the two feed subjects from
+  XSELL and segments' answers from SEGMENTS, nothing else.
+
+Inside each account the user's permissions name the same subjects, and it reads only its own replies
+(`_INBOX_<user>.>`, plumbing.bus.inbox_prefix).
 
 Kubernetes' copy is `deploy/k8s/base/nats-auth.conf` (passwords from the environment, which the NATS pods take from
 the Secret `nats-users`); a test keeps it equal to `authorization_config()`. Regenerate it with
@@ -33,13 +32,18 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from plumbing.bus import ConsumerSpec, inbox_prefix
+from plumbing.bus import inbox_prefix
 from services import streams
 
 SERVICE_USERS = ("segments", "campaigns", "channels", "attribution")
 FEEDS_USER = "feeds"
 OPERATOR_USER = "operator"
-USERS = (*SERVICE_USERS, FEEDS_USER, OPERATOR_USER)
+PROVISIONER_USER = "provisioner"
+USERS = (*SERVICE_USERS, FEEDS_USER, OPERATOR_USER, PROVISIONER_USER)
+
+XSELL_ACCOUNT = "XSELL"
+"""JetStream's account: the streams and durables, the provisioner and the operator."""
+FEEDS_ACCOUNT = "FEEDS"
 
 _OWN_EVENTS = {
     "segments": streams.SEGMENTS_STREAM,
@@ -53,22 +57,60 @@ STORED_READS = {"channels": (streams.CAMPAIGNS_STREAM.name, streams.CHANNELS_STR
 DispatchResent) it is handing over again (services/channels/resend.py)."""
 
 API = "$JS.API"
-STATE_READS = (f"{API}.INFO", f"{API}.STREAM.INFO.*")
-"""Account and stream state (limits, counts; no message): every service reads them at start."""
+IMPORTED_API = "XSELL.API"
+"""Where a service's account finds the part of XSELL's JetStream API it imports: `$JS.API.<rest>` is
+`XSELL.API.<rest>` there (its own `$JS.API` is its account's, which has no JetStream). A service's
+`nats_jetstream_api` setting."""
 
 
-def _consumer_api(consumer: ConsumerSpec) -> tuple[str, ...]:
-    """What running one durable takes: its state (lag), creating it (each name nats.py may use), pulls and acks."""
-    stream, durable = consumer.stream, consumer.durable
+def account(user: str) -> str:
+    """The account `user` logs into."""
+    if user in SERVICE_USERS:
+        return user.upper()
+    return FEEDS_ACCOUNT if user == FEEDS_USER else XSELL_ACCOUNT
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A subject of XSELL's that one service's account imports (a service: each request has its answer)."""
+
+    subject: str
+    streamed: bool = False
+    """Answered by a stream of messages, not one: a pull's deliveries."""
+
+    @property
+    def local(self) -> str:
+        """The subject's name in the service's account."""
+        return IMPORTED_API + self.subject[len(API) :] if self.subject.startswith(API + ".") else self.subject
+
+
+def grants(service: str) -> tuple[Grant, ...]:
+    """All a service may reach of XSELL's: publishing its own events and its own durables' dead letters, streams'
+    state, and running its own durables (their state, pulls and acks); channels also reads single messages of two
+    streams. Nothing creates, changes or deletes: the provisioner made the streams and durables."""
+    consumers = [c for c in streams.CONSUMERS if streams.owner(c) == service]
     return (
-        f"{API}.CONSUMER.INFO.{stream}.{durable}",
-        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
-        f"{API}.CONSUMER.CREATE.{stream}.{durable}",
-        f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
-        f"$JS.ACK.{stream}.{durable}.>",
-        consumer.dead_letter_subject,
+        *(Grant(subject) for subject in _OWN_EVENTS[service].subjects),
+        Grant(f"{API}.STREAM.INFO.*"),
+        *(Grant(f"{API}.STREAM.MSG.GET.{name}") for name in STORED_READS.get(service, ())),
+        *(
+            grant
+            for c in consumers
+            for grant in (
+                Grant(f"{API}.CONSUMER.INFO.{c.stream}.{c.durable}"),
+                Grant(f"{API}.CONSUMER.MSG.NEXT.{c.stream}.{c.durable}", streamed=True),
+                Grant(f"$JS.ACK.{c.stream}.{c.durable}.>"),
+                Grant(c.dead_letter_subject),
+            )
+        ),
     )
+
+
+FEEDS_GRANTS = (Grant(streams.INGEST_EVENTS), Grant(streams.INGEST_PROFILES))
+"""The feeds publish their batches as requests (a JetStream publish is answered with its ack)."""
+FEEDS_STREAMS = (streams.BULK_INGEST_COMPLETED,)
+"""And hear segments' answers, from segments' account (where segments publishes them: what reaches XSELL through an
+import is not passed on to another account's import)."""
 
 
 @dataclass(frozen=True)
@@ -77,32 +119,19 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
-def permissions(user: str) -> Permissions:
-    """What `user` may publish and subscribe to."""
+def permissions(user: str) -> Permissions | None:
+    """What `user` may publish and subscribe to in its account; None: everything (the provisioner)."""
     replies = f"{inbox_prefix(user)}.>"
-    if user in _OWN_EVENTS:
-        consumers = [c for c in streams.CONSUMERS if streams.owner(c) == user]
-        return Permissions(
-            publish=(
-                *_OWN_EVENTS[user].subjects,
-                *STATE_READS,
-                *(f"{API}.STREAM.CREATE.{spec.name}" for spec in streams.ALL_STREAMS),
-                *(f"{API}.STREAM.UPDATE.{name}" for name in sorted(streams.owned_by(user))),
-                *(f"{API}.STREAM.MSG.GET.{name}" for name in STORED_READS.get(user, ())),
-                *(subject for consumer in consumers for subject in _consumer_api(consumer)),
-            ),
-            subscribe=(replies,),
-        )
+    if user in SERVICE_USERS:
+        return Permissions(publish=tuple(g.local for g in grants(user)), subscribe=(replies,))
     if user == FEEDS_USER:
-        return Permissions(
-            publish=(streams.INGEST_EVENTS, streams.INGEST_PROFILES),
-            subscribe=(replies, streams.BULK_INGEST_COMPLETED),
-        )
+        return Permissions(publish=tuple(g.local for g in FEEDS_GRANTS), subscribe=(replies, *FEEDS_STREAMS))
     if user == OPERATOR_USER:
         dead_letters = streams.DEAD_LETTER_STREAM.name
         return Permissions(
             publish=(
-                *STATE_READS,
+                f"{API}.INFO",
+                f"{API}.STREAM.INFO.*",
                 f"{API}.STREAM.LIST",
                 f"{API}.STREAM.NAMES",
                 f"{API}.CONSUMER.INFO.*.*",
@@ -114,6 +143,8 @@ def permissions(user: str) -> Permissions:
             ),
             subscribe=(replies,),
         )
+    if user == PROVISIONER_USER:
+        return None
     raise ValueError(f"unknown NATS user {user!r}; the users are {', '.join(USERS)}")
 
 
@@ -149,52 +180,48 @@ def password_variable(user: str) -> str:
     return f"NATS_PASSWORD_{user.upper()}"
 
 
-XSELL_ACCOUNT = "XSELL"
-"""The account of the four services, the operator and JetStream."""
-FEEDS_ACCOUNT = "FEEDS"
-"""The bulk feeds' account: it sees only the two feed subjects and segments' answers, imported from XSELL. Its own
-replies stay in it, so a feed cannot turn a reply subject (a publish ack sent where the feed names) into an event of
-XSELL's, as a user of the same account could."""
-
-FEEDS_EXPORTS = (
-    ("service", streams.INGEST_EVENTS),
-    ("service", streams.INGEST_PROFILES),
-    ("stream", streams.BULK_INGEST_COMPLETED),
-)
-"""What XSELL shares with FEEDS: the feed subjects as services (a JetStream publish is a request; its ack comes back
-to the feed's account) and segments' answers as a stream."""
-
-
 def authorization_config(passwords: Mapping[str, str] | None = None) -> str:
     """NATS's `accounts` block with every user: with `passwords` given, those (a local server's); without, a
     reference to the environment variable password_variable(user) each (Kubernetes)."""
+    exports: dict[tuple[str, str, bool], list[str]] = {}
+    for service in SERVICE_USERS:
+        for grant in grants(service):
+            exports.setdefault(("service", grant.subject, grant.streamed), []).append(account(service))
+    for grant in FEEDS_GRANTS:
+        exports.setdefault(("service", grant.subject, False), []).append(FEEDS_ACCOUNT)
     lines = [
-        "# Generated by services/nats_access.py (python -m services.nats_access): the accounts, and what each",
-        "# NATS user may do in its own.",
+        "# Generated by services/nats_access.py (python -m services.nats_access): the accounts, what each imports of",
+        "# XSELL's, and what each NATS user may do in its own.",
         "accounts {",
         f"  {XSELL_ACCOUNT}: {{",
         "    jetstream: enabled",
         "    users = [",
-        *_users([u for u in USERS if u != FEEDS_USER], passwords),
+        *_users([OPERATOR_USER, PROVISIONER_USER], passwords),
         "    ]",
         "    exports = [",
-        *(f"      {{ {kind}: {json.dumps(subject)}, accounts: [{FEEDS_ACCOUNT}] }}" for kind, subject in FEEDS_EXPORTS),
-        "    ]",
-        "  }",
-        f"  {FEEDS_ACCOUNT}: {{",
-        "    users = [",
-        *_users([FEEDS_USER], passwords),
-        "    ]",
-        "    imports = [",
-        *(
-            f"      {{ {kind}: {{ account: {XSELL_ACCOUNT}, subject: {json.dumps(subject)} }} }}"
-            for kind, subject in FEEDS_EXPORTS
-        ),
-        "    ]",
-        "  }",
-        "}",
-        "",
     ]
+    for (kind, subject, streamed), accounts in exports.items():
+        answers = ", response_type: stream" if streamed else ""
+        lines.append(f"      {{ {kind}: {json.dumps(subject)}, accounts: [{', '.join(accounts)}]{answers} }}")
+    lines += ["    ]", "  }"]
+    segments = account("segments")
+    for user in (*SERVICE_USERS, FEEDS_USER):
+        imported = [("service", XSELL_ACCOUNT, g) for g in (grants(user) if user in SERVICE_USERS else FEEDS_GRANTS)]
+        if user == FEEDS_USER:
+            imported += [("stream", segments, Grant(subject)) for subject in FEEDS_STREAMS]
+        lines += [f"  {account(user)}: {{", "    users = [", *_users([user], passwords), "    ]", "    imports = ["]
+        for kind, source, grant in imported:
+            renamed = f", to: {json.dumps(grant.local)}" if grant.local != grant.subject else ""
+            lines.append(f"      {{ {kind}: {{ account: {source}, subject: {json.dumps(grant.subject)} }}{renamed} }}")
+        lines += ["    ]"]
+        if user == "segments":
+            lines += [
+                "    exports = [",
+                *(f"      {{ stream: {json.dumps(s)}, accounts: [{FEEDS_ACCOUNT}] }}" for s in FEEDS_STREAMS),
+                "    ]",
+            ]
+        lines += ["  }"]
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
@@ -203,6 +230,9 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     for user in users:
         allowed = permissions(user)
         password = f"${password_variable(user)}" if passwords is None else json.dumps(passwords[user])
+        if allowed is None:
+            lines.append(f"      {{ user: {user}, password: {password} }}")
+            continue
         lines += [
             f"      {{ user: {user}, password: {password}, permissions: {{",
             "        publish: { allow: [",

@@ -99,23 +99,7 @@ CAMPAIGNS_TRIGGERS = _consumer(SEGMENTS_STREAM, "campaigns-triggers", MEMBERSHIP
 CONSUMERS = tuple(spec for spec in list(globals().values()) if isinstance(spec, ConsumerSpec))
 """Every durable above; a durable's name starts with the service that runs it."""
 
-OWNERS = {
-    SEGMENTS_STREAM.name: "segments",
-    # Segments alone consumes the feeds, and sets the stream's limits.
-    INGEST_STREAM.name: "segments",
-    CAMPAIGNS_STREAM.name: "campaigns",
-    CHANNELS_STREAM.name: "channels",
-    ATTRIBUTION_STREAM.name: "attribution",
-}
-"""The service that may change each stream's configuration (the others only create it when it is missing). The
-dead-letter stream has none: every service writes to it, so none may shrink it; an operator changes its limits."""
-
 
 def owner(consumer: ConsumerSpec) -> str:
     """The service that runs a durable (its name's first word)."""
     return consumer.durable.split("-", 1)[0]
-
-
-def owned_by(service: str) -> frozenset[str]:
-    """The names of the streams `service` may change."""
-    return frozenset(name for name, owning in OWNERS.items() if owning == service)

@@ -44,9 +44,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     db = Database.of_service(settings, "campaigns")
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "campaigns")
-    await bus.ensure_streams(
-        streams.ALL_STREAMS, replicas=settings.stream_replicas, update=streams.owned_by("campaigns")
-    )
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: on the consumers' connection the server read a trigger batch's
     # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
     publisher = await Bus.of_service(settings, "campaigns-outbox")

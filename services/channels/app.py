@@ -36,9 +36,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     db = Database.of_service(settings, "channels")
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "channels")
-    await bus.ensure_streams(
-        streams.ALL_STREAMS, replicas=settings.stream_replicas, update=streams.owned_by("channels")
-    )
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "channels-outbox")

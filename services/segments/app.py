@@ -31,9 +31,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     db = Database.of_service(settings, "segments")
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "segments")
-    await bus.ensure_streams(
-        streams.ALL_STREAMS, replicas=settings.stream_replicas, update=streams.owned_by("segments")
-    )
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "segments-outbox")

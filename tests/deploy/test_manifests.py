@@ -142,6 +142,16 @@ def test_each_service_connects_to_nats_as_its_own_user(overlay: tuple[str, list[
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
         password = refs[f"XSELL_{process.upper()}_NATS_PASSWORD"]
         assert password["name"].startswith("nats-users") and password["key"] == process
+        assert _config(docs, process)[f"XSELL_{process.upper()}_NATS_JETSTREAM_API"] == nats_access.IMPORTED_API
+        # The provisioner's password goes to the init container that makes the streams and durables, not further.
+        spec = pod_spec(find(docs, "Deployment", process))
+        [provision] = [c for c in spec["initContainers"] if c["name"] == "provision-nats"]
+        assert provision["command"][-1] == "services.nats_provision"
+        given = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for e in provision["env"]}
+        assert given["XSELL_NATS_PASSWORD"] == "provisioner"
+        others = [c for c in [*spec["initContainers"], *spec["containers"]] if c["name"] != "provision-nats"]
+        keys = {e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for c in others for e in c.get("env") or []}
+        assert "provisioner" not in keys
 
 
 def test_dev_generates_every_secret_its_pods_need() -> None:

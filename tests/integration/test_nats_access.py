@@ -26,11 +26,12 @@ from plumbing.bus import (
     Consumer,
     Delivery,
     NatsRefused,
+    NotProvisioned,
     PublishFailed,
     inbox_prefix,
 )
 from plumbing.ids import new_id
-from services import dead_letters, nats_access, streams
+from services import dead_letters, nats_access, nats_provision, streams
 from services.segments.app import build
 from services.segments.settings import SegmentsSettings
 from tests.waiting import eventually
@@ -90,13 +91,33 @@ class Connection:
 
 @pytest.fixture
 async def streams_made(server: NatsServer, passwords: dict[str, str]) -> None:
-    """Every stream, each service making them as it does at start (changing only its own)."""
-    for service in nats_access.SERVICE_USERS:
-        bus = await Bus.connect(server.url, f"test-{service}", user=service, password=passwords[service])
+    """Every stream and durable, made by the provisioner as `make run` does before the services start."""
+    bus = await Bus.connect(server.url, "test-provision", user="provisioner", password=passwords["provisioner"])
+    try:
+        await nats_provision.provision(bus)
+    finally:
+        await bus.drain()
+
+
+async def service_bus(server: NatsServer, passwords: dict[str, str], service: str) -> Bus:
+    """A service's connection as the service makes it: its user, JetStream's API as its account imports it."""
+    return await Bus.connect(
+        server.url, f"test-{service}", user=service, password=passwords[service], api_prefix=nats_access.IMPORTED_API
+    )
+
+
+async def test_a_service_makes_nothing_and_says_what_is_missing(passwords: dict[str, str], tmp_path: Path) -> None:
+    """Its account imports no way to make a stream or durable: on a server not provisioned it stops with the reason."""
+    fresh = NatsServer(tmp_path / "nats", authorization=nats_access.authorization_config(passwords)).start()
+    try:
+        attribution = await service_bus(fresh, passwords, "attribution")
         try:
-            await bus.ensure_streams(streams.ALL_STREAMS, update=streams.owned_by(service))
+            with pytest.raises(NotProvisioned, match=r"stream XSELL_SEGMENTS is missing: .*services.nats_provision"):
+                await attribution.ensure_streams(streams.ALL_STREAMS)
         finally:
-            await bus.drain()
+            await attribution.drain()
+    finally:
+        fresh.stop()
 
 
 async def test_a_wrong_password_or_no_user_is_refused_at_once(server: NatsServer) -> None:
@@ -112,8 +133,8 @@ async def test_a_service_runs_its_own_durable_on_another_services_events(
 ) -> None:
     """Campaigns publishes a DispatchRequested; channels' durable takes it through plumbing.bus.Consumer (declare,
     pull to its own inbox, ack), as the service does; channels cannot publish it itself."""
-    campaigns = await Bus.connect(server.url, "test-campaigns", user="campaigns", password=passwords["campaigns"])
-    channels = await Bus.connect(server.url, "test-channels", user="channels", password=passwords["channels"])
+    campaigns = await service_bus(server, passwords, "campaigns")
+    channels = await service_bus(server, passwords, "channels")
     received: dict[str, Delivery] = {}
 
     async def handle(request: campaign_events.DispatchRequested, delivery: Delivery) -> None:
@@ -147,6 +168,40 @@ async def test_a_service_runs_its_own_durable_on_another_services_events(
         await running
         await campaigns.drain()
         await channels.drain()
+
+
+@pytest.mark.parametrize(
+    ("request_subject", "payload"),
+    [
+        (
+            f"{nats_access.IMPORTED_API}.CONSUMER.MSG.NEXT.XSELL_CAMPAIGNS.channels-dispatch",
+            b'{"batch":1,"no_wait":true}',
+        ),
+        (f"{nats_access.IMPORTED_API}.CONSUMER.INFO.XSELL_CAMPAIGNS.channels-dispatch", b""),
+    ],
+)
+async def test_a_service_cannot_aim_an_answer_at_the_jetstream_api(
+    server: NatsServer, passwords: dict[str, str], streams_made: None, request_subject: str, payload: bytes
+) -> None:
+    """In one account JetStream runs an answer sent to `$JS.API.STREAM.DELETE.<stream>` as that request (a review
+    deleted streams so, through a pull's "no messages"). A service's account imports its own calls only: the answer
+    comes back into it, where there is no JetStream to run it."""
+    async with Connection(server, "channels", passwords["channels"]) as nc:
+        for target in ("$JS.API.STREAM.DELETE.XSELL_SEGMENTS", "$JS.API.STREAM.PURGE.XSELL_CAMPAIGNS"):
+            await nc.publish(request_subject, payload, reply=target)
+        await nc.flush()
+        await asyncio.sleep(0.5)  # the answers' time to come back (and, in one account, to be run)
+    assert (await _stream_state(server, passwords, streams.SEGMENTS_STREAM.name)) is not None
+    durable = await _durable(server, passwords, streams.CAMPAIGNS_STREAM.name, streams.CHANNELS_DISPATCH.durable)
+    assert durable is not None
+
+
+async def _durable(server: NatsServer, passwords: dict[str, str], stream: str, durable: str) -> object:
+    bus = await Bus.connect(server.url, "test-state", user="operator", password=passwords["operator"])
+    try:
+        return await bus.js.consumer_info(stream, durable)
+    finally:
+        await bus.drain()
 
 
 SPY = json.dumps({"name": "SPY", "subjects": [f"{inbox_prefix('campaigns')}.>"]}).encode()
@@ -245,7 +300,7 @@ async def test_a_feed_cannot_turn_a_reply_subject_into_an_event(
 
 
 async def test_a_feed_batch_is_applied_by_segments_running_as_its_user(
-    server: NatsServer, passwords: dict[str, str], tmp_path: Path
+    server: NatsServer, passwords: dict[str, str], tmp_path: Path, streams_made: None
 ) -> None:
     settings = SegmentsSettings(
         grpc_port=0,
@@ -253,6 +308,7 @@ async def test_a_feed_batch_is_applied_by_segments_running_as_its_user(
         nats_url=server.url,
         nats_user="segments",
         nats_password=SecretStr(passwords["segments"]),
+        nats_jetstream_api=nats_access.IMPORTED_API,
         sqlite_checkpoint_interval_seconds=0,
     )
     process = await build(settings, TracerProvider())
@@ -286,7 +342,7 @@ async def test_only_the_operator_replays_a_dead_letter_to_another_services_subje
     """Channels dead-letters a campaigns event; channels itself may list it but not republish it as campaigns', nor
     delete it; the dead-letter tool as `operator` does both."""
     durable = streams.CHANNELS_DISPATCH.durable
-    channels = await Bus.connect(server.url, "test-channels", user="channels", password=passwords["channels"])
+    channels = await service_bus(server, passwords, "channels")
     try:
         letter = {MSG_ID_HEADER: f"dlq:{durable}:{new_id('ev_')}", DLQ_SUBJECT_HEADER: streams.DISPATCH_REQUESTED}
         await channels.publish_batch([(streams.CHANNELS_DISPATCH.dead_letter_subject, b"dead", letter)])
@@ -327,7 +383,7 @@ def test_the_kubernetes_nats_authorization_is_the_generated_one() -> None:
 def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
     rendered = nats_access.authorization_config()
     for user in nats_access.USERS:
-        assert f"user: {user}, password: ${nats_access.password_variable(user)}," in rendered
+        assert f"user: {user}, password: ${nats_access.password_variable(user)}" in rendered
 
 
 @pytest.mark.parametrize("password", ["12345678901234567", "2k", "true", "abc defghijklmnopq", "$abcdefghijklmnopq"])

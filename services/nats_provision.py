@@ -1,0 +1,46 @@
+"""Makes xsell's streams and durables in NATS account XSELL, as user `provisioner`, before the services start.
+
+    python -m services.nats_provision    # reads XSELL_NATS_URL, _USER, _PASSWORD and XSELL_STREAM_REPLICAS
+
+Where NATS has accounts (services/nats_access.py), a service's account imports only its own part of XSELL's
+JetStream API (its durables' pulls, acks and state, streams' state), so it can make nothing: this does, idempotently
+(`make run` before the services; in Kubernetes each service pod's init container). On a server without accounts
+(tests, benchmarks) the services make them themselves, as before.
+"""
+
+import asyncio
+import os
+import sys
+
+from plumbing.bus import Bus, NatsRefused
+from services import streams
+
+
+async def provision(bus: Bus, replicas: int = 1) -> None:
+    """Every stream (created, or updated to its configuration in the code) and every durable (created if missing)."""
+    await bus.ensure_streams(streams.ALL_STREAMS, replicas=replicas)
+    for consumer in streams.CONSUMERS:
+        await bus.ensure_consumer(consumer)
+
+
+async def _main() -> int:
+    try:
+        bus = await Bus.connect(
+            os.environ.get("XSELL_NATS_URL", "nats://127.0.0.1:4222"),
+            name="nats-provision",
+            user=os.environ.get("XSELL_NATS_USER", ""),
+            password=os.environ.get("XSELL_NATS_PASSWORD", ""),
+        )
+    except NatsRefused as error:
+        print(f"error: {error}; this reads XSELL_NATS_USER and XSELL_NATS_PASSWORD (user provisioner)", file=sys.stderr)
+        return 2
+    try:
+        await provision(bus, int(os.environ.get("XSELL_STREAM_REPLICAS", "1")))
+    finally:
+        await bus.drain()
+    print(f"provisioned {len(streams.ALL_STREAMS)} streams and {len(streams.CONSUMERS)} durables")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_main()))
