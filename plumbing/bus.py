@@ -32,6 +32,10 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 CAMPAIGN_ID_HEADER = "Xsell-Campaign-Id"
 DLQ_REASON_HEADER = "Xsell-Dlq-Reason"
 DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
+# Where the message a dead letter copies is stored: a replay republishes that stored original, not the letter's
+# copy, which whoever may write the dead-letter subject could have made up (services/dead_letters.py).
+DLQ_STREAM_HEADER = "Xsell-Original-Stream"
+DLQ_SEQUENCE_HEADER = "Xsell-Original-Sequence"
 # Set on a dead letter replayed to its subject (services/dead_letters.py): the id the message had first, which
 # stays its identity for consumers' inboxes, so only the durable that dead-lettered it applies it again.
 REPLAY_OF_HEADER = "Xsell-Replay-Of"
@@ -311,7 +315,7 @@ class Bus:
             )
             for attempt in range(1, STREAM_CREATE_ATTEMPTS + 1):
                 try:
-                    await self.js.stream_info(spec.name)
+                    existing = (await self.js.stream_info(spec.name)).config
                 except NotFoundError:
                     if self.provisioned:
                         raise NotProvisioned(
@@ -330,7 +334,9 @@ class Bus:
                         await asyncio.sleep(STREAM_CREATE_PAUSE_SECONDS * attempt)
                         continue
                 else:
-                    if not self.provisioned:
+                    # Only what differs from the code: every start of every replica asks, and an unneeded update
+                    # would undo a limit an administrator set on a stream the code does not configure otherwise.
+                    if not self.provisioned and _differs(existing, config):
                         await self.js.update_stream(config)
                 break
 
@@ -360,6 +366,16 @@ class Bus:
         """Lets pending publishes and acks reach the server, then closes."""
         if not self.nc.is_closed:
             await self.nc.drain()
+
+
+def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
+    """Whether a stream's configuration differs from the code's in what the code sets."""
+    return (
+        sorted(existing.subjects or []) != sorted(wanted.subjects or [])
+        or existing.num_replicas != wanted.num_replicas
+        or existing.max_age != wanted.max_age
+        or existing.duplicate_window != wanted.duplicate_window
+    )
 
 
 async def _log_nats_error(error: Exception) -> None:
@@ -822,6 +838,8 @@ class Consumer(Generic[M]):
             **headers,
             DLQ_REASON_HEADER: reason[:1000],
             DLQ_SUBJECT_HEADER: msg.subject,
+            DLQ_STREAM_HEADER: msg.metadata.stream,
+            DLQ_SEQUENCE_HEADER: str(msg.metadata.sequence.stream),
             MSG_ID_HEADER: f"dlq:{self.spec.durable}:{headers.get(MSG_ID_HEADER, msg.metadata.sequence.stream)}",
         }
         await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)

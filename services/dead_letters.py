@@ -6,9 +6,10 @@
 As the NATS user in $XSELL_NATS_USER / $XSELL_NATS_PASSWORD where the server has users (`operator`: `make run` writes
 var/nats-operator.env).
 
-A replayed message goes back to its original subject under a new Nats-Msg-Id (the stream would drop the old
-one as a duplicate inside its window) and carries the original id in `Xsell-Replay-Of`. Consumers take that
-as the message's identity for their inbox (plumbing.bus.Delivery), so durables that handled the message the
+A replay republishes the stored original (the letter names its stream and sequence), never the letter's own copy,
+and only from the stream and subject its durable consumes. It goes back under a new Nats-Msg-Id (the stream would
+drop the old one as a duplicate inside its window) and carries the original id in `Xsell-Replay-Of`. Consumers take
+that as the message's identity for their inbox (plumbing.bus.Delivery), so durables that handled the message the
 first time skip it, and only the durable that dead-lettered it applies it, once. The dead letter is
 deleted after its republish is acknowledged, so `list` shows what is still waiting.
 """
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
@@ -27,6 +29,8 @@ from nats.js.errors import NotFoundError
 from plumbing.bus import (
     CAMPAIGN_ID_HEADER,
     DLQ_REASON_HEADER,
+    DLQ_SEQUENCE_HEADER,
+    DLQ_STREAM_HEADER,
     DLQ_SUBJECT_HEADER,
     MSG_ID_HEADER,
     REPLAY_OF_HEADER,
@@ -85,48 +89,72 @@ async def dead_letters(bus: Bus, durable: str | None = None, limit: int = 100) -
     return found
 
 
-CONSUMED = MappingProxyType({consumer.durable: consumer.filter_subject for consumer in CONSUMERS})
-"""The subject each durable consumes: the only one its dead letters are replayed to."""
+CONSUMED = MappingProxyType({consumer.durable: (consumer.stream, consumer.filter_subject) for consumer in CONSUMERS})
+"""The stream and subject each durable consumes: a letter is replayed only from there."""
 
 
 async def replay(
-    bus: Bus, durable: str, seqs: Sequence[int] | None = None, consumed: Mapping[str, str] = CONSUMED
+    bus: Bus, durable: str, seqs: Sequence[int] | None = None, consumed: Mapping[str, tuple[str, str]] = CONSUMED
 ) -> list[int]:
-    """Republishes this durable's dead letters (the given sequence numbers, or all) to their original subjects
-    and deletes each once the stream has it; returns the sequence numbers replayed.
+    """Republishes the originals of this durable's dead letters (the given sequence numbers, or all) to their
+    subjects and deletes each letter once its stream has the copy; returns the sequence numbers replayed.
 
-    A letter's original subject is its header, which whoever wrote the letter chose: it is replayed only when that is
-    the subject the durable consumes (`consumed`), so a forged letter cannot make the operator publish elsewhere."""
+    Whoever may write the dead-letter subject chose a letter's headers and payload, so neither is trusted: the
+    letter names where its original is stored (`Xsell-Original-Stream` / `-Sequence`), and what is republished is
+    that stored message, and only when it is on the stream and subject the durable consumes (`consumed`). A letter
+    whose original the stream no longer keeps (streams keep 14 days, dead letters 30) is not replayed."""
     if durable not in consumed:
         raise ValueError(f"{durable} is not a durable of xsell's ({', '.join(sorted(consumed))})")
+    stream, subject = consumed[durable]
     letters = await dead_letters(bus, durable, limit=1_000_000)
     wanted = set(seqs) if seqs is not None else None
     replayed: list[int] = []
     for letter in letters:
         if wanted is not None and letter.seq not in wanted:
             continue
-        if not letter.original_subject:
-            raise ValueError(f"dead letter {letter.seq} has no {DLQ_SUBJECT_HEADER} header; it cannot be replayed")
-        if letter.original_subject != consumed[durable]:
-            raise ValueError(
-                f"dead letter {letter.seq} names subject {letter.original_subject!r}, but {durable} consumes "
-                f"{consumed[durable]!r}; not replayed (delete it by hand if it is not one of xsell's)"
-            )
-        message = await bus.js.get_msg(DEAD_LETTER_STREAM, seq=letter.seq)
-        headers = {
-            key: value
-            for key, value in dict(message.headers or {}).items()
-            if key not in (DLQ_REASON_HEADER, DLQ_SUBJECT_HEADER)
-        }
-        headers[REPLAY_OF_HEADER] = letter.original_message_id
-        headers[MSG_ID_HEADER] = f"replay:{DEAD_LETTER_STREAM}:{letter.seq}"
-        await bus.js.publish(letter.original_subject, message.data or b"", headers=headers)
+        original = await _original(bus, letter, stream, subject)
+        _, payload, stored_headers = original
+        headers = dict(stored_headers)
+        headers[REPLAY_OF_HEADER] = stored_headers.get(REPLAY_OF_HEADER) or stored_headers.get(MSG_ID_HEADER, "")
+        # Unguessable, so that nothing published beforehand under the same id makes the stream drop the replay.
+        headers[MSG_ID_HEADER] = f"replay:{DEAD_LETTER_STREAM}:{letter.seq}:{uuid.uuid4().hex}"
+        ack = await bus.js.publish(subject, payload, headers=headers)
+        if ack.duplicate:
+            raise ValueError(f"dead letter {letter.seq}: its replay was dropped as a duplicate; the letter is kept")
         await bus.js.delete_msg(DEAD_LETTER_STREAM, letter.seq)
         replayed.append(letter.seq)
     missing = sorted(wanted - set(replayed)) if wanted is not None else []
     if missing:
         raise ValueError(f"no dead letter of {durable} with seq {missing}; `list --durable {durable}` shows them")
     return replayed
+
+
+async def _original(bus: Bus, letter: DeadLetter, stream: str, subject: str) -> tuple[str, bytes, dict[str, str]]:
+    """The stored message a letter copies, checked to be one the durable consumes."""
+    message = await bus.js.get_msg(DEAD_LETTER_STREAM, seq=letter.seq)
+    headers = dict(message.headers or {})
+    try:
+        where, sequence = headers[DLQ_STREAM_HEADER], int(headers[DLQ_SEQUENCE_HEADER])
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"dead letter {letter.seq} does not name where its original is stored ({DLQ_STREAM_HEADER}, "
+            f"{DLQ_SEQUENCE_HEADER}); not replayed (delete it by hand once you have applied it another way)"
+        ) from None
+    if where != stream:
+        raise ValueError(
+            f"dead letter {letter.seq} names stream {where!r}, but {letter.durable} consumes {stream!r}; not replayed"
+        )
+    original = await bus.stored_message(where, sequence)
+    if original is None:
+        raise ValueError(
+            f"dead letter {letter.seq}: its original ({where} #{sequence}) is no longer in the stream; not replayed"
+        )
+    if original[0] != subject:
+        raise ValueError(
+            f"dead letter {letter.seq} names {where} #{sequence}, a {original[0]!r} message, but {letter.durable} "
+            f"consumes {subject!r}; not replayed"
+        )
+    return original
 
 
 def _table(letters: list[DeadLetter]) -> str:

@@ -139,6 +139,8 @@ def permissions(user: str) -> Permissions | None:
                 f"{API}.CONSUMER.NAMES.*",
                 f"{API}.STREAM.MSG.GET.{dead_letters}",
                 f"{API}.STREAM.MSG.DELETE.{dead_letters}",
+                # A replay republishes the stored original a letter names, read from the stream its durable consumes.
+                *sorted({f"{API}.STREAM.MSG.GET.{consumer.stream}" for consumer in streams.CONSUMERS}),
                 *sorted({consumer.filter_subject for consumer in streams.CONSUMERS}),
             ),
             subscribe=(replies,),

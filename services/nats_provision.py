@@ -10,17 +10,43 @@ JetStream API (its durables' pulls, acks and state, streams' state), so it can m
 
 import asyncio
 import os
+import random
 import sys
+import time
+
+import nats.errors
+import structlog
+from nats.js.errors import ServerError
 
 from plumbing.bus import Bus, NatsRefused
 from services import streams
 
+log = structlog.get_logger(__name__)
 
-async def provision(bus: Bus, replicas: int = 1) -> None:
-    """Every stream (created, or updated to its configuration in the code) and every durable (created if missing)."""
-    await bus.ensure_streams(streams.ALL_STREAMS, replicas=replicas)
-    for consumer in streams.CONSUMERS:
-        await bus.ensure_consumer(consumer)
+
+ATTEMPTS_SECONDS = 120.0
+"""How long provisioning keeps trying: on a new 3-member cluster, a dozen pods provisioning at once (a rollout, a
+first install) had most of their stream and durable calls time out until the streams existed (a review measured it);
+idempotent calls asked again get through."""
+
+
+async def provision(bus: Bus, replicas: int = 1, *, within: float = ATTEMPTS_SECONDS) -> None:
+    """Every stream (created, or updated to its configuration in the code) and every durable (created if missing),
+    asked again after a pause that grows, with jitter, while the server times out or refuses, for `within` s."""
+    deadline = time.monotonic() + within
+    pause = 0.5
+    while True:
+        try:
+            await bus.ensure_streams(streams.ALL_STREAMS, replicas=replicas)
+            for consumer in streams.CONSUMERS:
+                await bus.ensure_consumer(consumer)
+            return
+        except (TimeoutError, ServerError, nats.errors.Error) as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("nats_provision_retried", error=str(error) or type(error).__name__, pause_seconds=pause)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 10.0)
 
 
 async def _main() -> int:

@@ -9,8 +9,19 @@ import pytest
 from opentelemetry import trace
 from sqlalchemy import MetaData
 
-from plumbing.bus import DLQ_SUBJECT_HEADER, Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
+from plumbing.bus import (
+    DLQ_SEQUENCE_HEADER,
+    DLQ_STREAM_HEADER,
+    DLQ_SUBJECT_HEADER,
+    Bus,
+    Consumer,
+    ConsumerSpec,
+    Delivery,
+    PermanentError,
+    StreamSpec,
+)
 from plumbing.db import Database
+from plumbing.ids import new_id
 from plumbing.outbox import Inbox, inbox_table
 from services import dead_letters
 from services.streams import DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM
@@ -19,8 +30,8 @@ from xsell.segments.v1.events_pb2 import SegmentPublished
 
 tracer = trace.get_tracer("test")
 SUBJECT = "test.replay.segment_published"
-CONSUMED = {"attribution-test": SUBJECT, "campaigns-test": SUBJECT}
-"""The test's durables, and the subject each consumes: the only one their dead letters are replayed to."""
+CONSUMED = {"attribution-test": ("TEST_REPLAY", SUBJECT), "campaigns-test": ("TEST_REPLAY", SUBJECT)}
+"""The test's durables, and the stream and subject each consumes: the only ones their dead letters are replayed from."""
 
 
 async def _dead_count(bus: Bus, durable: str) -> int:
@@ -101,15 +112,36 @@ async def test_a_dead_letter_is_listed_replayed_and_applied_once_by_its_durable_
         await db.dispose()
 
 
-async def test_a_letter_is_replayed_only_to_the_subject_its_durable_consumes(nats_bus: Bus) -> None:
-    """The original subject is a header, chosen by whoever wrote the letter: anything else is refused, and the
-    letter stays."""
-    await nats_bus.ensure_streams([DEAD_LETTER_STREAM])
-    forged = {"Nats-Msg-Id": "dlq:campaigns-test:forged-1", DLQ_SUBJECT_HEADER: "$JS.API.STREAM.DELETE.XSELL_DLQ"}
-    await nats_bus.js.publish(f"{DEAD_LETTER_PREFIX}.campaigns-test", b"", headers=forged)
-    with pytest.raises(ValueError, match=r"names subject '\$JS.API.STREAM.DELETE.XSELL_DLQ', but campaigns-test"):
-        await dead_letters.replay(nats_bus, "campaigns-test", consumed=CONSUMED)
-    assert len(await dead_letters.dead_letters(nats_bus, "campaigns-test")) == 1
+async def test_a_replay_republishes_the_stored_original_never_the_letters_copy(nats_bus: Bus) -> None:
+    """Whoever may write a dead-letter subject chooses the letter's headers and payload: a replay takes the message
+    the letter names from the durable's own stream, and refuses a letter naming none, another stream or another
+    subject's message; a refused letter stays."""
+    await nats_bus.ensure_streams([DEAD_LETTER_STREAM, StreamSpec("TEST_REPLAY", ("test.replay.>",))])
+    genuine = await nats_bus.js.publish(SUBJECT, b"genuine", headers={"Nats-Msg-Id": "genuine-1"})
+    other = await nats_bus.js.publish("test.replay.other", b"other", headers={"Nats-Msg-Id": "other-1"})
+
+    async def letter(payload: bytes, **where: str) -> None:
+        headers = {"Nats-Msg-Id": f"dlq:campaigns-test:{new_id()}", DLQ_SUBJECT_HEADER: SUBJECT, **where}
+        await nats_bus.js.publish(f"{DEAD_LETTER_PREFIX}.campaigns-test", payload, headers=headers)
+
+    refusals = [
+        ({}, "does not name where its original is stored"),
+        ({DLQ_STREAM_HEADER: "XSELL_CAMPAIGNS", DLQ_SEQUENCE_HEADER: "1"}, "names stream 'XSELL_CAMPAIGNS'"),
+        ({DLQ_STREAM_HEADER: "TEST_REPLAY", DLQ_SEQUENCE_HEADER: str(other.seq)}, "a 'test.replay.other' message"),
+        ({DLQ_STREAM_HEADER: "TEST_REPLAY", DLQ_SEQUENCE_HEADER: "999"}, "is no longer in the stream"),
+    ]
+    for where, refusal in refusals:
+        await letter(b"forged", **where)
+        with pytest.raises(ValueError, match=refusal):
+            await dead_letters.replay(nats_bus, "campaigns-test", consumed=CONSUMED)
+        [kept] = await dead_letters.dead_letters(nats_bus, "campaigns-test")
+        await nats_bus.js.delete_msg(DEAD_LETTER_STREAM.name, kept.seq)
+
+    await letter(b"forged-payload", **{DLQ_STREAM_HEADER: "TEST_REPLAY", DLQ_SEQUENCE_HEADER: str(genuine.seq)})
+    assert len(await dead_letters.replay(nats_bus, "campaigns-test", consumed=CONSUMED)) == 1
+    last = await nats_bus.js.get_last_msg("TEST_REPLAY", SUBJECT)
+    assert last.data == b"genuine" and last.headers is not None and last.headers["Xsell-Replay-Of"] == "genuine-1"
+    assert await dead_letters.dead_letters(nats_bus, "campaigns-test") == []
     with pytest.raises(ValueError, match="campaigns-test is not a durable of xsell's"):
         await dead_letters.replay(nats_bus, "campaigns-test")
 

@@ -20,6 +20,8 @@ from pydantic import SecretStr
 from devstack.nats_server import NatsServer
 from devstack.stack import nats_passwords
 from plumbing.bus import (
+    DLQ_SEQUENCE_HEADER,
+    DLQ_STREAM_HEADER,
     DLQ_SUBJECT_HEADER,
     MSG_ID_HEADER,
     Bus,
@@ -342,9 +344,21 @@ async def test_only_the_operator_replays_a_dead_letter_to_another_services_subje
     """Channels dead-letters a campaigns event; channels itself may list it but not republish it as campaigns', nor
     delete it; the dead-letter tool as `operator` does both."""
     durable = streams.CHANNELS_DISPATCH.durable
+    campaigns = await service_bus(server, passwords, "campaigns")
+    try:
+        original = await campaigns.js.publish(
+            streams.DISPATCH_REQUESTED, b"", headers={MSG_ID_HEADER: new_id("ev_")}, timeout=5
+        )
+    finally:
+        await campaigns.drain()
     channels = await service_bus(server, passwords, "channels")
     try:
-        letter = {MSG_ID_HEADER: f"dlq:{durable}:{new_id('ev_')}", DLQ_SUBJECT_HEADER: streams.DISPATCH_REQUESTED}
+        letter = {
+            MSG_ID_HEADER: f"dlq:{durable}:{new_id('ev_')}",
+            DLQ_SUBJECT_HEADER: streams.DISPATCH_REQUESTED,
+            DLQ_STREAM_HEADER: original.stream,
+            DLQ_SEQUENCE_HEADER: str(original.seq),
+        }
         await channels.publish_batch([(streams.CHANNELS_DISPATCH.dead_letter_subject, b"dead", letter)])
         with pytest.raises(nats.errors.TimeoutError):
             await dead_letters.replay(channels, durable)  # it may not read the dead letters, nor publish them

@@ -43,3 +43,17 @@ async def test_a_store_that_never_comes_fails_the_start(nats_bus: Bus, monkeypat
     with pytest.raises(ServerError):
         await nats_bus.ensure_streams([SPEC])
     assert len(calls) == bus_module.STREAM_CREATE_ATTEMPTS
+
+
+async def test_a_stream_is_updated_only_where_it_differs_from_the_code(nats_bus: Bus) -> None:
+    """Every start of every replica asks: an update that changes nothing would still undo a limit an administrator
+    set that the code does not configure (a review saw the dead letters' limits reverted so)."""
+    await nats_bus.ensure_streams([SPEC])
+    info = await nats_bus.js.stream_info(SPEC.name)
+    info.config.max_msgs = 1_000  # an administrator's `nats stream edit`
+    await nats_bus.js.update_stream(info.config)
+    await nats_bus.ensure_streams([SPEC])
+    assert (await nats_bus.js.stream_info(SPEC.name)).config.max_msgs == 1_000
+    await nats_bus.ensure_streams([StreamSpec(SPEC.name, SPEC.subjects, max_age_seconds=3600.0)])
+    changed = (await nats_bus.js.stream_info(SPEC.name)).config
+    assert changed.max_age == 3600.0
