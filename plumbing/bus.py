@@ -5,6 +5,7 @@ import contextlib
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -36,6 +37,7 @@ DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
 # copy, which whoever may write the dead-letter subject could have made up (services/dead_letters.py).
 DLQ_STREAM_HEADER = "Xsell-Original-Stream"
 DLQ_SEQUENCE_HEADER = "Xsell-Original-Sequence"
+DLQ_MESSAGE_ID_HEADER = "Xsell-Original-Message-Id"
 # Set on a dead letter replayed to its subject (services/dead_letters.py): the id the message had first, which
 # stays its identity for consumers' inboxes, so only the durable that dead-lettered it applies it again.
 REPLAY_OF_HEADER = "Xsell-Replay-Of"
@@ -840,7 +842,14 @@ class Consumer(Generic[M]):
             DLQ_SUBJECT_HEADER: msg.subject,
             DLQ_STREAM_HEADER: msg.metadata.stream,
             DLQ_SEQUENCE_HEADER: str(msg.metadata.sequence.stream),
+            DLQ_MESSAGE_ID_HEADER: headers.get(MSG_ID_HEADER, ""),
             MSG_ID_HEADER: f"dlq:{self.spec.durable}:{headers.get(MSG_ID_HEADER, msg.metadata.sequence.stream)}",
         }
-        await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
+        ack = await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
+        if ack.duplicate:
+            # The id was taken inside the stream's window: by this letter before a crash (a second copy is harmless:
+            # a replay applies it once), or by a message someone published first so that this letter would vanish
+            # (every durable's letters share the stream). Written again under an id no one can know.
+            dlq_headers[MSG_ID_HEADER] += f":{uuid.uuid4().hex}"
+            await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
         await msg.term()

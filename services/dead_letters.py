@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from plumbing.bus import (
     CAMPAIGN_ID_HEADER,
+    DLQ_MESSAGE_ID_HEADER,
     DLQ_REASON_HEADER,
     DLQ_SEQUENCE_HEADER,
     DLQ_STREAM_HEADER,
@@ -59,6 +60,8 @@ def _original_id(headers: dict[str, str]) -> str:
     replay that failed again keeps the first id."""
     if headers.get(REPLAY_OF_HEADER):
         return headers[REPLAY_OF_HEADER]
+    if headers.get(DLQ_MESSAGE_ID_HEADER):
+        return headers[DLQ_MESSAGE_ID_HEADER]
     own = headers.get(MSG_ID_HEADER, "")
     return own.split(":", 2)[2] if own.startswith("dlq:") and own.count(":") >= 2 else own
 

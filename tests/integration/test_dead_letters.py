@@ -146,6 +146,31 @@ async def test_a_replay_republishes_the_stored_original_never_the_letters_copy(n
         await dead_letters.replay(nats_bus, "campaigns-test")
 
 
+async def test_a_letter_whose_id_was_taken_first_is_written_all_the_same(nats_bus: Bus) -> None:
+    """Every durable's letters share the dead-letter stream and its duplicate window, and a letter's id is
+    `dlq:<durable>:<message id>`: one published first under that id, on any dead-letter subject, made the real letter
+    vanish while its message was terminated."""
+    await nats_bus.ensure_streams([StreamSpec("TEST_REPLAY", ("test.replay.>",)), DEAD_LETTER_STREAM])
+    durable = "campaigns-test"
+    taken = {"Nats-Msg-Id": f"dlq:{durable}:published-2"}
+    await nats_bus.js.publish(f"{DEAD_LETTER_PREFIX}.attribution-test", b"first", headers=taken)
+
+    async def refuse(event: SegmentPublished, delivery: Delivery) -> None:
+        raise PermanentError("this version cannot read it")
+
+    spec = ConsumerSpec("TEST_REPLAY", durable, SUBJECT, f"{DEAD_LETTER_PREFIX}.{durable}")
+    consumer = Consumer(nats_bus, spec, SegmentPublished, refuse, tracer)
+    running = asyncio.create_task(consumer.run())
+    try:
+        message = SegmentPublished(segment_id="seg_taken").SerializeToString()
+        await nats_bus.js.publish(SUBJECT, message, headers={"Nats-Msg-Id": "published-2"})
+        [letter] = await eventually(lambda: dead_letters.dead_letters(nats_bus, durable))
+        assert letter.original_message_id == "published-2" and "cannot read" in letter.reason
+    finally:
+        await consumer.stop()
+        await running
+
+
 async def test_replaying_a_seq_that_is_not_there_names_it(nats_bus: Bus) -> None:
     await nats_bus.ensure_streams([DEAD_LETTER_STREAM])
     with pytest.raises(ValueError, match=r"seq \[99\]; `list --durable campaigns-test`"):
