@@ -74,8 +74,9 @@ def nats_server_binary() -> Path:
 
 
 class NatsServer:
-    """nats-server -js on loopback, storing JetStream data under `store_dir`; with `authorization` (a config file's
-    `authorization` block, services.nats_access) only its users may connect, each to what it is allowed."""
+    """nats-server -js on loopback, storing JetStream data under `store_dir`; with `authorization` (a configuration
+    file's `accounts` block, services.nats_access.authorization_config) only its users may connect, each to what its
+    account and permissions allow."""
 
     def __init__(
         self,

@@ -67,3 +67,10 @@ class ServiceSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.var_dir / f'{service}.db').resolve()}"
+
+
+class ToolSettings(ServiceSettings):
+    """An operator tool's settings (the dead-letter tool, the NATS provisioner), run beside the services rather than
+    as one: XSELL_NATS_URL, XSELL_NATS_USER, XSELL_NATS_PASSWORD, XSELL_STREAM_REPLICAS."""
+
+    model_config = SettingsConfigDict(env_prefix="XSELL_", extra="ignore")

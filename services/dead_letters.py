@@ -17,7 +17,6 @@ deleted after its republish is acknowledged, so `list` shows what is still waiti
 import argparse
 import asyncio
 import json
-import os
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from plumbing.bus import (
     Bus,
     NatsRefused,
 )
+from plumbing.settings import ToolSettings
 from services.streams import CONSUMERS, DEAD_LETTER_PREFIX
 from services.streams import DEAD_LETTER_STREAM as DEAD_LETTER_SPEC
 
@@ -168,10 +168,11 @@ def _table(letters: list[DeadLetter]) -> str:
 
 async def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.dead_letters", description=__doc__.splitlines()[0])
-    parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    settings = ToolSettings()
+    parser.add_argument("--nats-url", default=settings.nats_url, help="default $XSELL_NATS_URL or the local server")
     parser.add_argument(
         "--nats-user",
-        default=os.environ.get("XSELL_NATS_USER", ""),
+        default=settings.nats_user,
         help="NATS user (default $XSELL_NATS_USER; `operator` may replay to any subject); the password is read "
         "from $XSELL_NATS_PASSWORD, never from the command line",
     )
@@ -187,8 +188,8 @@ async def _main(argv: Sequence[str]) -> int:
     which.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
     try:
-        bus = await Bus.connect(
-            args.nats_url, name="dead-letters", user=args.nats_user, password=os.environ.get("XSELL_NATS_PASSWORD", "")
+        bus = await Bus.of_service(
+            settings.model_copy(update={"nats_url": args.nats_url, "nats_user": args.nats_user}), "dead-letters"
         )
     except NatsRefused as error:
         print(

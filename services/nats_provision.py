@@ -9,7 +9,6 @@ JetStream API (its durables' pulls, acks and state, streams' state), so it can m
 """
 
 import asyncio
-import os
 import random
 import sys
 import time
@@ -19,6 +18,7 @@ import structlog
 from nats.js.errors import ServerError
 
 from plumbing.bus import Bus, NatsRefused
+from plumbing.settings import ToolSettings
 from services import streams
 
 log = structlog.get_logger(__name__)
@@ -50,18 +50,14 @@ async def provision(bus: Bus, replicas: int = 1, *, within: float = ATTEMPTS_SEC
 
 
 async def _main() -> int:
+    settings = ToolSettings()
     try:
-        bus = await Bus.connect(
-            os.environ.get("XSELL_NATS_URL", "nats://127.0.0.1:4222"),
-            name="nats-provision",
-            user=os.environ.get("XSELL_NATS_USER", ""),
-            password=os.environ.get("XSELL_NATS_PASSWORD", ""),
-        )
+        bus = await Bus.of_service(settings, "nats-provision")
     except NatsRefused as error:
         print(f"error: {error}; this reads XSELL_NATS_USER and XSELL_NATS_PASSWORD (user provisioner)", file=sys.stderr)
         return 2
     try:
-        await provision(bus, int(os.environ.get("XSELL_STREAM_REPLICAS", "1")))
+        await provision(bus, settings.stream_replicas)
     finally:
         await bus.drain()
     print(f"provisioned {len(streams.ALL_STREAMS)} streams and {len(streams.CONSUMERS)} durables")
