@@ -35,6 +35,8 @@ DEFAULT_PORTS = {
     "attribution": 50064,
 }
 # Prometheus /metrics of each process.
+NATS_STORE = "2GB"
+"""The JetStream store `make run` gives account XSELL: each stream may fill its share of it (services/streams.py)."""
 DEFAULT_METRICS_PORTS = {"segments": 9461, "campaigns": 9462, "channels": 9463, "attribution": 9464, "gateway": 9465}
 
 
@@ -173,7 +175,7 @@ class Stack:
         self.nats = NatsServer(
             self.var_dir / "nats",
             port=self.ports.nats,
-            authorization=nats_access.authorization_config(self.nats_passwords),
+            authorization=nats_access.authorization_config(self.nats_passwords, store=NATS_STORE),
         ).start(logs / "nats.log")
         env = self._env()
         # The services' accounts may make no stream or durable: the provisioner makes them first.

@@ -61,6 +61,9 @@ STREAM_CREATE_ATTEMPTS = 5
 STREAM_CREATE_PAUSE_SECONDS = 0.2
 """ensure_streams asks the server again, after 0.2, 0.4, ... s, when it fails to create a stream's store."""
 
+DEAD_LETTER_RETRY_SECONDS = 30.0
+"""How long a message whose dead letter could not be written waits before it is dead-lettered again."""
+
 STOP_WAIT_SECONDS = 2.0
 """How long a stop waits for the messages in hand to be handled before it gives up on them."""
 
@@ -74,6 +77,11 @@ class StreamSpec:
     # Relay retries within this window carry the same Nats-Msg-Id and are dropped by the stream.
     duplicate_window_seconds: float = 600.0
     max_age_seconds: float = 14 * 24 * 3600.0
+    store_share: float = 0.0
+    """The part of the account's JetStream store this stream may fill, where the account has a limit (NATS's
+    `accounts` block): ensure_streams makes it the stream's byte limit, and a full stream refuses new messages (their
+    publishers keep them and try again) instead of dropping its oldest or filling what the other streams need. 0: no
+    limit of its own."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,9 @@ class ConsumerSpec:
     durable: str
     filter_subject: str
     dead_letter_subject: str
-    # Bounded redelivery: after max_deliver attempts the message is dead-lettered, not retried forever.
+    # Bounded redelivery: after max_deliver attempts the message is dead-lettered, not retried forever. Counted here,
+    # not by the server (its durable redelivers without a limit): a message whose dead letter could not be written
+    # comes back, and one delivered more often than this without being settled is dead-lettered before its handler.
     max_deliver: int = 8
     ack_wait_seconds: float = 30.0
     # Back-pressure: at most this many unacknowledged messages are in flight for the durable.
@@ -258,6 +268,12 @@ class Bus:
                 )
             await _log_nats_error(error)
 
+        async def on_disconnect() -> None:
+            # nats.py calls this on a close too (a drain at shutdown, a tool finishing), with the client already
+            # closed: only a lost connection is worth a warning.
+            if not nc.is_closed:
+                log.warning("nats_disconnected")
+
         nc = NatsClient()
         try:
             await nc.connect(
@@ -271,7 +287,7 @@ class Bus:
                 # Bounded, so a shutdown never hangs on the server (the default is 30 s).
                 drain_timeout=5,
                 error_cb=on_error,
-                disconnected_cb=_log_disconnect,
+                disconnected_cb=on_disconnect,
             )
         except NatsRefused:
             await nc.close()
@@ -303,9 +319,13 @@ class Bus:
         """Creates missing streams and updates changed ones; safe to run at every start of every replica. Where this
         process may not make them (`provisioned`), only checks that they exist.
 
-        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s).
+        `replicas` is the JetStream replication factor (3 on the 3-member cluster of deploy/k8s). Where the account's
+        store has a limit, each stream with a `store_share` gets that share of it as its byte limit (per replica:
+        JetStream counts a stream's limit once for each of its replicas against the account's).
         """
+        store = -1 if self.provisioned else await self.account_store()
         for spec in specs:
+            max_bytes = int(spec.store_share * store / replicas) if store > 0 and spec.store_share else -1
             config = api.StreamConfig(
                 name=spec.name,
                 subjects=list(spec.subjects),
@@ -314,6 +334,10 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 duplicate_window=spec.duplicate_window_seconds,
                 max_age=spec.max_age_seconds,
+                max_bytes=max_bytes,
+                # A full stream refuses what comes (the outbox keeps it, a feed is told) rather than dropping its
+                # oldest messages before their durables took them.
+                discard=api.DiscardPolicy.NEW if max_bytes > 0 else api.DiscardPolicy.OLD,
             )
             for attempt in range(1, STREAM_CREATE_ATTEMPTS + 1):
                 try:
@@ -342,6 +366,12 @@ class Bus:
                         await self.js.update_stream(config)
                 break
 
+    async def account_store(self) -> int:
+        """The byte limit of this account's JetStream file store (its `jetstream { max_file }`, counted over every
+        replica), -1 when it has none of its own."""
+        limits = (await self.js.account_info()).limits
+        return limits.max_storage if limits.max_storage is not None else -1
+
     async def ensure_consumer(self, spec: ConsumerSpec) -> None:
         """Creates a durable unless it exists (idempotent); where this process may not make it (`provisioned`), only
         checks that it exists."""
@@ -350,18 +380,25 @@ class Bus:
             ack_policy=api.AckPolicy.EXPLICIT,
             deliver_policy=api.DeliverPolicy.ALL,
             filter_subject=spec.filter_subject,
-            max_deliver=spec.max_deliver,
+            # No limit on the server: the consumer counts (ConsumerSpec.max_deliver). A server that stops
+            # redelivering leaves a message neither handled nor dead-lettered when its last attempt could not write
+            # the dead letter (NATS briefly away, the dead-letter stream full).
+            max_deliver=-1,
             ack_wait=spec.ack_wait_seconds,
             max_ack_pending=spec.max_ack_pending,
         )
         try:
-            await self.js.consumer_info(spec.stream, spec.durable)
+            existing = (await self.js.consumer_info(spec.stream, spec.durable)).config
         except NotFoundError:
             if self.provisioned:
                 raise NotProvisioned(
                     f"durable {spec.durable} on {spec.stream} is missing: this process may not make it; provision "
                     "NATS first (python -m services.nats_provision)"
                 ) from None
+            await self.js.add_consumer(spec.stream, config=config)
+            return
+        if not self.provisioned and _consumer_differs(existing, config):
+            # The durable keeps its place in the stream: creating it again with another configuration updates it.
             await self.js.add_consumer(spec.stream, config=config)
 
     async def drain(self) -> None:
@@ -377,6 +414,18 @@ def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
         or existing.num_replicas != wanted.num_replicas
         or existing.max_age != wanted.max_age
         or existing.duplicate_window != wanted.duplicate_window
+        or (existing.max_bytes or -1) != wanted.max_bytes
+        or (existing.discard or api.DiscardPolicy.OLD) != wanted.discard
+    )
+
+
+def _consumer_differs(existing: api.ConsumerConfig, wanted: api.ConsumerConfig) -> bool:
+    """Whether a durable's configuration differs from the code's in what may change on a durable that exists."""
+    return (
+        existing.filter_subject != wanted.filter_subject
+        or (existing.max_deliver or -1) != wanted.max_deliver
+        or existing.max_ack_pending != wanted.max_ack_pending
+        or abs((existing.ack_wait or 0) - (wanted.ack_wait or 0)) > 0.001
     )
 
 
@@ -384,14 +433,52 @@ async def _log_nats_error(error: Exception) -> None:
     log.warning("nats_error", error=str(error))
 
 
-async def _log_disconnect() -> None:
-    log.warning("nats_disconnected")
-
-
 Handler = Callable[[M, Delivery], Awaitable[None]]
 BatchHandler = Callable[[Sequence[tuple[M, Delivery]]], Awaitable[Sequence[BaseException | None]]]
 """Handles the decoded messages of one fetch together; answers each in order: None (acknowledged) or the error its
 message is settled on as a handler's own exception would be (nak with backoff, RetryLater, PermanentError)."""
+
+
+STREAM_WATCH_SECONDS = 30.0
+"""How often StreamWatch reads the streams' state."""
+
+
+class StreamWatch:
+    """Reads how full each stream with a byte limit is (services/streams.py: a share of the account's store), for the
+    `xsell.stream.fill` gauge (XsellStreamFilling): a stream that fills refuses new messages, and its publishers'
+    events wait in their outboxes until it has room. Every service runs one over every stream, so the reading
+    survives any one of them."""
+
+    def __init__(self, bus: Bus, streams: Sequence[str], interval: float = STREAM_WATCH_SECONDS) -> None:
+        self.bus = bus
+        self.streams = streams
+        self.interval = interval
+        self._stopping = asyncio.Event()
+        self._fill = meter().create_gauge(
+            "xsell.stream.fill",
+            unit="1",
+            description="Bytes a stream holds over its byte limit (0 to 1; only streams with a limit).",
+        )
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            await self.observe()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+
+    async def observe(self) -> None:
+        for name in self.streams:
+            try:
+                info = await self.bus.js.stream_info(name)
+            except Exception as error:  # noqa: BLE001 - a missed reading only delays the gauge
+                log.debug("stream_info_failed", stream=name, error=str(error))
+                continue
+            limit = info.config.max_bytes or -1
+            if limit > 0:
+                self._fill.set((info.state.bytes or 0) / limit, {"stream": name})
+
+    async def stop(self) -> None:
+        self._stopping.set()
 
 
 class _PullFeed:
@@ -673,8 +760,15 @@ class Consumer(Generic[M]):
             "messaging.consumer.group.name": self.spec.durable,
         }
 
-    async def _dead_letter_undecodable(self, msg: Msg, headers: dict[str, str], error: DecodeError) -> None:
-        await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
+    async def _dead_letter_undecodable(self, msg: Msg, headers: dict[str, str], error: DecodeError) -> str:
+        return await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
+
+    def _unsettled(self, delivery: Delivery) -> str:
+        """The reason a message delivered more often than max_deliver is dead-lettered before its handler."""
+        return (
+            f"delivered {delivery.num_delivered} times ({self.spec.max_deliver} allowed) without being settled: a "
+            "process stopped while handling it, or its dead letter could not be written"
+        )
 
     async def _handle_one(self, msg: Msg) -> str:
         headers, delivery = self._delivery(msg)
@@ -708,12 +802,14 @@ class Consumer(Generic[M]):
 
     async def _apply(self, msg: Msg, headers: dict[str, str], delivery: Delivery, span: trace.Span) -> str:
         """Decodes and handles one message under its span; acks, naks or dead-letters it. Returns the outcome."""
+        if delivery.num_delivered > self.spec.max_deliver:
+            span.set_status(Status(StatusCode.ERROR, "never settled"))
+            return await self._dead_letter(msg, headers, self._unsettled(delivery))
         try:
             payload = self.message_type.FromString(msg.data)
         except DecodeError as error:
-            await self._dead_letter_undecodable(msg, headers, error)
             span.set_status(Status(StatusCode.ERROR, "poison message"))
-            return "dead_letter"
+            return await self._dead_letter_undecodable(msg, headers, error)
         assert self.handler is not None
         try:
             await self.handler(payload, delivery)
@@ -728,17 +824,15 @@ class Consumer(Generic[M]):
         """Dead-letters or naks a message its handler failed on, as the error says; returns the outcome."""
         num_delivered = delivery.num_delivered
         if isinstance(error, PermanentError):
-            await self._dead_letter(msg, headers, str(error))
             span.set_status(Status(StatusCode.ERROR, "permanent failure"))
-            return "dead_letter"
+            return await self._dead_letter(msg, headers, str(error))
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         if num_delivered >= self.spec.max_deliver:
             log.error(
                 "message_retries_exhausted", message_id=delivery.message_id, attempts=num_delivered, exc_info=error
             )
-            await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}")
-            return "dead_letter"
+            return await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}")
         if isinstance(error, RetryLater):
             delay = error.delay_seconds
         else:
@@ -759,11 +853,13 @@ class Consumer(Generic[M]):
         items: list[tuple[M, Delivery]] = []
         for msg in msgs:
             headers, delivery = self._delivery(msg)
+            if delivery.num_delivered > self.spec.max_deliver:
+                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, self._unsettled(delivery))))
+                continue
             try:
                 payload = self.message_type.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter_undecodable(msg, headers, error)
-                self._handled.add((self.spec.durable, "dead_letter"))
+                self._handled.add((self.spec.durable, await self._dead_letter_undecodable(msg, headers, error)))
                 continue
             taken.append((msg, headers, delivery))
             items.append((payload, delivery))
@@ -832,10 +928,28 @@ class Consumer(Generic[M]):
             otel_context.detach(span_token)
             span.end()
 
-    async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
-        """Copies the message to the dead-letter subject with the reason, then terminates it."""
+    async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> str:
+        """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter". Where the
+        letter cannot be written (NATS away, the dead-letter stream full), the message comes back after a pause to be
+        dead-lettered then: "dead_letter_failed"."""
+        try:
+            await self._write_dead_letter(msg, headers, reason)
+        except Exception as error:  # noqa: BLE001 - the message stays, redelivered (the durable has no limit)
+            log.error(
+                "dead_letter_failed",
+                message_id=headers.get(MSG_ID_HEADER),
+                reason=reason,
+                error=repr(error),
+                retry_in_s=DEAD_LETTER_RETRY_SECONDS,
+            )
+            await msg.nak(delay=DEAD_LETTER_RETRY_SECONDS)
+            return "dead_letter_failed"
+        await msg.term()
         # The message named here: a batch (_handle_batch) binds no message's fields.
         log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason)
+        return "dead_letter"
+
+    async def _write_dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
         dlq_headers = {
             **headers,
             DLQ_REASON_HEADER: reason[:1000],
@@ -852,4 +966,3 @@ class Consumer(Generic[M]):
             # (every durable's letters share the stream). Written again under an id no one can know.
             dlq_headers[MSG_ID_HEADER] += f":{uuid.uuid4().hex}"
             await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
-        await msg.term()

@@ -19,9 +19,13 @@ and durables it needs. `make run` and Kubernetes run NATS with the `accounts` bl
 Inside each account the user's permissions name the same subjects, and it reads only its own replies
 (`_INBOX_<user>.>`, plumbing.bus.inbox_prefix).
 
+XSELL's JetStream store has a limit (`store`): the provisioner gives each stream its share of it (services/streams.py),
+so one stream filling up stops only its own publishers.
+
 Kubernetes' copy is `deploy/k8s/base/nats-auth.conf` (passwords from the environment, which the NATS pods take from
-the Secret `nats-users`); a test keeps it equal to `authorization_config()`. Regenerate it with
-`python -m services.nats_access > deploy/k8s/base/nats-auth.conf`.
+the Secret `nats-users`; the store KUBERNETES_STORE); a test keeps it equal to
+`authorization_config(store=KUBERNETES_STORE)`. Regenerate it with
+`python -m services.nats_access [--store 24GB] > deploy/k8s/base/nats-auth.conf`.
 """
 
 import json
@@ -43,6 +47,24 @@ USERS = (*SERVICE_USERS, FEEDS_USER, OPERATOR_USER, PROVISIONER_USER)
 
 XSELL_ACCOUNT = "XSELL"
 """JetStream's account: the streams and durables, the provisioner and the operator."""
+
+KUBERNETES_STORE = "24GB"
+"""XSELL's file store in deploy/k8s: 8 GB on each of the 3 members (their `max_file_store` is 9GB, on a 10Gi volume:
+the rest for JetStream's own state). Counted over every replica: a stream's byte limit counts 3 times with 3
+replicas."""
+
+STORE = re.compile(r"([1-9][0-9]*)(MB|GB|TB)")
+"""A store size as the NATS configuration reads it (binary units: 1GB is 1024^3 bytes)."""
+
+
+def store_bytes(size: str) -> int:
+    """The bytes a size such as `24GB` is to NATS."""
+    matched = STORE.fullmatch(size)
+    if matched is None:
+        raise ValueError(f"store size {size!r}: write a whole number followed by MB, GB or TB, e.g. 24GB")
+    return int(matched[1]) * 1024 ** {"MB": 2, "GB": 3, "TB": 4}[matched[2]]
+
+
 FEEDS_ACCOUNT = "FEEDS"
 
 _OWN_EVENTS = {
@@ -182,9 +204,13 @@ def password_variable(user: str) -> str:
     return f"NATS_PASSWORD_{user.upper()}"
 
 
-def authorization_config(passwords: Mapping[str, str] | None = None) -> str:
+def authorization_config(passwords: Mapping[str, str] | None = None, *, store: str | None = None) -> str:
     """NATS's `accounts` block with every user: with `passwords` given, those (a local server's); without, a
-    reference to the environment variable password_variable(user) each (Kubernetes)."""
+    reference to the environment variable password_variable(user) each (Kubernetes). `store`: the limit of XSELL's
+    JetStream file store (e.g. `24GB`, over every replica); without, none of its own."""
+    jetstream = "jetstream: enabled" if store is None else f"jetstream: {{ max_file: {store} }}"
+    if store is not None:
+        store_bytes(store)  # refuses a size NATS would read otherwise
     exports: dict[Grant, list[str]] = {}  # XSELL's services, each to the accounts that import it
     for service in SERVICE_USERS:
         for grant in grants(service):
@@ -196,7 +222,7 @@ def authorization_config(passwords: Mapping[str, str] | None = None) -> str:
         "# XSELL's, and what each NATS user may do in its own.",
         "accounts {",
         f"  {XSELL_ACCOUNT}: {{",
-        "    jetstream: enabled",
+        f"    {jetstream}",
         "    users = [",
         *_users([OPERATOR_USER, PROVISIONER_USER], passwords),
         "    ]",
@@ -248,18 +274,29 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     return lines
 
 
+USAGE = "usage: python -m services.nats_access [--store SIZE] | check-env"
+
+
 def main(argv: list[str]) -> int:
-    """`python -m services.nats_access` prints Kubernetes' authorization block; `... check-env` checks the passwords
-    in the environment (the NATS pods' init container) and names each one that would stop the server."""
+    """`python -m services.nats_access [--store SIZE]` prints Kubernetes' authorization block (XSELL's store
+    KUBERNETES_STORE unless given); `... check-env` checks the passwords in the environment (the NATS pods' init
+    container) and names each one that would stop the server."""
     if argv == ["check-env"]:
         problems = password_problems(os.environ)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
-    if argv:
-        print("usage: python -m services.nats_access [check-env]", file=sys.stderr)
+    store = KUBERNETES_STORE
+    if len(argv) == 2 and argv[0] == "--store":
+        store = argv[1]
+    elif argv:
+        print(USAGE, file=sys.stderr)
         return 2
-    print(authorization_config(), end="")
+    try:
+        print(authorization_config(store=store), end="")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

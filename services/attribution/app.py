@@ -5,7 +5,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus, Consumer
+from plumbing.bus import Bus, Consumer, StreamWatch
 from plumbing.db import Database
 from plumbing.grpc_server import GrpcServer
 from plumbing.idempotency import Idempotency
@@ -31,6 +31,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "attribution")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
+    watch = StreamWatch(bus, [stream.name for stream in streams.ALL_STREAMS])
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "attribution-outbox")
@@ -72,6 +73,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("stream-watch", watch.run, watch.stop),
             *(BackgroundTask(f"consumer-{c.spec.durable}", c.run, c.stop) for c in consumers),
             BackgroundTask("lead-watch", lead_watch.run, lead_watch.stop),
         ],

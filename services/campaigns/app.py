@@ -6,7 +6,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus, Consumer
+from plumbing.bus import Bus, Consumer, StreamWatch
 from plumbing.db import Database
 from plumbing.grpc_client import client_channel
 from plumbing.grpc_server import GrpcServer
@@ -45,6 +45,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "campaigns")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
+    watch = StreamWatch(bus, [stream.name for stream in streams.ALL_STREAMS])
     # The relay publishes on a connection of its own: on the consumers' connection the server read a trigger batch's
     # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
     publisher = await Bus.of_service(settings, "campaigns-outbox")
@@ -119,6 +120,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("stream-watch", watch.run, watch.stop),
             BackgroundTask("release-runner", runner.run, runner.stop),
             BackgroundTask("delivery-consumer", delivery_consumer.run, delivery_consumer.stop),
             BackgroundTask("engagement-consumer", engagement_consumer.run, engagement_consumer.stop),

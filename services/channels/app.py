@@ -4,7 +4,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from plumbing.bus import Bus, Consumer
+from plumbing.bus import Bus, Consumer, StreamWatch
 from plumbing.db import Database
 from plumbing.grpc_server import GrpcServer
 from plumbing.idempotency import Idempotency
@@ -37,6 +37,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "channels")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
+    watch = StreamWatch(bus, [stream.name for stream in streams.ALL_STREAMS])
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "channels-outbox")
@@ -158,6 +159,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("stream-watch", watch.run, watch.stop),
             BackgroundTask("dispatch-consumer", consumer.run, consumer.stop),
             BackgroundTask("resend-consumer", resends.run, resends.stop),
             BackgroundTask("resender", resender.run, resender.stop),

@@ -6,7 +6,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing import bounces
-from plumbing.bus import Bus, Consumer
+from plumbing.bus import Bus, Consumer, StreamWatch
 from plumbing.db import Database
 from plumbing.grpc_server import GrpcServer
 from plumbing.outbox import Outbox, OutboxRelay
@@ -32,6 +32,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     await db.migrate(MIGRATIONS)
     bus = await Bus.of_service(settings, "segments")
     await bus.ensure_streams(streams.ALL_STREAMS, replicas=settings.stream_replicas)
+    watch = StreamWatch(bus, [stream.name for stream in streams.ALL_STREAMS])
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "segments-outbox")
@@ -83,6 +84,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
         server,
         tasks=[
             BackgroundTask("outbox-relay", relay.run, relay.stop),
+            BackgroundTask("stream-watch", watch.run, watch.stop),
             BackgroundTask("engagement-consumer", engagement.run, engagement.stop),
             BackgroundTask("conversion-consumer", conversion.run, conversion.stop),
             BackgroundTask("window-sweeper", sweeper.run, sweeper.stop),

@@ -368,7 +368,43 @@ def nats_violations(docs: list[Doc]) -> list[str]:
     routes = re.findall(r"nats://nats-(\d+)\.", code)
     if sorted(set(routes)) != ["0", "1", "2"]:
         problems.append(f"nats.conf: cluster routes name members {sorted(set(routes))}, expected 0, 1 and 2")
+    problems += _store_violations(docs, nats, configs, jetstream.group(1) if jetstream else "")
     return problems
+
+
+def _store_violations(docs: list[Doc], nats: Doc, configs: list[str], jetstream: str) -> list[str]:
+    """XSELL's store (over its 3 replicas) fits the members' stores, and each member's store its volume."""
+    member = re.search(r"^\s*max_file_store\s*:\s*(\S+)\s*$", jetstream, re.MULTILINE)
+    auth = "".join(find(docs, "ConfigMap", c).get("data", {}).get("nats-auth.conf", "") for c in configs)
+    account = re.search(r"^\s*jetstream\s*:\s*\{\s*max_file\s*:\s*(\S+)\s*\}", auth, re.MULTILINE)
+    if member is None or account is None:
+        return ["nats: the members' max_file_store or account XSELL's jetstream { max_file } is missing"]
+    problems = []
+    if nats_store_bytes(account[1]) > 3 * nats_store_bytes(member[1]):
+        problems.append(
+            f"nats-auth.conf: XSELL's store {account[1]} is more than 3 members' max_file_store {member[1]}: streams "
+            "would be given limits the members cannot hold"
+        )
+    volume = nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    if nats_store_bytes(member[1]) > quantity_bytes(volume):
+        problems.append(f"nats.conf: max_file_store {member[1]} is more than the members' volume {volume}")
+    return problems
+
+
+def nats_store_bytes(size: str) -> int:
+    """A NATS configuration size (binary units)."""
+    matched = re.fullmatch(r"(\d+)([KMGT])B?", size.upper())
+    if matched is None:
+        raise ValueError(f"unreadable NATS size {size!r}")
+    return int(matched[1]) * 1024 ** ("KMGT".index(matched[2]) + 1)
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes quantity such as 10Gi or 10G."""
+    matched = re.fullmatch(r"(\d+)([KMGT])(i?)", quantity)
+    if matched is None:
+        raise ValueError(f"unreadable quantity {quantity!r}")
+    return int(matched[1]) * (1024 if matched[3] else 1000) ** ("KMGT".index(matched[2]) + 1)
 
 
 def prod_violations(docs: list[Doc]) -> list[str]:

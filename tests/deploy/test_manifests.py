@@ -342,6 +342,19 @@ MUTATIONS = {
         "  sync_interval: 2m\n",
         "nats.conf: jetstream { sync_interval: always } is missing; acknowledged writes could be lost",
     ),
+    "account store over the members'": (
+        "base/nats-auth.conf",
+        "jetstream: { max_file: 24GB }",
+        "jetstream: { max_file: 30GB }",
+        "nats-auth.conf: XSELL's store 30GB is more than 3 members' max_file_store 9GB: streams would be given "
+        "limits the members cannot hold",
+    ),
+    "member store over its volume": (
+        "base/nats.conf",
+        "  max_file_store: 9GB\n",
+        "  max_file_store: 11GB\n",
+        "nats.conf: max_file_store 11GB is more than the members' volume 10Gi",
+    ),
     "single nats member": (
         "base/nats.yaml",
         "  replicas: 3\n",

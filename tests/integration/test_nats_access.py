@@ -391,11 +391,13 @@ async def _stream_state(server: NatsServer, passwords: dict[str, str], stream: s
 
 def test_the_kubernetes_nats_authorization_is_the_generated_one() -> None:
     """deploy/k8s/base/nats-auth.conf: `python -m services.nats_access > deploy/k8s/base/nats-auth.conf`."""
-    assert (ROOT / "deploy/k8s/base/nats-auth.conf").read_text() == nats_access.authorization_config()
+    assert (ROOT / "deploy/k8s/base/nats-auth.conf").read_text() == nats_access.authorization_config(
+        store=nats_access.KUBERNETES_STORE
+    )
 
 
 def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
-    rendered = nats_access.authorization_config()
+    rendered = (ROOT / "deploy/k8s/base/nats-auth.conf").read_text()
     for user in nats_access.USERS:
         assert f"user: {user}, password: ${nats_access.password_variable(user)}" in rendered
 
@@ -403,7 +405,9 @@ def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
 @pytest.mark.parametrize("password", ["12345678901234567", "2k", "true", "abc defghijklmnopq", "$abcdefghijklmnopq"])
 def test_a_password_nats_would_misread_is_named_before_the_server_starts(tmp_path: Path, password: str) -> None:
     """Each of these stops the real server (a panic or a syntax error); the init container's check names the key."""
-    (tmp_path / "nats.conf").write_text("listen: 127.0.0.1:-1\n" + nats_access.authorization_config())
+    (tmp_path / "nats.conf").write_text(
+        "listen: 127.0.0.1:-1\n" + (ROOT / "deploy/k8s/base/nats-auth.conf").read_text()
+    )
     environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
     environment[nats_access.password_variable("feeds")] = password
     binary = str(Path(sys.executable).parent / "nats-server")
@@ -422,7 +426,9 @@ async def test_the_passwords_the_check_allows_are_read_as_they_are(tmp_path: Pat
     environment[nats_access.password_variable("feeds")] = "dev-nats-feeds_Password-1"
     assert nats_access.password_problems(environment) == []
     server = NatsServer(
-        tmp_path / "nats", authorization=nats_access.authorization_config(), environment=environment
+        tmp_path / "nats",
+        authorization=(ROOT / "deploy/k8s/base/nats-auth.conf").read_text(),
+        environment=environment,
     ).start()
     try:
         for user in ("feeds", "operator"):

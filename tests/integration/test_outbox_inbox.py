@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from nats.js import api
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -15,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 
 from plumbing import outbox as outbox_module
-from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PublishFailed, StreamSpec
 from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.outbox import Inbox, Outbox, OutboxRelay, inbox_table, outbox_table, utcnow
@@ -105,6 +106,33 @@ async def test_relay_that_dies_before_marking_republishes_and_stream_drops_dupli
             await session.execute(select(outbox_t.c.published_at).where(outbox_t.c.event_id == event_id))
         ).scalar_one()
     assert published_at is not None
+
+
+async def test_a_full_stream_leaves_the_events_in_the_outbox_until_it_has_room(setup) -> None:  # type: ignore[no-untyped-def]
+    """A stream at its byte limit refuses new messages (services/streams.py: discard new): the relay publishes none
+    of its batch for good, marks nothing, and publishes them all once the stream has room."""
+    db, bus, outbox_t, _, _, subject = setup
+    stream = await bus.js.find_stream_name_by_subject(subject)
+    config = (await bus.js.stream_info(stream)).config
+    config.max_bytes, config.discard = 4_000, api.DiscardPolicy.NEW
+    await bus.js.update_stream(config)
+    outbox = Outbox(outbox_t)
+    async with db.transaction() as session:
+        for number in range(30):
+            await outbox.add(session, subject, SegmentPublished(segment_id=f"seg_{number:02}" + "x" * 100))
+    relay = OutboxRelay(db, outbox_t, bus, tracer)
+    with pytest.raises(PublishFailed, match="maximum bytes exceeded"):
+        await relay.publish_pending()
+    stored = await _stream_count(bus, subject)
+    assert 0 < stored < 30
+    async with db.transaction() as session:
+        published = (await session.execute(select(func.count()).where(outbox_t.c.published_at.is_not(None)))).scalar()
+    assert published == 0
+
+    config.max_bytes = -1
+    await bus.js.update_stream(config)
+    assert await relay.publish_pending() == 30
+    assert await _stream_count(bus, subject) == 30  # those stored before were dropped as duplicates
 
 
 async def test_redelivered_message_is_applied_once(setup) -> None:  # type: ignore[no-untyped-def]

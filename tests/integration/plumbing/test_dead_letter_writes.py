@@ -1,0 +1,138 @@
+"""A message is never left neither handled nor dead-lettered, on a real NATS server: a dead letter that cannot be
+written brings the message back, one delivered more often than allowed without being settled is dead-lettered before
+its handler, and durables made with a server-side limit lose it at the next start."""
+
+import asyncio
+
+import pytest
+from nats.js import api
+from opentelemetry import trace
+
+from plumbing import bus as bus_module
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
+from plumbing.ids import new_id
+from tests.waiting import eventually
+from xsell.segments.v1.events_pb2 import SegmentPublished
+
+TRACER = trace.get_tracer("test")
+
+
+async def _setup(bus: Bus, max_deliver: int = 8) -> tuple[ConsumerSpec, str, str]:
+    suffix = new_id().lower()
+    stream, dead_letters = f"DLW_{suffix}".upper(), f"DLWQ_{suffix}".upper()
+    await bus.ensure_streams([StreamSpec(stream, (f"dlw.{suffix}.>",)), StreamSpec(dead_letters, (f"dlwq.{suffix}",))])
+    spec = ConsumerSpec(
+        stream=stream,
+        durable=f"dlw-{suffix}",
+        filter_subject=f"dlw.{suffix}.event",
+        dead_letter_subject=f"dlwq.{suffix}",
+        max_deliver=max_deliver,
+        ack_wait_seconds=1.0,
+    )
+    return spec, stream, dead_letters
+
+
+async def _letters(bus: Bus, stream: str) -> list[dict[str, str]]:
+    state = (await bus.js.stream_info(stream)).state
+    return [
+        dict((await bus.js.get_msg(stream, seq)).headers or {}) for seq in range(state.first_seq, state.last_seq + 1)
+    ][: state.messages]
+
+
+async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
+    nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter stream is full when the last attempt fails: the message is not terminated; it comes back and
+    is dead-lettered once the stream has room. (Before, with the limit on the server, that attempt's failure left it
+    on the server, never delivered again and never dead-lettered.)"""
+    monkeypatch.setattr(bus_module, "DEAD_LETTER_RETRY_SECONDS", 0.2)
+    spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
+    config = (await nats_bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await nats_bus.js.update_stream(config)
+    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)  # nearly full: no letter fits
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
+    attempts: list[int] = []
+
+    async def failing(event: SegmentPublished, delivery: Delivery) -> None:
+        attempts.append(delivery.num_delivered)
+        raise RuntimeError("the database is away")
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, failing, TRACER)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _delivered_at_least(nats_bus, spec, 4))
+        assert (await nats_bus.js.stream_info(dead_letters)).state.messages == 1
+        config.max_bytes = -1
+        await nats_bus.js.update_stream(config)
+        await eventually(lambda: _count(nats_bus, dead_letters, 2))
+    finally:
+        await consumer.stop()
+        await task
+    assert attempts == [1, 2]  # after its last attempt, only its dead letter is written again
+    letters = await _letters(nats_bus, dead_letters)
+    assert letters[-1]["Xsell-Dlq-Reason"].startswith("delivered ")
+    info = await nats_bus.js.consumer_info(stream, spec.durable)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_message_delivered_more_often_than_allowed_is_dead_lettered_before_its_handler(nats_bus: Bus) -> None:
+    """A message whose handling never settled (the process stopped each time) is not handled once more."""
+    spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
+    await nats_bus.ensure_consumer(spec)
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
+    taken = await nats_bus.js.pull_subscribe_bind(spec.durable, stream)
+    for _ in range(2):  # delivered twice, never acknowledged: as a process that died while handling it
+        (message,) = await taken.fetch(1, timeout=5)
+    await taken.unsubscribe()
+    assert message.metadata.num_delivered == 2
+    handled: list[str] = []
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        handled.append(event.segment_id)
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, TRACER)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _count(nats_bus, dead_letters, 1))
+    finally:
+        await consumer.stop()
+        await task
+    assert handled == []
+    (letter,) = await _letters(nats_bus, dead_letters)
+    assert letter["Xsell-Dlq-Reason"].startswith("delivered 3 times (2 allowed) without being settled")
+
+
+async def test_a_durable_made_with_a_server_side_limit_loses_it_and_keeps_its_place(nats_bus: Bus) -> None:
+    spec, stream, _ = await _setup(nats_bus)
+    for number in range(3):
+        await nats_bus.js.publish(spec.filter_subject, f"{number}".encode())
+    await nats_bus.js.add_consumer(
+        stream,
+        config=api.ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            filter_subject=spec.filter_subject,
+            max_deliver=spec.max_deliver,
+            ack_wait=spec.ack_wait_seconds,
+            max_ack_pending=spec.max_ack_pending,
+        ),
+    )
+    taken = await nats_bus.js.pull_subscribe_bind(spec.durable, stream)
+    (first,) = await taken.fetch(1, timeout=5)
+    await first.ack_sync()
+    await taken.unsubscribe()
+    await nats_bus.ensure_consumer(spec)
+    info = await nats_bus.js.consumer_info(stream, spec.durable)
+    assert info.config.max_deliver == -1
+    assert (info.delivered.stream_seq, info.num_pending) == (1, 2)
+
+
+async def _count(bus: Bus, stream: str, at_least: int) -> bool:
+    return (await bus.js.stream_info(stream)).state.messages >= at_least
+
+
+async def _delivered_at_least(bus: Bus, spec: ConsumerSpec, times: int) -> bool:
+    info = await bus.js.consumer_info(spec.stream, spec.durable)
+    return (info.num_redelivered or 0) >= 1 and (info.delivered.consumer_seq or 0) >= times
