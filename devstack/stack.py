@@ -35,7 +35,7 @@ DEFAULT_PORTS = {
     "attribution": 50064,
 }
 # Prometheus /metrics of each process.
-NATS_STORE = "2GB"
+NATS_STORE = "1GB"
 """The JetStream store `make run` gives account XSELL: each stream may fill its share of it (services/streams.py)."""
 DEFAULT_METRICS_PORTS = {"segments": 9461, "campaigns": 9462, "channels": 9463, "attribution": 9464, "gateway": 9465}
 

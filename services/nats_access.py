@@ -22,10 +22,9 @@ Inside each account the user's permissions name the same subjects, and it reads 
 XSELL's JetStream store has a limit (`store`): the provisioner gives each stream its share of it (services/streams.py),
 so one stream filling up stops only its own publishers.
 
-Kubernetes' copy is `deploy/k8s/base/nats-auth.conf` (passwords from the environment, which the NATS pods take from
-the Secret `nats-users`; the store KUBERNETES_STORE); a test keeps it equal to
-`authorization_config(store=KUBERNETES_STORE)`. Regenerate it with
-`python -m services.nats_access [--store 24GB] > deploy/k8s/base/nats-auth.conf`.
+Kubernetes' copy is `deploy/k8s/base/nats-auth.conf` (passwords and XSELL's store from the environment, which the NATS
+pods take from the Secret `nats-users` and their own env); a test keeps it equal to `kubernetes_config()`. Regenerate
+it with `python -m services.nats_access > deploy/k8s/base/nats-auth.conf`.
 """
 
 import json
@@ -48,10 +47,13 @@ USERS = (*SERVICE_USERS, FEEDS_USER, OPERATOR_USER, PROVISIONER_USER)
 XSELL_ACCOUNT = "XSELL"
 """JetStream's account: the streams and durables, the provisioner and the operator."""
 
-KUBERNETES_STORE = "24GB"
-"""XSELL's file store in deploy/k8s: 8 GB on each of the 3 members (their `max_file_store` is 9GB, on a 10Gi volume:
-the rest for JetStream's own state). Counted over every replica: a stream's byte limit counts 3 times with 3
-replicas."""
+STORE_VARIABLE = "NATS_XSELL_STORE"
+"""Where the NATS pods in Kubernetes read XSELL's file store from (24GB in the base: 8 GB on each of the 3 members).
+Counted over every replica: a stream's byte limit counts 3 times with 3 replicas."""
+MEMBER_STORE_VARIABLE = "NATS_MAX_FILE_STORE"
+"""And each member's own JetStream file store (nats.conf's `max_file_store`: 9GB on a 10Gi volume in the base, the
+rest of it JetStream's own state)."""
+CLUSTER_MEMBERS = 3
 
 STORE = re.compile(r"([1-9][0-9]*)(MB|GB|TB)")
 """A store size as the NATS configuration reads it (binary units: 1GB is 1024^3 bytes)."""
@@ -183,6 +185,27 @@ def new_password() -> str:
     return "n" + secrets.token_hex(16)
 
 
+def store_problems(environment: Mapping[str, str]) -> list[str]:
+    """What is wrong with the JetStream store sizes in `environment` (the NATS pods' check before the server starts):
+    each must be one NATS reads as a size, and XSELL's must fit the members' stores."""
+    problems = []
+    for variable in (MEMBER_STORE_VARIABLE, STORE_VARIABLE):
+        value = environment.get(variable)
+        if not value:
+            problems.append(f"{variable} is not set: give the StatefulSet nats a size such as 24GB")
+        elif not STORE.fullmatch(value):
+            problems.append(f"{variable} {value!r}: write a whole number followed by MB, GB or TB, e.g. 24GB")
+    if problems:
+        return problems
+    member, xsell = environment[MEMBER_STORE_VARIABLE], environment[STORE_VARIABLE]
+    if store_bytes(xsell) > CLUSTER_MEMBERS * store_bytes(member):
+        problems.append(
+            f"{STORE_VARIABLE} {xsell} is more than the {CLUSTER_MEMBERS} members' {MEMBER_STORE_VARIABLE} {member}: "
+            "the streams would be given byte limits the members cannot hold"
+        )
+    return problems
+
+
 def password_problems(environment: Mapping[str, str]) -> list[str]:
     """What is wrong with the NATS users' passwords in `environment` (the NATS pods' check before the server starts)."""
     problems = []
@@ -207,9 +230,10 @@ def password_variable(user: str) -> str:
 def authorization_config(passwords: Mapping[str, str] | None = None, *, store: str | None = None) -> str:
     """NATS's `accounts` block with every user: with `passwords` given, those (a local server's); without, a
     reference to the environment variable password_variable(user) each (Kubernetes). `store`: the limit of XSELL's
-    JetStream file store (e.g. `24GB`, over every replica); without, none of its own."""
+    JetStream file store (e.g. `24GB`, over every replica, or a `$VARIABLE` NATS reads it from); without, none of
+    its own."""
     jetstream = "jetstream: enabled" if store is None else f"jetstream: {{ max_file: {store} }}"
-    if store is not None:
+    if store is not None and not store.startswith("$"):
         store_bytes(store)  # refuses a size NATS would read otherwise
     exports: dict[Grant, list[str]] = {}  # XSELL's services, each to the accounts that import it
     for service in SERVICE_USERS:
@@ -253,6 +277,11 @@ def authorization_config(passwords: Mapping[str, str] | None = None, *, store: s
     return "\n".join(lines)
 
 
+def kubernetes_config() -> str:
+    """deploy/k8s/base/nats-auth.conf: passwords and XSELL's store from the NATS pods' environment."""
+    return authorization_config(store=f"${STORE_VARIABLE}")
+
+
 def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     lines = []
     for user in users:
@@ -274,29 +303,19 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     return lines
 
 
-USAGE = "usage: python -m services.nats_access [--store SIZE] | check-env"
-
-
 def main(argv: list[str]) -> int:
-    """`python -m services.nats_access [--store SIZE]` prints Kubernetes' authorization block (XSELL's store
-    KUBERNETES_STORE unless given); `... check-env` checks the passwords in the environment (the NATS pods' init
-    container) and names each one that would stop the server."""
+    """`python -m services.nats_access` prints Kubernetes' authorization block; `... check-env` checks the passwords
+    and store sizes in the environment (the NATS pods' init container) and names each one that would stop the server
+    or leave the streams limits the members cannot hold."""
     if argv == ["check-env"]:
-        problems = password_problems(os.environ)
+        problems = password_problems(os.environ) + store_problems(os.environ)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
-    store = KUBERNETES_STORE
-    if len(argv) == 2 and argv[0] == "--store":
-        store = argv[1]
-    elif argv:
-        print(USAGE, file=sys.stderr)
+    if argv:
+        print("usage: python -m services.nats_access [check-env]", file=sys.stderr)
         return 2
-    try:
-        print(authorization_config(store=store), end="")
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(kubernetes_config(), end="")
     return 0
 
 

@@ -30,16 +30,16 @@ DEAD_LETTER_PREFIX = "xsell.dlq"
 # NATS gives account XSELL a limit (`make run`, Kubernetes: services/nats_access.py); the shares add up to the whole,
 # so a stream that fills up (a feed sending without end, a release far larger than the store was sized for) stops
 # its own publishers only. Sized for what each keeps: every message for max_age (docs/deploy.md#jetstream-storage).
-SEGMENTS_STREAM = StreamSpec("XSELL_SEGMENTS", ("xsell.segments.>",), store_share=0.10)
+SEGMENTS_STREAM = StreamSpec("XSELL_SEGMENTS", ("xsell.segments.>",), store_share=0.06)
 # An outreach's OutreachCreated and DispatchRequested (or HoldoutAssigned): the largest by far.
-CAMPAIGNS_STREAM = StreamSpec("XSELL_CAMPAIGNS", ("xsell.campaigns.>",), store_share=0.30)
+CAMPAIGNS_STREAM = StreamSpec("XSELL_CAMPAIGNS", ("xsell.campaigns.>",), store_share=0.40)
 # Several DeliveryUpdated per message, and engagement.
 CHANNELS_STREAM = StreamSpec("XSELL_CHANNELS", ("xsell.channels.>",), store_share=0.25)
-ATTRIBUTION_STREAM = StreamSpec("XSELL_ATTRIBUTION", ("xsell.attribution.>",), store_share=0.05)
+ATTRIBUTION_STREAM = StreamSpec("XSELL_ATTRIBUTION", ("xsell.attribution.>",), store_share=0.04)
 # Inbound bulk feeds: published by the institution's systems, not by an xsell service. Kept 4 days, not 14: a nightly
 # full dump of every profile would otherwise be kept 14 times over. A feed's dead letter can be replayed for 4 days
 # (over a weekend).
-INGEST_STREAM = StreamSpec("XSELL_INGEST", ("xsell.ingest.>",), max_age_seconds=4 * 24 * 3600.0, store_share=0.25)
+INGEST_STREAM = StreamSpec("XSELL_INGEST", ("xsell.ingest.>",), max_age_seconds=4 * 24 * 3600.0, store_share=0.20)
 # Dead letters are kept a month so an operator can inspect and replay them.
 DEAD_LETTER_STREAM = StreamSpec(
     "XSELL_DLQ", (f"{DEAD_LETTER_PREFIX}.>",), max_age_seconds=30 * 24 * 3600.0, store_share=0.05

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from services import nats_access
+
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 OVERLAYS = ("dev", "prod")
@@ -373,30 +375,24 @@ def nats_violations(docs: list[Doc]) -> list[str]:
 
 
 def _store_violations(docs: list[Doc], nats: Doc, configs: list[str], jetstream: str) -> list[str]:
-    """XSELL's store (over its 3 replicas) fits the members' stores, and each member's store its volume."""
-    member = re.search(r"^\s*max_file_store\s*:\s*(\S+)\s*$", jetstream, re.MULTILINE)
-    auth = "".join(find(docs, "ConfigMap", c).get("data", {}).get("nats-auth.conf", "") for c in configs)
-    account = re.search(r"^\s*jetstream\s*:\s*\{\s*max_file\s*:\s*(\S+)\s*\}", auth, re.MULTILINE)
-    if member is None or account is None:
-        return ["nats: the members' max_file_store or account XSELL's jetstream { max_file } is missing"]
+    """The members' store and XSELL's come from the pods' env, agree, and the members' fits their volume."""
     problems = []
-    if nats_store_bytes(account[1]) > 3 * nats_store_bytes(member[1]):
-        problems.append(
-            f"nats-auth.conf: XSELL's store {account[1]} is more than 3 members' max_file_store {member[1]}: streams "
-            "would be given limits the members cannot hold"
-        )
+    auth = "".join(find(docs, "ConfigMap", c).get("data", {}).get("nats-auth.conf", "") for c in configs)
+    if not re.search(rf"^\s*max_file_store\s*:\s*\${nats_access.MEMBER_STORE_VARIABLE}\s*$", jetstream, re.MULTILINE):
+        problems.append(f"nats.conf: max_file_store is not ${nats_access.MEMBER_STORE_VARIABLE}")
+    if f"jetstream: {{ max_file: ${nats_access.STORE_VARIABLE} }}" not in auth:
+        problems.append(f"nats-auth.conf: XSELL's jetstream {{ max_file }} is not ${nats_access.STORE_VARIABLE}")
     volume = nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    if nats_store_bytes(member[1]) > quantity_bytes(volume):
-        problems.append(f"nats.conf: max_file_store {member[1]} is more than the members' volume {volume}")
+    for container in [*pod_spec(nats).get("initContainers", []), *pod_spec(nats)["containers"]]:
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        problems += [f"nats {container['name']}: {p}" for p in nats_access.store_problems(env)]
+        member = env.get(nats_access.MEMBER_STORE_VARIABLE, "")
+        if nats_access.STORE.fullmatch(member) and nats_access.store_bytes(member) > quantity_bytes(volume):
+            problems.append(
+                f"nats {container['name']}: {nats_access.MEMBER_STORE_VARIABLE} {member} is more than the members' "
+                f"volume {volume}"
+            )
     return problems
-
-
-def nats_store_bytes(size: str) -> int:
-    """A NATS configuration size (binary units)."""
-    matched = re.fullmatch(r"(\d+)([KMGT])B?", size.upper())
-    if matched is None:
-        raise ValueError(f"unreadable NATS size {size!r}")
-    return int(matched[1]) * 1024 ** ("KMGT".index(matched[2]) + 1)
 
 
 def quantity_bytes(quantity: str) -> int:

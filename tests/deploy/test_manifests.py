@@ -119,7 +119,14 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
         ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
         if ref:
             env[variable["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
-    assert set(env) == {"SERVER_NAME", *(nats_access.password_variable(u) for u in nats_access.USERS)}
+        elif "value" in variable:
+            env[variable["name"]] = variable["value"]
+    assert set(env) == {
+        "SERVER_NAME",
+        nats_access.MEMBER_STORE_VARIABLE,
+        nats_access.STORE_VARIABLE,
+        *(nats_access.password_variable(u) for u in nats_access.USERS),
+    }
     binary = str(Path(sys.executable).parent / "nats-server")
     checked = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
@@ -343,17 +350,27 @@ MUTATIONS = {
         "nats.conf: jetstream { sync_interval: always } is missing; acknowledged writes could be lost",
     ),
     "account store over the members'": (
-        "base/nats-auth.conf",
-        "jetstream: { max_file: 24GB }",
-        "jetstream: { max_file: 30GB }",
-        "nats-auth.conf: XSELL's store 30GB is more than 3 members' max_file_store 9GB: streams would be given "
-        "limits the members cannot hold",
+        "base/nats.yaml",
+        'together (docs/deploy.md, "JetStream storage"); the init container checks they agree.\n'
+        "            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n"
+        "            - name: NATS_XSELL_STORE\n              value: 24GB\n",
+        "together.\n            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n"
+        "            - name: NATS_XSELL_STORE\n              value: 30GB\n",
+        "nats nats: NATS_XSELL_STORE 30GB is more than the 3 members' NATS_MAX_FILE_STORE 9GB: the streams "
+        "would be given byte limits the members cannot hold",
     ),
     "member store over its volume": (
+        "base/nats.yaml",
+        "            # As the nats container's, to check them.\n"
+        "            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n",
+        "            - name: NATS_MAX_FILE_STORE\n              value: 11GB\n",
+        "nats check-config: NATS_MAX_FILE_STORE 11GB is more than the members' volume 10Gi",
+    ),
+    "member store written in the file": (
         "base/nats.conf",
+        "  max_file_store: $NATS_MAX_FILE_STORE\n",
         "  max_file_store: 9GB\n",
-        "  max_file_store: 11GB\n",
-        "nats.conf: max_file_store 11GB is more than the members' volume 10Gi",
+        "nats.conf: max_file_store is not $NATS_MAX_FILE_STORE",
     ),
     "single nats member": (
         "base/nats.yaml",

@@ -44,6 +44,8 @@ from xsell.segments.v1 import service_pb2 as api
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.xdist_group("nats-access")
+KUBERNETES_STORES = {nats_access.MEMBER_STORE_VARIABLE: "9GB", nats_access.STORE_VARIABLE: "24GB"}
+"""The store sizes the NATS pods get in deploy/k8s/base/nats.yaml."""
 TRACER = TracerProvider().get_tracer("test")
 
 
@@ -391,9 +393,7 @@ async def _stream_state(server: NatsServer, passwords: dict[str, str], stream: s
 
 def test_the_kubernetes_nats_authorization_is_the_generated_one() -> None:
     """deploy/k8s/base/nats-auth.conf: `python -m services.nats_access > deploy/k8s/base/nats-auth.conf`."""
-    assert (ROOT / "deploy/k8s/base/nats-auth.conf").read_text() == nats_access.authorization_config(
-        store=nats_access.KUBERNETES_STORE
-    )
+    assert (ROOT / "deploy/k8s/base/nats-auth.conf").read_text() == nats_access.kubernetes_config()
 
 
 def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
@@ -408,7 +408,9 @@ def test_a_password_nats_would_misread_is_named_before_the_server_starts(tmp_pat
     (tmp_path / "nats.conf").write_text(
         "listen: 127.0.0.1:-1\n" + (ROOT / "deploy/k8s/base/nats-auth.conf").read_text()
     )
-    environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
+    environment = KUBERNETES_STORES | {
+        nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS
+    }
     environment[nats_access.password_variable("feeds")] = password
     binary = str(Path(sys.executable).parent / "nats-server")
     server = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=environment, capture_output=True)
@@ -422,7 +424,9 @@ def test_a_password_nats_would_misread_is_named_before_the_server_starts(tmp_pat
 async def test_the_passwords_the_check_allows_are_read_as_they_are(tmp_path: Path) -> None:
     """The Kubernetes configuration (passwords from the environment) on a real server: each user logs in with the
     password exactly as the Secret holds it."""
-    environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
+    environment = KUBERNETES_STORES | {
+        nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS
+    }
     environment[nats_access.password_variable("feeds")] = "dev-nats-feeds_Password-1"
     assert nats_access.password_problems(environment) == []
     server = NatsServer(

@@ -3,6 +3,7 @@ stream may fill its share of XSELL's store, and one that is full refuses what co
 the other streams go on."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -51,7 +52,7 @@ def test_the_shares_of_the_store_add_up_to_the_whole_at_most() -> None:
     """Over the whole, JetStream refuses to make the last stream (it reserves each stream's limit)."""
     shares = [spec.store_share for spec in streams.ALL_STREAMS]
     assert all(share > 0 for share in shares)
-    assert sum(shares) <= 1.0
+    assert round(sum(shares), 9) <= 1.0
 
 
 async def test_each_stream_may_fill_its_share_of_the_account_store(
@@ -151,3 +152,28 @@ def test_the_store_size_is_written_as_nats_reads_it() -> None:
     for wrong in ("24G", "24 GB", "0GB", "1.5GB", "24gb"):
         with pytest.raises(ValueError, match="whole number followed by MB, GB or TB"):
             nats_access.authorization_config(store=wrong)
+        assert nats_access.store_problems({"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": wrong}) == [
+            f"NATS_XSELL_STORE {wrong!r}: write a whole number followed by MB, GB or TB, e.g. 24GB"
+        ]
+    assert nats_access.store_problems({"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": "27GB"}) == []
+    assert nats_access.store_problems({"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": "28GB"}) == [
+        "NATS_XSELL_STORE 28GB is more than the 3 members' NATS_MAX_FILE_STORE 9GB: the streams would be given byte "
+        "limits the members cannot hold"
+    ]
+
+
+async def test_the_kubernetes_store_sizes_are_read_by_the_real_server(tmp_path: Path) -> None:
+    """nats.conf and nats-auth.conf take them from the pods' env: NATS reads `24GB` from there as a size."""
+    environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
+    environment |= {"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": "24GB"}
+    server = NatsServer(tmp_path / "nats", authorization=nats_access.kubernetes_config(), environment=environment)
+    server.start()
+    try:
+        password = environment[nats_access.password_variable("provisioner")]
+        bus = await Bus.connect(server.url, "test-provision", user="provisioner", password=password)
+        try:
+            assert await bus.account_store() == 24 * 1024**3
+        finally:
+            await bus.drain()
+    finally:
+        server.stop()
