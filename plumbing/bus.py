@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import time
@@ -38,6 +39,7 @@ DLQ_SUBJECT_HEADER = "Xsell-Original-Subject"
 DLQ_STREAM_HEADER = "Xsell-Original-Stream"
 DLQ_SEQUENCE_HEADER = "Xsell-Original-Sequence"
 DLQ_MESSAGE_ID_HEADER = "Xsell-Original-Message-Id"
+DLQ_PAYLOAD_OMITTED_HEADER = "Xsell-Dlq-Payload-Omitted"
 # Set on a dead letter replayed to its subject (services/dead_letters.py): the id the message had first, which
 # stays its identity for consumers' inboxes, so only the durable that dead-lettered it applies it again.
 REPLAY_OF_HEADER = "Xsell-Replay-Of"
@@ -57,12 +59,23 @@ PULL_EXPIRES_SECONDS = 5.0
 REFUSED_PULL_PAUSE_SECONDS = 0.05
 """The pause before asking again when the server ended a pull request early with an error status."""
 
+INSUFFICIENT_RESOURCES = 10047
+"""JetStream's error code for a stream whose limits the account's (or the server's) store cannot reserve."""
+
 STREAM_CREATE_ATTEMPTS = 5
 STREAM_CREATE_PAUSE_SECONDS = 0.2
 """ensure_streams asks the server again, after 0.2, 0.4, ... s, when it fails to create a stream's store."""
 
+DEAD_LETTER_HOLD_SECONDS = 300.0
+"""How long a consumer holds a message whose dead letter cannot be written (the dead-letter stream full, NATS away),
+writing it again with growing pauses and telling the server it is still in hand, before giving the message back."""
 DEAD_LETTER_RETRY_SECONDS = 30.0
-"""How long a message whose dead letter could not be written waits before it is dead-lettered again."""
+"""How long a message given back that way waits before it is delivered again (and dead-lettered then, without its
+handler: it was delivered more often than allowed)."""
+DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
+"""A larger message's dead letter goes without its payload (DLQ_PAYLOAD_OMITTED_HEADER gives its size): a replay
+republishes the stored original anyway, and a feed's 1 MB batch with the letter's headers would pass NATS's maximum
+payload (the server then closes the connection) and fill the dead-letter stream's share 20 letters a megabyte."""
 
 STOP_WAIT_SECONDS = 2.0
 """How long a stop waits for the messages in hand to be handled before it gives up on them."""
@@ -183,6 +196,8 @@ class Bus:
         self.nc = nc
         self.api_prefix = api_prefix
         self.provisioned = api_prefix != api.DEFAULT_PREFIX
+        self.closing = False
+        """Set by drain: a disconnect from now on is this process's own doing."""
         self.js: JetStreamContext = nc.jetstream(prefix=api_prefix)
         self._ack_inbox: str | None = None
         self._ack_inbox_ready = asyncio.Lock()
@@ -268,11 +283,13 @@ class Bus:
                 )
             await _log_nats_error(error)
 
+        bus: Bus | None = None
+
         async def on_disconnect() -> None:
-            # nats.py calls this on a close too (a drain at shutdown, a tool finishing), with the client already
-            # closed: only a lost connection is worth a warning.
-            if not nc.is_closed:
-                log.warning("nats_disconnected")
+            # nats.py calls this on our own close too (a drain at shutdown, a tool finishing): only a connection lost
+            # or closed by the server (its last error says why, e.g. a maximum payload exceeded) is worth a warning.
+            if bus is None or not bus.closing:
+                log.warning("nats_disconnected", error=str(nc.last_error) if nc.last_error else None)
 
         nc = NatsClient()
         try:
@@ -293,7 +310,8 @@ class Bus:
             await nc.close()
             raise
         connecting = False
-        return cls(nc, api_prefix)
+        bus = cls(nc, api_prefix)
+        return bus
 
     @classmethod
     async def of_service(cls, settings: ServiceSettings, name: str) -> "Bus":
@@ -360,11 +378,45 @@ class Bus:
                         await asyncio.sleep(STREAM_CREATE_PAUSE_SECONDS * attempt)
                         continue
                 else:
-                    # Only what differs from the code: every start of every replica asks, and an unneeded update
-                    # would undo a limit an administrator set on a stream the code does not configure otherwise.
-                    if not self.provisioned and _differs(existing, config):
-                        await self.js.update_stream(config)
+                    if not self.provisioned:
+                        await self._update_stream(existing, config, store)
                 break
+
+    async def _update_stream(self, existing: api.StreamConfig, wanted: api.StreamConfig, store: int) -> None:
+        """Updates a stream where it differs from the code (every start of every replica asks, and an unneeded update
+        would undo a limit an administrator set on what the code does not configure). Keeps its byte limit where
+        this connection sees no store limit (a NATS member still on an older configuration during a rollout) and
+        where NATS refuses the new one (a store made smaller than what the streams already reserve)."""
+        if store <= 0 and (existing.max_bytes or -1) > 0:
+            wanted = dataclasses.replace(wanted, max_bytes=existing.max_bytes, discard=existing.discard)
+        if not _differs(existing, wanted):
+            return
+        try:
+            await self.js.update_stream(wanted)
+        except ServerError as error:
+            if error.err_code != INSUFFICIENT_RESOURCES or (existing.max_bytes or -1) == wanted.max_bytes:
+                raise
+            log.error(
+                "stream_limit_refused",
+                stream=wanted.name,
+                max_bytes=wanted.max_bytes,
+                kept_max_bytes=existing.max_bytes,
+                error=str(error),
+                fix="the account's store is smaller than what the streams reserve: lower each stream's max bytes "
+                "first (docs/deploy.md, JetStream storage)",
+            )
+            wanted = dataclasses.replace(wanted, max_bytes=existing.max_bytes, discard=existing.discard)
+            if _differs(existing, wanted):
+                await self.js.update_stream(wanted)
+        state = (await self.js.stream_info(str(wanted.name))).state
+        if (wanted.max_bytes or -1) > 0 and (state.bytes or 0) > (wanted.max_bytes or 0):
+            log.warning(
+                "stream_over_its_limit",
+                stream=wanted.name,
+                bytes=state.bytes,
+                max_bytes=wanted.max_bytes,
+                effect="it refuses new messages until older ones age out; grow the store (docs/deploy.md)",
+            )
 
     async def account_store(self) -> int:
         """The byte limit of this account's JetStream file store (its `jetstream { max_file }`, counted over every
@@ -403,6 +455,7 @@ class Bus:
 
     async def drain(self) -> None:
         """Lets pending publishes and acks reach the server, then closes."""
+        self.closing = True
         if not self.nc.is_closed:
             await self.nc.drain()
 
@@ -929,21 +982,42 @@ class Consumer(Generic[M]):
             span.end()
 
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> str:
-        """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter". Where the
-        letter cannot be written (NATS away, the dead-letter stream full), the message comes back after a pause to be
-        dead-lettered then: "dead_letter_failed"."""
-        try:
-            await self._write_dead_letter(msg, headers, reason)
-        except Exception as error:  # noqa: BLE001 - the message stays, redelivered (the durable has no limit)
-            log.error(
-                "dead_letter_failed",
-                message_id=headers.get(MSG_ID_HEADER),
-                reason=reason,
-                error=repr(error),
-                retry_in_s=DEAD_LETTER_RETRY_SECONDS,
-            )
-            await msg.nak(delay=DEAD_LETTER_RETRY_SECONDS)
-            return "dead_letter_failed"
+        """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter".
+
+        Where the letter cannot be written (the dead-letter stream full, NATS away), holds the message, writing the
+        letter again, for up to DEAD_LETTER_HOLD_SECONDS (its handler does not run again, so a message it refused
+        as permanent is not applied after all); then gives it back to come again after DEAD_LETTER_RETRY_SECONDS:
+        "dead_letter_failed". The durable has no delivery limit on the server, so the message is never left neither
+        handled nor dead-lettered."""
+        held_until = time.monotonic() + DEAD_LETTER_HOLD_SECONDS
+        pause = min(0.5, self.spec.ack_wait_seconds / 3)
+        while True:
+            try:
+                await self._write_dead_letter(msg, headers, reason)
+                break
+            except Exception as error:  # noqa: BLE001 - held and written again, or given back: never lost
+                if time.monotonic() + pause > held_until or self._stopping.is_set():
+                    log.error(
+                        "dead_letter_failed",
+                        message_id=headers.get(MSG_ID_HEADER),
+                        reason=reason,
+                        error=str(error) or type(error).__name__,
+                        retry_in_s=DEAD_LETTER_RETRY_SECONDS,
+                    )
+                    # On a closed connection this fails too: the server delivers the message again after its ack wait.
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=DEAD_LETTER_RETRY_SECONDS)
+                    return "dead_letter_failed"
+                log.warning(
+                    "dead_letter_retried",
+                    message_id=headers.get(MSG_ID_HEADER),
+                    error=str(error) or type(error).__name__,
+                    pause_seconds=pause,
+                )
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()  # still in hand: not redelivered meanwhile
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0, self.spec.ack_wait_seconds / 3)
         await msg.term()
         # The message named here: a batch (_handle_batch) binds no message's fields.
         log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason)
@@ -959,10 +1033,14 @@ class Consumer(Generic[M]):
             DLQ_MESSAGE_ID_HEADER: headers.get(MSG_ID_HEADER, ""),
             MSG_ID_HEADER: f"dlq:{self.spec.durable}:{headers.get(MSG_ID_HEADER, msg.metadata.sequence.stream)}",
         }
-        ack = await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
+        payload = msg.data
+        if len(payload) > DEAD_LETTER_PAYLOAD_LIMIT:
+            dlq_headers[DLQ_PAYLOAD_OMITTED_HEADER] = str(len(payload))
+            payload = b""
+        ack = await self.bus.js.publish(self.spec.dead_letter_subject, payload, headers=dlq_headers)
         if ack.duplicate:
             # The id was taken inside the stream's window: by this letter before a crash (a second copy is harmless:
             # a replay applies it once), or by a message someone published first so that this letter would vanish
             # (every durable's letters share the stream). Written again under an id no one can know.
             dlq_headers[MSG_ID_HEADER] += f":{uuid.uuid4().hex}"
-            await self.bus.js.publish(self.spec.dead_letter_subject, msg.data, headers=dlq_headers)
+            await self.bus.js.publish(self.spec.dead_letter_subject, payload, headers=dlq_headers)

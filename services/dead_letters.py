@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 from plumbing.bus import (
     CAMPAIGN_ID_HEADER,
     DLQ_MESSAGE_ID_HEADER,
+    DLQ_PAYLOAD_OMITTED_HEADER,
     DLQ_REASON_HEADER,
     DLQ_SEQUENCE_HEADER,
     DLQ_STREAM_HEADER,
@@ -85,11 +86,17 @@ async def dead_letters(bus: Bus, durable: str | None = None, limit: int = 100) -
                 original_message_id=_original_id(headers),
                 reason=headers.get(DLQ_REASON_HEADER, ""),
                 campaign_id=headers.get(CAMPAIGN_ID_HEADER, ""),
-                size_bytes=len(message.data or b""),
+                size_bytes=_size(headers, message.data or b""),
             )
         )
         seq = (message.seq or seq) + 1
     return found
+
+
+def _size(headers: Mapping[str, str], payload: bytes) -> int:
+    """The dead-lettered message's size: a large one's letter goes without its payload and names its size."""
+    omitted = headers.get(DLQ_PAYLOAD_OMITTED_HEADER, "")
+    return int(omitted) if omitted.isdigit() else len(payload)
 
 
 CONSUMED = MappingProxyType({consumer.durable: (consumer.stream, consumer.filter_subject) for consumer in CONSUMERS})

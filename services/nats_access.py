@@ -185,9 +185,10 @@ def new_password() -> str:
     return "n" + secrets.token_hex(16)
 
 
-def store_problems(environment: Mapping[str, str]) -> list[str]:
+def store_problems(environment: Mapping[str, str], disk_bytes: int | None = None) -> list[str]:
     """What is wrong with the JetStream store sizes in `environment` (the NATS pods' check before the server starts):
-    each must be one NATS reads as a size, and XSELL's must fit the members' stores."""
+    each must be one NATS reads as a size, XSELL's must fit the members' stores, and a member's its disk
+    (`disk_bytes`, the size of the filesystem the store is on, when known)."""
     problems = []
     for variable in (MEMBER_STORE_VARIABLE, STORE_VARIABLE):
         value = environment.get(variable)
@@ -203,7 +204,18 @@ def store_problems(environment: Mapping[str, str]) -> list[str]:
             f"{STORE_VARIABLE} {xsell} is more than the {CLUSTER_MEMBERS} members' {MEMBER_STORE_VARIABLE} {member}: "
             "the streams would be given byte limits the members cannot hold"
         )
+    if disk_bytes is not None and store_bytes(member) > disk_bytes:
+        problems.append(
+            f"{MEMBER_STORE_VARIABLE} {member} is more than this member's volume ({disk_bytes / 1024**3:.1f} GiB): "
+            "the disk would fill before any stream's limit; grow the volume first (docs/deploy.md, JetStream storage)"
+        )
     return problems
+
+
+def disk_bytes(path: str) -> int:
+    """The size of the filesystem `path` is on."""
+    stats = os.statvfs(path)
+    return stats.f_blocks * stats.f_frsize
 
 
 def password_problems(environment: Mapping[str, str]) -> list[str]:
@@ -304,16 +316,18 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m services.nats_access` prints Kubernetes' authorization block; `... check-env` checks the passwords
-    and store sizes in the environment (the NATS pods' init container) and names each one that would stop the server
-    or leave the streams limits the members cannot hold."""
-    if argv == ["check-env"]:
-        problems = password_problems(os.environ) + store_problems(os.environ)
+    """`python -m services.nats_access` prints Kubernetes' authorization block; `... check-env [STORE_DIR]` checks the
+    passwords and store sizes in the environment (the NATS pods' init container), and the member's store against the
+    volume STORE_DIR is on, and names each one that would stop the server or leave the streams limits the members
+    cannot hold."""
+    if argv[:1] == ["check-env"] and len(argv) <= 2:
+        disk = disk_bytes(argv[1]) if len(argv) == 2 else None
+        problems = password_problems(os.environ) + store_problems(os.environ, disk)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
     if argv:
-        print("usage: python -m services.nats_access [check-env]", file=sys.stderr)
+        print("usage: python -m services.nats_access [check-env [STORE_DIR]]", file=sys.stderr)
         return 2
     print(kubernetes_config(), end="")
     return 0

@@ -132,10 +132,22 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
     assert checked.returncode == 0, checked.stderr
     # The init container checks the same passwords first, with the xsell image's own module.
     [check] = pod_spec(nats)["initContainers"]
-    assert check["image"].startswith("xsell") and check["command"][-2:] == ["services.nats_access", "check-env"]
+    assert check["image"].startswith("xsell") and check["command"][-3:] == [
+        "services.nats_access",
+        "check-env",
+        "/data",
+    ]
     assert check["env"] == [e for e in container["env"] if e["name"] != "SERVER_NAME"]
-    checked = subprocess.run([sys.executable, "-m", "services.nats_access", "check-env"], env=env, capture_output=True)
+    # ... and the member's store against the volume the store is on (here this machine's disk, whatever its size).
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in check["volumeMounts"]
+    command = [sys.executable, "-m", "services.nats_access", "check-env"]
+    checked = subprocess.run(command, env=env, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    command.append(str(tmp_path))
+    for size, problem in (("1MB", ""), ("900TB", "NATS_MAX_FILE_STORE 900TB is more than this member's volume")):
+        sized = env | {nats_access.MEMBER_STORE_VARIABLE: size, nats_access.STORE_VARIABLE: size}
+        on_disk = subprocess.run(command, env=sized, capture_output=True, text=True)
+        assert (on_disk.returncode, problem in on_disk.stderr) == (1 if problem else 0, True), on_disk.stderr
     del env[nats_access.password_variable("feeds")]
     missing = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
     assert missing.returncode != 0 and "NATS_PASSWORD_FEEDS" in missing.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nats
 import pytest
+import structlog
 from nats.js import api
 
 from devstack.nats_server import NatsServer
@@ -177,3 +178,34 @@ async def test_the_kubernetes_store_sizes_are_read_by_the_real_server(tmp_path: 
             await bus.drain()
     finally:
         server.stop()
+
+
+async def test_a_smaller_store_or_a_member_without_one_leaves_the_limits_and_the_start_goes_on(
+    tmp_path: Path, passwords: dict[str, str]
+) -> None:
+    """NATS refuses any stream update once the account's store is below what the streams reserve, even one that
+    lowers a limit: the provisioner keeps the limits it cannot change (and says how to lower them) instead of failing
+    every service's start. A member that has no store limit (still on an older configuration in a rollout) does
+    not take the limits away either."""
+    store_dir = tmp_path / "nats"
+
+    async def provision_on(store: str | None) -> dict[str, int]:
+        server = NatsServer(store_dir, authorization=nats_access.authorization_config(passwords, store=store)).start()
+        try:
+            bus = await _provisioner(server, passwords)
+            try:
+                await nats_provision.provision(bus, within=5)
+                return {s.name: (await bus.js.stream_info(s.name)).config.max_bytes or -1 for s in streams.ALL_STREAMS}
+            finally:
+                await bus.drain()
+        finally:
+            server.stop()
+
+    made = await provision_on("12MB")
+    assert made == {s.name: int(s.store_share * STORE_BYTES) for s in streams.ALL_STREAMS}
+    with structlog.testing.capture_logs() as logs:
+        assert await provision_on("6MB") == made
+    refused = [entry for entry in logs if entry["event"] == "stream_limit_refused"]
+    assert {entry["stream"] for entry in refused} == set(made)
+    assert "lower each stream's max bytes first" in refused[0]["fix"]
+    assert await provision_on(None) == made

@@ -9,7 +9,7 @@ from nats.js import api
 from opentelemetry import trace
 
 from plumbing import bus as bus_module
-from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, StreamSpec
+from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
 from plumbing.ids import new_id
 from tests.waiting import eventually
 from xsell.segments.v1.events_pb2 import SegmentPublished
@@ -42,9 +42,10 @@ async def _letters(bus: Bus, stream: str) -> list[dict[str, str]]:
 async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
     nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The dead-letter stream is full when the last attempt fails: the message is not terminated; it comes back and
-    is dead-lettered once the stream has room. (Before, with the limit on the server, that attempt's failure left it
-    on the server, never delivered again and never dead-lettered.)"""
+    """The dead-letter stream is full when the last attempt fails, past the time a consumer holds the message: it is
+    given back, comes back and is dead-lettered once the stream has room. (Before, with the limit on the server, that
+    attempt's failure left it on the server, never delivered again and never dead-lettered.)"""
+    monkeypatch.setattr(bus_module, "DEAD_LETTER_HOLD_SECONDS", 0.3)
     monkeypatch.setattr(bus_module, "DEAD_LETTER_RETRY_SECONDS", 0.2)
     spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
     config = (await nats_bus.js.stream_info(dead_letters)).config
@@ -75,6 +76,59 @@ async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
     assert letters[-1]["Xsell-Dlq-Reason"].startswith("delivered ")
     info = await nats_bus.js.consumer_info(stream, spec.durable)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_not_handled_again(nats_bus: Bus) -> None:
+    """A handler refuses a message as permanent while the dead-letter stream is full: the consumer holds it (the
+    server is told it is still in hand, so it is not delivered again) and writes the letter once there is room; the
+    handler, which might accept it a second time, never sees it again."""
+    spec, stream, dead_letters = await _setup(nats_bus)
+    config = (await nats_bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await nats_bus.js.update_stream(config)
+    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
+    attempts: list[int] = []
+
+    async def refusing_once(event: SegmentPublished, delivery: Delivery) -> None:
+        attempts.append(delivery.num_delivered)
+        if len(attempts) == 1:
+            raise PermanentError("no such segment")
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, refusing_once, TRACER)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(3 * spec.ack_wait_seconds)  # held over three ack waits: not delivered again
+        assert (await nats_bus.js.consumer_info(stream, spec.durable)).delivered.consumer_seq == 1
+        config.max_bytes = -1
+        await nats_bus.js.update_stream(config)
+        await eventually(lambda: _count(nats_bus, dead_letters, 2))
+    finally:
+        await consumer.stop()
+        await task
+    assert attempts == [1]
+    assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
+
+
+async def test_a_large_message_is_dead_lettered_without_its_payload(nats_bus: Bus) -> None:
+    """A feed's batch near NATS's maximum payload: with the letter's headers it would pass it (the server closes the
+    connection). The letter names the size; a replay republishes the stored original."""
+    spec, _, dead_letters = await _setup(nats_bus)
+    batch = b"\xff" + b"\0" * (nats_bus.nc.max_payload - 100)
+    await nats_bus.js.publish(spec.filter_subject, batch)
+    consumer = Consumer(nats_bus, spec, SegmentPublished, _never_called, TRACER)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _count(nats_bus, dead_letters, 1))
+    finally:
+        await consumer.stop()
+        await task
+    message = await nats_bus.js.get_msg(dead_letters, 1)
+    assert message.data in (b"", None)
+    assert (message.headers or {})["Xsell-Dlq-Payload-Omitted"] == str(len(batch))
+    assert not nats_bus.nc.is_closed
 
 
 async def test_a_message_delivered_more_often_than_allowed_is_dead_lettered_before_its_handler(nats_bus: Bus) -> None:
@@ -127,6 +181,10 @@ async def test_a_durable_made_with_a_server_side_limit_loses_it_and_keeps_its_pl
     info = await nats_bus.js.consumer_info(stream, spec.durable)
     assert info.config.max_deliver == -1
     assert (info.delivered.stream_seq, info.num_pending) == (1, 2)
+
+
+async def _never_called(event: SegmentPublished, delivery: Delivery) -> None:
+    raise AssertionError("an undecodable message reached its handler")
 
 
 async def _count(bus: Bus, stream: str, at_least: int) -> bool:
