@@ -1,6 +1,7 @@
 """NATS JetStream: connection, idempotent stream and consumer declaration, and traced durable pull consumers."""
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -66,12 +67,15 @@ STREAM_CREATE_ATTEMPTS = 5
 STREAM_CREATE_PAUSE_SECONDS = 0.2
 """ensure_streams asks the server again, after 0.2, 0.4, ... s, when it fails to create a stream's store."""
 
-DEAD_LETTER_HOLD_SECONDS = 300.0
-"""How long a consumer holds a message whose dead letter cannot be written (the dead-letter stream full, NATS away),
-writing it again with growing pauses and telling the server it is still in hand, before giving the message back."""
+DEAD_LETTER_HOLD_SECONDS = 30.0
+"""How long a consumer holds a message whose dead letter cannot be written (NATS away for a moment, the dead-letter
+stream full), writing it again with growing pauses and telling the server it is still in hand, before giving the
+message back. Short: a held message holds its slot, and on a consumer of one message at a time the whole durable."""
 DEAD_LETTER_RETRY_SECONDS = 30.0
-"""How long a message given back that way waits before it is delivered again (and dead-lettered then, without its
-handler: it was delivered more often than allowed)."""
+"""How long a message given back that way waits before it is delivered again, to be dead-lettered then without its
+handler (Consumer remembers it, OWED_LETTERS)."""
+OWED_LETTERS = 10_000
+"""How many given-back messages a consumer remembers the dead letter of."""
 DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
 """A larger message's dead letter goes without its payload (DLQ_PAYLOAD_OMITTED_HEADER gives its size): a replay
 republishes the stored original anyway, and a feed's 1 MB batch with the letter's headers would pass NATS's maximum
@@ -680,6 +684,7 @@ class Consumer(Generic[M]):
             "xsell.consumer.pending", description="Messages in the stream not yet delivered to the durable (lag)."
         )
         self._lag_checked_at = 0.0
+        self._owed: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
 
     async def declare(self) -> None:
         """Creates the durable consumer unless it exists (idempotent; every replica runs it at start)."""
@@ -816,12 +821,18 @@ class Consumer(Generic[M]):
     async def _dead_letter_undecodable(self, msg: Msg, headers: dict[str, str], error: DecodeError) -> str:
         return await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
 
-    def _unsettled(self, delivery: Delivery) -> str:
-        """The reason a message delivered more often than max_deliver is dead-lettered before its handler."""
-        return (
-            f"delivered {delivery.num_delivered} times ({self.spec.max_deliver} allowed) without being settled: a "
-            "process stopped while handling it, or its dead letter could not be written"
-        )
+    def _owed_letter(self, delivery: Delivery) -> str | None:
+        """The reason a message is dead-lettered before its handler: the letter this consumer could not write when it
+        gave the message back, or its being delivered more often than max_deliver without being settled."""
+        owed = self._owed.pop((delivery.stream, delivery.stream_sequence), None)
+        if owed is not None:
+            return owed
+        if delivery.num_delivered > self.spec.max_deliver:
+            return (
+                f"delivered {delivery.num_delivered} times ({self.spec.max_deliver} allowed) without being settled: "
+                "a process stopped while handling it, or its dead letter could not be written"
+            )
+        return None
 
     async def _handle_one(self, msg: Msg) -> str:
         headers, delivery = self._delivery(msg)
@@ -855,9 +866,10 @@ class Consumer(Generic[M]):
 
     async def _apply(self, msg: Msg, headers: dict[str, str], delivery: Delivery, span: trace.Span) -> str:
         """Decodes and handles one message under its span; acks, naks or dead-letters it. Returns the outcome."""
-        if delivery.num_delivered > self.spec.max_deliver:
-            span.set_status(Status(StatusCode.ERROR, "never settled"))
-            return await self._dead_letter(msg, headers, self._unsettled(delivery))
+        owed = self._owed_letter(delivery)
+        if owed is not None:
+            span.set_status(Status(StatusCode.ERROR, "dead letter owed"))
+            return await self._dead_letter(msg, headers, owed)
         try:
             payload = self.message_type.FromString(msg.data)
         except DecodeError as error:
@@ -906,8 +918,9 @@ class Consumer(Generic[M]):
         items: list[tuple[M, Delivery]] = []
         for msg in msgs:
             headers, delivery = self._delivery(msg)
-            if delivery.num_delivered > self.spec.max_deliver:
-                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, self._unsettled(delivery))))
+            owed = self._owed_letter(delivery)
+            if owed is not None:
+                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, owed)))
                 continue
             try:
                 payload = self.message_type.FromString(msg.data)
@@ -962,14 +975,18 @@ class Consumer(Generic[M]):
             # One turn of the loop first: what the handler set going runs before the acknowledgements (the events
             # a trigger batch handed to the relay, which the next stage waits for; the acknowledgements, nothing does).
             await asyncio.sleep(0)
-            for (msg, headers, delivery), outcome in zip(taken, outcomes, strict=True):
+            for outcome in outcomes:
+                if outcome is not None and not isinstance(outcome, Exception):
+                    raise outcome  # a BaseException (cancelled): not a message's outcome
+            # The applied ones first: a failed one's dead letter may be held a while, and they would wait for it.
+            settling = sorted(zip(taken, outcomes, strict=True), key=lambda pair: pair[1] is not None)
+            for (msg, headers, delivery), outcome in settling:
                 if outcome is None:
                     await msg.ack()
                     settled = "ack"
-                elif isinstance(outcome, Exception):
-                    settled = await self._settle_failed(msg, headers, delivery, outcome, span)
                 else:
-                    raise outcome  # a BaseException (cancelled): not a message's outcome
+                    assert isinstance(outcome, Exception)  # checked above
+                    settled = await self._settle_failed(msg, headers, delivery, outcome, span)
                 self._handled.add((self.spec.durable, settled))
                 self._handling.record(elapsed_ms, self._attributes)
         except BaseException as error:  # cancelled, or a failure to ack or dead-letter: on the span, then raised
@@ -984,11 +1001,10 @@ class Consumer(Generic[M]):
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> str:
         """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter".
 
-        Where the letter cannot be written (the dead-letter stream full, NATS away), holds the message, writing the
-        letter again, for up to DEAD_LETTER_HOLD_SECONDS (its handler does not run again, so a message it refused
-        as permanent is not applied after all); then gives it back to come again after DEAD_LETTER_RETRY_SECONDS:
-        "dead_letter_failed". The durable has no delivery limit on the server, so the message is never left neither
-        handled nor dead-lettered."""
+        Where the letter cannot be written (NATS away, the dead-letter stream full), holds the message, writing the
+        letter again, for up to DEAD_LETTER_HOLD_SECONDS; then gives it back to come again after
+        DEAD_LETTER_RETRY_SECONDS, and remembers its letter: "dead_letter_failed". The durable has no delivery limit
+        on the server, so the message is never left neither handled nor dead-lettered."""
         held_until = time.monotonic() + DEAD_LETTER_HOLD_SECONDS
         pause = min(0.5, self.spec.ack_wait_seconds / 3)
         while True:
@@ -1004,6 +1020,11 @@ class Consumer(Generic[M]):
                         error=str(error) or type(error).__name__,
                         retry_in_s=DEAD_LETTER_RETRY_SECONDS,
                     )
+                    # Its handler does not run again when it comes back here (a message it refused as permanent is
+                    # not applied after all); a process that restarted meanwhile, or another replica, runs it again.
+                    self._owed[(msg.metadata.stream, msg.metadata.sequence.stream)] = reason
+                    if len(self._owed) > OWED_LETTERS:
+                        self._owed.popitem(last=False)
                     # On a closed connection this fails too: the server delivers the message again after its ack wait.
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=DEAD_LETTER_RETRY_SECONDS)

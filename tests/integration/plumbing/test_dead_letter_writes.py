@@ -3,6 +3,7 @@ written brings the message back, one delivered more often than allowed without b
 its handler, and durables made with a server-side limit lose it at the next start."""
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from nats.js import api
@@ -73,7 +74,7 @@ async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
         await task
     assert attempts == [1, 2]  # after its last attempt, only its dead letter is written again
     letters = await _letters(nats_bus, dead_letters)
-    assert letters[-1]["Xsell-Dlq-Reason"].startswith("delivered ")
+    assert letters[-1]["Xsell-Dlq-Reason"].startswith("failed 2 times: RuntimeError('the database is away')")
     info = await nats_bus.js.consumer_info(stream, spec.durable)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
 
@@ -109,6 +110,72 @@ async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_no
         await task
     assert attempts == [1]
     assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
+
+
+async def test_a_refused_message_given_back_is_not_handled_again_when_it_comes_back(
+    nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the hold, the message is given back; when it comes again the consumer remembers its letter."""
+    monkeypatch.setattr(bus_module, "DEAD_LETTER_HOLD_SECONDS", 0.3)
+    monkeypatch.setattr(bus_module, "DEAD_LETTER_RETRY_SECONDS", 0.2)
+    spec, _, dead_letters = await _setup(nats_bus)
+    config = (await nats_bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await nats_bus.js.update_stream(config)
+    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
+    attempts: list[int] = []
+
+    async def refusing_once(event: SegmentPublished, delivery: Delivery) -> None:
+        attempts.append(delivery.num_delivered)
+        if len(attempts) == 1:
+            raise PermanentError("no such segment")
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, refusing_once, TRACER)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: _delivered_at_least(nats_bus, spec, 3))
+        config.max_bytes = -1
+        await nats_bus.js.update_stream(config)
+        await eventually(lambda: _count(nats_bus, dead_letters, 2))
+    finally:
+        await consumer.stop()
+        await task
+    assert attempts == [1]
+    assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
+
+
+async def test_in_a_batch_the_applied_messages_are_acknowledged_while_a_letter_is_held(nats_bus: Bus) -> None:
+    """A batch handler (campaigns' triggers) applied two of three; the third's letter cannot be written yet. The two
+    are acknowledged at once, not after the hold (they would come again meanwhile)."""
+    spec, stream, dead_letters = await _setup(nats_bus)
+    config = (await nats_bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await nats_bus.js.update_stream(config)
+    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    for segment in ("a", "refused", "c"):
+        await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id=segment).SerializeToString())
+
+    async def batch(items: Sequence[tuple[SegmentPublished, Delivery]]) -> list[BaseException | None]:
+        return [PermanentError("refused") if event.segment_id == "refused" else None for event, _ in items]
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, None, TRACER, batch_handler=batch)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def only_the_held_one_pending() -> bool:
+            info = await nats_bus.js.consumer_info(stream, spec.durable)
+            return (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (1, 0, 1)
+
+        await eventually(only_the_held_one_pending)
+        config.max_bytes = -1
+        await nats_bus.js.update_stream(config)
+        await eventually(lambda: _count(nats_bus, dead_letters, 2))
+    finally:
+        await consumer.stop()
+        await task
 
 
 async def test_a_large_message_is_dead_lettered_without_its_payload(nats_bus: Bus) -> None:
