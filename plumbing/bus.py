@@ -1,7 +1,6 @@
 """NATS JetStream: connection, idempotent stream and consumer declaration, and traced durable pull consumers."""
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import itertools
@@ -67,15 +66,9 @@ STREAM_CREATE_ATTEMPTS = 5
 STREAM_CREATE_PAUSE_SECONDS = 0.2
 """ensure_streams asks the server again, after 0.2, 0.4, ... s, when it fails to create a stream's store."""
 
-DEAD_LETTER_HOLD_SECONDS = 30.0
-"""How long a consumer holds a message whose dead letter cannot be written (NATS away for a moment, the dead-letter
-stream full), writing it again with growing pauses and telling the server it is still in hand, before giving the
-message back. Short: a held message holds its slot, and on a consumer of one message at a time the whole durable."""
-DEAD_LETTER_RETRY_SECONDS = 30.0
-"""How long a message given back that way waits before it is delivered again, to be dead-lettered then without its
-handler (Consumer remembers it, OWED_LETTERS)."""
-OWED_LETTERS = 10_000
-"""How many given-back messages a consumer remembers the dead letter of."""
+DEAD_LETTER_RETRY_MAX_SECONDS = 10.0
+"""The longest pause between two tries at writing a dead letter that could not be written (NATS away, the
+dead-letter stream full); the pauses grow from 0.5 s to this."""
 DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024
 """A larger message's dead letter goes without its payload (DLQ_PAYLOAD_OMITTED_HEADER gives its size): a replay
 republishes the stored original anyway, and a feed's 1 MB batch with the letter's headers would pass NATS's maximum
@@ -290,9 +283,10 @@ class Bus:
         bus: Bus | None = None
 
         async def on_disconnect() -> None:
-            # nats.py calls this on our own close too (a drain at shutdown, a tool finishing): only a connection lost
-            # or closed by the server (its last error says why, e.g. a maximum payload exceeded) is worth a warning.
-            if bus is None or not bus.closing:
+            # nats.py calls this on our own close too (a drain at shutdown, a tool finishing, a refused first
+            # connect): only a connection lost or closed by the server (its last error says why, e.g. a maximum
+            # payload exceeded) is worth a warning.
+            if not connecting and (bus is None or not bus.closing):
                 log.warning("nats_disconnected", error=str(nc.last_error) if nc.last_error else None)
 
         nc = NatsClient()
@@ -398,10 +392,12 @@ class Bus:
         try:
             await self.js.update_stream(wanted)
         except ServerError as error:
-            if error.err_code != INSUFFICIENT_RESOURCES or (existing.max_bytes or -1) == wanted.max_bytes:
+            if error.err_code != INSUFFICIENT_RESOURCES:
                 raise
+            # NATS refuses every update, not only a new limit, while the account's store is below what the streams
+            # already reserve: the stream stays as it is, and the services start on it.
             log.error(
-                "stream_limit_refused",
+                "stream_update_refused",
                 stream=wanted.name,
                 max_bytes=wanted.max_bytes,
                 kept_max_bytes=existing.max_bytes,
@@ -409,9 +405,7 @@ class Bus:
                 fix="the account's store is smaller than what the streams reserve: lower each stream's max bytes "
                 "first (docs/deploy.md, JetStream storage)",
             )
-            wanted = dataclasses.replace(wanted, max_bytes=existing.max_bytes, discard=existing.discard)
-            if _differs(existing, wanted):
-                await self.js.update_stream(wanted)
+            return
         state = (await self.js.stream_info(str(wanted.name))).state
         if (wanted.max_bytes or -1) > 0 and (state.bytes or 0) > (wanted.max_bytes or 0):
             log.warning(
@@ -684,7 +678,9 @@ class Consumer(Generic[M]):
             "xsell.consumer.pending", description="Messages in the stream not yet delivered to the durable (lag)."
         )
         self._lag_checked_at = 0.0
-        self._owed: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        # Messages whose dead letter could not be written yet, each held by a task of its own (_hold_letter).
+        self._held: set[asyncio.Task[None]] = set()
+        self._giving_back = asyncio.Event()
 
     async def declare(self) -> None:
         """Creates the durable consumer unless it exists (idempotent; every replica runs it at start)."""
@@ -696,6 +692,7 @@ class Consumer(Generic[M]):
         if not self._declared:
             await self.declare()
         self._stopped.clear()
+        self._giving_back.clear()
         feed = _PullFeed(self.bus, self.spec)
         self._feed = feed
         await feed.open()
@@ -707,6 +704,11 @@ class Consumer(Generic[M]):
             # but not handled go back at once instead of after the ack wait.
             with contextlib.suppress(Exception):
                 await feed.close()
+            # Then the held letters give their messages back: before, the server handed a message given back to
+            # the pull request still open, and it stayed in hand until its ack wait.
+            self._giving_back.set()
+            if self._held:
+                await asyncio.gather(*self._held, return_exceptions=True)
             self._stopped.set()
 
     async def _loop(self, feed: "_PullFeed") -> None:
@@ -821,18 +823,12 @@ class Consumer(Generic[M]):
     async def _dead_letter_undecodable(self, msg: Msg, headers: dict[str, str], error: DecodeError) -> str:
         return await self._dead_letter(msg, headers, f"undecodable {self.message_type.__name__}: {error}")
 
-    def _owed_letter(self, delivery: Delivery) -> str | None:
-        """The reason a message is dead-lettered before its handler: the letter this consumer could not write when it
-        gave the message back, or its being delivered more often than max_deliver without being settled."""
-        owed = self._owed.pop((delivery.stream, delivery.stream_sequence), None)
-        if owed is not None:
-            return owed
-        if delivery.num_delivered > self.spec.max_deliver:
-            return (
-                f"delivered {delivery.num_delivered} times ({self.spec.max_deliver} allowed) without being settled: "
-                "a process stopped while handling it, or its dead letter could not be written"
-            )
-        return None
+    def _unsettled(self, delivery: Delivery) -> str:
+        """The reason a message delivered more often than max_deliver is dead-lettered before its handler."""
+        return (
+            f"delivered {delivery.num_delivered} times ({self.spec.max_deliver} allowed) without being settled: a "
+            "process stopped while handling it, or its dead letter could not be written"
+        )
 
     async def _handle_one(self, msg: Msg) -> str:
         headers, delivery = self._delivery(msg)
@@ -866,10 +862,9 @@ class Consumer(Generic[M]):
 
     async def _apply(self, msg: Msg, headers: dict[str, str], delivery: Delivery, span: trace.Span) -> str:
         """Decodes and handles one message under its span; acks, naks or dead-letters it. Returns the outcome."""
-        owed = self._owed_letter(delivery)
-        if owed is not None:
-            span.set_status(Status(StatusCode.ERROR, "dead letter owed"))
-            return await self._dead_letter(msg, headers, owed)
+        if delivery.num_delivered > self.spec.max_deliver:
+            span.set_status(Status(StatusCode.ERROR, "never settled"))
+            return await self._dead_letter(msg, headers, self._unsettled(delivery))
         try:
             payload = self.message_type.FromString(msg.data)
         except DecodeError as error:
@@ -918,9 +913,8 @@ class Consumer(Generic[M]):
         items: list[tuple[M, Delivery]] = []
         for msg in msgs:
             headers, delivery = self._delivery(msg)
-            owed = self._owed_letter(delivery)
-            if owed is not None:
-                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, owed)))
+            if delivery.num_delivered > self.spec.max_deliver:
+                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, self._unsettled(delivery))))
                 continue
             try:
                 payload = self.message_type.FromString(msg.data)
@@ -1001,48 +995,62 @@ class Consumer(Generic[M]):
     async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> str:
         """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter".
 
-        Where the letter cannot be written (NATS away, the dead-letter stream full), holds the message, writing the
-        letter again, for up to DEAD_LETTER_HOLD_SECONDS; then gives it back to come again after
-        DEAD_LETTER_RETRY_SECONDS, and remembers its letter: "dead_letter_failed". The durable has no delivery limit
-        on the server, so the message is never left neither handled nor dead-lettered."""
-        held_until = time.monotonic() + DEAD_LETTER_HOLD_SECONDS
-        pause = min(0.5, self.spec.ack_wait_seconds / 3)
-        while True:
-            try:
-                await self._write_dead_letter(msg, headers, reason)
-                break
-            except Exception as error:  # noqa: BLE001 - held and written again, or given back: never lost
-                if time.monotonic() + pause > held_until or self._stopping.is_set():
-                    log.error(
-                        "dead_letter_failed",
-                        message_id=headers.get(MSG_ID_HEADER),
-                        reason=reason,
-                        error=str(error) or type(error).__name__,
-                        retry_in_s=DEAD_LETTER_RETRY_SECONDS,
-                    )
-                    # Its handler does not run again when it comes back here (a message it refused as permanent is
-                    # not applied after all); a process that restarted meanwhile, or another replica, runs it again.
-                    self._owed[(msg.metadata.stream, msg.metadata.sequence.stream)] = reason
-                    if len(self._owed) > OWED_LETTERS:
-                        self._owed.popitem(last=False)
-                    # On a closed connection this fails too: the server delivers the message again after its ack wait.
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=DEAD_LETTER_RETRY_SECONDS)
-                    return "dead_letter_failed"
-                log.warning(
-                    "dead_letter_retried",
-                    message_id=headers.get(MSG_ID_HEADER),
-                    error=str(error) or type(error).__name__,
-                    pause_seconds=pause,
-                )
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()  # still in hand: not redelivered meanwhile
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 10.0, self.spec.ack_wait_seconds / 3)
+        Where the letter cannot be written (NATS away, the dead-letter stream full), a task of its own holds the
+        message and writes the letter again until it is written (_hold_letter), and the handler's slot is free at
+        once: "dead_letter_failed". The message is never given back to its handler, which might apply a message it
+        refused; only a stop gives it back, to the next process."""
+        try:
+            await self._write_dead_letter(msg, headers, reason)
+        except Exception as error:  # noqa: BLE001 - held and written again: never lost
+            log.error(
+                "dead_letter_failed",
+                message_id=headers.get(MSG_ID_HEADER),
+                reason=reason[:1000],
+                error=str(error) or type(error).__name__,
+                held=True,
+            )
+            task = asyncio.create_task(self._hold_letter(msg, headers, reason), name="dead-letter-held")
+            self._held.add(task)
+            task.add_done_callback(self._held.discard)
+            return "dead_letter_failed"
         await msg.term()
         # The message named here: a batch (_handle_batch) binds no message's fields.
         log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason)
         return "dead_letter"
+
+    async def _hold_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
+        """Keeps a message whose dead letter could not be written in hand (the server is told it is in progress, so
+        it is not delivered again) and writes the letter again, with growing pauses, until it is written; when the
+        consumer stops, gives the message back. It counts against the durable's max_ack_pending meanwhile: with its
+        dead-letter stream full, a durable stops taking messages once that many wait (XsellDeadLettersNotWritten)."""
+        pause = 0.5
+        # Told well within the ack wait, whatever the pause.
+        tick = min(self.spec.ack_wait_seconds / 3, DEAD_LETTER_RETRY_MAX_SECONDS)
+        while not self._giving_back.is_set():
+            waited = 0.0
+            while waited < pause and not self._giving_back.is_set():
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+                step = min(tick, pause - waited)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._giving_back.wait(), timeout=step)
+                waited += step
+            if self._giving_back.is_set():
+                break
+            try:
+                await self._write_dead_letter(msg, headers, reason)
+            except Exception as error:  # noqa: BLE001 - tried again after a longer pause
+                log.warning("dead_letter_retried", message_id=headers.get(MSG_ID_HEADER), error=str(error))
+                pause = min(pause * 2, DEAD_LETTER_RETRY_MAX_SECONDS)
+                continue
+            with contextlib.suppress(Exception):
+                await msg.term()
+            log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason, held=True)
+            self._handled.add((self.spec.durable, "dead_letter"))
+            return
+        # Stopping: back to the stream at once for the next process (on a closed connection, after the ack wait).
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
     async def _write_dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
         dlq_headers = {

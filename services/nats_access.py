@@ -213,9 +213,9 @@ def store_problems(environment: Mapping[str, str], disk_bytes: int | None = None
 
 
 def disk_bytes(path: str) -> int:
-    """The size of the filesystem `path` is on."""
+    """The size of the filesystem `path` is on, less the blocks only root may use (NATS runs as another user)."""
     stats = os.statvfs(path)
-    return stats.f_blocks * stats.f_frsize
+    return (stats.f_blocks - stats.f_bfree + stats.f_bavail) * stats.f_frsize
 
 
 def password_problems(environment: Mapping[str, str]) -> list[str]:

@@ -2,6 +2,7 @@
 stream may fill its share of XSELL's store, and one that is full refuses what comes (its publisher keeps it) while
 the other streams go on."""
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,7 +182,7 @@ async def test_the_kubernetes_store_sizes_are_read_by_the_real_server(tmp_path: 
 
 
 async def test_a_smaller_store_or_a_member_without_one_leaves_the_limits_and_the_start_goes_on(
-    tmp_path: Path, passwords: dict[str, str]
+    tmp_path: Path, passwords: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NATS refuses any stream update once the account's store is below what the streams reserve, even one that
     lowers a limit: the provisioner keeps the limits it cannot change (and says how to lower them) instead of failing
@@ -203,9 +204,14 @@ async def test_a_smaller_store_or_a_member_without_one_leaves_the_limits_and_the
 
     made = await provision_on("12MB")
     assert made == {s.name: int(s.store_share * STORE_BYTES) for s in streams.ALL_STREAMS}
+    # A release that also changes what a stream keeps: refused as well, and still the start goes on.
+    shorter = dataclasses.replace(streams.INGEST_STREAM, max_age_seconds=3 * 24 * 3600.0)
+    monkeypatch.setattr(
+        streams, "ALL_STREAMS", tuple(shorter if s is streams.INGEST_STREAM else s for s in streams.ALL_STREAMS)
+    )
     with structlog.testing.capture_logs() as logs:
         assert await provision_on("6MB") == made
-    refused = [entry for entry in logs if entry["event"] == "stream_limit_refused"]
+    refused = [entry for entry in logs if entry["event"] == "stream_update_refused"]
     assert {entry["stream"] for entry in refused} == set(made)
     assert "lower each stream's max bytes first" in refused[0]["fix"]
     assert await provision_on(None) == made

@@ -3,13 +3,12 @@ written brings the message back, one delivered more often than allowed without b
 its handler, and durables made with a server-side limit lose it at the next start."""
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
-import pytest
 from nats.js import api
 from opentelemetry import trace
 
-from plumbing import bus as bus_module
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
 from plumbing.ids import new_id
 from tests.waiting import eventually
@@ -40,31 +39,32 @@ async def _letters(bus: Bus, stream: str) -> list[dict[str, str]]:
     ][: state.messages]
 
 
-async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
-    nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The dead-letter stream is full when the last attempt fails, past the time a consumer holds the message: it is
-    given back, comes back and is dead-lettered once the stream has room. (Before, with the limit on the server, that
-    attempt's failure left it on the server, never delivered again and never dead-lettered.)"""
-    monkeypatch.setattr(bus_module, "DEAD_LETTER_HOLD_SECONDS", 0.3)
-    monkeypatch.setattr(bus_module, "DEAD_LETTER_RETRY_SECONDS", 0.2)
+async def test_a_dead_letter_that_cannot_be_written_is_held_and_written_once_there_is_room(nats_bus: Bus) -> None:
+    """The dead-letter stream is full when the last attempt fails: the message is held (not given back to its
+    handler) while the consumer goes on with the next ones, and its letter is written once the stream has room.
+    (Before, with the limit on the server, that attempt's failure left it on the server, never delivered again and
+    never dead-lettered.)"""
     spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
     config = (await nats_bus.js.stream_info(dead_letters)).config
     config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
     await nats_bus.js.update_stream(config)
     await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)  # nearly full: no letter fits
-    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
-    attempts: list[int] = []
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="failing").SerializeToString())
+    attempts: list[tuple[str, int]] = []
 
     async def failing(event: SegmentPublished, delivery: Delivery) -> None:
-        attempts.append(delivery.num_delivered)
-        raise RuntimeError("the database is away")
+        attempts.append((event.segment_id, delivery.num_delivered))
+        if event.segment_id == "failing":
+            raise RuntimeError("the database is away")
 
     consumer = Consumer(nats_bus, spec, SegmentPublished, failing, TRACER)
     await consumer.declare()
     task = asyncio.create_task(consumer.run())
     try:
-        await eventually(lambda: _delivered_at_least(nats_bus, spec, 4))
+        await eventually(lambda: _attempted(attempts, ("failing", 2)))
+        await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="next").SerializeToString())
+        await eventually(lambda: _attempted(attempts, ("next", 1)))  # the held letter holds no slot
+        await asyncio.sleep(3 * spec.ack_wait_seconds)  # held over three ack waits: not delivered again
         assert (await nats_bus.js.stream_info(dead_letters)).state.messages == 1
         config.max_bytes = -1
         await nats_bus.js.update_stream(config)
@@ -72,11 +72,41 @@ async def test_a_dead_letter_that_cannot_be_written_brings_the_message_back(
     finally:
         await consumer.stop()
         await task
-    assert attempts == [1, 2]  # after its last attempt, only its dead letter is written again
+    assert attempts == [("failing", 1), ("failing", 2), ("next", 1)]
     letters = await _letters(nats_bus, dead_letters)
     assert letters[-1]["Xsell-Dlq-Reason"].startswith("failed 2 times: RuntimeError('the database is away')")
     info = await nats_bus.js.consumer_info(stream, spec.durable)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_stop_gives_a_held_message_back_at_once(nats_bus: Bus) -> None:
+    """For the next process: it is not left in hand until its ack wait passes."""
+    spec, stream, dead_letters = await _setup(nats_bus)
+    spec = dataclasses.replace(spec, ack_wait_seconds=60.0)
+    config = (await nats_bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await nats_bus.js.update_stream(config)
+    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await nats_bus.js.publish(spec.filter_subject, b"\xff\xff not a protobuf")
+    consumer = Consumer(nats_bus, spec, SegmentPublished, _never_called, TRACER)
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+
+        async def held() -> bool:
+            info = await nats_bus.js.consumer_info(stream, spec.durable)
+            return (info.delivered.consumer_seq, info.num_ack_pending) == (1, 1)
+
+        await eventually(held)
+    finally:
+        await consumer.stop()
+        await task
+
+    # The next process takes it at once (its ack wait, 60 s, has not passed).
+    taken = await nats_bus.js.pull_subscribe_bind(spec.durable, stream)
+    (message,) = await taken.fetch(1, timeout=5)
+    await taken.unsubscribe()
+    assert message.metadata.num_delivered == 2
 
 
 async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_not_handled_again(nats_bus: Bus) -> None:
@@ -102,40 +132,6 @@ async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_no
     try:
         await asyncio.sleep(3 * spec.ack_wait_seconds)  # held over three ack waits: not delivered again
         assert (await nats_bus.js.consumer_info(stream, spec.durable)).delivered.consumer_seq == 1
-        config.max_bytes = -1
-        await nats_bus.js.update_stream(config)
-        await eventually(lambda: _count(nats_bus, dead_letters, 2))
-    finally:
-        await consumer.stop()
-        await task
-    assert attempts == [1]
-    assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
-
-
-async def test_a_refused_message_given_back_is_not_handled_again_when_it_comes_back(
-    nats_bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past the hold, the message is given back; when it comes again the consumer remembers its letter."""
-    monkeypatch.setattr(bus_module, "DEAD_LETTER_HOLD_SECONDS", 0.3)
-    monkeypatch.setattr(bus_module, "DEAD_LETTER_RETRY_SECONDS", 0.2)
-    spec, _, dead_letters = await _setup(nats_bus)
-    config = (await nats_bus.js.stream_info(dead_letters)).config
-    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
-    await nats_bus.js.update_stream(config)
-    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
-    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
-    attempts: list[int] = []
-
-    async def refusing_once(event: SegmentPublished, delivery: Delivery) -> None:
-        attempts.append(delivery.num_delivered)
-        if len(attempts) == 1:
-            raise PermanentError("no such segment")
-
-    consumer = Consumer(nats_bus, spec, SegmentPublished, refusing_once, TRACER)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
-        await eventually(lambda: _delivered_at_least(nats_bus, spec, 3))
         config.max_bytes = -1
         await nats_bus.js.update_stream(config)
         await eventually(lambda: _count(nats_bus, dead_letters, 2))
@@ -252,6 +248,10 @@ async def test_a_durable_made_with_a_server_side_limit_loses_it_and_keeps_its_pl
 
 async def _never_called(event: SegmentPublished, delivery: Delivery) -> None:
     raise AssertionError("an undecodable message reached its handler")
+
+
+async def _attempted(attempts: list[tuple[str, int]], attempt: tuple[str, int]) -> bool:
+    return attempt in attempts
 
 
 async def _count(bus: Bus, stream: str, at_least: int) -> bool:
