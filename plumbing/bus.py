@@ -678,6 +678,11 @@ class Consumer(Generic[M]):
             "xsell.consumer.pending", description="Messages in the stream not yet delivered to the durable (lag)."
         )
         self._lag_checked_at = 0.0
+        self._held_letters = instruments.create_up_down_counter(
+            "xsell.dead_letters.held",
+            description="Messages kept in hand because their dead letter could not be written yet, by durable.",
+        )
+        self._held_letters.add(0, self._attributes)  # exported from the start: the alert compares it with 0
         # Messages whose dead letter could not be written yet, each held by a task of its own (_hold_letter).
         self._held: set[asyncio.Task[None]] = set()
         self._giving_back = asyncio.Event()
@@ -1009,6 +1014,7 @@ class Consumer(Generic[M]):
                 error=str(error) or type(error).__name__,
                 held=True,
             )
+            self._held_letters.add(1, self._attributes)
             task = asyncio.create_task(self._hold_letter(msg, headers, reason), name="dead-letter-held")
             self._held.add(task)
             task.add_done_callback(self._held.discard)
@@ -1023,6 +1029,12 @@ class Consumer(Generic[M]):
         it is not delivered again) and writes the letter again, with growing pauses, until it is written; when the
         consumer stops, gives the message back. It counts against the durable's max_ack_pending meanwhile: with its
         dead-letter stream full, a durable stops taking messages once that many wait (XsellDeadLettersNotWritten)."""
+        try:
+            await self._keep_writing_letter(msg, headers, reason)
+        finally:
+            self._held_letters.add(-1, self._attributes)
+
+    async def _keep_writing_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
         pause = 0.5
         # Told well within the ack wait, whatever the pause.
         tick = min(self.spec.ack_wait_seconds / 3, DEAD_LETTER_RETRY_MAX_SECONDS)
