@@ -60,8 +60,9 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
   campaigns      127.0.0.1:{ports.campaigns}
   channels       127.0.0.1:{ports.channels}
   attribution    127.0.0.1:{ports.attribution}
-  NATS           nats://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/; a user per service, and
-                 {var_dir}/nats-operator.env for the dead-letter tool, {var_dir}/nats-feeds.env for a bulk feed)
+  NATS           tls://127.0.0.1:{ports.nats}   (JetStream data in {var_dir}/nats/, the CA {var_dir}/nats-tls/ca.pem;
+                 a user per service, and {var_dir}/nats-operator.env for the dead-letter tool, {var_dir}/nats-feeds.env
+                 for a bulk feed: user, password, URL and CA)
   SMTP sink      127.0.0.1:{ports.smtp}       (e-mails land in {var_dir}/mail/; each delivery reported to the mailbox)
   bounce mailbox 127.0.0.1:{ports.bounces}       (delivery reports, bounces and complaints to bounces@xsell.local)
   provider sinks SMS {ports.sms}, WhatsApp {ports.whatsapp}, push {ports.push}, webhook {ports.webhook} \

