@@ -2,17 +2,23 @@
 isolation rules; mutated copies show that each rule check catches what it guards."""
 
 import base64
+import datetime
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import kubernetes_validate
+import nats
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes_validate.utils import latest_version
 
+from devstack.nats_server import NatsServer
+from devstack.nats_tls import TlsFiles
 from services import nats_access
 from tests.deploy.manifests import (
     K8S,
@@ -110,10 +116,15 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
     docs = render(K8S, "dev")
     nats = find(docs, "StatefulSet", "nats")
     [config_map] = [v["configMap"]["name"] for v in pod_spec(nats)["volumes"] if "configMap" in v]
-    for file, text in find(docs, "ConfigMap", config_map)["data"].items():
-        (tmp_path / file).write_text(text)
-    [container] = pod_spec(nats)["containers"]
     secrets = {name(doc): doc["data"] for doc in of_kind(docs, "Secret")}
+    # The TLS files where the pods mount the Secret nats-tls (/etc/nats-tls), here under tmp_path.
+    [tls] = [v["secret"]["secretName"] for v in pod_spec(nats)["volumes"] if "secret" in v]
+    (tmp_path / "tls").mkdir()
+    for key, value in secrets[tls].items():
+        (tmp_path / "tls" / key).write_bytes(base64.b64decode(value))
+    for file, text in find(docs, "ConfigMap", config_map)["data"].items():
+        (tmp_path / file).write_text(text.replace("/etc/nats-tls/", f"{tmp_path}/tls/"))
+    [container] = pod_spec(nats)["containers"]
     env = {"SERVER_NAME": "nats-0"}
     for variable in container["env"]:
         ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
@@ -171,6 +182,52 @@ def test_each_service_connects_to_nats_as_its_own_user(overlay: tuple[str, list[
         others = [c for c in [*spec["initContainers"], *spec["containers"]] if c["name"] != "provision-nats"]
         keys = {e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") for c in others for e in c.get("env") or []}
         assert "provisioner" not in keys
+
+
+def test_every_nats_client_connects_over_tls_with_the_ca_alone(overlay: tuple[str, list[Doc]]) -> None:
+    """Each service and its provision-nats init container: a tls:// URL, and the CA file from the Secret nats-tls,
+    mounted without the server's key."""
+    _, docs = overlay
+    for process in nats_access.SERVICE_USERS:
+        config = _config(docs, process)
+        prefix = f"XSELL_{process.upper()}_"
+        spec = pod_spec(find(docs, "Deployment", process))
+        [provision] = [c for c in spec["initContainers"] if c["name"] == "provision-nats"]
+        [main] = spec["containers"]
+        provision_env = {e["name"]: e.get("value") for e in provision["env"]}
+        for url, ca, container in (
+            (config[prefix + "NATS_URL"], config[prefix + "NATS_TLS_CA"], main),
+            (provision_env["XSELL_NATS_URL"], provision_env["XSELL_NATS_TLS_CA"], provision),
+        ):
+            assert url == "tls://nats:4222", process
+            [mount] = [m for m in container["volumeMounts"] if ca.startswith(m["mountPath"] + "/")]
+            [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+            assert volume["secret"]["secretName"].startswith("nats-tls"), process
+            assert volume["secret"]["items"] == [{"key": "ca.crt", "path": ca.rsplit("/", 1)[1]}], process
+
+
+async def test_the_dev_certificate_is_what_the_clients_and_the_members_check(tmp_path: Path) -> None:
+    """On a real server with the dev overlay's Secret nats-tls: a client that trusts its CA connects to the name the
+    services use (nats), and the certificate also names the members as their routes dial them."""
+    docs = render(K8S, "dev")
+    nats_set = find(docs, "StatefulSet", "nats")
+    [tls] = [v["secret"]["secretName"] for v in pod_spec(nats_set)["volumes"] if "secret" in v]
+    [secret] = [doc for doc in of_kind(docs, "Secret") if name(doc) == tls]
+    for key, value in secret["data"].items():
+        (tmp_path / key).write_bytes(base64.b64decode(value))
+    certificate = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"nats", "*.nats-headless", "nats.xsell-dev.svc"} <= set(names.get_values_for_type(x509.DNSName))
+    assert certificate.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
+    server = NatsServer(
+        tmp_path / "store", tls=TlsFiles(tmp_path / "ca.crt", tmp_path / "tls.crt", tmp_path / "tls.key")
+    ).start()
+    try:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        client = await nats.connect(server.url, tls=context, tls_hostname="nats", allow_reconnect=False)
+        await client.close()
+    finally:
+        server.stop()
 
 
 def test_dev_generates_every_secret_its_pods_need() -> None:
