@@ -3,8 +3,9 @@ written brings the message back, one delivered more often than allowed without b
 its handler, and durables made with a server-side limit lose it at the next start."""
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.js import api
 from opentelemetry import trace
@@ -45,10 +46,7 @@ async def test_a_dead_letter_that_cannot_be_written_is_held_and_written_once_the
     (Before, with the limit on the server, that attempt's failure left it on the server, never delivered again and
     never dead-lettered.)"""
     spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
-    config = (await nats_bus.js.stream_info(dead_letters)).config
-    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
-    await nats_bus.js.update_stream(config)
-    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)  # nearly full: no letter fits
+    await _fill(nats_bus, spec, dead_letters)
     await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="failing").SerializeToString())
     attempts: list[tuple[str, int]] = []
 
@@ -58,20 +56,14 @@ async def test_a_dead_letter_that_cannot_be_written_is_held_and_written_once_the
             raise RuntimeError("the database is away")
 
     consumer = Consumer(nats_bus, spec, SegmentPublished, failing, TRACER)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with _running(consumer):
         await eventually(lambda: _attempted(attempts, ("failing", 2)))
         await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="next").SerializeToString())
         await eventually(lambda: _attempted(attempts, ("next", 1)))  # the held letter holds no slot
         await asyncio.sleep(3 * spec.ack_wait_seconds)  # held over three ack waits: not delivered again
         assert (await nats_bus.js.stream_info(dead_letters)).state.messages == 1
-        config.max_bytes = -1
-        await nats_bus.js.update_stream(config)
+        await _make_room(nats_bus, dead_letters)
         await eventually(lambda: _count(nats_bus, dead_letters, 2))
-    finally:
-        await consumer.stop()
-        await task
     assert attempts == [("failing", 1), ("failing", 2), ("next", 1)]
     letters = await _letters(nats_bus, dead_letters)
     assert letters[-1]["Xsell-Dlq-Reason"].startswith("failed 2 times: RuntimeError('the database is away')")
@@ -83,24 +75,16 @@ async def test_a_stop_gives_a_held_message_back_at_once(nats_bus: Bus) -> None:
     """For the next process: it is not left in hand until its ack wait passes."""
     spec, stream, dead_letters = await _setup(nats_bus)
     spec = dataclasses.replace(spec, ack_wait_seconds=60.0)
-    config = (await nats_bus.js.stream_info(dead_letters)).config
-    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
-    await nats_bus.js.update_stream(config)
-    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await _fill(nats_bus, spec, dead_letters)
     await nats_bus.js.publish(spec.filter_subject, b"\xff\xff not a protobuf")
     consumer = Consumer(nats_bus, spec, SegmentPublished, _never_called, TRACER)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with _running(consumer):
 
         async def held() -> bool:
             info = await nats_bus.js.consumer_info(stream, spec.durable)
             return (info.delivered.consumer_seq, info.num_ack_pending) == (1, 1)
 
         await eventually(held)
-    finally:
-        await consumer.stop()
-        await task
 
     # The next process takes it at once (its ack wait, 60 s, has not passed).
     taken = await nats_bus.js.pull_subscribe_bind(spec.durable, stream)
@@ -114,10 +98,7 @@ async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_no
     server is told it is still in hand, so it is not delivered again) and writes the letter once there is room; the
     handler, which might accept it a second time, never sees it again."""
     spec, stream, dead_letters = await _setup(nats_bus)
-    config = (await nats_bus.js.stream_info(dead_letters)).config
-    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
-    await nats_bus.js.update_stream(config)
-    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await _fill(nats_bus, spec, dead_letters)
     await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
     attempts: list[int] = []
 
@@ -127,17 +108,11 @@ async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_no
             raise PermanentError("no such segment")
 
     consumer = Consumer(nats_bus, spec, SegmentPublished, refusing_once, TRACER)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with _running(consumer):
         await asyncio.sleep(3 * spec.ack_wait_seconds)  # held over three ack waits: not delivered again
         assert (await nats_bus.js.consumer_info(stream, spec.durable)).delivered.consumer_seq == 1
-        config.max_bytes = -1
-        await nats_bus.js.update_stream(config)
+        await _make_room(nats_bus, dead_letters)
         await eventually(lambda: _count(nats_bus, dead_letters, 2))
-    finally:
-        await consumer.stop()
-        await task
     assert attempts == [1]
     assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
 
@@ -146,10 +121,7 @@ async def test_in_a_batch_the_applied_messages_are_acknowledged_while_a_letter_i
     """A batch handler (campaigns' triggers) applied two of three; the third's letter cannot be written yet. The two
     are acknowledged at once, not after the hold (they would come again meanwhile)."""
     spec, stream, dead_letters = await _setup(nats_bus)
-    config = (await nats_bus.js.stream_info(dead_letters)).config
-    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
-    await nats_bus.js.update_stream(config)
-    await nats_bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+    await _fill(nats_bus, spec, dead_letters)
     for segment in ("a", "refused", "c"):
         await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id=segment).SerializeToString())
 
@@ -157,21 +129,15 @@ async def test_in_a_batch_the_applied_messages_are_acknowledged_while_a_letter_i
         return [PermanentError("refused") if event.segment_id == "refused" else None for event, _ in items]
 
     consumer = Consumer(nats_bus, spec, SegmentPublished, None, TRACER, batch_handler=batch)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with _running(consumer):
 
         async def only_the_held_one_pending() -> bool:
             info = await nats_bus.js.consumer_info(stream, spec.durable)
             return (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (1, 0, 1)
 
         await eventually(only_the_held_one_pending)
-        config.max_bytes = -1
-        await nats_bus.js.update_stream(config)
+        await _make_room(nats_bus, dead_letters)
         await eventually(lambda: _count(nats_bus, dead_letters, 2))
-    finally:
-        await consumer.stop()
-        await task
 
 
 async def test_a_large_message_is_dead_lettered_without_its_payload(nats_bus: Bus) -> None:
@@ -181,13 +147,8 @@ async def test_a_large_message_is_dead_lettered_without_its_payload(nats_bus: Bu
     batch = b"\xff" + b"\0" * (nats_bus.nc.max_payload - 100)
     await nats_bus.js.publish(spec.filter_subject, batch)
     consumer = Consumer(nats_bus, spec, SegmentPublished, _never_called, TRACER)
-    await consumer.declare()
-    task = asyncio.create_task(consumer.run())
-    try:
+    async with _running(consumer):
         await eventually(lambda: _count(nats_bus, dead_letters, 1))
-    finally:
-        await consumer.stop()
-        await task
     message = await nats_bus.js.get_msg(dead_letters, 1)
     assert message.data in (b"", None)
     assert (message.headers or {})["Xsell-Dlq-Payload-Omitted"] == str(len(batch))
@@ -252,6 +213,31 @@ async def _never_called(event: SegmentPublished, delivery: Delivery) -> None:
 
 async def _attempted(attempts: list[tuple[str, int]], attempt: tuple[str, int]) -> bool:
     return attempt in attempts
+
+
+async def _fill(bus: Bus, spec: ConsumerSpec, dead_letters: str) -> None:
+    """The dead-letter stream nearly full: no letter fits."""
+    config = (await bus.js.stream_info(dead_letters)).config
+    config.max_bytes, config.discard = 400, api.DiscardPolicy.NEW
+    await bus.js.update_stream(config)
+    await bus.js.publish(spec.dead_letter_subject, b"x" * 300)
+
+
+async def _make_room(bus: Bus, dead_letters: str) -> None:
+    config = (await bus.js.stream_info(dead_letters)).config
+    config.max_bytes = -1
+    await bus.js.update_stream(config)
+
+
+@contextlib.asynccontextmanager
+async def _running(consumer: Consumer[SegmentPublished]) -> AsyncIterator[None]:
+    await consumer.declare()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield
+    finally:
+        await consumer.stop()
+        await task
 
 
 async def _count(bus: Bus, stream: str, at_least: int) -> bool:
