@@ -110,7 +110,9 @@ class NatsServer:
         text = self.authorization
         if self.tls is not None:
             certificate, key = json.dumps(str(self.tls.certificate)), json.dumps(str(self.tls.key))
-            text += f"tls {{ cert_file: {certificate}, key_file: {key} }}\n"
+            # handshake_first with a fallback: xsell's processes start TLS at once (Bus.connect), and a client
+            # that waits for the server's INFO first (the nats CLI) still gets it after 300 ms.
+            text += f'tls {{ cert_file: {certificate}, key_file: {key}, handshake_first: "300ms" }}\n'
         if text:
             path = self.store_dir / "authorization.conf"
             path.touch(mode=0o600)

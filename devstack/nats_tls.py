@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,7 +33,7 @@ class TlsFiles:
 def local_certificates(directory: Path, names: tuple[str, ...] = LOCAL_NAMES, *, days: int = 365) -> TlsFiles:
     """ca.pem, server.pem and server.key in `directory`, made unless valid ones for `names` are there already."""
     files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    if _still_valid(files.certificate, names):
+    if _still_valid(files, names):
         return files
     directory.mkdir(parents=True, exist_ok=True)
     ca_pem, certificate_pem, key_pem = make_certificates(names, days=days, ca_name="xsell local NATS CA")
@@ -45,7 +46,8 @@ def local_certificates(directory: Path, names: tuple[str, ...] = LOCAL_NAMES, *,
 
 def make_certificates(names: tuple[str, ...], *, days: int, ca_name: str) -> tuple[bytes, bytes, bytes]:
     """A CA certificate, and a certificate for `names` (DNS names, IP addresses, `*.` wildcards) it signed with the
-    server's private key: PEM each. The server certificate serves both sides of TLS (NATS routes dial each other)."""
+    server's private key: PEM each. The server certificate serves both sides of TLS (NATS routes are mutual TLS:
+    server and client auth)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
@@ -61,6 +63,8 @@ def make_certificates(names: tuple[str, ...], *, days: int, ca_name: str) -> tup
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
         )  # digital signature, certificate and CRL signing
+        # Key identifiers: Python 3.13's default TLS context (VERIFY_X509_STRICT) refuses a chain without them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -83,6 +87,8 @@ def make_certificates(names: tuple[str, ...], *, days: int, ca_name: str) -> tup
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return (
@@ -92,13 +98,17 @@ def make_certificates(names: tuple[str, ...], *, days: int, ca_name: str) -> tup
     )
 
 
-def _still_valid(path: Path, names: tuple[str, ...]) -> bool:
-    if not path.exists():
+def _still_valid(files: TlsFiles, names: tuple[str, ...]) -> bool:
+    """Whether the certificate names `names`, ends later than RENEW_BEFORE from now, and was signed by the CA file
+    (a set left half written is made anew)."""
+    if not (files.certificate.exists() and files.ca.exists() and files.key.exists()):
         return False
     try:
-        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+        certificate = x509.load_pem_x509_certificate(files.certificate.read_bytes())
+        certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca.read_bytes()))
         alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
+        certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
     present = {str(n) for n in alternatives.get_values_for_type(x509.DNSName)}
     present |= {str(n) for n in alternatives.get_values_for_type(x509.IPAddress)}
@@ -119,6 +129,7 @@ def main(argv: list[str]) -> int:
     )
     (directory / "ca.crt").write_bytes(ca_pem)
     (directory / "tls.crt").write_bytes(certificate_pem)
+    (directory / "tls.key").touch(mode=0o600)
     (directory / "tls.key").write_bytes(key_pem)
     return 0
 

@@ -55,6 +55,9 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
 
+CONNECT_ATTEMPT_SECONDS = 10.0
+"""How long one first connect to NATS may take before a new client tries again."""
+
 PULL_EXPIRES_SECONDS = 5.0
 """How long one pull request stays open on the server; a request lost with its connection is replaced after this."""
 
@@ -304,27 +307,40 @@ class Bus:
             if not connecting and (bus is None or not bus.closing):
                 log.warning("nats_disconnected", error=str(nc.last_error) if nc.last_error else None)
 
-        nc = NatsClient()
-        try:
-            await nc.connect(
-                url,
-                name=name,
-                user=user or None,
-                password=password if user else None,
-                inbox_prefix=inbox_prefix(user) if user else DEFAULT_INBOX_PREFIX,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; nats.py's annotation says int
-                # Bounded, so a shutdown never hangs on the server (the default is 30 s).
-                drain_timeout=5,
-                tls=ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-            )
-        except NatsRefused:
-            # Bounded: after a failed TLS handshake nats.py waits on its transport's close for ever.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), timeout=2)
-            raise
+        tls = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca is not None else None
+        while True:
+            nc = NatsClient()
+            try:
+                await asyncio.wait_for(
+                    nc.connect(
+                        url,
+                        name=name,
+                        user=user or None,
+                        password=password if user else None,
+                        inbox_prefix=inbox_prefix(user) if user else DEFAULT_INBOX_PREFIX,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; nats.py says int
+                        # Bounded, so a shutdown never hangs on the server (the default is 30 s).
+                        drain_timeout=5,
+                        tls=tls,
+                        # TLS before anything else: nats.py otherwise upgrades only when the server's INFO asks
+                        # for it, and sends the password in clear to a server (or anything on its port) that
+                        # does not (the servers allow it with handshake_first).
+                        tls_handshake_first=tls is not None,
+                        error_cb=on_error,
+                        disconnected_cb=on_disconnect,
+                    ),
+                    timeout=CONNECT_ATTEMPT_SECONDS,
+                )
+                break
+            except NatsRefused:
+                await _close_bounded(nc)
+                raise
+            except TimeoutError:
+                # A first connect stuck (nats.py waits for ever on a TLS handshake cut off, or on its close): a
+                # new client tries again, as nats.py itself does while the server is not up.
+                await _close_bounded(nc)
+                log.warning("nats_connect_retried", url=url, after_seconds=CONNECT_ATTEMPT_SECONDS)
         connecting = False
         bus = cls(nc, api_prefix)
         return bus
@@ -487,6 +503,13 @@ def _differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
         or (existing.max_bytes or -1) != wanted.max_bytes
         or (existing.discard or api.DiscardPolicy.OLD) != wanted.discard
     )
+
+
+async def _close_bounded(nc: NatsClient) -> None:
+    """Closes a client that never finished connecting: bounded, since after a failed TLS handshake nats.py waits on
+    its transport's close for ever."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), timeout=2)
 
 
 def _consumer_differs(existing: api.ConsumerConfig, wanted: api.ConsumerConfig) -> bool:

@@ -371,6 +371,12 @@ def nats_violations(docs: list[Doc]) -> list[str]:
     if sorted(set(routes)) != ["0", "1", "2"]:
         problems.append(f"nats.conf: cluster routes name members {sorted(set(routes))}, expected 0, 1 and 2")
     problems += _store_violations(docs, nats, configs, jetstream.group(1) if jetstream else "")
+    client_tls = re.search(r"^tls\s*\{([^}]*)\}", code, re.MULTILINE)
+    if client_tls is None or "handshake_first" not in client_tls.group(1):
+        problems.append("nats.conf: the client port has no tls { ... handshake_first } (passwords and events in clear)")
+    cluster = re.search(r"^cluster\s*\{(.*?)^\}", code, re.MULTILINE | re.DOTALL)
+    if cluster is None or "tls {" not in cluster.group(1) or "no_advertise: true" not in cluster.group(1):
+        problems.append("nats.conf: the routes have no tls { }, or members advertise their pod addresses")
     return problems
 
 
