@@ -389,7 +389,8 @@ def _store_violations(docs: list[Doc], nats: Doc, configs: list[str], jetstream:
     if f"jetstream: {{ max_file: ${nats_access.STORE_VARIABLE} }}" not in auth:
         problems.append(f"nats-auth.conf: XSELL's jetstream {{ max_file }} is not ${nats_access.STORE_VARIABLE}")
     volume = nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    for container in [*pod_spec(nats).get("initContainers", []), *pod_spec(nats)["containers"]]:
+    server = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
+    for container in [*pod_spec(nats).get("initContainers", []), *server]:
         env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
         problems += [f"nats {container['name']}: {p}" for p in nats_access.store_problems(env)]
         member = env.get(nats_access.MEMBER_STORE_VARIABLE, "")

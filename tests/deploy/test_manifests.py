@@ -1,6 +1,7 @@
 """Every overlay renders with the real kubectl, validates offline against the Kubernetes schemas, and keeps the
 isolation rules; mutated copies show that each rule check catches what it guards."""
 
+import asyncio
 import base64
 import datetime
 import re
@@ -19,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from kubernetes_validate.utils import latest_version
 
 from devstack.nats_server import NatsServer
-from devstack.nats_tls import TlsFiles
+from devstack.nats_tls import TlsFiles, local_certificates
 from services import nats_access
 from tests.deploy.manifests import (
     K8S,
@@ -36,6 +37,7 @@ from tests.deploy.manifests import (
     render,
     violations,
 )
+from tests.waiting import eventually
 
 # The oldest minor still common on managed clusters, and the newest the package ships schemas for.
 KUBERNETES_VERSIONS = ("1.32", latest_version())
@@ -125,7 +127,7 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
         (tmp_path / "tls" / key).write_bytes(base64.b64decode(value))
     for file, text in find(docs, "ConfigMap", config_map)["data"].items():
         (tmp_path / file).write_text(text.replace("/etc/nats-tls/", f"{tmp_path}/tls/"))
-    [container] = pod_spec(nats)["containers"]
+    [container] = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
     env = {"SERVER_NAME": "nats-0"}
     for variable in container["env"]:
         ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
@@ -231,6 +233,46 @@ async def test_the_dev_certificate_is_what_the_clients_and_the_members_check(tmp
         client = await nats.connect(server.url, tls=context, tls_hostname="nats", allow_reconnect=False)
         await client.close()
     finally:
+        server.stop()
+
+
+async def test_a_renewed_certificate_is_reloaded_by_the_nats_pods_sidecar(tmp_path: Path) -> None:
+    """The reload-tls container's own script, run against a real server: once the mounted files change, the server
+    serves the new certificate (without it, only after a restart)."""
+    nats_set = find(render(K8S, "dev"), "StatefulSet", "nats")
+    [sidecar] = [c for c in pod_spec(nats_set)["containers"] if c["name"] == "reload-tls"]
+    assert pod_spec(nats_set)["shareProcessNamespace"] is True
+    tls, pid = tmp_path / "tls", tmp_path / "nats.pid"
+    first = local_certificates(tmp_path / "first")
+    tls.mkdir()
+    for source, target in ((first.ca, "ca.crt"), (first.certificate, "tls.crt"), (first.key, "tls.key")):
+        shutil.copy(source, tls / target)
+    server = NatsServer(tmp_path / "store", tls=TlsFiles(tls / "ca.crt", tls / "tls.crt", tls / "tls.key"))
+    server.start()
+    script = sidecar["command"][-1].replace("/etc/nats-tls", str(tls)).replace("/var/run/nats/nats.pid", str(pid))
+    environment = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "CHECK_SECONDS": "0.2"}
+    assert server.process is not None
+    pid.write_text(str(server.process.pid))
+    reloader = await asyncio.create_subprocess_exec("sh", "-c", script, env=environment)
+    try:
+        await asyncio.sleep(0.5)  # the script has seen the first set
+        renewed = local_certificates(tmp_path / "renewed")
+        for source, target in ((renewed.ca, "ca.crt"), (renewed.certificate, "tls.crt"), (renewed.key, "tls.key")):
+            shutil.copy(source, tls / target)
+
+        async def serves_the_renewed_one() -> bool:
+            context = ssl.create_default_context(cafile=str(renewed.ca))
+            try:
+                client = await nats.connect(server.url, tls=context, allow_reconnect=False, connect_timeout=2)
+            except Exception:  # noqa: BLE001 - the old certificate still: not yet
+                return False
+            await client.close()
+            return True
+
+        await eventually(serves_the_renewed_one, timeout=15)
+    finally:
+        reloader.kill()
+        await reloader.wait()
         server.stop()
 
 
