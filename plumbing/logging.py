@@ -96,6 +96,17 @@ def setup_logging(service: str, level: str = "info", stream: TextIO | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.INFO))
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsCloseNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_TlsCloseNoise())
+
+
+class _TlsCloseNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl": its stream protocol says so
+    at every close of a TLS connection (nats.py's to NATS), a warning about asyncio itself, not about xsell."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("returning true from eof_received()")
 
 
 def get_logger(name: str | None = None) -> Any:
