@@ -48,6 +48,16 @@ def test_planted_pii_is_redacted_everywhere_in_a_log_line(log_stream: io.StringI
     assert record["amount_paise"] == 174000000
 
 
+def test_asyncios_tls_close_warning_is_dropped_and_its_other_warnings_kept(log_stream: io.StringIO) -> None:
+    import logging
+
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.warning("returning true from eof_received() has no effect when using ssl")
+    asyncio_log.warning("Executing <Task> took 0.2 seconds")
+    lines = [json.loads(line)["event"] for line in log_stream.getvalue().splitlines()]
+    assert lines == ["Executing <Task> took 0.2 seconds"]
+
+
 def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
     import logging
 
