@@ -201,6 +201,8 @@ class Bus:
         self.closing = False
         """Set by drain: a disconnect from now on is this process's own doing."""
         self.js: JetStreamContext = nc.jetstream(prefix=api_prefix)
+        self.tls: ssl.SSLContext | None = None
+        """The TLS context the connection was made with (Bus.connect with a CA), for certificate_expires_in."""
         self._ack_inbox: str | None = None
         self._ack_inbox_ready = asyncio.Lock()
         self._batches: dict[str, _AckedBatch] = {}
@@ -343,6 +345,7 @@ class Bus:
                 log.warning("nats_connect_retried", url=url, after_seconds=CONNECT_ATTEMPT_SECONDS)
         connecting = False
         bus = cls(nc, api_prefix)
+        bus.tls = tls
         return bus
 
     @classmethod
@@ -451,6 +454,27 @@ class Bus:
                 effect="it refuses new messages until older ones age out; grow the store (docs/deploy.md)",
             )
 
+    async def certificate_expires_in(self) -> float | None:
+        """Seconds until the certificate of the NATS server this connection uses expires (a new TLS connection to
+        it, checked as the connection's was); None without TLS or when it cannot be read now."""
+        server = self.nc.connected_url
+        if self.tls is None or server is None or server.hostname is None:
+            return None
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(server.hostname, server.port or 4222, ssl=self.tls), timeout=5
+            )
+        except (OSError, TimeoutError):
+            return None
+        try:
+            certificate = writer.get_extra_info("peercert") or {}
+            ends = certificate.get("notAfter")
+            return ssl.cert_time_to_seconds(ends) - time.time() if isinstance(ends, str) else None
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), timeout=2)
+
     async def account_store(self) -> int:
         """The byte limit of this account's JetStream file store (its `jetstream { max_file }`, counted over every
         replica), -1 when it has none of its own."""
@@ -534,13 +558,16 @@ message is settled on as a handler's own exception would be (nak with backoff, R
 
 STREAM_WATCH_SECONDS = 30.0
 """How often StreamWatch reads the streams' state."""
+CERTIFICATE_WATCH_SECONDS = 600.0
+"""And how often the NATS server's certificate."""
 
 
 class StreamWatch:
     """Reads how full each stream with a byte limit is (services/streams.py: a share of the account's store), for the
     `xsell.stream.fill` gauge (XsellStreamFilling): a stream that fills refuses new messages, and its publishers'
     events wait in their outboxes until it has room. Every service runs one over every stream, so the reading
-    survives any one of them."""
+    survives any one of them. Over TLS, also when the NATS server's certificate expires (`xsell.nats.certificate.
+    expiry`, XsellNatsCertificateExpiring): the NATS pods reload a renewed one, and this says when none came."""
 
     def __init__(self, bus: Bus, streams: Sequence[str], interval: float = STREAM_WATCH_SECONDS) -> None:
         self.bus = bus
@@ -552,6 +579,12 @@ class StreamWatch:
             unit="1",
             description="Bytes a stream holds over its byte limit (0 to 1; only streams with a limit).",
         )
+        self._expiry = meter().create_gauge(
+            "xsell.nats.certificate.expiry",
+            unit="s",
+            description="Seconds until the NATS server's certificate expires (over TLS only).",
+        )
+        self._certificate_read_at: float | None = None
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -569,6 +602,12 @@ class StreamWatch:
             limit = info.config.max_bytes or -1
             if limit > 0:
                 self._fill.set((info.state.bytes or 0) / limit, {"stream": name})
+        now = time.monotonic()
+        if self._certificate_read_at is None or now - self._certificate_read_at >= CERTIFICATE_WATCH_SECONDS:
+            self._certificate_read_at = now
+            expires_in = await self.bus.certificate_expires_in()
+            if expires_in is not None:
+                self._expiry.set(expires_in)
 
     async def stop(self) -> None:
         self._stopping.set()

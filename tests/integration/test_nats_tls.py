@@ -61,6 +61,9 @@ async def test_a_service_connects_over_tls_as_its_user_and_publishes(
     try:
         assert campaigns.nc.connected_url is not None and campaigns.nc.connected_url.scheme == "tls"
         assert await campaigns.publish_batch([(streams.OUTREACH_CREATED, b"an event", {})]) == [False]
+        # What the XsellNatsCertificateExpiring alert reads: the local certificate is made for 365 days.
+        expires_in = await campaigns.certificate_expires_in()
+        assert expires_in is not None and 364 * 86400 < expires_in <= 365 * 86400
     finally:
         await campaigns.drain()
 
