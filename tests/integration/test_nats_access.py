@@ -36,6 +36,7 @@ from plumbing.ids import new_id
 from services import dead_letters, nats_access, nats_provision, streams
 from services.segments.app import build
 from services.segments.settings import SegmentsSettings
+from tests.integration.nats_users import service_bus
 from tests.waiting import eventually
 from xsell.campaigns.v1 import events_pb2 as campaign_events
 from xsell.segments.v1 import events_pb2
@@ -101,13 +102,6 @@ async def streams_made(server: NatsServer, passwords: dict[str, str]) -> None:
         await nats_provision.provision(bus)
     finally:
         await bus.drain()
-
-
-async def service_bus(server: NatsServer, passwords: dict[str, str], service: str) -> Bus:
-    """A service's connection as the service makes it: its user, JetStream's API as its account imports it."""
-    return await Bus.connect(
-        server.url, f"test-{service}", user=service, password=passwords[service], api_prefix=nats_access.IMPORTED_API
-    )
 
 
 async def test_a_service_makes_nothing_and_says_what_is_missing(passwords: dict[str, str], tmp_path: Path) -> None:

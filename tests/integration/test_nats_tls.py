@@ -17,6 +17,7 @@ from devstack.stack import nats_passwords
 from plumbing import bus as bus_module
 from plumbing.bus import Bus, NatsRefused
 from services import nats_access, nats_provision, streams
+from tests.integration.nats_users import service_bus
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.xdist_group("nats-tls")
@@ -50,14 +51,7 @@ async def test_a_service_connects_over_tls_as_its_user_and_publishes(
         await nats_provision.provision(provisioner, within=10)
     finally:
         await provisioner.drain()
-    campaigns = await Bus.connect(
-        server.url,
-        "test-campaigns",
-        user="campaigns",
-        password=passwords["campaigns"],
-        api_prefix=nats_access.IMPORTED_API,
-        tls_ca=server.tls.ca,
-    )
+    campaigns = await service_bus(server, passwords, "campaigns")
     try:
         assert campaigns.nc.connected_url is not None and campaigns.nc.connected_url.scheme == "tls"
         assert await campaigns.publish_batch([(streams.OUTREACH_CREATED, b"an event", {})]) == [False]

@@ -15,6 +15,7 @@ from devstack.nats_server import NatsServer
 from devstack.stack import nats_passwords
 from plumbing.bus import Bus, PublishFailed, inbox_prefix
 from services import nats_access, nats_provision, streams
+from tests.integration.nats_users import service_bus
 from xsell.segments.v1 import service_pb2 as segments_api
 
 pytestmark = pytest.mark.xdist_group("nats-store")
@@ -108,13 +109,7 @@ async def test_a_feed_filling_its_stream_is_refused_and_the_services_go_on(
     finally:
         await feed.close()
 
-    campaigns = await Bus.connect(
-        server.url,
-        "test-campaigns",
-        user="campaigns",
-        password=passwords["campaigns"],
-        api_prefix=nats_access.IMPORTED_API,
-    )
+    campaigns = await service_bus(server, passwords, "campaigns")
     operator = await Bus.connect(server.url, "test-operator", user="operator", password=passwords["operator"])
     try:
         assert await campaigns.publish_batch([(streams.OUTREACH_CREATED, b"an event", {})]) == [False]
@@ -131,13 +126,7 @@ async def test_a_full_stream_refuses_a_services_batch_with_the_reason(
 ) -> None:
     """What the outbox relay sees (it keeps the events and publishes them again later, tests/integration/
     test_outbox_inbox.py): the refusal names the full stream."""
-    attribution = await Bus.connect(
-        server.url,
-        "test-attribution",
-        user="attribution",
-        password=passwords["attribution"],
-        api_prefix=nats_access.IMPORTED_API,
-    )
+    attribution = await service_bus(server, passwords, "attribution")
     share = int(streams.ATTRIBUTION_STREAM.store_share * STORE_BYTES)
     event = b"\0" * 50_000
     try:
