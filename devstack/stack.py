@@ -35,9 +35,9 @@ DEFAULT_PORTS = {
     "channels": 50063,
     "attribution": 50064,
 }
-# Prometheus /metrics of each process.
 NATS_STORE = "1GB"
 """The JetStream store `make run` gives account XSELL: each stream may fill its share of it (services/streams.py)."""
+# Prometheus /metrics of each process.
 DEFAULT_METRICS_PORTS = {"segments": 9461, "campaigns": 9462, "channels": 9463, "attribution": 9464, "gateway": 9465}
 
 
@@ -130,7 +130,8 @@ class Stack:
     def _env(self) -> dict[str, str]:
         p = self.ports
         var = str(self.var_dir.resolve())
-        nats_url = self.nats.url if self.nats is not None else f"tls://127.0.0.1:{p.nats}"
+        assert self.nats is not None, "the processes' environment names the NATS server start() started"
+        nats_url = self.nats.url
         env = dict(os.environ)
         env.setdefault("OTEL_BSP_SCHEDULE_DELAY", "500")
         for name in (*SERVICES, "gateway"):

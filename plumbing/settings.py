@@ -77,6 +77,6 @@ class ServiceSettings(BaseSettings):
 
 class ToolSettings(ServiceSettings):
     """An operator tool's settings (the dead-letter tool, the NATS provisioner), run beside the services rather than
-    as one: XSELL_NATS_URL, XSELL_NATS_USER, XSELL_NATS_PASSWORD, XSELL_STREAM_REPLICAS."""
+    as one: XSELL_NATS_URL, XSELL_NATS_USER, XSELL_NATS_PASSWORD, XSELL_NATS_TLS_CA, XSELL_STREAM_REPLICAS."""
 
     model_config = SettingsConfigDict(env_prefix="XSELL_", extra="ignore")

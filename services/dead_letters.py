@@ -200,8 +200,8 @@ async def _main(argv: Sequence[str]) -> int:
         )
     except NatsRefused as error:
         print(
-            f"error: {error}; this tool reads XSELL_NATS_USER and XSELL_NATS_PASSWORD (user operator; `make run` "
-            "writes them to var/nats-operator.env)",
+            f"error: {error}; this tool reads XSELL_NATS_USER, XSELL_NATS_PASSWORD and XSELL_NATS_TLS_CA (user "
+            "operator; `make run` writes them, with XSELL_NATS_URL, to var/nats-operator.env)",
             file=sys.stderr,
         )
         return 2

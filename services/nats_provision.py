@@ -1,6 +1,6 @@
 """Makes xsell's streams and durables in NATS account XSELL, as user `provisioner`, before the services start.
 
-    python -m services.nats_provision    # reads XSELL_NATS_URL, _USER, _PASSWORD and XSELL_STREAM_REPLICAS
+    python -m services.nats_provision    # reads XSELL_NATS_URL, _USER, _PASSWORD, _TLS_CA and XSELL_STREAM_REPLICAS
 
 Where NATS has accounts (services/nats_access.py), a service's account imports only its own part of XSELL's
 JetStream API (its durables' pulls, acks and state, streams' state), so it can make nothing: this does, idempotently
@@ -54,7 +54,11 @@ async def _main() -> int:
     try:
         bus = await Bus.of_service(settings, "nats-provision")
     except NatsRefused as error:
-        print(f"error: {error}; this reads XSELL_NATS_USER and XSELL_NATS_PASSWORD (user provisioner)", file=sys.stderr)
+        print(
+            f"error: {error}; this reads XSELL_NATS_URL, XSELL_NATS_TLS_CA, XSELL_NATS_USER and "
+            "XSELL_NATS_PASSWORD (user provisioner)",
+            file=sys.stderr,
+        )
         return 2
     try:
         await provision(bus, settings.stream_replicas)
