@@ -427,7 +427,7 @@ async def _sms(
     if not re.fullmatch(r"\d{19}", form["DltEntityId"]):
         raise _exotel_error(400, "DltEntityId is not a DLT entity id", 400)
     if not _E164.fullmatch(form["To"]) or (form["To"].startswith("+91") and not _INDIAN_MOBILE.fullmatch(form["To"])):
-        raise _exotel_error(400, f"'To' {form['To']} is not a valid mobile number", 400)
+        raise _exotel_error(400, f"Invalid Recipient [{form['To']}]", 400)
     if len(form["Body"]) > 2000:
         raise _exotel_error(400, "Body is longer than 2000 characters", 400)
     if form["DltTemplateId"] not in sink.sms_templates:

@@ -4,7 +4,8 @@ Exotel (developer.exotel.com, "Send SMS") takes `From` (the DLT-registered sende
 `To` (E.164), `Body` (the text of a DLT-approved template, variables filled in), `DltEntityId`
 (the principal entity's DLT registration), `DltTemplateId`, `SmsType`, `StatusCallback` and
 `CustomField`, with the API key and token as HTTP basic auth. It answers 200 with an
-`SMSMessage` object (its `Sid` is the message id) or an error status with a `RestException`.
+`SMSMessage` object (its `Sid` is the message id) or an error status with a `RestException`: 400 "Invalid
+Recipient [number]" when the number cannot take an SMS (Exotel's support article "Sending an SMS").
 Exotel takes no idempotency key: the campaign ID travels in `CustomField`, which Exotel echoes in
 every status callback, so a delivery receipt settles an ambiguous send.
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote
 
-from services.channels.delivery import Accepted, ProviderOutcomeUnknown
+from plumbing.bounces import INVALID_NUMBER
+from services.channels.delivery import Accepted, ProviderOutcomeUnknown, ProviderRejected, scrub
 from services.channels.outgoing import OutgoingSms
 from services.channels.providers.base import ProviderAnswer, ProviderRequest, failure_for_status
 
@@ -81,9 +83,22 @@ class ExotelSms:
         error = document.get("RestException")
         if isinstance(error, dict):
             detail = f"{error.get('Code', '')} {error.get('Message', '')}".strip()
+            if answer.status == 400 and _INVALID_RECIPIENT.match(str(error.get("Message", ""))):
+                # The number cannot take an SMS, said at once rather than in a FAILED_INVALID_NUMBER callback: the
+                # same bounce (segments suppresses SMS to the number until the person's phone changes). Only this
+                # 400: its others (a template, a sender, a missing field) are about our request, not the number.
+                # Exotel asks integrations to rely on the status rather than the message: a reworded message loses
+                # the bounce, never the refusal (still FAILED, for good).
+                raise ProviderRejected(
+                    f"sms HTTP 400: {scrub(detail)}", bounce=f"{INVALID_NUMBER} exotel 400 Invalid Recipient"
+                )
         else:
             detail = answer.body[:200].decode(errors="replace")
         raise failure_for_status(self.provider, answer, detail)
+
+
+# Exotel's 400 for a number that cannot take an SMS: "Invalid Recipient [+91...]".
+_INVALID_RECIPIENT = re.compile(r"\s*invalid recipient\b", re.IGNORECASE)
 
 
 # What quote_plus leaves as it is (letters, digits, "_.-~") and the space it turns into "+"; every other byte of the

@@ -121,13 +121,15 @@ async def test_throttling_and_an_outage_are_retried_with_backoff_and_send_once(
 
 
 @pytest.mark.parametrize(
-    ("fields", "code", "bounce"),
+    ("channel", "fields", "says", "bounce"),
     [
-        ({"template_name": "unapproved_offer"}, "132001", ""),
+        ("whatsapp", {"template_name": "unapproved_offer"}, "error 132001", ""),
         # Not on WhatsApp, said at once: a bounce too, which segments suppresses WhatsApp on for a while.
-        ({"to_number": "+915876543210"}, "131026", "UNREACHABLE whatsapp 131026"),
+        ("whatsapp", {"to_number": "+915876543210"}, "error 131026", "UNREACHABLE whatsapp 131026"),
+        # A number Exotel says cannot take an SMS: the bounce its FAILED_INVALID_NUMBER callback would have made.
+        ("sms", {"to_number": "+915876543210"}, "Invalid Recipient", "INVALID_NUMBER exotel 400 Invalid Recipient"),
     ],
-    ids=["unapproved-template", "not-on-whatsapp"],
+    ids=["unapproved-template", "not-on-whatsapp", "sms-invalid-recipient"],
 )
 async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
     start_channels: StartChannels,
@@ -135,23 +137,25 @@ async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
     provider_sinks: ProviderSinks,
     nats_bus: Bus,
     listener: Listener,
+    channel: str,
     fields: dict[str, str],
-    code: str,
+    says: str,
     bounce: str,
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
     campaign_id = new_campaign_id()
-    seq = await publish(nats_bus, dispatch_on("whatsapp", campaign_id, **fields))
+    seq = await publish(nats_bus, dispatch_on(channel, campaign_id, **fields))
 
     failed = await published_state(listener, campaign_id, FAILED)
-    assert f"error {code}" in failed.reason
+    assert says in failed.reason
+    assert "5876543210" not in failed.reason
     await handled(nats_bus, seq)
-    assert len(provider_sinks.whatsapp.refused) == 1
+    assert len(getattr(provider_sinks, channel).refused) == 1
     message = await get_message(channels, campaign_id)
     steps = ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_SENDING", "DELIVERY_STATE_FAILED"]
     if not bounce:
         assert states(message) == steps
-        assert code in message.timeline[-1].detail
+        assert says in message.timeline[-1].detail
         return
     assert states(message) == steps  # the bounce is an engagement step after them
     assert (message.timeline[-1].engagement_kind, message.timeline[-1].detail) == (
@@ -163,7 +167,7 @@ async def test_a_permanent_refusal_fails_at_once_with_the_providers_reason(
     assert (event.kind, event.detail, event.channel) == (
         resources_pb2.ENGAGEMENT_KIND_BOUNCED,
         bounce,
-        channel_pb2.CHANNEL_WHATSAPP,
+        {"whatsapp": channel_pb2.CHANNEL_WHATSAPP, "sms": channel_pb2.CHANNEL_SMS}[channel],
     )
     assert event.queue_time == message.timeline[0].occur_time  # when it was queued, its address chosen
 

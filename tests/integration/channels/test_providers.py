@@ -174,7 +174,7 @@ async def test_the_servers_refuse_requests_in_the_wrong_shape(
 @pytest.mark.parametrize(
     ("sink_name", "message", "says"),
     [
-        ("sms", dataclasses.replace(SMS, to_number="+915876543210"), "not a valid mobile number"),
+        ("sms", dataclasses.replace(SMS, to_number="+915876543210"), "Invalid Recipient"),
         ("sms", dataclasses.replace(SMS, dlt_template_id="1107000000000000000"), "not an approved template"),
         ("whatsapp", dataclasses.replace(WHATSAPP, template_name="unapproved_offer"), "error 132001"),
         ("whatsapp", dataclasses.replace(WHATSAPP, parameters=("Priya",)), "error 132000"),
@@ -192,8 +192,13 @@ async def test_what_the_provider_refuses_for_good_is_a_permanent_rejection_witho
     assert "5876543210" not in raised.value.reason
     assert not getattr(provider_sinks, sink_name).received
     # Only what says something about the person's address is a bounce: a push token FCM no longer knows (segments
-    # suppresses the token until the app registers anew), a number not on WhatsApp (suppressed there for a while).
-    bounces = {"UNREGISTERED": "UNREGISTERED permanent", "error 131026": "UNREACHABLE whatsapp 131026"}
+    # suppresses the token until the app registers anew), a number not on WhatsApp (suppressed there for a while), a
+    # number Exotel says cannot take an SMS (suppressed on SMS until the phone changes); not a template refused.
+    bounces = {
+        "UNREGISTERED": "UNREGISTERED permanent",
+        "error 131026": "UNREACHABLE whatsapp 131026",
+        "Invalid Recipient": "INVALID_NUMBER exotel 400 Invalid Recipient",
+    }
     assert raised.value.bounce == bounces.get(says, "")
 
 
