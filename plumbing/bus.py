@@ -153,7 +153,14 @@ class RetryLater(Exception):
 
 
 class PublishFailed(Exception):
-    """A batch publish to JetStream was refused or not acknowledged in time; republishing it is safe."""
+    """A batch publish to JetStream was refused or not acknowledged in time; republishing it is safe.
+
+    `stored` counts the batch's first messages the stream acknowledged, all of them before the first refused or
+    unacknowledged one: a caller may take those as published and publish only the rest again."""
+
+    def __init__(self, reason: str, stored: int = 0) -> None:
+        super().__init__(reason)
+        self.stored = stored
 
 
 class NatsRefused(Exception):
@@ -168,18 +175,29 @@ class _AckedBatch:
         self.missing = size
         self.error: str | None = None
         self.done = asyncio.get_running_loop().create_future()
+        self._refused: set[int] = set()
 
     def acknowledge(self, index: int, duplicate: bool) -> None:
-        if 0 <= index < len(self.duplicate) and self.duplicate[index] is None:
+        if 0 <= index < len(self.duplicate) and self.duplicate[index] is None and index not in self._refused:
             self.duplicate[index] = duplicate
-            self.missing -= 1
-            if not self.missing and not self.done.done():
-                self.done.set_result(None)
+            self._answered()
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, index: int, reason: str) -> None:
+        """One message refused. The batch still waits for the others' answers, so that `stored` knows which of them
+        the stream took (a stream at its byte limit refuses a large message and may take a smaller one after it)."""
         self.error = self.error or reason
-        if not self.done.done():
+        if 0 <= index < len(self.duplicate) and self.duplicate[index] is None and index not in self._refused:
+            self._refused.add(index)
+            self._answered()
+
+    def _answered(self) -> None:
+        self.missing -= 1
+        if not self.missing and not self.done.done():
             self.done.set_result(None)
+
+    def stored(self) -> int:
+        """How many of the first messages were stored, up to the first refused or unanswered one."""
+        return next((index for index, duplicate in enumerate(self.duplicate) if duplicate is None), len(self.duplicate))
 
 
 class NotProvisioned(Exception):
@@ -214,8 +232,9 @@ class Bus:
         """Publishes messages to JetStream back to back and waits for all their acks together.
 
         Returns, per message, whether the stream dropped it as a duplicate of its Nats-Msg-Id. Raises
-        PublishFailed when any is refused or unacknowledged within `timeout`: the caller publishes the
-        batch again, and the stream's duplicate window drops the copies of those that were stored.
+        PublishFailed when any is refused or unacknowledged within `timeout`, with how many of the first were
+        stored: the caller publishes the rest again, and the stream's duplicate window drops the copies of any
+        stored after the first failure.
 
         Each message is a plain publish with its own reply subject on one shared ack inbox, so a batch
         costs a publish and an ack callback per message. nats.py's js.publish makes a future, a
@@ -238,13 +257,14 @@ class Bus:
             try:
                 await asyncio.wait_for(asyncio.shield(batch.done), timeout)
             except TimeoutError:
-                raise PublishFailed(
-                    f"{batch.missing} of {len(messages)} messages unacknowledged after {timeout} s"
-                ) from None
+                reason = f"{batch.missing} of {len(messages)} messages unacknowledged after {timeout} s"
+                if batch.error is not None:
+                    reason = f"{batch.error}; {reason}"
+                raise PublishFailed(reason, batch.stored()) from None
         finally:
             del self._batches[token]
         if batch.error is not None:
-            raise PublishFailed(batch.error)
+            raise PublishFailed(batch.error, batch.stored())
         return [bool(duplicate) for duplicate in batch.duplicate]
 
     async def _acknowledged(self, msg: Msg) -> None:
@@ -256,16 +276,18 @@ class Bus:
         status = headers.get(api.Header.STATUS)
         if status is not None:
             # 503: no stream takes the subject.
-            batch.refuse(f"publish refused with status {status} {headers.get(api.Header.DESCRIPTION, '')}".strip())
+            batch.refuse(
+                int(index), f"publish refused with status {status} {headers.get(api.Header.DESCRIPTION, '')}".strip()
+            )
             return
         try:
             # orjson: ~0.4 µs per ack against ~3 µs for json.loads, one ack per event relayed.
             ack = orjson.loads(msg.data)
         except ValueError:  # orjson.JSONDecodeError is one
-            batch.refuse(f"unreadable publish ack {msg.data[:200]!r}")
+            batch.refuse(int(index), f"unreadable publish ack {msg.data[:200]!r}")
             return
         if "error" in ack:
-            batch.refuse(f"publish refused: {ack['error']}")
+            batch.refuse(int(index), f"publish refused: {ack['error']}")
             return
         batch.acknowledge(int(index), bool(ack.get("duplicate")))
 

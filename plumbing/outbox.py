@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
-from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus
+from plumbing.bus import CAMPAIGN_ID_HEADER, MSG_ID_HEADER, Bus, PublishFailed
 from plumbing.db import Database, in_values, upsert_insert
 from plumbing.ids import new_id
 from plumbing.metrics import meter
@@ -333,9 +333,12 @@ class OutboxRelay:
             try:
                 await self._publish_rows(rows)
             except Exception as error:  # noqa: BLE001 - NATS is down: the relay publishes them with its next batch
-                log.warning("outbox_hand_over_failed", events=len(rows), error=repr(error))
+                log.warning("outbox_hand_over_failed", events=len(rows), error=str(error))
                 self._wake.set()
-                return
+                # Those the stream stored before the first refusal are published: only the rest go again.
+                rows = rows[: error.stored] if isinstance(error, PublishFailed) else []
+                if not rows:
+                    return
             self._sent_through = rows[-1].seq
             self._published.add(len(rows))
             self._mark_later([row.seq for row in rows])
@@ -409,7 +412,7 @@ class OutboxRelay:
                     query = query.where(self.table.c.seq > published_through)
                 batch = query
                 rows = await self.db.read_in_thread(lambda session: _waiting_events(session.execute(batch).all()))
-                await self._publish_rows(rows)
+                rows, failure = await self._publish_stored(rows)
                 if rows:
                     self._sent_through = rows[-1].seq
             if rows and (wait_for_mark or len(rows) >= self.batch_size):
@@ -420,12 +423,25 @@ class OutboxRelay:
             async with self.db.transaction() as session:
                 # Several replicas may relay: each row is taken by one of them at a time.
                 rows = _waiting_events((await session.execute(query.with_for_update(skip_locked=True))).all())
-                await self._publish_rows(rows)
+                rows, failure = await self._publish_stored(rows)
                 if rows:
                     await self._mark_published([row.seq for row in rows], session)
         if rows:
             self._published.add(len(rows))
+        if failure is not None:
+            raise failure
         return len(rows)
+
+    async def _publish_stored(self, rows: list["_Waiting"]) -> tuple[list["_Waiting"], PublishFailed | None]:
+        """Publishes the rows; returns those the stream took (all of them, or those before the first it refused or
+        left unanswered) and the failure, if any. The rows it took are marked, and only the rest are published
+        again: a stream at its byte limit would otherwise store the batch's head again once its duplicate window
+        has passed."""
+        try:
+            await self._publish_rows(rows)
+        except PublishFailed as failure:
+            return rows[: failure.stored], failure
+        return rows, None
 
     async def _mark_unmarked(self) -> None:
         """Marks what was published until nothing is left (SQLite), what was published within MARK_GATHER_SECONDS

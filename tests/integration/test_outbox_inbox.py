@@ -109,8 +109,9 @@ async def test_relay_that_dies_before_marking_republishes_and_stream_drops_dupli
 
 
 async def test_a_full_stream_leaves_the_events_in_the_outbox_until_it_has_room(setup) -> None:  # type: ignore[no-untyped-def]
-    """A stream at its byte limit refuses new messages (services/streams.py: discard new): the relay publishes none
-    of its batch for good, marks nothing, and publishes them all once the stream has room."""
+    """A stream at its byte limit refuses new messages (services/streams.py: discard new): the relay marks the
+    events the stream took before the first refusal, keeps the rest, and publishes only those once the stream has
+    room (the head is not stored again after the duplicate window)."""
     db, bus, outbox_t, _, _, subject = setup
     stream = await bus.js.find_stream_name_by_subject(subject)
     config = (await bus.js.stream_info(stream)).config
@@ -126,13 +127,18 @@ async def test_a_full_stream_leaves_the_events_in_the_outbox_until_it_has_room(s
     stored = await _stream_count(bus, subject)
     assert 0 < stored < 30
     async with db.transaction() as session:
-        published = (await session.execute(select(func.count()).where(outbox_t.c.published_at.is_not(None)))).scalar()
-    assert published == 0
+        marked = (await session.execute(select(outbox_t.c.seq).where(outbox_t.c.published_at.is_not(None)))).scalars()
+        waiting = (await session.execute(select(outbox_t.c.seq).where(outbox_t.c.published_at.is_(None)))).scalars()
+        marked, waiting = sorted(marked), sorted(waiting)
+    assert len(marked) == stored and max(marked) < min(waiting)  # the head the stream took, and nothing after it
 
-    config.max_bytes = -1
+    # Past the duplicate window a head published again would be stored again: the window is narrowed to its least
+    # (100 ms) and passed, to show that none is.
+    config.max_bytes, config.duplicate_window = -1, 0.1
     await bus.js.update_stream(config)
-    assert await relay.publish_pending() == 30
-    assert await _stream_count(bus, subject) == 30  # those stored before were dropped as duplicates
+    await asyncio.sleep(0.3)
+    assert await relay.publish_pending() == 30 - stored
+    assert await _stream_count(bus, subject) == 30
 
 
 async def test_redelivered_message_is_applied_once(setup) -> None:  # type: ignore[no-untyped-def]
@@ -476,6 +482,35 @@ async def test_events_handed_over_behind_unpublished_ones_wait_for_them(setup) -
         await eventually(lambda: _stream_count_is(bus, subject, 3))
         assert await _stream_segments(bus, subject) == ["seg_a", "seg_b", "seg_c"]
         await eventually(lambda: _waiting_is(db, outbox_t, 0))
+
+
+async def test_events_handed_over_to_a_full_stream_leave_the_head_it_took_marked(setup) -> None:  # type: ignore[no-untyped-def]
+    """A hand-over (on SQLite published from memory; elsewhere read by the woken relay) that the stream takes only in
+    part: the head it took is marked, and only the rest goes once it has room, past the duplicate window."""
+    db, bus, outbox_t, _, _, subject = setup
+    async with _relay_past_a_first_event(db, outbox_t, bus, subject) as relay:
+        stream = await bus.js.find_stream_name_by_subject(subject)
+        config = (await bus.js.stream_info(stream)).config
+        config.max_bytes, config.discard = 4_000, api.DiscardPolicy.NEW
+        await bus.js.update_stream(config)
+        names = [f"seg_{number:02}" + "x" * 100 for number in range(30)]
+        before, events = await _write_unannounced(db, outbox_t, subject, names)
+        relay.hand_over(before, events)
+        await eventually(lambda: _waiting_below(db, outbox_t, 30))
+        stored = await _stream_count(bus, subject) - 1
+        assert 0 < stored < 30
+        assert (await _waiting_and_published(db, outbox_t))[0] == 30 - stored
+
+        config.max_bytes, config.duplicate_window = -1, 0.1
+        await bus.js.update_stream(config)
+        await asyncio.sleep(0.3)
+        relay.notify()
+        await eventually(lambda: _waiting_is(db, outbox_t, 0))
+        assert await _stream_segments(bus, subject) == ["seg_a", *names]
+
+
+async def _waiting_below(db: Database, outbox_t: Table, count: int) -> bool:
+    return (await _waiting_and_published(db, outbox_t))[0] < count
 
 
 async def _stream_count_is(bus: Bus, subject: str, count: int) -> bool:
