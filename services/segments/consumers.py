@@ -65,6 +65,20 @@ def _lifted_by(event: channel_events.EngagementRecorded) -> tuple[str, str] | No
     return suppressions.channel_key(event.channel), opt_out
 
 
+def _setting_change(event: channel_events.EngagementRecorded) -> tuple[str, bool] | None:
+    """(channel, True) when the event is the person stopping marketing messages in WhatsApp's own setting (a
+    `user_preferences` stop, or Meta's 131050 on a message), (channel, False) when it is them resuming there, None for
+    anything else."""
+    if event.detail != bounces.WHATSAPP_MARKETING_SETTING or event.kind not in _SETTING_KINDS:
+        return None
+    return suppressions.channel_key(event.channel), event.kind == channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+
+
+_SETTING_KINDS = frozenset(
+    {channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED}
+)
+
+
 def _suppression_for(
     event: channel_events.EngagementRecorded, decline_for: timedelta, recheck_after: Mapping[str, timedelta]
 ) -> dict[str, Any] | None:
@@ -170,6 +184,7 @@ class ProfileActivityConsumers:
             suppress=[suppression] if suppression else [],
             queued=queued,
             lift=_lifted_by(event),
+            setting=_setting_change(event),
         )
 
     async def on_conversion(self, event: attribution_events.ConversionRecorded, delivery: Delivery) -> None:
@@ -201,6 +216,7 @@ class ProfileActivityConsumers:
         suppress: list[dict[str, Any]] | None = None,
         queued: datetime | None = None,
         lift: tuple[str, str] | None = None,
+        setting: tuple[str, bool] | None = None,
     ) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
             now = utcnow()
@@ -213,15 +229,28 @@ class ProfileActivityConsumers:
                 # An opt-out WhatsApp's own setting made replaces only another of its own, never one the person gave
                 # another way (a typed STOP): a resume lifts the setting's alone. Decided by the upsert itself.
                 by_setting = [s for s in suppress if s["note"].startswith(WHATSAPP_SETTING_NOTE)]
+                # The setting's stop and resume take effect in the order the person made them, not the order their
+                # webhooks came in: one older than the change recorded last changes nothing.
+                latest, known_before = True, False
+                if setting is not None:
+                    channel, stopped = setting
+                    latest, known_before = await store.note_setting_change(
+                        session, incoming.profile_id, channel, stopped=stopped, at=incoming.occurred_at
+                    )
+                    if not latest:
+                        log.info("setting_change_overtaken", event_name=incoming.name)
+                        suppress = [s for s in suppress if s not in by_setting]
+                        by_setting, lift = [], None
                 await store.upsert_suppressions(session, [s for s in suppress if s not in by_setting], now)
                 await store.upsert_suppressions(session, by_setting, now, only_over=WHATSAPP_SETTING_NOTE)
-                # A resume lifts the setting's opt-out recorded before it happened, not a later stop it overtook.
+                # A resume later than every stop recorded lifts the setting's opt-out. Where no change was recorded
+                # before it (an opt-out older than setting_changes), only one recorded before the resume happened.
                 lifted = lift is not None and await store.delete_noted_suppression(
                     session,
                     incoming.profile_id,
                     *lift,
                     note_prefix=WHATSAPP_SETTING_NOTE,
-                    not_after=incoming.occurred_at,
+                    not_after=None if known_before else incoming.occurred_at,
                 )
             log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress), lifted=lifted)
 

@@ -533,6 +533,18 @@ address_changes = Table(
     PrimaryKeyConstraint("profile_id", "channel"),
 )
 
+# The latest change a person made to a channel's own marketing setting (WhatsApp's user_preferences stop or resume),
+# as of when they made it: their webhooks may arrive, and be applied, in either order, and the later change wins.
+setting_changes = Table(
+    "setting_changes",
+    metadata,
+    Column("profile_id", String(128), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("stopped", Boolean, nullable=False),
+    Column("change_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("profile_id", "channel"),
+)
+
 sweeps = Table(
     "sweeps",
     metadata,
@@ -763,20 +775,21 @@ async def delete_suppression(session: AsyncSession, profile_id: str, channel: st
 
 
 async def delete_noted_suppression(
-    session: AsyncSession, profile_id: str, channel: str, reason: str, *, note_prefix: str, not_after: datetime
+    session: AsyncSession,
+    profile_id: str,
+    channel: str,
+    reason: str,
+    *,
+    note_prefix: str,
+    not_after: datetime | None = None,
 ) -> bool:
     """Lifts the person's suppression for `reason` on `channel` only if its note starts with `note_prefix` (where it
-    came from) and it was last recorded at or before `not_after`."""
+    came from) and, given `not_after`, it was last recorded at or before it."""
     s = suppressions
-    result = await session.execute(
-        delete(s).where(
-            s.c.profile_id == profile_id,
-            s.c.channel == channel,
-            s.c.reason == reason,
-            _note_starts(note_prefix),
-            s.c.update_time <= not_after,
-        )
-    )
+    conditions = [s.c.profile_id == profile_id, s.c.channel == channel, s.c.reason == reason, _note_starts(note_prefix)]
+    if not_after is not None:
+        conditions.append(s.c.update_time <= not_after)
+    result = await session.execute(delete(s).where(*conditions))
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -812,6 +825,32 @@ async def address_changed_at(session: AsyncSession, profile_id: str, channel: st
     query = select(a.c.change_time).where(a.c.profile_id == profile_id, a.c.channel == channel)
     changed = (await session.execute(query)).scalar_one_or_none()
     return None if changed is None else utc(changed)
+
+
+async def note_setting_change(
+    session: AsyncSession, profile_id: str, channel: str, *, stopped: bool, at: datetime
+) -> tuple[bool, bool]:
+    """Records that the person stopped (or resumed) marketing messages in the channel's own setting at `at`, unless a
+    change they made later (or at the same moment) is recorded already. Returns whether this change is now the latest,
+    and whether any change was recorded before it (none was for an opt-out recorded before this table existed).
+
+    Decided by the upsert itself (RETURNING a row only where it wrote one), which holds the row until the transaction
+    ends: a concurrent change to the same person's setting waits for it, then compares with what it committed."""
+    c = setting_changes
+    known = (
+        await session.execute(select(c.c.change_time).where(c.c.profile_id == profile_id, c.c.channel == channel))
+    ).scalar_one_or_none()
+    statement = upsert_insert(session, setting_changes)
+    written = await session.execute(
+        statement.values(profile_id=profile_id, channel=channel, stopped=stopped, change_time=at)
+        .on_conflict_do_update(
+            index_elements=["profile_id", "channel"],
+            set_={"stopped": statement.excluded.stopped, "change_time": statement.excluded.change_time},
+            where=c.c.change_time < statement.excluded.change_time,
+        )
+        .returning(c.c.profile_id)
+    )
+    return written.first() is not None, known is not None
 
 
 async def suppressions_page(

@@ -231,6 +231,60 @@ async def test_resuming_marketing_messages_in_whatsapp_lifts_only_the_opt_out_wh
     assert await opt_outs(typed) == [f"unsubscribed on campaign {campaign_id}"]
 
 
+async def test_whatsapps_setting_takes_the_persons_last_change_whatever_order_its_webhooks_come_in(
+    segments: SegmentsServiceStub, nats_bus: Bus
+) -> None:
+    """Meta does not promise the order of its webhooks: a person who stopped, then resumed a minute later, whose
+    resume is applied first, is left able to receive; one who stopped and resumed within the seconds before the stop
+    was recorded is too; one who resumed, then stopped, is left stopped."""
+    late_stop, quick, stopped_last = f"p-{new_id()}", f"p-{new_id()}", f"p-{new_id()}"
+    campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
+    whatsapp, setting_detail = channel_pb2.CHANNEL_WHATSAPP, bounces.WHATSAPP_MARKETING_SETTING
+    stop, resume = channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED
+
+    def ago(seconds: float) -> Timestamp:
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=seconds))
+        return stamp
+
+    async def opted_out(profile_id: str) -> bool:
+        answer = await segments.CheckSuppression(api.CheckSuppressionRequest(profile_id=profile_id, channel=whatsapp))
+        return any(s.reason == r.SUPPRESSION_REASON_OPT_OUT for s in answer.suppressions)
+
+    async def applied(profile_id: str, name: str, count: int) -> bool:
+        rule = r.Rule(
+            event=r.EventCondition(
+                event_name=name,
+                performance=r.PERFORMANCE_PERFORMED,
+                count=r.CountComparison(operator=r.OPERATOR_GREATER_OR_EQUAL, value=count),
+            )
+        )
+        preview = await segments.PreviewSegment(api.PreviewSegmentRequest(rule=rule, sample_size=100))
+        return profile_id in preview.sample_profile_ids
+
+    # Resumed a minute after stopping; the resume arrives first.
+    await _engaged(nats_bus, late_stop, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=ago(0))
+    await eventually(lambda: applied(late_stop, "whatsapp_resubscribed", 1))
+    await _engaged(nats_bus, late_stop, campaign_id, whatsapp, stop, detail=setting_detail, occur_time=ago(60))
+    await eventually(lambda: applied(late_stop, "whatsapp_unsubscribed", 1))
+    assert not await opted_out(late_stop)
+
+    # Stopped, then resumed a second later, before the stop was recorded; in order.
+    stopped_at, resumed_at = ago(3), ago(2)
+    await _engaged(nats_bus, quick, campaign_id, whatsapp, stop, detail=setting_detail, occur_time=stopped_at)
+    await eventually(lambda: opted_out(quick))
+    await _engaged(nats_bus, quick, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=resumed_at)
+    await eventually(lambda: applied(quick, "whatsapp_resubscribed", 1))
+    assert not await opted_out(quick)
+
+    # Resumed, then stopped; the stop arrives first: the older resume lifts nothing.
+    await _engaged(nats_bus, stopped_last, campaign_id, whatsapp, stop, detail=setting_detail, occur_time=ago(0))
+    await eventually(lambda: opted_out(stopped_last))
+    await _engaged(nats_bus, stopped_last, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=ago(60))
+    await eventually(lambda: applied(stopped_last, "whatsapp_resubscribed", 1))
+    assert await opted_out(stopped_last)
+
+
 async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_window(
     segments: SegmentsServiceStub, nats_bus: Bus
 ) -> None:
