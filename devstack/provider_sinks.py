@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ NOT_ON_WHATSAPP = frozenset({"919800000000"})
 
 # An Indian mobile number starts with 6, 7, 8 or 9 after the country code; others cannot exist.
 _INDIAN_MOBILE = re.compile(r"\+?91[6-9]\d{9}")
+INDIA = timezone(timedelta(hours=5, minutes=30))
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 WEBHOOK_TOLERANCE_SECONDS = 300
 
@@ -678,6 +680,8 @@ class ProviderSinks:
             "DetailedStatusCode": "20005",
             "CustomField": received.body.get("CustomField", ""),
             "SmsUnits": str(sms["SmsUnits"]),
+            # India's wall-clock time, without a zone, as Exotel writes it.
+            "DateSent": f"{datetime.now(INDIA):%Y-%m-%d %H:%M:%S}",
         }
         async with self._session.post(str(url), data=form) as response:
             if response.status >= 300:

@@ -21,7 +21,6 @@ or by its `smtp-id`, the Message-ID channels wrote (<campaign ID@message_id_doma
 
 import base64
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded
+from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded, record_item, untrusted_json
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
 
@@ -157,9 +156,8 @@ class SendGridEvents:
         replay_key = b"sendgrid:" + hashlib.sha256(timestamp.encode() + body).digest()
         if (replayed := self._replays.refusal(replay_key, "sendgrid")) is not None:
             return replayed
-        try:
-            events = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        read, events = untrusted_json(body)
+        if not read:
             return web.Response(status=400, text="body is not JSON\n")
         if not isinstance(events, list):
             return web.Response(status=400, text="body is not a JSON array of events\n")
@@ -172,7 +170,7 @@ class SendGridEvents:
                 if name not in _OPT_OUTS and self._stale(event.get("timestamp")):
                     stale += 1
                     continue
-                await self._event(name, event)
+                await record_item("sendgrid", self._event(name, event))
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
         if stale:
@@ -183,13 +181,13 @@ class SendGridEvents:
     def _stale(self, occurred_at: Any) -> bool:
         try:
             at = float(occurred_at)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return False  # judged by the signature alone
         return is_stale(at, self._clock(), self._max_age)
 
     async def _event(self, name: str, event: dict[str, Any]) -> None:
         campaign_id = campaign_id_of(event, self._domain)
-        event_id = str(event.get("sg_event_id", ""))[:100]
+        event_id = str(event.get("sg_event_id") or "")[:100]
         if not campaign_id or not event_id:
             log.info("webhook_ignored", provider="sendgrid", reason="no_campaign_id", event_name=name[:30])
             return

@@ -24,7 +24,7 @@ the Message-ID channels wrote.
 """
 
 import base64
-import json
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -47,14 +47,17 @@ from gateway.esp_events import (
     is_stale,
     status_detail,
 )
-from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded
+from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded, record_item, untrusted_json
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
 
 log = structlog.get_logger(__name__)
 
-SNS_CERT_URL_PATTERN = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
-"""Where SNS's signing certificates (and its SubscribeURLs) are: AWS's own SNS hosts, over HTTPS."""
+SNS_CERT_URL_PATTERN = r"^https://sns\.[a-z]{2}(?:-[a-z]+)+-\d+\.amazonaws\.com(?:\.cn)?/"
+"""Where SNS's signing certificates (and its SubscribeURLs) are: AWS's own SNS hosts, one a region (sns.ap-south-1,
+sns.us-gov-west-1, sns.cn-north-1...amazonaws.com.cn), over HTTPS. The region's shape is spelled out: a looser
+`sns.<anything>.amazonaws.com` also matches S3's virtual-hosted bucket "sns" (sns.s3.amazonaws.com), whose objects
+anyone holding that bucket could write."""
 CAMPAIGN_ID_TAG = "xsell_campaign_id"
 """The message tag (X-SES-MESSAGE-TAGS) channels gives every e-mail through SES; each event of it carries the tag."""
 MAX_BODY = 1024 * 1024
@@ -358,15 +361,16 @@ class SesEvents:
     async def _post(self, request: web.Request) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > MAX_BODY:
             return web.Response(status=413, text="an SNS message over 1 MiB\n")
-        try:
-            message = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        read, message = untrusted_json(await request.read())
+        if not read:
             return web.Response(status=400, text="body is not JSON\n")
         if not isinstance(message, dict):
             return web.Response(status=400, text="body is not an SNS message\n")
         if (refused := await self._unverified(message)) is not None:
             return refused
-        replay_key = b"ses:" + str(message.get("MessageId", "")).encode()
+        # The string SNS signed, not its MessageId alone: its fields are joined by newlines, so text moved between
+        # Subject and MessageId keeps the signature and would change a MessageId key. SNS's retries repeat it whole.
+        replay_key = b"ses:" + hashlib.sha256(string_to_sign(message) or b"").digest()
         if (replayed := self._replays.refusal(replay_key, "ses")) is not None:
             return replayed
         kind = message["Type"]
@@ -389,7 +393,8 @@ class SesEvents:
         if not cert_url_allowed(cert_url, self._cert_urls):
             log.warning("webhook_rejected", provider="ses", reason="cert_url")
             return web.Response(status=401, text="SigningCertURL is not SNS's\n")
-        if message.get("TopicArn") not in self._topics:
+        topic = message.get("TopicArn")
+        if not isinstance(topic, str) or topic not in self._topics:
             log.warning("webhook_rejected", provider="ses", reason="topic")
             return web.Response(status=401, text="TopicArn is not one of XSELL_GATEWAY_SES_TOPIC_ARNS\n")
         try:
@@ -427,10 +432,7 @@ class SesEvents:
         return web.Response(text="ok\n")
 
     async def _notification(self, message: dict[str, Any]) -> web.Response:
-        try:
-            event = json.loads(message["Message"])
-        except json.JSONDecodeError:
-            event = None
+        _, event = untrusted_json(message["Message"])
         if not isinstance(event, dict):
             log.info("webhook_ignored", provider="ses", reason="not_an_ses_event")
             return web.Response(text="ok\n")
@@ -445,13 +447,14 @@ class SesEvents:
         try:
             for record in read.records:
                 if isinstance(record, Receipt):
-                    await self._record.receipt(
+                    recording = self._record.receipt(
                         record.request_id, read.campaign_id, record.state, read.ses_message_id, record.reason
                     )
                 else:
-                    await self._record.engagement(
+                    recording = self._record.engagement(
                         record.request_id, read.campaign_id, record.kind, record.detail, url=record.url
                     )
+                await record_item("ses", recording)
         except Unrecorded:
             return web.Response(status=503, text="try again later\n")
         return web.Response(text="ok\n")

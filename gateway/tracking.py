@@ -11,6 +11,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from gateway.esp_events import MAX_BODY
 from plumbing.ids import new_id
 from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, BadSignature, serves, verify
 from plumbing.telemetry import outreach_span
@@ -91,7 +92,9 @@ class TrackingEdge:
         self.port = 0
 
     def application(self) -> web.Application:
-        app = web.Application()
+        # aiohttp reads at most 1 MiB of a body by default; SendGrid's signed batches may be up to esp_events.MAX_BODY,
+        # and each route refuses what is too large for it (413) before reading.
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/c/{token}", self._click)
         app.router.add_get("/o/{token}.gif", self._open)
         app.router.add_get("/u/{token}", self._unsubscribe_page)

@@ -31,6 +31,16 @@ this gateway already accepted within that window. The replay memory is per gatew
 behind it, every record call carries a request_id derived from the provider's own ids (the wamid and
 status, the SmsSid and status) and channels records a request_id once, so a replay that reaches another
 replica changes nothing either.
+
+A post is answered as a whole: 200 once each of its items is recorded or deliberately not, 503 when channels cannot
+record one now (the provider posts it again, and what was recorded is recorded once). An item that cannot be recorded
+at all is logged and skipped rather than holding back the items after it for as long as the provider retries: one
+without the provider's id for it (`webhook_ignored`), one whose content cannot be carried (a lone surrogate in a text,
+a number past a float: `webhook_item_refused`), and one whose request_id channels already recorded with other content
+(`webhook_conflict`: Meta reporting a second `failed` with another code for one message). A body that is not JSON, or
+nests deeper or holds a longer number than Python reads, is refused with 400. With `sms_callback_secret` set, an SMS
+callback must carry its own time (`DateSent`, or `Date` inbound): the Twilio-style signature joins names and values
+without a separator, so a captured callback's fields could be re-split to drop its time and pass as fresh.
 """
 
 import base64
@@ -40,7 +50,7 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -155,6 +165,30 @@ class Unrecorded(Exception):
     """Channels could not record a callback now; the provider is asked to send it again."""
 
 
+def untrusted_json(body: bytes | str) -> tuple[bool, Any]:
+    """(True, the document) for a provider's JSON body; (False, None) for one that is not JSON, is not UTF-8, nests
+    deeper than Python recurses or holds an integer longer than Python reads (4,300 digits), which json.loads raises
+    as ValueError or RecursionError rather than JSONDecodeError."""
+    try:
+        return True, json.loads(body)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return False, None
+
+
+UNCARRIED = (ValueError, TypeError, OverflowError)
+"""What building a record call raises for an item whose content cannot be carried: protobuf refusing a lone surrogate
+(UnicodeEncodeError), a number past a float or a timestamp (OverflowError, ValueError)."""
+
+
+async def record_item(provider: str, recording: Awaitable[None]) -> None:
+    """Records one item of a post; one whose content cannot be carried is logged and skipped, so the post's other items
+    are recorded (and the provider, answered 200, does not post the same item again for days). Unrecorded passes."""
+    try:
+        await recording
+    except UNCARRIED as error:
+        log.warning("webhook_item_refused", provider=provider, error=type(error).__name__)
+
+
 class ProviderWebhooks:
     """The webhook routes; each callback becomes RecordDeliveryReceipt or RecordEngagement on channels."""
 
@@ -212,9 +246,8 @@ class ProviderWebhooks:
         digest = hashlib.sha256(body).digest()
         if (replayed := self._replays.refusal(digest, "whatsapp")) is not None:
             return replayed
-        try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        read, document = untrusted_json(body)
+        if not read:
             return web.Response(status=400, text="body is not JSON\n")
         stale = 0
         try:
@@ -227,17 +260,17 @@ class ProviderWebhooks:
                     if self._stale(_unix_time(status.get("timestamp"))):
                         stale += 1
                     else:
-                        await self._whatsapp_status(status)
+                        await record_item("whatsapp", self._whatsapp_status(status))
                 for message in _objects(value, "messages"):
                     # An opt-out is honoured however late it comes (Meta retries for days after an outage): dropping
                     # one would keep messaging someone who said stop, and a replayed one only opts a person out.
                     if self._stale(_unix_time(message.get("timestamp"))) and not _opts_out(message):
                         stale += 1
                     else:
-                        await self._whatsapp_message(message)
+                        await record_item("whatsapp", self._whatsapp_message(message))
                 for preference in _objects(value, "user_preferences"):
                     # An opt-out, honoured however late it comes, as a typed STOP is.
-                    await self._whatsapp_preference(preference)
+                    await record_item("whatsapp", self._whatsapp_preference(preference))
         except (Unrecorded, TemplatesUnavailable):
             return web.Response(status=503, text="try again later\n")
         if stale:
@@ -247,9 +280,13 @@ class ProviderWebhooks:
 
     async def _whatsapp_status(self, status: dict[str, Any]) -> None:
         campaign_id = str(status.get("biz_opaque_callback_data") or "")
-        wamid, state = str(status.get("id", "")), status.get("status")
+        wamid, state = str(status.get("id") or ""), status.get("status")
         if not campaign_id:
             log.info("webhook_ignored", provider="whatsapp", reason="no_campaign_id", status=state)
+            return
+        if not wamid:
+            # Its request_id would be every id-less status's: the first would stand for all of them.
+            log.info("webhook_ignored", provider="whatsapp", reason="no_message_id", status=state)
             return
         request_id = f"wa:{wamid}:{state}"
         if state == "sent":
@@ -316,10 +353,14 @@ class ProviderWebhooks:
         )
 
     async def _whatsapp_message(self, message: dict[str, Any]) -> None:
+        message_id = str(message.get("id") or "")
+        if not message_id:
+            log.info("webhook_ignored", provider="whatsapp", reason="no_message_id")
+            return
         quoted = str(_object(message, "context").get("id", ""))
         text = _reply_text(message)
         request = channels_pb2.RecordEngagementRequest(
-            request_id=f"wa:{message.get('id', '')}", kind=_reply_kind(text), reply_text=text[:1000]
+            request_id=f"wa:{message_id}", kind=_reply_kind(text), reply_text=text[:1000]
         )
         if quoted:
             request.provider_message_id = quoted
@@ -336,7 +377,10 @@ class ProviderWebhooks:
             log.warning("webhook_rejected", provider="sms", reason="token")
             return web.Response(status=401, text="unknown callback token\n")
         # A GET carries its fields in the query, which the signed URL already holds; a POST in its form.
-        form = {} if request.method == "GET" else await request.post()
+        try:
+            form = {} if request.method == "GET" else await request.post()
+        except (ValueError, LookupError):  # not UTF-8 (UnicodeDecodeError), a charset Python does not know
+            return web.Response(status=400, text="the form is not UTF-8 form fields\n")
         fields = [(name, str(value)) for name, value in form.items()]
         if self._sms_secret:
             presented = request.headers.get("X-Twilio-Signature", "")
@@ -344,6 +388,13 @@ class ProviderWebhooks:
             if not _same(expected, presented):
                 log.warning("webhook_rejected", provider="sms", reason="signature")
                 return web.Response(status=401, text="X-Twilio-Signature does not match the URL and fields\n")
+            moment = "Date" if request.path.endswith("/inbound") else "DateSent"
+            stated = {**dict(request.query), **dict(fields)}
+            if _exotel_time(str(stated.get(moment, ""))) is None:
+                # The signature joins names and values without a separator: without its own time a captured callback
+                # could be re-split ("D" = "ateSent..." for DateSent) and pass as fresh.
+                log.warning("webhook_rejected", provider="sms", reason="no_time")
+                return web.Response(status=400, text=f"a signed callback must carry {moment} (YYYY-MM-DD HH:MM:SS)\n")
             replay_key = b"sms:" + presented.encode()
         else:
             every = [*fields, *((name, value) for name, value in request.query.items())]
@@ -364,6 +415,9 @@ class ProviderWebhooks:
         status = str(form.get("Status", "")).lower()
         if not campaign_id or status not in EXOTEL_DELIVERED | EXOTEL_FAILED:
             return web.Response(text="ok\n")
+        if not sid:
+            # Its request_id would be every sid-less callback's: the first would stand for all of them.
+            return web.Response(status=400, text="SmsSid is required\n")
         state = (
             channels_resources.DELIVERY_STATE_DELIVERED
             if status in EXOTEL_DELIVERED
@@ -470,6 +524,11 @@ async def record_call(method: Any, request: Any, timeout: float) -> bool:
             # About a message channels does not know (another system on the account): retrying cannot help.
             log.info("webhook_ignored", reason=error.code().name, detail=error.details())
             return False
+        if error.code() == grpc.StatusCode.ABORTED and (error.details() or "").startswith("request_id:"):
+            # Its request_id was recorded with other content (Meta reporting a second failure of one message with
+            # another code): what was recorded first stands, and retrying would be refused for ever.
+            log.warning("webhook_conflict", request_id=getattr(request, "request_id", ""))
+            return False
         log.warning("webhook_not_recorded", code=error.code().name)
         raise Unrecorded(error.code().name) from error
     return True
@@ -478,7 +537,7 @@ async def record_call(method: Any, request: Any, timeout: float) -> bool:
 def _unix_time(value: Any) -> float | None:
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

@@ -11,9 +11,15 @@ from opentelemetry import trace
 
 REDACTED = "[redacted]"
 
-# Order matters: e-mail first (its digits must not be half-matched), then PAN, phone, account.
+# Order matters: e-mail first (its digits must not be half-matched), then international and Indian phone numbers,
+# PAN, account.
 _PII_PATTERNS = [
-    re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"),
+    # Anything@anything, up to the characters that end an address in text: a domain without a dot ("priya@example",
+    # an intranet's), or an internationalised one ("प्रिया@उदाहरण.भारत") is an address too.
+    re.compile(r"[^\s@<>()\[\]{},;:\"'=]+@[^\s@<>()\[\]{},;:\"'=/]+"),
+    # International numbers written with their "+": at least 8 digits, with spaces, dots, dashes or brackets between
+    # ("+1 (555) 010-9999", "+44 20 7946 0958"); a time zone ("+05:30") or a figure ("+12.34") has fewer digits.
+    re.compile(r"(?<![\w+])\+(?=(?:[\s().-]*\d){8})\d{1,3}(?:[\s.-]?\(?\d{1,4}\)?)+(?![\w])"),
     # PAN: five letters, four digits, one letter.
     re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
     # Indian mobile numbers, with or without +91 / 0 and separators.

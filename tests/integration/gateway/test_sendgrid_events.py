@@ -155,3 +155,37 @@ async def test_a_body_that_is_not_an_array_of_events_is_refused(
         headers = {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: timestamp}
         assert await _post(http, gateway, body, headers) == 400
     assert receipts(downstream) == []
+
+
+async def test_an_event_that_cannot_be_recorded_is_skipped_and_the_rest_of_the_batch_recorded(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """A timestamp past a float, or an event without its id (every such event's request_id would be the same), is
+    skipped; the unsubscribe after it is recorded, and the batch answered 200 (SendGrid would post it for days)."""
+    gateway = await _gateway(start_gateway)
+    events = [
+        _event("processed", 1),
+        _event("delivered", 2, timestamp=10**400),
+        _event("open", 3, sg_event_id=None),
+        _event("unsubscribe", 4),
+    ]
+    body = (json.dumps(events) + "\r\n").encode()
+    timestamp = str(int(time.time()))
+    signature = base64.b64encode(SIGNING_KEY.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    assert await _post(http, gateway, body, {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: timestamp}) == 200
+    assert [r.request_id for r in receipts(downstream)] == ["sendgrid:sg-event-1", "sendgrid:sg-event-2"]
+    (unsubscribe,) = engagements(downstream)
+    assert unsubscribe.request_id == "sendgrid:sg-event-4"
+
+
+async def test_a_signed_batch_up_to_five_mib_is_read(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """aiohttp reads 1 MiB of a body by default; SendGrid's batches may be larger, up to the route's own limit."""
+    gateway = await _gateway(start_gateway)
+    padding = "x" * 1000
+    events = [_event("delivered", number, note=padding) for number in range(1500)]  # ~1.9 MB
+    body, headers = _signed(events)
+    assert len(body) > 1024 * 1024
+    assert await _post(http, gateway, body, headers) == 200
+    assert len(receipts(downstream)) == 1500

@@ -251,3 +251,33 @@ async def test_what_the_relay_playing_ses_posts_is_recorded_a_refused_recipient_
     assert (kind, detail) == ("ENGAGEMENT_KIND_BOUNCED", "5.1.1 permanent") and request_id.endswith(":bounce")
     assert [state for _, state, _ in _receipts(downstream)] == ["DELIVERY_STATE_SENT", "DELIVERY_STATE_SENT"]
     assert {r.campaign_id for r in receipts(downstream)} == {OUTREACH} and sns.failed == []
+
+
+async def test_a_post_of_the_wrong_types_or_beyond_what_python_reads_is_refused_not_a_crash(
+    start_gateway: GatewayFactory, sns: SesEventPoster, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway, sns)
+    for topic in ([], {}, 7):  # before any signature is checked
+        assert await _post(http, gateway, {**sns.notification(_event("Delivery", {})), "TopicArn": topic}) == 401
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"n": ' + b"9" * 5000 + b"}"):
+        async with http.post(f"{gateway.http}/webhooks/email/ses", data=body) as response:
+            assert response.status == 400
+    # Signed by SNS, its Message beyond what Python reads: acknowledged (SNS would post it for days) and ignored.
+    message = {**sns.notification(_event("Delivery", {})), "Message": '{"n": ' + "9" * 5000 + "}"}
+    assert await _post(http, gateway, sns.signed(message)) == 200
+    assert receipts(downstream) == []
+
+
+async def test_a_replay_with_its_subject_moved_into_its_message_id_is_still_a_replay(
+    start_gateway: GatewayFactory, sns: SesEventPoster, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """SNS joins the signed fields with newlines: "\\nSubject\\n<subject>" moved to the end of MessageId keeps the
+    signature. The replay memory keys on the signed string, not on MessageId."""
+    gateway = await _gateway(start_gateway, sns)
+    notification = sns.notification(_event("Delivery", {}))
+    with_subject = sns.signed({**notification, "Subject": "Amazon SES Email Event Notification"})
+    moved = {key: value for key, value in with_subject.items() if key != "Subject"}
+    moved["MessageId"] = f"{with_subject['MessageId']}\nSubject\n{with_subject['Subject']}"
+    assert await _post(http, gateway, with_subject) == 200
+    assert await _post(http, gateway, moved) == 200  # verified, and refused as the replay it is
+    assert len(receipts(downstream)) == 1

@@ -9,12 +9,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import grpc
 import pytest
 from yarl import URL
 
 from gateway.webhooks import EXOTEL_ZONE, twilio_signature
 from plumbing.bounces import WHATSAPP_MARKETING_SETTING
+from plumbing.errors import Aborted
+from plumbing.idempotency import Idempotency, request_fingerprint
 from tests.integration.gateway.conftest import (
+    RECEIPT,
     Downstream,
     GatewayFactory,
     RunningGateway,
@@ -23,6 +27,7 @@ from tests.integration.gateway.conftest import (
     unused_target,
 )
 from xsell.channels.v1 import resources_pb2 as channels_resources
+from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.type.v1 import channel_pb2
 
 APP_SECRET = "test-app-secret"
@@ -30,6 +35,7 @@ SMS_TOKEN = "test-sms-callback-token"
 SMS_SECRET = "test-sms-signing-secret"
 OUTREACH = "CSELL-NOV-T06-0884"
 WAMID = "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSQUJDREVGMDEyMzQ1Njc4OQA="
+BOUNCED = channels_resources.ENGAGEMENT_KIND_BOUNCED
 
 
 async def _gateway(start_gateway: GatewayFactory, **overrides: Any) -> RunningGateway:
@@ -526,3 +532,118 @@ async def test_a_late_inbound_sms_stop_is_honoured_and_a_late_reply_is_not(
             assert response.status == 200
     (opt_out,) = engagements(downstream)
     assert opt_out.kind == channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED
+
+
+async def test_what_cannot_be_recorded_in_a_post_is_skipped_and_the_rest_recorded(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """A post is answered as a whole, and the provider repeats one that was not answered 200 for days: an item that
+    can never be recorded must not hold back the others. A second failure of one message with another code (its
+    request_id already recorded with other content), an item without the provider's id, a lone surrogate in a text
+    and a timestamp past a float are each skipped; the delivered status and the STOP after them are recorded."""
+    recorded_first: dict[str, bytes] = {}
+
+    async def like_channels(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        receipt = channels_pb2.RecordDeliveryReceiptRequest.FromString(request)
+        stored = recorded_first.setdefault(receipt.request_id, request)
+        if stored != request:  # channels' own refusal of a request_id reused for other content
+            refusal = Idempotency.answer(
+                "RecordDeliveryReceipt",
+                receipt,
+                (request_fingerprint(channels_pb2.RecordDeliveryReceiptRequest.FromString(stored)), b""),
+                channels_pb2.RecordDeliveryReceiptResponse,
+            )
+            assert isinstance(refusal, Aborted)
+            await context.abort(grpc.StatusCode.ABORTED, str(refusal))
+        return b""
+
+    downstream.services.responders[RECEIPT] = like_channels
+    gateway = await _gateway(start_gateway)
+    now = str(int(time.time()))
+    first_failure = {"id": WAMID, "status": "failed", "timestamp": now, "errors": [{"code": 131000}]}
+    other_failure = {**first_failure, "errors": [{"code": 131026}]}
+    delivered = {"id": "wamid.other", "status": "delivered", "timestamp": now}
+    without_id = {"status": "delivered", "timestamp": now}
+    too_late = {"id": "wamid.far", "status": "delivered", "timestamp": 10**400}
+    statuses = [
+        {**status, "biz_opaque_callback_data": OUTREACH}
+        for status in (first_failure, other_failure, without_id, too_late, delivered)
+    ]
+    messages = [
+        {"from": "919876543210", "id": "wamid.in1", "timestamp": now, "type": "text", "text": {"body": "Hi \ud83d"}},
+        {"from": "919876543210", "timestamp": now, "type": "text", "text": {"body": "YES"}},
+        {"from": "919876543210", "id": "wamid.in2", "timestamp": now, "type": "text", "text": {"body": "STOP"}},
+    ]
+    body = _whatsapp({"messaging_product": "whatsapp", "statuses": statuses, "messages": messages})
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert (response.status, await response.text()) == (200, "ok\n")
+    states = [(r.request_id, r.state) for r in receipts(downstream)]
+    assert states == [
+        (f"wa:{WAMID}:failed", channels_resources.DELIVERY_STATE_FAILED),
+        (f"wa:{WAMID}:failed", channels_resources.DELIVERY_STATE_FAILED),  # refused by channels: skipped
+        ("wa:wamid.far:delivered", channels_resources.DELIVERY_STATE_DELIVERED),  # judged by its signature alone
+        ("wa:wamid.other:delivered", channels_resources.DELIVERY_STATE_DELIVERED),
+    ]
+    # What the second failure says about the person is still recorded, under a request_id of its own.
+    unreachable, stop = engagements(downstream)
+    assert (unreachable.request_id, unreachable.kind) == (f"wa:{WAMID}:unreachable", BOUNCED)
+    assert (stop.request_id, stop.kind) == ("wa:wamid.in2", channels_resources.ENGAGEMENT_KIND_UNSUBSCRIBED)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"entry": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", id="nested-past-recursion"),
+        pytest.param(b'{"entry": [], "n": ' + b"9" * 5000 + b"}", id="5000-digit-number"),
+        pytest.param(b"\xff\xfe not UTF-8", id="not-utf8"),
+    ],
+)
+async def test_a_signed_body_python_cannot_read_is_refused_with_400(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession, body: bytes
+) -> None:
+    gateway = await _gateway(start_gateway)
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert (response.status, await response.text()) == (400, "body is not JSON\n")
+    assert downstream.services.calls == []
+
+
+async def test_an_sms_callback_that_is_not_utf8_or_names_no_sid_is_refused_with_400(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await _gateway(start_gateway)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}"
+    form = "application/x-www-form-urlencoded"
+    for body, content_type in (
+        (b"SmsSid=p2&Status=failed&Body=\xff", form),
+        (b"SmsSid=p2&Status=failed", f"{form}; charset=x-nonexistent"),
+    ):
+        async with http.post(url, data=body, headers={"Content-Type": content_type}) as response:
+            assert response.status == 400
+    # Without SmsSid its request_id would be every sid-less callback's.
+    async with http.post(url, data={k: v for k, v in _exotel_form().items() if k != "SmsSid"}) as response:
+        assert (response.status, await response.text()) == (400, "SmsSid is required\n")
+    assert downstream.services.calls == []
+
+
+async def test_a_signed_sms_callback_without_its_own_time_is_refused_as_a_re_split_stale_one_would_be(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """The Twilio-style signature joins names and values without a separator: a captured stale callback's DateSent
+    re-split into a field "D" = "ateSent<its date>" keeps the signature. With a signing secret, the time is required."""
+    gateway = await _gateway(start_gateway, sms_callback_secret=SMS_SECRET, webhook_max_age_seconds=3600)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}"
+    stale = _exotel_form(sent=datetime.now(UTC) - timedelta(days=3))
+    signature = _twilio_signed(url, stale)
+    re_split = {key: value for key, value in stale.items() if key != "DateSent"}
+    re_split["D"] = "ateSent" + stale["DateSent"]
+    assert _twilio_signed(url, re_split) == signature
+    async with http.post(url, data=re_split, headers=signature) as response:
+        assert response.status == 400
+        assert "DateSent" in await response.text()
+    inbound_url = f"{url}/inbound"
+    reply = _inbound_sms("Yes interested", "in-old", datetime.now(UTC) - timedelta(days=3))
+    re_split = {key: value for key, value in reply.items() if key != "Date"}
+    re_split["D"] = "ate" + reply["Date"]
+    async with http.post(inbound_url, data=re_split, headers=_twilio_signed(inbound_url, reply)) as response:
+        assert response.status == 400
+    assert downstream.services.calls == []

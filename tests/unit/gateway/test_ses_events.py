@@ -134,6 +134,12 @@ def test_anything_else_does_not(forged: dict[str, Any]) -> None:
         ("https://evil.example/https://sns.us-east-1.amazonaws.com/cert.pem", False),
         ("https://s3.amazonaws.com/sns.us-east-1.amazonaws.com/cert.pem", False),
         (" https://sns.us-east-1.amazonaws.com/cert.pem", False),
+        ("https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-1.pem", True),
+        ("https://sns.ap-southeast-5.amazonaws.com/SimpleNotificationService-1.pem", True),
+        # S3's virtual-hosted bucket "sns", which whoever holds that bucket could fill.
+        ("https://sns.s3.amazonaws.com/cert.pem", False),
+        ("https://sns.s3-external-1.amazonaws.com/cert.pem", False),
+        ("https://sns.s3.us-east-1.amazonaws.com/cert.pem", False),
         (None, False),
     ],
 )

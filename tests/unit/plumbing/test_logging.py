@@ -15,6 +15,10 @@ PLANTED = {
     "pan": "ABCPS1234K",
     "account": "001234567890",
     "card": "4111 1111 1111 1111",
+    "intl_phone": "+1 (555) 010-9999",
+    "intl_phone_spaced": "+44 20 7946 0958",
+    "email_dotless": "priya@example",
+    "email_idn": "प्रिया@उदाहरण.भारत",
 }
 
 
@@ -33,6 +37,8 @@ def test_planted_pii_is_redacted_everywhere_in_a_log_line(log_stream: io.StringI
         recipient=PLANTED["email"],
         nested={"phone": PLANTED["phone"], "list": [PLANTED["pan"], PLANTED["account"]]},
         note=f"card {PLANTED['card']} phone {PLANTED['phone_bare']}",
+        status=f"to {PLANTED['intl_phone']} or {PLANTED['intl_phone_spaced']}",
+        template=f"{PLANTED['email_dotless']} {PLANTED['email_idn']}",
         campaign_id="CSELL-NOV-T06-0884",
         loan_number="LA-2025-0001",
         amount_paise=174000000,
@@ -41,6 +47,9 @@ def test_planted_pii_is_redacted_everywhere_in_a_log_line(log_stream: io.StringI
     for value in PLANTED.values():
         assert value not in line
     record = json.loads(line)
+    decoded = json.dumps(record, ensure_ascii=False)  # the line may escape what is not ASCII
+    for value in PLANTED.values():
+        assert value not in decoded
     assert record["recipient"] == REDACTED
     # Identifiers that are not personal data survive.
     assert record["campaign_id"] == "CSELL-NOV-T06-0884"
@@ -68,7 +77,16 @@ def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["CSELL-NOV-T06-0884", "LA-2025-0001", "2026-11-26T03:32:35+00:00", "evt_01JDAZ3XQ4", "seg_01JDAZ3XQ4K5"],
+    [
+        "CSELL-NOV-T06-0884",
+        "LA-2025-0001",
+        "2026-11-26T03:32:35+00:00",
+        "evt_01JDAZ3XQ4",
+        "seg_01JDAZ3XQ4K5",
+        "+05:30",
+        "lag +12.34 ms",
+        "https://sns.ap-south-1.amazonaws.com/SimpleNotificationService-1234.pem",
+    ],
 )
 def test_identifiers_and_timestamps_are_not_mistaken_for_pii(text: str) -> None:
     assert redact_text(text) == text
