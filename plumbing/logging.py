@@ -11,19 +11,35 @@ from opentelemetry import trace
 
 REDACTED = "[redacted]"
 
+# Where an e-mail address ends in text (and what may precede one): whitespace, brackets, quotes, separators.
+_ADDRESS_ENDS = r"\s@＠﹫<>()\[\]{},;:\"'=`|\\"
+EMAIL_ADDRESS = re.compile(
+    # Anything@anything between those ends: a domain without a dot ("priya@example", an intranet's), an
+    # internationalised one ("प्रिया@उदाहरण.भारत"), a full-width "＠", a quoted local part ("priya k"@example.in).
+    # Linear: a match starts only where a token starts (the lookbehind), and its parts are taken possessively, so a
+    # long run without an "@" is read once, not once from each of its characters.
+    rf'(?:"[^"\r\n]{{1,64}}"|(?<![^{_ADDRESS_ENDS}])[^{_ADDRESS_ENDS}]++)[@＠﹫][^{_ADDRESS_ENDS}/]++'
+)
+"""An e-mail address as people and providers write one; shared by the logs and channels' provider texts."""
+INTERNATIONAL_NUMBER = re.compile(
+    # A "+" then at least 8 digits with at most 3 spaces, dots, dashes, slashes or brackets between any two
+    # ("+1 (555) 010-9999", "+44 20 7946 0958", "(+91)98765/43210"); a time zone ("+05:30") or a figure ("+12.34")
+    # has fewer digits. Possessive, so a run that ends in a letter is not tried again split another way.
+    r"(?<![\w+])\+(?=(?:[\s()./-]{0,3}\d){8})\d(?:[\s()./-]{0,3}\d)*+(?![\w])"
+)
+INDIAN_MOBILE = re.compile(
+    # With or without +91 / 0, and a space, dot, slash or dash after it and in the middle ("+91.98765.43210").
+    r"(?<![\w])(?:\+?91[\s./-]?|0)?[6-9]\d{4}[\s./-]?\d{5}(?![\w])"
+)
+
 # Order matters: e-mail first (its digits must not be half-matched), then international and Indian phone numbers,
-# PAN, account.
+# PAN, account. Each pattern is linear in the text's length: a log line may carry whatever a caller sent.
 _PII_PATTERNS = [
-    # Anything@anything, up to the characters that end an address in text: a domain without a dot ("priya@example",
-    # an intranet's), or an internationalised one ("प्रिया@उदाहरण.भारत") is an address too.
-    re.compile(r"[^\s@<>()\[\]{},;:\"'=]+@[^\s@<>()\[\]{},;:\"'=/]+"),
-    # International numbers written with their "+": at least 8 digits, with spaces, dots, dashes or brackets between
-    # ("+1 (555) 010-9999", "+44 20 7946 0958"); a time zone ("+05:30") or a figure ("+12.34") has fewer digits.
-    re.compile(r"(?<![\w+])\+(?=(?:[\s().-]*\d){8})\d{1,3}(?:[\s.-]?\(?\d{1,4}\)?)+(?![\w])"),
+    EMAIL_ADDRESS,
+    INTERNATIONAL_NUMBER,
     # PAN: five letters, four digits, one letter.
     re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
-    # Indian mobile numbers, with or without +91 / 0 and separators.
-    re.compile(r"(?<![\w])(?:\+?91[\s-]?|0)?[6-9]\d{4}[\s-]?\d{5}(?![\w])"),
+    INDIAN_MOBILE,
     # Bank account and card numbers: 9 to 19 digits, optionally grouped.
     re.compile(r"(?<![\w-])\d(?:[\s-]?\d){8,18}(?![\w-])"),
 ]
@@ -32,7 +48,7 @@ _PII_PATTERNS = [
 # What every pattern above needs somewhere in the text: an "@", or four digits, consecutive (a PAN's) or split by
 # single spaces or dashes (the start of a phone or account number). Most values of a log line (event names, levels,
 # channel and provider names, durable names) have neither and are passed after this one search, not the four above.
-_MAY_HOLD_PII = re.compile(r"@|\d(?:[\s-]?\d){3}")
+_MAY_HOLD_PII = re.compile(r"[@＠﹫]|\d(?:[\s./-]?\d){3}")
 
 
 def redact_text(text: str) -> str:

@@ -7,6 +7,7 @@ from enum import Enum, StrEnum
 from urllib.parse import urlsplit
 
 from plumbing.bounces import bad_address_status
+from plumbing.logging import EMAIL_ADDRESS
 
 
 class DeliveryState(StrEnum):
@@ -193,20 +194,24 @@ def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
     return ProviderUnavailable(reason)
 
 
-_EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+")
-
-
 def redact(text: str, limit: int = 300) -> str:
-    """Provider text without addresses (relays echo the recipient back), shortened for storage."""
-    return _EMAIL_ADDRESS.sub("[address]", " ".join(text.split()))[:limit]
+    """Provider text without addresses (relays echo the recipient back), shortened for storage. Only the first
+    READ_PER_LIMIT × limit characters are read: a caller's detail may be megabytes long."""
+    bounded = " ".join(text[: limit * READ_PER_LIMIT].split())
+    return EMAIL_ADDRESS.sub("[address]", bounded)[:limit]
 
 
-_PHONE_NUMBER = re.compile(r"\+?\d[\d ()-]{6,}\d")
+READ_PER_LIMIT = 8
+"""How much of a text scrub and redact read, per character they keep: enough for the addresses and numbers they
+replace to shrink it, bounded whatever a caller sends."""
+# Eight or more characters of digits, spaces, brackets, dots, slashes and dashes, from a digit (or "+") not preceded by
+# one, to a digit: "+91 98765 43210", "(+91)98765/43210", "98765.43210". Linear: a run is read from its start only.
+_PHONE_NUMBER = re.compile(r"(?<![\d+])\+?\d[\d ()./-]{6,}\d")
 
 
 def scrub(text: str, limit: int = 300) -> str:
     """Provider text without phone numbers or addresses (error messages and receipts echo the recipient)."""
-    return redact(_PHONE_NUMBER.sub("[number]", text), limit)
+    return redact(_PHONE_NUMBER.sub("[number]", text[: limit * READ_PER_LIMIT]), limit)
 
 
 def link_host(url: str) -> str:

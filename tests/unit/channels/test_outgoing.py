@@ -165,6 +165,22 @@ def test_a_success_answer_without_the_providers_id_is_an_unknown_outcome_never_a
 
 def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
     assert scrub("'To' +91 98765 43210 or priya@example.in refused") == "'To' [number] or [address] refused"
+    written_otherwise = (
+        '+91.98765.43210 / "priya k"@example.in / प्रिया@example.in / priya＠example.in / (+91)98765/43210'
+    )
+    assert scrub(written_otherwise) == "[number] / [address] / [address] / [address] / ([number]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 1_000_000, "x" * 1_000_000 + "@", "1" + "(" * 1_000_000, "a@" * 500_000],
+    ids=["run", "run-then-at", "digit-then-brackets", "many-ats"],
+)
+def test_a_caller_text_of_any_length_is_scrubbed_in_one_pass_and_cut(text: str) -> None:
+    """A RecordEngagement detail of 100,000 characters held channels' event loop for 21 s: only what can be kept is
+    read (READ_PER_LIMIT), and the patterns are linear. No time is asserted; a quadratic scrub would stop the suite."""
+    assert len(scrub(text)) <= 300
+    assert len(scrub(text, limit=1000)) <= 1000
 
 
 @pytest.mark.parametrize(

@@ -114,3 +114,32 @@ def test_the_quick_check_passes_unchanged_only_what_no_pattern_would_change(text
     assert redact_text(text) == fully
     if _MAY_HOLD_PII.search(text) is None:
         assert fully == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 200_000 + "@",  # a long run read once from its start, not once from each character
+        "a@" * 100_000,
+        '"' * 200_000 + "@x",
+        "+1" + "2" * 200_000 + "a",  # not tried again split every other way
+        "+" + " " * 200_000 + "1",
+        "1." * 100_000,
+    ],
+    ids=["run-then-at", "many-ats", "quotes", "plus-digits-letter", "plus-spaces", "dotted-digits"],
+)
+def test_redaction_reads_a_hostile_text_in_one_pass(text: str) -> None:
+    """Every pattern is linear in the text's length: a log line may carry whatever a caller sent (a quadratic one took
+    10 s for 50,000 characters, an exponential one longer than this suite). No time is asserted: a pattern that
+    backtracks again would stop the suite here, not make it slower."""
+    redacted = redact_text(text)
+    assert len(redacted) <= len(REDACTED) * len(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['"priya k"@example.in', "priya＠example.in", "priya@exämple.in", "+91.98765.43210", "(+91)98765/43210"],
+)
+def test_addresses_and_numbers_written_other_ways_are_redacted(text: str) -> None:
+    assert text.strip("(") not in redact_text(text)
+    assert REDACTED in redact_text(text)
