@@ -161,6 +161,8 @@ def compose(
     for field, value in (("to_address", email.to_address), ("from_name", email.from_name), ("subject", email.subject)):
         if "\r" in value or "\n" in value:
             raise ValueError(f"email.{field} contains a line break")
+        if any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F for char in value):
+            raise ValueError(f"email.{field} contains a control character")
     if _VISIBLE_ASCII.fullmatch(campaign_id) is None:
         # It is written as it is into X-Xsell-Campaign-Id and the Message-ID: a line break would add headers.
         raise ValueError("campaign_id must be visible ASCII characters only, as campaigns issues it")

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,11 @@ from xsell.channels.v1.events_pb2 import DeliveryUpdated, EngagementRecorded
 
 log = structlog.get_logger(__name__)
 
-MAX_ID_LENGTH = 100  # the width of messages.campaign_id and messages.profile_id
+MAX_ID_LENGTH = 100  # the width of messages.campaign_id
+MAX_PROFILE_ID_LENGTH = 128  # the width of messages.profile_id, as segments' profiles.profile_id
+# What campaigns issues campaign IDs as: visible ASCII. It travels in headers (Idempotency-Key, Message-ID, NATS's
+# Xsell-Campaign-Id), where a line break or a control character would write another header.
+_CAMPAIGN_ID = re.compile(r"[!-~]+")
 
 M = TypeVar("M")
 
@@ -199,8 +204,15 @@ class DispatchHandler:
         campaign_id = event.campaign_id.strip()
         if not campaign_id:
             raise PermanentError("DispatchRequested has no campaign_id; it cannot be delivered or keyed")
-        if len(campaign_id) > MAX_ID_LENGTH or len(event.profile_id) > MAX_ID_LENGTH:
-            raise PermanentError(f"campaign_id and profile_id must be at most {MAX_ID_LENGTH} characters")
+        if len(campaign_id) > MAX_ID_LENGTH:
+            raise PermanentError(f"campaign_id is {len(campaign_id)} characters; at most {MAX_ID_LENGTH}")
+        if not _CAMPAIGN_ID.fullmatch(campaign_id):
+            raise PermanentError(
+                "campaign_id holds a space, a control character or a character beyond ASCII; campaign IDs are visible "
+                "ASCII, as campaigns issues them"
+            )
+        if len(event.profile_id) > MAX_PROFILE_ID_LENGTH:
+            raise PermanentError(f"profile_id is {len(event.profile_id)} characters; at most {MAX_PROFILE_ID_LENGTH}")
         if campaign_id in self._in_flight:
             raise CampaignInFlight(f"campaign ID {campaign_id} is being sent by this replica")
         self._in_flight.add(campaign_id)
@@ -311,7 +323,19 @@ class DispatchHandler:
             attempts = claim.attempts
             started = time.perf_counter()
             try:
-                accepted = await prepared.hand_over()
+                try:
+                    accepted = await prepared.hand_over()
+                except SendFailure:
+                    raise
+                except Exception as fault:
+                    # A fault of ours, not the provider's answer (the request and its checks are built before the
+                    # intent, so this is a bug): whether anything reached the provider is not known. Settled as an
+                    # unknown outcome is, never left SENDING to be tried again for ever.
+                    self._log.error("dispatch_fault", exc_info=fault)
+                    raise ProviderOutcomeUnknown(
+                        f"the hand-over failed inside channels ({type(fault).__name__}); it may have reached the "
+                        "provider"
+                    ) from fault
             except ProviderOutcomeUnknown as failure:
                 self._timed(prepared.provider, started)
                 if not prepared.deduplicates:

@@ -122,11 +122,23 @@ def validate_email(channel: str, email: OutgoingEmail | None) -> OutgoingEmail:
     address = email.to_address.strip()
     if not address:
         raise MalformedDispatch("email.to_address is empty")
-    if "@" not in address or any(char.isspace() for char in address) or not address.isascii():
-        raise MalformedDispatch("email.to_address is not a plain ASCII address of the form local@domain")
+    if (
+        address.count("@") != 1
+        or any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in address)
+        or not address.isascii()
+        or any(char in _NOT_IN_ONE_ADDRESS for char in address)
+    ):
+        raise MalformedDispatch(
+            "email.to_address is not one plain ASCII address of the form local@domain (no spaces, control "
+            "characters, commas or brackets)"
+        )
     if not email.html_body.strip() and not email.text_body.strip():
         raise MalformedDispatch("email has neither html_body nor text_body")
     return OutgoingEmail(address, email.from_name, email.subject, email.html_body, email.text_body)
+
+
+# What would make the To header list more than one address, or a display name: one recipient per message.
+_NOT_IN_ONE_ADDRESS = frozenset(',;<>()[]"\\')
 
 
 class SendFailure(Exception):

@@ -110,6 +110,12 @@ def validate_webhook(url: str, payload_json: str, *, allowed_hosts: frozenset[st
         raise MalformedDispatch("webhook.url is not a URL") from error
     if parts.scheme not in {"https", "http"} or not parts.hostname:
         raise MalformedDispatch("webhook.url must be an absolute http(s) URL")
+    try:
+        parts.port  # noqa: B018 - read for its check: urlsplit parses the port only when it is asked for
+    except ValueError as error:
+        raise MalformedDispatch(f"webhook.url has no valid port ({error}); write 1-65535 or none") from error
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in target):
+        raise MalformedDispatch("webhook.url holds a space or a control character; percent-encode it")
     if parts.hostname not in allowed_hosts:
         raise MalformedDispatch(
             f"webhook.url host {parts.hostname} is not in the channels webhook_allowed_hosts setting"

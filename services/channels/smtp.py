@@ -13,6 +13,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.channels.delivery import (
     ProviderOutcomeUnknown,
+    ProviderRejected,
     ProviderUnavailable,
     failure_for_reply,
     redact,
@@ -273,10 +274,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _command_address(address: str) -> bytes:
-    """`<address>` for MAIL or RCPT, as aiosmtplib writes it; ValueError before anything is sent when it cannot be."""
+    """`<address>` for MAIL or RCPT, as aiosmtplib writes it; ProviderRejected before anything is sent when it cannot
+    be (the relay certainly has nothing, and asking again cannot help)."""
     quoted = quote_address(address)
     if _CONTROL.search(quoted):
-        raise ValueError("an e-mail address contains a control character")
+        raise ProviderRejected("an e-mail address contains a control character")
     return quoted.encode("ascii")
 
 

@@ -54,7 +54,7 @@ messages = Table(
     metadata,
     Column("campaign_id", String(100), primary_key=True),
     Column("channel", String(40), nullable=False),
-    Column("profile_id", String(100), nullable=False),
+    Column("profile_id", String(128), nullable=False),
     Column("state", String(20), nullable=False),
     # Indexed: provider webhooks name the message by the provider's id (a WhatsApp reply quotes the wamid).
     Column("provider_message_id", String(300), nullable=True, index=True),

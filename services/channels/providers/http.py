@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from yarl import URL
 
-from services.channels.delivery import ProviderOutcomeUnknown, ProviderUnavailable
+from services.channels.delivery import ProviderOutcomeUnknown, ProviderRejected, ProviderUnavailable
 from services.channels.providers.base import ProviderAnswer, ProviderRequest
 
 KEEP_ALIVE_SECONDS = 15.0
@@ -182,7 +182,8 @@ def _encode(request: ProviderRequest, target: _Target) -> bytes:
     ]
     for name, value in request.headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-            raise ValueError(f"HTTP header {name!r} has a line break or a colon in its name or value")
+            # Refused before anything is written: the provider certainly has nothing, and asking again cannot help.
+            raise ProviderRejected(f"HTTP header {name!r} has a line break or a colon in its name or value")
         lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode() + request.body

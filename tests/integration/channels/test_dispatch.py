@@ -3,6 +3,7 @@
 import re
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import insert
 
 from plumbing.bus import Bus
@@ -205,4 +206,37 @@ async def test_dispatch_without_email_fails_and_is_dead_lettered(
     assert "no email message" in dead[0].headers["Xsell-Dlq-Reason"]
     message = await get_message(channels, campaign_id)
     assert message.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert smtp_relay.mailbox.for_campaign(campaign_id) == []
+
+
+@pytest.mark.parametrize(
+    ("to_address", "subject", "says"),
+    [
+        ("priya\x00@example.in", "Pre-approved", "email.to_address is not one plain ASCII address"),
+        ("priya@example.in,evil@attacker.example", "Pre-approved", "email.to_address is not one plain ASCII address"),
+        ("priya@example.in", "Pre-\x00approved", "email.subject contains a control character"),
+    ],
+    ids=["control-character-in-address", "two-addresses", "control-character-in-subject"],
+)
+async def test_an_email_that_cannot_be_written_fails_at_once_and_is_never_ambiguous(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    nats_bus: Bus,
+    listener: Listener,
+    to_address: str,
+    subject: str,
+    says: str,
+) -> None:
+    """Refused before the intent with why, not raised inside the hand-over, where its redelivery read as a message the
+    relay might hold (AMBIGUOUS, for an operator to settle by hand) though nothing was written to it."""
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    event = dispatch(campaign_id, to_address=to_address)
+    event.email.subject = subject
+    await publish(nats_bus, event)
+
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert says in failed.reason
+    message = await get_message(channels, campaign_id)
+    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
     assert smtp_relay.mailbox.for_campaign(campaign_id) == []

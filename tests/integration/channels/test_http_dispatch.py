@@ -584,3 +584,54 @@ async def test_a_request_in_its_outreachs_trace_is_dispatched_on_the_consumers_s
         )
     [traceparent] = [h["traceparent"] for h in headers if h.get("Xsell-Campaign-Id") == campaign_id]
     assert traceparent == f"00-{trace_id:032x}-{consumer.context.span_id:016x}-01"
+
+
+async def test_a_webhook_url_whose_port_cannot_be_read_fails_at_once_and_is_never_left_sending(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Its port was read inside the hand-over, after the intent: eight attempts, each raising, left the message SENDING
+    for good, with no DeliveryUpdated and nothing for an operator to settle."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    bad_port = "http://127.0.0.1:99999/crm/tasks"  # the sinks' host, which the settings allow
+    await publish(nats_bus, dispatch_on("webhook", campaign_id, webhook_url=bad_port))
+
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert "webhook.url has no valid port" in failed.reason
+    assert states(await get_message(channels, campaign_id)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    assert provider_sinks.webhook.received == []
+
+
+async def test_a_campaign_id_that_would_write_a_header_is_dead_lettered_unsent(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, nats_bus: Bus
+) -> None:
+    """Campaign IDs travel in headers (Idempotency-Key, Message-ID): one with a line break is refused before anything,
+    as campaigns never issues one."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    injected = new_campaign_id() + "\r\nX-Injected: 1"
+    seq = await publish(nats_bus, dispatch_on("webhook", injected, webhook_url=provider_sinks.webhook_url()))
+    await handled(nats_bus, seq)
+    assert provider_sinks.webhook.received == []
+    assert await message_if_any(channels, injected) is None
+
+
+async def test_a_profile_id_as_long_as_segments_allows_is_sent(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Segments admits profile ids of 128 characters; channels refused those over 100, so such a person was never
+    messaged."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    profile_id = "p" * 128
+    await publish(nats_bus, dispatch_on("sms", campaign_id, profile_id=profile_id))
+    await published_state(listener, campaign_id, SENT)  # kept whole in the ledger (PostgreSQL checks the width)
+    assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
+    assert (await get_message(channels, campaign_id)).state == SENT

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.channels.delivery import ProviderOutcomeUnknown, ProviderUnavailable
+from services.channels.delivery import ProviderOutcomeUnknown, ProviderRejected, ProviderUnavailable
 from services.channels.providers import http
 from services.channels.providers.base import ProviderRequest
 from services.channels.providers.http import HttpTransport
@@ -347,7 +347,8 @@ async def test_a_server_that_is_not_listening_certainly_has_nothing(transport: H
 async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(
     server: ScriptedServer, transport: HttpTransport
 ) -> None:
-    with pytest.raises(ValueError, match="line break"):
+    # A permanent refusal (the provider has nothing, and asking again cannot help), not a fault of the caller's.
+    with pytest.raises(ProviderRejected, match="line break"):
         await transport.send(post(server.url, **{"X-Xsell-Campaign-Id": "C-1\r\nX-Evil: 1"}))
 
     assert server.connections == 0

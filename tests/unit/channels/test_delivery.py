@@ -51,6 +51,12 @@ def test_valid_email_is_returned_trimmed() -> None:
         ("CHANNEL_EMAIL", None, "no email message"),
         ("CHANNEL_EMAIL", _email(to_address=" "), "to_address is empty"),
         ("CHANNEL_EMAIL", _email(to_address="not-an-address"), "local@domain"),
+        # One recipient per message, written as it is in the envelope and the To header.
+        ("CHANNEL_EMAIL", _email(to_address="priya\x00@example.in"), "control characters"),
+        ("CHANNEL_EMAIL", _email(to_address="priya\x7f@example.in"), "control characters"),
+        ("CHANNEL_EMAIL", _email(to_address="priya@example.in,evil@attacker.example"), "one plain ASCII address"),
+        ("CHANNEL_EMAIL", _email(to_address="Priya <priya@example.in>"), "one plain ASCII address"),
+        ("CHANNEL_EMAIL", _email(to_address="a@b@c.in"), "one plain ASCII address"),
         ("CHANNEL_EMAIL", _email(html_body="", text_body=" "), "neither html_body nor text_body"),
         ("CHANNEL_SMS", _email(), "read as an e-mail"),
     ],
