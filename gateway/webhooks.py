@@ -115,6 +115,7 @@ EXOTEL_INVALID_NUMBER = frozenset({"FAILED_INVALID_NUMBER", "INVALID_NUMBER"})
 
 EXOTEL_ZONE = timezone(timedelta(hours=5, minutes=30))
 """Exotel writes DateSent as India's wall-clock time, without a zone."""
+FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 REPLAY_MEMORY = 100_000
 """At most this many accepted callbacks are remembered for replay refusal (the oldest are forgotten first)."""
 
@@ -520,8 +521,9 @@ async def record_call(method: Any, request: Any, timeout: float) -> bool:
     try:
         await method(request, timeout=timeout)
     except grpc.aio.AioRpcError as error:
-        if error.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}:
-            # About a message channels does not know (another system on the account): retrying cannot help.
+        if error.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, FAILED_PRECONDITION}:
+            # About a message channels does not know (another system on the account), or one no provider was given
+            # (FAILED_PRECONDITION): retrying cannot help.
             log.info("webhook_ignored", reason=error.code().name, detail=error.details())
             return False
         if error.code() == grpc.StatusCode.ABORTED and (error.details() or "").startswith("request_id:"):

@@ -9,9 +9,10 @@ from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.outbox import Inbox
 from plumbing.telemetry import outreach_span
+from plumbing.times import utc_time_or
 from services import streams
 from services.attribution import store
-from services.attribution.convert import category_name, channel_name, time_or
+from services.attribution.convert import category_name, channel_name
 from services.attribution.ledger import REPLY, Ledger
 from services.attribution.reporting import labels_key
 from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
@@ -63,7 +64,9 @@ class Handlers:
                 product_code=outreach.offer.product_code,
                 labels=list(outreach.labels),
                 category=category_name(outreach.category),
-                created_at=time_or(outreach.create_time, outreach.HasField("create_time"), datetime.now(UTC)),
+                created_at=utc_time_or(
+                    outreach.create_time, outreach.HasField("create_time"), datetime.now(UTC), "create_time"
+                ),
             )
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, streams.ATTRIBUTION_OUTREACH.durable, delivery.message_id):
@@ -77,7 +80,7 @@ class Handlers:
     async def on_holdout_assigned(self, event: HoldoutAssigned, delivery: Delivery) -> None:
         if not event.campaign_key or not event.profile_id:
             raise PermanentError("HoldoutAssigned without campaign_key or profile_id cannot join a control group")
-        assigned_at = time_or(event.assign_time, event.HasField("assign_time"), datetime.now(UTC))
+        assigned_at = utc_time_or(event.assign_time, event.HasField("assign_time"), datetime.now(UTC), "assign_time")
         async with self.db.transaction() as session:
             if not await self.inbox.claim(session, streams.ATTRIBUTION_HOLDOUT.durable, delivery.message_id):
                 log.info("redelivery_skipped")
@@ -101,7 +104,7 @@ class Handlers:
         if not event.campaign_id:
             raise PermanentError("OutreachWithdrawn without campaign_id names no outreach")
         with outreach_span(self.tracer, "attribution.withdraw_outreach", event.campaign_id):
-            at = time_or(event.withdraw_time, event.HasField("withdraw_time"), datetime.now(UTC))
+            at = utc_time_or(event.withdraw_time, event.HasField("withdraw_time"), datetime.now(UTC), "withdraw_time")
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, streams.ATTRIBUTION_WITHDRAWAL.durable, delivery.message_id):
                     log.info("redelivery_skipped")
@@ -152,7 +155,7 @@ class Handlers:
         if not event.campaign_id:
             raise PermanentError(f"{type(event).__name__} without campaign_id cannot be attributed")
         with outreach_span(self.tracer, span_name, event.campaign_id):
-            at = time_or(event.occur_time, event.HasField("occur_time"), datetime.now(UTC))
+            at = utc_time_or(event.occur_time, event.HasField("occur_time"), datetime.now(UTC), "occur_time")
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, durable, delivery.message_id):
                     log.info("redelivery_skipped")

@@ -1,6 +1,6 @@
 """Protobuf enums, money and timestamps to and from the ledger's plain values."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -62,8 +62,3 @@ def timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
-
-
-def time_or(stamp: Timestamp, present: bool, default: datetime) -> datetime:
-    """The timestamp as aware UTC when the field is set, else `default`."""
-    return stamp.ToDatetime(tzinfo=UTC) if present else default

@@ -8,6 +8,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
+from plumbing.times import utc_time
 from services.campaigns.automation import automation_of, fill_automation
 from services.campaigns.campaigns import CampaignSpec, CampaignState
 from services.campaigns.content import (
@@ -77,7 +78,7 @@ def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
             given.cron.strip(),
             "campaign.schedule.recurrence",
         )
-        end = given.end_time.ToDatetime(tzinfo=UTC) if given.HasField("end_time") else None
+        end = utc_time(given.end_time, "campaign.schedule.recurrence.end_time") if given.HasField("end_time") else None
         recurrence = Recurrence(cron, end)
     distribution = validate_distribution(
         campaign.distribution.percent_per_step, int(campaign.distribution.interval.ToTimedelta().total_seconds())
@@ -164,7 +165,11 @@ def spec_from_proto(campaign: resources_pb2.Campaign) -> CampaignSpec:
             content.email.text_template,
             content.email.from_name,
         )
-    send_time = campaign.schedule.send_time.ToDatetime(tzinfo=UTC) if campaign.schedule.HasField("send_time") else None
+    send_time = (
+        utc_time(campaign.schedule.send_time, "campaign.schedule.send_time")
+        if campaign.schedule.HasField("send_time")
+        else None
+    )
     return CampaignSpec(
         display_name=campaign.display_name,
         labels=tuple(campaign.labels),

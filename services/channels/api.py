@@ -5,7 +5,7 @@ import contextvars
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from plumbing.idempotency import Idempotency, request_fingerprint, require_reque
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
+from plumbing.times import utc_time_or
 from services import streams
 from services.channels import convert, store
 from services.channels.delivery import (
@@ -46,6 +47,7 @@ R = TypeVar("R", bound=Message)
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
 MAX_PROVIDER_MESSAGE_ID = 300
+MAX_CAMPAIGN_ID = 100  # the width of messages.campaign_id
 """The width of messages.provider_message_id."""
 MAX_REPLY = 1000
 """What an EngagementRecorded keeps of a reply's text."""
@@ -65,6 +67,12 @@ def _campaign_id(value: str) -> str:
     if not campaign_id:
         raise InvalidArgument(
             "campaign_id is required: the outreach's campaign ID, e.g. CSELL-NOV-T06-0884", field="campaign_id"
+        )
+    if len(campaign_id) > MAX_CAMPAIGN_ID:
+        # Not echoed: 10,000 characters twice (message and details) passed gRPC's 16 KiB limit on trailers.
+        raise InvalidArgument(
+            f"campaign_id is {len(campaign_id)} characters; a campaign ID has at most {MAX_CAMPAIGN_ID}",
+            field="campaign_id",
         )
     return campaign_id
 
@@ -111,12 +119,22 @@ class _ReceiptWrites:
 
 
 def _outside(only_channel: str | None, record: MessageRecord) -> PermissionDenied | None:
-    """The refusal of a caller held to one channel (an app.events key: push) reporting on another's message."""
+    """The refusal of a caller held to one channel (an app.events key: push) reporting on another's message; it says
+    nothing of that message (not its channel): such a key must learn nothing of the other channels' messages."""
     if only_channel is None or record.channel == only_channel:
         return None
-    return PermissionDenied(
-        f"campaign ID {record.campaign_id} is a {record.channel} message; this API key reports on {only_channel} "
-        "messages only",
+    return PermissionDenied(f"this API key reports on {only_channel} messages only", field="campaign_id")
+
+
+def _never_handed_over(record: MessageRecord) -> FailedPrecondition | None:
+    """The refusal of a receipt about a message no provider was given: refused or suppressed before its hand-over
+    (FAILED), or waiting for its first (QUEUED). A receipt there could only be forged or mistaken, and applied it would
+    mark delivered what never went, and make the waiting one's send a skip."""
+    if record.attempts or record.state not in {DeliveryState.QUEUED, DeliveryState.FAILED}:
+        return None
+    return FailedPrecondition(
+        f"campaign ID {record.campaign_id} was never handed to a provider (it is {record.state.value}); no receipt "
+        "can settle it",
         field="campaign_id",
     )
 
@@ -169,6 +187,11 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         """The campaign ID named by the request, or found by the provider's id for the message, or by the number an
         inbound message came from."""
         provider_message_id = request.provider_message_id.strip()
+        if len(provider_message_id) > MAX_PROVIDER_MESSAGE_ID:
+            raise InvalidArgument(
+                f"provider_message_id must be at most {MAX_PROVIDER_MESSAGE_ID} characters, as the provider wrote it",
+                field="provider_message_id",
+            )
         if not request.campaign_id.strip() and not provider_message_id and request.inbound_from.strip():
             return await self._answered_message(request, None if kind in ABOUT_THE_PERSON else INBOUND_MATCH)
         if request.campaign_id.strip() or not provider_message_id:
@@ -212,12 +235,21 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         kind = convert.engagement_from_proto(request.kind)
         if kind is None:
             raise InvalidArgument(f"kind must be set to one of {_KINDS}", field="kind")
+        only_channel = only_channel_of(context)
+        if only_channel is not None and not request.campaign_id.strip():
+            # Looking a message up by the provider's id or a sender's number would tell such a key which number got
+            # which channel's message, and its campaign ID: it names its push message by campaign ID alone.
+            raise PermissionDenied(
+                f"this API key reports on {only_channel} messages by campaign_id only; provider_message_id and "
+                "inbound_from are for the provider webhooks",
+                field="campaign_id",
+            )
         campaign_id = await self._engaged_message(request, kind)
-        at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
+        at = utc_time_or(request.occur_time, request.HasField("occur_time"), utcnow(), "occur_time")
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)
         with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
-            item = _Engagement(request, fingerprinted, campaign_id, kind, at, only_channel_of(context))
+            item = _Engagement(request, fingerprinted, campaign_id, kind, at, only_channel)
             response = await self.engagements.submit(item)
             log.info("engagement_recorded", kind=kind.value)
             return response
@@ -316,7 +348,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 f"provider_message_id must be at most {MAX_PROVIDER_MESSAGE_ID} characters, as the provider wrote it",
                 field="provider_message_id",
             )
-        at = request.occur_time.ToDatetime(tzinfo=UTC) if request.HasField("occur_time") else utcnow()
+        at = utc_time_or(request.occur_time, request.HasField("occur_time"), utcnow(), "occur_time")
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
             item = _Receipt(request, campaign_id, receipt, at, only_channel_of(context))
             response, changed = await self.receipts.submit(item)
@@ -346,6 +378,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 answers.append(found if isinstance(found, DomainError) else (found, False))
                 continue
             record = found
+            if (refused := _never_handed_over(record)) is not None:
+                answers.append(refused)
+                continue
             outcome = receipt_outcome(record.state, item.receipt)
             if outcome is not None:
                 record = records[item.campaign_id] = context.copy().run(

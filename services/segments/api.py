@@ -1,7 +1,7 @@
 """gRPC servicer of SegmentsService: proto in, validation and store calls, proto out."""
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import structlog
@@ -18,6 +18,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token as _decode_token
 from plumbing.page_tokens import encode_token as _encode_token
 from plumbing.page_tokens import page_size as _page_size
+from plumbing.times import utc_time_or
 from services import streams
 from services.segments import governance, maintenance, records, store
 from services.segments.activity import Activity, CatalogCache, IngestCall
@@ -165,7 +166,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             if not profile_id:
                 raise InvalidArgument("empty; every entry must be a profile id", field=f"profile_ids[{index}]")
         profile_ids = list(dict.fromkeys(request.profile_ids))
-        at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
+        at = utc_time_or(request.at_time, request.HasField("at_time"), utcnow(), "at_time")
         # One snapshot: a person's attributes and suppressions are read at the same moment.
         async with self.db.snapshot() as session:
             updated = await store.profiles_updated_at(session, profile_ids)

@@ -1,7 +1,6 @@
 """Suppression lists: global and per channel, with reasons and expiry; they always win over membership."""
 
 import json
-from datetime import UTC
 
 import grpc
 import structlog
@@ -12,6 +11,7 @@ from plumbing.errors import InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
 from plumbing.page_tokens import decode_token, encode_token, page_size
+from plumbing.times import utc_time_or
 from services.segments import store, suppressions
 from services.segments.api_support import (
     check_batch,
@@ -171,7 +171,7 @@ class SuppressionsApi:
                 "message is about to go to",
                 field="address",
             )
-        at = request.at_time.ToDatetime(tzinfo=UTC) if request.HasField("at_time") else utcnow()
+        at = utc_time_or(request.at_time, request.HasField("at_time"), utcnow(), "at_time")
         channel = channel_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_")
         consent = self.consent_attributes.get(channel)
         address = self.address_attributes.get(channel) if request.address.strip() else None

@@ -2,9 +2,11 @@
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
+from plumbing.errors import InvalidArgument
+from plumbing.times import utc_time
 from services.segments.values import ORDERED_KINDS, Kind, Value, ValueProblem, from_proto, name_problem
 from xsell.segments.v1 import resources_pb2
 
@@ -284,8 +286,11 @@ def _window(window: resources_pb2.TimeWindow, path: str) -> Window:
         raise RuleError(f"{path}.between.start_time", "start_time is required (inclusive)")
     if not between.HasField("end_time"):
         raise RuleError(f"{path}.between.end_time", "end_time is required (exclusive)")
-    start = between.start_time.ToDatetime(tzinfo=UTC)
-    end = between.end_time.ToDatetime(tzinfo=UTC)
+    try:
+        start = utc_time(between.start_time, "start_time")
+        end = utc_time(between.end_time, "end_time")
+    except InvalidArgument as error:
+        raise RuleError(f"{path}.between.{error.field}", error.message) from None
     if end <= start:
         raise RuleError(f"{path}.between.end_time", "end_time must be after start_time")
     return RangeWindow(start, end)

@@ -2,8 +2,10 @@
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from plumbing.errors import InvalidArgument
+from plumbing.times import utc_time
 from services.addresses import same_address
 from services.segments.records import RecordProblem
 from services.segments.values import Value
@@ -123,7 +125,10 @@ def _parse(item: resources_pb2.Suppression, now: datetime) -> Suppression | tupl
         return "reason", f"reason is required; one of {_reasons()}"
     expire_time = None
     if item.HasField("expire_time"):
-        expire_time = item.expire_time.ToDatetime(tzinfo=UTC)
+        try:
+            expire_time = utc_time(item.expire_time, "expire_time")
+        except InvalidArgument as error:
+            return "expire_time", error.message
         if expire_time <= now:
             return "expire_time", "expire_time must be in the future; leave it unset for no expiry"
     if len(item.note) > MAX_NOTE:

@@ -3,11 +3,13 @@
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from plumbing.errors import InvalidArgument
+from plumbing.times import utc_time
 from xsell.segments.v1 import resources_pb2
 from xsell.type.v1 import money_pb2
 
@@ -129,7 +131,10 @@ def from_proto(value: resources_pb2.Value) -> Value:
             _text(member, "a string_set_value member")
         return Value.string_set(members)
     if which == "timestamp_value":
-        return Value.timestamp(value.timestamp_value.ToDatetime(tzinfo=UTC))
+        try:
+            return Value.timestamp(utc_time(value.timestamp_value, "timestamp_value"))
+        except InvalidArgument as error:
+            raise ValueProblem(error.message) from None
     money = value.money_value
     if not CURRENCY_PATTERN.match(money.currency_code):
         raise ValueProblem(

@@ -93,3 +93,19 @@ async def test_concurrent_disbursements_each_get_their_own_outcome_and_the_views
             assert await views.stored(session) == await views.recompute(session, 330)
     finally:
         await db.dispose()
+
+
+async def test_a_disbursement_time_outside_what_a_timestamp_holds_is_the_los_error(
+    stub: service_pb2_grpc.AttributionServiceStub,
+) -> None:
+    """A LOS's typo (seconds past year 9999, negative nanos) answered INTERNAL; it is INVALID_ARGUMENT naming the
+    field, and the loan's next, valid disbursement is recorded."""
+    for seconds, nanos in ((2**40, 0), (0, -1)):
+        wrong = _disbursement(OUTREACHES[6], f"dis-wrong-{seconds}", f"D-wrong-{seconds}")
+        wrong.disburse_time.seconds, wrong.disburse_time.nanos = seconds, nanos
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.RecordDisbursement(wrong)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "disburse_time" in (raised.value.details() or "")
+    answer = await stub.RecordDisbursement(_disbursement(OUTREACHES[6], "dis-right", "D-right"))
+    assert answer.attribution.disbursed_amount.minor_units == 100_000_000

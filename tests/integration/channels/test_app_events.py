@@ -17,11 +17,13 @@ from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from plumbing.bus import Bus
 from plumbing.db import Database
+from plumbing.ids import new_id
 from services import streams
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import dispatch_on, new_campaign_id, publish, published_state
 from tests.waiting import eventually
 from xsell.channels.v1 import resources_pb2, service_pb2, service_pb2_grpc
+from xsell.type.v1 import channel_pb2
 
 
 async def _key(store: KeyStore, *granted: str) -> list[tuple[str, str]]:
@@ -100,6 +102,23 @@ async def test_the_app_backend_reports_a_push_received_and_opened_through_the_ga
                 await stub.RecordEngagement(on_sms, metadata=app_backend)
             assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
             assert "CHANNEL_PUSH messages only" in (refused.value.details() or "")
+            assert "CHANNEL_SMS" not in (refused.value.details() or "")  # nothing said of the other message
+            # Nor can it look a message up by a number or a provider's id, which would tell it who got what and the
+            # campaign ID: refused before any look-up, whether or not a message matches.
+            [sms] = provider_sinks.sms.for_campaign(sms_id)
+            for lookup in (
+                {"inbound_from": sms.body["To"], "inbound_channel": channel_pb2.CHANNEL_SMS},
+                {"inbound_from": "+919800000001", "inbound_channel": channel_pb2.CHANNEL_SMS},
+                {"provider_message_id": "wamid.anything"},
+            ):
+                by_lookup = service_pb2.RecordEngagementRequest(
+                    request_id=new_id("app:"), kind=resources_pb2.ENGAGEMENT_KIND_OPENED, **lookup
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.RecordEngagement(by_lookup, metadata=app_backend)
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert "by campaign_id only" in (refused.value.details() or "")
+                assert sms_id not in (refused.value.details() or "")
             receipt_on_sms = service_pb2.RecordDeliveryReceiptRequest(
                 request_id="app:s2", campaign_id=sms_id, state=resources_pb2.DELIVERY_STATE_DELIVERED
             )

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
 
 from devstack.nats_server import free_port
@@ -145,6 +146,8 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
         ("CSELL-NOV-T99-9999", resources_pb2.DELIVERY_STATE_AMBIGUOUS, {}, grpc.StatusCode.INVALID_ARGUMENT),
         ("", DELIVERED, {}, grpc.StatusCode.INVALID_ARGUMENT),
         ("CSELL-NOV-T99-9999", DELIVERED, {"provider_message_id": "x" * 301}, grpc.StatusCode.INVALID_ARGUMENT),
+        # Not echoed: 10,000 characters twice passed gRPC's 16 KiB limit on trailers (RESOURCE_EXHAUSTED).
+        ("C" * 10_000, DELIVERED, {}, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 async def test_receipts_for_unknown_messages_or_states_are_refused(
@@ -161,6 +164,57 @@ async def test_receipts_for_unknown_messages_or_states_are_refused(
     assert raised.value.code() is code
     if fields:
         assert "provider_message_id" in (raised.value.details() or "")
+    assert len(raised.value.details() or "") < 300
+
+
+@pytest.mark.parametrize(
+    "occur_time",
+    [Timestamp(seconds=2**40), Timestamp(seconds=-(2**40)), Timestamp(seconds=0, nanos=-1)],
+    ids=["past-9999", "before-year-1", "negative-nanos"],
+)
+async def test_a_time_outside_what_a_timestamp_holds_is_the_callers_error(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, occur_time: Timestamp
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    receipt = service_pb2.RecordDeliveryReceiptRequest(
+        request_id=new_id("rcpt_"), campaign_id="CSELL-NOV-T99-9999", state=DELIVERED, occur_time=occur_time
+    )
+    engagement = service_pb2.RecordEngagementRequest(
+        request_id=new_id("eng_"),
+        campaign_id="CSELL-NOV-T99-9999",
+        kind=resources_pb2.ENGAGEMENT_KIND_OPENED,
+        occur_time=occur_time,
+    )
+    for call, request in (
+        (channels.stub.RecordDeliveryReceipt, receipt),
+        (channels.stub.RecordEngagement, engagement),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(request)  # type: ignore[operator]
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # was INTERNAL
+        assert "occur_time" in (raised.value.details() or "")
+
+
+async def test_a_receipt_cannot_settle_a_message_no_provider_was_given(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """A push refused before its hand-over (no device token) is FAILED with attempts 0: a DELIVERED receipt for it
+    could only be forged or mistaken, and applied it marked delivered what never went."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("push", campaign_id, device_token=""))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _receipt(channels, campaign_id, DELIVERED)
+    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "never handed to a provider" in (raised.value.details() or "")
+    message = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
+    assert message.state == resources_pb2.DELIVERY_STATE_FAILED
+    assert provider_sinks.push.received == []
 
 
 async def test_a_reply_quoting_the_providers_message_id_is_recorded_on_its_outreach(

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from plumbing.errors import InvalidArgument
+from services.campaigns import messages
 from services.campaigns.scheduling import (
     AutoPause,
     DeliveryOptions,
@@ -17,6 +18,7 @@ from services.campaigns.scheduling import (
     recurrence_cron,
     validate_distribution,
 )
+from xsell.campaigns.v1 import resources_pb2
 
 
 def test_frequencies_become_cron_expressions() -> None:
@@ -127,3 +129,18 @@ def test_options_parsed_again_for_another_dict_and_kept_for_the_same_one() -> No
     assert DeliveryOptions.from_json(other).holdout_basis_points == 0
     assert DeliveryOptions.from_json(first).priority == 3
     assert DeliveryOptions.from_json(None) == DeliveryOptions()
+
+
+def test_a_send_or_end_time_outside_what_a_timestamp_holds_is_invalid_and_names_the_field() -> None:
+    """protobuf refuses to read such a Timestamp with a bare ValueError, which answered INTERNAL."""
+    campaign = resources_pb2.Campaign(display_name="Top-up")
+    campaign.schedule.send_time.seconds = 2**40
+    with pytest.raises(InvalidArgument) as raised:
+        messages.spec_from_proto(campaign)
+    assert raised.value.field == "campaign.schedule.send_time"
+    recurring = resources_pb2.Campaign(display_name="Top-up")
+    recurring.schedule.recurrence.frequency = resources_pb2.RECURRENCE_FREQUENCY_DAILY
+    recurring.schedule.recurrence.end_time.nanos = -1
+    with pytest.raises(InvalidArgument) as raised:
+        messages.options_from_proto(recurring)
+    assert raised.value.field == "campaign.schedule.recurrence.end_time"

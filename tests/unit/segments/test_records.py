@@ -2,6 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.segments.catalog import Catalog, Definition
 from services.segments.records import validate_events, validate_profiles
 from services.segments.values import Kind, Value
@@ -16,6 +18,7 @@ CATALOG = Catalog(
         ("total_aum", Kind.MONEY),
         ("number_of_schemes", Kind.NUMBER),
         ("fund_categories", Kind.STRING_SET),
+        ("kyc_time", Kind.TIMESTAMP),
     ]
 )
 
@@ -89,3 +92,20 @@ def test_event_properties_are_validated() -> None:
     e.properties["amount"].CopyFrom(r.Value())
     _, problems = validate_events([e], NOW, retention=timedelta(days=730), future_skew=timedelta(minutes=5))
     assert [(p.field, p.record_id) for p in problems] == [("events[0].properties.amount", "e1")]
+
+
+def test_a_timestamp_outside_what_one_may_hold_is_that_records_problem_and_the_others_are_kept() -> None:
+    """protobuf refuses to read seconds past year 9999 or nanos outside 0-999,999,999 with a bare ValueError, which
+    failed the whole batch with INTERNAL."""
+    batch = [
+        r.Profile(profile_id="p1", attributes={"kyc_time": r.Value(timestamp_value=Timestamp(seconds=2**40))}),
+        r.Profile(profile_id="p2", attributes={"kyc_time": r.Value(timestamp_value=Timestamp(seconds=0, nanos=-1))}),
+        r.Profile(profile_id="p3", attributes={"investment_type": s("SIP")}),
+    ]
+    updates, problems = validate_profiles(batch, CATALOG)
+    assert [(p.record_id, p.field) for p in problems] == [
+        ("p1", "profiles[0].attributes.kyc_time"),
+        ("p2", "profiles[1].attributes.kyc_time"),
+    ]
+    assert all("it must lie from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z" in p.reason for p in problems)
+    assert [u.profile_id for u in updates] == ["p3"]

@@ -125,6 +125,15 @@ def test_invalid_rule_points_at_the_offending_node(rule: r.Rule, path: str, frag
     assert fragment in raised.value.message
 
 
+def test_a_window_time_outside_what_a_timestamp_holds_points_at_it() -> None:
+    rule = event("sip_registered", between=(NOW - timedelta(days=1), NOW))
+    rule.event.window.between.end_time.nanos = -1
+    with pytest.raises(RuleError) as raised:
+        parse_rule(rule)
+    assert raised.value.path == "segment.rule.event.window.between.end_time"
+    assert "nanos from 0 to 999,999,999" in raised.value.message
+
+
 def test_event_window_without_kind_is_rejected() -> None:
     rule = event("sip_registered")
     rule.event.window.SetInParent()

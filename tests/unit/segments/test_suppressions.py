@@ -46,6 +46,7 @@ def test_validation_keeps_good_records_rejects_bad_ones_and_the_last_duplicate_w
         r.Suppression(profile_id="c", reason=r.SUPPRESSION_REASON_COMPLAINT, expire_time=_stamp(NOW)),
         r.Suppression(profile_id="d", reason=r.SUPPRESSION_REASON_OPT_OUT, channel=99),  # type: ignore[arg-type]
         r.Suppression(profile_id="a", reason=r.SUPPRESSION_REASON_OPT_OUT, note="second"),
+        r.Suppression(profile_id="f", reason=r.SUPPRESSION_REASON_OPT_OUT, expire_time=Timestamp(seconds=2**40)),
         r.Suppression(
             profile_id="e",
             channel=channel_pb2.CHANNEL_WHATSAPP,
@@ -59,8 +60,10 @@ def test_validation_keeps_good_records_rejects_bad_ones_and_the_last_duplicate_w
         (2, "suppressions[2].reason"),
         (3, "suppressions[3].expire_time"),
         (4, "suppressions[4].channel"),
+        (6, "suppressions[6].expire_time"),  # past year 9999: this record's problem, not the batch's INTERNAL
     ]
     assert "OPT_OUT" in problems[1].reason
+    assert "to 9999-12-31T23:59:59Z" in problems[4].reason
     assert accepted == [
         Suppression("a", EVERY_CHANNEL, "OPT_OUT", None, "second"),
         Suppression("e", "WHATSAPP", "KYC_INCOMPLETE", NOW + timedelta(days=1), ""),
