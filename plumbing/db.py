@@ -304,10 +304,31 @@ class Database:
             await session.connection(execution_options=options)
             yield session
 
-    async def migrate(self, migrations_dir: Path) -> None:
-        """Applies the service's Alembic migrations up to head."""
-        async with self.engine.begin() as connection:
-            await connection.run_sync(_upgrade, migrations_dir)
+    async def migrate(self, migrations_dir: Path, revision: str = "head") -> None:
+        """Applies the service's Alembic migrations up to `revision` (head), in one transaction.
+
+        On SQLite with foreign keys off while they run, then checked, as SQLite's own procedure for rebuilding a table
+        has it (alembic's batch mode copies a table, drops it and renames the copy): with them on, dropping a table
+        other tables refer to deletes its rows first, and fails ("FOREIGN KEY constraint failed") on a ledger that
+        holds any. The pragma cannot change inside a transaction, so it is set outside one."""
+        if not self.is_sqlite:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(_upgrade, migrations_dir, revision)
+            return
+        async with self.engine.connect() as connection:
+            await _sqlite_foreign_keys(connection, on=False)
+            try:
+                async with connection.begin():
+                    await connection.run_sync(_upgrade, migrations_dir, revision)
+                    dangling = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if dangling:
+                        tables = sorted({str(row[0]) for row in dangling})
+                        raise RuntimeError(
+                            f"the migration to {revision} left {len(dangling)} rows of {', '.join(tables)} "
+                            "referring to rows that are gone; nothing was changed"
+                        )
+            finally:
+                await _sqlite_foreign_keys(connection, on=True)
 
     def _as_sqlite(self, engine: Engine) -> None:
         """_as_sqlite, and when a thread checkpoints the log, the connections' own checkpoint left as a backstop."""
@@ -445,11 +466,22 @@ async def _stop_thread(thread: ThreadPoolExecutor, sessions: "sessionmaker[Sessi
     thread.shutdown(wait=True)
 
 
-def _upgrade(connection: Connection, migrations_dir: Path) -> None:
+def _upgrade(connection: Connection, migrations_dir: Path, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
+
+
+async def _sqlite_foreign_keys(connection: AsyncConnection, *, on: bool) -> None:
+    """PRAGMA foreign_keys on this connection, outside any transaction (inside one SQLite ignores it): no BEGIN is
+    issued for it (_sqlite_begin), and the transaction SQLAlchemy opened around it in name only is closed."""
+    await connection.execution_options(**{_SQLITE_NO_BEGIN: True})
+    try:
+        await connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+        await connection.commit()
+    finally:
+        await connection.execution_options(**{_SQLITE_NO_BEGIN: False})
 
 
 def _as_sqlite(engine: Engine) -> None:
@@ -482,7 +514,12 @@ def _backstop_checkpoints(dbapi_connection: Any, _record: Any) -> None:
 _SQLITE_DEFERRED = "xsell_sqlite_deferred"
 
 
+_SQLITE_NO_BEGIN = "xsell_sqlite_no_begin"
+
+
 def _sqlite_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get(_SQLITE_NO_BEGIN, False):
+        return  # a pragma that must run outside a transaction (_sqlite_foreign_keys)
     deferred = connection.get_execution_options().get(_SQLITE_DEFERRED, False)
     statement = "BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE"
     driver = connection.connection.driver_connection
