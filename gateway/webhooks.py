@@ -38,9 +38,10 @@ at all is logged and skipped rather than holding back the items after it for as 
 without the provider's id for it (`webhook_ignored`), one whose content cannot be carried (a lone surrogate in a text,
 a number past a float: `webhook_item_refused`), and one whose request_id channels already recorded with other content
 (`webhook_conflict`: Meta reporting a second `failed` with another code for one message). A body that is not JSON, or
-nests deeper or holds a longer number than Python reads, is refused with 400. With `sms_callback_secret` set, an SMS
-callback must carry its own time (`DateSent`, or `Date` inbound): the Twilio-style signature joins names and values
-without a separator, so a captured callback's fields could be re-split to drop its time and pass as fresh.
+nests deeper or holds a longer number than Python reads, is refused with 400. The Twilio-style signature joins names and
+values without a separator, so a captured stale SMS callback's time (`DateSent`, or `Date` inbound) could be moved
+into another field under the same signature and the callback pass as fresh: one without its own time that shows such
+a move (a field named "D"... "DateSen", a value ending with "DateSent" and a date) is refused with 400.
 """
 
 import base64
@@ -390,12 +391,12 @@ class ProviderWebhooks:
                 log.warning("webhook_rejected", provider="sms", reason="signature")
                 return web.Response(status=401, text="X-Twilio-Signature does not match the URL and fields\n")
             moment = "Date" if request.path.endswith("/inbound") else "DateSent"
-            stated = {**dict(request.query), **dict(fields)}
-            if _exotel_time(str(stated.get(moment, ""))) is None:
-                # The signature joins names and values without a separator: without its own time a captured callback
-                # could be re-split ("D" = "ateSent..." for DateSent) and pass as fresh.
-                log.warning("webhook_rejected", provider="sms", reason="no_time")
-                return web.Response(status=400, text=f"a signed callback must carry {moment} (YYYY-MM-DD HH:MM:SS)\n")
+            stated = [*fields, *request.query.items()]
+            if _exotel_time(dict(stated).get(moment, "")) is None and _re_split(stated, moment):
+                # The signature joins names and values without a separator: a captured stale callback whose time was
+                # moved into another field ("D" = "ateSent2026-...") keeps its signature and would pass as fresh.
+                log.warning("webhook_rejected", provider="sms", reason="re_split")
+                return web.Response(status=400, text=f"{moment} is split across other fields\n")
             replay_key = b"sms:" + presented.encode()
         else:
             every = [*fields, *((name, value) for name, value in request.query.items())]
@@ -555,11 +556,30 @@ def _exotel_bounce(status: str, detailed: str) -> tuple[str, str] | None:
 
 
 def _exotel_time(value: str) -> float | None:
-    """DateSent ("2026-11-28 09:15:02", India's time) in epoch seconds; None when absent or malformed."""
+    """DateSent ("2026-11-28 09:15:02", India's time) in epoch seconds; None when absent, malformed, or Exotel's
+    placeholder for a message it never sent ("1970-01-01 05:30:00", the epoch in India's time): a DND or invalid-number
+    failure written so is judged by its signature, not dropped as 56 years stale."""
     try:
-        return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=EXOTEL_ZONE).timestamp()
+        at = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=EXOTEL_ZONE).timestamp()
     except ValueError:
         return None
+    return at if at > EXOTEL_NO_TIME else None
+
+
+EXOTEL_NO_TIME = 86_400.0
+"""A DateSent within a day of the epoch is no time at all (Exotel's placeholder), not a very old one."""
+_EXOTEL_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _re_split(fields: list[tuple[str, str]], moment: str) -> bool:
+    """Whether a callback without its own time shows it moved into other fields under the same signature: a field named
+    as the start of `moment` ("D", "Da", ... "DateSen"), or a value ending with `moment` and a date. Twilio's scheme
+    signs names and values joined without a separator, so either keeps a captured callback's signature."""
+    return any(
+        (name and moment.startswith(name) and name != moment)
+        or (moment in value and _EXOTEL_STAMP.match(value.rpartition(moment)[2]) is not None)
+        for name, value in fields
+    )
 
 
 # The webhook fields read: statuses and inbound messages, marketing preferences, and templates' status.

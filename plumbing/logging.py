@@ -1,9 +1,10 @@
 """structlog JSON logs with trace ids and campaign.id, and personal data redacted before anything is written."""
 
+import functools
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -11,52 +12,74 @@ from opentelemetry import trace
 
 REDACTED = "[redacted]"
 
-# Where an e-mail address ends in text (and what may precede one): whitespace, brackets, quotes, separators.
-_ADDRESS_ENDS = r"\s@＠﹫<>()\[\]{},;:\"'=`|\\"
-EMAIL_ADDRESS = re.compile(
-    # Anything@anything between those ends: a domain without a dot ("priya@example", an intranet's), an
-    # internationalised one ("प्रिया@उदाहरण.भारत"), a full-width "＠", a quoted local part ("priya k"@example.in).
-    # Linear: a match starts only where a token starts (the lookbehind), and its parts are taken possessively, so a
-    # long run without an "@" is read once, not once from each of its characters.
-    rf'(?:"[^"\r\n]{{1,64}}"|(?<![^{_ADDRESS_ENDS}])[^{_ADDRESS_ENDS}]++)[@＠﹫][^{_ADDRESS_ENDS}/]++'
+# Where an e-mail address ends in text (and what may precede one): whitespace, brackets, quotes, separators, a slash.
+_ADDRESS_ENDS = r"\s@＠﹫<>()\[\]{},;:\"'=`|\\/"
+_ADDRESS_CANDIDATE = re.compile(
+    # Anything@anything between those ends: an internationalised address ("प्रिया@उदाहरण.भारत"), a full-width "＠", a
+    # quoted local part ("priya k"@example.in). Linear: a match starts only where a token starts (the lookbehind), and
+    # its parts are taken possessively, so a long run without an "@" is read once, not once from each of its
+    # characters. Whether the domain is one is decided after (replace_addresses), not by backtracking.
+    rf'(?:"[^"\r\n]{{1,64}}"|(?<![^{_ADDRESS_ENDS}])[^{_ADDRESS_ENDS}]++)[@＠﹫](?P<domain>[^{_ADDRESS_ENDS}]++)'
 )
-"""An e-mail address as people and providers write one; shared by the logs and channels' provider texts."""
+
+
+def replace_addresses(text: str, replacement: str) -> str:
+    """The text with every e-mail address replaced; shared by the logs and channels' provider texts. An address's
+    domain has a dot and ends in a label of two or more characters without a digit ("example.co.in", "उदाहरण.भारत"),
+    so "pkg@1.2.3", "durable@v2" or an image's "@sha256" digest are kept. A sentence's full stop after it is kept."""
+
+    def replaced(found: re.Match[str]) -> str:
+        whole = found.group(0)
+        domain = found.group("domain").rstrip(".")
+        label = domain.rpartition(".")[2]
+        if "." not in domain or len(label) < 2 or any(char.isdigit() for char in label):
+            return whole
+        return replacement + whole[len(whole.rstrip(".")) :]
+
+    return _ADDRESS_CANDIDATE.sub(replaced, text)
+
+
 INTERNATIONAL_NUMBER = re.compile(
-    # A "+" then at least 8 digits with at most 3 spaces, dots, dashes, slashes or brackets between any two
-    # ("+1 (555) 010-9999", "+44 20 7946 0958", "(+91)98765/43210"); a time zone ("+05:30") or a figure ("+12.34")
-    # has fewer digits. Possessive, so a run that ends in a letter is not tried again split another way.
-    r"(?<![\w+])\+(?=(?:[\s()./-]{0,3}\d){8})\d(?:[\s()./-]{0,3}\d)*+(?![\w])"
+    # A "+" then at least 8 digits with at most 3 spaces, dashes or brackets between any two ("+1 (555) 010-9999",
+    # "+44 20 7946 0958"); a time zone ("+05:30") or a signed figure ("+12.345678": no dots) is not one. Possessive, so
+    # a run that ends in a letter is not tried again split another way.
+    r"(?<![\w+])\+(?=(?:[\s()-]{0,3}\d){8})\d(?:[\s()-]{0,3}\d)*+(?![\w])"
 )
 INDIAN_MOBILE = re.compile(
-    # With or without +91 / 0, and a space, dot, slash or dash after it and in the middle ("+91.98765.43210").
-    r"(?<![\w])(?:\+?91[\s./-]?|0)?[6-9]\d{4}[\s./-]?\d{5}(?![\w])"
+    # With or without +91 / 0, and a space or dash after it and in the middle.
+    r"(?<![\w])(?:\+?91[\s-]?|0)?[6-9]\d{4}[\s-]?\d{5}(?![\w])"
 )
 
 # Order matters: e-mail first (its digits must not be half-matched), then international and Indian phone numbers,
-# PAN, account. Each pattern is linear in the text's length: a log line may carry whatever a caller sent.
-_PII_PATTERNS = [
-    EMAIL_ADDRESS,
-    INTERNATIONAL_NUMBER,
-    # PAN: five letters, four digits, one letter.
-    re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
-    INDIAN_MOBILE,
-    # Bank account and card numbers: 9 to 19 digits, optionally grouped.
-    re.compile(r"(?<![\w-])\d(?:[\s-]?\d){8,18}(?![\w-])"),
+# PAN, account. Each is linear in the text's length: a log line may carry whatever a caller sent.
+_REDACTIONS: list[Callable[[str], str]] = [
+    lambda text: replace_addresses(text, REDACTED),
+    *(
+        functools.partial(pattern.sub, REDACTED)
+        for pattern in (
+            INTERNATIONAL_NUMBER,
+            # PAN: five letters, four digits, one letter.
+            re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
+            INDIAN_MOBILE,
+            # Bank account and card numbers: 9 to 19 digits, optionally grouped.
+            re.compile(r"(?<![\w-])\d(?:[\s-]?\d){8,18}(?![\w-])"),
+        )
+    ),
 ]
 
 
-# What every pattern above needs somewhere in the text: an "@", or four digits, consecutive (a PAN's) or split by
+# What every redaction above needs somewhere in the text: an "@", or four digits, consecutive (a PAN's) or split by
 # single spaces or dashes (the start of a phone or account number). Most values of a log line (event names, levels,
-# channel and provider names, durable names) have neither and are passed after this one search, not the four above.
-_MAY_HOLD_PII = re.compile(r"[@＠﹫]|\d(?:[\s./-]?\d){3}")
+# channel and provider names, durable names) have neither and are passed after this one search, not the five above.
+_MAY_HOLD_PII = re.compile(r"[@＠﹫]|\d(?:[\s-]?\d){3}")
 
 
 def redact_text(text: str) -> str:
     """The text with e-mail addresses, phone, PAN and account numbers replaced."""
     if _MAY_HOLD_PII.search(text) is None:
         return text
-    for pattern in _PII_PATTERNS:
-        text = pattern.sub(REDACTED, text)
+    for redaction in _REDACTIONS:
+        text = redaction(text)
     return text
 
 

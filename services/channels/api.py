@@ -126,11 +126,22 @@ def _outside(only_channel: str | None, record: MessageRecord) -> PermissionDenie
     return PermissionDenied(f"this API key reports on {only_channel} messages only", field="campaign_id")
 
 
+_HANDED_OVER = frozenset({DeliveryState.SENDING, DeliveryState.AMBIGUOUS, DeliveryState.SENT, DeliveryState.DELIVERED})
+"""The steps only a message given to a provider has in its timeline (an intent, or what came of one)."""
+
+
 def _never_handed_over(record: MessageRecord) -> FailedPrecondition | None:
     """The refusal of a receipt about a message no provider was given: refused or suppressed before its hand-over
     (FAILED), or waiting for its first (QUEUED). A receipt there could only be forged or mistaken, and applied it would
     mark delivered what never went, and make the waiting one's send a skip."""
-    if record.attempts or record.state not in {DeliveryState.QUEUED, DeliveryState.FAILED}:
+    # Any step past QUEUED is the sign of a hand-over, whatever came after it: a crash marked AMBIGUOUS counts no
+    # attempt, resend.py takes such a message back to QUEUED, and an operator may have settled it FAILED by hand, while
+    # the provider's report of that first hand-over is still on its way.
+    if (
+        record.state not in {DeliveryState.QUEUED, DeliveryState.FAILED}
+        or record.attempts
+        or any(step.delivery_state in _HANDED_OVER for step in record.timeline)
+    ):
         return None
     return FailedPrecondition(
         f"campaign ID {record.campaign_id} was never handed to a provider (it is {record.state.value}); no receipt "

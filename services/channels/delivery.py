@@ -7,7 +7,7 @@ from enum import Enum, StrEnum
 from urllib.parse import urlsplit
 
 from plumbing.bounces import bad_address_status
-from plumbing.logging import EMAIL_ADDRESS
+from plumbing.logging import replace_addresses
 
 
 class DeliveryState(StrEnum):
@@ -210,20 +210,27 @@ def redact(text: str, limit: int = 300) -> str:
     """Provider text without addresses (relays echo the recipient back), shortened for storage. Only the first
     READ_PER_LIMIT × limit characters are read: a caller's detail may be megabytes long."""
     bounded = " ".join(text[: limit * READ_PER_LIMIT].split())
-    return EMAIL_ADDRESS.sub("[address]", bounded)[:limit]
+    return replace_addresses(bounded, "[address]")[:limit]
 
 
 READ_PER_LIMIT = 8
 """How much of a text scrub and redact read, per character they keep: enough for the addresses and numbers they
 replace to shrink it, bounded whatever a caller sends."""
-# Eight or more characters of digits, spaces, brackets, dots, slashes and dashes, from a digit (or "+") not preceded by
-# one, to a digit: "+91 98765 43210", "(+91)98765/43210", "98765.43210". Linear: a run is read from its start only.
-_PHONE_NUMBER = re.compile(r"(?<![\d+])\+?\d[\d ()./-]{6,}\d")
+# A run of digits, spaces, brackets, dots, slashes and dashes, from a digit (or "+") not preceded by one, to a digit;
+# a number when it holds at least 8 digits ("+91 98765 43210", "(+91)98765/43210", "98765.43210"), so an SMTP status
+# ("550 5.1.1") or a version stays. Linear: a run is read from its start only.
+_DIGIT_RUN = re.compile(r"(?<![\d+])\+?\d[\d ()./-]*\d")
+_NUMBER_DIGITS = 8
+
+
+def _number_or_kept(found: re.Match[str]) -> str:
+    run = found.group(0)
+    return "[number]" if sum(char.isdigit() for char in run) >= _NUMBER_DIGITS else run
 
 
 def scrub(text: str, limit: int = 300) -> str:
     """Provider text without phone numbers or addresses (error messages and receipts echo the recipient)."""
-    return redact(_PHONE_NUMBER.sub("[number]", text[: limit * READ_PER_LIMIT]), limit)
+    return redact(_DIGIT_RUN.sub(_number_or_kept, text[: limit * READ_PER_LIMIT]), limit)
 
 
 def link_host(url: str) -> str:

@@ -1,12 +1,14 @@
 """Delivery receipts over real gRPC: they settle ambiguous messages and complete the timeline a user reads."""
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import insert
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
@@ -16,8 +18,12 @@ from plumbing.bus import Bus
 from plumbing.ids import new_id
 from plumbing.telemetry import outreach_ids
 from services import streams
+from services.channels import store
+from services.channels.delivery import DeliveryState
+from services.channels.resend import resend_reason
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
+    dispatch,
     dispatch_on,
     get_message,
     handled,
@@ -429,3 +435,56 @@ async def test_receipts_arriving_together_each_get_their_own_answer_in_their_own
     await published_state(listener, extra, DELIVERED)
     states = [events_pb2.DeliveryUpdated.FromString(h.data).state for h in listener.on(streams.DELIVERY_UPDATED, extra)]
     assert states.count(DELIVERED) == 1 and resources_pb2.DELIVERY_STATE_FAILED not in states
+
+
+async def _crash_left_ambiguous(channels: Channels, nats_bus: Bus, listener: Listener) -> str:
+    """A message whose process wrote its intent, handed it over and died: its redelivery marks it AMBIGUOUS, counting
+    no attempt (its attempts stay 0)."""
+    campaign_id = new_campaign_id()
+    now = datetime.now(UTC)
+    async with channels.db.transaction() as session:
+        await session.execute(
+            insert(store.messages).values(
+                campaign_id=campaign_id,
+                channel="CHANNEL_EMAIL",
+                profile_id="prof_1",
+                state=DeliveryState.SENDING.value,
+                attempts=0,
+                reason="",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    seq = await publish(nats_bus, dispatch(campaign_id))
+    await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
+    await handled(nats_bus, seq)
+    return campaign_id
+
+
+async def test_a_late_report_of_a_first_hand_over_settles_a_message_taken_back_for_another(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    """resend.py takes a silent AMBIGUOUS message back to QUEUED (attempts still 0) to hand it over again; the
+    provider's report of the first hand-over, coming then, settles it, so the hand-over again is a skip. Refused as
+    "never handed over", it was lost and the message sent twice."""
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = await _crash_left_ambiguous(channels, nats_bus, listener)
+    async with channels.db.transaction() as session:
+        assert await store.mark_resent(session, campaign_id, now=datetime.now(UTC), reason=resend_reason("email", 600))
+    assert (await _receipt(channels, campaign_id, DELIVERED)).state == DELIVERED
+
+
+async def test_a_report_after_an_operator_settled_a_crash_by_hand_is_still_recorded(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
+) -> None:
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = await _crash_left_ambiguous(channels, nats_bus, listener)
+    await channels.stub.ResolveAmbiguousMessage(
+        service_pb2.ResolveAmbiguousMessageRequest(
+            request_id=new_id("res_"),
+            campaign_id=campaign_id,
+            state=resources_pb2.DELIVERY_STATE_FAILED,
+            reason="not in the relay's log",
+        )
+    )
+    assert (await _receipt(channels, campaign_id, DELIVERED)).state == DELIVERED

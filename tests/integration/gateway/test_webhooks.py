@@ -625,25 +625,45 @@ async def test_an_sms_callback_that_is_not_utf8_or_names_no_sid_is_refused_with_
     assert downstream.services.calls == []
 
 
-async def test_a_signed_sms_callback_without_its_own_time_is_refused_as_a_re_split_stale_one_would_be(
+async def test_a_stale_signed_sms_callback_whose_time_was_moved_into_other_fields_is_refused(
     start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
 ) -> None:
     """The Twilio-style signature joins names and values without a separator: a captured stale callback's DateSent
-    re-split into a field "D" = "ateSent<its date>" keeps the signature. With a signing secret, the time is required."""
+    moved into a field "D" = "ateSent<its date>", or onto the end of the value before it, keeps the signature."""
     gateway = await _gateway(start_gateway, sms_callback_secret=SMS_SECRET, webhook_max_age_seconds=3600)
     url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}"
     stale = _exotel_form(sent=datetime.now(UTC) - timedelta(days=3))
     signature = _twilio_signed(url, stale)
-    re_split = {key: value for key, value in stale.items() if key != "DateSent"}
-    re_split["D"] = "ateSent" + stale["DateSent"]
-    assert _twilio_signed(url, re_split) == signature
-    async with http.post(url, data=re_split, headers=signature) as response:
-        assert response.status == 400
-        assert "DateSent" in await response.text()
+    without_time = {key: value for key, value in stale.items() if key != "DateSent"}
+    into_a_name = {**without_time, "D": "ateSent" + stale["DateSent"]}
+    into_a_value = {**without_time, "CustomField": stale["CustomField"] + "DateSent" + stale["DateSent"]}
+    for re_split in (into_a_name, into_a_value):
+        assert _twilio_signed(url, re_split) == signature
+        async with http.post(url, data=re_split, headers=signature) as response:
+            assert response.status == 400
+            assert "DateSent is split across other fields" in await response.text()
     inbound_url = f"{url}/inbound"
     reply = _inbound_sms("Yes interested", "in-old", datetime.now(UTC) - timedelta(days=3))
-    re_split = {key: value for key, value in reply.items() if key != "Date"}
-    re_split["D"] = "ate" + reply["Date"]
-    async with http.post(inbound_url, data=re_split, headers=_twilio_signed(inbound_url, reply)) as response:
+    moved = {**{key: value for key, value in reply.items() if key != "Date"}, "Da": "te" + reply["Date"]}
+    async with http.post(inbound_url, data=moved, headers=_twilio_signed(inbound_url, reply)) as response:
         assert response.status == 400
     assert downstream.services.calls == []
+
+
+async def test_a_signed_sms_failure_without_a_time_or_with_exotels_epoch_is_recorded(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """A failure Exotel never sent may carry no DateSent, or its placeholder "1970-01-01 05:30:00": judged by its
+    signature, not refused, nor dropped as 56 years stale (a DND bounce lost so would keep the number mailed)."""
+    gateway = await _gateway(start_gateway, sms_callback_secret=SMS_SECRET, webhook_max_age_seconds=3600)
+    url = f"{gateway.http}/webhooks/sms/exotel/{SMS_TOKEN}"
+    without_time = {key: value for key, value in _exotel_form().items() if key != "DateSent"}
+    at_the_epoch = {**_exotel_form(), "SmsSid": "epoch1sms", "DateSent": "1970-01-01 05:30:00"}
+    for form in (without_time, at_the_epoch):
+        async with http.post(url, data=form, headers=_twilio_signed(url, form)) as response:
+            assert response.status == 200
+    assert [r.request_id for r in receipts(downstream)] == [
+        "exotel:b6a1c2d3sms:failed-dnd",
+        "exotel:epoch1sms:failed-dnd",
+    ]
+    assert len(engagements(downstream)) == 2  # each a DND bounce too
