@@ -1,11 +1,16 @@
 """Helpers of the channels integration tests: DispatchRequested events, publishing, waiting on outcomes."""
 
+from datetime import UTC, datetime
+
 import grpc
+from sqlalchemy import insert
 
 from devstack.samples import fill_http_message
 from plumbing.bus import Bus
 from plumbing.ids import new_id
 from services import streams
+from services.channels import store
+from services.channels.delivery import DeliveryState
 from tests.integration.channels.conftest import Channels, Listener
 from tests.waiting import eventually
 from xsell.campaigns.v1.events_pb2 import (
@@ -113,3 +118,22 @@ def dispatch_on(channel: str, campaign_id: str, *, webhook_url: str = "", **fiel
         else:
             setattr(message, name, value)
     return event
+
+
+async def left_sending(channels: Channels, campaign_id: str, channel: str = "CHANNEL_EMAIL") -> None:
+    """A message whose process wrote its intent, handed it over (or not) and died before recording the outcome: SENDING,
+    no attempt counted."""
+    now = datetime.now(UTC)
+    async with channels.db.transaction() as session:
+        await session.execute(
+            insert(store.messages).values(
+                campaign_id=campaign_id,
+                channel=channel,
+                profile_id="prof_1",
+                state=DeliveryState.SENDING.value,
+                attempts=0,
+                reason="",
+                created_at=now,
+                updated_at=now,
+            )
+        )

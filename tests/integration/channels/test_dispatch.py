@@ -1,17 +1,13 @@
 """Dispatch against real NATS, SQLite / PostgreSQL and an aiosmtpd relay: exactly one e-mail per campaign ID."""
 
 import re
-from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import insert
 
 from plumbing.bus import Bus
 from plumbing.signing import verify
 from plumbing.telemetry import outreach_trace_id
 from services import streams
-from services.channels import store
-from services.channels.delivery import DeliveryState
 from tests.integration.channels.conftest import (
     TRACKING_BASE,
     TRACKING_SECRET,
@@ -23,6 +19,7 @@ from tests.integration.channels.support import (
     dispatch,
     get_message,
     handled,
+    left_sending,
     message_if_any,
     new_campaign_id,
     publish,
@@ -99,21 +96,8 @@ async def test_message_left_in_sending_becomes_ambiguous_and_is_not_sent(
 ) -> None:
     channels = await start_channels(smtp_relay.port)
     campaign_id = new_campaign_id()
-    now = datetime.now(UTC)
     # A previous process wrote its intent, handed the message over (or not) and died before recording it.
-    async with channels.db.transaction() as session:
-        await session.execute(
-            insert(store.messages).values(
-                campaign_id=campaign_id,
-                channel="CHANNEL_EMAIL",
-                profile_id="prof_1",
-                state=DeliveryState.SENDING.value,
-                attempts=0,
-                reason="",
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    await left_sending(channels, campaign_id, "CHANNEL_EMAIL")
     seq = await publish(nats_bus, dispatch(campaign_id))
 
     ambiguous = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)

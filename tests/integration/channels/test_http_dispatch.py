@@ -1,13 +1,13 @@
 """Dispatch on SMS, WhatsApp, push and webhook through real NATS, SQLite / PostgreSQL and the local provider servers."""
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
 from opentelemetry.trace import SpanKind
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
@@ -15,12 +15,12 @@ from plumbing.bus import Bus, Delivery, PermanentError
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
-from services.channels.delivery import DeliveryState
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
     dispatch_on,
     get_message,
     handled,
+    left_sending,
     message_if_any,
     new_campaign_id,
     publish,
@@ -262,20 +262,8 @@ async def test_a_crash_after_the_intent_resends_only_where_the_provider_deduplic
 ) -> None:
     channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
     campaign_id = new_campaign_id()
-    now = datetime.now(UTC)
-    async with channels.db.transaction() as session:
-        await session.execute(
-            insert(store.messages).values(
-                campaign_id=campaign_id,
-                channel=f"CHANNEL_{channel.upper()}",
-                profile_id="prof_1",
-                state=DeliveryState.SENDING.value,
-                attempts=0,
-                reason="",
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    # A previous process wrote its intent, handed the message over (or not) and died before recording it.
+    await left_sending(channels, campaign_id, f"CHANNEL_{channel.upper()}")
     seq = await publish(nats_bus, dispatch_on(channel, campaign_id, webhook_url=provider_sinks.webhook_url()))
     await handled(nats_bus, seq)
 

@@ -8,7 +8,6 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import insert
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
@@ -19,7 +18,6 @@ from plumbing.ids import new_id
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
-from services.channels.delivery import DeliveryState
 from services.channels.resend import resend_reason
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
@@ -27,6 +25,7 @@ from tests.integration.channels.support import (
     dispatch_on,
     get_message,
     handled,
+    left_sending,
     new_campaign_id,
     publish,
     published_state,
@@ -441,20 +440,8 @@ async def _crash_left_ambiguous(channels: Channels, nats_bus: Bus, listener: Lis
     """A message whose process wrote its intent, handed it over and died: its redelivery marks it AMBIGUOUS, counting
     no attempt (its attempts stay 0)."""
     campaign_id = new_campaign_id()
-    now = datetime.now(UTC)
-    async with channels.db.transaction() as session:
-        await session.execute(
-            insert(store.messages).values(
-                campaign_id=campaign_id,
-                channel="CHANNEL_EMAIL",
-                profile_id="prof_1",
-                state=DeliveryState.SENDING.value,
-                attempts=0,
-                reason="",
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    # A previous process wrote its intent, handed the message over (or not) and died before recording it.
+    await left_sending(channels, campaign_id, "CHANNEL_EMAIL")
     seq = await publish(nats_bus, dispatch(campaign_id))
     await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_AMBIGUOUS)
     await handled(nats_bus, seq)
