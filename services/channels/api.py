@@ -47,8 +47,9 @@ R = TypeVar("R", bound=Message)
 _KINDS = ", ".join(kind.value for kind in Engagement)
 MAX_DETAIL = 100
 MAX_PROVIDER_MESSAGE_ID = 300
-MAX_CAMPAIGN_ID = 100  # the width of messages.campaign_id
 """The width of messages.provider_message_id."""
+MAX_CAMPAIGN_ID = 100
+"""The width of messages.campaign_id."""
 MAX_REPLY = 1000
 """What an EngagementRecorded keeps of a reply's text."""
 """What an engagement step keeps of the caller's detail (a bounce's status, a complaint's type)."""
