@@ -223,8 +223,13 @@ _DIGIT_RUN = re.compile(r"(?<![\d+])\+?\d[\d ()./-]*\d")
 _NUMBER_DIGITS = 8
 
 
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
 def _number_or_kept(found: re.Match[str]) -> str:
     run = found.group(0)
+    if _IPV4.fullmatch(run):
+        return run  # a relay's address in its refusal ("client [203.0.113.5] blocked"), not a person's number
     return "[number]" if sum(char.isdigit() for char in run) >= _NUMBER_DIGITS else run
 
 
