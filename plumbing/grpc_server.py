@@ -51,15 +51,27 @@ def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
     return ""
 
 
+MAX_ERROR_TEXT = 1000
+"""The most of an error's text a refusal carries. It is sent twice (grpc-message and the status details), and a
+caller's 10,000-character value echoed in it passed gRPC's 16 KiB limit on trailers: the caller then got
+RESOURCE_EXHAUSTED instead of the refusal that named the field."""
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_TEXT else f"{text[: MAX_ERROR_TEXT - 30]}... ({len(text)} characters)"
+
+
 def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
     """The google.rpc.Status trailer, with a BadRequest field violation when a field is named."""
-    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    status = status_pb2.Status(code=error.code.value[0], message=_bounded(str(error)))
     if error.field:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_bounded(error.field), description=_bounded(error.message)
+                    )
                 ]
             )
         )
@@ -73,7 +85,7 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
         error = Unavailable(f"{reason}; nothing was written, retry the call")
     if isinstance(error, DomainError):
         log.info("rpc_rejected", method=method, code=error.code.name, field=error.field)
-        await context.abort(error.code, str(error), trailing_metadata=_status_details(error))
+        await context.abort(error.code, _bounded(str(error)), trailing_metadata=_status_details(error))
     span_context = trace.get_current_span().get_span_context()
     trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else "none"
     log.error("rpc_failed", method=method, exc_info=error)

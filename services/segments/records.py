@@ -2,9 +2,11 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from plumbing.errors import InvalidArgument
+from plumbing.times import utc_time
 from services.segments.values import Value, ValueProblem, from_proto, name_problem
 from xsell.segments.v1 import resources_pb2
 from xsell.type.v1 import record_error_pb2
@@ -132,7 +134,11 @@ def validate_events(
         if not event.HasField("occur_time"):
             reject(f"{prefix}.occur_time", "occur_time is required: when the event happened")
             continue
-        occurred_at = event.occur_time.ToDatetime(tzinfo=UTC)
+        try:
+            occurred_at = utc_time(event.occur_time, "occur_time")
+        except InvalidArgument as error:
+            reject(f"{prefix}.occur_time", error.message)
+            continue
         if occurred_at > newest:
             reject(
                 f"{prefix}.occur_time",

@@ -83,6 +83,10 @@ async def test_preview_counts_every_node_and_the_funnel_of_an_and(segments: Segm
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("rule.attribute")
     code, _ = await _refused(segments.PreviewSegment(api.PreviewSegmentRequest(segment_id="seg_missing")))
     assert code == grpc.StatusCode.NOT_FOUND
+    # A caller's 10,000-character value echoed twice passed gRPC's 16 KiB trailer limit (RESOURCE_EXHAUSTED): every
+    # refusal's text is bounded (plumbing.grpc_server.MAX_ERROR_TEXT), so the real answer arrives.
+    code, details = await _refused(segments.PreviewSegment(api.PreviewSegmentRequest(segment_id="s" * 10_000)))
+    assert code == grpc.StatusCode.NOT_FOUND and len(details) <= 1000
     code, _ = await _refused(
         segments.PreviewSegment(api.PreviewSegmentRequest(segment_id=created.segment.segment_id, version=7))
     )

@@ -109,3 +109,12 @@ def test_a_timestamp_outside_what_one_may_hold_is_that_records_problem_and_the_o
     ]
     assert all("it must lie from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z" in p.reason for p in problems)
     assert [u.profile_id for u in updates] == ["p3"]
+
+
+def test_an_event_time_outside_what_a_timestamp_holds_is_that_events_problem() -> None:
+    events = [_event("good1", NOW - timedelta(days=1)), _event("bad", None), _event("bad2", None)]
+    events[1].occur_time.seconds = 2**40
+    events[2].occur_time.nanos = -1
+    accepted, problems = validate_events(events, NOW, retention=timedelta(days=400), future_skew=timedelta(minutes=5))
+    assert [e.event_id for e in accepted] == ["good1"]
+    assert [(p.record_id, p.field) for p in problems] == [("bad", "events[1].occur_time"), ("bad2", "events[2].occur_time")]
