@@ -117,4 +117,7 @@ def test_an_event_time_outside_what_a_timestamp_holds_is_that_events_problem() -
     events[2].occur_time.nanos = -1
     accepted, problems = validate_events(events, NOW, retention=timedelta(days=400), future_skew=timedelta(minutes=5))
     assert [e.event_id for e in accepted] == ["good1"]
-    assert [(p.record_id, p.field) for p in problems] == [("bad", "events[1].occur_time"), ("bad2", "events[2].occur_time")]
+    assert [(p.record_id, p.field) for p in problems] == [
+        ("bad", "events[1].occur_time"),
+        ("bad2", "events[2].occur_time"),
+    ]
