@@ -1,5 +1,7 @@
 """Domain error types, one per failure kind, and their single mapping to gRPC status codes."""
 
+from typing import Any
+
 import grpc
 
 
@@ -69,3 +71,13 @@ class Unimplemented(DomainError):
     """The method is in the contract but this version does not serve it yet."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+def enum_name(enum: Any, value: int, field: str) -> str:
+    """The name of a caller's enum value; InvalidArgument naming `field` and the names it may take when the value is
+    none of them (a client built from a newer contract, or a typo: protobuf keeps unknown values, and Name raised
+    ValueError, answered INTERNAL)."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        raise InvalidArgument(f"{field} {value} is not one of {', '.join(enum.keys())}", field=field) from None

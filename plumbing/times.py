@@ -4,8 +4,9 @@ protobuf refuses a Timestamp whose seconds fall outside years 1-9999 or whose na
 bare ValueError when it is read; unhandled, that answered INTERNAL (or failed a whole batch) for a caller's typo.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
@@ -27,3 +28,29 @@ def utc_time(stamp: Timestamp, field: str) -> datetime:
 def utc_time_or(stamp: Timestamp, present: bool, default: datetime, field: str) -> datetime:
     """utc_time when the field is set, else `default`."""
     return utc_time(stamp, field) if present else default
+
+
+MAX_DURATION_SECONDS = 315_576_000_000
+"""The most a google.protobuf.Duration may hold: 10,000 years."""
+
+
+def duration_of(given: Duration, field: str, *, at_most: timedelta) -> timedelta:
+    """A caller's Duration as a timedelta; InvalidArgument naming `field` when it is not a valid Duration (seconds
+    beyond 10,000 years, nanos outside ±999,999,999 or of the other sign than the seconds) or is longer than
+    `at_most`. protobuf's ToTimedelta checks nothing: 10**14 seconds raised OverflowError (INTERNAL), and a resend delay
+    of 34,800 years was stored, then overflowed the campaign's follow-up loop at every poll."""
+    seconds, nanos = given.seconds, given.nanos
+    valid = (
+        abs(seconds) <= MAX_DURATION_SECONDS
+        and abs(nanos) <= 999_999_999
+        and not (seconds and nanos and (seconds > 0) != (nanos > 0))
+    )
+    if not valid:
+        raise InvalidArgument(
+            f"{field} (seconds {seconds}, nanos {nanos}) is not a duration: seconds within 10,000 years, nanos within "
+            "±999,999,999 and of the seconds' sign",
+            field=field,
+        )
+    if seconds > at_most.total_seconds() or (seconds == at_most.total_seconds() and nanos > 0):
+        raise InvalidArgument(f"{field} must be at most {int(at_most.total_seconds())}s", field=field)
+    return timedelta(seconds=seconds, microseconds=nanos // 1000)

@@ -5,7 +5,8 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from plumbing.errors import InvalidArgument
+from plumbing.errors import InvalidArgument, enum_name
+from plumbing.times import duration_of
 from services.campaigns.resends import ResendRule, validate_resend
 from services.campaigns.triggers import TriggerCatalog, TriggerRule, validate_trigger
 from xsell.campaigns.v1 import resources_pb2
@@ -60,6 +61,12 @@ def automation_of(row: Any) -> Automation:
     return Automation.from_json(getattr(row, "automation", None))
 
 
+MAX_COOL_DOWN = timedelta(days=366)
+"""The longest a trigger may wait before it fires again for the same person: a year."""
+MAX_RESEND_DELAY = timedelta(days=90)
+"""The longest a resend may wait after its message: a campaign's offer is stale long before."""
+
+
 def automation_from_proto(campaign: resources_pb2.Campaign, catalog: TriggerCatalog, trigger_code: str) -> Automation:
     """Validates the trigger and resend of a campaign message; InvalidArgument names the first bad field."""
     trigger = None
@@ -69,7 +76,11 @@ def automation_from_proto(campaign: resources_pb2.Campaign, catalog: TriggerCata
                 "trigger.source must be TRIGGER_SOURCE_SEGMENT_ENTRY: a person entering the campaign's segment",
                 field="campaign.trigger.source",
             )
-        cool_down = campaign.trigger.cool_down.ToTimedelta() if campaign.trigger.HasField("cool_down") else None
+        cool_down = (
+            duration_of(campaign.trigger.cool_down, "campaign.trigger.cool_down", at_most=MAX_COOL_DOWN)
+            if campaign.trigger.HasField("cool_down")
+            else None
+        )
         trigger = validate_trigger(
             catalog,
             trigger_code,
@@ -80,8 +91,9 @@ def automation_from_proto(campaign: resources_pb2.Campaign, catalog: TriggerCata
         )
     resend = None
     if campaign.HasField("resend"):
-        condition = resources_pb2.ResendCondition.Name(campaign.resend.condition).removeprefix("RESEND_CONDITION_")
-        resend = validate_resend(condition, campaign.resend.delay.ToTimedelta(), campaign.resend.time_of_day)
+        condition = enum_name(resources_pb2.ResendCondition, campaign.resend.condition, "campaign.resend.condition")
+        delay = duration_of(campaign.resend.delay, "campaign.resend.delay", at_most=MAX_RESEND_DELAY)
+        resend = validate_resend(condition.removeprefix("RESEND_CONDITION_"), delay, campaign.resend.time_of_day)
     if campaign.fallback_on_failure and not campaign.fallback_channels:
         raise InvalidArgument(
             "fallback_on_failure needs fallback_channels: the channels, in order, a failed outreach falls back to "

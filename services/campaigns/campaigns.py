@@ -69,9 +69,9 @@ def validate_time_zone(time_zone: str, default_time_zone: str) -> str:
     name = time_zone or default_time_zone
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:  # OSError: a name too long for a file name
         raise InvalidArgument(
-            f"time_zone {name!r} is not an IANA time zone; use a name such as 'Asia/Kolkata' or 'Asia/Dubai'",
+            f"time_zone {name[:100]!r} is not an IANA time zone; use a name such as 'Asia/Kolkata' or 'Asia/Dubai'",
             field="campaign.schedule.time_zone",
         ) from error
     return name

@@ -7,8 +7,8 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from plumbing.errors import InvalidArgument
-from plumbing.times import utc_time
+from plumbing.errors import InvalidArgument, enum_name
+from plumbing.times import duration_of, utc_time
 from services.campaigns.automation import automation_of, fill_automation
 from services.campaigns.campaigns import CampaignSpec, CampaignState
 from services.campaigns.content import (
@@ -64,12 +64,18 @@ def _hh_mm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+MAX_STEP_INTERVAL = timedelta(days=30)
+"""The longest a staggered release may wait between its steps."""
+
+
 def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
     """The delivery options of a campaign message; InvalidArgument names the first bad field."""
     recurrence = None
     if campaign.schedule.HasField("recurrence"):
         given = campaign.schedule.recurrence
-        frequency = resources_pb2.RecurrenceFrequency.Name(given.frequency).removeprefix("RECURRENCE_FREQUENCY_")
+        frequency = enum_name(
+            resources_pb2.RecurrenceFrequency, given.frequency, "campaign.schedule.recurrence.frequency"
+        ).removeprefix("RECURRENCE_FREQUENCY_")
         cron = recurrence_cron(
             "" if frequency == "UNSPECIFIED" else frequency,
             given.time_of_day,
@@ -80,9 +86,8 @@ def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
         )
         end = utc_time(given.end_time, "campaign.schedule.recurrence.end_time") if given.HasField("end_time") else None
         recurrence = Recurrence(cron, end)
-    distribution = validate_distribution(
-        campaign.distribution.percent_per_step, int(campaign.distribution.interval.ToTimedelta().total_seconds())
-    )
+    interval = duration_of(campaign.distribution.interval, "campaign.distribution.interval", at_most=MAX_STEP_INTERVAL)
+    distribution = validate_distribution(campaign.distribution.percent_per_step, int(interval.total_seconds()))
     quiet_hours = None
     if campaign.HasField("quiet_hours"):
         quiet_hours = QuietHours(
@@ -101,8 +106,9 @@ def options_from_proto(campaign: resources_pb2.Campaign) -> DeliveryOptions:
         )
     caps = []
     for index, cap in enumerate(campaign.frequency_caps):
-        scope = resources_pb2.CapScope.Name(cap.scope).removeprefix("CAP_SCOPE_")
-        period = resources_pb2.CapPeriod.Name(cap.period).removeprefix("CAP_PERIOD_")
+        scope = enum_name(resources_pb2.CapScope, cap.scope, f"campaign.frequency_caps[{index}].scope")
+        period = enum_name(resources_pb2.CapPeriod, cap.period, f"campaign.frequency_caps[{index}].period")
+        scope, period = scope.removeprefix("CAP_SCOPE_"), period.removeprefix("CAP_PERIOD_")
         if scope == "UNSPECIFIED" or period == "UNSPECIFIED" or cap.max_outreaches < 1:
             raise InvalidArgument(
                 f"frequency_caps[{index}] needs a scope (ALL, CHANNEL or CATEGORY), a period (DAY or WEEK) and "

@@ -1,6 +1,7 @@
 """Recurrence, distribution steps, quiet hours and the automatic-pause rule, without I/O."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,32 @@ def test_a_send_or_end_time_outside_what_a_timestamp_holds_is_invalid_and_names_
     with pytest.raises(InvalidArgument) as raised:
         messages.options_from_proto(recurring)
     assert raised.value.field == "campaign.schedule.recurrence.end_time"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: c.frequency_caps.add(scope=99, period=1, max_outreaches=1), "campaign.frequency_caps[0].scope"),
+        (lambda c: c.frequency_caps.add(scope=1, period=99, max_outreaches=1), "campaign.frequency_caps[0].period"),
+        (lambda c: setattr(c.schedule.recurrence, "frequency", 99), "campaign.schedule.recurrence.frequency"),
+        (lambda c: setattr(c.distribution.interval, "seconds", 10**14), "campaign.distribution.interval"),
+        (lambda c: setattr(c.distribution.interval, "nanos", 10**9), "campaign.distribution.interval"),
+    ],
+    ids=["cap-scope", "cap-period", "frequency", "interval-overflow", "interval-nanos"],
+)
+def test_unknown_enum_values_and_impossible_durations_name_their_field(change: Any, field: str) -> None:
+    """Each answered INTERNAL (Name's ValueError, ToTimedelta's OverflowError) (session 25's fuzzing)."""
+    campaign = resources_pb2.Campaign(display_name="Top-up")
+    change(campaign)
+    with pytest.raises(InvalidArgument) as raised:
+        messages.options_from_proto(campaign)
+    assert raised.value.field == field
+
+
+def test_a_time_zone_too_long_for_a_file_name_is_not_an_iana_zone() -> None:
+    from services.campaigns.campaigns import validate_time_zone
+
+    with pytest.raises(InvalidArgument) as raised:
+        validate_time_zone("a" * 10_000, "Asia/Kolkata")  # zoneinfo raised OSError (INTERNAL)
+    assert raised.value.field == "campaign.schedule.time_zone"
+    assert len(raised.value.message) < 200

@@ -127,3 +127,31 @@ def test_trigger_and_resend_round_trip_through_the_contract() -> None:
         automation_from_proto(resources_pb2.Campaign(trigger=resources_pb2.Trigger()), CATALOG, "T06")
     assert unsourced.value.field == "campaign.trigger.source"
     assert automation_from_proto(resources_pb2.Campaign(), CATALOG, "T00") == Automation()
+
+
+def test_a_resend_or_cool_down_that_is_no_duration_or_too_long_or_an_unknown_condition_names_its_field() -> None:
+    """A resend delay of 34,800 years was stored and then overflowed the follow-up loop at every poll; an unknown
+    condition and a 10**14-second cool-down answered INTERNAL."""
+    from google.protobuf.duration_pb2 import Duration
+
+    from services.campaigns.automation import automation_from_proto
+    from xsell.campaigns.v1 import resources_pb2
+
+    def resend(condition: int, seconds: int) -> resources_pb2.Campaign:
+        return resources_pb2.Campaign(resend=resources_pb2.Resend(condition=condition, delay=Duration(seconds=seconds)))
+
+    not_opened = resources_pb2.RESEND_CONDITION_NOT_OPENED
+    cool_down = resources_pb2.Campaign(
+        trigger=resources_pb2.Trigger(
+            source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY, cool_down=Duration(seconds=10**14)
+        )
+    )
+    for campaign, field in (
+        (resend(not_opened, 2**40), "campaign.resend.delay"),
+        (resend(not_opened, 91 * 86400), "campaign.resend.delay"),
+        (resend(99, 2 * 86400), "campaign.resend.condition"),
+        (cool_down, "campaign.trigger.cool_down"),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            automation_from_proto(campaign, CATALOG, "T06")
+        assert refused.value.field == field
