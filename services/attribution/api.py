@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument
+from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, enum_name
 from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
@@ -38,6 +38,7 @@ from services.attribution.convert import (
 from services.attribution.ledger import Ledger, disbursement_money
 from services.attribution.revenue import Revenue, RevenueModels, romi
 from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2, service_pb2_grpc
+from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
 LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX = 100, 1000
@@ -946,9 +947,17 @@ def _report_filter(message: service_pb2.ReportFilter) -> views.ReportFilter:
         trigger_code=message.trigger_code,
         campaign_key=message.campaign_key,
         programme=message.programme,
-        channel=channel_name(message.channel) if message.channel else "",
+        channel=_channel_filter(message.channel),
         product_code=message.product_code,
     )
+
+
+def _channel_filter(channel: int) -> str:
+    """The report filter's channel ("" for any); INVALID_ARGUMENT for a value no channel has (it answered INTERNAL)."""
+    if not channel:
+        return ""
+    enum_name(channel_pb2.Channel, channel, "filter.channel")
+    return channel_name(channel)  # type: ignore[arg-type]
 
 
 def _loan(loan: store.Loan) -> resources_pb2.Loan:

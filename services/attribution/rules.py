@@ -99,6 +99,11 @@ def already_recorded(field: str, value: str) -> AlreadyExists:
     )
 
 
+MAX_MINOR_UNITS = 2**53
+"""The largest amount in minor units (₹90 lakh crore in paise), as segments bounds money: sums of a campaign's
+amounts stay far inside a 64-bit integer."""
+
+
 def check_amount(minor_units: int, currency_code: str, currency: str, field: str = "amount") -> None:
     """A positive amount in the ledger's currency."""
     if minor_units <= 0:
@@ -107,9 +112,15 @@ def check_amount(minor_units: int, currency_code: str, currency: str, field: str
             f"got {minor_units}",
             field=f"{field}.minor_units",
         )
+    if minor_units > MAX_MINOR_UNITS:
+        # Sums of them are kept in 64-bit integers: 2**62 paise was accepted, and the loan's next tranche overflowed.
+        raise InvalidArgument(
+            f"{field}.minor_units must be at most {MAX_MINOR_UNITS} (segments' bound on money); got {minor_units}",
+            field=f"{field}.minor_units",
+        )
     if currency_code != currency:
         raise InvalidArgument(
-            f"{field}.currency_code must be {currency!r}; got {currency_code!r}", field=f"{field}.currency_code"
+            f"{field}.currency_code must be {currency!r}; got {currency_code[:20]!r}", field=f"{field}.currency_code"
         )
 
 

@@ -109,3 +109,27 @@ async def test_a_disbursement_time_outside_what_a_timestamp_holds_is_the_los_err
         assert "disburse_time" in (raised.value.details() or "")
     answer = await stub.RecordDisbursement(_disbursement(OUTREACHES[6], "dis-right", "D-right"))
     assert answer.attribution.disbursed_amount.minor_units == 100_000_000
+
+
+async def test_an_amount_past_what_sums_can_hold_is_refused_and_the_loan_goes_on(
+    stub: service_pb2_grpc.AttributionServiceStub,
+) -> None:
+    """2**62 paise was accepted, and the loan's next tranche overflowed a 64-bit sum (INTERNAL)."""
+    huge = _disbursement(OUTREACHES[7], "dis-huge", "D-huge", amount=2**62)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.RecordDisbursement(huge)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "amount.minor_units must be at most" in (raised.value.details() or "")
+    answer = await stub.RecordDisbursement(_disbursement(OUTREACHES[7], "dis-fine", "D-fine"))
+    assert answer.attribution.disbursed_amount.minor_units == 100_000_000
+
+
+async def test_a_report_filter_on_a_channel_no_channel_has_names_the_field(
+    stub: service_pb2_grpc.AttributionServiceStub,
+) -> None:
+    request = service_pb2.GetAttributionReportRequest()
+    request.filter.channel = 99  # type: ignore[assignment]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetAttributionReport(request)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # was INTERNAL
+    assert "filter.channel 99 is not one of" in (raised.value.details() or "")
