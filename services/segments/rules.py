@@ -142,9 +142,35 @@ class RuleError(ValueError):
 # --- validation -------------------------------------------------------------------------------
 
 
+MAX_RULES = 100
+"""The most rules (conditions, groups and negations) one segment's rule may hold. A preview counts each node and
+each AND prefix, so its cost grows with the square of the width (400 conditions took 78 s), and SQLite refuses a
+statement past 1,000 levels of expression (1,200 conditions could be approved, never published)."""
+
+
 def parse_rule(rule: resources_pb2.Rule, path: str = "segment.rule") -> Rule:
     """The validated domain tree of a proto rule; RuleError at the first problem found."""
+    if (count := _count_rules(rule, 1)) > MAX_RULES:
+        raise RuleError(path, f"a rule may hold at most {MAX_RULES} rules (conditions, groups, negations); got {count}")
     return _parse(rule, path, 1)
+
+
+def _count_rules(rule: resources_pb2.Rule, depth: int) -> int:
+    """The rules in the tree, counted no deeper than _parse reads it (deeper is its error), and no further than just
+    past MAX_RULES."""
+    if depth > MAX_DEPTH:
+        return 1
+    kind = rule.WhichOneof("kind")
+    if kind == "negate":
+        return 1 + _count_rules(rule.negate, depth + 1)
+    if kind not in ("all", "any"):
+        return 1
+    count = 1
+    for child in (rule.all if kind == "all" else rule.any).rules:
+        count += _count_rules(child, depth + 1)
+        if count > MAX_RULES:
+            break
+    return count
 
 
 def _parse(rule: resources_pb2.Rule, path: str, depth: int) -> Rule:

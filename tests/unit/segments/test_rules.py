@@ -292,3 +292,17 @@ def test_a_rule_names_everything_it_reads_so_refresh_can_skip_the_rest() -> None
     assert found.events == {"transaction_success", "sip_registered"}
     assert found.attributes == {"investment_type", "kyc_completed_at"}
     assert found.segments == {"engaged"}
+
+
+def test_a_rule_wider_than_max_rules_is_refused_before_anything_reads_it() -> None:
+    """1,200 conditions could be approved and never published (SQLite's expression depth); a preview's cost grows with
+    the square of the width."""
+    from services.segments.rules import MAX_RULES
+
+    wide = r.Rule(all=r.RuleGroup(rules=[event("session_start") for _ in range(MAX_RULES)]))
+    with pytest.raises(RuleError) as raised:
+        parse_rule(wide)
+    assert raised.value.path == "segment.rule"
+    assert f"at most {MAX_RULES} rules" in raised.value.message
+    fits = r.Rule(all=r.RuleGroup(rules=[event("session_start") for _ in range(MAX_RULES - 1)]))
+    assert parse_rule(fits)
