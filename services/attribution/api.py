@@ -935,11 +935,21 @@ def _date(value: str, field: str) -> str:
         ) from error
 
 
+MAX_FILTER_LABELS = 50
+"""The most labels a report filter may name (a campaign carries a handful)."""
+
+
 def _report_filter(message: service_pb2.ReportFilter) -> views.ReportFilter:
     start = _date(message.start_date, "filter.start_date")
     end = _date(message.end_date, "filter.end_date")
     if start and end and start > end:
         raise InvalidArgument(f"filter.end_date {end} is before filter.start_date {start}", field="filter.end_date")
+    if len(message.labels) > MAX_FILTER_LABELS:
+        # Each label is a condition of the report's query: 5,000 passed SQLite's expression depth (INTERNAL).
+        raise InvalidArgument(
+            f"filter.labels may name at most {MAX_FILTER_LABELS} labels; got {len(message.labels)}",
+            field="filter.labels",
+        )
     return views.ReportFilter(
         start_date=start,
         end_date=end,

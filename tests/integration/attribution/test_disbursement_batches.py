@@ -133,3 +133,9 @@ async def test_a_report_filter_on_a_channel_no_channel_has_names_the_field(
         await stub.GetAttributionReport(request)
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # was INTERNAL
     assert "filter.channel 99 is not one of" in (raised.value.details() or "")
+    many = service_pb2.GetAttributionReportRequest()
+    many.filter.labels.extend(f"label {n}" for n in range(5000))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetAttributionReport(many)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # was INTERNAL (SQLite's expression depth)
+    assert "filter.labels may name at most 50" in (raised.value.details() or "")
