@@ -58,6 +58,11 @@ def _id_problem(value: str, what: str) -> str | None:
         return f"{what} is required"
     if len(value) > MAX_ID_LENGTH:
         return f"{what} must be at most {MAX_ID_LENGTH} characters, got {len(value)}"
+    if not value.strip():
+        return f"{what} is only spaces; send the id the source system gave"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        # A NUL, a line break or an escape: no system issues ids so, and PostgreSQL refuses a NUL in text.
+        return f"{what} holds a control character; send the id the source system gave"
     return None
 
 

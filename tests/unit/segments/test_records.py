@@ -121,3 +121,15 @@ def test_an_event_time_outside_what_a_timestamp_holds_is_that_events_problem() -
         ("bad", "events[1].occur_time"),
         ("bad2", "events[2].occur_time"),
     ]
+
+
+def test_an_id_of_spaces_or_with_a_control_character_is_that_records_problem() -> None:
+    batch = [
+        r.Profile(profile_id="   ", attributes={"investment_type": s("SIP")}),
+        r.Profile(profile_id="a\x00\x1bb", attributes={"investment_type": s("SIP")}),
+        r.Profile(profile_id="p-ok", attributes={"investment_type": s("SIP")}),
+    ]
+    updates, problems = validate_profiles(batch, CATALOG)
+    assert [(p.index, p.field) for p in problems] == [(0, "profiles[0].profile_id"), (1, "profiles[1].profile_id")]
+    assert "only spaces" in problems[0].reason and "control character" in problems[1].reason
+    assert [u.profile_id for u in updates] == ["p-ok"]
