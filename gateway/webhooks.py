@@ -116,7 +116,6 @@ EXOTEL_INVALID_NUMBER = frozenset({"FAILED_INVALID_NUMBER", "INVALID_NUMBER"})
 
 EXOTEL_ZONE = timezone(timedelta(hours=5, minutes=30))
 """Exotel writes DateSent as India's wall-clock time, without a zone."""
-FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 REPLAY_MEMORY = 100_000
 """At most this many accepted callbacks are remembered for replay refusal (the oldest are forgotten first)."""
 
@@ -516,15 +515,20 @@ class ChannelsRecorder:
         await record_call(self._channels.RecordEngagement, request, self._timeout)
 
 
+NOTHING_TO_RETRY = frozenset(
+    {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+)
+"""Channels' answers about a callback that no retry can change: a message it does not know (another system on the
+account), a request it cannot take, a message no provider was given."""
+
+
 async def record_call(method: Any, request: Any, timeout: float) -> bool:
     """One record call to channels: True when recorded, False when channels does not know the message (ignored);
     Unrecorded when it cannot record now, so the provider is asked to send the callback again."""
     try:
         await method(request, timeout=timeout)
     except grpc.aio.AioRpcError as error:
-        if error.code() in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, FAILED_PRECONDITION}:
-            # About a message channels does not know (another system on the account), or one no provider was given
-            # (FAILED_PRECONDITION): retrying cannot help.
+        if error.code() in NOTHING_TO_RETRY:
             log.info("webhook_ignored", reason=error.code().name, detail=error.details())
             return False
         if error.code() == grpc.StatusCode.ABORTED and (error.details() or "").startswith("request_id:"):

@@ -1,12 +1,15 @@
-"""Times callers send as google.protobuf.Timestamp, read so that one outside a Timestamp's range is the caller's error.
+"""Times and durations callers send as google.protobuf.Timestamp and Duration, read so that one outside what it may
+hold is the caller's error, naming the field.
 
 protobuf refuses a Timestamp whose seconds fall outside years 1-9999 or whose nanos fall outside 0-999,999,999 with a
-bare ValueError when it is read; unhandled, that answered INTERNAL (or failed a whole batch) for a caller's typo.
+bare ValueError when it is read, and reads any Duration into a timedelta that may overflow; unhandled, that answered
+INTERNAL (or failed a whole batch) for a caller's typo.
 """
 
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument
@@ -25,9 +28,9 @@ def utc_time(stamp: Timestamp, field: str) -> datetime:
         ) from None
 
 
-def utc_time_or(stamp: Timestamp, present: bool, default: datetime, field: str) -> datetime:
-    """utc_time when the field is set, else `default`."""
-    return utc_time(stamp, field) if present else default
+def time_field(message: Message, field: str, default: datetime) -> datetime:
+    """The message's Timestamp `field` as utc_time reads it when it is set, else `default`."""
+    return utc_time(getattr(message, field), field) if message.HasField(field) else default
 
 
 MAX_DURATION_SECONDS = 315_576_000_000

@@ -20,7 +20,7 @@ from plumbing.idempotency import Idempotency
 from plumbing.outbox import Outbox
 from plumbing.page_tokens import decode_token, encode_token, page_size
 from plumbing.telemetry import outreach_span
-from plumbing.times import utc_time_or
+from plumbing.times import time_field
 from services import streams
 from services.attribution import reporting, rules, store, views
 from services.attribution.convert import (
@@ -186,7 +186,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             raise InvalidArgument(
                 f"product_code must be at most {rules.MAX_ID_LENGTH} characters", field="product_code"
             )
-        applied_at = utc_time_or(request.apply_time, request.HasField("apply_time"), datetime.now(UTC), "apply_time")
+        applied_at = time_field(request, "apply_time", datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_application", request.campaign_id):
             async with self._transaction() as session:
                 locked = await self._previous_or_locked(
@@ -227,9 +227,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        sanctioned_at = utc_time_or(
-            request.sanction_time, request.HasField("sanction_time"), datetime.now(UTC), "sanction_time"
-        )
+        sanctioned_at = time_field(request, "sanction_time", datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_sanction", request.campaign_id):
             async with self._transaction() as session:
                 locked = await self._previous_or_locked(
@@ -258,9 +256,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.disbursement_id, "disbursement_id", "DISB-2025-0001-1")
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
-        disbursed_at = utc_time_or(
-            request.disburse_time, request.HasField("disburse_time"), datetime.now(UTC), "disburse_time"
-        )
+        disbursed_at = time_field(request, "disburse_time", datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_disbursement", request.campaign_id):
             return await self.disbursements.submit((request, disbursed_at))
 
@@ -618,7 +614,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
         rules.require_id(request.product_code, "product_code", "MSME_WC_TOPUP")
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        occurred_at = utc_time_or(request.occur_time, request.HasField("occur_time"), datetime.now(UTC), "occur_time")
+        occurred_at = time_field(request, "occur_time", datetime.now(UTC))
         async with self._transaction() as session:
             previous = await self.idempotency.previous(
                 session, "RecordProfileConversion", request, service_pb2.RecordProfileConversionResponse
@@ -666,7 +662,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             if len(getattr(request, field)) > rules.MAX_ID_LENGTH:
                 raise InvalidArgument(f"{field} must be at most {rules.MAX_ID_LENGTH} characters", field=field)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        occurred_at = utc_time_or(request.occur_time, request.HasField("occur_time"), datetime.now(UTC), "occur_time")
+        occurred_at = time_field(request, "occur_time", datetime.now(UTC))
         # Named by the caller: the outreach's trace from the start. Found by last touch: the look-up is the call's own
         # span, and what is recorded for the outreach found (its funnel step, ConversionRecorded) is in its trace.
         with self._conversion_span(request.campaign_id, "attribution.record_conversion"):

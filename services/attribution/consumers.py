@@ -9,7 +9,7 @@ from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.outbox import Inbox
 from plumbing.telemetry import outreach_span
-from plumbing.times import utc_time_or
+from plumbing.times import time_field
 from services import streams
 from services.attribution import store
 from services.attribution.convert import category_name, channel_name
@@ -64,9 +64,7 @@ class Handlers:
                 product_code=outreach.offer.product_code,
                 labels=list(outreach.labels),
                 category=category_name(outreach.category),
-                created_at=utc_time_or(
-                    outreach.create_time, outreach.HasField("create_time"), datetime.now(UTC), "create_time"
-                ),
+                created_at=time_field(outreach, "create_time", datetime.now(UTC)),
             )
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, streams.ATTRIBUTION_OUTREACH.durable, delivery.message_id):
@@ -80,7 +78,7 @@ class Handlers:
     async def on_holdout_assigned(self, event: HoldoutAssigned, delivery: Delivery) -> None:
         if not event.campaign_key or not event.profile_id:
             raise PermanentError("HoldoutAssigned without campaign_key or profile_id cannot join a control group")
-        assigned_at = utc_time_or(event.assign_time, event.HasField("assign_time"), datetime.now(UTC), "assign_time")
+        assigned_at = time_field(event, "assign_time", datetime.now(UTC))
         async with self.db.transaction() as session:
             if not await self.inbox.claim(session, streams.ATTRIBUTION_HOLDOUT.durable, delivery.message_id):
                 log.info("redelivery_skipped")
@@ -104,7 +102,7 @@ class Handlers:
         if not event.campaign_id:
             raise PermanentError("OutreachWithdrawn without campaign_id names no outreach")
         with outreach_span(self.tracer, "attribution.withdraw_outreach", event.campaign_id):
-            at = utc_time_or(event.withdraw_time, event.HasField("withdraw_time"), datetime.now(UTC), "withdraw_time")
+            at = time_field(event, "withdraw_time", datetime.now(UTC))
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, streams.ATTRIBUTION_WITHDRAWAL.durable, delivery.message_id):
                     log.info("redelivery_skipped")
@@ -155,7 +153,7 @@ class Handlers:
         if not event.campaign_id:
             raise PermanentError(f"{type(event).__name__} without campaign_id cannot be attributed")
         with outreach_span(self.tracer, span_name, event.campaign_id):
-            at = utc_time_or(event.occur_time, event.HasField("occur_time"), datetime.now(UTC), "occur_time")
+            at = time_field(event, "occur_time", datetime.now(UTC))
             async with self.db.transaction() as session:
                 if not await self.inbox.claim(session, durable, delivery.message_id):
                     log.info("redelivery_skipped")

@@ -22,7 +22,7 @@ from plumbing.idempotency import Idempotency, request_fingerprint, require_reque
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
-from plumbing.times import utc_time_or
+from plumbing.times import time_field
 from services import streams
 from services.channels import convert, store
 from services.channels.delivery import (
@@ -257,7 +257,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 field="campaign_id",
             )
         campaign_id = await self._engaged_message(request, kind)
-        at = utc_time_or(request.occur_time, request.HasField("occur_time"), utcnow(), "occur_time")
+        at = time_field(request, "occur_time", utcnow())
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)
         with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
@@ -360,7 +360,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 f"provider_message_id must be at most {MAX_PROVIDER_MESSAGE_ID} characters, as the provider wrote it",
                 field="provider_message_id",
             )
-        at = utc_time_or(request.occur_time, request.HasField("occur_time"), utcnow(), "occur_time")
+        at = time_field(request, "occur_time", utcnow())
         with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
             item = _Receipt(request, campaign_id, receipt, at, only_channel_of(context))
             response, changed = await self.receipts.submit(item)

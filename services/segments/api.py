@@ -18,7 +18,7 @@ from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token as _decode_token
 from plumbing.page_tokens import encode_token as _encode_token
 from plumbing.page_tokens import page_size as _page_size
-from plumbing.times import utc_time_or
+from plumbing.times import time_field
 from services import streams
 from services.segments import governance, maintenance, records, store
 from services.segments.activity import Activity, CatalogCache, IngestCall
@@ -166,7 +166,7 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             if not profile_id:
                 raise InvalidArgument("empty; every entry must be a profile id", field=f"profile_ids[{index}]")
         profile_ids = list(dict.fromkeys(request.profile_ids))
-        at = utc_time_or(request.at_time, request.HasField("at_time"), utcnow(), "at_time")
+        at = time_field(request, "at_time", utcnow())
         # One snapshot: a person's attributes and suppressions are read at the same moment.
         async with self.db.snapshot() as session:
             updated = await store.profiles_updated_at(session, profile_ids)

@@ -11,7 +11,7 @@ from plumbing.errors import InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
 from plumbing.page_tokens import decode_token, encode_token, page_size
-from plumbing.times import utc_time_or
+from plumbing.times import time_field
 from services.segments import store, suppressions
 from services.segments.api_support import (
     check_batch,
@@ -171,7 +171,7 @@ class SuppressionsApi:
                 "message is about to go to",
                 field="address",
             )
-        at = utc_time_or(request.at_time, request.HasField("at_time"), utcnow(), "at_time")
+        at = time_field(request, "at_time", utcnow())
         channel = channel_pb2.Channel.Name(request.channel).removeprefix("CHANNEL_")
         consent = self.consent_attributes.get(channel)
         address = self.address_attributes.get(channel) if request.address.strip() else None

@@ -53,18 +53,6 @@ WHATSAPP_SETTING_NOTE = "stopped marketing messages in WhatsApp's settings"
 """The start of the note of an opt-out WhatsApp's own setting made: the only kind a resubscribe lifts."""
 
 
-def _lifted_by(event: channel_events.EngagementRecorded) -> tuple[str, str] | None:
-    """The (channel, reason) of the opt-out a resubscribe lifts, where it has one: WhatsApp's setting resumed lifts the
-    opt-out that setting made, and nothing else."""
-    if (
-        event.kind != channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED
-        or event.detail != bounces.WHATSAPP_MARKETING_SETTING
-    ):
-        return None
-    opt_out = suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_OPT_OUT)
-    return suppressions.channel_key(event.channel), opt_out
-
-
 def _setting_change(event: channel_events.EngagementRecorded) -> tuple[str, bool] | None:
     """(channel, True) when the event is the person stopping marketing messages in WhatsApp's own setting (a
     `user_preferences` stop, or Meta's 131050 on a message), (channel, False) when it is them resuming there, None for
@@ -183,7 +171,6 @@ class ProfileActivityConsumers:
             event.campaign_id,
             suppress=[suppression] if suppression else [],
             queued=queued,
-            lift=_lifted_by(event),
             setting=_setting_change(event),
         )
 
@@ -215,7 +202,6 @@ class ProfileActivityConsumers:
         *,
         suppress: list[dict[str, Any]] | None = None,
         queued: datetime | None = None,
-        lift: tuple[str, str] | None = None,
         setting: tuple[str, bool] | None = None,
     ) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
@@ -231,26 +217,31 @@ class ProfileActivityConsumers:
                 by_setting = [s for s in suppress if s["note"].startswith(WHATSAPP_SETTING_NOTE)]
                 # The setting's stop and resume take effect in the order the person made them, not the order their
                 # webhooks came in: one older than the change recorded last changes nothing.
-                latest, known_before = True, False
+                latest, known_before = False, False
                 if setting is not None:
-                    channel, stopped = setting
                     latest, known_before = await store.note_setting_change(
-                        session, incoming.profile_id, channel, stopped=stopped, at=incoming.occurred_at
+                        session, incoming.profile_id, setting[0], stopped=setting[1], at=incoming.occurred_at
                     )
                     if not latest:
                         log.info("setting_change_overtaken", event_name=incoming.name)
                         suppress = [s for s in suppress if s not in by_setting]
-                        by_setting, lift = [], None
+                        by_setting = []
                 await store.upsert_suppressions(session, [s for s in suppress if s not in by_setting], now)
                 await store.upsert_suppressions(session, by_setting, now, only_over=WHATSAPP_SETTING_NOTE)
-                # A resume later than every stop recorded lifts the setting's opt-out. Where no change was recorded
-                # before it (an opt-out older than setting_changes), only one recorded before the resume happened.
-                lifted = lift is not None and await store.delete_noted_suppression(
-                    session,
-                    incoming.profile_id,
-                    *lift,
-                    note_prefix=WHATSAPP_SETTING_NOTE,
-                    not_after=None if known_before else incoming.occurred_at,
+                # The latest resume lifts the setting's opt-out, and nothing else. Where no change was recorded before
+                # it (an opt-out older than setting_changes), only one recorded before the resume happened.
+                lifted = (
+                    setting is not None
+                    and latest
+                    and not setting[1]
+                    and await store.delete_noted_suppression(
+                        session,
+                        incoming.profile_id,
+                        setting[0],
+                        suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_OPT_OUT),
+                        note_prefix=WHATSAPP_SETTING_NOTE,
+                        not_after=None if known_before else incoming.occurred_at,
+                    )
                 )
             log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress), lifted=lifted)
 

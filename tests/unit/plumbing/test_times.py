@@ -7,7 +7,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from plumbing.errors import InvalidArgument, enum_name
-from plumbing.times import duration_of, utc_time, utc_time_or
+from plumbing.times import duration_of, time_field, utc_time
+from xsell.attribution.v1 import service_pb2 as attribution_service
 from xsell.campaigns.v1 import resources_pb2
 
 DEFAULT = datetime(2026, 11, 29, tzinfo=UTC)
@@ -17,7 +18,10 @@ def test_a_valid_time_reads_as_aware_utc() -> None:
     assert utc_time(Timestamp(seconds=1_764_374_400, nanos=5_000), "occur_time") == datetime(
         2025, 11, 29, 0, 0, 0, 5, tzinfo=UTC
     )
-    assert utc_time_or(Timestamp(), False, DEFAULT, "occur_time") is DEFAULT
+    unset = attribution_service.RecordDisbursementRequest()
+    assert time_field(unset, "disburse_time", DEFAULT) is DEFAULT
+    given = attribution_service.RecordDisbursementRequest(disburse_time=Timestamp(seconds=1_764_374_400))
+    assert time_field(given, "disburse_time", DEFAULT) == datetime(2025, 11, 29, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +31,11 @@ def test_a_valid_time_reads_as_aware_utc() -> None:
 )
 def test_a_time_no_timestamp_holds_names_the_field_and_the_range(seconds: int, nanos: int) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        utc_time_or(Timestamp(seconds=seconds, nanos=nanos), True, DEFAULT, "disburse_time")
+        time_field(
+            attribution_service.RecordDisbursementRequest(disburse_time=Timestamp(seconds=seconds, nanos=nanos)),
+            "disburse_time",
+            DEFAULT,
+        )
     assert raised.value.field == "disburse_time"
     assert "from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z" in raised.value.message
 
