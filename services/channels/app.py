@@ -111,6 +111,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
             for channel, window in settings.quiet_hours.items()
         },
         suppressions=suppressions,
+        recheck_after_seconds=settings.recheck_after_seconds,
     )
     dispatch = DispatchHandler(
         db,

@@ -123,6 +123,8 @@ class SendPolicy:
     max_attempts: int = 8  # the dispatch durable's max_deliver; app.py passes the real one
     quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
     suppressions: SuppressionCheck | None = None
+    recheck_after_seconds: float = 1.0
+    """A message kept this long by its token endpoint or throttle is checked again (quiet hours, suppressions)."""
 
 
 @dataclass(frozen=True)
@@ -244,54 +246,16 @@ class DispatchHandler:
             blocked = None if prepared is None else await self._blocked(channel, event, now)
         except ConsentUnknown as unknown:
             assert prepared is not None
-            # Never sent unchecked; but never silent either: the ledger says why it waits, and after the last
-            # attempt the message is FAILED (its DeliveryUpdated published) before its request is dead-lettered.
-            reason = f"suppressions could not be checked ({unknown}); nothing is sent unchecked"
-            await self._defer_before_intent(
-                campaign_id, channel, event.profile_id, prepared, ProviderUnavailable(reason), delivery
-            )
+            await self._defer_unchecked(campaign_id, channel, event, prepared, unknown, delivery)
             return
 
         if prepared is None or blocked is not None:
-            gave_up: str | None = None
-            async with self.db.transaction() as session:
-                attempts = await self._claim(
-                    session, campaign_id, channel, event.profile_id, now, prepared=prepared, delivery=delivery
-                )
-                if attempts is None:
-                    return
-                if malformed is not None:
-                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, malformed)
-                elif blocked is not None and blocked.retry_in is None:
-                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, blocked.reason)
-                elif blocked is not None and delivery.num_delivered >= self.policy.max_attempts:
-                    # Held back on the last delivery the durable allows: no later one would come to send it, so the
-                    # message is FAILED with why, not left QUEUED saying when it would go.
-                    gave_up = f"gave up after {delivery.num_delivered} attempts: {blocked.reason}"
-                    await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, gave_up)
-                elif blocked is not None:
-                    await store.set_state(session, campaign_id, DeliveryState.QUEUED, now=now, reason=blocked.reason)
-                    await store.add_timeline(
-                        session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, blocked.reason)]
-                    )
-            provider = prepared.provider if prepared is not None else "none"
-            if gave_up is not None:
-                self._count(provider, "gave_up")
-                self._log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=gave_up)
-                raise PermanentError(f"campaign ID {campaign_id}: {gave_up}")
-            if malformed is not None:
-                self._count(provider, "malformed")
-                self._log.warning("dispatch_malformed", reason=malformed)
-                raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
-            assert blocked is not None
-            if blocked.retry_in is None:
-                self._count(provider, "suppressed")
-                self._log.info("dispatch_suppressed", reason=blocked.reason)
-                return
-            self._count(provider, "quiet_hours")
-            self._log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
-            raise RetryLater(blocked.reason, blocked.retry_in)
+            await self._hold(
+                campaign_id, channel, event, delivery, now, prepared=prepared, malformed=malformed, blocked=blocked
+            )
+            return
 
+        checked = time.monotonic()
         tokens = self.providers.access_tokens.get(prepared.provider)
         if tokens is not None:
             try:
@@ -302,64 +266,93 @@ class DispatchHandler:
                 await self._defer_before_intent(campaign_id, channel, event.profile_id, prepared, failure, delivery)
                 return
         throttle = self.providers.throttles.get(prepared.provider)
+        held: Blocked | ConsentUnknown | None = None
         async with throttle or _NoThrottle():
-            # After the throttle's wait, in one transaction with the intents of the other messages in flight.
-            intent = Intent(
-                campaign_id,
-                channel,
-                event.profile_id,
-                prepared.deduplicates,
-                now,
-                _request_of(delivery),
-                prepared.recipient_key,
-            )
-            claim = await self.ledger.claim(intent)
-            if claim.action is DispatchAction.SKIP:
-                self._log.info("dispatch_redelivery_skipped", state=claim.state.value)
-                return
-            if claim.action is DispatchAction.MARK_AMBIGUOUS:
-                self._log.warning("dispatch_ambiguous", attempts=claim.attempts)
-                return
-            attempts = claim.attempts
-            started = time.perf_counter()
-            try:
+            if time.monotonic() - checked >= self.policy.recheck_after_seconds:
+                # The token endpoint or the throttle kept the message long enough for the person to say stop or
+                # quiet hours to begin: checked again, holding the slot (one call to segments), so that what goes
+                # is what was allowed at the moment of sending. Under a second apart, the first check stands: a
+                # STOP takes about as long to reach segments.
+                now = utcnow()
                 try:
-                    accepted = await prepared.hand_over()
-                except SendFailure:
-                    raise
-                except Exception as fault:
-                    # A fault of ours, not the provider's answer (the request and its checks are built before the
-                    # intent, so this is a bug): whether anything reached the provider is not known. Settled as an
-                    # unknown outcome is, never left SENDING to be tried again for ever.
-                    self._log.error("dispatch_fault", exc_info=fault)
-                    raise ProviderOutcomeUnknown(
-                        f"the hand-over failed inside channels ({type(fault).__name__}); it may have reached the "
-                        "provider"
-                    ) from fault
-            except ProviderOutcomeUnknown as failure:
-                self._timed(prepared.provider, started)
-                if not prepared.deduplicates:
-                    await self._settle_ambiguous(campaign_id, channel, failure.reason, delivery)
-                    self._count(prepared.provider, "ambiguous")
-                    self._log.warning("dispatch_ambiguous", reason=failure.reason)
-                    return
-                # The provider drops a repeated campaign ID, so asking again settles the outcome.
-                await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
+                    held = await self._blocked(channel, event, now)
+                except ConsentUnknown as unknown:
+                    held = unknown
+            if held is None:
+                await self._send(campaign_id, channel, event, delivery, now, prepared)
                 return
-            except ProviderRejected as failure:
-                self._timed(prepared.provider, started)
-                if failure.bounce:
-                    await self._settle_bounced(campaign_id, channel, event.profile_id, failure)
-                else:
-                    await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
-                self._count(prepared.provider, "rejected")
-                self._log.warning("dispatch_rejected", reason=failure.reason)
-                return
-            except ProviderUnavailable as failure:
-                self._timed(prepared.provider, started)
-                await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
-                return
+        if isinstance(held, ConsentUnknown):
+            await self._defer_unchecked(campaign_id, channel, event, prepared, held, delivery)
+            return
+        self._log.info("dispatch_held_after_wait", reason=held.reason)
+        await self._hold(campaign_id, channel, event, delivery, now, prepared=prepared, malformed=None, blocked=held)
+
+    async def _send(
+        self,
+        campaign_id: str,
+        channel: str,
+        event: DispatchRequested,
+        delivery: Delivery,
+        now: datetime,
+        prepared: Prepared,
+    ) -> None:
+        """Intent, hand-over and outcome of a message allowed to go, inside its provider's throttle."""
+        # After the throttle's wait, in one transaction with the intents of the other messages in flight.
+        intent = Intent(
+            campaign_id,
+            channel,
+            event.profile_id,
+            prepared.deduplicates,
+            now,
+            _request_of(delivery),
+            prepared.recipient_key,
+        )
+        claim = await self.ledger.claim(intent)
+        if claim.action is DispatchAction.SKIP:
+            self._log.info("dispatch_redelivery_skipped", state=claim.state.value)
+            return
+        if claim.action is DispatchAction.MARK_AMBIGUOUS:
+            self._log.warning("dispatch_ambiguous", attempts=claim.attempts)
+            return
+        attempts = claim.attempts
+        started = time.perf_counter()
+        try:
+            try:
+                accepted = await prepared.hand_over()
+            except SendFailure:
+                raise
+            except Exception as fault:
+                # A fault of ours, not the provider's answer (the request and its checks are built before the
+                # intent, so this is a bug): whether anything reached the provider is not known. Settled as an
+                # unknown outcome is, never left SENDING to be tried again for ever.
+                self._log.error("dispatch_fault", exc_info=fault)
+                raise ProviderOutcomeUnknown(
+                    f"the hand-over failed inside channels ({type(fault).__name__}); it may have reached the provider"
+                ) from fault
+        except ProviderOutcomeUnknown as failure:
             self._timed(prepared.provider, started)
+            if not prepared.deduplicates:
+                await self._settle_ambiguous(campaign_id, channel, failure.reason, delivery)
+                self._count(prepared.provider, "ambiguous")
+                self._log.warning("dispatch_ambiguous", reason=failure.reason)
+                return
+            # The provider drops a repeated campaign ID, so asking again settles the outcome.
+            await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
+            return
+        except ProviderRejected as failure:
+            self._timed(prepared.provider, started)
+            if failure.bounce:
+                await self._settle_bounced(campaign_id, channel, event.profile_id, failure)
+            else:
+                await self._settle(campaign_id, channel, DeliveryState.FAILED, failure.reason)
+            self._count(prepared.provider, "rejected")
+            self._log.warning("dispatch_rejected", reason=failure.reason)
+            return
+        except ProviderUnavailable as failure:
+            self._timed(prepared.provider, started)
+            await self._retry_later(campaign_id, channel, prepared.provider, failure, attempts, delivery)
+            return
+        self._timed(prepared.provider, started)
 
         await self._settle(
             campaign_id,
@@ -371,6 +364,59 @@ class DispatchHandler:
         )
         self._count(prepared.provider, "sent")
         self._log.info("dispatch_sent", channel=channel, provider=prepared.provider, attempt=attempts + 1)
+
+    async def _hold(
+        self,
+        campaign_id: str,
+        channel: str,
+        event: DispatchRequested,
+        delivery: Delivery,
+        now: datetime,
+        *,
+        prepared: Prepared | None,
+        malformed: str | None,
+        blocked: Blocked | None,
+    ) -> None:
+        """A message that does not go now: malformed or suppressed (FAILED for good), or in quiet hours (QUEUED and
+        retried when they end, FAILED after the last attempt the durable allows)."""
+        gave_up: str | None = None
+        async with self.db.transaction() as session:
+            attempts = await self._claim(
+                session, campaign_id, channel, event.profile_id, now, prepared=prepared, delivery=delivery
+            )
+            if attempts is None:
+                return
+            if malformed is not None:
+                await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, malformed)
+            elif blocked is not None and blocked.retry_in is None:
+                await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, blocked.reason)
+            elif blocked is not None and delivery.num_delivered >= self.policy.max_attempts:
+                # Held back on the last delivery the durable allows: no later one would come to send it, so the
+                # message is FAILED with why, not left QUEUED saying when it would go.
+                gave_up = f"gave up after {delivery.num_delivered} attempts: {blocked.reason}"
+                await self._record(session, campaign_id, channel, DeliveryState.FAILED, now, gave_up)
+            elif blocked is not None:
+                await store.set_state(session, campaign_id, DeliveryState.QUEUED, now=now, reason=blocked.reason)
+                await store.add_timeline(
+                    session, campaign_id, [TimelineStep(state_step(DeliveryState.QUEUED), now, blocked.reason)]
+                )
+        provider = prepared.provider if prepared is not None else "none"
+        if gave_up is not None:
+            self._count(provider, "gave_up")
+            self._log.error("dispatch_gave_up", attempts=delivery.num_delivered, reason=gave_up)
+            raise PermanentError(f"campaign ID {campaign_id}: {gave_up}")
+        if malformed is not None:
+            self._count(provider, "malformed")
+            self._log.warning("dispatch_malformed", reason=malformed)
+            raise PermanentError(f"campaign ID {campaign_id}: {malformed}")
+        assert blocked is not None
+        if blocked.retry_in is None:
+            self._count(provider, "suppressed")
+            self._log.info("dispatch_suppressed", reason=blocked.reason)
+            return
+        self._count(provider, "quiet_hours")
+        self._log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
+        raise RetryLater(blocked.reason, blocked.retry_in)
 
     def _timed(self, provider: str, started: float) -> None:
         attributes = self._provider_attributes.get(provider)
@@ -414,6 +460,22 @@ class DispatchHandler:
             self._log.warning("dispatch_ambiguous", attempts=attempts)
             return None
         return attempts
+
+    async def _defer_unchecked(
+        self,
+        campaign_id: str,
+        channel: str,
+        event: DispatchRequested,
+        prepared: Prepared,
+        unknown: ConsentUnknown,
+        delivery: Delivery,
+    ) -> None:
+        """Never sent unchecked; but never silent either: the ledger says why it waits, and after the last attempt the
+        message is FAILED (its DeliveryUpdated published) before its request is dead-lettered."""
+        reason = f"suppressions could not be checked ({unknown}); nothing is sent unchecked"
+        await self._defer_before_intent(
+            campaign_id, channel, event.profile_id, prepared, ProviderUnavailable(reason), delivery
+        )
 
     async def _defer_before_intent(
         self,

@@ -175,6 +175,12 @@ class ChannelsSettings(ServiceSettings):
         description='Local-time windows with no sends per channel (JSON object), e.g. {"CHANNEL_SMS": "21:00-09:00"}.',
     )
     quiet_hours_time_zone: str = Field("Asia/Kolkata", description="Time zone of quiet_hours.")
+    recheck_after_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="A message kept at least this long by its provider's throttle or token endpoint has its quiet "
+        "hours and suppressions checked again before it goes.",
+    )
     segments_target: str = Field(
         "",
         description="The segments service (host:port) asked for suppressions at send time; empty skips the check.",

@@ -1,5 +1,6 @@
 """Dispatch on SMS, WhatsApp, push and webhook through real NATS, SQLite / PostgreSQL and the local provider servers."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -323,6 +324,7 @@ class _Suppressions(segments_grpc.SegmentsServiceServicer):
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
         self.addresses: list[str] = []
+        self.opted_out = {"prof_opted_out"}
 
     async def CheckSuppression(
         self, request: segments_service.CheckSuppressionRequest, context: grpc.aio.ServicerContext
@@ -335,7 +337,7 @@ class _Suppressions(segments_grpc.SegmentsServiceServicer):
             )
         if request.profile_id == "prof_no_opt_in" and request.channel == channel_pb2.CHANNEL_WHATSAPP:
             return segments_service.CheckSuppressionResponse(consent_missing="whatsapp_opt_in is not true")
-        if request.profile_id != "prof_opted_out":
+        if request.profile_id not in self.opted_out:
             return segments_service.CheckSuppressionResponse(suppressed=False)
         suppression = segments_resources.Suppression(
             profile_id=request.profile_id,
@@ -623,3 +625,50 @@ async def test_a_profile_id_as_long_as_segments_allows_is_sent(
     await published_state(listener, campaign_id, SENT)  # kept whole in the ledger (PostgreSQL checks the width)
     assert len(provider_sinks.sms.for_campaign(campaign_id)) == 1
     assert (await get_message(channels, campaign_id)).state == SENT
+
+
+async def test_a_stop_while_the_message_waits_for_its_providers_slot_holds_it_back(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    target, suppressions = segments_server
+    provider_sinks.sms.hold()
+    channels = await start_channels(
+        smtp_relay.port,
+        segments_target=target,
+        provider_concurrency={"sms": 1},
+        recheck_after_seconds=0.2,
+        **provider_sinks.channels_settings(),
+    )
+    consumer = next(task for task in channels.process.tasks if task.name == "dispatch-consumer")
+    throttle = consumer.run.__self__.handler.providers.throttles["sms"]  # type: ignore[attr-defined]
+    first, waiting = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", first, profile_id="prof_first"))
+
+    async def first_at_the_provider() -> bool:
+        return provider_sinks.sms.in_flight == 1
+
+    await eventually(first_at_the_provider)
+    await publish(nats_bus, dispatch_on("sms", waiting, profile_id="prof_says_stop"))
+
+    async def second_waits_for_the_slot() -> bool:
+        return throttle.waiting == 1
+
+    await eventually(second_waits_for_the_slot)
+    # Allowed when it was checked; the person says STOP while it waits, longer than recheck_after_seconds.
+    suppressions.opted_out.add("prof_says_stop")
+    await asyncio.sleep(0.3)
+    provider_sinks.sms.release()
+
+    await published_state(listener, first, SENT)
+    failed = await published_state(listener, waiting, FAILED)
+    assert failed.reason == "suppressed at send time: SUPPRESSION_REASON_OPT_OUT"
+    assert provider_sinks.sms.for_campaign(waiting) == []
+    assert states(await get_message(channels, waiting)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    # Asked twice, before and after the wait; the first message, which did not wait, once.
+    assert suppressions.asked.count(("prof_says_stop", channel_pb2.CHANNEL_SMS)) == 2
+    assert suppressions.asked.count(("prof_first", channel_pb2.CHANNEL_SMS)) == 1
