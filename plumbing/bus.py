@@ -26,6 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from plumbing.errors import InvalidArgument
 from plumbing.metrics import meter, tally
 from plumbing.settings import ServiceSettings
 from plumbing.telemetry import CAMPAIGN_ID, parent_from_headers
@@ -730,7 +731,7 @@ class Consumer(Generic[M]):
     - ack only after the handler returns, i.e. after its transaction committed;
     - nak with a growing delay on any other exception: the failure may be transient (database
       locked, a service restarting), and JetStream redelivers;
-    - term + dead-letter on undecodable payloads, PermanentError, or the last allowed attempt,
+    - term + dead-letter on undecodable payloads, PermanentError or InvalidArgument, or the last allowed attempt,
       because redelivering those would only repeat the failure and block the durable.
     """
 
@@ -991,7 +992,9 @@ class Consumer(Generic[M]):
     ) -> str:
         """Dead-letters or naks a message its handler failed on, as the error says; returns the outcome."""
         num_delivered = delivery.num_delivered
-        if isinstance(error, PermanentError):
+        if isinstance(error, PermanentError | InvalidArgument):
+            # InvalidArgument: the event itself is wrong (a time past year 9999, a field too long), and every retry
+            # would find it wrong again.
             span.set_status(Status(StatusCode.ERROR, "permanent failure"))
             return await self._dead_letter(msg, headers, str(error))
         span.record_exception(error)

@@ -7,11 +7,13 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import api
 from opentelemetry import trace
 
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PermanentError, StreamSpec
 from plumbing.ids import new_id
+from plumbing.times import utc_time
 from tests.waiting import eventually
 from xsell.segments.v1.events_pb2 import SegmentPublished
 
@@ -115,6 +117,25 @@ async def test_a_refused_message_is_held_until_its_dead_letter_is_written_and_no
         await eventually(lambda: _count(nats_bus, dead_letters, 2))
     assert attempts == [1]
     assert (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"] == "no such segment"
+
+
+async def test_an_event_its_handler_finds_invalid_is_dead_lettered_at_once_with_the_field(nats_bus: Bus) -> None:
+    """An InvalidArgument (a time past year 9999 read by plumbing.times) says the event is wrong, not the moment:
+    dead-lettered on its first delivery with the field named, not retried max_deliver times first."""
+    spec, _, dead_letters = await _setup(nats_bus)
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
+    attempts: list[int] = []
+
+    async def invalid(event: SegmentPublished, delivery: Delivery) -> None:
+        attempts.append(delivery.num_delivered)
+        utc_time(Timestamp(seconds=253_402_300_800), "occur_time")  # 10000-01-01
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, invalid, TRACER)
+    async with _running(consumer):
+        await eventually(lambda: _count(nats_bus, dead_letters, 1))
+    assert attempts == [1]
+    reason = (await _letters(nats_bus, dead_letters))[-1]["Xsell-Dlq-Reason"]
+    assert reason.startswith("occur_time: occur_time (seconds 253402300800, nanos 0) is not a time")
 
 
 async def test_in_a_batch_the_applied_messages_are_acknowledged_while_a_letter_is_held(nats_bus: Bus) -> None:
