@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -19,7 +20,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.db import transient_failure
-from plumbing.errors import DomainError, Unavailable
+from plumbing.errors import DomainError, InvalidArgument, Unavailable
 from plumbing.metrics import meter
 
 log = structlog.get_logger("plumbing.grpc")
@@ -59,6 +60,50 @@ RESOURCE_EXHAUSTED instead of the refusal that named the field."""
 
 def _bounded(text: str) -> str:
     return text if len(text) <= MAX_ERROR_TEXT else f"{text[: MAX_ERROR_TEXT - 30]}... ({len(text)} characters)"
+
+
+PROTOBUF_MAX_DEPTH = 100
+"""How deep protobuf (upb) nests messages when it parses one; a request nested deeper does not parse at all."""
+
+# upb's reason for a request past that depth, in the words a caller can act on.
+_DECODE_REASONS = {
+    "Exceeded upb_DecodeOptions_MaxDepth": f"its messages nest more than {PROTOBUF_MAX_DEPTH} levels deep"
+}
+
+
+class Undecodable:
+    """What a request deserializer returns in place of bytes protobuf could not parse. grpc.aio answers an exception
+    raised by a deserializer with UNKNOWN, before any interceptor's handler runs (no span, no key check, no log
+    context); this marker lets the call reach ErrorMappingInterceptor, which refuses it with INVALID_ARGUMENT."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, refusal: InvalidArgument) -> None:
+        self.refusal = refusal
+
+
+def catching_decode_errors(deserializer: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    """`deserializer`, answering an Undecodable where protobuf raises DecodeError."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return Undecodable(_undecodable(deserializer, method, error))
+
+    return deserialize
+
+
+def _undecodable(deserializer: Callable[[bytes], Any], method: str, error: DecodeError) -> InvalidArgument:
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = descriptor.full_name if descriptor is not None else f"request of {method}"
+    # upb's text names the type before its reason: "Error parsing message with type 'x.v1.Y': Wire format was corrupt".
+    reason = str(error).rpartition("': ")[2]
+    reason = _DECODE_REASONS.get(reason, reason).rstrip(".") or "protobuf could not parse it"
+    return InvalidArgument(
+        f"the request is not a valid {name}: {reason}; send that message as protobuf serializes it, nested at most"
+        f" {PROTOBUF_MAX_DEPTH} levels deep, with strings in UTF-8"
+    )
 
 
 def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
@@ -125,6 +170,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserializer = handler.request_deserializer
+        if deserializer is not None:
+            deserializer = catching_decode_errors(deserializer, method)
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
@@ -135,6 +183,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 failure: BaseException | None = None
                 with structlog.contextvars.bound_contextvars(rpc=method):
                     try:
+                        if type(request) is Undecodable:
+                            raise request.refusal
                         return await inner_unary(request, context)
                     except grpc.aio.AbortError as error:
                         failure = error
@@ -148,19 +198,28 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                         log.debug("rpc_handled", ms=round(elapsed, 2))
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary_unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
         if handler.unary_stream:
             inner_stream = handler.unary_stream
+            if inspect.iscoroutinefunction(inner_stream):
+                # Handlers that stream with context.write() (the health Watch) keep their own errors.
+                async def written_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+                    if type(request) is Undecodable:
+                        await _abort_for(request.refusal, context, method)
+                    await inner_stream(request, context)
+
+                return grpc.unary_stream_rpc_method_handler(
+                    written_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
+                )
             if not inspect.isasyncgenfunction(inner_stream):
-                # Handlers that stream with context.write() (the health Watch) are left as they are.
                 return handler
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 with structlog.contextvars.bound_contextvars(rpc=method):
                     try:
+                        if type(request) is Undecodable:
+                            raise request.refusal
                         async for item in inner_stream(request, context):
                             yield item
                     except grpc.aio.AbortError:
@@ -169,10 +228,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                         await _abort_for(error, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                unary_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
             )
+        # Client-streaming handlers (reflection's) parse each request as they read it, inside the handler.
         return handler
 
 

@@ -74,6 +74,28 @@ async def test_domain_error_becomes_status_with_field_violation(server) -> None:
         assert bad_request.field_violations[0].field == "campaign_id"
 
 
+async def test_bytes_protobuf_cannot_parse_are_invalid_argument_on_every_kind_of_handler(server) -> None:  # type: ignore[no-untyped-def]
+    grpc_server, _ = server
+    garbage = b"\xff\xff\xff\xff not a message"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await channel.unary_unary(f"/{SERVICE}/LookupCampaignRecord")(garbage)
+        # The health Watch streams with context.write() rather than yielding.
+        with pytest.raises(grpc.aio.AioRpcError) as written_stream:
+            async for _ in channel.unary_stream("/grpc.health.v1.Health/Watch")(garbage):
+                pass
+        for error, message_type in (
+            (unary.value, "xsell.gateway.v1.LookupCampaignRecordRequest"),
+            (written_stream.value, "grpc.health.v1.HealthCheckRequest"),
+        ):
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert error.details().startswith(f"the request is not a valid {message_type}: ")
+            status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_unexpected_error_is_internal_with_a_trace_hint(server) -> None:  # type: ignore[no-untyped-def]
     grpc_server, _ = server
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
