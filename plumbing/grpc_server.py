@@ -2,7 +2,7 @@
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,11 +203,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner_stream = handler.unary_stream
             if inspect.iscoroutinefunction(inner_stream):
-                # Handlers that stream with context.write() (the health Watch) keep their own errors.
-                async def written_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+                # Handlers that stream with context.write() (the health Watch) keep their own errors. Made an async
+                # generator that yields nothing: OpenTelemetry's server interceptor iterates every streaming handler
+                # (`async for`), and a coroutine's Watch answered UNKNOWN whenever tracing was on.
+                async def written_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                     if type(request) is Undecodable:
                         await _abort_for(request.refusal, context, method)
                     await inner_stream(request, context)
+                    return
+                    yield
 
                 return grpc.unary_stream_rpc_method_handler(
                     written_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer

@@ -8,6 +8,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.exc import OperationalError
 
 from plumbing.errors import InvalidArgument
@@ -117,9 +118,12 @@ async def test_a_database_lock_timeout_is_unavailable_so_the_caller_retries(serv
         assert "retry" in raised.value.details()
 
 
-async def test_graceful_shutdown_reports_not_serving_and_finishes_in_flight_calls() -> None:
+@pytest.mark.parametrize("traced", [False, True], ids=["untraced", "traced"])
+async def test_graceful_shutdown_reports_not_serving_and_finishes_in_flight_calls(traced: bool) -> None:
+    # Traced as every service runs: OpenTelemetry's interceptor iterates streaming handlers, and the health Watch
+    # (a coroutine writing with context.write()) answered UNKNOWN under it.
     servicer = SlowOrFailingGateway()
-    server = GrpcServer("127.0.0.1", 0, None)
+    server = GrpcServer("127.0.0.1", 0, TracerProvider() if traced else None)
     server.add(SERVICE, lambda s: service_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, s))
     await server.start()
     await server.mark_serving()
