@@ -250,3 +250,33 @@ def test_a_campaign_id_that_would_add_headers_is_refused() -> None:
             links=LINKS,
             now=NOW,
         )
+
+
+# Template bodies an author (or a broken editor) can write, ~200,000 characters each. No time is asserted: a pattern
+# that reads to the end again from every start stalls these tests for seconds to minutes, which is the signal.
+LONG = 200_000
+
+
+def _long(unit: str) -> str:
+    return unit * (LONG // len(unit))
+
+
+@pytest.mark.parametrize(
+    ("filler", "text"),
+    [
+        # No ">" follows: nothing there is a tag, so it stays in the text.
+        (_long("<"), "Your offer" + _long("<")),
+        (_long("<a"), "Your offer" + _long("<a")),
+        (_long('<a href="'), "Your offer" + _long('<a href="')),
+        (_long("</body"), "Your offer" + _long("</body")),
+        # One ">" at the very end: from the first "<" to it is one tag.
+        (_long("<") + ">", "Your offer"),
+        (_long("<b>&amp;"), "Your offer" + "&" * (LONG // len("<b>&amp;"))),
+    ],
+    ids=lambda value: repr(value[:12]),
+)
+def test_a_pathological_html_body_alone_gives_its_text_without_tags(filler: str, text: str) -> None:
+    message = _compose(html_body=f"<p>Your offer</p>{filler}", text_body="")
+    text_part = message.get_body(("plain",))
+    assert text_part is not None
+    assert text_part.get_content().replace("\r\n", "\n") == text + "\n"
