@@ -261,6 +261,86 @@ def _long(unit: str) -> str:
     return unit * (LONG // len(unit))
 
 
+PATHOLOGICAL_HTML = [
+    _long("<"),
+    _long("<a"),
+    _long("<a "),
+    _long('<a href="'),
+    _long('href="'),
+    _long("href='"),
+    _long("href="),
+    _long("HREF= "),
+    _long("href "),
+    "href=" + _long(" \t\n"),
+    'href="' + _long("x"),
+    "href='" + _long('href="x'),
+    _long("http://"),
+    _long("https://<"),
+    _long("</body"),
+    _long("</body "),
+    "</body" + _long(" \n"),
+    _long(" \t\n"),
+]
+
+
+@pytest.mark.parametrize("filler", PATHOLOGICAL_HTML, ids=lambda filler: repr(filler[:12]))
+def test_pathological_html_after_a_link_is_left_as_it_is_and_the_link_is_still_tracked(filler: str) -> None:
+    body = f'<a href="https://bank.example.in/offer?x=1&amp;y=2">offer</a>\n{filler}'
+    tracked = LINKS.click("https://bank.example.in/offer?x=1&y=2")
+    assert rewrite_html(body, LINKS) == f'<a href="{tracked}">offer</a>\n{filler}'
+
+
+def test_every_one_of_many_bare_web_hrefs_is_tracked() -> None:
+    rewritten = rewrite_html(_long("<a href=https://a.in/ >"), LINKS)
+    assert rewritten.count(f'href="{BASE}/c/') == LONG // len("<a href=https://a.in/ >")
+    assert "a.in" not in rewritten
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [
+        _long("<"),
+        _long("href='"),
+        _long("http:// "),
+        _long("https://<"),
+        _long("xsell:unsubscrib"),
+        "See" + _long(" \t\n"),
+        _long("."),
+    ],
+    ids=lambda filler: repr(filler[:12]),
+)
+def test_pathological_text_after_a_url_is_left_as_it_is_and_the_url_is_still_tracked(filler: str) -> None:
+    body = f"See https://bank.example.in/offer.\n{filler}"
+    assert rewrite_text(body, LINKS) == f"See {LINKS.click('https://bank.example.in/offer')}.\n{filler}"
+
+
+def test_a_text_url_as_long_as_the_body_is_one_tracked_link() -> None:
+    url = _long("http://")
+    [link] = re.findall(r"\S+", rewrite_text(url, LINKS))
+    assert _token(link, "c") == {"c": CAMPAIGN_ID, "k": "c", "u": url}
+
+
+def test_every_one_of_many_unsubscribe_pseudo_links_is_made_real() -> None:
+    count = LONG // len("xsell:unsubscribe")
+    assert rewrite_text(_long("xsell:unsubscribe"), LINKS) == LINKS.unsubscribe() * count
+
+
+@pytest.mark.parametrize(
+    "filler", [_long("</body"), _long("</body "), "</body" + _long(" \n"), _long("<")], ids=lambda f: repr(f[:12])
+)
+def test_without_a_closed_body_end_the_open_pixel_goes_at_the_end_of_a_pathological_body(filler: str) -> None:
+    with_pixel = add_open_pixel(filler, LINKS)
+    assert with_pixel.startswith(filler)
+    assert re.fullmatch(r'<img src="[^"]+" width="1" height="1" alt="">', with_pixel[len(filler) :])
+
+
+def test_the_open_pixel_goes_before_the_last_of_many_body_ends() -> None:
+    body = _long("</body>")
+    with_pixel = add_open_pixel(body, LINKS)
+    assert with_pixel.startswith(body[: -len("</body>")] + "<img ")
+    assert with_pixel.endswith('alt=""></body>')
+
+
 @pytest.mark.parametrize(
     ("filler", "text"),
     [
@@ -280,3 +360,22 @@ def test_a_pathological_html_body_alone_gives_its_text_without_tags(filler: str,
     text_part = message.get_body(("plain",))
     assert text_part is not None
     assert text_part.get_content().replace("\r\n", "\n") == text + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "paragraph"),
+    [
+        (_long("<"), "&lt;" * LONG),
+        (_long("&"), "&amp;" * LONG),
+        (_long("http:// "), _long("http:// ")),
+        (_long("http://"), f'<a href="{LINKS.click(_long("http://"))}">{_long("http://")}</a>'),
+    ],
+    ids=lambda value: repr(value[:12]),
+)
+def test_a_pathological_text_body_alone_gives_its_html_part_with_tracked_links_and_the_pixel(
+    text: str, paragraph: str
+) -> None:
+    html_part = _compose(html_body="", text_body=text).get_body(("html",))
+    assert html_part is not None
+    pixel = add_open_pixel("", LINKS)
+    assert html_part.get_content() == f"<html><body><p>{paragraph}</p>{pixel}</body></html>"
