@@ -577,6 +577,10 @@ Handler = Callable[[M, Delivery], Awaitable[None]]
 BatchHandler = Callable[[Sequence[tuple[M, Delivery]]], Awaitable[Sequence[BaseException | None]]]
 """Handles the decoded messages of one fetch together; answers each in order: None (acknowledged) or the error its
 message is settled on as a handler's own exception would be (nak with backoff, RetryLater, PermanentError)."""
+DeadLetterHook = Callable[[M, Delivery, str], Awaitable[None]]
+"""Told of a decodable message just before its dead letter is written, with the reason: where the handler keeps a
+record of its own (channels' ledger), it says there that the message will not be handled again. Idempotent: it is
+also told of messages its handler refused, which may have recorded that already."""
 
 
 STREAM_WATCH_SECONDS = 30.0
@@ -746,6 +750,7 @@ class Consumer(Generic[M]):
         concurrency: int = 1,
         keep_full: bool = False,
         batch_handler: BatchHandler[M] | None = None,
+        on_dead_letter: DeadLetterHook[M] | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("a consumer takes a handler or a batch_handler, not both")
@@ -758,6 +763,7 @@ class Consumer(Generic[M]):
         # Each fetch to one call under one CONSUMER span (_handle_batch), instead of a call, a task and a span per
         # message: for a handler that applies what arrives together as one transaction anyway (campaigns' triggers).
         self.batch_handler = batch_handler
+        self.on_dead_letter = on_dead_letter
         self.tracer = tracer
         self.concurrency = concurrency
         # Each message to a handler as soon as it arrives, up to `concurrency` in hand, instead of a fetched batch
@@ -973,7 +979,7 @@ class Consumer(Generic[M]):
         """Decodes and handles one message under its span; acks, naks or dead-letters it. Returns the outcome."""
         if delivery.num_delivered > self.spec.max_deliver:
             span.set_status(Status(StatusCode.ERROR, "never settled"))
-            return await self._dead_letter(msg, headers, self._unsettled(delivery))
+            return await self._dead_letter(msg, headers, self._unsettled(delivery), delivery)
         try:
             payload = self.message_type.FromString(msg.data)
         except DecodeError as error:
@@ -996,14 +1002,14 @@ class Consumer(Generic[M]):
             # InvalidArgument: the event itself is wrong (a time past year 9999, a field too long), and every retry
             # would find it wrong again.
             span.set_status(Status(StatusCode.ERROR, "permanent failure"))
-            return await self._dead_letter(msg, headers, str(error))
+            return await self._dead_letter(msg, headers, str(error), delivery)
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         if num_delivered >= self.spec.max_deliver:
             log.error(
                 "message_retries_exhausted", message_id=delivery.message_id, attempts=num_delivered, exc_info=error
             )
-            return await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}")
+            return await self._dead_letter(msg, headers, f"failed {num_delivered} times: {error!r}", delivery)
         if isinstance(error, RetryLater):
             delay = error.delay_seconds
         else:
@@ -1025,7 +1031,8 @@ class Consumer(Generic[M]):
         for msg in msgs:
             headers, delivery = self._delivery(msg)
             if delivery.num_delivered > self.spec.max_deliver:
-                self._handled.add((self.spec.durable, await self._dead_letter(msg, headers, self._unsettled(delivery))))
+                settled = await self._dead_letter(msg, headers, self._unsettled(delivery), delivery)
+                self._handled.add((self.spec.durable, settled))
                 continue
             try:
                 payload = self.message_type.FromString(msg.data)
@@ -1103,13 +1110,19 @@ class Consumer(Generic[M]):
             otel_context.detach(span_token)
             span.end()
 
-    async def _dead_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> str:
+    async def _dead_letter(
+        self, msg: Msg, headers: dict[str, str], reason: str, delivery: Delivery | None = None
+    ) -> str:
         """Copies the message to the dead-letter subject with the reason, then terminates it: "dead_letter".
 
         Where the letter cannot be written (NATS away, the dead-letter stream full), a task of its own holds the
         message and writes the letter again until it is written (_hold_letter), and the handler's slot is free at
         once: "dead_letter_failed". The message is never given back to its handler, which might apply a message it
-        refused; only a stop gives it back, to the next process."""
+        refused; only a stop gives it back, to the next process.
+
+        With a `delivery` (the message could be handed to its handler), on_dead_letter is told first."""
+        if delivery is not None and self.on_dead_letter is not None:
+            await self._tell_dead_letter(msg, delivery, reason, self.on_dead_letter)
         try:
             await self._write_dead_letter(msg, headers, reason)
         except Exception as error:  # noqa: BLE001 - held and written again: never lost
@@ -1129,6 +1142,20 @@ class Consumer(Generic[M]):
         # The message named here: a batch (_handle_batch) binds no message's fields.
         log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason)
         return "dead_letter"
+
+    async def _tell_dead_letter(self, msg: Msg, delivery: Delivery, reason: str, hook: DeadLetterHook[M]) -> None:
+        """on_dead_letter, once per message: a message delivered past the one after the last allowed is one whose
+        hook stopped the process itself (or whose letter was never written), and the letter alone is written."""
+        if delivery.num_delivered > self.spec.max_deliver + 1:
+            return
+        try:
+            payload = self.message_type.FromString(msg.data)
+        except DecodeError:
+            return
+        try:
+            await hook(payload, delivery, reason)
+        except Exception as error:  # the letter is written all the same: it holds the reason
+            log.error("dead_letter_hook_failed", message_id=delivery.message_id, exc_info=error)
 
     async def _hold_letter(self, msg: Msg, headers: dict[str, str], reason: str) -> None:
         """Keeps a message whose dead letter could not be written in hand (the server is told it is in progress, so

@@ -141,9 +141,18 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         # Each request to a handler as it arrives: one waiting behind a fetched batch waited for the batch's
         # slowest hand-over (latency at 1k/s, four pairs on a quiet machine: p50 17.7-19.5 -> 7.9-13.0 ms).
         keep_full=True,
+        on_dead_letter=dispatch.dead_lettered,
     )
     # Hand-overs again (resend.py) go through the same handler, delivered by a durable of channels' own stream.
-    resends = Consumer(bus, streams.CHANNELS_RESEND, DispatchRequested, dispatch, tracer, concurrency=16)
+    resends = Consumer(
+        bus,
+        streams.CHANNELS_RESEND,
+        DispatchRequested,
+        dispatch,
+        tracer,
+        concurrency=16,
+        on_dead_letter=dispatch.dead_lettered,
+    )
     resender = Resender(
         db,
         bus,

@@ -29,6 +29,7 @@ from services.channels.composition import TrackingLinks, compose, message_id
 from services.channels.consent import ConsentUnknown
 from services.channels.delivery import (
     AMBIGUOUS_AFTER_CRASH,
+    AMBIGUOUS_UNSETTLED,
     Accepted,
     DeliveryState,
     DispatchAction,
@@ -42,6 +43,7 @@ from services.channels.delivery import (
     TimelineStep,
     dispatch_action,
     engagement_step,
+    scrub,
     state_step,
     validate_email,
 )
@@ -190,7 +192,7 @@ class DispatchHandler:
             labels=("provider", "outcome"),
             unit="{message}",
             description="Dispatch outcomes by provider and outcome (sent, rejected, ambiguous, retry, gave_up, "
-            "suppressed, quiet_hours, malformed).",
+            "suppressed, quiet_hours, malformed, dead_lettered).",
         )
         self._hand_over = meter.create_histogram(
             "xsell.channels.provider.duration",
@@ -229,6 +231,51 @@ class DispatchHandler:
                     await self._dispatch(campaign_id, event, delivery)
         finally:
             self._in_flight.discard(campaign_id)
+
+    async def dead_lettered(self, event: DispatchRequested, delivery: Delivery, reason: str) -> None:
+        """Told by the consumer just before a request is dead-lettered (plumbing.bus.DeadLetterHook): its message
+        says so, since nothing will handle it again. Not yet a message (refused before its row: a profile ID channels
+        cannot send under): FAILED with the reason. QUEUED (held back, or a delivery that failed
+        before its intent): FAILED. SENDING (a process stopped during the last allowed hand-over, or its outcome
+        could not be written): AMBIGUOUS, listed for an operator and settled by the provider's receipt, as after a
+        crash. Settled states are left as they are: the handler recorded its own refusal first."""
+        campaign_id = event.campaign_id.strip()
+        if len(campaign_id) > MAX_ID_LENGTH or not _CAMPAIGN_ID.fullmatch(campaign_id):
+            # Not a key channels sends under: its events' headers would carry it (a line break writes a header).
+            # The letter alone holds the reason.
+            return
+        if campaign_id in self._in_flight:
+            return  # a copy that kept finding it in hand here (CampaignInFlight): that hand-over settles it
+        channel = convert.channel_name(event.channel)
+        profile_id = event.profile_id if len(event.profile_id) <= MAX_PROFILE_ID_LENGTH else ""
+        why = scrub(reason)
+        now = utcnow()
+        async with self.db.transaction() as session:
+            await store.insert_queued_if_absent(
+                session, campaign_id=campaign_id, channel=channel, profile_id=profile_id, now=now
+            )
+            locked = await store.lock_state(session, campaign_id)
+            assert locked is not None
+            state = locked[0]
+            if state is DeliveryState.QUEUED:
+                await self._record(
+                    session, campaign_id, channel, DeliveryState.FAILED, now, f"request dead-lettered: {why}"
+                )
+            elif state is DeliveryState.SENDING:
+                await self._record(
+                    session,
+                    campaign_id,
+                    channel,
+                    DeliveryState.AMBIGUOUS,
+                    now,
+                    f"{AMBIGUOUS_UNSETTLED}; request dead-lettered: {why}",
+                )
+                request = [(campaign_id, *_request_of(delivery))]
+                await session.run_sync(lambda sync: store.remember_requests(sync, request))
+            else:
+                return
+        self._count("none", "dead_lettered")
+        self._log.warning("dispatch_dead_lettered", state=state.value)
 
     async def _dispatch(self, campaign_id: str, event: DispatchRequested, delivery: Delivery) -> None:
         channel = convert.channel_name(event.channel)

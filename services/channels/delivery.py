@@ -45,6 +45,10 @@ class DispatchAction(Enum):
 # The provider has decided (or may have decided) about these; a redelivered request changes nothing.
 _DECIDED = frozenset({DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.AMBIGUOUS})
 
+AMBIGUOUS_UNSETTLED = (
+    "the last allowed hand-over's answer was never recorded (a process stopped, or the outcome could not be written): "
+    "it may have reached the provider; the provider's receipt or an operator settles it, never resent blind"
+)
 AMBIGUOUS_AFTER_CRASH = (
     "a previous attempt stopped after handing the message to the provider and before recording the answer; "
     "it is reconciled with the provider's receipts, never resent blind"

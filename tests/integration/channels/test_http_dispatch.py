@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -30,7 +30,7 @@ from tests.integration.channels.support import (
     updates,
 )
 from tests.waiting import eventually
-from xsell.channels.v1 import resources_pb2
+from xsell.channels.v1 import resources_pb2, service_pb2
 from xsell.channels.v1.events_pb2 import EngagementRecorded
 from xsell.segments.v1 import resources_pb2 as segments_resources
 from xsell.segments.v1 import service_pb2 as segments_service
@@ -672,3 +672,66 @@ async def test_a_stop_while_the_message_waits_for_its_providers_slot_holds_it_ba
     # Asked twice, before and after the wait; the first message, which did not wait, once.
     assert suppressions.asked.count(("prof_says_stop", channel_pb2.CHANNEL_SMS)) == 2
     assert suppressions.asked.count(("prof_first", channel_pb2.CHANNEL_SMS)) == 1
+
+
+async def test_a_request_refused_before_it_became_a_message_is_failed_with_the_reason(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Dead-lettered before any row (a profile ID channels cannot send under): GetMessage answered NOT_FOUND, as for
+    a mistyped ID, and campaigns heard nothing. The consumer's dead-letter hook makes it FAILED with the reason."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id, profile_id="p" * 129))
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert failed.reason == "request dead-lettered: profile_id is 129 characters; at most 128"
+    message = await get_message(channels, campaign_id)
+    assert states(message) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    assert message.timeline[-1].detail == failed.reason and provider_sinks.sms.received == []
+
+
+async def test_a_message_whose_last_hand_over_never_settled_is_ambiguous_and_listed_for_an_operator(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """A process stopped during the last allowed hand-over: the next delivery is dead-lettered before the handler
+    (plumbing.bus), which alone turned a leftover SENDING into AMBIGUOUS, so the message stayed SENDING for good, not
+    listed and not resolvable. Its dead-letter hook settles it as the handler would have, once; a message held in
+    QUEUED is FAILED with the reason, and a settled one is left as it is."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    handler = next(task for task in channels.process.tasks if task.name == "dispatch-consumer").run.__self__.handler  # type: ignore[attr-defined]
+    unsettled, held, sent = new_campaign_id(), new_campaign_id(), new_campaign_id()
+    await left_sending(channels, unsettled, "CHANNEL_SMS")
+    max_deliver = streams.CHANNELS_DISPATCH.max_deliver
+    over = Delivery("msg-over", streams.DISPATCH_REQUESTED, num_delivered=max_deliver + 1, stream="XSELL_CAMPAIGNS")
+    reason = f"delivered {max_deliver + 1} times ({max_deliver} allowed) without being settled: a process stopped"
+    for _ in range(2):  # told again (its letter held, then written): nothing more
+        await handler.dead_lettered(dispatch_on("sms", unsettled), over, reason)
+
+    ambiguous = await published_state(listener, unsettled, AMBIGUOUS)
+    assert ambiguous.reason.startswith("the last allowed hand-over's answer was never recorded")
+    assert ambiguous.reason.endswith(f"; request dead-lettered: {reason}")
+    assert states(await get_message(channels, unsettled))[-1:] == ["DELIVERY_STATE_AMBIGUOUS"]
+    listed = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest())
+    assert unsettled in [message.campaign_id for message in listed.messages]
+
+    async with channels.db.transaction() as session:
+        await store.insert_queued_if_absent(
+            session, campaign_id=held, channel="CHANNEL_SMS", profile_id="prof_1", now=datetime.now(UTC)
+        )
+    await handler.dead_lettered(dispatch_on("sms", held), over, "failed 8 times: OperationalError('locked')")
+    assert (await published_state(listener, held, FAILED)).reason == (
+        "request dead-lettered: failed 8 times: OperationalError('locked')"
+    )
+
+    await publish(nats_bus, dispatch_on("sms", sent))
+    await published_state(listener, sent, SENT)
+    before = await get_message(channels, sent)
+    await handler.dead_lettered(dispatch_on("sms", sent), over, reason)
+    assert await get_message(channels, sent) == before

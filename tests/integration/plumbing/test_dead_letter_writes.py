@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import api
 from opentelemetry import trace
@@ -176,22 +177,31 @@ async def test_a_large_message_is_dead_lettered_without_its_payload(nats_bus: Bu
     assert not nats_bus.nc.is_closed
 
 
-async def test_a_message_delivered_more_often_than_allowed_is_dead_lettered_before_its_handler(nats_bus: Bus) -> None:
-    """A message whose handling never settled (the process stopped each time) is not handled once more."""
+@pytest.mark.parametrize("deliveries", [2, 3], ids=["first-time-over", "hook-already-told"])
+async def test_a_message_delivered_more_often_than_allowed_is_dead_lettered_before_its_handler(
+    nats_bus: Bus, deliveries: int
+) -> None:
+    """A message whose handling never settled (the process stopped each time) is not handled once more. Its
+    on_dead_letter hook is told (channels marks the message so), once: delivered again past that, the hook itself may
+    be what stopped the process, and the letter alone is written."""
     spec, stream, dead_letters = await _setup(nats_bus, max_deliver=2)
     await nats_bus.ensure_consumer(spec)
     await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="s").SerializeToString())
     taken = await nats_bus.js.pull_subscribe_bind(spec.durable, stream)
-    for _ in range(2):  # delivered twice, never acknowledged: as a process that died while handling it
+    for _ in range(deliveries):  # delivered, never acknowledged: as a process that died while handling it
         (message,) = await taken.fetch(1, timeout=5)
     await taken.unsubscribe()
-    assert message.metadata.num_delivered == 2
+    assert message.metadata.num_delivered == deliveries
     handled: list[str] = []
+    told: list[tuple[str, int, str]] = []
 
     async def handler(event: SegmentPublished, delivery: Delivery) -> None:
         handled.append(event.segment_id)
 
-    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, TRACER)
+    async def dead_lettered(event: SegmentPublished, delivery: Delivery, reason: str) -> None:
+        told.append((event.segment_id, delivery.num_delivered, reason))
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, TRACER, on_dead_letter=dead_lettered)
     task = asyncio.create_task(consumer.run())
     try:
         await eventually(lambda: _count(nats_bus, dead_letters, 1))
@@ -200,7 +210,36 @@ async def test_a_message_delivered_more_often_than_allowed_is_dead_lettered_befo
         await task
     assert handled == []
     (letter,) = await _letters(nats_bus, dead_letters)
-    assert letter["Xsell-Dlq-Reason"].startswith("delivered 3 times (2 allowed) without being settled")
+    reason = letter["Xsell-Dlq-Reason"]
+    assert reason.startswith(f"delivered {deliveries + 1} times (2 allowed) without being settled")
+    assert told == ([("s", 3, reason)] if deliveries == 2 else [])
+
+
+async def test_a_failing_dead_letter_hook_does_not_keep_the_letter_from_being_written(nats_bus: Bus) -> None:
+    """The hook is told of a message its handler refused, and of one that failed its last allowed attempt; one that
+    cannot be decoded is not its business. A hook that fails is logged; the letter, which holds the reason, is
+    written all the same."""
+    spec, _, dead_letters = await _setup(nats_bus, max_deliver=1)
+    for segment in ("refused", "failing"):
+        await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id=segment).SerializeToString())
+    await nats_bus.js.publish(spec.filter_subject, b"\xff not a protobuf")
+    told: list[tuple[str, str]] = []
+
+    async def handler(event: SegmentPublished, delivery: Delivery) -> None:
+        if event.segment_id == "refused":
+            raise PermanentError("no such segment")
+        raise RuntimeError("the database is away")
+
+    async def dead_lettered(event: SegmentPublished, delivery: Delivery, reason: str) -> None:
+        told.append((event.segment_id, reason))
+        raise RuntimeError("the ledger is away too")
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, handler, TRACER, on_dead_letter=dead_lettered)
+    async with _running(consumer):
+        await eventually(lambda: _count(nats_bus, dead_letters, 3))
+    assert told == [("refused", "no such segment"), ("failing", "failed 1 times: RuntimeError('the database is away')")]
+    reasons = [letter["Xsell-Dlq-Reason"] for letter in await _letters(nats_bus, dead_letters)]
+    assert reasons[:2] == [reason for _, reason in told] and reasons[2].startswith("undecodable SegmentPublished")
 
 
 async def test_a_durable_made_with_a_server_side_limit_loses_it_and_keeps_its_place(nats_bus: Bus) -> None:
