@@ -573,7 +573,11 @@ class DispatchHandler:
         attempt = attempts + 1
         at = utcnow()
         if delivery.num_delivered >= self.policy.max_attempts:
-            reason = f"gave up after {attempt} attempts: {failure.reason}"
+            # Counted as the other give-ups count (deliveries of the request); the hand-overs among them, when fewer
+            # (the others held back before any: segments away, quiet hours), are said too.
+            tries = delivery.num_delivered
+            handed = "" if attempt == tries else f" ({attempt} handed over)"
+            reason = f"gave up after {tries} attempts{handed}: {failure.reason}"
             if not await self._settle(campaign_id, channel, DeliveryState.FAILED, reason):
                 return
             self._count(provider, "gave_up")

@@ -735,3 +735,20 @@ async def test_a_message_whose_last_hand_over_never_settled_is_ambiguous_and_lis
     before = await get_message(channels, sent)
     await handler.dead_lettered(dispatch_on("sms", sent), over, reason)
     assert await get_message(channels, sent) == before
+
+
+async def test_a_give_up_counts_the_deliveries_and_says_how_many_were_handed_over(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, listener: Listener
+) -> None:
+    """The last delivery is the first hand-over (the earlier ones were held back before any, segments away): the
+    reason said 'gave up after 1 attempts' after eight, where every other give-up counts the deliveries."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    handler = next(task for task in channels.process.tasks if task.name == "dispatch-consumer").run.__self__.handler  # type: ignore[attr-defined]
+    provider_sinks.sms.fail_next(Fault.UNAVAILABLE)
+    campaign_id = new_campaign_id()
+    max_deliver = streams.CHANNELS_DISPATCH.max_deliver
+    last = Delivery("msg-last", streams.DISPATCH_REQUESTED, num_delivered=max_deliver)
+    with pytest.raises(PermanentError, match="gave up"):
+        await handler(dispatch_on("sms", campaign_id), last)
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert failed.reason.startswith(f"gave up after {max_deliver} attempts (1 handed over): sms HTTP 503")
