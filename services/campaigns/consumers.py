@@ -54,7 +54,8 @@ class OutreachSignals:
         column = DELIVERY_COLUMNS.get(event.state)
         if column is None or not event.campaign_id:
             return
-        await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
+        at = _when(event.occur_time, event.HasField("occur_time"))
+        await self._record(event.campaign_id, column, at, reason=event.reason)
 
     async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
         column = ENGAGEMENT_COLUMNS.get(event.kind)
@@ -67,9 +68,9 @@ class OutreachSignals:
             return
         await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
 
-    async def _record(self, campaign_id: str, column: str, at: datetime) -> None:
+    async def _record(self, campaign_id: str, column: str, at: datetime, *, reason: str = "") -> None:
         async with self.db.transaction() as session:
-            await store.record_signal(session, campaign_id, column, at)
+            await store.record_signal(session, campaign_id, column, at, reason=reason)
             if column in FAILURE_COLUMNS:
                 await self._fallback_due(session, campaign_id)
 

@@ -57,7 +57,7 @@ _SETTLED = (
     ("opted_out_at", Outcome.OPTED_OUT, "unsubscribed"),
     ("complained_at", Outcome.OPTED_OUT, "marked the message as spam"),
     ("bounced_at", Outcome.FAILED, "the message bounced"),
-    ("failed_at", Outcome.FAILED, "the provider refused or lost the message"),
+    ("failed_at", Outcome.FAILED, "the message failed"),
     ("replied_at", Outcome.ENGAGED, "replied"),
     ("clicked_at", Outcome.ENGAGED, "clicked"),
     ("opened_at", Outcome.ENGAGED, "opened"),
@@ -104,7 +104,7 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
         return Decision(outcome=Outcome.NOT_DISPATCHED, reason="released, about to be dispatched", **base)
     for column, outcome, words in _SETTLED:
         if outreach.get(column) is not None:
-            reason = f"{words} at {_when(outreach[column])}{_fallback_of(outreach)}"
+            reason = f"{words} at {_when(outreach[column])}{_why(outreach, column)}{_fallback_of(outreach)}"
             if outcome is Outcome.FAILED:
                 reason += _fallback(outreach)
             return Decision(outcome=outcome, reason=reason, at=outreach[column], **base)
@@ -114,6 +114,12 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
         at=outreach["dispatched_at"],
         **base,
     )
+
+
+def _why(outreach: Mapping[str, Any], column: str) -> str:
+    """Channels' reason for a failure: refused by the provider, suppressed at send time, malformed, given up..."""
+    reason = outreach.get("failure_reason") if column == "failed_at" else None
+    return f" ({reason})" if reason else ""
 
 
 def _fallback_of(outreach: Mapping[str, Any]) -> str:

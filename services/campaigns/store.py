@@ -44,6 +44,8 @@ from services.campaigns.automation import FELL_BACK
 from services.campaigns.campaign_ids import SequenceBlock
 from services.campaigns.resends import RESENT
 
+MAX_FAILURE_REASON = 300
+"""Characters of channels' failure reason an outreach keeps (outreaches.failure_reason)."""
 metadata = MetaData()
 outbox = outbox_table(metadata)
 
@@ -209,6 +211,8 @@ outreaches = Table(
     Column("sent_at", UtcDateTime, nullable=True),
     Column("delivered_at", UtcDateTime, nullable=True),
     Column("failed_at", UtcDateTime, nullable=True),
+    # Channels' reason for the failure, with failed_at (0014): scrubbed of numbers and addresses there.
+    Column("failure_reason", String(MAX_FAILURE_REASON), nullable=True),
     Column("opened_at", UtcDateTime, nullable=True),
     Column("clicked_at", UtcDateTime, nullable=True),
     Column("replied_at", UtcDateTime, nullable=True),
@@ -815,14 +819,18 @@ SIGNAL_COLUMNS = frozenset(
 )
 
 
-async def record_signal(session: AsyncSession, campaign_id: str, column: str, at: datetime) -> None:
-    """Sets `column` on the outreach the first time only (a redelivery changes nothing)."""
+async def record_signal(
+    session: AsyncSession, campaign_id: str, column: str, at: datetime, *, reason: str = ""
+) -> None:
+    """Sets `column` on the outreach the first time only (a redelivery changes nothing); a failure with its
+    reason."""
     if column not in SIGNAL_COLUMNS:
         raise ValueError(f"{column} is not a signal column")
+    values: dict[str, Any] = {column: at}
+    if column == "failed_at" and reason:
+        values["failure_reason"] = reason[:MAX_FAILURE_REASON]
     await session.execute(
-        update(outreaches)
-        .where(outreaches.c.campaign_id == campaign_id, outreaches.c[column].is_(None))
-        .values({column: at})
+        update(outreaches).where(outreaches.c.campaign_id == campaign_id, outreaches.c[column].is_(None)).values(values)
     )
 
 

@@ -5,7 +5,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from plumbing.bus import Bus
 from plumbing.ids import new_id
+from services import streams
 from services.campaigns.audience import held_out
 from tests.integration.campaigns.test_audience_at_release import (
     NO_EMAIL,
@@ -18,7 +20,10 @@ from tests.integration.campaigns.test_audience_at_release import (
     _suppress,
     stack_of,
 )
+from tests.waiting import eventually
 from xsell.campaigns.v1 import service_pb2
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channel_resources
 from xsell.segments.v1 import resources_pb2 as seg
 from xsell.type.v1 import channel_pb2
 
@@ -26,7 +31,7 @@ api = service_pb2
 
 
 async def test_each_person_gets_the_reason_release_and_dispatch_recorded(
-    database_url: str, nats_url: str, tmp_path: Path
+    database_url: str, nats_url: str, tmp_path: Path, nats_bus: Bus
 ) -> None:
     async with stack_of(database_url, nats_url, tmp_path) as stack:
         segment_id = await _segment(stack)
@@ -61,6 +66,22 @@ async def test_each_person_gets_the_reason_release_and_dispatch_recorded(
         (got,) = await explain(key, member)
         assert got.campaign_id == reached[member].campaign_id and got.channel == channel_pb2.CHANNEL_EMAIL
         assert got.outcome in (api.OUTREACH_OUTCOME_DISPATCHED, api.OUTREACH_OUTCOME_NOT_DISPATCHED)
+        # Channels' reason for a failure is told with it: the provider's refusal reads apart from a suppression.
+        failure = channel_events.DeliveryUpdated(
+            event_id=new_id("evt_"),
+            campaign_id=got.campaign_id,
+            state=channel_resources.DELIVERY_STATE_FAILED,
+            reason="suppressed at send time: SUPPRESSION_REASON_OPT_OUT",
+        )
+        await nats_bus.js.publish(streams.DELIVERY_UPDATED, failure.SerializeToString())
+
+        async def failed() -> api.OutreachDecision | None:
+            (decision,) = await explain(key, member)
+            return decision if decision.outcome == api.OUTREACH_OUTCOME_FAILED else None
+
+        told = (await eventually(failed)).reason
+        assert told.startswith("the message failed at ")
+        assert "UTC (suppressed at send time: SUPPRESSION_REASON_OPT_OUT)" in told
         (stranger,) = await explain(key, "someone-else")
         assert stranger.outcome == api.OUTREACH_OUTCOME_NOT_IN_AUDIENCE and segment_id in stranger.reason
 

@@ -100,7 +100,12 @@ def test_a_dispatched_outreach_reports_its_most_telling_channel_fact() -> None:
 def test_a_failed_outreach_says_what_became_of_its_fallback_and_a_fallback_which_it_follows() -> None:
     sent = NOW - timedelta(hours=5)
     failed = _outreach(channel="WHATSAPP", dispatched_at=sent, failed_at=sent)
-    assert _one([failed]).reason == "the provider refused or lost the message at 2025-11-20 07:00 UTC"
+    assert _one([failed]).reason == "the message failed at 2025-11-20 07:00 UTC"
+    # Channels' reason, kept with the failure: a provider's refusal and a suppression at send time read apart.
+    suppressed = _one([{**failed, "failure_reason": "suppressed at send time: SUPPRESSION_REASON_OPT_OUT"}])
+    assert suppressed.reason == (
+        "the message failed at 2025-11-20 07:00 UTC (suppressed at send time: SUPPRESSION_REASON_OPT_OUT)"
+    )
     fell_back = _one([{**failed, "fallback_state": "fell_back"}])
     assert fell_back.outcome is Outcome.FAILED and "it fell back to the next channel" in fell_back.reason
     assert (
