@@ -50,8 +50,8 @@ AMBIGUOUS_UNSETTLED = (
     "it may have reached the provider; the provider's receipt or an operator settles it, never resent blind"
 )
 AMBIGUOUS_AFTER_CRASH = (
-    "a previous attempt stopped after handing the message to the provider and before recording the answer; "
-    "it is reconciled with the provider's receipts, never resent blind"
+    "a previous attempt stopped between writing its intent and recording the provider's answer: the message may have "
+    "reached the provider; the provider's receipt or an operator settles it, never resent blind"
 )
 
 

@@ -54,6 +54,13 @@ def resend_reason(provider: str, window_seconds: float) -> str:
     )
 
 
+def request_gone_reason(provider: str, window_seconds: float) -> str:
+    return (
+        f"no report from {provider} within {window_seconds:g} s of an ambiguous hand-over, and its request is no "
+        "longer in the stream to hand over again: an operator settles it (ResolveAmbiguousMessage)"
+    )
+
+
 class Resender:
     """A polling loop over AMBIGUOUS messages past their provider's window; safe to run in every replica."""
 
@@ -135,6 +142,11 @@ class Resender:
         if stored is None or request is None:
             async with self.db.transaction() as session:
                 await store.forget_request(session, campaign_id)
+                # Said on its timeline too: the message stays AMBIGUOUS, and only an operator settles it now.
+                step = TimelineStep(
+                    state_step(DeliveryState.AMBIGUOUS), self.clock(), request_gone_reason(provider, window)
+                )
+                await store.add_timeline(session, campaign_id, [step])
             self._outcomes.add((provider, "request_gone"))
             log.warning("resend_request_gone", stream=stream, seq=sequence)
             return 0

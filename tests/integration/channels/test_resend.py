@@ -11,7 +11,7 @@ from plumbing.outbox import utcnow
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
-from services.channels.resend import Resender, resend_reason
+from services.channels.resend import Resender, request_gone_reason, resend_reason
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
     dispatch_on,
@@ -212,6 +212,7 @@ async def test_a_request_gone_from_its_stream_is_left_for_an_operator(
     await eventually(forgotten)
     message = await get_message(channels, campaign_id)
     assert message.state == AMBIGUOUS
+    assert message.timeline[-1].detail == request_gone_reason("sms", LONG_WINDOW)
     assert provider_sinks.sms.for_campaign(campaign_id) == []
     listed = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest())
     assert campaign_id in [m.campaign_id for m in listed.messages]
