@@ -80,7 +80,7 @@ def rewrite_html(body: str, links: TrackingLinks) -> str:
     def replace(match: re.Match[str]) -> str:
         quoted = match.group("dq") if match.group("dq") is not None else match.group("sq")
         raw = quoted if quoted is not None else match.group("bare")
-        target = _tracked(html.unescape(raw), links)
+        target = _tracked(_unescape(raw), links)
         if target is None:
             return match.group(0)
         return f'{match.group("prefix")}"{html.escape(target, quote=True)}"'
@@ -128,11 +128,23 @@ def _text_to_html(text: str) -> str:
 _TAG = re.compile(r"<[^>]+>")
 
 
+def _unescape(text: str) -> str:
+    """html.unescape, whose ValueError for a decimal reference of over 4,300 digits (Python's limit on reading an int)
+    would reach the message's reason as Python's own advice to raise the limit."""
+    try:
+        return html.unescape(text)
+    except ValueError:
+        raise ValueError(
+            "email.html_body holds a character reference (&#...;) too long to be a character; write the character "
+            "itself or a reference of at most 7 digits"
+        ) from None
+
+
 def _html_to_text(body: str) -> str:
     # _TAG alone is quadratic: from every "<" that no ">" follows it reads to the end (200,000 "<" held the event loop
     # 37 s). After the last ">" no tag can end, so that tail is kept as it is; before it every read stops at a ">".
     tags_end = body.rfind(">") + 1
-    return html.unescape(_TAG.sub("", body[:tags_end]) + body[tags_end:]).strip()
+    return _unescape(_TAG.sub("", body[:tags_end]) + body[tags_end:]).strip()
 
 
 def message_id(campaign_id: str, domain: str) -> str:

@@ -252,6 +252,28 @@ def test_a_campaign_id_that_would_add_headers_is_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "html_body",
+    [
+        '<p><a href="https://bank.example.in/&#' + "1" * 5000 + ';">offer</a></p>',  # in a link: unescaped to track it
+        "<p>&#" + "1" * 5000 + ";</p>",  # HTML only: unescaped for the text part
+    ],
+    ids=["in-a-link", "in-the-text"],
+)
+def test_a_character_reference_too_long_to_read_is_refused_naming_the_body(html_body: str) -> None:
+    """Python refuses to read an int of over 4,300 digits; its advice to raise the limit was the message's reason."""
+    with pytest.raises(ValueError) as refused:
+        compose(
+            OutgoingEmail("priya@example.in", "Acme Bank", "Hi", html_body, ""),
+            campaign_id=CAMPAIGN_ID,
+            from_address="offers@bank.example.in",
+            message_id_domain="mail.bank.example.in",
+            links=LINKS,
+            now=NOW,
+        )
+    assert str(refused.value).startswith("email.html_body holds a character reference (&#...;) too long")
+
+
 # Template bodies an author (or a broken editor) can write, ~200,000 characters each. No time is asserted: a pattern
 # that reads to the end again from every start stalls these tests for seconds to minutes, which is the signal.
 LONG = 200_000
