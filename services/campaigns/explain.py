@@ -103,6 +103,8 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
             )
         return Decision(outcome=Outcome.NOT_DISPATCHED, reason="released, about to be dispatched", **base)
     for column, outcome, words in _SETTLED:
+        if column == "failed_at" and _delivered_after_failing(outreach):
+            continue  # the provider's later receipt corrected its failure: channels shows DELIVERED too
         if outreach.get(column) is not None:
             reason = f"{words} at {_when(outreach[column])}{_why(outreach, column)}{_fallback_of(outreach)}"
             if outcome is Outcome.FAILED:
@@ -114,6 +116,11 @@ def outreach_decision(outreach: Mapping[str, Any], run: Mapping[str, Any], state
         at=outreach["dispatched_at"],
         **base,
     )
+
+
+def _delivered_after_failing(outreach: Mapping[str, Any]) -> bool:
+    failed, delivered = outreach.get("failed_at"), outreach.get("delivered_at")
+    return failed is not None and delivered is not None and delivered >= failed
 
 
 def _why(outreach: Mapping[str, Any], column: str) -> str:

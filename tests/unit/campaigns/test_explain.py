@@ -106,6 +106,10 @@ def test_a_failed_outreach_says_what_became_of_its_fallback_and_a_fallback_which
     assert suppressed.reason == (
         "the message failed at 2025-11-20 07:00 UTC (suppressed at send time: SUPPRESSION_REASON_OPT_OUT)"
     )
+    # A DELIVERED receipt after the FAILED one corrects it, as channels' GetMessage shows; not the other way round.
+    corrected = _one([{**failed, "delivered_at": sent + timedelta(minutes=3)}])
+    assert corrected.outcome is Outcome.DELIVERED
+    assert _one([{**failed, "delivered_at": sent - timedelta(minutes=3)}]).outcome is Outcome.FAILED
     fell_back = _one([{**failed, "fallback_state": "fell_back"}])
     assert fell_back.outcome is Outcome.FAILED and "it fell back to the next channel" in fell_back.reason
     assert (
