@@ -29,6 +29,7 @@ from plumbing import sqlite_async
 from plumbing.settings import ServiceSettings
 from plumbing.sqlite_checkpoints import WAL_AUTOCHECKPOINT_PAGES, WalCheckpointer
 from plumbing.sqlite_plans import plan_for
+from plumbing.telemetry import StatementSpans
 
 T = TypeVar("T")
 
@@ -81,9 +82,15 @@ class Database:
         self._inline_writer: Connection | None = None
         # For keep_connection (PostgreSQL): the connections kept out of the pool, closed by dispose.
         self._kept: list[KeptConnection] = []
-        # One CLIENT span per statement, under whatever span issued it (the process's tracer provider).
-        # The instrumentation declares SQLAlchemy < 2.1, but the engine events it hooks are unchanged in 2.1.
-        SQLAlchemyInstrumentor().instrument(engine=self.engine.sync_engine, enable_commenter=False, skip_dep_check=True)
+        # One CLIENT span per statement, under whatever span issued it (the process's tracer provider); none for a
+        # statement outside any span (StatementSpans). The instrumentation declares SQLAlchemy < 2.1, but the engine
+        # events it hooks are unchanged in 2.1.
+        SQLAlchemyInstrumentor().instrument(
+            engine=self.engine.sync_engine,
+            enable_commenter=False,
+            skip_dep_check=True,
+            tracer_provider=StatementSpans(),
+        )
 
     @classmethod
     def of_service(cls, settings: ServiceSettings, service: str) -> "Database":
