@@ -79,11 +79,15 @@ class _OutreachIdGenerator(IdGenerator):
         return self._random.generate_trace_id()
 
 
+def outreach_context_span(campaign_id: str) -> SpanContext:
+    """The outreach's root span, as a remote span context."""
+    trace_id, span_id = outreach_ids(campaign_id)
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+
 def outreach_context(campaign_id: str) -> otel_context.Context:
     """A context whose parent is the outreach's root span, for continuing its trace."""
-    trace_id, span_id = outreach_ids(campaign_id)
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    return trace.set_span_in_context(NonRecordingSpan(parent))
+    return trace.set_span_in_context(NonRecordingSpan(outreach_context_span(campaign_id)))
 
 
 TRACEPARENT = "traceparent"
@@ -135,12 +139,15 @@ def outreach_span(
     root: bool = False,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: dict[str, Any] | None = None,
+    follows: str = "",
 ) -> Iterator[trace.Span]:
     """A span in the campaign ID's trace, linked to whatever trace the caller is in.
 
     `root=True` creates the outreach's root span itself (once, where the outreach is created);
-    otherwise the span continues that trace as a child of the root. An empty campaign ID is a bug in the caller:
-    every such span would share the one trace made from "".
+    otherwise the span continues that trace as a child of the root. `follows` names another outreach this one follows
+    (a fallback the failed one, a resend its original): the span links that outreach's root too, so a look-up of
+    either campaign ID finds it. An empty campaign ID is a bug in the caller: every such span would share the one
+    trace made from "".
     """
     if not campaign_id:
         raise ValueError(f"outreach_span {name!r} needs a campaign ID; use a plain span where there is none")
@@ -155,6 +162,8 @@ def outreach_span(
             yield span
         return
     links = [Link(current)] if current.is_valid else []
+    if follows:
+        links.append(Link(outreach_context_span(follows)))
     if root:
         token = _forced_ids.set(outreach_ids(campaign_id))
         try:

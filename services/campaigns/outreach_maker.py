@@ -124,6 +124,7 @@ class OutreachMaker:
                 "campaign.resend_of": resend_of or "",
                 "campaign.fallback_of": fallback_of or "",
             },
+            follows=fallback_of or resend_of or "",
         ) as span:
             try:
                 rendered = compiled.render(

@@ -58,6 +58,19 @@ def test_root_and_later_spans_share_the_campaign_ids_trace() -> None:
     assert later.attributes[CAMPAIGN_ID] == "CSELL-NOV-T06-0884"
 
 
+def test_a_fallbacks_trace_links_the_outreach_it_follows_and_a_look_up_of_either_finds_it(tmp_path: Path) -> None:
+    """The SMS that followed a failed WhatsApp message was in its own trace only: `xsell trace` of the failed one
+    did not show that anything followed."""
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with outreach_span(tracer, "outreach.create", "CSELL-NOV-T00-0010", root=True, follows="CSELL-NOV-T00-0008"):
+        pass
+    (fallback,) = spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0010")
+    assert [span["span_id"] for span in spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0008")] == [fallback["span_id"]]
+    failed_trace, failed_root = outreach_ids("CSELL-NOV-T00-0008")
+    assert fallback["links"] == [{"trace_id": format(failed_trace, "032x"), "span_id": format(failed_root, "016x")}]
+
+
 def test_other_spans_keep_random_ids() -> None:
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("t")
