@@ -196,7 +196,7 @@ def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
     except a session refused for want of AUTH or TLS, and a sender refused by the relay's policy (5.7.x on MAIL:
     "sender address rejected: not owned by user"), which are about our settings, not this message: they wait,
     retried, for the settings to be fixed, as HTTP 401 / 403 do."""
-    reason = f"SMTP {code} on {command}: {redact(text)}".strip()
+    reason = f"SMTP {code} on {command}: {scrub(text)}".strip()
     if code in SESSION_REFUSED:
         return ProviderUnavailable(f"{reason} (the relay wants AUTH or TLS: check XSELL_CHANNELS_SMTP_*)")
     if command == "MAIL" and 500 <= code < 600 and text.lstrip().startswith("5.7."):
@@ -213,8 +213,12 @@ def failure_for_reply(code: int, command: str, text: str) -> SendFailure:
 def redact(text: str, limit: int = 300) -> str:
     """Provider text without addresses (relays echo the recipient back), shortened for storage. Only the first
     READ_PER_LIMIT × limit characters are read: a caller's detail may be megabytes long."""
+    return _without_addresses(text, limit)[:limit]
+
+
+def _without_addresses(text: str, limit: int) -> str:
     bounded = " ".join(text[: limit * READ_PER_LIMIT].split())
-    return replace_addresses(bounded, "[address]")[:limit]
+    return replace_addresses(bounded, "[address]")
 
 
 READ_PER_LIMIT = 8
@@ -238,8 +242,10 @@ def _number_or_kept(found: re.Match[str]) -> str:
 
 
 def scrub(text: str, limit: int = 300) -> str:
-    """Provider text without phone numbers or addresses (error messages and receipts echo the recipient)."""
-    return redact(_DIGIT_RUN.sub(_number_or_kept, text[: limit * READ_PER_LIMIT]), limit)
+    """Provider text without phone numbers or addresses (error messages and receipts echo the recipient). Addresses
+    first, as in the logs: a mailbox named by a number ("9876543210@sms.example.in") goes whole, not as
+    "[number]@sms.example.in"."""
+    return _DIGIT_RUN.sub(_number_or_kept, _without_addresses(text, limit))[:limit]
 
 
 def link_host(url: str) -> str:

@@ -16,7 +16,7 @@ from services.channels.delivery import (
     ProviderRejected,
     ProviderUnavailable,
     failure_for_reply,
-    redact,
+    scrub,
 )
 
 log = structlog.get_logger(__name__)
@@ -141,7 +141,7 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as error:
             await _close(client)
             # A refused greeting, EHLO or AUTH is about this relay or our credentials, not this message.
-            raise ProviderUnavailable(f"SMTP {error.code} on connect: {redact(error.message)}") from error
+            raise ProviderUnavailable(f"SMTP {error.code} on connect: {scrub(error.message)}") from error
         except (aiosmtplib.SMTPException, OSError) as error:
             await _close(client)
             raise ProviderUnavailable(f"SMTP connection to {self.host}:{self.port} failed: {error}") from error
@@ -225,7 +225,7 @@ async def _transaction(client: aiosmtplib.SMTP, payload: bytes, envelope: _Envel
         raise ProviderOutcomeUnknown(
             f"SMTP connection lost during DATA ({type(error).__name__}); the relay may have queued it"
         ) from error
-    return redact(reply.message)
+    return scrub(reply.message)
 
 
 async def _pipelined_transaction(session: "_Pipeline", payload: bytes, envelope: _Envelope) -> str:
@@ -265,7 +265,7 @@ async def _pipelined_transaction(session: "_Pipeline", payload: bytes, envelope:
         ) from error
     if reply.code != 250:
         raise failure_for_reply(reply.code, "DATA", reply.message)
-    return redact(reply.message)
+    return scrub(reply.message)
 
 
 _PERIOD = re.compile(rb"(?m)^\.")

@@ -1,6 +1,7 @@
 """Dispatch against real NATS, SQLite / PostgreSQL and an aiosmtpd relay: exactly one e-mail per campaign ID."""
 
 import re
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.integration.channels.conftest import (
     TRACKING_BASE,
     TRACKING_SECRET,
     Listener,
+    Mailbox,
     SmtpRelay,
     StartChannels,
 )
@@ -174,6 +176,47 @@ async def test_recipient_refused_with_5xx_fails_without_retry_and_without_the_ad
     await publish(nats_bus, dispatch(after))
     await published_state(listener, after, resources_pb2.DELIVERY_STATE_SENT)
     assert len(smtp_relay.mailbox.for_campaign(after)) == 1
+
+
+class _QuotingMailbox(Mailbox):
+    """A relay that quotes the recipient in its replies, as many do, here a mailbox named by a mobile number."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
+        if address.endswith("@refused.example.in"):
+            return f"550 5.1.1 <{address}>: user +91 98765 43210 unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await super().handle_DATA(server, session, envelope)
+        return f"250 2.0.0 Ok: queued for {envelope.rcpt_tos[0]} (mobile 9876543210)"
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-command-at-a-time"])
+async def test_what_the_relay_says_is_kept_without_the_recipients_number(
+    start_channels: StartChannels, nats_bus: Bus, listener: Listener, pipelining: bool
+) -> None:
+    """A refusal is the FAILED reason and the reply to the data the SENT step's detail: both are kept and published, so
+    both lose the number as well as the address, and keep the codes."""
+    relay = SmtpRelay(_QuotingMailbox(pipelining=pipelining), port=0)
+    await relay.start()
+    try:
+        channels = await start_channels(relay.port)
+        refused, accepted = new_campaign_id(), new_campaign_id()
+        await publish(nats_bus, dispatch(refused, to_address="9876543210@refused.example.in"))
+        await publish(nats_bus, dispatch(accepted, to_address="9876543210@sms.example.in"))
+
+        failed = await published_state(listener, refused, resources_pb2.DELIVERY_STATE_FAILED)
+        assert failed.reason == "SMTP 550 on RCPT: 5.1.1 <[address]>: user [number] unknown"
+        message = await get_message(channels, refused)
+        assert [e.detail for e in message.timeline if e.delivery_state == resources_pb2.DELIVERY_STATE_FAILED] == [
+            failed.reason
+        ]
+        await published_state(listener, accepted, resources_pb2.DELIVERY_STATE_SENT)
+        message = await get_message(channels, accepted)
+        assert message.timeline[-1].detail == "2.0.0 Ok: queued for [address] (mobile [number])"
+    finally:
+        await relay.stop()
 
 
 async def test_dispatch_without_email_fails_and_is_dead_lettered(

@@ -109,6 +109,27 @@ def test_a_sender_refused_by_the_relays_policy_is_retried_but_a_refused_recipien
     assert isinstance(failure_for_reply(554, "DATA", "5.7.1 Message rejected as spam"), ProviderRejected)
 
 
+@pytest.mark.parametrize(
+    ("code", "command", "text", "reason"),
+    [
+        # Relays quote the recipient, and a mailbox named by a mobile number quotes the number.
+        (
+            550,
+            "RCPT",
+            "5.1.1 <priya@example.in>: user +91 98765 43210 unknown",
+            "SMTP 550 on RCPT: 5.1.1 <[address]>: user [number] unknown",
+        ),
+        (550, "RCPT", "5.1.1 mailbox 9876543210 unknown", "SMTP 550 on RCPT: 5.1.1 mailbox [number] unknown"),
+        (554, "DATA", "5.7.1 refused: call 98765-43210", "SMTP 554 on DATA: 5.7.1 refused: call [number]"),
+        (451, "MAIL", "4.3.0 try later", "SMTP 451 on MAIL: 4.3.0 try later"),
+    ],
+)
+def test_a_refusals_reason_keeps_its_codes_and_no_number_or_address(
+    code: int, command: str, text: str, reason: str
+) -> None:
+    assert failure_for_reply(code, command, text).reason == reason
+
+
 def test_redact_removes_addresses_and_bounds_length() -> None:
     assert redact("rejected   <x.y+z@mail.example.in>\nnow") == "rejected <[address]> now"
     assert len(redact("a" * 1000)) == 300

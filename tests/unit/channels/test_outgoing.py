@@ -169,6 +169,8 @@ def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
         '+91.98765.43210 / "priya k"@example.in / प्रिया@example.in / priya＠example.in / (+91)98765/43210'
     )
     assert scrub(written_otherwise) == "[number] / [address] / [address] / [address] / ([number]"
+    # Addresses before numbers: a mailbox named by a number goes whole, its domain with it.
+    assert scrub("queued for <9876543210@sms.example.in>") == "queued for <[address]>"
     # What provider texts hold beside them stays: an SMTP status, a relay's address, an error code.
     kept = "SMTP 550 on RCPT: 5.7.1 client [203.0.113.5] blocked; whatsapp error 131026"
     assert scrub(kept) == kept

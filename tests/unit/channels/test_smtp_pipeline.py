@@ -94,6 +94,23 @@ async def test_a_refused_recipient_is_the_outcome_and_nothing_is_sent() -> None:
     assert len(relay.written) == 1  # no data after a refusal
 
 
+async def test_what_the_relay_says_is_kept_without_the_recipients_number_or_address() -> None:
+    """The reply to the data is the SENT step's detail, a refusal the FAILED reason: both are kept and published."""
+    accepted, _ = session(
+        relay_that(
+            envelope=[b"250 Ok\r\n250 Ok\r\n354 Go ahead\r\n"],
+            data=[b"250 2.0.0 Ok: queued for <priya@example.in> (mobile 9876543210)\r\n"],
+        )
+    )
+    reply = await _pipelined_transaction(accepted, MESSAGE, ENVELOPE)
+    assert reply == "2.0.0 Ok: queued for <[address]> (mobile [number])"
+    refusal = b"250 Ok\r\n550 5.1.1 user +91 98765 43210 unknown\r\n503 5.5.1 No recipients\r\n"
+    refused, _ = session(relay_that(envelope=[refusal], data=[]))
+    with pytest.raises(ProviderRejected) as failure:
+        await _pipelined_transaction(refused, MESSAGE, ENVELOPE)
+    assert failure.value.reason == "SMTP 550 on RCPT: 5.1.1 user [number] unknown"
+
+
 async def test_a_relay_that_says_354_after_a_refusal_gets_no_data_and_the_session_is_closed() -> None:
     pipeline, relay = session(relay_that(envelope=[b"451 4.3.0 Try later\r\n250 Ok\r\n354 Go ahead\r\n"], data=[]))
     with pytest.raises(ProviderUnavailable, match=r"SMTP 451 on MAIL"):
