@@ -39,15 +39,28 @@ def replace_addresses(text: str, replacement: str) -> str:
     return _ADDRESS_CANDIDATE.sub(replaced, text)
 
 
+DASHES = r"\-\u2010-\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d"
+"""Every dash, as the inside of a character class: hyphen-minus, Unicode's hyphens and non-breaking hyphen, figure,
+en and em dashes, horizontal bar, minus sign, two- and three-em dashes, and the small and full-width ones."""
+NUMBER_SEPARATORS = rf"\s{DASHES}\u00ad\u200b-\u200d\u2060\ufeff"
+"""What may stand between the digits of one phone or account number, as the inside of a character class: any
+whitespace (a non-breaking, thin or narrow no-break space, a tab, a line break: `\\s` is Unicode's), any dash, and
+the characters that show nothing (soft hyphen, zero-width space and joiners, word joiner, byte order mark). Shared
+with channels' `scrub`."""
+
+_BETWEEN = rf"{NUMBER_SEPARATORS}()\uff08\uff09"
+
 INTERNATIONAL_NUMBER = re.compile(
-    # A "+" then at least 8 digits with at most 3 spaces, dashes or brackets between any two ("+1 (555) 010-9999",
-    # "+44 20 7946 0958"); a time zone ("+05:30") or a signed figure ("+12.345678": no dots) is not one. Possessive, so
-    # a run that ends in a letter is not tried again split another way.
-    r"(?<![\w+])\+(?=(?:[\s()-]{0,3}\d){8})\d(?:[\s()-]{0,3}\d)*+(?![\w])"
+    # A "+" then at least 8 digits with at most 3 separators or brackets between any two ("+1 (555) 010-9999",
+    # "+44 20 7946 0958", "+91\u00a098765\u201343210"; the plus and brackets may be full-width); a time zone ("+05:30")
+    # or a signed figure ("+12.345678": no dots) is not one. Possessive, so a run that ends in a letter is not tried
+    # again split another way.
+    rf"(?<![\w+\uff0b])[+\uff0b](?=(?:[{_BETWEEN}]{{0,3}}\d){{8}})\d(?:[{_BETWEEN}]{{0,3}}\d)*+(?![\w])"
 )
 INDIAN_MOBILE = re.compile(
-    # With or without +91 / 0, and a space or dash after it and in the middle.
-    r"(?<![\w])(?:\+?91[\s-]?|0)?[6-9]\d{4}[\s-]?\d{5}(?![\w])"
+    # With or without +91 / 0, and up to 3 separators after it and in the middle ("98765 - 43210"). Bounded: each
+    # start reads at most 23 characters.
+    rf"(?<![\w])(?:[+\uff0b]?91[{NUMBER_SEPARATORS}]{{0,3}}|0)?[6-9]\d{{4}}[{NUMBER_SEPARATORS}]{{0,3}}\d{{5}}(?![\w])"
 )
 
 # Order matters: e-mail first (its digits must not be half-matched), then international and Indian phone numbers,
@@ -61,17 +74,17 @@ _REDACTIONS: list[Callable[[str], str]] = [
             # PAN: five letters, four digits, one letter.
             re.compile(r"\b[A-Z]{5}[0-9]{4}[A-Z]\b"),
             INDIAN_MOBILE,
-            # Bank account and card numbers: 9 to 19 digits, optionally grouped.
-            re.compile(r"(?<![\w-])\d(?:[\s-]?\d){8,18}(?![\w-])"),
+            # Bank account and card numbers: 9 to 19 digits, optionally grouped; not a part of a dashed identifier.
+            re.compile(rf"(?<![\w{DASHES}])\d(?:[{NUMBER_SEPARATORS}]?\d){{8,18}}(?![\w{DASHES}])"),
         )
     ),
 ]
 
 
 # What every redaction above needs somewhere in the text: an "@", or four digits, consecutive (a PAN's) or split by
-# single spaces or dashes (the start of a phone or account number). Most values of a log line (event names, levels,
+# single separators (the start of a phone or account number). Most values of a log line (event names, levels,
 # channel and provider names, durable names) have neither and are passed after this one search, not the five above.
-_MAY_HOLD_PII = re.compile(r"[@＠﹫]|\d(?:[\s-]?\d){3}")
+_MAY_HOLD_PII = re.compile(rf"[@＠﹫]|\d(?:[{NUMBER_SEPARATORS}]?\d){{3}}")
 
 
 def redact_text(text: str) -> str:

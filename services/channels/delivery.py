@@ -7,7 +7,7 @@ from enum import Enum, StrEnum
 from urllib.parse import urlsplit
 
 from plumbing.bounces import bad_address_status
-from plumbing.logging import replace_addresses
+from plumbing.logging import NUMBER_SEPARATORS, replace_addresses
 
 
 class DeliveryState(StrEnum):
@@ -224,10 +224,12 @@ def _without_addresses(text: str, limit: int) -> str:
 READ_PER_LIMIT = 8
 """How much of a text scrub and redact read, per character they keep: enough for the addresses and numbers they
 replace to shrink it, bounded whatever a caller sends."""
-# A run of digits, spaces, brackets, dots, slashes and dashes, from a digit (or "+") not preceded by one, to a digit;
-# a number when it holds at least 8 digits ("+91 98765 43210", "(+91)98765/43210", "98765.43210"), so an SMTP status
-# ("550 5.1.1") or a version stays. Linear: a run is read from its start only.
-_DIGIT_RUN = re.compile(r"(?<![\d+])\+?\d[\d ()./-]*\d")
+# A run of digits and what may split one number (any whitespace, any dash, the invisible characters: the logs'
+# NUMBER_SEPARATORS) or write it (brackets, dots, slashes, also full-width), from a digit (or "+") not preceded by
+# one, to a digit; a number when it holds at least 8 digits ("+91 98765 43210", "(+91)98765/43210", "98765.43210",
+# "98765\u201343210"), so an SMTP status ("550 5.1.1") or a version stays. Linear: one character class, no nested
+# quantifier, and a run is read from its start only.
+_DIGIT_RUN = re.compile(rf"(?<![\d+\uff0b])[+\uff0b]?\d[\d{NUMBER_SEPARATORS}()./\uff08\uff09\uff0e\uff0f]*\d")
 _NUMBER_DIGITS = 8
 
 

@@ -178,14 +178,43 @@ def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["x" * 1_000_000, "x" * 1_000_000 + "@", "1" + "(" * 1_000_000, "a@" * 500_000],
-    ids=["run", "run-then-at", "digit-then-brackets", "many-ats"],
+    [
+        "+91\u00a098765\u00a043210",  # non-breaking spaces, as a word processor or WhatsApp Web writes them
+        "+91\t98765\t43210",
+        "+91\n98765\r\n43210",
+        "+91\u200998765\u202f43210",  # thin space, narrow no-break space
+        "+91\u2011 98765\u201343210",  # non-breaking hyphen, en dash
+        "98765\u201443210",  # em dash
+        "98765 \u2212 43210",  # minus sign
+        "98765\uff0d43210",  # full-width hyphen-minus
+        "\uff0b91\uff0898765\uff0943210",  # full-width plus and brackets
+        "98765\u200b43210",  # zero-width space
+        "98765\u00ad43210",  # soft hyphen
+    ],
+)
+def test_a_number_split_by_any_space_dash_or_invisible_character_is_scrubbed(text: str) -> None:
+    assert scrub(f"undeliverable to {text} today") == "undeliverable to [number] today"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 1_000_000,
+        "x" * 1_000_000 + "@",
+        "1" + "(" * 1_000_000,
+        "a@" * 500_000,
+        "1" + "\u2014" * 1_000_000,
+        "1\u00a0" * 500_000,
+        "1\u200b" * 500_000 + "x",
+    ],
+    ids=["run", "run-then-at", "digit-then-brackets", "many-ats", "digit-then-dashes", "nbsp-digits", "invisible"],
 )
 def test_a_caller_text_of_any_length_is_scrubbed_in_one_pass_and_cut(text: str) -> None:
     """A RecordEngagement detail of 100,000 characters held channels' event loop for 21 s: only what can be kept is
     read (READ_PER_LIMIT), and the patterns are linear. No time is asserted; a quadratic scrub would stop the suite."""
     assert len(scrub(text)) <= 300
     assert len(scrub(text, limit=1000)) <= 1000
+    assert len(scrub(text, limit=100_000)) <= 100_000
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,10 @@ def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
         "durable segments-engagement@v2",
         "ghcr.io/xsell/channels@sha256:0d4c",
         "react@18.2.0",
+        # With Unicode dashes: an identifier's and a date's digits are still too few for a number.
+        "LA\u20132025\u20130001",
+        "2026\u201311\u201326",
+        "+05\u201330",
     ],
 )
 def test_identifiers_and_timestamps_are_not_mistaken_for_pii(text: str) -> None:
@@ -110,6 +114,9 @@ def test_identifiers_and_timestamps_are_not_mistaken_for_pii(text: str) -> None:
         "x@y",
         "ABCPS1234K and CSELL-NOV-T06-0884",
         "12-34",
+        "98765\u201343210",
+        "9\u200b8\u200b7\u200b6\u200b5\u200b4\u200b3\u200b2\u200b1",
+        "1\u20132\u20133\u20134",
         "no digits at all",
         "",
     ],
@@ -132,8 +139,23 @@ def test_the_quick_check_passes_unchanged_only_what_no_pattern_would_change(text
         "+1" + "2" * 200_000 + "a",  # not tried again split every other way
         "+" + " " * 200_000 + "1",
         "1." * 100_000,
+        "+" + "\u2014" * 200_000 + "1",
+        "+1" + "\u2013" * 200_000 + "2",
+        "9\u00a0" * 100_000,
+        "98765\u2014" * 40_000,
     ],
-    ids=["run-then-at", "many-ats", "quotes", "plus-digits-letter", "plus-spaces", "dotted-digits"],
+    ids=[
+        "run-then-at",
+        "many-ats",
+        "quotes",
+        "plus-digits-letter",
+        "plus-spaces",
+        "dotted-digits",
+        "plus-dashes",
+        "plus-digit-dashes",
+        "nbsp-digits",
+        "dashed-groups",
+    ],
 )
 def test_redaction_reads_a_hostile_text_in_one_pass(text: str) -> None:
     """Every pattern is linear in the text's length: a log line may carry whatever a caller sent (a quadratic one took
@@ -145,7 +167,25 @@ def test_redaction_reads_a_hostile_text_in_one_pass(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ['"priya k"@example.in', "priya＠example.in", "priya@exämple.in", "(+91) 98765 43210", "write to a@b.co.in."],
+    [
+        '"priya k"@example.in',
+        "priya＠example.in",
+        "priya@exämple.in",
+        "(+91) 98765 43210",
+        "write to a@b.co.in.",
+        # Split by what a word processor, WhatsApp Web or a copy from a PDF puts between the groups.
+        "+91\u00a098765\u00a043210",
+        "+91\u200998765\u202f43210",
+        "+91\n98765\n43210",
+        "98765\u201343210",
+        "98765 \u2014 43210",
+        "+91\u201198765\u201143210",
+        "98765\u200b43210",
+        "9876\u00ad543210",
+        "\uff0b91\uff0898765\uff0943210",
+        "+1\u00a0(555)\u00a0010\u20139999",
+        "0012\u20133456\u20137890",
+    ],
 )
 def test_addresses_and_numbers_written_other_ways_are_redacted(text: str) -> None:
     assert text.strip("(") not in redact_text(text)
