@@ -4,6 +4,10 @@ address)."""
 
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
 
+MAX_ADDRESS = 4096
+"""The longest address segments' CheckSuppression compares, and so the longest channels sends (nothing is sent
+unchecked): an e-mail is at most 254 characters, an FCM token a few hundred."""
+
 
 def address_of(request: DispatchRequested) -> str:
     """The e-mail, phone number or push token the message goes to; "" for a webhook call."""

@@ -5,6 +5,7 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.grpc_client import client_channel
+from services.channels.delivery import scrub
 from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
 
@@ -33,6 +34,12 @@ class SegmentsSuppressions:
                 timeout=self.timeout_seconds,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                # Segments answered, and refuses the question itself (an address longer than it compares): asking
+                # again gets the same answer. Not sent unchecked, and not retried: held for good with why, as a
+                # suppression is (the validators refuse what segments is known to refuse before it is asked).
+                refusal = scrub(error.details() or "")
+                return f"suppressions could not be checked: segments refused the request ({refusal}); nothing is sent"
             raise ConsentUnknown(f"segments CheckSuppression failed with {error.code().name}") from error
         if response.suppressed:
             reasons = sorted({resources_pb2.SuppressionReason.Name(s.reason) for s in response.suppressions})

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from plumbing.bounces import bad_address_status
 from plumbing.logging import NUMBER_SEPARATORS, replace_addresses
+from services.addresses import MAX_ADDRESS
 
 
 class DeliveryState(StrEnum):
@@ -106,6 +107,18 @@ class MalformedDispatch(Exception):
         self.reason = reason
 
 
+def within_address_limit(address: str, field: str) -> str:
+    """The address as given, or MalformedDispatch naming `field` when segments would refuse to check suppressions for
+    it (services.addresses.MAX_ADDRESS): asking again could not help, and nothing is sent unchecked. Measured as
+    given, spaces and all, since that is what segments is asked about."""
+    if len(address) > MAX_ADDRESS:
+        raise MalformedDispatch(
+            f"{field} is {len(address)} characters; at most {MAX_ADDRESS}, the longest address segments checks "
+            "suppressions for"
+        )
+    return address
+
+
 @dataclass(frozen=True)
 class OutgoingEmail:
     """A rendered e-mail, as campaigns handed it over."""
@@ -123,7 +136,7 @@ def validate_email(channel: str, email: OutgoingEmail | None) -> OutgoingEmail:
         raise MalformedDispatch(f"channel is {channel} but the request was read as an e-mail; only CHANNEL_EMAIL is")
     if email is None:
         raise MalformedDispatch("channel is CHANNEL_EMAIL but the request carries no email message")
-    address = email.to_address.strip()
+    address = within_address_limit(email.to_address, "email.to_address").strip()
     if not address:
         raise MalformedDispatch("email.to_address is empty")
     if (

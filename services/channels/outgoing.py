@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from services.channels.delivery import MalformedDispatch
+from services.channels.delivery import MalformedDispatch, within_address_limit
 
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -55,7 +55,7 @@ SMS_BODY_LIMIT = 2000  # the gateway refuses longer bodies
 
 
 def _number(value: str, field: str) -> str:
-    number = value.strip()
+    number = within_address_limit(value, field).strip()
     if not number:
         raise MalformedDispatch(f"{field} is empty")
     if not _E164.fullmatch(number):
@@ -92,7 +92,7 @@ def validate_whatsapp(message: OutgoingWhatsApp | None) -> OutgoingWhatsApp:
 def validate_push(push: OutgoingPush | None) -> OutgoingPush:
     if push is None:
         raise MalformedDispatch("channel is CHANNEL_PUSH but the request carries no push message")
-    if not push.device_token.strip():
+    if not within_address_limit(push.device_token, "push.device_token").strip():
         raise MalformedDispatch("push.device_token is empty")
     if not push.title.strip() and not push.body.strip():
         raise MalformedDispatch("push has neither title nor body")

@@ -12,6 +12,7 @@ from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
 from plumbing.page_tokens import decode_token, encode_token, page_size
 from plumbing.times import time_field
+from services.addresses import MAX_ADDRESS
 from services.segments import store, suppressions
 from services.segments.api_support import (
     check_batch,
@@ -25,8 +26,6 @@ from xsell.type.v1 import channel_pb2
 log = structlog.get_logger(__name__)
 
 LIST_PAGE_DEFAULT, LIST_PAGE_MAX = 100, 1000
-MAX_ADDRESS = 4096
-"""The longest address CheckSuppression compares: an e-mail is at most 254 characters, an FCM token a few hundred."""
 
 
 def suppression_proto(row: store.SuppressionRow) -> resources_pb2.Suppression:

@@ -331,6 +331,8 @@ class _Suppressions(segments_grpc.SegmentsServiceServicer):
     ) -> segments_service.CheckSuppressionResponse:
         self.asked.append((request.profile_id, request.channel))
         self.addresses.append(request.address)
+        if request.profile_id == "prof_refused":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "address must be at most 4096 characters")
         if request.profile_id == "prof_moved" and request.address != "+919800000777":
             return segments_service.CheckSuppressionResponse(
                 address_replaced="the person's phone has been replaced since the message was made"
@@ -447,6 +449,41 @@ async def test_a_whatsapp_message_to_someone_without_an_opt_in_at_send_time_is_n
     assert failed.reason == "no consent at send time: whatsapp_opt_in is not true"
     await published_state(listener, consented, SENT)
     assert provider_sinks.whatsapp.for_campaign(withdrawn) == []
+
+
+async def test_an_address_longer_than_segments_checks_fails_at_once_naming_the_field(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    segments_server: tuple[str, _Suppressions],
+) -> None:
+    """Segments refuses to check an address over 4096 characters (INVALID_ARGUMENT), which channels read as segments
+    being away: a push to a 5,000-character token was asked about eight times, then FAILED "suppressions could not be
+    checked (... INVALID_ARGUMENT)". Refused before segments is asked; and should segments refuse a question anyway,
+    that is its answer, not an outage."""
+    target, suppressions = segments_server
+    channels = await start_channels(smtp_relay.port, segments_target=target, **provider_sinks.channels_settings())
+    too_long, refused = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("push", too_long, device_token="t" * 5000))
+    await publish(nats_bus, dispatch_on("push", refused, profile_id="prof_refused"))
+
+    failed = await published_state(listener, too_long, FAILED)
+    assert failed.reason == (
+        "push.device_token is 5000 characters; at most 4096, the longest address segments checks suppressions for"
+    )
+    assert states(await get_message(channels, too_long)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    assert all(len(address) <= 4096 for address in suppressions.addresses)
+
+    failed = await published_state(listener, refused, FAILED)
+    assert failed.reason == (
+        "suppressions could not be checked: segments refused the request (address must be at most 4096 characters); "
+        "nothing is sent"
+    )
+    assert states(await get_message(channels, refused)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    assert suppressions.asked.count(("prof_refused", channel_pb2.CHANNEL_PUSH)) == 1
+    assert provider_sinks.push.received == []
 
 
 async def test_while_segments_cannot_be_asked_nothing_is_sent_and_it_goes_once_segments_answers(

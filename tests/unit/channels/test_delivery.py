@@ -58,6 +58,8 @@ def test_valid_email_is_returned_trimmed() -> None:
         ("CHANNEL_EMAIL", _email(to_address="Priya <priya@example.in>"), "one plain ASCII address"),
         ("CHANNEL_EMAIL", _email(to_address="a@b@c.in"), "one plain ASCII address"),
         ("CHANNEL_EMAIL", _email(html_body="", text_body=" "), "neither html_body nor text_body"),
+        # Longer than segments checks suppressions for: refused, not asked about until the last attempt.
+        ("CHANNEL_EMAIL", _email(to_address="p" * 5000 + "@example.in"), "email.to_address is 5011 characters"),
         ("CHANNEL_SMS", _email(), "read as an e-mail"),
     ],
 )

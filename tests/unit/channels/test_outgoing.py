@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from services.addresses import MAX_ADDRESS
 from services.channels.delivery import (
     DeliveryState,
     DispatchAction,
@@ -53,6 +54,20 @@ def test_a_valid_sms_is_returned_trimmed() -> None:
 def test_malformed_sms_says_what_is_wrong(sms: OutgoingSms | None, says: str) -> None:
     with pytest.raises(MalformedDispatch, match=says):
         validate_sms(sms)
+
+
+def test_an_address_longer_than_segments_checks_is_refused_naming_its_field() -> None:
+    """Segments' CheckSuppression refuses addresses over MAX_ADDRESS, and nothing is sent unchecked: refused here, with
+    the field named, rather than asked about until the last attempt."""
+    assert validate_push(OutgoingPush("t" * MAX_ADDRESS, "t", "b", "")).device_token == "t" * MAX_ADDRESS
+    with pytest.raises(MalformedDispatch, match=rf"push\.device_token is 5000 characters; at most {MAX_ADDRESS}"):
+        validate_push(OutgoingPush("t" * 5000, "t", "b", ""))
+    # Measured as segments would be asked: the padding counts.
+    padded = " " * MAX_ADDRESS + "+919876543210"
+    with pytest.raises(MalformedDispatch, match=r"sms\.to_number is 4109 characters"):
+        validate_sms(OutgoingSms(padded, "ACMEBK", "1107", "x"))
+    with pytest.raises(MalformedDispatch, match=r"whatsapp\.to_number is 4109 characters"):
+        validate_whatsapp(OutgoingWhatsApp(padded, "t", "en", ()))
 
 
 def test_whatsapp_and_push_need_their_essentials() -> None:
