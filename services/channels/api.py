@@ -152,7 +152,13 @@ def _never_handed_over(record: MessageRecord) -> FailedPrecondition | None:
 
 
 def _no_message(campaign_id: str) -> NotFound:
-    return NotFound(f"campaign ID {campaign_id} has no message; check the ID on the link", field="campaign_id")
+    """A campaign ID with no row. Not "the ID is wrong": a request channels has not taken yet (waiting in its stream
+    behind a backlog) or is holding for its provider's rate has no row until its intent is written."""
+    return NotFound(
+        f"channels has no record of campaign ID {campaign_id} yet: its request may still be waiting in the stream or "
+        "for the provider's rate, or the ID may be wrong",
+        field="campaign_id",
+    )
 
 
 class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):

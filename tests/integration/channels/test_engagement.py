@@ -78,7 +78,7 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=unknown))
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
-    assert f"campaign ID {unknown} has no message" in (raised.value.details() or "")
+    assert f"channels has no record of campaign ID {unknown} yet" in (raised.value.details() or "")
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await channels.stub.RecordEngagement(
@@ -87,7 +87,7 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
             )
         )
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
-    assert "check the ID on the link" in (raised.value.details() or "")
+    assert "or the ID may be wrong" in (raised.value.details() or "")
     # Without a request_id the request itself is wrong, whatever it names: INVALID_ARGUMENT before any look-up.
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await channels.stub.RecordEngagement(

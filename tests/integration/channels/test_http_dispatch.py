@@ -664,6 +664,48 @@ async def test_a_profile_id_as_long_as_segments_allows_is_sent(
     assert (await get_message(channels, campaign_id)).state == SENT
 
 
+async def test_a_message_waiting_for_its_providers_slot_is_not_found_with_why_not_as_a_wrong_id(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Its intent, the first row, is written once its turn comes: until then GetMessage answered "has no message; check
+    the ID on the link", which sent the caller to check an ID that was right."""
+    provider_sinks.sms.hold()
+    channels = await start_channels(
+        smtp_relay.port, provider_concurrency={"sms": 1}, **provider_sinks.channels_settings()
+    )
+    consumer = next(task for task in channels.process.tasks if task.name == "dispatch-consumer")
+    throttle = consumer.run.__self__.handler.providers.throttles["sms"]  # type: ignore[attr-defined]
+    first, waiting = new_campaign_id(), new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", first))
+
+    async def first_at_the_provider() -> bool:
+        return provider_sinks.sms.in_flight == 1
+
+    await eventually(first_at_the_provider)
+    await publish(nats_bus, dispatch_on("sms", waiting))
+
+    async def second_waits_for_the_slot() -> bool:
+        return throttle.waiting == 1
+
+    try:
+        await eventually(second_waits_for_the_slot)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await get_message(channels, waiting)
+    finally:
+        provider_sinks.sms.release()
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    assert (
+        f"channels has no record of campaign ID {waiting} yet: its request may still be waiting in the stream or for "
+        "the provider's rate, or the ID may be wrong"
+    ) in (raised.value.details() or "")
+    await published_state(listener, waiting, SENT)
+    assert (await get_message(channels, waiting)).state == SENT
+
+
 async def test_a_stop_while_the_message_waits_for_its_providers_slot_holds_it_back(
     start_channels: StartChannels,
     smtp_relay: SmtpRelay,

@@ -196,7 +196,7 @@ async def test_a_report_channels_cannot_record_now_is_deferred_and_one_about_an_
     assert code == 451  # the reporting server keeps the report and tries again
 
     async def unknown(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        await context.abort(grpc.StatusCode.NOT_FOUND, "campaign ID has no message")
+        await context.abort(grpc.StatusCode.NOT_FOUND, "channels has no record of campaign ID X yet")
         raise AssertionError  # abort raises
 
     downstream.services.responders[ENGAGEMENT] = unknown
