@@ -131,10 +131,12 @@ _HANDED_OVER = frozenset({DeliveryState.SENDING, DeliveryState.AMBIGUOUS, Delive
 """The steps only a message given to a provider has in its timeline (an intent, or what came of one)."""
 
 
-def _never_handed_over(record: MessageRecord) -> FailedPrecondition | None:
-    """The refusal of a receipt about a message no provider was given: refused or suppressed before its hand-over
-    (FAILED), or waiting for its first (QUEUED). A receipt there could only be forged or mistaken, and applied it would
-    mark delivered what never went, and make the waiting one's send a skip."""
+def _never_handed_over(record: MessageRecord, refused: str) -> FailedPrecondition | None:
+    """The refusal of a receipt or an engagement about a message no provider was given: refused or suppressed before
+    its hand-over (FAILED), or waiting for its first (QUEUED). Either could only be forged or mistaken: a receipt
+    applied would mark delivered what never went, and make the waiting one's send a skip; an engagement would be
+    published (EngagementRecorded) to segments, campaigns and attribution as something the person did with a message
+    they never got. `refused` says which of them cannot be recorded."""
     # Any step past QUEUED is the sign of a hand-over, whatever came after it: a crash marked AMBIGUOUS counts no
     # attempt, resend.py takes such a message back to QUEUED, and an operator may have settled it FAILED by hand, while
     # the provider's report of that first hand-over is still on its way.
@@ -145,8 +147,7 @@ def _never_handed_over(record: MessageRecord) -> FailedPrecondition | None:
     ):
         return None
     return FailedPrecondition(
-        f"campaign ID {record.campaign_id} was never handed to a provider (it is {record.state.value}); no receipt "
-        "can settle it",
+        f"campaign ID {record.campaign_id} was never handed to a provider (it is {record.state.value}); {refused}",
         field="campaign_id",
     )
 
@@ -292,6 +293,10 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 answers.append(found)
                 continue
             record = found
+            refused = _never_handed_over(record, "no engagement can be recorded on it: nobody received it")
+            if refused is not None:
+                answers.append(refused)
+                continue
             step, event = context.copy().run(self._engagement_recorded, record, item)
             steps.append((record.campaign_id, step))
             events.append(event)
@@ -396,7 +401,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 answers.append(found if isinstance(found, DomainError) else (found, False))
                 continue
             record = found
-            if (refused := _never_handed_over(record)) is not None:
+            if (refused := _never_handed_over(record, "no receipt can settle it")) is not None:
                 answers.append(refused)
                 continue
             outcome = receipt_outcome(record.state, item.receipt)

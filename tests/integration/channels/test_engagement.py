@@ -116,6 +116,49 @@ async def test_unknown_campaign_id_is_not_found_and_an_unset_kind_is_invalid(
     assert listener.on(streams.ENGAGEMENT_RECORDED, campaign_id) == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (resources_pb2.ENGAGEMENT_KIND_OPENED, {}),
+        (resources_pb2.ENGAGEMENT_KIND_CLICKED, {"url": "https://bank.example.in/apply"}),
+        (resources_pb2.ENGAGEMENT_KIND_REPLIED, {"reply_text": "yes call me"}),
+        (resources_pb2.ENGAGEMENT_KIND_BOUNCED, {"detail": "5.1.1 permanent"}),
+        (resources_pb2.ENGAGEMENT_KIND_COMPLAINED, {"detail": "abuse"}),
+        (resources_pb2.ENGAGEMENT_KIND_UNSUBSCRIBED, {}),
+    ],
+    ids=["opened", "clicked", "replied", "bounced", "complained", "unsubscribed"],
+)
+async def test_engagement_on_a_message_no_provider_was_given_is_refused_and_published_to_no_one(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    nats_bus: Bus,
+    listener: Listener,
+    kind: int,
+    fields: dict[str, str],
+) -> None:
+    """An e-mail refused before its hand-over (no address) reached nobody: an open, a click or a bounce of it could only
+    be forged or mistaken, and was recorded and published to segments, campaigns and attribution as the person's."""
+    channels, sent = await _sent_message(start_channels, smtp_relay, nats_bus, listener)
+    never_sent = new_campaign_id()
+    await publish(nats_bus, dispatch(never_sent, to_address=""))
+    await published_state(listener, never_sent, resources_pb2.DELIVERY_STATE_FAILED)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(request_id=new_id("eng_"), campaign_id=never_sent, kind=kind, **fields)
+        )
+    assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"campaign ID {never_sent} was never handed to a provider (it is FAILED)" in (raised.value.details() or "")
+    got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=never_sent))).message
+    assert not any(e.WhichOneof("step") == "engagement_kind" for e in got.timeline)
+    # The same engagement on a message handed over is recorded; its event is published after any of the other's.
+    await channels.stub.RecordEngagement(
+        service_pb2.RecordEngagementRequest(request_id=new_id("eng_"), campaign_id=sent, kind=kind, **fields)
+    )
+    await listener.eventually_on(streams.ENGAGEMENT_RECORDED, sent)
+    assert listener.on(streams.ENGAGEMENT_RECORDED, never_sent) == []
+
+
 async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_from_the_return_path(
     start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus, listener: Listener
 ) -> None:

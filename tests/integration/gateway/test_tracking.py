@@ -1,6 +1,7 @@
 """The HTTP edge: signed click, open and unsubscribe links record engagement on channels, and /healthz."""
 
 import aiohttp
+import grpc
 import pytest
 
 from plumbing.signing import CLICK, OPEN, UNSUBSCRIBE, link_token, sign
@@ -75,6 +76,34 @@ async def test_a_click_still_redirects_when_channels_is_down(
     async with http.get(f"{gateway.http}/c/{token}", allow_redirects=False) as response:
         assert response.status == 302
         assert response.headers["Location"] == LANDING
+
+
+async def test_a_click_and_an_open_channels_refuses_still_redirect_and_show_the_pixel(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """Channels refuses engagement on a message no provider was given (FAILED_PRECONDITION) or does not know
+    (NOT_FOUND): the person is still sent where they clicked, and shown the pixel."""
+    answers = iter(
+        [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND]
+    )
+
+    async def refusing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(next(answers), "campaign ID was never handed to a provider")
+        raise AssertionError  # abort raises
+
+    downstream.services.responders[RECORD_ENGAGEMENT] = refusing
+    gateway = await start_gateway()
+    async with http.get(f"{gateway.http}/c/{link_token(OUTREACH, CLICK, SECRET, LANDING)}", allow_redirects=False) as r:
+        assert (r.status, r.headers["Location"]) == (302, LANDING)
+    for _ in range(2):
+        async with http.get(f"{gateway.http}/o/{link_token(OUTREACH, OPEN, SECRET)}.gif") as response:
+            assert (response.status, response.content_type) == (200, "image/gif")
+            assert (await response.read()).startswith(b"GIF89a")
+    assert [e.kind for e in engagements(downstream)] == [
+        channels_resources.ENGAGEMENT_KIND_CLICKED,
+        channels_resources.ENGAGEMENT_KIND_OPENED,
+        channels_resources.ENGAGEMENT_KIND_OPENED,
+    ]
 
 
 async def test_the_open_pixel_is_a_fresh_transparent_gif_and_records_an_open(

@@ -18,6 +18,7 @@ from plumbing.bounces import WHATSAPP_MARKETING_SETTING
 from plumbing.errors import Aborted
 from plumbing.idempotency import Idempotency, request_fingerprint
 from tests.integration.gateway.conftest import (
+    ENGAGEMENT,
     RECEIPT,
     Downstream,
     GatewayFactory,
@@ -131,6 +132,25 @@ async def test_failed_and_read_statuses_become_a_failure_receipt_and_an_open(
     assert receipt.reason == "whatsapp 131000 Something went wrong"
     (opened,) = engagements(downstream)
     assert (opened.campaign_id, opened.kind) == (OUTREACH, channels_resources.ENGAGEMENT_KIND_OPENED)
+
+
+async def test_an_open_channels_refuses_as_never_handed_over_is_acknowledged_not_asked_again(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """Channels answers FAILED_PRECONDITION for engagement on a message no provider was given: no retry can change
+    that, so the post is answered 200 (a 503 would have Meta post it again for days)."""
+
+    async def refusing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "campaign ID was never handed to a provider")
+        raise AssertionError  # abort raises
+
+    downstream.services.responders[ENGAGEMENT] = refusing
+    gateway = await _gateway(start_gateway)
+    body = _status("read")
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert (response.status, await response.text()) == (200, "ok\n")
+    (opened,) = engagements(downstream)
+    assert opened.kind == channels_resources.ENGAGEMENT_KIND_OPENED
 
 
 @pytest.mark.parametrize(
