@@ -365,6 +365,14 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             raise InvalidArgument(
                 "state must be DELIVERY_STATE_SENT, DELIVERY_STATE_DELIVERED or DELIVERY_STATE_FAILED", field="state"
             )
+        if receipt is DeliveryState.FAILED and not scrub(request.reason).strip():
+            # What is kept of it (scrubbed) is the FAILED message's reason, its timeline step and its DeliveryUpdated:
+            # a failure nobody can read, as ResolveAmbiguousMessage's is required too.
+            raise InvalidArgument(
+                "reason is required with DELIVERY_STATE_FAILED: the provider's status or error code, e.g. "
+                "'exotel failed-dnd FAILED_DND' or 'whatsapp 131049'",
+                field="reason",
+            )
         require_request_id(request)
         if len(request.provider_message_id) > MAX_PROVIDER_MESSAGE_ID:
             raise InvalidArgument(

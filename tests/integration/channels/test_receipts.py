@@ -144,6 +144,38 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
     assert "failed-dnd" in failed.reason
 
 
+async def test_a_failure_receipt_without_a_reason_is_refused_naming_the_field(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+) -> None:
+    """Applied, it left the message FAILED with no reason: the timeline's step said only "receipt", and DeliveryUpdated
+    carried reason "" to campaigns and attribution. ResolveAmbiguousMessage already requires one."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("sms", campaign_id))
+    await published_state(listener, campaign_id, SENT)
+
+    for empty in ("", "  \t\n", "\u00a0\u2009"):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await _receipt(channels, campaign_id, resources_pb2.DELIVERY_STATE_FAILED, reason=empty)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (raised.value.details() or "").startswith("reason: reason is required with DELIVERY_STATE_FAILED")
+    assert (await get_message(channels, campaign_id)).state == SENT
+    message = await _receipt(channels, campaign_id, resources_pb2.DELIVERY_STATE_FAILED, reason=" exotel failed ")
+    assert (message.state, message.timeline[-1].detail) == (
+        resources_pb2.DELIVERY_STATE_FAILED,
+        "receipt: exotel failed",
+    )
+    failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
+    assert failed.reason == "exotel failed"
+    assert [u.reason for u in updates(listener, campaign_id) if u.state == resources_pb2.DELIVERY_STATE_FAILED] == [
+        "exotel failed"
+    ]
+
+
 @pytest.mark.parametrize(
     ("campaign_id", "state", "fields", "code"),
     [
@@ -389,7 +421,13 @@ async def test_receipts_arriving_together_each_get_their_own_answer_in_their_own
         await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_SENT)
 
     def receipt(request_id: str, campaign_id: str, state: int = DELIVERED) -> service_pb2.RecordDeliveryReceiptRequest:
-        return service_pb2.RecordDeliveryReceiptRequest(request_id=request_id, campaign_id=campaign_id, state=state)  # type: ignore[arg-type]
+        reason = "exotel failed" if state == resources_pb2.DELIVERY_STATE_FAILED else ""
+        return service_pb2.RecordDeliveryReceiptRequest(
+            request_id=request_id,
+            campaign_id=campaign_id,
+            state=state,  # type: ignore[arg-type]
+            reason=reason,
+        )
 
     settled = await asyncio.gather(*(channels.stub.RecordDeliveryReceipt(receipt(f"r-{c}", c)) for c in campaign_ids))
     assert [answer.message.state for answer in settled] == [DELIVERED] * len(campaign_ids)
