@@ -124,6 +124,37 @@ def validate_webhook(url: str, payload_json: str, *, allowed_hosts: frozenset[st
         payload = json.loads(payload_json) if payload_json.strip() else {}
     except json.JSONDecodeError as error:
         raise MalformedDispatch(f"webhook.payload_json is not JSON: {error.msg} at {error.pos}") from error
+    except RecursionError as error:
+        raise MalformedDispatch(f"webhook.payload_json nests deeper than {MAX_PAYLOAD_DEPTH} levels") from error
+    except ValueError as error:
+        # Python's cap on the digits of an integer it converts (4300 by default).
+        raise MalformedDispatch("webhook.payload_json holds a number with more digits than can be read") from error
     if not isinstance(payload, dict):
         raise MalformedDispatch("webhook.payload_json must be a JSON object")
+    if (fault := _unwritable(payload)) is not None:
+        raise MalformedDispatch(f"webhook.payload_json {fault}")
     return OutgoingWebhook(target, payload)
+
+
+MAX_PAYLOAD_DEPTH = 100
+"""How deep a webhook payload's objects and arrays may nest. A CRM task or a next-best-action is a few levels; the body
+is written with orjson, which stops at 255 levels, else with json, which stops at Python's recursion limit (~1000)."""
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _unwritable(payload: dict[str, object]) -> str | None:
+    """What would stop the body from being written in the hand-over, after the intent (a string with a lone surrogate,
+    a "\\ud800" escape JSON reads without a pair, cannot be UTF-8; a nesting past what the writers take), or None.
+    Walked with a list, not by recursion: the payload may be as deep as json.loads goes."""
+    pending: list[tuple[object, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return "is not valid UTF-8 text: it holds a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+        elif isinstance(value, dict | list):
+            if depth > MAX_PAYLOAD_DEPTH:
+                return f"nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+    return None

@@ -633,6 +633,41 @@ async def test_a_webhook_url_whose_port_cannot_be_read_fails_at_once_and_is_neve
     assert provider_sinks.webhook.received == []
 
 
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        ('{"customer_name": "Priya \\ud800"}', "webhook.payload_json is not valid UTF-8 text"),
+        ('{"a":' + "[" * 50_000 + "]" * 50_000 + "}", "webhook.payload_json nests deeper than 100 levels"),
+    ],
+    ids=["lone-surrogate", "nested-50000"],
+)
+async def test_a_webhook_payload_that_cannot_be_written_fails_at_once_naming_the_field(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    nats_bus: Bus,
+    listener: Listener,
+    payload: str,
+    says: str,
+) -> None:
+    """A lone surrogate failed only inside the hand-over (UnicodeEncodeError), after the intent, and was recorded as
+    "may have reached the provider" after eight attempts; a payload nested past json's recursion raised RecursionError,
+    retried eight times and dead-lettered with no message recorded. Both are refused before the intent."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    event = dispatch_on("webhook", campaign_id, webhook_url=provider_sinks.webhook_url(), payload_json=payload)
+    await publish(nats_bus, event)
+
+    failed = await published_state(listener, campaign_id, FAILED)
+    assert failed.reason.startswith(says)
+    assert states(await get_message(channels, campaign_id)) == ["DELIVERY_STATE_QUEUED", "DELIVERY_STATE_FAILED"]
+    dead = await listener.eventually_on(
+        f"{streams.DEAD_LETTER_PREFIX}.{streams.CHANNELS_DISPATCH.durable}", campaign_id
+    )
+    assert says in dead[0].headers["Xsell-Dlq-Reason"]
+    assert provider_sinks.webhook.received == []
+
+
 async def test_a_campaign_id_that_would_write_a_header_is_dead_lettered_unsent(
     start_channels: StartChannels, smtp_relay: SmtpRelay, provider_sinks: ProviderSinks, nats_bus: Bus
 ) -> None:

@@ -19,6 +19,7 @@ from services.channels.delivery import (
     receipt_outcome,
 )
 from services.channels.outgoing import (
+    MAX_PAYLOAD_DEPTH,
     OutgoingPush,
     OutgoingSms,
     OutgoingWhatsApp,
@@ -94,6 +95,39 @@ def test_whatsapp_and_push_need_their_essentials() -> None:
 def test_a_webhook_goes_only_to_allowed_hosts_with_a_json_object(url: str, payload: str, says: str) -> None:
     with pytest.raises(MalformedDispatch, match=says):
         validate_webhook(url, payload, allowed_hosts=frozenset({"crm.bank.in"}))
+
+
+def _nested(levels: int) -> str:
+    return '{"a":' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        # JSON reads an unpaired escape as a lone surrogate, which no UTF-8 body can hold: found in the hand-over, it
+        # was "may have reached the provider" after eight attempts.
+        ('{"customer_name": "Priya \\ud800"}', "webhook.payload_json is not valid UTF-8 text"),
+        ('{"\\udc00": 1}', "webhook.payload_json is not valid UTF-8 text"),
+        ('{"tasks": [{"note": "x\\ud83d"}]}', "webhook.payload_json is not valid UTF-8 text"),
+        # Past json's recursion (RecursionError, retried eight times then dead-lettered unrecorded), and past what
+        # orjson writes.
+        (_nested(50_000), f"webhook.payload_json nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        (_nested(MAX_PAYLOAD_DEPTH + 1), f"webhook.payload_json nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        ('{"n": ' + "9" * 5000 + "}", "webhook.payload_json holds a number with more digits than can be read"),
+    ],
+    ids=["lone-surrogate", "surrogate-key", "surrogate-nested", "nested-50000", "nested-one-too-deep", "5000-digits"],
+)
+def test_a_webhook_payload_that_cannot_be_written_is_malformed_naming_the_field(payload: str, says: str) -> None:
+    with pytest.raises(MalformedDispatch) as raised:
+        validate_webhook("https://crm.bank.in/x", payload, allowed_hosts=frozenset({"crm.bank.in"}))
+    assert raised.value.reason.startswith(says)
+
+
+def test_a_webhook_payload_as_deep_as_allowed_with_paired_surrogates_is_written() -> None:
+    adapter = SignedWebhook("s3cret", clock=lambda: 1764000000.0)
+    for payload in (_nested(MAX_PAYLOAD_DEPTH), '{"greeting": "\\ud83d\\ude00 Priya"}'):
+        webhook = validate_webhook("https://h/x", payload, allowed_hosts=frozenset({"h"}))
+        assert json.loads(adapter.request("C1", "p1", webhook).body)["payload"] == json.loads(payload)
 
 
 def test_only_a_provider_that_deduplicates_is_asked_again_after_a_crash() -> None:
