@@ -12,6 +12,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database
@@ -267,10 +268,14 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         at = time_field(request, "occur_time", utcnow())
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)
-        with outreach_span(self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}):
+        with outreach_span(
+            self.tracer, "channels.engagement", campaign_id, attributes={"engagement.kind": kind.value}
+        ) as span:
             item = _Engagement(request, fingerprinted, campaign_id, kind, at, only_channel)
             response = await self.engagements.submit(item)
             log.info("engagement_recorded", kind=kind.value)
+            if kind is Engagement.BOUNCED:
+                span.set_status(Status(StatusCode.ERROR, f"bounced: {scrub(request.detail)}"))
             return response
 
     def _apply_engagements(
@@ -380,10 +385,15 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 field="provider_message_id",
             )
         at = time_field(request, "occur_time", utcnow())
-        with outreach_span(self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}):
+        with outreach_span(
+            self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}
+        ) as span:
             item = _Receipt(request, campaign_id, receipt, at, only_channel_of(context))
             response, changed = await self.receipts.submit(item)
             log.info("delivery_receipt_recorded", state=receipt.value, changed=changed)
+            if changed and receipt is DeliveryState.FAILED and response.message.timeline:
+                # What an SRE looks for in the outreach's trace: the failure, with the provider's (scrubbed) reason.
+                span.set_status(Status(StatusCode.ERROR, response.message.timeline[-1].detail))
             return response
 
     def _apply_receipts(

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry.trace import StatusCode
 
 from plumbing.bus import Bus
 from plumbing.ids import new_id
@@ -180,6 +181,9 @@ async def test_a_bounce_keeps_its_status_without_the_address_and_mail_goes_out_f
     last = response.message.timeline[-1]
     assert last.engagement_kind == resources_pb2.ENGAGEMENT_KIND_BOUNCED
     assert last.detail.startswith("5.1.1 permanent") and "priya" not in last.detail and "98765" not in last.detail
+    # Marked as the outreach's failure in its trace, scrubbed as the timeline is.
+    (span,) = [s for s in channels.spans.get_finished_spans() if s.name == "channels.engagement"]
+    assert span.status.status_code == StatusCode.ERROR and span.status.description == f"bounced: {last.detail}"
 
     async def recorded() -> list[events_pb2.EngagementRecorded]:
         heard = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)

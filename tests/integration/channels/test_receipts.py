@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import StatusCode
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
@@ -142,6 +143,14 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
     assert "9876543210" not in first.timeline[-1].detail and "failed-dnd" in first.timeline[-1].detail
     failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
     assert "failed-dnd" in failed.reason
+    # The failure is marked in the outreach's trace, where an SRE looks for it; the repeat changed nothing.
+    receipts = [
+        span
+        for span in channels.spans.get_finished_spans()
+        if span.name == "channels.receipt" and span.attributes["campaign.id"] == campaign_id
+    ]
+    assert [span.status.status_code for span in receipts] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert receipts[0].status.description == first.timeline[-1].detail
 
 
 async def test_a_failure_receipt_without_a_reason_is_refused_naming_the_field(
