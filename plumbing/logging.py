@@ -154,9 +154,17 @@ def setup_logging(service: str, level: str = "info", stream: TextIO | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric_level, logging.INFO))
+    for name in QUIETER_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, _TlsCloseNoise) for f in asyncio_log.filters):
         asyncio_log.addFilter(_TlsCloseNoise())
+
+
+QUIETER_LIBRARY_LOGGERS = ("mail.log", "mail.debug")
+"""Libraries whose INFO is traffic, not xsell's events: aiosmtpd (the gateway's bounce mailbox) logs every connection
+and SMTP command (">> b'QUIT'", "Connection lost during _handle_client()"), a dozen lines per delivery report. Their
+warnings and errors are kept."""
 
 
 class _TlsCloseNoise(logging.Filter):

@@ -67,6 +67,17 @@ def test_asyncios_tls_close_warning_is_dropped_and_its_other_warnings_kept(log_s
     assert lines == ["Executing <Task> took 0.2 seconds"]
 
 
+def test_the_smtp_servers_traffic_is_left_out_and_its_warnings_kept(log_stream: io.StringIO) -> None:
+    import logging
+
+    smtp_log = logging.getLogger("mail.log")  # aiosmtpd's
+    smtp_log.info("('127.0.0.1', 42576) >> b'QUIT'")
+    smtp_log.info("('127.0.0.1', 42576) Connection lost during _handle_client()")
+    smtp_log.warning("('127.0.0.1', 42576) SMTP session exception")
+    lines = [json.loads(line)["event"] for line in log_stream.getvalue().splitlines()]
+    assert lines == ["('127.0.0.1', 42576) SMTP session exception"]
+
+
 def test_stdlib_library_logs_are_redacted_too(log_stream: io.StringIO) -> None:
     import logging
 
