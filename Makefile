@@ -47,7 +47,7 @@ $(GEN_STAMP): $(STAMP) $(PROTO_SRC) scripts/gen_protos.py
 protos: $(GEN_STAMP) ## Regenerate the Python stubs from protos/ into gen/
 
 .PHONY: run
-run: $(GEN_STAMP) $(XSELL_CLI) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops)
+run: $(GEN_STAMP) $(XSELL_CLI) ## Start NATS, the four services and the gateway on SQLite (Ctrl-C stops); XSELL_DEV_PORT_OFFSET=100 moves every port
 	$(PY) -m devstack
 
 .PHONY: trace

@@ -1,12 +1,15 @@
 """Starts and stops the whole local stack: NATS, the four services and the gateway (sinks are started by the caller)."""
 
+import errno
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,28 @@ NATS_STORE = "1GB"
 """The JetStream store `make run` gives account XSELL: each stream may fill its share of it (services/streams.py)."""
 # Prometheus /metrics of each process.
 DEFAULT_METRICS_PORTS = {"segments": 9461, "campaigns": 9462, "channels": 9463, "attribution": 9464, "gateway": 9465}
+PORT_ROLES = {
+    "nats": "NATS, TLS",
+    "smtp": "the SMTP sink",
+    "bounces": "the gateway's bounce mailbox",
+    "sms": "the SMS provider sink",
+    "whatsapp": "the WhatsApp provider sink",
+    "push": "the push provider sink",
+    "webhook": "the webhook receiver sink",
+    "gateway": "the gateway's gRPC",
+    "gateway_http": "the gateway's HTTP",
+    "segments": "the segments service's gRPC",
+    "campaigns": "the campaigns service's gRPC",
+    "channels": "the channels service's gRPC",
+    "attribution": "the attribution service's gRPC",
+}
+"""What listens on each port of Ports, for the message when one is taken."""
+PORT_OFFSET_VARIABLE = "XSELL_DEV_PORT_OFFSET"
+"""Added to every default port, so a second `make run` (another clone) can run beside the first."""
+
+
+class PortsUnavailable(Exception):
+    """The stack cannot listen where it was told to: the message names the port, its role and what to do."""
 
 
 @dataclass
@@ -61,8 +86,34 @@ class Ports:
     metrics: dict[str, int]
 
     @classmethod
-    def defaults(cls) -> "Ports":
-        return cls(**DEFAULT_PORTS, metrics=dict(DEFAULT_METRICS_PORTS))
+    def defaults(cls, offset: int = 0) -> "Ports":
+        """The ports `make run` listens on, each moved up by `offset`."""
+        return cls(
+            **{name: port + offset for name, port in DEFAULT_PORTS.items()},
+            metrics={name: port + offset for name, port in DEFAULT_METRICS_PORTS.items()},
+        )
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str]) -> "Ports":
+        """The defaults moved by XSELL_DEV_PORT_OFFSET; PortsUnavailable when it is not a whole number from 0 to the
+        offset that moves the highest port to 65535."""
+        text = environment.get(PORT_OFFSET_VARIABLE, "").strip() or "0"
+        highest = 65_535 - max(*DEFAULT_PORTS.values(), *DEFAULT_METRICS_PORTS.values())
+        try:
+            offset: int | None = int(text)
+        except ValueError:
+            offset = None
+        if offset is None or not 0 <= offset <= highest:
+            raise PortsUnavailable(
+                f"{PORT_OFFSET_VARIABLE}={text} is not a whole number from 0 to {highest}; "
+                f"e.g. {PORT_OFFSET_VARIABLE}=100 moves every port up by 100"
+            )
+        return cls.defaults(offset)
+
+    def roles(self, without: Collection[str] = ()) -> list[tuple[int, str]]:
+        """Every port but those named in `without` (Ports' field names), with what listens on it."""
+        named = [(getattr(self, name), PORT_ROLES[name]) for name in DEFAULT_PORTS if name not in without]
+        return named + [(port, f"the {name} metrics") for name, port in self.metrics.items()]
 
     @classmethod
     def free(cls, smtp: int | None = None) -> "Ports":
@@ -71,6 +122,36 @@ class Ports:
         if smtp is not None:
             chosen["smtp"] = smtp
         return cls(**chosen, metrics={name: next(ports) for name in DEFAULT_METRICS_PORTS})
+
+
+def taken_ports(ports: list[tuple[int, str]], host: str = "127.0.0.1") -> list[tuple[int, str]]:
+    """The ports of `ports` something already listens on. Bound as the servers bind them (SO_REUSEADDR), so a port
+    whose last connection only lingers in TIME_WAIT counts as free; gRPC's SO_REUSEPORT is left off, so a port another
+    stack's gRPC server holds counts as taken (gRPC itself would share it, and answer for the other stack)."""
+    taken = []
+    for port, role in ports:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                taken.append((port, role))
+    return taken
+
+
+def ports_taken_message(taken: list[tuple[int, str]]) -> str:
+    """One line: the first port taken and its role, how many more are, the likely cause and the way around it."""
+    (port, role), *more = taken
+    others = ""
+    if more:
+        listed = ", ".join(str(other) for other, _ in more[:4]) + (", ..." if len(more) > 4 else "")
+        others = f", and {len(more)} more of the stack's ports ({listed})"
+    return (
+        f"port {port} ({role}) is already in use{others}: another `make run` is probably running, here or in another "
+        f"clone. Stop it (Ctrl-C), or move every port: {PORT_OFFSET_VARIABLE}=100 make run"
+    )
 
 
 def dev_api_key(var_dir: Path) -> str:

@@ -1,11 +1,88 @@
-"""`make run`'s own parts against a real nats-server: its readiness probe leaves no error in its log."""
+"""`make run`'s own parts against real sockets and a real nats-server: a port another process holds, or a var/ another
+`make run` uses, is named before anything starts, and NATS's readiness probe leaves no error in its log."""
 
+import os
+import random
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from devstack.nats_server import NatsServer
+import pytest
+
+from devstack.__main__ import hold
+from devstack.nats_server import NatsServer, free_port
 from devstack.nats_tls import local_certificates
+from devstack.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, PORT_OFFSET_VARIABLE, Ports, taken_ports
 from tests.waiting import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port something listens on, as another program's server would."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", free_port()))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+def test_a_listening_port_is_taken_and_a_closed_one_is_not(listener: int) -> None:
+    closed = free_port()
+    assert taken_ports([(listener, "held"), (closed, "free")]) == [(listener, "held")]
+
+
+def _free_offset() -> int:
+    """An offset that puts every port of the stack where nothing listens now."""
+    highest = 65_535 - max(*DEFAULT_PORTS.values(), *DEFAULT_METRICS_PORTS.values())
+    for offset in random.sample(range(1, highest + 1), 50):
+        if not taken_ports(Ports.defaults(offset).roles()):
+            return offset
+    pytest.skip("no offset found with all of the stack's ports free")
+
+
+def _make_run(tmp_path: Path, offset: str) -> subprocess.CompletedProcess[str]:
+    environment = dict(os.environ, **{PORT_OFFSET_VARIABLE: offset})
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", "--var-dir", str(tmp_path / "var")],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_run_names_a_taken_port_and_starts_nothing(tmp_path: Path) -> None:
+    offset = _free_offset()
+    smtp = Ports.defaults(offset).smtp
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", smtp))
+        other.listen()
+        run = _make_run(tmp_path, str(offset))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"the stack did not start: port {smtp} (the SMTP sink) is already in use: another")
+    assert f"{PORT_OFFSET_VARIABLE}=100 make run" in run.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_second_make_run_on_the_same_var_dir_is_refused_even_on_other_ports(tmp_path: Path) -> None:
+    first = hold(tmp_path / "var")  # as the first `make run` holds it
+    assert first is not None
+    try:
+        run = _make_run(tmp_path, str(_free_offset()))
+    finally:
+        first.close()
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"the stack did not start: another `make run` uses {tmp_path / 'var'}/")
+
+
+def test_make_run_refuses_an_offset_that_is_not_a_number(tmp_path: Path) -> None:
+    run = _make_run(tmp_path, "lots")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"{PORT_OFFSET_VARIABLE}=lots is not a whole number" in run.stderr
 
 
 async def test_nats_over_tls_starts_without_a_handshake_error_in_its_log(tmp_path: Path) -> None:
