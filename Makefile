@@ -52,7 +52,8 @@ run: $(GEN_STAMP) $(XSELL_CLI) ## Start NATS, the four services and the gateway 
 
 .PHONY: trace
 trace: $(GEN_STAMP) ## Print a campaign ID's trace from the local span store: make trace ID=CSELL-NOV-T06-0884
-	$(PY) -m devstack.trace $(ID)
+	@if [ -z '$(ID)' ]; then echo "usage: make trace ID=CSELL-…  (an outreach's campaign ID: var/mail/ names each e-mail after its own)"; \
+	else $(PY) -m devstack.trace '$(ID)'; fi
 
 .PHONY: lint
 lint: $(GEN_STAMP) ## buf lint, buf breaking (against main), ruff and mypy
@@ -87,7 +88,7 @@ empty :=
 space := $(empty) $(empty)
 
 .PHONY: bench bench-segments bench-campaigns bench-channels bench-attribution bench-relay
-bench: bench-segments bench-campaigns bench-channels bench-attribution bench-relay ## Every benchmark at its goal scale (issues 3-6); figures print and land in bench/results/
+bench: bench-segments bench-campaigns bench-channels bench-attribution bench-relay ## Every benchmark below at full scale (1M people: an hour or more; docs/benchmarks.md); figures land in bench/results/
 bench-segments: $(GEN_STAMP) ## Segments, 1M profiles / 10M events: ingest, recompute vs raw SQL, latency, RSS
 	$(PY) -m bench --backends $(subst $(space),$(comma),$(strip $(BENCH_BACKENDS)))
 
@@ -104,5 +105,5 @@ bench-attribution: $(GEN_STAMP) ## Attribution: disbursement -> views updated at
 	for backend in $(BENCH_BACKENDS); do $(PY) -m bench.attribution --backend $$backend || exit 1; done
 
 .PHONY: clean
-clean: ## Remove generated stubs and local data (keeps the venv)
-	rm -rf $(GEN) var
+clean: ## Remove generated stubs, local data and build metadata (keeps the venv)
+	rm -rf $(GEN) var xsell.egg-info

@@ -159,7 +159,8 @@ def banner(stack: Stack, var_dir: Path) -> str:
 xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_dir}/traces/)
 
   gateway gRPC   {stack.gateway_target}      (API key: {var_dir}/dev-api-key, send it as x-api-key){cli}
-  gateway HTTP   {stack.gateway_http}   (tracking links, /healthz)
+  gateway HTTP   {stack.gateway_http}   (tracking links, webhooks, /healthz)
+  dashboard      {stack.gateway_http}/dashboard   (asks for a key: {var_dir}/dev-api-key's, or one with reports.read)
   segments       127.0.0.1:{ports.segments}
   campaigns      127.0.0.1:{ports.campaigns}
   channels       127.0.0.1:{ports.channels}

@@ -51,6 +51,20 @@ def render(spans: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def no_spans_message(campaign_id: str, var_dir: Path) -> str:
+    """Why nothing was found, and where an outreach's campaign ID (CSELL-...) comes from."""
+    where = (
+        f"the e-mails in {var_dir}/mail/ are named after their campaign IDs, and {var_dir}/providers/*.jsonl carry "
+        "them for the other channels"
+    )
+    if campaign_id.startswith("cmp_"):
+        return (
+            f"{campaign_id} is a campaign key (a campaign's definition); a trace is one outreach's, named by its "
+            f"campaign ID, e.g. CSELL-NOV-T00-0001: {where}"
+        )
+    return f"no spans for {campaign_id} in {var_dir}/traces/ (a campaign ID looks like CSELL-NOV-T00-0001; {where})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.trace", description=__doc__)
     parser.add_argument("campaign_id", help="e.g. CSELL-NOV-T06-0884")
@@ -66,7 +80,7 @@ def main() -> int:
         return 0
     spans = spans_for_campaign_id(args.var_dir, args.campaign_id)
     if not spans:
-        print(f"no spans for {args.campaign_id} in {args.var_dir}/traces/", file=sys.stderr)
+        print(no_spans_message(args.campaign_id, args.var_dir), file=sys.stderr)
         return 1
     services = sorted({span["service"] for span in spans})
     print(f"trace {outreach_trace_id(args.campaign_id)}  {len(spans)} spans  services: {', '.join(services)}")

@@ -1,7 +1,10 @@
-"""`make run`'s ports: moved together by XSELL_DEV_PORT_OFFSET, each named when it is taken."""
+"""`make run`'s ports: moved together by XSELL_DEV_PORT_OFFSET, each named when it is taken, printed in the banner."""
+
+from pathlib import Path
 
 import pytest
 
+from devstack.__main__ import banner
 from devstack.stack import (
     DEFAULT_METRICS_PORTS,
     DEFAULT_PORTS,
@@ -9,6 +12,7 @@ from devstack.stack import (
     PORT_ROLES,
     Ports,
     PortsUnavailable,
+    Stack,
     ports_taken_message,
 )
 
@@ -52,3 +56,10 @@ def test_a_whole_other_stack_is_one_line_with_a_count() -> None:
     message = ports_taken_message(taken)
     assert message.startswith(f"port 4222 (NATS, TLS) is already in use, and {len(taken) - 1} more of the stack's")
     assert "(1025, 2525, 8091, 8092, ...)" in message and "\n" not in message
+
+
+def test_the_banner_shows_the_dashboard_and_the_cli_setting_when_the_ports_moved() -> None:
+    usual = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(), api_key="k"), Path("var"))
+    assert "http://127.0.0.1:8080/dashboard" in usual and "XSELL_GATEWAY" not in usual
+    moved = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(100), api_key="k"), Path("var"))
+    assert "http://127.0.0.1:8180/dashboard" in moved and "export XSELL_GATEWAY=127.0.0.1:50151" in moved
