@@ -13,6 +13,7 @@ from typing import TextIO
 
 from devstack.provider_sinks import NOT_ON_WHATSAPP, ProviderSinks, SinksThread
 from devstack.smtp_sink import start_sink
+from devstack.span_store import TRACES_MB_VARIABLE, cap_span_store, traces_limit
 from devstack.stack import (
     PORT_OFFSET_VARIABLE,
     Ports,
@@ -40,10 +41,12 @@ def main() -> int:
     var_dir: Path = args.var_dir
     not_ours = ({"smtp"} if args.no_smtp_sink else set()) | (set(PROVIDER_PORTS) if args.no_provider_sinks else set())
     try:
-        ports, lock = preflight(var_dir, not_ours, os.environ)
+        ports, traces_cap, lock = preflight(var_dir, not_ours, os.environ)
     except CannotStart as error:
         print(f"the stack did not start: {error}", file=sys.stderr)
         return error.exit_code
+    # A var/ of a long run may be over the cap already: checked before anything writes, then once a second.
+    cap_span_store(var_dir / "traces", traces_cap)
     sink = None
     providers = None
     extra_env = {}
@@ -74,7 +77,7 @@ def main() -> int:
         print(f"the stack did not start: {message}", file=sys.stderr)
         lock.close()
         return 1
-    print(banner(stack, var_dir), flush=True)
+    print(banner(stack, var_dir, traces_cap), flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
@@ -83,6 +86,7 @@ def main() -> int:
         if exited:
             print(f"stopping: a process exited unexpectedly: {exited}; see {var_dir}/logs/", file=sys.stderr)
             break
+        cap_span_store(var_dir / "traces", traces_cap)
     print("stopping...", flush=True)
     stack.stop()
     if sink:
@@ -102,12 +106,13 @@ class CannotStart(Exception):
         self.exit_code = exit_code
 
 
-def preflight(var_dir: Path, not_ours: set[str], environment: Mapping[str, str]) -> tuple[Ports, TextIO]:
-    """The ports (all free but `not_ours`) and the lock on var_dir, held from now until the process ends; CannotStart
-    otherwise."""
+def preflight(var_dir: Path, not_ours: set[str], environment: Mapping[str, str]) -> tuple[Ports, int, TextIO]:
+    """The ports (all free but `not_ours`), the span store's cap per service, and the lock on var_dir, held from now
+    until the process ends; CannotStart otherwise."""
     try:
         ports = Ports.from_environment(environment)
-    except PortsUnavailable as error:
+        traces_cap = traces_limit(environment)
+    except (PortsUnavailable, ValueError) as error:
         raise CannotStart(str(error), exit_code=2) from None
     taken = taken_ports(ports.roles(without=not_ours))
     if taken:
@@ -118,7 +123,7 @@ def preflight(var_dir: Path, not_ours: set[str], environment: Mapping[str, str])
             f"another `make run` uses {var_dir}/ (its process id is in {var_dir}/{LOCK_FILE}); two stacks on the same "
             "data would both send every campaign. Stop it, or run the second one from another clone"
         )
-    return ports, lock
+    return ports, traces_cap, lock
 
 
 def hold(var_dir: Path) -> TextIO | None:
@@ -148,13 +153,14 @@ def _start_failure(error: BaseException, ports: Ports, not_ours: set[str]) -> st
     return None
 
 
-def banner(stack: Stack, var_dir: Path) -> str:
+def banner(stack: Stack, var_dir: Path, traces_cap: int) -> str:
     """What `make run` prints once everything is serving: where each part listens and where its output goes."""
     ports = stack.ports
     cli = ""
     if ports.gateway != Ports.defaults().gateway:
         target = stack.gateway_target
         cli = f"\n  xsell CLI      export XSELL_GATEWAY={target}   ({PORT_OFFSET_VARIABLE} moved the ports)"
+    kept = f"the newest {traces_cap // (1024 * 1024)} MB per service" if traces_cap else "every span"
     return f"""
 xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_dir}/traces/)
 
@@ -174,6 +180,7 @@ xsell is running (data in {var_dir}/, logs in {var_dir}/logs/, traces in {var_di
 (accepted requests land in {var_dir}/providers/<provider>.jsonl;
                  WhatsApp to +91 98000 00000 fails as not on WhatsApp, 131026: a fallback_on_failure goes by SMS)
   metrics        http://127.0.0.1:<port>/metrics for {", ".join(f"{n} {p}" for n, p in ports.metrics.items())}
+  traces         {var_dir}/traces/ keeps {kept} ({TRACES_MB_VARIABLE}); make trace ID=CSELL-... prints one
 
 Ctrl-C stops everything."""
 

@@ -1,5 +1,5 @@
-"""`make run`'s own parts against real sockets and a real nats-server: a port another process holds, or a var/ another
-`make run` uses, is named before anything starts, and NATS's readiness probe leaves no error in its log."""
+"""`make run`'s own parts against real sockets, files and a real nats-server: a port another process holds is named
+before anything starts, the span store keeps a bounded size, and NATS's readiness probe leaves no error in its log."""
 
 import os
 import random
@@ -14,6 +14,7 @@ import pytest
 from devstack.__main__ import hold
 from devstack.nats_server import NatsServer, free_port
 from devstack.nats_tls import local_certificates
+from devstack.span_store import PREVIOUS, cap_span_store
 from devstack.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, PORT_OFFSET_VARIABLE, Ports, taken_ports
 from tests.waiting import eventually
 
@@ -83,6 +84,28 @@ def test_make_run_refuses_an_offset_that_is_not_a_number(tmp_path: Path) -> None
     run = _make_run(tmp_path, "lots")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"{PORT_OFFSET_VARIABLE}=lots is not a whole number" in run.stderr
+
+
+def test_the_span_store_keeps_at_most_its_cap_per_service(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    cap = 1000
+    line = b'{"name": "SELECT"}\n'
+    for batch in range(200):  # as the exporter writes: a batch appended at a time, the file opened anew
+        with (traces / "campaigns.jsonl").open("ab") as file:
+            file.write(line * 5)
+        with (traces / "gateway.jsonl").open("ab") as file:
+            file.write(line if batch == 0 else b"")
+        cap_span_store(traces, cap)
+        kept = sum(path.stat().st_size for path in traces.glob("campaigns*.jsonl"))
+        assert kept <= cap + len(line) * 5
+    assert sorted(path.name for path in traces.iterdir()) == [
+        "campaigns.jsonl",
+        f"campaigns{PREVIOUS}",
+        "gateway.jsonl",
+    ]
+    assert (traces / "gateway.jsonl").read_bytes() == line  # under its cap: left alone
+    assert cap_span_store(traces, 0) == []
 
 
 async def test_nats_over_tls_starts_without_a_handshake_error_in_its_log(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def test_a_whole_other_stack_is_one_line_with_a_count() -> None:
 
 
 def test_the_banner_shows_the_dashboard_and_the_cli_setting_when_the_ports_moved() -> None:
-    usual = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(), api_key="k"), Path("var"))
+    usual = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(), api_key="k"), Path("var"), 32 * 1024 * 1024)
     assert "http://127.0.0.1:8080/dashboard" in usual and "XSELL_GATEWAY" not in usual
-    moved = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(100), api_key="k"), Path("var"))
+    assert "the newest 32 MB per service" in usual
+    moved = banner(Stack(var_dir=Path("var"), ports=Ports.defaults(100), api_key="k"), Path("var"), 0)
     assert "http://127.0.0.1:8180/dashboard" in moved and "export XSELL_GATEWAY=127.0.0.1:50151" in moved
