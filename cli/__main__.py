@@ -1,8 +1,9 @@
-"""`xsell …`: apply segment and campaign files, move them through approval, read status and reports, show traces.
+"""`xsell …`: load profiles and events, apply segment and campaign files, move them through approval, read status
+and reports, show traces.
 
 Talks to the gateway over gRPC: XSELL_GATEWAY (host:port) and XSELL_API_KEY, or --gateway / --api-key.
-Exit codes: 0 done; 1 the gateway refused (its status code and message are printed); 2 bad input found
-before calling (a file, a name); 3 the deployment does not offer the call yet.
+Exit codes: 0 done; 1 the gateway refused (its status code and message are printed), or refused some records of
+a load; 2 bad input found before calling (a file, a name); 3 the deployment does not offer the call yet.
 """
 
 import argparse
@@ -22,7 +23,9 @@ from cli.commands import (
     status_command,
     trace_command,
 )
+from cli.loading import MAX_BATCH_RECORDS, load_file
 from cli.output import print_json, table
+from cli.record_files import FORMATS, RecordFileError
 
 
 def _path_env(name: str) -> Path | None:
@@ -51,6 +54,13 @@ def _add_governed_actions(
             sub.add_argument("--note", help="a comment for the audit log")
         if action == "reject":
             sub.add_argument("--reason", required=True, help="what the author should change")
+
+
+def _batch_size(text: str) -> int:
+    size = int(text)
+    if not 1 <= size <= MAX_BATCH_RECORDS:
+        raise argparse.ArgumentTypeError(f"a batch holds 1 to {MAX_BATCH_RECORDS} records, got {size}")
+    return size
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,6 +93,27 @@ def parser() -> argparse.ArgumentParser:
 
     root = argparse.ArgumentParser(prog="xsell", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
+
+    for kind, what, rpc in (
+        ("profiles", "profiles (attributes by name)", "UpsertProfiles"),
+        ("events", "events", "IngestEvents"),
+    ):
+        group = commands.add_parser(kind, help=f"load {what} from JSON Lines or CSV files ({rpc})")
+        load = group.add_subparsers(dest="action", required=True).add_parser(
+            "load",
+            parents=[common],
+            help="send every record in batches; refused lines are printed with their line numbers, the rest stored",
+            description=f"Sends the files' {kind} with {rpc}, in batches. Format: cli/record_files.py, docs/gateway.md;"
+            " examples/data/ has a demo set.",
+        )
+        load.add_argument("files", nargs="+", type=Path, help="*.jsonl (one JSON object a line) or *.csv (a header)")
+        load.add_argument("--format", choices=FORMATS, help="when the file name does not say (.jsonl, .json, .csv)")
+        load.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            default=1000,
+            help=f"records per call (default 1000, at most {MAX_BATCH_RECORDS})",
+        )
 
     apply_parser = commands.add_parser(
         "apply", parents=[common], help="create or update segments and campaigns from YAML/JSON files"
@@ -178,6 +209,8 @@ def run(args: argparse.Namespace, out: Out) -> int:
                     out.out,
                 )
             return 0
+        if args.command in ("profiles", "events"):
+            return load_command(gateway, args, out)
         if args.command == "segments":
             segments_command(gateway, args, out)
         elif args.command == "campaigns":
@@ -191,12 +224,29 @@ def run(args: argparse.Namespace, out: Out) -> int:
         gateway.close()
 
 
+def load_command(gateway: Gateway, args: argparse.Namespace, out: Out) -> int:
+    """Every file in turn; exit 1 when any record was refused (each printed with its line), the rest are stored."""
+    results = [
+        load_file(gateway, args.command, path, fmt=args.format, batch_size=args.batch_size, err=out.err)
+        for path in args.files
+    ]
+    if out.json:
+        print_json([result.as_dict() for result in results], out.out)
+    else:
+        table(
+            ("FILE", "RECORDS", "STORED", "REFUSED"),
+            [(r.path, r.records, r.stored, len(r.refused)) for r in results],
+            out.out,
+        )
+    return 1 if any(result.refused for result in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Out(json=bool(getattr(args, "json", False)))
     try:
         return run(args, out)
-    except CliError as error:
+    except (CliError, RecordFileError) as error:
         print(f"error: {error}", file=out.err)
         return 2
     except grpc.RpcError as error:

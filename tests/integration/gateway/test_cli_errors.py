@@ -1,41 +1,20 @@
 """The xsell CLI, as a subprocess against a real gateway whose services answer as told: how refusals read."""
 
-import asyncio
-import os
-import sys
-from pathlib import Path
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway import scopes
+from tests.integration.gateway.cli_process import xsell
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, unused_target
 from xsell.campaigns.v1 import service_pb2 as campaigns_pb2
 from xsell.segments.v1 import service_pb2 as segments_pb2
 
-REPO = Path(__file__).resolve().parents[3]
 REPORT = "/xsell.campaigns.v1.CampaignsService/GetCampaignReport"
 LAUNCH = "/xsell.campaigns.v1.CampaignsService/LaunchCampaign"
 GET_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/GetCampaign"
 REJECT_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/RejectCampaign"
 REJECT_SEGMENT = "/xsell.segments.v1.SegmentsService/RejectSegment"
-
-
-async def xsell(target: str, key: str, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        *args,
-        cwd=REPO,
-        env={**os.environ, "XSELL_GATEWAY": target, "XSELL_API_KEY": key},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 async def test_report_says_when_the_deployment_does_not_serve_it(
