@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from cli.apply import apply
-from cli.client import DEFAULT_GATEWAY, CliError, Gateway, api_key_from, print_rpc_error
+from cli.client import DEFAULT_GATEWAY, CliError, Gateway, Refused, api_key_from, print_rpc_error
 from cli.commands import (
     Out,
     campaigns_command,
@@ -249,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, RecordFileError) as error:
         print(f"error: {error}", file=out.err)
         return 2
+    except Refused as refused:
+        print_rpc_error(refused.error, out.err)
+        for hint in refused.hints:
+            print(hint, file=out.err)
+        return 1
     except grpc.RpcError as error:
         print_rpc_error(error, out.err)
         return 1

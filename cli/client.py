@@ -23,6 +23,22 @@ class CliError(Exception):
     """A problem the CLI finds itself (a bad file, a name that matches nothing); exits 2."""
 
 
+class Refused(Exception):
+    """A refusal by the gateway, with what the person can do about it (`hints`, printed after it); exits 1."""
+
+    def __init__(self, error: grpc.RpcError, *hints: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.hints = hints
+
+
+def status_of(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of a failed call."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return code, details or ""
+
+
 def api_key_from(explicit: str | None) -> str | None:
     if explicit:
         return explicit
@@ -98,8 +114,7 @@ class Gateway:
 
 def describe_rpc_error(error: grpc.RpcError) -> list[str]:
     """The status code and message, then each field violation and retry hint from the status details."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
+    code, details = status_of(error)
     lines = [f"error: {code.name}: {details}"]
     if code == grpc.StatusCode.UNAVAILABLE and details and "unavailable right now" not in details:
         lines.append("  is the gateway running? set XSELL_GATEWAY or --gateway to its host:port")

@@ -11,7 +11,7 @@ import yaml
 from google.protobuf.message import Message
 
 from cli.apply import list_campaigns, list_segments
-from cli.client import CliError, Gateway, derived_request_id, random_request_id
+from cli.client import CliError, Gateway, Refused, derived_request_id, random_request_id, status_of
 from cli.output import as_dict, enum_word, print_json, table, waiting
 from devstack.trace import render
 from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
@@ -50,25 +50,84 @@ def _time(message: Message, name: str) -> str:
     return getattr(message, name).ToDatetime().replace(microsecond=0).isoformat(sep=" ") + "Z"
 
 
-def segment_id_of(gateway: Gateway, ref: str) -> str:
+APPROVER_KEY_COMMAND = "python -m gateway keys create --name approver --scopes approve"
+"""How an approver's key is made (docs/gateway.md); it prints the key once."""
+
+
+def _denied(error: grpc.RpcError) -> bool:
+    return status_of(error)[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _by_name_refused(error: grpc.RpcError, noun: str, ref: str, action: str | None) -> Refused:
+    """Names are resolved with List*, which an approve-only (or reports, outreach) key may not call."""
+    rpc, prefix, id_form = (
+        ("ListSegments", "segments", "seg_...") if noun == "segment" else ("ListCampaigns", "campaigns", "cmp_...")
+    )
+    manage = f"{prefix}.manage"
+    hints = [f"  this key may not list {prefix} ({rpc} needs {manage}), so it cannot find {ref!r} by its name;"]
+    if action in ("approve", "reject"):
+        hints += [
+            f"  give the {noun}'s id and the version instead: xsell {prefix} {action} {id_form} --version N",
+            f"  (`xsell {prefix} submit` printed both; `xsell {prefix} list` shows them with a {manage} key)",
+        ]
+    else:
+        hints.append(f"  give the {noun}'s id ({id_form}) instead; `xsell {prefix} list` shows it with a {manage} key")
+    return Refused(error, *hints)
+
+
+def _version_refused(error: grpc.RpcError, noun: str, ref: str, action: str) -> Refused:
+    """Without --version the CLI reads the current one, which an approve-only key may not."""
+    prefix, rpc = ("segments", "GetSegment") if noun == "segment" else ("campaigns", "GetCampaign")
+    return Refused(
+        error,
+        f"  this key may not read {prefix} ({rpc} needs {prefix}.manage), so it cannot find the current version;",
+        f"  give it: xsell {prefix} {action} {ref} --version N",
+    )
+
+
+def _self_approval_refused(error: grpc.RpcError, noun: str, ref: str, version: int) -> Refused:
+    prefix = f"{noun}s"
+    return Refused(
+        error,
+        "  maker-checker: the key that wrote a version cannot approve it; another client's key with approve must.",
+        "  Make one where the gateway runs (for `make run`: .venv/bin/python in its checkout); it prints the key once:",
+        f"    {APPROVER_KEY_COMMAND}",
+        f"  then: XSELL_API_KEY=xsk_... xsell {prefix} approve {ref} --version {version}",
+    )
+
+
+def _is_self_approval(error: grpc.RpcError) -> bool:
+    code, details = status_of(error)
+    return code == grpc.StatusCode.FAILED_PRECONDITION and "cannot approve" in details
+
+
+def segment_id_of(gateway: Gateway, ref: str, action: str | None = None) -> str:
     """A segment id as given (seg_...), or the id of the one live segment with that display name."""
     if ref.startswith("seg_"):
         return ref
-    named = [
-        s
-        for s in list_segments(gateway)
-        if s.display_name == ref and s.state != segment_resources.SEGMENT_STATE_ARCHIVED
-    ]
+    try:
+        segments = list_segments(gateway)
+    except grpc.RpcError as error:
+        if _denied(error):
+            raise _by_name_refused(error, "segment", ref, action) from None
+        raise
+    named = [s for s in segments if s.display_name == ref and s.state != segment_resources.SEGMENT_STATE_ARCHIVED]
     if len(named) != 1:
         raise CliError(f"{len(named) or 'no'} segments are named {ref!r}; give the segment id (seg_...) instead")
     return str(named[0].segment_id)
 
 
-def campaign_key_of(gateway: Gateway, ref: str) -> str:
+def campaign_key_of(gateway: Gateway, ref: str, action: str | None = None) -> str:
     """A campaign key as given (cmp_...), or the key of the one campaign with that display name."""
     if ref.startswith("cmp_"):
         return ref
-    named = [c for c in list_campaigns(gateway) if c.display_name == ref]
+    try:
+        campaigns = list_campaigns(gateway)
+    except grpc.RpcError as error:
+        if _denied(error):
+            raise _by_name_refused(error, "campaign", ref, action) from None
+        raise
+    named = [c for c in campaigns if c.display_name == ref]
     if len(named) > 1:
         # A cancelled campaign keeps its name; the live one is meant.
         named = [c for c in named if c.state != campaign_resources.CAMPAIGN_STATE_CANCELLED]
@@ -140,31 +199,40 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
     if args.action == "list":
         print_segments(list_segments(gateway), out)
         return
-    segment_id = segment_id_of(gateway, args.segment)
+    segment_id = segment_id_of(gateway, args.segment, args.action)
     version = getattr(args, "version", None)
+    before: segment_resources.Segment | None = None
     # An approver's key may hold only `approve`: with an id and --version nothing needs reading first.
     if args.action in ("get", "publish") or not version:
-        current = gateway.call(api.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id)).segment
+        try:
+            before = gateway.call(api.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id)).segment
+        except grpc.RpcError as error:
+            if _denied(error) and args.action in ("approve", "reject"):
+                raise _version_refused(error, "segment", segment_id, args.action) from None
+            raise
         if args.action == "get":
-            print_segment(current, out)
+            print_segment(before, out)
             return
-        version = version or current.version
+        version = version or before.version
+    request_id = args.request_id or derived_request_id(f"segment-{args.action}", segment_id, version)
     if args.action == "submit":
-        request_id = args.request_id or derived_request_id("segment-submit", segment_id, version)
         reply = gateway.call(
             api.SubmitSegment,
             segments_pb2.SubmitSegmentRequest(request_id=request_id, segment_id=segment_id, version=version),
         )
     elif args.action == "approve":
-        request_id = args.request_id or derived_request_id("segment-approve", segment_id, version)
-        reply = gateway.call(
-            api.ApproveSegment,
-            segments_pb2.ApproveSegmentRequest(
-                request_id=request_id, segment_id=segment_id, version=version, note=args.note or ""
-            ),
-        )
+        try:
+            reply = gateway.call(
+                api.ApproveSegment,
+                segments_pb2.ApproveSegmentRequest(
+                    request_id=request_id, segment_id=segment_id, version=version, note=args.note or ""
+                ),
+            )
+        except grpc.RpcError as error:
+            if _is_self_approval(error):
+                raise _self_approval_refused(error, "segment", segment_id, version) from None
+            raise
     elif args.action == "reject":
-        request_id = args.request_id or derived_request_id("segment-reject", segment_id, version)
         reply = gateway.call(
             api.RejectSegment,
             segments_pb2.RejectSegmentRequest(
@@ -172,7 +240,6 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
             ),
         )
     elif args.action == "publish":
-        request_id = args.request_id or derived_request_id("segment-publish", segment_id, version)
         future = gateway.future(
             api.PublishSegment,
             segments_pb2.PublishSegmentRequest(request_id=request_id, segment_id=segment_id),
@@ -189,6 +256,15 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
             f"{segment.segment_id} {_segment_state(segment)} version {segment.version} members {segment.member_count}",
             file=out.out,
         )
+    if args.action == "submit":
+        print(_approve_next("segments", segment.segment_id, segment.version), file=out.err)
+
+
+def _approve_next(prefix: str, ref: str, version: int) -> str:
+    return (
+        "next: another client's key approves it:"
+        f" XSELL_API_KEY=<approver key> xsell {prefix} approve {ref} --version {version}"
+    )
 
 
 _CAMPAIGN_STEPS: dict[str, tuple[str, Callable[..., Message], bool]] = {
@@ -209,14 +285,20 @@ def campaigns_command(gateway: Gateway, args: Any, out: Out) -> None:
     if args.action == "list":
         print_campaigns(list_campaigns(gateway), out)
         return
-    key = campaign_key_of(gateway, args.campaign)
+    key = campaign_key_of(gateway, args.campaign, args.action)
     version = getattr(args, "version", None)
+    before: campaign_resources.Campaign | None = None
     if not version:
-        current = gateway.call(api.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
+        try:
+            before = gateway.call(api.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
+        except grpc.RpcError as error:
+            if _denied(error) and args.action in ("approve", "reject"):
+                raise _version_refused(error, "campaign", key, args.action) from None
+            raise
         if args.action == "get":
-            print_campaign(current, out)
+            print_campaign(before, out)
             return
-        version = current.version
+        version = before.version
     rpc, request_type, by_version = _CAMPAIGN_STEPS[args.action]
     fields: dict[str, Any] = {"campaign_key": key}
     names = request_type.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
@@ -229,12 +311,19 @@ def campaigns_command(gateway: Gateway, args: Any, out: Out) -> None:
     fields["request_id"] = args.request_id or (
         derived_request_id(f"campaign-{args.action}", key, version) if by_version else random_request_id(args.action)
     )
-    campaign = gateway.call(getattr(api, rpc), request_type(**fields)).campaign
+    try:
+        campaign = gateway.call(getattr(api, rpc), request_type(**fields)).campaign
+    except grpc.RpcError as error:
+        if args.action == "approve" and _is_self_approval(error):
+            raise _self_approval_refused(error, "campaign", key, version) from None
+        raise
     if out.json:
         print_json(campaign, out.out)
     else:
         reason = f" ({campaign.pause_reason})" if campaign.pause_reason else ""
         print(f"{campaign.campaign_key} {_campaign_state(campaign)} version {campaign.version}{reason}", file=out.out)
+    if args.action == "submit":
+        print(_approve_next("campaigns", campaign.campaign_key, campaign.version), file=out.err)
 
 
 def status_command(gateway: Gateway, args: Any, out: Out) -> None:

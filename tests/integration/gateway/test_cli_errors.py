@@ -15,6 +15,7 @@ LAUNCH = "/xsell.campaigns.v1.CampaignsService/LaunchCampaign"
 GET_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/GetCampaign"
 REJECT_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/RejectCampaign"
 REJECT_SEGMENT = "/xsell.segments.v1.SegmentsService/RejectSegment"
+APPROVE_CAMPAIGN = "/xsell.campaigns.v1.CampaignsService/ApproveCampaign"
 
 
 async def test_report_says_when_the_deployment_does_not_serve_it(
@@ -99,3 +100,49 @@ async def test_reject_sends_the_version_the_reason_and_a_request_id_per_version(
     assert [call.method for call in downstream.services.calls].count(GET_CAMPAIGN) == 0, (
         "an approve-only key reads nothing"
     )
+
+
+async def test_an_approve_only_key_is_told_to_give_the_id_and_version(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.APPROVE)
+    code, stdout, stderr = await xsell(gateway.target, key, "campaigns", "approve", "Lumpsum for SIP investors")
+    assert (code, stdout) == (1, "")
+    lines = stderr.splitlines()
+    assert lines[0].startswith("error: PERMISSION_DENIED: this API key lacks the scope 'campaigns.manage'")
+    assert lines[1:] == [
+        "  this key may not list campaigns (ListCampaigns needs campaigns.manage), so it cannot find"
+        " 'Lumpsum for SIP investors' by its name;",
+        "  give the campaign's id and the version instead: xsell campaigns approve cmp_... --version N",
+        "  (`xsell campaigns submit` printed both; `xsell campaigns list` shows them with a campaigns.manage key)",
+    ]
+    code, _, stderr = await xsell(gateway.target, key, "segments", "reject", "seg_1", "--reason", "too wide")
+    assert code == 1
+    assert stderr.splitlines()[1:] == [
+        "  this key may not read segments (GetSegment needs segments.manage), so it cannot find the current version;",
+        "  give it: xsell segments reject seg_1 --version N",
+    ]
+    assert downstream.services.calls == [], "the gateway refused both before any service was called"
+
+
+async def test_self_approval_says_how_to_make_an_approver_key(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.CAMPAIGNS_MANAGE, scopes.APPROVE)
+
+    async def own_version(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "test-client wrote version 2 of campaign cmp_1 and cannot approve it; another person with the approve "
+            "scope must (maker-checker)",
+        )
+        raise AssertionError("abort returns only by raising")
+
+    downstream.services.responders[APPROVE_CAMPAIGN] = own_version
+    code, _, stderr = await xsell(gateway.target, key, "campaigns", "approve", "cmp_1", "--version", "2")
+    assert code == 1
+    assert stderr.startswith("error: FAILED_PRECONDITION: test-client wrote version 2")
+    assert "python -m gateway keys create --name approver --scopes approve" in stderr
+    assert "then: XSELL_API_KEY=xsk_... xsell campaigns approve cmp_1 --version 2" in stderr

@@ -1,5 +1,5 @@
 """The xsell CLI against a real gateway in front of a real segments service: loading profiles and events (the demo
-data fills every fund example segment; refused records are named by line, the rest stored)."""
+data fills every fund example segment; refused records are named by line, the rest stored) and maker-checker."""
 
 import json
 from collections.abc import AsyncIterator
@@ -136,3 +136,36 @@ async def test_csv_columns_are_typed_by_the_catalog_or_the_header(gateway: Runni
     code, _, stderr = await xsell(gateway.target, feed, "events", "load", str(events))
     assert code == 1
     assert f"{events}:3: e2: occur_time: occur_time 2001-01-01T00:00:00+00:00 is older than" in stderr
+
+
+async def test_maker_checker_by_name_and_by_id(gateway: RunningGateway) -> None:
+    maker = await gateway.add_key(scopes.SEGMENTS_MANAGE, scopes.APPROVE, scopes.INGEST, client="maker")
+    checker = await gateway.add_key(scopes.APPROVE, client="checker")
+    code, _, stderr = await xsell(gateway.target, maker, "profiles", "load", str(DATA / "profiles.jsonl"))
+    assert code == 0, stderr
+    code, _, stderr = await xsell(gateway.target, maker, "events", "load", str(DATA / "events.jsonl"))
+    assert code == 0, stderr
+    code, stdout, stderr = await xsell(
+        gateway.target, maker, "apply", str(SEGMENTS / "sip_only_investors.yaml"), "--json"
+    )
+    assert code == 0, stderr
+    segment_id = json.loads(stdout)[0]["id"]
+
+    code, stdout, stderr = await xsell(gateway.target, maker, "segments", "submit", "SIP-only investors")
+    assert (code, stdout) == (0, f"{segment_id} SUBMITTED version 1 members 0\n"), stderr
+    assert f"xsell segments approve {segment_id} --version 1" in stderr
+
+    code, _, stderr = await xsell(gateway.target, maker, "segments", "approve", "SIP-only investors")
+    assert code == 1
+    assert stderr.startswith("error: FAILED_PRECONDITION: ") and "the author cannot approve" in stderr.splitlines()[0]
+    assert "python -m gateway keys create --name approver --scopes approve" in stderr
+
+    code, _, stderr = await xsell(gateway.target, checker, "segments", "approve", "SIP-only investors")
+    assert code == 1 and "xsell segments approve seg_... --version N" in stderr, stderr
+    code, stdout, stderr = await xsell(
+        gateway.target, checker, "segments", "approve", segment_id, "--version", "1", "--note", "ok"
+    )
+    assert (code, stdout) == (0, f"{segment_id} APPROVED version 1 members 0\n"), stderr
+
+    code, stdout, stderr = await xsell(gateway.target, maker, "segments", "publish", "SIP-only investors")
+    assert (code, stdout) == (0, f"{segment_id} PUBLISHED version 1 members 7\n"), stderr
