@@ -194,6 +194,22 @@ def print_campaign(campaign: campaign_resources.Campaign, out: Out) -> None:
     print(yaml.safe_dump(as_dict(campaign), allow_unicode=True, sort_keys=False).rstrip(), file=out.out)
 
 
+_SEGMENT_FROM: dict[str, frozenset[int]] = {
+    # The states each step starts from: a step answered from another state was answered by the service's memory
+    # of the same request_id (a replay), not done again.
+    "submit": frozenset({segment_resources.SEGMENT_STATE_DRAFT}),
+    "approve": frozenset({segment_resources.SEGMENT_STATE_SUBMITTED}),
+    "reject": frozenset({segment_resources.SEGMENT_STATE_SUBMITTED}),
+    "publish": frozenset(
+        {
+            segment_resources.SEGMENT_STATE_DRAFT,
+            segment_resources.SEGMENT_STATE_SUBMITTED,
+            segment_resources.SEGMENT_STATE_APPROVED,
+        }
+    ),
+}
+
+
 def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
     api = gateway.segments
     if args.action == "list":
@@ -249,6 +265,9 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
     else:
         raise CliError(f"unknown segments action {args.action!r}")
     segment = reply.segment
+    if before is not None and before.state not in _SEGMENT_FROM[args.action]:
+        segment = gateway.call(api.GetSegment, segments_pb2.GetSegmentRequest(segment_id=segment_id)).segment
+        print(_replayed(args.action, request_id, f"segment {segment_id}", _segment_state(segment)), file=out.err)
     if out.json:
         print_json(segment, out.out)
     else:
@@ -258,6 +277,13 @@ def segments_command(gateway: Gateway, args: Any, out: Out) -> None:
         )
     if args.action == "submit":
         print(_approve_next("segments", segment.segment_id, segment.version), file=out.err)
+
+
+def _replayed(action: str, request_id: str, what: str, state: str) -> str:
+    return (
+        f"replayed: the service answered with its answer to the first {action} with this request id ({request_id});"
+        f" {what} is now {state}"
+    )
 
 
 def _approve_next(prefix: str, ref: str, version: int) -> str:
@@ -277,6 +303,21 @@ _CAMPAIGN_STEPS: dict[str, tuple[str, Callable[..., Message], bool]] = {
     "pause": ("PauseCampaign", campaigns_pb2.PauseCampaignRequest, False),
     "resume": ("ResumeCampaign", campaigns_pb2.ResumeCampaignRequest, False),
     "cancel": ("CancelCampaign", campaigns_pb2.CancelCampaignRequest, True),
+}
+
+
+_CAMPAIGN_FROM: dict[str, frozenset[int]] = {
+    # As _SEGMENT_FROM: the states each step starts from (launch: DRAFT too where approval is off).
+    "submit": frozenset({campaign_resources.CAMPAIGN_STATE_DRAFT}),
+    "approve": frozenset({campaign_resources.CAMPAIGN_STATE_SUBMITTED}),
+    "reject": frozenset({campaign_resources.CAMPAIGN_STATE_SUBMITTED}),
+    "launch": frozenset({campaign_resources.CAMPAIGN_STATE_APPROVED, campaign_resources.CAMPAIGN_STATE_DRAFT}),
+    "pause": frozenset({campaign_resources.CAMPAIGN_STATE_SCHEDULED, campaign_resources.CAMPAIGN_STATE_RUNNING}),
+    "resume": frozenset({campaign_resources.CAMPAIGN_STATE_PAUSED}),
+    "cancel": frozenset(
+        set(campaign_resources.CampaignState.values())
+        - {campaign_resources.CAMPAIGN_STATE_COMPLETED, campaign_resources.CAMPAIGN_STATE_CANCELLED}
+    ),
 }
 
 
@@ -317,6 +358,10 @@ def campaigns_command(gateway: Gateway, args: Any, out: Out) -> None:
         if args.action == "approve" and _is_self_approval(error):
             raise _self_approval_refused(error, "campaign", key, version) from None
         raise
+    if before is not None and before.state not in _CAMPAIGN_FROM[args.action]:
+        # Launching a COMPLETED campaign again answers RUNNING, its first launch's answer: say what it is now.
+        campaign = gateway.call(api.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_key=key)).campaign
+        print(_replayed(args.action, fields["request_id"], f"campaign {key}", _campaign_state(campaign)), file=out.err)
     if out.json:
         print_json(campaign, out.out)
     else:

@@ -138,7 +138,7 @@ async def test_csv_columns_are_typed_by_the_catalog_or_the_header(gateway: Runni
     assert f"{events}:3: e2: occur_time: occur_time 2001-01-01T00:00:00+00:00 is older than" in stderr
 
 
-async def test_maker_checker_by_name_and_by_id(gateway: RunningGateway) -> None:
+async def test_maker_checker_by_name_by_id_and_a_replayed_publish(gateway: RunningGateway) -> None:
     maker = await gateway.add_key(scopes.SEGMENTS_MANAGE, scopes.APPROVE, scopes.INGEST, client="maker")
     checker = await gateway.add_key(scopes.APPROVE, client="checker")
     code, _, stderr = await xsell(gateway.target, maker, "profiles", "load", str(DATA / "profiles.jsonl"))
@@ -169,3 +169,7 @@ async def test_maker_checker_by_name_and_by_id(gateway: RunningGateway) -> None:
 
     code, stdout, stderr = await xsell(gateway.target, maker, "segments", "publish", "SIP-only investors")
     assert (code, stdout) == (0, f"{segment_id} PUBLISHED version 1 members 7\n"), stderr
+    assert "replayed" not in stderr
+    code, stdout, stderr = await xsell(gateway.target, maker, "segments", "publish", segment_id)
+    assert (code, stdout) == (0, f"{segment_id} PUBLISHED version 1 members 7\n"), stderr
+    assert f"segment {segment_id} is now PUBLISHED" in stderr and stderr.count("replayed: ") == 1
