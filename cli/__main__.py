@@ -1,5 +1,5 @@
-"""`xsell …`: load profiles and events, apply segment and campaign files, move them through approval, read status
-and reports, show traces.
+"""`xsell …`: load profiles and events, apply segment and campaign files, move them through approval, read status,
+reports and one outreach's record, show traces.
 
 Talks to the gateway over gRPC: XSELL_GATEWAY (host:port) and XSELL_API_KEY, or --gateway / --api-key.
 Exit codes: 0 done; 1 the gateway refused (its status code and message are printed), or refused some records of
@@ -25,6 +25,7 @@ from cli.commands import (
 )
 from cli.loading import MAX_BATCH_RECORDS, load_file
 from cli.output import print_json, table
+from cli.outreach_commands import explain_command, lookup_command, outreaches_command
 from cli.record_files import FORMATS, RecordFileError
 
 
@@ -183,6 +184,24 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--var-dir", default="var", help="the stack's var folder (default var)")
     trace.add_argument("--trace-id", action="store_true", help="print only the trace id, for a tracing backend")
     trace.add_argument("--json", action="store_true", help="print the spans as JSON")
+
+    lookup = commands.add_parser(
+        "lookup", parents=[common], help="one outreach's record by campaign ID: outreach, message timeline, attribution"
+    )
+    lookup.add_argument("campaign_id", help="an outreach's campaign ID, e.g. CSELL-NOV-T06-0884")
+
+    explain = commands.add_parser(
+        "explain", parents=[common], help="why one person was or was not reached by a campaign, run by run"
+    )
+    explain.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
+    explain.add_argument("profile_id", help="the person's profile id, as in the CRM")
+    explain.add_argument("--runs", type=int, default=20, help="how many recent runs (default 20)")
+
+    outreaches = commands.add_parser(
+        "outreaches", parents=[common], help="a campaign's outreaches: campaign IDs, people, channels, message states"
+    )
+    outreaches.add_argument("campaign", help="a campaign key (cmp_…) or its display name")
+    outreaches.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     return root
 
 
@@ -219,6 +238,12 @@ def run(args: argparse.Namespace, out: Out) -> int:
             status_command(gateway, args, out)
         elif args.command == "report":
             return report_command(gateway, args, out)
+        elif args.command == "lookup":
+            lookup_command(gateway, args, out)
+        elif args.command == "explain":
+            explain_command(gateway, args, out)
+        elif args.command == "outreaches":
+            outreaches_command(gateway, args, out)
         return 0
     finally:
         gateway.close()

@@ -11,7 +11,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from xsell.attribution.v1 import service_pb2_grpc as attribution_grpc
 from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
+from xsell.channels.v1 import service_pb2_grpc as channels_grpc
+from xsell.gateway.v1 import service_pb2_grpc as gateway_grpc
 from xsell.segments.v1 import service_pb2_grpc as segments_grpc
 
 DEFAULT_GATEWAY = "127.0.0.1:50051"
@@ -101,6 +104,18 @@ class Gateway:
     @property
     def campaigns(self) -> campaigns_grpc.CampaignsServiceStub:
         return campaigns_grpc.CampaignsServiceStub(self.channel)
+
+    @property
+    def channels(self) -> channels_grpc.ChannelsServiceStub:
+        return channels_grpc.ChannelsServiceStub(self.channel)
+
+    @property
+    def attribution(self) -> attribution_grpc.AttributionServiceStub:
+        return attribution_grpc.AttributionServiceStub(self.channel)
+
+    @property
+    def gateway(self) -> gateway_grpc.GatewayServiceStub:
+        return gateway_grpc.GatewayServiceStub(self.channel)
 
     def call(self, rpc: Any, request: Any, *, timeout: float | None = None) -> Any:
         return rpc(request, metadata=self.metadata, timeout=timeout or self.timeout)

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from cli.apply import list_campaigns, list_segments
 from cli.client import CliError, Gateway, Refused, derived_request_id, random_request_id, status_of
-from cli.output import as_dict, enum_word, print_json, table, waiting
+from cli.output import as_dict, enum_word, print_json, stamp, table, waiting
 from devstack.trace import render
 from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
 from services.segments.rule_files import SegmentFile, render_segment_text
@@ -42,12 +42,6 @@ def _campaign_state(campaign: campaign_resources.Campaign) -> str:
 
 def _channel(value: Any) -> str:
     return enum_word(channel_pb2.Channel.Name(value), "CHANNEL_").lower()
-
-
-def _time(message: Message, name: str) -> str:
-    if not message.HasField(name):
-        return "-"
-    return getattr(message, name).ToDatetime().replace(microsecond=0).isoformat(sep=" ") + "Z"
 
 
 APPROVER_KEY_COMMAND = "python -m gateway keys create --name approver --scopes approve"
@@ -393,7 +387,7 @@ def status_command(gateway: Gateway, args: Any, out: Out) -> None:
         f"segment     {campaign.segment_id} v{campaign.segment_version}  channel {_channel(campaign.channel)}",
         file=out.out,
     )
-    print(f"outreaches  {campaign.outreach_count}  launched {_time(campaign, 'launch_time')}", file=out.out)
+    print(f"outreaches  {campaign.outreach_count}  launched {stamp(campaign, 'launch_time')}", file=out.out)
     if runs:
         print(file=out.out)
         table(
@@ -401,13 +395,13 @@ def status_command(gateway: Gateway, args: Any, out: Out) -> None:
             [
                 (
                     run.run_id,
-                    _time(run, "occurrence_time"),
+                    stamp(run, "occurrence_time"),
                     run.counts.audience,
                     run.counts.held_out,
                     run.counts.released,
                     run.counts.dispatched,
                     run.counts.delivered,
-                    _time(run, "complete_time"),
+                    stamp(run, "complete_time"),
                 )
                 for run in runs
             ],

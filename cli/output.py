@@ -4,11 +4,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any, TextIO, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from xsell.type.v1 import money_pb2
 
 T = TypeVar("T")
 
@@ -35,6 +38,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) ->
 def enum_word(value: str, prefix: str) -> str:
     """CAMPAIGN_STATE_RUNNING -> RUNNING."""
     return value[len(prefix) :] if value.startswith(prefix) else value
+
+
+def stamp(message: Message, name: str) -> str:
+    """A timestamp field as `2026-11-26 07:58:32Z`, or - when unset."""
+    if not message.HasField(name):
+        return "-"
+    return getattr(message, name).ToDatetime().replace(microsecond=0).isoformat(sep=" ") + "Z"
+
+
+def money(amount: money_pb2.Money) -> str:
+    """₹2,50,000 or ₹99.50 (Indian digit grouping) for rupees; 12.50 USD for other currencies; - when unset."""
+    if not amount.currency_code:
+        return "-"
+    units = Decimal(amount.minor_units) / 100
+    if amount.currency_code != "INR":
+        return f"{units:.2f} {amount.currency_code}"
+    sign = "-" if units < 0 else ""
+    whole, _, fraction = f"{abs(units):.2f}".partition(".")
+    head, tail = whole[:-3], whole[-3:]
+    groups: list[str] = []
+    while len(head) > 2:
+        groups.insert(0, head[-2:])
+        head = head[:-2]
+    grouped = ",".join([head, *groups, tail] if head else [*groups, tail])
+    return f"{sign}₹{grouped}" + ("" if fraction == "00" else f".{fraction}")
 
 
 def waiting(future: "grpc.Future", what: str, err: TextIO, *, interval: float = 0.5) -> Any:
