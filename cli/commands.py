@@ -3,8 +3,10 @@
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
 import yaml
@@ -407,6 +409,47 @@ def status_command(gateway: Gateway, args: Any, out: Out) -> None:
             ],
             out.out,
         )
+    for line in undispatched_hint(campaign, runs, args.campaign):
+        print(line, file=out.out)
+
+
+def undispatched_hint(
+    campaign: campaign_resources.Campaign, runs: Any, ref: str, now: datetime | None = None
+) -> list[str]:
+    """Why released outreaches are not dispatched yet, as far as the campaign says; where to look for one person."""
+    waiting_count = sum(max(run.counts.released - run.counts.dispatched, 0) for run in runs)
+    if not waiting_count or campaign.state == campaign_resources.CAMPAIGN_STATE_CANCELLED:
+        return []
+    quoted = f'"{ref}"' if " " in ref else ref
+    lines = [f"\n{waiting_count} released outreaches are not dispatched yet:"]
+    if campaign.state == campaign_resources.CAMPAIGN_STATE_PAUSED:
+        lines.append(f"  the campaign is PAUSED; `xsell campaigns resume {quoted}` sends them")
+    elif campaign.HasField("quiet_hours") and campaign.quiet_hours.start != campaign.quiet_hours.end:
+        lines.append(_quiet_hours_line(campaign, now or datetime.now(UTC)))
+    else:
+        lines.append("  they are on their way to channels (dispatch follows release within moments)")
+    lines.append(f"  `xsell outreaches {quoted}` lists them with their message state;")
+    lines.append(f"  `xsell explain {quoted} <profile_id>` says why for one person")
+    return lines
+
+
+def _quiet_hours_line(campaign: campaign_resources.Campaign, now: datetime) -> str:
+    start, end = campaign.quiet_hours.start, campaign.quiet_hours.end
+    zone_name = campaign.schedule.time_zone or "UTC"
+    line = f"  quiet hours {start}-{end} (each recipient's local time) hold them until they end"
+    try:
+        local = now.astimezone(ZoneInfo(zone_name))
+        start_minute, end_minute = (int(t[:2]) * 60 + int(t[3:5]) for t in (start, end))
+    except (ZoneInfoNotFoundError, ValueError):
+        return line
+    minute = local.hour * 60 + local.minute
+    inside = (
+        start_minute <= minute < end_minute
+        if start_minute < end_minute
+        else (minute >= start_minute or minute < end_minute)
+    )
+    where = "inside" if inside else "outside"
+    return f"{line}; in {zone_name} it is {local:%H:%M} now, {where} them"
 
 
 def report_command(gateway: Gateway, args: Any, out: Out) -> int:

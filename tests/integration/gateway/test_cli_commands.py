@@ -1,5 +1,5 @@
 """The xsell CLI's read commands and lifecycle answers, as a subprocess against a real gateway whose services answer
-as told: lookup, explain, outreaches, a replayed launch."""
+as told: lookup, explain, outreaches, status, a replayed launch."""
 
 import grpc
 from google.protobuf.message import Message
@@ -19,6 +19,7 @@ CAMPAIGNS = "/xsell.campaigns.v1.CampaignsService/"
 GET_OUTREACH = CAMPAIGNS + "GetOutreach"
 GET_CAMPAIGN = CAMPAIGNS + "GetCampaign"
 LAUNCH = CAMPAIGNS + "LaunchCampaign"
+LIST_RUNS = CAMPAIGNS + "ListCampaignRuns"
 LIST_OUTREACHES = CAMPAIGNS + "ListOutreaches"
 EXPLAIN = CAMPAIGNS + "ExplainOutreach"
 GET_MESSAGE = "/xsell.channels.v1.ChannelsService/GetMessage"
@@ -192,6 +193,30 @@ async def test_explain_and_outreaches_list_decisions_and_message_states(
         [CAMPAIGN_ID, "demo-0001", "email", "DELIVERED"],
         [second, "demo-0002", "email", "-"],
     ]
+
+
+async def test_status_says_why_released_outreaches_are_not_dispatched(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.CAMPAIGNS_MANAGE)
+    campaign = campaign_resources.Campaign(
+        campaign_key="cmp_1",
+        display_name="Lumpsum",
+        state=campaign_resources.CAMPAIGN_STATE_RUNNING,
+        quiet_hours=campaign_resources.QuietHours(start="21:00", end="09:00"),
+        schedule=campaign_resources.Schedule(time_zone="Asia/Kolkata"),
+    )
+    run = campaign_resources.CampaignRun(
+        run_id="run_1", counts=campaign_resources.ReportCounts(audience=3, released=3, dispatched=0)
+    )
+    downstream.services.responders[GET_CAMPAIGN] = answer(campaigns_pb2.GetCampaignResponse(campaign=campaign))
+    downstream.services.responders[LIST_RUNS] = answer(campaigns_pb2.ListCampaignRunsResponse(runs=[run]))
+    code, stdout, stderr = await xsell(gateway.target, key, "status", "cmp_1")
+    assert code == 0, stderr
+    assert "3 released outreaches are not dispatched yet:" in stdout
+    assert "quiet hours 21:00-09:00 (each recipient's local time) hold them until they end; in Asia/Kolkata" in stdout
+    assert "`xsell explain cmp_1 <profile_id>` says why for one person" in stdout
 
 
 async def test_launching_a_completed_campaign_again_says_it_was_a_replay(
