@@ -1,7 +1,8 @@
 """`xsell …`: load profiles and events, apply segment and campaign files, move them through approval, read status,
 reports and one outreach's record, show traces.
 
-Talks to the gateway over gRPC: XSELL_GATEWAY (host:port) and XSELL_API_KEY, or --gateway / --api-key.
+Talks to the gateway over gRPC: XSELL_GATEWAY (host:port) and XSELL_API_KEY, or --gateway / --api-key (before
+or after the command).
 Exit codes: 0 done; 1 the gateway refused (its status code and message are printed), or refused some records of
 a load; 2 bad input found before calling (a file, a name); 3 the deployment does not offer the call yet.
 """
@@ -64,35 +65,51 @@ def _batch_size(text: str) -> int:
     return size
 
 
-def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every gateway command takes, before the command (with the defaults) or after it (without, so
+    they do not overwrite what was given before: argparse copies a subcommand's defaults over the parent's values)."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
         "--gateway",
-        default=os.environ.get("XSELL_GATEWAY", DEFAULT_GATEWAY),
+        default=default(os.environ.get("XSELL_GATEWAY", DEFAULT_GATEWAY)),
         help=f"the gateway's gRPC host:port (XSELL_GATEWAY; default {DEFAULT_GATEWAY})",
     )
-    common.add_argument(
-        "--api-key", help="an xsk_… key (XSELL_API_KEY; default: var/dev-api-key, the key `make run` made)"
+    parser.add_argument(
+        "--api-key",
+        default=default(None),
+        help="an xsk_… key (XSELL_API_KEY; default: var/dev-api-key, the key `make run` made)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--tls-ca",
         type=Path,
-        default=_path_env("XSELL_TLS_CA"),
+        default=default(_path_env("XSELL_TLS_CA")),
         help="CA bundle (PEM) to check the gateway's TLS certificate; plaintext when unset (XSELL_TLS_CA)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--tls-cert",
         type=Path,
-        default=_path_env("XSELL_TLS_CERT"),
+        default=default(_path_env("XSELL_TLS_CERT")),
         help="client certificate (PEM) where the gateway requires mTLS (XSELL_TLS_CERT)",
     )
-    common.add_argument(
-        "--tls-key", type=Path, default=_path_env("XSELL_TLS_KEY"), help="its private key (PEM) (XSELL_TLS_KEY)"
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=default(_path_env("XSELL_TLS_KEY")),
+        help="its private key (PEM) (XSELL_TLS_KEY)",
     )
-    common.add_argument("--timeout", type=float, default=30.0, help="seconds each call may take (default 30)")
-    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--timeout", type=float, default=default(30.0), help="seconds each call may take (default 30)")
+    parser.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of tables")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, defaults=False)
 
     root = argparse.ArgumentParser(prog="xsell", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    _connection_options(root, defaults=True)
     commands = root.add_subparsers(dest="command", required=True)
 
     for kind, what, rpc in (
@@ -183,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("campaign_id", help="an outreach's campaign ID, e.g. CSELL-NOV-T06-0884")
     trace.add_argument("--var-dir", default="var", help="the stack's var folder (default var)")
     trace.add_argument("--trace-id", action="store_true", help="print only the trace id, for a tracing backend")
-    trace.add_argument("--json", action="store_true", help="print the spans as JSON")
+    trace.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the spans as JSON")
 
     lookup = commands.add_parser(
         "lookup", parents=[common], help="one outreach's record by campaign ID: outreach, message timeline, attribution"
@@ -270,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = Out(json=bool(getattr(args, "json", False)))
     try:
-        return run(args, out)
+        code = run(args, out)
+        out.out.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`xsell status … | head -3`): stop quietly, as `cat` does, and keep Python's exit
+        # flush from failing on the closed pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CliError, RecordFileError) as error:
         print(f"error: {error}", file=out.err)
         return 2

@@ -1,12 +1,16 @@
 """The xsell CLI's read commands and lifecycle answers, as a subprocess against a real gateway whose services answer
-as told: lookup, explain, outreaches, status, a replayed launch."""
+as told: lookup, explain, outreaches, status, a replayed launch, flags before the command, a closed pipe."""
+
+import asyncio
+import os
+import sys
 
 import grpc
 from google.protobuf.message import Message
 
 from gateway import scopes
-from tests.integration.gateway.cli_process import xsell
-from tests.integration.gateway.conftest import Downstream, GatewayFactory, Responder
+from tests.integration.gateway.cli_process import REPO, xsell
+from tests.integration.gateway.conftest import Downstream, GatewayFactory, Responder, unused_target
 from xsell.attribution.v1 import resources_pb2 as attribution_resources
 from xsell.attribution.v1 import service_pb2 as attribution_pb2
 from xsell.campaigns.v1 import resources_pb2 as campaign_resources
@@ -117,7 +121,7 @@ async def test_lookup_prints_the_outreach_its_timeline_and_its_loans(
     assert any(line.startswith("funnel      sent 1, delivered 1, opened 0, clicked 1") for line in lines), stdout
     assert any(line.startswith("LA-2026-0001  MF_LUMPSUM  DISBURSED") and "₹5,00,000" in line for line in lines)
 
-    code, stdout, _ = await xsell(gateway.target, key, "lookup", CAMPAIGN_ID, "--json")
+    code, stdout, _ = await xsell(gateway.target, key, "--json", "lookup", CAMPAIGN_ID)
     assert code == 0 and '"provider_message_id": "<abc@xsell.local>"' in stdout
 
 
@@ -245,3 +249,48 @@ async def test_launching_a_completed_campaign_again_says_it_was_a_replay(
     downstream.services.responders[GET_CAMPAIGN] = answer(campaigns_pb2.GetCampaignResponse(campaign=approved))
     code, stdout, stderr = await xsell(gateway.target, key, "campaigns", "launch", "cmp_1")
     assert (code, stdout, stderr) == (0, "cmp_1 RUNNING version 1\n", ""), "a first launch is no replay"
+
+
+async def test_connection_flags_before_the_command_are_used(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.CAMPAIGNS_MANAGE)
+    downstream.services.responders[CAMPAIGNS + "ListCampaigns"] = answer(campaigns_pb2.ListCampaignsResponse())
+    code, stdout, stderr = await xsell(
+        unused_target(),
+        "xsk_not_this_one_x",
+        "--json",
+        "--gateway",
+        gateway.target,
+        "--api-key",
+        key,
+        "campaigns",
+        "list",
+    )
+    assert (code, stdout) == (0, "[]\n"), stderr
+
+
+async def test_a_closed_pipe_ends_the_command_quietly(start_gateway: GatewayFactory, downstream: Downstream) -> None:
+    gateway = await start_gateway()
+    key = await gateway.add_key(scopes.CAMPAIGNS_MANAGE)
+    downstream.services.responders[CAMPAIGNS + "ListCampaigns"] = answer(campaigns_pb2.ListCampaignsResponse())
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the CLI writes, as after `| head -1` has read its line
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            "campaigns",
+            "list",
+            cwd=REPO,
+            env={**os.environ, "XSELL_GATEWAY": gateway.target, "XSELL_API_KEY": key},
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 141
+    assert stderr.decode() == ""

@@ -1,9 +1,37 @@
-"""What `xsell status` says about released outreaches that are not dispatched yet."""
+"""The command line: connection flags before or after the command, and the status hint for undispatched outreaches."""
 
 from datetime import UTC, datetime
 
+import pytest
+
+from cli.__main__ import parser
 from cli.commands import undispatched_hint
 from xsell.campaigns.v1 import resources_pb2 as r
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--gateway", "gw:1", "--api-key", "xsk_a_b", "status", "cmp_1"],
+        ["status", "cmp_1", "--json", "--gateway", "gw:1", "--api-key", "xsk_a_b"],
+        ["--gateway", "gw:9", "status", "cmp_1", "--json", "--gateway", "gw:1", "--api-key", "xsk_a_b"],
+    ],
+)
+def test_connection_flags_work_before_and_after_the_command(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    assert (args.json, args.gateway, args.api_key, args.campaign) == (True, "gw:1", "xsk_a_b", "cmp_1")
+
+
+def test_without_flags_the_defaults_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XSELL_GATEWAY", "env:50051")
+    args = parser().parse_args(["segments", "list"])
+    assert (args.json, args.gateway, args.api_key, args.timeout) == (False, "env:50051", None, 30.0)
+    assert parser().parse_args(["--json", "trace", "CSELL-NOV-T06-0884"]).json is True
+
+
+def test_help_lists_the_connection_flags() -> None:
+    text = parser().format_help()
+    assert all(flag in text for flag in ("--gateway", "--api-key", "--json", "--timeout"))
 
 
 def _run(released: int, dispatched: int) -> r.CampaignRun:
