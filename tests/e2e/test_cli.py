@@ -1,6 +1,7 @@
 """`xsell` as an operator runs it, in a subprocess against the running stack's gateway: apply, approve, launch, read."""
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -226,3 +227,79 @@ async def test_trace_prints_the_gateway_span_of_a_campaign_id(running_stack: Run
     assert await eventually(traced, timeout=30, interval=0.5)
     unknown = xsell(running_stack, "trace", "CSELL-NOV-T06-00000000", "--var-dir", var_dir)
     assert unknown.returncode == 1 and "no spans for CSELL-NOV-T06-00000000" in unknown.stderr
+
+
+async def test_load_people_then_launch_and_follow_one_campaign_id(running_stack: RunningStack, tmp_path: Path) -> None:
+    """A new operator's first run: people from a file, maker-checker with an approver's key, a campaign sent now,
+    its outreaches, one campaign ID's record, why a person was reached, and a launch repeated after the end."""
+    suffix = uuid.uuid4().hex[:6]
+    tier = f"cli-{suffix}"  # no other test's segment selects these people
+    people = tmp_path / "people.jsonl"
+    people.write_text(
+        "".join(
+            json.dumps({"profile_id": f"cli-{suffix}-{n}", "attributes": attributes}) + "\n"
+            for n, attributes in enumerate(
+                [
+                    {"first_name": "Asha", "email": f"asha.{suffix}@example.in", "customer_tier": tier},
+                    {"first_name": "Ravi", "email": f"ravi.{suffix}@example.in", "customer_tier": tier},
+                    {"first_name": "Dev", "customer_tier": tier, "favourite_colour": "teal"},
+                ]
+            )
+        )
+    )
+    loaded = xsell(running_stack, "profiles", "load", str(people))
+    assert loaded.returncode == 1, loaded.stderr
+    assert loaded.stdout.splitlines()[1].split() == [str(people), "3", "2", "1"]
+    assert f"{people}:3: cli-{suffix}-2: attributes.favourite_colour: " in loaded.stderr
+
+    segment_path = tmp_path / "tier.yaml"
+    segment_name = f"CLI tier {suffix}"
+    segment_path.write_text(
+        yaml.safe_dump({"name": segment_name, "rule": {"attribute": {"name": "customer_tier", "equals": tier}}})
+    )
+    (segment,) = ok(xsell(running_stack, "apply", str(segment_path), "--json"))
+    submitted = xsell(running_stack, "segments", "submit", segment_name)
+    assert f"xsell segments approve {segment['id']} --version 1" in ok(submitted) + submitted.stderr
+    approver = approver_key(running_stack)
+    by_name = xsell(running_stack, "segments", "approve", segment_name, key=approver)
+    assert by_name.returncode == 1 and "--version N" in by_name.stderr, by_name.stderr
+    ok(xsell(running_stack, "segments", "approve", segment["id"], "--version", "1", key=approver))
+    assert ok(xsell(running_stack, "--json", "segments", "publish", segment_name))["member_count"] == "2"
+
+    campaign = yaml.safe_load(CAMPAIGN_EXAMPLE.read_text())
+    campaign_name = f"{campaign['display_name']} {suffix}"
+    campaign.update(segment=segment_name, display_name=campaign_name)
+    for sends_later in ("quiet_hours", "distribution", "holdout_basis_points"):
+        campaign.pop(sends_later)
+    campaign_path = tmp_path / "now.yaml"
+    campaign_path.write_text(yaml.safe_dump(campaign, allow_unicode=True))
+    (created,) = ok(xsell(running_stack, "apply", str(campaign_path), "--json"))
+    ok(xsell(running_stack, "campaigns", "submit", campaign_name))
+    ok(xsell(running_stack, "campaigns", "approve", created["id"], "--version", "1", key=approver))
+    ok(xsell(running_stack, "campaigns", "launch", campaign_name))
+
+    # The SMTP server accepts the e-mails (SENT); this stack's has no delivery reports to make them DELIVERED.
+    async def sent() -> list[dict[str, object]]:
+        result = await asyncio.to_thread(xsell, running_stack, "outreaches", campaign_name, "--json")
+        rows = ok(result)
+        return rows if len(rows) == 2 and all(row["message_state"] in ("SENT", "DELIVERED") for row in rows) else []
+
+    outreaches = await eventually(sent, timeout=60, interval=0.5)
+    campaign_id = str(outreaches[0]["campaign_id"])
+    profile_id = str(outreaches[0]["profile_id"])
+    record = ok(xsell(running_stack, "lookup", campaign_id))
+    assert record.startswith(f"{campaign_id}\n") and re.search(r"^message     (SENT|DELIVERED)", record, re.M), record
+    assert re.search(r"^TIME +STEP +DETAIL$", record, re.M), "the message's timeline follows"
+    assert f"profile {profile_id}  channel email" in record
+    assert ok(xsell(running_stack, "--json", "lookup", campaign_id))["outreach"]["campaign_id"] == campaign_id
+    explained = ok(xsell(running_stack, "explain", campaign_name, profile_id))
+    assert campaign_id in explained and re.search(r"DISPATCHED|DELIVERED", explained), explained
+
+    async def completed() -> bool:
+        status = await asyncio.to_thread(xsell, running_stack, "--json", "status", campaign_name)
+        return bool(ok(status)["campaign"]["state"] == "CAMPAIGN_STATE_COMPLETED")
+
+    await eventually(completed, timeout=60, interval=0.5)
+    again = xsell(running_stack, "campaigns", "launch", campaign_name)
+    assert ok(again).split()[1] == "COMPLETED"
+    assert again.stderr.startswith("replayed: ") and "is now COMPLETED" in again.stderr, again.stderr
