@@ -81,6 +81,11 @@ republishes the stored original anyway, and a feed's 1 MB batch with the letter'
 payload (the server then closes the connection) and fill the dead-letter stream's share 20 letters a megabyte."""
 
 STOP_WAIT_SECONDS = 2.0
+HEARTBEATS_PER_ACK_WAIT = 3
+"""How often, per ack wait, a message whose handler is still running is told to the server as in progress."""
+HEARTBEAT_ACK_WAITS = 10
+"""For how many ack waits a running handler keeps its message: past that it is presumed stuck, and the server
+delivers the message again (to this replica or another), as it did without heartbeats."""
 """How long a stop waits for the messages in hand to be handled before it gives up on them."""
 
 
@@ -795,6 +800,9 @@ class Consumer(Generic[M]):
         self._held_letters.add(0, self._attributes)  # exported from the start: the alert compares it with 0
         # Messages whose dead letter could not be written yet, each held by a task of its own (_hold_letter).
         self._held: set[asyncio.Task[None]] = set()
+        # Messages whose handler is running, by id, with when it began: _heartbeat tells the server they are in
+        # progress, so a slow handler (a provider's throttle, a slow SMTP relay) is not delivered again meanwhile.
+        self._in_hand: dict[int, tuple[Msg, float]] = {}
         self._giving_back = asyncio.Event()
 
     async def declare(self) -> None:
@@ -811,9 +819,13 @@ class Consumer(Generic[M]):
         feed = _PullFeed(self.bus, self.spec)
         self._feed = feed
         await feed.open()
+        heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.spec.durable}")
         try:
             await self._loop(feed)
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             # The durable stays on the server; only this process's interest in it ends. Done even when
             # cancelled, or the connection's drain would wait for this subscription. Messages delivered
             # but not handled go back at once instead of after the ack wait.
@@ -839,7 +851,13 @@ class Consumer(Generic[M]):
             if not batch:
                 continue
             if self.batch_handler is not None:
-                await self._handle_batch(batch, self.batch_handler)
+                since = time.monotonic()
+                self._in_hand.update((id(msg), (msg, since)) for msg in batch)
+                try:
+                    await self._handle_batch(batch, self.batch_handler)
+                finally:
+                    for msg in batch:
+                        del self._in_hand[id(msg)]
             elif self.concurrency == 1:
                 for msg in batch:
                     await self._handle(msg)
@@ -906,9 +924,30 @@ class Consumer(Generic[M]):
             return
         self._pending.set(info.num_pending or 0, self._attributes)
 
+    async def _heartbeat(self) -> None:
+        """Tells the server, a few times per ack wait, which messages are still in a running handler's hands.
+        Without it a handler slower than the ack wait (channels waiting for a provider's rate, a slow relay) had its
+        message delivered again, maybe to another replica, while it still worked: the copy found the hand-over
+        SENDING and marked it AMBIGUOUS, and the copy past the last allowed delivery was taken for a process that
+        had stopped."""
+        interval = self.spec.ack_wait_seconds / HEARTBEATS_PER_ACK_WAIT
+        longest = self.spec.ack_wait_seconds * HEARTBEAT_ACK_WAITS
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for msg, since in list(self._in_hand.values()):
+                if interval <= now - since <= longest:
+                    with contextlib.suppress(Exception):  # a missed heartbeat only risks the delivery again
+                        await msg.in_progress()
+
     async def _handle(self, msg: Msg) -> None:
         started = time.perf_counter()
-        outcome = await self._handle_one(msg)
+        key = id(msg)
+        self._in_hand[key] = (msg, time.monotonic())
+        try:
+            outcome = await self._handle_one(msg)
+        finally:
+            del self._in_hand[key]
         self._handled.add((self.spec.durable, outcome))
         self._handling.record((time.perf_counter() - started) * 1000, self._attributes)
 

@@ -307,3 +307,32 @@ async def _count(bus: Bus, stream: str, at_least: int) -> bool:
 async def _delivered_at_least(bus: Bus, spec: ConsumerSpec, times: int) -> bool:
     info = await bus.js.consumer_info(spec.stream, spec.durable)
     return (info.num_redelivered or 0) >= 1 and (info.delivered.consumer_seq or 0) >= times
+
+
+async def test_a_handler_slower_than_the_ack_wait_keeps_its_message_and_is_not_delivered_again(nats_bus: Bus) -> None:
+    """Channels waiting for a provider's rate, or a slow SMTP relay: the server delivered the message again after the
+    ack wait, maybe to another replica, while the handler still worked (the copy marked the hand-over AMBIGUOUS, and
+    one past the last allowed delivery was taken for a process that had stopped). The consumer now tells the server
+    the message is in progress while its handler runs."""
+    spec, stream, dead_letters = await _setup(nats_bus, max_deliver=1)  # ack wait 1 s
+    await nats_bus.js.publish(spec.filter_subject, SegmentPublished(segment_id="slow").SerializeToString())
+    deliveries: list[int] = []
+    told: list[str] = []
+
+    async def slow(event: SegmentPublished, delivery: Delivery) -> None:
+        deliveries.append(delivery.num_delivered)
+        await asyncio.sleep(3.5 * spec.ack_wait_seconds)
+
+    async def dead_lettered(event: SegmentPublished, delivery: Delivery, reason: str) -> None:
+        told.append(reason)
+
+    consumer = Consumer(nats_bus, spec, SegmentPublished, slow, TRACER, concurrency=4, on_dead_letter=dead_lettered)
+    async with _running(consumer):
+
+        async def acknowledged() -> bool:
+            info = await nats_bus.js.consumer_info(stream, spec.durable)
+            return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 1
+
+        await eventually(acknowledged, timeout=15)
+    assert deliveries == [1] and told == []
+    assert (await nats_bus.js.stream_info(dead_letters)).state.messages == 0
