@@ -167,6 +167,8 @@ def _json_rows(text: Iterable[str], kind: Kind, now: datetime) -> Iterator[tuple
             yield number, _profile(data) if kind == "profiles" else _event(data, now)
         except json.JSONDecodeError as problem:
             yield number, Refusal(number, "", "", f"not valid JSON: {problem.msg} at column {problem.colno}")
+        except RecursionError:
+            yield number, Refusal(number, "", "", "not a record: JSON nested too deep to read")
         except LineProblem as problem:
             yield number, Refusal(number, record_id, problem.field, problem.reason)
 
@@ -273,7 +275,11 @@ def rupees(data: Any, field: str) -> money_pb2.Money:
     if isinstance(data, bool) or not isinstance(data, int | float | str):
         raise LineProblem(field, f"an amount in rupees, e.g. 250000 or 99.50, got {_describe(data)}")
     try:
-        paise = Decimal(str(data).strip()) * 100
+        amount = Decimal(str(data).strip())
+        # Decimal's context rounds an exponent beyond its range to 0 ("1e-999999999999"): refused, as 0.001 is.
+        if amount.is_finite() and amount != 0 and amount.adjusted() < -2:
+            raise LineProblem(field, f"rupees with at most 2 decimals (paise), got {data}")
+        paise = amount * 100
     except InvalidOperation:
         raise LineProblem(field, f"an amount in rupees, e.g. 250000 or 99.50, got {data!r}") from None
     if not paise.is_finite() or paise != paise.to_integral_value() or abs(paise) > MAX_EXACT_NUMBER:
@@ -294,7 +300,10 @@ def timestamp(data: Any, field: str) -> Timestamp:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise LineProblem(field, f"an ISO 8601 time with a zone, e.g. 2025-04-01T09:00:00+05:30, got {data!r}")
-    stamp.FromDatetime(moment.astimezone(UTC))
+    try:
+        stamp.FromDatetime(moment.astimezone(UTC))
+    except (OverflowError, ValueError):
+        raise LineProblem(field, f"a time from year 1 to 9999 in UTC, got {data!r}") from None
     return stamp
 
 
@@ -312,7 +321,10 @@ def occur_time(data: Any, now: datetime) -> Timestamp:
                 f"an ISO 8601 time with a zone (2025-04-01T09:00:00+05:30) or e.g. '30d ago', got {data!r}",
             ) from None
     stamp = Timestamp()
-    stamp.FromDatetime(now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)]))
+    try:
+        stamp.FromDatetime(now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)]))
+    except (OverflowError, ValueError):
+        raise LineProblem("occur_time", f"an age that ends after year 1, e.g. '30d ago', got {data!r}") from None
     return stamp
 
 
@@ -325,6 +337,10 @@ def _csv_rows(
     if not header:
         raise RecordFileError(f"{source}: empty; a CSV file starts with a header: {', '.join(fixed)}, ...")
     names = [column.partition(":")[0].strip() for column in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        # Two cells for one field: one would be dropped without a word.
+        raise RecordFileError(f"{source}:1: the header names {', '.join(repeated)} more than once; name each once")
     missing = [name for name in fixed if name not in names]
     if missing:
         raise RecordFileError(

@@ -164,3 +164,34 @@ def test_batches_hold_at_most_the_size_and_keep_the_order() -> None:
     assert [[line.number for line in batch] for batch in batches(lines, 3)] == [[1, 2, 3], [4, 5, 6], [7]]
     big = [Line(n, r.Profile(profile_id="x" * 100)) for n in range(4)]
     assert [len(batch) for batch in batches(big, 1000, max_bytes=250)] == [2, 2]
+
+
+def test_times_amounts_and_nesting_past_what_can_be_read_are_that_lines_problem() -> None:
+    """Each escaped as a traceback that ended the whole load (OverflowError, RecursionError), or was kept as 0 paise."""
+    records, refused = _json(
+        '{"event_id": "e1", "profile_id": "p1", "name": "sip", "occur_time": "800000d ago"}',
+        '{"event_id": "e2", "profile_id": "p1", "name": "sip", "occur_time": "99999999999d ago"}',
+        '{"event_id": "e3", "profile_id": "p1", "name": "sip", "occur_time": "0001-01-01T00:00:00+05:30"}',
+        '{"event_id": "e4", "profile_id": "p1", "name": "sip", "occur_time": "1d ago", '
+        '"properties": {"amount": {"inr": "1e-999999999999"}}}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"event_id": "e6", "profile_id": "p1", "name": "sip", "occur_time": "1d ago"}',
+        kind="events",
+    )
+    assert [line.number for line in records] == [6]
+    assert [(line, field) for line, _, field, _ in refused] == [
+        (1, "occur_time"),
+        (2, "occur_time"),
+        (3, "occur_time"),
+        (4, "properties.amount.inr"),
+        (5, ""),
+    ]
+    assert "at most 2 decimals" in refused[3][3] and "nested too deep" in refused[4][3]
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused() -> None:
+    """One of the two cells was dropped without a word."""
+    with pytest.raises(RecordFileError, match=r"p\.csv:1: the header names city more than once"):
+        parse_records(
+            io.StringIO("profile_id,city,city\np1,Pune,Mumbai\n"), "profiles", fmt="csv", now=NOW, source="p.csv"
+        )
