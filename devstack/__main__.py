@@ -63,7 +63,9 @@ def main() -> int:
                 not_on_whatsapp=NOT_ON_WHATSAPP,
             )
             providers = SinksThread(sinks, {name: getattr(ports, name) for name in PROVIDER_PORTS}).start()
-        stack = Stack(var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir), extra_env=extra_env)
+        stack = Stack(
+            var_dir=var_dir, ports=ports, api_key=dev_api_key(var_dir), extra_env=extra_env, held_lock=lock.fileno()
+        )
         print("starting NATS (JetStream), segments, campaigns, channels, attribution and gateway...", flush=True)
         stack.start()
     except BaseException as error:
@@ -120,8 +122,9 @@ def preflight(var_dir: Path, not_ours: set[str], environment: Mapping[str, str])
     lock = hold(var_dir)
     if lock is None:
         raise CannotStart(
-            f"another `make run` uses {var_dir}/ (its process id is in {var_dir}/{LOCK_FILE}); two stacks on the same "
-            "data would both send every campaign. Stop it, or run the second one from another clone"
+            f"another `make run` uses {var_dir}/ (its process id is in {var_dir}/{LOCK_FILE}), or the services of one "
+            "that was killed still run (pgrep -af 'devstack|services\\.|gateway'); two stacks on the same data would "
+            "both send every campaign. Stop it, or run the second one from another clone"
         )
     return ports, traces_cap, lock
 

@@ -199,6 +199,9 @@ class Stack:
     nats_tls: TlsFiles | None = None
     """The NATS server's certificate and the CA the processes check it against (var/nats-tls/, made at start)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    held_lock: int | None = None
+    """`make run`'s lock on var_dir (a file descriptor), inherited by each service process: killed with -9, the
+    parent's lock would end while its services still ran, and a second stack could start on the same data."""
 
     @property
     def gateway_target(self) -> str:
@@ -292,7 +295,11 @@ class Stack:
             for name, module in modules.items():
                 log_file = (logs / f"{name}.log").open("ab")
                 self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", module], env=env, stdout=log_file, stderr=subprocess.STDOUT
+                    [sys.executable, "-m", module],
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=() if self.held_lock is None else (self.held_lock,),
                 )
             for name in modules:
                 self.wait_serving(name, timeout)

@@ -80,6 +80,23 @@ def test_a_second_make_run_on_the_same_var_dir_is_refused_even_on_other_ports(tm
     assert run.stderr.startswith(f"the stack did not start: another `make run` uses {tmp_path / 'var'}/")
 
 
+def test_the_lock_outlives_a_killed_make_run_while_a_service_it_started_runs(tmp_path: Path) -> None:
+    """Stack passes the lock to each service process (held_lock): `kill -9` of make run left its services running on
+    var/, and the lock, held by make run alone, let a second stack start on the same data."""
+    lock = hold(tmp_path)
+    assert lock is not None
+    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock.fileno(),))
+    try:
+        lock.close()  # make run, killed
+        assert hold(tmp_path) is None
+    finally:
+        service.kill()
+        service.wait()
+    again = hold(tmp_path)
+    assert again is not None
+    again.close()
+
+
 def test_make_run_refuses_an_offset_that_is_not_a_number(tmp_path: Path) -> None:
     run = _make_run(tmp_path, "lots")
     assert run.returncode == 2 and "Traceback" not in run.stderr
