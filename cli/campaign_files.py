@@ -25,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from cli.record_files import DURATION_UNITS, LineProblem, rupees
 from services.segments.rule_files import RuleFileError, condition_from_data
 from xsell.campaigns.v1 import resources_pb2
 
@@ -52,7 +53,6 @@ ASSIGNED_BY_SERVICE = frozenset(
     }
 )
 SEGMENT_BY_NAME = "segment"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
 
@@ -187,7 +187,7 @@ def _duration(value: Any, path: str, source: str) -> str:
     match = _DURATION.match(str(value).strip())
     if not match:
         raise CampaignFileError(source, path, f"{value!r} is not a duration; write e.g. 90s, 30m, 2h or 7d")
-    seconds = Decimal(match.group(1)) * _UNITS[match.group(2)]
+    seconds = Decimal(match.group(1)) * DURATION_UNITS[match.group(2)]
     return f"{seconds.normalize():f}s"
 
 
@@ -217,14 +217,10 @@ def _money(value: Any, path: str, source: str) -> dict[str, Any]:
         )
     if "inr" in value and len(value) == 1:
         try:
-            paise = Decimal(str(value["inr"])) * 100
-        except InvalidOperation:
-            paise = Decimal("NaN")
-        if not paise.is_finite() or paise != paise.to_integral_value():
-            raise CampaignFileError(
-                source, _join(path, "inr"), f"{value['inr']!r} is not rupees with at most 2 decimals"
-            )
-        return {"minor_units": str(int(paise)), "currency_code": "INR"}
+            paise = rupees(value["inr"], "inr").minor_units  # as `xsell profiles load` reads rupees
+        except LineProblem as problem:
+            raise CampaignFileError(source, _join(path, "inr"), problem.reason) from None
+        return {"minor_units": str(paise), "currency_code": "INR"}
     if "paise" in value and len(value) == 1:
         return {"minor_units": str(int(value["paise"])), "currency_code": "INR"}
     if set(value) == {"minor_units", "currency_code"}:

@@ -52,7 +52,7 @@ _CATALOG_CELL_TYPES = {
 }
 MAX_EXACT_NUMBER = 2**53
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])\s+ago$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TRUE = frozenset({"true", "yes", "y", "1"})
 _FALSE = frozenset({"false", "no", "n", "0"})
 
@@ -322,7 +322,7 @@ def occur_time(data: Any, now: datetime) -> Timestamp:
             ) from None
     stamp = Timestamp()
     try:
-        stamp.FromDatetime(now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)]))
+        stamp.FromDatetime(now - timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2)]))
     except (OverflowError, ValueError):
         raise LineProblem("occur_time", f"an age that ends after year 1, e.g. '30d ago', got {data!r}") from None
     return stamp

@@ -81,12 +81,12 @@ republishes the stored original anyway, and a feed's 1 MB batch with the letter'
 payload (the server then closes the connection) and fill the dead-letter stream's share 20 letters a megabyte."""
 
 STOP_WAIT_SECONDS = 2.0
+"""How long a stop waits for the messages in hand to be handled before it gives up on them."""
 HEARTBEATS_PER_ACK_WAIT = 3
 """How often, per ack wait, a message whose handler is still running is told to the server as in progress."""
 HEARTBEAT_ACK_WAITS = 10
 """For how many ack waits a running handler keeps its message: past that it is presumed stuck, and the server
 delivers the message again (to this replica or another), as it did without heartbeats."""
-"""How long a stop waits for the messages in hand to be handled before it gives up on them."""
 
 
 @dataclass(frozen=True)
@@ -851,13 +851,7 @@ class Consumer(Generic[M]):
             if not batch:
                 continue
             if self.batch_handler is not None:
-                since = time.monotonic()
-                self._in_hand.update((id(msg), (msg, since)) for msg in batch)
-                try:
-                    await self._handle_batch(batch, self.batch_handler)
-                finally:
-                    for msg in batch:
-                        del self._in_hand[id(msg)]
+                await self._handle_batch(batch, self.batch_handler)
             elif self.concurrency == 1:
                 for msg in batch:
                     await self._handle(msg)
@@ -1064,6 +1058,15 @@ class Consumer(Generic[M]):
         on its own answer. The span of a single message continues that message's trace, as _handle_one's does; a
         span of several starts its own and links each message's (OpenTelemetry's batch processing convention), as
         a group commit's batch span does (plumbing.group_commit)."""
+        since = time.monotonic()
+        self._in_hand.update((id(msg), (msg, since)) for msg in msgs)
+        try:
+            await self._handle_fetch(msgs, batch_handler)
+        finally:
+            for msg in msgs:
+                del self._in_hand[id(msg)]
+
+    async def _handle_fetch(self, msgs: list[Msg], batch_handler: BatchHandler[M]) -> None:
         started = time.perf_counter()
         taken: list[tuple[Msg, dict[str, str], Delivery]] = []
         items: list[tuple[M, Delivery]] = []

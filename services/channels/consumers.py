@@ -262,16 +262,8 @@ class DispatchHandler:
                     session, campaign_id, channel, DeliveryState.FAILED, now, f"request dead-lettered: {why}"
                 )
             elif state is DeliveryState.SENDING:
-                await self._record(
-                    session,
-                    campaign_id,
-                    channel,
-                    DeliveryState.AMBIGUOUS,
-                    now,
-                    f"{AMBIGUOUS_UNSETTLED}; request dead-lettered: {why}",
-                )
-                request = [(campaign_id, *_request_of(delivery))]
-                await session.run_sync(lambda sync: store.remember_requests(sync, request))
+                reason = f"{AMBIGUOUS_UNSETTLED}; request dead-lettered: {why}"
+                await self._record_ambiguous(session, campaign_id, channel, now, reason, delivery)
             else:
                 return
         self._count("none", "dead_lettered")
@@ -501,9 +493,7 @@ class DispatchHandler:
             return None
         if action is DispatchAction.MARK_AMBIGUOUS:
             # Resending here could reach the person twice; the provider's receipt (or an operator) settles it.
-            await self._record(session, campaign_id, channel, DeliveryState.AMBIGUOUS, now, AMBIGUOUS_AFTER_CRASH)
-            request = [(campaign_id, *_request_of(delivery))]
-            await session.run_sync(lambda sync: store.remember_requests(sync, request))
+            await self._record_ambiguous(session, campaign_id, channel, now, AMBIGUOUS_AFTER_CRASH, delivery)
             self._log.warning("dispatch_ambiguous", attempts=attempts)
             return None
         return attempts
@@ -623,11 +613,7 @@ class DispatchHandler:
             if locked is None or locked[0] is not DeliveryState.SENDING:
                 self._log.info("dispatch_settled_by_receipt")
                 return
-            await self._record(
-                session, campaign_id, channel, DeliveryState.AMBIGUOUS, utcnow(), reason, count_attempt=True
-            )
-            request = [(campaign_id, *_request_of(delivery))]
-            await session.run_sync(lambda sync: store.remember_requests(sync, request))
+            await self._record_ambiguous(session, campaign_id, channel, utcnow(), reason, delivery, count_attempt=True)
 
     async def _settle_bounced(self, campaign_id: str, channel: str, profile_id: str, failure: ProviderRejected) -> None:
         """FAILED, and the BOUNCED engagement a report of the same refusal would have made (segments suppresses the
@@ -798,6 +784,24 @@ class DispatchHandler:
         except SendFailure as failure:
             _mark_failed(span, failure)
             raise
+
+    async def _record_ambiguous(
+        self,
+        session: AsyncSession,
+        campaign_id: str,
+        channel: str,
+        at: datetime,
+        reason: str,
+        delivery: Delivery,
+        *,
+        count_attempt: bool = False,
+    ) -> None:
+        """AMBIGUOUS, with where its request is stored, for a hand-over again if no receipt comes (resend.py)."""
+        await self._record(
+            session, campaign_id, channel, DeliveryState.AMBIGUOUS, at, reason, count_attempt=count_attempt
+        )
+        request = [(campaign_id, *_request_of(delivery))]
+        await session.run_sync(lambda sync: store.remember_requests(sync, request))
 
     async def _record(
         self,
