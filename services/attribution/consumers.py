@@ -71,7 +71,7 @@ class Handlers:
                     log.info("redelivery_skipped")
                     return
                 # The campaign ID is the outreach's identity: a republished event under another
-                # message id is recognised here, so the send cost is booked once.
+                # message id is recognised here, so the outreach is counted once.
                 recorded = await self.ledger.record_outreach(session, record)
             log.info("outreach_recorded" if recorded else "outreach_already_recorded", channel=record.channel)
 
@@ -171,6 +171,9 @@ class Handlers:
                     )
                     if created:
                         log.info("lead_created", origin="reply", lead_id=lead.lead_id)
+                elif step in (SENT, DELIVERED):
+                    # The provider took the message: its send cost is booked now.
+                    await self.ledger.reach_sent(session, locked, step, at)
                 else:
                     await self.ledger.reach_step(session, locked, step, at)
             log.info("funnel_step_reached", step=step)

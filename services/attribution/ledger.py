@@ -1,7 +1,7 @@
 """Writes that several entry points share: booking an outreach and a lead with the costs they carry, and
 keeping the views' rollup in the same transaction as each of them."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -12,7 +12,7 @@ from plumbing.ids import new_id
 from services.attribution import store
 from services.attribution.metrics import AttributionMetrics
 from services.attribution.revenue import CostModel, allocate
-from services.attribution.rules import DISBURSED, RESPONDED, unknown_outreach
+from services.attribution.rules import DELIVERED, DISBURSED, RESPONDED, SENT, unknown_outreach
 from services.attribution.views import Rollup, campaign_groups, funnel_moves
 
 REPLY = "reply"
@@ -46,9 +46,11 @@ class Ledger:
         *,
         measure_since_outreach: bool = False,
         also: Mapping[str, int] | None = None,
+        moves: Iterable[tuple[datetime, Mapping[str, int]]] = (),
     ) -> None:
         """Marks the funnel step reached (the earliest time wins) and moves the views' funnel levels it changes,
-        with `also` added to the views on `at`'s day in the same statement; counted once the transaction commits.
+        with `also` added to the views on `at`'s day and `moves` on theirs in the same statement; counted once the
+        transaction commits.
 
         The outreach comes locked with its funnel (store.lock_outreach): two events of one outreach applied at
         once (a delivery receipt and an open) would otherwise both read the funnel before either wrote it, and
@@ -57,7 +59,32 @@ class Ledger:
         changed, deltas = self.plan_step(session, locked, step, at, measure_since_outreach=measure_since_outreach)
         if changed:
             await store.reach_step(session, locked.outreach.campaign_id, step, at)
-        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {})])
+        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {}), *moves])
+
+    async def reach_sent(self, session: AsyncSession, locked: store.LockedOutreach, step: str, at: datetime) -> None:
+        """reach_step for a provider's SENT or DELIVERED: the proof the message went, which books its send cost.
+
+        The cost lands on the day the provider first took the message, once however many receipts arrive: a
+        receipt earlier than the one that booked it (a SENT applied after its DELIVERED) moves it to its own day.
+        Nothing is booked for an outreach held for quiet hours, suppressed at send time, refused by the provider
+        or withdrawn: no provider charges for a message it never took.
+        """
+        moves: list[tuple[datetime, Mapping[str, int]]] = []
+        proofs = [locked.funnel[proof] for proof in (SENT, DELIVERED) if proof in locked.funnel]
+        if not proofs or at < min(proofs):
+            # The first proof, or an earlier one: look the cost up (an outreach recorded before send costs were
+            # booked at the send has its cost from its creation, which no receipt precedes).
+            booked = await store.send_cost(session, locked.outreach.campaign_id, SEND)
+            if booked is None:
+                amount = self.cost_model.send_cost(locked.outreach.channel)
+                await store.add_cost(
+                    session, locked.outreach.campaign_id, locked.group_id, SEND, amount, self.currency, at
+                )
+                moves.append((at, {"cost_paise": amount}))
+            elif at < booked.at:
+                await store.move_cost(session, booked.cost_id, at)
+                moves += [(booked.at, {"cost_paise": -booked.amount_paise}), (at, {"cost_paise": booked.amount_paise})]
+        await self.reach_step(session, locked, step, at, moves=moves)
 
     def plan_step(
         self,
@@ -100,20 +127,19 @@ class Ledger:
         )
 
     async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
-        """Records the outreach and its send cost once; False when its campaign ID was already recorded."""
+        """Records the outreach, counted as sent on its creation day; False when its campaign ID was already
+        recorded. Its send cost waits for the provider to take it (reach_sent)."""
         group = await store.add_outreach(session, outreach)
         if group is None:
             return False
-        send_cost = self.cost_model.send_cost(outreach.channel)
-        await store.add_cost(session, outreach.campaign_id, group, SEND, send_cost, self.currency, outreach.created_at)
-        await self.rollup.add(session, outreach, outreach.created_at, sent=1, cost_paise=send_cost)
+        await self.rollup.add(session, outreach, outreach.created_at, sent=1)
         return True
 
     async def withdraw_outreach(self, session: AsyncSession, locked: store.LockedOutreach, at: datetime) -> bool:
-        """Takes back what record_outreach booked for an outreach withdrawn before it was sent: its send and its cost
-        on its creation day, its funnel row and cost row. False, with nothing changed, when the outreach has reached
-        a step of its funnel (a conversion went to it by last touch before the withdrawal arrived): it then stays
-        in the ledger as it is."""
+        """Takes back what record_outreach booked for an outreach withdrawn before it was sent: its send on its
+        creation day, its funnel row, and a send cost booked at its creation by an older release. False, with
+        nothing changed, when the outreach has reached a step of its funnel (a conversion went to it by last touch
+        before the withdrawal arrived): it then stays in the ledger as it is."""
         if locked.funnel:
             return False
         outreach = locked.outreach

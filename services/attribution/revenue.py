@@ -48,7 +48,7 @@ Cost
 ----
 Each outreach carries the cost booked against it:
 
-    send cost  = send_cost_paise[channel]                        booked when the outreach is recorded
+    send cost  = send_cost_paise[channel]                        booked when a provider took the message
     RM time    = rm_minutes_per_lead × rm_cost_paise_per_minute   booked when a lead is created
     fixed      = a campaign's fixed cost, shared over its outreaches' groups in proportion to their sends
                  (largest remainder, so the shares add up to the booked amount), on the day it is booked

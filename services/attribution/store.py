@@ -537,6 +537,30 @@ async def add_cost(
     )
 
 
+@dataclass(frozen=True)
+class BookedCost:
+    cost_id: int
+    amount_paise: int
+    at: datetime
+
+
+async def send_cost(session: AsyncSession, campaign_id: str, send_kind: str) -> BookedCost | None:
+    """The outreach's send cost (its cost of `send_kind`), None while none is booked."""
+    query = (
+        select(costs.c.cost_id, costs.c.amount_paise, costs.c.at)
+        .where(costs.c.campaign_id == campaign_id, costs.c.kind == send_kind)
+        .order_by(costs.c.at)
+        .limit(1)
+    )
+    row = (await session.execute(query)).first()
+    return BookedCost(int(row.cost_id), int(row.amount_paise), row.at) if row is not None else None
+
+
+async def move_cost(session: AsyncSession, cost_id: int, at: datetime) -> None:
+    """Books the cost at another instant (the views move it between days: the caller's)."""
+    await session.execute(update(costs).where(costs.c.cost_id == cost_id).values(at=at))
+
+
 def _earliest(session: AsyncSession, step: str, at: Any) -> Any:
     """The step's first time once `at` is known: the earlier of the two; `at` while the step is not reached yet."""
     column = outreach_funnel.c[step_column(step)]

@@ -222,7 +222,8 @@ async def test_one_outreach_from_profile_to_attributed_rupees(running_stack: Run
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     return False
                 raise
-            return reply.attribution.funnel.clicked == 1
+            # The click, and the e-mail's ₹0.50 booked when channels' SENT reached attribution.
+            return reply.attribution.funnel.clicked == 1 and reply.attribution.cost.minor_units == 50
 
         await eventually(clicked, timeout=30)
 

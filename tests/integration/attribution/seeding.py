@@ -182,6 +182,16 @@ async def wait_sent(stub: service_pb2_grpc.AttributionServiceStub, count: int) -
     await eventually(sent)
 
 
+async def mark_sent(
+    bus: Bus, stub: service_pb2_grpc.AttributionServiceStub, *campaign_ids: str, at: datetime = SENT_AT
+) -> None:
+    """Channels' SENT for each outreach (a provider took it, which books its send cost), applied before returning."""
+    for campaign_id in campaign_ids:
+        await publish_step(bus, campaign_id, delivery=channels_pb2.DELIVERY_STATE_SENT, at=at)
+    for campaign_id in campaign_ids:
+        await wait_funnel(stub, campaign_id, "sent")
+
+
 async def wait_funnel(stub: service_pb2_grpc.AttributionServiceStub, campaign_id: str, step: str) -> None:
     async def reached() -> bool:
         response = await stub.GetCampaignAttribution(service_pb2.GetCampaignAttributionRequest(campaign_id=campaign_id))

@@ -157,6 +157,14 @@ async def _wait_known(
     return found
 
 
+async def _sent(
+    stub: service_pb2_grpc.AttributionServiceStub, campaign_id: str
+) -> attribution_pb2.CampaignAttribution | None:
+    """The outreach's attribution once a SENT has been applied to it."""
+    found = await _attribution(stub, campaign_id)
+    return found if found.funnel.sent else None
+
+
 async def _rejected(call: Awaitable[object]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await call
@@ -177,7 +185,10 @@ async def test_outreach_to_disbursement_is_priced_to_the_rupee_and_published(ser
     recorded = await _wait_known(stub, campaign_id)
     assert recorded.trigger_code == "T06"
     assert recorded.channel == channel_pb2.CHANNEL_EMAIL
-    assert recorded.cost.minor_units == 50  # the e-mail send cost, booked with the outreach
+    assert recorded.cost.minor_units == 0  # nothing is sent yet: no send cost
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_SENT)
+    recorded = await eventually(lambda: _sent(stub, campaign_id))
+    assert recorded.cost.minor_units == 50  # the e-mail send cost, booked when the provider took it
 
     lead = await stub.CreateLead(
         service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=campaign_id, crm_lead_id="CRM-77")
@@ -289,7 +300,8 @@ async def test_click_marks_the_funnel_and_a_reply_is_a_lead_even_before_the_outr
     replied = await eventually(responded)
     assert replied is not None
     assert [lead.origin for lead in replied.leads] == [attribution_pb2.LEAD_ORIGIN_REPLY]
-    assert replied.cost == _inr(50 + 15 * 650)
+    # The RM's time alone: no SENT came from channels here, so no send cost is booked.
+    assert replied.cost == _inr(15 * 650)
 
     clicked_id = _new_campaign_id()
     await _publish_outreach(bus, clicked_id)
@@ -392,7 +404,7 @@ async def test_the_crm_pulls_the_leads_replies_made_and_records_each_as_the_same
     for campaign_id in (replied, crm_first):
         attribution = await _attribution(stub, campaign_id)
         assert len(attribution.leads) == 1, campaign_id
-        assert attribution.cost == _inr(50 + 15 * 650), campaign_id  # the e-mail, and one RM call
+        assert attribution.cost == _inr(15 * 650), campaign_id  # one RM call (no SENT here: no send cost)
     assert (await _attribution(stub, crm_first)).leads[0].lead_id == made.lead.lead_id
 
 
@@ -475,9 +487,9 @@ async def test_a_bare_no_is_a_response_and_no_lead(service: Service) -> None:
 
     declined = await eventually(responded)
     assert declined is not None
-    # No RM calls someone who said no: no lead, and so no RM's cost on the outreach.
+    # No RM calls someone who said no: no lead, and so no RM's cost on the outreach (and no SENT: no send cost).
     assert list(declined.leads) == []
-    assert declined.cost == _inr(50)
+    assert declined.cost == _inr(0)
 
 
 async def test_delivery_updates_mark_sent_and_delivered(service: Service) -> None:
@@ -507,7 +519,7 @@ async def test_delivery_updates_mark_sent_and_delivered(service: Service) -> Non
     assert service.outreach_spans("attribution.record_delivery", campaign_id)
 
 
-async def test_republished_outreach_books_its_send_cost_once(service: Service) -> None:
+async def test_a_republished_outreach_is_one_outreach_with_its_send_cost_booked_once(service: Service) -> None:
     stub, bus = service.stub, service.bus
     campaign_id = _new_campaign_id()
     await _publish_outreach(bus, campaign_id, message_id=new_id("msg_"))
@@ -518,7 +530,13 @@ async def test_republished_outreach_books_its_send_cost_once(service: Service) -
     marker = _new_campaign_id()
     await _publish_outreach(bus, marker)
     await _wait_known(stub, marker)
-    assert (await _attribution(stub, campaign_id)).cost == _inr(50)
+    # The provider took it once, and channels' SENT came twice (the outbox republished it under another event id).
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_SENT)
+    await _publish_delivery(bus, campaign_id, channels_pb2.DELIVERY_STATE_SENT)
+    await _publish_delivery(bus, marker, channels_pb2.DELIVERY_STATE_SENT)
+    await eventually(lambda: _sent(stub, marker))
+    found = await eventually(lambda: _sent(stub, campaign_id))
+    assert (found.funnel.sent, found.cost) == (1, _inr(50))
 
 
 async def test_lead_and_application_need_a_known_outreach_and_a_loan_keeps_its_campaign(service: Service) -> None:

@@ -15,14 +15,18 @@ from tests.integration.attribution.seeding import (
     EXAMPLE,
     Service,
     inr,
+    mark_sent,
     publish_holdout,
     publish_outreach,
+    publish_step,
     publish_withdrawal,
     ts,
+    wait_funnel,
     wait_sent,
 )
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2, resources_pb2, service_pb2
+from xsell.channels.v1 import resources_pb2 as channels_pb2
 from xsell.type.v1 import channel_pb2
 
 NOVEMBER = service_pb2.ReportFilter(start_date="2025-11-01", end_date="2025-11-30")
@@ -83,6 +87,7 @@ async def _fund_outreach(service: Service) -> None:
         product_code="MF_LUMPSUM",
     )
     await wait_sent(service.stub, 1)
+    await mark_sent(service.bus, service.stub, FUND_OUTREACH)
 
 
 async def test_a_lumpsum_is_priced_to_the_rupee_counted_in_the_views_published_and_activated(
@@ -389,6 +394,7 @@ async def test_a_fixed_cost_is_shared_by_sends_and_lands_on_its_day(service: Ser
     await publish_outreach(service.bus, EXAMPLE)
     await publish_outreach(service.bus, "CSELL-NOV-T06-0885", profile_id="prf_asha", channel=channel_pb2.CHANNEL_SMS)
     await wait_sent(service.stub, 2)
+    await mark_sent(service.bus, service.stub, EXAMPLE, "CSELL-NOV-T06-0885")
 
     def book(**fields: Any) -> Any:
         defaults: dict[str, Any] = {
@@ -424,6 +430,43 @@ async def test_a_fixed_cost_is_shared_by_sends_and_lands_on_its_day(service: Ser
         "email": 50 + 500_001,
         "sms": 25 + 500_000,
     }
+    await _no_drift(service)
+
+
+async def test_the_send_cost_is_booked_once_on_the_day_a_provider_took_the_message(service: Service) -> None:
+    bus, stub = service.bus, service.stub
+    held, later = "CSELL-NOV-T06-0886", "CSELL-NOV-T06-0887"
+    for campaign_id, profile_id in ((EXAMPLE, "prf_kaveri"), (held, "prf_asha"), (later, "prf_ravi")):
+        await publish_outreach(bus, campaign_id, profile_id=profile_id, channel=channel_pb2.CHANNEL_SMS)
+    await publish_outreach(bus, EXAMPLE, channel=channel_pb2.CHANNEL_SMS)  # republished: one outreach still
+    await wait_sent(stub, 3)
+    report = await _report(service)
+    # Created on Nov 13 and counted there; no provider has taken any of them yet, so nothing is spent.
+    assert (report.total.sent, report.total.cost.minor_units) == (3, 0)
+
+    def costs_by_day(report: service_pb2.GetAttributionReportResponse) -> dict[str, int]:
+        return {point.date: point.figures.cost.minor_units for point in report.trend if point.figures.cost.minor_units}
+
+    # The delivery receipt overtakes its SENT: the SMS's ₹0.25 lands on the receipt's day (Nov 15 in Kolkata)...
+    await publish_step(
+        bus, EXAMPLE, delivery=channels_pb2.DELIVERY_STATE_DELIVERED, at=datetime(2025, 11, 15, 4, 0, tzinfo=UTC)
+    )
+    await wait_funnel(stub, EXAMPLE, "delivered")
+    assert costs_by_day(await _report(service)) == {"2025-11-15": 25}
+    # ...and moves to the SENT's day (Nov 14) when that arrives; a repeated SENT books nothing more.
+    for at in (datetime(2025, 11, 14, 4, 0, tzinfo=UTC), datetime(2025, 11, 14, 5, 0, tzinfo=UTC)):
+        await publish_step(bus, EXAMPLE, delivery=channels_pb2.DELIVERY_STATE_SENT, at=at)
+    await mark_sent(bus, stub, later, at=datetime(2025, 11, 16, 4, 0, tzinfo=UTC))
+
+    async def moved() -> dict[str, int] | None:
+        by_day = costs_by_day(await _report(service))
+        return by_day if "2025-11-15" not in by_day and "2025-11-16" in by_day else None
+
+    assert await eventually(moved) == {"2025-11-14": 25, "2025-11-16": 25}
+    # The outreach still held (quiet hours, a suppression, a provider's refusal) has cost nothing.
+    held_attribution = await stub.GetCampaignAttribution(service_pb2.GetCampaignAttributionRequest(campaign_id=held))
+    assert held_attribution.attribution.cost.minor_units == 0
+    assert (await _report(service)).total.cost.minor_units == 50
     await _no_drift(service)
 
 
@@ -463,6 +506,7 @@ async def test_a_withdrawn_outreach_gives_back_its_send_and_cost_and_no_conversi
     refused = await eventually(withdrawn)
     assert refused is not None and refused.code() == grpc.StatusCode.NOT_FOUND
     await wait_sent(service.stub, 1)
+    await mark_sent(service.bus, service.stub, kept_id, at=INVESTED_AT - timedelta(days=5))
     report = await _report(service)
     assert (report.total.sent, report.total.cost.minor_units) == (1, 50)  # the kept outreach's e-mail alone
 
