@@ -230,8 +230,14 @@ def redact(text: str, limit: int = 300) -> str:
 
 
 def _without_addresses(text: str, limit: int) -> str:
-    bounded = " ".join(text[: limit * READ_PER_LIMIT].split())
-    return replace_addresses(bounded, "[address]")
+    read = limit * READ_PER_LIMIT
+    bounded = text[:read]
+    if len(text) > read:
+        # Cut at the bound, the text may end in the head of an address or a number ("ravi.kumar@exa",
+        # "+91 98765"), which neither pattern knows as one: its last word goes, and what of a number precedes it.
+        tail = _CUT_TAIL.match(bounded[::-1])
+        bounded = bounded[: read - (tail.end() if tail else 0)]
+    return replace_addresses(" ".join(bounded.split()), "[address]")
 
 
 READ_PER_LIMIT = 8
@@ -244,6 +250,8 @@ replace to shrink it, bounded whatever a caller sends."""
 # quantifier, and a run is read from its start only.
 _DIGIT_RUN = re.compile(rf"(?<![\d+\uff0b])[+\uff0b]?\d[\d{NUMBER_SEPARATORS}()./\uff08\uff09\uff0e\uff0f]*\d")
 _NUMBER_DIGITS = 8
+# Read backwards from a cut: the last word, then whatever a number is written with. Anchored, one pass: linear.
+_CUT_TAIL = re.compile(rf"\S*[\d+\uff0b{NUMBER_SEPARATORS}()./\uff08\uff09\uff0e\uff0f]*")
 
 
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")

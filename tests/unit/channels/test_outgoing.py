@@ -8,6 +8,7 @@ import pytest
 
 from services.addresses import MAX_ADDRESS
 from services.channels.delivery import (
+    READ_PER_LIMIT,
     DeliveryState,
     DispatchAction,
     MalformedDispatch,
@@ -264,6 +265,22 @@ def test_a_caller_text_of_any_length_is_scrubbed_in_one_pass_and_cut(text: str) 
     assert len(scrub(text)) <= 300
     assert len(scrub(text, limit=1000)) <= 1000
     assert len(scrub(text, limit=100_000)) <= 100_000
+
+
+@pytest.mark.parametrize("tail", ["+91 98765 43210", "+91\u00a098765\u00a043210", "ravi.kumar@example.in"])
+@pytest.mark.parametrize("cut", [1, 5, 8, 12])
+def test_a_number_or_an_address_cut_by_the_read_bound_leaves_no_head(tail: str, cut: int) -> None:
+    """Only READ_PER_LIMIT × limit characters are read; addresses before a number shrink the text, so what stood at
+    the bound reaches the answer. Cut there, "+91 9876" has too few digits to be a number and "ravi.kumar@exa" is
+    no address: the cut word goes."""
+    bound = 300 * READ_PER_LIMIT
+    # 26 addresses that become "[address] " each, the last one long enough that the bound falls `cut` characters
+    # into the tail.
+    addresses = ("a" * 80 + "@example.in ") * 25
+    addresses += "a" * (bound - len(addresses) - cut - len("@example.in ")) + "@example.in "
+    scrubbed = scrub(addresses + tail + " and more")
+    assert scrubbed.startswith("[address] " * 25 + "[address]"), scrubbed
+    assert not any(char.isdigit() for char in scrubbed) and "ravi" not in scrubbed, scrubbed
 
 
 @pytest.mark.parametrize(
