@@ -255,12 +255,15 @@ _CUT_TAIL = re.compile(rf"\S*[\d+\uff0b{NUMBER_SEPARATORS}()./\uff08\uff09\uff0e
 
 
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+_ISO_DATE = re.compile(r"(?:19|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 
 
 def _number_or_kept(found: re.Match[str]) -> str:
     run = found.group(0)
     if _IPV4.fullmatch(run):
         return run  # a relay's address in its refusal ("client [203.0.113.5] blocked"), not a person's number
+    if _ISO_DATE.fullmatch(run):
+        return run  # a date ("retry after 2026-11-29T10:00:00Z", "expired on 2026-11-29"): no phone is written so
     return "[number]" if sum(char.isdigit() for char in run) >= _NUMBER_DIGITS else run
 
 

@@ -224,6 +224,10 @@ def test_provider_text_is_scrubbed_of_numbers_and_addresses() -> None:
     # What provider texts hold beside them stays: an SMTP status, a relay's address, an error code.
     kept = "SMTP 550 on RCPT: 5.7.1 client [203.0.113.5] blocked; whatsapp error 131026"
     assert scrub(kept) == kept
+    # So does a date, which has eight digits too; a number written in its place does not.
+    dated = "template paused until 2026-11-29T10:00:00Z (since 2026-11-28)"
+    assert scrub(dated) == dated
+    assert scrub("call 9876-54-3210 or 2026-13-29") == "call [number] or [number]"
 
 
 @pytest.mark.parametrize(
