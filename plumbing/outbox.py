@@ -633,3 +633,14 @@ class Inbox:
         statement = upsert_insert(session, self.table).values(**values).on_conflict_do_nothing()
         result = await session.execute(statement)
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def claim_many(self, session: AsyncSession, consumer: str, message_ids: Sequence[str]) -> set[str]:
+        """claim() for a batch in one statement: the message ids claimed now; the others this consumer applied
+        already (redeliveries), or are twice in the batch (the first one is claimed)."""
+        if not message_ids:
+            return set()
+        now = utcnow()
+        rows = [{"consumer": consumer, "message_id": message_id, "applied_at": now} for message_id in message_ids]
+        statement = upsert_insert(session, self.table).on_conflict_do_nothing().returning(self.table.c.message_id)
+        result = await session.execute(statement, rows)
+        return set(result.scalars())

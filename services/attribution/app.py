@@ -58,9 +58,30 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
 
     handlers = Handlers(db, Inbox(store.inbox), ledger, tracer)
     consumers: list[Consumer[Any]] = [
-        Consumer(bus, streams.ATTRIBUTION_OUTREACH, OutreachCreated, handlers.on_outreach_created, tracer),
-        Consumer(bus, streams.ATTRIBUTION_DELIVERY, DeliveryUpdated, handlers.on_delivery_updated, tracer),
-        Consumer(bus, streams.ATTRIBUTION_ENGAGEMENT, EngagementRecorded, handlers.on_engagement_recorded, tracer),
+        Consumer(
+            bus,
+            streams.ATTRIBUTION_OUTREACH,
+            OutreachCreated,
+            None,
+            tracer,
+            batch_handler=handlers.on_outreach_created_batch,
+        ),
+        Consumer(
+            bus,
+            streams.ATTRIBUTION_DELIVERY,
+            DeliveryUpdated,
+            None,
+            tracer,
+            batch_handler=handlers.on_delivery_updated_batch,
+        ),
+        Consumer(
+            bus,
+            streams.ATTRIBUTION_ENGAGEMENT,
+            EngagementRecorded,
+            None,
+            tracer,
+            batch_handler=handlers.on_engagement_recorded_batch,
+        ),
         Consumer(bus, streams.ATTRIBUTION_HOLDOUT, HoldoutAssigned, handlers.on_holdout_assigned, tracer),
         Consumer(bus, streams.ATTRIBUTION_WITHDRAWAL, OutreachWithdrawn, handlers.on_outreach_withdrawn, tracer),
     ]

@@ -1,9 +1,10 @@
 """Writes that several entry points share: booking an outreach and a lead with the costs they carry, and
 keeping the views' rollup in the same transaction as each of them."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +29,11 @@ def disbursement_money(amount_paise: int, lifetime_paise: int, year1_paise: int)
     return {"disbursed_paise": amount_paise, "lifetime_paise": lifetime_paise, "year1_paise": year1_paise}
 
 
+def _first_proof(locked: store.LockedOutreach) -> datetime | None:
+    """When a provider first took the outreach's message, as far as its receipts have said: None before any."""
+    return min((locked.funnel[step] for step in (SENT, DELIVERED) if step in locked.funnel), default=None)
+
+
 class Ledger:
     """Applies the cost model as outreaches and leads are recorded."""
 
@@ -46,11 +52,9 @@ class Ledger:
         *,
         measure_since_outreach: bool = False,
         also: Mapping[str, int] | None = None,
-        moves: Iterable[tuple[datetime, Mapping[str, int]]] = (),
     ) -> None:
         """Marks the funnel step reached (the earliest time wins) and moves the views' funnel levels it changes,
-        with `also` added to the views on `at`'s day and `moves` on theirs in the same statement; counted once the
-        transaction commits.
+        with `also` added to the views on `at`'s day in the same statement; counted once the transaction commits.
 
         The outreach comes locked with its funnel (store.lock_outreach): two events of one outreach applied at
         once (a delivery receipt and an open) would otherwise both read the funnel before either wrote it, and
@@ -59,32 +63,60 @@ class Ledger:
         changed, deltas = self.plan_step(session, locked, step, at, measure_since_outreach=measure_since_outreach)
         if changed:
             await store.reach_step(session, locked.outreach.campaign_id, step, at)
-        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {}), *moves])
+        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {})])
 
-    async def reach_sent(self, session: AsyncSession, locked: store.LockedOutreach, step: str, at: datetime) -> None:
-        """reach_step for a provider's SENT or DELIVERED: the proof the message went, which books its send cost.
+    async def reach_steps(
+        self, session: AsyncSession, changes: Sequence[tuple[store.LockedOutreach, str, datetime]]
+    ) -> None:
+        """reach_step for many events (channels' receipts and engagement) in a few statements, in order: two events
+        of one outreach see each other, as they share its LockedOutreach.
 
-        The cost lands on the day the provider first took the message, once however many receipts arrive: a
-        receipt earlier than the one that booked it (a SENT applied after its DELIVERED) moves it to its own day.
-        Nothing is booked for an outreach held for quiet hours, suppressed at send time, refused by the provider
-        or withdrawn: no provider charges for a message it never took.
+        A provider's SENT or DELIVERED is the proof the message went, and books its send cost: on the day the
+        provider first took it, once however many receipts arrive; a receipt earlier than the one that booked it (a
+        SENT applied after its DELIVERED) moves it to its own day. Nothing is booked for an outreach held for quiet
+        hours, suppressed at send time, refused by the provider or withdrawn: no provider charges for a message it
+        never took.
         """
-        moves: list[tuple[datetime, Mapping[str, int]]] = []
-        proofs = [locked.funnel[proof] for proof in (SENT, DELIVERED) if proof in locked.funnel]
-        if not proofs or at < min(proofs):
-            # The first proof, or an earlier one: look the cost up (an outreach recorded before send costs were
-            # booked at the send has its cost from its creation, which no receipt precedes).
-            booked = await store.send_cost(session, locked.outreach.campaign_id, SEND)
-            if booked is None:
-                amount = self.cost_model.send_cost(locked.outreach.channel)
-                await store.add_cost(
-                    session, locked.outreach.campaign_id, locked.group_id, SEND, amount, self.currency, at
-                )
-                moves.append((at, {"cost_paise": amount}))
-            elif at < booked.at:
-                await store.move_cost(session, booked.cost_id, at)
-                moves += [(booked.at, {"cost_paise": -booked.amount_paise}), (at, {"cost_paise": booked.amount_paise})]
-        await self.reach_step(session, locked, step, at, moves=moves)
+        # The send costs to look up: of outreaches without a proof yet, or with a later one than a receipt's here.
+        # (An outreach recorded by a release that booked send costs at creation has one from then: none is added.)
+        asked = set()
+        for locked, step, at in changes:
+            proof = _first_proof(locked)
+            if step in (SENT, DELIVERED) and (proof is None or at < proof):
+                asked.add(locked.outreach.campaign_id)
+        booked: dict[str, store.BookedCost] = await store.send_costs(session, asked, SEND) if asked else {}
+        new_costs: dict[str, dict[str, Any]] = {}
+        moved: dict[int, datetime] = {}
+        steps: list[dict[str, object]] = []
+        rollup_changes: list[tuple[store.Outreach, list[tuple[datetime, Mapping[str, int]]]]] = []
+        for locked, step, at in changes:
+            outreach = locked.outreach
+            money: list[tuple[datetime, Mapping[str, int]]] = []
+            proof = _first_proof(locked)
+            if step in (SENT, DELIVERED) and (proof is None or at < proof):
+                cost = booked.get(outreach.campaign_id)
+                if cost is None:
+                    amount = self.cost_model.send_cost(outreach.channel)
+                    new_costs[outreach.campaign_id] = store.cost_row(
+                        outreach.campaign_id, locked.group_id, SEND, amount, self.currency, at
+                    )
+                    booked[outreach.campaign_id] = store.BookedCost(0, amount, at)
+                    money.append((at, {"cost_paise": amount}))
+                elif at < cost.at:
+                    if cost.cost_id:
+                        moved[cost.cost_id] = at
+                    else:
+                        new_costs[outreach.campaign_id]["at"] = at  # booked by this batch, not written yet
+                    booked[outreach.campaign_id] = replace(cost, at=at)
+                    money += [(cost.at, {"cost_paise": -cost.amount_paise}), (at, {"cost_paise": cost.amount_paise})]
+            changed, deltas = self.plan_step(session, locked, step, at, measure_since_outreach=False)
+            if changed:
+                steps.append({"campaign_id": outreach.campaign_id, "step": step, "first_at": at})
+            rollup_changes.append((outreach, [*deltas, *money]))
+        await store.add_costs(session, list(new_costs.values()))
+        await store.move_costs(session, moved)
+        await store.reach_steps(session, steps)
+        await self.rollup.apply_many(session, rollup_changes)
 
     def plan_step(
         self,
@@ -126,17 +158,16 @@ class Ledger:
             also=disbursement_money(amount_paise, lifetime_paise, year1_paise),
         )
 
-    async def record_outreach(self, session: AsyncSession, outreach: store.Outreach) -> bool:
-        """Records the outreach, counted as sent on its creation day; False when its campaign ID was already
-        recorded. Its send cost waits for the provider to take it (reach_sent)."""
-        group = await store.add_outreach(session, outreach)
-        if group is None:
-            return False
-        await self.rollup.add(session, outreach, outreach.created_at, sent=1)
-        return True
+    async def record_outreaches(self, session: AsyncSession, batch: Sequence[store.Outreach]) -> list[store.Outreach]:
+        """Records the outreaches, each counted as sent on its creation day, in a few statements: those recorded now
+        (the others' campaign IDs were recorded already). A send cost waits for a provider to take the message
+        (reach_steps)."""
+        added = await store.add_outreaches(session, batch)
+        await self.rollup.apply_many(session, [(outreach, [(outreach.created_at, {"sent": 1})]) for outreach in added])
+        return added
 
     async def withdraw_outreach(self, session: AsyncSession, locked: store.LockedOutreach, at: datetime) -> bool:
-        """Takes back what record_outreach booked for an outreach withdrawn before it was sent: its send on its
+        """Takes back what record_outreaches booked for an outreach withdrawn before it was sent: its send on its
         creation day, its funnel row, and a send cost booked at its creation by an older release. False, with
         nothing changed, when the outreach has reached a step of its funnel (a conversion went to it by last touch
         before the withdrawal arrived): it then stays in the ledger as it is."""

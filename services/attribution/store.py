@@ -470,9 +470,8 @@ async def withdraw_outreach(session: AsyncSession, campaign_id: str, at: datetim
     return amount
 
 
-async def group_id(session: AsyncSession, outreach: Outreach) -> int:
-    """The id of the outreach's group (outreach_groups), added the first time an outreach of the group is recorded."""
-    dimensions = {
+def _group_dimensions(outreach: Outreach) -> dict[str, str]:
+    return {
         "campaign_key": outreach.campaign_key,
         "programme": programme_of(outreach.campaign_id),
         "trigger_code": outreach.trigger_code,
@@ -480,6 +479,11 @@ async def group_id(session: AsyncSession, outreach: Outreach) -> int:
         "product_code": outreach.product_code,
         "labels_key": labels_key(outreach.labels),
     }
+
+
+async def group_id(session: AsyncSession, outreach: Outreach) -> int:
+    """The id of the outreach's group (outreach_groups), added the first time an outreach of the group is recorded."""
+    dimensions = _group_dimensions(outreach)
     query = select(outreach_groups.c.group_id).where(
         *(outreach_groups.c[name] == value for name, value in dimensions.items())
     )
@@ -496,22 +500,49 @@ async def group_id(session: AsyncSession, outreach: Outreach) -> int:
     return found
 
 
-async def add_outreach(session: AsyncSession, outreach: Outreach) -> int | None:
-    """Records the outreach and its empty funnel; returns its group's id, or None when its campaign ID is already in
-    the ledger (a republished event)."""
+async def add_outreaches(session: AsyncSession, batch: Sequence[Outreach]) -> list[Outreach]:
+    """Records the outreaches and their empty funnels in a few statements: those recorded now, in order; one whose
+    campaign ID is in the ledger already (a republished event), or earlier in the batch, is left out."""
+    rows = {outreach.campaign_id: outreach for outreach in reversed(batch)}  # the first of a campaign ID wins
+    if not rows:
+        return []
     statement = (
         upsert_insert(session, outreaches)
-        .values(**outreach.__dict__, labels_key=labels_key(outreach.labels))
         .on_conflict_do_nothing(index_elements=[outreaches.c.campaign_id])
+        .returning(outreaches.c.campaign_id)
     )
-    result = cast(CursorResult[Any], await session.execute(statement))
-    if not result.rowcount:
-        return None
-    group = await group_id(session, outreach)
-    await session.execute(
-        insert(outreach_funnel).values(campaign_id=outreach.campaign_id, group_id=group, created_at=outreach.created_at)
-    )
-    return group
+    parameters = [{**outreach.__dict__, "labels_key": labels_key(outreach.labels)} for outreach in rows.values()]
+    inserted = set((await session.execute(statement, parameters)).scalars())
+    added = [
+        outreach for outreach in batch if outreach.campaign_id in inserted and rows[outreach.campaign_id] is outreach
+    ]
+    groups: dict[tuple[str, ...], int] = {}
+    funnels = []
+    for outreach in added:
+        key = tuple(_group_dimensions(outreach).values())
+        if key not in groups:
+            groups[key] = await group_id(session, outreach)
+        funnels.append(
+            {"campaign_id": outreach.campaign_id, "group_id": groups[key], "created_at": outreach.created_at}
+        )
+    if funnels:
+        await session.execute(insert(outreach_funnel), funnels)
+    return added
+
+
+def cost_row(
+    campaign_id: str, group: int, kind: str, amount_paise: int, currency: str, at: datetime, ref: str = ""
+) -> dict[str, Any]:
+    """A costs row, for add_costs."""
+    return {
+        "campaign_id": campaign_id,
+        "group_id": group,
+        "kind": kind,
+        "amount_paise": amount_paise,
+        "currency_code": currency,
+        "ref": ref,
+        "at": at,
+    }
 
 
 async def add_cost(
@@ -524,41 +555,46 @@ async def add_cost(
     at: datetime,
     ref: str = "",
 ) -> None:
-    await session.execute(
-        insert(costs).values(
-            campaign_id=campaign_id,
-            group_id=group,
-            kind=kind,
-            amount_paise=amount_paise,
-            currency_code=currency,
-            ref=ref,
-            at=at,
-        )
-    )
+    await add_costs(session, [cost_row(campaign_id, group, kind, amount_paise, currency, at, ref)])
+
+
+async def add_costs(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(costs), list(rows))
 
 
 @dataclass(frozen=True)
 class BookedCost:
+    """An outreach's send cost as booked: its row (0 while only planned), amount and instant."""
+
     cost_id: int
     amount_paise: int
     at: datetime
 
 
-async def send_cost(session: AsyncSession, campaign_id: str, send_kind: str) -> BookedCost | None:
-    """The outreach's send cost (its cost of `send_kind`), None while none is booked."""
+async def send_costs(session: AsyncSession, campaign_ids: Collection[str], send_kind: str) -> dict[str, BookedCost]:
+    """The outreaches' send costs (their costs of `send_kind`), by campaign ID; an outreach without one is left out."""
     query = (
-        select(costs.c.cost_id, costs.c.amount_paise, costs.c.at)
-        .where(costs.c.campaign_id == campaign_id, costs.c.kind == send_kind)
-        .order_by(costs.c.at)
-        .limit(1)
+        select(costs.c.campaign_id, costs.c.cost_id, costs.c.amount_paise, costs.c.at)
+        .where(costs.c.campaign_id.in_(sorted(campaign_ids)), costs.c.kind == send_kind)
+        .order_by(costs.c.at.desc())
     )
-    row = (await session.execute(query)).first()
-    return BookedCost(int(row.cost_id), int(row.amount_paise), row.at) if row is not None else None
+    # Latest first, so that the earliest is the one kept, were there ever two.
+    return {
+        row.campaign_id: BookedCost(int(row.cost_id), int(row.amount_paise), row.at)
+        for row in (await session.execute(query))
+    }
 
 
-async def move_cost(session: AsyncSession, cost_id: int, at: datetime) -> None:
-    """Books the cost at another instant (the views move it between days: the caller's)."""
-    await session.execute(update(costs).where(costs.c.cost_id == cost_id).values(at=at))
+async def move_costs(session: AsyncSession, instants: Mapping[int, datetime]) -> None:
+    """Books each cost (by cost_id) at another instant; moving it between the views' days is the caller's."""
+    if instants:
+        statement = (
+            update(costs)
+            .where(costs.c.cost_id == bindparam("moved_id"))
+            .values(at=bindparam("moved_at", type_=UtcMicroseconds))
+        )
+        await session.execute(statement, [{"moved_id": id_, "moved_at": at} for id_, at in instants.items()])
 
 
 def _earliest(session: AsyncSession, step: str, at: Any) -> Any:

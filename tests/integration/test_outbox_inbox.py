@@ -519,3 +519,17 @@ async def _stream_count_is(bus: Bus, subject: str, count: int) -> bool:
 
 async def _waiting_is(db: Database, outbox_t: Table, count: int) -> bool:
     return (await _waiting_and_published(db, outbox_t))[0] == count
+
+
+async def test_a_batch_claims_in_one_statement_what_this_consumer_has_not_applied(setup) -> None:  # type: ignore[no-untyped-def]
+    db, _, _, inbox_t, _, _ = setup
+    inbox = Inbox(inbox_t)
+    async with db.transaction() as session:
+        assert await inbox.claim(session, "d", "m1")
+        assert await inbox.claim(session, "other", "m2")
+    async with db.transaction() as session:
+        # m1 was applied by this consumer; m2 by another one only; m3 comes twice in the batch.
+        assert await inbox.claim_many(session, "d", ["m1", "m2", "m3", "m3"]) == {"m2", "m3"}
+        assert await inbox.claim_many(session, "d", []) == set()
+    async with db.transaction() as session:
+        assert await inbox.claim_many(session, "d", ["m1", "m2", "m3", "m4"]) == {"m4"}
