@@ -16,6 +16,10 @@
    sending RecordDisbursement to the end of the first GetAttributionReport that started after it
    returned (the rollup moves in the disbursement's transaction, so that read includes it).
    Goal: p99 ≤ 1 s at 100/s, with the service keeping up with the offered rate.
+4. **Intake**: the same service on the same ledger takes campaigns' OutreachCreated for `--intake` new SMS
+   outreaches, published as a backlog, then a SENT and a DELIVERED for each, as channels publishes them; each
+   phase timed from its first publish until the views show it all (the send costs booked), with the service's
+   CPU per event. No goal of the issue's: a figure to keep attribution up with channels' sends.
 
 Each figure lands with its unit, goal and verdict, the machine and package versions in
 bench/results/attribution-<backend>.json (other scales: bench/results/scale-<s>/).
@@ -38,12 +42,15 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert
 
 from bench.postgres import BenchPostgres
 from bench.results import machine_info
 from bench.service import ServiceProcess
+from plumbing.bus import Bus
 from plumbing.db import Database
+from services import streams
 from services.attribution import store, views
 from services.attribution.app import MIGRATIONS
 from services.attribution.reconcile import reconcile
@@ -51,7 +58,11 @@ from services.attribution.reporting import labels_key
 from services.attribution.revenue import NimFlatModel
 from services.attribution.rules import FUNNEL_STEPS
 from xsell.attribution.v1 import service_pb2, service_pb2_grpc
-from xsell.type.v1 import money_pb2
+from xsell.campaigns.v1 import resources_pb2 as campaigns_pb2
+from xsell.campaigns.v1.events_pb2 import OutreachCreated
+from xsell.channels.v1 import resources_pb2 as channels_pb2
+from xsell.channels.v1.events_pb2 import DeliveryUpdated
+from xsell.type.v1 import channel_pb2, money_pb2
 
 MONTH_START = datetime(2025, 10, 31, 18, 30, tzinfo=UTC)  # 1 November 00:00 IST
 TRIGGERS = [f"T{n:02d}" for n in range(1, 17)]
@@ -289,6 +300,97 @@ async def live(
     }
 
 
+INTAKE_AT = datetime(2025, 12, 15, 4, 30, tzinfo=UTC)  # 10:00 IST on a day the month's ledger has nothing on
+INTAKE_DAY = "2025-12-15"
+PUBLISH_CHUNK = 1000
+
+
+def _intake_events(
+    count: int,
+) -> tuple[list[tuple[str, bytes, dict[str, str]]], list[tuple[str, bytes, dict[str, str]]]]:
+    """`count` SMS outreaches as campaigns publishes them, and a SENT and a DELIVERED for each as channels does."""
+    stamp = Timestamp()
+    stamp.FromDatetime(INTAKE_AT)
+    created, receipts = [], []
+    for index in range(count):
+        campaign_id = f"CSELL-DEC-T06-{index:07d}"
+        headers = {"Xsell-Campaign-Id": campaign_id}
+        event = OutreachCreated(
+            event_id=f"evt_intake_c{index}",
+            outreach=campaigns_pb2.Outreach(
+                campaign_id=campaign_id,
+                campaign_key="cmp_intake",
+                profile_id=f"prf_intake_{index}",
+                channel=channel_pb2.CHANNEL_SMS,
+                trigger_code="T06",
+                offer=campaigns_pb2.Offer(product_code="MSME_WC_TOPUP"),
+                labels=[LABELS[index % len(LABELS)]],
+                create_time=stamp,
+            ),
+        )
+        created.append(
+            (streams.OUTREACH_CREATED, event.SerializeToString(), {**headers, "Nats-Msg-Id": event.event_id})
+        )
+        for state, suffix in ((channels_pb2.DELIVERY_STATE_SENT, "s"), (channels_pb2.DELIVERY_STATE_DELIVERED, "d")):
+            receipt = DeliveryUpdated(
+                event_id=f"evt_intake_{suffix}{index}", campaign_id=campaign_id, state=state, occur_time=stamp
+            )
+            receipts.append(
+                (streams.DELIVERY_UPDATED, receipt.SerializeToString(), {**headers, "Nats-Msg-Id": receipt.event_id})
+            )
+    return created, receipts
+
+
+async def intake(url: str, var: Path, count: int) -> dict[str, Any]:
+    """Campaigns' and channels' events into the live service, each kind published as a backlog: `count`
+    OutreachCreated, timed from the first publish until the views count them all sent; then a SENT and a DELIVERED
+    for each, until the views show every send cost booked and every message delivered. The service's CPU over each
+    phase, per event."""
+    created, receipts = _intake_events(count)
+    service = ServiceProcess("attribution", var / "intake", url, grpc_service=SERVICE)
+    await service.start()
+    bus = await Bus.connect(service.nats.url, "bench-intake")
+    phases: dict[str, dict[str, float]] = {}
+    try:
+        async with grpc.aio.insecure_channel(service.target) as channel:
+            stub = service_pb2_grpc.AttributionServiceStub(channel)
+            request = service_pb2.GetAttributionReportRequest(
+                filter=service_pb2.ReportFilter(start_date=INTAKE_DAY, end_date=INTAKE_DAY, campaign_key="cmp_intake")
+            )
+
+            async def phase(name: str, events: list[tuple[str, bytes, dict[str, str]]], done: Any) -> None:
+                cpu_before, started = service.cpu_seconds(), time.perf_counter()
+                for start in range(0, len(events), PUBLISH_CHUNK):
+                    await bus.publish_batch(events[start : start + PUBLISH_CHUNK], timeout=30)
+                while True:
+                    if done((await stub.GetAttributionReport(request)).total):
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed, cpu = time.perf_counter() - started, service.cpu_seconds() - cpu_before
+                phases[name] = {
+                    "events": len(events),
+                    "seconds": round(elapsed, 2),
+                    "events_per_s": round(len(events) / elapsed, 1),
+                    "service_cpu_us_per_event": round(cpu / len(events) * 1e6, 1),
+                }
+                print(
+                    f"intake, {name}: {len(events)} events applied in {elapsed:.2f}s, "
+                    f"{len(events) / elapsed:.1f}/s at {cpu / len(events) * 1e6:.0f} µs of service CPU each",
+                    flush=True,
+                )
+
+            await phase("outreaches", created, lambda total: total.sent >= count)
+            await phase(
+                "receipts",
+                receipts,
+                lambda total: total.funnel.delivered >= count and total.cost.minor_units >= count * SEND_COST["sms"],
+            )
+    finally:
+        await bus.drain()
+        service.stop()
+    return phases
+
+
 def figure(value: float, unit: str, goal: str | None = None, met: bool | None = None) -> dict[str, Any]:
     return {"value": value, "unit": unit, "goal": goal, "met": met}
 
@@ -302,6 +404,7 @@ def figures_document(
     rollup_rows: int,
     views_ms: dict[str, float],
     live: dict[str, Any],
+    intake: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Each measured figure with its unit, and for the issue's two goals the goal and whether it was met.
 
@@ -332,6 +435,11 @@ def figures_document(
         "disbursement_answer_p99": figure(live["disbursement_answer_p99_ms"], "ms"),
         "service_cpu": figure(live["service_cpu_cores_used"], "cores"),
     }
+    # How fast campaigns' and channels' events are applied (no goal of the issue's: attribution must keep up with
+    # channels' sends, three events or more per message).
+    for name, measured in (intake or {}).items():
+        figures[f"intake_{name}"] = figure(measured["events_per_s"], "events/s")
+        figures[f"intake_{name}_cpu"] = figure(measured["service_cpu_us_per_event"], "µs of service CPU per event")
     goals = [f["met"] for f in figures.values() if f["goal"] is not None and f["unit"] != "disbursements/s"]
     return {
         "figures": figures,
@@ -399,6 +507,7 @@ async def _measure(
     finally:
         await db.dispose()
     live_figures = await live(url, var, spare, args.rate, args.seconds, args.poll_interval)
+    intake_figures = await intake(url, var, args.intake or max(1000, int(30_000 * args.scale)))
     print(
         f"unloaded: RecordDisbursement {live_figures['unloaded_disbursement_p50_ms']} ms, "
         f"GetAttributionReport {live_figures['unloaded_report_p50_ms']} ms (p50)"
@@ -423,6 +532,7 @@ async def _measure(
             rollup_rows=result.rows_checked,
             views_ms=timings,
             live=live_figures,
+            intake=intake_figures,
         ),
         "command": "python -m bench.attribution " + " ".join(sys.argv[1:]),
         "machine": machine,
@@ -446,6 +556,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the live part sends")
     parser.add_argument(
         "--poll-interval", type=float, default=0.25, help="seconds between dashboard loads during the live part"
+    )
+    parser.add_argument(
+        "--intake", type=int, default=0, help="outreaches in the intake part (3 events each); 0 = 30,000 x scale"
     )
     parser.add_argument("--var", type=Path, default=Path("var/bench/attribution"))
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
