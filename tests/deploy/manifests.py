@@ -1,5 +1,7 @@
 """Renders the kustomize overlays and checks the rendered documents against xsell's deployment rules."""
 
+import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic_settings import BaseSettings
 
 from services import nats_access
 
@@ -440,6 +443,90 @@ def prod_violations(docs: list[Doc]) -> list[str]:
     return problems
 
 
+SETTINGS = {
+    "gateway": ("gateway.settings", "GatewaySettings"),
+    "segments": ("services.segments.settings", "SegmentsSettings"),
+    "campaigns": ("services.campaigns.settings", "CampaignsSettings"),
+    "channels": ("services.channels.settings", "ChannelsSettings"),
+    "attribution": ("services.attribution.settings", "AttributionSettings"),
+}
+"""Each process's settings class (module, name): what its server and its `services.migrate` read."""
+MAIN_MODULES = {process: "gateway" if process == "gateway" else f"services.{process}" for process in PROCESSES}
+"""The module each process's container runs with `python -m` (the Dockerfile's CMD for the gateway)."""
+OTEL_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_METRICS_EXEMPLAR_FILTER",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+}
+"""The OpenTelemetry variables the plumbing reads (plumbing/telemetry.py, plumbing/metrics.py)."""
+
+
+IMAGE_PACKAGES = set(re.findall(r"^COPY (\w+)/ /app/\1/$", (K8S.parents[1] / "Dockerfile").read_text(), re.MULTILINE))
+"""The packages the image holds (the Dockerfile's COPY of each into /app)."""
+
+
+def settings_class(module: str, args: list[str]) -> type[BaseSettings] | None:
+    """The settings a `python -m module args...` process reads its XSELL_ variables into; None for one that reads
+    none (services.nats_access reads the NATS pods' own variables)."""
+    if module == "services.migrate" and args and args[0] in SETTINGS:
+        owner, class_name = SETTINGS[args[0]]
+    elif module in ("services.nats_provision", "services.dead_letters"):
+        owner, class_name = "plumbing.settings", "ToolSettings"
+    elif module in MAIN_MODULES.values():
+        owner, class_name = SETTINGS[module.rsplit(".", 1)[-1]]
+    else:
+        return None
+    found: type[BaseSettings] = getattr(importlib.import_module(owner), class_name)
+    return found
+
+
+def variables(docs: list[Doc], container: Doc) -> dict[str, str | None]:
+    """Every variable the container is given: its ConfigMaps' values, its own values, None for one from a Secret."""
+    given: dict[str, str | None] = {}
+    for source in container.get("envFrom") or []:
+        if "configMapRef" in source:
+            given.update(find(docs, "ConfigMap", source["configMapRef"]["name"]).get("data") or {})
+    for variable in container.get("env") or []:
+        given[variable["name"]] = variable.get("value")
+    return given
+
+
+def command_violations(docs: list[Doc]) -> list[str]:
+    """Every `python -m` names a module the image has and can run, each process's container runs its own, and every
+    XSELL_ variable a container is given is a field of the settings that module reads: pydantic-settings ignores
+    any other, so a misspelt or stale name would leave the setting at its local default without a word."""
+    problems: list[str] = []
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        for container in containers(workload):
+            at = f"{workload['kind']} {name(workload)} container {container['name']}"
+            command = [*(container.get("command") or []), *(container.get("args") or [])]
+            if command[:2] != ["python", "-m"]:
+                continue
+            module, args = command[2], command[3:]
+            spec = importlib.util.find_spec(module)
+            runnable = spec is not None and (
+                spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__") is not None
+            )
+            if not runnable or module.split(".")[0] not in IMAGE_PACKAGES:
+                problems.append(f"{at}: python -m {module} names no module the image can run")
+                continue
+            if container["name"] in MAIN_MODULES and module != MAIN_MODULES[container["name"]]:
+                problems.append(f"{at}: runs python -m {module}, expected python -m {MAIN_MODULES[container['name']]}")
+            settings = settings_class(module, args)
+            if settings is None:
+                continue
+            prefix = str(settings.model_config.get("env_prefix", ""))
+            fields = {prefix + field.upper() for field in settings.model_fields}
+            for variable in sorted(variables(docs, container)):
+                if variable.startswith("XSELL_") and variable not in fields:
+                    problems.append(f"{at}: {variable} is not a setting of {settings.__name__}; it would be ignored")
+                elif not variable.startswith("XSELL_") and variable not in OTEL_VARIABLES:
+                    problems.append(f"{at}: {variable} is read by nothing in python -m {module}")
+    return problems
+
+
 def violations(docs: list[Doc], overlay: str) -> list[str]:
     found = (
         workload_violations(docs)
@@ -447,6 +534,7 @@ def violations(docs: list[Doc], overlay: str) -> list[str]:
         + network_violations(docs)
         + exposure_violations(docs)
         + nats_violations(docs)
+        + command_violations(docs)
     )
     if overlay == "prod":
         found += prod_violations(docs)

@@ -4,6 +4,7 @@ isolation rules; mutated copies show that each rule check catches what it guards
 import asyncio
 import base64
 import datetime
+import os
 import re
 import shutil
 import ssl
@@ -24,8 +25,11 @@ from devstack.nats_tls import TlsFiles, local_certificates
 from services import nats_access
 from tests.deploy.manifests import (
     K8S,
+    MAIN_MODULES,
+    METRICS_PORT,
     NATS_FEEDS,
     OVERLAYS,
+    PROCESSES,
     Doc,
     admitted_sources,
     find,
@@ -35,6 +39,8 @@ from tests.deploy.manifests import (
     optional_secret_files,
     pod_spec,
     render,
+    settings_class,
+    variables,
     violations,
 )
 from tests.waiting import eventually
@@ -394,6 +400,28 @@ def test_prod_mounts_the_institutions_catalogs_and_the_services_load_them(tmp_pa
     assert accepted and not problems
 
 
+@pytest.mark.parametrize("process", PROCESSES)
+def test_each_process_reads_its_settings_from_what_the_manifests_give_it(
+    overlay: tuple[str, list[Doc]], process: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loaded as the process loads them: a value its settings refuse (a word for a number, a list that is not JSON)
+    would stop it at start, and a name they lack would be ignored (`command_violations` names it)."""
+    _, docs = overlay
+    [container] = [c for c in pod_spec(find(docs, "Deployment", process))["containers"] if c["name"] == process]
+    given = {variable: value for variable, value in variables(docs, container).items() if value is not None}
+    for variable in [v for v in os.environ if v.startswith(("XSELL_", "OTEL_"))]:
+        monkeypatch.delenv(variable)
+    for variable, value in given.items():
+        monkeypatch.setenv(variable, value)
+    settings_type = settings_class(MAIN_MODULES[process], [])
+    assert settings_type is not None
+    settings = settings_type()
+    prefix = str(settings_type.model_config.get("env_prefix", ""))
+    assert {v.removeprefix(prefix).lower() for v in given if v.startswith(prefix)} <= settings.model_fields_set
+    assert settings.model_dump()["grpc_host"] == "0.0.0.0"
+    assert settings.model_dump()["metrics_port"] == METRICS_PORT
+
+
 def mutated(tmp_path: Path, file: str, old: str, new: str) -> Path:
     """A copy of deploy/k8s with one text replaced exactly once in one file."""
     copy = tmp_path / "k8s"
@@ -504,6 +532,33 @@ MUTATIONS = {
         "  replicas: 3\n",
         "  replicas: 1\n",
         "nats has 1 replicas, expected 3",
+    ),
+    "gateway started from a module the image lacks": (
+        "base/gateway.yaml",
+        'command: ["python", "-m", "gateway"]',
+        'command: ["python", "-m", "services.gateway"]',
+        "Deployment gateway container gateway: python -m services.gateway names no module the image can run",
+    ),
+    "a process started as another": (
+        "base/attribution.yaml",
+        'command: ["python", "-m", "services.attribution"]',
+        'command: ["python", "-m", "services.segments"]',
+        "Deployment attribution container attribution: runs python -m services.segments, expected python -m "
+        "services.attribution",
+    ),
+    "misspelt setting": (
+        "base/channels.yaml",
+        '  XSELL_CHANNELS_SMTP_STARTTLS: "true"\n',
+        '  XSELL_CHANNELS_SMTP_START_TLS: "true"\n',
+        "Deployment channels container channels: XSELL_CHANNELS_SMTP_START_TLS is not a setting of ChannelsSettings; "
+        "it would be ignored",
+    ),
+    "another process's setting": (
+        "base/campaigns.yaml",
+        "  XSELL_CAMPAIGNS_SEGMENTS_TARGET: segments:50061\n",
+        "  XSELL_GATEWAY_SEGMENTS_TARGET: segments:50061\n",
+        "Deployment campaigns container campaigns: XSELL_GATEWAY_SEGMENTS_TARGET is not a setting of "
+        "CampaignsSettings; it would be ignored",
     ),
     "spans kept local": (
         "base/channels.yaml",
