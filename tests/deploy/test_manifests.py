@@ -367,6 +367,36 @@ def test_prod_gets_bounces_from_the_internet_and_checks_callbacks_against_the_pu
     assert by_port[50051] and by_port[8080]
 
 
+def nginx_bytes(size: str) -> float:
+    """An nginx size (client_max_body_size): bytes, or k / m / g of 1024; 0 is no limit."""
+    matched = re.fullmatch(r"(\d+)([kKmMgG]?)", size)
+    assert matched, f"unreadable nginx size {size!r}"
+    number = int(matched[1]) * 1024 ** " kmg".index((matched[2] or " ").lower())
+    return number or float("inf")
+
+
+def test_prod_ingress_passes_the_largest_request_the_gateway_reads() -> None:
+    from gateway.esp_events import MAX_BODY
+    from gateway.settings import GatewaySettings
+
+    docs = render(K8S, "prod")
+    gateway = _config(docs, "gateway")
+    default = GatewaySettings.model_fields["max_request_bytes"].default
+    # A unary gRPC request's body is its message and 5 bytes of framing.
+    grpc = int(gateway.get("XSELL_GATEWAY_MAX_REQUEST_BYTES", default)) + 5
+    largest = {"grpc": grpc, "http": MAX_BODY}
+    ingresses = of_kind(docs, "Ingress")
+    assert ingresses
+    for ingress in ingresses:
+        annotations = ingress["metadata"].get("annotations") or {}
+        # ingress-nginx's own default when the annotation is absent.
+        limit = nginx_bytes(annotations.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m"))
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                port = path["backend"]["service"]["port"]["name"]
+                assert limit >= largest[port], f"Ingress {name(ingress)} refuses bodies over {limit} bytes"
+
+
 def test_prod_mounts_the_institutions_catalogs_and_the_services_load_them(tmp_path: Path) -> None:
     from services.campaigns.content_files import load_library
     from services.campaigns.triggers import load_trigger_catalog
