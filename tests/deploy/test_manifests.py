@@ -296,6 +296,48 @@ def test_dev_generates_every_secret_its_pods_need() -> None:
     assert missing == set()
 
 
+def documented_secrets() -> dict[str, set[str]]:
+    """docs/deploy.md's table of the Secrets an operator creates for prod: each name and the keys it lists."""
+    text = (K8S.parents[1] / "docs" / "deploy.md").read_text()
+    table = text.split("\n## prod\n", 1)[1].split("\n\n", 2)[1]
+    documented: dict[str, set[str]] = {}
+    for row in table.splitlines()[2:]:
+        secret, keys = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names = re.findall(r"`([^`]+)`", secret)[0]
+        expanded = [names.replace("<process>", p) for p in PROCESSES] if "<process>" in names else [names]
+        for each in expanded:
+            documented[each] = set(re.findall(r"`([^`]+)`", keys))
+    return documented
+
+
+def test_every_secret_prod_needs_is_in_the_operators_table() -> None:
+    """prod renders no Secrets: each one a pod or an Ingress names, and each key, is one docs/deploy.md tells the
+    operator to create."""
+    docs = render(K8S, "prod")
+    needed: set[tuple[str, str]] = set()
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        spec = pod_spec(workload)
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
+            for variable in container.get("env") or []:
+                ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    needed.add((ref["name"], ref["key"]))
+        for volume in spec.get("volumes") or []:
+            secret = volume.get("secret")
+            if secret:
+                needed |= {(secret["secretName"], item["key"]) for item in secret.get("items") or [{"key": ""}]}
+    for ingress in of_kind(docs, "Ingress"):
+        for tls in ingress["spec"].get("tls") or []:
+            needed |= {(tls["secretName"], "tls.crt"), (tls["secretName"], "tls.key")}
+    documented = documented_secrets()
+    missing = sorted(
+        f"{secret} {key}".strip()
+        for secret, key in needed
+        if secret not in documented or (key and key not in documented[secret])
+    )
+    assert missing == []
+
+
 def test_a_setting_that_names_a_secret_file_requires_that_secret(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     assert optional_secret_files(docs) == []
