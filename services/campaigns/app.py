@@ -104,8 +104,13 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
         fallback_window=timedelta(hours=settings.fallback_window_hours),
     )
     signals = OutreachSignals(db)
-    delivery_consumer = Consumer(bus, streams.CAMPAIGNS_DELIVERY, DeliveryUpdated, signals.on_delivery, tracer)
-    engagement_consumer = Consumer(bus, streams.CAMPAIGNS_ENGAGEMENT, EngagementRecorded, signals.on_engagement, tracer)
+    # A fetch per transaction: every message brings two receipts or more, at channels' rate.
+    delivery_consumer = Consumer(
+        bus, streams.CAMPAIGNS_DELIVERY, DeliveryUpdated, None, tracer, batch_handler=signals.on_delivery_batch
+    )
+    engagement_consumer = Consumer(
+        bus, streams.CAMPAIGNS_ENGAGEMENT, EngagementRecorded, None, tracer, batch_handler=signals.on_engagement_batch
+    )
     await delivery_consumer.declare()
     await engagement_consumer.declare()
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)

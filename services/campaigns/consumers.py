@@ -1,12 +1,13 @@
 """NATS handlers: channels' delivery states and engagement, recorded on the outreach they are about."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from plumbing import bounces
-from plumbing.bus import Delivery
+from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
@@ -50,29 +51,50 @@ class OutreachSignals:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def on_delivery(self, event: channel_events.DeliveryUpdated, delivery: Delivery) -> None:
-        column = DELIVERY_COLUMNS.get(event.state)
-        if column is None or not event.campaign_id:
-            return
-        at = _when(event.occur_time, event.HasField("occur_time"))
-        await self._record(event.campaign_id, column, at, reason=event.reason)
+    async def on_delivery_batch(
+        self, items: Sequence[tuple[channel_events.DeliveryUpdated, Delivery]]
+    ) -> list[BaseException | None]:
+        """A fetch of delivery states recorded in one transaction; each message's outcome, in order."""
+        signals = [(event.campaign_id, DELIVERY_COLUMNS.get(event.state), event, event.reason) for event, _ in items]
+        return await self._record_many(signals)
 
-    async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
-        column = ENGAGEMENT_COLUMNS.get(event.kind)
-        if column is None or not event.campaign_id:
-            return
-        if column == "bounced_at" and bounces.for_a_while(event.detail) == bounces.UNREACHABLE:
-            # Not on WhatsApp: a fact about the channel, not a bad list, which Meta does not hold against the sender.
-            # The message is FAILED already (its DeliveryUpdated), and that is what makes its fallback due; as a
-            # bounce it would count towards the bounce rate that pauses the campaign, and so stop the fallbacks.
-            return
-        await self._record(event.campaign_id, column, _when(event.occur_time, event.HasField("occur_time")))
+    async def on_engagement_batch(
+        self, items: Sequence[tuple[channel_events.EngagementRecorded, Delivery]]
+    ) -> list[BaseException | None]:
+        """A fetch of engagement recorded in one transaction; each message's outcome, in order."""
+        signals: list[tuple[str, str | None, Any, str]] = []
+        for event, _ in items:
+            column = ENGAGEMENT_COLUMNS.get(event.kind)
+            if column == "bounced_at" and bounces.for_a_while(event.detail) == bounces.UNREACHABLE:
+                # Not on WhatsApp: a fact about the channel, not a bad list, which Meta does not hold against the
+                # sender. The message is FAILED already (its DeliveryUpdated), and that is what makes its fallback
+                # due; as a bounce it would count towards the bounce rate that pauses the campaign, and so stop the
+                # fallbacks.
+                column = None
+            signals.append((event.campaign_id, column, event, ""))
+        return await self._record_many(signals)
 
-    async def _record(self, campaign_id: str, column: str, at: datetime, *, reason: str = "") -> None:
-        async with self.db.transaction() as session:
-            await store.record_signal(session, campaign_id, column, at, reason=reason)
-            if column in FAILURE_COLUMNS:
-                await self._fallback_due(session, campaign_id)
+    async def _record_many(self, signals: Sequence[tuple[str, str | None, Any, str]]) -> list[BaseException | None]:
+        """Sets each (campaign ID, column, event, reason)'s column from the event's time, in one transaction (a
+        statement per column); a signal without a column or a campaign ID is nothing to record. A failure or a
+        bounce also makes the outreach's fallback due."""
+        outcomes: list[BaseException | None] = [None] * len(signals)
+        rows: list[tuple[str, str, datetime, str]] = []
+        for index, (campaign_id, column, event, reason) in enumerate(signals):
+            if column is None or not campaign_id:
+                continue
+            try:
+                at = _when(event.occur_time, event.HasField("occur_time"))
+            except (ValueError, OverflowError) as error:
+                outcomes[index] = PermanentError(f"occur_time: {error}")
+                continue
+            rows.append((campaign_id, column, at, reason))
+        if rows:
+            async with self.db.transaction() as session:
+                await store.record_signals(session, rows)
+                for campaign_id in dict.fromkeys(row[0] for row in rows if row[1] in FAILURE_COLUMNS):
+                    await self._fallback_due(session, campaign_id)
+        return outcomes
 
     async def _fallback_due(self, session: Any, campaign_id: str) -> None:
         facts = await automation_store.outreach_campaign(session, campaign_id)

@@ -819,19 +819,29 @@ SIGNAL_COLUMNS = frozenset(
 )
 
 
-async def record_signal(
-    session: AsyncSession, campaign_id: str, column: str, at: datetime, *, reason: str = ""
-) -> None:
-    """Sets `column` on the outreach the first time only (a redelivery changes nothing); a failure with its
-    reason."""
-    if column not in SIGNAL_COLUMNS:
-        raise ValueError(f"{column} is not a signal column")
-    values: dict[str, Any] = {column: at}
-    if column == "failed_at" and reason:
-        values["failure_reason"] = reason[:MAX_FAILURE_REASON]
-    await session.execute(
-        update(outreaches).where(outreaches.c.campaign_id == campaign_id, outreaches.c[column].is_(None)).values(values)
-    )
+async def record_signals(session: AsyncSession, signals: Sequence[tuple[str, str, datetime, str]]) -> None:
+    """Sets each (campaign ID, column, time, reason)'s column on its outreach the first time only (a redelivery
+    changes nothing), a failure with its reason; a statement per column. Of two signals of one column for one
+    outreach, the first is kept."""
+    by_column: dict[str, list[dict[str, Any]]] = {}
+    for campaign_id, column, at, reason in signals:
+        if column not in SIGNAL_COLUMNS:
+            raise ValueError(f"{column} is not a signal column")
+        row: dict[str, Any] = {"signalled": campaign_id, "at": at}
+        if column == "failed_at":
+            row["reason"] = reason[:MAX_FAILURE_REASON] or None
+        by_column.setdefault(column, []).append(row)
+    for column, rows in sorted(by_column.items()):
+        values: dict[str, Any] = {column: bindparam("at", type_=UtcDateTime)}
+        if column == "failed_at":
+            # A failure without a reason keeps whatever reason the outreach has.
+            values["failure_reason"] = func.coalesce(bindparam("reason", type_=String), outreaches.c.failure_reason)
+        statement = (
+            update(outreaches)
+            .where(outreaches.c.campaign_id == bindparam("signalled"), outreaches.c[column].is_(None))
+            .values(values)
+        )
+        await session.execute(statement, rows)
 
 
 # --- who was left out, and the contact ledger the caps count (0004) -----------------------------
