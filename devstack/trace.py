@@ -34,7 +34,10 @@ def render(spans: list[dict[str, Any]]) -> list[str]:
         gap = ""
         if previous_end is not None and span["start_ns"] - previous_end > 1_000_000_000:
             gap = f"  (gap {_ms(span['start_ns'] - previous_end)})"
-        status = "" if span["status"] != "ERROR" else "  ERROR"
+        status = ""
+        if span["status"] == "ERROR":
+            reason = span.get("status_description") or ""
+            status = f"  ERROR: {reason}" if reason else "  ERROR"
         lines.append(
             f"+{_ms(span['start_ns'] - start):>9} {_ms(span['end_ns'] - span['start_ns']):>9}  "
             f"{'  ' * depth}[{span['service']}] {span['name']}{status}{gap}"

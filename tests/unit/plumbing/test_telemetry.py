@@ -7,8 +7,9 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link
+from opentelemetry.trace import Link, Status, StatusCode
 
+from devstack.trace import render
 from plumbing.telemetry import (
     CAMPAIGN_ID,
     SPAN_EXPORT_BATCH,
@@ -210,3 +211,19 @@ def test_statement_spans_are_recorded_only_inside_an_operations_span(monkeypatch
     assert names["connect"].parent is not None and names["connect"].parent.span_id == parent
     select_parent = names["SELECT campaigns.db"].parent
     assert select_parent is not None and select_parent.span_id == names["connect"].context.span_id
+
+
+def test_the_local_span_store_keeps_why_a_span_failed_and_the_trace_prints_it(tmp_path: Path) -> None:
+    """The store kept ERROR and dropped the status's description: `make trace` of a failed WhatsApp message said
+    `channels.receipt  ERROR`, and the reason (the provider's code) was in no span an SRE could read."""
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with outreach_span(tracer, "channels.receipt", "CSELL-NOV-T00-0009") as span:
+        span.set_status(Status(StatusCode.ERROR, "receipt: whatsapp 131026 Message undeliverable"))
+    with outreach_span(tracer, "channels.engagement", "CSELL-NOV-T00-0009"):
+        pass
+    spans = spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0009")
+    assert [span["status_description"] for span in spans] == ["receipt: whatsapp 131026 Message undeliverable", ""]
+    failed, fine = render(spans)
+    assert failed.endswith("channels.receipt  ERROR: receipt: whatsapp 131026 Message undeliverable")
+    assert fine.endswith("channels.engagement")
