@@ -65,6 +65,8 @@ log = structlog.get_logger(__name__)
 
 MAX_ID_LENGTH = 100  # the width of messages.campaign_id
 MAX_PROFILE_ID_LENGTH = 128  # the width of messages.profile_id, as segments' profiles.profile_id
+PROVIDER_MESSAGE_ID = "xsell.provider.message_id"
+"""The span attribute of the id the provider knows the message by (an e-mail's Message-ID)."""
 # What campaigns issues campaign IDs as: visible ASCII. It travels in headers (Idempotency-Key, Message-ID, NATS's
 # Xsell-Campaign-Id), where a line break or a control character would write another header.
 _CAMPAIGN_ID = re.compile(r"[!-~]+")
@@ -763,14 +765,14 @@ class DispatchHandler:
     async def _send_email(self, campaign_id: str, message: bytes, *, recipient: str) -> str:
         host, port = self.email.smtp_peer
         span = trace.get_current_span()  # the dispatch span, as for HTTP providers
+        # Not messaging.*: the dispatch span is most often the NATS consumer's span, whose messaging.system,
+        # operation and message id (the DispatchRequested's) those would overwrite with SMTP's.
         span.set_attributes(
             {
-                "messaging.system": "smtp",
-                "messaging.operation.type": "send",
-                "messaging.message.id": message_id(campaign_id, self.email.message_id_domain),
                 "server.address": host,
                 "server.port": port,
                 "xsell.provider": "email",
+                PROVIDER_MESSAGE_ID: message_id(campaign_id, self.email.message_id_domain),
             }
         )
         try:

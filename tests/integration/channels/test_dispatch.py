@@ -4,11 +4,13 @@ import re
 from typing import Any
 
 import pytest
+from opentelemetry.trace import SpanKind
 
 from plumbing.bus import Bus
 from plumbing.signing import verify
-from plumbing.telemetry import outreach_trace_id
+from plumbing.telemetry import outreach_ids, outreach_trace_id
 from services import streams
+from services.channels.consumers import PROVIDER_MESSAGE_ID
 from tests.integration.channels.conftest import (
     TRACKING_BASE,
     TRACKING_SECRET,
@@ -87,10 +89,43 @@ async def test_dispatch_sends_one_tracked_email_and_a_redelivery_sends_nothing(
     dispatch_spans = [s for s in spans if s.name == "channels.dispatch" and s.attributes["campaign.id"] == campaign_id]
     assert len(dispatch_spans) == 2
     assert {format(s.context.trace_id, "032x") for s in dispatch_spans} == {outreach_trace_id(campaign_id)}
-    [smtp_span] = [s for s in dispatch_spans if s.attributes.get("messaging.system") == "smtp"]
+    [smtp_span] = [s for s in dispatch_spans if s.attributes.get("xsell.provider") == "email"]
     assert smtp_span.attributes["server.port"] == smtp_relay.port
-    assert smtp_span.attributes["messaging.message.id"] == f"<{campaign_id}@mail.test.in>"
+    assert smtp_span.attributes[PROVIDER_MESSAGE_ID] == f"<{campaign_id}@mail.test.in>"
     assert not any("priya" in str(value) for s in spans for value in (s.attributes or {}).values())
+
+
+async def test_an_email_sent_on_the_consumers_span_keeps_that_span_a_nats_consumers(
+    start_channels: StartChannels, smtp_relay: SmtpRelay, nats_bus: Bus
+) -> None:
+    """The SMTP hand-over wrote messaging.system "smtp", operation "send" and the e-mail's Message-ID over the NATS
+    consumer's span it is described on: in the outreach's trace, the span that took DispatchRequested read as an SMTP
+    send, and the event's message id was gone from it."""
+    channels = await start_channels(smtp_relay.port)
+    campaign_id = new_campaign_id()
+    trace_id, root_span_id = outreach_ids(campaign_id)
+    event_id = new_campaign_id()
+    # As campaigns' relay publishes it: in the outreach's trace, so the dispatch is described on the consumer's span.
+    ack = await nats_bus.js.publish(
+        streams.DISPATCH_REQUESTED,
+        dispatch(campaign_id).SerializeToString(),
+        headers={
+            "Nats-Msg-Id": event_id,
+            "Xsell-Campaign-Id": campaign_id,
+            "traceparent": f"00-{trace_id:032x}-{root_span_id:016x}-01",
+        },
+    )
+    await handled(nats_bus, int(ack.seq))
+
+    spans = [s for s in channels.spans.get_finished_spans() if (s.attributes or {}).get("campaign.id") == campaign_id]
+    [consumer] = [s for s in spans if s.kind is SpanKind.CONSUMER]
+    assert consumer.attributes is not None
+    assert consumer.attributes["messaging.system"] == "nats"
+    assert consumer.attributes["messaging.operation.type"] == "process"
+    assert consumer.attributes["messaging.message.id"] == event_id
+    assert consumer.attributes["xsell.provider"] == "email"
+    assert consumer.attributes["server.port"] == smtp_relay.port
+    assert consumer.attributes[PROVIDER_MESSAGE_ID] == f"<{campaign_id}@mail.test.in>"
 
 
 async def test_message_left_in_sending_becomes_ambiguous_and_is_not_sent(
