@@ -135,10 +135,12 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 sms_callback_secret=settings.sms_callback_secret.get_secret_value(),
                 max_age_seconds=settings.webhook_max_age_seconds,
                 public_base_url=settings.webhook_public_base_url,
+                tracer=tracer,
             ).add_routes,
             SendGridEvents(
                 channels_grpc.ChannelsServiceStub(channels[scopes.CHANNELS_SERVICE]),
                 verification_key=settings.sendgrid_verification_key,
+                tracer=tracer,
                 message_id_domain=settings.message_id_domain,
                 timeout_seconds=settings.downstream_timeout_seconds,
                 max_age_seconds=settings.webhook_max_age_seconds,
@@ -148,6 +150,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
                 topic_arns=settings.ses_topic_arns,
                 cert_url_pattern=settings.sns_cert_url_pattern,
                 pinned_certificates=settings.sns_signing_certificates,
+                tracer=tracer,
                 message_id_domain=settings.message_id_domain,
                 timeout_seconds=settings.downstream_timeout_seconds,
                 max_age_seconds=settings.webhook_max_age_seconds,
@@ -175,6 +178,7 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
             message_id_domain=settings.message_id_domain,
             timeout_seconds=settings.downstream_timeout_seconds,
             envelope_secret=settings.tracking_secret.get_secret_value(),
+            tracer=tracer,
         )
         tasks.append(BackgroundTask("bounce-mailbox", mailbox.run, mailbox.stop))
     return GatewayProcess(

@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+from opentelemetry import trace
 
 from gateway.webhooks import ChannelsRecorder, ReplayGuard, Unrecorded, record_item, untrusted_json
 from xsell.channels.v1 import resources_pb2 as channels_resources
@@ -132,9 +133,10 @@ class SendGridEvents:
         message_id_domain: str,
         timeout_seconds: float,
         max_age_seconds: float,
+        tracer: trace.Tracer,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._record = ChannelsRecorder(channels, timeout_seconds)
+        self._record = ChannelsRecorder(channels, timeout_seconds, tracer, "sendgrid")
         self._key = _key_or_none(verification_key)
         self._domain = message_id_domain
         self._max_age = max_age_seconds

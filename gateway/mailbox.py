@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from opentelemetry import trace
 
 from gateway.bounces import NotAReport, Receipt, Report, read_report
 from gateway.webhooks import Unrecorded, record_call
@@ -63,11 +64,13 @@ class BounceMailbox:
         *,
         message_id_domain: str,
         timeout_seconds: float,
+        tracer: trace.Tracer,
         envelope_secret: str = "",
         hostname: str = "xsell-bounces",
     ) -> None:
         self.host, self.port = host, port
         self.channels = channels
+        self.tracer = tracer
         self.message_id_domain = message_id_domain
         # The tracking secret channels signs each e-mail's envelope id with (plumbing.signing.signed_envelope_id).
         self.envelope_secret = envelope_secret
@@ -95,11 +98,19 @@ class BounceMailbox:
             recorded = True
             if isinstance(report, Receipt) or report.signed:
                 recorded = await record_call(
-                    self.channels.RecordDeliveryReceipt, receipt_request(report), self.timeout_seconds
+                    self.channels.RecordDeliveryReceipt,
+                    receipt_request(report),
+                    self.timeout_seconds,
+                    self.tracer,
+                    "gateway mailbox receipt",
                 )
             if recorded and isinstance(report, Report):
                 recorded = await record_call(
-                    self.channels.RecordEngagement, engagement_request(report), self.timeout_seconds
+                    self.channels.RecordEngagement,
+                    engagement_request(report),
+                    self.timeout_seconds,
+                    self.tracer,
+                    "gateway mailbox engagement",
                 )
         except Unrecorded:
             return "451 4.3.0 cannot record the report now; try again later"

@@ -40,6 +40,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from opentelemetry import trace
 
 from gateway.esp_events import (
     campaign_id_in_message_id,
@@ -343,9 +344,10 @@ class SesEvents:
         timeout_seconds: float,
         max_age_seconds: float,
         pinned_certificates: str = "",
+        tracer: trace.Tracer,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._record = ChannelsRecorder(channels, timeout_seconds)
+        self._record = ChannelsRecorder(channels, timeout_seconds, tracer, "ses")
         self._topics = frozenset(topic_arns)
         self._cert_urls = re.compile(cert_url_pattern)
         self._domain = message_id_domain

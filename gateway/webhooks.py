@@ -58,9 +58,11 @@ from typing import Any
 import grpc
 import structlog
 from aiohttp import web
+from opentelemetry import trace
 
 from gateway.whatsapp_templates import TemplatesUnavailable, on_template_status
 from plumbing.bounces import DND, INVALID_NUMBER, WHATSAPP_MARKETING_SETTING, whatsapp_unreachable
+from plumbing.telemetry import outreach_span
 from xsell.campaigns.v1 import service_pb2_grpc as campaigns_grpc
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
@@ -205,9 +207,10 @@ class ProviderWebhooks:
         sms_callback_secret: str = "",
         max_age_seconds: float = 2 * 86400,
         public_base_url: str = "",
+        tracer: trace.Tracer,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._record = ChannelsRecorder(channels, timeout_seconds)
+        self._record = ChannelsRecorder(channels, timeout_seconds, tracer, "webhook")
         self._campaigns = campaigns
         self._app_secret = whatsapp_app_secret
         self._verify_token = whatsapp_verify_token
@@ -487,11 +490,16 @@ def _same(expected: str, presented: str) -> bool:
 
 
 class ChannelsRecorder:
-    """A provider's reports as record calls on channels (record_call: Unrecorded asks the provider for a retry)."""
+    """A provider's reports as record calls on channels (record_call: Unrecorded asks the provider for a retry).
+    `source` names the reports' way in on each call's span ("webhook", "sendgrid", "ses")."""
 
-    def __init__(self, channels: channels_grpc.ChannelsServiceStub, timeout_seconds: float) -> None:
+    def __init__(
+        self, channels: channels_grpc.ChannelsServiceStub, timeout_seconds: float, tracer: trace.Tracer, source: str
+    ) -> None:
         self._channels = channels
         self._timeout = timeout_seconds
+        self._tracer = tracer
+        self._source = source
 
     async def receipt(self, request_id: str, campaign_id: str, state: Any, provider_id: str, reason: str) -> None:
         request = channels_pb2.RecordDeliveryReceiptRequest(
@@ -501,7 +509,8 @@ class ChannelsRecorder:
             provider_message_id=provider_id,
             reason=reason,
         )
-        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout)
+        span_name = f"gateway {self._source} receipt"
+        await record_call(self._channels.RecordDeliveryReceipt, request, self._timeout, self._tracer, span_name)
 
     async def engagement(self, request_id: str, campaign_id: str, kind: Any, detail: str, url: str = "") -> None:
         await self.send_engagement(
@@ -512,7 +521,9 @@ class ChannelsRecorder:
 
     async def send_engagement(self, request: channels_pb2.RecordEngagementRequest) -> None:
         """An engagement whose request names its message otherwise (a provider's id, an inbound sender's number)."""
-        await record_call(self._channels.RecordEngagement, request, self._timeout)
+        await record_call(
+            self._channels.RecordEngagement, request, self._timeout, self._tracer, f"gateway {self._source} engagement"
+        )
 
 
 NOTHING_TO_RETRY = frozenset(
@@ -522,9 +533,22 @@ NOTHING_TO_RETRY = frozenset(
 account), a request it cannot take, a message no provider was given."""
 
 
-async def record_call(method: Any, request: Any, timeout: float) -> bool:
+async def record_call(method: Any, request: Any, timeout: float, tracer: trace.Tracer, span_name: str) -> bool:
     """One record call to channels: True when recorded, False when channels does not know the message (ignored);
-    Unrecorded when it cannot record now, so the provider is asked to send the callback again."""
+    Unrecorded when it cannot record now, so the provider is asked to send the callback again.
+
+    A report that names its campaign ID is recorded in that outreach's trace, as a click is (gateway.tracking): the
+    call and channels' receipt or engagement follow the provider's hand-over there. Without the span each report was
+    a trace of its own, which `make trace` of the campaign ID never showed. A report named otherwise (a provider's id,
+    a sender's number) stays in its own trace; channels links the outreach's span to it."""
+    campaign_id = getattr(request, "campaign_id", "")
+    if not campaign_id:
+        return await _record_call(method, request, timeout)
+    with outreach_span(tracer, span_name, campaign_id):
+        return await _record_call(method, request, timeout)
+
+
+async def _record_call(method: Any, request: Any, timeout: float) -> bool:
     try:
         await method(request, timeout=timeout)
     except grpc.aio.AioRpcError as error:

@@ -7,9 +7,11 @@ import grpc
 
 from devstack.smtp_sink import delivery_report
 from plumbing.signing import signed_envelope_id
+from plumbing.telemetry import outreach_trace_id
 from services.channels.smtp import xtext
 from tests.integration.gateway.conftest import (
     ENGAGEMENT,
+    RECEIPT,
     Downstream,
     GatewayFactory,
     RunningGateway,
@@ -160,6 +162,12 @@ async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_re
         "delivered 2.0.0",
     )
     assert receipt.request_id.startswith("mailbox:<dsn-") and engagements(downstream) == []
+    # In the outreach's trace, as the e-mail's hand-over is: the report was a trace of its own that no look-up of the
+    # campaign ID showed.
+    (received,) = downstream.services.to(RECEIPT)
+    assert received.metadata["traceparent"].split("-")[1] == outreach_trace_id(CAMPAIGN_ID)
+    (span,) = [span for span in gateway.spans.get_finished_spans() if span.name == "gateway mailbox receipt"]
+    assert span.attributes is not None and span.attributes["campaign.id"] == CAMPAIGN_ID
 
     # A signed bounce proves the relay had the message: first the SENT receipt it implies, then the engagement.
     envelope_id = xtext(signed_envelope_id(CAMPAIGN_ID, "test-tracking-secret"))

@@ -17,6 +17,7 @@ from gateway.webhooks import EXOTEL_ZONE, twilio_signature
 from plumbing.bounces import WHATSAPP_MARKETING_SETTING
 from plumbing.errors import Aborted
 from plumbing.idempotency import Idempotency, request_fingerprint
+from plumbing.telemetry import CAMPAIGN_ID, outreach_trace_id
 from tests.integration.gateway.conftest import (
     ENGAGEMENT,
     RECEIPT,
@@ -83,6 +84,22 @@ async def test_a_signed_delivered_status_becomes_a_receipt_and_its_replay_is_ref
     )
     # Behind the gateway's memory, channels records a request_id once (a replay at another replica).
     assert first.request_id == f"wa:{WAMID}:delivered"
+
+
+async def test_a_status_that_names_its_campaign_id_is_recorded_in_the_outreachs_trace(
+    start_gateway: GatewayFactory, downstream: Downstream, http: aiohttp.ClientSession
+) -> None:
+    """A click joined the outreach's trace; a provider's report did not: the failed WhatsApp message's receipt, and
+    channels' span of it, were a trace of their own, which `make trace` of the campaign ID never showed."""
+    gateway = await _gateway(start_gateway)
+    body = _status("failed", errors=[{"code": 131026, "title": "Message undeliverable"}])
+    async with http.post(f"{gateway.http}/webhooks/whatsapp", data=body, headers=_signed(body)) as response:
+        assert response.status == 200
+    (received,) = downstream.services.to(RECEIPT)
+    assert received.metadata["traceparent"].split("-")[1] == outreach_trace_id(OUTREACH)
+    (span,) = [span for span in gateway.spans.get_finished_spans() if span.name == "gateway webhook receipt"]
+    assert span.attributes is not None and span.attributes[CAMPAIGN_ID] == OUTREACH
+    assert format(span.context.trace_id, "032x") == outreach_trace_id(OUTREACH)
 
 
 async def test_a_stale_status_is_acknowledged_and_not_recorded_beside_a_fresh_one(
