@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from gateway.bounces import NotAReport, Receipt, Report, read_report
 from gateway.webhooks import Unrecorded, record_call
+from plumbing.telemetry import CAMPAIGN_ID
 from xsell.channels.v1 import resources_pb2 as channels_resources
 from xsell.channels.v1 import service_pb2 as channels_pb2
 from xsell.channels.v1 import service_pb2_grpc as channels_grpc
@@ -120,7 +121,7 @@ class BounceMailbox:
             kind = channels_resources.DeliveryState.Name(report.state).removeprefix("DELIVERY_STATE_")  # type: ignore[arg-type]
         else:
             kind = channels_resources.EngagementKind.Name(report.kind).removeprefix("ENGAGEMENT_KIND_")  # type: ignore[arg-type]
-        log.info("mailbox_report_recorded", kind=kind, campaign_id=report.campaign_id)
+        log.info("mailbox_report_recorded", kind=kind, **{CAMPAIGN_ID: report.campaign_id})
         return "250 2.0.0 recorded"
 
     def _protocol(self) -> Any:

@@ -9,6 +9,7 @@ import structlog
 from plumbing import bounces
 from plumbing.bus import Delivery, PermanentError
 from plumbing.db import Database
+from plumbing.telemetry import CAMPAIGN_ID
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
 from xsell.channels.v1 import events_pb2 as channel_events
@@ -103,4 +104,4 @@ class OutreachSignals:
         if facts.fallback_due_at is None and facts.fallback_state is None:
             # Due now, not at the failure's own time: the runner takes them in the order they became due.
             await automation_store.stamp_fallback_due(session, campaign_id, datetime.now(UTC))
-            log.info("fallback_due", campaign_id=campaign_id)
+            log.info("fallback_due", **{CAMPAIGN_ID: campaign_id})

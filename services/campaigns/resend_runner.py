@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
 from plumbing.polling import Poller
-from plumbing.telemetry import outreach_span
+from plumbing.telemetry import CAMPAIGN_ID, outreach_span
 from services import streams
 from services.addresses import address_of, same_address
 from services.campaigns import automation_store, store
@@ -281,6 +281,7 @@ class ResendRunner:
                 return 0
             if (reason := follow_up.against(campaign, outreach)) is not None:
                 await automation_store.decide_follow_up(session, kind, outreach_id, reason)
+                log.info(f"{kind}_decided", **{CAMPAIGN_ID: outreach_id}, outcome=reason)
                 return 0
             assert member is not None
             if not await automation_store.decide_follow_up(session, kind, outreach_id, follow_up.taken):
@@ -299,7 +300,8 @@ class ResendRunner:
             if made.campaign_id is None:
                 # Replaces the decision claimed above: the gate or the render left the person out.
                 await automation_store.set_follow_up_state(session, kind, outreach_id, made.left_out or "left_out")
-            log.info(f"{kind}_decided", outreach=outreach_id, outcome=made.campaign_id or made.left_out)
+            # campaign.id is the outreach decided on, as on every line about it; the outcome names the new one.
+            log.info(f"{kind}_decided", **{CAMPAIGN_ID: outreach_id}, outcome=made.campaign_id or made.left_out)
             return 1 if made.campaign_id else 0
 
     async def _complete_if_done(self, campaign: Any, automation: Automation) -> None:

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+import structlog
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import select, update
 
@@ -767,10 +768,13 @@ async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_cha
     delivered = channel_events.DeliveryUpdated(
         event_id=new_id("evt_"), campaign_id=originals["f-02"], state=channel_resources.DELIVERY_STATE_DELIVERED
     )
-    for event in (bounced, failed, delivered, bounced):  # the bounce redelivered: still one fallback
-        await _signal(stack, event)
-
-    rows = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) == 4))
+    with structlog.testing.capture_logs() as logs:
+        for event in (bounced, failed, delivered, bounced):  # the bounce redelivered: still one fallback
+            await _signal(stack, event)
+        rows = await eventually(lambda: _when(_outreaches(stack, key), lambda rows: len(rows) == 4))
+        await eventually(
+            lambda: asyncio.sleep(0, result=len([line for line in logs if line["event"] == "fallback_decided"]) == 2)
+        )
     (fallback,) = [o for o in rows if o.fallback_of]
     assert (fallback.profile_id, fallback.fallback_of, fallback.channel) == (
         "f-01",
@@ -778,6 +782,14 @@ async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_cha
         channel_pb2.CHANNEL_PUSH,
     )
     assert fallback.campaign_id not in originals.values() and parse_campaign_id(fallback.campaign_id) is not None
+    # Each decision is a line about the failed outreach, found by its campaign.id as every other line about it is (it
+    # was under "outreach", and a decision against one was not logged at all).
+    decisions = {line["campaign.id"]: line["outcome"] for line in logs if line["event"] == "fallback_decided"}
+    assert decisions == {originals["f-01"]: fallback.campaign_id, originals["f-03"]: "suppressed:no_contact"}
+    assert {line["campaign.id"] for line in logs if line["event"] == "fallback_due"} == {
+        originals["f-01"],
+        originals["f-03"],
+    }
     sent = await eventually(
         lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == fallback.campaign_id])
     )
@@ -789,15 +801,19 @@ async def test_an_outreach_that_fails_or_bounces_falls_back_once_to_the_next_cha
     assert {r.reason: r.count for r in counts.fallbacks_skipped_by_reason} == {"suppressed:no_contact": 1}
 
     # The push fails too: it is on the last channel, so nothing follows it.
-    await _signal(
-        stack,
-        channel_events.DeliveryUpdated(
-            event_id=new_id("evt_"), campaign_id=fallback.campaign_id, state=channel_resources.DELIVERY_STATE_FAILED
-        ),
-    )
-    counts = await eventually(
-        lambda: _when(_report(stack, key), lambda counts: len(counts.fallbacks_skipped_by_reason) == 2)
-    )
+    with structlog.testing.capture_logs() as logs:
+        await _signal(
+            stack,
+            channel_events.DeliveryUpdated(
+                event_id=new_id("evt_"), campaign_id=fallback.campaign_id, state=channel_resources.DELIVERY_STATE_FAILED
+            ),
+        )
+        counts = await eventually(
+            lambda: _when(_report(stack, key), lambda counts: len(counts.fallbacks_skipped_by_reason) == 2)
+        )
+    assert [(line["campaign.id"], line["outcome"]) for line in logs if line["event"] == "fallback_decided"] == [
+        (fallback.campaign_id, "last_channel")
+    ]
     assert {r.reason: r.count for r in counts.fallbacks_skipped_by_reason} == {
         "suppressed:no_contact": 1,
         "last_channel": 1,

@@ -4,6 +4,7 @@ from email.message import EmailMessage
 
 import aiosmtplib
 import grpc
+import structlog
 
 from devstack.smtp_sink import delivery_report
 from plumbing.signing import signed_envelope_id
@@ -154,7 +155,11 @@ async def test_a_report_of_delivery_asked_for_by_channels_becomes_the_message_re
         envelope_id=xtext(signed_envelope_id(CAMPAIGN_ID, "test-tracking-secret")),
         returned=RETURNED.replace("\n", "\r\n").encode(),
     )
-    assert await deliver(gateway, report) == (250, "2.0.0 recorded")
+    with structlog.testing.capture_logs() as logs:
+        assert await deliver(gateway, report) == (250, "2.0.0 recorded")
+    # campaign.id, as on every other service's lines about an outreach (it was campaign_id here alone).
+    (recorded,) = [line for line in logs if line["event"] == "mailbox_report_recorded"]
+    assert recorded["campaign.id"] == CAMPAIGN_ID and "campaign_id" not in recorded
     [receipt] = receipts(downstream)
     assert (receipt.campaign_id, receipt.state, receipt.reason) == (
         CAMPAIGN_ID,
