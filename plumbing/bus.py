@@ -89,6 +89,15 @@ HEARTBEAT_ACK_WAITS = 10
 delivers the message again (to this replica or another), as it did without heartbeats."""
 
 
+def dead_letter_fix(durable: str) -> str:
+    """What an operator does about a durable's dead letter, on the line that reports it (the runbook's steps)."""
+    return (
+        f"list it with `python -m services.dead_letters list --durable {durable}` (as NATS user operator), fix the "
+        f"cause, then `python -m services.dead_letters replay --durable {durable} --seq <seq>` (docs/operations.md, "
+        "Dead letters)"
+    )
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """A JetStream stream: one per publishing service, plus the dead-letter stream."""
@@ -1182,7 +1191,12 @@ class Consumer(Generic[M]):
             return "dead_letter_failed"
         await msg.term()
         # The message named here: a batch (_handle_batch) binds no message's fields.
-        log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason)
+        log.error(
+            "message_dead_lettered",
+            message_id=headers.get(MSG_ID_HEADER),
+            reason=reason,
+            fix=dead_letter_fix(self.spec.durable),
+        )
         return "dead_letter"
 
     async def _tell_dead_letter(self, msg: Msg, delivery: Delivery, reason: str, hook: DeadLetterHook[M]) -> None:
@@ -1232,7 +1246,13 @@ class Consumer(Generic[M]):
                 continue
             with contextlib.suppress(Exception):
                 await msg.term()
-            log.error("message_dead_lettered", message_id=headers.get(MSG_ID_HEADER), reason=reason, held=True)
+            log.error(
+                "message_dead_lettered",
+                message_id=headers.get(MSG_ID_HEADER),
+                reason=reason,
+                held=True,
+                fix=dead_letter_fix(self.spec.durable),
+            )
             self._handled.add((self.spec.durable, "dead_letter"))
             return
         # Stopping: back to the stream at once for the next process (on a closed connection, after the ack wait).

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 from opentelemetry import trace
 from sqlalchemy import MetaData
 
@@ -73,8 +74,16 @@ async def test_a_dead_letter_is_listed_replayed_and_applied_once_by_its_durable_
     tasks = [asyncio.create_task(c.run()) for c in consumers]
     try:
         message = SegmentPublished(segment_id="seg_sip_only", version=3).SerializeToString()
-        await nats_bus.js.publish(SUBJECT, message, headers={"Nats-Msg-Id": "published-1"})
-        await eventually(lambda: _dead_count(nats_bus, "campaigns-test"))
+        with structlog.testing.capture_logs() as logs:
+            await nats_bus.js.publish(SUBJECT, message, headers={"Nats-Msg-Id": "published-1"})
+            await eventually(lambda: _dead_count(nats_bus, "campaigns-test"))
+            await eventually(
+                lambda: asyncio.sleep(0, [line for line in logs if line["event"] == "message_dead_lettered"])
+            )
+        # The error line says what to do, with the very commands this test runs next (it said only the reason).
+        (dead_lettered,) = [line for line in logs if line["event"] == "message_dead_lettered"]
+        assert "python -m services.dead_letters list --durable campaigns-test" in dead_lettered["fix"]
+        assert "python -m services.dead_letters replay --durable campaigns-test --seq" in dead_lettered["fix"]
         await eventually(lambda: asyncio.sleep(0, applied["attribution-test"] == ["seg_sip_only"]))
 
         (letter,) = await dead_letters.dead_letters(nats_bus, "campaigns-test")
