@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from plumbing.db import transient_failure
 from plumbing.errors import DomainError, InvalidArgument, Unavailable
 from plumbing.metrics import meter
+from plumbing.telemetry import CAMPAIGN_ID
 
 log = structlog.get_logger("plumbing.grpc")
 
@@ -129,7 +130,8 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
         log.warning("rpc_unavailable", method=method, reason=reason)
         error = Unavailable(f"{reason}; nothing was written, retry the call")
     if isinstance(error, DomainError):
-        log.info("rpc_rejected", method=method, code=error.code.name, field=error.field)
+        # The refusal's text, as the caller got it: the line a LOS call's "record the sanction first" is found by.
+        log.info("rpc_rejected", method=method, code=error.code.name, field=error.field, reason=_bounded(str(error)))
         await context.abort(error.code, _bounded(str(error)), trailing_metadata=_status_details(error))
     span_context = trace.get_current_span().get_span_context()
     trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else "none"
@@ -151,6 +153,17 @@ def _status_of(error: BaseException | None) -> str:
     if isinstance(error, grpc.aio.AbortError):
         return "ABORTED_BY_HANDLER"
     return "INTERNAL"
+
+
+def _log_context(method: str, request: Any) -> dict[str, str]:
+    """The call's log context: its method, and the campaign ID its request names (a LOS event's, a look-up's), so
+    that every line of the call, its refusal included, is found by campaign.id. The handler's outreach span binds it
+    too, but only inside the span: the refusal is logged here, after it."""
+    context = {"rpc": method}
+    campaign_id = getattr(request, "campaign_id", None)
+    if isinstance(campaign_id, str) and campaign_id:
+        context[CAMPAIGN_ID] = campaign_id
+    return context
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -181,7 +194,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 failure: BaseException | None = None
-                with structlog.contextvars.bound_contextvars(rpc=method):
+                with structlog.contextvars.bound_contextvars(**_log_context(method, request)):
                     try:
                         if type(request) is Undecodable:
                             raise request.refusal
@@ -220,7 +233,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 return handler
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                with structlog.contextvars.bound_contextvars(rpc=method):
+                with structlog.contextvars.bound_contextvars(**_log_context(method, request)):
                     try:
                         if type(request) is Undecodable:
                             raise request.refusal

@@ -5,6 +5,7 @@ import sqlite3
 
 import grpc
 import pytest
+import structlog
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -73,6 +74,24 @@ async def test_domain_error_becomes_status_with_field_violation(server) -> None:
         bad_request = error_details_pb2.BadRequest()
         status.details[0].Unpack(bad_request)
         assert bad_request.field_violations[0].field == "campaign_id"
+
+
+async def test_a_refusal_is_logged_with_its_reason_under_the_campaign_id_its_request_names(server) -> None:  # type: ignore[no-untyped-def]
+    """A LOS call refused ("record the sanction first") left one line, rpc_rejected, with neither the campaign ID nor
+    the reason: a search of the logs for the campaign ID did not find that its disbursement had been refused."""
+    grpc_server, _ = server
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
+        stub = service_pb2_grpc.GatewayServiceStub(channel)
+        request = service_pb2.LookupCampaignRecordRequest(campaign_id="CSELL-NOV-T00-0003")
+        with (
+            structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+            pytest.raises(grpc.aio.AioRpcError),
+        ):
+            await stub.LookupCampaignRecord(request)
+    (rejected,) = [line for line in logs if line["event"] == "rpc_rejected"]
+    assert rejected["campaign.id"] == "CSELL-NOV-T00-0003"
+    assert rejected["reason"] == "campaign_id: must look like CSELL-NOV-T06-0884"
+    assert rejected["code"] == "INVALID_ARGUMENT"
 
 
 async def test_bytes_protobuf_cannot_parse_are_invalid_argument_on_every_kind_of_handler(server) -> None:  # type: ignore[no-untyped-def]
