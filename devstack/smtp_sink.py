@@ -6,7 +6,6 @@ The parts are shared with the tests' relay: `DsnServer` (aiosmtpd taking the DSN
 """
 
 import asyncio
-import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -19,6 +18,8 @@ import aiosmtplib
 import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from plumbing.ids import new_id
 
 log = structlog.get_logger(__name__)
 
@@ -69,9 +70,6 @@ def dsn_requested(envelope: Envelope) -> tuple[bool, str]:
     return any("SUCCESS" in value.split(",") for value in notify), envid
 
 
-_report_numbers = itertools.count(1)
-
-
 def delivery_report(
     *,
     reporting_mta: str,
@@ -86,7 +84,10 @@ def delivery_report(
     """An RFC 3464 delivery status notification about one recipient, returning the message's headers (RET=HDRS)."""
     headers = returned.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("utf-8", "replace").replace("\r\n", "\n")
     now = format_datetime(arrival or datetime.now(UTC))
-    boundary = f"dsn-{next(_report_numbers)}-{reporting_mta}"
+    # Unique across runs, as an MTA's queue ids are: the mailbox records a report once per Message-ID (its request_id),
+    # and a counter that started again at 1 with each `make run` gave the second run's reports the first run's ids,
+    # which channels refused as already used (every e-mail of that run stayed SENT, never DELIVERED).
+    boundary = f"{new_id('dsn-')}-{reporting_mta}"
     envid_line = f"Original-Envelope-Id: {envelope_id}\n" if envelope_id else ""
     text = f"""\
 From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>

@@ -142,3 +142,25 @@ async def test_nats_over_tls_starts_without_a_handshake_error_in_its_log(tmp_pat
     finally:
         server.stop()
     assert len(errors) == 1, errors
+
+
+_FIRST_REPORT_ID = """\
+from email import message_from_bytes
+from devstack.smtp_sink import delivery_report
+report = delivery_report(reporting_mta="sink.xsell.local", return_path="bounces@xsell.local",
+                         recipient="asha@example.in", envelope_id="", returned=b"Subject: x\\r\\n\\r\\n")
+print(message_from_bytes(report)["Message-ID"])
+"""
+
+
+def test_the_smtp_sinks_reports_have_new_message_ids_in_every_run() -> None:
+    """The mailbox records a report once per Message-ID; the sink numbered its reports from 1 in every process, so
+    after a second `make run` each report had one of the first run's ids, channels refused it as a request_id already
+    used, and no e-mail of that run became DELIVERED. Two processes stand for two runs."""
+    ids = [
+        subprocess.run(
+            [sys.executable, "-c", _FIRST_REPORT_ID], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert all(ids) and ids[0] != ids[1]
