@@ -240,7 +240,11 @@ class ProviderSink:
         # providers retry their callbacks (Meta for days); after the last, the error is kept in callback_errors.
         self.callback_retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
         self._callbacks: set[asyncio.Task[None]] = set()
-        self._ids = itertools.count(1)
+        # The provider's message ids (SmsSid, wamid, FCM names): from a random start, as a provider's never repeat.
+        # Numbered from 1, every `make run` gave its messages the last run's ids, the gateway's webhooks record a
+        # callback once per (id, status), and channels refused the second run's receipts as request_ids already used:
+        # its SMS stayed SENT.
+        self._ids = itertools.count(secrets.randbits(48))
         # Push only: Google's token endpoint for a service account, served at /token; None accepts the fixed token.
         self.oauth: GoogleTokenEndpoint | None = None
 
