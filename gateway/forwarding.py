@@ -1,13 +1,14 @@
 """Passes calls through to the services' own APIs: raw bytes in and out, deadline, trace context and errors kept."""
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from gateway import scopes
 from gateway.auth import current_caller
@@ -68,7 +69,7 @@ def downstream_timeout(context: grpc.aio.ServicerContext, cap: float) -> float:
 
 async def abort_with_downstream_error(
     context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, service: str
-) -> None:
+) -> NoReturn:
     """Re-raises a service's error to the caller with its code, message and google.rpc.Status details."""
     trailers = tuple((name, value) for name, value in (error.trailing_metadata() or ()) if name == STATUS_DETAILS)
     message = error.details() or ""
@@ -77,6 +78,7 @@ async def abort_with_downstream_error(
         log.warning("downstream_unavailable", service=service, detail=message)
         message = f"{service} is unavailable right now; retry with backoff"
     await context.abort(error.code(), message, trailing_metadata=trailers)
+    raise AssertionError("context.abort raises AbortError")  # grpc's stubs do not say so
 
 
 class Forwarder:
@@ -145,9 +147,18 @@ class Forwarder:
             campaign_id = campaign_id_of(message_type, request)
             if not campaign_id:
                 return await send(request, context, timeout, metadata)
-            # The gateway's span joins the outreach's trace, and the client interceptor carries it downstream.
-            with outreach_span(tracer, span_name, campaign_id):
-                return await send(request, context, timeout, metadata)
+            # The gateway's span joins the outreach's trace, and the client interceptor carries it downstream. The
+            # service's refusal is the span's status, and the caller's abort comes after the span: raised inside it,
+            # the abort made every refused call's span "ERROR: AbortError: Locally aborted."
+            with outreach_span(tracer, span_name, campaign_id) as span:
+                try:
+                    response: bytes = await call(request, timeout=timeout, metadata=metadata)
+                except grpc.aio.AioRpcError as error:
+                    span.set_status(Status(StatusCode.ERROR, f"{error.code().name}: {error.details() or ''}"))
+                    refused = error
+                else:
+                    return response
+            await abort_with_downstream_error(context, refused, service)
 
         async def send(request: bytes, context: grpc.aio.ServicerContext, timeout: float, metadata: Any) -> bytes:
             try:

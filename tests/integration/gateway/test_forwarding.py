@@ -7,6 +7,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from opentelemetry.trace import StatusCode
 
 from gateway import scopes
 from plumbing.telemetry import CAMPAIGN_ID, outreach_trace_id
@@ -69,6 +70,10 @@ async def test_a_service_error_reaches_the_caller_with_its_code_message_and_deta
     violation = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(violation)
     assert violation.field_violations[0].field == "campaign_id"
+    # The outreach's trace says why, as the service said it ("ERROR: AbortError: Locally aborted." before).
+    (span,) = [span for span in gateway.spans.get_finished_spans() if span.name == "gateway CreateLead"]
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == f"FAILED_PRECONDITION: {status.message}"
 
 
 async def test_a_service_that_is_down_is_unavailable_without_leaking_its_address(
