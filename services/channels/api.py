@@ -20,6 +20,7 @@ from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, No
 from plumbing.group_commit import GroupCommit, synchronous_batches
 from plumbing.grpc_server import only_channel_of
 from plumbing.idempotency import Idempotency, request_fingerprint, require_request_id
+from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token
 from plumbing.telemetry import outreach_span
@@ -42,6 +43,9 @@ from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+RECEIPTS_METRIC = "xsell.channels.receipts"
+"""Prometheus: xsell_channels_receipts_total{channel, state}."""
 
 R = TypeVar("R", bound=Message)
 
@@ -191,6 +195,16 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         write_engagement, engagement_alone = synchronous_batches(self.db.run_in_transaction, self._apply_engagements)
         self.engagements: GroupCommit[_Engagement, service_pb2.RecordEngagementResponse] = GroupCommit(
             "channels.record_engagements", write_engagement, alone=engagement_alone, tracer=tracer
+        )
+        # What providers report after taking a message: dispatch outcomes count the hand-over only, so a template Meta
+        # accepts and then fails (132001), or an SMS the operator drops, was in no metric.
+        self.receipts_counted = tally(
+            "xsell.channels",
+            RECEIPTS_METRIC,
+            labels=("channel", "state"),
+            unit="{message}",
+            description="Messages a provider's report moved to SENT, DELIVERED or FAILED, by channel (webhooks, the "
+            "return-path mailbox, an app's push receipts); a repeated report counts nothing.",
         )
 
     async def GetMessage(
@@ -391,6 +405,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             item = _Receipt(request, campaign_id, receipt, at, only_channel_of(context))
             response, changed = await self.receipts.submit(item)
             log.info("delivery_receipt_recorded", state=receipt.value, changed=changed)
+            if changed:
+                channel = convert.channel_name(response.message.channel).removeprefix("CHANNEL_").lower()
+                self.receipts_counted.add((channel, receipt.value.lower()))
             if changed and receipt is DeliveryState.FAILED and response.message.timeline:
                 # What an SRE looks for in the outreach's trace: the failure, with the provider's (scrubbed) reason.
                 span.set_status(Status(StatusCode.ERROR, response.message.timeline[-1].detail))

@@ -16,9 +16,11 @@ from gateway.app import build as build_gateway
 from gateway.settings import GatewaySettings
 from plumbing.bus import Bus
 from plumbing.ids import new_id
+from plumbing.metrics import tally
 from plumbing.telemetry import outreach_ids
 from services import streams
 from services.channels import store
+from services.channels.api import RECEIPTS_METRIC
 from services.channels.resend import resend_reason
 from tests.integration.channels.conftest import Channels, Listener, SmtpRelay, StartChannels
 from tests.integration.channels.support import (
@@ -136,9 +138,14 @@ async def test_a_failure_receipt_after_acceptance_fails_the_message_with_the_pro
         state=resources_pb2.DELIVERY_STATE_FAILED,
         reason="failed-dnd: number +919876543210 is on DND",
     )
+    failed_before = tally("xsell.channels", RECEIPTS_METRIC, labels=("channel", "state")).value(("sms", "failed"))
     first = (await channels.stub.RecordDeliveryReceipt(request)).message
     again = (await channels.stub.RecordDeliveryReceipt(request)).message
     assert first == again
+    # Counted once, as xsell_channels_receipts_total{channel="sms", state="failed"}: dispatch outcomes had said "sent"
+    # only, and no metric showed a provider failing what it had taken.
+    failed_after = tally("xsell.channels", RECEIPTS_METRIC, labels=("channel", "state")).value(("sms", "failed"))
+    assert failed_after == failed_before + 1
     assert first.state == resources_pb2.DELIVERY_STATE_FAILED
     assert "9876543210" not in first.timeline[-1].detail and "failed-dnd" in first.timeline[-1].detail
     failed = await published_state(listener, campaign_id, resources_pb2.DELIVERY_STATE_FAILED)
