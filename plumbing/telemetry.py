@@ -21,6 +21,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import NonRecordingSpan, SpanContext
 
+from plumbing.logging import redact_text
+
 CAMPAIGN_ID = "campaign.id"
 """The span attribute (and log key) that carries an outreach's campaign ID."""
 SPAN_EXPORT_BATCH = 64
@@ -251,7 +253,8 @@ def _span_record(span: ReadableSpan) -> dict[str, Any]:
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
         # Why an ERROR span failed ("bounced: UNREACHABLE whatsapp 131026"): without it `make trace` said ERROR only.
-        "status_description": span.status.description or "",
+        # Redacted as a log line is: an exception's text (a driver's error with its parameters) may hold an address.
+        "status_description": redact_text(span.status.description or ""),
         "attributes": dict(span.attributes or {}),
         "links": [
             {

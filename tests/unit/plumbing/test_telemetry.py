@@ -222,8 +222,14 @@ def test_the_local_span_store_keeps_why_a_span_failed_and_the_trace_prints_it(tm
         span.set_status(Status(StatusCode.ERROR, "receipt: whatsapp 131026 Message undeliverable"))
     with outreach_span(tracer, "channels.engagement", "CSELL-NOV-T00-0009"):
         pass
+    with outreach_span(tracer, "attribution.create_lead", "CSELL-NOV-T00-0009") as span:
+        span.set_status(Status(StatusCode.ERROR, "IntegrityError: (asha.k@example.in, +91 98765 43210)"))
     spans = spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0009")
-    assert [span["status_description"] for span in spans] == ["receipt: whatsapp 131026 Message undeliverable", ""]
-    failed, fine = render(spans)
+    assert [span["status_description"] for span in spans] == [
+        "receipt: whatsapp 131026 Message undeliverable",
+        "",
+        "IntegrityError: ([redacted], [redacted])",
+    ]
+    failed, fine, _ = render(spans)
     assert failed.endswith("channels.receipt  ERROR: receipt: whatsapp 131026 Message undeliverable")
     assert fine.endswith("channels.engagement")
