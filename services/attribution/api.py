@@ -143,8 +143,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         self, request: service_pb2.CreateLeadRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.CreateLeadResponse:
         rules.require_campaign_id(request.campaign_id)
-        if len(request.crm_lead_id) > rules.MAX_ID_LENGTH:
-            raise InvalidArgument(f"crm_lead_id must be at most {rules.MAX_ID_LENGTH} characters", field="crm_lead_id")
+        rules.check_id(request.crm_lead_id, "crm_lead_id")
         try:
             origin = origin_name(request.origin)
         except ValueError as error:
@@ -182,10 +181,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
     ) -> service_pb2.RecordApplicationResponse:
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
-        if len(request.product_code) > rules.MAX_ID_LENGTH:
-            raise InvalidArgument(
-                f"product_code must be at most {rules.MAX_ID_LENGTH} characters", field="product_code"
-            )
+        rules.check_id(request.product_code, "product_code")
         applied_at = time_field(request, "apply_time", datetime.now(UTC))
         with outreach_span(self.tracer, "attribution.record_application", request.campaign_id):
             async with self._transaction() as session:
@@ -514,8 +510,6 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         self, request: service_pb2.ListProfileOutreachesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListProfileOutreachesResponse:
         rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
-        if len(request.profile_id) > rules.MAX_ID_LENGTH:
-            raise InvalidArgument(f"profile_id must be at most {rules.MAX_ID_LENGTH} characters", field="profile_id")
         size = page_size(request.page_size, PROFILE_PAGE_DEFAULT, PROFILE_PAGE_MAX)
         before = _outreach_keyset(decode_token(request.page_token, {"profile_id": request.profile_id}, "before"))
         async with self.db.snapshot() as session:
@@ -659,8 +653,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
             rules.require_id(request.product_code, "product_code", "MF_LUMPSUM")
         for field in ("profile_id", "product_code"):
-            if len(getattr(request, field)) > rules.MAX_ID_LENGTH:
-                raise InvalidArgument(f"{field} must be at most {rules.MAX_ID_LENGTH} characters", field=field)
+            rules.check_id(getattr(request, field), field)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
         occurred_at = time_field(request, "occur_time", datetime.now(UTC))
         # Named by the caller: the outreach's trace from the start. Found by last touch: the look-up is the call's own

@@ -65,15 +65,24 @@ def require_campaign_id(campaign_id: str, field: str = "campaign_id") -> None:
         raise InvalidArgument(
             f"{field} is required: the ID printed on the outreach, e.g. {EXAMPLE_CAMPAIGN_ID}", field=field
         )
-    if len(campaign_id) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{field} must be at most {MAX_ID_LENGTH} characters", field=field)
+    check_id(campaign_id, field)
 
 
 def require_id(value: str, field: str, example: str) -> None:
     if not value:
         raise InvalidArgument(f"{field} is required, e.g. {example!r}", field=field)
+    check_id(value, field)
+
+
+def check_id(value: str, field: str) -> None:
+    """An id a source system gave (empty passes: whether one is required is the caller's rule)."""
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(f"{field} must be at most {MAX_ID_LENGTH} characters", field=field)
+    if value and not value.strip():
+        raise InvalidArgument(f"{field} is only spaces; send the id the source system gave", field=field)
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        # A NUL, a line break or an escape: no system issues ids so, and PostgreSQL refuses a NUL in text (INTERNAL).
+        raise InvalidArgument(f"{field} holds a control character; send the id the source system gave", field=field)
 
 
 def unknown_outreach(campaign_id: str) -> NotFound:
@@ -215,3 +224,6 @@ def check_description(description: str) -> None:
             f"description must be at most {MAX_DESCRIPTION_LENGTH} characters; got {len(description)}",
             field="description",
         )
+    if "\x00" in description:
+        # Line breaks and tabs are text; a NUL is not, and PostgreSQL refuses it (INTERNAL).
+        raise InvalidArgument("description holds a NUL character; send text", field="description")

@@ -1,0 +1,83 @@
+"""What a CRM or LOS sends wrong is refused by field, on SQLite and PostgreSQL alike, and records nothing."""
+
+import grpc
+import pytest
+
+from plumbing.ids import new_id
+from tests.integration.attribution.seeding import Service, inr, publish_outreach
+from tests.waiting import eventually
+from xsell.attribution.v1 import resources_pb2, service_pb2
+
+
+async def _outreach(service: Service) -> str:
+    campaign_id = f"CSELL-NOV-T06-{new_id()}"
+    await publish_outreach(service.bus, campaign_id)
+
+    async def known() -> bool:
+        try:
+            await service.stub.GetCampaignAttribution(
+                service_pb2.GetCampaignAttributionRequest(campaign_id=campaign_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    await eventually(known)
+    return campaign_id
+
+
+async def _attribution(service: Service, campaign_id: str) -> resources_pb2.CampaignAttribution:
+    request = service_pb2.GetCampaignAttributionRequest(campaign_id=campaign_id)
+    return (await service.stub.GetCampaignAttribution(request)).attribution
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "value"),
+    [
+        ("CreateLead", "crm_lead_id", "CRM-7781\x00"),
+        ("CreateLead", "crm_lead_id", "   "),
+        ("RecordApplication", "loan_number", "LA-2025-0001\x00"),
+        ("RecordApplication", "loan_number", " "),
+        ("RecordApplication", "campaign_id", "\x00"),
+        ("RecordApplication", "product_code", "PL_TOPUP\n"),
+        ("RecordConversion", "conversion_id", "MF-ORD-1\x00"),
+        ("RecordConversion", "profile_id", "prf_kaveri\x00"),
+        ("RecordProfileConversion", "profile_id", "prf_kaveri\x1b"),
+        ("RecordFixedCost", "description", "Agency fee\x00"),
+    ],
+)
+async def test_an_id_with_a_control_character_or_only_spaces_is_refused_by_field(
+    service: Service, method: str, field: str, value: str
+) -> None:
+    """PostgreSQL refuses a NUL in text: such an id answered INTERNAL there, and SQLite stored it."""
+    campaign_id = await _outreach(service)
+    requests = {
+        "CreateLead": service_pb2.CreateLeadRequest(campaign_id=campaign_id, crm_lead_id="CRM-7781"),
+        "RecordApplication": service_pb2.RecordApplicationRequest(loan_number="LA-2025-0001", campaign_id=campaign_id),
+        "RecordConversion": service_pb2.RecordConversionRequest(
+            conversion_id="MF-ORD-1",
+            kind=resources_pb2.CONVERSION_KIND_LUMPSUM_INVESTED,
+            campaign_id=campaign_id,
+            profile_id="prf_kaveri",
+            amount=inr(500_000),
+        ),
+        "RecordProfileConversion": service_pb2.RecordProfileConversionRequest(
+            conversion_id="DISB-1", profile_id="prf_kaveri", product_code="MSME_WC_TOPUP", amount=inr(500_000)
+        ),
+        "RecordFixedCost": service_pb2.RecordFixedCostRequest(
+            campaign_key="cmp_msme_gst", amount=inr(100_000), description="Agency fee"
+        ),
+    }
+    request = requests[method]
+    request.request_id = new_id()  # type: ignore[union-attr]
+    setattr(request, field, value)
+    before = await _attribution(service, campaign_id)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(service.stub, method)(request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(f"{field}: {field} ")
+    assert await _attribution(service, campaign_id) == before
