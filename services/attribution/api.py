@@ -926,6 +926,8 @@ def _date(value: str, field: str) -> str:
 
 MAX_FILTER_LABELS = 50
 """The most labels a report filter may name (a campaign carries a handful)."""
+MAX_FILTER_LABEL_LENGTH = 200
+"""The longest label a report filter may name, as campaigns' GetLabelReport bounds its label."""
 
 
 def _report_filter(message: service_pb2.ReportFilter) -> views.ReportFilter:
@@ -939,6 +941,17 @@ def _report_filter(message: service_pb2.ReportFilter) -> views.ReportFilter:
             f"filter.labels may name at most {MAX_FILTER_LABELS} labels; got {len(message.labels)}",
             field="filter.labels",
         )
+    for index, label in enumerate(message.labels):
+        if len(label) > MAX_FILTER_LABEL_LENGTH or any(ord(char) < 0x20 or ord(char) == 0x7F for char in label):
+            # Each label becomes a LIKE pattern: 70,000 characters were "too complex" for SQLite (INTERNAL), and a NUL
+            # is refused by PostgreSQL.
+            raise InvalidArgument(
+                f"filter.labels[{index}] must be a campaign's label: at most {MAX_FILTER_LABEL_LENGTH} characters, "
+                "without control characters",
+                field=f"filter.labels[{index}]",
+            )
+    for field in ("trigger_code", "campaign_key", "programme", "product_code"):
+        rules.check_id(getattr(message, field), f"filter.{field}")
     return views.ReportFilter(
         start_date=start,
         end_date=end,

@@ -81,3 +81,26 @@ async def test_an_id_with_a_control_character_or_only_spaces_is_refused_by_field
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.value.details() or "").startswith(f"{field}: {field} ")
     assert await _attribution(service, campaign_id) == before
+
+
+@pytest.mark.parametrize(
+    ("report_filter", "field"),
+    [
+        (service_pb2.ReportFilter(labels=["Cross-Sell – MSME", "x" * 70_000]), "filter.labels[1]"),
+        (service_pb2.ReportFilter(labels=["Cross-Sell\x00"]), "filter.labels[0]"),
+        (service_pb2.ReportFilter(campaign_key="cmp_msme_gst\x00"), "filter.campaign_key"),
+    ],
+)
+async def test_a_report_filter_naming_no_possible_label_or_id_is_refused_by_field(
+    service: Service, report_filter: service_pb2.ReportFilter, field: str
+) -> None:
+    """A 70,000-character label is a LIKE pattern SQLite calls too complex, and PostgreSQL refuses a NUL: INTERNAL."""
+    await _outreach(service)
+    for call in (
+        service.stub.GetAttributionReport(service_pb2.GetAttributionReportRequest(filter=report_filter)),
+        service.stub.GetLift(service_pb2.GetLiftRequest(filter=report_filter)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith(f"{field}: {field} ")
