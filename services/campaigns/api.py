@@ -377,7 +377,13 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignAuditResponse:
         size = _page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
-        after = int(decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after") or 0)
+        keyset = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after") or "0"
+        if not keyset.isdigit():
+            # ListOutreaches' token has this shape with a campaign ID for the keyset: int() raised, INTERNAL.
+            raise InvalidArgument(
+                "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
+            )
+        after = int(keyset)
         async with self.db.snapshot() as session:
             await self._campaign_row(session, request.campaign_key)
             rows = await store.list_audit(session, request.campaign_key, after, size + 1)

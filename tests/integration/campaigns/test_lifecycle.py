@@ -3,6 +3,7 @@
 import grpc
 import pytest
 
+from plumbing.page_tokens import encode_token
 from tests.integration.campaigns.harness import (
     CHECKER,
     MAKER,
@@ -290,3 +291,17 @@ async def test_without_require_approval_a_draft_launches(harness: Harness) -> No
         )
     ).campaign
     assert launched.state == S.CAMPAIGN_STATE_RUNNING
+
+
+async def test_the_audit_refuses_a_page_token_of_the_campaigns_outreaches(
+    stub: service_pb2_grpc.CampaignsServiceStub,
+) -> None:
+    """ListOutreaches' token has the audit's shape (the campaign_key, then a keyset) with a campaign ID for the keyset:
+    the audit read it as a number and answered INTERNAL."""
+    key = (await create(stub, campaign_message(programme_code()), "audit-foreign-token")).campaign_key
+    token = encode_token({"campaign_key": key, "after": "CSELL-NOV-T06-0884"})
+    error = await _rejected(
+        stub.ListCampaignAudit(service_pb2.ListCampaignAuditRequest(campaign_key=key, page_token=token))
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.details() or "").startswith("page_token: ")
