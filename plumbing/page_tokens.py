@@ -1,4 +1,5 @@
-"""Page tokens of keyset-paginated list RPCs (AIP-158): the keyset and the request it belongs to, as URL-safe JSON."""
+"""Page tokens of keyset-paginated list RPCs (AIP-158): the keyset, the RPC and the request it belongs to, as URL-safe
+JSON."""
 
 import base64
 import binascii
@@ -6,13 +7,19 @@ import json
 
 from plumbing.errors import InvalidArgument
 
+LIST_KEY = "list"
+"""The payload's entry naming the list RPC that issued the token. Lists of one shape (a campaign_key, then a keyset)
+read each other's tokens without it: a wrong page, or a keyset parsed as another list's (INTERNAL)."""
 
-def encode_token(payload: dict[str, str]) -> str:
+
+def encode_token(rpc: str, payload: dict[str, str]) -> str:
+    """The page token the list RPC `rpc` issues for `payload` (the request's fields and the keyset)."""
+    payload = {LIST_KEY: rpc, **payload}
     return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, expected: dict[str, str], key: str) -> str | None:
-    """The keyset value of a page token made for the same request, or None for the first page."""
+def decode_token(rpc: str, token: str, expected: dict[str, str], key: str) -> str | None:
+    """The keyset value of a page token `rpc` made for the same request, or None for the first page."""
     if not token:
         return None
     try:
@@ -22,6 +29,12 @@ def decode_token(token: str, expected: dict[str, str], key: str) -> str | None:
     if not isinstance(payload, dict) or not isinstance(payload.get(key), str):
         raise InvalidArgument(
             "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
+        )
+    if payload.get(LIST_KEY) != rpc:
+        raise InvalidArgument(
+            f"page_token is not one {rpc} issued; pass the next_page_token of the previous {rpc} response unchanged,"
+            " or start again without page_token",
+            field="page_token",
         )
     changed = next((name for name, value in expected.items() if payload.get(name) != value), None)
     if changed is not None:

@@ -485,7 +485,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
     ) -> service_pb2.ListLeadsResponse:
         size = page_size(request.page_size, LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX)
         awaiting = "true" if request.awaiting_crm_lead_id else "false"
-        after = decode_token(request.page_token, {"awaiting": awaiting}, "after")
+        after = decode_token("ListLeads", request.page_token, {"awaiting": awaiting}, "after")
         async with self.db.snapshot() as session:
             # One more than the page: whether another page follows.
             listed = await store.list_leads(session, awaiting=request.awaiting_crm_lead_id, after=after, limit=size + 1)
@@ -502,7 +502,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             ]
         )
         if len(listed) > size:
-            response.next_page_token = encode_token({"awaiting": awaiting, "after": page[-1].lead.lead_id})
+            response.next_page_token = encode_token("ListLeads", {"awaiting": awaiting, "after": page[-1].lead.lead_id})
         trace.get_current_span().set_attribute("attribution.leads.listed", len(page))
         return response
 
@@ -511,7 +511,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
     ) -> service_pb2.ListProfileOutreachesResponse:
         rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
         size = page_size(request.page_size, PROFILE_PAGE_DEFAULT, PROFILE_PAGE_MAX)
-        before = _outreach_keyset(decode_token(request.page_token, {"profile_id": request.profile_id}, "before"))
+        before = _outreach_keyset(
+            decode_token("ListProfileOutreaches", request.page_token, {"profile_id": request.profile_id}, "before")
+        )
         async with self.db.snapshot() as session:
             found = await store.outreaches_of_profile(session, request.profile_id, before=before, limit=size + 1)
             page = found[:size]
@@ -522,7 +524,8 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         if len(found) > size:
             last = page[-1]
             response.next_page_token = encode_token(
-                {"profile_id": request.profile_id, "before": f"{last.created_at.isoformat()} {last.campaign_id}"}
+                "ListProfileOutreaches",
+                {"profile_id": request.profile_id, "before": f"{last.created_at.isoformat()} {last.campaign_id}"},
             )
         trace.get_current_span().set_attribute("attribution.outreaches.listed", len(page))
         return response

@@ -163,12 +163,12 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         self, request: service_pb2.ListCampaignsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignsResponse:
         size = _page_size(request.page_size, DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE)
-        before = decode_token(request.page_token, {}, "before")
+        before = decode_token("ListCampaigns", request.page_token, {}, "before")
         async with self.db.snapshot() as session:
             rows = await store.list_campaigns(session, before, size + 1)
         response = service_pb2.ListCampaignsResponse(campaigns=[campaign_proto(row) for row in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = encode_token({"before": rows[size - 1].campaign_key})
+            response.next_page_token = encode_token("ListCampaigns", {"before": rows[size - 1].campaign_key})
         return response
 
     async def LaunchCampaign(
@@ -223,7 +223,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         if not request.campaign_key:
             raise InvalidArgument("campaign_key is required", field="campaign_key")
         size = _page_size(request.page_size, DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE)
-        after = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after")
+        after = decode_token("ListOutreaches", request.page_token, {"campaign_key": request.campaign_key}, "after")
         async with self.db.snapshot() as session:
             if await store.get_campaign(session, request.campaign_key) is None:
                 raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
@@ -231,7 +231,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         response = service_pb2.ListOutreachesResponse(outreaches=[outreach_proto(row) for row in rows[:size]])
         if len(rows) > size:
             response.next_page_token = encode_token(
-                {"campaign_key": request.campaign_key, "after": rows[size - 1].campaign_id}
+                "ListOutreaches", {"campaign_key": request.campaign_key, "after": rows[size - 1].campaign_id}
             )
         return response
 
@@ -377,7 +377,10 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignAuditResponse:
         size = _page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
-        keyset = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "after") or "0"
+        keyset = (
+            decode_token("ListCampaignAudit", request.page_token, {"campaign_key": request.campaign_key}, "after")
+            or "0"
+        )
         if not keyset.isdigit():
             # ListOutreaches' token has this shape with a campaign ID for the keyset: int() raised, INTERNAL.
             raise InvalidArgument(
@@ -390,6 +393,6 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         response = service_pb2.ListCampaignAuditResponse(entries=[audit_proto(row) for row in rows[:size]])
         if len(rows) > size:
             response.next_page_token = encode_token(
-                {"campaign_key": request.campaign_key, "after": str(rows[size - 1].seq)}
+                "ListCampaignAudit", {"campaign_key": request.campaign_key, "after": str(rows[size - 1].seq)}
             )
         return response

@@ -100,7 +100,7 @@ class ReportsApi:
                 f"page_size must be between 0 and {MAX_RUN_PAGE} (0 means {DEFAULT_RUN_PAGE})", field="page_size"
             )
         size = min(request.page_size or DEFAULT_RUN_PAGE, MAX_RUN_PAGE)
-        before = decode_token(request.page_token, {"campaign_key": request.campaign_key}, "before")
+        before = decode_token("ListCampaignRuns", request.page_token, {"campaign_key": request.campaign_key}, "before")
         async with self.db.snapshot() as session:
             await _require_campaign(session, request.campaign_key)
             runs = await store.runs_page(session, request.campaign_key, before, size + 1)
@@ -108,7 +108,9 @@ class ReportsApi:
             counts = await counts_per_run(session, [request.campaign_key], page, only_these_runs=True)
         response = service_pb2.ListCampaignRunsResponse(runs=[run_proto(run, counts[run.run_id]) for run in page])
         if len(runs) > size:
-            response.next_page_token = encode_token({"campaign_key": request.campaign_key, "before": page[-1].run_id})
+            response.next_page_token = encode_token(
+                "ListCampaignRuns", {"campaign_key": request.campaign_key, "before": page[-1].run_id}
+            )
         return response
 
     async def GetCampaignReport(

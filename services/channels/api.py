@@ -530,7 +530,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     ) -> service_pb2.ListAmbiguousMessagesResponse:
         if not 0 <= request.page_size <= MAX_AMBIGUOUS_PAGE:
             raise InvalidArgument(f"page_size must be 0 (100) to {MAX_AMBIGUOUS_PAGE}", field="page_size")
-        cursor = decode_token(request.page_token, {}, "after")
+        cursor = decode_token("ListAmbiguousMessages", request.page_token, {}, "after")
         after = _ambiguous_cursor(cursor) if cursor is not None else None
         limit = request.page_size or DEFAULT_AMBIGUOUS_PAGE
         async with self.db.snapshot() as session:
@@ -541,7 +541,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         if len(page) == limit:
             record, since = page[-1]
             # Campaign IDs are visible ASCII without spaces: the first space ends the time.
-            response.next_page_token = encode_token({"after": f"{since.isoformat()} {record.campaign_id}"})
+            response.next_page_token = encode_token(
+                "ListAmbiguousMessages", {"after": f"{since.isoformat()} {record.campaign_id}"}
+            )
         return response
 
     async def ResolveAmbiguousMessage(

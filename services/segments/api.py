@@ -240,12 +240,12 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         self, request: service_pb2.ListSegmentsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListSegmentsResponse:
         size = _page_size(request.page_size, SEGMENTS_PAGE_DEFAULT, SEGMENTS_PAGE_MAX)
-        before = _decode_token(request.page_token, {}, "before")
+        before = _decode_token("ListSegments", request.page_token, {}, "before")
         async with self.db.snapshot() as session:
             rows = await store.list_segments(session, before, size + 1)
             page = rows[:size]
             latest = await store.latest_versions(session, [r.segment_id for r in page])
-        token = _encode_token({"before": page[-1].segment_id}) if len(rows) > size else ""
+        token = _encode_token("ListSegments", {"before": page[-1].segment_id}) if len(rows) > size else ""
         return service_pb2.ListSegmentsResponse(
             segments=[segment_proto(r, latest[r.segment_id]) for r in page], next_page_token=token
         )
@@ -325,14 +325,18 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
         for i, name in enumerate(names):
             if problem := name_problem(name, "attribute name"):
                 raise InvalidArgument(problem, field=f"attribute_names[{i}]")
-        after = _decode_token(request.page_token, {"segment": request.segment_id}, "after")
+        after = _decode_token("ListSegmentMembers", request.page_token, {"segment": request.segment_id}, "after")
         trace.get_current_span().set_attribute("segment.id", request.segment_id)
         async with self.db.snapshot() as session:
             row = await load_published(session, request.segment_id)
             page = await store.members_page(session, row.segment_id, after, size + 1)
             members = page[:size]
             values = await store.attributes_of(session, [pid for pid, _ in members], names)
-        token = _encode_token({"segment": row.segment_id, "after": members[-1][0]}) if len(page) > size else ""
+        token = (
+            _encode_token("ListSegmentMembers", {"segment": row.segment_id, "after": members[-1][0]})
+            if len(page) > size
+            else ""
+        )
         trace.get_current_span().set_attribute("segments.page.size", len(members))
         return service_pb2.ListSegmentMembersResponse(
             members=[

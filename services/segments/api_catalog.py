@@ -107,9 +107,9 @@ class CatalogApi:
         self, request: service_pb2.ListAttributesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListAttributesResponse:
         size = page_size(request.page_size, ATTRIBUTES_PAGE_DEFAULT, ATTRIBUTES_PAGE_MAX)
-        after = decode_token(request.page_token, {}, "after")
+        after = decode_token("ListAttributes", request.page_token, {}, "after")
         async with self.db.snapshot() as session:
             rows = await store.definitions_page(session, after, size + 1)
         page: list[resources_pb2.AttributeDefinition] = rows[:size]
-        token = encode_token({"after": page[-1].name}) if len(rows) > size else ""
+        token = encode_token("ListAttributes", {"after": page[-1].name}) if len(rows) > size else ""
         return service_pb2.ListAttributesResponse(attributes=page, next_page_token=token)

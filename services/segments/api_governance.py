@@ -332,7 +332,7 @@ class GovernanceApi:
         self, request: service_pb2.ListSegmentAuditRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListSegmentAuditResponse:
         size = page_size(request.page_size, AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX)
-        after = decode_token(request.page_token, {"segment": request.segment_id}, "after")
+        after = decode_token("ListSegmentAudit", request.page_token, {"segment": request.segment_id}, "after")
         if after is not None and not after.isdigit():
             raise InvalidArgument(
                 "page_token is not one this service issued; pass next_page_token unchanged", field="page_token"
@@ -341,5 +341,9 @@ class GovernanceApi:
             head = await load_segment(session, request.segment_id)
             rows = await store.audit_page(session, head.segment_id, int(after) if after else None, size + 1)
         page = rows[:size]
-        token = encode_token({"segment": head.segment_id, "after": str(page[-1].id)}) if len(rows) > size else ""
+        token = (
+            encode_token("ListSegmentAudit", {"segment": head.segment_id, "after": str(page[-1].id)})
+            if len(rows) > size
+            else ""
+        )
         return service_pb2.ListSegmentAuditResponse(entries=[audit_proto(r) for r in page], next_page_token=token)

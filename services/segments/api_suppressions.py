@@ -134,7 +134,7 @@ class SuppressionsApi:
     ) -> service_pb2.ListSuppressionsResponse:
         profile_id = _profile_id(request.profile_id, required=False)
         size = page_size(request.page_size, LIST_PAGE_DEFAULT, LIST_PAGE_MAX)
-        token = decode_token(request.page_token, {"profile": profile_id}, "after")
+        token = decode_token("ListSuppressions", request.page_token, {"profile": profile_id}, "after")
         after = None
         if token is not None:
             try:
@@ -153,7 +153,8 @@ class SuppressionsApi:
         if len(rows) > size:
             last = page[-1]
             next_token = encode_token(
-                {"profile": profile_id, "after": json.dumps([last.profile_id, last.channel, last.reason])}
+                "ListSuppressions",
+                {"profile": profile_id, "after": json.dumps([last.profile_id, last.channel, last.reason])},
             )
         return service_pb2.ListSuppressionsResponse(
             suppressions=[suppression_proto(r) for r in page], next_page_token=next_token

@@ -462,7 +462,9 @@ async def test_a_support_agent_finds_a_callers_outreaches_newest_first_and_tags_
     )
     one = await stub.ListProfileOutreaches(service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_size=1))
     assert one.next_page_token
-    naive = encode_token({"profile_id": profile_id, "before": "2025-11-10T04:00:00 CSELL-NOV-T06-X"})
+    naive = encode_token(
+        "ListProfileOutreaches", {"profile_id": profile_id, "before": "2025-11-10T04:00:00 CSELL-NOV-T06-X"}
+    )
     for bad in (
         service_pb2.ListProfileOutreachesRequest(),
         service_pb2.ListProfileOutreachesRequest(profile_id=profile_id, page_token="junk"),

@@ -299,7 +299,7 @@ async def test_the_audit_refuses_a_page_token_of_the_campaigns_outreaches(
     """ListOutreaches' token has the audit's shape (the campaign_key, then a keyset) with a campaign ID for the keyset:
     the audit read it as a number and answered INTERNAL."""
     key = (await create(stub, campaign_message(programme_code()), "audit-foreign-token")).campaign_key
-    token = encode_token({"campaign_key": key, "after": "CSELL-NOV-T06-0884"})
+    token = encode_token("ListCampaignAudit", {"campaign_key": key, "after": "CSELL-NOV-T06-0884"})
     error = await _rejected(
         stub.ListCampaignAudit(service_pb2.ListCampaignAuditRequest(campaign_key=key, page_token=token))
     )
