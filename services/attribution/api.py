@@ -196,6 +196,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                     request.loan_number, loan.campaign_id if loan is not None else None, request.campaign_id
                 )
                 if loan is None:
+                    # As a disbursement's: an application from before the outreach was not its doing, and its funnel
+                    # step would carry a negative lag from send.
+                    rules.check_not_before_outreach(
+                        request.campaign_id, outreach.created_at, applied_at, field="apply_time"
+                    )
                     loan = store.Loan(
                         loan_number=request.loan_number,
                         campaign_id=request.campaign_id,
@@ -235,6 +240,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 rules.check_sanction(request.loan_number, loan.stage if loan is not None else None)
                 assert loan is not None
                 rules.check_same_campaign(request.loan_number, loan.campaign_id, request.campaign_id)
+                rules.check_not_before_outreach(
+                    request.campaign_id, locked.outreach.created_at, sanctioned_at, field="sanction_time"
+                )
                 await store.sanction_loan(session, request.loan_number, request.amount.minor_units, sanctioned_at)
                 await self.ledger.reach_step(session, locked, rules.SANCTIONED, sanctioned_at)
                 sanctioned = await store.get_loan(session, request.loan_number)

@@ -172,7 +172,7 @@ def check_not_before_outreach(campaign_id: str, outreach_created_at: datetime, a
     if at < outreach_created_at:
         raise InvalidArgument(
             f"{field} {at.isoformat()} is before outreach {campaign_id} was created "
-            f"({outreach_created_at.isoformat()}); an outreach cannot produce money before it exists",
+            f"({outreach_created_at.isoformat()}); an outreach cannot lead to anything before it exists",
             field=field,
         )
 

@@ -1,10 +1,12 @@
 """What a CRM or LOS sends wrong is refused by field, on SQLite and PostgreSQL alike, and records nothing."""
 
+from datetime import timedelta
+
 import grpc
 import pytest
 
 from plumbing.ids import new_id
-from tests.integration.attribution.seeding import Service, inr, publish_outreach
+from tests.integration.attribution.seeding import SENT_AT, Service, inr, publish_outreach, ts
 from tests.waiting import eventually
 from xsell.attribution.v1 import resources_pb2, service_pb2
 
@@ -104,3 +106,35 @@ async def test_a_report_filter_naming_no_possible_label_or_id_is_refused_by_fiel
             await call
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (refused.value.details() or "").startswith(f"{field}: {field} ")
+
+
+async def test_an_application_or_a_sanction_from_before_the_outreach_is_refused_as_a_disbursement_is(
+    service: Service,
+) -> None:
+    """A LOS reporting a loan applied for before the outreach was sent: it was not the outreach's doing. A disbursement
+    was refused so, while the application and the sanction were booked, their funnel steps before the send."""
+    campaign_id = await _outreach(service)
+    before_send = ts(SENT_AT - timedelta(days=3))
+    application = service_pb2.RecordApplicationRequest(
+        request_id=new_id(), loan_number="LA-2025-0001", campaign_id=campaign_id, apply_time=before_send
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.stub.RecordApplication(application)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith("apply_time: apply_time ")
+    assert (await _attribution(service, campaign_id)).funnel.applied == 0
+
+    application.request_id, application.apply_time.seconds = new_id(), ts(SENT_AT + timedelta(days=1)).seconds
+    await service.stub.RecordApplication(application)
+    sanction = service_pb2.RecordSanctionRequest(
+        request_id=new_id(),
+        loan_number="LA-2025-0001",
+        campaign_id=campaign_id,
+        amount=inr(100_000_00),
+        sanction_time=before_send,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.stub.RecordSanction(sanction)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith("sanction_time: sanction_time ")
+    assert (await _attribution(service, campaign_id)).funnel.sanctioned == 0
