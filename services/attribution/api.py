@@ -3,7 +3,7 @@
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -93,6 +93,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         tracer: trace.Tracer,
         *,
         last_touch_windows: Mapping[str, int],
+        future_skew: timedelta,
     ) -> None:
         self.db = db
         self.outbox = outbox
@@ -102,6 +103,8 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         # Days before a conversion without a campaign ID in which the person's latest outreach is its last touch, per
         # product (AttributionSettings.last_touch_window_days, whose default is the one default).
         self.last_touch_windows = dict(last_touch_windows)
+        # How far ahead of this clock a reported time may be (AttributionSettings.future_skew_seconds).
+        self.future_skew = future_skew
         self.currency = ledger.currency
         self.tracer = tracer
         # Concurrent disbursements share transactions (run by the composition root as a background task).
@@ -111,6 +114,14 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             alone=self._record_disbursement_call_alone,
             tracer=tracer,
         )
+
+    def _reported_time(self, request: Message, field: str) -> datetime:
+        """When the caller says its event happened (now when unset); INVALID_ARGUMENT when that is later than now and
+        the clock skew allow: a disbursement dated years ahead was booked, into its views' days and lag."""
+        now = datetime.now(UTC)
+        at = time_field(request, field, now)
+        rules.check_not_in_future(at, now, self.future_skew, field)
+        return at
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -182,7 +193,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
         rules.check_id(request.product_code, "product_code")
-        applied_at = time_field(request, "apply_time", datetime.now(UTC))
+        applied_at = self._reported_time(request, "apply_time")
         with outreach_span(self.tracer, "attribution.record_application", request.campaign_id):
             async with self._transaction() as session:
                 locked = await self._previous_or_locked(
@@ -228,7 +239,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        sanctioned_at = time_field(request, "sanction_time", datetime.now(UTC))
+        sanctioned_at = self._reported_time(request, "sanction_time")
         with outreach_span(self.tracer, "attribution.record_sanction", request.campaign_id):
             async with self._transaction() as session:
                 locked = await self._previous_or_locked(
@@ -260,7 +271,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.disbursement_id, "disbursement_id", "DISB-2025-0001-1")
         rules.require_id(request.loan_number, "loan_number", "LA-2025-0001")
         rules.require_campaign_id(request.campaign_id)
-        disbursed_at = time_field(request, "disburse_time", datetime.now(UTC))
+        disbursed_at = self._reported_time(request, "disburse_time")
         with outreach_span(self.tracer, "attribution.record_disbursement", request.campaign_id):
             return await self.disbursements.submit((request, disbursed_at))
 
@@ -619,7 +630,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         rules.require_id(request.profile_id, "profile_id", "prf_kaveri")
         rules.require_id(request.product_code, "product_code", "MSME_WC_TOPUP")
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        occurred_at = time_field(request, "occur_time", datetime.now(UTC))
+        occurred_at = self._reported_time(request, "occur_time")
         async with self._transaction() as session:
             previous = await self.idempotency.previous(
                 session, "RecordProfileConversion", request, service_pb2.RecordProfileConversionResponse
@@ -666,7 +677,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         for field in ("profile_id", "product_code"):
             rules.check_id(getattr(request, field), field)
         rules.check_amount(request.amount.minor_units, request.amount.currency_code, self.currency)
-        occurred_at = time_field(request, "occur_time", datetime.now(UTC))
+        occurred_at = self._reported_time(request, "occur_time")
         # Named by the caller: the outreach's trace from the start. Found by last touch: the look-up is the call's own
         # span, and what is recorded for the outreach found (its funnel step, ConversionRecorded) is in its trace.
         with self._conversion_span(request.campaign_id, "attribution.record_conversion"):

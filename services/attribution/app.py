@@ -1,5 +1,6 @@
 """The attribution service's composition root: settings, database, bus, servicer and consumers wired once."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         settings.revenue(),
         tracer,
         last_touch_windows=settings.last_touch_window_days,
+        future_skew=timedelta(seconds=settings.future_skew_seconds),
     )
     server = GrpcServer(settings.grpc_host, settings.grpc_port, provider)
     server.add(

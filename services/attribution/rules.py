@@ -168,6 +168,15 @@ def check_same_campaign(loan_number: str, loan_campaign_id: str, campaign_id: st
         )
 
 
+def check_not_in_future(at: datetime, now: datetime, skew: timedelta, field: str) -> None:
+    if at > now + skew:
+        raise InvalidArgument(
+            f"{field} {at.isoformat()} is more than {int(skew.total_seconds())}s in the future; report it after it "
+            "happens, with a correct clock (or leave it unset for now)",
+            field=field,
+        )
+
+
 def check_not_before_outreach(campaign_id: str, outreach_created_at: datetime, at: datetime, field: str) -> None:
     if at < outreach_created_at:
         raise InvalidArgument(

@@ -83,6 +83,12 @@ class AttributionSettings(ServiceSettings):
         default_factory=lambda: {"email": 50, "sms": 25, "whatsapp": 80, "push": 2, "webhook": 0},
         description="Cost of sending one outreach per channel name, in paise; JSON in the environment.",
     )
+    future_skew_seconds: int = Field(
+        300,
+        ge=0,
+        description="How far in the future a reported application, sanction, disbursement or conversion time may be "
+        "(the clock skew of the LOS or fund platform); a later one is refused, as segments refuses an event's.",
+    )
     rm_minutes_per_lead: int = Field(15, ge=0, description="Relationship-manager minutes one lead takes.")
     rm_cost_paise_per_minute: int = Field(650, ge=0, description="Cost of one RM minute, in paise.")
     currency: str = Field("INR", description="The ledger's currency; amounts in any other currency are rejected.")

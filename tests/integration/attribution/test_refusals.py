@@ -1,6 +1,6 @@
 """What a CRM or LOS sends wrong is refused by field, on SQLite and PostgreSQL alike, and records nothing."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -138,3 +138,60 @@ async def test_an_application_or_a_sanction_from_before_the_outreach_is_refused_
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.value.details() or "").startswith("sanction_time: sanction_time ")
     assert (await _attribution(service, campaign_id)).funnel.sanctioned == 0
+
+
+@pytest.mark.parametrize("method", ["RecordApplication", "RecordSanction", "RecordDisbursement", "RecordConversion"])
+async def test_a_time_ahead_of_the_clock_is_refused_by_field(service: Service, method: str) -> None:
+    """A LOS clock years ahead (or a date typed wrong): the disbursement was booked into 2030's days and lag."""
+    campaign_id = await _outreach(service)
+    await service.stub.RecordApplication(
+        service_pb2.RecordApplicationRequest(request_id=new_id(), loan_number="LA-1", campaign_id=campaign_id)
+    )
+    await service.stub.RecordSanction(
+        service_pb2.RecordSanctionRequest(
+            request_id=new_id(), loan_number="LA-1", campaign_id=campaign_id, amount=inr(100_000_00)
+        )
+    )
+    ahead = ts(datetime.now(UTC) + timedelta(days=365))
+    request, field = {
+        "RecordApplication": (
+            service_pb2.RecordApplicationRequest(loan_number="LA-2", campaign_id=campaign_id, apply_time=ahead),
+            "apply_time",
+        ),
+        "RecordSanction": (
+            service_pb2.RecordSanctionRequest(
+                loan_number="LA-1", campaign_id=campaign_id, amount=inr(100_000_00), sanction_time=ahead
+            ),
+            "sanction_time",
+        ),
+        "RecordDisbursement": (
+            service_pb2.RecordDisbursementRequest(
+                disbursement_id="DISB-1",
+                loan_number="LA-1",
+                campaign_id=campaign_id,
+                amount=inr(100_000_00),
+                disburse_time=ahead,
+            ),
+            "disburse_time",
+        ),
+        "RecordConversion": (
+            service_pb2.RecordConversionRequest(
+                conversion_id="MF-ORD-1",
+                kind=resources_pb2.CONVERSION_KIND_LUMPSUM_INVESTED,
+                campaign_id=campaign_id,
+                amount=inr(500_000),
+                occur_time=ahead,
+            ),
+            "occur_time",
+        ),
+    }[method]
+    request.request_id = new_id()  # type: ignore[union-attr]
+    before = await _attribution(service, campaign_id)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await getattr(service.stub, method)(request)
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.details() or "").startswith(f"{field}: {field} ")
+    assert "in the future" in (refused.value.details() or "")
+    assert await _attribution(service, campaign_id) == before
