@@ -939,7 +939,8 @@ def _date(value: str, field: str) -> str:
     if not value:
         return ""
     try:
-        return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
+        # isoformat, not strftime: glibc's %Y writes year 999 as "999", which sorts after "2025" among the days.
+        return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
     except ValueError as error:
         raise InvalidArgument(
             f"{field} must be a day as YYYY-MM-DD, e.g. 2025-11-01; got {value!r}", field=field

@@ -195,3 +195,19 @@ async def test_a_time_ahead_of_the_clock_is_refused_by_field(service: Service, m
     assert (refused.value.details() or "").startswith(f"{field}: {field} ")
     assert "in the future" in (refused.value.details() or "")
     assert await _attribution(service, campaign_id) == before
+
+
+async def test_a_day_before_the_year_1000_keeps_its_four_digits(service: Service) -> None:
+    """ "0999-01-01" was read back as "999-01-01", which sorts after every real day: a report from it showed nothing,
+    and a fixed cost booked on it answered a book_date the service itself refuses."""
+    await _outreach(service)
+    report = await service.stub.GetAttributionReport(
+        service_pb2.GetAttributionReportRequest(filter=service_pb2.ReportFilter(start_date="0999-01-01"))
+    )
+    assert report.total.sent == 1
+    cost = await service.stub.RecordFixedCost(
+        service_pb2.RecordFixedCostRequest(
+            request_id=new_id(), campaign_key="cmp_msme_gst", amount=inr(100_000), book_date="0999-01-01"
+        )
+    )
+    assert cost.cost.book_date == "0999-01-01"
