@@ -23,6 +23,12 @@ from services.campaigns.rendering import EmailTemplates
 from services.campaigns.scheduling import DeliveryOptions, Recurrence, next_occurrence
 
 MAX_DISPLAY_NAME = 200
+MAX_PRODUCT_CODE = 100
+"""As long as a product code may be where it is stored: campaigns' offer and attribution's outreach columns."""
+MAX_LABEL = 200
+MAX_LABELS_TOTAL = 900
+"""The most characters a campaign's distinct labels may hold together, one separator each: attribution keeps them as
+one searchable value of at most 1,000, and an outreach whose labels did not fit was dead-lettered on PostgreSQL."""
 
 
 class CampaignState(StrEnum):
@@ -95,6 +101,18 @@ def validate_spec(
         )
     if any(not label.strip() for label in spec.labels):
         raise InvalidArgument("labels must not be empty strings", field="campaign.labels")
+    for index, label in enumerate(spec.labels):
+        if len(label) > MAX_LABEL or any(ord(char) < 0x20 or ord(char) == 0x7F for char in label):
+            raise InvalidArgument(
+                f"labels[{index}] must be at most {MAX_LABEL} characters, without control characters",
+                field=f"campaign.labels[{index}]",
+            )
+    if sum(len(label) + 1 for label in set(spec.labels)) > MAX_LABELS_TOTAL:
+        raise InvalidArgument(
+            f"labels must hold at most {MAX_LABELS_TOTAL} characters together, counting one more for each label; use "
+            "fewer or shorter labels",
+            field="campaign.labels",
+        )
     programme = normalise_programme(spec.programme)
     trigger_code = normalise_trigger_code(spec.trigger_code)
     if not spec.segment_id:
@@ -106,6 +124,12 @@ def validate_spec(
     if not spec.offer.product_code:
         raise InvalidArgument(
             "offer.product_code is required, e.g. 'LUMPSUM' or 'MSME_WC_TOPUP'", field="campaign.offer.product_code"
+        )
+    if len(spec.offer.product_code) > MAX_PRODUCT_CODE or not spec.offer.product_code.isprintable():
+        # Longer was INTERNAL on PostgreSQL (the offer's column), and dead-lettered each outreach in attribution.
+        raise InvalidArgument(
+            f"offer.product_code must be at most {MAX_PRODUCT_CODE} printable characters, e.g. 'MSME_WC_TOPUP'",
+            field="campaign.offer.product_code",
         )
     if spec.offer.amount is not None and (
         len(spec.offer.amount.currency_code) != 3 or not spec.offer.amount.currency_code.isupper()

@@ -189,6 +189,33 @@ async def test_invalid_content_is_rejected_and_nothing_is_written(stub: service_
     assert not (await stub.ListCampaigns(service_pb2.ListCampaignsRequest())).campaigns
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "refused"),
+    [
+        ("product_code", "P" * 101, "campaign.offer.product_code"),
+        ("labels", ["x" * 201], "campaign.labels[0]"),
+        ("labels", ["Cross-Sell\x1fRetail"], "campaign.labels[0]"),
+        ("labels", [f"{i}" * 199 for i in range(5)], "campaign.labels"),
+        ("labels", [f"L{i:03}" for i in range(200)], "campaign.labels"),
+    ],
+)
+async def test_an_offer_or_labels_that_cannot_be_stored_downstream_are_refused_by_field(
+    stub: service_pb2_grpc.CampaignsServiceStub, field: str, value: object, refused: str
+) -> None:
+    """A 101-character product code was INTERNAL on PostgreSQL; labels over 1,000 characters together (attribution's
+    searchable value) were accepted, and each outreach's OutreachCreated was dead-lettered by attribution there."""
+    campaign = campaign_message(programme_code())
+    if field == "product_code":
+        campaign.offer.product_code = str(value)
+    else:
+        campaign.labels[:] = list(value)  # type: ignore[call-overload]
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await create(stub, campaign, "req-too-long")
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith(f"{refused}: ")
+    assert not (await stub.ListCampaigns(service_pb2.ListCampaignsRequest())).campaigns
+
+
 async def test_retried_create_returns_the_samecampaign_message(stub: service_pb2_grpc.CampaignsServiceStub) -> None:
     campaign = campaign_message(programme_code())
     first = await create(stub, campaign, "req-same")
