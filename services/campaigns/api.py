@@ -20,7 +20,7 @@ from services.campaigns.api_content import ContentApi, ContentServices
 from services.campaigns.api_explain import ExplainApi
 from services.campaigns.api_reports import ReportsApi
 from services.campaigns.automation import automation_from_proto, automation_of
-from services.campaigns.campaigns import CampaignState, plan_launch, require_published
+from services.campaigns.campaigns import CampaignState, plan_launch, require_published, unknown_campaign
 from services.campaigns.messages import audit_proto, campaign_proto, campaign_values, outreach_proto
 from services.campaigns.scheduling import DeliveryOptions
 from services.campaigns.segments_client import SegmentsClient
@@ -67,7 +67,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     async def _campaign_row(self, session: AsyncSession, campaign_key: str) -> Any:
         row = await store.get_campaign(session, campaign_key)
         if row is None:
-            raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
+            raise unknown_campaign(campaign_key)
         return row
 
     async def _record(
@@ -156,7 +156,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         async with self.db.snapshot() as session:
             row = await store.get_campaign(session, request.campaign_key)
         if row is None:
-            raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
+            raise unknown_campaign(request.campaign_key)
         return service_pb2.GetCampaignResponse(campaign=campaign_proto(row))
 
     async def ListCampaigns(
@@ -213,8 +213,15 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     ) -> service_pb2.GetOutreachResponse:
         async with self.db.snapshot() as session:
             row = await store.get_outreach(session, request.campaign_id)
+        if row is None and not request.campaign_id:
+            raise InvalidArgument(
+                "campaign_id is required: the ID printed on the outreach, e.g. CSELL-NOV-T06-0884", field="campaign_id"
+            )
         if row is None:
-            raise NotFound(f"campaign ID {request.campaign_id} does not exist", field="campaign_id")
+            raise NotFound(
+                f"campaign ID {request.campaign_id!r} does not exist; use the ID printed on the outreach",
+                field="campaign_id",
+            )
         return service_pb2.GetOutreachResponse(outreach=outreach_proto(row))
 
     async def ListOutreaches(
@@ -226,7 +233,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
         after = decode_token("ListOutreaches", request.page_token, {"campaign_key": request.campaign_key}, "after")
         async with self.db.snapshot() as session:
             if await store.get_campaign(session, request.campaign_key) is None:
-                raise NotFound(f"campaign {request.campaign_key!r} does not exist", field="campaign_key")
+                raise unknown_campaign(request.campaign_key)
             rows = await store.list_outreaches(session, request.campaign_key, after, size + 1)
         response = service_pb2.ListOutreachesResponse(outreaches=[outreach_proto(row) for row in rows[:size]])
         if len(rows) > size:

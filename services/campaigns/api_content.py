@@ -9,7 +9,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import InvalidArgument, NotFound
+from plumbing.errors import InvalidArgument
 from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import Outbox, utcnow
@@ -17,7 +17,7 @@ from plumbing.telemetry import outreach_span
 from services import streams
 from services.campaigns import store
 from services.campaigns.campaign_ids import format_campaign_id, month_code
-from services.campaigns.campaigns import CampaignSpec, validate_spec
+from services.campaigns.campaigns import CampaignSpec, unknown_campaign, validate_spec
 from services.campaigns.content import (
     CHANNELS,
     E164,
@@ -116,7 +116,7 @@ class ContentApi:
         async with self.db.transaction() as session:
             row = await store.get_campaign(session, campaign_key)
         if row is None:
-            raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
+            raise unknown_campaign(campaign_key)
         templates, terms = content_templates_of(row), offer_terms_of(row)
         compile_content(
             templates,
@@ -142,7 +142,7 @@ class ContentApi:
         async with self.db.transaction() as session:
             row = await store.get_campaign(session, campaign_key)
         if row is None:
-            raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
+            raise unknown_campaign(campaign_key)
         return row
 
     async def PreviewCampaign(

@@ -8,9 +8,10 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import InvalidArgument, NotFound
+from plumbing.errors import InvalidArgument
 from plumbing.page_tokens import decode_token, encode_token
 from services.campaigns import store
+from services.campaigns.campaigns import unknown_campaign
 from services.campaigns.messages import channel_value, timestamp
 from services.campaigns.reports import Counts, run_counts, total
 from xsell.campaigns.v1 import resources_pb2, service_pb2
@@ -163,4 +164,4 @@ async def _require_campaign(session: AsyncSession, campaign_key: str) -> None:
     if not campaign_key:
         raise InvalidArgument("campaign_key is required", field="campaign_key")
     if await store.get_campaign(session, campaign_key) is None:
-        raise NotFound(f"campaign {campaign_key!r} does not exist", field="campaign_key")
+        raise unknown_campaign(campaign_key)

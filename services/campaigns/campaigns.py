@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from plumbing.errors import FailedPrecondition, InvalidArgument
+from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.campaigns.campaign_ids import month_code, normalise_programme, normalise_trigger_code
 from services.campaigns.content import (
     CompiledContent,
@@ -29,6 +29,19 @@ MAX_LABEL = 200
 MAX_LABELS_TOTAL = 900
 """The most characters a campaign's distinct labels may hold together, one separator each: attribution keeps them as
 one searchable value of at most 1,000, and an outreach whose labels did not fit was dead-lettered on PostgreSQL."""
+
+
+def unknown_campaign(campaign_key: str) -> DomainError:
+    """Why no campaign has `campaign_key`: none was given (INVALID_ARGUMENT), or none has it (NOT_FOUND)."""
+    if not campaign_key:
+        return InvalidArgument(
+            "campaign_key is required: the key CreateCampaign answered, e.g. cmp_01J9Z6V5Q2 (ListCampaigns lists them)",
+            field="campaign_key",
+        )
+    return NotFound(
+        f"campaign {campaign_key!r} does not exist; use the key CreateCampaign answered (ListCampaigns lists them)",
+        field="campaign_key",
+    )
 
 
 class CampaignState(StrEnum):

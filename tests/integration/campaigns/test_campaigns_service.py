@@ -74,7 +74,7 @@ async def test_launch_creates_one_outreach_per_reachable_member_with_unique_ids_
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await stub.GetOutreach(service_pb2.GetOutreachRequest(campaign_id=f"{programme}-{month}-T06-9999"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    assert f"campaign ID {programme}-{month}-T06-9999 does not exist" in (missing.value.details() or "")
+    assert f"campaign ID '{programme}-{month}-T06-9999' does not exist" in (missing.value.details() or "")
 
     # Segments streamed the pinned version once, on the campaign's channel, with suppressed people marked,
     # and the attributes the templates use plus email and first_name.
@@ -214,6 +214,22 @@ async def test_an_offer_or_labels_that_cannot_be_stored_downstream_are_refused_b
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.value.details() or "").startswith(f"{refused}: ")
     assert not (await stub.ListCampaigns(service_pb2.ListCampaignsRequest())).campaigns
+
+
+async def test_a_look_up_without_its_key_says_the_key_is_required_not_that_nothing_has_it(
+    stub: service_pb2_grpc.CampaignsServiceStub,
+) -> None:
+    """An empty key answered NOT_FOUND "campaign '' does not exist": a caller's bug read as missing data."""
+    for call in (
+        stub.GetCampaign(service_pb2.GetCampaignRequest()),
+        stub.ListCampaignAudit(service_pb2.ListCampaignAuditRequest()),
+        stub.PreviewCampaign(service_pb2.PreviewCampaignRequest()),
+        stub.GetOutreach(service_pb2.GetOutreachRequest()),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "is required: " in (error.value.details() or "")
 
 
 async def test_retried_create_returns_the_samecampaign_message(stub: service_pb2_grpc.CampaignsServiceStub) -> None:
