@@ -504,7 +504,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
     ) -> service_pb2.ListLeadsResponse:
         size = page_size(request.page_size, LEADS_PAGE_DEFAULT, LEADS_PAGE_MAX)
         awaiting = "true" if request.awaiting_crm_lead_id else "false"
-        after = decode_token("ListLeads", request.page_token, {"awaiting": awaiting}, "after")
+        after = decode_token("ListLeads", request.page_token, {"awaiting_crm_lead_id": awaiting}, "after")
         async with self.db.snapshot() as session:
             # One more than the page: whether another page follows.
             listed = await store.list_leads(session, awaiting=request.awaiting_crm_lead_id, after=after, limit=size + 1)
@@ -521,7 +521,9 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             ]
         )
         if len(listed) > size:
-            response.next_page_token = encode_token("ListLeads", {"awaiting": awaiting, "after": page[-1].lead.lead_id})
+            response.next_page_token = encode_token(
+                "ListLeads", {"awaiting_crm_lead_id": awaiting, "after": page[-1].lead.lead_id}
+            )
         trace.get_current_span().set_attribute("attribution.leads.listed", len(page))
         return response
 

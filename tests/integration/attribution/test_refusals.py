@@ -211,3 +211,20 @@ async def test_a_day_before_the_year_1000_keeps_its_four_digits(service: Service
         )
     )
     assert cost.cost.book_date == "0999-01-01"
+
+
+async def test_a_leads_page_token_of_the_other_filter_names_the_request_field(service: Service) -> None:
+    """The refusal named "awaiting", a field no request has."""
+    campaign_id = await _outreach(service)
+    for crm_lead_id in ("CRM-1", "CRM-2"):
+        await service.stub.CreateLead(
+            service_pb2.CreateLeadRequest(request_id=new_id(), campaign_id=campaign_id, crm_lead_id=crm_lead_id)
+        )
+    first = await service.stub.ListLeads(service_pb2.ListLeadsRequest(page_size=1))
+    assert first.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.stub.ListLeads(
+            service_pb2.ListLeadsRequest(awaiting_crm_lead_id=True, page_token=first.next_page_token)
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "another awaiting_crm_lead_id; pass the same awaiting_crm_lead_id" in (refused.value.details() or "")
