@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.exc import DBAPIError
 
 from plumbing.db import transient_failure
 from plumbing.errors import DomainError, InvalidArgument, Unavailable
@@ -125,6 +126,52 @@ def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
+NUL_SQLSTATE = "22021"
+"""PostgreSQL's character_not_in_repertoire: how it refuses a NUL in text, stored or compared."""
+
+
+def nul_field(message: Message, prefix: str = "") -> str | None:
+    """The path of the first string in `message` (a field, a list item, a map key or value) that holds a NUL, e.g.
+    "profiles[1].attributes.city.string_value"; None when no string does."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            for key in value:
+                if isinstance(key, str) and "\x00" in key:
+                    return f"{path}[{key!r}]"
+                found = _nul_in(value[key], f"{path}.{key}")
+                if found is not None:
+                    return found
+            continue
+        for index, item in enumerate(value if field.is_repeated else [value]):
+            found = _nul_in(item, f"{path}[{index}]" if field.is_repeated else path)
+            if found is not None:
+                return found
+    return None
+
+
+def _nul_in(value: Any, path: str) -> str | None:
+    if isinstance(value, Message):
+        return nul_field(value, f"{path}.")
+    return path if isinstance(value, str) and "\x00" in value else None
+
+
+def _nul_refusal(error: BaseException, request: Any) -> InvalidArgument | None:
+    """INVALID_ARGUMENT naming the request's string that holds a NUL, when that is why the database refused the call.
+    A service checks its own ids; this catches the rest, on the failure path only: SQLite stores and compares a NUL,
+    PostgreSQL refuses it, and such a call answered INTERNAL there (GetOutreach, GetCampaign, ListOutreaches...)."""
+    if not isinstance(error, DBAPIError) or not isinstance(request, Message):
+        return None
+    original = error.orig
+    if (getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)) != NUL_SQLSTATE:
+        return None
+    path = nul_field(request)
+    if path is None:
+        return None
+    return InvalidArgument(f"{path} holds a NUL character, which no text may hold; remove it", field=path)
+
+
 async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
     if (reason := transient_failure(error)) is not None:
         log.warning("rpc_unavailable", method=method, reason=reason)
@@ -203,8 +250,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                         failure = error
                         raise
                     except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
-                        failure = error
-                        await _abort_for(error, context, method)
+                        failure = _nul_refusal(error, request) or error
+                        await _abort_for(failure, context, method)
                     finally:
                         elapsed = (time.perf_counter() - started) * 1000
                         duration.record(elapsed, {"rpc.method": method, "rpc.outcome": _status_of(failure)})
@@ -242,7 +289,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     except grpc.aio.AbortError:
                         raise
                     except Exception as error:  # noqa: BLE001 - mapped to a status, never swallowed
-                        await _abort_for(error, context, method)
+                        await _abort_for(_nul_refusal(error, request) or error, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, request_deserializer=deserializer, response_serializer=handler.response_serializer

@@ -232,6 +232,25 @@ async def test_a_look_up_without_its_key_says_the_key_is_required_not_that_nothi
         assert "is required: " in (error.value.details() or "")
 
 
+async def test_a_nul_in_a_request_is_refused_by_field_where_the_database_cannot_compare_it(
+    stub: service_pb2_grpc.CampaignsServiceStub, database_url: str
+) -> None:
+    """PostgreSQL refuses a NUL in text even in a WHERE: these look-ups answered INTERNAL there. SQLite compares it and
+    finds nothing."""
+    for call, field in (
+        (stub.GetOutreach(service_pb2.GetOutreachRequest(campaign_id="CSELL-NOV-T06-0884\x00")), "campaign_id"),
+        (stub.GetCampaign(service_pb2.GetCampaignRequest(campaign_key="cmp_\x00")), "campaign_key"),
+        (stub.ListOutreaches(service_pb2.ListOutreachesRequest(campaign_key="cmp_\x00")), "campaign_key"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        if database_url.startswith("sqlite"):
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+            continue
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (error.value.details() or "").startswith(f"{field}: {field} holds a NUL character")
+
+
 async def test_retried_create_returns_the_samecampaign_message(stub: service_pb2_grpc.CampaignsServiceStub) -> None:
     campaign = campaign_message(programme_code())
     first = await create(stub, campaign, "req-same")
