@@ -53,7 +53,8 @@ def record_errors(problems: Sequence[RecordProblem]) -> list[record_error_pb2.Re
     ]
 
 
-def _id_problem(value: str, what: str) -> str | None:
+def id_problem(value: str, what: str) -> str | None:
+    """Why `value` is not an id a source system gives (empty, too long, only spaces, a control character), or None."""
     if not value:
         return f"{what} is required"
     if len(value) > MAX_ID_LENGTH:
@@ -94,7 +95,7 @@ def validate_profiles(
     problems: list[RecordProblem] = []
     for index, profile in enumerate(profiles):
         prefix = f"profiles[{index}]"
-        if problem := _id_problem(profile.profile_id, "profile_id"):
+        if problem := id_problem(profile.profile_id, "profile_id"):
             problems.append(RecordProblem(index, profile.profile_id[:MAX_ID_LENGTH], f"{prefix}.profile_id", problem))
             continue
         attributes, bad = _values(profile.attributes, f"{prefix}.attributes", "attribute")
@@ -127,10 +128,10 @@ def validate_events(
         def reject(field: str, reason: str, index: int = index, event: resources_pb2.Event = event) -> None:
             problems.append(RecordProblem(index, event.event_id[:MAX_ID_LENGTH], field, reason))
 
-        if problem := _id_problem(event.event_id, "event_id"):
+        if problem := id_problem(event.event_id, "event_id"):
             reject(f"{prefix}.event_id", problem)
             continue
-        if problem := _id_problem(event.profile_id, "profile_id"):
+        if problem := id_problem(event.profile_id, "profile_id"):
             reject(f"{prefix}.profile_id", problem)
             continue
         if problem := name_problem(event.name, "name"):

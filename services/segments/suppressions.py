@@ -7,7 +7,7 @@ from datetime import datetime
 from plumbing.errors import InvalidArgument
 from plumbing.times import utc_time
 from services.addresses import same_address
-from services.segments.records import RecordProblem
+from services.segments.records import RecordProblem, id_problem
 from services.segments.values import Value
 from xsell.segments.v1 import resources_pb2
 from xsell.type.v1 import channel_pb2
@@ -117,6 +117,9 @@ def _parse(item: resources_pb2.Suppression, now: datetime) -> Suppression | tupl
         return "profile_id", "profile_id is required: the institution's id of the person"
     if len(item.profile_id) > MAX_PROFILE_ID:
         return "profile_id", f"profile_id must be at most {MAX_PROFILE_ID} characters"
+    if problem := id_problem(item.profile_id, "profile_id"):
+        # A NUL failed the whole batch on PostgreSQL; spaces or a line break suppressed nobody.
+        return "profile_id", problem
     try:
         channel = channel_key(item.channel)
     except UnknownChannel:
@@ -133,4 +136,6 @@ def _parse(item: resources_pb2.Suppression, now: datetime) -> Suppression | tupl
             return "expire_time", "expire_time must be in the future; leave it unset for no expiry"
     if len(item.note) > MAX_NOTE:
         return "note", f"note must be at most {MAX_NOTE} characters and hold no personal data"
+    if "\x00" in item.note:
+        return "note", "note holds a NUL character, which no text may hold; remove it"
     return Suppression(item.profile_id, channel, reason_key(item.reason), expire_time, item.note)

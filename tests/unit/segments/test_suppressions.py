@@ -76,3 +76,22 @@ def test_channels_and_reasons_round_trip_through_their_stored_keys() -> None:
     for reason in r.SuppressionReason.values():
         if reason != r.SUPPRESSION_REASON_UNSPECIFIED:
             assert suppressions.reason_number(suppressions.reason_key(reason)) == reason
+
+
+def test_a_profile_id_or_note_no_system_writes_is_that_records_problem() -> None:
+    """A NUL failed the whole batch on PostgreSQL with its good records; spaces or a line break suppressed no one."""
+    given = [
+        r.Suppression(profile_id="a", reason=r.SUPPRESSION_REASON_OPT_OUT),
+        r.Suppression(profile_id="b\x00", reason=r.SUPPRESSION_REASON_OPT_OUT),
+        r.Suppression(profile_id="  ", reason=r.SUPPRESSION_REASON_OPT_OUT),
+        r.Suppression(profile_id="c\n", reason=r.SUPPRESSION_REASON_OPT_OUT),
+        r.Suppression(profile_id="d", reason=r.SUPPRESSION_REASON_OPT_OUT, note="called\x00"),
+    ]
+    accepted, problems = suppressions.validate(given, NOW)
+    assert [(p.index, p.field) for p in problems] == [
+        (1, "suppressions[1].profile_id"),
+        (2, "suppressions[2].profile_id"),
+        (3, "suppressions[3].profile_id"),
+        (4, "suppressions[4].note"),
+    ]
+    assert [a.profile_id for a in accepted] == ["a"]
