@@ -104,6 +104,9 @@ def _finite(number: float) -> float:
 def _text(text: str, what: str) -> str:
     if len(text) > MAX_TEXT_LENGTH:
         raise ValueProblem(f"{what} must be at most {MAX_TEXT_LENGTH} characters, got {len(text)}")
+    if "\x00" in text:
+        # PostgreSQL refuses a NUL in text: the whole batch failed there, its good records with it.
+        raise ValueProblem(f"{what} holds a NUL character, which no text may hold; remove it")
     return text
 
 

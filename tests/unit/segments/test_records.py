@@ -133,3 +133,23 @@ def test_an_id_of_spaces_or_with_a_control_character_is_that_records_problem() -
     assert [(p.index, p.field) for p in problems] == [(0, "profiles[0].profile_id"), (1, "profiles[1].profile_id")]
     assert "only spaces" in problems[0].reason and "control character" in problems[1].reason
     assert [u.profile_id for u in updates] == ["p-ok"]
+
+
+def test_a_text_value_holding_a_nul_is_that_records_problem_and_the_others_are_kept() -> None:
+    """PostgreSQL refuses a NUL in text: one such attribute or property failed the whole batch there."""
+    profiles = [
+        r.Profile(profile_id="p1", attributes={"investment_type": s("SIP")}),
+        r.Profile(profile_id="p2", attributes={"investment_type": s("S\x00IP")}),
+        r.Profile(profile_id="p3", attributes={"fund_categories": ss("Equity", "Debt\x00")}),
+    ]
+    updates, problems = validate_profiles(profiles, CATALOG)
+    assert [u.profile_id for u in updates] == ["p1"]
+    assert [(p.index, p.field) for p in problems] == [
+        (1, "profiles[1].attributes.investment_type"),
+        (2, "profiles[2].attributes.fund_categories"),
+    ]
+    assert "NUL" in problems[0].reason
+    event = _event("e1", NOW - timedelta(hours=1))
+    event.properties["amc"].string_value = "HDFC\x00"
+    _, event_problems = validate_events([event], NOW, retention=timedelta(days=730), future_skew=timedelta(minutes=5))
+    assert [p.field for p in event_problems] == ["events[0].properties.amc"]
