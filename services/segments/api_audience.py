@@ -1,11 +1,12 @@
 """Preview with explain, membership explained for one person, and resumable member streaming."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 
 import grpc
 from opentelemetry import trace
 from sqlalchemy import String, and_, literal
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
 from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -84,6 +85,7 @@ class AudienceApi:
     db: Database
     tracer: trace.Tracer
     stream_page_size: int
+    _check_references: Callable[[AsyncSession, Rule, str | None], Awaitable[None]]
 
     async def PreviewSegment(
         self, request: service_pb2.PreviewSegmentRequest, context: grpc.aio.ServicerContext
@@ -105,6 +107,8 @@ class AudienceApi:
                         rule: Rule = parse_rule(request.rule, "rule")
                     except RuleError as error:
                         raise InvalidArgument(error.message, field=error.path) from None
+                    # As CreateSegment would: a reference to no segment previewed as an empty audience.
+                    await self._check_references(session, rule, None)
                 else:
                     head = await load_segment(session, request.segment_id)
                     version = await load_version(session, head, request.version)

@@ -93,6 +93,11 @@ async def test_preview_counts_every_node_and_the_funnel_of_an_and(segments: Segm
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = await _refused(segments.PreviewSegment(api.PreviewSegmentRequest(rule=sip_only(), sample_size=-1)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # A rule naming no segment is refused as CreateSegment refuses it; it previewed as an empty audience.
+    missing = r.Rule(segment=r.SegmentReference(segment_id="seg_missing"))
+    code, details = await _refused(segments.PreviewSegment(api.PreviewSegmentRequest(rule=missing)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("rule.segment.segment_id: segment seg_missing does not exist")
 
 
 async def test_explain_says_which_conditions_held_and_that_a_suppression_wins(segments: SegmentsServiceStub) -> None:
