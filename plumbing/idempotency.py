@@ -48,6 +48,10 @@ def require_request_id(request: Message) -> str:
         )
     if len(request_id) > 200:
         raise InvalidArgument("request_id must be at most 200 characters", field="request_id")
+    if "\x00" in request_id:
+        # Remembered as text: PostgreSQL refuses a NUL, so such an id worked on SQLite only. Other characters stay
+        # the caller's (the gateway derives ids from providers' message ids).
+        raise InvalidArgument("request_id holds a NUL character; use text, e.g. a UUID", field="request_id")
     return request_id
 
 
