@@ -96,6 +96,9 @@ def definition_of(proto: resources_pb2.AttributeDefinition, path: str) -> Defini
             f"{path}.description",
             f"description must be at most {MAX_DESCRIPTION} characters, got {len(proto.description)}",
         )
+    if "\x00" in proto.description:
+        # PostgreSQL refuses a NUL in text: the whole DefineAttributes batch failed there.
+        raise ComputedError(f"{path}.description", "description holds a NUL character, which no text may hold")
     derived = None
     computed = b""
     if proto.HasField("computed"):

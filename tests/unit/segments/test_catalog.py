@@ -54,6 +54,8 @@ def test_definitions_are_checked_one_by_one_and_good_ones_kept() -> None:
                 ),
             ),
             definition("description", r.ATTRIBUTE_TYPE_STRING, description="x" * 2001),
+            # PostgreSQL refuses a NUL in text: it failed the whole batch there.
+            definition("nul_description", r.ATTRIBUTE_TYPE_STRING, description="City\x00"),
         ],
         Catalog(),
     )
@@ -63,6 +65,7 @@ def test_definitions_are_checked_one_by_one_and_good_ones_kept() -> None:
         (2, "attributes[2].type"),
         (3, "attributes[3].computed.window"),
         (4, "attributes[4].description"),
+        (5, "attributes[5].description"),
     ]
     assert "ATTRIBUTE_TYPE_MONEY" in problems[1].reason
 
