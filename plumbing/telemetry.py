@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,30 @@ def outreach_span(
         structlog.contextvars.bound_contextvars(**{CAMPAIGN_ID: campaign_id}),
     ):
         yield span
+
+
+def record_outreach_roots(
+    tracer: trace.Tracer,
+    name: str,
+    roots: Iterable[tuple[str, Mapping[str, Any], Mapping[str, str]]],
+) -> None:
+    """The root spans of outreaches a batch made (campaigns' triggers), recorded together once the batch committed:
+    each with the ids its campaign ID derives, so the outreach's trace has its root, linked to the caller's span
+    (the batch's) and to the span of the message that caused it (its headers' traceparent: the segment entry)."""
+    batch = trace.get_current_span().get_span_context()
+    for campaign_id, attributes, headers in roots:
+        links = [Link(batch)] if batch.is_valid else []
+        cause = headers_span_context(headers)
+        if cause is not None:
+            links.append(Link(cause))
+        token = _forced_ids.set(outreach_ids(campaign_id))
+        try:
+            span = tracer.start_span(
+                name, context=otel_context.Context(), attributes={CAMPAIGN_ID: campaign_id, **attributes}, links=links
+            )
+        finally:
+            _forced_ids.reset(token)
+        span.end()
 
 
 @contextmanager

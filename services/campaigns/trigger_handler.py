@@ -1,8 +1,8 @@
 """NATS handler: people entering a segment fire the triggered campaigns on it, once per cool-down, a batch at a time."""
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -15,6 +15,7 @@ from plumbing.db import Database, after_commit
 from plumbing.errors import Unavailable
 from plumbing.metrics import tally
 from plumbing.outbox import OutboxRelay, utcnow
+from plumbing.telemetry import record_outreach_roots
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
@@ -39,6 +40,7 @@ class _Entry:
 
     event: segment_events.MembershipChanged
     message_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def changed_at(self) -> datetime:
@@ -75,6 +77,7 @@ class TriggerHandler:
         self.people = people
         self.gate = gate
         self.templates = templates
+        self.tracer = tracer
         self.library = templates.library
         self.clock = clock
         # Batches write their events without the Outbox (store.insert_page), so they hand them to the relay
@@ -104,7 +107,7 @@ class TriggerHandler:
         span, a future and a context per message, between one batch's commit and the next one's start."""
         outcomes: list[BaseException | None] = [None] * len(items)
         entered = [
-            (index, _Entry(event, delivery.message_id))
+            (index, _Entry(event, delivery.message_id, delivery.headers))
             for index, (event, delivery) in enumerate(items)
             if event.change == segment_events.MEMBERSHIP_CHANGE_ENTERED and event.profile_id
         ]
@@ -169,11 +172,14 @@ class TriggerHandler:
         events: list[tuple[str, bytes, str]] = []
         event_seqs: list[range | None] = []
         later: list[int] = []
+        # (campaign ID, campaign key, profile id) of each outreach made, for its root span once committed.
+        made: list[tuple[str, str, str]] = []
 
         async def write(session: Any) -> None:
             events.clear()
             event_seqs.clear()
             later.clear()
+            made.clear()
             # Read in this transaction: a launch, pause or cancel that committed first wins.
             on_segment = await self._triggered_on(session, sorted({batch[i].event.segment_id for i in indices}))
             firing: dict[int, list[Any]] = {}
@@ -209,9 +215,25 @@ class TriggerHandler:
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for key in sorted(members):
                 fired_for = list(members[key].values())
-                counts.update(await self._fire(session, campaigns[key], fired_for, now, events, event_seqs))
+                counts.update(await self._fire(session, campaigns[key], fired_for, now, events, event_seqs, made))
 
         await self.db.write_inline(write)
+        if made:
+            # Each outreach's trace starts here, at the segment entry that fired it (the entry's message span).
+            causes = {batch[i].event.profile_id: batch[i] for i in reversed(indices)}
+            record_outreach_roots(
+                self.tracer,
+                "outreach.create",
+                (
+                    (
+                        campaign_id,
+                        {"campaign.key": key, "campaign.trigger.segment_id": causes[profile_id].event.segment_id},
+                        causes[profile_id].headers,
+                    )
+                    for campaign_id, key, profile_id in made
+                    if profile_id in causes
+                ),
+            )
         if events and self.relay is not None:
             after_seq = _seq_before(event_seqs, len(events)) if self.db.is_sqlite else None
             if after_seq is not None:
@@ -245,10 +267,11 @@ class TriggerHandler:
         now: datetime,
         events: list[tuple[str, bytes, str]],
         event_seqs: list[range | None],
+        made: list[tuple[str, str, str]],
     ) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today; their
-        events' subjects, payloads and headers are added to `events`, and the outbox seqs they were given (None
-        where unknown) to `event_seqs`."""
+        events' subjects, payloads and headers are added to `events`, the outbox seqs they were given (None where
+        unknown) to `event_seqs`, and (campaign ID, campaign key, profile id) of each to `made`."""
         rule = automation_of(campaign).trigger
         assert rule is not None
         outcomes: Counter[str] = Counter()
@@ -290,6 +313,7 @@ class TriggerHandler:
         for failure in rows.render_failures:
             log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
         created = len(rows.outreaches)
+        made.extend((campaign_id, campaign.campaign_key, profile_id) for campaign_id, profile_id, _ in rows.created)
         events.extend((event[1], event[2], event[3]) for event in rows.events)
         if rows.events:
             event_seqs.append(rows.event_seqs)

@@ -17,12 +17,15 @@ import grpc
 import pytest
 import structlog
 from google.protobuf.duration_pb2 import Duration
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
 
 from plumbing.bus import MSG_ID_HEADER, REPLAY_OF_HEADER, Bus
 from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
+from plumbing.telemetry import headers_span_context, outreach_ids, setup_tracing
 from services import streams
 from services.campaigns import store
 from services.campaigns.app import build
@@ -52,6 +55,7 @@ class Stack:
     bus: Bus
     db: Database
     dispatched: list[events_pb2.DispatchRequested]
+    spans: InMemorySpanExporter
 
 
 @pytest.fixture
@@ -72,9 +76,10 @@ async def batching_stack(database_url: str, nats_url: str, tmp_path: Path) -> As
 async def _running_stack(
     database_url: str, nats_url: str, tmp_path: Path, *, trigger_concurrency: int
 ) -> AsyncIterator[Stack]:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    provider = TracerProvider()
+    # As the services set it up (the outreach root span's ids derive from its campaign ID), finished spans kept.
+    provider = setup_tracing("campaigns", tmp_path)
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
     segments_process = await build_segments(
         SegmentsSettings(  # type: ignore[call-arg]
             grpc_port=0,
@@ -119,6 +124,7 @@ async def _running_stack(
             bus,
             db,
             dispatched,
+            spans,
         )
     await subscription.unsubscribe()
     await bus.drain()
@@ -287,11 +293,22 @@ async def test_a_segment_entry_fires_one_outreach_per_cool_down_and_a_redelivery
         lambda: asyncio.sleep(0, result=[d for d in stack.dispatched if d.campaign_id == first[0].campaign_id])
     )
     assert sent[0].email.to_address == "b01@example.in" and "Kaveri" in sent[0].email.subject
+    # The outreach's trace starts at the entry that fired it: its root span, linked to the entry's message span.
+    entered, headers = await eventually(lambda: asyncio.sleep(0, result=entries and entries[0]))
+    trace_id, root_id = outreach_ids(first[0].campaign_id)
+    (root,) = [
+        span
+        for span in stack.spans.get_finished_spans()
+        if span.name == "outreach.create" and span.context is not None and span.context.trace_id == trace_id
+    ]
+    assert root.context is not None and root.context.span_id == root_id and root.parent is None
+    assert (root.attributes or {})["campaign.trigger.segment_id"] == segment_id
+    cause = headers_span_context(headers)
+    assert cause is not None and cause.span_id in {link.context.span_id for link in root.links}
 
     # A redelivery of the same message (same message id, as after a crash before the ack) changes nothing,
     # even when the cool-down and the day's run would no longer stop it: the inbox does.
     await _age(stack, first[0].campaign_id, timedelta(days=31))
-    entered, headers = await eventually(lambda: asyncio.sleep(0, result=entries and entries[0]))
     js = stack.bus.nc.jetstream()
     await js.publish(
         streams.MEMBERSHIP_CHANGED,
