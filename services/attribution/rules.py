@@ -53,6 +53,8 @@ LOAN_STAGES = (APPLIED, SANCTIONED, DISBURSED)
 
 EXAMPLE_CAMPAIGN_ID = "CSELL-NOV-T06-0884"
 MAX_ID_LENGTH = 100
+MAX_PROFILE_ID_LENGTH = 128
+"""Segments' limit: a person it admits is one attribution can record."""
 
 
 def funnel_rank(step: str) -> int:
@@ -75,9 +77,11 @@ def require_id(value: str, field: str, example: str) -> None:
 
 
 def check_id(value: str, field: str) -> None:
-    """An id a source system gave (empty passes: whether one is required is the caller's rule)."""
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{field} must be at most {MAX_ID_LENGTH} characters", field=field)
+    """An id a source system gave (empty passes: whether one is required is the caller's rule); a profile id may be
+    as long as segments admits."""
+    limit = MAX_PROFILE_ID_LENGTH if field.endswith("profile_id") else MAX_ID_LENGTH
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} must be at most {limit} characters", field=field)
     if value and not value.strip():
         raise InvalidArgument(f"{field} is only spaces; send the id the source system gave", field=field)
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):

@@ -41,7 +41,15 @@ from plumbing.db import UtcDateTime, dialect_of, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.reporting import COUNTER_COLUMNS, labels_key, programme_of
-from services.attribution.rules import CONVERTED, DISBURSED, FIRST_TRANSACTION, FUNNEL_STEPS, SANCTIONED, funnel_rank
+from services.attribution.rules import (
+    CONVERTED,
+    DISBURSED,
+    FIRST_TRANSACTION,
+    FUNNEL_STEPS,
+    MAX_PROFILE_ID_LENGTH,
+    SANCTIONED,
+    funnel_rank,
+)
 
 Money = BigInteger
 """Amounts are integer paise; a bigint holds ₹9.2 × 10^16 crore."""
@@ -57,7 +65,7 @@ outreaches = Table(
     metadata,
     Column("campaign_id", String(100), primary_key=True),
     Column("campaign_key", String(100), nullable=False, index=True),
-    Column("profile_id", String(100), nullable=False),
+    Column("profile_id", String(MAX_PROFILE_ID_LENGTH), nullable=False),
     Column("channel", String(20), nullable=False),
     Column("trigger_code", String(20), nullable=False, index=True),
     Column("product_code", String(100), nullable=False),
@@ -253,7 +261,7 @@ holdouts = Table(
     metadata,
     Column("campaign_key", String(100), nullable=False),
     Column("run_id", String(100), nullable=False),
-    Column("profile_id", String(100), nullable=False, index=True),
+    Column("profile_id", String(MAX_PROFILE_ID_LENGTH), nullable=False, index=True),
     Column("trigger_code", String(20), nullable=False),
     Column("product_code", String(100), nullable=False),
     Column("labels_key", String(1000), nullable=False),
@@ -266,7 +274,7 @@ profile_conversions = Table(
     "profile_conversions",
     metadata,
     Column("conversion_id", String(100), primary_key=True),
-    Column("profile_id", String(100), nullable=False, index=True),
+    Column("profile_id", String(MAX_PROFILE_ID_LENGTH), nullable=False, index=True),
     Column("product_code", String(100), nullable=False),
     Column("amount_paise", Money, nullable=False),
     Column("currency_code", String(3), nullable=False),
@@ -286,7 +294,7 @@ conversions = Table(
     Column("campaign_id", String(100), ForeignKey("outreaches.campaign_id"), nullable=True, index=True),
     # campaign_id | last_touch | unattributed
     Column("linkage", String(20), nullable=False),
-    Column("profile_id", String(100), nullable=False, index=True),
+    Column("profile_id", String(MAX_PROFILE_ID_LENGTH), nullable=False, index=True),
     Column("product_code", String(100), nullable=False),
     Column("amount_paise", Money, nullable=False),
     Column("currency_code", String(3), nullable=False),

@@ -97,10 +97,14 @@ async def test_a_fetch_of_events_is_applied_together_and_each_message_gets_its_o
     # The first copy of ids[0] records it; the second (a republished event under another message id) adds nothing.
     assert outcomes[:4] == [None] * 4
     assert isinstance(outcomes[4], PermanentError) and isinstance(outcomes[5], InvalidArgument)
+    # A person whose id is as long as segments admits (128 characters) is recorded like any other.
+    long_profile = _created("CSELL-NOV-T06-0128")
+    long_profile.outreach.profile_id = "p" * 128
+    assert await handler.on_outreach_created_batch([(long_profile, _delivery())]) == [None]
     # A redelivery of a message already applied is skipped.
     assert await handler.on_outreach_created_batch([(_created(ids[0]), first)]) == [None]
-    assert tuple(await _count(db, select(func.count()).select_from(store.outreaches))) == (3,)
-    assert tuple(await _count(db, select(func.sum(store.rollup.c.sent)))) == (3,)
+    assert tuple(await _count(db, select(func.count()).select_from(store.outreaches))) == (4,)
+    assert tuple(await _count(db, select(func.sum(store.rollup.c.sent)))) == (4,)
 
     day = timedelta(days=1)
     receipts = [
