@@ -94,6 +94,32 @@ def _without_number(request: service_pb2.RecordEngagementRequest, secret: bytes)
     return keyed
 
 
+REPORT_CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of ours a provider's clock may run: a report timed later than that happened when it reached us."""
+
+
+def _reported_time(request: service_pb2.RecordEngagementRequest | service_pb2.RecordDeliveryReceiptRequest) -> datetime:
+    """When the reported thing happened: the report's occur_time, unless unset or further ahead of our clock than
+    REPORT_CLOCK_SKEW (a provider's clock in 2030 would put it after everything the person does next), then now.
+    Never refused: the report is a fact about the message, which a provider would only send again."""
+    now = utcnow()
+    at = time_field(request, "occur_time", now)
+    if at > now + REPORT_CLOCK_SKEW:
+        log.warning("report_time_ahead", ahead_s=round((at - now).total_seconds()), field="occur_time")
+        return now
+    return at
+
+
+def _handed_over_at(record: MessageRecord) -> datetime:
+    """When the message left for its provider: its first SENT step, else its first SENDING, else its first step."""
+    for state in (DeliveryState.SENT, DeliveryState.SENDING):
+        step = state_step(state)
+        found = next((entry.at for entry in record.timeline if entry.step == step), None)
+        if found is not None:
+            return found
+    return record.timeline[0].at
+
+
 class _Engagement(NamedTuple):
     request: service_pb2.RecordEngagementRequest
     fingerprinted: service_pb2.RecordEngagementRequest  # its idempotency form: the sender's number keyed
@@ -279,7 +305,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 field="campaign_id",
             )
         campaign_id = await self._engaged_message(request, kind)
-        at = time_field(request, "occur_time", utcnow())
+        at = _reported_time(request)
         # The idempotency record keeps a fingerprint (an unkeyed hash) of the request: never of a sender's number.
         fingerprinted = _without_number(request, self.recipient_secret)
         with outreach_span(
@@ -365,15 +391,19 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             # addresses (either can carry personal data; the timeline keeps less).
             url=link_without_query(request.url),
             reply_text=scrub(request.reply_text, MAX_REPLY),
-            occur_time=convert.timestamp(item.at),
             profile_id=record.profile_id,
             detail=detail,
         )
+        at = item.at
         if record.timeline:
             # Its QUEUED step: segments ignores a bounce of an address the person has replaced since.
             event.queue_time.CopyFrom(convert.timestamp(record.timeline[0].at))
+            # Nobody opens a message before it left: a report timed so (a provider's clock, a 1970 default) reads
+            # from its hand-over (the provider's acceptance, else our sending it), on the timeline and downstream.
+            at = max(at, _handed_over_at(record))
+        event.occur_time.CopyFrom(convert.timestamp(at))
         row = self.outbox.event(streams.ENGAGEMENT_RECORDED, event, campaign_id=record.campaign_id)
-        return TimelineStep(engagement_step(kind), item.at, detail[: store.MAX_STEP_DETAIL]), row
+        return TimelineStep(engagement_step(kind), at, detail[: store.MAX_STEP_DETAIL]), row
 
     async def RecordDeliveryReceipt(
         self, request: service_pb2.RecordDeliveryReceiptRequest, context: grpc.aio.ServicerContext
@@ -398,7 +428,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 f"provider_message_id must be at most {MAX_PROVIDER_MESSAGE_ID} characters, as the provider wrote it",
                 field="provider_message_id",
             )
-        at = time_field(request, "occur_time", utcnow())
+        at = _reported_time(request)
         with outreach_span(
             self.tracer, "channels.receipt", campaign_id, attributes={"delivery.state": receipt.value}
         ) as span:

@@ -220,6 +220,55 @@ async def test_receipts_for_unknown_messages_or_states_are_refused(
     assert len(raised.value.details() or "") < 300
 
 
+async def test_a_report_timed_before_the_message_or_ahead_of_our_clock_reads_when_it_can_have_happened(
+    start_channels: StartChannels,
+    smtp_relay: SmtpRelay,
+    provider_sinks: ProviderSinks,
+    listener: Listener,
+    nats_bus: Bus,
+) -> None:
+    """A provider's clock in 2030, or a 1970 default: the report is kept (refused, the provider would only send it
+    again), timed when it can have happened: not before the message left, not after the report reached us."""
+    channels = await start_channels(smtp_relay.port, **provider_sinks.channels_settings())
+    campaign_id = new_campaign_id()
+    await publish(nats_bus, dispatch_on("whatsapp", campaign_id))
+    await published_state(listener, campaign_id, SENT)
+    before = datetime.now(UTC)
+    far_ahead, epoch = Timestamp(), Timestamp()
+    far_ahead.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
+    epoch.FromDatetime(datetime(1970, 1, 1, tzinfo=UTC))
+    delivered = await channels.stub.RecordDeliveryReceipt(
+        service_pb2.RecordDeliveryReceiptRequest(
+            request_id=new_id("rcpt_"), campaign_id=campaign_id, state=DELIVERED, occur_time=far_ahead
+        )
+    )
+    for kind, at in ((resources_pb2.ENGAGEMENT_KIND_OPENED, epoch), (resources_pb2.ENGAGEMENT_KIND_CLICKED, far_ahead)):
+        await channels.stub.RecordEngagement(
+            service_pb2.RecordEngagementRequest(
+                request_id=new_id("eng_"), campaign_id=campaign_id, kind=kind, occur_time=at
+            )
+        )
+    after = datetime.now(UTC)
+    message = await get_message(channels, campaign_id)
+    assert _timeline(message) == [
+        "DELIVERY_STATE_QUEUED",
+        "DELIVERY_STATE_SENDING",
+        "DELIVERY_STATE_SENT",
+        "ENGAGEMENT_KIND_OPENED",
+        "DELIVERY_STATE_DELIVERED",
+        "ENGAGEMENT_KIND_CLICKED",
+    ]
+    times = [entry.occur_time.ToDatetime(tzinfo=UTC) for entry in message.timeline]
+    assert times[3] == times[2]  # the open "in 1970" reads from the provider's acceptance
+    assert before <= times[4] <= after and before <= times[5] <= after  # those "in 2030" from when they reached us
+    assert delivered.message.state == DELIVERED
+    opened = [
+        events_pb2.EngagementRecorded.FromString(h.data) for h in listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
+    ]
+    assert opened and all(e.occur_time.ToDatetime(tzinfo=UTC) < datetime(2029, 1, 1, tzinfo=UTC) for e in opened)
+    assert all(e.occur_time.ToDatetime(tzinfo=UTC) >= times[2] for e in opened)
+
+
 @pytest.mark.parametrize(
     "occur_time",
     [Timestamp(seconds=2**40), Timestamp(seconds=-(2**40)), Timestamp(seconds=0, nanos=-1)],
