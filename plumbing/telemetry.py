@@ -207,29 +207,35 @@ def record_outreach_roots(
 
 @contextmanager
 def outreach_spans(
-    tracer: trace.Tracer, name: str, messages: Sequence[tuple[str, Mapping[str, str]]]
+    tracer: trace.Tracer,
+    name: str,
+    messages: Sequence[tuple[str, Mapping[str, str]]],
+    *,
+    names: Sequence[str] | None = None,
 ) -> Iterator[list[trace.Span]]:
     """outreach_span for the messages of a batch applied together: one span per (campaign ID, headers), in order, in
     its campaign ID's trace (under the message's own span when its headers carry one of that trace) and linked to
-    the caller's span (the batch's); all open while the block runs and ended together, ERROR when it raises."""
+    the caller's span (the batch's); all open while the block runs and ended together, ERROR when it raises. Each is
+    called `name`, or its own of `names`."""
     batch = trace.get_current_span().get_span_context()
     links = [Link(batch)] if batch.is_valid else []
     spans = []
-    for campaign_id, headers in messages:
+    for position, (campaign_id, headers) in enumerate(messages):
+        span_name = names[position] if names is not None else name
         if not campaign_id:
             raise ValueError(f"outreach_spans {name!r} needs a campaign ID for every message")
         trace_id = outreach_ids(campaign_id)[0]
         remote = headers_span_context(headers)
         if batch.is_valid and batch.trace_id == trace_id:
             # A batch of one, whose span continues the outreach's trace: nested under it, as outreach_span does.
-            span = tracer.start_span(name, attributes={CAMPAIGN_ID: campaign_id})
+            span = tracer.start_span(span_name, attributes={CAMPAIGN_ID: campaign_id})
         else:
             parent = (
                 trace.set_span_in_context(NonRecordingSpan(remote))
                 if remote is not None and remote.trace_id == trace_id
                 else outreach_context(campaign_id)
             )
-            span = tracer.start_span(name, context=parent, attributes={CAMPAIGN_ID: campaign_id}, links=links)
+            span = tracer.start_span(span_name, context=parent, attributes={CAMPAIGN_ID: campaign_id}, links=links)
         spans.append(span)
     try:
         yield spans

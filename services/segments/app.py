@@ -54,7 +54,10 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
             bounces.UNREACHABLE: timedelta(days=settings.unreachable_recheck_days),
         },
     )
-    engagement = Consumer(bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, handlers.on_engagement, tracer)
+    # A fetch per transaction: a campaign's opens and clicks come at channels' rate, and a STOP waits behind them.
+    engagement = Consumer(
+        bus, streams.SEGMENTS_ENGAGEMENT, EngagementRecorded, None, tracer, batch_handler=handlers.on_engagement_batch
+    )
     conversion = Consumer(bus, streams.SEGMENTS_CONVERSION, ConversionRecorded, handlers.on_conversion, tracer)
     await engagement.declare()
     await conversion.declare()

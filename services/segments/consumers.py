@@ -1,6 +1,7 @@
 """NATS handlers: engagement, conversions and bulk event feeds become events on people's profiles."""
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from plumbing.bus import ConsumerSpec, Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.errors import DomainError
 from plumbing.outbox import Inbox, utcnow
-from plumbing.telemetry import outreach_span
+from plumbing.telemetry import CAMPAIGN_ID, outreach_span, outreach_spans
 from services import streams
 from services.segments import store, suppressions
 from services.segments.activity import Activity
@@ -126,6 +127,17 @@ def _when(stamp_set: bool, moment: datetime) -> datetime:
     return moment if stamp_set else utcnow()
 
 
+@dataclass(frozen=True)
+class _Engaged:
+    """One engagement to record: its profile event, the suppression it makes, when its message was queued (a bounce
+    of an address replaced since suppresses nothing), and a WhatsApp setting's stop or resume."""
+
+    incoming: IncomingEvent
+    suppress: list[dict[str, Any]]
+    queued: datetime | None
+    setting: tuple[str, bool] | None
+
+
 class ProfileActivityConsumers:
     """Applies each message once (inbox) and in the same transaction as the memberships it changes."""
 
@@ -149,30 +161,69 @@ class ProfileActivityConsumers:
         self.decline_for = decline_for
         self.recheck_after = recheck_after
 
-    async def on_engagement(self, event: channel_events.EngagementRecorded, delivery: Delivery) -> None:
-        if not event.profile_id or not event.campaign_id:
-            # Without the person there is no profile to record it on; retrying cannot help.
-            raise PermanentError("EngagementRecorded without profile_id or campaign_id")
-        name = engagement_event_name(event.channel, event.kind)
-        occurred = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
-        incoming = IncomingEvent(
-            event_id=f"engagement:{event.event_id}",
-            profile_id=event.profile_id,
-            name=name,
-            occurred_at=occurred,
-            properties={"campaign_id": Value.string(event.campaign_id)},
-        )
-        suppression = _suppression_for(event, self.decline_for, self.recheck_after)
-        queued = event.queue_time.ToDatetime(tzinfo=UTC) if event.HasField("queue_time") else None
-        await self._apply(
-            streams.SEGMENTS_ENGAGEMENT.durable,
-            delivery,
-            incoming,
-            event.campaign_id,
-            suppress=[suppression] if suppression else [],
-            queued=queued,
-            setting=_setting_change(event),
-        )
+    async def on_engagement_batch(
+        self, items: Sequence[tuple[channel_events.EngagementRecorded, Delivery]]
+    ) -> list[BaseException | None]:
+        """A fetch of channels' engagement recorded in one transaction: the profile events of all of them in one
+        pass (opens and clicks, most of them), then each one's suppression or WhatsApp setting in arrival order;
+        each message's outcome, in order. A STOP behind a campaign's opens waited a transaction per open before."""
+        outcomes: list[BaseException | None] = [None] * len(items)
+        taken: list[tuple[int, _Engaged]] = []
+        for index, (event, _) in enumerate(items):
+            if not event.profile_id or not event.campaign_id:
+                # Without the person there is no profile to record it on; retrying cannot help.
+                outcomes[index] = PermanentError("EngagementRecorded without profile_id or campaign_id")
+                continue
+            try:
+                occurred = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
+                queued = event.queue_time.ToDatetime(tzinfo=UTC) if event.HasField("queue_time") else None
+            except (ValueError, OverflowError) as error:
+                outcomes[index] = PermanentError(f"EngagementRecorded with a time out of range: {error}")
+                continue
+            name = engagement_event_name(event.channel, event.kind)
+            incoming = IncomingEvent(
+                event_id=f"engagement:{event.event_id}",
+                profile_id=event.profile_id,
+                name=name,
+                occurred_at=occurred,
+                properties={"campaign_id": Value.string(event.campaign_id)},
+            )
+            suppression = _suppression_for(event, self.decline_for, self.recheck_after)
+            taken.append(
+                (index, _Engaged(incoming, [suppression] if suppression else [], queued, _setting_change(event)))
+            )
+        if not taken:
+            return outcomes
+        durable = streams.SEGMENTS_ENGAGEMENT.durable
+        messages = [(items[index][0].campaign_id, items[index][1].headers) for index, _ in taken]
+        names = [f"segments.record {engaged.incoming.name}" for _, engaged in taken]
+        recorded: list[tuple[int, _Engaged, bool, bool]] = []
+        with outreach_spans(self.tracer, "segments.record", messages, names=names):
+            now = utcnow()
+            async with self.db.transaction() as session:
+                claimed = await self.inbox.claim_many(
+                    session, durable, [items[index][1].message_id for index, _ in taken]
+                )
+                applied = [(index, engaged) for index, engaged in taken if items[index][1].message_id in claimed]
+                await self.activity.record_events(session, [engaged.incoming for _, engaged in applied], now)
+                for index, engaged in applied:
+                    if engaged.suppress or engaged.setting is not None:
+                        suppressed, lifted = await self._suppress(session, engaged, now)
+                        recorded.append((index, engaged, suppressed, lifted))
+                    else:
+                        recorded.append((index, engaged, False, False))
+        for index, _ in taken:
+            if items[index][1].message_id not in claimed:
+                log.info("redelivery_skipped", durable=durable, **{CAMPAIGN_ID: items[index][0].campaign_id})
+        for index, engaged, suppressed, lifted in recorded:
+            log.info(
+                "profile_activity_recorded",
+                event_name=engaged.incoming.name,
+                suppressed=suppressed,
+                lifted=lifted,
+                **{CAMPAIGN_ID: items[index][0].campaign_id},
+            )
+        return outcomes
 
     async def on_conversion(self, event: attribution_events.ConversionRecorded, delivery: Delivery) -> None:
         if not event.profile_id or not event.campaign_id:
@@ -193,17 +244,7 @@ class ProfileActivityConsumers:
         )
         await self._apply(streams.SEGMENTS_CONVERSION.durable, delivery, incoming, event.campaign_id)
 
-    async def _apply(
-        self,
-        durable: str,
-        delivery: Delivery,
-        incoming: IncomingEvent,
-        campaign_id: str,
-        *,
-        suppress: list[dict[str, Any]] | None = None,
-        queued: datetime | None = None,
-        setting: tuple[str, bool] | None = None,
-    ) -> None:
+    async def _apply(self, durable: str, delivery: Delivery, incoming: IncomingEvent, campaign_id: str) -> None:
         with outreach_span(self.tracer, f"segments.record {incoming.name}", campaign_id):
             now = utcnow()
             async with self.db.transaction() as session:
@@ -211,39 +252,45 @@ class ProfileActivityConsumers:
                     log.info("redelivery_skipped", durable=durable)
                     return
                 await self.activity.record_events(session, [incoming], now)
-                suppress = [s for s in suppress or [] if not await self._about_a_replaced_address(session, s, queued)]
-                # An opt-out WhatsApp's own setting made replaces only another of its own, never one the person gave
-                # another way (a typed STOP): a resume lifts the setting's alone. Decided by the upsert itself.
-                by_setting = [s for s in suppress if s["note"].startswith(WHATSAPP_SETTING_NOTE)]
-                # The setting's stop and resume take effect in the order the person made them, not the order their
-                # webhooks came in: one older than the change recorded last changes nothing.
-                latest, known_before = False, False
-                if setting is not None:
-                    latest, known_before = await store.note_setting_change(
-                        session, incoming.profile_id, setting[0], stopped=setting[1], at=incoming.occurred_at
-                    )
-                    if not latest:
-                        log.info("setting_change_overtaken", event_name=incoming.name)
-                        suppress = [s for s in suppress if s not in by_setting]
-                        by_setting = []
-                await store.upsert_suppressions(session, [s for s in suppress if s not in by_setting], now)
-                await store.upsert_suppressions(session, by_setting, now, only_over=WHATSAPP_SETTING_NOTE)
-                # The latest resume lifts the setting's opt-out, and nothing else. Where no change was recorded before
-                # it (an opt-out older than setting_changes), only one recorded before the resume happened.
-                lifted = (
-                    setting is not None
-                    and latest
-                    and not setting[1]
-                    and await store.delete_noted_suppression(
-                        session,
-                        incoming.profile_id,
-                        setting[0],
-                        suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_OPT_OUT),
-                        note_prefix=WHATSAPP_SETTING_NOTE,
-                        not_after=None if known_before else incoming.occurred_at,
-                    )
-                )
-            log.info("profile_activity_recorded", event_name=incoming.name, suppressed=bool(suppress), lifted=lifted)
+            log.info("profile_activity_recorded", event_name=incoming.name, suppressed=False, lifted=False)
+
+    async def _suppress(self, session: AsyncSession, engaged: "_Engaged", now: datetime) -> tuple[bool, bool]:
+        """The engagement's suppression, or its WhatsApp setting's stop or resume, in the caller's transaction
+        (after its profile event): whether it suppressed, and whether it lifted the setting's opt-out."""
+        incoming, setting = engaged.incoming, engaged.setting
+        suppress = [s for s in engaged.suppress if not await self._about_a_replaced_address(session, s, engaged.queued)]
+        # An opt-out WhatsApp's own setting made replaces only another of its own, never one the person gave
+        # another way (a typed STOP): a resume lifts the setting's alone. Decided by the upsert itself.
+        by_setting = [s for s in suppress if s["note"].startswith(WHATSAPP_SETTING_NOTE)]
+        # The setting's stop and resume take effect in the order the person made them, not the order their
+        # webhooks came in: one older than the change recorded last changes nothing.
+        latest, known_before = False, False
+        if setting is not None:
+            latest, known_before = await store.note_setting_change(
+                session, incoming.profile_id, setting[0], stopped=setting[1], at=incoming.occurred_at
+            )
+            if not latest:
+                log.info("setting_change_overtaken", event_name=incoming.name)
+                suppress = [s for s in suppress if s not in by_setting]
+                by_setting = []
+        await store.upsert_suppressions(session, [s for s in suppress if s not in by_setting], now)
+        await store.upsert_suppressions(session, by_setting, now, only_over=WHATSAPP_SETTING_NOTE)
+        # The latest resume lifts the setting's opt-out, and nothing else. Where no change was recorded before
+        # it (an opt-out older than setting_changes), only one recorded before the resume happened.
+        lifted = (
+            setting is not None
+            and latest
+            and not setting[1]
+            and await store.delete_noted_suppression(
+                session,
+                incoming.profile_id,
+                setting[0],
+                suppressions.reason_key(resources_pb2.SUPPRESSION_REASON_OPT_OUT),
+                note_prefix=WHATSAPP_SETTING_NOTE,
+                not_after=None if known_before else incoming.occurred_at,
+            )
+        )
+        return bool(suppress), lifted
 
     async def _about_a_replaced_address(
         self, session: AsyncSession, suppression: dict[str, Any], queued: datetime | None
