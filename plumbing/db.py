@@ -7,7 +7,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -311,8 +311,14 @@ class Database:
             await session.connection(execution_options=options)
             yield session
 
-    async def migrate(self, migrations_dir: Path, revision: str = "head") -> None:
+    async def migrate(
+        self, migrations_dir: Path, revision: str = "head", *, lock_timeout: timedelta | None = None
+    ) -> None:
         """Applies the service's Alembic migrations up to `revision` (head), in one transaction.
+
+        On PostgreSQL with `lock_timeout`, a statement that waits longer than that for a table's lock fails (55P03)
+        and the transaction with it, nothing applied: a rollout's migration runs while the old pods still serve, and
+        an ALTER waiting behind their open transactions would hold every write to that table behind it meanwhile.
 
         On SQLite with foreign keys off while they run, then checked, as SQLite's own procedure for rebuilding a table
         has it (alembic's batch mode copies a table, drops it and renames the copy): with them on, dropping a table
@@ -320,6 +326,9 @@ class Database:
         holds any. The pragma cannot change inside a transaction, so it is set outside one."""
         if not self.is_sqlite:
             async with self.engine.begin() as connection:
+                if lock_timeout is not None:
+                    milliseconds = max(1, int(lock_timeout.total_seconds() * 1000))
+                    await connection.exec_driver_sql(f"SET LOCAL lock_timeout = {milliseconds}")
                 await connection.run_sync(_upgrade, migrations_dir, revision)
             return
         async with self.engine.connect() as connection:

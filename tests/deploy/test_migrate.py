@@ -4,6 +4,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from plumbing.db import Database
-from services.migrate import TARGETS, migrate
+from services.migrate import TARGETS, LockWaitTooLong, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,6 +72,30 @@ async def test_replicas_migrating_at_once_take_turns(postgres_url: str, monkeypa
     settings, migrations = TARGETS["segments"]()
     await asyncio.gather(*(migrate("segments", settings, migrations) for _ in range(3)))
     assert (await tables_and_revision(postgres_url))[1] == head_revision(migrations)
+
+
+@pytest.mark.postgres
+async def test_a_migration_waiting_for_a_table_lock_gives_up_with_nothing_applied(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A running pod's transaction has read attribution's outreaches; 0010 widens a column of that table (an ACCESS
+    # EXCLUSIVE lock), which would hold every later write to it behind the ALTER while it waits.
+    monkeypatch.setenv("XSELL_ATTRIBUTION_DATABASE_URL", postgres_url)
+    settings, migrations = TARGETS["attribution"]()
+    db = Database(postgres_url)
+    try:
+        await db.migrate(migrations, revision="0009")
+        async with db.engine.connect() as running_pod:
+            await running_pod.execute(text("SELECT count(*) FROM outreaches"))
+            with pytest.raises(LockWaitTooLong, match="nothing was applied"):
+                await migrate("attribution", settings, migrations, lock_timeout=timedelta(milliseconds=300))
+            assert (await tables_and_revision(postgres_url))[1] == "0009"
+            await running_pod.rollback()
+        # Once the transaction ends, the retry (the init container's restart) applies it.
+        await migrate("attribution", settings, migrations, lock_timeout=timedelta(milliseconds=300))
+        assert (await tables_and_revision(postgres_url))[1] == head_revision(migrations)
+    finally:
+        await db.dispose()
 
 
 def test_the_entry_point_migrates_from_the_environment_and_exits(database_url: str) -> None:
