@@ -439,6 +439,25 @@ def test_prod_ingress_passes_the_largest_request_the_gateway_reads() -> None:
                 assert limit >= largest[port], f"Ingress {name(ingress)} refuses bodies over {limit} bytes"
 
 
+def test_prod_publishes_the_links_pixels_and_webhooks_and_not_the_dashboard() -> None:
+    """The public host routes what recipients and providers reach (each HTTP route the gateway serves but the dashboard
+    and its health check), found in the gateway's source, and nothing else."""
+    routes = {
+        path
+        for source in (K8S.parents[1] / "gateway").glob("*.py")
+        for path in re.findall(r"add_(?:get|post)\(\s*\"([^\"]+)\"", source.read_text())
+    }
+    public = {path for path in routes if not path.startswith(("/dashboard", "/healthz"))}
+    assert public and any(path.startswith("/webhooks/") for path in public)
+    (ingress,) = [i for i in of_kind(render(K8S, "prod"), "Ingress") if name(i) == "gateway-http"]
+    prefixes = [path["path"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert all(path["pathType"] == "Prefix" for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"])
+    for route in public:
+        assert any(route.startswith(prefix) for prefix in prefixes), f"{route} is not published on the public host"
+    for private in ("/dashboard", "/dashboard/api/report", "/healthz"):
+        assert not any(private.startswith(prefix) for prefix in prefixes), f"{private} is on the public host"
+
+
 def test_prod_mounts_the_institutions_catalogs_and_the_services_load_them(tmp_path: Path) -> None:
     from services.campaigns.content_files import load_library
     from services.campaigns.triggers import load_trigger_catalog
