@@ -18,6 +18,7 @@ from tests.waiting import eventually
 from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
 
 OPENED, CLICKED = resources_pb2.ENGAGEMENT_KIND_OPENED, resources_pb2.ENGAGEMENT_KIND_CLICKED
+SENT = resources_pb2.DELIVERY_STATE_SENT
 
 
 async def _sent_message(start_channels: StartChannels, relay: SmtpRelay, bus: Bus, listener: Listener):  # type: ignore[no-untyped-def]
@@ -231,12 +232,16 @@ async def test_engagement_arriving_together_each_gets_its_own_answer_in_its_own_
         assert opened == its_copy
     assert isinstance(unknown, grpc.aio.AioRpcError) and unknown.code() is grpc.StatusCode.NOT_FOUND
     assert isinstance(clicked_early, service_pb2.RecordEngagementResponse)
-    # Each answer is the message as it then stood, as GetMessage shows it: the early click first, by its time.
+    # Each answer is the message as it then stood, as GetMessage shows it: the early click first of the engagement,
+    # by its time, which reads from the message's hand-over (a click cannot come before it).
     got = (await channels.stub.GetMessage(service_pb2.GetMessageRequest(campaign_id=campaign_id))).message
     last_answer = max([clicked_early, *recorded_ones], key=lambda r: len(r.message.timeline))
     assert last_answer.message == got
     kinds = [e.engagement_kind for e in got.timeline if e.WhichOneof("step") == "engagement_kind"]
-    assert len(kinds) == 2 and got.timeline[0].engagement_kind == CLICKED
+    assert len(kinds) == 2 and kinds[0] == CLICKED
+    (sent,) = [e for e in got.timeline if e.WhichOneof("step") == "delivery_state" and e.delivery_state == SENT]
+    (early_click,) = [e for e in got.timeline if e.detail == "bank.example.in"]
+    assert early_click.occur_time == sent.occur_time
 
     async def recorded() -> list[events_pb2.EngagementRecorded]:
         heard = listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
