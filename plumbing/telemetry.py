@@ -15,7 +15,7 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceFlags
@@ -249,6 +249,56 @@ def outreach_spans(
             span.end()
 
 
+class RedactingExporter(SpanExporter):
+    """What leaves the process over OTLP redacted as the local span store keeps it and as log lines are: an ERROR
+    span's status description and its exception events' texts (a driver's error quoting its parameters, an
+    exception's message) may hold an address or a number. A span with neither goes as it is."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([_redacted(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _redacted(span: ReadableSpan) -> ReadableSpan:
+    if not span.status.description and not span.events:
+        return span
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, redact_text(status.description))
+    events = [
+        Event(
+            event.name,
+            {key: redact_text(value) if isinstance(value, str) else value for key, value in event.attributes.items()}
+            if event.attributes
+            else event.attributes,
+            event.timestamp,
+        )
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
 class JsonlSpanExporter(SpanExporter):
     """The local span store: one JSON line per span in var/traces/<service>.jsonl, readable with no installs."""
 
@@ -344,7 +394,7 @@ def setup_tracing(service: str, var_dir: Path) -> TracerProvider:
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
+        exporter = RedactingExporter(OTLPSpanExporter())
     else:
         exporter = JsonlSpanExporter(var_dir / "traces" / f"{service}.jsonl")
     export_batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or SPAN_EXPORT_BATCH)

@@ -32,6 +32,12 @@ async def test_spans_are_exported_over_otlp(monkeypatch: pytest.MonkeyPatch, tmp
         provider = setup_tracing("campaigns", tmp_path)
         with outreach_span(provider.get_tracer("t"), "outreach.create", "CSELL-NOV-T06-0884", root=True):
             pass
+        # A failure whose text quotes a person's number and address (a driver's error with its parameters).
+        with (
+            pytest.raises(ValueError),
+            outreach_span(provider.get_tracer("t"), "channels.dispatch", "CSELL-NOV-T06-0884"),
+        ):
+            raise ValueError("refused: ('+91 98765 43210', 'priya.k@example.in')")
         # force_flush blocks on the exporter's own channel; run it off the loop that serves the collector.
         assert await asyncio.to_thread(provider.force_flush, 10_000)
         provider.shutdown()
@@ -44,7 +50,13 @@ async def test_spans_are_exported_over_otlp(monkeypatch: pytest.MonkeyPatch, tmp
         for scope in resource.scope_spans
         for span in scope.spans
     ]
-    assert [span.name for _, span in spans] == ["outreach.create"]
+    assert [span.name for _, span in spans] == ["outreach.create", "channels.dispatch"]
+    failed = spans[1][1]
+    exported = failed.status.message + " ".join(
+        attribute.value.string_value for event in failed.events for attribute in event.attributes
+    )
+    assert failed.status.code == failed.status.STATUS_CODE_ERROR and "ValueError" in exported
+    assert "98765" not in exported and "priya" not in exported, exported
     resource, span = spans[0]
     assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "campaigns"
     assert {a.key: a.value.string_value for a in span.attributes}[CAMPAIGN_ID] == "CSELL-NOV-T06-0884"
