@@ -14,7 +14,7 @@ from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
-from plumbing.page_tokens import decode_token, encode_token
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
 from services.campaigns.api_explain import ExplainApi
@@ -34,12 +34,6 @@ R = TypeVar("R", bound=Message)
 DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE = 50, 500
 DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE = 100, 1000
 DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE = 100, 1000
-
-
-def _page_size(requested: int, default: int, maximum: int) -> int:
-    if requested < 0:
-        raise InvalidArgument(f"page_size must be between 0 and {maximum} (0 means {default})", field="page_size")
-    return min(requested or default, maximum)
 
 
 class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.CampaignsServiceServicer):
@@ -162,7 +156,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     async def ListCampaigns(
         self, request: service_pb2.ListCampaignsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignsResponse:
-        size = _page_size(request.page_size, DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE)
+        size = page_size(request.page_size, DEFAULT_CAMPAIGN_PAGE, MAX_CAMPAIGN_PAGE)
         before = decode_token("ListCampaigns", request.page_token, {}, "before")
         async with self.db.snapshot() as session:
             rows = await store.list_campaigns(session, before, size + 1)
@@ -229,7 +223,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     ) -> service_pb2.ListOutreachesResponse:
         if not request.campaign_key:
             raise InvalidArgument("campaign_key is required", field="campaign_key")
-        size = _page_size(request.page_size, DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE)
+        size = page_size(request.page_size, DEFAULT_OUTREACH_PAGE, MAX_OUTREACH_PAGE)
         after = decode_token("ListOutreaches", request.page_token, {"campaign_key": request.campaign_key}, "after")
         async with self.db.snapshot() as session:
             if await store.get_campaign(session, request.campaign_key) is None:
@@ -383,7 +377,7 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
     async def ListCampaignAudit(
         self, request: service_pb2.ListCampaignAuditRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListCampaignAuditResponse:
-        size = _page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
+        size = page_size(request.page_size, DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE)
         keyset = (
             decode_token("ListCampaignAudit", request.page_token, {"campaign_key": request.campaign_key}, "after")
             or "0"

@@ -22,7 +22,7 @@ from plumbing.grpc_server import only_channel_of
 from plumbing.idempotency import Idempotency, request_fingerprint, require_request_id
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
-from plumbing.page_tokens import decode_token, encode_token
+from plumbing.page_tokens import decode_token, encode_token, page_size
 from plumbing.telemetry import outreach_span
 from plumbing.times import time_field
 from services import streams
@@ -558,11 +558,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     async def ListAmbiguousMessages(
         self, request: service_pb2.ListAmbiguousMessagesRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ListAmbiguousMessagesResponse:
-        if not 0 <= request.page_size <= MAX_AMBIGUOUS_PAGE:
-            raise InvalidArgument(f"page_size must be 0 (100) to {MAX_AMBIGUOUS_PAGE}", field="page_size")
+        limit = page_size(request.page_size, DEFAULT_AMBIGUOUS_PAGE, MAX_AMBIGUOUS_PAGE)
         cursor = decode_token("ListAmbiguousMessages", request.page_token, {}, "after")
         after = _ambiguous_cursor(cursor) if cursor is not None else None
-        limit = request.page_size or DEFAULT_AMBIGUOUS_PAGE
         async with self.db.snapshot() as session:
             page = await store.ambiguous_page(session, after, limit)
         response = service_pb2.ListAmbiguousMessagesResponse(

@@ -430,6 +430,12 @@ async def test_an_operator_lists_ambiguous_messages_and_settles_one_by_hand_once
         if not token:
             break
     assert listed == ambiguous  # the longest ambiguous first
+    # A size past the maximum is served at it (AIP-158), as every list does; a negative one is refused by name.
+    larger = await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest(page_size=10_000))
+    assert {m.campaign_id for m in larger.messages} >= set(ambiguous)
+    with pytest.raises(grpc.aio.AioRpcError) as negative:
+        await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest(page_size=-1))
+    assert negative.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "page_size" in (negative.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await channels.stub.ListAmbiguousMessages(service_pb2.ListAmbiguousMessagesRequest(page_token="nonsense"))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
