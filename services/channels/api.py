@@ -41,6 +41,7 @@ from services.channels.delivery import (
 )
 from services.channels.recipients import DEV_SECRET, recipient_key
 from xsell.channels.v1 import events_pb2, service_pb2, service_pb2_grpc
+from xsell.type.v1 import channel_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -232,6 +233,12 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             description="Messages a provider's report moved to SENT, DELIVERED or FAILED, by channel (webhooks, the "
             "return-path mailbox, an app's push receipts); a repeated report counts nothing.",
         )
+        # Every series from the start, at 0: the XsellProviderFailingAccepted alert's ratio has its denominator, and
+        # a process that has had no report yet still shows the metric.
+        for name, value in channel_pb2.Channel.items():
+            if value != channel_pb2.CHANNEL_UNSPECIFIED:
+                for state in (DeliveryState.SENT, DeliveryState.DELIVERED, DeliveryState.FAILED):
+                    self.receipts_counted.add((name.removeprefix("CHANNEL_").lower(), state.value.lower()), 0)
 
     async def GetMessage(
         self, request: service_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
