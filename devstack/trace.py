@@ -19,7 +19,17 @@ def _ms(nanoseconds: int) -> str:
 
 
 def render(spans: list[dict[str, Any]]) -> list[str]:
-    """One line per span: offset from the trace start, duration, service, name; children indented."""
+    """One line per span: offset from the trace start, duration, service, name; children indented. Spans marked
+    "cause" (what the outreach's root links to in other traces) follow, as their own tree."""
+    causes = [span for span in spans if span.get("cause")]
+    lines = _tree([span for span in spans if not span.get("cause")])
+    if causes and lines:
+        lines.append("what started it (linked from the outreach's root):")
+        lines.extend(f"  {line}" for line in _tree(causes))
+    return lines
+
+
+def _tree(spans: list[dict[str, Any]]) -> list[str]:
     if not spans:
         return []
     by_id = {span["span_id"]: span for span in spans}

@@ -415,11 +415,22 @@ def read_spans(var_dir: Path) -> list[dict[str, Any]]:
 
 
 def spans_for_campaign_id(var_dir: Path, campaign_id: str) -> list[dict[str, Any]]:
-    """The spans of a campaign ID's trace, and the spans linked to it (a relay's batch), oldest first."""
+    """The spans of a campaign ID's trace, and the spans linked to it (a relay's batch), oldest first; then, each
+    marked "cause", the spans in other traces its root span links to, with their ancestors: what made the outreach
+    (the segment entry that fired a trigger and the call that brought it, the outreach a fallback follows)."""
     trace_id = outreach_trace_id(campaign_id)
+    every = read_spans(var_dir)
     spans = [
         span
-        for span in read_spans(var_dir)
+        for span in every
         if span["trace_id"] == trace_id or any(link["trace_id"] == trace_id for link in span.get("links", ()))
     ]
-    return sorted(spans, key=lambda span: span["start_ns"])
+    by_id = {span["span_id"]: span for span in every}
+    causes: dict[str, dict[str, Any]] = {}
+    for root in (span for span in spans if span["trace_id"] == trace_id and span["parent_span_id"] is None):
+        for link in root.get("links", ()):
+            found = by_id.get(link["span_id"]) if link["trace_id"] != trace_id else None
+            while found is not None and found["span_id"] not in causes:
+                causes[found["span_id"]] = {**found, "cause": True}
+                found = by_id.get(found.get("parent_span_id") or "")
+    return sorted(spans, key=lambda span: span["start_ns"]) + sorted(causes.values(), key=lambda span: span["start_ns"])

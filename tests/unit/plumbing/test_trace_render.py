@@ -40,3 +40,12 @@ def test_tree_with_indentation_and_gap() -> None:
 def test_orphans_become_roots() -> None:
     lines = render([_span("x", "missing-parent", "gateway", "gateway click", 0, 1)])
     assert lines == [lines[0]] and "[gateway] gateway click" in lines[0]
+
+
+def test_what_started_the_outreach_follows_as_its_own_tree() -> None:
+    cause = {**_span("e", None, "segments", "IngestEvents", 0, SECOND), "cause": True}
+    entry = {**_span("m", "e", "segments", "refresh memberships", SECOND // 10, SECOND // 5), "cause": True}
+    lines = render([_span("r", None, "campaigns", "outreach.create", 2 * SECOND, 2 * SECOND), entry, cause])
+    assert "[campaigns] outreach.create" in lines[0]
+    assert lines[1] == "what started it (linked from the outreach's root):"
+    assert "[segments] IngestEvents" in lines[2] and "  [segments] refresh memberships" in lines[3]
