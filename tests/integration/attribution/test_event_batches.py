@@ -145,3 +145,42 @@ async def test_a_fetch_of_events_is_applied_together_and_each_message_gets_its_o
         StatusCode.ERROR,
         StatusCode.UNSET,
     ]
+
+
+def _engaged(campaign_id: str, kind: int, at: datetime) -> channel_events.EngagementRecorded:
+    return channel_events.EngagementRecorded(
+        event_id=new_id("evt_"),
+        campaign_id=campaign_id,
+        kind=kind,
+        occur_time=ts(at),  # type: ignore[arg-type]
+    )
+
+
+async def test_a_fetch_of_one_outreachs_engagement_makes_one_lead_and_counts_each_level_once(
+    handlers: tuple[Handlers, Database, InMemorySpanExporter],
+) -> None:
+    handler, db, _ = handlers
+    campaign_id = "CSELL-NOV-T06-0001"
+    assert await handler.on_outreach_created_batch([(_created(campaign_id), _delivery())]) == [None]
+    hour = timedelta(hours=1)
+    # The open, the "YES", a click the provider timed before the open, and the "YES" again (another webhook).
+    fetch = [
+        (_engaged(campaign_id, channels_pb2.ENGAGEMENT_KIND_OPENED, SENT_AT + 2 * hour), _delivery()),
+        (_engaged(campaign_id, channels_pb2.ENGAGEMENT_KIND_REPLIED, SENT_AT + 3 * hour), _delivery()),
+        (_engaged(campaign_id, channels_pb2.ENGAGEMENT_KIND_CLICKED, SENT_AT + hour), _delivery()),
+        (_engaged(campaign_id, channels_pb2.ENGAGEMENT_KIND_REPLIED, SENT_AT + 4 * hour), _delivery()),
+    ]
+    assert await handler.on_engagement_recorded_batch(fetch) == [None] * 4
+    assert tuple(await _count(db, select(func.count()).select_from(store.leads))) == (1,)
+    rollup = store.rollup.c
+    totals = await _count(
+        db,
+        select(
+            func.sum(rollup.f_opened), func.sum(rollup.f_clicked), func.sum(rollup.f_responded), func.sum(rollup.sent)
+        ),
+    )
+    assert tuple(totals) == (1, 1, 1, 1)  # each level once, the outreach sent once
+    # The RM's time once (15 min x 650 paise); no send cost, since no provider reported taking the message.
+    assert tuple(await _count(db, select(func.sum(store.costs.c.amount_paise)))) == (15 * 650,)
+    result = await reconcile(db, 330)
+    assert not result.drift, [difference.describe() for difference in result.differences]
