@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing import sqlite_async
-from plumbing.db import UtcDateTime, per_transaction, upsert_insert
+from plumbing.db import UtcDateTime, dialect_of, per_transaction, upsert_insert
 from plumbing.idempotency import idempotency_table
 from plumbing.ids import new_id
 from plumbing.outbox import inbox_table, outbox_table
@@ -831,6 +831,16 @@ async def record_signals(session: AsyncSession, signals: Sequence[tuple[str, str
         if column == "failed_at":
             row["reason"] = reason[:MAX_FAILURE_REASON] or None
         by_column.setdefault(column, []).append(row)
+    if by_column and dialect_of(session) == "postgresql":
+        # Every row first, in campaign ID order: a statement per column would otherwise take them in column order,
+        # and two fetches (the delivery and the engagement consumer's, two replicas') could each hold a row the
+        # other waits for, a deadlock that fails both fetches.
+        await session.execute(
+            select(outreaches.c.campaign_id)
+            .where(outreaches.c.campaign_id.in_(sorted({signal[0] for signal in signals})))
+            .order_by(outreaches.c.campaign_id)
+            .with_for_update()
+        )
     for column, rows in sorted(by_column.items()):
         values: dict[str, Any] = {column: bindparam("at", type_=UtcDateTime)}
         if column == "failed_at":
