@@ -519,20 +519,27 @@ async def add_outreaches(session: AsyncSession, batch: Sequence[Outreach]) -> li
         .on_conflict_do_nothing(index_elements=[outreaches.c.campaign_id])
         .returning(outreaches.c.campaign_id)
     )
-    parameters = [{**outreach.__dict__, "labels_key": labels_key(outreach.labels)} for outreach in rows.values()]
+    # In campaign ID order, and the new groups below in their dimensions' order: two fetches recorded at once (two
+    # replicas) then wait for each other's rows in one order, never each for a row the other holds (a deadlock on
+    # PostgreSQL, which failed one of them).
+    parameters = [
+        {**outreach.__dict__, "labels_key": labels_key(outreach.labels)}
+        for _, outreach in sorted(rows.items(), key=lambda item: item[0])
+    ]
     inserted = set((await session.execute(statement, parameters)).scalars())
     added = [
         outreach for outreach in batch if outreach.campaign_id in inserted and rows[outreach.campaign_id] is outreach
     ]
-    groups: dict[tuple[str, ...], int] = {}
-    funnels = []
-    for outreach in added:
-        key = tuple(_group_dimensions(outreach).values())
-        if key not in groups:
-            groups[key] = await group_id(session, outreach)
-        funnels.append(
-            {"campaign_id": outreach.campaign_id, "group_id": groups[key], "created_at": outreach.created_at}
-        )
+    by_group = {tuple(_group_dimensions(outreach).values()): outreach for outreach in reversed(added)}
+    groups = {key: await group_id(session, by_group[key]) for key in sorted(by_group)}
+    funnels = [
+        {
+            "campaign_id": outreach.campaign_id,
+            "group_id": groups[tuple(_group_dimensions(outreach).values())],
+            "created_at": outreach.created_at,
+        }
+        for outreach in added
+    ]
     if funnels:
         await session.execute(insert(outreach_funnel), funnels)
     return added
