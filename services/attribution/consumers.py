@@ -16,7 +16,7 @@ from plumbing.times import time_field
 from services import streams
 from services.attribution import store
 from services.attribution.convert import category_name, channel_name
-from services.attribution.ledger import REPLY, Ledger
+from services.attribution.ledger import REPLY, Ledger, RollupChange
 from services.attribution.reporting import labels_key
 from services.attribution.rules import CLICKED, DELIVERED, OPENED, RESPONDED, SENT
 from xsell.campaigns.v1.events_pb2 import HoldoutAssigned, OutreachCreated, OutreachWithdrawn
@@ -212,6 +212,8 @@ class Handlers:
                     session, durable, [items[index][1].message_id for index, _ in known]
                 )
                 changes = []
+                # The leads' rollup changes join the fetch's one rollup statement (Ledger.reach_steps).
+                leads_rollup: list[RollupChange] = []
                 for index, at in known:
                     event, delivery, step, makes_lead = items[index]
                     if delivery.message_id not in claimed:
@@ -224,7 +226,13 @@ class Handlers:
                     if makes_lead:
                         # One lead per outreach however often they reply; creating it reaches RESPONDED.
                         lead, created = await self.ledger.record_lead(
-                            session, campaign_id=event.campaign_id, crm_lead_id="", origin=REPLY, at=at, locked=outreach
+                            session,
+                            campaign_id=event.campaign_id,
+                            crm_lead_id="",
+                            origin=REPLY,
+                            at=at,
+                            locked=outreach,
+                            rollup_later=leads_rollup,
                         )
                         if created:
                             log.info(
@@ -233,7 +241,7 @@ class Handlers:
                     else:
                         changes.append((outreach, step, at))
                     applied.append((index, step))
-                await self.ledger.reach_steps(session, changes)
+                await self.ledger.reach_steps(session, changes, leads_rollup)
             for position, (index, _) in enumerate(todo):
                 event, delivery, step, _ = items[index]
                 if step is not None and event.campaign_id not in locked:

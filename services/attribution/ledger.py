@@ -29,6 +29,10 @@ def disbursement_money(amount_paise: int, lifetime_paise: int, year1_paise: int)
     return {"disbursed_paise": amount_paise, "lifetime_paise": lifetime_paise, "year1_paise": year1_paise}
 
 
+RollupChange = tuple[store.Outreach, Sequence[tuple[datetime, Mapping[str, int]]]]
+"""An outreach's rollup deltas (instant, counters), for Rollup.apply_many."""
+
+
 def _first_proof(locked: store.LockedOutreach) -> datetime | None:
     """When a provider first took the outreach's message, as far as its receipts have said: None before any."""
     return min((locked.funnel[step] for step in (SENT, DELIVERED) if step in locked.funnel), default=None)
@@ -52,9 +56,11 @@ class Ledger:
         *,
         measure_since_outreach: bool = False,
         also: Mapping[str, int] | None = None,
+        rollup_later: list[RollupChange] | None = None,
     ) -> None:
         """Marks the funnel step reached (the earliest time wins) and moves the views' funnel levels it changes,
         with `also` added to the views on `at`'s day in the same statement; counted once the transaction commits.
+        With `rollup_later`, the views' change is added to it instead, for the caller's one statement (reach_steps).
 
         The outreach comes locked with its funnel (store.lock_outreach): two events of one outreach applied at
         once (a delivery receipt and an open) would otherwise both read the funnel before either wrote it, and
@@ -63,13 +69,22 @@ class Ledger:
         changed, deltas = self.plan_step(session, locked, step, at, measure_since_outreach=measure_since_outreach)
         if changed:
             await store.reach_step(session, locked.outreach.campaign_id, step, at)
-        await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {})])
+        if rollup_later is not None:
+            rollup_later.append((locked.outreach, [*deltas, (at, also or {})]))
+        else:
+            await self.rollup.apply(session, locked.outreach, [*deltas, (at, also or {})])
 
     async def reach_steps(
-        self, session: AsyncSession, changes: Sequence[tuple[store.LockedOutreach, str, datetime]]
+        self,
+        session: AsyncSession,
+        changes: Sequence[tuple[store.LockedOutreach, str, datetime]],
+        rollup_before: Sequence[RollupChange] = (),
     ) -> None:
         """reach_step for many events (channels' receipts and engagement) in a few statements, in order: two events
-        of one outreach see each other, as they share its LockedOutreach.
+        of one outreach see each other, as they share its LockedOutreach. `rollup_before` (what the fetch's leads
+        changed, record_lead's rollup_later) goes into the same rollup statement: the rollup's rows are shared by
+        every writer, and one statement takes them in key order, where two would hold one row while waiting for
+        another, and deadlock with a concurrent fetch on PostgreSQL.
 
         A provider's SENT or DELIVERED is the proof the message went, and books its send cost: on the day the
         provider first took it, once however many receipts arrive; a receipt earlier than the one that booked it (a
@@ -88,7 +103,7 @@ class Ledger:
         new_costs: dict[str, dict[str, Any]] = {}
         moved: dict[int, datetime] = {}
         steps: list[dict[str, object]] = []
-        rollup_changes: list[tuple[store.Outreach, list[tuple[datetime, Mapping[str, int]]]]] = []
+        rollup_changes: list[RollupChange] = list(rollup_before)
         for locked, step, at in changes:
             outreach = locked.outreach
             money: list[tuple[datetime, Mapping[str, int]]] = []
@@ -187,9 +202,10 @@ class Ledger:
         origin: str,
         at: datetime,
         locked: store.LockedOutreach | None = None,
+        rollup_later: list[RollupChange] | None = None,
     ) -> tuple[store.Lead, bool]:
         """Creates the lead with its RM-time cost and marks the outreach responded; `locked` is the outreach when the
-        caller already holds it locked.
+        caller already holds it locked; `rollup_later` as reach_step takes it.
 
         Returns the lead and True, or the lead it is already and False. One CRM lead id is one lead; one outreach has
         at most one lead from a reply, however often the person replies. A lead made without the CRM's id (a reply's,
@@ -225,7 +241,7 @@ class Ledger:
         await store.add_cost(
             session, campaign_id, locked.group_id, RM_TIME, rm_cost, self.currency, at, ref=lead.lead_id
         )
-        await self.reach_step(session, locked, RESPONDED, at, also={"cost_paise": rm_cost})
+        await self.reach_step(session, locked, RESPONDED, at, also={"cost_paise": rm_cost}, rollup_later=rollup_later)
         return lead, True
 
     async def record_fixed_cost(
