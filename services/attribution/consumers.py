@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
+from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -53,6 +54,19 @@ class Handlers:
         self.ledger = ledger
         self.tracer = tracer
 
+    def _event_time(self, message: Message, field: str) -> datetime:
+        """The message's time `field` (now when unset), InvalidArgument when the views have no local day for it: in a
+        fetch, the OverflowError of a time late on 9999-12-31 (already the year 10000 at the views' offset) would fail
+        the other messages with it."""
+        at = time_field(message, field, datetime.now(UTC))
+        try:
+            self.ledger.rollup.day(at)
+        except OverflowError:
+            raise InvalidArgument(
+                f"{field} ({at.isoformat()}) falls past 9999-12-31 at the views' UTC offset", field=field
+            ) from None
+        return at
+
     async def on_outreach_created_batch(
         self, items: Sequence[tuple[OutreachCreated, Delivery]]
     ) -> list[BaseException | None]:
@@ -67,7 +81,7 @@ class Handlers:
                 outcomes[index] = PermanentError("OutreachCreated without outreach.campaign_id cannot be attributed")
                 continue
             try:
-                created_at = time_field(outreach, "create_time", datetime.now(UTC))
+                created_at = self._event_time(outreach, "create_time")
             except InvalidArgument as error:
                 outcomes[index] = error
                 continue
@@ -190,7 +204,7 @@ class Handlers:
                 outcomes[index] = PermanentError(f"{type(event).__name__} without campaign_id cannot be attributed")
                 continue
             try:
-                todo.append((index, time_field(event, "occur_time", datetime.now(UTC))))
+                todo.append((index, self._event_time(event, "occur_time")))
             except InvalidArgument as error:
                 outcomes[index] = error
         if not todo:
