@@ -206,7 +206,10 @@ class ProfileActivityConsumers:
                 )
                 applied = [(index, engaged) for index, engaged in taken if items[index][1].message_id in claimed]
                 await self.activity.record_events(session, [engaged.incoming for _, engaged in applied], now)
-                for index, engaged in applied:
+                # By person, each one's in arrival order: a suppression and a setting change concern their person
+                # alone, and rows taken in profile id order (as AddSuppressions' one statement takes them) cannot
+                # deadlock with another writer's on PostgreSQL, which arrival order across people could.
+                for index, engaged in sorted(applied, key=lambda pair: pair[1].incoming.profile_id):
                     if engaged.suppress or engaged.setting is not None:
                         suppressed, lifted = await self._suppress(session, engaged, now)
                         recorded.append((index, engaged, suppressed, lifted))
