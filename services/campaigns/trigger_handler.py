@@ -174,12 +174,16 @@ class TriggerHandler:
         later: list[int] = []
         # (campaign ID, campaign key, profile id) of each outreach made, for its root span once committed.
         made: list[tuple[str, str, str]] = []
+        # The entry that fired each (campaign key, profile id): a person entering several segments at once has an
+        # entry each, and an outreach's cause is the one on its campaign's segment.
+        fired_by: dict[tuple[str, str], _Entry] = {}
 
         async def write(session: Any) -> None:
             events.clear()
             event_seqs.clear()
             later.clear()
             made.clear()
+            fired_by.clear()
             # Read in this transaction: a launch, pause or cancel that committed first wins.
             on_segment = await self._triggered_on(session, sorted({batch[i].event.segment_id for i in indices}))
             firing: dict[int, list[Any]] = {}
@@ -211,6 +215,7 @@ class TriggerHandler:
                     for campaign in fired:
                         campaigns[campaign.campaign_key] = campaign
                         members[campaign.campaign_key].setdefault(member.profile_id, member)
+                        fired_by.setdefault((campaign.campaign_key, member.profile_id), batch[index])
             # Serialises triggers of the same people (two replicas, two segments) until this transaction ends.
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for key in sorted(members):
@@ -220,18 +225,17 @@ class TriggerHandler:
         await self.db.write_inline(write)
         if made:
             # Each outreach's trace starts here, at the segment entry that fired it (the entry's message span).
-            causes = {batch[i].event.profile_id: batch[i] for i in reversed(indices)}
             record_outreach_roots(
                 self.tracer,
                 "outreach.create",
                 (
                     (
                         campaign_id,
-                        {"campaign.key": key, "campaign.trigger.segment_id": causes[profile_id].event.segment_id},
-                        causes[profile_id].headers,
+                        {"campaign.key": key, "campaign.trigger.segment_id": cause.event.segment_id},
+                        cause.headers,
                     )
                     for campaign_id, key, profile_id in made
-                    if profile_id in causes
+                    if (cause := fired_by.get((key, profile_id))) is not None
                 ),
             )
         if events and self.relay is not None:

@@ -21,10 +21,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select, update
 
-from plumbing.bus import MSG_ID_HEADER, REPLAY_OF_HEADER, Bus
+from plumbing.bus import MSG_ID_HEADER, REPLAY_OF_HEADER, Bus, Delivery
 from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
+from plumbing.runtime import ServiceProcess
 from plumbing.telemetry import headers_span_context, outreach_ids, setup_tracing
 from services import streams
 from services.campaigns import store
@@ -56,6 +57,7 @@ class Stack:
     db: Database
     dispatched: list[events_pb2.DispatchRequested]
     spans: InMemorySpanExporter
+    process: ServiceProcess
 
 
 @pytest.fixture
@@ -125,6 +127,7 @@ async def _running_stack(
             db,
             dispatched,
             spans,
+            campaigns_process,
         )
     await subscription.unsubscribe()
     await bus.drain()
@@ -917,3 +920,37 @@ async def test_fallback_on_failure_needs_fallback_channels(stack: Stack) -> None
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "fallback_on_failure needs fallback_channels" in (refused.value.details() or "")
+
+
+async def test_an_outreach_root_span_names_the_entry_that_fired_it_among_its_person_s_entries(stack: Stack) -> None:
+    # One profile update moves a person into several segments at once: their entries come in one fetch, and the
+    # outreach's root span is linked to the entry of the segment its campaign fires on, not the person's first.
+    await _define(stack)
+    await _upsert(stack, _profile("r-01", email="r01@example.in", first_name="Asha", outstanding_ratio=0.9))
+    quiet, segment_id = await _segment(stack, _below_60_percent()), await _segment(stack, _below_60_percent())
+    versions = [
+        (await stack.segments.GetSegment(seg_service.GetSegmentRequest(segment_id=s))).segment.published_version
+        for s in (quiet, segment_id)
+    ]
+    trigger = resources_pb2.Trigger(source=resources_pb2.TRIGGER_SOURCE_SEGMENT_ENTRY)
+    key = await _launch(stack, _campaign(segment_id, trigger_code="T04", trigger=trigger))
+    (consumer,) = [task.run.__self__ for task in stack.process.tasks if task.name == "trigger-consumer"]  # type: ignore[attr-defined]
+    entries = [
+        (_entered(s, version, "r-01"), f"00-{n:032x}-{n:016x}-01")
+        for n, (s, version) in enumerate(zip((quiet, segment_id), versions, strict=True), 1)
+    ]
+    fetch = [
+        (change, Delivery(new_id("msg_"), streams.MEMBERSHIP_CHANGED, 1, {"traceparent": parent}))
+        for change, parent in entries
+    ]
+    assert await consumer.batch_handler(fetch) == [None, None]
+    (made,) = await _outreaches(stack, key)
+    trace_id, _ = outreach_ids(made.campaign_id)
+    (root,) = [
+        span
+        for span in stack.spans.get_finished_spans()
+        if span.name == "outreach.create" and span.context is not None and span.context.trace_id == trace_id
+    ]
+    assert (root.attributes or {})["campaign.trigger.segment_id"] == segment_id
+    linked = {link.context.span_id for link in root.links}
+    assert 2 in linked and 1 not in linked
