@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database, dialect_of
 from services.attribution import store, views
+from services.attribution.ledger import SEND
 from services.attribution.reporting import COUNTER_COLUMNS
+from services.attribution.revenue import CostModel
 from services.attribution.settings import AttributionSettings
 
 
@@ -43,10 +45,12 @@ class Reconciliation:
     rows_checked: int
     differences: list[Difference]
     fixed: bool
+    unbooked_sends: int = 0
+    """Outreaches a provider took whose send cost was never booked (found; booked too when fixing)."""
 
     @property
     def drift(self) -> bool:
-        return bool(self.differences)
+        return bool(self.differences) or bool(self.unbooked_sends)
 
 
 def compare(
@@ -67,9 +71,21 @@ reading costs and money): the scan of a million outreaches is the longest pass."
 
 
 async def reconcile(
-    db: Database, utc_offset_minutes: int, *, fix: bool = False, parts: int = FUNNEL_PARTS
+    db: Database,
+    utc_offset_minutes: int,
+    *,
+    fix: bool = False,
+    parts: int = FUNNEL_PARTS,
+    cost_model: CostModel | None = None,
+    currency: str = "INR",
 ) -> Reconciliation:
     """Recomputes every rollup row from the ledger in one transaction and compares it with what is stored.
+
+    Given the `cost_model`, it also counts the outreaches a provider took (a sent or delivered time) with no send
+    cost: recorded by a release that books the cost at the send while an older one, still running in a rollout,
+    applied their receipt (it booked none, and a later receipt finds the step reached). A fix books each at its
+    first proof at the model's price, with its rollup increment, before the recompute. The scan for them reads every
+    outreach (~1.5 s at a million on SQLite), so a caller that only wants the rollup checked passes no model.
 
     Consistency while the service keeps writing: each ledger write changes its rollup rows in the same
     transaction, so a snapshot sees both or neither. A check runs in one REPEATABLE READ snapshot on
@@ -78,6 +94,7 @@ async def reconcile(
     lock (LOCK TABLE … EXCLUSIVE; SQLite's write lock), so writers wait for the few seconds it takes and
     then add their increments to the rebuilt rows.
     """
+    booked = await _book_unbooked_sends(db, utc_offset_minutes, cost_model, currency) if fix and cost_model else 0
     async with db.transaction() as session:
         postgres = dialect_of(session) == "postgresql"
         if fix:
@@ -88,6 +105,7 @@ async def reconcile(
                 await session.execute(text("UPDATE rollup SET sent = sent WHERE 0"))
         elif postgres:
             await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        unbooked = booked or (await store.count_unbooked_sends(session, SEND) if cost_model is not None else 0)
         stored = await views.stored(session)
         # SQLite: this transaction holds the write lock since its BEGIN IMMEDIATE, so a reader on another connection
         # sees the same committed state as this one.
@@ -105,7 +123,25 @@ async def reconcile(
             ]
             for start in range(0, len(rows), 1000):
                 await session.execute(insert(store.rollup), rows[start : start + 1000])
-    return Reconciliation(len(stored.keys() | expected.keys()), differences, fix and bool(differences))
+    return Reconciliation(
+        len(stored.keys() | expected.keys()), differences, fix and (bool(differences) or bool(booked)), unbooked
+    )
+
+
+async def _book_unbooked_sends(db: Database, utc_offset_minutes: int, cost_model: CostModel, currency: str) -> int:
+    """Books the unbooked sends with their rollup increments, in a transaction of their own (committed before the
+    recompute, whose side connections read committed rows); how many."""
+    async with db.transaction() as session:
+        booked = await store.book_unbooked_sends(session, SEND, cost_model.send_cost_paise, currency)
+        if booked:
+            locked = await store.lock_outreaches(session, {campaign_id for campaign_id, _, _ in booked})
+            changes = [
+                (locked[campaign_id].outreach, [(at, {"cost_paise": amount})])
+                for campaign_id, amount, at in booked
+                if campaign_id in locked
+            ]
+            await views.Rollup(utc_offset_minutes).apply_many(session, changes)
+    return len(booked)
 
 
 async def _same_snapshot(db: Database, session: AsyncSession) -> views.SessionFactory:
@@ -138,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> Reconciliation:
         db = Database(settings.resolved_database_url("attribution"))
         try:
-            return await reconcile(db, settings.report_utc_offset_minutes, fix=args.fix)
+            return await reconcile(
+                db,
+                settings.report_utc_offset_minutes,
+                fix=args.fix,
+                cost_model=settings.cost(),
+                currency=settings.currency,
+            )
         finally:
             await db.dispose()
 
@@ -147,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(difference.describe())
     if len(result.differences) > args.limit:
         print(f"… and {len(result.differences) - args.limit} more")
+    if result.unbooked_sends:
+        done = "booked now" if result.fixed else "run with --fix to book them"
+        print(f"{result.unbooked_sends} outreaches a provider took had no send cost; {done}")
     if not result.drift:
         print(f"no drift: {result.rows_checked} rollup rows match the ledger")
         return 0

@@ -43,11 +43,13 @@ from plumbing.outbox import inbox_table, outbox_table
 from services.attribution.reporting import COUNTER_COLUMNS, labels_key, programme_of
 from services.attribution.rules import (
     CONVERTED,
+    DELIVERED,
     DISBURSED,
     FIRST_TRANSACTION,
     FUNNEL_STEPS,
     MAX_PROFILE_ID_LENGTH,
     SANCTIONED,
+    SENT,
     funnel_rank,
 )
 
@@ -599,6 +601,51 @@ async def send_costs(session: AsyncSession, campaign_ids: Collection[str], send_
         row.campaign_id: BookedCost(int(row.cost_id), int(row.amount_paise), row.at)
         for row in (await session.execute(query))
     }
+
+
+def _unbooked_sends(send_kind: str) -> Any:
+    """Outreaches a provider took (their funnel has a sent or delivered time) without a send cost: an outreach a new
+    release recorded whose receipt an old one applied (it booked no cost then), while a rollout ran both."""
+    funnel = outreach_funnel.c
+    sent, delivered = funnel[step_column(SENT)], funnel[step_column(DELIVERED)]
+    booked = select(costs.c.cost_id).where(costs.c.campaign_id == funnel.campaign_id, costs.c.kind == send_kind)
+    first = case((sent.is_(None), delivered), (delivered.is_(None), sent), (sent <= delivered, sent), else_=delivered)
+    return (
+        select(funnel.campaign_id, funnel.group_id, outreaches.c.channel, first.label("first_proof"))
+        .select_from(outreach_funnel.join(outreaches, outreaches.c.campaign_id == funnel.campaign_id))
+        .where(or_(sent.is_not(None), delivered.is_not(None)), ~booked.exists(), outreaches.c.withdrawn_at.is_(None))
+    )
+
+
+async def count_unbooked_sends(session: AsyncSession, send_kind: str) -> int:
+    query = select(func.count()).select_from(_unbooked_sends(send_kind).subquery())
+    return int((await session.execute(query)).scalar_one())
+
+
+async def book_unbooked_sends(
+    session: AsyncSession, send_kind: str, amounts: Mapping[str, int], currency: str
+) -> list[tuple[str, int, datetime]]:
+    """Books each unbooked send (_unbooked_sends) its channel's cost at its first proof: (campaign ID, amount,
+    instant) of each booked, for the caller's rollup."""
+    unbooked = _unbooked_sends(send_kind).subquery()
+    amount = case(*((unbooked.c.channel == channel, paise) for channel, paise in sorted(amounts.items())), else_=0)
+    statement = (
+        insert(costs)
+        .from_select(
+            ["campaign_id", "group_id", "kind", "amount_paise", "currency_code", "ref", "at"],
+            select(
+                unbooked.c.campaign_id,
+                unbooked.c.group_id,
+                literal(send_kind),
+                amount,
+                literal(currency),
+                literal(""),
+                unbooked.c.first_proof,
+            ),
+        )
+        .returning(costs.c.campaign_id, costs.c.amount_paise, costs.c.at)
+    )
+    return [(row[0], int(row[1]), row[2]) for row in await session.execute(statement)]
 
 
 async def move_costs(session: AsyncSession, instants: Mapping[int, datetime]) -> None:

@@ -184,3 +184,33 @@ async def test_a_fetch_of_one_outreachs_engagement_makes_one_lead_and_counts_eac
     assert tuple(await _count(db, select(func.sum(store.costs.c.amount_paise)))) == (15 * 650,)
     result = await reconcile(db, 330)
     assert not result.drift, [difference.describe() for difference in result.differences]
+
+
+async def test_a_receipt_an_older_release_applied_without_a_cost_is_found_and_booked_by_reconcile(
+    handlers: tuple[Handlers, Database, InMemorySpanExporter],
+) -> None:
+    """In a rollout, a new pod records the outreach (no cost at creation), an old one applies its SENT (no cost at
+    the send either); a later receipt finds the step reached and books nothing. Reconcile finds and books it."""
+    handler, db, _ = handlers
+    campaign_id, sent_at = "CSELL-NOV-T06-0042", SENT_AT + timedelta(minutes=2)
+    assert await handler.on_outreach_created_batch([(_created(campaign_id), _delivery())]) == [None]
+    async with db.transaction() as session:  # what the old release's receipt handler did: the step, no cost
+        locked = await store.lock_outreach(session, campaign_id)
+        assert locked is not None
+        await Ledger(CostModel({}, 15, 650), "INR").reach_step(session, locked, "sent", sent_at)
+    receipt = _receipt(campaign_id, channels_pb2.DELIVERY_STATE_DELIVERED, sent_at + timedelta(minutes=1))
+    assert await handler.on_delivery_updated_batch([(receipt, _delivery())]) == [None]
+    assert tuple(await _count(db, select(func.count()).select_from(store.costs))) == (0,)
+
+    model = CostModel({"sms": SMS_PAISE}, 15, 650)
+    assert not (await reconcile(db, 330)).drift  # the rollup matches the ledger: the cost is missing from both
+    found = await reconcile(db, 330, cost_model=model)
+    assert found.drift and found.unbooked_sends == 1 and not found.fixed
+    fixed = await reconcile(db, 330, fix=True, cost_model=model)
+    assert fixed.fixed
+    async with db.snapshot() as session:
+        booked = (await session.execute(select(store.costs.c.amount_paise, store.costs.c.at))).all()
+    assert [tuple(row) for row in booked] == [(SMS_PAISE, sent_at)]  # at the first proof, the SENT
+    assert not (await reconcile(db, 330, cost_model=model)).drift
+    rollup = store.rollup.c
+    assert tuple(await _count(db, select(func.sum(rollup.cost_paise)))) == (SMS_PAISE,)
