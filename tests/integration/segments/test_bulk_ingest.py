@@ -7,21 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
-from opentelemetry import trace
 from sqlalchemy import func, select
 
-from plumbing import bounces
 from plumbing.bus import MSG_ID_HEADER, Bus, Delivery, PermanentError
 from plumbing.db import Database
 from plumbing.ids import new_id
-from plumbing.outbox import Outbox
 from services import streams
 from services.segments import store
-from services.segments.activity import Activity
-from services.segments.api_catalog import install_catalog_file
-from services.segments.app import MIGRATIONS
 from services.segments.consumers import ProfileActivityConsumers
-from services.segments.settings import DEFAULT_CATALOG
+from tests.integration.segments.activity_consumers import activity_consumers
 from tests.integration.segments.approval import publish
 from tests.unit.segments.builders import attr, money, n, s
 from tests.waiting import eventually
@@ -178,21 +172,8 @@ async def test_malformed_batches_are_dead_lettered(segments: SegmentsServiceStub
 
 @pytest.fixture
 async def handlers(database_url: str) -> AsyncIterator[tuple[Database, ProfileActivityConsumers]]:
-    db = Database(database_url)
-    await db.migrate(MIGRATIONS)
-    activity = Activity(Outbox(store.outbox), trace.get_tracer("test"))
-    await install_catalog_file(db, activity, str(DEFAULT_CATALOG))
-    consumers = ProfileActivityConsumers(
-        db,
-        activity,
-        trace.get_tracer("test"),
-        retention=timedelta(days=730),
-        future_skew=timedelta(minutes=5),
-        decline_for=timedelta(days=90),
-        recheck_after={bounces.DND: timedelta(days=30), bounces.UNREACHABLE: timedelta(days=30)},
-    )
-    yield db, consumers
-    await db.dispose()
+    async with activity_consumers(database_url) as made:
+        yield made
 
 
 async def _counts(db: Database) -> tuple[int, int, int]:

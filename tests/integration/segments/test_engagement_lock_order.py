@@ -4,23 +4,17 @@ AddSuppressions over both (one statement, in profile id order) deadlocked with i
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
-from opentelemetry import trace
 from sqlalchemy import text
 
-from plumbing import bounces
 from plumbing.bus import Delivery
 from plumbing.db import Database
 from plumbing.ids import new_id
-from plumbing.outbox import Outbox
 from services.segments import store, suppressions
-from services.segments.activity import Activity
-from services.segments.api_catalog import install_catalog_file
-from services.segments.app import MIGRATIONS
 from services.segments.consumers import ProfileActivityConsumers
-from services.segments.settings import DEFAULT_CATALOG
+from tests.integration.segments.activity_consumers import activity_consumers
 from tests.waiting import eventually
 from xsell.channels.v1 import events_pb2 as channel_events
 from xsell.channels.v1 import resources_pb2 as channel_resources
@@ -32,21 +26,8 @@ NOW = datetime.now(UTC)
 
 @pytest.fixture
 async def handlers(postgres_url: str) -> AsyncIterator[tuple[Database, ProfileActivityConsumers]]:
-    db = Database(postgres_url)
-    await db.migrate(MIGRATIONS)
-    activity = Activity(Outbox(store.outbox), trace.get_tracer("test"))
-    await install_catalog_file(db, activity, str(DEFAULT_CATALOG))
-    consumers = ProfileActivityConsumers(
-        db,
-        activity,
-        trace.get_tracer("test"),
-        retention=timedelta(days=730),
-        future_skew=timedelta(minutes=5),
-        decline_for=timedelta(days=90),
-        recheck_after={bounces.DND: timedelta(days=30), bounces.UNREACHABLE: timedelta(days=30)},
-    )
-    yield db, consumers
-    await db.dispose()
+    async with activity_consumers(postgres_url) as made:
+        yield made
 
 
 def _declined(profile_id: str) -> tuple[channel_events.EngagementRecorded, Delivery]:
