@@ -10,6 +10,7 @@ a load; 2 bad input found before calling (a file, a name); 3 the deployment does
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -245,23 +246,9 @@ def run(args: argparse.Namespace, out: Out) -> int:
                     out.out,
                 )
             return 0
-        if args.command in ("profiles", "events"):
-            return load_command(gateway, args, out)
-        if args.command == "segments":
-            segments_command(gateway, args, out)
-        elif args.command == "campaigns":
-            campaigns_command(gateway, args, out)
-        elif args.command == "status":
-            status_command(gateway, args, out)
-        elif args.command == "report":
-            return report_command(gateway, args, out)
-        elif args.command == "lookup":
-            lookup_command(gateway, args, out)
-        elif args.command == "explain":
-            explain_command(gateway, args, out)
-        elif args.command == "outreaches":
-            outreaches_command(gateway, args, out)
-        return 0
+        # Each command's handler; one that answers no exit code succeeded.
+        code = COMMANDS[args.command](gateway, args, out)
+        return code or 0
     finally:
         gateway.close()
 
@@ -281,6 +268,20 @@ def load_command(gateway: Gateway, args: argparse.Namespace, out: Out) -> int:
             out.out,
         )
     return 1 if any(result.refused for result in results) else 0
+
+
+COMMANDS: dict[str, Callable[[Gateway, argparse.Namespace, Out], int | None]] = {
+    "profiles": load_command,
+    "events": load_command,
+    "segments": segments_command,
+    "campaigns": campaigns_command,
+    "status": status_command,
+    "report": report_command,
+    "lookup": lookup_command,
+    "explain": explain_command,
+    "outreaches": outreaches_command,
+}
+"""The commands that talk to the gateway, beside `apply` and `trace`."""
 
 
 def main(argv: list[str] | None = None) -> int:
