@@ -33,9 +33,13 @@ RollupChange = tuple[store.Outreach, Sequence[tuple[datetime, Mapping[str, int]]
 """An outreach's rollup deltas (instant, counters), for Rollup.apply_many."""
 
 
-def _first_proof(locked: store.LockedOutreach) -> datetime | None:
-    """When a provider first took the outreach's message, as far as its receipts have said: None before any."""
-    return min((locked.funnel[step] for step in (SENT, DELIVERED) if step in locked.funnel), default=None)
+def _earlier_proof(locked: store.LockedOutreach, step: str, at: datetime) -> bool:
+    """Whether reaching `step` at `at` is the first proof a provider took the outreach's message (a SENT or DELIVERED)
+    or an earlier one than its receipts have given so far: then its send cost is booked, or moved to `at`'s day."""
+    if step not in (SENT, DELIVERED):
+        return False
+    proof = min((locked.funnel[seen] for seen in (SENT, DELIVERED) if seen in locked.funnel), default=None)
+    return proof is None or at < proof
 
 
 class Ledger:
@@ -94,11 +98,7 @@ class Ledger:
         """
         # The send costs to look up: of outreaches without a proof yet, or with a later one than a receipt's here.
         # (An outreach recorded by a release that booked send costs at creation has one from then: none is added.)
-        asked = set()
-        for locked, step, at in changes:
-            proof = _first_proof(locked)
-            if step in (SENT, DELIVERED) and (proof is None or at < proof):
-                asked.add(locked.outreach.campaign_id)
+        asked = {locked.outreach.campaign_id for locked, step, at in changes if _earlier_proof(locked, step, at)}
         booked: dict[str, store.BookedCost] = await store.send_costs(session, asked, SEND) if asked else {}
         new_costs: dict[str, dict[str, Any]] = {}
         moved: dict[int, datetime] = {}
@@ -107,8 +107,7 @@ class Ledger:
         for locked, step, at in changes:
             outreach = locked.outreach
             money: list[tuple[datetime, Mapping[str, int]]] = []
-            proof = _first_proof(locked)
-            if step in (SENT, DELIVERED) and (proof is None or at < proof):
+            if _earlier_proof(locked, step, at):
                 cost = booked.get(outreach.campaign_id)
                 if cost is None:
                     amount = self.cost_model.send_cost(outreach.channel)
