@@ -7,9 +7,11 @@ from typing import Any
 import structlog
 
 from plumbing import bounces
-from plumbing.bus import Delivery, PermanentError
+from plumbing.bus import Delivery
 from plumbing.db import Database
+from plumbing.errors import InvalidArgument
 from plumbing.telemetry import CAMPAIGN_ID
+from plumbing.times import time_field
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
 from xsell.channels.v1 import events_pb2 as channel_events
@@ -34,10 +36,6 @@ ENGAGEMENT_COLUMNS = {
 # The signals that say the message did not reach the person: on a campaign with fallback_on_failure, the outreach's
 # fallback to a later channel is then due.
 FAILURE_COLUMNS = frozenset({"failed_at", "bounced_at"})
-
-
-def _when(stamp: object, has: bool) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC) if has else datetime.now(UTC)  # type: ignore[attr-defined]
 
 
 class OutreachSignals:
@@ -85,9 +83,9 @@ class OutreachSignals:
             if column is None or not campaign_id:
                 continue
             try:
-                at = _when(event.occur_time, event.HasField("occur_time"))
-            except (ValueError, OverflowError) as error:
-                outcomes[index] = PermanentError(f"occur_time: {error}")
+                at = time_field(event, "occur_time", datetime.now(UTC))
+            except InvalidArgument as error:
+                outcomes[index] = error  # dead-lettered at once, naming the field
                 continue
             rows.append((campaign_id, column, at, reason))
         if rows:

@@ -5,12 +5,17 @@ never holds one row while it waits for the other, so a concurrent transaction ca
 import asyncio
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 
+from plumbing.bus import Delivery
 from plumbing.db import Database
+from plumbing.errors import InvalidArgument
 from services.campaigns import store
 from services.campaigns.app import MIGRATIONS
+from services.campaigns.consumers import OutreachSignals
 from tests.waiting import eventually
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channel_resources
 
 AT = datetime(2026, 11, 14, 10, 0, tzinfo=UTC)
 
@@ -71,5 +76,28 @@ async def test_a_fetch_of_receipts_locks_its_outreaches_in_campaign_id_order(pos
                 update(store.outreaches).where(store.outreaches.c.campaign_id == "cmp_b").values(clicked_at=AT)
             )
         await task
+    finally:
+        await db.dispose()
+
+
+async def test_a_receipt_whose_time_is_no_time_is_refused_alone_and_the_fetch_recorded(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    await db.migrate(MIGRATIONS)
+    try:
+        await _seed(db, ["cmp_ok"])
+        far = channel_events.DeliveryUpdated(campaign_id="cmp_far", state=channel_resources.DELIVERY_STATE_SENT)
+        far.occur_time.seconds = 2**40  # past year 9999
+        sent = channel_events.DeliveryUpdated(campaign_id="cmp_ok", state=channel_resources.DELIVERY_STATE_SENT)
+        sent.occur_time.FromDatetime(AT)
+        outcomes = await OutreachSignals(db).on_delivery_batch(
+            [(far, Delivery("m1", "subject", 1)), (sent, Delivery("m2", "subject", 1))]
+        )
+        assert isinstance(outcomes[0], InvalidArgument) and "occur_time" in str(outcomes[0])
+        assert outcomes[1] is None
+        async with db.snapshot() as session:
+            recorded = await session.execute(
+                select(store.outreaches.c.sent_at).where(store.outreaches.c.campaign_id == "cmp_ok")
+            )
+            assert recorded.scalar_one() == AT
     finally:
         await db.dispose()
