@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing import bounces
 from plumbing.bus import ConsumerSpec, Delivery, PermanentError
 from plumbing.db import Database
-from plumbing.errors import DomainError
+from plumbing.errors import DomainError, InvalidArgument
 from plumbing.outbox import Inbox, utcnow
 from plumbing.telemetry import CAMPAIGN_ID, outreach_span, outreach_spans
+from plumbing.times import time_field, utc_time
 from services import streams
 from services.segments import store, suppressions
 from services.segments.activity import Activity
@@ -175,10 +176,10 @@ class ProfileActivityConsumers:
                 outcomes[index] = PermanentError("EngagementRecorded without profile_id or campaign_id")
                 continue
             try:
-                occurred = _when(event.HasField("occur_time"), event.occur_time.ToDatetime(tzinfo=UTC))
-                queued = event.queue_time.ToDatetime(tzinfo=UTC) if event.HasField("queue_time") else None
-            except (ValueError, OverflowError) as error:
-                outcomes[index] = PermanentError(f"EngagementRecorded with a time out of range: {error}")
+                occurred = time_field(event, "occur_time", utcnow())
+                queued = utc_time(event.queue_time, "queue_time") if event.HasField("queue_time") else None
+            except InvalidArgument as error:
+                outcomes[index] = error  # dead-lettered at once, naming the field
                 continue
             name = engagement_event_name(event.channel, event.kind)
             incoming = IncomingEvent(

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from plumbing.bus import MSG_ID_HEADER, Bus, Delivery, PermanentError
 from plumbing.db import Database
+from plumbing.errors import InvalidArgument
 from plumbing.ids import new_id
 from services import streams
 from services.segments import store
@@ -19,10 +20,13 @@ from tests.integration.segments.activity_consumers import activity_consumers
 from tests.integration.segments.approval import publish
 from tests.unit.segments.builders import attr, money, n, s
 from tests.waiting import eventually
+from xsell.channels.v1 import events_pb2 as channel_events
+from xsell.channels.v1 import resources_pb2 as channel_resources
 from xsell.segments.v1 import events_pb2
 from xsell.segments.v1 import resources_pb2 as r
 from xsell.segments.v1 import service_pb2 as api
 from xsell.segments.v1.service_pb2_grpc import SegmentsServiceStub
+from xsell.type.v1 import channel_pb2
 
 
 def _event(profile_id: str, days_ago: float, name: str = "transaction_success", **properties: r.Value) -> r.Event:
@@ -221,3 +225,30 @@ async def test_concurrent_batches_of_one_person_keep_the_computed_value_exact(
     async with db.transaction() as session:
         values = await store.attributes_of(session, ["p1"], ["number_of_amcs"])
     assert values["p1"]["number_of_amcs"].number == len(amcs)
+
+
+async def test_an_engagement_whose_time_is_no_time_is_refused_alone_and_its_fetch_recorded(
+    handlers: tuple[Database, ProfileActivityConsumers],
+) -> None:
+    db, consumers = handlers
+
+    def opened(profile_id: str, seconds: int) -> channel_events.EngagementRecorded:
+        event = channel_events.EngagementRecorded(
+            event_id=new_id("evt_"),
+            campaign_id="CSELL-NOV-T06-0001",
+            channel=channel_pb2.CHANNEL_EMAIL,
+            kind=channel_resources.ENGAGEMENT_KIND_OPENED,
+            profile_id=profile_id,
+        )
+        event.occur_time.seconds = seconds
+        return event
+
+    now = int(datetime.now(UTC).timestamp())
+    outcomes = await consumers.on_engagement_batch(
+        [(opened("p-far", 2**40), Delivery(new_id(), "s", 1)), (opened("p-ok", now - 60), Delivery(new_id(), "s", 1))]
+    )
+    assert isinstance(outcomes[0], InvalidArgument) and "occur_time" in str(outcomes[0])
+    assert outcomes[1] is None
+    async with db.snapshot() as session:
+        names = (await session.execute(select(store.events.c.profile_id))).scalars().all()
+    assert names == ["p-ok"]
