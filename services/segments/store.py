@@ -831,8 +831,13 @@ async def note_setting_change(
     session: AsyncSession, profile_id: str, channel: str, *, stopped: bool, at: datetime
 ) -> tuple[bool, bool]:
     """Records that the person stopped (or resumed) marketing messages in the channel's own setting at `at`, unless a
-    change they made later (or at the same moment) is recorded already. Returns whether this change is now the latest,
-    and whether any change was recorded before it (none was for an opt-out recorded before this table existed).
+    change they made later is recorded already, or one at the same moment that stopped them. Returns whether this change
+    is now the latest, and whether any change was recorded before it (none was for an opt-out recorded before this
+    table existed).
+
+    A stop and a resume at the same moment (Meta's timestamps are whole seconds) leave the person stopped, whichever
+    came in first: their order cannot be known, and messaging someone who opted out is the mistake that must not
+    happen (a resume lost this way is the person's to repeat).
 
     Decided by the upsert itself (RETURNING a row only where it wrote one), which holds the row until the transaction
     ends: a concurrent change to the same person's setting waits for it, then compares with what it committed."""
@@ -846,7 +851,14 @@ async def note_setting_change(
         .on_conflict_do_update(
             index_elements=["profile_id", "channel"],
             set_={"stopped": statement.excluded.stopped, "change_time": statement.excluded.change_time},
-            where=c.c.change_time < statement.excluded.change_time,
+            where=or_(
+                c.c.change_time < statement.excluded.change_time,
+                and_(
+                    c.c.change_time == statement.excluded.change_time,
+                    statement.excluded.stopped,
+                    not_(c.c.stopped),
+                ),
+            ),
         )
         .returning(c.c.profile_id)
     )

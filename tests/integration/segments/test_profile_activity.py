@@ -236,8 +236,10 @@ async def test_whatsapps_setting_takes_the_persons_last_change_whatever_order_it
 ) -> None:
     """Meta does not promise the order of its webhooks: a person who stopped, then resumed a minute later, whose
     resume is applied first, is left able to receive; one who stopped and resumed within the seconds before the stop
-    was recorded is too; one who resumed, then stopped, is left stopped."""
+    was recorded is too; one who resumed, then stopped, is left stopped; a stop and a resume in the same second (Meta's
+    timestamps are whole seconds) leave the person stopped, whichever arrives first."""
     late_stop, quick, stopped_last = f"p-{new_id()}", f"p-{new_id()}", f"p-{new_id()}"
+    tie_resume_first, tie_stop_first = f"p-{new_id()}", f"p-{new_id()}"
     campaign_id = f"CSELL-NOV-T06-{new_id()[-6:]}"
     whatsapp, setting_detail = channel_pb2.CHANNEL_WHATSAPP, bounces.WHATSAPP_MARKETING_SETTING
     stop, resume = channel_resources.ENGAGEMENT_KIND_UNSUBSCRIBED, channel_resources.ENGAGEMENT_KIND_RESUBSCRIBED
@@ -283,6 +285,25 @@ async def test_whatsapps_setting_takes_the_persons_last_change_whatever_order_it
     await _engaged(nats_bus, stopped_last, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=ago(60))
     await eventually(lambda: applied(stopped_last, "whatsapp_resubscribed", 1))
     assert await opted_out(stopped_last)
+
+    # The same second: the resume arrives first, then the stop; then the other way round.
+    same_second = ago(5)
+    await _engaged(
+        nats_bus, tie_resume_first, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=same_second
+    )
+    await eventually(lambda: applied(tie_resume_first, "whatsapp_resubscribed", 1))
+    await _engaged(
+        nats_bus, tie_resume_first, campaign_id, whatsapp, stop, detail=setting_detail, occur_time=same_second
+    )
+    await eventually(lambda: applied(tie_resume_first, "whatsapp_unsubscribed", 1))
+    assert await opted_out(tie_resume_first)
+    await _engaged(nats_bus, tie_stop_first, campaign_id, whatsapp, stop, detail=setting_detail, occur_time=same_second)
+    await eventually(lambda: opted_out(tie_stop_first))
+    await _engaged(
+        nats_bus, tie_stop_first, campaign_id, whatsapp, resume, detail=setting_detail, occur_time=same_second
+    )
+    await eventually(lambda: applied(tie_stop_first, "whatsapp_resubscribed", 1))
+    assert await opted_out(tie_stop_first)
 
 
 async def test_a_bare_no_suppresses_the_person_on_every_channel_for_the_decline_window(
