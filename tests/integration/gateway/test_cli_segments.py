@@ -1,5 +1,5 @@
 """The xsell CLI against a real gateway in front of a real segments service: loading profiles and events (the demo
-data fills every fund example segment; refused records are named by line, the rest stored) and maker-checker."""
+data fills every example segment; refused records are named by line, the rest stored) and maker-checker."""
 
 import json
 from collections.abc import AsyncIterator
@@ -39,6 +39,12 @@ DEMO_MEMBERS: dict[str, set[int]] = {
     "engagement_filter.yaml": {1, 5, 9, 18},
     "high_value_filter.yaml": {3, 11},
 }
+# And for each bank example segment, from the bank's demo customers (bank-00NN).
+BANK_MEMBERS: dict[str, set[int]] = {
+    "bank_card_likely_transactors.yaml": {1},
+    "bank_deposit_direct_deposit_elsewhere.yaml": {6},
+    "bank_personal_loan_preapproved.yaml": {6, 8, 12},
+}
 
 
 @pytest.fixture
@@ -50,25 +56,32 @@ async def gateway(
         yield await start_gateway(segments_target=f"127.0.0.1:{process.server.port}")
 
 
-async def test_the_demo_data_fills_every_fund_example_segment(gateway: RunningGateway) -> None:
+async def test_the_demo_data_fills_every_example_segment(gateway: RunningGateway) -> None:
+    """The fund platform's investors fill the fund segments and the bank's customers the bank ones, loaded side by
+    side: neither set of people strays into the other's segments."""
     key = await gateway.add_key(scopes.ADMIN)
-    code, stdout, stderr = await xsell(gateway.target, key, "profiles", "load", str(DATA / "profiles.jsonl"))
-    assert code == 0, stderr
-    assert stdout.splitlines()[1].split() == [str(DATA / "profiles.jsonl"), "20", "20", "0"]
-    code, stdout, stderr = await xsell(gateway.target, key, "events", "load", str(DATA / "events.jsonl"), "--json")
-    assert code == 0, stderr
-    (loaded,) = json.loads(stdout)
-    assert loaded["refused"] == [] and loaded["stored"] == loaded["records"] > 50
+    for profiles, count in (("profiles.jsonl", "20"), ("bank_profiles.jsonl", "12")):
+        code, stdout, stderr = await xsell(gateway.target, key, "profiles", "load", str(DATA / profiles))
+        assert code == 0, stderr
+        assert stdout.splitlines()[1].split() == [str(DATA / profiles), count, count, "0"]
+    for events, at_least in (("events.jsonl", 50), ("bank_events.jsonl", 40)):
+        code, stdout, stderr = await xsell(gateway.target, key, "events", "load", str(DATA / events), "--json")
+        assert code == 0, stderr
+        (loaded,) = json.loads(stdout)
+        assert loaded["refused"] == [] and loaded["stored"] == loaded["records"] >= at_least
 
     stub = segments_grpc.SegmentsServiceStub(gateway.channel())
-    got: dict[str, set[int]] = {}
-    for file_name in DEMO_MEMBERS:
+    got: dict[str, set[str]] = {}
+    for file_name in {**DEMO_MEMBERS, **BANK_MEMBERS}:
         preview = await stub.PreviewSegment(
             segments_pb2.PreviewSegmentRequest(rule=load_segment_file(SEGMENTS / file_name).rule, sample_size=100),
             metadata=(("x-api-key", key),),
         )
-        got[file_name] = {int(profile_id.removeprefix("demo-")) for profile_id in preview.sample_profile_ids}
-    assert got == DEMO_MEMBERS
+        got[file_name] = set(preview.sample_profile_ids)
+    assert got == {
+        **{name: {f"demo-{n:04d}" for n in members} for name, members in DEMO_MEMBERS.items()},
+        **{name: {f"bank-{n:04d}" for n in members} for name, members in BANK_MEMBERS.items()},
+    }
 
     # Loading again changes nothing: the same values, events deduplicated by their ids.
     code, _, stderr = await xsell(gateway.target, key, "events", "load", str(DATA / "events.jsonl"))
