@@ -104,7 +104,7 @@ class SinkCredentials:
 
 
 # Templates approved on DLT (SMS) and by Meta (WhatsApp, with their number of body parameters).
-DEFAULT_SMS_TEMPLATES = frozenset({"1107161234567890123", "1107169876543210987"})
+DEFAULT_SMS_TEMPLATES = frozenset({"1107161234567890123", "1107169876543210987", "1107165550001234567"})
 # The WhatsApp ones include those of campaigns' registry (services/campaigns/catalogs/templates.yaml), so a campaign
 # made with them on `make run` goes through.
 DEFAULT_WHATSAPP_TEMPLATES: Mapping[str, int] = {
