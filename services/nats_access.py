@@ -35,6 +35,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import bcrypt
+
 from plumbing.bus import inbox_prefix
 from services import streams
 
@@ -185,6 +187,18 @@ def new_password() -> str:
     return "n" + secrets.token_hex(16)
 
 
+BCRYPT_COST = 10
+"""bcrypt's work factor for the hashes the server's configuration holds (~0.1 s a connection here): the server checks a
+login against it, and NATS's own tool suggests 11. The passwords themselves (new_password: 128 random bits) would not
+fall to guessing at any cost; the hash keeps them out of a configuration file or dump that leaks."""
+
+
+def password_hash(password: str) -> str:
+    """`password` as the server's configuration holds it: a bcrypt hash with the `$2a$` prefix NATS recognises, so the
+    file never holds the password itself (and the server does not warn "Plaintext passwords detected")."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST, prefix=b"2a")).decode()
+
+
 def store_problems(environment: Mapping[str, str], disk_bytes: int | None = None) -> list[str]:
     """What is wrong with the JetStream store sizes in `environment` (the NATS pods' check before the server starts):
     each must be one NATS reads as a size, XSELL's must fit the members' stores, and a member's its disk
@@ -240,10 +254,10 @@ def password_variable(user: str) -> str:
 
 
 def authorization_config(passwords: Mapping[str, str] | None = None, *, store: str | None = None) -> str:
-    """NATS's `accounts` block with every user: with `passwords` given, those (a local server's); without, a
-    reference to the environment variable password_variable(user) each (Kubernetes). `store`: the limit of XSELL's
-    JetStream file store (e.g. `24GB`, over every replica, or a `$VARIABLE` NATS reads it from); without, none of
-    its own."""
+    """NATS's `accounts` block with every user: with `passwords` given, their bcrypt hashes (a local server's);
+    without, a reference to the environment variable password_variable(user) each (Kubernetes). `store`: the limit
+    of XSELL's JetStream file store (e.g. `24GB`, over every replica, or a `$VARIABLE` NATS reads it from); without,
+    none of its own."""
     jetstream = "jetstream: enabled" if store is None else f"jetstream: {{ max_file: {store} }}"
     if store is not None and not store.startswith("$"):
         store_bytes(store)  # refuses a size NATS would read otherwise
@@ -298,7 +312,7 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     lines = []
     for user in users:
         allowed = permissions(user)
-        password = f"${password_variable(user)}" if passwords is None else json.dumps(passwords[user])
+        password = f"${password_variable(user)}" if passwords is None else json.dumps(password_hash(passwords[user]))
         if allowed is None:
             lines.append(f"      {{ user: {user}, password: {password} }}")
             continue

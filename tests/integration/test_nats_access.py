@@ -118,6 +118,24 @@ async def test_a_service_makes_nothing_and_says_what_is_missing(passwords: dict[
         fresh.stop()
 
 
+async def test_the_local_configuration_holds_hashes_not_passwords(passwords: dict[str, str], tmp_path: Path) -> None:
+    """`make run`'s server reads bcrypt hashes: no password is in its file, it does not warn of plaintext passwords,
+    and each user still logs in with the password itself."""
+    configuration = nats_access.authorization_config(passwords)
+    assert not any(password in configuration for password in passwords.values())
+    assert configuration.count('password: "$2a$10$') == len(nats_access.USERS)
+    log = tmp_path / "nats.log"
+    local = NatsServer(tmp_path / "nats", authorization=configuration).start(log)
+    try:
+        for user in ("operator", "channels"):
+            await (await Bus.connect(local.url, "test", user=user, password=passwords[user])).drain()
+        with pytest.raises(NatsRefused):
+            await Bus.connect(local.url, "test", user="channels", password=passwords["segments"])
+    finally:
+        local.stop()
+    assert "[WRN]" not in log.read_text(), log.read_text()
+
+
 async def test_a_wrong_password_or_no_user_is_refused_at_once(server: NatsServer) -> None:
     """Not tried again for ever, as nats.py does with a server that is not up yet: a service stops with the reason."""
     with pytest.raises(NatsRefused, match="refused user 'feeds': check the NATS user and password"):
