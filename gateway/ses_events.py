@@ -300,8 +300,9 @@ class SigningCertificates:
     def session(self) -> aiohttp.ClientSession:
         """The HTTP client of SNS's URLs, made on first use (inside the running loop) and closed with the edge."""
         if self._session is None:
-            # No redirects: a redirect could lead off the hosts the URL pattern trusts.
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
+            # No redirects: a redirect could lead off the hosts the URL pattern trusts. trust_env: through the
+            # cluster's forward proxy where HTTPS_PROXY names one (NO_PROXY honoured), as channels reaches providers.
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout), trust_env=True)
         return self._session
 
     async def key(self, url: str) -> rsa.RSAPublicKey:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
 from plumbing.bus import Bus, Consumer, StreamWatch
@@ -17,7 +18,7 @@ from services.channels.consent import SegmentsSuppressions
 from services.channels.consumers import DispatchHandler, EmailSettings, Providers, SendPolicy
 from services.channels.flow import Backoff, QuietHours, Throttle
 from services.channels.providers.google_oauth import ServiceAccount, ServiceAccountTokens
-from services.channels.providers.http import HttpTransport
+from services.channels.providers.http import HttpTransport, proxies_from_environment
 from services.channels.providers.push import FcmPush
 from services.channels.providers.sms import ExotelSms
 from services.channels.providers.webhook import SignedWebhook
@@ -27,6 +28,8 @@ from services.channels.settings import ChannelsSettings
 from services.channels.smtp import SmtpSender
 from xsell.campaigns.v1.events_pb2 import DispatchRequested
 from xsell.channels.v1 import service_pb2_grpc
+
+log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -57,7 +60,11 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
         connect_timeout_seconds=settings.http_connect_timeout_seconds,
         # Calls in flight never exceed dispatch_concurrency; as many kept-alive connections serve them all.
         max_connections=settings.dispatch_concurrency,
+        # A cluster whose egress goes through a forward proxy names it in HTTPS_PROXY (and NO_PROXY), as for curl.
+        proxies=proxies_from_environment(),
     )
+    if http.proxies:
+        log.info("providers_through_proxy", proxies=http.proxies)
     smtp = SmtpSender(
         settings.smtp_host,
         settings.smtp_port,

@@ -2,10 +2,15 @@
 provider may hold."""
 
 import asyncio
+import base64
 import functools
+import ipaddress
+import socket
 import ssl
 import time
+import urllib.request
 import zlib
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from yarl import URL
@@ -31,6 +36,45 @@ class MalformedAnswer(Exception):
     """What came back is not an HTTP/1.1 answer this client reads."""
 
 
+class ProxyRefused(Exception):
+    """The forward proxy answered CONNECT with something other than 200: nothing reached the provider."""
+
+
+class Proxy(NamedTuple):
+    """A forward proxy (http:// only: the tunnel to an https provider is TLS end to end through it)."""
+
+    host: str
+    port: int
+    authorization: str | None
+    """The Proxy-Authorization header's value, from the proxy URL's user and password (Basic)."""
+    peer: str
+    """host:port, for messages: never the credentials."""
+
+    @classmethod
+    def parse(cls, url: str, variable: str) -> "Proxy":
+        """The proxy an HTTP(S)_PROXY value names; ValueError naming `variable` for one this client cannot use."""
+        try:
+            parsed = URL(url if "://" in url else f"http://{url}")
+        except ValueError as error:
+            raise ValueError(f"{variable}: {error}; write http://host:port or http://user:password@host:port") from None
+        if parsed.scheme != "http" or not parsed.host:
+            raise ValueError(
+                f"{variable}: {parsed.scheme}:// proxies are not supported; write http://host:port (the connection to "
+                "an https provider is TLS end to end through the proxy's CONNECT tunnel)"
+            )
+        port = parsed.port or 80
+        authorization = None
+        if parsed.user is not None:
+            credentials = f"{parsed.user}:{parsed.password or ''}".encode()
+            authorization = "Basic " + base64.b64encode(credentials).decode()
+        return cls(parsed.raw_host or parsed.host, port, authorization, f"{parsed.host}:{port}")
+
+
+def proxies_from_environment() -> dict[str, str]:
+    """HTTPS_PROXY, HTTP_PROXY and NO_PROXY (either case) as urllib reads them: what HttpTransport's `proxies` takes."""
+    return urllib.request.getproxies_environment()
+
+
 class HttpTransport:
     """Sends provider requests and says, on failure, whether the provider may have received the request.
 
@@ -41,6 +85,12 @@ class HttpTransport:
       ProviderOutcomeUnknown. That includes a kept-alive connection the server closed just as the request went out:
       indistinguishable from a reset after sending, so it is treated as one (safe, if occasionally over-cautious).
       A connection the server closed while it was idle is seen closed and never used.
+
+    Behind a forward proxy (`proxies`, e.g. proxies_from_environment(): the HTTPS_PROXY / HTTP_PROXY / NO_PROXY that a
+    cluster whose egress goes through a proxy sets), an https provider is reached through a CONNECT tunnel and TLS to
+    the provider inside it (the proxy sees the host name, never the message), an http one by its absolute URL. A host
+    NO_PROXY names, and a loopback address (which a proxy elsewhere would read as its own), are reached directly. The
+    proxy refusing the tunnel or not answering is ProviderUnavailable: nothing reached the provider.
 
     A client of its own rather than aiohttp's: a provider call is one POST with a small body and a small JSON answer,
     and aiohttp's request and response machinery (its request and response objects, streams, header multidicts,
@@ -56,7 +106,10 @@ class HttpTransport:
         connect_timeout_seconds: float,
         max_connections: int = 100,
         tls: ssl.SSLContext | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
+        """`proxies`: urllib's mapping (scheme -> proxy URL, "no" -> NO_PROXY), as proxies_from_environment gives it;
+        ValueError for a proxy URL this client cannot use (named by its variable), so a process stops at start."""
         self.timeout_seconds = timeout_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
         self.max_connections = max_connections
@@ -66,17 +119,31 @@ class HttpTransport:
         # https: the system's trusted CAs and hostname checks (ssl.create_default_context) unless given another.
         self._tls = tls
         self._closed = False
+        self._proxies = {key: value for key, value in (proxies or {}).items() if value}
+        self._proxy_of_scheme: dict[str, Proxy] = {
+            scheme: Proxy.parse(self._proxies[scheme], f"{scheme.upper()}_PROXY")
+            for scheme in ("https", "http")
+            if scheme in self._proxies
+        }
+        # Per origin: the proxy its connections go through, or None (decided once: NO_PROXY and loopback).
+        self._routes: dict[tuple[str, str, int], Proxy | None] = {}
+
+    @property
+    def proxies(self) -> dict[str, str]:
+        """Each scheme's proxy as host:port (no credentials), for the log at start."""
+        return {scheme: proxy.peer for scheme, proxy in self._proxy_of_scheme.items()}
 
     async def send(self, request: ProviderRequest) -> ProviderAnswer:
         target = _target(request.url)
         if target is None:
             raise ProviderUnavailable(f"connection to {_host(request.url)} failed: the URL cannot be requested")
-        data = _encode(request, target)
+        proxy = self._route(target) if self._proxy_of_scheme else None
+        data = _encode(request, target, proxy if proxy is not None and not target.tls else None)
         if self._slots is None:
             # Made on first use, inside the running loop: nothing is created at import or build time.
             self._slots = asyncio.Semaphore(self.max_connections)
         async with self._slots:
-            connection = self._idle_connection(target.origin) or await self._connect(target)
+            connection = self._idle_connection(target.origin) or await self._connect(target, proxy)
             try:
                 answer = await connection.exchange(data, self.timeout_seconds)
             except (TimeoutError, ConnectionLost, MalformedAnswer, OSError) as error:
@@ -111,20 +178,50 @@ class HttpTransport:
         self._idle.setdefault(origin, []).append(connection)
         self._idle_count += 1
 
-    async def _connect(self, target: "_Target") -> "_Connection":
+    def _route(self, target: "_Target") -> Proxy | None:
+        """The proxy `target`'s connections go through: its scheme's, unless NO_PROXY names the host or it is a
+        loopback address."""
+        origin = target.origin
+        if origin in self._routes:
+            return self._routes[origin]
+        proxy = self._proxy_of_scheme.get(origin[0])
+        if proxy is not None and (_loopback(target.host) or _bypassed(target, self._proxies)):
+            proxy = None
+        self._routes[origin] = proxy
+        return proxy
+
+    async def _connect(self, target: "_Target", proxy: Proxy | None = None) -> "_Connection":
         loop = asyncio.get_running_loop()
         tls: ssl.SSLContext | None = None
         if target.tls:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
+        server_hostname = target.host if tls else None
         try:
             async with asyncio.timeout(self.connect_timeout_seconds):
-                _, connection = await loop.create_connection(
-                    _Connection, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
-                )
-        except (OSError, TimeoutError) as error:  # refused, DNS, TLS handshake (ssl.SSLError), connect timeout
-            raise ProviderUnavailable(f"connection to {target.peer} failed: {type(error).__name__}") from error
+                if proxy is None:
+                    _, connection = await loop.create_connection(
+                        _Connection, target.host, target.port, ssl=tls, server_hostname=server_hostname
+                    )
+                elif tls is None:  # http: requests in absolute form to the proxy, which forwards them
+                    _, connection = await loop.create_connection(_Connection, proxy.host, proxy.port)
+                else:
+                    tunnel = await _tunnel(proxy, target)
+                    try:
+                        _, connection = await loop.create_connection(
+                            _Connection, sock=tunnel, ssl=tls, server_hostname=server_hostname
+                        )
+                    except BaseException:
+                        tunnel.close()
+                        raise
+        except (OSError, TimeoutError, ProxyRefused, MalformedAnswer) as error:
+            # Refused, DNS, TLS handshake (ssl.SSLError), connect timeout, or the proxy's: nothing was sent.
+            through = f" through proxy {proxy.peer}" if proxy is not None else ""
+            said = f" ({error})" if isinstance(error, ProxyRefused | MalformedAnswer) else ""
+            raise ProviderUnavailable(
+                f"connection to {target.peer}{through} failed: {type(error).__name__}{said}"
+            ) from error
         return connection
 
     async def close(self) -> None:
@@ -172,14 +269,20 @@ def _target(url: str) -> _Target | None:
     )
 
 
-def _encode(request: ProviderRequest, target: _Target) -> bytes:
+def _encode(request: ProviderRequest, target: _Target, proxy: Proxy | None = None) -> bytes:
     """The request as it goes on the wire, its head in UTF-8 as aiohttp wrote it (the request line and Host are ASCII:
     yarl percent-encodes the path and IDNA-encodes the host). A name or value with a line break would add a header or
-    end the head early (header injection), so it is refused, as aiohttp refused it."""
+    end the head early (header injection), so it is refused, as aiohttp refused it. `proxy`: an http request sent to
+    that proxy, in absolute form with its Proxy-Authorization."""
+    request_target = target.request_target
+    if proxy is not None:
+        request_target = f"http://{target.host_header}{request_target}"
     lines = [
-        f"{request.method} {target.request_target} HTTP/1.1\r\nHost: {target.host_header}\r\n"
+        f"{request.method} {request_target} HTTP/1.1\r\nHost: {target.host_header}\r\n"
         f"User-Agent: {USER_AGENT}\r\nContent-Length: {len(request.body)}\r\n"
     ]
+    if proxy is not None and proxy.authorization is not None:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
     for name, value in request.headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
             # Refused before anything is written: the provider certainly has nothing, and asking again cannot help.
@@ -187,6 +290,66 @@ def _encode(request: ProviderRequest, target: _Target) -> bytes:
         lines.append(f"{name}: {value}\r\n")
     lines.append("\r\n")
     return "".join(lines).encode() + request.body
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _bypassed(target: _Target, proxies: Mapping[str, str]) -> bool:
+    """Whether NO_PROXY names the target's host (urllib's reading: suffixes, a leading dot, `*`)."""
+    # Not in typeshed's stubs, but in the module since Python 3.3 (urllib.request.proxy_bypass on POSIX calls it).
+    return bool(urllib.request.proxy_bypass_environment(target.host_header, proxies))  # type: ignore[attr-defined]
+
+
+async def _tunnel(proxy: Proxy, target: _Target) -> socket.socket:
+    """A connected socket through which the proxy relays bytes to `target` (CONNECT); ProxyRefused for an answer
+    other than 200 (e.g. 407: the proxy wants credentials, 403: the host is not allowed)."""
+    loop = asyncio.get_running_loop()
+    error: OSError | None = None
+    for family, kind, protocol, _, address in await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, protocol)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+            break
+        except OSError as failed:
+            sock.close()
+            error = failed
+    else:
+        raise error or OSError(f"{proxy.peer} has no address")
+    try:
+        authority = f"{target.host}:{target.port}" if ":" not in target.host else f"[{target.host}]:{target.port}"
+        head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
+        if proxy.authorization is not None:
+            head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+        await loop.sock_sendall(sock, (head + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise ConnectionResetError("the proxy closed the connection before answering CONNECT")
+            answer += chunk
+            if len(answer) > MAX_HEAD_BYTES:
+                raise MalformedAnswer(f"no end of the proxy's answer to CONNECT in {len(answer)} bytes")
+        status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+            raise MalformedAnswer(f"the proxy's answer to CONNECT is not HTTP: {status_line[:100]!r}")
+        if rest[:3] != "200":
+            hint = (
+                " (put the credentials in the proxy URL: http://user:password@host:port)" if rest[:3] == "407" else ""
+            )
+            raise ProxyRefused(f"the proxy answered CONNECT {authority} with {rest[:100]}{hint}")
+        if not answer.endswith(b"\r\n\r\n"):
+            raise MalformedAnswer("the proxy sent bytes after its answer to CONNECT, before TLS began")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Connection(asyncio.Protocol):

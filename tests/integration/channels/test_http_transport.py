@@ -4,12 +4,15 @@ import asyncio
 import gzip
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from devstack.nats_server import free_port
 from services.channels.delivery import ProviderOutcomeUnknown, ProviderRejected, ProviderUnavailable
 from services.channels.providers import http
 from services.channels.providers.base import ProviderRequest
@@ -426,3 +429,145 @@ async def test_a_server_whose_certificate_is_not_trusted_certainly_has_nothing(
     assert not isinstance(raised.value, ProviderOutcomeUnknown)
     assert "SSLCertVerificationError" in raised.value.reason
     assert len(tls_server.received) == 0
+
+
+@dataclass
+class ForwardProxy:
+    """proxy.py (a real forward proxy) on loopback, asking for Basic credentials; its access log says what it relayed
+    (a line per connection, once it closes)."""
+
+    port: int
+    log: Path
+
+    def url(self, credentials: str = "xsell:proxy-secret") -> str:
+        return f"http://{credentials}@127.0.0.1:{self.port}"
+
+    async def relayed(self, line: str) -> bool:
+        return line in self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def forward_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForwardProxy]:
+    directory = tmp_path_factory.mktemp("proxy")
+    port_file, log = directory / "port", directory / "access.log"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+            "--num-workers", "1", "--num-acceptors", "1", "--basic-auth", "xsell:proxy-secret", "--log-file", str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline, "proxy.py did not start"
+            time.sleep(0.05)
+        yield ForwardProxy(int(port_file.read_text()), log)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def proxied(proxies: dict[str, str], certificates: Path) -> HttpTransport:
+    return HttpTransport(
+        timeout_seconds=5.0,
+        connect_timeout_seconds=5.0,
+        tls=ssl.create_default_context(cafile=certificates / "ca.pem"),
+        proxies=proxies,
+    )
+
+
+async def test_https_behind_a_proxy_goes_through_its_tunnel_with_tls_to_the_provider_and_keeps_it(
+    forward_proxy: ForwardProxy, tls_server: ScriptedServer, certificates: Path
+) -> None:
+    """A cluster whose egress is a forward proxy (HTTPS_PROXY): CONNECT to the provider's host, then TLS with the
+    provider inside the tunnel (its certificate checked against the trusted CAs), kept for the next requests. The
+    provider never sees the proxy's credentials."""
+    transport = proxied({"https": forward_proxy.url()}, certificates)
+    try:
+        for _ in range(3):
+            assert (await transport.send(post(tls_server.url))).body == OK_JSON
+    finally:
+        await transport.close()
+
+    port = tls_server.url.split(":")[2].split("/")[0]
+    await eventually(lambda: forward_proxy.relayed(f"CONNECT localhost:{port}"))
+    assert tls_server.connections == 1 and len(tls_server.received) == 3
+    assert all(b"proxy-authorization" not in received.head.lower() for received in tls_server.received)
+    assert transport.proxies == {"https": f"127.0.0.1:{forward_proxy.port}"}
+
+
+async def test_plain_http_behind_a_proxy_goes_to_it_by_its_absolute_url(
+    forward_proxy: ForwardProxy, certificates: Path
+) -> None:
+    scripted = ScriptedServer(origin="http://localhost")
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
+    url = scripted.url
+    transport = proxied({"http": forward_proxy.url()}, certificates)
+    try:
+        assert (await transport.send(post(url, b"To=1"))).body == OK_JSON
+    finally:
+        await transport.close()
+        scripted.server.close()
+        await scripted.close_idle_connections()
+
+    port = url.split(":")[2].split("/")[0]
+    await eventually(lambda: forward_proxy.relayed(f"POST localhost:{port}/v1/send?x=1"))
+    [received] = scripted.received
+    assert received.head.startswith(b"POST /v1/send?x=1 HTTP/1.1\r\n") and received.body == b"To=1"
+
+
+async def test_no_proxy_hosts_and_loopback_addresses_are_reached_directly(
+    tls_server: ScriptedServer, server: ScriptedServer, certificates: Path
+) -> None:
+    """NO_PROXY names localhost; 127.0.0.1 is a loopback address, which a proxy elsewhere would read as its own. The
+    proxy here is a port nothing listens on: either request would fail through it."""
+    nothing = f"http://127.0.0.1:{free_port()}"
+    transport = proxied({"https": nothing, "http": nothing, "no": "example.com,localhost"}, certificates)
+    try:
+        assert (await transport.send(post(tls_server.url))).body == OK_JSON
+        assert (await transport.send(post(server.url))).body == OK_JSON
+    finally:
+        await transport.close()
+
+
+async def test_a_proxy_that_refuses_or_is_down_means_the_provider_certainly_has_nothing(
+    forward_proxy: ForwardProxy, tls_server: ScriptedServer, certificates: Path
+) -> None:
+    wrong = proxied({"https": forward_proxy.url("xsell:guess")}, certificates)
+    down = proxied({"https": f"http://127.0.0.1:{free_port()}"}, certificates)
+    try:
+        with pytest.raises(ProviderUnavailable) as refused:
+            await wrong.send(post(tls_server.url))
+        with pytest.raises(ProviderUnavailable) as unreachable:
+            await down.send(post(tls_server.url))
+    finally:
+        await wrong.close()
+        await down.close()
+
+    for raised in (refused, unreachable):
+        assert not isinstance(raised.value, ProviderOutcomeUnknown)
+    assert "through proxy 127.0.0.1:" in refused.value.reason and " 407 " in refused.value.reason
+    assert "http://user:password@host:port" in refused.value.reason and "guess" not in refused.value.reason
+    assert "ConnectionRefusedError" in unreachable.value.reason
+    assert tls_server.received == []
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("https://proxy.bank.internal:3128", "HTTPS_PROXY: https:// proxies are not supported"),
+        ("socks5://proxy.bank.internal:1080", "HTTPS_PROXY: socks5:// proxies are not supported"),
+    ],
+)
+def test_a_proxy_this_client_cannot_use_stops_it_at_start_naming_the_variable(value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        HttpTransport(timeout_seconds=1.0, connect_timeout_seconds=1.0, proxies={"https": value})
+
+
+def test_a_proxy_without_a_scheme_is_http_and_its_credentials_never_show() -> None:
+    transport = HttpTransport(
+        timeout_seconds=1.0, connect_timeout_seconds=1.0, proxies={"https": "ops:s3cret@proxy.bank.internal:3128"}
+    )
+    assert transport.proxies == {"https": "proxy.bank.internal:3128"}
