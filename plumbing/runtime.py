@@ -3,6 +3,8 @@
 import asyncio
 import gc
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -11,6 +13,7 @@ import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from plumbing.bus import STOP_WAIT_SECONDS
 from plumbing.grpc_server import GrpcServer
 from plumbing.logging import setup_logging
 from plumbing.loop_lag import LoopLag
@@ -19,6 +22,26 @@ from plumbing.settings import ServiceSettings
 from plumbing.telemetry import setup_tracing
 
 log = structlog.get_logger("plumbing.runtime")
+
+CLOSE_SECONDS = 10.0
+"""The longest the closers take together once the loops stopped. nats.py's drain of a connection may take its
+drain_timeout (5 s) and then a flush of up to 10 s, and a service drains two; a database that stopped answering holds
+the engine's dispose for as long as TCP lets it. What is not closed by then is left to the process's exit: a message
+whose ack did not leave is delivered again and skipped by the inbox, an event not marked published is published
+again and deduplicated by its Nats-Msg-Id."""
+
+TELEMETRY_FLUSH_SECONDS = 5.0
+"""The longest the last spans (and metrics, where they go over OTLP) take to leave at exit. With the collector away the
+span processor's shutdown waits up to 30 s for its queue, each export retrying for 10 s; past this bound what is left
+is dropped, since a rollout or a node drain must not wait on a collector that is down."""
+
+
+def shutdown_seconds(grace: float) -> float:
+    """The longest a process takes from SIGTERM to its exit with `shutdown_grace_seconds` = `grace`: in-flight calls
+    get `grace`, the loops STOP_WAIT_SECONDS to stop pulling and `grace` again to finish the messages in hand, the
+    closers CLOSE_SECONDS and the exporters TELEMETRY_FLUSH_SECONDS. A pod's terminationGracePeriodSeconds must cover
+    it after its preStop sleep, or the kubelet kills the process mid-shutdown (tests/deploy checks the manifests)."""
+    return grace + STOP_WAIT_SECONDS + grace + CLOSE_SECONDS + TELEMETRY_FLUSH_SECONDS
 
 
 @dataclass
@@ -74,8 +97,15 @@ class ServiceProcess:
             _, pending = await asyncio.wait(self._running, timeout=grace)
             for still_running in pending:
                 still_running.cancel()
-        for close in reversed(self.closers):
-            await close()
+        closing = asyncio.timeout(CLOSE_SECONDS)
+        try:
+            async with closing:
+                for close in reversed(self.closers):
+                    await close()
+        except TimeoutError:
+            if not closing.expired():
+                raise  # a closer's own timeout, not the bound's
+            log.warning("service_close_cut_short", after_s=CLOSE_SECONDS)
         log.info("service_stopped")
 
 
@@ -110,5 +140,18 @@ def run_service(name: str, settings: S, build: Callable[[S, TracerProvider], Awa
     try:
         asyncio.run(main())
     finally:
-        metrics_server.shutdown()
-        provider.shutdown()
+        within(TELEMETRY_FLUSH_SECONDS, metrics_server.shutdown, provider.shutdown)
+
+
+def within(seconds: float, *steps: Callable[[], object]) -> None:
+    """Runs each of `steps` on a thread of its own, all at once, and waits for them at most `seconds` in all. Daemon
+    threads, so one still waiting does not hold the process's exit; and each step has begun, so the providers' own
+    shutdowns at exit (atexit) find them shut down instead of waiting their full timeouts again."""
+    workers = [threading.Thread(target=step, name="shutdown-step", daemon=True) for step in steps]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + seconds
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    if any(worker.is_alive() for worker in workers):
+        log.warning("telemetry_flush_cut_short", after_s=seconds)

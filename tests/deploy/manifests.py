@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic_settings import BaseSettings
 
+from plumbing import runtime
 from services import nats_access
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -527,10 +528,44 @@ def command_violations(docs: list[Doc]) -> list[str]:
     return problems
 
 
+SHUTDOWN_MARGIN_SECONDS = 5
+"""What a process's pod keeps beyond its preStop sleep and its longest shutdown: asyncio's teardown of the tasks the
+shutdown cancelled, the interpreter's exit, the kubelet's own timing."""
+
+
+def shutdown_violations(docs: list[Doc]) -> list[str]:
+    """Each process has a preStop sleep (the endpoints drop the pod before SIGTERM) and a grace period that covers it
+    and the longest shutdown of the grace its settings read (plumbing.runtime.shutdown_seconds), with
+    SHUTDOWN_MARGIN_SECONDS to spare: past the period the kubelet kills the process mid-shutdown."""
+    problems: list[str] = []
+    for deployment in of_kind(docs, "Deployment"):
+        process = name(deployment)
+        main = next((c for c in pod_spec(deployment)["containers"] if c["name"] == process), None)
+        settings = settings_class(MAIN_MODULES.get(process, ""), [])
+        if main is None or settings is None:
+            continue
+        sleep = (((main.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
+        if not sleep:
+            problems.append(f"{process}: no preStop sleep; calls still come while the endpoints drop the pod")
+        prefix = str(settings.model_config.get("env_prefix", ""))
+        given = variables(docs, main).get(prefix + "SHUTDOWN_GRACE_SECONDS")
+        grace = float(given) if given is not None else float(settings.model_fields["shutdown_grace_seconds"].default)
+        needed = sleep + runtime.shutdown_seconds(grace) + SHUTDOWN_MARGIN_SECONDS
+        period = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)
+        if period < needed:
+            problems.append(
+                f"{process}: terminationGracePeriodSeconds {period} is less than its preStop sleep ({sleep} s), its "
+                f"longest shutdown with a {grace:g} s grace ({runtime.shutdown_seconds(grace):g} s) and "
+                f"{SHUTDOWN_MARGIN_SECONDS} s to spare ({needed:g} s)"
+            )
+    return problems
+
+
 def violations(docs: list[Doc], overlay: str) -> list[str]:
     found = (
         workload_violations(docs)
         + service_violations(docs)
+        + shutdown_violations(docs)
         + network_violations(docs)
         + exposure_violations(docs)
         + nats_violations(docs)

@@ -651,6 +651,26 @@ MUTATIONS = {
         "Deployment campaigns container campaigns: XSELL_GATEWAY_SEGMENTS_TARGET is not a setting of "
         "CampaignsSettings; it would be ignored",
     ),
+    "grace period shorter than the shutdown": (
+        "base/segments.yaml",
+        "      terminationGracePeriodSeconds: 50\n",
+        "      terminationGracePeriodSeconds: 30\n",
+        "segments: terminationGracePeriodSeconds 30 is less than its preStop sleep (5 s), its longest shutdown with a "
+        "10 s grace (37 s) and 5 s to spare (47 s)",
+    ),
+    "shutdown grace raised past the period": (
+        "base/attribution.yaml",
+        "  XSELL_ATTRIBUTION_LOG_LEVEL: info\n",
+        '  XSELL_ATTRIBUTION_LOG_LEVEL: info\n  XSELL_ATTRIBUTION_SHUTDOWN_GRACE_SECONDS: "30"\n',
+        "attribution: terminationGracePeriodSeconds 50 is less than its preStop sleep (5 s), its longest shutdown "
+        "with a 30 s grace (77 s) and 5 s to spare (87 s)",
+    ),
+    "no preStop sleep": (
+        "base/channels.yaml",
+        "            preStop:\n              sleep:\n                seconds: 5\n",
+        "            preStop:\n              sleep:\n                seconds: 0\n",
+        "channels: no preStop sleep; calls still come while the endpoints drop the pod",
+    ),
     "spans kept local": (
         "base/channels.yaml",
         "  OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n",
