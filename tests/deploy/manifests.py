@@ -3,6 +3,7 @@
 import functools
 import importlib
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -576,6 +577,45 @@ def command_violations(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def replicas_of(docs: list[Doc], workload: Doc) -> int:
+    """The fewest pods the workload runs: its autoscaler's minimum where one owns the count, else its replicas."""
+    for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        if (target["kind"], target["name"]) == (workload["kind"], name(workload)):
+            return int(hpa["spec"].get("minReplicas", 1))
+    return int(workload["spec"].get("replicas", 1))
+
+
+def _budget_count(value: int | str, replicas: int) -> int:
+    """A budget's minAvailable or maxUnavailable in pods; a percentage rounds up, as the disruption controller does."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(int(value[:-1]) * replicas / 100)
+    return int(value)
+
+
+def disruption_violations(docs: list[Doc]) -> list[str]:
+    """No PodDisruptionBudget lets none of its pods go (maxUnavailable 0, or minAvailable of every replica): a node
+    drain would wait on it for ever, and a cluster upgrade with it. With its fewest replicas, as it may run."""
+    problems: list[str] = []
+    for budget in of_kind(docs, "PodDisruptionBudget"):
+        selector = budget["spec"].get("selector")
+        for workload in of_kind(docs, *WORKLOAD_KINDS):
+            if not selector_matches(selector, pod_labels(workload)):
+                continue
+            replicas = replicas_of(docs, workload)
+            spec = budget["spec"]
+            if "maxUnavailable" in spec:
+                evictable = _budget_count(spec["maxUnavailable"], replicas)
+            else:
+                evictable = replicas - _budget_count(spec.get("minAvailable", 0), replicas)
+            if evictable < 1:
+                problems.append(
+                    f"PodDisruptionBudget {name(budget)} lets no pod of {workload['kind']} {name(workload)} "
+                    f"({replicas} replica{'s' if replicas != 1 else ''}) be evicted: a node drain would wait for ever"
+                )
+    return problems
+
+
 SHUTDOWN_MARGIN_SECONDS = 5
 """What a process's pod keeps beyond its preStop sleep and its longest shutdown: asyncio's teardown of the tasks the
 shutdown cancelled, the interpreter's exit, the kubelet's own timing."""
@@ -614,6 +654,7 @@ def violations(docs: list[Doc], overlay: str) -> list[str]:
         workload_violations(docs)
         + service_violations(docs)
         + shutdown_violations(docs)
+        + disruption_violations(docs)
         + network_violations(docs)
         + exposure_violations(docs)
         + nats_violations(docs)

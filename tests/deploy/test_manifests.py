@@ -686,6 +686,21 @@ MUTATIONS = {
         "            preStop:\n              sleep:\n                seconds: 0\n",
         "channels: no preStop sleep; calls still come while the endpoints drop the pod",
     ),
+    "a database's budget that blocks every drain": (
+        "base/databases/segments-db.yaml",
+        "  maxUnavailable: 1\n",
+        "  maxUnavailable: 0\n",
+        "PodDisruptionBudget segments-db lets no pod of StatefulSet segments-db (1 replica) be evicted: a node drain "
+        "would wait for ever",
+    ),
+    "a budget that keeps every replica": (
+        "base/campaigns.yaml",
+        "spec:\n  maxUnavailable: 1\n",
+        "spec:\n  minAvailable: 100%\n",
+        # dev's autoscaler allows one replica.
+        "PodDisruptionBudget campaigns lets no pod of Deployment campaigns (1 replica) be evicted: a node drain would "
+        "wait for ever",
+    ),
     "spans kept local": (
         "base/channels.yaml",
         "  OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n",
