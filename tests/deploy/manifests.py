@@ -111,12 +111,19 @@ def _peer_sources(docs: list[Doc], peer: Doc) -> set[str]:
 
 
 METRICS_PORT = 9464
+POSTGRES_EXPORTER_PORT = 9187
+NATS_EXPORTER_PORT = 7777
+METRICS_PORTS = {METRICS_PORT, POSTGRES_EXPORTER_PORT, NATS_EXPORTER_PORT}
+"""The ports Prometheus scrapes: the xsell processes' own, and the databases' and NATS's exporter sidecars'."""
+MONITORING = "ns:{matchLabels: {kubernetes.io/metadata.name: monitoring}}"
+"""Where Prometheus runs: the only source a metrics port admits."""
 NATS_FEEDS = "ns:{matchLabels: {xsell.io/nats-feeds: 'true'}} pods:{matchLabels: {xsell.io/nats-feeds: 'true'}}"
 """The bulk feeds' pods NATS admits: labelled so, in a namespace labelled so."""
 
 
 def _metrics_only(rule: Doc) -> bool:
-    return {port.get("port") for port in rule.get("ports") or []} == {METRICS_PORT}
+    ports = {port.get("port") for port in rule.get("ports") or []}
+    return bool(ports) and ports <= METRICS_PORTS
 
 
 def admitted_sources(docs: list[Doc], workload: Doc, *, metrics: bool = False) -> set[str]:
@@ -318,6 +325,9 @@ def network_violations(docs: list[Doc]) -> list[str]:
             problems.append(f"otel-collector admits {sorted(sources)}, expected xsell processes only")
         if workload_name != "gateway" and any(s == "*" or s.startswith("ip:") for s in sources):
             problems.append(f"{workload_name} admits traffic from outside the namespace: {sorted(sources)}")
+        scrapers = admitted_sources(docs, workload, metrics=True)
+        if scrapers - {MONITORING}:
+            problems.append(f"{workload_name}'s metrics port admits {sorted(scrapers)}, expected Prometheus only")
         leaves = sorted(d for d in egress_destinations(docs, workload) if d == "*" or d.startswith("ip:"))
         if leaves and workload_name != "channels":
             problems.append(f"{workload_name} may connect outside the cluster: {leaves}")

@@ -27,8 +27,11 @@ from tests.deploy.manifests import (
     K8S,
     MAIN_MODULES,
     METRICS_PORT,
+    MONITORING,
+    NATS_EXPORTER_PORT,
     NATS_FEEDS,
     OVERLAYS,
+    POSTGRES_EXPORTER_PORT,
     PROCESSES,
     Doc,
     admitted_sources,
@@ -95,18 +98,40 @@ def test_only_the_gateway_is_reachable_from_outside(overlay: tuple[str, list[Doc
     assert (len(ingresses) > 0) == (name == "prod")
 
 
-def test_prometheus_scrapes_the_five_processes_on_the_metrics_port_only(overlay: tuple[str, list[Doc]]) -> None:
+def test_prometheus_scrapes_the_processes_the_databases_and_nats_on_their_metrics_ports_only(
+    overlay: tuple[str, list[Doc]],
+) -> None:
+    """The five processes on their own port, each database and NATS member on its exporter sidecar's; from the
+    monitoring namespace alone, and nothing else of those pods."""
     _, docs = overlay
-    monitoring = "ns:{matchLabels: {kubernetes.io/metadata.name: monitoring}}"
-    for process in ("segments", "campaigns", "channels", "attribution", "gateway"):
-        workload = find(docs, "Deployment", process)
-        assert admitted_sources(docs, workload, metrics=True) == {monitoring}, process
+    scraped = [(find(docs, "Deployment", process), process, METRICS_PORT) for process in PROCESSES]
+    scraped += [(find(docs, "StatefulSet", f"{p}-db"), "metrics", POSTGRES_EXPORTER_PORT) for p in PROCESSES]
+    scraped += [(find(docs, "StatefulSet", "nats"), "metrics", NATS_EXPORTER_PORT)]
+    for workload, container_name, port in scraped:
+        where = name(workload)
+        assert admitted_sources(docs, workload, metrics=True) == {MONITORING}, where
         template = workload["spec"]["template"]
-        assert template["metadata"]["annotations"]["prometheus.io/port"] == "9464"
-        (container,) = [c for c in template["spec"]["containers"] if c["name"] == process]
-        assert {"name": "metrics", "containerPort": 9464} in container["ports"]
-    for store in ("segments-db", "nats"):
-        assert admitted_sources(docs, find(docs, "StatefulSet", store), metrics=True) == set(), store
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port), where
+        (container,) = [c for c in template["spec"]["containers"] if c["name"] == container_name]
+        assert {"name": "metrics", "containerPort": port} in container["ports"], where
+        # The metrics rule opens the scraped port alone: nothing else of the pod is reached from monitoring.
+        assert MONITORING not in admitted_sources(docs, workload), where
+
+
+def test_the_database_exporters_read_their_own_database_with_the_secrets_credentials(
+    overlay: tuple[str, list[Doc]],
+) -> None:
+    _, docs = overlay
+    for process in PROCESSES:
+        database = find(docs, "StatefulSet", f"{process}-db")
+        [postgres] = [c for c in pod_spec(database)["containers"] if c["name"] == "postgres"]
+        [exporter] = [c for c in pod_spec(database)["containers"] if c["name"] == "metrics"]
+        env = {e["name"]: e for e in exporter["env"]}
+        database_name = next(e["value"] for e in postgres["env"] if e["name"] == "POSTGRES_DB")
+        assert env["DATA_SOURCE_URI"]["value"] == f"127.0.0.1:5432/{database_name}?sslmode=disable"
+        for variable, key in (("DATA_SOURCE_USER", "username"), ("DATA_SOURCE_PASS", "password")):
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"].startswith(f"{process}-db"), ref["key"]) == (True, key), variable
 
 
 def test_nats_is_three_members_that_fsync_every_write(overlay: tuple[str, list[Doc]]) -> None:
@@ -700,6 +725,14 @@ MUTATIONS = {
         # dev's autoscaler allows one replica.
         "PodDisruptionBudget campaigns lets no pod of Deployment campaigns (1 replica) be evicted: a node drain would "
         "wait for ever",
+    ),
+    "a database's metrics port open to anyone": (
+        "base/network-policies.yaml",
+        "    - from:\n        - namespaceSelector:\n            matchLabels:\n"
+        "              kubernetes.io/metadata.name: monitoring\n      ports:\n        - protocol: TCP\n"
+        "          port: 9187\n",
+        "    - ports:\n        - protocol: TCP\n          port: 9187\n",
+        "segments-db's metrics port admits ['*'], expected Prometheus only",
     ),
     "spans kept local": (
         "base/channels.yaml",
