@@ -187,6 +187,8 @@ class HttpTransport:
         proxy = self._proxy_of_scheme.get(origin[0])
         if proxy is not None and (_loopback(target.host) or _bypassed(target, self._proxies)):
             proxy = None
+        if len(self._routes) >= 1024:  # webhooks may name many hosts: decided again past a thousand
+            self._routes.clear()
         self._routes[origin] = proxy
         return proxy
 
