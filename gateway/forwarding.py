@@ -11,8 +11,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway import scopes
-from gateway.auth import current_caller
-from plumbing.grpc_server import CLIENT_METADATA, ONLY_CHANNEL_METADATA
+from gateway.auth import Caller, current_caller
+from plumbing.grpc_server import CLIENT_METADATA, ONLY_CHANNEL_METADATA, REQUEST_SCOPE_METADATA
+from plumbing.idempotency import api_key_scope
 from plumbing.telemetry import outreach_span
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,14 @@ def app_event_refusal(method: str, message_type: type[Message], request: bytes) 
     if getattr(message, field) in allowed:
         return ""
     return f"an {scopes.APP_EVENTS} key may record only {field} {names} on a push message; this request sets another"
+
+
+def caller_metadata(caller: Caller | None) -> tuple[tuple[str, str], ...]:
+    """Who the service is called for: the client's name (the actor of audit logs) and the scope of its request ids, so
+    that two keys' request_id "1" are two requests (the key's public id; a call from inside the cluster has none)."""
+    if caller is None:
+        return ()
+    return ((CLIENT_METADATA, caller.client_name), (REQUEST_SCOPE_METADATA, api_key_scope(caller.key_id)))
 
 
 def downstream_timeout(context: grpc.aio.ServicerContext, cap: float) -> float:
@@ -109,8 +118,7 @@ class Forwarder:
         call = channel.unary_stream(method)
 
         async def forward(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            caller = current_caller.get()
-            metadata = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            metadata = caller_metadata(current_caller.get())
             stream = call(request, timeout=context.time_remaining(), metadata=metadata)
             try:
                 async for response in stream:
@@ -138,7 +146,7 @@ class Forwarder:
             if timeout <= 0:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before forwarding")
             caller = current_caller.get()
-            metadata: tuple[tuple[str, str], ...] = ((CLIENT_METADATA, caller.client_name),) if caller else ()
+            metadata = caller_metadata(caller)
             if narrowed and caller is not None and scopes.ADMIN not in caller.scopes:
                 refusal = app_event_refusal(method, message_type, request)
                 if refusal:

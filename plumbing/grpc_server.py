@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from plumbing.db import transient_failure
 from plumbing.errors import DomainError, InvalidArgument, Unavailable
+from plumbing.idempotency import request_scope
 from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
 
@@ -35,6 +36,11 @@ CLIENT_METADATA = "x-xsell-client"
 
 ONLY_CHANNEL_METADATA = "x-xsell-only-channel"
 """Set by the gateway for a caller whose key may report on one channel's messages only (app.events: push)."""
+
+
+REQUEST_SCOPE_METADATA = "x-xsell-request-scope"
+"""Set by the gateway to the scope of the caller's request ids (plumbing.idempotency.api_key_scope); a call without it
+(from inside the cluster, or a gateway of the release before) is unscoped."""
 
 
 def caller_of(context: grpc.aio.ServicerContext, default: str = "internal") -> str:
@@ -241,6 +247,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 failure: BaseException | None = None
+                scope = request_scope.set(_metadata(context, REQUEST_SCOPE_METADATA))
                 with structlog.contextvars.bound_contextvars(**_log_context(method, request)):
                     try:
                         if type(request) is Undecodable:
@@ -253,6 +260,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                         failure = _nul_refusal(error, request) or error
                         await _abort_for(failure, context, method)
                     finally:
+                        request_scope.reset(scope)
                         elapsed = (time.perf_counter() - started) * 1000
                         duration.record(elapsed, {"rpc.method": method, "rpc.outcome": _status_of(failure)})
                         log.debug("rpc_handled", ms=round(elapsed, 2))

@@ -1,5 +1,6 @@
-"""request_id idempotency for mutating RPCs: the same id and payload get the first response back."""
+"""request_id idempotency for mutating RPCs: the same caller's same id and payload get the first response back."""
 
+import contextvars
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -16,14 +17,41 @@ from plumbing.outbox import utcnow
 
 R = TypeVar("R", bound=Message)
 
+UNSCOPED = ""
+"""The scope of calls made inside the cluster (the gateway's webhooks, services calling each other, the bulk feeds on
+NATS) and of every answer remembered before request ids had scopes (the column's default: a replica of the release
+before, still serving during a rollout, writes it too)."""
+
+MAX_SCOPE = 100
+
+request_scope: contextvars.ContextVar[str] = contextvars.ContextVar("xsell_request_scope", default=UNSCOPED)
+"""Whose request ids the current call's are; plumbing.grpc_server sets it for each call from the gateway's metadata."""
+
+RequestKey = tuple[str, str]
+"""(scope, request_id): what an answer is remembered by."""
+
+
+def api_key_scope(key_id: str) -> str:
+    """The scope of the request ids of calls made with one API key (its public id, never its secret): two CRMs or LOSes
+    that number their requests alike never meet each other's answers."""
+    return f"api_key:{key_id}"
+
+
+def scope_in(context: contextvars.Context) -> str:
+    """The scope of a call whose context a batch carries (GroupCommit's Submitted.context): a batch is written in a
+    context of its own, where `request_scope` is not the call's."""
+    return context.get(request_scope, UNSCOPED)
+
 
 def idempotency_table(metadata: MetaData) -> Table:
-    """Responses of mutating RPCs by (method, request_id), written in the same transaction as the change."""
+    """Responses of mutating RPCs by (method, request_id, scope), written in the same transaction as the change."""
     return Table(
         "idempotency",
         metadata,
         Column("method", String(100), primary_key=True),
         Column("request_id", String(200), primary_key=True),
+        # Last in the key: a look-up by request_id finds the caller's row and the unscoped one in one index range.
+        Column("scope", String(MAX_SCOPE), primary_key=True, server_default=UNSCOPED),
         Column("request_hash", String(64), nullable=False),
         Column("response", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
@@ -64,18 +92,27 @@ class Idempotency:
         ... do the work ...
         await idem.remember(session, "CreateLead", request, response)
     A concurrent duplicate fails on the primary key at commit and is retried by the caller.
+
+    Answers are remembered in the call's scope (`request_scope`: the gateway's API key, or UNSCOPED), and a call finds
+    only its own scope's answers, and an unscoped one to exactly the same request: that is an answer remembered
+    before request ids had scopes (a retry across the upgrade gets it, and is not applied twice), or a bulk feed's
+    batch sent again through the gateway. An unscoped answer to another request is not the caller's, and is ignored.
+    The async methods read the scope themselves; the synchronous ones, which may run on another thread, and the
+    batch methods, whose calls come from many callers, are given each call's scope.
     """
 
     def __init__(self, table: Table) -> None:
         self.table = table
 
     async def previous(self, session: AsyncSession, method: str, request: Message, response_type: type[R]) -> R | None:
-        return await session.run_sync(self.previous_sync, method, request, response_type)
+        return await session.run_sync(self.previous_sync, method, request, response_type, request_scope.get())
 
-    def previous_sync(self, session: Session, method: str, request: Message, response_type: type[R]) -> R | None:
+    def previous_sync(
+        self, session: Session, method: str, request: Message, response_type: type[R], scope: str
+    ) -> R | None:
         """previous() for a synchronous Session (Database.run_in_transaction's work)."""
         request_id = require_request_id(request)
-        stored = self.stored_sync(session, method, [request_id]).get(request_id)
+        stored = self.stored_sync(session, method, [(scope, request)]).get((scope, request_id))
         if stored is None:
             return None
         answer = self.answer(method, request, stored, response_type)
@@ -83,16 +120,33 @@ class Idempotency:
             raise answer
         return answer
 
-    def stored_sync(self, session: Session, method: str, request_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
-        """The stored (request hash, response) of each of `request_ids` already answered, in one query."""
-        if not request_ids:
+    def stored_sync(
+        self, session: Session, method: str, requests: Sequence[tuple[str, Message]]
+    ) -> dict[RequestKey, tuple[str, bytes]]:
+        """The stored (request hash, response) of each (scope, request) already answered, by (scope, request_id), in
+        one query: its scope's, else the unscoped one when it answered exactly this request."""
+        by_key: dict[RequestKey, list[Message]] = {}
+        for scope, request in requests:
+            by_key.setdefault((scope, getattr(request, "request_id", "")), []).append(request)
+        if not by_key:
             return {}
         rows = session.execute(
-            select(self.table.c.request_id, self.table.c.request_hash, self.table.c.response).where(
-                self.table.c.method == method, self.table.c.request_id.in_(sorted(set(request_ids)))
+            select(self.table.c.scope, self.table.c.request_id, self.table.c.request_hash, self.table.c.response).where(
+                self.table.c.method == method,
+                self.table.c.request_id.in_(sorted({request_id for _, request_id in by_key})),
+                self.table.c.scope.in_(sorted({scope for scope, _ in by_key} | {UNSCOPED})),
             )
         )
-        return {row.request_id: (row.request_hash, row.response) for row in rows}
+        found = {(row.scope, row.request_id): (row.request_hash, row.response) for row in rows}
+        stored = {}
+        for (scope, request_id), asking in by_key.items():
+            if (own := found.get((scope, request_id))) is not None:
+                stored[scope, request_id] = own
+            elif (unscoped := found.get((UNSCOPED, request_id))) is not None and any(
+                unscoped[0] == request_fingerprint(request) for request in asking
+            ):
+                stored[scope, request_id] = unscoped
+        return stored
 
     @staticmethod
     def answer(method: str, request: Message, stored: tuple[str, bytes], response_type: type[R]) -> R | Aborted:
@@ -107,30 +161,31 @@ class Idempotency:
         return response_type.FromString(response)
 
     async def remember(self, session: AsyncSession, method: str, request: Message, response: Message) -> None:
-        await session.run_sync(self.remember_sync, method, request, response)
+        await session.run_sync(self.remember_sync, method, request, response, request_scope.get())
 
-    def remember_sync(self, session: Session, method: str, request: Message, response: Message) -> None:
+    def remember_sync(self, session: Session, method: str, request: Message, response: Message, scope: str) -> None:
         """remember() for a synchronous Session."""
-        self.remember_many_sync(session, method, [(request, response)])
+        self.remember_many_sync(session, method, [(scope, request, response)])
 
     async def previous_many(
-        self, session: AsyncSession, method: str, requests: Sequence[Message], response_type: type[R]
-    ) -> dict[str, R | Aborted]:
-        """previous() for many requests with distinct request_ids in one query: by request_id, the stored answer,
-        or the Aborted to raise when the id was used for a different request; ids not seen yet are left out."""
-        by_id = {getattr(request, "request_id", ""): request for request in requests}
-        stored = await session.run_sync(self.stored_sync, method, list(by_id))
-        return {
-            request_id: self.answer(method, by_id[request_id], row, response_type) for request_id, row in stored.items()
-        }
+        self, session: AsyncSession, method: str, requests: Sequence[tuple[str, Message]], response_type: type[R]
+    ) -> dict[RequestKey, R | Aborted]:
+        """previous() for many (scope, request) with distinct (scope, request_id) in one query: by (scope, request_id),
+        the stored answer, or the Aborted to raise when the id was used for a different request; ids not seen yet are
+        left out."""
+        by_key = {(scope, getattr(request, "request_id", "")): request for scope, request in requests}
+        stored = await session.run_sync(self.stored_sync, method, requests)
+        return {key: self.answer(method, by_key[key], row, response_type) for key, row in stored.items()}
 
     async def remember_many(
-        self, session: AsyncSession, method: str, answered: Sequence[tuple[Message, Message]]
+        self, session: AsyncSession, method: str, answered: Sequence[tuple[str, Message, Message]]
     ) -> None:
-        """remember() for many (request, response) pairs in one statement."""
+        """remember() for many (scope, request, response) in one statement."""
         await session.run_sync(self.remember_many_sync, method, answered)
 
-    def remember_many_sync(self, session: Session, method: str, answered: Sequence[tuple[Message, Message]]) -> None:
+    def remember_many_sync(
+        self, session: Session, method: str, answered: Sequence[tuple[str, Message, Message]]
+    ) -> None:
         """remember_many() for a synchronous Session."""
         if not answered:
             return
@@ -141,11 +196,12 @@ class Idempotency:
                 {
                     "method": method,
                     "request_id": request.request_id,  # type: ignore[attr-defined]
+                    "scope": scope,
                     "request_hash": request_fingerprint(request),
                     "response": response.SerializeToString(),
                     "created_at": now,
                 }
-                for request, response in answered
+                for scope, request, response in answered
             ],
         )
 

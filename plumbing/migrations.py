@@ -1,5 +1,7 @@
 """The body of every service's Alembic env.py: migrate the connection Database.migrate passes in."""
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy import MetaData
@@ -61,3 +63,51 @@ def outbox_published_index_full() -> None:
     """outbox_published_index_partial undone: the index over every row again."""
     op.drop_index("ix_outbox_published_at", table_name="outbox")
     op.create_index("ix_outbox_published_at", "outbox", ["published_at"])
+
+
+def _idempotency_columns(*, scoped: bool) -> list[sa.Column[Any]]:
+    return [
+        sa.Column("method", sa.String(100), nullable=False),
+        sa.Column("request_id", sa.String(200), nullable=False),
+        *([sa.Column("scope", sa.String(100), nullable=False, server_default="")] if scoped else []),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("response", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    ]
+
+
+def _copy_sqlite_idempotency(*, scoped: bool) -> None:
+    """SQLite cannot change a primary key in place: the table is copied into one with the new key (a one-time cost)."""
+    key = ["method", "request_id", *(["scope"] if scoped else [])]
+    op.create_table(
+        "_idempotency_new", *_idempotency_columns(scoped=scoped), sa.PrimaryKeyConstraint(*key, name="idempotency_pkey")
+    )
+    kept = "method, request_id, request_hash, response, created_at"
+    op.execute(f"INSERT INTO _idempotency_new ({kept}) SELECT {kept} FROM idempotency")
+    op.drop_table("idempotency")
+    op.rename_table("_idempotency_new", "idempotency")
+
+
+def scope_idempotency_requests() -> None:
+    """The idempotency table keyed by (method, request_id, scope) (plumbing.idempotency): two API keys' same request_id
+    are two requests. Every row kept is unscoped (''), the default, which a replica of the release before still writes
+    during a rollout; a retry through the gateway finds such a row when it is exactly its request."""
+    if op.get_bind().dialect.name == "sqlite":
+        _copy_sqlite_idempotency(scoped=True)
+        return
+    # PostgreSQL adds a column with a constant default without rewriting the table; the new key's index is built once.
+    op.add_column("idempotency", sa.Column("scope", sa.String(100), nullable=False, server_default=""))
+    op.drop_constraint("idempotency_pkey", "idempotency", type_="primary")
+    op.create_primary_key("idempotency_pkey", "idempotency", ["method", "request_id", "scope"])
+
+
+def unscope_idempotency_requests() -> None:
+    """scope_idempotency_requests undone. The scoped answers are forgotten (two keys' may share a request_id, which
+    the old key cannot hold): a retry of one of them after the downgrade is applied again."""
+    op.execute("DELETE FROM idempotency WHERE scope <> ''")
+    if op.get_bind().dialect.name == "sqlite":
+        _copy_sqlite_idempotency(scoped=False)
+        return
+    op.drop_constraint("idempotency_pkey", "idempotency", type_="primary")
+    op.create_primary_key("idempotency_pkey", "idempotency", ["method", "request_id"])
+    op.drop_column("idempotency", "scope")

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import Database
 from plumbing.errors import Aborted, AlreadyExists, DomainError, InvalidArgument, enum_name
 from plumbing.group_commit import ALONE, Alone, GroupCommit, Submitted
-from plumbing.idempotency import Idempotency
+from plumbing.idempotency import Idempotency, scope_in
 from plumbing.outbox import Outbox
 from plumbing.page_tokens import decode_token, encode_token, page_size
 from plumbing.telemetry import outreach_span
@@ -369,10 +369,11 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
         outcomes: dict[int, DisbursementOutcome] = {}
         taken: set[tuple[str, str]] = set()
         chosen: list[int] = []
+        scopes = [scope_in(call.context) for call in batch]
         for index, call in enumerate(batch):
             request = call.item[0]
             keys = {
-                ("request", request.request_id),
+                ("request", f"{scopes[index]} {request.request_id}"),
                 ("outreach", request.campaign_id),
                 ("loan", request.loan_number),
                 ("disbursement", request.disbursement_id),
@@ -384,12 +385,15 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
             chosen.append(index)
         requests = {index: batch[index].item[0] for index in chosen}
         answered_before = await self.idempotency.previous_many(
-            session, "RecordDisbursement", list(requests.values()), service_pb2.RecordDisbursementResponse
+            session,
+            "RecordDisbursement",
+            [(scopes[index], request) for index, request in requests.items()],
+            service_pb2.RecordDisbursementResponse,
         )
         todo = []
         for index, request in requests.items():
-            if request.request_id in answered_before:
-                outcomes[index] = answered_before[request.request_id]
+            if (scopes[index], request.request_id) in answered_before:
+                outcomes[index] = answered_before[scopes[index], request.request_id]
             else:
                 todo.append(index)
         locked = await store.lock_outreaches(session, {requests[index].campaign_id for index in todo})
@@ -464,7 +468,7 @@ class AttributionApi(service_pb2_grpc.AttributionServiceServicer):
                 attribution=self._attribution(attributions[request.campaign_id])
             )
             outcomes[index] = response
-            remembered.append((request, response))
+            remembered.append((scopes[index], request, response))
             batch[index].context.run(
                 log.info,
                 "disbursement_attributed",

@@ -19,7 +19,7 @@ from plumbing.db import Database
 from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from plumbing.group_commit import GroupCommit, synchronous_batches
 from plumbing.grpc_server import only_channel_of
-from plumbing.idempotency import Idempotency, request_fingerprint, require_request_id
+from plumbing.idempotency import Idempotency, RequestKey, request_fingerprint, require_request_id, scope_in
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
 from plumbing.page_tokens import decode_token, encode_token, page_size
@@ -146,8 +146,8 @@ class _ReceiptWrites:
     steps: list[tuple[str, TimelineStep]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
-    answered: list[tuple[service_pb2.RecordDeliveryReceiptRequest, service_pb2.RecordDeliveryReceiptResponse]] = field(
-        default_factory=list
+    answered: list[tuple[str, service_pb2.RecordDeliveryReceiptRequest, service_pb2.RecordDeliveryReceiptResponse]] = (
+        field(default_factory=list)
     )
 
 
@@ -332,15 +332,17 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         number, as _apply_receipts does: the answers given and the messages read once; each one's refusal its own; the
         timeline steps, EngagementRecorded events (each in its caller's trace) and answers written once each."""
         method, response_type = "RecordEngagement", service_pb2.RecordEngagementResponse
-        stored = self.idempotency.stored_sync(session, method, [item.fingerprinted.request_id for item, _ in items])
+        stored = self.idempotency.stored_sync(
+            session, method, [(scope_in(context), item.fingerprinted) for item, context in items]
+        )
         records = store.messages_sync(session, {item.campaign_id for item, _ in items})
         steps: list[tuple[str, TimelineStep]] = []
         events: list[dict[str, Any]] = []
-        answered: list[tuple[service_pb2.RecordEngagementRequest, service_pb2.RecordEngagementResponse]] = []
+        answered: list[tuple[str, service_pb2.RecordEngagementRequest, service_pb2.RecordEngagementResponse]] = []
         answers: list[service_pb2.RecordEngagementResponse | DomainError] = []
         for item, context in items:
-            request = item.fingerprinted
-            found = self._answered_or_record(method, request, stored, response_type, records, item)
+            request, scope = item.fingerprinted, scope_in(context)
+            found = self._answered_or_record(method, (scope, request), stored, response_type, records, item)
             if not isinstance(found, MessageRecord):
                 answers.append(found)
                 continue
@@ -357,9 +359,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
             bisect.insort_right(timeline, step, key=lambda s: s.at)
             record = records[item.campaign_id] = dataclasses.replace(record, timeline=timeline)
             response = response_type(message=convert.message_proto(record))
-            answered.append((request, response))
+            answered.append((scope, request, response))
             # A copy of the request later in the batch gets this answer, as it would from the table.
-            stored[request.request_id] = (request_fingerprint(request), response.SerializeToString())
+            stored[scope, request.request_id] = (request_fingerprint(request), response.SerializeToString())
             answers.append(response)
         store.add_timeline_steps(session, steps)
         self.outbox.add_rows_sync(session, events)
@@ -369,17 +371,19 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
     def _answered_or_record(
         self,
         method: str,
-        request: Message,
-        stored: dict[str, tuple[str, bytes]],
+        scoped: tuple[str, Message],
+        stored: dict[RequestKey, tuple[str, bytes]],
         response_type: type[R],
         records: dict[str, MessageRecord],
         item: "_Engagement | _Receipt",
     ) -> R | DomainError | MessageRecord:
-        """A batched call's answer when it has one already (its request_id's stored answer, or its refusal: a reused
-        request_id, an unknown campaign ID, another channel's message); else the message it applies to."""
-        request_id: str = getattr(request, "request_id", "")
-        if request_id in stored:
-            return self.idempotency.answer(method, request, stored[request_id], response_type)
+        """A batched call's answer when it has one already (its request_id's stored answer in its scope, or its
+        refusal: a reused request_id, an unknown campaign ID, another channel's message); else the message it applies
+        to."""
+        scope, request = scoped
+        key = (scope, getattr(request, "request_id", ""))
+        if key in stored:
+            return self.idempotency.answer(method, request, stored[key], response_type)
         record = records.get(item.campaign_id)
         if record is None:
             return _no_message(item.campaign_id)
@@ -462,13 +466,15 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         steps, DeliveryUpdated events (each built in its caller's context, so in its outreach's trace), the providers
         whose reports came, and the answers: one statement each."""
         method, response_type = "RecordDeliveryReceipt", service_pb2.RecordDeliveryReceiptResponse
-        stored = self.idempotency.stored_sync(session, method, [item.request.request_id for item, _ in items])
+        stored = self.idempotency.stored_sync(
+            session, method, [(scope_in(context), item.request) for item, context in items]
+        )
         records = store.messages_sync(session, {item.campaign_id for item, _ in items}, lock=True)
         written = _ReceiptWrites()
         answers: list[tuple[service_pb2.RecordDeliveryReceiptResponse, bool] | DomainError] = []
         for item, context in items:
-            request = item.request
-            found = self._answered_or_record(method, request, stored, response_type, records, item)
+            request, scope = item.request, scope_in(context)
+            found = self._answered_or_record(method, (scope, request), stored, response_type, records, item)
             if not isinstance(found, MessageRecord):
                 answers.append(found if isinstance(found, DomainError) else (found, False))
                 continue
@@ -485,9 +491,9 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                 # The provider's reports are coming (an app's report about a push says nothing of FCM's).
                 written.reported.add(record.channel)
             response = response_type(message=convert.message_proto(record))
-            written.answered.append((request, response))
+            written.answered.append((scope, request, response))
             # A copy of the request later in the batch gets this answer, as it would from the table.
-            stored[request.request_id] = (request_fingerprint(request), response.SerializeToString())
+            stored[scope, request.request_id] = (request_fingerprint(request), response.SerializeToString())
             answers.append((response, outcome is not None))
         store.set_states(session, written.changes)
         store.add_timeline_steps(session, written.steps)

@@ -11,7 +11,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.group_commit import ALONE, Alone, Submitted
-from plumbing.idempotency import Idempotency
+from plumbing.idempotency import Idempotency, RequestKey, scope_in
 from plumbing.outbox import Outbox
 from services import streams
 from services.segments import maintenance, records, store, suppressions
@@ -208,21 +208,25 @@ class Activity:
         """Applies concurrent IngestEvents calls in the caller's one transaction (a group commit): their events
         are recorded and memberships refreshed once for all, each call answered and remembered by request_id.
 
-        A request_id seen before gets its first answer; a second call with the same request_id in the batch
-        is left ALONE, so it runs after this commit and finds the first one's answer.
+        A request_id seen before gets its first answer; a second call with the same request_id (and scope) in the
+        batch is left ALONE, so it runs after this commit and finds the first one's answer.
         """
         requests = [submitted.item.request for submitted in batch]
+        scopes = [scope_in(submitted.context) for submitted in batch]
         outcomes: list[service_pb2.IngestEventsResponse | Alone | BaseException] = [ALONE] * len(batch)
-        firsts: dict[str, int] = {}
+        firsts: dict[RequestKey, int] = {}
         for index, request in enumerate(requests):
-            firsts.setdefault(request.request_id, index)
+            firsts.setdefault((scopes[index], request.request_id), index)
         previous = await self.idempotency.previous_many(
-            session, "IngestEvents", [requests[i] for i in firsts.values()], service_pb2.IngestEventsResponse
+            session,
+            "IngestEvents",
+            [(scopes[i], requests[i]) for i in firsts.values()],
+            service_pb2.IngestEventsResponse,
         )
         fresh = []
-        for request_id, index in firsts.items():
-            if request_id in previous:
-                outcomes[index] = previous[request_id]
+        for key, index in firsts.items():
+            if key in previous:
+                outcomes[index] = previous[key]
             else:
                 fresh.append(index)
         await self.record_events(session, [event for i in fresh for event in batch[i].item.incoming], now)
@@ -234,7 +238,7 @@ class Activity:
             )
             self.metrics.events(session, call.transport, response.accepted_count, len(call.problems))
             outcomes[index] = response
-            answered.append((call.request, response))
+            answered.append((scopes[index], call.request, response))
         await self.idempotency.remember_many(session, "IngestEvents", answered)
         return outcomes
 

@@ -20,6 +20,8 @@ from gateway.settings import GatewaySettings
 from gateway.store import KeyStore
 from plumbing.db import Database
 from plumbing.runtime import ServiceProcess
+from services.segments.app import build as build_segments
+from services.segments.settings import SegmentsSettings
 from xsell.channels.v1 import service_pb2 as channels_pb2
 
 # A length-delimited field 999: valid bytes for any message, and unlike anything the gateway would produce itself.
@@ -187,3 +189,13 @@ async def start_gateway(tmp_path: Path, downstream: Downstream) -> AsyncIterator
     yield start
     for gateway in running:
         await gateway.stop()
+
+
+@pytest.fixture
+async def segments_target(database_url: str, nats_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A real segments service, on each database backend, for a gateway to forward to."""
+    settings = SegmentsSettings(grpc_port=0, database_url=database_url, nats_url=nats_url, var_dir=tmp_path)
+    process = await build_segments(settings, TracerProvider())
+    await process.start()
+    yield f"127.0.0.1:{process.server.port}"
+    await process.stop(1)

@@ -10,6 +10,9 @@ from grpc_status import rpc_status
 from opentelemetry.trace import StatusCode
 
 from gateway import scopes
+from gateway.keys import parse_key
+from plumbing.grpc_server import REQUEST_SCOPE_METADATA
+from plumbing.idempotency import api_key_scope
 from plumbing.telemetry import CAMPAIGN_ID, outreach_trace_id
 from tests.integration.gateway.conftest import Downstream, GatewayFactory, unused_target
 from xsell.attribution.v1 import resources_pb2 as attribution_resources
@@ -238,3 +241,20 @@ async def test_only_get_message_of_channels_is_served(start_gateway: GatewayFact
         channels_pb2.GetMessageRequest(campaign_id="CSELL-1").SerializeToString(), metadata=[("x-api-key", key)]
     )
     assert [received.method for received in downstream.services.calls] == [GET_MESSAGE]
+
+
+async def test_the_service_is_told_the_scope_of_the_callers_request_ids_and_a_caller_cannot_choose_it(
+    start_gateway: GatewayFactory, downstream: Downstream
+) -> None:
+    gateway = await start_gateway()
+    crm, los = await gateway.add_key(scopes.INGEST), await gateway.add_key(scopes.INGEST)
+    api = segments_grpc.SegmentsServiceStub(gateway.channel())
+    request = segments_pb2.IngestEventsRequest(request_id="1")
+    await api.IngestEvents(request, metadata=[("x-api-key", crm)])
+    # The LOS claims the CRM's scope: the service is told the LOS's own.
+    forged = (REQUEST_SCOPE_METADATA, api_key_scope(parse_key(crm).key_id))
+    await api.IngestEvents(request, metadata=[("x-api-key", los), forged])
+    assert [received.metadata[REQUEST_SCOPE_METADATA] for received in downstream.services.calls] == [
+        api_key_scope(parse_key(crm).key_id),
+        api_key_scope(parse_key(los).key_id),
+    ]
