@@ -38,9 +38,33 @@ class AlreadyExists(DomainError):
 
 
 class FailedPrecondition(DomainError):
-    """The current state forbids the request; the message says which state."""
+    """The current state forbids the request; the message says which state.
+
+    `subject` names what is in that state, as a resource name ("segments/seg_01…", "loans/LN-1"), and `kind` what kind
+    of precondition failed (one of the PRECONDITION_* names); together they are the status's
+    google.rpc.PreconditionFailure, beside the BadRequest of the request's `field` when one is named.
+    """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(
+        self, message: str, *, field: str | None = None, subject: str | None = None, kind: str = "STATE"
+    ) -> None:
+        super().__init__(message, field=field)
+        self.subject = subject
+        self.kind = kind
+
+
+PRECONDITION_STATE = "STATE"
+"""The subject's lifecycle state forbids the call (an ARCHIVED segment, a RUNNING campaign, a settled message)."""
+PRECONDITION_VERSION = "VERSION"
+"""The call names another version than the subject's current one: reload it."""
+PRECONDITION_ORDER = "ORDER"
+"""An earlier step about the subject is missing (a loan's application before its sanction)."""
+PRECONDITION_APPROVAL = "APPROVAL"
+"""Maker-checker: the subject needs another person's approval, or its author may not approve it."""
+PRECONDITION_REFERENCE = "REFERENCE"
+"""The subject refers to, or is referred to by, something whose state forbids the call."""
 
 
 class Aborted(DomainError):

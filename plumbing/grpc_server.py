@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.exc import DBAPIError
 
 from plumbing.db import transient_failure
-from plumbing.errors import DomainError, InvalidArgument, Unavailable
+from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
 from plumbing.idempotency import request_scope
 from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
@@ -115,11 +115,12 @@ def _undecodable(deserializer: Callable[[bytes], Any], method: str, error: Decod
 
 
 def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
-    """The google.rpc.Status trailer, with a BadRequest field violation when a field is named."""
+    """The google.rpc.Status trailer, with a BadRequest field violation when a field is named, and a
+    PreconditionFailure violation when a failed precondition names its subject."""
     status = status_pb2.Status(code=error.code.value[0], message=_bounded(str(error)))
+    details: list[Message] = []
     if error.field:
-        detail = any_pb2.Any()
-        detail.Pack(
+        details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
@@ -128,7 +129,20 @@ def _status_details(error: DomainError) -> tuple[tuple[str, bytes], ...]:
                 ]
             )
         )
-        status.details.append(detail)
+    if isinstance(error, FailedPrecondition) and error.subject:
+        details.append(
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=error.kind, subject=_bounded(error.subject), description=_bounded(error.message)
+                    )
+                ]
+            )
+        )
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 

@@ -4,7 +4,7 @@ needs, with the last-touch window that links a conversion without a campaign ID.
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from plumbing.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from plumbing.errors import PRECONDITION_ORDER, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 SENT = "sent"
 DELIVERED = "delivered"
@@ -147,20 +147,38 @@ def check_application(loan_number: str, applied_campaign_id: str | None, campaig
         )
 
 
+def loan_subject(loan_number: str) -> str:
+    """The loan a refusal is about, as its PreconditionFailure names it."""
+    return f"loans/{loan_number}"
+
+
 def check_sanction(loan_number: str, stage: str | None) -> None:
     if stage is None:
-        raise FailedPrecondition(f"loan {loan_number} has no application; record the application first")
+        raise FailedPrecondition(
+            f"loan {loan_number} has no application; record the application first",
+            subject=loan_subject(loan_number),
+            kind=PRECONDITION_ORDER,
+        )
     if stage == DISBURSED:
-        raise FailedPrecondition(f"loan {loan_number} is already disbursed; a disbursed loan cannot be sanctioned")
+        raise FailedPrecondition(
+            f"loan {loan_number} is already disbursed; a disbursed loan cannot be sanctioned",
+            subject=loan_subject(loan_number),
+        )
 
 
 def check_disbursement(loan_number: str, stage: str | None) -> None:
     if stage is None:
         raise FailedPrecondition(
-            f"loan {loan_number} has no application; record the application and the sanction first"
+            f"loan {loan_number} has no application; record the application and the sanction first",
+            subject=loan_subject(loan_number),
+            kind=PRECONDITION_ORDER,
         )
     if stage == APPLIED:
-        raise FailedPrecondition(f"loan {loan_number} is at stage {stage!r}, not sanctioned; record the sanction first")
+        raise FailedPrecondition(
+            f"loan {loan_number} is at stage {stage!r}, not sanctioned; record the sanction first",
+            subject=loan_subject(loan_number),
+            kind=PRECONDITION_ORDER,
+        )
 
 
 def check_same_campaign(loan_number: str, loan_campaign_id: str, campaign_id: str) -> None:
@@ -221,7 +239,9 @@ def check_activation(campaign_id: str, funded_at: datetime | None, at: datetime)
     if funded_at is None:
         raise FailedPrecondition(
             f"outreach {campaign_id} has no funded conversion yet; record the funding (a disbursement or an "
-            "account_funded / invested conversion) before its first transaction"
+            "account_funded / invested conversion) before its first transaction",
+            subject=f"outreaches/{campaign_id}",
+            kind=PRECONDITION_ORDER,
         )
     if at < funded_at:
         raise InvalidArgument(

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from plumbing.errors import PRECONDITION_REFERENCE, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from services.campaigns.campaign_ids import month_code, normalise_programme, normalise_trigger_code
 from services.campaigns.content import (
     CompiledContent,
@@ -174,6 +174,8 @@ def require_published(segment_id: str, segment_state: str) -> None:
         raise FailedPrecondition(
             f"segment {segment_id} is {segment_state}; publish it before targeting it",
             field="campaign.segment_id",
+            subject=f"segments/{segment_id}",
+            kind=PRECONDITION_REFERENCE,
         )
 
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from plumbing.errors import FailedPrecondition, InvalidArgument
+from plumbing.errors import PRECONDITION_APPROVAL, PRECONDITION_VERSION, FailedPrecondition, InvalidArgument
 from services.campaigns.campaigns import CampaignState
 
 S = CampaignState
@@ -15,6 +15,11 @@ RELEASING = frozenset({S.SCHEDULED, S.RUNNING})
 """States in which the release runner may create and dispatch outreaches."""
 
 MAX_REASON = 1000
+
+
+def campaign_subject(campaign_key: str) -> str:
+    """The campaign a refused transition is about, as a refusal's PreconditionFailure names it."""
+    return f"campaigns/{campaign_key}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ def update(campaign_key: str, state: CampaignState) -> Transition:
             f"campaign {campaign_key} is {state.value}; only DRAFT, SUBMITTED or APPROVED campaigns can be "
             "changed (a launched campaign cannot: cancel it and create a new one)",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     return Transition(S.DRAFT, "updated")
 
@@ -43,6 +49,8 @@ def _require_version(campaign_key: str, current: int, requested: int) -> None:
             f"campaign {campaign_key} is at version {current}, not {requested}; reload it and act on "
             f"version {current} (or pass version 0 for the current one)",
             field="version",
+            subject=campaign_subject(campaign_key),
+            kind=PRECONDITION_VERSION,
         )
 
 
@@ -52,6 +60,7 @@ def submit(campaign_key: str, state: CampaignState, current_version: int, versio
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; only a DRAFT campaign can be submitted for approval",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     return Transition(S.SUBMITTED, "submitted")
 
@@ -65,12 +74,15 @@ def approve(
             f"campaign {campaign_key} is {state.value}; only a SUBMITTED campaign can be approved "
             "(submit it first with SubmitCampaign)",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     if actor == author:
         raise FailedPrecondition(
             f"{actor} wrote version {current_version} of campaign {campaign_key} and cannot approve it; "
             "another person with the approve scope must (maker-checker)",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
+            kind=PRECONDITION_APPROVAL,
         )
     return Transition(S.APPROVED, "approved", note.strip()[:MAX_REASON])
 
@@ -83,6 +95,7 @@ def reject(campaign_key: str, state: CampaignState, current_version: int, versio
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; only a SUBMITTED campaign can be rejected",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     return Transition(S.DRAFT, "rejected", reason.strip()[:MAX_REASON])
 
@@ -96,11 +109,14 @@ def check_launchable(campaign_key: str, state: CampaignState, *, require_approva
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; it must be APPROVED before launch: {hint}",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
+            kind=PRECONDITION_APPROVAL,
         )
     if not require_approval and state not in (S.DRAFT, S.APPROVED):
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; only DRAFT or APPROVED campaigns can be launched",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
 
 
@@ -109,6 +125,7 @@ def pause(campaign_key: str, state: CampaignState, reason: str) -> Transition:
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; only SCHEDULED or RUNNING campaigns can be paused",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     return Transition(S.PAUSED, "paused", reason.strip()[:MAX_REASON])
 
@@ -119,6 +136,7 @@ def resume(campaign_key: str, state: CampaignState, paused_from: str | None) -> 
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value}; only a PAUSED campaign can be resumed",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     target = S(paused_from) if paused_from in (S.SCHEDULED, S.RUNNING) else S.RUNNING
     return Transition(target, "resumed")
@@ -129,5 +147,6 @@ def cancel(campaign_key: str, state: CampaignState, reason: str) -> Transition:
         raise FailedPrecondition(
             f"campaign {campaign_key} is {state.value} already; only a campaign that has not finished can be cancelled",
             field="campaign_key",
+            subject=campaign_subject(campaign_key),
         )
     return Transition(S.CANCELLED, "cancelled", reason.strip()[:MAX_REASON])

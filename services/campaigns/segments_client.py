@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import grpc
 
-from plumbing.errors import FailedPrecondition, NotFound, Unavailable
+from plumbing.errors import PRECONDITION_REFERENCE, FailedPrecondition, NotFound, Unavailable
 from services.campaigns.rendering import Money
 from xsell.segments.v1 import resources_pb2, service_pb2, service_pb2_grpc
 from xsell.type.v1 import channel_pb2
@@ -158,7 +158,9 @@ class SegmentsClient:
             # the run cannot progress until someone acts.
             raise FailedPrecondition(
                 f"segments refused to stream members of {segment_id} version {version} "
-                f"({error.code().name}: {error.details()})"
+                f"({error.code().name}: {error.details()})",
+                subject=f"segments/{segment_id}",
+                kind=PRECONDITION_REFERENCE,
             ) from error
         finally:
             call.cancel()

@@ -181,6 +181,7 @@ def _never_handed_over(record: MessageRecord, refused: str) -> FailedPreconditio
     return FailedPrecondition(
         f"campaign ID {record.campaign_id} was never handed to a provider (it is {record.state.value}); {refused}",
         field="campaign_id",
+        subject=f"messages/{record.campaign_id}",
     )
 
 
@@ -620,6 +621,7 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
                         f"campaign ID {campaign_id} is {current.value}, not AMBIGUOUS: only a message whose outcome "
                         "is unknown is settled by hand (a receipt may have settled it meanwhile)",
                         field="campaign_id",
+                        subject=f"messages/{campaign_id}",
                     )
                 now = utcnow()
                 await session.run_sync(

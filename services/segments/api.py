@@ -9,7 +9,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
+from plumbing.errors import PRECONDITION_REFERENCE, FailedPrecondition, InvalidArgument, NotFound
 from plumbing.group_commit import Alone, GroupCommit, Submitted
 from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency, require_request_id
@@ -26,7 +26,14 @@ from services.segments.api_audience import AudienceApi
 from services.segments.api_catalog import CatalogApi
 from services.segments.api_governance import GovernanceApi, validate_definition, version_ref
 from services.segments.api_support import check_batch as _check_batch
-from services.segments.api_support import load_published, load_segment, load_version, membership_changed, segment_proto
+from services.segments.api_support import (
+    load_published,
+    load_segment,
+    load_version,
+    membership_changed,
+    segment_proto,
+    segment_subject,
+)
 from services.segments.api_support import timestamp as _timestamp
 from services.segments.api_suppressions import SuppressionsApi, suppression_proto
 from services.segments.governance import Action
@@ -266,7 +273,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             head = await load_segment(session, request.segment_id, for_update=True)
             if head.state == store.ARCHIVED:
                 raise FailedPrecondition(
-                    f"segment {head.segment_id} is ARCHIVED; create a new segment instead", field="segment_id"
+                    f"segment {head.segment_id} is ARCHIVED; create a new segment instead",
+                    field="segment_id",
+                    subject=segment_subject(head.segment_id),
                 )
             version = await load_version(session, head, 0)
             if version.state == store.PUBLISHED:
@@ -274,7 +283,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             try:
                 governance.publishable(version_ref(version), require_approval=self.require_approval)
             except governance.TransitionRefused as refused:
-                raise FailedPrecondition(refused.message, field="segment_id") from None
+                raise FailedPrecondition(
+                    refused.message, field="segment_id", subject=segment_subject(head.segment_id), kind=refused.kind
+                ) from None
             rule = parse_rule(resources_pb2.Rule.FromString(version.rule))
             referenced = list(references(rule))
             states = await store.segment_states(session, (r.segment_id for r in referenced))
@@ -285,6 +296,8 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
                         f"segment {head.segment_id} refers to segment {reference.segment_id}, which is {state}; "
                         f"publish {reference.segment_id} first",
                         field=reference.path,
+                        subject=segment_subject(reference.segment_id),
+                        kind=PRECONDITION_REFERENCE,
                     )
             await self._check_references(session, rule, head.segment_id)
             with self.tracer.start_as_current_span("compute members", attributes={"segment.id": head.segment_id}):

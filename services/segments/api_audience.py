@@ -9,10 +9,10 @@ from sqlalchemy import String, and_, literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import FailedPrecondition, InvalidArgument, NotFound
+from plumbing.errors import PRECONDITION_VERSION, FailedPrecondition, InvalidArgument, NotFound
 from plumbing.outbox import utcnow
 from services.segments import explain, store, suppressions
-from services.segments.api_support import load_published, load_segment, load_version, timestamp
+from services.segments.api_support import load_published, load_segment, load_version, segment_subject, timestamp
 from services.segments.api_suppressions import domain_suppression, suppression_proto
 from services.segments.compiler import condition
 from services.segments.rules import Rule, RuleError, parse_rule
@@ -194,6 +194,8 @@ class AudienceApi:
                         f"segment {head.segment_id} publishes version {head.version}, not the pinned version "
                         f"{pinned}; stream version {head.version} or re-pin the campaign",
                         field="version",
+                        subject=segment_subject(head.segment_id),
+                        kind=PRECONDITION_VERSION,
                     )
                 pinned = head.version
                 page = await store.stream_page(

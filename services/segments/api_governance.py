@@ -9,7 +9,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
-from plumbing.errors import FailedPrecondition, InvalidArgument
+from plumbing.errors import PRECONDITION_REFERENCE, FailedPrecondition, InvalidArgument
 from plumbing.grpc_server import caller_of
 from plumbing.idempotency import Idempotency
 from plumbing.outbox import utcnow
@@ -19,6 +19,7 @@ from services.segments.api_support import (
     load_segment,
     load_version,
     segment_proto,
+    segment_subject,
     timestamp,
 )
 from services.segments.governance import Action, VersionState
@@ -174,7 +175,9 @@ class GovernanceApi:
         head = await load_segment(session, segment_id, for_update=True)
         if head.state == store.ARCHIVED:
             raise FailedPrecondition(
-                f"segment {segment_id} is ARCHIVED and cannot change; create a new segment instead", field="segment_id"
+                f"segment {segment_id} is ARCHIVED and cannot change; create a new segment instead",
+                field="segment_id",
+                subject=segment_subject(segment_id),
             )
         return head, await load_version(session, head, version)
 
@@ -198,6 +201,7 @@ class GovernanceApi:
                 raise FailedPrecondition(
                     f"segment {head.segment_id} is ARCHIVED and cannot change; create a new segment instead",
                     field="segment_id",
+                    subject=segment_subject(head.segment_id),
                 )
             await self._check_references(session, definition.rule, head.segment_id)
             latest = await load_version(session, head, 0)
@@ -230,7 +234,9 @@ class GovernanceApi:
             try:
                 state = governance.submit(version_ref(version))
             except governance.TransitionRefused as refused:
-                raise FailedPrecondition(refused.message, field="version") from None
+                raise FailedPrecondition(
+                    refused.message, field="version", subject=segment_subject(head.segment_id), kind=refused.kind
+                ) from None
             segment = await self._transition(session, head, version, state, Action.SUBMITTED, actor, now)
             response = service_pb2.SubmitSegmentResponse(segment=segment)
             await self.idempotency.remember(session, "SubmitSegment", request, response)
@@ -253,7 +259,9 @@ class GovernanceApi:
             try:
                 state = governance.approve(version_ref(version), actor)
             except governance.TransitionRefused as refused:
-                raise FailedPrecondition(refused.message, field="version") from None
+                raise FailedPrecondition(
+                    refused.message, field="version", subject=segment_subject(head.segment_id), kind=refused.kind
+                ) from None
             segment = await self._transition(
                 session, head, version, state, Action.APPROVED, actor, now, note=note, approver=actor
             )
@@ -278,7 +286,9 @@ class GovernanceApi:
             try:
                 state = governance.reject(version_ref(version))
             except governance.TransitionRefused as refused:
-                raise FailedPrecondition(refused.message, field="version") from None
+                raise FailedPrecondition(
+                    refused.message, field="version", subject=segment_subject(head.segment_id), kind=refused.kind
+                ) from None
             segment = await self._transition(session, head, version, state, Action.REJECTED, actor, now, note=reason)
             response = service_pb2.RejectSegmentResponse(segment=segment)
             await self.idempotency.remember(session, "RejectSegment", request, response)
@@ -300,7 +310,9 @@ class GovernanceApi:
             head = await load_segment(session, request.segment_id, for_update=True)
             if head.state == store.ARCHIVED:
                 raise FailedPrecondition(
-                    f"segment {head.segment_id} is already ARCHIVED; create a new segment instead", field="segment_id"
+                    f"segment {head.segment_id} is already ARCHIVED; create a new segment instead",
+                    field="segment_id",
+                    subject=segment_subject(head.segment_id),
                 )
             dependants = sorted(
                 sid
@@ -315,6 +327,8 @@ class GovernanceApi:
                     f"segment {head.segment_id} is referred to by {', '.join(dependants)}; "
                     "archive those or remove the reference with UpdateSegment first",
                     field="segment_id",
+                    subject=segment_subject(head.segment_id),
+                    kind=PRECONDITION_REFERENCE,
                 )
             latest = await load_version(session, head, 0)
             await store.mark_archived(session, head.segment_id)

@@ -80,9 +80,16 @@ async def load_published(session: AsyncSession, segment_id: str) -> store.Segmen
     row = await load_segment(session, segment_id)
     if row.state != store.PUBLISHED:
         raise FailedPrecondition(
-            f"segment {segment_id} is {row.state}; publish it with PublishSegment first", field="segment_id"
+            f"segment {segment_id} is {row.state}; publish it with PublishSegment first",
+            field="segment_id",
+            subject=segment_subject(segment_id),
         )
     return row
+
+
+def segment_subject(segment_id: str) -> str:
+    """The segment a refusal is about, as its PreconditionFailure names it."""
+    return f"segments/{segment_id}"
 
 
 async def load_version(session: AsyncSession, head: store.SegmentRow, version: int) -> store.VersionRow:

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from enum import StrEnum
 
+from plumbing.errors import PRECONDITION_APPROVAL, PRECONDITION_STATE
+
 
 class VersionState(StrEnum):
     DRAFT = "DRAFT"
@@ -27,11 +29,13 @@ MAX_NOTE = 2000
 
 
 class TransitionRefused(Exception):
-    """A transition the current state or the actor forbids; `message` says what to do instead."""
+    """A transition the current state or the actor forbids; `message` says what to do instead, `kind` which
+    precondition failed (plumbing.errors' PRECONDITION_*)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, kind: str = PRECONDITION_STATE) -> None:
         super().__init__(message)
         self.message = message
+        self.kind = kind
 
 
 class NoteProblem(ValueError):
@@ -80,7 +84,9 @@ def approve(ref: VersionRef, actor: str) -> VersionState:
         hint = "submit it first with SubmitSegment" if ref.state is VersionState.DRAFT else "it needs no approval"
         raise TransitionRefused(f"{_where(ref)}; only a SUBMITTED version can be approved: {hint}")
     if actor == ref.author:
-        raise TransitionRefused("the author cannot approve their own segment; ask another approver")
+        raise TransitionRefused(
+            "the author cannot approve their own segment; ask another approver", kind=PRECONDITION_APPROVAL
+        )
     return VersionState.APPROVED
 
 

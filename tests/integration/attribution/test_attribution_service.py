@@ -22,6 +22,7 @@ from plumbing.telemetry import outreach_trace_id
 from services import streams
 from services.attribution.lead_watch import LeadWatch
 from tests.integration.attribution.seeding import publish_outreach, publish_withdrawal, running_service
+from tests.status_details import precondition_violations
 from tests.waiting import eventually
 from xsell.attribution.v1 import events_pb2 as attribution_events
 from xsell.attribution.v1 import resources_pb2 as attribution_pb2
@@ -221,6 +222,8 @@ async def test_outreach_to_disbursement_is_priced_to_the_rupee_and_published(ser
     error = await _rejected(disburse(_inr(174_000_000)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "applied" in (error.details() or "")
+    # The loan is the precondition's subject: the step it still needs is before this one.
+    assert precondition_violations(error) == [("ORDER", "loans/LA-2025-0001", error.details())]
     assert await _attribution(stub, campaign_id) == before_sanction
 
     sanction = await stub.RecordSanction(

@@ -16,6 +16,7 @@ from tests.integration.campaigns.harness import (
     programme_code,
     state_of,
 )
+from tests.status_details import field_violations, precondition_violations
 from tests.waiting import eventually
 from xsell.campaigns.v1 import resources_pb2, service_pb2, service_pb2_grpc
 
@@ -79,6 +80,8 @@ async def test_maker_checker_versions_and_audit(stub: service_pb2_grpc.Campaigns
     )
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "maker wrote version 1" in (error.details() or "") and "cannot approve it" in (error.details() or "")
+    [(kind, subject, _)] = precondition_violations(error)
+    assert (kind, subject) == ("APPROVAL", f"campaigns/{key}")
     # A rejection needs a reason, then sends it back to draft.
     error = await _rejected(
         stub.RejectCampaign(service_pb2.RejectCampaignRequest(request_id="mc-r0", campaign_key=key), metadata=CHECKER)
@@ -119,6 +122,8 @@ async def test_maker_checker_versions_and_audit(stub: service_pb2_grpc.Campaigns
         )
     )
     assert "is at version 2, not 1" in (old.details() or "")
+    assert field_violations(old) == ["version"]
+    assert [(kind, subject) for kind, subject, _ in precondition_violations(old)] == [("VERSION", f"campaigns/{key}")]
     # The maker of version 1 may approve version 2: its author is the editor.
     approved = (
         await stub.ApproveCampaign(

@@ -14,6 +14,7 @@ from plumbing.ids import new_id
 from services import streams
 from tests.integration.segments.approval import publish
 from tests.integration.segments.server import serving
+from tests.status_details import field_violations, precondition_violations
 from tests.unit.segments.builders import all_, any_, event, segment, sip_only
 from tests.waiting import eventually
 from xsell.segments.v1 import events_pb2
@@ -89,15 +90,25 @@ async def test_a_version_goes_from_draft_to_published_only_with_another_persons_
     code, details = await _refused(_publish(segments, sid))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert f"segment {sid} version 1 is DRAFT" in details and "SubmitSegment" in details
+    with pytest.raises(grpc.aio.AioRpcError) as draft:
+        await _publish(segments, sid)
+    # The field the request named, and the segment whose state forbids it.
+    assert field_violations(draft.value) == ["segment_id"]
+    [(kind, subject, description)] = precondition_violations(draft.value)
+    assert (kind, subject) == ("STATE", f"segments/{sid}") and f"{sid} version 1 is DRAFT" in description
     code, details = await _refused(_approve(segments, sid, 1))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "is DRAFT" in details
 
     assert (await _submit(segments, sid, 1)).segment.state == r.SEGMENT_STATE_SUBMITTED
     code, details = await _refused(_submit(segments, sid, 1))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "is SUBMITTED" in details
-    code, details = await _refused(_approve(segments, sid, 1, metadata=MAKER))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert details == "version: the author cannot approve their own segment; ask another approver"
+    with pytest.raises(grpc.aio.AioRpcError) as own:
+        await _approve(segments, sid, 1, metadata=MAKER)
+    assert own.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert own.value.details() == "version: the author cannot approve their own segment; ask another approver"
+    assert precondition_violations(own.value) == [
+        ("APPROVAL", f"segments/{sid}", "the author cannot approve their own segment; ask another approver")
+    ]
 
     code, details = await _refused(
         segments.RejectSegment(
