@@ -8,7 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from gateway.esp_events import verification_key
 from gateway.ses_events import SNS_CERT_URL_PATTERN, pinned_certificates
-from plumbing.grpc_server import TlsFiles
+from plumbing.grpc_server import SERVICE_MAX_REQUEST_BYTES, TlsFiles
 from plumbing.settings import ServiceSettings
 
 
@@ -49,7 +49,10 @@ class GatewaySettings(ServiceSettings):
     )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024,
-        description="Largest gRPC request accepted, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.",
+        ge=1024,
+        le=SERVICE_MAX_REQUEST_BYTES,
+        description="Largest gRPC request accepted, in bytes; gRPC refuses a larger one with RESOURCE_EXHAUSTED "
+        "('Received message larger than max'). At most the 32 MiB the services read: this is the limit clients meet.",
     )
     rate_limit_per_second: float = Field(
         default=100.0,

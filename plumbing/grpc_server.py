@@ -60,6 +60,12 @@ def _metadata(context: grpc.aio.ServicerContext, name: str) -> str:
     return ""
 
 
+SERVICE_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+"""The largest request a service reads (gRPC's own default is 4 MiB), as large as the responses its callers read
+(plumbing.grpc_client): the gateway's XSELL_GATEWAY_MAX_REQUEST_BYTES, at most this, is the limit a client meets, and a
+request the gateway passes on is never refused by the service's transport in words about another limit."""
+
+
 MAX_ERROR_TEXT = 1000
 """The most of an error's text a refusal carries. It is sent twice (grpc-message and the status details), and a
 caller's 10,000-character value echoed in it passed gRPC's 16 KiB limit on trailers: the caller then got
@@ -356,7 +362,8 @@ class GrpcServer:
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
         interceptors.extend(extra_interceptors)
         interceptors.append(ErrorMappingInterceptor())
-        self.server = grpc.aio.server(interceptors=interceptors, options=list(options))
+        defaults = {"grpc.max_receive_message_length": SERVICE_MAX_REQUEST_BYTES}
+        self.server = grpc.aio.server(interceptors=interceptors, options=list((defaults | dict(options)).items()))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._address = f"{host}:{port}"

@@ -20,8 +20,12 @@ def timestamp(moment: datetime) -> Timestamp:
 
 
 def check_batch(size: int, name: str) -> None:
+    """A batch of 1 to records.MAX_BATCH records; a larger one is refused whole, saying how to split it."""
     if not 1 <= size <= records.MAX_BATCH:
-        raise InvalidArgument(f"{name} must hold 1 to {records.MAX_BATCH} records per request, got {size}", field=name)
+        split = f"; split the batch into requests of at most {records.MAX_BATCH}" if size else ""
+        raise InvalidArgument(
+            f"{name} must hold 1 to {records.MAX_BATCH} records per request, got {size}{split}", field=name
+        )
 
 
 def record_errors(problems: Sequence[records.RecordProblem]) -> list[record_error_pb2.RecordError]:
