@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from plumbing.db import transient_failure
 from plumbing.errors import DomainError, FailedPrecondition, InvalidArgument, Unavailable
+from plumbing.grpc_client import KEEPALIVE_SECONDS
 from plumbing.idempotency import request_scope
 from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
@@ -343,6 +344,29 @@ class TlsFiles:
         )
 
 
+MIN_PING_INTERVAL_SECONDS = KEEPALIVE_SECONDS / 2
+"""The most often a client may ping a connection, idle or not, before the server counts it abuse (gRPC's default is
+every 5 minutes, and then only during calls: xsell's clients ping every KEEPALIVE_SECONDS, and a server holding them
+to the default would end their connections with GOAWAY "too_many_pings", a stream in flight with it)."""
+
+
+def connection_options(max_age_seconds: float, max_age_grace_seconds: float) -> list[tuple[str, int]]:
+    """A server's options for the life of its connections: each ends after `max_age_seconds` (gRPC adds +/-10 %
+    jitter, so a scale-up's clients do not all come back at once) with a GOAWAY, after which the client opens a new
+    one and resolves its target again; calls in flight get `max_age_grace_seconds` to finish. 0 keeps connections
+    for ever. And the pings xsell's clients send (plumbing.grpc_client.KEEPALIVE_SECONDS) are welcome."""
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(MIN_PING_INTERVAL_SECONDS * 1000)),
+    ]
+    if max_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max_age_grace_seconds * 1000)),
+        ]
+    return options
+
+
 class GrpcServer:
     """A grpc.aio server with the standard health service and reflection for the services it hosts."""
 
@@ -355,14 +379,21 @@ class GrpcServer:
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
         tls: TlsFiles | None = None,
+        max_connection_age_seconds: float = 0,
+        max_connection_age_grace_seconds: float = 0,
     ) -> None:
+        """`max_connection_age_seconds` and its grace: see connection_options (the settings
+        grpc_max_connection_age_seconds and grpc_max_connection_age_grace_seconds); 0 keeps connections for ever."""
         self.tls = tls
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer_provider is not None:
             interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider))
         interceptors.extend(extra_interceptors)
         interceptors.append(ErrorMappingInterceptor())
-        defaults = {"grpc.max_receive_message_length": SERVICE_MAX_REQUEST_BYTES}
+        defaults = {
+            "grpc.max_receive_message_length": SERVICE_MAX_REQUEST_BYTES,
+            **dict(connection_options(max_connection_age_seconds, max_connection_age_grace_seconds)),
+        }
         self.server = grpc.aio.server(interceptors=interceptors, options=list((defaults | dict(options)).items()))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -14,6 +14,21 @@ class ServiceSettings(BaseSettings):
 
     grpc_host: str = Field(default="127.0.0.1", description="Interface the gRPC server binds to.")
     grpc_port: int = Field(default=0, description="gRPC port; 0 picks a free one (tests).")
+    grpc_max_connection_age_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a client's connection to the gRPC server lasts (+/-10 %) before the server asks it to "
+        "reconnect (HTTP/2 GOAWAY): the client then resolves its dns:/// target again, so replicas a scale-up added "
+        "get their share of the calls. 0 keeps connections for ever.",
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long the calls in flight on a connection past its age may still take; new calls already go "
+        "to a new connection. Long, because a campaign run's StreamSegmentMembers streams for as long as the run "
+        "releases its audience (a stream cut here ends UNAVAILABLE and the run resumes from its cursor at the next "
+        "poll). Shutdown has its own bound, shutdown_grace_seconds.",
+    )
     var_dir: Path = Field(default=Path("var"), description="Local data: SQLite files, NATS store, span store.")
     database_url: str = Field(default="", description="SQLAlchemy async URL; empty means a SQLite file under var_dir.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="NATS server with JetStream.")
