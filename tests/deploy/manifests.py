@@ -334,6 +334,100 @@ def network_violations(docs: list[Doc]) -> list[str]:
     return problems
 
 
+GRPC_TARGET = re.compile(r"dns:///([a-z0-9-]+):(\d+)")
+"""An in-cluster gRPC target: a Service's name, which the pod's search domains complete, and its port."""
+
+
+def _container_port(workload: Doc, port: int | str) -> int | None:
+    """The container port a Service's targetPort (a number or a port's name) reaches in the workload's pods."""
+    if isinstance(port, int):
+        return port
+    for container in pod_spec(workload)["containers"]:
+        for declared in container.get("ports") or []:
+            if declared.get("name") == port:
+                return int(declared["containerPort"])
+    return None
+
+
+def _allows(docs: list[Doc], direction: str, subject: Doc, peer: Doc, port: int) -> bool:
+    """Whether the NetworkPolicies let the subject's pods connect to (Egress) or be reached from (Ingress) the peer's
+    pods, in this namespace, on the pods' `port`: what a connection to a headless Service's pod address needs."""
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if direction in _policy_types(p) and selector_matches(p["spec"].get("podSelector"), pod_labels(subject))
+    ]
+    if not policies:
+        return True
+    key, peers_key = direction.lower(), "to" if direction == "Egress" else "from"
+    for policy in policies:
+        for rule in policy["spec"].get(key) or []:
+            ports = {entry.get("port") for entry in rule.get("ports") or []}
+            if ports and port not in ports:
+                continue
+            peers = rule.get(peers_key) or []
+            if not peers or any(name(peer) in _peer_sources(docs, entry) for entry in peers):
+                return True
+    return False
+
+
+def grpc_target_violations(docs: list[Doc]) -> list[str]:
+    """Every gRPC target a container is given (XSELL_<PROCESS>_<SERVICE>_TARGET) is dns:///<name>:<port> of a
+    headless Service that exists, lists ready pods only and selects the named service's pods, on a port that reaches
+    their gRPC port; and the NetworkPolicies let the caller reach those pods. A ClusterIP Service's name resolves to
+    one virtual IP: one connection, and every call of a replica to one pod (plumbing/grpc_client.py)."""
+    problems: list[str] = []
+    deployments = {name(d): d for d in of_kind(docs, "Deployment")}
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        for container in containers(workload):
+            for variable, value in sorted(variables(docs, container).items()):
+                if not (variable.startswith("XSELL_") and variable.endswith("_TARGET")) or value is None:
+                    continue
+                at = f"{name(workload)} {variable}"
+                service_of = variable.removesuffix("_TARGET").rsplit("_", 1)[-1].lower()
+                target = deployments.get(service_of)
+                matched = GRPC_TARGET.fullmatch(value)
+                if target is None or service_of not in GRPC_PORTS:
+                    problems.append(f"{at}: names no xsell service")
+                    continue
+                if matched is None:
+                    problems.append(
+                        f"{at} is {value!r}, not dns:///<headless Service>:<port>: calls would stick to one pod"
+                    )
+                    continue
+                services = [s for s in of_kind(docs, "Service") if name(s) == matched[1]]
+                if not services:
+                    problems.append(f"{at}: there is no Service {matched[1]}")
+                    continue
+                spec = services[0]["spec"]
+                if spec.get("clusterIP") != "None":
+                    problems.append(f"{at}: Service {matched[1]} is not headless (clusterIP: None): one virtual IP")
+                if spec.get("publishNotReadyAddresses"):
+                    problems.append(f"{at}: Service {matched[1]} lists pods that are not ready")
+                selector = {"matchLabels": spec.get("selector") or {"": "selects nothing"}}
+                selected = sorted(n for n, d in deployments.items() if selector_matches(selector, pod_labels(d)))
+                if selected != [service_of]:
+                    problems.append(f"{at}: Service {matched[1]} selects {selected}, expected the {service_of} pods")
+                port = next((p for p in spec.get("ports") or [] if p.get("port") == int(matched[2])), None)
+                if port is None:
+                    problems.append(f"{at}: Service {matched[1]} has no port {matched[2]}")
+                elif _container_port(target, port.get("targetPort", port["port"])) != GRPC_PORTS[service_of]:
+                    problems.append(
+                        f"{at}: port {matched[2]} of Service {matched[1]} does not reach {service_of}'s gRPC port "
+                        f"{GRPC_PORTS[service_of]}"
+                    )
+                port_number = GRPC_PORTS[service_of]
+                if not (
+                    _allows(docs, "Egress", workload, target, port_number)
+                    and _allows(docs, "Ingress", target, workload, port_number)
+                ):
+                    problems.append(
+                        f"{at}: the NetworkPolicies do not let {name(workload)} reach the {service_of} pods on "
+                        f"{port_number}"
+                    )
+    return problems
+
+
 def exposure_violations(docs: list[Doc]) -> list[str]:
     """Only the gateway is reachable from outside: no other LoadBalancer/NodePort Service (but one for the gateway's
     bounce mailbox alone), external IP or Ingress."""
@@ -667,6 +761,7 @@ def violations(docs: list[Doc], overlay: str) -> list[str]:
         + disruption_violations(docs)
         + network_violations(docs)
         + exposure_violations(docs)
+        + grpc_target_violations(docs)
         + nats_violations(docs)
         + command_violations(docs)
     )

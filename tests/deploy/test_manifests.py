@@ -686,8 +686,8 @@ MUTATIONS = {
     ),
     "another process's setting": (
         "base/campaigns.yaml",
-        "  XSELL_CAMPAIGNS_SEGMENTS_TARGET: segments:50061\n",
-        "  XSELL_GATEWAY_SEGMENTS_TARGET: segments:50061\n",
+        "  XSELL_CAMPAIGNS_SEGMENTS_TARGET: dns:///segments-grpc:50061\n",
+        "  XSELL_GATEWAY_SEGMENTS_TARGET: dns:///segments-grpc:50061\n",
         "Deployment campaigns container campaigns: XSELL_GATEWAY_SEGMENTS_TARGET is not a setting of "
         "CampaignsSettings; it would be ignored",
     ),
@@ -733,6 +733,56 @@ MUTATIONS = {
         "          port: 9187\n",
         "    - ports:\n        - protocol: TCP\n          port: 9187\n",
         "segments-db's metrics port admits ['*'], expected Prometheus only",
+    ),
+    "a gRPC target through the ClusterIP Service": (
+        "base/gateway.yaml",
+        "  XSELL_GATEWAY_CHANNELS_TARGET: dns:///channels-grpc:50063\n",
+        "  XSELL_GATEWAY_CHANNELS_TARGET: channels:50063\n",
+        "gateway XSELL_GATEWAY_CHANNELS_TARGET is 'channels:50063', not dns:///<headless Service>:<port>: calls would "
+        "stick to one pod",
+    ),
+    "a dns:/// target on the ClusterIP Service": (
+        "base/campaigns.yaml",
+        "  XSELL_CAMPAIGNS_SEGMENTS_TARGET: dns:///segments-grpc:50061\n",
+        "  XSELL_CAMPAIGNS_SEGMENTS_TARGET: dns:///segments:50061\n",
+        "campaigns XSELL_CAMPAIGNS_SEGMENTS_TARGET: Service segments is not headless (clusterIP: None): one virtual IP",
+    ),
+    "a headless Service selecting another service's pods": (
+        "base/attribution.yaml",
+        "  clusterIP: None\n  selector:\n    app.kubernetes.io/name: attribution\n",
+        "  clusterIP: None\n  selector:\n    app.kubernetes.io/name: segments\n",
+        "gateway XSELL_GATEWAY_ATTRIBUTION_TARGET: Service attribution-grpc selects ['segments'], expected the "
+        "attribution pods",
+    ),
+    "a headless Service listing pods that are not ready": (
+        "base/channels.yaml",
+        "  clusterIP: None\n",
+        "  clusterIP: None\n  publishNotReadyAddresses: true\n",
+        "gateway XSELL_GATEWAY_CHANNELS_TARGET: Service channels-grpc lists pods that are not ready",
+    ),
+    "a gRPC target on a port the Service lacks": (
+        "base/channels.yaml",
+        "  XSELL_CHANNELS_SEGMENTS_TARGET: dns:///segments-grpc:50061\n",
+        "  XSELL_CHANNELS_SEGMENTS_TARGET: dns:///segments-grpc:50063\n",
+        "channels XSELL_CHANNELS_SEGMENTS_TARGET: Service segments-grpc has no port 50063",
+    ),
+    "a headless Service's port reaching the metrics port": (
+        "base/segments.yaml",
+        "  clusterIP: None\n  selector:\n    app.kubernetes.io/name: segments\n  ports:\n    - name: grpc\n"
+        "      port: 50061\n      targetPort: grpc\n",
+        "  clusterIP: None\n  selector:\n    app.kubernetes.io/name: segments\n  ports:\n    - name: grpc\n"
+        "      port: 50061\n      targetPort: metrics\n",
+        "gateway XSELL_GATEWAY_SEGMENTS_TARGET: port 50061 of Service segments-grpc does not reach segments's gRPC "
+        "port 50061",
+    ),
+    "campaigns' egress to segments on another port": (
+        "base/network-policies.yaml",
+        "          port: 50061\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n"
+        "  name: channels\n",
+        "          port: 50062\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n"
+        "  name: channels\n",
+        "campaigns XSELL_CAMPAIGNS_SEGMENTS_TARGET: the NetworkPolicies do not let campaigns reach the segments pods "
+        "on 50061",
     ),
     "spans kept local": (
         "base/channels.yaml",
