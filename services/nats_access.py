@@ -22,9 +22,10 @@ Inside each account the user's permissions name the same subjects, and it reads 
 XSELL's JetStream store has a limit (`store`): the provisioner gives each stream its share of it (services/streams.py),
 so one stream filling up stops only its own publishers.
 
-Kubernetes' copy is `deploy/k8s/base/nats-auth.conf` (passwords and XSELL's store from the environment, which the NATS
-pods take from the Secret `nats-users` and their own env); a test keeps it equal to `kubernetes_config()`. Regenerate
-it with `python -m services.nats_access > deploy/k8s/base/nats-auth.conf`.
+The server's configuration holds each user's password as a bcrypt hash (password_hash), never the password itself:
+`make run` writes it into var/, and in Kubernetes each NATS pod's init container (`python -m services.nats_access
+write-config`, the xsell image) writes it, with XSELL's store, into an in-memory volume the server includes, from the
+Secret `nats-users` it alone is given. The server's own container holds no password.
 """
 
 import json
@@ -34,6 +35,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import bcrypt
 
@@ -176,14 +178,14 @@ def permissions(user: str) -> Permissions | None:
     raise ValueError(f"unknown NATS user {user!r}; the users are {', '.join(USERS)}")
 
 
-PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{15,}")
-"""What a password may be in Kubernetes, where NATS reads `$NATS_PASSWORD_<USER>` as a value of its configuration:
-`12345678`, `true` or `2k` would be a number or a boolean (the server panics), a space, quote or `;` a syntax error.
-Letters, digits, `-` and `_`, starting with a letter, at least 16: e.g. `n$(openssl rand -hex 24)`."""
+MIN_PASSWORD_LENGTH = 16
+"""The shortest password the NATS pods' check allows: new_password's are 33 characters of 128 random bits."""
+MAX_PASSWORD_BYTES = 72
+"""The longest password bcrypt reads whole (in UTF-8); it refuses a longer one rather than hash its first 72 bytes."""
 
 
 def new_password() -> str:
-    """A password PASSWORD allows: 33 characters, 128 random bits."""
+    """A password of 33 characters, 128 random bits."""
     return "n" + secrets.token_hex(16)
 
 
@@ -233,33 +235,37 @@ def disk_bytes(path: str) -> int:
 
 
 def password_problems(environment: Mapping[str, str]) -> list[str]:
-    """What is wrong with the NATS users' passwords in `environment` (the NATS pods' check before the server starts)."""
+    """What is wrong with the NATS users' passwords in `environment` (the NATS pods' check before the server starts).
+    Any character goes: the configuration holds the password's hash, which NATS never reads as a value of its own."""
     problems = []
     for user in USERS:
         variable = password_variable(user)
         value = environment.get(variable)
         if not value:
             problems.append(f"{variable} is not set: add key {user!r} to the Secret nats-users")
-        elif not PASSWORD.fullmatch(value):
+        elif len(value) < MIN_PASSWORD_LENGTH:
             problems.append(
-                f"{variable} (key {user!r} of the Secret nats-users) must be letters, digits, '-' and '_', starting "
-                "with a letter, at least 16 characters: NATS reads it as part of its configuration"
+                f"{variable} (key {user!r} of the Secret nats-users) is shorter than {MIN_PASSWORD_LENGTH} characters: "
+                "make it e.g. n$(openssl rand -hex 24)"
+            )
+        elif len(value.encode()) > MAX_PASSWORD_BYTES:
+            problems.append(
+                f"{variable} (key {user!r} of the Secret nats-users) is longer than {MAX_PASSWORD_BYTES} bytes, more "
+                "than bcrypt hashes"
             )
     return problems
 
 
 def password_variable(user: str) -> str:
-    """The environment variable the NATS server reads `user`'s password from."""
+    """The environment variable the NATS pods' init container reads `user`'s password from (Secret nats-users)."""
     return f"NATS_PASSWORD_{user.upper()}"
 
 
-def authorization_config(passwords: Mapping[str, str] | None = None, *, store: str | None = None) -> str:
-    """NATS's `accounts` block with every user: with `passwords` given, their bcrypt hashes (a local server's);
-    without, a reference to the environment variable password_variable(user) each (Kubernetes). `store`: the limit
-    of XSELL's JetStream file store (e.g. `24GB`, over every replica, or a `$VARIABLE` NATS reads it from); without,
-    none of its own."""
+def authorization_config(passwords: Mapping[str, str], *, store: str | None = None) -> str:
+    """NATS's `accounts` block with every user and the bcrypt hash of its password in `passwords`. `store`: the limit
+    of XSELL's JetStream file store (e.g. `24GB`, over every replica); without, none of its own."""
     jetstream = "jetstream: enabled" if store is None else f"jetstream: {{ max_file: {store} }}"
-    if store is not None and not store.startswith("$"):
+    if store is not None:
         store_bytes(store)  # refuses a size NATS would read otherwise
     exports: dict[Grant, list[str]] = {}  # XSELL's services, each to the accounts that import it
     for service in SERVICE_USERS:
@@ -303,16 +309,11 @@ def authorization_config(passwords: Mapping[str, str] | None = None, *, store: s
     return "\n".join(lines)
 
 
-def kubernetes_config() -> str:
-    """deploy/k8s/base/nats-auth.conf: passwords and XSELL's store from the NATS pods' environment."""
-    return authorization_config(store=f"${STORE_VARIABLE}")
-
-
-def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
+def _users(users: list[str], passwords: Mapping[str, str]) -> list[str]:
     lines = []
     for user in users:
         allowed = permissions(user)
-        password = f"${password_variable(user)}" if passwords is None else json.dumps(password_hash(passwords[user]))
+        password = json.dumps(password_hash(passwords[user]))
         if allowed is None:
             lines.append(f"      {{ user: {user}, password: {password} }}")
             continue
@@ -329,21 +330,52 @@ def _users(users: list[str], passwords: Mapping[str, str] | None) -> list[str]:
     return lines
 
 
+def environment_config(environment: Mapping[str, str]) -> str:
+    """The `accounts` block of a NATS pod: each user's password (password_variable) and XSELL's store (STORE_VARIABLE)
+    from `environment`, checked first (password_problems, store_problems)."""
+    return authorization_config(
+        {user: environment[password_variable(user)] for user in USERS}, store=environment[STORE_VARIABLE]
+    )
+
+
+def write_config(path: Path, environment: Mapping[str, str]) -> None:
+    """Writes environment_config to `path`, readable by its owner alone, whole or not at all (the server never
+    includes half a file)."""
+    text = environment_config(environment)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    partial.replace(path)
+
+
+USAGE = "usage: python -m services.nats_access check-env [STORE_DIR] | write-config CONFIG_FILE [STORE_DIR]"
+
+
 def main(argv: list[str]) -> int:
-    """`python -m services.nats_access` prints Kubernetes' authorization block; `... check-env [STORE_DIR]` checks the
-    passwords and store sizes in the environment (the NATS pods' init container), and the member's store against the
-    volume STORE_DIR is on, and names each one that would stop the server or leave the streams limits the members
-    cannot hold."""
-    if argv[:1] == ["check-env"] and len(argv) <= 2:
-        disk = disk_bytes(argv[1]) if len(argv) == 2 else None
-        problems = password_problems(os.environ) + store_problems(os.environ, disk)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1 if problems else 0
-    if argv:
-        print("usage: python -m services.nats_access [check-env [STORE_DIR]]", file=sys.stderr)
+    """`python -m services.nats_access check-env [STORE_DIR]` checks the passwords and store sizes in the environment,
+    and the member's store against the volume STORE_DIR is on, naming each one that is missing, too weak, or would
+    leave the streams limits the members cannot hold; `... write-config CONFIG_FILE [STORE_DIR]` (the NATS pods' init
+    container) checks the same and, when all is well, writes the `accounts` block with the passwords' hashes and
+    XSELL's store to CONFIG_FILE, which nats.conf includes."""
+    command, args = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "check-env" and len(args) <= 1:
+        store_dir = args[0] if args else None
+    elif command == "write-config" and 1 <= len(args) <= 2:
+        store_dir = args[1] if len(args) == 2 else None
+    else:
+        print(USAGE, file=sys.stderr)
         return 2
-    print(kubernetes_config(), end="")
+    disk = disk_bytes(store_dir) if store_dir is not None else None
+    problems = password_problems(os.environ) + store_problems(os.environ, disk)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    if command == "write-config":
+        write_config(Path(args[0]), os.environ)
+        print(f"wrote the accounts of {len(USERS)} users, their passwords hashed, to {args[0]}", file=sys.stderr)
     return 0
 
 

@@ -480,7 +480,7 @@ def nats_violations(docs: list[Doc]) -> list[str]:
     routes = re.findall(r"nats://nats-(\d+)\.", code)
     if sorted(set(routes)) != ["0", "1", "2"]:
         problems.append(f"nats.conf: cluster routes name members {sorted(set(routes))}, expected 0, 1 and 2")
-    problems += _store_violations(docs, nats, configs, jetstream.group(1) if jetstream else "")
+    problems += _store_violations(nats, jetstream.group(1) if jetstream else "")
     client_tls = re.search(r"^tls\s*\{([^}]*)\}", code, re.MULTILINE)
     if client_tls is None or "handshake_first" not in client_tls.group(1):
         problems.append("nats.conf: the client port has no tls { ... handshake_first } (passwords and events in clear)")
@@ -488,6 +488,7 @@ def nats_violations(docs: list[Doc]) -> list[str]:
     if cluster is None or "tls {" not in cluster.group(1) or "no_advertise: true" not in cluster.group(1):
         problems.append("nats.conf: the routes have no tls { }, or members advertise their pod addresses")
     problems += _nats_image_violations(nats)
+    problems += nats_password_violations(docs)
     return problems
 
 
@@ -537,25 +538,61 @@ def _nats_image_violations(nats: Doc) -> list[str]:
     return problems
 
 
-def _store_violations(docs: list[Doc], nats: Doc, configs: list[str], jetstream: str) -> list[str]:
-    """The members' store and XSELL's come from the pods' env, agree, and the members' fits their volume."""
+WRITE_CONFIG = ["python", "-m", "services.nats_access", "write-config"]
+"""The NATS pods' init container's command: the accounts block, its passwords hashed, from the Secret nats-users."""
+
+
+def _env_values(container: Doc) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _store_violations(nats: Doc, jetstream: str) -> list[str]:
+    """The members' store comes from the pods' env, the init container writes XSELL's from its own, the two agree
+    (the init container checks them), and the members' fits their volume."""
     problems = []
-    auth = "".join(find(docs, "ConfigMap", c).get("data", {}).get("nats-auth.conf", "") for c in configs)
     if not re.search(rf"^\s*max_file_store\s*:\s*\${nats_access.MEMBER_STORE_VARIABLE}\s*$", jetstream, re.MULTILINE):
         problems.append(f"nats.conf: max_file_store is not ${nats_access.MEMBER_STORE_VARIABLE}")
-    if f"jetstream: {{ max_file: ${nats_access.STORE_VARIABLE} }}" not in auth:
-        problems.append(f"nats-auth.conf: XSELL's jetstream {{ max_file }} is not ${nats_access.STORE_VARIABLE}")
     volume = nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    server = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
-    for container in [*pod_spec(nats).get("initContainers", []), *server]:
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-        problems += [f"nats {container['name']}: {p}" for p in nats_access.store_problems(env)]
-        member = env.get(nats_access.MEMBER_STORE_VARIABLE, "")
+    writers = [c for c in pod_spec(nats).get("initContainers", []) if c.get("command", [])[:4] == WRITE_CONFIG]
+    [server] = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
+    if len(writers) != 1:
+        return [*problems, "nats: no init container runs python -m services.nats_access write-config"]
+    writer = _env_values(writers[0])
+    problems += [f"nats {writers[0]['name']}: {p}" for p in nats_access.store_problems(writer)]
+    for container in [writers[0], server]:
+        member = _env_values(container).get(nats_access.MEMBER_STORE_VARIABLE, "")
         if nats_access.STORE.fullmatch(member) and nats_access.store_bytes(member) > quantity_bytes(volume):
             problems.append(
                 f"nats {container['name']}: {nats_access.MEMBER_STORE_VARIABLE} {member} is more than the members' "
                 f"volume {volume}"
             )
+    served = _env_values(server).get(nats_access.MEMBER_STORE_VARIABLE)
+    if served != writer.get(nats_access.MEMBER_STORE_VARIABLE):
+        problems.append(
+            f"nats: the server's {nats_access.MEMBER_STORE_VARIABLE} {served} is not the one {writers[0]['name']} "
+            f"checked XSELL's store against ({writer.get(nats_access.MEMBER_STORE_VARIABLE)})"
+        )
+    return problems
+
+
+def nats_password_violations(docs: list[Doc]) -> list[str]:
+    """The NATS users' passwords (the Secret nats-users) reach the NATS pods' write-config init container alone,
+    which writes their hashes to a volume only the server reads: no NATS container holds one in its env."""
+    problems = []
+    nats = find(docs, "StatefulSet", "nats")
+    for container in containers(nats):
+        keys = [
+            variable["name"]
+            for variable in container.get("env") or []
+            if ((variable.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name", "").startswith("nats-users")
+        ]
+        keys += [
+            f"envFrom {source['secretRef']['name']}"
+            for source in container.get("envFrom") or []
+            if "secretRef" in source
+        ]
+        if keys and container.get("command", [])[:4] != WRITE_CONFIG:
+            problems.append(f"nats {container['name']}: holds the NATS users' passwords ({', '.join(keys)})")
     return problems
 
 

@@ -143,61 +143,110 @@ def test_nats_is_three_members_that_fsync_every_write(overlay: tuple[str, list[D
     assert nats_violations(docs) == []
 
 
-def test_the_rendered_nats_configuration_is_valid_to_the_real_server_and_names_each_users_password(
-    tmp_path: Path,
-) -> None:
-    """`nats-server -t` on the dev overlay's rendered configuration, with the environment its pods get: the
-    authorization block parses, and every password it references is one the StatefulSet passes from nats-users."""
-    docs = render(K8S, "dev")
-    nats = find(docs, "StatefulSet", "nats")
-    [config_map] = [v["configMap"]["name"] for v in pod_spec(nats)["volumes"] if "configMap" in v]
+def _secret_env(docs: list[Doc], container: Doc) -> dict[str, str]:
+    """The container's env as the kubelet gives it, the dev overlay's generated Secrets decoded."""
     secrets = {name(doc): doc["data"] for doc in of_kind(docs, "Secret")}
-    # The TLS files where the pods mount the Secret nats-tls (/etc/nats-tls), here under tmp_path.
-    [tls] = [v["secret"]["secretName"] for v in pod_spec(nats)["volumes"] if "secret" in v]
-    (tmp_path / "tls").mkdir()
-    for key, value in secrets[tls].items():
-        (tmp_path / "tls" / key).write_bytes(base64.b64decode(value))
-    for file, text in find(docs, "ConfigMap", config_map)["data"].items():
-        (tmp_path / file).write_text(text.replace("/etc/nats-tls/", f"{tmp_path}/tls/"))
-    [container] = [c for c in pod_spec(nats)["containers"] if c["name"] == "nats"]
-    env = {"SERVER_NAME": "nats-0"}
-    for variable in container["env"]:
+    env = {}
+    for variable in container.get("env") or []:
         ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
         if ref:
             env[variable["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
         elif "value" in variable:
             env[variable["name"]] = variable["value"]
-    assert set(env) == {
-        "SERVER_NAME",
-        "GOMEMLIMIT",
-        nats_access.MEMBER_STORE_VARIABLE,
-        nats_access.STORE_VARIABLE,
-        *(nats_access.password_variable(u) for u in nats_access.USERS),
-    }
-    binary = str(Path(sys.executable).parent / "nats-server")
-    checked = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    # The init container checks the same passwords first, with the xsell image's own module.
-    [check] = pod_spec(nats)["initContainers"]
-    assert check["image"].startswith("xsell") and check["command"][-3:] == [
+    return env
+
+
+async def _each_logs_in_with_its_own_password_alone(url: str, passwords: dict[str, str]) -> None:
+    for user in nats_access.USERS:
+        connection = await nats.connect(url, user=user, password=passwords[user], allow_reconnect=False)
+        await connection.close()
+    with pytest.raises(nats.errors.Error):
+        await nats.connect(url, user="feeds", password=passwords["operator"], allow_reconnect=False)
+
+
+def test_the_nats_pods_write_their_accounts_with_hashed_passwords_which_the_real_server_reads(
+    tmp_path: Path,
+) -> None:
+    """The dev overlay's NATS pod, as the kubelet runs it: the init container's own command with its env (the Secret
+    nats-users) writes the accounts file; `nats-server -t` accepts nats.conf with it and the nats container's env,
+    which holds no password; the file holds none either, only hashes; a real server on it lets each user in with the
+    Secret's password, refuses another's, and logs no warning (plaintext passwords were one)."""
+    docs = render(K8S, "dev")
+    statefulset = find(docs, "StatefulSet", "nats")
+    [config_map] = [v["configMap"]["name"] for v in pod_spec(statefulset)["volumes"] if "configMap" in v]
+    secrets = {name(doc): doc["data"] for doc in of_kind(docs, "Secret")}
+    # The TLS files where the pods mount the Secret nats-tls (/etc/nats-tls), here under tmp_path; the configuration
+    # in conf/ as in /etc/nats, the accounts volume beside it as /etc/nats-accounts.
+    [tls] = [v["secret"]["secretName"] for v in pod_spec(statefulset)["volumes"] if "secret" in v]
+    (tmp_path / "tls").mkdir()
+    for key, value in secrets[tls].items():
+        (tmp_path / "tls" / key).write_bytes(base64.b64decode(value))
+    (tmp_path / "conf").mkdir()
+    for file, text in find(docs, "ConfigMap", config_map)["data"].items():
+        (tmp_path / "conf" / file).write_text(text.replace("/etc/nats-tls/", f"{tmp_path}/tls/"))
+    [write] = pod_spec(statefulset)["initContainers"]
+    [server] = [c for c in pod_spec(statefulset)["containers"] if c["name"] == "nats"]
+    assert write["image"].startswith("xsell")
+    assert write["command"] == [
+        "python",
+        "-m",
         "services.nats_access",
-        "check-env",
+        "write-config",
+        "/etc/nats-accounts/accounts.conf",
         "/data",
     ]
-    assert check["env"] == [e for e in container["env"] if e["name"] not in ("SERVER_NAME", "GOMEMLIMIT")]
-    # ... and the member's store against the volume the store is on (here this machine's disk, whatever its size).
-    assert {"name": "data", "mountPath": "/data", "readOnly": True} in check["volumeMounts"]
-    command = [sys.executable, "-m", "services.nats_access", "check-env"]
-    checked = subprocess.run(command, env=env, capture_output=True, text=True)
+    mounts = {m["name"]: m for m in write["volumeMounts"]}
+    assert mounts["accounts"]["mountPath"] == "/etc/nats-accounts" and not mounts["accounts"].get("readOnly")
+    assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
+    assert {"name": "accounts", "mountPath": "/etc/nats-accounts", "readOnly": True} in server["volumeMounts"]
+    [accounts] = [v for v in pod_spec(statefulset)["volumes"] if v["name"] == "accounts"]
+    assert accounts["emptyDir"]["medium"] == "Memory"
+    written = _secret_env(docs, write)
+    passwords = {user: written[nats_access.password_variable(user)] for user in nats_access.USERS}
+    (tmp_path / "nats-accounts").mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "services.nats_access",
+        "write-config",
+        str(tmp_path / "nats-accounts" / "accounts.conf"),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=written | {"PATH": os.environ["PATH"]}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    configuration = (tmp_path / "nats-accounts" / "accounts.conf").read_text()
+    assert not any(password in configuration for password in passwords.values())
+    assert configuration.count('password: "$2a$') == len(nats_access.USERS)
+    assert f"max_file: {written[nats_access.STORE_VARIABLE]}" in configuration
+    assert (tmp_path / "nats-accounts" / "accounts.conf").stat().st_mode & 0o777 == 0o600
+    env = {"SERVER_NAME": "nats-0"} | _secret_env(docs, server)
+    assert set(env) == {"SERVER_NAME", "GOMEMLIMIT", nats_access.MEMBER_STORE_VARIABLE}
+    binary = str(Path(sys.executable).parent / "nats-server")
+    checked = subprocess.run(
+        [binary, "-c", str(tmp_path / "conf" / "nats.conf"), "-t"], env=env, capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stderr
-    command.append(str(tmp_path))
-    for size, problem in (("1MB", ""), ("900TB", "NATS_MAX_FILE_STORE 900TB is more than this member's volume")):
-        sized = env | {nats_access.MEMBER_STORE_VARIABLE: size, nats_access.STORE_VARIABLE: size}
-        on_disk = subprocess.run(command, env=sized, capture_output=True, text=True)
-        assert (on_disk.returncode, problem in on_disk.stderr) == (1 if problem else 0, True), on_disk.stderr
-    del env[nats_access.password_variable("feeds")]
-    missing = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=env, capture_output=True, text=True)
-    assert missing.returncode != 0 and "NATS_PASSWORD_FEEDS" in missing.stderr
+    # The accounts, as that server reads them, on a real one: each user logs in with the Secret's password.
+    log = tmp_path / "nats.log"
+    running = NatsServer(tmp_path / "store", authorization=configuration).start(log)
+    try:
+        asyncio.run(_each_logs_in_with_its_own_password_alone(running.url, passwords))
+    finally:
+        running.stop()
+    assert "[WRN]" not in log.read_text(), log.read_text()
+    # A store too large for the volume it is on (this machine's disk, whatever its size), or a key missing from
+    # nats-users, is named and nothing is written.
+    for change, problem in (
+        (
+            {nats_access.MEMBER_STORE_VARIABLE: "900TB", nats_access.STORE_VARIABLE: "900TB"},
+            "more than this member's volume",
+        ),
+        ({nats_access.password_variable("feeds"): ""}, "NATS_PASSWORD_FEEDS is not set: add key 'feeds'"),
+    ):
+        (tmp_path / "nats-accounts" / "accounts.conf").unlink(missing_ok=True)
+        refused = subprocess.run(command, env=written | change, capture_output=True, text=True)
+        assert (refused.returncode, problem in refused.stderr) == (1, True), refused.stderr
+        assert not (tmp_path / "nats-accounts" / "accounts.conf").exists()
 
 
 def test_each_service_connects_to_nats_as_its_own_user(overlay: tuple[str, list[Doc]]) -> None:
@@ -612,20 +661,33 @@ MUTATIONS = {
     ),
     "account store over the members'": (
         "base/nats.yaml",
-        'together (docs/deploy.md, "JetStream storage"); the init container checks they agree.\n'
-        "            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n"
         "            - name: NATS_XSELL_STORE\n              value: 24GB\n",
-        "together.\n            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n"
         "            - name: NATS_XSELL_STORE\n              value: 30GB\n",
-        "nats nats: NATS_XSELL_STORE 30GB is more than the 3 members' NATS_MAX_FILE_STORE 9GB: the streams "
+        "nats write-config: NATS_XSELL_STORE 30GB is more than the 3 members' NATS_MAX_FILE_STORE 9GB: the streams "
         "would be given byte limits the members cannot hold",
+    ),
+    "the server's member store not the one checked": (
+        "base/nats.yaml",
+        '            # account XSELL\'s, must say the same: grow them together (docs/deploy.md, "JetStream storage").\n'
+        "            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n",
+        "            - name: NATS_MAX_FILE_STORE\n              value: 8GB\n",
+        "nats: the server's NATS_MAX_FILE_STORE 8GB is not the one write-config checked XSELL's store against (9GB)",
+    ),
+    "a NATS password in the server's env": (
+        "base/nats.yaml",
+        "            - name: GOMEMLIMIT\n              value: 900MiB\n",
+        "            - name: GOMEMLIMIT\n              value: 900MiB\n            - name: NATS_PASSWORD_FEEDS\n"
+        "              valueFrom:\n                secretKeyRef:\n                  name: nats-users\n"
+        "                  key: feeds\n",
+        "nats nats: holds the NATS users' passwords (NATS_PASSWORD_FEEDS)",
     ),
     "member store over its volume": (
         "base/nats.yaml",
-        "            # As the nats container's, to check them.\n"
+        '            # (docs/deploy.md, "JetStream storage").\n'
         "            - name: NATS_MAX_FILE_STORE\n              value: 9GB\n",
+        '            # (docs/deploy.md, "JetStream storage").\n'
         "            - name: NATS_MAX_FILE_STORE\n              value: 11GB\n",
-        "nats check-config: NATS_MAX_FILE_STORE 11GB is more than the members' volume 10Gi",
+        "nats write-config: NATS_MAX_FILE_STORE 11GB is more than the members' volume 10Gi",
     ),
     "member store written in the file": (
         "base/nats.conf",

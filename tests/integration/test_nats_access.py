@@ -403,55 +403,71 @@ async def _stream_state(server: NatsServer, passwords: dict[str, str], stream: s
         await bus.drain()
 
 
-def test_the_kubernetes_nats_authorization_is_the_generated_one() -> None:
-    """deploy/k8s/base/nats-auth.conf: `python -m services.nats_access > deploy/k8s/base/nats-auth.conf`."""
-    assert (ROOT / "deploy/k8s/base/nats-auth.conf").read_text() == nats_access.kubernetes_config()
-
-
-def test_every_user_has_a_password_variable_in_the_kubernetes_config() -> None:
-    rendered = (ROOT / "deploy/k8s/base/nats-auth.conf").read_text()
-    for user in nats_access.USERS:
-        assert f"user: {user}, password: ${nats_access.password_variable(user)}" in rendered
-
-
-@pytest.mark.parametrize("password", ["12345678901234567", "2k", "true", "abc defghijklmnopq", "$abcdefghijklmnopq"])
-def test_a_password_nats_would_misread_is_named_before_the_server_starts(tmp_path: Path, password: str) -> None:
-    """Each of these stops the real server (a panic or a syntax error); the init container's check names the key."""
-    (tmp_path / "nats.conf").write_text(
-        "listen: 127.0.0.1:-1\n" + (ROOT / "deploy/k8s/base/nats-auth.conf").read_text()
-    )
+def _pod_environment(**passwords: str) -> dict[str, str]:
+    """What the NATS pods' init container is given (deploy/k8s/base/nats.yaml), each password new unless named."""
     environment = KUBERNETES_STORES | {
         nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS
     }
-    environment[nats_access.password_variable("feeds")] = password
-    binary = str(Path(sys.executable).parent / "nats-server")
-    server = subprocess.run([binary, "-c", str(tmp_path / "nats.conf"), "-t"], env=environment, capture_output=True)
-    assert server.returncode != 0
-    assert nats_access.password_problems(environment) == [
-        "NATS_PASSWORD_FEEDS (key 'feeds' of the Secret nats-users) must be letters, digits, '-' and '_', starting "
-        "with a letter, at least 16 characters: NATS reads it as part of its configuration"
-    ]
+    return environment | {nats_access.password_variable(user): value for user, value in passwords.items()}
 
 
-async def test_the_passwords_the_check_allows_are_read_as_they_are(tmp_path: Path) -> None:
-    """The Kubernetes configuration (passwords from the environment) on a real server: each user logs in with the
-    password exactly as the Secret holds it."""
-    environment = KUBERNETES_STORES | {
-        nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS
-    }
-    environment[nats_access.password_variable("feeds")] = "dev-nats-feeds_Password-1"
+def _write_config(tmp_path: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The init container's command, `python -m services.nats_access write-config CONFIG STORE_DIR`."""
+    command = [sys.executable, "-m", "services.nats_access", "write-config", str(tmp_path / "accounts.conf")]
+    return subprocess.run([*command, str(tmp_path)], env=environment, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["12345678901234567", "true-or-false-no", "abc defghijklmnopq", "$abcdefghijklmnopq", 'a"quote;and}brace#x'],
+)
+async def test_a_password_nats_would_have_misread_from_its_env_is_now_read_as_it_is(
+    tmp_path: Path, password: str
+) -> None:
+    """While the server read `$NATS_PASSWORD_<USER>` from its env, each of these stopped it (a number, a boolean, a
+    space, a `$`, a quote: a panic or a syntax error), and the check refused them. Its configuration now holds the
+    password's hash, a quoted string, so any password of 16 characters or more works as the Secret holds it."""
+    environment = _pod_environment(feeds=password)
     assert nats_access.password_problems(environment) == []
-    server = NatsServer(
-        tmp_path / "nats",
-        authorization=(ROOT / "deploy/k8s/base/nats-auth.conf").read_text(),
-        environment=environment,
-    ).start()
+    written = _write_config(tmp_path, environment)
+    assert written.returncode == 0, written.stderr
+    configuration = (tmp_path / "accounts.conf").read_text()
+    assert password not in configuration
+    log = tmp_path / "nats.log"
+    server = NatsServer(tmp_path / "nats", authorization=configuration).start(log)
     try:
-        for user in ("feeds", "operator"):
-            password = environment[nats_access.password_variable(user)]
-            await (await Bus.connect(server.url, "test", user=user, password=password)).drain()
+        await (await Bus.connect(server.url, "test", user="feeds", password=password)).drain()
     finally:
         server.stop()
+    assert "[WRN]" not in log.read_text(), log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("", "NATS_PASSWORD_FEEDS is not set: add key 'feeds' to the Secret nats-users"),
+        (
+            "guessable",
+            "NATS_PASSWORD_FEEDS (key 'feeds' of the Secret nats-users) is shorter than 16 characters: make it e.g. "
+            "n$(openssl rand -hex 24)",
+        ),
+        (
+            "n" + "0" * 72,
+            "NATS_PASSWORD_FEEDS (key 'feeds' of the Secret nats-users) is longer than 72 bytes, more than bcrypt "
+            "hashes",
+        ),
+    ],
+)
+def test_a_password_the_check_refuses_is_named_and_no_configuration_is_written(
+    tmp_path: Path, password: str, problem: str
+) -> None:
+    """A key missing from nats-users, a short password, or one longer than bcrypt reads: the init container names the
+    key, writes nothing, and the pod does not start (the server would otherwise start without that user)."""
+    environment = _pod_environment(feeds=password)
+    assert nats_access.password_problems(environment) == [problem]
+    written = _write_config(tmp_path, environment)
+    assert (written.returncode, f"error: {problem}" in written.stderr) == (1, True), written.stderr
+    assert not (tmp_path / "accounts.conf").exists()
     assert nats_access.password_problems({}) == [
         f"{nats_access.password_variable(user)} is not set: add key {user!r} to the Secret nats-users"
         for user in nats_access.USERS

@@ -142,7 +142,7 @@ def test_the_store_size_is_written_as_nats_reads_it() -> None:
     assert nats_access.store_bytes("512MB") == 512 * 1024**2
     for wrong in ("24G", "24 GB", "0GB", "1.5GB", "24gb"):
         with pytest.raises(ValueError, match="whole number followed by MB, GB or TB"):
-            nats_access.authorization_config(store=wrong)
+            nats_access.authorization_config({}, store=wrong)
         assert nats_access.store_problems({"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": wrong}) == [
             f"NATS_XSELL_STORE {wrong!r}: write a whole number followed by MB, GB or TB, e.g. 24GB"
         ]
@@ -154,10 +154,13 @@ def test_the_store_size_is_written_as_nats_reads_it() -> None:
 
 
 async def test_the_kubernetes_store_sizes_are_read_by_the_real_server(tmp_path: Path) -> None:
-    """nats.conf and nats-auth.conf take them from the pods' env: NATS reads `24GB` from there as a size."""
+    """nats.conf takes the member's from the pods' env, and the init container writes XSELL's from its own into the
+    accounts it includes (nats_access.environment_config): NATS reads `24GB` from both as a size."""
     environment = {nats_access.password_variable(user): nats_access.new_password() for user in nats_access.USERS}
     environment |= {"NATS_MAX_FILE_STORE": "9GB", "NATS_XSELL_STORE": "24GB"}
-    server = NatsServer(tmp_path / "nats", authorization=nats_access.kubernetes_config(), environment=environment)
+    server = NatsServer(
+        tmp_path / "nats", authorization=nats_access.environment_config(environment), environment=environment
+    )
     server.start()
     try:
         password = environment[nats_access.password_variable("provisioner")]
