@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from plumbing.telemetry import outreach_trace_id, spans_for_campaign_id
+from plumbing.telemetry import CAMPAIGN_ID, HOLD_REASON, HOLD_UNTIL, outreach_trace_id, spans_for_campaign_id
 
 
 def _ms(nanoseconds: int) -> str:
@@ -18,9 +18,26 @@ def _ms(nanoseconds: int) -> str:
     return f"{milliseconds:.1f}ms"
 
 
+def _run(span: dict[str, Any]) -> str:
+    """The campaign run a span worked for (a release and its pages): what started a released outreach."""
+    run_id = span.get("attributes", {}).get("campaign.run_id")
+    return f"  run {run_id}" if run_id else ""
+
+
+def _event(event: dict[str, Any]) -> str:
+    """A span event in words: an outreach held (why, until when) or released."""
+    attributes = event.get("attributes") or {}
+    if HOLD_REASON in attributes:
+        until = attributes.get(HOLD_UNTIL)
+        return f"{event['name']}: {attributes[HOLD_REASON]}" + (f" (until {until})" if until else "")
+    rest = ", ".join(f"{key}={value}" for key, value in attributes.items() if key != CAMPAIGN_ID)
+    return f"{event['name']}: {rest}" if rest else event["name"]
+
+
 def render(spans: list[dict[str, Any]]) -> list[str]:
-    """One line per span: offset from the trace start, duration, service, name; children indented. Spans marked
-    "cause" (what the outreach's root links to in other traces) follow, as their own tree."""
+    """One line per span: offset from the trace start, duration, service, name, the run it worked for; its events
+    (an outreach held, released) on lines of their own; children indented. Spans marked "cause" (what the outreach's
+    root links to in other traces) follow, as their own tree."""
     causes = [span for span in spans if span.get("cause")]
     lines = _tree([span for span in spans if not span.get("cause")])
     if causes and lines:
@@ -50,8 +67,9 @@ def _tree(spans: list[dict[str, Any]]) -> list[str]:
             status = f"  ERROR: {reason}" if reason else "  ERROR"
         lines.append(
             f"+{_ms(span['start_ns'] - start):>9} {_ms(span['end_ns'] - span['start_ns']):>9}  "
-            f"{'  ' * depth}[{span['service']}] {span['name']}{status}{gap}"
+            f"{'  ' * depth}[{span['service']}] {span['name']}{_run(span)}{status}{gap}"
         )
+        lines.extend(f"{'':21}{'  ' * depth}  · {_event(event)}" for event in span.get("events", ()))
         end = span["end_ns"]
         last_child_end: int | None = None
         for child in sorted(children[span["span_id"]], key=lambda item: item["start_ns"]):

@@ -7,9 +7,11 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from time import time_ns
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -41,6 +43,11 @@ overrides it). The SDK's default, 5 s, kept every span of the last 5 s in memory
 links up to 500 traces (~0.3 MiB with the SDK's objects per link), and while a relay drained 50,000 events (~3 s) the
 process grew 34 MiB, 26 MiB of it in the interpreter's arenas, which stay; with 200 ms (and batches of 64) it grew
 9 MiB and no arena was added."""
+
+SPAN_QUEUE_MAX = 8_192
+"""Finished spans waiting for export, at most (BatchSpanProcessor's max_queue_size; OTEL_BSP_MAX_QUEUE_SIZE overrides
+it); more are dropped. A release page hands over a root span per outreach at once (2,000 at the bench's page size):
+with the SDK's 2,048 a loaded machine's exporter thread fell behind and dropped a few roots per 250,000 outreaches."""
 
 RELAY_LINKS_MAX = 1_000
 """Links a span may keep: enough for one relay batch (plumbing.outbox.BATCH_SIZE), each event linked to the trace it
@@ -184,51 +191,139 @@ def outreach_span(
         yield span
 
 
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+HELD = "outreach.held"
+"""The span event of an outreach held back (quiet hours, a consent check that could not be made, a provider's
+retry): its campaign ID, the reason in words and when it is tried again, on the span that held it."""
+RELEASED = "outreach.released"
+"""The span event of an outreach going on after a hold: its campaign ID and the reason it was held for."""
+HOLD_REASON = "outreach.hold.reason"
+HOLD_UNTIL = "outreach.hold.until"
+
+
+def hold_attributes(campaign_id: str, reason: str, until: datetime | None = None) -> dict[str, Any]:
+    """The attributes of an outreach.held / outreach.released event: the reason in words (redacted as a log line is:
+    a provider's refusal may quote an address) and, for a hold, when it is released or tried again (ISO 8601 UTC)."""
+    attributes: dict[str, Any] = {CAMPAIGN_ID: campaign_id, HOLD_REASON: redact_text(reason)}
+    if until is not None:
+        attributes[HOLD_UNTIL] = until.astimezone(UTC).isoformat(timespec="seconds")
+    return attributes
+
+
+def hold_event(name: str, campaign_id: str, reason: str, until: datetime | None = None) -> Event:
+    """An outreach.held or outreach.released event (hold_attributes), timed now, for a span recorded finished."""
+    return Event(name, hold_attributes(campaign_id, reason, until))
+
+
+class OutreachRecord(NamedTuple):
+    """One outreach's span to record finished (record_outreach_roots, record_outreach_steps): its campaign ID, its
+    own attributes, the headers of the message that caused it (their traceparent is linked) and its events."""
+
+    campaign_id: str
+    attributes: Mapping[str, Any] = _NOTHING
+    cause: Mapping[str, str] = _NOTHING
+    events: Sequence[Event] = ()
+
+
 def record_outreach_roots(
     tracer: trace.Tracer,
     name: str,
-    roots: Iterable[tuple[str, Mapping[str, Any], Mapping[str, str]]],
+    roots: Iterable[OutreachRecord],
+    *,
+    attributes: Mapping[str, Any] = _NOTHING,
+    links: Sequence[Link] = (),
 ) -> None:
-    """The root spans of outreaches a batch made (campaigns' triggers), recorded together once the batch committed:
-    each with the ids its campaign ID derives, so the outreach's trace has its root, linked to the caller's span
-    (the batch's) and to the span of the message that caused it (its headers' traceparent: the segment entry).
+    """The root spans of outreaches a batch made (a trigger batch, a release page), recorded together once the batch
+    committed: each with the ids its campaign ID derives, so the outreach's trace has its root, linked to the caller's
+    span (the batch's), to the span of the message that caused it (its `cause` headers' traceparent: the segment
+    entry) and to `links` (what started a release: its run's span and the launch). `attributes` are every root's.
 
     Each is a finished span handed straight to the SDK tracer's span processor (the tracer's public `resource`,
     `span_processor` and `instrumentation_info`): 4-8 µs where starting and ending one through the tracer took
     38-42 µs, which on the trigger path, one per outreach, showed in the trigger -> dispatch p99. Another tracer
     (a no-op one) gets them through start_span."""
+    _record_finished(tracer, name, roots, root=True, attributes=attributes, links=links)
+
+
+def record_outreach_steps(
+    tracer: trace.Tracer,
+    name: str,
+    steps: Iterable[OutreachRecord],
+    *,
+    attributes: Mapping[str, Any] = _NOTHING,
+    links: Sequence[Link] = (),
+) -> None:
+    """Spans in outreaches' traces, each a child of its outreach's root, recorded finished as record_outreach_roots
+    records roots (linked to the caller's span and to `links`): a step of many outreaches at once that one span of
+    the batch describes (a dispatch page), where some outreaches need their own (the ones it held back)."""
+    _record_finished(tracer, name, steps, root=False, attributes=attributes, links=links)
+
+
+def _record_finished(
+    tracer: trace.Tracer,
+    name: str,
+    records: Iterable[OutreachRecord],
+    *,
+    root: bool,
+    attributes: Mapping[str, Any],
+    links: Sequence[Link],
+) -> None:
     batch = trace.get_current_span().get_span_context()
+    shared = [Link(batch), *links] if batch.is_valid else list(links)
     sdk = tracer if isinstance(tracer, SdkTracer) else None
-    scope = InstrumentationScope(sdk.instrumentation_info.name, sdk.instrumentation_info.version) if sdk else None
     now = time_ns()
-    for campaign_id, attributes, headers in roots:
-        links = [Link(batch)] if batch.is_valid else []
-        cause = headers_span_context(headers)
-        if cause is not None:
-            links.append(Link(cause))
-        attrs = {CAMPAIGN_ID: campaign_id, **attributes}
-        if sdk is not None:
-            trace_id, span_id = outreach_ids(campaign_id)
-            context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-            sdk.span_processor.on_end(
-                ReadableSpan(
-                    name=name,
-                    context=context,
-                    resource=sdk.resource,
-                    attributes=attrs,
-                    links=links,
-                    start_time=now,
-                    end_time=now,
-                    instrumentation_scope=scope,
-                )
+    if sdk is None:
+        for record in records:
+            record_links = [*shared, *_cause_links(record.cause)]
+            attrs = {CAMPAIGN_ID: record.campaign_id, **attributes, **record.attributes}
+            trace_id, span_id = outreach_ids(record.campaign_id)
+            token = _forced_ids.set((trace_id, span_id)) if root else None
+            try:
+                parent = otel_context.Context() if root else outreach_context(record.campaign_id)
+                span = tracer.start_span(name, context=parent, attributes=attrs, links=record_links)
+            finally:
+                if token is not None:
+                    _forced_ids.reset(token)
+            for event in record.events:
+                span.add_event(event.name, event.attributes, event.timestamp)
+            span.end()
+        return
+    scope = InstrumentationScope(sdk.instrumentation_info.name, sdk.instrumentation_info.version)
+    on_end, resource, new_span_id = sdk.span_processor.on_end, sdk.resource, sdk.id_generator.generate_span_id
+    for record in records:
+        campaign_id = record.campaign_id
+        trace_id, root_id = outreach_ids(campaign_id)
+        # One list for every span of the call that has no cause of its own (a release page's): the spans only read it.
+        record_links = [*shared, *_cause_links(record.cause)] if record.cause else shared
+        attrs = (
+            {CAMPAIGN_ID: campaign_id, **attributes, **record.attributes}
+            if record.attributes
+            else {
+                CAMPAIGN_ID: campaign_id,
+                **attributes,
+            }
+        )
+        on_end(
+            ReadableSpan(
+                name=name,
+                context=SpanContext(trace_id, root_id if root else new_span_id(), False, _SAMPLED),
+                parent=None if root else SpanContext(trace_id, root_id, True, _SAMPLED),
+                resource=resource,
+                attributes=attrs,
+                events=record.events,
+                links=record_links,
+                start_time=now,
+                end_time=now,
+                instrumentation_scope=scope,
             )
-            continue
-        token = _forced_ids.set(outreach_ids(campaign_id))
-        try:
-            span = tracer.start_span(name, context=otel_context.Context(), attributes=attrs, links=links)
-        finally:
-            _forced_ids.reset(token)
-        span.end()
+        )
+
+
+def _cause_links(headers: Mapping[str, str]) -> list[Link]:
+    cause = headers_span_context(headers) if headers else None
+    return [Link(cause)] if cause is not None else []
 
 
 @contextmanager
@@ -335,8 +430,11 @@ class JsonlSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         # orjson: UTF-8 bytes at several times json.dumps' speed (the exporter's thread shares the interpreter lock
-        # with the service's loop, so its CPU is the service's).
-        lines = [orjson.dumps(_span_record(span)) for span in spans]
+        # with the service's loop, so its CPU is the service's). A link is written once per export however many spans
+        # of the batch share it (a release page's roots all link the page and the launch): by the Link object, alive
+        # while the spans are.
+        links: dict[int, dict[str, str]] = {}
+        lines = [orjson.dumps(_span_record(span, links)) for span in spans]
         with self._lock, self.path.open("ab") as file:
             file.write(b"\n".join(lines) + b"\n")
         return SpanExportResult.SUCCESS
@@ -345,31 +443,59 @@ class JsonlSpanExporter(SpanExporter):
         return None
 
 
-def _span_record(span: ReadableSpan) -> dict[str, Any]:
+_KIND_NAMES = {kind: kind.name for kind in SpanKind}
+_STATUS_NAMES = {code: code.name for code in StatusCode}
+
+
+def _span_record(span: ReadableSpan, links: dict[int, dict[str, str]] | None = None) -> dict[str, Any]:
+    """One span as the local store keeps it. ~4 µs where the enums' names, an empty description's redaction and each
+    link's formatting took ~8 µs (a release records a root span per outreach, ~18,000 a second)."""
     context = span.get_span_context()
     assert context is not None
-    return {
+    parent, status = span.parent, span.status
+    known = links if links is not None else {}
+    record: dict[str, Any] = {
         "trace_id": format(context.trace_id, "032x"),
         "span_id": format(context.span_id, "016x"),
-        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "parent_span_id": format(parent.span_id, "016x") if parent else None,
         "name": span.name,
-        "kind": span.kind.name,
+        "kind": _KIND_NAMES[span.kind],
         "service": span.resource.attributes.get("service.name"),
         "start_ns": span.start_time,
         "end_ns": span.end_time,
-        "status": span.status.status_code.name,
+        "status": _STATUS_NAMES[status.status_code],
         # Why an ERROR span failed ("bounced: UNREACHABLE whatsapp 131026"): without it `make trace` said ERROR only.
         # Redacted as a log line is: an exception's text (a driver's error with its parameters) may hold an address.
-        "status_description": redact_text(span.status.description or ""),
+        "status_description": redact_text(status.description) if status.description else "",
         "attributes": dict(span.attributes or {}),
-        "links": [
-            {
-                "trace_id": format(link.context.trace_id, "032x"),
-                "span_id": format(link.context.span_id, "016x"),
-            }
-            for link in span.links
-        ],
+        "links": [known.get(id(link)) or _link_record(link, known) for link in span.links],
     }
+    if span.events:
+        # What happened to the outreach inside the span (held, released), redacted as a log line is. Not exceptions:
+        # the status description says why a span failed, and a stack trace would be most of the store.
+        events = [
+            {
+                "name": event.name,
+                "time_ns": event.timestamp,
+                "attributes": {
+                    key: redact_text(value) if isinstance(value, str) else value
+                    for key, value in (event.attributes or {}).items()
+                },
+            }
+            for event in span.events
+            if event.name != "exception"
+        ]
+        if events:
+            record["events"] = events
+    return record
+
+
+def _link_record(link: Link, known: dict[int, dict[str, str]]) -> dict[str, str]:
+    record = known[id(link)] = {
+        "trace_id": format(link.context.trace_id, "032x"),
+        "span_id": format(link.context.span_id, "016x"),
+    }
+    return record
 
 
 class _ChildSpansOnly(trace.Tracer):
@@ -425,8 +551,11 @@ def setup_tracing(service: str, var_dir: Path) -> TracerProvider:
         exporter = JsonlSpanExporter(var_dir / "traces" / f"{service}.jsonl")
     export_batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or SPAN_EXPORT_BATCH)
     export_delay = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or SPAN_EXPORT_DELAY_MS)
+    queue = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or SPAN_QUEUE_MAX)
     provider.add_span_processor(
-        BatchSpanProcessor(exporter, max_export_batch_size=export_batch, schedule_delay_millis=export_delay)
+        BatchSpanProcessor(
+            exporter, max_queue_size=queue, max_export_batch_size=export_batch, schedule_delay_millis=export_delay
+        )
     )
     return provider
 

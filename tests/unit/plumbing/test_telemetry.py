@@ -1,5 +1,6 @@
 """A campaign ID's trace can be continued anywhere from the ID alone."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,23 @@ from opentelemetry.trace import Link, Status, StatusCode
 from devstack.trace import render
 from plumbing.telemetry import (
     CAMPAIGN_ID,
+    HELD,
+    HOLD_REASON,
+    HOLD_UNTIL,
     SPAN_EXPORT_BATCH,
     SPAN_EXPORT_DELAY_MS,
     JsonlSpanExporter,
+    OutreachRecord,
     StatementSpans,
     _OutreachIdGenerator,
     headers_span_context,
+    hold_attributes,
+    hold_event,
     outreach_ids,
     outreach_span,
     parent_from_headers,
+    record_outreach_roots,
+    record_outreach_steps,
     setup_tracing,
     spans_for_campaign_id,
 )
@@ -233,3 +242,61 @@ def test_the_local_span_store_keeps_why_a_span_failed_and_the_trace_prints_it(tm
     failed, fine, _ = render(spans)
     assert failed.endswith("channels.receipt  ERROR: receipt: whatsapp 131026 Message undeliverable")
     assert fine.endswith("channels.engagement")
+
+
+def test_a_release_pages_roots_link_the_page_and_the_launch_and_a_held_outreach_says_why(tmp_path: Path) -> None:
+    """record_outreach_roots as a release page calls it (shared attributes and links), record_outreach_steps for the
+    outreach a dispatch page held back; the local store keeps the hold event, and the printer shows it."""
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "campaigns.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with tracer.start_as_current_span("LaunchCampaign") as launch:
+        pass
+    launched = [Link(launch.get_span_context())]
+    with tracer.start_as_current_span("campaign.release_page") as page:
+        record_outreach_roots(
+            tracer,
+            "outreach.create",
+            (OutreachRecord(campaign_id) for campaign_id in ("CSELL-NOV-T00-0001", "CSELL-NOV-T00-0002")),
+            attributes={"campaign.key": "cmp_1"},
+            links=launched,
+        )
+    until = datetime(2026, 11, 30, 3, 30, tzinfo=UTC)
+    with tracer.start_as_current_span("campaign.dispatch_page"):
+        why = "the campaign's quiet hours 21:00-09:00 in Asia/Kolkata"
+        held = hold_event(HELD, "CSELL-NOV-T00-0002", why, until)
+        record_outreach_steps(tracer, "outreach.dispatch", [OutreachRecord("CSELL-NOV-T00-0002", events=(held,))])
+    spans = spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0002")
+    root, step = spans[0], spans[1]
+    trace_id, root_id = outreach_ids("CSELL-NOV-T00-0002")
+    assert (root["trace_id"], root["span_id"], root["parent_span_id"]) == (f"{trace_id:032x}", f"{root_id:016x}", None)
+    assert root["attributes"] == {CAMPAIGN_ID: "CSELL-NOV-T00-0002", "campaign.key": "cmp_1"}
+    assert [link["span_id"] for link in root["links"]] == [
+        f"{page.get_span_context().span_id:016x}",
+        f"{launch.get_span_context().span_id:016x}",
+    ]
+    assert (step["name"], step["trace_id"], step["parent_span_id"]) == (
+        "outreach.dispatch",
+        root["trace_id"],
+        root["span_id"],
+    )
+    (event,) = step["events"]
+    assert event["name"] == HELD
+    assert event["attributes"] == {
+        CAMPAIGN_ID: "CSELL-NOV-T00-0002",
+        HOLD_REASON: why,
+        HOLD_UNTIL: "2026-11-30T03:30:00+00:00",
+    }
+    assert {span["name"] for span in spans if span.get("cause")} == {"campaign.release_page", "LaunchCampaign"}
+    lines = render(spans)
+    assert f"· {HELD}: {why} (until 2026-11-30T03:30:00+00:00)" in lines[2]
+
+
+def test_the_local_store_keeps_no_exception_events_and_redacts_the_others(tmp_path: Path) -> None:
+    exporter = JsonlSpanExporter(tmp_path / "traces" / "svc.jsonl")
+    tracer = _provider(exporter).get_tracer("t")
+    with outreach_span(tracer, "channels.dispatch", "CSELL-NOV-T00-0003") as span:
+        span.record_exception(ValueError("boom"))
+        span.add_event(HELD, hold_attributes("CSELL-NOV-T00-0003", "provider refused +91 98765 43210"))
+    (record,) = spans_for_campaign_id(tmp_path, "CSELL-NOV-T00-0003")
+    (event,) = record["events"]
+    assert event["name"] == HELD and "98765" not in event["attributes"][HOLD_REASON]
