@@ -15,6 +15,7 @@ from plumbing.idempotency import Idempotency
 from plumbing.ids import new_id
 from plumbing.outbox import utcnow
 from plumbing.page_tokens import decode_token, encode_token, page_size
+from plumbing.telemetry import current_traceparent
 from services.campaigns import lifecycle, store
 from services.campaigns.api_content import ContentApi, ContentServices
 from services.campaigns.api_explain import ExplainApi
@@ -191,6 +192,8 @@ class CampaignsApi(ContentApi, ReportsApi, ExplainApi, service_pb2_grpc.Campaign
                         "due_at": plan.due_at,
                         "occurrence_at": plan.due_at,
                         "created_at": now,
+                        # This call's span: the release's outreaches' root spans link to it ("what started it").
+                        "started_by": current_traceparent(),
                     },
                 )
             launched = await self._record(session, row.campaign_key, action="launched", actor=actor, snapshot=False)

@@ -240,7 +240,7 @@ def _due_follow_ups() -> Any:
     # their run and campaign checked per row: joined, the planner started from the open runs and walked all their
     # undispatched outreaches, the whole of a release being materialised, at every poll.
     return (
-        select(o.campaign_id, o.dispatch_payload)
+        select(o.campaign_id, o.dispatch_payload, o.dispatch_after, o.recipient_time_zone)
         .where(
             o.dispatch_after.is_not(None),
             o.dispatched_at.is_(None),

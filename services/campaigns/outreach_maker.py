@@ -10,7 +10,7 @@ from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.outbox import Outbox
-from plumbing.telemetry import outreach_span
+from plumbing.telemetry import HELD, hold_attributes, outreach_span
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.audience import Exclusion
@@ -173,6 +173,8 @@ class OutreachMaker:
             release_at = options.quiet_hours.release_time(now, time_zone) if options.quiet_hours else now
             if release_at > now:
                 row["dispatch_after"] = release_at
+                assert options.quiet_hours is not None
+                span.add_event(HELD, hold_attributes(campaign_id, options.quiet_hours.describe(time_zone), release_at))
             else:
                 dispatch.request_time.CopyFrom(timestamp(now))
                 events.append(self.outbox.event(streams.DISPATCH_REQUESTED, dispatch, campaign_id=campaign_id))

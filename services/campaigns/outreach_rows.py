@@ -2,7 +2,7 @@
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -54,8 +54,9 @@ class PageRows:
     """What a page inserts, as tuples of driver values (store.DriverValues): outreach rows in the order of
     store.PAGE_OUTREACH_COLUMNS (the person's columns, with the DispatchRequested payload, then the run's),
     outbox events in the order of store.PAGE_EVENT_COLUMNS, and (campaign ID, profile id, channel) of each
-    outreach for the contact ledger; render failures as exclusion rows. Once written, the outbox seqs the events
-    were given where the driver tells them (store.insert_page)."""
+    outreach for the contact ledger; render failures as exclusion rows; (campaign ID, until, why) of each outreach
+    created held back for the recipient's quiet hours (dispatch_now). Once written, the outbox seqs the events were
+    given where the driver tells them (store.insert_page)."""
 
     outreaches: list[tuple[Any, ...]]
     events: list[tuple[Any, ...]]
@@ -63,6 +64,7 @@ class PageRows:
     render_failures: list[dict[str, Any]]
     dispatched: int = 0
     event_seqs: range | None = None
+    held: list[tuple[str, datetime, str]] = field(default_factory=list)
 
 
 def outreach_traceparent(campaign_id: str) -> str:
@@ -218,6 +220,8 @@ class OutreachRows:
                 release_at = self.quiet_hours.release_time(self.now, time_zone) if self.quiet_hours else self.now
                 if release_at > self.now:
                     dispatch_after = self.values.time(release_at)
+                    assert self.quiet_hours is not None
+                    rows.held.append((campaign_id, release_at, self.quiet_hours.describe(time_zone)))
                 else:
                     event_id = f"{event_prefix}-{len(events):05d}"
                     dispatch.event_id = event_id

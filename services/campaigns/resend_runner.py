@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plumbing.db import Database
 from plumbing.outbox import Outbox, utcnow
 from plumbing.polling import Poller
-from plumbing.telemetry import CAMPAIGN_ID, outreach_span
+from plumbing.telemetry import CAMPAIGN_ID, RELEASED, hold_attributes, outreach_span
 from services import streams
 from services.addresses import address_of, same_address
 from services.campaigns import automation_store, store
@@ -166,7 +166,10 @@ class ResendRunner:
             pending = await automation_store.due_follow_up_dispatches(session, now, self.page_size)
             events, keys = [], []
             for outreach in pending:
-                with outreach_span(self.maker.tracer, "outreach.dispatch", outreach.campaign_id):
+                with outreach_span(self.maker.tracer, "outreach.dispatch", outreach.campaign_id) as span:
+                    # Its root said why it waited (outreach.held); this says it goes now, and what it waited for.
+                    why = f"the campaign's quiet hours in {outreach.recipient_time_zone or 'its time zone'}"
+                    span.add_event(RELEASED, hold_attributes(outreach.campaign_id, why, outreach.dispatch_after))
                     message = events_pb2.DispatchRequested.FromString(outreach.dispatch_payload)
                     message.request_time.CopyFrom(timestamp(now))
                     events.append(

@@ -123,6 +123,11 @@ class QuietHours:
         end_local = datetime.combine(end_day, time(end // 60, end % 60), tzinfo=zone)
         return end_local.astimezone(ZoneInfo("UTC"))
 
+    def describe(self, time_zone: str) -> str:
+        """Why an outreach waits, in words: "the campaign's quiet hours 21:00-09:00 in Asia/Kolkata"."""
+        start, end = divmod(self.start_minute, 60), divmod(self.end_minute, 60)
+        return f"the campaign's quiet hours {start[0]:02d}:{start[1]:02d}-{end[0]:02d}:{end[1]:02d} in {time_zone}"
+
 
 @dataclass(frozen=True)
 class AutoPause:

@@ -162,6 +162,9 @@ campaign_runs = Table(
     # "release" (the runner materialises the segment), "trigger" (a triggered campaign's local day) or
     # "resend" (the resends of one run's outreaches) (0007).
     Column("kind", String(10), nullable=False, server_default="release"),
+    # The W3C traceparent of the span that started the run: the LaunchCampaign call (a recurring campaign's later
+    # runs keep their first's). Its outreaches' root spans link to it (0015); NULL before 0015 and outside a span.
+    Column("started_by", String(55), nullable=True),
     Index("ix_campaign_runs_open", "completed_at", "due_at"),
     UniqueConstraint("campaign_key", "occurrence_at", name="uq_campaign_runs_occurrence"),
 )
@@ -710,7 +713,7 @@ async def dispatchable(
     """Undispatched outreaches of the open steps whose quiet-hours deferral (if any) has passed, in release order."""
     o = outreaches.c
     query = (
-        select(o.campaign_id, o.dispatch_payload, o.recipient_time_zone)
+        select(o.campaign_id, o.dispatch_payload, o.recipient_time_zone, o.dispatch_after)
         .where(
             o.run_id == run_id,
             o.ordinal < released_through,
@@ -781,8 +784,16 @@ async def complete_run(session: AsyncSession, run_id: str, at: datetime) -> None
     await session.execute(update(campaign_runs).where(campaign_runs.c.run_id == run_id).values(completed_at=at))
 
 
-async def schedule_run(session: AsyncSession, campaign: Any, occurrence: datetime, month: str, now: datetime) -> None:
-    """The run of one occurrence; a second call for the same occurrence changes nothing (idempotent per occurrence)."""
+async def schedule_run(
+    session: AsyncSession,
+    campaign: Any,
+    occurrence: datetime,
+    month: str,
+    now: datetime,
+    started_by: str | None = None,
+) -> None:
+    """The run of one occurrence; a second call for the same occurrence changes nothing (idempotent per occurrence).
+    `started_by`: the traceparent of what started the campaign's runs (the launch)."""
     await ensure_counter(session, campaign.programme, month, campaign.trigger_code)
     statement = (
         upsert_insert(session, campaign_runs)
@@ -798,6 +809,7 @@ async def schedule_run(session: AsyncSession, campaign: Any, occurrence: datetim
             due_at=occurrence,
             occurrence_at=occurrence,
             created_at=now,
+            started_by=started_by,
         )
         .on_conflict_do_nothing(index_elements=["campaign_key", "occurrence_at"])
     )

@@ -16,7 +16,7 @@ from plumbing.db import Database, after_commit
 from plumbing.errors import Unavailable
 from plumbing.metrics import tally
 from plumbing.outbox import OutboxRelay, utcnow
-from plumbing.telemetry import record_outreach_roots
+from plumbing.telemetry import HELD, OutreachRecord, hold_event, record_outreach_roots
 from services import streams
 from services.campaigns import automation_store, store
 from services.campaigns.automation import automation_of
@@ -175,6 +175,8 @@ class TriggerHandler:
         later: list[int] = []
         # (campaign ID, campaign key, profile id) of each outreach made, for its root span once committed.
         made: list[tuple[str, str, str]] = []
+        # Why and until when each outreach made held back for its recipient's quiet hours waits, by campaign ID.
+        held: dict[str, tuple[datetime, str]] = {}
         # The entry that fired each (campaign key, profile id): a person entering several segments at once has an
         # entry each, and an outreach's cause is the one on its campaign's segment.
         fired_by: dict[tuple[str, str], _Entry] = {}
@@ -184,6 +186,7 @@ class TriggerHandler:
             event_seqs.clear()
             later.clear()
             made.clear()
+            held.clear()
             fired_by.clear()
             # Read in this transaction: a launch, pause or cancel that committed first wins.
             on_segment = await self._triggered_on(session, sorted({batch[i].event.segment_id for i in indices}))
@@ -221,7 +224,7 @@ class TriggerHandler:
             await store.lock_people(session, sorted({p for m in members.values() for p in m}))
             for key in sorted(members):
                 fired_for = list(members[key].values())
-                counts.update(await self._fire(session, campaigns[key], fired_for, now, events, event_seqs, made))
+                counts.update(await self._fire(session, campaigns[key], fired_for, now, events, event_seqs, made, held))
 
         await self.db.write_inline(write)
         if events and self.relay is not None:
@@ -234,12 +237,16 @@ class TriggerHandler:
             # Each outreach's trace starts here, at the segment entry that fired it (the entry's message span). On the
             # loop's next turn, after the relay's (which publishes the DispatchRequested): ~40 µs a span, recorded
             # inline they held the publish back and put the trigger -> dispatch p99 over 20 ms. The callback runs in
-            # this context, so each root links the batch's span.
+            # this context, so each root links the batch's span. An outreach held back for quiet hours says so on its
+            # root (an outreach.held event: why, and until when).
             roots = [
-                (
+                OutreachRecord(
                     campaign_id,
                     {"campaign.key": key, "campaign.trigger.segment_id": cause.event.segment_id},
                     cause.headers,
+                    (hold_event(HELD, campaign_id, held[campaign_id][1], held[campaign_id][0]),)
+                    if campaign_id in held
+                    else (),
                 )
                 for campaign_id, key, profile_id in made
                 if (cause := fired_by.get((key, profile_id))) is not None
@@ -273,10 +280,12 @@ class TriggerHandler:
         events: list[tuple[str, bytes, str]],
         event_seqs: list[range | None],
         made: list[tuple[str, str, str]],
+        held: dict[str, tuple[datetime, str]],
     ) -> Counter[str]:
         """The campaign's outreaches for those of `members` past their cool-down and not yet judged today; their
         events' subjects, payloads and headers are added to `events`, the outbox seqs they were given (None where
-        unknown) to `event_seqs`, and (campaign ID, campaign key, profile id) of each to `made`."""
+        unknown) to `event_seqs`, (campaign ID, campaign key, profile id) of each to `made`, and until when and why
+        those held back for quiet hours wait to `held`."""
         rule = automation_of(campaign).trigger
         assert rule is not None
         outcomes: Counter[str] = Counter()
@@ -319,6 +328,7 @@ class TriggerHandler:
             log.warning("outreach_render_skipped", profile_id=failure["profile_id"], reason=failure["reason"])
         created = len(rows.outreaches)
         made.extend((campaign_id, campaign.campaign_key, profile_id) for campaign_id, profile_id, _ in rows.created)
+        held.update((campaign_id, (until, why)) for campaign_id, until, why in rows.held)
         events.extend((event[1], event[2], event[3]) for event in rows.events)
         if rows.events:
             event_seqs.append(rows.event_seqs)

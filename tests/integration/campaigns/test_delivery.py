@@ -12,8 +12,18 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import select, update
 
+from devstack.trace import render
 from plumbing.bus import Bus
 from plumbing.db import Database
+from plumbing.telemetry import (
+    CAMPAIGN_ID,
+    HELD,
+    HOLD_REASON,
+    HOLD_UNTIL,
+    RELEASED,
+    outreach_ids,
+    spans_for_campaign_id,
+)
 from services import streams
 from services.campaigns import store
 from tests.integration.campaigns.harness import (
@@ -174,7 +184,7 @@ async def _when_all_dispatched(db: Database, key: str) -> list | None:  # type: 
 
 
 async def test_quiet_hours_defer_dispatch_in_the_recipients_local_time(
-    stub: service_pb2_grpc.CampaignsServiceStub, db: Database, nats_bus: Bus
+    harness: Harness, stub: service_pb2_grpc.CampaignsServiceStub, db: Database, nats_bus: Bus
 ) -> None:
     programme = programme_code()
     campaign = campaign_message(programme)
@@ -201,6 +211,64 @@ async def test_quiet_hours_defer_dispatch_in_the_recipients_local_time(
             wait_until = row.dispatch_after.astimezone(ZoneInfo("Asia/Kolkata"))
             assert wait_until.strftime("%H:%M") == end.strftime("%H:%M")
     assert (await state_of(stub, key)).state == S.CAMPAIGN_STATE_RUNNING
+
+    # Each outreach's trace starts at its root, outreach.create, linked to what started it: the release page, under
+    # the run's span, and the LaunchCampaign call.
+    held = next(row for row in rows if row.profile_id != "p02")
+    spans = await eventually(lambda: _trace_with(harness, held.campaign_id, HELD))
+    root = spans[0]
+    assert (root["name"], root["parent_span_id"]) == ("outreach.create", None)
+    assert root["span_id"] == format(outreach_ids(held.campaign_id)[1], "016x")
+    assert root["attributes"] == {CAMPAIGN_ID: held.campaign_id, "campaign.key": key, "campaign.run_id": held.run_id}
+    causes = {span["name"]: span for span in spans if span.get("cause")}
+    assert causes["campaign.release"]["attributes"]["campaign.run_id"] == held.run_id
+    assert causes["campaign.release_page"]["parent_span_id"] == causes["campaign.release"]["span_id"]
+    launch = causes["/xsell.campaigns.v1.CampaignsService/LaunchCampaign"]
+    assert {link["span_id"] for link in root["links"]} == {
+        causes["campaign.release_page"]["span_id"],
+        launch["span_id"],
+    }
+    # Why it waits, on a span of its own in its trace: the quiet hours, until their end.
+    (hold,) = [event for span in spans for event in span.get("events", ()) if event["name"] == HELD]
+    assert hold["attributes"][HOLD_REASON] == (f"the campaign's quiet hours {start:%H:%M}-{end:%H:%M} in Asia/Kolkata")
+    assert datetime.fromisoformat(hold["attributes"][HOLD_UNTIL]) == held.dispatch_after.replace(microsecond=0)
+    lines = render(spans)
+    assert "[campaigns] outreach.create" in lines[0]
+    assert any(f"· {HELD}: the campaign's quiet hours" in line for line in lines)
+    started = lines[lines.index("what started it (linked from the outreach's root):") :]
+    assert any(f"campaign.release  run {held.run_id}" in line for line in started)
+
+    # The quiet hours end (here the campaign's window is moved to have ended a minute ago, and the outreach's wait
+    # with it): a later dispatch page releases it, and its trace says so.
+    async with db.transaction() as session:
+        (options,) = (
+            await session.execute(select(store.campaigns.c.options).where(store.campaigns.c.campaign_key == key))
+        ).one()
+        now = datetime.now(ZoneInfo("Asia/Kolkata"))
+        ended = {
+            "start_minute": (now.hour * 60 + now.minute - 120) % 1440,
+            "end_minute": (now.hour * 60 + now.minute - 1) % 1440,
+        }
+        await session.execute(
+            update(store.campaigns)
+            .where(store.campaigns.c.campaign_key == key)
+            .values(options={**options, "quiet_hours": ended})
+        )
+        await session.execute(
+            update(store.outreaches)
+            .where(store.outreaches.c.campaign_id == held.campaign_id)
+            .values(dispatch_after=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    spans = await eventually(lambda: _trace_with(harness, held.campaign_id, RELEASED))
+    (released,) = [event for span in spans for event in span.get("events", ()) if event["name"] == RELEASED]
+    assert "quiet hours" in released["attributes"][HOLD_REASON]
+
+
+async def _trace_with(harness: Harness, campaign_id: str, event_name: str) -> list[dict[str, Any]] | None:
+    """The campaign ID's trace as `make trace` reads it from the local span store, once it has an `event_name`."""
+    harness.provider.force_flush()
+    spans = spans_for_campaign_id(harness.settings.var_dir, campaign_id)
+    return spans if any(e["name"] == event_name for span in spans for e in span.get("events", ())) else None
 
 
 async def test_a_recurring_campaign_runs_once_per_occurrence_and_waits_for_the_next(

@@ -26,7 +26,16 @@ from plumbing.db import Database
 from plumbing.ids import new_id
 from plumbing.metrics import tally
 from plumbing.runtime import ServiceProcess
-from plumbing.telemetry import headers_span_context, outreach_ids, setup_tracing
+from plumbing.telemetry import (
+    CAMPAIGN_ID,
+    HELD,
+    HOLD_REASON,
+    HOLD_UNTIL,
+    RELEASED,
+    headers_span_context,
+    outreach_ids,
+    setup_tracing,
+)
 from services import streams
 from services.campaigns import store
 from services.campaigns.app import build
@@ -644,6 +653,10 @@ async def test_a_trigger_inside_quiet_hours_is_created_at_once_and_dispatched_wh
     assert row.dispatched_at is None and row.dispatch_after is not None
     assert abs(row.dispatch_after - end.replace(second=0, microsecond=0)) < timedelta(seconds=1)
     assert not [d for d in stack.dispatched if d.campaign_id == campaign_id]
+    # Its trace says so: its root carries an outreach.held event, with why and until when.
+    (held,) = await eventually(lambda: _events(stack, campaign_id, "outreach.create", HELD))
+    assert held[HOLD_REASON] == f"the campaign's quiet hours {start:%H:%M}-{end:%H:%M} in {ZONE}"
+    assert datetime.fromisoformat(held[HOLD_UNTIL]) == row.dispatch_after.replace(microsecond=0)
     # The quiet hours end (moved forward here): the follow-up loop requests the dispatch.
     async with stack.db.transaction() as session:
         await session.execute(
@@ -656,6 +669,21 @@ async def test_a_trigger_inside_quiet_hours_is_created_at_once_and_dispatched_wh
     )
     assert len(sent) == 1 and sent[0].email.to_address == "n01@example.in"
     await eventually(lambda: _when(_report(stack, key), lambda counts: counts.dispatched == 1))
+    # And when it goes: the dispatch span in its trace carries outreach.released, saying what it waited for.
+    (released,) = await eventually(lambda: _events(stack, campaign_id, "outreach.dispatch", RELEASED))
+    assert released[CAMPAIGN_ID] == campaign_id and "quiet hours" in released[HOLD_REASON]
+
+
+async def _events(stack: Stack, campaign_id: str, span_name: str, event_name: str) -> list[dict[str, Any]]:
+    """The attributes of the `event_name` events on the finished `span_name` spans of the campaign ID's trace."""
+    trace_id = outreach_ids(campaign_id)[0]
+    return [
+        dict(event.attributes or {})
+        for span in stack.spans.get_finished_spans()
+        if span.name == span_name and span.context is not None and span.context.trace_id == trace_id
+        for event in span.events
+        if event.name == event_name
+    ]
 
 
 async def test_a_trigger_offers_each_person_their_own_amount_and_nothing_to_who_is_not_eligible(stack: Stack) -> None:
