@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -21,7 +21,7 @@ from plumbing.ids import new_id
 from plumbing.metrics import tally
 from plumbing.outbox import Outbox, utcnow
 from plumbing.signing import signed_envelope_id
-from plumbing.telemetry import TRACEPARENT, current_traceparent, outreach_ids, outreach_span
+from plumbing.telemetry import HELD, TRACEPARENT, current_traceparent, hold_attributes, outreach_ids, outreach_span
 from services import streams
 from services.addresses import address_of
 from services.channels import convert, store
@@ -457,6 +457,7 @@ class DispatchHandler:
             return
         self._count(provider, "quiet_hours")
         self._log.info("dispatch_quiet_hours", retry_in_s=round(blocked.retry_in))
+        _say_held(campaign_id, blocked.reason, blocked.retry_in)
         raise RetryLater(blocked.reason, blocked.retry_in)
 
     def _timed(self, provider: str, started: float) -> None:
@@ -550,7 +551,9 @@ class DispatchHandler:
             raise PermanentError(f"campaign ID {campaign_id}: {gave_up}") from failure
         self._count(prepared.provider, "retry")
         self._log.warning("dispatch_deferred", reason=failure.reason, attempt=delivery.num_delivered)
-        raise RetryLater(failure.reason, self.policy.backoff.delay(delivery.num_delivered)) from failure
+        delay = self.policy.backoff.delay(delivery.num_delivered)
+        _say_held(campaign_id, failure.reason, delay)
+        raise RetryLater(failure.reason, delay) from failure
 
     async def _retry_later(
         self,
@@ -583,6 +586,7 @@ class DispatchHandler:
             return
         self._count(provider, "retry")
         self._log.warning("dispatch_deferred", reason=failure.reason, attempt=attempt, retry_in_s=round(delay, 2))
+        _say_held(campaign_id, failure.reason, delay)
         # Naks the event with this delay: JetStream redelivers it, and the row is QUEUED again.
         raise RetryLater(failure.reason, delay)
 
@@ -848,6 +852,13 @@ def _continues_outreach(delivery: Delivery, campaign_id: str) -> bool:
         return False
     context = trace.get_current_span().get_span_context()
     return context.is_valid and context.trace_id == outreach_ids(campaign_id)[0]
+
+
+def _say_held(campaign_id: str, reason: str, retry_in: float) -> None:
+    """On the dispatch span (in the outreach's trace): the message waits, why, and when it is tried again (the
+    redelivery's delay). Only a held message pays for it."""
+    until = utcnow() + timedelta(seconds=retry_in)
+    trace.get_current_span().add_event(HELD, hold_attributes(campaign_id, reason, until))
 
 
 def _mark_failed(span: trace.Span, failure: SendFailure) -> None:

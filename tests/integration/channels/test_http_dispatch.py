@@ -7,13 +7,14 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import Event
 from opentelemetry.trace import SpanKind
 from sqlalchemy import select
 
 from devstack.nats_server import free_port
 from devstack.provider_sinks import Fault, ProviderSinks
 from plumbing.bus import Bus, Delivery, PermanentError
-from plumbing.telemetry import outreach_ids
+from plumbing.telemetry import CAMPAIGN_ID, HELD, HOLD_REASON, HOLD_UNTIL, outreach_ids
 from services import streams
 from services.channels import store
 from tests.integration.channels.conftest import Listener, SmtpRelay, StartChannels
@@ -315,6 +316,24 @@ async def test_quiet_hours_hold_the_message_back(
     assert message.state == resources_pb2.DELIVERY_STATE_QUEUED
     assert window in message.timeline[-1].detail
     assert provider_sinks.sms.received == []
+    # The outreach's trace says why it waits and until when: an outreach.held event on the span that held it.
+    trace_id = outreach_ids(campaign_id)[0]
+
+    async def hold_events() -> list[Event]:
+        return [
+            event
+            for span in channels.spans.get_finished_spans()
+            if span.context is not None and span.context.trace_id == trace_id
+            for event in span.events
+            if event.name == HELD
+        ]
+
+    (event,) = await eventually(hold_events)
+    attributes = dict(event.attributes or {})
+    assert attributes[CAMPAIGN_ID] == campaign_id and window in attributes[HOLD_REASON]
+    until = datetime.fromisoformat(attributes[HOLD_UNTIL])
+    # Tried again when the quiet hours end (to the minute in Kolkata, where the window is).
+    assert until.astimezone(ZoneInfo("Asia/Kolkata")).strftime("%H:%M") == window.split("-")[1]
 
 
 class _Suppressions(segments_grpc.SegmentsServiceServicer):
