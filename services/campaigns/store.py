@@ -163,7 +163,7 @@ campaign_runs = Table(
     # "resend" (the resends of one run's outreaches) (0007).
     Column("kind", String(10), nullable=False, server_default="release"),
     # The W3C traceparent of the span that started the run: the LaunchCampaign call (a recurring campaign's later
-    # runs keep their first's). Its outreaches' root spans link to it (0015); NULL before 0015 and outside a span.
+    # runs keep their first's). Its outreaches' root spans link to it (0016); NULL before 0016 and outside a span.
     Column("started_by", String(55), nullable=True),
     Index("ix_campaign_runs_open", "completed_at", "due_at"),
     UniqueConstraint("campaign_key", "occurrence_at", name="uq_campaign_runs_occurrence"),
