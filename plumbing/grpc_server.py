@@ -357,7 +357,9 @@ def connection_options(max_age_seconds: float, max_age_grace_seconds: float) -> 
     for ever. And the pings xsell's clients send (plumbing.grpc_client.KEEPALIVE_SECONDS) are welcome."""
     options = [
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(MIN_PING_INTERVAL_SECONDS * 1000)),
+        # gRPC core's name for it (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS): a name it does not know is
+        # ignored in silence, the default (5 minutes) applies, and the third ping of a quiet call ends its connection.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_PING_INTERVAL_SECONDS * 1000)),
     ]
     if max_age_seconds > 0:
         options += [

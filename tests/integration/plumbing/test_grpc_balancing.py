@@ -183,14 +183,42 @@ async def test_the_short_name_the_manifests_give_resolves_through_the_pods_searc
     assert NAME in server.asked
 
 
-def test_the_servers_accept_the_pings_the_clients_send() -> None:
-    """A server that counted xsell's keepalive pings as abuse would end the connection (GOAWAY too_many_pings), a
-    long StreamSegmentMembers with it."""
+class Quiet(Pod):
+    """A pod whose answer takes `hold` seconds, in which it sends nothing: a long call, or a member stream waiting on
+    a client busy releasing a page."""
+
+    def __init__(self, name: str, hold: float) -> None:
+        super().__init__(name)
+        self.hold = hold
+
+    async def GetCaller(self, request, context):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.hold)
+        return await super().GetCaller(request, context)
+
+
+async def test_the_servers_accept_the_pings_the_clients_send(start_pod, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A server that counted xsell's keepalive pings as abuse would end the connection (GOAWAY too_many_pings) at the
+    third ping of a call in which it sent nothing, the call with it (UNAVAILABLE "Too many pings"). The clients' and
+    servers' cadence (30 s, accepted from 15 s) scaled down to 1 s and 0.5 s; the call outlasts eight pings."""
+    from plumbing import grpc_client, grpc_server
+
+    monkeypatch.setattr(grpc_client, "KEEPALIVE_SECONDS", 1)
+    monkeypatch.setattr(grpc_server, "MIN_PING_INTERVAL_SECONDS", 0.5)
+    pod = Quiet("quiet", hold=8)
+    port = await start_pod("127.0.0.1", pod, max_connection_age_seconds=300, max_connection_age_grace_seconds=3600)
+    async with client_channel(f"127.0.0.1:{port}", None) as channel:
+        stub = service_pb2_grpc.GatewayServiceStub(channel)
+        answer = await stub.GetCaller(service_pb2.GetCallerRequest(), timeout=60)
+    assert answer.caller.client_name == "quiet"
+
+
+def test_the_server_options_are_the_ones_grpc_reads() -> None:
+    """gRPC ignores an option it does not know, silently: the ping policy was once set under a name of none."""
     from plumbing.grpc_client import KEEPALIVE_SECONDS
     from plumbing.grpc_server import connection_options
 
     options = dict(connection_options(300, 3600))
-    assert options["grpc.http2.min_recv_ping_interval_without_data_ms"] < KEEPALIVE_SECONDS * 1000
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] < KEEPALIVE_SECONDS * 1000
     assert options["grpc.keepalive_permit_without_calls"] == 1
     assert options["grpc.max_connection_age_ms"] == 300_000
     assert options["grpc.max_connection_age_grace_ms"] == 3_600_000
