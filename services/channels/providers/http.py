@@ -27,6 +27,10 @@ MAX_HEAD_BYTES = 64 * 1024
 
 USER_AGENT = "xsell-channels"
 
+PROXY_AUTHENTICATION_REQUIRED = 407
+
+PROXY_CREDENTIALS_HINT = " (put the credentials in the proxy URL: http://user:password@host:port)"
+
 
 class ConnectionLost(Exception):
     """The server closed the connection, or it broke, before the whole answer came."""
@@ -90,7 +94,8 @@ class HttpTransport:
     cluster whose egress goes through a proxy sets), an https provider is reached through a CONNECT tunnel and TLS to
     the provider inside it (the proxy sees the host name, never the message), an http one by its absolute URL. A host
     NO_PROXY names, and a loopback address (which a proxy elsewhere would read as its own), are reached directly. The
-    proxy refusing the tunnel or not answering is ProviderUnavailable: nothing reached the provider.
+    proxy refusing the tunnel, or an http request for want of credentials (407), or not answering is
+    ProviderUnavailable: nothing reached the provider.
 
     A client of its own rather than aiohttp's: a provider call is one POST with a small body and a small JSON answer,
     and aiohttp's request and response machinery (its request and response objects, streams, header multidicts,
@@ -138,7 +143,8 @@ class HttpTransport:
         if target is None:
             raise ProviderUnavailable(f"connection to {_host(request.url)} failed: the URL cannot be requested")
         proxy = self._route(target) if self._proxy_of_scheme else None
-        data = _encode(request, target, proxy if proxy is not None and not target.tls else None)
+        forwarded_by = proxy if proxy is not None and not target.tls else None
+        data = _encode(request, target, forwarded_by)
         if self._slots is None:
             # Made on first use, inside the running loop: nothing is created at import or build time.
             self._slots = asyncio.Semaphore(self.max_connections)
@@ -156,6 +162,13 @@ class HttpTransport:
                 connection.abort()  # cancelled mid-exchange: what is left on the connection cannot be read
                 raise
             self._release(target.origin, connection)
+            if forwarded_by is not None and answer.status == PROXY_AUTHENTICATION_REQUIRED:
+                # Only a proxy answers 407: this one kept the request, and the provider has nothing. An adapter would
+                # read it as the provider's 4xx, a refusal of the message for good.
+                raise ProviderUnavailable(
+                    f"connection to {target.peer} through proxy {forwarded_by.peer} failed: the proxy answered "
+                    f"{answer.status}{PROXY_CREDENTIALS_HINT}"
+                )
             return answer
 
     def _idle_connection(self, origin: tuple[str, str, int]) -> "_Connection | None":
@@ -342,9 +355,7 @@ async def _tunnel(proxy: Proxy, target: _Target) -> socket.socket:
         if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
             raise MalformedAnswer(f"the proxy's answer to CONNECT is not HTTP: {status_line[:100]!r}")
         if rest[:3] != "200":
-            hint = (
-                " (put the credentials in the proxy URL: http://user:password@host:port)" if rest[:3] == "407" else ""
-            )
+            hint = PROXY_CREDENTIALS_HINT if rest[:3] == str(PROXY_AUTHENTICATION_REQUIRED) else ""
             raise ProxyRefused(f"the proxy answered CONNECT {authority} with {rest[:100]}{hint}")
         if not answer.endswith(b"\r\n\r\n"):
             raise MalformedAnswer("the proxy sent bytes after its answer to CONNECT, before TLS began")

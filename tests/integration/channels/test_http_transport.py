@@ -554,6 +554,30 @@ async def test_a_proxy_that_refuses_or_is_down_means_the_provider_certainly_has_
     assert tls_server.received == []
 
 
+async def test_a_proxy_that_refuses_a_plain_http_request_means_the_provider_certainly_has_nothing(
+    forward_proxy: ForwardProxy, certificates: Path
+) -> None:
+    """An http provider is reached by its absolute URL through the proxy, with no CONNECT: the proxy's 407 (it wants
+    other credentials) is its answer to the request itself, and only a proxy sends 407. Handed to the adapter as the
+    provider's answer, it was a 4xx, ProviderRejected (failure_for_status): the message FAILED for good, never
+    retried, though nothing had left for the provider."""
+    scripted = ScriptedServer(origin="http://localhost")
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
+    wrong = proxied({"http": forward_proxy.url("xsell:guess")}, certificates)
+    try:
+        with pytest.raises(ProviderUnavailable) as refused:
+            await wrong.send(post(scripted.url, b"To=1"))
+    finally:
+        await wrong.close()
+        scripted.server.close()
+        await scripted.close_idle_connections()
+
+    assert not isinstance(refused.value, ProviderOutcomeUnknown)
+    assert "through proxy 127.0.0.1:" in refused.value.reason and " 407" in refused.value.reason
+    assert "http://user:password@host:port" in refused.value.reason and "guess" not in refused.value.reason
+    assert scripted.received == []
+
+
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
