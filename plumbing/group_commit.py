@@ -46,7 +46,9 @@ class GroupCommit(Generic[T, R]):
     `write` answers every item of its batch, in order: a result, an exception for that item alone (the
     caller raises it), or ALONE. When `write` itself raises, a batch of one raises to its caller; a larger
     batch has each of its items applied on its own with `alone` when it is given (so one bad item does not
-    fail its batch-mates), or raises to every caller when it is not.
+    fail its batch-mates), or raises to every caller when it is not. An error of one of the `alone_after` types
+    sends even a batch of one to `alone`: a unique-key race lost to another process (a concurrent duplicate of a
+    request_id), after which the item alone finds the winner's answer.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 200,
         alone: Callable[[T], Awaitable[R]] | None = None,
         tracer: trace.Tracer | None = None,
+        alone_after: tuple[type[BaseException], ...] = (),
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -64,6 +67,7 @@ class GroupCommit(Generic[T, R]):
         self.max_batch = max_batch
         self._write = write
         self._alone = alone
+        self._alone_after = alone_after
         self._tracer = tracer or trace.get_tracer(__name__)
         self._pending: list[tuple[Submitted[T], asyncio.Future[R | Alone | BaseException]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -112,7 +116,8 @@ class GroupCommit(Generic[T, R]):
                 self._pending = []
                 raise
             except Exception as error:  # noqa: BLE001 - handed to the batch's callers, who raise it or go alone
-                failed: Alone | BaseException = ALONE if len(batch) > 1 and self._alone is not None else error
+                apart = len(batch) > 1 or isinstance(error, self._alone_after)
+                failed: Alone | BaseException = ALONE if apart and self._alone is not None else error
                 for _, future in batch:
                     if not future.done():
                         future.set_result(failed)

@@ -13,6 +13,7 @@ import structlog
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plumbing.db import Database
@@ -217,12 +218,18 @@ class ChannelsApi(service_pb2_grpc.ChannelsServiceServicer):
         # transaction, applied in arrival order, each as it would be alone.
         write, alone = synchronous_batches(self.db.run_in_transaction, self._apply_receipts)
         self.receipts: GroupCommit[_Receipt, tuple[service_pb2.RecordDeliveryReceiptResponse, bool]] = GroupCommit(
-            "channels.record_receipts", write, alone=alone, tracer=tracer
+            "channels.record_receipts", write, alone=alone, tracer=tracer, alone_after=(IntegrityError,)
         )
         # Engagement comes as densely (WhatsApp's read of every message, opens, clicks): the same, in its own batches.
         write_engagement, engagement_alone = synchronous_batches(self.db.run_in_transaction, self._apply_engagements)
         self.engagements: GroupCommit[_Engagement, service_pb2.RecordEngagementResponse] = GroupCommit(
-            "channels.record_engagements", write_engagement, alone=engagement_alone, tracer=tracer
+            "channels.record_engagements",
+            write_engagement,
+            alone=engagement_alone,
+            tracer=tracer,
+            # A concurrent duplicate (a webhook's retry at another replica) committed its request_id first: alone,
+            # the item reads its answer, as a receipt's does.
+            alone_after=(IntegrityError,),
         )
         # What providers report after taking a message: dispatch outcomes count the hand-over only, so a template Meta
         # accepts and then fails (132001), or an SMS the operator drops, was in no metric.

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 import grpc
 import structlog
 from opentelemetry import trace
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from plumbing.db import Database
@@ -87,6 +88,9 @@ class SegmentsApi(CatalogApi, GovernanceApi, AudienceApi, SuppressionsApi, servi
             max_batch=INGEST_CALLS_PER_COMMIT,
             alone=self._ingest_alone,
             tracer=tracer,
+            # A concurrent duplicate (another replica's, a retry of a call in flight) committed its request_id first:
+            # alone, run_once answers with its answer.
+            alone_after=(IntegrityError,),
         )
         self.require_approval = settings.require_approval
         self.consent_attributes = dict(settings.consent_attributes)
