@@ -34,10 +34,15 @@ from tests.integration.channels.support import (
     published_state,
     updates,
 )
+from tests.waiting import eventually
 from xsell.channels.v1 import events_pb2, resources_pb2, service_pb2
 
 DELIVERED = resources_pb2.DELIVERY_STATE_DELIVERED
 SENT = resources_pb2.DELIVERY_STATE_SENT
+
+
+async def _heard(listener: Listener, subject: str, campaign_id: str, count: int) -> bool:
+    return len(listener.on(subject, campaign_id)) >= count
 
 
 async def _receipt(channels: Channels, campaign_id: str, state: int, **fields: str) -> resources_pb2.Message:
@@ -262,6 +267,8 @@ async def test_a_report_timed_before_the_message_or_ahead_of_our_clock_reads_whe
     assert times[3] == times[2]  # the open "in 1970" reads from the provider's acceptance
     assert before <= times[4] <= after and before <= times[5] <= after  # those "in 2030" from when they reached us
     assert delivered.message.state == DELIVERED
+    # The events leave through the outbox relay after the commit: wait for both (the open and the click).
+    await eventually(lambda: _heard(listener, streams.ENGAGEMENT_RECORDED, campaign_id, 2))
     opened = [
         events_pb2.EngagementRecorded.FromString(h.data) for h in listener.on(streams.ENGAGEMENT_RECORDED, campaign_id)
     ]
