@@ -91,19 +91,28 @@ def _copy_sqlite_idempotency(*, scoped: bool) -> None:
 def scope_idempotency_requests() -> None:
     """The idempotency table keyed by (method, request_id, scope) (plumbing.idempotency): two API keys' same request_id
     are two requests. Every row kept is unscoped (''), the default, which a replica of the release before still writes
-    during a rollout; a retry through the gateway finds such a row when it is exactly its request."""
+    during a rollout; a retry through the gateway finds such a row when it is exactly its request.
+
+    The new key and ix_idempotency_created_at are built over every row while the table is locked: seconds for a
+    million answers, longer for channels' on an installation that kept a row per receipt for a long time; calls that
+    record answers wait meanwhile (docs/operations.md, "Upgrading"). From then on the relay prunes answers older than
+    idempotency_keep_days."""
     if op.get_bind().dialect.name == "sqlite":
         _copy_sqlite_idempotency(scoped=True)
-        return
-    # PostgreSQL adds a column with a constant default without rewriting the table; the new key's index is built once.
-    op.add_column("idempotency", sa.Column("scope", sa.String(100), nullable=False, server_default=""))
-    op.drop_constraint("idempotency_pkey", "idempotency", type_="primary")
-    op.create_primary_key("idempotency_pkey", "idempotency", ["method", "request_id", "scope"])
+    else:
+        # PostgreSQL adds a column with a constant default without rewriting the table; the new key's index is built
+        # once.
+        op.add_column("idempotency", sa.Column("scope", sa.String(100), nullable=False, server_default=""))
+        op.drop_constraint("idempotency_pkey", "idempotency", type_="primary")
+        op.create_primary_key("idempotency_pkey", "idempotency", ["method", "request_id", "scope"])
+    # By which the relay's housekeeping forgets answers older than idempotency_keep_days (plumbing.outbox).
+    op.create_index("ix_idempotency_created_at", "idempotency", ["created_at"])
 
 
 def unscope_idempotency_requests() -> None:
     """scope_idempotency_requests undone. The scoped answers are forgotten (two keys' may share a request_id, which
     the old key cannot hold): a retry of one of them after the downgrade is applied again."""
+    op.drop_index("ix_idempotency_created_at", table_name="idempotency")
     op.execute("DELETE FROM idempotency WHERE scope <> ''")
     if op.get_bind().dialect.name == "sqlite":
         _copy_sqlite_idempotency(scoped=False)

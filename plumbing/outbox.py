@@ -66,6 +66,12 @@ KEEP_APPLIED = timedelta(days=15)
 """How long an inbox entry stays: longer than any consumed stream keeps a message (14 days), so a message that
 could still be redelivered always finds its entry, and an entry pruned is one whose message is gone."""
 
+KEEP_ANSWERS = timedelta(days=90)
+"""How long a mutating RPC's answer is remembered by its request_id (plumbing.idempotency), unless a service setting
+says otherwise: a retry within it gets the first answer; past it, the same request_id is a new request. Far longer than
+any caller retries (a CRM's or LOS's retries come within hours), and without it channels alone would keep a row per
+delivery receipt and engagement for ever."""
+
 BATCH_SIZE = 1_000
 """The most events the relay reads, publishes and marks at once. A batch pays a fixed cost (two transactions, a
 span, the acks' round trip) of about 2.5 ms of CPU on SQLite: batches of 200 cost 50 µs per event behind a backlog,
@@ -240,7 +246,10 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         keep_published: timedelta = KEEP_PUBLISHED,
         inbox: Table | None = None,
+        answers: Table | None = None,
+        keep_answers: timedelta = KEEP_ANSWERS,
     ) -> None:
+        """`inbox` and `answers` (the service's idempotency table): pruned by the relay's housekeeping too."""
         self.db = db
         self.table = table
         self.bus = bus
@@ -249,6 +258,8 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.keep_published = keep_published
         self.inbox = inbox
+        self.answers = answers
+        self.keep_answers = keep_answers
         self._waiting = table.c.published_at.is_(None)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -546,6 +557,10 @@ class OutboxRelay:
             forgotten = await self.prune_inbox()
             if forgotten:
                 log.info("inbox_pruned", entries=forgotten)
+        if self.answers is not None:
+            forgotten = await self.prune_answers()
+            if forgotten:
+                log.info("idempotency_pruned", answers=forgotten)
 
     async def prune_published(self) -> int:
         """Deletes rows published more than keep_published ago; returns how many.
@@ -569,6 +584,13 @@ class OutboxRelay:
             self.inbox.c.applied_at < utcnow() - KEEP_APPLIED
         )
         return await self._delete_in_chunks(self.inbox, key, old)
+
+    async def prune_answers(self) -> int:
+        """Deletes the remembered RPC answers older than keep_answers (by ix_idempotency_created_at)."""
+        assert self.answers is not None
+        c = self.answers.c
+        old = select(c.method, c.request_id, c.scope).where(c.created_at < utcnow() - self.keep_answers)
+        return await self._delete_in_chunks(self.answers, tuple_(c.method, c.request_id, c.scope), old)
 
     async def _delete_in_chunks(self, table: Table, key: Any, old: Select[Any]) -> int:
         """Deletes the rows `old` selects, PRUNE_CHUNK per short transaction, at most PRUNE_CHUNKS_PER_PASS."""

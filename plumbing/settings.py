@@ -79,9 +79,20 @@ class ServiceSettings(BaseSettings):
         "prunes older ones (an unpublished event is never pruned).",
     )
 
+    idempotency_keep_days: float = Field(
+        default=90.0,
+        ge=1,
+        description="How long a mutating call's answer is remembered by its request_id: a retry within it gets the "
+        "first answer, and the relay prunes older ones (after that the same request_id is a new request).",
+    )
+
     @property
     def outbox_keep_published(self) -> timedelta:
         return timedelta(hours=self.outbox_keep_published_hours)
+
+    @property
+    def idempotency_keep(self) -> timedelta:
+        return timedelta(days=self.idempotency_keep_days)
 
     def resolved_database_url(self, service: str) -> str:
         """The configured URL, or the embedded SQLite default for the service."""

@@ -50,7 +50,14 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
     publisher = await Bus.of_service(settings, "campaigns-outbox")
     relay = OutboxRelay(
-        db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
+        db,
+        store.outbox,
+        publisher,
+        tracer,
+        keep_published=settings.outbox_keep_published,
+        inbox=store.inbox,
+        answers=store.idempotency,
+        keep_answers=settings.idempotency_keep,
     )
     segments_channel = client_channel(settings.segments_target, provider)
     segments = SegmentsClient(segments_channel)

@@ -37,7 +37,14 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "segments-outbox")
     relay = OutboxRelay(
-        db, store.outbox, publisher, tracer, keep_published=settings.outbox_keep_published, inbox=store.inbox
+        db,
+        store.outbox,
+        publisher,
+        tracer,
+        keep_published=settings.outbox_keep_published,
+        inbox=store.inbox,
+        answers=store.idempotency,
+        keep_answers=settings.idempotency_keep,
     )
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     servicer = SegmentsApi(db, outbox, settings, tracer)

@@ -18,6 +18,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from plumbing import outbox as outbox_module
 from plumbing.bus import Bus, Consumer, ConsumerSpec, Delivery, PublishFailed, StreamSpec
 from plumbing.db import Database
+from plumbing.idempotency import api_key_scope, idempotency_table
 from plumbing.ids import new_id
 from plumbing.outbox import Inbox, Outbox, OutboxRelay, inbox_table, outbox_table, utcnow
 from tests.waiting import eventually
@@ -533,3 +534,36 @@ async def test_a_batch_claims_in_one_statement_what_this_consumer_has_not_applie
         assert await inbox.claim_many(session, "d", []) == set()
     async with db.transaction() as session:
         assert await inbox.claim_many(session, "d", ["m1", "m2", "m3", "m4"]) == {"m4"}
+
+
+async def test_remembered_answers_are_forgotten_once_older_than_the_services_keep(setup, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Channels remembers an answer per receipt and engagement: the relay's housekeeping forgets those older than the
+    service's idempotency_keep_days, whatever their scope, and keeps the younger ones (a retry still gets them)."""
+    db, bus, outbox_t, _, _, _ = setup
+    answers = idempotency_table(MetaData())
+    async with db.engine.begin() as connection:
+        await connection.run_sync(answers.metadata.create_all)
+    now = utcnow()
+    rows = [
+        ("RecordDeliveryReceipt", "wa:old-1", "", timedelta(days=31)),
+        ("RecordDeliveryReceipt", "wa:old-2", "", timedelta(days=45)),
+        ("IngestEvents", "1", api_key_scope("crm"), timedelta(days=40)),
+        ("IngestEvents", "1", api_key_scope("los"), timedelta(days=29)),
+        ("RecordDeliveryReceipt", "wa:new", "", timedelta(hours=1)),
+    ]
+    async with db.transaction() as session:
+        await session.execute(
+            insert(answers),
+            [
+                {"method": m, "request_id": r, "scope": s, "request_hash": "h", "response": b"", "created_at": now - a}
+                for m, r, s, a in rows
+            ],
+        )
+    monkeypatch.setattr(outbox_module, "PRUNE_CHUNK", 2)
+    relay = OutboxRelay(db, outbox_t, bus, tracer, answers=answers, keep_answers=timedelta(days=30))
+    assert await relay.prune_answers() == 3
+    async with db.snapshot() as session:
+        kept = (
+            await session.execute(select(answers.c.request_id, answers.c.scope).order_by(answers.c.request_id))
+        ).all()
+    assert [tuple(row) for row in kept] == [("1", api_key_scope("los")), ("wa:new", "")]
