@@ -5,7 +5,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 import structlog
@@ -45,6 +45,9 @@ from plumbing.ids import new_id
 from plumbing.metrics import meter
 from plumbing.sqlite_async import sqlite_datetime
 from plumbing.telemetry import TRACEPARENT, headers_span_context
+
+if TYPE_CHECKING:
+    from plumbing.settings import ServiceSettings
 
 log = structlog.get_logger("plumbing.outbox")
 
@@ -228,6 +231,13 @@ class Outbox:
             self._on_commit()
 
 
+class ServiceTables(Protocol):
+    """What OutboxRelay.of_service reads of a service's store module (an `inbox` too, where the service consumes)."""
+
+    outbox: Table
+    idempotency: Table
+
+
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream in order and marks them published.
 
@@ -300,6 +310,23 @@ class OutboxRelay:
         self._sent_through: int | None = None
         self._sending = asyncio.Lock()
         self._handing_over: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of_service(
+        cls, db: Database, tables: "ServiceTables", bus: Bus, tracer: trace.Tracer, settings: "ServiceSettings"
+    ) -> "OutboxRelay":
+        """A service's relay: its store's outbox, and the inbox (where the service consumes) and remembered answers its
+        housekeeping prunes, kept as long as the service's settings say."""
+        return cls(
+            db,
+            tables.outbox,
+            bus,
+            tracer,
+            keep_published=settings.outbox_keep_published,
+            inbox=getattr(tables, "inbox", None),
+            answers=tables.idempotency,
+            keep_answers=settings.idempotency_keep,
+        )
 
     def notify(self) -> None:
         """Wakes the relay after a commit that added events (safe from any thread)."""

@@ -36,16 +36,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "attribution-outbox")
-    relay = OutboxRelay(
-        db,
-        store.outbox,
-        publisher,
-        tracer,
-        keep_published=settings.outbox_keep_published,
-        inbox=store.inbox,
-        answers=store.idempotency,
-        keep_answers=settings.idempotency_keep,
-    )
+    relay = OutboxRelay.of_service(db, store, publisher, tracer, settings)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
     ledger = Ledger(settings.cost(), settings.currency, settings.report_utc_offset_minutes)
 

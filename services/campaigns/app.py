@@ -49,16 +49,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     # The relay publishes on a connection of its own: on the consumers' connection the server read a trigger batch's
     # tens of events (stored and acknowledged one after another) before the trigger consumer's next pull request.
     publisher = await Bus.of_service(settings, "campaigns-outbox")
-    relay = OutboxRelay(
-        db,
-        store.outbox,
-        publisher,
-        tracer,
-        keep_published=settings.outbox_keep_published,
-        inbox=store.inbox,
-        answers=store.idempotency,
-        keep_answers=settings.idempotency_keep,
-    )
+    relay = OutboxRelay.of_service(db, store, publisher, tracer, settings)
     segments_channel = client_channel(settings.segments_target, provider)
     segments = SegmentsClient(segments_channel)
     runner = ReleaseRunner(

@@ -44,15 +44,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
     # The relay publishes on a connection of its own: the server reads a connection's commands in order, and
     # on the consumers' one their pull requests and acks waited behind every event being stored.
     publisher = await Bus.of_service(settings, "channels-outbox")
-    relay = OutboxRelay(
-        db,
-        store.outbox,
-        publisher,
-        tracer,
-        keep_published=settings.outbox_keep_published,
-        answers=store.idempotency,
-        keep_answers=settings.idempotency_keep,
-    )
+    relay = OutboxRelay.of_service(db, store, publisher, tracer, settings)
     outbox = Outbox(store.outbox, on_commit=relay.notify)
 
     recipient_secret = settings.recipient_key_secret.get_secret_value().encode()
