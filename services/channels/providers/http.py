@@ -93,7 +93,8 @@ class HttpTransport:
     Behind a forward proxy (`proxies`, e.g. proxies_from_environment(): the HTTPS_PROXY / HTTP_PROXY / NO_PROXY that a
     cluster whose egress goes through a proxy sets), an https provider is reached through a CONNECT tunnel and TLS to
     the provider inside it (the proxy sees the host name, never the message), an http one by its absolute URL. A host
-    NO_PROXY names, and a loopback address (which a proxy elsewhere would read as its own), are reached directly. The
+    NO_PROXY names, `localhost` and a loopback address (which a proxy elsewhere would read as its own) are reached
+    directly. The
     proxy refusing the tunnel, or an http request for want of credentials (407), or not answering is
     ProviderUnavailable: nothing reached the provider.
 
@@ -308,6 +309,11 @@ def _encode(request: ProviderRequest, target: _Target, proxy: Proxy | None = Non
 
 
 def _loopback(host: str) -> bool:
+    """A loopback address, or `localhost` and the names under it (RFC 6761: always this machine), as Go's
+    ProxyFromEnvironment has it: a proxy elsewhere would read them as its own."""
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

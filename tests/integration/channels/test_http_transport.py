@@ -374,9 +374,10 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA and a server certificate for localhost signed by it."""
+    """A test CA and a server certificate for localhost and provider.test (a name only the tests' proxy resolves)
+    signed by it."""
     directory = tmp_path_factory.mktemp("pki")
-    (directory / "server.ext").write_text("subjectAltName=DNS:localhost\n")
+    (directory / "server.ext").write_text("subjectAltName=DNS:localhost,DNS:provider.test\n")
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=directory)
     _openssl(
         "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=xsell test CA", "-days", "1", "-out", "ca.pem",
@@ -396,6 +397,18 @@ async def tls_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
     scripted = ScriptedServer(origin="https://localhost")
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=context)
+    yield scripted
+    scripted.server.close()
+    await scripted.close_idle_connections()
+
+
+@pytest.fixture
+async def provider_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
+    """A TLS server on loopback as `https://provider.test`, which only the tests' proxy resolves (proxy_dns)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
+    scripted = ScriptedServer(origin="https://provider.test")
     scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=context)
     yield scripted
     scripted.server.close()
@@ -433,8 +446,8 @@ async def test_a_server_whose_certificate_is_not_trusted_certainly_has_nothing(
 
 @dataclass
 class ForwardProxy:
-    """proxy.py (a real forward proxy) on loopback, asking for Basic credentials; its access log says what it relayed
-    (a line per connection, once it closes)."""
+    """proxy.py (a real forward proxy) on loopback, asking for Basic credentials and resolving `.test` names to
+    127.0.0.1 (proxy_dns); its access log says what it relayed (a line per connection, once it closes)."""
 
     port: int
     log: Path
@@ -454,7 +467,9 @@ def forward_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForwardP
         [
             sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
             "--num-workers", "1", "--num-acceptors", "1", "--basic-auth", "xsell:proxy-secret", "--log-file", str(log),
+            "--plugins", "tests.integration.channels.proxy_dns.TestDomains",
         ],
+        cwd=Path(__file__).resolve().parents[3],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -479,7 +494,7 @@ def proxied(proxies: dict[str, str], certificates: Path) -> HttpTransport:
 
 
 async def test_https_behind_a_proxy_goes_through_its_tunnel_with_tls_to_the_provider_and_keeps_it(
-    forward_proxy: ForwardProxy, tls_server: ScriptedServer, certificates: Path
+    forward_proxy: ForwardProxy, provider_server: ScriptedServer, certificates: Path
 ) -> None:
     """A cluster whose egress is a forward proxy (HTTPS_PROXY): CONNECT to the provider's host, then TLS with the
     provider inside the tunnel (its certificate checked against the trusted CAs), kept for the next requests. The
@@ -487,21 +502,21 @@ async def test_https_behind_a_proxy_goes_through_its_tunnel_with_tls_to_the_prov
     transport = proxied({"https": forward_proxy.url()}, certificates)
     try:
         for _ in range(3):
-            assert (await transport.send(post(tls_server.url))).body == OK_JSON
+            assert (await transport.send(post(provider_server.url))).body == OK_JSON
     finally:
         await transport.close()
 
-    port = tls_server.url.split(":")[2].split("/")[0]
-    await eventually(lambda: forward_proxy.relayed(f"CONNECT localhost:{port}"))
-    assert tls_server.connections == 1 and len(tls_server.received) == 3
-    assert all(b"proxy-authorization" not in received.head.lower() for received in tls_server.received)
+    port = provider_server.url.split(":")[2].split("/")[0]
+    await eventually(lambda: forward_proxy.relayed(f"CONNECT provider.test:{port}"))
+    assert provider_server.connections == 1 and len(provider_server.received) == 3
+    assert all(b"proxy-authorization" not in received.head.lower() for received in provider_server.received)
     assert transport.proxies == {"https": f"127.0.0.1:{forward_proxy.port}"}
 
 
 async def test_plain_http_behind_a_proxy_goes_to_it_by_its_absolute_url(
     forward_proxy: ForwardProxy, certificates: Path
 ) -> None:
-    scripted = ScriptedServer(origin="http://localhost")
+    scripted = ScriptedServer(origin="http://provider.test")
     scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
     url = scripted.url
     transport = proxied({"http": forward_proxy.url()}, certificates)
@@ -513,35 +528,40 @@ async def test_plain_http_behind_a_proxy_goes_to_it_by_its_absolute_url(
         await scripted.close_idle_connections()
 
     port = url.split(":")[2].split("/")[0]
-    await eventually(lambda: forward_proxy.relayed(f"POST localhost:{port}/v1/send?x=1"))
+    await eventually(lambda: forward_proxy.relayed(f"POST provider.test:{port}/v1/send?x=1"))
     [received] = scripted.received
     assert received.head.startswith(b"POST /v1/send?x=1 HTTP/1.1\r\n") and received.body == b"To=1"
 
 
-async def test_no_proxy_hosts_and_loopback_addresses_are_reached_directly(
+async def test_no_proxy_hosts_localhost_and_loopback_addresses_are_reached_directly(
     tls_server: ScriptedServer, server: ScriptedServer, certificates: Path
 ) -> None:
-    """NO_PROXY names localhost; 127.0.0.1 is a loopback address, which a proxy elsewhere would read as its own. The
-    proxy here is a port nothing listens on: either request would fail through it."""
+    """localhost (RFC 6761) and 127.0.0.1 go directly: a proxy elsewhere would read them as its own. A name NO_PROXY
+    matches goes directly too: here one nobody resolves, so the direct attempt fails on the name, not through the
+    proxy. The proxy is a port nothing listens on: any request through it would fail there."""
     nothing = f"http://127.0.0.1:{free_port()}"
-    transport = proxied({"https": nothing, "http": nothing, "no": "example.com,localhost"}, certificates)
+    transport = proxied({"https": nothing, "http": nothing, "no": "example.com,.test"}, certificates)
     try:
-        assert (await transport.send(post(tls_server.url))).body == OK_JSON
-        assert (await transport.send(post(server.url))).body == OK_JSON
+        assert (await transport.send(post(tls_server.url))).body == OK_JSON  # https://localhost
+        assert (await transport.send(post(server.url))).body == OK_JSON  # http://127.0.0.1
+        with pytest.raises(ProviderUnavailable) as unresolved:
+            await transport.send(post("https://provider.test:8443/v1/send"))
     finally:
         await transport.close()
 
+    assert "through proxy" not in unresolved.value.reason and "gaierror" in unresolved.value.reason
+
 
 async def test_a_proxy_that_refuses_or_is_down_means_the_provider_certainly_has_nothing(
-    forward_proxy: ForwardProxy, tls_server: ScriptedServer, certificates: Path
+    forward_proxy: ForwardProxy, provider_server: ScriptedServer, certificates: Path
 ) -> None:
     wrong = proxied({"https": forward_proxy.url("xsell:guess")}, certificates)
     down = proxied({"https": f"http://127.0.0.1:{free_port()}"}, certificates)
     try:
         with pytest.raises(ProviderUnavailable) as refused:
-            await wrong.send(post(tls_server.url))
+            await wrong.send(post(provider_server.url))
         with pytest.raises(ProviderUnavailable) as unreachable:
-            await down.send(post(tls_server.url))
+            await down.send(post(provider_server.url))
     finally:
         await wrong.close()
         await down.close()
@@ -551,7 +571,7 @@ async def test_a_proxy_that_refuses_or_is_down_means_the_provider_certainly_has_
     assert "through proxy 127.0.0.1:" in refused.value.reason and " 407 " in refused.value.reason
     assert "http://user:password@host:port" in refused.value.reason and "guess" not in refused.value.reason
     assert "ConnectionRefusedError" in unreachable.value.reason
-    assert tls_server.received == []
+    assert provider_server.received == []
 
 
 async def test_a_proxy_that_refuses_a_plain_http_request_means_the_provider_certainly_has_nothing(
@@ -561,7 +581,7 @@ async def test_a_proxy_that_refuses_a_plain_http_request_means_the_provider_cert
     other credentials) is its answer to the request itself, and only a proxy sends 407. Handed to the adapter as the
     provider's answer, it was a 4xx, ProviderRejected (failure_for_status): the message FAILED for good, never
     retried, though nothing had left for the provider."""
-    scripted = ScriptedServer(origin="http://localhost")
+    scripted = ScriptedServer(origin="http://provider.test")
     scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
     wrong = proxied({"http": forward_proxy.url("xsell:guess")}, certificates)
     try:
