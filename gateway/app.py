@@ -89,15 +89,12 @@ async def build(settings: GatewaySettings, provider: TracerProvider) -> ServiceP
     channels = {service: client_channel(target, provider) for service, target in targets.items()}
 
     authenticator = Authenticator(keys, settings.key_cache_seconds)
-    server = GrpcServer(
-        settings.grpc_host,
-        settings.grpc_port,
+    server = GrpcServer.of_service(
+        settings,
         provider,
         extra_interceptors=[AuthInterceptor(authenticator, RateLimiter(default_limit))],
         options=[("grpc.max_receive_message_length", settings.max_request_bytes)],
         tls=settings.tls(),
-        max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-        max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
     )
     forwarder = Forwarder(tracer, settings.downstream_timeout_seconds)
     for service in scopes.FORWARDED_SERVICES:

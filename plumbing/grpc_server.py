@@ -5,7 +5,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -26,6 +26,9 @@ from plumbing.grpc_client import KEEPALIVE_SECONDS
 from plumbing.idempotency import request_scope
 from plumbing.metrics import meter
 from plumbing.telemetry import CAMPAIGN_ID
+
+if TYPE_CHECKING:
+    from plumbing.settings import ServiceSettings
 
 log = structlog.get_logger("plumbing.grpc")
 
@@ -371,6 +374,21 @@ def connection_options(max_age_seconds: float, max_age_grace_seconds: float) -> 
 
 class GrpcServer:
     """A grpc.aio server with the standard health service and reflection for the services it hosts."""
+
+    @classmethod
+    def of_service(
+        cls, settings: "ServiceSettings", tracer_provider: TracerProvider | None, **extra: Any
+    ) -> "GrpcServer":
+        """A process's server on its settings' host and port, its connections aged as they say; `extra` are the
+        rest of __init__'s arguments (the gateway's interceptors, options and TLS)."""
+        return cls(
+            settings.grpc_host,
+            settings.grpc_port,
+            tracer_provider,
+            max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
+            max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
+            **extra,
+        )
 
     def __init__(
         self,

@@ -50,13 +50,7 @@ async def build(settings: AttributionSettings, provider: TracerProvider) -> Serv
         last_touch_windows=settings.last_touch_window_days,
         future_skew=timedelta(seconds=settings.future_skew_seconds),
     )
-    server = GrpcServer(
-        settings.grpc_host,
-        settings.grpc_port,
-        provider,
-        max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-        max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-    )
+    server = GrpcServer.of_service(settings, provider)
     server.add(
         "xsell.attribution.v1.AttributionService",
         lambda s: service_pb2_grpc.add_AttributionServiceServicer_to_server(servicer, s),

@@ -111,13 +111,7 @@ async def build(settings: CampaignsSettings, provider: TracerProvider) -> Servic
     )
     await delivery_consumer.declare()
     await engagement_consumer.declare()
-    server = GrpcServer(
-        settings.grpc_host,
-        settings.grpc_port,
-        provider,
-        max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-        max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-    )
+    server = GrpcServer.of_service(settings, provider)
     server.add(SERVICE_NAME, lambda s: service_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, s))
 
     async def close_segments_channel() -> None:

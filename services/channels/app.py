@@ -49,13 +49,7 @@ async def build(settings: ChannelsSettings, provider: TracerProvider) -> Service
 
     recipient_secret = settings.recipient_key_secret.get_secret_value().encode()
     servicer = ChannelsApi(db, outbox, Idempotency(store.idempotency), tracer, recipient_secret=recipient_secret)
-    server = GrpcServer(
-        settings.grpc_host,
-        settings.grpc_port,
-        provider,
-        max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-        max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-    )
+    server = GrpcServer.of_service(settings, provider)
     server.add(
         "xsell.channels.v1.ChannelsService",
         lambda s: service_pb2_grpc.add_ChannelsServiceServicer_to_server(servicer, s),

@@ -75,13 +75,7 @@ async def build(settings: SegmentsSettings, provider: TracerProvider) -> Service
     )
     await bulk_profiles.declare()
     sweeper = Sweeper(db, servicer.activity, tracer, settings.sweep_interval_seconds)
-    server = GrpcServer(
-        settings.grpc_host,
-        settings.grpc_port,
-        provider,
-        max_connection_age_seconds=settings.grpc_max_connection_age_seconds,
-        max_connection_age_grace_seconds=settings.grpc_max_connection_age_grace_seconds,
-    )
+    server = GrpcServer.of_service(settings, provider)
     server.add(
         "xsell.segments.v1.SegmentsService",
         lambda s: service_pb2_grpc.add_SegmentsServiceServicer_to_server(servicer, s),
