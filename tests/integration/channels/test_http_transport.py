@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,13 +105,22 @@ class ScriptedServer:
         self.writers.clear()
 
 
+@asynccontextmanager
+async def serving(origin: str = "http://127.0.0.1", tls: ssl.SSLContext | None = None) -> AsyncIterator[ScriptedServer]:
+    """A scripted server on loopback, its URLs naming `origin`, until the block ends."""
+    scripted = ScriptedServer(origin=origin)
+    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield scripted
+    finally:
+        scripted.server.close()
+        await scripted.close_idle_connections()
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
-    yield scripted
-    scripted.server.close()
-    await scripted.close_idle_connections()
+    async with serving() as scripted:
+        yield scripted
 
 
 @pytest.fixture
@@ -392,27 +402,23 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-async def tls_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
+def server_tls(certificates: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
-    scripted = ScriptedServer(origin="https://localhost")
-    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=context)
-    yield scripted
-    scripted.server.close()
-    await scripted.close_idle_connections()
+    return context
+
+
+@pytest.fixture
+async def tls_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
+    async with serving("https://localhost", server_tls(certificates)) as scripted:
+        yield scripted
 
 
 @pytest.fixture
 async def provider_server(certificates: Path) -> AsyncIterator[ScriptedServer]:
     """A TLS server on loopback as `https://provider.test`, which only the tests' proxy resolves (proxy_dns)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates / "server.pem", certificates / "server.key")
-    scripted = ScriptedServer(origin="https://provider.test")
-    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=context)
-    yield scripted
-    scripted.server.close()
-    await scripted.close_idle_connections()
+    async with serving("https://provider.test", server_tls(certificates)) as scripted:
+        yield scripted
 
 
 async def test_https_goes_over_tls_checked_against_the_trusted_cas_and_keeps_its_connection(
@@ -516,16 +522,13 @@ async def test_https_behind_a_proxy_goes_through_its_tunnel_with_tls_to_the_prov
 async def test_plain_http_behind_a_proxy_goes_to_it_by_its_absolute_url(
     forward_proxy: ForwardProxy, certificates: Path
 ) -> None:
-    scripted = ScriptedServer(origin="http://provider.test")
-    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
-    url = scripted.url
     transport = proxied({"http": forward_proxy.url()}, certificates)
-    try:
-        assert (await transport.send(post(url, b"To=1"))).body == OK_JSON
-    finally:
-        await transport.close()
-        scripted.server.close()
-        await scripted.close_idle_connections()
+    async with serving("http://provider.test") as scripted:
+        url = scripted.url
+        try:
+            assert (await transport.send(post(url, b"To=1"))).body == OK_JSON
+        finally:
+            await transport.close()
 
     port = url.split(":")[2].split("/")[0]
     await eventually(lambda: forward_proxy.relayed(f"POST provider.test:{port}/v1/send?x=1"))
@@ -583,16 +586,13 @@ async def test_a_proxy_that_refuses_a_plain_http_request_means_the_provider_cert
     other credentials) is its answer to the request itself, and only a proxy sends 407. Handed to the adapter as the
     provider's answer, it was a 4xx, ProviderRejected (failure_for_status): the message FAILED for good, never
     retried, though nothing had left for the provider."""
-    scripted = ScriptedServer(origin="http://provider.test")
-    scripted.server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
     wrong = proxied({"http": forward_proxy.url("xsell:guess")}, certificates)
-    try:
-        with pytest.raises(ProviderUnavailable) as refused:
-            await wrong.send(post(scripted.url, b"To=1"))
-    finally:
-        await wrong.close()
-        scripted.server.close()
-        await scripted.close_idle_connections()
+    async with serving("http://provider.test") as scripted:
+        try:
+            with pytest.raises(ProviderUnavailable) as refused:
+                await wrong.send(post(scripted.url, b"To=1"))
+        finally:
+            await wrong.close()
 
     assert not isinstance(refused.value, ProviderOutcomeUnknown)
     assert "through proxy 127.0.0.1:" in refused.value.reason and " 407" in refused.value.reason
