@@ -249,7 +249,7 @@ class ReleaseRunner:
                             # Each outreach's trace starts here, linked to this page's span and to the launch. On
                             # the loop's next turn (this context, so under the page's span): the next page's stream
                             # read and statements go first, and the roots, handed finished to the span processor,
-                            # cost ~5 us each.
+                            # cost ~7-15 us each with their export (docs/campaigns.md, session 28's pairs).
                             asyncio.get_running_loop().call_soon(
                                 functools.partial(
                                     record_outreach_roots,
